@@ -1,0 +1,102 @@
+from ccmsec_proto import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Registration(_message.Message):
+    __slots__ = ("device", "model", "mode", "server", "address", "reported_address", "nat_suspected", "since_unix", "certificate_fingerprint", "certificate_kind", "state")
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    SERVER_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    REPORTED_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    NAT_SUSPECTED_FIELD_NUMBER: _ClassVar[int]
+    SINCE_UNIX_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_KIND_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    device: str
+    model: str
+    mode: _common_pb2.DeviceSecurityMode
+    server: str
+    address: str
+    reported_address: str
+    nat_suspected: bool
+    since_unix: int
+    certificate_fingerprint: str
+    certificate_kind: str
+    state: str
+    def __init__(self, device: _Optional[str] = ..., model: _Optional[str] = ..., mode: _Optional[_Union[_common_pb2.DeviceSecurityMode, str]] = ..., server: _Optional[str] = ..., address: _Optional[str] = ..., reported_address: _Optional[str] = ..., nat_suspected: _Optional[bool] = ..., since_unix: _Optional[int] = ..., certificate_fingerprint: _Optional[str] = ..., certificate_kind: _Optional[str] = ..., state: _Optional[str] = ...) -> None: ...
+
+class RegistrationsRequest(_message.Message):
+    __slots__ = ("device",)
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    device: str
+    def __init__(self, device: _Optional[str] = ...) -> None: ...
+
+class RegistrationsReply(_message.Message):
+    __slots__ = ("registrations",)
+    REGISTRATIONS_FIELD_NUMBER: _ClassVar[int]
+    registrations: _containers.RepeatedCompositeFieldContainer[Registration]
+    def __init__(self, registrations: _Optional[_Iterable[_Union[Registration, _Mapping]]] = ...) -> None: ...
+
+class ResetDevicesRequest(_message.Message):
+    __slots__ = ("devices", "all", "server", "restart")
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
+    ALL_FIELD_NUMBER: _ClassVar[int]
+    SERVER_FIELD_NUMBER: _ClassVar[int]
+    RESTART_FIELD_NUMBER: _ClassVar[int]
+    devices: _containers.RepeatedScalarFieldContainer[str]
+    all: bool
+    server: str
+    restart: bool
+    def __init__(self, devices: _Optional[_Iterable[str]] = ..., all: _Optional[bool] = ..., server: _Optional[str] = ..., restart: _Optional[bool] = ...) -> None: ...
+
+class ResetDevicesReply(_message.Message):
+    __slots__ = ("request_id", "targeted")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    TARGETED_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    targeted: int
+    def __init__(self, request_id: _Optional[str] = ..., targeted: _Optional[int] = ...) -> None: ...
+
+class ResetProgressRequest(_message.Message):
+    __slots__ = ("request_id",)
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    def __init__(self, request_id: _Optional[str] = ...) -> None: ...
+
+class ResetProgressReply(_message.Message):
+    __slots__ = ("request_id", "targeted", "reset_sent", "back", "not_back", "complete")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    TARGETED_FIELD_NUMBER: _ClassVar[int]
+    RESET_SENT_FIELD_NUMBER: _ClassVar[int]
+    BACK_FIELD_NUMBER: _ClassVar[int]
+    NOT_BACK_FIELD_NUMBER: _ClassVar[int]
+    COMPLETE_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    targeted: int
+    reset_sent: int
+    back: int
+    not_back: _containers.RepeatedScalarFieldContainer[str]
+    complete: bool
+    def __init__(self, request_id: _Optional[str] = ..., targeted: _Optional[int] = ..., reset_sent: _Optional[int] = ..., back: _Optional[int] = ..., not_back: _Optional[_Iterable[str]] = ..., complete: _Optional[bool] = ...) -> None: ...
+
+class ClusterModeReply(_message.Message):
+    __slots__ = ("mode", "ctl_present")
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    CTL_PRESENT_FIELD_NUMBER: _ClassVar[int]
+    mode: _common_pb2.ClusterSecurityMode
+    ctl_present: bool
+    def __init__(self, mode: _Optional[_Union[_common_pb2.ClusterSecurityMode, str]] = ..., ctl_present: _Optional[bool] = ...) -> None: ...
+
+class SetClusterModeRequest(_message.Message):
+    __slots__ = ("mode",)
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    mode: _common_pb2.ClusterSecurityMode
+    def __init__(self, mode: _Optional[_Union[_common_pb2.ClusterSecurityMode, str]] = ...) -> None: ...

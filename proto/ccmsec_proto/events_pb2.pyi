@@ -1,0 +1,100 @@
+from ccmsec_proto import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ResetKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RESET_KIND_UNSPECIFIED: _ClassVar[ResetKind]
+    RESET: _ClassVar[ResetKind]
+    RESTART: _ClassVar[ResetKind]
+RESET_KIND_UNSPECIFIED: ResetKind
+RESET: ResetKind
+RESTART: ResetKind
+
+class DeviceReset(_message.Message):
+    __slots__ = ("devices", "all", "server", "kind", "rule", "reason", "request_id")
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
+    ALL_FIELD_NUMBER: _ClassVar[int]
+    SERVER_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    devices: _containers.RepeatedScalarFieldContainer[str]
+    all: bool
+    server: str
+    kind: ResetKind
+    rule: str
+    reason: str
+    request_id: str
+    def __init__(self, devices: _Optional[_Iterable[str]] = ..., all: _Optional[bool] = ..., server: _Optional[str] = ..., kind: _Optional[_Union[ResetKind, str]] = ..., rule: _Optional[str] = ..., reason: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class ServiceRestart(_message.Message):
+    __slots__ = ("role", "nodes", "rule", "reason")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    role: str
+    nodes: _containers.RepeatedScalarFieldContainer[str]
+    rule: str
+    reason: str
+    def __init__(self, role: _Optional[str] = ..., nodes: _Optional[_Iterable[str]] = ..., rule: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class CtlUpdated(_message.Message):
+    __slots__ = ("sha256", "version", "tftp_path")
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    TFTP_PATH_FIELD_NUMBER: _ClassVar[int]
+    sha256: str
+    version: int
+    tftp_path: str
+    def __init__(self, sha256: _Optional[str] = ..., version: _Optional[int] = ..., tftp_path: _Optional[str] = ...) -> None: ...
+
+class ConfigChanged(_message.Message):
+    __slots__ = ("devices", "all", "what")
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
+    ALL_FIELD_NUMBER: _ClassVar[int]
+    WHAT_FIELD_NUMBER: _ClassVar[int]
+    devices: _containers.RepeatedScalarFieldContainer[str]
+    all: bool
+    what: str
+    def __init__(self, devices: _Optional[_Iterable[str]] = ..., all: _Optional[bool] = ..., what: _Optional[str] = ...) -> None: ...
+
+class SecurityModeChanged(_message.Message):
+    __slots__ = ("mode", "previous")
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_FIELD_NUMBER: _ClassVar[int]
+    mode: _common_pb2.ClusterSecurityMode
+    previous: _common_pb2.ClusterSecurityMode
+    def __init__(self, mode: _Optional[_Union[_common_pb2.ClusterSecurityMode, str]] = ..., previous: _Optional[_Union[_common_pb2.ClusterSecurityMode, str]] = ...) -> None: ...
+
+class Event(_message.Message):
+    __slots__ = ("id", "kind", "occurred_unix_ms", "origin", "device_reset", "service_restart", "ctl_updated", "config_changed", "mode_changed", "text")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    OCCURRED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_RESET_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_RESTART_FIELD_NUMBER: _ClassVar[int]
+    CTL_UPDATED_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_CHANGED_FIELD_NUMBER: _ClassVar[int]
+    MODE_CHANGED_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    kind: str
+    occurred_unix_ms: int
+    origin: str
+    device_reset: DeviceReset
+    service_restart: ServiceRestart
+    ctl_updated: CtlUpdated
+    config_changed: ConfigChanged
+    mode_changed: SecurityModeChanged
+    text: str
+    def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., occurred_unix_ms: _Optional[int] = ..., origin: _Optional[str] = ..., device_reset: _Optional[_Union[DeviceReset, _Mapping]] = ..., service_restart: _Optional[_Union[ServiceRestart, _Mapping]] = ..., ctl_updated: _Optional[_Union[CtlUpdated, _Mapping]] = ..., config_changed: _Optional[_Union[ConfigChanged, _Mapping]] = ..., mode_changed: _Optional[_Union[SecurityModeChanged, _Mapping]] = ..., text: _Optional[str] = ...) -> None: ...

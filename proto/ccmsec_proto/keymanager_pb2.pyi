@@ -1,0 +1,25 @@
+from ccmsec_proto import common_pb2 as _common_pb2
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class CallKeysRequest(_message.Message):
+    __slots__ = ("call_id", "suite")
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    SUITE_FIELD_NUMBER: _ClassVar[int]
+    call_id: str
+    suite: _common_pb2.CryptoSuite
+    def __init__(self, call_id: _Optional[str] = ..., suite: _Optional[_Union[_common_pb2.CryptoSuite, str]] = ...) -> None: ...
+
+class CallKeysReply(_message.Message):
+    __slots__ = ("call_id", "a_to_b", "b_to_a")
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    A_TO_B_FIELD_NUMBER: _ClassVar[int]
+    B_TO_A_FIELD_NUMBER: _ClassVar[int]
+    call_id: str
+    a_to_b: _common_pb2.KeyMaterial
+    b_to_a: _common_pb2.KeyMaterial
+    def __init__(self, call_id: _Optional[str] = ..., a_to_b: _Optional[_Union[_common_pb2.KeyMaterial, _Mapping]] = ..., b_to_a: _Optional[_Union[_common_pb2.KeyMaterial, _Mapping]] = ...) -> None: ...
