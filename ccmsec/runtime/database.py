@@ -1,0 +1,114 @@
+"""The publisher database: an async SQLAlchemy engine (SQLite WAL by default, PostgreSQL when
+CCMSEC_DATABASE_URL is set) and Alembic migrations applied on start under a lock."""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+
+MIGRATIONS = Path(__file__).resolve().parents[1] / "db" / "migrations"
+_PG_LOCK_KEY = 0x6363_6D73  # "ccms": one advisory lock for schema changes
+
+
+class DatabaseError(Exception):
+    """The database cannot be used: one clear line, no traceback."""
+
+
+def normalise_url(url: str) -> str:
+    """Accept postgresql:// and sqlite:// and pick the async drivers we ship."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise DatabaseError(f"not a database URL: {url!r}") from None
+    backend = parsed.get_backend_name()
+    if backend == "postgresql":
+        return str(parsed.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False))
+    if backend == "sqlite":
+        return str(parsed.set(drivername="sqlite+aiosqlite").render_as_string(hide_password=False))
+    raise DatabaseError(f"unsupported database {backend!r}: use sqlite or postgresql")
+
+
+def create_engine(url: str) -> AsyncEngine:
+    url = normalise_url(url)
+    if url.startswith("sqlite"):
+        db_path = make_url(url).database
+        if db_path and db_path != ":memory:":
+            parent = Path(db_path).parent
+            try:
+                parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise DatabaseError(f"cannot create database directory {parent}: {exc.strerror}") from None
+            if not os.access(parent, os.W_OK):
+                raise DatabaseError(f"database directory {parent} is not writable")
+        engine = create_async_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _pragmas(dbapi_conn, _record):  # WAL: readers never block the writer
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        return engine
+    return create_async_engine(url, pool_size=5, max_overflow=5, pool_pre_ping=True)
+
+
+def sessionmaker(engine: AsyncEngine) -> async_sessionmaker:
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+def _alembic_config() -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.set_main_option("path_separator", "os")
+    return cfg
+
+
+def _upgrade(sync_conn) -> None:
+    cfg = _alembic_config()
+    cfg.attributes["connection"] = sync_conn
+    command.upgrade(cfg, "heads")
+
+
+async def migrate(engine: AsyncEngine) -> None:
+    """Apply every migration branch (`alembic upgrade heads`), one process at a time."""
+    try:
+        if engine.dialect.name == "sqlite":
+            lock_path = Path(str(engine.url.database) + ".migrate.lock")
+            fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o600)
+            try:
+                await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
+                async with engine.begin() as conn:
+                    await conn.run_sync(_upgrade)
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)
+        else:
+            async with engine.connect() as conn:
+                await conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _PG_LOCK_KEY})
+                try:
+                    await conn.run_sync(_upgrade)
+                    await conn.commit()
+                finally:
+                    await conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _PG_LOCK_KEY})
+                    await conn.commit()
+    except (OperationalError, DBAPIError, OSError) as exc:
+        raise DatabaseError(f"cannot migrate database {engine.url.render_as_string()}: "
+                            f"{getattr(exc, 'orig', exc)}") from None
+
+
+async def open_database(url: str) -> tuple[AsyncEngine, async_sessionmaker]:
+    engine = create_engine(url)
+    await migrate(engine)
+    return engine, sessionmaker(engine)

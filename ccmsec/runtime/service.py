@@ -1,0 +1,226 @@
+"""The base every ccmsec service runs on.
+
+A subclass sets `role`, registers its gRPC servicers and protocol listeners in `setup()`, closes
+them in `teardown()`, and may override `on_device_reset()`. The base provides settings, JSON logs,
+the service's mTLS identity, the database (migrated), the event bus, the gRPC server with health
+and reflection, the metrics endpoint, SIGTERM handling (finish or cancel in-flight work within the
+grace period) and restart on a `service.restart` event for its role.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+from typing import Awaitable, Callable
+
+import grpc
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from ccmsec.db.events import HandledEvent
+from ccmsec.runtime import bus as bus_mod
+from ccmsec.runtime.database import DatabaseError, open_database
+from ccmsec.runtime.grpcio import GrpcServer, secure_channel
+from ccmsec.runtime.identity import service_identity
+from ccmsec.runtime.logs import setup_logging
+from ccmsec.runtime.metrics import UP, serve_metrics
+from ccmsec.runtime.settings import ServiceSettings, SettingsError, load_settings
+from ccmsec_proto import common_pb2, events_pb2
+
+RESTART_EXIT_CODE = 75  # the runner (or compose's restart policy) starts the service again at once
+GRPC_PORT_DEFAULT = 50051
+
+
+class Service:
+    role: str = ""
+    settings_class: type[ServiceSettings] = ServiceSettings
+
+    def __init__(self, settings: ServiceSettings):
+        self.settings = settings
+        self.node = settings.node_name
+        self.log = logging.getLogger(f"ccmsec.{self.role}")
+        self.identity = None
+        self.engine = None
+        self.db = None
+        self.bus: bus_mod.EventBus | None = None
+        self.grpc: GrpcServer | None = None
+        self.started_unix = int(time.time())
+        self.activated = True
+        self.events_handled = 0
+        self.last_event_id = ""
+        self.last_event_kind = ""
+        self._stop = asyncio.Event()
+        self._restart_requested = False
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._tasks: set[asyncio.Task] = set()
+
+    # --- hooks for subclasses -------------------------------------------------------------
+    async def setup(self) -> None:
+        """Register gRPC servicers (self.grpc.add) and start protocol listeners."""
+
+    async def teardown(self) -> None:
+        """Close protocol listeners; called on shutdown before the bus and database close."""
+
+    async def on_device_reset(self, event: events_pb2.Event) -> None:
+        """A reset for devices; services that hold devices override this."""
+        self.log.info("device reset event", extra={"event_id": event.id,
+                                                    "devices": ",".join(event.device_reset.devices),
+                                                    "all": event.device_reset.all})
+
+    def status_details(self) -> dict[str, str]:
+        return {}
+
+    # --- helpers for subclasses -----------------------------------------------------------
+    def status_message(self, state: str = "") -> common_pb2.ServiceStatus:
+        details = {"events_handled": str(self.events_handled), "last_event_id": self.last_event_id,
+                   "last_event_kind": self.last_event_kind, "pid": str(os.getpid())}
+        details.update(self.status_details())
+        return common_pb2.ServiceStatus(
+            role=self.role, node=self.node, activated=self.activated,
+            state=state or ("stopping" if self._stop.is_set() else "serving"),
+            details=details, started_unix=self.started_unix,
+        )
+
+    async def publish(self, kind: str, target: str | None = None, **body) -> events_pb2.Event:
+        event = bus_mod.make_event(kind, self.node, **body)
+        await self.bus.publish(event, target)
+        return event
+
+    async def subscribe(self, subject: str, name: str, handler: Callable[[events_pb2.Event], Awaitable[None]],
+                        *, deliver_new: bool = True) -> None:
+        """Durable, idempotent subscription: each event id is handled once per consumer."""
+        durable = f"{self.node}-{name}".replace(".", "_")
+
+        async def counted(event: events_pb2.Event) -> None:
+            await handler(event)
+            self.events_handled += 1
+            self.last_event_id, self.last_event_kind = event.id, event.kind
+
+        await self.bus.subscribe(subject, durable, counted, seen=self._seen, mark=self._mark,
+                                 deliver_new=deliver_new)
+
+    def peer_channel(self, role: str, port: int = GRPC_PORT_DEFAULT) -> grpc.aio.Channel:
+        """A cached mTLS channel to another service's gRPC port."""
+        if role not in self._channels:
+            self._channels[role] = secure_channel(self.identity, self.settings.peer_host(role), port, role)
+        return self._channels[role]
+
+    def spawn(self, coro) -> asyncio.Task:
+        """Background work that is cancelled cleanly on shutdown."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def request_restart(self, reason: str) -> None:
+        self.log.warning("restart requested", extra={"reason": reason})
+        self._restart_requested = True
+        self._stop.set()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    # --- idempotency ----------------------------------------------------------------------
+    async def _seen(self, consumer: str, event_id: str) -> bool:
+        async with self.db() as session:
+            return (await session.scalar(
+                select(HandledEvent.event_id).where(HandledEvent.consumer == consumer,
+                                                    HandledEvent.event_id == event_id))) is not None
+
+    async def _mark(self, consumer: str, event_id: str) -> None:
+        async with self.db() as session:
+            session.add(HandledEvent(consumer=consumer, event_id=event_id))
+            try:
+                await session.commit()
+            except IntegrityError:
+                await session.rollback()
+
+    # --- built-in subscriptions -----------------------------------------------------------
+    async def _on_restart(self, event: events_pb2.Event) -> None:
+        nodes = list(event.service_restart.nodes)
+        if nodes and self.node not in nodes:
+            return
+        reason = f"{event.service_restart.rule or 'restart'}: {event.service_restart.reason}".strip(": ")
+        # Let the ack go out first; then shut down and let the supervisor start us again.
+        asyncio.get_running_loop().call_later(0.2, self.request_restart, reason)
+
+    # --- lifecycle ------------------------------------------------------------------------
+    async def run(self) -> int:
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        self.identity = service_identity(s.data_dir, self.role, self.node, s.host)
+        self.engine, self.db = await open_database(s.db_url)
+        self.bus = bus_mod.EventBus(s.nats_url, f"{self.role}:{self.node}")
+        await self.bus.connect()
+        self.grpc = GrpcServer(self.identity, s.host, s.grpc_port)
+        try:
+            await self.setup()
+            await self.grpc.start()
+            await self.subscribe(bus_mod.subject_for("service.restart", self.role), "restart", self._on_restart)
+            await self.subscribe(bus_mod.subject_for("device.reset"), "device-reset", self.on_device_reset)
+            await self.grpc.set_serving(True)
+            serve_metrics(s.host, s.metrics_port)
+            UP.labels(self.role, self.node).set(1)
+            self.log.info("serving", extra={"grpc": self.grpc.address, "pid": os.getpid()})
+            await self._stop.wait()
+        finally:
+            await self._shutdown()
+        return RESTART_EXIT_CODE if self._restart_requested else 0
+
+    async def _shutdown(self) -> None:
+        grace = self.settings.shutdown_grace
+        UP.labels(self.role, self.node).set(0)
+        started = time.monotonic()
+        self.log.info("shutting down", extra={"grace": grace})
+        if self.grpc is not None:
+            try:
+                await self.grpc.set_serving(False)
+            except Exception:
+                pass
+        steps = [self.grpc.stop(grace) if self.grpc else None, self.teardown()]
+        for step in steps:
+            if step is None:
+                continue
+            try:
+                await asyncio.wait_for(step, grace + 0.5)
+            except (asyncio.TimeoutError, Exception) as exc:  # shutdown must finish regardless
+                self.log.warning("shutdown step failed: %s", exc)
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=1)
+        for ch in self._channels.values():
+            await ch.close()
+        if self.bus is not None:
+            await self.bus.close()
+        if self.engine is not None:
+            await self.engine.dispose()
+        self.log.info("stopped", extra={"seconds": round(time.monotonic() - started, 3)})
+
+
+def run_service(cls: type[Service]) -> None:
+    """Entry point body for every service: clear one-line errors, exit codes the runner understands."""
+    try:
+        settings = load_settings(cls.settings_class)
+    except SettingsError as exc:
+        print(f"ccmsec-{cls.role}: {exc}", file=sys.stderr)
+        sys.exit(2)
+    setup_logging(cls.role, settings.node_name, settings.log_level)
+    try:
+        import uvloop
+        runner = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a dependency
+        runner = asyncio.run
+    try:
+        code = runner(cls(settings).run())
+    except (DatabaseError, bus_mod.BusError, SettingsError, OSError) as exc:
+        logging.getLogger(f"ccmsec.{cls.role}").error("cannot start: %s", exc)
+        print(f"ccmsec-{cls.role}: cannot start: {exc}", file=sys.stderr)
+        sys.exit(1)
+    sys.exit(code)

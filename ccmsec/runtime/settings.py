@@ -1,0 +1,107 @@
+"""Service settings from the environment (prefix CCMSEC_), validated with pydantic-settings."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from pathlib import Path
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ROLES = (
+    "ctl-provider", "capf", "tftp-signer", "callmanager",
+    "keymanager", "srtp-gateway", "srst", "phone-sim",
+)
+
+
+class SettingsError(Exception):
+    """Bad settings: one readable line per problem, never a traceback."""
+
+
+class ServiceSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CCMSEC_", extra="ignore")
+
+    service: str = Field(description="role name, one of " + ", ".join(ROLES))
+    node: str = ""
+    data_dir: Path
+    host: str = "127.0.0.1"
+    grpc_port: int = Field(50051, ge=1, le=65535)
+    metrics_port: int = Field(9100, ge=0, le=65535)  # 0 = metrics endpoint off
+    nats_url: str = "nats://127.0.0.1:4222"
+    database_url: str = ""
+    log_level: str = "INFO"
+    shutdown_grace: float = Field(4.0, ge=0, le=30)
+    peers: dict[str, str] = Field(default_factory=dict)  # role -> host (JSON in CCMSEC_PEERS)
+
+    # Phone-facing ports of the roles (the source's defaults).
+    ctl_provider_port: int = Field(2444, ge=1, le=65535)
+    capf_port: int = Field(3804, ge=1, le=65535)
+    tftp_port: int = Field(69, ge=1, le=65535)
+    sccp_port: int = Field(2000, ge=1, le=65535)
+    sccp_tls_port: int = Field(2443, ge=1, le=65535)
+    admin_port: int = Field(8443, ge=1, le=65535)
+    srst_cert_port: int = Field(2445, ge=1, le=65535)
+    tftp_path: str = "cluster1"
+    tftp_caching: bool = True
+
+    @field_validator("service")
+    @classmethod
+    def _known_role(cls, v: str) -> str:
+        if v not in ROLES:
+            raise ValueError(f"unknown role {v!r}; expected one of {', '.join(ROLES)}")
+        return v
+
+    @field_validator("host")
+    @classmethod
+    def _ip_host(cls, v: str) -> str:
+        try:
+            ipaddress.ip_address(v)
+        except ValueError:
+            raise ValueError(f"not an IP address: {v!r}") from None
+        return v
+
+    @field_validator("nats_url")
+    @classmethod
+    def _nats_url(cls, v: str) -> str:
+        if not v.startswith(("nats://", "tls://")):
+            raise ValueError(f"NATS URL must start with nats:// or tls://, got {v!r}")
+        return v
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, v: str) -> str:
+        v = v.upper()
+        if v not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ValueError(f"log level must be DEBUG, INFO, WARNING or ERROR, got {v!r}")
+        return v
+
+    @property
+    def node_name(self) -> str:
+        return self.node or self.service
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'ccmsec.db'}"
+
+    def peer_host(self, role: str) -> str:
+        try:
+            return self.peers[role]
+        except KeyError:
+            raise SettingsError(f"no address known for peer {role!r} (set CCMSEC_PEERS)") from None
+
+
+def load_settings(cls: type[ServiceSettings] = ServiceSettings, **overrides) -> ServiceSettings:
+    try:
+        return cls(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err["loc"]) or "settings"
+            env = f"CCMSEC_{field.upper()}"
+            problems.append(f"{env}: {err['msg']}")
+        raise SettingsError("bad settings: " + "; ".join(problems)) from None
+
+
+def peers_json(peers: dict[str, str]) -> str:
+    return json.dumps(peers, sort_keys=True)

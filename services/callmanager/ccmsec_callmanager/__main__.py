@@ -1,0 +1,3 @@
+from ccmsec_callmanager.main import main
+
+main()

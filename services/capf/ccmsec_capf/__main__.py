@@ -1,0 +1,3 @@
+from ccmsec_capf.main import main
+
+main()

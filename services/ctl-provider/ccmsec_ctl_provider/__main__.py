@@ -1,0 +1,3 @@
+from ccmsec_ctl_provider.main import main
+
+main()

@@ -1,0 +1,3 @@
+from ccmsec_keymanager.main import main
+
+main()

@@ -1,0 +1,3 @@
+from ccmsec_phone_sim.main import main
+
+main()

@@ -1,0 +1,3 @@
+from ccmsec_srst.main import main
+
+main()

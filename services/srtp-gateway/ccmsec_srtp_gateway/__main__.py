@@ -1,0 +1,3 @@
+from ccmsec_srtp_gateway.main import main
+
+main()

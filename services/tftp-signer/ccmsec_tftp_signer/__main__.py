@@ -1,0 +1,3 @@
+from ccmsec_tftp_signer.main import main
+
+main()
