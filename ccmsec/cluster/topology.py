@@ -1,0 +1,167 @@
+"""The one description of a cluster: which services exist, what each listens on, what each needs.
+
+Both runners read it: `ccmsec up` (local processes, each bound to its own loopback address, as compose
+gives each container its own host) and the compose renderer (docker-compose.yml).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+GRPC_PORT = 50051
+METRICS_PORT = 9100
+NATS_PORT = 4222
+
+
+@dataclass(frozen=True)
+class Port:
+    name: str          # settings field without the CCMSEC_ prefix, e.g. "tftp_port"
+    number: int
+    protocol: str      # tcp | udp
+    purpose: str
+    public: bool = True  # reachable by phones (published in compose)
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    role: str
+    package: str        # python package; run as `python -m <package>`
+    host_index: int     # last octet of the service's loopback address
+    description: str
+    ports: tuple[Port, ...] = ()
+    peers: tuple[str, ...] = ()   # roles it calls over gRPC
+    persistent: bool = True       # its data must survive restarts (a named volume in compose)
+
+    @property
+    def executable(self) -> str:
+        return f"ccmsec-{self.role}"
+
+
+def _p(name, number, protocol, purpose, public=True) -> Port:
+    return Port(name, number, protocol, purpose, public)
+
+
+# The eight roles of the source document (shared/docs/architecture.md).
+SERVICES: tuple[ServiceSpec, ...] = (
+    ServiceSpec("ctl-provider", "ccmsec_ctl_provider", 2, "CTL Provider: server certificates for the CTL client",
+                (_p("ctl_provider_port", 2444, "tcp", "CTL Provider TLS"),), ("callmanager", "tftp-signer", "capf")),
+    ServiceSpec("capf", "ccmsec_capf", 3, "Certificate Authority Proxy Function: issues LSCs",
+                (_p("capf_port", 3804, "tcp", "CAPF over TLS"),), ("tftp-signer",)),
+    ServiceSpec("tftp-signer", "ccmsec_tftp_signer", 4, "TFTP server that signs every file it serves",
+                (_p("tftp_port", 69, "udp", "TFTP"),), ()),
+    ServiceSpec("callmanager", "ccmsec_callmanager", 5, "call control: SCCP registration, calls, administration API",
+                (_p("sccp_port", 2000, "tcp", "SCCP"), _p("sccp_tls_port", 2443, "tcp", "SCCP over TLS"),
+                 _p("admin_port", 8443, "tcp", "HTTPS administration")),
+                ("keymanager", "tftp-signer", "capf", "srtp-gateway", "ctl-provider", "phone-sim")),
+    ServiceSpec("keymanager", "ccmsec_keymanager", 6, "key manager: SRTP master values per call", (), ()),
+    ServiceSpec("srtp-gateway", "ccmsec_srtp_gateway", 7, "MGCP gateway with the SRTP package",
+                (_p("mgcp_port", 2427, "udp", "MGCP"),), ()),
+    ServiceSpec("srst", "ccmsec_srst", 8, "Survivable Remote Site Telephony reference",
+                (_p("sccp_port", 2000, "tcp", "SCCP (fallback)"), _p("sccp_tls_port", 2443, "tcp", "SCCP over TLS (fallback)"),
+                 _p("srst_cert_port", 2445, "tcp", "SRST certificate provider")), ("callmanager",)),
+    ServiceSpec("phone-sim", "ccmsec_phone_sim", 9, "simulated phones speaking TFTP, CAPF, SCCP and SRTP",
+                (), ("tftp-signer", "capf", "callmanager", "srst"), persistent=False),
+)
+
+ROLES = tuple(s.role for s in SERVICES)
+
+
+def spec(role: str) -> ServiceSpec:
+    for s in SERVICES:
+        if s.role == role:
+            return s
+    raise KeyError(f"unknown role {role!r}; known: {', '.join(ROLES)}")
+
+
+def default_base_address(data_dir: Path) -> str:
+    """127.A.B.0 derived from the data directory, so clusters side by side never collide."""
+    digest = hashlib.sha256(str(Path(data_dir).resolve()).encode()).digest()
+    a = 1 + digest[0] % 254          # never 127.0.x.x, where the machine's own services live
+    b = digest[1]
+    return f"127.{a}.{b}.0"
+
+
+def privileged_ports_allowed() -> bool:
+    return os.geteuid() == 0
+
+
+@dataclass
+class Instance:
+    spec: ServiceSpec
+    host: str
+    ports: dict[str, int] = field(default_factory=dict)   # includes grpc_port and metrics_port
+
+    @property
+    def role(self) -> str:
+        return self.spec.role
+
+
+@dataclass
+class LocalCluster:
+    """A topology laid out on loopback addresses for one data directory."""
+
+    data_dir: Path
+    base: str
+    nats_host: str
+    instances: list[Instance]
+
+    @property
+    def nats_url(self) -> str:
+        return f"nats://{self.nats_host}:{NATS_PORT}"
+
+    def instance(self, role: str) -> Instance:
+        for inst in self.instances:
+            if inst.role == role:
+                return inst
+        raise KeyError(role)
+
+    def peers(self) -> dict[str, str]:
+        return {i.role: i.host for i in self.instances}
+
+    def endpoints(self) -> dict:
+        cm = self.instance("callmanager")
+        return {
+            "data_dir": str(self.data_dir),
+            "base": self.base,
+            "nats_url": self.nats_url,
+            "admin_url": f"https://{cm.host}:{cm.ports['admin_port']}",
+            "services": {i.role: {"host": i.host, **i.ports} for i in self.instances},
+        }
+
+    def env_for(self, inst: Instance) -> dict[str, str]:
+        import json
+
+        env = {
+            "CCMSEC_SERVICE": inst.role,
+            "CCMSEC_NODE": inst.role,
+            "CCMSEC_DATA_DIR": str(self.data_dir),
+            "CCMSEC_HOST": inst.host,
+            "CCMSEC_NATS_URL": self.nats_url,
+            "CCMSEC_PEERS": json.dumps(self.peers(), sort_keys=True),
+        }
+        for name, number in inst.ports.items():
+            env[f"CCMSEC_{name.upper()}"] = str(number)
+        return env
+
+
+def local_cluster(data_dir: Path, base: str | None = None) -> LocalCluster:
+    data_dir = Path(data_dir).resolve()
+    base = base or default_base_address(data_dir)
+    net = ipaddress.ip_address(base)
+    if not ipaddress.ip_network("127.0.0.0/8").supernet_of(ipaddress.ip_network(f"{base}/32")):
+        raise ValueError(f"base address {base} is not on loopback (127.0.0.0/8)")
+    instances = []
+    for s in SERVICES:
+        host = str(net + s.host_index)
+        ports = {"grpc_port": GRPC_PORT, "metrics_port": METRICS_PORT}
+        for p in s.ports:
+            number = p.number
+            if number < 1024 and not privileged_ports_allowed():
+                number += 10000  # e.g. TFTP 69 -> 10069 when not root
+            ports[p.name] = number
+        instances.append(Instance(s, host, ports))
+    return LocalCluster(data_dir, base, str(net + 1), instances)
