@@ -1,0 +1,247 @@
+"""Locally Significant Certificates (LSC): the CAPF CA, LSC issuance and chain checks.
+
+Design: ONE CAPF certificate, `DATA/pki/capf.{crt,key}`, as on the real system. It is a CA
+certificate (basicConstraints CA:TRUE pathlen:0, keyCertSign) that signs every LSC and is also the
+CAPF TLS server certificate; phones pin it from the CTL (CERT-3) rather than checking a host name.
+MICs are checked against the manufacturer CA, which is kept apart (CERT-1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as _dt
+import ipaddress
+from concurrent.futures import Executor, ProcessPoolExecutor
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
+from cryptography.x509.verification import (
+    Criticality, ExtensionPolicy, PolicyBuilder, Store, VerificationError,
+)
+
+from ccmsec.pki.ca import Issued, create_ca, issue, load_pair, name, new_key, save_pair
+from ccmsec.wire.capf import CapfAuthError, CertType
+
+CAPF_CERT = "capf.crt"
+CAPF_KEY = "capf.key"
+LSC_DAYS = 5 * 365
+RSA_SIZES = (1024, 2048, 4096)
+EC_CURVES = ("secp256r1", "secp384r1", "secp521r1")
+
+
+class LscError(ValueError):
+    """An LSC (or MIC) failed a check; the message names which one."""
+
+
+# --------------------------------------------------------------------------------------------
+# The CAPF certificate
+
+
+def ensure_capf_ca(pki_dir: str | Path, *, dns_names: Sequence[str] = ("localhost",),
+                   ip_addresses: Sequence[str] = ("127.0.0.1",), key_kind: str = "rsa2048") -> Issued:
+    """Load DATA/pki/capf.{crt,key}, creating them once. Never re-created when present (CHK-2:
+    the CTL built after CAPF activation keeps naming this certificate)."""
+    pki = Path(pki_dir)
+    cert_path, key_path = pki / CAPF_CERT, pki / CAPF_KEY
+    if cert_path.exists() and key_path.exists():
+        return load_pair(cert_path, key_path)
+    if cert_path.exists() != key_path.exists():
+        raise LscError(f"half a CAPF pair in {pki}: need both {CAPF_CERT} and {CAPF_KEY}")
+    key = new_key(key_kind)
+    base = create_ca(name("CAPF", org_unit="CAPF"), key=key, days=3650, path_length=0)
+    # Rebuild with a SAN so the same certificate serves TLS (create_ca adds none).
+    sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns_names]
+    sans += [x509.IPAddress(ipaddress.ip_address(a)) for a in ip_addresses]
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(base.cert.subject).issuer_name(base.cert.subject)
+        .public_key(key.public_key()).serial_number(base.cert.serial_number)
+        .not_valid_before(base.cert.not_valid_before_utc).not_valid_after(base.cert.not_valid_after_utc)
+    )
+    for ext in base.cert.extensions:
+        builder = builder.add_extension(ext.value, ext.critical)
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    capf = Issued(builder.sign(key, hashes.SHA256()), key)
+    save_pair(capf, cert_path, key_path)
+    return capf
+
+
+def capf_certificate_pem(pki_dir: str | Path) -> bytes:
+    """The CAPF certificate as copied to every server and put in the CTL (CERT-3)."""
+    return (Path(pki_dir) / CAPF_CERT).read_bytes()
+
+
+# --------------------------------------------------------------------------------------------
+# Issuing
+
+
+def _check_phone_key(public_key) -> None:
+    if isinstance(public_key, rsa.RSAPublicKey):
+        if public_key.key_size not in RSA_SIZES:
+            raise LscError(f"RSA key of {public_key.key_size} bits; LSCs take {RSA_SIZES}")
+    elif isinstance(public_key, ec.EllipticCurvePublicKey):
+        if public_key.curve.name not in EC_CURVES:
+            raise LscError(f"EC curve {public_key.curve.name} not supported for LSCs")
+    else:
+        raise LscError("LSC key must be RSA or EC")
+
+
+def issue_lsc(capf_ca: Issued, device_name: str, public_key, *, days: int = LSC_DAYS) -> x509.Certificate:
+    """An LSC for the phone's key: CN = device name, clientAuth + serverAuth, signed by CAPF."""
+    if isinstance(public_key, (bytes, bytearray)):
+        public_key = serialization.load_der_public_key(bytes(public_key))
+    _check_phone_key(public_key)
+    return issue(capf_ca, name(device_name, org_unit="LSC"), public_key, days=days,
+                 server=True, client=True)
+
+
+def _pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+# A process-pool worker keeps its own copy of the CAPF key (initializer), so each job carries
+# only the device name and public key.
+_WORKER_CA: Issued | None = None
+_WORKER_DAYS = LSC_DAYS
+
+
+def _worker_init(cert_pem: bytes, key_pem: bytes, days: int) -> None:
+    global _WORKER_CA, _WORKER_DAYS
+    _WORKER_CA = Issued(x509.load_pem_x509_certificate(cert_pem),
+                        serialization.load_pem_private_key(key_pem, None))  # type: ignore[arg-type]
+    _WORKER_DAYS = days
+
+
+def _worker_issue(device_name: str, public_key_der: bytes) -> bytes:
+    assert _WORKER_CA is not None, "worker not initialised"
+    return issue_lsc(_WORKER_CA, device_name, public_key_der, days=_WORKER_DAYS).public_bytes(
+        serialization.Encoding.DER)
+
+
+class LscIssuer:
+    """The CapfIssuer the CAPF server session uses: signs LSCs, checks LSC / MIC authentication."""
+
+    def __init__(self, capf_ca: Issued, manufacturer_roots: Iterable[x509.Certificate] = (), *,
+                 days: int = LSC_DAYS, executor: Executor | None = None):
+        self.capf_ca = capf_ca
+        self.manufacturer_roots = list(manufacturer_roots)
+        self.days = days
+        self._executor = executor
+
+    @classmethod
+    def with_process_pool(cls, capf_ca: Issued, manufacturer_roots: Iterable[x509.Certificate] = (),
+                          *, workers: int = 2, days: int = LSC_DAYS) -> "LscIssuer":
+        pool = ProcessPoolExecutor(max_workers=workers, initializer=_worker_init,
+                                   initargs=(capf_ca.pem, capf_ca.key_pem, days))
+        return cls(capf_ca, manufacturer_roots, days=days, executor=pool)
+
+    def close(self) -> None:
+        if isinstance(self._executor, ProcessPoolExecutor):
+            self._executor.shutdown(wait=True, cancel_futures=True)
+
+    async def issue_lsc(self, device_name: str, public_key_der: bytes) -> bytes:
+        if isinstance(self._executor, ProcessPoolExecutor):
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._executor, _worker_issue, device_name, public_key_der)
+        cert = issue_lsc(self.capf_ca, device_name, public_key_der, days=self.days)
+        return cert.public_bytes(serialization.Encoding.DER)
+
+    def verify_device_certificate(self, device_name: str, cert_type: CertType, cert: x509.Certificate) -> None:
+        try:
+            if cert_type is CertType.LSC:
+                verify_lsc_chain(cert, self.capf_ca.cert, device_name=device_name)
+            else:
+                if not self.manufacturer_roots:
+                    raise LscError("no manufacturer CA configured to check MICs")
+                verify_mic_chain(cert, self.manufacturer_roots, device_name=device_name)
+        except LscError as exc:
+            raise CapfAuthError(f"{cert_type.name} refused: {exc}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# Verification (cryptography.x509.verification, client-certificate profile)
+
+
+def _common_name(cert: x509.Certificate) -> str:
+    attrs = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(attrs[0].value) if attrs else ""
+
+
+def _verify_client_chain(cert: x509.Certificate, roots: Sequence[x509.Certificate],
+                         intermediates: Sequence[x509.Certificate], what: str,
+                         at: _dt.datetime | None) -> list[x509.Certificate]:
+    builder = PolicyBuilder().store(Store(list(roots))).time(at or _dt.datetime.now(_dt.timezone.utc))
+    # Phone certificates carry no subjectAltName (identity is the CN), so the Web PKI
+    # end-entity profile is relaxed on that one point; EKU clientAuth etc. stay enforced.
+    ee_policy = ExtensionPolicy.webpki_defaults_ee().may_be_present(
+        x509.SubjectAlternativeName, Criticality.AGNOSTIC, None)
+    builder = builder.extension_policies(ca_policy=ExtensionPolicy.webpki_defaults_ca(), ee_policy=ee_policy)
+    verifier = builder.max_chain_depth(2).build_client_verifier()
+    try:
+        return list(verifier.verify(cert, list(intermediates)).chain)
+    except VerificationError as exc:
+        raise LscError(f"{what} does not chain to its CA: {exc}") from None
+
+
+def verify_lsc_chain(cert: x509.Certificate, capf_ca: x509.Certificate, *, device_name: str | None = None,
+                     at: _dt.datetime | None = None) -> list[x509.Certificate]:
+    """The LSC is issued by the CAPF CA (or an imported third-party CA passed as `capf_ca`)."""
+    chain = _verify_client_chain(cert, [capf_ca], [], "LSC", at)
+    if device_name is not None and _common_name(cert) != device_name:
+        raise LscError(f"LSC CN {_common_name(cert)!r} is not device {device_name!r}")
+    return chain
+
+
+def verify_mic_chain(cert: x509.Certificate, manufacturer_roots: Sequence[x509.Certificate], *,
+                     device_name: str | None = None, intermediates: Sequence[x509.Certificate] = (),
+                     at: _dt.datetime | None = None) -> list[x509.Certificate]:
+    """The MIC is issued by the manufacturer CA. Its CN is the device name, or ends with
+    "-<device name>" as in manufacturer MICs (e.g. CP-7960G-SEP0011…)."""
+    chain = _verify_client_chain(cert, manufacturer_roots, intermediates, "MIC", at)
+    if device_name is not None:
+        cn = _common_name(cert)
+        if cn != device_name and not cn.endswith("-" + device_name):
+            raise LscError(f"MIC CN {cn!r} is not device {device_name!r}")
+    return chain
+
+
+# --------------------------------------------------------------------------------------------
+# Offline-CA mode: the phone's key goes to a third-party CA as a CSR; its answer is imported.
+
+
+def build_lsc_csr(device_name: str, private_key) -> x509.CertificateSigningRequest:
+    """A CSR for the phone's key (signed by that key, so the CA sees proof of possession)."""
+    return (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_name)]))
+        .sign(private_key, hashes.SHA256())
+    )
+
+
+def import_third_party_lsc(cert: x509.Certificate, csr: x509.CertificateSigningRequest, device_name: str,
+                           issuing_ca: x509.Certificate) -> x509.Certificate:
+    """Accept a certificate signed by a third-party CA only when it answers this CSR."""
+    if not csr.is_signature_valid:
+        raise LscError("CSR signature is invalid")
+    def spki(k) -> bytes:
+        return k.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    if spki(cert.public_key()) != spki(csr.public_key()):
+        raise LscError("imported certificate is not for the CSR's key")
+    if _common_name(cert) != device_name:
+        raise LscError(f"imported certificate CN {_common_name(cert)!r} is not device {device_name!r}")
+    try:
+        cert.verify_directly_issued_by(issuing_ca)
+    except (ValueError, TypeError, InvalidSignature) as exc:
+        raise LscError(f"imported certificate is not signed by the given CA: {exc!r}") from None
+    verify_lsc_chain(cert, issuing_ca, device_name=device_name)
+    return cert
+
+
+def pem_bundle(certs: Iterable[x509.Certificate]) -> bytes:
+    return b"".join(_pem(c) for c in certs)
