@@ -282,7 +282,10 @@ def parse_header(data: bytes) -> tuple[SignedHeader, tuple[int, int]]:
 
 
 def _parse_header(data: bytes) -> tuple[SignedHeader, tuple[int, int]]:
-    first = tlv.read_tlv(data, 0, len(data))
+    try:
+        first = tlv.read_tlv(data, 0, len(data))
+    except TlvError as exc:
+        raise CtlFormatError(f"not a signed trust-list or .sgn file: {exc}") from None
     if first.tag != H_VERSION or len(first.value) != 2:
         raise CtlFormatError("not a signed trust-list or .sgn file: it does not start with a "
                              "2-byte version TLV (tag 1)")
