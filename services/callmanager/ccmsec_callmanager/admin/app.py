@@ -1,0 +1,73 @@
+"""The administration API application: routers, error handling, limits."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from . import audit_api, auth, devices
+from .audit import record_refusal
+from .errors import MAX_BODY_BYTES, ApiError, BodyLimitMiddleware, describe_validation_errors, error_body
+from .events import EventPublisher
+
+log = logging.getLogger(__name__)
+
+OPENAPI_URL = "/api/v1/openapi.json"
+
+
+async def _answer(request: Request, status: int, message: str, rule: str | None = None,
+                  headers: dict[str, str] | None = None) -> JSONResponse:
+    await record_refusal(request, status, message, rule)
+    return JSONResponse(error_body(message, rule), status_code=status, headers=headers)
+
+
+def create_admin_app(sessionmaker: async_sessionmaker, *, events: EventPublisher, data_dir: Path,
+                     token_ttl: _dt.timedelta = auth.DEFAULT_TOKEN_TTL,
+                     max_body: int = MAX_BODY_BYTES) -> FastAPI:
+    """Build the HTTPS administration API (serve it with https.serve_admin / AdminServer)."""
+    app = FastAPI(
+        title="ccmsec administration API",
+        version="1",
+        openapi_url=OPENAPI_URL,
+        docs_url=None,  # the interactive pages load scripts from a CDN; the JSON document is enough
+        redoc_url=None,
+    )
+    app.state.sessionmaker = sessionmaker
+    app.state.events = events
+    app.state.data_dir = Path(data_dir)
+    app.state.token_ttl = token_ttl
+    app.state.throttle = auth.FailureThrottle()
+
+    app.add_middleware(BodyLimitMiddleware, limit=max_body)
+    app.include_router(auth.router)
+    app.include_router(devices.router)
+    app.include_router(audit_api.router)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return await _answer(request, exc.status, exc.error, exc.rule, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return await _answer(request, 422, describe_validation_errors(list(exc.errors())))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = exc.detail if isinstance(exc.detail, str) else "request refused"
+        if exc.status_code == 404 and request.scope.get("route") is None:
+            message = f"no such endpoint: {request.method} {request.url.path}"[:200]
+        return await _answer(request, exc.status_code, message, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error in %s %s", request.method, request.url.path)
+        return await _answer(request, 500, "internal error (see the callmanager log)")
+
+    return app

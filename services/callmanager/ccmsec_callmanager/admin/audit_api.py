@@ -1,0 +1,34 @@
+"""GET /api/v1/audit: read the audit log (admin only)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Query, Request
+from sqlalchemy import select
+
+from ccmsec.db.admin import AuditEntry
+
+from .auth import Principal, require_admin
+
+router = APIRouter()
+
+
+@router.get("/api/v1/audit", name="audit.list", tags=["audit"])
+async def list_audit(
+    request: Request,
+    _: Principal = Depends(require_admin),
+    limit: int = Query(100, ge=1, le=1000),
+    before_id: int | None = Query(None, ge=1, description="page: entries older than this id"),
+    action: str | None = Query(None, max_length=64),
+    target: str | None = Query(None, max_length=128),
+) -> dict:
+    """Newest first. Admin only."""
+    query = select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit)
+    if before_id is not None:
+        query = query.where(AuditEntry.id < before_id)
+    if action is not None:
+        query = query.where(AuditEntry.action == action)
+    if target is not None:
+        query = query.where(AuditEntry.target == target)
+    async with request.app.state.sessionmaker() as session:
+        rows = (await session.scalars(query)).all()
+    return {"entries": [row.to_dict() for row in rows]}

@@ -1,0 +1,208 @@
+"""/api/v1/devices: create, list, show, change (security mode, hardening) and delete phones.
+
+Each successful change bumps the device's config_version, is audited in the same transaction,
+and is announced afterwards: `config.changed` always, `device.reset` when the security mode
+(RST-1) or a hardening setting (RST-2) changed.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm.exc import StaleDataError
+
+from ccmsec.db.devices import (
+    HARDENING_FIELDS,
+    Device,
+    InvalidDeviceName,
+    cluster_security_mode,
+    ctl_exists,
+    validate_device_name,
+)
+
+from .audit import new_entry
+from .auth import Principal, require_admin, require_user
+from .device_rules import RuleViolation, check_device_change
+from .errors import ApiError, body_schema, read_json
+
+log = logging.getLogger(__name__)
+
+Model = Literal["7970", "7960", "7940", "7912", "7910", "7905G", "7902"]
+SecurityMode = Literal["non-secure", "authenticated", "encrypted"]
+_POOL_PATTERN = r"^[A-Za-z0-9 _.-]{1,64}$"
+
+
+class DeviceCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    name: str = Field(max_length=64, description="SEP + 12 uppercase hex digits, or [A-Za-z0-9_-]{1,15}")
+    model: Model
+    security_mode: SecurityMode = "non-secure"
+    description: str = Field("", max_length=128)
+    device_pool: str | None = Field(None, pattern=_POOL_PATTERN)
+    web_access: StrictBool = True
+    pc_port: StrictBool = True
+    settings_access: StrictBool = True
+    garp: StrictBool = True
+    voice_vlan_access: StrictBool = True
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        return validate_device_name(value)
+
+
+class DevicePatch(BaseModel):
+    """Only the fields present change; null is accepted only for device_pool (clears it)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    # Defaults are not validated, so omitted fields stay None while an explicit null is refused.
+    security_mode: SecurityMode = None  # type: ignore[assignment]
+    description: str = Field(None, max_length=128)  # type: ignore[assignment]
+    device_pool: str | None = Field(None, pattern=_POOL_PATTERN)
+    web_access: StrictBool = None  # type: ignore[assignment]
+    pc_port: StrictBool = None  # type: ignore[assignment]
+    settings_access: StrictBool = None  # type: ignore[assignment]
+    garp: StrictBool = None  # type: ignore[assignment]
+    voice_vlan_access: StrictBool = None  # type: ignore[assignment]
+
+
+router = APIRouter(tags=["devices"])
+
+
+def _checked_name(name: str) -> str:
+    try:
+        return validate_device_name(name)
+    except InvalidDeviceName as exc:
+        raise ApiError(422, str(exc)) from None
+
+
+async def _check_rules(session, model: str, mode: str, web_access: bool) -> None:
+    try:
+        check_device_change(model, mode, web_access=web_access,
+                            cluster_mode=await cluster_security_mode(session),
+                            ctl_exists=await ctl_exists(session))
+    except RuleViolation as exc:
+        # DEV-3 is about what the model can do (422); MODE-5 about the cluster's state (409).
+        raise ApiError(422 if exc.rule == "DEV-3" else 409, exc.reason, rule=exc.rule) from None
+
+
+async def _announce(request: Request, kind: str, target: str, payload: dict) -> None:
+    """Publish after commit; a bus outage must not undo a committed change, so it is logged and audited."""
+    try:
+        await request.app.state.events.publish(kind, target, payload)
+    except Exception as exc:
+        log.exception("could not publish %s for %s", kind, target)
+        async with request.app.state.sessionmaker() as session, session.begin():
+            session.add(new_entry(request, status=500, action="event.publish", target=target,
+                                  detail=f"{kind} not published: {exc!r}"))
+
+
+@router.post("/api/v1/devices", name="device.create", status_code=201,
+             openapi_extra=body_schema(DeviceCreate))
+async def create_device(request: Request, _: Principal = Depends(require_admin)) -> dict:
+    body = await read_json(request, DeviceCreate)
+    request.state.audit_target = body.name
+    async with request.app.state.sessionmaker() as session:
+        await _check_rules(session, body.model, body.security_mode, body.web_access)
+        device = Device(**body.model_dump())
+        session.add(device)
+        session.add(new_entry(request, status=201,
+                              detail=f"model={body.model} security_mode={body.security_mode}"))
+        try:
+            await session.flush()  # defaults and config_version are filled in here
+        except IntegrityError:
+            raise ApiError(409, f"device {body.name} already exists") from None
+        result = device.to_dict()
+        await session.commit()
+    await _announce(request, "config.changed", body.name,
+                    {"device": body.name, "change": "created",
+                     "config_version": result["config_version"]})
+    return result
+
+
+@router.get("/api/v1/devices", name="device.list")
+async def list_devices(
+    request: Request,
+    _: Principal = Depends(require_user),
+    limit: int = Query(1000, ge=1, le=10000),
+    offset: int = Query(0, ge=0, le=10_000_000),
+) -> dict:
+    async with request.app.state.sessionmaker() as session:
+        total = await session.scalar(select(func.count()).select_from(Device))
+        rows = (await session.scalars(
+            select(Device).order_by(Device.name).limit(limit).offset(offset))).all()
+    return {"devices": [row.to_dict() for row in rows], "total": total}
+
+
+@router.get("/api/v1/devices/{name}", name="device.show")
+async def show_device(name: str, request: Request, _: Principal = Depends(require_user)) -> dict:
+    name = _checked_name(name)
+    async with request.app.state.sessionmaker() as session:
+        device = await session.scalar(select(Device).where(Device.name == name))
+        if device is None:
+            raise ApiError(404, f"no device named {name}")
+        return device.to_dict()
+
+
+@router.delete("/api/v1/devices/{name}", name="device.delete")
+async def delete_device(name: str, request: Request, _: Principal = Depends(require_admin)) -> dict:
+    name = _checked_name(name)
+    async with request.app.state.sessionmaker() as session:
+        device = await session.scalar(select(Device).where(Device.name == name))
+        if device is None:
+            raise ApiError(404, f"no device named {name}")
+        await session.delete(device)
+        session.add(new_entry(request, status=200, detail=f"model={device.model}"))
+        await session.commit()
+    await _announce(request, "config.changed", name, {"device": name, "change": "deleted"})
+    return {"deleted": name}
+
+
+@router.patch("/api/v1/devices/{name}", name="device.update", openapi_extra=body_schema(DevicePatch))
+async def update_device(name: str, request: Request, _: Principal = Depends(require_admin)) -> dict:
+    name = _checked_name(name)
+    body = await read_json(request, DevicePatch)
+    wanted = body.model_dump(include=body.model_fields_set)
+    if not wanted:
+        raise ApiError(422, "nothing to change (give security_mode, description, device_pool "
+                            f"or a hardening setting: {', '.join(HARDENING_FIELDS)})")
+    async with request.app.state.sessionmaker() as session:
+        device = await session.scalar(select(Device).where(Device.name == name))
+        if device is None:
+            raise ApiError(404, f"no device named {name}")
+        changed = {k: v for k, v in wanted.items() if getattr(device, k) != v}
+        if not changed:
+            return device.to_dict()  # nothing differs: no new config version, nothing to reset
+        await _check_rules(session, device.model,
+                           changed.get("security_mode", device.security_mode),
+                           changed.get("web_access", device.web_access))
+        before = {k: getattr(device, k) for k in changed}
+        for key, value in changed.items():
+            setattr(device, key, value)
+        session.add(new_entry(request, status=200, detail="; ".join(
+            f"{k}: {before[k]!r} -> {v!r}" for k, v in changed.items())))
+        try:
+            await session.flush()  # bumps config_version, or finds a concurrent writer
+        except StaleDataError:
+            raise ApiError(409, f"device {name} was changed by someone else at the same time; "
+                                "read it again and retry") from None
+        result = device.to_dict()
+        await session.commit()
+    await _announce(request, "config.changed", name,
+                    {"device": name, "change": "updated", "fields": sorted(changed),
+                     "config_version": result["config_version"]})
+    reset_rules = []
+    if "security_mode" in changed:
+        reset_rules.append("RST-1")
+    if any(k in HARDENING_FIELDS for k in changed):
+        reset_rules.append("RST-2")
+    if reset_rules:
+        await _announce(request, "device.reset", name,
+                        {"device": name, "kind": "reset", "rules": reset_rules,
+                         "config_version": result["config_version"]})
+    return result
