@@ -966,7 +966,7 @@ class SccpServerSession:
 
     __slots__ = ("_framer", "_out", "_decide", "peer_address", "peer_certificate", "secure",
                  "tls_cipher", "keepalive_interval", "state", "device_name", "_last_heard",
-                 "_pending")
+                 "_pending", "messages_received")
 
     def __init__(self, decide: Decider | None = None, *, peer_address=None, peer_certificate=None,
                  secure: bool = False, tls_cipher: str | None = None,
@@ -983,6 +983,7 @@ class SccpServerSession:
         self.device_name: str | None = None
         self._last_heard = now
         self._pending: Register | None = None
+        self.messages_received = 0
 
     # output
     def data_to_send(self) -> bytes:
@@ -1003,6 +1004,7 @@ class SccpServerSession:
             self._last_heard = now
         events: list[object] = []
         for message in self._framer.feed(data):
+            self.messages_received += 1
             events.extend(self.handle_message(message))
         return events
 

@@ -1,0 +1,225 @@
+"""`ssl.SSLContext` factories for the phone-facing TLS services.
+
+Three flavours:
+
+* ordinary TLS (CTL provider, CAPF): TLS 1.2+, the library's default strong ciphers;
+* SCCP **authenticated** (AUTH-7): TLS 1.2 with a NULL cipher — records carry a MAC but no
+  encryption, so signalling is readable on the wire yet cannot be altered in transit. OpenSSL 3 only
+  offers NULL suites at `@SECLEVEL=0`; TLS 1.3 has none, so these contexts pin TLS 1.2;
+* SCCP **encrypted** (ENC-1): TLS 1.2 with AES suites.
+
+Mode per device: the device name is only known after the handshake (it arrives in Register), so
+the call-control server offers *both* NULL and AES suites and the phone offers only the suites
+of its configured mode. After Register the server compares the negotiated cipher with the
+device's configured mode (`check_transport_for_mode`) and refuses a mismatch, so a device set to
+encrypted can never stay registered over an integrity-only channel.
+
+Mutual authentication (AUTH-2): the SCCP server requires a client certificate chaining to the
+CAPF CA (LSC) or the manufacturer CA (MIC). The phone trusts exactly the CallManager certificates
+of its CTL (self-signed `ccmserver.cer`, loaded as trust anchors with partial-chain verification,
+no host-name check) and, after the handshake, `peer_is_one_of` pins the presented certificate to
+those CTL entries. A phone holding both an LSC and a MIC presents the LSC (CERT-2).
+"""
+
+from __future__ import annotations
+
+import enum
+import ssl
+import tempfile
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from ccmsec.pki.ca import Issued, key_to_pem
+
+# Integrity-only suites (RSA key exchange; the phones of the period used RSA certificates).
+NULL_CIPHERS = ("NULL-SHA256", "NULL-SHA")
+# Encrypting suites; forward-secret ones first.
+AES_CIPHERS = (
+    "ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-RSA-AES256-GCM-SHA384", "ECDHE-RSA-AES128-SHA256",
+    "AES128-GCM-SHA256", "AES128-SHA256", "AES256-SHA256", "AES128-SHA",
+)
+
+
+class SccpTransportMode(str, enum.Enum):
+    PLAIN = "non-secure"  # TCP 2000, no TLS
+    AUTHENTICATED = "authenticated"  # TLS, NULL cipher
+    ENCRYPTED = "encrypted"  # TLS, AES
+
+
+class TransportModeMismatch(ValueError):
+    """The negotiated transport does not match the device's configured security mode."""
+
+
+def _cipher_string(names: Iterable[str]) -> str:
+    return ":".join(names) + ":@SECLEVEL=0"
+
+
+def _pem_certs(certs: Iterable[x509.Certificate]) -> str:
+    return "".join(c.public_bytes(serialization.Encoding.PEM).decode("ascii") for c in certs)
+
+
+def _load_identity(ctx: ssl.SSLContext, identity: Issued,
+                   chain: Sequence[x509.Certificate] = ()) -> None:
+    # ssl only loads keys from files; the temporary directory lives for this call only.
+    with tempfile.TemporaryDirectory(prefix="ccmsec-tls-") as tmp:
+        cert_path = Path(tmp) / "cert.pem"
+        key_path = Path(tmp) / "key.pem"
+        cert_path.write_bytes(identity.pem + _pem_certs(chain).encode("ascii"))
+        key_path.touch(mode=0o600)
+        key_path.write_bytes(key_to_pem(identity.key))
+        ctx.load_cert_chain(cert_path, key_path)
+
+
+def enable_keylog(ctx: ssl.SSLContext, path: str | Path) -> ssl.SSLContext:
+    """Write NSS key-log lines (for tshark `-o tls.keylog_file:`). Test/diagnostic use only."""
+    ctx.keylog_filename = str(path)
+    return ctx
+
+
+# -- ordinary TLS (CTL provider, CAPF) ------------------------------------------------------------
+
+def server_context(identity: Issued, *, chain: Sequence[x509.Certificate] = (),
+                   client_cas: Sequence[x509.Certificate] = (),
+                   require_client_cert: bool = False) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    _load_identity(ctx, identity, chain)
+    if client_cas:
+        ctx.load_verify_locations(cadata=_pem_certs(client_cas))
+        ctx.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_OPTIONAL
+    elif require_client_cert:
+        raise ValueError("require_client_cert needs at least one client CA")
+    return ctx
+
+
+def client_context(trusted: Sequence[x509.Certificate], *, identity: Issued | None = None,
+                   check_hostname: bool = False) -> ssl.SSLContext:
+    """A client that trusts exactly `trusted` (CAs or self-signed server certificates)."""
+    if not trusted:
+        raise ValueError("a TLS client needs at least one trusted certificate")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.check_hostname = check_hostname
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    ctx.load_verify_locations(cadata=_pem_certs(trusted))
+    if identity is not None:
+        _load_identity(ctx, identity)
+    return ctx
+
+
+# -- SCCP over TLS --------------------------------------------------------------------------------
+
+def sccp_server_context(identity: Issued, client_cas: Sequence[x509.Certificate], *,
+                        allow: Iterable[SccpTransportMode] = (SccpTransportMode.AUTHENTICATED,
+                                                              SccpTransportMode.ENCRYPTED),
+                        ) -> ssl.SSLContext:
+    """Call control's SCCP/TLS listener (2443): mutual TLS 1.2 offering NULL and AES suites.
+
+    `client_cas`: the CAPF CA (LSCs) and the manufacturer CA (MICs) — AUTH-2, CERT-2.
+    """
+    if not client_cas:
+        raise ValueError("the SCCP TLS server needs the CAPF and/or manufacturer CA")
+    allow = set(allow)
+    ciphers: list[str] = []
+    if SccpTransportMode.AUTHENTICATED in allow:
+        ciphers += NULL_CIPHERS
+    if SccpTransportMode.ENCRYPTED in allow:
+        ciphers += AES_CIPHERS
+    if not ciphers:
+        raise ValueError("allow at least one of authenticated / encrypted")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers(_cipher_string(ciphers))
+    ctx.options |= ssl.OP_NO_TICKET  # no resumption: every connection proves its certificate
+    _load_identity(ctx, identity)
+    ctx.load_verify_locations(cadata=_pem_certs(client_cas))
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+def choose_phone_certificate(lsc: Issued | None, mic: Issued | None) -> Issued:
+    """CERT-2: the LSC takes precedence over the MIC when both are installed."""
+    if lsc is not None:
+        return lsc
+    if mic is not None:
+        return mic
+    raise ValueError("AUTH-6: the phone holds neither an LSC nor a MIC; no TLS to call control")
+
+
+def sccp_phone_context(mode: SccpTransportMode | str, ccm_certificates: Sequence[x509.Certificate],
+                       *, lsc: Issued | None = None, mic: Issued | None = None) -> ssl.SSLContext:
+    """The phone's SCCP/TLS client context for its configured security mode.
+
+    `ccm_certificates`: the CallManager entries of the phone's CTL (AUTH-6 needs at least one).
+    Offers only the suites of `mode`, presents the LSC if present else the MIC (CERT-2).
+    """
+    mode = SccpTransportMode(mode)
+    if mode is SccpTransportMode.PLAIN:
+        raise ValueError("a non-secure device does not use TLS to call control")
+    if not ccm_certificates:
+        raise ValueError("AUTH-6: no CallManager certificate in the CTL; no TLS to call control")
+    identity = choose_phone_certificate(lsc, mic)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers(_cipher_string(
+        NULL_CIPHERS if mode is SccpTransportMode.AUTHENTICATED else AES_CIPHERS))
+    ctx.check_hostname = False  # the CTL, not DNS, names call control
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN  # self-signed ccmserver.cer as anchor
+    ctx.load_verify_locations(cadata=_pem_certs(ccm_certificates))
+    _load_identity(ctx, identity)
+    return ctx
+
+
+# -- after the handshake --------------------------------------------------------------------------
+
+def transport_mode_of(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> SccpTransportMode:
+    """What the negotiated connection actually provides."""
+    if ssl_object is None:
+        return SccpTransportMode.PLAIN
+    cipher = ssl_object.cipher()
+    if cipher is None:
+        raise TransportModeMismatch("TLS handshake not complete")
+    return transport_mode_of_cipher(cipher[0])
+
+
+def transport_mode_of_cipher(cipher_name: str) -> SccpTransportMode:
+    if cipher_name.startswith("NULL-") or "-NULL-" in cipher_name:
+        return SccpTransportMode.AUTHENTICATED
+    return SccpTransportMode.ENCRYPTED
+
+
+def check_transport_for_mode(device_mode: SccpTransportMode | str,
+                             transport: SccpTransportMode | str) -> None:
+    """Refuse a device whose connection does not match its configured mode.
+
+    Non-secure devices use plain TCP; authenticated devices TLS with a NULL cipher (AUTH-7);
+    encrypted devices TLS with AES (ENC-1). Raises TransportModeMismatch.
+    """
+    device_mode = SccpTransportMode(device_mode)
+    transport = SccpTransportMode(transport)
+    if device_mode is not transport:
+        raise TransportModeMismatch(
+            f"device is configured {device_mode.value} but connected over a "
+            f"{transport.value} transport"
+        )
+
+
+def peer_certificate(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> x509.Certificate | None:
+    if ssl_object is None:
+        return None
+    der = ssl_object.getpeercert(binary_form=True)
+    return x509.load_der_x509_certificate(der) if der else None
+
+
+def peer_is_one_of(ssl_object: ssl.SSLObject | ssl.SSLSocket,
+                   certificates: Iterable[x509.Certificate]) -> bool:
+    """Pin: the server certificate must be byte-for-byte one of the CTL's CallManager entries."""
+    der = ssl_object.getpeercert(binary_form=True)
+    if not der:
+        return False
+    return any(c.public_bytes(serialization.Encoding.DER) == der for c in certificates)
