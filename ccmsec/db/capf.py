@@ -1,0 +1,359 @@
+"""CAPF tables of the publisher database and the SQL operations store the CAPF server uses.
+
+CHK-7: every piece of CAPF state (scheduled operations, attempts, issued certificates) lives in
+these two tables of the publisher database, nowhere else, so it survives restarts and upgrades.
+
+`capf_operations`  one row per scheduled operation (install | upgrade | delete | troubleshoot).
+`capf_certificates` the issued-certificate log (issued → installed, fetched, deleted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as _dt
+import re
+from dataclasses import dataclass
+from typing import Awaitable, Callable
+
+import argon2
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from sqlalchemy import (
+    CheckConstraint, DateTime, ForeignKey, Integer, LargeBinary, String, select, update,
+)
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Mapped, mapped_column
+
+from ccmsec.db.base import Base
+from ccmsec.wire.capf import AuthCheck, KeySpec, OperationLookup, ScheduledOperation
+
+OPERATIONS = ("install", "upgrade", "delete", "troubleshoot")
+AUTH_MODES = ("string", "null", "lsc", "mic", "lsc-then-mic")
+STATES = ("pending", "in_progress", "done", "failed", "expired", "locked")
+OUTCOMES = ("issued", "installed", "fetched", "deleted")
+ACTIVE = ("pending", "in_progress", "locked")
+MAX_AUTH_FAILURES = 5
+AUTH_STRING = re.compile(r"^[0-9]{4,10}$")  # the administrator-generated one-time digits
+
+
+def _in(values: tuple[str, ...]) -> str:
+    return ", ".join(f"'{v}'" for v in values)
+
+
+def utcnow() -> _dt.datetime:
+    return _dt.datetime.now(_dt.timezone.utc)
+
+
+def _aware(value: _dt.datetime | None) -> _dt.datetime | None:
+    # SQLite hands back naive datetimes; everything we write is UTC.
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=_dt.timezone.utc)
+    return value
+
+
+class CapfOperation(Base):
+    __tablename__ = "capf_operations"
+    __table_args__ = (
+        CheckConstraint(f"operation IN ({_in(OPERATIONS)})", name="operation"),
+        CheckConstraint(f"auth_mode IN ({_in(AUTH_MODES)})", name="auth_mode"),
+        CheckConstraint(f"state IN ({_in(STATES)})", name="state"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    device_name: Mapped[str] = mapped_column(String(64), index=True)
+    operation: Mapped[str] = mapped_column(String(16))
+    auth_mode: Mapped[str] = mapped_column(String(16))
+    auth_string_hash: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    key_type: Mapped[str] = mapped_column(String(16))
+    deadline: Mapped[_dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    state: Mapped[str] = mapped_column(String(16))
+    failed_attempts: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    # Fingerprint of the one certificate this operation issued (idempotency across reconnects).
+    issued_fingerprint: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[_dt.datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[_dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
+class CapfCertificate(Base):
+    __tablename__ = "capf_certificates"
+    __table_args__ = (CheckConstraint(f"outcome IN ({_in(OUTCOMES)})", name="outcome"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    operation_id: Mapped[int | None] = mapped_column(ForeignKey("capf_operations.id"), nullable=True)
+    device_name: Mapped[str] = mapped_column(String(64), index=True)
+    serial: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    fingerprint_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    operation: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[_dt.datetime] = mapped_column(DateTime(timezone=True))
+    outcome: Mapped[str] = mapped_column(String(16))
+    der: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Auth strings are stored as argon2 hashes, never the digits.
+
+_HASHER = argon2.PasswordHasher(time_cost=2, memory_cost=19456, parallelism=1)
+
+
+def hash_auth_string(auth_string: str) -> str:
+    return _HASHER.hash(auth_string)
+
+
+def auth_string_matches(stored_hash: str | None, candidate: str | None) -> bool:
+    if stored_hash is None or candidate is None:
+        return False
+    try:
+        return _HASHER.verify(stored_hash, candidate)
+    except (argon2.exceptions.VerificationError, argon2.exceptions.InvalidHashError):
+        return False
+
+
+# --------------------------------------------------------------------------------------------
+# Views handed out of sessions (plain data, safe after the session closes)
+
+
+@dataclass(frozen=True)
+class OperationView:
+    id: int
+    device_name: str
+    operation: str
+    auth_mode: str
+    key_type: str
+    state: str
+    failed_attempts: int
+    reason: str | None
+    deadline: _dt.datetime | None
+    issued_fingerprint: str | None
+
+    @classmethod
+    def of(cls, row: CapfOperation) -> "OperationView":
+        return cls(row.id, row.device_name, row.operation, row.auth_mode, row.key_type, row.state,
+                   row.failed_attempts, row.reason, _aware(row.deadline), row.issued_fingerprint)
+
+
+@dataclass(frozen=True)
+class CertificateRecord:
+    id: int
+    operation_id: int | None
+    device_name: str
+    serial: str | None
+    fingerprint_sha256: str | None
+    operation: str
+    outcome: str
+    created_at: _dt.datetime
+    der: bytes | None
+
+    @classmethod
+    def of(cls, row: CapfCertificate) -> "CertificateRecord":
+        return cls(row.id, row.operation_id, row.device_name, row.serial, row.fingerprint_sha256,
+                   row.operation, row.outcome, _aware(row.created_at), row.der)  # type: ignore[arg-type]
+
+
+def _cert_ids(der: bytes) -> tuple[str, str]:
+    cert = x509.load_der_x509_certificate(der)
+    return format(cert.serial_number, "x"), cert.fingerprint(hashes.SHA256()).hex()
+
+
+# --------------------------------------------------------------------------------------------
+# Administration: scheduling (used by the CLI / gRPC layer)
+
+
+async def schedule_operation(
+    factory: async_sessionmaker[AsyncSession], device_name: str, operation: str, *,
+    auth_mode: str = "null", auth_string: str | None = None, key_type: str = "rsa2048",
+    deadline: _dt.datetime | None = None,
+) -> int:
+    """Schedule a CAPF operation; it replaces any unfinished one for the device."""
+    if operation not in OPERATIONS:
+        raise ValueError(f"unknown CAPF operation {operation!r} (one of {', '.join(OPERATIONS)})")
+    if auth_mode not in AUTH_MODES:
+        raise ValueError(f"unknown CAPF auth mode {auth_mode!r} (one of {', '.join(AUTH_MODES)})")
+    KeySpec.parse(key_type)
+    if auth_mode == "string":
+        if auth_string is None or not AUTH_STRING.match(auth_string):
+            raise ValueError("auth mode 'string' needs an auth string of 4 to 10 digits")
+        stored_hash: str | None = await asyncio.to_thread(hash_auth_string, auth_string)
+    else:
+        if auth_string is not None:
+            raise ValueError(f"an auth string only goes with auth mode 'string', not {auth_mode!r}")
+        stored_hash = None
+    now = utcnow()
+    async with factory() as s, s.begin():
+        await s.execute(
+            update(CapfOperation)
+            .where(CapfOperation.device_name == device_name, CapfOperation.state.in_(ACTIVE))
+            .values(state="failed", reason="superseded by a newer operation", updated_at=now)
+        )
+        row = CapfOperation(
+            device_name=device_name, operation=operation, auth_mode=auth_mode,
+            auth_string_hash=stored_hash, key_type=key_type, deadline=deadline, state="pending",
+            failed_attempts=0, reason=None, issued_fingerprint=None, created_at=now, updated_at=now,
+        )
+        s.add(row)
+        await s.flush()
+        return row.id
+
+
+# --------------------------------------------------------------------------------------------
+# The operations store (implements ccmsec.wire.capf.CapfOperationsStore)
+
+
+class SqlCapfStore:
+    def __init__(self, factory: async_sessionmaker[AsyncSession], *, max_failures: int = MAX_AUTH_FAILURES,
+                 device_exists: Callable[[str], Awaitable[bool]] | None = None,
+                 clock: Callable[[], _dt.datetime] = utcnow):
+        self.factory = factory
+        self.max_failures = max_failures
+        self.device_exists = device_exists
+        self.clock = clock
+
+    # -- lookups used by the session
+
+    async def find_operation(self, device_name: str) -> OperationLookup:
+        now = self.clock()
+        async with self.factory() as s, s.begin():
+            rows = (await s.execute(
+                select(CapfOperation).where(CapfOperation.device_name == device_name)
+                .order_by(CapfOperation.id.desc())
+            )).scalars().all()
+            if not rows:
+                known = await self.device_exists(device_name) if self.device_exists else False
+                return OperationLookup("none" if known else "unknown")
+            op = next((r for r in rows if r.state in ACTIVE), None)
+            if op is None:
+                return OperationLookup("none")
+            if op.state == "locked":
+                return OperationLookup("locked")
+            deadline = _aware(op.deadline)
+            if deadline is not None and now > deadline:
+                op.state, op.reason, op.updated_at = "expired", "deadline passed before the phone connected", now
+                return OperationLookup("expired")
+            issued_der = None
+            if op.issued_fingerprint is not None:
+                issued_der = (await s.execute(
+                    select(CapfCertificate.der).where(
+                        CapfCertificate.operation_id == op.id,
+                        CapfCertificate.fingerprint_sha256 == op.issued_fingerprint)
+                )).scalars().first()
+            return OperationLookup("scheduled", ScheduledOperation(
+                op.id, op.device_name, op.operation, op.auth_mode, op.key_type, issued_der))  # type: ignore[arg-type]
+
+    async def _count_failure(self, op_id: int, why: str) -> AuthCheck:
+        async with self.factory() as s, s.begin():
+            op = await s.get(CapfOperation, op_id, with_for_update=True)
+            if op is None:
+                raise ValueError(f"no CAPF operation {op_id}")
+            if op.state == "locked":
+                return AuthCheck.LOCKED
+            op.failed_attempts += 1
+            op.reason = why[:255]
+            op.updated_at = self.clock()
+            if op.failed_attempts >= self.max_failures:
+                op.state = "locked"
+                return AuthCheck.LOCKED
+            return AuthCheck.WRONG
+
+    async def check_auth_string(self, op_id: int, candidate: str | None) -> AuthCheck:
+        async with self.factory() as s:
+            op = await s.get(CapfOperation, op_id)
+            if op is None:
+                raise ValueError(f"no CAPF operation {op_id}")
+            if op.state == "locked":
+                return AuthCheck.LOCKED
+            stored_hash = op.auth_string_hash
+        # argon2 is deliberately slow: keep it off the event loop.
+        if await asyncio.to_thread(auth_string_matches, stored_hash, candidate):
+            async with self.factory() as s, s.begin():
+                await s.execute(update(CapfOperation).where(
+                    CapfOperation.id == op_id, CapfOperation.state == "pending",
+                ).values(state="in_progress", updated_at=self.clock()))
+            return AuthCheck.OK
+        return await self._count_failure(op_id, "wrong auth string")
+
+    async def record_auth_failure(self, op_id: int, why: str) -> AuthCheck:
+        return await self._count_failure(op_id, why)
+
+    async def record_issued(self, op_id: int, device_name: str, certificate_der: bytes) -> bytes:
+        serial, fingerprint = _cert_ids(certificate_der)
+        now = self.clock()
+        async with self.factory() as s, s.begin():
+            # Compare-and-set on the operation row: only the first issuance is tied to it; a
+            # racing or reconnecting session gets the certificate already tied.
+            claimed = await s.execute(
+                update(CapfOperation)
+                .where(CapfOperation.id == op_id, CapfOperation.issued_fingerprint.is_(None),
+                       CapfOperation.state.in_(("pending", "in_progress")))
+                .values(issued_fingerprint=fingerprint, state="in_progress", updated_at=now)
+            )
+            op = await s.get(CapfOperation, op_id)
+            if op is None:
+                raise ValueError(f"no CAPF operation {op_id}")
+            if claimed.rowcount == 1:
+                s.add(CapfCertificate(
+                    operation_id=op_id, device_name=device_name, serial=serial, fingerprint_sha256=fingerprint,
+                    operation=op.operation, created_at=now, outcome="issued", der=certificate_der))
+                return certificate_der
+            existing = (await s.execute(
+                select(CapfCertificate.der).where(CapfCertificate.operation_id == op_id,
+                                                  CapfCertificate.fingerprint_sha256 == op.issued_fingerprint)
+            )).scalars().first()
+        if existing is None:
+            raise ValueError(f"CAPF operation {op_id} is {op.state}; it cannot issue a certificate")
+        return existing
+
+    async def mark_done(self, op_id: int, outcome: str, certificate_der: bytes | None = None) -> None:
+        if outcome not in ("installed", "fetched", "deleted"):
+            raise ValueError(f"unknown CAPF outcome {outcome!r}")
+        now = self.clock()
+        async with self.factory() as s, s.begin():
+            op = await s.get(CapfOperation, op_id, with_for_update=True)
+            if op is None:
+                raise ValueError(f"no CAPF operation {op_id}")
+            op.state, op.reason, op.updated_at = "done", None, now
+            if outcome == "installed":
+                await s.execute(update(CapfCertificate).where(
+                    CapfCertificate.operation_id == op_id,
+                    CapfCertificate.fingerprint_sha256 == op.issued_fingerprint,
+                ).values(outcome="installed"))
+                return
+            serial = fingerprint = None
+            if certificate_der is not None:
+                serial, fingerprint = _cert_ids(certificate_der)
+            s.add(CapfCertificate(
+                operation_id=op_id, device_name=op.device_name, serial=serial, fingerprint_sha256=fingerprint,
+                operation=op.operation, created_at=now, outcome=outcome, der=certificate_der))
+
+    async def mark_failed(self, op_id: int, reason: str) -> None:
+        async with self.factory() as s, s.begin():
+            await s.execute(update(CapfOperation).where(CapfOperation.id == op_id).values(
+                state="failed", reason=reason[:255], updated_at=self.clock()))
+
+    # -- reporting (CHK-8 and the administration views)
+
+    async def operation(self, op_id: int) -> OperationView | None:
+        async with self.factory() as s:
+            row = await s.get(CapfOperation, op_id)
+            return OperationView.of(row) if row else None
+
+    async def certificates(self, device_name: str | None = None) -> list[CertificateRecord]:
+        q = select(CapfCertificate).order_by(CapfCertificate.id)
+        if device_name is not None:
+            q = q.where(CapfCertificate.device_name == device_name)
+        async with self.factory() as s:
+            return [CertificateRecord.of(r) for r in (await s.execute(q)).scalars()]
+
+    async def installed_lsc(self, device_name: str) -> CertificateRecord | None:
+        """CHK-8: the LSC CAPF last installed on the device, unless deleted since."""
+        async with self.factory() as s:
+            row = (await s.execute(
+                select(CapfCertificate)
+                .where(CapfCertificate.device_name == device_name,
+                       CapfCertificate.outcome.in_(("installed", "deleted")))
+                .order_by(CapfCertificate.id.desc()).limit(1)
+            )).scalars().first()
+            return CertificateRecord.of(row) if row is not None and row.outcome == "installed" else None
+
+    async def devices_missing_lsc(self, device_names: list[str]) -> list[str]:
+        """CHK-8: which of these devices (the ones that need an LSC) have none installed."""
+        return [d for d in device_names if await self.installed_lsc(d) is None]
