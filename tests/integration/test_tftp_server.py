@@ -1,0 +1,240 @@
+"""TFTP server and client over real UDP sockets on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+
+import pytest
+
+from ccmsec.aio.tftp import TftpServer, tftp_get
+from ccmsec.wire import tftp as t
+
+pytestmark = pytest.mark.timeout(60)
+
+FILES = {
+    "SEP001122334455.cnf.xml": os.urandom(1500),
+    "empty": b"",
+    "exact": b"e" * 1024,
+    "big": os.urandom(300_000),
+    "text.txt": b"line one\nline two\r\nbare cr\r end\n",
+}
+
+
+async def resolve(filename: str, client: tuple[str, int]) -> bytes | None:
+    if filename == "forbidden":
+        raise t.TftpError(t.ERR_ACCESS_VIOLATION, "not for you")
+    if filename == "crash":
+        raise RuntimeError("resolver bug")
+    return FILES.get(filename)
+
+
+@pytest.fixture
+async def server():
+    async with TftpServer("127.0.0.1", 0, resolve, timeout=0.1, retries=10, max_windowsize=512) as srv:
+        yield srv
+
+
+async def drained(server: TftpServer, within: float = 2.0) -> bool:
+    """The server handles the final ACK after the client returns; wait (bounded) for that."""
+    for _ in range(int(within / 0.01)):
+        if server.active_sessions == 0:
+            return True
+        await asyncio.sleep(0.01)
+    return False
+
+
+class UdpPeer(asyncio.DatagramProtocol):
+    """A raw UDP endpoint collecting what it receives, for speaking TFTP by hand."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[tuple[bytes, tuple]] = asyncio.Queue()
+
+    def datagram_received(self, data, addr):
+        self.queue.put_nowait((data, addr))
+
+    async def recv(self, timeout: float = 2.0):
+        return await asyncio.wait_for(self.queue.get(), timeout)
+
+
+async def raw_peer(host: str = "127.0.0.1"):
+    loop = asyncio.get_running_loop()
+    transport, peer = await loop.create_datagram_endpoint(UdpPeer, local_addr=(host, 0))
+    return transport, peer
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"blksize": 1428}, {"blksize": 8, "windowsize": 16}, {"tsize": True}, {"blksize": 65464, "windowsize": 4, "tsize": True}],
+)
+async def test_fetch_is_byte_identical(server, options):
+    host, port = server.address
+    for name, data in FILES.items():
+        assert await tftp_get(host, port, name, timeout=0.2, **options) == data
+
+
+async def test_netascii_mode_round_trip(server):
+    host, port = server.address
+    assert await tftp_get(host, port, "text.txt", mode="netascii") == FILES["text.txt"]
+
+
+async def test_errors_carry_server_code_and_message(server):
+    host, port = server.address
+    with pytest.raises(t.TftpError) as info:
+        await tftp_get(host, port, "missing")
+    assert (info.value.code, info.value.message) == (1, "file not found")
+    with pytest.raises(t.TftpError) as info:
+        await tftp_get(host, port, "forbidden")
+    assert (info.value.code, info.value.message) == (2, "not for you")
+    with pytest.raises(t.TftpError) as info:
+        await tftp_get(host, port, "crash")
+    assert info.value.code == 0
+    assert await tftp_get(host, port, "empty") == b""  # still serving
+
+
+async def test_many_concurrent_transfers(server):
+    host, port = server.address
+    names = list(FILES) * 60
+    results = await asyncio.gather(*(tftp_get(host, port, n, blksize=1428, timeout=0.5) for n in names))
+    assert results == [FILES[n] for n in names]
+    assert await drained(server)
+
+
+async def test_block_numbers_wrap_over_real_sockets(server):
+    data = os.urandom(8 * 65536 + 100)  # > 65535 blocks of 8 bytes
+    FILES["wrap"] = data
+    try:
+        host, port = server.address
+        assert await tftp_get(host, port, "wrap", blksize=8, windowsize=512, timeout=0.5) == data
+    finally:
+        del FILES["wrap"]
+
+
+async def test_bounded_sessions_answer_server_busy():
+    gate = asyncio.Event()
+
+    async def slow(filename, client):
+        await gate.wait()
+        return b"ok"
+
+    async with TftpServer("127.0.0.1", 0, slow, max_sessions=2) as srv:
+        host, port = srv.address
+        first = [asyncio.create_task(tftp_get(host, port, "a", timeout=0.5)) for _ in range(2)]
+        while srv.active_sessions < 2:
+            await asyncio.sleep(0.01)
+        with pytest.raises(t.TftpError) as info:
+            await tftp_get(host, port, "a", timeout=0.5)
+        assert (info.value.code, info.value.message) == (0, "server busy")
+        gate.set()
+        assert await asyncio.gather(*first) == [b"ok", b"ok"]
+        assert await tftp_get(host, port, "a") == b"ok"  # capacity is back
+
+
+async def test_write_request_refused_with_access_violation(server):
+    transport, peer = await raw_peer()
+    try:
+        transport.sendto(t.encode_request(t.OP_WRQ, "SEP001122334455.cnf.xml"), server.address)
+        data, _ = await peer.recv()
+        assert t.parse_packet(data) == t.Error(2, "writes are not allowed")
+    finally:
+        transport.close()
+
+
+@pytest.mark.parametrize(
+    ("datagram", "code"),
+    [
+        (t.encode_rrq("../../etc/passwd"), 2),
+        (t.encode_rrq("/etc/passwd"), 2),
+        (b"\x00\x01" + b"A" * 300 + b"\0octet\0", 2),
+        (b"\x00\x01" + b"A" * 1000 + b"\0octet\0", 2),
+        (b"\x00\x07junk", 4),
+        (b"\x00\x01noterminator", 4),
+        (b"\x00\x01f\0mail\0", 4),
+    ],
+)
+async def test_hostile_requests_get_error_and_server_keeps_serving(server, datagram, code):
+    transport, peer = await raw_peer()
+    try:
+        transport.sendto(datagram, server.address)
+        data, _ = await peer.recv()
+        assert t.parse_packet(data).code == code
+    finally:
+        transport.close()
+    assert await tftp_get(*server.address, "SEP001122334455.cnf.xml") == FILES["SEP001122334455.cnf.xml"]
+
+
+async def test_runt_datagrams_answered_and_stray_ack_dropped(server):
+    transport, peer = await raw_peer()
+    try:
+        for junk in (b"\x00", b"\x01", b"\x00\x04\x00"):  # (asyncio never sends empty datagrams)
+            transport.sendto(junk, server.address)
+            data, _ = await peer.recv()
+            assert t.parse_packet(data).code == t.ERR_ILLEGAL_OPERATION
+        transport.sendto(t.encode_ack(1), server.address)  # stray ACK on the listening port
+        with pytest.raises(asyncio.TimeoutError):
+            await peer.recv(timeout=0.2)
+    finally:
+        transport.close()
+    assert await tftp_get(*server.address, "exact") == FILES["exact"]
+
+
+async def test_foreign_tid_gets_error_5_and_transfer_completes(server):
+    client_t, client = await raw_peer()
+    stranger_t, stranger = await raw_peer()
+    try:
+        client_t.sendto(t.encode_rrq("exact"), server.address)
+        data, tid = await client.recv()
+        assert t.parse_packet(data) == t.Data(1, FILES["exact"][:512])
+        assert tid != server.address  # a fresh TID per transfer
+        stranger_t.sendto(t.encode_ack(1), tid)
+        err, _ = await stranger.recv()
+        assert t.parse_packet(err) == t.Error(5, "unknown transfer ID")
+        client_t.sendto(t.encode_ack(1), tid)
+        data, _ = await client.recv()
+        assert t.parse_packet(data) == t.Data(2, FILES["exact"][512:])
+        client_t.sendto(t.encode_ack(2), tid)
+        data, _ = await client.recv()
+        assert t.parse_packet(data) == t.Data(3, b"")
+        client_t.sendto(t.encode_ack(3), tid)
+        assert await drained(server)
+        assert server.completed >= 1
+    finally:
+        client_t.close()
+        stranger_t.close()
+
+
+async def test_repeated_rrq_does_not_start_a_second_transfer(server):
+    client_t, client = await raw_peer()
+    try:
+        client_t.sendto(t.encode_rrq("exact"), server.address)
+        client_t.sendto(t.encode_rrq("exact"), server.address)
+        _, tid = await client.recv()
+        data, tid2 = await client.recv()  # the server's own retransmission after its timeout
+        assert tid2 == tid and t.parse_packet(data).block == 1
+    finally:
+        client_t.close()
+
+
+async def test_close_cancels_running_transfers_cleanly():
+    srv = TftpServer("127.0.0.1", 0, resolve, timeout=5, retries=5)
+    await srv.start()
+    client_t, client = await raw_peer()
+    try:
+        client_t.sendto(t.encode_rrq("big"), srv.address)
+        await client.recv()  # DATA 1, then we go silent
+        assert srv.active_sessions == 1
+        await asyncio.wait_for(srv.close(), 2)
+        assert srv.active_sessions == 0
+    finally:
+        client_t.close()
+
+
+async def test_client_gives_up_on_silent_server():
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))  # bound but never answers
+    try:
+        with pytest.raises(t.TftpTimeoutError):
+            await tftp_get("127.0.0.1", sock.getsockname()[1], "x", timeout=0.05, retries=2)
+    finally:
+        sock.close()
