@@ -1,0 +1,135 @@
+"""RST-1..9: what a configuration change requires to be reset or restarted — a pure function.
+
+`required_actions(change)` maps one typed change to the list of actions, exactly as the rule
+table says and nothing more. Services act on the actions (events `device.reset`,
+`service.restart.<role>`); each action names the rule it comes from.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Union
+
+
+class ResetKind(str, enum.Enum):
+    RESET = "reset"  # SCCP Reset type 1: the phone re-runs its boot
+    RESTART = "restart"  # SCCP Reset type 2: the phone restarts its application
+
+
+class _All(enum.Enum):
+    ALL = "all"
+
+
+ALL = _All.ALL  # every device / every node
+
+
+@dataclass(frozen=True)
+class DevicesOnServer:
+    """The devices registered to one call-control server at the time the action runs."""
+
+    server: str
+
+
+DeviceTarget = Union[tuple[str, ...], _All, DevicesOnServer]
+
+
+# Changes -----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DeviceSecurityModeChanged:
+    device: str
+
+
+@dataclass(frozen=True)
+class HardeningChanged:
+    device: str
+
+
+@dataclass(frozen=True)
+class ClusterModeChanged:
+    pass
+
+
+@dataclass(frozen=True)
+class CtlUpdated:
+    pass
+
+
+@dataclass(frozen=True)
+class SrstSecurityChanged:
+    srst: str
+    dependent_devices: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class CapfEnterpriseParamsChanged:
+    pass
+
+
+@dataclass(frozen=True)
+class CtlProviderPortChanged:
+    pass
+
+
+@dataclass(frozen=True)
+class CapfServiceParamsChanged:
+    pass
+
+
+@dataclass(frozen=True)
+class ResetDevicesOnServer:
+    server: str
+
+
+Change = Union[DeviceSecurityModeChanged, HardeningChanged, ClusterModeChanged, CtlUpdated,
+               SrstSecurityChanged, CapfEnterpriseParamsChanged, CtlProviderPortChanged,
+               CapfServiceParamsChanged, ResetDevicesOnServer]
+
+
+# Actions -----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ResetDevices:
+    devices: DeviceTarget
+    kind: ResetKind
+    rule_id: str
+
+
+@dataclass(frozen=True)
+class RestartService:
+    role: str  # service role name as in the topology (callmanager, tftp-signer, ...)
+    rule_id: str
+    nodes: tuple[str, ...] | _All = ALL
+
+
+Action = Union[ResetDevices, RestartService]
+
+
+def required_actions(change: Change) -> list[Action]:
+    """The resets and restarts one change requires (RST-1..9)."""
+    match change:
+        case DeviceSecurityModeChanged(device=device):
+            return [ResetDevices((device,), ResetKind.RESET, "RST-1")]
+        case HardeningChanged(device=device):
+            return [ResetDevices((device,), ResetKind.RESET, "RST-2")]
+        case ClusterModeChanged():
+            return [ResetDevices(ALL, ResetKind.RESET, "RST-3"),
+                    RestartService("callmanager", "RST-3")]
+        case CtlUpdated():
+            return [ResetDevices(ALL, ResetKind.RESTART, "RST-4"),
+                    RestartService("callmanager", "RST-4"),
+                    RestartService("tftp-signer", "RST-4")]
+        case SrstSecurityChanged(dependent_devices=devices):
+            if not devices:
+                return []
+            return [ResetDevices(tuple(devices), ResetKind.RESET, "RST-5")]
+        case CapfEnterpriseParamsChanged():
+            return [ResetDevices(ALL, ResetKind.RESET, "RST-6")]
+        case CtlProviderPortChanged():
+            return [RestartService("ctl-provider", "RST-7")]
+        case CapfServiceParamsChanged():
+            return [RestartService("capf", "RST-8")]
+        case ResetDevicesOnServer(server=server):
+            return [ResetDevices(DevicesOnServer(server), ResetKind.RESET, "RST-9")]
+    raise TypeError(f"not a configuration change: {change!r}")
