@@ -1,0 +1,78 @@
+"""Container healthcheck: `python -m ccmsec.runtime.healthcheck`.
+
+Reads the same environment as the service (CCMSEC_SERVICE, CCMSEC_DATA_DIR, CCMSEC_GRPC_PORT,
+CCMSEC_HOST, CCMSEC_NODE) and asks the service's gRPC health endpoint over mutual TLS, presenting a
+client certificate `healthcheck` from the cluster CA and expecting the server certificate of the
+role. Prints one line; exits 0 when SERVING, 1 otherwise (what Docker's HEALTHCHECK expects).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+# gRPC's own C-core logging would add lines to the one-line answer Docker keeps.
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+
+TIMEOUT = 3.0
+_WILDCARDS = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
+
+
+def _short(text: str, limit: int = 160) -> str:
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def probe_address(host: str) -> str:
+    """Where to knock: a wildcard bind address is reached over loopback."""
+    return _WILDCARDS.get(host, host)
+
+
+async def _check(data_dir: Path, role: str, host: str, port: int) -> str:
+    import grpc
+
+    from ccmsec.runtime.grpcio import check_health
+    from ccmsec.runtime.identity import client_identity
+
+    identity = client_identity(data_dir, "healthcheck")
+    try:
+        return await asyncio.wait_for(check_health(identity, host, port, role, timeout=TIMEOUT), TIMEOUT + 0.5)
+    except grpc.aio.AioRpcError as exc:
+        return f"{exc.code().name} ({_short(exc.details() or '', 100)})"
+    except asyncio.TimeoutError:
+        return "DEADLINE_EXCEEDED (no answer)"
+
+
+def run() -> tuple[int, str]:
+    """(exit code, the one line to print)."""
+    from ccmsec.runtime.settings import SettingsError, load_settings
+
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        return 1, f"unhealthy: {_short(exc)}"
+    role, data_dir = settings.service, Path(settings.data_dir)
+    # Never create a cluster CA from here: that is the services' job on first start.
+    if not (data_dir / "pki" / "cluster-ca.crt").exists():
+        return 1, f"unhealthy: {role}: no cluster CA in {data_dir / 'pki'} yet"
+    host = probe_address(settings.host)
+    where = f"{role} ({settings.node_name}) at {host}:{settings.grpc_port}"
+    try:
+        status = asyncio.run(_check(data_dir, role, host, settings.grpc_port))
+    except (OSError, ValueError) as exc:
+        return 1, f"unhealthy: {where}: {_short(exc)}"
+    if status == "SERVING":
+        return 0, f"healthy: {where}: SERVING"
+    return 1, f"unhealthy: {where}: {status}"
+
+
+def main() -> int:
+    code, line = run()
+    print(line, flush=True)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
