@@ -366,8 +366,11 @@ def verify_signature(container: SignedContainer, certificate: x509.Certificate,
                      error: type[SignatureError] = SignatureError) -> None:
     """Check the container's RSA PKCS#1 v1.5 signature with the certificate's public key."""
     header = container.header
-    key = certificate.public_key()
     who = f"{dn_string(certificate.subject)} (serial {certificate.serial_number:x})"
+    try:
+        key = certificate.public_key()
+    except Exception as exc:  # unsupported or malformed key in an otherwise parsable certificate
+        raise error(f"certificate {who} has an unusable public key ({exc})") from None
     if not isinstance(key, rsa.RSAPublicKey):
         raise error(f"certificate {who} has no RSA key; the file is RSA-signed")
     if key.key_size != header.modulus.bits:
@@ -403,7 +406,10 @@ class CtlRecord:
         if self.certificate is None:
             try:
                 cert = x509.load_der_x509_certificate(self.certificate_der)
-            except ValueError as exc:
+                # The DER parser is lazy: touch every field we rely on so that a bad certificate
+                # fails here, with a clear error, and not later in verification or listing.
+                cert.subject, cert.issuer, cert.serial_number, cert.public_key()
+            except Exception as exc:  # any failure of the DER parser means "not a certificate"
                 raise CtlFormatError(f"record certificate is not DER X.509: {exc}") from None
             object.__setattr__(self, "certificate", cert)
 
@@ -463,10 +469,10 @@ def _parse_records(data: bytes, start: int) -> tuple[CtlRecord, ...]:
     while offset < len(data):
         number = len(records) + 1
         try:
-            head = tlv.read_tlv(data, offset, len(data))
-            if head.tag != R_LENGTH:
+            if data[offset] != R_LENGTH:
                 raise CtlFormatError(f"record {number} at offset {offset} does not start with "
-                                     f"the record-length tag 1 (found tag {head.tag})")
+                                     f"the record-length tag 1 (found tag {data[offset]})")
+            head = tlv.read_tlv(data, offset, len(data))
             length = tlv.decode_uint(head, 2)
             if length < 5 or offset + length > len(data):
                 raise CtlFormatError(f"record {number} at offset {offset}: length {length} is "
@@ -593,7 +599,10 @@ def verify_ctl(ctl_file: CtlFile) -> CtlRecord:
 
 # --- human listing --------------------------------------------------------------------------------
 def _key_description(certificate: x509.Certificate) -> str:
-    key = certificate.public_key()
+    try:
+        key = certificate.public_key()
+    except Exception:
+        return "unusable key"
     if isinstance(key, rsa.RSAPublicKey):
         return f"RSA {key.key_size}-bit"
     if isinstance(key, ec.EllipticCurvePublicKey):
