@@ -1,0 +1,62 @@
+"""RST-1..9: each change maps to exactly the resets/restarts its rule names."""
+
+from __future__ import annotations
+
+import pytest
+
+from ccmsec.policy import resets as r
+
+
+def test_rst1_device_security_mode_resets_that_device_only():
+    assert r.required_actions(r.DeviceSecurityModeChanged("SEP1")) == [
+        r.ResetDevices(("SEP1",), r.ResetKind.RESET, "RST-1")]
+
+
+def test_rst2_hardening_resets_the_device_only():
+    assert r.required_actions(r.HardeningChanged("SEP2")) == [
+        r.ResetDevices(("SEP2",), r.ResetKind.RESET, "RST-2")]
+
+
+def test_rst3_cluster_mode_resets_all_and_restarts_callmanager():
+    actions = r.required_actions(r.ClusterModeChanged())
+    assert actions == [r.ResetDevices(r.ALL, r.ResetKind.RESET, "RST-3"),
+                       r.RestartService("callmanager", "RST-3")]
+    assert not any(isinstance(a, r.RestartService) and a.role == "tftp-signer" for a in actions)
+
+
+def test_rst4_ctl_update_restarts_devices_callmanager_and_tftp_everywhere():
+    actions = r.required_actions(r.CtlUpdated())
+    assert r.ResetDevices(r.ALL, r.ResetKind.RESTART, "RST-4") in actions
+    restarts = {(a.role, a.nodes) for a in actions if isinstance(a, r.RestartService)}
+    assert restarts == {("callmanager", r.ALL), ("tftp-signer", r.ALL)}
+    assert len(actions) == 3
+
+
+def test_rst5_srst_change_resets_only_dependent_devices():
+    actions = r.required_actions(r.SrstSecurityChanged("srst1", ("SEP1", "SEP2")))
+    assert actions == [r.ResetDevices(("SEP1", "SEP2"), r.ResetKind.RESET, "RST-5")]
+    assert r.required_actions(r.SrstSecurityChanged("srst1", ())) == []
+
+
+def test_rst6_capf_enterprise_params_reset_devices_without_service_restart():
+    assert r.required_actions(r.CapfEnterpriseParamsChanged()) == [
+        r.ResetDevices(r.ALL, r.ResetKind.RESET, "RST-6")]
+
+
+def test_rst7_tls_port_restarts_ctl_provider_only():
+    assert r.required_actions(r.CtlProviderPortChanged()) == [
+        r.RestartService("ctl-provider", "RST-7")]
+
+
+def test_rst8_capf_service_params_restart_capf_only():
+    assert r.required_actions(r.CapfServiceParamsChanged()) == [r.RestartService("capf", "RST-8")]
+
+
+def test_rst9_reset_devices_on_server_targets_that_server():
+    assert r.required_actions(r.ResetDevicesOnServer("ccm2")) == [
+        r.ResetDevices(r.DevicesOnServer("ccm2"), r.ResetKind.RESET, "RST-9")]
+
+
+def test_unknown_change_is_refused():
+    with pytest.raises(TypeError, match="not a configuration change"):
+        r.required_actions("cluster mode")  # type: ignore[arg-type]
