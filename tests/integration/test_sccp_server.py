@@ -1,0 +1,307 @@
+"""SCCP over real TCP and TLS sockets on 127.0.0.1: registration, keepalive, reset, refusals,
+AUTH-2 mutual authentication, AUTH-7 integrity of the NULL-cipher channel, ENC-1 encryption."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+
+import pytest
+
+from ccmsec.aio.sccp import (
+    ConnectionDropped,
+    SccpConnectError,
+    SccpRegistrationRejected,
+    SccpServer,
+    connect_phone,
+    require_transport_matching_mode,
+)
+from ccmsec.pki import ca, tls
+from ccmsec.wire import sccp as s
+
+pytestmark = pytest.mark.timeout(30)
+
+DEVICES = {"SEPENC": "encrypted", "SEPAUTH": "authenticated", "SEPPLAIN": "non-secure"}
+
+
+@pytest.fixture(scope="module")
+def pki():
+    capf = ca.create_ca(ca.name("CAPF"))
+    mfr = ca.create_ca(ca.name("Manufacturer"))
+    rogue = ca.create_ca(ca.name("Rogue CA"))
+    key = ca.new_key()
+    ccm = ca.Issued(ca.self_signed(ca.name("ccm1"), key), key)
+    return {
+        "capf": capf, "mfr": mfr, "rogue": rogue, "ccm": ccm,
+        "lsc": {n: ca.issue_with_new_key(capf, ca.name(n), server=False) for n in DEVICES},
+        "mic": ca.issue_with_new_key(mfr, ca.name("SEPENC"), server=False),
+        "rogue_cert": ca.issue_with_new_key(rogue, ca.name("SEPENC"), server=False),
+    }
+
+
+class Recorder:
+    def __init__(self):
+        self.events = []
+        self.requests = []
+
+    def __call__(self, conn, event):
+        self.events.append(event)
+
+    def of(self, kind):
+        return [e for e in self.events if isinstance(e, kind)]
+
+
+async def _wait_for(predicate, timeout=5.0):
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not predicate():
+        if loop.time() > end:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)
+
+
+def _tls_server(pki, recorder, decide=None, **kw):
+    ctx = tls.sccp_server_context(pki["ccm"], [pki["capf"].cert, pki["mfr"].cert])
+    return SccpServer(decide or require_transport_matching_mode(DEVICES.get), port=0,
+                      ssl_context=ctx, on_event=recorder, **kw)
+
+
+def _phone_ctx(pki, name, mode=None, **kw):
+    mode = mode or DEVICES[name]
+    kw.setdefault("lsc", pki["lsc"][name])
+    return tls.sccp_phone_context(mode, [pki["ccm"].cert], **kw)
+
+
+async def test_plain_tcp_register_keepalive_unregister():
+    rec = Recorder()
+    server = SccpServer(require_transport_matching_mode(DEVICES.get), port=0, on_event=rec,
+                        keepalive_interval=1)
+    async with server:
+        phone = await connect_phone("127.0.0.1", server.port, s.Register("SEPPLAIN", "127.0.0.1"))
+        ack = await phone.wait_registered()
+        assert ack.keepalive_interval == 1
+        await phone.next_event(s.KeepAliveAcked, timeout=5)
+        assert "SEPPLAIN" in server.registered
+        await _wait_for(lambda: rec.of(s.CapabilitiesReceived))
+        assert (await phone.unregister()).status == 0
+        await _wait_for(lambda: "SEPPLAIN" not in server.registered)
+        assert rec.of(s.DeviceUnregistered)
+        await phone.close()
+
+
+async def test_reject_reasons_unknown_device_and_wrong_transport(pki):
+    rec = Recorder()
+    async with SccpServer(require_transport_matching_mode(DEVICES.get), port=0,
+                          on_event=rec) as server:
+        phone = await connect_phone("127.0.0.1", server.port, s.Register("SEPNOBODY"))
+        with pytest.raises(SccpRegistrationRejected, match="unknown device"):
+            await phone.wait_registered()
+        await phone.close()
+        # An encrypted device on the plain port is refused (ENC-1).
+        phone = await connect_phone("127.0.0.1", server.port, s.Register("SEPENC"))
+        with pytest.raises(SccpRegistrationRejected, match="configured encrypted"):
+            await phone.wait_registered()
+        await phone.close()
+    assert [e.device_name for e in rec.of(s.RegistrationRefused)] == ["SEPNOBODY", "SEPENC"]
+    assert "non-secure transport" in rec.of(s.RegistrationRefused)[1].reason
+
+
+async def test_enc1_encrypted_mode_negotiates_aes_and_gets_reset(pki):
+    rec = Recorder()
+    async with _tls_server(pki, rec) as server:
+        phone = await connect_phone("127.0.0.1", server.port, s.Register("SEPENC"),
+                                    ssl_context=_phone_ctx(pki, "SEPENC"),
+                                    pinned_ccm_certificates=[pki["ccm"].cert])
+        await phone.wait_registered()
+        cipher = phone.ssl_object.cipher()[0]
+        assert "AES" in cipher and "NULL" not in cipher
+        assert await server.reset_device("SEPENC", s.ResetType.RESET)
+        event = await phone.next_event(s.ResetRequested)
+        assert event.reset_type is s.ResetType.RESET
+        assert not await server.reset_device("SEPNOBODY")
+        await phone.close()
+
+
+async def test_auth7_authenticated_mode_uses_null_cipher(pki):
+    async with _tls_server(pki, Recorder()) as server:
+        phone = await connect_phone("127.0.0.1", server.port, s.Register("SEPAUTH"),
+                                    ssl_context=_phone_ctx(pki, "SEPAUTH"))
+        await phone.wait_registered()
+        assert phone.ssl_object.cipher()[0].startswith("NULL-")
+        await phone.close()
+
+
+async def test_enc1_encrypted_device_over_null_cipher_is_refused(pki):
+    async with _tls_server(pki, Recorder()) as server:
+        phone = await connect_phone("127.0.0.1", server.port, s.Register("SEPENC"),
+                                    ssl_context=_phone_ctx(pki, "SEPENC", "authenticated"))
+        with pytest.raises(SccpRegistrationRejected, match="configured encrypted"):
+            await phone.wait_registered()
+        await phone.close()
+
+
+async def test_auth2_client_without_certificate_is_refused(pki):
+    async with _tls_server(pki, Recorder()) as server:
+        ctx = tls.client_context([pki["ccm"].cert])
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+        with pytest.raises(SccpConnectError):
+            phone = await connect_phone("127.0.0.1", server.port, s.Register("SEPENC"),
+                                        ssl_context=ctx)
+            await phone.wait_registered()  # TLS 1.3 would report the alert here
+
+
+async def test_auth2_certificate_from_wrong_ca_is_refused(pki):
+    async with _tls_server(pki, Recorder()) as server:
+        ctx = tls.sccp_phone_context("encrypted", [pki["ccm"].cert], mic=pki["rogue_cert"])
+        with pytest.raises(SccpConnectError):
+            await connect_phone("127.0.0.1", server.port, s.Register("SEPENC"), ssl_context=ctx)
+
+
+async def test_auth2_phone_refuses_server_not_in_its_ctl(pki):
+    other_key = ca.new_key()
+    other = ca.Issued(ca.self_signed(ca.name("impostor"), other_key), other_key)
+    ctx = tls.sccp_server_context(other, [pki["capf"].cert])
+    async with SccpServer(lambda r: s.RegistrationDecision.accept(), port=0,
+                          ssl_context=ctx) as server:
+        with pytest.raises(SccpConnectError):
+            await connect_phone("127.0.0.1", server.port, s.Register("SEPENC"),
+                                ssl_context=_phone_ctx(pki, "SEPENC"))
+
+
+async def test_cert2_lsc_presented_instead_of_mic(pki):
+    seen = []
+
+    def decide(request):
+        seen.append(request.peer_certificate)
+        return s.RegistrationDecision.accept()
+
+    async with _tls_server(pki, Recorder(), decide=decide) as server:
+        ctx = _phone_ctx(pki, "SEPENC", lsc=pki["lsc"]["SEPENC"], mic=pki["mic"])
+        phone = await connect_phone("127.0.0.1", server.port, s.Register("SEPENC"), ssl_context=ctx)
+        await phone.wait_registered()
+        await phone.close()
+    assert seen[0].issuer == pki["capf"].cert.subject  # the LSC, issued by CAPF
+    assert seen[0] != pki["mic"].cert
+
+
+async def _tampering_proxy(target_port: int, marker: bytes, flip: bool):
+    """A real TCP proxy between phone and server. It looks for `marker` in the phone→server
+    bytes (readable only if the TLS records are not encrypted) and, if `flip`, changes one byte
+    of it in flight."""
+    state = {"seen": False, "flipped": False}
+
+    async def pipe(reader, writer, inspect):
+        try:
+            while data := await reader.read(65536):
+                at = data.find(marker) if inspect else -1
+                if at >= 0:
+                    state["seen"] = True
+                    if flip and not state["flipped"]:
+                        data = data[:at] + bytes([data[at] ^ 0x01]) + data[at + 1:]
+                        state["flipped"] = True
+                writer.write(data)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    async def handle(client_reader, client_writer):
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", target_port)
+        await asyncio.gather(pipe(client_reader, up_writer, True),
+                             pipe(up_reader, client_writer, False), return_exceptions=True)
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, state
+
+
+# The 16-byte NUL-padded device-name field of Register: unlike the certificate's CN (which TLS 1.2
+# sends in clear during the handshake), this appears only inside SCCP records.
+REGISTER_AUTH = b"SEPAUTH".ljust(16, b"\0")
+REGISTER_ENC = b"SEPENC".ljust(16, b"\0")
+
+
+async def test_auth7_null_cipher_readable_but_modified_record_kills_connection(pki):
+    rec = Recorder()
+    async with _tls_server(pki, rec) as server:
+        # Untouched: the Register (device name) is readable on the wire — integrity only.
+        proxy, state = await _tampering_proxy(server.port, REGISTER_AUTH, flip=False)
+        phone = await connect_phone("127.0.0.1", proxy.sockets[0].getsockname()[1],
+                                    s.Register("SEPAUTH"), ssl_context=_phone_ctx(pki, "SEPAUTH"))
+        await phone.wait_registered()
+        assert state["seen"]
+        await phone.close()
+        proxy.close()
+
+        # One flipped bit inside that TLS record: the MAC check fails and the server drops it.
+        proxy, state = await _tampering_proxy(server.port, REGISTER_AUTH, flip=True)
+        phone = await connect_phone("127.0.0.1", proxy.sockets[0].getsockname()[1],
+                                    s.Register("SEPAUTH"), ssl_context=_phone_ctx(pki, "SEPAUTH"))
+        with pytest.raises((SccpConnectError, asyncio.TimeoutError)):
+            await phone.wait_registered(timeout=5)
+        assert state["flipped"]
+        await _wait_for(lambda: any("transport" in e.reason for e in rec.of(ConnectionDropped)))
+        assert len(rec.of(s.DeviceRegistered)) == 1  # only the untouched run registered
+        assert not rec.of(s.RegistrationRefused)  # the tampered Register never reached SCCP
+        await phone.close()
+        proxy.close()
+
+
+async def test_enc1_encrypted_channel_hides_the_signalling(pki):
+    async with _tls_server(pki, Recorder()) as server:
+        proxy, state = await _tampering_proxy(server.port, REGISTER_ENC, flip=False)
+        phone = await connect_phone("127.0.0.1", proxy.sockets[0].getsockname()[1],
+                                    s.Register("SEPENC"), ssl_context=_phone_ctx(pki, "SEPENC"))
+        await phone.wait_registered()
+        assert not state["seen"]  # the device name never appears in clear
+        await phone.close()
+        proxy.close()
+
+
+async def test_stalled_tls_handshake_does_not_block_others(pki):
+    rec = Recorder()
+    async with _tls_server(pki, rec, handshake_timeout=1.0) as server:
+        # A client that connects and sends half a ClientHello, then stalls.
+        stall_reader, stall_writer = await asyncio.open_connection("127.0.0.1", server.port)
+        stall_writer.write(b"\x16\x03\x01\x02\x00\x01")
+        await stall_writer.drain()
+        phone = await connect_phone("127.0.0.1", server.port, s.Register("SEPENC"),
+                                    ssl_context=_phone_ctx(pki, "SEPENC"))
+        await phone.wait_registered(timeout=3)
+        # The stalled one is dropped by the handshake timeout.
+        assert await asyncio.wait_for(stall_reader.read(), 5) == b""
+        stall_writer.close()
+        await phone.close()
+
+
+async def test_no_register_in_time_and_flood_are_dropped():
+    rec = Recorder()
+    server = SccpServer(lambda r: s.RegistrationDecision.accept(), port=0, on_event=rec,
+                        register_timeout=0.5, max_messages_per_second=20)
+    async with server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
+        phone = await connect_phone("127.0.0.1", server.port, s.Register("SEPFLOOD"))
+        await phone.wait_registered()
+        for _ in range(10):
+            await phone.send(s.OffHook(1, 0))
+            await phone.send(s.KeypadButton(1, 1, 0))
+            await phone.send(s.OnHook(1, 0))
+            await phone.send(s.KeepAlive())
+        await phone.wait_closed(timeout=5)
+        await phone.close()
+    reasons = [e.reason for e in rec.of(ConnectionDropped)]
+    assert "no Register in time" in reasons and "message flood" in reasons
+
+
+async def test_garbage_framing_closes_connection():
+    rec = Recorder()
+    async with SccpServer(lambda r: s.RegistrationDecision.accept(), port=0,
+                          on_event=rec) as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"\xff\xff\xff\x7f" + bytes(8))
+        await writer.drain()
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
+    assert any(e.reason.startswith("protocol:") for e in rec.of(ConnectionDropped))

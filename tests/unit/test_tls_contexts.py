@@ -1,0 +1,90 @@
+"""TLS context factories: cipher sets per SCCP mode, certificate choice, transport checks."""
+
+from __future__ import annotations
+
+import pytest
+
+from ccmsec.pki import ca, tls
+
+
+@pytest.fixture(scope="module")
+def pki():
+    capf = ca.create_ca(ca.name("CAPF"))
+    mfr = ca.create_ca(ca.name("Manufacturer"))
+    key = ca.new_key()
+    ccm = ca.Issued(ca.self_signed(ca.name("ccm1"), key), key)
+    lsc = ca.issue_with_new_key(capf, ca.name("SEP001122334455"), server=False)
+    mic = ca.issue_with_new_key(mfr, ca.name("SEP001122334455"), server=False)
+    return capf, mfr, ccm, lsc, mic
+
+
+def _names(ctx):
+    return {c["name"] for c in ctx.get_ciphers() if c["protocol"] == "TLSv1.2"}
+
+
+def test_auth7_authenticated_phone_offers_only_null_ciphers(pki):
+    _, _, ccm, lsc, _ = pki
+    names = _names(tls.sccp_phone_context("authenticated", [ccm.cert], lsc=lsc))
+    assert names and all("NULL" in n for n in names)
+
+
+def test_enc1_encrypted_phone_offers_only_aes_ciphers(pki):
+    _, _, ccm, lsc, _ = pki
+    names = _names(tls.sccp_phone_context("encrypted", [ccm.cert], lsc=lsc))
+    assert names and all("AES" in n and "NULL" not in n for n in names)
+
+
+def test_server_offers_both_modes(pki):
+    capf, mfr, ccm, _, _ = pki
+    names = _names(tls.sccp_server_context(ccm, [capf.cert, mfr.cert]))
+    assert any("NULL" in n for n in names) and any("AES" in n for n in names)
+
+
+def test_cert2_lsc_takes_precedence_over_mic(pki):
+    _, _, _, lsc, mic = pki
+    assert tls.choose_phone_certificate(lsc, mic) is lsc
+    assert tls.choose_phone_certificate(None, mic) is mic
+
+
+def test_auth6_no_certificate_or_no_ctl_means_no_tls(pki):
+    _, _, ccm, lsc, _ = pki
+    with pytest.raises(ValueError, match="AUTH-6: the phone holds neither"):
+        tls.sccp_phone_context("encrypted", [ccm.cert])
+    with pytest.raises(ValueError, match="AUTH-6: no CallManager certificate"):
+        tls.sccp_phone_context("encrypted", [], lsc=lsc)
+    with pytest.raises(ValueError, match="non-secure device"):
+        tls.sccp_phone_context("non-secure", [ccm.cert], lsc=lsc)
+
+
+def test_auth2_server_requires_client_ca(pki):
+    _, _, ccm, _, _ = pki
+    with pytest.raises(ValueError):
+        tls.sccp_server_context(ccm, [])
+
+
+def test_transport_mode_of_cipher():
+    assert tls.transport_mode_of_cipher("NULL-SHA256") is tls.SccpTransportMode.AUTHENTICATED
+    assert tls.transport_mode_of_cipher("ECDHE-RSA-NULL-SHA") is tls.SccpTransportMode.AUTHENTICATED
+    assert tls.transport_mode_of_cipher("AES128-SHA256") is tls.SccpTransportMode.ENCRYPTED
+    assert tls.transport_mode_of(None) is tls.SccpTransportMode.PLAIN
+
+
+@pytest.mark.parametrize("mode,transport,ok", [
+    ("encrypted", "encrypted", True), ("authenticated", "authenticated", True),
+    ("non-secure", "non-secure", True), ("encrypted", "authenticated", False),
+    ("encrypted", "non-secure", False), ("authenticated", "encrypted", False),
+    ("authenticated", "non-secure", False),
+])
+def test_enc1_auth7_transport_must_match_device_mode(mode, transport, ok):
+    if ok:
+        tls.check_transport_for_mode(mode, transport)
+    else:
+        with pytest.raises(tls.TransportModeMismatch, match=f"configured {mode}"):
+            tls.check_transport_for_mode(mode, transport)
+
+
+def test_keylog_helper_sets_filename(pki, tmp_path):
+    _, _, ccm, lsc, _ = pki
+    ctx = tls.enable_keylog(tls.sccp_phone_context("encrypted", [ccm.cert], lsc=lsc),
+                            tmp_path / "keys.log")
+    assert ctx.keylog_filename == str(tmp_path / "keys.log")
