@@ -369,6 +369,11 @@ def _published(entry) -> tuple[int, str] | None:
     return int(parts[-2]), proto or "tcp"
 
 
+def _has_healthcheck(svc) -> bool:
+    health = svc.get("healthcheck") if isinstance(svc, dict) else None
+    return isinstance(health, dict) and bool(health.get("test")) and not health.get("disable")
+
+
 def _depends_targets(svc: dict) -> list[str]:
     dep = svc.get("depends_on") or []
     return list(dep) if isinstance(dep, (list, dict)) else []
@@ -419,10 +424,9 @@ def validate_compose(text: str) -> list[str]:
                 problems.append(f"service {name}: depends_on unknown service {dep!r}")
             elif (isinstance(svc.get("depends_on"), dict)
                   and (svc["depends_on"][dep] or {}).get("condition") == "service_healthy"
-                  and not (services[dep] or {}).get("healthcheck")):
+                  and not _has_healthcheck(services[dep])):
                 problems.append(f"service {name}: waits for {dep!r} to be healthy but it has no healthcheck")
-        health = svc.get("healthcheck")
-        if not isinstance(health, dict) or not health.get("test") or health.get("disable"):
+        if not _has_healthcheck(svc):
             problems.append(f"service {name}: no healthcheck")
         for entry in svc.get("volumes") or []:
             vol = _named_volume(str(entry))

@@ -66,17 +66,19 @@ class EventBus:
         deadline = time.monotonic() + self.connect_timeout
         delay = 0.1
         while True:
+            remaining = deadline - time.monotonic()
             try:
-                self.nc = await nats.connect(
+                # nats-py keeps retrying the first connection too; bound each attempt ourselves.
+                self.nc = await asyncio.wait_for(nats.connect(
                     servers=[self.url], name=self.name, connect_timeout=2,
                     allow_reconnect=True, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
                     disconnected_cb=self._on_disconnect, reconnected_cb=self._on_reconnect,
                     error_cb=self._on_error,
-                )
+                ), timeout=max(0.5, min(remaining, 5.0)))
                 break
             except (NoServersError, OSError, asyncio.TimeoutError) as exc:
                 if time.monotonic() > deadline:
-                    raise BusError(f"cannot reach NATS at {self.url}: {exc}") from None
+                    raise BusError(f"cannot reach NATS at {self.url}: {exc or 'timed out'}") from None
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
         self.js = self.nc.jetstream()

@@ -156,7 +156,8 @@ class Service:
             loop.add_signal_handler(sig, self._stop.set)
         self.identity = service_identity(s.data_dir, self.role, self.node, s.host)
         self.engine, self.db = await open_database(s.db_url)
-        self.bus = bus_mod.EventBus(s.nats_url, f"{self.role}:{self.node}")
+        self.bus = bus_mod.EventBus(s.nats_url, f"{self.role}:{self.node}",
+                                   connect_timeout=s.bus_connect_timeout)
         await self.bus.connect()
         self.grpc = GrpcServer(self.identity, s.host, s.grpc_port)
         try:

@@ -32,6 +32,7 @@ class ServiceSettings(BaseSettings):
     database_url: str = ""
     log_level: str = "INFO"
     shutdown_grace: float = Field(4.0, ge=0, le=30)
+    bus_connect_timeout: float = Field(30.0, gt=0, le=600)
     peers: dict[str, str] = Field(default_factory=dict)  # role -> host (JSON in CCMSEC_PEERS)
 
     # Phone-facing ports of the roles (the source's defaults).
@@ -42,6 +43,7 @@ class ServiceSettings(BaseSettings):
     sccp_tls_port: int = Field(2443, ge=1, le=65535)
     admin_port: int = Field(8443, ge=1, le=65535)
     srst_cert_port: int = Field(2445, ge=1, le=65535)
+    mgcp_port: int = Field(2427, ge=1, le=65535)
     tftp_path: str = "cluster1"
     tftp_caching: bool = True
 

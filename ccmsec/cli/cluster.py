@@ -1,0 +1,71 @@
+"""`ccmsec up | status | down`: run a whole cluster locally, one process per service."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+
+from ccmsec.cli.common import CliError, add_data_option, data_dir
+from ccmsec.cluster import runner
+
+
+def _up(args) -> int:
+    d = data_dir(args)
+    try:
+        rows = runner.up(d, base=args.base, timeout=args.timeout)
+    except runner.RunnerError as exc:
+        raise CliError(str(exc)) from None
+    print(runner.format_rows(rows))
+    if args.detach:
+        print(f"cluster running from {d}; stop it with: ccmsec down --data {d}")
+        return 0
+    print("cluster running; press Ctrl-C to stop it")
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    try:
+        while not stop and runner.supervisor_pid(d):
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    runner.down(d)
+    return 0
+
+
+def _status(args) -> int:
+    try:
+        rows = runner.status(data_dir(args))
+    except runner.RunnerError as exc:
+        raise CliError(str(exc)) from None
+    if args.json:
+        print(json.dumps([r.__dict__ for r in rows], indent=2))
+    else:
+        print(runner.format_rows(rows))
+    return 0 if all(r.state in ("SERVING", "RUNNING") for r in rows) else 3
+
+
+def _down(args) -> int:
+    d = data_dir(args)
+    try:
+        n = runner.down(d)
+    except runner.RunnerError as exc:
+        raise CliError(str(exc)) from None
+    if n == 0:
+        print(f"no cluster running from {d}")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("up", help="start a local cluster (NATS + every service)")
+    add_data_option(p)
+    p.add_argument("-d", "--detach", action="store_true", help="return once every service is serving")
+    p.add_argument("--base", help="loopback base address 127.A.B.0 (default: derived from --data)")
+    p.add_argument("--timeout", type=float, default=runner.UP_TIMEOUT, help="seconds to wait for SERVING")
+    p.set_defaults(func=_up)
+    p = sub.add_parser("status", help="show the local cluster's services")
+    add_data_option(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_status)
+    p = sub.add_parser("down", help="stop every process of the local cluster")
+    add_data_option(p)
+    p.set_defaults(func=_down)

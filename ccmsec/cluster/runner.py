@@ -1,0 +1,255 @@
+"""`ccmsec up | status | down` for a local cluster in one data directory."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ccmsec.cluster.state import (
+    alive, endpoints_path, pid_belongs_to, read_endpoints, read_state, run_dir,
+)
+from ccmsec.cluster.topology import NATS_PORT, LocalCluster, local_cluster
+from ccmsec.fsutil import atomic_write
+
+UP_TIMEOUT = 120.0
+DOWN_TIMEOUT = 20.0
+
+
+class RunnerError(Exception):
+    """A clear, user-facing problem with the local cluster."""
+
+
+@dataclass
+class Row:
+    service: str
+    address: str
+    ports: str
+    pid: int
+    state: str
+    restarts: int = 0
+
+
+def cluster_for(data_dir: Path, base: str | None = None) -> LocalCluster:
+    known = read_endpoints(data_dir)
+    if base is None and known:
+        base = known.get("base")
+    try:
+        return local_cluster(data_dir, base)
+    except ValueError as exc:
+        raise RunnerError(str(exc)) from None
+
+
+def check_data_dir(data_dir: Path) -> None:
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except PermissionError:
+        raise RunnerError(f"cannot create data directory {data_dir}: permission denied") from None
+    except OSError as exc:
+        raise RunnerError(f"cannot create data directory {data_dir}: {exc.strerror}") from None
+    if not data_dir.is_dir():
+        raise RunnerError(f"{data_dir} is not a directory")
+    probe = data_dir / f".write-test-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError:
+        raise RunnerError(f"data directory {data_dir} is not writable") from None
+
+
+def supervisor_pid(data_dir: Path) -> int | None:
+    state = read_state(data_dir)
+    if not state:
+        return None
+    pid = int(state.get("supervisor_pid") or 0)
+    return pid if pid_belongs_to(pid, data_dir) else None
+
+
+def _port_free(host: str, port: int, proto: str) -> bool:
+    kind = socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM
+    with socket.socket(socket.AF_INET, kind) as s:
+        if kind == socket.SOCK_STREAM:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                return False
+            raise RunnerError(f"cannot bind {host}:{port}: {exc.strerror}") from None
+    return True
+
+
+def check_ports(cluster: LocalCluster) -> None:
+    wanted = [("nats", cluster.nats_host, NATS_PORT, "tcp", "NATS")]
+    for inst in cluster.instances:
+        protos = {p.name: p for p in inst.spec.ports}
+        for name, number in inst.ports.items():
+            proto = protos[name].protocol if name in protos else "tcp"
+            purpose = protos[name].purpose if name in protos else name.replace("_port", "")
+            wanted.append((inst.role, inst.host, number, proto, purpose))
+    busy = [f"{host}:{port}/{proto} ({role} {purpose})" for role, host, port, proto, purpose in wanted
+            if not _port_free(host, port, proto)]
+    if busy:
+        raise RunnerError("port already in use: " + ", ".join(busy)
+                          + " — stop what holds it, or choose other addresses with --base")
+
+
+_last_progress = [""]
+
+
+def _progress(msg: str, final: bool = False) -> None:
+    """One updating line on a terminal; a new line only when something changed otherwise."""
+    if sys.stderr.isatty():
+        sys.stderr.write("\r\033[K" + msg + ("\n" if final else ""))
+    elif msg != _last_progress[0]:
+        sys.stderr.write(msg + "\n")
+    _last_progress[0] = msg
+    sys.stderr.flush()
+
+
+async def health_states(cluster: LocalCluster, timeout: float = 1.5) -> dict[str, str]:
+    from ccmsec.runtime.grpcio import check_health
+    from ccmsec.runtime.identity import client_identity
+
+    ident = client_identity(cluster.data_dir)
+
+    async def one(inst):
+        try:
+            return inst.role, await check_health(ident, inst.host, inst.ports["grpc_port"], inst.role, timeout)
+        except Exception:
+            return inst.role, "UNREACHABLE"
+
+    return dict(await asyncio.gather(*(one(i) for i in cluster.instances)))
+
+
+def _tail(path: Path, lines: int = 5) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def up(data_dir: Path, *, base: str | None = None, timeout: float = UP_TIMEOUT, quiet: bool = False) -> list[Row]:
+    data_dir = data_dir.resolve()
+    check_data_dir(data_dir)
+    pid = supervisor_pid(data_dir)
+    if pid:
+        raise RunnerError(f"a cluster is already running from {data_dir} (supervisor pid {pid}); "
+                          "use `ccmsec status` or `ccmsec down`")
+    cluster = cluster_for(data_dir, base)
+    check_ports(cluster)
+    from ccmsec.runtime.identity import client_identity, ensure_cluster_ca
+
+    ensure_cluster_ca(data_dir)
+    client_identity(data_dir)
+    run_dir(data_dir).mkdir(parents=True, exist_ok=True)
+    (data_dir / "logs").mkdir(parents=True, exist_ok=True)
+    atomic_write(endpoints_path(data_dir), json.dumps(cluster.endpoints(), indent=2).encode())
+    env = dict(os.environ, CCMSEC_CLUSTER_DIR=str(data_dir))
+    with open(data_dir / "logs" / "supervisor.log", "ab") as logf:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ccmsec.cluster.supervisor", "--data", str(data_dir), "--base", cluster.base],
+            stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, env=env, start_new_session=True,
+        )
+    deadline = time.monotonic() + timeout
+    states: dict[str, str] = {}
+    while True:
+        code = proc.poll()
+        if code is not None:
+            raise RunnerError(f"the cluster supervisor exited (code {code}): "
+                              + (_tail(data_dir / "logs" / "supervisor.log", 3) or "see logs"))
+        states = asyncio.run(health_states(cluster))
+        serving = [r for r, s in states.items() if s == "SERVING"]
+        if not quiet:
+            waiting = [r for r in states if r not in serving]
+            _progress(f"starting cluster in {data_dir}: {len(serving)}/{len(states)} services serving"
+                      + (f" (waiting for {', '.join(waiting)})" if waiting else ""), final=not waiting)
+        if len(serving) == len(states):
+            break
+        if time.monotonic() > deadline:
+            laggards = [r for r in states if r not in serving]
+            details = "; ".join(f"{r}: {_tail(data_dir / 'logs' / f'{r}.log', 1)}" for r in laggards)
+            down(data_dir, quiet=True)
+            raise RunnerError(f"services not serving after {timeout:.0f}s: {', '.join(laggards)}. {details}")
+        time.sleep(0.5)
+    return status(data_dir, states=states)
+
+
+def status(data_dir: Path, states: dict[str, str] | None = None) -> list[Row]:
+    data_dir = data_dir.resolve()
+    state = read_state(data_dir)
+    if not state or not endpoints_path(data_dir).exists():
+        raise RunnerError(f"no cluster has been started from {data_dir}")
+    cluster = cluster_for(data_dir)
+    running = supervisor_pid(data_dir) is not None
+    if states is None:
+        states = asyncio.run(health_states(cluster)) if running else {}
+    children = state.get("children", {})
+    rows = []
+    nats = children.get("nats", {})
+    nats_pid = int(nats.get("pid") or 0)
+    rows.append(Row("nats", cluster.nats_host, f"{NATS_PORT}/tcp", nats_pid,
+                    "RUNNING" if running and pid_belongs_to(nats_pid, data_dir) else "DOWN",
+                    int(nats.get("restarts") or 0)))
+    for inst in cluster.instances:
+        info = children.get(inst.role, {})
+        pid = int(info.get("pid") or 0)
+        protos = {p.name: p.protocol for p in inst.spec.ports}
+        ports = ", ".join(f"{n}/{protos.get(k, 'tcp')}" for k, n in inst.ports.items() if k != "metrics_port")
+        st = states.get(inst.role, "DOWN") if running and pid_belongs_to(pid, data_dir) else "DOWN"
+        rows.append(Row(inst.role, inst.host, ports, pid, st, int(info.get("restarts") or 0)))
+    return rows
+
+
+def cluster_pids(data_dir: Path) -> list[int]:
+    state = read_state(data_dir) or {}
+    pids = [int(state.get("supervisor_pid") or 0)]
+    pids += [int(c.get("pid") or 0) for c in state.get("children", {}).values()]
+    return [p for p in pids if pid_belongs_to(p, data_dir)]
+
+
+def down(data_dir: Path, *, quiet: bool = False) -> int:
+    """Stop the supervisor (which stops its children); kill leftovers by PID. Returns processes stopped."""
+    data_dir = data_dir.resolve()
+    before = cluster_pids(data_dir)
+    if not before:
+        return 0
+    sup = supervisor_pid(data_dir)
+    if sup:
+        os.kill(sup, signal.SIGTERM)
+    deadline = time.monotonic() + DOWN_TIMEOUT
+    while time.monotonic() < deadline and cluster_pids(data_dir):
+        if not quiet:
+            _progress(f"stopping cluster in {data_dir}: {len(cluster_pids(data_dir))} processes left")
+        time.sleep(0.2)
+    for pid in cluster_pids(data_dir):  # the supervisor could not finish: stop its children ourselves
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    time.sleep(0.1)
+    left = cluster_pids(data_dir)
+    if left:
+        raise RunnerError(f"processes still running after down: {left}")
+    if not quiet:
+        _progress(f"stopped {len(before)} processes", final=True)
+    return len(before)
+
+
+def format_rows(rows: list[Row]) -> str:
+    headers = ("SERVICE", "ADDRESS", "PORTS", "PID", "STATE", "RESTARTS")
+    table = [headers] + [(r.service, r.address, r.ports, str(r.pid or "-"), r.state, str(r.restarts)) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(headers))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table)
+
+
+def is_alive(pid: int) -> bool:
+    return alive(pid)

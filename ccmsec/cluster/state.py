@@ -1,0 +1,67 @@
+"""Runner state on disk (DATA/run): which processes a local cluster consists of, by PID."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from ccmsec.fsutil import atomic_write
+
+
+def run_dir(data_dir: Path) -> Path:
+    return Path(data_dir) / "run"
+
+
+def state_path(data_dir: Path) -> Path:
+    return run_dir(data_dir) / "state.json"
+
+
+def endpoints_path(data_dir: Path) -> Path:
+    return run_dir(data_dir) / "endpoints.json"
+
+
+def read_state(data_dir: Path) -> dict | None:
+    try:
+        return json.loads(state_path(data_dir).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def write_state(data_dir: Path, state: dict) -> None:
+    atomic_write(state_path(data_dir), json.dumps(state, indent=2, sort_keys=True).encode())
+
+
+def read_endpoints(data_dir: Path) -> dict | None:
+    try:
+        return json.loads(endpoints_path(data_dir).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def pid_belongs_to(pid: int, data_dir: Path) -> bool:
+    """True when `pid` is alive and was started for this cluster (guards against reused PIDs)."""
+    if not pid or pid <= 0:
+        return False
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        if stat.rsplit(")", 1)[1].split()[0] == "Z":  # a zombie is gone already
+            return False
+    except (OSError, IndexError):
+        return False
+    marker = f"CCMSEC_CLUSTER_DIR={Path(data_dir).resolve()}".encode()
+    return marker in environ.split(b"\0")
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True

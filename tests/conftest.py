@@ -1,0 +1,51 @@
+"""Shared fixtures: a real NATS server on a free port, free loopback addresses, the ccmsec CLI."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def nats_binary() -> str:
+    return str(Path(sys.executable).parent / "nats-server")
+
+
+@pytest.fixture
+def nats_server(tmp_path):
+    """A real JetStream NATS server of our own on a free port; stopped by PID."""
+    port = free_port()
+    proc = subprocess.Popen([nats_binary(), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd",
+                             str(tmp_path / "nats")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    yield f"nats://127.0.0.1:{port}"
+    proc.terminate()
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def run_cli(*args: str, timeout: float = 180, env: dict | None = None, input: str | None = None):
+    """Run `ccmsec ARGS` as a user would; returns CompletedProcess with text output."""
+    return subprocess.run([sys.executable, "-m", "ccmsec.cli.main", *args], capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})}, input=input)

@@ -1,0 +1,100 @@
+"""The JetStream event bus: durable delivery, idempotent handlers, reconnect after a NATS restart."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import time
+
+import pytest
+
+from ccmsec.runtime.bus import BusError, EventBus, make_event, subject_for
+from ccmsec_proto import events_pb2
+from tests.conftest import free_port, nats_binary
+
+
+def _start_nats(port: int, store) -> subprocess.Popen:
+    proc = subprocess.Popen([nats_binary(), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return proc
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("nats did not start")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def test_events_survive_a_nats_restart_and_duplicates_are_handled_once(tmp_path):
+    port = free_port()
+    url = f"nats://127.0.0.1:{port}"
+    proc = _start_nats(port, tmp_path / "js")
+    seen_ids: set[str] = set()
+    handled: list[str] = []
+
+    async def seen(consumer, eid):
+        return eid in seen_ids
+
+    async def mark(consumer, eid):
+        seen_ids.add(eid)
+
+    async def handler(event):
+        handled.append(event.id)
+
+    async def scenario():
+        nonlocal proc
+        bus = EventBus(url, "test", connect_timeout=5)
+        await bus.connect()
+        await bus.subscribe(subject_for("config.changed"), "test-consumer", handler, seen=seen, mark=mark)
+        first = make_event("config.changed", "t", config_changed=events_pb2.ConfigChanged(devices=["SEP1"]))
+        await bus.publish(first)
+        await bus.publish(first)  # duplicate publish: de-duplicated by Nats-Msg-Id
+        for _ in range(50):
+            if handled:
+                break
+            await asyncio.sleep(0.1)
+        _stop(proc)                 # NATS goes away ...
+        await asyncio.sleep(0.5)
+        proc = _start_nats(port, tmp_path / "js")   # ... and comes back with its store
+        second = make_event("config.changed", "t", config_changed=events_pb2.ConfigChanged(devices=["SEP2"]))
+        for _ in range(100):        # the client reconnects by itself
+            try:
+                await bus.publish(second)
+                break
+            except Exception:
+                await asyncio.sleep(0.1)
+        for _ in range(100):
+            if len(handled) >= 2:
+                break
+            await asyncio.sleep(0.1)
+        await bus.close()
+        return first, second
+
+    try:
+        first, second = asyncio.run(scenario())
+    finally:
+        _stop(proc)
+    assert handled == [first.id, second.id]
+
+
+def test_unknown_event_kind_is_refused():
+    with pytest.raises(BusError, match="unknown event kind"):
+        subject_for("coffee.made")
+
+
+def test_publish_without_connection_is_refused():
+    bus = EventBus("nats://127.0.0.1:1", "t")
+    with pytest.raises(BusError, match="not connected"):
+        asyncio.run(bus.publish(make_event("ctl.updated", "t")))

@@ -1,0 +1,88 @@
+"""The database layer on SQLite (default) and PostgreSQL (when configured)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+from sqlalchemy import select, text
+
+from ccmsec.db.events import HandledEvent
+from ccmsec.runtime.database import DatabaseError, create_engine, normalise_url, open_database
+
+PG_ADMIN = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+
+
+async def _exercise(url: str) -> None:
+    engine, db = await open_database(url)
+    try:
+        # migrations are idempotent: a second start changes nothing
+        engine2, _ = await open_database(url)
+        await engine2.dispose()
+        async with db() as s:
+            s.add(HandledEvent(consumer="c", event_id="e1"))
+            await s.commit()
+        async with db() as s:
+            assert await s.scalar(select(HandledEvent.event_id).where(HandledEvent.consumer == "c")) == "e1"
+        async with engine.connect() as conn:
+            heads = (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalars().all()
+        assert "runtime_0001" in heads
+    finally:
+        await engine.dispose()
+
+
+def test_sqlite_default_uses_wal_and_migrates(tmp_path):
+    url = f"sqlite:///{tmp_path / 'ccmsec.db'}"
+    asyncio.run(_exercise(url))
+
+    async def mode():
+        engine = create_engine(url)
+        async with engine.connect() as conn:
+            value = (await conn.execute(text("PRAGMA journal_mode"))).scalar()
+        await engine.dispose()
+        return value
+
+    assert asyncio.run(mode()) == "wal"
+
+
+def _pg_available() -> bool:
+    import socket
+    try:
+        socket.create_connection(("127.0.0.1", 5432), 1).close()
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.postgres
+@pytest.mark.skipif(not _pg_available(), reason="PostgreSQL is not listening on 127.0.0.1:5432")
+def test_postgresql_backend_migrates_and_stores():
+    name = f"ccmsec_{uuid.uuid4().hex[:10]}"
+
+    async def scenario():
+        admin = create_engine(PG_ADMIN)
+        async with admin.connect() as conn:
+            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await conn.execute(text(f'CREATE DATABASE "{name}"'))
+        try:
+            await _exercise(f"postgresql://postgres@127.0.0.1:5432/{name}")
+        finally:
+            async with admin.connect() as conn:
+                conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+                await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            await admin.dispose()
+
+    asyncio.run(scenario())
+
+
+def test_bad_database_urls_are_clear():
+    with pytest.raises(DatabaseError, match="not a database URL"):
+        normalise_url("::::")
+    with pytest.raises(DatabaseError, match="unsupported database"):
+        normalise_url("mysql://x@y/z")
+
+
+def test_unreachable_postgres_is_a_clear_error():
+    with pytest.raises(DatabaseError, match="cannot migrate database"):
+        asyncio.run(open_database("postgresql://postgres@127.0.0.1:1/none"))
