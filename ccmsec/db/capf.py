@@ -10,10 +10,11 @@ these two tables of the publisher database, nowhere else, so it survives restart
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as _dt
 import re
 from dataclasses import dataclass
-from typing import Awaitable, Callable
+from typing import AsyncIterator, Awaitable, Callable
 
 import argon2
 from cryptography import x509
@@ -207,12 +208,25 @@ class SqlCapfStore:
         self.max_failures = max_failures
         self.device_exists = device_exists
         self.clock = clock
+        # SQLite has one writer at a time; queueing our own writers on a lock is far cheaper
+        # than letting them collide in SQLite's busy handler (sleep-and-retry).
+        bind = factory.kw.get("bind")
+        self._one_writer = asyncio.Lock() if bind is not None and bind.dialect.name == "sqlite" else None
+
+    @contextlib.asynccontextmanager
+    async def _write(self) -> AsyncIterator[AsyncSession]:
+        async with contextlib.AsyncExitStack() as stack:
+            if self._one_writer is not None:
+                await stack.enter_async_context(self._one_writer)
+            s = await stack.enter_async_context(self.factory())
+            await stack.enter_async_context(s.begin())
+            yield s
 
     # -- lookups used by the session
 
     async def find_operation(self, device_name: str) -> OperationLookup:
         now = self.clock()
-        async with self.factory() as s, s.begin():
+        async with self.factory() as s:  # read only; the rare expiry write goes through _write
             rows = (await s.execute(
                 select(CapfOperation).where(CapfOperation.device_name == device_name)
                 .order_by(CapfOperation.id.desc())
@@ -226,9 +240,6 @@ class SqlCapfStore:
             if op.state == "locked":
                 return OperationLookup("locked")
             deadline = _aware(op.deadline)
-            if deadline is not None and now > deadline:
-                op.state, op.reason, op.updated_at = "expired", "deadline passed before the phone connected", now
-                return OperationLookup("expired")
             issued_der = None
             if op.issued_fingerprint is not None:
                 issued_der = (await s.execute(
@@ -236,11 +247,18 @@ class SqlCapfStore:
                         CapfCertificate.operation_id == op.id,
                         CapfCertificate.fingerprint_sha256 == op.issued_fingerprint)
                 )).scalars().first()
-            return OperationLookup("scheduled", ScheduledOperation(
-                op.id, op.device_name, op.operation, op.auth_mode, op.key_type, issued_der))  # type: ignore[arg-type]
+            found = ScheduledOperation(op.id, op.device_name, op.operation, op.auth_mode,  # type: ignore[arg-type]
+                                       op.key_type, issued_der)
+        if deadline is not None and now > deadline:
+            async with self._write() as s:
+                await s.execute(update(CapfOperation).where(
+                    CapfOperation.id == found.op_id, CapfOperation.state.in_(("pending", "in_progress")),
+                ).values(state="expired", reason="deadline passed before the phone connected", updated_at=now))
+            return OperationLookup("expired")
+        return OperationLookup("scheduled", found)
 
     async def _count_failure(self, op_id: int, why: str) -> AuthCheck:
-        async with self.factory() as s, s.begin():
+        async with self._write() as s:
             op = await s.get(CapfOperation, op_id, with_for_update=True)
             if op is None:
                 raise ValueError(f"no CAPF operation {op_id}")
@@ -264,7 +282,7 @@ class SqlCapfStore:
             stored_hash = op.auth_string_hash
         # argon2 is deliberately slow: keep it off the event loop.
         if await asyncio.to_thread(auth_string_matches, stored_hash, candidate):
-            async with self.factory() as s, s.begin():
+            async with self._write() as s:
                 await s.execute(update(CapfOperation).where(
                     CapfOperation.id == op_id, CapfOperation.state == "pending",
                 ).values(state="in_progress", updated_at=self.clock()))
@@ -277,7 +295,7 @@ class SqlCapfStore:
     async def record_issued(self, op_id: int, device_name: str, certificate_der: bytes) -> bytes:
         serial, fingerprint = _cert_ids(certificate_der)
         now = self.clock()
-        async with self.factory() as s, s.begin():
+        async with self._write() as s:
             # Compare-and-set on the operation row: only the first issuance is tied to it; a
             # racing or reconnecting session gets the certificate already tied.
             claimed = await s.execute(
@@ -306,7 +324,7 @@ class SqlCapfStore:
         if outcome not in ("installed", "fetched", "deleted"):
             raise ValueError(f"unknown CAPF outcome {outcome!r}")
         now = self.clock()
-        async with self.factory() as s, s.begin():
+        async with self._write() as s:
             op = await s.get(CapfOperation, op_id, with_for_update=True)
             if op is None:
                 raise ValueError(f"no CAPF operation {op_id}")
@@ -325,7 +343,7 @@ class SqlCapfStore:
                 operation=op.operation, created_at=now, outcome=outcome, der=certificate_der))
 
     async def mark_failed(self, op_id: int, reason: str) -> None:
-        async with self.factory() as s, s.begin():
+        async with self._write() as s:
             await s.execute(update(CapfOperation).where(CapfOperation.id == op_id).values(
                 state="failed", reason=reason[:255], updated_at=self.clock()))
 

@@ -1,0 +1,106 @@
+"""LSC issuance rate: N phones enrolling concurrently over real TLS against the CAPF server.
+
+Ours:      whole CAPF installs per second (TLS handshake, auth, key-gen exchange, LSC signing,
+           store-certificate, every SQLite transaction of the operations store).
+Baseline:  raw `cryptography` certificate signing per second for the same key type, same run.
+Phone keys are generated before the clock starts: a real phone generates its own key, so that
+cost is the phone's, not the server's.
+
+    uv run python bench/capf_issue.py --quick          # 40 phones
+    uv run python bench/capf_issue.py                  # 200 phones
+    uv run python bench/capf_issue.py --key rsa2048 --pool 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from ccmsec.aio.capf import CapfServer, capf_client_run, capf_phone_ssl_context, capf_server_ssl_context
+from ccmsec.db.capf import SqlCapfStore, schedule_operation
+from ccmsec.pki.ca import name
+from ccmsec.pki.lsc import LscIssuer, ensure_capf_ca
+from ccmsec.runtime.database import open_database
+from ccmsec.wire.capf import CapfPhoneSession, KeySpec, PhoneCredentials, Reason
+
+
+def raw_signing_rate(capf, keys, seconds: float) -> float:
+    """Bare CertificateBuilder + sign with the CAPF key: the floor any issuer must pay."""
+    now = dt.datetime.now(dt.timezone.utc)
+    count, start = 0, time.perf_counter()
+    deadline = start + seconds
+    while time.perf_counter() < deadline and count < 100_000:
+        (
+            x509.CertificateBuilder()
+            .subject_name(name(f"SEP{count:012X}")).issuer_name(capf.cert.subject)
+            .public_key(keys[count % len(keys)].public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now).not_valid_after(now + dt.timedelta(days=365))
+            .sign(capf.key, hashes.SHA256())
+        )
+        count += 1
+    return count / (time.perf_counter() - start)
+
+
+async def enroll_all(pki: Path, capf, keys, phones: int, pool: int, db_url: str) -> tuple[float, int]:
+    engine, factory = await open_database(db_url)  # the services' engine: WAL, alembic upgrade heads
+    devices = [f"SEP{i:012X}" for i in range(phones)]
+    for d in devices:
+        await schedule_operation(factory, d, "install", key_type=args.key)
+    issuer = LscIssuer.with_process_pool(capf, workers=pool) if pool else LscIssuer(capf)
+    server = CapfServer("127.0.0.1", 0, capf_server_ssl_context(pki / "capf.crt", pki / "capf.key"),
+                        SqlCapfStore(factory), issuer, session_timeout=60, max_connections=phones + 8)
+    await server.start()
+    phone_ctx = capf_phone_ssl_context(capf.cert)
+    sessions = [CapfPhoneSession(PhoneCredentials(d, capf_certificate=capf.cert, pending_key=keys[i]))
+                for i, d in enumerate(devices)]
+    try:
+        start = time.perf_counter()
+        async with asyncio.timeout(55):
+            reasons = await asyncio.gather(*(
+                capf_client_run("127.0.0.1", server.port, phone_ctx, s, timeout=50) for s in sessions),
+                return_exceptions=True)
+        elapsed = time.perf_counter() - start
+    finally:
+        await server.close()
+        issuer.close()
+        await engine.dispose()
+    ok = sum(1 for r in reasons if r == Reason.OK)
+    return elapsed, ok
+
+
+def main() -> int:
+    global args
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="40 phones instead of 200")
+    parser.add_argument("--phones", type=int, default=None)
+    parser.add_argument("--key", default="ec256", choices=["ec256", "rsa1024", "rsa2048"])
+    parser.add_argument("--pool", type=int, default=0, help="sign in a process pool of N workers (0: inline)")
+    args = parser.parse_args()
+    phones = args.phones or (40 if args.quick else 200)
+    phones = max(1, min(phones, 1000))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pki = Path(tmp) / "pki"
+        capf = ensure_capf_ca(pki, key_kind="ec256")
+        spec = KeySpec.parse(args.key)
+        keys = [spec.generate() for _ in range(phones)]
+        baseline = raw_signing_rate(capf, keys, 2.0 if args.quick else 4.0)
+        elapsed, ok = asyncio.run(enroll_all(pki, capf, keys, phones, args.pool,
+                                             f"sqlite+aiosqlite:///{Path(tmp) / 'ccmsec.db'}"))
+    ours = ok / elapsed if elapsed else 0.0
+    print(f"phones={phones} key={args.key} pool={args.pool} installed={ok}/{phones} in {elapsed:.2f}s")
+    print(f"ours:     {ours:10.1f} LSC installs/s over TLS (end to end, SQLite store)")
+    print(f"baseline: {baseline:10.1f} raw cryptography certificate signings/s (CAPF key, same key type)")
+    print(f"ratio:    {ours / baseline if baseline else 0.0:10.3f}")
+    return 0 if ok == phones else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
