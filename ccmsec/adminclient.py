@@ -1,0 +1,186 @@
+"""HTTPS client of the callmanager administration API (used by the `ccmsec` CLI).
+
+Where things come from, unless given explicitly:
+  * URL: `admin_url` in DATA/run/endpoints.json (written by the local runner);
+  * credentials: user `admin` with the password in DATA/admin-password (HTTP Basic);
+  * server verification: DATA/pki/cluster-ca.crt when present, else the server's own
+    DATA/callmanager/https.crt pinned as the only trust anchor (self-signed case).
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+DEFAULT_TIMEOUT = 10.0
+MAX_ERROR_TEXT = 300
+
+
+class AdminClientError(Exception):
+    """Anything that went wrong talking to the API, as one line for the user."""
+
+
+class AdminUnreachable(AdminClientError):
+    pass
+
+
+class AdminConfigError(AdminClientError):
+    pass
+
+
+class AdminApiError(AdminClientError):
+    """The API answered with an error: HTTP status, its message and, for rule refusals, the rule ID."""
+
+    def __init__(self, status: int, error: str, rule: str | None = None):
+        self.status = status
+        self.error = error
+        self.rule = rule
+        prefix = f"refused by {rule}: " if rule else ""
+        super().__init__(f"{prefix}{error} (HTTP {status})")
+
+
+@dataclass
+class AdminEndpoint:
+    url: str
+    username: str
+    password: str
+    cafile: Path
+
+
+def _endpoints_url(data_dir: Path) -> str | None:
+    path = data_dir / "run" / "endpoints.json"
+    try:
+        endpoints = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise AdminConfigError(f"cannot read {path}: {exc}") from None
+    url = endpoints.get("admin_url") if isinstance(endpoints, dict) else None
+    if url is not None and not isinstance(url, str):
+        raise AdminConfigError(f"{path}: admin_url is not a string")
+    return url
+
+
+def trust_file(data_dir: Path) -> Path:
+    ca = data_dir / "pki" / "cluster-ca.crt"
+    return ca if ca.exists() else data_dir / "callmanager" / "https.crt"
+
+
+def discover(data_dir: Path, *, url: str | None = None, username: str | None = None,
+             password: str | None = None, cafile: Path | None = None) -> AdminEndpoint:
+    """Fill in whatever was not given from the cluster data directory."""
+    data_dir = Path(data_dir)
+    url = url or _endpoints_url(data_dir)
+    if not url:
+        raise AdminConfigError(
+            f"no administration API address: {data_dir}/run/endpoints.json has no admin_url "
+            "(is the cluster running? or pass --url)")
+    if not url.startswith("https://"):
+        raise AdminConfigError(f"administration API URL must be https://, got {url!r}")
+    if password is None:
+        if username not in (None, "admin"):
+            raise AdminConfigError(f"no password for user {username!r} (use --password-file)")
+        pw_path = data_dir / "admin-password"
+        try:
+            password = pw_path.read_text().rstrip("\r\n")
+        except OSError as exc:
+            raise AdminConfigError(
+                f"cannot read {pw_path}: {exc.strerror} (use --user and --password-file)") from None
+    cafile = Path(cafile) if cafile else trust_file(data_dir)
+    if not cafile.exists():
+        raise AdminConfigError(f"no certificate to verify the API with: {cafile} is missing")
+    return AdminEndpoint(url.rstrip("/"), username or "admin", password, cafile)
+
+
+def tls_context(cafile: Path) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(cafile))
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    # A pinned self-signed server certificate is a trust anchor of its own.
+    ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    return ctx
+
+
+class AdminClient:
+    """Synchronous client; one method per API call, each returning the decoded JSON."""
+
+    def __init__(self, endpoint: AdminEndpoint, timeout: float = DEFAULT_TIMEOUT):
+        self.endpoint = endpoint
+        try:
+            verify = tls_context(endpoint.cafile)
+        except (OSError, ssl.SSLError) as exc:
+            raise AdminConfigError(f"cannot load {endpoint.cafile}: {exc}") from None
+        self._http = httpx.Client(base_url=endpoint.url, verify=verify, timeout=timeout,
+                                  auth=(endpoint.username, endpoint.password))
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> AdminClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _call(self, method: str, path: str, **kwargs) -> Any:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.ConnectError as exc:
+            reason = str(exc) or type(exc).__name__
+            if "CERTIFICATE_VERIFY_FAILED" in reason or "certificate" in reason.lower():
+                raise AdminUnreachable(
+                    f"cannot verify the administration API at {self.endpoint.url} "
+                    f"with {self.endpoint.cafile}: {reason}") from None
+            raise AdminUnreachable(
+                f"administration API unreachable at {self.endpoint.url}: {reason}") from None
+        except httpx.TimeoutException:
+            raise AdminUnreachable(
+                f"administration API at {self.endpoint.url} did not answer in time") from None
+        except httpx.HTTPError as exc:
+            raise AdminUnreachable(
+                f"administration API at {self.endpoint.url}: {type(exc).__name__}: {exc}") from None
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if response.status_code >= 400:
+            if isinstance(body, dict) and isinstance(body.get("error"), str):
+                raise AdminApiError(response.status_code, body["error"][:MAX_ERROR_TEXT],
+                                    body.get("rule") if isinstance(body.get("rule"), str) else None)
+            raise AdminApiError(response.status_code, response.text[:MAX_ERROR_TEXT] or "no details")
+        if body is None:
+            raise AdminClientError(f"{method} {path}: the API answered with something that is not JSON")
+        return body
+
+    @staticmethod
+    def _device_path(name: str) -> str:
+        return f"/api/v1/devices/{quote(name, safe='')}"
+
+    def whoami(self) -> dict:
+        return self._call("GET", "/api/v1/whoami")
+
+    def list_devices(self) -> list[dict]:
+        return self._call("GET", "/api/v1/devices")["devices"]
+
+    def get_device(self, name: str) -> dict:
+        return self._call("GET", self._device_path(name))
+
+    def add_device(self, name: str, model: str, security_mode: str = "non-secure",
+                   **fields: Any) -> dict:
+        return self._call("POST", "/api/v1/devices",
+                          json={"name": name, "model": model, "security_mode": security_mode,
+                                **fields})
+
+    def update_device(self, name: str, **changes: Any) -> dict:
+        return self._call("PATCH", self._device_path(name), json=changes)
+
+    def remove_device(self, name: str) -> dict:
+        return self._call("DELETE", self._device_path(name))
+
+    def audit(self, limit: int = 100) -> list[dict]:
+        return self._call("GET", "/api/v1/audit", params={"limit": limit})["entries"]

@@ -1,0 +1,388 @@
+"""The administration API over real HTTPS (uvicorn on 127.0.0.1) against a real database."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from ccmsec.db.devices import HARDENING_FIELDS
+from ccmsec.pki import ca as pki
+from tests.integration.test_admin_support import (  # noqa: F401  (fixtures)
+    READONLY_PASSWORD,
+    cheap_argon2,
+    assert_json_error,
+    server_context,
+    stack,
+    start_stack,
+)
+
+SEP = "SEP001122334455"
+BOTH_BACKENDS = pytest.mark.parametrize("stack", ["sqlite", "postgres"], indirect=True)
+
+
+async def _peer_certificate_der(host: str, port: int, ctx: ssl.SSLContext) -> bytes:
+    reader, writer = await asyncio.open_connection(host, port, ssl=ctx, server_hostname=host)
+    try:
+        return writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+# --- CERT-4 --------------------------------------------------------------------------------------
+
+async def test_cert4_server_presents_the_https_certificate_we_issued(stack):
+    issued = x509.load_pem_x509_certificate(stack.certfile.read_bytes())
+    der = await _peer_certificate_der("127.0.0.1", stack.server.port, stack.ssl_context)
+    assert der == issued.public_bytes(serialization.Encoding.DER)
+    # The bad case: a client trusting some other CA refuses the server.
+    other = pki.create_ca(pki.name("someone else"))
+    other_file = stack.data_dir / "other-ca.crt"
+    other_file.write_bytes(other.pem)
+    with pytest.raises(ssl.SSLCertVerificationError):
+        await _peer_certificate_der("127.0.0.1", stack.server.port,
+                                    ssl.create_default_context(cafile=str(other_file)))
+
+
+async def test_cert4_https_certificate_from_cluster_ca_when_present(tmp_path):
+    data = tmp_path / "data"
+    ca = pki.create_ca(pki.name("cluster CA"))
+    pki.save_pair(ca, data / "pki" / "cluster-ca.crt", data / "pki" / "cluster-ca.key")
+    async with await start_stack(tmp_path, with_readonly=False) as s:
+        ctx = ssl.create_default_context(cafile=str(data / "pki" / "cluster-ca.crt"))
+        der = await _peer_certificate_der("127.0.0.1", s.server.port, ctx)
+        x509.load_der_x509_certificate(der).verify_directly_issued_by(ca.cert)
+    from ccmsec_callmanager.admin import ensure_https_certificate
+
+    before = (data / "callmanager" / "https.crt").read_bytes()
+    ensure_https_certificate(data, "127.0.0.1")
+    assert (data / "callmanager" / "https.crt").read_bytes() == before, "kept, not re-issued"
+    ensure_https_certificate(data, "127.0.0.9")  # a new address is not covered: re-issued
+    after = x509.load_pem_x509_certificate((data / "callmanager" / "https.crt").read_bytes())
+    assert after.public_bytes(serialization.Encoding.PEM) != before
+    sans = after.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "127.0.0.9" in {str(a) for a in sans.get_values_for_type(x509.IPAddress)}
+
+
+# --- authentication, roles ------------------------------------------------------------------------
+
+async def test_login_required_missing_credentials_get_401_and_are_audited(stack):
+    anon = stack.client()
+    r = await anon.get("/api/v1/devices")
+    assert_json_error(r, 401)
+    assert "Basic" in r.headers["www-authenticate"]
+    assert_json_error(await anon.post("/api/v1/devices", json={"name": SEP, "model": "7970"}), 401)
+    assert_json_error(await anon.post("/api/v1/devices", content=b"{not json",
+                                      headers={"content-type": "application/json"}), 401)
+    assert_json_error(await anon.get("/api/v1/devices",
+                                     headers={"Authorization": "Basic !!!notbase64"}), 401)
+    rows = await stack.audit_rows()
+    assert [(r.action, r.outcome, r.actor) for r in rows][:2] == [
+        ("device.list", "unauthenticated", None), ("device.create", "unauthenticated", None)]
+
+
+async def test_wrong_password_gets_401_and_the_attempt_is_audited(stack):
+    bad = stack.client(auth=("admin", "not-the-password"))
+    assert_json_error(await bad.get("/api/v1/devices"), 401)
+    r = await stack.client().post("/api/v1/login", json={"username": "admin", "password": "nope"})
+    assert_json_error(r, 401)
+    r = await stack.client().post("/api/v1/login",
+                                  json={"username": "nobody", "password": "nope"})
+    assert_json_error(r, 401)
+    bogus = stack.client(headers={"Authorization": "Bearer made-up-token"})
+    assert_json_error(await bogus.get("/api/v1/devices"), 401)
+    rows = await stack.audit_rows()
+    assert [(r.actor, r.action, r.outcome) for r in rows] == [
+        ("admin", "device.list", "unauthenticated"),
+        ("admin", "login", "unauthenticated"),
+        ("nobody", "login", "unauthenticated"),
+        (None, "device.list", "unauthenticated"),
+    ]
+    assert (await stack.admin().get("/api/v1/devices")).status_code == 200
+
+
+async def test_login_token_works_until_logout_revokes_it(stack):
+    admin = await stack.token_client("admin", stack.admin_password)
+    assert (await admin.get("/api/v1/whoami")).json() == {"username": "admin", "role": "admin"}
+    assert (await admin.post("/api/v1/logout")).status_code == 200
+    assert_json_error(await admin.get("/api/v1/whoami"), 401)
+
+
+async def test_expired_token_is_refused(stack):
+    import datetime as dt
+
+    stack.app.state.token_ttl = dt.timedelta(seconds=-1)
+    admin = await stack.token_client("admin", stack.admin_password)
+    assert_json_error(await admin.get("/api/v1/whoami"), 401)
+
+
+async def test_repeated_failures_from_one_address_are_throttled(stack):
+    from ccmsec_callmanager.admin.auth import FailureThrottle
+
+    stack.app.state.throttle = FailureThrottle(limit=3, window=60)
+    bad = stack.client(auth=("admin", "wrong"))
+    for _ in range(3):
+        assert_json_error(await bad.get("/api/v1/whoami"), 401)
+    assert_json_error(await bad.get("/api/v1/whoami"), 429)
+    # even the right password waits until the window has passed
+    assert_json_error(await stack.admin().get("/api/v1/whoami"), 429)
+
+
+async def test_readonly_user_reads_but_gets_403_on_every_mutation(stack):
+    admin = await stack.token_client("admin", stack.admin_password)
+    assert (await admin.post("/api/v1/devices", json={"name": SEP, "model": "7970"})).status_code == 201
+    viewer = await stack.token_client("viewer", READONLY_PASSWORD)
+    assert (await viewer.get("/api/v1/devices")).json()["total"] == 1
+    assert (await viewer.get(f"/api/v1/devices/{SEP}")).status_code == 200
+    assert_json_error(await viewer.post("/api/v1/devices", json={"name": "X1", "model": "7970"}), 403)
+    assert_json_error(await viewer.patch(f"/api/v1/devices/{SEP}", json={"description": "x"}), 403)
+    assert_json_error(await viewer.delete(f"/api/v1/devices/{SEP}"), 403)
+    assert_json_error(await viewer.get("/api/v1/audit"), 403)
+    assert_json_error(await viewer.post("/api/v1/accounts", json={
+        "username": "evil", "password": "x" * 20, "role": "admin"}), 403)
+    assert (await admin.get(f"/api/v1/devices/{SEP}")).json()["config_version"] == 1
+    denied = [(r.actor, r.action, r.target) for r in await stack.audit_rows() if r.outcome == "denied"]
+    assert denied == [("viewer", "device.create", None), ("viewer", "device.update", SEP),
+                      ("viewer", "device.delete", SEP), ("viewer", "audit.list", None),
+                      ("viewer", "account.create", None)]
+
+
+async def test_admin_creates_accounts_and_duplicates_are_refused(stack):
+    admin = await stack.token_client("admin", stack.admin_password)
+    r = await admin.post("/api/v1/accounts", json={"username": "ops", "password": "p" * 16,
+                                                   "role": "readonly"})
+    assert r.status_code == 201 and r.json()["role"] == "readonly"
+    assert_json_error(await admin.post("/api/v1/accounts", json={
+        "username": "ops", "password": "p" * 16, "role": "readonly"}), 409)
+    assert_json_error(await admin.post("/api/v1/accounts", json={
+        "username": "short", "password": "short", "role": "readonly"}), 422)
+    assert_json_error(await admin.post("/api/v1/accounts", json={
+        "username": "x", "password": "p" * 16, "role": "root"}), 422)
+    names = [a["username"] for a in (await admin.get("/api/v1/accounts")).json()["accounts"]]
+    assert names == ["admin", "ops", "viewer"]
+
+
+# --- devices ----------------------------------------------------------------------------------
+
+@BOTH_BACKENDS
+async def test_device_crud_bumps_config_version_and_announces_changes(stack):
+    admin = await stack.token_client("admin", stack.admin_password)
+    r = await admin.post("/api/v1/devices", json={"name": SEP, "model": "7960",
+                                                  "description": "lobby", "device_pool": "HQ"})
+    assert r.status_code == 201, r.text
+    created = r.json()
+    assert created["security_mode"] == "non-secure"  # MODE-1 / DEV-1 default
+    assert all(created[f] is True for f in HARDENING_FIELDS)
+    assert created["config_version"] == 1
+    assert_json_error(await admin.post("/api/v1/devices", json={"name": SEP, "model": "7960"}), 409)
+
+    listing = (await admin.get("/api/v1/devices")).json()
+    assert listing["total"] == 1 and listing["devices"][0]["name"] == SEP
+    r = await admin.patch(f"/api/v1/devices/{SEP}", json={"description": "hall", "device_pool": None})
+    assert r.status_code == 200 and r.json()["config_version"] == 2
+    assert r.json()["device_pool"] is None and r.json()["description"] == "hall"
+    again = await admin.patch(f"/api/v1/devices/{SEP}", json={"description": "hall"})
+    assert again.json()["config_version"] == 2, "no change, no new version"
+
+    assert (await admin.delete(f"/api/v1/devices/{SEP}")).json() == {"deleted": SEP}
+    assert_json_error(await admin.get(f"/api/v1/devices/{SEP}"), 404)
+    assert_json_error(await admin.delete(f"/api/v1/devices/{SEP}"), 404)
+    assert [(k, t, p.get("change")) for k, t, p in stack.events.published] == [
+        ("config.changed", SEP, "created"), ("config.changed", SEP, "updated"),
+        ("config.changed", SEP, "deleted")]
+    ok = [(r.actor, r.action, r.target) for r in await stack.audit_rows() if r.outcome == "ok"]
+    assert ok[1:] == [("admin", "device.create", SEP), ("admin", "device.update", SEP),
+                      ("admin", "device.delete", SEP)]
+
+
+@BOTH_BACKENDS
+async def test_dev3_refuses_security_a_model_cannot_do(stack):
+    await stack.set_ctl_present()  # so only the model is at fault
+    admin = await stack.token_client("admin", stack.admin_password)
+    for model in ("7912", "7910", "7905G", "7902"):
+        r = await admin.post("/api/v1/devices", json={"name": f"P{model}", "model": model,
+                                                      "security_mode": "authenticated"})
+        assert model in assert_json_error(r, 422, "DEV-3")["error"]
+    assert (await admin.post("/api/v1/devices", json={"name": "P7912", "model": "7912"})).status_code == 201
+    assert_json_error(await admin.patch("/api/v1/devices/P7912", json={"security_mode": "encrypted"}),
+                      422, "DEV-3")
+    assert_json_error(await admin.patch("/api/v1/devices/P7912", json={"web_access": False}),
+                      422, "DEV-3")
+    assert (await admin.get("/api/v1/devices/P7912")).json()["security_mode"] == "non-secure"
+    for model in ("7970", "7960", "7940"):
+        r = await admin.post("/api/v1/devices", json={"name": f"S{model}", "model": model,
+                                                      "security_mode": "encrypted",
+                                                      "web_access": False})
+        assert r.status_code == 201, r.text
+    refused = [(r.action, r.rule, r.status) for r in await stack.audit_rows() if r.outcome == "refused"]
+    assert refused == [("device.create", "DEV-3", 422)] * 4 + [("device.update", "DEV-3", 422)] * 2
+    assert not stack.events.of_kind("device.reset")
+
+
+@BOTH_BACKENDS
+async def test_mode5_refuses_authentication_and_encryption_without_a_ctl(stack):
+    admin = await stack.token_client("admin", stack.admin_password)
+    for mode in ("authenticated", "encrypted"):
+        r = await admin.post("/api/v1/devices", json={"name": SEP, "model": "7970",
+                                                      "security_mode": mode})
+        assert "CTL" in assert_json_error(r, 409, "MODE-5")["error"]
+    assert (await admin.post("/api/v1/devices", json={"name": SEP, "model": "7970"})).status_code == 201
+    assert_json_error(await admin.patch(f"/api/v1/devices/{SEP}", json={"security_mode": "encrypted"}),
+                      409, "MODE-5")
+    rows = [(r.action, r.target, r.rule) for r in await stack.audit_rows() if r.outcome == "refused"]
+    assert rows == [("device.create", SEP, "MODE-5")] * 2 + [("device.update", SEP, "MODE-5")]
+    await stack.set_ctl_present()
+    r = await admin.patch(f"/api/v1/devices/{SEP}", json={"security_mode": "encrypted"})
+    assert r.status_code == 200 and r.json()["security_mode"] == "encrypted"
+
+
+async def test_rst1_rst2_security_and_hardening_changes_reset_the_device(stack):
+    await stack.set_ctl_present()
+    admin = await stack.token_client("admin", stack.admin_password)
+    await admin.post("/api/v1/devices", json={"name": SEP, "model": "7970"})
+    await admin.patch(f"/api/v1/devices/{SEP}", json={"description": "no reset for this"})
+    await admin.patch(f"/api/v1/devices/{SEP}", json={"security_mode": "authenticated"})
+    await admin.patch(f"/api/v1/devices/{SEP}", json={"pc_port": False, "garp": False})
+    r = await admin.patch(f"/api/v1/devices/{SEP}", json={"security_mode": "encrypted",
+                                                          "settings_access": False})
+    assert r.json()["config_version"] == 5
+    await admin.patch(f"/api/v1/devices/{SEP}", json={"security_mode": "encrypted"})  # no-op
+    resets = [(t, p["rules"], p["config_version"]) for _, t, p in stack.events.of_kind("device.reset")]
+    assert resets == [(SEP, ["RST-1"], 3), (SEP, ["RST-2"], 4), (SEP, ["RST-1", "RST-2"], 5)]
+    assert len(stack.events.of_kind("config.changed")) == 5
+
+
+async def test_publish_failure_keeps_the_change_and_is_audited(stack):
+    class Down:
+        async def publish(self, kind, target, payload):
+            raise ConnectionError("bus down")
+
+    stack.app.state.events = Down()
+    admin = await stack.token_client("admin", stack.admin_password)
+    assert (await admin.post("/api/v1/devices", json={"name": SEP, "model": "7970"})).status_code == 201
+    assert (await admin.get(f"/api/v1/devices/{SEP}")).status_code == 200
+    rows = [(r.action, r.outcome) for r in await stack.audit_rows()]
+    assert ("event.publish", "error") in rows
+
+
+# --- bad input -------------------------------------------------------------------------------------
+
+BAD_CREATE_BODIES = [
+    {"name": "SEP00112233445G", "model": "7970"},        # SEP + non-hex
+    {"name": "sep001122334455", "model": "7970"},        # SEP lowercase
+    {"name": "SEP0011223344", "model": "7970"},          # SEP too short
+    {"name": "bad name", "model": "7970"},               # space
+    {"name": "X" * 16, "model": "7970"},                 # too long
+    {"name": "", "model": "7970"},
+    {"name": "P1", "model": "7971"},                     # unknown model
+    {"name": "P1", "model": 7970},                       # wrong type
+    {"name": 12, "model": "7970"},
+    {"name": "P1", "model": "7970", "security_mode": "paranoid"},
+    {"name": "P1", "model": "7970", "web_access": "no"},
+    {"name": "P1", "model": "7970", "web_access": 0},
+    {"name": "P1", "model": "7970", "admin": True},      # unknown field
+    {"name": "P1", "model": "7970", "description": "d" * 129},
+    {"name": "P1", "model": "7970", "device_pool": "x\n"},
+    {"model": "7970"},
+]
+
+
+async def test_bad_input_gets_4xx_json_never_500(stack):
+    admin = await stack.token_client("admin", stack.admin_password)
+    for body in BAD_CREATE_BODIES:
+        assert_json_error(await admin.post("/api/v1/devices", json=body), 422)
+    for raw, ctype, status in [(b"[1,2]", "application/json", 422), (b"{", "application/json", 422),
+                               (b"", "application/json", 422), (b"\xff\xfe", "application/json", 422),
+                               (b"[" * 5000 + b"]" * 5000, "application/json", 422),
+                               (b"name=x", "application/x-www-form-urlencoded", 415)]:
+        r = await admin.post("/api/v1/devices", content=raw, headers={"content-type": ctype})
+        assert_json_error(r, status)
+    huge = b'{"name": "P1", "model": "7970", "description": "' + b"x" * 200_000 + b'"}'
+    assert_json_error(await admin.post("/api/v1/devices", content=huge,
+                                       headers={"content-type": "application/json"}), 413)
+
+    async def chunks():
+        for _ in range(100):
+            yield b"x" * 1024
+
+    assert_json_error(await admin.post("/api/v1/devices", content=chunks(),
+                                       headers={"content-type": "application/json"}), 413)
+    await admin.post("/api/v1/devices", json={"name": SEP, "model": "7970"})
+    for body in [{}, {"security_mode": None}, {"web_access": None}, {"model": "7960"},
+                 {"security_mode": 3}, {"garp": "false"}]:
+        assert_json_error(await admin.patch(f"/api/v1/devices/{SEP}", json=body), 422)
+    assert_json_error(await admin.get("/api/v1/devices/bad%20name"), 422)
+    assert_json_error(await admin.get("/api/v1/devices/" + "A" * 300), 422)
+    assert_json_error(await admin.get("/api/v1/devices?limit=0"), 422)
+    assert_json_error(await admin.get("/api/v1/devices?limit=abc"), 422)
+    assert_json_error(await admin.get("/api/v1/nothing-here"), 404)
+    assert_json_error(await admin.put(f"/api/v1/devices/{SEP}", json={}), 405)
+    assert (await admin.get("/api/v1/devices")).json()["total"] == 1
+    assert stack.events.published == [("config.changed", SEP, {"device": SEP, "change": "created",
+                                                               "config_version": 1})]
+
+
+# --- audit, openapi, shutdown ---------------------------------------------------------------------
+
+async def test_audit_endpoint_lists_changes_and_refusals_newest_first(stack):
+    admin = await stack.token_client("admin", stack.admin_password)
+    await admin.post("/api/v1/devices", json={"name": SEP, "model": "7970"})
+    await admin.post("/api/v1/devices", json={"name": SEP, "model": "7970", "security_mode": "encrypted"})
+    entries = (await admin.get("/api/v1/audit", params={"limit": 2})).json()["entries"]
+    assert [(e["action"], e["outcome"], e["rule"], e["target"], e["actor"]) for e in entries] == [
+        ("device.create", "refused", "MODE-5", SEP, "admin"),
+        ("device.create", "ok", None, SEP, "admin"),
+    ]
+    assert entries[0]["at"] and entries[0]["remote"].startswith("127.0.0.1:")
+    older = (await admin.get("/api/v1/audit", params={"before_id": entries[1]["id"]})).json()
+    assert [e["action"] for e in older["entries"]] == ["login"]
+    only = (await admin.get("/api/v1/audit", params={"action": "login"})).json()["entries"]
+    assert {e["action"] for e in only} == {"login"}
+
+
+async def test_openapi_document_is_published(stack):
+    r = await stack.client().get("/api/v1/openapi.json")
+    assert r.status_code == 200
+    spec = r.json()
+    assert "/api/v1/devices/{name}" in spec["paths"]
+    assert set(spec["paths"]["/api/v1/devices/{name}"]) == {"get", "patch", "delete"}
+    schema = spec["paths"]["/api/v1/devices"]["post"]["requestBody"]["content"]["application/json"]
+    assert "7905G" in str(schema)
+    assert {"HTTPBasic", "HTTPBearer"} <= set(spec["components"]["securitySchemes"])
+
+
+async def test_server_stops_cleanly_and_releases_the_port(tmp_path):
+    async with await start_stack(tmp_path, with_readonly=False) as s:
+        port = s.server.port
+        assert (await s.client().get("/api/v1/openapi.json")).status_code == 200
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+async def test_serve_admin_runs_until_cancelled(tmp_path):
+    from ccmsec_callmanager.admin import ensure_https_certificate, serve_admin
+    from fastapi import FastAPI
+
+    certfile, keyfile = ensure_https_certificate(tmp_path, "127.0.0.1")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    task = asyncio.create_task(serve_admin(FastAPI(), "127.0.0.1", port, certfile, keyfile))
+    for _ in range(200):
+        try:
+            await _peer_certificate_der("127.0.0.1", port, server_context(certfile))
+            break
+        except OSError:
+            await asyncio.sleep(0.02)
+    else:
+        pytest.fail("serve_admin did not come up")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
