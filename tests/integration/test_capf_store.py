@@ -130,3 +130,17 @@ async def test_done_operation_cannot_issue_again(factory):
     with pytest.raises(ValueError, match="cannot issue"):
         await store.record_issued(op, DEVICE, der)
     assert [r.outcome for r in await store.certificates(DEVICE)] == ["deleted"]
+
+
+async def test_chk7_store_runs_on_the_migrated_publisher_database(tmp_path):
+    """CHK-7: the services' own path (alembic upgrade heads) yields tables the CAPF store uses."""
+    from ccmsec.runtime.database import open_database
+    engine, factory = await open_database(f"sqlite:///{tmp_path / 'ccmsec.db'}")
+    try:
+        store = SqlCapfStore(factory)
+        op = await schedule_operation(factory, DEVICE, "delete")
+        assert (await store.find_operation(DEVICE)).operation.op_id == op
+        await store.mark_done(op, "deleted")
+        assert (await store.operation(op)).state == "done"
+    finally:
+        await engine.dispose()
