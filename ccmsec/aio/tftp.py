@@ -256,7 +256,13 @@ class TftpServer:
             timeout=self.timeout, max_retries=self.retries,
         )
         driver = _Driver(transfer, loop)
-        transport, _ = await loop.create_datagram_endpoint(lambda: driver, sock=_udp_socket(self.host))
+        try:
+            transport, _ = await loop.create_datagram_endpoint(lambda: driver, sock=_udp_socket(self.host))
+        except OSError as exc:  # out of sockets or ports: tell the phone to come back later
+            log.warning("tftp: no transfer socket for %s: %s", addr, exc)
+            self._reply(encode_error(ERR_NOT_DEFINED, "server busy"), addr)
+            self.failed += 1
+            return
         try:
             driver.begin()
             await driver.finished
