@@ -18,6 +18,12 @@ from urllib.parse import quote
 
 import httpx
 
+# What the API accepts (the database module is the source of truth; a unit test keeps these equal
+# — repeated here so the CLI starts without importing SQLAlchemy).
+DEVICE_MODELS = ("7970", "7960", "7940", "7912", "7910", "7905G", "7902")
+SECURITY_MODES = ("non-secure", "authenticated", "encrypted")
+HARDENING_FIELDS = ("web_access", "pc_port", "settings_access", "garp", "voice_vlan_access")
+
 DEFAULT_TIMEOUT = 10.0
 MAX_ERROR_TEXT = 300
 

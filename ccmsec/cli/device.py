@@ -7,9 +7,15 @@ import json
 import sys
 from pathlib import Path
 
-from ccmsec.adminclient import AdminClient, AdminClientError, discover
+from ccmsec.adminclient import (
+    DEVICE_MODELS,
+    HARDENING_FIELDS,
+    SECURITY_MODES,
+    AdminClient,
+    AdminClientError,
+    discover,
+)
 from ccmsec.cli.common import CliError, add_data_option, data_dir, read_password
-from ccmsec.db.devices import DEVICE_MODELS, HARDENING_FIELDS, SECURITY_MODES
 
 LIST_COLUMNS = [("NAME", "name"), ("MODEL", "model"), ("SECURITY", "security_mode"),
                 ("POOL", "device_pool"), ("VERSION", "config_version"),
