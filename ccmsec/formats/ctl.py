@@ -414,6 +414,11 @@ class CtlRecord:
             object.__setattr__(self, "certificate", cert)
 
     def encode(self) -> bytes:
+        return self._encoded
+
+    @functools.cached_property
+    def _encoded(self) -> bytes:
+        # Records are immutable; encoding once keeps rebuilding a CTL close to the RSA cost.
         try:
             body = b"".join([
                 tlv.encode_text(R_DNS_NAME, self.dns_name),
