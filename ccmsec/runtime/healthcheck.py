@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from pathlib import Path
 os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 TIMEOUT = 3.0
+# gRPC prefixes every connection error with the same words; the reason comes after them.
+_GRPC_PREFIX = re.compile(r"^failed to connect to all addresses; last error: \w+: (?:ipv[46]:)?\S+: ")
 _WILDCARDS = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
 
 
@@ -40,7 +43,8 @@ async def _check(data_dir: Path, role: str, host: str, port: int) -> str:
     try:
         return await asyncio.wait_for(check_health(identity, host, port, role, timeout=TIMEOUT), TIMEOUT + 0.5)
     except grpc.aio.AioRpcError as exc:
-        return f"{exc.code().name} ({_short(exc.details() or '', 100)})"
+        reason = _GRPC_PREFIX.sub("", exc.details() or "")
+        return f"{exc.code().name} ({_short(reason, 120)})"
     except asyncio.TimeoutError:
         return "DEADLINE_EXCEEDED (no answer)"
 
