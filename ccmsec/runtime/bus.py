@@ -60,6 +60,7 @@ class EventBus:
         self.nc: nats.NATS | None = None
         self.js = None
         self._subs: list = []
+        self._closing = False
 
     async def connect(self) -> None:
         """Connect, retrying until connect_timeout; afterwards nats-py reconnects by itself."""
@@ -85,7 +86,8 @@ class EventBus:
         await self.ensure_stream()
 
     async def _on_disconnect(self):
-        log.warning("disconnected from NATS", extra={"url": self.url})
+        if not self._closing:
+            log.warning("disconnected from NATS", extra={"url": self.url})
 
     async def _on_reconnect(self):
         log.info("reconnected to NATS", extra={"url": self.url})
@@ -158,6 +160,7 @@ class EventBus:
         self._subs.append(sub)
 
     async def close(self) -> None:
+        self._closing = True
         for sub in self._subs:
             try:
                 await sub.unsubscribe()

@@ -8,8 +8,6 @@ import fcntl
 import os
 from pathlib import Path
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
@@ -68,7 +66,9 @@ def sessionmaker(engine: AsyncEngine) -> async_sessionmaker:
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
-def _alembic_config() -> Config:
+def _alembic_config():
+    from alembic.config import Config  # imported on first use: it is slow to import
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.set_main_option("path_separator", "os")
@@ -76,6 +76,8 @@ def _alembic_config() -> Config:
 
 
 def _upgrade(sync_conn) -> None:
+    from alembic import command
+
     cfg = _alembic_config()
     cfg.attributes["connection"] = sync_conn
     command.upgrade(cfg, "heads")

@@ -1,0 +1,119 @@
+"""gRPC unary calls per second through the ccmsec runtime vs a bare grpc.aio server.
+
+Both servers use the same mutual-TLS certificates from a cluster CA and serve the same tiny RPC
+(KeyManager.Status); the runtime one adds what every service has (metrics interceptor, health,
+reflection). Each server runs in its own process; one client process drives both in turn with the
+same concurrency, several rounds alternating, and the best round of each counts.
+
+    uv run python bench/grpc_runtime.py [--quick] [--seconds S] [--concurrency C]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import socket
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+
+from ccmsec.runtime.grpcio import GrpcServer, secure_channel, server_credentials
+from ccmsec.runtime.identity import client_identity, service_identity
+from ccmsec_proto import common_pb2, keymanager_pb2_grpc
+
+
+class _Servicer(keymanager_pb2_grpc.KeyManagerServicer):
+    async def Status(self, request, context):  # noqa: N802
+        return common_pb2.ServiceStatus(role="keymanager", node="bench", state="serving")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _serve(kind: str, data: str, port: int, ready) -> None:
+    import uvloop
+
+    async def main():
+        ident = service_identity(Path(data), "keymanager", "keymanager", "127.0.0.1")
+        if kind == "runtime":
+            srv = GrpcServer(ident, "127.0.0.1", port)
+            srv.add(keymanager_pb2_grpc.add_KeyManagerServicer_to_server, _Servicer(), "ccmsec.v1.KeyManager")
+            await srv.start()
+            await srv.set_serving(True)
+        else:
+            server = grpc.aio.server()
+            keymanager_pb2_grpc.add_KeyManagerServicer_to_server(_Servicer(), server)
+            server.add_secure_port(f"127.0.0.1:{port}", server_credentials(ident))
+            await server.start()
+        ready.set()
+        await asyncio.Event().wait()
+
+    uvloop.run(main())
+
+
+async def _drive(data: Path, port: int, seconds: float, concurrency: int) -> float:
+    ident = client_identity(data, "bench")
+    async with secure_channel(ident, "127.0.0.1", port, "keymanager") as ch:
+        stub = keymanager_pb2_grpc.KeyManagerStub(ch)
+        await stub.Status(common_pb2.Empty())
+        count = 0
+        deadline = time.perf_counter() + seconds
+
+        async def worker():
+            nonlocal count
+            while time.perf_counter() < deadline:
+                await stub.Status(common_pb2.Empty())
+                count += 1
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return count / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=32)
+    args = parser.parse_args()
+    if args.quick:
+        args.seconds, args.rounds = 1.5, 2
+    import uvloop
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp)
+        service_identity(data, "keymanager", "keymanager", "127.0.0.1")
+        ctx = mp.get_context("spawn")
+        procs, ports = {}, {}
+        for kind in ("runtime", "bare"):
+            ports[kind] = _free_port()
+            ready = ctx.Event()
+            procs[kind] = ctx.Process(target=_serve, args=(kind, str(data), ports[kind], ready), daemon=True)
+            procs[kind].start()
+            if not ready.wait(30):
+                raise SystemExit(f"{kind} server did not start")
+        best = {"runtime": 0.0, "bare": 0.0}
+        try:
+            for _ in range(args.rounds):
+                for kind in ("bare", "runtime"):
+                    rate = uvloop.run(_drive(data, ports[kind], args.seconds, args.concurrency))
+                    best[kind] = max(best[kind], rate)
+        finally:
+            for p in procs.values():
+                p.terminate()
+                p.join(5)
+    ratio = best["runtime"] / best["bare"] if best["bare"] else 0.0
+    print(f"runtime (mTLS + metrics + health + reflection): {best['runtime']:10.0f} calls/s")
+    print(f"bare grpc.aio (same mTLS certificates):         {best['bare']:10.0f} calls/s")
+    print(f"ratio runtime/bare: {ratio:.2f} (aim >= 0.80)")
+
+
+if __name__ == "__main__":
+    main()
