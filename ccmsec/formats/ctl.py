@@ -223,7 +223,8 @@ def _signer_block(certificate: x509.Certificate, digest: Digest) -> tuple[bytes,
         tlv.encode(H_SERIAL, serial_bytes(certificate.serial_number)),
         tlv.encode_text(H_ISSUER, dn_string(certificate.issuer)),
     ]))
-    algorithm_info = tlv.encode(H_ALGORITHM_INFO, tlv.encode_u8(H_ALGORITHM, SIGNATURE_ALGORITHM_RSA)
+    algorithm_info = tlv.encode(H_ALGORITHM_INFO,
+                                tlv.encode_u8(H_ALGORITHM, SIGNATURE_ALGORITHM_RSA)
                                 + tlv.encode_u8(H_MODULUS, modulus))
     signature_info = tlv.encode(H_SIGNATURE_INFO, tlv.encode_u8(H_DIGEST, digest) + algorithm_info)
     return signer_info + signature_info, modulus
@@ -291,7 +292,8 @@ def _parse_header(data: bytes) -> tuple[SignedHeader, tuple[int, int]]:
                              "2-byte version TLV (tag 1)")
     second = tlv.read_tlv(data, first.end, len(data))
     if second.tag != H_LENGTH:
-        raise CtlFormatError(f"header: expected the header-length TLV (tag 2), found tag {second.tag}")
+        raise CtlFormatError("header: expected the header-length TLV (tag 2), "
+                             f"found tag {second.tag}")
     length = tlv.decode_uint(second, 2)
     if length < second.end or length > len(data):
         raise CtlFormatError(f"header: header length {length} is outside the file "
@@ -309,14 +311,16 @@ def _parse_header(data: bytes) -> tuple[SignedHeader, tuple[int, int]]:
     try:
         digest = Digest(tlv.decode_uint(fields[H_DIGEST], 1))
     except ValueError:
-        raise CtlFormatError(f"header: unknown digest algorithm {fields[H_DIGEST].value.hex()}") from None
+        raise CtlFormatError("header: unknown digest algorithm "
+                             f"{fields[H_DIGEST].value.hex()}") from None
     algorithm = tlv.decode_uint(fields[H_ALGORITHM], 1)
     if algorithm != SIGNATURE_ALGORITHM_RSA:
         raise CtlFormatError(f"header: unsupported signature algorithm {algorithm} (0 = RSA)")
     try:
         modulus = Modulus(tlv.decode_uint(fields[H_MODULUS], 1))
     except ValueError:
-        raise CtlFormatError(f"header: unknown signature modulus code {fields[H_MODULUS].value.hex()}") from None
+        raise CtlFormatError("header: unknown signature modulus code "
+                             f"{fields[H_MODULUS].value.hex()}") from None
     signature = fields[H_SIGNATURE]
     if len(signature.value) != modulus.signature_length:
         raise CtlFormatError(f"header: signature is {len(signature.value)} bytes but the modulus "
@@ -400,7 +404,9 @@ class CtlRecord:
     ipv4: ipaddress.IPv4Address | None = None
     cert_hash: bytes | None = field(default=None, repr=False)  # tags 11/12: later releases
     hash_algorithm: bytes | None = field(default=None, repr=False)
-    certificate: x509.Certificate = field(default=None, compare=False, repr=False)  # type: ignore[assignment]
+    # The parsed certificate; loaded from certificate_der when not given.
+    certificate: x509.Certificate = field(  # type: ignore[assignment]
+        default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.certificate is None:
@@ -427,7 +433,8 @@ class CtlRecord:
                 tlv.encode_text(R_ISSUER, self.issuer),
                 tlv.encode(R_SERIAL, self.serial),
                 tlv.encode(R_PUBLIC_KEY, self.public_key),
-                b"" if self.cert_signature is None else tlv.encode(R_SIGNATURE, self.cert_signature),
+                b"" if self.cert_signature is None
+                else tlv.encode(R_SIGNATURE, self.cert_signature),
                 tlv.encode(R_CERTIFICATE, self.certificate_der),
                 b"" if self.ipv4 is None else tlv.encode(R_IP, self.ipv4.packed),
                 b"" if self.cert_hash is None else tlv.encode(R_CERT_HASH, self.cert_hash),
@@ -526,7 +533,8 @@ def _parse_record(data: bytes, start: int, end: int, number: int) -> CtlRecord:
         )
     except CtlFormatError as exc:
         raise CtlFormatError(f"record {number}: {exc}") from None
-    if record.serial.lstrip(b"\x00") != serial_bytes(record.certificate.serial_number).lstrip(b"\x00"):
+    cert_serial = serial_bytes(record.certificate.serial_number)
+    if record.serial.lstrip(b"\x00") != cert_serial.lstrip(b"\x00"):
         raise CtlFormatError(f"record {number}: serial {record.serial.hex()} does not match its "
                              f"certificate's serial {record.certificate.serial_number:x}")
     return record

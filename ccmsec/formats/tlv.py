@@ -38,7 +38,8 @@ def encode(tag: int, value: bytes) -> bytes:
     if not 0 <= tag <= 0xFF:
         raise TlvError(f"tag {tag} does not fit in one byte")
     if len(value) > MAX_VALUE_LENGTH:
-        raise TlvError(f"value for tag {tag} is {len(value)} bytes, over the {MAX_VALUE_LENGTH} limit")
+        raise TlvError(f"value for tag {tag} is {len(value)} bytes, "
+                       f"over the {MAX_VALUE_LENGTH} limit")
     return _HEAD.pack(tag, len(value)) + value
 
 

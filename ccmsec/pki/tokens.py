@@ -152,9 +152,9 @@ def _check_name(token_name: str) -> str:
 
 
 def _paths(store_dir: Path, token_name: str) -> tuple[Path, Path, Path, Path]:
-    base = Path(store_dir) / _check_name(token_name)
-    return (base.with_suffix(".p12"), base.with_suffix(".crt"), base.with_suffix(".state"),
-            base.with_suffix(".lock"))
+    store, base = Path(store_dir), _check_name(token_name)  # names may contain dots
+    return (store / f"{base}.p12", store / f"{base}.crt", store / f"{base}.state",
+            store / f"{base}.lock")
 
 
 @contextlib.contextmanager
@@ -241,8 +241,9 @@ def open_token(store_dir: Path, token_name: str, password: str) -> SoftwareToken
             locked = failures >= MAX_PASSWORD_FAILURES
             _write_state(state_path, TokenState(failures, locked))
             if locked:
-                raise TokenLockedError(f"wrong password for token {token_name!r}; it is now "
-                                       f"locked after {MAX_PASSWORD_FAILURES} wrong passwords") from None
+                raise TokenLockedError(
+                    f"wrong password for token {token_name!r}; it is now locked after "
+                    f"{MAX_PASSWORD_FAILURES} wrong passwords") from None
             remaining = MAX_PASSWORD_FAILURES - failures
             raise TokenPasswordError(f"wrong password for token {token_name!r} "
                                      f"({remaining} attempts left before it locks)",
@@ -278,7 +279,7 @@ def list_tokens(store_dir: Path) -> list[TokenInfo]:
     if not store.is_dir():
         return []
     return [token_info(store, p.stem) for p in sorted(store.glob("*.p12"))
-            if _NAME_RE.match(p.stem) and p.with_suffix(".crt").exists()]
+            if _NAME_RE.match(p.stem) and (store / f"{p.stem}.crt").exists()]
 
 
 # --- manufacturer CA and MICs ---------------------------------------------------------------------
@@ -352,7 +353,8 @@ class FileSigner:
         loaded = _LOADED_KEYS.get(fingerprint)
         if loaded is None:
             key = serialization.load_der_private_key(state["key"], password=None)
-            loaded = (x509.load_der_x509_certificate(state["cert"]), key)  # type: ignore[assignment]
+            cert = x509.load_der_x509_certificate(state["cert"])
+            loaded = (cert, key)  # type: ignore[assignment]
             if len(_LOADED_KEYS) >= _MAX_LOADED_KEYS:
                 _LOADED_KEYS.clear()
             _LOADED_KEYS[fingerprint] = loaded  # type: ignore[assignment]

@@ -108,9 +108,9 @@ class TrustStore:
             if serial_bytes(cert.serial_number).lstrip(b"\x00") == serial:
                 verify_signature(signed_file, cert)
                 return cert
-        raise SignatureError(f"{signed_file.header.file_name}: signer {signed_file.header.signer_name} "
-                             f"(serial {signed_file.header.signer_serial.hex()}) is not a TFTP "
-                             "certificate in the CTL")
+        header = signed_file.header
+        raise SignatureError(f"{header.file_name}: signer {header.signer_name} (serial "
+                             f"{header.signer_serial.hex()}) is not a TFTP certificate in the CTL")
 
     # --- persistence ----------------------------------------------------------------------------
     def to_bytes(self) -> bytes:

@@ -115,9 +115,11 @@ def test_missing_duplicate_and_badly_named_tokens(store, manufacturer):
 
 
 def test_list_tokens_shows_certificates_without_passwords(store, manufacturer):
-    create_software_token(store, "token2", "pw2", manufacturer)
+    create_software_token(store, "token2.v2", "pw2", manufacturer)
     infos = list_tokens(store)
-    assert [i.name for i in infos] == ["token1", "token2"]
+    assert [i.name for i in infos] == ["token1", "token2.v2"]
+    assert (store / "token2.v2.p12").exists()
+    assert open_token(store, "token2.v2", "pw2").name == "token2.v2"
     assert all(not i.locked and i.failures == 0 for i in infos)
     assert list_tokens(store / "absent") == []
 
