@@ -250,7 +250,7 @@ def build_signed(version: tuple[int, int], body: bytes, signer: Signer, *, file_
         ])
         after_signature = tlv.encode_text(H_FILE_NAME, file_name) + tlv.encode_u32(H_TIMESTAMP,
                                                                                    timestamp)
-    except TlvError as exc:
+    except ValueError as exc:  # TlvError, or a version byte out of range
         raise CtlBuildError(str(exc)) from None
     signature_tlv_length = 3 + modulus.signature_length
     unpadded = len(before_signature) + signature_tlv_length + len(after_signature)
