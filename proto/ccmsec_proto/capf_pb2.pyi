@@ -54,26 +54,32 @@ class CapfSchedule(_message.Message):
     def __init__(self, device: _Optional[str] = ..., operation: _Optional[_Union[CapfOperation, str]] = ..., auth_mode: _Optional[_Union[CapfAuthMode, str]] = ..., auth_string: _Optional[str] = ..., key_type: _Optional[str] = ..., deadline_unix: _Optional[int] = ...) -> None: ...
 
 class CapfOperationState(_message.Message):
-    __slots__ = ("id", "schedule", "state", "reason", "failed_attempts", "updated_unix")
+    __slots__ = ("id", "schedule", "state", "reason", "failed_attempts", "updated_unix", "created_unix", "issued_fingerprint")
     ID_FIELD_NUMBER: _ClassVar[int]
     SCHEDULE_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     FAILED_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     UPDATED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    CREATED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    ISSUED_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     id: int
     schedule: CapfSchedule
     state: str
     reason: str
     failed_attempts: int
     updated_unix: int
-    def __init__(self, id: _Optional[int] = ..., schedule: _Optional[_Union[CapfSchedule, _Mapping]] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., failed_attempts: _Optional[int] = ..., updated_unix: _Optional[int] = ...) -> None: ...
+    created_unix: int
+    issued_fingerprint: str
+    def __init__(self, id: _Optional[int] = ..., schedule: _Optional[_Union[CapfSchedule, _Mapping]] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., failed_attempts: _Optional[int] = ..., updated_unix: _Optional[int] = ..., created_unix: _Optional[int] = ..., issued_fingerprint: _Optional[str] = ...) -> None: ...
 
 class CapfStatusRequest(_message.Message):
-    __slots__ = ("device",)
+    __slots__ = ("device", "limit")
     DEVICE_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
     device: str
-    def __init__(self, device: _Optional[str] = ...) -> None: ...
+    limit: int
+    def __init__(self, device: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
 
 class CapfStatusReply(_message.Message):
     __slots__ = ("operations",)
@@ -82,21 +88,68 @@ class CapfStatusReply(_message.Message):
     def __init__(self, operations: _Optional[_Iterable[_Union[CapfOperationState, _Mapping]]] = ...) -> None: ...
 
 class IssuedCertificate(_message.Message):
-    __slots__ = ("device", "certificate", "operation", "at_unix", "outcome")
+    __slots__ = ("device", "certificate", "operation", "at_unix", "outcome", "operation_id")
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
     OPERATION_FIELD_NUMBER: _ClassVar[int]
     AT_UNIX_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    OPERATION_ID_FIELD_NUMBER: _ClassVar[int]
     device: str
     certificate: _common_pb2.Certificate
     operation: str
     at_unix: int
     outcome: str
-    def __init__(self, device: _Optional[str] = ..., certificate: _Optional[_Union[_common_pb2.Certificate, _Mapping]] = ..., operation: _Optional[str] = ..., at_unix: _Optional[int] = ..., outcome: _Optional[str] = ...) -> None: ...
+    operation_id: int
+    def __init__(self, device: _Optional[str] = ..., certificate: _Optional[_Union[_common_pb2.Certificate, _Mapping]] = ..., operation: _Optional[str] = ..., at_unix: _Optional[int] = ..., outcome: _Optional[str] = ..., operation_id: _Optional[int] = ...) -> None: ...
 
 class IssuedLogReply(_message.Message):
     __slots__ = ("entries",)
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     entries: _containers.RepeatedCompositeFieldContainer[IssuedCertificate]
     def __init__(self, entries: _Optional[_Iterable[_Union[IssuedCertificate, _Mapping]]] = ...) -> None: ...
+
+class CapfParametersRequest(_message.Message):
+    __slots__ = ("values",)
+    class ValuesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.ScalarMap[str, str]
+    def __init__(self, values: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class CapfParametersReply(_message.Message):
+    __slots__ = ("service", "enterprise", "events")
+    class ServiceEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class EnterpriseEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    ENTERPRISE_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    service: _containers.ScalarMap[str, str]
+    enterprise: _containers.ScalarMap[str, str]
+    events: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, service: _Optional[_Mapping[str, str]] = ..., enterprise: _Optional[_Mapping[str, str]] = ..., events: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class LscCheckReply(_message.Message):
+    __slots__ = ("missing", "installed")
+    MISSING_FIELD_NUMBER: _ClassVar[int]
+    INSTALLED_FIELD_NUMBER: _ClassVar[int]
+    missing: _containers.RepeatedScalarFieldContainer[str]
+    installed: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, missing: _Optional[_Iterable[str]] = ..., installed: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -66,6 +66,26 @@ class CapfStub:
                 request_serializer=ccmsec__proto_dot_common__pb2.Empty.SerializeToString,
                 response_deserializer=ccmsec__proto_dot_common__pb2.Certificate.FromString,
                 _registered_method=True)
+        self.GetParameters = channel.unary_unary(
+                '/ccmsec.v1.Capf/GetParameters',
+                request_serializer=ccmsec__proto_dot_common__pb2.Empty.SerializeToString,
+                response_deserializer=ccmsec__proto_dot_capf__pb2.CapfParametersReply.FromString,
+                _registered_method=True)
+        self.SetServiceParameters = channel.unary_unary(
+                '/ccmsec.v1.Capf/SetServiceParameters',
+                request_serializer=ccmsec__proto_dot_capf__pb2.CapfParametersRequest.SerializeToString,
+                response_deserializer=ccmsec__proto_dot_capf__pb2.CapfParametersReply.FromString,
+                _registered_method=True)
+        self.SetEnterpriseParameters = channel.unary_unary(
+                '/ccmsec.v1.Capf/SetEnterpriseParameters',
+                request_serializer=ccmsec__proto_dot_capf__pb2.CapfParametersRequest.SerializeToString,
+                response_deserializer=ccmsec__proto_dot_capf__pb2.CapfParametersReply.FromString,
+                _registered_method=True)
+        self.CheckLscs = channel.unary_unary(
+                '/ccmsec.v1.Capf/CheckLscs',
+                request_serializer=ccmsec__proto_dot_common__pb2.Empty.SerializeToString,
+                response_deserializer=ccmsec__proto_dot_capf__pb2.LscCheckReply.FromString,
+                _registered_method=True)
 
 
 class CapfServicer:
@@ -108,6 +128,33 @@ class CapfServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetParameters(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetServiceParameters(self, request, context):
+        """RST-8
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetEnterpriseParameters(self, request, context):
+        """RST-6
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CheckLscs(self, request, context):
+        """CHK-8
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CapfServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -140,6 +187,26 @@ def add_CapfServicer_to_server(servicer, server):
                     servicer.GetCapfCertificate,
                     request_deserializer=ccmsec__proto_dot_common__pb2.Empty.FromString,
                     response_serializer=ccmsec__proto_dot_common__pb2.Certificate.SerializeToString,
+            ),
+            'GetParameters': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetParameters,
+                    request_deserializer=ccmsec__proto_dot_common__pb2.Empty.FromString,
+                    response_serializer=ccmsec__proto_dot_capf__pb2.CapfParametersReply.SerializeToString,
+            ),
+            'SetServiceParameters': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetServiceParameters,
+                    request_deserializer=ccmsec__proto_dot_capf__pb2.CapfParametersRequest.FromString,
+                    response_serializer=ccmsec__proto_dot_capf__pb2.CapfParametersReply.SerializeToString,
+            ),
+            'SetEnterpriseParameters': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetEnterpriseParameters,
+                    request_deserializer=ccmsec__proto_dot_capf__pb2.CapfParametersRequest.FromString,
+                    response_serializer=ccmsec__proto_dot_capf__pb2.CapfParametersReply.SerializeToString,
+            ),
+            'CheckLscs': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckLscs,
+                    request_deserializer=ccmsec__proto_dot_common__pb2.Empty.FromString,
+                    response_serializer=ccmsec__proto_dot_capf__pb2.LscCheckReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -304,6 +371,114 @@ class Capf:
             '/ccmsec.v1.Capf/GetCapfCertificate',
             ccmsec__proto_dot_common__pb2.Empty.SerializeToString,
             ccmsec__proto_dot_common__pb2.Certificate.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetParameters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ccmsec.v1.Capf/GetParameters',
+            ccmsec__proto_dot_common__pb2.Empty.SerializeToString,
+            ccmsec__proto_dot_capf__pb2.CapfParametersReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetServiceParameters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ccmsec.v1.Capf/SetServiceParameters',
+            ccmsec__proto_dot_capf__pb2.CapfParametersRequest.SerializeToString,
+            ccmsec__proto_dot_capf__pb2.CapfParametersReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetEnterpriseParameters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ccmsec.v1.Capf/SetEnterpriseParameters',
+            ccmsec__proto_dot_capf__pb2.CapfParametersRequest.SerializeToString,
+            ccmsec__proto_dot_capf__pb2.CapfParametersReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckLscs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ccmsec.v1.Capf/CheckLscs',
+            ccmsec__proto_dot_common__pb2.Empty.SerializeToString,
+            ccmsec__proto_dot_capf__pb2.LscCheckReply.FromString,
             options,
             channel_credentials,
             insecure,
