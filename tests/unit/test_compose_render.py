@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fnmatch
-import json
 import os
 import shutil
 import subprocess
@@ -214,6 +213,14 @@ def test_validate_reports_schema_violations():
     problems = compose.validate_compose(_dump(doc))
     assert len(problems) == 4 and all(p.startswith("schema: services/capf") for p in problems)
     assert any("'privileged' was unexpected" in p for p in problems)
+
+
+def test_validate_reads_short_port_syntax_too():
+    doc = _doc()
+    doc["services"]["keymanager"]["ports"] = ["69:69/udp", "9999"]  # 9999: container-only, no host port
+    doc["services"]["srtp-gateway"]["ports"] = ["127.0.0.1:2427:2427/udp"]
+    assert compose.validate_compose(_dump(doc)) == [
+        "service keymanager: host port 69/udp already published by tftp-signer"]
 
 
 @pytest.mark.parametrize("text, expected", [
