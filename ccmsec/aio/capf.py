@@ -14,12 +14,13 @@ import secrets
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from ccmsec.wire.capf import (
-    CapfIssuer, CapfOperationsStore, CapfPhoneSession, CapfProtocolError, CapfServerSession, FrameReader,
+    CapfIssuer, CapfOperationsStore, CapfPhoneSession, CapfProtocolError, CapfServerSession, FrameReader, Reason,
 )
 
 log = logging.getLogger("ccmsec.capf")
@@ -60,7 +61,8 @@ class SessionRecord:
 class CapfServer:
     def __init__(self, host: str, port: int, ssl_context: ssl.SSLContext, store: CapfOperationsStore,
                  issuer: CapfIssuer, *, handshake_timeout: float = 10.0, idle_timeout: float = 30.0,
-                 session_timeout: float = 120.0, max_connections: int = 512, history: int = 1000):
+                 session_timeout: float = 120.0, max_connections: int = 512, history: int = 1000,
+                 admit: Callable[[], str | None] | None = None):
         self.host, self._port = host, port
         self.ssl_context = ssl_context
         self.store, self.issuer = store, issuer
@@ -73,6 +75,8 @@ class CapfServer:
         self._tasks: set[asyncio.Task] = set()
         self.sessions: list[SessionRecord] = []
         self._history = history
+        # admit() -> None to serve, or the reason every new session is refused with (e.g. CHK-2).
+        self.admit = admit
 
     @property
     def port(self) -> int:
@@ -132,6 +136,10 @@ class CapfServer:
 
     async def _run(self, session: CapfServerSession, reader: asyncio.StreamReader,
                    writer: asyncio.StreamWriter) -> None:
+        refusal = self.admit() if self.admit is not None else None
+        if refusal is not None:
+            await self._send(writer, session.refuse(Reason.INVALID_ELEMENT, refusal))
+            return
         frames_in = FrameReader()
         await self._send(writer, session.start())
         while not session.finished:

@@ -9,8 +9,11 @@ MICs are checked against the manufacturer CA, which is kept apart (CERT-1).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as _dt
+import fcntl
 import ipaddress
+import os
 from concurrent.futures import Executor, ProcessPoolExecutor
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -42,11 +45,29 @@ class LscError(ValueError):
 # The CAPF certificate
 
 
+@contextlib.contextmanager
+def _locked(lock_path: Path):
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def ensure_capf_ca(pki_dir: str | Path, *, dns_names: Sequence[str] = ("localhost",),
                    ip_addresses: Sequence[str] = ("127.0.0.1",), key_kind: str = "rsa2048") -> Issued:
     """Load DATA/pki/capf.{crt,key}, creating them once. Never re-created when present (CHK-2:
     the CTL built after CAPF activation keeps naming this certificate)."""
     pki = Path(pki_dir)
+    # Several services may ask at once on a fresh cluster: one creates, the others load.
+    with _locked(pki / ".capf.lock"):
+        return _load_or_create_capf(pki, dns_names, ip_addresses, key_kind)
+
+
+def _load_or_create_capf(pki: Path, dns_names: Sequence[str], ip_addresses: Sequence[str],
+                         key_kind: str) -> Issued:
     cert_path, key_path = pki / CAPF_CERT, pki / CAPF_KEY
     if cert_path.exists() and key_path.exists():
         return load_pair(cert_path, key_path)

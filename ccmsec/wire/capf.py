@@ -32,6 +32,7 @@ MAX_BODY = 8192
 MAX_ELEMENTS = 16
 MAX_NAME = 64
 MAX_PASSWORD = 64
+MAX_REASON_INFO = 256
 
 
 class Command(enum.IntEnum):
@@ -251,6 +252,8 @@ def _check_value(command: Command, tag: Element, value: bytes) -> None:
         decode_cstring(value, tag)
     elif tag is Element.CERTIFICATE:
         decode_certificate_element(value)
+    elif tag is Element.REASON_INFO and len(value) > MAX_REASON_INFO:
+        raise CapfProtocolError(f"{command.name}: REASON_INFO longer than {MAX_REASON_INFO} bytes")
     elif tag is Element.RETRY_DELAY and not 1 <= len(value) <= 4:
         raise CapfProtocolError(f"{command.name}: RETRY_DELAY must be 1..4 bytes, got {len(value)}")
 
@@ -573,6 +576,14 @@ class CapfServerSession:
             (Element.VERSION, _u8(PROTOCOL_VERSION)), (Element.AUTH_TYPE, _u8(auth_type)),
         ])
 
+    def refuse(self, reason: int, info: str) -> list[bytes]:
+        """End the session before it starts, saying why in a REASON_INFO element (e.g. CHK-2)."""
+        text = info.encode("utf-8")[:MAX_REASON_INFO - 1] + b"\x00"
+        self.state = ServerState.DONE
+        self.end_reason = int(reason)
+        self.error = info
+        return [self._frame(Command.END_SESSION, [(Element.REASON, _u8(reason)), (Element.REASON_INFO, text)])]
+
     def abort(self, exc: CapfProtocolError) -> list[bytes]:
         """End the session for a framing error detected outside `handle` (e.g. by FrameReader)."""
         if self.finished:
@@ -789,6 +800,7 @@ class CapfPhoneSession:
         self.phone = phone
         self.session_id: int | None = None
         self.end_reason: int | None = None
+        self.end_info: str | None = None  # the server's REASON_INFO text, when it sent one
         self.finished = False
         self.events: list[str] = []  # what happened, for logs and tests
 
@@ -820,6 +832,8 @@ class CapfPhoneSession:
     def _on_end(self, frame: Frame) -> list[bytes]:
         self.finished = True
         self.end_reason = frame.u8(Element.REASON)
+        if frame.has(Element.REASON_INFO):
+            self.end_info = frame.raw(Element.REASON_INFO).rstrip(b"\x00").decode("utf-8", "replace")
         self.events.append(f"end:{self.end_reason}")
         return []
 
