@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from ccmsec_proto import common_pb2 as ccmsec__proto_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63\x63msec_proto/phone_sim.proto\x12\tccmsec.v1\x1a\x19\x63\x63msec_proto/common.proto\"E\n\x10\x41\x64\x64PhonesRequest\x12\r\n\x05\x63ount\x18\x01 \x01(\x05\x12\r\n\x05model\x18\x02 \x01(\t\x12\x13\n\x0bname_prefix\x18\x03 \x01(\t\"+\n\rPhoneSelector\x12\r\n\x05names\x18\x01 \x03(\t\x12\x0b\n\x03\x61ll\x18\x02 \x01(\x08\"\xd0\x03\n\nPhoneState\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0b\n\x03mac\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\x12\r\n\x05\x66iles\x18\x05 \x03(\t\x12\x12\n\nctl_sha256\x18\x06 \x01(\t\x12*\n\ntrust_list\x18\x07 \x03(\x0b\x32\x16.ccmsec.v1.Certificate\x12#\n\x03mic\x18\x08 \x01(\x0b\x32\x16.ccmsec.v1.Certificate\x12#\n\x03lsc\x18\t \x01(\x0b\x32\x16.ccmsec.v1.Certificate\x12\x14\n\x0clast_failure\x18\n \x01(\t\x12\x1b\n\x13last_failure_reason\x18\x0b \x01(\t\x12\x10\n\x08\x66irmware\x18\x0c \x01(\t\x12\x34\n\rsecurity_mode\x18\r \x01(\x0e\x32\x1d.ccmsec.v1.DeviceSecurityMode\x12\x35\n\x08settings\x18\x0e \x03(\x0b\x32#.ccmsec.v1.PhoneState.SettingsEntry\x12\r\n\x05\x62oots\x18\x0f \x01(\x03\x1a/\n\rSettingsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"4\n\x0bPhonesReply\x12%\n\x06phones\x18\x01 \x03(\x0b\x32\x15.ccmsec.v1.PhoneState2\xc3\x02\n\x08PhoneSim\x12\x34\n\x06Status\x12\x10.ccmsec.v1.Empty\x1a\x18.ccmsec.v1.ServiceStatus\x12@\n\tAddPhones\x12\x1b.ccmsec.v1.AddPhonesRequest\x1a\x16.ccmsec.v1.PhonesReply\x12>\n\nBootPhones\x12\x18.ccmsec.v1.PhoneSelector\x1a\x16.ccmsec.v1.PhonesReply\x12?\n\x0bResetPhones\x12\x18.ccmsec.v1.PhoneSelector\x1a\x16.ccmsec.v1.PhonesReply\x12>\n\nListPhones\x12\x18.ccmsec.v1.PhoneSelector\x1a\x16.ccmsec.v1.PhonesReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63\x63msec_proto/phone_sim.proto\x12\tccmsec.v1\x1a\x19\x63\x63msec_proto/common.proto\"E\n\x10\x41\x64\x64PhonesRequest\x12\r\n\x05\x63ount\x18\x01 \x01(\x05\x12\r\n\x05model\x18\x02 \x01(\t\x12\x13\n\x0bname_prefix\x18\x03 \x01(\t\"+\n\rPhoneSelector\x12\r\n\x05names\x18\x01 \x03(\t\x12\x0b\n\x03\x61ll\x18\x02 \x01(\x08\"\x19\n\tPhoneName\x12\x0c\n\x04name\x18\x01 \x01(\t\"9\n\x14SetAuthStringRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x61uth_string\x18\x02 \x01(\t\"\xcf\x04\n\nPhoneState\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0b\n\x03mac\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\x12\r\n\x05\x66iles\x18\x05 \x03(\t\x12\x12\n\nctl_sha256\x18\x06 \x01(\t\x12*\n\ntrust_list\x18\x07 \x03(\x0b\x32\x16.ccmsec.v1.Certificate\x12#\n\x03mic\x18\x08 \x01(\x0b\x32\x16.ccmsec.v1.Certificate\x12#\n\x03lsc\x18\t \x01(\x0b\x32\x16.ccmsec.v1.Certificate\x12\x14\n\x0clast_failure\x18\n \x01(\t\x12\x1b\n\x13last_failure_reason\x18\x0b \x01(\t\x12\x10\n\x08\x66irmware\x18\x0c \x01(\t\x12\x34\n\rsecurity_mode\x18\r \x01(\x0e\x32\x1d.ccmsec.v1.DeviceSecurityMode\x12\x35\n\x08settings\x18\x0e \x03(\x0b\x32#.ccmsec.v1.PhoneState.SettingsEntry\x12\r\n\x05\x62oots\x18\x0f \x01(\x03\x12\x13\n\x0bweb_address\x18\x10 \x01(\t\x12\x17\n\x0fregistered_with\x18\x11 \x01(\t\x12\x11\n\ttransport\x18\x12 \x01(\t\x12\x0f\n\x07history\x18\x13 \x03(\t\x12\x0f\n\x07\x62ooting\x18\x14 \x01(\x08\x12\x1a\n\x12\x63\x65rtificate_in_use\x18\x15 \x01(\t\x1a/\n\rSettingsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"4\n\x0bPhonesReply\x12%\n\x06phones\x18\x01 \x03(\x0b\x32\x15.ccmsec.v1.PhoneState2\x87\x04\n\x08PhoneSim\x12\x34\n\x06Status\x12\x10.ccmsec.v1.Empty\x1a\x18.ccmsec.v1.ServiceStatus\x12@\n\tAddPhones\x12\x1b.ccmsec.v1.AddPhonesRequest\x1a\x16.ccmsec.v1.PhonesReply\x12>\n\nBootPhones\x12\x18.ccmsec.v1.PhoneSelector\x1a\x16.ccmsec.v1.PhonesReply\x12?\n\x0bResetPhones\x12\x18.ccmsec.v1.PhoneSelector\x1a\x16.ccmsec.v1.PhonesReply\x12>\n\nListPhones\x12\x18.ccmsec.v1.PhoneSelector\x1a\x16.ccmsec.v1.PhonesReply\x12\x37\n\x08GetPhone\x12\x14.ccmsec.v1.PhoneName\x1a\x15.ccmsec.v1.PhoneState\x12@\n\x0c\x46\x61\x63toryReset\x12\x18.ccmsec.v1.PhoneSelector\x1a\x16.ccmsec.v1.PhonesReply\x12G\n\rSetAuthString\x12\x1f.ccmsec.v1.SetAuthStringRequest\x1a\x15.ccmsec.v1.PhoneStateb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,12 +38,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ADDPHONESREQUEST']._serialized_end=139
   _globals['_PHONESELECTOR']._serialized_start=141
   _globals['_PHONESELECTOR']._serialized_end=184
-  _globals['_PHONESTATE']._serialized_start=187
-  _globals['_PHONESTATE']._serialized_end=651
-  _globals['_PHONESTATE_SETTINGSENTRY']._serialized_start=604
-  _globals['_PHONESTATE_SETTINGSENTRY']._serialized_end=651
-  _globals['_PHONESREPLY']._serialized_start=653
-  _globals['_PHONESREPLY']._serialized_end=705
-  _globals['_PHONESIM']._serialized_start=708
-  _globals['_PHONESIM']._serialized_end=1031
+  _globals['_PHONENAME']._serialized_start=186
+  _globals['_PHONENAME']._serialized_end=211
+  _globals['_SETAUTHSTRINGREQUEST']._serialized_start=213
+  _globals['_SETAUTHSTRINGREQUEST']._serialized_end=270
+  _globals['_PHONESTATE']._serialized_start=273
+  _globals['_PHONESTATE']._serialized_end=864
+  _globals['_PHONESTATE_SETTINGSENTRY']._serialized_start=817
+  _globals['_PHONESTATE_SETTINGSENTRY']._serialized_end=864
+  _globals['_PHONESREPLY']._serialized_start=866
+  _globals['_PHONESREPLY']._serialized_end=918
+  _globals['_PHONESIM']._serialized_start=921
+  _globals['_PHONESIM']._serialized_end=1440
 # @@protoc_insertion_point(module_scope)

@@ -25,8 +25,22 @@ class PhoneSelector(_message.Message):
     all: bool
     def __init__(self, names: _Optional[_Iterable[str]] = ..., all: _Optional[bool] = ...) -> None: ...
 
+class PhoneName(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class SetAuthStringRequest(_message.Message):
+    __slots__ = ("name", "auth_string")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    AUTH_STRING_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    auth_string: str
+    def __init__(self, name: _Optional[str] = ..., auth_string: _Optional[str] = ...) -> None: ...
+
 class PhoneState(_message.Message):
-    __slots__ = ("name", "model", "mac", "state", "files", "ctl_sha256", "trust_list", "mic", "lsc", "last_failure", "last_failure_reason", "firmware", "security_mode", "settings", "boots")
+    __slots__ = ("name", "model", "mac", "state", "files", "ctl_sha256", "trust_list", "mic", "lsc", "last_failure", "last_failure_reason", "firmware", "security_mode", "settings", "boots", "web_address", "registered_with", "transport", "history", "booting", "certificate_in_use")
     class SettingsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -49,6 +63,12 @@ class PhoneState(_message.Message):
     SECURITY_MODE_FIELD_NUMBER: _ClassVar[int]
     SETTINGS_FIELD_NUMBER: _ClassVar[int]
     BOOTS_FIELD_NUMBER: _ClassVar[int]
+    WEB_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    REGISTERED_WITH_FIELD_NUMBER: _ClassVar[int]
+    TRANSPORT_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
+    BOOTING_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_IN_USE_FIELD_NUMBER: _ClassVar[int]
     name: str
     model: str
     mac: str
@@ -64,7 +84,13 @@ class PhoneState(_message.Message):
     security_mode: _common_pb2.DeviceSecurityMode
     settings: _containers.ScalarMap[str, str]
     boots: int
-    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., mac: _Optional[str] = ..., state: _Optional[str] = ..., files: _Optional[_Iterable[str]] = ..., ctl_sha256: _Optional[str] = ..., trust_list: _Optional[_Iterable[_Union[_common_pb2.Certificate, _Mapping]]] = ..., mic: _Optional[_Union[_common_pb2.Certificate, _Mapping]] = ..., lsc: _Optional[_Union[_common_pb2.Certificate, _Mapping]] = ..., last_failure: _Optional[str] = ..., last_failure_reason: _Optional[str] = ..., firmware: _Optional[str] = ..., security_mode: _Optional[_Union[_common_pb2.DeviceSecurityMode, str]] = ..., settings: _Optional[_Mapping[str, str]] = ..., boots: _Optional[int] = ...) -> None: ...
+    web_address: str
+    registered_with: str
+    transport: str
+    history: _containers.RepeatedScalarFieldContainer[str]
+    booting: bool
+    certificate_in_use: str
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., mac: _Optional[str] = ..., state: _Optional[str] = ..., files: _Optional[_Iterable[str]] = ..., ctl_sha256: _Optional[str] = ..., trust_list: _Optional[_Iterable[_Union[_common_pb2.Certificate, _Mapping]]] = ..., mic: _Optional[_Union[_common_pb2.Certificate, _Mapping]] = ..., lsc: _Optional[_Union[_common_pb2.Certificate, _Mapping]] = ..., last_failure: _Optional[str] = ..., last_failure_reason: _Optional[str] = ..., firmware: _Optional[str] = ..., security_mode: _Optional[_Union[_common_pb2.DeviceSecurityMode, str]] = ..., settings: _Optional[_Mapping[str, str]] = ..., boots: _Optional[int] = ..., web_address: _Optional[str] = ..., registered_with: _Optional[str] = ..., transport: _Optional[str] = ..., history: _Optional[_Iterable[str]] = ..., booting: _Optional[bool] = ..., certificate_in_use: _Optional[str] = ...) -> None: ...
 
 class PhonesReply(_message.Message):
     __slots__ = ("phones",)

@@ -60,6 +60,21 @@ class PhoneSimStub:
                 request_serializer=ccmsec__proto_dot_phone__sim__pb2.PhoneSelector.SerializeToString,
                 response_deserializer=ccmsec__proto_dot_phone__sim__pb2.PhonesReply.FromString,
                 _registered_method=True)
+        self.GetPhone = channel.unary_unary(
+                '/ccmsec.v1.PhoneSim/GetPhone',
+                request_serializer=ccmsec__proto_dot_phone__sim__pb2.PhoneName.SerializeToString,
+                response_deserializer=ccmsec__proto_dot_phone__sim__pb2.PhoneState.FromString,
+                _registered_method=True)
+        self.FactoryReset = channel.unary_unary(
+                '/ccmsec.v1.PhoneSim/FactoryReset',
+                request_serializer=ccmsec__proto_dot_phone__sim__pb2.PhoneSelector.SerializeToString,
+                response_deserializer=ccmsec__proto_dot_phone__sim__pb2.PhonesReply.FromString,
+                _registered_method=True)
+        self.SetAuthString = channel.unary_unary(
+                '/ccmsec.v1.PhoneSim/SetAuthString',
+                request_serializer=ccmsec__proto_dot_phone__sim__pb2.SetAuthStringRequest.SerializeToString,
+                response_deserializer=ccmsec__proto_dot_phone__sim__pb2.PhoneState.FromString,
+                _registered_method=True)
 
 
 class PhoneSimServicer:
@@ -95,6 +110,24 @@ class PhoneSimServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetPhone(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FactoryReset(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetAuthString(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PhoneSimServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -122,6 +155,21 @@ def add_PhoneSimServicer_to_server(servicer, server):
                     servicer.ListPhones,
                     request_deserializer=ccmsec__proto_dot_phone__sim__pb2.PhoneSelector.FromString,
                     response_serializer=ccmsec__proto_dot_phone__sim__pb2.PhonesReply.SerializeToString,
+            ),
+            'GetPhone': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPhone,
+                    request_deserializer=ccmsec__proto_dot_phone__sim__pb2.PhoneName.FromString,
+                    response_serializer=ccmsec__proto_dot_phone__sim__pb2.PhoneState.SerializeToString,
+            ),
+            'FactoryReset': grpc.unary_unary_rpc_method_handler(
+                    servicer.FactoryReset,
+                    request_deserializer=ccmsec__proto_dot_phone__sim__pb2.PhoneSelector.FromString,
+                    response_serializer=ccmsec__proto_dot_phone__sim__pb2.PhonesReply.SerializeToString,
+            ),
+            'SetAuthString': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetAuthString,
+                    request_deserializer=ccmsec__proto_dot_phone__sim__pb2.SetAuthStringRequest.FromString,
+                    response_serializer=ccmsec__proto_dot_phone__sim__pb2.PhoneState.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -259,6 +307,87 @@ class PhoneSim:
             '/ccmsec.v1.PhoneSim/ListPhones',
             ccmsec__proto_dot_phone__sim__pb2.PhoneSelector.SerializeToString,
             ccmsec__proto_dot_phone__sim__pb2.PhonesReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPhone(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ccmsec.v1.PhoneSim/GetPhone',
+            ccmsec__proto_dot_phone__sim__pb2.PhoneName.SerializeToString,
+            ccmsec__proto_dot_phone__sim__pb2.PhoneState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FactoryReset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ccmsec.v1.PhoneSim/FactoryReset',
+            ccmsec__proto_dot_phone__sim__pb2.PhoneSelector.SerializeToString,
+            ccmsec__proto_dot_phone__sim__pb2.PhonesReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetAuthString(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ccmsec.v1.PhoneSim/SetAuthString',
+            ccmsec__proto_dot_phone__sim__pb2.SetAuthStringRequest.SerializeToString,
+            ccmsec__proto_dot_phone__sim__pb2.PhoneState.FromString,
             options,
             channel_credentials,
             insecure,
