@@ -8,4 +8,6 @@ if ! command -v uv >/dev/null 2>&1; then
     python3 -m pip install --quiet --disable-pip-version-check uv || python3 -m pip install --quiet --user uv
     export PATH="$HOME/.local/bin:$PATH"
 fi
-uv sync --frozen --quiet
+# Byte-compile once: eight service processes and many test subprocesses import the same modules.
+unset PYTHONDONTWRITEBYTECODE
+uv sync --frozen --quiet --compile-bytecode

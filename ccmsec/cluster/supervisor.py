@@ -75,6 +75,7 @@ class Supervisor:
     def _base_env(self) -> dict[str, str]:
         env = dict(os.environ)
         env["CCMSEC_CLUSTER_DIR"] = str(self.data)
+        env.pop("PYTHONDONTWRITEBYTECODE", None)  # let services reuse compiled bytecode across restarts
         return env
 
     def save(self) -> None:
