@@ -55,6 +55,21 @@ class TftpSignerStub:
                 request_serializer=ccmsec__proto_dot_common__pb2.Empty.SerializeToString,
                 response_deserializer=ccmsec__proto_dot_common__pb2.Certificate.FromString,
                 _registered_method=True)
+        self.ListFiles = channel.unary_unary(
+                '/ccmsec.v1.TftpSigner/ListFiles',
+                request_serializer=ccmsec__proto_dot_tftp__signer__pb2.ListFilesRequest.SerializeToString,
+                response_deserializer=ccmsec__proto_dot_tftp__signer__pb2.ListFilesReply.FromString,
+                _registered_method=True)
+        self.AddSharedCluster = channel.unary_unary(
+                '/ccmsec.v1.TftpSigner/AddSharedCluster',
+                request_serializer=ccmsec__proto_dot_tftp__signer__pb2.SharedCluster.SerializeToString,
+                response_deserializer=ccmsec__proto_dot_tftp__signer__pb2.SharedClusters.FromString,
+                _registered_method=True)
+        self.ListSharedClusters = channel.unary_unary(
+                '/ccmsec.v1.TftpSigner/ListSharedClusters',
+                request_serializer=ccmsec__proto_dot_common__pb2.Empty.SerializeToString,
+                response_deserializer=ccmsec__proto_dot_tftp__signer__pb2.SharedClusters.FromString,
+                _registered_method=True)
 
 
 class TftpSignerServicer:
@@ -84,6 +99,24 @@ class TftpSignerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListFiles(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddSharedCluster(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSharedClusters(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TftpSignerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -106,6 +139,21 @@ def add_TftpSignerServicer_to_server(servicer, server):
                     servicer.GetSigningCertificate,
                     request_deserializer=ccmsec__proto_dot_common__pb2.Empty.FromString,
                     response_serializer=ccmsec__proto_dot_common__pb2.Certificate.SerializeToString,
+            ),
+            'ListFiles': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListFiles,
+                    request_deserializer=ccmsec__proto_dot_tftp__signer__pb2.ListFilesRequest.FromString,
+                    response_serializer=ccmsec__proto_dot_tftp__signer__pb2.ListFilesReply.SerializeToString,
+            ),
+            'AddSharedCluster': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddSharedCluster,
+                    request_deserializer=ccmsec__proto_dot_tftp__signer__pb2.SharedCluster.FromString,
+                    response_serializer=ccmsec__proto_dot_tftp__signer__pb2.SharedClusters.SerializeToString,
+            ),
+            'ListSharedClusters': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSharedClusters,
+                    request_deserializer=ccmsec__proto_dot_common__pb2.Empty.FromString,
+                    response_serializer=ccmsec__proto_dot_tftp__signer__pb2.SharedClusters.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -216,6 +264,87 @@ class TftpSigner:
             '/ccmsec.v1.TftpSigner/GetSigningCertificate',
             ccmsec__proto_dot_common__pb2.Empty.SerializeToString,
             ccmsec__proto_dot_common__pb2.Certificate.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListFiles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ccmsec.v1.TftpSigner/ListFiles',
+            ccmsec__proto_dot_tftp__signer__pb2.ListFilesRequest.SerializeToString,
+            ccmsec__proto_dot_tftp__signer__pb2.ListFilesReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddSharedCluster(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ccmsec.v1.TftpSigner/AddSharedCluster',
+            ccmsec__proto_dot_tftp__signer__pb2.SharedCluster.SerializeToString,
+            ccmsec__proto_dot_tftp__signer__pb2.SharedClusters.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSharedClusters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ccmsec.v1.TftpSigner/ListSharedClusters',
+            ccmsec__proto_dot_common__pb2.Empty.SerializeToString,
+            ccmsec__proto_dot_tftp__signer__pb2.SharedClusters.FromString,
             options,
             channel_credentials,
             insecure,
