@@ -10,7 +10,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from ccmsec.db.devices import HARDENING_FIELDS
+from ccmsec.db.devices import HARDENING_FIELDS, SETTING_CTL_VERSION, set_setting
 from ccmsec.pki import ca as pki
 from tests.integration.test_admin_support import (  # noqa: F401  (fixtures)
     READONLY_PASSWORD,
@@ -236,6 +236,10 @@ async def test_mode5_refuses_authentication_and_encryption_without_a_ctl(stack):
                       409, "MODE-5")
     rows = [(r.action, r.target, r.rule) for r in await stack.audit_rows() if r.outcome == "refused"]
     assert rows == [("device.create", SEP, "MODE-5")] * 2 + [("device.update", SEP, "MODE-5")]
+    async with stack.sessionmaker() as session, session.begin():  # a CTL, cluster still non-secure
+        await set_setting(session, SETTING_CTL_VERSION, "1")
+    assert_json_error(await admin.patch(f"/api/v1/devices/{SEP}", json={"security_mode": "encrypted"}),
+                      409, "MODE-3")
     await stack.set_ctl_present()
     r = await admin.patch(f"/api/v1/devices/{SEP}", json={"security_mode": "encrypted"})
     assert r.status_code == 200 and r.json()["security_mode"] == "encrypted"

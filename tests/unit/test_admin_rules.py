@@ -91,6 +91,17 @@ def test_mode5_secure_modes_refused_without_ctl_allowed_with_it(model, mode):
         check(cluster_mode="mixed", ctl_exists=True)
 
 
+@pytest.mark.parametrize("use_policy", [True, False], ids=["in-use", "local-fallback"])
+def test_mode3_secure_device_needs_a_mixed_mode_cluster(use_policy):
+    with pytest.raises(RuleViolation) as exc:
+        if use_policy:
+            check_device_change("7970", "authenticated", web_access=True, cluster_mode="non-secure",
+                                ctl_exists=True)
+        else:
+            device_rules._local_check("7970", "authenticated", "non-secure", True)
+    assert exc.value.rule == "MODE-3"
+
+
 @pytest.mark.parametrize("model", IMAGE_ONLY)
 def test_dev3_web_server_disable_only_on_models_that_can(model):
     with pytest.raises(RuleViolation, match="web server") as exc:

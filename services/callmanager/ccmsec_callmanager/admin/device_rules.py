@@ -1,4 +1,4 @@
-"""The security checks a device change must pass before it is stored: DEV-3 and MODE-5.
+"""The security checks a device change must pass before it is stored: MODE-5, MODE-3, DEV-3.
 
 TODO: switch to ccmsec.policy.devices.check_device_security for good once it has landed; it is
 used automatically when importable, and the local table below is the fallback.
@@ -29,14 +29,18 @@ class RuleViolation(ValueError):
 
 
 def _local_check(model: str, mode: str, cluster_mode: str, ctl_exists: bool) -> None:
+    # Same order as the policy module: cluster state first (MODE-5, MODE-3), then the model (DEV-3).
     if mode == "non-secure":
         return
+    if not ctl_exists:
+        raise RuleViolation("MODE-5", f"no CTL exists: run the CTL client before setting a "
+                                      f"device {mode}")
+    if cluster_mode != "mixed":
+        raise RuleViolation("MODE-3", f"the cluster is {cluster_mode}; set it to mixed mode "
+                                      f"before making a device {mode}")
     if model not in SECURE_MODELS:
         raise RuleViolation("DEV-3", f"model {model} supports image authentication only; "
                                      f"security mode {mode!r} is not possible")
-    if not ctl_exists:
-        raise RuleViolation("MODE-5", f"security mode {mode!r} needs a CTL file; "
-                                      "run the CTL client first")
 
 
 def check_device_change(model: str, mode: str, *, web_access: bool, cluster_mode: str,
