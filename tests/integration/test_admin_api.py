@@ -266,12 +266,25 @@ async def test_publish_failure_keeps_the_change_and_is_audited(stack):
         async def publish(self, kind, target, payload):
             raise ConnectionError("bus down")
 
+    class Stuck:
+        async def publish(self, kind, target, payload):
+            await asyncio.sleep(3600)
+
+    from ccmsec_callmanager.admin import devices as devices_module
+
     stack.app.state.events = Down()
     admin = await stack.token_client("admin", stack.admin_password)
     assert (await admin.post("/api/v1/devices", json={"name": SEP, "model": "7970"})).status_code == 201
     assert (await admin.get(f"/api/v1/devices/{SEP}")).status_code == 200
-    rows = [(r.action, r.outcome) for r in await stack.audit_rows()]
-    assert ("event.publish", "error") in rows
+    stack.app.state.events = Stuck()
+    devices_module.PUBLISH_TIMEOUT = 0.2
+    try:
+        r = await admin.patch(f"/api/v1/devices/{SEP}", json={"description": "x"})
+    finally:
+        devices_module.PUBLISH_TIMEOUT = 5.0
+    assert r.status_code == 200 and r.json()["description"] == "x"
+    rows = [(r.action, r.target, r.outcome) for r in await stack.audit_rows()]
+    assert rows.count(("event.publish", SEP, "error")) == 2
 
 
 # --- bad input -------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ and is announced afterwards: `config.changed` always, `device.reset` when the se
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Literal
 
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 Model = Literal["7970", "7960", "7940", "7912", "7910", "7905G", "7902"]
 SecurityMode = Literal["non-secure", "authenticated", "encrypted"]
 _POOL_PATTERN = r"^[A-Za-z0-9 _.-]{1,64}$"
+PUBLISH_TIMEOUT = 5.0  # seconds
 
 
 class DeviceCreate(BaseModel):
@@ -94,8 +96,9 @@ async def _check_rules(session, model: str, mode: str, web_access: bool) -> None
 async def _announce(request: Request, kind: str, target: str, payload: dict) -> None:
     """Publish after commit; a bus outage must not undo a committed change, so it is logged and audited."""
     try:
-        await request.app.state.events.publish(kind, target, payload)
-    except Exception as exc:
+        await asyncio.wait_for(request.app.state.events.publish(kind, target, payload),
+                               PUBLISH_TIMEOUT)
+    except Exception as exc:  # includes TimeoutError: a stuck bus must not hang the request
         log.exception("could not publish %s for %s", kind, target)
         async with request.app.state.sessionmaker() as session, session.begin():
             session.add(new_entry(request, status=500, action="event.publish", target=target,
