@@ -50,6 +50,51 @@ class CtlProviderStub:
                 request_serializer=ccmsec__proto_dot_common__pb2.Empty.SerializeToString,
                 response_deserializer=ccmsec__proto_dot_ctl__provider__pb2.ServerCertificatesReply.FromString,
                 _registered_method=True)
+        self.GetProviderSettings = channel.unary_unary(
+                '/ccmsec.v1.CtlProvider/GetProviderSettings',
+                request_serializer=ccmsec__proto_dot_common__pb2.Empty.SerializeToString,
+                response_deserializer=ccmsec__proto_dot_ctl__provider__pb2.ProviderSettingsReply.FromString,
+                _registered_method=True)
+        self.SetProviderPort = channel.unary_unary(
+                '/ccmsec.v1.CtlProvider/SetProviderPort',
+                request_serializer=ccmsec__proto_dot_ctl__provider__pb2.SetProviderPortRequest.SerializeToString,
+                response_deserializer=ccmsec__proto_dot_ctl__provider__pb2.SetProviderPortReply.FromString,
+                _registered_method=True)
+        self.GetCurrentCtl = channel.unary_unary(
+                '/ccmsec.v1.CtlProvider/GetCurrentCtl',
+                request_serializer=ccmsec__proto_dot_common__pb2.Empty.SerializeToString,
+                response_deserializer=ccmsec__proto_dot_ctl__provider__pb2.CurrentCtlReply.FromString,
+                _registered_method=True)
+        self.CommitCtl = channel.unary_unary(
+                '/ccmsec.v1.CtlProvider/CommitCtl',
+                request_serializer=ccmsec__proto_dot_ctl__provider__pb2.CommitCtlRequest.SerializeToString,
+                response_deserializer=ccmsec__proto_dot_ctl__provider__pb2.CommitCtlReply.FromString,
+                _registered_method=True)
+        self.GetSecurityMode = channel.unary_unary(
+                '/ccmsec.v1.CtlProvider/GetSecurityMode',
+                request_serializer=ccmsec__proto_dot_common__pb2.Empty.SerializeToString,
+                response_deserializer=ccmsec__proto_dot_ctl__provider__pb2.SecurityModeReply.FromString,
+                _registered_method=True)
+        self.SetSecurityMode = channel.unary_unary(
+                '/ccmsec.v1.CtlProvider/SetSecurityMode',
+                request_serializer=ccmsec__proto_dot_ctl__provider__pb2.SecurityModeRequest.SerializeToString,
+                response_deserializer=ccmsec__proto_dot_ctl__provider__pb2.SecurityModeReply.FromString,
+                _registered_method=True)
+        self.ListTftpClusters = channel.unary_unary(
+                '/ccmsec.v1.CtlProvider/ListTftpClusters',
+                request_serializer=ccmsec__proto_dot_common__pb2.Empty.SerializeToString,
+                response_deserializer=ccmsec__proto_dot_ctl__provider__pb2.TftpClustersReply.FromString,
+                _registered_method=True)
+        self.RegisterTftpCluster = channel.unary_unary(
+                '/ccmsec.v1.CtlProvider/RegisterTftpCluster',
+                request_serializer=ccmsec__proto_dot_ctl__provider__pb2.TftpCluster.SerializeToString,
+                response_deserializer=ccmsec__proto_dot_ctl__provider__pb2.TftpClustersReply.FromString,
+                _registered_method=True)
+        self.RemoveTftpCluster = channel.unary_unary(
+                '/ccmsec.v1.CtlProvider/RemoveTftpCluster',
+                request_serializer=ccmsec__proto_dot_ctl__provider__pb2.RemoveTftpClusterRequest.SerializeToString,
+                response_deserializer=ccmsec__proto_dot_ctl__provider__pb2.TftpClustersReply.FromString,
+                _registered_method=True)
 
 
 class CtlProviderServicer:
@@ -74,6 +119,66 @@ class CtlProviderServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetProviderSettings(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetProviderPort(self, request, context):
+        """CHK-3, RST-7
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCurrentCtl(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CommitCtl(self, request, context):
+        """CTL-1/2, MODE-6, RST-3, RST-4
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSecurityMode(self, request, context):
+        """MODE-1/2
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetSecurityMode(self, request, context):
+        """MODE-3, MODE-5, RST-3
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTftpClusters(self, request, context):
+        """MODE-6
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RegisterTftpCluster(self, request, context):
+        """MODE-6
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveTftpCluster(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CtlProviderServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -91,6 +196,51 @@ def add_CtlProviderServicer_to_server(servicer, server):
                     servicer.GetServerCertificates,
                     request_deserializer=ccmsec__proto_dot_common__pb2.Empty.FromString,
                     response_serializer=ccmsec__proto_dot_ctl__provider__pb2.ServerCertificatesReply.SerializeToString,
+            ),
+            'GetProviderSettings': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetProviderSettings,
+                    request_deserializer=ccmsec__proto_dot_common__pb2.Empty.FromString,
+                    response_serializer=ccmsec__proto_dot_ctl__provider__pb2.ProviderSettingsReply.SerializeToString,
+            ),
+            'SetProviderPort': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetProviderPort,
+                    request_deserializer=ccmsec__proto_dot_ctl__provider__pb2.SetProviderPortRequest.FromString,
+                    response_serializer=ccmsec__proto_dot_ctl__provider__pb2.SetProviderPortReply.SerializeToString,
+            ),
+            'GetCurrentCtl': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCurrentCtl,
+                    request_deserializer=ccmsec__proto_dot_common__pb2.Empty.FromString,
+                    response_serializer=ccmsec__proto_dot_ctl__provider__pb2.CurrentCtlReply.SerializeToString,
+            ),
+            'CommitCtl': grpc.unary_unary_rpc_method_handler(
+                    servicer.CommitCtl,
+                    request_deserializer=ccmsec__proto_dot_ctl__provider__pb2.CommitCtlRequest.FromString,
+                    response_serializer=ccmsec__proto_dot_ctl__provider__pb2.CommitCtlReply.SerializeToString,
+            ),
+            'GetSecurityMode': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSecurityMode,
+                    request_deserializer=ccmsec__proto_dot_common__pb2.Empty.FromString,
+                    response_serializer=ccmsec__proto_dot_ctl__provider__pb2.SecurityModeReply.SerializeToString,
+            ),
+            'SetSecurityMode': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetSecurityMode,
+                    request_deserializer=ccmsec__proto_dot_ctl__provider__pb2.SecurityModeRequest.FromString,
+                    response_serializer=ccmsec__proto_dot_ctl__provider__pb2.SecurityModeReply.SerializeToString,
+            ),
+            'ListTftpClusters': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTftpClusters,
+                    request_deserializer=ccmsec__proto_dot_common__pb2.Empty.FromString,
+                    response_serializer=ccmsec__proto_dot_ctl__provider__pb2.TftpClustersReply.SerializeToString,
+            ),
+            'RegisterTftpCluster': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterTftpCluster,
+                    request_deserializer=ccmsec__proto_dot_ctl__provider__pb2.TftpCluster.FromString,
+                    response_serializer=ccmsec__proto_dot_ctl__provider__pb2.TftpClustersReply.SerializeToString,
+            ),
+            'RemoveTftpCluster': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveTftpCluster,
+                    request_deserializer=ccmsec__proto_dot_ctl__provider__pb2.RemoveTftpClusterRequest.FromString,
+                    response_serializer=ccmsec__proto_dot_ctl__provider__pb2.TftpClustersReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -174,6 +324,249 @@ class CtlProvider:
             '/ccmsec.v1.CtlProvider/GetServerCertificates',
             ccmsec__proto_dot_common__pb2.Empty.SerializeToString,
             ccmsec__proto_dot_ctl__provider__pb2.ServerCertificatesReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetProviderSettings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ccmsec.v1.CtlProvider/GetProviderSettings',
+            ccmsec__proto_dot_common__pb2.Empty.SerializeToString,
+            ccmsec__proto_dot_ctl__provider__pb2.ProviderSettingsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetProviderPort(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ccmsec.v1.CtlProvider/SetProviderPort',
+            ccmsec__proto_dot_ctl__provider__pb2.SetProviderPortRequest.SerializeToString,
+            ccmsec__proto_dot_ctl__provider__pb2.SetProviderPortReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCurrentCtl(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ccmsec.v1.CtlProvider/GetCurrentCtl',
+            ccmsec__proto_dot_common__pb2.Empty.SerializeToString,
+            ccmsec__proto_dot_ctl__provider__pb2.CurrentCtlReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CommitCtl(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ccmsec.v1.CtlProvider/CommitCtl',
+            ccmsec__proto_dot_ctl__provider__pb2.CommitCtlRequest.SerializeToString,
+            ccmsec__proto_dot_ctl__provider__pb2.CommitCtlReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSecurityMode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ccmsec.v1.CtlProvider/GetSecurityMode',
+            ccmsec__proto_dot_common__pb2.Empty.SerializeToString,
+            ccmsec__proto_dot_ctl__provider__pb2.SecurityModeReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetSecurityMode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ccmsec.v1.CtlProvider/SetSecurityMode',
+            ccmsec__proto_dot_ctl__provider__pb2.SecurityModeRequest.SerializeToString,
+            ccmsec__proto_dot_ctl__provider__pb2.SecurityModeReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTftpClusters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ccmsec.v1.CtlProvider/ListTftpClusters',
+            ccmsec__proto_dot_common__pb2.Empty.SerializeToString,
+            ccmsec__proto_dot_ctl__provider__pb2.TftpClustersReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterTftpCluster(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ccmsec.v1.CtlProvider/RegisterTftpCluster',
+            ccmsec__proto_dot_ctl__provider__pb2.TftpCluster.SerializeToString,
+            ccmsec__proto_dot_ctl__provider__pb2.TftpClustersReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveTftpCluster(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ccmsec.v1.CtlProvider/RemoveTftpCluster',
+            ccmsec__proto_dot_ctl__provider__pb2.RemoveTftpClusterRequest.SerializeToString,
+            ccmsec__proto_dot_ctl__provider__pb2.TftpClustersReply.FromString,
             options,
             channel_credentials,
             insecure,
