@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from ccmsec_proto import common_pb2 as ccmsec__proto_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x63\x63msec_proto/callmanager.proto\x12\tccmsec.v1\x1a\x19\x63\x63msec_proto/common.proto\"\x8a\x02\n\x0cRegistration\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12+\n\x04mode\x18\x03 \x01(\x0e\x32\x1d.ccmsec.v1.DeviceSecurityMode\x12\x0e\n\x06server\x18\x04 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x05 \x01(\t\x12\x18\n\x10reported_address\x18\x06 \x01(\t\x12\x15\n\rnat_suspected\x18\x07 \x01(\x08\x12\x12\n\nsince_unix\x18\x08 \x01(\x03\x12\x1f\n\x17\x63\x65rtificate_fingerprint\x18\t \x01(\t\x12\x18\n\x10\x63\x65rtificate_kind\x18\n \x01(\t\x12\r\n\x05state\x18\x0b \x01(\t\"&\n\x14RegistrationsRequest\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\"D\n\x12RegistrationsReply\x12.\n\rregistrations\x18\x01 \x03(\x0b\x32\x17.ccmsec.v1.Registration\"T\n\x13ResetDevicesRequest\x12\x0f\n\x07\x64\x65vices\x18\x01 \x03(\t\x12\x0b\n\x03\x61ll\x18\x02 \x01(\x08\x12\x0e\n\x06server\x18\x03 \x01(\t\x12\x0f\n\x07restart\x18\x04 \x01(\x08\"9\n\x11ResetDevicesReply\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08targeted\x18\x02 \x01(\x05\"*\n\x14ResetProgressRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x80\x01\n\x12ResetProgressReply\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08targeted\x18\x02 \x01(\x05\x12\x12\n\nreset_sent\x18\x03 \x01(\x05\x12\x0c\n\x04\x62\x61\x63k\x18\x04 \x01(\x05\x12\x10\n\x08not_back\x18\x05 \x03(\t\x12\x10\n\x08\x63omplete\x18\x06 \x01(\x08\"U\n\x10\x43lusterModeReply\x12,\n\x04mode\x18\x01 \x01(\x0e\x32\x1e.ccmsec.v1.ClusterSecurityMode\x12\x13\n\x0b\x63tl_present\x18\x02 \x01(\x08\"E\n\x15SetClusterModeRequest\x12,\n\x04mode\x18\x01 \x01(\x0e\x32\x1e.ccmsec.v1.ClusterSecurityMode2\xcb\x03\n\x0b\x43\x61llManager\x12\x34\n\x06Status\x12\x10.ccmsec.v1.Empty\x1a\x18.ccmsec.v1.ServiceStatus\x12R\n\x10GetRegistrations\x12\x1f.ccmsec.v1.RegistrationsRequest\x1a\x1d.ccmsec.v1.RegistrationsReply\x12L\n\x0cResetDevices\x12\x1e.ccmsec.v1.ResetDevicesRequest\x1a\x1c.ccmsec.v1.ResetDevicesReply\x12R\n\x10GetResetProgress\x12\x1f.ccmsec.v1.ResetProgressRequest\x1a\x1d.ccmsec.v1.ResetProgressReply\x12?\n\x0eGetClusterMode\x12\x10.ccmsec.v1.Empty\x1a\x1b.ccmsec.v1.ClusterModeReply\x12O\n\x0eSetClusterMode\x12 .ccmsec.v1.SetClusterModeRequest\x1a\x1b.ccmsec.v1.ClusterModeReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x63\x63msec_proto/callmanager.proto\x12\tccmsec.v1\x1a\x19\x63\x63msec_proto/common.proto\"\xb2\x02\n\x0cRegistration\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12+\n\x04mode\x18\x03 \x01(\x0e\x32\x1d.ccmsec.v1.DeviceSecurityMode\x12\x0e\n\x06server\x18\x04 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x05 \x01(\t\x12\x18\n\x10reported_address\x18\x06 \x01(\t\x12\x15\n\rnat_suspected\x18\x07 \x01(\x08\x12\x12\n\nsince_unix\x18\x08 \x01(\x03\x12\x1f\n\x17\x63\x65rtificate_fingerprint\x18\t \x01(\t\x12\x18\n\x10\x63\x65rtificate_kind\x18\n \x01(\t\x12\r\n\x05state\x18\x0b \x01(\t\x12\x0e\n\x06\x63ipher\x18\x0c \x01(\t\x12\x16\n\x0etransport_port\x18\r \x01(\x05\"&\n\x14RegistrationsRequest\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\"D\n\x12RegistrationsReply\x12.\n\rregistrations\x18\x01 \x03(\x0b\x32\x17.ccmsec.v1.Registration\"T\n\x13ResetDevicesRequest\x12\x0f\n\x07\x64\x65vices\x18\x01 \x03(\t\x12\x0b\n\x03\x61ll\x18\x02 \x01(\x08\x12\x0e\n\x06server\x18\x03 \x01(\t\x12\x0f\n\x07restart\x18\x04 \x01(\x08\"9\n\x11ResetDevicesReply\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08targeted\x18\x02 \x01(\x05\"*\n\x14ResetProgressRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x80\x01\n\x12ResetProgressReply\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08targeted\x18\x02 \x01(\x05\x12\x12\n\nreset_sent\x18\x03 \x01(\x05\x12\x0c\n\x04\x62\x61\x63k\x18\x04 \x01(\x05\x12\x10\n\x08not_back\x18\x05 \x03(\t\x12\x10\n\x08\x63omplete\x18\x06 \x01(\x08\"K\n\x07Refusal\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0f\n\x07\x61t_unix\x18\x04 \x01(\x03\"5\n\rRefusalsReply\x12$\n\x08refusals\x18\x01 \x03(\x0b\x32\x12.ccmsec.v1.Refusal\"E\n\x04Line\x12\n\n\x02\x64n\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t\x12\x12\n\nline_index\x18\x03 \x01(\x05\x12\r\n\x05label\x18\x04 \x01(\t\"*\n\x0cLinesRequest\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12\n\n\x02\x64n\x18\x02 \x01(\t\",\n\nLinesReply\x12\x1e\n\x05lines\x18\x01 \x03(\x0b\x32\x0f.ccmsec.v1.Line\":\n\nDevicePool\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x63m_group\x18\x02 \x03(\t\x12\x0c\n\x04srst\x18\x03 \x01(\t\"8\n\x10\x44\x65vicePoolsReply\x12$\n\x05pools\x18\x01 \x03(\x0b\x32\x15.ccmsec.v1.DevicePool\"4\n\x14SetDevicePoolRequest\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12\x0c\n\x04pool\x18\x02 \x01(\t\"U\n\x10\x43lusterModeReply\x12,\n\x04mode\x18\x01 \x01(\x0e\x32\x1e.ccmsec.v1.ClusterSecurityMode\x12\x13\n\x0b\x63tl_present\x18\x02 \x01(\x08\"E\n\x15SetClusterModeRequest\x12,\n\x04mode\x18\x01 \x01(\x0e\x32\x1e.ccmsec.v1.ClusterSecurityMode2\xc2\x06\n\x0b\x43\x61llManager\x12\x34\n\x06Status\x12\x10.ccmsec.v1.Empty\x1a\x18.ccmsec.v1.ServiceStatus\x12R\n\x10GetRegistrations\x12\x1f.ccmsec.v1.RegistrationsRequest\x1a\x1d.ccmsec.v1.RegistrationsReply\x12L\n\x0cResetDevices\x12\x1e.ccmsec.v1.ResetDevicesRequest\x1a\x1c.ccmsec.v1.ResetDevicesReply\x12R\n\x10GetResetProgress\x12\x1f.ccmsec.v1.ResetProgressRequest\x1a\x1d.ccmsec.v1.ResetProgressReply\x12?\n\x0eGetClusterMode\x12\x10.ccmsec.v1.Empty\x1a\x1b.ccmsec.v1.ClusterModeReply\x12O\n\x0eSetClusterMode\x12 .ccmsec.v1.SetClusterModeRequest\x1a\x1b.ccmsec.v1.ClusterModeReply\x12\x39\n\x0bGetRefusals\x12\x10.ccmsec.v1.Empty\x1a\x18.ccmsec.v1.RefusalsReply\x12+\n\x07\x41\x64\x64Line\x12\x0f.ccmsec.v1.Line\x1a\x0f.ccmsec.v1.Line\x12:\n\x08GetLines\x12\x17.ccmsec.v1.LinesRequest\x1a\x15.ccmsec.v1.LinesReply\x12=\n\rAddDevicePool\x12\x15.ccmsec.v1.DevicePool\x1a\x15.ccmsec.v1.DevicePool\x12?\n\x0eGetDevicePools\x12\x10.ccmsec.v1.Empty\x1a\x1b.ccmsec.v1.DevicePoolsReply\x12Q\n\rSetDevicePool\x12\x1f.ccmsec.v1.SetDevicePoolRequest\x1a\x1f.ccmsec.v1.SetDevicePoolRequestb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,23 +33,39 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ccmsec_proto.callmanager_pb
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_REGISTRATION']._serialized_start=73
-  _globals['_REGISTRATION']._serialized_end=339
-  _globals['_REGISTRATIONSREQUEST']._serialized_start=341
-  _globals['_REGISTRATIONSREQUEST']._serialized_end=379
-  _globals['_REGISTRATIONSREPLY']._serialized_start=381
-  _globals['_REGISTRATIONSREPLY']._serialized_end=449
-  _globals['_RESETDEVICESREQUEST']._serialized_start=451
-  _globals['_RESETDEVICESREQUEST']._serialized_end=535
-  _globals['_RESETDEVICESREPLY']._serialized_start=537
-  _globals['_RESETDEVICESREPLY']._serialized_end=594
-  _globals['_RESETPROGRESSREQUEST']._serialized_start=596
-  _globals['_RESETPROGRESSREQUEST']._serialized_end=638
-  _globals['_RESETPROGRESSREPLY']._serialized_start=641
-  _globals['_RESETPROGRESSREPLY']._serialized_end=769
-  _globals['_CLUSTERMODEREPLY']._serialized_start=771
-  _globals['_CLUSTERMODEREPLY']._serialized_end=856
-  _globals['_SETCLUSTERMODEREQUEST']._serialized_start=858
-  _globals['_SETCLUSTERMODEREQUEST']._serialized_end=927
-  _globals['_CALLMANAGER']._serialized_start=930
-  _globals['_CALLMANAGER']._serialized_end=1389
+  _globals['_REGISTRATION']._serialized_end=379
+  _globals['_REGISTRATIONSREQUEST']._serialized_start=381
+  _globals['_REGISTRATIONSREQUEST']._serialized_end=419
+  _globals['_REGISTRATIONSREPLY']._serialized_start=421
+  _globals['_REGISTRATIONSREPLY']._serialized_end=489
+  _globals['_RESETDEVICESREQUEST']._serialized_start=491
+  _globals['_RESETDEVICESREQUEST']._serialized_end=575
+  _globals['_RESETDEVICESREPLY']._serialized_start=577
+  _globals['_RESETDEVICESREPLY']._serialized_end=634
+  _globals['_RESETPROGRESSREQUEST']._serialized_start=636
+  _globals['_RESETPROGRESSREQUEST']._serialized_end=678
+  _globals['_RESETPROGRESSREPLY']._serialized_start=681
+  _globals['_RESETPROGRESSREPLY']._serialized_end=809
+  _globals['_REFUSAL']._serialized_start=811
+  _globals['_REFUSAL']._serialized_end=886
+  _globals['_REFUSALSREPLY']._serialized_start=888
+  _globals['_REFUSALSREPLY']._serialized_end=941
+  _globals['_LINE']._serialized_start=943
+  _globals['_LINE']._serialized_end=1012
+  _globals['_LINESREQUEST']._serialized_start=1014
+  _globals['_LINESREQUEST']._serialized_end=1056
+  _globals['_LINESREPLY']._serialized_start=1058
+  _globals['_LINESREPLY']._serialized_end=1102
+  _globals['_DEVICEPOOL']._serialized_start=1104
+  _globals['_DEVICEPOOL']._serialized_end=1162
+  _globals['_DEVICEPOOLSREPLY']._serialized_start=1164
+  _globals['_DEVICEPOOLSREPLY']._serialized_end=1220
+  _globals['_SETDEVICEPOOLREQUEST']._serialized_start=1222
+  _globals['_SETDEVICEPOOLREQUEST']._serialized_end=1274
+  _globals['_CLUSTERMODEREPLY']._serialized_start=1276
+  _globals['_CLUSTERMODEREPLY']._serialized_end=1361
+  _globals['_SETCLUSTERMODEREQUEST']._serialized_start=1363
+  _globals['_SETCLUSTERMODEREQUEST']._serialized_end=1432
+  _globals['_CALLMANAGER']._serialized_start=1435
+  _globals['_CALLMANAGER']._serialized_end=2269
 # @@protoc_insertion_point(module_scope)

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Registration(_message.Message):
-    __slots__ = ("device", "model", "mode", "server", "address", "reported_address", "nat_suspected", "since_unix", "certificate_fingerprint", "certificate_kind", "state")
+    __slots__ = ("device", "model", "mode", "server", "address", "reported_address", "nat_suspected", "since_unix", "certificate_fingerprint", "certificate_kind", "state", "cipher", "transport_port")
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
@@ -20,6 +20,8 @@ class Registration(_message.Message):
     CERTIFICATE_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     CERTIFICATE_KIND_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
+    CIPHER_FIELD_NUMBER: _ClassVar[int]
+    TRANSPORT_PORT_FIELD_NUMBER: _ClassVar[int]
     device: str
     model: str
     mode: _common_pb2.DeviceSecurityMode
@@ -31,7 +33,9 @@ class Registration(_message.Message):
     certificate_fingerprint: str
     certificate_kind: str
     state: str
-    def __init__(self, device: _Optional[str] = ..., model: _Optional[str] = ..., mode: _Optional[_Union[_common_pb2.DeviceSecurityMode, str]] = ..., server: _Optional[str] = ..., address: _Optional[str] = ..., reported_address: _Optional[str] = ..., nat_suspected: _Optional[bool] = ..., since_unix: _Optional[int] = ..., certificate_fingerprint: _Optional[str] = ..., certificate_kind: _Optional[str] = ..., state: _Optional[str] = ...) -> None: ...
+    cipher: str
+    transport_port: int
+    def __init__(self, device: _Optional[str] = ..., model: _Optional[str] = ..., mode: _Optional[_Union[_common_pb2.DeviceSecurityMode, str]] = ..., server: _Optional[str] = ..., address: _Optional[str] = ..., reported_address: _Optional[str] = ..., nat_suspected: _Optional[bool] = ..., since_unix: _Optional[int] = ..., certificate_fingerprint: _Optional[str] = ..., certificate_kind: _Optional[str] = ..., state: _Optional[str] = ..., cipher: _Optional[str] = ..., transport_port: _Optional[int] = ...) -> None: ...
 
 class RegistrationsRequest(_message.Message):
     __slots__ = ("device",)
@@ -86,6 +90,74 @@ class ResetProgressReply(_message.Message):
     not_back: _containers.RepeatedScalarFieldContainer[str]
     complete: bool
     def __init__(self, request_id: _Optional[str] = ..., targeted: _Optional[int] = ..., reset_sent: _Optional[int] = ..., back: _Optional[int] = ..., not_back: _Optional[_Iterable[str]] = ..., complete: _Optional[bool] = ...) -> None: ...
+
+class Refusal(_message.Message):
+    __slots__ = ("device", "address", "reason", "at_unix")
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    AT_UNIX_FIELD_NUMBER: _ClassVar[int]
+    device: str
+    address: str
+    reason: str
+    at_unix: int
+    def __init__(self, device: _Optional[str] = ..., address: _Optional[str] = ..., reason: _Optional[str] = ..., at_unix: _Optional[int] = ...) -> None: ...
+
+class RefusalsReply(_message.Message):
+    __slots__ = ("refusals",)
+    REFUSALS_FIELD_NUMBER: _ClassVar[int]
+    refusals: _containers.RepeatedCompositeFieldContainer[Refusal]
+    def __init__(self, refusals: _Optional[_Iterable[_Union[Refusal, _Mapping]]] = ...) -> None: ...
+
+class Line(_message.Message):
+    __slots__ = ("dn", "device", "line_index", "label")
+    DN_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    LINE_INDEX_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    dn: str
+    device: str
+    line_index: int
+    label: str
+    def __init__(self, dn: _Optional[str] = ..., device: _Optional[str] = ..., line_index: _Optional[int] = ..., label: _Optional[str] = ...) -> None: ...
+
+class LinesRequest(_message.Message):
+    __slots__ = ("device", "dn")
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    DN_FIELD_NUMBER: _ClassVar[int]
+    device: str
+    dn: str
+    def __init__(self, device: _Optional[str] = ..., dn: _Optional[str] = ...) -> None: ...
+
+class LinesReply(_message.Message):
+    __slots__ = ("lines",)
+    LINES_FIELD_NUMBER: _ClassVar[int]
+    lines: _containers.RepeatedCompositeFieldContainer[Line]
+    def __init__(self, lines: _Optional[_Iterable[_Union[Line, _Mapping]]] = ...) -> None: ...
+
+class DevicePool(_message.Message):
+    __slots__ = ("name", "cm_group", "srst")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CM_GROUP_FIELD_NUMBER: _ClassVar[int]
+    SRST_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    cm_group: _containers.RepeatedScalarFieldContainer[str]
+    srst: str
+    def __init__(self, name: _Optional[str] = ..., cm_group: _Optional[_Iterable[str]] = ..., srst: _Optional[str] = ...) -> None: ...
+
+class DevicePoolsReply(_message.Message):
+    __slots__ = ("pools",)
+    POOLS_FIELD_NUMBER: _ClassVar[int]
+    pools: _containers.RepeatedCompositeFieldContainer[DevicePool]
+    def __init__(self, pools: _Optional[_Iterable[_Union[DevicePool, _Mapping]]] = ...) -> None: ...
+
+class SetDevicePoolRequest(_message.Message):
+    __slots__ = ("device", "pool")
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    POOL_FIELD_NUMBER: _ClassVar[int]
+    device: str
+    pool: str
+    def __init__(self, device: _Optional[str] = ..., pool: _Optional[str] = ...) -> None: ...
 
 class ClusterModeReply(_message.Message):
     __slots__ = ("mode", "ctl_present")

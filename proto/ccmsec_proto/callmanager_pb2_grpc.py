@@ -65,6 +65,36 @@ class CallManagerStub:
                 request_serializer=ccmsec__proto_dot_callmanager__pb2.SetClusterModeRequest.SerializeToString,
                 response_deserializer=ccmsec__proto_dot_callmanager__pb2.ClusterModeReply.FromString,
                 _registered_method=True)
+        self.GetRefusals = channel.unary_unary(
+                '/ccmsec.v1.CallManager/GetRefusals',
+                request_serializer=ccmsec__proto_dot_common__pb2.Empty.SerializeToString,
+                response_deserializer=ccmsec__proto_dot_callmanager__pb2.RefusalsReply.FromString,
+                _registered_method=True)
+        self.AddLine = channel.unary_unary(
+                '/ccmsec.v1.CallManager/AddLine',
+                request_serializer=ccmsec__proto_dot_callmanager__pb2.Line.SerializeToString,
+                response_deserializer=ccmsec__proto_dot_callmanager__pb2.Line.FromString,
+                _registered_method=True)
+        self.GetLines = channel.unary_unary(
+                '/ccmsec.v1.CallManager/GetLines',
+                request_serializer=ccmsec__proto_dot_callmanager__pb2.LinesRequest.SerializeToString,
+                response_deserializer=ccmsec__proto_dot_callmanager__pb2.LinesReply.FromString,
+                _registered_method=True)
+        self.AddDevicePool = channel.unary_unary(
+                '/ccmsec.v1.CallManager/AddDevicePool',
+                request_serializer=ccmsec__proto_dot_callmanager__pb2.DevicePool.SerializeToString,
+                response_deserializer=ccmsec__proto_dot_callmanager__pb2.DevicePool.FromString,
+                _registered_method=True)
+        self.GetDevicePools = channel.unary_unary(
+                '/ccmsec.v1.CallManager/GetDevicePools',
+                request_serializer=ccmsec__proto_dot_common__pb2.Empty.SerializeToString,
+                response_deserializer=ccmsec__proto_dot_callmanager__pb2.DevicePoolsReply.FromString,
+                _registered_method=True)
+        self.SetDevicePool = channel.unary_unary(
+                '/ccmsec.v1.CallManager/SetDevicePool',
+                request_serializer=ccmsec__proto_dot_callmanager__pb2.SetDevicePoolRequest.SerializeToString,
+                response_deserializer=ccmsec__proto_dot_callmanager__pb2.SetDevicePoolRequest.FromString,
+                _registered_method=True)
 
 
 class CallManagerServicer:
@@ -106,6 +136,42 @@ class CallManagerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetRefusals(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddLine(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetLines(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddDevicePool(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDevicePools(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetDevicePool(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CallManagerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -138,6 +204,36 @@ def add_CallManagerServicer_to_server(servicer, server):
                     servicer.SetClusterMode,
                     request_deserializer=ccmsec__proto_dot_callmanager__pb2.SetClusterModeRequest.FromString,
                     response_serializer=ccmsec__proto_dot_callmanager__pb2.ClusterModeReply.SerializeToString,
+            ),
+            'GetRefusals': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRefusals,
+                    request_deserializer=ccmsec__proto_dot_common__pb2.Empty.FromString,
+                    response_serializer=ccmsec__proto_dot_callmanager__pb2.RefusalsReply.SerializeToString,
+            ),
+            'AddLine': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddLine,
+                    request_deserializer=ccmsec__proto_dot_callmanager__pb2.Line.FromString,
+                    response_serializer=ccmsec__proto_dot_callmanager__pb2.Line.SerializeToString,
+            ),
+            'GetLines': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLines,
+                    request_deserializer=ccmsec__proto_dot_callmanager__pb2.LinesRequest.FromString,
+                    response_serializer=ccmsec__proto_dot_callmanager__pb2.LinesReply.SerializeToString,
+            ),
+            'AddDevicePool': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddDevicePool,
+                    request_deserializer=ccmsec__proto_dot_callmanager__pb2.DevicePool.FromString,
+                    response_serializer=ccmsec__proto_dot_callmanager__pb2.DevicePool.SerializeToString,
+            ),
+            'GetDevicePools': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDevicePools,
+                    request_deserializer=ccmsec__proto_dot_common__pb2.Empty.FromString,
+                    response_serializer=ccmsec__proto_dot_callmanager__pb2.DevicePoolsReply.SerializeToString,
+            ),
+            'SetDevicePool': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetDevicePool,
+                    request_deserializer=ccmsec__proto_dot_callmanager__pb2.SetDevicePoolRequest.FromString,
+                    response_serializer=ccmsec__proto_dot_callmanager__pb2.SetDevicePoolRequest.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -302,6 +398,168 @@ class CallManager:
             '/ccmsec.v1.CallManager/SetClusterMode',
             ccmsec__proto_dot_callmanager__pb2.SetClusterModeRequest.SerializeToString,
             ccmsec__proto_dot_callmanager__pb2.ClusterModeReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRefusals(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ccmsec.v1.CallManager/GetRefusals',
+            ccmsec__proto_dot_common__pb2.Empty.SerializeToString,
+            ccmsec__proto_dot_callmanager__pb2.RefusalsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddLine(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ccmsec.v1.CallManager/AddLine',
+            ccmsec__proto_dot_callmanager__pb2.Line.SerializeToString,
+            ccmsec__proto_dot_callmanager__pb2.Line.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLines(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ccmsec.v1.CallManager/GetLines',
+            ccmsec__proto_dot_callmanager__pb2.LinesRequest.SerializeToString,
+            ccmsec__proto_dot_callmanager__pb2.LinesReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddDevicePool(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ccmsec.v1.CallManager/AddDevicePool',
+            ccmsec__proto_dot_callmanager__pb2.DevicePool.SerializeToString,
+            ccmsec__proto_dot_callmanager__pb2.DevicePool.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDevicePools(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ccmsec.v1.CallManager/GetDevicePools',
+            ccmsec__proto_dot_common__pb2.Empty.SerializeToString,
+            ccmsec__proto_dot_callmanager__pb2.DevicePoolsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetDevicePool(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ccmsec.v1.CallManager/SetDevicePool',
+            ccmsec__proto_dot_callmanager__pb2.SetDevicePoolRequest.SerializeToString,
+            ccmsec__proto_dot_callmanager__pb2.SetDevicePoolRequest.FromString,
             options,
             channel_credentials,
             insecure,
