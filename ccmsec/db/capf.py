@@ -126,11 +126,14 @@ class OperationView:
     reason: str | None
     deadline: _dt.datetime | None
     issued_fingerprint: str | None
+    created_at: _dt.datetime | None = None
+    updated_at: _dt.datetime | None = None
 
     @classmethod
     def of(cls, row: CapfOperation) -> "OperationView":
         return cls(row.id, row.device_name, row.operation, row.auth_mode, row.key_type, row.state,
-                   row.failed_attempts, row.reason, _aware(row.deadline), row.issued_fingerprint)
+                   row.failed_attempts, row.reason, _aware(row.deadline), row.issued_fingerprint,
+                   _aware(row.created_at), _aware(row.updated_at))
 
 
 @dataclass(frozen=True)
@@ -354,10 +357,23 @@ class SqlCapfStore:
             row = await s.get(CapfOperation, op_id)
             return OperationView.of(row) if row else None
 
-    async def certificates(self, device_name: str | None = None) -> list[CertificateRecord]:
+    async def operations(self, device_name: str | None = None, limit: int = 1000) -> list[OperationView]:
+        """Newest first: pending, completed and failed operations with their reasons."""
+        q = select(CapfOperation).order_by(CapfOperation.id.desc()).limit(max(1, min(limit, 10_000)))
+        if device_name is not None:
+            q = q.where(CapfOperation.device_name == device_name)
+        async with self.factory() as s:
+            return [OperationView.of(r) for r in (await s.execute(q)).scalars()]
+
+    async def certificates(self, device_name: str | None = None, limit: int | None = None) -> list[CertificateRecord]:
         q = select(CapfCertificate).order_by(CapfCertificate.id)
         if device_name is not None:
             q = q.where(CapfCertificate.device_name == device_name)
+        if limit is not None:
+            # the most recent `limit` entries, still oldest first
+            q = q.order_by(None).order_by(CapfCertificate.id.desc()).limit(max(1, min(limit, 10_000)))
+            async with self.factory() as s:
+                return [CertificateRecord.of(r) for r in reversed((await s.execute(q)).scalars().all())]
         async with self.factory() as s:
             return [CertificateRecord.of(r) for r in (await s.execute(q)).scalars()]
 

@@ -145,6 +145,12 @@ def _worker_issue(device_name: str, public_key_der: bytes) -> bytes:
         serialization.Encoding.DER)
 
 
+def issuing_pool(capf_ca: Issued, workers: int, days: int = LSC_DAYS) -> ProcessPoolExecutor:
+    """Worker processes that each load the CAPF key once and sign LSCs (`LscIssuer(executor=...)`)."""
+    return ProcessPoolExecutor(max_workers=workers, initializer=_worker_init,
+                               initargs=(capf_ca.pem, capf_ca.key_pem, days))
+
+
 class LscIssuer:
     """The CapfIssuer the CAPF server session uses: signs LSCs, checks LSC / MIC authentication."""
 
@@ -158,9 +164,7 @@ class LscIssuer:
     @classmethod
     def with_process_pool(cls, capf_ca: Issued, manufacturer_roots: Iterable[x509.Certificate] = (),
                           *, workers: int = 2, days: int = LSC_DAYS) -> "LscIssuer":
-        pool = ProcessPoolExecutor(max_workers=workers, initializer=_worker_init,
-                                   initargs=(capf_ca.pem, capf_ca.key_pem, days))
-        return cls(capf_ca, manufacturer_roots, days=days, executor=pool)
+        return cls(capf_ca, manufacturer_roots, days=days, executor=issuing_pool(capf_ca, workers, days))
 
     def close(self) -> None:
         if isinstance(self._executor, ProcessPoolExecutor):

@@ -1,0 +1,27 @@
+"""CHK-2: whether the CAPF service is activated on the publisher, kept in the publisher database.
+
+A fresh cluster has no row, which means *not activated*: CAPF refuses phone sessions and
+schedules until an administrator activates it (ideally before the CTL client runs, so the CTL
+need not be rebuilt to name the CAPF certificate).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from ccmsec.db.devices import ctl_exists, get_setting, set_setting
+
+SETTING_CAPF_ACTIVATED = "capf.activated"
+NOT_ACTIVATED = "CAPF service is not activated on the publisher (CHK-2)"
+
+
+async def read_activated(factory: async_sessionmaker[AsyncSession]) -> bool:
+    async with factory() as s:
+        return await get_setting(s, SETTING_CAPF_ACTIVATED) == "1"
+
+
+async def write_activated(factory: async_sessionmaker[AsyncSession], active: bool) -> bool:
+    """Store the flag; returns True when a CTL already exists (it must be rebuilt to name CAPF)."""
+    async with factory() as s, s.begin():
+        await set_setting(s, SETTING_CAPF_ACTIVATED, "1" if active else "0")
+        return await ctl_exists(s)

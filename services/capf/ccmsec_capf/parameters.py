@@ -1,0 +1,150 @@
+"""CAPF parameters: what an administrator may change, their checks, and where they are kept.
+
+Two scopes, as on the real system: *service* parameters are read when the CAPF service starts,
+so changing one needs a CAPF restart (RST-8); *enterprise* parameters shape what the phones are
+given, so changing one needs the devices reset (RST-6). Values live in the publisher database
+(`cluster_settings`, keys `capf.service.<name>` / `capf.enterprise.<name>`), never in a file
+(CHK-7). Which events a change needs is decided by `ccmsec.policy.resets`, not here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from ccmsec.db.capf import AUTH_MODES, MAX_AUTH_FAILURES
+from ccmsec.db.devices import ClusterSetting, set_setting
+from ccmsec.pki.lsc import LSC_DAYS
+from ccmsec.policy.resets import CapfEnterpriseParamsChanged, CapfServiceParamsChanged, Change
+
+Scope = Literal["service", "enterprise"]
+KEY_TYPES = ("rsa1024", "rsa2048", "rsa4096", "ec256")  # what the CLI and the schedule accept
+MAX_VALUES_PER_CHANGE = 16
+
+
+class ParameterError(ValueError):
+    """An unknown parameter name or a value outside its allowed set; the message says which."""
+
+
+def _int_in(low: int, high: int) -> Callable[[str], str]:
+    def check(value: str) -> str:
+        try:
+            number = int(value.strip())
+        except ValueError:
+            raise ParameterError(f"{value!r} is not a whole number") from None
+        if not low <= number <= high:
+            raise ParameterError(f"{number} is outside {low}..{high}")
+        return str(number)
+    return check
+
+
+def _one_of(choices: tuple[str, ...]) -> Callable[[str], str]:
+    def check(value: str) -> str:
+        if value not in choices:
+            raise ParameterError(f"{value!r} is not one of {', '.join(choices)}")
+        return value
+    return check
+
+
+@dataclass(frozen=True)
+class Parameter:
+    name: str
+    scope: Scope
+    default: str
+    check: Callable[[str], str]
+    help: str
+
+
+PARAMETERS: dict[str, Parameter] = {p.name: p for p in (
+    # Service parameters (RST-8: restart CAPF).
+    Parameter("max_auth_failures", "service", str(MAX_AUTH_FAILURES), _int_in(1, 20),
+              "wrong credentials before an operation is locked"),
+    Parameter("session_timeout", "service", "120", _int_in(10, 600),
+              "seconds one phone session may last"),
+    Parameter("max_connections", "service", "512", _int_in(1, 4096),
+              "concurrent phone sessions on the CAPF port"),
+    Parameter("issuing_workers", "service", "0", _int_in(0, 8),
+              "processes that sign LSCs (0: sign in the service process)"),
+    # Enterprise parameters (RST-6: reset the devices).
+    Parameter("certificate_validity_days", "enterprise", str(LSC_DAYS), _int_in(1, 3650),
+              "validity of the LSCs CAPF issues"),
+    Parameter("default_auth_mode", "enterprise", "null", _one_of(AUTH_MODES),
+              "authentication mode used when a schedule names none"),
+    Parameter("default_key_type", "enterprise", "rsa2048", _one_of(KEY_TYPES),
+              "key type used when a schedule names none"),
+    Parameter("operation_days", "enterprise", "0", _int_in(0, 365),
+              "days an operation stays valid when a schedule gives no deadline (0: no deadline)"),
+)}
+
+
+def setting_key(p: Parameter) -> str:
+    return f"capf.{p.scope}.{p.name}"
+
+
+def validate(scope: Scope, values: dict[str, str]) -> dict[str, str]:
+    """The normalised values, or ParameterError naming the first bad name or value."""
+    if not values:
+        raise ParameterError("no parameter given")
+    if len(values) > MAX_VALUES_PER_CHANGE:
+        raise ParameterError(f"at most {MAX_VALUES_PER_CHANGE} parameters per change")
+    out = {}
+    for name, value in values.items():
+        p = PARAMETERS.get(name)
+        if p is None:
+            raise ParameterError(f"unknown CAPF parameter {name!r}; known: {', '.join(sorted(PARAMETERS))}")
+        if p.scope != scope:
+            flag = " --enterprise" if p.scope == "enterprise" else " (without --enterprise)"
+            raise ParameterError(f"{name} is a CAPF {p.scope} parameter; set it as one{flag}")
+        try:
+            out[name] = p.check(value)
+        except ParameterError as exc:
+            raise ParameterError(f"{name}: {exc}") from None
+    return out
+
+
+def change_of(scope: Scope) -> Change:
+    """The configuration change a parameter scope stands for (input of required_actions)."""
+    return CapfServiceParamsChanged() if scope == "service" else CapfEnterpriseParamsChanged()
+
+
+@dataclass(frozen=True)
+class CapfParameters:
+    """Every parameter's current value (stored value, else the default)."""
+
+    values: dict[str, str]
+
+    def get(self, name: str) -> str:
+        return self.values[name]
+
+    def int(self, name: str) -> int:
+        return int(self.values[name])
+
+    def scope(self, scope: Scope) -> dict[str, str]:
+        return {n: v for n, v in self.values.items() if PARAMETERS[n].scope == scope}
+
+
+async def load_parameters(factory: async_sessionmaker[AsyncSession]) -> CapfParameters:
+    keys = {setting_key(p): p.name for p in PARAMETERS.values()}
+    values = {p.name: p.default for p in PARAMETERS.values()}
+    async with factory() as s:
+        rows = (await s.execute(select(ClusterSetting.key, ClusterSetting.value)
+                                .where(ClusterSetting.key.in_(keys)))).all()
+    for key, value in rows:
+        try:
+            values[keys[key]] = PARAMETERS[keys[key]].check(value)
+        except ParameterError:
+            pass  # a value corrupted outside the API falls back to the default
+    return CapfParameters(values)
+
+
+async def store_parameters(factory: async_sessionmaker[AsyncSession], scope: Scope,
+                           values: dict[str, str]) -> dict[str, str]:
+    """Validate and store in one transaction; returns what was stored."""
+    checked = validate(scope, values)
+    async with factory() as s, s.begin():
+        for name, value in checked.items():
+            await set_setting(s, setting_key(PARAMETERS[name]), value)
+    return checked

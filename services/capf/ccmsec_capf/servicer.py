@@ -1,0 +1,196 @@
+"""gRPC `ccmsec.v1.Capf`: activation (CHK-2), scheduling, status, the issued log, parameters
+(RST-6 / RST-8) and the CHK-8 check. Requests are checked here and refused with a clear status;
+the work is done by the service's modules."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+from typing import TYPE_CHECKING
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from sqlalchemy import select
+
+from ccmsec.db.devices import Device
+from ccmsec.policy.devices import Feature, PolicyViolation, capabilities
+from ccmsec.policy.resets import required_actions
+from ccmsec.runtime.servicer import StatusServicerMixin
+from ccmsec_proto import capf_pb2, capf_pb2_grpc, common_pb2
+
+from . import actions
+from .activation import NOT_ACTIVATED, write_activated
+from .parameters import CapfParameters, ParameterError, Scope, change_of, load_parameters, store_parameters
+from .scheduling import ScheduleRefused, ScheduleRequest, schedule
+
+if TYPE_CHECKING:
+    from .main import CapfService
+
+log = logging.getLogger("ccmsec.capf")
+
+OPERATION_TO_PROTO = {"install": capf_pb2.CAPF_INSTALL, "upgrade": capf_pb2.CAPF_UPGRADE,
+                      "delete": capf_pb2.CAPF_DELETE, "troubleshoot": capf_pb2.CAPF_TROUBLESHOOT}
+OPERATION_FROM_PROTO = {v: k for k, v in OPERATION_TO_PROTO.items()}
+AUTH_TO_PROTO = {"string": capf_pb2.CAPF_AUTH_STRING, "null": capf_pb2.CAPF_AUTH_NULL,
+                 "lsc-then-mic": capf_pb2.CAPF_AUTH_LSC_THEN_MIC, "mic": capf_pb2.CAPF_AUTH_MIC,
+                 "lsc": capf_pb2.CAPF_AUTH_LSC}
+AUTH_FROM_PROTO = {v: k for k, v in AUTH_TO_PROTO.items()}
+MAX_DEVICE_FIELD = 64
+SECURE_MODES = ("authenticated", "encrypted")
+
+
+def _unix(value: _dt.datetime | None) -> int:
+    return int(value.timestamp()) if value is not None else 0
+
+
+def certificate_message(cert: x509.Certificate, role: int) -> common_pb2.Certificate:
+    return common_pb2.Certificate(
+        der=cert.public_bytes(serialization.Encoding.DER), serial=format(cert.serial_number, "x"),
+        subject=cert.subject.rfc4514_string(), issuer=cert.issuer.rfc4514_string(), role=role,
+        not_before_unix=int(cert.not_valid_before_utc.timestamp()),
+        not_after_unix=int(cert.not_valid_after_utc.timestamp()),
+        fingerprint_sha256=cert.fingerprint(hashes.SHA256()).hex(),
+    )
+
+
+def operation_message(op) -> capf_pb2.CapfOperationState:
+    """An OperationView as the wire message; the auth string is never sent back."""
+    return capf_pb2.CapfOperationState(
+        id=op.id, state=op.state, reason=op.reason or "", failed_attempts=op.failed_attempts,
+        updated_unix=_unix(op.updated_at), created_unix=_unix(op.created_at),
+        issued_fingerprint=op.issued_fingerprint or "",
+        schedule=capf_pb2.CapfSchedule(
+            device=op.device_name, operation=OPERATION_TO_PROTO[op.operation],
+            auth_mode=AUTH_TO_PROTO[op.auth_mode], key_type=op.key_type, deadline_unix=_unix(op.deadline)),
+    )
+
+
+def _deadline(unix: int) -> _dt.datetime | None:
+    if unix == 0:
+        return None
+    try:
+        return _dt.datetime.fromtimestamp(unix, _dt.timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        raise ScheduleRefused("invalid", f"deadline {unix} is not a valid time") from None
+
+
+_REFUSAL_CODE = {"invalid": grpc.StatusCode.INVALID_ARGUMENT, "unknown_device": grpc.StatusCode.NOT_FOUND,
+                 "policy": grpc.StatusCode.FAILED_PRECONDITION}
+
+
+class CapfServicer(StatusServicerMixin, capf_pb2_grpc.CapfServicer):
+    service: "CapfService"
+
+    async def Activate(self, request, context):  # noqa: N802
+        svc = self.service
+        ctl_present = await write_activated(svc.db, request.active)
+        svc.activated = request.active
+        svc.ctl_note = ("a CTL already exists: run the CTL client again so the CTL names the CAPF "
+                        "certificate (CHK-2)") if (request.active and ctl_present) else ""
+        log.info("CAPF %s", "activated" if request.active else "deactivated")
+        return svc.status_message()
+
+    async def ScheduleOperation(self, request, context):  # noqa: N802
+        svc = self.service
+        if not svc.activated:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, NOT_ACTIVATED)
+        try:
+            if request.operation not in OPERATION_FROM_PROTO:
+                raise ScheduleRefused("invalid", "no CAPF operation given (install, upgrade, delete, troubleshoot)")
+            if len(request.device) > MAX_DEVICE_FIELD or len(request.auth_string) > MAX_DEVICE_FIELD:
+                raise ScheduleRefused("invalid", "device name or auth string too long")
+            req = ScheduleRequest(
+                device=request.device, operation=OPERATION_FROM_PROTO[request.operation],
+                auth_mode=AUTH_FROM_PROTO.get(request.auth_mode, ""), auth_string=request.auth_string,
+                key_type=request.key_type, deadline=_deadline(request.deadline_unix))
+            done = await schedule(svc.db, req, svc.params)
+        except ScheduleRefused as exc:
+            await context.abort(_REFUSAL_CODE[exc.kind], str(exc))
+        await svc.announce_schedule(done.device, done.operation)
+        op = await svc.store.operation(done.op_id)
+        return operation_message(op)
+
+    async def GetOperations(self, request, context):  # noqa: N802
+        svc = self.service
+        device = request.device or None
+        rows = await svc.store.operations(device, request.limit or 1000)
+        if device is not None and not rows and not await svc.device_exists(device):
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown device {device!r}")
+        return capf_pb2.CapfStatusReply(operations=[operation_message(op) for op in rows])
+
+    async def GetIssuedLog(self, request, context):  # noqa: N802
+        svc = self.service
+        device = request.device or None
+        records = await svc.store.certificates(device, limit=request.limit or 1000)
+        if device is not None and not records and not await svc.device_exists(device):
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown device {device!r}")
+        entries = []
+        for rec in records:
+            entry = capf_pb2.IssuedCertificate(device=rec.device_name, operation=rec.operation,
+                                               at_unix=_unix(rec.created_at), outcome=rec.outcome,
+                                               operation_id=rec.operation_id or 0)
+            if rec.der is not None:
+                entry.certificate.CopyFrom(certificate_message(x509.load_der_x509_certificate(rec.der),
+                                                               common_pb2.ROLE_LSC))
+            else:
+                entry.certificate.fingerprint_sha256 = rec.fingerprint_sha256 or ""
+                entry.certificate.serial = rec.serial or ""
+            entries.append(entry)
+        return capf_pb2.IssuedLogReply(entries=entries)
+
+    async def GetCapfCertificate(self, request, context):  # noqa: N802
+        return certificate_message(self.service.capf_ca.cert, common_pb2.ROLE_CAPF)
+
+    # --- parameters (RST-8 service, RST-6 enterprise) -----------------------------------------
+    @staticmethod
+    def _parameters_reply(stored: CapfParameters, events: list[str] = ()) -> capf_pb2.CapfParametersReply:
+        return capf_pb2.CapfParametersReply(service=stored.scope("service"), enterprise=stored.scope("enterprise"),
+                                            events=list(events))
+
+    async def GetParameters(self, request, context):  # noqa: N802
+        """The stored values: service values apply from the next CAPF start."""
+        return self._parameters_reply(await load_parameters(self.service.db))
+
+    async def _set(self, scope: Scope, request, context):
+        svc = self.service
+        try:
+            stored = await store_parameters(svc.db, scope, dict(request.values))
+        except ParameterError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        fresh = await load_parameters(svc.db)
+        if scope == "enterprise":
+            svc.apply_enterprise(fresh)
+        reason = f"CAPF {scope} parameters changed: {', '.join(sorted(stored))}"
+        try:
+            published = await actions.execute(svc.publish, required_actions(change_of(scope)), reason)
+        except Exception as exc:
+            log.exception("CAPF parameters stored but the reset/restart events were not published")
+            await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                f"parameters stored, but the events they require were not published: {exc}")
+        return self._parameters_reply(fresh, published)
+
+    async def SetServiceParameters(self, request, context):  # noqa: N802
+        return await self._set("service", request, context)
+
+    async def SetEnterpriseParameters(self, request, context):  # noqa: N802
+        return await self._set("enterprise", request, context)
+
+    # --- CHK-8 ------------------------------------------------------------------------------
+    async def CheckLscs(self, request, context):  # noqa: N802
+        """Devices in a secure mode whose model has no MIC need an LSC; which have one?"""
+        svc = self.service
+        async with svc.db() as s:
+            rows = (await s.execute(select(Device.name, Device.model)
+                                    .where(Device.security_mode.in_(SECURE_MODES)).order_by(Device.name))).all()
+        needing = []
+        for name, model in rows:
+            try:
+                caps = capabilities(model)
+            except PolicyViolation:
+                continue
+            if caps.has(Feature.LSC) and not caps.has(Feature.MIC):
+                needing.append(name)
+        missing = set(await svc.store.devices_missing_lsc(needing))
+        return capf_pb2.LscCheckReply(missing=[d for d in needing if d in missing],
+                                      installed=[d for d in needing if d not in missing])
