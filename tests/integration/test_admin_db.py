@@ -145,3 +145,16 @@ async def test_config_version_guards_against_concurrent_writers(backend, tmp_pat
             db.description = "second"
             with pytest.raises(StaleDataError):
                 await b.commit()
+
+
+async def test_short_password_file_is_refused_and_loose_permissions_are_tightened(tmp_path):
+    path = tmp_path / "admin-password"
+    path.write_text("short\n")
+    async with Database("sqlite", tmp_path) as engine:
+        with pytest.raises(ValueError, match="shorter"):
+            await ensure_admin_account(async_sessionmaker(engine), tmp_path)
+        path.write_text("a-long-enough-password\n")
+        path.chmod(0o644)
+        await ensure_admin_account(async_sessionmaker(engine), tmp_path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert path.read_text() == "a-long-enough-password\n"

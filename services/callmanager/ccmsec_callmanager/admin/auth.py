@@ -103,6 +103,8 @@ async def ensure_admin_account(sessionmaker: async_sessionmaker, data_dir: Path)
     Returns the path of the password file.
     """
     path = Path(data_dir) / PASSWORD_FILE
+    if path.exists():
+        os.chmod(path, 0o600)  # an operator may have loosened it; the content is never touched
     async with sessionmaker() as session:
         exists = await session.scalar(select(AdminAccount.id).where(AdminAccount.username == ADMIN_USER))
     if exists is not None:
@@ -111,6 +113,9 @@ async def ensure_admin_account(sessionmaker: async_sessionmaker, data_dir: Path)
     if not path.exists():
         _write_once(path, (secrets.token_urlsafe(18) + "\n").encode())
     password = path.read_text().rstrip("\r\n")
+    if len(password) < MIN_PASSWORD:
+        raise ValueError(f"{path} holds a password shorter than {MIN_PASSWORD} characters; "
+                         "remove the file to have a new one generated")
     pw_hash = await asyncio.to_thread(hash_password, password)
     try:
         async with sessionmaker() as session, session.begin():
