@@ -19,6 +19,7 @@ from pathlib import Path
 
 import uvicorn
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
 from ccmsec.pki import ca as pki
@@ -68,7 +69,7 @@ def _still_good(cert_path: Path, key_path: Path, host: str, ca: pki.Issued | Non
     if ca is not None:
         try:
             cert.verify_directly_issued_by(ca.cert)
-        except (ValueError, TypeError, Exception):
+        except (ValueError, TypeError, InvalidSignature):
             return False
     try:
         sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
