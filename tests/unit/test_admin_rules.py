@@ -238,3 +238,27 @@ def test_discover_refuses_missing_or_unsafe_settings(tmp_path):
     endpoint = adminclient.discover(tmp_path)
     assert (endpoint.url, endpoint.username, endpoint.password) == ("https://x:1", "admin", "pw")
     assert endpoint.cafile == tmp_path / "pki" / "cluster-ca.crt"
+
+
+# --- CERT-4 certificate lifecycle ------------------------------------------------------------
+
+def test_cert4_self_signed_until_a_cluster_ca_appears_then_reissued_by_it(tmp_path):
+    from cryptography import x509
+
+    from ccmsec.pki import ca as pki
+    from ccmsec_callmanager.admin import ensure_https_certificate
+
+    cert_path, key_path = ensure_https_certificate(tmp_path, "127.0.0.1")
+    first = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    assert first.issuer == first.subject
+    assert (key_path.stat().st_mode & 0o777) == 0o600
+    assert ensure_https_certificate(tmp_path, "127.0.0.1") == (cert_path, key_path)
+    assert x509.load_pem_x509_certificate(cert_path.read_bytes()) == first  # kept
+    ca = pki.create_ca(pki.name("cluster CA"))
+    pki.save_pair(ca, tmp_path / "pki" / "cluster-ca.crt", tmp_path / "pki" / "cluster-ca.key")
+    ensure_https_certificate(tmp_path, "127.0.0.1")
+    second = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    second.verify_directly_issued_by(ca.cert)
+    key_path.write_bytes(pki.key_to_pem(pki.new_key("ec256")))  # key no longer matches
+    ensure_https_certificate(tmp_path, "127.0.0.1")
+    assert x509.load_pem_x509_certificate(cert_path.read_bytes()) != second
