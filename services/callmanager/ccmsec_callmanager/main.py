@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 from ccmsec.runtime.service import Service, run_service
-from ccmsec.runtime.servicer import StatusServicerMixin
 from ccmsec_proto import callmanager_pb2_grpc
 
+# --- call control (SCCP registration, registry, resets, cluster mode, lines, pools) ----------
+from ccmsec_callmanager.sccp_service import CallControlMixin
+from ccmsec_callmanager.servicer import CallManagerServicer
+# --- end call control ----------------------------------------------------------------------
+from ccmsec_callmanager.admin_mount import AdminMount  # HTTPS administration API (CERT-4)
 
-class CallManagerServicer(StatusServicerMixin, callmanager_pb2_grpc.CallManagerServicer):
-    pass
 
-
-class CallManagerService(Service):
+class CallManagerService(CallControlMixin, Service):
     role = "callmanager"
 
     async def setup(self) -> None:
+        await self.setup_call_control()  # call control: SCCP 2000/2443 + registry
+        self.admin = AdminMount(self)  # administration API on admin_port (HTTPS)
+        await self.admin.start()
         self.grpc.add(callmanager_pb2_grpc.add_CallManagerServicer_to_server, CallManagerServicer(self), "ccmsec.v1.CallManager")
+
+    async def teardown(self) -> None:
+        await self.admin.stop()  # administration API
+        await self.teardown_call_control()  # call control
 
 
 def main() -> None:
