@@ -1,21 +1,200 @@
-"""Entry point of the phone-sim service."""
+"""Entry point of the phone-sim service: a fleet of simulated phones driven over gRPC.
+
+Phones fetch from the tftp-signer peer (`peer_host("tftp-signer")`, its TFTP port from the
+cluster's endpoints file when the local runner moved it, else `settings.tftp_port`), reach CAPF
+and call control at the addresses their configuration names, and bind their sockets to this
+service's own address. A `device.reset` event re-boots the phones it names (or all powered
+phones, or those registered to the named server — RST-9); a phone already rebooted for the same
+change by call control's SCCP Reset is not booted twice.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import time
+
+import grpc
+from cryptography import x509
+
+from ccmsec.cluster.state import read_endpoints
+from ccmsec.pki.ca import fingerprint_sha256
+from ccmsec.pki.tokens import ensure_manufacturer_ca
 from ccmsec.runtime.service import Service, run_service
 from ccmsec.runtime.servicer import StatusServicerMixin
-from ccmsec_proto import phone_sim_pb2_grpc
+from ccmsec_proto import common_pb2, phone_sim_pb2, phone_sim_pb2_grpc, tftp_signer_pb2_grpc
+
+from ccmsec_phone_sim.boot import Network, PhoneRunner
+from ccmsec_phone_sim.fleet import Fleet, FleetError
+from ccmsec_phone_sim.phone import State
+
+SECURITY_MODE_PB = {1: common_pb2.NON_SECURE, 2: common_pb2.AUTHENTICATED, 3: common_pb2.ENCRYPTED}
+
+
+def certificate_pb(cert: x509.Certificate | None, role: int) -> common_pb2.Certificate | None:
+    if cert is None:
+        return None
+    from cryptography.hazmat.primitives import serialization
+
+    return common_pb2.Certificate(
+        der=cert.public_bytes(serialization.Encoding.DER), serial=f"{cert.serial_number:x}",
+        subject=cert.subject.rfc4514_string(), issuer=cert.issuer.rfc4514_string(), role=role,
+        not_before_unix=int(cert.not_valid_before_utc.timestamp()),
+        not_after_unix=int(cert.not_valid_after_utc.timestamp()),
+        fingerprint_sha256=fingerprint_sha256(cert),
+    )
+
+
+def phone_state_pb(runner: PhoneRunner) -> phone_sim_pb2.PhoneState:
+    p = runner.phone
+    ctl = p.trust.ctl
+    trust = [certificate_pb(r.certificate, int(r.role)) for r in ctl.records] if ctl else []
+    msg = phone_sim_pb2.PhoneState(
+        name=p.name, model=p.model, mac=p.mac, state=p.state.value, files=sorted(p.files),
+        ctl_sha256=p.files.get("CTLFile.tlv", "") if ctl else "", trust_list=trust,
+        last_failure=p.last_failure, last_failure_reason=p.last_failure_reason, firmware=p.firmware,
+        security_mode=SECURITY_MODE_PB[p.config.security_mode] if p.config else 0,
+        settings=p.settings_in_force() if p.config else {}, boots=p.boots, web_address=p.web_address,
+        registered_with=p.registered_with, transport=p.transport, history=list(p.history),
+        booting=runner.booting, certificate_in_use=p.certificate_in_use,
+    )
+    if p.mic is not None:
+        msg.mic.CopyFrom(certificate_pb(p.mic.cert, common_pb2.ROLE_MIC))
+    if p.lsc is not None:
+        msg.lsc.CopyFrom(certificate_pb(p.lsc.cert, common_pb2.ROLE_LSC))
+    return msg
 
 
 class PhoneSimServicer(StatusServicerMixin, phone_sim_pb2_grpc.PhoneSimServicer):
-    pass
+    @property
+    def fleet(self) -> Fleet:
+        return self.service.fleet
+
+    def _reply(self, runners) -> phone_sim_pb2.PhonesReply:
+        return phone_sim_pb2.PhonesReply(phones=[phone_state_pb(r) for r in runners])
+
+    async def _select(self, request, context):
+        try:
+            return self.fleet.select(request.names, request.all)
+        except FleetError as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND if "unknown" in str(exc)
+                                else grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+
+    async def AddPhones(self, request, context):  # noqa: N802
+        try:
+            phones = await self.fleet.add(request.count, request.model, request.name_prefix)
+        except FleetError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return self._reply(self.fleet.runners[p.name] for p in phones)
+
+    async def BootPhones(self, request, context):  # noqa: N802
+        runners = await self._select(request, context)
+        await self.fleet.boot(runners)
+        return self._reply(runners)
+
+    async def ResetPhones(self, request, context):  # noqa: N802
+        runners = await self._select(request, context)
+        if request.all:
+            runners = [r for r in runners if r.phone.state is not State.OFF]
+        await self.fleet.boot(runners)
+        return self._reply(runners)
+
+    async def ListPhones(self, request, context):  # noqa: N802
+        runners = await self._select(request, context) if request.names else list(self.fleet.runners.values())
+        return self._reply(runners)
+
+    async def GetPhone(self, request, context):  # noqa: N802
+        (runner,) = await self._select(phone_sim_pb2.PhoneSelector(names=[request.name]), context)
+        return phone_state_pb(runner)
+
+    async def FactoryReset(self, request, context):  # noqa: N802
+        runners = await self._select(request, context)
+        await self.fleet.factory_reset(runners)
+        return self._reply(runners)
+
+    async def SetAuthString(self, request, context):  # noqa: N802
+        try:
+            phone = self.fleet.set_auth_string(request.name, request.auth_string)
+        except FleetError as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND if "unknown" in str(exc)
+                                else grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return phone_state_pb(self.fleet.runners[phone.name])
 
 
 class PhoneSimService(Service):
     role = "phone-sim"
+    max_concurrent_boots = 50
+
+    def __init__(self, settings):
+        super().__init__(settings)
+        self.fleet: Fleet | None = None
+        self._anchors: list[x509.Certificate] | None = None
+
+    def tftp_address(self) -> tuple[str, int]:
+        endpoints = read_endpoints(self.settings.data_dir) or {}
+        peer = endpoints.get("services", {}).get("tftp-signer", {})
+        return self.settings.peer_host("tftp-signer"), int(peer.get("tftp_port") or self.settings.tftp_port)
+
+    def status_details(self) -> dict[str, str]:
+        if self.fleet is None:
+            return {}
+        details = {"phones": str(len(self.fleet.runners))}
+        details.update({f"phones_{k}": str(v) for k, v in sorted(self.fleet.counts().items())})
+        return details
+
+    def _image_anchors(self) -> list[x509.Certificate]:
+        return list(self._anchors or [])
+
+    async def _fetch_image_anchor(self) -> None:
+        """The image-signing certificate phones are "manufactured" with (AUTH-1, see phone.py)."""
+        stub = tftp_signer_pb2_grpc.TftpSignerStub(self.peer_channel("tftp-signer"))
+        for _ in range(20):  # the tftp-signer may still be starting; bounded
+            try:
+                reply = await stub.GetSigningCertificate(common_pb2.Empty(), timeout=3)
+                if reply.der:
+                    self._anchors = [x509.load_der_x509_certificate(reply.der)]
+                    self.log.info("image-signing certificate %s", reply.fingerprint_sha256 or "?")
+                    return
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                    self.log.warning("tftp-signer has no GetSigningCertificate; phones verify images "
+                                     "with their CTL only")
+                    return
+            await asyncio.sleep(1.0)
 
     async def setup(self) -> None:
-        self.grpc.add(phone_sim_pb2_grpc.add_PhoneSimServicer_to_server, PhoneSimServicer(self), "ccmsec.v1.PhoneSim")
+        s = self.settings
+        host, port = self.tftp_address()
+        net = Network(tftp_host=host, tftp_port=port, bind_host=s.host)
+        self.fleet = Fleet(s.data_dir / "phone-sim", net, max_concurrent_boots=self.max_concurrent_boots,
+                           manufacturer_ca=lambda: ensure_manufacturer_ca(s.data_dir / "pki"),
+                           image_anchors=self._image_anchors)
+        restored = self.fleet.load()
+        self.fleet.start()
+        self.grpc.add(phone_sim_pb2_grpc.add_PhoneSimServicer_to_server, PhoneSimServicer(self),
+                      "ccmsec.v1.PhoneSim")
+        self.spawn(self._fetch_image_anchor())
+        # Phones that were on before this restart come back on, as after a power cut.
+        were_on = [self.fleet.runners[p.name] for p in restored if p.saved_state is not State.OFF]
+        if were_on:
+            self.spawn(self.fleet.boot(were_on))
+
+    async def teardown(self) -> None:
+        if self.fleet is not None:
+            await self.fleet.close()
+
+    async def on_device_reset(self, event) -> None:
+        reset = event.device_reset
+        requested_at = event.occurred_unix_ms / 1000 if event.occurred_unix_ms else time.time()
+        if reset.all:
+            runners = self.fleet.powered()
+        elif reset.server:
+            host = self.settings.peers.get(reset.server, reset.server)
+            runners = [r for r in self.fleet.powered() if r.phone.registered_with.split(":")[0] == host]
+        else:
+            wanted = set(reset.devices)
+            runners = [r for r in self.fleet.powered() if r.phone.name in wanted]
+        started = await self.fleet.boot(runners, requested_at)
+        self.log.info("device reset", extra={"event_id": event.id, "targeted": len(runners), "booted": started})
 
 
 def main() -> None:

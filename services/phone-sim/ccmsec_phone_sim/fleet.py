@@ -1,0 +1,185 @@
+"""The fleet: every simulated phone of this service, persisted in DATA/phone-sim/phones.json.
+
+The file holds each phone's keys and certificates (MIC, LSC), its CTL and its configuration, so a
+restart of the service keeps what the phones hold. It is written atomically, at most every
+`save_interval` seconds while phones change, and once more on close. Boots run at most
+`max_concurrent_boots` at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Callable, Iterable
+
+from cryptography import x509
+
+from ccmsec.fsutil import atomic_write
+from ccmsec.pki.ca import Issued
+from ccmsec.pki.tokens import issue_mic
+
+from ccmsec_phone_sim.boot import Network, PhoneRunner
+from ccmsec_phone_sim.models import ModelError, check_name, model_info, names_with_prefix
+from ccmsec_phone_sim.phone import Phone, State
+
+log = logging.getLogger("ccmsec.phone-sim")
+
+MAX_ADD = 5000
+MAX_PHONES = 20000
+FILE_VERSION = 1
+
+
+class FleetError(ValueError):
+    """A request the fleet cannot carry out (unknown phone, bad count, bad auth string…)."""
+
+
+class Fleet:
+    def __init__(self, folder: Path, net: Network, *, max_concurrent_boots: int = 50,
+                 manufacturer_ca: Callable[[], Issued] | None = None,
+                 image_anchors: Callable[[], list[x509.Certificate]] | None = None,
+                 mic_key_kind: str = "rsa2048", save_interval: float = 0.5):
+        self.folder = Path(folder)
+        self.path = self.folder / "phones.json"
+        self.net = net
+        self.slots = asyncio.Semaphore(max_concurrent_boots)
+        self._manufacturer_ca = manufacturer_ca
+        self._image_anchors = image_anchors or (lambda: [])
+        self.mic_key_kind = mic_key_kind
+        self.save_interval = save_interval
+        self.runners: dict[str, PhoneRunner] = {}
+        self._dirty = asyncio.Event()
+        self._saver: asyncio.Task | None = None
+
+    # --- persistence ------------------------------------------------------------------------------
+    def load(self) -> list[Phone]:
+        """Phones from phones.json, powered off (the caller decides which to boot again)."""
+        try:
+            doc = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return []
+        except (OSError, json.JSONDecodeError) as exc:
+            raise FleetError(f"{self.path}: unreadable phone store: {exc}") from None
+        restored = []
+        for item in doc.get("phones", []):
+            try:
+                phone = Phone.from_dict(item)
+            except (ValueError, KeyError, TypeError) as exc:  # one bad entry must not lose the fleet
+                log.error("phone store: skipping %s: %s", item.get("name", "?"), exc)
+                continue
+            self.runners[phone.name] = self._runner(phone)
+            restored.append(phone)
+        return restored
+
+    def save(self) -> None:
+        doc = {"version": FILE_VERSION, "phones": [r.phone.to_dict() for r in self.runners.values()]}
+        self.folder.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.path, json.dumps(doc, indent=1, sort_keys=True).encode())
+
+    def start(self) -> None:
+        self._saver = asyncio.get_running_loop().create_task(self._save_loop(), name="phone store saver")
+
+    async def close(self) -> None:
+        for runner in self.runners.values():
+            await runner.stop()
+            await runner.web.stop()
+        if self._saver is not None:
+            self._saver.cancel()
+            try:
+                await self._saver
+            except asyncio.CancelledError:
+                pass
+        self.save()
+
+    async def _save_loop(self) -> None:
+        while True:
+            await self._dirty.wait()
+            self._dirty.clear()
+            try:
+                await asyncio.to_thread(self.save)
+            except OSError as exc:
+                log.error("cannot save the phone store: %s", exc)
+            await asyncio.sleep(self.save_interval)
+
+    def _changed(self, phone: Phone) -> None:
+        self._dirty.set()
+
+    def _runner(self, phone: Phone) -> PhoneRunner:
+        return PhoneRunner(phone, self.net, slots=self.slots, on_change=self._changed)
+
+    # --- manufacture ------------------------------------------------------------------------------
+    async def add(self, count: int, model: str, name_prefix: str = "") -> list[Phone]:
+        if not 1 <= count <= MAX_ADD:
+            raise FleetError(f"count must be 1..{MAX_ADD}, got {count}")
+        if len(self.runners) + count > MAX_PHONES:
+            raise FleetError(f"the simulator holds at most {MAX_PHONES} phones")
+        try:
+            info = model_info(model)
+            names = names_with_prefix(name_prefix or "SEP00AA", count, set(self.runners))
+        except ModelError as exc:
+            raise FleetError(str(exc)) from None
+        anchors = list(self._image_anchors())
+        mca = None
+        if info.has_mic:
+            if self._manufacturer_ca is None:
+                raise FleetError(f"model {info.model} needs a MIC but no manufacturer CA is configured")
+            mca = await asyncio.to_thread(self._manufacturer_ca)
+        phones = []
+        for name in names:
+            # CERT-1: the MIC is made once, here, by the manufacturer; keys are generated off-loop.
+            mic = await asyncio.to_thread(issue_mic, mca, name, self.mic_key_kind) if mca else None
+            phone = Phone(name=name, model=info.model, mic=mic, image_anchors=anchors)
+            phone.history.append(f"{time.strftime('%H:%M:%S')} manufactured"
+                                 + (" with a MIC" if mic else ""))
+            self.runners[name] = self._runner(phone)
+            phones.append(phone)
+        self._dirty.set()
+        return phones
+
+    # --- selection and control --------------------------------------------------------------------
+    def select(self, names: Iterable[str] = (), all_: bool = False) -> list[PhoneRunner]:
+        names = list(names)
+        if all_:
+            return list(self.runners.values())
+        if not names:
+            raise FleetError("name at least one phone, or select all")
+        missing = [n for n in names if n not in self.runners]
+        if missing:
+            raise FleetError(f"unknown phone(s): {', '.join(missing[:5])}")
+        return [self.runners[n] for n in dict.fromkeys(names)]
+
+    async def boot(self, runners: Iterable[PhoneRunner], requested_at: float | None = None) -> int:
+        started = 0
+        for runner in runners:
+            started += await runner.request_boot(requested_at)
+        return started
+
+    async def factory_reset(self, runners: Iterable[PhoneRunner]) -> None:
+        """DEV-4: clear the CTL and the LSC (never the MIC — CERT-1); the phone stays off."""
+        for runner in runners:
+            await runner.stop(power_off=True)
+            runner.phone.factory_reset()
+            runner.phone.history.append(f"{time.strftime('%H:%M:%S')} factory reset")
+        self._dirty.set()
+
+    def set_auth_string(self, name: str, digits: str) -> Phone:
+        if not re.fullmatch(r"[0-9]{4,10}", digits or ""):
+            raise FleetError("the CAPF authentication string is 4 to 10 digits")
+        try:
+            check_name(name)
+        except ModelError as exc:
+            raise FleetError(str(exc)) from None
+        (runner,) = self.select([name])
+        runner.phone.auth_string = digits
+        self._dirty.set()
+        return runner.phone
+
+    def counts(self) -> dict[str, int]:
+        return dict(Counter(r.phone.state.value for r in self.runners.values()))
+
+    def powered(self) -> list[PhoneRunner]:
+        return [r for r in self.runners.values() if r.phone.state is not State.OFF]

@@ -1,0 +1,403 @@
+"""One simulated phone: what it holds and every security decision it makes while booting.
+
+Sans-IO: the methods take the bytes a download produced and return what the phone decided (or raise
+`BootFailure` naming the rule); `ccmsec_phone_sim.boot` does the networking. What a phone holds:
+
+* a **MIC** (7970 only, issued by the manufacturer CA at "manufacture"); never overwritten or
+  deleted, not even by a factory reset (CERT-1);
+* an **LSC** installed through CAPF (7970, 7960, 7940); the small models hold no certificate
+  at all and can only authenticate their firmware image (DEV-3);
+* a **trust store** (`ccmsec.pki.truststore.TrustStore`): the first CTL is taken on trust,
+  later ones only when signed by a token already trusted (CTL-2);
+* **image anchors**: the image-signing certificate(s) built into the phone at manufacture.
+  Firmware images are always signed (AUTH-1) with the TFTP certificate, also in non-secure mode,
+  where the phone holds no CTL — so, as a real phone carries its vendor's image key, each
+  simulated phone is manufactured with the cluster's image-signing certificate. An image verifies
+  when its signer is one of these anchors or one of the CTL's TFTP certificates.
+
+Boot decisions: a phone holding a CTL insists on `SEP<MAC>.cnf.xml.sgn` and verifies it with the
+CTL's TFTP certificate (AUTH-5); without a CTL it takes the plain `.cnf.xml`. An altered image is
+refused and the current one kept (AUTH-1). It opens TLS to call control only with a certificate,
+a CTL holding a CallManager entry and a configuration saying authenticated or encrypted (AUTH-6),
+presenting its LSC in preference to its MIC (CERT-2).
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+import hashlib
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from ccmsec.formats.cnfxml import (
+    SECURITY_AUTHENTICATED,
+    SECURITY_ENCRYPTED,
+    SECURITY_NON_SECURE,
+    CnfXmlError,
+    DeviceConfig,
+    Hardening,
+    parse_cnf_xml,
+    parse_default_cnf_xml,
+)
+from ccmsec.formats.ctl import CtlFormatError, SignatureError
+from ccmsec.formats.sgn import SignedFile, parse_sgn, verify_sgn
+from ccmsec.pki.ca import Issued, key_to_pem
+from ccmsec.pki.tls import SccpTransportMode
+from ccmsec.pki.truststore import CtlRejected, TrustStore
+from ccmsec.wire.capf import PhoneCredentials
+
+from ccmsec_phone_sim.models import ModelInfo, check_name, mac_of, model_info
+
+CTL_FILE = "CTLFile.tlv"
+DEFAULT_CONFIG = "XMLDefault.cnf.xml"
+HISTORY = 32
+
+
+class State(str, enum.Enum):
+    OFF = "off"
+    DOWNLOADING_CTL = "downloading-ctl"
+    DOWNLOADING_CONFIG = "downloading-config"
+    CAPF = "capf"
+    DOWNLOADING_FIRMWARE = "downloading-firmware"
+    REGISTERING = "registering"
+    REGISTERED = "registered"
+    FAILED = "failed"
+
+
+class BootFailure(Exception):
+    """A step of the boot refused what it got. `code` is short (e.g. config-rejected), `reason`
+    names the rule; `fatal` says whether the boot stops (the phone has nothing to run on)."""
+
+    def __init__(self, code: str, reason: str, *, fatal: bool = True):
+        super().__init__(f"{code}: {reason}")
+        self.code = code
+        self.reason = reason
+        self.fatal = fatal
+
+
+def firmware_file_name(load: str) -> str:
+    """The file a phone requests for its load: always the signed image (AUTH-1)."""
+    return load if load.endswith(".sgn") else f"{load}.sgn"
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _der(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+@dataclass(frozen=True)
+class SccpPlan:
+    """How the phone reaches call control, and why (AUTH-6)."""
+
+    mode: SccpTransportMode
+    reason: str
+
+    @property
+    def secure(self) -> bool:
+        return self.mode is not SccpTransportMode.PLAIN
+
+
+@dataclass
+class Phone:
+    name: str
+    model: str
+    mic: Issued | None = None
+    lsc: Issued | None = None
+    trust: TrustStore = field(default_factory=TrustStore)
+    image_anchors: list[x509.Certificate] = field(default_factory=list)
+    firmware: str = ""
+    auth_string: str | None = None  # typed on the phone (`ccmsec phones set-auth-string`)
+    files: dict[str, str] = field(default_factory=dict)  # name -> sha256 of what it accepted
+    config: DeviceConfig | None = None
+    state: State = State.OFF
+    last_failure: str = ""
+    last_failure_reason: str = ""
+    boots: int = 0
+    pending_capf_key: object | None = None  # key generated for an install not yet stored
+    web_address: str = ""
+    registered_with: str = ""
+    transport: str = ""
+    certificate_in_use: str = ""
+    history: deque = field(default_factory=lambda: deque(maxlen=HISTORY))
+    saved_state: State = State.OFF  # the state stored before a restart of the simulator
+
+    def __post_init__(self) -> None:
+        check_name(self.name)
+        self.info: ModelInfo = model_info(self.model)
+        self.model = self.info.model
+        if not self.firmware:
+            self.firmware = self.info.factory_image
+        if self.mic is not None and not self.info.has_mic:
+            raise ValueError(f"model {self.model} has no MIC (CERT-1/DEV-3)")
+
+    @property
+    def mac(self) -> str:
+        return mac_of(self.name)
+
+    # --- state ------------------------------------------------------------------------------------
+    def enter(self, state: State) -> None:
+        self.state = state
+        self.history.append(f"{time.strftime('%H:%M:%S')} {state.value}")
+
+    def record_failure(self, failure: BootFailure) -> None:
+        self.last_failure, self.last_failure_reason = failure.code, failure.reason
+        self.history.append(f"{time.strftime('%H:%M:%S')} {failure.code}: {failure.reason}")
+
+    # --- CTL (CTL-2) ------------------------------------------------------------------------------
+    def accept_ctl(self, data: bytes) -> bool:
+        """Offer a downloaded CTL. True when installed (or identical to the one held); on refusal
+        the phone keeps its current CTL and raises a non-fatal BootFailure naming CTL-2."""
+        if self.trust.has_ctl and self.trust.to_bytes() == data:
+            return True
+        try:
+            self.trust.offer(data)
+        except CtlRejected as exc:
+            raise BootFailure("ctl-rejected", f"CTL-2: {exc.reason}; keeping the current CTL",
+                              fatal=False) from None
+        self.files[CTL_FILE] = _sha256(data)
+        return True
+
+    # --- configuration (AUTH-5) -------------------------------------------------------------------
+    def config_file_names(self) -> list[str]:
+        """What to request, in order. With a CTL only signed files will do (AUTH-5)."""
+        suffix = ".sgn" if self.trust.has_ctl else ""
+        return [f"{self.name}.cnf.xml{suffix}", f"{DEFAULT_CONFIG}{suffix}"]
+
+    def _verify_signed(self, requested: str, data: bytes, what: str, code: str) -> SignedFile:
+        try:
+            signed = parse_sgn(data)
+        except CtlFormatError as exc:
+            raise BootFailure(code, f"AUTH-5: {requested} is not a valid signed file: {exc}") from None
+        if signed.header.file_name != requested:
+            # A validly signed file for another name (e.g. another phone's config) is not ours.
+            raise BootFailure(code, f"AUTH-5: {requested} carries the signed name "
+                                    f"{signed.header.file_name!r}")
+        try:
+            self.trust.verify_signed_file(signed)
+        except (SignatureError, ValueError) as exc:
+            raise BootFailure(code, f"AUTH-5: {what} {requested} rejected: {exc}") from None
+        return signed
+
+    def accept_config(self, requested: str, data: bytes) -> DeviceConfig:
+        """Check and parse a downloaded configuration; raises a fatal BootFailure on refusal."""
+        if requested.endswith(".sgn"):
+            payload = self._verify_signed(requested, data, "configuration", "config-rejected").payload
+        elif self.trust.has_ctl:
+            raise BootFailure("config-rejected", f"AUTH-5: the phone holds a CTL and refuses the "
+                                                 f"unsigned {requested}")
+        else:
+            payload = data
+        try:
+            if requested.startswith(DEFAULT_CONFIG):
+                config = self._from_default(payload)
+            else:
+                config = parse_cnf_xml(payload)
+        except CnfXmlError as exc:
+            raise BootFailure("config-rejected", f"{requested} is malformed: {exc}") from None
+        if config.device_name != self.name:
+            raise BootFailure("config-rejected", f"{requested} is for {config.device_name}, not {self.name}")
+        self.config = config
+        self.files[requested] = _sha256(data)
+        return config
+
+    def _from_default(self, payload: bytes) -> DeviceConfig:
+        """XMLDefault.cnf.xml (auto-registration): its CallManager group and this model's load."""
+        default = parse_default_cnf_xml(payload)
+        load = next((image for model, image in default.loads
+                     if model_info_safe(model) == self.model), None)
+        return DeviceConfig(device_name=self.name, model=self.model, security_mode=SECURITY_NON_SECURE,
+                            call_managers=default.call_managers, load_information=load or None)
+
+    # --- firmware (AUTH-1) ------------------------------------------------------------------------
+    def firmware_wanted(self) -> str | None:
+        """The load the configuration names, when it differs from the running image."""
+        load = self.config.load_information if self.config else None
+        if not load or load == self.firmware:
+            return None
+        return load
+
+    def accept_firmware(self, load: str, data: bytes) -> None:
+        """Verify the signed image; on any refusal keep the current image (AUTH-1, non-fatal)."""
+        requested = firmware_file_name(load)
+        try:
+            signed = parse_sgn(data)
+        except CtlFormatError as exc:
+            raise self._image_refused(requested, f"not a signed image: {exc}") from None
+        if signed.header.file_name != requested:
+            raise self._image_refused(requested, f"signed as {signed.header.file_name!r}")
+        anchors = {_der(c): c for c in [*self.image_anchors, *self.trust.tftp_certificates()]}
+        if not anchors:
+            raise self._image_refused(requested, "no image-signing certificate to verify it with")
+        errors = []
+        for cert in anchors.values():
+            try:
+                verify_sgn(signed, cert)
+                break
+            except SignatureError as exc:
+                errors.append(str(exc))
+        else:
+            raise self._image_refused(requested, "; ".join(errors[-2:]))
+        self.firmware = load
+        self.files[requested] = _sha256(data)
+
+    def _image_refused(self, requested: str, why: str) -> BootFailure:
+        return BootFailure("firmware-rejected", f"AUTH-1: image {requested} rejected ({why}); "
+                                                f"still running {self.firmware}", fatal=False)
+
+    # --- hardening (DEV-4) ------------------------------------------------------------------------
+    @property
+    def hardening(self) -> Hardening:
+        return self.config.hardening if self.config else Hardening()
+
+    @property
+    def web_server_enabled(self) -> bool:
+        """webAccess off turns the server off — on models that can turn it off (DEV-3)."""
+        return self.hardening.web_access or not self.info.web_server_disable
+
+    def settings_in_force(self) -> dict[str, str]:
+        h = self.hardening
+        onoff = lambda v: "on" if v else "off"  # noqa: E731
+        return {"webAccess": onoff(self.web_server_enabled), "pcPort": onoff(h.pc_port),
+                "settingsAccess": onoff(h.settings_access), "garp": onoff(h.garp),
+                "voiceVlanAccess": onoff(h.voice_vlan_access)}
+
+    # --- CAPF (CERT-1, CERT-2, DEV-3) -------------------------------------------------------------
+    def capf_operation(self) -> str:
+        capf = self.config.capf if self.config else None
+        return capf.operation if capf is not None else "none"
+
+    def check_capf_possible(self) -> None:
+        """Raise a non-fatal BootFailure when this phone cannot run the scheduled operation."""
+        if not self.info.supports_lsc:
+            raise BootFailure("capf-refused", f"DEV-3: model {self.model} supports image authentication "
+                                              "only; it cannot hold an LSC", fatal=False)
+        if not self.trust.capf_certificates():
+            raise BootFailure("capf-failed", "no CAPF certificate in the CTL to authenticate CAPF with",
+                              fatal=False)
+
+    def capf_credentials(self) -> PhoneCredentials:
+        capf = self.config.capf if self.config else None
+        auth = (capf.auth_string if capf is not None and capf.auth_string else None) or self.auth_string
+        return PhoneCredentials(
+            self.name,
+            mic_cert=self.mic.cert if self.mic else None, mic_key=self.mic.key if self.mic else None,
+            lsc_cert=self.lsc.cert if self.lsc else None, lsc_key=self.lsc.key if self.lsc else None,
+            auth_string=auth, capf_certificate=self.trust.capf_certificates()[0],
+            pending_key=self.pending_capf_key,
+        )
+
+    def take_capf_result(self, creds: PhoneCredentials) -> bool:
+        """Keep what CAPF changed — only ever the LSC (CERT-1). True when the LSC changed."""
+        before = self.lsc.cert if self.lsc else None
+        if creds.lsc_cert is not None:
+            self.lsc = Issued(creds.lsc_cert, creds.lsc_key)
+        else:
+            self.lsc = None
+        self.pending_capf_key = creds.pending_key
+        after = self.lsc.cert if self.lsc else None
+        if after is not None:
+            self.files["LSC"] = _sha256(_der(after))
+        else:
+            self.files.pop("LSC", None)
+        return (before is None) != (after is None) or (before is not None and _der(before) != _der(after))
+
+    # --- call control (AUTH-6, CERT-2) ------------------------------------------------------------
+    def sccp_plan(self) -> SccpPlan:
+        mode = self.config.security_mode if self.config else SECURITY_NON_SECURE
+        if mode == SECURITY_NON_SECURE:
+            return SccpPlan(SccpTransportMode.PLAIN, "configuration says non-secure")
+        wanted = SccpTransportMode.ENCRYPTED if mode == SECURITY_ENCRYPTED else SccpTransportMode.AUTHENTICATED
+        missing = []
+        if self.lsc is None and self.mic is None:
+            missing.append("no certificate (LSC or MIC)")
+        if not self.trust.callmanager_certificates():
+            missing.append("no CTL with a CallManager entry")
+        if missing:
+            return SccpPlan(SccpTransportMode.PLAIN, f"AUTH-6: configured {wanted.value} but "
+                                                      f"{' and '.join(missing)}; no TLS")
+        return SccpPlan(wanted, f"configured {wanted.value}")
+
+    def tls_identity(self) -> tuple[str, Issued]:
+        """CERT-2: the LSC takes precedence over the MIC."""
+        if self.lsc is not None:
+            return "LSC", self.lsc
+        if self.mic is not None:
+            return "MIC", self.mic
+        raise ValueError("AUTH-6: no certificate")
+
+    # --- factory reset (DEV-4, CERT-1) ------------------------------------------------------------
+    def factory_reset(self) -> None:
+        """Clears the CTL, the LSC, the configuration and the files held; never the MIC."""
+        self.trust.clear()
+        self.lsc = None
+        self.pending_capf_key = None
+        self.config = None
+        self.files.clear()
+        self.firmware = self.info.factory_image
+        self.auth_string = None
+        self.last_failure = self.last_failure_reason = ""
+        self.enter(State.OFF)
+
+    # --- persistence ------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        def pair(issued: Issued | None) -> dict | None:
+            if issued is None:
+                return None
+            return {"cert": issued.pem.decode(), "key": key_to_pem(issued.key).decode()}
+
+        return {
+            "name": self.name, "model": self.model, "mic": pair(self.mic), "lsc": pair(self.lsc),
+            "ctl": base64.b64encode(self.trust.to_bytes()).decode(),
+            "image_anchors": [c.public_bytes(serialization.Encoding.PEM).decode() for c in self.image_anchors],
+            "firmware": self.firmware, "auth_string": self.auth_string, "files": dict(self.files),
+            "config": base64.b64encode(self.config.to_xml()).decode() if self.config else "",
+            "state": self.state.value, "last_failure": self.last_failure,
+            "last_failure_reason": self.last_failure_reason, "boots": self.boots,
+            "pending_capf_key": key_to_pem(self.pending_capf_key).decode() if self.pending_capf_key else None,
+            "history": list(self.history),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Phone":
+        def pair(v: dict | None) -> Issued | None:
+            if not v:
+                return None
+            return Issued(x509.load_pem_x509_certificate(v["cert"].encode()),
+                          serialization.load_pem_private_key(v["key"].encode(), None))
+
+        ctl = base64.b64decode(d.get("ctl") or "")
+        phone = cls(
+            name=d["name"], model=d["model"], mic=pair(d.get("mic")), lsc=pair(d.get("lsc")),
+            trust=TrustStore.from_bytes(ctl) if ctl else TrustStore(),
+            image_anchors=[x509.load_pem_x509_certificate(p.encode()) for p in d.get("image_anchors", [])],
+            firmware=d.get("firmware", ""), auth_string=d.get("auth_string"),
+            files=dict(d.get("files", {})), last_failure=d.get("last_failure", ""),
+            last_failure_reason=d.get("last_failure_reason", ""), boots=int(d.get("boots", 0)),
+        )
+        if d.get("config"):
+            phone.config = parse_cnf_xml(base64.b64decode(d["config"]))
+        if d.get("pending_capf_key"):
+            phone.pending_capf_key = serialization.load_pem_private_key(d["pending_capf_key"].encode(), None)
+        phone.history.extend(d.get("history", []))
+        # A phone comes back powered off; `saved_state` lets the owner power on those that were on.
+        phone.saved_state = State(d.get("state", "off"))
+        return phone
+
+
+def model_info_safe(model: str) -> str | None:
+    try:
+        return model_info(model).model
+    except ValueError:
+        return None
+
+
+SECURITY_MODES = {SECURITY_NON_SECURE: "non-secure", SECURITY_AUTHENTICATED: "authenticated",
+                  SECURITY_ENCRYPTED: "encrypted"}

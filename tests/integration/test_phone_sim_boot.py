@@ -1,0 +1,405 @@
+"""Simulated phones booting the whole secure way against real in-process servers on loopback:
+TftpServer (files signed with ccmsec.formats.sgn, a CTL from two software tokens), CapfServer
+(SqlCapfStore on a temporary SQLite database) and SccpServer on plain TCP and on TLS."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+
+from ccmsec.aio.capf import CapfServer, capf_server_ssl_context
+from ccmsec.aio.sccp import SccpServer
+from ccmsec.aio.tftp import TftpServer
+from ccmsec.db.base import Base
+from ccmsec.db.capf import SqlCapfStore, schedule_operation
+from ccmsec.formats.cnfxml import CallManagerMember, CapfSettings, DeviceConfig, Hardening
+from ccmsec.formats.ctl import Role, build_ctl, record_from_certificate
+from ccmsec.formats.sgn import sign_file
+from ccmsec.pki import ca, tls
+from ccmsec.pki.lsc import LscIssuer, ensure_capf_ca
+from ccmsec.pki.tokens import FileSigner, issue_mic
+from ccmsec.wire import sccp as s
+from ccmsec_phone_sim.boot import Network, PhoneRunner
+from ccmsec_phone_sim.phone import Phone, State
+
+pytestmark = pytest.mark.timeout(60)
+
+TS = 1_700_000_000
+LOAD = "SCCP70.8-4-2S"
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    d = tmp_path_factory.mktemp("pki")
+    capf = ensure_capf_ca(d, key_kind="ec256")
+    root = ca.create_ca(ca.name("Token CA"))
+    mfr = ca.create_ca(ca.name("Manufacturer CA"), key=ca.new_key("ec256"))
+
+    def signer(cn):
+        return FileSigner.from_issued(ca.issue_with_new_key(root, ca.name(cn)))
+
+    ccm_key = ca.new_key()
+    return {"dir": d, "capf": capf, "mfr": mfr, "sast1": signer("sast1"), "sast2": signer("sast2"),
+            "tftp": signer("tftp1"), "ccm": ca.Issued(ca.self_signed(ca.name("ccm1"), ccm_key), ccm_key)}
+
+
+def make_ctl(pki, ts=TS, signer="sast1", tokens=("sast1", "sast2")):
+    records = [record_from_certificate(pki[t].certificate, Role.TOKEN) for t in tokens]
+    records += [record_from_certificate(pki["ccm"].cert, Role.CCM, "ccm1", "127.0.0.1"),
+                record_from_certificate(pki["tftp"].certificate, Role.TFTP, "tftp1", "127.0.0.1"),
+                record_from_certificate(pki["capf"].cert, Role.CAPF, "capf", "127.0.0.1")]
+    return build_ctl(records, pki[signer] if isinstance(signer, str) else signer, ts)
+
+
+class Lab:
+    """The cluster side: files on TFTP, devices for call control, a CAPF database."""
+
+    def __init__(self, pki):
+        self.pki = pki
+        self.files: dict[str, bytes] = {}
+        self.modes: dict[str, str] = {}
+        self.registrations: list = []
+
+    def sign(self, name: str, payload: bytes, signer=None) -> None:
+        self.files[name + ".sgn"] = sign_file(payload, name + ".sgn", signer or self.pki["tftp"], TS)
+
+    def device(self, name, model="7960", mode=1, hardening=Hardening(), capf_op=None, load=LOAD,
+               signed=True, plain=True, auth_string=None):
+        cfg = DeviceConfig(
+            device_name=name, model=model, security_mode=mode,
+            call_managers=(CallManagerMember("127.0.0.1", self.sccp.port, self.sccp_tls.port),),
+            capf=CapfSettings("127.0.0.1", self.capf.port, capf_op, auth_string, "EC", None, "P-256")
+            if capf_op else None,
+            load_information=load, hardening=hardening)
+        xml = cfg.to_xml()
+        if plain:
+            self.files[cfg.filename] = xml
+        if signed:
+            self.sign(cfg.filename, xml)
+        self.modes[name] = {1: "non-secure", 2: "authenticated", 3: "encrypted"}[mode]
+        return cfg
+
+    def image(self, load=LOAD, payload=b"\x7fELF firmware " * 2000):
+        self.sign(load, payload)
+
+    async def resolve(self, filename, client):
+        return self.files.get(filename)
+
+    def decide(self, request: s.RegistrationRequest):
+        self.registrations.append(request)
+        return s.RegistrationDecision.accept()
+
+    def phone(self, name, model="7960", mic=False, anchors=True) -> Phone:
+        micert = issue_mic(self.pki["mfr"], name, "ec256") if mic else None
+        return Phone(name=name, model=model, mic=micert,
+                     image_anchors=[self.pki["tftp"].certificate] if anchors else [])
+
+    def runner(self, phone: Phone) -> PhoneRunner:
+        net = Network("127.0.0.1", self.tftp.address[1], tftp_timeout=0.3, tftp_retries=2, sccp_timeout=5,
+                      reregister_attempts=2, reregister_backoff=0.1)
+        return PhoneRunner(phone, net)
+
+
+@pytest.fixture
+async def lab(pki, tmp_path):
+    from ccmsec.aio.sccp import require_transport_matching_mode
+
+    lab = Lab(pki)
+    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'ccmsec.db'}")
+    async with engine.begin() as conn:
+        await conn.run_sync(Base.metadata.create_all)
+    lab.db = async_sessionmaker(engine, expire_on_commit=False)
+    lab.capf = CapfServer("127.0.0.1", 0, capf_server_ssl_context(pki["dir"] / "capf.crt", pki["dir"] / "capf.key"),
+                          SqlCapfStore(lab.db), LscIssuer(pki["capf"], [pki["mfr"].cert]),
+                          idle_timeout=5, session_timeout=10)
+    await lab.capf.start()
+    decide = require_transport_matching_mode(lab.modes.get, then=lab.decide)
+    lab.sccp = SccpServer(decide, port=0)
+    lab.sccp_tls = SccpServer(decide, port=0, ssl_context=tls.sccp_server_context(
+        pki["ccm"], [pki["capf"].cert, pki["mfr"].cert]))
+    await lab.sccp.start()
+    await lab.sccp_tls.start()
+    lab.tftp = TftpServer("127.0.0.1", 0, lab.resolve)
+    await lab.tftp.start()
+    lab.runners = []
+    yield lab
+    for r in lab.runners:
+        await r.stop(power_off=True)
+    await lab.tftp.close()
+    await lab.sccp.close()
+    await lab.sccp_tls.close()
+    await lab.capf.close()
+    await engine.dispose()
+
+
+async def boot(lab, phone, timeout=20.0) -> PhoneRunner:
+    runner = lab.runner(phone)
+    lab.runners.append(runner)
+    await runner.request_boot()
+    await runner.wait(timeout)
+    return runner
+
+
+async def until(predicate, timeout=10.0):
+    end = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < end, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+async def http_get(address: str) -> bytes:
+    host, port = address.rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"GET / HTTP/1.0\r\n\r\n")
+    data = await reader.read()
+    writer.close()
+    return data
+
+
+# --- non-secure -----------------------------------------------------------------------------------
+
+async def test_non_secure_boot_downloads_config_and_image_and_registers_on_2000(lab):
+    """AUTH-1 in non-secure mode: no CTL, plain config, yet the image is signed and verified."""
+    name = "SEP001122330001"
+    lab.device(name, signed=False)
+    lab.image()
+    runner = await boot(lab, lab.phone(name))
+    p = runner.phone
+    assert p.state is State.REGISTERED, (p.last_failure, p.last_failure_reason)
+    assert p.firmware == LOAD and not p.trust.has_ctl
+    assert {f"{name}.cnf.xml", f"{LOAD}.sgn"} <= set(p.files)
+    assert p.transport == "non-secure" and name in lab.sccp.registered
+    assert b"Device name: " + name.encode() in await http_get(p.web_address)  # web server on
+
+
+async def test_auth1_tampered_image_is_rejected_and_current_image_kept(lab):
+    """AUTH-1: an altered image is refused, the phone keeps running its current image and registers."""
+    name = "SEP001122330002"
+    lab.device(name, signed=False)
+    lab.image()
+    data = bytearray(lab.files[f"{LOAD}.sgn"])
+    data[-10] ^= 0xFF
+    lab.files[f"{LOAD}.sgn"] = bytes(data)
+    runner = await boot(lab, lab.phone(name))
+    p = runner.phone
+    assert p.firmware == "factory-7960"
+    assert p.last_failure == "firmware-rejected" and "AUTH-1" in p.last_failure_reason
+    assert "still running factory-7960" in p.last_failure_reason
+    assert p.state is State.REGISTERED
+
+
+async def test_dev4_web_access_off_means_connection_refused(lab):
+    """DEV-4: with webAccess off in the configuration the phone's web server is really off."""
+    name = "SEP001122330003"
+    lab.device(name, signed=False, hardening=Hardening.all_off())
+    lab.image()
+    runner = await boot(lab, lab.phone(name))
+    p = runner.phone
+    assert p.state is State.REGISTERED and p.web_address == ""
+    assert p.settings_in_force() == {"webAccess": "off", "pcPort": "off", "settingsAccess": "off",
+                                     "garp": "off", "voiceVlanAccess": "off"}
+    # It was on with the factory defaults: turn access on, reboot, probe, then off again, probe.
+    lab.device(name, signed=False)
+    await runner.request_boot()
+    await until(lambda: p.state is State.REGISTERED and p.web_address)
+    address = p.web_address
+    assert b"200 OK" in await http_get(address)
+    lab.device(name, signed=False, hardening=Hardening.all_off())
+    await runner.request_boot()
+    await until(lambda: p.state is State.REGISTERED and p.boots == 3)
+    with pytest.raises(ConnectionRefusedError):
+        await http_get(address)
+
+
+# --- secure path ----------------------------------------------------------------------------------
+
+async def test_secure_boot_ctl_signed_config_capf_install_then_tls_registration(lab):
+    """CTL → signed config (AUTH-5) → CAPF install (null auth) → reset → SCCP over TLS with the LSC
+    (AUTH-2, AUTH-6), and an SCCP Reset from call control re-runs the boot."""
+    name = "SEP001122330004"
+    lab.files["CTLFile.tlv"] = make_ctl(lab.pki)
+    lab.device(name, mode=3, capf_op="install")
+    lab.image()
+    await schedule_operation(lab.db, name, "install", auth_mode="null", key_type="ec256")
+    runner = await boot(lab, lab.phone(name), timeout=30)
+    p = runner.phone
+    assert p.state is State.REGISTERED, (p.last_failure, p.last_failure_reason, list(p.history))
+    assert p.lsc is not None and p.lsc.cert.issuer == lab.pki["capf"].cert.subject
+    assert p.boots == 2  # CAPF installed the LSC, then the phone reset itself
+    assert p.transport == "encrypted" and p.certificate_in_use == "LSC"
+    request = lab.registrations[-1]
+    assert request.secure and request.peer_certificate == p.lsc.cert
+    assert {"CTLFile.tlv", f"{name}.cnf.xml.sgn", "LSC"} <= set(p.files)
+    # An SCCP Reset (0x009F) from call control: the phone boots again and comes back.
+    assert await lab.sccp_tls.reset_device(name)
+    await until(lambda: p.boots == 3 and p.state is State.REGISTERED)
+
+
+async def test_cert2_7970_presents_lsc_over_mic(lab):
+    """CERT-2: a 7970 holding both presents its LSC; with its MIC only, the MIC (AUTH-6 met)."""
+    name = "SEP001122330005"
+    lab.files["CTLFile.tlv"] = make_ctl(lab.pki)
+    lab.device(name, model="7970", mode=2)
+    lab.image()
+    phone = lab.phone(name, model="7970", mic=True)
+    runner = await boot(lab, phone)
+    assert phone.state is State.REGISTERED and phone.certificate_in_use == "MIC"
+    assert lab.registrations[-1].peer_certificate == phone.mic.cert
+    assert phone.transport == "authenticated"
+    # Now CAPF installs an LSC authenticated by the MIC; afterwards the LSC is presented.
+    lab.device(name, model="7970", mode=2, capf_op="install")
+    await schedule_operation(lab.db, name, "install", auth_mode="mic", key_type="ec256")
+    await runner.request_boot()
+    await until(lambda: phone.lsc is not None and phone.state is State.REGISTERED, 20)
+    assert phone.certificate_in_use == "LSC" and lab.registrations[-1].peer_certificate == phone.lsc.cert
+    assert phone.mic is not None
+
+
+async def test_auth5_tampered_signed_config_rejected_with_reason(lab):
+    """AUTH-5: a phone holding a CTL rejects an altered SEP<MAC>.cnf.xml.sgn; the reason is visible."""
+    name = "SEP001122330006"
+    lab.files["CTLFile.tlv"] = make_ctl(lab.pki)
+    lab.device(name, mode=1)
+    data = bytearray(lab.files[f"{name}.cnf.xml.sgn"])
+    data[data.index(b"<deviceSecurityMode>") + 20] ^= 0x01
+    lab.files[f"{name}.cnf.xml.sgn"] = bytes(data)
+    runner = await boot(lab, lab.phone(name))
+    p = runner.phone
+    assert p.state is State.FAILED and p.last_failure == "config-rejected"
+    assert "AUTH-5" in p.last_failure_reason and "bad signature" in p.last_failure_reason
+    assert name not in lab.sccp.registered
+
+
+async def test_auth5_phone_with_ctl_refuses_to_fall_back_to_unsigned_config(lab):
+    name = "SEP001122330007"
+    lab.files["CTLFile.tlv"] = make_ctl(lab.pki)
+    lab.device(name, signed=False)  # only the plain file exists
+    runner = await boot(lab, lab.phone(name))
+    p = runner.phone
+    assert p.state is State.FAILED and p.last_failure == "config-missing"
+    assert f"{name}.cnf.xml.sgn" in p.last_failure_reason
+
+
+async def test_ctl2_phone_keeps_trusted_ctl_when_offered_one_from_unknown_token(lab):
+    """CTL-2 over TFTP: first CTL trusted; a later one signed by a token not in it is refused,
+    visibly, the old CTL is kept; one signed by a trusted token is accepted."""
+    from ccmsec.pki.ca import issue_with_new_key, name as xname, create_ca
+
+    name = "SEP001122330008"
+    lab.files["CTLFile.tlv"] = make_ctl(lab.pki)
+    lab.device(name)
+    lab.image()
+    runner = await boot(lab, lab.phone(name))
+    p = runner.phone
+    first = p.trust.to_bytes()
+    rogue = FileSigner.from_issued(issue_with_new_key(create_ca(xname("Rogue CA")), xname("rogue")))
+    lab.pki["rogue"] = rogue
+    lab.files["CTLFile.tlv"] = make_ctl(lab.pki, TS + 10, signer="rogue", tokens=("rogue",))
+    await runner.request_boot()
+    await until(lambda: p.boots == 2 and p.state is State.REGISTERED)
+    assert p.trust.to_bytes() == first
+    assert p.last_failure == "ctl-rejected" and "CTL-2" in p.last_failure_reason
+    newer = make_ctl(lab.pki, TS + 20, signer="sast2")
+    lab.files["CTLFile.tlv"] = newer
+    await runner.request_boot()
+    await until(lambda: p.boots == 3 and p.state is State.REGISTERED)
+    assert p.trust.to_bytes() == newer
+
+
+async def test_auth6_no_tls_without_certificate_or_ctl_or_secure_config(lab):
+    """AUTH-6: a 7960 configured encrypted but without an LSC uses TCP 2000 (and is refused there
+    by call control); a 7970 with a MIC but a non-secure config uses 2000 too."""
+    a, b = "SEP001122330009", "SEP00112233000A"
+    lab.files["CTLFile.tlv"] = make_ctl(lab.pki)
+    lab.device(a, mode=3)
+    lab.device(b, model="7970", mode=1)
+    lab.image()
+    ra = await boot(lab, lab.phone(a))
+    assert ra.phone.state is State.FAILED and ra.phone.last_failure == "registration-rejected"
+    assert any("AUTH-6" in h and "no certificate" in h for h in ra.phone.history)
+    assert not any(r.device_name == a and r.secure for r in lab.registrations)
+    rb = await boot(lab, lab.phone(b, model="7970", mic=True))
+    assert rb.phone.state is State.REGISTERED and rb.phone.transport == "non-secure"
+    assert b in lab.sccp.registered and b not in lab.sccp_tls.registered
+
+
+async def test_auth2_phone_refuses_call_control_not_in_its_ctl(lab, pki):
+    """AUTH-2: a TLS server whose certificate is not the CTL's CallManager entry is refused."""
+    name = "SEP00112233000B"
+    key = ca.new_key()
+    impostor = ca.Issued(ca.self_signed(ca.name("ccm1"), key), key)
+    await lab.sccp_tls.close()
+    lab.sccp_tls = SccpServer(lambda r: s.RegistrationDecision.accept(), port=0,
+                              ssl_context=tls.sccp_server_context(impostor, [pki["mfr"].cert]))
+    await lab.sccp_tls.start()
+    lab.files["CTLFile.tlv"] = make_ctl(lab.pki)
+    lab.device(name, model="7970", mode=3)
+    lab.image()
+    runner = await boot(lab, lab.phone(name, model="7970", mic=True))
+    assert runner.phone.state is State.FAILED and runner.phone.last_failure == "registration-failed"
+    assert "certificate" in runner.phone.last_failure_reason.lower()
+
+
+async def test_dev3_7912_refuses_capf_and_does_not_use_tls(lab):
+    """DEV-3: a 7912 (image authentication only) refuses the CAPF operation and holds no LSC."""
+    name = "SEP00112233000C"
+    lab.files["CTLFile.tlv"] = make_ctl(lab.pki)
+    lab.device(name, model="7912", mode=1, capf_op="install")
+    lab.image()
+    runner = await boot(lab, lab.phone(name, model="7912"))
+    p = runner.phone
+    assert p.lsc is None and p.last_failure == "capf-refused" and "DEV-3" in p.last_failure_reason
+    assert p.state is State.REGISTERED and p.transport == "non-secure"
+    assert lab.capf.sessions == []  # it never even connected
+
+
+async def test_cert1_capf_delete_removes_lsc_and_mic_survives_factory_reset(lab):
+    """CERT-1: CAPF delete removes only the LSC; a factory reset clears CTL and LSC, never the MIC."""
+    name = "SEP00112233000D"
+    lab.files["CTLFile.tlv"] = make_ctl(lab.pki)
+    lab.device(name, model="7970", mode=1, capf_op="install")
+    lab.image()
+    await schedule_operation(lab.db, name, "install", auth_mode="null", key_type="ec256")
+    phone = lab.phone(name, model="7970", mic=True)
+    mic_der = phone.mic.der
+    runner = await boot(lab, phone, timeout=30)
+    await until(lambda: phone.lsc is not None and phone.state is State.REGISTERED, 20)
+    lab.device(name, model="7970", mode=1, capf_op="delete")
+    await schedule_operation(lab.db, name, "delete", auth_mode="null")
+    await runner.request_boot()
+    await until(lambda: phone.lsc is None and phone.state is State.REGISTERED, 20)
+    assert phone.mic.der == mic_der
+    await runner.stop(power_off=True)
+    phone.factory_reset()
+    assert not phone.trust.has_ctl and phone.lsc is None and phone.mic.der == mic_der
+
+
+async def test_reset_event_and_sccp_reset_for_the_same_change_boot_once(lab):
+    """A device-reset request older than the boot that call control's SCCP Reset started is a no-op."""
+    name = "SEP00112233000E"
+    lab.device(name, signed=False)
+    lab.image()
+    runner = await boot(lab, lab.phone(name))
+    p = runner.phone
+    requested = time.time()
+    await lab.sccp.reset_device(name)
+    await until(lambda: p.boots == 2 and p.state is State.REGISTERED)
+    assert await runner.request_boot(requested) is False  # the event for the same change arrives late
+    await asyncio.sleep(0.2)
+    assert p.boots == 2
+    assert await runner.request_boot() is True
+    await until(lambda: p.boots == 3 and p.state is State.REGISTERED)
+
+
+async def test_tftp_unreachable_is_a_visible_failure(lab):
+    name = "SEP00112233000F"
+    phone = lab.phone(name)
+    runner = lab.runner(phone)
+    runner.net.tftp_port = 9  # discard: nothing answers
+    lab.runners.append(runner)
+    await runner.request_boot()
+    await runner.wait(10)
+    assert phone.state is State.FAILED and phone.last_failure == "tftp-unreachable"
