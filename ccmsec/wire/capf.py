@@ -812,7 +812,8 @@ class CapfPhoneSession:
         if self.finished:
             return []
         if self.session_id is None:
-            if frame.command is not Command.AUTH_REQUEST:
+            # A server refusing every session (e.g. CAPF not activated, CHK-2) ends it at once.
+            if frame.command not in (Command.AUTH_REQUEST, Command.END_SESSION):
                 raise CapfProtocolError(f"phone: first frame must be AUTH_REQUEST, got {frame.command.name}")
             self.session_id = frame.session_id
         elif frame.session_id != self.session_id:

@@ -1,0 +1,294 @@
+"""`ccmsec capf ...`: activate CAPF (CHK-2), schedule LSC operations, follow them, set parameters.
+
+Talks to the capf service over gRPC with mutual TLS (the CLI's client certificate from DATA/pki).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import re
+import sys
+from pathlib import Path
+
+import grpc
+
+from ccmsec.cli.common import CliError, add_data_option, data_dir
+from ccmsec.cluster.state import read_endpoints
+
+OPS = ("install", "upgrade", "delete", "troubleshoot")
+AUTHS = ("string", "null", "lsc", "mic", "lsc-then-mic")
+KEYS = ("rsa1024", "rsa2048", "rsa4096", "ec256")
+CALL_TIMEOUT = 15.0
+_RELATIVE = re.compile(r"^\+(\d{1,6})([mhd])$")
+
+
+def parse_deadline(text: str, now: dt.datetime | None = None) -> dt.datetime:
+    """--by: YYYY-MM-DD (end of that day, UTC), an ISO date-time (UTC unless it names a zone),
+    or +N followed by m, h or d (from now)."""
+    now = now or dt.datetime.now(dt.timezone.utc)
+    m = _RELATIVE.match(text.strip())
+    if m:
+        unit = {"m": "minutes", "h": "hours", "d": "days"}[m.group(2)]
+        return now + dt.timedelta(**{unit: int(m.group(1))})
+    try:
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text.strip()):
+            day = dt.date.fromisoformat(text.strip())
+            return dt.datetime.combine(day, dt.time(23, 59, 59), dt.timezone.utc)
+        value = dt.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise CliError(f"bad --by date {text!r}: use YYYY-MM-DD, YYYY-MM-DDTHH:MM[:SS][+HH:MM] "
+                       "or +N followed by m, h or d") from None
+    return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+
+
+def _endpoint(args) -> tuple[Path, str, int]:
+    d = data_dir(args)
+    endpoints = read_endpoints(d)
+    try:
+        svc = endpoints["services"]["capf"]
+        return d, svc["host"], int(svc["grpc_port"])
+    except (TypeError, KeyError, ValueError):
+        raise CliError(f"no running cluster found in {d} (start one with: ccmsec up -d --data {d})") from None
+
+
+def _call(args, method: str, request):
+    """One unary call to ccmsec.v1.Capf/<method>; gRPC errors become one-line CliErrors."""
+    from ccmsec.runtime.grpcio import secure_channel
+    from ccmsec.runtime.identity import client_identity
+    from ccmsec_proto import capf_pb2_grpc
+
+    d, host, port = _endpoint(args)
+
+    async def run():
+        ident = client_identity(d)
+        async with secure_channel(ident, host, port, "capf") as channel:
+            stub = capf_pb2_grpc.CapfStub(channel)
+            return await getattr(stub, method)(request, timeout=CALL_TIMEOUT)
+
+    try:
+        return asyncio.run(run())
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            raise CliError(f"cannot reach the capf service at {host}:{port} ({exc.code().name.lower()}); "
+                           f"is the cluster up? (ccmsec status --data {d})") from None
+        raise CliError(exc.details() or exc.code().name) from None
+    except OSError as exc:
+        raise CliError(f"cannot use the cluster credentials in {d}: {exc}") from None
+
+
+def _when(unix: int) -> str:
+    if not unix:
+        return "-"
+    return dt.datetime.fromtimestamp(unix, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows])
+
+
+def _json(message) -> str:
+    from google.protobuf.json_format import MessageToDict
+
+    return json.dumps(MessageToDict(message, preserving_proto_field_name=True), indent=2)
+
+
+def _op_names():
+    from ccmsec_proto import capf_pb2
+
+    return ({v: k.removeprefix("CAPF_").lower() for k, v in capf_pb2.CapfOperation.items()},
+            {v: k.removeprefix("CAPF_AUTH_").lower().replace("_", "-") for k, v in capf_pb2.CapfAuthMode.items()})
+
+
+def _print_operations(ops, as_json: bool, reply=None) -> None:
+    if as_json:
+        print(_json(reply))
+        return
+    op_name, auth_name = _op_names()
+    rows = [[str(o.id), o.schedule.device, op_name[o.schedule.operation], auth_name[o.schedule.auth_mode],
+             o.schedule.key_type, o.state, _when(o.schedule.deadline_unix), _when(o.updated_unix), o.reason or "-"]
+            for o in ops]
+    print(_table(rows, ["ID", "DEVICE", "OPERATION", "AUTH", "KEY", "STATE", "DEADLINE", "UPDATED", "REASON"]))
+
+
+# --- commands -----------------------------------------------------------------------------------
+
+def _schedule(args) -> int:
+    from ccmsec_proto import capf_pb2
+
+    if args.auth == "string" and not args.auth_string:
+        raise CliError("--auth string needs --auth-string DIGITS (4 to 10 digits the user types on the phone)")
+    if args.auth != "string" and args.auth_string:
+        raise CliError(f"--auth-string only goes with --auth string, not --auth {args.auth}")
+    if args.auth_string and not re.fullmatch(r"\d{4,10}", args.auth_string):
+        raise CliError("--auth-string must be 4 to 10 digits")
+    deadline = parse_deadline(args.by) if args.by else None
+    if deadline is not None and deadline <= dt.datetime.now(dt.timezone.utc):
+        raise CliError(f"--by {args.by} is in the past ({deadline.isoformat()})")
+    op_enum = {"install": capf_pb2.CAPF_INSTALL, "upgrade": capf_pb2.CAPF_UPGRADE,
+               "delete": capf_pb2.CAPF_DELETE, "troubleshoot": capf_pb2.CAPF_TROUBLESHOOT}[args.op]
+    auth_enum = {"string": capf_pb2.CAPF_AUTH_STRING, "null": capf_pb2.CAPF_AUTH_NULL,
+                 "lsc": capf_pb2.CAPF_AUTH_LSC, "mic": capf_pb2.CAPF_AUTH_MIC,
+                 "lsc-then-mic": capf_pb2.CAPF_AUTH_LSC_THEN_MIC}[args.auth]
+    request = capf_pb2.CapfSchedule(device=args.device, operation=op_enum, auth_mode=auth_enum,
+                                    auth_string=args.auth_string or "", key_type=args.key,
+                                    deadline_unix=int(deadline.timestamp()) if deadline else 0)
+    state = _call(args, "ScheduleOperation", request)
+    if args.json:
+        print(_json(state))
+    else:
+        print(f"scheduled CAPF {args.op} for {args.device} (operation {state.id}, auth {args.auth}, "
+              f"key {state.schedule.key_type}, deadline {_when(state.schedule.deadline_unix)})")
+    return 0
+
+
+def _status(args) -> int:
+    from ccmsec_proto import capf_pb2
+
+    reply = _call(args, "GetOperations", capf_pb2.CapfStatusRequest(device=args.device or "", limit=args.limit))
+    _print_operations(reply.operations, args.json, reply)
+    return 0
+
+
+def _activate(args) -> int:
+    from ccmsec_proto import ctl_provider_pb2
+
+    st = _call(args, "Activate", ctl_provider_pb2.ActivateRequest(active=not args.off))
+    print(f"CAPF service {'activated' if st.activated else 'deactivated'} on {st.node}")
+    if st.details.get("note"):
+        print(f"note: {st.details['note']}")
+    return 0
+
+
+def _log(args) -> int:
+    from ccmsec_proto import capf_pb2
+
+    reply = _call(args, "GetIssuedLog", capf_pb2.CapfStatusRequest(device=args.device or "", limit=args.limit))
+    if args.json:
+        print(_json(reply))
+        return 0
+    rows = [[_when(e.at_unix), e.device, str(e.operation_id or "-"), e.operation, e.outcome,
+             e.certificate.serial or "-", (e.certificate.fingerprint_sha256 or "-")[:16]]
+            for e in reply.entries]
+    print(_table(rows, ["TIME", "DEVICE", "OP-ID", "OPERATION", "OUTCOME", "SERIAL", "SHA256"]))
+    return 0
+
+
+def _parse_pairs(args) -> dict[str, str]:
+    return {args.name: args.value}
+
+
+def _set_param(args) -> int:
+    from ccmsec_proto import capf_pb2
+
+    method = "SetEnterpriseParameters" if args.enterprise else "SetServiceParameters"
+    reply = _call(args, method, capf_pb2.CapfParametersRequest(values=_parse_pairs(args)))
+    scope = "enterprise" if args.enterprise else "service"
+    print(f"CAPF {scope} parameter {args.name} = {args.value}")
+    for ev in reply.events:
+        print(f"published {ev}")
+    return 0
+
+
+def _params(args) -> int:
+    from ccmsec_proto import common_pb2
+
+    reply = _call(args, "GetParameters", common_pb2.Empty())
+    if args.json:
+        print(_json(reply))
+        return 0
+    rows = [["service", k, v] for k, v in sorted(reply.service.items())]
+    rows += [["enterprise", k, v] for k, v in sorted(reply.enterprise.items())]
+    print(_table(rows, ["SCOPE", "NAME", "VALUE"]))
+    return 0
+
+
+def _cert(args) -> int:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from ccmsec.fsutil import atomic_write
+    from ccmsec_proto import common_pb2
+
+    msg = _call(args, "GetCapfCertificate", common_pb2.Empty())
+    pem = x509.load_der_x509_certificate(msg.der).public_bytes(serialization.Encoding.PEM)
+    if args.out:
+        atomic_write(args.out, pem)
+        print(f"wrote the CAPF certificate ({msg.fingerprint_sha256[:16]}…) to {args.out}")
+    else:
+        sys.stdout.write(pem.decode())
+    return 0
+
+
+def _check(args) -> int:
+    from ccmsec_proto import common_pb2
+
+    reply = _call(args, "CheckLscs", common_pb2.Empty())
+    for d in reply.installed:
+        print(f"ok       {d}")
+    for d in reply.missing:
+        print(f"MISSING  {d}: no LSC installed (schedule: ccmsec capf schedule {d} --op install ...)")
+    print(f"CHK-8: {len(reply.installed)} of {len(reply.installed) + len(reply.missing)} devices that need "
+          "an LSC have one")
+    return 0 if not reply.missing else 4
+
+
+def register(sub) -> None:
+    parser = sub.add_parser("capf", help="CAPF: activate it, schedule LSC operations, follow them")
+    add_data_option(parser)
+    actions = parser.add_subparsers(dest="capf_command", metavar="ACTION")
+    actions.required = True
+
+    p = actions.add_parser("schedule", help="schedule an LSC install/upgrade/delete/troubleshoot for a phone")
+    add_data_option(p)
+    p.add_argument("device")
+    p.add_argument("--op", required=True, choices=OPS)
+    p.add_argument("--auth", required=True, choices=AUTHS, help="how the phone proves itself")
+    p.add_argument("--auth-string", help="4 to 10 digits the user types on the phone (with --auth string)")
+    p.add_argument("--key", default="", choices=KEYS, help="key the phone generates (default: enterprise parameter)")
+    p.add_argument("--by", help="deadline: YYYY-MM-DD, ISO date-time, or +N(m|h|d)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_schedule)
+
+    p = actions.add_parser("status", help="pending, completed and failed operations with reasons")
+    add_data_option(p)
+    p.add_argument("device", nargs="?")
+    p.add_argument("--limit", type=int, default=1000)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_status)
+
+    p = actions.add_parser("activate", help="activate the CAPF service on the publisher (CHK-2)")
+    add_data_option(p)
+    p.add_argument("--off", action="store_true", help="deactivate instead")
+    p.set_defaults(func=_activate)
+
+    p = actions.add_parser("log", help="the issued-certificate log (issuance, install, fetch, delete)")
+    add_data_option(p)
+    p.add_argument("device", nargs="?")
+    p.add_argument("--limit", type=int, default=1000)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_log)
+
+    p = actions.add_parser("set-param", help="set a CAPF service (RST-8) or enterprise (RST-6) parameter")
+    add_data_option(p)
+    p.add_argument("name")
+    p.add_argument("value")
+    p.add_argument("--enterprise", action="store_true", help="an enterprise parameter (resets every device)")
+    p.set_defaults(func=_set_param)
+
+    p = actions.add_parser("params", help="show the CAPF parameters")
+    add_data_option(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_params)
+
+    p = actions.add_parser("cert", help="print (or --out FILE) the CAPF certificate (PEM)")
+    add_data_option(p)
+    p.add_argument("--out", type=Path)
+    p.set_defaults(func=_cert)
+
+    p = actions.add_parser("check", help="CHK-8: do the phones that need an LSC have one?")
+    add_data_option(p)
+    p.set_defaults(func=_check)

@@ -1,0 +1,293 @@
+"""The capf service in process: real NATS, real SQLite (alembic-migrated), real TLS and gRPC/mTLS
+on a loopback address of its own. Rules: CHK-2, CERT-3, RST-6, RST-8, DEV-3 (schedule checks)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import random
+import time
+
+import grpc
+import nats
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from ccmsec.aio.capf import capf_client_run, capf_phone_ssl_context
+from ccmsec.db.devices import Device
+from ccmsec.pki.tokens import ensure_manufacturer_ca, issue_mic
+from ccmsec.runtime.bus import EventBus, make_event
+from ccmsec.runtime.grpcio import secure_channel
+from ccmsec.runtime.identity import client_identity
+from ccmsec.runtime.service import RESTART_EXIT_CODE
+from ccmsec.runtime.settings import load_settings
+from ccmsec.wire.capf import CapfPhoneSession, PhoneCredentials, Reason
+from ccmsec_capf.activation import NOT_ACTIVATED, read_activated
+from ccmsec_capf.certcopy import SERVER_ROLES, capf_cer_path
+from ccmsec_capf.main import CapfService
+from ccmsec_proto import capf_pb2, capf_pb2_grpc, common_pb2, ctl_provider_pb2, events_pb2
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class Harness:
+    def __init__(self, svc, task, data, stub, channel, events):
+        self.svc, self.task, self.data, self.stub, self.channel, self.events = svc, task, data, stub, channel, events
+
+    async def add_device(self, name: str, model: str = "7960", security_mode: str = "non-secure") -> None:
+        async with self.svc.db() as s, s.begin():
+            s.add(Device(name=name, model=model, security_mode=security_mode))
+
+    async def enroll(self, phone: PhoneCredentials) -> CapfPhoneSession:
+        session = CapfPhoneSession(phone)
+        ctx = capf_phone_ssl_context(self.svc.capf_ca.cert)
+        await capf_client_run(self.svc.settings.host, self.svc.capf_server.port, ctx, session, timeout=10)
+        return session
+
+    async def events_after(self, mark: int, settle: float = 0.6) -> list[tuple[str, events_pb2.Event]]:
+        await asyncio.sleep(settle)  # let anything else that would be published arrive too
+        return self.events[mark:]
+
+
+@pytest.fixture
+async def capf(tmp_path, nats_server):
+    host = f"127.{random.randint(20, 250)}.{random.randint(0, 255)}.{random.randint(2, 250)}"
+    settings = load_settings(service="capf", data_dir=tmp_path, host=host, grpc_port=free_port(host),
+                             metrics_port=0, nats_url=nats_server, capf_port=free_port(host), shutdown_grace=1.0)
+    svc = CapfService(settings)
+    task = asyncio.create_task(svc.run())
+    events: list[tuple[str, events_pb2.Event]] = []
+    nc = await nats.connect(nats_server)
+
+    async def collect(msg):
+        events.append((msg.subject, events_pb2.Event.FromString(msg.data)))
+
+    await nc.subscribe("ccmsec.>", cb=collect)
+    channel = secure_channel(client_identity(tmp_path), host, settings.grpc_port, "capf")
+    stub = capf_pb2_grpc.CapfStub(channel)
+    deadline = time.monotonic() + 20
+    while True:
+        assert not task.done(), f"capf service stopped during start: {task.exception() if task.done() else ''}"
+        try:
+            await stub.Status(common_pb2.Empty(), timeout=1)
+            break
+        except grpc.aio.AioRpcError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+    yield Harness(svc, task, tmp_path, stub, channel, events)
+    await channel.close()
+    await nc.close()
+    svc.request_stop()
+    await asyncio.wait_for(task, 10)
+
+
+def phone_for(h: Harness, device: str, **kw) -> PhoneCredentials:
+    return PhoneCredentials(device, capf_certificate=h.svc.capf_ca.cert, **kw)
+
+
+def schedule_msg(device, op=capf_pb2.CAPF_INSTALL, auth=capf_pb2.CAPF_AUTH_NULL, key="ec256", **kw):
+    return capf_pb2.CapfSchedule(device=device, operation=op, auth_mode=auth, key_type=key, **kw)
+
+
+async def test_chk2_fresh_capf_is_not_activated_and_refuses_sessions_and_schedules(capf):
+    """CHK-2: a fresh cluster's CAPF refuses phones (REASON_INFO says why) and schedules."""
+    st = await capf.stub.Status(common_pb2.Empty())
+    assert st.activated is False
+    await capf.add_device("SEP00000000C201")
+    with pytest.raises(grpc.aio.AioRpcError) as exc:
+        await capf.stub.ScheduleOperation(schedule_msg("SEP00000000C201"))
+    assert exc.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert exc.value.details() == NOT_ACTIVATED
+    session = await capf.enroll(phone_for(capf, "SEP00000000C201"))
+    assert session.end_reason == Reason.INVALID_ELEMENT
+    assert session.end_info == NOT_ACTIVATED
+    assert session.phone.lsc_cert is None
+    assert (await capf.stub.GetIssuedLog(capf_pb2.CapfStatusRequest())).entries == []
+
+    st = await capf.stub.Activate(ctl_provider_pb2.ActivateRequest(active=True))
+    assert st.activated is True
+    assert await read_activated(capf.svc.db) is True  # kept in the publisher database
+    await capf.stub.ScheduleOperation(schedule_msg("SEP00000000C201"))
+    session = await capf.enroll(phone_for(capf, "SEP00000000C201"))
+    assert session.end_reason == Reason.OK and session.phone.lsc_cert is not None
+
+    st = await capf.stub.Activate(ctl_provider_pb2.ActivateRequest(active=False))
+    assert st.activated is False
+    session = await capf.enroll(phone_for(capf, "SEP00000000C201"))
+    assert session.end_info == NOT_ACTIVATED
+
+
+async def test_schedule_refuses_7912_unknown_device_past_deadline_and_bad_auth(capf):
+    """DEV-3 via check_capf_allowed; unknown device; deadline in the past; auth string rules."""
+    await capf.stub.Activate(ctl_provider_pb2.ActivateRequest(active=True))
+    await capf.add_device("SEP00000000C912", model="7912")
+    await capf.add_device("SEP00000000C960", model="7960")
+    cases = [
+        (schedule_msg("SEP00000000C912"), grpc.StatusCode.FAILED_PRECONDITION, "DEV-3"),
+        (schedule_msg("SEP0000000DEAD0"), grpc.StatusCode.NOT_FOUND, "unknown device"),
+        (schedule_msg("SEP00000000C960", deadline_unix=int(time.time()) - 60),
+         grpc.StatusCode.INVALID_ARGUMENT, "not in the future"),
+        (schedule_msg("SEP00000000C960", auth=capf_pb2.CAPF_AUTH_STRING),
+         grpc.StatusCode.INVALID_ARGUMENT, "needs an auth string"),
+        (schedule_msg("SEP00000000C960", auth_string="1234"), grpc.StatusCode.INVALID_ARGUMENT, "only goes with"),
+        (schedule_msg("SEP00000000C960", key="rsa512"), grpc.StatusCode.INVALID_ARGUMENT, "unknown key type"),
+        (capf_pb2.CapfSchedule(device="SEP00000000C960"), grpc.StatusCode.INVALID_ARGUMENT, "no CAPF operation"),
+        (schedule_msg("SEP00000000C960", deadline_unix=10**18), grpc.StatusCode.INVALID_ARGUMENT, "deadline"),
+    ]
+    for request, code, text in cases:
+        with pytest.raises(grpc.aio.AioRpcError) as exc:
+            await capf.stub.ScheduleOperation(request)
+        assert exc.value.code() == code, (request, exc.value.details())
+        assert text in exc.value.details()
+    assert (await capf.stub.GetOperations(capf_pb2.CapfStatusRequest())).operations == []
+    with pytest.raises(grpc.aio.AioRpcError) as exc:
+        await capf.stub.GetOperations(capf_pb2.CapfStatusRequest(device="SEP0000000DEAD0"))
+    assert exc.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_schedule_publishes_config_changed_and_status_shows_outcomes(capf):
+    """A schedule announces config.changed for the device; status lists pending → done / failed."""
+    await capf.stub.Activate(ctl_provider_pb2.ActivateRequest(active=True))
+    await capf.add_device("SEP00000000C301")
+    await capf.add_device("SEP00000000C302")
+    mark = len(capf.events)
+    state = await capf.stub.ScheduleOperation(schedule_msg(
+        "SEP00000000C301", auth=capf_pb2.CAPF_AUTH_STRING, auth_string="246810", key="rsa1024",
+        deadline_unix=int(time.time()) + 3600))
+    assert state.state == "pending" and state.schedule.auth_string == ""  # never echoed back
+    await capf.stub.ScheduleOperation(schedule_msg("SEP00000000C302", auth=capf_pb2.CAPF_AUTH_STRING,
+                                                   auth_string="1111"))
+    got = await capf.events_after(mark)
+    assert [(s, e.config_changed.devices[0]) for s, e in got] == [
+        ("ccmsec.config.changed.SEP00000000C301", "SEP00000000C301"),
+        ("ccmsec.config.changed.SEP00000000C302", "SEP00000000C302")]
+
+    ok = await capf.enroll(phone_for(capf, "SEP00000000C301", auth_string="246810"))
+    assert ok.end_reason == Reason.OK
+    wrong = await capf.enroll(phone_for(capf, "SEP00000000C302", auth_string="9999"))
+    assert wrong.end_reason == Reason.INVALID_ELEMENT and wrong.phone.lsc_cert is None
+    ops = {o.schedule.device: o for o in (await capf.stub.GetOperations(capf_pb2.CapfStatusRequest())).operations}
+    assert ops["SEP00000000C301"].state == "done"
+    assert ops["SEP00000000C301"].issued_fingerprint
+    assert ops["SEP00000000C302"].state == "pending" and ops["SEP00000000C302"].failed_attempts == 1
+    assert "wrong auth string" in ops["SEP00000000C302"].reason
+    log = await capf.stub.GetIssuedLog(capf_pb2.CapfStatusRequest(device="SEP00000000C301"))
+    assert [e.outcome for e in log.entries] == ["installed"]
+    cert = x509.load_der_x509_certificate(log.entries[0].certificate.der)
+    assert cert.public_key().public_numbers() == ok.phone.lsc_cert.public_key().public_numbers()
+    assert cert.public_key().key_size == 1024
+
+
+async def test_rst8_service_parameter_change_restarts_capf_and_nothing_else(capf):
+    """RST-8: a CAPF service parameter change publishes service.restart.capf only; CAPF restarts."""
+    mark = len(capf.events)
+    reply = await capf.stub.SetServiceParameters(capf_pb2.CapfParametersRequest(values={"max_auth_failures": "3"}))
+    assert list(reply.events) == ["service.restart.capf RST-8"]
+    assert reply.service["max_auth_failures"] == "3"
+    got = await capf.events_after(mark)
+    assert [(s, e.service_restart.rule, e.service_restart.role) for s, e in got] == [
+        ("ccmsec.service.restart.capf", "RST-8", "capf")]
+    # the service itself acts on it: it stops with the restart exit code for the supervisor
+    assert await asyncio.wait_for(capf.task, 10) == RESTART_EXIT_CODE
+
+
+async def test_rst6_enterprise_parameter_change_resets_every_device_and_nothing_else(capf):
+    """RST-6: a CAPF enterprise parameter change publishes one device.reset for all devices."""
+    mark = len(capf.events)
+    reply = await capf.stub.SetEnterpriseParameters(
+        capf_pb2.CapfParametersRequest(values={"certificate_validity_days": "90"}))
+    assert list(reply.events) == ["device.reset RST-6"]
+    got = await capf.events_after(mark)
+    assert len(got) == 1
+    subject, event = got[0]
+    assert subject == "ccmsec.device.reset"
+    assert event.device_reset.all and event.device_reset.rule == "RST-6"
+    assert event.device_reset.kind == events_pb2.RESET
+    assert not capf.task.done()  # enterprise parameters do not restart CAPF
+    # and the new validity applies to the next LSC at once
+    await capf.stub.Activate(ctl_provider_pb2.ActivateRequest(active=True))
+    await capf.add_device("SEP00000000C601")
+    await capf.stub.ScheduleOperation(schedule_msg("SEP00000000C601"))
+    session = await capf.enroll(phone_for(capf, "SEP00000000C601"))
+    lsc = session.phone.lsc_cert
+    assert (lsc.not_valid_after_utc - lsc.not_valid_before_utc).days == 90
+
+
+async def test_parameter_changes_with_bad_names_or_values_are_refused_and_publish_nothing(capf):
+    mark = len(capf.events)
+    bad = [
+        ("SetServiceParameters", {"max_auth_failures": "0"}, "outside 1..20"),
+        ("SetServiceParameters", {"nonsense": "1"}, "unknown CAPF parameter"),
+        ("SetServiceParameters", {"certificate_validity_days": "30"}, "enterprise parameter"),
+        ("SetEnterpriseParameters", {"default_auth_mode": "password"}, "not one of"),
+        ("SetEnterpriseParameters", {}, "no parameter given"),
+    ]
+    for method, values, text in bad:
+        with pytest.raises(grpc.aio.AioRpcError) as exc:
+            await getattr(capf.stub, method)(capf_pb2.CapfParametersRequest(values=values))
+        assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert text in exc.value.details()
+    assert await capf.events_after(mark, settle=0.3) == []
+    params = await capf.stub.GetParameters(common_pb2.Empty())
+    assert params.service["max_auth_failures"] == "5"
+
+
+async def test_cert3_ctl_updated_copies_capf_certificate_to_every_server(capf):
+    """CERT-3: after ctl.updated each server role holds DATA/servers/<role>/CAPF.cer (DER)."""
+    for role in SERVER_ROLES:
+        assert not capf_cer_path(capf.data, role).exists()  # not before the CTL client ran
+    bus = EventBus(capf.svc.settings.nats_url, "test-ctl-client")
+    await bus.connect()
+    try:
+        await bus.publish(make_event("ctl.updated", "test", ctl_updated=events_pb2.CtlUpdated(version=1)))
+        want = capf.svc.capf_ca.cert.public_bytes(serialization.Encoding.DER)
+        deadline = time.monotonic() + 10
+        while not all(capf_cer_path(capf.data, r).exists() for r in SERVER_ROLES):
+            assert time.monotonic() < deadline, "CAPF.cer not copied to every server"
+            await asyncio.sleep(0.05)
+        for role in SERVER_ROLES:
+            assert capf_cer_path(capf.data, role).read_bytes() == want
+        # A tampered copy is put right by the next CTL update.
+        capf_cer_path(capf.data, "srst").write_bytes(b"tampered")
+        await bus.publish(make_event("ctl.updated", "test", ctl_updated=events_pb2.CtlUpdated(version=2)))
+        deadline = time.monotonic() + 10
+        while capf_cer_path(capf.data, "srst").read_bytes() != want:
+            assert time.monotonic() < deadline, "tampered CAPF.cer not replaced"
+            await asyncio.sleep(0.05)
+    finally:
+        await bus.close()
+    cert = await capf.stub.GetCapfCertificate(common_pb2.Empty())
+    assert cert.der == want and cert.role == common_pb2.ROLE_CAPF
+
+
+async def test_mic_authentication_uses_manufacturer_ca_created_after_start(capf):
+    """MIC auth: the manufacturer CA written after CAPF started is picked up; a foreign MIC is refused."""
+    await capf.stub.Activate(ctl_provider_pb2.ActivateRequest(active=True))
+    await capf.add_device("SEP00000000C701", model="7970")
+    await capf.stub.ScheduleOperation(schedule_msg("SEP00000000C701", auth=capf_pb2.CAPF_AUTH_MIC))
+    from ccmsec.pki.ca import create_ca, name, new_key
+    foreign = create_ca(name("Foreign CA"), key=new_key("ec256"))
+    fake = issue_mic(foreign, "SEP00000000C701", "ec256")
+    refused = await capf.enroll(phone_for(capf, "SEP00000000C701", mic_cert=fake.cert, mic_key=fake.key))
+    assert refused.end_reason == Reason.INVALID_ELEMENT and refused.phone.lsc_cert is None
+    mfr = ensure_manufacturer_ca(capf.data / "pki")
+    mic = issue_mic(mfr, "SEP00000000C701", "ec256")
+    ok = await capf.enroll(phone_for(capf, "SEP00000000C701", mic_cert=mic.cert, mic_key=mic.key))
+    assert ok.end_reason == Reason.OK and ok.phone.lsc_cert is not None
+
+
+async def test_chk8_check_lists_secure_lsc_only_phones_without_an_lsc(capf):
+    """CHK-8: secure 7960s without an LSC are listed missing until CAPF installs one."""
+    await capf.stub.Activate(ctl_provider_pb2.ActivateRequest(active=True))
+    await capf.add_device("SEP00000000C801", model="7960", security_mode="authenticated")
+    await capf.add_device("SEP00000000C802", model="7960", security_mode="non-secure")
+    await capf.add_device("SEP00000000C803", model="7970", security_mode="encrypted")  # has a MIC
+    reply = await capf.stub.CheckLscs(common_pb2.Empty())
+    assert list(reply.missing) == ["SEP00000000C801"] and list(reply.installed) == []
+    await capf.stub.ScheduleOperation(schedule_msg("SEP00000000C801"))
+    assert (await capf.enroll(phone_for(capf, "SEP00000000C801"))).end_reason == Reason.OK
+    reply = await capf.stub.CheckLscs(common_pb2.Empty())
+    assert list(reply.missing) == [] and list(reply.installed) == ["SEP00000000C801"]
