@@ -152,3 +152,30 @@ def test_second_up_on_same_data_dir_is_refused(cluster):
     assert res.returncode != 0
     assert "already running" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_every_service_publishes_prometheus_metrics(cluster):
+    import urllib.request
+
+    for role, svc in cluster["endpoints"]["services"].items():
+        with urllib.request.urlopen(f"http://{svc['host']}:{svc['metrics_port']}/metrics", timeout=5) as r:
+            body = r.read().decode()
+        assert "ccmsec_service_up" in body, role
+        assert "ccmsec_grpc_requests_total" in body, role
+
+
+def test_reflection_lists_the_role_service_and_health(cluster):
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    ident = client_identity(cluster["data"])
+    svc = cluster["endpoints"]["services"]["capf"]
+
+    async def list_services():
+        async with secure_channel(ident, svc["host"], svc["grpc_port"], "capf") as ch:
+            stub = reflection_pb2_grpc.ServerReflectionStub(ch)
+            call = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+            async for reply in call:
+                return [s.name for s in reply.list_services_response.service]
+
+    names = asyncio.run(list_services())
+    assert "ccmsec.v1.Capf" in names and "grpc.health.v1.Health" in names
