@@ -62,7 +62,7 @@ from ccmsec.wire.sccp import (
 )
 
 __all__ = [
-    "SccpServer", "SccpPhoneConnection", "connect_phone", "ConnectionDropped",
+    "SccpServer", "SccpPhoneConnection", "connect_phone", "ConnectionDropped", "ConnectionClosed",
     "SccpRegistrationRejected", "SccpConnectError", "Decider", "require_transport_matching_mode",
 ]
 
@@ -75,6 +75,14 @@ STREAM_LIMIT = MAX_BUFFER
 Decider = Callable[[RegistrationRequest],
                    RegistrationDecision | Awaitable[RegistrationDecision]]
 EventSink = Callable[["ServerConnection", object], None]
+
+
+@dataclass(frozen=True)
+class ConnectionClosed:
+    """Emitted once per connection when it is gone, whatever the reason (after any
+    ConnectionDropped); `device_name` is the name it registered or tried to, if any."""
+
+    device_name: str | None
 
 
 @dataclass(frozen=True)
@@ -167,7 +175,7 @@ class SccpServer:
                  ssl_context: ssl.SSLContext | None = None, keepalive_interval: int = 30,
                  handshake_timeout: float = 10.0, register_timeout: float = 10.0,
                  max_messages_per_second: float = 50.0, max_connections: int = 10_000,
-                 on_event: EventSink | None = None) -> None:
+                 on_event: EventSink | None = None, backlog: int = 1024) -> None:
         self._decide = decide
         self.host = host
         self._port = port
@@ -178,6 +186,7 @@ class SccpServer:
         self.max_messages_per_second = max_messages_per_second
         self.max_connections = max_connections
         self._on_event = on_event
+        self.backlog = backlog  # a registration storm must not overflow the listen queue
         self._server: asyncio.base_events.Server | None = None
         self._connections: set[ServerConnection] = set()
         self.registered: dict[str, ServerConnection] = {}
@@ -192,7 +201,7 @@ class SccpServer:
         self._server = await asyncio.start_server(
             self._handle, self.host, self._port, ssl=self.ssl_context,
             ssl_handshake_timeout=self.handshake_timeout if self.ssl_context else None,
-            limit=STREAM_LIMIT,
+            limit=STREAM_LIMIT, backlog=self.backlog,
         )
 
     async def close(self) -> None:
@@ -276,6 +285,7 @@ class SccpServer:
             if name is not None and self.registered.get(name) is conn:
                 del self.registered[name]
             conn.close()
+            self._emit(conn, ConnectionClosed(name))
 
     async def _serve(self, conn: ServerConnection, reader: asyncio.StreamReader) -> None:
         loop = asyncio.get_running_loop()

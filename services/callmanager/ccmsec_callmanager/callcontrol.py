@@ -1,0 +1,240 @@
+"""Call control's SCCP side: the two listeners, registration decisions, the registry, resets.
+
+Independent of the service runtime (no bus, no gRPC), so tests and benchmarks run it with only
+a database: `CallControl(...).start()`. The service wires events and RPCs to it.
+
+* 2000 (clear TCP) and 2443 (mutual TLS, `sccp_server_context`): the server presents this node's
+  self-signed `ccmserver.cer` (CERT-5, the certificate the CTL lists) and requires a phone
+  certificate from the CAPF CA (LSC) or the manufacturer CA (MIC) — AUTH-2, CERT-2.
+* Each Register is decided by `registration.decide` from the `devices` row and the cluster mode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import async_sessionmaker
+
+from ccmsec.aio.sccp import ConnectionClosed, ConnectionDropped, SccpServer
+from ccmsec.db.devices import Device, cluster_security_mode
+from ccmsec.pki.ca import Issued
+from ccmsec.pki.lsc import ensure_capf_ca
+from ccmsec.pki.servercert import ensure_server_certificate
+from ccmsec.pki.tls import sccp_server_context
+from ccmsec.pki.tokens import ensure_manufacturer_ca
+from ccmsec.wire.sccp import (
+    DeviceRegistered,
+    DeviceUnregistered,
+    KeepAliveTimeout,
+    RegistrationDecision,
+    RegistrationRefused,
+    RegistrationRequest,
+    ResetType,
+)
+
+from .registration import DeviceRecord, PhoneTrust, Verdict, decide
+from .registry import Registry, RegistrationEntry, RegistryMirror
+
+log = logging.getLogger("ccmsec.callmanager")
+
+CLUSTER_MODE_TTL = 1.0  # seconds a read of cluster_settings.security_mode is reused
+
+
+@dataclass(frozen=True)
+class CallControlConfig:
+    node: str
+    host: str
+    sccp_port: int
+    sccp_tls_port: int
+    data_dir: Path
+    keepalive_interval: int = 30
+    mirror_interval: float = 0.1
+    register_timeout: float = 10.0
+    handshake_timeout: float = 10.0
+
+
+def server_certificate_dir(data_dir: Path, node: str) -> Path:
+    return Path(data_dir) / "servers" / node
+
+
+def load_pki(data_dir: Path, node: str, host: str) -> tuple[Issued, PhoneTrust]:
+    """This node's ccmserver.cer (created once, CERT-5) and the phone-certificate issuers."""
+    pki = Path(data_dir) / "pki"
+    server = ensure_server_certificate(server_certificate_dir(data_dir, node), node, ip=host)
+    capf = ensure_capf_ca(pki)
+    manufacturer = ensure_manufacturer_ca(pki)
+    return server, PhoneTrust(capf.cert, manufacturer.cert)
+
+
+def _address(peer: tuple | None) -> str:
+    return f"{peer[0]}:{peer[1]}" if peer else ""
+
+
+class CallControl:
+    def __init__(self, config: CallControlConfig, sessionmaker: async_sessionmaker, *,
+                 server_identity: Issued | None = None, trust: PhoneTrust | None = None) -> None:
+        self.config = config
+        self.db = sessionmaker
+        self.registry = Registry(config.node)
+        self._server_identity = server_identity
+        self.trust = trust
+        self.plain: SccpServer | None = None
+        self.tls: SccpServer | None = None
+        self._verdicts: dict[tuple, Verdict] = {}  # (device, peer) -> accepted verdict
+        self._cluster_mode: tuple[float, str] = (0.0, "")
+        self.registered_total = 0
+        self.refused_total = 0
+
+    @property
+    def server_certificate(self) -> x509.Certificate:
+        assert self._server_identity is not None
+        return self._server_identity.cert
+
+    # lifecycle ------------------------------------------------------------------------------
+    async def start(self) -> None:
+        c = self.config
+        if self._server_identity is None or self.trust is None:
+            identity, trust = await asyncio.to_thread(load_pki, c.data_dir, c.node, c.host)
+            self._server_identity = self._server_identity or identity
+            self.trust = self.trust or trust
+        anchors = [cert for cert in (self.trust.capf, self.trust.manufacturer) if cert is not None]
+        context = sccp_server_context(self._server_identity, anchors)
+        self.registry.mirror = RegistryMirror(self.db, c.node, c.mirror_interval)
+        await self.registry.mirror.start()
+        common = dict(keepalive_interval=c.keepalive_interval, register_timeout=c.register_timeout,
+                      handshake_timeout=c.handshake_timeout)
+        self.plain = SccpServer(self.decide, host=c.host, port=c.sccp_port,
+                                on_event=self._listener(secure=False), **common)
+        self.tls = SccpServer(self.decide, host=c.host, port=c.sccp_tls_port, ssl_context=context,
+                              on_event=self._listener(secure=True), **common)
+        await self.plain.start()
+        await self.tls.start()
+        log.info("SCCP listening", extra={"sccp": f"{c.host}:{self.plain.port}",
+                                          "sccp_tls": f"{c.host}:{self.tls.port}"})
+
+    async def close(self) -> None:
+        for server in (self.plain, self.tls):
+            if server is not None:
+                await server.close()
+        if self.registry.mirror is not None:
+            await self.registry.mirror.close()
+
+    # decisions ------------------------------------------------------------------------------
+    async def cluster_mode(self) -> str:
+        stamp, mode = self._cluster_mode
+        now = time.monotonic()
+        if not mode or now - stamp > CLUSTER_MODE_TTL:
+            async with self.db() as session:
+                mode = await cluster_security_mode(session)
+            self._cluster_mode = (now, mode)
+        return mode
+
+    def forget_cluster_mode(self) -> None:
+        self._cluster_mode = (0.0, "")
+
+    async def _device(self, name: str) -> DeviceRecord | None:
+        async with self.db() as session:
+            row = (await session.execute(
+                select(Device.name, Device.model, Device.security_mode).where(Device.name == name)
+            )).first()
+        return DeviceRecord(*row) if row else None
+
+    async def _auto_register(self, device: DeviceRecord) -> None:
+        try:
+            async with self.db() as session, session.begin():
+                session.add(Device(name=device.name, model=device.model,
+                                   security_mode="non-secure", description="auto-registered"))
+        except IntegrityError:
+            pass  # created meanwhile (another node, or the administrator)
+
+    async def decide(self, request: RegistrationRequest) -> RegistrationDecision:
+        mode = await self.cluster_mode()
+        verdict = decide(request, await self._device(request.device_name), mode, self.trust)
+        address = _address(request.peer_address)
+        if not verdict.accepted:
+            self.refused_total += 1
+            self.registry.refused(request.device_name, address, verdict.reason)
+            log.info("registration refused", extra={"device": request.device_name,
+                                                    "address": address, "reason": verdict.reason})
+            return RegistrationDecision.reject(verdict.reason)
+        if verdict.auto_registered:
+            await self._auto_register(verdict.device)
+            log.info("auto-registered device", extra={"device": request.device_name,
+                                                      "model": verdict.device.model})
+        if verdict.nat_suspected:
+            log.warning("MODE-7: device registers through a translated address; mixed mode does "
+                        "not support NAT", extra={"device": request.device_name, "peer": address,
+                                                  "reported": request.register.ip_address})
+        self._verdicts[(request.device_name, request.peer_address)] = verdict
+        return RegistrationDecision.accept()
+
+    # connection events ----------------------------------------------------------------------
+    def _listener(self, *, secure: bool):
+        def on_event(conn, event) -> None:
+            session = conn.session
+            if isinstance(event, DeviceRegistered):
+                verdict = self._verdicts.pop((event.device_name, session.peer_address), None)
+                if verdict is None or verdict.device is None:
+                    return
+                self.registered_total += 1
+                self.registry.add(RegistrationEntry(
+                    device=event.device_name, model=verdict.device.model,
+                    security_mode=verdict.device.security_mode,
+                    address=_address(session.peer_address),
+                    reported_address=event.register.ip_address,
+                    nat_suspected=verdict.nat_suspected,
+                    transport_port=(self.tls if secure else self.plain).port,
+                    cipher=session.tls_cipher or "",
+                    certificate_fingerprint=verdict.certificate_fingerprint,
+                    certificate_kind=verdict.certificate_kind.value, since=time.time(),
+                    connection=conn))
+            elif isinstance(event, (DeviceUnregistered, KeepAliveTimeout, ConnectionClosed,
+                                    ConnectionDropped)):
+                name = getattr(event, "device_name", None)
+                if name:
+                    self.registry.remove(name, conn)
+                if isinstance(event, ConnectionClosed):
+                    self._verdicts.pop((name, session.peer_address), None)
+            elif isinstance(event, RegistrationRefused):
+                pass  # counted and logged in decide()
+        return on_event
+
+    # resets ---------------------------------------------------------------------------------
+    def targets(self, *, devices: list[str] | tuple[str, ...] = (), all_devices: bool = False,
+                server: str = "") -> list[str]:
+        """Registered devices of this node a reset event addresses (RST-9: `server` is a node)."""
+        if all_devices:
+            return self.registry.names()
+        if server:
+            return self.registry.names() if server == self.config.node else []
+        return [d for d in devices if d in self.registry.entries]
+
+    async def reset(self, devices: list[str], reset_type: ResetType = ResetType.RESET,
+                    request_id: str = "") -> int:
+        """Send SCCP Reset to each registered device named; returns how many got it."""
+        sent = 0
+        for name in devices:
+            entry = self.registry.get(name)
+            if entry is None:
+                continue
+            server = self.tls if entry.cipher else self.plain
+            if server is None:
+                continue
+            if request_id:
+                self.registry.reset_sent(request_id, name)
+            try:
+                ok = await asyncio.wait_for(server.reset_device(name, reset_type), 5.0)
+            except (ConnectionError, RuntimeError, asyncio.TimeoutError) as exc:
+                log.warning("reset not delivered", extra={"device": name, "error": str(exc)})
+                continue
+            sent += ok
+        log.info("reset sent", extra={"devices": sent, "type": reset_type.name,
+                                      "request_id": request_id})
+        return sent

@@ -1,0 +1,178 @@
+"""Whether a Register is accepted, and how the registration is recorded — a pure function.
+
+Inputs are plain values (the SCCP `RegistrationRequest`, the device row, the cluster mode, the
+phone-certificate trust anchors); the output is a `Verdict`. No sockets, no database.
+
+Order of the checks (first failure wins, its rule id leads the reason):
+
+1. MODE-4  unknown device: auto-registered as non-secure in a non-secure cluster, refused in
+           mixed mode (auto-registration is off there).
+2. DEV-3   the configured mode must be one the model can do — the configured model and the
+           model the phone reports in Register (device type) both count.
+3. DEV-1   the transport must match the effective mode: non-secure on 2000, authenticated on TLS
+           with a NULL cipher (AUTH-7), encrypted on TLS with AES (ENC-1). In a non-secure cluster
+           every device is effectively non-secure (MODE-3), whatever its row says.
+4. AUTH-2 / CERT-2  on TLS the client certificate (already chain-checked by the TLS layer
+           against the CAPF and manufacturer CAs) is classified LSC or MIC by its issuer, and its
+           CN must name this device (an LSC's CN is the device name; a MIC's CN is the name or
+           ends with "-<name>").
+5. MODE-7  mixed mode and an address in Register different from the TCP peer: accepted but
+           flagged `nat_suspected` (the caller logs a warning).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.x509.oid import NameOID
+
+from ccmsec.pki.ca import fingerprint_sha256
+from ccmsec.pki.tls import (
+    SccpTransportMode,
+    TransportModeMismatch,
+    check_transport_for_mode,
+    transport_mode_of_cipher,
+)
+from ccmsec.policy.devices import PolicyViolation, capabilities, model_supports
+from ccmsec.wire.sccp import RegistrationRequest
+
+# SCCP device type (Register.device_type) -> catalogue model (values of the Skinny protocol).
+DEVICE_TYPE_MODELS: dict[int, str] = {
+    30006: "7970", 7: "7960", 8: "7940", 30007: "7912", 6: "7910", 20000: "7905G", 30008: "7902",
+}
+MODEL_DEVICE_TYPES: dict[str, int] = {v: k for k, v in DEVICE_TYPE_MODELS.items()}
+# Model given to an auto-registered device whose device type we do not know.
+AUTO_REGISTER_FALLBACK_MODEL = "7960"
+
+
+class CertificateKind(str, enum.Enum):
+    NONE = ""
+    LSC = "LSC"
+    MIC = "MIC"
+
+
+@dataclass(frozen=True)
+class DeviceRecord:
+    """What registration needs from the `devices` row."""
+
+    name: str
+    model: str
+    security_mode: str
+
+
+@dataclass(frozen=True)
+class PhoneTrust:
+    """Issuers of phone certificates: the CAPF certificate (LSCs) and the manufacturer CA (MICs)."""
+
+    capf: x509.Certificate | None
+    manufacturer: x509.Certificate | None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    accepted: bool
+    reason: str = ""            # "<RULE>: why" when refused; "" when accepted
+    rule: str = ""
+    device: DeviceRecord | None = None   # the device as registered (model, effective mode)
+    auto_registered: bool = False        # the caller must create the device row
+    certificate_kind: CertificateKind = CertificateKind.NONE
+    certificate_fingerprint: str = ""
+    nat_suspected: bool = False          # MODE-7
+
+    @classmethod
+    def refuse(cls, rule: str, text: str) -> "Verdict":
+        return cls(False, f"{rule}: {text}", rule)
+
+
+def model_of_device_type(device_type: int) -> str | None:
+    return DEVICE_TYPE_MODELS.get(device_type)
+
+
+def effective_mode(configured: str, cluster_mode: str) -> str:
+    """MODE-3: in a non-secure cluster every device runs non-secure."""
+    return configured if cluster_mode == "mixed" else "non-secure"
+
+
+def _common_name(cert: x509.Certificate) -> str:
+    attrs = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(attrs[0].value) if attrs else ""
+
+
+def _issued_by(cert: x509.Certificate, issuer: x509.Certificate | None) -> bool:
+    if issuer is None or cert.issuer != issuer.subject:
+        return False
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def classify_certificate(cert: x509.Certificate, trust: PhoneTrust) -> CertificateKind | None:
+    """LSC if the CAPF certificate signed it, MIC if the manufacturer CA did, else None."""
+    if _issued_by(cert, trust.capf):
+        return CertificateKind.LSC
+    if _issued_by(cert, trust.manufacturer):
+        return CertificateKind.MIC
+    return None
+
+
+def certificate_names_device(cert: x509.Certificate, kind: CertificateKind, device: str) -> bool:
+    cn = _common_name(cert)
+    if kind is CertificateKind.MIC:
+        return cn == device or cn.endswith("-" + device)
+    return cn == device
+
+
+def decide(request: RegistrationRequest, device: DeviceRecord | None, cluster_mode: str,
+           trust: PhoneTrust) -> Verdict:
+    """The registration decision for one Register (see the module docstring for the order)."""
+    name = request.device_name
+    reported_model = model_of_device_type(request.register.device_type)
+    auto = False
+    if device is None:
+        if cluster_mode == "mixed":
+            return Verdict.refuse("MODE-4", f"unknown device {name}: auto-registration is off "
+                                            "in mixed mode")
+        device = DeviceRecord(name, reported_model or AUTO_REGISTER_FALLBACK_MODEL, "non-secure")
+        auto = True
+
+    mode = effective_mode(device.security_mode, cluster_mode)
+    for model in {device.model, reported_model} - {None}:
+        try:
+            if not model_supports(model, mode):  # type: ignore[arg-type]
+                return Verdict.refuse("DEV-3", f"model {capabilities(model).model} cannot be {mode}")  # type: ignore[arg-type]
+        except PolicyViolation as exc:
+            return Verdict.refuse(exc.rule_id, exc.reason)
+
+    transport = (transport_mode_of_cipher(request.tls_cipher)
+                 if request.secure and request.tls_cipher else SccpTransportMode.PLAIN)
+    try:
+        check_transport_for_mode(mode, transport)
+    except TransportModeMismatch as exc:
+        # An encrypted device on an integrity-only channel breaks ENC-1; other mismatches DEV-1.
+        rule = "ENC-1" if mode == "encrypted" and transport is SccpTransportMode.AUTHENTICATED \
+            else "DEV-1"
+        return Verdict.refuse(rule, str(exc))
+
+    kind, fingerprint = CertificateKind.NONE, ""
+    if transport is not SccpTransportMode.PLAIN:
+        cert = request.peer_certificate
+        if not isinstance(cert, x509.Certificate):
+            return Verdict.refuse("AUTH-2", "no client certificate on the TLS connection")
+        found = classify_certificate(cert, trust)
+        if found is None:
+            return Verdict.refuse("CERT-2", "certificate is neither an LSC from CAPF nor a MIC")
+        if not certificate_names_device(cert, found, name):
+            return Verdict.refuse("AUTH-2", f"{found.value} is for {_common_name(cert)!r}, "
+                                            f"not {name}")
+        kind, fingerprint = found, fingerprint_sha256(cert)
+
+    peer_ip = request.peer_address[0] if request.peer_address else ""
+    nat = cluster_mode == "mixed" and bool(peer_ip) and request.register.ip_address != peer_ip
+    return Verdict(True, device=DeviceRecord(device.name, device.model, mode),
+                   auto_registered=auto, certificate_kind=kind,
+                   certificate_fingerprint=fingerprint, nat_suspected=nat)

@@ -1,0 +1,59 @@
+"""The callmanager service's call-control wiring (mixed into CallManagerService in main.py).
+
+Starts `CallControl` on the service's SCCP ports, turns `device.reset` events into SCCP Reset
+messages, and reports registry figures in Status.
+"""
+
+from __future__ import annotations
+
+from ccmsec.runtime import bus as bus_mod
+from ccmsec.wire.sccp import ResetType
+from ccmsec_proto import events_pb2
+
+from .callcontrol import CallControl, CallControlConfig
+
+
+class CallControlMixin:
+    callcontrol: CallControl | None = None
+
+    async def setup_call_control(self) -> None:
+        s = self.settings
+        self.callcontrol = CallControl(
+            CallControlConfig(node=self.node, host=s.host, sccp_port=s.sccp_port,
+                              sccp_tls_port=s.sccp_tls_port, data_dir=s.data_dir),
+            self.db)
+        await self.callcontrol.start()
+        # The administration API may address resets to one device (subject device.reset.<name>);
+        # the base class listens on the plain subject only.
+        await self.subscribe(bus_mod.subject_for("device.reset") + ".>", "device-reset-targeted",
+                             self.on_device_reset)
+
+    async def teardown_call_control(self) -> None:
+        if self.callcontrol is not None:
+            await self.callcontrol.close()
+
+    async def on_device_reset(self, event: events_pb2.Event) -> None:
+        """Reset (type 1) or restart (type 2) each targeted phone registered here (RST-*)."""
+        if self.callcontrol is None:
+            return
+        body = event.device_reset
+        targets = self.callcontrol.targets(devices=list(body.devices), all_devices=body.all,
+                                           server=body.server)
+        registry = self.callcontrol.registry
+        if body.request_id and body.request_id not in registry.resets:
+            registry.track_reset(set(targets), body.request_id)  # asked on another node
+        reset_type = ResetType.RESTART if body.kind == events_pb2.RESTART else ResetType.RESET
+        self.log.info("device reset event", extra={
+            "event_id": event.id, "rule": body.rule, "all": body.all, "server": body.server,
+            "devices": len(body.devices), "registered_targets": len(targets)})
+        await self.callcontrol.reset(targets, reset_type, body.request_id)
+
+    def status_details(self) -> dict[str, str]:
+        cc = self.callcontrol
+        if cc is None:
+            return {}
+        return {"registered": str(len(cc.registry.entries)),
+                "registrations_total": str(cc.registered_total),
+                "refused_total": str(cc.refused_total),
+                "sccp_port": str(cc.plain.port if cc.plain else 0),
+                "sccp_tls_port": str(cc.tls.port if cc.tls else 0)}

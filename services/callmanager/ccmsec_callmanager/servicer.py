@@ -1,0 +1,257 @@
+"""gRPC `ccmsec.v1.CallManager`: registry, resets with progress, cluster mode, lines, pools."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+import grpc
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+
+from ccmsec.db import registry as registry_db
+from ccmsec.db.devices import (
+    SETTING_SECURITY_MODE,
+    Device,
+    InvalidDeviceName,
+    cluster_security_mode,
+    ctl_exists,
+    set_setting,
+    validate_device_name,
+)
+from ccmsec.db.lines import (
+    MAX_LINES_PER_DEVICE,
+    DevicePool,
+    InvalidLineOrPool,
+    Line,
+    lines_of,
+    validate_cm_group,
+    validate_dn,
+    validate_pool_name,
+)
+from ccmsec.policy.resets import ClusterModeChanged, ResetDevicesOnServer, required_actions
+from ccmsec.runtime.servicer import StatusServicerMixin, abort
+from ccmsec_proto import callmanager_pb2 as pb
+from ccmsec_proto import callmanager_pb2_grpc, common_pb2, events_pb2
+
+from .actions import publish_actions
+from .registry import RegistrationEntry
+
+log = logging.getLogger("ccmsec.callmanager")
+
+MODE_TO_PB = {"non-secure": common_pb2.NON_SECURE, "authenticated": common_pb2.AUTHENTICATED,
+              "encrypted": common_pb2.ENCRYPTED}
+CLUSTER_TO_PB = {"non-secure": common_pb2.CLUSTER_NON_SECURE, "mixed": common_pb2.CLUSTER_MIXED}
+CLUSTER_FROM_PB = {v: k for k, v in CLUSTER_TO_PB.items()}
+MAX_RESET_NAMES = 10_000
+
+
+def registration_message(entry: RegistrationEntry | registry_db.Registration, node: str) -> pb.Registration:
+    if isinstance(entry, RegistrationEntry):
+        since = int(entry.since)
+    else:
+        since = int(registry_db.as_utc(entry.since).timestamp())
+    return pb.Registration(
+        device=entry.device, model=entry.model, mode=MODE_TO_PB.get(entry.security_mode, 0),
+        server=node, address=entry.address, reported_address=entry.reported_address,
+        nat_suspected=entry.nat_suspected, since_unix=since,
+        certificate_fingerprint=entry.certificate_fingerprint,
+        certificate_kind=entry.certificate_kind, state="registered", cipher=entry.cipher,
+        transport_port=entry.transport_port)
+
+
+class CallManagerServicer(StatusServicerMixin, callmanager_pb2_grpc.CallManagerServicer):
+    """`self.service` is the CallManagerService (publish, db, node, callcontrol)."""
+
+    @property
+    def cc(self):
+        return self.service.callcontrol
+
+    # registry ---------------------------------------------------------------------------------
+    async def _cluster_registrations(self, device: str = "") -> list[pb.Registration]:
+        """This node's live registry plus the mirrored rows of other nodes."""
+        node = self.service.node
+        out = [registration_message(e, node) for name, e in sorted(self.cc.registry.entries.items())
+               if not device or name == device]
+        async with self.service.db() as session:
+            rows = await registry_db.list_registrations(session, device=device or None)
+        out += [registration_message(r, r.node) for r in rows if r.node != node]
+        return sorted(out, key=lambda r: r.device)
+
+    async def GetRegistrations(self, request, context):  # noqa: N802
+        return pb.RegistrationsReply(registrations=await self._cluster_registrations(request.device))
+
+    async def GetRefusals(self, request, context):  # noqa: N802
+        return pb.RefusalsReply(refusals=[
+            pb.Refusal(device=r.device, address=r.address, reason=r.reason, at_unix=int(r.at))
+            for r in self.cc.registry.refusals])
+
+    # resets -----------------------------------------------------------------------------------
+    async def ResetDevices(self, request, context):  # noqa: N802
+        chosen = sum([bool(request.devices), request.all, bool(request.server)])
+        if chosen != 1:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT,
+                        "name devices, or all, or one server — exactly one of them")
+        if len(request.devices) > MAX_RESET_NAMES:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT,
+                        f"at most {MAX_RESET_NAMES} device names per request")
+        try:
+            names = sorted({validate_device_name(d) for d in request.devices})
+        except InvalidDeviceName as exc:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        kind = events_pb2.RESTART if request.restart else events_pb2.RESET
+        request_id = uuid.uuid4().hex
+        registered = await self._cluster_registrations()
+        if request.all:
+            targeted = {r.device for r in registered}
+            body = events_pb2.DeviceReset(all=True, kind=kind, rule="CHK-13",
+                                          reason="reset every phone in the cluster",
+                                          request_id=request_id)
+        elif request.server:
+            # RST-9 through the policy table: every device registered to that server.
+            (action,) = required_actions(ResetDevicesOnServer(request.server))
+            targeted = {r.device for r in registered if r.server == request.server}
+            body = events_pb2.DeviceReset(server=request.server, kind=kind, rule=action.rule_id,
+                                          reason=f"Reset Devices on {request.server}",
+                                          request_id=request_id)
+        else:
+            targeted = set(names)
+            body = events_pb2.DeviceReset(devices=names, kind=kind, rule="manual",
+                                          reason="administrator reset", request_id=request_id)
+        self.cc.registry.track_reset(targeted, request_id)
+        await self.service.publish("device.reset", None, device_reset=body)
+        return pb.ResetDevicesReply(request_id=request_id, targeted=len(targeted))
+
+    async def GetResetProgress(self, request, context):  # noqa: N802
+        progress = self.cc.registry.resets.get(request.request_id)
+        if progress is None:
+            await abort(context, grpc.StatusCode.NOT_FOUND,
+                        f"no reset request {request.request_id!r} on {self.service.node}")
+        # Devices registered on other nodes count as back when their row is newer than the reset.
+        if progress.targeted - progress.back:
+            async with self.service.db() as session:
+                rows = await registry_db.list_registrations(session)
+            for row in rows:
+                if (row.device in progress.targeted and row.node != self.service.node
+                        and registry_db.as_utc(row.since).timestamp() >= progress.started):
+                    progress.back.add(row.device)
+        return pb.ResetProgressReply(
+            request_id=progress.request_id, targeted=len(progress.targeted),
+            reset_sent=len(progress.sent), back=len(progress.back & progress.targeted),
+            not_back=progress.not_back, complete=progress.complete)
+
+    # cluster mode ----------------------------------------------------------------------------
+    async def _mode_reply(self) -> pb.ClusterModeReply:
+        async with self.service.db() as session:
+            mode = await cluster_security_mode(session)
+            has_ctl = await ctl_exists(session)
+        return pb.ClusterModeReply(mode=CLUSTER_TO_PB.get(mode, 0), ctl_present=has_ctl)
+
+    async def GetClusterMode(self, request, context):  # noqa: N802
+        return await self._mode_reply()
+
+    async def SetClusterMode(self, request, context):  # noqa: N802
+        wanted = CLUSTER_FROM_PB.get(request.mode)
+        if wanted is None:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT,
+                        "cluster mode must be CLUSTER_NON_SECURE or CLUSTER_MIXED")
+        async with self.service.db() as session, session.begin():
+            current = await cluster_security_mode(session)
+            if wanted == "mixed" and not await ctl_exists(session):
+                await abort(context, grpc.StatusCode.FAILED_PRECONDITION,
+                            "MODE-3: no CTL exists; the CTL client sets mixed mode after it has "
+                            "written the CTL")
+            if wanted == current:
+                changed = False
+            else:
+                await set_setting(session, SETTING_SECURITY_MODE, wanted)  # MODE-2: persisted
+                changed = True
+        if changed:
+            self.cc.forget_cluster_mode()
+            log.warning("cluster security mode changed", extra={"from": current, "to": wanted})
+            await self.service.publish("mode.changed", None, mode_changed=events_pb2.SecurityModeChanged(
+                mode=CLUSTER_TO_PB[wanted], previous=CLUSTER_TO_PB.get(current, 0)))
+            await publish_actions(self.service.publish, required_actions(ClusterModeChanged()),
+                                  reason=f"cluster security mode {current} -> {wanted}")
+        return await self._mode_reply()
+
+    # lines ------------------------------------------------------------------------------------
+    async def AddLine(self, request, context):  # noqa: N802
+        try:
+            dn, device = validate_dn(request.dn), validate_device_name(request.device)
+        except (InvalidLineOrPool, InvalidDeviceName) as exc:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if not 0 <= request.line_index <= MAX_LINES_PER_DEVICE:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT,
+                        f"line index must be 1..{MAX_LINES_PER_DEVICE} (0: next free)")
+        if len(request.label) > 40:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "label longer than 40 characters")
+        async with self.service.db() as session:
+            if await session.scalar(select(Device.id).where(Device.name == device)) is None:
+                await abort(context, grpc.StatusCode.NOT_FOUND, f"no device named {device}")
+            index = request.line_index
+            if index == 0:
+                index = 1 + (await session.scalar(
+                    select(func.coalesce(func.max(Line.line_index), 0)).where(Line.device == device)))
+            if index > MAX_LINES_PER_DEVICE:
+                await abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                            f"{device} has no free line button (max {MAX_LINES_PER_DEVICE})")
+            line = Line(dn=dn, device=device, line_index=index, label=request.label)
+            session.add(line)
+            try:
+                await session.commit()
+            except IntegrityError:
+                await abort(context, grpc.StatusCode.ALREADY_EXISTS,
+                            f"{device} already has directory number {dn} or line {index}")
+        await self.service.publish("config.changed", None, config_changed=events_pb2.ConfigChanged(
+            devices=[device], what="line"))
+        return pb.Line(dn=dn, device=device, line_index=index, label=request.label)
+
+    async def GetLines(self, request, context):  # noqa: N802
+        async with self.service.db() as session:
+            rows = await lines_of(session, device=request.device or None, dn=request.dn or None)
+        return pb.LinesReply(lines=[pb.Line(dn=r.dn, device=r.device, line_index=r.line_index,
+                                            label=r.label) for r in rows])
+
+    # device pools -----------------------------------------------------------------------------
+    async def AddDevicePool(self, request, context):  # noqa: N802
+        try:
+            name = validate_pool_name(request.name)
+            hosts = validate_cm_group(list(request.cm_group))
+            if request.srst:
+                validate_cm_group([request.srst])
+        except InvalidLineOrPool as exc:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        async with self.service.db() as session:
+            session.add(DevicePool(name=name, cm_group=",".join(hosts), srst=request.srst))
+            try:
+                await session.commit()
+            except IntegrityError:
+                await abort(context, grpc.StatusCode.ALREADY_EXISTS, f"device pool {name} exists")
+        return pb.DevicePool(name=name, cm_group=hosts, srst=request.srst)
+
+    async def GetDevicePools(self, request, context):  # noqa: N802
+        async with self.service.db() as session:
+            rows = (await session.scalars(select(DevicePool).order_by(DevicePool.name))).all()
+        return pb.DevicePoolsReply(pools=[pb.DevicePool(name=r.name, cm_group=r.cm_hosts, srst=r.srst)
+                                          for r in rows])
+
+    async def SetDevicePool(self, request, context):  # noqa: N802
+        try:
+            device = validate_device_name(request.device)
+            pool = validate_pool_name(request.pool)
+        except (InvalidLineOrPool, InvalidDeviceName) as exc:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        async with self.service.db() as session:
+            if await session.get(DevicePool, pool) is None:
+                await abort(context, grpc.StatusCode.NOT_FOUND, f"no device pool named {pool}")
+            row = await session.scalar(select(Device).where(Device.name == device))
+            if row is None:
+                await abort(context, grpc.StatusCode.NOT_FOUND, f"no device named {device}")
+            changed = row.device_pool != pool
+            row.device_pool = pool
+            await session.commit()
+        if changed:  # the phone's configuration file lists its CallManager group and SRST
+            await self.service.publish("config.changed", None, config_changed=events_pb2.ConfigChanged(
+                devices=[device], what="device_pool"))
+        return pb.SetDevicePoolRequest(device=device, pool=pool)

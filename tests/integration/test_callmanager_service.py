@@ -1,0 +1,531 @@
+"""The callmanager service in process: real NATS, real SQLite (migrated), real TCP/TLS on
+loopback, phones driven with `connect_phone`. Registration decisions per rule, the registry,
+resets with progress, cluster mode changes and their events, lines and pools, bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+
+import grpc
+import pytest
+from sqlalchemy import select
+
+from ccmsec.aio.sccp import ConnectionDropped, SccpConnectError, SccpRegistrationRejected, connect_phone
+from ccmsec.db.devices import SETTING_CTL_VERSION, SETTING_SECURITY_MODE, Device, set_setting
+from ccmsec.db.registry import Registration
+from ccmsec.pki import ca, tls
+from ccmsec.pki.ca import Issued, fingerprint_sha256, load_pair
+from ccmsec.pki.lsc import issue_lsc
+from ccmsec.pki.servercert import CERT_FILE
+from ccmsec.pki.tokens import ensure_manufacturer_ca, issue_mic
+from ccmsec.runtime.bus import EventBus, subject_for
+from ccmsec.runtime.grpcio import secure_channel
+from ccmsec.runtime.identity import client_identity
+from ccmsec.runtime.service import RESTART_EXIT_CODE
+from ccmsec.runtime.settings import load_settings
+from ccmsec.wire import sccp as s
+from ccmsec_callmanager.actions import ServiceEvents, publish_actions
+from ccmsec_callmanager.main import CallManagerService
+from ccmsec.policy.resets import DeviceSecurityModeChanged, HardeningChanged, required_actions
+from ccmsec_proto import callmanager_pb2 as pb
+from ccmsec_proto import callmanager_pb2_grpc, common_pb2, events_pb2
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.timeout(60)
+
+PHONE_KEY = ca.new_key()  # one key for every test phone: key generation is the slow part
+OTHER_KEY = ca.new_key()
+
+
+class Cm:
+    """A running CallManagerService plus helpers to drive it."""
+
+    def __init__(self, service, task, data):
+        self.svc, self.task, self.data = service, task, data
+        self.cc = service.callcontrol
+        self.host = "127.0.0.1"
+        self.ident = client_identity(data)
+        self.channel = secure_channel(self.ident, self.host, service.settings.grpc_port, "callmanager")
+        self.stub = callmanager_pb2_grpc.CallManagerStub(self.channel)
+        self.capf = load_pair(data / "pki" / "capf.crt", data / "pki" / "capf.key")
+        self.mfr = ensure_manufacturer_ca(data / "pki")
+
+    @property
+    def ccm_cert(self):
+        return self.cc.server_certificate
+
+    async def add_device(self, name, model="7970", mode="non-secure", pool=None):
+        async with self.svc.db() as session, session.begin():
+            session.add(Device(name=name, model=model, security_mode=mode, device_pool=pool))
+
+    async def set_mode(self, mode, ctl=True):
+        async with self.svc.db() as session, session.begin():
+            if ctl:
+                await set_setting(session, SETTING_CTL_VERSION, "1")
+            await set_setting(session, SETTING_SECURITY_MODE, mode)
+        self.cc.forget_cluster_mode()
+
+    def lsc(self, name, key=PHONE_KEY):
+        return Issued(issue_lsc(self.capf, name, key.public_key()), key)
+
+    def phone_ctx(self, mode, *, lsc=None, mic=None):
+        return tls.sccp_phone_context(mode, [self.ccm_cert], lsc=lsc, mic=mic)
+
+    async def phone(self, name, *, ctx=None, ip="127.0.0.1", device_type=30006):
+        port = self.cc.tls.port if ctx else self.cc.plain.port
+        return await connect_phone(self.host, port, s.Register(name, ip, device_type=device_type),
+                                   ssl_context=ctx, pinned_ccm_certificates=[self.ccm_cert] if ctx else None)
+
+    async def registered(self, name, **kw):
+        phone = await self.phone(name, **kw)
+        await phone.wait_registered(5)
+        await wait_for(lambda: name in self.cc.registry.entries)
+        return phone
+
+    async def refused(self, name, **kw) -> str:
+        phone = await self.phone(name, **kw)
+        with pytest.raises(SccpRegistrationRejected) as err:
+            await phone.wait_registered(5)
+        await phone.close()
+        assert name not in self.cc.registry.entries
+        return err.value.text
+
+
+async def wait_for(predicate, timeout=5.0):
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not predicate():
+        if loop.time() > end:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)
+
+
+def _settings(tmp_path, nats_url):
+    return load_settings(service="callmanager", data_dir=tmp_path, host="127.0.0.1",
+                         grpc_port=free_port(), metrics_port=0, nats_url=nats_url,
+                         sccp_port=free_port(), sccp_tls_port=free_port(), admin_port=free_port(),
+                         shutdown_grace=1.0, bus_connect_timeout=10)
+
+
+async def _start(settings):
+    svc = CallManagerService(settings)
+    task = asyncio.create_task(svc.run())
+    # Serving once the built-in subscriptions (after setup and gRPC start) are in place.
+    await wait_for(lambda: task.done() or (svc.bus is not None and len(svc.bus._subs) >= 3), timeout=20)
+    if task.done():
+        task.result()  # raise the start-up error
+    return svc, task
+
+
+@pytest.fixture
+async def cm(tmp_path, nats_server):
+    svc, task = await _start(_settings(tmp_path, nats_server))
+    handle = Cm(svc, task, tmp_path)
+    yield handle
+    await handle.channel.close()
+    svc.request_stop()
+    await asyncio.wait_for(task, 10)
+
+
+class BusRecorder:
+    def __init__(self, url):
+        self.url = url
+        self.events: list[events_pb2.Event] = []
+
+    async def __aenter__(self):
+        import nats
+        self.nc = await nats.connect(self.url)
+
+        async def on(msg):
+            self.events.append(events_pb2.Event.FromString(msg.data))
+        await self.nc.subscribe("ccmsec.>", cb=on)
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.nc.close()
+
+    def resets_and_restarts(self):
+        out = []
+        for e in self.events:
+            if e.kind == "device.reset":
+                d = e.device_reset
+                out.append(("device.reset", d.rule, d.all, tuple(d.devices), d.server, d.kind))
+            elif e.kind == "service.restart":
+                r = e.service_restart
+                out.append(("service.restart", r.rule, r.role))
+        return out
+
+
+# -- CERT-5, AUTH-2 -------------------------------------------------------------------------------
+
+async def test_cert5_ccmserver_cer_created_once_and_presented_on_2443(cm):
+    cert_path = cm.data / "servers" / "callmanager" / CERT_FILE
+    assert cert_path.exists()
+    await cm.set_mode("mixed")
+    await cm.add_device("SEP00000000C5E5", "7970", "encrypted")
+    phone = await cm.registered("SEP00000000C5E5", ctx=cm.phone_ctx("encrypted", lsc=cm.lsc("SEP00000000C5E5")))
+    der = phone.ssl_object.getpeercert(binary_form=True)
+    assert der == cert_path.read_bytes()  # the very certificate the CTL lists
+    await phone.close()
+    from ccmsec_callmanager.callcontrol import load_pki
+    again, _ = load_pki(cm.data, "callmanager", "127.0.0.1")
+    assert fingerprint_sha256(again.cert) == fingerprint_sha256(cm.ccm_cert)  # never re-issued
+
+
+# -- MODE-1 / MODE-4 ---------------------------------------------------------------------------------
+
+async def test_mode4_unknown_device_auto_registers_in_non_secure_cluster(cm):
+    phone = await cm.registered("SEP0000000A0701", device_type=8)  # a 7940
+    entry = cm.cc.registry.get("SEP0000000A0701")
+    assert entry.security_mode == "non-secure" and entry.certificate_kind == ""
+    async with cm.svc.db() as session:
+        row = await session.scalar(select(Device).where(Device.name == "SEP0000000A0701"))
+    assert row.model == "7940" and row.security_mode == "non-secure"
+    assert row.description == "auto-registered"
+    regs = (await cm.stub.GetRegistrations(pb.RegistrationsRequest(), timeout=5)).registrations
+    assert [r.device for r in regs] == ["SEP0000000A0701"]
+    assert regs[0].mode == common_pb2.NON_SECURE and regs[0].server == "callmanager"
+    assert regs[0].transport_port == cm.cc.plain.port
+    await phone.close()
+
+
+async def test_mode4_unknown_device_refused_in_mixed_mode(cm):
+    await cm.set_mode("mixed")
+    text = await cm.refused("SEP0000000A0702")
+    assert text.startswith("MODE-4")
+    refusals = (await cm.stub.GetRefusals(common_pb2.Empty(), timeout=5)).refusals
+    assert "auto-registration is off" in refusals[-1].reason
+    async with cm.svc.db() as session:
+        assert await session.scalar(select(Device).where(Device.name == "SEP0000000A0702")) is None
+
+
+# -- DEV-1 / AUTH-7 / ENC-1 / CERT-2 / AUTH-2 in mixed mode -------------------------------------------
+
+async def test_dev1_each_mode_registers_on_its_own_transport(cm):
+    await cm.set_mode("mixed")
+    await cm.add_device("SEP0000000B0001", "7960", "non-secure")
+    await cm.add_device("SEP0000000B0002", "7960", "authenticated")
+    await cm.add_device("SEP0000000B0003", "7970", "encrypted")
+    plain = await cm.registered("SEP0000000B0001", device_type=7)
+    auth = await cm.registered("SEP0000000B0002", device_type=7,
+                               ctx=cm.phone_ctx("authenticated", lsc=cm.lsc("SEP0000000B0002")))
+    mic = issue_mic(cm.mfr, "SEP0000000B0003")
+    enc = await cm.registered("SEP0000000B0003", ctx=cm.phone_ctx("encrypted", mic=mic))
+    e = cm.cc.registry.entries
+    assert e["SEP0000000B0001"].security_mode == "non-secure" and e["SEP0000000B0001"].cipher == ""
+    assert e["SEP0000000B0002"].cipher.startswith("NULL") and e["SEP0000000B0002"].certificate_kind == "LSC"
+    assert "AES" in e["SEP0000000B0003"].cipher and e["SEP0000000B0003"].certificate_kind == "MIC"
+    assert e["SEP0000000B0003"].certificate_fingerprint == fingerprint_sha256(mic.cert)
+    await cm.cc.registry.mirror.flush()
+    async with cm.svc.db() as session:
+        rows = {r.device: r for r in (await session.scalars(select(Registration))).all()}
+    assert rows["SEP0000000B0002"].security_mode == "authenticated"
+    assert rows["SEP0000000B0003"].certificate_kind == "MIC"
+    for p in (plain, auth, enc):
+        await p.close()
+
+
+async def test_dev1_authenticated_or_encrypted_device_on_2000_refused(cm):
+    await cm.set_mode("mixed")
+    await cm.add_device("SEP0000000B0010", "7960", "authenticated")
+    await cm.add_device("SEP0000000B0011", "7970", "encrypted")
+    assert (await cm.refused("SEP0000000B0010", device_type=7)).startswith("DEV-1")
+    assert (await cm.refused("SEP0000000B0011")).startswith("DEV-1")
+
+
+async def test_enc1_encrypted_device_over_null_cipher_refused(cm):
+    await cm.set_mode("mixed")
+    await cm.add_device("SEP0000000B0020", "7970", "encrypted")
+    ctx = cm.phone_ctx("authenticated", lsc=cm.lsc("SEP0000000B0020"))
+    assert (await cm.refused("SEP0000000B0020", ctx=ctx)).startswith("ENC-1")
+
+
+async def test_auth2_certificate_of_another_device_refused(cm):
+    await cm.set_mode("mixed")
+    await cm.add_device("SEP0000000B0030", "7970", "encrypted")
+    ctx = cm.phone_ctx("encrypted", lsc=cm.lsc("SEP0000000B0031"))  # a valid LSC, wrong device
+    text = await cm.refused("SEP0000000B0030", ctx=ctx)
+    assert text.startswith("AUTH-2")
+    reasons = [r.reason for r in (await cm.stub.GetRefusals(common_pb2.Empty(), timeout=5)).refusals]
+    assert any("SEP0000000B0031" in r for r in reasons)
+
+
+async def test_cert2_certificate_from_unknown_ca_refused_at_handshake(cm):
+    await cm.set_mode("mixed")
+    await cm.add_device("SEP0000000B0040", "7970", "encrypted")
+    rogue = ca.create_ca(ca.name("Rogue CA"))
+    wrong = ca.issue(rogue, ca.name("SEP0000000B0040"), PHONE_KEY.public_key(), server=False, client=True)
+    ctx = cm.phone_ctx("encrypted", lsc=Issued(wrong, PHONE_KEY))
+    with pytest.raises((SccpConnectError, SccpRegistrationRejected)):
+        phone = await cm.phone("SEP0000000B0040", ctx=ctx)
+        try:
+            await phone.wait_registered(3)
+        finally:
+            await phone.close()
+    assert "SEP0000000B0040" not in cm.cc.registry.entries
+
+
+async def test_dev3_mode_the_model_cannot_do_refused(cm):
+    await cm.set_mode("mixed")
+    # A row the admin API would refuse (it checks DEV-3 too), written behind its back.
+    await cm.add_device("SEP0000000B0050", "7912", "authenticated")
+    ctx = cm.phone_ctx("authenticated", lsc=cm.lsc("SEP0000000B0050"))
+    assert (await cm.refused("SEP0000000B0050", ctx=ctx, device_type=30007)).startswith("DEV-3")
+    # Configured as a 7960, but the phone says it is a 7912 (device type 30007).
+    await cm.add_device("SEP0000000B0051", "7960", "encrypted")
+    ctx = cm.phone_ctx("encrypted", lsc=cm.lsc("SEP0000000B0051"))
+    assert (await cm.refused("SEP0000000B0051", ctx=ctx, device_type=30007)).startswith("DEV-3")
+
+
+async def test_mode7_translated_address_in_mixed_mode_flagged_and_warned(cm, caplog):
+    await cm.set_mode("mixed")
+    await cm.add_device("SEP0000000B0060", "7960", "non-secure")
+    await cm.add_device("SEP0000000B0061", "7960", "non-secure")
+    with caplog.at_level(logging.WARNING, logger="ccmsec.callmanager"):
+        natted = await cm.registered("SEP0000000B0060", ip="10.20.30.40", device_type=7)
+    direct = await cm.registered("SEP0000000B0061", device_type=7)
+    assert cm.cc.registry.get("SEP0000000B0060").nat_suspected
+    assert not cm.cc.registry.get("SEP0000000B0061").nat_suspected
+    assert any("MODE-7" in r.getMessage() for r in caplog.records)
+    reg = (await cm.stub.GetRegistrations(pb.RegistrationsRequest(device="SEP0000000B0060"), timeout=5)).registrations
+    assert reg[0].nat_suspected and reg[0].reported_address == "10.20.30.40"
+    await natted.close()
+    await direct.close()
+
+
+async def test_dev2_shared_line_keeps_each_devices_security_status(cm):
+    await cm.set_mode("mixed")
+    await cm.add_device("SEP0000000D0001", "7970", "encrypted")
+    await cm.add_device("SEP0000000D0002", "7960", "non-secure")
+    for dev in ("SEP0000000D0001", "SEP0000000D0002"):
+        await cm.stub.AddLine(pb.Line(dn="1000", device=dev), timeout=5)
+    enc = await cm.registered("SEP0000000D0001", ctx=cm.phone_ctx("encrypted", lsc=cm.lsc("SEP0000000D0001")))
+    plain = await cm.registered("SEP0000000D0002", device_type=7)
+    lines = (await cm.stub.GetLines(pb.LinesRequest(dn="1000"), timeout=5)).lines
+    assert sorted(line.device for line in lines) == ["SEP0000000D0001", "SEP0000000D0002"]
+    regs = {r.device: r.mode for r in (await cm.stub.GetRegistrations(pb.RegistrationsRequest(), timeout=5)).registrations}
+    assert regs == {"SEP0000000D0001": common_pb2.ENCRYPTED, "SEP0000000D0002": common_pb2.NON_SECURE}
+    await enc.close()
+    await plain.close()
+
+
+# -- resets --------------------------------------------------------------------------------------
+
+async def _reregister_on_reset(cm, phone, name, **kw):
+    event = await phone.next_event(s.ResetRequested, timeout=5)
+    await phone.close()
+    return event, await cm.registered(name, **kw)
+
+
+async def test_reset_named_device_reaches_only_it_and_progress_completes(cm):
+    a = await cm.registered("SEP0000000E0001")
+    b = await cm.registered("SEP0000000E0002")
+    reply = await cm.stub.ResetDevices(pb.ResetDevicesRequest(devices=["SEP0000000E0001"]), timeout=5)
+    assert reply.targeted == 1
+    event = await a.next_event(s.ResetRequested, timeout=5)
+    assert event.reset_type == s.ResetType.RESET
+    progress = await cm.stub.GetResetProgress(pb.ResetProgressRequest(request_id=reply.request_id), timeout=5)
+    assert progress.reset_sent == 1 and not progress.complete
+    assert list(progress.not_back) == ["SEP0000000E0001"]
+    await a.close()
+    a = await cm.registered("SEP0000000E0001")
+    progress = await cm.stub.GetResetProgress(pb.ResetProgressRequest(request_id=reply.request_id), timeout=5)
+    assert progress.complete and progress.back == 1 and not progress.not_back
+    with pytest.raises(asyncio.TimeoutError):
+        await b.next_event(s.ResetRequested, timeout=0.3)  # the other phone was left alone
+    await a.close()
+    await b.close()
+
+
+async def test_restart_flag_sends_reset_type_2(cm):
+    a = await cm.registered("SEP0000000E0010")
+    await cm.stub.ResetDevices(pb.ResetDevicesRequest(devices=["SEP0000000E0010"], restart=True), timeout=5)
+    event = await a.next_event(s.ResetRequested, timeout=5)
+    assert event.reset_type == s.ResetType.RESTART
+    await a.close()
+
+
+async def test_rst9_reset_devices_per_server_and_chk13_reset_all(cm, nats_server):
+    names = [f"SEP0000000E002{i}" for i in range(3)]
+    phones = {n: await cm.registered(n) for n in names}
+    async with BusRecorder(nats_server) as rec:
+        other = await cm.stub.ResetDevices(pb.ResetDevicesRequest(server="callmanager-2"), timeout=5)
+        assert other.targeted == 0
+        mine = await cm.stub.ResetDevices(pb.ResetDevicesRequest(server="callmanager"), timeout=5)
+        assert mine.targeted == 3
+        for n in names:
+            phones[n] = (await _reregister_on_reset(cm, phones[n], n))[1]
+        progress = await cm.stub.GetResetProgress(pb.ResetProgressRequest(request_id=mine.request_id), timeout=5)
+        assert progress.complete and progress.back == 3 and progress.reset_sent == 3
+        everyone = await cm.stub.ResetDevices(pb.ResetDevicesRequest(all=True), timeout=5)
+        assert everyone.targeted == 3
+        for n in names:
+            phones[n] = (await _reregister_on_reset(cm, phones[n], n))[1]
+        await asyncio.sleep(0.2)
+    rows = rec.resets_and_restarts()
+    assert rows == [("device.reset", "RST-9", False, (), "callmanager-2", events_pb2.RESET),
+                    ("device.reset", "RST-9", False, (), "callmanager", events_pb2.RESET),
+                    ("device.reset", "CHK-13", True, (), "", events_pb2.RESET)]
+    for p in phones.values():
+        await p.close()
+
+
+async def test_reset_progress_names_devices_that_do_not_come_back(cm):
+    a = await cm.registered("SEP0000000E0030")
+    b = await cm.registered("SEP0000000E0031")
+    reply = await cm.stub.ResetDevices(pb.ResetDevicesRequest(all=True), timeout=5)
+    _, a = await _reregister_on_reset(cm, a, "SEP0000000E0030")
+    await b.next_event(s.ResetRequested, timeout=5)
+    await b.close()  # b stays down
+    progress = await cm.stub.GetResetProgress(pb.ResetProgressRequest(request_id=reply.request_id), timeout=5)
+    assert not progress.complete and list(progress.not_back) == ["SEP0000000E0031"]
+    assert progress.targeted == 2 and progress.reset_sent == 2 and progress.back == 1
+    await a.close()
+
+
+async def test_reset_request_validation(cm):
+    for bad in (pb.ResetDevicesRequest(), pb.ResetDevicesRequest(all=True, server="x"),
+                pb.ResetDevicesRequest(devices=["SEP12"])):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await cm.stub.ResetDevices(bad, timeout=5)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await cm.stub.GetResetProgress(pb.ResetProgressRequest(request_id="nope"), timeout=5)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_rst1_rst2_admin_changes_reset_exactly_that_device(cm, nats_server):
+    a = await cm.registered("SEP0000000E0040")
+    b = await cm.registered("SEP0000000E0041")
+    async with BusRecorder(nats_server) as rec:
+        # RST-1 through the policy table, RST-2 through the admin API's publisher adapter.
+        await publish_actions(cm.svc.publish, required_actions(DeviceSecurityModeChanged("SEP0000000E0040")))
+        ev = await a.next_event(s.ResetRequested, timeout=5)
+        assert ev.reset_type == s.ResetType.RESET
+        await a.close()
+        a = await cm.registered("SEP0000000E0040")
+        await ServiceEvents(cm.svc.publish).publish(
+            "device.reset", "SEP0000000E0040", {"device": "SEP0000000E0040", "kind": "reset", "rules": ["RST-2"]})
+        await a.next_event(s.ResetRequested, timeout=5)
+        await asyncio.sleep(0.2)
+    assert rec.resets_and_restarts() == [
+        ("device.reset", "RST-1", False, ("SEP0000000E0040",), "", events_pb2.RESET),
+        ("device.reset", "RST-2", False, ("SEP0000000E0040",), "", events_pb2.RESET)]
+    assert required_actions(HardeningChanged("x"))[0].rule_id == "RST-2"
+    with pytest.raises(asyncio.TimeoutError):
+        await b.next_event(s.ResetRequested, timeout=0.3)
+    await a.close()
+    await b.close()
+
+
+async def test_rst3_mode_change_refused_without_ctl_then_resets_all_and_restarts(cm, nats_server):
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await cm.stub.SetClusterMode(pb.SetClusterModeRequest(mode=common_pb2.CLUSTER_MIXED), timeout=5)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "MODE-3" in err.value.details()
+    same = await cm.stub.SetClusterMode(pb.SetClusterModeRequest(mode=common_pb2.CLUSTER_NON_SECURE), timeout=5)
+    assert same.mode == common_pb2.CLUSTER_NON_SECURE  # no change: no event
+    phone = await cm.registered("SEP0000000E0050")
+    async with cm.svc.db() as session, session.begin():
+        await set_setting(session, SETTING_CTL_VERSION, "1")
+    async with BusRecorder(nats_server) as rec:
+        reply = await cm.stub.SetClusterMode(pb.SetClusterModeRequest(mode=common_pb2.CLUSTER_MIXED), timeout=5)
+        assert reply.mode == common_pb2.CLUSTER_MIXED and reply.ctl_present
+        ev = await phone.next_event((s.ResetRequested, ConnectionDropped), timeout=5)
+        code = await asyncio.wait_for(cm.task, 10)  # the service restarts itself (exit 75)
+        await asyncio.sleep(0.2)
+    assert code == RESTART_EXIT_CODE
+    assert isinstance(ev, (s.ResetRequested, ConnectionDropped))
+    assert rec.resets_and_restarts() == [("device.reset", "RST-3", True, (), "", events_pb2.RESET),
+                                         ("service.restart", "RST-3", "callmanager")]
+    assert [e.kind for e in rec.events if e.kind == "mode.changed"] == ["mode.changed"]
+    await phone.close()
+    # MODE-2: the mode survives the restart.
+    svc, task = await _start(cm.svc.settings)
+    try:
+        assert await svc.callcontrol.cluster_mode() == "mixed"
+    finally:
+        svc.request_stop()
+        await asyncio.wait_for(task, 10)
+        cm.task = asyncio.get_running_loop().create_future()
+        cm.task.set_result(0)
+        cm.svc = svc
+
+
+# -- lines and pools -----------------------------------------------------------------------------
+
+async def test_lines_and_device_pools(cm, nats_server):
+    await cm.add_device("SEP0000000F0001", "7960")
+    pool = await cm.stub.AddDevicePool(pb.DevicePool(name="HQ", cm_group=["ccm1", "ccm2"], srst="branch-gw"), timeout=5)
+    assert list(pool.cm_group) == ["ccm1", "ccm2"]
+    async with BusRecorder(nats_server) as rec:
+        await cm.stub.SetDevicePool(pb.SetDevicePoolRequest(device="SEP0000000F0001", pool="HQ"), timeout=5)
+        first = await cm.stub.AddLine(pb.Line(dn="2001", device="SEP0000000F0001"), timeout=5)
+        second = await cm.stub.AddLine(pb.Line(dn="2002", device="SEP0000000F0001", label="fax"), timeout=5)
+        await asyncio.sleep(0.2)
+    assert (first.line_index, second.line_index) == (1, 2)
+    assert [e.config_changed.what for e in rec.events] == ["device_pool", "line", "line"]
+    assert rec.resets_and_restarts() == []  # no RST rule covers lines or pools
+    pools = (await cm.stub.GetDevicePools(common_pb2.Empty(), timeout=5)).pools
+    assert [(p.name, p.srst) for p in pools] == [("HQ", "branch-gw")]
+    async with cm.svc.db() as session:
+        assert (await session.scalar(select(Device).where(Device.name == "SEP0000000F0001"))).device_pool == "HQ"
+    bad = [
+        (cm.stub.AddLine, pb.Line(dn="12a", device="SEP0000000F0001"), grpc.StatusCode.INVALID_ARGUMENT),
+        (cm.stub.AddLine, pb.Line(dn="2001", device="SEP0000000F0001"), grpc.StatusCode.ALREADY_EXISTS),
+        (cm.stub.AddLine, pb.Line(dn="2003", device="SEP0000000F0009"), grpc.StatusCode.NOT_FOUND),
+        (cm.stub.AddLine, pb.Line(dn="2003", device="SEP0000000F0001", line_index=99), grpc.StatusCode.INVALID_ARGUMENT),
+        (cm.stub.AddDevicePool, pb.DevicePool(name="HQ", cm_group=["ccm1"]), grpc.StatusCode.ALREADY_EXISTS),
+        (cm.stub.AddDevicePool, pb.DevicePool(name="X", cm_group=[]), grpc.StatusCode.INVALID_ARGUMENT),
+        (cm.stub.AddDevicePool, pb.DevicePool(name="X", cm_group=["a", "b", "c", "d"]), grpc.StatusCode.INVALID_ARGUMENT),
+        (cm.stub.SetDevicePool, pb.SetDevicePoolRequest(device="SEP0000000F0001", pool="nope"), grpc.StatusCode.NOT_FOUND),
+    ]
+    for call, req, code in bad:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call(req, timeout=5)
+        assert err.value.code() == code, (req, err.value.details())
+
+
+# -- bad input -------------------------------------------------------------------------------------
+
+async def _raw(host, port, data: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(data)
+    await writer.drain()
+    try:
+        return await asyncio.wait_for(reader.read(4096), 5)
+    except ConnectionError:
+        return b""
+    finally:
+        writer.close()
+
+
+async def test_bad_input_closes_only_the_offender(cm):
+    good = await cm.registered("SEP0000000C0001")
+    port = cm.cc.plain.port
+    # absurd length, malformed Register, garbage
+    assert await _raw(cm.host, port, (0xFFFFFFF0).to_bytes(4, "little") + b"\0" * 8) == b""
+    assert await _raw(cm.host, port, (8).to_bytes(4, "little") + b"\0" * 4 + (1).to_bytes(4, "little") + b"abcd") == b""
+    assert await _raw(cm.host, port, b"\xff" * 64) == b""
+    # out of order: capabilities and keepalive before Register are ignored; no registration
+    out_of_order = s.CapabilitiesRes().serialize() + s.KeepAlive().serialize()
+    reader, writer = await asyncio.open_connection(cm.host, port)
+    writer.write(out_of_order)
+    await writer.drain()
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(reader.read(100), 0.3)
+    writer.close()
+    # a flood from one connection is cut off
+    flood = s.Register("SEP0000000C0002", "127.0.0.1").serialize() + s.KeepAlive().serialize() * 2000
+    await _raw(cm.host, port, flood)
+    # a TLS client that stalls mid-handshake blocks nobody
+    stalled = socket.create_connection((cm.host, cm.cc.tls.port))
+    stalled.sendall(b"\x16\x03\x01\x00\xff\x01")  # half a ClientHello
+    other = await cm.registered("SEP0000000C0003")
+    await good.send(s.KeepAlive())
+    await good.next_event(s.KeepAliveAcked, timeout=5)
+    stalled.close()
+    assert "SEP0000000C0002" not in cm.cc.registry.entries
+    await good.close()
+    await other.close()
