@@ -1,21 +1,262 @@
-"""Entry point of the tftp-signer service."""
+"""Entry point of the tftp-signer service: the cluster's TFTP server, which signs what it serves.
+
+At start: the self-signed TFTP certificate (CERT-5, `DATA/servers/tftp-signer/ccmserver.cer`, never
+re-issued; it is the TFTP entry of the CTL and signs every `.sgn`), the static files of the
+cluster folder `DATA/tftp/<tftp_path>/`, the shared-TFTP layout (MODE-6) and the TFTP listener on
+`host:tftp_port`. Events: `config.changed` re-signs the devices named (or all), `mode.changed` and
+`ctl.updated` re-sign everything that is stale. Requests never depend on an event having arrived:
+each download reads the committed state (see files.py).
+"""
 
 from __future__ import annotations
 
+import json
+import time
+
+import grpc
+
+from ccmsec.aio.tftp import TftpServer
+from ccmsec.fsutil import atomic_write
+from ccmsec.pki.ca import fingerprint_sha256
+from ccmsec.pki.servercert import ensure_server_certificate
+from ccmsec.pki.tokens import FileSigner
 from ccmsec.runtime.service import Service, run_service
-from ccmsec.runtime.servicer import StatusServicerMixin
-from ccmsec_proto import tftp_signer_pb2_grpc
+from ccmsec.runtime.servicer import StatusServicerMixin, abort
+from ccmsec.runtime.settings import SettingsError
+from ccmsec_proto import common_pb2, events_pb2, tftp_signer_pb2, tftp_signer_pb2_grpc
+from ccmsec_tftp_signer.content import ClusterEndpoints, write_static_files
+from ccmsec_tftp_signer.files import PublishError, TftpContent
+from ccmsec_tftp_signer.layout import ClusterPath, Layout, Mode6Error, validate_layout
+from ccmsec_tftp_signer.signing import SignedStore, SigningPool
+
+SHARED_CLUSTERS_FILE = "shared-clusters.json"
+OWN_CLUSTER = "local"
+MODE_ENUM = {"non-secure": common_pb2.CLUSTER_NON_SECURE, "mixed": common_pb2.CLUSTER_MIXED}
+MODE_NAME = {v: k for k, v in MODE_ENUM.items()}
+
+
+def certificate_message(cert, role=common_pb2.ROLE_TFTP) -> common_pb2.Certificate:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.x509 import DNSName, IPAddress, SubjectAlternativeName
+
+    try:
+        san = cert.extensions.get_extension_for_class(SubjectAlternativeName).value
+        dns = next(iter(san.get_values_for_type(DNSName)), "")
+        ips = san.get_values_for_type(IPAddress)
+    except Exception:
+        dns, ips = "", []
+    return common_pb2.Certificate(
+        der=cert.public_bytes(serialization.Encoding.DER), serial=format(cert.serial_number, "x"),
+        subject=cert.subject.rfc4514_string(), issuer=cert.issuer.rfc4514_string(), role=role,
+        not_before_unix=int(cert.not_valid_before_utc.timestamp()),
+        not_after_unix=int(cert.not_valid_after_utc.timestamp()),
+        fingerprint_sha256=fingerprint_sha256(cert), dns_name=dns,
+        ipv4=str(ips[0]) if ips and ips[0].version == 4 else "")
 
 
 class TftpSignerServicer(StatusServicerMixin, tftp_signer_pb2_grpc.TftpSignerServicer):
-    pass
+    service: "TftpSignerService"
+
+    async def GetSigningCertificate(self, request, context):  # noqa: N802
+        return certificate_message(self.service.certificate)
+
+    async def PublishFile(self, request, context):  # noqa: N802
+        try:
+            path, digest = self.service.content.publish(request.cluster_path, request.name,
+                                                        bytes(request.content), request.sha256)
+        except PublishError as exc:
+            await abort(context, getattr(grpc.StatusCode, exc.status), str(exc))
+        self.service.log.info("trust list published", extra={"file": str(path), "sha256": digest})
+        return tftp_signer_pb2.PublishFileReply(path=str(path), sha256=digest)
+
+    async def Resign(self, request, context):  # noqa: N802
+        started = time.perf_counter()
+        names = None if request.all or not request.devices else list(request.devices)
+        count = await self.service.content.resign_devices(names, force=True)
+        if request.all:
+            count += await self.service.content.resign_static(force=True)
+        return tftp_signer_pb2.ResignReply(signed=count, seconds=time.perf_counter() - started)
+
+    async def ListFiles(self, request, context):  # noqa: N802
+        content = self.service.content
+        folder = request.cluster_path or None
+        if folder and content.layout.owner(folder) is None:
+            await abort(context, grpc.StatusCode.NOT_FOUND, f"TFTP path {folder!r} is not configured here")
+        mode, files = await content.list_files(folder, request.include_devices)
+        return tftp_signer_pb2.ListFilesReply(
+            cluster_path=folder or content.layout.own.tftp_path, mode=MODE_ENUM.get(mode, 0),
+            caching=content.store.caching,
+            files=[tftp_signer_pb2.FileEntry(name=f.name, size=f.size, signed=f.signed, kind=f.kind)
+                   for f in files])
+
+    async def AddSharedCluster(self, request, context):  # noqa: N802
+        cluster = ClusterPath(request.name, request.tftp_path, request.alternate_path,
+                              MODE_NAME.get(request.mode, "unspecified"))
+        try:
+            await self.service.add_shared_cluster(cluster)
+        except Mode6Error as exc:
+            await abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        return self._clusters()
+
+    async def ListSharedClusters(self, request, context):  # noqa: N802
+        return self._clusters()
+
+    def _clusters(self) -> tftp_signer_pb2.SharedClusters:
+        layout = self.service.content.layout
+        return tftp_signer_pb2.SharedClusters(clusters=[
+            tftp_signer_pb2.SharedCluster(name=c.name, tftp_path=c.tftp_path, alternate_path=c.alternate_path,
+                                          mode=MODE_ENUM.get(c.mode, 0))
+            for c in (layout.own, *layout.others)])
 
 
 class TftpSignerService(Service):
     role = "tftp-signer"
 
+    def __init__(self, settings):
+        super().__init__(settings)
+        self.server: TftpServer | None = None
+        self.pool: SigningPool | None = None
+        self.content: TftpContent | None = None
+        self.certificate = None
+        self.mode6_problem = ""
+
+    # --- configuration --------------------------------------------------------------------------
+    def _peer(self, role: str) -> str:
+        try:
+            return self.settings.peer_host(role)
+        except SettingsError:
+            return self.settings.host  # a stand-alone server: everything on this host
+
+    def endpoints(self) -> ClusterEndpoints:
+        s = self.settings
+        return ClusterEndpoints(callmanagers=(self._peer("callmanager"),), sccp_port=s.sccp_port,
+                                sccp_tls_port=s.sccp_tls_port, capf_host=self._peer("capf"),
+                                capf_port=s.capf_port,
+                                srst_host=s.peers.get("srst"))
+
+    @property
+    def state_dir(self):
+        return self.settings.data_dir / self.role
+
+    def _load_shared(self) -> list[ClusterPath]:
+        path = self.state_dir / SHARED_CLUSTERS_FILE
+        if not path.exists():
+            return []
+        try:
+            rows = json.loads(path.read_text())
+            return [ClusterPath(r["name"], r["tftp_path"], r.get("alternate_path", ""), r["mode"]) for r in rows]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise Mode6Error(f"{path}: unreadable shared-cluster list ({exc})") from None
+
+    def _save_shared(self, layout: Layout) -> None:
+        rows = [{"name": c.name, "tftp_path": c.tftp_path, "alternate_path": c.alternate_path, "mode": c.mode}
+                for c in layout.others]
+        atomic_write(self.state_dir / SHARED_CLUSTERS_FILE, json.dumps(rows, indent=2).encode())
+
+    async def add_shared_cluster(self, cluster: ClusterPath) -> None:
+        layout = self.content.layout.with_own_mode(await self.content.mode())
+        new = layout.with_cluster(cluster)  # Mode6Error if MODE-6 forbids it
+        self._save_shared(new)
+        self.content.layout = new
+
+    # --- lifecycle ------------------------------------------------------------------------------
     async def setup(self) -> None:
-        self.grpc.add(tftp_signer_pb2_grpc.add_TftpSignerServicer_to_server, TftpSignerServicer(self), "ccmsec.v1.TftpSigner")
+        s = self.settings
+        issued = ensure_server_certificate(s.data_dir / "servers" / self.role, self.node, ip=s.host)
+        self.certificate = issued.cert
+        signer = FileSigner.from_issued(issued)
+        self.pool = SigningPool(signer)
+        root = s.data_dir / "tftp"
+        endpoints = self.endpoints()
+        store = SignedStore(self.pool, root, caching=s.tftp_caching)
+        own = ClusterPath(OWN_CLUSTER, s.tftp_path)
+        self.content = TftpContent(root, Layout(own), self.db, endpoints, store, signer)
+        mode = await self.content.mode()
+        try:
+            layout = Layout(ClusterPath(OWN_CLUSTER, s.tftp_path, "", mode), tuple(self._load_shared()))
+        except Mode6Error as exc:
+            # Serve our own cluster, not a layout that lets clusters overwrite each other (MODE-6).
+            self.mode6_problem = str(exc)
+            self.log.error("shared TFTP layout refused: %s", exc)
+            layout = Layout(ClusterPath(OWN_CLUSTER, s.tftp_path, "", mode))
+        self.content.layout = layout
+        written = write_static_files(root / s.tftp_path, endpoints)
+        if written:
+            self.log.info("static TFTP files created", extra={"files": ",".join(written)})
+        self.server = TftpServer(s.host, s.tftp_port, self.content.resolve, max_sessions=1024)
+        await self.server.start()
+        self.grpc.add(tftp_signer_pb2_grpc.add_TftpSignerServicer_to_server, TftpSignerServicer(self),
+                      "ccmsec.v1.TftpSigner")
+        await self.subscribe("ccmsec.config.>", "config-changed", self.on_config_changed)
+        await self.subscribe("ccmsec.mode.>", "mode-changed", self.on_mode_changed)
+        await self.subscribe("ccmsec.ctl.>", "ctl-updated", self.on_ctl_updated)
+        if mode == "mixed":
+            self.spawn(self._resign_all("start in mixed mode"))
+
+    async def teardown(self) -> None:
+        if self.server is not None:
+            await self.server.close()
+        if self.pool is not None:
+            self.pool.close()
+
+    # --- events ---------------------------------------------------------------------------------
+    async def on_config_changed(self, event: events_pb2.Event) -> None:
+        if event.kind != "config.changed":
+            return
+        body = event.config_changed
+        names = None if body.all or not body.devices else list(body.devices)
+        count = await self.content.resign_devices(names)
+        self.log.info("re-signed after config change",
+                      extra={"event_id": event.id, "devices": len(names) if names else "all", "signed": count})
+
+    async def on_mode_changed(self, event: events_pb2.Event) -> None:
+        if event.kind != "mode.changed":
+            return
+        mode = await self.content.mode()
+        layout = self.content.layout.with_own_mode(mode)
+        try:
+            validate_layout([layout.own, *layout.others])
+            self.mode6_problem = ""
+        except Mode6Error as exc:
+            self.mode6_problem = str(exc)
+            self.log.error("MODE-6 broken by the mode change: %s", exc)
+        self.content.layout = layout
+        await self._resign_all(f"mode changed to {mode}")
+
+    async def on_ctl_updated(self, event: events_pb2.Event) -> None:
+        if event.kind != "ctl.updated":
+            return
+        await self._resign_all(f"CTL version {event.ctl_updated.version}")
+
+    async def _resign_all(self, why: str) -> None:
+        started = time.perf_counter()
+        if await self.content.mode() == "mixed":
+            await self.pool.warm_up()
+        count = await self.content.resign_devices(None) + await self.content.resign_static()
+        self.log.info("re-signed stale files", extra={"reason": why, "signed": count,
+                                                      "seconds": round(time.perf_counter() - started, 3)})
+
+    def status_details(self) -> dict[str, str]:
+        if self.content is None:
+            return {}
+        c = self.content
+        details = {
+            "tftp_path": c.layout.own.tftp_path, "security_mode": c.layout.own.mode,
+            "caching": "on" if c.store.caching else "off",
+            "tftp_address": f"{self.server.address[0]}:{self.server.address[1]}" if self.server else "",
+            "transfers_completed": str(self.server.completed if self.server else 0),
+            "transfers_failed": str(self.server.failed if self.server else 0),
+            "transfers_active": str(self.server.active_sessions if self.server else 0),
+            "files_served": str(sum(c.served.values())),
+            "not_found": str(c.not_found), "refused": str(c.refused),
+            "shared_clusters": str(len(c.layout.others)),
+            "signing_certificate_sha256": fingerprint_sha256(self.certificate) if self.certificate else "",
+        }
+        details.update({f"served_{k}": str(v) for k, v in c.served.items()})
+        details.update(c.store.stats())
+        if self.mode6_problem:
+            details["mode6_problem"] = self.mode6_problem
+        return details
 
 
 def main() -> None:

@@ -1,0 +1,228 @@
+"""What the TFTP server serves, built from the publisher database and the cluster's settings.
+
+- `SEP<MAC>.cnf.xml` per device (`device_configs`): security mode, CallManager group, SRST
+  information, CAPF settings with the pending operation, hardening (DEV-4) and the firmware load.
+- the static files (`write_static_files`): ring list, ring tone, locale files, XMLDefault.cnf.xml —
+  written once into the cluster folder if missing; an administrator may replace them.
+
+Device pools belong to a colleague's table (`device_pools`); when it exists, its CallManager hosts
+and SRST reference are used, otherwise the cluster's own callmanager and srst services.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import bindparam, select, text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ccmsec import firmware
+from ccmsec.db.capf import CapfOperation
+from ccmsec.db.devices import Device, cluster_security_mode
+from ccmsec.formats.cnfxml import (
+    CAPF_AUTH_LSC_THEN_MIC, CAPF_AUTH_MIC, CAPF_AUTH_NULL, CAPF_AUTH_STRING, CallManagerMember,
+    CapfSettings, DefaultConfig, DeviceConfig, Hardening, SrstInfo,
+)
+from ccmsec.fsutil import atomic_write
+
+log = logging.getLogger("ccmsec.tftp-signer")
+
+SECURITY_MODE_NUMBERS = {"non-secure": 1, "authenticated": 2, "encrypted": 3}
+CAPF_AUTH_NUMBERS = {"string": CAPF_AUTH_STRING, "null": CAPF_AUTH_NULL, "lsc": CAPF_AUTH_LSC_THEN_MIC,
+                     "lsc-then-mic": CAPF_AUTH_LSC_THEN_MIC, "mic": CAPF_AUTH_MIC}
+PENDING_CAPF_STATES = ("pending", "in_progress")
+HARDENING = ("web_access", "pc_port", "settings_access", "garp", "voice_vlan_access")
+
+
+@dataclass(frozen=True)
+class ClusterEndpoints:
+    """Where the phones of this cluster find call control, CAPF and SRST."""
+
+    callmanagers: tuple[str, ...]
+    sccp_port: int = 2000
+    sccp_tls_port: int = 2443
+    capf_host: str = ""
+    capf_port: int = 3804
+    srst_host: str | None = None
+    load_server: str | None = None
+
+    def members(self, hosts: tuple[str, ...] | None = None) -> tuple[CallManagerMember, ...]:
+        return tuple(CallManagerMember(h, self.sccp_port, self.sccp_tls_port)
+                     for h in (hosts or self.callmanagers)[:3])
+
+
+def _capf_settings(op: dict | None, endpoints: ClusterEndpoints) -> tuple[int, CapfSettings]:
+    if op is None:
+        return CAPF_AUTH_NULL, CapfSettings(endpoints.capf_host, endpoints.capf_port)
+    key = op["key_type"]
+    if key.startswith("ec"):
+        curve = {"ec256": "P-256", "ec384": "P-384", "ec521": "P-521"}.get(key, "P-256")
+        key_fields = {"key_type": "EC", "key_size": None, "curve": curve}
+    else:
+        size = int(key[3:]) if key[3:].isdigit() else 2048
+        key_fields = {"key_type": "RSA", "key_size": size, "curve": None}
+    # The authentication string is stored only as a hash (CAPF); the user keys it in on the phone.
+    return (CAPF_AUTH_NUMBERS.get(op["auth_mode"], CAPF_AUTH_NULL),
+            CapfSettings(endpoints.capf_host, endpoints.capf_port, operation=op["operation"], **key_fields))
+
+
+def build_device_config(device: dict, capf_op: dict | None, pool: dict | None,
+                        endpoints: ClusterEndpoints) -> DeviceConfig:
+    """Pure: one device row (+ its pending CAPF operation and pool) -> its DeviceConfig."""
+    hosts = tuple(pool["callmanagers"]) if pool and pool.get("callmanagers") else None
+    srst_host = (pool or {}).get("srst") or endpoints.srst_host
+    srst = SrstInfo("Enable", (srst_host,), (endpoints.sccp_port,)) if srst_host else SrstInfo("Disable")
+    auth_mode, capf = _capf_settings(capf_op, endpoints)
+    try:
+        load = firmware.load_name(device["model"])
+    except firmware.FirmwareError:
+        load = None
+    return DeviceConfig(
+        device_name=device["name"],
+        model=device["model"],
+        security_mode=SECURITY_MODE_NUMBERS[device["security_mode"]],
+        call_managers=endpoints.members(hosts),
+        srst=srst,
+        capf_auth_mode=auth_mode,
+        capf=capf,
+        load_information=load,
+        load_server=endpoints.load_server,
+        hardening=Hardening(**{f: bool(device[f]) for f in HARDENING}),
+    )
+
+
+_DEVICE_COLUMNS = (Device.name, Device.model, Device.security_mode, Device.device_pool,
+                   Device.config_version, *(getattr(Device, f) for f in HARDENING))
+
+
+async def _pending_capf(session: AsyncSession, names: list[str] | None) -> dict[str, dict]:
+    stmt = (select(CapfOperation.device_name, CapfOperation.operation, CapfOperation.auth_mode,
+                   CapfOperation.key_type, CapfOperation.id)
+            .where(CapfOperation.state.in_(PENDING_CAPF_STATES)).order_by(CapfOperation.id))
+    if names is not None:
+        stmt = stmt.where(CapfOperation.device_name.in_(names))
+    return {row.device_name: row._asdict() for row in await session.execute(stmt)}  # latest wins
+
+
+async def _pools(session: AsyncSession, names: set[str]) -> dict[str, dict]:
+    """Device pools, if the table exists: name -> {callmanagers: [...], srst: host}."""
+    if not names:
+        return {}
+    try:
+        stmt = text("SELECT * FROM device_pools WHERE name IN :names").bindparams(
+            bindparam("names", expanding=True))
+        rows = (await session.execute(stmt, {"names": sorted(names)})).mappings().all()
+    except DBAPIError:  # no pools table (yet): the cluster defaults apply
+        await session.rollback()
+        return {}
+    pools = {}
+    for row in rows:
+        if row.get("name") not in names:
+            continue
+        cms = row.get("callmanagers") or row.get("call_managers") or row.get("cm_hosts") or ""
+        if isinstance(cms, str):
+            try:
+                cms = json.loads(cms) if cms.startswith("[") else [h for h in cms.split(",") if h]
+            except ValueError:
+                cms = []
+        srst = row.get("srst_host") or row.get("srst_address") or row.get("srst")
+        pools[row["name"]] = {"callmanagers": [str(h) for h in cms][:3], "srst": srst}
+    return pools
+
+
+@dataclass(frozen=True)
+class DeviceSource:
+    name: str
+    config_version: int
+    config: DeviceConfig
+
+
+async def device_configs(session: AsyncSession, endpoints: ClusterEndpoints,
+                         names: list[str] | None = None) -> list[DeviceSource]:
+    """The configs of `names` (all devices when None), read in one session (one snapshot)."""
+    stmt = select(*_DEVICE_COLUMNS).order_by(Device.name)
+    if names is not None:
+        stmt = stmt.where(Device.name.in_(names))
+    devices = [row._asdict() for row in await session.execute(stmt)]
+    if not devices:
+        return []
+    capf = await _pending_capf(session, names)
+    pools = await _pools(session, {d["device_pool"] for d in devices if d["device_pool"]})
+    out = []
+    for d in devices:
+        if not d["name"].startswith("SEP"):
+            continue  # only SEP<MAC> devices download a SEP<MAC>.cnf.xml
+        config = build_device_config(d, capf.get(d["name"]), pools.get(d["device_pool"] or ""), endpoints)
+        out.append(DeviceSource(d["name"], d["config_version"], config))
+    return out
+
+
+async def security_mode(session: AsyncSession) -> str:
+    return await cluster_security_mode(session)
+
+
+# --- static files ------------------------------------------------------------------------------
+
+RINGS = (("Chirp 1", "Ringer1.raw", 480.0), ("Chirp 2", "Ringer2.raw", 620.0))
+LOCALE_FILES = {
+    "United_States/g3-tones.xml": (
+        '<?xml version="1.0" encoding="UTF-8"?>\n<tones country="United_States">\n'
+        '  <tone name="dial" freq1="350" freq2="440" on="continuous"/>\n'
+        '  <tone name="ringback" freq1="440" freq2="480" on="2000" off="4000"/>\n'
+        '  <tone name="busy" freq1="480" freq2="620" on="500" off="500"/>\n</tones>\n'),
+    "English_United_States/7970-dictionary.xml": (
+        '<?xml version="1.0" encoding="UTF-8"?>\n<dictionary locale="English_United_States">\n'
+        '  <entry key="settings">Settings</entry>\n  <entry key="services">Services</entry>\n'
+        '  <entry key="directories">Directories</entry>\n  <entry key="messages">Messages</entry>\n'
+        '</dictionary>\n'),
+    "English_United_States/7960-dictionary.xml": (
+        '<?xml version="1.0" encoding="UTF-8"?>\n<dictionary locale="English_United_States">\n'
+        '  <entry key="redial">Redial</entry>\n  <entry key="newcall">NewCall</entry>\n'
+        '</dictionary>\n'),
+}
+
+
+def _mulaw(sample: float) -> int:
+    """G.711 mu-law of a sample in [-1, 1] (the ring tones are 8 kHz mu-law .raw files)."""
+    value = max(-32635, min(32635, int(sample * 32635)))
+    sign = 0x80 if value < 0 else 0
+    value = abs(value) + 0x84
+    exponent = max(0, min(7, value.bit_length() - 8))
+    mantissa = (value >> (exponent + 3)) & 0x0F
+    return ~(sign | (exponent << 4) | mantissa) & 0xFF
+
+
+def ring_tone(frequency: float, seconds: float = 1.0, rate: int = 8000) -> bytes:
+    return bytes(_mulaw(0.5 * math.sin(2 * math.pi * frequency * i / rate)) for i in range(int(seconds * rate)))
+
+
+def ring_list() -> bytes:
+    rings = "".join(f"  <Ring>\n    <DisplayName>{d}</DisplayName>\n    <FileName>{f}</FileName>\n  </Ring>\n"
+                    for d, f, _ in RINGS)
+    return f'<?xml version="1.0" encoding="UTF-8"?>\n<CiscoIPPhoneRingList>\n{rings}</CiscoIPPhoneRingList>\n'.encode()
+
+
+def static_files(endpoints: ClusterEndpoints) -> dict[str, bytes]:
+    files = {"RingList.xml": ring_list()}
+    for _, name, freq in RINGS:
+        files[name] = ring_tone(freq)
+    files.update({name: body.encode() for name, body in LOCALE_FILES.items()})
+    loads = tuple(sorted(firmware.LOADS.items()))
+    files[DefaultConfig.FILENAME] = DefaultConfig(endpoints.members(), loads).to_xml()
+    return files
+
+
+def write_static_files(folder: Path, endpoints: ClusterEndpoints) -> list[str]:
+    """Create the static files that are missing (never overwrite: the administrator may edit them)."""
+    written = []
+    for name, data in static_files(endpoints).items():
+        path = folder / name
+        if not path.exists():
+            atomic_write(path, data)
+            written.append(name)
+    return written

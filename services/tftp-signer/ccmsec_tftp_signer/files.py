@@ -1,0 +1,243 @@
+"""The TFTP resolver: a requested name -> the bytes to serve, or None (file not found).
+
+Decisions, in order:
+1. The name is split by the shared-TFTP layout (MODE-6): `<path>/NAME` goes to that cluster's folder,
+   a bare `NAME` to this cluster's. Traversal, odd characters and our `signed/` folder are refused
+   (TFTP error 2). Another cluster's folder is served exactly as it is on disk.
+2. Firmware images `<load>.sbn` are always served signed (AUTH-1), whatever the mode.
+3. `NAME.sgn`: in non-secure mode nothing is signed, so it is "file not found" (AUTH-3); in mixed
+   mode it is NAME signed with the TFTP certificate — device configs and static files alike. Trust
+   lists (`CTLFile.tlv`) are signed by a token already and have no `.sgn`.
+4. `SEP<MAC>.cnf.xml` is generated from the database at the moment of the request; a signed copy is
+   reused only if its payload is byte-identical (SignedStore), so nothing stale is ever served once a
+   change is committed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy.ext.asyncio import async_sessionmaker
+
+from ccmsec import firmware
+from ccmsec.formats.cnfxml import DefaultConfig
+from ccmsec.formats.ctl import MAX_CTL_SIZE, CtlFormatError, parse_ctl
+from ccmsec.fsutil import atomic_write
+from ccmsec.wire.tftp import ERR_ACCESS_VIOLATION, TftpError
+from ccmsec_tftp_signer.content import ClusterEndpoints, DeviceSource, device_configs, security_mode
+from ccmsec_tftp_signer.layout import RESERVED, BadName, ClusterPath, Layout
+from ccmsec_tftp_signer.signing import SGN, SignedStore
+
+log = logging.getLogger("ccmsec.tftp-signer")
+
+TRUST_LISTS = ("CTLFile.tlv", "ITLFile.tlv")
+DEVICE_CONFIG = re.compile(r"(SEP[0-9A-F]{12})\.cnf\.xml")
+MAX_STATIC_FILE = 16 * 1024 * 1024
+
+KIND_TRUST_LIST = "trust-list"
+KIND_DEVICE_CONFIG = "device-config"
+KIND_DEFAULT_CONFIG = "default-config"
+KIND_FIRMWARE = "firmware"
+KIND_STATIC = "static"
+
+
+def classify(name: str) -> str:
+    if name in TRUST_LISTS:
+        return KIND_TRUST_LIST
+    if DEVICE_CONFIG.fullmatch(name):
+        return KIND_DEVICE_CONFIG
+    if firmware.load_for_filename(name):
+        return KIND_FIRMWARE
+    if name == DefaultConfig.FILENAME:
+        return KIND_DEFAULT_CONFIG
+    return KIND_STATIC
+
+
+class PublishError(ValueError):
+    """A refused PublishFile; `status` names the gRPC status code to answer with."""
+
+    def __init__(self, status: str, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class ListedFile:
+    name: str
+    size: int
+    signed: bool
+    kind: str
+
+
+class TftpContent:
+    def __init__(self, root: Path, layout: Layout, db: async_sessionmaker, endpoints: ClusterEndpoints,
+                 store: SignedStore, signer):
+        self.root = Path(root)
+        self.layout = layout
+        self.db = db
+        self.endpoints = endpoints
+        self.store = store
+        self.signer = signer
+        self._firmware: dict[str, bytes] = {}
+        self.served: Counter[str] = Counter()
+        self.not_found = 0
+        self.refused = 0
+
+    @property
+    def own_folder(self) -> Path:
+        return self.root / self.layout.own.tftp_path
+
+    # --- serving ----------------------------------------------------------------------------------
+    async def resolve(self, filename: str, client: tuple[str, int] | None = None) -> bytes | None:
+        try:
+            owner, folder, name = self.layout.split(filename)
+        except BadName as exc:
+            self.refused += 1
+            raise TftpError(ERR_ACCESS_VIOLATION, str(exc)) from None
+        data, kind = await self._lookup(owner, folder, name)
+        if data is None:
+            self.not_found += 1
+        else:
+            self.served[kind] += 1
+        return data
+
+    async def _lookup(self, owner: ClusterPath, folder: str, name: str) -> tuple[bytes | None, str]:
+        if owner is not self.layout.own:
+            return self._read(folder, name), "other-cluster"
+        signed = name.endswith(SGN)
+        base = name[: -len(SGN)] if signed else name
+        kind = classify(base)
+        if kind == KIND_FIRMWARE:
+            return (None if signed else self.firmware_image(firmware.load_for_filename(base))), kind
+        if signed and kind == KIND_TRUST_LIST:
+            return None, kind
+        async with self.db() as session:
+            # AUTH-3: a non-secure cluster signs nothing; read per request, so a committed mode
+            # change applies to the very next download.
+            if signed and await security_mode(session) != "mixed":
+                return None, kind
+            if kind == KIND_DEVICE_CONFIG:
+                sources = await device_configs(session, self.endpoints, [base[:15]])
+                payload = sources[0].config.to_xml() if sources else None
+            else:
+                payload = self._read(folder, base)
+        if payload is None or not signed:
+            return payload, kind
+        return await self.store.get(folder, base, payload), kind
+
+    def _read(self, folder: str, name: str) -> bytes | None:
+        base = (self.root / folder).resolve()
+        path = (base / name).resolve()
+        # Layout.split already refused '..'; this also catches a symlink that leads out of the folder.
+        if base not in path.parents or path.name.startswith("."):
+            return None
+        try:
+            if not path.is_file() or path.stat().st_size > MAX_STATIC_FILE:
+                return None
+            return path.read_bytes()
+        except OSError:
+            return None
+
+    def firmware_image(self, load: str) -> bytes:
+        """AUTH-1: the signed image; built once (the TFTP certificate is never re-issued, CERT-5)."""
+        image = self._firmware.get(load)
+        if image is None:
+            import time
+
+            image = self._firmware[load] = firmware.sign_image(load, self.signer, int(time.time()))
+        return image
+
+    # --- re-signing -------------------------------------------------------------------------------
+    async def mode(self) -> str:
+        async with self.db() as session:
+            return await security_mode(session)
+
+    async def resign_devices(self, names: list[str] | None, *, force: bool = False) -> int:
+        """Sign the configs of `names` (all when None) now, in the process pool. Non-secure: 0."""
+        async with self.db() as session:
+            if await security_mode(session) != "mixed":
+                return 0
+            sources: list[DeviceSource] = await device_configs(session, self.endpoints, names)
+        folder = self.layout.own.tftp_path
+        if names is not None:
+            for gone in set(names) - {s.name for s in sources}:
+                self.store.forget(folder, f"{gone}.cnf.xml")
+        items = [(s.config.filename, s.config.to_xml()) for s in sources]
+        return await self.store.refresh(folder, items, force=force)
+
+    async def resign_static(self, *, force: bool = False) -> int:
+        if await self.mode() != "mixed":
+            return 0
+        items = []
+        for entry in self.list_static():
+            data = self._read(self.layout.own.tftp_path, entry.name)
+            if data is not None and entry.kind in (KIND_STATIC, KIND_DEFAULT_CONFIG):
+                items.append((entry.name, data))
+        return await self.store.refresh(self.layout.own.tftp_path, items, force=force)
+
+    # --- listing and publishing ---------------------------------------------------------------------
+    def list_static(self, folder: str | None = None) -> list[ListedFile]:
+        top = self.root / (folder or self.layout.own.tftp_path)
+        out = []
+        for dirpath, dirnames, filenames in os.walk(top):
+            rel_dir = Path(dirpath).relative_to(top)
+            dirnames[:] = sorted(d for d in dirnames
+                                 if not d.startswith(".") and not (rel_dir == Path(".") and d in RESERVED))
+            for f in sorted(filenames):
+                if f.startswith("."):
+                    continue
+                rel = (rel_dir / f).as_posix()
+                out.append(ListedFile(rel, (Path(dirpath) / f).stat().st_size, False, classify(rel)))
+        return out
+
+    async def list_files(self, folder: str | None, include_devices: bool) -> tuple[str, list[ListedFile]]:
+        mode = await self.mode()
+        own = folder in (None, "", self.layout.own.tftp_path)
+        files = self.list_static(None if own else folder)
+        if not own:
+            return mode, files
+        for f in files:
+            f.signed = mode == "mixed" and f.kind in (KIND_STATIC, KIND_DEFAULT_CONFIG)
+        for load in firmware.all_loads():
+            files.append(ListedFile(firmware.image_filename(load), len(self.firmware_image(load)), True,
+                                    KIND_FIRMWARE))
+        if include_devices:
+            async with self.db() as session:
+                for s in await device_configs(session, self.endpoints):
+                    files.append(ListedFile(s.config.filename, len(s.config.to_xml()), mode == "mixed",
+                                            KIND_DEVICE_CONFIG))
+        return mode, sorted(files, key=lambda f: f.name)
+
+    def publish(self, cluster_path: str, name: str, content: bytes, sha256: str) -> tuple[Path, str]:
+        """Write a trust list (from the CTL client) into this cluster's folder, atomically."""
+        own = self.layout.own
+        path = cluster_path or own.tftp_path
+        if path != own.tftp_path:
+            owner = self.layout.owner(path)
+            if owner is not None:
+                raise PublishError("PERMISSION_DENIED", f"MODE-6: TFTP path {path!r} belongs to cluster "
+                                   f"{owner.name!r}; this cluster may only publish into {own.tftp_path!r}")
+            raise PublishError("NOT_FOUND", f"TFTP path {path!r} is not configured on this TFTP server "
+                               f"(this cluster's path is {own.tftp_path!r})")
+        if name not in TRUST_LISTS:
+            raise PublishError("INVALID_ARGUMENT", f"only trust-list files ({', '.join(TRUST_LISTS)}) "
+                               f"are published, not {name[:64]!r}")
+        if len(content) > MAX_CTL_SIZE:
+            raise PublishError("INVALID_ARGUMENT", f"{name} is {len(content)} bytes; trust lists are at "
+                               f"most {MAX_CTL_SIZE}")
+        actual = hashlib.sha256(content).hexdigest()
+        if sha256.lower() != actual:
+            raise PublishError("DATA_LOSS", f"sha256 mismatch: announced {sha256[:64]!r}, received {actual}")
+        try:
+            parse_ctl(content)
+        except CtlFormatError as exc:
+            raise PublishError("INVALID_ARGUMENT", f"{name} is not a valid trust list: {exc}") from None
+        target = self.root / own.tftp_path / name
+        atomic_write(target, content)
+        return target, actual

@@ -1,0 +1,215 @@
+"""Signed copies of served files (AUTH-3, AUTH-4) and the process pool that makes them.
+
+`SignedStore.get(folder, name, payload)` returns `NAME.sgn` for exactly these payload bytes: a copy
+is reused only when the sha256 of its payload equals the payload asked for, so a changed source is
+always re-signed before it is served (never stale), and a copy is only ever replaced whole (never
+half-written).
+
+- caching on: signed copies live in memory, in an LRU bounded by entries and bytes;
+- caching off: they are written atomically to `DATA/tftp/<folder>/signed/NAME.sgn`; a changed
+  source is re-signed and the new file replaces the old one (atomic rename).
+
+`SigningPool` signs one file inline (about a millisecond) and many files in a process pool using
+every core (`FileSigner` pickles as key bytes and is loaded once per worker).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import multiprocessing
+import os
+import time
+from collections import OrderedDict
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from ccmsec.formats.sgn import SgnFormatError, parse_sgn, sign_file
+from ccmsec.fsutil import atomic_write
+
+log = logging.getLogger("ccmsec.tftp-signer")
+
+SIGNED_FOLDER = "signed"
+SGN = ".sgn"
+
+
+def sign_batch(signer, items: list[tuple[str, bytes]], timestamp: int) -> list[bytes]:
+    """Worker function: sign each (served name, payload) as `<name>.sgn`."""
+    return [sign_file(payload, name + SGN, signer, timestamp) for name, payload in items]
+
+
+class SigningPool:
+    def __init__(self, signer, workers: int | None = None, chunk: int = 50):
+        self.signer = signer
+        self.workers = workers or os.cpu_count() or 2
+        self.chunk = chunk
+        self._pool: ProcessPoolExecutor | None = None
+
+    def sign_one(self, name: str, payload: bytes, timestamp: int | None = None) -> bytes:
+        return sign_file(payload, name + SGN, self.signer, int(timestamp or time.time()))
+
+    def _executor(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            # spawn: a fork of a process running asyncio, gRPC and NATS threads is not safe.
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+        return self._pool
+
+    async def warm_up(self) -> None:
+        """Start the workers and load the key in each, so the first re-sign storm is not slowed."""
+        loop = asyncio.get_running_loop()
+        pool = self._executor()
+        await asyncio.gather(*(loop.run_in_executor(pool, sign_batch, self.signer, [], 0)
+                               for _ in range(self.workers)))
+
+    async def sign_many(self, items: list[tuple[str, bytes]], timestamp: int | None = None) -> list[bytes]:
+        timestamp = int(timestamp or time.time())
+        if len(items) <= self.chunk:
+            return sign_batch(self.signer, items, timestamp)
+        loop = asyncio.get_running_loop()
+        pool = self._executor()
+        chunks = [items[i:i + self.chunk] for i in range(0, len(items), self.chunk)]
+        results = await asyncio.gather(*(loop.run_in_executor(pool, sign_batch, self.signer, c, timestamp)
+                                         for c in chunks))
+        return [signed for chunk in results for signed in chunk]
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+
+def _digest(payload: bytes) -> bytes:
+    return hashlib.sha256(payload).digest()
+
+
+class SignedStore:
+    def __init__(self, pool: SigningPool, root: Path, *, caching: bool,
+                 max_entries: int = 20_000, max_bytes: int = 64 * 1024 * 1024):
+        self.pool = pool
+        self.root = Path(root)
+        self.caching = caching
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self._memory: OrderedDict[tuple[str, str], tuple[bytes, bytes]] = OrderedDict()
+        self._memory_bytes = 0
+        self._on_disk: dict[tuple[str, str], bytes] = {}  # key -> payload digest of the file on disk
+        self._inflight: dict[tuple[str, str, bytes], asyncio.Future] = {}
+        self.hits = 0
+        self.misses = 0
+        self.signed = 0
+        self.evictions = 0
+
+    def path(self, folder: str, name: str) -> Path:
+        return self.root / folder / SIGNED_FOLDER / (name + SGN)
+
+    def stats(self) -> dict[str, str]:
+        return {"cache_hits": str(self.hits), "cache_misses": str(self.misses),
+                "files_signed": str(self.signed), "cache_entries": str(len(self._memory) or len(self._on_disk)),
+                "cache_bytes": str(self._memory_bytes), "cache_evictions": str(self.evictions)}
+
+    # --- lookup ---------------------------------------------------------------------------------
+    def _cached(self, key: tuple[str, str], digest: bytes, payload: bytes) -> bytes | None:
+        if self.caching:
+            entry = self._memory.get(key)
+            if entry is not None and entry[0] == digest:
+                self._memory.move_to_end(key)
+                return entry[1]
+            return None
+        known = self._on_disk.get(key)
+        try:
+            data = self.path(*key).read_bytes()
+        except OSError:
+            return None
+        if known is None:
+            try:
+                known = _digest(parse_sgn(data).payload)
+            except SgnFormatError:
+                return None  # damaged or foreign file: sign again, the rename replaces it
+            self._on_disk[key] = known
+        # The file on disk may have been replaced since it was indexed: it must end in our payload.
+        if known == digest and data.endswith(payload):
+            return data
+        return None
+
+    def _remember(self, key: tuple[str, str], digest: bytes, signed: bytes) -> None:
+        if self.caching:
+            old = self._memory.pop(key, None)
+            if old is not None:
+                self._memory_bytes -= len(old[1])
+            self._memory[key] = (digest, signed)
+            self._memory_bytes += len(signed)
+            while self._memory and (len(self._memory) > self.max_entries or self._memory_bytes > self.max_bytes):
+                _, (_, dropped) = self._memory.popitem(last=False)
+                self._memory_bytes -= len(dropped)
+                self.evictions += 1
+
+    def _write(self, key: tuple[str, str], digest: bytes, signed: bytes) -> None:
+        atomic_write(self.path(*key), signed)
+        self._on_disk[key] = digest
+
+    # --- API ------------------------------------------------------------------------------------
+    async def get(self, folder: str, name: str, payload: bytes) -> bytes:
+        """`name.sgn` for exactly `payload`, signed now if no current copy exists."""
+        key = (folder, name)
+        digest = _digest(payload)
+        hit = self._cached(key, digest, payload)
+        if hit is not None:
+            self.hits += 1
+            return hit
+        flight = (folder, name, digest)
+        pending = self._inflight.get(flight)
+        if pending is not None:  # the same file is being signed for another phone right now
+            return await asyncio.shield(pending)
+        self.misses += 1
+        future = asyncio.get_running_loop().create_future()
+        self._inflight[flight] = future
+        try:
+            signed = self.pool.sign_one(name, payload)
+            self.signed += 1
+            if self.caching:
+                self._remember(key, digest, signed)
+            else:
+                await asyncio.to_thread(self._write, key, digest, signed)
+            future.set_result(signed)
+            return signed
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved: waiters get it, nobody else needs to
+            raise
+        finally:
+            self._inflight.pop(flight, None)
+
+    async def refresh(self, folder: str, items: list[tuple[str, bytes]], *, force: bool = False) -> int:
+        """Re-sign every (name, payload) whose signed copy is missing or stale (every one when
+        `force`); returns how many were signed."""
+        todo = []
+        for name, payload in items:
+            digest = _digest(payload)
+            if force or self._cached((folder, name), digest, payload) is None:
+                todo.append((name, payload, digest))
+        if not todo:
+            return 0
+        signed = await self.pool.sign_many([(n, p) for n, p, _ in todo])
+        self.signed += len(signed)
+        if self.caching:
+            for (name, _, digest), data in zip(todo, signed):
+                self._remember((folder, name), digest, data)
+        else:
+            def write_all() -> None:
+                for (name, _, digest), data in zip(todo, signed):
+                    self._write((folder, name), digest, data)
+            await asyncio.to_thread(write_all)
+        return len(todo)
+
+    def forget(self, folder: str, name: str) -> None:
+        """Drop a signed copy whose source is gone (a deleted device)."""
+        key = (folder, name)
+        old = self._memory.pop(key, None)
+        if old is not None:
+            self._memory_bytes -= len(old[1])
+        if self._on_disk.pop(key, None) is not None or not self.caching:
+            try:
+                self.path(folder, name).unlink()
+            except OSError:
+                pass

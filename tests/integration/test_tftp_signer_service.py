@@ -1,0 +1,402 @@
+"""The tftp-signer service in process: real NATS, the migrated SQLite publisher database, a real UDP
+TFTP listener on loopback and gRPC over mutual TLS (AUTH-1, AUTH-3, AUTH-4, CERT-5, DEV-4, MODE-6)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import socket
+import time
+
+import grpc
+import pytest
+from cryptography import x509
+from sqlalchemy import select
+
+from ccmsec import firmware
+from ccmsec.db.capf import schedule_operation
+from ccmsec.db.devices import Device, set_setting
+from ccmsec.formats.cnfxml import parse_cnf_xml
+from ccmsec.formats.ctl import Role, build_ctl, record_from_certificate
+from ccmsec.formats.sgn import SignatureError, parse_sgn, verify_sgn
+from ccmsec.pki.ca import create_ca, issue_with_new_key
+from ccmsec.pki.ca import name as dn
+from ccmsec.pki.tokens import FileSigner
+from ccmsec.runtime.grpcio import secure_channel
+from ccmsec.runtime.identity import client_identity
+from ccmsec.runtime.settings import ServiceSettings, load_settings
+from ccmsec.wire.tftp import ERR_ACCESS_VIOLATION, ERR_FILE_NOT_FOUND, TftpError
+from ccmsec.aio.tftp import tftp_get
+from ccmsec_proto import common_pb2, events_pb2, tftp_signer_pb2, tftp_signer_pb2_grpc
+from ccmsec_tftp_signer.main import TftpSignerService
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.timeout(60)
+
+HOST = "127.0.0.1"
+DEVICE = "SEP00112233AA01"
+LOAD_7970 = firmware.load_name("7970")
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+class Running:
+    def __init__(self, svc: TftpSignerService, task: asyncio.Task, data):
+        self.svc, self.task, self.data = svc, task, data
+        self.port = svc.settings.tftp_port
+        self._channel = None
+
+    async def get(self, filename: str, **kw) -> bytes:
+        return await tftp_get(HOST, self.port, filename, timeout=1.0, retries=3, **kw)
+
+    def stub(self) -> tftp_signer_pb2_grpc.TftpSignerStub:
+        if self._channel is None:
+            self._channel = secure_channel(client_identity(self.data), HOST, self.svc.settings.grpc_port,
+                                           "tftp-signer")
+        return tftp_signer_pb2_grpc.TftpSignerStub(self._channel)
+
+    @property
+    def cert(self) -> x509.Certificate:
+        return self.svc.certificate
+
+    async def add_device(self, name=DEVICE, model="7970", mode="non-secure", **hardening):
+        async with self.svc.db() as s, s.begin():
+            s.add(Device(name=name, model=model, security_mode=mode, **hardening))
+
+    async def update_device(self, name=DEVICE, **values):
+        async with self.svc.db() as s, s.begin():
+            device = await s.scalar(select(Device).where(Device.name == name))
+            for k, v in values.items():
+                setattr(device, k, v)
+
+    async def set_mode(self, mode: str):
+        async with self.svc.db() as s, s.begin():
+            await set_setting(s, "security_mode", mode)
+
+    async def close(self):
+        if self._channel is not None:
+            await self._channel.close()
+        self.svc.request_stop()
+        await asyncio.wait_for(self.task, 15)
+
+
+@contextlib.asynccontextmanager
+async def running_service(data, nats_url, *, caching=True, tftp_path="cluster1"):
+    settings = load_settings(
+        ServiceSettings, service="tftp-signer", data_dir=data, host=HOST, grpc_port=free_port(),
+        metrics_port=0, nats_url=nats_url, tftp_port=free_udp_port(), tftp_caching=caching,
+        tftp_path=tftp_path, peers={"callmanager": "127.0.0.5", "capf": "127.0.0.3", "srst": "127.0.0.8"},
+        shutdown_grace=1.0, bus_connect_timeout=10,
+    )
+    svc = TftpSignerService(settings)
+    task = asyncio.create_task(svc.run())
+    deadline = time.monotonic() + 20
+    while not (svc.server is not None and svc.grpc is not None and svc.grpc.address and svc.bus._subs):
+        if task.done():
+            task.result()
+            raise RuntimeError("service stopped during start")
+        if time.monotonic() > deadline:
+            raise RuntimeError("service did not start")
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.3)  # gRPC server start and the built-in subscriptions come last
+    running = Running(svc, task, data)
+    try:
+        yield running
+    finally:
+        await running.close()
+
+
+@pytest.fixture
+async def tftp(tmp_path, nats_server):
+    async with running_service(tmp_path, nats_server) as r:
+        yield r
+
+
+async def _error(coro) -> TftpError:
+    with pytest.raises(TftpError) as info:
+        await coro
+    return info.value
+
+
+async def _wait(predicate, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await predicate():
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+# --- CERT-5 ----------------------------------------------------------------------------------------
+
+async def test_cert5_signing_certificate_created_once_and_kept_across_restart(tmp_path, nats_server):
+    """CERT-5: the TFTP certificate is made at first start, never re-issued, and is what gRPC hands out."""
+    async with running_service(tmp_path, nats_server) as r:
+        reply = await r.stub().GetSigningCertificate(common_pb2.Empty(), timeout=5)
+        first = (tmp_path / "servers" / "tftp-signer" / "ccmserver.cer").read_bytes()
+        assert reply.der == first and reply.role == common_pb2.ROLE_TFTP
+        assert reply.ipv4 == HOST
+    async with running_service(tmp_path, nats_server) as r:
+        again = await r.stub().GetSigningCertificate(common_pb2.Empty(), timeout=5)
+    assert again.der == first, "CERT-5: the certificate was re-issued on restart"
+
+
+# --- AUTH-3 / AUTH-1 ---------------------------------------------------------------------------------
+
+async def test_auth3_non_secure_serves_plain_files_and_no_sgn(tftp):
+    """AUTH-3: in non-secure mode nothing is signed: every NAME.sgn is 'file not found'."""
+    await tftp.add_device()
+    config = parse_cnf_xml(await tftp.get(f"{DEVICE}.cnf.xml"))
+    assert config.device_name == DEVICE and config.load_information == LOAD_7970
+    assert (await tftp.get("RingList.xml")).startswith(b"<?xml")
+    for name in (f"{DEVICE}.cnf.xml.sgn", "RingList.xml.sgn", "XMLDefault.cnf.xml.sgn",
+                 "English_United_States/7970-dictionary.xml.sgn", "Ringer1.raw.sgn"):
+        err = await _error(tftp.get(name))
+        assert err.code == ERR_FILE_NOT_FOUND, name
+    assert not (tftp.data / "tftp" / "cluster1" / "signed").exists()
+
+
+async def test_auth1_firmware_always_signed_even_in_non_secure_mode(tftp):
+    """AUTH-1: the image is served signed by the TFTP certificate in non-secure mode; an altered copy fails."""
+    image = await tftp.get(firmware.image_filename(LOAD_7970), blksize=1428)
+    info = firmware.verify_image(image, tftp.cert, LOAD_7970)
+    assert info.models == ("7970",) and info.size == firmware.BODY_SIZE
+    altered = bytearray(image)
+    altered[len(image) // 2] ^= 0x01
+    with pytest.raises(firmware.FirmwareError):
+        firmware.verify_image(bytes(altered), tftp.cert, LOAD_7970)
+    assert (await _error(tftp.get(firmware.image_filename(LOAD_7970) + ".sgn"))).code == ERR_FILE_NOT_FOUND
+
+
+async def test_auth3_mixed_mode_signs_configs_and_static_files_with_the_tftp_certificate(tftp):
+    """AUTH-3: in mixed mode each static file and device config is also served as NAME.sgn, signed by
+    the TFTP certificate (AUTH-5: a byte flip breaks it; another signer is refused)."""
+    await tftp.add_device(mode="authenticated")
+    await tftp.set_mode("mixed")
+    for name in (f"{DEVICE}.cnf.xml", "RingList.xml", "XMLDefault.cnf.xml", "Ringer1.raw",
+                 "United_States/g3-tones.xml"):
+        plain = await tftp.get(name)
+        signed = parse_sgn(await tftp.get(name + ".sgn", blksize=1024))
+        verify_sgn(signed, tftp.cert)
+        assert signed.payload == plain and signed.header.file_name == name + ".sgn"
+    raw = bytearray(await tftp.get(f"{DEVICE}.cnf.xml.sgn"))
+    raw[-20] ^= 0x20
+    with pytest.raises(SignatureError):
+        verify_sgn(parse_sgn(bytes(raw)), tftp.cert)
+    other = issue_with_new_key(create_ca(dn("other CA")), dn("not-tftp"))
+    with pytest.raises(SignatureError):
+        verify_sgn(parse_sgn(await tftp.get("RingList.xml.sgn")), other.cert)
+
+
+async def test_auth3_config_resigned_on_change_never_stale_and_event_presigns(tftp):
+    """AUTH-3: after a committed change the very next download has the new content, signed; the
+    config.changed event re-signs it ahead of the phone (the next request is a cache hit)."""
+    await tftp.add_device(mode="authenticated")
+    await tftp.set_mode("mixed")
+    before = parse_sgn(await tftp.get(f"{DEVICE}.cnf.xml.sgn"))
+    assert parse_cnf_xml(before.payload).hardening.web_access is True
+    await tftp.update_device(web_access=False)
+    after = parse_sgn(await tftp.get(f"{DEVICE}.cnf.xml.sgn"))  # no event yet: still fresh
+    verify_sgn(after, tftp.cert)
+    assert parse_cnf_xml(after.payload).hardening.web_access is False
+    await tftp.update_device(pc_port=False)
+    signed_before = tftp.svc.content.store.signed
+    event = await tftp.svc.publish("config.changed", DEVICE,
+                                   config_changed=events_pb2.ConfigChanged(devices=[DEVICE]))
+
+    async def handled():
+        return tftp.svc.last_event_id == event.id
+    assert await _wait(handled)
+    assert tftp.svc.content.store.signed == signed_before + 1
+    hits = tftp.svc.content.store.hits
+    latest = parse_sgn(await tftp.get(f"{DEVICE}.cnf.xml.sgn"))
+    assert tftp.svc.content.store.hits == hits + 1, "the event should have signed it ahead"
+    assert parse_cnf_xml(latest.payload).hardening.pc_port is False
+
+
+async def test_auth3_mode_change_event_resigns_everything(tftp):
+    """AUTH-3: switching to mixed (mode.changed) signs every device config and static file."""
+    for i in range(5):
+        await tftp.add_device(name=f"SEP00112233AB{i:02X}", mode="non-secure")
+    await tftp.set_mode("mixed")
+    event = await tftp.svc.publish("mode.changed", None, mode_changed=events_pb2.SecurityModeChanged(
+        mode=common_pb2.CLUSTER_MIXED, previous=common_pb2.CLUSTER_NON_SECURE))
+
+    async def handled():
+        return tftp.svc.last_event_id == event.id
+    assert await _wait(handled, 20)
+    static = len([f for f in tftp.svc.content.list_static() if f.kind in ("static", "default-config")])
+    assert tftp.svc.content.store.signed == 5 + static
+    reply = await tftp.stub().Resign(tftp_signer_pb2.ResignRequest(all=True), timeout=20)
+    assert reply.signed == 5 + static and reply.seconds > 0
+
+
+# --- AUTH-4 ----------------------------------------------------------------------------------------
+
+async def test_auth4_caching_on_keeps_signed_files_in_memory_only(tftp):
+    """AUTH-4 (caching on): signed files are built in memory; nothing is written under signed/."""
+    await tftp.add_device(mode="authenticated")
+    await tftp.set_mode("mixed")
+    await tftp.get(f"{DEVICE}.cnf.xml.sgn")
+    await tftp.get("RingList.xml.sgn")
+    assert tftp.svc.content.store.stats()["cache_entries"] == "2"
+    assert not (tftp.data / "tftp" / "cluster1" / "signed").exists()
+
+
+async def test_auth4_caching_off_writes_signed_files_and_replaces_them_atomically(tmp_path, nats_server):
+    """AUTH-4 (caching off): signed files are written to disk; a changed stored source (the ring list
+    edited by the administrator, a device change) is re-signed and the new file replaces the old."""
+    async with running_service(tmp_path, nats_server, caching=False) as r:
+        await r.add_device(mode="authenticated")
+        await r.set_mode("mixed")
+        folder = tmp_path / "tftp" / "cluster1"
+        served = await r.get("RingList.xml.sgn")
+        on_disk = folder / "signed" / "RingList.xml.sgn"
+        assert on_disk.read_bytes() == served
+        inode = on_disk.stat().st_ino
+        assert await r.get("RingList.xml.sgn") == served and on_disk.stat().st_ino == inode  # reused
+        (folder / "RingList.xml").write_bytes(b"<CiscoIPPhoneRingList></CiscoIPPhoneRingList>\n")
+        fresh = await r.get("RingList.xml.sgn")
+        assert parse_sgn(fresh).payload == b"<CiscoIPPhoneRingList></CiscoIPPhoneRingList>\n"
+        verify_sgn(parse_sgn(fresh), r.cert)
+        assert on_disk.read_bytes() == fresh and on_disk.stat().st_ino != inode  # renamed into place
+        config_file = folder / "signed" / f"{DEVICE}.cnf.xml.sgn"
+        await r.get(f"{DEVICE}.cnf.xml.sgn")
+        await r.update_device(settings_access=False)
+        new = await r.get(f"{DEVICE}.cnf.xml.sgn")
+        assert config_file.read_bytes() == new
+        assert parse_cnf_xml(parse_sgn(new).payload).hardening.settings_access is False
+        assert not [p for p in (folder / "signed").iterdir() if p.name.startswith(".")], "temp files left"
+        # A damaged file on disk is never served: it is re-signed and replaced.
+        config_file.write_bytes(b"garbage")
+        verify_sgn(parse_sgn(await r.get(f"{DEVICE}.cnf.xml.sgn")), r.cert)
+
+
+# --- DEV-4 and the config contents -------------------------------------------------------------------
+
+async def test_dev4_hardening_and_capf_operation_reach_the_served_config(tftp):
+    """DEV-4: the hardening settings of the device are in its configuration file; the pending CAPF
+    operation, CallManager group and SRST reference are there too."""
+    await tftp.add_device(mode="encrypted", web_access=False, pc_port=False, settings_access=False,
+                          garp=False, voice_vlan_access=False)
+    await schedule_operation(tftp.svc.db, DEVICE, "install", auth_mode="null", key_type="ec256")
+    config = parse_cnf_xml(await tftp.get(f"{DEVICE}.cnf.xml"))
+    h = config.hardening
+    assert not (h.web_access or h.pc_port or h.settings_access or h.garp or h.voice_vlan_access)
+    assert config.security_mode == 3
+    assert [(m.host, m.ethernet_phone_port, m.secure_port) for m in config.call_managers] == [
+        ("127.0.0.5", 2000, 2443)]
+    assert config.capf.host == "127.0.0.3" and config.capf.port == 3804
+    assert (config.capf.operation, config.capf.key_type, config.capf.curve) == ("install", "EC", "P-256")
+    assert config.srst.addresses == ("127.0.0.8",)
+    assert (await _error(tftp.get("SEP0011223344FF.cnf.xml"))).code == ERR_FILE_NOT_FOUND
+
+
+# --- MODE-6 ----------------------------------------------------------------------------------------
+
+def _ctl(tftp_cert) -> bytes:
+    tokens = [issue_with_new_key(create_ca(dn(f"token{i}")), dn(f"SAST{i}")) for i in range(2)]
+    records = [record_from_certificate(t.cert, Role.TOKEN) for t in tokens]
+    records.append(record_from_certificate(tftp_cert, Role.TFTP, dns_name="tftp-signer"))
+    # A token signs the CTL with its own certificate (CTL-1); create_ca certs are fine as tokens here.
+    signer = FileSigner(tokens[0].cert, tokens[0].key)
+    return build_ctl(records, signer, int(time.time()))
+
+
+async def test_mode6_publish_trust_list_only_into_this_clusters_path(tftp):
+    """MODE-6: the CTL client publishes CTLFile.tlv only into its own cluster's path; another
+    cluster's path, an unknown path, other names, a wrong sha256 or a non-CTL are refused."""
+    stub = tftp.stub()
+    await stub.AddSharedCluster(tftp_signer_pb2.SharedCluster(
+        name="branch", tftp_path="branch", mode=common_pb2.CLUSTER_NON_SECURE), timeout=5)
+    ctl = _ctl(tftp.cert)
+    digest = hashlib.sha256(ctl).hexdigest()
+    cases = [
+        (dict(cluster_path="branch", name="CTLFile.tlv"), grpc.StatusCode.PERMISSION_DENIED, "MODE-6"),
+        (dict(cluster_path="nowhere", name="CTLFile.tlv"), grpc.StatusCode.NOT_FOUND, "not configured"),
+        (dict(cluster_path="cluster1", name="RingList.xml"), grpc.StatusCode.INVALID_ARGUMENT, "trust-list"),
+    ]
+    for fields, code, text in cases:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.PublishFile(tftp_signer_pb2.PublishFileRequest(content=ctl, sha256=digest, **fields),
+                                   timeout=5)
+        assert info.value.code() == code and text in info.value.details()
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.PublishFile(tftp_signer_pb2.PublishFileRequest(name="CTLFile.tlv", content=ctl,
+                                                                  sha256="00" * 32), timeout=5)
+    assert info.value.code() == grpc.StatusCode.DATA_LOSS
+    junk = b"not a trust list"
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.PublishFile(tftp_signer_pb2.PublishFileRequest(
+            name="CTLFile.tlv", content=junk, sha256=hashlib.sha256(junk).hexdigest()), timeout=5)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert not (tftp.data / "tftp" / "branch" / "CTLFile.tlv").exists()
+    reply = await stub.PublishFile(tftp_signer_pb2.PublishFileRequest(
+        cluster_path="cluster1", name="CTLFile.tlv", content=ctl, sha256=digest), timeout=5)
+    assert reply.sha256 == digest
+    assert await tftp.get("CTLFile.tlv") == ctl
+    assert await tftp.get("cluster1/CTLFile.tlv") == ctl
+    assert (await _error(tftp.get("CTLFile.tlv.sgn"))).code == ERR_FILE_NOT_FOUND
+
+
+async def test_mode6_shared_clusters_need_unique_paths_and_the_same_mode(tftp):
+    """MODE-6: a cluster whose TFTP path (or alternate path) is already used, or whose security mode
+    differs, cannot share the server; a valid one is served from its own folder by path prefix."""
+    stub = tftp.stub()
+    refused = [
+        tftp_signer_pb2.SharedCluster(name="dup", tftp_path="cluster1", mode=common_pb2.CLUSTER_NON_SECURE),
+        tftp_signer_pb2.SharedCluster(name="alt", tftp_path="b2", alternate_path="CLUSTER1",
+                                      mode=common_pb2.CLUSTER_NON_SECURE),
+        tftp_signer_pb2.SharedCluster(name="mixed", tftp_path="b3", mode=common_pb2.CLUSTER_MIXED),
+    ]
+    for cluster in refused:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.AddSharedCluster(cluster, timeout=5)
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "MODE-6" in info.value.details()
+    reply = await stub.AddSharedCluster(tftp_signer_pb2.SharedCluster(
+        name="branch", tftp_path="branch", alternate_path="branch-alt", mode=common_pb2.CLUSTER_NON_SECURE),
+        timeout=5)
+    assert [c.tftp_path for c in reply.clusters] == ["cluster1", "branch"]
+    with pytest.raises(grpc.aio.AioRpcError):
+        await stub.AddSharedCluster(tftp_signer_pb2.SharedCluster(
+            name="again", tftp_path="branch-alt", mode=common_pb2.CLUSTER_NON_SECURE), timeout=5)
+    (tftp.data / "tftp" / "branch").mkdir(parents=True)
+    (tftp.data / "tftp" / "branch" / "CTLFile.tlv").write_bytes(b"branch trust list")
+    assert await tftp.get("branch/CTLFile.tlv") == b"branch trust list"
+    assert (await _error(tftp.get("CTLFile.tlv"))).code == ERR_FILE_NOT_FOUND  # ours is not published
+    assert (tftp.data / "tftp-signer" / "shared-clusters.json").exists()
+
+
+# --- hostile names ---------------------------------------------------------------------------------
+
+async def test_traversal_and_odd_names_are_refused(tftp):
+    """Bad names get TFTP error 2 (access violation) and nothing outside the cluster folder is read."""
+    (tftp.data / "secret.txt").write_text("secret")
+    for bad in ("../secret.txt", "/etc/passwd", "cluster1/../../secret.txt", "signed/RingList.xml.sgn",
+                "a/b/c/d", "x\\..\\..\\secret.txt", "Ring List.xml", ".hidden", "C:secret"):
+        err = await _error(tftp.get(bad))
+        assert err.code == ERR_ACCESS_VIOLATION, bad
+    os.symlink(tftp.data / "secret.txt", tftp.data / "tftp" / "cluster1" / "link.txt")
+    assert (await _error(tftp.get("link.txt"))).code == ERR_FILE_NOT_FOUND
+    # The listener refuses the absolute and '..' names itself; our layout refuses the other four.
+    assert tftp.svc.content.refused == 4
+
+
+async def test_list_files_and_status(tftp):
+    await tftp.add_device()
+    reply = await tftp.stub().ListFiles(tftp_signer_pb2.ListFilesRequest(include_devices=True), timeout=5)
+    by_name = {f.name: f for f in reply.files}
+    assert by_name[f"{DEVICE}.cnf.xml"].kind == "device-config" and not by_name[f"{DEVICE}.cnf.xml"].signed
+    assert by_name[firmware.image_filename(LOAD_7970)].signed  # AUTH-1, even non-secure
+    assert "RingList.xml" in by_name and "XMLDefault.cnf.xml" in by_name
+    assert reply.mode == common_pb2.CLUSTER_NON_SECURE
+    await tftp.get("RingList.xml")
+    status = await tftp.stub().Status(common_pb2.Empty(), timeout=5)
+    assert status.details["files_served"] == "1" and status.details["tftp_path"] == "cluster1"
