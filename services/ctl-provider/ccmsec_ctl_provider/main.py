@@ -1,21 +1,96 @@
-"""Entry point of the ctl-provider service."""
+"""Entry point of the ctl-provider service: the CTL Provider (TLS 2444) and its gRPC API.
+
+On start it reads its activation flag (CHK-1, off on a fresh cluster) and its TLS port from the
+database — a stored port overrides CCMSEC_CTL_PROVIDER_PORT; changing it requires a restart (RST-7).
+"""
 
 from __future__ import annotations
 
+import time
+
+from ccmsec.db.cluster import provider_node
 from ccmsec.runtime.service import Service, run_service
-from ccmsec.runtime.servicer import StatusServicerMixin
-from ccmsec_proto import ctl_provider_pb2_grpc
+from ccmsec_proto import ctl_provider_pb2, ctl_provider_pb2_grpc
 
+from ccmsec_ctl_provider.certificates import gather
+from ccmsec_ctl_provider.listener import ProviderListener, server_ssl_context
+from ccmsec_ctl_provider.servicer import CtlProviderServicer
+from ccmsec_ctl_provider.trust import TrustOperations
 
-class CtlProviderServicer(StatusServicerMixin, ctl_provider_pb2_grpc.CtlProviderServicer):
-    pass
+CERTIFICATE_CACHE_SECONDS = 2.0  # a burst of CTL clients costs one round of RPCs
 
 
 class CtlProviderService(Service):
     role = "ctl-provider"
 
+    def __init__(self, settings):
+        super().__init__(settings)
+        self.activated = False
+        self.configured_port = settings.ctl_provider_port
+        self.listening_port = 0
+        self.listener: ProviderListener | None = None
+        self.trust = TrustOperations(self)
+        self.certificate_origins: dict[str, str] = {}
+        self._cache: tuple[float, list] | None = None
+
     async def setup(self) -> None:
-        self.grpc.add(ctl_provider_pb2_grpc.add_CtlProviderServicer_to_server, CtlProviderServicer(self), "ccmsec.v1.CtlProvider")
+        async with self.db() as session, session.begin():
+            row = await provider_node(session, self.node)
+            self.activated = row.activated
+            if row.port:
+                self.configured_port = row.port
+        self.listener = ProviderListener(self.node, server_ssl_context(self.identity),
+                                         is_active=lambda: self.activated,
+                                         certificates=self.server_certificates)
+        await self.listener.start(self.settings.host, self.configured_port)
+        self.listening_port = self.listener.port
+        self.log.info("CTL Provider listening", extra={"port": self.listening_port,
+                                                       "activated": self.activated})
+        self.grpc.add(ctl_provider_pb2_grpc.add_CtlProviderServicer_to_server,
+                      CtlProviderServicer(self), "ccmsec.v1.CtlProvider")
+
+    async def teardown(self) -> None:
+        if self.listener is not None:
+            await self.listener.close()
+
+    def status_details(self) -> dict[str, str]:
+        details = {"ctl_provider_port": str(self.listening_port),
+                   "configured_port": str(self.configured_port)}
+        if self.listener is not None:
+            details.update(answered=str(self.listener.answered), refused=str(self.listener.refused))
+        details.update({f"source_{k}": v for k, v in self.certificate_origins.items()})
+        return details
+
+    async def server_certificates(self):
+        now = time.monotonic()
+        if self._cache is not None and now - self._cache[0] < CERTIFICATE_CACHE_SECONDS:
+            return self._cache[1]
+        entries, origins = await gather(self.settings.data_dir, self.peer_channel,
+                                        self.settings.peer_host)
+        self.certificate_origins = origins
+        self._cache = (now, entries)
+        return entries
+
+    async def set_activated(self, active: bool) -> None:
+        async with self.db() as session, session.begin():
+            row = await provider_node(session, self.node)
+            row.activated = bool(active)
+        self.activated = bool(active)
+        self.log.info("CTL Provider %s", "activated" if active else "deactivated")
+
+    async def store_port(self, port: int) -> bool:
+        """Store the TLS port; True when it changed (a restart applies it — RST-7)."""
+        async with self.db() as session, session.begin():
+            row = await provider_node(session, self.node)
+            previous = row.port or self.settings.ctl_provider_port
+            row.port = port
+        self.configured_port = port
+        return previous != port
+
+    def provider_settings(self) -> ctl_provider_pb2.ProviderSettingsReply:
+        return ctl_provider_pb2.ProviderSettingsReply(
+            activated=self.activated, configured_port=self.configured_port,
+            listening_port=self.listening_port, host=self.settings.host)
 
 
 def main() -> None:

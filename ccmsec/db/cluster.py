@@ -1,0 +1,109 @@
+"""Trust anchors of the cluster: the trust lists the CTL client published, the CTL Provider's
+per-server state, and the MODE-6 registry of clusters sharing a TFTP server.
+
+The cluster security mode itself and `ctl_version` live in `cluster_settings` (ccmsec/db/devices.py)
+because the administration API reads them there (MODE-5); `record_ctl` writes both places in one
+transaction.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+
+from sqlalchemy import Boolean, DateTime, Integer, LargeBinary, String, select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Mapped, mapped_column
+
+from ccmsec.db.base import Base
+from ccmsec.db.devices import SETTING_CTL_VERSION, set_setting, utcnow
+from ccmsec.policy.tftp_paths import TftpClusterEntry
+
+
+class CtlFileRow(Base):
+    """Every CTLFile.tlv the CTL client published; the highest version is the current one."""
+
+    __tablename__ = "ctl_files"
+
+    version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    sha256: Mapped[str] = mapped_column(String(64), nullable=False)
+    content: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    signer: Mapped[str] = mapped_column(String(512), nullable=False)
+    signer_serial: Mapped[str] = mapped_column(String(128), nullable=False)
+    records: Mapped[int] = mapped_column(Integer, nullable=False)
+    tftp_path: Mapped[str] = mapped_column(String(64), nullable=False)
+    created_at: Mapped[_dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False,
+                                                     default=utcnow)
+
+
+class CtlProviderNode(Base):
+    """CHK-1 activation and the TLS port (CHK-3, RST-7) of one CTL Provider instance."""
+
+    __tablename__ = "ctl_provider_nodes"
+
+    node: Mapped[str] = mapped_column(String(64), primary_key=True)
+    activated: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    port: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    updated_at: Mapped[_dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False,
+                                                     default=utcnow, onupdate=utcnow)
+
+
+class TftpClusterRow(Base):
+    """MODE-6: one cluster using the shared TFTP server."""
+
+    __tablename__ = "tftp_clusters"
+
+    cluster_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tftp_path: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
+    alternate_path: Mapped[str] = mapped_column(String(64), nullable=False, default="")
+    mode: Mapped[str] = mapped_column(String(16), nullable=False, default="non-secure")
+
+    def entry(self) -> TftpClusterEntry:
+        return TftpClusterEntry(self.cluster_id, self.tftp_path, self.alternate_path, self.mode)
+
+
+async def current_ctl(session: AsyncSession) -> CtlFileRow | None:
+    return await session.scalar(select(CtlFileRow).order_by(CtlFileRow.version.desc()).limit(1))
+
+
+async def record_ctl(session: AsyncSession, *, content: bytes, sha256: str, signer: str,
+                     signer_serial: str, records: int, tftp_path: str) -> int:
+    """Store a new trust list and point `cluster_settings.ctl_version` at it (caller commits)."""
+    latest = await current_ctl(session)
+    version = 1 if latest is None else latest.version + 1
+    session.add(CtlFileRow(version=version, sha256=sha256, content=content, signer=signer,
+                           signer_serial=signer_serial, records=records, tftp_path=tftp_path))
+    await set_setting(session, SETTING_CTL_VERSION, str(version))
+    return version
+
+
+async def provider_node(session: AsyncSession, node: str) -> CtlProviderNode:
+    """The node's row, created not activated on first use (CHK-1)."""
+    row = await session.get(CtlProviderNode, node)
+    if row is None:
+        row = CtlProviderNode(node=node, activated=False, port=None)
+        session.add(row)
+        await session.flush()
+    return row
+
+
+async def tftp_registry(session: AsyncSession) -> list[TftpClusterEntry]:
+    rows = (await session.scalars(select(TftpClusterRow).order_by(TftpClusterRow.cluster_id))).all()
+    return [r.entry() for r in rows]
+
+
+async def save_tftp_registry(session: AsyncSession, registry: list[TftpClusterEntry]) -> None:
+    """Replace the registry by `registry` (already checked by ccmsec.policy.tftp_paths)."""
+    existing = {r.cluster_id: r for r in (await session.scalars(select(TftpClusterRow))).all()}
+    wanted = {e.cluster_id for e in registry}
+    for cluster_id, row in existing.items():
+        if cluster_id not in wanted:
+            await session.delete(row)
+    await session.flush()
+    for entry in registry:
+        row = existing.get(entry.cluster_id)
+        if row is None:
+            session.add(TftpClusterRow(cluster_id=entry.cluster_id, tftp_path=entry.tftp_path,
+                                       alternate_path=entry.alternate_path, mode=entry.mode))
+        else:
+            row.tftp_path, row.alternate_path, row.mode = (entry.tftp_path, entry.alternate_path,
+                                                           entry.mode)

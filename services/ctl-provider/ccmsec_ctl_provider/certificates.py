@@ -1,0 +1,118 @@
+"""Gathering the certificates this CTL Provider answers with.
+
+For each server role of the cluster the provider asks the service itself over mutual-TLS gRPC and
+falls back to the certificate file that service keeps in the shared data directory when the RPC is
+missing or the service is down (the certificates never change once issued — CERT-5, CHK-2):
+
+    CallManager  CallManager/GetServerCertificate   DATA/servers/callmanager/ccmserver.cer (DER)
+    TFTP         TftpSigner/GetSigningCertificate   DATA/servers/tftp-signer/ccmserver.cer (DER)
+    CAPF         Capf/GetCapfCertificate            DATA/pki/capf.crt (PEM)
+
+DNS name = the service's host name (its role, as in compose); IPv4 = its address from CCMSEC_PEERS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Awaitable, Callable
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from ccmsec.formats.ctl import Role
+from ccmsec.wire.ctlprovider import CertificateEntry
+from ccmsec_proto import common_pb2
+
+log = logging.getLogger("ccmsec.ctl-provider")
+RPC_TIMEOUT = 3.0
+
+
+class CertificateUnavailable(Exception):
+    """A server certificate can be obtained neither from its service nor from its file."""
+
+
+@dataclass(frozen=True)
+class Source:
+    role: Role
+    service: str          # topology role of the service holding the certificate
+    rpc: str              # full gRPC method returning ccmsec.v1.Certificate
+    fallback: str         # path relative to the data directory
+
+    def file(self, data_dir: Path) -> Path:
+        return Path(data_dir) / self.fallback
+
+
+SOURCES = (
+    Source(Role.CCM, "callmanager", "/ccmsec.v1.CallManager/GetServerCertificate",
+           "servers/callmanager/ccmserver.cer"),
+    Source(Role.TFTP, "tftp-signer", "/ccmsec.v1.TftpSigner/GetSigningCertificate",
+           "servers/tftp-signer/ccmserver.cer"),
+    Source(Role.CAPF, "capf", "/ccmsec.v1.Capf/GetCapfCertificate", "pki/capf.crt"),
+)
+
+
+def load_certificate_file(path: Path) -> bytes:
+    """DER bytes of a DER or PEM certificate file."""
+    raw = Path(path).read_bytes()
+    try:
+        cert = (x509.load_pem_x509_certificate(raw) if raw.lstrip().startswith(b"-----BEGIN")
+                else x509.load_der_x509_certificate(raw))
+    except ValueError as exc:
+        raise CertificateUnavailable(f"{path} is not a certificate: {exc}") from None
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+def _ipv4(host: str) -> str | None:
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    return str(address) if address.version == 4 else None
+
+
+ChannelFor = Callable[[str], grpc.aio.Channel]
+
+
+async def _from_rpc(channel: grpc.aio.Channel, method: str) -> bytes:
+    call = channel.unary_unary(method, request_serializer=common_pb2.Empty.SerializeToString,
+                               response_deserializer=common_pb2.Certificate.FromString)
+    reply = await call(common_pb2.Empty(), timeout=RPC_TIMEOUT)
+    if not reply.der:
+        raise CertificateUnavailable(f"{method} returned no certificate")
+    return reply.der
+
+
+async def gather(data_dir: Path, channel_for: ChannelFor, host_for: Callable[[str], str],
+                 sources: tuple[Source, ...] = SOURCES) -> tuple[list[CertificateEntry], dict[str, str]]:
+    """Every server certificate with role, DNS name and IPv4; and where each came from."""
+
+    async def one(source: Source) -> tuple[CertificateEntry, str]:
+        host = host_for(source.service)
+        try:
+            der = await _from_rpc(channel_for(source.service), source.rpc)
+            origin = "grpc"
+        except (grpc.aio.AioRpcError, CertificateUnavailable, asyncio.TimeoutError) as exc:
+            reason = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
+            path = source.file(data_dir)
+            try:
+                der = load_certificate_file(path)
+            except FileNotFoundError:
+                raise CertificateUnavailable(
+                    f"the {source.role.label} certificate is not available: {source.service} "
+                    f"did not answer ({reason}) and {path} does not exist yet") from None
+            origin = "file"
+            log.info("certificate from file", extra={"role": source.role.label, "path": str(path),
+                                                     "rpc_error": reason})
+        return CertificateEntry(source.role, source.service, _ipv4(host), der), origin
+
+    results = await asyncio.gather(*(one(s) for s in sources))
+    return [entry for entry, _ in results], {s.role.label: origin for s, (_, origin)
+                                             in zip(sources, results)}
+
+
+Gatherer = Callable[[], Awaitable[list[CertificateEntry]]]

@@ -1,0 +1,131 @@
+"""gRPC `ccmsec.v1.CtlProvider`: activation (CHK-1), port (RST-7), the CTL commit and the mode."""
+
+from __future__ import annotations
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+
+from ccmsec.formats.ctl import dn_string
+from ccmsec.policy.resets import CtlProviderPortChanged, required_actions
+from ccmsec.policy.tftp_paths import TftpClusterEntry
+from ccmsec.runtime.servicer import StatusServicerMixin
+from ccmsec_proto import common_pb2, ctl_provider_pb2, ctl_provider_pb2_grpc
+
+from ccmsec_ctl_provider.certificates import CertificateUnavailable
+from ccmsec_ctl_provider.trust import MODE_ENUMS, MODES, LOCAL_CLUSTER_ID, Refused
+
+MAX_CTL_REQUEST = 64 * 1024
+
+
+def certificate_message(der: bytes, role: int, dns_name: str, ipv4: str | None) -> common_pb2.Certificate:
+    cert = x509.load_der_x509_certificate(der)
+    return common_pb2.Certificate(
+        der=der, serial=f"{cert.serial_number:x}", subject=cert.subject.rfc4514_string(),
+        issuer=cert.issuer.rfc4514_string(), role=role,
+        not_before_unix=int(cert.not_valid_before_utc.timestamp()),
+        not_after_unix=int(cert.not_valid_after_utc.timestamp()),
+        fingerprint_sha256=cert.fingerprint(hashes.SHA256()).hex(), dns_name=dns_name,
+        ipv4=ipv4 or "")
+
+
+def _cluster_message(e: TftpClusterEntry) -> ctl_provider_pb2.TftpCluster:
+    return ctl_provider_pb2.TftpCluster(cluster_id=e.cluster_id, tftp_path=e.tftp_path,
+                                        alternate_path=e.alternate_path, mode=MODE_ENUMS[e.mode])
+
+
+class CtlProviderServicer(StatusServicerMixin, ctl_provider_pb2_grpc.CtlProviderServicer):
+    async def _refused(self, context, exc: Refused):
+        await context.abort(exc.code, str(exc))
+
+    async def Activate(self, request, context):  # noqa: N802
+        await self.service.set_activated(request.active)
+        return self.service.status_message()
+
+    async def GetServerCertificates(self, request, context):  # noqa: N802
+        try:
+            entries = await self.service.server_certificates()
+        except CertificateUnavailable as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        return ctl_provider_pb2.ServerCertificatesReply(
+            server=self.service.node,
+            certificates=[certificate_message(e.der, int(e.role), e.dns_name, e.ipv4) for e in entries])
+
+    async def GetProviderSettings(self, request, context):  # noqa: N802
+        return self.service.provider_settings()
+
+    async def SetProviderPort(self, request, context):  # noqa: N802
+        if not 1 <= request.port <= 65535:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"port {request.port} is not between 1 and 65535")
+        changed = await self.service.store_port(request.port)
+        events: list[str] = []
+        if changed:
+            events = await self.service.trust._emit(required_actions(CtlProviderPortChanged()),
+                                                    f"CTL Provider TLS port set to {request.port}")
+        return ctl_provider_pb2.SetProviderPortReply(
+            port=request.port, listening_port=self.service.listening_port,
+            restart_required=request.port != self.service.listening_port, events=events)
+
+    async def GetCurrentCtl(self, request, context):  # noqa: N802
+        row = await self.service.trust.current()
+        if row is None:
+            return ctl_provider_pb2.CurrentCtlReply(present=False)
+        return ctl_provider_pb2.CurrentCtlReply(present=True, version=row.version, sha256=row.sha256,
+                                                ctl=row.content)
+
+    async def CommitCtl(self, request, context):  # noqa: N802
+        if len(request.ctl) > MAX_CTL_REQUEST:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "CTL over 64 KB")
+        try:
+            result = await self.service.trust.commit(request.ctl, request.mode, request.new_trust)
+        except Refused as exc:
+            await self._refused(context, exc)
+        return ctl_provider_pb2.CommitCtlReply(
+            version=result["version"], sha256=result["sha256"], tftp_path=result["tftp_path"],
+            published_path=result["published_path"], mode=MODE_ENUMS[result["mode"]],
+            previous_mode=MODE_ENUMS[result["previous_mode"]], events=result["events"])
+
+    async def GetSecurityMode(self, request, context):  # noqa: N802
+        mode, version = await self.service.trust.mode_state()
+        return ctl_provider_pb2.SecurityModeReply(mode=MODE_ENUMS[mode], previous=MODE_ENUMS[mode],
+                                                  ctl_present=version is not None,
+                                                  ctl_version=version or 0)
+
+    async def SetSecurityMode(self, request, context):  # noqa: N802
+        try:
+            target, previous, events = await self.service.trust.set_mode(request.mode)
+        except Refused as exc:
+            await self._refused(context, exc)
+        _, version = await self.service.trust.mode_state()
+        return ctl_provider_pb2.SecurityModeReply(mode=MODE_ENUMS[target], previous=MODE_ENUMS[previous],
+                                                  ctl_present=version is not None,
+                                                  ctl_version=version or 0, events=events)
+
+    async def _clusters(self, registry):
+        return ctl_provider_pb2.TftpClustersReply(clusters=[_cluster_message(e) for e in registry],
+                                                  local_cluster_id=LOCAL_CLUSTER_ID)
+
+    async def ListTftpClusters(self, request, context):  # noqa: N802
+        return await self._clusters(await self.service.trust.registry())
+
+    async def RegisterTftpCluster(self, request, context):  # noqa: N802
+        mode = MODES.get(request.mode)
+        if mode is None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "give the cluster's mode")
+        entry = TftpClusterEntry(request.cluster_id, request.tftp_path, request.alternate_path, mode)
+        try:
+            return await self._clusters(await self.service.trust.register_cluster(entry))
+        except Refused as exc:
+            await self._refused(context, exc)
+        except ValueError as exc:  # TftpPathConflict from validation
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+
+    async def RemoveTftpCluster(self, request, context):  # noqa: N802
+        try:
+            return await self._clusters(await self.service.trust.remove_cluster(request.cluster_id))
+        except Refused as exc:
+            await self._refused(context, exc)
+
+
+__all__ = ["CtlProviderServicer", "certificate_message", "dn_string"]

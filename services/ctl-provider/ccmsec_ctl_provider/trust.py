@@ -1,0 +1,223 @@
+"""What the CTL Provider does with a trust list the CTL client hands over, and with the cluster
+security mode — the server half of `ccmsec ctl update` and `ccmsec mode set`.
+
+Commit (CHK-6), in this order so nothing is half done:
+  1. the file parses and verifies, lists at least two tokens (CTL-1) and is signed by a token of
+     the current CTL unless the administrator asked for new trust (CTL-2);
+  2. MODE-6: this cluster's TFTP path and target mode fit the registry of clusters sharing the TFTP
+     server;
+  3. the tftp-signer publishes it atomically (PublishFile);
+  4. the database records it (`ctl_files`, `cluster_settings.ctl_version` — MODE-5 reads that);
+  5. the cluster mode is set (CallManager/SetClusterMode, which emits RST-3; when that RPC is not
+     available the row is written here and the RST-3 events emitted here instead);
+  6. `ctl.updated` and the RST-4 actions are published.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+
+import grpc
+
+from ccmsec.db.cluster import current_ctl, record_ctl, save_tftp_registry, tftp_registry
+from ccmsec.db.devices import SETTING_SECURITY_MODE, cluster_security_mode, get_setting, set_setting
+from ccmsec.formats.ctl import CTL_FILE_NAME, CtlFormatError, Role, SignatureError, parse_ctl, verify_ctl
+from ccmsec.policy.resets import ClusterModeChanged, CtlUpdated, required_actions
+from ccmsec.policy.tftp_paths import TftpClusterEntry, TftpPathConflict, check_tftp_clusters
+from ccmsec_proto import callmanager_pb2, callmanager_pb2_grpc, common_pb2, events_pb2
+from ccmsec_proto import tftp_signer_pb2, tftp_signer_pb2_grpc
+
+from ccmsec_ctl_provider.actions import action_events, describe
+
+log = logging.getLogger("ccmsec.ctl-provider")
+
+LOCAL_CLUSTER_ID = "local"
+MODES = {common_pb2.CLUSTER_NON_SECURE: "non-secure", common_pb2.CLUSTER_MIXED: "mixed"}
+MODE_ENUMS = {v: k for k, v in MODES.items()}
+RPC_TIMEOUT = 5.0
+MODE_RPC_ATTEMPTS = 5
+
+
+class Refused(Exception):
+    """An operation refused with a gRPC status code and a message for the administrator."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+def _mode_name(mode: int) -> str | None:
+    if mode == common_pb2.CLUSTER_SECURITY_MODE_UNSPECIFIED:
+        return None
+    try:
+        return MODES[mode]
+    except KeyError:
+        raise Refused(grpc.StatusCode.INVALID_ARGUMENT, f"unknown cluster security mode {mode}") \
+            from None
+
+
+class TrustOperations:
+    def __init__(self, service):
+        self.service = service
+
+    # --- events ---------------------------------------------------------------------------
+    async def _emit(self, actions, reason: str) -> list[str]:
+        published = []
+        for kind, target, body in action_events(actions, reason):
+            await self.service.publish(kind, target, **body)
+            published.append(describe(kind, target, body))
+        return published
+
+    # --- MODE-6 ---------------------------------------------------------------------------
+    def _local_entry(self, registry: list[TftpClusterEntry], mode: str) -> TftpClusterEntry:
+        alternate = next((e.alternate_path for e in registry if e.cluster_id == LOCAL_CLUSTER_ID), "")
+        return TftpClusterEntry(LOCAL_CLUSTER_ID, self.service.settings.tftp_path, alternate, mode)
+
+    async def checked_registry(self, session, mode: str) -> list[TftpClusterEntry]:
+        registry = await tftp_registry(session)
+        try:
+            return check_tftp_clusters(registry, self._local_entry(registry, mode))
+        except TftpPathConflict as exc:
+            raise Refused(grpc.StatusCode.FAILED_PRECONDITION, str(exc)) from None
+
+    async def register_cluster(self, entry: TftpClusterEntry) -> list[TftpClusterEntry]:
+        async with self.service.db() as session, session.begin():
+            registry = await tftp_registry(session)
+            if entry.cluster_id == LOCAL_CLUSTER_ID:
+                raise Refused(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"{LOCAL_CLUSTER_ID!r} is this cluster; its path comes from its settings")
+            if not any(e.cluster_id == LOCAL_CLUSTER_ID for e in registry):
+                registry = check_tftp_clusters(registry, self._local_entry(
+                    registry, await cluster_security_mode(session)))
+            try:
+                registry = check_tftp_clusters(registry, entry)
+            except TftpPathConflict as exc:
+                raise Refused(grpc.StatusCode.FAILED_PRECONDITION, str(exc)) from None
+            await save_tftp_registry(session, registry)
+            return registry
+
+    async def remove_cluster(self, cluster_id: str) -> list[TftpClusterEntry]:
+        if cluster_id == LOCAL_CLUSTER_ID:
+            raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "this cluster cannot be removed")
+        async with self.service.db() as session, session.begin():
+            registry = [e for e in await tftp_registry(session) if e.cluster_id != cluster_id]
+            await save_tftp_registry(session, registry)
+            return registry
+
+    async def registry(self) -> list[TftpClusterEntry]:
+        async with self.service.db() as session:
+            registry = await tftp_registry(session)
+            if not any(e.cluster_id == LOCAL_CLUSTER_ID for e in registry):
+                registry = sorted(registry + [self._local_entry(
+                    registry, await cluster_security_mode(session))], key=lambda e: e.cluster_id)
+            return registry
+
+    # --- cluster mode ---------------------------------------------------------------------
+    async def mode_state(self) -> tuple[str, int | None]:
+        async with self.service.db() as session:
+            mode = await cluster_security_mode(session)
+            version = await get_setting(session, "ctl_version")
+        return mode, (int(version) if version and version.isdigit() else None)
+
+    async def _switch_mode(self, target: str, previous: str) -> list[str]:
+        """Set the mode through call control (which emits RST-3); fall back to doing it here."""
+        stub = callmanager_pb2_grpc.CallManagerStub(self.service.peer_channel("callmanager"))
+        request = callmanager_pb2.SetClusterModeRequest(mode=MODE_ENUMS[target])
+        reason = f"cluster security mode {previous} -> {target}"
+        for attempt in range(MODE_RPC_ATTEMPTS):
+            try:
+                await stub.SetClusterMode(request, timeout=RPC_TIMEOUT)
+                return [f"(callmanager SetClusterMode: {reason}; RST-3 emitted by callmanager)"]
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                    break
+                if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise Refused(exc.code(), f"callmanager refused the mode change: {exc.details()}") \
+                        from None
+                await asyncio.sleep(0.5 * (attempt + 1))  # callmanager may be restarting
+        log.info("setting the cluster mode in the database (callmanager SetClusterMode unavailable)")
+        async with self.service.db() as session, session.begin():
+            await set_setting(session, SETTING_SECURITY_MODE, target)
+        await self.service.publish("mode.changed", None, mode_changed=events_pb2.SecurityModeChanged(
+            mode=MODE_ENUMS[target], previous=MODE_ENUMS.get(previous, 0)))
+        return ["mode.changed"] + await self._emit(required_actions(ClusterModeChanged()), reason)
+
+    async def set_mode(self, requested: int) -> tuple[str, str, list[str]]:
+        target = _mode_name(requested)
+        if target is None:
+            raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "give a mode: mixed or non-secure")
+        async with self.service.db() as session, session.begin():
+            previous = await cluster_security_mode(session)
+            if target == "mixed" and await get_setting(session, "ctl_version") is None:
+                raise Refused(grpc.StatusCode.FAILED_PRECONDITION,
+                              "MODE-5: mixed mode needs a CTL; run `ccmsec ctl update --token T1 "
+                              "--token T2 --mode mixed` first")
+            registry = await self.checked_registry(session, target)
+            await save_tftp_registry(session, registry)
+        if target == previous:
+            return target, previous, []
+        return target, previous, await self._switch_mode(target, previous)
+
+    # --- trust list -----------------------------------------------------------------------
+    async def current(self):
+        async with self.service.db() as session:
+            return await current_ctl(session)
+
+    def _check_file(self, content: bytes):
+        try:
+            ctl_file = parse_ctl(content)
+            signer = verify_ctl(ctl_file)
+        except (CtlFormatError, SignatureError) as exc:
+            raise Refused(grpc.StatusCode.INVALID_ARGUMENT, f"not a valid signed CTL: {exc}") from None
+        tokens = ctl_file.records_for_role(Role.TOKEN)
+        if len({t.certificate_der for t in tokens}) < 2:
+            raise Refused(grpc.StatusCode.FAILED_PRECONDITION,
+                          f"CTL-1: the CTL lists {len(tokens)} security token(s); at least two are needed")
+        return ctl_file, signer
+
+    async def commit(self, content: bytes, requested_mode: int, new_trust: bool) -> dict:
+        ctl_file, signer = self._check_file(content)
+        target = _mode_name(requested_mode)
+        sha256 = hashlib.sha256(content).hexdigest()
+        settings = self.service.settings
+        async with self.service.db() as session:
+            previous_mode = await cluster_security_mode(session)
+            target = target or previous_mode
+            current = await current_ctl(session)
+            if current is not None and not new_trust:
+                trusted = parse_ctl(current.content).records_for_role(Role.TOKEN)
+                if not any(t.certificate_der == signer.certificate_der for t in trusted):
+                    raise Refused(grpc.StatusCode.FAILED_PRECONDITION,
+                                  f"CTL-2: the signing token {signer.subject} is not a token of the "
+                                  f"current CTL (version {current.version}); phones would refuse the "
+                                  "new file and be stranded. Sign with a token of the current CTL, "
+                                  "or pass --new-trust after resetting every phone's trust list")
+            registry = await self.checked_registry(session, target)
+        stub = tftp_signer_pb2_grpc.TftpSignerStub(self.service.peer_channel("tftp-signer"))
+        try:
+            published = await stub.PublishFile(tftp_signer_pb2.PublishFileRequest(
+                cluster_path=settings.tftp_path, name=CTL_FILE_NAME, content=content, sha256=sha256),
+                timeout=RPC_TIMEOUT)
+        except grpc.aio.AioRpcError as exc:
+            raise Refused(exc.code() if exc.code() != grpc.StatusCode.UNIMPLEMENTED
+                          else grpc.StatusCode.UNAVAILABLE,
+                          f"the tftp-signer did not publish {CTL_FILE_NAME}: {exc.details()}") from None
+        async with self.service.db() as session, session.begin():
+            version = await record_ctl(session, content=content, sha256=sha256, signer=signer.subject,
+                                       signer_serial=signer.serial.hex(), records=len(ctl_file.records),
+                                       tftp_path=settings.tftp_path)
+            await save_tftp_registry(session, registry)
+        events: list[str] = []
+        if target != previous_mode:
+            events += await self._switch_mode(target, previous_mode)
+        await self.service.publish("ctl.updated", None, ctl_updated=events_pb2.CtlUpdated(
+            sha256=sha256, version=version, tftp_path=settings.tftp_path))
+        events.append("ctl.updated")
+        events += await self._emit(required_actions(CtlUpdated()),
+                                   f"CTL version {version} published ({sha256[:12]})")
+        log.info("CTL committed", extra={"version": version, "sha256": sha256, "mode": target})
+        return {"version": version, "sha256": sha256, "tftp_path": settings.tftp_path,
+                "published_path": published.path, "mode": target, "previous_mode": previous_mode,
+                "events": events}
