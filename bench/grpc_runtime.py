@@ -20,7 +20,7 @@ from pathlib import Path
 
 import grpc
 
-from ccmsec.runtime.grpcio import GrpcServer, secure_channel, server_credentials
+from ccmsec.runtime.grpcio import _OPTIONS, GrpcServer, secure_channel, server_credentials
 from ccmsec.runtime.identity import client_identity, service_identity
 from ccmsec_proto import common_pb2, keymanager_pb2_grpc
 
@@ -47,7 +47,7 @@ def _serve(kind: str, data: str, port: int, ready) -> None:
             await srv.start()
             await srv.set_serving(True)
         else:
-            server = grpc.aio.server()
+            server = grpc.aio.server(options=_OPTIONS)  # same transport settings: only our layers differ
             keymanager_pb2_grpc.add_KeyManagerServicer_to_server(_Servicer(), server)
             server.add_secure_port(f"127.0.0.1:{port}", server_credentials(ident))
             await server.start()

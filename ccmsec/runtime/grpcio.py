@@ -13,7 +13,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ccmsec.runtime.identity import TlsIdentity
-from ccmsec.runtime.metrics import MetricsInterceptor
+from ccmsec.runtime.metrics import instrument_servicer
 
 _OPTIONS = [
     ("grpc.max_receive_message_length", 16 * 1024 * 1024),
@@ -43,8 +43,8 @@ class GrpcServer:
     """A grpc.aio server bound to host:port with mTLS, health, reflection and metrics."""
 
     def __init__(self, identity: TlsIdentity, host: str, port: int, *, metrics: bool = True):
-        interceptors = [MetricsInterceptor()] if metrics else []
-        self.server = grpc.aio.server(interceptors=interceptors, options=_OPTIONS)
+        self._metrics = metrics
+        self.server = grpc.aio.server(options=_OPTIONS)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self._service_names: list[str] = [health.SERVICE_NAME, reflection.SERVICE_NAME]
@@ -53,6 +53,8 @@ class GrpcServer:
 
     def add(self, add_fn, servicer, service_full_name: str) -> None:
         """Register a servicer, e.g. add(capf_pb2_grpc.add_CapfServicer_to_server, impl, 'ccmsec.v1.Capf')."""
+        if self._metrics:
+            instrument_servicer(servicer, service_full_name)
         add_fn(servicer, self.server)
         self._service_names.append(service_full_name)
 

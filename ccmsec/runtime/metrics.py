@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 
-import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 REGISTRY = CollectorRegistry()
@@ -29,40 +28,38 @@ def serve_metrics(host: str, port: int):
     return None
 
 
-class MetricsInterceptor(grpc.aio.ServerInterceptor):
-    """Counts and times every unary call; other call types are passed through untouched."""
+def instrument_servicer(servicer, service_full_name: str) -> None:
+    """Count and time every unary method of a servicer, in place.
 
-    def __init__(self) -> None:
-        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+    Wrapping the bound methods before registration costs far less per call than a grpc.aio
+    server interceptor (no extra continuation round trip per RPC).
+    """
+    import inspect
 
-    async def intercept_service(self, continuation, handler_call_details):
-        handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
-            return handler
-        method = handler_call_details.method
-        cached = self._wrapped.get(method)
-        if cached is not None:
-            return cached
-        inner = handler.unary_unary
-        requests_ok = GRPC_REQUESTS.labels(method, "OK")
-        latency = GRPC_LATENCY.labels(method)
+    for name in dir(type(servicer)):
+        if name.startswith("_"):
+            continue
+        method = getattr(servicer, name)
+        if not inspect.iscoroutinefunction(method):
+            continue
+        setattr(servicer, name, _timed(method, f"/{service_full_name}/{name}"))
 
-        async def behaviour(request, context):
-            start = time.perf_counter()
-            try:
-                reply = await inner(request, context)
-            except BaseException:
-                code = context.code() if hasattr(context, "code") else None
-                GRPC_REQUESTS.labels(method, getattr(code, "name", "UNKNOWN") or "UNKNOWN").inc()
-                raise
-            latency.observe(time.perf_counter() - start)
-            requests_ok.inc()
-            return reply
 
-        wrapped = grpc.unary_unary_rpc_method_handler(
-            behaviour,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-        self._wrapped[method] = wrapped
-        return wrapped
+def _timed(inner, method: str):
+    ok = GRPC_REQUESTS.labels(method, "OK")
+    latency = GRPC_LATENCY.labels(method)
+    perf = time.perf_counter
+
+    async def behaviour(request, context):
+        start = perf()
+        try:
+            reply = await inner(request, context)
+        except BaseException:
+            code = context.code() if hasattr(context, "code") else None
+            GRPC_REQUESTS.labels(method, getattr(code, "name", None) or "ERROR").inc()
+            raise
+        latency.observe(perf() - start)
+        ok.inc()
+        return reply
+
+    return behaviour
