@@ -1,9 +1,10 @@
 """Firmware images of the simulated phone models (AUTH-1).
 
 Every model has one current load (`load_name(model)`, the `loadInformation` of its `.cnf.xml`). The
-image of a load is served by TFTP as `<load>.sbn` (`image_filename`) and is **always signed**: the
-file is a `.sgn` container (wire-formats.md §2: trust-list header version 1.0, file name
-`<load>.sbn`, signed with the TFTP certificate) whose payload is the image — also in non-secure mode.
+image of a load is served by TFTP as `<load>.sbn` (`image_filename`, the real signed-binary name) and
+also as `<load>.sgn` (what ccmsec's phone-sim asks for); both are **always signed**: the file is a
+`.sgn` container (wire-formats.md §2: trust-list header version 1.0, the file name as requested,
+signed with the TFTP certificate) whose payload is the image — also in non-secure mode.
 
 The image payload is deterministic pseudo data (a few tens of KB) behind a short text header, so a
 phone can check what it got:
@@ -33,6 +34,8 @@ from cryptography import x509
 from ccmsec.formats.sgn import SgnFormatError, SignatureError, parse_sgn, sign_file, verify_sgn
 
 IMAGE_SUFFIX = ".sbn"
+ALIAS_SUFFIX = ".sgn"
+IMAGE_SUFFIXES = (IMAGE_SUFFIX, ALIAS_SUFFIX)
 MAGIC = b"CCMSEC-FIRMWARE 1\n"
 MAX_HEADER = 1024
 MAX_IMAGE = 4 * 1024 * 1024
@@ -83,12 +86,19 @@ def all_loads() -> tuple[str, ...]:
     return tuple(sorted(set(LOADS.values())))
 
 
+def image_filenames(load: str) -> tuple[str, ...]:
+    """Every TFTP name a load's signed image is served under: '<load>.sbn', '<load>.sgn'."""
+    image_filename(load)
+    return tuple(load + suffix for suffix in IMAGE_SUFFIXES)
+
+
 def load_for_filename(filename: str) -> str | None:
-    """'SCCP70.8-4-2S.sbn' -> 'SCCP70.8-4-2S'; None when it is not a known image."""
-    if not filename.endswith(IMAGE_SUFFIX):
-        return None
-    load = filename[: -len(IMAGE_SUFFIX)]
-    return load if load in LOADS.values() else None
+    """'SCCP70.8-4-2S.sbn' or 'SCCP70.8-4-2S.sgn' -> 'SCCP70.8-4-2S'; None when not a known image."""
+    for suffix in IMAGE_SUFFIXES:
+        if filename.endswith(suffix):
+            load = filename[: -len(suffix)]
+            return load if load in LOADS.values() else None
+    return None
 
 
 @lru_cache(maxsize=16)
@@ -103,9 +113,13 @@ def image_payload(load: str) -> bytes:
     return MAGIC + header + body
 
 
-def sign_image(load: str, signer, timestamp: int) -> bytes:
-    """The served image file: `image_payload(load)` in a `.sgn` container named `<load>.sbn`."""
-    return sign_file(image_payload(load), image_filename(load), signer, timestamp)
+def sign_image(load: str, signer, timestamp: int, filename: str | None = None) -> bytes:
+    """The served image file: `image_payload(load)` in a `.sgn` container named `filename`
+    (default `<load>.sbn`; must be one of `image_filenames(load)`)."""
+    filename = filename or image_filename(load)
+    if filename not in image_filenames(load):
+        raise FirmwareError(f"{filename!r} is not a name of load {load!r}")
+    return sign_file(image_payload(load), filename, signer, timestamp)
 
 
 def parse_image_payload(payload: bytes) -> FirmwareInfo:
@@ -154,6 +168,6 @@ def verify_image(data: bytes, certificate: x509.Certificate, expected_load: str 
     info = parse_image_payload(signed.payload)
     if expected_load is not None and info.load != expected_load:
         raise FirmwareError(f"image is load {info.load!r}, expected {expected_load!r}")
-    if signed.header.file_name != image_filename(info.load):
-        raise FirmwareError(f"image signed as {signed.header.file_name!r}, not {image_filename(info.load)!r}")
+    if signed.header.file_name not in image_filenames(info.load):
+        raise FirmwareError(f"image signed as {signed.header.file_name!r}, not as an image of {info.load!r}")
     return info

@@ -172,6 +172,9 @@ async def test_auth1_firmware_always_signed_even_in_non_secure_mode(tftp):
     with pytest.raises(firmware.FirmwareError):
         firmware.verify_image(bytes(altered), tftp.cert, LOAD_7970)
     assert (await _error(tftp.get(firmware.image_filename(LOAD_7970) + ".sgn"))).code == ERR_FILE_NOT_FOUND
+    alias = await tftp.get(f"{LOAD_7970}.sgn")  # the name phone-sim asks for, signed under that name
+    assert parse_sgn(alias).header.file_name == f"{LOAD_7970}.sgn"
+    assert firmware.verify_image(alias, tftp.cert, LOAD_7970) == info
 
 
 async def test_auth3_mixed_mode_signs_configs_and_static_files_with_the_tftp_certificate(tftp):

@@ -5,25 +5,24 @@
 - the static files (`write_static_files`): ring list, ring tone, locale files, XMLDefault.cnf.xml —
   written once into the cluster folder if missing; an administrator may replace them.
 
-Device pools belong to a colleague's table (`device_pools`); when it exists, its CallManager hosts
-and SRST reference are used, otherwise the cluster's own callmanager and srst services.
+A device in a device pool (`device_pools`, kept by callmanager) gets the pool's CallManager group
+and SRST reference; otherwise the cluster's own callmanager and srst services.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import bindparam, select, text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ccmsec import firmware
 from ccmsec.db.capf import CapfOperation
 from ccmsec.db.devices import Device, cluster_security_mode
+from ccmsec.db.lines import DevicePool
 from ccmsec.formats.cnfxml import (
     CAPF_AUTH_LSC_THEN_MIC, CAPF_AUTH_MIC, CAPF_AUTH_NULL, CAPF_AUTH_STRING, CallManagerMember,
     CapfSettings, DefaultConfig, DeviceConfig, Hardening, SrstInfo,
@@ -110,29 +109,13 @@ async def _pending_capf(session: AsyncSession, names: list[str] | None) -> dict[
 
 
 async def _pools(session: AsyncSession, names: set[str]) -> dict[str, dict]:
-    """Device pools, if the table exists: name -> {callmanagers: [...], srst: host}."""
+    """Device pools (callmanager's `device_pools`): name -> {callmanagers: [...], srst: host}."""
     if not names:
         return {}
-    try:
-        stmt = text("SELECT * FROM device_pools WHERE name IN :names").bindparams(
-            bindparam("names", expanding=True))
-        rows = (await session.execute(stmt, {"names": sorted(names)})).mappings().all()
-    except DBAPIError:  # no pools table (yet): the cluster defaults apply
-        await session.rollback()
-        return {}
-    pools = {}
-    for row in rows:
-        if row.get("name") not in names:
-            continue
-        cms = row.get("callmanagers") or row.get("call_managers") or row.get("cm_hosts") or ""
-        if isinstance(cms, str):
-            try:
-                cms = json.loads(cms) if cms.startswith("[") else [h for h in cms.split(",") if h]
-            except ValueError:
-                cms = []
-        srst = row.get("srst_host") or row.get("srst_address") or row.get("srst")
-        pools[row["name"]] = {"callmanagers": [str(h) for h in cms][:3], "srst": srst}
-    return pools
+    rows = await session.execute(select(DevicePool.name, DevicePool.cm_group, DevicePool.srst)
+                                 .where(DevicePool.name.in_(sorted(names))))
+    return {r.name: {"callmanagers": [h for h in r.cm_group.split(",") if h][:3], "srst": r.srst or None}
+            for r in rows}
 
 
 @dataclass(frozen=True)

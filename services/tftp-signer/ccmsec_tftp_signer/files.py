@@ -19,6 +19,7 @@ import hashlib
 import logging
 import os
 import re
+import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,11 +111,14 @@ class TftpContent:
     async def _lookup(self, owner: ClusterPath, folder: str, name: str) -> tuple[bytes | None, str]:
         if owner is not self.layout.own:
             return self._read(folder, name), "other-cluster"
+        load = firmware.load_for_filename(name)
+        if load is not None:  # AUTH-1: images are signed in every mode, under the name asked for
+            return self.firmware_image(load, name), KIND_FIRMWARE
         signed = name.endswith(SGN)
         base = name[: -len(SGN)] if signed else name
         kind = classify(base)
         if kind == KIND_FIRMWARE:
-            return (None if signed else self.firmware_image(firmware.load_for_filename(base))), kind
+            return None, kind  # '<load>.sbn.sgn': images are never signed twice
         if signed and kind == KIND_TRUST_LIST:
             return None, kind
         async with self.db() as session:
@@ -144,13 +148,13 @@ class TftpContent:
         except OSError:
             return None
 
-    def firmware_image(self, load: str) -> bytes:
+    def firmware_image(self, load: str, filename: str | None = None) -> bytes:
         """AUTH-1: the signed image; built once (the TFTP certificate is never re-issued, CERT-5)."""
-        image = self._firmware.get(load)
+        filename = filename or firmware.image_filename(load)
+        image = self._firmware.get(filename)
         if image is None:
-            import time
-
-            image = self._firmware[load] = firmware.sign_image(load, self.signer, int(time.time()))
+            image = firmware.sign_image(load, self.signer, int(time.time()), filename)
+            self._firmware[filename] = image
         return image
 
     # --- re-signing -------------------------------------------------------------------------------
@@ -205,8 +209,8 @@ class TftpContent:
         for f in files:
             f.signed = mode == "mixed" and f.kind in (KIND_STATIC, KIND_DEFAULT_CONFIG)
         for load in firmware.all_loads():
-            files.append(ListedFile(firmware.image_filename(load), len(self.firmware_image(load)), True,
-                                    KIND_FIRMWARE))
+            for image in firmware.image_filenames(load):
+                files.append(ListedFile(image, len(self.firmware_image(load, image)), True, KIND_FIRMWARE))
         if include_devices:
             async with self.db() as session:
                 for s in await device_configs(session, self.endpoints):
