@@ -1,0 +1,228 @@
+"""`ccmsec phones add|boot|reset|list|show|factory-reset|set-auth-string`: the simulated phones.
+
+Talks to the phone-sim service over gRPC with mutual TLS (the CLI's client certificate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from collections import Counter
+
+from ccmsec.cli.common import CliError, add_data_option, data_dir
+
+ROLE = "phone-sim"
+SETTLED = ("registered", "failed", "off")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    group = sub.add_parser("phones", help="simulated phones (TFTP, CAPF, SCCP)")
+    add_data_option(group)
+    actions = group.add_subparsers(dest="phones_command", metavar="ACTION")
+    actions.required = True
+
+    add = actions.add_parser("add", help="manufacture simulated phones (7970s get a MIC)")
+    add_data_option(add)
+    add.add_argument("--count", type=int, default=1)
+    add.add_argument("--model", required=True, help="7970, 7960, 7940, 7912, 7910, 7905G, 7902")
+    add.add_argument("--name-prefix", default="", help="e.g. SEP0011 (names continue with hex digits)")
+    add.set_defaults(func=cmd_add)
+
+    for verb, helptext in (("boot", "power on / boot phones"), ("reset", "reset powered phones")):
+        p = actions.add_parser(verb, help=helptext)
+        add_data_option(p)
+        p.add_argument("names", nargs="*", metavar="NAME")
+        p.add_argument("--all", action="store_true", help="every phone")
+        p.add_argument("--wait", action="store_true", help="show progress until every phone settles")
+        p.add_argument("--timeout", type=float, default=120.0, help="with --wait: give up after SECONDS")
+        p.set_defaults(func=cmd_boot if verb == "boot" else cmd_reset)
+
+    listing = actions.add_parser("list", help="phones and their state")
+    add_data_option(listing)
+    listing.set_defaults(func=cmd_list)
+
+    show = actions.add_parser("show", help="one phone: state, files, trust list, certificates, failures")
+    add_data_option(show)
+    show.add_argument("name", metavar="NAME")
+    show.set_defaults(func=cmd_show)
+
+    fr = actions.add_parser("factory-reset", help="clear CTL and LSC (never the MIC)")
+    add_data_option(fr)
+    fr.add_argument("names", nargs="+", metavar="NAME")
+    fr.set_defaults(func=cmd_factory_reset)
+
+    auth = actions.add_parser("set-auth-string", help="type the CAPF authentication string on a phone")
+    add_data_option(auth)
+    auth.add_argument("name", metavar="NAME")
+    auth.add_argument("digits", metavar="DIGITS")
+    auth.set_defaults(func=cmd_set_auth_string)
+
+
+# --- plumbing ----------------------------------------------------------------------------------------
+
+def _call(args: argparse.Namespace, method: str, request, timeout: float = 60.0):
+    import grpc
+
+    from ccmsec.cluster.state import read_endpoints
+    from ccmsec.runtime.grpcio import secure_channel
+    from ccmsec.runtime.identity import client_identity
+    from ccmsec_proto import phone_sim_pb2_grpc
+
+    data = data_dir(args)
+    endpoints = read_endpoints(data)
+    if not endpoints or ROLE not in endpoints.get("services", {}):
+        raise CliError(f"no running cluster in {data} (start it with `ccmsec up -d --data {data}`)")
+    svc = endpoints["services"][ROLE]
+
+    async def run():
+        async with secure_channel(client_identity(data), svc["host"], svc["grpc_port"], ROLE) as ch:
+            return await getattr(phone_sim_pb2_grpc.PhoneSimStub(ch), method)(request, timeout=timeout)
+
+    try:
+        return asyncio.run(run())
+    except grpc.aio.AioRpcError as exc:
+        raise CliError(f"phone-sim: {exc.details() or exc.code().name}") from None
+
+
+def _selector(args: argparse.Namespace):
+    from ccmsec_proto import phone_sim_pb2
+
+    if not args.names and not args.all:
+        raise CliError("name one or more phones, or use --all")
+    return phone_sim_pb2.PhoneSelector(names=args.names, all=args.all)
+
+
+def _row(p) -> str:
+    failure = f"  last failure: {p.last_failure}" if p.last_failure else ""
+    via = f" via {p.registered_with} ({p.transport})" if p.registered_with else ""
+    return f"{p.name}  {p.model:6} {p.state:21}{via}{failure}"
+
+
+def _summary(phones) -> str:
+    counts = Counter(p.state for p in phones)
+    return ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+
+
+def _wait(args: argparse.Namespace, names: list[str], started: dict[str, int]) -> int:
+    from ccmsec_proto import phone_sim_pb2
+
+    deadline = time.monotonic() + args.timeout
+    last = ""
+    while True:
+        phones = _call(args, "ListPhones", phone_sim_pb2.PhoneSelector(names=names)).phones
+        # Settled: a new boot has begun since the request and has reached an end state.
+        done = [p for p in phones if p.boots > started.get(p.name, 0) and p.state in SETTLED and not p.booting]
+        line = f"  {len(done)}/{len(phones)} settled: {_summary(phones)}"
+        if line != last:
+            print(line, flush=True)
+            last = line
+        if len(done) == len(phones):
+            failed = [p for p in phones if p.state != "registered"]
+            for p in failed:
+                print(f"  {p.name}: {p.state} — {p.last_failure}: {p.last_failure_reason}")
+            return 1 if failed else 0
+        if time.monotonic() > deadline:
+            late = [p.name for p in phones if p not in done]
+            raise CliError(f"{len(late)} phone(s) not settled after {args.timeout:.0f} s: {', '.join(late[:10])}")
+        time.sleep(0.5)
+
+
+def _boot_or_reset(args: argparse.Namespace, method: str) -> int:
+    from ccmsec_proto import phone_sim_pb2
+
+    selector = _selector(args)
+    before = _call(args, "ListPhones", phone_sim_pb2.PhoneSelector(names=args.names) if args.names
+                   else phone_sim_pb2.PhoneSelector()).phones
+    started = {p.name: p.boots for p in before}
+    reply = _call(args, method, selector)
+    names = [p.name for p in reply.phones]
+    print(f"{method.removesuffix('Phones').lower()}: {len(names)} phone(s)")
+    if not args.wait or not names:
+        return 0
+    return _wait(args, names, started)
+
+
+# --- commands ----------------------------------------------------------------------------------------
+
+def cmd_add(args: argparse.Namespace) -> int:
+    from ccmsec_proto import phone_sim_pb2
+
+    reply = _call(args, "AddPhones", phone_sim_pb2.AddPhonesRequest(
+        count=args.count, model=args.model, name_prefix=args.name_prefix), timeout=300)
+    for p in reply.phones:
+        print(f"{p.name}  {p.model}  MAC {p.mac}" + ("  MIC" if p.HasField("mic") else ""))
+    return 0
+
+
+def cmd_boot(args: argparse.Namespace) -> int:
+    return _boot_or_reset(args, "BootPhones")
+
+
+def cmd_reset(args: argparse.Namespace) -> int:
+    return _boot_or_reset(args, "ResetPhones")
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from ccmsec_proto import phone_sim_pb2
+
+    phones = _call(args, "ListPhones", phone_sim_pb2.PhoneSelector()).phones
+    if not phones:
+        print("no phones (add some with `ccmsec phones add --count N --model MODEL`)")
+        return 0
+    for p in phones:
+        print(_row(p))
+    print(f"{len(phones)} phone(s): {_summary(phones)}")
+    return 0
+
+
+def _cert_line(label: str, c) -> str:
+    return f"  {label:5} {c.subject}  issuer {c.issuer}  serial {c.serial}  SHA-256 {c.fingerprint_sha256[:16]}…"
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from ccmsec_proto import common_pb2, phone_sim_pb2
+
+    p = _call(args, "GetPhone", phone_sim_pb2.PhoneName(name=args.name))
+    mode = common_pb2.DeviceSecurityMode.Name(p.security_mode) if p.security_mode else "-"
+    print(f"{p.name}  model {p.model}  MAC {p.mac}")
+    print(f"  state: {p.state}{' (booting)' if p.booting else ''}   boots: {p.boots}   image: {p.firmware}")
+    print(f"  security mode (config): {mode}   transport: {p.transport or '-'}"
+          f"   registered with: {p.registered_with or '-'}   presents: {p.certificate_in_use or '-'}")
+    print(f"  web server: {p.web_address or 'off'}")
+    if p.settings:
+        print("  settings in force: " + ", ".join(f"{k}={v}" for k, v in sorted(p.settings.items())))
+    print("  files held: " + (", ".join(p.files) or "none"))
+    print(f"  certificates:")
+    print(_cert_line("MIC", p.mic) if p.HasField("mic") else "  MIC   none")
+    print(_cert_line("LSC", p.lsc) if p.HasField("lsc") else "  LSC   none")
+    if p.trust_list:
+        print(f"  trust list (CTL SHA-256 {p.ctl_sha256[:16]}…):")
+        for c in p.trust_list:
+            print(f"    {common_pb2.CertificateRole.Name(c.role):13} {c.subject}  serial {c.serial}")
+    else:
+        print("  trust list: none (no CTL)")
+    if p.last_failure:
+        print(f"  last failure: {p.last_failure}: {p.last_failure_reason}")
+    if p.history:
+        print("  history:")
+        for line in p.history[-12:]:
+            print(f"    {line}")
+    return 0
+
+
+def cmd_factory_reset(args: argparse.Namespace) -> int:
+    from ccmsec_proto import phone_sim_pb2
+
+    reply = _call(args, "FactoryReset", phone_sim_pb2.PhoneSelector(names=args.names))
+    for p in reply.phones:
+        print(f"{p.name}: factory reset (CTL and LSC cleared; MIC {'kept' if p.HasField('mic') else 'none'})")
+    return 0
+
+
+def cmd_set_auth_string(args: argparse.Namespace) -> int:
+    from ccmsec_proto import phone_sim_pb2
+
+    p = _call(args, "SetAuthString", phone_sim_pb2.SetAuthStringRequest(name=args.name, auth_string=args.digits))
+    print(f"{p.name}: CAPF authentication string set")
+    return 0
