@@ -226,3 +226,32 @@ def cmd_set_auth_string(args: argparse.Namespace) -> int:
     p = _call(args, "SetAuthString", phone_sim_pb2.SetAuthStringRequest(name=args.name, auth_string=args.digits))
     print(f"{p.name}: CAPF authentication string set")
     return 0
+
+
+# --- `ccmsec demo` step (the lead adds it to ccmsec.demo.STEPS) -------------------------------------
+
+async def demo_step_phones(ctx) -> None:
+    """Two non-secure 7960s are manufactured, boot through TFTP and register with call control."""
+    from ccmsec.runtime.grpcio import secure_channel
+    from ccmsec.runtime.identity import client_identity
+    from ccmsec_proto import phone_sim_pb2, phone_sim_pb2_grpc
+
+    svc = ctx.endpoints["services"][ROLE]
+    async with secure_channel(client_identity(ctx.data), svc["host"], svc["grpc_port"], ROLE) as ch:
+        stub = phone_sim_pb2_grpc.PhoneSimStub(ch)
+        added = await stub.AddPhones(phone_sim_pb2.AddPhonesRequest(count=2, model="7960",
+                                                                    name_prefix="SEP0DE70"), timeout=60)
+        names = [p.name for p in added.phones]
+        ctx.say(f"manufactured {', '.join(names)} (7960: no MIC, LSC-capable)")
+        await stub.BootPhones(phone_sim_pb2.PhoneSelector(names=names), timeout=10)
+        deadline = time.monotonic() + 60
+        while True:
+            phones = (await stub.ListPhones(phone_sim_pb2.PhoneSelector(names=names), timeout=10)).phones
+            if all(p.boots and p.state in SETTLED and not p.booting for p in phones):
+                break
+            if time.monotonic() > deadline:
+                raise CliError("phones did not settle within 60 s: " + _summary(phones))
+            await asyncio.sleep(0.3)
+    for p in phones:
+        ctx.say(_row(p) + (f" ({p.last_failure_reason})" if p.last_failure else ""))
+        ctx.say(f"  files: {', '.join(p.files) or 'none'}; image {p.firmware}")

@@ -1,0 +1,277 @@
+"""The phone's own decisions, without sockets: CTL-2, AUTH-5, AUTH-1, AUTH-6, CERT-1, CERT-2, DEV-3,
+DEV-4, persistence of what it holds, and fuzzing of every download it accepts."""
+
+from __future__ import annotations
+
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ccmsec.formats.cnfxml import CallManagerMember, CapfSettings, DeviceConfig, Hardening
+from ccmsec.formats.ctl import Role, build_ctl, record_from_certificate
+from ccmsec.formats.sgn import sign_file
+from ccmsec.pki import ca
+from ccmsec.pki.tls import SccpTransportMode
+from ccmsec.pki.tokens import FileSigner, issue_mic
+from ccmsec_phone_sim.boot import Network
+from ccmsec_phone_sim.fleet import Fleet, FleetError
+from ccmsec_phone_sim.models import ModelError, mac_of, model_info, names_with_prefix
+from ccmsec_phone_sim.phone import BootFailure, Phone, State
+
+NAME = "SEP0011223344AA"
+TS = 1_700_000_000
+
+
+@pytest.fixture(scope="module")
+def pki():
+    root = ca.create_ca(ca.name("Token CA"))
+    signers = {cn: FileSigner.from_issued(ca.issue_with_new_key(root, ca.name(cn)))
+               for cn in ("sast1", "sast2", "rogue", "tftp", "ccm", "capf", "other-tftp")}
+    signers["mfr"] = ca.create_ca(ca.name("Manufacturer CA"), key=ca.new_key("ec256"))
+    signers["capf-ca"] = ca.create_ca(ca.name("CAPF CA"), key=ca.new_key("ec256"))
+    return signers
+
+
+def ctl(pki, signer="sast1", tokens=("sast1", "sast2"), ts=TS, ccm=True):
+    records = [record_from_certificate(pki[t].certificate, Role.TOKEN) for t in tokens]
+    records.append(record_from_certificate(pki["tftp"].certificate, Role.TFTP, "tftp", "127.0.0.1"))
+    records.append(record_from_certificate(pki["capf"].certificate, Role.CAPF, "capf", "127.0.0.1"))
+    if ccm:
+        records.append(record_from_certificate(pki["ccm"].certificate, Role.CCM, "ccm", "127.0.0.1"))
+    return build_ctl(records, pki[signer], ts)
+
+
+def config(name=NAME, model="7960", mode=1, **kw) -> DeviceConfig:
+    return DeviceConfig(device_name=name, model=model, security_mode=mode,
+                        call_managers=(CallManagerMember("127.0.0.1"),), **kw)
+
+
+def signed(pki, payload: bytes, file_name: str, signer="tftp") -> bytes:
+    return sign_file(payload, file_name, pki[signer], TS)
+
+
+def phone(pki, model="7960", mic=False, **kw) -> Phone:
+    return Phone(name=NAME, model=model, mic=issue_mic(pki["mfr"], NAME, "ec256") if mic else None,
+                 image_anchors=[pki["tftp"].certificate], **kw)
+
+
+# --- CTL-2 ----------------------------------------------------------------------------------------
+
+def test_ctl2_first_ctl_trusted_later_only_from_a_trusted_token(pki):
+    p = phone(pki)
+    assert p.accept_ctl(ctl(pki))
+    first = p.trust.to_bytes()
+    with pytest.raises(BootFailure) as err:
+        p.accept_ctl(ctl(pki, signer="rogue", tokens=("rogue",), ts=TS + 1))
+    assert err.value.code == "ctl-rejected" and "CTL-2" in err.value.reason and not err.value.fatal
+    assert p.trust.to_bytes() == first  # the old CTL stays
+    newer = ctl(pki, signer="sast2", ts=TS + 2)
+    assert p.accept_ctl(newer) and p.trust.to_bytes() == newer
+
+
+def test_ctl2_replay_of_older_ctl_refused(pki):
+    p = phone(pki)
+    p.accept_ctl(ctl(pki, ts=TS + 5))
+    with pytest.raises(BootFailure, match="older"):
+        p.accept_ctl(ctl(pki, ts=TS))
+
+
+# --- AUTH-5 ---------------------------------------------------------------------------------------
+
+def test_auth5_signed_config_verified_with_ctl_tftp_certificate(pki):
+    p = phone(pki)
+    p.accept_ctl(ctl(pki))
+    assert p.config_file_names() == [f"{NAME}.cnf.xml.sgn", "XMLDefault.cnf.xml.sgn"]
+    xml = config().to_xml()
+    cfg = p.accept_config(f"{NAME}.cnf.xml.sgn", signed(pki, xml, f"{NAME}.cnf.xml.sgn"))
+    assert cfg.device_name == NAME and p.config == cfg
+
+
+@pytest.mark.parametrize("case", ["flipped", "wrong-signer", "other-name", "unsigned"])
+def test_auth5_altered_or_foreign_config_rejected(pki, case):
+    p = phone(pki)
+    p.accept_ctl(ctl(pki))
+    requested = f"{NAME}.cnf.xml.sgn"
+    xml = config().to_xml()
+    data = signed(pki, xml, requested)
+    if case == "flipped":
+        data = data.replace(b"<deviceSecurityMode>1", b"<deviceSecurityMode>3")
+    elif case == "wrong-signer":
+        data = signed(pki, xml, requested, signer="other-tftp")
+    elif case == "other-name":
+        data = signed(pki, xml, "SEP0011223344BB.cnf.xml.sgn")
+    else:
+        requested, data = f"{NAME}.cnf.xml", xml
+    with pytest.raises(BootFailure) as err:
+        p.accept_config(requested, data)
+    assert err.value.code == "config-rejected" and err.value.fatal and "AUTH-5" in err.value.reason
+    assert p.config is None
+
+
+def test_config_for_another_device_rejected(pki):
+    p = phone(pki)
+    with pytest.raises(BootFailure, match="is for SEP0011223344BB"):
+        p.accept_config(f"{NAME}.cnf.xml", config(name="SEP0011223344BB").to_xml())
+
+
+# --- AUTH-1 ---------------------------------------------------------------------------------------
+
+def test_auth1_image_verified_and_tampered_image_keeps_current(pki):
+    p = phone(pki)
+    p.accept_config(f"{NAME}.cnf.xml", config(load_information="LOAD-2").to_xml())
+    assert p.firmware_wanted() == "LOAD-2"
+    good = signed(pki, b"image bytes" * 100, "LOAD-2.sgn")
+    bad = bytearray(good)
+    bad[-1] ^= 1
+    with pytest.raises(BootFailure) as err:
+        p.accept_firmware("LOAD-2", bytes(bad))
+    assert err.value.code == "firmware-rejected" and not err.value.fatal
+    assert "AUTH-1" in err.value.reason and p.firmware == "factory-7960"
+    with pytest.raises(BootFailure, match="rejected"):  # signed by a key the phone does not know
+        p.accept_firmware("LOAD-2", signed(pki, b"image", "LOAD-2.sgn", signer="other-tftp"))
+    p.accept_firmware("LOAD-2", good)
+    assert p.firmware == "LOAD-2" and p.firmware_wanted() is None
+
+
+def test_auth1_phone_without_any_image_anchor_refuses_the_image(pki):
+    p = Phone(name=NAME, model="7912")
+    p.accept_config(f"{NAME}.cnf.xml", config(model="7912", load_information="L").to_xml())
+    with pytest.raises(BootFailure, match="no image-signing certificate"):
+        p.accept_firmware("L", signed(pki, b"x", "L.sgn"))
+
+
+# --- AUTH-6 / CERT-2 ------------------------------------------------------------------------------
+
+def test_auth6_tls_only_with_certificate_ctl_entry_and_secure_config(pki):
+    p = phone(pki, model="7970", mic=True)
+    p.accept_config(f"{NAME}.cnf.xml", config(model="7970", mode=3).to_xml())
+    plan = p.sccp_plan()
+    assert not plan.secure and "no CTL with a CallManager entry" in plan.reason  # no CTL
+    p.accept_ctl(ctl(pki, ccm=False))
+    assert not p.sccp_plan().secure  # a CTL, but no CallManager entry
+    q = phone(pki, model="7970", mic=True)
+    q.accept_ctl(ctl(pki))
+    q.config = config(model="7970", mode=1)
+    assert not q.sccp_plan().secure  # non-secure configuration
+    q.config = config(model="7970", mode=2)
+    assert q.sccp_plan().mode is SccpTransportMode.AUTHENTICATED
+    r = phone(pki)  # a 7960 without an LSC
+    r.accept_ctl(ctl(pki))
+    r.config = config(mode=3)
+    assert "no certificate" in r.sccp_plan().reason and not r.sccp_plan().secure
+
+
+def test_cert2_lsc_preferred_over_mic(pki):
+    p = phone(pki, model="7970", mic=True)
+    assert p.tls_identity()[0] == "MIC"
+    p.lsc = ca.issue_with_new_key(pki["capf-ca"], ca.name(NAME), "ec256")
+    kind, identity = p.tls_identity()
+    assert kind == "LSC" and identity is p.lsc
+
+
+# --- CERT-1 / DEV-4 / DEV-3 -----------------------------------------------------------------------
+
+def test_cert1_factory_reset_clears_ctl_and_lsc_never_mic(pki):
+    p = phone(pki, model="7970", mic=True)
+    mic = p.mic.der
+    p.accept_ctl(ctl(pki))
+    p.lsc = ca.issue_with_new_key(pki["capf-ca"], ca.name(NAME), "ec256")
+    p.factory_reset()
+    assert not p.trust.has_ctl and p.lsc is None and p.mic.der == mic and p.state is State.OFF
+
+
+def test_cert1_capf_result_never_touches_the_mic(pki):
+    p = phone(pki, model="7970", mic=True)
+    p.accept_ctl(ctl(pki))
+    p.config = config(model="7970", capf=CapfSettings("127.0.0.1", operation="delete"))
+    creds = p.capf_credentials()
+    creds.mic_cert = creds.mic_key = None  # whatever CAPF did to the credentials object…
+    p.take_capf_result(creds)
+    assert p.mic is not None  # …the phone keeps its MIC
+
+
+def test_dev3_models_and_capf(pki):
+    assert model_info("CP-7970G").has_mic and model_info("7960").supports_lsc
+    assert not model_info("7912").supports_lsc and not model_info("7905").secure_capable
+    with pytest.raises(ValueError, match="has no MIC"):
+        Phone(name=NAME, model="7960", mic=issue_mic(pki["mfr"], NAME, "ec256"))
+    p = phone(pki, model="7912")
+    p.config = config(model="7912", capf=CapfSettings("127.0.0.1", operation="install"))
+    with pytest.raises(BootFailure, match="DEV-3") as err:
+        p.check_capf_possible()
+    assert err.value.code == "capf-refused"
+    with pytest.raises(ModelError):
+        model_info("8841")
+
+
+def test_dev4_hardening_settings_in_force(pki):
+    p = phone(pki)
+    p.accept_config(f"{NAME}.cnf.xml", config(hardening=Hardening(web_access=False, garp=False)).to_xml())
+    assert not p.web_server_enabled
+    assert p.settings_in_force() == {"webAccess": "off", "pcPort": "on", "settingsAccess": "on",
+                                     "garp": "off", "voiceVlanAccess": "on"}
+
+
+# --- persistence and names ------------------------------------------------------------------------
+
+def test_phone_round_trips_with_keys_ctl_and_config(pki):
+    p = phone(pki, model="7970", mic=True, auth_string="123456")
+    p.accept_ctl(ctl(pki))
+    p.lsc = ca.issue_with_new_key(pki["capf-ca"], ca.name(NAME), "ec256")
+    p.accept_config(f"{NAME}.cnf.xml.sgn", signed(pki, config(model="7970").to_xml(), f"{NAME}.cnf.xml.sgn"))
+    p.enter(State.REGISTERED)
+    q = Phone.from_dict(p.to_dict())
+    assert q.mic.der == p.mic.der and q.lsc.der == p.lsc.der and q.trust.to_bytes() == p.trust.to_bytes()
+    assert q.config == p.config and q.auth_string == "123456" and q.files == p.files
+    assert q.state is State.OFF and q.saved_state is State.REGISTERED
+
+
+def test_names_and_macs():
+    assert names_with_prefix("SEP0011", 2, {"SEP001100000001"}) == ["SEP001100000002", "SEP001100000003"]
+    assert mac_of("SEP0011223344AA") == "00:11:22:33:44:AA"
+    with pytest.raises(ModelError):
+        names_with_prefix("SEPXYZ", 1, set())
+
+
+async def test_fleet_persists_and_refuses_bad_requests(pki, tmp_path):
+    fleet = Fleet(tmp_path, Network("127.0.0.1", 9), manufacturer_ca=lambda: pki["mfr"], mic_key_kind="ec256")
+    phones = await fleet.add(2, "7970", "SEP0A")
+    assert all(p.mic is not None for p in phones)
+    with pytest.raises(FleetError, match="count"):
+        await fleet.add(0, "7960")
+    with pytest.raises(FleetError, match="unknown phone model"):
+        await fleet.add(1, "9999")
+    with pytest.raises(FleetError, match="4 to 10 digits"):
+        fleet.set_auth_string(phones[0].name, "12")
+    with pytest.raises(FleetError, match="unknown phone"):
+        fleet.select(["SEP0000000000FF"])
+    fleet.set_auth_string(phones[0].name, "9876")
+    await fleet.close()
+    again = Fleet(tmp_path, Network("127.0.0.1", 9))
+    restored = again.load()
+    assert [p.name for p in restored] == [p.name for p in phones]
+    assert restored[0].mic.der == phones[0].mic.der and restored[0].auth_string == "9876"
+    await again.close()
+
+
+# --- fuzzing: any bytes give a clean refusal ------------------------------------------------------
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(max_size=2048), which=st.sampled_from(["ctl", "config", "sconfig", "image"]))
+def test_fuzz_downloads_give_boot_failure_or_result(pki, data, which):
+    p = phone(pki)
+    if which == "sconfig":
+        p.accept_ctl(ctl(pki))
+    try:
+        if which == "ctl":
+            p.accept_ctl(data)
+        elif which == "config":
+            p.accept_config(f"{NAME}.cnf.xml", data)
+        elif which == "sconfig":
+            p.accept_config(f"{NAME}.cnf.xml.sgn", data)
+        else:
+            p.config = config(load_information="L")
+            p.accept_firmware("L", data)
+    except BootFailure as exc:
+        assert exc.reason
