@@ -6,7 +6,8 @@ Commit (CHK-6), in this order so nothing is half done:
      the current CTL unless the administrator asked for new trust (CTL-2);
   2. MODE-6: this cluster's TFTP path and target mode fit the registry of clusters sharing the TFTP
      server;
-  3. the tftp-signer publishes it atomically (PublishFile);
+  3. the tftp-signer publishes it atomically (PublishFile; a tftp-signer without that RPC:
+     written atomically to DATA/tftp/<tftp path>/CTLFile.tlv, where it serves from);
   4. the database records it (`ctl_files`, `cluster_settings.ctl_version` — MODE-5 reads that);
   5. the cluster mode is set (CallManager/SetClusterMode, which emits RST-3; when that RPC is not
      available the row is written here and the RST-3 events emitted here instead);
@@ -20,6 +21,8 @@ import hashlib
 import logging
 
 import grpc
+
+from ccmsec.fsutil import atomic_write
 
 from ccmsec.db.cluster import current_ctl, record_ctl, save_tftp_registry, tftp_registry
 from ccmsec.db.devices import SETTING_SECURITY_MODE, cluster_security_mode, get_setting, set_setting
@@ -59,8 +62,9 @@ def _mode_name(mode: int) -> str | None:
 
 
 class TrustOperations:
-    def __init__(self, service):
+    def __init__(self, service, *, mode_rpc_attempts: int = MODE_RPC_ATTEMPTS):
         self.service = service
+        self.mode_rpc_attempts = mode_rpc_attempts
 
     # --- events ---------------------------------------------------------------------------
     async def _emit(self, actions, reason: str) -> list[str]:
@@ -126,10 +130,13 @@ class TrustOperations:
         stub = callmanager_pb2_grpc.CallManagerStub(self.service.peer_channel("callmanager"))
         request = callmanager_pb2.SetClusterModeRequest(mode=MODE_ENUMS[target])
         reason = f"cluster security mode {previous} -> {target}"
-        for attempt in range(MODE_RPC_ATTEMPTS):
+        for attempt in range(self.mode_rpc_attempts):
             try:
                 await stub.SetClusterMode(request, timeout=RPC_TIMEOUT)
-                return [f"(callmanager SetClusterMode: {reason}; RST-3 emitted by callmanager)"]
+                # Call control published mode.changed and the RST-3 actions itself.
+                return ["mode.changed (by callmanager)"] + [
+                    f"{describe(kind, target, body)} (by callmanager)"
+                    for kind, target, body in action_events(required_actions(ClusterModeChanged()), reason)]
             except grpc.aio.AioRpcError as exc:
                 if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
                     break
@@ -177,6 +184,12 @@ class TrustOperations:
                           f"CTL-1: the CTL lists {len(tokens)} security token(s); at least two are needed")
         return ctl_file, signer
 
+    def _publish_file(self, content: bytes):
+        path = self.service.settings.data_dir / "tftp" / self.service.settings.tftp_path / CTL_FILE_NAME
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, content)
+        return path
+
     async def commit(self, content: bytes, requested_mode: int, new_trust: bool) -> dict:
         ctl_file, signer = self._check_file(content)
         target = _mode_name(requested_mode)
@@ -200,10 +213,13 @@ class TrustOperations:
             published = await stub.PublishFile(tftp_signer_pb2.PublishFileRequest(
                 cluster_path=settings.tftp_path, name=CTL_FILE_NAME, content=content, sha256=sha256),
                 timeout=RPC_TIMEOUT)
+            published_path = published.path
         except grpc.aio.AioRpcError as exc:
-            raise Refused(exc.code() if exc.code() != grpc.StatusCode.UNIMPLEMENTED
-                          else grpc.StatusCode.UNAVAILABLE,
-                          f"the tftp-signer did not publish {CTL_FILE_NAME}: {exc.details()}") from None
+            if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
+                raise Refused(exc.code(), f"the tftp-signer did not publish {CTL_FILE_NAME}: "
+                                          f"{exc.details()}") from None
+            # A tftp-signer without PublishFile: write where it serves the cluster's files from.
+            published_path = str(self._publish_file(content))
         async with self.service.db() as session, session.begin():
             version = await record_ctl(session, content=content, sha256=sha256, signer=signer.subject,
                                        signer_serial=signer.serial.hex(), records=len(ctl_file.records),
@@ -219,5 +235,5 @@ class TrustOperations:
                                    f"CTL version {version} published ({sha256[:12]})")
         log.info("CTL committed", extra={"version": version, "sha256": sha256, "mode": target})
         return {"version": version, "sha256": sha256, "tftp_path": settings.tftp_path,
-                "published_path": published.path, "mode": target, "previous_mode": previous_mode,
+                "published_path": published_path, "mode": target, "previous_mode": previous_mode,
                 "events": events}
