@@ -119,8 +119,25 @@ async def _start(settings):
     return svc, task
 
 
+@pytest.fixture(scope="module")
+def pki_template(tmp_path_factory):
+    """Keys are the slow part of a start: make the cluster's PKI once and copy it per test."""
+    from ccmsec.pki.lsc import ensure_capf_ca
+    from ccmsec.runtime.identity import service_identity
+    from ccmsec_callmanager.callcontrol import load_pki
+    data = tmp_path_factory.mktemp("pki-template")
+    service_identity(data, "callmanager", "callmanager", "127.0.0.1")
+    client_identity(data)
+    ensure_capf_ca(data / "pki")
+    load_pki(data, "callmanager", "127.0.0.1")
+    return data
+
+
 @pytest.fixture
-async def cm(tmp_path, nats_server):
+async def cm(tmp_path, nats_server, pki_template):
+    import shutil
+    for folder in ("pki", "servers"):
+        shutil.copytree(pki_template / folder, tmp_path / folder)
     svc, task = await _start(_settings(tmp_path, nats_server))
     handle = Cm(svc, task, tmp_path)
     yield handle
@@ -141,6 +158,7 @@ class BusRecorder:
         async def on(msg):
             self.events.append(events_pb2.Event.FromString(msg.data))
         await self.nc.subscribe("ccmsec.>", cb=on)
+        await self.nc.flush()  # the subscription is live on the server before we publish
         return self
 
     async def __aexit__(self, *exc):
