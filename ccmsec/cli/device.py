@@ -68,6 +68,8 @@ def register(subparsers) -> None:
     setsec.add_argument("mode", choices=SECURITY_MODES)
     setsec.set_defaults(func=_set_security)
 
+    register_call_control(sub)  # call control (gRPC): registrations, reset, set-pool
+
 
 def _client(args: argparse.Namespace) -> AdminClient:
     password = None
@@ -165,4 +167,149 @@ def _set_security(args: argparse.Namespace) -> int:
     else:
         print(f"{device['name']}: security mode {device['security_mode']} "
               f"(config version {device['config_version']}); the phone is reset to apply it")
+    return 0
+
+
+# --- call control over gRPC: registrations, resets, device pool (callmanager service) -----------
+
+REGISTRATION_COLUMNS = [("DEVICE", "device"), ("MODEL", "model"), ("MODE", "mode"),
+                        ("SERVER", "server"), ("ADDRESS", "address"), ("PORT", "transport_port"),
+                        ("CERT", "certificate_kind"), ("SINCE", "since"), ("NAT", "nat")]
+
+
+def register_call_control(sub) -> None:
+    """`device registrations`, `device reset`, `device set-pool` (gRPC to callmanager)."""
+    regs = sub.add_parser("registrations", help="who is registered where, in which mode, with "
+                                                "which certificate")
+    add_data_option(regs)
+    regs.add_argument("name", nargs="?", help="only this device")
+    regs.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    regs.set_defaults(func=_registrations)
+
+    reset = sub.add_parser("reset", help="send SCCP Reset to phones (names, --all, or --server)")
+    add_data_option(reset)
+    reset.add_argument("names", nargs="*", metavar="NAME")
+    reset.add_argument("--all", action="store_true", help="every phone in the cluster (CHK-13)")
+    reset.add_argument("--server", help="every phone registered to this server (RST-9)")
+    reset.add_argument("--restart", action="store_true",
+                       help="restart the phone application (Reset type 2) instead of a reset")
+    reset.add_argument("--wait", action="store_true",
+                       help="follow progress until every phone is back (or --timeout)")
+    reset.add_argument("--timeout", type=float, default=120.0, help="seconds to wait (default 120)")
+    reset.set_defaults(func=_reset)
+
+    pool = sub.add_parser("set-pool", help="put a phone in a device pool")
+    add_data_option(pool)
+    pool.add_argument("name")
+    pool.add_argument("pool")
+    pool.set_defaults(func=_set_pool)
+
+
+def _grpc_call(args: argparse.Namespace, call):
+    """Run `call(stub)` against the callmanager service; gRPC errors become CliError."""
+    import asyncio
+
+    import grpc
+
+    from ccmsec.cluster.state import read_endpoints
+    from ccmsec.runtime.grpcio import secure_channel
+    from ccmsec.runtime.identity import client_identity
+    from ccmsec_proto import callmanager_pb2_grpc
+
+    data = data_dir(args)
+    endpoints = read_endpoints(data)
+    if not endpoints or "callmanager" not in endpoints.get("services", {}):
+        raise CliError(f"no running cluster in {data} (start it with `ccmsec up`)")
+    svc = endpoints["services"]["callmanager"]
+
+    async def run():
+        async with secure_channel(client_identity(data), svc["host"], svc["grpc_port"],
+                                  "callmanager") as channel:
+            return await call(callmanager_pb2_grpc.CallManagerStub(channel))
+
+    try:
+        return asyncio.run(run())
+    except grpc.aio.AioRpcError as exc:
+        raise CliError(f"callmanager: {exc.details() or exc.code().name}") from None
+
+
+def _registration_rows(reply) -> list[dict]:
+    import datetime as _dt
+
+    from ccmsec_proto import common_pb2
+
+    rows = []
+    for r in reply.registrations:
+        rows.append({
+            "device": r.device, "model": r.model,
+            "mode": common_pb2.DeviceSecurityMode.Name(r.mode).lower().replace("_", "-"),
+            "server": r.server, "address": r.address, "reported_address": r.reported_address,
+            "transport_port": r.transport_port, "cipher": r.cipher,
+            "certificate_kind": r.certificate_kind,
+            "certificate_fingerprint": r.certificate_fingerprint,
+            "since": _dt.datetime.fromtimestamp(r.since_unix, _dt.timezone.utc).isoformat(),
+            "nat_suspected": r.nat_suspected, "nat": "MODE-7" if r.nat_suspected else "",
+        })
+    return rows
+
+
+def _registrations(args: argparse.Namespace) -> int:
+    from ccmsec_proto import callmanager_pb2 as pb
+
+    reply = _grpc_call(args, lambda stub: stub.GetRegistrations(
+        pb.RegistrationsRequest(device=args.name or ""), timeout=10))
+    rows = _registration_rows(reply)
+    if args.json:
+        _print_json(rows)
+    elif not rows:
+        print("no registered devices")
+    else:
+        print(format_table(rows, REGISTRATION_COLUMNS))
+    return 0
+
+
+def _reset(args: argparse.Namespace) -> int:
+    import asyncio
+    import time
+
+    from ccmsec_proto import callmanager_pb2 as pb
+
+    if sum([bool(args.names), args.all, bool(args.server)]) != 1:
+        raise CliError("give device names, or --all, or --server NODE (exactly one)")
+    request = pb.ResetDevicesRequest(devices=args.names, all=args.all, server=args.server or "",
+                                     restart=args.restart)
+
+    async def run(stub):
+        reply = await stub.ResetDevices(request, timeout=10)
+        what = "restart" if args.restart else "reset"
+        print(f"{what} requested for {reply.targeted} device(s) (request {reply.request_id})",
+              flush=True)
+        if not args.wait:
+            return 0
+        deadline = time.monotonic() + args.timeout
+        last = None
+        while True:
+            p = await stub.GetResetProgress(pb.ResetProgressRequest(request_id=reply.request_id),
+                                            timeout=10)
+            line = f"  {p.reset_sent}/{p.targeted} reset sent, {p.back}/{p.targeted} back"
+            if line != last:
+                print(line, flush=True)
+                last = line
+            if p.complete:
+                print(f"complete: every targeted device is back ({p.targeted})")
+                return 0
+            if time.monotonic() > deadline:
+                print(f"not back after {args.timeout:g} s: {', '.join(p.not_back)}")
+                return 3
+            await asyncio.sleep(0.5)
+
+    return _grpc_call(args, run)
+
+
+def _set_pool(args: argparse.Namespace) -> int:
+    from ccmsec_proto import callmanager_pb2 as pb
+
+    reply = _grpc_call(args, lambda stub: stub.SetDevicePool(
+        pb.SetDevicePoolRequest(device=args.name, pool=args.pool), timeout=10))
+    print(f"{reply.device}: device pool {reply.pool}")
     return 0
