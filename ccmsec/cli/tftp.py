@@ -182,3 +182,30 @@ def cmd_clusters(args) -> int:
         alt = f" (alternate {c.alternate_path})" if c.alternate_path else ""
         print(f"{c.name:12} {c.tftp_path}{alt}  {MODES.get(c.mode, '?')}")
     return 0
+
+
+async def demo_step(ctx) -> None:
+    """`ccmsec demo` step (AUTH-1, AUTH-3, CERT-5): real TFTP downloads from the tftp-signer."""
+    from cryptography import x509
+
+    from ccmsec import firmware
+    from ccmsec.aio.tftp import TftpError, tftp_get
+    from ccmsec.formats.sgn import parse_sgn, verify_sgn
+
+    svc = ctx.endpoints["services"][ROLE]
+    host, port = svc["host"], svc["tftp_port"]
+    cert = x509.load_der_x509_certificate((ctx.data / "servers" / ROLE / "ccmserver.cer").read_bytes())
+    ctx.say(f"TFTP certificate (CERT-5) {cert.subject.rfc4514_string()} serial {cert.serial_number:x}")
+    default = await tftp_get(host, port, "XMLDefault.cnf.xml", blksize=1428)
+    ctx.say(f"XMLDefault.cnf.xml: {len(default)} bytes from {host}:{port}")
+    load = firmware.load_name("7970")
+    image = await tftp_get(host, port, firmware.image_filename(load), blksize=1428)
+    info = firmware.verify_image(image, cert, load)
+    ctx.say(f"firmware {firmware.image_filename(load)}: {len(image)} bytes, signature valid (AUTH-1), "
+            f"models {','.join(info.models)}")
+    try:
+        signed = parse_sgn(await tftp_get(host, port, "RingList.xml.sgn"))
+        verify_sgn(signed, cert)
+        ctx.say("RingList.xml.sgn: signed by the TFTP certificate (mixed mode, AUTH-3)")
+    except TftpError as exc:
+        ctx.say(f"RingList.xml.sgn: TFTP error {exc.code} ({exc.message}) — non-secure mode signs nothing (AUTH-3)")
