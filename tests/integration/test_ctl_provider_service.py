@@ -1,0 +1,295 @@
+"""The ctl-provider service in process: real NATS, real SQLite (migrated), real TLS on a unique
+loopback address. The peer services are not running here, so the provider takes the server
+certificates from the files those services keep in the data directory (the documented fallback)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import ssl
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import nats
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from ccmsec.ctlclient import (
+    ProviderRefused,
+    ProviderUnreachable,
+    ServerCertificate,
+    build_records,
+    fetch_server_certificates,
+    provider_ssl_context,
+)
+from ccmsec.db.cluster import record_ctl
+from ccmsec.formats.ctl import Role, build_ctl
+from ccmsec.pki.lsc import ensure_capf_ca
+from ccmsec.pki.servercert import ensure_server_certificate
+from ccmsec.pki.tokens import create_software_token, ensure_manufacturer_ca
+from ccmsec.runtime.grpcio import secure_channel
+from ccmsec.runtime.identity import client_identity
+from ccmsec.runtime.settings import load_settings
+from ccmsec.wire.ctlprovider import ErrorCode
+from ccmsec_ctl_provider.main import CtlProviderService
+from ccmsec_proto import common_pb2, ctl_provider_pb2, ctl_provider_pb2_grpc, events_pb2
+from tests.conftest import free_port
+
+
+@dataclass
+class Harness:
+    svc: CtlProviderService
+    task: asyncio.Task
+    data: Path
+    stub: ctl_provider_pb2_grpc.CtlProviderStub
+    events: list
+
+    async def fetch(self, port: int | None = None):
+        ident = client_identity(self.data)
+        ctx = provider_ssl_context(ident.ca_path, ident.cert_path, ident.key_path)
+        return await fetch_server_certificates(self.svc.settings.host, port or self.svc.listening_port,
+                                               ctx, timeout=5)
+
+    async def events_after(self, mark: int, settle: float = 0.8) -> list[tuple[str, events_pb2.Event]]:
+        await asyncio.sleep(settle)  # let anything else that would be published arrive too
+        return [(s, e) for s, e in self.events[mark:] if not s.startswith("ccmsec.test")]
+
+
+def _prepare(data: Path) -> None:
+    ensure_server_certificate(data / "servers" / "callmanager", "callmanager")
+    ensure_server_certificate(data / "servers" / "tftp-signer", "tftp-signer")
+    ensure_capf_ca(data / "pki")
+
+
+async def _start(data: Path, nats_url: str, host: str, port: int, grpc_port: int):
+    settings = load_settings(service="ctl-provider", data_dir=data, host=host, grpc_port=grpc_port,
+                             metrics_port=0, nats_url=nats_url, ctl_provider_port=port,
+                             shutdown_grace=1.0,
+                             peers={r: "127.254.253.252" for r in ("callmanager", "tftp-signer", "capf")})
+    svc = CtlProviderService(settings)
+    svc.trust.mode_rpc_attempts = 1
+    task = asyncio.create_task(svc.run())
+    channel = secure_channel(client_identity(data), host, grpc_port, "ctl-provider")
+    stub = ctl_provider_pb2_grpc.CtlProviderStub(channel)
+    deadline = time.monotonic() + 20
+    while True:
+        assert not task.done(), f"service stopped during start: {task.exception() if task.done() else ''}"
+        try:
+            await stub.Status(common_pb2.Empty(), timeout=1)
+            return svc, task, channel, stub
+        except grpc.aio.AioRpcError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+
+
+@pytest.fixture
+async def provider(tmp_path, nats_server):
+    host = f"127.{random.randint(20, 250)}.{random.randint(0, 255)}.{random.randint(2, 250)}"
+    _prepare(tmp_path)
+    svc, task, channel, stub = await _start(tmp_path, nats_server, host, free_port(host), free_port(host))
+    events: list = []
+    nc = await nats.connect(nats_server)
+
+    async def collect(msg):
+        events.append((msg.subject, events_pb2.Event.FromString(msg.data)))
+
+    await nc.subscribe("ccmsec.>", cb=collect)
+    harness = Harness(svc, task, tmp_path, stub, events)
+    yield harness
+    await channel.close()
+    await nc.close()
+    if not harness.task.done():
+        harness.svc.request_stop()
+        await asyncio.wait_for(harness.task, 10)
+
+
+def _der(path: Path) -> bytes:
+    raw = path.read_bytes()
+    if raw.startswith(b"-----"):
+        from cryptography import x509
+        return x509.load_pem_x509_certificate(raw).public_bytes(serialization.Encoding.DER)
+    return raw
+
+
+async def test_chk1_fresh_provider_is_not_activated_and_refuses_over_tls(provider):
+    """CHK-1: a fresh cluster's CTL Provider answers over TLS only with a refusal naming the rule."""
+    assert (await provider.stub.Status(common_pb2.Empty())).activated is False
+    with pytest.raises(ProviderRefused, match=r"not activated .*\(CHK-1\)") as refused:
+        await provider.fetch()
+    assert refused.value.code is ErrorCode.NOT_ACTIVATED
+    status = await provider.stub.Activate(ctl_provider_pb2.ActivateRequest(active=True))
+    assert status.activated is True
+    servers = await provider.fetch()
+    assert [s.role for s in servers] == [Role.CCM, Role.TFTP, Role.CAPF]
+
+
+async def test_cert5_provider_lists_exactly_the_servers_certificate_files(provider):
+    """CERT-5 / CERT-3: the certificates answered are byte for byte the ones the services keep."""
+    await provider.stub.Activate(ctl_provider_pb2.ActivateRequest(active=True))
+    by_role = {s.role: s for s in await provider.fetch()}
+    der = {r: s.certificate.public_bytes(serialization.Encoding.DER) for r, s in by_role.items()}
+    assert der[Role.CCM] == _der(provider.data / "servers" / "callmanager" / "ccmserver.cer")
+    assert der[Role.TFTP] == _der(provider.data / "servers" / "tftp-signer" / "ccmserver.cer")
+    assert der[Role.CAPF] == _der(provider.data / "pki" / "capf.crt")
+    assert by_role[Role.CCM].dns_name == "callmanager" and by_role[Role.CCM].ipv4 == "127.254.253.252"
+    reply = await provider.stub.GetServerCertificates(common_pb2.Empty())
+    assert [c.der for c in reply.certificates] == [der[Role.CCM], der[Role.TFTP], der[Role.CAPF]]
+
+
+async def test_chk1_activation_survives_a_restart(provider, nats_server):
+    await provider.stub.Activate(ctl_provider_pb2.ActivateRequest(active=True))
+    provider.svc.request_stop()
+    await asyncio.wait_for(provider.task, 10)
+    svc, task, channel, stub = await _start(provider.data, nats_server, provider.svc.settings.host,
+                                            provider.svc.listening_port, provider.svc.settings.grpc_port)
+    provider.svc, provider.task = svc, task
+    try:
+        assert (await stub.Status(common_pb2.Empty())).activated is True
+        assert len(await provider.fetch()) == 3
+    finally:
+        await channel.close()
+
+
+async def test_client_without_a_cluster_certificate_is_refused_at_tls(provider):
+    await provider.stub.Activate(ctl_provider_pb2.ActivateRequest(active=True))
+    ctx = ssl.create_default_context(cafile=str(client_identity(provider.data).ca_path))
+    with pytest.raises(ProviderUnreachable):
+        await fetch_server_certificates(provider.svc.settings.host, provider.svc.listening_port, ctx,
+                                        timeout=3)
+
+
+async def test_unreachable_provider_is_a_clear_error(provider):
+    ident = client_identity(provider.data)
+    ctx = provider_ssl_context(ident.ca_path, ident.cert_path, ident.key_path)
+    with pytest.raises(ProviderUnreachable, match="cannot connect to the CTL Provider at 127.0.0.1:1"):
+        await fetch_server_certificates("127.0.0.1", 1, ctx, timeout=2)
+
+
+async def test_garbage_on_the_tls_port_gets_bad_request_and_the_service_keeps_serving(provider):
+    await provider.stub.Activate(ctl_provider_pb2.ActivateRequest(active=True))
+    ident = client_identity(provider.data)
+    ctx = provider_ssl_context(ident.ca_path, ident.cert_path, ident.key_path)
+    reader, writer = await asyncio.open_connection(provider.svc.settings.host, provider.svc.listening_port,
+                                                   ssl=ctx, server_hostname="ctl-provider")
+    writer.write(b"GET / HTTP/1.0\r\n\r\n")
+    answer = await asyncio.wait_for(reader.read(4096), 5)
+    writer.close()
+    assert answer.startswith(b"CTLP") and b"bad magic" in answer
+    assert len(await provider.fetch()) == 3
+
+
+async def test_rst7_port_change_emits_exactly_one_provider_restart_and_applies_after_it(provider, nats_server):
+    """RST-7: changing the TLS port restarts the CTL Provider (and nothing else); the stored port
+    overrides the setting when the service starts again."""
+    host = provider.svc.settings.host
+    new_port = free_port(host)
+    mark = len(provider.events)
+    reply = await provider.stub.SetProviderPort(ctl_provider_pb2.SetProviderPortRequest(port=new_port))
+    assert reply.restart_required and list(reply.events) == ["service.restart.ctl-provider RST-7"]
+    events = await provider.events_after(mark)
+    assert [(s, e.service_restart.rule) for s, e in events] == [("ccmsec.service.restart.ctl-provider",
+                                                                  "RST-7")]
+    assert await asyncio.wait_for(provider.task, 10) == 75  # restarted itself on the event
+    svc, task, channel, stub = await _start(provider.data, nats_server, host, free_port(host),
+                                            provider.svc.settings.grpc_port)
+    provider.svc, provider.task = svc, task
+    try:
+        settings = await stub.GetProviderSettings(common_pb2.Empty())
+        assert settings.listening_port == new_port == svc.listening_port
+        mark = len(provider.events)
+        same = await stub.SetProviderPort(ctl_provider_pb2.SetProviderPortRequest(port=new_port))
+        assert not same.restart_required and list(same.events) == []
+        assert await provider.events_after(mark, settle=0.5) == []
+        with pytest.raises(grpc.aio.AioRpcError, match="not between 1 and 65535"):
+            await stub.SetProviderPort(ctl_provider_pb2.SetProviderPortRequest(port=70000))
+    finally:
+        await channel.close()
+
+
+async def test_mode1_fresh_cluster_is_non_secure_and_mode5_mixed_needs_a_ctl(provider):
+    """MODE-1: non-secure at install. MODE-5: mixed refused while no CTL exists."""
+    state = await provider.stub.GetSecurityMode(common_pb2.Empty())
+    assert state.mode == common_pb2.CLUSTER_NON_SECURE and not state.ctl_present
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await provider.stub.SetSecurityMode(ctl_provider_pb2.SecurityModeRequest(mode=common_pb2.CLUSTER_MIXED))
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "MODE-5" in refused.value.details()
+
+
+@pytest.fixture
+def tokens(tmp_path):
+    ca = ensure_manufacturer_ca(tmp_path / "pki")
+    return {n: create_software_token(tmp_path / "tokens", n, "pw", ca) for n in ("t1", "t2", "t3")}
+
+
+async def _ctl(provider, signer, *listed) -> bytes:
+    await provider.stub.Activate(ctl_provider_pb2.ActivateRequest(active=True))
+    servers: list[ServerCertificate] = await provider.fetch()
+    return build_ctl(build_records([t.certificate for t in listed], servers), signer, int(time.time()))
+
+
+async def test_ctl1_commit_refuses_a_ctl_with_one_token_and_a_tampered_one(provider, tokens):
+    one = await _ctl(provider, tokens["t1"], tokens["t1"])
+    with pytest.raises(grpc.aio.AioRpcError, match="CTL-1"):
+        await provider.stub.CommitCtl(ctl_provider_pb2.CommitCtlRequest(ctl=one))
+    good = bytearray(await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t2"]))
+    good[-10] ^= 0xFF
+    with pytest.raises(grpc.aio.AioRpcError, match="not a valid signed CTL"):
+        await provider.stub.CommitCtl(ctl_provider_pb2.CommitCtlRequest(ctl=bytes(good)))
+    assert not (await provider.stub.GetCurrentCtl(common_pb2.Empty())).present
+
+
+async def test_ctl2_commit_refuses_a_signer_outside_the_current_ctl(provider, tokens):
+    first = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t2"])
+    async with provider.svc.db() as session, session.begin():
+        await record_ctl(session, content=first, sha256="0" * 64, signer="t1", signer_serial="01",
+                         records=5, tftp_path="cluster1")
+    stranger = await _ctl(provider, tokens["t3"], tokens["t3"], tokens["t2"])
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await provider.stub.CommitCtl(ctl_provider_pb2.CommitCtlRequest(ctl=stranger))
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "CTL-2" in refused.value.details() and "--new-trust" in refused.value.details()
+    # With new trust the check passes and the next step (publishing) is reached.
+    with pytest.raises(grpc.aio.AioRpcError) as later:
+        await provider.stub.CommitCtl(ctl_provider_pb2.CommitCtlRequest(ctl=stranger, new_trust=True))
+    assert "CTL-2" not in later.value.details() and "tftp-signer" in later.value.details()
+
+
+async def test_rst3_mode_switch_without_call_control_rpc_emits_exactly_the_rst3_events(provider, tokens):
+    """RST-3 (fallback path: callmanager not reachable): the mode is stored and mode.changed, a
+    reset of every device and a callmanager restart are published — nothing else."""
+    ctl = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t2"])
+    async with provider.svc.db() as session, session.begin():
+        await record_ctl(session, content=ctl, sha256="0" * 64, signer="t1", signer_serial="01",
+                         records=5, tftp_path="cluster1")
+    mark = len(provider.events)
+    reply = await provider.stub.SetSecurityMode(ctl_provider_pb2.SecurityModeRequest(mode=common_pb2.CLUSTER_MIXED))
+    assert reply.mode == common_pb2.CLUSTER_MIXED and reply.previous == common_pb2.CLUSTER_NON_SECURE
+    events = await provider.events_after(mark)
+    assert [(s, e.device_reset.rule or e.service_restart.rule) for s, e in events] == [
+        ("ccmsec.mode.changed", ""), ("ccmsec.device.reset", "RST-3"),
+        ("ccmsec.service.restart.callmanager", "RST-3")]
+    assert events[1][1].device_reset.all
+    assert (await provider.stub.GetSecurityMode(common_pb2.Empty())).mode == common_pb2.CLUSTER_MIXED
+    mark = len(provider.events)
+    again = await provider.stub.SetSecurityMode(ctl_provider_pb2.SecurityModeRequest(mode=common_pb2.CLUSTER_MIXED))
+    assert list(again.events) == [] and await provider.events_after(mark, settle=0.4) == []
+
+
+async def test_mode6_registry_refuses_a_cluster_reusing_our_tftp_path(provider):
+    mixed = common_pb2.CLUSTER_MIXED
+    with pytest.raises(grpc.aio.AioRpcError, match="MODE-6: .*cluster1.*already used by cluster local"):
+        await provider.stub.RegisterTftpCluster(ctl_provider_pb2.TftpCluster(
+            cluster_id="other", tftp_path="cluster1", mode=common_pb2.CLUSTER_NON_SECURE))
+    with pytest.raises(grpc.aio.AioRpcError, match="MODE-6: .*same security mode"):
+        await provider.stub.RegisterTftpCluster(ctl_provider_pb2.TftpCluster(
+            cluster_id="other", tftp_path="cluster2", mode=mixed))
+    reply = await provider.stub.RegisterTftpCluster(ctl_provider_pb2.TftpCluster(
+        cluster_id="other", tftp_path="cluster2", alternate_path="cluster2b",
+        mode=common_pb2.CLUSTER_NON_SECURE))
+    assert [c.cluster_id for c in reply.clusters] == ["local", "other"]
+    listed = await provider.stub.ListTftpClusters(common_pb2.Empty())
+    assert [c.tftp_path for c in listed.clusters] == ["cluster1", "cluster2"]
