@@ -78,8 +78,28 @@ async def step_event_round_trip(ctx: DemoContext) -> None:
     raise runner.RunnerError("callmanager did not handle the demo event within 20 s")
 
 
+async def step_capf_activate(ctx: DemoContext) -> None:
+    """CHK-2: activate CAPF on the publisher before the CTL client runs."""
+    from ccmsec.runtime.grpcio import secure_channel
+    from ccmsec.runtime.identity import client_identity
+    from ccmsec_proto import capf_pb2_grpc, common_pb2, ctl_provider_pb2
+
+    svc = ctx.endpoints["services"]["capf"]
+    async with secure_channel(client_identity(ctx.data), svc["host"], svc["grpc_port"], "capf") as ch:
+        stub = capf_pb2_grpc.CapfStub(ch)
+        before = await stub.Status(common_pb2.Empty(), timeout=5)
+        st = await stub.Activate(ctl_provider_pb2.ActivateRequest(active=True), timeout=5)
+        cert = await stub.GetCapfCertificate(common_pb2.Empty(), timeout=5)
+    ctx.say(f"CAPF was {'active' if before.activated else 'not activated'}; now activated={st.activated} "
+            f"on {svc['host']}:{svc['capf_port']}")
+    ctx.say(f"CAPF certificate {cert.subject} sha256 {cert.fingerprint_sha256[:16]}…")
+    if st.details.get("note"):
+        ctx.say(st.details["note"])
+
+
 STEPS: list[tuple[str, Callable]] = [
     ("Start the cluster: NATS and eight services, each on its own loopback address", step_up),
     ("Health of every service over mutual TLS", step_health),
     ("One durable event through NATS JetStream", step_event_round_trip),
+    ("Activate the CAPF service on the publisher (CHK-2)", step_capf_activate),
 ]

@@ -216,6 +216,47 @@ class SqlCapfStore:
         bind = factory.kw.get("bind")
         self._one_writer = asyncio.Lock() if bind is not None and bind.dialect.name == "sqlite" else None
 
+        # Group commit: writes of concurrent phone sessions that queue up while one transaction
+        # runs are carried out together in the next one (one COMMIT for many phones).
+        self._batch: list[tuple[Callable[[AsyncSession], Awaitable[object]], asyncio.Future]] = []
+        self._flusher: asyncio.Task | None = None
+        self.max_batch = 128
+
+    async def _write_batched(self, fn: Callable[[AsyncSession], Awaitable[object]]):
+        """Run `fn(session)` in a shared write transaction; returns its result once committed.
+        `fn` must raise only before it changes anything (it then fails alone, the batch goes on)."""
+        future = asyncio.get_running_loop().create_future()
+        self._batch.append((fn, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        while self._batch:
+            batch, self._batch = self._batch[:self.max_batch], self._batch[self.max_batch:]
+            outcomes: list[tuple[asyncio.Future, object, BaseException | None]] = []
+            try:
+                async with self._write() as s:
+                    for fn, future in batch:
+                        try:
+                            outcomes.append((future, await fn(s), None))
+                        except ValueError as exc:  # refused before any change: fails alone
+                            outcomes.append((future, None, exc))
+            except BaseException as exc:  # the commit itself failed: nothing of the batch happened
+                for _fn, future in batch:
+                    if not future.done():
+                        future.set_exception(exc if isinstance(exc, Exception) else RuntimeError(str(exc)))
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            for future, result, error in outcomes:
+                if future.done():
+                    continue
+                if error is not None:
+                    future.set_exception(error)
+                else:
+                    future.set_result(result)
+
     @contextlib.asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncSession]:
         async with contextlib.AsyncExitStack() as stack:
@@ -298,7 +339,8 @@ class SqlCapfStore:
     async def record_issued(self, op_id: int, device_name: str, certificate_der: bytes) -> bytes:
         serial, fingerprint = _cert_ids(certificate_der)
         now = self.clock()
-        async with self._write() as s:
+
+        async def claim(s: AsyncSession) -> bytes:
             # Compare-and-set on the operation row: only the first issuance is tied to it; a
             # racing or reconnecting session gets the certificate already tied.
             claimed = await s.execute(
@@ -307,43 +349,55 @@ class SqlCapfStore:
                        CapfOperation.state.in_(("pending", "in_progress")))
                 .values(issued_fingerprint=fingerprint, state="in_progress", updated_at=now)
             )
-            op = await s.get(CapfOperation, op_id)
-            if op is None:
-                raise ValueError(f"no CAPF operation {op_id}")
             if claimed.rowcount == 1:
+                operation = await s.scalar(select(CapfOperation.operation).where(CapfOperation.id == op_id))
                 s.add(CapfCertificate(
                     operation_id=op_id, device_name=device_name, serial=serial, fingerprint_sha256=fingerprint,
-                    operation=op.operation, created_at=now, outcome="issued", der=certificate_der))
+                    operation=operation, created_at=now, outcome="issued", der=certificate_der))
+                await s.flush()
                 return certificate_der
+            row = (await s.execute(select(CapfOperation.state, CapfOperation.issued_fingerprint)
+                                   .where(CapfOperation.id == op_id))).first()
+            if row is None:
+                raise ValueError(f"no CAPF operation {op_id}")
             existing = (await s.execute(
                 select(CapfCertificate.der).where(CapfCertificate.operation_id == op_id,
-                                                  CapfCertificate.fingerprint_sha256 == op.issued_fingerprint)
+                                                  CapfCertificate.fingerprint_sha256 == row.issued_fingerprint)
             )).scalars().first()
-        if existing is None:
-            raise ValueError(f"CAPF operation {op_id} is {op.state}; it cannot issue a certificate")
-        return existing
+            if existing is None:
+                raise ValueError(f"CAPF operation {op_id} is {row.state}; it cannot issue a certificate")
+            return existing
+
+        return await self._write_batched(claim)  # type: ignore[return-value]
 
     async def mark_done(self, op_id: int, outcome: str, certificate_der: bytes | None = None) -> None:
         if outcome not in ("installed", "fetched", "deleted"):
             raise ValueError(f"unknown CAPF outcome {outcome!r}")
         now = self.clock()
-        async with self._write() as s:
-            op = await s.get(CapfOperation, op_id, with_for_update=True)
-            if op is None:
+        serial = fingerprint = None
+        if certificate_der is not None:
+            serial, fingerprint = _cert_ids(certificate_der)
+
+        async def done(s: AsyncSession) -> None:
+            row = (await s.execute(select(CapfOperation.device_name, CapfOperation.operation,
+                                          CapfOperation.issued_fingerprint)
+                                   .where(CapfOperation.id == op_id))).first()
+            if row is None:
                 raise ValueError(f"no CAPF operation {op_id}")
-            op.state, op.reason, op.updated_at = "done", None, now
+            await s.execute(update(CapfOperation).where(CapfOperation.id == op_id)
+                            .values(state="done", reason=None, updated_at=now))
             if outcome == "installed":
                 await s.execute(update(CapfCertificate).where(
                     CapfCertificate.operation_id == op_id,
-                    CapfCertificate.fingerprint_sha256 == op.issued_fingerprint,
+                    CapfCertificate.fingerprint_sha256 == row.issued_fingerprint,
                 ).values(outcome="installed"))
                 return
-            serial = fingerprint = None
-            if certificate_der is not None:
-                serial, fingerprint = _cert_ids(certificate_der)
             s.add(CapfCertificate(
-                operation_id=op_id, device_name=op.device_name, serial=serial, fingerprint_sha256=fingerprint,
-                operation=op.operation, created_at=now, outcome=outcome, der=certificate_der))
+                operation_id=op_id, device_name=row.device_name, serial=serial, fingerprint_sha256=fingerprint,
+                operation=row.operation, created_at=now, outcome=outcome, der=certificate_der))
+            await s.flush()
+
+        await self._write_batched(done)
 
     async def mark_failed(self, op_id: int, reason: str) -> None:
         async with self._write() as s:
