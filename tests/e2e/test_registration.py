@@ -1,0 +1,159 @@
+"""Issue 6 on the running cluster: phones register with the real callmanager process over SCCP
+on 2000 and SCCP/TLS on 2443, the CLI shows the registry and resets with progress, and a cluster
+mode change emits exactly the RST-3 events and restarts callmanager."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+
+import pytest
+
+from ccmsec.aio.sccp import SccpRegistrationRejected, connect_phone
+from ccmsec.db.devices import SETTING_CTL_VERSION, Device, set_setting
+from ccmsec.pki.ca import Issued, load_pair, new_key
+from ccmsec.pki.lsc import issue_lsc
+from ccmsec.pki.tls import sccp_phone_context
+from ccmsec.runtime.bus import EventBus
+from ccmsec.runtime.database import create_engine, sessionmaker
+from ccmsec.runtime.grpcio import secure_channel
+from ccmsec.runtime.identity import client_identity
+from ccmsec.wire import sccp as s
+from ccmsec_proto import callmanager_pb2 as pb
+from ccmsec_proto import callmanager_pb2_grpc, common_pb2, events_pb2
+from cryptography import x509
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+
+
+def _cm(cluster):
+    return cluster["endpoints"]["services"]["callmanager"]
+
+
+async def _stub_call(cluster, fn):
+    svc = _cm(cluster)
+    async with secure_channel(client_identity(cluster["data"]), svc["host"], svc["grpc_port"],
+                              "callmanager") as ch:
+        return await fn(callmanager_pb2_grpc.CallManagerStub(ch))
+
+
+async def _wait_serving(cluster, old_pid: str | None = None, timeout=40.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            st = await _stub_call(cluster, lambda st: st.Status(common_pb2.Empty(), timeout=2))
+            if st.state == "serving" and st.details.get("pid") != old_pid:
+                return st
+        except Exception:
+            pass
+        await asyncio.sleep(0.3)
+    raise AssertionError("callmanager did not come back")
+
+
+async def _cli(cluster, *args, timeout=60):
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "ccmsec.cli.main", *args, "--data", str(cluster["data"]),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def _phone_that_comes_back(host, port, name, register_kw=None, **kw):
+    """A phone that re-registers after every Reset, like a booting phone would."""
+    phone = await connect_phone(host, port, s.Register(name, host, **(register_kw or {})), **kw)
+    await phone.wait_registered(10)
+    while True:
+        await phone.next_event(s.ResetRequested, timeout=60)
+        await phone.close()
+        phone = await connect_phone(host, port, s.Register(name, host, **(register_kw or {})), **kw)
+        await phone.wait_registered(10)
+
+
+def test_non_secure_registration_registry_cli_and_reset_wait(cluster):
+    svc = _cm(cluster)
+
+    async def scenario():
+        name = "SEP00E2E0000001"
+        task = asyncio.create_task(_phone_that_comes_back(svc["host"], svc["sccp_port"], name))
+        try:
+            deadline = time.monotonic() + 10
+            rows = []
+            while time.monotonic() < deadline and not rows:
+                code, out, err = await _cli(cluster, "device", "registrations", name, "--json")
+                assert code == 0, err
+                rows = json.loads(out)
+            assert rows[0]["device"] == name and rows[0]["mode"] == "non-secure"
+            assert rows[0]["transport_port"] == svc["sccp_port"] and rows[0]["server"] == "callmanager"
+            code, out, err = await _cli(cluster, "device", "reset", name, "--wait", "--timeout", "20")
+            assert code == 0, out + err
+            assert "complete" in out and "1/1 back" in out
+            code, out, _ = await _cli(cluster, "device", "reset", "SEP00E2E0000999", "--wait",
+                                      "--timeout", "1")
+            assert code == 3 and "SEP00E2E0000999" in out  # named as not back
+        finally:
+            task.cancel()
+    asyncio.run(scenario())
+
+
+def test_mixed_mode_rst3_then_tls_registration_and_refusals(cluster):
+    data, svc = cluster["data"], _cm(cluster)
+    host = svc["host"]
+
+    async def set_mode(mode):
+        return await _stub_call(cluster, lambda st: st.SetClusterMode(
+            pb.SetClusterModeRequest(mode=mode), timeout=10))
+
+    async def scenario():
+        engine = create_engine(f"sqlite:///{data / 'ccmsec.db'}")
+        db = sessionmaker(engine)
+        async with db() as session, session.begin():
+            await set_setting(session, SETTING_CTL_VERSION, "1")  # as the CTL client would
+            session.add(Device(name="SEP00E2E0000002", model="7970", security_mode="encrypted"))
+        await engine.dispose()
+        before = await _wait_serving(cluster)
+        bus = EventBus(cluster["endpoints"]["nats_url"], "e2e-registration")
+        await bus.connect()
+        seen: list[events_pb2.Event] = []
+
+        async def record(msg):
+            seen.append(events_pb2.Event.FromString(msg.data))
+        sub = await bus.nc.subscribe("ccmsec.>", cb=record)
+        await bus.nc.flush()
+        try:
+            reply = await set_mode(common_pb2.CLUSTER_MIXED)
+            assert reply.mode == common_pb2.CLUSTER_MIXED
+            await _wait_serving(cluster, before.details["pid"])  # RST-3: callmanager restarted
+            await asyncio.sleep(0.3)
+            actions = [(e.kind, e.device_reset.rule if e.kind == "device.reset" else e.service_restart.rule)
+                       for e in seen if e.kind in ("device.reset", "service.restart")]
+            assert actions == [("device.reset", "RST-3"), ("service.restart", "RST-3")]
+            assert seen[[e.kind for e in seen].index("device.reset")].device_reset.all
+
+            ccm = x509.load_der_x509_certificate(
+                (data / "servers" / "callmanager" / "ccmserver.cer").read_bytes())
+            capf = load_pair(data / "pki" / "capf.crt", data / "pki" / "capf.key")
+            key = new_key()
+            lsc = Issued(issue_lsc(capf, "SEP00E2E0000002", key.public_key()), key)
+            ctx = sccp_phone_context("encrypted", [ccm], lsc=lsc)
+            phone = await connect_phone(host, svc["sccp_tls_port"], s.Register("SEP00E2E0000002", host),
+                                        ssl_context=ctx, pinned_ccm_certificates=[ccm])
+            await phone.wait_registered(10)
+            regs = (await _stub_call(cluster, lambda st: st.GetRegistrations(
+                pb.RegistrationsRequest(device="SEP00E2E0000002"), timeout=5))).registrations
+            assert regs[0].mode == common_pb2.ENCRYPTED and regs[0].certificate_kind == "LSC"
+            await phone.close()
+
+            unknown = await connect_phone(host, svc["sccp_port"], s.Register("SEP00E2E0000003", host))
+            with pytest.raises(SccpRegistrationRejected) as err:
+                await unknown.wait_registered(10)
+            assert err.value.text.startswith("MODE-4")
+            await unknown.close()
+        finally:
+            current = await _wait_serving(cluster)
+            await set_mode(common_pb2.CLUSTER_NON_SECURE)  # leave the shared cluster as found
+            await _wait_serving(cluster, current.details["pid"])
+            await sub.unsubscribe()
+            await bus.close()
+    asyncio.run(scenario())
