@@ -1,6 +1,6 @@
 """The event bus: NATS JetStream with one durable stream for events that must not be lost.
 
-Subjects are `ccmsec.<kind>[.<target>]`. Each event is the protobuf `ccmsec.v1.Event` envelope; its
+Subjects are `ccmsec.<kind>`, and `ccmsec.service.restart.<role>` for restarts. Each event is the protobuf `ccmsec.v1.Event` envelope; its
 unique id goes in the `Nats-Msg-Id` header (JetStream drops duplicate publishes) and handlers record
 the ids they handled (a redelivery after a crash changes nothing).
 """
@@ -36,10 +36,17 @@ class BusError(Exception):
     pass
 
 
+# Only restarts are addressed (to a role) in the subject; every other event goes on its kind's
+# subject and names its devices in the body, so one subscription per kind sees all of them.
+TARGETED_KINDS = ("service.restart",)
+
+
 def subject_for(kind: str, target: str | None = None) -> str:
     if kind not in KINDS:
         raise BusError(f"unknown event kind {kind!r}")
-    return f"{SUBJECT_PREFIX}.{kind}" + (f".{target}" if target else "")
+    if target and kind in TARGETED_KINDS:
+        return f"{SUBJECT_PREFIX}.{kind}.{target}"
+    return f"{SUBJECT_PREFIX}.{kind}"
 
 
 def make_event(kind: str, origin: str, **body) -> events_pb2.Event:
