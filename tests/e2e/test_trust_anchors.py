@@ -1,0 +1,284 @@
+"""Issue 3 end to end: tokens → CTL Provider → CTL client → CTLFile.tlv over TFTP → mixed mode.
+
+These tests switch the cluster to mixed mode, which changes what every other test would see, so
+they run on a cluster of their own (module scope) and in file order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+import nats
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from ccmsec.aio.tftp import tftp_get
+from ccmsec.cluster.runner import cluster_pids
+from ccmsec.formats.ctl import Role, parse_ctl, verify_ctl
+from ccmsec.pki.tokens import MAX_PASSWORD_FAILURES, TokenError, open_token
+from ccmsec.pki.truststore import CtlRejected, TrustStore
+from ccmsec.runtime.bus import EventBus, make_event
+from ccmsec.runtime.grpcio import check_health, secure_channel
+from ccmsec.runtime.identity import client_identity
+from ccmsec_proto import callmanager_pb2_grpc, common_pb2, events_pb2
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.e2e
+RELEVANT = ("ccmsec.device.reset", "ccmsec.service.restart", "ccmsec.mode.changed", "ccmsec.ctl.updated")
+
+
+@pytest.fixture(scope="module")
+def tc():
+    data = Path(tempfile.mkdtemp(prefix="ccmsec-e2e-trust-"))
+    result = run_cli("up", "-d", "--data", str(data), timeout=240)
+    if result.returncode != 0:
+        run_cli("down", "--data", str(data))
+        pytest.fail(f"ccmsec up failed: {result.stderr}")
+    endpoints = json.loads((data / "run" / "endpoints.json").read_text())
+    pw = data / "pw"
+    pw.write_text("token-password\n")
+    yield {"data": data, "endpoints": endpoints, "pw": pw, "ctl": {}}
+    res = run_cli("down", "--data", str(data))
+    left = cluster_pids(data)
+    shutil.rmtree(data, ignore_errors=True)
+    assert res.returncode == 0, res.stderr
+    assert left == [], f"processes left after ccmsec down: {left}"
+
+
+def cli(tc, *args, timeout=60):
+    return run_cli(*args, "--data", str(tc["data"]), timeout=timeout)
+
+
+def update(tc, *args):
+    return cli(tc, "ctl", "update", "--password-file", str(tc["pw"]), "-q", *args)
+
+
+async def wait_serving(tc, *roles, timeout=30.0):
+    ident = client_identity(tc["data"])
+    deadline = time.monotonic() + timeout
+    for role in roles:
+        svc = tc["endpoints"]["services"][role]
+        while True:
+            try:
+                if await check_health(ident, svc["host"], svc["grpc_port"], role, timeout=1) == "SERVING":
+                    break
+            except grpc.aio.AioRpcError:
+                pass
+            assert time.monotonic() < deadline, f"{role} not serving after {timeout}s"
+            await asyncio.sleep(0.3)
+
+
+async def observe(tc, *args, settle=2.0):
+    """Run the CLI while recording every event on the bus; returns (result, [(subject, event)])."""
+    seen: list = []
+    nc = await nats.connect(tc["endpoints"]["nats_url"])
+
+    async def collect(msg):
+        if msg.subject.startswith(RELEVANT):
+            seen.append((msg.subject, events_pb2.Event.FromString(msg.data)))
+
+    await nc.subscribe("ccmsec.>", cb=collect)
+    try:
+        result = await asyncio.to_thread(cli, tc, *args)
+        await asyncio.sleep(settle)
+    finally:
+        await nc.close()
+    return result, seen
+
+
+def rules(events) -> list[tuple[str, str]]:
+    return sorted((s, e.device_reset.rule or e.service_restart.rule) for s, e in events)
+
+
+async def fetch_ctl(tc) -> bytes:
+    svc = tc["endpoints"]["services"]["tftp-signer"]
+    deadline = time.monotonic() + 30
+    while True:  # the tftp-signer restarts after a CTL update (RST-4)
+        try:
+            return await tftp_get(svc["host"], svc["tftp_port"], "CTLFile.tlv", timeout=0.5, retries=2)
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.3)
+
+
+def _der(path: Path) -> bytes:
+    raw = path.read_bytes()
+    if raw.startswith(b"-----"):
+        return x509.load_pem_x509_certificate(raw).public_bytes(serialization.Encoding.DER)
+    return raw
+
+
+# --- before any CTL ---------------------------------------------------------------------------------
+def test_mode1_fresh_cluster_is_non_secure_and_mode5_refuses_mixed_without_ctl(tc):
+    shown = cli(tc, "mode", "show")
+    assert shown.returncode == 0 and "non-secure" in shown.stdout and "none (MODE-5)" in shown.stdout
+    refused = cli(tc, "mode", "set", "mixed")
+    assert refused.returncode != 0 and "MODE-5" in refused.stderr
+
+
+def test_chk1_ctl_client_refused_while_the_provider_is_not_activated(tc):
+    for name in ("t1", "t2", "t3", "lockme"):
+        made = cli(tc, "token", "create", "--name", name, "--password-file", str(tc["pw"]))
+        assert made.returncode == 0, made.stderr
+    refused = update(tc, "--token", "t1", "--token", "t2", "--mode", "mixed")
+    assert refused.returncode == 1 and "not activated" in refused.stderr and "CHK-1" in refused.stderr
+    activated = cli(tc, "ctl", "provider", "activate")
+    assert activated.returncode == 0 and "activated" in activated.stdout
+
+
+def test_ctl1_one_token_is_refused(tc):
+    res = update(tc, "--token", "t1", "--mode", "mixed")
+    assert res.returncode == 1 and "CTL-1" in res.stderr and "at least two" in res.stderr
+
+
+def test_unreachable_provider_is_refused_clearly(tc):
+    res = update(tc, "--token", "t1", "--token", "t2", "--provider", "127.0.0.1:1", "--timeout", "2")
+    assert res.returncode == 1 and "cannot connect to the CTL Provider at 127.0.0.1:1" in res.stderr
+
+
+def test_locked_token_and_wrong_password_are_refused(tc):
+    tokens = tc["data"] / "tokens"
+    for _ in range(MAX_PASSWORD_FAILURES):
+        with pytest.raises(TokenError):
+            open_token(tokens, "lockme", "wrong")
+    locked = update(tc, "--token", "lockme", "--token", "t2")
+    assert locked.returncode == 1 and "locked" in locked.stderr
+    bad = tc["data"] / "bad-pw"
+    bad.write_text("not-the-password\n")
+    wrong = cli(tc, "ctl", "update", "--token", "t1", "--token", "t2", "--password-file", str(bad), "-q")
+    assert wrong.returncode == 1 and f"{MAX_PASSWORD_FAILURES - 1} attempts left" in wrong.stderr
+
+
+# --- the first CTL ----------------------------------------------------------------------------------------
+async def test_ctl_update_publishes_a_verified_ctl_switches_to_mixed_and_emits_rst3_rst4(tc):
+    """CHK-6, CTL-3, RST-3, RST-4: exactly the events the two changes require."""
+    cm_cert = tc["data"] / "servers" / "callmanager" / "ccmserver.cer"
+    tftp_cert = tc["data"] / "servers" / "tftp-signer" / "ccmserver.cer"
+    before = {"cm": cm_cert.read_bytes(), "tftp": tftp_cert.read_bytes()}
+    result, events = await observe(tc, "ctl", "update", "--token", "t1", "--token", "t2", "--mode",
+                                   "mixed", "--password-file", str(tc["pw"]), "-q")
+    assert result.returncode == 0, result.stderr
+    assert "CTL version 1 published" in result.stdout and "mixed (was non-secure)" in result.stdout
+    assert rules(events) == sorted([
+        ("ccmsec.mode.changed", ""), ("ccmsec.device.reset", "RST-3"),
+        ("ccmsec.service.restart.callmanager", "RST-3"), ("ccmsec.ctl.updated", ""),
+        ("ccmsec.device.reset", "RST-4"), ("ccmsec.service.restart.callmanager", "RST-4"),
+        ("ccmsec.service.restart.tftp-signer", "RST-4")])
+    resets = {e.device_reset.rule: e.device_reset for s, e in events if s == "ccmsec.device.reset"}
+    assert resets["RST-3"].all and resets["RST-3"].kind == events_pb2.RESET
+    assert resets["RST-4"].all and resets["RST-4"].kind == events_pb2.RESTART
+
+    served = await fetch_ctl(tc)
+    ctl_file = parse_ctl(served)
+    assert verify_ctl(ctl_file).subject == "CN=SAST-t1;OU=SAST;O=ccmsec"
+    assert [r.role for r in ctl_file.records] == [Role.TOKEN, Role.TOKEN, Role.CCM, Role.TFTP, Role.CAPF]
+    by_role = {r.role: r for r in ctl_file.records}
+    services = tc["endpoints"]["services"]
+    assert by_role[Role.CCM].certificate_der == _der(cm_cert)        # CERT-5
+    assert by_role[Role.TFTP].certificate_der == _der(tftp_cert)     # CERT-5
+    assert by_role[Role.CAPF].certificate_der == _der(tc["data"] / "pki" / "capf.crt")  # CERT-3
+    assert str(by_role[Role.CCM].ipv4) == services["callmanager"]["host"]
+    assert by_role[Role.TFTP].dns_name == "tftp-signer"
+    tc["ctl"]["v1"] = served
+
+    await wait_serving(tc, "callmanager", "tftp-signer")
+    # CERT-5: the restarts RST-4 caused did not re-issue the server certificates.
+    assert cm_cert.read_bytes() == before["cm"] and tftp_cert.read_bytes() == before["tftp"]
+    shown = cli(tc, "mode", "show")
+    assert "mixed" in shown.stdout and "version 1" in shown.stdout
+
+
+async def test_ctl2_signer_outside_the_current_ctl_refused_unless_new_trust(tc):
+    """CTL-2 at the CTL client, and the phone's trust store agreeing with it both ways."""
+    phone = TrustStore()
+    phone.offer(tc["ctl"]["v1"])
+    await wait_serving(tc, "tftp-signer", "callmanager")
+    again = update(tc, "--token", "t1", "--token", "t2", "--sign-with", "t2")  # t2 is trusted
+    assert again.returncode == 0, again.stderr
+    v2 = await fetch_ctl(tc)
+    # Same tokens and servers: an equivalent file (same records; only the header differs).
+    assert [r.encode() for r in parse_ctl(v2).records] == \
+        [r.encode() for r in parse_ctl(tc["ctl"]["v1"]).records]
+    phone.offer(v2)  # signed by a token of the phone's CTL: accepted
+
+    refused = update(tc, "--token", "t3", "--token", "t2", "--sign-with", "t3")
+    assert refused.returncode == 1 and "CTL-2" in refused.stderr and "--new-trust" in refused.stderr
+    await wait_serving(tc, "tftp-signer", "callmanager")
+    forced = update(tc, "--token", "t3", "--token", "t2", "--sign-with", "t3", "--new-trust")
+    assert forced.returncode == 0, forced.stderr
+    v3 = await fetch_ctl(tc)
+    for _ in range(50):  # the tftp-signer may still hold the old file for an instant
+        if v3 != v2:
+            break
+        await asyncio.sleep(0.3)
+        v3 = await fetch_ctl(tc)
+    with pytest.raises(CtlRejected, match="CTL-2"):
+        phone.offer(v3)  # a phone that kept the old CTL refuses it: hence the explicit flag
+    assert verify_ctl(parse_ctl(v3)).subject == "CN=SAST-t3;OU=SAST;O=ccmsec"
+
+
+async def test_mode2_mixed_mode_survives_a_callmanager_restart(tc):
+    await wait_serving(tc, "callmanager")
+    svc = tc["endpoints"]["services"]["callmanager"]
+    ident = client_identity(tc["data"])
+
+    async def status():
+        async with secure_channel(ident, svc["host"], svc["grpc_port"], "callmanager") as ch:
+            stub = callmanager_pb2_grpc.CallManagerStub(ch)
+            return (await stub.Status(common_pb2.Empty(), timeout=2),
+                    await stub.GetClusterMode(common_pb2.Empty(), timeout=2))
+
+    before, _ = await status()
+    bus = EventBus(tc["endpoints"]["nats_url"], "e2e-trust")
+    await bus.connect()
+    await bus.publish(make_event("service.restart", "e2e-trust", service_restart=events_pb2.ServiceRestart(
+        role="callmanager", rule="MODE-2 test", reason="restart to check the mode survives")), "callmanager")
+    await bus.close()
+    deadline = time.monotonic() + 40
+    while True:
+        try:
+            after, mode = await status()
+            if after.details["pid"] != before.details["pid"]:
+                break
+        except grpc.aio.AioRpcError:
+            pass
+        assert time.monotonic() < deadline, "callmanager did not restart"
+        await asyncio.sleep(0.3)
+    assert mode.mode == common_pb2.CLUSTER_MIXED and mode.ctl_present
+
+
+def test_mode6_clusters_sharing_the_tftp_server(tc):
+    same_path = cli(tc, "ctl", "tftp-clusters", "add", "other", "--path", "cluster1", "--mode", "mixed")
+    assert same_path.returncode == 1 and "MODE-6" in same_path.stderr and "already used" in same_path.stderr
+    other_mode = cli(tc, "ctl", "tftp-clusters", "add", "other", "--path", "other", "--mode", "non-secure")
+    assert other_mode.returncode == 1 and "same security mode" in other_mode.stderr
+    ok = cli(tc, "ctl", "tftp-clusters", "add", "other", "--path", "other", "--alternate", "other-alt",
+             "--mode", "mixed")
+    assert ok.returncode == 0 and "(this cluster)" in ok.stdout and "other-alt" in ok.stdout
+    # Our cluster alone may not leave mixed mode while it shares the TFTP server with a mixed one.
+    switch = cli(tc, "mode", "set", "non-secure")
+    assert switch.returncode == 1 and "MODE-6" in switch.stderr
+    assert cli(tc, "ctl", "tftp-clusters", "remove", "other").returncode == 0
+
+
+async def test_rst7_provider_port_change_restarts_only_the_ctl_provider(tc):
+    new_port = tc["endpoints"]["services"]["ctl-provider"]["ctl_provider_port"] + 7
+    result, events = await observe(tc, "ctl", "provider-port", str(new_port))
+    assert result.returncode == 0, result.stderr
+    assert rules(events) == [("ccmsec.service.restart.ctl-provider", "RST-7")]
+    deadline = time.monotonic() + 30
+    while True:
+        shown = cli(tc, "ctl", "provider", "show")
+        if shown.returncode == 0 and f":{new_port}" in shown.stdout:
+            break
+        assert time.monotonic() < deadline, shown.stdout + shown.stderr
+        time.sleep(0.5)
+    assert "activated:      yes" in shown.stdout
