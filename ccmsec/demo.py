@@ -97,9 +97,99 @@ async def step_capf_activate(ctx: DemoContext) -> None:
         ctx.say(st.details["note"])
 
 
+# --- issue 3: trust anchors (CHK-1, CHK-4, CHK-6) -------------------------------------------------
+DEMO_TOKENS = ("token1", "token2")
+
+
+async def step_ctl_provider_activate(ctx: DemoContext) -> None:
+    """CHK-1: activate the CTL Provider; show what it answers over TLS."""
+    from ccmsec.ctlclient import fetch_server_certificates, provider_ssl_context
+    from ccmsec.runtime.grpcio import secure_channel
+    from ccmsec.runtime.identity import client_identity
+    from ccmsec_proto import common_pb2, ctl_provider_pb2, ctl_provider_pb2_grpc
+
+    ident = client_identity(ctx.data)
+    svc = ctx.endpoints["services"]["ctl-provider"]
+    async with secure_channel(ident, svc["host"], svc["grpc_port"], "ctl-provider") as ch:
+        stub = ctl_provider_pb2_grpc.CtlProviderStub(ch)
+        before = await stub.Status(common_pb2.Empty(), timeout=5)
+        await stub.Activate(ctl_provider_pb2.ActivateRequest(active=True), timeout=5)
+        settings = await stub.GetProviderSettings(common_pb2.Empty(), timeout=5)
+    ctx.say(f"CTL Provider was {'active' if before.activated else 'not activated (CHK-1)'}; now "
+            f"activated, TLS on {settings.host}:{settings.listening_port}")
+    ctx_tls = provider_ssl_context(ident.ca_path, ident.cert_path, ident.key_path)
+    for server in await fetch_server_certificates(settings.host, settings.listening_port, ctx_tls):
+        ctx.say(f"  {server.role.label:<5} {server.dns_name:<12} {server.ipv4 or '-':<15} "
+                f"{server.certificate.subject.rfc4514_string()}")
+
+
+def step_tokens(ctx: DemoContext) -> None:
+    """CHK-4: two software security tokens from the manufacturer CA (password in a 0600 file)."""
+    import secrets
+
+    from ccmsec.formats.ctl import dn_string
+    from ccmsec.fsutil import atomic_write
+    from ccmsec.pki.tokens import TokenExistsError, create_software_token, ensure_manufacturer_ca, token_info
+
+    pw_file = ctx.data / "demo-token-password"
+    if not pw_file.exists():
+        atomic_write(pw_file, (secrets.token_urlsafe(12) + "\n").encode(), mode=0o600)
+    password = pw_file.read_text().strip()
+    ca = ensure_manufacturer_ca(ctx.data / "pki")
+    for name in DEMO_TOKENS:
+        try:
+            cert = create_software_token(ctx.data / "tokens", name, password, ca).certificate
+            verb = "created"
+        except TokenExistsError:
+            cert = token_info(ctx.data / "tokens", name).certificate
+            verb = "kept"
+        ctx.say(f"{verb} token {name}: {dn_string(cert.subject)} serial {cert.serial_number:x}")
+    ctx.notes["token_password_file"] = pw_file
+    ctx.say(f"token password in {pw_file} (mode 0600)")
+
+
+async def step_ctl_client(ctx: DemoContext) -> None:
+    """CHK-6: the CTL client builds, signs and publishes CTLFile.tlv and switches to mixed mode."""
+    from ccmsec.aio.tftp import tftp_get
+    from ccmsec.ctlclient import CtlClientError, UpdateOptions, run_update
+    from ccmsec.formats.ctl import format_ctl, parse_ctl, verify_ctl
+
+    password = (ctx.notes.get("token_password_file") or ctx.data / "demo-token-password").read_text().strip()
+    try:
+        result = await run_update(ctx.data, UpdateOptions(tokens=list(DEMO_TOKENS), mode="mixed"),
+                                  password)
+    except CtlClientError as exc:
+        raise runner.RunnerError(f"CTL client: {exc}") from None
+    ctx.say(f"CTL version {result.version} signed by {DEMO_TOKENS[0]}, sha256 {result.sha256[:16]}…, "
+            f"published to {result.published_path}")
+    ctx.say(f"cluster security mode: {result.previous_mode} -> {result.mode}")
+    for event in result.events:
+        ctx.say(f"  event {event}")
+    tftp = ctx.endpoints["services"]["tftp-signer"]
+    served = None
+    deadline = time.monotonic() + 30
+    while served is None:  # the tftp-signer restarts after a CTL update (RST-4)
+        try:
+            served = await tftp_get(tftp["host"], tftp["tftp_port"], "CTLFile.tlv", timeout=0.5, retries=2)
+        except Exception:
+            if time.monotonic() > deadline:
+                raise runner.RunnerError("CTLFile.tlv could not be fetched back over TFTP") from None
+            await asyncio.sleep(0.3)
+    ctl_file = parse_ctl(served)
+    signer = verify_ctl(ctl_file)
+    ctx.say(f"fetched CTLFile.tlv back over TFTP ({len(served)} bytes, "
+            f"{'same file' if served == result.ctl else 'DIFFERENT FILE'}); signature valid ({signer.subject})")
+    ctx.say("")
+    for line in format_ctl(ctl_file).splitlines():
+        ctx.say(line)
+
+
 STEPS: list[tuple[str, Callable]] = [
     ("Start the cluster: NATS and eight services, each on its own loopback address", step_up),
     ("Health of every service over mutual TLS", step_health),
     ("One durable event through NATS JetStream", step_event_round_trip),
+    ("Activate the CTL Provider service (CHK-1)", step_ctl_provider_activate),
     ("Activate the CAPF service on the publisher (CHK-2)", step_capf_activate),
+    ("Two security tokens (CHK-4)", step_tokens),
+    ("CTL client: build, sign and publish CTLFile.tlv; switch to mixed mode (CHK-6)", step_ctl_client),
 ]
