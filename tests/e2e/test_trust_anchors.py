@@ -122,6 +122,9 @@ def test_mode1_fresh_cluster_is_non_secure_and_mode5_refuses_mixed_without_ctl(t
     assert shown.returncode == 0 and "non-secure" in shown.stdout and "none (MODE-5)" in shown.stdout
     refused = cli(tc, "mode", "set", "mixed")
     assert refused.returncode != 0 and "MODE-5" in refused.stderr
+    # The administration API reads the same state: no CTL, no authenticated device (MODE-5).
+    device = cli(tc, "device", "add", "SEP0000000E2E01", "--model", "7970", "--security", "authenticated")
+    assert device.returncode != 0 and "MODE-5" in (device.stderr + device.stdout)
 
 
 def test_chk1_ctl_client_refused_while_the_provider_is_not_activated(tc):
@@ -194,6 +197,15 @@ async def test_ctl_update_publishes_a_verified_ctl_switches_to_mixed_and_emits_r
     assert cm_cert.read_bytes() == before["cm"] and tftp_cert.read_bytes() == before["tftp"]
     shown = cli(tc, "mode", "show")
     assert "mixed" in shown.stdout and "version 1" in shown.stdout
+    # MODE-5 lifted: the administration API now sees the CTL (cluster_settings.ctl_version).
+    await wait_serving(tc, "callmanager")
+    for _ in range(40):  # the HTTPS API comes back with callmanager after RST-3/RST-4
+        device = await asyncio.to_thread(cli, tc, "device", "add", "SEP0000000E2E01", "--model",
+                                         "7970", "--security", "authenticated")
+        if device.returncode == 0 or "MODE-5" in device.stderr:
+            break
+        await asyncio.sleep(0.5)
+    assert device.returncode == 0, device.stderr
 
 
 async def test_ctl2_signer_outside_the_current_ctl_refused_unless_new_trust(tc):
