@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as _dt
 
-from sqlalchemy import Boolean, DateTime, Integer, String, delete, select
+from sqlalchemy import Boolean, DateTime, Integer, String, delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -71,14 +71,17 @@ async def apply_changes(session: AsyncSession, node: str, upserts: list[dict],
     A removal only deletes the row if this node owns it: a phone that moved to another node
     meanwhile stays registered there. Caller commits.
     """
-    if removals:
+    # Two statements per chunk whatever the batch size: a registration storm stays cheap.
+    for chunk in _chunks(removals):
         await session.execute(delete(Registration).where(
-            Registration.node == node, Registration.device.in_(removals)))
-    for row in upserts:
-        existing = await session.get(Registration, row["device"])
-        if existing is None:
-            session.add(Registration(node=node, **row))
-        else:
-            existing.node = node
-            for key, value in row.items():
-                setattr(existing, key, value)
+            Registration.node == node, Registration.device.in_(chunk)))
+    for chunk in _chunks(upserts):
+        await session.execute(delete(Registration).where(
+            Registration.device.in_([row["device"] for row in chunk])))
+        await session.execute(insert(Registration), [{**row, "node": node} for row in chunk])
+
+
+def _chunks(items: list, size: int = 500):
+    """Keep IN lists under SQLite's bound-parameter limit."""
+    for start in range(0, len(items), size):
+        yield items[start:start + size]

@@ -45,6 +45,10 @@ from .registry import Registry, RegistrationEntry, RegistryMirror
 log = logging.getLogger("ccmsec.callmanager")
 
 CLUSTER_MODE_TTL = 1.0  # seconds a read of cluster_settings.security_mode is reused
+# The device snapshot (all rows in one query) is reused this long. Every security change of a
+# device is followed by its device.reset (RST-1/RST-2), which drops the snapshot first, so a
+# phone re-registering after a reset is always decided on fresh data.
+DEVICE_SNAPSHOT_TTL = 2.0
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,9 @@ class CallControl:
         self.tls: SccpServer | None = None
         self._verdicts: dict[tuple, Verdict] = {}  # (device, peer) -> accepted verdict
         self._cluster_mode: tuple[float, str] = (0.0, "")
+        self._devices: dict[str, DeviceRecord] = {}
+        self._devices_at = 0.0
+        self._devices_lock = asyncio.Lock()
         self.registered_total = 0
         self.refused_total = 0
 
@@ -139,8 +146,23 @@ class CallControl:
     def forget_cluster_mode(self) -> None:
         self._cluster_mode = (0.0, "")
 
+    def forget_devices(self) -> None:
+        """Drop the device snapshot (called before any reset is delivered)."""
+        self._devices_at = 0.0
+
     async def _device(self, name: str) -> DeviceRecord | None:
-        async with self.db() as session:
+        if time.monotonic() - self._devices_at > DEVICE_SNAPSHOT_TTL:
+            async with self._devices_lock:  # one reload for a whole storm, not one per phone
+                if time.monotonic() - self._devices_at > DEVICE_SNAPSHOT_TTL:
+                    async with self.db() as session:
+                        rows = (await session.execute(
+                            select(Device.name, Device.model, Device.security_mode))).all()
+                    self._devices = {r[0]: DeviceRecord(*r) for r in rows}
+                    self._devices_at = time.monotonic()
+        found = self._devices.get(name)
+        if found is not None:
+            return found
+        async with self.db() as session:  # added since the snapshot?
             row = (await session.execute(
                 select(Device.name, Device.model, Device.security_mode).where(Device.name == name)
             )).first()
@@ -183,6 +205,7 @@ class CallControl:
                 verdict = self._verdicts.pop((event.device_name, session.peer_address), None)
                 if verdict is None or verdict.device is None:
                     return
+                session.peer_certificate = None  # decided; the fingerprint is all we keep
                 self.registered_total += 1
                 self.registry.add(RegistrationEntry(
                     device=event.device_name, model=verdict.device.model,
@@ -219,6 +242,8 @@ class CallControl:
     async def reset(self, devices: list[str], reset_type: ResetType = ResetType.RESET,
                     request_id: str = "") -> int:
         """Send SCCP Reset to each registered device named; returns how many got it."""
+        self.forget_devices()
+        self.forget_cluster_mode()
         sent = 0
         for name in devices:
             entry = self.registry.get(name)
