@@ -57,7 +57,7 @@ async def test_openssl_s_client_gets_the_certificates_only_with_a_cluster_client
         assert len(messages[0].entries) == 3
         messages, err = await _s_client(host, svc.listening_port, "-CAfile", str(ident.ca_path))
         assert messages == []  # no client certificate: the handshake fails, no answer
-        assert b"alert" in err.lower(), err.decode()
+        assert b"error" in err.lower(), err.decode()  # the server dropped the connection
     finally:
         await channel.close()
         svc.request_stop()
