@@ -10,6 +10,7 @@ import sys
 import time
 
 import pytest
+from sqlalchemy import select
 
 from ccmsec.aio.sccp import SccpRegistrationRejected, connect_phone
 from ccmsec.db.devices import SETTING_CTL_VERSION, Device, set_setting
@@ -76,6 +77,12 @@ def test_non_secure_registration_registry_cli_and_reset_wait(cluster):
 
     async def scenario():
         name = "SEP00E2E0000001"
+        # Configured non-secure: it registers on 2000 whatever mode other tests left the cluster in.
+        engine = create_engine(f"sqlite:///{cluster['data'] / 'ccmsec.db'}")
+        async with sessionmaker(engine)() as session, session.begin():
+            if await session.scalar(select(Device.id).where(Device.name == name)) is None:
+                session.add(Device(name=name, model="7970", security_mode="non-secure"))
+        await engine.dispose()
         task = asyncio.create_task(_phone_that_comes_back(svc["host"], svc["sccp_port"], name))
         try:
             deadline = time.monotonic() + 10
@@ -112,7 +119,11 @@ def test_mixed_mode_rst3_then_tls_registration_and_refusals(cluster):
             await set_setting(session, SETTING_CTL_VERSION, "1")  # as the CTL client would
             session.add(Device(name="SEP00E2E0000002", model="7970", security_mode="encrypted"))
         await engine.dispose()
+        found = await _stub_call(cluster, lambda st: st.GetClusterMode(common_pb2.Empty(), timeout=5))
         before = await _wait_serving(cluster)
+        if found.mode == common_pb2.CLUSTER_MIXED:  # another test left it mixed: start from non-secure
+            await set_mode(common_pb2.CLUSTER_NON_SECURE)
+            before = await _wait_serving(cluster, before.details["pid"])
         bus = EventBus(cluster["endpoints"]["nats_url"], "e2e-registration")
         await bus.connect()
         seen: list[events_pb2.Event] = []
@@ -152,8 +163,10 @@ def test_mixed_mode_rst3_then_tls_registration_and_refusals(cluster):
             await unknown.close()
         finally:
             current = await _wait_serving(cluster)
-            await set_mode(common_pb2.CLUSTER_NON_SECURE)  # leave the shared cluster as found
-            await _wait_serving(cluster, current.details["pid"])
+            now = await _stub_call(cluster, lambda st: st.GetClusterMode(common_pb2.Empty(), timeout=5))
+            if now.mode != found.mode:  # leave the shared cluster as found
+                await set_mode(found.mode)
+                await _wait_serving(cluster, current.details["pid"])
             await sub.unsubscribe()
             await bus.close()
     asyncio.run(scenario())
