@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import random
+import shutil
 import ssl
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +32,7 @@ from ccmsec.pki.lsc import ensure_capf_ca
 from ccmsec.pki.servercert import ensure_server_certificate
 from ccmsec.pki.tokens import create_software_token, ensure_manufacturer_ca
 from ccmsec.runtime.grpcio import secure_channel
+from ccmsec.runtime.database import open_database
 from ccmsec.runtime.identity import client_identity
 from ccmsec.runtime.settings import load_settings
 from ccmsec.wire.ctlprovider import ErrorCode
@@ -57,10 +60,21 @@ class Harness:
         return [(s, e) for s, e in self.events[mark:] if not s.startswith("ccmsec.test")]
 
 
-def _prepare(data: Path) -> None:
-    ensure_server_certificate(data / "servers" / "callmanager", "callmanager")
-    ensure_server_certificate(data / "servers" / "tftp-signer", "tftp-signer")
-    ensure_capf_ca(data / "pki")
+_TEMPLATE: dict[str, Path] = {}
+
+
+async def _prepare(data: Path) -> None:
+    """The files the peer services would have written and a migrated database; made once, copied
+    per test (each test still gets its own data directory)."""
+    if "dir" not in _TEMPLATE:
+        template = Path(tempfile.mkdtemp(prefix="ctlprov-template-"))
+        ensure_server_certificate(template / "servers" / "callmanager", "callmanager")
+        ensure_server_certificate(template / "servers" / "tftp-signer", "tftp-signer")
+        ensure_capf_ca(template / "pki")
+        engine, _ = await open_database(f"sqlite+aiosqlite:///{template / 'ccmsec.db'}")
+        await engine.dispose()
+        _TEMPLATE["dir"] = template
+    shutil.copytree(_TEMPLATE["dir"], data, dirs_exist_ok=True)
 
 
 async def _start(data: Path, nats_url: str, host: str, port: int, grpc_port: int):
@@ -88,7 +102,7 @@ async def _start(data: Path, nats_url: str, host: str, port: int, grpc_port: int
 @pytest.fixture
 async def provider(tmp_path, nats_server):
     host = f"127.{random.randint(20, 250)}.{random.randint(0, 255)}.{random.randint(2, 250)}"
-    _prepare(tmp_path)
+    await _prepare(tmp_path)
     svc, task, channel, stub = await _start(tmp_path, nats_server, host, free_port(host), free_port(host))
     events: list = []
     nc = await nats.connect(nats_server)
@@ -219,10 +233,11 @@ async def test_mode1_fresh_cluster_is_non_secure_and_mode5_mixed_needs_a_ctl(pro
     assert "MODE-5" in refused.value.details()
 
 
-@pytest.fixture
-def tokens(tmp_path):
-    ca = ensure_manufacturer_ca(tmp_path / "pki")
-    return {n: create_software_token(tmp_path / "tokens", n, "pw", ca) for n in ("t1", "t2", "t3")}
+@pytest.fixture(scope="module")
+def tokens(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("tokens")
+    ca = ensure_manufacturer_ca(tmp / "pki")
+    return {n: create_software_token(tmp / "tokens", n, "pw", ca) for n in ("t1", "t2", "t3")}
 
 
 async def _ctl(provider, signer, *listed) -> bytes:

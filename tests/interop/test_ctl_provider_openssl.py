@@ -46,7 +46,7 @@ async def _s_client(host: str, port: int, *extra: str) -> tuple[list, bytes]:
 async def test_openssl_s_client_gets_the_certificates_only_with_a_cluster_client_certificate(
         tmp_path, nats_server):
     host = f"127.{random.randint(20, 250)}.{random.randint(0, 255)}.{random.randint(2, 250)}"
-    _prepare(tmp_path)
+    await _prepare(tmp_path)
     svc, task, channel, stub = await _start(tmp_path, nats_server, host, free_port(host), free_port(host))
     try:
         await stub.Activate(ctl_provider_pb2.ActivateRequest(active=True))
@@ -57,7 +57,8 @@ async def test_openssl_s_client_gets_the_certificates_only_with_a_cluster_client
         assert len(messages[0].entries) == 3
         messages, err = await _s_client(host, svc.listening_port, "-CAfile", str(ident.ca_path))
         assert messages == []  # no client certificate: the handshake fails, no answer
-        assert b"error" in err.lower(), err.decode()  # the server dropped the connection
+        # the server dropped the connection: reset, EOF or alert, depending on timing
+        assert any(w in err.lower() for w in (b"error", b"errno", b"alert")), err.decode()
     finally:
         await channel.close()
         svc.request_stop()
