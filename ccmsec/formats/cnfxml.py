@@ -305,7 +305,7 @@ def _load(data: bytes, root_tag: str) -> ET.Element:
         root = ET.fromstring(bytes(data))
     except ET.ParseError as exc:
         raise CnfXmlError(f"not well-formed XML: {exc}") from None
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, LookupError) as exc:  # bad bytes, or an unknown declared encoding
         raise CnfXmlError(f"unreadable XML: {exc}") from None
     if root.tag != root_tag:
         raise CnfXmlError(f"root element is <{root.tag}>, expected <{root_tag}>")
