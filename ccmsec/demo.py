@@ -155,6 +155,7 @@ async def step_ctl_client(ctx: DemoContext) -> None:
     from ccmsec.formats.ctl import format_ctl, parse_ctl, verify_ctl
 
     password = (ctx.notes.get("token_password_file") or ctx.data / "demo-token-password").read_text().strip()
+    pids_before = _pids(ctx)
     try:
         result = await run_update(ctx.data, UpdateOptions(tokens=list(DEMO_TOKENS), mode="mixed"),
                                   password)
@@ -165,6 +166,8 @@ async def step_ctl_client(ctx: DemoContext) -> None:
     ctx.say(f"cluster security mode: {result.previous_mode} -> {result.mode}")
     for event in result.events:
         ctx.say(f"  event {event}")
+    await wait_restarted(ctx, ("callmanager", "tftp-signer"), pids_before)
+    ctx.say("callmanager and tftp-signer restarted (RST-3, RST-4) and serve again")
     tftp = ctx.endpoints["services"]["tftp-signer"]
     served = None
     deadline = time.monotonic() + 30
@@ -184,6 +187,132 @@ async def step_ctl_client(ctx: DemoContext) -> None:
         ctx.say(line)
 
 
+# --- issues 4-6: phones boot the whole secure way (CHK-7 … CHK-9, CHK-13) -------------------------
+# (model, device security mode, CAPF authentication for an LSC install or None)
+DEMO_FLEET = (
+    ("7970", "encrypted", "mic"),        # has a MIC; gets an LSC too, which then takes precedence
+    ("7960", "authenticated", "null"),   # no MIC: needs an LSC before it can use TLS
+    ("7940", "encrypted", "string"),     # the administrator's string, keyed in on the phone
+    ("7912", "non-secure", None),        # image authentication only (DEV-3)
+)
+DEMO_AUTH_STRING = "24680"
+
+
+def _pids(ctx: DemoContext) -> dict[str, int]:
+    from ccmsec.cluster.state import read_state
+
+    return {role: int(info.get("pid") or 0)
+            for role, info in ((read_state(ctx.data) or {}).get("children") or {}).items()}
+
+
+async def wait_restarted(ctx: DemoContext, roles, before: dict[str, int], timeout: float = 60.0) -> None:
+    """Wait until each role runs in a new process (a restart event was handled) and all serve."""
+    deadline = time.monotonic() + timeout
+    while True:
+        now = _pids(ctx)
+        if all(now.get(r) and now.get(r) != before.get(r) for r in roles):
+            break
+        if time.monotonic() > deadline:
+            raise runner.RunnerError(f"{', '.join(roles)} did not restart within {timeout:.0f}s")
+        await asyncio.sleep(0.2)
+    await wait_all_serving(ctx, timeout)
+
+
+async def wait_all_serving(ctx: DemoContext, timeout: float = 60.0) -> None:
+    """After RST-3/RST-4 restarts, wait until every service answers SERVING again."""
+    deadline = time.monotonic() + timeout
+    while True:
+        states = await runner.health_states(runner.cluster_for(ctx.data))
+        waiting = sorted(r for r, st in states.items() if st != "SERVING")
+        if not waiting:
+            return
+        if time.monotonic() > deadline:
+            raise runner.RunnerError(f"services not serving again after {timeout:.0f}s: {', '.join(waiting)}")
+        await asyncio.sleep(0.3)
+
+
+async def step_secure_fleet(ctx: DemoContext) -> None:
+    """Devices configured per mode, LSCs scheduled, phones boot: CTL, signed config, CAPF, SCCP."""
+    await wait_all_serving(ctx)
+    from ccmsec.adminclient import AdminClient, discover
+    from ccmsec.runtime.grpcio import secure_channel
+    from ccmsec.runtime.identity import client_identity
+    from ccmsec_proto import capf_pb2, capf_pb2_grpc, phone_sim_pb2, phone_sim_pb2_grpc
+
+    ident = client_identity(ctx.data)
+    sim, capf = ctx.endpoints["services"]["phone-sim"], ctx.endpoints["services"]["capf"]
+    auth_modes = {"mic": capf_pb2.CAPF_AUTH_MIC, "null": capf_pb2.CAPF_AUTH_NULL,
+                  "string": capf_pb2.CAPF_AUTH_STRING}
+    async with secure_channel(ident, sim["host"], sim["grpc_port"], "phone-sim") as sim_ch, \
+            secure_channel(ident, capf["host"], capf["grpc_port"], "capf") as capf_ch:
+        phones = phone_sim_pb2_grpc.PhoneSimStub(sim_ch)
+        capf_stub = capf_pb2_grpc.CapfStub(capf_ch)
+        names: dict[str, tuple[str, str, str | None]] = {}
+        for index, (model, mode, auth) in enumerate(DEMO_FLEET):
+            added = await phones.AddPhones(phone_sim_pb2.AddPhonesRequest(
+                count=1, model=model, name_prefix=f"SEP0DE7{index}"), timeout=60)
+            names[added.phones[0].name] = (model, mode, auth)
+        with AdminClient(discover(ctx.data)) as admin:
+            for name, (model, mode, _) in names.items():
+                admin.add_device(name, model, mode)
+                ctx.say(f"device {name} ({model}) configured {mode} through the HTTPS admin API (CHK-9)")
+        for name, (model, mode, auth) in names.items():
+            if auth is None:
+                continue
+            await capf_stub.ScheduleOperation(capf_pb2.CapfSchedule(
+                device=name, operation=capf_pb2.CAPF_INSTALL, auth_mode=auth_modes[auth],
+                auth_string=DEMO_AUTH_STRING if auth == "string" else "", key_type="ec256"), timeout=10)
+            if auth == "string":
+                await phones.SetAuthString(phone_sim_pb2.SetAuthStringRequest(
+                    name=name, auth_string=DEMO_AUTH_STRING), timeout=10)
+            ctx.say(f"CAPF install scheduled for {name}, authenticated by {auth} (CHK-7)")
+        await phones.BootPhones(phone_sim_pb2.PhoneSelector(names=list(names)), timeout=30)
+        deadline = time.monotonic() + 120
+        while True:
+            states = (await phones.ListPhones(phone_sim_pb2.PhoneSelector(names=list(names)),
+                                              timeout=10)).phones
+            wanted = {p.name: names[p.name][1] for p in states}
+            done = [p for p in states if p.state == "registered" and p.transport == wanted[p.name]]
+            if len(done) == len(states):
+                break
+            if time.monotonic() > deadline:
+                summary = "; ".join(f"{p.name} {p.state} {p.transport or '-'} {p.last_failure_reason}"
+                                    for p in states)
+                raise runner.RunnerError(f"phones did not all register as configured: {summary}")
+            await asyncio.sleep(0.5)
+    for p in sorted(states, key=lambda p: p.name):
+        lsc = "LSC" if p.lsc.der else "no LSC"
+        ctx.say(f"{p.name} {p.model:5} registered {p.transport:13} via {p.registered_with} "
+                f"presenting {p.certificate_in_use or 'no certificate'} ({lsc}); files: {len(p.files)}; "
+                f"image {p.firmware}")
+
+
+async def step_registry(ctx: DemoContext) -> None:
+    """The registry as call control sees it: where, since when, in which mode, with which certificate."""
+    from ccmsec.runtime.grpcio import secure_channel
+    from ccmsec.runtime.identity import client_identity
+    from ccmsec_proto import callmanager_pb2, callmanager_pb2_grpc, common_pb2
+
+    svc = ctx.endpoints["services"]["callmanager"]
+    async with secure_channel(client_identity(ctx.data), svc["host"], svc["grpc_port"], "callmanager") as ch:
+        stub = callmanager_pb2_grpc.CallManagerStub(ch)
+        mode = await stub.GetClusterMode(common_pb2.Empty(), timeout=5)
+        regs = (await stub.GetRegistrations(callmanager_pb2.RegistrationsRequest(), timeout=5)).registrations
+    ctx.say(f"cluster security mode {common_pb2.ClusterSecurityMode.Name(mode.mode)}; "
+            f"{len(regs)} device(s) registered")
+    for r in sorted(regs, key=lambda r: r.device):
+        mode_name = common_pb2.DeviceSecurityMode.Name(r.mode).lower().replace("_", "-")
+        cert = f"{r.certificate_kind} {r.certificate_fingerprint[:16]}…" if r.certificate_kind else "-"
+        ctx.say(f"{r.device:16} {r.model:5} {mode_name:13} from {r.address:21} certificate {cert}"
+                + ("  (MODE-7: NAT suspected)" if r.nat_suspected else ""))
+
+
+async def _tftp_demo_step(ctx: DemoContext) -> None:
+    from ccmsec.cli.tftp import demo_step
+
+    await demo_step(ctx)
+
+
 STEPS: list[tuple[str, Callable]] = [
     ("Start the cluster: NATS and eight services, each on its own loopback address", step_up),
     ("Health of every service over mutual TLS", step_health),
@@ -192,4 +321,9 @@ STEPS: list[tuple[str, Callable]] = [
     ("Activate the CAPF service on the publisher (CHK-2)", step_capf_activate),
     ("Two security tokens (CHK-4)", step_tokens),
     ("CTL client: build, sign and publish CTLFile.tlv; switch to mixed mode (CHK-6)", step_ctl_client),
+    ("TFTP server: signing certificate, signed firmware, .sgn in mixed mode (CERT-5, AUTH-1, AUTH-3)",
+     _tftp_demo_step),
+    ("Phones of each model boot the secure way: CTL, signed config, CAPF LSC, SCCP per mode (CHK-8, CHK-9)",
+     step_secure_fleet),
+    ("The registry as call control sees it", step_registry),
 ]

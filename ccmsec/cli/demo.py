@@ -32,9 +32,14 @@ def _run(args) -> int:
         for number, (title, step) in enumerate(STEPS, 1):
             print(f"\n[{number}/{len(STEPS)}] {title}")
             t0 = time.monotonic()
-            result = step(ctx)
-            if asyncio.iscoroutine(result):
-                asyncio.run(result)
+            try:
+                result = step(ctx)
+                if asyncio.iscoroutine(result):
+                    asyncio.run(result)
+            except (runner.RunnerError, CliError):
+                raise
+            except Exception as exc:  # a step's failure is one readable line, not a traceback
+                raise CliError(f"demo step {number} ({title}) failed: {exc}") from None
             print(f"    done in {time.monotonic() - t0:.1f}s")
     except runner.RunnerError as exc:
         raise CliError(str(exc)) from None

@@ -1,0 +1,40 @@
+"""The main job: `ccmsec demo` walks the checklist end to end on a fresh cluster and leaves nothing.
+
+Proves the whole secure path across services (CHK-1 … CHK-9): CTL Provider and CAPF activated, two
+tokens, a signed CTL, mixed mode, signed TFTP files, LSCs through CAPF, and phones of each model
+registered in the mode configured for them (DEV-1, AUTH-2, AUTH-6, CERT-2, ENC-1, AUTH-7).
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from ccmsec.cluster.runner import cluster_pids
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.e2e
+
+
+def test_demo_walks_the_checklist_and_stops_the_cluster(tmp_path):
+    data = tmp_path / "demo"
+    res = run_cli("demo", "--data", str(data), timeout=600)
+    out = res.stdout
+    assert res.returncode == 0, out[-3000:] + res.stderr[-3000:]
+    assert "Traceback" not in out + res.stderr
+    assert "ccmsec demo finished" in out and "cluster stopped" in out
+    # trust anchors (CHK-1, CHK-4, CHK-6)
+    assert "activated, TLS on" in out
+    assert re.search(r"cluster security mode: non-secure -> mixed", out)
+    assert "signature valid" in out and "Role:            SAST" in out
+    # signed files (AUTH-1, AUTH-3)
+    assert "signature valid (AUTH-1)" in out
+    assert "RingList.xml.sgn: signed by the TFTP certificate" in out
+    # every phone registered in its configured mode, TLS phones with their LSC (CERT-2)
+    assert re.search(r"7970\s+registered encrypted\s+via \S+:2443 presenting LSC", out)
+    assert re.search(r"7960\s+registered authenticated via \S+:2443 presenting LSC", out)
+    assert re.search(r"7940\s+registered encrypted\s+via \S+:2443 presenting LSC", out)
+    assert re.search(r"7912\s+registered non-secure\s+via \S+:2000 presenting no certificate", out)
+    assert "4 device(s) registered" in out
+    assert cluster_pids(data) == [], "the demo must stop every process it started"
