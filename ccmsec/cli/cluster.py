@@ -55,7 +55,32 @@ def _down(args) -> int:
     return 0
 
 
+def _restart(args) -> int:
+    """CHK-14: restart every server (or the roles named) through `service.restart` events."""
+    import asyncio
+
+    from ccmsec.cluster.topology import ROLES
+
+    d = data_dir(args)
+    roles = args.roles or list(ROLES)
+    unknown = sorted(set(roles) - set(ROLES))
+    if unknown:
+        raise CliError(f"unknown role(s): {', '.join(unknown)}; known: {', '.join(ROLES)}")
+    try:
+        result = asyncio.run(runner.restart_services(d, roles, timeout=args.timeout, progress=True))
+    except runner.RunnerError as exc:
+        raise CliError(str(exc)) from None
+    for role, (old, new) in result.items():
+        print(f"{role:13} restarted: pid {old} -> {new}, SERVING")
+    return 0
+
+
 def register(sub) -> None:
+    p = sub.add_parser("restart", help="restart services through restart events (CHK-14: all of them)")
+    add_data_option(p)
+    p.add_argument("roles", nargs="*", metavar="ROLE", help="roles to restart (default: every service)")
+    p.add_argument("--timeout", type=float, default=90.0)
+    p.set_defaults(func=_restart)
     p = sub.add_parser("up", help="start a local cluster (NATS + every service)")
     add_data_option(p)
     p.add_argument("-d", "--detach", action="store_true", help="return once every service is serving")

@@ -244,6 +244,49 @@ def down(data_dir: Path, *, quiet: bool = False) -> int:
     return len(before)
 
 
+async def restart_services(data_dir: Path, roles: list[str], *, timeout: float = 90.0,
+                           progress: bool = False) -> dict[str, tuple[int, int]]:
+    """Publish `service.restart` for each role and wait until each runs in a new, SERVING process."""
+    from ccmsec.runtime.bus import BusError, EventBus, make_event
+    from ccmsec_proto import events_pb2
+
+    data_dir = data_dir.resolve()
+    if not supervisor_pid(data_dir):
+        raise RunnerError(f"no cluster running from {data_dir}")
+    cluster = cluster_for(data_dir)
+
+    def pids() -> dict[str, int]:
+        children = (read_state(data_dir) or {}).get("children", {})
+        return {r: int((children.get(r) or {}).get("pid") or 0) for r in roles}
+
+    before = pids()
+    bus = EventBus(cluster.nats_url, "ccmsec-cli", connect_timeout=5)
+    try:
+        await bus.connect()
+        for role in roles:
+            await bus.publish(make_event("service.restart", "ccmsec-cli", service_restart=events_pb2.ServiceRestart(
+                role=role, rule="CHK-14", reason="administrator restarted the server")), target=role)
+    except BusError as exc:
+        raise RunnerError(str(exc)) from None
+    finally:
+        await bus.close()
+    deadline = time.monotonic() + timeout
+    while True:
+        now = pids()
+        moved = [r for r in roles if now[r] and now[r] != before[r]]
+        states = await health_states(cluster) if len(moved) == len(roles) else {}
+        back = [r for r in moved if states.get(r) == "SERVING"]
+        if progress:
+            _progress(f"restarting: {len(moved)}/{len(roles)} restarted, {len(back)}/{len(roles)} serving",
+                      final=len(back) == len(roles))
+        if len(back) == len(roles):
+            return {r: (before[r], now[r]) for r in roles}
+        if time.monotonic() > deadline:
+            missing = sorted(set(roles) - set(back))
+            raise RunnerError(f"not restarted and serving after {timeout:.0f}s: {', '.join(missing)}")
+        await asyncio.sleep(0.3)
+
+
 def format_rows(rows: list[Row]) -> str:
     headers = ("SERVICE", "ADDRESS", "PORTS", "PID", "STATE", "RESTARTS")
     table = [headers] + [(r.service, r.address, r.ports, str(r.pid or "-"), r.state, str(r.restarts)) for r in rows]

@@ -179,3 +179,23 @@ def test_reflection_lists_the_role_service_and_health(cluster):
 
     names = asyncio.run(list_services())
     assert "ccmsec.v1.Capf" in names and "grpc.health.v1.Health" in names
+
+
+def test_chk14_restart_every_server_through_events(cluster):
+    """CHK-14: `ccmsec restart` restarts every service (new PIDs) and each serves again."""
+    data = cluster["data"]
+    before = {k: v["pid"] for k, v in read_state(data)["children"].items()}
+    res = run_cli("restart", "--data", str(data), timeout=180)
+    assert res.returncode == 0, res.stderr
+    after = {k: v["pid"] for k, v in read_state(data)["children"].items()}
+    for role in ROLES:
+        assert after[role] != before[role], role
+        assert f"{role}" in res.stdout
+    assert after["nats"] == before["nats"]
+    rows, code = _status(data)
+    assert code == 0 and all(rows[r]["state"] == "SERVING" for r in ROLES)
+
+
+def test_restart_refuses_unknown_role(cluster):
+    res = run_cli("restart", "pbx", "--data", str(cluster["data"]))
+    assert res.returncode != 0 and "unknown role" in res.stderr and "Traceback" not in res.stderr
