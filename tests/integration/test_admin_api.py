@@ -16,6 +16,8 @@ from tests.integration.test_admin_support import (  # noqa: F401  (fixtures)
     READONLY_PASSWORD,
     cheap_argon2,
     assert_json_error,
+    config_changes,
+    device_resets,
     server_context,
     stack,
     start_stack,
@@ -192,9 +194,9 @@ async def test_device_crud_bumps_config_version_and_announces_changes(stack):
     assert (await admin.delete(f"/api/v1/devices/{SEP}")).json() == {"deleted": SEP}
     assert_json_error(await admin.get(f"/api/v1/devices/{SEP}"), 404)
     assert_json_error(await admin.delete(f"/api/v1/devices/{SEP}"), 404)
-    assert [(k, t, p.get("change")) for k, t, p in stack.events.published] == [
-        ("config.changed", SEP, "created"), ("config.changed", SEP, "updated"),
-        ("config.changed", SEP, "deleted")]
+    assert config_changes(stack.events) == [
+        ([SEP], "created"), ([SEP], "updated:description,device_pool"), ([SEP], "deleted")]
+    assert [k for k, _, _ in stack.events.published] == ["config.changed"] * 3
     ok = [(r.actor, r.action, r.target) for r in await stack.audit_rows() if r.outcome == "ok"]
     assert ok[1:] == [("admin", "device.create", SEP), ("admin", "device.update", SEP),
                       ("admin", "device.delete", SEP)]
@@ -256,8 +258,10 @@ async def test_rst1_rst2_security_and_hardening_changes_reset_the_device(stack):
                                                           "settings_access": False})
     assert r.json()["config_version"] == 5
     await admin.patch(f"/api/v1/devices/{SEP}", json={"security_mode": "encrypted"})  # no-op
-    resets = [(t, p["rules"], p["config_version"]) for _, t, p in stack.events.of_kind("device.reset")]
-    assert resets == [(SEP, ["RST-1"], 3), (SEP, ["RST-2"], 4), (SEP, ["RST-1", "RST-2"], 5)]
+    # Exactly required_actions(...) per change; both at once reset the phone once, naming both rules.
+    assert device_resets(stack.events) == [([SEP], "RST-1", "reset"), ([SEP], "RST-2", "reset"),
+                                           ([SEP], "RST-1,RST-2", "reset")]
+    assert [b.request_id for b in stack.events.bodies("device.reset")] == ["", "", ""]
     assert len(stack.events.of_kind("config.changed")) == 5
 
 
@@ -270,18 +274,18 @@ async def test_publish_failure_keeps_the_change_and_is_audited(stack):
         async def publish(self, kind, target, payload):
             await asyncio.sleep(3600)
 
-    from ccmsec_callmanager.admin import devices as devices_module
+    from ccmsec_callmanager.admin import announce as announce_module
 
     stack.app.state.events = Down()
     admin = await stack.token_client("admin", stack.admin_password)
     assert (await admin.post("/api/v1/devices", json={"name": SEP, "model": "7970"})).status_code == 201
     assert (await admin.get(f"/api/v1/devices/{SEP}")).status_code == 200
     stack.app.state.events = Stuck()
-    devices_module.PUBLISH_TIMEOUT = 0.2
+    announce_module.PUBLISH_TIMEOUT = 0.2
     try:
         r = await admin.patch(f"/api/v1/devices/{SEP}", json={"description": "x"})
     finally:
-        devices_module.PUBLISH_TIMEOUT = 5.0
+        announce_module.PUBLISH_TIMEOUT = 5.0
     assert r.status_code == 200 and r.json()["description"] == "x"
     rows = [(r.action, r.target, r.outcome) for r in await stack.audit_rows()]
     assert rows.count(("event.publish", SEP, "error")) == 2
@@ -340,8 +344,8 @@ async def test_bad_input_gets_4xx_json_never_500(stack):
     assert_json_error(await admin.get("/api/v1/nothing-here"), 404)
     assert_json_error(await admin.put(f"/api/v1/devices/{SEP}", json={}), 405)
     assert (await admin.get("/api/v1/devices")).json()["total"] == 1
-    assert stack.events.published == [("config.changed", SEP, {"device": SEP, "change": "created",
-                                                               "config_version": 1})]
+    assert config_changes(stack.events) == [([SEP], "created")]
+    assert len(stack.events.published) == 1
 
 
 # --- audit, openapi, shutdown ---------------------------------------------------------------------

@@ -12,6 +12,7 @@ import sys
 from tests.integration.test_admin_support import (  # noqa: F401  (fixtures)
     READONLY_PASSWORD,
     cheap_argon2,
+    device_resets,
     stack,
 )
 
@@ -68,7 +69,7 @@ async def test_cli_set_security_mode5_then_allowed_and_dev3_refusal_names_rules(
     rc, out, err = await ccmsec(stack, "device", "set-security", SEP, "encrypted", "--json")
     assert rc == 0, err
     assert json.loads(out)["security_mode"] == "encrypted"
-    assert [t for _, t, _ in stack.events.of_kind("device.reset")] == [SEP]
+    assert device_resets(stack.events) == [([SEP], "RST-1", "reset")]
     rc, _, err = await ccmsec(stack, "device", "add", "SEP0000000000AA", "--model", "7902",
                               "--security", "authenticated")
     assert rc != 0 and "DEV-3" in one_line_error(err)

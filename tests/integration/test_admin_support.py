@@ -185,6 +185,19 @@ async def stack(tmp_path, request):
         yield s
 
 
+def config_changes(events: MemoryEvents) -> list[tuple[list[str], str]]:
+    """(devices, what) of each config.changed body, in order."""
+    return [(list(b.devices), b.what) for b in events.bodies("config.changed")]
+
+
+def device_resets(events: MemoryEvents) -> list[tuple[list[str], str, str]]:
+    """(devices, rule, kind) of each device.reset body; kind is "reset" or "restart"."""
+    from ccmsec_proto import events_pb2
+
+    return [(list(b.devices), b.rule, events_pb2.ResetKind.Name(b.kind).lower())
+            for b in events.bodies("device.reset")]
+
+
 def assert_json_error(response: httpx.Response, status: int, rule: str | None = None) -> dict:
     assert response.status_code == status, (response.status_code, response.text)
     assert response.headers["content-type"].startswith("application/json")

@@ -1,11 +1,12 @@
-"""Mounts the HTTPS administration API in the callmanager service; its changes go to the bus."""
+"""Mounts the HTTPS administration API in the callmanager service: its changes go to the bus, its
+CAPF endpoints reach the capf service over the cluster's mTLS gRPC, and reset requests are
+tracked by this node's call-control registry."""
 
 from __future__ import annotations
 
 from ccmsec_callmanager.admin import (
-    AdminServer, create_admin_app, ensure_admin_account, ensure_https_certificate,
+    AdminServer, BusEvents, create_admin_app, ensure_admin_account, ensure_https_certificate,
 )
-from ccmsec_callmanager.actions import ServiceEvents
 
 
 class AdminMount:
@@ -18,7 +19,11 @@ class AdminMount:
         s = self.service.settings
         self.password_file = await ensure_admin_account(self.service.db, s.data_dir)
         certfile, keyfile = ensure_https_certificate(s.data_dir, s.host)
-        app = create_admin_app(self.service.db, events=ServiceEvents(self.service.publish), data_dir=s.data_dir)
+        callcontrol = getattr(self.service, "callcontrol", None)
+        app = create_admin_app(
+            self.service.db, events=BusEvents(self.service.publish), data_dir=s.data_dir,
+            capf_channel=lambda: self.service.peer_channel("capf"),  # cached by the service
+            reset_tracker=callcontrol.registry if callcontrol is not None else None)
         # Listening before the service reports SERVING, so `ccmsec device …` works right after `up`.
         self.server = AdminServer(app, s.host, s.admin_port, certfile, keyfile, graceful_timeout=3.0)
         await self.server.start()

@@ -12,10 +12,12 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from . import audit_api, auth, devices
+from . import audit_api, auth, capf, cluster, devices, lines, registrations, resets
 from .audit import record_refusal
 from .errors import MAX_BODY_BYTES, ApiError, BodyLimitMiddleware, describe_validation_errors, error_body
+from .capf import CapfChannelFactory
 from .events import EventPublisher
+from .resets import ResetTracker
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +32,14 @@ async def _answer(request: Request, status: int, message: str, rule: str | None 
 
 def create_admin_app(sessionmaker: async_sessionmaker, *, events: EventPublisher, data_dir: Path,
                      token_ttl: _dt.timedelta = auth.DEFAULT_TOKEN_TTL,
-                     max_body: int = MAX_BODY_BYTES) -> FastAPI:
-    """Build the HTTPS administration API (serve it with https.serve_admin / AdminServer)."""
+                     max_body: int = MAX_BODY_BYTES,
+                     capf_channel: CapfChannelFactory | None = None,
+                     reset_tracker: ResetTracker | None = None) -> FastAPI:
+    """Build the HTTPS administration API (serve it with https.serve_admin / AdminServer).
+
+    `capf_channel` returns the gRPC channel to the CAPF service (the /api/v1/capf endpoints answer
+    503 without it); `reset_tracker` is the local call-control registry that tracks reset progress.
+    """
     app = FastAPI(
         title="ccmsec administration API",
         version="1",
@@ -44,10 +52,17 @@ def create_admin_app(sessionmaker: async_sessionmaker, *, events: EventPublisher
     app.state.data_dir = Path(data_dir)
     app.state.token_ttl = token_ttl
     app.state.throttle = auth.FailureThrottle()
+    app.state.capf_channel = capf_channel
+    app.state.reset_tracker = reset_tracker
 
     app.add_middleware(BodyLimitMiddleware, limit=max_body)
     app.include_router(auth.router)
+    app.include_router(resets.router)  # before devices: /devices/reset is not a device name
     app.include_router(devices.router)
+    app.include_router(lines.router)
+    app.include_router(registrations.router)
+    app.include_router(cluster.router)
+    app.include_router(capf.router)
     app.include_router(audit_api.router)
 
     @app.exception_handler(ApiError)

@@ -1,13 +1,12 @@
 """/api/v1/devices: create, list, show, change (security mode, hardening) and delete phones.
 
 Each successful change bumps the device's config_version, is audited in the same transaction,
-and is announced afterwards: `config.changed` always, `device.reset` when the security mode
-(RST-1) or a hardening setting (RST-2) changed.
+and is announced afterwards: `config.changed` always, then exactly the resets
+`ccmsec.policy.resets.required_actions` returns for it (RST-1 security mode, RST-2 hardening).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Literal
 
@@ -26,6 +25,9 @@ from ccmsec.db.devices import (
     validate_device_name,
 )
 
+from ccmsec.policy.resets import DeviceSecurityModeChanged, HardeningChanged, required_actions
+
+from .announce import config_changed, publish_actions
 from .audit import new_entry
 from .auth import Principal, require_admin, require_user
 from .device_rules import RuleViolation, check_device_change
@@ -36,7 +38,6 @@ log = logging.getLogger(__name__)
 Model = Literal["7970", "7960", "7940", "7912", "7910", "7905G", "7902"]
 SecurityMode = Literal["non-secure", "authenticated", "encrypted"]
 _POOL_PATTERN = r"^[A-Za-z0-9 _.-]{1,64}$"
-PUBLISH_TIMEOUT = 5.0  # seconds
 
 
 class DeviceCreate(BaseModel):
@@ -76,7 +77,7 @@ class DevicePatch(BaseModel):
 router = APIRouter(tags=["devices"])
 
 
-def _checked_name(name: str) -> str:
+def checked_name(name: str) -> str:
     try:
         return validate_device_name(name)
     except InvalidDeviceName as exc:
@@ -93,16 +94,14 @@ async def _check_rules(session, model: str, mode: str, web_access: bool) -> None
         raise ApiError(422 if exc.rule == "DEV-3" else 409, exc.reason, rule=exc.rule) from None
 
 
-async def _announce(request: Request, kind: str, target: str, payload: dict) -> None:
-    """Publish after commit; a bus outage must not undo a committed change, so it is logged and audited."""
-    try:
-        await asyncio.wait_for(request.app.state.events.publish(kind, target, payload),
-                               PUBLISH_TIMEOUT)
-    except Exception as exc:  # includes TimeoutError: a stuck bus must not hang the request
-        log.exception("could not publish %s for %s", kind, target)
-        async with request.app.state.sessionmaker() as session, session.begin():
-            session.add(new_entry(request, status=500, action="event.publish", target=target,
-                                  detail=f"{kind} not published: {exc!r}"))
+def device_change_actions(name: str, changed: dict) -> list:
+    """What the policy requires for these changed fields of one device (RST-1, RST-2)."""
+    actions = []
+    if "security_mode" in changed:
+        actions += required_actions(DeviceSecurityModeChanged(name))
+    if any(k in HARDENING_FIELDS for k in changed):
+        actions += required_actions(HardeningChanged(name))
+    return actions
 
 
 @router.post("/api/v1/devices", name="device.create", status_code=201,
@@ -122,9 +121,7 @@ async def create_device(request: Request, _: Principal = Depends(require_admin))
             raise ApiError(409, f"device {body.name} already exists") from None
         result = device.to_dict()
         await session.commit()
-    await _announce(request, "config.changed", body.name,
-                    {"device": body.name, "change": "created",
-                     "config_version": result["config_version"]})
+    await config_changed(request, [body.name], "created")
     return result
 
 
@@ -144,7 +141,7 @@ async def list_devices(
 
 @router.get("/api/v1/devices/{name}", name="device.show")
 async def show_device(name: str, request: Request, _: Principal = Depends(require_user)) -> dict:
-    name = _checked_name(name)
+    name = checked_name(name)
     async with request.app.state.sessionmaker() as session:
         device = await session.scalar(select(Device).where(Device.name == name))
         if device is None:
@@ -154,7 +151,7 @@ async def show_device(name: str, request: Request, _: Principal = Depends(requir
 
 @router.delete("/api/v1/devices/{name}", name="device.delete")
 async def delete_device(name: str, request: Request, _: Principal = Depends(require_admin)) -> dict:
-    name = _checked_name(name)
+    name = checked_name(name)
     async with request.app.state.sessionmaker() as session:
         device = await session.scalar(select(Device).where(Device.name == name))
         if device is None:
@@ -162,13 +159,13 @@ async def delete_device(name: str, request: Request, _: Principal = Depends(requ
         await session.delete(device)
         session.add(new_entry(request, status=200, detail=f"model={device.model}"))
         await session.commit()
-    await _announce(request, "config.changed", name, {"device": name, "change": "deleted"})
+    await config_changed(request, [name], "deleted")
     return {"deleted": name}
 
 
 @router.patch("/api/v1/devices/{name}", name="device.update", openapi_extra=body_schema(DevicePatch))
 async def update_device(name: str, request: Request, _: Principal = Depends(require_admin)) -> dict:
-    name = _checked_name(name)
+    name = checked_name(name)
     body = await read_json(request, DevicePatch)
     wanted = body.model_dump(include=body.model_fields_set)
     if not wanted:
@@ -196,16 +193,7 @@ async def update_device(name: str, request: Request, _: Principal = Depends(requ
                                 "read it again and retry") from None
         result = device.to_dict()
         await session.commit()
-    await _announce(request, "config.changed", name,
-                    {"device": name, "change": "updated", "fields": sorted(changed),
-                     "config_version": result["config_version"]})
-    reset_rules = []
-    if "security_mode" in changed:
-        reset_rules.append("RST-1")
-    if any(k in HARDENING_FIELDS for k in changed):
-        reset_rules.append("RST-2")
-    if reset_rules:
-        await _announce(request, "device.reset", name,
-                        {"device": name, "kind": "reset", "rules": reset_rules,
-                         "config_version": result["config_version"]})
+    await config_changed(request, [name], "updated:" + ",".join(sorted(changed)))
+    await publish_actions(request, device_change_actions(name, changed),
+                          reason=f"{name}: {', '.join(sorted(changed))} changed", about=name)
     return result

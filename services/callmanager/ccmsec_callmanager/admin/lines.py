@@ -1,0 +1,258 @@
+"""Lines (directory numbers) and device pools (CallManager group, SRST reference).
+
+Same checks as the call-control gRPC methods (ccmsec/db/lines.py validators). A device's
+configuration file lists its lines, CallManager group and SRST reference, so every change
+announces `config.changed` for the devices it touches. No RST rule covers lines or moving a device
+between pools; changing a pool's SRST reference is RST-5 (reset the pool's devices) and goes
+through `required_actions(SrstSecurityChanged(...))`.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm.exc import StaleDataError
+
+from ccmsec.db.devices import Device, validate_device_name
+from ccmsec.db.lines import (
+    MAX_CM_GROUP,
+    MAX_LINES_PER_DEVICE,
+    DevicePool,
+    InvalidLineOrPool,
+    Line,
+    lines_of,
+    validate_cm_group,
+    validate_dn,
+    validate_pool_name,
+)
+from ccmsec.policy.resets import SrstSecurityChanged, required_actions
+
+from .announce import config_changed, publish_actions
+from .audit import new_entry
+from .auth import Principal, require_admin, require_user
+from .devices import checked_name
+from .errors import ApiError, body_schema, read_json
+
+router = APIRouter(tags=["lines and device pools"])
+
+
+def srst_reference(value: str) -> str:
+    if value:
+        validate_cm_group([value])  # same host syntax as a CallManager
+    return value
+
+
+class LineCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    dn: str = Field(max_length=24, description="directory number: 1-24 of 0-9 * # +")
+    device: str = Field(max_length=64)
+    line_index: int = Field(0, ge=0, le=MAX_LINES_PER_DEVICE, description="button; 0 = next free")
+    label: str = Field("", max_length=40)
+
+    @field_validator("dn")
+    @classmethod
+    def _valid_dn(cls, value: str) -> str:
+        return validate_dn(value)
+
+    @field_validator("device")
+    @classmethod
+    def _valid_device(cls, value: str) -> str:
+        return validate_device_name(value)
+
+
+class PoolCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    name: str = Field(max_length=64)
+    cm_group: list[str] = Field(max_length=MAX_CM_GROUP, description="CallManagers, in order")
+    srst: str = Field("", max_length=64, description="SRST reference; empty = none")
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        return validate_pool_name(value)
+
+    @field_validator("cm_group")
+    @classmethod
+    def _valid_cm_group(cls, value: list[str]) -> list[str]:
+        return validate_cm_group(value)
+
+    @field_validator("srst")
+    @classmethod
+    def _valid_srst(cls, value: str) -> str:
+        return srst_reference(value)
+
+
+class PoolPatch(BaseModel):
+    """Only the fields present change."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    cm_group: list[str] = Field(None, max_length=MAX_CM_GROUP)  # type: ignore[assignment]
+    srst: str = Field(None, max_length=64)  # type: ignore[assignment]
+
+    @field_validator("cm_group")
+    @classmethod
+    def _valid_cm_group(cls, value: list[str]) -> list[str]:
+        return validate_cm_group(value)
+
+    @field_validator("srst")
+    @classmethod
+    def _valid_srst(cls, value: str) -> str:
+        return srst_reference(value)
+
+
+class DevicePoolAssignment(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    pool: str | None = Field(max_length=64, description="pool name, or null for none")
+
+    @field_validator("pool")
+    @classmethod
+    def _valid(cls, value: str | None) -> str | None:
+        return None if value is None else validate_pool_name(value)
+
+
+def _checked_pool(name: str) -> str:
+    try:
+        return validate_pool_name(name)
+    except InvalidLineOrPool as exc:
+        raise ApiError(422, str(exc)) from None
+
+
+# lines ------------------------------------------------------------------------------------------
+
+@router.get("/api/v1/lines", name="line.list")
+async def list_lines(
+    request: Request,
+    _: Principal = Depends(require_user),
+    device: str | None = Query(None, max_length=64),
+    dn: str | None = Query(None, max_length=24),
+) -> dict:
+    try:
+        device = None if device is None else validate_device_name(device)
+        dn = None if dn is None else validate_dn(dn)
+    except ValueError as exc:
+        raise ApiError(422, str(exc)) from None
+    async with request.app.state.sessionmaker() as session:
+        rows = await lines_of(session, device=device, dn=dn)
+    return {"lines": [row.to_dict() for row in rows]}
+
+
+@router.post("/api/v1/lines", name="line.create", status_code=201,
+             openapi_extra=body_schema(LineCreate))
+async def create_line(request: Request, _: Principal = Depends(require_admin)) -> dict:
+    body = await read_json(request, LineCreate)
+    request.state.audit_target = body.device
+    async with request.app.state.sessionmaker() as session:
+        if await session.scalar(select(Device.id).where(Device.name == body.device)) is None:
+            raise ApiError(404, f"no device named {body.device}")
+        index = body.line_index
+        if index == 0:
+            index = 1 + await session.scalar(
+                select(func.coalesce(func.max(Line.line_index), 0)).where(Line.device == body.device))
+        if index > MAX_LINES_PER_DEVICE:
+            raise ApiError(409, f"{body.device} has no free line button (max {MAX_LINES_PER_DEVICE})")
+        line = Line(dn=body.dn, device=body.device, line_index=index, label=body.label)
+        session.add(line)
+        session.add(new_entry(request, status=201, detail=f"dn={body.dn} line {index}"))
+        try:
+            await session.flush()
+        except IntegrityError:
+            raise ApiError(409, f"{body.device} already has directory number {body.dn} "
+                                f"or line {index}") from None
+        result = line.to_dict()
+        await session.commit()
+    await config_changed(request, [body.device], "line")
+    return result
+
+
+# device pools ------------------------------------------------------------------------------------
+
+@router.get("/api/v1/pools", name="pool.list")
+async def list_pools(request: Request, _: Principal = Depends(require_user)) -> dict:
+    async with request.app.state.sessionmaker() as session:
+        rows = (await session.scalars(select(DevicePool).order_by(DevicePool.name))).all()
+    return {"pools": [row.to_dict() for row in rows]}
+
+
+@router.post("/api/v1/pools", name="pool.create", status_code=201,
+             openapi_extra=body_schema(PoolCreate))
+async def create_pool(request: Request, _: Principal = Depends(require_admin)) -> dict:
+    body = await read_json(request, PoolCreate)
+    request.state.audit_target = body.name
+    async with request.app.state.sessionmaker() as session:
+        pool = DevicePool(name=body.name, cm_group=",".join(body.cm_group), srst=body.srst)
+        session.add(pool)
+        session.add(new_entry(request, status=201,
+                              detail=f"cm_group={','.join(body.cm_group)} srst={body.srst!r}"))
+        try:
+            await session.flush()
+        except IntegrityError:
+            raise ApiError(409, f"device pool {body.name} already exists") from None
+        result = pool.to_dict()
+        await session.commit()
+    return result  # a new pool has no devices yet: nothing to announce
+
+
+@router.patch("/api/v1/pools/{name}", name="pool.update", openapi_extra=body_schema(PoolPatch))
+async def update_pool(name: str, request: Request, _: Principal = Depends(require_admin)) -> dict:
+    """Change the CallManager group and/or the SRST reference (RST-5: the pool's devices reset)."""
+    name = _checked_pool(name)
+    body = await read_json(request, PoolPatch)
+    if not body.model_fields_set:
+        raise ApiError(422, "nothing to change (give cm_group and/or srst)")
+    async with request.app.state.sessionmaker() as session:
+        pool = await session.get(DevicePool, name)
+        if pool is None:
+            raise ApiError(404, f"no device pool named {name}")
+        changed = {}
+        if "cm_group" in body.model_fields_set and body.cm_group != pool.cm_hosts:
+            changed["cm_group"] = (pool.cm_hosts, body.cm_group)
+            pool.cm_group = ",".join(body.cm_group)
+        if "srst" in body.model_fields_set and body.srst != pool.srst:
+            changed["srst"] = (pool.srst, body.srst)
+            pool.srst = body.srst
+        if not changed:
+            return pool.to_dict()
+        devices = list((await session.scalars(
+            select(Device.name).where(Device.device_pool == name).order_by(Device.name))).all())
+        session.add(new_entry(request, status=200, detail="; ".join(
+            f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
+            + f"; {len(devices)} devices"))
+        result = pool.to_dict()
+        await session.commit()
+    await config_changed(request, devices, "device_pool:" + ",".join(sorted(changed)))
+    if "srst" in changed:
+        old, new = changed["srst"]
+        await publish_actions(
+            request, required_actions(SrstSecurityChanged(new or old, tuple(devices))),
+            reason=f"SRST reference of device pool {name}: {old!r} -> {new!r}", about=name)
+    return {**result, "devices": len(devices)}
+
+
+@router.put("/api/v1/devices/{name}/pool", name="device.set_pool",
+            openapi_extra=body_schema(DevicePoolAssignment))
+async def set_device_pool(name: str, request: Request, _: Principal = Depends(require_admin)) -> dict:
+    """Put a device in a device pool (or in none with null)."""
+    name = checked_name(name)
+    body = await read_json(request, DevicePoolAssignment)
+    async with request.app.state.sessionmaker() as session:
+        if body.pool is not None and await session.get(DevicePool, body.pool) is None:
+            raise ApiError(404, f"no device pool named {body.pool}")
+        device = await session.scalar(select(Device).where(Device.name == name))
+        if device is None:
+            raise ApiError(404, f"no device named {name}")
+        before = device.device_pool
+        if before == body.pool:
+            return device.to_dict()
+        device.device_pool = body.pool
+        session.add(new_entry(request, status=200, detail=f"device_pool: {before!r} -> {body.pool!r}"))
+        try:
+            await session.flush()  # bumps config_version, or finds a concurrent writer
+        except StaleDataError:
+            raise ApiError(409, f"device {name} was changed by someone else at the same time; "
+                                "retry") from None
+        result = device.to_dict()
+        await session.commit()
+    await config_changed(request, [name], "device_pool")
+    return result
