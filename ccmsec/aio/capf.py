@@ -1,4 +1,5 @@
-"""Thin asyncio adapters for CAPF over TLS (TCP 3804): `CapfServer` and `capf_client_run`.
+"""Thin asyncio adapters for CAPF over TLS (TCP 3804): `CapfServer`, `capf_client_run` (one
+session) and `capf_client_enroll` (sessions until done, honouring the server's retry-later).
 
 All protocol decisions live in ccmsec.wire.capf; this module moves bytes, enforces time limits
 (TLS handshake, per-read idle time, whole session) and caps concurrent connections.
@@ -14,13 +15,14 @@ import secrets
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Awaitable, Callable
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from ccmsec.wire.capf import (
-    CapfIssuer, CapfOperationsStore, CapfPhoneSession, CapfProtocolError, CapfServerSession, FrameReader, Reason,
+    CapfIssuer, CapfOperationsStore, CapfPhoneSession, CapfProtocolError, CapfServerSession, FrameReader,
+    PhoneCredentials, Reason,
 )
 
 log = logging.getLogger("ccmsec.capf")
@@ -56,13 +58,15 @@ class SessionRecord:
     device_name: str | None
     end_reason: int | None
     error: str | None
+    retry_after: int | None = None
 
 
 class CapfServer:
     def __init__(self, host: str, port: int, ssl_context: ssl.SSLContext, store: CapfOperationsStore,
                  issuer: CapfIssuer, *, handshake_timeout: float = 10.0, idle_timeout: float = 30.0,
                  session_timeout: float = 120.0, max_connections: int = 512, history: int = 1000,
-                 admit: Callable[[], str | None] | None = None):
+                 admit: Callable[[], str | None] | None = None,
+                 issuer_mode: Callable[[], str] | None = None, retry_delay: Callable[[], int] | int = 600):
         self.host, self._port = host, port
         self.ssl_context = ssl_context
         self.store, self.issuer = store, issuer
@@ -77,6 +81,9 @@ class CapfServer:
         self._history = history
         # admit() -> None to serve, or the reason every new session is refused with (e.g. CHK-2).
         self.admit = admit
+        # Offline CA (ccmsec.wire.capf): which issuer signs LSCs, and the retry-later delay.
+        self.issuer_mode = issuer_mode
+        self.retry_delay = retry_delay
 
     @property
     def port(self) -> int:
@@ -118,7 +125,9 @@ class CapfServer:
                 log.warning("CAPF: connection limit reached, refusing %s", writer.get_extra_info("peername"))
                 return
             async with self._slots:
-                session = CapfServerSession(next(self._session_ids) & 0xFFFFFFFF, self.store, self.issuer)
+                delay = self.retry_delay() if callable(self.retry_delay) else self.retry_delay
+                session = CapfServerSession(next(self._session_ids) & 0xFFFFFFFF, self.store, self.issuer,
+                                            issuer_mode=self.issuer_mode, retry_delay=delay)
                 try:
                     async with asyncio.timeout(self.session_timeout):
                         await self._run(session, reader, writer)
@@ -170,7 +179,8 @@ class CapfServer:
             await writer.drain()
 
     def _remember(self, session: CapfServerSession) -> None:
-        rec = SessionRecord(session.session_id, session.device_name, session.end_reason, session.error)
+        rec = SessionRecord(session.session_id, session.device_name, session.end_reason, session.error,
+                            session.retry_after)
         log.info("CAPF session %s device=%s end=%s %s", rec.session_id, rec.device_name, rec.end_reason,
                  rec.error or "")
         self.sessions.append(rec)
@@ -207,3 +217,28 @@ async def capf_client_run(host: str, port: int, ssl_context: ssl.SSLContext, pho
             writer.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), 2)
+
+
+async def capf_client_enroll(host: str, port: int, ssl_context: ssl.SSLContext, phone: PhoneCredentials, *,
+                             timeout: float = 30.0, max_sessions: int = 5, max_delay: float = 3600.0,
+                             sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                             ) -> list[CapfPhoneSession]:
+    """Run CAPF sessions for `phone` until one ends with END_SESSION, reconnecting after each
+    retry-later (offline CA) once its delay has passed (capped at `max_delay`), at most
+    `max_sessions` sessions. The phone keeps its pending key between sessions.
+
+    Returns every session in order; the last one's `end_reason` is the outcome (None with
+    `retry_after` set if the sessions ran out while the server still said retry later).
+    """
+    if max_sessions < 1:
+        raise ValueError("max_sessions must be at least 1")
+    sessions: list[CapfPhoneSession] = []
+    for _ in range(max_sessions):
+        session = CapfPhoneSession(phone)
+        sessions.append(session)
+        await capf_client_run(host, port, ssl_context, session, timeout=timeout)
+        if session.retry_after is None:
+            break
+        if len(sessions) < max_sessions:
+            await sleep(min(float(session.retry_after), max_delay))
+    return sessions

@@ -1,4 +1,5 @@
-"""`ccmsec capf ...`: activate CAPF (CHK-2), schedule LSC operations, follow them, set parameters.
+"""`ccmsec capf ...`: activate CAPF (CHK-2), schedule LSC operations, follow them, set parameters,
+and the offline-CA mode (set-ca, export-csrs, import-certs).
 
 Talks to the capf service over gRPC with mutual TLS (the CLI's client certificate from DATA/pki).
 """
@@ -23,6 +24,10 @@ AUTHS = ("string", "null", "lsc", "mic", "lsc-then-mic")
 KEYS = ("rsa1024", "rsa2048", "rsa4096", "ec256")
 CALL_TIMEOUT = 15.0
 _RELATIVE = re.compile(r"^\+(\d{1,6})([mhd])$")
+CERT_SUFFIXES = (".crt", ".pem", ".cer", ".der")
+MAX_IMPORT_FILES = 1000
+MAX_CERT_FILE = 64 * 1024
+IMPORT_REFUSED_EXIT = 5
 
 
 def parse_deadline(text: str, now: dt.datetime | None = None) -> dt.datetime:
@@ -236,6 +241,76 @@ def _check(args) -> int:
     return 0 if not reply.missing else 4
 
 
+def _set_ca(args) -> int:
+    from ccmsec_proto import capf_pb2
+
+    try:
+        data = args.file.read_bytes()
+    except OSError as exc:
+        raise CliError(f"cannot read {args.file}: {exc.strerror or exc}") from None
+    if len(data) > MAX_CERT_FILE:
+        raise CliError(f"{args.file} is {len(data)} bytes; a CA certificate file is at most {MAX_CERT_FILE}")
+    cert = _call(args, "SetThirdPartyCa", capf_pb2.ThirdPartyCaRequest(certificate=data))
+    print(f"third-party LSC CA set: {cert.subject} (sha256 {cert.fingerprint_sha256[:16]}…); "
+          "stored as DATA/pki/lsc-third-party-ca.crt")
+    return 0
+
+
+def _export_csrs(args) -> int:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from ccmsec.fsutil import atomic_write
+    from ccmsec_proto import common_pb2
+
+    reply = _call(args, "ExportCsrs", common_pb2.Empty())
+    out: Path = args.dir
+    if out.exists() and not out.is_dir():
+        raise CliError(f"{out} exists and is not a directory")
+    for entry in reply.csrs:
+        if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", entry.device) or entry.device.startswith("."):
+            raise CliError(f"refusing to write a file for the device name {entry.device!r}")
+        pem = x509.load_der_x509_csr(entry.csr_der).public_bytes(serialization.Encoding.PEM)
+        atomic_write(out / f"{entry.device}.csr", pem)
+        print(f"wrote {out / (entry.device + '.csr')} (operation {entry.operation_id})")
+    print(f"{len(reply.csrs)} CSR(s) awaiting the third-party CA")
+    return 0
+
+
+def _import_certs(args) -> int:
+    from ccmsec_proto import capf_pb2
+
+    src: Path = args.dir
+    if not src.is_dir():
+        raise CliError(f"{src} is not a directory")
+    paths = sorted(p for p in src.iterdir() if p.is_file() and p.suffix.lower() in CERT_SUFFIXES)
+    if not paths:
+        raise CliError(f"no certificate files ({', '.join(CERT_SUFFIXES)}) in {src}")
+    if len(paths) > MAX_IMPORT_FILES:
+        raise CliError(f"{len(paths)} files in {src}; at most {MAX_IMPORT_FILES} per import")
+    files = []
+    for path in paths:
+        if path.stat().st_size > MAX_CERT_FILE:
+            raise CliError(f"{path} is larger than a certificate file ({MAX_CERT_FILE} bytes at most)")
+        files.append(capf_pb2.CertificateFile(name=path.name, data=path.read_bytes()))
+    reply = _call(args, "ImportCertificates", capf_pb2.CertificateImportRequest(files=files))
+    if args.json:
+        print(_json(reply))
+    refused = 0
+    for r in reply.results:
+        if r.accepted:
+            line = (f"imported {r.name}: {r.device} (operation {r.operation_id}, serial {r.certificate.serial}, "
+                    f"sha256 {r.certificate.fingerprint_sha256[:16]}…)")
+        else:
+            refused += 1
+            line = f"REFUSED  {r.name}: {r.reason}"
+        if not args.json:
+            print(line)
+    if not args.json:
+        print(f"{len(reply.results) - refused} imported, {refused} refused")
+    return IMPORT_REFUSED_EXIT if refused else 0
+
+
 def register(sub) -> None:
     parser = sub.add_parser("capf", help="CAPF: activate it, schedule LSC operations, follow them")
     add_data_option(parser)
@@ -292,3 +367,20 @@ def register(sub) -> None:
     p = actions.add_parser("check", help="CHK-8: do the phones that need an LSC have one?")
     add_data_option(p)
     p.set_defaults(func=_check)
+
+    p = actions.add_parser("set-ca", help="offline CA: import the third-party CA certificate that signs LSCs")
+    add_data_option(p)
+    p.add_argument("file", type=Path, help="the CA certificate (PEM or DER)")
+    p.set_defaults(func=_set_ca)
+
+    p = actions.add_parser("export-csrs", help="offline CA: write <device>.csr (PEM) for each phone awaiting the CA")
+    add_data_option(p)
+    p.add_argument("dir", type=Path)
+    p.set_defaults(func=_export_csrs)
+
+    p = actions.add_parser("import-certs", help="offline CA: import the CA-signed certificates (*.crt, *.pem, "
+                                                "*.cer, *.der) from DIR (exit 5 if any is refused)")
+    add_data_option(p)
+    p.add_argument("dir", type=Path)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_import_certs)

@@ -5,6 +5,11 @@ these two tables of the publisher database, nowhere else, so it survives restart
 
 `capf_operations`  one row per scheduled operation (install | upgrade | delete | troubleshoot).
 `capf_certificates` the issued-certificate log (issued → installed, fetched, deleted).
+
+Offline CA (capf_0002): an install/upgrade whose LSC a third-party CA signs keeps the phone's
+CSR on its operation row (`csr_der`, `csr_key_sha256`, state `awaiting_ca`); importing the CA's
+certificate records it like any issuance (outcome `issued`, state `issued`) until the phone
+comes back for it (`installed`, state `done`).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import AsyncIterator, Awaitable, Callable
 import argon2
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import serialization
 from sqlalchemy import (
     CheckConstraint, DateTime, ForeignKey, Integer, LargeBinary, String, select, update,
 )
@@ -30,9 +36,11 @@ from ccmsec.wire.capf import AuthCheck, KeySpec, OperationLookup, ScheduledOpera
 
 OPERATIONS = ("install", "upgrade", "delete", "troubleshoot")
 AUTH_MODES = ("string", "null", "lsc", "mic", "lsc-then-mic")
-STATES = ("pending", "in_progress", "done", "failed", "expired", "locked")
+STATES = ("pending", "in_progress", "awaiting_ca", "issued", "done", "failed", "expired", "locked")
 OUTCOMES = ("issued", "installed", "fetched", "deleted")
-ACTIVE = ("pending", "in_progress", "locked")
+ACTIVE = ("pending", "in_progress", "awaiting_ca", "issued", "locked")
+# States an operation may still be carried out from (and so may expire from).
+RUNNABLE = ("pending", "in_progress", "awaiting_ca", "issued")
 MAX_AUTH_FAILURES = 5
 AUTH_STRING = re.compile(r"^[0-9]{4,10}$")  # the administrator-generated one-time digits
 
@@ -74,6 +82,11 @@ class CapfOperation(Base):
     issued_fingerprint: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[_dt.datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[_dt.datetime] = mapped_column(DateTime(timezone=True))
+    # Offline CA: the phone's CSR (PKCS#10 DER) and the SHA-256 of its SubjectPublicKeyInfo,
+    # by which an imported certificate finds its operation.
+    csr_der: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    csr_key_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    csr_at: Mapped[_dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class CapfCertificate(Base):
@@ -152,6 +165,27 @@ class CertificateRecord:
     def of(cls, row: CapfCertificate) -> "CertificateRecord":
         return cls(row.id, row.operation_id, row.device_name, row.serial, row.fingerprint_sha256,
                    row.operation, row.outcome, _aware(row.created_at), row.der)  # type: ignore[arg-type]
+
+
+def spki_sha256(public_key) -> str:
+    """SHA-256 (hex) of a public key's DER SubjectPublicKeyInfo: how a certificate meets its CSR."""
+    spki = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    digest = hashes.Hash(hashes.SHA256())
+    digest.update(spki)
+    return digest.finalize().hex()
+
+
+@dataclass(frozen=True)
+class CsrRecord:
+    """An offline-CA operation waiting for (or holding) its third-party certificate."""
+
+    op_id: int
+    device_name: str
+    operation: str
+    state: str
+    csr_der: bytes
+    key_sha256: str
+    requested_at: _dt.datetime | None
 
 
 def _cert_ids(der: bytes) -> tuple[str, str]:
@@ -292,11 +326,11 @@ class SqlCapfStore:
                         CapfCertificate.fingerprint_sha256 == op.issued_fingerprint)
                 )).scalars().first()
             found = ScheduledOperation(op.id, op.device_name, op.operation, op.auth_mode,  # type: ignore[arg-type]
-                                       op.key_type, issued_der)
+                                       op.key_type, issued_der, op.csr_der)
         if deadline is not None and now > deadline:
             async with self._write() as s:
                 await s.execute(update(CapfOperation).where(
-                    CapfOperation.id == found.op_id, CapfOperation.state.in_(("pending", "in_progress")),
+                    CapfOperation.id == found.op_id, CapfOperation.state.in_(RUNNABLE),
                 ).values(state="expired", reason="deadline passed before the phone connected", updated_at=now))
             return OperationLookup("expired")
         return OperationLookup("scheduled", found)
@@ -398,6 +432,80 @@ class SqlCapfStore:
             await s.flush()
 
         await self._write_batched(done)
+
+    # -- offline CA
+
+    async def record_csr(self, op_id: int, device_name: str, csr_der: bytes) -> None:
+        """Keep the phone's CSR (replacing an earlier one of the same operation while nothing was
+        issued for it); the operation then waits for the third-party CA (awaiting_ca)."""
+        key_sha = spki_sha256(x509.load_der_x509_csr(csr_der).public_key())
+        now = self.clock()
+        async with self._write() as s:
+            done = await s.execute(
+                update(CapfOperation)
+                .where(CapfOperation.id == op_id, CapfOperation.device_name == device_name,
+                       CapfOperation.issued_fingerprint.is_(None),
+                       CapfOperation.operation.in_(("install", "upgrade")),
+                       CapfOperation.state.in_(("pending", "in_progress", "awaiting_ca")))
+                .values(csr_der=csr_der, csr_key_sha256=key_sha, csr_at=now, state="awaiting_ca",
+                        reason="waiting for the third-party CA to sign the CSR", updated_at=now)
+            )
+            if done.rowcount != 1:
+                raise ValueError(f"CAPF operation {op_id} cannot take a CSR (not an active install/upgrade "
+                                 "without a certificate)")
+
+    @staticmethod
+    def _csr_record(row: CapfOperation) -> CsrRecord:
+        return CsrRecord(row.id, row.device_name, row.operation, row.state, row.csr_der,  # type: ignore[arg-type]
+                         row.csr_key_sha256 or "", _aware(row.csr_at))
+
+    async def awaiting_csrs(self, limit: int = 10_000) -> list[CsrRecord]:
+        """Operations whose CSR waits for the third-party CA, oldest first."""
+        q = (select(CapfOperation).where(CapfOperation.state == "awaiting_ca", CapfOperation.csr_der.is_not(None))
+             .order_by(CapfOperation.id).limit(max(1, min(limit, 10_000))))
+        async with self.factory() as s:
+            return [self._csr_record(r) for r in (await s.execute(q)).scalars()]
+
+    async def csr_for_key(self, key_sha256: str) -> CsrRecord | None:
+        """The newest operation holding a CSR for this key (whatever its state)."""
+        q = (select(CapfOperation).where(CapfOperation.csr_key_sha256 == key_sha256)
+             .order_by(CapfOperation.id.desc()).limit(1))
+        async with self.factory() as s:
+            row = (await s.execute(q)).scalars().first()
+            return self._csr_record(row) if row is not None else None
+
+    async def csr_for_device(self, device_name: str) -> CsrRecord | None:
+        """The device's operation waiting for the third-party CA, if any."""
+        q = (select(CapfOperation).where(CapfOperation.device_name == device_name,
+                                         CapfOperation.state == "awaiting_ca", CapfOperation.csr_der.is_not(None))
+             .order_by(CapfOperation.id.desc()).limit(1))
+        async with self.factory() as s:
+            row = (await s.execute(q)).scalars().first()
+            return self._csr_record(row) if row is not None else None
+
+    async def record_imported(self, op_id: int, key_sha256: str, certificate_der: bytes) -> None:
+        """Tie a third-party certificate (already checked against the CSR and the CA) to its
+        operation, once: compare-and-set on awaiting_ca + the CSR's key + no certificate yet.
+        Raises ValueError (nothing written) when the operation cannot take it any more."""
+        serial, fingerprint = _cert_ids(certificate_der)
+        now = self.clock()
+        async with self._write() as s:
+            claimed = await s.execute(
+                update(CapfOperation)
+                .where(CapfOperation.id == op_id, CapfOperation.state == "awaiting_ca",
+                       CapfOperation.csr_key_sha256 == key_sha256, CapfOperation.issued_fingerprint.is_(None))
+                .values(issued_fingerprint=fingerprint, state="issued",
+                        reason="certificate imported; waiting for the phone to collect it", updated_at=now)
+            )
+            if claimed.rowcount != 1:
+                state = await s.scalar(select(CapfOperation.state).where(CapfOperation.id == op_id))
+                raise ValueError(f"operation {op_id} is {state or 'gone'}, not awaiting a certificate: "
+                                 "one operation takes at most one certificate")
+            row = (await s.execute(select(CapfOperation.device_name, CapfOperation.operation)
+                                   .where(CapfOperation.id == op_id))).one()
+            s.add(CapfCertificate(operation_id=op_id, device_name=row.device_name, serial=serial,
+                                  fingerprint_sha256=fingerprint, operation=row.operation, created_at=now,
+                                  outcome="issued", der=certificate_der))
 
     async def mark_failed(self, op_id: int, reason: str) -> None:
         async with self._write() as s:

@@ -160,6 +160,8 @@ class LscIssuer:
         self.manufacturer_roots = list(manufacturer_roots)
         self.days = days
         self._executor = executor
+        # Offline CA: LSCs from the imported third-party CA authenticate too (auth mode lsc).
+        self.third_party_roots: list[x509.Certificate] = []
 
     @classmethod
     def with_process_pool(cls, capf_ca: Issued, manufacturer_roots: Iterable[x509.Certificate] = (),
@@ -180,7 +182,7 @@ class LscIssuer:
     def verify_device_certificate(self, device_name: str, cert_type: CertType, cert: x509.Certificate) -> None:
         try:
             if cert_type is CertType.LSC:
-                verify_lsc_chain(cert, self.capf_ca.cert, device_name=device_name)
+                verify_lsc_any(cert, [self.capf_ca.cert, *self.third_party_roots], device_name=device_name)
             else:
                 if not self.manufacturer_roots:
                     raise LscError("no manufacturer CA configured to check MICs")
@@ -266,6 +268,96 @@ def import_third_party_lsc(cert: x509.Certificate, csr: x509.CertificateSigningR
         raise LscError(f"imported certificate is not signed by the given CA: {exc!r}") from None
     verify_lsc_chain(cert, issuing_ca, device_name=device_name)
     return cert
+
+
+# The third-party CA of offline mode: one CA certificate, imported once by the administrator
+# (`ccmsec capf set-ca FILE`), kept next to the CAPF certificate for every service to read.
+THIRD_PARTY_CA = "lsc-third-party-ca.crt"
+MAX_CERT_FILE = 64 * 1024
+
+
+def third_party_ca_path(pki_dir: str | Path) -> Path:
+    return Path(pki_dir) / THIRD_PARTY_CA
+
+
+def load_one_certificate(data: bytes, what: str = "file") -> x509.Certificate:
+    """Exactly one X.509 certificate, PEM or DER; LscError naming the problem otherwise."""
+    if not data:
+        raise LscError(f"{what} is empty")
+    if len(data) > MAX_CERT_FILE:
+        raise LscError(f"{what} is {len(data)} bytes; a certificate file is at most {MAX_CERT_FILE}")
+    try:
+        if b"-----BEGIN" in data:
+            certs = x509.load_pem_x509_certificates(data)
+            if len(certs) != 1:
+                raise LscError(f"{what} holds {len(certs)} certificates; exactly one expected")
+            return certs[0]
+        return x509.load_der_x509_certificate(data)
+    except ValueError as exc:
+        if isinstance(exc, LscError):
+            raise
+        raise LscError(f"{what} is not an X.509 certificate (PEM or DER)") from None
+
+
+def check_third_party_ca(cert: x509.Certificate, at: _dt.datetime | None = None) -> None:
+    """A CA certificate able to sign LSCs, valid now."""
+    now = at or _dt.datetime.now(_dt.timezone.utc)
+    try:
+        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        raise LscError("the third-party CA certificate has no basicConstraints (CA:TRUE needed)") from None
+    if not bc.ca:
+        raise LscError("the certificate is not a CA certificate (basicConstraints CA:FALSE)")
+    try:
+        ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+        if not ku.key_cert_sign:
+            raise LscError("the CA certificate's keyUsage does not allow signing certificates")
+    except x509.ExtensionNotFound:
+        pass
+    if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+        raise LscError(f"the CA certificate is not valid now (valid {cert.not_valid_before_utc:%Y-%m-%d} "
+                       f"to {cert.not_valid_after_utc:%Y-%m-%d})")
+
+
+def save_third_party_ca(pki_dir: str | Path, cert: x509.Certificate) -> Path:
+    from ccmsec.fsutil import atomic_write
+
+    check_third_party_ca(cert)
+    path = third_party_ca_path(pki_dir)
+    atomic_write(path, _pem(cert))
+    return path
+
+
+def load_third_party_ca(pki_dir: str | Path) -> x509.Certificate | None:
+    path = third_party_ca_path(pki_dir)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    return load_one_certificate(data, str(path))
+
+
+def lsc_trust_anchors(pki_dir: str | Path) -> list[x509.Certificate]:
+    """Every issuer a phone's LSC may chain to: the CAPF CA, then the third-party CA if one is
+    configured. What a server accepting LSCs (callmanager on 2443) must trust."""
+    pki = Path(pki_dir)
+    anchors = [x509.load_pem_x509_certificate((pki / CAPF_CERT).read_bytes())]
+    third = load_third_party_ca(pki)
+    if third is not None:
+        anchors.append(third)
+    return anchors
+
+
+def verify_lsc_any(cert: x509.Certificate, anchors: Sequence[x509.Certificate], *, device_name: str | None = None,
+                   at: _dt.datetime | None = None) -> list[x509.Certificate]:
+    """verify_lsc_chain against whichever anchor issued the LSC (CAPF CA or the third-party CA)."""
+    errors = []
+    for anchor in anchors:
+        try:
+            return verify_lsc_chain(cert, anchor, device_name=device_name, at=at)
+        except LscError as exc:
+            errors.append(str(exc))
+    raise LscError("; ".join(errors) or "no LSC trust anchor configured")
 
 
 def pem_bundle(certs: Iterable[x509.Certificate]) -> bytes:

@@ -6,6 +6,13 @@ send come out. The server session talks to an injected operations store and LSC 
 (`CapfOperationsStore`, `CapfIssuer`); the phone session carries the phone's own keys.
 
 Reason codes answered on error: 7 (invalid element / operation refused), 9 (unknown device).
+
+Offline-CA mode (issuer "offline"): after the key-generate exchange the server sends a
+sign-certificate request (22) naming the subject CN; the phone answers (23) with a PKCS#10 CSR
+signed by its new key, carried in the CERTIFICATE element (nested form, type LSC: wire-formats
+§4 names no separate CSR element). The server keeps the CSR and ends with retry-later (16, a
+RETRY_DELAY element in seconds); when the phone comes back after the third-party CA's
+certificate was imported, the usual store-certificate request delivers it.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Literal, Protocol, Sequence
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
@@ -33,6 +40,7 @@ MAX_ELEMENTS = 16
 MAX_NAME = 64
 MAX_PASSWORD = 64
 MAX_REASON_INFO = 256
+MAX_RETRY_DELAY = 7 * 24 * 3600  # a week: anything longer is a server error, not a schedule
 
 
 class Command(enum.IntEnum):
@@ -128,6 +136,9 @@ REQUIRED: dict[Command, frozenset[Element]] = {
     Command.FETCH_CERT_RESPONSE: frozenset({Element.CERTIFICATE}),
     Command.DELETE_CERT_RESPONSE: frozenset({Element.REASON}),
     Command.END_SESSION: frozenset({Element.REASON}),
+    Command.RETRY_LATER: frozenset({Element.RETRY_DELAY}),
+    Command.SIGN_CERT_REQUEST: frozenset({Element.DEVICE_NAME}),
+    Command.SIGN_CERT_RESPONSE: frozenset({Element.REASON}),
 }
 
 
@@ -254,8 +265,8 @@ def _check_value(command: Command, tag: Element, value: bytes) -> None:
         decode_certificate_element(value)
     elif tag is Element.REASON_INFO and len(value) > MAX_REASON_INFO:
         raise CapfProtocolError(f"{command.name}: REASON_INFO longer than {MAX_REASON_INFO} bytes")
-    elif tag is Element.RETRY_DELAY and not 1 <= len(value) <= 4:
-        raise CapfProtocolError(f"{command.name}: RETRY_DELAY must be 1..4 bytes, got {len(value)}")
+    elif tag is Element.RETRY_DELAY:
+        decode_retry_delay(value)
 
 
 def decode_frame(data: bytes) -> Frame:
@@ -342,6 +353,60 @@ def decode_certificate_element(value: bytes) -> tuple[CertType, bytes]:
     except ValueError:
         raise CapfProtocolError(f"CERTIFICATE has unknown certificate type {ctype}") from None
     return cert_type, bytes(value[5:])
+
+
+def encode_retry_delay(seconds: int) -> bytes:
+    """RETRY_DELAY value: seconds as uint32 BE."""
+    if not 1 <= seconds <= MAX_RETRY_DELAY:
+        raise CapfProtocolError(f"retry delay {seconds}s outside 1..{MAX_RETRY_DELAY}")
+    return int(seconds).to_bytes(4, "big")
+
+
+def decode_retry_delay(value: bytes) -> int:
+    """1..4 bytes BE, 1 second up to a week."""
+    if not 1 <= len(value) <= 4:
+        raise CapfProtocolError(f"RETRY_DELAY must be 1..4 bytes, got {len(value)}")
+    seconds = int.from_bytes(value, "big")
+    if not 1 <= seconds <= MAX_RETRY_DELAY:
+        raise CapfProtocolError(f"RETRY_DELAY of {seconds}s outside 1..{MAX_RETRY_DELAY}")
+    return seconds
+
+
+def build_csr(device_name: str, private_key) -> bytes:
+    """The phone's PKCS#10 request (DER): subject CN = device name, signed by the phone's key
+    (proof of possession for the third-party CA)."""
+    from cryptography.x509.oid import NameOID
+
+    return (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_name)]))
+        .sign(private_key, hashes.SHA256())
+        .public_bytes(serialization.Encoding.DER)
+    )
+
+
+def decode_csr(der: bytes, device_name: str, public_key_der: bytes | None = None) -> x509.CertificateSigningRequest:
+    """Accept a phone's CSR only if it parses, its signature verifies, its only CN is the device
+    name, and (when given) its key is the one the phone reported in KEY_GEN_RESPONSE."""
+    from cryptography.x509.oid import NameOID
+
+    try:
+        csr = x509.load_der_x509_csr(der)
+        key = csr.public_key()
+        valid = csr.is_signature_valid
+        cns = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise CapfProtocolError(f"SIGN_CERT_RESPONSE: not a DER PKCS#10 request: {exc}") from None
+    if not isinstance(key, (rsa.RSAPublicKey, ec.EllipticCurvePublicKey)):
+        raise CapfProtocolError("SIGN_CERT_RESPONSE: CSR key must be RSA or EC")
+    if not valid:
+        raise CapfProtocolError("SIGN_CERT_RESPONSE: CSR signature does not verify with its own key")
+    if len(cns) != 1 or cns[0].value != device_name:
+        got = [a.value for a in cns]
+        raise CapfProtocolError(f"SIGN_CERT_RESPONSE: CSR subject CN {got!r} is not device {device_name!r}")
+    if public_key_der is not None and spki_der(key) != public_key_der:
+        raise CapfProtocolError("SIGN_CERT_RESPONSE: CSR is not for the key the phone generated")
+    return csr
 
 
 def _u8(v: int) -> bytes:
@@ -477,6 +542,7 @@ class ScheduledOperation:
     auth_mode: AuthMode
     key_kind: str                     # e.g. "rsa2048", "ec256"
     issued_der: bytes | None = None   # certificate already issued for this operation (reconnect)
+    csr_der: bytes | None = None      # offline CA: the phone's CSR, kept until a certificate is imported
 
 
 class AuthCheck(enum.Enum):
@@ -510,6 +576,10 @@ class CapfOperationsStore(Protocol):
 
     async def mark_failed(self, op_id: int, reason: str) -> None: ...
 
+    async def record_csr(self, op_id: int, device_name: str, csr_der: bytes) -> None:
+        """Offline CA: keep the phone's CSR with the operation (state awaiting_ca). Raises
+        ValueError if the operation already has a certificate or is no longer active."""
+
 
 class CapfIssuer(Protocol):
     async def issue_lsc(self, device_name: str, public_key_der: bytes) -> bytes:
@@ -530,6 +600,7 @@ class ServerState(enum.Enum):
     AWAIT_STORE = "await-store"
     AWAIT_FETCH = "await-fetch"
     AWAIT_DELETE = "await-delete"
+    AWAIT_CSR = "await-csr"
     DONE = "done"
 
 
@@ -540,10 +611,17 @@ class CapfServerSession:
     out-of-order frame ends the session with the reason code it carries.
     """
 
-    def __init__(self, session_id: int, store: CapfOperationsStore, issuer: CapfIssuer):
+    def __init__(self, session_id: int, store: CapfOperationsStore, issuer: CapfIssuer, *,
+                 issuer_mode: Callable[[], str] | None = None, retry_delay: int = 600):
         self.session_id = session_id
         self.store = store
         self.issuer = issuer
+        # "capf" (sign here) or "offline" (CSR to a third-party CA); read when an operation
+        # first reaches key generation; an operation holding a CSR stays offline.
+        self.issuer_mode = issuer_mode or (lambda: "capf")
+        self.retry_delay = retry_delay
+        self.retry_after: int | None = None  # set when the session ended with RETRY_LATER
+        self._public_key_der: bytes | None = None
         self.state = ServerState.AWAIT_AUTH
         self.op: ScheduledOperation | None = None
         self.device_name: str | None = None
@@ -615,6 +693,7 @@ class CapfServerSession:
             ServerState.AWAIT_STORE: (Command.STORE_CERT_RESPONSE,),
             ServerState.AWAIT_FETCH: (Command.FETCH_CERT_RESPONSE,),
             ServerState.AWAIT_DELETE: (Command.DELETE_CERT_RESPONSE,),
+            ServerState.AWAIT_CSR: (Command.SIGN_CERT_RESPONSE,),
         }[self.state]
         if frame.command not in expected:
             names = " or ".join(c.name for c in expected)
@@ -632,6 +711,8 @@ class CapfServerSession:
             return await self._on_stored(frame)
         if frame.command is Command.FETCH_CERT_RESPONSE:
             return await self._on_fetched(frame)
+        if frame.command is Command.SIGN_CERT_RESPONSE:
+            return await self._on_csr(frame)
         return await self._on_deleted(frame)
 
     async def _on_auth_response(self, frame: Frame) -> list[bytes]:
@@ -720,6 +801,8 @@ class CapfServerSession:
             # A previous session of this operation already issued a certificate: resend it
             # for the same key, never issue a second one.
             der = op.issued_der
+        elif op.csr_der is not None or self.issuer_mode() == "offline":
+            return await self._offline(canonical)
         else:
             fresh = await self.issuer.issue_lsc(op.device_name, canonical)
             der = await self.store.record_issued(op.op_id, op.device_name, fresh)
@@ -733,6 +816,45 @@ class CapfServerSession:
             (Element.CERT_TYPE, _u8(CertType.LSC)),
             (Element.CERTIFICATE, encode_certificate_element(CertType.LSC, der)),
         ])]
+
+    async def _offline(self, canonical: bytes) -> list[bytes]:
+        """Offline CA, no certificate imported yet: ask for a CSR, or (already have the CSR
+        for this key) tell the phone to come back later."""
+        op = self.op
+        assert op is not None
+        if op.csr_der is not None:
+            held = x509.load_der_x509_csr(op.csr_der).public_key()
+            if spki_der(held) == canonical:
+                return self._retry_later()
+            # The phone lost the key of its first CSR: a new CSR replaces it (nothing was issued).
+        self._public_key_der = canonical
+        self.state = ServerState.AWAIT_CSR
+        return [self._frame(Command.SIGN_CERT_REQUEST, [
+            (Element.DEVICE_NAME, encode_cstring(op.device_name)),
+            (Element.CERT_TYPE, _u8(CertType.LSC)),
+        ])]
+
+    def _retry_later(self) -> list[bytes]:
+        self.state = ServerState.DONE
+        self.retry_after = self.retry_delay
+        return [self._frame(Command.RETRY_LATER, [(Element.RETRY_DELAY, encode_retry_delay(self.retry_delay))])]
+
+    async def _on_csr(self, frame: Frame) -> list[bytes]:
+        op = self.op
+        assert op is not None
+        reason = frame.u8(Element.REASON)
+        if reason != Reason.OK:
+            await self.store.mark_failed(op.op_id, f"phone refused to sign a CSR (reason {reason})")
+            return self._end(Reason.INVALID_ELEMENT, f"phone refused the CSR request (reason {reason})")
+        cert_type, der = frame.certificate()
+        if cert_type is not CertType.LSC:
+            raise CapfProtocolError("SIGN_CERT_RESPONSE: CSR must be carried as certificate type LSC")
+        decode_csr(der, op.device_name, self._public_key_der)
+        try:
+            await self.store.record_csr(op.op_id, op.device_name, der)
+        except ValueError as exc:
+            return self._end(Reason.INVALID_ELEMENT, f"CSR not kept: {exc}")
+        return self._retry_later()
 
     async def _on_stored(self, frame: Frame) -> list[bytes]:
         op = self.op
@@ -787,6 +909,8 @@ class PhoneCredentials:
     # reconnect can present the same key.
     pending_key: object | None = None
     key_factory: Callable[[KeySpec], object] | None = None
+    # Offline CA: further issuers a stored LSC may come from (the third-party CA certificate).
+    lsc_issuers: Sequence[x509.Certificate] = ()
 
     @property
     def mic(self) -> tuple[x509.Certificate, object] | None:
@@ -802,6 +926,7 @@ class CapfPhoneSession:
         self.end_reason: int | None = None
         self.end_info: str | None = None  # the server's REASON_INFO text, when it sent one
         self.finished = False
+        self.retry_after: int | None = None  # seconds, when the server said "retry later"
         self.events: list[str] = []  # what happened, for logs and tests
 
     def _frame(self, command: Command, elements: Sequence[tuple[Element, bytes]] = ()) -> bytes:
@@ -825,6 +950,8 @@ class CapfPhoneSession:
             Command.FETCH_CERT_REQUEST: self._on_fetch,
             Command.DELETE_CERT_REQUEST: self._on_delete,
             Command.END_SESSION: self._on_end,
+            Command.SIGN_CERT_REQUEST: self._on_sign_request,
+            Command.RETRY_LATER: self._on_retry_later,
         }.get(frame.command)
         if handler is None:
             raise CapfProtocolError(f"phone: unexpected {frame.command.name}")
@@ -837,6 +964,27 @@ class CapfPhoneSession:
             self.end_info = frame.raw(Element.REASON_INFO).rstrip(b"\x00").decode("utf-8", "replace")
         self.events.append(f"end:{self.end_reason}")
         return []
+
+    def _on_retry_later(self, frame: Frame) -> list[bytes]:
+        # The operation waits for something outside the session (a third-party CA): the phone
+        # keeps its pending key and connects again after the delay.
+        self.finished = True
+        self.retry_after = decode_retry_delay(frame.raw(Element.RETRY_DELAY))
+        self.events.append(f"retry:{self.retry_after}")
+        return []
+
+    def _on_sign_request(self, frame: Frame) -> list[bytes]:
+        p = self.phone
+        subject = frame.text(Element.DEVICE_NAME)
+        if subject != p.device_name:
+            return self._refuse(Command.SIGN_CERT_RESPONSE, f"CSR subject {subject} is not this phone")
+        if p.pending_key is None:
+            return self._refuse(Command.SIGN_CERT_RESPONSE, "no generated key to sign a CSR with")
+        self.events.append("csr")
+        return [self._frame(Command.SIGN_CERT_RESPONSE, [
+            (Element.REASON, _u8(Reason.OK)),
+            (Element.CERTIFICATE, encode_certificate_element(CertType.LSC, build_csr(p.device_name, p.pending_key))),
+        ])]
 
     def _on_auth_request(self, frame: Frame) -> list[bytes]:
         version = frame.u8(Element.VERSION)
@@ -898,11 +1046,9 @@ class CapfPhoneSession:
         key = p.pending_key
         if key is None or spki_der(cert.public_key()) != spki_der(key.public_key()):  # type: ignore[attr-defined]
             return self._refuse(Command.STORE_CERT_RESPONSE, "certificate is not for the generated key")
-        if p.capf_certificate is not None:
-            try:
-                cert.verify_directly_issued_by(p.capf_certificate)
-            except (ValueError, TypeError, InvalidSignature) as exc:
-                return self._refuse(Command.STORE_CERT_RESPONSE, f"LSC not issued by CAPF: {exc!r}")
+        issuers = [c for c in (p.capf_certificate, *p.lsc_issuers) if c is not None]
+        if issuers and not any(_issued_by(cert, ca) for ca in issuers):
+            return self._refuse(Command.STORE_CERT_RESPONSE, "LSC not issued by CAPF nor a trusted LSC issuer")
         p.lsc_cert, p.lsc_key, p.pending_key = cert, key, None
         self.events.append("stored")
         return [self._frame(Command.STORE_CERT_RESPONSE, [(Element.REASON, _u8(Reason.OK))])]
@@ -931,3 +1077,11 @@ class CapfPhoneSession:
         self.events.append("deleted" if had else "nothing-to-delete")
         reason = Reason.OK if had else Reason.NO_ACTION
         return [self._frame(Command.DELETE_CERT_RESPONSE, [(Element.REASON, _u8(reason))])]
+
+
+def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(ca)
+        return True
+    except (ValueError, TypeError, InvalidSignature):
+        return False

@@ -153,3 +153,65 @@ class LscCheckReply(_message.Message):
     missing: _containers.RepeatedScalarFieldContainer[str]
     installed: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, missing: _Optional[_Iterable[str]] = ..., installed: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class CsrEntry(_message.Message):
+    __slots__ = ("device", "operation_id", "csr_der", "requested_unix", "key_sha256")
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    OPERATION_ID_FIELD_NUMBER: _ClassVar[int]
+    CSR_DER_FIELD_NUMBER: _ClassVar[int]
+    REQUESTED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    KEY_SHA256_FIELD_NUMBER: _ClassVar[int]
+    device: str
+    operation_id: int
+    csr_der: bytes
+    requested_unix: int
+    key_sha256: str
+    def __init__(self, device: _Optional[str] = ..., operation_id: _Optional[int] = ..., csr_der: _Optional[bytes] = ..., requested_unix: _Optional[int] = ..., key_sha256: _Optional[str] = ...) -> None: ...
+
+class CsrExportReply(_message.Message):
+    __slots__ = ("csrs",)
+    CSRS_FIELD_NUMBER: _ClassVar[int]
+    csrs: _containers.RepeatedCompositeFieldContainer[CsrEntry]
+    def __init__(self, csrs: _Optional[_Iterable[_Union[CsrEntry, _Mapping]]] = ...) -> None: ...
+
+class CertificateFile(_message.Message):
+    __slots__ = ("name", "data")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    data: bytes
+    def __init__(self, name: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class CertificateImportRequest(_message.Message):
+    __slots__ = ("files",)
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    files: _containers.RepeatedCompositeFieldContainer[CertificateFile]
+    def __init__(self, files: _Optional[_Iterable[_Union[CertificateFile, _Mapping]]] = ...) -> None: ...
+
+class CertificateImportResult(_message.Message):
+    __slots__ = ("name", "accepted", "reason", "device", "operation_id", "certificate")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    OPERATION_ID_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    accepted: bool
+    reason: str
+    device: str
+    operation_id: int
+    certificate: _common_pb2.Certificate
+    def __init__(self, name: _Optional[str] = ..., accepted: _Optional[bool] = ..., reason: _Optional[str] = ..., device: _Optional[str] = ..., operation_id: _Optional[int] = ..., certificate: _Optional[_Union[_common_pb2.Certificate, _Mapping]] = ...) -> None: ...
+
+class CertificateImportReply(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[CertificateImportResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[CertificateImportResult, _Mapping]]] = ...) -> None: ...
+
+class ThirdPartyCaRequest(_message.Message):
+    __slots__ = ("certificate",)
+    CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    certificate: bytes
+    def __init__(self, certificate: _Optional[bytes] = ...) -> None: ...

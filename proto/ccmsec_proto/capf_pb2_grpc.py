@@ -86,6 +86,26 @@ class CapfStub:
                 request_serializer=ccmsec__proto_dot_common__pb2.Empty.SerializeToString,
                 response_deserializer=ccmsec__proto_dot_capf__pb2.LscCheckReply.FromString,
                 _registered_method=True)
+        self.ExportCsrs = channel.unary_unary(
+                '/ccmsec.v1.Capf/ExportCsrs',
+                request_serializer=ccmsec__proto_dot_common__pb2.Empty.SerializeToString,
+                response_deserializer=ccmsec__proto_dot_capf__pb2.CsrExportReply.FromString,
+                _registered_method=True)
+        self.ImportCertificates = channel.unary_unary(
+                '/ccmsec.v1.Capf/ImportCertificates',
+                request_serializer=ccmsec__proto_dot_capf__pb2.CertificateImportRequest.SerializeToString,
+                response_deserializer=ccmsec__proto_dot_capf__pb2.CertificateImportReply.FromString,
+                _registered_method=True)
+        self.SetThirdPartyCa = channel.unary_unary(
+                '/ccmsec.v1.Capf/SetThirdPartyCa',
+                request_serializer=ccmsec__proto_dot_capf__pb2.ThirdPartyCaRequest.SerializeToString,
+                response_deserializer=ccmsec__proto_dot_common__pb2.Certificate.FromString,
+                _registered_method=True)
+        self.GetThirdPartyCa = channel.unary_unary(
+                '/ccmsec.v1.Capf/GetThirdPartyCa',
+                request_serializer=ccmsec__proto_dot_common__pb2.Empty.SerializeToString,
+                response_deserializer=ccmsec__proto_dot_common__pb2.Certificate.FromString,
+                _registered_method=True)
 
 
 class CapfServicer:
@@ -155,6 +175,34 @@ class CapfServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportCsrs(self, request, context):
+        """offline CA
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportCertificates(self, request, context):
+        """offline CA
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetThirdPartyCa(self, request, context):
+        """offline CA
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetThirdPartyCa(self, request, context):
+        """NOT_FOUND if none
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CapfServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -207,6 +255,26 @@ def add_CapfServicer_to_server(servicer, server):
                     servicer.CheckLscs,
                     request_deserializer=ccmsec__proto_dot_common__pb2.Empty.FromString,
                     response_serializer=ccmsec__proto_dot_capf__pb2.LscCheckReply.SerializeToString,
+            ),
+            'ExportCsrs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportCsrs,
+                    request_deserializer=ccmsec__proto_dot_common__pb2.Empty.FromString,
+                    response_serializer=ccmsec__proto_dot_capf__pb2.CsrExportReply.SerializeToString,
+            ),
+            'ImportCertificates': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImportCertificates,
+                    request_deserializer=ccmsec__proto_dot_capf__pb2.CertificateImportRequest.FromString,
+                    response_serializer=ccmsec__proto_dot_capf__pb2.CertificateImportReply.SerializeToString,
+            ),
+            'SetThirdPartyCa': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetThirdPartyCa,
+                    request_deserializer=ccmsec__proto_dot_capf__pb2.ThirdPartyCaRequest.FromString,
+                    response_serializer=ccmsec__proto_dot_common__pb2.Certificate.SerializeToString,
+            ),
+            'GetThirdPartyCa': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetThirdPartyCa,
+                    request_deserializer=ccmsec__proto_dot_common__pb2.Empty.FromString,
+                    response_serializer=ccmsec__proto_dot_common__pb2.Certificate.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -479,6 +547,114 @@ class Capf:
             '/ccmsec.v1.Capf/CheckLscs',
             ccmsec__proto_dot_common__pb2.Empty.SerializeToString,
             ccmsec__proto_dot_capf__pb2.LscCheckReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportCsrs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ccmsec.v1.Capf/ExportCsrs',
+            ccmsec__proto_dot_common__pb2.Empty.SerializeToString,
+            ccmsec__proto_dot_capf__pb2.CsrExportReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportCertificates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ccmsec.v1.Capf/ImportCertificates',
+            ccmsec__proto_dot_capf__pb2.CertificateImportRequest.SerializeToString,
+            ccmsec__proto_dot_capf__pb2.CertificateImportReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetThirdPartyCa(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ccmsec.v1.Capf/SetThirdPartyCa',
+            ccmsec__proto_dot_capf__pb2.ThirdPartyCaRequest.SerializeToString,
+            ccmsec__proto_dot_common__pb2.Certificate.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetThirdPartyCa(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ccmsec.v1.Capf/GetThirdPartyCa',
+            ccmsec__proto_dot_common__pb2.Empty.SerializeToString,
+            ccmsec__proto_dot_common__pb2.Certificate.FromString,
             options,
             channel_credentials,
             insecure,

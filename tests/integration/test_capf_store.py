@@ -21,7 +21,9 @@ from ccmsec.pki.ca import create_ca, issue, name, new_key
 from ccmsec.wire.capf import AuthCheck
 
 DEVICE = "SEP001122334455"
-MIGRATION = Path(capf_db.__file__).parent / "migrations" / "versions" / "capf_0001_tables.py"
+VERSIONS = Path(capf_db.__file__).parent / "migrations" / "versions"
+MIGRATION = VERSIONS / "capf_0001_tables.py"
+MIGRATION_2 = VERSIONS / "capf_0002_offline_ca.py"  # offline CA columns and states
 
 
 @pytest.fixture
@@ -33,16 +35,17 @@ async def factory(tmp_path):
     await engine.dispose()
 
 
-def _load_migration():
-    spec = importlib.util.spec_from_file_location("capf_0001", MIGRATION)
+def _load_migration(path=MIGRATION):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
 def test_migration_capf_0001_creates_exactly_the_model_tables(tmp_path):
-    mig = _load_migration()
+    mig, mig2 = _load_migration(), _load_migration(MIGRATION_2)
     assert (mig.revision, mig.down_revision, mig.branch_labels) == ("capf_0001", None, ("capf",))
+    assert (mig2.revision, mig2.down_revision) == ("capf_0002", "capf_0001")
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'm.db'}")
     ours = sa.MetaData(naming_convention=Base.metadata.naming_convention)
     for table in (CapfOperation.__table__, capf_db.CapfCertificate.__table__):
@@ -51,8 +54,12 @@ def test_migration_capf_0001_creates_exactly_the_model_tables(tmp_path):
         ctx = MigrationContext.configure(conn)
         with Operations.context(ctx):
             mig.upgrade()
+        with Operations.context(MigrationContext.configure(conn)):
+            mig2.upgrade()
         assert set(sa.inspect(conn).get_table_names()) == {"capf_operations", "capf_certificates"}
         assert compare_metadata(MigrationContext.configure(conn), ours) == []
+        with Operations.context(MigrationContext.configure(conn)):
+            mig2.downgrade()
         with Operations.context(MigrationContext.configure(conn)):
             mig.downgrade()
         assert sa.inspect(conn).get_table_names() == []

@@ -20,7 +20,9 @@ from ccmsec.aio.capf import CapfServer, capf_server_ssl_context
 from ccmsec.db.capf import SqlCapfStore
 from ccmsec.db.devices import ctl_exists
 from ccmsec.pki.ca import Issued, fingerprint_sha256
-from ccmsec.pki.lsc import CAPF_CERT, CAPF_KEY, LscIssuer, ensure_capf_ca, issuing_pool
+from ccmsec.pki.lsc import (
+    CAPF_CERT, CAPF_KEY, LscIssuer, ensure_capf_ca, issuing_pool, load_third_party_ca, third_party_ca_path,
+)
 from ccmsec.runtime import bus as bus_mod
 from ccmsec.runtime.service import Service, run_service
 from ccmsec.wire.capf import CertType
@@ -44,6 +46,21 @@ class ServiceLscIssuer(LscIssuer):
         super().__init__(capf_ca, (), **kw)
         self._mfr_path = manufacturer_ca_path
         self._mfr_stamp: tuple[int, int] | None = None
+        self._third_path = third_party_ca_path(manufacturer_ca_path.parent)
+        self._third_stamp: tuple[int, int] | None = None
+
+    def _refresh_third_party(self) -> None:
+        # Offline CA: an LSC signed by the imported third-party CA authenticates like a CAPF one.
+        try:
+            st = self._third_path.stat()
+        except FileNotFoundError:
+            self.third_party_roots, self._third_stamp = [], None
+            return
+        stamp = (st.st_mtime_ns, st.st_size)
+        if stamp != self._third_stamp:
+            ca = load_third_party_ca(self._third_path.parent)
+            self.third_party_roots = [ca] if ca is not None else []
+            self._third_stamp = stamp
 
     def _refresh_manufacturer(self) -> None:
         try:
@@ -59,6 +76,8 @@ class ServiceLscIssuer(LscIssuer):
     def verify_device_certificate(self, device_name: str, cert_type: CertType, cert: x509.Certificate) -> None:
         if cert_type is CertType.MIC:
             self._refresh_manufacturer()
+        else:
+            self._refresh_third_party()
         super().verify_device_certificate(device_name, cert_type, cert)
 
 
@@ -95,7 +114,8 @@ class CapfService(Service):
         ssl_ctx = capf_server_ssl_context(self.pki_dir / CAPF_CERT, self.pki_dir / CAPF_KEY)
         self.capf_server = CapfServer(self.settings.host, self.settings.capf_port, ssl_ctx, self.store, self.issuer,
                                       session_timeout=p.int("session_timeout"),
-                                      max_connections=p.int("max_connections"), admit=self._admit)
+                                      max_connections=p.int("max_connections"), admit=self._admit,
+                                      issuer_mode=self.issuer_mode, retry_delay=p.int("retry_delay"))
         await self.capf_server.start()
         self.grpc.add(capf_pb2_grpc.add_CapfServicer_to_server, CapfServicer(self), "ccmsec.v1.Capf")
         await self.subscribe(bus_mod.subject_for("ctl.updated"), "ctl-updated", self.on_ctl_updated)
@@ -110,6 +130,10 @@ class CapfService(Service):
             await self.capf_server.close()
         if self.issuer is not None:
             await asyncio.to_thread(self.issuer.close)
+
+    def issuer_mode(self) -> str:
+        """Enterprise parameter `issuer`: capf (CAPF signs) or offline (third-party CA)."""
+        return self.params.get("issuer") if self.params is not None else "capf"
 
     def _admit(self) -> str | None:
         return None if self.activated else NOT_ACTIVATED

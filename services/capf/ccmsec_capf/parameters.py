@@ -23,6 +23,7 @@ from ccmsec.policy.resets import CapfEnterpriseParamsChanged, CapfServiceParamsC
 Scope = Literal["service", "enterprise"]
 KEY_TYPES = ("rsa1024", "rsa2048", "rsa4096", "ec256")  # what the CLI and the schedule accept
 MAX_VALUES_PER_CHANGE = 16
+ISSUERS = ("capf", "offline")
 
 
 class ParameterError(ValueError):
@@ -68,6 +69,8 @@ PARAMETERS: dict[str, Parameter] = {p.name: p for p in (
               "concurrent phone sessions on the CAPF port"),
     Parameter("issuing_workers", "service", "0", _int_in(0, 8),
               "processes that sign LSCs (0: sign in the service process)"),
+    Parameter("retry_delay", "service", "600", _int_in(5, 86400),
+              "seconds a phone waits before coming back for an offline-CA certificate"),
     # Enterprise parameters (RST-6: reset the devices).
     Parameter("certificate_validity_days", "enterprise", str(LSC_DAYS), _int_in(1, 3650),
               "validity of the LSCs CAPF issues"),
@@ -77,6 +80,8 @@ PARAMETERS: dict[str, Parameter] = {p.name: p for p in (
               "key type used when a schedule names none"),
     Parameter("operation_days", "enterprise", "0", _int_in(0, 365),
               "days an operation stays valid when a schedule gives no deadline (0: no deadline)"),
+    Parameter("issuer", "enterprise", "capf", _one_of(ISSUERS),
+              "who signs LSCs: capf (CAPF itself) or offline (a third-party CA, via CSR export/import)"),
 )}
 
 

@@ -19,7 +19,9 @@ from ccmsec.policy.resets import required_actions
 from ccmsec.runtime.servicer import StatusServicerMixin
 from ccmsec_proto import capf_pb2, capf_pb2_grpc, common_pb2
 
-from . import actions
+from ccmsec.pki.lsc import LscError, load_one_certificate, load_third_party_ca, save_third_party_ca
+
+from . import actions, offline
 from .activation import NOT_ACTIVATED, write_activated
 from .parameters import CapfParameters, ParameterError, Scope, change_of, load_parameters, store_parameters
 from .scheduling import ScheduleRefused, ScheduleRequest, schedule
@@ -37,6 +39,7 @@ AUTH_TO_PROTO = {"string": capf_pb2.CAPF_AUTH_STRING, "null": capf_pb2.CAPF_AUTH
                  "lsc": capf_pb2.CAPF_AUTH_LSC}
 AUTH_FROM_PROTO = {v: k for k, v in AUTH_TO_PROTO.items()}
 MAX_DEVICE_FIELD = 64
+MAX_IMPORT_BYTES = 64 * 1024  # per certificate file
 SECURE_MODES = ("authenticated", "encrypted")
 
 
@@ -194,3 +197,60 @@ class CapfServicer(StatusServicerMixin, capf_pb2_grpc.CapfServicer):
         missing = set(await svc.store.devices_missing_lsc(needing))
         return capf_pb2.LscCheckReply(missing=[d for d in needing if d in missing],
                                       installed=[d for d in needing if d not in missing])
+
+    # --- offline CA -------------------------------------------------------------------------
+    async def ExportCsrs(self, request, context):  # noqa: N802
+        """The CSRs waiting for the third-party CA, oldest first."""
+        records = await self.service.store.awaiting_csrs()
+        return capf_pb2.CsrExportReply(csrs=[capf_pb2.CsrEntry(
+            device=r.device_name, operation_id=r.op_id, csr_der=r.csr_der, requested_unix=_unix(r.requested_at),
+            key_sha256=r.key_sha256) for r in records])
+
+    async def ImportCertificates(self, request, context):  # noqa: N802
+        svc = self.service
+        if not request.files:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no certificate file given")
+        if len(request.files) > offline.MAX_IMPORT_FILES:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"at most {offline.MAX_IMPORT_FILES} certificate files per import")
+        try:
+            ca = load_third_party_ca(svc.pki_dir)
+        except LscError as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"third-party CA file unreadable: {exc}")
+        if ca is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                "no third-party CA configured: import its certificate first (ccmsec capf set-ca FILE)")
+        results = []
+        for f in request.files:
+            name = f.name[:255]
+            if len(f.data) > MAX_IMPORT_BYTES:
+                out = offline.ImportOutcome(name, False, f"{len(f.data)} bytes: larger than a certificate file "
+                                                         f"({MAX_IMPORT_BYTES} bytes at most)")
+            else:
+                out = await offline.import_certificate(svc.store, ca, name, bytes(f.data))
+            result = capf_pb2.CertificateImportResult(name=out.name, accepted=out.accepted, reason=out.reason,
+                                                      device=out.device, operation_id=out.op_id)
+            if out.certificate is not None:
+                result.certificate.CopyFrom(certificate_message(out.certificate, common_pb2.ROLE_LSC))
+            log.info("CAPF offline import %s: %s", name, "accepted" if out.accepted else f"refused: {out.reason}",
+                     extra={"device": out.device, "operation_id": out.op_id})
+            results.append(result)
+        return capf_pb2.CertificateImportReply(results=results)
+
+    async def SetThirdPartyCa(self, request, context):  # noqa: N802
+        try:
+            cert = load_one_certificate(bytes(request.certificate), "the CA certificate")
+            path = save_third_party_ca(self.service.pki_dir, cert)
+        except LscError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        log.info("CAPF third-party CA set", extra={"path": str(path), "subject": cert.subject.rfc4514_string()})
+        return certificate_message(cert, common_pb2.ROLE_CAPF)
+
+    async def GetThirdPartyCa(self, request, context):  # noqa: N802
+        try:
+            cert = load_third_party_ca(self.service.pki_dir)
+        except LscError as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        if cert is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, "no third-party CA configured (ccmsec capf set-ca FILE)")
+        return certificate_message(cert, common_pb2.ROLE_CAPF)
