@@ -162,8 +162,8 @@ async def test_schedule_publishes_config_changed_and_status_shows_outcomes(capf)
                                                    auth_string="1111"))
     got = await capf.events_after(mark)
     assert [(s, e.config_changed.devices[0]) for s, e in got] == [
-        ("ccmsec.config.changed.SEP00000000C301", "SEP00000000C301"),
-        ("ccmsec.config.changed.SEP00000000C302", "SEP00000000C302")]
+        ("ccmsec.config.changed", "SEP00000000C301"),
+        ("ccmsec.config.changed", "SEP00000000C302")]
 
     ok = await capf.enroll(phone_for(capf, "SEP00000000C301", auth_string="246810"))
     assert ok.end_reason == Reason.OK

@@ -21,8 +21,9 @@ NEW_STATES = ("state IN ('pending', 'in_progress', 'awaiting_ca', 'issued', 'don
 
 
 def upgrade() -> None:
-    # Batch mode: SQLite can only change a CHECK constraint by rebuilding the table.
-    with op.batch_alter_table("capf_operations", recreate="always") as batch:
+    # Batch mode: SQLite rebuilds the table to change a CHECK constraint; PostgreSQL alters it in
+    # place (a rebuild there would trip over the foreign key from capf_certificates).
+    with op.batch_alter_table("capf_operations", recreate="auto") as batch:
         batch.add_column(sa.Column("csr_der", sa.LargeBinary(), nullable=True))
         batch.add_column(sa.Column("csr_key_sha256", sa.String(length=64), nullable=True))
         batch.add_column(sa.Column("csr_at", sa.DateTime(timezone=True), nullable=True))
@@ -35,7 +36,7 @@ def downgrade() -> None:
     # Offline operations cannot be represented any more: they fail with a reason.
     op.execute("UPDATE capf_operations SET state = 'failed', reason = 'offline CA removed by downgrade' "
                "WHERE state IN ('awaiting_ca', 'issued')")
-    with op.batch_alter_table("capf_operations", recreate="always") as batch:
+    with op.batch_alter_table("capf_operations", recreate="auto") as batch:
         batch.drop_index("ix_capf_operations_csr_key_sha256")
         batch.drop_constraint("ck_capf_operations_state", type_="check")
         batch.create_check_constraint(op.f("ck_capf_operations_state"), OLD_STATES)
