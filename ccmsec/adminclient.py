@@ -190,3 +190,71 @@ class AdminClient:
 
     def audit(self, limit: int = 100) -> list[dict]:
         return self._call("GET", "/api/v1/audit", params={"limit": limit})["entries"]
+
+    # registry, resets -------------------------------------------------------------------------
+    def registrations(self, device: str | None = None, node: str | None = None) -> list[dict]:
+        params = {k: v for k, v in (("device", device), ("node", node)) if v}
+        return self._call("GET", "/api/v1/registrations", params=params)["registrations"]
+
+    def reset_device(self, name: str, kind: str = "reset") -> dict:
+        """Reset (or with kind="restart", restart) one phone; the answer carries the request id."""
+        return self._call("POST", self._device_path(name) + "/reset", json={"kind": kind})
+
+    def reset_all(self, kind: str = "reset") -> dict:
+        """CHK-13: every phone in the cluster."""
+        return self._call("POST", "/api/v1/devices/reset", json={"all": True, "kind": kind})
+
+    def reset_server(self, server: str, kind: str = "reset") -> dict:
+        """RST-9: every phone registered to one call-control node."""
+        return self._call("POST", "/api/v1/devices/reset", json={"server": server, "kind": kind})
+
+    def reset_progress(self, request_id: str) -> dict:
+        return self._call("GET", f"/api/v1/resets/{quote(request_id, safe='')}")
+
+    # lines, device pools ----------------------------------------------------------------------
+    def lines(self, device: str | None = None, dn: str | None = None) -> list[dict]:
+        params = {k: v for k, v in (("device", device), ("dn", dn)) if v}
+        return self._call("GET", "/api/v1/lines", params=params)["lines"]
+
+    def add_line(self, dn: str, device: str, line_index: int = 0, label: str = "") -> dict:
+        return self._call("POST", "/api/v1/lines", json={"dn": dn, "device": device,
+                                                         "line_index": line_index, "label": label})
+
+    def pools(self) -> list[dict]:
+        return self._call("GET", "/api/v1/pools")["pools"]
+
+    def add_pool(self, name: str, cm_group: list[str], srst: str = "") -> dict:
+        return self._call("POST", "/api/v1/pools", json={"name": name, "cm_group": list(cm_group),
+                                                         "srst": srst})
+
+    def update_pool(self, name: str, **changes: Any) -> dict:
+        """cm_group=[...] and/or srst="..." (a new SRST reference resets the pool's devices, RST-5)."""
+        return self._call("PATCH", f"/api/v1/pools/{quote(name, safe='')}", json=changes)
+
+    def set_device_pool(self, name: str, pool: str | None) -> dict:
+        return self._call("PUT", self._device_path(name) + "/pool", json={"pool": pool})
+
+    # cluster, CAPF ----------------------------------------------------------------------------
+    def cluster(self) -> dict:
+        return self._call("GET", "/api/v1/cluster")
+
+    def capf_schedule(self, device: str, operation: str, auth_mode: str, *,
+                      auth_string: str | None = None, key_type: str | None = None,
+                      deadline: str | None = None) -> dict:
+        """Schedule a CAPF operation; `deadline` is ISO 8601 with a time zone."""
+        body = {"device": device, "operation": operation, "auth_mode": auth_mode}
+        body.update({k: v for k, v in (("auth_string", auth_string), ("key_type", key_type),
+                                       ("deadline", deadline)) if v is not None})
+        return self._call("POST", "/api/v1/capf/operations", json=body)
+
+    def capf_operations(self, device: str | None = None) -> list[dict]:
+        params = {"device": device} if device else {}
+        return self._call("GET", "/api/v1/capf/operations", params=params)["operations"]
+
+    def capf_log(self, device: str | None = None) -> list[dict]:
+        params = {"device": device} if device else {}
+        return self._call("GET", "/api/v1/capf/log", params=params)["entries"]
+
+    def capf_activate(self, active: bool = True) -> dict:
+        """CHK-2: activate (or deactivate) CAPF on the publisher."""
+        return self._call("POST", "/api/v1/capf/activation", json={"active": active})
