@@ -145,7 +145,7 @@ FIELDS = ["dn", "device", "line_index", "label", "name", "cm_group", "srst", "po
           "kind", "operation", "auth_mode", "auth_string", "key_type", "deadline", "active", "x"]
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.dictionaries(st.sampled_from(FIELDS), json_values, max_size=7))
 def test_fuzz_new_bodies_validate_or_refuse_with_422(data):
     raw = json.dumps(data).encode()
