@@ -26,7 +26,8 @@ from ccmsec.runtime.identity import client_identity
 from ccmsec.runtime.service import RESTART_EXIT_CODE
 from ccmsec.runtime.settings import load_settings
 from ccmsec.wire import sccp as s
-from ccmsec_callmanager.actions import ServiceEvents, publish_actions
+from ccmsec_callmanager.actions import publish_actions
+from ccmsec_callmanager.admin.events import BusEvents
 from ccmsec_callmanager.main import CallManagerService
 from ccmsec.policy.resets import DeviceSecurityModeChanged, HardeningChanged, required_actions
 from ccmsec_proto import callmanager_pb2 as pb
@@ -424,8 +425,8 @@ async def test_rst1_rst2_admin_changes_reset_exactly_that_device(cm, nats_server
         assert ev.reset_type == s.ResetType.RESET
         await a.close()
         a = await cm.registered("SEP0000000E0040")
-        await ServiceEvents(cm.svc.publish).publish(
-            "device.reset", "SEP0000000E0040", {"device": "SEP0000000E0040", "kind": "reset", "rules": ["RST-2"]})
+        await BusEvents(cm.svc.publish).publish("device.reset", None, {"device_reset": events_pb2.DeviceReset(
+            devices=["SEP0000000E0040"], kind=events_pb2.RESET, rule="RST-2")})
         await a.next_event(s.ResetRequested, timeout=5)
         await asyncio.sleep(0.2)
     assert rec.resets_and_restarts() == [

@@ -1,4 +1,4 @@
-"""Turn policy actions (ccmsec.policy.resets) into bus events, and admin-API changes into events.
+"""Turn policy actions (ccmsec.policy.resets) into bus events.
 
 `publish_actions` is the one place where a configuration change becomes `device.reset` /
 `service.restart` events: exactly the actions `required_actions(change)` returns, nothing more.
@@ -52,32 +52,3 @@ async def publish_actions(publish: Publish, actions: list[Action], *, reason: st
                           request_id: str = "") -> list[events_pb2.Event]:
     return [await publish(kind, target, **body)
             for kind, target, body in event_bodies(actions, reason=reason, request_id=request_id)]
-
-
-class ServiceEvents:
-    """The administration API's EventPublisher on the real bus (admin/events.py protocol).
-
-    Maps the API's (kind, target, payload dict) to the protobuf envelope.
-    """
-
-    def __init__(self, publish: Publish) -> None:
-        self._publish = publish
-
-    async def publish(self, kind: str, target: str | None, payload: dict) -> None:
-        device = payload.get("device")
-        devices = [device] if device else []
-        if kind == "device.reset":
-            rules = payload.get("rules") or []
-            body = events_pb2.DeviceReset(
-                devices=devices, kind=events_pb2.RESTART if payload.get("kind") == "restart"
-                else events_pb2.RESET, rule=",".join(rules), reason=str(payload.get("reason", "")))
-            await self._publish("device.reset", None, device_reset=body)
-        elif kind == "config.changed":
-            what = str(payload.get("change", ""))
-            fields = payload.get("fields")
-            if fields:
-                what += ":" + ",".join(fields)
-            await self._publish("config.changed", None, config_changed=events_pb2.ConfigChanged(
-                devices=devices, all=bool(payload.get("all")), what=what))
-        else:
-            raise ValueError(f"the administration API does not publish {kind!r} events")
