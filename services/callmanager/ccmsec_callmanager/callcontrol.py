@@ -5,7 +5,9 @@ a database: `CallControl(...).start()`. The service wires events and RPCs to it.
 
 * 2000 (clear TCP) and 2443 (mutual TLS, `sccp_server_context`): the server presents this node's
   self-signed `ccmserver.cer` (CERT-5, the certificate the CTL lists) and requires a phone
-  certificate from the CAPF CA (LSC) or the manufacturer CA (MIC) — AUTH-2, CERT-2.
+  certificate from the CAPF CA or the offline third-party CA (LSC) or the manufacturer CA (MIC) —
+  AUTH-2, CERT-2. The third-party CA file (`ccmsec capf set-ca`) is followed at runtime by
+  `PhoneTrustWatcher`: a new or changed file applies to the next handshake and Register.
 * Each Register is decided by `registration.decide` from the `devices` row and the cluster mode.
 """
 
@@ -25,9 +27,8 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from ccmsec.aio.sccp import ConnectionClosed, ConnectionDropped, SccpServer
 from ccmsec.db.devices import Device, cluster_security_mode
 from ccmsec.pki.ca import Issued
-from ccmsec.pki.lsc import ensure_capf_ca
+from ccmsec.pki.lsc import LscError, ensure_capf_ca, load_third_party_ca
 from ccmsec.pki.servercert import ensure_server_certificate
-from ccmsec.pki.tls import sccp_server_context
 from ccmsec.pki.tokens import ensure_manufacturer_ca
 from ccmsec.wire.sccp import (
     DeviceRegistered,
@@ -39,6 +40,7 @@ from ccmsec.wire.sccp import (
     ResetType,
 )
 
+from .phone_trust import PhoneTrustWatcher
 from .registration import DeviceRecord, PhoneTrust, Verdict, decide
 from .registry import Registry, RegistrationEntry, RegistryMirror
 
@@ -69,12 +71,17 @@ def server_certificate_dir(data_dir: Path, node: str) -> Path:
 
 
 def load_pki(data_dir: Path, node: str, host: str) -> tuple[Issued, PhoneTrust]:
-    """This node's ccmserver.cer (created once, CERT-5) and the phone-certificate issuers."""
+    """This node's ccmserver.cer (created once, CERT-5) and the phone-certificate issuers
+    (the third-party CA as it is now; CallControl follows later changes)."""
     pki = Path(data_dir) / "pki"
     server = ensure_server_certificate(server_certificate_dir(data_dir, node), node, ip=host)
     capf = ensure_capf_ca(pki)
     manufacturer = ensure_manufacturer_ca(pki)
-    return server, PhoneTrust(capf.cert, manufacturer.cert)
+    try:
+        third_party = load_third_party_ca(pki)
+    except LscError:
+        third_party = None  # not trusted; PhoneTrustWatcher logs why
+    return server, PhoneTrust(capf.cert, manufacturer.cert, third_party)
 
 
 def _address(peer: tuple | None) -> str:
@@ -88,7 +95,8 @@ class CallControl:
         self.db = sessionmaker
         self.registry = Registry(config.node)
         self._server_identity = server_identity
-        self.trust = trust
+        self._fixed_trust = trust
+        self.trust_watcher: PhoneTrustWatcher | None = None
         self.plain: SccpServer | None = None
         self.tls: SccpServer | None = None
         self._verdicts: dict[tuple, Verdict] = {}  # (device, peer) -> accepted verdict
@@ -100,6 +108,13 @@ class CallControl:
         self.refused_total = 0
 
     @property
+    def trust(self) -> PhoneTrust | None:
+        """The phone-certificate trust in force now (follows the third-party CA file)."""
+        if self.trust_watcher is not None:
+            return self.trust_watcher.current()
+        return self._fixed_trust
+
+    @property
     def server_certificate(self) -> x509.Certificate:
         assert self._server_identity is not None
         return self._server_identity.cert
@@ -107,12 +122,13 @@ class CallControl:
     # lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
         c = self.config
-        if self._server_identity is None or self.trust is None:
+        if self._server_identity is None or self._fixed_trust is None:
             identity, trust = await asyncio.to_thread(load_pki, c.data_dir, c.node, c.host)
             self._server_identity = self._server_identity or identity
-            self.trust = self.trust or trust
-        anchors = [cert for cert in (self.trust.capf, self.trust.manufacturer) if cert is not None]
-        context = sccp_server_context(self._server_identity, anchors)
+            self._fixed_trust = self._fixed_trust or trust
+        self.trust_watcher = await asyncio.to_thread(
+            PhoneTrustWatcher, self._server_identity, self._fixed_trust, Path(c.data_dir) / "pki")
+        context = self.trust_watcher.listening_context
         self.registry.mirror = RegistryMirror(self.db, c.node, c.mirror_interval)
         await self.registry.mirror.start()
         common = dict(keepalive_interval=c.keepalive_interval, register_timeout=c.register_timeout,

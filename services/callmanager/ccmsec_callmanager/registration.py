@@ -13,9 +13,11 @@ Order of the checks (first failure wins, its rule id leads the reason):
            with a NULL cipher (AUTH-7), encrypted on TLS with AES (ENC-1). In a non-secure cluster
            every device is effectively non-secure (MODE-3), whatever its row says.
 4. AUTH-2 / CERT-2  on TLS the client certificate (already chain-checked by the TLS layer
-           against the CAPF and manufacturer CAs) is classified LSC or MIC by its issuer, and its
-           CN must name this device (an LSC's CN is the device name; a MIC's CN is the name or
-           ends with "-<name>").
+           against the CAPF, third-party and manufacturer CAs) is classified LSC or MIC by its
+           issuer; an LSC must verify as a client certificate (`verify_lsc_any`) against the CAPF
+           CA or the offline third-party CA (`ccmsec capf set-ca`), a MIC against the
+           manufacturer CA, and its CN must name this device (an LSC's CN is the device name; a
+           MIC's CN is the name or ends with "-<name>").
 5. MODE-7  mixed mode and an address in Register different from the TCP peer: accepted but
            flagged `nat_suspected` (the caller logs a warning).
 """
@@ -30,6 +32,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import NameOID
 
 from ccmsec.pki.ca import fingerprint_sha256
+from ccmsec.pki.lsc import LscError, verify_lsc_any
 from ccmsec.pki.tls import (
     SccpTransportMode,
     TransportModeMismatch,
@@ -65,10 +68,21 @@ class DeviceRecord:
 
 @dataclass(frozen=True)
 class PhoneTrust:
-    """Issuers of phone certificates: the CAPF certificate (LSCs) and the manufacturer CA (MICs)."""
+    """Issuers of phone certificates: the CAPF certificate and, in offline-CA mode, the
+    third-party CA (LSCs), and the manufacturer CA (MICs)."""
 
     capf: x509.Certificate | None
     manufacturer: x509.Certificate | None
+    third_party: x509.Certificate | None = None
+
+    @property
+    def lsc_anchors(self) -> list[x509.Certificate]:
+        return [c for c in (self.capf, self.third_party) if c is not None]
+
+    @property
+    def tls_anchors(self) -> list[x509.Certificate]:
+        """What the 2443 listener trusts for client certificates."""
+        return [*self.lsc_anchors, *([self.manufacturer] if self.manufacturer is not None else [])]
 
 
 @dataclass(frozen=True)
@@ -111,13 +125,17 @@ def _issued_by(cert: x509.Certificate, issuer: x509.Certificate | None) -> bool:
     return True
 
 
-def classify_certificate(cert: x509.Certificate, trust: PhoneTrust) -> CertificateKind | None:
-    """LSC if the CAPF certificate signed it, MIC if the manufacturer CA did, else None."""
-    if _issued_by(cert, trust.capf):
-        return CertificateKind.LSC
-    if _issued_by(cert, trust.manufacturer):
-        return CertificateKind.MIC
-    return None
+def check_lsc(cert: x509.Certificate, trust: PhoneTrust, device: str) -> str:
+    """"" when the LSC verifies as this device's client certificate against an LSC anchor whose
+    name is its issuer (one signature check, not one per anchor); otherwise why not."""
+    anchors = [a for a in trust.lsc_anchors if a.subject == cert.issuer]
+    if not anchors:
+        return "certificate is neither an LSC from CAPF or the third-party CA nor a MIC"
+    try:
+        verify_lsc_any(cert, anchors, device_name=device)
+    except LscError as exc:
+        return f"LSC refused: {exc}"
+    return ""
 
 
 def certificate_names_device(cert: x509.Certificate, kind: CertificateKind, device: str) -> bool:
@@ -163,12 +181,22 @@ def decide(request: RegistrationRequest, device: DeviceRecord | None, cluster_mo
         cert = request.peer_certificate
         if not isinstance(cert, x509.Certificate):
             return Verdict.refuse("AUTH-2", "no client certificate on the TLS connection")
-        found = classify_certificate(cert, trust)
-        if found is None:
-            return Verdict.refuse("CERT-2", "certificate is neither an LSC from CAPF nor a MIC")
+        # An issuer named like an LSC anchor is checked as an LSC (chain, usage, validity);
+        # anything else must be a MIC signed by the manufacturer CA.
+        if any(a.subject == cert.issuer for a in trust.lsc_anchors):
+            found = CertificateKind.LSC
+        elif _issued_by(cert, trust.manufacturer):
+            found = CertificateKind.MIC
+        else:
+            return Verdict.refuse("CERT-2", "certificate is neither an LSC from CAPF or the "
+                                            "third-party CA nor a MIC")
         if not certificate_names_device(cert, found, name):
             return Verdict.refuse("AUTH-2", f"{found.value} is for {_common_name(cert)!r}, "
                                             f"not {name}")
+        if found is CertificateKind.LSC:
+            problem = check_lsc(cert, trust, name)
+            if problem:
+                return Verdict.refuse("CERT-2", problem)
         kind, fingerprint = found, fingerprint_sha256(cert)
 
     peer_ip = request.peer_address[0] if request.peer_address else ""

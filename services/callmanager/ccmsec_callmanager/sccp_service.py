@@ -56,4 +56,16 @@ class CallControlMixin:
                 "registrations_total": str(cc.registered_total),
                 "refused_total": str(cc.refused_total),
                 "sccp_port": str(cc.plain.port if cc.plain else 0),
-                "sccp_tls_port": str(cc.tls.port if cc.tls else 0)}
+                "sccp_tls_port": str(cc.tls.port if cc.tls else 0),
+                # Offline-CA mode: whose LSCs 2443 accepts besides CAPF's (or why the file is not trusted).
+                "lsc_third_party_ca": self._third_party_ca_text(cc)}
+
+    @staticmethod
+    def _third_party_ca_text(cc: CallControl) -> str:
+        watcher = cc.trust_watcher
+        if watcher is None:
+            return ""
+        third = watcher.current().third_party
+        if third is not None:
+            return third.subject.rfc4514_string()
+        return f"not trusted: {watcher.problem}" if watcher.problem else ""

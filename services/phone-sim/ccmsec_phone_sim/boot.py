@@ -4,7 +4,13 @@
 Boot: TFTP `CTLFile.tlv` → `SEP<MAC>.cnf.xml[.sgn]` (or `XMLDefault.cnf.xml[.sgn]`) → hardening
 (DEV-4) → the signed firmware image when the load changed (AUTH-1) → CAPF when an operation is
 announced (then a reset, as the real phone does) → SCCP registration on 2000, or on 2443 over TLS
-when AUTH-6 allows it. Once registered the task keeps the connection (keepalives run in
+when AUTH-6 allows it.
+
+Offline CA: when CAPF answers the phone's CSR with "retry later", the phone stays in state `capf`
+(last failure `capf-pending`, "waiting for the CA to sign the CSR"), keeps its pending key, waits
+the server's delay (capped by `Network.capf_max_wait`) without holding a boot slot, and boots
+again; at most `Network.capf_retry_attempts` times per power-on or reset, then it waits for the
+next boot. LSCs from the CAs `lsc_issuers()` names (the third-party CA) are stored like CAPF's. Once registered the task keeps the connection (keepalives run in
 `ccmsec.aio.sccp`), re-runs the boot on an SCCP Reset (0x009F), and re-registers, a bounded number
 of times, when call control goes away.
 
@@ -21,9 +27,11 @@ import logging
 import ssl
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
-from ccmsec.aio.capf import capf_client_run, capf_phone_ssl_context
+from cryptography import x509
+
+from ccmsec.aio.capf import capf_client_enroll, capf_phone_ssl_context
 from ccmsec.aio.sccp import (
     STREAM_LIMIT,
     ConnectionDropped,
@@ -33,7 +41,7 @@ from ccmsec.aio.sccp import (
 )
 from ccmsec.aio.tftp import TftpError, TftpTimeoutError, tftp_get
 from ccmsec.pki.tls import enable_keylog, peer_is_one_of, sccp_phone_context
-from ccmsec.wire.capf import CapfPhoneSession, CapfProtocolError
+from ccmsec.wire.capf import CapfProtocolError
 from ccmsec.wire.sccp import (
     CapabilitiesRes,
     KeepAliveTimeout,
@@ -65,6 +73,8 @@ class Network:
     sccp_timeout: float = 10.0
     reregister_attempts: int = 30
     reregister_backoff: float = 0.5
+    capf_max_wait: float = 3600.0   # cap on CAPF's retry-later delay (offline CA)
+    capf_retry_attempts: int = 5    # automatic CAPF re-visits per power-on / reset
     keylog_file: str | None = None  # diagnostic: NSS key log for SCCP/TLS
 
 
@@ -74,9 +84,13 @@ class _NotFound(Exception):
 
 class PhoneRunner:
     def __init__(self, phone: Phone, net: Network, *, slots: asyncio.Semaphore | None = None,
-                 on_change: Callable[[Phone], None] | None = None):
+                 on_change: Callable[[Phone], None] | None = None,
+                 lsc_issuers: Callable[[], Sequence[x509.Certificate]] | None = None):
         self.phone = phone
         self.net = net
+        self.lsc_issuers = lsc_issuers or (lambda: ())
+        self.waiting_for_ca = False  # parked in `capf` until CAPF's retry-later delay has passed
+        self._capf_retry_after: int | None = None
         self.slots = slots or asyncio.Semaphore(1)
         self.on_change = on_change or (lambda p: None)
         self.web = PhoneWebServer(net.bind_host, self._page)
@@ -88,8 +102,8 @@ class PhoneRunner:
     # --- control ----------------------------------------------------------------------------------
     @property
     def booting(self) -> bool:
-        return self._task is not None and not self._task.done() and self.phone.state not in (
-            State.REGISTERED, State.FAILED, State.OFF)
+        return (self._task is not None and not self._task.done() and not self.waiting_for_ca
+                and self.phone.state not in (State.REGISTERED, State.FAILED, State.OFF))
 
     async def request_boot(self, requested_at: float | None = None) -> bool:
         """Boot (or reboot) unless a boot already started at or after `requested_at` (wall time)."""
@@ -123,7 +137,7 @@ class PhoneRunner:
 
     # --- the phone's life -------------------------------------------------------------------------
     async def _run(self) -> None:
-        chained = 0
+        chained = capf_visits = 0
         while True:
             self.generation += 1
             self.boot_started_wall = time.time()
@@ -133,6 +147,15 @@ class PhoneRunner:
                 outcome = await self._boot_once()
             if outcome == "reboot" and chained < MAX_CHAINED_BOOTS:
                 chained += 1
+                continue
+            if outcome == "capf-wait":
+                capf_visits += 1
+                if capf_visits > self.net.capf_retry_attempts:
+                    self._note(f"CAPF still waiting for the CA after {capf_visits} visits; "
+                               "trying again on the next boot")
+                    self._changed()
+                    return
+                await self._wait_for_ca()
                 continue
             if outcome != "registered":
                 return
@@ -159,6 +182,8 @@ class PhoneRunner:
                 if await self._run_capf():
                     self._note("CAPF changed the LSC; resetting")
                     return "reboot"
+                if self._capf_retry_after is not None:
+                    return "capf-wait"
             self._enter(State.REGISTERING)
             await self._register()
             self._enter(State.REGISTERED)
@@ -256,31 +281,60 @@ class PhoneRunner:
 
     # --- CAPF -------------------------------------------------------------------------------------
     async def _run_capf(self) -> bool:
-        """Run the announced CAPF operation; True when the LSC changed (the phone then resets)."""
+        """Run the announced CAPF operation; True when the LSC changed (the phone then resets).
+        A retry-later answer sets `_capf_retry_after` (the boot then parks, see `_run`)."""
         p = self.phone
+        self._capf_retry_after = None
         try:
             p.check_capf_possible()
         except BootFailure as failure:
             self._soft_failure(failure)
             return False
         capf = p.config.capf
-        creds = p.capf_credentials()
-        session = CapfPhoneSession(creds)
+        creds = p.capf_credentials(self._third_party_issuers())
         try:
-            reason = await capf_client_run(capf.host, capf.port, capf_phone_ssl_context(creds.capf_certificate),
-                                           session, timeout=self.net.capf_timeout)
+            # One session per visit: the wait between visits happens in _run, outside the boot slot.
+            (session,) = await capf_client_enroll(
+                capf.host, capf.port, capf_phone_ssl_context(creds.capf_certificate), creds,
+                timeout=self.net.capf_timeout, max_sessions=1)
         except (CapfProtocolError, TimeoutError, ConnectionError, OSError, ssl.SSLError) as exc:
             p.pending_capf_key = creds.pending_key  # a reconnect presents the same key
             self._soft_failure(BootFailure("capf-failed", f"CAPF {capf.host}:{capf.port} "
                                                           f"({capf.operation}): {exc}"))
             return False
-        changed = p.take_capf_result(creds)
+        changed = p.take_capf_result(creds)  # keeps the pending key when the CA has not answered
+        reason = session.end_reason
+        if session.retry_after is not None:
+            self._capf_retry_after = session.retry_after
+            self._note(f"CAPF {capf.operation}: CSR with CAPF, retry later ({', '.join(session.events)})")
+            self._soft_failure(p.capf_pending(session.retry_after))
+            return changed
+        if p.last_failure == "capf-pending":  # the CA answered: no longer waiting
+            p.last_failure = p.last_failure_reason = ""
         self._note(f"CAPF {capf.operation}: end reason {reason} ({', '.join(session.events)})")
         if reason not in (0, 1):
             self._soft_failure(BootFailure("capf-failed", f"CAPF {capf.operation} ended with reason "
                                                           f"{reason} ({', '.join(session.events)})"))
         self._changed()
         return changed
+
+    def _third_party_issuers(self) -> list[x509.Certificate]:
+        try:
+            return list(self.lsc_issuers())
+        except Exception as exc:  # an unreadable CA file must not stop the phone; CAPF LSCs still work
+            log.warning("phone %s: LSC issuers unavailable: %s", self.phone.name, exc)
+            return []
+
+    async def _wait_for_ca(self) -> None:
+        """Sleep CAPF's retry-later delay (capped), holding no boot slot, still in state capf."""
+        delay = min(float(self._capf_retry_after or 0), self.net.capf_max_wait)
+        self._note(f"waiting {delay:g} s for the CA before visiting CAPF again")
+        self.waiting_for_ca = True
+        self._changed()
+        try:
+            await asyncio.sleep(delay)
+        finally:
+            self.waiting_for_ca = False
 
     # --- SCCP -------------------------------------------------------------------------------------
     async def _register(self) -> None:

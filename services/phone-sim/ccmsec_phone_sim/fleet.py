@@ -42,6 +42,7 @@ class Fleet:
     def __init__(self, folder: Path, net: Network, *, max_concurrent_boots: int = 50,
                  manufacturer_ca: Callable[[], Issued] | None = None,
                  image_anchors: Callable[[], list[x509.Certificate]] | None = None,
+                 lsc_issuers: Callable[[], list[x509.Certificate]] | None = None,
                  mic_key_kind: str = "rsa2048", save_interval: float = 0.5):
         self.folder = Path(folder)
         self.path = self.folder / "phones.json"
@@ -49,6 +50,8 @@ class Fleet:
         self.slots = asyncio.Semaphore(max_concurrent_boots)
         self._manufacturer_ca = manufacturer_ca
         self._image_anchors = image_anchors or (lambda: [])
+        # Offline CA: issuers besides CAPF whose LSCs phones store (the third-party CA).
+        self._lsc_issuers = lsc_issuers or (lambda: [])
         self.mic_key_kind = mic_key_kind
         self.save_interval = save_interval
         self.runners: dict[str, PhoneRunner] = {}
@@ -109,7 +112,8 @@ class Fleet:
         self._dirty.set()
 
     def _runner(self, phone: Phone) -> PhoneRunner:
-        return PhoneRunner(phone, self.net, slots=self.slots, on_change=self._changed)
+        return PhoneRunner(phone, self.net, slots=self.slots, on_change=self._changed,
+                           lsc_issuers=self._lsc_issuers)
 
     # --- manufacture ------------------------------------------------------------------------------
     async def add(self, count: int, model: str, name_prefix: str = "") -> list[Phone]:

@@ -3,7 +3,8 @@
 Phones fetch from the tftp-signer peer (`peer_host("tftp-signer")`, its TFTP port from the
 cluster's endpoints file when the local runner moved it, else `settings.tftp_port`), reach CAPF
 and call control at the addresses their configuration names, and bind their sockets to this
-service's own address. A `device.reset` event re-boots the phones it names (or all powered
+service's own address. In offline-CA mode phones also store LSCs signed by the third-party CA
+(`DATA/pki/lsc-third-party-ca.crt`, read when a phone visits CAPF). A `device.reset` event re-boots the phones it names (or all powered
 phones, or those registered to the named server — RST-9); a phone already rebooted for the same
 change by call control's SCCP Reset is not booted twice.
 """
@@ -18,6 +19,7 @@ from cryptography import x509
 
 from ccmsec.cluster.state import read_endpoints
 from ccmsec.pki.ca import fingerprint_sha256
+from ccmsec.pki.lsc import LscError, load_third_party_ca
 from ccmsec.pki.tokens import ensure_manufacturer_ca
 from ccmsec.runtime.service import Service, run_service
 from ccmsec.runtime.servicer import StatusServicerMixin
@@ -144,6 +146,15 @@ class PhoneSimService(Service):
     def _image_anchors(self) -> list[x509.Certificate]:
         return list(self._anchors or [])
 
+    def _lsc_issuers(self) -> list[x509.Certificate]:
+        """The third-party CA of offline-CA mode, when `ccmsec capf set-ca` configured one."""
+        try:
+            third = load_third_party_ca(self.settings.data_dir / "pki")
+        except LscError as exc:
+            self.log.warning("third-party CA file unusable: %s", exc)
+            return []
+        return [third] if third is not None else []
+
     async def _fetch_image_anchor(self) -> None:
         """The image-signing certificate phones are "manufactured" with (AUTH-1, see phone.py)."""
         stub = tftp_signer_pb2_grpc.TftpSignerStub(self.peer_channel("tftp-signer"))
@@ -167,7 +178,7 @@ class PhoneSimService(Service):
         net = Network(tftp_host=host, tftp_port=port, bind_host=s.host)
         self.fleet = Fleet(s.data_dir / "phone-sim", net, max_concurrent_boots=self.max_concurrent_boots,
                            manufacturer_ca=lambda: ensure_manufacturer_ca(s.data_dir / "pki"),
-                           image_anchors=self._image_anchors)
+                           image_anchors=self._image_anchors, lsc_issuers=self._lsc_issuers)
         restored = self.fleet.load()
         self.fleet.start()
         self.grpc.add(phone_sim_pb2_grpc.add_PhoneSimServicer_to_server, PhoneSimServicer(self),

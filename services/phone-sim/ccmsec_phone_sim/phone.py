@@ -30,6 +30,7 @@ import hashlib
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Sequence
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -283,7 +284,9 @@ class Phone:
             raise BootFailure("capf-failed", "no CAPF certificate in the CTL to authenticate CAPF with",
                               fatal=False)
 
-    def capf_credentials(self) -> PhoneCredentials:
+    def capf_credentials(self, lsc_issuers: Sequence[x509.Certificate] = ()) -> PhoneCredentials:
+        """What the phone brings to a CAPF session. `lsc_issuers`: CAs besides the CAPF
+        certificate whose LSCs the phone stores (offline-CA mode: the third-party CA)."""
         capf = self.config.capf if self.config else None
         auth = (capf.auth_string if capf is not None and capf.auth_string else None) or self.auth_string
         return PhoneCredentials(
@@ -291,8 +294,15 @@ class Phone:
             mic_cert=self.mic.cert if self.mic else None, mic_key=self.mic.key if self.mic else None,
             lsc_cert=self.lsc.cert if self.lsc else None, lsc_key=self.lsc.key if self.lsc else None,
             auth_string=auth, capf_certificate=self.trust.capf_certificates()[0],
-            pending_key=self.pending_capf_key,
+            pending_key=self.pending_capf_key, lsc_issuers=tuple(lsc_issuers),
         )
+
+    def capf_pending(self, retry_after: int) -> BootFailure:
+        """Offline CA: CAPF holds the phone's CSR and said "retry later". Not a failure of the
+        phone: it keeps its pending key (also across boots) and comes back."""
+        return BootFailure("capf-pending", f"waiting for the CA to sign the CSR (CAPF asked to come "
+                                           f"back in {retry_after} s; the key stays on the phone)",
+                           fatal=False)
 
     def take_capf_result(self, creds: PhoneCredentials) -> bool:
         """Keep what CAPF changed — only ever the LSC (CERT-1). True when the LSC changed."""
