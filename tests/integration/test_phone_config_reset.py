@@ -1,0 +1,208 @@
+"""AUTH-4 from the phone's side: a changed configuration reaches a registered phone only when the
+device is reset.
+
+Real parts in process on loopback: the tftp-signer's content object (`TftpContent`: configs built
+from the database at each request, signed copies in memory or on disk) behind a real `TftpServer`;
+the callmanager `CallControl` (SCCP/TLS 2443 with its own ccmserver.cer, registration from the
+database); a phone-sim `PhoneRunner` (a 7970 with a MIC, authenticated mode, CTL from two tokens).
+
+Determinism: the administrator's change is a committed database update (what the admin API
+commits before it publishes RST-2), and the reset is delivered only when the test says so — so the
+window between "the file changed" and "the phone was reset" is held open and observed, instead of
+racing the admin API's own reset. The phone's boot counter and the sha256 of the configuration file
+it accepted tell which configuration it runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import shutil
+import time
+
+import pytest
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+
+import ccmsec.db.capf  # noqa: F401  (tables the config builder reads)
+import ccmsec.db.lines  # noqa: F401
+import ccmsec.db.registry  # noqa: F401
+from ccmsec.aio.tftp import TftpServer, tftp_get
+from ccmsec.db.base import Base
+from ccmsec.db.devices import SETTING_CTL_VERSION, SETTING_SECURITY_MODE, Device, set_setting
+from ccmsec.formats.cnfxml import parse_cnf_xml
+from ccmsec.formats.ctl import Role, build_ctl, record_from_certificate
+from ccmsec.formats.sgn import parse_sgn, verify_sgn
+from ccmsec.pki import ca
+from ccmsec.pki.lsc import ensure_capf_ca
+from ccmsec.pki.servercert import ensure_server_certificate
+from ccmsec.pki.tokens import FileSigner, ensure_manufacturer_ca, issue_mic
+from ccmsec.policy.resets import HardeningChanged, ResetDevices, required_actions
+from ccmsec.wire.sccp import ResetType
+from ccmsec_callmanager.callcontrol import CallControl, CallControlConfig, load_pki
+from ccmsec_phone_sim.boot import Network, PhoneRunner
+from ccmsec_phone_sim.phone import Phone, State
+from ccmsec_tftp_signer.content import ClusterEndpoints
+from ccmsec_tftp_signer.files import TftpContent
+from ccmsec_tftp_signer.layout import ClusterPath, Layout
+from ccmsec_tftp_signer.signing import SignedStore, SigningPool
+
+pytestmark = pytest.mark.timeout(60)
+
+NODE = "callmanager"
+TFTP_PATH = "cluster1"
+NAME = "SEP0000AA4A0001"
+CONFIG = f"{NAME}.cnf.xml.sgn"
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory):
+    data = tmp_path_factory.mktemp("auth4-template")
+    ensure_capf_ca(data / "pki", key_kind="ec256")
+    ensure_manufacturer_ca(data / "pki")
+    load_pki(data, NODE, "127.0.0.1")
+    tftp = ensure_server_certificate(data / "servers" / "tftp-signer", "tftp-signer", ip="127.0.0.1")
+    root = ca.create_ca(ca.name("Token CA"))
+    tokens = [FileSigner.from_issued(ca.issue_with_new_key(root, ca.name(cn))) for cn in ("sast1", "sast2")]
+    mic = issue_mic(ensure_manufacturer_ca(data / "pki"), NAME, "ec256")
+    return data, tftp, tokens, mic
+
+
+class Lab:
+    def __init__(self, data, tftp_cert, tokens, db, caching):
+        self.data, self.tftp_cert, self.tokens, self.db, self.caching = data, tftp_cert, tokens, db, caching
+
+    async def start(self) -> "Lab":
+        async with self.db() as session, session.begin():
+            await set_setting(session, SETTING_CTL_VERSION, "1")
+            await set_setting(session, SETTING_SECURITY_MODE, "mixed")
+            session.add(Device(name=NAME, model="7970", security_mode="authenticated"))
+        self.cc = CallControl(CallControlConfig(NODE, "127.0.0.1", 0, 0, self.data, keepalive_interval=5), self.db)
+        await self.cc.start()
+        signer = FileSigner.from_issued(self.tftp_cert)
+        root = self.data / "tftp"
+        endpoints = ClusterEndpoints(callmanagers=("127.0.0.1",), sccp_port=self.cc.plain.port,
+                                     sccp_tls_port=self.cc.tls.port, capf_host="127.0.0.1")
+        self.pool = SigningPool(signer, workers=1)
+        self.content = TftpContent(root, Layout(ClusterPath("local", TFTP_PATH, "", "mixed")), self.db, endpoints,
+                                   SignedStore(self.pool, root, caching=self.caching), signer)
+        capf = ensure_capf_ca(self.data / "pki")
+        records = [record_from_certificate(t.certificate, Role.TOKEN) for t in self.tokens]
+        records += [record_from_certificate(self.cc.server_certificate, Role.CCM, NODE, "127.0.0.1"),
+                    record_from_certificate(self.tftp_cert.cert, Role.TFTP, "tftp-signer", "127.0.0.1"),
+                    record_from_certificate(capf.cert, Role.CAPF, "capf", "127.0.0.1")]
+        (root / TFTP_PATH).mkdir(parents=True, exist_ok=True)
+        (root / TFTP_PATH / "CTLFile.tlv").write_bytes(build_ctl(records, self.tokens[0], 1_700_000_000))
+        self.tftp = TftpServer("127.0.0.1", 0, self.content.resolve)
+        await self.tftp.start()
+        return self
+
+    async def close(self) -> None:
+        await self.runner.stop(power_off=True)
+        await self.tftp.close()
+        await self.cc.close()
+        self.pool.close()
+
+    def phone_runner(self, mic) -> PhoneRunner:
+        net = Network("127.0.0.1", self.tftp.address[1], tftp_timeout=0.3, tftp_retries=2, sccp_timeout=5,
+                      reregister_attempts=1, reregister_backoff=0.1)
+        self.runner = PhoneRunner(Phone(name=NAME, model="7970", mic=mic, image_anchors=[self.tftp_cert.cert]), net)
+        return self.runner
+
+    async def download_config(self) -> bytes:
+        return await tftp_get("127.0.0.1", self.tftp.address[1], CONFIG, timeout=0.5, retries=2)
+
+
+@pytest.fixture(params=[True, False], ids=["caching-on", "caching-off"])
+async def lab(request, template, tmp_path):
+    data_src, tftp_cert, tokens, mic = template
+    data = tmp_path / "data"
+    shutil.copytree(data_src, data)
+    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'ccmsec.db'}")
+    async with engine.begin() as conn:
+        await conn.run_sync(Base.metadata.create_all)
+    lab = await Lab(data, tftp_cert, tokens, async_sessionmaker(engine, expire_on_commit=False),
+                    request.param).start()
+    lab.mic = mic
+    yield lab
+    await lab.close()
+    await engine.dispose()
+
+
+async def until(predicate, timeout=15.0, what="condition"):
+    end = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < end, f"{what} not met in time"
+        await asyncio.sleep(0.02)
+
+
+async def http_status(address: str) -> bytes:
+    host, port = address.rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"GET / HTTP/1.0\r\n\r\n")
+    data = await reader.read()
+    writer.close()
+    return data.split(b"\r\n", 1)[0]
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+async def test_auth4_dev4_rst2_phone_keeps_old_config_until_reset_then_runs_the_new_one(lab):
+    """AUTH-4: after a hardening change (DEV-4) the TFTP server serves the re-signed file at once,
+    yet the registered phone keeps running the configuration it booted with; the reset the change
+    requires (RST-2, delivered as SCCP Reset by call control) makes it boot once and run the new one."""
+    runner = lab.phone_runner(lab.mic)
+    p = runner.phone
+    await runner.request_boot()
+    await until(lambda: p.state is State.REGISTERED, what="first registration")
+    assert p.transport == "authenticated" and p.certificate_in_use == "MIC"  # AUTH-5 path: CTL + .sgn
+    boots, held = p.boots, p.files[CONFIG]
+    old_file = await lab.download_config()
+    assert sha256(old_file) == held
+    assert p.settings_in_force()["webAccess"] == "on" and p.settings_in_force()["pcPort"] == "on"
+    web = p.web_address
+    assert await http_status(web) == b"HTTP/1.0 200 OK"
+    connection = lab.cc.registry.entries[NAME].connection
+
+    # The administrator hardens the phone: the change is committed.
+    async with lab.db() as session, session.begin():
+        await session.execute(update(Device).where(Device.name == NAME).values(web_access=False, pc_port=False))
+
+    # AUTH-4, server side: the very next download is the new file, signed and verifiable.
+    new_file = await lab.download_config()
+    assert new_file != old_file
+    signed = parse_sgn(new_file)
+    verify_sgn(signed, lab.tftp_cert.cert)
+    hardening = parse_cnf_xml(signed.payload).hardening
+    assert (hardening.web_access, hardening.pc_port) == (False, False)
+
+    # AUTH-4, phone side: no reset yet, so the phone runs what it booted with — same boot, same
+    # file, web server still answering, same registration.
+    await asyncio.sleep(0.3)
+    assert (p.boots, p.files[CONFIG], p.state) == (boots, held, State.REGISTERED)
+    assert p.settings_in_force()["webAccess"] == "on" and p.hardening.web_access
+    assert await http_status(web) == b"HTTP/1.0 200 OK"
+    assert lab.cc.registry.entries[NAME].connection is connection
+
+    # RST-2: the change requires a reset of exactly this device; call control delivers it.
+    (action,) = required_actions(HardeningChanged(NAME))
+    assert isinstance(action, ResetDevices) and action.rule_id == "RST-2" and tuple(action.devices) == (NAME,)
+    lab.cc.registry.track_reset(set(action.devices), "r-auth4")
+    assert await lab.cc.reset(list(action.devices), ResetType.RESET, "r-auth4") == 1
+    await until(lambda: p.boots == boots + 1 and p.state is State.REGISTERED, what="re-registration after reset")
+
+    # After the reset: exactly one boot, the new file held, the hardened settings in force.
+    assert p.files[CONFIG] == sha256(new_file)
+    assert p.settings_in_force()["webAccess"] == "off" and p.settings_in_force()["pcPort"] == "off"
+    assert p.web_address == ""
+    with pytest.raises(ConnectionRefusedError):
+        await http_status(web)
+    assert NAME in lab.cc.registry.entries and lab.cc.registry.entries[NAME].connection is not connection
+    assert lab.cc.registry.resets["r-auth4"].not_back == []
+
+    # phone-sim's own device.reset handling (ResetPhones / the RST-2 event) for the same change
+    # does not boot the phone a second time: that boot already happened after the event time.
+    assert not await runner.request_boot(requested_at=runner.boot_started_wall - 0.01)
+    assert p.boots == boots + 1
