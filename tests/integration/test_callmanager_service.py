@@ -26,7 +26,7 @@ from ccmsec.runtime.identity import client_identity
 from ccmsec.runtime.service import RESTART_EXIT_CODE
 from ccmsec.runtime.settings import load_settings
 from ccmsec.wire import sccp as s
-from ccmsec_callmanager.actions import publish_actions
+from ccmsec.runtime.actions import publish_actions
 from ccmsec_callmanager.admin.events import BusEvents
 from ccmsec_callmanager.main import CallManagerService
 from ccmsec.policy.resets import DeviceSecurityModeChanged, HardeningChanged, required_actions

@@ -24,7 +24,7 @@ from ccmsec.policy.resets import (
     SrstSecurityChanged,
     required_actions,
 )
-from ccmsec_callmanager.actions import event_bodies
+from ccmsec.runtime.actions import event_bodies
 from ccmsec_callmanager.admin.announce import merge_resets
 from ccmsec_callmanager.admin.capf import CapfActivation, CapfScheduleRequest, parse_deadline, refusal
 from ccmsec_callmanager.admin.errors import ApiError, read_json

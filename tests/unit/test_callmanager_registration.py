@@ -12,7 +12,7 @@ from ccmsec.policy.resets import (
     HardeningChanged, ResetDevicesOnServer, SrstSecurityChanged, required_actions,
 )
 from ccmsec.wire.sccp import Register, RegistrationRequest
-from ccmsec_callmanager.actions import event_bodies
+from ccmsec.runtime.actions import event_bodies
 from ccmsec_callmanager.registration import CertificateKind, DeviceRecord, PhoneTrust, decide
 from ccmsec_callmanager.registry import Registry, RegistrationEntry
 from ccmsec_proto import events_pb2

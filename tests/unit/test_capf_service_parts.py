@@ -11,7 +11,7 @@ from ccmsec.cli.capf import parse_deadline
 from ccmsec.cli.common import CliError
 from ccmsec.pki.ca import create_ca, name, new_key
 from ccmsec.policy.resets import required_actions
-from ccmsec_capf.actions import event_for
+from ccmsec.runtime.actions import event_for
 from ccmsec_capf.certcopy import SERVER_ROLES, capf_cer_path, copy_capf_certificate
 from ccmsec_capf.parameters import ParameterError, change_of, validate
 from ccmsec_proto import events_pb2

@@ -20,7 +20,7 @@ from ccmsec.formats.ctl import Role, build_ctl, dn_string, parse_ctl, public_key
 from ccmsec.pki.ca import name, new_key, self_signed
 from ccmsec.pki.tokens import create_software_token, ensure_manufacturer_ca
 from ccmsec.policy.resets import ClusterModeChanged, CtlProviderPortChanged, CtlUpdated, required_actions
-from ccmsec_ctl_provider.actions import action_events, describe
+from ccmsec.runtime.actions import describe, event_bodies
 from ccmsec_proto import events_pb2
 
 
@@ -114,19 +114,19 @@ def test_password_file_one_line_or_one_per_token(tmp_path):
 
 
 def _described(change) -> list[str]:
-    return [describe(k, t, b) for k, t, b in action_events(required_actions(change), "why")]
+    return [describe(k, t, b) for k, t, b in event_bodies(required_actions(change), reason="why")]
 
 
 def test_rst3_mode_change_resets_all_devices_and_restarts_callmanager():
     assert _described(ClusterModeChanged()) == ["device.reset RST-3", "service.restart.callmanager RST-3"]
-    (_, _, body), _ = action_events(required_actions(ClusterModeChanged()), "why")
+    (_, _, body), _ = event_bodies(required_actions(ClusterModeChanged()), reason="why")
     assert body["device_reset"].all and body["device_reset"].kind == events_pb2.RESET
 
 
 def test_rst4_ctl_update_restarts_devices_callmanager_and_tftp():
     assert _described(CtlUpdated()) == ["device.reset RST-4", "service.restart.callmanager RST-4",
                                         "service.restart.tftp-signer RST-4"]
-    events = action_events(required_actions(CtlUpdated()), "why")
+    events = event_bodies(required_actions(CtlUpdated()), reason="why")
     assert events[0][2]["device_reset"].kind == events_pb2.RESTART
     assert events[1][2]["service_restart"].nodes == []  # every node of the role
 

@@ -34,7 +34,7 @@ from ccmsec.runtime.servicer import StatusServicerMixin, abort
 from ccmsec_proto import callmanager_pb2 as pb
 from ccmsec_proto import callmanager_pb2_grpc, common_pb2, events_pb2
 
-from .actions import publish_actions
+from ccmsec.runtime.actions import publish_actions
 from .registry import RegistrationEntry
 
 log = logging.getLogger("ccmsec.callmanager")

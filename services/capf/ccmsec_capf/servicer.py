@@ -21,7 +21,9 @@ from ccmsec_proto import capf_pb2, capf_pb2_grpc, common_pb2
 
 from ccmsec.pki.lsc import LscError, load_one_certificate, load_third_party_ca, save_third_party_ca
 
-from . import actions, offline
+from ccmsec.runtime.actions import publish_actions
+
+from . import offline
 from .activation import NOT_ACTIVATED, write_activated
 from .parameters import CapfParameters, ParameterError, Scope, change_of, load_parameters, store_parameters
 from .scheduling import ScheduleRefused, ScheduleRequest, schedule
@@ -166,7 +168,7 @@ class CapfServicer(StatusServicerMixin, capf_pb2_grpc.CapfServicer):
             svc.apply_enterprise(fresh)
         reason = f"CAPF {scope} parameters changed: {', '.join(sorted(stored))}"
         try:
-            published = await actions.execute(svc.publish, required_actions(change_of(scope)), reason)
+            published = await publish_actions(svc.publish, required_actions(change_of(scope)), reason=reason)
         except Exception as exc:
             log.exception("CAPF parameters stored but the reset/restart events were not published")
             await context.abort(grpc.StatusCode.UNAVAILABLE,

@@ -32,7 +32,7 @@ from ccmsec.policy.tftp_paths import TftpClusterEntry, TftpPathConflict, check_t
 from ccmsec_proto import callmanager_pb2, callmanager_pb2_grpc, common_pb2, events_pb2
 from ccmsec_proto import tftp_signer_pb2, tftp_signer_pb2_grpc
 
-from ccmsec_ctl_provider.actions import action_events, describe
+from ccmsec.runtime.actions import describe, event_bodies, publish_actions
 
 log = logging.getLogger("ccmsec.ctl-provider")
 
@@ -68,11 +68,7 @@ class TrustOperations:
 
     # --- events ---------------------------------------------------------------------------
     async def _emit(self, actions, reason: str) -> list[str]:
-        published = []
-        for kind, target, body in action_events(actions, reason):
-            await self.service.publish(kind, target, **body)
-            published.append(describe(kind, target, body))
-        return published
+        return await publish_actions(self.service.publish, actions, reason=reason)
 
     # --- MODE-6 ---------------------------------------------------------------------------
     def _local_entry(self, registry: list[TftpClusterEntry], mode: str) -> TftpClusterEntry:
@@ -136,7 +132,7 @@ class TrustOperations:
                 # Call control published mode.changed and the RST-3 actions itself.
                 return ["mode.changed (by callmanager)"] + [
                     f"{describe(kind, target, body)} (by callmanager)"
-                    for kind, target, body in action_events(required_actions(ClusterModeChanged()), reason)]
+                    for kind, target, body in event_bodies(required_actions(ClusterModeChanged()), reason=reason)]
             except grpc.aio.AioRpcError as exc:
                 if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
                     break

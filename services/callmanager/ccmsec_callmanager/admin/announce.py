@@ -16,7 +16,7 @@ from starlette.requests import Request
 from ccmsec.policy.resets import Action, ResetDevices
 from ccmsec_proto import events_pb2
 
-from ..actions import event_bodies
+from ccmsec.runtime.actions import event_bodies
 from .audit import new_entry
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ def merge_resets(actions: Iterable[Action]) -> list[Action]:
 
 async def publish_actions(request: Request, actions: Iterable[Action], *, reason: str = "",
                           request_id: str = "", about: str | None = None) -> bool:
-    """The events for policy actions, through the call-control mapping (`actions.event_bodies`)."""
+    """The events for policy actions, through the one mapping (`ccmsec.runtime.actions`)."""
     ok = True
     for kind, target, body in event_bodies(merge_resets(actions), reason=reason,
                                            request_id=request_id):

@@ -3,7 +3,7 @@
 A payload is the body of the bus's `ccmsec.v1.Event` envelope, keyed by its oneof field name
 (`{"device_reset": DeviceReset(...)}`, `{"config_changed": ConfigChanged(...)}`): exactly what
 `Service.publish(kind, target, **body)` takes, so nothing is translated between the API and the
-bus. Reset/restart bodies come from the call-control mapping `actions.event_bodies`, the one place
+bus. Reset/restart bodies come from the one mapping `ccmsec.runtime.actions.event_bodies`, the one place
 where policy actions become events.
 """
 
