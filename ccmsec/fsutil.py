@@ -1,10 +1,13 @@
-"""File-system helpers: every generated file is written atomically (temp file, fsync, rename)."""
+"""File-system helpers: atomic writes (temp file, fsync, rename) and inter-process locks."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 
 def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int = 0o644) -> None:
@@ -30,3 +33,16 @@ def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int = 0o644) -
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+@contextlib.contextmanager
+def file_lock(lock_path: str | os.PathLike[str]) -> Iterator[None]:
+    """An exclusive advisory lock between processes (e.g. services creating one CA at once)."""
+    lock = Path(lock_path)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock

@@ -50,7 +50,6 @@ from ccmsec.wire.sccp import (
     RegisterAck,
     RegisterRejected,
     RegistrationDecision,
-    RegistrationRefused,
     RegistrationRequest,
     RegistrationRequested,
     ResetType,

@@ -6,7 +6,6 @@ Talks to the capf service over gRPC with mutual TLS (the CLI's client certificat
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import datetime as dt
 import json

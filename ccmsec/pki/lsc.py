@@ -9,11 +9,8 @@ MICs are checked against the manufacturer CA, which is kept apart (CERT-1).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as _dt
-import fcntl
 import ipaddress
-import os
 from concurrent.futures import Executor, ProcessPoolExecutor
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -27,6 +24,7 @@ from cryptography.x509.verification import (
     Criticality, ExtensionPolicy, PolicyBuilder, Store, VerificationError,
 )
 
+from ccmsec.fsutil import file_lock
 from ccmsec.pki.ca import Issued, create_ca, issue, load_pair, name, new_key, save_pair
 from ccmsec.wire.capf import CapfAuthError, CertType
 
@@ -45,15 +43,6 @@ class LscError(ValueError):
 # The CAPF certificate
 
 
-@contextlib.contextmanager
-def _locked(lock_path: Path):
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 def ensure_capf_ca(pki_dir: str | Path, *, dns_names: Sequence[str] = ("localhost",),
@@ -62,7 +51,7 @@ def ensure_capf_ca(pki_dir: str | Path, *, dns_names: Sequence[str] = ("localhos
     the CTL built after CAPF activation keeps naming this certificate)."""
     pki = Path(pki_dir)
     # Several services may ask at once on a fresh cluster: one creates, the others load.
-    with _locked(pki / ".capf.lock"):
+    with file_lock(pki / ".capf.lock"):
         return _load_or_create_capf(pki, dns_names, ip_addresses, key_kind)
 
 

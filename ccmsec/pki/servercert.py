@@ -11,19 +11,15 @@ GUID lives in the OU attribute so it shows up in the CTL record's subject string
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import ipaddress
-import os
 import re
 from pathlib import Path
-from typing import Iterator
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
-from ccmsec.fsutil import atomic_write
+from ccmsec.fsutil import atomic_write, file_lock
 from ccmsec.pki.ca import Issued, guid, name, new_key, self_signed
 
 CERT_FILE = "ccmserver.cer"
@@ -36,15 +32,6 @@ class ServerCertificateError(Exception):
     """The stored server certificate is unusable (the message says why and what to do)."""
 
 
-@contextlib.contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # two services starting at once create it only once
-        yield
-    finally:
-        os.close(fd)
 
 
 def server_guid(certificate: x509.Certificate) -> str:
@@ -71,7 +58,7 @@ def ensure_server_certificate(directory: Path, server_name: str,
         raise ValueError(f"server name must be 1-64 characters, got {server_name!r}")
     directory = Path(directory)
     cert_path, key_path = directory / CERT_FILE, directory / KEY_FILE
-    with _locked(directory / ".ccmserver.lock"):
+    with file_lock(directory / ".ccmserver.lock"):
         if cert_path.exists():
             if not key_path.exists():
                 raise ServerCertificateError(

@@ -16,15 +16,11 @@ refuses with `TokenNotSupportedError`.
 from __future__ import annotations
 
 import abc
-import contextlib
-import fcntl
 import hashlib
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -32,8 +28,8 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 from ccmsec.formats.ctl import Digest
-from ccmsec.fsutil import atomic_write
-from ccmsec.pki.ca import Issued, create_ca, issue, issue_with_new_key, load_pair, name, save_pair
+from ccmsec.fsutil import atomic_write, file_lock
+from ccmsec.pki.ca import Issued, create_ca, issue_with_new_key, load_pair, name, save_pair
 
 MAX_PASSWORD_FAILURES = 15
 TOKEN_KEY_KIND = "rsa2048"
@@ -157,16 +153,6 @@ def _paths(store_dir: Path, token_name: str) -> tuple[Path, Path, Path, Path]:
             store / f"{base}.lock")
 
 
-@contextlib.contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
-    """An exclusive lock so two processes opening the same token count failures correctly."""
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -205,7 +191,7 @@ def create_software_token(store_dir: Path, token_name: str, password: str,
     p12_path, crt_path, state_path, lock_path = _paths(Path(store_dir), token_name)
     if not password:
         raise TokenError("a token password must not be empty")
-    with _locked(lock_path):
+    with file_lock(lock_path):
         if p12_path.exists():
             raise TokenExistsError(f"token {token_name!r} already exists in {store_dir}")
         issued = issue_with_new_key(
@@ -226,7 +212,7 @@ def open_token(store_dir: Path, token_name: str, password: str) -> SoftwareToken
     """Unlock a token. Wrong password: TokenPasswordError (and one failure counted);
     fifteen failures: TokenLockedError from then on, whatever the password."""
     p12_path, _, state_path, lock_path = _paths(Path(store_dir), token_name)
-    with _locked(lock_path):
+    with file_lock(lock_path):
         if not p12_path.exists():
             raise TokenNotFoundError(f"no token {token_name!r} in {store_dir}")
         state = _read_state(state_path)
@@ -290,7 +276,7 @@ def ensure_manufacturer_ca(pki_dir: Path) -> Issued:
     """`<pki_dir>/manufacturer-ca.{crt,key}`: created once, kept apart from the cluster CA."""
     pki_dir = Path(pki_dir)
     cert_path, key_path = pki_dir / "manufacturer-ca.crt", pki_dir / "manufacturer-ca.key"
-    with _locked(pki_dir / ".manufacturer-ca.lock"):
+    with file_lock(pki_dir / ".manufacturer-ca.lock"):
         if cert_path.exists() and key_path.exists():
             return load_pair(cert_path, key_path)
         if cert_path.exists() or key_path.exists():

@@ -28,7 +28,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import struct
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Callable, ClassVar, Iterable
 
 # -- framing ------------------------------------------------------------------------------------

@@ -10,7 +10,6 @@ import shutil
 import subprocess
 import time
 
-import grpc
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization

@@ -17,7 +17,7 @@ from ccmsec.cluster.topology import ROLES
 from ccmsec.runtime.bus import EventBus, make_event
 from ccmsec.runtime.grpcio import check_health, secure_channel
 from ccmsec.runtime.identity import client_identity
-from ccmsec_proto import common_pb2, events_pb2, keymanager_pb2_grpc
+from ccmsec_proto import common_pb2, events_pb2
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.e2e

@@ -20,7 +20,6 @@ from ccmsec.pki.ca import Issued, fingerprint_sha256, load_pair
 from ccmsec.pki.lsc import issue_lsc
 from ccmsec.pki.servercert import CERT_FILE
 from ccmsec.pki.tokens import ensure_manufacturer_ca, issue_mic
-from ccmsec.runtime.bus import EventBus, subject_for
 from ccmsec.runtime.grpcio import secure_channel
 from ccmsec.runtime.identity import client_identity
 from ccmsec.runtime.service import RESTART_EXIT_CODE

@@ -9,7 +9,6 @@ import ssl
 import subprocess
 
 import pytest
-from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
@@ -19,7 +18,7 @@ from ccmsec.db.capf import SqlCapfStore, schedule_operation
 from ccmsec.pki.ca import create_ca, issue_with_new_key, name, new_key
 from ccmsec.pki.lsc import LscIssuer, ensure_capf_ca, verify_lsc_chain
 from ccmsec.wire.capf import (
-    AuthType, CapfPhoneSession, Command, Element, FrameReader, PhoneCredentials, Reason, encode_frame, spki_der,
+    CapfPhoneSession, Command, Element, FrameReader, PhoneCredentials, Reason, encode_frame, spki_der,
 )
 
 DEVICE = "SEP001122334455"

@@ -4,7 +4,6 @@ on a loopback address of its own. Rules: CHK-2, CERT-3, RST-6, RST-8, DEV-3 (sch
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import random
 import time
 
