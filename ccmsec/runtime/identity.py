@@ -7,12 +7,11 @@ that eight services starting at once agree on one CA.
 
 from __future__ import annotations
 
-import fcntl
 import os
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from ccmsec.fsutil import file_lock
 from ccmsec.pki import ca as ca_mod
 
 
@@ -26,17 +25,6 @@ class TlsIdentity:
     ca_path: Path
 
 
-@contextmanager
-def _locked(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def pki_dir(data_dir: Path) -> Path:
     return Path(data_dir) / "pki"
 
@@ -44,7 +32,7 @@ def pki_dir(data_dir: Path) -> Path:
 def ensure_cluster_ca(data_dir: Path) -> ca_mod.Issued:
     d = pki_dir(data_dir)
     crt, key = d / "cluster-ca.crt", d / "cluster-ca.key"
-    with _locked(d / ".lock"):
+    with file_lock(d / ".lock"):
         if crt.exists() and key.exists():
             return ca_mod.load_pair(crt, key)
         issued = ca_mod.create_ca(ca_mod.name("ccmsec cluster CA", "internal"), ca_mod.new_key("ec256"))
@@ -57,7 +45,7 @@ def _ensure_leaf(data_dir: Path, folder: str, name: str, *, dns: list[str], ips:
     d = pki_dir(data_dir)
     crt, key = d / folder / f"{name}.crt", d / folder / f"{name}.key"
     cluster_ca = ensure_cluster_ca(data_dir)
-    with _locked(d / ".lock"):
+    with file_lock(d / ".lock"):
         if not (crt.exists() and key.exists()) or not _matches(crt, dns, ips):
             issued = ca_mod.issue_with_new_key(
                 cluster_ca, ca_mod.name(name, "internal"), "ec256",
