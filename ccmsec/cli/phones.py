@@ -13,7 +13,8 @@ from collections import Counter
 from ccmsec.cli.common import CliError, add_data_option, data_dir
 
 ROLE = "phone-sim"
-SETTLED = ("registered", "failed", "off")
+# Where a boot ends; "capf" counts once the phone is parked waiting for an offline CA (not booting).
+SETTLED = ("registered", "failed", "off", "capf")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
