@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import socket
 from pathlib import Path
 
 from pydantic import Field, ValidationError, field_validator
@@ -87,10 +88,34 @@ class ServiceSettings(BaseSettings):
         return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'ccmsec.db'}"
 
     def peer_host(self, role: str) -> str:
+        """The peer's IP address: phones, TFTP clients and CTL records need addresses, while compose
+        names peers by host name — so a name is resolved (and remembered once it resolves)."""
         try:
-            return self.peers[role]
+            host = self.peers[role]
         except KeyError:
             raise SettingsError(f"no address known for peer {role!r} (set CCMSEC_PEERS)") from None
+        return resolve_host(host)
+
+
+_RESOLVED: dict[str, str] = {}
+
+
+def resolve_host(host: str) -> str:
+    """An IPv4 literal as is; a name through the resolver, cached after the first success. A name
+    that does not resolve yet (its container not created) is returned unchanged."""
+    try:
+        ipaddress.ip_address(host)
+        return host
+    except ValueError:
+        pass
+    if host in _RESOLVED:
+        return _RESOLVED[host]
+    try:
+        address = socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_STREAM)[0][4][0]
+    except (OSError, IndexError, UnicodeError):
+        return host
+    _RESOLVED[host] = address
+    return address
 
 
 def load_settings(cls: type[ServiceSettings] = ServiceSettings, **overrides) -> ServiceSettings:
