@@ -26,9 +26,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy import (
-    CheckConstraint, DateTime, ForeignKey, Integer, LargeBinary, String, select, update,
+    CheckConstraint, DateTime, ForeignKey, Integer, LargeBinary, String, and_, insert, select, update,
 )
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ccmsec.db.base import Base
@@ -237,6 +237,10 @@ async def schedule_operation(
 # The operations store (implements ccmsec.wire.capf.CapfOperationsStore)
 
 
+_OPS = CapfOperation.__table__
+_CERTS = CapfCertificate.__table__
+
+
 class SqlCapfStore:
     def __init__(self, factory: async_sessionmaker[AsyncSession], *, max_failures: int = MAX_AUTH_FAILURES,
                  device_exists: Callable[[str], Awaitable[bool]] | None = None,
@@ -248,16 +252,21 @@ class SqlCapfStore:
         # SQLite has one writer at a time; queueing our own writers on a lock is far cheaper
         # than letting them collide in SQLite's busy handler (sleep-and-retry).
         bind = factory.kw.get("bind")
+        # The hot path (lookup, issuance, completion) runs Core statements on bare connections of
+        # this engine: the ORM session's unit of work costs more than the SQL itself.
+        self._engine: AsyncEngine | None = bind if isinstance(bind, AsyncEngine) else None
         self._one_writer = asyncio.Lock() if bind is not None and bind.dialect.name == "sqlite" else None
 
         # Group commit: writes of concurrent phone sessions that queue up while one transaction
         # runs are carried out together in the next one (one COMMIT for many phones).
-        self._batch: list[tuple[Callable[[AsyncSession], Awaitable[object]], asyncio.Future]] = []
+        self._batch: list[tuple[Callable[[AsyncConnection], Awaitable[object]], asyncio.Future]] = []
         self._flusher: asyncio.Task | None = None
         self.max_batch = 128
+        self._lookups: list[tuple[str, asyncio.Future]] = []
+        self._looker: asyncio.Task | None = None
 
-    async def _write_batched(self, fn: Callable[[AsyncSession], Awaitable[object]]):
-        """Run `fn(session)` in a shared write transaction; returns its result once committed.
+    async def _write_batched(self, fn: Callable[[AsyncConnection], Awaitable[object]]):
+        """Run `fn(connection)` in a shared write transaction; returns its result once committed.
         `fn` must raise only before it changes anything (it then fails alone, the batch goes on)."""
         future = asyncio.get_running_loop().create_future()
         self._batch.append((fn, future))
@@ -270,10 +279,10 @@ class SqlCapfStore:
             batch, self._batch = self._batch[:self.max_batch], self._batch[self.max_batch:]
             outcomes: list[tuple[asyncio.Future, object, BaseException | None]] = []
             try:
-                async with self._write() as s:
+                async with self._write_connection() as conn:
                     for fn, future in batch:
                         try:
-                            outcomes.append((future, await fn(s), None))
+                            outcomes.append((future, await fn(conn), None))
                         except ValueError as exc:  # refused before any change: fails alone
                             outcomes.append((future, None, exc))
             except BaseException as exc:  # the commit itself failed: nothing of the batch happened
@@ -300,33 +309,87 @@ class SqlCapfStore:
             await stack.enter_async_context(s.begin())
             yield s
 
+    @contextlib.asynccontextmanager
+    async def _write_connection(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction on a bare connection (Core statements only)."""
+        async with contextlib.AsyncExitStack() as stack:
+            if self._one_writer is not None:
+                await stack.enter_async_context(self._one_writer)
+            if self._engine is not None:
+                yield await stack.enter_async_context(self._engine.begin())
+                return
+            s = await stack.enter_async_context(self.factory())
+            await stack.enter_async_context(s.begin())
+            yield await s.connection()
+
+    @contextlib.asynccontextmanager
+    async def _read(self) -> AsyncIterator[AsyncConnection]:
+        if self._engine is not None:
+            async with self._engine.connect() as conn:
+                yield conn
+            return
+        async with self.factory() as s:
+            yield await s.connection()
+
     # -- lookups used by the session
+
+    async def _lookup_batched(self, device_name: str):
+        """(newest active operation row joined with its issued certificate or None, whether the
+        device has any operation at all). Lookups of concurrent phone sessions that queue up
+        while one query runs are answered together by the next one (one SELECT … IN for many)."""
+        future = asyncio.get_running_loop().create_future()
+        self._lookups.append((device_name, future))
+        if self._looker is None or self._looker.done():
+            self._looker = asyncio.get_running_loop().create_task(self._look())
+        return await future
+
+    async def _look(self) -> None:
+        while self._lookups:
+            batch, self._lookups = self._lookups[:self.max_batch], self._lookups[self.max_batch:]
+            names = sorted({name for name, _f in batch})
+            try:
+                async with self._read() as conn:
+                    rows = (await conn.execute(
+                        select(_OPS.c.id, _OPS.c.device_name, _OPS.c.operation, _OPS.c.auth_mode,
+                               _OPS.c.key_type, _OPS.c.state, _OPS.c.deadline, _OPS.c.csr_der, _CERTS.c.der)
+                        .select_from(_OPS.outerjoin(_CERTS, and_(
+                            _CERTS.c.operation_id == _OPS.c.id,
+                            _CERTS.c.fingerprint_sha256 == _OPS.c.issued_fingerprint)))
+                        .where(_OPS.c.device_name.in_(names), _OPS.c.state.in_(ACTIVE))
+                        .order_by(_OPS.c.id.desc())
+                    )).all()
+                    newest: dict[str, object] = {}
+                    for row in rows:  # newest first: keep each device's first row
+                        newest.setdefault(row.device_name, row)
+                    missing = [n for n in names if n not in newest]
+                    seen: set[str] = set()
+                    if missing:
+                        seen = set((await conn.execute(
+                            select(_OPS.c.device_name).where(_OPS.c.device_name.in_(missing)).distinct()
+                        )).scalars())
+            except Exception as exc:
+                for _name, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for name, future in batch:
+                if not future.done():
+                    row = newest.get(name)
+                    future.set_result((row, row is not None or name in seen))
 
     async def find_operation(self, device_name: str) -> OperationLookup:
         now = self.clock()
-        async with self.factory() as s:  # read only; the rare expiry write goes through _write
-            rows = (await s.execute(
-                select(CapfOperation).where(CapfOperation.device_name == device_name)
-                .order_by(CapfOperation.id.desc())
-            )).scalars().all()
-            if not rows:
-                known = await self.device_exists(device_name) if self.device_exists else False
-                return OperationLookup("none" if known else "unknown")
-            op = next((r for r in rows if r.state in ACTIVE), None)
-            if op is None:
+        op, any_op = await self._lookup_batched(device_name)
+        if op is None:
+            if any_op:
                 return OperationLookup("none")
-            if op.state == "locked":
-                return OperationLookup("locked")
-            deadline = _aware(op.deadline)
-            issued_der = None
-            if op.issued_fingerprint is not None:
-                issued_der = (await s.execute(
-                    select(CapfCertificate.der).where(
-                        CapfCertificate.operation_id == op.id,
-                        CapfCertificate.fingerprint_sha256 == op.issued_fingerprint)
-                )).scalars().first()
-            found = ScheduledOperation(op.id, op.device_name, op.operation, op.auth_mode,  # type: ignore[arg-type]
-                                       op.key_type, issued_der, op.csr_der)
+            known = await self.device_exists(device_name) if self.device_exists else False
+            return OperationLookup("none" if known else "unknown")
+        if op.state == "locked":
+            return OperationLookup("locked")
+        deadline = _aware(op.deadline)
+        found = ScheduledOperation(op.id, op.device_name, op.operation, op.auth_mode,  # type: ignore[arg-type]
+                                   op.key_type, op.der, op.csr_der)
         if deadline is not None and now > deadline:
             async with self._write() as s:
                 await s.execute(update(CapfOperation).where(
@@ -374,30 +437,29 @@ class SqlCapfStore:
         serial, fingerprint = _cert_ids(certificate_der)
         now = self.clock()
 
-        async def claim(s: AsyncSession) -> bytes:
+        async def claim(conn: AsyncConnection) -> bytes:
             # Compare-and-set on the operation row: only the first issuance is tied to it; a
             # racing or reconnecting session gets the certificate already tied.
-            claimed = await s.execute(
-                update(CapfOperation)
-                .where(CapfOperation.id == op_id, CapfOperation.issued_fingerprint.is_(None),
-                       CapfOperation.state.in_(("pending", "in_progress")))
+            claimed = (await conn.execute(
+                update(_OPS)
+                .where(_OPS.c.id == op_id, _OPS.c.issued_fingerprint.is_(None),
+                       _OPS.c.state.in_(("pending", "in_progress")))
                 .values(issued_fingerprint=fingerprint, state="in_progress", updated_at=now)
-            )
-            if claimed.rowcount == 1:
-                operation = await s.scalar(select(CapfOperation.operation).where(CapfOperation.id == op_id))
-                s.add(CapfCertificate(
+                .returning(_OPS.c.operation)
+            )).first()
+            if claimed is not None:
+                await conn.execute(insert(_CERTS).values(
                     operation_id=op_id, device_name=device_name, serial=serial, fingerprint_sha256=fingerprint,
-                    operation=operation, created_at=now, outcome="issued", der=certificate_der))
-                await s.flush()
+                    operation=claimed.operation, created_at=now, outcome="issued", der=certificate_der))
                 return certificate_der
-            row = (await s.execute(select(CapfOperation.state, CapfOperation.issued_fingerprint)
-                                   .where(CapfOperation.id == op_id))).first()
+            row = (await conn.execute(select(_OPS.c.state, _OPS.c.issued_fingerprint)
+                                      .where(_OPS.c.id == op_id))).first()
             if row is None:
                 raise ValueError(f"no CAPF operation {op_id}")
-            existing = (await s.execute(
-                select(CapfCertificate.der).where(CapfCertificate.operation_id == op_id,
-                                                  CapfCertificate.fingerprint_sha256 == row.issued_fingerprint)
-            )).scalars().first()
+            existing = (await conn.execute(
+                select(_CERTS.c.der).where(_CERTS.c.operation_id == op_id,
+                                           _CERTS.c.fingerprint_sha256 == row.issued_fingerprint).limit(1)
+            )).scalar()
             if existing is None:
                 raise ValueError(f"CAPF operation {op_id} is {row.state}; it cannot issue a certificate")
             return existing
@@ -409,27 +471,25 @@ class SqlCapfStore:
             raise ValueError(f"unknown CAPF outcome {outcome!r}")
         now = self.clock()
         serial = fingerprint = None
-        if certificate_der is not None:
+        if certificate_der is not None and outcome != "installed":  # installed: the row exists already
             serial, fingerprint = _cert_ids(certificate_der)
 
-        async def done(s: AsyncSession) -> None:
-            row = (await s.execute(select(CapfOperation.device_name, CapfOperation.operation,
-                                          CapfOperation.issued_fingerprint)
-                                   .where(CapfOperation.id == op_id))).first()
+        async def done(conn: AsyncConnection) -> None:
+            # UPDATE … RETURNING: when the operation is missing nothing changed, so this fails alone.
+            row = (await conn.execute(
+                update(_OPS).where(_OPS.c.id == op_id).values(state="done", reason=None, updated_at=now)
+                .returning(_OPS.c.device_name, _OPS.c.operation, _OPS.c.issued_fingerprint)
+            )).first()
             if row is None:
                 raise ValueError(f"no CAPF operation {op_id}")
-            await s.execute(update(CapfOperation).where(CapfOperation.id == op_id)
-                            .values(state="done", reason=None, updated_at=now))
             if outcome == "installed":
-                await s.execute(update(CapfCertificate).where(
-                    CapfCertificate.operation_id == op_id,
-                    CapfCertificate.fingerprint_sha256 == row.issued_fingerprint,
+                await conn.execute(update(_CERTS).where(
+                    _CERTS.c.operation_id == op_id, _CERTS.c.fingerprint_sha256 == row.issued_fingerprint,
                 ).values(outcome="installed"))
                 return
-            s.add(CapfCertificate(
+            await conn.execute(insert(_CERTS).values(
                 operation_id=op_id, device_name=row.device_name, serial=serial, fingerprint_sha256=fingerprint,
                 operation=row.operation, created_at=now, outcome=outcome, der=certificate_der))
-            await s.flush()
 
         await self._write_batched(done)
 
