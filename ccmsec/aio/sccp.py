@@ -9,7 +9,10 @@ guards resources:
   dropped after two silent keepalive intervals;
 * each connection may send at most `max_messages_per_second` (token bucket) and buffers at most
   one frame — beyond that it is closed;
-* per-connection state is a session object with `__slots__` plus the stream pair.
+* the server side is an `asyncio.Protocol` (`ServerConnection`, `__slots__`) calling the
+  session from its callbacks, with one lazy timer: no stream pair, task or coroutine frame per
+  phone, because call control holds thousands of idle connections (memory per phone, issue 6).
+  The phone side uses streams and a task (one connection per phone process).
 
     async def decide(request): return RegistrationDecision.accept()
     server = SccpServer(decide, host="127.0.0.1", port=0, ssl_context=ctx)
@@ -24,6 +27,7 @@ import asyncio
 import inspect
 import logging
 import ssl
+import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -128,43 +132,261 @@ def require_transport_matching_mode(device_mode_of: Callable[[str], str | None],
     return decide
 
 
-class _TokenBucket:
-    __slots__ = ("rate", "tokens", "stamp")
-
-    def __init__(self, rate: float, now: float) -> None:
-        self.rate = rate
-        self.tokens = rate
-        self.stamp = now
-
-    def take(self, count: int, now: float) -> bool:
-        self.tokens = min(self.rate, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        self.tokens -= count
-        return self.tokens >= 0
+def _intern_peer(peer) -> tuple | None:
+    # One shared str per address and per cipher name instead of one copy per phone.
+    return (sys.intern(peer[0]), peer[1]) if peer else None
 
 
-class ServerConnection:
-    __slots__ = ("session", "writer", "bucket")
+class ServerConnection(asyncio.Protocol):
+    """One SCCP connection on the server side: asyncio protocol callbacks drive the sans-IO
+    session directly.
 
-    def __init__(self, session: SccpServerSession, writer: asyncio.StreamWriter,
-                 bucket: _TokenBucket) -> None:
-        self.session = session
-        self.writer = writer
-        self.bucket = bucket
+    No stream pair, no task and no coroutine frame per phone: a held connection is this object,
+    its session (with framer) and one timer handle. The token bucket lives in two slots here, and
+    its time stamp doubles as "last heard" for the register/keepalive timeout (both are updated by
+    every received chunk). The parsed peer certificate is dropped once Register is decided.
+    """
+
+    __slots__ = ("_server", "session", "transport", "_tokens", "_heard", "_timer", "_deciding",
+                 "_backlog", "_lost", "_write_paused", "_drain_waiter", "_done")
+
+    def __init__(self, server: "SccpServer") -> None:
+        self._server = server
+        self.session: SccpServerSession | None = None
+        self.transport: asyncio.Transport | None = None
+        self._tokens = server.max_messages_per_second
+        self._heard = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._deciding = False           # a Register is with the (async) decider
+        self._backlog: bytearray | None = None  # bytes that arrived meanwhile (bounded)
+        self._lost: str | None = None    # why the transport went away during a decision
+        self._write_paused = False
+        self._drain_waiter: asyncio.Future | None = None
+        self._done = False
 
     @property
     def device_name(self) -> str | None:
-        return self.session.device_name
+        return self.session.device_name if self.session is not None else None
+
+    @property
+    def ssl_object(self) -> ssl.SSLObject | None:
+        return self.transport.get_extra_info("ssl_object") if self.transport else None
+
+    # asyncio protocol callbacks ----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        server = self._server
+        self.transport = transport  # type: ignore[assignment]
+        if len(server._connections) >= server.max_connections:
+            self._done = True
+            transport.close()
+            return
+        loop = server._loop
+        ssl_object = transport.get_extra_info("ssl_object")
+        cipher = ssl_object.cipher() if ssl_object is not None else None
+        now = self._heard = loop.time()
+        self.session = SccpServerSession(
+            None, peer_address=_intern_peer(transport.get_extra_info("peername")),
+            peer_certificate=peer_certificate(ssl_object), secure=ssl_object is not None,
+            tls_cipher=sys.intern(cipher[0]) if cipher else None,
+            keepalive_interval=server.keepalive_interval, now=now,
+        )
+        server._connections.add(self)
+        self._timer = loop.call_at(now + server.register_timeout, self._on_timer)
+
+    def data_received(self, data: bytes) -> None:
+        if self._done:
+            return
+        if self._deciding:  # keep the order: these bytes are handled after the decision
+            backlog = self._backlog if self._backlog is not None else bytearray()
+            if len(backlog) + len(data) > MAX_BUFFER:
+                self._finish(f"protocol: receive buffer would exceed {MAX_BUFFER} bytes "
+                             "while Register is decided")
+                return
+            backlog += data
+            self._backlog = backlog
+            return
+        self._receive(data)
+
+    def eof_received(self) -> bool | None:
+        return None  # the phone hung up: close our side too (connection_lost follows)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        reason = f"transport: {exc}" if exc is not None else None
+        if self._deciding and not self._done:
+            self._lost = reason or ""  # finished once the decider has answered
+            return
+        self._finish(reason)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._update_reading()
+        waiter, self._drain_waiter = self._drain_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # operations ---------------------------------------------------------------------------------
 
     def flush(self) -> None:
-        data = self.session.data_to_send()
-        if data and not self.writer.is_closing():
-            self.writer.write(data)
+        data = self.session.data_to_send() if self.session is not None else b""
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    async def drain(self) -> None:
+        """Wait while the transport's write buffer is over its high-water mark."""
+        if self._done:
+            raise ConnectionResetError("connection closed")
+        if not self._write_paused:
+            return
+        if self._drain_waiter is None:
+            self._drain_waiter = self._server._loop.create_future()
+        await self._drain_waiter
 
     def close(self) -> None:
-        self.session.close()
-        if not self.writer.is_closing():
-            self.writer.close()
+        self._finish(None)
+
+    # internals ----------------------------------------------------------------------------------
+
+    def _update_reading(self) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if self._deciding or self._write_paused:
+            transport.pause_reading()
+        else:
+            transport.resume_reading()
+
+    def _timeout(self) -> float:
+        server = self._server
+        if self.session is not None and self.session.state is ServerState.REGISTERED:
+            return server.keepalive_interval * 2 + 5
+        return server.register_timeout
+
+    def _on_timer(self) -> None:
+        # Lazy timer: data does not re-arm it; when it fires it checks how long the phone has
+        # been silent and either drops the connection or sleeps until the new deadline.
+        self._timer = None
+        if self._done:
+            return
+        now = self._server._loop.time()
+        if self._deciding:  # no timeout while the decider works (as before: no read pending)
+            deadline = now + self._timeout()
+        else:
+            deadline = self._heard + self._timeout()
+        if now < deadline:
+            self._timer = self._server._loop.call_at(deadline, self._on_timer)
+            return
+        registered = self.session.state is ServerState.REGISTERED
+        self._finish("keepalive timeout" if registered else "no Register in time")
+
+    def _take(self, count: int, now: float) -> bool:
+        """Token bucket: `max_messages_per_second` tokens, refilled continuously."""
+        rate = self._server.max_messages_per_second
+        self._tokens = min(rate, self._tokens + (now - self._heard) * rate) - count
+        self._heard = now
+        return self._tokens >= 0
+
+    def _receive(self, data: bytes) -> None:
+        session = self.session
+        now = self._server._loop.time()
+        before = session.messages_received
+        try:
+            events = session.receive_data(data, now)
+        except SccpProtocolError as exc:
+            self._finish(f"protocol: {exc}")
+            return
+        if not self._take(session.messages_received - before, now):
+            self._finish("message flood")
+            return
+        self._handle_events(events, 0)
+
+    def _handle_events(self, events: list[object], start: int) -> None:
+        server = self._server
+        for index in range(start, len(events)):
+            event = events[index]
+            if isinstance(event, RegistrationRequested):
+                try:
+                    result = server._decide(event.request)
+                except Exception as exc:  # a failing decider refuses, it never accepts
+                    log.exception("SCCP registration decider failed")
+                    result = RegistrationDecision.reject(f"internal error: {type(exc).__name__}")
+                if inspect.isawaitable(result):
+                    self._deciding = True
+                    self._update_reading()
+                    server._spawn(self._decide_later(result, events, index + 1))
+                    return
+                self._apply(result)  # type: ignore[arg-type]
+            else:
+                server._on_session_event(self, event)
+        self.flush()
+        if self.session.state is ServerState.CLOSED:
+            self._finish(None)  # refused or unregistered: the conversation is over
+
+    def _apply(self, decision: RegistrationDecision) -> None:
+        session = self.session
+        follows = (session.accept() if decision.accepted
+                   else session.reject(decision.reason))
+        for follow in follows:
+            self._server._on_session_event(self, follow)
+        session.peer_certificate = None  # decided; keep no parsed certificate per phone
+
+    async def _decide_later(self, pending: Awaitable[RegistrationDecision],
+                            events: list[object], next_index: int) -> None:
+        try:
+            decision = await pending
+        except asyncio.CancelledError:
+            self._deciding = False
+            self._finish(None)
+            raise
+        except Exception as exc:
+            log.exception("SCCP registration decider failed")
+            decision = RegistrationDecision.reject(f"internal error: {type(exc).__name__}")
+        self._deciding = False
+        if self._done:
+            return
+        if self._lost is not None:  # the phone went away while we decided
+            self._finish(self._lost or None)
+            return
+        self._apply(decision)
+        self._heard = self._server._loop.time()  # the timeout counts from here, as a new read
+        self._handle_events(events, next_index)
+        if self._done:
+            return
+        self._update_reading()
+        backlog, self._backlog = self._backlog, None
+        if backlog:
+            self._receive(bytes(backlog))
+
+    def _finish(self, dropped: str | None) -> None:
+        """End of the connection, exactly once: ConnectionDropped (if a reason), bookkeeping,
+        close, ConnectionClosed."""
+        if self._done:
+            return
+        self._done = True
+        server = self._server
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._backlog = None
+        name = self.device_name
+        if dropped is not None:
+            server._emit(self, ConnectionDropped(name, dropped))
+        server._connections.discard(self)
+        if name is not None and server.registered.get(name) is self:
+            del server.registered[name]
+        if self.session is not None:
+            self.session.close()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+        waiter, self._drain_waiter = self._drain_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(ConnectionResetError("connection closed"))
+            waiter.exception()  # retrieved: nobody may be waiting any more
+        server._emit(self, ConnectionClosed(name))
 
 
 class SccpServer:
@@ -187,7 +409,9 @@ class SccpServer:
         self._on_event = on_event
         self.backlog = backlog  # a registration storm must not overflow the listen queue
         self._server: asyncio.base_events.Server | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._connections: set[ServerConnection] = set()
+        self._tasks: set[asyncio.Task] = set()  # async decisions in flight
         self.registered: dict[str, ServerConnection] = {}
 
     @property
@@ -197,17 +421,22 @@ class SccpServer:
         return self._server.sockets[0].getsockname()[1]
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(
-            self._handle, self.host, self._port, ssl=self.ssl_context,
+        self._loop = asyncio.get_running_loop()
+        self._server = await self._loop.create_server(
+            lambda: ServerConnection(self), self.host, self._port, ssl=self.ssl_context,
             ssl_handshake_timeout=self.handshake_timeout if self.ssl_context else None,
-            limit=STREAM_LIMIT, backlog=self.backlog,
+            backlog=self.backlog,
         )
 
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
         for conn in list(self._connections):
             conn.close()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
@@ -227,7 +456,7 @@ class SccpServer:
             return False
         conn.session.send(message)
         conn.flush()
-        await conn.writer.drain()
+        await conn.drain()
         return True
 
     async def reset_device(self, device_name: str,
@@ -238,7 +467,7 @@ class SccpServer:
             return False
         conn.session.send_reset(reset_type)
         conn.flush()
-        await conn.writer.drain()
+        await conn.drain()
         return True
 
     async def reset_all(self, reset_type: ResetType = ResetType.RESET) -> int:
@@ -248,86 +477,21 @@ class SccpServer:
             count += await self.reset_device(name, reset_type)
         return count
 
-    # connection loop --------------------------------------------------------------------------
+    # connection plumbing ----------------------------------------------------------------------
 
     def _emit(self, conn: ServerConnection, event: object) -> None:
         if self._on_event is not None:
             try:
                 self._on_event(conn, event)
-            except Exception:  # a faulty listener must not kill the connection loop
+            except Exception:  # a faulty listener must not kill the connection
                 log.exception("SCCP event listener failed")
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        loop = asyncio.get_running_loop()
-        if len(self._connections) >= self.max_connections:
-            writer.close()
-            return
-        ssl_object = writer.get_extra_info("ssl_object")
-        peer = writer.get_extra_info("peername")
-        cipher = ssl_object.cipher() if ssl_object is not None else None
-        session = SccpServerSession(
-            None, peer_address=tuple(peer[:2]) if peer else None,
-            peer_certificate=peer_certificate(ssl_object), secure=ssl_object is not None,
-            tls_cipher=cipher[0] if cipher else None,
-            keepalive_interval=self.keepalive_interval, now=loop.time(),
-        )
-        conn = ServerConnection(session, writer, _TokenBucket(self.max_messages_per_second,
-                                                              loop.time()))
-        self._connections.add(conn)
-        try:
-            await self._serve(conn, reader)
-        except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError) as exc:
-            self._emit(conn, ConnectionDropped(session.device_name, f"transport: {exc}"))
-        finally:
-            self._connections.discard(conn)
-            name = session.device_name
-            if name is not None and self.registered.get(name) is conn:
-                del self.registered[name]
-            conn.close()
-            self._emit(conn, ConnectionClosed(name))
+    def _spawn(self, coro) -> None:
+        task = self._loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
-    async def _serve(self, conn: ServerConnection, reader: asyncio.StreamReader) -> None:
-        loop = asyncio.get_running_loop()
-        session = conn.session
-        while session.state is not ServerState.CLOSED:
-            timeout = (self.register_timeout if session.state is not ServerState.REGISTERED
-                       else self.keepalive_interval * 2 + 5)
-            try:
-                data = await asyncio.wait_for(reader.read(READ_SIZE), timeout)
-            except asyncio.TimeoutError:
-                reason = ("no Register in time" if session.state is not ServerState.REGISTERED
-                          else "keepalive timeout")
-                self._emit(conn, ConnectionDropped(session.device_name, reason))
-                return
-            if not data:
-                return
-            before = session.messages_received
-            try:
-                events = session.receive_data(data, loop.time())
-            except SccpProtocolError as exc:
-                self._emit(conn, ConnectionDropped(session.device_name, f"protocol: {exc}"))
-                return
-            if not conn.bucket.take(session.messages_received - before, loop.time()):
-                self._emit(conn, ConnectionDropped(session.device_name, "message flood"))
-                return
-            for event in events:
-                await self._on_session_event(conn, event)
-            conn.flush()
-            await conn.writer.drain()
-
-    async def _on_session_event(self, conn: ServerConnection, event: object) -> None:
-        session = conn.session
-        if isinstance(event, RegistrationRequested):
-            try:
-                result = self._decide(event.request)
-                decision = await result if inspect.isawaitable(result) else result
-            except Exception as exc:  # a failing decider refuses, it never accepts
-                log.exception("SCCP registration decider failed")
-                decision = RegistrationDecision.reject(f"internal error: {type(exc).__name__}")
-            for follow in (session.accept() if decision.accepted  # type: ignore[union-attr]
-                           else session.reject(decision.reason)):  # type: ignore[union-attr]
-                await self._on_session_event(conn, follow)
-            return
+    def _on_session_event(self, conn: ServerConnection, event: object) -> None:
         if isinstance(event, DeviceRegistered):
             old = self.registered.get(event.device_name)
             if old is not None and old is not conn:
