@@ -305,3 +305,53 @@ async def test_garbage_framing_closes_connection():
         assert await asyncio.wait_for(reader.read(), 5) == b""
         writer.close()
     assert any(e.reason.startswith("protocol:") for e in rec.of(ConnectionDropped))
+
+
+async def test_bytes_arriving_during_a_slow_decision_keep_their_order():
+    """While the Register decision is pending the server holds what arrives next; a KeepAlive sent
+    during the decision is answered after the RegisterAck, never before and never lost."""
+    rec = Recorder()
+
+    async def slow_decide(request):
+        await asyncio.sleep(0.3)
+        return s.RegistrationDecision.accept()
+
+    async with SccpServer(slow_decide, port=0, on_event=rec, keepalive_interval=5) as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(s.Register("SEPSLOW", "127.0.0.1").serialize())
+        await writer.drain()
+        await asyncio.sleep(0.1)  # the decider is still working
+        writer.write(s.KeepAlive().serialize())
+        await writer.drain()
+        framer, got = s.SccpFramer(), []
+        while not any(isinstance(m, s.KeepAliveAck) for m in got):
+            data = await asyncio.wait_for(reader.read(4096), 5)
+            assert data, "server closed the connection"
+            got += framer.feed(data)
+        kinds = [type(m).__name__ for m in got]
+        assert kinds.index("RegisterAck") < kinds.index("KeepAliveAck"), kinds
+        writer.close()
+
+
+async def test_phone_gone_during_the_decision_is_reported_and_not_left_registered():
+    rec = Recorder()
+    decided = asyncio.Event()
+
+    async def slow_decide(request):
+        await asyncio.sleep(0.3)
+        decided.set()
+        return s.RegistrationDecision.accept()
+
+    async with SccpServer(slow_decide, port=0, on_event=rec) as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(s.Register("SEPGONE", "127.0.0.1").serialize())
+        await writer.drain()
+        writer.close()
+        await asyncio.wait_for(decided.wait(), 5)
+        from ccmsec.aio.sccp import ConnectionClosed
+        await _wait_for(lambda: rec.of(ConnectionClosed))
+        assert "SEPGONE" not in server.registered
+        # the server still serves others
+        phone = await connect_phone("127.0.0.1", server.port, s.Register("SEPNEXT", "127.0.0.1"))
+        await phone.wait_registered(5)
+        await phone.close()
