@@ -143,8 +143,8 @@ class ServerConnection(asyncio.Protocol):
 
     No stream pair, no task and no coroutine frame per phone: a held connection is this object,
     its session (with framer) and one timer handle. The token bucket lives in two slots here, and
-    its time stamp doubles as "last heard" for the register/keepalive timeout (both are updated by
-    every received chunk). The parsed peer certificate is dropped once Register is decided.
+    its time stamp doubles as "last heard" for the keepalive timeout (both are updated by every
+    received chunk); the Register deadline counts from the connection, whatever arrives. The parsed peer certificate is dropped once Register is decided.
     """
 
     __slots__ = ("_server", "session", "transport", "_tokens", "_heard", "_timer", "_deciding",
@@ -275,8 +275,12 @@ class ServerConnection(asyncio.Protocol):
         now = self._server._loop.time()
         if self._deciding:  # no timeout while the decider works (as before: no read pending)
             deadline = now + self._timeout()
-        else:
+        elif self.session.state is ServerState.REGISTERED:
             deadline = self._heard + self._timeout()
+        else:
+            # Unregistered: this is the first firing, set at connection_made + register_timeout.
+            # Other messages do not buy time, or chatter could hold a connection slot forever.
+            deadline = now
         if now < deadline:
             self._timer = self._server._loop.call_at(deadline, self._on_timer)
             return

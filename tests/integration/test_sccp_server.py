@@ -355,3 +355,31 @@ async def test_phone_gone_during_the_decision_is_reported_and_not_left_registere
         phone = await connect_phone("127.0.0.1", server.port, s.Register("SEPNEXT", "127.0.0.1"))
         await phone.wait_registered(5)
         await phone.close()
+
+
+async def test_chattering_without_register_is_still_dropped_at_the_register_deadline():
+    """Messages that are not a Register (here a KeepAlive every 0.1 s) do not extend the time an
+    unregistered connection may hold one of the server's connection slots."""
+    rec = Recorder()
+    server = SccpServer(lambda r: s.RegistrationDecision.accept(), port=0, on_event=rec,
+                        register_timeout=0.5)
+    async with server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        closed_after = None
+        while loop.time() - started < 3.0:
+            try:
+                writer.write(s.KeepAlive().serialize())
+                await writer.drain()
+                if await asyncio.wait_for(reader.read(100), 0.1) == b"":
+                    closed_after = loop.time() - started
+                    break
+            except asyncio.TimeoutError:
+                continue
+            except ConnectionError:
+                closed_after = loop.time() - started
+                break
+        writer.close()
+        assert closed_after is not None and closed_after < 1.5, closed_after
+    assert "no Register in time" in [e.reason for e in rec.of(ConnectionDropped)]
