@@ -38,6 +38,7 @@ pytestmark = pytest.mark.timeout(60)
 HOST = "127.0.0.1"
 DEVICE = "SEP00112233AA01"
 LOAD_7970 = firmware.load_name("7970")
+MODES = {"non-secure": common_pb2.CLUSTER_NON_SECURE, "mixed": common_pb2.CLUSTER_MIXED}
 
 
 def free_udp_port() -> int:
@@ -375,6 +376,35 @@ async def test_mode6_shared_clusters_need_unique_paths_and_the_same_mode(tftp):
     assert await tftp.get("branch/CTLFile.tlv") == b"branch trust list"
     assert (await _error(tftp.get("CTLFile.tlv"))).code == ERR_FILE_NOT_FOUND  # ours is not published
     assert (tftp.data / "tftp-signer" / "shared-clusters.json").exists()
+
+
+async def test_mode6_mode_change_that_breaks_sharing_is_reported_and_still_resigns(tftp):
+    """MODE-6: when this cluster switches to mixed while a non-secure cluster shares the server, the
+    mode.changed handler records the MODE-6 problem, stops serving the clashing cluster and still
+    re-signs (it must not fail and be redelivered); switching back restores the shared cluster."""
+    (tftp.data / "tftp" / "branch").mkdir(parents=True)
+    (tftp.data / "tftp" / "branch" / "CTLFile.tlv").write_bytes(b"branch trust list")
+    await tftp.stub().AddSharedCluster(tftp_signer_pb2.SharedCluster(
+        name="branch", tftp_path="branch", mode=common_pb2.CLUSTER_NON_SECURE), timeout=5)
+    await tftp.add_device(mode="authenticated")
+
+    async def switch(mode: str, previous: str):
+        await tftp.set_mode(mode)
+        event = await tftp.svc.publish("mode.changed", None, mode_changed=events_pb2.SecurityModeChanged(
+            mode=MODES[mode], previous=MODES[previous]))
+
+        async def handled():
+            return tftp.svc.last_event_id == event.id
+        assert await _wait(handled, 20), "mode.changed handler failed"
+
+    await switch("mixed", "non-secure")
+    details = tftp.svc.status_details()
+    assert "MODE-6" in details["mode6_problem"] and details["security_mode"] == "mixed"
+    assert tftp.svc.content.store.signed >= 1  # the device config was re-signed all the same
+    assert (await _error(tftp.get("branch/CTLFile.tlv"))).code == ERR_FILE_NOT_FOUND
+    await switch("non-secure", "mixed")
+    assert "mode6_problem" not in tftp.svc.status_details()
+    assert await tftp.get("branch/CTLFile.tlv") == b"branch trust list"
 
 
 # --- hostile names ---------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from ccmsec.runtime.settings import SettingsError
 from ccmsec_proto import common_pb2, events_pb2, tftp_signer_pb2, tftp_signer_pb2_grpc
 from ccmsec_tftp_signer.content import ClusterEndpoints, write_static_files
 from ccmsec_tftp_signer.files import PublishError, TftpContent
-from ccmsec_tftp_signer.layout import ClusterPath, Layout, Mode6Error, validate_layout
+from ccmsec_tftp_signer.layout import ClusterPath, Layout, Mode6Error
 from ccmsec_tftp_signer.signing import SignedStore, SigningPool
 
 SHARED_CLUSTERS_FILE = "shared-clusters.json"
@@ -153,6 +153,20 @@ class TftpSignerService(Service):
                 for c in layout.others]
         atomic_write(self.state_dir / SHARED_CLUSTERS_FILE, json.dumps(rows, indent=2).encode())
 
+    def _layout_for(self, mode: str) -> Layout:
+        """This cluster in `mode` plus the registered shared clusters. When that breaks MODE-6, only
+        this cluster is served (never a layout that lets clusters overwrite each other) and
+        `mode6_problem` says why; the registered list is kept, so fixing the mode restores it."""
+        own = ClusterPath(OWN_CLUSTER, self.settings.tftp_path, "", mode)
+        try:
+            layout = Layout(own, tuple(self._load_shared()))
+        except Mode6Error as exc:
+            self.mode6_problem = str(exc)
+            self.log.error("shared TFTP layout refused: %s", exc)
+            return Layout(own)
+        self.mode6_problem = ""
+        return layout
+
     async def add_shared_cluster(self, cluster: ClusterPath) -> None:
         layout = self.content.layout.with_own_mode(await self.content.mode())
         new = layout.with_cluster(cluster)  # Mode6Error if MODE-6 forbids it
@@ -172,14 +186,7 @@ class TftpSignerService(Service):
         own = ClusterPath(OWN_CLUSTER, s.tftp_path)
         self.content = TftpContent(root, Layout(own), self.db, endpoints, store, signer)
         mode = await self.content.mode()
-        try:
-            layout = Layout(ClusterPath(OWN_CLUSTER, s.tftp_path, "", mode), tuple(self._load_shared()))
-        except Mode6Error as exc:
-            # Serve our own cluster, not a layout that lets clusters overwrite each other (MODE-6).
-            self.mode6_problem = str(exc)
-            self.log.error("shared TFTP layout refused: %s", exc)
-            layout = Layout(ClusterPath(OWN_CLUSTER, s.tftp_path, "", mode))
-        self.content.layout = layout
+        self.content.layout = self._layout_for(mode)
         written = write_static_files(root / s.tftp_path, endpoints)
         if written:
             self.log.info("static TFTP files created", extra={"files": ",".join(written)})
@@ -213,14 +220,9 @@ class TftpSignerService(Service):
         if event.kind != "mode.changed":
             return
         mode = await self.content.mode()
-        layout = self.content.layout.with_own_mode(mode)
-        try:
-            validate_layout([layout.own, *layout.others])
-            self.mode6_problem = ""
-        except Mode6Error as exc:
-            self.mode6_problem = str(exc)
-            self.log.error("MODE-6 broken by the mode change: %s", exc)
-        self.content.layout = layout
+        # Layout() itself refuses a MODE-6 break, so rebuild through _layout_for: the handler must
+        # not fail (and be redelivered) but record the problem and still re-sign.
+        self.content.layout = self._layout_for(mode)
         await self._resign_all(f"mode changed to {mode}")
 
     async def on_ctl_updated(self, event: events_pb2.Event) -> None:
