@@ -33,11 +33,14 @@ from ccmsec.pki.servercert import ensure_server_certificate
 from ccmsec.pki.tokens import create_software_token, ensure_manufacturer_ca
 from ccmsec.runtime.grpcio import secure_channel
 from ccmsec.runtime.database import open_database
-from ccmsec.runtime.identity import client_identity
+from ccmsec.runtime.grpcio import server_credentials
+from ccmsec.runtime.identity import client_identity, service_identity
+from ccmsec.runtime.service import GRPC_PORT_DEFAULT
 from ccmsec.runtime.settings import load_settings
 from ccmsec.wire.ctlprovider import ErrorCode
 from ccmsec_ctl_provider.main import CtlProviderService
 from ccmsec_proto import common_pb2, ctl_provider_pb2, ctl_provider_pb2_grpc, events_pb2
+from ccmsec_proto import tftp_signer_pb2, tftp_signer_pb2_grpc
 from tests.conftest import free_port
 
 
@@ -77,11 +80,12 @@ async def _prepare(data: Path) -> None:
     shutil.copytree(_TEMPLATE["dir"], data, dirs_exist_ok=True)
 
 
-async def _start(data: Path, nats_url: str, host: str, port: int, grpc_port: int):
+async def _start(data: Path, nats_url: str, host: str, port: int, grpc_port: int,
+                 peer_host: str = "127.254.253.252"):
     settings = load_settings(service="ctl-provider", data_dir=data, host=host, grpc_port=grpc_port,
                              metrics_port=0, nats_url=nats_url, ctl_provider_port=port,
                              shutdown_grace=1.0,
-                             peers={r: "127.254.253.252" for r in ("callmanager", "tftp-signer", "capf")})
+                             peers={r: peer_host for r in ("callmanager", "tftp-signer", "capf")})
     svc = CtlProviderService(settings)
     svc.trust.mode_rpc_attempts = 1
     task = asyncio.create_task(svc.run())
@@ -308,3 +312,62 @@ async def test_mode6_registry_refuses_a_cluster_reusing_our_tftp_path(provider):
     assert [c.cluster_id for c in reply.clusters] == ["local", "other"]
     listed = await provider.stub.ListTftpClusters(common_pb2.Empty())
     assert [c.tftp_path for c in listed.clusters] == ["cluster1", "cluster2"]
+
+
+class _SlowTftpSigner(tftp_signer_pb2_grpc.TftpSignerServicer):
+    """A real gRPC tftp-signer whose PublishFile takes a while, as a busy one does; every other
+    RPC (and the other peers' services on the same address) answers UNIMPLEMENTED."""
+
+    def __init__(self):
+        self.published: list[bytes] = []
+
+    async def PublishFile(self, request, context):  # noqa: N802
+        await asyncio.sleep(0.3)
+        self.published.append(request.content)
+        return tftp_signer_pb2.PublishFileReply(path=f"/tftp/{request.cluster_path}/{request.name}",
+                                                sha256=request.sha256)
+
+
+@pytest.fixture
+async def provider_with_signer(tmp_path, nats_server):
+    host = f"127.{random.randint(20, 250)}.{random.randint(0, 255)}.{random.randint(2, 250)}"
+    peer = f"127.{random.randint(20, 250)}.{random.randint(0, 255)}.{random.randint(2, 250)}"
+    await _prepare(tmp_path)
+    signer = _SlowTftpSigner()
+    server = grpc.aio.server()
+    tftp_signer_pb2_grpc.add_TftpSignerServicer_to_server(signer, server)
+    server.add_secure_port(f"{peer}:{GRPC_PORT_DEFAULT}", server_credentials(
+        service_identity(tmp_path, "tftp-signer", "tftp-signer", peer)))
+    await server.start()
+    svc, task, channel, stub = await _start(tmp_path, nats_server, host, free_port(host),
+                                            free_port(host), peer_host=peer)
+    harness = Harness(svc, task, tmp_path, stub, [])
+    yield harness, signer
+    await channel.close()
+    if not task.done():
+        svc.request_stop()
+        await asyncio.wait_for(task, 10)
+    await server.stop(None)
+
+
+async def test_ctl2_concurrent_commits_cannot_both_pass_against_the_same_current_ctl(
+        provider_with_signer, tokens):
+    """CTL-2 under concurrency: two CTLs that each drop the other's signing token are both valid
+    against the current CTL, but once one is recorded the other is signed by a token the phones no
+    longer trust. Committed at the same time, exactly one must win and the other be refused."""
+    provider, signer = provider_with_signer
+    first = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t2"])
+    assert (await provider.stub.CommitCtl(ctl_provider_pb2.CommitCtlRequest(ctl=first))).version == 1
+    by_t1 = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t3"])  # drops t2
+    by_t2 = await _ctl(provider, tokens["t2"], tokens["t2"], tokens["t3"])  # drops t1
+    results = await asyncio.gather(
+        provider.stub.CommitCtl(ctl_provider_pb2.CommitCtlRequest(ctl=by_t1)),
+        provider.stub.CommitCtl(ctl_provider_pb2.CommitCtlRequest(ctl=by_t2)),
+        return_exceptions=True)
+    refused = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+    assert len(refused) == 1, results
+    assert refused[0].code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "CTL-2" in refused[0].details()
+    current = await provider.stub.GetCurrentCtl(common_pb2.Empty())
+    assert current.version == 2 and current.ctl in (by_t1, by_t2)
+    assert signer.published == [first, current.ctl]  # the refused file never reached TFTP

@@ -12,6 +12,10 @@ Commit (CHK-6), in this order so nothing is half done:
   5. the cluster mode is set (CallManager/SetClusterMode, which emits RST-3; when that RPC is not
      available the row is written here and the RST-3 events emitted here instead);
   6. `ctl.updated` and the RST-4 actions are published.
+
+Commits, mode changes and registry edits run one at a time (`_serial`): the CTL-2 check reads
+the current CTL and the record comes several awaits later, so two interleaved commits could both
+pass against the same CTL and the later-recorded one be signed by a token the earlier one removed.
 """
 
 from __future__ import annotations
@@ -65,6 +69,7 @@ class TrustOperations:
     def __init__(self, service, *, mode_rpc_attempts: int = MODE_RPC_ATTEMPTS):
         self.service = service
         self.mode_rpc_attempts = mode_rpc_attempts
+        self._serial = asyncio.Lock()  # see the module docstring
 
     # --- events ---------------------------------------------------------------------------
     async def _emit(self, actions, reason: str) -> list[str]:
@@ -83,7 +88,8 @@ class TrustOperations:
             raise Refused(grpc.StatusCode.FAILED_PRECONDITION, str(exc)) from None
 
     async def register_cluster(self, entry: TftpClusterEntry) -> list[TftpClusterEntry]:
-        async with self.service.db() as session, session.begin():
+        # Under `_serial`: a commit saves the registry it checked, which must not undo this.
+        async with self._serial, self.service.db() as session, session.begin():
             registry = await tftp_registry(session)
             if entry.cluster_id == LOCAL_CLUSTER_ID:
                 raise Refused(grpc.StatusCode.INVALID_ARGUMENT,
@@ -101,7 +107,7 @@ class TrustOperations:
     async def remove_cluster(self, cluster_id: str) -> list[TftpClusterEntry]:
         if cluster_id == LOCAL_CLUSTER_ID:
             raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "this cluster cannot be removed")
-        async with self.service.db() as session, session.begin():
+        async with self._serial, self.service.db() as session, session.begin():
             registry = [e for e in await tftp_registry(session) if e.cluster_id != cluster_id]
             await save_tftp_registry(session, registry)
             return registry
@@ -148,6 +154,10 @@ class TrustOperations:
         return ["mode.changed"] + await self._emit(required_actions(ClusterModeChanged()), reason)
 
     async def set_mode(self, requested: int) -> tuple[str, str, list[str]]:
+        async with self._serial:
+            return await self._set_mode(requested)
+
+    async def _set_mode(self, requested: int) -> tuple[str, str, list[str]]:
         target = _mode_name(requested)
         if target is None:
             raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "give a mode: mixed or non-secure")
@@ -187,6 +197,10 @@ class TrustOperations:
         return path
 
     async def commit(self, content: bytes, requested_mode: int, new_trust: bool) -> dict:
+        async with self._serial:
+            return await self._commit(content, requested_mode, new_trust)
+
+    async def _commit(self, content: bytes, requested_mode: int, new_trust: bool) -> dict:
         ctl_file, signer = self._check_file(content)
         target = _mode_name(requested_mode)
         sha256 = hashlib.sha256(content).hexdigest()
