@@ -533,6 +533,9 @@ def _parse_record(data: bytes, start: int, end: int, number: int) -> CtlRecord:
         )
     except CtlFormatError as exc:
         raise CtlFormatError(f"record {number}: {exc}") from None
+    if record.certificate.serial_number <= 0:  # RFC 5280; serial_bytes cannot encode it either
+        raise CtlFormatError(f"record {number}: certificate serial "
+                             f"{record.certificate.serial_number} is not positive")
     cert_serial = serial_bytes(record.certificate.serial_number)
     if record.serial.lstrip(b"\x00") != cert_serial.lstrip(b"\x00"):
         raise CtlFormatError(f"record {number}: serial {record.serial.hex()} does not match its "

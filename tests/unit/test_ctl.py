@@ -255,6 +255,18 @@ def test_record_certificate_must_be_der_x509(pki, records):
         parse_ctl(_signed_with_body(pki, bytes(broken)))
 
 
+def test_record_certificate_with_a_negative_serial_is_a_clear_format_error(pki, records):
+    """RFC 5280 serials are positive; a negative one once escaped parse_ctl as OverflowError."""
+    encoded = bytearray(records[0].encode())
+    serial = records[0].serial
+    cert_at = encoded.index(b"\x09" + len(records[0].certificate_der).to_bytes(2, "big"))
+    at = encoded.index(b"\x02" + bytes([len(serial)]) + serial, cert_at) + 2
+    assert serial[0] < 0x80  # the DER INTEGER has no leading zero, so setting the top bit negates it
+    encoded[at] |= 0x80
+    with pytest.raises(CtlFormatError, match="serial .* not positive"):
+        parse_ctl(_signed_with_body(pki, bytes(encoded)))
+
+
 def test_record_serial_must_match_its_certificate(pki, records):
     encoded = bytearray(records[0].encode())
     serial = records[0].serial
