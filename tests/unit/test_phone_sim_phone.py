@@ -255,6 +255,39 @@ async def test_fleet_persists_and_refuses_bad_requests(pki, tmp_path):
     await again.close()
 
 
+
+async def test_fleet_saver_survives_phones_added_while_it_writes(pki, tmp_path):
+    """The background save runs in a worker thread; a phone manufactured meanwhile (the fleet's
+    dict grows on the event loop) must neither break that save nor stop later ones."""
+    import asyncio
+    import json
+    import threading
+
+    fleet = Fleet(tmp_path, Network("127.0.0.1", 9), save_interval=0.01)
+    (first,) = await fleet.add(1, "7960", "SEP0B")
+    in_save, release = threading.Event(), threading.Event()
+    original = first.to_dict
+
+    def slow_to_dict():  # hold the worker thread in the middle of the fleet
+        in_save.set()
+        release.wait(5)
+        return original()
+
+    first.to_dict = slow_to_dict
+    fleet.start()
+    assert await asyncio.to_thread(in_save.wait, 5)
+    added = await fleet.add(3, "7960", "SEP0C")  # the loop changes the fleet during the save
+    release.set()
+    names = {first.name, *(p.name for p in added)}
+    for _ in range(200):
+        await asyncio.sleep(0.02)
+        if fleet.path.exists() and {p["name"] for p in json.loads(fleet.path.read_text())["phones"]} == names:
+            break
+    assert not fleet._saver.done(), fleet._saver.exception()
+    assert {p["name"] for p in json.loads(fleet.path.read_text())["phones"]} == names
+    await fleet.close()
+
+
 # --- fuzzing: any bytes give a clean refusal ------------------------------------------------------
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

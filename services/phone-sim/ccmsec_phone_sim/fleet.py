@@ -78,8 +78,11 @@ class Fleet:
             restored.append(phone)
         return restored
 
-    def save(self) -> None:
-        doc = {"version": FILE_VERSION, "phones": [r.phone.to_dict() for r in self.runners.values()]}
+    def save(self, runners: list[PhoneRunner] | None = None) -> None:
+        """Write the store. `runners`: a list taken on the event loop when this runs in a worker
+        thread, since the loop may add phones to `self.runners` meanwhile."""
+        runners = list(self.runners.values()) if runners is None else runners
+        doc = {"version": FILE_VERSION, "phones": [r.phone.to_dict() for r in runners]}
         self.folder.mkdir(parents=True, exist_ok=True)
         atomic_write(self.path, json.dumps(doc, indent=1, sort_keys=True).encode())
 
@@ -103,9 +106,10 @@ class Fleet:
             await self._dirty.wait()
             self._dirty.clear()
             try:
-                await asyncio.to_thread(self.save)
-            except OSError as exc:
+                await asyncio.to_thread(self.save, list(self.runners.values()))
+            except Exception as exc:  # keep saving later changes whatever went wrong this time
                 log.error("cannot save the phone store: %s", exc)
+                self._dirty.set()
             await asyncio.sleep(self.save_interval)
 
     def _changed(self, phone: Phone) -> None:
