@@ -294,6 +294,11 @@ def _srst(parent: ET.Element, srst: SrstInfo) -> None:
 # --- reading ----------------------------------------------------------------------------------
 
 
+class _NoDoctypeBuilder(ET.TreeBuilder):
+    def doctype(self, name: str, pubid: str | None, system: str | None) -> None:
+        raise CnfXmlError("DOCTYPE and entity declarations are refused")
+
+
 def _load(data: bytes, root_tag: str) -> ET.Element:
     if not isinstance(data, (bytes, bytearray)):
         raise CnfXmlError("configuration must be bytes")
@@ -301,8 +306,12 @@ def _load(data: bytes, root_tag: str) -> ET.Element:
         raise CnfXmlError(f"configuration of {len(data)} bytes exceeds {MAX_CNF_XML}")
     if _FORBIDDEN.search(data):
         raise CnfXmlError("DOCTYPE and entity declarations are refused")
+    # The byte scan only sees ASCII-compatible encodings; a UTF-16 document hides its DOCTYPE from
+    # it, so the parser itself refuses one too, before the internal subset (entities) is read.
+    parser = ET.XMLParser(target=_NoDoctypeBuilder())
     try:
-        root = ET.fromstring(bytes(data))
+        parser.feed(bytes(data))
+        root = parser.close()
     except ET.ParseError as exc:
         raise CnfXmlError(f"not well-formed XML: {exc}") from None
     except (ValueError, LookupError) as exc:  # bad bytes, or an unknown declared encoding

@@ -154,6 +154,21 @@ def test_parse_refuses_doctype_and_entities():
         c.parse_cnf_xml(external)
 
 
+@pytest.mark.parametrize("encode", [lambda t: t.encode("utf-16-le"), lambda t: b"\xff\xfe" + t.encode("utf-16-le"),
+                                    lambda t: b"\xfe\xff" + t.encode("utf-16-be")], ids=["le", "le-bom", "be-bom"])
+def test_parse_refuses_doctype_hidden_by_a_wide_encoding(encode):
+    """DEV-4: the phone's config parser refuses entity declarations in any encoding: a UTF-16 file
+    has no ASCII `<!DOCTYPE` bytes, and must not get its entities expanded into the config."""
+    members = ('<callManagerGroup><members><member priority="0"><callManager>'
+               "<processNodeName>&x;</processNodeName></callManager></member></members></callManagerGroup>")
+    text = (f'<?xml version="1.0" encoding="UTF-16"?>'
+            f'<!DOCTYPE Default [<!ENTITY x "evil.example">]><Default>{members}</Default>')
+    data = encode(text)
+    assert b"DOCTYPE" not in data  # the byte scan alone cannot see it
+    with pytest.raises(c.CnfXmlError, match="DOCTYPE"):
+        c.parse_default_cnf_xml(data)
+
+
 def test_parse_refuses_oversized_input():
     with pytest.raises(c.CnfXmlError, match="exceeds"):
         c.parse_cnf_xml(b"<device>" + b" " * c.MAX_CNF_XML + b"</device>")
