@@ -256,7 +256,11 @@ def token_info(store_dir: Path, token_name: str) -> TokenInfo:
     if not p12_path.exists() or not crt_path.exists():
         raise TokenNotFoundError(f"no token {token_name!r} in {store_dir}")
     state = _read_state(state_path)
-    cert = x509.load_pem_x509_certificate(crt_path.read_bytes())
+    try:
+        cert = x509.load_pem_x509_certificate(crt_path.read_bytes())
+    except ValueError as exc:  # callers report TokenError to the administrator, not a traceback
+        raise TokenError(f"{crt_path} is not a certificate ({exc}); restore it from the token "
+                         "or from backup") from None
     return TokenInfo(token_name, cert, state.failures, state.locked)
 
 

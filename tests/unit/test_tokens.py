@@ -114,6 +114,15 @@ def test_missing_duplicate_and_badly_named_tokens(store, manufacturer):
         create_software_token(store, "token2", "", manufacturer)
 
 
+def test_damaged_public_certificate_is_a_token_error_not_a_traceback(store):
+    """`token list/show` and the CTL client catch TokenError; a bad .crt once escaped as ValueError."""
+    (store / "token1.crt").write_bytes(b"-----BEGIN CERTIFICATE-----\ngarbage\n")
+    with pytest.raises(TokenError, match="token1.crt.*not a certificate"):
+        token_info(store, "token1")
+    with pytest.raises(TokenError, match="token1.crt"):
+        list_tokens(store)
+
+
 def test_list_tokens_shows_certificates_without_passwords(store, manufacturer):
     create_software_token(store, "token2.v2", "pw2", manufacturer)
     infos = list_tokens(store)
