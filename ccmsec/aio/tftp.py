@@ -17,6 +17,7 @@ import socket
 from collections.abc import Awaitable, Callable
 
 from ccmsec.wire.tftp import (
+    DEFAULT_MAX_TIMEOUT,
     ERR_ACCESS_VIOLATION,
     ERR_FILE_NOT_FOUND,
     ERR_NOT_DEFINED,
@@ -145,6 +146,7 @@ class TftpServer:
         max_sessions: int = 512,
         max_blksize: int = MAX_BLKSIZE,
         max_windowsize: int = 64,
+        max_timeout: int = DEFAULT_MAX_TIMEOUT,
         timeout: float = 1.0,
         retries: int = 5,
     ) -> None:
@@ -154,6 +156,7 @@ class TftpServer:
         self.max_sessions = max_sessions
         self.max_blksize = max_blksize
         self.max_windowsize = max_windowsize
+        self.max_timeout = max_timeout
         self.timeout = timeout
         self.retries = retries
         self.completed = 0
@@ -253,7 +256,7 @@ class TftpServer:
         transfer = ReadTransfer(
             data, request, addr,
             max_blksize=self.max_blksize, max_windowsize=self.max_windowsize,
-            timeout=self.timeout, max_retries=self.retries,
+            max_timeout=self.max_timeout, timeout=self.timeout, max_retries=self.retries,
         )
         driver = _Driver(transfer, loop)
         try:

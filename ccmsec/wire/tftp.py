@@ -14,6 +14,8 @@ Choices where the RFCs leave room:
   transfer falls back to the RFC 1350 default for it, as tftpd-hpa does;
 - a blksize or windowsize above the server's maximum is answered with the maximum (RFC 2348,
   RFC 7440 allow the server to answer with a smaller value);
+- a timeout above the server's maximum is ignored (RFC 2349 lets the server only echo it), so a
+  client cannot hold a transfer slot for up to 255 s per retry;
 - duplicate ACKs never trigger retransmission (Sorcerer's Apprentice, RFC 1123 §4.2.3.1);
   only the retransmission timer resends the outstanding window;
 - block numbers wrap from 65535 to 0, so transfers of any number of blocks work.
@@ -52,6 +54,7 @@ MIN_TIMEOUT = 1
 MAX_TIMEOUT = 255
 MIN_WINDOWSIZE = 1
 MAX_WINDOWSIZE = 65535
+DEFAULT_MAX_TIMEOUT = 10  # seconds a server accepts per retry; MAX_TIMEOUT x retries pins a slot for minutes
 
 MAX_FILENAME = 255  # bytes
 MAX_REQUEST = 512  # RFC 2347: a request with options must still fit in 512 octets
@@ -286,7 +289,8 @@ class Negotiated:
 
 
 def negotiate(
-    requested: dict[str, str], file_size: int, *, max_blksize: int = MAX_BLKSIZE, max_windowsize: int = 64
+    requested: dict[str, str], file_size: int, *, max_blksize: int = MAX_BLKSIZE, max_windowsize: int = 64,
+    max_timeout: int = DEFAULT_MAX_TIMEOUT,
 ) -> Negotiated:
     """Server side of RFC 2347: accept the options we know with valid values, ignore the rest."""
     blksize, windowsize, timeout = DEFAULT_BLKSIZE, 1, None
@@ -304,7 +308,7 @@ def negotiate(
                 ack[name] = str(got)
         elif name == "timeout":
             got = _clamped(value, MIN_TIMEOUT, MAX_TIMEOUT, MAX_TIMEOUT)
-            if got is not None:
+            if got is not None and got <= max_timeout:  # the OACK must echo it exactly, so no capping
                 timeout = float(got)
                 ack[name] = str(got)
         elif name == "tsize":
@@ -364,12 +368,14 @@ class ReadTransfer:
         *,
         max_blksize: int = MAX_BLKSIZE,
         max_windowsize: int = 64,
+        max_timeout: int = DEFAULT_MAX_TIMEOUT,
         timeout: float = 1.0,
         max_retries: int = 5,
     ) -> None:
         if request.mode == "netascii":
             data = netascii_encode(data)
-        agreed = negotiate(request.options, len(data), max_blksize=max_blksize, max_windowsize=max_windowsize)
+        agreed = negotiate(request.options, len(data), max_blksize=max_blksize, max_windowsize=max_windowsize,
+                           max_timeout=max_timeout)
         self.peer = peer
         self.state = TransferState.RUNNING
         self.error: str | None = None

@@ -119,6 +119,9 @@ def test_check_filename_accepts_plain_names(name):
         ({"timeout": "3"}, {"timeout": "3"}, 512, 1, 3.0),
         ({"timeout": "0"}, {}, 512, 1, None),
         ({"timeout": "256"}, {}, 512, 1, None),
+        ({"timeout": "10"}, {"timeout": "10"}, 512, 1, 10.0),  # the server's maximum
+        ({"timeout": "11"}, {}, 512, 1, None),  # above it: ignored, never capped (RFC 2349 echo)
+        ({"timeout": "255"}, {}, 512, 1, None),
         ({"windowsize": "4"}, {"windowsize": "4"}, 512, 4, None),
         ({"windowsize": "0"}, {}, 512, 1, None),
         ({"windowsize": "65536"}, {}, 512, 1, None),

@@ -86,6 +86,21 @@ def test_timeout_retransmits_window_with_bounded_retries():
     assert tr.state is t.TransferState.FAILED
 
 
+def test_client_cannot_pin_a_transfer_with_a_huge_timeout_option():
+    """A client asking for timeout=255 does not get it: the transfer gives up after the server's
+    own timeouts (6 s here), not after 6 x 255 s holding one of the server's bounded slots."""
+    tr = t.ReadTransfer(b"x" * 600, rrq(timeout="255"), CLIENT, timeout=1.0, max_retries=5)
+    out = tr.start(0)
+    assert packets(out) == [t.Data(1, b"x" * 512)]  # no OACK: the option was ignored
+    now = 0.0
+    while tr.state is t.TransferState.RUNNING and now < 100:
+        now += 1.0
+        tr.tick(now)
+    assert tr.state is t.TransferState.FAILED and now == 6.0
+    slow = t.ReadTransfer(b"x", rrq(timeout="4"), CLIENT, max_timeout=4)
+    assert packets(slow.start(0)) == [t.OAck({"timeout": "4"})] and slow.deadline == 4
+
+
 def test_oack_is_retransmitted_on_timeout():
     tr = t.ReadTransfer(b"x", rrq(tsize="0"), CLIENT, timeout=1.0)
     tr.start(0)
