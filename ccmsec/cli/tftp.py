@@ -161,7 +161,10 @@ def cmd_cert(args) -> int:
     if args.output is not None:
         from ccmsec.fsutil import atomic_write
 
-        atomic_write(args.output, cert.der)
+        try:
+            atomic_write(args.output, cert.der)
+        except OSError as exc:
+            raise CliError(f"cannot write {args.output}: {exc.strerror}") from None
     print(f"subject      {cert.subject}\nserial       {cert.serial}\nsha256       {cert.fingerprint_sha256}\n"
           f"dns / ip     {cert.dns_name} / {cert.ipv4}")
     return 0

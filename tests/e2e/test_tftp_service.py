@@ -73,6 +73,10 @@ def test_auth3_sgn_only_in_mixed_mode_and_signed_by_the_tftp_certificate(cluster
     _cli_ok("device", "add", "SEP00AA11BB22C4", "--model", "7960", "--data", str(data))
     res = run_cli("tftp", "get", "SEP00AA11BB22C4.cnf.xml.sgn", "--data", str(data), timeout=60)
     assert res.returncode != 0 and "error 1" in res.stderr  # non-secure: nothing is signed
+    blocker = tmp_path / "a-file"
+    blocker.write_bytes(b"")
+    res = run_cli("tftp", "cert", "-o", str(blocker / "tftp.cer"), "--data", str(data), timeout=60)
+    assert res.returncode != 0 and "cannot write" in res.stderr and "Traceback" not in res.stderr
     _cli_ok("tftp", "cert", "-o", str(tmp_path / "tftp.cer"), "--data", str(data))
     cert = x509.load_der_x509_certificate((tmp_path / "tftp.cer").read_bytes())
     assert (data / "servers" / "tftp-signer" / "ccmserver.cer").read_bytes() == (tmp_path / "tftp.cer").read_bytes()
