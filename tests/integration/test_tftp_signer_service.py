@@ -349,6 +349,35 @@ async def test_mode6_publish_trust_list_only_into_this_clusters_path(tftp):
     assert (await _error(tftp.get("CTLFile.tlv.sgn"))).code == ERR_FILE_NOT_FOUND
 
 
+async def test_mode6_publish_on_a_slow_disk_does_not_stall_tftp(tftp, monkeypatch):
+    """MODE-6 publish (CTL commit) writes with fsync; on a slow disk that must not stop the TFTP
+    transfers served by the same event loop. The phone here runs in its own thread and loop."""
+    import threading
+
+    from ccmsec_tftp_signer import files
+
+    real_write, writing = files.atomic_write, threading.Event()
+
+    def slow_write(path, data, *args):
+        writing.set()
+        time.sleep(1.5)  # a disk that takes its time to fsync
+        real_write(path, data, *args)
+
+    def phone() -> float:
+        assert writing.wait(5), "publish never reached its write"
+        started = time.monotonic()
+        assert asyncio.run(tftp_get(HOST, tftp.port, "RingList.xml", timeout=3.0, retries=1))
+        return time.monotonic() - started
+
+    monkeypatch.setattr(files, "atomic_write", slow_write)
+    ctl = _ctl(tftp.cert)
+    waited = asyncio.create_task(asyncio.to_thread(phone))
+    await tftp.stub().PublishFile(tftp_signer_pb2.PublishFileRequest(
+        name="CTLFile.tlv", content=ctl, sha256=hashlib.sha256(ctl).hexdigest()), timeout=10)
+    assert await waited < 0.8
+    assert await tftp.get("CTLFile.tlv") == ctl
+
+
 async def test_mode6_shared_clusters_need_unique_paths_and_the_same_mode(tftp):
     """MODE-6: a cluster whose TFTP path (or alternate path) is already used, or whose security mode
     differs, cannot share the server; a valid one is served from its own folder by path prefix."""

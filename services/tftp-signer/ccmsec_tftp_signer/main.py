@@ -10,6 +10,7 @@ each download reads the committed state (see files.py).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -62,8 +63,10 @@ class TftpSignerServicer(StatusServicerMixin, tftp_signer_pb2_grpc.TftpSignerSer
 
     async def PublishFile(self, request, context):  # noqa: N802
         try:
-            path, digest = self.service.content.publish(request.cluster_path, request.name,
-                                                        bytes(request.content), request.sha256)
+            # In a thread: the trust-list parse and the atomic write's two fsyncs would otherwise stall
+            # every TFTP transfer this event loop is running.
+            path, digest = await asyncio.to_thread(self.service.content.publish, request.cluster_path,
+                                                   request.name, bytes(request.content), request.sha256)
         except PublishError as exc:
             await abort(context, getattr(grpc.StatusCode, exc.status), str(exc))
         self.service.log.info("trust list published", extra={"file": str(path), "sha256": digest})
