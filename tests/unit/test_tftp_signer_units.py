@@ -197,6 +197,19 @@ def test_config_uses_pool_capf_operation_and_model_load():
     assert config.load_information == firmware.load_name("7960") and config.security_mode == 2
 
 
+def test_listing_skips_a_file_that_vanished_or_a_dangling_link(tmp_path):
+    """The static listing feeds the re-sign of every mode.changed/ctl.updated event: a file an
+    administrator removed mid-walk (here a dangling link) is skipped, not an OSError that fails it."""
+    from ccmsec_tftp_signer.files import TftpContent
+
+    folder = tmp_path / "cluster1"
+    folder.mkdir()
+    (folder / "RingList.xml").write_bytes(b"<rings/>")
+    (folder / "gone.xml").symlink_to(folder / "deleted.xml")
+    content = TftpContent(tmp_path, Layout(ClusterPath("local", "cluster1")), None, None, None, None)
+    assert [f.name for f in content.list_static()] == ["RingList.xml"]
+
+
 def test_static_files_are_deterministic():
     files = static_files(ENDPOINTS)
     assert set(files) >= {"RingList.xml", "Ringer1.raw", "XMLDefault.cnf.xml", "United_States/g3-tones.xml"}

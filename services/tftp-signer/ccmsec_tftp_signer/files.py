@@ -197,7 +197,11 @@ class TftpContent:
                 if f.startswith("."):
                     continue
                 rel = (rel_dir / f).as_posix()
-                out.append(ListedFile(rel, (Path(dirpath) / f).stat().st_size, False, classify(rel)))
+                try:
+                    size = (Path(dirpath) / f).stat().st_size
+                except OSError:
+                    continue  # removed since the walk listed it, or a dangling link: not served either
+                out.append(ListedFile(rel, size, False, classify(rel)))
         return out
 
     async def list_files(self, folder: str | None, include_devices: bool) -> tuple[str, list[ListedFile]]:
