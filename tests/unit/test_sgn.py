@@ -5,6 +5,8 @@ from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 from cryptography.hazmat.primitives import hashes
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from cryptography.hazmat.primitives.asymmetric import padding
 
 from ccmsec.formats.ctl import CtlFormatError, Digest, Role, build_ctl, record_from_certificate
@@ -21,6 +23,14 @@ from ccmsec.pki.tokens import FileSigner
 TS = 1_700_000_000
 CONFIG = b'<?xml version="1.0"?>\n<device><deviceSecurityMode>3</deviceSecurityMode></device>\n'
 NAME = "SEP0011223344AA.cnf.xml.sgn"
+
+
+def _valid() -> bytes:
+    ca = create_ca(name("Fuzz CA"))
+    return sign_file(CONFIG, NAME, FileSigner.from_issued(issue_with_new_key(ca, name("tftp-fuzz"))), TS)
+
+
+VALID = _valid()
 
 
 @pytest.fixture(scope="module")
@@ -123,3 +133,16 @@ def test_sign_in_a_process_pool_matches_in_process(signers):
         futures = [pool.submit(sign_file, CONFIG, n, tftp, TS) for n in names]
         remote = [f.result(timeout=30) for f in futures]
     assert remote == [sign_file(CONFIG, n, tftp, TS) for n in names]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=600) | st.builds(lambda cut, junk: VALID[:cut] + junk,
+                                            st.integers(0, 400), st.binary(max_size=40)))
+def test_parse_sgn_fuzz_any_bytes_give_a_clean_error_or_a_file(data):
+    """Any bytes: a SignedFile or an SgnFormatError (a ValueError) naming the problem, nothing else."""
+    try:
+        signed = parse_sgn(data)
+    except SgnFormatError as exc:
+        assert str(exc)
+    else:
+        assert signed.payload == data[signed.header.length:]
