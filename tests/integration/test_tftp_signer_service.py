@@ -436,6 +436,19 @@ async def test_mode6_mode_change_that_breaks_sharing_is_reported_and_still_resig
     assert await tftp.get("branch/CTLFile.tlv") == b"branch trust list"
 
 
+async def test_mode6_concurrent_registrations_are_all_kept(tftp):
+    """MODE-6 registry: shared clusters registered at the same moment are all kept (served and
+    saved), none silently lost to a registration built on the same old layout."""
+    stub = tftp.stub()
+    await stub.ListSharedClusters(common_pb2.Empty(), timeout=5)  # channel up before the race
+    names = [f"b{i}" for i in range(4)]
+    await asyncio.gather(*(stub.AddSharedCluster(tftp_signer_pb2.SharedCluster(
+        name=n, tftp_path=n, mode=common_pb2.CLUSTER_NON_SECURE), timeout=5) for n in names))
+    listed = await stub.ListSharedClusters(common_pb2.Empty(), timeout=5)
+    assert sorted(c.name for c in listed.clusters) == [*names, "local"]
+    assert sorted(c.name for c in tftp.svc._load_shared()) == names
+
+
 # --- hostile names ---------------------------------------------------------------------------------
 
 async def test_traversal_and_odd_names_are_refused(tftp):

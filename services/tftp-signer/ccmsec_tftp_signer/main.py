@@ -122,6 +122,7 @@ class TftpSignerService(Service):
         self.content: TftpContent | None = None
         self.certificate = None
         self.mode6_problem = ""
+        self._layout_lock = asyncio.Lock()
 
     # --- configuration --------------------------------------------------------------------------
     def _peer(self, role: str) -> str:
@@ -171,10 +172,12 @@ class TftpSignerService(Service):
         return layout
 
     async def add_shared_cluster(self, cluster: ClusterPath) -> None:
-        layout = self.content.layout.with_own_mode(await self.content.mode())
-        new = layout.with_cluster(cluster)  # Mode6Error if MODE-6 forbids it
-        self._save_shared(new)
-        self.content.layout = new
+        # One change at a time: two registrations built on the same old layout lost one of them.
+        async with self._layout_lock:
+            mode = await self.content.mode()
+            new = self.content.layout.with_own_mode(mode).with_cluster(cluster)  # Mode6Error if MODE-6 forbids
+            await asyncio.to_thread(self._save_shared, new)
+            self.content.layout = new
 
     # --- lifecycle ------------------------------------------------------------------------------
     async def setup(self) -> None:
@@ -222,10 +225,11 @@ class TftpSignerService(Service):
     async def on_mode_changed(self, event: events_pb2.Event) -> None:
         if event.kind != "mode.changed":
             return
-        mode = await self.content.mode()
-        # Layout() itself refuses a MODE-6 break, so rebuild through _layout_for: the handler must
-        # not fail (and be redelivered) but record the problem and still re-sign.
-        self.content.layout = self._layout_for(mode)
+        async with self._layout_lock:
+            mode = await self.content.mode()
+            # Layout() itself refuses a MODE-6 break, so rebuild through _layout_for: the handler must
+            # not fail (and be redelivered) but record the problem and still re-sign.
+            self.content.layout = self._layout_for(mode)
         await self._resign_all(f"mode changed to {mode}")
 
     async def on_ctl_updated(self, event: events_pb2.Event) -> None:
