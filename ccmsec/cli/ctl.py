@@ -153,7 +153,11 @@ def cmd_update(args: argparse.Namespace) -> int:
     except CtlClientError as exc:
         raise CliError(str(exc)) from None
     if args.output:
-        atomic_write(args.output, result.ctl)
+        try:
+            atomic_write(args.output, result.ctl)
+        except OSError as exc:  # the CTL is committed already; only the local copy failed
+            raise CliError(f"CTL committed, but writing {args.output} failed: "
+                           f"{exc.strerror or exc}") from None
     if not args.quiet:
         sys.stdout.write(format_ctl(parse_ctl(result.ctl)))
         print()
