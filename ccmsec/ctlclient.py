@@ -33,6 +33,7 @@ import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from ccmsec.pki.tls import new_context
 from ccmsec.formats.ctl import (
     CtlBuildError,
     CtlFile,
@@ -180,7 +181,7 @@ def read_password_file(path: Path, tokens: list[str], signer: str) -> str:
 def provider_ssl_context(ca_path: Path, cert_path: Path, key_path: Path) -> ssl.SSLContext:
     """Trusts the cluster CA (the provider's certificate) and presents the administrator's
     cluster-CA client certificate (the provider refuses clients without one)."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx = new_context(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_verify_locations(cafile=str(ca_path))
     ctx.load_cert_chain(str(cert_path), str(key_path))

@@ -20,6 +20,7 @@ from typing import Awaitable, Callable
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from ccmsec.pki.tls import new_context
 from ccmsec.wire.capf import (
     CapfIssuer, CapfOperationsStore, CapfPhoneSession, CapfProtocolError, CapfServerSession, FrameReader,
     PhoneCredentials, Reason,
@@ -33,7 +34,7 @@ DEFAULT_PORT = 3804
 
 def capf_server_ssl_context(cert_path: str | Path, key_path: str | Path) -> ssl.SSLContext:
     """TLS server context presenting the CAPF certificate (DATA/pki/capf.{crt,key})."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx = new_context(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(str(cert_path), str(key_path))
     return ctx
@@ -42,7 +43,7 @@ def capf_server_ssl_context(cert_path: str | Path, key_path: str | Path) -> ssl.
 def capf_phone_ssl_context(capf_certificate: x509.Certificate) -> ssl.SSLContext:
     """Phone-side context: the CAPF certificate from the CTL is the only trust anchor (CERT-3).
     Phones pin the certificate; they do not check a host name."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx = new_context(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_REQUIRED

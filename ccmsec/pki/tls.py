@@ -24,6 +24,7 @@ those CTL entries. A phone holding both an LSC and a MIC presents the LSC (CERT-
 from __future__ import annotations
 
 import enum
+import os
 import ssl
 import tempfile
 from pathlib import Path
@@ -79,12 +80,36 @@ def enable_keylog(ctx: ssl.SSLContext, path: str | Path) -> ssl.SSLContext:
     return ctx
 
 
+KEYLOG_ENV = "SSLKEYLOGFILE"
+
+
+def new_context(protocol: int) -> ssl.SSLContext:
+    """Every TLS context of the project starts here (or passes through `apply_keylog_env`), so
+    that all of them honour `SSLKEYLOGFILE` the way browsers do: Wireshark then decrypts SCCP on
+    2443, CAPF on 3804, the CTL Provider on 2444 and the HTTPS API. `ssl.SSLContext()` itself
+    ignores the variable; only `ssl.create_default_context()` reads it."""
+    return apply_keylog_env(ssl.SSLContext(protocol))
+
+
+def apply_keylog_env(ctx: ssl.SSLContext) -> ssl.SSLContext:
+    """Log this context's session secrets to `$SSLKEYLOGFILE` when it is set. The file holds
+    secrets: it is created 0600. An unwritable path never stops a service (diagnostics only)."""
+    path = os.environ.get(KEYLOG_ENV)
+    if path:
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600))
+            ctx.keylog_filename = path
+        except OSError:
+            pass
+    return ctx
+
+
 # -- ordinary TLS (CTL provider, CAPF) ------------------------------------------------------------
 
 def server_context(identity: Issued, *, chain: Sequence[x509.Certificate] = (),
                    client_cas: Sequence[x509.Certificate] = (),
                    require_client_cert: bool = False) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx = new_context(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     _load_identity(ctx, identity, chain)
     if client_cas:
@@ -100,7 +125,7 @@ def client_context(trusted: Sequence[x509.Certificate], *, identity: Issued | No
     """A client that trusts exactly `trusted` (CAs or self-signed server certificates)."""
     if not trusted:
         raise ValueError("a TLS client needs at least one trusted certificate")
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx = new_context(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.check_hostname = check_hostname
     ctx.verify_mode = ssl.CERT_REQUIRED
@@ -131,7 +156,7 @@ def sccp_server_context(identity: Issued, client_cas: Sequence[x509.Certificate]
         ciphers += AES_CIPHERS
     if not ciphers:
         raise ValueError("allow at least one of authenticated / encrypted")
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx = new_context(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ctx.maximum_version = ssl.TLSVersion.TLSv1_2
     ctx.set_ciphers(_cipher_string(ciphers))
     ctx.options |= ssl.OP_NO_TICKET  # no resumption: every connection proves its certificate
@@ -163,7 +188,7 @@ def sccp_phone_context(mode: SccpTransportMode | str, ccm_certificates: Sequence
     if not ccm_certificates:
         raise ValueError("AUTH-6: no CallManager certificate in the CTL; no TLS to call control")
     identity = choose_phone_certificate(lsc, mic)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx = new_context(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ctx.maximum_version = ssl.TLSVersion.TLSv1_2
     ctx.set_ciphers(_cipher_string(
         NULL_CIPHERS if mode is SccpTransportMode.AUTHENTICATED else AES_CIPHERS))

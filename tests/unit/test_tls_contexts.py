@@ -88,3 +88,50 @@ def test_keylog_helper_sets_filename(pki, tmp_path):
     ctx = tls.enable_keylog(tls.sccp_phone_context("encrypted", [ccm.cert], lsc=lsc),
                             tmp_path / "keys.log")
     assert ctx.keylog_filename == str(tmp_path / "keys.log")
+
+
+def _handshake(server_ctx, client_ctx):
+    """One in-memory TLS handshake between two contexts (no sockets)."""
+    import ssl
+
+    c_in, c_out, s_in, s_out = ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = client_ctx.wrap_bio(c_in, c_out, server_side=False)
+    server = server_ctx.wrap_bio(s_in, s_out, server_side=True)
+    for _ in range(10):
+        for side in (client, server):
+            try:
+                side.do_handshake()
+            except ssl.SSLWantReadError:
+                pass
+        s_in.write(c_out.read())
+        c_in.write(s_out.read())
+    assert client.cipher() is not None and server.cipher() is not None
+    return client.cipher()[0]
+
+
+def test_sslkeylogfile_is_honoured_by_phone_and_server_contexts(pki, tmp_path, monkeypatch):
+    """Every TLS context of the project logs session secrets to $SSLKEYLOGFILE (for Wireshark),
+    in a file only its owner can read; without the variable nothing is written."""
+    import os
+    import stat
+
+    capf, _, ccm, lsc, _ = pki
+    keylog = tmp_path / "keys.log"
+    monkeypatch.setenv("SSLKEYLOGFILE", str(keylog))
+    _handshake(tls.sccp_server_context(ccm, [capf.cert]),
+               tls.sccp_phone_context("encrypted", [ccm.cert], lsc=lsc))
+    lines = keylog.read_text().splitlines()
+    assert any(line.startswith("CLIENT_RANDOM ") for line in lines), lines
+    assert stat.S_IMODE(os.stat(keylog).st_mode) == 0o600
+    monkeypatch.delenv("SSLKEYLOGFILE")
+    before = keylog.read_text()
+    _handshake(tls.sccp_server_context(ccm, [capf.cert]),
+               tls.sccp_phone_context("authenticated", [ccm.cert], lsc=lsc))
+    assert keylog.read_text() == before
+
+
+def test_sslkeylogfile_unwritable_never_breaks_tls(pki, tmp_path, monkeypatch):
+    capf, _, ccm, lsc, _ = pki
+    monkeypatch.setenv("SSLKEYLOGFILE", str(tmp_path / "missing-dir" / "keys.log"))
+    assert _handshake(tls.sccp_server_context(ccm, [capf.cert]),
+                      tls.sccp_phone_context("encrypted", [ccm.cert], lsc=lsc))

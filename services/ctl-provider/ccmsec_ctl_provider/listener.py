@@ -14,6 +14,7 @@ import logging
 import ssl
 from typing import Awaitable, Callable
 
+from ccmsec.pki.tls import new_context
 from ccmsec.runtime.identity import TlsIdentity
 from ccmsec.wire.ctlprovider import (
     CertificateEntry,
@@ -33,7 +34,7 @@ NOT_ACTIVATED_MESSAGE = ("the CTL Provider service is not activated on server {n
 
 
 def server_ssl_context(identity: TlsIdentity) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx = new_context(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(identity.cert_path, identity.key_path)
     ctx.load_verify_locations(cafile=str(identity.ca_path))

@@ -23,6 +23,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
 from ccmsec.pki import ca as pki
+from ccmsec.pki.tls import apply_keylog_env
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,7 @@ class AdminServer:
         )
         config.load()
         config.ssl.minimum_version = ssl.TLSVersion.TLSv1_2  # type: ignore[union-attr]
+        apply_keylog_env(config.ssl)  # type: ignore[arg-type]
         self._server = _InLoopServer(config)
         self._task: asyncio.Task | None = None
         self._sock: socket.socket | None = None
