@@ -45,7 +45,7 @@ def _p(name, number, protocol, purpose, public=True) -> Port:
     return Port(name, number, protocol, purpose, public)
 
 
-# The eight roles of the source document (shared/docs/architecture.md).
+# The eight roles of the source document (docs/architecture.md, "Shape").
 SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("ctl-provider", "ccmsec_ctl_provider", 2, "CTL Provider: server certificates for the CTL client",
                 (_p("ctl_provider_port", 2444, "tcp", "CTL Provider TLS"),), ("callmanager", "tftp-signer", "capf")),
