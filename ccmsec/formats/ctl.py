@@ -626,9 +626,8 @@ def _key_description(certificate: x509.Certificate) -> str:
     return type(key).__name__
 
 
-def format_ctl(ctl_file: CtlFile) -> str:
-    """A listing like the product's `show ctl`: the header, then every record."""
-    h = ctl_file.header
+def header_lines(h: SignedHeader) -> list[str]:
+    """The signed header as `Label:  value` lines (shared by `ctl show` and `sgn show`)."""
     lines = [
         f"File Name:         {h.file_name}",
         f"Version:           {h.version[0]}.{h.version[1]}",
@@ -636,15 +635,19 @@ def format_ctl(ctl_file: CtlFile) -> str:
     ]
     if h.signer_version:
         lines.append(f"Signer Version:    {h.signer_version[0]}.{h.signer_version[1]}")
-    lines += [
+    return lines + [
         f"Signer Name:       {h.signer_name}",
         f"Signer Serial:     {h.signer_serial.hex()}",
         f"Issuer Name:       {h.signer_issuer}",
         f"Digest Algorithm:  {h.digest.label}",
         f"Signature:         RSA {h.modulus.bits}-bit, {len(h.signature)} bytes",
         f"Timestamp:         {h.time:%Y-%m-%d %H:%M:%S} UTC ({h.timestamp})",
-        f"Records:           {len(ctl_file.records)}",
     ]
+
+
+def format_ctl(ctl_file: CtlFile) -> str:
+    """A listing like the product's `show ctl`: the header, then every record."""
+    lines = header_lines(ctl_file.header) + [f"Records:           {len(ctl_file.records)}"]
     for number, r in enumerate(ctl_file.records, 1):
         cert = r.certificate
         lines += [

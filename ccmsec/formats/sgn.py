@@ -1,5 +1,7 @@
-"""Signed files (`*.sgn`, wire-formats.md §2): the trust-list header (version 1.0, no records)
-followed by the original bytes unchanged.
+"""Signed files (`*.sgn`): the trust-list header (no records) followed by the original bytes
+unchanged. We write version 1.0; other tools write 1.2 for the same layout, so any 1.x header is
+read. A trust list (`CTLFile.tlv`, `ITLFile.tlv`: same header, records instead of a payload) is
+refused by its file name, version 2.0 (`.enc.sgn`, LATER-1) by its version.
 
 The header code is `ccmsec.formats.ctl`'s; this module only fixes the version and treats the body as
 an opaque payload. Signing is a pure function over bytes, so a TFTP server can fan it out to a
@@ -27,8 +29,10 @@ from ccmsec.formats.ctl import (
 )
 
 SGN_VERSION = (1, 0)
+# Firmware images are the largest signed files (a few MB); anything far beyond is not one.
+MAX_SGN_SIZE = 64 * 1024 * 1024
 
-__all__ = ["SGN_VERSION", "SignedFile", "SgnFormatError", "SignatureError", "sign_file",
+__all__ = ["SGN_VERSION", "MAX_SGN_SIZE", "SignedFile", "SgnFormatError", "SignatureError", "sign_file",
            "parse_sgn", "verify_sgn"]
 
 
@@ -52,15 +56,21 @@ def sign_file(payload: bytes, file_name: str, signer: Signer, timestamp: int,
 def parse_sgn(data: bytes) -> SignedFile:
     """Split a `.sgn` file into header and payload. Raises SgnFormatError (a CtlFormatError)."""
     data = bytes(data)
+    if len(data) > MAX_SGN_SIZE:
+        raise SgnFormatError(f"file is {len(data)} bytes; signed files are limited to "
+                             f"{MAX_SGN_SIZE // (1024 * 1024)} MiB")
     try:
         header, span = parse_header(data)
     except SgnFormatError:
         raise
     except CtlFormatError as exc:
         raise SgnFormatError(str(exc)) from None
-    if header.version != SGN_VERSION:
+    if header.version[0] != SGN_VERSION[0]:
         raise SgnFormatError(f"version {header.version[0]}.{header.version[1]} is not a signed "
-                             "file (expected 1.0; 1.2 is a trust list, 2.0 an encrypted file)")
+                             "file (expected 1.x; 2.0 is an encrypted .enc.sgn file, not supported)")
+    if header.file_name.lower().endswith(".tlv"):
+        raise SgnFormatError(f"{header.file_name} is a trust list, not a signed file "
+                             "(`ccmsec ctl show` reads trust lists)")
     return SignedFile(header=header, raw=data, signature_span=span,
                       payload=data[header.length:])
 

@@ -108,7 +108,7 @@ def test_wrong_certificate_is_refused(signers):
 def test_a_trust_list_is_not_a_signed_file(signers):
     tftp, _ = signers
     ctl = build_ctl([record_from_certificate(tftp.certificate, Role.TOKEN)], tftp, TS)
-    with pytest.raises(SgnFormatError, match="version 1.2 is not a signed file"):
+    with pytest.raises(SgnFormatError, match="CTLFile.tlv is a trust list, not a signed file"):
         parse_sgn(ctl)
     with pytest.raises(SgnFormatError, match="not a signed trust-list or .sgn file"):
         parse_sgn(CONFIG)
