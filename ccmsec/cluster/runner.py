@@ -146,10 +146,9 @@ def up(data_dir: Path, *, base: str | None = None, timeout: float = UP_TIMEOUT, 
                           "use `ccmsec status` or `ccmsec down`")
     cluster = cluster_for(data_dir, base)
     check_ports(cluster)
-    from ccmsec.runtime.identity import client_identity, ensure_cluster_ca
+    from ccmsec.cluster.pki import issue_local_cluster
 
-    ensure_cluster_ca(data_dir)
-    client_identity(data_dir)
+    issue_local_cluster(cluster)  # before anything starts: services never hold the CA key
     run_dir(data_dir).mkdir(parents=True, exist_ok=True)
     (data_dir / "logs").mkdir(parents=True, exist_ok=True)
     atomic_write(endpoints_path(data_dir), json.dumps(cluster.endpoints(), indent=2).encode())

@@ -139,6 +139,7 @@ class LocalCluster:
             "CCMSEC_SERVICE": inst.role,
             "CCMSEC_NODE": inst.role,
             "CCMSEC_DATA_DIR": str(self.data_dir),
+            "CCMSEC_IDENTITY_DIR": str(self.data_dir / "identities" / "services" / inst.role),
             "CCMSEC_HOST": inst.host,
             "CCMSEC_NATS_URL": self.nats_url,
             "CCMSEC_PEERS": json.dumps(self.peers(), sort_keys=True),

@@ -116,6 +116,7 @@ def issue(
     days: int = 825,
     dns_names: Iterable[str] = (),
     ip_addresses: Iterable[str] = (),
+    uris: Iterable[str] = (),
     server: bool = True,
     client: bool = True,
     extra_extensions: Iterable[tuple[x509.ExtensionType, bool]] = (),
@@ -155,6 +156,7 @@ def issue(
         builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
     sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns_names]
     sans += [x509.IPAddress(ipaddress.ip_address(a)) for a in ip_addresses]
+    sans += [x509.UniformResourceIdentifier(u) for u in uris]
     if sans:
         builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
     for ext, critical in extra_extensions:

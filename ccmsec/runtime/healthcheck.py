@@ -1,9 +1,10 @@
 """Container healthcheck: `python -m ccmsec.runtime.healthcheck`.
 
-Reads the same environment as the service (CCMSEC_SERVICE, CCMSEC_DATA_DIR, CCMSEC_GRPC_PORT,
-CCMSEC_HOST, CCMSEC_NODE) and asks the service's gRPC health endpoint over mutual TLS, presenting a
-client certificate `healthcheck` from the cluster CA and expecting the server certificate of the
-role. Prints one line; exits 0 when SERVING, 1 otherwise (what Docker's HEALTHCHECK expects).
+Reads the same environment as the service (CCMSEC_SERVICE, CCMSEC_DATA_DIR, CCMSEC_IDENTITY_DIR,
+CCMSEC_GRPC_PORT, CCMSEC_HOST, CCMSEC_NODE) and asks the service's gRPC health endpoint over mutual
+TLS, presenting the service's own identity (health is open to every cluster identity; the
+container holds no other key) and expecting the server certificate of the role. Prints one line;
+exits 0 when SERVING, 1 otherwise (what Docker's HEALTHCHECK expects).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import asyncio
 import os
 import re
 import sys
-from pathlib import Path
 
 # gRPC's own C-core logging would add lines to the one-line answer Docker keeps.
 os.environ.setdefault("GRPC_VERBOSITY", "NONE")
@@ -33,13 +33,11 @@ def probe_address(host: str) -> str:
     return _WILDCARDS.get(host, host)
 
 
-async def _check(data_dir: Path, role: str, host: str, port: int) -> str:
+async def _check(identity, role: str, host: str, port: int) -> str:
     import grpc
 
     from ccmsec.runtime.grpcio import check_health
-    from ccmsec.runtime.identity import client_identity
 
-    identity = client_identity(data_dir, "healthcheck")
     try:
         return await asyncio.wait_for(check_health(identity, host, port, role, timeout=TIMEOUT), TIMEOUT + 0.5)
     except grpc.aio.AioRpcError as exc:
@@ -51,20 +49,23 @@ async def _check(data_dir: Path, role: str, host: str, port: int) -> str:
 
 def run() -> tuple[int, str]:
     """(exit code, the one line to print)."""
+    from ccmsec.runtime.identity import IdentityError, load_identity
     from ccmsec.runtime.settings import SettingsError, load_settings
 
     try:
         settings = load_settings()
     except SettingsError as exc:
         return 1, f"unhealthy: {_short(exc)}"
-    role, data_dir = settings.service, Path(settings.data_dir)
-    # Never create a cluster CA from here: that is the services' job on first start.
-    if not (data_dir / "pki" / "cluster-ca.crt").exists():
-        return 1, f"unhealthy: {role}: no cluster CA in {data_dir / 'pki'} yet"
+    role = settings.service
+    # Never issue anything from here: the service's identity is given to it before it starts.
+    try:
+        identity = load_identity(settings.identity_folder)
+    except IdentityError as exc:
+        return 1, f"unhealthy: {role}: {_short(exc, 200)}"
     host = probe_address(settings.host)
     where = f"{role} ({settings.node_name}) at {host}:{settings.grpc_port}"
     try:
-        status = asyncio.run(_check(data_dir, role, host, settings.grpc_port))
+        status = asyncio.run(_check(identity, role, host, settings.grpc_port))
     except (OSError, ValueError) as exc:
         return 1, f"unhealthy: {where}: {_short(exc)}"
     if status == "SERVING":

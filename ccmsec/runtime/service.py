@@ -25,7 +25,7 @@ from ccmsec.db.events import HandledEvent
 from ccmsec.runtime import bus as bus_mod
 from ccmsec.runtime.database import DatabaseError, open_database
 from ccmsec.runtime.grpcio import GrpcServer, secure_channel
-from ccmsec.runtime.identity import service_identity
+from ccmsec.runtime.identity import IdentityError, TlsIdentity, admin_api_identity_dir, load_identity
 from ccmsec.runtime.logs import setup_logging
 from ccmsec.runtime.metrics import UP, serve_metrics
 from ccmsec.runtime.settings import ServiceSettings, SettingsError, load_settings
@@ -55,7 +55,7 @@ class Service:
         self.last_event_kind = ""
         self._stop = asyncio.Event()
         self._restart_requested = False
-        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._channels: dict[tuple, grpc.aio.Channel] = {}
         self._tasks: set[asyncio.Task] = set()
 
     # --- hooks for subclasses -------------------------------------------------------------
@@ -103,11 +103,15 @@ class Service:
         await self.bus.subscribe(subject, durable, counted, seen=self._seen, mark=self._mark,
                                  deliver_new=deliver_new)
 
-    def peer_channel(self, role: str, port: int = GRPC_PORT_DEFAULT) -> grpc.aio.Channel:
-        """A cached mTLS channel to another service's gRPC port."""
-        if role not in self._channels:
-            self._channels[role] = secure_channel(self.identity, self.settings.peer_host(role), port, role)
-        return self._channels[role]
+    def peer_channel(self, role: str, port: int = GRPC_PORT_DEFAULT, *,
+                     identity: TlsIdentity | None = None) -> grpc.aio.Channel:
+        """A cached mTLS channel to another service's gRPC port, presenting this node's identity
+        (or `identity`, e.g. the administration API's own)."""
+        ident = identity or self.identity
+        key = (role, port, str(ident.cert_path))
+        if key not in self._channels:
+            self._channels[key] = secure_channel(ident, self.settings.peer_host(role), port, role)
+        return self._channels[key]
 
     def spawn(self, coro) -> asyncio.Task:
         """Background work that is cancelled cleanly on shutdown."""
@@ -123,6 +127,18 @@ class Service:
 
     def request_stop(self) -> None:
         self._stop.set()
+
+    def _load_own_identity(self):
+        """The identity the runner issued to this node; a service never issues one itself."""
+        identity = load_identity(self.settings.identity_folder)
+        stated = identity.identity
+        if (stated.role, stated.node) != (self.role, self.node):
+            raise IdentityError(f"{identity.cert_path} is the identity of {stated}, not of {self.role}/{self.node}")
+        return identity
+
+    def admin_api_identity(self):
+        """The `admin-api` identity kept in this node's folder (callmanager hosts the HTTPS API)."""
+        return load_identity(admin_api_identity_dir(self.settings.identity_folder))
 
     # --- idempotency ----------------------------------------------------------------------
     async def _seen(self, consumer: str, event_id: str) -> bool:
@@ -154,7 +170,7 @@ class Service:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
-        self.identity = service_identity(s.data_dir, self.role, self.node, s.host)
+        self.identity = self._load_own_identity()
         self.engine, self.db = await open_database(s.db_url)
         self.bus = bus_mod.EventBus(s.nats_url, f"{self.role}:{self.node}",
                                    connect_timeout=s.bus_connect_timeout)
@@ -220,7 +236,7 @@ def run_service(cls: type[Service]) -> None:
         runner = asyncio.run
     try:
         code = runner(cls(settings).run())
-    except (DatabaseError, bus_mod.BusError, SettingsError, OSError) as exc:
+    except (DatabaseError, bus_mod.BusError, SettingsError, IdentityError, OSError) as exc:
         logging.getLogger(f"ccmsec.{cls.role}").error("cannot start: %s", exc)
         print(f"ccmsec-{cls.role}: cannot start: {exc}", file=sys.stderr)
         sys.exit(1)

@@ -26,6 +26,9 @@ class ServiceSettings(BaseSettings):
     service: str = Field(description="role name, one of " + ", ".join(ROLES))
     node: str = ""
     data_dir: Path
+    # The service's own identity folder (certificate, key, NATS credentials); default
+    # DATA/identities/services/<node>. Compose mounts each container's own folder here.
+    identity_dir: Path | None = None
     host: str = "127.0.0.1"
     grpc_port: int = Field(50051, ge=1, le=65535)
     metrics_port: int = Field(9100, ge=0, le=65535)  # 0 = metrics endpoint off
@@ -82,6 +85,10 @@ class ServiceSettings(BaseSettings):
     @property
     def node_name(self) -> str:
         return self.node or self.service
+
+    @property
+    def identity_folder(self) -> Path:
+        return self.identity_dir or self.data_dir / "identities" / "services" / self.node_name
 
     @property
     def db_url(self) -> str:

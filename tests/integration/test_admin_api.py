@@ -51,24 +51,30 @@ async def test_cert4_server_presents_the_https_certificate_we_issued(stack):
                                     ssl.create_default_context(cafile=str(other_file)))
 
 
-async def test_cert4_https_certificate_from_cluster_ca_when_present(tmp_path):
-    data = tmp_path / "data"
-    ca = pki.create_ca(pki.name("cluster CA"))
-    pki.save_pair(ca, data / "pki" / "cluster-ca.crt", data / "pki" / "cluster-ca.key")
-    async with await start_stack(tmp_path, with_readonly=False) as s:
-        ctx = ssl.create_default_context(cafile=str(data / "pki" / "cluster-ca.crt"))
-        der = await _peer_certificate_der("127.0.0.1", s.server.port, ctx)
-        x509.load_der_x509_certificate(der).verify_directly_issued_by(ca.cert)
-    from ccmsec_callmanager.admin import ensure_https_certificate
+async def test_cert4_https_server_presents_the_admin_api_identity_from_the_cluster_ca(tmp_path):
+    """In a cluster the API serves HTTPS with the `admin-api` identity the runner issued; clients
+    verify it with cluster-ca.crt, and the CA key is not needed to serve (it is not even there)."""
+    from ccmsec.runtime.identity import load_identity, service_identity
+    from ccmsec_callmanager.admin import AdminServer, ensure_https_certificate
+    from fastapi import FastAPI
 
-    before = (data / "callmanager" / "https.crt").read_bytes()
-    ensure_https_certificate(data, "127.0.0.1")
-    assert (data / "callmanager" / "https.crt").read_bytes() == before, "kept, not re-issued"
-    ensure_https_certificate(data, "127.0.0.9")  # a new address is not covered: re-issued
-    after = x509.load_pem_x509_certificate((data / "callmanager" / "https.crt").read_bytes())
-    assert after.public_bytes(serialization.Encoding.PEM) != before
-    sans = after.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert "127.0.0.9" in {str(a) for a in sans.get_values_for_type(x509.IPAddress)}
+    data = tmp_path / "data"
+    service_identity(data, "callmanager", "callmanager", "127.0.0.1")
+    (data / "pki" / "cluster-ca.key").unlink()
+    admin = load_identity(data / "identities" / "services" / "callmanager" / "admin-api")
+    certfile, keyfile = ensure_https_certificate(data, "127.0.0.1", admin)
+    server = AdminServer(FastAPI(), "127.0.0.1", 0, certfile, keyfile)
+    await server.start()
+    try:
+        ctx = ssl.create_default_context(cafile=str(data / "pki" / "cluster-ca.crt"))
+        der = await _peer_certificate_der("127.0.0.1", server.port, ctx)
+    finally:
+        await server.stop()
+    cert = x509.load_der_x509_certificate(der)
+    cert.verify_directly_issued_by(x509.load_pem_x509_certificate((data / "pki" / "cluster-ca.crt").read_bytes()))
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sans.get_values_for_type(x509.UniformResourceIdentifier) == ["spiffe://ccmsec/admin-api/callmanager"]
+    assert not (data / "callmanager" / "https.crt").exists()
 
 
 # --- authentication, roles ------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import hashes
 
 from ccmsec.aio.capf import capf_client_run, capf_phone_ssl_context
 from ccmsec.runtime.grpcio import secure_channel
-from ccmsec.runtime.identity import client_identity
+from ccmsec.runtime.identity import client_identity, service_identity
 from ccmsec.runtime.settings import load_settings
 from ccmsec.wire.capf import CapfPhoneSession, PhoneCredentials, Reason
 from ccmsec_callmanager.admin import BusEvents
@@ -44,6 +44,7 @@ async def capf_and_api(tmp_path, nats_server):
     settings = load_settings(service="capf", data_dir=data, host=host, grpc_port=free_port(host),
                              metrics_port=0, nats_url=nats_server, capf_port=free_port(host),
                              shutdown_grace=1.0)
+    service_identity(data, "capf", "capf", host)  # issued before start, as the runner does
     svc = CapfService(settings)
     task = asyncio.create_task(svc.run())
     channel = secure_channel(client_identity(data), host, settings.grpc_port, "capf")

@@ -136,7 +136,7 @@ def pki_template(tmp_path_factory):
 @pytest.fixture
 async def cm(tmp_path, nats_server, pki_template):
     import shutil
-    for folder in ("pki", "servers"):
+    for folder in ("pki", "servers", "identities"):
         shutil.copytree(pki_template / folder, tmp_path / folder)
     svc, task = await _start(_settings(tmp_path, nats_server))
     handle = Cm(svc, task, tmp_path)

@@ -18,7 +18,7 @@ from ccmsec.db.devices import Device
 from ccmsec.pki.tokens import ensure_manufacturer_ca, issue_mic
 from ccmsec.runtime.bus import EventBus, make_event
 from ccmsec.runtime.grpcio import secure_channel
-from ccmsec.runtime.identity import client_identity
+from ccmsec.runtime.identity import client_identity, service_identity
 from ccmsec.runtime.service import RESTART_EXIT_CODE
 from ccmsec.runtime.settings import load_settings
 from ccmsec.wire.capf import CapfPhoneSession, PhoneCredentials, Reason
@@ -55,6 +55,7 @@ async def capf(tmp_path, nats_server):
     host = f"127.{random.randint(20, 250)}.{random.randint(0, 255)}.{random.randint(2, 250)}"
     settings = load_settings(service="capf", data_dir=tmp_path, host=host, grpc_port=free_port(host),
                              metrics_port=0, nats_url=nats_server, capf_port=free_port(host), shutdown_grace=1.0)
+    service_identity(tmp_path, "capf", "capf", host)  # issued before start, as the runner does
     svc = CapfService(settings)
     task = asyncio.create_task(svc.run())
     events: list[tuple[str, events_pb2.Event]] = []

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from ccmsec.runtime.identity import ensure_cluster_ca
+from ccmsec.runtime.identity import service_identity
 from tests.conftest import free_port, nats_binary
 
 
@@ -66,6 +66,7 @@ def keymanager(tmp_path_factory):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     env = _env(tmp / "data", host, CCMSEC_NATS_URL=f"nats://{host}:{nats_port}",
                CCMSEC_METRICS_PORT=str(free_port(host)), CCMSEC_SHUTDOWN_GRACE="1")
+    service_identity(tmp / "data", "keymanager", "keymanager", host)  # what the runner does before start
     log = open(tmp / "keymanager.log", "w+")
     proc = None
     try:
@@ -102,7 +103,7 @@ def test_healthcheck_from_another_cluster_ca_is_refused_by_mtls(keymanager, tmp_
     """A client certificate from a different CA cannot even complete the TLS handshake."""
     _, env, host = keymanager
     stranger = tmp_path / "other-cluster"
-    ensure_cluster_ca(stranger)
+    service_identity(stranger, "keymanager", "keymanager", host)
     result = _healthcheck({**env, "CCMSEC_DATA_DIR": str(stranger)})
     assert result.returncode == 1
     assert result.stdout.startswith(f"unhealthy: keymanager (keymanager) at {host}:50051: UNAVAILABLE")
@@ -112,14 +113,15 @@ def test_healthcheck_from_another_cluster_ca_is_refused_by_mtls(keymanager, tmp_
 def test_healthcheck_expects_the_server_certificate_of_the_role(keymanager):
     """Asked as if the port belonged to capf, the keymanager's certificate does not match."""
     _, env, host = keymanager
-    result = _healthcheck({**env, "CCMSEC_SERVICE": "capf"})
+    folder = env["CCMSEC_DATA_DIR"] + "/identities/services/keymanager"
+    result = _healthcheck({**env, "CCMSEC_SERVICE": "capf", "CCMSEC_IDENTITY_DIR": folder})
     assert result.returncode == 1 and result.stdout.startswith("unhealthy: capf (capf)")
     assert "verif" in result.stdout.lower()  # the name check failed, not the connection
 
 
 def test_healthcheck_exits_1_with_a_clear_line_when_nothing_listens(tmp_path):
-    ensure_cluster_ca(tmp_path)
     host = _host()
+    service_identity(tmp_path, "keymanager", "keymanager", host)
     started = time.monotonic()
     result = _healthcheck(_env(tmp_path, host, CCMSEC_GRPC_PORT=str(free_port(host))))
     assert time.monotonic() - started < 10

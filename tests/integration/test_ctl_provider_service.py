@@ -86,6 +86,7 @@ async def _start(data: Path, nats_url: str, host: str, port: int, grpc_port: int
                              metrics_port=0, nats_url=nats_url, ctl_provider_port=port,
                              shutdown_grace=1.0,
                              peers={r: peer_host for r in ("callmanager", "tftp-signer", "capf")})
+    service_identity(data, "ctl-provider", "ctl-provider", host)  # issued before start, as the runner does
     svc = CtlProviderService(settings)
     svc.trust.mode_rpc_attempts = 1
     task = asyncio.create_task(svc.run())

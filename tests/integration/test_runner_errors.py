@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 from ccmsec.cluster.topology import NATS_PORT, local_cluster
+from ccmsec.runtime.identity import service_identity
 from tests.conftest import run_cli
 
 
@@ -77,7 +78,22 @@ def test_unreachable_nats_is_a_clear_error(tmp_path):
            "CCMSEC_HOST": "127.0.0.1", "CCMSEC_GRPC_PORT": "1", "CCMSEC_METRICS_PORT": "0",
            "CCMSEC_NATS_URL": "nats://127.0.0.1:1"}
     env["CCMSEC_BUS_CONNECT_TIMEOUT"] = "1"
+    service_identity(tmp_path, "keymanager", "keymanager", "127.0.0.1")
     res = subprocess.run([sys.executable, "-m", "ccmsec_keymanager"], env=env, capture_output=True,
                          text=True, timeout=60)
     assert res.returncode == 1
     assert "cannot reach NATS" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_a_service_without_its_identity_refuses_to_start_and_issues_none(tmp_path):
+    """A service never issues its own certificate (nor opens a CA key): without the identity the
+    runner gives it, it stops with one clear line."""
+    env = {**os.environ, "CCMSEC_SERVICE": "keymanager", "CCMSEC_DATA_DIR": str(tmp_path),
+           "CCMSEC_HOST": "127.0.0.1", "CCMSEC_GRPC_PORT": "1", "CCMSEC_METRICS_PORT": "0",
+           "CCMSEC_NATS_URL": "nats://127.0.0.1:1", "CCMSEC_BUS_CONNECT_TIMEOUT": "1"}
+    res = subprocess.run([sys.executable, "-m", "ccmsec_keymanager"], env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 1
+    assert "no identity in" in res.stderr and "ccmsec pki issue" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert not (tmp_path / "pki").exists() and not (tmp_path / "identities").exists()

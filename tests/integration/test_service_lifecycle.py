@@ -10,7 +10,7 @@ import sys
 import time
 
 from ccmsec.runtime.grpcio import check_health
-from ccmsec.runtime.identity import client_identity
+from ccmsec.runtime.identity import client_identity, service_identity
 from tests.conftest import free_port
 
 
@@ -20,6 +20,7 @@ def test_sigterm_shuts_down_cleanly_within_five_seconds(tmp_path, nats_server):
            "CCMSEC_HOST": host, "CCMSEC_GRPC_PORT": str(free_port(host)), "CCMSEC_METRICS_PORT": "0",
            "CCMSEC_NATS_URL": nats_server}
     env.pop("PYTHONDONTWRITEBYTECODE", None)
+    service_identity(tmp_path, "keymanager", "keymanager", host)  # issued before start, as the runner does
     log = open(tmp_path / "svc.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "ccmsec_keymanager"], env=env, stdout=log, stderr=log)
     try:

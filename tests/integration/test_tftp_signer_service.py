@@ -25,7 +25,7 @@ from ccmsec.pki.ca import create_ca, issue_with_new_key
 from ccmsec.pki.ca import name as dn
 from ccmsec.pki.tokens import FileSigner
 from ccmsec.runtime.grpcio import secure_channel
-from ccmsec.runtime.identity import client_identity
+from ccmsec.runtime.identity import client_identity, service_identity
 from ccmsec.runtime.settings import ServiceSettings, load_settings
 from ccmsec.wire.tftp import ERR_ACCESS_VIOLATION, ERR_FILE_NOT_FOUND, TftpError
 from ccmsec.aio.tftp import tftp_get
@@ -95,6 +95,7 @@ async def running_service(data, nats_url, *, caching=True, tftp_path="cluster1")
         tftp_path=tftp_path, peers={"callmanager": "127.0.0.5", "capf": "127.0.0.3", "srst": "127.0.0.8"},
         shutdown_grace=1.0, bus_connect_timeout=10,
     )
+    service_identity(data, "tftp-signer", "tftp-signer", HOST)  # issued before start, as the runner does
     svc = TftpSignerService(settings)
     task = asyncio.create_task(svc.run())
     deadline = time.monotonic() + 20

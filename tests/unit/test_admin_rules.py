@@ -242,23 +242,36 @@ def test_discover_refuses_missing_or_unsafe_settings(tmp_path):
 
 # --- CERT-4 certificate lifecycle ------------------------------------------------------------
 
-def test_cert4_self_signed_until_a_cluster_ca_appears_then_reissued_by_it(tmp_path):
+def test_cert4_self_signed_without_an_identity_and_never_issued_from_the_cluster_ca(tmp_path):
+    """Standalone, the API signs its own HTTPS certificate; even with a cluster CA key lying in
+    DATA/pki it never issues from it (only the runner does, as the `admin-api` identity)."""
     from cryptography import x509
 
     from ccmsec.pki import ca as pki
     from ccmsec_callmanager.admin import ensure_https_certificate
 
+    ca = pki.create_ca(pki.name("cluster CA"))
+    pki.save_pair(ca, tmp_path / "pki" / "cluster-ca.crt", tmp_path / "pki" / "cluster-ca.key")
     cert_path, key_path = ensure_https_certificate(tmp_path, "127.0.0.1")
     first = x509.load_pem_x509_certificate(cert_path.read_bytes())
     assert first.issuer == first.subject
     assert (key_path.stat().st_mode & 0o777) == 0o600
     assert ensure_https_certificate(tmp_path, "127.0.0.1") == (cert_path, key_path)
     assert x509.load_pem_x509_certificate(cert_path.read_bytes()) == first  # kept
-    ca = pki.create_ca(pki.name("cluster CA"))
-    pki.save_pair(ca, tmp_path / "pki" / "cluster-ca.crt", tmp_path / "pki" / "cluster-ca.key")
-    ensure_https_certificate(tmp_path, "127.0.0.1")
-    second = x509.load_pem_x509_certificate(cert_path.read_bytes())
-    second.verify_directly_issued_by(ca.cert)
     key_path.write_bytes(pki.key_to_pem(pki.new_key("ec256")))  # key no longer matches
     ensure_https_certificate(tmp_path, "127.0.0.1")
-    assert x509.load_pem_x509_certificate(cert_path.read_bytes()) != second
+    second = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    assert second != first and second.issuer == second.subject
+
+
+def test_cert4_https_certificate_is_the_admin_api_identity_when_issued(tmp_path):
+    from ccmsec.runtime.identity import service_identity
+    from ccmsec_callmanager.admin import ensure_https_certificate
+
+    service_identity(tmp_path, "callmanager", "callmanager", "127.0.0.1")
+    from ccmsec.runtime.identity import load_identity
+
+    admin = load_identity(tmp_path / "identities" / "services" / "callmanager" / "admin-api")
+    assert str(admin.identity) == "admin-api/callmanager"
+    assert ensure_https_certificate(tmp_path, "127.0.0.1", admin) == (admin.cert_path, admin.key_path)
+    assert not (tmp_path / "callmanager" / "https.crt").exists()

@@ -24,11 +24,14 @@ def test_wildcard_bind_is_probed_over_loopback(bind, probe):
     assert healthcheck.probe_address(bind) == probe
 
 
-def test_no_cluster_ca_yet_is_unhealthy_and_creates_none(service_env):
+def test_no_identity_yet_is_unhealthy_and_issues_none(service_env):
     code, line = healthcheck.run()
+    folder = service_env / "identities" / "services" / "keymanager"
     assert code == 1
-    assert line == f"unhealthy: keymanager: no cluster CA in {service_env / 'pki'} yet"
+    assert line.startswith(f"unhealthy: keymanager: no identity in {folder} (missing tls.crt")
+    assert "\n" not in line
     assert not (service_env / "pki").exists()  # the healthcheck never mints a CA of its own
+    assert not folder.exists()
 
 
 def test_missing_role_is_unhealthy_with_the_variable_named(service_env, monkeypatch):

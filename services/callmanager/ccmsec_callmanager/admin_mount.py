@@ -18,11 +18,13 @@ class AdminMount:
     async def start(self) -> None:
         s = self.service.settings
         self.password_file = await ensure_admin_account(self.service.db, s.data_dir)
-        certfile, keyfile = ensure_https_certificate(s.data_dir, s.host)
+        # The API is its own door: it serves HTTPS and calls peers as `admin-api`, not as callmanager.
+        identity = self.service.admin_api_identity()
+        certfile, keyfile = ensure_https_certificate(s.data_dir, s.host, identity)
         callcontrol = getattr(self.service, "callcontrol", None)
         app = create_admin_app(
             self.service.db, events=BusEvents(self.service.publish), data_dir=s.data_dir,
-            capf_channel=lambda: self.service.peer_channel("capf"),  # cached by the service
+            capf_channel=lambda: self.service.peer_channel("capf", identity=identity),  # cached
             reset_tracker=callcontrol.registry if callcontrol is not None else None)
         # Listening before the service reports SERVING, so `ccmsec device …` works right after `up`.
         self.server = AdminServer(app, s.host, s.admin_port, certfile, keyfile, graceful_timeout=3.0)

@@ -3,9 +3,10 @@ cluster state, accounts, audit log).
 
 Mount from the service:
     await ensure_admin_account(sessionmaker, data_dir)
-    certfile, keyfile = ensure_https_certificate(data_dir, host)
+    identity = service.admin_api_identity()          # issued by the runner, never by the service
+    certfile, keyfile = ensure_https_certificate(data_dir, host, identity)
     app = create_admin_app(sessionmaker, events=BusEvents(service.publish), data_dir=data_dir,
-                           capf_channel=lambda: service.peer_channel("capf"),
+                           capf_channel=lambda: service.peer_channel("capf", identity=identity),
                            reset_tracker=service.callcontrol.registry)
     await serve_admin(app, host, port, certfile, keyfile)   # until cancelled
 """

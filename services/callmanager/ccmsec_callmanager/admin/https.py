@@ -1,9 +1,9 @@
 """The administration server's own certificate (CERT-4) and an in-loop uvicorn HTTPS server.
 
-Certificate: DATA/callmanager/https.{crt,key}. Issued by the cluster CA (DATA/pki/cluster-ca.*)
-when that CA exists — clients then verify it with cluster-ca.crt — otherwise self-signed, and
-clients pin https.crt itself. An existing certificate is kept while it is valid for another 30
-days, matches its key, names the host, and (if the cluster CA exists) was issued by that CA.
+Certificate: in a cluster, the `admin-api` identity the runner issued from the cluster CA (clients
+verify it with cluster-ca.crt); the service never opens the CA key itself. Without one (the API
+on its own), a self-signed DATA/callmanager/https.{crt,key} that clients pin; it is kept while it is
+valid for another 30 days, matches its key and names the host.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from pathlib import Path
 
 import uvicorn
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
 from ccmsec.pki import ca as pki
@@ -33,11 +32,6 @@ RENEW_BEFORE = _dt.timedelta(days=30)
 def https_paths(data_dir: Path) -> tuple[Path, Path]:
     base = Path(data_dir) / "callmanager"
     return base / "https.crt", base / "https.key"
-
-
-def cluster_ca_paths(data_dir: Path) -> tuple[Path, Path]:
-    base = Path(data_dir) / "pki"
-    return base / "cluster-ca.crt", base / "cluster-ca.key"
 
 
 def _san_values(host: str) -> tuple[list[str], list[str]]:
@@ -55,7 +49,7 @@ def _san_values(host: str) -> tuple[list[str], list[str]]:
     return sorted(dns), sorted(ips)
 
 
-def _still_good(cert_path: Path, key_path: Path, host: str, ca: pki.Issued | None) -> bool:
+def _still_good(cert_path: Path, key_path: Path, host: str) -> bool:
     try:
         issued = pki.load_pair(cert_path, key_path)
     except (OSError, ValueError, TypeError):
@@ -67,11 +61,6 @@ def _still_good(cert_path: Path, key_path: Path, host: str, ca: pki.Issued | Non
         return False
     if cert.not_valid_after_utc - _dt.datetime.now(_dt.timezone.utc) < RENEW_BEFORE:
         return False
-    if ca is not None:
-        try:
-            cert.verify_directly_issued_by(ca.cert)
-        except (ValueError, TypeError, InvalidSignature):
-            return False
     try:
         sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
@@ -82,24 +71,20 @@ def _still_good(cert_path: Path, key_path: Path, host: str, ca: pki.Issued | Non
     return set(dns) <= have_dns and set(ips) <= have_ips
 
 
-def ensure_https_certificate(data_dir: Path, host: str) -> tuple[Path, Path]:
-    """CERT-4: return (certfile, keyfile) of the admin server, issuing them if needed."""
+def ensure_https_certificate(data_dir: Path, host: str, identity=None) -> tuple[Path, Path]:
+    """CERT-4: (certfile, keyfile) of the admin server: the `admin-api` identity when given (a
+    `ccmsec.runtime.identity.TlsIdentity`), else a self-signed certificate issued here if needed."""
+    if identity is not None:
+        return identity.cert_path, identity.key_path
     cert_path, key_path = https_paths(data_dir)
-    ca_cert, ca_key = cluster_ca_paths(data_dir)
-    ca = pki.load_pair(ca_cert, ca_key) if ca_cert.exists() and ca_key.exists() else None
-    if _still_good(cert_path, key_path, host, ca):
+    if _still_good(cert_path, key_path, host):
         return cert_path, key_path
     dns, ips = _san_values(host)
     subject = pki.name(host, org_unit="ccmsec-admin-https")
-    if ca is not None:
-        issued = pki.issue_with_new_key(ca, subject, "ec256", dns_names=dns, ip_addresses=ips,
-                                        server=True, client=False)
-    else:
-        key = pki.new_key("ec256")
-        issued = pki.Issued(pki.self_signed(subject, key, dns_names=dns, ip_addresses=ips), key)
+    key = pki.new_key("ec256")
+    issued = pki.Issued(pki.self_signed(subject, key, dns_names=dns, ip_addresses=ips), key)
     pki.save_pair(issued, cert_path, key_path)
-    log.info("issued admin HTTPS certificate %s (%s)", cert_path,
-             "cluster CA" if ca else "self-signed")
+    log.info("issued self-signed admin HTTPS certificate %s", cert_path)
     return cert_path, key_path
 
 
