@@ -1,0 +1,128 @@
+"""One direction pair of a media stream, sans-IO: frames in → datagrams out, datagrams in →
+audio out, with the counters a phone or gateway reports.
+
+`MediaStream(codec, send_key=…, receive_key=…)`: with keys both directions are SRTP (ENC-4: the
+sender's set protects, the peer's set authenticates and decrypts); without, plain RTP. Keys are
+set per direction, so `is_srtp` is true only when both are (the CALL-2 lock condition).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ccmsec.media import g711
+from ccmsec.media.packetiser import Packetiser, SequenceTracker
+from ccmsec.media.rtp import RtpError, RtpPacket, parse_rtp
+from ccmsec.media.srtp import MasterKey, Refusal, SrtpReceiver, SrtpRefused, SrtpSender
+
+
+@dataclass
+class MediaCounters:
+    sent: int = 0
+    received: int = 0
+    lost: int = 0
+    refused_authentication: int = 0
+    refused_replay: int = 0
+    malformed: int = 0
+    foreign: int = 0           # a second SSRC, or a payload type we did not agree
+
+    @property
+    def refused(self) -> int:
+        return self.refused_authentication + self.refused_replay
+
+    def as_dict(self) -> dict[str, int]:
+        return {"sent": self.sent, "received": self.received, "lost": self.lost,
+                "refused": self.refused, "refused_authentication": self.refused_authentication,
+                "refused_replay": self.refused_replay, "malformed": self.malformed,
+                "foreign": self.foreign}
+
+
+@dataclass(frozen=True)
+class AudioReceived:
+    packet: RtpPacket = field(repr=False)
+    pcm: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class PacketRefused:
+    reason: Refusal
+    detail: str
+
+
+class MediaStream:
+    def __init__(self, payload_type: int = 0, *, send_key: MasterKey | None = None,
+                 receive_key: MasterKey | None = None, ssrc: int | None = None):
+        if payload_type not in g711.CODECS:
+            raise ValueError(f"payload type {payload_type} is not G.711 (0 PCMU or 8 PCMA)")
+        self.payload_type = payload_type
+        self._encode, self._decode = g711.CODECS[payload_type]
+        self.packetiser = Packetiser(payload_type, ssrc=ssrc)
+        self.counters = MediaCounters()
+        self.tracker = SequenceTracker()
+        self.remote_ssrc: int | None = None
+        self.set_keys(send_key, receive_key)
+
+    def set_keys(self, send_key: MasterKey | None, receive_key: MasterKey | None) -> None:
+        """New master values (or none: plain RTP) — e.g. after a transfer or resume (CALL-2)."""
+        self._sender = SrtpSender(send_key) if send_key else None
+        self._receiver = SrtpReceiver(receive_key) if receive_key else None
+        self.reset_remote()
+
+    def reset_remote(self) -> None:
+        """A new far end (transfer, resume): follow its SSRC and sequence from scratch, keeping
+        the losses counted so far."""
+        self._lost_before = self.counters.lost
+        self.remote_ssrc = None
+        self.tracker = SequenceTracker()
+
+    @property
+    def send_srtp(self) -> bool:
+        return self._sender is not None
+
+    @property
+    def receive_srtp(self) -> bool:
+        return self._receiver is not None
+
+    @property
+    def is_srtp(self) -> bool:
+        return self.send_srtp and self.receive_srtp
+
+    # -- send -------------------------------------------------------------------------------
+    def packet_for(self, pcm: bytes) -> bytes:
+        """One 20 ms frame of 16-bit PCM → the datagram to send (SRTP when a send key is set)."""
+        return self.packet_for_payload(self._encode(pcm))
+
+    def packet_for_payload(self, payload: bytes) -> bytes:
+        rtp = self.packetiser.packet(payload).to_bytes()
+        self.counters.sent += 1
+        return self._sender.protect(rtp) if self._sender else rtp
+
+    # -- receive ----------------------------------------------------------------------------
+    def receive(self, datagram: bytes) -> AudioReceived | PacketRefused:
+        c = self.counters
+        if self._receiver is not None:
+            try:
+                datagram = self._receiver.unprotect(datagram)
+            except SrtpRefused as exc:
+                if exc.reason is Refusal.AUTHENTICATION:
+                    c.refused_authentication += 1
+                elif exc.reason is Refusal.REPLAY:
+                    c.refused_replay += 1
+                else:
+                    c.malformed += 1
+                return PacketRefused(exc.reason, str(exc))
+        try:
+            packet = parse_rtp(datagram)
+        except RtpError as exc:
+            c.malformed += 1
+            return PacketRefused(Refusal.MALFORMED, str(exc))
+        if packet.payload_type != self.payload_type or (
+                self.remote_ssrc is not None and packet.ssrc != self.remote_ssrc):
+            c.foreign += 1
+            return PacketRefused(Refusal.MALFORMED, f"unexpected payload type {packet.payload_type} "
+                                                    f"or SSRC {packet.ssrc:#010x}")
+        self.remote_ssrc = packet.ssrc
+        self.tracker.update(packet.sequence)
+        c.received += 1
+        c.lost = self._lost_before + self.tracker.lost
+        return AudioReceived(packet, self._decode(packet.payload))
