@@ -1,43 +1,72 @@
 """Entry point of the keymanager service: the key manager function of call control.
 
-For every secure call it generates two independent sets of SRTP master values (ENC-4): one for
-A→B and one for B→A, from the operating system's CSPRNG. Keys are never logged (ENC-5).
+For every secure call it generates two independent sets of SRTP master key and salt (ENC-4), one
+for A→B and one for B→A, from the operating system's CSPRNG (`secrets`), for the preferred suite
+both ends support. It keeps nothing: the reply is the only copy, so no key outlives the call in
+this service, and no key is ever logged (ENC-5) — log lines name the call and the suite only.
+Who may ask is decided by the cluster's authorization policy (call control only).
 """
 
 from __future__ import annotations
 
-import secrets
-
 import grpc
 
+from ccmsec.media.keys import to_proto
+from ccmsec.media.srtp import DEFAULT_SUITE, MasterKey, SrtpSuite, common_suite
 from ccmsec.runtime.service import Service, run_service
 from ccmsec.runtime.servicer import StatusServicerMixin
 from ccmsec_proto import common_pb2, keymanager_pb2, keymanager_pb2_grpc
 
-# Master key and salt sizes per suite (RFC 3711, RFC 7714).
-SUITE_SIZES = {
-    common_pb2.AES_CM_128_HMAC_SHA1_80: (16, 14),
-    common_pb2.AES_CM_128_HMAC_SHA1_32: (16, 14),
-    common_pb2.AEAD_AES_128_GCM: (16, 12),
-    common_pb2.AEAD_AES_256_GCM: (32, 12),
-}
+MAX_CALL_ID = 128
 
 
-def new_key_material(suite: int) -> common_pb2.KeyMaterial:
-    key_len, salt_len = SUITE_SIZES[suite]
-    return common_pb2.KeyMaterial(suite=suite, master_key=secrets.token_bytes(key_len),
-                                  master_salt=secrets.token_bytes(salt_len))
+class KeyRequestError(ValueError):
+    pass
+
+
+def _suites(values, which: str) -> set[SrtpSuite]:
+    if not values:
+        return {DEFAULT_SUITE}
+    try:
+        return {SrtpSuite.parse(v) for v in values}
+    except ValueError as exc:
+        raise KeyRequestError(f"{which}: {exc}") from None
+
+
+def choose_suite(request: keymanager_pb2.CallKeysRequest) -> SrtpSuite:
+    """The requested suite if both ends have it; else the preferred common one."""
+    caller = _suites(request.caller_suites, "caller_suites")
+    callee = _suites(request.callee_suites, "callee_suites")
+    if request.suite != common_pb2.CRYPTO_SUITE_NONE:
+        try:
+            wanted = SrtpSuite.parse(request.suite)
+        except ValueError as exc:
+            raise KeyRequestError(str(exc)) from None
+        if (request.caller_suites and wanted not in caller) or (request.callee_suites and wanted not in callee):
+            raise KeyRequestError(f"{wanted.name} is not supported by both ends")
+        return wanted
+    suite = common_suite(caller, callee)
+    if suite is None:
+        raise KeyRequestError("the two ends share no SRTP suite ("
+                              f"caller: {', '.join(sorted(s.name for s in caller))}; "
+                              f"callee: {', '.join(sorted(s.name for s in callee))})")
+    return suite
 
 
 class KeyManagerServicer(StatusServicerMixin, keymanager_pb2_grpc.KeyManagerServicer):
     async def GenerateCallKeys(self, request, context):  # noqa: N802
-        suite = request.suite or common_pb2.AES_CM_128_HMAC_SHA1_80
-        if suite not in SUITE_SIZES:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unsupported SRTP suite {suite}")
+        if not request.call_id or len(request.call_id) > MAX_CALL_ID:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"call_id must be 1..{MAX_CALL_ID} characters")
+        try:
+            suite = choose_suite(request)
+        except KeyRequestError as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"ENC-4: {exc}")
         self.service.calls_keyed += 1
-        return keymanager_pb2.CallKeysReply(
-            call_id=request.call_id, a_to_b=new_key_material(suite), b_to_a=new_key_material(suite)
-        )
+        self.service.log.debug("call keyed", extra={"call_id": request.call_id, "suite": suite.name})
+        return keymanager_pb2.CallKeysReply(call_id=request.call_id,
+                                            a_to_b=to_proto(MasterKey.generate(suite)),
+                                            b_to_a=to_proto(MasterKey.generate(suite)))
 
 
 class KeyManagerService(Service):
