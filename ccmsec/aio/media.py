@@ -29,7 +29,11 @@ class MediaEndpoint(asyncio.DatagramProtocol):
         self.remote: tuple[str, int] | None = None
         self.transport: asyncio.DatagramTransport | None = None
         self._sender: asyncio.Task | None = None
+        self.receiving = True         # False: datagrams are dropped unread (MGCP sendonly/inactive)
         self.datagrams_in = 0
+        self.discarded = 0
+        self.octets_in = 0
+        self.octets_out = 0
         self.send_errors = 0
 
     @classmethod
@@ -46,8 +50,12 @@ class MediaEndpoint(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr) -> None:
         self.datagrams_in += 1
+        if not self.receiving:
+            self.discarded += 1
+            return
         event = self.stream.receive(data)
         if isinstance(event, AudioReceived):
+            self.octets_in += len(event.packet.payload)
             if self.record and len(self.recording) < MAX_RECORD_SECONDS * 50 * FRAME_BYTES_PCM:
                 self.recording += event.pcm
             if self.on_audio is not None:
@@ -63,7 +71,14 @@ class MediaEndpoint(asyncio.DatagramProtocol):
 
     def send_pcm(self, pcm: bytes) -> None:
         if self.remote is not None and self.transport is not None:
+            self.octets_out += len(pcm) // 2
             self.transport.sendto(self.stream.packet_for(pcm), self.remote)
+
+    def send_payload(self, payload: bytes) -> None:
+        """An already-encoded G.711 frame (a relay or a pre-encoded loop)."""
+        if self.remote is not None and self.transport is not None:
+            self.octets_out += len(payload)
+            self.transport.sendto(self.stream.packet_for_payload(payload), self.remote)
 
     def start_sending(self, source: FrameSource, remote: tuple[str, int]) -> None:
         """Send one frame every 20 ms to `remote` until the source ends or `stop_sending()`."""

@@ -58,8 +58,10 @@ SERVICES: tuple[ServiceSpec, ...] = (
                  _p("admin_port", 8443, "tcp", "HTTPS administration")),
                 ("keymanager", "tftp-signer", "capf", "srtp-gateway", "ctl-provider", "phone-sim")),
     ServiceSpec("keymanager", "ccmsec_keymanager", 6, "key manager: SRTP master values per call", (), ()),
-    ServiceSpec("srtp-gateway", "ccmsec_srtp_gateway", 7, "MGCP gateway with the SRTP package",
-                (_p("mgcp_port", 2427, "udp", "MGCP"),), ()),
+    # Controlled with MGCP semantics over gRPC on mutual TLS (GW-4, CHK-12), not MGCP text on UDP
+    # 2427: that port would be unauthenticated. Media uses an ephemeral UDP port per connection.
+    ServiceSpec("srtp-gateway", "ccmsec_srtp_gateway", 7, "MGCP-controlled media gateway with the SRTP package",
+                (), ("callmanager",)),
     ServiceSpec("srst", "ccmsec_srst", 8, "Survivable Remote Site Telephony reference",
                 (_p("sccp_port", 2000, "tcp", "SCCP (fallback)"), _p("sccp_tls_port", 2443, "tcp", "SCCP over TLS (fallback)"),
                  _p("srst_cert_port", 2445, "tcp", "SRST certificate provider")), ("callmanager",)),

@@ -9,6 +9,7 @@ set per direction, so `is_srtp` is true only when both are (the CALL-2 lock cond
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 from ccmsec.media import g711
 from ccmsec.media.packetiser import Packetiser, SequenceTracker
@@ -39,8 +40,18 @@ class MediaCounters:
 
 @dataclass(frozen=True)
 class AudioReceived:
+    """One accepted packet; `pcm` decodes its G.711 payload on demand (a relay never needs it)."""
+
     packet: RtpPacket = field(repr=False)
-    pcm: bytes = field(repr=False)
+    decode: Callable[[bytes], bytes] = field(repr=False)
+
+    @property
+    def payload(self) -> bytes:
+        return self.packet.payload
+
+    @property
+    def pcm(self) -> bytes:
+        return self.decode(self.packet.payload)
 
 
 @dataclass(frozen=True)
@@ -125,4 +136,4 @@ class MediaStream:
         self.tracker.update(packet.sequence)
         c.received += 1
         c.lost = self._lost_before + self.tracker.lost
-        return AudioReceived(packet, self._decode(packet.payload))
+        return AudioReceived(packet, self._decode)

@@ -47,7 +47,6 @@ class ServiceSettings(BaseSettings):
     sccp_tls_port: int = Field(2443, ge=1, le=65535)
     admin_port: int = Field(8443, ge=1, le=65535)
     srst_cert_port: int = Field(2445, ge=1, le=65535)
-    mgcp_port: int = Field(2427, ge=1, le=65535)
     tftp_path: str = "cluster1"
     tftp_caching: bool = True
 

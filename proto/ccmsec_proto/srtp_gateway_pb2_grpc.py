@@ -55,6 +55,11 @@ class SrtpGatewayStub:
                 request_serializer=ccmsec__proto_dot_srtp__gateway__pb2.DeleteConnectionRequest.SerializeToString,
                 response_deserializer=ccmsec__proto_dot_srtp__gateway__pb2.DeleteConnectionReply.FromString,
                 _registered_method=True)
+        self.AuditEndpoint = channel.unary_unary(
+                '/ccmsec.v1.SrtpGateway/AuditEndpoint',
+                request_serializer=ccmsec__proto_dot_srtp__gateway__pb2.AuditEndpointRequest.SerializeToString,
+                response_deserializer=ccmsec__proto_dot_srtp__gateway__pb2.AuditEndpointReply.FromString,
+                _registered_method=True)
 
 
 class SrtpGatewayServicer:
@@ -84,6 +89,12 @@ class SrtpGatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AuditEndpoint(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SrtpGatewayServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -106,6 +117,11 @@ def add_SrtpGatewayServicer_to_server(servicer, server):
                     servicer.DeleteConnection,
                     request_deserializer=ccmsec__proto_dot_srtp__gateway__pb2.DeleteConnectionRequest.FromString,
                     response_serializer=ccmsec__proto_dot_srtp__gateway__pb2.DeleteConnectionReply.SerializeToString,
+            ),
+            'AuditEndpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.AuditEndpoint,
+                    request_deserializer=ccmsec__proto_dot_srtp__gateway__pb2.AuditEndpointRequest.FromString,
+                    response_serializer=ccmsec__proto_dot_srtp__gateway__pb2.AuditEndpointReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -216,6 +232,33 @@ class SrtpGateway:
             '/ccmsec.v1.SrtpGateway/DeleteConnection',
             ccmsec__proto_dot_srtp__gateway__pb2.DeleteConnectionRequest.SerializeToString,
             ccmsec__proto_dot_srtp__gateway__pb2.DeleteConnectionReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AuditEndpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ccmsec.v1.SrtpGateway/AuditEndpoint',
+            ccmsec__proto_dot_srtp__gateway__pb2.AuditEndpointRequest.SerializeToString,
+            ccmsec__proto_dot_srtp__gateway__pb2.AuditEndpointReply.FromString,
             options,
             channel_credentials,
             insecure,

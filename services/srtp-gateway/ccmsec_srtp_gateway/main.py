@@ -1,21 +1,56 @@
-"""Entry point of the srtp-gateway service."""
+"""Entry point of the srtp-gateway service: an MGCP-controlled media gateway with the SRTP
+package. Call control drives it over gRPC on mutual TLS (GW-4, CHK-12); media flows over UDP
+between its IP leg (RTP or SRTP through libsrtp) and a simulated telephone network."""
 
 from __future__ import annotations
 
+from pydantic import Field
+
+from ccmsec.runtime import bus as bus_mod
 from ccmsec.runtime.service import Service, run_service
-from ccmsec.runtime.servicer import StatusServicerMixin
-from ccmsec_proto import srtp_gateway_pb2_grpc
+from ccmsec.runtime.settings import ServiceSettings
+from ccmsec_proto import callmanager_pb2_grpc, common_pb2, srtp_gateway_pb2_grpc
+
+from .clustermode import ClusterModeWatcher
+from .gateway import Gateway
+from .servicer import SrtpGatewayServicer
 
 
-class SrtpGatewayServicer(StatusServicerMixin, srtp_gateway_pb2_grpc.SrtpGatewayServicer):
-    pass
+class GatewaySettings(ServiceSettings):
+    gateway_name: str = Field("gw1", pattern=r"^[A-Za-z0-9][A-Za-z0-9.\-]{0,62}$")  # endpoint domain
+    gateway_lines: int = Field(24, ge=1, le=4096)      # aaln/S1/SU0/1..N
+    gateway_srtp: bool = True                          # False: a gateway without SRTP support (GW-2)
 
 
 class SrtpGatewayService(Service):
     role = "srtp-gateway"
+    settings_class = GatewaySettings
+
+    def __init__(self, settings):
+        super().__init__(settings)
+        self.gateway = Gateway(settings.gateway_name, settings.host, lines=settings.gateway_lines,
+                               max_connections=max(settings.gateway_lines, 4096),
+                               srtp_capable=settings.gateway_srtp)
+        self.cluster_mode = ClusterModeWatcher(self._ask_cluster_mode)
+
+    async def _ask_cluster_mode(self) -> int:
+        stub = callmanager_pb2_grpc.CallManagerStub(self.peer_channel("callmanager"))
+        return (await stub.GetClusterMode(common_pb2.Empty(), timeout=5)).mode
+
+    def status_details(self) -> dict[str, str]:
+        conns = list(self.gateway.connections.values())
+        return {"gateway": self.gateway.name, "connections": str(len(conns)),
+                "srtp_connections": str(sum(c.srtp for c in conns)),
+                "srtp_capable": str(self.gateway.srtp_capable).lower(),
+                "connections_created": str(self.gateway.totals["created"])}
 
     async def setup(self) -> None:
-        self.grpc.add(srtp_gateway_pb2_grpc.add_SrtpGatewayServicer_to_server, SrtpGatewayServicer(self), "ccmsec.v1.SrtpGateway")
+        self.grpc.add(srtp_gateway_pb2_grpc.add_SrtpGatewayServicer_to_server, SrtpGatewayServicer(self),
+                      "ccmsec.v1.SrtpGateway")
+        await self.subscribe(bus_mod.subject_for("mode.changed"), "mode", self.cluster_mode.on_event)
+
+    async def teardown(self) -> None:
+        await self.gateway.close()
 
 
 def main() -> None:

@@ -1,0 +1,49 @@
+"""What the gateway knows of the cluster security mode (GW-4: SRTP needs mixed mode).
+
+Call control owns the mode; the gateway asks it (`CallManager/GetClusterMode`) when it first needs
+to know and follows `mode.changed` events after that. When call control cannot be reached, SRTP
+is refused rather than assumed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Awaitable, Callable
+
+import grpc
+
+from ccmsec_proto import common_pb2, events_pb2
+
+Ask = Callable[[], Awaitable[int]]
+
+
+class ClusterModeUnknown(Exception):
+    pass
+
+
+class ClusterModeWatcher:
+    def __init__(self, ask: Ask, *, timeout: float = 5.0):
+        self._ask = ask
+        self._timeout = timeout
+        self.mode: int | None = None
+        self._lock = asyncio.Lock()
+
+    async def current(self) -> int:
+        if self.mode is not None:
+            return self.mode
+        async with self._lock:
+            if self.mode is None:
+                try:
+                    self.mode = await asyncio.wait_for(self._ask(), self._timeout)
+                except (grpc.aio.AioRpcError, asyncio.TimeoutError, OSError) as exc:
+                    detail = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else type(exc).__name__
+                    raise ClusterModeUnknown(f"cannot learn the cluster security mode from call "
+                                             f"control: {detail}") from None
+        return self.mode
+
+    async def on_event(self, event: events_pb2.Event) -> None:
+        if event.WhichOneof("body") == "mode_changed":
+            self.mode = event.mode_changed.mode
+
+    async def is_mixed(self) -> bool:
+        return await self.current() == common_pb2.CLUSTER_MIXED

@@ -1,0 +1,299 @@
+"""The srtp-gateway service in process with a real call manager (cluster mode), real NATS,
+gRPC over mutual TLS and UDP media on loopback; an IP "phone" is a `MediaEndpoint`.
+
+GW-1 (keys for the SRTP stream, as SDP a=crypto), GW-2 (RTP when told or when the gateway has no
+SRTP), GW-3 (fallback to RTP with a modify), GW-4 (SRTP only in mixed mode; the control link
+needs this cluster's client certificate), MGCP semantics and bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+
+import grpc
+import pytest
+import pytest_asyncio
+
+from ccmsec.aio.media import MediaEndpoint
+from ccmsec.db.devices import SETTING_CTL_VERSION, set_setting
+from ccmsec.formats.sdp import audio_session, parse_sdp
+from ccmsec.media import tones
+from ccmsec.media.keys import to_proto
+from ccmsec.media.srtp import MasterKey
+from ccmsec.media.stream import MediaStream
+from ccmsec.runtime.grpcio import secure_channel
+from ccmsec.runtime.identity import client_identity
+from ccmsec.runtime.settings import load_settings
+from ccmsec_proto import callmanager_pb2, callmanager_pb2_grpc, common_pb2
+from ccmsec_proto import srtp_gateway_pb2 as pb
+from ccmsec_proto import srtp_gateway_pb2_grpc
+from ccmsec_srtp_gateway.main import GatewaySettings, SrtpGatewayService
+from tests.conftest import free_port
+from tests.integration.test_callmanager_service import _settings as cm_settings, _start, pki_template, wait_for  # noqa: F401
+
+pytestmark = [pytest.mark.timeout(90), pytest.mark.asyncio(loop_scope="module")]
+
+TONE, ANNOUNCEMENT, ECHO = "5550100", "5550101", "5550102"
+
+
+class Cluster:
+    def __init__(self, data, cm_svc, cm_task, gw_svc, gw_task):
+        self.data, self.cm_svc, self.cm_task, self.gw_svc, self.gw_task = data, cm_svc, cm_task, gw_svc, gw_task
+        ident = client_identity(data)
+        self.gw_channel = secure_channel(ident, "127.0.0.1", gw_svc.settings.grpc_port, "srtp-gateway")
+        self.cm_channel = secure_channel(ident, "127.0.0.1", cm_svc.settings.grpc_port, "callmanager")
+        self.gw = srtp_gateway_pb2_grpc.SrtpGatewayStub(self.gw_channel)
+        self.cm = callmanager_pb2_grpc.CallManagerStub(self.cm_channel)
+
+    async def set_mode(self, mode):
+        """Through call control, once: a real change makes call control restart itself (RST-3),
+        and the in-process call manager then stays down — the gateway has learnt the mode."""
+        known = self.gw_svc.cluster_mode.mode
+        if known == mode or (known is None and mode == common_pb2.CLUSTER_NON_SECURE):
+            return
+        await self.cm.SetClusterMode(callmanager_pb2.SetClusterModeRequest(mode=mode))
+        await wait_for(lambda: self.gw_svc.cluster_mode.mode == mode, 10)
+
+    async def mixed(self):
+        async with self.cm_svc.db() as session, session.begin():
+            await set_setting(session, SETTING_CTL_VERSION, "1")
+        await self.set_mode(common_pb2.CLUSTER_MIXED)
+
+
+async def _start_gateway(tmp_path, nats_url, cm_host_port, **extra):
+    settings = load_settings(GatewaySettings, service="srtp-gateway", data_dir=tmp_path, host="127.0.0.1",
+                             grpc_port=free_port(), metrics_port=0, nats_url=nats_url, shutdown_grace=1.0,
+                             bus_connect_timeout=10, peers={"callmanager": "127.0.0.1"}, **extra)
+    svc = SrtpGatewayService(settings)
+    task = asyncio.create_task(svc.run())
+    await wait_for(lambda: task.done() or (svc.bus is not None and len(svc.bus._subs) >= 3), timeout=20)
+    if task.done():
+        task.result()
+    return svc, task
+
+
+@pytest.fixture(scope="module")
+def module_nats(tmp_path_factory):
+    """One NATS for the module (call manager and gateway start once: they are the slow part)."""
+    import subprocess
+    import time
+    import socket
+    from tests.conftest import nats_binary
+    port = free_port()
+    proc = subprocess.Popen([nats_binary(), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd",
+                             str(tmp_path_factory.mktemp("nats"))], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    yield f"nats://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def cluster(tmp_path_factory, module_nats, pki_template):
+    tmp_path = tmp_path_factory.mktemp("gw-cluster")
+    nats_server = module_nats
+    for folder in ("pki", "servers"):
+        shutil.copytree(pki_template / folder, tmp_path / folder)
+    cms = cm_settings(tmp_path, nats_server)
+    cm_svc, cm_task = await _start(cms)
+    # the gateway finds call control's gRPC port through the same setting every service uses
+    gw_svc, gw_task = await _start_gateway(tmp_path, nats_server, None, gateway_lines=4)
+    gw_svc.peer_channel("callmanager", cms.grpc_port)
+    c = Cluster(tmp_path, cm_svc, cm_task, gw_svc, gw_task)
+    yield c
+    await gw_svc.gateway.close()
+    await c.gw_channel.close()
+    await c.cm_channel.close()
+    for svc, task in ((gw_svc, gw_task), (cm_svc, cm_task)):
+        svc.request_stop()
+        await asyncio.wait_for(task, 10)
+
+
+async def _phone(send_key=None, receive_key=None, pt=0):
+    return await MediaEndpoint.open("127.0.0.1", stream=MediaStream(pt, send_key=send_key, receive_key=receive_key),
+                                    record=True)
+
+
+def _remote(phone, key=None, pt=0):
+    host, port = phone.local_address
+    return audio_session(host, port, key=key, payload_type=pt).to_text()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def gw(cluster):
+    """The shared cluster, with no connection left over from the previous test."""
+    yield cluster
+    await cluster.gw_svc.gateway.close()
+
+
+async def test_gw4_srtp_refused_in_a_non_secure_cluster_and_gw2_rtp_works(gw):
+    cluster = gw
+    await cluster.set_mode(common_pb2.CLUSTER_NON_SECURE)
+    phone = await _phone()
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await cluster.gw.CreateConnection(pb.CreateConnectionRequest(
+            endpoint="aaln/S1/SU0/1@gw1", call_id="A1", dialled_number=TONE, srtp=True,
+            send_key=to_proto(MasterKey.generate()), remote_sdp=_remote(phone, MasterKey.generate())))
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "GW-4" in err.value.details() and "mixed mode" in err.value.details()
+    # GW-2: plain RTP is what call control asks for then, and it flows
+    reply = await cluster.gw.CreateConnection(pb.CreateConnectionRequest(
+        endpoint="aaln/S1/SU0/1@gw1", call_id="A1", dialled_number=TONE, remote_sdp=_remote(phone)))
+    local = parse_sdp(reply.local_sdp).audio()
+    assert not reply.srtp and not local.srtp and local.crypto == ()
+    await wait_for(lambda: phone.stream.counters.received >= 10)
+    assert phone.stream.counters.refused == 0
+    await phone.close()
+
+
+async def test_gw1_srtp_echo_and_tone_through_the_gateway(gw):
+    cluster = gw
+    await cluster.mixed()
+    # phone -> gateway key (in the remote SDP) and gateway -> phone key (send_key), both from call control
+    up, down = MasterKey.generate(), MasterKey.generate()
+    phone = await _phone(send_key=up, receive_key=down)
+    reply = await cluster.gw.CreateConnection(pb.CreateConnectionRequest(
+        endpoint="aaln/S1/SU0/$@gw1", call_id="C0FFEE", dialled_number=ECHO, srtp=True,
+        send_key=to_proto(down), remote_sdp=_remote(phone, up)))
+    assert reply.srtp and reply.endpoint == "aaln/S1/SU0/1@gw1" and len(reply.connection_id) == 16
+    local = parse_sdp(reply.local_sdp)
+    audio = local.audio()
+    assert audio.srtp and audio.crypto[0].key == down  # GW-1: the SRTP stream's key, as SDP
+    assert audio.direction == "sendrecv"
+    sent = []
+    src = tones.tone(700)
+    loop_frames = iter([src.frame() for _ in range(25)])
+
+    def next_frame():
+        f = next(loop_frames, None)
+        if f is not None:
+            sent.append(f)
+        return f
+    phone.start_sending(next_frame, (local.address_of(audio), audio.port))
+    await wait_for(lambda: phone.stream.counters.received == 25, 10)
+    from ccmsec.media import g711
+    assert bytes(phone.recording) == b"".join(g711.ulaw_decode(g711.ulaw_encode(f)) for f in sent)
+    audit = await cluster.gw.AuditEndpoint(pb.AuditEndpointRequest(endpoint="aaln/S1/SU0/*@gw1"))
+    [conn] = [c for e in audit.endpoints for c in e.connections]
+    assert (conn.packets_received, conn.packets_sent, conn.srtp) == (25, 25, True)
+    assert audit.srtp_capable and len(audit.endpoints) == 4
+    # a second line calls the tone number: SRTP audio arrives and decrypts to the 1004 Hz tone
+    up2, down2 = MasterKey.generate(), MasterKey.generate()
+    phone2 = await _phone(send_key=up2, receive_key=down2)
+    await cluster.gw.CreateConnection(pb.CreateConnectionRequest(
+        endpoint="aaln/S1/SU0/2@gw1", call_id="C0FFEF", dialled_number=TONE, srtp=True,
+        send_key=to_proto(down2), remote_sdp=_remote(phone2, up2)))
+    await wait_for(lambda: phone2.stream.counters.received >= 20, 10)
+    assert phone2.stream.counters.refused == 0 and any(phone2.recording)
+    deleted = await cluster.gw.DeleteConnection(pb.DeleteConnectionRequest(endpoint="aaln/S1/SU0/*@gw1"))
+    assert sorted(d.call_id for d in deleted.deleted) == ["C0FFEE", "C0FFEF"]
+    assert cluster.gw_svc.gateway.connections == {}
+    await phone.close()
+    await phone2.close()
+
+
+async def test_gw3_modify_modes_and_fallback_to_rtp(gw):
+    cluster = gw
+    await cluster.mixed()
+    up, down = MasterKey.generate(), MasterKey.generate()
+    phone = await _phone(send_key=up, receive_key=down)
+    reply = await cluster.gw.CreateConnection(pb.CreateConnectionRequest(
+        endpoint="aaln/S1/SU0/3@gw1", call_id="B0B", dialled_number=ANNOUNCEMENT, srtp=True,
+        send_key=to_proto(down), mode=pb.RECVONLY, remote_sdp=_remote(phone, up)))
+    assert parse_sdp(reply.local_sdp).audio().direction == "recvonly"
+    await asyncio.sleep(0.2)
+    assert phone.stream.counters.received == 0  # recvonly: the gateway sends nothing
+    await cluster.gw.ModifyConnection(pb.ModifyConnectionRequest(
+        endpoint="aaln/S1/SU0/3@gw1", call_id="B0B", connection_id=reply.connection_id, mode=pb.SENDRECV))
+    await wait_for(lambda: phone.stream.counters.received >= 5)
+    # GW-3: the far end becomes a non-secure device -> the leg falls back to RTP
+    plain = await _phone()
+    mod = await cluster.gw.ModifyConnection(pb.ModifyConnectionRequest(
+        endpoint="aaln/S1/SU0/3@gw1", call_id="B0B", connection_id=reply.connection_id,
+        remote_sdp=_remote(plain), change_security=True, srtp=False))
+    assert not mod.srtp and not parse_sdp(mod.local_sdp).audio().srtp
+    await wait_for(lambda: plain.stream.counters.received >= 5)
+    assert plain.stream.counters.malformed == 0
+    stats = (await cluster.gw.DeleteConnection(pb.DeleteConnectionRequest(
+        endpoint="aaln/S1/SU0/3@gw1", connection_id=reply.connection_id))).deleted[0]
+    assert not stats.srtp and stats.packets_sent >= 10 and stats.octets_sent == 160 * stats.packets_sent
+    await phone.close()
+    await plain.close()
+
+
+async def test_mgcp_bad_commands_are_clear(gw):
+    cluster = gw
+    await cluster.mixed()
+    phone = await _phone()
+    key = to_proto(MasterKey.generate())
+    ok = dict(endpoint="aaln/S1/SU0/4@gw1", call_id="1", dialled_number=ECHO)
+    first = await cluster.gw.CreateConnection(pb.CreateConnectionRequest(**ok))
+    cases = [
+        (pb.CreateConnectionRequest(**{**ok, "endpoint": "aaln/S1/SU0/9@gw1"}), grpc.StatusCode.NOT_FOUND, "500 endpoint unknown"),
+        (pb.CreateConnectionRequest(**{**ok, "endpoint": "nothing"}), grpc.StatusCode.INVALID_ARGUMENT, "510"),
+        (pb.CreateConnectionRequest(**{**ok, "endpoint": "aaln/*/1@gw1"}), grpc.StatusCode.INVALID_ARGUMENT, "last term"),
+        (pb.CreateConnectionRequest(**{**ok, "endpoint": "aaln/S1/SU0/*@gw1"}), grpc.StatusCode.INVALID_ARGUMENT, "not allowed here"),
+        (pb.CreateConnectionRequest(**ok), grpc.StatusCode.RESOURCE_EXHAUSTED, "502 endpoint busy"),
+        (pb.CreateConnectionRequest(**{**ok, "endpoint": "aaln/S1/SU0/2@gw1", "call_id": "xyz"}), grpc.StatusCode.INVALID_ARGUMENT, "hexadecimal"),
+        (pb.CreateConnectionRequest(**{**ok, "endpoint": "aaln/S1/SU0/2@gw1", "dialled_number": "123"}), grpc.StatusCode.NOT_FOUND, "no number '123'"),
+        (pb.CreateConnectionRequest(**{**ok, "endpoint": "aaln/S1/SU0/2@gw1", "mode": 9}), grpc.StatusCode.INVALID_ARGUMENT, "517"),
+        (pb.CreateConnectionRequest(**{**ok, "endpoint": "aaln/S1/SU0/2@gw1", "srtp": True}), grpc.StatusCode.INVALID_ARGUMENT, "GW-1"),
+        (pb.CreateConnectionRequest(**{**ok, "endpoint": "aaln/S1/SU0/2@gw1", "send_key": key}), grpc.StatusCode.INVALID_ARGUMENT, "GW-2"),
+        (pb.CreateConnectionRequest(**{**ok, "endpoint": "aaln/S1/SU0/2@gw1", "srtp": True, "send_key": key,
+                                       "remote_sdp": _remote(phone)}), grpc.StatusCode.INVALID_ARGUMENT, "RTP/SAVP"),
+        (pb.CreateConnectionRequest(**{**ok, "endpoint": "aaln/S1/SU0/2@gw1", "remote_sdp": "v=0\r\nbogus"}),
+         grpc.StatusCode.INVALID_ARGUMENT, "remote session description"),
+        (pb.CreateConnectionRequest(**{**ok, "endpoint": "aaln/S1/SU0/2@gw1", "srtp": True,
+                                       "send_key": common_pb2.KeyMaterial(suite=2, master_key=b"short")}),
+         grpc.StatusCode.INVALID_ARGUMENT, "send_key"),
+    ]
+    for request, code, words in cases:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await cluster.gw.CreateConnection(request)
+        assert err.value.code() == code and words in err.value.details(), (words, err.value.details())
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await cluster.gw.ModifyConnection(pb.ModifyConnectionRequest(endpoint="aaln/S1/SU0/4@gw1", connection_id="FFFF"))
+    assert "515" in err.value.details()
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await cluster.gw.DeleteConnection(pb.DeleteConnectionRequest(
+            endpoint="aaln/S1/SU0/4@gw1", call_id="2", connection_id=first.connection_id))
+    assert "516" in err.value.details()
+    assert len(cluster.gw_svc.gateway.connections) == 1  # nothing half-made by the refusals
+    await phone.close()
+
+
+async def test_gw2_gateway_without_srtp_support_refuses_srtp(tmp_path, nats_server, pki_template):
+    for folder in ("pki", "servers"):
+        shutil.copytree(pki_template / folder, tmp_path / folder)
+    svc, task = await _start_gateway(tmp_path, nats_server, None, gateway_srtp=False)
+    svc.cluster_mode.mode = common_pb2.CLUSTER_MIXED  # as a mode.changed event would set it
+    try:
+        async with secure_channel(client_identity(tmp_path), "127.0.0.1", svc.settings.grpc_port, "srtp-gateway") as ch:
+            stub = srtp_gateway_pb2_grpc.SrtpGatewayStub(ch)
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.CreateConnection(pb.CreateConnectionRequest(
+                    endpoint="aaln/S1/SU0/1@gw1", call_id="1", dialled_number=ECHO, srtp=True,
+                    send_key=to_proto(MasterKey.generate())))
+            assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "GW-2" in err.value.details()
+            audit = await stub.AuditEndpoint(pb.AuditEndpointRequest(endpoint="*@gw1"))
+            assert not audit.srtp_capable and list(audit.suites) == []
+    finally:
+        svc.request_stop()
+        await asyncio.wait_for(task, 10)
+
+
+async def test_gw4_chk12_control_link_needs_this_clusters_certificate(gw, tmp_path_factory):
+    stranger = client_identity(tmp_path_factory.mktemp("elsewhere"))
+    async with secure_channel(stranger, "127.0.0.1", gw.gw_svc.settings.grpc_port, "srtp-gateway") as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await srtp_gateway_pb2_grpc.SrtpGatewayStub(ch).CreateConnection(pb.CreateConnectionRequest(
+                endpoint="aaln/S1/SU0/1@gw1", call_id="1", dialled_number=ECHO), timeout=5)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert gw.gw_svc.gateway.connections == {}
