@@ -17,7 +17,7 @@ import pytest
 from ccmsec.media.keys import from_proto
 from ccmsec.media.srtp import SrtpSuite
 from ccmsec.runtime.grpcio import secure_channel
-from ccmsec.runtime.identity import client_identity
+from ccmsec.runtime.identity import client_identity, service_identity
 from ccmsec_proto import common_pb2, keymanager_pb2, keymanager_pb2_grpc
 from tests.conftest import free_port
 
@@ -30,6 +30,7 @@ def keymanager(tmp_path, nats_server):
     env = {**os.environ, "CCMSEC_SERVICE": "keymanager", "CCMSEC_DATA_DIR": str(tmp_path),
            "CCMSEC_HOST": "127.0.0.1", "CCMSEC_GRPC_PORT": str(port), "CCMSEC_METRICS_PORT": "0",
            "CCMSEC_NATS_URL": nats_server, "CCMSEC_LOG_LEVEL": "DEBUG", "PYTHONUNBUFFERED": "1"}
+    service_identity(tmp_path, "keymanager", "keymanager", "127.0.0.1")  # what `ccmsec up` issues
     log = open(tmp_path / "keymanager.log", "w+")
     proc = subprocess.Popen([sys.executable, "-m", "ccmsec_keymanager"], env=env, stdout=log, stderr=log)
     try:

@@ -22,14 +22,14 @@ from ccmsec.media.keys import to_proto
 from ccmsec.media.srtp import MasterKey
 from ccmsec.media.stream import MediaStream
 from ccmsec.runtime.grpcio import secure_channel
-from ccmsec.runtime.identity import client_identity
+from ccmsec.runtime.identity import client_identity, service_identity
 from ccmsec.runtime.settings import load_settings
 from ccmsec_proto import callmanager_pb2, callmanager_pb2_grpc, common_pb2
 from ccmsec_proto import srtp_gateway_pb2 as pb
 from ccmsec_proto import srtp_gateway_pb2_grpc
 from ccmsec_srtp_gateway.main import GatewaySettings, SrtpGatewayService
 from tests.conftest import free_port
-from tests.integration.test_callmanager_service import _settings as cm_settings, _start, pki_template, wait_for  # noqa: F401
+from tests.integration.test_callmanager_service import _start, pki_template, wait_for  # noqa: F401
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.asyncio(loop_scope="module")]
 
@@ -41,7 +41,7 @@ class Cluster:
         self.data, self.cm_svc, self.cm_task, self.gw_svc, self.gw_task = data, cm_svc, cm_task, gw_svc, gw_task
         ident = client_identity(data)
         self.gw_channel = secure_channel(ident, "127.0.0.1", gw_svc.settings.grpc_port, "srtp-gateway")
-        self.cm_channel = secure_channel(ident, "127.0.0.1", cm_svc.settings.grpc_port, "callmanager")
+        self.cm_channel = secure_channel(ident, cm_svc.settings.host, cm_svc.settings.grpc_port, "callmanager")
         self.gw = srtp_gateway_pb2_grpc.SrtpGatewayStub(self.gw_channel)
         self.cm = callmanager_pb2_grpc.CallManagerStub(self.cm_channel)
 
@@ -60,10 +60,11 @@ class Cluster:
         await self.set_mode(common_pb2.CLUSTER_MIXED)
 
 
-async def _start_gateway(tmp_path, nats_url, cm_host_port, **extra):
+async def _start_gateway(tmp_path, nats_url, cm_host, **extra):
+    service_identity(tmp_path, "srtp-gateway", "srtp-gateway", "127.0.0.1")
     settings = load_settings(GatewaySettings, service="srtp-gateway", data_dir=tmp_path, host="127.0.0.1",
                              grpc_port=free_port(), metrics_port=0, nats_url=nats_url, shutdown_grace=1.0,
-                             bus_connect_timeout=10, peers={"callmanager": "127.0.0.1"}, **extra)
+                             bus_connect_timeout=10, peers={"callmanager": cm_host or "127.0.0.1"}, **extra)
     svc = SrtpGatewayService(settings)
     task = asyncio.create_task(svc.run())
     await wait_for(lambda: task.done() or (svc.bus is not None and len(svc.bus._subs) >= 3), timeout=20)
@@ -99,13 +100,18 @@ def module_nats(tmp_path_factory):
 async def cluster(tmp_path_factory, module_nats, pki_template):
     tmp_path = tmp_path_factory.mktemp("gw-cluster")
     nats_server = module_nats
-    for folder in ("pki", "servers"):
+    for folder in ("pki", "servers", "identities"):
         shutil.copytree(pki_template / folder, tmp_path / folder)
-    cms = cm_settings(tmp_path, nats_server)
+    # call control on its own loopback address with the standard gRPC port, as `ccmsec up` lays it out,
+    # so the gateway reaches it through CCMSEC_PEERS like in a real cluster
+    import secrets
+    cm_host = f"127.{secrets.randbelow(200) + 20}.{secrets.randbelow(250)}.5"
+    cms = load_settings(service="callmanager", data_dir=tmp_path, host=cm_host, grpc_port=50051,
+                        metrics_port=0, nats_url=nats_server, sccp_port=free_port(cm_host),
+                        sccp_tls_port=free_port(cm_host), admin_port=free_port(cm_host),
+                        shutdown_grace=1.0, bus_connect_timeout=10)
     cm_svc, cm_task = await _start(cms)
-    # the gateway finds call control's gRPC port through the same setting every service uses
-    gw_svc, gw_task = await _start_gateway(tmp_path, nats_server, None, gateway_lines=4)
-    gw_svc.peer_channel("callmanager", cms.grpc_port)
+    gw_svc, gw_task = await _start_gateway(tmp_path, nats_server, cm_host, gateway_lines=4)
     c = Cluster(tmp_path, cm_svc, cm_task, gw_svc, gw_task)
     yield c
     await gw_svc.gateway.close()
@@ -270,7 +276,7 @@ async def test_mgcp_bad_commands_are_clear(gw):
 
 
 async def test_gw2_gateway_without_srtp_support_refuses_srtp(tmp_path, nats_server, pki_template):
-    for folder in ("pki", "servers"):
+    for folder in ("pki", "servers", "identities"):
         shutil.copytree(pki_template / folder, tmp_path / folder)
     svc, task = await _start_gateway(tmp_path, nats_server, None, gateway_srtp=False)
     svc.cluster_mode.mode = common_pb2.CLUSTER_MIXED  # as a mode.changed event would set it
