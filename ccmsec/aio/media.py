@@ -55,7 +55,7 @@ class MediaEndpoint(asyncio.DatagramProtocol):
             return
         event = self.stream.receive(data)
         if isinstance(event, AudioReceived):
-            self.octets_in += len(event.packet.payload)
+            self.octets_in += len(event.payload)
             if self.record and len(self.recording) < MAX_RECORD_SECONDS * 50 * FRAME_BYTES_PCM:
                 self.recording += event.pcm
             if self.on_audio is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 
-from ccmsec.media.rtp import RtpPacket
+from ccmsec.media.rtp import HEADER, RtpPacket
 
 FRAME_MS = 20
 SAMPLES_PER_FRAME = 160          # 20 ms at 8 kHz
@@ -37,6 +37,16 @@ class Packetiser:
         self.sequence = (self.sequence + 1) & 0xFFFF
         self.timestamp = (self.timestamp + (len(payload) if samples is None else samples)) & 0xFFFFFFFF
         return pkt
+
+    def datagram(self, payload: bytes) -> bytes:
+        """`packet(payload).to_bytes()` without the intermediate object: the per-packet path of a
+        relay (a G.711 payload carries one sample per byte)."""
+        header = HEADER.pack(0x80, self.payload_type | (0x80 if self._first else 0),
+                             self.sequence, self.timestamp, self.ssrc)
+        self._first = False
+        self.sequence = (self.sequence + 1) & 0xFFFF
+        self.timestamp = (self.timestamp + len(payload)) & 0xFFFFFFFF
+        return header + payload
 
 
 @dataclass

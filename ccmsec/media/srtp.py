@@ -141,9 +141,10 @@ class SrtpReceiver:
                                   srtp_profile=master.suite.libsrtp_profile)
         policy.window_size = window
         self._session = pylibsrtp.Session(policy)
+        self._shortest = 12 + self.suite.tag_length
 
     def unprotect(self, srtp: bytes) -> bytes:
-        if len(srtp) < 12 + self.suite.tag_length:
+        if len(srtp) < self._shortest:
             raise SrtpRefused(Refusal.MALFORMED, f"{len(srtp)} bytes cannot hold a header and a tag")
         try:
             return self._session.unprotect(srtp)

@@ -8,12 +8,11 @@ set per direction, so `is_srtp` is true only when both are (the CALL-2 lock cond
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import dataclass
 
 from ccmsec.media import g711
 from ccmsec.media.packetiser import Packetiser, SequenceTracker
-from ccmsec.media.rtp import RtpError, RtpPacket, parse_rtp
+from ccmsec.media.rtp import HEADER, HEADER_SIZE, RtpError, parse_rtp
 from ccmsec.media.srtp import MasterKey, Refusal, SrtpReceiver, SrtpRefused, SrtpSender
 
 
@@ -38,20 +37,22 @@ class MediaCounters:
                 "foreign": self.foreign}
 
 
-@dataclass(frozen=True)
 class AudioReceived:
-    """One accepted packet; `pcm` decodes its G.711 payload on demand (a relay never needs it)."""
+    """One accepted packet: its header fields and payload; `pcm` decodes the G.711 payload on
+    demand (a relay never needs it). A plain slotted class: one is made per packet."""
 
-    packet: RtpPacket = field(repr=False)
-    decode: Callable[[bytes], bytes] = field(repr=False)
+    __slots__ = ("payload_type", "sequence", "timestamp", "ssrc", "marker", "payload", "_decode")
 
-    @property
-    def payload(self) -> bytes:
-        return self.packet.payload
+    def __init__(self, payload_type, sequence, timestamp, ssrc, marker, payload, decode):
+        self.payload_type, self.sequence, self.timestamp = payload_type, sequence, timestamp
+        self.ssrc, self.marker, self.payload, self._decode = ssrc, marker, payload, decode
 
     @property
     def pcm(self) -> bytes:
-        return self.decode(self.packet.payload)
+        return self._decode(self.payload)
+
+    def __repr__(self) -> str:
+        return f"AudioReceived(seq={self.sequence}, ssrc={self.ssrc:#010x}, {len(self.payload)} bytes)"
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,7 @@ class MediaStream:
         return self.packet_for_payload(self._encode(pcm))
 
     def packet_for_payload(self, payload: bytes) -> bytes:
-        rtp = self.packetiser.packet(payload).to_bytes()
+        rtp = self.packetiser.datagram(payload)
         self.counters.sent += 1
         return self._sender.protect(rtp) if self._sender else rtp
 
@@ -122,18 +123,23 @@ class MediaStream:
                 else:
                     c.malformed += 1
                 return PacketRefused(exc.reason, str(exc))
-        try:
-            packet = parse_rtp(datagram)
-        except RtpError as exc:
-            c.malformed += 1
-            return PacketRefused(Refusal.MALFORMED, str(exc))
-        if packet.payload_type != self.payload_type or (
-                self.remote_ssrc is not None and packet.ssrc != self.remote_ssrc):
+        if len(datagram) >= HEADER_SIZE and datagram[0] == 0x80:
+            # the usual packet (V=2, no padding, extension or CSRCs): the fixed header only
+            _, second, seq, ts, ssrc = HEADER.unpack_from(datagram)
+            pt, marker, payload = second & 0x7F, bool(second & 0x80), datagram[HEADER_SIZE:]
+        else:
+            try:
+                packet = parse_rtp(datagram)
+            except RtpError as exc:
+                c.malformed += 1
+                return PacketRefused(Refusal.MALFORMED, str(exc))
+            pt, marker, seq, ts, ssrc, payload = (packet.payload_type, packet.marker, packet.sequence,
+                                                  packet.timestamp, packet.ssrc, packet.payload)
+        if pt != self.payload_type or (self.remote_ssrc is not None and ssrc != self.remote_ssrc):
             c.foreign += 1
-            return PacketRefused(Refusal.MALFORMED, f"unexpected payload type {packet.payload_type} "
-                                                    f"or SSRC {packet.ssrc:#010x}")
-        self.remote_ssrc = packet.ssrc
-        self.tracker.update(packet.sequence)
+            return PacketRefused(Refusal.MALFORMED, f"unexpected payload type {pt} or SSRC {ssrc:#010x}")
+        self.remote_ssrc = ssrc
+        self.tracker.update(seq)
         c.received += 1
         c.lost = self._lost_before + self.tracker.lost
-        return AudioReceived(packet, self._decode)
+        return AudioReceived(pt, seq, ts, ssrc, marker, payload, self._decode)

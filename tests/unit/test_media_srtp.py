@@ -119,3 +119,17 @@ def test_sender_protects_what_the_receiver_unprotects_exactly():
     key = MasterKey.generate()
     rtp = bytes([0x80, 0, 0, 9, 0, 0, 0, 1, 0, 0, 0, 2]) + bytes(range(160))
     assert SrtpReceiver(key).unprotect(SrtpSender(key).protect(rtp)) == rtp
+
+
+def test_receive_takes_packets_with_csrcs_extension_and_padding_too():
+    """The fast path covers the plain header; anything else goes through the full parser."""
+    from ccmsec.media.rtp import RtpPacket
+    plain = MediaStream(0)
+    raw = RtpPacket(0, 5, 800, 0xABCDEF01, b"\x11" * 160, csrcs=(9,), extension=(1, b"abcd"), padding=3).to_bytes()
+    got = plain.receive(raw)
+    assert isinstance(got, AudioReceived)
+    assert (got.sequence, got.timestamp, got.ssrc, got.payload) == (5, 800, 0xABCDEF01, b"\x11" * 160)
+    other_pt = RtpPacket(8, 6, 960, 0xABCDEF01, b"\x11" * 160).to_bytes()
+    assert isinstance(plain.receive(other_pt), PacketRefused) and plain.counters.foreign == 1
+    other_ssrc = RtpPacket(0, 6, 960, 0x1, b"\x11" * 160).to_bytes()
+    assert isinstance(plain.receive(other_ssrc), PacketRefused) and plain.counters.foreign == 2
