@@ -184,8 +184,15 @@ async def run_step(stub, gw_host, calls: int, seconds: float, gateway_pid: int) 
             transport.sendto(packets[i], remote)
         due += 0.02
         await asyncio.sleep(max(0.0, due - loop.time()))
-    await asyncio.sleep(0.3)  # the last echoes
     cpu, wall = _cpu_seconds(gateway_pid) - cpu0, time.perf_counter() - t0
+    # the last echoes: wait until nothing more arrives for 0.5 s (at most 10 s)
+    last, quiet_since, end = -1, loop.time(), loop.time() + 10
+    while loop.time() < end and loop.time() - quiet_since < 0.5:
+        now_total = sum(len(phone.received) for _, phone, *_ in legs)
+        if now_total != last:
+            last, quiet_since = now_total, loop.time()
+        await asyncio.sleep(0.05)
+    cpu = _cpu_seconds(gateway_pid) - cpu0
     sent = back = refused = 0
     for transport, phone, _, packets, down, conn_id in legs:
         receiver = SrtpReceiver(down)

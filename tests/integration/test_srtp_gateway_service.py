@@ -303,3 +303,58 @@ async def test_gw4_chk12_control_link_needs_this_clusters_certificate(gw, tmp_pa
                 endpoint="aaln/S1/SU0/1@gw1", call_id="1", dialled_number=ECHO), timeout=5)
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
     assert gw.gw_svc.gateway.connections == {}
+
+
+async def _capture_echo_call(cluster, *, srtp: bool, line: str, call_id: str):
+    """A phone leg to the echo number, captured on loopback; returns (proof up, proof down, reply)."""
+    from ccmsec.media import g711
+    from ccmsec.media.capture import LoopbackCapture, capture_available, media_proof
+    why = capture_available()
+    if why:
+        pytest.skip(why)
+    up, down = (MasterKey.generate(), MasterKey.generate()) if srtp else (None, None)
+    phone = await _phone(send_key=up, receive_key=down)
+    remote_sdp = _remote(phone, up)
+    reply = await cluster.gw.CreateConnection(pb.CreateConnectionRequest(
+        endpoint=line, call_id=call_id, dialled_number=ECHO, srtp=srtp,
+        send_key=to_proto(down) if down else None, remote_sdp=remote_sdp))
+    audio = parse_sdp(reply.local_sdp).audio()
+    gw_port, phone_port = audio.port, phone.local_address[1]
+    src = tones.announcement()
+    pcm = [src.frame() for _ in range(25)]
+    sent_payloads = [g711.ulaw_encode(f) for f in pcm]
+    frames = iter(pcm)
+    cap = LoopbackCapture([gw_port, phone_port])
+    await asyncio.to_thread(cap.start)  # the gateway keeps running on this loop meanwhile
+    try:
+        phone.start_sending(lambda: next(frames, None), ("127.0.0.1", gw_port))
+        await wait_for(lambda: phone.stream.counters.received == 25, 10)
+    finally:
+        await asyncio.to_thread(cap.stop)
+    await phone.close()
+    packets = await asyncio.to_thread(cap.datagrams)
+    upward = [d.payload for d in packets if d.dst[1] == gw_port]
+    downward = [d.payload for d in packets if d.dst[1] == phone_port]
+    # the keys an eavesdropper with the SDP (call control's view) would hold
+    up_key = parse_sdp(remote_sdp).audio().crypto[0].key if srtp else None
+    down_key = audio.crypto[0].key if srtp else None
+    return media_proof(upward, sent_payloads, up_key), media_proof(downward, sent_payloads, down_key), reply
+
+
+async def test_gw1_enc2_captured_gateway_leg_has_no_plaintext_and_decrypts_with_the_sdp_keys(gw):
+    """Proof on the wire for a call through the gateway: dumpcap on loopback sees only SRTP; libsrtp
+    with the keys from the SDP a=crypto lines turns the captured packets back into exactly the
+    audio sent, both directions."""
+    await gw.mixed()
+    up, down, reply = await _capture_echo_call(gw, srtp=True, line="aaln/S1/SU0/1@gw1", call_id="CA97")
+    for proof in (up, down):
+        assert proof.packets == 25 and proof.plaintext_hits == 0, proof.summary()
+        assert proof.decrypted == 25 and proof.audio_matches, proof.summary()
+    assert reply.srtp
+
+
+async def test_gw2_captured_rtp_leg_carries_the_audio_in_the_clear(gw):
+    """The bad case the proof must catch: a plain RTP leg shows the audio to anyone capturing."""
+    up, down, reply = await _capture_echo_call(gw, srtp=False, line="aaln/S1/SU0/2@gw1", call_id="CA98")
+    assert not reply.srtp
+    assert up.plaintext_hits == 25 and down.plaintext_hits == 25 and up.audio_matches and down.audio_matches
