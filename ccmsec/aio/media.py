@@ -117,3 +117,98 @@ class MediaEndpoint(asyncio.DatagramProtocol):
 
     def counters(self) -> dict[str, int]:
         return self.stream.counters.as_dict()
+
+
+# SCCP compression types (OpenReceiveChannel / StartMediaTransmission) -> RTP payload types
+SCCP_G711 = {4: 0, 2: 8}   # 4 G.711 µ-law 64k -> PCMU, 2 G.711 A-law 64k -> PCMA
+MAX_KEPT_PAYLOADS = 3000   # one minute of sent payloads kept for a proof
+
+
+class PortAudio:
+    """Real G.711 audio on a call's media port: the seam call signalling leaves (a port object with
+    `send(bytes)`, `on_datagram`, `on_start`, `on_stop`, `codec` and the two encryption-info
+    blocks `rx_encryption` / `tx_encryption`). Keys come from those blocks (ENC-4): the receive
+    block's set authenticates and decrypts what arrives, the transmit block's set protects what is
+    sent; an algorithm-0 block means RTP. One frame every 20 ms from `source` once the port starts.
+    """
+
+    def __init__(self, port, source: FrameSource | None = None, *, record: bool = False,
+                 keep_sent: bool = False):
+        from ccmsec.media.keys import from_encryption_info
+
+        self._from_info = from_encryption_info
+        self.port = port
+        self.source = source
+        self.record = record
+        self.recording = bytearray()
+        self.keep_sent = keep_sent
+        self.sent_payloads: list[bytes] = []
+        self.stream = MediaStream(SCCP_G711.get(getattr(port, "codec", 4), 0))
+        self._rx_info = None
+        self._tx_info = None
+        self._sender: asyncio.Task | None = None
+        self._check_receive_keys()
+        port.on_datagram = self._datagram
+        port.on_start = self._start
+        port.on_stop = self._stop
+
+    # keys follow the blocks call control sent (a new block = a new far end, CALL-2 / GW-3)
+    def _check_receive_keys(self) -> None:
+        info = self.port.rx_encryption
+        if info is not self._rx_info:
+            self._rx_info = info
+            self.stream.set_receive_key(self._from_info(info))
+
+    @property
+    def is_srtp(self) -> bool:
+        """Both directions SRTP: the condition for the lock (CALL-2)."""
+        return self.stream.is_srtp
+
+    def counters(self) -> dict[str, int]:
+        return self.stream.counters.as_dict()
+
+    def _datagram(self, data: bytes, addr) -> None:
+        self._check_receive_keys()
+        event = self.stream.receive(data)
+        if isinstance(event, AudioReceived) and self.record and \
+                len(self.recording) < MAX_RECORD_SECONDS * 50 * FRAME_BYTES_PCM:
+            self.recording += event.pcm
+
+    def _start(self, port) -> None:
+        pt = SCCP_G711.get(port.codec, self.stream.payload_type)
+        if pt != self.stream.payload_type:
+            counters = self.stream.counters
+            self.stream = MediaStream(pt)
+            self.stream.counters = counters
+            self._rx_info = None
+            self._check_receive_keys()
+        if port.tx_encryption is not self._tx_info:
+            self._tx_info = port.tx_encryption
+            self.stream.set_send_key(self._from_info(port.tx_encryption))
+        if self.source is not None and (self._sender is None or self._sender.done()):
+            self._sender = asyncio.get_running_loop().create_task(self._pace())
+
+    def _stop(self, port) -> None:
+        task, self._sender = self._sender, None
+        if task is not None:
+            task.cancel()
+
+    async def _pace(self) -> None:
+        loop = asyncio.get_running_loop()
+        due = loop.time()
+        while self.port.remote is not None:
+            frame = self.source()
+            if frame is None:
+                return
+            payload = self.stream._encode(frame)
+            if self.keep_sent and len(self.sent_payloads) < MAX_KEPT_PAYLOADS:
+                self.sent_payloads.append(payload)
+            self.port.send(self.stream.packet_for_payload(payload))
+            due += FRAME_MS / 1000
+            now = loop.time()
+            if now - due > MAX_LAG:
+                due = now
+            await asyncio.sleep(max(0.0, due - now))
+
+    def close(self) -> None:
+        self._stop(self.port)

@@ -76,8 +76,15 @@ class MediaStream:
 
     def set_keys(self, send_key: MasterKey | None, receive_key: MasterKey | None) -> None:
         """New master values (or none: plain RTP) — e.g. after a transfer or resume (CALL-2)."""
-        self._sender = SrtpSender(send_key) if send_key else None
-        self._receiver = SrtpReceiver(receive_key) if receive_key else None
+        self.set_send_key(send_key)
+        self.set_receive_key(receive_key)
+
+    def set_send_key(self, key: MasterKey | None) -> None:
+        self._sender = SrtpSender(key) if key else None
+
+    def set_receive_key(self, key: MasterKey | None) -> None:
+        """A new receive side: a new far end, so its SSRC and sequence are followed afresh."""
+        self._receiver = SrtpReceiver(key) if key else None
         self.reset_remote()
 
     def reset_remote(self) -> None:

@@ -1,0 +1,92 @@
+"""Which media keys a call's devices get (ENC-3, ENC-4, ENC-5) — pure, no I/O.
+
+For each pair of devices that exchange media in a call, call control holds one pair of master
+values from the key manager: `a_to_b` and `b_to_a`, where A is the device whose leg reference is
+lower. A device encrypts what it sends with its direction's set and decrypts what it receives with
+the other's (ENC-4), so the block of A's StartMediaTransmission carries `a_to_b` and the block of
+A's OpenReceiveChannel carries `b_to_a`; B gets the reverse.
+
+A device gets key material only when it can receive it safely (ENC-3, ENC-5): registered in the
+encrypted security mode, over TLS on the secure SCCP port, with a cipher that encrypts (an
+integrity-only NULL cipher does not). When either end of a pair is not eligible, neither gets keys
+and both run RTP: a one-sided SRTP stream could not be decrypted.
+
+Keys are forgotten as soon as the pair's media ends (`forget`), and never leave this object except
+in the blocks themselves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ccmsec.media.srtp import MasterKey, SrtpSuite
+from ccmsec.pki.tls import SccpTransportMode, transport_mode_of_cipher
+
+
+@dataclass(frozen=True)
+class DeviceTransport:
+    """What call control knows of a device's registration."""
+
+    security_mode: str        # configured and registered: "non-secure" | "authenticated" | "encrypted"
+    tls: bool                 # registered on the TLS port (2443), not on 2000
+    cipher: str = ""          # the negotiated TLS cipher
+    srtp_capable: bool = True  # the phone said so in CapabilitiesRes
+    suites: frozenset[SrtpSuite] = frozenset({SrtpSuite.AES_CM_128_HMAC_SHA1_80})
+
+
+def may_receive_keys(device: DeviceTransport) -> tuple[bool, str]:
+    """ENC-3 / ENC-5, with the reason when not."""
+    if device.security_mode != "encrypted":
+        return False, f"ENC-3: device security mode is {device.security_mode}, not encrypted"
+    if not device.tls:
+        return False, "ENC-5: registered on the clear SCCP port"
+    if not device.cipher or transport_mode_of_cipher(device.cipher) is not SccpTransportMode.ENCRYPTED:
+        return False, f"ENC-5: TLS cipher {device.cipher or '(none)'} does not encrypt"
+    if not device.srtp_capable:
+        return False, "ENC-3: the device did not announce SRTP capability"
+    return True, ""
+
+
+@dataclass
+class PairKeys:
+    a_to_b: MasterKey = field(repr=False)
+    b_to_a: MasterKey = field(repr=False)
+
+
+class CallKeyRing:
+    def __init__(self) -> None:
+        self._pairs: dict[tuple, PairKeys] = {}
+
+    @staticmethod
+    def pair_id(call_id: object, leg_a: int, leg_b: int) -> tuple:
+        low, high = sorted((leg_a, leg_b))
+        return (call_id, low, high)
+
+    def has(self, pair: tuple) -> bool:
+        return pair in self._pairs
+
+    def put(self, pair: tuple, keys: PairKeys) -> None:
+        self._pairs[pair] = keys
+
+    def key_for(self, call_id: object, leg: int, peer_leg: int, direction: str) -> MasterKey | None:
+        """The master values `leg`'s device needs on its channel towards `peer_leg`:
+        direction "tx" (what it sends) or "rx" (what it receives)."""
+        keys = self._pairs.get(self.pair_id(call_id, leg, peer_leg))
+        if keys is None:
+            return None
+        leg_is_a = leg < peer_leg
+        if direction == "tx":
+            return keys.a_to_b if leg_is_a else keys.b_to_a
+        if direction == "rx":
+            return keys.b_to_a if leg_is_a else keys.a_to_b
+        raise ValueError(f"direction must be 'tx' or 'rx', not {direction!r}")
+
+    def forget(self, call_id: object, leg: int | None = None) -> int:
+        """Drop every key of the call (or of pairs involving `leg`); returns how many pairs."""
+        doomed = [p for p in self._pairs if p[0] == call_id and (leg is None or leg in p[1:])]
+        for p in doomed:
+            del self._pairs[p]
+        return len(doomed)
+
+    def __len__(self) -> int:
+        return len(self._pairs)
