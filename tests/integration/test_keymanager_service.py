@@ -17,6 +17,7 @@ import pytest
 from ccmsec.media.keys import from_proto
 from ccmsec.media.srtp import SrtpSuite
 from ccmsec.runtime.grpcio import secure_channel
+from ccmsec.cluster.pki import issue_service_identity
 from ccmsec.runtime.identity import client_identity, service_identity
 from ccmsec_proto import common_pb2, keymanager_pb2, keymanager_pb2_grpc
 from tests.conftest import free_port
@@ -34,7 +35,9 @@ def keymanager(tmp_path, nats_server):
     log = open(tmp_path / "keymanager.log", "w+")
     proc = subprocess.Popen([sys.executable, "-m", "ccmsec_keymanager"], env=env, stdout=log, stderr=log)
     try:
-        ident = client_identity(tmp_path)
+        # the caller is call control: the only role the policy lets ask for keys
+        ident = issue_service_identity(tmp_path, "callmanager", "cc-test", "127.0.0.1",
+                                       out_dir=tmp_path / "cc-test")
         deadline = time.monotonic() + 30
         while '"msg": "serving"' not in (tmp_path / "keymanager.log").read_text():
             assert proc.poll() is None, (tmp_path / "keymanager.log").read_text()

@@ -39,8 +39,9 @@ TONE, ANNOUNCEMENT, ECHO = "5550100", "5550101", "5550102"
 class Cluster:
     def __init__(self, data, cm_svc, cm_task, gw_svc, gw_task):
         self.data, self.cm_svc, self.cm_task, self.gw_svc, self.gw_task = data, cm_svc, cm_task, gw_svc, gw_task
-        ident = client_identity(data)
-        self.gw_channel = secure_channel(ident, "127.0.0.1", gw_svc.settings.grpc_port, "srtp-gateway")
+        ident = client_identity(data)  # the administrator: cluster mode
+        self.cc_ident = call_control_identity(data)  # call control drives the gateway
+        self.gw_channel = secure_channel(self.cc_ident, "127.0.0.1", gw_svc.settings.grpc_port, "srtp-gateway")
         self.cm_channel = secure_channel(ident, cm_svc.settings.host, cm_svc.settings.grpc_port, "callmanager")
         self.gw = srtp_gateway_pb2_grpc.SrtpGatewayStub(self.gw_channel)
         self.cm = callmanager_pb2_grpc.CallManagerStub(self.cm_channel)
@@ -58,6 +59,11 @@ class Cluster:
         async with self.cm_svc.db() as session, session.begin():
             await set_setting(session, SETTING_CTL_VERSION, "1")
         await self.set_mode(common_pb2.CLUSTER_MIXED)
+
+
+def call_control_identity(data):
+    from ccmsec.cluster.pki import issue_service_identity
+    return issue_service_identity(data, "callmanager", "cc-test", "127.0.0.1", out_dir=data / "cc-test")
 
 
 async def _start_gateway(tmp_path, nats_url, cm_host, **extra):
@@ -281,7 +287,7 @@ async def test_gw2_gateway_without_srtp_support_refuses_srtp(tmp_path, nats_serv
     svc, task = await _start_gateway(tmp_path, nats_server, None, gateway_srtp=False)
     svc.cluster_mode.mode = common_pb2.CLUSTER_MIXED  # as a mode.changed event would set it
     try:
-        async with secure_channel(client_identity(tmp_path), "127.0.0.1", svc.settings.grpc_port, "srtp-gateway") as ch:
+        async with secure_channel(call_control_identity(tmp_path), "127.0.0.1", svc.settings.grpc_port, "srtp-gateway") as ch:
             stub = srtp_gateway_pb2_grpc.SrtpGatewayStub(ch)
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await stub.CreateConnection(pb.CreateConnectionRequest(
