@@ -18,10 +18,12 @@ from urllib.parse import quote
 
 import httpx
 
+from ccmsec.domain import DeviceSecurityMode
+
 # What the API accepts (the database module is the source of truth; a unit test keeps these equal
 # — repeated here so the CLI starts without importing SQLAlchemy).
 DEVICE_MODELS = ("7970", "7960", "7940", "7912", "7910", "7905G", "7902")
-SECURITY_MODES = ("non-secure", "authenticated", "encrypted")
+SECURITY_MODES = DeviceSecurityMode.choices()
 HARDENING_FIELDS = ("web_access", "pc_port", "settings_access", "garp", "voice_vlan_access")
 
 DEFAULT_TIMEOUT = 10.0
@@ -176,7 +178,7 @@ class AdminClient:
     def get_device(self, name: str) -> dict:
         return self._call("GET", self._device_path(name))
 
-    def add_device(self, name: str, model: str, security_mode: str = "non-secure",
+    def add_device(self, name: str, model: str, security_mode: str = DeviceSecurityMode.NON_SECURE,
                    **fields: Any) -> dict:
         return self._call("POST", "/api/v1/devices",
                           json={"name": name, "model": model, "security_mode": security_mode,

@@ -33,6 +33,7 @@ import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from ccmsec.domain import ClusterMode, DomainError
 from ccmsec.pki.tls import new_context
 from ccmsec.formats.ctl import (
     CtlBuildError,
@@ -60,7 +61,6 @@ from ccmsec.wire.ctlprovider import (
     ProviderProtocolError,
 )
 
-MODES = ("mixed", "non-secure")
 SERVER_ROLES = (Role.CCM, Role.TFTP, Role.CAPF)  # each must be present once at least
 PROVIDER_SERVER_NAME = "ctl-provider"  # the SAN the provider's cluster-CA certificate carries
 DEFAULT_TIMEOUT = 5.0
@@ -260,20 +260,19 @@ async def fetch_server_certificates(host: str, port: int, ssl_context: ssl.SSLCo
 
 # --- the whole run ------------------------------------------------------------------------------------
 def _mode_name(value: int) -> str:
-    from ccmsec_proto import common_pb2
-
-    return {common_pb2.CLUSTER_NON_SECURE: "non-secure", common_pb2.CLUSTER_MIXED: "mixed"}.get(
-        value, "unknown")
+    try:
+        return ClusterMode.from_proto(value).value
+    except DomainError:
+        return "unknown"
 
 
 def _mode_enum(mode: str | None) -> int:
-    from ccmsec_proto import common_pb2
-
     if mode is None:
-        return common_pb2.CLUSTER_SECURITY_MODE_UNSPECIFIED
-    if mode not in MODES:
-        raise CtlClientError(f"unknown mode {mode!r}: use mixed or non-secure")
-    return common_pb2.CLUSTER_MIXED if mode == "mixed" else common_pb2.CLUSTER_NON_SECURE
+        return 0  # UNSPECIFIED: leave the cluster mode as it is
+    try:
+        return ClusterMode.parse(mode).to_proto()
+    except DomainError as exc:
+        raise CtlClientError(str(exc)) from None
 
 
 def rpc_error(exc: grpc.aio.AioRpcError, what: str) -> CtlClientError:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from ccmsec.cluster import runner
+from ccmsec.domain import CapfAuthMode, CapfOperation, ClusterMode, DeviceSecurityMode
 from ccmsec.cluster.state import read_endpoints
 
 
@@ -157,7 +158,7 @@ async def step_ctl_client(ctx: DemoContext) -> None:
     password = (ctx.notes.get("token_password_file") or ctx.data / "demo-token-password").read_text().strip()
     pids_before = _pids(ctx)
     try:
-        result = await run_update(ctx.data, UpdateOptions(tokens=list(DEMO_TOKENS), mode="mixed"),
+        result = await run_update(ctx.data, UpdateOptions(tokens=list(DEMO_TOKENS), mode=ClusterMode.MIXED),
                                   password)
     except CtlClientError as exc:
         raise runner.RunnerError(f"CTL client: {exc}") from None
@@ -190,10 +191,10 @@ async def step_ctl_client(ctx: DemoContext) -> None:
 # --- issues 4-6: phones boot the whole secure way (CHK-7 … CHK-9, CHK-13) -------------------------
 # (model, device security mode, CAPF authentication for an LSC install or None)
 DEMO_FLEET = (
-    ("7970", "encrypted", "mic"),        # has a MIC; gets an LSC too, which then takes precedence
-    ("7960", "authenticated", "null"),   # no MIC: needs an LSC before it can use TLS
-    ("7940", "encrypted", "string"),     # the administrator's string, keyed in on the phone
-    ("7912", "non-secure", None),        # image authentication only (DEV-3)
+    ("7970", DeviceSecurityMode.ENCRYPTED, CapfAuthMode.MIC),      # has a MIC; its LSC then takes precedence
+    ("7960", DeviceSecurityMode.AUTHENTICATED, CapfAuthMode.NULL),  # no MIC: needs an LSC before TLS
+    ("7940", DeviceSecurityMode.ENCRYPTED, CapfAuthMode.STRING),   # the administrator's string, keyed in
+    ("7912", DeviceSecurityMode.NON_SECURE, None),                 # image authentication only (DEV-3)
 )
 DEMO_AUTH_STRING = "24680"
 
@@ -241,8 +242,6 @@ async def step_secure_fleet(ctx: DemoContext) -> None:
 
     ident = client_identity(ctx.data)
     sim, capf = ctx.endpoints["services"]["phone-sim"], ctx.endpoints["services"]["capf"]
-    auth_modes = {"mic": capf_pb2.CAPF_AUTH_MIC, "null": capf_pb2.CAPF_AUTH_NULL,
-                  "string": capf_pb2.CAPF_AUTH_STRING}
     async with secure_channel(ident, sim["host"], sim["grpc_port"], "phone-sim") as sim_ch, \
             secure_channel(ident, capf["host"], capf["grpc_port"], "capf") as capf_ch:
         phones = phone_sim_pb2_grpc.PhoneSimStub(sim_ch)
@@ -260,9 +259,9 @@ async def step_secure_fleet(ctx: DemoContext) -> None:
             if auth is None:
                 continue
             await capf_stub.ScheduleOperation(capf_pb2.CapfSchedule(
-                device=name, operation=capf_pb2.CAPF_INSTALL, auth_mode=auth_modes[auth],
-                auth_string=DEMO_AUTH_STRING if auth == "string" else "", key_type="ec256"), timeout=10)
-            if auth == "string":
+                device=name, operation=CapfOperation.INSTALL.to_proto(), auth_mode=auth.to_proto(),
+                auth_string=DEMO_AUTH_STRING if auth is CapfAuthMode.STRING else "", key_type="ec256"), timeout=10)
+            if auth is CapfAuthMode.STRING:
                 await phones.SetAuthString(phone_sim_pb2.SetAuthStringRequest(
                     name=name, auth_string=DEMO_AUTH_STRING), timeout=10)
             ctx.say(f"CAPF install scheduled for {name}, authenticated by {auth} (CHK-7)")

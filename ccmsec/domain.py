@@ -97,6 +97,14 @@ class Word(str, enum.Enum):
         """The member for a protobuf enum number; 0 (UNSPECIFIED) gives `default` when given."""
         return cls._from_number("proto", number, default)
 
+    @classmethod
+    def proto_text(cls, number: int, unknown: str = "?") -> str:
+        """The canonical text of a proto number, for display: `unknown` when it is not one."""
+        try:
+            return cls.from_proto(number).value
+        except DomainError:
+            return unknown
+
     def to_xml(self) -> int:
         return self._number("xml")
 

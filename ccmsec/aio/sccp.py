@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 from cryptography import x509
 
+from ccmsec.domain import DeviceSecurityMode
 from ccmsec.pki.tls import (
     SccpTransportMode,
     TransportModeMismatch,
@@ -106,11 +107,11 @@ class SccpConnectError(Exception):
     """Could not reach or trust call control."""
 
 
-def require_transport_matching_mode(device_mode_of: Callable[[str], str | None],
+def require_transport_matching_mode(device_mode_of: Callable[[str], DeviceSecurityMode | str | None],
                                     then: Decider | None = None) -> Decider:
     """A decider that refuses devices whose connection does not match their configured mode.
 
-    `device_mode_of(name)` returns "non-secure" / "authenticated" / "encrypted", or None for an
+    `device_mode_of(name)` returns the device's `DeviceSecurityMode` (or its text), or None for an
     unknown device (refused). `then` decides the rest when the transport is right.
     """
 
@@ -119,7 +120,7 @@ def require_transport_matching_mode(device_mode_of: Callable[[str], str | None],
         if mode is None:
             return RegistrationDecision.reject("unknown device")
         transport = (transport_mode_of_cipher(request.tls_cipher) if request.secure
-                     and request.tls_cipher else SccpTransportMode.PLAIN)
+                     and request.tls_cipher else SccpTransportMode.NON_SECURE)
         try:
             check_transport_for_mode(mode, transport)
         except TransportModeMismatch as exc:

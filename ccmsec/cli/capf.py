@@ -16,10 +16,9 @@ from pathlib import Path
 import grpc
 
 from ccmsec.cli.common import CliError, add_data_option, data_dir
+from ccmsec.domain import CapfAuthMode, CapfOperation, DomainError
 from ccmsec.cluster.state import read_endpoints
 
-OPS = ("install", "upgrade", "delete", "troubleshoot")
-AUTHS = ("string", "null", "lsc", "mic", "lsc-then-mic")
 KEYS = ("rsa1024", "rsa2048", "rsa4096", "ec256")
 CALL_TIMEOUT = 15.0
 _RELATIVE = re.compile(r"^\+(\d{1,6})([mhd])$")
@@ -100,19 +99,19 @@ def _json(message) -> str:
     return json.dumps(MessageToDict(message, preserving_proto_field_name=True), indent=2)
 
 
-def _op_names():
-    from ccmsec_proto import capf_pb2
-
-    return ({v: k.removeprefix("CAPF_").lower() for k, v in capf_pb2.CapfOperation.items()},
-            {v: k.removeprefix("CAPF_AUTH_").lower().replace("_", "-") for k, v in capf_pb2.CapfAuthMode.items()})
+def _name(cls, number: int) -> str:
+    try:
+        return cls.from_proto(number).value
+    except DomainError:
+        return f"?{number}"
 
 
 def _print_operations(ops, as_json: bool, reply=None) -> None:
     if as_json:
         print(_json(reply))
         return
-    op_name, auth_name = _op_names()
-    rows = [[str(o.id), o.schedule.device, op_name[o.schedule.operation], auth_name[o.schedule.auth_mode],
+    rows = [[str(o.id), o.schedule.device, _name(CapfOperation, o.schedule.operation),
+             _name(CapfAuthMode, o.schedule.auth_mode),
              o.schedule.key_type, o.state, _when(o.schedule.deadline_unix), _when(o.updated_unix), o.reason or "-"]
             for o in ops]
     print(_table(rows, ["ID", "DEVICE", "OPERATION", "AUTH", "KEY", "STATE", "DEADLINE", "UPDATED", "REASON"]))
@@ -132,11 +131,8 @@ def _schedule(args) -> int:
     deadline = parse_deadline(args.by) if args.by else None
     if deadline is not None and deadline <= dt.datetime.now(dt.timezone.utc):
         raise CliError(f"--by {args.by} is in the past ({deadline.isoformat()})")
-    op_enum = {"install": capf_pb2.CAPF_INSTALL, "upgrade": capf_pb2.CAPF_UPGRADE,
-               "delete": capf_pb2.CAPF_DELETE, "troubleshoot": capf_pb2.CAPF_TROUBLESHOOT}[args.op]
-    auth_enum = {"string": capf_pb2.CAPF_AUTH_STRING, "null": capf_pb2.CAPF_AUTH_NULL,
-                 "lsc": capf_pb2.CAPF_AUTH_LSC, "mic": capf_pb2.CAPF_AUTH_MIC,
-                 "lsc-then-mic": capf_pb2.CAPF_AUTH_LSC_THEN_MIC}[args.auth]
+    op_enum = CapfOperation.parse(args.op).to_proto()
+    auth_enum = CapfAuthMode.parse(args.auth).to_proto()
     request = capf_pb2.CapfSchedule(device=args.device, operation=op_enum, auth_mode=auth_enum,
                                     auth_string=args.auth_string or "", key_type=args.key,
                                     deadline_unix=int(deadline.timestamp()) if deadline else 0)
@@ -319,8 +315,8 @@ def register(sub) -> None:
     p = actions.add_parser("schedule", help="schedule an LSC install/upgrade/delete/troubleshoot for a phone")
     add_data_option(p)
     p.add_argument("device")
-    p.add_argument("--op", required=True, choices=OPS)
-    p.add_argument("--auth", required=True, choices=AUTHS, help="how the phone proves itself")
+    p.add_argument("--op", required=True, choices=CapfOperation.choices())
+    p.add_argument("--auth", required=True, choices=CapfAuthMode.choices(), help="how the phone proves itself")
     p.add_argument("--auth-string", help="4 to 10 digits the user types on the phone (with --auth string)")
     p.add_argument("--key", default="", choices=KEYS, help="key the phone generates (default: enterprise parameter)")
     p.add_argument("--by", help="deadline: YYYY-MM-DD, ISO date-time, or +N(m|h|d)")

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from ccmsec.cli.common import CliError, add_data_option
+from ccmsec.domain import ClusterMode
 from ccmsec.formats.ctl import CtlFormatError, SignatureError, format_ctl, parse_ctl, verify_ctl
 
 
@@ -105,7 +106,7 @@ def add_update(actions: argparse._SubParsersAction) -> None:
     update.add_argument("--token", action="append", required=True, dest="tokens", metavar="NAME",
                         help="a security token to list (give at least two: CTL-1)")
     update.add_argument("--sign-with", metavar="NAME", help="the token that signs (default: the first)")
-    update.add_argument("--mode", choices=("mixed", "non-secure"),
+    update.add_argument("--mode", choices=ClusterMode.choices(),
                         help="set the cluster security mode (default: leave it as it is)")
     update.add_argument("--password-file", type=Path, metavar="FILE",
                         help="signing token's password (one line), or one line per --token in order")
@@ -250,7 +251,7 @@ def add_tftp_clusters(actions: argparse._SubParsersAction) -> None:
     add.add_argument("cluster_id", metavar="ID")
     add.add_argument("--path", required=True, help="its TFTP path")
     add.add_argument("--alternate", default="", help="its alternate TFTP path")
-    add.add_argument("--mode", required=True, choices=("mixed", "non-secure"))
+    add.add_argument("--mode", required=True, choices=ClusterMode.choices())
     add.set_defaults(func=cmd_tftp_clusters_add)
     remove = sub.add_parser("remove", help="forget a cluster")
     add_data_option(remove)
@@ -259,12 +260,11 @@ def add_tftp_clusters(actions: argparse._SubParsersAction) -> None:
 
 
 def _print_clusters(reply) -> None:
-    names = {1: "non-secure", 2: "mixed"}
     print(f"{'CLUSTER':<16} {'TFTP PATH':<16} {'ALTERNATE':<16} MODE")
     for c in reply.clusters:
         mark = " (this cluster)" if c.cluster_id == reply.local_cluster_id else ""
         print(f"{c.cluster_id:<16} {c.tftp_path:<16} {c.alternate_path or '-':<16} "
-              f"{names.get(c.mode, '?')}{mark}")
+              f"{ClusterMode.proto_text(c.mode)}{mark}")
 
 
 def cmd_tftp_clusters_list(args: argparse.Namespace) -> int:
@@ -275,9 +275,9 @@ def cmd_tftp_clusters_list(args: argparse.Namespace) -> int:
 
 
 def cmd_tftp_clusters_add(args: argparse.Namespace) -> int:
-    from ccmsec_proto import common_pb2, ctl_provider_pb2
+    from ccmsec_proto import ctl_provider_pb2
 
-    mode = common_pb2.CLUSTER_MIXED if args.mode == "mixed" else common_pb2.CLUSTER_NON_SECURE
+    mode = ClusterMode.parse(args.mode).to_proto()
     _print_clusters(_call_provider(args, "RegisterTftpCluster", ctl_provider_pb2.TftpCluster(
         cluster_id=args.cluster_id, tftp_path=args.path, alternate_path=args.alternate, mode=mode)))
     return 0

@@ -46,7 +46,7 @@ def register(subparsers) -> None:
     add = sub.add_parser("add", parents=[common], help="add a phone")
     add.add_argument("name", help="SEP + 12 hex digits (the MAC), or [A-Za-z0-9_-]{1,15}")
     add.add_argument("--model", required=True, choices=DEVICE_MODELS)
-    add.add_argument("--security", default="non-secure", choices=SECURITY_MODES)
+    add.add_argument("--security", default=SECURITY_MODES[0], choices=SECURITY_MODES)
     add.add_argument("--description", default="")
     add.add_argument("--pool", help="device pool")
     add.set_defaults(func=_add)

@@ -11,8 +11,9 @@ import argparse
 
 from ccmsec.cli.common import add_data_option
 from ccmsec.cli.ctl import _call_provider
+from ccmsec.domain import ClusterMode
 
-_NAMES = {1: "non-secure", 2: "mixed"}
+_name = ClusterMode.proto_text
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     show.set_defaults(func=cmd_show)
     set_ = actions.add_parser("set", help="switch the cluster security mode (RST-3)")
     add_data_option(set_)
-    set_.add_argument("mode", choices=("mixed", "non-secure"))
+    set_.add_argument("mode", choices=ClusterMode.choices())
     set_.set_defaults(func=cmd_set)
 
 
@@ -33,20 +34,20 @@ def cmd_show(args: argparse.Namespace) -> int:
     from ccmsec_proto import common_pb2
 
     reply = _call_provider(args, "GetSecurityMode", common_pb2.Empty())
-    print(f"cluster security mode: {_NAMES.get(reply.mode, '?')}")
+    print(f"cluster security mode: {_name(reply.mode)}")
     print(f"CTL: {'version ' + str(reply.ctl_version) if reply.ctl_present else 'none (MODE-5)'}")
     return 0
 
 
 def cmd_set(args: argparse.Namespace) -> int:
-    from ccmsec_proto import common_pb2, ctl_provider_pb2
+    from ccmsec_proto import ctl_provider_pb2
 
-    mode = common_pb2.CLUSTER_MIXED if args.mode == "mixed" else common_pb2.CLUSTER_NON_SECURE
+    mode = ClusterMode.parse(args.mode).to_proto()
     reply = _call_provider(args, "SetSecurityMode", ctl_provider_pb2.SecurityModeRequest(mode=mode))
     if reply.mode == reply.previous:
-        print(f"cluster security mode already {_NAMES.get(reply.mode, '?')}; nothing changed")
+        print(f"cluster security mode already {_name(reply.mode)}; nothing changed")
         return 0
-    print(f"cluster security mode: {_NAMES.get(reply.previous, '?')} -> {_NAMES.get(reply.mode, '?')}")
+    print(f"cluster security mode: {_name(reply.previous)} -> {_name(reply.mode)}")
     for event in reply.events:
         print(f"  event: {event}")
     return 0

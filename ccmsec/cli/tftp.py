@@ -16,9 +16,9 @@ import sys
 from pathlib import Path
 
 from ccmsec.cli.common import CliError, add_data_option, data_dir
+from ccmsec.domain import ClusterMode
 
 ROLE = "tftp-signer"
-MODES = {0: "unspecified", 1: "non-secure", 2: "mixed"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -58,7 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     clusters.add_argument("--add", metavar="NAME", help="register another cluster")
     clusters.add_argument("--path", help="its TFTP path")
     clusters.add_argument("--alternate", default="", help="its alternate TFTP path")
-    clusters.add_argument("--mode", choices=("non-secure", "mixed"), default="non-secure",
+    clusters.add_argument("--mode", choices=ClusterMode.choices(), default=ClusterMode.NON_SECURE.value,
                           help="its security mode (must equal this cluster's)")
     clusters.set_defaults(func=cmd_clusters)
 
@@ -100,12 +100,12 @@ def cmd_ls(args) -> int:
     reply = _call(args, "ListFiles", tftp_signer_pb2.ListFilesRequest(cluster_path=args.path,
                                                                       include_devices=args.devices))
     if args.json:
-        print(json.dumps({"cluster_path": reply.cluster_path, "mode": MODES.get(reply.mode, "?"),
+        print(json.dumps({"cluster_path": reply.cluster_path, "mode": ClusterMode.proto_text(reply.mode),
                           "caching": reply.caching,
                           "files": [{"name": f.name, "size": f.size, "signed": f.signed, "kind": f.kind}
                                     for f in reply.files]}, indent=2))
         return 0
-    print(f"TFTP path {reply.cluster_path}  mode {MODES.get(reply.mode, '?')}  "
+    print(f"TFTP path {reply.cluster_path}  mode {ClusterMode.proto_text(reply.mode)}  "
           f"caching {'on' if reply.caching else 'off'}")
     width = max([len(f.name) for f in reply.files] + [4])
     print(f"{'NAME':{width}}  {'SIZE':>8}  SIGNED  KIND")
@@ -176,14 +176,14 @@ def cmd_clusters(args) -> int:
     if args.add:
         if not args.path:
             raise CliError("--add needs --path")
-        mode = common_pb2.CLUSTER_MIXED if args.mode == "mixed" else common_pb2.CLUSTER_NON_SECURE
+        mode = ClusterMode.parse(args.mode).to_proto()
         reply = _call(args, "AddSharedCluster", tftp_signer_pb2.SharedCluster(
             name=args.add, tftp_path=args.path, alternate_path=args.alternate, mode=mode))
     else:
         reply = _call(args, "ListSharedClusters", common_pb2.Empty())
     for c in reply.clusters:
         alt = f" (alternate {c.alternate_path})" if c.alternate_path else ""
-        print(f"{c.name:12} {c.tftp_path}{alt}  {MODES.get(c.mode, '?')}")
+        print(f"{c.name:12} {c.tftp_path}{alt}  {ClusterMode.proto_text(c.mode, 'unspecified')}")
     return 0
 
 

@@ -32,10 +32,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, a
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ccmsec.db.base import Base
+from ccmsec.domain import CapfAuthMode
+from ccmsec.domain import CapfOperation as Operation  # this module's CapfOperation is the table
 from ccmsec.wire.capf import AuthCheck, KeySpec, OperationLookup, ScheduledOperation
 
-OPERATIONS = ("install", "upgrade", "delete", "troubleshoot")
-AUTH_MODES = ("string", "null", "lsc", "mic", "lsc-then-mic")
+OPERATIONS = Operation.choices()
+AUTH_MODES = CapfAuthMode.choices()
 STATES = ("pending", "in_progress", "awaiting_ca", "issued", "done", "failed", "expired", "locked")
 OUTCOMES = ("issued", "installed", "fetched", "deleted")
 ACTIVE = ("pending", "in_progress", "awaiting_ca", "issued", "locked")
@@ -505,7 +507,7 @@ class SqlCapfStore:
                 update(CapfOperation)
                 .where(CapfOperation.id == op_id, CapfOperation.device_name == device_name,
                        CapfOperation.issued_fingerprint.is_(None),
-                       CapfOperation.operation.in_(("install", "upgrade")),
+                       CapfOperation.operation.in_([o.value for o in Operation if o.issues_certificate]),
                        CapfOperation.state.in_(("pending", "in_progress", "awaiting_ca")))
                 .values(csr_der=csr_der, csr_key_sha256=key_sha, csr_at=now, state="awaiting_ca",
                         reason="waiting for the third-party CA to sign the CSR", updated_at=now)

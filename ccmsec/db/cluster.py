@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ccmsec.db.base import Base
+from ccmsec.domain import ClusterMode
 from ccmsec.db.devices import SETTING_CTL_VERSION, set_setting, utcnow
 from ccmsec.policy.tftp_paths import TftpClusterEntry
 
@@ -55,7 +56,7 @@ class TftpClusterRow(Base):
     cluster_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     tftp_path: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
     alternate_path: Mapped[str] = mapped_column(String(64), nullable=False, default="")
-    mode: Mapped[str] = mapped_column(String(16), nullable=False, default="non-secure")
+    mode: Mapped[str] = mapped_column(String(16), nullable=False, default=ClusterMode.NON_SECURE.value)
 
     def entry(self) -> TftpClusterEntry:
         return TftpClusterEntry(self.cluster_id, self.tftp_path, self.alternate_path, self.mode)

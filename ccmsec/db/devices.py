@@ -15,14 +15,15 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ccmsec.db.base import Base
+from ccmsec.domain import ClusterMode, DeviceSecurityMode
 
 DEVICE_MODELS = ("7970", "7960", "7940", "7912", "7910", "7905G", "7902")
-SECURITY_MODES = ("non-secure", "authenticated", "encrypted")  # DEV-1
-CLUSTER_MODES = ("non-secure", "mixed")  # MODE-3
+SECURITY_MODES = DeviceSecurityMode.choices()  # DEV-1
+CLUSTER_MODES = ClusterMode.choices()  # MODE-3
 HARDENING_FIELDS = ("web_access", "pc_port", "settings_access", "garp", "voice_vlan_access")
 
 # cluster_settings keys
-SETTING_SECURITY_MODE = "security_mode"  # MODE-1: absent or "non-secure" on a fresh cluster
+SETTING_SECURITY_MODE = "security_mode"  # MODE-1: absent or non-secure on a fresh cluster
 SETTING_CTL_VERSION = "ctl_version"  # written by the CTL client; absent => no CTL (MODE-5)
 
 MAX_DEVICE_NAME = 15
@@ -77,7 +78,7 @@ class Device(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(String(MAX_DEVICE_NAME), unique=True, nullable=False)
     model: Mapped[str] = mapped_column(String(8), nullable=False)
-    security_mode: Mapped[str] = mapped_column(String(16), nullable=False, default="non-secure")
+    security_mode: Mapped[str] = mapped_column(String(16), nullable=False, default=DeviceSecurityMode.NON_SECURE.value)
     description: Mapped[str] = mapped_column(String(128), nullable=False, default="")
     device_pool: Mapped[str | None] = mapped_column(String(64), nullable=True)
     # DEV-4 hardening: True = feature left enabled (the phone's factory behaviour).
@@ -133,9 +134,9 @@ async def set_setting(session: AsyncSession, key: str, value: str) -> None:
         row.value = value
 
 
-async def cluster_security_mode(session: AsyncSession) -> str:
+async def cluster_security_mode(session: AsyncSession) -> ClusterMode:
     """MODE-1: a cluster that never ran the CTL client is non-secure."""
-    return await get_setting(session, SETTING_SECURITY_MODE) or "non-secure"
+    return ClusterMode.parse(await get_setting(session, SETTING_SECURITY_MODE) or ClusterMode.NON_SECURE)
 
 
 async def ctl_exists(session: AsyncSession) -> bool:
@@ -148,6 +149,6 @@ async def ensure_cluster_defaults(sessionmaker: async_sessionmaker) -> None:
     try:
         async with sessionmaker() as session, session.begin():
             if await get_setting(session, SETTING_SECURITY_MODE) is None:
-                session.add(ClusterSetting(key=SETTING_SECURITY_MODE, value="non-secure"))
+                session.add(ClusterSetting(key=SETTING_SECURITY_MODE, value=ClusterMode.NON_SECURE.value))
     except IntegrityError:
         pass  # another service wrote the default at the same moment

@@ -34,19 +34,14 @@ import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
+from ccmsec.domain import CapfAuthMode, CapfOperation, DeviceSecurityMode, DomainError
+
 MAX_CNF_XML = 64 * 1024  # phones of this era choke on larger files; so do we
 MAX_TEXT = 1024
 
-SECURITY_NON_SECURE = 1
-SECURITY_AUTHENTICATED = 2
-SECURITY_ENCRYPTED = 3
-
-CAPF_AUTH_STRING = 1
-CAPF_AUTH_NULL = 2
-CAPF_AUTH_LSC_THEN_MIC = 3
-CAPF_AUTH_MIC = 4
-
-CAPF_OPERATIONS = ("none", "install", "upgrade", "delete", "troubleshoot")
+# deviceSecurityMode, capfAuthMode and capfOperation/operation are spelled by ccmsec.domain
+# (DeviceSecurityMode.to_xml / CapfAuthMode.to_xml / CapfOperation); "none" = no operation.
+NO_CAPF_OPERATION = "none"
 KEY_TYPES = ("RSA", "EC")
 CURVES = ("P-256", "P-384", "P-521")
 SRST_OPTIONS = ("Disable", "Enable", "User Specific")
@@ -58,6 +53,27 @@ _FORBIDDEN = re.compile(rb"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
 
 class CnfXmlError(ValueError):
     """A configuration file or value is malformed; the message names the element."""
+
+
+def _word(cls, value, element: str):
+    """A vocabulary member from a member or its text; CnfXmlError naming the element otherwise."""
+    try:
+        return cls.parse(value)
+    except DomainError as exc:
+        raise CnfXmlError(f"{element}: {exc}") from None
+
+
+def _from_xml(cls, number: int | None, element: str):
+    try:
+        return cls.from_xml(number)
+    except DomainError as exc:
+        raise CnfXmlError(f"{element}: {exc}") from None
+
+
+def _operation(text: str | None) -> CapfOperation | None:
+    if not text or text == NO_CAPF_OPERATION:
+        return None
+    return _word(CapfOperation, text, "capfOperation")
 
 
 def _check_port(value: int, what: str) -> None:
@@ -109,7 +125,7 @@ class SrstInfo:
 class CapfSettings:
     host: str
     port: int = 3804
-    operation: str = "none"
+    operation: CapfOperation | None = None  # None: nothing pending ("none" in the file)
     auth_string: str | None = None
     key_type: str = "RSA"
     key_size: int | None = 2048
@@ -120,8 +136,8 @@ class CapfSettings:
             raise CnfXmlError("capf: empty processNodeName")
         _check_text(self.host, "capf processNodeName")
         _check_port(self.port, "capf phonePort")
-        if self.operation not in CAPF_OPERATIONS:
-            raise CnfXmlError(f"capfOperation {self.operation!r} not one of {CAPF_OPERATIONS}")
+        if self.operation is not None:
+            object.__setattr__(self, "operation", _word(CapfOperation, self.operation, "capfOperation"))
         if self.auth_string is not None and not re.fullmatch(r"[0-9]{4,10}", self.auth_string):
             raise CnfXmlError("capf authString must be 4 to 10 digits")
         if self.key_type not in KEY_TYPES:
@@ -151,10 +167,10 @@ class Hardening:
 class DeviceConfig:
     device_name: str
     model: str
-    security_mode: int = SECURITY_NON_SECURE
+    security_mode: DeviceSecurityMode = DeviceSecurityMode.NON_SECURE
     call_managers: tuple[CallManagerMember, ...] = ()
     srst: SrstInfo | None = None
-    capf_auth_mode: int = CAPF_AUTH_NULL
+    capf_auth_mode: CapfAuthMode = CapfAuthMode.NULL
     capf: CapfSettings | None = None
     cert_hash: str | None = None
     encr_config: bool = False
@@ -169,12 +185,11 @@ class DeviceConfig:
         if not self.model:
             raise CnfXmlError("model: empty")
         _check_text(self.model, "model")
-        if self.security_mode not in (1, 2, 3):
-            raise CnfXmlError(f"deviceSecurityMode {self.security_mode!r} not 1, 2 or 3")
+        object.__setattr__(self, "security_mode",
+                           _word(DeviceSecurityMode, self.security_mode, "deviceSecurityMode"))
         if not 1 <= len(self.call_managers) <= 3:
             raise CnfXmlError(f"callManagerGroup needs 1 to 3 members, got {len(self.call_managers)}")
-        if self.capf_auth_mode not in (1, 2, 3, 4):
-            raise CnfXmlError(f"capfAuthMode {self.capf_auth_mode!r} not in 1..4")
+        object.__setattr__(self, "capf_auth_mode", _word(CapfAuthMode, self.capf_auth_mode, "capfAuthMode"))
         if self.cert_hash is not None and not _HEX_HASH.fullmatch(self.cert_hash):
             raise CnfXmlError("certHash must be an MD5, SHA-1 or SHA-256 hex digest")
         for value, what in ((self.load_information, "loadInformation"), (self.load_server, "loadServer")):
@@ -193,7 +208,7 @@ class DeviceConfig:
         _sub(root, "deviceProtocol", self.protocol)
         _sub(root, "deviceName", self.device_name)
         _sub(root, "model", self.model)
-        _sub(root, "deviceSecurityMode", str(self.security_mode))
+        _sub(root, "deviceSecurityMode", str(self.security_mode.to_xml()))
         pool = _sub(root, "devicePool")
         _call_manager_group(pool, self.call_managers)
         if self.srst is not None:
@@ -202,13 +217,13 @@ class DeviceConfig:
             _sub(root, "loadInformation", self.load_information)
         if self.load_server is not None:
             _sub(root, "loadServer", self.load_server)
-        _sub(root, "capfAuthMode", str(self.capf_auth_mode))
+        _sub(root, "capfAuthMode", str(self.capf_auth_mode.to_xml()))
         if self.capf is not None:
             capf = _sub(_sub(root, "capfList"), "capf")
             _sub(capf, "phonePort", str(self.capf.port))
             _sub(capf, "processNodeName", self.capf.host)
             op = _sub(root, "capfOperation")
-            _sub(op, "operation", self.capf.operation)
+            _sub(op, "operation", self.capf.operation.value if self.capf.operation else NO_CAPF_OPERATION)
             if self.capf.auth_string is not None:
                 _sub(op, "authString", self.capf.auth_string)
             _sub(op, "keyType", self.capf.key_type)
@@ -420,7 +435,7 @@ def _parse_capf(root: ET.Element) -> CapfSettings | None:
     fields: dict = {}
     if op is not None:
         fields = {
-            "operation": _text(op, "operation", required=False) or "none",
+            "operation": _operation(_text(op, "operation", required=False)),
             "auth_string": _text(op, "authString", required=False) or None,
             "key_type": _text(op, "keyType", required=False) or "RSA",
             "key_size": _int(op, "keySize", required=False),
@@ -450,10 +465,11 @@ def parse_cnf_xml(data: bytes) -> DeviceConfig:
         return DeviceConfig(
             device_name=_text(root, "deviceName") or "",
             model=_text(root, "model") or "",
-            security_mode=_int(root, "deviceSecurityMode"),
+            security_mode=_from_xml(DeviceSecurityMode, _int(root, "deviceSecurityMode"), "deviceSecurityMode"),
             call_managers=_members(pool),
             srst=_parse_srst(pool),
-            capf_auth_mode=_int(root, "capfAuthMode", False, CAPF_AUTH_NULL),
+            capf_auth_mode=_from_xml(CapfAuthMode, _int(root, "capfAuthMode", False, CapfAuthMode.NULL.to_xml()),
+                                     "capfAuthMode"),
             capf=_parse_capf(root),
             cert_hash=_text(root, "certHash", required=False) or None,
             encr_config=_bool(root, "encrConfig"),

@@ -23,7 +23,6 @@ those CTL entries. A phone holding both an LSC and a MIC presents the LSC (CERT-
 
 from __future__ import annotations
 
-import enum
 import os
 import ssl
 import tempfile
@@ -33,6 +32,7 @@ from typing import Iterable, Sequence
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from ccmsec.domain import DeviceSecurityMode
 from ccmsec.pki.ca import Issued, key_to_pem
 
 # Integrity-only suites (RSA key exchange; the phones of the period used RSA certificates).
@@ -44,10 +44,9 @@ AES_CIPHERS = (
 )
 
 
-class SccpTransportMode(str, enum.Enum):
-    PLAIN = "non-secure"  # TCP 2000, no TLS
-    AUTHENTICATED = "authenticated"  # TLS, NULL cipher
-    ENCRYPTED = "encrypted"  # TLS, AES
+# What an SCCP connection provides is spelled as the device security mode it can carry:
+# non-secure = TCP 2000 without TLS, authenticated = TLS with a NULL cipher, encrypted = TLS with AES.
+SccpTransportMode = DeviceSecurityMode
 
 
 class TransportModeMismatch(ValueError):
@@ -182,8 +181,8 @@ def sccp_phone_context(mode: SccpTransportMode | str, ccm_certificates: Sequence
     `ccm_certificates`: the CallManager entries of the phone's CTL (AUTH-6 needs at least one).
     Offers only the suites of `mode`, presents the LSC if present else the MIC (CERT-2).
     """
-    mode = SccpTransportMode(mode)
-    if mode is SccpTransportMode.PLAIN:
+    mode = SccpTransportMode.parse(mode)
+    if mode is SccpTransportMode.NON_SECURE:
         raise ValueError("a non-secure device does not use TLS to call control")
     if not ccm_certificates:
         raise ValueError("AUTH-6: no CallManager certificate in the CTL; no TLS to call control")
@@ -205,7 +204,7 @@ def sccp_phone_context(mode: SccpTransportMode | str, ccm_certificates: Sequence
 def transport_mode_of(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> SccpTransportMode:
     """What the negotiated connection actually provides."""
     if ssl_object is None:
-        return SccpTransportMode.PLAIN
+        return SccpTransportMode.NON_SECURE
     cipher = ssl_object.cipher()
     if cipher is None:
         raise TransportModeMismatch("TLS handshake not complete")
@@ -225,8 +224,8 @@ def check_transport_for_mode(device_mode: SccpTransportMode | str,
     Non-secure devices use plain TCP; authenticated devices TLS with a NULL cipher (AUTH-7);
     encrypted devices TLS with AES (ENC-1). Raises TransportModeMismatch.
     """
-    device_mode = SccpTransportMode(device_mode)
-    transport = SccpTransportMode(transport)
+    device_mode = SccpTransportMode.parse(device_mode)
+    transport = SccpTransportMode.parse(transport)
     if device_mode is not transport:
         raise TransportModeMismatch(
             f"device is configured {device_mode.value} but connected over a "

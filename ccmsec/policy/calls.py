@@ -25,11 +25,9 @@ class CallSecurityLevel(enum.IntEnum):
     ENCRYPTED = 3
 
 
-_MODE_LEVEL = {
-    SecurityMode.NON_SECURE: CallSecurityLevel.NON_SECURE,
-    SecurityMode.AUTHENTICATED: CallSecurityLevel.AUTHENTICATED,
-    SecurityMode.ENCRYPTED: CallSecurityLevel.ENCRYPTED,
-}
+def _level(mode: SecurityMode | str) -> CallSecurityLevel:
+    """The best level a device in `mode` can give a call (its call security status, CALL-1)."""
+    return CallSecurityLevel(SecurityMode.parse(mode).call_status.to_wire())
 
 
 class EndpointKind(str, enum.Enum):
@@ -85,8 +83,8 @@ def _endpoint_level(ep: Endpoint) -> tuple[CallSecurityLevel, str | None]:
             secure_model = False
         if not secure_model:
             return CallSecurityLevel.NON_SECURE, f"{ep.name}: model {ep.model} has no security"
-    configured = _MODE_LEVEL[SecurityMode(ep.configured_mode)]
-    registered = _MODE_LEVEL[SecurityMode(ep.registered_mode)]
+    configured = _level(ep.configured_mode)
+    registered = _level(ep.registered_mode)
     return min(configured, registered), None
 
 
@@ -139,7 +137,7 @@ def barge(initiator: Endpoint, call_level: CallSecurityLevel, *, cbarge: bool = 
     if cbarge:
         return BargeResult(True, CallSecurityLevel.NON_SECURE, "CALL-8",
                            "cBarge is allowed; the joined call is non-secure")
-    initiator_encrypted = SecurityMode(initiator.configured_mode) is SecurityMode.ENCRYPTED
+    initiator_encrypted = SecurityMode.parse(initiator.configured_mode) is SecurityMode.ENCRYPTED
     if call_level is CallSecurityLevel.ENCRYPTED:
         if not initiator_encrypted:
             return BargeResult(False, None, "CALL-4",
@@ -151,7 +149,7 @@ def barge(initiator: Endpoint, call_level: CallSecurityLevel, *, cbarge: bool = 
         return BargeResult(True, CallSecurityLevel.NON_SECURE, "CALL-5",
                            f"encrypted initiator into a {call_level.name.lower()} call; "
                            "the call becomes non-secure")
-    initiator_level = _MODE_LEVEL[SecurityMode(initiator.configured_mode)]
+    initiator_level = _level(initiator.configured_mode)
     if call_level is CallSecurityLevel.AUTHENTICATED and initiator_level is CallSecurityLevel.NON_SECURE:
         return BargeResult(True, CallSecurityLevel.AUTHENTICATED, "CALL-7",
                            "non-secure initiator into an authenticated call; the authenticated "

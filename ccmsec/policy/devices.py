@@ -9,6 +9,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from ccmsec.domain import ClusterMode, DeviceSecurityMode
+
 
 class PolicyViolation(ValueError):
     """A request a security rule forbids; `rule_id` names the rule (e.g. "DEV-3")."""
@@ -19,19 +21,8 @@ class PolicyViolation(ValueError):
         self.reason = reason
 
 
-class SecurityMode(str, enum.Enum):
-    """Device security mode (DEV-1)."""
-
-    NON_SECURE = "non-secure"
-    AUTHENTICATED = "authenticated"
-    ENCRYPTED = "encrypted"
-
-
-class ClusterMode(str, enum.Enum):
-    """Cluster security mode (MODE-3)."""
-
-    NON_SECURE = "non-secure"
-    MIXED = "mixed"
+# The modes are words of the domain vocabulary; `SecurityMode` is the device security mode.
+SecurityMode = DeviceSecurityMode
 
 
 class Feature(str, enum.Enum):
@@ -99,7 +90,7 @@ def capabilities(model: str) -> ModelCapabilities:
 
 def model_supports(model: str, security_mode: SecurityMode | str) -> bool:
     """DEV-3: can this model run in this security mode?"""
-    mode = SecurityMode(security_mode)
+    mode = SecurityMode.parse(security_mode)
     return _MODE_NEEDS[mode] <= capabilities(model).features
 
 
@@ -111,6 +102,13 @@ def check_capf_allowed(model: str) -> None:
             "DEV-3", f"model {caps.model} supports image authentication only; it cannot hold an LSC")
 
 
+def check_web_server_disable(model: str) -> None:
+    """DEV-3/DEV-4: only models with a web server that can be switched off may be asked to."""
+    caps = capabilities(model)
+    if not caps.has(Feature.WEB_SERVER_DISABLE):
+        raise PolicyViolation("DEV-3", f"model {caps.model} cannot disable its web server")
+
+
 def check_device_security(model: str, mode: SecurityMode | str,
                           cluster_mode: ClusterMode | str, ctl_exists: bool) -> None:
     """Refuse a device security mode the cluster or the model cannot provide.
@@ -119,8 +117,8 @@ def check_device_security(model: str, mode: SecurityMode | str,
     Authenticated/encrypted devices need the cluster in mixed mode (MODE-3).
     DEV-3: the model must support the mode.
     """
-    mode = SecurityMode(mode)
-    cluster_mode = ClusterMode(cluster_mode)
+    mode = SecurityMode.parse(mode)
+    cluster_mode = ClusterMode.parse(cluster_mode)
     caps = capabilities(model)  # unknown models are refused first (DEV-3)
     if mode is SecurityMode.NON_SECURE:
         return

@@ -12,7 +12,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 
-CLUSTER_MODES = ("non-secure", "mixed")
+from ccmsec.domain import ClusterMode
+
+CLUSTER_MODES = ClusterMode.choices()
 _PATH_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -28,7 +30,7 @@ class TftpClusterEntry:
     cluster_id: str
     tftp_path: str
     alternate_path: str = ""
-    mode: str = "non-secure"
+    mode: str = ClusterMode.NON_SECURE.value
 
     def paths(self) -> tuple[str, ...]:
         return (self.tftp_path, self.alternate_path) if self.alternate_path else (self.tftp_path,)

@@ -27,6 +27,8 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
+from ccmsec.domain import CapfAuthMode, CapfOperation
+
 PROTOCOL_ID = 0x55
 PROTOCOL_VERSION = 3
 HEADER = struct.Struct(">BBIH")
@@ -520,18 +522,18 @@ def verify_auth_signature(cert: x509.Certificate, device_name: str, signature: b
 # ---------------------------------------------------------------------------------------------
 # Interfaces the server session depends on (implemented in ccmsec.db.capf and ccmsec.pki.lsc)
 
-Operation = Literal["install", "upgrade", "delete", "troubleshoot"]
-AuthMode = Literal["string", "null", "lsc", "mic", "lsc-then-mic"]
+Operation = CapfOperation   # the vocabulary's words; the store may hand over their text
+AuthMode = CapfAuthMode
 
-AUTH_TYPE_FOR_MODE: dict[str, AuthType] = {
-    "string": AuthType.PASSWORD, "null": AuthType.NO_PASSWORD, "lsc": AuthType.LSC,
-    "mic": AuthType.MIC, "lsc-then-mic": AuthType.LSC,
-}
-# Which certificate types each certificate-based mode accepts.
-ACCEPTED_CERTS: dict[str, frozenset[CertType]] = {
-    "lsc": frozenset({CertType.LSC}), "mic": frozenset({CertType.MIC}),
-    "lsc-then-mic": frozenset({CertType.LSC, CertType.MIC}),
-}
+
+def auth_type_for(mode: CapfAuthMode | str) -> AuthType:
+    """The auth type the server asks for when an operation's auth mode needs a credential."""
+    return AuthType(CapfAuthMode.parse(mode).to_wire())
+
+
+def accepted_certificates(mode: CapfAuthMode | str) -> frozenset[CertType]:
+    """Which certificate types a certificate-based auth mode accepts (empty otherwise)."""
+    return frozenset(CertType(k.to_wire()) for k in CapfAuthMode.parse(mode).accepted_certificates)
 
 
 @dataclass(frozen=True)
@@ -735,18 +737,19 @@ class CapfServerSession:
             self.op = lookup.operation
         op = self.op
         assert op is not None
-        mode = op.auth_mode
-        if mode == "null":
+        mode = CapfAuthMode.parse(op.auth_mode)
+        if mode is CapfAuthMode.NULL:
             return self._begin_operation()
-        has_credential = frame.has(Element.PASSWORD) if mode == "string" else frame.has(Element.CERTIFICATE)
+        has_credential = (frame.has(Element.PASSWORD) if mode is CapfAuthMode.STRING
+                          else frame.has(Element.CERTIFICATE))
         if not has_credential:
             if self.state is ServerState.AWAIT_CREDENTIAL:
                 check = await self.store.record_auth_failure(op.op_id, f"no credential for auth mode {mode}")
                 return self._end(Reason.INVALID_ELEMENT, f"{device}: credential missing ({check.value})")
             # Ask once more, now naming the auth type the scheduled operation requires.
             self.state = ServerState.AWAIT_CREDENTIAL
-            return [self._auth_request(AUTH_TYPE_FOR_MODE[mode])]
-        if mode == "string":
+            return [self._auth_request(auth_type_for(mode))]
+        if mode is CapfAuthMode.STRING:
             check = await self.store.check_auth_string(op.op_id, frame.text(Element.PASSWORD))
             if check is not AuthCheck.OK:
                 return self._end(Reason.INVALID_ELEMENT, f"{device}: auth string refused ({check.value})")
@@ -762,7 +765,7 @@ class CapfServerSession:
         cert_type, der = frame.certificate()
         if frame.has(Element.CERT_TYPE) and frame.u8(Element.CERT_TYPE) != cert_type:
             raise CapfAuthError("CERT_TYPE element disagrees with the certificate's nested type")
-        if cert_type not in ACCEPTED_CERTS[mode]:
+        if cert_type not in accepted_certificates(mode):
             raise CapfAuthError(f"auth mode {mode} does not accept a {cert_type.name}")
         try:
             cert = x509.load_der_x509_certificate(der)
@@ -779,11 +782,12 @@ class CapfServerSession:
     def _begin_operation(self) -> list[bytes]:
         op = self.op
         assert op is not None
-        if op.operation in ("install", "upgrade"):
+        operation = CapfOperation.parse(op.operation)
+        if operation.issues_certificate:
             self._key_spec = KeySpec.parse(op.key_kind)
             self.state = ServerState.AWAIT_KEY
             return [self._frame(Command.KEY_GEN_REQUEST, self._key_spec.elements())]
-        if op.operation == "troubleshoot":
+        if operation is CapfOperation.TROUBLESHOOT:
             self.state = ServerState.AWAIT_FETCH
             return [self._frame(Command.FETCH_CERT_REQUEST)]
         self.state = ServerState.AWAIT_DELETE

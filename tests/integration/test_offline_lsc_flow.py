@@ -35,7 +35,8 @@ from ccmsec.aio.tftp import TftpServer
 from ccmsec.db.base import Base
 from ccmsec.db.capf import SqlCapfStore, schedule_operation
 from ccmsec.db.devices import SETTING_CTL_VERSION, SETTING_SECURITY_MODE, Device, set_setting
-from ccmsec.formats.cnfxml import SECURITY_AUTHENTICATED, CallManagerMember, CapfSettings, DeviceConfig
+from ccmsec.domain import DeviceSecurityMode
+from ccmsec.formats.cnfxml import CallManagerMember, CapfSettings, DeviceConfig
 from ccmsec.formats.ctl import Role, build_ctl, record_from_certificate
 from ccmsec.formats.sgn import sign_file
 from ccmsec.pki import ca, tls
@@ -152,7 +153,7 @@ class Cluster:
         async with self.db() as session, session.begin():
             session.add(Device(name=name, model=model, security_mode="authenticated"))
         cfg = DeviceConfig(
-            device_name=name, model=model, security_mode=SECURITY_AUTHENTICATED,
+            device_name=name, model=model, security_mode=DeviceSecurityMode.AUTHENTICATED,
             call_managers=(CallManagerMember("127.0.0.1", self.cc.plain.port, self.cc.tls.port),),
             capf=CapfSettings("127.0.0.1", self.capf.port, capf_op, None, "EC", None, "P-256") if capf_op else None)
         self.files[cfg.filename + ".sgn"] = sign_file(cfg.to_xml(), cfg.filename + ".sgn", self.signers["tftp1"], TS)

@@ -10,6 +10,7 @@ import time
 import pytest
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
+from ccmsec.domain import DeviceSecurityMode
 from ccmsec.aio.capf import CapfServer, capf_server_ssl_context
 from ccmsec.aio.sccp import SccpServer
 from ccmsec.aio.tftp import TftpServer
@@ -69,7 +70,7 @@ class Lab:
     def device(self, name, model="7960", mode=1, hardening=Hardening(), capf_op=None, load=LOAD,
                signed=True, plain=True, auth_string=None):
         cfg = DeviceConfig(
-            device_name=name, model=model, security_mode=mode,
+            device_name=name, model=model, security_mode=DeviceSecurityMode.from_xml(mode),
             call_managers=(CallManagerMember("127.0.0.1", self.sccp.port, self.sccp_tls.port),),
             capf=CapfSettings("127.0.0.1", self.capf.port, capf_op, auth_string, "EC", None, "P-256")
             if capf_op else None,

@@ -294,7 +294,7 @@ async def test_dev4_hardening_and_capf_operation_reach_the_served_config(tftp):
     config = parse_cnf_xml(await tftp.get(f"{DEVICE}.cnf.xml"))
     h = config.hardening
     assert not (h.web_access or h.pc_port or h.settings_access or h.garp or h.voice_vlan_access)
-    assert config.security_mode == 3
+    assert config.security_mode == "encrypted"
     assert [(m.host, m.ethernet_phone_port, m.secure_port) for m in config.call_managers] == [
         ("127.0.0.5", 2000, 2443)]
     assert config.capf.host == "127.0.0.3" and config.capf.port == 3804

@@ -15,7 +15,6 @@ from ccmsec import adminclient
 from ccmsec.cli.device import format_table
 from ccmsec.db import devices as db_devices
 from ccmsec.db.devices import InvalidDeviceName, validate_device_name
-from ccmsec_callmanager.admin import device_rules
 from ccmsec_callmanager.admin.auth import FailureThrottle, _hasher
 from ccmsec_callmanager.admin.device_rules import RuleViolation, check_device_change
 from ccmsec_callmanager.admin.devices import DeviceCreate, DevicePatch
@@ -61,15 +60,11 @@ def test_fuzz_device_name_any_text_is_valid_or_a_clean_error(name):
 
 # --- DEV-3 / MODE-5 -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("check", [check_device_change, None], ids=["in-use", "local-fallback"])
 @pytest.mark.parametrize("model", IMAGE_ONLY)
 @pytest.mark.parametrize("mode", ["authenticated", "encrypted"])
-def test_dev3_image_only_models_cannot_be_authenticated_or_encrypted(check, model, mode):
+def test_dev3_image_only_models_cannot_be_authenticated_or_encrypted(model, mode):
     with pytest.raises(RuleViolation) as exc:
-        if check is None:
-            device_rules._local_check(model, mode, "mixed", True)
-        else:
-            check(model, mode, web_access=True, cluster_mode="mixed", ctl_exists=True)
+        check_device_change(model, mode, web_access=True, cluster_mode="mixed", ctl_exists=True)
     assert exc.value.rule == "DEV-3" and model in exc.value.reason
 
 
@@ -82,23 +77,16 @@ def test_dev3_non_secure_is_fine_for_every_model(model):
 @pytest.mark.parametrize("model", SECURE)
 @pytest.mark.parametrize("mode", ["authenticated", "encrypted"])
 def test_mode5_secure_modes_refused_without_ctl_allowed_with_it(model, mode):
-    for check in (lambda **kw: check_device_change(model, mode, web_access=True, **kw),
-                  lambda **kw: device_rules._local_check(model, mode, kw["cluster_mode"],
-                                                         kw["ctl_exists"])):
-        with pytest.raises(RuleViolation) as exc:
-            check(cluster_mode="non-secure", ctl_exists=False)
-        assert exc.value.rule == "MODE-5"
-        check(cluster_mode="mixed", ctl_exists=True)
-
-
-@pytest.mark.parametrize("use_policy", [True, False], ids=["in-use", "local-fallback"])
-def test_mode3_secure_device_needs_a_mixed_mode_cluster(use_policy):
     with pytest.raises(RuleViolation) as exc:
-        if use_policy:
-            check_device_change("7970", "authenticated", web_access=True, cluster_mode="non-secure",
-                                ctl_exists=True)
-        else:
-            device_rules._local_check("7970", "authenticated", "non-secure", True)
+        check_device_change(model, mode, web_access=True, cluster_mode="non-secure", ctl_exists=False)
+    assert exc.value.rule == "MODE-5"
+    check_device_change(model, mode, web_access=True, cluster_mode="mixed", ctl_exists=True)
+
+
+def test_mode3_secure_device_needs_a_mixed_mode_cluster():
+    with pytest.raises(RuleViolation) as exc:
+        check_device_change("7970", "authenticated", web_access=True, cluster_mode="non-secure",
+                            ctl_exists=True)
     assert exc.value.rule == "MODE-3"
 
 

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ccmsec.domain import CapfAuthMode, DeviceSecurityMode
 from ccmsec.formats import cnfxml as c
 
 CERT = bytes(range(256)) * 3
@@ -18,11 +19,11 @@ def full_config(**overrides) -> c.DeviceConfig:
     base = dict(
         device_name="SEP001122334455",
         model="Cisco 7970",
-        security_mode=c.SECURITY_ENCRYPTED,
+        security_mode=DeviceSecurityMode.ENCRYPTED,
         call_managers=(c.CallManagerMember("10.0.0.1"), c.CallManagerMember("10.0.0.2", 2000, 2443),
                        c.CallManagerMember("ccm3.example", 2100, 2543)),
         srst=c.SrstInfo("Enable", ("10.0.9.1", "10.0.9.2"), (2000, 2443), True, CERT),
-        capf_auth_mode=c.CAPF_AUTH_STRING,
+        capf_auth_mode=CapfAuthMode.STRING,
         capf=c.CapfSettings("10.0.0.1", 3804, "install", "123456", "RSA", 2048, None),
         cert_hash="0123456789abcdef0123456789abcdef",
         encr_config=False,

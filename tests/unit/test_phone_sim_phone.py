@@ -8,6 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ccmsec.domain import DeviceSecurityMode
 from ccmsec.formats.cnfxml import CallManagerMember, CapfSettings, DeviceConfig, Hardening
 from ccmsec.formats.ctl import Role, build_ctl, record_from_certificate
 from ccmsec.formats.sgn import sign_file
@@ -43,7 +44,8 @@ def ctl(pki, signer="sast1", tokens=("sast1", "sast2"), ts=TS, ccm=True):
 
 
 def config(name=NAME, model="7960", mode=1, **kw) -> DeviceConfig:
-    return DeviceConfig(device_name=name, model=model, security_mode=mode,
+    """`mode`: the cnf.xml deviceSecurityMode number (1 non-secure, 2 authenticated, 3 encrypted)."""
+    return DeviceConfig(device_name=name, model=model, security_mode=DeviceSecurityMode.from_xml(mode),
                         call_managers=(CallManagerMember("127.0.0.1"),), **kw)
 
 

@@ -192,9 +192,9 @@ def test_config_uses_pool_capf_operation_and_model_load():
     config = build_device_config(_device(model="7960", security_mode="authenticated"), op, pool, ENDPOINTS)
     assert [m.host for m in config.call_managers] == ["10.1.0.1", "10.1.0.2"]
     assert config.srst.addresses == ("10.1.0.9",) and config.srst.option == "Enable"
-    assert (config.capf_auth_mode, config.capf.operation, config.capf.key_size) == (1, "upgrade", 1024)
+    assert (config.capf_auth_mode, config.capf.operation, config.capf.key_size) == ("string", "upgrade", 1024)
     assert config.capf.auth_string is None  # CAPF keeps only a hash; the user types the digits
-    assert config.load_information == firmware.load_name("7960") and config.security_mode == 2
+    assert config.load_information == firmware.load_name("7960") and config.security_mode == "authenticated"
 
 
 def test_listing_skips_a_file_that_vanished_or_a_dangling_link(tmp_path):

@@ -66,7 +66,7 @@ def test_transport_mode_of_cipher():
     assert tls.transport_mode_of_cipher("NULL-SHA256") is tls.SccpTransportMode.AUTHENTICATED
     assert tls.transport_mode_of_cipher("ECDHE-RSA-NULL-SHA") is tls.SccpTransportMode.AUTHENTICATED
     assert tls.transport_mode_of_cipher("AES128-SHA256") is tls.SccpTransportMode.ENCRYPTED
-    assert tls.transport_mode_of(None) is tls.SccpTransportMode.PLAIN
+    assert tls.transport_mode_of(None) is tls.SccpTransportMode.NON_SECURE
 
 
 @pytest.mark.parametrize("mode,transport,ok", [

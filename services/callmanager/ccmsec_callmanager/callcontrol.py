@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from ccmsec.aio.sccp import ConnectionClosed, ConnectionDropped, SccpServer
 from ccmsec.db.devices import Device, cluster_security_mode
+from ccmsec.domain import DeviceSecurityMode
 from ccmsec.pki.ca import Issued
 from ccmsec.pki.lsc import LscError, ensure_capf_ca, load_third_party_ca
 from ccmsec.pki.servercert import ensure_server_certificate
@@ -188,7 +189,7 @@ class CallControl:
         try:
             async with self.db() as session, session.begin():
                 session.add(Device(name=device.name, model=device.model,
-                                   security_mode="non-secure", description="auto-registered"))
+                                   security_mode=DeviceSecurityMode.NON_SECURE.value, description="auto-registered"))
         except IntegrityError:
             pass  # created meanwhile (another node, or the administrator)
 
@@ -232,7 +233,8 @@ class CallControl:
                     transport_port=(self.tls if secure else self.plain).port,
                     cipher=session.tls_cipher or "",
                     certificate_fingerprint=verdict.certificate_fingerprint,
-                    certificate_kind=verdict.certificate_kind.value, since=time.time(),
+                    certificate_kind=verdict.certificate_kind.value if verdict.certificate_kind else "",
+                    since=time.time(),
                     connection=conn))
             elif isinstance(event, (DeviceUnregistered, KeepAliveTimeout, ConnectionClosed,
                                     ConnectionDropped)):

@@ -7,6 +7,7 @@ from __future__ import annotations
 async def step_registry(ctx) -> None:
     from ccmsec.runtime.grpcio import secure_channel
     from ccmsec.runtime.identity import client_identity
+    from ccmsec.domain import ClusterMode, DeviceSecurityMode
     from ccmsec_proto import callmanager_pb2 as pb
     from ccmsec_proto import callmanager_pb2_grpc, common_pb2
 
@@ -16,10 +17,10 @@ async def step_registry(ctx) -> None:
         stub = callmanager_pb2_grpc.CallManagerStub(channel)
         mode = await stub.GetClusterMode(common_pb2.Empty(), timeout=5)
         regs = (await stub.GetRegistrations(pb.RegistrationsRequest(), timeout=5)).registrations
-    ctx.say(f"cluster security mode: {common_pb2.ClusterSecurityMode.Name(mode.mode)}; "
+    ctx.say(f"cluster security mode: {ClusterMode.proto_text(mode.mode)}; "
             f"{len(regs)} device(s) registered")
     for r in regs:
-        mode_name = common_pb2.DeviceSecurityMode.Name(r.mode).lower().replace("_", "-")
+        mode_name = DeviceSecurityMode.proto_text(r.mode)
         cert = f"{r.certificate_kind} {r.certificate_fingerprint[:16]}…" if r.certificate_kind else "-"
         ctx.say(f"{r.device:16} {r.model:6} {mode_name:13} on {r.server}:{r.transport_port} "
                 f"from {r.address:21} cert {cert}" + ("  MODE-7: NAT suspected" if r.nat_suspected else ""))

@@ -24,13 +24,13 @@ Order of the checks (first failure wins, its rule id leads the reason):
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import NameOID
 
+from ccmsec.domain import CertificateKind, ClusterMode, DeviceSecurityMode
 from ccmsec.pki.ca import fingerprint_sha256
 from ccmsec.pki.lsc import LscError, verify_lsc_any
 from ccmsec.pki.tls import (
@@ -51,10 +51,6 @@ MODEL_DEVICE_TYPES: dict[str, int] = {v: k for k, v in DEVICE_TYPE_MODELS.items(
 AUTO_REGISTER_FALLBACK_MODEL = "7960"
 
 
-class CertificateKind(str, enum.Enum):
-    NONE = ""
-    LSC = "LSC"
-    MIC = "MIC"
 
 
 @dataclass(frozen=True)
@@ -92,7 +88,7 @@ class Verdict:
     rule: str = ""
     device: DeviceRecord | None = None   # the device as registered (model, effective mode)
     auto_registered: bool = False        # the caller must create the device row
-    certificate_kind: CertificateKind = CertificateKind.NONE
+    certificate_kind: CertificateKind | None = None
     certificate_fingerprint: str = ""
     nat_suspected: bool = False          # MODE-7
 
@@ -105,9 +101,9 @@ def model_of_device_type(device_type: int) -> str | None:
     return DEVICE_TYPE_MODELS.get(device_type)
 
 
-def effective_mode(configured: str, cluster_mode: str) -> str:
+def effective_mode(configured: str, cluster_mode: str) -> DeviceSecurityMode:
     """MODE-3: in a non-secure cluster every device runs non-secure."""
-    return configured if cluster_mode == "mixed" else "non-secure"
+    return DeviceSecurityMode.parse(configured).effective(cluster_mode)
 
 
 def _common_name(cert: x509.Certificate) -> str:
@@ -152,10 +148,11 @@ def decide(request: RegistrationRequest, device: DeviceRecord | None, cluster_mo
     reported_model = model_of_device_type(request.register.device_type)
     auto = False
     if device is None:
-        if cluster_mode == "mixed":
+        if cluster_mode == ClusterMode.MIXED:
             return Verdict.refuse("MODE-4", f"unknown device {name}: auto-registration is off "
                                             "in mixed mode")
-        device = DeviceRecord(name, reported_model or AUTO_REGISTER_FALLBACK_MODEL, "non-secure")
+        device = DeviceRecord(name, reported_model or AUTO_REGISTER_FALLBACK_MODEL,
+                              DeviceSecurityMode.NON_SECURE)
         auto = True
 
     mode = effective_mode(device.security_mode, cluster_mode)
@@ -167,17 +164,17 @@ def decide(request: RegistrationRequest, device: DeviceRecord | None, cluster_mo
             return Verdict.refuse(exc.rule_id, exc.reason)
 
     transport = (transport_mode_of_cipher(request.tls_cipher)
-                 if request.secure and request.tls_cipher else SccpTransportMode.PLAIN)
+                 if request.secure and request.tls_cipher else SccpTransportMode.NON_SECURE)
     try:
         check_transport_for_mode(mode, transport)
     except TransportModeMismatch as exc:
         # An encrypted device on an integrity-only channel breaks ENC-1; other mismatches DEV-1.
-        rule = "ENC-1" if mode == "encrypted" and transport is SccpTransportMode.AUTHENTICATED \
+        rule = "ENC-1" if mode is DeviceSecurityMode.ENCRYPTED and transport is SccpTransportMode.AUTHENTICATED \
             else "DEV-1"
         return Verdict.refuse(rule, str(exc))
 
-    kind, fingerprint = CertificateKind.NONE, ""
-    if transport is not SccpTransportMode.PLAIN:
+    kind, fingerprint = None, ""
+    if transport is not SccpTransportMode.NON_SECURE:
         cert = request.peer_certificate
         if not isinstance(cert, x509.Certificate):
             return Verdict.refuse("AUTH-2", "no client certificate on the TLS connection")
@@ -200,7 +197,7 @@ def decide(request: RegistrationRequest, device: DeviceRecord | None, cluster_mo
         kind, fingerprint = found, fingerprint_sha256(cert)
 
     peer_ip = request.peer_address[0] if request.peer_address else ""
-    nat = cluster_mode == "mixed" and bool(peer_ip) and request.register.ip_address != peer_ip
-    return Verdict(True, device=DeviceRecord(device.name, device.model, mode),
+    nat = cluster_mode == ClusterMode.MIXED and bool(peer_ip) and request.register.ip_address != peer_ip
+    return Verdict(True, device=DeviceRecord(device.name, device.model, mode.value),
                    auto_registered=auto, certificate_kind=kind,
                    certificate_fingerprint=fingerprint, nat_suspected=nat)

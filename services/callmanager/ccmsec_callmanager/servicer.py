@@ -29,20 +29,17 @@ from ccmsec.db.lines import (
     validate_dn,
     validate_pool_name,
 )
+from ccmsec.domain import ClusterMode, DeviceSecurityMode, DomainError
 from ccmsec.policy.resets import ClusterModeChanged, ResetDevicesOnServer, required_actions
 from ccmsec.runtime.servicer import StatusServicerMixin, abort
 from ccmsec_proto import callmanager_pb2 as pb
-from ccmsec_proto import callmanager_pb2_grpc, common_pb2, events_pb2
+from ccmsec_proto import callmanager_pb2_grpc, events_pb2
 
 from ccmsec.runtime.actions import publish_actions
 from .registry import RegistrationEntry
 
 log = logging.getLogger("ccmsec.callmanager")
 
-MODE_TO_PB = {"non-secure": common_pb2.NON_SECURE, "authenticated": common_pb2.AUTHENTICATED,
-              "encrypted": common_pb2.ENCRYPTED}
-CLUSTER_TO_PB = {"non-secure": common_pb2.CLUSTER_NON_SECURE, "mixed": common_pb2.CLUSTER_MIXED}
-CLUSTER_FROM_PB = {v: k for k, v in CLUSTER_TO_PB.items()}
 MAX_RESET_NAMES = 10_000
 
 
@@ -52,7 +49,7 @@ def registration_message(entry: RegistrationEntry | registry_db.Registration, no
     else:
         since = int(registry_db.as_utc(entry.since).timestamp())
     return pb.Registration(
-        device=entry.device, model=entry.model, mode=MODE_TO_PB.get(entry.security_mode, 0),
+        device=entry.device, model=entry.model, mode=DeviceSecurityMode.parse(entry.security_mode).to_proto(),
         server=node, address=entry.address, reported_address=entry.reported_address,
         nat_suspected=entry.nat_suspected, since_unix=since,
         certificate_fingerprint=entry.certificate_fingerprint,
@@ -145,32 +142,32 @@ class CallManagerServicer(StatusServicerMixin, callmanager_pb2_grpc.CallManagerS
         async with self.service.db() as session:
             mode = await cluster_security_mode(session)
             has_ctl = await ctl_exists(session)
-        return pb.ClusterModeReply(mode=CLUSTER_TO_PB.get(mode, 0), ctl_present=has_ctl)
+        return pb.ClusterModeReply(mode=ClusterMode.parse(mode).to_proto(), ctl_present=has_ctl)
 
     async def GetClusterMode(self, request, context):  # noqa: N802
         return await self._mode_reply()
 
     async def SetClusterMode(self, request, context):  # noqa: N802
-        wanted = CLUSTER_FROM_PB.get(request.mode)
-        if wanted is None:
-            await abort(context, grpc.StatusCode.INVALID_ARGUMENT,
-                        "cluster mode must be CLUSTER_NON_SECURE or CLUSTER_MIXED")
+        try:
+            wanted = ClusterMode.from_proto(request.mode)
+        except DomainError as exc:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         async with self.service.db() as session, session.begin():
             current = await cluster_security_mode(session)
-            if wanted == "mixed" and not await ctl_exists(session):
+            if wanted is ClusterMode.MIXED and not await ctl_exists(session):
                 await abort(context, grpc.StatusCode.FAILED_PRECONDITION,
                             "MODE-3: no CTL exists; the CTL client sets mixed mode after it has "
                             "written the CTL")
             if wanted == current:
                 changed = False
             else:
-                await set_setting(session, SETTING_SECURITY_MODE, wanted)  # MODE-2: persisted
+                await set_setting(session, SETTING_SECURITY_MODE, wanted.value)  # MODE-2: persisted
                 changed = True
         if changed:
             self.cc.forget_cluster_mode()
             log.warning("cluster security mode changed", extra={"from": current, "to": wanted})
             await self.service.publish("mode.changed", None, mode_changed=events_pb2.SecurityModeChanged(
-                mode=CLUSTER_TO_PB[wanted], previous=CLUSTER_TO_PB.get(current, 0)))
+                mode=wanted.to_proto(), previous=current.to_proto()))
             await publish_actions(self.service.publish, required_actions(ClusterModeChanged()),
                                   reason=f"cluster security mode {current} -> {wanted}")
         return await self._mode_reply()

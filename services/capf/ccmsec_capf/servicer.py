@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from sqlalchemy import select
 
 from ccmsec.db.devices import Device
+from ccmsec.domain import CapfAuthMode, CapfOperation, DeviceSecurityMode, DomainError
 from ccmsec.policy.devices import Feature, PolicyViolation, capabilities
 from ccmsec.policy.resets import required_actions
 from ccmsec.runtime.servicer import StatusServicerMixin
@@ -33,16 +34,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ccmsec.capf")
 
-OPERATION_TO_PROTO = {"install": capf_pb2.CAPF_INSTALL, "upgrade": capf_pb2.CAPF_UPGRADE,
-                      "delete": capf_pb2.CAPF_DELETE, "troubleshoot": capf_pb2.CAPF_TROUBLESHOOT}
-OPERATION_FROM_PROTO = {v: k for k, v in OPERATION_TO_PROTO.items()}
-AUTH_TO_PROTO = {"string": capf_pb2.CAPF_AUTH_STRING, "null": capf_pb2.CAPF_AUTH_NULL,
-                 "lsc-then-mic": capf_pb2.CAPF_AUTH_LSC_THEN_MIC, "mic": capf_pb2.CAPF_AUTH_MIC,
-                 "lsc": capf_pb2.CAPF_AUTH_LSC}
-AUTH_FROM_PROTO = {v: k for k, v in AUTH_TO_PROTO.items()}
 MAX_DEVICE_FIELD = 64
 MAX_IMPORT_BYTES = 64 * 1024  # per certificate file
-SECURE_MODES = ("authenticated", "encrypted")
+SECURE_MODES = tuple(m.value for m in DeviceSecurityMode if m.is_secure)
 
 
 def _unix(value: _dt.datetime | None) -> int:
@@ -66,8 +60,8 @@ def operation_message(op) -> capf_pb2.CapfOperationState:
         updated_unix=_unix(op.updated_at), created_unix=_unix(op.created_at),
         issued_fingerprint=op.issued_fingerprint or "",
         schedule=capf_pb2.CapfSchedule(
-            device=op.device_name, operation=OPERATION_TO_PROTO[op.operation],
-            auth_mode=AUTH_TO_PROTO[op.auth_mode], key_type=op.key_type, deadline_unix=_unix(op.deadline)),
+            device=op.device_name, operation=CapfOperation.parse(op.operation).to_proto(),
+            auth_mode=CapfAuthMode.parse(op.auth_mode).to_proto(), key_type=op.key_type, deadline_unix=_unix(op.deadline)),
     )
 
 
@@ -101,13 +95,18 @@ class CapfServicer(StatusServicerMixin, capf_pb2_grpc.CapfServicer):
         if not svc.activated:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, NOT_ACTIVATED)
         try:
-            if request.operation not in OPERATION_FROM_PROTO:
-                raise ScheduleRefused("invalid", "no CAPF operation given (install, upgrade, delete, troubleshoot)")
+            if not request.operation:
+                raise ScheduleRefused("invalid", f"no CAPF operation given ({', '.join(CapfOperation.choices())})")
+            try:
+                operation = CapfOperation.from_proto(request.operation)
+                auth_mode = (CapfAuthMode.from_proto(request.auth_mode) if request.auth_mode else None)
+            except DomainError as exc:
+                raise ScheduleRefused("invalid", str(exc)) from None
             if len(request.device) > MAX_DEVICE_FIELD or len(request.auth_string) > MAX_DEVICE_FIELD:
                 raise ScheduleRefused("invalid", "device name or auth string too long")
             req = ScheduleRequest(
-                device=request.device, operation=OPERATION_FROM_PROTO[request.operation],
-                auth_mode=AUTH_FROM_PROTO.get(request.auth_mode, ""), auth_string=request.auth_string,
+                device=request.device, operation=operation.value,
+                auth_mode=auth_mode.value if auth_mode else "", auth_string=request.auth_string,
                 key_type=request.key_type, deadline=_deadline(request.deadline_unix))
             done = await schedule(svc.db, req, svc.params)
         except ScheduleRefused as exc:

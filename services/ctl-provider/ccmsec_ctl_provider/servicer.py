@@ -6,6 +6,7 @@ import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
+from ccmsec.domain import ClusterMode, DomainError
 from ccmsec.formats.ctl import dn_string
 from ccmsec.policy.resets import CtlProviderPortChanged, required_actions
 from ccmsec.policy.tftp_paths import TftpClusterEntry
@@ -13,7 +14,7 @@ from ccmsec.runtime.servicer import StatusServicerMixin
 from ccmsec_proto import common_pb2, ctl_provider_pb2, ctl_provider_pb2_grpc
 
 from ccmsec_ctl_provider.certificates import CertificateUnavailable
-from ccmsec_ctl_provider.trust import MODE_ENUMS, MODES, LOCAL_CLUSTER_ID, Refused
+from ccmsec_ctl_provider.trust import LOCAL_CLUSTER_ID, Refused
 
 MAX_CTL_REQUEST = 64 * 1024
 
@@ -31,7 +32,7 @@ def certificate_message(der: bytes, role: int, dns_name: str, ipv4: str | None) 
 
 def _cluster_message(e: TftpClusterEntry) -> ctl_provider_pb2.TftpCluster:
     return ctl_provider_pb2.TftpCluster(cluster_id=e.cluster_id, tftp_path=e.tftp_path,
-                                        alternate_path=e.alternate_path, mode=MODE_ENUMS[e.mode])
+                                        alternate_path=e.alternate_path, mode=ClusterMode.parse(e.mode).to_proto())
 
 
 class CtlProviderServicer(StatusServicerMixin, ctl_provider_pb2_grpc.CtlProviderServicer):
@@ -83,12 +84,13 @@ class CtlProviderServicer(StatusServicerMixin, ctl_provider_pb2_grpc.CtlProvider
             await self._refused(context, exc)
         return ctl_provider_pb2.CommitCtlReply(
             version=result["version"], sha256=result["sha256"], tftp_path=result["tftp_path"],
-            published_path=result["published_path"], mode=MODE_ENUMS[result["mode"]],
-            previous_mode=MODE_ENUMS[result["previous_mode"]], events=result["events"])
+            published_path=result["published_path"], mode=ClusterMode.parse(result["mode"]).to_proto(),
+            previous_mode=ClusterMode.parse(result["previous_mode"]).to_proto(), events=result["events"])
 
     async def GetSecurityMode(self, request, context):  # noqa: N802
         mode, version = await self.service.trust.mode_state()
-        return ctl_provider_pb2.SecurityModeReply(mode=MODE_ENUMS[mode], previous=MODE_ENUMS[mode],
+        proto = ClusterMode.parse(mode).to_proto()
+        return ctl_provider_pb2.SecurityModeReply(mode=proto, previous=proto,
                                                   ctl_present=version is not None,
                                                   ctl_version=version or 0)
 
@@ -98,7 +100,8 @@ class CtlProviderServicer(StatusServicerMixin, ctl_provider_pb2_grpc.CtlProvider
         except Refused as exc:
             await self._refused(context, exc)
         _, version = await self.service.trust.mode_state()
-        return ctl_provider_pb2.SecurityModeReply(mode=MODE_ENUMS[target], previous=MODE_ENUMS[previous],
+        return ctl_provider_pb2.SecurityModeReply(mode=ClusterMode.parse(target).to_proto(),
+                                                  previous=ClusterMode.parse(previous).to_proto(),
                                                   ctl_present=version is not None,
                                                   ctl_version=version or 0, events=events)
 
@@ -110,9 +113,10 @@ class CtlProviderServicer(StatusServicerMixin, ctl_provider_pb2_grpc.CtlProvider
         return await self._clusters(await self.service.trust.registry())
 
     async def RegisterTftpCluster(self, request, context):  # noqa: N802
-        mode = MODES.get(request.mode)
-        if mode is None:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "give the cluster's mode")
+        try:
+            mode = ClusterMode.from_proto(request.mode).value
+        except DomainError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"give the cluster's mode: {exc}")
         entry = TftpClusterEntry(request.cluster_id, request.tftp_path, request.alternate_path, mode)
         try:
             return await self._clusters(await self.service.trust.register_cluster(entry))

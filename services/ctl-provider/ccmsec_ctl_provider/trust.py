@@ -36,13 +36,12 @@ from ccmsec.policy.tftp_paths import TftpClusterEntry, TftpPathConflict, check_t
 from ccmsec_proto import callmanager_pb2, callmanager_pb2_grpc, common_pb2, events_pb2
 from ccmsec_proto import tftp_signer_pb2, tftp_signer_pb2_grpc
 
+from ccmsec.domain import ClusterMode, DomainError
 from ccmsec.runtime.actions import describe, event_bodies, publish_actions
 
 log = logging.getLogger("ccmsec.ctl-provider")
 
 LOCAL_CLUSTER_ID = "local"
-MODES = {common_pb2.CLUSTER_NON_SECURE: "non-secure", common_pb2.CLUSTER_MIXED: "mixed"}
-MODE_ENUMS = {v: k for k, v in MODES.items()}
 RPC_TIMEOUT = 5.0
 MODE_RPC_ATTEMPTS = 5
 
@@ -59,10 +58,9 @@ def _mode_name(mode: int) -> str | None:
     if mode == common_pb2.CLUSTER_SECURITY_MODE_UNSPECIFIED:
         return None
     try:
-        return MODES[mode]
-    except KeyError:
-        raise Refused(grpc.StatusCode.INVALID_ARGUMENT, f"unknown cluster security mode {mode}") \
-            from None
+        return ClusterMode.from_proto(mode).value
+    except DomainError as exc:
+        raise Refused(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
 
 
 class TrustOperations:
@@ -130,7 +128,7 @@ class TrustOperations:
     async def _switch_mode(self, target: str, previous: str) -> list[str]:
         """Set the mode through call control (which emits RST-3); fall back to doing it here."""
         stub = callmanager_pb2_grpc.CallManagerStub(self.service.peer_channel("callmanager"))
-        request = callmanager_pb2.SetClusterModeRequest(mode=MODE_ENUMS[target])
+        request = callmanager_pb2.SetClusterModeRequest(mode=ClusterMode.parse(target).to_proto())
         reason = f"cluster security mode {previous} -> {target}"
         for attempt in range(self.mode_rpc_attempts):
             try:
@@ -150,7 +148,7 @@ class TrustOperations:
         async with self.service.db() as session, session.begin():
             await set_setting(session, SETTING_SECURITY_MODE, target)
         await self.service.publish("mode.changed", None, mode_changed=events_pb2.SecurityModeChanged(
-            mode=MODE_ENUMS[target], previous=MODE_ENUMS.get(previous, 0)))
+            mode=ClusterMode.parse(target).to_proto(), previous=ClusterMode.parse(previous).to_proto()))
         return ["mode.changed"] + await self._emit(required_actions(ClusterModeChanged()), reason)
 
     async def set_mode(self, requested: int) -> tuple[str, str, list[str]]:
@@ -163,7 +161,7 @@ class TrustOperations:
             raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "give a mode: mixed or non-secure")
         async with self.service.db() as session, session.begin():
             previous = await cluster_security_mode(session)
-            if target == "mixed" and await get_setting(session, "ctl_version") is None:
+            if target == ClusterMode.MIXED and await get_setting(session, "ctl_version") is None:
                 raise Refused(grpc.StatusCode.FAILED_PRECONDITION,
                               "MODE-5: mixed mode needs a CTL; run `ccmsec ctl update --token T1 "
                               "--token T2 --mode mixed` first")

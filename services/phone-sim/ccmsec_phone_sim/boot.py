@@ -31,6 +31,7 @@ from typing import Callable, Sequence
 
 from cryptography import x509
 
+from ccmsec.domain import DeviceSecurityMode
 from ccmsec.aio.capf import capf_client_enroll, capf_phone_ssl_context
 from ccmsec.aio.sccp import (
     STREAM_LIMIT,
@@ -354,7 +355,7 @@ class PhoneRunner:
             port = member.secure_port if plan.secure else member.ethernet_phone_port
             try:
                 conn = await self._connect(member.host, port, ctx, ccm_certs if plan.secure else None,
-                                           encrypted=plan.mode.value == "encrypted")
+                                           encrypted=plan.mode is DeviceSecurityMode.ENCRYPTED)
             except SccpConnectError as exc:
                 problems.append(str(exc))
                 continue

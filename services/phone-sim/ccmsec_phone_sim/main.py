@@ -29,8 +29,6 @@ from ccmsec_phone_sim.boot import Network, PhoneRunner
 from ccmsec_phone_sim.fleet import Fleet, FleetError
 from ccmsec_phone_sim.phone import State
 
-SECURITY_MODE_PB = {1: common_pb2.NON_SECURE, 2: common_pb2.AUTHENTICATED, 3: common_pb2.ENCRYPTED}
-
 
 def certificate_pb(cert: x509.Certificate | None, role: int) -> common_pb2.Certificate | None:
     if cert is None:
@@ -54,7 +52,7 @@ def phone_state_pb(runner: PhoneRunner) -> phone_sim_pb2.PhoneState:
         name=p.name, model=p.model, mac=p.mac, state=p.state.value, files=sorted(p.files),
         ctl_sha256=p.files.get("CTLFile.tlv", "") if ctl else "", trust_list=trust,
         last_failure=p.last_failure, last_failure_reason=p.last_failure_reason, firmware=p.firmware,
-        security_mode=SECURITY_MODE_PB[p.config.security_mode] if p.config else 0,
+        security_mode=p.config.security_mode.to_proto() if p.config else 0,
         settings=p.settings_in_force() if p.config else {}, boots=p.boots, web_address=p.web_address,
         registered_with=p.registered_with, transport=p.transport, history=list(p.history),
         booting=runner.booting, certificate_in_use=p.certificate_in_use,

@@ -35,10 +35,8 @@ from typing import Sequence
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from ccmsec.domain import DeviceSecurityMode
 from ccmsec.formats.cnfxml import (
-    SECURITY_AUTHENTICATED,
-    SECURITY_ENCRYPTED,
-    SECURITY_NON_SECURE,
     CnfXmlError,
     DeviceConfig,
     Hardening,
@@ -48,7 +46,6 @@ from ccmsec.formats.cnfxml import (
 from ccmsec.formats.ctl import CtlFormatError, SignatureError
 from ccmsec.formats.sgn import SignedFile, parse_sgn, verify_sgn
 from ccmsec.pki.ca import Issued, key_to_pem
-from ccmsec.pki.tls import SccpTransportMode
 from ccmsec.pki.truststore import CtlRejected, TrustStore
 from ccmsec.wire.capf import PhoneCredentials
 
@@ -98,12 +95,12 @@ def _der(cert: x509.Certificate) -> bytes:
 class SccpPlan:
     """How the phone reaches call control, and why (AUTH-6)."""
 
-    mode: SccpTransportMode
+    mode: DeviceSecurityMode  # what the connection provides
     reason: str
 
     @property
     def secure(self) -> bool:
-        return self.mode is not SccpTransportMode.PLAIN
+        return self.mode.is_secure
 
 
 @dataclass
@@ -214,7 +211,7 @@ class Phone:
         default = parse_default_cnf_xml(payload)
         load = next((image for model, image in default.loads
                      if model_info_safe(model) == self.model), None)
-        return DeviceConfig(device_name=self.name, model=self.model, security_mode=SECURITY_NON_SECURE,
+        return DeviceConfig(device_name=self.name, model=self.model, security_mode=DeviceSecurityMode.NON_SECURE,
                             call_managers=default.call_managers, load_information=load or None)
 
     # --- firmware (AUTH-1) ------------------------------------------------------------------------
@@ -272,8 +269,9 @@ class Phone:
 
     # --- CAPF (CERT-1, CERT-2, DEV-3) -------------------------------------------------------------
     def capf_operation(self) -> str:
+        """The pending CAPF operation of the configuration, or "none"."""
         capf = self.config.capf if self.config else None
-        return capf.operation if capf is not None else "none"
+        return capf.operation.value if capf is not None and capf.operation else "none"
 
     def check_capf_possible(self) -> None:
         """Raise a non-fatal BootFailure when this phone cannot run the scheduled operation."""
@@ -321,17 +319,16 @@ class Phone:
 
     # --- call control (AUTH-6, CERT-2) ------------------------------------------------------------
     def sccp_plan(self) -> SccpPlan:
-        mode = self.config.security_mode if self.config else SECURITY_NON_SECURE
-        if mode == SECURITY_NON_SECURE:
-            return SccpPlan(SccpTransportMode.PLAIN, "configuration says non-secure")
-        wanted = SccpTransportMode.ENCRYPTED if mode == SECURITY_ENCRYPTED else SccpTransportMode.AUTHENTICATED
+        wanted = self.config.security_mode if self.config else DeviceSecurityMode.NON_SECURE
+        if not wanted.is_secure:
+            return SccpPlan(DeviceSecurityMode.NON_SECURE, "configuration says non-secure")
         missing = []
         if self.lsc is None and self.mic is None:
             missing.append("no certificate (LSC or MIC)")
         if not self.trust.callmanager_certificates():
             missing.append("no CTL with a CallManager entry")
         if missing:
-            return SccpPlan(SccpTransportMode.PLAIN, f"AUTH-6: configured {wanted.value} but "
+            return SccpPlan(DeviceSecurityMode.NON_SECURE, f"AUTH-6: configured {wanted.value} but "
                                                       f"{' and '.join(missing)}; no TLS")
         return SccpPlan(wanted, f"configured {wanted.value}")
 
@@ -408,6 +405,3 @@ def model_info_safe(model: str) -> str | None:
     except ValueError:
         return None
 
-
-SECURITY_MODES = {SECURITY_NON_SECURE: "non-secure", SECURITY_AUTHENTICATED: "authenticated",
-                  SECURITY_ENCRYPTED: "encrypted"}

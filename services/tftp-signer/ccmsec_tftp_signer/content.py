@@ -23,17 +23,15 @@ from ccmsec import firmware
 from ccmsec.db.capf import CapfOperation
 from ccmsec.db.devices import Device, cluster_security_mode
 from ccmsec.db.lines import DevicePool
+from ccmsec.domain import CapfAuthMode, ClusterMode, DeviceSecurityMode
+from ccmsec.domain import CapfOperation as Operation  # CapfOperation here is CAPF's table
 from ccmsec.formats.cnfxml import (
-    CAPF_AUTH_LSC_THEN_MIC, CAPF_AUTH_MIC, CAPF_AUTH_NULL, CAPF_AUTH_STRING, CallManagerMember,
-    CapfSettings, DefaultConfig, DeviceConfig, Hardening, SrstInfo,
+    CallManagerMember, CapfSettings, DefaultConfig, DeviceConfig, Hardening, SrstInfo,
 )
 from ccmsec.fsutil import atomic_write
 
 log = logging.getLogger("ccmsec.tftp-signer")
 
-SECURITY_MODE_NUMBERS = {"non-secure": 1, "authenticated": 2, "encrypted": 3}
-CAPF_AUTH_NUMBERS = {"string": CAPF_AUTH_STRING, "null": CAPF_AUTH_NULL, "lsc": CAPF_AUTH_LSC_THEN_MIC,
-                     "lsc-then-mic": CAPF_AUTH_LSC_THEN_MIC, "mic": CAPF_AUTH_MIC}
 PENDING_CAPF_STATES = ("pending", "in_progress")
 HARDENING = ("web_access", "pc_port", "settings_access", "garp", "voice_vlan_access")
 
@@ -55,9 +53,9 @@ class ClusterEndpoints:
                      for h in (hosts or self.callmanagers)[:3])
 
 
-def _capf_settings(op: dict | None, endpoints: ClusterEndpoints) -> tuple[int, CapfSettings]:
+def _capf_settings(op: dict | None, endpoints: ClusterEndpoints) -> tuple[CapfAuthMode, CapfSettings]:
     if op is None:
-        return CAPF_AUTH_NULL, CapfSettings(endpoints.capf_host, endpoints.capf_port)
+        return CapfAuthMode.NULL, CapfSettings(endpoints.capf_host, endpoints.capf_port)
     key = op["key_type"]
     if key.startswith("ec"):
         curve = {"ec256": "P-256", "ec384": "P-384", "ec521": "P-521"}.get(key, "P-256")
@@ -66,8 +64,9 @@ def _capf_settings(op: dict | None, endpoints: ClusterEndpoints) -> tuple[int, C
         size = int(key[3:]) if key[3:].isdigit() else 2048
         key_fields = {"key_type": "RSA", "key_size": size, "curve": None}
     # The authentication string is stored only as a hash (CAPF); the user keys it in on the phone.
-    return (CAPF_AUTH_NUMBERS.get(op["auth_mode"], CAPF_AUTH_NULL),
-            CapfSettings(endpoints.capf_host, endpoints.capf_port, operation=op["operation"], **key_fields))
+    return (CapfAuthMode.parse(op["auth_mode"]),
+            CapfSettings(endpoints.capf_host, endpoints.capf_port, operation=Operation.parse(op["operation"]),
+                         **key_fields))
 
 
 def build_device_config(device: dict, capf_op: dict | None, pool: dict | None,
@@ -84,7 +83,7 @@ def build_device_config(device: dict, capf_op: dict | None, pool: dict | None,
     return DeviceConfig(
         device_name=device["name"],
         model=device["model"],
-        security_mode=SECURITY_MODE_NUMBERS[device["security_mode"]],
+        security_mode=DeviceSecurityMode.parse(device["security_mode"]),
         call_managers=endpoints.members(hosts),
         srst=srst,
         capf_auth_mode=auth_mode,
@@ -145,7 +144,7 @@ async def device_configs(session: AsyncSession, endpoints: ClusterEndpoints,
     return out
 
 
-async def security_mode(session: AsyncSession) -> str:
+async def security_mode(session: AsyncSession) -> ClusterMode:
     return await cluster_security_mode(session)
 
 

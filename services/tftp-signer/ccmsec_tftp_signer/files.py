@@ -27,6 +27,7 @@ from pathlib import Path
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from ccmsec import firmware
+from ccmsec.domain import ClusterMode
 from ccmsec.formats.cnfxml import DefaultConfig
 from ccmsec.formats.ctl import MAX_CTL_SIZE, CtlFormatError, parse_ctl
 from ccmsec.fsutil import atomic_write
@@ -124,7 +125,7 @@ class TftpContent:
         async with self.db() as session:
             # AUTH-3: a non-secure cluster signs nothing; read per request, so a committed mode
             # change applies to the very next download.
-            if signed and await security_mode(session) != "mixed":
+            if signed and await security_mode(session) is not ClusterMode.MIXED:
                 return None, kind
             if kind == KIND_DEVICE_CONFIG:
                 sources = await device_configs(session, self.endpoints, [base[:15]])
@@ -165,7 +166,7 @@ class TftpContent:
     async def resign_devices(self, names: list[str] | None, *, force: bool = False) -> int:
         """Sign the configs of `names` (all when None) now, in the process pool. Non-secure: 0."""
         async with self.db() as session:
-            if await security_mode(session) != "mixed":
+            if await security_mode(session) is not ClusterMode.MIXED:
                 return 0
             sources: list[DeviceSource] = await device_configs(session, self.endpoints, names)
         folder = self.layout.own.tftp_path
@@ -176,7 +177,7 @@ class TftpContent:
         return await self.store.refresh(folder, items, force=force)
 
     async def resign_static(self, *, force: bool = False) -> int:
-        if await self.mode() != "mixed":
+        if await self.mode() is not ClusterMode.MIXED:
             return 0
         items = []
         for entry in self.list_static():
@@ -211,14 +212,14 @@ class TftpContent:
         if not own:
             return mode, files
         for f in files:
-            f.signed = mode == "mixed" and f.kind in (KIND_STATIC, KIND_DEFAULT_CONFIG)
+            f.signed = mode is ClusterMode.MIXED and f.kind in (KIND_STATIC, KIND_DEFAULT_CONFIG)
         for load in firmware.all_loads():
             for image in firmware.image_filenames(load):
                 files.append(ListedFile(image, len(self.firmware_image(load, image)), True, KIND_FIRMWARE))
         if include_devices:
             async with self.db() as session:
                 for s in await device_configs(session, self.endpoints):
-                    files.append(ListedFile(s.config.filename, len(s.config.to_xml()), mode == "mixed",
+                    files.append(ListedFile(s.config.filename, len(s.config.to_xml()), mode is ClusterMode.MIXED,
                                             KIND_DEVICE_CONFIG))
         return mode, sorted(files, key=lambda f: f.name)
 

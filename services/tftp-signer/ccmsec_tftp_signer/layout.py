@@ -16,11 +16,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from ccmsec.domain import ClusterMode
+
 PATH_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}")
 SEGMENT_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 MAX_DEPTH = 3  # <path>/<locale>/<file>
 MAX_CLUSTERS = 64
-MODES = ("non-secure", "mixed")
+MODES = ClusterMode.choices()
 RESERVED = {"signed"}  # our own sub-folder of signed files in each cluster folder
 
 
@@ -37,7 +39,7 @@ class ClusterPath:
     name: str
     tftp_path: str
     alternate_path: str = ""
-    mode: str = "non-secure"
+    mode: str = ClusterMode.NON_SECURE.value
 
     def paths(self) -> tuple[str, ...]:
         return (self.tftp_path, self.alternate_path) if self.alternate_path else (self.tftp_path,)

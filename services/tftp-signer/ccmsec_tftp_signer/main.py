@@ -17,6 +17,7 @@ import time
 import grpc
 
 from ccmsec.aio.tftp import TftpServer
+from ccmsec.domain import ClusterMode, DomainError
 from ccmsec.fsutil import atomic_write
 from ccmsec.pki.ca import fingerprint_sha256
 from ccmsec.pki.servercert import ensure_server_certificate
@@ -32,8 +33,14 @@ from ccmsec_tftp_signer.signing import SignedStore, SigningPool
 
 SHARED_CLUSTERS_FILE = "shared-clusters.json"
 OWN_CLUSTER = "local"
-MODE_ENUM = {"non-secure": common_pb2.CLUSTER_NON_SECURE, "mixed": common_pb2.CLUSTER_MIXED}
-MODE_NAME = {v: k for k, v in MODE_ENUM.items()}
+
+
+def _mode_proto(mode: str) -> int:
+    """A cluster's mode as the proto enum (0 when a shared cluster's mode is unspecified)."""
+    try:
+        return ClusterMode.parse(mode).to_proto()
+    except DomainError:
+        return 0
 
 
 def certificate_message(cert, role=common_pb2.ROLE_TFTP) -> common_pb2.Certificate:
@@ -87,14 +94,14 @@ class TftpSignerServicer(StatusServicerMixin, tftp_signer_pb2_grpc.TftpSignerSer
             await abort(context, grpc.StatusCode.NOT_FOUND, f"TFTP path {folder!r} is not configured here")
         mode, files = await content.list_files(folder, request.include_devices)
         return tftp_signer_pb2.ListFilesReply(
-            cluster_path=folder or content.layout.own.tftp_path, mode=MODE_ENUM.get(mode, 0),
+            cluster_path=folder or content.layout.own.tftp_path, mode=_mode_proto(mode),
             caching=content.store.caching,
             files=[tftp_signer_pb2.FileEntry(name=f.name, size=f.size, signed=f.signed, kind=f.kind)
                    for f in files])
 
     async def AddSharedCluster(self, request, context):  # noqa: N802
         cluster = ClusterPath(request.name, request.tftp_path, request.alternate_path,
-                              MODE_NAME.get(request.mode, "unspecified"))
+                              ClusterMode.proto_text(request.mode, "unspecified"))
         try:
             await self.service.add_shared_cluster(cluster)
         except Mode6Error as exc:
@@ -108,7 +115,7 @@ class TftpSignerServicer(StatusServicerMixin, tftp_signer_pb2_grpc.TftpSignerSer
         layout = self.service.content.layout
         return tftp_signer_pb2.SharedClusters(clusters=[
             tftp_signer_pb2.SharedCluster(name=c.name, tftp_path=c.tftp_path, alternate_path=c.alternate_path,
-                                          mode=MODE_ENUM.get(c.mode, 0))
+                                          mode=_mode_proto(c.mode))
             for c in (layout.own, *layout.others)])
 
 
@@ -203,7 +210,7 @@ class TftpSignerService(Service):
         await self.subscribe("ccmsec.config.>", "config-changed", self.on_config_changed)
         await self.subscribe("ccmsec.mode.>", "mode-changed", self.on_mode_changed)
         await self.subscribe("ccmsec.ctl.>", "ctl-updated", self.on_ctl_updated)
-        if mode == "mixed":
+        if mode is ClusterMode.MIXED:
             self.spawn(self._resign_all("start in mixed mode"))
 
     async def teardown(self) -> None:
@@ -239,7 +246,7 @@ class TftpSignerService(Service):
 
     async def _resign_all(self, why: str) -> None:
         started = time.perf_counter()
-        if await self.content.mode() == "mixed":
+        if await self.content.mode() is ClusterMode.MIXED:
             await self.pool.warm_up()
         count = await self.content.resign_devices(None) + await self.content.resign_static()
         self.log.info("re-signed stale files", extra={"reason": why, "signed": count,

@@ -19,6 +19,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 from ccmsec.db.devices import validate_device_name
+from ccmsec.domain import CapfAuthMode, CapfOperation, DomainError
 from ccmsec_proto import capf_pb2, capf_pb2_grpc, ctl_provider_pb2
 
 from .audit import new_entry
@@ -34,23 +35,24 @@ CapfChannelFactory = Callable[[], grpc.aio.Channel]
 
 CAPF_TIMEOUT = 10.0  # seconds per gRPC call
 UNREACHABLE = "CAPF service unreachable"
-OPERATIONS = {"install": capf_pb2.CAPF_INSTALL, "upgrade": capf_pb2.CAPF_UPGRADE,
-              "delete": capf_pb2.CAPF_DELETE, "troubleshoot": capf_pb2.CAPF_TROUBLESHOOT}
-AUTH_MODES = {"string": capf_pb2.CAPF_AUTH_STRING, "null": capf_pb2.CAPF_AUTH_NULL,
-              "lsc-then-mic": capf_pb2.CAPF_AUTH_LSC_THEN_MIC, "mic": capf_pb2.CAPF_AUTH_MIC,
-              "lsc": capf_pb2.CAPF_AUTH_LSC}
-OPERATION_NAMES = {v: k for k, v in OPERATIONS.items()}
-AUTH_NAMES = {v: k for k, v in AUTH_MODES.items()}
 _RULE = re.compile(r"\b((?:AUTH|CALL|CERT|CHK|CTL|DEV|ENC|MODE|RST|SRST)-[0-9]{1,2})\b")
 _STATUS = {grpc.StatusCode.NOT_FOUND: 404, grpc.StatusCode.INVALID_ARGUMENT: 422,
            grpc.StatusCode.ALREADY_EXISTS: 409, grpc.StatusCode.PERMISSION_DENIED: 403}
 
 
+def _name(cls, number: int) -> str:
+    """The text of a proto enum number CAPF answered with ("" for one this version does not know)."""
+    try:
+        return cls.from_proto(number).value
+    except DomainError:
+        return ""
+
+
 class CapfScheduleRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     device: str = Field(max_length=64)
-    operation: Literal["install", "upgrade", "delete", "troubleshoot"]
-    auth_mode: Literal["string", "null", "lsc", "mic", "lsc-then-mic"]
+    operation: Literal[CapfOperation.choices()]  # type: ignore[valid-type]
+    auth_mode: Literal[CapfAuthMode.choices()]  # type: ignore[valid-type]
     auth_string: str | None = Field(None, pattern=r"^[0-9]{4,10}$", description="4-10 digits")
     key_type: Literal["rsa1024", "rsa2048", "rsa4096", "ec256"] | None = Field(
         None, description="null = the CAPF enterprise default")
@@ -124,8 +126,8 @@ def _iso(unix: int) -> str | None:
 def operation_dict(op: capf_pb2.CapfOperationState) -> dict:
     """An operation as JSON; the auth string is never sent back (CAPF does not return it either)."""
     s = op.schedule
-    return {"id": op.id, "device": s.device, "operation": OPERATION_NAMES.get(s.operation, ""),
-            "auth_mode": AUTH_NAMES.get(s.auth_mode, ""), "key_type": s.key_type,
+    return {"id": op.id, "device": s.device, "operation": _name(CapfOperation, s.operation),
+            "auth_mode": _name(CapfAuthMode, s.auth_mode), "key_type": s.key_type,
             "deadline": _iso(s.deadline_unix), "state": op.state, "reason": op.reason,
             "failed_attempts": op.failed_attempts, "created_at": _iso(op.created_unix),
             "updated_at": _iso(op.updated_unix), "issued_fingerprint": op.issued_fingerprint or None}
@@ -156,7 +158,8 @@ async def schedule(request: Request, _: Principal = Depends(require_admin)) -> d
     body = await read_json(request, CapfScheduleRequest)
     request.state.audit_target = body.device
     message = capf_pb2.CapfSchedule(
-        device=body.device, operation=OPERATIONS[body.operation], auth_mode=AUTH_MODES[body.auth_mode],
+        device=body.device, operation=CapfOperation.parse(body.operation).to_proto(),
+        auth_mode=CapfAuthMode.parse(body.auth_mode).to_proto(),
         auth_string=body.auth_string or "", key_type=body.key_type or "",
         deadline_unix=int(parse_deadline(body.deadline).timestamp()) if body.deadline else 0)
     op = await _call(request, "ScheduleOperation", message, body.device)

@@ -25,6 +25,7 @@ from ccmsec.db.devices import (
     validate_device_name,
 )
 
+from ccmsec.domain import DeviceSecurityMode
 from ccmsec.policy.resets import DeviceSecurityModeChanged, HardeningChanged, required_actions
 
 from .announce import config_changed, publish_actions
@@ -36,7 +37,7 @@ from .errors import ApiError, body_schema, read_json
 log = logging.getLogger(__name__)
 
 Model = Literal["7970", "7960", "7940", "7912", "7910", "7905G", "7902"]
-SecurityMode = Literal["non-secure", "authenticated", "encrypted"]
+SecurityMode = Literal[DeviceSecurityMode.choices()]  # type: ignore[valid-type]
 _POOL_PATTERN = r"^[A-Za-z0-9 _.-]{1,64}$"
 
 
@@ -44,7 +45,7 @@ class DeviceCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     name: str = Field(max_length=64, description="SEP + 12 uppercase hex digits, or [A-Za-z0-9_-]{1,15}")
     model: Model
-    security_mode: SecurityMode = "non-secure"
+    security_mode: SecurityMode = DeviceSecurityMode.NON_SECURE.value
     description: str = Field("", max_length=128)
     device_pool: str | None = Field(None, pattern=_POOL_PATTERN)
     web_access: StrictBool = True
