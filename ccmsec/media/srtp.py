@@ -127,9 +127,7 @@ class SrtpSender:
         policy = pylibsrtp.Policy(master.key_and_salt, pylibsrtp.Policy.SSRC_ANY_OUTBOUND,
                                   srtp_profile=master.suite.libsrtp_profile)
         self._session = pylibsrtp.Session(policy)
-
-    def protect(self, rtp: bytes) -> bytes:
-        return self._session.protect(rtp)
+        self.protect = self._session.protect  # bound once: this is the per-packet path
 
 
 class SrtpReceiver:

@@ -69,8 +69,9 @@ class MediaStream:
         self.payload_type = payload_type
         self._encode, self._decode = g711.CODECS[payload_type]
         self.packetiser = Packetiser(payload_type, ssrc=ssrc)
-        self.counters = MediaCounters()
+        self._counters = MediaCounters()
         self.tracker = SequenceTracker()
+        self._lost_before = 0
         self.remote_ssrc: int | None = None
         self.set_keys(send_key, receive_key)
 
@@ -86,6 +87,16 @@ class MediaStream:
         """A new receive side: a new far end, so its SSRC and sequence are followed afresh."""
         self._receiver = SrtpReceiver(key) if key else None
         self.reset_remote()
+
+    @property
+    def counters(self) -> MediaCounters:
+        """The counters, with `lost` brought up to date (computed on read, not per packet)."""
+        self._counters.lost = self._lost_before + self.tracker.lost
+        return self._counters
+
+    @counters.setter
+    def counters(self, value: MediaCounters) -> None:
+        self._counters = value
 
     def reset_remote(self) -> None:
         """A new far end (transfer, resume): follow its SSRC and sequence from scratch, keeping
@@ -113,12 +124,12 @@ class MediaStream:
 
     def packet_for_payload(self, payload: bytes) -> bytes:
         rtp = self.packetiser.datagram(payload)
-        self.counters.sent += 1
+        self._counters.sent += 1
         return self._sender.protect(rtp) if self._sender else rtp
 
     # -- receive ----------------------------------------------------------------------------
     def receive(self, datagram: bytes) -> AudioReceived | PacketRefused:
-        c = self.counters
+        c = self._counters
         if self._receiver is not None:
             try:
                 datagram = self._receiver.unprotect(datagram)
@@ -148,5 +159,4 @@ class MediaStream:
         self.remote_ssrc = ssrc
         self.tracker.update(seq)
         c.received += 1
-        c.lost = self._lost_before + self.tracker.lost
         return AudioReceived(pt, seq, ts, ssrc, marker, payload, self._decode)
