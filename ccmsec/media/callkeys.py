@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ccmsec.domain import DeviceSecurityMode
 from ccmsec.media.srtp import MasterKey, SrtpSuite
 from ccmsec.pki.tls import SccpTransportMode, transport_mode_of_cipher
 
@@ -27,7 +28,7 @@ from ccmsec.pki.tls import SccpTransportMode, transport_mode_of_cipher
 class DeviceTransport:
     """What call control knows of a device's registration."""
 
-    security_mode: str        # configured and registered: "non-secure" | "authenticated" | "encrypted"
+    security_mode: DeviceSecurityMode | str   # the mode the device registered with
     tls: bool                 # registered on the TLS port (2443), not on 2000
     cipher: str = ""          # the negotiated TLS cipher
     srtp_capable: bool = True  # the phone said so in CapabilitiesRes
@@ -36,8 +37,9 @@ class DeviceTransport:
 
 def may_receive_keys(device: DeviceTransport) -> tuple[bool, str]:
     """ENC-3 / ENC-5, with the reason when not."""
-    if device.security_mode != "encrypted":
-        return False, f"ENC-3: device security mode is {device.security_mode}, not encrypted"
+    mode = DeviceSecurityMode.parse(device.security_mode)
+    if mode is not DeviceSecurityMode.ENCRYPTED:
+        return False, f"ENC-3: device security mode is {mode.value}, not encrypted"
     if not device.tls:
         return False, "ENC-5: registered on the clear SCCP port"
     if not device.cipher or transport_mode_of_cipher(device.cipher) is not SccpTransportMode.ENCRYPTED:
