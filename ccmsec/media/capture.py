@@ -41,10 +41,14 @@ def capture_available() -> str | None:
 
 
 class LoopbackCapture:
-    def __init__(self, ports: list[int] | None = None, *, host: str | None = None, directory: Path | None = None):
+    def __init__(self, ports: list[int] | None = None, *, host: str | None = None,
+                 directory: Path | None = None, bpf: str | None = None):
+        """UDP `ports` (optionally on `host`), or any capture filter given as `bpf`."""
         self.filter = " or ".join(f"udp port {p}" for p in ports) if ports else "udp"
         if host:
             self.filter = f"host {host} and ({self.filter})"
+        if bpf:
+            self.filter = bpf
         self._dir = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="ccmsec-capture-"))
         self.path = self._dir / "media.pcap"
         self._proc: subprocess.Popen | None = None
@@ -151,3 +155,38 @@ def media_proof(captured: list[bytes], sent_payloads: list[bytes], key: MasterKe
         ordered = [got[s] for s in high + low]
     return DirectionProof(len(captured), hits, len(got), refused,
                           bool(sent_payloads) and ordered == list(sent_payloads), key is not None)
+
+
+def _tshark_lines(args: list[str]) -> list[str]:
+    out = subprocess.run(["tshark", *args], capture_output=True, text=True, timeout=60)
+    if out.returncode != 0:
+        raise CaptureError(f"tshark {' '.join(args[:3])}…: {out.stderr.strip()[:200]}")
+    return out.stdout.splitlines()
+
+
+def sccp_from_capture(pcap: Path, port: int, *, keylog: Path | None = None) -> list[tuple[str, object]]:
+    """Every SCCP message of every TCP connection to `port` in a capture, in order, as
+    (direction, message) with direction "to-phone" or "from-phone". With `keylog` the
+    connections are read as TLS and decrypted with the NSS key log (SSLKEYLOGFILE) — what an
+    investigator holding the endpoints' TLS secrets can see; without, as clear TCP."""
+    from ccmsec.wire.sccp import SccpFramer
+
+    streams = sorted({int(v) for v in _tshark_lines(["-r", str(pcap), "-Y", f"tcp.port=={port}", "-T",
+                                                      "fields", "-e", "tcp.stream"]) if v.strip()})
+    tls_opts = ["-o", f"tls.keylog_file:{keylog}", "-d", f"tcp.port=={port},tls"] if keylog else []
+    messages: list[tuple[str, object]] = []
+    for stream in streams[:1000]:
+        kind = "tls" if keylog else "tcp"
+        lines = _tshark_lines(["-r", str(pcap), "-q", *tls_opts, "-z", f"follow,{kind},raw,{stream}"])
+        framers = {"from-phone": SccpFramer(), "to-phone": SccpFramer()}
+        for line in lines:
+            if not line.strip() or line.startswith(("=", "Follow:", "Filter:", "Node ")):
+                continue
+            direction = "to-phone" if line.startswith("\t") else "from-phone"  # node 0 opened it
+            try:
+                data = bytes.fromhex(line.strip())
+            except ValueError:
+                continue
+            for message in framers[direction].feed(data):
+                messages.append((direction, message))
+    return messages
