@@ -162,20 +162,21 @@ class Phone(asyncio.DatagramProtocol):
         self.received.append(data)
 
 
-async def run_step(stub, gw_host, calls: int, seconds: float, gateway_pid: int) -> dict:
+async def run_step(stub, gw_host, calls: int, seconds: float, gateway_pid: int, plain: bool = False) -> dict:
     loop = asyncio.get_running_loop()
     legs = []
     frames = int(seconds * 50)
     for n in range(calls):
-        up, down = MasterKey.generate(), MasterKey.generate()
+        up, down = (None, None) if plain else (MasterKey.generate(), MasterKey.generate())
         transport, phone = await loop.create_datagram_endpoint(Phone, local_addr=("127.0.0.1", 0))
         host, port = transport.get_extra_info("sockname")[:2]
         reply = await stub.CreateConnection(pb.CreateConnectionRequest(
-            endpoint=f"aaln/S1/SU0/$@gw1", call_id=f"{n + 1:X}", dialled_number=ECHO, srtp=True,
-            send_key=to_proto(down), remote_sdp=audio_session(host, port, key=up).to_text()))
+            endpoint="aaln/S1/SU0/$@gw1", call_id=f"{n + 1:X}", dialled_number=ECHO, srtp=not plain,
+            send_key=to_proto(down) if down else None, remote_sdp=audio_session(host, port, key=up).to_text()))
         audio = parse_sdp(reply.local_sdp).audio()
-        sender, pk = SrtpSender(up), Packetiser(0)
-        packets = [sender.protect(pk.packet(PAYLOAD).to_bytes()) for _ in range(frames)]
+        pk = Packetiser(0)
+        protect = SrtpSender(up).protect if up else (lambda rtp: rtp)
+        packets = [protect(pk.packet(PAYLOAD).to_bytes()) for _ in range(frames)]
         legs.append((transport, phone, (gw_host, audio.port), packets, down, reply.connection_id))
     cpu0, t0 = _cpu_seconds(gateway_pid), time.perf_counter()
     due = loop.time()
@@ -195,10 +196,11 @@ async def run_step(stub, gw_host, calls: int, seconds: float, gateway_pid: int) 
     cpu = _cpu_seconds(gateway_pid) - cpu0
     sent = back = refused = 0
     for transport, phone, _, packets, down, conn_id in legs:
-        receiver = SrtpReceiver(down)
+        receiver = SrtpReceiver(down) if down else None
         for datagram in phone.received:
             try:
-                receiver.unprotect(datagram)
+                if receiver is not None:
+                    receiver.unprotect(datagram)
                 back += 1
             except SrtpRefused:
                 refused += 1
@@ -230,7 +232,7 @@ async def main(args) -> int:
             print(f"raw libsrtp protect+unprotect: {baseline:,.0f} pairs per CPU-second")
             results = []
             for calls in args.steps:
-                r = await run_step(stub, cluster.gw_host, calls, args.seconds, cluster.gateway.pid)
+                r = await run_step(stub, cluster.gw_host, calls, args.seconds, cluster.gateway.pid, args.plain)
                 results.append(r)
                 print(f"{calls:5d} calls: sent {r['sent']:7d}  back {r['back']:7d}  loss {100 * r['loss']:6.3f} %  "
                       f"gateway CPU {100 * r['cpu'] / r['wall']:5.1f} %  relays/s {r['relays_per_s']:8,.0f}  "
@@ -264,6 +266,8 @@ def parse_args():
     parser.add_argument("--baseline-seconds", type=float, default=3.0)
     parser.add_argument("--quick", action="store_true", help="steps 100 200, 3 s each")
     parser.add_argument("--keep", action="store_true", help="keep the data directory and logs")
+    parser.add_argument("--plain", action="store_true",
+                        help="diagnostic: RTP legs (GW-2) instead of SRTP, to see what SRTP itself costs")
     args = parser.parse_args()
     if args.quick:
         args.steps, args.seconds, args.baseline_seconds = [100, 200], 3.0, 2.0
