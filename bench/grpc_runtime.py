@@ -1,9 +1,12 @@
 """gRPC unary calls per second through the ccmsec runtime vs a bare grpc.aio server.
 
-Both servers use the same mutual-TLS certificates from a cluster CA and serve the same tiny RPC
-(KeyManager.Status); the runtime one adds what every service has (metrics interceptor, health,
-reflection). Each server runs in its own process; one client process drives both in turn with the
-same concurrency, several rounds alternating, and the best round of each counts.
+Both servers use the same mutual-TLS certificates from a cluster CA and serve the same RPC with the
+keymanager's real servicer (KeyManager.GenerateCallKeys: two fresh SRTP master key/salt pairs), as
+call control reaches it: the client presents callmanager's identity. The runtime server adds what
+every service has: per-method authorization against the policy table (the caller's identity taken
+from its certificate, cached per certificate), metrics, health and reflection. Each server runs in
+its own process; one client process drives both in turn with the same concurrency, several rounds
+alternating, and the best round of each counts.
 
     uv run python bench/grpc_runtime.py [--quick] [--seconds S] [--concurrency C]
 """
@@ -21,13 +24,22 @@ from pathlib import Path
 import grpc
 
 from ccmsec.runtime.grpcio import _OPTIONS, GrpcServer, secure_channel, server_credentials
-from ccmsec.runtime.identity import client_identity, service_identity
-from ccmsec_proto import common_pb2, keymanager_pb2_grpc
+from ccmsec.runtime.identity import service_identity
+from ccmsec_proto import common_pb2, keymanager_pb2, keymanager_pb2_grpc
 
 
-class _Servicer(keymanager_pb2_grpc.KeyManagerServicer):
-    async def Status(self, request, context):  # noqa: N802
+class _Service:
+    """What KeyManagerServicer needs of its service: a counter and a status."""
+    calls_keyed = 0
+
+    def status_message(self):
         return common_pb2.ServiceStatus(role="keymanager", node="bench", state="serving")
+
+
+def _servicer():
+    from ccmsec_keymanager.main import KeyManagerServicer
+
+    return KeyManagerServicer(_Service())
 
 
 def _free_port() -> int:
@@ -43,12 +55,12 @@ def _serve(kind: str, data: str, port: int, ready) -> None:
         ident = service_identity(Path(data), "keymanager", "keymanager", "127.0.0.1")
         if kind == "runtime":
             srv = GrpcServer(ident, "127.0.0.1", port)
-            srv.add(keymanager_pb2_grpc.add_KeyManagerServicer_to_server, _Servicer(), "ccmsec.v1.KeyManager")
+            srv.add(keymanager_pb2_grpc.add_KeyManagerServicer_to_server, _servicer(), "ccmsec.v1.KeyManager")
             await srv.start()
             await srv.set_serving(True)
         else:
             server = grpc.aio.server(options=_OPTIONS)  # same transport settings: only our layers differ
-            keymanager_pb2_grpc.add_KeyManagerServicer_to_server(_Servicer(), server)
+            keymanager_pb2_grpc.add_KeyManagerServicer_to_server(_servicer(), server)
             server.add_secure_port(f"127.0.0.1:{port}", server_credentials(ident))
             await server.start()
         ready.set()
@@ -58,17 +70,19 @@ def _serve(kind: str, data: str, port: int, ready) -> None:
 
 
 async def _drive(data: Path, port: int, seconds: float, concurrency: int) -> float:
-    ident = client_identity(data, "bench")
+    ident = service_identity(data, "callmanager", "callmanager", "127.0.0.1")  # call control's identity
+    request = keymanager_pb2.CallKeysRequest(call_id="bench", suite=common_pb2.AES_CM_128_HMAC_SHA1_80)
     async with secure_channel(ident, "127.0.0.1", port, "keymanager") as ch:
         stub = keymanager_pb2_grpc.KeyManagerStub(ch)
-        await stub.Status(common_pb2.Empty())
+        reply = await stub.GenerateCallKeys(request)
+        assert len(reply.a_to_b.master_key) == 16  # the runtime let call control through
         count = 0
         deadline = time.perf_counter() + seconds
 
         async def worker():
             nonlocal count
             while time.perf_counter() < deadline:
-                await stub.Status(common_pb2.Empty())
+                await stub.GenerateCallKeys(request)
                 count += 1
 
         start = time.perf_counter()
@@ -90,6 +104,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp)
         service_identity(data, "keymanager", "keymanager", "127.0.0.1")
+        service_identity(data, "callmanager", "callmanager", "127.0.0.1")
         ctx = mp.get_context("spawn")
         procs, ports = {}, {}
         for kind in ("runtime", "bare"):
@@ -110,8 +125,8 @@ def main() -> None:
                 p.terminate()
                 p.join(5)
     ratio = best["runtime"] / best["bare"] if best["bare"] else 0.0
-    print(f"runtime (mTLS + metrics + health + reflection): {best['runtime']:10.0f} calls/s")
-    print(f"bare grpc.aio (same mTLS certificates):         {best['bare']:10.0f} calls/s")
+    print(f"runtime (mTLS + authorization + metrics + health + reflection): {best['runtime']:8.0f} calls/s")
+    print(f"bare grpc.aio (same mTLS certificates, same servicer):          {best['bare']:8.0f} calls/s")
     print(f"ratio runtime/bare: {ratio:.2f} (aim >= 0.80)")
 
 

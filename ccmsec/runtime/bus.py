@@ -25,7 +25,7 @@ log = logging.getLogger("ccmsec.bus")
 
 STREAM = "CCMSEC"
 SUBJECT_PREFIX = "ccmsec"
-KINDS = ("device.reset", "service.restart", "ctl.updated", "config.changed", "mode.changed", "test.ping")
+KINDS = ("device.reset", "service.restart", "ctl.updated", "config.changed", "mode.changed", "access.denied")
 
 Handler = Callable[[events_pb2.Event], Awaitable[None]]
 SeenCheck = Callable[[str, str], Awaitable[bool]]

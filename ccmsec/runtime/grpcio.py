@@ -1,7 +1,9 @@
 """gRPC over mutual TLS: servers with health checking and reflection, and client channels.
 
 Every internal port requires a client certificate issued by the cluster CA; a client without one
-fails the TLS handshake.
+fails the TLS handshake. Every method of every service registered here — health and reflection
+included — is then authorized against `ccmsec.runtime.rpc_policy` by the caller's identity before
+its handler runs (`ccmsec.runtime.authz`, default deny).
 """
 
 from __future__ import annotations
@@ -10,10 +12,11 @@ from typing import Iterable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
+from grpc_reflection.v1alpha import _async as reflection_aio
 
+from ccmsec.runtime.authz import Gate, guard_servicer
 from ccmsec.runtime.identity import TlsIdentity
-from ccmsec.runtime.metrics import instrument_servicer
 
 _OPTIONS = [
     ("grpc.max_receive_message_length", 16 * 1024 * 1024),
@@ -40,26 +43,31 @@ def channel_credentials(identity: TlsIdentity) -> grpc.ChannelCredentials:
 
 
 class GrpcServer:
-    """A grpc.aio server bound to host:port with mTLS, health, reflection and metrics."""
+    """A grpc.aio server bound to host:port with mTLS, per-method authorization, health,
+    reflection and metrics. `gate.on_denied` receives each reported refusal."""
 
     def __init__(self, identity: TlsIdentity, host: str, port: int, *, metrics: bool = True):
         self._metrics = metrics
         self.server = grpc.aio.server(options=_OPTIONS)
+        self.gate = Gate(str(identity.identity))
         self.health = health.aio.HealthServicer()
+        guard_servicer(self.health, health.SERVICE_NAME, self.gate, metrics=False)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self._service_names: list[str] = [health.SERVICE_NAME, reflection.SERVICE_NAME]
         self.address = f"{host}:{port}"
         self._identity = identity
 
     def add(self, add_fn, servicer, service_full_name: str) -> None:
-        """Register a servicer, e.g. add(capf_pb2_grpc.add_CapfServicer_to_server, impl, 'ccmsec.v1.Capf')."""
-        if self._metrics:
-            instrument_servicer(servicer, service_full_name)
+        """Register a servicer, e.g. add(capf_pb2_grpc.add_CapfServicer_to_server, impl, 'ccmsec.v1.Capf').
+        Each of its proto methods is authorized (and counted) before the handler runs."""
+        guard_servicer(servicer, service_full_name, self.gate, metrics=self._metrics)
         add_fn(servicer, self.server)
         self._service_names.append(service_full_name)
 
     async def start(self) -> None:
-        reflection.enable_server_reflection(self._service_names, self.server)
+        names = reflection_aio.ReflectionServicer(self._service_names)
+        guard_servicer(names, reflection.SERVICE_NAME, self.gate, metrics=False)
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(names, self.server)
         bound = self.server.add_secure_port(self.address, server_credentials(self._identity))
         if not bound:
             raise OSError(f"cannot bind gRPC port {self.address} (address in use or not local)")

@@ -1,8 +1,7 @@
-"""Prometheus metrics: one registry per process, an HTTP endpoint, and a gRPC server interceptor."""
+"""Prometheus metrics: one registry per process and an HTTP endpoint (gRPC calls are counted by
+the wrappers of `ccmsec.runtime.authz`)."""
 
 from __future__ import annotations
-
-import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -18,6 +17,14 @@ GRPC_LATENCY = Histogram(
 EVENTS_HANDLED = Counter(
     "ccmsec_events_handled_total", "bus events handled", ["kind", "outcome"], registry=REGISTRY
 )
+GRPC_DENIED = Counter(
+    "ccmsec_grpc_denied_total", "gRPC calls refused by the authorization policy", ["method", "caller_role"],
+    registry=REGISTRY,
+)
+EVENTS_REFUSED = Counter(
+    "ccmsec_events_refused_total", "bus events dropped: publisher not allowed to send that kind",
+    ["kind", "publisher"], registry=REGISTRY,
+)
 UP = Gauge("ccmsec_service_up", "1 while the service is serving", ["service", "node"], registry=REGISTRY)
 
 
@@ -26,40 +33,3 @@ def serve_metrics(host: str, port: int):
     if port:
         return start_http_server(port, addr=host, registry=REGISTRY)
     return None
-
-
-def instrument_servicer(servicer, service_full_name: str) -> None:
-    """Count and time every unary method of a servicer, in place.
-
-    Wrapping the bound methods before registration costs far less per call than a grpc.aio
-    server interceptor (no extra continuation round trip per RPC).
-    """
-    import inspect
-
-    for name in dir(type(servicer)):
-        if name.startswith("_"):
-            continue
-        method = getattr(servicer, name)
-        if not inspect.iscoroutinefunction(method):
-            continue
-        setattr(servicer, name, _timed(method, f"/{service_full_name}/{name}"))
-
-
-def _timed(inner, method: str):
-    ok = GRPC_REQUESTS.labels(method, "OK")
-    latency = GRPC_LATENCY.labels(method)
-    perf = time.perf_counter
-
-    async def behaviour(request, context):
-        start = perf()
-        try:
-            reply = await inner(request, context)
-        except BaseException:
-            code = context.code() if hasattr(context, "code") else None
-            GRPC_REQUESTS.labels(method, getattr(code, "name", None) or "ERROR").inc()
-            raise
-        latency.observe(perf() - start)
-        ok.inc()
-        return reply
-
-    return behaviour

@@ -140,6 +140,23 @@ class Service:
         """The `admin-api` identity kept in this node's folder (callmanager hosts the HTTPS API)."""
         return load_identity(admin_api_identity_dir(self.settings.identity_folder))
 
+    def _report_refusal(self, refusal) -> None:
+        """A refused RPC goes to the audit log through its owner (callmanager), as an event."""
+        caller = refusal.caller
+        body = events_pb2.AccessDenied(
+            caller_role=caller.role if caller else "", caller_node=caller.node if caller else "",
+            method=refusal.method[:200], refused_by=f"{self.role}/{self.node}",
+            reason=refusal.reason[:300], suppressed=refusal.suppressed)
+
+        async def send() -> None:
+            try:
+                await self.publish("access.denied", None, access_denied=body)
+            except Exception as exc:  # the refusal itself stands; only its audit record is late
+                self.log.warning("could not report a refused call to the audit log: %s", exc)
+
+        if self.bus is not None and self.bus.js is not None:
+            self.spawn(send())
+
     # --- idempotency ----------------------------------------------------------------------
     async def _seen(self, consumer: str, event_id: str) -> bool:
         async with self.db() as session:
@@ -176,6 +193,7 @@ class Service:
                                    connect_timeout=s.bus_connect_timeout)
         await self.bus.connect()
         self.grpc = GrpcServer(self.identity, s.host, s.grpc_port)
+        self.grpc.gate.on_denied = self._report_refusal
         try:
             await self.setup()
             await self.grpc.start()

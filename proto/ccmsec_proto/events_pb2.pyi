@@ -75,8 +75,24 @@ class SecurityModeChanged(_message.Message):
     previous: _common_pb2.ClusterSecurityMode
     def __init__(self, mode: _Optional[_Union[_common_pb2.ClusterSecurityMode, str]] = ..., previous: _Optional[_Union[_common_pb2.ClusterSecurityMode, str]] = ...) -> None: ...
 
+class AccessDenied(_message.Message):
+    __slots__ = ("caller_role", "caller_node", "method", "refused_by", "reason", "suppressed")
+    CALLER_ROLE_FIELD_NUMBER: _ClassVar[int]
+    CALLER_NODE_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_BY_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    SUPPRESSED_FIELD_NUMBER: _ClassVar[int]
+    caller_role: str
+    caller_node: str
+    method: str
+    refused_by: str
+    reason: str
+    suppressed: int
+    def __init__(self, caller_role: _Optional[str] = ..., caller_node: _Optional[str] = ..., method: _Optional[str] = ..., refused_by: _Optional[str] = ..., reason: _Optional[str] = ..., suppressed: _Optional[int] = ...) -> None: ...
+
 class Event(_message.Message):
-    __slots__ = ("id", "kind", "occurred_unix_ms", "origin", "device_reset", "service_restart", "ctl_updated", "config_changed", "mode_changed", "text")
+    __slots__ = ("id", "kind", "occurred_unix_ms", "origin", "device_reset", "service_restart", "ctl_updated", "config_changed", "mode_changed", "text", "access_denied")
     ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     OCCURRED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
@@ -87,6 +103,7 @@ class Event(_message.Message):
     CONFIG_CHANGED_FIELD_NUMBER: _ClassVar[int]
     MODE_CHANGED_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
+    ACCESS_DENIED_FIELD_NUMBER: _ClassVar[int]
     id: str
     kind: str
     occurred_unix_ms: int
@@ -97,4 +114,5 @@ class Event(_message.Message):
     config_changed: ConfigChanged
     mode_changed: SecurityModeChanged
     text: str
-    def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., occurred_unix_ms: _Optional[int] = ..., origin: _Optional[str] = ..., device_reset: _Optional[_Union[DeviceReset, _Mapping]] = ..., service_restart: _Optional[_Union[ServiceRestart, _Mapping]] = ..., ctl_updated: _Optional[_Union[CtlUpdated, _Mapping]] = ..., config_changed: _Optional[_Union[ConfigChanged, _Mapping]] = ..., mode_changed: _Optional[_Union[SecurityModeChanged, _Mapping]] = ..., text: _Optional[str] = ...) -> None: ...
+    access_denied: AccessDenied
+    def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., occurred_unix_ms: _Optional[int] = ..., origin: _Optional[str] = ..., device_reset: _Optional[_Union[DeviceReset, _Mapping]] = ..., service_restart: _Optional[_Union[ServiceRestart, _Mapping]] = ..., ctl_updated: _Optional[_Union[CtlUpdated, _Mapping]] = ..., config_changed: _Optional[_Union[ConfigChanged, _Mapping]] = ..., mode_changed: _Optional[_Union[SecurityModeChanged, _Mapping]] = ..., text: _Optional[str] = ..., access_denied: _Optional[_Union[AccessDenied, _Mapping]] = ...) -> None: ...

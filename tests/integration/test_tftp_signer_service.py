@@ -52,6 +52,7 @@ class Running:
         self.svc, self.task, self.data = svc, task, data
         self.port = svc.settings.tftp_port
         self._channel = None
+        self._provider_channel = None
 
     async def get(self, filename: str, **kw) -> bytes:
         return await tftp_get(HOST, self.port, filename, timeout=1.0, retries=3, **kw)
@@ -61,6 +62,13 @@ class Running:
             self._channel = secure_channel(client_identity(self.data), HOST, self.svc.settings.grpc_port,
                                            "tftp-signer")
         return tftp_signer_pb2_grpc.TftpSignerStub(self._channel)
+
+    def provider_stub(self) -> tftp_signer_pb2_grpc.TftpSignerStub:
+        """As the CTL Provider, the one role allowed to publish the trust list (PublishFile)."""
+        if self._provider_channel is None:
+            ident = service_identity(self.data, "ctl-provider", "ctl-provider", HOST)
+            self._provider_channel = secure_channel(ident, HOST, self.svc.settings.grpc_port, "tftp-signer")
+        return tftp_signer_pb2_grpc.TftpSignerStub(self._provider_channel)
 
     @property
     def cert(self) -> x509.Certificate:
@@ -81,8 +89,9 @@ class Running:
             await set_setting(s, "security_mode", mode)
 
     async def close(self):
-        if self._channel is not None:
-            await self._channel.close()
+        for channel in (self._channel, self._provider_channel):
+            if channel is not None:
+                await channel.close()
         self.svc.request_stop()
         await asyncio.wait_for(self.task, 15)
 
@@ -329,20 +338,20 @@ async def test_mode6_publish_trust_list_only_into_this_clusters_path(tftp):
     ]
     for fields, code, text in cases:
         with pytest.raises(grpc.aio.AioRpcError) as info:
-            await stub.PublishFile(tftp_signer_pb2.PublishFileRequest(content=ctl, sha256=digest, **fields),
+            await tftp.provider_stub().PublishFile(tftp_signer_pb2.PublishFileRequest(content=ctl, sha256=digest, **fields),
                                    timeout=5)
         assert info.value.code() == code and text in info.value.details()
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await stub.PublishFile(tftp_signer_pb2.PublishFileRequest(name="CTLFile.tlv", content=ctl,
+        await tftp.provider_stub().PublishFile(tftp_signer_pb2.PublishFileRequest(name="CTLFile.tlv", content=ctl,
                                                                   sha256="00" * 32), timeout=5)
     assert info.value.code() == grpc.StatusCode.DATA_LOSS
     junk = b"not a trust list"
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await stub.PublishFile(tftp_signer_pb2.PublishFileRequest(
+        await tftp.provider_stub().PublishFile(tftp_signer_pb2.PublishFileRequest(
             name="CTLFile.tlv", content=junk, sha256=hashlib.sha256(junk).hexdigest()), timeout=5)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert not (tftp.data / "tftp" / "branch" / "CTLFile.tlv").exists()
-    reply = await stub.PublishFile(tftp_signer_pb2.PublishFileRequest(
+    reply = await tftp.provider_stub().PublishFile(tftp_signer_pb2.PublishFileRequest(
         cluster_path="cluster1", name="CTLFile.tlv", content=ctl, sha256=digest), timeout=5)
     assert reply.sha256 == digest
     assert await tftp.get("CTLFile.tlv") == ctl
@@ -373,7 +382,7 @@ async def test_mode6_publish_on_a_slow_disk_does_not_stall_tftp(tftp, monkeypatc
     monkeypatch.setattr(files, "atomic_write", slow_write)
     ctl = _ctl(tftp.cert)
     waited = asyncio.create_task(asyncio.to_thread(phone))
-    await tftp.stub().PublishFile(tftp_signer_pb2.PublishFileRequest(
+    await tftp.provider_stub().PublishFile(tftp_signer_pb2.PublishFileRequest(
         name="CTLFile.tlv", content=ctl, sha256=hashlib.sha256(ctl).hexdigest()), timeout=10)
     assert await waited < 0.8
     assert await tftp.get("CTLFile.tlv") == ctl

@@ -10,9 +10,10 @@ from ccmsec_callmanager.sccp_service import CallControlMixin
 from ccmsec_callmanager.servicer import CallManagerServicer
 # --- end call control ----------------------------------------------------------------------
 from ccmsec_callmanager.admin_mount import AdminMount  # HTTPS administration API (CERT-4)
+from ccmsec_callmanager.access_audit import AccessAuditMixin  # refused RPCs of every service
 
 
-class CallManagerService(CallControlMixin, Service):
+class CallManagerService(AccessAuditMixin, CallControlMixin, Service):
     role = "callmanager"
 
     async def setup(self) -> None:
@@ -20,6 +21,7 @@ class CallManagerService(CallControlMixin, Service):
         self.admin = AdminMount(self)  # administration API on admin_port (HTTPS)
         await self.admin.start()
         self.grpc.add(callmanager_pb2_grpc.add_CallManagerServicer_to_server, CallManagerServicer(self), "ccmsec.v1.CallManager")
+        await self.setup_access_audit()  # the audit log's owner records every service's refusals
 
     async def teardown(self) -> None:
         await self.admin.stop()  # administration API

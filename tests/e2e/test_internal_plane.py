@@ -1,0 +1,134 @@
+"""The attacks of issue 9, replayed on the running cluster as an attacker on the same host would:
+with another service's certificate (its identity folder), call what only call control or the
+administrator may call. Each is refused with PERMISSION_DENIED naming the caller, logged by the
+service that refused it and recorded in callmanager's audit log; the legitimate path still works.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from ccmsec import adminclient
+from ccmsec.pki import ca as ca_mod
+from ccmsec.runtime.grpcio import secure_channel
+from ccmsec.runtime.identity import client_identity, load_identity
+from ccmsec_proto import (
+    callmanager_pb2, callmanager_pb2_grpc, capf_pb2, capf_pb2_grpc, common_pb2, keymanager_pb2,
+    keymanager_pb2_grpc,
+)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+
+
+def _identity(data: Path, role: str):
+    """What a process running as `role` on this host holds: that service's identity folder."""
+    return load_identity(data / "identities" / "services" / role)
+
+
+def _channel(cluster, identity, role: str):
+    svc = cluster["endpoints"]["services"][role]
+    return secure_channel(identity, svc["host"], svc["grpc_port"], role)
+
+
+def _audited(data: Path, actor: str, method: str, timeout: float = 20.0) -> dict:
+    """The audit row of a refused call (written by callmanager from the refusing service's event)."""
+    deadline = time.monotonic() + timeout
+    with adminclient.AdminClient(adminclient.discover(data)) as api:
+        while True:
+            for entry in api.audit(limit=200):
+                if entry["action"] == "rpc.denied" and entry["actor"] == actor and entry["target"] == method:
+                    return entry
+            assert time.monotonic() < deadline, f"no audit entry for {actor} -> {method}"
+            time.sleep(0.2)
+
+
+def _logged(data: Path, role: str, needle: str, timeout: float = 10.0) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        for line in (data / "logs" / f"{role}.log").read_text(errors="replace").splitlines():
+            if needle in line:
+                return line
+        assert time.monotonic() < deadline, f"{role}.log has no line with {needle!r}"
+        time.sleep(0.2)
+
+
+async def test_phone_sim_certificate_gets_no_srtp_keys_but_call_control_does(cluster):
+    """Issue 9 §2: KeyManager key material only to call control."""
+    data = cluster["data"]
+    method = "/ccmsec.v1.KeyManager/GenerateCallKeys"
+    request = keymanager_pb2.CallKeysRequest(call_id="attack-1")
+    async with _channel(cluster, _identity(data, "phone-sim"), "keymanager") as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await keymanager_pb2_grpc.KeyManagerStub(ch).GenerateCallKeys(request, timeout=10)
+    assert refused.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    assert "phone-sim/phone-sim" in refused.value.details() and method in refused.value.details()
+    assert not refused.value.trailing_metadata() or all(
+        b"master" not in (v if isinstance(v, bytes) else v.encode()) for _, v in refused.value.trailing_metadata())
+    async with _channel(cluster, _identity(data, "callmanager"), "keymanager") as ch:
+        keys = await keymanager_pb2_grpc.KeyManagerStub(ch).GenerateCallKeys(request, timeout=10)
+    assert len(keys.a_to_b.master_key) == 16 and keys.a_to_b.master_key != keys.b_to_a.master_key
+    line = _logged(data, "keymanager", f"refused {method} for phone-sim/phone-sim")
+    assert keys.a_to_b.master_key.hex() not in line
+    entry = _audited(data, "phone-sim/phone-sim", method)
+    assert entry["outcome"] == "denied" and "keymanager/keymanager" in entry["detail"]
+
+
+async def test_phone_sim_certificate_cannot_install_a_third_party_ca_but_the_administrator_can(cluster, tmp_path):
+    """Issue 9 §2: CA changes only from the administration path."""
+    data = cluster["data"]
+    method = "/ccmsec.v1.Capf/SetThirdPartyCa"
+    stored = data / "pki" / "lsc-third-party-ca.crt"
+    before = stored.read_bytes() if stored.exists() else None
+    evil = ca_mod.create_ca(ca_mod.name("Attacker CA"), ca_mod.new_key("ec256"))
+    async with _channel(cluster, _identity(data, "phone-sim"), "capf") as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await capf_pb2_grpc.CapfStub(ch).SetThirdPartyCa(
+                capf_pb2.ThirdPartyCaRequest(certificate=evil.pem), timeout=10)
+    assert refused.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    assert "phone-sim/phone-sim" in refused.value.details() and method in refused.value.details()
+    assert (stored.read_bytes() if stored.exists() else None) == before  # nothing installed
+    _audited(data, "phone-sim/phone-sim", method)
+    _logged(data, "capf", f"refused {method} for phone-sim/phone-sim")
+    # The legitimate administration path (the command line's own identity) still works.
+    good = ca_mod.create_ca(ca_mod.name("Plane E2E Third-Party CA"), ca_mod.new_key("ec256"))
+    async with _channel(cluster, client_identity(data), "capf") as ch:
+        cert = await capf_pb2_grpc.CapfStub(ch).SetThirdPartyCa(
+            capf_pb2.ThirdPartyCaRequest(certificate=good.pem), timeout=10)
+    assert "Plane E2E Third-Party CA" in cert.subject and stored.read_bytes() == good.pem
+
+
+async def test_gateway_certificate_cannot_change_the_cluster_mode(cluster):
+    """Issue 9 §2: mode changes only from the administration path and ctl-provider."""
+    data = cluster["data"]
+    method = "/ccmsec.v1.CallManager/SetClusterMode"
+    admin = client_identity(data)
+    async with _channel(cluster, admin, "callmanager") as ch:
+        mode_before = (await callmanager_pb2_grpc.CallManagerStub(ch).GetClusterMode(common_pb2.Empty(), timeout=10)).mode
+    async with _channel(cluster, _identity(data, "srtp-gateway"), "callmanager") as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await callmanager_pb2_grpc.CallManagerStub(ch).SetClusterMode(
+                callmanager_pb2.SetClusterModeRequest(mode=common_pb2.CLUSTER_NON_SECURE), timeout=10)
+    assert refused.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    assert "srtp-gateway/srtp-gateway" in refused.value.details()
+    async with _channel(cluster, admin, "callmanager") as ch:
+        mode_after = (await callmanager_pb2_grpc.CallManagerStub(ch).GetClusterMode(common_pb2.Empty(), timeout=10)).mode
+    assert mode_after == mode_before
+    _audited(data, "srtp-gateway/srtp-gateway", method)
+    _logged(data, "callmanager", f"refused {method} for srtp-gateway/srtp-gateway")
+
+
+async def test_services_hold_only_their_own_key(cluster):
+    """Issue 9 §1: each service folder holds its own key only (0600, folder 0700); the CA key is
+    in DATA/pki, which no service reads."""
+    data = cluster["data"]
+    for role, _ in cluster["endpoints"]["services"].items():
+        folder = data / "identities" / "services" / role
+        keys = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.key"))
+        assert keys == (["admin-api/tls.key", "tls.key"] if role == "callmanager" else ["tls.key"]), role
+        assert (folder.stat().st_mode & 0o777) == 0o700
+        assert ((folder / "tls.key").stat().st_mode & 0o777) == 0o600
+        assert str(load_identity(folder).identity) == f"{role}/{role}"
