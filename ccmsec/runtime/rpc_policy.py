@@ -44,7 +44,7 @@ _TABLE: dict[str, dict[str, frozenset[str]]] = {
         "GetRegistrations": ADMIN,
         "ResetDevices": ADMIN,                       # ccmsec device reset / reset-all (RST-9, CHK-13)
         "GetResetProgress": ADMIN,
-        "GetClusterMode": _roles(ADMIN, "ctl-provider"),
+        "GetClusterMode": _roles(ADMIN, "ctl-provider", "srtp-gateway"),  # the gateway: GW-4
         "SetClusterMode": _roles(ADMIN, "ctl-provider"),  # ctl-provider: after a CTL commit (MODE-3)
         "GetRefusals": ADMIN,
         "AddLine": ADMIN,
@@ -84,7 +84,7 @@ _TABLE: dict[str, dict[str, frozenset[str]]] = {
         "RemoveTftpCluster": ADMIN,
     },
     "ccmsec.v1.KeyManager": {
-        "Status": _status("keymanager"),
+        "Status": _roles(_status("keymanager"), "callmanager"),  # its one client reads its counters
         "GenerateCallKeys": frozenset({"callmanager"}),  # SRTP master keys: call control only
     },
     "ccmsec.v1.PhoneSim": {
@@ -107,6 +107,7 @@ _TABLE: dict[str, dict[str, frozenset[str]]] = {
         "CreateConnection": frozenset({"callmanager"}),  # call control drives the gateway (GW-*)
         "ModifyConnection": frozenset({"callmanager"}),
         "DeleteConnection": frozenset({"callmanager"}),
+        "AuditEndpoint": _roles(ADMIN, "callmanager"),   # read-only: connections and their counters
     },
     "ccmsec.v1.TftpSigner": {
         "Status": _status("tftp-signer"),
