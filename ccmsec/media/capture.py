@@ -169,7 +169,7 @@ def sccp_from_capture(pcap: Path, port: int, *, keylog: Path | None = None) -> l
     (direction, message) with direction "to-phone" or "from-phone". With `keylog` the
     connections are read as TLS and decrypted with the NSS key log (SSLKEYLOGFILE) — what an
     investigator holding the endpoints' TLS secrets can see; without, as clear TCP."""
-    from ccmsec.wire.sccp import SccpFramer
+    from ccmsec.wire.sccp import SccpFramer, SccpProtocolError
 
     streams = sorted({int(v) for v in _tshark_lines(["-r", str(pcap), "-Y", f"tcp.port=={port}", "-T",
                                                       "fields", "-e", "tcp.stream"]) if v.strip()})
@@ -179,6 +179,7 @@ def sccp_from_capture(pcap: Path, port: int, *, keylog: Path | None = None) -> l
         kind = "tls" if keylog else "tcp"
         lines = _tshark_lines(["-r", str(pcap), "-q", *tls_opts, "-z", f"follow,{kind},raw,{stream}"])
         framers = {"from-phone": SccpFramer(), "to-phone": SccpFramer()}
+        broken: set[str] = set()   # a direction that is not SCCP (e.g. TLS records read as TCP)
         for line in lines:
             if not line.strip() or line.startswith(("=", "Follow:", "Filter:", "Node ")):
                 continue
@@ -187,6 +188,11 @@ def sccp_from_capture(pcap: Path, port: int, *, keylog: Path | None = None) -> l
                 data = bytes.fromhex(line.strip())
             except ValueError:
                 continue
-            for message in framers[direction].feed(data):
-                messages.append((direction, message))
+            if direction in broken:
+                continue
+            try:
+                for message in framers[direction].feed(data):
+                    messages.append((direction, message))
+            except SccpProtocolError:
+                broken.add(direction)
     return messages
