@@ -115,3 +115,18 @@ async def test_gw4_a_caller_without_a_cluster_certificate_is_refused(keymanager,
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.GenerateCallKeys(keymanager_pb2.CallKeysRequest(call_id="c"), timeout=5)
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_enc5_only_call_control_may_ask_for_keys(keymanager):
+    """The administrator's own certificate (and any other role) is refused by the policy."""
+    ident, port, _, logfile = keymanager
+    from ccmsec.cluster.pki import issue_service_identity
+    data = logfile.parent
+    for caller in (client_identity(data),
+                   issue_service_identity(data, "phone-sim", "phone-sim", "127.0.0.1", out_dir=data / "ps"),
+                   issue_service_identity(data, "srtp-gateway", "gw", "127.0.0.1", out_dir=data / "gw")):
+        async with secure_channel(caller, "127.0.0.1", port, "keymanager") as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await keymanager_pb2_grpc.KeyManagerStub(channel).GenerateCallKeys(
+                    keymanager_pb2.CallKeysRequest(call_id="c"), timeout=5)
+            assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED, err.value.details()

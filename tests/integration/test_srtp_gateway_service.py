@@ -364,3 +364,18 @@ async def test_gw2_captured_rtp_leg_carries_the_audio_in_the_clear(gw):
     up, down, reply = await _capture_echo_call(gw, srtp=False, line="aaln/S1/SU0/2@gw1", call_id="CA98")
     assert not reply.srtp
     assert up.plaintext_hits == 25 and down.plaintext_hits == 25 and up.audio_matches and down.audio_matches
+
+
+async def test_gw4_only_call_control_drives_the_gateway(gw):
+    """A cluster identity that is not call control (the administrator's, a phone simulator's) may
+    audit or nothing, but never create, modify or delete connections."""
+    from ccmsec.cluster.pki import issue_service_identity
+    for ident in (client_identity(gw.data),
+                  issue_service_identity(gw.data, "phone-sim", "phone-sim", "127.0.0.1", out_dir=gw.data / "ps")):
+        async with secure_channel(ident, "127.0.0.1", gw.gw_svc.settings.grpc_port, "srtp-gateway") as ch:
+            stub = srtp_gateway_pb2_grpc.SrtpGatewayStub(ch)
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.CreateConnection(pb.CreateConnectionRequest(
+                    endpoint="aaln/S1/SU0/1@gw1", call_id="1", dialled_number=ECHO), timeout=5)
+            assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert gw.gw_svc.gateway.connections == {}
