@@ -184,12 +184,16 @@ def _parse_pairs(args) -> dict[str, str]:
 def _set_param(args) -> int:
     from ccmsec_proto import capf_pb2
 
+    from ccmsec.cli.common import service_pids_before_change, wait_for_restarts
+
     method = "SetEnterpriseParameters" if args.enterprise else "SetServiceParameters"
+    before = service_pids_before_change(args)
     reply = _call(args, method, capf_pb2.CapfParametersRequest(values=_parse_pairs(args)))
     scope = "enterprise" if args.enterprise else "service"
     print(f"CAPF {scope} parameter {args.name} = {args.value}")
     for ev in reply.events:
         print(f"published {ev}")
+    wait_for_restarts(args, before, reply.events)  # RST-8 restarts CAPF
     return 0
 
 
@@ -347,6 +351,8 @@ def register(sub) -> None:
     p.add_argument("name")
     p.add_argument("value")
     p.add_argument("--enterprise", action="store_true", help="an enterprise parameter (resets every device)")
+    p.add_argument("--no-wait", action="store_true",
+                   help="return at once instead of waiting until CAPF serves again (RST-8)")
     p.set_defaults(func=_set_param)
 
     p = actions.add_parser("params", help="show the CAPF parameters")

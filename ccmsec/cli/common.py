@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import getpass
 import os
+import sys
 from pathlib import Path
 
 import platformdirs
+
+MAX_PASSWORD = 1024  # bytes read from a pipe; longer input is not a password
 
 
 class CliError(Exception):
@@ -45,7 +48,55 @@ def read_password(args: argparse.Namespace, prompt: str = "Token password: ") ->
             return Path(pw_file).read_text().rstrip("\r\n")
         except OSError as exc:
             raise CliError(f"cannot read password file {pw_file}: {exc.strerror}") from None
+    if not sys.stdin.isatty():
+        # Piped or redirected: read one line quietly. getpass would warn that it cannot hide
+        # the echo and print its prompt to the terminal, though nothing is typed there.
+        line = sys.stdin.readline(MAX_PASSWORD + 2)
+        if not line:
+            raise CliError("no password given (use --password-file FILE when not interactive)")
+        password = line.rstrip("\r\n")
+        if len(password) > MAX_PASSWORD:
+            raise CliError(f"the password read from standard input is over {MAX_PASSWORD} characters")
+        return password
     try:
         return getpass.getpass(prompt)
     except EOFError:
         raise CliError("no password given (use --password-file FILE when not interactive)") from None
+
+
+# --- changes that restart services -----------------------------------------------------------------
+RESTART_WAIT_TIMEOUT = 120.0
+
+
+def add_wait_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-wait", action="store_true",
+                        help="return at once instead of waiting until the services the change "
+                             "restarts serve again")
+
+
+def service_pids_before_change(args: argparse.Namespace) -> dict[str, int] | None:
+    """Read before a change that may restart services, so that `wait_for_restarts` can tell the
+    new processes from the old. None when no local cluster is running here."""
+    from ccmsec.cluster import runner
+
+    try:
+        return runner.service_pids(data_dir(args))
+    except Exception:  # no state yet, unreadable state: nothing to wait for
+        return None
+
+
+def wait_for_restarts(args: argparse.Namespace, before: dict[str, int] | None, events) -> None:
+    """Wait, with progress, until every service the change restarted serves again, so the next
+    command does not meet a closed port. Nothing to do with --no-wait or without a local cluster."""
+    import asyncio
+
+    from ccmsec.cluster import runner
+
+    roles = runner.restarted_roles(events)
+    if not roles or before is None or getattr(args, "no_wait", False):
+        return
+    try:
+        asyncio.run(runner.wait_restarted(data_dir(args), roles, before,
+                                          timeout=RESTART_WAIT_TIMEOUT, progress=True))
+    except runner.RunnerError as exc:
+        raise CliError(f"the change is made, but {exc}") from None

@@ -11,7 +11,9 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from ccmsec.cli.common import CliError, add_data_option
+from ccmsec.cli.common import (
+    CliError, add_data_option, add_wait_option, service_pids_before_change, wait_for_restarts,
+)
 from ccmsec.domain import ClusterMode
 from ccmsec.formats.ctl import CtlFormatError, SignatureError, format_ctl, parse_ctl, verify_ctl
 
@@ -120,6 +122,7 @@ def add_update(actions: argparse._SubParsersAction) -> None:
     update.add_argument("--output", "-o", type=Path, help="also write the CTL to this file")
     update.add_argument("--quiet", "-q", action="store_true", help="do not print the trust list")
     update.add_argument("--timeout", type=float, default=5.0, help="network timeout in seconds")
+    add_wait_option(update)
     update.set_defaults(func=cmd_update)
 
 
@@ -150,6 +153,7 @@ def cmd_update(args: argparse.Namespace) -> int:
         else:
             def password() -> str:
                 return read_password(argparse.Namespace(), f"Password of token {signer}: ")
+        before = service_pids_before_change(args)
         result = asyncio.run(run_update(data_dir(args), options, password))
     except CtlClientError as exc:
         raise CliError(str(exc)) from None
@@ -168,6 +172,7 @@ def cmd_update(args: argparse.Namespace) -> int:
           + (f" (was {result.previous_mode})" if result.mode != result.previous_mode else " (unchanged)"))
     for event in result.events:
         print(f"  event: {event}")
+    wait_for_restarts(args, before, result.events)
     return 0
 
 
@@ -186,10 +191,12 @@ def add_provider(actions: argparse._SubParsersAction) -> None:
     port = sub.add_parser("port", help="set the TLS port (needs a CTL Provider restart: RST-7)")
     add_data_option(port)
     port.add_argument("port", type=int, metavar="PORT")
+    add_wait_option(port)
     port.set_defaults(func=cmd_provider_port)
     alias = actions.add_parser("provider-port", help="same as `ctl provider port PORT` (RST-7)")
     add_data_option(alias)
     alias.add_argument("port", type=int, metavar="PORT")
+    add_wait_option(alias)
     alias.set_defaults(func=cmd_provider_port)
     certs = sub.add_parser("certificates", help="the server certificates the provider would answer")
     add_data_option(certs)
@@ -218,12 +225,14 @@ def cmd_provider_show(args: argparse.Namespace) -> int:
 def cmd_provider_port(args: argparse.Namespace) -> int:
     from ccmsec_proto import ctl_provider_pb2
 
+    before = service_pids_before_change(args)
     reply = _call_provider(args, "SetProviderPort", ctl_provider_pb2.SetProviderPortRequest(port=args.port))
     print(f"CTL Provider TLS port set to {reply.port} (listening on {reply.listening_port})")
     for event in reply.events:
         print(f"  event: {event}")
     if not reply.events:
         print("  unchanged; nothing to restart")
+    wait_for_restarts(args, before, reply.events)
     return 0
 
 

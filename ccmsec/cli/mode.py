@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 
-from ccmsec.cli.common import add_data_option
+from ccmsec.cli.common import (
+    add_data_option, add_wait_option, service_pids_before_change, wait_for_restarts,
+)
 from ccmsec.cli.ctl import _call_provider
 from ccmsec.domain import ClusterMode
 
@@ -27,6 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     set_ = actions.add_parser("set", help="switch the cluster security mode (RST-3)")
     add_data_option(set_)
     set_.add_argument("mode", choices=ClusterMode.choices())
+    add_wait_option(set_)
     set_.set_defaults(func=cmd_set)
 
 
@@ -43,6 +46,7 @@ def cmd_set(args: argparse.Namespace) -> int:
     from ccmsec_proto import ctl_provider_pb2
 
     mode = ClusterMode.parse(args.mode).to_proto()
+    before = service_pids_before_change(args)
     reply = _call_provider(args, "SetSecurityMode", ctl_provider_pb2.SecurityModeRequest(mode=mode))
     if reply.mode == reply.previous:
         print(f"cluster security mode already {_name(reply.mode)}; nothing changed")
@@ -50,4 +54,5 @@ def cmd_set(args: argparse.Namespace) -> int:
     print(f"cluster security mode: {_name(reply.previous)} -> {_name(reply.mode)}")
     for event in reply.events:
         print(f"  event: {event}")
+    wait_for_restarts(args, before, reply.events)
     return 0

@@ -6,6 +6,7 @@ import asyncio
 import errno
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -243,6 +244,57 @@ def down(data_dir: Path, *, quiet: bool = False) -> int:
     return len(before)
 
 
+RESTART_EVENT = re.compile(r"\bservice\.restart\.([a-z][a-z0-9-]*)")
+
+
+def restarted_roles(events) -> list[str]:
+    """The roles a change restarts, from its described events ('service.restart.<role> RST-4')."""
+    roles: list[str] = []
+    for text in events:
+        match = RESTART_EVENT.search(text)
+        if match and match.group(1) not in roles:
+            roles.append(match.group(1))
+    return roles
+
+
+def service_pids(data_dir: Path) -> dict[str, int] | None:
+    """PID of each service of the local cluster, or None when no local supervisor runs it (a
+    compose cluster, or nothing running): then there is nothing this process can watch."""
+    data_dir = data_dir.resolve()
+    if not supervisor_pid(data_dir):
+        return None
+    children = (read_state(data_dir) or {}).get("children", {})
+    return {r: int((c or {}).get("pid") or 0) for r, c in children.items()}
+
+
+async def wait_restarted(data_dir: Path, roles: list[str], before: dict[str, int], *,
+                         timeout: float = 90.0, progress: bool = False) -> dict[str, tuple[int, int]]:
+    """Until each role runs in a process other than the one in `before` and answers SERVING.
+
+    `before` must be read before the change was made, or a quick restart would go unnoticed.
+    """
+    data_dir = data_dir.resolve()
+    cluster = cluster_for(data_dir)
+    deadline = time.monotonic() + timeout
+    while True:
+        now = service_pids(data_dir) or {}
+        moved = [r for r in roles if now.get(r) and now.get(r) != before.get(r)]
+        states = await health_states(cluster) if moved else {}
+        back = [r for r in moved if states.get(r) == "SERVING"]
+        if progress:
+            waiting = [r for r in roles if r not in back]
+            _progress(f"restarting {', '.join(roles)}: {len(back)}/{len(roles)} serving again"
+                      + (f" (waiting for {', '.join(waiting)})" if waiting else ""),
+                      final=not waiting)
+        if len(back) == len(roles):
+            return {r: (before.get(r, 0), now[r]) for r in roles}
+        if time.monotonic() > deadline:
+            missing = [r for r in roles if r not in back]
+            raise RunnerError(f"not restarted and serving after {timeout:.0f}s: {', '.join(missing)} "
+                              f"(see `ccmsec status` and {data_dir / 'logs'})")
+        await asyncio.sleep(0.3)
+
+
 async def restart_services(data_dir: Path, roles: list[str], *, timeout: float = 90.0,
                            progress: bool = False) -> dict[str, tuple[int, int]]:
     """Publish `service.restart` for each role and wait until each runs in a new, SERVING process."""
@@ -250,15 +302,10 @@ async def restart_services(data_dir: Path, roles: list[str], *, timeout: float =
     from ccmsec_proto import events_pb2
 
     data_dir = data_dir.resolve()
-    if not supervisor_pid(data_dir):
+    before = service_pids(data_dir)
+    if before is None:
         raise RunnerError(f"no cluster running from {data_dir}")
     cluster = cluster_for(data_dir)
-
-    def pids() -> dict[str, int]:
-        children = (read_state(data_dir) or {}).get("children", {})
-        return {r: int((children.get(r) or {}).get("pid") or 0) for r in roles}
-
-    before = pids()
     bus = EventBus(cluster.nats_url, "ccmsec-cli", connect_timeout=5)
     try:
         await bus.connect()
@@ -269,21 +316,7 @@ async def restart_services(data_dir: Path, roles: list[str], *, timeout: float =
         raise RunnerError(str(exc)) from None
     finally:
         await bus.close()
-    deadline = time.monotonic() + timeout
-    while True:
-        now = pids()
-        moved = [r for r in roles if now[r] and now[r] != before[r]]
-        states = await health_states(cluster) if len(moved) == len(roles) else {}
-        back = [r for r in moved if states.get(r) == "SERVING"]
-        if progress:
-            _progress(f"restarting: {len(moved)}/{len(roles)} restarted, {len(back)}/{len(roles)} serving",
-                      final=len(back) == len(roles))
-        if len(back) == len(roles):
-            return {r: (before[r], now[r]) for r in roles}
-        if time.monotonic() > deadline:
-            missing = sorted(set(roles) - set(back))
-            raise RunnerError(f"not restarted and serving after {timeout:.0f}s: {', '.join(missing)}")
-        await asyncio.sleep(0.3)
+    return await wait_restarted(data_dir, roles, before, timeout=timeout, progress=progress)
 
 
 def format_rows(rows: list[Row]) -> str:

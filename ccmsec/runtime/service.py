@@ -49,6 +49,7 @@ class Service:
         self.bus: bus_mod.EventBus | None = None
         self.grpc: GrpcServer | None = None
         self.started_unix = int(time.time())
+        self.started_unix_ms = int(time.time() * 1000)
         self.activated = True
         self.events_handled = 0
         self.last_event_id = ""
@@ -176,6 +177,12 @@ class Service:
     async def _on_restart(self, event: events_pb2.Event) -> None:
         nodes = list(event.service_restart.nodes)
         if nodes and self.node not in nodes:
+            return
+        if 0 < event.occurred_unix_ms < self.started_unix_ms:
+            # This process started after the change that asked for the restart: it already runs
+            # with it. (One change often asks twice — RST-3 and RST-4 both restart callmanager —
+            # and restarting again would leave the service down right after it came back.)
+            self.log.info("restart already done by this start", extra={"event_id": event.id})
             return
         reason = f"{event.service_restart.rule or 'restart'}: {event.service_restart.reason}".strip(": ")
         # Let the ack go out first; then shut down and let the supervisor start us again.

@@ -294,3 +294,21 @@ async def test_rst7_provider_port_change_restarts_only_the_ctl_provider(tc):
         assert time.monotonic() < deadline, shown.stdout + shown.stderr
         time.sleep(0.5)
     assert "activated:      yes" in shown.stdout
+
+
+def test_changes_that_restart_services_wait_until_they_serve_again(tc):
+    """`mode set` and `ctl update` wait, with progress, until the services their change restarts
+    (RST-3, RST-4) serve again, so the very next command works; `--no-wait` returns at once."""
+    switched = cli(tc, "mode", "set", "non-secure")
+    assert switched.returncode == 0, switched.stderr
+    assert "restarting callmanager: 1/1 serving again" in switched.stderr
+    listed = cli(tc, "device", "list")  # the HTTPS API of the restarted callmanager, at once
+    assert listed.returncode == 0, listed.stderr
+    both = update(tc, "--token", "t3", "--token", "t2", "--sign-with", "t3", "--mode", "mixed")
+    assert both.returncode == 0, both.stderr
+    assert "restarting callmanager, tftp-signer: 2/2 serving again" in both.stderr
+    assert cli(tc, "device", "list").returncode == 0
+    shown = cli(tc, "mode", "show")
+    assert shown.returncode == 0 and "mixed" in shown.stdout
+    quick = cli(tc, "mode", "set", "non-secure", "--no-wait")
+    assert quick.returncode == 0 and "serving again" not in quick.stderr

@@ -14,14 +14,18 @@ from ccmsec.cli.main import main
 from ccmsec.pki.tokens import MAX_PASSWORD_FAILURES, TokenLockedError, TokenPasswordError, open_token
 
 
-def run(*args, data_dir):
+def run(*args, data_dir, stdin: str | None = None):
     return subprocess.run([sys.executable, "-m", "ccmsec.cli.main", *args, "--data", str(data_dir)],
-                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+                          capture_output=True, text=True, timeout=60,
+                          **({"input": stdin} if stdin is not None else {"stdin": subprocess.DEVNULL}))
 
 
 def _round(calls: dict) -> dict:
+    """case -> (args, data_dir) or (args, data_dir, text piped to stdin)."""
     with ThreadPoolExecutor(len(calls)) as pool:
-        futures = {case: pool.submit(run, *args, data_dir=data) for case, (args, data) in calls.items()}
+        futures = {case: pool.submit(run, *call[0], data_dir=call[1],
+                                     stdin=call[2] if len(call) > 2 else None)
+                   for case, call in calls.items()}
         return {case: f.result() for case, f in futures.items()}
 
 
@@ -33,6 +37,7 @@ def env(tmp_path_factory):
     results = _round({
         "create": (("token", "create", "--name", "token1", "--password-file", pw), data),
         "no_password": (("token", "create", "--name", "t3"), data),
+        "piped": (("token", "create", "--name", "piped"), data, "p1ped-secret\n"),
     })
     results |= _round({
         "list": (("token", "list"), data),
@@ -56,6 +61,14 @@ def test_create_uses_data_dir_and_password_file(env):
     assert (data / "pki" / "manufacturer-ca.crt").exists()
     # The token opens with the password from the file (trailing newline stripped).
     assert open_token(data / "tokens", "token1", "s3cret").name == "token1"
+
+
+def test_piped_password_is_read_without_any_python_warning(env):
+    data, results = env
+    piped = results["piped"]
+    assert piped.returncode == 0, piped.stderr
+    assert piped.stderr == "", piped.stderr  # no GetPassWarning, no echo warning, no prompt
+    assert open_token(data / "tokens", "piped", "p1ped-secret").name == "piped"
 
 
 def test_list_and_show(env):
