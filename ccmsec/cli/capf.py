@@ -158,9 +158,39 @@ def _activate(args) -> int:
 
     st = _call(args, "Activate", ctl_provider_pb2.ActivateRequest(active=not args.off))
     print(f"CAPF service {'activated' if st.activated else 'deactivated'} on {st.node}")
-    if st.details.get("note"):
-        print(f"note: {st.details['note']}")
+    if st.activated:
+        print(_ctl_advice(args))
     return 0
+
+
+def _ctl_advice(args) -> str:
+    """What the CTL means for CAPF now (CHK-2): phones authenticate CAPF only through the CTL's
+    CAPF entry, so say whether the current CTL lists this CAPF certificate — from the CTL
+    Provider's current CTL and CAPF's own certificate, not from a guess."""
+    from cryptography import x509
+
+    from ccmsec.cli.ctl import _call_provider
+    from ccmsec.formats.ctl import CtlFormatError, Role, parse_ctl
+    from ccmsec_proto import common_pb2
+
+    update = "`ccmsec ctl update --token NAME --token NAME --mode mixed`"
+    try:
+        current = _call_provider(args, "GetCurrentCtl", common_pb2.Empty())
+    except CliError as exc:
+        return f"could not read the current CTL ({exc}); the CTL must list CAPF (CHK-2)"
+    if not current.present:
+        return (f"no CTL yet: the CTL client ({update}, CHK-6) will list this CAPF certificate, "
+                "so phones can authenticate CAPF")
+    ours = x509.load_der_x509_certificate(_call(args, "GetCapfCertificate", common_pb2.Empty()).der)
+    try:
+        listed = [r.certificate for r in parse_ctl(current.ctl).records_for_role(Role.CAPF)]
+    except CtlFormatError as exc:
+        return f"the current CTL (version {current.version}) cannot be read: {exc}"
+    if ours in listed:
+        return (f"the current CTL (version {current.version}) already lists this CAPF certificate; "
+                "no CTL update is needed")
+    return (f"the current CTL (version {current.version}) does not list this CAPF certificate: "
+            f"run the CTL client again ({update}) so phones can authenticate CAPF (CHK-2)")
 
 
 def _log(args) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 import time
 from collections import Counter
 
@@ -27,7 +28,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_data_option(add)
     add.add_argument("--count", type=int, default=1)
     add.add_argument("--model", required=True, help="7970, 7960, 7940, 7912, 7910, 7905G, 7902")
-    add.add_argument("--name-prefix", default="", help="e.g. SEP0011 (names continue with hex digits)")
+    names = add.add_mutually_exclusive_group()
+    names.add_argument("--name-prefix", default="", help="e.g. SEP0011 (names continue with hex digits)")
+    names.add_argument("--name", metavar="SEP…",
+                       help="one phone with exactly this name (e.g. a device already added with "
+                            "`ccmsec device add`)")
     add.set_defaults(func=cmd_add)
 
     for verb, helptext in (("boot", "power on / boot phones"), ("reset", "reset powered phones")):
@@ -149,11 +154,46 @@ def _boot_or_reset(args: argparse.Namespace, method: str) -> int:
 def cmd_add(args: argparse.Namespace) -> int:
     from ccmsec_proto import phone_sim_pb2
 
+    if args.name and args.count != 1:
+        raise CliError("--name makes one phone; leave out --count or use --name-prefix")
     reply = _call(args, "AddPhones", phone_sim_pb2.AddPhonesRequest(
-        count=args.count, model=args.model, name_prefix=args.name_prefix), timeout=300)
+        count=args.count, model=args.model, name_prefix=args.name or args.name_prefix), timeout=300)
     for p in reply.phones:
         print(f"{p.name}  {p.model}  MAC {p.mac}" + ("  MIC" if p.HasField("mic") else ""))
+    _note_unknown_devices(args, list(reply.phones))
     return 0
+
+
+def _note_unknown_devices(args: argparse.Namespace, phones: list) -> None:
+    """A phone is only half the story: call control must know the device too (MODE-4). Say so,
+    and how to add it, for each new phone call control does not know."""
+    from ccmsec.adminclient import AdminClient, AdminClientError, discover
+
+    try:
+        with AdminClient(discover(data_dir(args))) as client:
+            known = {d["name"] for d in client.list_devices()}
+            mode = client.cluster().get("security_mode", "")
+    except (AdminClientError, OSError, KeyError, TypeError) as exc:
+        print(f"note: could not ask call control which devices it knows ({exc}); a phone must "
+              "be added there too: `ccmsec device add NAME --model MODEL`", file=sys.stderr)
+        return
+    unknown = [p for p in phones if p.name not in known]
+    if not unknown:
+        return
+    what = ("in mixed mode they cannot register (MODE-4: auto-registration is off)"
+            if mode == "mixed" else
+            "in this non-secure cluster they auto-register as non-secure devices; to choose "
+            "their security mode, add them first")
+    print(f"note: call control does not know {len(unknown)} of these phone(s) as devices; {what}. "
+          "Add them with:", file=sys.stderr)
+    from ccmsec.policy.devices import model_supports
+
+    for p in unknown[:20]:
+        secure = mode == "mixed" and model_supports(p.model, "encrypted")  # DEV-3
+        print(f"  ccmsec device add {p.name} --model {p.model} --security "
+              f"{'encrypted' if secure else 'non-secure'}", file=sys.stderr)
+    if len(unknown) > 20:
+        print(f"  … and {len(unknown) - 20} more", file=sys.stderr)
 
 
 def cmd_boot(args: argparse.Namespace) -> int:

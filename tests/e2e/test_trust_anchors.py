@@ -127,6 +127,18 @@ def test_mode1_fresh_cluster_is_non_secure_and_mode5_refuses_mixed_without_ctl(t
     assert device.returncode != 0 and "MODE-5" in (device.stderr + device.stdout)
 
 
+def test_chk2_capf_not_activated_names_the_fix_and_activation_advises_the_ctl_client(tc):
+    """CHK-2: a CAPF refusal says how to activate it; activating before any CTL says the CTL
+    client will list the CAPF certificate (later, once a CTL exists, it checks that CTL)."""
+    refused = cli(tc, "capf", "schedule", "SEP0000000E2E01", "--op", "install", "--auth", "null")
+    assert refused.returncode == 1 and "not activated" in refused.stderr
+    assert "`ccmsec capf activate`" in refused.stderr
+    activated = cli(tc, "capf", "activate")
+    assert activated.returncode == 0, activated.stderr
+    assert "no CTL yet: the CTL client (`ccmsec ctl update" in activated.stdout
+    assert "will list this CAPF certificate" in activated.stdout
+
+
 def test_chk1_ctl_client_refused_while_the_provider_is_not_activated(tc):
     for name in ("t1", "t2", "t3", "lockme"):
         made = cli(tc, "token", "create", "--name", name, "--password-file", str(tc["pw"]))
@@ -206,6 +218,13 @@ async def test_ctl_update_publishes_a_verified_ctl_switches_to_mixed_and_emits_r
             break
         await asyncio.sleep(0.5)
     assert device.returncode == 0, device.stderr
+
+
+def test_chk2_capf_activation_after_the_ctl_checks_the_ctl_lists_capf(tc):
+    again = cli(tc, "capf", "activate")
+    assert again.returncode == 0, again.stderr
+    assert "the current CTL (version 1) already lists this CAPF certificate" in again.stdout
+    assert "no CTL update is needed" in again.stdout
 
 
 async def test_ctl2_signer_outside_the_current_ctl_refused_unless_new_trust(tc):

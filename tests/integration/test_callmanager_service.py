@@ -212,7 +212,7 @@ async def test_mode4_unknown_device_auto_registers_in_non_secure_cluster(cm):
 async def test_mode4_unknown_device_refused_in_mixed_mode(cm):
     await cm.set_mode("mixed")
     text = await cm.refused("SEP0000000A0702")
-    assert text.startswith("MODE-4")
+    assert text == "MODE-4: unknown SEP0000000A0702"  # the whole name fits the phone's field
     refusals = (await cm.stub.GetRefusals(common_pb2.Empty(), timeout=5)).refusals
     assert "auto-registration is off" in refusals[-1].reason
     async with cm.svc.db() as session:

@@ -404,3 +404,21 @@ async def test_tftp_unreachable_is_a_visible_failure(lab):
     await runner.request_boot()
     await runner.wait(10)
     assert phone.state is State.FAILED and phone.last_failure == "tftp-unreachable"
+
+
+async def test_a_registered_phone_shows_no_stale_failure_and_a_refusal_names_it_in_full(lab):
+    """A failure belongs to the boot it happened in: once the phone registers on a later boot,
+    `last_failure` is empty (the history keeps the refusal). The refusal names the whole device."""
+    name = "SEP001122330010"
+    lab.device(name, signed=False)
+    lab.image()
+    del lab.modes[name]  # call control does not know the device yet
+    runner = await boot(lab, lab.phone(name))
+    p = runner.phone
+    assert p.state is State.FAILED and p.last_failure == "registration-rejected"
+    assert f"refused {name}" in p.last_failure_reason
+    lab.modes[name] = "non-secure"  # the administrator adds it
+    await runner.request_boot()
+    await until(lambda: p.boots == 2 and p.state is State.REGISTERED)
+    assert p.last_failure == "" and p.last_failure_reason == ""
+    assert any("registration-rejected" in line for line in p.history)

@@ -202,7 +202,7 @@ class CallControl:
             self.registry.refused(request.device_name, address, verdict.reason)
             log.info("registration refused", extra={"device": request.device_name,
                                                     "address": address, "reason": verdict.reason})
-            return RegistrationDecision.reject(verdict.reason)
+            return RegistrationDecision.reject(verdict.reject_text)
         if verdict.auto_registered:
             await self._auto_register(verdict.device)
             log.info("auto-registered device", extra={"device": request.device_name,

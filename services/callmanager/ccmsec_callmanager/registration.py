@@ -91,10 +91,17 @@ class Verdict:
     certificate_kind: CertificateKind | None = None
     certificate_fingerprint: str = ""
     nat_suspected: bool = False          # MODE-7
+    phone_text: str = ""                 # what RegisterReject carries (31 ASCII characters)
 
     @classmethod
-    def refuse(cls, rule: str, text: str) -> "Verdict":
-        return cls(False, f"{rule}: {text}", rule)
+    def refuse(cls, rule: str, text: str, phone_text: str = "") -> "Verdict":
+        """`text` is the full reason (logs, refusals list); `phone_text` a version that fits the
+        phone's 31-character display when the full one would be cut (e.g. in a device name)."""
+        return cls(False, f"{rule}: {text}", rule, phone_text=phone_text)
+
+    @property
+    def reject_text(self) -> str:
+        return self.phone_text or self.reason
 
 
 def model_of_device_type(device_type: int) -> str | None:
@@ -150,7 +157,7 @@ def decide(request: RegistrationRequest, device: DeviceRecord | None, cluster_mo
     if device is None:
         if cluster_mode == ClusterMode.MIXED:
             return Verdict.refuse("MODE-4", f"unknown device {name}: auto-registration is off "
-                                            "in mixed mode")
+                                            "in mixed mode", phone_text=f"MODE-4: unknown {name}")
         device = DeviceRecord(name, reported_model or AUTO_REGISTER_FALLBACK_MODEL,
                               DeviceSecurityMode.NON_SECURE)
         auto = True

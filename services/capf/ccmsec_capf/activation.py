@@ -12,7 +12,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from ccmsec.db.devices import ctl_exists, get_setting, set_setting
 
 SETTING_CAPF_ACTIVATED = "capf.activated"
-NOT_ACTIVATED = "CAPF service is not activated on the publisher (CHK-2)"
+NOT_ACTIVATED = ("CAPF service is not activated on the publisher (CHK-2); activate it with "
+                 "`ccmsec capf activate`")
 
 
 async def read_activated(factory: async_sessionmaker[AsyncSession]) -> bool:

@@ -87,7 +87,6 @@ class CapfService(Service):
     def __init__(self, settings):
         super().__init__(settings)
         self.activated = False  # CHK-2: off until the database says otherwise
-        self.ctl_note = ""
         self.capf_ca: Issued | None = None
         self.params: CapfParameters | None = None
         self.store: SqlCapfStore | None = None
@@ -167,8 +166,6 @@ class CapfService(Service):
             details["capf_certificate_sha256"] = fingerprint_sha256(self.capf_ca.cert)
         if self.capf_server is not None:
             details["capf_sessions"] = str(len(self.capf_server.sessions))
-        if self.ctl_note:
-            details["note"] = self.ctl_note
         return details
 
 

@@ -83,10 +83,8 @@ class CapfServicer(StatusServicerMixin, capf_pb2_grpc.CapfServicer):
 
     async def Activate(self, request, context):  # noqa: N802
         svc = self.service
-        ctl_present = await write_activated(svc.db, request.active)
+        await write_activated(svc.db, request.active)
         svc.activated = request.active
-        svc.ctl_note = ("a CTL already exists: run the CTL client again so the CTL names the CAPF "
-                        "certificate (CHK-2)") if (request.active and ctl_present) else ""
         log.info("CAPF %s", "activated" if request.active else "deactivated")
         return svc.status_message()
 

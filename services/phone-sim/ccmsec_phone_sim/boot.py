@@ -170,6 +170,7 @@ class PhoneRunner:
         try:
             await self.web.stop()  # the phone restarts: its web server comes back with the config
             p.web_address = ""
+            p.clear_failure()  # failures of earlier boots are history, not this boot's state
             self._enter(State.DOWNLOADING_CTL)
             await self._load_ctl()
             self._enter(State.DOWNLOADING_CONFIG)
@@ -426,6 +427,8 @@ class PhoneRunner:
             try:
                 async with self.slots:
                     await self._register()
+                if self.phone.last_failure.startswith("registration"):
+                    self.phone.clear_failure()  # registered again: that failure is over
                 self._enter(State.REGISTERED)
                 return True
             except BootFailure as failure:

@@ -70,7 +70,14 @@ def check_prefix(prefix: str) -> str:
 
 
 def names_with_prefix(prefix: str, count: int, taken: set[str]) -> list[str]:
-    """`count` free device names starting with `prefix`, lowest numbers first."""
+    """`count` free device names starting with `prefix`, lowest numbers first. A whole name
+    (SEP + 12 hex digits) with count 1 is that exact name, so a phone can be made to match a
+    device already configured in call control."""
+    if count == 1 and NAME_RE.fullmatch((prefix or "").upper()):
+        name = prefix.upper()
+        if name in taken:
+            raise ModelError(f"the simulator already has a phone named {name}")
+        return [name]
     prefix = check_prefix(prefix)
     digits = 15 - len(prefix)
     limit = 16 ** digits

@@ -145,6 +145,10 @@ class Phone:
         self.state = state
         self.history.append(f"{time.strftime('%H:%M:%S')} {state.value}")
 
+    def clear_failure(self) -> None:
+        """A new boot starts with a clean slate: what failed before stays in the history only."""
+        self.last_failure = self.last_failure_reason = ""
+
     def record_failure(self, failure: BootFailure) -> None:
         self.last_failure, self.last_failure_reason = failure.code, failure.reason
         self.history.append(f"{time.strftime('%H:%M:%S')} {failure.code}: {failure.reason}")
