@@ -24,7 +24,8 @@ from ccmsec.domain import DeviceSecurityMode
 # — repeated here so the CLI starts without importing SQLAlchemy).
 DEVICE_MODELS = ("7970", "7960", "7940", "7912", "7910", "7905G", "7902")
 SECURITY_MODES = DeviceSecurityMode.choices()
-HARDENING_FIELDS = ("web_access", "pc_port", "settings_access", "garp", "voice_vlan_access")
+HARDENING_FIELDS = ("web_access", "pc_port", "settings_access", "garp", "voice_vlan_access",
+                    "span_to_pc_port")
 
 DEFAULT_TIMEOUT = 10.0
 MAX_ERROR_TEXT = 300

@@ -68,6 +68,18 @@ def register(subparsers) -> None:
     setsec.add_argument("mode", choices=SECURITY_MODES)
     setsec.set_defaults(func=_set_security)
 
+    harden = sub.add_parser(
+        "harden", parents=[common], help="phone hardening (CHK-11, DEV-4; the phone is reset, RST-2)",
+        description="Switch a phone's features on or off. The settings go into its configuration "
+                    "file and the phone obeys them after the reset that follows (RST-2). With no "
+                    "option, --all-off: everything off, the hardened phone.")
+    harden.add_argument("name")
+    harden.add_argument("--all-off", action="store_true",
+                        help="switch every feature below off (the default when none is given)")
+    for flag, field, what in HARDENING_OPTIONS:
+        harden.add_argument(f"--{flag}", choices=("on", "off"), dest=field, help=what)
+    harden.set_defaults(func=_harden)
+
     register_call_control(sub)  # call control (gRPC): registrations, reset, set-pool
 
 
@@ -167,6 +179,33 @@ def _set_security(args: argparse.Namespace) -> int:
     else:
         print(f"{device['name']}: security mode {device['security_mode']} "
               f"(config version {device['config_version']}); the phone is reset to apply it")
+    return 0
+
+
+# DEV-4: option, API field, what it switches.
+HARDENING_OPTIONS = (
+    ("web", "web_access", "the phone's web server"),
+    ("pc-port", "pc_port", "the PC port (off: a PC plugged into the phone gets no link)"),
+    ("settings", "settings_access", "the Settings menu on the phone"),
+    ("garp", "garp", "accepting gratuitous ARP"),
+    ("voice-vlan", "voice_vlan_access", "access to the voice VLAN from the PC port"),
+    ("span", "span_to_pc_port", "mirroring the phone's traffic to the PC port"),
+)
+
+
+def _harden(args: argparse.Namespace) -> int:
+    changes = {field: getattr(args, field) == "on" for _, field, _ in HARDENING_OPTIONS
+               if getattr(args, field) is not None}
+    if args.all_off or not changes:
+        changes = {field: False for _, field, _ in HARDENING_OPTIONS} | changes
+    device = _run(args, lambda c: c.update_device(args.name, **changes))
+    if args.json:
+        _print_json(device)
+        return 0
+    print(f"{device['name']}: hardening (config version {device['config_version']}); the phone "
+          "is reset to apply it (RST-2)")
+    for flag, field, what in HARDENING_OPTIONS:
+        print(f"  {flag:<11} {'on ' if device[field] else 'off'}  {what}")
     return 0
 
 

@@ -58,6 +58,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     fr.add_argument("names", nargs="+", metavar="NAME")
     fr.set_defaults(func=cmd_factory_reset)
 
+    settings = actions.add_parser("settings", help="open a phone's Settings menu (locked when "
+                                                   "settings access is disabled: DEV-4)")
+    add_data_option(settings)
+    settings.add_argument("name", metavar="NAME")
+    settings.set_defaults(func=cmd_settings)
+
     auth = actions.add_parser("set-auth-string", help="type the CAPF authentication string on a phone")
     add_data_option(auth)
     auth.add_argument("name", metavar="NAME")
@@ -230,7 +236,10 @@ def cmd_show(args: argparse.Namespace) -> int:
     print(f"  state: {p.state}{' (booting)' if p.booting else ''}   boots: {p.boots}   image: {p.firmware}")
     print(f"  security mode (config): {mode}   transport: {p.transport or '-'}"
           f"   registered with: {p.registered_with or '-'}   presents: {p.certificate_in_use or '-'}")
-    print(f"  web server: {p.web_address or 'off'}")
+    print(f"  web server: {p.web_address or 'off (connection refused)'}")
+    if p.pc_port:
+        print(f"  PC port: {p.pc_port}")
+        print(f"  gratuitous ARP: {p.garp}")
     if p.settings:
         print("  settings in force: " + ", ".join(f"{k}={v}" for k, v in sorted(p.settings.items())))
     print("  files held: " + (", ".join(p.files) or "none"))
@@ -258,6 +267,18 @@ def cmd_factory_reset(args: argparse.Namespace) -> int:
     reply = _call(args, "FactoryReset", phone_sim_pb2.PhoneSelector(names=args.names))
     for p in reply.phones:
         print(f"{p.name}: factory reset (CTL and LSC cleared; MIC {'kept' if p.HasField('mic') else 'none'})")
+    return 0
+
+
+def cmd_settings(args: argparse.Namespace) -> int:
+    """DEV-4: what a user sees pressing Settings — or that the menu is locked."""
+    from ccmsec_proto import phone_sim_pb2
+
+    menu = _call(args, "OpenSettings", phone_sim_pb2.PhoneName(name=args.name))
+    width = max((len(e.label) for e in menu.entries), default=0)
+    print(f"{menu.name} settings")
+    for entry in menu.entries:
+        print(f"  {entry.label.ljust(width)}  {entry.value}")
     return 0
 
 

@@ -20,7 +20,8 @@ from ccmsec.domain import ClusterMode, DeviceSecurityMode
 DEVICE_MODELS = ("7970", "7960", "7940", "7912", "7910", "7905G", "7902")
 SECURITY_MODES = DeviceSecurityMode.choices()  # DEV-1
 CLUSTER_MODES = ClusterMode.choices()  # MODE-3
-HARDENING_FIELDS = ("web_access", "pc_port", "settings_access", "garp", "voice_vlan_access")
+HARDENING_FIELDS = ("web_access", "pc_port", "settings_access", "garp", "voice_vlan_access",
+                    "span_to_pc_port")
 
 # cluster_settings keys
 SETTING_SECURITY_MODE = "security_mode"  # MODE-1: absent or non-secure on a fresh cluster
@@ -87,6 +88,8 @@ class Device(Base):
     settings_access: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)
     garp: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)
     voice_vlan_access: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)
+    # Mirroring the phone's traffic to the PC port is off at the factory.
+    span_to_pc_port: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
     # Bumped by SQLAlchemy on every UPDATE; a concurrent writer gets StaleDataError, not a lost update.
     config_version: Mapped[int] = mapped_column(Integer, nullable=False)
     created_at: Mapped[_dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False,

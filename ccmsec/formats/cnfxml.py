@@ -5,7 +5,8 @@ usecallmanager.nz description of SEPMAC.cnf.xml): `deviceProtocol`, `deviceSecur
 `devicePool/callManagerGroup/members/member[@priority]/callManager/{ports/ethernetPhonePort,
 processNodeName}`, `devicePool/srstInfo/{srstOption, ipAddr1..3, port1..3, isSecure}`,
 `loadInformation`, `loadServer`, `capfAuthMode`, `capfList/capf/{phonePort, processNodeName}`,
-`certHash`, `encrConfig`, `vendorConfig/{webAccess, pcPort, settingsAccess, garp, voiceVlanAccess}`.
+`certHash`, `encrConfig`, `vendorConfig/{webAccess, pcPort, settingsAccess, garp, voiceVlanAccess,
+spanToPCPort}`.
 
 Elements this project chose because the real ones are not public (documented here on purpose):
 - `deviceName`, `model` (top level): the device the file is for, so a phone can check it.
@@ -18,8 +19,9 @@ Elements this project chose because the real ones are not public (documented her
   authentication string is a one-time value, as in the real product where the user keys it in.
 
 vendorConfig values use the phones' numeric convention: webAccess, pcPort, garp,
-voiceVlanAccess: 0 = enabled, 1 = disabled; settingsAccess: 1 = enabled, 0 = disabled.
-In Python every hardening field is a bool meaning "enabled".
+voiceVlanAccess: 0 = enabled, 1 = disabled; settingsAccess and spanToPCPort: 1 = enabled,
+0 = disabled. In Python every hardening field is a bool meaning "enabled". A missing element
+means the phone's factory behaviour: every feature on except span to PC port.
 
 Parsing is defensive: input is bounded in size, any DOCTYPE or entity declaration is refused
 before the stdlib parser sees it (no entity expansion, no external fetches), and every bad
@@ -150,17 +152,19 @@ class CapfSettings:
 
 @dataclass(frozen=True)
 class Hardening:
-    """DEV-4 phone hardening; True means the feature is enabled (the unhardened default)."""
+    """DEV-4 phone hardening; True means the feature is enabled. The defaults are the phone's
+    factory behaviour: everything on, except mirroring its traffic to the PC port."""
 
     web_access: bool = True
     pc_port: bool = True
     settings_access: bool = True
     garp: bool = True
     voice_vlan_access: bool = True
+    span_to_pc_port: bool = False
 
     @classmethod
     def all_off(cls) -> Hardening:
-        return cls(False, False, False, False, False)
+        return cls(False, False, False, False, False, False)
 
 
 @dataclass(frozen=True)
@@ -241,6 +245,7 @@ class DeviceConfig:
         _sub(vendor, "settingsAccess", "1" if h.settings_access else "0")
         _sub(vendor, "garp", "0" if h.garp else "1")
         _sub(vendor, "voiceVlanAccess", "0" if h.voice_vlan_access else "1")
+        _sub(vendor, "spanToPCPort", "1" if h.span_to_pc_port else "0")
         return _serialise(root)
 
 
@@ -366,12 +371,13 @@ def _bool(parent: ET.Element, path: str, default: bool = False) -> bool:
     return text.lower() == "true"
 
 
-def _flag(vendor: ET.Element | None, tag: str, enabled_value: str, disabled_value: str) -> bool:
+def _flag(vendor: ET.Element | None, tag: str, enabled_value: str, disabled_value: str,
+          default: bool = True) -> bool:
     if vendor is None:
-        return True
+        return default
     text = _text(vendor, tag, required=False)
     if text is None:
-        return True
+        return default
     if text not in (enabled_value, disabled_value):
         raise CnfXmlError(f"<vendorConfig/{tag}> must be 0 or 1, got {text[:20]!r}")
     return text == enabled_value
@@ -481,6 +487,7 @@ def parse_cnf_xml(data: bytes) -> DeviceConfig:
                 settings_access=_flag(vendor, "settingsAccess", "1", "0"),
                 garp=_flag(vendor, "garp", "0", "1"),
                 voice_vlan_access=_flag(vendor, "voiceVlanAccess", "0", "1"),
+                span_to_pc_port=_flag(vendor, "spanToPCPort", "1", "0", default=False),
             ),
             protocol=_text(root, "deviceProtocol", required=False) or "SCCP",
         )

@@ -40,7 +40,7 @@ class SetAuthStringRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., auth_string: _Optional[str] = ...) -> None: ...
 
 class PhoneState(_message.Message):
-    __slots__ = ("name", "model", "mac", "state", "files", "ctl_sha256", "trust_list", "mic", "lsc", "last_failure", "last_failure_reason", "firmware", "security_mode", "settings", "boots", "web_address", "registered_with", "transport", "history", "booting", "certificate_in_use")
+    __slots__ = ("name", "model", "mac", "state", "files", "ctl_sha256", "trust_list", "mic", "lsc", "last_failure", "last_failure_reason", "firmware", "security_mode", "settings", "boots", "web_address", "registered_with", "transport", "history", "booting", "certificate_in_use", "pc_port", "garp")
     class SettingsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -69,6 +69,8 @@ class PhoneState(_message.Message):
     HISTORY_FIELD_NUMBER: _ClassVar[int]
     BOOTING_FIELD_NUMBER: _ClassVar[int]
     CERTIFICATE_IN_USE_FIELD_NUMBER: _ClassVar[int]
+    PC_PORT_FIELD_NUMBER: _ClassVar[int]
+    GARP_FIELD_NUMBER: _ClassVar[int]
     name: str
     model: str
     mac: str
@@ -90,10 +92,28 @@ class PhoneState(_message.Message):
     history: _containers.RepeatedScalarFieldContainer[str]
     booting: bool
     certificate_in_use: str
-    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., mac: _Optional[str] = ..., state: _Optional[str] = ..., files: _Optional[_Iterable[str]] = ..., ctl_sha256: _Optional[str] = ..., trust_list: _Optional[_Iterable[_Union[_common_pb2.Certificate, _Mapping]]] = ..., mic: _Optional[_Union[_common_pb2.Certificate, _Mapping]] = ..., lsc: _Optional[_Union[_common_pb2.Certificate, _Mapping]] = ..., last_failure: _Optional[str] = ..., last_failure_reason: _Optional[str] = ..., firmware: _Optional[str] = ..., security_mode: _Optional[_Union[_common_pb2.DeviceSecurityMode, str]] = ..., settings: _Optional[_Mapping[str, str]] = ..., boots: _Optional[int] = ..., web_address: _Optional[str] = ..., registered_with: _Optional[str] = ..., transport: _Optional[str] = ..., history: _Optional[_Iterable[str]] = ..., booting: _Optional[bool] = ..., certificate_in_use: _Optional[str] = ...) -> None: ...
+    pc_port: str
+    garp: str
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., mac: _Optional[str] = ..., state: _Optional[str] = ..., files: _Optional[_Iterable[str]] = ..., ctl_sha256: _Optional[str] = ..., trust_list: _Optional[_Iterable[_Union[_common_pb2.Certificate, _Mapping]]] = ..., mic: _Optional[_Union[_common_pb2.Certificate, _Mapping]] = ..., lsc: _Optional[_Union[_common_pb2.Certificate, _Mapping]] = ..., last_failure: _Optional[str] = ..., last_failure_reason: _Optional[str] = ..., firmware: _Optional[str] = ..., security_mode: _Optional[_Union[_common_pb2.DeviceSecurityMode, str]] = ..., settings: _Optional[_Mapping[str, str]] = ..., boots: _Optional[int] = ..., web_address: _Optional[str] = ..., registered_with: _Optional[str] = ..., transport: _Optional[str] = ..., history: _Optional[_Iterable[str]] = ..., booting: _Optional[bool] = ..., certificate_in_use: _Optional[str] = ..., pc_port: _Optional[str] = ..., garp: _Optional[str] = ...) -> None: ...
 
 class PhonesReply(_message.Message):
     __slots__ = ("phones",)
     PHONES_FIELD_NUMBER: _ClassVar[int]
     phones: _containers.RepeatedCompositeFieldContainer[PhoneState]
     def __init__(self, phones: _Optional[_Iterable[_Union[PhoneState, _Mapping]]] = ...) -> None: ...
+
+class SettingsEntry(_message.Message):
+    __slots__ = ("label", "value")
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    label: str
+    value: str
+    def __init__(self, label: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+
+class PhoneSettingsMenu(_message.Message):
+    __slots__ = ("name", "entries")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    entries: _containers.RepeatedCompositeFieldContainer[SettingsEntry]
+    def __init__(self, name: _Optional[str] = ..., entries: _Optional[_Iterable[_Union[SettingsEntry, _Mapping]]] = ...) -> None: ...

@@ -75,6 +75,11 @@ class PhoneSimStub:
                 request_serializer=ccmsec__proto_dot_phone__sim__pb2.SetAuthStringRequest.SerializeToString,
                 response_deserializer=ccmsec__proto_dot_phone__sim__pb2.PhoneState.FromString,
                 _registered_method=True)
+        self.OpenSettings = channel.unary_unary(
+                '/ccmsec.v1.PhoneSim/OpenSettings',
+                request_serializer=ccmsec__proto_dot_phone__sim__pb2.PhoneName.SerializeToString,
+                response_deserializer=ccmsec__proto_dot_phone__sim__pb2.PhoneSettingsMenu.FromString,
+                _registered_method=True)
 
 
 class PhoneSimServicer:
@@ -128,6 +133,13 @@ class PhoneSimServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def OpenSettings(self, request, context):
+        """DEV-4
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PhoneSimServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -170,6 +182,11 @@ def add_PhoneSimServicer_to_server(servicer, server):
                     servicer.SetAuthString,
                     request_deserializer=ccmsec__proto_dot_phone__sim__pb2.SetAuthStringRequest.FromString,
                     response_serializer=ccmsec__proto_dot_phone__sim__pb2.PhoneState.SerializeToString,
+            ),
+            'OpenSettings': grpc.unary_unary_rpc_method_handler(
+                    servicer.OpenSettings,
+                    request_deserializer=ccmsec__proto_dot_phone__sim__pb2.PhoneName.FromString,
+                    response_serializer=ccmsec__proto_dot_phone__sim__pb2.PhoneSettingsMenu.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -388,6 +405,33 @@ class PhoneSim:
             '/ccmsec.v1.PhoneSim/SetAuthString',
             ccmsec__proto_dot_phone__sim__pb2.SetAuthStringRequest.SerializeToString,
             ccmsec__proto_dot_phone__sim__pb2.PhoneState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OpenSettings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ccmsec.v1.PhoneSim/OpenSettings',
+            ccmsec__proto_dot_phone__sim__pb2.PhoneName.SerializeToString,
+            ccmsec__proto_dot_phone__sim__pb2.PhoneSettingsMenu.FromString,
             options,
             channel_credentials,
             insecure,

@@ -81,3 +81,84 @@ def test_factory_reset_and_auth_string_through_the_cli(cluster):
     show = cli(cluster, "show", name).stdout
     assert "MIC   O=ccmsec" in show or "MIC   CN=" in show, show
     assert "LSC   none" in show and "trust list: none" in show
+
+
+def _phone(cluster, name):
+    from ccmsec_proto import phone_sim_pb2, phone_sim_pb2_grpc
+
+    svc = cluster["endpoints"]["services"]["phone-sim"]
+
+    async def call():
+        async with secure_channel(client_identity(cluster["data"]), svc["host"], svc["grpc_port"],
+                                  "phone-sim") as ch:
+            return await phone_sim_pb2_grpc.PhoneSimStub(ch).GetPhone(
+                phone_sim_pb2.PhoneName(name=name), timeout=5)
+
+    return asyncio.run(call())
+
+
+def _wait_rebooted(cluster, name, boots, timeout=60.0):
+    """Until the phone has booted again (the RST-2 reset) and settled registered."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        p = _phone(cluster, name)
+        if p.boots > boots and p.state == "registered" and not p.booting:
+            return p
+        assert time.monotonic() < deadline, (p.state, p.boots, p.last_failure_reason)
+        time.sleep(0.3)
+
+
+def test_chk11_hardening_through_the_cli_reaches_the_phone_and_is_honoured(cluster):
+    """CHK-11, DEV-4, RST-2 on the running cluster: `device harden` stores the settings, the
+    device's cnf.xml carries them, the reset reboots the phone, and the phone then refuses what
+    is off — web server (connection refused), Settings menu (locked), PC port (no link)."""
+    import urllib.request
+
+    name = "SEP0C1100000001"
+    data = ["--data", str(cluster["data"])]
+    added = run_cli("device", "add", name, "--model", "7970", *data)
+    assert added.returncode == 0, added.stderr
+    res = cli(cluster, "add", "--model", "7970", "--name", name)
+    assert res.returncode == 0 and res.stdout.startswith(name), res.stdout + res.stderr
+    assert "does not know" not in res.stderr  # the device exists in call control
+    res = cli(cluster, "boot", name, "--wait", "--timeout", "60")
+    assert res.returncode == 0, res.stdout + res.stderr
+    before = _phone(cluster, name)
+    assert before.web_address and before.pc_port.startswith("enabled")
+    with urllib.request.urlopen(f"http://{before.web_address}/", timeout=5) as page:
+        assert name.encode() in page.read()
+    opened = cli(cluster, "settings", name)
+    assert opened.returncode == 0 and "PC port" in opened.stdout, opened.stderr
+
+    hardened = run_cli("device", "harden", name, *data)
+    assert hardened.returncode == 0, hardened.stderr
+    assert "RST-2" in hardened.stdout and "span        off" in hardened.stdout
+    config = run_cli("tftp", "get", f"{name}.cnf.xml", *data)  # what the TFTP server now serves
+    assert config.returncode == 0, config.stderr
+    for element in ("<webAccess>1</webAccess>", "<pcPort>1</pcPort>", "<garp>1</garp>",
+                    "<settingsAccess>0</settingsAccess>", "<voiceVlanAccess>1</voiceVlanAccess>",
+                    "<spanToPCPort>0</spanToPCPort>"):
+        assert element in config.stdout, config.stdout
+    after = _wait_rebooted(cluster, name, before.boots)
+    assert after.web_address == "" and after.settings["webAccess"] == "off"
+    assert after.pc_port.startswith("disabled: a PC plugged into the phone gets no link")
+    assert after.settings["settingsAccess"] == "off" and after.settings["garp"] == "off"
+    host, port = before.web_address.rsplit(":", 1)
+    import socket
+
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection((host, int(port)), timeout=5).close()
+    locked = cli(cluster, "settings", name)
+    assert locked.returncode == 1 and "Settings menu is locked" in locked.stderr
+    shown = cli(cluster, "show", name).stdout
+    assert "web server: off (connection refused)" in shown and "PC port: disabled" in shown
+
+    # One feature back on: only that one is honoured again.
+    res = run_cli("device", "harden", name, "--settings", "on", "--pc-port", "on", *data)
+    assert res.returncode == 0, res.stderr
+    again = _wait_rebooted(cluster, name, after.boots)
+    assert again.pc_port.startswith("enabled: the PC is kept off the voice VLAN")
+    assert cli(cluster, "settings", name).returncode == 0
+    assert again.web_address == ""

@@ -28,12 +28,13 @@ from ccmsec.db.devices import (
 from ccmsec_callmanager.admin import ensure_admin_account
 from tests.integration.test_admin_support import MY_TABLES, Database, cheap_argon2  # noqa: F401
 
-MIGRATION = Path(ccmsec.__file__).parent / "db" / "migrations" / "versions" / "core_0001_tables.py"
+VERSIONS = Path(ccmsec.__file__).parent / "db" / "migrations" / "versions"
+MIGRATIONS = sorted(VERSIONS.glob("core_*.py"))  # the core branch, oldest first
 BACKENDS = pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 
 
-def _load_migration():
-    spec = importlib.util.spec_from_file_location("core_0001_tables", MIGRATION)
+def _load_migration(path: Path = MIGRATIONS[0]):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -52,9 +53,11 @@ class EmptyDatabase(Database):
 
 
 def _migrate(conn, direction: str) -> None:
-    module = _load_migration()
+    """Every revision of the core branch, in order (downgrade: newest first)."""
+    paths = MIGRATIONS if direction == "upgrade" else MIGRATIONS[::-1]
     with Operations.context(MigrationContext.configure(conn)):
-        getattr(module, direction)()
+        for path in paths:
+            getattr(_load_migration(path), direction)()
 
 
 def _diff(conn) -> list:

@@ -201,7 +201,7 @@ async def test_dev4_web_access_off_means_connection_refused(lab):
     p = runner.phone
     assert p.state is State.REGISTERED and p.web_address == ""
     assert p.settings_in_force() == {"webAccess": "off", "pcPort": "off", "settingsAccess": "off",
-                                     "garp": "off", "voiceVlanAccess": "off"}
+                                     "garp": "off", "voiceVlanAccess": "off", "spanToPCPort": "off"}
     # It was on with the factory defaults: turn access on, reboot, probe, then off again, probe.
     lab.device(name, signed=False)
     await runner.request_boot()
@@ -422,3 +422,31 @@ async def test_a_registered_phone_shows_no_stale_failure_and_a_refusal_names_it_
     await until(lambda: p.boots == 2 and p.state is State.REGISTERED)
     assert p.last_failure == "" and p.last_failure_reason == ""
     assert any("registration-rejected" in line for line in p.history)
+
+
+async def test_chk11_hardened_phone_refuses_each_disabled_feature_and_shows_it(lab):
+    """CHK-11 / DEV-4 on the phone: with everything off the web server refuses connections, the
+    Settings menu does not open, the PC port gives no link and gratuitous ARP is ignored; switching
+    single features back on (settings, PC port with span, voice VLAN still off) is honoured too."""
+    from ccmsec_phone_sim.phone import SettingsLocked
+
+    name = "SEP001122330011"
+    lab.device(name, model="7970", signed=False, hardening=Hardening.all_off())
+    lab.image()
+    runner = await boot(lab, lab.phone(name, model="7970", mic=True))
+    p = runner.phone
+    assert p.state is State.REGISTERED and p.web_address == ""
+    with pytest.raises(SettingsLocked, match="Settings menu is locked .*DEV-4"):
+        p.settings_menu()
+    assert p.pc_port_status().startswith("disabled: a PC plugged into the phone gets no link")
+    assert p.garp_status().startswith("ignored")
+    lab.device(name, model="7970", signed=False, hardening=Hardening(
+        web_access=False, pc_port=True, settings_access=True, garp=False, voice_vlan_access=False,
+        span_to_pc_port=True))
+    await runner.request_boot()
+    await until(lambda: p.boots == 2 and p.state is State.REGISTERED)
+    menu = dict(p.settings_menu())
+    assert menu["Device name"] == name and menu["Web access"] == "disabled"
+    assert menu["PC port"] == ("enabled: the PC is kept off the voice VLAN, and the phone's "
+                               "traffic is mirrored to it")
+    assert p.settings_in_force()["spanToPCPort"] == "on" and p.web_address == ""

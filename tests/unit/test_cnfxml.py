@@ -65,18 +65,27 @@ def test_to_xml_is_deterministic_and_uses_real_element_names():
 
 
 def test_dev4_hardening_reaches_the_config_file():
-    """DEV-4: hardening settings (web, PC port, settings, GARP, voice VLAN) are in the file."""
+    """DEV-4, CHK-11: hardening settings (web, PC port, settings, GARP, voice VLAN, span to PC
+    port) are in the file, in the phones' own 0/1 conventions."""
     hardened = ET.fromstring(full_config().to_xml()).find("vendorConfig")
     assert {e.tag: e.text for e in hardened} == {
         "webAccess": "1", "pcPort": "1", "settingsAccess": "0", "garp": "1", "voiceVlanAccess": "1",
+        "spanToPCPort": "0",
     }
     open_ = ET.fromstring(full_config(hardening=c.Hardening()).to_xml()).find("vendorConfig")
     assert {e.tag: e.text for e in open_} == {
         "webAccess": "0", "pcPort": "0", "settingsAccess": "1", "garp": "0", "voiceVlanAccess": "0",
+        "spanToPCPort": "0",  # factory default: no mirroring to the PC port
     }
     for flag in dataclasses.fields(c.Hardening):
-        one_off = dataclasses.replace(c.Hardening(), **{flag.name: False})
-        assert c.parse_cnf_xml(full_config(hardening=one_off).to_xml()).hardening == one_off
+        flipped = dataclasses.replace(c.Hardening(), **{flag.name: not flag.default})
+        assert c.parse_cnf_xml(full_config(hardening=flipped).to_xml()).hardening == flipped
+    spanning = ET.fromstring(full_config(hardening=c.Hardening(span_to_pc_port=True)).to_xml())
+    assert spanning.find("vendorConfig/spanToPCPort").text == "1"
+    # A file without vendorConfig means the factory behaviour.
+    bare = full_config(hardening=c.Hardening()).to_xml()
+    bare = bare[:bare.index(b"<vendorConfig>")] + bare[bare.index(b"</vendorConfig>") + 15:]
+    assert c.parse_cnf_xml(bare).hardening == c.Hardening()
 
 
 def test_cert6_srst_certificate_carried_in_config_file():

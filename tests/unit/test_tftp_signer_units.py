@@ -173,17 +173,22 @@ ENDPOINTS = ClusterEndpoints(callmanagers=("10.0.0.5",), capf_host="10.0.0.3", s
 def _device(**kw):
     base = {"name": "SEP001122334455", "model": "7970", "security_mode": "encrypted", "device_pool": None,
             "config_version": 1, "web_access": True, "pc_port": True, "settings_access": True,
-            "garp": True, "voice_vlan_access": True}
+            "garp": True, "voice_vlan_access": True, "span_to_pc_port": False}
     return {**base, **kw}
 
 
 def test_dev4_hardening_settings_written_into_the_config():
-    """DEV-4: each hardening flag switched off in the database is off in the phone's config file."""
-    for flag in ("web_access", "pc_port", "settings_access", "garp", "voice_vlan_access"):
+    """DEV-4, CHK-11: each hardening flag switched off in the database is off in the phone's
+    config file (span to PC port, off by default, the other way round)."""
+    switchable = ("web_access", "pc_port", "settings_access", "garp", "voice_vlan_access")
+    for flag in switchable:
         config = parse_cnf_xml(build_device_config(_device(**{flag: False}), None, None, ENDPOINTS).to_xml())
         assert getattr(config.hardening, flag) is False
-        others = {f for f in ("web_access", "pc_port", "settings_access", "garp", "voice_vlan_access")} - {flag}
-        assert all(getattr(config.hardening, f) for f in others)
+        assert all(getattr(config.hardening, f) for f in set(switchable) - {flag})
+        assert config.hardening.span_to_pc_port is False
+    spanning = parse_cnf_xml(build_device_config(_device(span_to_pc_port=True), None, None,
+                                                 ENDPOINTS).to_xml())
+    assert spanning.hardening.span_to_pc_port is True
 
 
 def test_config_uses_pool_capf_operation_and_model_load():

@@ -27,7 +27,7 @@ from ccmsec_proto import common_pb2, phone_sim_pb2, phone_sim_pb2_grpc, tftp_sig
 
 from ccmsec_phone_sim.boot import Network, PhoneRunner
 from ccmsec_phone_sim.fleet import Fleet, FleetError
-from ccmsec_phone_sim.phone import State
+from ccmsec_phone_sim.phone import SettingsLocked, State
 
 
 def certificate_pb(cert: x509.Certificate | None, role: int) -> common_pb2.Certificate | None:
@@ -56,6 +56,7 @@ def phone_state_pb(runner: PhoneRunner) -> phone_sim_pb2.PhoneState:
         settings=p.settings_in_force() if p.config else {}, boots=p.boots, web_address=p.web_address,
         registered_with=p.registered_with, transport=p.transport, history=list(p.history),
         booting=runner.booting, certificate_in_use=p.certificate_in_use,
+        pc_port=p.pc_port_status() if p.config else "", garp=p.garp_status() if p.config else "",
     )
     if p.mic is not None:
         msg.mic.CopyFrom(certificate_pb(p.mic.cert, common_pb2.ROLE_MIC))
@@ -118,6 +119,17 @@ class PhoneSimServicer(StatusServicerMixin, phone_sim_pb2_grpc.PhoneSimServicer)
             await context.abort(grpc.StatusCode.NOT_FOUND if "unknown" in str(exc)
                                 else grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         return phone_state_pb(self.fleet.runners[phone.name])
+
+
+    async def OpenSettings(self, request, context):  # noqa: N802
+        """DEV-4: the phone's Settings menu, or FAILED_PRECONDITION when it is locked."""
+        (runner,) = await self._select(phone_sim_pb2.PhoneSelector(names=[request.name]), context)
+        try:
+            entries = runner.phone.settings_menu()
+        except SettingsLocked as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        return phone_sim_pb2.PhoneSettingsMenu(name=runner.phone.name, entries=[
+            phone_sim_pb2.SettingsEntry(label=label, value=value) for label, value in entries])
 
 
 class PhoneSimService(Service):

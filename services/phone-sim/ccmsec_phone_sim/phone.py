@@ -67,6 +67,10 @@ class State(str, enum.Enum):
     FAILED = "failed"
 
 
+class SettingsLocked(Exception):
+    """The phone's Settings menu does not open (settings access disabled, DEV-4; or phone off)."""
+
+
 class BootFailure(Exception):
     """A step of the boot refused what it got. `code` is short (e.g. config-rejected), `reason`
     names the rule; `fatal` says whether the boot stops (the phone has nothing to run on)."""
@@ -269,7 +273,46 @@ class Phone:
         onoff = lambda v: "on" if v else "off"  # noqa: E731
         return {"webAccess": onoff(self.web_server_enabled), "pcPort": onoff(h.pc_port),
                 "settingsAccess": onoff(h.settings_access), "garp": onoff(h.garp),
-                "voiceVlanAccess": onoff(h.voice_vlan_access)}
+                "voiceVlanAccess": onoff(h.voice_vlan_access),
+                "spanToPCPort": onoff(h.pc_port and h.span_to_pc_port)}
+
+    def pc_port_status(self) -> str:
+        """What a PC plugged into the phone's PC port gets (DEV-4)."""
+        h = self.hardening
+        if not h.pc_port:
+            return "disabled: a PC plugged into the phone gets no link"
+        return ("enabled: " + ("the PC may reach the voice VLAN" if h.voice_vlan_access
+                               else "the PC is kept off the voice VLAN")
+                + (", and the phone's traffic is mirrored to it" if h.span_to_pc_port else ""))
+
+    def garp_status(self) -> str:
+        return ("accepted (another host may take over the gateway's address)" if self.hardening.garp
+                else "ignored: only answers to the phone's own ARP requests count")
+
+    def settings_menu(self) -> list[tuple[str, str]]:
+        """The Settings menu a user opens on the phone. DEV-4: with settingsAccess off it does not
+        open (SettingsLocked); a phone that is off has no menu either."""
+        if self.state is State.OFF or self.config is None:
+            raise SettingsLocked(f"{self.name} is off or has no configuration yet; boot it first")
+        if not self.hardening.settings_access:
+            raise SettingsLocked(f"{self.name}: the Settings menu is locked (DEV-4: settings access "
+                                 "is disabled in its configuration)")
+        modes = {SECURITY_NON_SECURE: "non-secure", SECURITY_AUTHENTICATED: "authenticated",
+                 SECURITY_ENCRYPTED: "encrypted"}
+        ctl = self.trust.ctl
+        return [
+            ("Device name", self.name), ("Model", self.model), ("MAC address", self.mac),
+            ("Image", self.firmware),
+            ("Call control", ", ".join(f"{m.host}:{m.ethernet_phone_port}/{m.secure_port}"
+                                       for m in self.config.call_managers)),
+            ("Security mode", modes.get(self.config.security_mode, "?")),
+            ("CTL", f"{len(ctl.records)} entries, signed by {ctl.header.signer_name}" if ctl else "none"),
+            ("LSC", "installed" if self.lsc is not None else "not installed"),
+            ("MIC", "installed" if self.mic is not None else "none"),
+            ("Web access", "enabled" if self.web_server_enabled else "disabled"),
+            ("PC port", self.pc_port_status()),
+            ("Gratuitous ARP", self.garp_status()),
+        ]
 
     # --- CAPF (CERT-1, CERT-2, DEV-3) -------------------------------------------------------------
     def capf_operation(self) -> str:

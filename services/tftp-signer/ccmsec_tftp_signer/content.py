@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from ccmsec import firmware
 from ccmsec.db.capf import CapfOperation
-from ccmsec.db.devices import Device, cluster_security_mode
+from ccmsec.db.devices import HARDENING_FIELDS, Device, cluster_security_mode
 from ccmsec.db.lines import DevicePool
 from ccmsec.domain import CapfAuthMode, ClusterMode, DeviceSecurityMode
 from ccmsec.domain import CapfOperation as Operation  # CapfOperation here is CAPF's table
@@ -33,7 +33,7 @@ from ccmsec.fsutil import atomic_write
 log = logging.getLogger("ccmsec.tftp-signer")
 
 PENDING_CAPF_STATES = ("pending", "in_progress")
-HARDENING = ("web_access", "pc_port", "settings_access", "garp", "voice_vlan_access")
+HARDENING = HARDENING_FIELDS  # DEV-4: one list of hardening settings, kept with the table
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,7 @@ class DeviceCreate(BaseModel):
     settings_access: StrictBool = True
     garp: StrictBool = True
     voice_vlan_access: StrictBool = True
+    span_to_pc_port: StrictBool = False
 
     @field_validator("name")
     @classmethod
@@ -73,6 +74,7 @@ class DevicePatch(BaseModel):
     settings_access: StrictBool = None  # type: ignore[assignment]
     garp: StrictBool = None  # type: ignore[assignment]
     voice_vlan_access: StrictBool = None  # type: ignore[assignment]
+    span_to_pc_port: StrictBool = None  # type: ignore[assignment]
 
 
 router = APIRouter(tags=["devices"])
