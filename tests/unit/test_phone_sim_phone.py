@@ -212,7 +212,29 @@ def test_dev4_hardening_settings_in_force(pki):
     p.accept_config(f"{NAME}.cnf.xml", config(hardening=Hardening(web_access=False, garp=False)).to_xml())
     assert not p.web_server_enabled
     assert p.settings_in_force() == {"webAccess": "off", "pcPort": "on", "settingsAccess": "on",
-                                     "garp": "off", "voiceVlanAccess": "on"}
+                                     "garp": "off", "voiceVlanAccess": "on", "spanToPCPort": "off"}
+
+
+def test_chk11_settings_menu_opens_only_on_a_running_phone_with_settings_access(pki):
+    """CHK-11 / DEV-4: the Settings menu is refused while settingsAccess is off (and on a phone
+    that is off); PC port, voice VLAN and span are described as the configuration says."""
+    from ccmsec_phone_sim.phone import SettingsLocked, State
+
+    p = phone(pki)
+    with pytest.raises(SettingsLocked, match="boot it first"):
+        p.settings_menu()
+    p.accept_config(f"{NAME}.cnf.xml", config(hardening=Hardening(settings_access=False)).to_xml())
+    p.enter(State.REGISTERED)
+    with pytest.raises(SettingsLocked, match="Settings menu is locked"):
+        p.settings_menu()
+    p.accept_config(f"{NAME}.cnf.xml", config(hardening=Hardening(span_to_pc_port=True)).to_xml())
+    menu = dict(p.settings_menu())
+    assert menu["Device name"] == NAME and menu["CTL"] == "none"
+    assert menu["PC port"] == ("enabled: the PC may reach the voice VLAN, and the phone's traffic "
+                               "is mirrored to it")
+    p.accept_config(f"{NAME}.cnf.xml", config(hardening=Hardening(pc_port=False, span_to_pc_port=True)).to_xml())
+    assert dict(p.settings_menu())["PC port"].startswith("disabled")
+    assert p.settings_in_force()["spanToPCPort"] == "off"  # no PC port, nothing to mirror to
 
 
 # --- persistence and names ------------------------------------------------------------------------
