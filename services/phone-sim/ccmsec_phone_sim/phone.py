@@ -297,15 +297,13 @@ class Phone:
         if not self.hardening.settings_access:
             raise SettingsLocked(f"{self.name}: the Settings menu is locked (DEV-4: settings access "
                                  "is disabled in its configuration)")
-        modes = {SECURITY_NON_SECURE: "non-secure", SECURITY_AUTHENTICATED: "authenticated",
-                 SECURITY_ENCRYPTED: "encrypted"}
         ctl = self.trust.ctl
         return [
             ("Device name", self.name), ("Model", self.model), ("MAC address", self.mac),
             ("Image", self.firmware),
             ("Call control", ", ".join(f"{m.host}:{m.ethernet_phone_port}/{m.secure_port}"
                                        for m in self.config.call_managers)),
-            ("Security mode", modes.get(self.config.security_mode, "?")),
+            ("Security mode", self.config.security_mode.value),
             ("CTL", f"{len(ctl.records)} entries, signed by {ctl.header.signer_name}" if ctl else "none"),
             ("LSC", "installed" if self.lsc is not None else "not installed"),
             ("MIC", "installed" if self.mic is not None else "none"),
