@@ -96,6 +96,7 @@ _TABLE: dict[str, dict[str, frozenset[str]]] = {
         "GetPhone": ADMIN,
         "FactoryReset": ADMIN,
         "SetAuthString": ADMIN,
+        "OpenSettings": ADMIN,  # DEV-4: the Settings menu, as a user at the phone would open it
     },
     "ccmsec.v1.Srst": {
         "Status": _status("srst"),
