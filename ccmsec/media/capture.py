@@ -92,19 +92,24 @@ class LoopbackCapture:
         self.stop()
 
     def datagrams(self) -> list[Datagram]:
-        out = subprocess.run(["tshark", "-r", str(self.path), "-c", str(MAX_PACKETS), "-T", "fields",
-                              "-e", "ip.src", "-e", "udp.srcport", "-e", "ip.dst", "-e", "udp.dstport",
-                              "-e", "udp.payload"], capture_output=True, text=True, timeout=60)
-        if out.returncode != 0:
-            raise CaptureError(f"tshark could not read {self.path}: {out.stderr.strip()[:200]}")
-        packets = []
-        for line in out.stdout.splitlines():
-            parts = line.split("\t")
-            if len(parts) != 5 or not parts[4]:
-                continue
-            packets.append(Datagram((parts[0], int(parts[1])), (parts[2], int(parts[3])),
-                                    bytes.fromhex(parts[4].replace(":", ""))))
-        return packets
+        return read_datagrams(self.path)
+
+
+def read_datagrams(path: Path) -> list[Datagram]:
+    """Every UDP datagram of a capture file (pcap or pcapng), in order, through tshark."""
+    out = subprocess.run(["tshark", "-r", str(path), "-c", str(MAX_PACKETS), "-T", "fields",
+                          "-e", "ip.src", "-e", "udp.srcport", "-e", "ip.dst", "-e", "udp.dstport",
+                          "-e", "udp.payload"], capture_output=True, text=True, timeout=60)
+    if out.returncode != 0:
+        raise CaptureError(f"tshark could not read {path}: {out.stderr.strip()[:200]}")
+    packets = []
+    for line in out.stdout.splitlines():
+        parts = line.split("\t")
+        if len(parts) != 5 or not parts[4] or not parts[1]:
+            continue
+        packets.append(Datagram((parts[0], int(parts[1])), (parts[2], int(parts[3])),
+                                bytes.fromhex(parts[4].replace(":", ""))))
+    return packets
 
 
 @dataclass
@@ -196,3 +201,66 @@ def sccp_from_capture(pcap: Path, port: int, *, keylog: Path | None = None) -> l
             except SccpProtocolError:
                 broken.add(direction)
     return messages
+
+
+@dataclass
+class StreamReport:
+    """One captured media stream (source → destination) and what its signalled key makes of it."""
+
+    src: tuple[str, int]
+    dst: tuple[str, int]
+    packets: int = 0
+    suite: str = ""            # from the StartMediaTransmission that pointed the sender here
+    device: str = ""           # which phone was told to send here (to-phone SMT's connection)
+    decrypted: int = 0         # accepted by libsrtp under that key
+    refused: int = 0
+    payloads: list[bytes] = field(default_factory=list, repr=False)
+
+    @property
+    def srtp(self) -> bool:
+        return bool(self.suite)
+
+    def line(self) -> str:
+        where = f"{self.src[0]}:{self.src[1]} -> {self.dst[0]}:{self.dst[1]}"
+        if not self.srtp:
+            return f"{where}: {self.packets} packets, no key was signalled for it: plain RTP"
+        return (f"{where}: {self.packets} SRTP packets; {self.decrypted} authenticate and decrypt under the "
+                f"{self.suite} key signalled in StartMediaTransmission, {self.refused} refused")
+
+
+def verify_capture(pcap: Path, *, sccp_port: int, keylog: Path | None, media: list[Datagram]) -> list[StreamReport]:
+    """Pair each captured media stream with the key call control signalled for it: a
+    StartMediaTransmission tells a phone where to send and with which master values, so every
+    datagram to that address must authenticate under that key (ENC-4). Keys are read from the
+    SCCP in the same capture (TLS-decrypted with `keylog`)."""
+    from ccmsec.media.keys import from_encryption_info
+    from ccmsec.wire.sccp import StartMediaTransmission
+
+    sent_keys: dict[tuple[str, int], MasterKey] = {}
+    for direction, message in sccp_from_capture(pcap, sccp_port, keylog=keylog):
+        if direction == "to-phone" and isinstance(message, StartMediaTransmission):
+            key = from_encryption_info(message.encryption)
+            target = (message.remote_ip, message.remote_port)
+            if key is not None:
+                sent_keys[target] = key
+            else:
+                sent_keys.pop(target, None)
+    reports: dict[tuple, StreamReport] = {}
+    receivers: dict[tuple, SrtpReceiver] = {}
+    for d in media:
+        report = reports.setdefault((d.src, d.dst), StreamReport(d.src, d.dst))
+        report.packets += 1
+        key = sent_keys.get(d.dst)
+        if key is None:
+            continue
+        report.suite = key.suite.name
+        receiver = receivers.setdefault((d.src, d.dst), SrtpReceiver(key))
+        try:
+            rtp = parse_rtp(receiver.unprotect(d.payload))
+        except (SrtpRefused, RtpError):
+            report.refused += 1
+            continue
+        report.decrypted += 1
+        if len(report.payloads) < 3000:
+            report.payloads.append(rtp.payload)
+    return list(reports.values())
