@@ -226,7 +226,7 @@ async def main(args) -> int:
         ident = load_identity(cluster.cc_ident_dir)
         async with secure_channel(ident, cluster.gw_host, 50051, "srtp-gateway") as channel:
             stub = srtp_gateway_pb2_grpc.SrtpGatewayStub(channel)
-            await stub.Status(common_pb2.Empty(), timeout=30, wait_for_ready=True)
+            await stub.AuditEndpoint(pb.AuditEndpointRequest(endpoint="*@gw1"), timeout=30, wait_for_ready=True)
             baseline = raw_libsrtp_rate(args.baseline_seconds)
             print(f"load: {os.getloadavg()[0]:.2f} (1-min load average before the run; {os.cpu_count()} cores)")
             print(f"raw libsrtp protect+unprotect: {baseline:,.0f} pairs per CPU-second")
@@ -234,22 +234,25 @@ async def main(args) -> int:
             for calls in args.steps:
                 r = await run_step(stub, cluster.gw_host, calls, args.seconds, cluster.gateway.pid, args.plain)
                 results.append(r)
+                r["real_time"] = r["relays_per_s"] >= 0.95 * calls * 50
                 print(f"{calls:5d} calls: sent {r['sent']:7d}  back {r['back']:7d}  loss {100 * r['loss']:6.3f} %  "
-                      f"gateway CPU {100 * r['cpu'] / r['wall']:5.1f} %  relays/s {r['relays_per_s']:8,.0f}  "
+                      f"gateway CPU {100 * r['cpu'] / r['wall']:5.1f} %  relays/s {r['relays_per_s']:8,.0f} "
+                      f"({r['relays_per_s'] / 50:,.0f} calls in real time{'' if r['real_time'] else ', behind'})  "
                       f"relays per CPU-second {r['relays_per_cpu_s']:8,.0f}")
             baseline_after = raw_libsrtp_rate(args.baseline_seconds)
             base = (baseline + baseline_after) / 2
-            good = [r for r in results if r["loss"] < 0.001]
+            # a step holds when nothing was lost and the packets kept the 20 ms pace
+            good = [r for r in results if r["loss"] < 0.001 and r["real_time"]]
             best = max(good, key=lambda r: r["calls"]) if good else None
             per_core = max((r["relays_per_cpu_s"] for r in results if r["cpu"] > 0.2), default=0.0)
             print(f"raw libsrtp after the steps: {baseline_after:,.0f} pairs per CPU-second")
             print(f"ratio (gateway relays / raw pairs, both per CPU-second): {per_core / base:.2f}  (aim >= 0.3)")
             print(f"G.711 calls per core: {per_core / 50:,.0f}  (aim >= 1000)")
             if best:
-                print(f"largest step with loss < 0.1 %: {best['calls']} concurrent calls "
+                print(f"largest step in real time with loss < 0.1 %: {best['calls']} concurrent calls "
                       f"({100 * best['loss']:.3f} % loss)")
             else:
-                print("no step stayed under 0.1 % loss")
+                print("no step kept real time with loss < 0.1 %")
         return 0
     finally:
         cluster.stop()
