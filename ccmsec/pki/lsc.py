@@ -179,6 +179,21 @@ class LscIssuer:
         except LscError as exc:
             raise CapfAuthError(f"{cert_type.name} refused: {exc}") from None
 
+    def classify_device_certificate(self, device_name: str, cert: x509.Certificate, claimed: CertType) -> CertType:
+        """Which of the device's certificates `cert` is, judged by the CA it chains to — the label
+        a phone puts on it is only tried first (standard clients label every certificate LSC)."""
+        claimed = CertType(claimed)
+        other = CertType.MIC if claimed is CertType.LSC else CertType.LSC
+        try:
+            self.verify_device_certificate(device_name, claimed, cert)
+            return claimed
+        except CapfAuthError as first:
+            try:
+                self.verify_device_certificate(device_name, other, cert)
+            except CapfAuthError:
+                raise first from None
+            return other
+
 
 # --------------------------------------------------------------------------------------------
 # Verification (cryptography.x509.verification, client-certificate profile)

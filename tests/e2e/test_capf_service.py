@@ -121,12 +121,12 @@ def test_capf_lifecycle_for_50_phones_with_mixed_auth(cluster, tmp_path):
         mic = issue_mic(mfr, n, "ec256") if models[n] == "7970" else None
         phones.append(PhoneCredentials(
             n, mic_cert=mic.cert if mic else None, mic_key=mic.key if mic else None,
-            auth_string=secret[n] if auth[n] == "string" else None, capf_certificate=capf_cert,
+            auth_string=secret[n] if auth[n] == "string" else None, auth_mode=auth[n], capf_certificate=capf_cert,
             pending_key=KeySpec.parse(KEY_CYCLE[i % 4]).generate()))
     sessions = asyncio.run(_drive(svc["host"], svc["capf_port"], capf_cert, phones))
-    assert [s.end_reason for s in sessions] == [Reason.OK] * PHONES, [s.events for s in sessions]
+    assert [s.end_reason for s in sessions] == [Reason.OK] * PHONES, [s.history for s in sessions]
     assert all(p.lsc_cert is not None for p in phones)
-    assert [s for s in sessions if "auth:MIC" in s.events] == [s for s in sessions if auth[s.phone.device_name] in ("mic", "lsc-then-mic")]
+    assert [s for s in sessions if "auth:MIC" in s.history] == [s for s in sessions if auth[s.phone.device_name] in ("mic", "lsc-then-mic")]
 
     # --- openssl verify -purpose sslclient every LSC against the CAPF certificate -----------
     openssl = shutil.which("openssl")
@@ -154,9 +154,11 @@ def test_capf_lifecycle_for_50_phones_with_mixed_auth(cluster, tmp_path):
     asyncio.run(_schedule_all(ident, svc, [
         capf_pb2.CapfSchedule(device=p.device_name, operation=capf_pb2.CAPF_TROUBLESHOOT,
                               auth_mode=capf_pb2.CAPF_AUTH_LSC) for p in (mic_phone, plain_phone)]))
+    for p in (mic_phone, plain_phone):
+        p.auth_mode = "lsc-then-mic"  # what their configuration now says (cnf.xml has no "LSC only")
     ts = asyncio.run(_drive(svc["host"], svc["capf_port"], capf_cert, [mic_phone, plain_phone]))
     assert [s.end_reason for s in ts] == [Reason.OK, Reason.OK]
-    assert "auth:LSC" in ts[0].events and "fetched:LSC" in ts[0].events  # CERT-2: LSC before MIC
+    assert "auth:LSC" in ts[0].history and "fetched:LSC" in ts[0].history  # CERT-2: LSC before MIC
     for p in (mic_phone, plain_phone):
         entries = asyncio.run(_log(ident, svc, p.device_name)).entries
         assert [e.outcome for e in entries] == ["installed", "fetched"]
@@ -168,7 +170,7 @@ def test_capf_lifecycle_for_50_phones_with_mixed_auth(cluster, tmp_path):
     assert res.returncode == 0, res.stderr
     mic_before = mic_phone.mic_cert
     (deleted,) = asyncio.run(_drive(svc["host"], svc["capf_port"], capf_cert, [mic_phone]))
-    assert deleted.end_reason == Reason.OK and "deleted" in deleted.events
+    assert deleted.end_reason == Reason.OK and "deleted" in deleted.history
     assert mic_phone.lsc_cert is None and mic_phone.mic_cert is mic_before
     res = _cli(data, "log", mic_phone.device_name)
     assert res.returncode == 0 and [line.split()[5] for line in res.stdout.splitlines()[1:]] == [
@@ -177,7 +179,7 @@ def test_capf_lifecycle_for_50_phones_with_mixed_auth(cluster, tmp_path):
     asyncio.run(_schedule_all(ident, svc, [capf_pb2.CapfSchedule(
         device=mic_phone.device_name, operation=capf_pb2.CAPF_TROUBLESHOOT, auth_mode=capf_pb2.CAPF_AUTH_LSC_THEN_MIC)]))
     (fallback,) = asyncio.run(_drive(svc["host"], svc["capf_port"], capf_cert, [mic_phone]))
-    assert "auth:MIC" in fallback.events and "fetched:MIC" in fallback.events
+    assert "auth:MIC" in fallback.history and "fetched:MIC" in fallback.history
 
     # --- status lists every operation with its state -----------------------------------------
     res = _cli(data, "status", mic_phone.device_name)

@@ -98,12 +98,13 @@ async def test_offline_ca_whole_flow_one_certificate_across_reconnects(capf, tmp
     assert third_party_ca_path(h.data / "pki").read_bytes() == ca.cert_path.read_bytes()
     await h.stub.ScheduleOperation(schedule_msg(dev, auth=capf_pb2.CAPF_AUTH_STRING, auth_string="4711",
                                                 key="rsa2048"))
-    phone = PhoneCredentials(dev, auth_string="4711", capf_certificate=h.svc.capf_ca.cert, lsc_issuers=[ca.cert])
+    phone = PhoneCredentials(dev, auth_string="4711", auth_mode="string", capf_certificate=h.svc.capf_ca.cert,
+                             lsc_issuers=[ca.cert])
 
     # First visit: the CSR; then two more visits before the CA answered: retry later, nothing issued.
     sessions = await _enroll(h, phone, sessions=3)
     assert [s.retry_after for s in sessions] == [600, 600, 600]  # service parameter retry_delay
-    assert "csr" in sessions[0].events and all("csr" not in s.events for s in sessions[1:])
+    assert "csr" in sessions[0].history and all("csr" not in s.history for s in sessions[1:])
     assert phone.lsc_cert is None and phone.pending_key is not None
     op = await _op(h, dev)
     assert op.state == "awaiting_ca" and not op.issued_fingerprint
@@ -133,7 +134,7 @@ async def test_offline_ca_whole_flow_one_certificate_across_reconnects(capf, tmp
 
     # The phone comes back: it gets the imported certificate and the operation completes.
     (session,) = await _enroll(h, phone)
-    assert session.end_reason == Reason.OK and "stored" in session.events
+    assert session.end_reason == Reason.OK and "stored" in session.history
     assert phone.lsc_cert.fingerprint(hashes.SHA256()).hex() == result.certificate.fingerprint_sha256
     assert (await _op(h, dev)).state == "done"
     assert await _log(h, dev) == [("installed", result.certificate.fingerprint_sha256)]
@@ -151,8 +152,9 @@ async def test_offline_ca_whole_flow_one_certificate_across_reconnects(capf, tmp
 
     # The third-party LSC authenticates later operations like a CAPF one (auth mode lsc).
     await h.stub.ScheduleOperation(schedule_msg(dev, op=capf_pb2.CAPF_TROUBLESHOOT, auth=capf_pb2.CAPF_AUTH_LSC))
+    phone.auth_mode = "lsc-then-mic"  # its configuration now asks for the certificate
     (session,) = await _enroll(h, phone)
-    assert session.end_reason == Reason.OK and "auth:LSC" in session.events
+    assert session.end_reason == Reason.OK and "auth:LSC" in session.history
 
 
 async def test_offline_import_refusals_record_nothing(capf, tmp_path):
@@ -234,7 +236,7 @@ async def test_offline_phone_that_lost_its_key_gets_a_new_csr_and_the_old_answer
     old_path.write_bytes(_pem_csr(old))
     reborn = PhoneCredentials(dev, capf_certificate=h.svc.capf_ca.cert, lsc_issuers=[ca.cert])
     (session,) = await _enroll(h, reborn)
-    assert "csr" in session.events and session.retry_after
+    assert "csr" in session.history and session.retry_after
     (new,) = (await h.stub.ExportCsrs(common_pb2.Empty())).csrs
     assert new.operation_id == old.operation_id and new.key_sha256 != old.key_sha256
     (refused,) = await _import(h, ca.sign(old_path, tmp_path / "old.crt"))
@@ -258,7 +260,7 @@ async def test_capf_mode_unchanged_by_default_and_switching_back(capf):
     await h.add_device("SEP0000000FF005")
     await h.stub.ScheduleOperation(schedule_msg("SEP0000000FF004"))
     (s,) = await _enroll(h, PhoneCredentials("SEP0000000FF004", capf_certificate=h.svc.capf_ca.cert))
-    assert s.end_reason == Reason.OK and "csr" not in s.events
+    assert s.end_reason == Reason.OK and "csr" not in s.history
     await _go_offline(h)
     await h.stub.ScheduleOperation(schedule_msg("SEP0000000FF005"))
     phone = PhoneCredentials("SEP0000000FF005", capf_certificate=h.svc.capf_ca.cert)

@@ -75,10 +75,22 @@ def phone(capf, manufacturer):
     return make_phone(capf, manufacturer)
 
 
-async def enroll(server, capf, phone, **kw) -> tuple[int | None, CapfPhoneSession]:
-    session = CapfPhoneSession(phone)
-    reason = await capf_client_run("127.0.0.1", server.port, capf_phone_ssl_context(capf.cert), session,
-                                   timeout=10, **kw)
+class DroppingSession(CapfPhoneSession):
+    """A phone whose connection dies when a given request arrives, before it handles it."""
+
+    def __init__(self, phone, drop_on):
+        super().__init__(phone)
+        self.drop_on = drop_on
+
+    def handle_frame(self, frame):
+        if self.drop_on(frame):
+            raise ConnectionAbortedError(f"dropped on {frame.command.name} (test)")
+        return super().handle_frame(frame)
+
+
+async def enroll(server, capf, phone, *, drop_on=None) -> tuple[int | None, CapfPhoneSession]:
+    session = CapfPhoneSession(phone) if drop_on is None else DroppingSession(phone, drop_on)
+    reason = await capf_client_run("127.0.0.1", server.port, capf_phone_ssl_context(capf.cert), session, timeout=10)
     return reason, session
 
 
@@ -120,7 +132,7 @@ def with_sid(frame: bytes) -> bytes:
 async def test_install_with_auth_string(server, store, factory, capf, phone):
     op = await schedule_operation(factory, DEVICE, "install", auth_mode="string", auth_string="123456",
                                   key_type="ec256")
-    phone.auth_string = "123456"
+    phone.auth_string, phone.auth_mode = "123456", "string"
     reason, session = await enroll(server, capf, phone)
     assert reason == Reason.OK and phone.lsc_cert is not None
     verify_lsc_chain(phone.lsc_cert, capf.cert, device_name=DEVICE)
@@ -138,8 +150,9 @@ async def test_install_with_null_auth_rsa_key(server, store, factory, capf, phon
 
 async def test_install_with_mic_auth(server, factory, capf, phone):
     await schedule_operation(factory, DEVICE, "install", auth_mode="mic", key_type="ec256")
+    phone.auth_mode = "mic"
     reason, session = await enroll(server, capf, phone)
-    assert reason == Reason.OK and "auth:MIC" in session.events
+    assert reason == Reason.OK and "auth:MIC" in session.history
 
 
 async def test_cert2_upgrade_with_lsc_auth_uses_the_lsc(server, factory, capf, phone):
@@ -148,21 +161,24 @@ async def test_cert2_upgrade_with_lsc_auth_uses_the_lsc(server, factory, capf, p
     await enroll(server, capf, phone)
     first_lsc = phone.lsc_cert
     await schedule_operation(factory, DEVICE, "upgrade", auth_mode="lsc", key_type="ec256")
+    phone.auth_mode = "lsc-then-mic"  # cnf.xml has no "LSC only": 3 is LSC, else MIC
     reason, session = await enroll(server, capf, phone)
-    assert reason == Reason.OK and "auth:LSC" in session.events and phone.lsc_cert != first_lsc
+    assert reason == Reason.OK and "auth:LSC" in session.history and phone.lsc_cert != first_lsc
 
 
 async def test_cert2_lsc_then_mic_falls_back_to_mic_only_without_lsc(server, factory, capf, phone):
     await schedule_operation(factory, DEVICE, "install", auth_mode="lsc-then-mic", key_type="ec256")
+    phone.auth_mode = "lsc-then-mic"
     reason, session = await enroll(server, capf, phone)
-    assert reason == Reason.OK and "auth:MIC" in session.events
+    assert reason == Reason.OK and "auth:MIC" in session.history
     await schedule_operation(factory, DEVICE, "upgrade", auth_mode="lsc-then-mic", key_type="ec256")
     reason, session = await enroll(server, capf, phone)
-    assert reason == Reason.OK and "auth:LSC" in session.events
+    assert reason == Reason.OK and "auth:LSC" in session.history
 
 
 async def test_lsc_mode_refuses_a_mic_and_records_the_attempt(server, store, factory, capf, phone):
     op = await schedule_operation(factory, DEVICE, "install", auth_mode="lsc", key_type="ec256")
+    phone.auth_mode = "mic"
     reason, _ = await enroll(server, capf, phone)
     assert reason == Reason.INVALID_ELEMENT and phone.lsc_cert is None
     view = await store.operation(op)
@@ -172,7 +188,7 @@ async def test_lsc_mode_refuses_a_mic_and_records_the_attempt(server, store, fac
 
 async def test_cert1_forged_mic_from_unknown_manufacturer_is_refused(server, store, factory, capf):
     evil = create_ca(name("Manufacturer CA"), key=new_key("ec256"))  # same name, different key
-    forged = make_phone(capf, evil)
+    forged = make_phone(capf, evil, auth_mode="mic")
     op = await schedule_operation(factory, DEVICE, "install", auth_mode="mic", key_type="ec256")
     reason, _ = await enroll(server, capf, forged)
     assert reason == Reason.INVALID_ELEMENT and forged.lsc_cert is None
@@ -181,7 +197,8 @@ async def test_cert1_forged_mic_from_unknown_manufacturer_is_refused(server, sto
 
 async def test_mic_of_another_device_is_refused(server, store, factory, capf, manufacturer):
     other = make_phone(capf, manufacturer, device="SEP00AABBCCDDEE")
-    impostor = PhoneCredentials(DEVICE, mic_cert=other.mic_cert, mic_key=other.mic_key, capf_certificate=capf.cert)
+    impostor = PhoneCredentials(DEVICE, mic_cert=other.mic_cert, mic_key=other.mic_key, capf_certificate=capf.cert,
+                                auth_mode="mic")
     op = await schedule_operation(factory, DEVICE, "install", auth_mode="mic", key_type="ec256")
     reason, _ = await enroll(server, capf, impostor)
     assert reason == Reason.INVALID_ELEMENT and "is not device" in (await store.operation(op)).reason
@@ -195,7 +212,7 @@ async def test_troubleshoot_returns_the_same_certificate(server, store, factory,
     await enroll(server, capf, phone)
     await schedule_operation(factory, DEVICE, "troubleshoot")
     reason, session = await enroll(server, capf, phone)
-    assert reason == Reason.OK and "fetched:LSC" in session.events
+    assert reason == Reason.OK and "fetched:LSC" in session.history
     fetched = [r for r in await store.certificates(DEVICE) if r.outcome == "fetched"]
     assert fetched[0].der == phone.lsc_cert.public_bytes(serialization.Encoding.DER)
 
@@ -209,12 +226,13 @@ async def test_chk8_cert1_delete_removes_lsc_and_phone_falls_back_to_mic(server,
     mic = phone.mic_cert
     await schedule_operation(factory, DEVICE, "delete")
     reason, session = await enroll(server, capf, phone)
-    assert reason == Reason.OK and "deleted" in session.events
+    assert reason == Reason.OK and "deleted" in session.history
     assert phone.lsc_cert is None and phone.mic_cert is mic
     assert await store.installed_lsc(DEVICE) is None
     await schedule_operation(factory, DEVICE, "troubleshoot", auth_mode="lsc-then-mic")
+    phone.auth_mode = "lsc-then-mic"
     reason, session = await enroll(server, capf, phone)
-    assert reason == Reason.OK and "auth:MIC" in session.events and "fetched:MIC" in session.events
+    assert reason == Reason.OK and "auth:MIC" in session.history and "fetched:MIC" in session.history
 
 
 # ---- refusals ---------------------------------------------------------------------------------
@@ -223,7 +241,7 @@ async def test_chk8_cert1_delete_removes_lsc_and_phone_falls_back_to_mic(server,
 async def test_wrong_auth_string_refused_and_attempt_recorded(server, store, factory, capf, phone):
     op = await schedule_operation(factory, DEVICE, "install", auth_mode="string", auth_string="123456",
                                   key_type="ec256")
-    phone.auth_string = "654321"
+    phone.auth_string, phone.auth_mode = "654321", "string"
     reason, _ = await enroll(server, capf, phone)
     assert reason == Reason.INVALID_ELEMENT and phone.lsc_cert is None and phone.pending_key is None
     view = await store.operation(op)
@@ -234,7 +252,7 @@ async def test_wrong_auth_string_refused_and_attempt_recorded(server, store, fac
 async def test_repeated_wrong_auth_strings_lock_the_operation(server, store, factory, capf, phone):
     op = await schedule_operation(factory, DEVICE, "install", auth_mode="string", auth_string="123456",
                                   key_type="ec256")
-    phone.auth_string = "000000"
+    phone.auth_string, phone.auth_mode = "000000", "string"
     for _ in range(5):
         reason, _ = await enroll(server, capf, phone)
         assert reason == Reason.INVALID_ELEMENT
@@ -254,14 +272,14 @@ async def test_unscheduled_device_gets_end_session_reason_0(server, factory, cap
     await schedule_operation(factory, DEVICE, "install", key_type="ec256")
     await enroll(server, capf, phone)
     reason, session = await enroll(server, capf, phone)
-    assert reason == Reason.NO_ACTION and "keygen" not in session.events
+    assert reason == Reason.NO_ACTION and "keygen" not in session.history
 
 
 async def test_expired_operation_is_not_carried_out(server, store, factory, capf, phone):
     past = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=1)
     op = await schedule_operation(factory, DEVICE, "install", key_type="ec256", deadline=past)
     reason, session = await enroll(server, capf, phone)
-    assert reason == Reason.NO_ACTION and phone.lsc_cert is None and "keygen" not in session.events
+    assert reason == Reason.NO_ACTION and phone.lsc_cert is None and "keygen" not in session.history
     assert (await store.operation(op)).state == "expired"
     assert await store.certificates() == []
 

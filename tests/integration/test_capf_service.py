@@ -165,9 +165,9 @@ async def test_schedule_publishes_config_changed_and_status_shows_outcomes(capf)
         ("ccmsec.config.changed", "SEP00000000C301"),
         ("ccmsec.config.changed", "SEP00000000C302")]
 
-    ok = await capf.enroll(phone_for(capf, "SEP00000000C301", auth_string="246810"))
+    ok = await capf.enroll(phone_for(capf, "SEP00000000C301", auth_string="246810", auth_mode="string"))
     assert ok.end_reason == Reason.OK
-    wrong = await capf.enroll(phone_for(capf, "SEP00000000C302", auth_string="9999"))
+    wrong = await capf.enroll(phone_for(capf, "SEP00000000C302", auth_string="9999", auth_mode="string"))
     assert wrong.end_reason == Reason.INVALID_ELEMENT and wrong.phone.lsc_cert is None
     ops = {o.schedule.device: o for o in (await capf.stub.GetOperations(capf_pb2.CapfStatusRequest())).operations}
     assert ops["SEP00000000C301"].state == "done"
@@ -271,11 +271,12 @@ async def test_mic_authentication_uses_manufacturer_ca_created_after_start(capf)
     from ccmsec.pki.ca import create_ca, name, new_key
     foreign = create_ca(name("Foreign CA"), key=new_key("ec256"))
     fake = issue_mic(foreign, "SEP00000000C701", "ec256")
-    refused = await capf.enroll(phone_for(capf, "SEP00000000C701", mic_cert=fake.cert, mic_key=fake.key))
+    refused = await capf.enroll(phone_for(capf, "SEP00000000C701", mic_cert=fake.cert, mic_key=fake.key,
+                                          auth_mode="mic"))
     assert refused.end_reason == Reason.INVALID_ELEMENT and refused.phone.lsc_cert is None
     mfr = ensure_manufacturer_ca(capf.data / "pki")
     mic = issue_mic(mfr, "SEP00000000C701", "ec256")
-    ok = await capf.enroll(phone_for(capf, "SEP00000000C701", mic_cert=mic.cert, mic_key=mic.key))
+    ok = await capf.enroll(phone_for(capf, "SEP00000000C701", mic_cert=mic.cert, mic_key=mic.key, auth_mode="mic"))
     assert ok.end_reason == Reason.OK and ok.phone.lsc_cert is not None
 
 

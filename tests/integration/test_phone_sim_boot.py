@@ -10,7 +10,7 @@ import time
 import pytest
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
-from ccmsec.domain import DeviceSecurityMode
+from ccmsec.domain import CapfAuthMode, DeviceSecurityMode
 from ccmsec.aio.capf import CapfServer, capf_server_ssl_context
 from ccmsec.aio.sccp import SccpServer
 from ccmsec.aio.tftp import TftpServer
@@ -68,9 +68,10 @@ class Lab:
         self.files[name + ".sgn"] = sign_file(payload, name + ".sgn", signer or self.pki["tftp"], TS)
 
     def device(self, name, model="7960", mode=1, hardening=Hardening(), capf_op=None, load=LOAD,
-               signed=True, plain=True, auth_string=None):
+               signed=True, plain=True, auth_string=None, capf_auth=2):
         cfg = DeviceConfig(
             device_name=name, model=model, security_mode=DeviceSecurityMode.from_xml(mode),
+            capf_auth_mode=CapfAuthMode.from_xml(capf_auth),
             call_managers=(CallManagerMember("127.0.0.1", self.sccp.port, self.sccp_tls.port),),
             capf=CapfSettings("127.0.0.1", self.capf.port, capf_op, auth_string, "EC", None, "P-256")
             if capf_op else None,
@@ -251,7 +252,7 @@ async def test_cert2_7970_presents_lsc_over_mic(lab):
     assert lab.registrations[-1].peer_certificate == phone.mic.cert
     assert phone.transport == "authenticated"
     # Now CAPF installs an LSC authenticated by the MIC; afterwards the LSC is presented.
-    lab.device(name, model="7970", mode=2, capf_op="install")
+    lab.device(name, model="7970", mode=2, capf_op="install", capf_auth=4)  # capfAuthMode 4: MIC
     await schedule_operation(lab.db, name, "install", auth_mode="mic", key_type="ec256")
     await runner.request_boot()
     await until(lambda: phone.lsc is not None and phone.state is State.REGISTERED, 20)
@@ -354,7 +355,7 @@ async def test_dev3_7912_refuses_capf_and_does_not_use_tls(lab):
     p = runner.phone
     assert p.lsc is None and p.last_failure == "capf-refused" and "DEV-3" in p.last_failure_reason
     assert p.state is State.REGISTERED and p.transport == "non-secure"
-    assert lab.capf.sessions == []  # it never even connected
+    assert not lab.capf.sessions  # it never even connected
 
 
 async def test_cert1_capf_delete_removes_lsc_and_mic_survives_factory_reset(lab):

@@ -20,7 +20,8 @@ from ccmsec.pki.lsc import (
     save_third_party_ca, third_party_ca_path, verify_lsc_any,
 )
 from ccmsec.wire.capf import (
-    MAX_RETRY_DELAY, CapfPhoneSession, CapfProtocolError, CertType, Command, Element, PhoneCredentials, Reason,
+    MAX_RETRY_DELAY, CapfPhoneSession, CapfProtocolError, CertType, Command, Element, FrameReader, PhoneCredentials,
+    Reason,
     build_csr, decode_csr, decode_frame, decode_retry_delay, encode_certificate_element, encode_cstring,
     encode_frame, encode_retry_delay, spki_der,
 )
@@ -33,9 +34,16 @@ def _phone_in_session(**kw) -> CapfPhoneSession:
     """A phone session past AUTH_REQUEST and with a generated key (as after KEY_GEN_REQUEST)."""
     phone = PhoneCredentials(DEVICE, pending_key=ec.generate_private_key(ec.SECP256R1()), **kw)
     session = CapfPhoneSession(phone)
-    session.receive(decode_frame(encode_frame(Command.AUTH_REQUEST, SID, [
+    session.handle_frame(decode_frame(encode_frame(Command.AUTH_REQUEST, SID, [
         (Element.VERSION, b"\x03"), (Element.AUTH_TYPE, b"\x02")])))
+    session.data_to_send()  # the auth response
     return session
+
+
+def _answer(session: CapfPhoneSession, data: bytes) -> list[bytes]:
+    """The frames the phone sends back for one server frame."""
+    session.handle_frame(decode_frame(data))
+    return [f.encode() for f in FrameReader().feed(session.data_to_send())]
 
 
 def _sign_request(device: str = DEVICE) -> bytes:
@@ -69,7 +77,7 @@ def test_retry_later_without_delay_and_sign_request_without_name_are_refused_fra
 
 def test_phone_answers_sign_request_with_a_csr_of_its_pending_key():
     session = _phone_in_session()
-    (out,) = session.receive(decode_frame(_sign_request()))
+    (out,) = _answer(session, _sign_request())
     frame = decode_frame(out)
     assert frame.command is Command.SIGN_CERT_RESPONSE and frame.u8(Element.REASON) == Reason.OK
     cert_type, der = frame.certificate()
@@ -81,23 +89,23 @@ def test_phone_answers_sign_request_with_a_csr_of_its_pending_key():
 
 def test_phone_refuses_to_sign_a_csr_for_another_device_or_without_a_key():
     session = _phone_in_session()
-    (out,) = session.receive(decode_frame(_sign_request("SEP0000000AB999")))
+    (out,) = _answer(session, _sign_request("SEP0000000AB999"))
     frame = decode_frame(out)
     assert frame.u8(Element.REASON) == Reason.INVALID_ELEMENT and not frame.has(Element.CERTIFICATE)
-    assert any("not this phone" in e for e in session.events)
+    assert any("not this phone" in e for e in session.history)
     session = _phone_in_session()
     session.phone.pending_key = None
-    (out,) = session.receive(decode_frame(_sign_request()))
+    (out,) = _answer(session, _sign_request())
     assert decode_frame(out).u8(Element.REASON) == Reason.INVALID_ELEMENT
 
 
 def test_phone_retry_later_ends_the_session_and_keeps_the_key():
     session = _phone_in_session()
     key = session.phone.pending_key
-    assert session.receive(decode_frame(encode_frame(Command.RETRY_LATER, SID, [
-        (Element.RETRY_DELAY, encode_retry_delay(90))]))) == []
+    assert _answer(session, encode_frame(Command.RETRY_LATER, SID, [
+        (Element.RETRY_DELAY, encode_retry_delay(90))])) == []
     assert session.finished and session.retry_after == 90 and session.end_reason is None
-    assert session.phone.pending_key is key and "retry:90" in session.events
+    assert session.phone.pending_key is key and "retry:90" in session.history
 
 
 def _store_request(der: bytes) -> bytes:
@@ -111,12 +119,12 @@ def test_phone_stores_a_third_party_lsc_only_when_that_issuer_is_trusted():
     session = _phone_in_session(capf_certificate=capf.cert)
     lsc = issue(third, name(DEVICE), session.phone.pending_key.public_key(), client=True, server=True)
     der = lsc.public_bytes(serialization.Encoding.DER)
-    (out,) = session.receive(decode_frame(_store_request(der)))
+    (out,) = _answer(session, _store_request(der))
     assert decode_frame(out).u8(Element.REASON) == Reason.INVALID_ELEMENT  # only CAPF trusted
     assert session.phone.lsc_cert is None
     session = _phone_in_session(capf_certificate=capf.cert, lsc_issuers=[third.cert])
     lsc = issue(third, name(DEVICE), session.phone.pending_key.public_key(), client=True, server=True)
-    (out,) = session.receive(decode_frame(_store_request(lsc.public_bytes(serialization.Encoding.DER))))
+    (out,) = _answer(session, _store_request(lsc.public_bytes(serialization.Encoding.DER)))
     assert decode_frame(out).u8(Element.REASON) == Reason.OK
     assert session.phone.lsc_cert == lsc and session.phone.pending_key is None
 
@@ -169,7 +177,7 @@ def test_fuzz_new_frames_decode_cleanly_and_phone_never_crashes(command, element
         return
     session = _phone_in_session()
     try:
-        session.receive(frame)
+        session.handle_frame(frame)
     except CapfProtocolError:
         pass
 

@@ -10,9 +10,10 @@ from hypothesis import strategies as st
 
 from ccmsec.pki.ca import create_ca, issue, issue_with_new_key, name, new_key
 from ccmsec.wire.capf import (
-    MAX_BODY, MAX_ELEMENTS, AuthType, CapfPhoneSession, CapfProtocolError, CertType, Command, Element,
-    Frame, FrameReader, KeySpec, PhoneCredentials, Reason, decode_certificate_element, decode_frame,
-    encode_certificate_element, encode_cstring, encode_frame, sign_auth, verify_auth_signature, CapfAuthError,
+    MAX_BODY, MAX_ELEMENTS, AuthType, CapfAuthError, CapfPhoneSession, CapfProtocolError, CertType, Command, Element,
+    Frame, FrameReader, HashAlgorithm, KeyGenerationRequested, KeySpec, PhoneCredentials, Reason,
+    decode_certificate_element, decode_frame, decode_signed_data_sha2, encode_certificate_element, encode_cstring,
+    encode_frame, encode_signed_data_sha2, sign_auth, verify_auth_signatures,
 )
 from cryptography.hazmat.primitives import serialization
 
@@ -174,41 +175,104 @@ def phone(manufacturer):
 
 
 def _reply(session, frame) -> list[Frame]:
-    return [decode_frame(b) for b in session.receive(frame)]
+    """What the phone answers to one frame (generating a key when it asks for one)."""
+    for event in session.handle_frame(frame):
+        if isinstance(event, KeyGenerationRequested):
+            session.key_generated(event.spec.generate())
+    return FrameReader().feed(session.data_to_send())
 
 
-def test_phone_answers_password_only_when_asked(phone):
-    s = CapfPhoneSession(phone)
-    (resp,) = _reply(s, auth_request(AuthType.NONE))
-    assert resp.text(Element.DEVICE_NAME) == "SEP001122334455" and not resp.has(Element.PASSWORD)
-    (resp,) = _reply(s, auth_request(AuthType.PASSWORD))
-    assert resp.text(Element.PASSWORD) == "123456"
+def test_phone_sends_what_its_own_configuration_says_whatever_auth_type_the_server_names(phone):
+    """Issue 14: the phone decides from its capfAuthMode, not from the server's auth type (some
+    servers always send 0); with nothing to prove it still sends an empty password element."""
+    phone.auth_mode = "string"
+    for asked in (AuthType.NONE, AuthType.PASSWORD, AuthType.MIC):
+        (resp,) = _reply(CapfPhoneSession(phone), auth_request(asked))
+        assert resp.text(Element.DEVICE_NAME) == "SEP001122334455" and resp.text(Element.PASSWORD) == "123456"
+        assert not resp.has(Element.CERTIFICATE)
+    phone.auth_mode = "null"
+    for asked in (AuthType.NONE, AuthType.PASSWORD):
+        (resp,) = _reply(CapfPhoneSession(phone), auth_request(asked))
+        assert resp.raw(Element.PASSWORD) == b"\x00" and resp.text(Element.PASSWORD) == ""
+        assert not resp.has(Element.CERTIFICATE) and not resp.has(Element.SIGNED_DATA)
+    phone.auth_mode = "mic"
+    (resp,) = _reply(CapfPhoneSession(phone), auth_request(AuthType.NONE))
+    assert resp.certificate()[0] is CertType.MIC and not resp.has(Element.PASSWORD)
+    verify_auth_signatures(phone.mic_cert, phone.device_name, resp.raw(Element.SIGNED_DATA), None)
+    verify_auth_signatures(phone.mic_cert, phone.device_name, None, resp.raw(Element.SIGNED_DATA_SHA2))
 
 
 def test_cert2_phone_prefers_lsc_over_mic_for_authentication(phone):
     capf = create_ca(name("CAPF"), key=new_key("ec256"))
     lsc_key = new_key("ec256")
     phone.lsc_cert, phone.lsc_key = issue(capf, name(phone.device_name), lsc_key.public_key()), lsc_key
-    (resp,) = _reply(CapfPhoneSession(phone), auth_request(AuthType.LSC))
+    phone.auth_mode = "lsc-then-mic"
+    (resp,) = _reply(CapfPhoneSession(phone), auth_request(AuthType.NONE))
     cert_type, der = resp.certificate()
     assert cert_type is CertType.LSC and der == phone.lsc_cert.public_bytes(serialization.Encoding.DER)
-    verify_auth_signature(phone.lsc_cert, phone.device_name, resp.raw(Element.SIGNED_DATA_SHA2))
-    # Explicit MIC auth still uses the MIC; without an LSC, LSC auth falls back to the MIC.
-    (resp,) = _reply(CapfPhoneSession(phone), auth_request(AuthType.MIC))
+    verify_auth_signatures(phone.lsc_cert, phone.device_name, resp.raw(Element.SIGNED_DATA),
+                           resp.raw(Element.SIGNED_DATA_SHA2))
+    # A MIC configuration still uses the MIC; without an LSC, LSC-then-MIC falls back to the MIC.
+    phone.auth_mode = "mic"
+    (resp,) = _reply(CapfPhoneSession(phone), auth_request(AuthType.LSC))
     assert resp.certificate()[0] is CertType.MIC
+    phone.auth_mode = "lsc-then-mic"
     phone.lsc_cert = phone.lsc_key = None
     (resp,) = _reply(CapfPhoneSession(phone), auth_request(AuthType.LSC))
     assert resp.certificate()[0] is CertType.MIC
 
 
-def test_auth_signature_refuses_tampering(phone):
-    der = phone.mic_cert.public_bytes(serialization.Encoding.DER)
-    sig = sign_auth(phone.mic_key, phone.device_name, der)
-    verify_auth_signature(phone.mic_cert, phone.device_name, sig)
+@pytest.mark.parametrize("kind", ["ec256", "rsa2048"])
+def test_auth_signatures_follow_the_real_peer_convention_and_refuse_tampering(phone, manufacturer, kind):
+    """Both signatures over `name | 0x00 | cert`: SHA-1 bare in element 6, SHA-512 behind a
+    `hash(3) | length` header in element 20; RSA without DigestInfo; any tampering refused."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec, padding
+    mic = issue_with_new_key(manufacturer, name("SEP001122334455"), kind)
+    der = mic.cert.public_bytes(serialization.Encoding.DER)
+    (tag6, sig1), (tag20, sha2) = sign_auth(mic.key, phone.device_name, der)
+    assert (tag6, tag20) == (Element.SIGNED_DATA, Element.SIGNED_DATA_SHA2)
+    algorithm, sig512 = decode_signed_data_sha2(sha2)
+    assert algorithm is HashAlgorithm.SHA512 and sha2[:3] == bytes([3]) + len(sig512).to_bytes(2, "big")
+    payload = b"SEP001122334455\x00" + der
+    key = mic.cert.public_key()
+    for sig, algo in ((sig1, hashes.SHA1()), (sig512, hashes.SHA512())):
+        digest = hashes.Hash(algo)
+        digest.update(payload)
+        if kind.startswith("rsa"):  # bare digest inside PKCS#1 type-1 padding, no DigestInfo
+            assert key.recover_data_from_signature(sig, padding.PKCS1v15(), None) == digest.finalize()
+        else:
+            key.verify(sig, payload, ec.ECDSA(algo))
+    verify_auth_signatures(mic.cert, phone.device_name, sig1, sha2)
     with pytest.raises(CapfAuthError, match="does not verify"):
-        verify_auth_signature(phone.mic_cert, "SEP999999999999", sig)
-    with pytest.raises(CapfAuthError, match="does not verify"):
-        verify_auth_signature(phone.mic_cert, phone.device_name, sig[:-2] + bytes([sig[-2] ^ 1, sig[-1]]))
+        verify_auth_signatures(mic.cert, "SEP999999999999", sig1, None)
+    with pytest.raises(CapfAuthError, match="SHA512.*does not verify"):
+        verify_auth_signatures(mic.cert, phone.device_name, sig1,
+                               encode_signed_data_sha2(HashAlgorithm.SHA512, sig512[:-1] + bytes([sig512[-1] ^ 1])))
+    with pytest.raises(CapfAuthError, match="SHA-1.*does not verify"):  # one good, one bad: refused
+        verify_auth_signatures(mic.cert, phone.device_name, sig1[:-1] + bytes([sig1[-1] ^ 1]), sha2)
+    with pytest.raises(CapfAuthError, match="without a signature"):
+        verify_auth_signatures(mic.cert, phone.device_name, None, None)
+
+
+def test_signed_data_sha2_element_is_checked_when_decoded():
+    good = encode_signed_data_sha2(HashAlgorithm.SHA512, b"\x01" * 64)
+    assert decode_signed_data_sha2(good) == (HashAlgorithm.SHA512, b"\x01" * 64)
+    for bad, message in ((b"\x03\x00", "too short"), (b"\x09\x00\x01\x00", "unknown hash"),
+                         (b"\x03\x00\x05\x00", "does not match"), (b"\x03\x00\x00", "does not match")):
+        frame = encode_frame(Command.AUTH_RESPONSE, 1, [(Element.VERSION, b"\x03"), (Element.DEVICE_NAME, b"A\x00"),
+                                                       (Element.SIGNED_DATA_SHA2, bad)])
+        with pytest.raises(CapfProtocolError, match=message):
+            decode_frame(frame)
+
+
+def test_empty_password_element_is_accepted_but_a_missing_nul_is_not():
+    ok = decode_frame(encode_frame(Command.AUTH_RESPONSE, 1, [(Element.VERSION, b"\x03"),
+                                                             (Element.DEVICE_NAME, b"SEP1\x00"), (Element.PASSWORD, b"\x00")]))
+    assert ok.text(Element.PASSWORD) == ""
+    with pytest.raises(CapfProtocolError, match="NUL-terminated"):
+        decode_frame(encode_frame(Command.AUTH_RESPONSE, 1, [(Element.VERSION, b"\x03"),
+                                                            (Element.DEVICE_NAME, b"SEP1\x00"), (Element.PASSWORD, b"")]))
 
 
 def test_cert1_phone_refuses_to_overwrite_or_delete_its_mic(phone):
@@ -238,7 +302,11 @@ def test_phone_refuses_lsc_for_a_key_it_did_not_generate_or_not_from_capf(phone)
     s = CapfPhoneSession(phone)
     _reply(s, auth_request())
     keygen = decode_frame(encode_frame(Command.KEY_GEN_REQUEST, SID, KeySpec.parse("ec256").elements()))
-    progress, keyresp = _reply(s, keygen)
+    events = s.handle_frame(keygen)
+    assert [type(e) for e in events] == [KeyGenerationRequested] and s.pending is events[0]
+    (progress,) = FrameReader().feed(s.data_to_send())  # "in progress" goes out before the key exists
+    s.key_generated(events[0].spec.generate())
+    (keyresp,) = FrameReader().feed(s.data_to_send())
     assert progress.command is Command.REQUEST_IN_PROGRESS and keyresp.command is Command.KEY_GEN_RESPONSE
     other = issue(capf, name(phone.device_name), new_key("ec256").public_key())
     forged = issue(create_ca(name("CAPF"), key=new_key("ec256")), name(phone.device_name),

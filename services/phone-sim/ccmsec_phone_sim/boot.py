@@ -308,15 +308,15 @@ class PhoneRunner:
         reason = session.end_reason
         if session.retry_after is not None:
             self._capf_retry_after = session.retry_after
-            self._note(f"CAPF {capf.operation}: CSR with CAPF, retry later ({', '.join(session.events)})")
+            self._note(f"CAPF {capf.operation}: CSR with CAPF, retry later ({', '.join(session.history)})")
             self._soft_failure(p.capf_pending(session.retry_after))
             return changed
         if p.last_failure == "capf-pending":  # the CA answered: no longer waiting
             p.last_failure = p.last_failure_reason = ""
-        self._note(f"CAPF {capf.operation}: end reason {reason} ({', '.join(session.events)})")
+        self._note(f"CAPF {capf.operation}: end reason {reason} ({', '.join(session.history)})")
         if reason not in (0, 1):
             self._soft_failure(BootFailure("capf-failed", f"CAPF {capf.operation} ended with reason "
-                                                          f"{reason} ({', '.join(session.events)})"))
+                                                          f"{reason} ({', '.join(session.history)})"))
         self._changed()
         return changed
 

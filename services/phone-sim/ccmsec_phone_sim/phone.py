@@ -35,7 +35,7 @@ from typing import Sequence
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from ccmsec.domain import DeviceSecurityMode
+from ccmsec.domain import CapfAuthMode, DeviceSecurityMode
 from ccmsec.formats.cnfxml import (
     CnfXmlError,
     DeviceConfig,
@@ -336,9 +336,14 @@ class Phone:
             self.name,
             mic_cert=self.mic.cert if self.mic else None, mic_key=self.mic.key if self.mic else None,
             lsc_cert=self.lsc.cert if self.lsc else None, lsc_key=self.lsc.key if self.lsc else None,
-            auth_string=auth, capf_certificate=self.trust.capf_certificates()[0],
+            auth_string=auth, auth_mode=self.capf_auth_mode(), capf_certificate=self.trust.capf_certificates()[0],
             pending_key=self.pending_capf_key, lsc_issuers=tuple(lsc_issuers),
         )
+
+    def capf_auth_mode(self) -> CapfAuthMode:
+        """How this phone proves itself to CAPF: its configuration's capfAuthMode, whatever the
+        server asks for (issue 14)."""
+        return self.config.capf_auth_mode if self.config else CapfAuthMode.NULL
 
     def capf_pending(self, retry_after: int) -> BootFailure:
         """Offline CA: CAPF holds the phone's CSR and said "retry later". Not a failure of the
