@@ -68,12 +68,12 @@ class Lab:
         self.files[name + ".sgn"] = sign_file(payload, name + ".sgn", signer or self.pki["tftp"], TS)
 
     def device(self, name, model="7960", mode=1, hardening=Hardening(), capf_op=None, load=LOAD,
-               signed=True, plain=True, auth_string=None, capf_auth=2):
+               signed=True, plain=True, auth_string=None, capf_auth=2, capf_port=None):
         cfg = DeviceConfig(
             device_name=name, model=model, security_mode=DeviceSecurityMode.from_xml(mode),
             capf_auth_mode=CapfAuthMode.from_xml(capf_auth),
             call_managers=(CallManagerMember("127.0.0.1", self.sccp.port, self.sccp_tls.port),),
-            capf=CapfSettings("127.0.0.1", self.capf.port, capf_op, auth_string, "EC", None, "P-256")
+            capf=CapfSettings("127.0.0.1", capf_port or self.capf.port, capf_op, auth_string, "EC", None, "P-256")
             if capf_op else None,
             load_information=load, hardening=hardening)
         xml = cfg.to_xml()
