@@ -419,3 +419,48 @@ async def test_openssl_verify_accepts_issued_lscs_as_ssl_clients(server, factory
     bad = subprocess.run([openssl, "verify", "-purpose", "sslclient", "-CAfile", str(tmp_path / "capf.pem"),
                           str(tmp_path / "bad.pem")], capture_output=True, text=True, timeout=30)
     assert bad.returncode != 0
+
+
+# ---- one source cannot starve the others (issue 14) -----------------------------------------------
+
+
+async def test_one_source_holding_520_tls_connections_does_not_block_capf_for_others(
+        pki_dir, capf, manufacturer, store, factory, phone):
+    """520 TLS connections from one address (the issue's attack) take at most `max_per_source`
+    slots, refused before any handshake; a phone from another address still enrols, and the
+    flooding address is served again once its connections are gone."""
+    ctx = capf_server_ssl_context(pki_dir / "capf.crt", pki_dir / "capf.key")
+    async with CapfServer("127.0.0.1", 0, ctx, store, LscIssuer(capf, [manufacturer.cert]), max_connections=512,
+                          max_per_source=32, idle_timeout=30, session_timeout=60) as srv:
+        phone_ctx = capf_phone_ssl_context(capf.cert)
+
+        async def hold():
+            return await asyncio.open_connection("127.0.0.1", srv.port, ssl=phone_ctx, local_addr=("127.0.0.2", 0))
+
+        flood = await asyncio.gather(*(hold() for _ in range(520)), return_exceptions=True)
+        held = [c for c in flood if not isinstance(c, BaseException)]
+        try:
+            # A refused connection may still finish its client-side handshake before the reset
+            # arrives, so count what the server holds, not what the client thinks.
+            for _ in range(100):
+                if srv.active_connections == 32:
+                    break
+                await asyncio.sleep(0.05)
+            assert srv.active_connections == 32 and srv.refused_connections >= 520 - 32
+            await schedule_operation(factory, DEVICE, "install", key_type="ec256")
+            session = CapfPhoneSession(phone)
+            reason = await capf_client_run("127.0.0.1", srv.port, phone_ctx, session, timeout=10,
+                                           local_addr=("127.0.0.3", 0))
+            assert reason == Reason.OK and phone.lsc_cert is not None
+        finally:
+            for _reader, writer in held:
+                writer.close()
+        for _ in range(100):
+            if srv.active_connections == 0:
+                break
+            await asyncio.sleep(0.05)
+        other = make_phone(capf, manufacturer, device="SEP00000000CC01")
+        await schedule_operation(factory, other.device_name, "install", key_type="ec256")
+        reason = await capf_client_run("127.0.0.1", srv.port, phone_ctx, CapfPhoneSession(other), timeout=10,
+                                       local_addr=("127.0.0.2", 0))
+        assert reason == Reason.OK
