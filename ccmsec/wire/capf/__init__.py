@@ -23,13 +23,13 @@ from .frames import (
 )
 from .keys import KeySpec, load_public_key, spki_der
 from .phone import (
-    PHONE_AUTH_MODES, CapfPhoneSession, CertificateDeleted, CertificateSent, CertificateStored, CsrSent,
+    CapfPhoneSession, CertificateDeleted, CertificateSent, CertificateStored, CsrSent,
     KeyGenerationRequested, PhoneCredentials, RequestRefused,
 )
 from .server import (
-    ACCEPTED_CERTS, AUTH_TYPE_FOR_MODE, DECISIONS, AuthCheck, AuthenticationRefused, AuthMode,
+    DECISIONS, AuthCheck, AuthenticationRefused,
     AuthStringCheckRequested, CapfServerSession, CompletionReported, CsrReceived, DeviceCertificateCheckRequested,
-    IssuanceRequested, Operation, OperationFailed, OperationLookup, OperationLookupRequested, ScheduledOperation,
+    IssuanceRequested, OperationFailed, OperationLookup, OperationLookupRequested, ScheduledOperation,
     ServerState, SessionEnded,
 )
 

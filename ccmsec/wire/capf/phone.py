@@ -27,6 +27,8 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
+from ccmsec.domain import CapfAuthMode, CertificateKind
+
 from .auth import sign_auth
 from .csr import build_csr
 from .frames import (
@@ -35,10 +37,6 @@ from .frames import (
 )
 from .keys import KeySpec, spki_der
 from .server import SessionEnded
-
-# The phone's own CAPF authentication mode (its configuration's capfAuthMode).
-PHONE_AUTH_MODES = ("string", "null", "lsc-then-mic", "lsc", "mic")
-
 
 @dataclass
 class PhoneCredentials:
@@ -50,8 +48,8 @@ class PhoneCredentials:
     lsc_cert: x509.Certificate | None = None
     lsc_key: object | None = None
     auth_string: str | None = None
-    # How this phone authenticates to CAPF, from its configuration file (capfAuthMode).
-    auth_mode: str = "null"
+    # How this phone authenticates to CAPF: its configuration file's capfAuthMode.
+    auth_mode: CapfAuthMode = CapfAuthMode.NULL
     # The CAPF certificate from the CTL: when set, a stored LSC must be signed by it.
     capf_certificate: x509.Certificate | None = None
     # A key generated for a pending install, kept until its certificate is stored so a
@@ -60,16 +58,18 @@ class PhoneCredentials:
     # Offline CA: further issuers a stored LSC may come from (the third-party CA certificate).
     lsc_issuers: Sequence[x509.Certificate] = ()
 
-    def __post_init__(self) -> None:
-        if self.auth_mode not in PHONE_AUTH_MODES:
-            raise ValueError(f"unknown CAPF auth mode {self.auth_mode!r} (one of {', '.join(PHONE_AUTH_MODES)})")
+    def __setattr__(self, name: str, value) -> None:
+        if name == "auth_mode":  # a member or any of its spellings; DomainError otherwise
+            value = CapfAuthMode.parse(value)
+        super().__setattr__(name, value)
 
     def authentication(self) -> tuple[CertType, x509.Certificate, object] | None:
         """The certificate this phone proves itself with, or None (password / nothing).
         CERT-2: its LSC before its MIC when the mode allows both."""
-        if self.auth_mode in ("lsc-then-mic", "lsc") and self.lsc_cert is not None:
+        accepted = self.auth_mode.accepted_certificates
+        if CertificateKind.LSC in accepted and self.lsc_cert is not None:
             return CertType.LSC, self.lsc_cert, self.lsc_key
-        if self.auth_mode in ("lsc-then-mic", "mic") and self.mic_cert is not None:
+        if CertificateKind.MIC in accepted and self.mic_cert is not None:
             return CertType.MIC, self.mic_cert, self.mic_key
         return None
 
@@ -239,7 +239,7 @@ class CapfPhoneSession:
         else:
             # The authentication string when the configuration says so; otherwise the empty
             # password element a phone with nothing to prove still sends.
-            text = (p.auth_string or "") if p.auth_mode == "string" else ""
+            text = (p.auth_string or "") if p.auth_mode is CapfAuthMode.STRING else ""
             elements.append((Element.PASSWORD, encode_cstring(text)))
             self.history.append("auth:string" if text else "auth:none")
         self._send(Command.AUTH_RESPONSE, elements)

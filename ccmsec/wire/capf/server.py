@@ -51,6 +51,8 @@ from typing import Literal
 
 from cryptography import x509
 
+from ccmsec.domain import CapfAuthMode, CapfOperation
+
 from .auth import CapfAuthError, verify_auth_signatures
 from .csr import decode_csr
 from .frames import (
@@ -59,29 +61,24 @@ from .frames import (
 )
 from .keys import KeySpec, load_public_key, spki_der
 
-Operation = Literal["install", "upgrade", "delete", "troubleshoot"]
-AuthMode = Literal["string", "null", "lsc", "mic", "lsc-then-mic"]
-
-AUTH_TYPE_FOR_MODE: dict[str, AuthType] = {
-    "string": AuthType.PASSWORD, "null": AuthType.NO_PASSWORD, "lsc": AuthType.LSC,
-    "mic": AuthType.MIC, "lsc-then-mic": AuthType.LSC,
-}
-# Which certificate types each certificate-based mode accepts.
-ACCEPTED_CERTS: dict[str, frozenset[CertType]] = {
-    "lsc": frozenset({CertType.LSC}), "mic": frozenset({CertType.MIC}),
-    "lsc-then-mic": frozenset({CertType.LSC, CertType.MIC}),
-}
-
-
 @dataclass(frozen=True)
 class ScheduledOperation:
     op_id: int
     device_name: str
-    operation: Operation
-    auth_mode: AuthMode
+    operation: CapfOperation          # given as a member or its text
+    auth_mode: CapfAuthMode
     key_kind: str                     # e.g. "rsa2048", "ec256"
     issued_der: bytes | None = None   # certificate already issued for this operation (reconnect)
     csr_der: bytes | None = None      # offline CA: the phone's CSR, kept until a certificate is imported
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "operation", CapfOperation.parse(self.operation))
+        object.__setattr__(self, "auth_mode", CapfAuthMode.parse(self.auth_mode))
+
+    @property
+    def accepted_certificates(self) -> frozenset[CertType]:
+        """The certificate types its auth mode accepts (none for string and null)."""
+        return frozenset(CertType(kind.to_wire()) for kind in self.auth_mode.accepted_certificates)
 
 
 class AuthCheck(enum.Enum):
@@ -409,7 +406,7 @@ class CapfServerSession:
         op = self.op
         assert op is not None
         mode = op.auth_mode
-        if mode == "null":
+        if mode is CapfAuthMode.NULL:
             return self._begin_operation()  # whatever the phone sent (often an empty password)
         has_password, has_certificate = frame.has(Element.PASSWORD), frame.has(Element.CERTIFICATE)
         if not (has_password or has_certificate):
@@ -418,9 +415,9 @@ class CapfServerSession:
             # Ask once more, now naming the auth type the scheduled operation requires.
             self.state = ServerState.AWAIT_CREDENTIAL
             self._send(Command.AUTH_REQUEST, [(Element.VERSION, u8(PROTOCOL_VERSION)),
-                                              (Element.AUTH_TYPE, u8(AUTH_TYPE_FOR_MODE[mode]))])
+                                              (Element.AUTH_TYPE, u8(mode.to_wire()))])
             return []
-        if mode == "string":
+        if mode is CapfAuthMode.STRING:
             if not has_password:
                 return self._refuse_auth("auth mode string needs the authentication string, not a certificate")
             return self._ask(AuthStringCheckRequested(op, frame.text(Element.PASSWORD)))
@@ -455,9 +452,8 @@ class CapfServerSession:
     def certificate_verified(self, cert_type: CertType, now: float | None = None) -> list[object]:
         self._answered(DeviceCertificateCheckRequested, now)
         assert self.op is not None
-        mode = self.op.auth_mode
-        if CertType(cert_type) not in ACCEPTED_CERTS[mode]:
-            return self._refuse_auth(f"auth mode {mode} does not accept a {CertType(cert_type).name}")
+        if CertType(cert_type) not in self.op.accepted_certificates:
+            return self._refuse_auth(f"auth mode {self.op.auth_mode} does not accept a {CertType(cert_type).name}")
         return self._begin_operation() + self._drain()
 
     def certificate_refused(self, why: str, now: float | None = None) -> list[object]:
@@ -469,11 +465,11 @@ class CapfServerSession:
     def _begin_operation(self) -> list[object]:
         op = self.op
         assert op is not None
-        if op.operation in ("install", "upgrade"):
+        if op.operation.issues_certificate:
             self._key_spec = KeySpec.parse(op.key_kind)
             self.state = ServerState.AWAIT_KEY
             self._send(Command.KEY_GEN_REQUEST, self._key_spec.elements())
-        elif op.operation == "troubleshoot":
+        elif op.operation is CapfOperation.TROUBLESHOOT:
             self.state = ServerState.AWAIT_FETCH
             self._send(Command.FETCH_CERT_REQUEST)
         else:

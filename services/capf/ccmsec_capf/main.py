@@ -113,7 +113,8 @@ class CapfService(Service):
         ssl_ctx = capf_server_ssl_context(self.pki_dir / CAPF_CERT, self.pki_dir / CAPF_KEY)
         self.capf_server = CapfServer(self.settings.host, self.settings.capf_port, ssl_ctx, self.store, self.issuer,
                                       session_timeout=p.int("session_timeout"),
-                                      max_connections=p.int("max_connections"), admit=self._admit,
+                                      max_connections=p.int("max_connections"),
+                                      max_per_source=p.int("max_connections_per_source"), admit=self._admit,
                                       issuer_mode=self.issuer_mode, retry_delay=p.int("retry_delay"))
         await self.capf_server.start()
         self.grpc.add(capf_pb2_grpc.add_CapfServicer_to_server, CapfServicer(self), "ccmsec.v1.Capf")

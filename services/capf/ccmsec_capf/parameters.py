@@ -67,6 +67,8 @@ PARAMETERS: dict[str, Parameter] = {p.name: p for p in (
               "seconds one phone session may last"),
     Parameter("max_connections", "service", "512", _int_in(1, 4096),
               "concurrent phone sessions on the CAPF port"),
+    Parameter("max_connections_per_source", "service", "64", _int_in(1, 4096),
+              "concurrent phone sessions from one address (so one source cannot starve the others)"),
     Parameter("issuing_workers", "service", "0", _int_in(0, 8),
               "processes that sign LSCs (0: sign in the service process)"),
     Parameter("retry_delay", "service", "600", _int_in(5, 86400),
