@@ -1,4 +1,4 @@
-"""`ccmsec phones add|boot|reset|list|show|factory-reset|set-auth-string`: the simulated phones.
+"""`ccmsec phones add|boot|reset|list|show|factory-reset|set-auth-string|set-servers`: the simulated phones.
 
 Talks to the phone-sim service over gRPC with mutual TLS (the CLI's client certificate).
 """
@@ -69,6 +69,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     auth.add_argument("name", metavar="NAME")
     auth.add_argument("digits", metavar="DIGITS")
     auth.set_defaults(func=cmd_set_auth_string)
+
+    servers = actions.add_parser(
+        "set-servers", help="point phones at other TFTP / CAPF / call-control servers (e.g. not ours)",
+        description="From the next boot on, the phones fetch files from --tftp, enrol with --capf and "
+                    "register with --call-control instead of the cluster's servers and the addresses "
+                    "their configuration file names. Addresses are HOST[:PORT]. --clear goes back.")
+    add_data_option(servers)
+    servers.add_argument("names", nargs="*", metavar="NAME")
+    servers.add_argument("--all", action="store_true", help="every phone")
+    servers.add_argument("--tftp", default="", metavar="HOST[:PORT]", help="TFTP server (port 69 by default)")
+    servers.add_argument("--capf", default="", metavar="HOST[:PORT]", help="CAPF server (port 3804 by default)")
+    servers.add_argument("--call-control", action="append", default=[], metavar="HOST[:PORT]",
+                         help="call control, up to 3 in order (port 2443 over TLS, 2000 without)")
+    servers.add_argument("--clear", action="store_true", help="forget every override first")
+    servers.set_defaults(func=cmd_set_servers)
 
 
 # --- plumbing ----------------------------------------------------------------------------------------
@@ -240,6 +255,9 @@ def cmd_show(args: argparse.Namespace) -> int:
     if p.pc_port:
         print(f"  PC port: {p.pc_port}")
         print(f"  gratuitous ARP: {p.garp}")
+    if p.tftp_server or p.capf_server or p.call_control:
+        print(f"  servers (overrides): TFTP {p.tftp_server or '-'}   CAPF {p.capf_server or '-'}"
+              f"   call control {' '.join(p.call_control) or '-'}")
     if p.settings:
         print("  settings in force: " + ", ".join(f"{k}={v}" for k, v in sorted(p.settings.items())))
     print("  files held: " + (", ".join(p.files) or "none"))
@@ -287,6 +305,19 @@ def cmd_set_auth_string(args: argparse.Namespace) -> int:
 
     p = _call(args, "SetAuthString", phone_sim_pb2.SetAuthStringRequest(name=args.name, auth_string=args.digits))
     print(f"{p.name}: CAPF authentication string set")
+    return 0
+
+
+def cmd_set_servers(args: argparse.Namespace) -> int:
+    from ccmsec_proto import phone_sim_pb2
+
+    if not (args.tftp or args.capf or args.call_control or args.clear):
+        raise CliError("give --tftp, --capf or --call-control (or --clear)")
+    reply = _call(args, "SetServers", phone_sim_pb2.SetServersRequest(
+        phones=_selector(args), tftp=args.tftp, capf=args.capf, call_control=args.call_control, clear=args.clear))
+    for p in reply.phones:
+        print(f"{p.name}: TFTP {p.tftp_server or 'cluster'}, CAPF {p.capf_server or 'from its configuration'}, "
+              f"call control {' '.join(p.call_control) or 'from its configuration'} (from its next boot)")
     return 0
 
 

@@ -97,6 +97,7 @@ _TABLE: dict[str, dict[str, frozenset[str]]] = {
         "FactoryReset": ADMIN,
         "SetAuthString": ADMIN,
         "OpenSettings": ADMIN,  # DEV-4: the Settings menu, as a user at the phone would open it
+        "SetServers": ADMIN,                         # phones set-servers: point phones at other servers
     },
     "ccmsec.v1.Srst": {
         "Status": _status("srst"),

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from ccmsec_proto import common_pb2 as ccmsec__proto_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63\x63msec_proto/phone_sim.proto\x12\tccmsec.v1\x1a\x19\x63\x63msec_proto/common.proto\"E\n\x10\x41\x64\x64PhonesRequest\x12\r\n\x05\x63ount\x18\x01 \x01(\x05\x12\r\n\x05model\x18\x02 \x01(\t\x12\x13\n\x0bname_prefix\x18\x03 \x01(\t\"+\n\rPhoneSelector\x12\r\n\x05names\x18\x01 \x03(\t\x12\x0b\n\x03\x61ll\x18\x02 \x01(\x08\"\x19\n\tPhoneName\x12\x0c\n\x04name\x18\x01 \x01(\t\"9\n\x14SetAuthStringRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x61uth_string\x18\x02 \x01(\t\"\xee\x04\n\nPhoneState\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0b\n\x03mac\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\x12\r\n\x05\x66iles\x18\x05 \x03(\t\x12\x12\n\nctl_sha256\x18\x06 \x01(\t\x12*\n\ntrust_list\x18\x07 \x03(\x0b\x32\x16.ccmsec.v1.Certificate\x12#\n\x03mic\x18\x08 \x01(\x0b\x32\x16.ccmsec.v1.Certificate\x12#\n\x03lsc\x18\t \x01(\x0b\x32\x16.ccmsec.v1.Certificate\x12\x14\n\x0clast_failure\x18\n \x01(\t\x12\x1b\n\x13last_failure_reason\x18\x0b \x01(\t\x12\x10\n\x08\x66irmware\x18\x0c \x01(\t\x12\x34\n\rsecurity_mode\x18\r \x01(\x0e\x32\x1d.ccmsec.v1.DeviceSecurityMode\x12\x35\n\x08settings\x18\x0e \x03(\x0b\x32#.ccmsec.v1.PhoneState.SettingsEntry\x12\r\n\x05\x62oots\x18\x0f \x01(\x03\x12\x13\n\x0bweb_address\x18\x10 \x01(\t\x12\x17\n\x0fregistered_with\x18\x11 \x01(\t\x12\x11\n\ttransport\x18\x12 \x01(\t\x12\x0f\n\x07history\x18\x13 \x03(\t\x12\x0f\n\x07\x62ooting\x18\x14 \x01(\x08\x12\x1a\n\x12\x63\x65rtificate_in_use\x18\x15 \x01(\t\x12\x0f\n\x07pc_port\x18\x16 \x01(\t\x12\x0c\n\x04garp\x18\x17 \x01(\t\x1a/\n\rSettingsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"4\n\x0bPhonesReply\x12%\n\x06phones\x18\x01 \x03(\x0b\x32\x15.ccmsec.v1.PhoneState\"-\n\rSettingsEntry\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"L\n\x11PhoneSettingsMenu\x12\x0c\n\x04name\x18\x01 \x01(\t\x12)\n\x07\x65ntries\x18\x02 \x03(\x0b\x32\x18.ccmsec.v1.SettingsEntry2\xcb\x04\n\x08PhoneSim\x12\x34\n\x06Status\x12\x10.ccmsec.v1.Empty\x1a\x18.ccmsec.v1.ServiceStatus\x12@\n\tAddPhones\x12\x1b.ccmsec.v1.AddPhonesRequest\x1a\x16.ccmsec.v1.PhonesReply\x12>\n\nBootPhones\x12\x18.ccmsec.v1.PhoneSelector\x1a\x16.ccmsec.v1.PhonesReply\x12?\n\x0bResetPhones\x12\x18.ccmsec.v1.PhoneSelector\x1a\x16.ccmsec.v1.PhonesReply\x12>\n\nListPhones\x12\x18.ccmsec.v1.PhoneSelector\x1a\x16.ccmsec.v1.PhonesReply\x12\x37\n\x08GetPhone\x12\x14.ccmsec.v1.PhoneName\x1a\x15.ccmsec.v1.PhoneState\x12@\n\x0c\x46\x61\x63toryReset\x12\x18.ccmsec.v1.PhoneSelector\x1a\x16.ccmsec.v1.PhonesReply\x12G\n\rSetAuthString\x12\x1f.ccmsec.v1.SetAuthStringRequest\x1a\x15.ccmsec.v1.PhoneState\x12\x42\n\x0cOpenSettings\x12\x14.ccmsec.v1.PhoneName\x1a\x1c.ccmsec.v1.PhoneSettingsMenub\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63\x63msec_proto/phone_sim.proto\x12\tccmsec.v1\x1a\x19\x63\x63msec_proto/common.proto\"E\n\x10\x41\x64\x64PhonesRequest\x12\r\n\x05\x63ount\x18\x01 \x01(\x05\x12\r\n\x05model\x18\x02 \x01(\t\x12\x13\n\x0bname_prefix\x18\x03 \x01(\t\"+\n\rPhoneSelector\x12\r\n\x05names\x18\x01 \x03(\t\x12\x0b\n\x03\x61ll\x18\x02 \x01(\x08\"\x19\n\tPhoneName\x12\x0c\n\x04name\x18\x01 \x01(\t\"9\n\x14SetAuthStringRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x61uth_string\x18\x02 \x01(\t\"~\n\x11SetServersRequest\x12(\n\x06phones\x18\x01 \x01(\x0b\x32\x18.ccmsec.v1.PhoneSelector\x12\x0c\n\x04tftp\x18\x02 \x01(\t\x12\x0c\n\x04\x63\x61pf\x18\x03 \x01(\t\x12\x14\n\x0c\x63\x61ll_control\x18\x04 \x03(\t\x12\r\n\x05\x63lear\x18\x05 \x01(\x08\"\xae\x05\n\nPhoneState\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0b\n\x03mac\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\x12\r\n\x05\x66iles\x18\x05 \x03(\t\x12\x12\n\nctl_sha256\x18\x06 \x01(\t\x12*\n\ntrust_list\x18\x07 \x03(\x0b\x32\x16.ccmsec.v1.Certificate\x12#\n\x03mic\x18\x08 \x01(\x0b\x32\x16.ccmsec.v1.Certificate\x12#\n\x03lsc\x18\t \x01(\x0b\x32\x16.ccmsec.v1.Certificate\x12\x14\n\x0clast_failure\x18\n \x01(\t\x12\x1b\n\x13last_failure_reason\x18\x0b \x01(\t\x12\x10\n\x08\x66irmware\x18\x0c \x01(\t\x12\x34\n\rsecurity_mode\x18\r \x01(\x0e\x32\x1d.ccmsec.v1.DeviceSecurityMode\x12\x35\n\x08settings\x18\x0e \x03(\x0b\x32#.ccmsec.v1.PhoneState.SettingsEntry\x12\r\n\x05\x62oots\x18\x0f \x01(\x03\x12\x13\n\x0bweb_address\x18\x10 \x01(\t\x12\x17\n\x0fregistered_with\x18\x11 \x01(\t\x12\x11\n\ttransport\x18\x12 \x01(\t\x12\x0f\n\x07history\x18\x13 \x03(\t\x12\x0f\n\x07\x62ooting\x18\x14 \x01(\x08\x12\x1a\n\x12\x63\x65rtificate_in_use\x18\x15 \x01(\t\x12\x0f\n\x07pc_port\x18\x16 \x01(\t\x12\x0c\n\x04garp\x18\x17 \x01(\t\x12\x13\n\x0btftp_server\x18\x18 \x01(\t\x12\x13\n\x0b\x63\x61pf_server\x18\x19 \x01(\t\x12\x14\n\x0c\x63\x61ll_control\x18\x1a \x03(\t\x1a/\n\rSettingsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"4\n\x0bPhonesReply\x12%\n\x06phones\x18\x01 \x03(\x0b\x32\x15.ccmsec.v1.PhoneState\"-\n\rSettingsEntry\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"L\n\x11PhoneSettingsMenu\x12\x0c\n\x04name\x18\x01 \x01(\t\x12)\n\x07\x65ntries\x18\x02 \x03(\x0b\x32\x18.ccmsec.v1.SettingsEntry2\x8f\x05\n\x08PhoneSim\x12\x34\n\x06Status\x12\x10.ccmsec.v1.Empty\x1a\x18.ccmsec.v1.ServiceStatus\x12@\n\tAddPhones\x12\x1b.ccmsec.v1.AddPhonesRequest\x1a\x16.ccmsec.v1.PhonesReply\x12>\n\nBootPhones\x12\x18.ccmsec.v1.PhoneSelector\x1a\x16.ccmsec.v1.PhonesReply\x12?\n\x0bResetPhones\x12\x18.ccmsec.v1.PhoneSelector\x1a\x16.ccmsec.v1.PhonesReply\x12>\n\nListPhones\x12\x18.ccmsec.v1.PhoneSelector\x1a\x16.ccmsec.v1.PhonesReply\x12\x37\n\x08GetPhone\x12\x14.ccmsec.v1.PhoneName\x1a\x15.ccmsec.v1.PhoneState\x12@\n\x0c\x46\x61\x63toryReset\x12\x18.ccmsec.v1.PhoneSelector\x1a\x16.ccmsec.v1.PhonesReply\x12G\n\rSetAuthString\x12\x1f.ccmsec.v1.SetAuthStringRequest\x1a\x15.ccmsec.v1.PhoneState\x12\x42\n\x0cOpenSettings\x12\x14.ccmsec.v1.PhoneName\x1a\x1c.ccmsec.v1.PhoneSettingsMenu\x12\x42\n\nSetServers\x12\x1c.ccmsec.v1.SetServersRequest\x1a\x16.ccmsec.v1.PhonesReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,16 +42,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PHONENAME']._serialized_end=211
   _globals['_SETAUTHSTRINGREQUEST']._serialized_start=213
   _globals['_SETAUTHSTRINGREQUEST']._serialized_end=270
-  _globals['_PHONESTATE']._serialized_start=273
-  _globals['_PHONESTATE']._serialized_end=895
-  _globals['_PHONESTATE_SETTINGSENTRY']._serialized_start=848
-  _globals['_PHONESTATE_SETTINGSENTRY']._serialized_end=895
-  _globals['_PHONESREPLY']._serialized_start=897
-  _globals['_PHONESREPLY']._serialized_end=949
-  _globals['_SETTINGSENTRY']._serialized_start=951
-  _globals['_SETTINGSENTRY']._serialized_end=996
-  _globals['_PHONESETTINGSMENU']._serialized_start=998
-  _globals['_PHONESETTINGSMENU']._serialized_end=1074
-  _globals['_PHONESIM']._serialized_start=1077
-  _globals['_PHONESIM']._serialized_end=1664
+  _globals['_SETSERVERSREQUEST']._serialized_start=272
+  _globals['_SETSERVERSREQUEST']._serialized_end=398
+  _globals['_PHONESTATE']._serialized_start=401
+  _globals['_PHONESTATE']._serialized_end=1087
+  _globals['_PHONESTATE_SETTINGSENTRY']._serialized_start=1040
+  _globals['_PHONESTATE_SETTINGSENTRY']._serialized_end=1087
+  _globals['_PHONESREPLY']._serialized_start=1089
+  _globals['_PHONESREPLY']._serialized_end=1141
+  _globals['_SETTINGSENTRY']._serialized_start=1143
+  _globals['_SETTINGSENTRY']._serialized_end=1188
+  _globals['_PHONESETTINGSMENU']._serialized_start=1190
+  _globals['_PHONESETTINGSMENU']._serialized_end=1266
+  _globals['_PHONESIM']._serialized_start=1269
+  _globals['_PHONESIM']._serialized_end=1924
 # @@protoc_insertion_point(module_scope)

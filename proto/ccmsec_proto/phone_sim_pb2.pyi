@@ -39,8 +39,22 @@ class SetAuthStringRequest(_message.Message):
     auth_string: str
     def __init__(self, name: _Optional[str] = ..., auth_string: _Optional[str] = ...) -> None: ...
 
+class SetServersRequest(_message.Message):
+    __slots__ = ("phones", "tftp", "capf", "call_control", "clear")
+    PHONES_FIELD_NUMBER: _ClassVar[int]
+    TFTP_FIELD_NUMBER: _ClassVar[int]
+    CAPF_FIELD_NUMBER: _ClassVar[int]
+    CALL_CONTROL_FIELD_NUMBER: _ClassVar[int]
+    CLEAR_FIELD_NUMBER: _ClassVar[int]
+    phones: PhoneSelector
+    tftp: str
+    capf: str
+    call_control: _containers.RepeatedScalarFieldContainer[str]
+    clear: bool
+    def __init__(self, phones: _Optional[_Union[PhoneSelector, _Mapping]] = ..., tftp: _Optional[str] = ..., capf: _Optional[str] = ..., call_control: _Optional[_Iterable[str]] = ..., clear: _Optional[bool] = ...) -> None: ...
+
 class PhoneState(_message.Message):
-    __slots__ = ("name", "model", "mac", "state", "files", "ctl_sha256", "trust_list", "mic", "lsc", "last_failure", "last_failure_reason", "firmware", "security_mode", "settings", "boots", "web_address", "registered_with", "transport", "history", "booting", "certificate_in_use", "pc_port", "garp")
+    __slots__ = ("name", "model", "mac", "state", "files", "ctl_sha256", "trust_list", "mic", "lsc", "last_failure", "last_failure_reason", "firmware", "security_mode", "settings", "boots", "web_address", "registered_with", "transport", "history", "booting", "certificate_in_use", "pc_port", "garp", "tftp_server", "capf_server", "call_control")
     class SettingsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -71,6 +85,9 @@ class PhoneState(_message.Message):
     CERTIFICATE_IN_USE_FIELD_NUMBER: _ClassVar[int]
     PC_PORT_FIELD_NUMBER: _ClassVar[int]
     GARP_FIELD_NUMBER: _ClassVar[int]
+    TFTP_SERVER_FIELD_NUMBER: _ClassVar[int]
+    CAPF_SERVER_FIELD_NUMBER: _ClassVar[int]
+    CALL_CONTROL_FIELD_NUMBER: _ClassVar[int]
     name: str
     model: str
     mac: str
@@ -94,7 +111,10 @@ class PhoneState(_message.Message):
     certificate_in_use: str
     pc_port: str
     garp: str
-    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., mac: _Optional[str] = ..., state: _Optional[str] = ..., files: _Optional[_Iterable[str]] = ..., ctl_sha256: _Optional[str] = ..., trust_list: _Optional[_Iterable[_Union[_common_pb2.Certificate, _Mapping]]] = ..., mic: _Optional[_Union[_common_pb2.Certificate, _Mapping]] = ..., lsc: _Optional[_Union[_common_pb2.Certificate, _Mapping]] = ..., last_failure: _Optional[str] = ..., last_failure_reason: _Optional[str] = ..., firmware: _Optional[str] = ..., security_mode: _Optional[_Union[_common_pb2.DeviceSecurityMode, str]] = ..., settings: _Optional[_Mapping[str, str]] = ..., boots: _Optional[int] = ..., web_address: _Optional[str] = ..., registered_with: _Optional[str] = ..., transport: _Optional[str] = ..., history: _Optional[_Iterable[str]] = ..., booting: _Optional[bool] = ..., certificate_in_use: _Optional[str] = ..., pc_port: _Optional[str] = ..., garp: _Optional[str] = ...) -> None: ...
+    tftp_server: str
+    capf_server: str
+    call_control: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., mac: _Optional[str] = ..., state: _Optional[str] = ..., files: _Optional[_Iterable[str]] = ..., ctl_sha256: _Optional[str] = ..., trust_list: _Optional[_Iterable[_Union[_common_pb2.Certificate, _Mapping]]] = ..., mic: _Optional[_Union[_common_pb2.Certificate, _Mapping]] = ..., lsc: _Optional[_Union[_common_pb2.Certificate, _Mapping]] = ..., last_failure: _Optional[str] = ..., last_failure_reason: _Optional[str] = ..., firmware: _Optional[str] = ..., security_mode: _Optional[_Union[_common_pb2.DeviceSecurityMode, str]] = ..., settings: _Optional[_Mapping[str, str]] = ..., boots: _Optional[int] = ..., web_address: _Optional[str] = ..., registered_with: _Optional[str] = ..., transport: _Optional[str] = ..., history: _Optional[_Iterable[str]] = ..., booting: _Optional[bool] = ..., certificate_in_use: _Optional[str] = ..., pc_port: _Optional[str] = ..., garp: _Optional[str] = ..., tftp_server: _Optional[str] = ..., capf_server: _Optional[str] = ..., call_control: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class PhonesReply(_message.Message):
     __slots__ = ("phones",)

@@ -80,6 +80,11 @@ class PhoneSimStub:
                 request_serializer=ccmsec__proto_dot_phone__sim__pb2.PhoneName.SerializeToString,
                 response_deserializer=ccmsec__proto_dot_phone__sim__pb2.PhoneSettingsMenu.FromString,
                 _registered_method=True)
+        self.SetServers = channel.unary_unary(
+                '/ccmsec.v1.PhoneSim/SetServers',
+                request_serializer=ccmsec__proto_dot_phone__sim__pb2.SetServersRequest.SerializeToString,
+                response_deserializer=ccmsec__proto_dot_phone__sim__pb2.PhonesReply.FromString,
+                _registered_method=True)
 
 
 class PhoneSimServicer:
@@ -140,6 +145,12 @@ class PhoneSimServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetServers(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PhoneSimServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -187,6 +198,11 @@ def add_PhoneSimServicer_to_server(servicer, server):
                     servicer.OpenSettings,
                     request_deserializer=ccmsec__proto_dot_phone__sim__pb2.PhoneName.FromString,
                     response_serializer=ccmsec__proto_dot_phone__sim__pb2.PhoneSettingsMenu.SerializeToString,
+            ),
+            'SetServers': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetServers,
+                    request_deserializer=ccmsec__proto_dot_phone__sim__pb2.SetServersRequest.FromString,
+                    response_serializer=ccmsec__proto_dot_phone__sim__pb2.PhonesReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -432,6 +448,33 @@ class PhoneSim:
             '/ccmsec.v1.PhoneSim/OpenSettings',
             ccmsec__proto_dot_phone__sim__pb2.PhoneName.SerializeToString,
             ccmsec__proto_dot_phone__sim__pb2.PhoneSettingsMenu.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetServers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ccmsec.v1.PhoneSim/SetServers',
+            ccmsec__proto_dot_phone__sim__pb2.SetServersRequest.SerializeToString,
+            ccmsec__proto_dot_phone__sim__pb2.PhonesReply.FromString,
             options,
             channel_credentials,
             insecure,

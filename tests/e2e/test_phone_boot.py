@@ -162,3 +162,25 @@ def test_chk11_hardening_through_the_cli_reaches_the_phone_and_is_honoured(clust
     assert again.pc_port.startswith("enabled: the PC is kept off the voice VLAN")
     assert cli(cluster, "settings", name).returncode == 0
     assert again.web_address == ""
+
+
+def test_phones_can_be_pointed_at_other_servers_through_the_cli(cluster):
+    """Issue 14: `phones set-servers` points a phone at any TFTP / CAPF / call-control address;
+    a bad address is refused with one clear line and changes nothing; --clear goes back."""
+    res = cli(cluster, "add", "--count", "1", "--model", "7960", "--name-prefix", "SEP0F8")
+    assert res.returncode == 0, res.stderr
+    name = res.stdout.split()[0]
+    for bad, text in ((("--capf", "capf host:3804"), "CAPF:"), (("--tftp", "127.0.0.9:70000"), "1..65535"), ((), "--tftp")):
+        res = cli(cluster, "set-servers", name, *bad)
+        assert res.returncode != 0 and text in res.stderr and "Traceback" not in res.stderr, res.stderr
+    assert "overrides" not in cli(cluster, "show", name).stdout
+    res = cli(cluster, "set-servers", name, "--tftp", "127.0.0.9", "--capf", "127.0.0.9:3805",
+              "--call-control", "127.0.0.9:2001")
+    assert res.returncode == 0, res.stderr
+    show = cli(cluster, "show", name).stdout
+    assert "TFTP 127.0.0.9:69   CAPF 127.0.0.9:3805   call control 127.0.0.9:2001" in show, show
+    cli(cluster, "boot", name, "--wait", "--timeout", "60")
+    show = cli(cluster, "show", name).stdout
+    assert "no answer from TFTP 127.0.0.9:69" in show, show  # it went where it was pointed
+    assert cli(cluster, "set-servers", name, "--clear").returncode == 0
+    assert "overrides" not in cli(cluster, "show", name).stdout

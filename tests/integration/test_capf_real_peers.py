@@ -237,3 +237,66 @@ async def test_phone_sim_sends_its_auth_string_or_an_empty_password_from_its_con
     phone = lab.phone(c)
     await boot(lab, phone, timeout=40)
     assert phone.lsc is None and phone.last_failure == "capf-failed" and srv.visits[-1].error == "wrong password"
+
+
+async def test_phone_sim_service_points_a_phone_at_servers_that_are_not_ours_over_grpc(
+        lab, standard_server, tmp_path, nats_server):
+    """gRPC PhoneSim/SetServers: the phone-sim service's phone fetches from a TFTP server, enrols
+    with a CAPF server and registers with call control that are not the cluster's."""
+    import random
+    import time
+
+    import grpc
+
+    from ccmsec.runtime.grpcio import secure_channel
+    from ccmsec.runtime.identity import client_identity, service_identity
+    from ccmsec.runtime.settings import load_settings
+    from ccmsec_phone_sim.main import PhoneSimService
+    from ccmsec_proto import common_pb2, phone_sim_pb2, phone_sim_pb2_grpc
+    from tests.conftest import free_port
+
+    host = f"127.{random.randint(20, 250)}.{random.randint(0, 255)}.{random.randint(2, 250)}"
+    data = tmp_path / "phone-sim-data"  # the lab's database lives in tmp_path itself
+    data.mkdir()
+    settings = load_settings(service="phone-sim", data_dir=data, host=host, grpc_port=free_port(host),
+                             metrics_port=0, nats_url=nats_server, shutdown_grace=1.0,
+                             peers={"tftp-signer": host})  # no tftp-signer: the phone is pointed elsewhere
+    service_identity(data, "phone-sim", "phone-sim", host)  # issued before start, as the runner does
+    svc = PhoneSimService(settings)
+    task = asyncio.create_task(svc.run())
+    channel = secure_channel(client_identity(data), host, settings.grpc_port, "phone-sim")
+    stub = phone_sim_pb2_grpc.PhoneSimStub(channel)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            assert not task.done(), "phone-sim stopped during start"
+            try:
+                await stub.Status(common_pb2.Empty(), timeout=1)
+                break
+            except grpc.aio.AioRpcError:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.1)
+        (added,) = (await stub.AddPhones(phone_sim_pb2.AddPhonesRequest(count=1, model="7960",
+                                                                        name_prefix="SEP0C0D"))).phones
+        name_ = added.name
+        lab.files["CTLFile.tlv"] = make_ctl(lab.pki)
+        lab.image()
+        lab.device(name_, mode=1, capf_op="install", capf_auth=2, capf_port=1)  # the file names a dead CAPF
+        standard_server.operations[name_] = ("install", None)
+        selector = phone_sim_pb2.PhoneSelector(names=[name_])
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.SetServers(phone_sim_pb2.SetServersRequest(phones=selector, capf="no such host!"))
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "CAPF" in refused.value.details()
+        (state,) = (await stub.SetServers(phone_sim_pb2.SetServersRequest(
+            phones=selector, tftp=f"127.0.0.1:{lab.tftp.address[1]}", capf=f"127.0.0.1:{standard_server.port}",
+            call_control=[f"127.0.0.1:{lab.sccp.port}"]))).phones
+        assert state.capf_server == f"127.0.0.1:{standard_server.port}" and len(state.call_control) == 1
+        await stub.BootPhones(selector)
+        await until(lambda: name_ in lab.sccp.registered, 40)
+        phone = await stub.GetPhone(phone_sim_pb2.PhoneName(name=name_))
+        assert phone.HasField("lsc") and phone.registered_with == f"127.0.0.1:{lab.sccp.port}"
+        assert standard_server.visits[0].device == name_ and standard_server.visits[0].outcome == "installed"
+    finally:
+        await channel.close()
+        svc.request_stop()
+        await asyncio.wait_for(task, 10)

@@ -332,3 +332,28 @@ def test_fuzz_downloads_give_boot_failure_or_result(pki, data, which):
             p.accept_firmware("L", data)
     except BootFailure as exc:
         assert exc.reason
+
+
+def test_server_overrides_are_checked_kept_across_restarts_and_cleared():
+    """Issue 14: a phone can be pointed at any TFTP, CAPF and call-control address; a bad one
+    changes nothing."""
+    from ccmsec_phone_sim.phone import Phone
+
+    p = Phone(name="SEP00AA00BB00CC", model="7960")
+    p.set_servers(tftp="10.1.2.3", capf="capf.example.net:3805", call_control=["10.1.2.4", "[::1]:2001"])
+    assert (p.tftp_server, p.capf_server, p.call_control) == ("10.1.2.3:69", "capf.example.net:3805",
+                                                              ("10.1.2.4", "[::1]:2001"))
+    assert p.tftp_address(("127.0.0.1", 10069)) == ("10.1.2.3", 69)
+    assert p.capf_address() == ("capf.example.net", 3805)
+    assert p.call_control_addresses(secure=True) == [("10.1.2.4", 2443), ("::1", 2001)]
+    assert p.call_control_addresses(secure=False) == [("10.1.2.4", 2000), ("::1", 2001)]
+    for bad in (dict(capf="two words"), dict(tftp="10.0.0.1:0"), dict(call_control=["a", "b", "c", "d"]),
+                dict(capf="10.0.0.1", tftp="x" * 300)):
+        with pytest.raises(ValueError):
+            p.set_servers(**bad)
+        assert p.capf_server == "capf.example.net:3805"  # nothing changed
+    again = Phone.from_dict(p.to_dict())
+    assert (again.tftp_server, again.capf_server, again.call_control) == (p.tftp_server, p.capf_server,
+                                                                          p.call_control)
+    again.set_servers(clear=True)
+    assert again.tftp_address(("127.0.0.1", 10069)) == ("127.0.0.1", 10069) and not again.call_control

@@ -216,13 +216,13 @@ class PhoneRunner:
 
     # --- TFTP -------------------------------------------------------------------------------------
     async def _get(self, name: str) -> bytes:
+        host, port = self.phone.tftp_address((self.net.tftp_host, self.net.tftp_port))
         try:
-            return await tftp_get(self.net.tftp_host, self.net.tftp_port, name, blksize=1428,
+            return await tftp_get(host, port, name, blksize=1428,
                                   bind_host=self.net.bind_host, timeout=self.net.tftp_timeout,
                                   retries=self.net.tftp_retries, max_size=16 * 1024 * 1024)
         except TftpTimeoutError:
-            raise BootFailure("tftp-unreachable", f"no answer from TFTP {self.net.tftp_host}:"
-                                                  f"{self.net.tftp_port} for {name}") from None
+            raise BootFailure("tftp-unreachable", f"no answer from TFTP {host}:{port} for {name}") from None
         except TftpError as exc:
             if exc.code == ERR_FILE_NOT_FOUND:
                 raise _NotFound(name) from None
@@ -295,14 +295,17 @@ class PhoneRunner:
         capf = p.config.capf
         creds = p.capf_credentials(self._third_party_issuers())
         try:
+            host, port = p.capf_address()
             # One session per visit: the wait between visits happens in _run, outside the boot slot.
             (session,) = await capf_client_enroll(
-                capf.host, capf.port, capf_phone_ssl_context(creds.capf_certificate), creds,
-                timeout=self.net.capf_timeout, max_sessions=1)
+                host, port, capf_phone_ssl_context(creds.capf_certificate), creds,
+                timeout=self.net.capf_timeout, max_sessions=1, local_addr=(self.net.bind_host, 0))
+        except BootFailure as failure:
+            self._soft_failure(failure)
+            return False
         except (CapfProtocolError, TimeoutError, ConnectionError, OSError, ssl.SSLError) as exc:
             p.pending_capf_key = creds.pending_key  # a reconnect presents the same key
-            self._soft_failure(BootFailure("capf-failed", f"CAPF {capf.host}:{capf.port} "
-                                                          f"({capf.operation}): {exc}"))
+            self._soft_failure(BootFailure("capf-failed", f"CAPF {host}:{port} ({capf.operation}): {exc}"))
             return False
         changed = p.take_capf_result(creds)  # keeps the pending key when the CA has not answered
         reason = session.end_reason
@@ -352,10 +355,9 @@ class PhoneRunner:
             if self.net.keylog_file:
                 enable_keylog(ctx, self.net.keylog_file)
         problems = []
-        for member in p.config.call_managers:
-            port = member.secure_port if plan.secure else member.ethernet_phone_port
+        for host, port in p.call_control_addresses(plan.secure):
             try:
-                conn = await self._connect(member.host, port, ctx, ccm_certs if plan.secure else None,
+                conn = await self._connect(host, port, ctx, ccm_certs if plan.secure else None,
                                            encrypted=plan.mode is DeviceSecurityMode.ENCRYPTED)
             except SccpConnectError as exc:
                 problems.append(str(exc))
@@ -365,13 +367,13 @@ class PhoneRunner:
             except SccpRegistrationRejected as exc:
                 await conn.close()
                 raise BootFailure("registration-rejected",
-                                  f"call control {member.host}:{port} refused {p.name}: {exc}") from None
+                                  f"call control {host}:{port} refused {p.name}: {exc}") from None
             except (SccpConnectError, TimeoutError) as exc:
                 await conn.close()
-                problems.append(f"{member.host}:{port}: {exc or 'no answer to Register'}")
+                problems.append(f"{host}:{port}: {exc or 'no answer to Register'}")
                 continue
             self._conn = conn
-            p.registered_with = f"{member.host}:{port}"
+            p.registered_with = f"{host}:{port}"
             p.transport = plan.mode.value
             p.certificate_in_use = p.tls_identity()[0] if plan.secure else ""
             return

@@ -186,6 +186,29 @@ class Fleet:
         self._dirty.set()
         return runner.phone
 
+    def set_servers(self, runners: Iterable[PhoneRunner], *, tftp: str = "", capf: str = "",
+                    call_control: Iterable[str] = (), clear: bool = False) -> list[PhoneRunner]:
+        """Point phones at other servers from their next boot on; empty values keep a setting.
+        Every address is checked before any phone changes (FleetError names the bad one)."""
+        runners = list(runners)
+        call_control = list(call_control)
+        changes = dict(tftp=tftp or None, capf=capf or None, call_control=call_control or None, clear=clear)
+        if not clear and not (tftp or capf or call_control):
+            raise FleetError("give --tftp, --capf or --call-control (or --clear)")
+        probe = Phone(name="SEP000000000000", model="7960")
+        try:
+            probe.set_servers(**changes)
+        except ValueError as exc:
+            raise FleetError(str(exc)) from None
+        for runner in runners:
+            runner.phone.set_servers(**changes)
+            shown = ", ".join(f"{k} {v}" for k, v in (("TFTP", runner.phone.tftp_server),
+                                                       ("CAPF", runner.phone.capf_server),
+                                                       ("call control", " ".join(runner.phone.call_control))) if v)
+            runner.phone.history.append(f"{time.strftime('%H:%M:%S')} servers: {shown or 'the cluster defaults'}")
+        self._dirty.set()
+        return runners
+
     def counts(self) -> dict[str, int]:
         return dict(Counter(r.phone.state.value for r in self.runners.values()))
 

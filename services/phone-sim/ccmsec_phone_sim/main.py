@@ -57,6 +57,7 @@ def phone_state_pb(runner: PhoneRunner) -> phone_sim_pb2.PhoneState:
         registered_with=p.registered_with, transport=p.transport, history=list(p.history),
         booting=runner.booting, certificate_in_use=p.certificate_in_use,
         pc_port=p.pc_port_status() if p.config else "", garp=p.garp_status() if p.config else "",
+        tftp_server=p.tftp_server, capf_server=p.capf_server, call_control=list(p.call_control),
     )
     if p.mic is not None:
         msg.mic.CopyFrom(certificate_pb(p.mic.cert, common_pb2.ROLE_MIC))
@@ -130,6 +131,15 @@ class PhoneSimServicer(StatusServicerMixin, phone_sim_pb2_grpc.PhoneSimServicer)
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         return phone_sim_pb2.PhoneSettingsMenu(name=runner.phone.name, entries=[
             phone_sim_pb2.SettingsEntry(label=label, value=value) for label, value in entries])
+
+    async def SetServers(self, request, context):  # noqa: N802
+        runners = await self._select(request.phones, context)
+        try:
+            self.fleet.set_servers(runners, tftp=request.tftp, capf=request.capf,
+                                   call_control=request.call_control, clear=request.clear)
+        except FleetError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return self._reply(runners)
 
 
 class PhoneSimService(Service):

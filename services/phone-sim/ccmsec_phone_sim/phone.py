@@ -27,6 +27,8 @@ from __future__ import annotations
 import base64
 import enum
 import hashlib
+import ipaddress
+import re
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -130,6 +132,11 @@ class Phone:
     certificate_in_use: str = ""
     history: deque = field(default_factory=lambda: deque(maxlen=HISTORY))
     saved_state: State = State.OFF  # the state stored before a restart of the simulator
+    # Where the phone goes instead of the cluster's servers (`ccmsec phones set-servers`), so it can
+    # be tested against any TFTP, CAPF or call-control implementation: "host:port", "" = default.
+    tftp_server: str = ""
+    capf_server: str = ""
+    call_control: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_name(self.name)
@@ -312,6 +319,44 @@ class Phone:
             ("Gratuitous ARP", self.garp_status()),
         ]
 
+    # --- where the servers are (the configuration, unless overridden) ---------------------------
+    def set_servers(self, *, tftp: str | None = None, capf: str | None = None,
+                    call_control: Sequence[str] | None = None, clear: bool = False) -> None:
+        """Point the phone at other servers (None keeps a setting, "" or [] clears it). Each
+        address is checked first: nothing changes when one is bad (ValueError)."""
+        checked = {}
+        if tftp is not None:
+            checked["tftp_server"] = normalise_server(tftp, TFTP_PORT, "TFTP") if tftp else ""
+        if capf is not None:
+            checked["capf_server"] = normalise_server(capf, CAPF_PORT, "CAPF") if capf else ""
+        if call_control is not None:
+            if len(call_control) > MAX_CALL_CONTROL:
+                raise ValueError(f"at most {MAX_CALL_CONTROL} call-control addresses (a CallManager group)")
+            checked["call_control"] = tuple(normalise_server(a, None, "call control") for a in call_control)
+        if clear:
+            self.tftp_server, self.capf_server, self.call_control = "", "", ()
+        for name, value in checked.items():
+            setattr(self, name, value)
+
+    def tftp_address(self, default: tuple[str, int]) -> tuple[str, int]:
+        return split_server(self.tftp_server, TFTP_PORT) if self.tftp_server else default
+
+    def capf_address(self) -> tuple[str, int]:
+        if self.capf_server:
+            return split_server(self.capf_server, CAPF_PORT)
+        capf = self.config.capf if self.config else None
+        if capf is None:
+            raise BootFailure("capf-failed", "the configuration names no CAPF server", fatal=False)
+        return capf.host, capf.port
+
+    def call_control_addresses(self, secure: bool) -> list[tuple[str, int]]:
+        """Call control to try, in order: the overrides (a port of their own, else 2443 / 2000 by
+        transport) or the configuration's CallManager group."""
+        if self.call_control:
+            return [split_server(a, SCCP_TLS_PORT if secure else SCCP_PORT) for a in self.call_control]
+        members = self.config.call_managers if self.config else ()
+        return [(m.host, m.secure_port if secure else m.ethernet_phone_port) for m in members]
+
     # --- CAPF (CERT-1, CERT-2, DEV-3) -------------------------------------------------------------
     def capf_operation(self) -> str:
         """The pending CAPF operation of the configuration, or "none"."""
@@ -420,6 +465,7 @@ class Phone:
             "last_failure_reason": self.last_failure_reason, "boots": self.boots,
             "pending_capf_key": key_to_pem(self.pending_capf_key).decode() if self.pending_capf_key else None,
             "history": list(self.history),
+            "servers": {"tftp": self.tftp_server, "capf": self.capf_server, "call_control": list(self.call_control)},
         }
 
     @classmethod
@@ -444,9 +490,52 @@ class Phone:
         if d.get("pending_capf_key"):
             phone.pending_capf_key = serialization.load_pem_private_key(d["pending_capf_key"].encode(), None)
         phone.history.extend(d.get("history", []))
+        servers = d.get("servers") or {}
+        phone.set_servers(tftp=servers.get("tftp", ""), capf=servers.get("capf", ""),
+                          call_control=servers.get("call_control", []))
         # A phone comes back powered off; `saved_state` lets the owner power on those that were on.
         phone.saved_state = State(d.get("state", "off"))
         return phone
+
+
+TFTP_PORT, CAPF_PORT, SCCP_PORT, SCCP_TLS_PORT = 69, 3804, 2000, 2443
+MAX_CALL_CONTROL = 3
+_HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
+
+
+def split_server(text: str, default_port: int | None) -> tuple[str, int | None]:
+    """"host", "host:port" or "[v6]:port" → (host, port); ValueError naming what is wrong."""
+    text = text.strip()
+    if len(text) > 260:
+        raise ValueError("server address too long")
+    host, port = text, None
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError(f"bad server address {text!r}")
+            port = rest[1:]
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not _HOST.fullmatch(host):
+            raise ValueError(f"{text!r} is not host[:port] (an IP address or a host name)") from None
+    if port is None:
+        return host, default_port
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"port {port!r} of {text!r} is not 1..65535")
+    return host, int(port)
+
+
+def normalise_server(text: str, default_port: int | None, what: str) -> str:
+    try:
+        host, port = split_server(text, default_port)
+    except ValueError as exc:
+        raise ValueError(f"{what}: {exc}") from None
+    shown = f"[{host}]" if ":" in host else host
+    return f"{shown}:{port}" if port is not None else shown
 
 
 def model_info_safe(model: str) -> str | None:
