@@ -294,6 +294,18 @@ def _u32(*names: str) -> Layout:
     return tuple((n, "u32") for n in names)
 
 
+def _parse_optional_tail(cls, payload: bytes, required: int):
+    """Parse the first `required` fields of `cls.LAYOUT`, then each further field that fits whole
+    (older phones and basic layouts leave trailing fields out)."""
+    values, offset = _unpack_layout(payload, 0, cls.LAYOUT[:required], cls.__name__)
+    for item in cls.LAYOUT[required:]:
+        if len(payload) < offset + _kind_size(item[1]):
+            break
+        more, offset = _unpack_layout(payload, offset, (item,), cls.__name__)
+        values.update(more)
+    return cls(**values)
+
+
 @dataclass(frozen=True)
 class KeepAlive(Message):
     MESSAGE_ID: ClassVar[int] = 0x0000
@@ -1201,3 +1213,9 @@ class SccpPhoneSession:
 
 def all_message_types() -> Iterable[type[Message]]:
     return MESSAGE_TYPES.values()
+
+
+# The set-up and call-control messages live in their own modules (one concept each); importing
+# them here registers their ids, so every decoder of this module knows every message we speak.
+from ccmsec.wire import sccp_calls as _sccp_calls  # noqa: E402,F401
+from ccmsec.wire import sccp_setup as _sccp_setup  # noqa: E402,F401

@@ -52,7 +52,9 @@ SAMPLES: list[s.Message] = [
 
 
 def test_samples_cover_every_message_type():
-    assert {type(m) for m in SAMPLES} == set(s.all_message_types())
+    # The set-up and call-control modules have their own samples (test_sccp_call_messages.py).
+    base = {cls for cls in s.all_message_types() if cls.__module__ == s.__name__}
+    assert {type(m) for m in SAMPLES} == base
 
 
 @pytest.mark.parametrize("message", SAMPLES, ids=lambda m: m.name)
