@@ -1,0 +1,1062 @@
+"""The call agent: sans-IO call processing for SCCP devices (events in, messages out).
+
+    agent = CallAgent(AgentSettings())
+    agent.register(DeviceProfile("SEP…", lines=(LineConfig("1001"),)), now)
+    agent.receive("SEP…", OffHook(), now)          # any SCCP message from a registered device
+    agent.tick(now)                                # timers: digits, no answer, failed calls
+    for device, message in agent.messages_to_send(): ...
+    while (event := agent.next_event()) is not None: ...   # CallEvent for watchers
+
+Time is passed in (`now`, seconds, monotonic); the wall clock for DefineTimeDate is `now +
+wall_offset`. Nothing here touches a socket, a database or a clock, so SRST's limited call
+processing can run the same core.
+
+Features: dial plan (digits and en-bloc; unknown number → reorder; busy → busy tone or call
+forward busy; no answer → call forward no answer), shared lines (every idle appearance rings; the
+first answer wins; the others see the call "in use remote" and may barge), hold and resume (the
+held party hears music on hold), transfer (consultative, and blind when completed while the
+target is still ringing), ad hoc conference through the conference bridge, call forward all (set
+from the phone), barge and cBarge (CALL-4…8 through `ccmsec.policy.calls.barge`), and every
+call's security status re-computed after every change (CALL-1/2/3) and sent to each phone in
+CallInfo. Bad input (a stale call reference, a message out of order, digits while ringing, a
+flood of digits) changes nothing and is counted in `ignored`.
+"""
+
+from __future__ import annotations
+
+import collections
+import heapq
+import itertools
+from typing import Callable
+
+from ccmsec.calls import setup as setup_answers
+from ccmsec.calls import ui
+from ccmsec.calls.config import AgentSettings, DeviceProfile, ProfileError
+from ccmsec.calls.dialplan import DialPlan, Match, MatchKind
+from ccmsec.calls.media import AddressPool, MediaResources
+from ccmsec.calls.model import (
+    BargeState,
+    Call,
+    CallEvent,
+    CallPhase,
+    CallView,
+    Channel,
+    Consult,
+    Leg,
+    LegState,
+    LegView,
+    Purpose,
+    Station,
+)
+from ccmsec.calls.security import endpoint, evaluate, lower
+from ccmsec.policy.calls import (
+    CallSecurityLevel,
+    EndpointKind,
+    barge as barge_policy,
+    choose_codec,
+)
+from ccmsec.wire import sccp as s
+from ccmsec.wire import sccp_calls as c
+from ccmsec.wire.sccp_calls import SoftKey, StimulusType, Tone
+
+MAX_EVENTS = 10_000
+MAX_DIGITS = 24  # a directory number has at most 24 characters
+KEYPAD = {**{i: str(i) for i in range(10)}, 0x0E: "*", 0x0F: "#", 0x10: "+"}
+# A key source gives the encryption-info block for one channel direction ("rx" or "tx"); the
+# media issue plugs the key manager in here. Default: none (algorithm 0, RTP).
+KeySource = Callable[[Call, Channel, str], s.EncryptionInfo]
+
+
+class CallAgent:
+    def __init__(self, settings: AgentSettings | None = None, *,
+                 resources: MediaResources | None = None, key_source: KeySource | None = None):
+        self.settings = settings or AgentSettings()
+        self.resources = resources or AddressPool()
+        self.key_source = key_source
+        self.wall_offset = 0.0
+        self.stations: dict[str, Station] = {}
+        self.plan = DialPlan()
+        self.appearances: dict[str, list[tuple[Station, int]]] = {}
+        self.configured_dns: set[str] = set()   # configured anywhere (registered or not)
+        self.forward_all: dict[str, str] = {}
+        self.calls: dict[int, Call] = {}
+        self.legs: dict[int, Leg] = {}          # call reference -> leg, every station
+        self._ids = itertools.count(1)
+        self._out: list[tuple[str, s.Message]] = []
+        # Pending events (kind, call, time, detail); views are built when they are taken.
+        self._events: collections.deque[tuple[str, Call, float, str]] = collections.deque(
+            maxlen=MAX_EVENTS)
+        self._timers: list[tuple[float, int, str, int]] = []  # (when, seq, kind, ref)
+        self._seq = itertools.count()
+        self._now = 0.0
+        self.ignored = 0
+        self.calls_total = 0
+        self.barges_refused = 0
+
+    # -- output ------------------------------------------------------------------------------
+    def messages_to_send(self) -> list[tuple[str, s.Message]]:
+        out, self._out = self._out, []
+        return out
+
+    def next_event(self) -> CallEvent | None:
+        if not self._events:
+            return None
+        kind, call, at, detail = self._events.popleft()
+        return CallEvent(kind, self.view(call), at, detail)
+
+    def _send(self, station: Station, *messages: s.Message) -> None:
+        name = station.profile.name
+        self._out.extend((name, m) for m in messages)
+
+    # -- devices -----------------------------------------------------------------------------
+    def register(self, profile: DeviceProfile, now: float) -> None:
+        if profile.name in self.stations:
+            self.unregister(profile.name, now)
+        st = Station(profile, now)
+        self.stations[profile.name] = st
+        for instance, line in enumerate(profile.lines, 1):
+            self.plan.add_dn(line.dn)
+            self.appearances.setdefault(line.dn, []).append((st, instance))
+        if profile.route_pattern:
+            self.plan.add_pattern(profile.route_pattern, profile.name)
+
+    def capabilities(self, device: str, caps: s.CapabilitiesRes) -> None:
+        st = self.stations.get(device)
+        if st is not None:
+            st.codecs = tuple(cap.payload_capability for cap in caps.capabilities)
+            st.srtp_capable = caps.encryption_capable
+
+    def unregister(self, device: str, now: float) -> None:
+        """The device is gone (unregistered, connection lost): its calls are cleared for the
+        others and its resources freed."""
+        st = self.stations.pop(device, None)
+        if st is None:
+            return
+        self._now = now
+        for leg in list(st.legs.values()):
+            self._drop(leg, now, notify_device=False)
+        for instance, line in enumerate(st.profile.lines, 1):
+            self.plan.remove_dn(line.dn)
+            apps = self.appearances.get(line.dn, [])
+            apps[:] = [(s2, i) for s2, i in apps if s2 is not st]
+            if not apps:
+                self.appearances.pop(line.dn, None)
+        if st.profile.route_pattern:
+            self.plan.remove_pattern(st.profile.route_pattern)
+        st.hints.clear()
+
+    def set_configured_numbers(self, dns: set[str]) -> None:
+        """Numbers configured on any device, registered or not (unregistered → unavailable)."""
+        self.configured_dns = set(dns)
+
+    # -- input -------------------------------------------------------------------------------
+    def receive(self, device: str, message: s.Message, now: float) -> None:
+        st = self.stations.get(device)
+        if st is None:
+            self.ignored += 1
+            return
+        self._now = now
+        st.messages += 1
+        if isinstance(message, setup_answers.SETUP_REQUESTS):
+            self._send(st, *setup_answers.answer(message, st.profile, self.settings,
+                                                 now + self.wall_offset, self.forward_all))
+        elif isinstance(message, s.OffHook):
+            self._off_hook(st, message.line_instance, message.call_reference, now)
+        elif isinstance(message, s.OnHook):
+            self._on_hook(st, message.call_reference, now)
+        elif isinstance(message, s.KeypadButton):
+            self._keypad(st, message, now)
+        elif isinstance(message, c.EnblocCall):
+            self._enbloc(st, message.called_party, message.line_instance, now)
+        elif isinstance(message, c.SoftKeyEvent):
+            self._softkey(st, message.event, message.line_instance, message.call_reference, now)
+        elif isinstance(message, c.Stimulus):
+            self._stimulus(st, message, now)
+        elif isinstance(message, s.OpenReceiveChannelAck):
+            self._channel_ack(st, message, now)
+        elif isinstance(message, s.CapabilitiesRes):
+            self.capabilities(device, message)
+        else:  # StartMediaTransmissionAck, HookFlash, alarms…: nothing to do
+            self.ignored += 1
+
+    def tick(self, now: float) -> None:
+        self._now = now
+        while self._timers and self._timers[0][0] <= now:
+            _, _, kind, ref = heapq.heappop(self._timers)
+            self._fire(kind, ref, now)
+
+    def next_timer(self) -> float | None:
+        return self._timers[0][0] if self._timers else None
+
+    def _arm(self, when: float, kind: str, ref: int) -> None:
+        heapq.heappush(self._timers, (when, next(self._seq), kind, ref))
+
+    def _fire(self, kind: str, ref: int, now: float) -> None:
+        if kind == "digits":
+            leg = self._leg(ref)
+            if leg is not None and leg.digit_deadline is not None and leg.digit_deadline <= now:
+                leg.digit_deadline = None
+                self._route(leg, now, final=True)
+        elif kind == "no-answer":
+            call = self.calls.get(ref)
+            if call is not None and call.phase is CallPhase.SETUP and call.ring_deadline \
+                    and call.ring_deadline <= now:
+                self._no_answer(call, now)
+        elif kind == "failed":
+            leg = self._leg(ref)
+            if leg is not None and leg.state is LegState.FAILED and leg.fail_deadline \
+                    and leg.fail_deadline <= now:
+                self._clear_leg(leg, now)
+
+    def _leg(self, ref: int) -> Leg | None:
+        return self.legs.get(ref)
+
+    def _add_leg(self, leg: Leg) -> Leg:
+        leg.station.legs[leg.reference] = leg
+        self.legs[leg.reference] = leg
+        return leg
+
+    # -- phone actions -------------------------------------------------------------------------
+    def _ignore(self) -> None:
+        self.ignored += 1
+
+    def _off_hook(self, st: Station, line: int, ref: int, now: float) -> None:
+        ringing = st.ringing_leg(ref)
+        if ringing is not None:
+            self._answer(ringing, now)
+        elif st.active_leg() is None:
+            self._new_leg(st, line, now)
+        else:
+            self._ignore()  # already off hook
+
+    def _new_leg(self, st: Station, line: int, now: float,
+                 purpose: Purpose = Purpose.CALL) -> Leg | None:
+        if not st.profile.lines:
+            self._ignore()
+            return None
+        if st.line(line) is None:
+            line = 1
+        active = st.active_leg()
+        if active is not None:
+            if active.state is LegState.CONNECTED:
+                self._hold(active, now)   # a new call puts the current one on hold
+            else:
+                self._ignore()
+                return None
+        leg = self._add_leg(Leg(next(self._ids), st, line, st.line(line).dn, LegState.OFF_HOOK,
+                                now, purpose=purpose))
+        self._send(st, *ui.off_hook(leg))
+        leg.tone = Tone.DIAL
+        return leg
+
+    def _on_hook(self, st: Station, ref: int, now: float) -> None:
+        leg = st.legs.get(ref) if ref else st.active_leg()
+        if leg is None or leg.state is LegState.HOLD and not ref:
+            self._ignore()
+            return
+        if leg.consult is Consult.TRANSFER and leg.consult_for is not None and leg.call is not None:
+            self._complete(leg, now)   # hanging up during a consultation completes the transfer
+            return
+        self._hang_up(leg, now)
+
+    def _keypad(self, st: Station, msg: s.KeypadButton, now: float) -> None:
+        digit = KEYPAD.get(msg.button)
+        leg = st.legs.get(msg.call_reference) if msg.call_reference else st.active_leg()
+        if digit is None or leg is None:
+            self._ignore()
+            return
+        if leg.state not in (LegState.OFF_HOOK, LegState.DIALING):
+            self._ignore()  # digits while ringing, connected (DTMF is media's) or failed
+            return
+        if digit == "#":
+            self._route(leg, now, final=True)
+            return
+        if len(leg.digits) >= MAX_DIGITS:
+            self._ignore()  # a flood of digits: a number has at most 24
+            return
+        if leg.state is LegState.OFF_HOOK:
+            leg.state = LegState.DIALING
+            leg.tone = 0
+            self._send(st, *ui.first_digit(leg))
+        leg.digits += digit
+        self._route(leg, now, final=False)
+
+    def _enbloc(self, st: Station, number: str, line: int, now: float) -> None:
+        number = number[:MAX_DIGITS]
+        leg = st.active_leg()
+        if leg is None:
+            leg = self._new_leg(st, line, now)
+        if leg is None or leg.state not in (LegState.OFF_HOOK, LegState.DIALING) or not number:
+            self._ignore()
+            return
+        if leg.state is LegState.OFF_HOOK:
+            leg.state = LegState.DIALING
+            self._send(st, *ui.first_digit(leg))
+        leg.digits = number
+        self._route(leg, now, final=True)
+
+    def _softkey(self, st: Station, event: int, line: int, ref: int, now: float) -> None:
+        leg = st.legs.get(ref) if ref else None
+        if ref and leg is None and event not in (SoftKey.BARGE, SoftKey.CBARGE):
+            self._ignore()  # a stale or foreign call reference
+            return
+        if event == SoftKey.NEW_CALL:
+            self._new_leg(st, line, now)
+        elif event == SoftKey.ANSWER:
+            ringing = st.ringing_leg(ref)
+            self._answer(ringing, now) if ringing is not None else self._ignore()
+        elif event == SoftKey.END_CALL:
+            target = leg or st.active_leg()
+            self._hang_up(target, now) if target is not None else self._ignore()
+        elif event == SoftKey.HOLD:
+            target = leg or st.active_leg()
+            if target is not None and target.state is LegState.CONNECTED:
+                self._hold(target, now)
+            else:
+                self._ignore()
+        elif event == SoftKey.RESUME:
+            target = leg or next((lg for lg in st.legs.values() if lg.state is LegState.HOLD), None)
+            if target is not None and target.state is LegState.HOLD:
+                self._resume(target, now)
+            else:
+                self._ignore()
+        elif event in (SoftKey.TRANSFER, SoftKey.CONFERENCE):
+            kind = Consult.TRANSFER if event == SoftKey.TRANSFER else Consult.CONFERENCE
+            self._consult(st, leg or st.active_leg(), kind, now)
+        elif event in (SoftKey.BARGE, SoftKey.CBARGE):
+            self._barge(st, line, ref, event == SoftKey.CBARGE, now)
+        elif event == SoftKey.CFWD_ALL:
+            self._forward_all_key(st, line, now)
+        elif event == SoftKey.REDIAL:
+            if st.last_dialed:
+                self._enbloc(st, st.last_dialed, line, now)
+            else:
+                self._ignore()
+        elif event == SoftKey.DIAL:
+            target = leg or st.active_leg()
+            if target is not None and target.state is LegState.DIALING:
+                self._route(target, now, final=True)
+            else:
+                self._ignore()
+        elif event == SoftKey.BACKSPACE:
+            target = leg or st.active_leg()
+            if target is not None and target.state is LegState.DIALING and target.digits:
+                target.digits = target.digits[:-1]
+                self._send(st, c.BackSpaceReq(target.line, target.reference))
+                self._arm_digits(target, now)
+            else:
+                self._ignore()
+        else:
+            self._ignore()
+
+    def _stimulus(self, st: Station, msg: c.Stimulus, now: float) -> None:
+        kind = msg.stimulus
+        if kind == StimulusType.LINE:
+            ringing = next((lg for lg in st.legs.values() if lg.state is LegState.RINGING
+                            and lg.line == msg.line_instance), None)
+            if ringing is not None:
+                self._answer(ringing, now)
+            elif st.active_leg() is None:
+                self._new_leg(st, msg.line_instance, now)
+            else:
+                self._ignore()
+        elif kind == StimulusType.SPEED_DIAL:
+            sd = next((d for d in st.profile.speed_dials if d.index == msg.line_instance), None)
+            self._enbloc(st, sd.number, 1, now) if sd is not None else self._ignore()
+        elif kind == StimulusType.HOLD:
+            self._softkey(st, SoftKey.HOLD, msg.line_instance, msg.call_reference, now)
+        elif kind == StimulusType.TRANSFER:
+            self._softkey(st, SoftKey.TRANSFER, msg.line_instance, msg.call_reference, now)
+        elif kind == StimulusType.CONFERENCE:
+            self._softkey(st, SoftKey.CONFERENCE, msg.line_instance, msg.call_reference, now)
+        elif kind == StimulusType.REDIAL:
+            self._softkey(st, SoftKey.REDIAL, msg.line_instance, 0, now)
+        elif kind == StimulusType.FORWARD_ALL:
+            self._forward_all_key(st, msg.line_instance, now)
+        else:
+            self._ignore()
+
+    # -- routing -------------------------------------------------------------------------------
+    def _arm_digits(self, leg: Leg, now: float) -> None:
+        leg.digit_deadline = now + self.settings.inter_digit_timeout
+        self._arm(leg.digit_deadline, "digits", leg.reference)
+
+    def _route(self, leg: Leg, now: float, *, final: bool) -> None:
+        if leg.purpose is Purpose.FORWARD_ALL:
+            self._forward_all_digits(leg, now, final)
+            return
+        digits = leg.digits
+        if not digits:
+            if final:
+                self._fail(leg, Tone.REORDER, "Enter number", now)
+            return
+        match = self.plan.final(digits) if final else self.plan.match(digits)
+        if match.kind in (MatchKind.PARTIAL, MatchKind.AMBIGUOUS):
+            self._arm_digits(leg, now)
+            return
+        leg.digit_deadline = None
+        if match.kind is MatchKind.NONE:
+            if digits in self.configured_dns:
+                self._fail(leg, Tone.REORDER, "Temp Fail", now)   # configured, not registered
+            else:
+                self._fail(leg, Tone.REORDER, "Unknown Number", now)
+            return
+        leg.station.last_dialed = digits
+        self._place(leg, digits, match, now)
+
+    def _place(self, caller: Leg, digits: str, match: Match, now: float) -> None:
+        """Start a call from `caller` (digits collected) to the matched destination."""
+        st = caller.station
+        line = st.line(caller.line)
+        call = Call(next(self._ids), now, caller, legs=[caller], calling_dn=caller.dn,
+                    calling_name=(line.display_name if line else "") or st.profile.user or caller.dn,
+                    called_dn=digits, original_called=digits)
+        self.calls[call.id] = call
+        self.calls_total += 1
+        caller.call = call
+        caller.state = LegState.RING_OUT
+        self._send(st, c.DialedNumber(digits, caller.line, caller.reference))
+        self._emit("created", call, now)
+        if match.device:
+            self._offer_device(call, self.stations.get(match.device), digits, now)
+        else:
+            self._offer(call, digits, now)
+
+    def _offer(self, call: Call, dn: str, now: float) -> None:
+        caller = call.caller
+        target = self.forward_all.get(dn, "")
+        if target and call.forward_hops < self.settings.max_forward_hops:
+            call.forward_hops += 1
+            call.called_dn = target
+            self._redirect(call, target, now)
+            return
+        apps = [(st, i) for st, i in self.appearances.get(dn, ())
+                if not (st is caller.station and i == caller.line)]
+        if not apps:
+            self._fail(caller, Tone.REORDER, "Temp Fail", now, call=call)
+            return
+        free = [(st, i) for st, i in apps if not st.busy]
+        if not free:
+            busy_target = next((st.line(i).forward_busy for st, i in apps if st.line(i).forward_busy), "")
+            if busy_target and call.forward_hops < self.settings.max_forward_hops:
+                call.forward_hops += 1
+                call.called_dn = busy_target
+                self._redirect(call, busy_target, now)
+            else:
+                self._fail(caller, Tone.BUSY, "Busy", now, call=call)
+            return
+        call.no_answer_target = next((st.line(i).forward_no_answer for st, i in apps
+                                      if st.line(i).forward_no_answer), "")
+        for st, instance in free:
+            self._ring(call, st, instance, now)
+        call.ring_deadline = now + (self.settings.no_answer_timeout if call.no_answer_target
+                                    else self.settings.max_ring_time)
+        self._arm(call.ring_deadline, "no-answer", call.id)
+        self._send(caller.station, *ui.ring_out(caller, call))
+        caller.tone = Tone.ALERTING
+        self._update_security(call, now, force=True)
+
+    def _offer_device(self, call: Call, st: Station | None, digits: str, now: float) -> None:
+        if st is None or not st.profile.lines:
+            self._fail(call.caller, Tone.REORDER, "Temp Fail", now, call=call)
+            return
+        if st.busy and not st.profile.auto_answer:
+            self._fail(call.caller, Tone.BUSY, "Busy", now, call=call)
+            return
+        self._ring(call, st, 1, now)
+        call.ring_deadline = now + self.settings.max_ring_time
+        self._arm(call.ring_deadline, "no-answer", call.id)
+        self._send(call.caller.station, *ui.ring_out(call.caller, call))
+        self._update_security(call, now, force=True)
+
+    def _redirect(self, call: Call, target: str, now: float) -> None:
+        for leg in [lg for lg in call.legs if lg.state is LegState.RINGING]:
+            self._remove_leg(leg, now)
+        match = self.plan.final(target)
+        if match.kind is MatchKind.NONE:
+            self._fail(call.caller, Tone.REORDER, "Unknown Number", now, call=call)
+        elif match.device:
+            self._offer_device(call, self.stations.get(match.device), target, now)
+        else:
+            self._offer(call, target, now)
+
+    def _ring(self, call: Call, st: Station, instance: int, now: float) -> None:
+        leg = self._add_leg(Leg(next(self._ids), st, instance, st.line(instance).dn,
+                                LegState.RINGING, now, role="called", call=call))
+        call.legs.append(leg)
+        self._send(st, *ui.ringing(leg, call))
+
+    def _no_answer(self, call: Call, now: float) -> None:
+        target = call.no_answer_target
+        if target and call.forward_hops < self.settings.max_forward_hops:
+            call.forward_hops += 1
+            call.no_answer_target = ""
+            call.called_dn = target
+            self._redirect(call, target, now)
+        else:
+            self._end_call(call, now)
+
+    def _fail(self, leg: Leg, tone: Tone, text: str, now: float, call: Call | None = None) -> None:
+        if call is not None:
+            for other in [lg for lg in call.legs if lg is not leg]:
+                self._remove_leg(other, now)
+            call.legs = [leg]
+            self._clear_hints(call)
+            call.phase = CallPhase.ENDED
+            self._emit("ended", call, now, detail=text)
+            self.calls.pop(call.id, None)
+            leg.call = None
+        leg.state = LegState.FAILED
+        leg.tone = tone
+        leg.fail_deadline = now + self.settings.failed_call_timeout
+        self._arm(leg.fail_deadline, "failed", leg.reference)
+        self._send(leg.station, *ui.failed(leg, tone, text))
+
+    # -- answer, hang up -------------------------------------------------------------------------
+    def _answer(self, leg: Leg, now: float) -> None:
+        call = leg.call
+        if call is None or leg.state is not LegState.RINGING:
+            self._ignore()
+            return
+        active = leg.station.active_leg()
+        if active is not None and active is not leg:
+            if active.state is LegState.CONNECTED:
+                self._hold(active, now)
+            else:
+                self._hang_up(active, now)
+        for other in [lg for lg in call.legs if lg.state is LegState.RINGING and lg is not leg]:
+            self._remove_leg(other, now, hint=other.dn == leg.dn)
+        leg.state = LegState.CONNECTED
+        call.caller.state = LegState.CONNECTED
+        call.caller.tone = 0
+        call.phase = CallPhase.CONNECTED
+        call.connected_at = now
+        call.ring_deadline = None
+        self._choose_codec(call)
+        for party in call.legs:
+            self._send(party.station, *ui.connected(party, call))
+        self._show_hints(call)
+        self._plan_media(call)
+        self._update_security(call, now, force=True)
+        self._emit("updated", call, now)
+
+    def _hang_up(self, leg: Leg, now: float) -> None:
+        call = leg.call
+        if call is None:
+            self._clear_leg(leg, now)
+            return
+        if call.phase is CallPhase.SETUP:
+            if leg is call.caller:
+                self._end_call(call, now)
+            else:  # a callee declines
+                self._remove_leg(leg, now)
+                if not any(lg.state is LegState.RINGING for lg in call.legs):
+                    self._fail(call.caller, Tone.BUSY, "Busy", now, call=call)
+            return
+        self._drop(leg, now)
+
+    def _drop(self, leg: Leg, now: float, *, notify_device: bool = True) -> None:
+        """Remove a leg from its call (hang-up or device gone) and fix up the rest."""
+        call = leg.call
+        self._forget_consult(leg)
+        if call is None:
+            self._clear_leg(leg, now, notify=notify_device)
+            return
+        if call.phase is CallPhase.SETUP:
+            if leg is call.caller:
+                self._end_call(call, now, skip=leg if not notify_device else None)
+                if not notify_device:
+                    self._clear_leg(leg, now, notify=False)
+                return
+            self._remove_leg(leg, now, notify=notify_device)
+            if not any(lg.state is LegState.RINGING for lg in call.legs):
+                self._fail(call.caller, Tone.BUSY, "Busy", now, call=call)
+            return
+        barge = call.barge
+        self._remove_leg(leg, now, notify=notify_device)
+        if barge is not None:
+            if leg is barge.target:
+                self._end_call(call, now)   # the target's built-in bridge is gone
+                return
+            if leg is barge.initiator or len(call.legs) <= 2:
+                self._end_barge(call)
+        if len(call.legs) <= 1:
+            self._end_call(call, now)
+            return
+        if call.bridge and len(call.legs) == 2 and call.barge is None:
+            call.bridge = False   # an ad hoc conference down to two: join them directly
+        self._plan_media(call)
+        self._update_security(call, now)
+        self._emit("updated", call, now)
+
+    def _end_barge(self, call: Call) -> None:
+        if call.barge is not None and call.barge.cbarge and len(call.legs) <= 2:
+            call.bridge = False
+        call.barge = None
+
+    def _end_call(self, call: Call, now: float, skip: Leg | None = None) -> None:
+        for leg in list(call.legs):
+            if leg is not skip:
+                self._remove_leg(leg, now)
+        for ch in list(call.channels.values()):
+            self._close_channel(call, ch, notify=False)
+        self._clear_hints(call)
+        call.phase = CallPhase.ENDED
+        self.calls.pop(call.id, None)
+        self._emit("ended", call, now)
+
+    def _remove_leg(self, leg: Leg, now: float, *, notify: bool = True, hint: bool = False) -> None:
+        call = leg.call
+        if call is not None:
+            for key, ch in list(call.channels.items()):
+                if ch.leg is leg:
+                    self._close_channel(call, ch, notify=notify)
+            if leg in call.legs:
+                call.legs.remove(leg)
+        if hint and call is not None and notify:
+            # The shared line was answered elsewhere: this appearance shows it in use.
+            leg.station.legs.pop(leg.reference, None)
+            self.legs.pop(leg.reference, None)
+            leg.station.hints[leg.reference] = call.id
+            call.hint_refs[leg.station.name] = leg.reference
+            self._send(leg.station, *ui.in_use_remote(leg, call))
+            leg.call = None
+            return
+        self._clear_leg(leg, now, notify=notify)
+
+    def _clear_leg(self, leg: Leg, now: float, notify: bool = True) -> None:
+        st = leg.station
+        self._forget_consult(leg)
+        st.legs.pop(leg.reference, None)
+        self.legs.pop(leg.reference, None)
+        leg.call = None
+        leg.digit_deadline = leg.fail_deadline = None
+        if notify and st.profile.name in self.stations:
+            line_idle = not any(lg.line == leg.line for lg in st.legs.values())
+            self._send(st, *ui.cleared(leg, line_idle=line_idle, device_idle=not st.legs))
+
+    def _forget_consult(self, leg: Leg) -> None:
+        for other in leg.station.legs.values():
+            if other.consult_for is leg:
+                other.consult_for = None
+                other.consult = None
+
+    # -- hold / resume ---------------------------------------------------------------------------
+    def _hold(self, leg: Leg, now: float) -> None:
+        call = leg.call
+        if call is None or leg.state is not LegState.CONNECTED:
+            self._ignore()
+            return
+        leg.state = LegState.HOLD
+        self._send(leg.station, *ui.hold(leg))
+        self._plan_media(call)
+        self._update_security(call, now)
+        self._emit("updated", call, now)
+
+    def _resume(self, leg: Leg, now: float) -> None:
+        call = leg.call
+        if call is None:
+            self._ignore()
+            return
+        active = leg.station.active_leg()
+        if active is not None:
+            if active.state is LegState.CONNECTED:
+                self._hold(active, now)
+            else:
+                self._hang_up(active, now)
+        leg.state = LegState.CONNECTED
+        self._send(leg.station, *ui.connected(leg, call))
+        self._plan_media(call)
+        self._update_security(call, now, force=True)
+        self._emit("updated", call, now)
+
+    # -- transfer and conference -----------------------------------------------------------------
+    def _consult(self, st: Station, leg: Leg | None, kind: Consult, now: float) -> None:
+        if leg is None:
+            self._ignore()
+            return
+        if leg.consult is not None and leg.consult_for is not None:
+            self._complete(leg, now)
+            return
+        if leg.state is not LegState.CONNECTED or leg.call is None or len(leg.call.parties()) < 2:
+            self._ignore()
+            return
+        self._hold(leg, now)
+        consult = self._new_leg(st, leg.line, now)
+        if consult is None:
+            return
+        consult.consult_for = leg
+        consult.consult = kind
+
+    def _complete(self, consult: Leg, now: float) -> None:
+        held = consult.consult_for
+        kind = consult.consult
+        call2 = consult.call
+        if held is None or held.call is None or call2 is None:
+            self._ignore()
+            return
+        call1 = held.call
+        if kind is Consult.CONFERENCE:
+            if call2.phase is not CallPhase.CONNECTED:
+                self._ignore()   # a conference joins answered calls only
+                return
+            self._join_conference(held, consult, now)
+            return
+        if consult.state not in (LegState.CONNECTED, LegState.RING_OUT):
+            self._ignore()
+            return
+        # Transfer: the far party of the held call takes the consultation leg's place.
+        others = [lg for lg in call1.legs if lg is not held]
+        if len(others) != 1:
+            self._ignore()   # transferring out of a conference is not offered
+            return
+        moving = others[0]
+        blind = call2.phase is CallPhase.SETUP
+        self._close_leg_channels(call1, moving)
+        call1.legs.remove(moving)
+        self._remove_leg(held, now)
+        self._end_call(call1, now)
+        call2.legs[call2.legs.index(consult)] = moving
+        self._close_leg_channels(call2, consult)
+        moving.call = call2
+        self._clear_leg(consult, now)
+        if blind:
+            call2.caller = moving
+            moving.role = "caller"
+            moving.state = LegState.RING_OUT
+            call2.calling_dn = moving.dn
+            self._send(moving.station, *ui.ring_out(moving, call2))
+        else:
+            moving.state = LegState.CONNECTED
+            self._choose_codec(call2)
+            for party in call2.legs:
+                self._send(party.station, *ui.connected(party, call2))
+        self._plan_media(call2)
+        self._update_security(call2, now, force=True)
+        self._emit("updated", call2, now, detail="transferred" + (" (blind)" if blind else ""))
+
+    def _join_conference(self, held: Leg, consult: Leg, now: float) -> None:
+        call1, call2 = held.call, consult.call
+        assert call1 is not None and call2 is not None
+        joining = [lg for lg in call2.legs if lg is not consult]
+        for lg in joining:
+            self._close_leg_channels(call2, lg)
+            call2.legs.remove(lg)
+            lg.call = call1
+            call1.legs.append(lg)
+        self._remove_leg(consult, now)
+        self._end_call(call2, now)
+        held.state = LegState.CONNECTED
+        call1.bridge = True
+        call1.codec = self.settings.bridge_codec
+        call1.codec_rule = "conference bridge codec"
+        call1.called_dn = "Conference"
+        for party in call1.legs:
+            self._send(party.station, *ui.connected(party, call1, conference=True))
+        self._plan_media(call1)
+        self._update_security(call1, now, force=True)
+        self._emit("updated", call1, now, detail="conference")
+
+    # -- barge (CALL-4…8) --------------------------------------------------------------------------
+    def _barge(self, st: Station, line: int, ref: int, cbarge: bool, now: float) -> None:
+        call = self.calls.get(st.hints.get(ref, 0)) if ref else None
+        if call is None:
+            dns = {ln.dn for ln in st.profile.lines} if not line else \
+                ({st.line(line).dn} if st.line(line) else set())
+            call = next((cl for cl in self.calls.values() if cl.phase is CallPhase.CONNECTED
+                         and any(lg.dn in dns and lg.station is not st for lg in cl.legs)), None)
+        if call is None or call.phase is not CallPhase.CONNECTED:
+            self._send(st, c.DisplayNotify(10, "No call to barge"))
+            self._ignore()
+            return
+        target = next((lg for lg in call.legs if lg.station is not st and
+                       any(ln.dn == lg.dn for ln in st.profile.lines)), None)
+        if target is None:
+            self._ignore()
+            return
+        instance = next(i for i, ln in enumerate(st.profile.lines, 1) if ln.dn == target.dn)
+        initiator = self._new_leg(st, instance, now)
+        if initiator is None:
+            return
+        initiator.role = "cbarge" if cbarge else "barge"
+        potential = call.potential.level if call.potential else CallSecurityLevel.NON_SECURE
+        result = barge_policy(endpoint(st.profile, keyed=True), potential, cbarge=cbarge)
+        if call.barge is not None:
+            result = type(result)(False, None, "CALL-1", "another barge is already in this call",
+                                  busy_tone=True)
+        if not result.allowed:
+            self.barges_refused += 1
+            self._fail(initiator, Tone.BUSY, "Barge failed", now)
+            self._emit("refused", call, now, detail=f"{result.rule_id}: {result.reason}")
+            return
+        initiator.call = call
+        initiator.state = LegState.CONNECTED
+        call.legs.append(initiator)
+        call.barge = BargeState(initiator, target, result, cbarge)
+        if cbarge:
+            call.bridge = True
+            call.codec = self.settings.bridge_codec
+        for party in call.legs:
+            self._send(party.station, *ui.connected(party, call))
+        self._plan_media(call)
+        self._update_security(call, now, force=True)
+        self._emit("updated", call, now, detail=f"{initiator.role} {result.rule_id}: {result.reason}")
+
+    # -- call forward all (set from the phone) -----------------------------------------------------
+    def _forward_all_key(self, st: Station, line: int, now: float) -> None:
+        ln = st.line(line) or st.line(1)
+        if ln is None:
+            self._ignore()
+            return
+        if self.forward_all.get(ln.dn):
+            self._set_forward_all(ln.dn, "")
+            self._send(st, c.DisplayNotify(10, "CFwdALL off"))
+            return
+        leg = st.active_leg()
+        if leg is not None and leg.state in (LegState.OFF_HOOK, LegState.DIALING):
+            leg.purpose = Purpose.FORWARD_ALL
+        else:
+            leg = self._new_leg(st, line, now, purpose=Purpose.FORWARD_ALL)
+        if leg is not None:
+            self._send(st, c.DisplayPromptStatus(0, "CFwdALL: enter number", leg.line, leg.reference))
+
+    def _forward_all_digits(self, leg: Leg, now: float, final: bool) -> None:
+        match = self.plan.final(leg.digits) if final else self.plan.match(leg.digits)
+        if match.kind in (MatchKind.PARTIAL, MatchKind.AMBIGUOUS) and not final:
+            self._arm_digits(leg, now)
+            return
+        if match.kind is MatchKind.NONE or leg.digits == leg.dn:
+            self._fail(leg, Tone.REORDER, "Unknown Number", now)
+            return
+        self._set_forward_all(leg.dn, leg.digits.rstrip("#"))
+        self._clear_leg(leg, now)
+
+    def _set_forward_all(self, dn: str, target: str) -> None:
+        if target:
+            self.forward_all[dn] = target
+        else:
+            self.forward_all.pop(dn, None)
+        for st, instance in self.appearances.get(dn, ()):
+            self._send(st, setup_answers.forward_stat(instance, st.profile, target))
+
+    # -- media ---------------------------------------------------------------------------------------
+    def _choose_codec(self, call: Call) -> None:
+        legs = [lg for lg in call.legs if lg.state in (LegState.CONNECTED, LegState.HOLD,
+                                                        LegState.RING_OUT)]
+        lists = [lg.station.codecs or (self.settings.default_codec,) for lg in legs]
+        offered = [cd for cd in lists[0] if all(cd in other for other in lists[1:])] if lists else []
+        potential = evaluate([(lg.station.profile, True) for lg in legs] or
+                             [(call.caller.station.profile, True)])
+        choice = choose_codec(offered, call_level=potential.level,
+                              endpoints=[endpoint(lg.station.profile, keyed=True) for lg in legs],
+                              wideband_region=all(lg.station.profile.wideband_region for lg in legs))
+        call.codec = choice.codec if choice.codec is not None else self.settings.default_codec
+        call.codec_rule = f"{choice.rule_id}: {choice.reason}"
+
+    def _desired_channels(self, call: Call) -> dict[tuple, bool]:
+        """(leg ref, peer) -> whether the leg transmits, for the call's current topology."""
+        active = [lg for lg in call.legs if lg.state is LegState.CONNECTED]
+        held = any(lg.state is LegState.HOLD for lg in call.legs)
+        want: dict[tuple, bool] = {}
+        if call.phase is not CallPhase.CONNECTED:
+            return want
+        if call.bridge:
+            for lg in active:
+                want[(lg.reference, (EndpointKind.CONFERENCE, call.id, lg.reference))] = True
+            return want
+        barge = call.barge
+        if barge is not None and barge.initiator in active and barge.target in active:
+            others = [lg for lg in active if lg is not barge.initiator and lg is not barge.target]
+            for other in others:
+                want[(other.reference, ("leg", barge.target.reference, ""))] = True
+                want[(barge.target.reference, ("leg", other.reference, ""))] = True
+            want[(barge.initiator.reference, ("leg", barge.target.reference, "barge"))] = True
+            want[(barge.target.reference, ("leg", barge.initiator.reference, "barge"))] = True
+            return want
+        if len(active) == 2:
+            a, b = active
+            want[(a.reference, ("leg", b.reference, ""))] = True
+            want[(b.reference, ("leg", a.reference, ""))] = True
+        elif len(active) == 1 and held and self.settings.music_on_hold:
+            lg = active[0]
+            want[(lg.reference, (EndpointKind.MUSIC_ON_HOLD, call.id, lg.reference))] = False
+        return want
+
+    def _plan_media(self, call: Call) -> None:
+        want = self._desired_channels(call)
+        for key, ch in list(call.channels.items()):
+            if key not in want or want[key] != ch.sends:
+                self._close_channel(call, ch)
+        legs = {lg.reference: lg for lg in call.legs}
+        for key, sends in want.items():
+            if key in call.channels:
+                continue
+            leg = legs[key[0]]
+            ch = Channel(next(self._ids), leg, key[1], sends)
+            call.channels[key] = ch
+            if isinstance(ch.peer[0], EndpointKind):
+                self.resources.open(ch.peer)
+            if self.key_source is not None:
+                ch.rx_encryption = self.key_source(call, ch, "rx")
+            codec = call.codec
+            self._send(leg.station, s.OpenReceiveChannel(
+                conference_id=call.id, pass_thru_party_id=ch.party_id, packet_size_ms=20,
+                compression_type=codec, call_reference=leg.reference, encryption=ch.rx_encryption))
+        self._start_ready(call)
+
+    def _peer_address(self, call: Call, ch: Channel) -> tuple[str, int] | None:
+        peer = ch.peer
+        if isinstance(peer[0], EndpointKind):
+            return self.resources.open(peer)
+        back = call.channels.get((peer[1], ("leg", ch.leg.reference, peer[2])))
+        return back.rx if back is not None else None
+
+    def _start_ready(self, call: Call) -> None:
+        for ch in call.channels.values():
+            if ch.sends and ch.tx is None and ch.rx is not None:
+                target = self._peer_address(call, ch)
+                if target is None:
+                    continue
+                ch.tx = target
+                if self.key_source is not None:
+                    ch.tx_encryption = self.key_source(call, ch, "tx")
+                self._send(ch.leg.station, s.StartMediaTransmission(
+                    conference_id=call.id, pass_thru_party_id=ch.party_id, remote_ip=target[0],
+                    remote_port=target[1], packet_size_ms=20, compression_type=call.codec,
+                    call_reference=ch.leg.reference, encryption=ch.tx_encryption))
+            if isinstance(ch.peer[0], EndpointKind) and ch.rx is not None and not ch.resource_started:
+                ch.resource_started = True
+                self.resources.start(ch.peer, ch.rx, call.codec)
+
+    def _close_channel(self, call: Call, ch: Channel, *, notify: bool = True) -> None:
+        key = (ch.leg.reference, ch.peer)
+        call.channels.pop(key, None)
+        if isinstance(ch.peer[0], EndpointKind):
+            self.resources.close(ch.peer)
+        if notify and ch.leg.station.profile.name in self.stations:
+            if ch.tx is not None:
+                self._send(ch.leg.station, s.StopMediaTransmission(
+                    call.id, ch.party_id, ch.leg.reference, 0))
+            self._send(ch.leg.station, s.CloseReceiveChannel(call.id, ch.party_id,
+                                                              ch.leg.reference, 0))
+
+    def _close_leg_channels(self, call: Call, leg: Leg) -> None:
+        for ch in [ch for ch in call.channels.values() if ch.leg is leg or
+                   (ch.peer[0] == "leg" and ch.peer[1] == leg.reference)]:
+            self._close_channel(call, ch)
+
+    def _channel_ack(self, st: Station, ack: s.OpenReceiveChannelAck, now: float) -> None:
+        for call in {lg.call.id: lg.call for lg in st.legs.values() if lg.call is not None}.values():
+            for ch in call.channels.values():
+                if ch.party_id == ack.pass_thru_party_id and ch.leg.station is st:
+                    if ack.status != 0 or ch.rx is not None:
+                        self._ignore()
+                        return
+                    ch.rx = (ack.ip_address, ack.port)
+                    self._start_ready(call)
+                    self._update_security(call, now)
+                    self._emit("updated", call, now, detail="media")
+                    return
+        self._ignore()   # an ack for a channel that is gone (stale) or never was
+
+    # -- security status (CALL-1/2/3, CALL-4…8) -----------------------------------------------------
+    def _leg_keyed(self, call: Call, leg: Leg) -> bool:
+        chans = [ch for ch in call.channels.values() if ch.leg is leg]
+        return bool(chans) and all(ch.keyed for ch in chans)
+
+    def _shown(self, call: Call, leg: Leg) -> int:
+        """The status `leg`'s phone displays now."""
+        if call.phase is CallPhase.SETUP:
+            sec = evaluate([(call.caller.station.profile, False), (leg.station.profile, False)]
+                           if leg is not call.caller else
+                           [(lg.station.profile, False) for lg in call.legs])
+            return int(sec.level)
+        if call.security is None:
+            return 0
+        level = call.security.level
+        barge = call.barge
+        if barge is not None and barge.result.level is not None:
+            if leg is barge.initiator:
+                level = lower(barge.result.level, call.security.level)
+            else:
+                originals = [lg for lg in call.legs if lg is not barge.initiator]
+                before = evaluate([(lg.station.profile, self._leg_keyed(call, lg))
+                                   for lg in originals], call.resources())
+                level = lower(barge.result.level, before.level)
+        return int(level)
+
+    def _update_security(self, call: Call, now: float, *, force: bool = False) -> None:
+        legs = [lg for lg in call.legs if lg.state in (LegState.CONNECTED, LegState.HOLD)] \
+            if call.phase is CallPhase.CONNECTED else list(call.legs)
+        if not legs:
+            return
+        resources = call.resources()
+        shown = evaluate([(lg.station.profile, self._leg_keyed(call, lg)) for lg in legs], resources)
+        potential = evaluate([(lg.station.profile, True) for lg in legs], resources)
+        changed = call.security != shown
+        call.security, call.potential = shown, potential
+        for leg in call.legs:
+            status = self._shown(call, leg)
+            if force or status != leg.shown_status:
+                leg.shown_status = status
+                self._send(leg.station, ui.call_info(leg, call, status))
+        if changed:
+            self._emit("updated", call, now, detail="security")
+
+    def _show_hints(self, call: Call) -> None:
+        """Shared line answered: other idle appearances of the answering leg's DN show the call
+        as in use remote (they may barge into it)."""
+        answered = [lg for lg in call.legs if lg.state is LegState.CONNECTED]
+        for leg in answered:
+            for st, instance in self.appearances.get(leg.dn, ()):
+                if st is leg.station or st.name in call.hint_refs:
+                    continue
+                ref = next(self._ids)
+                st.hints[ref] = call.id
+                call.hint_refs[st.name] = ref
+                self._send(st, *ui.in_use_hint(st, instance, ref, call))
+
+    def _clear_hints(self, call: Call) -> None:
+        for device, ref in call.hint_refs.items():
+            st = self.stations.get(device)
+            if st is not None and st.hints.pop(ref, None) is not None:
+                instance = next((i for i, ln in enumerate(st.profile.lines, 1)
+                                 if any(lg.dn == ln.dn for lg in call.legs)), 1)
+                self._send(st, c.SelectSoftKeys(instance, ref, c.SoftKeySetIndex.ON_HOOK),
+                           s.CallState(c.CallStateCode.ON_HOOK, instance, ref))
+        call.hint_refs.clear()
+
+    # -- views ---------------------------------------------------------------------------------------
+    def view(self, call: Call) -> CallView:
+        def leg_view(lg: Leg) -> LegView:
+            chans = [ch for ch in call.channels.values() if ch.leg is lg]
+            rx = ",".join(f"{ch.rx[0]}:{ch.rx[1]}" for ch in chans if ch.rx)
+            tx = ",".join(f"{ch.tx[0]}:{ch.tx[1]}" for ch in chans if ch.tx)
+            p = lg.station.profile
+            return LegView(p.name, p.model, p.kind.value, p.security_mode.value, lg.line, lg.dn,
+                           lg.reference, lg.state.value, lg.role, lg.shown_status, rx, tx, p.user)
+
+        sec = call.security
+        barge = call.barge
+        return CallView(
+            id=call.id, phase=call.phase.value, calling=call.calling_dn, called=call.called_dn,
+            original_called=call.original_called, legs=tuple(leg_view(lg) for lg in call.legs),
+            codec=call.codec, codec_rule=call.codec_rule, status=int(sec.level) if sec else 0,
+            rule=sec.rule_id if sec else "", reasons=sec.reasons if sec else (),
+            resources=tuple(k.value for k in call.resources()),
+            barge=("cbarge" if barge.cbarge else "barge") if barge else "",
+            barge_rule=f"{barge.result.rule_id}: {barge.result.reason}" if barge else "",
+            created=call.created, connected_at=call.connected_at)
+
+    def views(self) -> list[CallView]:
+        return [self.view(call) for call in self.calls.values()]
+
+    def _emit(self, kind: str, call: Call, now: float, detail: str = "") -> None:
+        events = self._events
+        if kind == "updated" and events and events[-1][0] == "updated" and events[-1][1] is call:
+            events[-1] = (kind, call, now, events[-1][3] or detail)   # one update per change
+            return
+        events.append((kind, call, now, detail))
+
+
+__all__ = ["CallAgent", "AgentSettings", "DeviceProfile", "ProfileError", "KeySource"]

@@ -1,0 +1,61 @@
+"""Media resources the core inserts into calls: the conference bridge and music on hold.
+
+The core asks a `MediaResources` object, synchronously, for a receive address per stream it
+inserts and tells it where to send (`start`) and when to stop. Callmanager's implementation binds
+real UDP sockets (`ccmsec_callmanager.media_resources`); `AddressPool` hands out addresses without
+sockets, for tests and for a caller that has no resources (SRST's limited call processing).
+
+Both kinds are CALL-3 participants: a call through either is non-secure.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from ccmsec.policy.calls import EndpointKind
+
+# (kind, call id, leg id): one stream of a resource towards one leg.
+ResourceKey = tuple[EndpointKind, int, int]
+
+
+class MediaResources(Protocol):
+    def open(self, key: ResourceKey) -> tuple[str, int]:
+        """Allocate the resource's receive address for this stream."""
+
+    def start(self, key: ResourceKey, remote: tuple[str, int], codec: int) -> None:
+        """The resource sends to `remote` (the leg's receive address)."""
+
+    def stop(self, key: ResourceKey) -> None:
+        """Stop sending; the receive address stays."""
+
+    def close(self, key: ResourceKey) -> None:
+        """Release the stream (idempotent)."""
+
+
+class AddressPool:
+    """Addresses without sockets: `host`, ports counting up from `first_port` (even ports)."""
+
+    def __init__(self, host: str = "127.0.0.1", first_port: int = 40000, last_port: int = 60000):
+        self.host = host
+        self._next = first_port
+        self._first, self._last = first_port, last_port
+        self.open_streams: dict[ResourceKey, tuple[str, int]] = {}
+        self.sending: dict[ResourceKey, tuple[str, int]] = {}
+
+    def open(self, key: ResourceKey) -> tuple[str, int]:
+        if key not in self.open_streams:
+            port = self._next
+            self._next = self._first if self._next + 2 > self._last else self._next + 2
+            self.open_streams[key] = (self.host, port)
+        return self.open_streams[key]
+
+    def start(self, key: ResourceKey, remote: tuple[str, int], codec: int) -> None:
+        if key in self.open_streams:
+            self.sending[key] = remote
+
+    def stop(self, key: ResourceKey) -> None:
+        self.sending.pop(key, None)
+
+    def close(self, key: ResourceKey) -> None:
+        self.sending.pop(key, None)
+        self.open_streams.pop(key, None)

@@ -1,0 +1,134 @@
+"""What a phone is told, per leg state: the SCCP message sequences that drive its display.
+
+Each function returns the messages for one transition (off-hook, ringing, connected, hold,
+failed, cleared, in use remote); the agent sends them and, after every change, a CallInfo with
+the call's security status as that phone must show it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ccmsec.wire import sccp as s
+from ccmsec.wire.sccp_calls import (
+    CallStateCode,
+    CallType,
+    ClearPromptStatus,
+    DisplayPromptStatus,
+    LampMode,
+    RingMode,
+    SelectSoftKeys,
+    SetRinger,
+    SoftKeySetIndex as Keys,
+    SpeakerMode,
+    StimulusType,
+    Tone,
+)
+
+if TYPE_CHECKING:
+    from ccmsec.calls.model import Call, Leg, Station
+
+
+def _lamp(line: int, mode: LampMode) -> s.SetLamp:
+    return s.SetLamp(StimulusType.LINE, line, mode)
+
+
+def _state(code: CallStateCode, leg: "Leg") -> s.CallState:
+    return s.CallState(code, leg.line, leg.reference)
+
+
+def _prompt(text: str, leg: "Leg") -> DisplayPromptStatus:
+    return DisplayPromptStatus(0, text[:31], leg.line, leg.reference)
+
+
+def off_hook(leg: "Leg") -> list[s.Message]:
+    return [_lamp(leg.line, LampMode.ON), _state(CallStateCode.OFF_HOOK, leg),
+            SelectSoftKeys(leg.line, leg.reference, Keys.OFF_HOOK),
+            _prompt("Enter number", leg), s.ActivateCallPlane(leg.line),
+            s.StartTone(Tone.DIAL, 0, leg.line, leg.reference)]
+
+
+def first_digit(leg: "Leg") -> list[s.Message]:
+    return [s.StopTone(leg.line, leg.reference),
+            SelectSoftKeys(leg.line, leg.reference, Keys.DIGITS_FOLLOWING)]
+
+
+def ring_out(leg: "Leg", call: "Call") -> list[s.Message]:
+    return [s.StopTone(leg.line, leg.reference), _state(CallStateCode.PROCEED, leg),
+            _state(CallStateCode.RING_OUT, leg),
+            s.StartTone(Tone.ALERTING, 0, leg.line, leg.reference),
+            SelectSoftKeys(leg.line, leg.reference, Keys.RING_OUT),
+            _prompt(f"Ring Out {call.called_dn}", leg)]
+
+
+def ringing(leg: "Leg", call: "Call") -> list[s.Message]:
+    return [_state(CallStateCode.RING_IN, leg), _lamp(leg.line, LampMode.BLINK),
+            SetRinger(RingMode.INSIDE, 1, leg.line, leg.reference),
+            SelectSoftKeys(leg.line, leg.reference, Keys.RING_IN),
+            _prompt(f"From {call.calling_dn}", leg)]
+
+
+def connected(leg: "Leg", call: "Call", *, conference: bool = False) -> list[s.Message]:
+    keys = Keys.CONNECTED_CONFERENCE if conference or call.bridge else Keys.CONNECTED
+    return [s.StopTone(leg.line, leg.reference), SetRinger(RingMode.OFF, 1, leg.line, leg.reference),
+            _lamp(leg.line, LampMode.ON), _state(CallStateCode.CONNECTED, leg),
+            SelectSoftKeys(leg.line, leg.reference, keys),
+            _prompt("Conference" if conference or call.bridge else "Connected", leg),
+            s.ActivateCallPlane(leg.line)]
+
+
+def hold(leg: "Leg") -> list[s.Message]:
+    return [_state(CallStateCode.HOLD, leg), _lamp(leg.line, LampMode.WINK),
+            SelectSoftKeys(leg.line, leg.reference, Keys.ON_HOLD), _prompt("Hold", leg)]
+
+
+def failed(leg: "Leg", tone: Tone, text: str) -> list[s.Message]:
+    if tone == Tone.BUSY:
+        code = CallStateCode.BUSY
+    elif text == "Unknown Number":
+        code = CallStateCode.INVALID_NUMBER
+    else:
+        code = CallStateCode.CONGESTION
+    return [s.StopTone(leg.line, leg.reference), _state(code, leg),
+            s.StartTone(tone, 0, leg.line, leg.reference),
+            SelectSoftKeys(leg.line, leg.reference, Keys.OFF_HOOK_WITH_FEATURES),
+            _prompt(text, leg)]
+
+
+def cleared(leg: "Leg", *, line_idle: bool, device_idle: bool) -> list[s.Message]:
+    out: list[s.Message] = [s.StopTone(leg.line, leg.reference)]
+    if leg.state.value == "ringing":
+        out.append(SetRinger(RingMode.OFF, 1, leg.line, leg.reference))
+    out += [_state(CallStateCode.ON_HOOK, leg), ClearPromptStatus(leg.line, leg.reference),
+            SelectSoftKeys(leg.line, leg.reference, Keys.ON_HOOK)]
+    if line_idle:
+        out.append(_lamp(leg.line, LampMode.OFF))
+    if device_idle:
+        out.append(s.SetSpeakerMode(SpeakerMode.OFF))
+    return out
+
+
+def in_use_remote(leg: "Leg", call: "Call") -> list[s.Message]:
+    """A ringing shared appearance whose call was answered on another device."""
+    return [SetRinger(RingMode.OFF, 1, leg.line, leg.reference),
+            _state(CallStateCode.REMOTE_MULTILINE, leg),
+            SelectSoftKeys(leg.line, leg.reference, Keys.IN_USE_HINT),
+            _prompt("In Use Remote", leg)]
+
+
+def in_use_hint(st: "Station", line: int, reference: int, call: "Call") -> list[s.Message]:
+    """An idle shared appearance: the line's call is in use on another device."""
+    return [s.CallState(CallStateCode.REMOTE_MULTILINE, line, reference),
+            s.CallInfo(calling_party=call.calling_dn, called_party=call.called_dn,
+                       line_instance=line, call_reference=reference, call_type=CallType.INBOUND),
+            SelectSoftKeys(line, reference, Keys.IN_USE_HINT)]
+
+
+def call_info(leg: "Leg", call: "Call", status: int) -> s.CallInfo:
+    outbound = leg.role == "caller"
+    return s.CallInfo(
+        calling_party_name=call.calling_name[:39], calling_party=call.calling_dn[:23],
+        called_party=call.called_dn[:23], line_instance=leg.line, call_reference=leg.reference,
+        call_type=CallType.OUTBOUND if outbound else CallType.INBOUND,
+        original_called_party=call.original_called[:23] if call.original_called != call.called_dn
+        else "", call_instance=1, call_security_status=status)

@@ -1,0 +1,478 @@
+"""The call-processing core (`ccmsec.calls`) with simulated phone displays, in memory.
+
+Basic calls, the dial plan, media channels, hold, transfer, conference, forwarding, shared lines,
+and bad input. The security rules (CALL-*, DEV-2) have their own file (test_calls_security.py);
+the same behaviour is proved over real sockets in tests/e2e/test_calls.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from ccmsec.calls.config import AgentSettings, DeviceProfile, LineConfig, ProfileError, SpeedDial
+from ccmsec.calls.dialplan import DialPlan, MatchKind
+from ccmsec.wire import sccp as s
+from ccmsec.wire import sccp_calls as c
+from ccmsec.wire import sccp_setup as u
+from ccmsec.wire.sccp_calls import CallStateCode as CS
+from ccmsec.wire.sccp_calls import Tone
+from ccmsec.wire.sccp_phone import PhoneActionError, SccpPhone
+from tests.unit.calls_harness import Harness
+
+A, B, C, D = (f"SEP00000000000{i}" for i in range(1, 5))
+
+
+def connected_pair(h: Harness, a=A, b=B, na="1001", nb="1002"):
+    pa, pb = h.add(a, na), h.add(b, nb)
+    h.call(a, nb)
+    pb.answer()
+    h.pump()
+    return pa, pb
+
+
+# -- set-up exchange ------------------------------------------------------------------------------
+
+def test_setup_exchange_answers_everything_before_the_phone_shows_lines():
+    h = Harness()
+    phone = h.add(A, "1001", "1005", speed_dials=(SpeedDial(1, "1002", "Bob"),))
+    assert phone.ready
+    assert [(i, ln.number) for i, ln in sorted(phone.lines.items())] == [(1, "1001"), (2, "1005")]
+    assert phone.speed_dials == {1: ("1002", "Bob")}
+    assert phone.config.device_name == A and phone.config.number_of_lines == 2
+    assert phone.time is not None and phone.servers == ()
+    labels = set(phone.softkey_labels.values())
+    assert {"Barge", "cBarge", "Hold", "Transfer", "Confrn", "Answer"} <= labels
+    assert "Park" not in labels  # only what the core implements is offered
+    assert phone.offered_names(None) == ["Redial", "NewCall", "CFwdALL"]
+    asked = {type(m) for d, dev, m in h.log if d == "up" and dev == A}
+    assert {u.ButtonTemplateReq, u.SoftKeyTemplateReq, u.SoftKeySetReq, u.LineStatReq,
+            u.SpeedDialStatReq, u.ForwardStatReq, u.ConfigStatReq, u.TimeDateReq, u.ServerReq,
+            u.RegisterAvailableLines} <= asked
+
+
+def test_phone_is_not_ready_until_every_line_is_known():
+    phone = SccpPhone(A)
+    phone.start_setup()
+    for m in (u.ButtonTemplate((u.Button(1, 9), u.Button(2, 9))), u.SoftKeyTemplateRes(
+            (u.SoftKeyDefinition("NewCall", 2),)), u.SoftKeySetRes((u.SoftKeySet((1,)),)),
+              u.ConfigStat(A), s.DefineTimeDate(), u.LineStat(1, "1001"), u.ForwardStat(line_number=1),
+              u.ForwardStat(line_number=2)):
+        phone.handle(m)
+    assert not phone.ready
+    with pytest.raises(PhoneActionError, match="not finished its set-up"):
+        phone.dial("1002")
+    phone.handle(u.LineStat(2, "1002"))
+    assert phone.ready and phone.lines[2].number == "1002"
+
+
+def test_profile_values_are_checked():
+    with pytest.raises(ProfileError, match="directory number"):
+        LineConfig("12a")
+    with pytest.raises(ProfileError, match="lines exceed"):
+        DeviceProfile(A, lines=tuple(LineConfig(str(1000 + i)) for i in range(35)))
+    with pytest.raises(ProfileError, match="route pattern"):
+        DeviceProfile(A, route_pattern="8X?X")
+
+
+# -- dial plan --------------------------------------------------------------------------------------
+
+def test_dial_plan_matches_numbers_and_patterns():
+    plan = DialPlan()
+    for dn in ("1001", "10011", "2000"):
+        plan.add_dn(dn)
+    plan.add_pattern("8XXX", "TRUNK")
+    assert plan.match("1").kind is MatchKind.PARTIAL
+    assert plan.match("1001").kind is MatchKind.AMBIGUOUS
+    assert plan.match("10011").kind is MatchKind.COMPLETE
+    assert plan.match("2000").kind is MatchKind.COMPLETE
+    assert plan.match("3").kind is MatchKind.NONE
+    assert plan.match("8123").device == "TRUNK"
+    assert plan.match("81").kind is MatchKind.PARTIAL
+    assert plan.final("1001#").dn == "1001"
+    plan.remove_dn("10011")
+    assert plan.match("1001").kind is MatchKind.COMPLETE
+
+
+# -- basic calls --------------------------------------------------------------------------------------
+
+def test_keypad_call_dial_tone_ringback_ringing_answer_media_and_hang_up():
+    h = Harness()
+    pa, pb = h.add(A, "1001"), h.add(B, "1002")
+    pa.off_hook()
+    h.pump()
+    (call,) = pa.calls.values()
+    assert call.state is CS.OFF_HOOK and call.tone == Tone.DIAL
+    pa.keypad("100")
+    h.pump()
+    assert call.tone == 0 and call.state is CS.OFF_HOOK and not pb.calls
+    pa.keypad("2")
+    h.pump()
+    assert call.state is CS.RING_OUT and call.tone == Tone.ALERTING and call.dialed == "1002"
+    (ringing,) = pb.calls.values()
+    assert ringing.state is CS.RING_IN and ringing.ringing and ringing.calling == "1001"
+    pb.answer()
+    h.pump()
+    assert call.state is CS.CONNECTED and ringing.state is CS.CONNECTED and not ringing.ringing
+    (cha,), (chb,) = pa.channels.values(), pb.channels.values()
+    assert cha.tx == chb.rx and chb.tx == cha.rx          # each sends to the other's RTP address
+    view = h.only_call()
+    assert view.phase == "connected" and [lg.state for lg in view.legs] == ["connected"] * 2
+    pb.hang_up()
+    h.pump()
+    assert not pa.calls and not pb.calls and not pa.channels and not pb.channels
+    assert h.agent.calls == {} and h.agent.legs == {}
+    assert h.sent_to(A, s.StopMediaTransmission) and h.sent_to(A, s.CloseReceiveChannel)
+
+
+def test_inter_digit_timeout_routes_an_ambiguous_number():
+    h = Harness()
+    pa, pb = h.add(A, "1001"), h.add(B, "1002")
+    h.add(C, "10021")
+    pa.off_hook()
+    pa.keypad("1002")
+    h.pump()
+    assert not pb.calls  # 1002 might become 10021: wait
+    h.advance(2.5)
+    assert next(iter(pb.calls.values())).state is CS.RING_IN
+
+
+def test_unknown_number_gets_reorder_and_busy_gets_busy_tone():
+    h = Harness()
+    pa, pb, pc = h.add(A, "1001"), h.add(B, "1002"), h.add(C, "1003")
+    h.call(A, "1999")
+    (call,) = pa.calls.values()
+    assert call.tone == Tone.REORDER and call.state is CS.INVALID_NUMBER
+    pa.hang_up()
+    h.pump()
+    h.call(B, "1003")
+    h.call(A, "1003")   # C is ringing for B: busy
+    (call,) = pa.calls.values()
+    assert call.tone == Tone.BUSY and call.state is CS.BUSY
+    h.advance(31)       # a failed call is cleared after a while
+    assert not pa.calls
+
+
+def test_configured_but_unregistered_number_is_temporarily_unavailable():
+    h = Harness()
+    pa = h.add(A, "1001")
+    h.agent.set_configured_numbers({"1001", "1009"})
+    h.call(A, "1009")
+    (call,) = pa.calls.values()
+    assert call.tone == Tone.REORDER and call.prompt == "Temp Fail"
+
+
+def test_caller_hangs_up_while_ringing_clears_the_callee():
+    h = Harness()
+    pa, pb = h.add(A, "1001"), h.add(B, "1002")
+    h.call(A, "1002")
+    pa.hang_up()
+    h.pump()
+    assert not pb.calls and not h.agent.calls
+    assert pb.ended[-1].state is CS.ON_HOOK
+
+
+def test_callee_declines_and_caller_hears_busy():
+    h = Harness()
+    pa, pb = h.add(A, "1001"), h.add(B, "1002")
+    h.call(A, "1002")
+    pb.hang_up()
+    h.pump()
+    assert next(iter(pa.calls.values())).tone == Tone.BUSY
+
+
+def test_speed_dial_and_redial():
+    h = Harness()
+    pa = h.add(A, "1001", speed_dials=(SpeedDial(1, "1002"),))
+    pb = h.add(B, "1002")
+    pa._send(c.Stimulus(c.StimulusType.SPEED_DIAL, 1))
+    h.pump()
+    assert next(iter(pb.calls.values())).state is CS.RING_IN
+    pa.hang_up()
+    h.pump()
+    pa.press(c.SoftKey.REDIAL)
+    h.pump()
+    assert next(iter(pb.calls.values())).state is CS.RING_IN
+
+
+# -- hold, transfer, conference ---------------------------------------------------------------------
+
+def test_hold_plays_music_to_the_held_party_and_resume_reconnects():
+    h = Harness()
+    pa, pb = connected_pair(h)
+    pa.hold()
+    h.pump()
+    (ca,), (cb,) = pa.calls.values(), pb.calls.values()
+    assert ca.state is CS.HOLD and cb.state is CS.CONNECTED
+    assert not pa.channels                         # the holder's media is stopped
+    (moh,) = pb.channels.values()                  # the held party listens to music on hold
+    assert moh.tx is None and moh.rx is not None
+    assert list(h.resources.sending.values()) == [moh.rx]
+    assert h.only_call().resources == ("music on hold",)
+    pa.resume()
+    h.pump()
+    assert ca.state is CS.CONNECTED and h.resources.sending == {} and h.resources.open_streams == {}
+    (cha,), (chb,) = pa.channels.values(), pb.channels.values()
+    assert cha.tx == chb.rx and chb.tx == cha.rx
+
+
+def test_consultative_transfer():
+    h = Harness()
+    pa, pb = connected_pair(h)
+    pc = h.add(C, "1003")
+    pa.transfer()
+    h.pump()
+    held = next(cl for cl in pa.calls.values() if cl.state is CS.HOLD)
+    consult = next(cl for cl in pa.calls.values() if cl.state is CS.OFF_HOOK)
+    pa.keypad("1003")
+    h.pump()
+    pc.answer()
+    h.pump()
+    assert consult.state is CS.CONNECTED and held.state is CS.HOLD
+    pa.transfer(consult.reference)
+    h.pump()
+    assert not pa.calls and not pa.channels
+    view = h.only_call()
+    assert sorted(lg.device for lg in view.legs) == [B, C] and view.phase == "connected"
+    (chb,), (chc,) = pb.channels.values(), pc.channels.values()
+    assert chb.tx == chc.rx and chc.tx == chb.rx
+    assert next(iter(pb.calls.values())).state is CS.CONNECTED
+
+
+def test_blind_transfer_completes_while_the_target_rings():
+    h = Harness()
+    pa, pb = connected_pair(h)
+    pc = h.add(C, "1003")
+    pa.transfer()
+    h.pump()
+    pa.keypad("1003")
+    h.pump()
+    consult = pa.active_call()
+    assert consult.state is CS.RING_OUT
+    pa.transfer(consult.reference)
+    h.pump()
+    assert not pa.calls
+    b_call = next(iter(pb.calls.values()))
+    assert b_call.state is CS.RING_OUT and b_call.tone == Tone.ALERTING
+    pc.answer()
+    h.pump()
+    assert b_call.state is CS.CONNECTED
+    assert sorted(lg.device for lg in h.only_call().legs) == [B, C]
+
+
+def test_hanging_up_during_consultation_completes_the_transfer():
+    h = Harness()
+    pa, pb = connected_pair(h)
+    pc = h.add(C, "1003")
+    pa.transfer()
+    h.pump()
+    pa.keypad("1003")
+    h.pump()
+    pc.answer()
+    h.pump()
+    pa.on_hook()
+    h.pump()
+    assert sorted(lg.device for lg in h.only_call().legs) == [B, C]
+
+
+def test_ad_hoc_conference_through_the_bridge_and_back_to_two():
+    h = Harness()
+    pa, pb = connected_pair(h)
+    pc = h.add(C, "1003")
+    pa.conference()
+    h.pump()
+    pa.keypad("1003")
+    h.pump()
+    pc.answer()
+    h.pump()
+    pa.conference(pa.active_call().reference)
+    h.pump()
+    view = h.only_call()
+    assert sorted(lg.device for lg in view.legs) == [A, B, C] and "conference bridge" in view.resources
+    for phone in (pa, pb, pc):
+        (ch,) = phone.channels.values()
+        assert ch.tx == h.resources.open_streams[next(k for k, v in h.resources.sending.items()
+                                                      if v == ch.rx)]
+    assert len(h.resources.sending) == 3
+    pc.hang_up()
+    h.pump()
+    view = h.only_call()
+    assert view.resources == () and sorted(lg.device for lg in view.legs) == [A, B]
+    assert h.resources.open_streams == {}
+    (cha,), (chb,) = pa.channels.values(), pb.channels.values()
+    assert cha.tx == chb.rx
+
+
+def test_conference_needs_an_answered_consultation():
+    h = Harness()
+    pa, pb = connected_pair(h)
+    h.add(C, "1003")
+    pa.conference()
+    h.pump()
+    pa.keypad("1003")
+    h.pump()
+    consult = pa.active_call()
+    assert consult.state is CS.RING_OUT
+    pa.press(c.SoftKey.CONFERENCE, consult)   # offered while ringing, but cannot join yet
+    h.pump()
+    assert len(h.agent.calls) == 2
+    assert not any("conference bridge" in v.resources for v in h.agent.views())
+
+
+# -- forwarding ---------------------------------------------------------------------------------------
+
+def test_call_forward_all_set_from_the_phone():
+    h = Harness()
+    pa, pb, pc = h.add(A, "1001"), h.add(B, "1002"), h.add(C, "1003")
+    pb.forward_all("1003")
+    h.pump()
+    assert pb.forward[1].forward_all_active and pb.forward[1].forward_all_number == "1003"
+    assert not pb.calls
+    h.call(A, "1002")
+    assert not pb.calls and next(iter(pc.calls.values())).original_called == "1002"
+    pc.answer()
+    h.pump()
+    assert sorted(lg.device for lg in h.only_call().legs) == [A, C]
+    pb.forward_all("")   # pressing CFwdALL again turns it off
+    h.pump()
+    assert not pb.forward[1].forward_all_active
+
+
+def test_call_forward_busy_and_no_answer_from_line_configuration():
+    h = Harness()
+    pa = h.add(A, "1001")
+    pb = h.add(B, "1002", forward_busy="1004", forward_no_answer="1003")
+    pc, pd = h.add(C, "1003"), h.add(D, "1004")
+    h.call(A, "1002")
+    assert next(iter(pb.calls.values())).state is CS.RING_IN
+    h.advance(11)   # no answer within 10 s -> 1003
+    assert not pb.calls and next(iter(pc.calls.values())).state is CS.RING_IN
+    pc.answer()
+    h.pump()
+    pb2 = h.add("SEP000000000009", "1009")
+    h.call("SEP000000000009", "1002")   # B is idle but A and C are talking; B rings
+    pb.answer()
+    h.pump()
+    pf = h.add("SEP00000000000F", "1010")
+    h.call("SEP00000000000F", "1002")   # B busy -> call forward busy to 1004
+    ringing = next(iter(pd.calls.values()))
+    assert ringing.state is CS.RING_IN and ringing.original_called == "1002"
+    assert pb2.calls and pf.calls
+
+
+def test_forward_loops_are_bounded():
+    h = Harness()
+    pa, pb, pc = h.add(A, "1001"), h.add(B, "1002"), h.add(C, "1003")
+    pb.forward_all("1003")
+    pc.forward_all("1002")
+    h.pump()
+    h.call(A, "1002")
+    (call,) = pa.calls.values()
+    assert call.state in (CS.RING_OUT, CS.CONGESTION, CS.BUSY)  # no endless redirect
+    assert len(h.agent.calls) <= 1
+
+
+# -- shared lines ---------------------------------------------------------------------------------------
+
+def test_shared_line_rings_every_appearance_first_answer_wins():
+    h = Harness()
+    pa = h.add(A, "1001")
+    pb, pc = h.add(B, "5000"), h.add(C, "5000")
+    h.call(A, "5000")
+    assert next(iter(pb.calls.values())).state is CS.RING_IN
+    assert next(iter(pc.calls.values())).state is CS.RING_IN
+    pc.answer()
+    h.pump()
+    (hint,) = pb.calls.values()
+    assert hint.state is CS.REMOTE_MULTILINE and not hint.ringing
+    assert "Barge" in pb.offered_names(hint)
+    assert sorted(lg.device for lg in h.only_call().legs) == [A, C]
+    pa.hang_up()
+    h.pump()
+    assert not pb.calls and not pc.calls
+
+
+def test_two_phones_answering_a_shared_line_at_once():
+    h = Harness()
+    h.add(A, "1001")
+    pb, pc = h.add(B, "5000"), h.add(C, "5000")
+    h.call(A, "5000")
+    rb, rc = next(iter(pb.calls.values())), next(iter(pc.calls.values()))
+    pb.answer()
+    pc.answer()   # both press Answer before either hears back
+    h.pump()
+    view = h.only_call()
+    assert sorted(lg.device for lg in view.legs) == [A, B]
+    assert rb.state is CS.CONNECTED and rc.state is CS.REMOTE_MULTILINE
+    assert len(pc.channels) == 0 and h.agent.ignored >= 1
+
+
+# -- bad input -------------------------------------------------------------------------------------------
+
+def test_stale_references_and_out_of_order_messages_change_nothing():
+    h = Harness()
+    pa, pb = connected_pair(h)
+    before = h.only_call()
+    for m in (s.OpenReceiveChannelAck(0, "10.9.9.9", 4000, 999_999, 1), c.SoftKeyEvent(c.SoftKey.HOLD, 1, 999_999),
+              c.SoftKeyEvent(c.SoftKey.RESUME, 1, 0), c.SoftKeyEvent(c.SoftKey.ANSWER, 1, 0),
+              s.OnHook(1, 424242), c.SoftKeyEvent(c.SoftKey.TRANSFER, 1, 999_999),
+              s.StartMediaTransmissionAck(), c.Stimulus(c.StimulusType.SPEED_DIAL, 7)):
+        pa._send(m)
+        h.pump()
+    assert h.only_call() == before
+    # a second ack for a channel already acked is out of order too
+    (ch,) = pa.channels.values()
+    pa._send(s.OpenReceiveChannelAck(0, "10.9.9.9", 4000, ch.party_id, ch.call_reference))
+    h.pump()
+    assert h.only_call() == before
+
+
+def test_digits_during_ringing_and_a_keypad_flood_are_bounded():
+    h = Harness()
+    pa, pb = h.add(A, "1001"), h.add(B, "1002")
+    h.call(A, "1002")
+    ignored = h.agent.ignored
+    for _ in range(50):
+        pb._send(s.KeypadButton(5, 1, next(iter(pb.calls))))
+        pa._send(s.KeypadButton(5))
+    h.pump()
+    assert h.agent.ignored == ignored + 100
+    assert next(iter(pb.calls.values())).state is CS.RING_IN
+    pa.hang_up()
+    h.pump()
+    pd = h.add(D, "1" * 24)
+    pa.off_hook()
+    ignored = h.agent.ignored
+    for _ in range(200):
+        pa._send(s.KeypadButton(1))
+    h.pump()
+    leg = next(lg for lg in h.agent.legs.values() if lg.station.name == A)
+    assert leg.digits == "1" * 24 and h.agent.ignored == ignored + 176
+    assert next(iter(pd.calls.values())).state is CS.RING_IN
+
+
+def test_a_phone_that_disappears_mid_call_clears_the_other_side_and_frees_resources():
+    h = Harness()
+    pa, pb = connected_pair(h)
+    pa.hold()
+    h.pump()
+    assert h.resources.open_streams
+    h.gone(A)
+    assert not pb.calls and not pb.channels
+    assert h.agent.calls == {} and h.agent.legs == {} and h.resources.open_streams == {}
+    assert B in h.agent.stations and A not in h.agent.stations
+
+
+def test_messages_from_unregistered_devices_are_ignored():
+    h = Harness()
+    h.agent.receive("SEP0000000000FF", s.OffHook(), h.now)
+    assert h.agent.messages_to_send() == [] and h.agent.ignored == 1
+
+
+def test_events_describe_each_change():
+    h = Harness()
+    connected_pair(h)
+    kinds = [e.kind for e in h.events()]
+    assert kinds[0] == "created" and "updated" in kinds
+    h.phones[A].hang_up()
+    h.pump()
+    assert [e.kind for e in h.events()][-1] == "ended"

@@ -1,0 +1,282 @@
+"""Every call's security status in the core: CALL-1…9 and DEV-2, as the phones display it.
+
+The status a phone shows comes from CallInfo (`call_security_status`: 1 not authenticated,
+2 authenticated, 3 encrypted) and is rendered lock / shield / none. Until SRTP is wired in
+(issue 11) no media leg is keyed, so a call between encrypted phones shows authenticated; a key
+source plugged into the agent's seam (as the media work will do) makes the same call encrypted —
+the core's rule is proved both ways here. End to end over real sockets: tests/e2e/test_calls.py.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ccmsec.calls.config import AgentSettings
+from ccmsec.policy.calls import CallSecurityLevel, EndpointKind
+from ccmsec.wire import sccp as s
+from ccmsec.wire.sccp_calls import CallStateCode as CS
+from ccmsec.wire.sccp_calls import Tone
+from tests.unit.calls_harness import AUTH, ENC, NS, Harness
+
+A, B, C, X = "SEP00000000000A", "SEP00000000000B", "SEP00000000000C", "SEP00000000000E"
+NOT_AUTH, SHIELD, LOCK = 1, 2, 3
+
+
+def keyed_source(call, channel, direction):
+    """What the media work plugs in: per-channel SRTP master values (test values, in memory)."""
+    return s.EncryptionInfo(s.SrtpAlgorithm.AES_CM_128_HMAC_SHA1_80, os.urandom(16), os.urandom(14))
+
+
+def talk(h: Harness, a, b, mode_a, mode_b, na="1001", nb="1002", **kw):
+    pa = h.add(a, na, mode=mode_a, **kw.get("ka", {}))
+    pb = h.add(b, nb, mode=mode_b, **kw.get("kb", {}))
+    h.call(a, nb)
+    pb.answer()
+    h.pump()
+    return pa, pb
+
+
+def shown(phone) -> list[int]:
+    return [call.security for call in phone.calls.values()]
+
+
+def test_call1_status_is_the_weakest_device_and_encrypted_needs_keyed_media():
+    for ma, mb, expect in [(ENC, ENC, SHIELD), (ENC, AUTH, SHIELD), (AUTH, AUTH, SHIELD),
+                           (ENC, NS, NOT_AUTH), (AUTH, NS, NOT_AUTH), (NS, NS, NOT_AUTH)]:
+        h = Harness()
+        pa, pb = talk(h, A, B, ma, mb)
+        assert shown(pa) == shown(pb) == [expect], (ma, mb)
+        view = h.only_call()
+        assert view.status == expect and view.rule == "CALL-1"
+    # Both encrypted: shield while the media is RTP (no keys); lock once every leg is keyed.
+    h = Harness()
+    pa, pb = talk(h, A, B, ENC, ENC)
+    assert h.only_call().reasons[0].startswith("media not SRTP")
+    assert next(iter(pa.calls.values())).icon == "shield"
+    h = Harness(key_source=keyed_source)
+    pa, pb = talk(h, A, B, ENC, ENC)
+    assert shown(pa) == shown(pb) == [LOCK] and next(iter(pb.calls.values())).icon == "lock"
+    assert all(ch.rx_encryption.is_encrypted and ch.tx_encryption.is_encrypted
+               for ch in [*pa.channels.values(), *pb.channels.values()])
+
+
+def test_call1_keys_alone_do_not_make_a_call_with_a_weaker_device_encrypted():
+    h = Harness(key_source=keyed_source)
+    pa, pb = talk(h, A, B, ENC, AUTH)
+    assert shown(pa) == shown(pb) == [SHIELD]
+
+
+def test_call2_hold_with_music_makes_the_call_non_secure_and_resume_restores_the_lock():
+    h = Harness(key_source=keyed_source)
+    pa, pb = talk(h, A, B, ENC, ENC)
+    assert shown(pb) == [LOCK]
+    pa.hold()
+    h.pump()
+    assert shown(pb) == [NOT_AUTH] and h.only_call().rule == "CALL-3"
+    pa.resume()
+    h.pump()
+    assert shown(pa) == shown(pb) == [LOCK]
+
+
+def test_call2_transfer_to_a_non_secure_phone_changes_the_status():
+    h = Harness(key_source=keyed_source)
+    pa, pb = talk(h, A, B, ENC, ENC)
+    pc = h.add(C, "1003", mode=NS)
+    pa.transfer()
+    h.pump()
+    pa.keypad("1003")
+    h.pump()
+    pc.answer()
+    h.pump()
+    pa.transfer(pa.active_call().reference)
+    h.pump()
+    assert shown(pb) == shown(pc) == [NOT_AUTH]
+    view = h.only_call()
+    assert sorted(lg.device for lg in view.legs) == [B, C] and view.status == NOT_AUTH
+
+
+def test_call2_call3_conference_is_non_secure_and_back_to_two_restores():
+    h = Harness(key_source=keyed_source)
+    pa, pb = talk(h, A, B, ENC, ENC)
+    pc = h.add(C, "1003", mode=ENC)
+    pa.conference()
+    h.pump()
+    pa.keypad("1003")
+    h.pump()
+    pc.answer()
+    h.pump()
+    pa.conference(pa.active_call().reference)
+    h.pump()
+    assert shown(pa) == shown(pb) == shown(pc) == [NOT_AUTH]
+    view = h.only_call()
+    assert view.rule == "CALL-3" and any("conference bridge" in r for r in view.reasons)
+    pc.hang_up()
+    h.pump()
+    assert shown(pa) == shown(pb) == [LOCK]
+
+
+def test_call3_cti_port_trunk_and_models_without_security_are_never_secure():
+    h = Harness()
+    pa = h.add(A, "1001", mode=ENC)
+    cti = h.add("CTI0000000001", "7000", kind=EndpointKind.CTI, mode=NS)
+    trunk = h.add("ICT0000000001", "8000", kind=EndpointKind.INTER_CLUSTER_TRUNK,
+                  route_pattern="8XXX", auto_answer=True)
+    small = h.add(C, "1003", model="7912", mode=NS)
+    for number, peer in (("7000", cti), ("8123", trunk), ("1003", small)):
+        h.call(A, number)
+        peer.answer()
+        h.pump()
+        view = h.only_call()
+        assert view.status == NOT_AUTH and view.rule == "CALL-3", number
+        assert shown(pa) == [NOT_AUTH]
+        pa.hang_up()
+        h.pump()
+    assert not h.agent.calls
+
+
+def barge_setup(h: Harness, mode_a, mode_b, mode_x, *, keyed=False):
+    """A (line 1001) talks to B on shared line 5000; X also has 5000 and sees it in use."""
+    pa = h.add(A, "1001", mode=mode_a)
+    pb = h.add(B, "5000", mode=mode_b)
+    px = h.add(X, "5000", mode=mode_x)
+    h.call(A, "5000")
+    pb.answer()
+    h.pump()
+    hint = next(iter(px.calls.values()))
+    assert hint.state is CS.REMOTE_MULTILINE
+    return pa, pb, px
+
+
+def test_call4_non_encrypted_initiator_cannot_barge_into_an_encrypted_call_and_hears_busy():
+    for mode_x in (AUTH, NS):
+        h = Harness(key_source=keyed_source)
+        pa, pb, px = barge_setup(h, ENC, ENC, mode_x)
+        before = h.only_call()
+        px.barge()
+        h.pump()
+        failed = px.active_call()
+        assert failed.tone == Tone.BUSY and failed.state is CS.BUSY and failed.prompt == "Barge failed"
+        assert h.only_call().legs == before.legs and shown(pa) == shown(pb) == [LOCK]
+        refused = [e for e in h.events() if e.kind == "refused"]
+        assert refused and refused[-1].detail.startswith("CALL-4")
+        assert h.agent.barges_refused == 1
+
+
+def test_call5_encrypted_initiator_into_an_authenticated_or_non_secure_call_makes_it_non_secure():
+    for mode_b in (AUTH, NS):
+        h = Harness()
+        pa, pb, px = barge_setup(h, AUTH, mode_b, ENC)
+        px.barge()
+        h.pump()
+        view = h.only_call()
+        assert len(view.legs) == 3 and view.barge == "barge" and view.barge_rule.startswith("CALL-5")
+        assert shown(pa) == shown(pb) == [NOT_AUTH]
+        assert [c.security for c in px.calls.values() if c.state is CS.CONNECTED] == [NOT_AUTH]
+
+
+def test_call6_encrypted_initiator_into_an_encrypted_call_stays_encrypted():
+    h = Harness(key_source=keyed_source)
+    pa, pb, px = barge_setup(h, ENC, ENC, ENC)
+    px.barge()
+    h.pump()
+    view = h.only_call()
+    assert view.barge_rule.startswith("CALL-6")
+    assert shown(pa) == shown(pb) == [LOCK]
+    assert [c.security for c in px.calls.values() if c.state is CS.CONNECTED] == [LOCK]
+    # Built-in bridge: the target phone has a second channel for the initiator.
+    assert len(pb.channels) == 2 and len(px.channels) == 1
+    (chx,) = px.channels.values()
+    assert chx.tx in {ch.rx for ch in pb.channels.values()}
+    # Before SRTP (no key source) the same barge is allowed and every phone shows the shield.
+    h = Harness()
+    pa, pb, px = barge_setup(h, ENC, ENC, ENC)
+    px.barge()
+    h.pump()
+    assert h.only_call().barge_rule.startswith("CALL-6") and shown(pa) == shown(pb) == [SHIELD]
+
+
+def test_call7_non_secure_initiator_into_an_authenticated_call_keeps_the_shield():
+    h = Harness()
+    pa, pb, px = barge_setup(h, AUTH, AUTH, NS)
+    px.barge()
+    h.pump()
+    assert h.only_call().barge_rule.startswith("CALL-7")
+    assert shown(pa) == shown(pb) == [SHIELD]
+    assert [c.security for c in px.calls.values() if c.state is CS.CONNECTED] == [NOT_AUTH]
+    px.hang_up()
+    h.pump()
+    assert shown(pa) == shown(pb) == [SHIELD] and len(h.only_call().legs) == 2
+
+
+def test_call8_cbarge_is_allowed_and_non_secure_through_the_bridge():
+    h = Harness(key_source=keyed_source)
+    pa, pb, px = barge_setup(h, ENC, ENC, AUTH)
+    px.barge(cbarge=True)
+    h.pump()
+    view = h.only_call()
+    assert view.barge == "cbarge" and view.barge_rule.startswith("CALL-8")
+    assert "conference bridge" in view.resources
+    assert shown(pa) == shown(pb) == [NOT_AUTH]
+    px.hang_up()
+    h.pump()
+    assert shown(pa) == shown(pb) == [LOCK] and h.only_call().resources == ()
+
+
+def test_call9_no_wideband_codec_in_an_encrypted_call_with_a_7960():
+    wide = (0x19, 4, 2)
+    h = Harness()
+    talk(h, A, B, ENC, ENC, ka={"codecs": wide, "wideband": True, "model": "7960"},
+         kb={"codecs": wide, "wideband": True, "model": "7970"})
+    view = h.only_call()
+    assert view.codec == 4 and "wideband codec ignored" in view.codec_rule
+    # The other device not encrypted: the wideband codec may be used.
+    h = Harness()
+    talk(h, A, B, ENC, AUTH, ka={"codecs": wide, "wideband": True, "model": "7940"},
+         kb={"codecs": wide, "wideband": True, "model": "7970"})
+    assert h.only_call().codec == 0x19
+    # Both encrypted 7970s: no 7960/7940 involved, wideband allowed.
+    h = Harness()
+    talk(h, A, B, ENC, ENC, ka={"codecs": wide, "wideband": True, "model": "7970"},
+         kb={"codecs": wide, "wideband": True, "model": "7970"})
+    assert h.only_call().codec == 0x19
+    # Outside a wideband region the codec is never chosen.
+    h = Harness()
+    talk(h, A, B, AUTH, AUTH, ka={"codecs": wide}, kb={"codecs": wide})
+    assert h.only_call().codec == 4
+    # The OpenReceiveChannel the phones got carries the chosen codec.
+    assert {m.compression_type for m in h.sent_to(A, s.OpenReceiveChannel)} == {4}
+
+
+def test_dev2_shared_line_keeps_each_devices_own_status():
+    for answering, expect in ((B, SHIELD), (C, NOT_AUTH)):
+        h = Harness()
+        pa = h.add(A, "1001", mode=ENC)
+        pb = h.add(B, "5000", mode=ENC, model="7970")
+        pc = h.add(C, "5000", mode=NS, model="7960")
+        h.call(A, "5000")
+        # While ringing, each appearance shows its own device's status with the caller.
+        assert shown(pb) == [SHIELD] and shown(pc) == [NOT_AUTH]
+        h.phones[answering].answer()
+        h.pump()
+        assert shown(pa) == shown(h.phones[answering]) == [expect]
+        legs = {lg.device: lg.device_mode for lg in h.only_call().legs}
+        assert legs[answering] == ("encrypted" if answering == B else "non-secure")
+
+
+def test_dev2_extension_mobility_user_line_follows_the_device_it_is_logged_into():
+    for mode, expect in ((ENC, SHIELD), (NS, NOT_AUTH)):
+        h = Harness()
+        h.add(A, "1001", mode=ENC)
+        pe = h.add(B, "7777", mode=mode, user="alice")
+        h.call(A, "7777")
+        pe.answer()
+        h.pump()
+        view = h.only_call()
+        assert view.status == expect
+        leg = next(lg for lg in view.legs if lg.device == B)
+        assert leg.user == "alice" and leg.device_mode == mode.value
+
+
+def test_status_levels_match_the_callinfo_codes():
+    assert [int(v) for v in CallSecurityLevel] == [NOT_AUTH, SHIELD, LOCK]
+    assert AgentSettings().music_on_hold
