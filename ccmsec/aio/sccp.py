@@ -521,6 +521,9 @@ class SccpPhoneConnection:
         self._reader = reader
         self._writer = writer
         self.events: asyncio.Queue[object] = asyncio.Queue(self.MAX_EVENTS)
+        # Called with every event as it happens (before the bounded queue, which may drop):
+        # the phone's display machine listens here so no call message is ever lost.
+        self.listener: Callable[[object], None] | None = None
         self._registered: asyncio.Future[RegisterAck] = asyncio.get_running_loop().create_future()
         self._closed = asyncio.Event()
         self._task = asyncio.create_task(self._run())
@@ -553,8 +556,8 @@ class SccpPhoneConnection:
                 except asyncio.TimeoutError:
                     data = None
                 if data == b"":
-                    self._push(ConnectionDropped(self.session.register.device_name,
-                                                 "call control closed the connection"))
+                    self._on_event(ConnectionDropped(self.session.register.device_name,
+                                                     "call control closed the connection"))
                     break
                 events = self.session.receive_data(data, loop.time()) if data else []
                 events += self.session.tick(loop.time())
@@ -563,15 +566,25 @@ class SccpPhoneConnection:
                 self._flush()
                 await self._writer.drain()
         except (ConnectionError, ssl.SSLError, SccpProtocolError) as exc:
-            self._push(ConnectionDropped(self.session.register.device_name, f"{exc}"))
+            self._on_event(ConnectionDropped(self.session.register.device_name, f"{exc}"))
         finally:
             if not self._registered.done():
                 self._registered.set_exception(SccpConnectError("connection closed before registration"))
             self._closed.set()
+            if self.listener is not None:
+                try:
+                    self.listener(ConnectionClosed(self.session.register.device_name))
+                except Exception:
+                    log.exception("SCCP phone event listener failed")
             if not self._writer.is_closing():
                 self._writer.close()
 
     def _on_event(self, event: object) -> None:
+        if self.listener is not None:
+            try:
+                self.listener(event)
+            except Exception:  # a faulty listener must not take the connection down
+                log.exception("SCCP phone event listener failed")
         if isinstance(event, RegisterAccepted) and not self._registered.done():
             self._registered.set_result(event.ack)
         elif isinstance(event, RegisterRejected) and not self._registered.done():
@@ -598,6 +611,16 @@ class SccpPhoneConnection:
         self._flush()
         await self._writer.drain()
 
+    def write(self, messages: Sequence[Message]) -> None:
+        """Queue and write at once (no drain): for callers on the event loop's callbacks."""
+        for message in messages:
+            self.session.send(message)
+        self._flush()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
     async def unregister(self, timeout: float = 5.0) -> UnregisterAcked:
         self.session.unregister()
         self._flush()
@@ -608,17 +631,22 @@ class SccpPhoneConnection:
     async def wait_closed(self, timeout: float = 10.0) -> None:
         await asyncio.wait_for(self._closed.wait(), timeout)
 
-    async def close(self) -> None:
-        self._task.cancel()
-        try:
-            await self._task
-        except asyncio.CancelledError:
-            pass
+    async def close(self, timeout: float = 5.0) -> None:
+        # Close the transport first: a read pending on it ends even if the task's cancellation
+        # is held up (asyncio.wait_for in 3.11 can wait on a read that a cancel did not reach).
         if not self._writer.is_closing():
             self._writer.close()
+        self._task.cancel()
         try:
-            await self._writer.wait_closed()
-        except (ConnectionError, ssl.SSLError):
+            await asyncio.wait_for(asyncio.shield(self._task), timeout)
+        except asyncio.TimeoutError:
+            pass
+        except asyncio.CancelledError:
+            if not self._task.done():
+                raise  # our caller is being cancelled, not just the connection's task
+        try:
+            await asyncio.wait_for(self._writer.wait_closed(), timeout)
+        except (ConnectionError, ssl.SSLError, asyncio.TimeoutError):
             pass
 
 

@@ -14,6 +14,7 @@ a database: `CallControl(...).start()`. The service wires events and RPCs to it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from ccmsec.aio.sccp import ConnectionClosed, ConnectionDropped, SccpServer
+from ccmsec.calls.config import AgentSettings, DeviceProfile
 from ccmsec.db.devices import Device, cluster_security_mode
 from ccmsec.domain import DeviceSecurityMode
 from ccmsec.pki.ca import Issued
@@ -32,15 +34,19 @@ from ccmsec.pki.lsc import LscError, ensure_capf_ca, load_third_party_ca
 from ccmsec.pki.servercert import ensure_server_certificate
 from ccmsec.pki.tokens import ensure_manufacturer_ca
 from ccmsec.wire.sccp import (
+    CapabilitiesReceived,
     DeviceRegistered,
     DeviceUnregistered,
     KeepAliveTimeout,
+    MessageReceived,
     RegistrationDecision,
     RegistrationRefused,
     RegistrationRequest,
     ResetType,
 )
 
+from .calls import CallService
+from .directory import CallDirectory
 from .phone_trust import PhoneTrustWatcher
 from .registration import DeviceRecord, PhoneTrust, Verdict, decide
 from .registry import Registry, RegistrationEntry, RegistryMirror
@@ -65,6 +71,11 @@ class CallControlConfig:
     mirror_interval: float = 0.1
     register_timeout: float = 10.0
     handshake_timeout: float = 10.0
+    # Calls: CTI ports (their numbers) and the inter-cluster trunk's route pattern (CALL-3).
+    cti_numbers: tuple[str, ...] = ("7000", "7001")
+    trunk_pattern: str = "8XXX"
+    agent: AgentSettings | None = None
+    max_messages_per_second: float = 50.0
 
 
 def server_certificate_dir(data_dir: Path, node: str) -> Path:
@@ -107,6 +118,9 @@ class CallControl:
         self._devices_lock = asyncio.Lock()
         self.registered_total = 0
         self.refused_total = 0
+        self.directory = CallDirectory(sessionmaker)
+        self.calls: CallService | None = None
+        self._profiles: dict[tuple, DeviceProfile] = {}  # (device, peer) -> profile, until registered
 
     @property
     def trust(self) -> PhoneTrust | None:
@@ -132,14 +146,24 @@ class CallControl:
         context = self.trust_watcher.listening_context
         self.registry.mirror = RegistryMirror(self.db, c.node, c.mirror_interval)
         await self.registry.mirror.start()
+        agent = c.agent or AgentSettings(server_name=c.node)
+        self.calls = CallService(
+            c.host, settings=agent,
+            cti_numbers=c.cti_numbers, trunk_pattern=c.trunk_pattern, node=c.node)
+        self.calls.start()
+        self.calls.set_configured_numbers((await self.directory.current()).numbers)
         common = dict(keepalive_interval=c.keepalive_interval, register_timeout=c.register_timeout,
-                      handshake_timeout=c.handshake_timeout)
+                      handshake_timeout=c.handshake_timeout,
+                      max_messages_per_second=c.max_messages_per_second)
         self.plain = SccpServer(self.decide, host=c.host, port=c.sccp_port,
                                 on_event=self._listener(secure=False), **common)
         self.tls = SccpServer(self.decide, host=c.host, port=c.sccp_tls_port, ssl_context=context,
                               on_event=self._listener(secure=True), **common)
         await self.plain.start()
         await self.tls.start()
+        if not agent.servers:  # ServerRes names this node with its SCCP port
+            self.calls.agent.settings = dataclasses.replace(
+                agent, servers=((c.node, c.host, self.plain.port),))
         log.info("SCCP listening", extra={"sccp": f"{c.host}:{self.plain.port}",
                                           "sccp_tls": f"{c.host}:{self.tls.port}"})
 
@@ -147,6 +171,8 @@ class CallControl:
         for server in (self.plain, self.tls):
             if server is not None:
                 await server.close()
+        if self.calls is not None:
+            await self.calls.close()
         if self.registry.mirror is not None:
             await self.registry.mirror.close()
 
@@ -211,6 +237,11 @@ class CallControl:
             log.warning("MODE-7: device registers through a translated address; mixed mode does "
                         "not support NAT", extra={"device": request.device_name, "peer": address,
                                                   "reported": request.register.ip_address})
+        device = verdict.device
+        self._profiles[(request.device_name, request.peer_address)] = await self.directory.profile(
+            device.name, device.model, device.security_mode)
+        if self.calls is not None:
+            self.calls.set_configured_numbers(self.directory.snapshot.numbers)
         self._verdicts[(request.device_name, request.peer_address)] = verdict
         return RegistrationDecision.accept()
 
@@ -218,8 +249,15 @@ class CallControl:
     def _listener(self, *, secure: bool):
         def on_event(conn, event) -> None:
             session = conn.session
-            if isinstance(event, DeviceRegistered):
+            if isinstance(event, MessageReceived):
+                if self.calls is not None:
+                    self.calls.message(conn, event.message)
+            elif isinstance(event, CapabilitiesReceived):
+                if self.calls is not None:
+                    self.calls.capabilities(event.device_name, event.capabilities)
+            elif isinstance(event, DeviceRegistered):
                 verdict = self._verdicts.pop((event.device_name, session.peer_address), None)
+                profile = self._profiles.pop((event.device_name, session.peer_address), None)
                 if verdict is None or verdict.device is None:
                     return
                 session.peer_certificate = None  # decided; the fingerprint is all we keep
@@ -236,13 +274,18 @@ class CallControl:
                     certificate_kind=verdict.certificate_kind.value if verdict.certificate_kind else "",
                     since=time.time(),
                     connection=conn))
+                if self.calls is not None and profile is not None:
+                    self.calls.registered(conn, profile)
             elif isinstance(event, (DeviceUnregistered, KeepAliveTimeout, ConnectionClosed,
                                     ConnectionDropped)):
                 name = getattr(event, "device_name", None)
                 if name:
                     self.registry.remove(name, conn)
+                    if self.calls is not None:
+                        self.calls.gone(name, conn)   # its calls are cleared for the others
                 if isinstance(event, ConnectionClosed):
                     self._verdicts.pop((name, session.peer_address), None)
+                    self._profiles.pop((name, session.peer_address), None)
             elif isinstance(event, RegistrationRefused):
                 pass  # counted and logged in decide()
         return on_event
