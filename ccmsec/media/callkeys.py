@@ -92,3 +92,57 @@ class CallKeyRing:
 
     def __len__(self) -> int:
         return len(self._pairs)
+
+
+class CallKeySource:
+    """The call agent's key source (ENC-3/4/5): `key_source(call, channel, direction)` returns the
+    encryption-info block for one direction of one channel.
+
+    A channel between two devices gets that direction's set of the pair's keys — a fresh pair is
+    taken (`take_pair`, e.g. from a `KeyPool`) the first time the two devices of a call need one,
+    and only when both may receive keys (`device_transport(name)` says how each registered). A
+    channel to a media resource (music on hold, conference bridge) never gets keys (CALL-3,
+    GW-3). Works on the agent's objects by their attributes: a call's `id` and `legs`, a channel's
+    `leg` and `peer` ("leg", reference, tag), a leg's `reference` and `station.name`.
+    """
+
+    def __init__(self, take_pair, device_transport):
+        self._take = take_pair
+        self._transport = device_transport
+        self.ring = CallKeyRing()
+        self.refusals: dict[str, str] = {}   # device -> why it got no keys the last time
+        self.dry = 0                         # pairs that wanted keys when none were ready
+
+    def _eligible(self, device: str) -> bool:
+        transport = self._transport(device)
+        ok, why = (False, "not registered") if transport is None else may_receive_keys(transport)
+        if ok:
+            self.refusals.pop(device, None)
+        else:
+            self.refusals[device] = why
+        return ok
+
+    def key_source(self, call, channel, direction: str):
+        from ccmsec.media.keys import to_encryption_info
+
+        peer = channel.peer
+        if not peer or peer[0] != "leg":
+            return to_encryption_info(None)
+        peer_leg = next((lg for lg in call.legs if lg.reference == peer[1]), None)
+        if peer_leg is None:
+            return to_encryption_info(None)
+        mine = channel.leg.reference
+        pair = self.ring.pair_id(call.id, mine, peer_leg.reference)
+        if not self.ring.has(pair):
+            both = [self._eligible(channel.leg.station.name), self._eligible(peer_leg.station.name)]
+            if not all(both):
+                return to_encryption_info(None)   # one end cannot take keys: both run RTP
+            keys = self._take()
+            if keys is None:
+                self.dry += 1
+                return to_encryption_info(None)
+            self.ring.put(pair, keys)
+        return to_encryption_info(self.ring.key_for(call.id, mine, peer_leg.reference, direction))
+
+    def forget_call(self, call_id) -> int:
+        return self.ring.forget(call_id)
