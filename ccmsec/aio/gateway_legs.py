@@ -1,0 +1,132 @@
+"""Call control's driver of the SRTP gateway: the gateway takes part in calls as a device of the
+call agent (its phone-side machine answers, its channels are planned like a phone's), and every
+media channel of that device becomes a connection on the srtp-gateway, over gRPC on mutual TLS.
+
+OpenReceiveChannel → CreateConnection (inactive until the far end is known) and the gateway's
+port goes back in OpenReceiveChannelAck; StartMediaTransmission → ModifyConnection with the
+remote description (the phone's address and, with keys, one a=crypto carrying the key the phone
+encrypts with, i.e. the channel's receive block) and `send_key` = the transmit block (GW-1); a
+channel without keys is an RTP connection (GW-2); CloseReceiveChannel → DeleteConnection.
+The dialled number picks the telephone-network party behind the gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Callable
+
+import grpc
+
+from ccmsec.formats.sdp import SdpError, parse_sdp
+from ccmsec.media.gatewayleg import GatewayLegPlan
+from ccmsec.media.keys import from_encryption_info, to_proto
+from ccmsec_proto import srtp_gateway_pb2 as pb
+from ccmsec_proto import srtp_gateway_pb2_grpc
+
+log = logging.getLogger("ccmsec.gateway-legs")
+
+CONNECT_TIMEOUT = 5.0
+
+
+class GatewayLegs:
+    def __init__(self, channel: Callable[[], grpc.aio.Channel], *, gateway: str = "gw1",
+                 pump: Callable[[], None] = lambda: None):
+        self._channel = channel
+        self.gateway = gateway
+        self.pump = pump
+        self.connections: dict[int, tuple[str, str, str]] = {}   # party id -> (connection, call, endpoint)
+        self.plans: dict[int, GatewayLegPlan] = {}
+        self.failures = 0
+        self.last_error = ""
+        self._tasks: set[asyncio.Task] = set()
+
+    def _stub(self):
+        return srtp_gateway_pb2_grpc.SrtpGatewayStub(self._channel())
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _failed(self, what: str, exc: Exception) -> None:
+        self.failures += 1
+        self.last_error = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
+        log.warning("gateway %s failed", what, extra={"error": self.last_error})
+
+    # the gateway device's channel events --------------------------------------------------------
+    def open(self, phone, channel, number: str) -> None:
+        self._spawn(self._create(phone, channel, number))
+
+    async def _create(self, phone, channel, number: str) -> None:
+        call_id = f"{channel.call_reference:X}"
+        try:
+            reply = await self._stub().CreateConnection(pb.CreateConnectionRequest(
+                endpoint=f"aaln/S1/SU0/$@{self.gateway}", call_id=call_id, dialled_number=number,
+                mode=pb.INACTIVE), timeout=CONNECT_TIMEOUT)
+            sd = parse_sdp(reply.local_sdp)
+            audio = sd.audio()
+            host = sd.address_of(audio)
+        except (grpc.aio.AioRpcError, SdpError, asyncio.TimeoutError) as exc:
+            self._failed("create connection", exc)
+            phone.channel_failed(channel.party_id)
+            self.pump()
+            return
+        self.connections[channel.party_id] = (reply.connection_id, call_id, reply.endpoint)
+        phone.channel_opened(channel.party_id, host, audio.port)
+        self.pump()
+
+    def start(self, channel) -> None:
+        self._spawn(self._modify(channel))
+
+    async def _modify(self, channel) -> None:
+        for _ in range(250):   # the CreateConnection may still be under way
+            if channel.party_id in self.connections or channel.tx is None:
+                break
+            await asyncio.sleep(0.02)
+        conn = self.connections.get(channel.party_id)
+        if conn is None or channel.tx is None:
+            return
+        phone_send = from_encryption_info(channel.rx_encryption)   # the gateway decrypts with it
+        gateway_send = from_encryption_info(channel.tx_encryption)
+        srtp = phone_send is not None and gateway_send is not None
+        plan = GatewayLegPlan(srtp, "" if srtp else "GW-2: call control gave this leg no keys",
+                              phone_send if srtp else None, gateway_send if srtp else None)
+        self.plans[channel.party_id] = plan
+        try:
+            await self._stub().ModifyConnection(pb.ModifyConnectionRequest(
+                endpoint=conn[2], connection_id=conn[0], call_id=conn[1], mode=pb.SENDRECV,
+                remote_sdp=plan.remote_sdp(channel.tx), change_security=True, srtp=srtp,
+                send_key=to_proto(gateway_send) if srtp else None), timeout=CONNECT_TIMEOUT)
+        except (grpc.aio.AioRpcError, asyncio.TimeoutError) as exc:
+            self._failed("modify connection", exc)
+
+    def stop(self, channel) -> None:
+        conn = self.connections.get(channel.party_id)
+        if conn is not None:
+            self._spawn(self._inactive(conn))
+
+    async def _inactive(self, conn) -> None:
+        try:
+            await self._stub().ModifyConnection(pb.ModifyConnectionRequest(
+                endpoint=conn[2], connection_id=conn[0], call_id=conn[1], mode=pb.INACTIVE),
+                timeout=CONNECT_TIMEOUT)
+        except (grpc.aio.AioRpcError, asyncio.TimeoutError) as exc:
+            self._failed("modify connection", exc)
+
+    def close(self, channel) -> None:
+        conn = self.connections.pop(channel.party_id, None)
+        self.plans.pop(channel.party_id, None)
+        if conn is not None:
+            self._spawn(self._delete(conn))
+
+    async def _delete(self, conn) -> None:
+        try:
+            await self._stub().DeleteConnection(pb.DeleteConnectionRequest(
+                endpoint=conn[2], call_id=conn[1], connection_id=conn[0]), timeout=CONNECT_TIMEOUT)
+        except (grpc.aio.AioRpcError, asyncio.TimeoutError) as exc:
+            self._failed("delete connection", exc)
+
+    async def drain(self, timeout: float = 5.0) -> None:
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=timeout)

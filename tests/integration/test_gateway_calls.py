@@ -1,0 +1,169 @@
+"""A call from a phone through the SRTP gateway, with the real call agent (in memory), the real
+key source, the srtp-gateway service over gRPC/mTLS and real UDP media on loopback: call control
+drives the gateway with keys for an encrypted phone (GW-1) and with RTP for a non-secure one
+(GW-2); the phone hears the telephone network's echo; captured, the SRTP leg carries no
+plaintext and decrypts with the keys the signalling carried."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from ccmsec.aio.gateway_legs import GatewayLegs
+from ccmsec.aio.media import PortAudio
+from ccmsec.media import tones
+from ccmsec.media.callkeys import CallKeySource, DeviceTransport, PairKeys
+from ccmsec.media.keys import from_encryption_info
+from ccmsec.media.srtp import MasterKey
+from ccmsec.policy.calls import EndpointKind
+from ccmsec.runtime.grpcio import secure_channel
+from ccmsec_proto import srtp_gateway_pb2 as pb
+from ccmsec.wire.sccp_phone import CloseChannel, OpenChannel, StartTransmit, StopTransmit
+from tests.integration.test_media_port_audio import UdpPort
+from tests.integration.test_srtp_gateway_service import (  # noqa: F401 - fixtures
+    cluster, gw, module_nats, pki_template, wait_for)
+from tests.unit.calls_harness import ENC, NS, Harness
+
+pytestmark = [pytest.mark.timeout(90), pytest.mark.asyncio(loop_scope="module")]
+
+A = "SEP0000000000A7"
+GW = "GW1"
+AES = "ECDHE-ECDSA-AES256-GCM-SHA384"
+
+
+class LiveHarness(Harness):
+    """The in-memory harness, with each phone's channel events handed to a real media side."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.auto_open = False
+        self.handlers = {}
+
+    def pump(self) -> None:
+        from ccmsec.wire.sccp_phone import SccpPhone  # noqa: F401
+        for _ in range(1000):
+            moved = False
+            for name, phone in self.phones.items():
+                for message in phone.messages_to_send():
+                    moved = True
+                    self.log.append(("up", name, message))
+                    self.agent.receive(name, message, self.now)
+            for device, message in self.agent.messages_to_send():
+                moved = True
+                self.log.append(("down", device, message))
+                phone = self.phones.get(device)
+                if phone is None:
+                    continue
+                for event in phone.handle(message):
+                    handler = self.handlers.get(device)
+                    if handler is not None:
+                        handler(event)
+            if not moved:
+                return
+
+
+async def _call_through_gateway(cluster, *, phone_mode, number="5550102", frames=50, capture=False):
+    transports = {A: DeviceTransport("encrypted", True, AES) if phone_mode is ENC else DeviceTransport("non-secure", False),
+                  # the gateway: encryption configured on it, reached over mutual TLS (GW-4, CHK-12)
+                  GW: DeviceTransport("encrypted", True, "TLS_AES_256_GCM_SHA384")}
+    keys = CallKeySource(lambda: PairKeys(MasterKey.generate(), MasterKey.generate()), transports.get)
+    h = LiveHarness(key_source=keys.key_source)
+    legs = GatewayLegs(lambda: cluster.gw_channel, gateway="gw1", pump=h.pump)
+    pa = h.add(A, "1001", mode=phone_mode)
+    pg = h.add(GW, "5550000", mode=ENC, kind=EndpointKind.GATEWAY, model="MGCP gateway",
+               route_pattern="555XXXX")
+    port = await UdpPort.open()
+    cap = None
+    if capture:
+        from ccmsec.media.capture import CaptureError, LoopbackCapture, capture_available
+        if capture_available():
+            pytest.skip(capture_available())
+        cap = LoopbackCapture([port.local[1]])
+        try:
+            await asyncio.to_thread(cap.start)
+        except CaptureError as exc:
+            pytest.skip(str(exc))
+    src = tones.announcement()
+    pcm = iter([src.frame() for _ in range(frames)])
+    audio = {}
+
+    def phone_side(event):
+        ch = getattr(event, "channel", None)
+        if isinstance(event, OpenChannel):
+            port.rx_encryption = ch.rx_encryption
+            audio["a"] = PortAudio(port, lambda: next(pcm, None), record=True, keep_sent=True)
+            pa.channel_opened(ch.party_id, *port.local)
+        elif isinstance(event, StartTransmit):
+            port.start(ch.tx, ch.codec, ch.tx_encryption)
+        elif isinstance(event, (StopTransmit, CloseChannel)):
+            if port.remote is not None:
+                port.stop()
+
+    def gateway_side(event):
+        ch = getattr(event, "channel", None)
+        if isinstance(event, OpenChannel):
+            legs.open(pg, ch, pg.calls[ch.call_reference].called or number)
+        elif isinstance(event, StartTransmit):
+            legs.start(ch)
+        elif isinstance(event, StopTransmit):
+            legs.stop(ch)
+        elif isinstance(event, CloseChannel):
+            legs.close(ch)
+    h.handlers = {A: phone_side, GW: gateway_side}
+    h.call(A, number)
+    await wait_for(lambda: any(c.ringing for c in pg.calls.values()), 5)
+    pg.answer()
+    h.pump()
+    await wait_for(lambda: "a" in audio and audio["a"].counters()["received"] >= frames - 2, 15)
+    if cap is not None:
+        await asyncio.sleep(0.2)
+        await asyncio.to_thread(cap.stop)
+    return h, keys, legs, port, audio["a"], pa, cap
+
+
+async def test_gw1_encrypted_phone_calls_the_echo_through_the_gateway_with_srtp(gw):
+    await gw.mixed()
+    h, keys, legs, port, audio, pa, cap = await _call_through_gateway(gw, phone_mode=ENC, capture=True)
+    assert audio.is_srtp and audio.counters()["refused"] == 0
+    assert [c.security for c in pa.calls.values()] == [3]          # the lock: both directions SRTP
+    [plan] = legs.plans.values()
+    assert plan.srtp and plan.phone_send == from_encryption_info(port.tx_encryption)
+    # the echo: what the phone hears is exactly what it said
+    from ccmsec.media import g711
+    heard = bytes(audio.recording)
+    said = b"".join(g711.ulaw_decode(p) for p in audio.sent_payloads)
+    assert len(heard) >= 40 * 320 and heard in said
+    # proof on the wire: nothing in the clear, and the keys the signalling carried decrypt it all
+    from ccmsec.media.capture import media_proof
+    packets = await asyncio.to_thread(cap.datagrams)
+    mine = port.local[1]
+    up = [d.payload for d in packets if d.src[1] == mine]
+    down = [d.payload for d in packets if d.dst[1] == mine]
+    proof_up = media_proof(up, audio.sent_payloads, from_encryption_info(port.tx_encryption))
+    proof_down = media_proof(down, audio.sent_payloads, from_encryption_info(port.rx_encryption))
+    assert proof_up.plaintext_hits == 0 and proof_down.plaintext_hits == 0, (proof_up, proof_down)
+    assert proof_up.audio_matches and proof_up.decrypted == len(up) == len(audio.sent_payloads)
+    assert proof_down.refused == 0 and proof_down.decrypted == len(down) >= 40
+    audit = await gw.gw.AuditEndpoint(pb.AuditEndpointRequest(endpoint="*@gw1"))
+    stats = [c for e in audit.endpoints for c in e.connections]
+    assert len(stats) == 1 and stats[0].srtp and stats[0].refused_authentication == 0
+    pa.hang_up()
+    h.pump()
+    await legs.drain()
+    await wait_for(lambda: gw.gw_svc.gateway.connections == {}, 5)
+    port.close()
+
+
+async def test_gw2_non_secure_phone_gets_an_rtp_leg(gw):
+    await gw.mixed()
+    h, keys, legs, port, audio, pa, cap = await _call_through_gateway(gw, phone_mode=NS)
+    assert not audio.is_srtp and audio.counters()["refused"] == 0
+    [plan] = legs.plans.values()
+    assert not plan.srtp and "GW-2" in plan.reason and "ENC-3" in keys.refusals[A]
+    assert [c.security for c in pa.calls.values()] == [1]
+    pa.hang_up()
+    h.pump()
+    await legs.drain()
+    await wait_for(lambda: gw.gw_svc.gateway.connections == {}, 5)
+    port.close()
