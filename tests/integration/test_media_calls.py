@@ -93,6 +93,6 @@ async def test_enc2_enc4_encrypted_call_on_the_wire_is_srtp_and_decrypts_to_the_
 async def test_call1_authenticated_or_non_secure_call_is_plain_rtp_and_says_so(mode_b, shown):
     proofs, audio, status = await _call(ENC, mode_b)
     for proof in proofs.values():
-        assert not proof.srtp and proof.plaintext_hits == proof.packets >= 39 and proof.audio_matches
+        assert not proof.srtp and proof.plaintext_hits == proof.packets >= 39 and proof.audio_matches, proof.summary()
     assert not any(a.is_srtp for a in audio.values())
     assert status == {A: [shown], B: [shown]}
