@@ -169,11 +169,14 @@ def _tshark_lines(args: list[str]) -> list[str]:
     return out.stdout.splitlines()
 
 
-def sccp_from_capture(pcap: Path, port: int, *, keylog: Path | None = None) -> list[tuple[str, object]]:
+def sccp_from_capture(pcap: Path, port: int, *, keylog: Path | None = None,
+                      by_device: bool = False) -> list[tuple]:
     """Every SCCP message of every TCP connection to `port` in a capture, in order, as
     (direction, message) with direction "to-phone" or "from-phone". With `keylog` the
     connections are read as TLS and decrypted with the NSS key log (SSLKEYLOGFILE) — what an
-    investigator holding the endpoints' TLS secrets can see; without, as clear TCP."""
+    investigator holding the endpoints' TLS secrets can see; without, as clear TCP. With
+    `by_device` each entry is (device, direction, message), the device named by the connection's
+    Register."""
     from ccmsec.wire.sccp import SccpFramer, SccpProtocolError
 
     streams = sorted({int(v) for v in _tshark_lines(["-r", str(pcap), "-Y", f"tcp.port=={port}", "-T",
@@ -184,6 +187,7 @@ def sccp_from_capture(pcap: Path, port: int, *, keylog: Path | None = None) -> l
         kind = "tls" if keylog else "tcp"
         lines = _tshark_lines(["-r", str(pcap), "-q", *tls_opts, "-z", f"follow,{kind},raw,{stream}"])
         framers = {"from-phone": SccpFramer(), "to-phone": SccpFramer()}
+        found: list[tuple[str, object]] = []
         broken: set[str] = set()   # a direction that is not SCCP (e.g. TLS records read as TCP)
         for line in lines:
             if not line.strip() or line.startswith(("=", "Follow:", "Filter:", "Node ")):
@@ -197,9 +201,14 @@ def sccp_from_capture(pcap: Path, port: int, *, keylog: Path | None = None) -> l
                 continue
             try:
                 for message in framers[direction].feed(data):
-                    messages.append((direction, message))
+                    found.append((direction, message))
             except SccpProtocolError:
                 broken.add(direction)
+        if by_device:
+            device = next((m.device_name for d, m in found if d == "from-phone" and hasattr(m, "device_name")), "")
+            messages.extend((device, d, m) for d, m in found)
+        else:
+            messages.extend(found)
     return messages
 
 

@@ -79,29 +79,33 @@ class VirtualDevice:
 
     def handle(self, message: s.Message) -> None:
         for event in self.phone.handle(message):
-            if isinstance(event, OpenChannel):
-                try:
-                    port = self.ports.open(event.channel.party_id)
-                except MediaPortError:
-                    self.phone.channel_failed(event.channel.party_id)
-                    continue
-                self.phone.channel_opened(event.channel.party_id, *port.local)
-            elif isinstance(event, StartTransmit):
-                port = self.ports.get(event.channel.party_id)
-                if port is not None and event.channel.tx is not None:
-                    port.start(event.channel.tx, event.channel.codec, event.channel.tx_encryption)
-            elif isinstance(event, StopTransmit):
-                port = self.ports.get(event.channel.party_id)
-                if port is not None:
-                    port.stop()
-            elif isinstance(event, CloseChannel):
-                self.ports.close(event.channel.party_id)
+            self.media(event)
         if self.profile.auto_answer and self.phone.ready:
             # The far cluster answers as soon as the phone offers Answer (the ringing softkeys).
             for call in list(self.phone.calls.values()):
                 if call.state == CallStateCode.RING_IN and SoftKey.ANSWER in self.phone.offered(call):
                     self.answered += 1
                     self.phone.answer(call.reference)
+
+    def media(self, event: object) -> None:
+        """A channel event: its own UDP ports here (the SRTP gateway's device overrides this)."""
+        if isinstance(event, OpenChannel):
+            try:
+                port = self.ports.open(event.channel.party_id)
+            except MediaPortError:
+                self.phone.channel_failed(event.channel.party_id)
+                return
+            self.phone.channel_opened(event.channel.party_id, *port.local)
+        elif isinstance(event, StartTransmit):
+            port = self.ports.get(event.channel.party_id)
+            if port is not None and event.channel.tx is not None:
+                port.start(event.channel.tx, event.channel.codec, event.channel.tx_encryption)
+        elif isinstance(event, StopTransmit):
+            port = self.ports.get(event.channel.party_id)
+            if port is not None:
+                port.stop()
+        elif isinstance(event, CloseChannel):
+            self.ports.close(event.channel.party_id)
 
 
 @dataclass(frozen=True)
@@ -144,7 +148,11 @@ class CallService:
                 auto_answer=True))
 
     def _add_virtual(self, profile: DeviceProfile) -> None:
-        device = VirtualDevice(profile, self.host)
+        self.add_device(VirtualDevice(profile, self.host))
+
+    def add_device(self, device: VirtualDevice) -> None:
+        """A participant that runs inside callmanager (e.g. the SRTP gateway's device)."""
+        profile = device.profile
         self.virtual[profile.name] = device
         self.agent.register(profile, self._now())
         device.phone.start_setup()

@@ -11,13 +11,15 @@ from ccmsec_callmanager.servicer import CallManagerServicer
 # --- end call control ----------------------------------------------------------------------
 from ccmsec_callmanager.admin_mount import AdminMount  # HTTPS administration API (CERT-4)
 from ccmsec_callmanager.access_audit import AccessAuditMixin  # refused RPCs of every service
+from ccmsec_callmanager.media_plane import MediaPlaneMixin  # call keys and the SRTP gateway
 
 
-class CallManagerService(AccessAuditMixin, CallControlMixin, Service):
+class CallManagerService(AccessAuditMixin, MediaPlaneMixin, CallControlMixin, Service):
     role = "callmanager"
 
     async def setup(self) -> None:
         await self.setup_call_control()  # call control: SCCP 2000/2443 + registry
+        await self.setup_media_plane()  # keys for calls (keymanager) and the SRTP gateway device
         self.admin = AdminMount(self)  # administration API on admin_port (HTTPS)
         await self.admin.start()
         self.grpc.add(callmanager_pb2_grpc.add_CallManagerServicer_to_server, CallManagerServicer(self), "ccmsec.v1.CallManager")
@@ -25,6 +27,7 @@ class CallManagerService(AccessAuditMixin, CallControlMixin, Service):
 
     async def teardown(self) -> None:
         await self.admin.stop()  # administration API
+        await self.teardown_media_plane()
         await self.teardown_call_control()  # call control
 
 
