@@ -35,6 +35,27 @@ def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int = 0o644) -
         os.close(dir_fd)
 
 
+def private_dir(path: str | os.PathLike[str]) -> Path:
+    """A folder only its owner may list or enter (0700): created so, or tightened if it exists
+    with group or world access. For folders holding keys, auth strings or the database."""
+    folder = Path(path)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = folder.stat()
+    if st.st_mode & 0o077 and st.st_uid == os.geteuid():  # never someone else's folder
+        os.chmod(folder, st.st_mode & 0o700)
+    return folder
+
+
+def private_file(path: str | os.PathLike[str]) -> Path:
+    """Make sure `path` exists and only its owner may read or write it (0600), creating it empty
+    if missing. For files another program fills (e.g. SQLite's database)."""
+    target = Path(path)
+    os.close(os.open(target, os.O_CREAT | os.O_RDWR, 0o600))
+    if target.stat().st_mode & 0o077:
+        os.chmod(target, 0o600)
+    return target
+
+
 @contextlib.contextmanager
 def file_lock(lock_path: str | os.PathLike[str]) -> Iterator[None]:
     """An exclusive advisory lock between processes (e.g. services creating one CA at once)."""

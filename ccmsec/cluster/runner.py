@@ -19,7 +19,7 @@ from ccmsec.cluster.state import (
     alive, endpoints_path, pid_belongs_to, read_endpoints, read_state, run_dir,
 )
 from ccmsec.cluster.topology import NATS_PORT, LocalCluster, local_cluster
-from ccmsec.fsutil import atomic_write
+from ccmsec.fsutil import atomic_write, private_dir
 
 UP_TIMEOUT = 120.0
 DOWN_TIMEOUT = 20.0
@@ -50,8 +50,10 @@ def cluster_for(data_dir: Path, base: str | None = None) -> LocalCluster:
 
 
 def check_data_dir(data_dir: Path) -> None:
+    """The data directory exists, is writable, and only its owner may enter it: it holds the
+    cluster's private keys, tokens and database."""
     try:
-        data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(data_dir)
     except PermissionError:
         raise RunnerError(f"cannot create data directory {data_dir}: permission denied") from None
     except OSError as exc:

@@ -13,6 +13,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
+from ccmsec.fsutil import private_file
+
 MIGRATIONS = Path(__file__).resolve().parents[1] / "db" / "migrations"
 _PG_LOCK_KEY = 0x6363_6D73  # "ccms": one advisory lock for schema changes
 
@@ -47,6 +49,7 @@ def create_engine(url: str) -> AsyncEngine:
                 raise DatabaseError(f"cannot create database directory {parent}: {exc.strerror}") from None
             if not os.access(parent, os.W_OK):
                 raise DatabaseError(f"database directory {parent} is not writable")
+            _owner_only(Path(db_path))
         engine = create_async_engine(url, connect_args={"timeout": 30})
 
         @event.listens_for(engine.sync_engine, "connect")
@@ -60,6 +63,18 @@ def create_engine(url: str) -> AsyncEngine:
 
         return engine
     return create_async_engine(url, pool_size=5, max_overflow=5, pool_pre_ping=True)
+
+
+def _owner_only(db_file: Path) -> None:
+    """The database holds password and auth-string hashes: 0600 from the first byte. SQLite
+    gives its -wal and -shm files the database file's permissions; older ones are tightened."""
+    try:
+        private_file(db_file)
+        for extra in (db_file.with_name(db_file.name + "-wal"), db_file.with_name(db_file.name + "-shm")):
+            if extra.exists() and extra.stat().st_mode & 0o077:
+                os.chmod(extra, 0o600)
+    except OSError as exc:
+        raise DatabaseError(f"cannot protect database file {db_file}: {exc.strerror}") from None
 
 
 def sessionmaker(engine: AsyncEngine) -> async_sessionmaker:

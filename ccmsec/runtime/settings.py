@@ -49,6 +49,10 @@ class ServiceSettings(BaseSettings):
     srst_cert_port: int = Field(2445, ge=1, le=65535)
     tftp_path: str = "cluster1"
     tftp_caching: bool = True
+    # The administration API's audit log keeps this many days and at most this many rows
+    # (0 = no limit); older rows are deleted at start and every hour (docs/callmanager.md).
+    audit_retention_days: int = Field(365, ge=0, le=36500)
+    audit_max_rows: int = Field(1_000_000, ge=0, le=1_000_000_000)
 
     @field_validator("service")
     @classmethod

@@ -184,3 +184,24 @@ def test_phones_can_be_pointed_at_other_servers_through_the_cli(cluster):
     assert "no answer from TFTP 127.0.0.9:69" in show, show  # it went where it was pointed
     assert cli(cluster, "set-servers", name, "--clear").returncode == 0
     assert "overrides" not in cli(cluster, "show", name).stdout
+
+
+def test_secrets_at_rest_in_the_running_cluster_are_owner_only(cluster):
+    """The database (password and auth-string hashes) with its WAL, and phone-sim's phones.json
+    (private keys, auth strings) as the running services wrote them: 0600, in 0700 folders."""
+    import os
+    import stat
+    import time
+
+    data = cluster["data"]
+    res = cli(cluster, "add", "--count", "1", "--model", "7970", "--name-prefix", "SEP0E55")
+    assert res.returncode == 0, res.stderr
+    phones = data / "phone-sim" / "phones.json"
+    deadline = time.monotonic() + 10
+    while not phones.exists():  # the fleet saves in the background
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    for path in (data / "ccmsec.db", data / "ccmsec.db-wal", phones):
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600, path
+    for folder in (data, data / "phone-sim"):
+        assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700, folder

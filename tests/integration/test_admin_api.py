@@ -141,6 +141,31 @@ async def test_repeated_failures_from_one_address_are_throttled(stack):
     assert_json_error(await stack.admin().get("/api/v1/whoami"), 429)
 
 
+async def test_forged_bearer_tokens_are_throttled_like_wrong_passwords(stack):
+    """Guessing bearer tokens from one address ends in 429 like guessing passwords; a real token
+    from that address waits too, and an oversized token is refused without a lookup."""
+    from ccmsec_callmanager.admin.auth import FailureThrottle
+
+    stack.app.state.throttle = FailureThrottle(limit=3, window=60)
+    real = await stack.token_client("admin", stack.admin_password)
+    for forged in ("A" * 43, "B" * 43, "x" * 5000):
+        guess = stack.client(headers={"Authorization": f"Bearer {forged}"})
+        assert_json_error(await guess.get("/api/v1/whoami"), 401)
+    r = await stack.client(headers={"Authorization": "Bearer " + "C" * 43}).get("/api/v1/whoami")
+    assert_json_error(r, 429)
+    assert "passwords or tokens" in r.json()["error"]
+    assert_json_error(await real.get("/api/v1/whoami"), 429)
+    stack.app.state.throttle = FailureThrottle(limit=3, window=60)  # the window passed
+    assert (await real.get("/api/v1/whoami")).status_code == 200
+
+
+async def test_audit_paging_id_beyond_64_bits_is_a_422_not_a_500(stack):
+    admin = stack.admin()
+    for before in ("9223372036854775808", "99999999999999999999999", "-1", "0", "x"):
+        assert_json_error(await admin.get(f"/api/v1/audit?before_id={before}"), 422)
+    assert (await admin.get("/api/v1/audit?before_id=9223372036854775807")).status_code == 200
+
+
 async def test_readonly_user_reads_but_gets_403_on_every_mutation(stack):
     admin = await stack.token_client("admin", stack.admin_password)
     assert (await admin.post("/api/v1/devices", json={"name": SEP, "model": "7970"})).status_code == 201
@@ -185,7 +210,9 @@ async def test_device_crud_bumps_config_version_and_announces_changes(stack):
     assert r.status_code == 201, r.text
     created = r.json()
     assert created["security_mode"] == "non-secure"  # MODE-1 / DEV-1 default
-    assert all(created[f] is True for f in HARDENING_FIELDS)
+    # DEV-4 factory behaviour: every feature on, except mirroring to the PC port.
+    assert {f: created[f] for f in HARDENING_FIELDS} == {
+        **{f: True for f in HARDENING_FIELDS}, "span_to_pc_port": False}
     assert created["config_version"] == 1
     assert_json_error(await admin.post("/api/v1/devices", json={"name": SEP, "model": "7960"}), 409)
 
@@ -413,3 +440,43 @@ async def test_serve_admin_runs_until_cancelled(tmp_path):
         await task
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+@BOTH_BACKENDS
+async def test_audit_log_retention_by_age_and_by_count(stack, monkeypatch):
+    """Retention: rows older than the configured days go, then the oldest beyond the row cap,
+    in small batches; 0 keeps everything; the API then lists only what is kept."""
+    import datetime as dt
+
+    from ccmsec.db.admin import AuditEntry
+    from ccmsec.db.devices import utcnow
+    from ccmsec_callmanager.admin import audit
+
+    monkeypatch.setattr(audit, "PRUNE_BATCH", 3)
+    now = utcnow()
+    async with stack.sessionmaker() as session, session.begin():
+        for i in range(30):
+            at = now - dt.timedelta(days=400 if i < 10 else 1, seconds=30 - i)
+            session.add(AuditEntry(at=at, action="test.row", target=f"r{i:02d}", outcome="ok", status=200))
+    async def targets():
+        return [r.target for r in await stack.audit_rows() if r.action == "test.row"]
+
+    assert await audit.prune_audit(stack.sessionmaker, max_age_days=0, max_rows=0) == 0
+    assert len(await targets()) == 30
+    removed = await audit.prune_audit(stack.sessionmaker, max_age_days=365, max_rows=0, now=now)
+    assert removed >= 10 and await targets() == [f"r{i:02d}" for i in range(10, 30)]
+    await audit.prune_audit(stack.sessionmaker, max_age_days=365, max_rows=5, now=now)
+    assert await targets() == [f"r{i:02d}" for i in range(25, 30)]
+    listed = (await stack.admin().get("/api/v1/audit?action=test.row")).json()["entries"]
+    assert [e["target"] for e in listed] == [f"r{i:02d}" for i in range(29, 24, -1)]
+
+
+def test_audit_retention_settings_are_validated(monkeypatch, tmp_path):
+    from ccmsec.runtime.settings import ServiceSettings, SettingsError, load_settings
+
+    monkeypatch.setenv("CCMSEC_SERVICE", "callmanager")
+    monkeypatch.setenv("CCMSEC_DATA_DIR", str(tmp_path))
+    assert load_settings(ServiceSettings).audit_retention_days == 365
+    monkeypatch.setenv("CCMSEC_AUDIT_RETENTION_DAYS", "-1")
+    with pytest.raises(SettingsError, match="CCMSEC_AUDIT_RETENTION_DAYS"):
+        load_settings(ServiceSettings)

@@ -3,6 +3,9 @@ DEV-4, persistence of what it holds, and fuzzing of every download it accepts.""
 
 from __future__ import annotations
 
+import os
+import stat
+
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -272,6 +275,9 @@ async def test_fleet_persists_and_refuses_bad_requests(pki, tmp_path):
         fleet.select(["SEP0000000000FF"])
     fleet.set_auth_string(phones[0].name, "9876")
     await fleet.close()
+    # Private keys and auth strings: an owner-only file in an owner-only folder.
+    assert stat.S_IMODE(os.stat(tmp_path / "phones.json").st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(tmp_path).st_mode) == 0o700
     again = Fleet(tmp_path, Network("127.0.0.1", 9))
     restored = again.load()
     assert [p.name for p in restored] == [p.name for p in phones]

@@ -4,9 +4,16 @@ tracked by this node's call-control registry."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
 from ccmsec_callmanager.admin import (
     AdminServer, BusEvents, create_admin_app, ensure_admin_account, ensure_https_certificate,
 )
+from ccmsec_callmanager.admin.audit import prune_audit
+
+log = logging.getLogger("ccmsec.callmanager.admin")
+RETENTION_INTERVAL = 3600.0  # seconds between two audit-log retention passes
 
 
 class AdminMount:
@@ -29,6 +36,22 @@ class AdminMount:
         # Listening before the service reports SERVING, so `ccmsec device …` works right after `up`.
         self.server = AdminServer(app, s.host, s.admin_port, certfile, keyfile, graceful_timeout=3.0)
         await self.server.start()
+        self.service.spawn(self._retention())
+
+    async def _retention(self) -> None:
+        """Audit-log retention (CCMSEC_AUDIT_RETENTION_DAYS, CCMSEC_AUDIT_MAX_ROWS): at start,
+        then every hour."""
+        s = self.service.settings
+        while True:
+            try:
+                removed = await prune_audit(self.service.db, max_age_days=s.audit_retention_days,
+                                            max_rows=s.audit_max_rows)
+                if removed:
+                    log.info("audit log retention: deleted old rows", extra={
+                        "rows": removed, "days": s.audit_retention_days, "max_rows": s.audit_max_rows})
+            except Exception:  # the next pass tries again; serving the API matters more
+                log.exception("audit log retention failed")
+            await asyncio.sleep(RETENTION_INTERVAL)
 
     async def stop(self) -> None:
         if self.server is not None:

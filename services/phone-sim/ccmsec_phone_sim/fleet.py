@@ -19,7 +19,7 @@ from typing import Callable, Iterable
 
 from cryptography import x509
 
-from ccmsec.fsutil import atomic_write
+from ccmsec.fsutil import atomic_write, private_dir
 from ccmsec.pki.ca import Issued
 from ccmsec.pki.tokens import issue_mic
 
@@ -83,8 +83,9 @@ class Fleet:
         thread, since the loop may add phones to `self.runners` meanwhile."""
         runners = list(self.runners.values()) if runners is None else runners
         doc = {"version": FILE_VERSION, "phones": [r.phone.to_dict() for r in runners]}
-        self.folder.mkdir(parents=True, exist_ok=True)
-        atomic_write(self.path, json.dumps(doc, indent=1, sort_keys=True).encode())
+        # Private keys and CAPF auth strings: owner-only file in an owner-only folder.
+        private_dir(self.folder)
+        atomic_write(self.path, json.dumps(doc, indent=1, sort_keys=True).encode(), mode=0o600)
 
     def start(self) -> None:
         self._saver = asyncio.get_running_loop().create_task(self._save_loop(), name="phone store saver")

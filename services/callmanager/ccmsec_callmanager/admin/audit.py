@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import logging
 
+import datetime as _dt
+
 from starlette.requests import Request
+from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from ccmsec.db.admin import AuditEntry
+from ccmsec.db.devices import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -77,3 +81,33 @@ async def record_refusal(request: Request, status: int, detail: str, rule: str |
             session.add(new_entry(request, status=status, detail=detail, rule=rule))
     except Exception:  # the refusal is still answered; losing its audit row is logged loudly
         log.exception("could not write audit row for refused %s %s", request.method, request.url.path)
+
+
+PRUNE_BATCH = 10_000  # rows per DELETE: a big backlog never holds the database for long
+
+
+async def prune_audit(sessionmaker: async_sessionmaker, *, max_age_days: int, max_rows: int,
+                      now: _dt.datetime | None = None) -> int:
+    """Retention: delete rows older than `max_age_days` and, beyond them, the oldest rows over
+    `max_rows` (0 disables either limit). Returns how many rows went; each batch is its own
+    transaction, so writers are never blocked for long."""
+    removed = 0
+    cutoff = (now or utcnow()) - _dt.timedelta(days=max_age_days) if max_age_days else None
+    while True:
+        async with sessionmaker() as session, session.begin():
+            last = None
+            if cutoff is not None:  # `at` is indexed, and ids grow with time
+                last = await session.scalar(
+                    select(func.max(AuditEntry.id)).where(AuditEntry.at < cutoff))
+            if max_rows:
+                over = await session.scalar(select(AuditEntry.id).order_by(AuditEntry.id.desc())
+                                            .offset(max_rows).limit(1))
+                last = over if last is None or (over is not None and over > last) else last
+            if last is None:
+                return removed
+            first = await session.scalar(select(func.min(AuditEntry.id)))
+            upto = min(last, first + PRUNE_BATCH - 1)
+            result = await session.execute(delete(AuditEntry).where(AuditEntry.id <= upto))
+            removed += result.rowcount or 0
+        if upto >= last:
+            return removed

@@ -10,6 +10,7 @@ from ccmsec.db.admin import AuditEntry
 from .auth import Principal, require_admin
 
 router = APIRouter()
+MAX_ID = 2**63 - 1  # the largest id a 64-bit database integer holds; anything above is a 422
 
 
 @router.get("/api/v1/audit", name="audit.list", tags=["audit"])
@@ -17,7 +18,7 @@ async def list_audit(
     request: Request,
     _: Principal = Depends(require_admin),
     limit: int = Query(100, ge=1, le=1000),
-    before_id: int | None = Query(None, ge=1, description="page: entries older than this id"),
+    before_id: int | None = Query(None, ge=1, le=MAX_ID, description="page: entries older than this id"),
     action: str | None = Query(None, max_length=64),
     target: str | None = Query(None, max_length=128),
 ) -> dict:

@@ -7,7 +7,8 @@ Scheme (one check for every endpoint except POST /api/v1/login and the OpenAPI d
   * `Basic <user:password>` — what the CLI uses (one request per command, nothing to keep).
 Passwords are stored only as argon2id hashes (argon2-cffi). Roles: `admin` may do everything,
 `readonly` may only read (GET); a readonly user on a mutating endpoint gets 403.
-Missing or bad credentials get 401; too many failures from one address get 429 for a while.
+Missing or bad credentials get 401; too many failures from one address — wrong passwords and
+unknown or expired bearer tokens alike — get 429 for a while.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ DEFAULT_TOKEN_TTL = _dt.timedelta(hours=8)
 USERNAME_PATTERN = r"[A-Za-z0-9_.-]{1,64}"
 MIN_PASSWORD = 12
 MAX_PASSWORD = 256
+MAX_TOKEN = 128  # ours are 43 characters; a longer one is refused without a lookup
 
 _hasher = PasswordHasher()  # argon2id with the library's RFC 9106 defaults
 _dummy_hash: str | None = None
@@ -168,7 +170,8 @@ class FailureThrottle:
     def check(self, address: str) -> None:
         recent = self._recent(address)
         if recent is not None and len(recent) >= self.limit:
-            raise ApiError(429, "too many failed logins from this address; try again later")
+            raise ApiError(429, "too many failed authentications (passwords or tokens) from this "
+                                "address; try again later")
 
     def failed(self, address: str) -> None:
         if len(self._failures) >= self.max_addresses:
@@ -221,13 +224,20 @@ async def authenticate(
     basic: HTTPBasicCredentials | None = Security(_basic),
 ) -> Principal:
     if bearer is not None:
-        async with request.app.state.sessionmaker() as session:
-            row = (await session.execute(
-                select(AdminToken.expires_at, AdminAccount)
-                .join(AdminAccount, AdminAccount.id == AdminToken.account_id)
-                .where(AdminToken.token_hash == token_digest(bearer.credentials))
-            )).first()
+        # Guessing tokens counts like guessing passwords: the same throttle per address.
+        throttle: FailureThrottle = request.app.state.throttle
+        address = request.client.host if request.client else "?"
+        throttle.check(address)
+        row = None
+        if len(bearer.credentials) <= MAX_TOKEN:
+            async with request.app.state.sessionmaker() as session:
+                row = (await session.execute(
+                    select(AdminToken.expires_at, AdminAccount)
+                    .join(AdminAccount, AdminAccount.id == AdminToken.account_id)
+                    .where(AdminToken.token_hash == token_digest(bearer.credentials))
+                )).first()
         if row is None or as_utc(row[0]) <= utcnow() or row[1].disabled:
+            throttle.failed(address)
             raise _unauthenticated("bearer token unknown or expired; log in again")
         account = row[1]
     elif basic is not None:
