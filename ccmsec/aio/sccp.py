@@ -9,6 +9,10 @@ guards resources:
   dropped after two silent keepalive intervals;
 * each connection may send at most `max_messages_per_second` (token bucket) and buffers at most
   one frame — beyond that it is closed;
+* one address may hold at most `max_pending_per_source` connections that have not registered yet
+  (TLS handshake and Register included; counted from accept, before any handshake work), so a
+  single source cannot fill the listener while others wait. Registered connections do not
+  count: a phone simulator or a NAT may carry thousands of real phones from one address;
 * the server side is an `asyncio.Protocol` (`ServerConnection`, `__slots__`) calling the
   session from its callbacks, with one lazy timer: no stream pair, task or coroutine frame per
   phone, because call control holds thousands of idle connections (memory per phone, issue 6).
@@ -149,7 +153,7 @@ class ServerConnection(asyncio.Protocol):
     """
 
     __slots__ = ("_server", "session", "transport", "_tokens", "_heard", "_timer", "_deciding",
-                 "_backlog", "_lost", "_write_paused", "_drain_waiter", "_done")
+                 "_backlog", "_lost", "_write_paused", "_drain_waiter", "_done", "_pending_source")
 
     def __init__(self, server: "SccpServer") -> None:
         self._server = server
@@ -164,6 +168,7 @@ class ServerConnection(asyncio.Protocol):
         self._write_paused = False
         self._drain_waiter: asyncio.Future | None = None
         self._done = False
+        self._pending_source: str | None = None  # holds a per-source slot until registered
 
     @property
     def device_name(self) -> str | None:
@@ -180,8 +185,17 @@ class ServerConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         if len(server._connections) >= server.max_connections:
             self._done = True
+            server._release_source(self)  # a slot handed over by the TLS gate
             transport.close()
             return
+        if self._pending_source is None:  # plain TCP: admitted here, at accept
+            peer = transport.get_extra_info("peername")
+            source = sys.intern(peer[0]) if peer else "?"
+            if not server._hold_source(source):
+                self._done = True
+                transport.abort()
+                return
+            self._pending_source = source
         loop = server._loop
         ssl_object = transport.get_extra_info("ssl_object")
         cipher = ssl_object.cipher() if ssl_object is not None else None
@@ -377,6 +391,7 @@ class ServerConnection(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
         self._backlog = None
+        server._release_source(self)
         name = self.device_name
         if dropped is not None:
             server._emit(self, ConnectionDropped(name, dropped))
@@ -401,6 +416,7 @@ class SccpServer:
                  ssl_context: ssl.SSLContext | None = None, keepalive_interval: int = 30,
                  handshake_timeout: float = 10.0, register_timeout: float = 10.0,
                  max_messages_per_second: float = 50.0, max_connections: int = 10_000,
+                 max_pending_per_source: int = 128,
                  on_event: EventSink | None = None, backlog: int = 1024) -> None:
         self._decide = decide
         self.host = host
@@ -411,6 +427,9 @@ class SccpServer:
         self.register_timeout = register_timeout
         self.max_messages_per_second = max_messages_per_second
         self.max_connections = max_connections
+        self.max_pending_per_source = max_pending_per_source
+        self._pending: dict[str, int] = {}  # source address -> connections not registered yet
+        self.refused_per_source = 0
         self._on_event = on_event
         self.backlog = backlog  # a registration storm must not overflow the listen queue
         self._server: asyncio.base_events.Server | None = None
@@ -427,11 +446,10 @@ class SccpServer:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._server = await self._loop.create_server(
-            lambda: ServerConnection(self), self.host, self._port, ssl=self.ssl_context,
-            ssl_handshake_timeout=self.handshake_timeout if self.ssl_context else None,
-            backlog=self.backlog,
-        )
+        # TLS goes through a gate that counts the source before any handshake work is done.
+        factory = (lambda: _TlsGate(self)) if self.ssl_context else (lambda: ServerConnection(self))
+        self._server = await self._loop.create_server(factory, self.host, self._port,
+                                                      backlog=self.backlog)
 
     async def close(self) -> None:
         if self._server is not None:
@@ -484,6 +502,28 @@ class SccpServer:
 
     # connection plumbing ----------------------------------------------------------------------
 
+    def _hold_source(self, source: str) -> bool:
+        """Take one "not registered yet" slot of `source`; False when it has none left."""
+        held = self._pending.get(source, 0)
+        if held >= self.max_pending_per_source:
+            self.refused_per_source += 1
+            if self.refused_per_source in (1, 100) or self.refused_per_source % 10_000 == 0:
+                log.warning("SCCP: %s holds %d connections that have not registered; refusing "
+                            "more from it", source, held, extra={"refused": self.refused_per_source})
+            return False
+        self._pending[source] = held + 1
+        return True
+
+    def _release_source(self, conn: "ServerConnection | _TlsGate") -> None:
+        source, conn._pending_source = conn._pending_source, None
+        if source is None:
+            return
+        left = self._pending.get(source, 1) - 1
+        if left > 0:
+            self._pending[source] = left
+        else:
+            self._pending.pop(source, None)
+
     def _emit(self, conn: ServerConnection, event: object) -> None:
         if self._on_event is not None:
             try:
@@ -498,6 +538,7 @@ class SccpServer:
 
     def _on_session_event(self, conn: ServerConnection, event: object) -> None:
         if isinstance(event, DeviceRegistered):
+            self._release_source(conn)  # registered: no longer counts against its address
             old = self.registered.get(event.device_name)
             if old is not None and old is not conn:
                 old.close()  # a device re-registering replaces its stale connection
@@ -506,6 +547,71 @@ class SccpServer:
             if self.registered.get(event.device_name) is conn:
                 del self.registered[event.device_name]
         self._emit(conn, event)
+
+
+class _TlsGate(asyncio.Protocol):
+    """The TLS listener's first protocol: admits a connection by its source address at accept
+    (see `SccpServer._hold_source`), runs the handshake within `handshake_timeout`, then hands
+    the TLS transport and the source slot to a `ServerConnection`."""
+
+    __slots__ = ("_server", "_pending_source", "_conn", "_early")
+
+    def __init__(self, server: "SccpServer") -> None:
+        self._server = server
+        self._pending_source: str | None = None
+        self._conn: ServerConnection | None = None
+        self._early: bytearray | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        server = self._server
+        peer = transport.get_extra_info("peername")
+        source = sys.intern(peer[0]) if peer else "?"
+        if len(server._connections) >= server.max_connections or not server._hold_source(source):
+            transport.abort()  # type: ignore[attr-defined]
+            return
+        self._pending_source = source
+        server._spawn(self._handshake(transport))  # type: ignore[arg-type]
+
+    async def _handshake(self, transport: asyncio.Transport) -> None:
+        server = self._server
+        try:
+            tls = await server._loop.start_tls(transport, self, server.ssl_context, server_side=True,
+                                               ssl_handshake_timeout=server.handshake_timeout)
+        except asyncio.CancelledError:
+            server._release_source(self)
+            transport.abort()
+            raise
+        except Exception:  # bad handshake, timeout, peer gone: nobody else was kept waiting
+            server._release_source(self)
+            transport.abort()
+            return
+        if tls is None:
+            server._release_source(self)
+            return
+        conn = self._conn = ServerConnection(server)
+        conn._pending_source, self._pending_source = self._pending_source, None
+        tls.set_protocol(conn)
+        conn.connection_made(tls)
+        early, self._early = self._early, None
+        if early:
+            conn.data_received(bytes(early))
+
+    # Application data that raced ahead of the hand-over, and the end of the connection.
+    def data_received(self, data: bytes) -> None:
+        if self._conn is not None:
+            self._conn.data_received(data)
+            return
+        early = self._early if self._early is not None else bytearray()
+        if len(early) + len(data) <= MAX_BUFFER:
+            early += data
+            self._early = early
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._conn is not None:
+            self._conn.connection_lost(exc)
 
 
 # -- phone side -------------------------------------------------------------------------------------

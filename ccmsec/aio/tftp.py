@@ -135,7 +135,12 @@ class _Listener(asyncio.DatagramProtocol):
 
 class TftpServer:
     """Read-only TFTP server. `resolve(filename, client)` returns the bytes, None (not found),
-    or raises TftpError(code, message)."""
+    or raises TftpError(code, message).
+
+    At most `max_sessions` transfers run at once, and at most `max_sessions_per_source` of them
+    for one client address (default a quarter): a client that floods read requests (and never
+    acknowledges) gets "server busy" for the excess, while others keep being served.
+    """
 
     def __init__(
         self,
@@ -144,6 +149,7 @@ class TftpServer:
         resolve: Resolver,
         *,
         max_sessions: int = 512,
+        max_sessions_per_source: int | None = None,
         max_blksize: int = MAX_BLKSIZE,
         max_windowsize: int = 64,
         max_timeout: int = DEFAULT_MAX_TIMEOUT,
@@ -154,6 +160,7 @@ class TftpServer:
         self.port = port
         self.resolve = resolve
         self.max_sessions = max_sessions
+        self.max_sessions_per_source = max_sessions_per_source or max(1, max_sessions // 4)
         self.max_blksize = max_blksize
         self.max_windowsize = max_windowsize
         self.max_timeout = max_timeout
@@ -163,6 +170,8 @@ class TftpServer:
         self.failed = 0
         self._transport: asyncio.DatagramTransport | None = None
         self._sessions: dict[tuple, asyncio.Task[None]] = {}
+        self._per_source: dict[str, int] = {}  # client address -> transfers running
+        self.refused_per_source = 0
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
@@ -196,6 +205,7 @@ class TftpServer:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         self._sessions.clear()
+        self._per_source.clear()
 
     async def __aenter__(self) -> TftpServer:
         await self.start()
@@ -224,6 +234,13 @@ class TftpServer:
         if len(self._sessions) >= self.max_sessions:
             self._reply(encode_error(ERR_NOT_DEFINED, "server busy"), addr)
             return
+        source = addr[0]
+        running = self._per_source.get(source, 0)
+        if running >= self.max_sessions_per_source:
+            self.refused_per_source += 1
+            self._reply(encode_error(ERR_NOT_DEFINED, "server busy: too many transfers from "
+                                                      "your address"), addr)
+            return
         try:
             check_filename(packet.filename)
         except TftpError as exc:
@@ -231,7 +248,16 @@ class TftpServer:
             return
         task = self._loop.create_task(self._serve(packet, addr))  # type: ignore[union-attr]
         self._sessions[addr] = task
-        task.add_done_callback(lambda _t, key=addr: self._sessions.pop(key, None))
+        self._per_source[source] = running + 1
+        task.add_done_callback(lambda _t, key=addr: self._session_done(key))
+
+    def _session_done(self, addr: tuple) -> None:
+        self._sessions.pop(addr, None)
+        left = self._per_source.get(addr[0], 1) - 1
+        if left > 0:
+            self._per_source[addr[0]] = left
+        else:
+            self._per_source.pop(addr[0], None)
 
     async def _serve(self, request: Request, addr: tuple) -> None:
         loop = self._loop

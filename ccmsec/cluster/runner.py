@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ccmsec.cluster.state import (
-    alive, endpoints_path, pid_belongs_to, read_endpoints, read_state, run_dir,
+    alive, cluster_processes, endpoints_path, pid_belongs_to, read_endpoints, read_state, run_dir,
 )
 from ccmsec.cluster.topology import NATS_PORT, LocalCluster, local_cluster
 from ccmsec.fsutil import atomic_write, private_dir
@@ -237,10 +237,18 @@ def down(data_dir: Path, *, quiet: bool = False) -> int:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    time.sleep(0.1)
-    left = cluster_pids(data_dir)
+    # Anything else started for this cluster (e.g. a pool worker orphaned by a crashed service)
+    # must not outlive it either.
+    for pid in cluster_processes(data_dir):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + 2.0
+    while (left := cluster_pids(data_dir) + cluster_processes(data_dir)) and time.monotonic() < deadline:
+        time.sleep(0.05)
     if left:
-        raise RunnerError(f"processes still running after down: {left}")
+        raise RunnerError(f"processes still running after down: {sorted(set(left))}")
     if not quiet:
         _progress(f"stopped {len(before)} processes", final=True)
     return len(before)

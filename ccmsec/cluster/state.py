@@ -57,6 +57,25 @@ def pid_belongs_to(pid: int, data_dir: Path) -> bool:
     return marker in environ.split(b"\0")
 
 
+def cluster_processes(data_dir: Path) -> list[int]:
+    """Every live process started for this cluster, whoever started it (services, their pool
+    workers, NATS, the supervisor): each inherits CCMSEC_CLUSTER_DIR. This process and its
+    ancestors are left out, so a command run from inside a cluster never counts itself."""
+    own = set()
+    pid = os.getpid()
+    while pid > 1 and pid not in own:
+        own.add(pid)
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            break
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) not in own and pid_belongs_to(int(entry.name), data_dir):
+            found.append(int(entry.name))
+    return sorted(found)
+
+
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -52,11 +52,22 @@ class Child:
 
     async def start(self) -> None:
         with open(self.log_path, "ab") as logf:
+            # Its own process group: whatever the service starts (pool workers) goes with it.
             self.proc = await asyncio.create_subprocess_exec(
                 *self.argv, env=self.env, stdout=logf, stderr=logf, stdin=asyncio.subprocess.DEVNULL,
+                start_new_session=True,
             )
         self.started_at = time.monotonic()
         self.state = "running"
+
+    def kill_leftovers(self) -> None:
+        """After the service process ended: SIGKILL what is left of its process group."""
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass  # nothing left (the usual case)
 
     def info(self) -> dict:
         return {"pid": self.proc.pid if self.proc else 0, "restarts": self.restarts,
@@ -140,6 +151,7 @@ class Supervisor:
         while not self.stopping:
             code = await child.proc.wait()
             child.last_exit = code
+            child.kill_leftovers()  # e.g. pool workers of a service killed with SIGKILL
             if self.stopping:
                 child.state = "stopped"
                 return
@@ -191,6 +203,7 @@ class Supervisor:
                         pass
                     await c.proc.wait()
         for c in children:
+            c.kill_leftovers()
             c.state = "stopped"
 
 

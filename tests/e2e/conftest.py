@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from ccmsec.cluster.runner import cluster_pids
+from ccmsec.cluster.state import cluster_processes
 from tests.conftest import run_cli
 
 
@@ -25,6 +26,7 @@ def cluster():
     yield {"data": data, "endpoints": endpoints}
     res = run_cli("down", "--data", str(data))
     left = cluster_pids(data)
+    strays = cluster_processes(data)  # anything started for this cluster, pool workers included
     shutil.rmtree(data, ignore_errors=True)
     assert res.returncode == 0, res.stderr
-    assert left == [], f"processes left after ccmsec down: {left}"
+    assert left == [] and strays == [], f"processes left after ccmsec down: {left} {strays}"

@@ -123,6 +123,41 @@ def test_killed_service_is_restarted_and_restart_is_logged(cluster):
     assert "restarting with back-off" in log and "srtp-gateway" in log
 
 
+def _children(pid: int) -> list[int]:
+    from pathlib import Path
+
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+        except OSError:
+            pass
+    return found
+
+
+def test_kill_9_of_tftp_signer_takes_its_signing_workers_with_it(cluster):
+    """Every child dies with its service: after `kill -9` of tftp-signer none of its signing-pool
+    workers (they hold the signing key) survives, and the supervisor starts a fresh service."""
+    from ccmsec.cluster.state import cluster_processes, pid_belongs_to
+
+    data = cluster["data"]
+    before = read_state(data)["children"]["tftp-signer"]
+    workers = _wait(lambda: _children(before["pid"]), timeout=20)  # the pool warms up at start
+    assert workers, "tftp-signer has no signing workers to check"
+    os.kill(before["pid"], signal.SIGKILL)
+    gone = _wait(lambda: not any(pid_belongs_to(w, data) for w in workers), timeout=10, interval=0.05)
+    assert gone, [w for w in workers if pid_belongs_to(w, data)]
+
+    def back():
+        rows, _ = _status(data)
+        row = rows["tftp-signer"]
+        return row if row["pid"] != before["pid"] and row["state"] == "SERVING" else None
+
+    assert _wait(back, timeout=60), "tftp-signer not restarted"
+    assert not set(workers) & set(cluster_processes(data))
+
+
 def test_restart_event_restarts_the_service_cleanly(cluster):
     data = cluster["data"]
     before = read_state(data)["children"]["keymanager"]

@@ -94,3 +94,55 @@ def test_auth3_sgn_only_in_mixed_mode_and_signed_by_the_tftp_certificate(cluster
         _set_cluster_mode(data, "non-secure")
     res = run_cli("tftp", "get", "RingList.xml.sgn", "--data", str(data), timeout=60)
     assert res.returncode != 0 and "error 1" in res.stderr
+
+
+def test_1100_read_requests_from_one_address_do_not_starve_a_phone_elsewhere(cluster):
+    """One source cannot starve the others: 1,100 read requests from one address that never
+    acknowledge hold at most that address's share of the tftp-signer's transfers (the rest get
+    "server busy: too many transfers from your address"), and a phone at another address gets
+    its file at once."""
+    import asyncio
+    import resource
+    import socket
+
+    from ccmsec.aio.tftp import tftp_get
+    from ccmsec.wire import tftp as t
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 2000 and hard > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
+    svc = cluster["endpoints"]["services"]["tftp-signer"]
+    target = (svc["host"], svc["tftp_port"])
+    flood = []
+    try:
+        for _ in range(1100):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            flood.append(sock)
+            sock.bind(("127.250.0.1", 0))
+            sock.setblocking(False)
+            sock.sendto(t.encode_request(t.OP_RRQ, "RingList.xml"), target)
+
+        async def phone():
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            data = await tftp_get(*target, "RingList.xml", bind_host="127.250.0.2", timeout=0.5)
+            return data, loop.time() - started
+
+        time.sleep(0.5)
+        data, took = asyncio.run(phone())
+        assert data and took < 2.0, took
+        answers = {"data": 0, "busy": 0}
+        for sock in flood:
+            try:
+                packet = t.parse_packet(sock.recv(2048))
+            except BlockingIOError:
+                continue
+            if isinstance(packet, t.Error):
+                assert packet.message == "server busy: too many transfers from your address"
+                answers["busy"] += 1
+            else:
+                answers["data"] += 1
+        assert answers["data"] <= 1024 // 4 and answers["busy"] >= 1100 - 1024 // 4, answers
+    finally:
+        for sock in flood:
+            sock.close()

@@ -118,7 +118,7 @@ async def test_bounded_sessions_answer_server_busy():
         await gate.wait()
         return b"ok"
 
-    async with TftpServer("127.0.0.1", 0, slow, max_sessions=2) as srv:
+    async with TftpServer("127.0.0.1", 0, slow, max_sessions=2, max_sessions_per_source=2) as srv:
         host, port = srv.address
         first = [asyncio.create_task(tftp_get(host, port, "a", timeout=0.5)) for _ in range(2)]
         while srv.active_sessions < 2:
@@ -129,6 +129,48 @@ async def test_bounded_sessions_answer_server_busy():
         gate.set()
         assert await asyncio.gather(*first) == [b"ok", b"ok"]
         assert await tftp_get(host, port, "a") == b"ok"  # capacity is back
+
+
+async def test_one_address_flooding_read_requests_cannot_starve_the_others():
+    """Per-source limit: 200 read requests from one address that never acknowledge get at most
+    the address's share of the transfers ("server busy: too many transfers from your address"
+    for the rest), and a phone at another address is served at once meanwhile."""
+    import socket
+
+    FILES["flood"] = os.urandom(200_000)
+    try:
+        async with TftpServer("127.0.0.1", 0, resolve, max_sessions=64, max_sessions_per_source=16,
+                              timeout=2, retries=3) as srv:
+            host, port = srv.address
+            flood = []
+            for _ in range(200):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                sock.bind(("127.0.0.2", 0))
+                sock.setblocking(False)
+                sock.sendto(t.encode_request(t.OP_RRQ, "flood"), (host, port))
+                flood.append(sock)
+            await asyncio.sleep(0.3)
+            busy = data = 0
+            for sock in flood:
+                try:
+                    packet = t.parse_packet(sock.recv(2048))
+                except BlockingIOError:
+                    continue
+                if isinstance(packet, t.Error):
+                    assert packet.message == "server busy: too many transfers from your address"
+                    busy += 1
+                else:
+                    data += 1
+            assert (data, busy) == (16, 184) and srv.active_sessions == 16
+            assert srv.refused_per_source == 184
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            got = await tftp_get(host, port, "flood", blksize=1428, bind_host="127.0.0.3", timeout=0.5)
+            assert got == FILES["flood"] and loop.time() - started < 2.0
+            for sock in flood:
+                sock.close()
+    finally:
+        del FILES["flood"]
 
 
 async def test_write_request_refused_with_access_violation(server):

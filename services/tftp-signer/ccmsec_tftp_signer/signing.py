@@ -27,6 +27,7 @@ from pathlib import Path
 
 from ccmsec.formats.sgn import SgnFormatError, parse_sgn, sign_file
 from ccmsec.fsutil import atomic_write
+from ccmsec.procutil import exit_with_parent
 
 log = logging.getLogger("ccmsec.tftp-signer")
 
@@ -52,7 +53,9 @@ class SigningPool:
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
             # spawn: a fork of a process running asyncio, gRPC and NATS threads is not safe.
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+            # The workers hold the TFTP signing key: they exit when this service dies, however.
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=exit_with_parent, initargs=(os.getpid(),))
         return self._pool
 
     async def warm_up(self) -> None:
