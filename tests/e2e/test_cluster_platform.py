@@ -141,21 +141,35 @@ def test_kill_9_of_tftp_signer_takes_its_signing_workers_with_it(cluster):
     workers (they hold the signing key) survives, and the supervisor starts a fresh service."""
     from ccmsec.cluster.state import cluster_processes, pid_belongs_to
 
+    import sqlite3
+
     data = cluster["data"]
-    before = read_state(data)["children"]["tftp-signer"]
-    workers = _wait(lambda: _children(before["pid"]), timeout=20)  # the pool warms up at start
-    assert workers, "tftp-signer has no signing workers to check"
-    os.kill(before["pid"], signal.SIGKILL)
-    gone = _wait(lambda: not any(pid_belongs_to(w, data) for w in workers), timeout=10, interval=0.05)
-    assert gone, [w for w in workers if pid_belongs_to(w, data)]
 
-    def back():
-        rows, _ = _status(data)
-        row = rows["tftp-signer"]
-        return row if row["pid"] != before["pid"] and row["state"] == "SERVING" else None
+    def set_mode(mode):  # straight into the database: no events, the other services stay put
+        with sqlite3.connect(data / "ccmsec.db", timeout=10) as db:
+            db.execute("UPDATE cluster_settings SET value = ? WHERE key = 'security_mode'", (mode,))
 
-    assert _wait(back, timeout=60), "tftp-signer not restarted"
-    assert not set(workers) & set(cluster_processes(data))
+    set_mode("mixed")  # a tftp-signer starting in mixed mode starts its signing pool
+    try:
+        res = run_cli("restart", "tftp-signer", "--data", str(data), timeout=120)
+        assert res.returncode == 0, res.stderr
+        before = read_state(data)["children"]["tftp-signer"]
+        workers = _wait(lambda: _children(before["pid"]), timeout=30)
+        assert workers, "tftp-signer has no signing workers to check"
+        os.kill(before["pid"], signal.SIGKILL)
+        gone = _wait(lambda: not any(pid_belongs_to(w, data) for w in workers), timeout=10,
+                     interval=0.05)
+        assert gone, [w for w in workers if pid_belongs_to(w, data)]
+
+        def back():
+            rows, _ = _status(data)
+            row = rows["tftp-signer"]
+            return row if row["pid"] != before["pid"] and row["state"] == "SERVING" else None
+
+        assert _wait(back, timeout=60), "tftp-signer not restarted"
+        assert not set(workers) & set(cluster_processes(data))
+    finally:
+        set_mode("non-secure")
 
 
 def test_restart_event_restarts_the_service_cleanly(cluster):
