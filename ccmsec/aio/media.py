@@ -212,3 +212,44 @@ class PortAudio:
 
     def close(self) -> None:
         self._stop(self.port)
+
+
+class PhoneAudio:
+    """A phone's audio: one `PortAudio` per media port its calls open, fed with the phone's own
+    tone (each phone a different pitch, so a recording tells who was heard). Plug `hook` into the
+    calling phone's media hook (`CallingPhone(on_media=…)`); counters stay after a port closes."""
+
+    def __init__(self, pitch: float = 440.0, *, record: bool = False):
+        from ccmsec.media import tones
+
+        self._source = tones.tone(pitch)
+        self.record = record
+        self.by_port: dict[object, PortAudio] = {}
+        self.closed_totals = {"sent": 0, "received": 0, "lost": 0, "refused": 0}
+
+    def hook(self, what: str, port) -> None:
+        if what == "open":
+            self.by_port[port] = PortAudio(port, self._source.frame, record=self.record)
+        elif what == "close":
+            audio = self.by_port.pop(port, None)
+            if audio is not None:
+                audio.close()
+                for name, value in audio.counters().items():
+                    if name in self.closed_totals:
+                        self.closed_totals[name] += value
+
+    def of(self, port) -> PortAudio | None:
+        return self.by_port.get(port)
+
+    @property
+    def srtp_both_ways(self) -> bool:
+        """Every open stream SRTP in both directions (the lock's media condition, CALL-2)."""
+        return bool(self.by_port) and all(a.is_srtp for a in self.by_port.values())
+
+    def totals(self) -> dict[str, int]:
+        out = dict(self.closed_totals)
+        for audio in self.by_port.values():
+            for name, value in audio.counters().items():
+                if name in out:
+                    out[name] += value
+        return out
