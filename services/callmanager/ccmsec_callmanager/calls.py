@@ -22,7 +22,9 @@ import logging
 import time
 from dataclasses import dataclass
 
+from ccmsec.aio.media import PortAudio
 from ccmsec.aio.media_port import MediaPortError, MediaPorts
+from ccmsec.media import tones
 from ccmsec.calls.agent import CallAgent
 from ccmsec.calls.config import AgentSettings, DeviceProfile, LineConfig
 from ccmsec.calls.media import ResourceKey
@@ -50,9 +52,14 @@ class ResourcePorts:
 
     def __init__(self, host: str) -> None:
         self.ports = MediaPorts(host)
+        self.audio: dict[ResourceKey, PortAudio] = {}
 
     def open(self, key: ResourceKey) -> tuple[str, int]:
-        return self.ports.open(key).local
+        port = self.ports.open(key)
+        if key[0] is EndpointKind.MUSIC_ON_HOLD and key not in self.audio:
+            # real music, always plain RTP: music on hold is never secure media (CALL-3, GW-3)
+            self.audio[key] = PortAudio(port, tones.music_on_hold().frame)
+        return port.local
 
     def start(self, key: ResourceKey, remote: tuple[str, int], codec: int) -> None:
         port = self.ports.get(key)
@@ -65,6 +72,9 @@ class ResourcePorts:
             port.stop()
 
     def close(self, key: ResourceKey) -> None:
+        audio = self.audio.pop(key, None)
+        if audio is not None:
+            audio.close()
         self.ports.close(key)
 
 
