@@ -237,6 +237,28 @@ class AdminClient:
     def set_device_pool(self, name: str, pool: str | None) -> dict:
         return self._call("PUT", self._device_path(name) + "/pool", json={"pool": pool})
 
+    # SRST references (SRST-2, CERT-6) ---------------------------------------------------------
+    def srst_references(self) -> list[dict]:
+        return self._call("GET", "/api/v1/srst")["references"]
+
+    def srst_reference(self, name: str) -> dict:
+        return self._call("GET", f"/api/v1/srst/{quote(name, safe='')}")
+
+    def add_srst_reference(self, name: str, host: str, **ports: int) -> dict:
+        return self._call("POST", "/api/v1/srst", json={"name": name, "host": host, **ports})
+
+    def remove_srst_reference(self, name: str) -> dict:
+        return self._call("DELETE", f"/api/v1/srst/{quote(name, safe='')}")
+
+    def srst_security(self, name: str, secure: bool, accept_sha256: str = "") -> dict:
+        """Fetch and store the router's certificate (secure=True) or remove it; the dependent
+        devices are reset (RST-5). A changed certificate needs `accept_sha256` (CERT-6)."""
+        body: dict[str, Any] = {"secure": secure}
+        if accept_sha256:
+            body["accept_sha256"] = accept_sha256
+        return self._call("PUT", f"/api/v1/srst/{quote(name, safe='')}/security", json=body,
+                          timeout=30.0)
+
     # cluster, CAPF ----------------------------------------------------------------------------
     def cluster(self) -> dict:
         return self._call("GET", "/api/v1/cluster")

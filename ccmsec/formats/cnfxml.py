@@ -11,7 +11,10 @@ spanToPCPort}`.
 Elements this project chose because the real ones are not public (documented here on purpose):
 - `deviceName`, `model` (top level): the device the file is for, so a phone can check it.
 - `callManager/ports/securedEthernetPhonePort`: the SCCP-over-TLS port (2443).
-- `srstInfo/srstCertificate`: the SRST gateway certificate (CERT-6), base64 of the DER.
+- `srstInfo/srstCertificate`: the SRST gateway certificate (CERT-6), base64 of the DER; a phone
+  pins it as the only certificate it accepts from the SRST router over TLS (not the CTL).
+- `srstInfo/securePort1..3`: the SCCP-over-TLS port of each SRST address (2443), next to the
+  public `port1..3` (clear SCCP, 2000); a secure phone uses it when `isSecure` is true.
 - `capfOperation` (top level) with `operation` (none | install | upgrade | delete |
   troubleshoot), `authString` (digits, for capfAuthMode 1), `keyType` (RSA | EC),
   `keySize` (RSA bits) and `curve` (P-256 | P-384 | P-521, for EC): what CAPF has pending
@@ -109,6 +112,7 @@ class SrstInfo:
     ports: tuple[int, ...] = ()  # port1..3, default 2000 each
     is_secure: bool = False
     certificate: bytes | None = None  # DER of the SRST gateway certificate (CERT-6)
+    secure_ports: tuple[int, ...] = ()  # securePort1..3 (ours), default 2443 each
 
     def __post_init__(self) -> None:
         if self.option not in SRST_OPTIONS:
@@ -119,8 +123,16 @@ class SrstInfo:
             _check_text(address, "srstInfo ipAddr")
         for port in self.ports:
             _check_port(port, "srstInfo port")
+        if len(self.secure_ports) > 3:
+            raise CnfXmlError("srstInfo: at most three secure ports")
+        for port in self.secure_ports:
+            _check_port(port, "srstInfo securePort")
         if self.certificate is not None and len(self.certificate) > 16 * 1024:
             raise CnfXmlError("srstCertificate larger than 16 KiB")
+
+    def secure_port(self, index: int) -> int:
+        """The TLS port of address `index` (2443 unless the file says otherwise)."""
+        return self.secure_ports[index] if index < len(self.secure_ports) else 2443
 
 
 @dataclass(frozen=True)
@@ -306,6 +318,8 @@ def _srst(parent: ET.Element, srst: SrstInfo) -> None:
     for i in range(3):
         _sub(element, f"ipAddr{i + 1}", srst.addresses[i] if i < len(srst.addresses) else "")
         _sub(element, f"port{i + 1}", str(srst.ports[i] if i < len(srst.ports) else 2000))
+        if i < len(srst.secure_ports):
+            _sub(element, f"securePort{i + 1}", str(srst.secure_ports[i]))
     _sub(element, "isSecure", "true" if srst.is_secure else "false")
     if srst.certificate is not None:
         _sub(element, "srstCertificate", base64.b64encode(srst.certificate).decode("ascii"))
@@ -411,12 +425,14 @@ def _parse_srst(pool: ET.Element) -> SrstInfo | None:
     element = pool.find("srstInfo")
     if element is None:
         return None
-    addresses, ports = [], []
+    addresses, ports, secure_ports = [], [], []
     for i in (1, 2, 3):
         address = _text(element, f"ipAddr{i}", required=False)
         if address:
             addresses.append(address)
             ports.append(_int(element, f"port{i}", False, 2000))
+            if element.find(f"securePort{i}") is not None:
+                secure_ports.append(_int(element, f"securePort{i}"))
     certificate = None
     cert_text = _text(element, "srstCertificate", required=False)
     if cert_text:
@@ -429,6 +445,7 @@ def _parse_srst(pool: ET.Element) -> SrstInfo | None:
         addresses=tuple(addresses),
         ports=tuple(ports),
         is_secure=_bool(element, "isSecure"),
+        secure_ports=tuple(secure_ports),
         certificate=certificate,
     )
 

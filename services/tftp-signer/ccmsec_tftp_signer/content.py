@@ -23,6 +23,7 @@ from ccmsec import firmware
 from ccmsec.db.capf import CapfOperation
 from ccmsec.db.devices import HARDENING_FIELDS, Device, cluster_security_mode
 from ccmsec.db.lines import DevicePool
+from ccmsec.db.srst import SrstReference
 from ccmsec.domain import CapfAuthMode, ClusterMode, DeviceSecurityMode
 from ccmsec.domain import CapfOperation as Operation  # CapfOperation here is CAPF's table
 from ccmsec.formats.cnfxml import (
@@ -69,12 +70,24 @@ def _capf_settings(op: dict | None, endpoints: ClusterEndpoints) -> tuple[CapfAu
                          **key_fields))
 
 
+def srst_info(pool: dict | None, endpoints: ClusterEndpoints) -> SrstInfo:
+    """The pool's SRST reference (`reference`: its row, CERT-6 certificate included), a bare host
+    reference, or the cluster's own srst service; `Disable` when there is none."""
+    reference = (pool or {}).get("reference")
+    if reference is not None:
+        secure = bool(reference["secure"] and reference["certificate"])
+        return SrstInfo("Enable", (reference["host"],), (reference["sccp_port"],), is_secure=secure,
+                        secure_ports=(reference["sccp_tls_port"],),
+                        certificate=reference["certificate"] if secure else None)
+    srst_host = (pool or {}).get("srst") or endpoints.srst_host
+    return SrstInfo("Enable", (srst_host,), (endpoints.sccp_port,)) if srst_host else SrstInfo("Disable")
+
+
 def build_device_config(device: dict, capf_op: dict | None, pool: dict | None,
                         endpoints: ClusterEndpoints) -> DeviceConfig:
     """Pure: one device row (+ its pending CAPF operation and pool) -> its DeviceConfig."""
     hosts = tuple(pool["callmanagers"]) if pool and pool.get("callmanagers") else None
-    srst_host = (pool or {}).get("srst") or endpoints.srst_host
-    srst = SrstInfo("Enable", (srst_host,), (endpoints.sccp_port,)) if srst_host else SrstInfo("Disable")
+    srst = srst_info(pool, endpoints)
     auth_mode, capf = _capf_settings(capf_op, endpoints)
     try:
         load = firmware.load_name(device["model"])
@@ -108,12 +121,22 @@ async def _pending_capf(session: AsyncSession, names: list[str] | None) -> dict[
 
 
 async def _pools(session: AsyncSession, names: set[str]) -> dict[str, dict]:
-    """Device pools (callmanager's `device_pools`): name -> {callmanagers: [...], srst: host}."""
+    """Device pools (callmanager's `device_pools`): name -> {callmanagers: [...], srst: host,
+    reference: the `srst_references` row the pool names, if any}."""
     if not names:
         return {}
-    rows = await session.execute(select(DevicePool.name, DevicePool.cm_group, DevicePool.srst)
-                                 .where(DevicePool.name.in_(sorted(names))))
-    return {r.name: {"callmanagers": [h for h in r.cm_group.split(",") if h][:3], "srst": r.srst or None}
+    rows = (await session.execute(select(DevicePool.name, DevicePool.cm_group, DevicePool.srst)
+                                  .where(DevicePool.name.in_(sorted(names))))).all()
+    wanted = sorted({r.srst for r in rows if r.srst})
+    references = {}
+    if wanted:
+        references = {ref.name: {"host": ref.host, "sccp_port": ref.sccp_port,
+                                 "sccp_tls_port": ref.sccp_tls_port, "secure": ref.secure,
+                                 "certificate": ref.certificate}
+                      for ref in (await session.scalars(
+                          select(SrstReference).where(SrstReference.name.in_(wanted)))).all()}
+    return {r.name: {"callmanagers": [h for h in r.cm_group.split(",") if h][:3], "srst": r.srst or None,
+                     "reference": references.get(r.srst)}
             for r in rows}
 
 

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from . import audit_api, auth, capf, cluster, devices, lines, registrations, resets
+from . import audit_api, auth, capf, cluster, devices, lines, registrations, resets, srst
 from .audit import record_refusal
 from .errors import MAX_BODY_BYTES, ApiError, BodyLimitMiddleware, describe_validation_errors, error_body
 from .capf import CapfChannelFactory
@@ -60,6 +60,7 @@ def create_admin_app(sessionmaker: async_sessionmaker, *, events: EventPublisher
     app.include_router(resets.router)  # before devices: /devices/reset is not a device name
     app.include_router(devices.router)
     app.include_router(lines.router)
+    app.include_router(srst.router)
     app.include_router(registrations.router)
     app.include_router(cluster.router)
     app.include_router(capf.router)
