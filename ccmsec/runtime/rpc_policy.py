@@ -52,6 +52,7 @@ _TABLE: dict[str, dict[str, frozenset[str]]] = {
         "AddDevicePool": ADMIN,
         "GetDevicePools": ADMIN,
         "SetDevicePool": ADMIN,
+        "GetSrstDirectory": _roles(ADMIN, "srst"),   # SRST-1: the phones the reference serves
     },
     "ccmsec.v1.Capf": {
         "Status": _status("capf"),

@@ -159,6 +159,44 @@ class SetDevicePoolRequest(_message.Message):
     pool: str
     def __init__(self, device: _Optional[str] = ..., pool: _Optional[str] = ...) -> None: ...
 
+class SrstDirectoryRequest(_message.Message):
+    __slots__ = ("host", "include_default")
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_DEFAULT_FIELD_NUMBER: _ClassVar[int]
+    host: str
+    include_default: bool
+    def __init__(self, host: _Optional[str] = ..., include_default: _Optional[bool] = ...) -> None: ...
+
+class SrstPhone(_message.Message):
+    __slots__ = ("device", "model", "mode", "lines")
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    LINES_FIELD_NUMBER: _ClassVar[int]
+    device: str
+    model: str
+    mode: _common_pb2.DeviceSecurityMode
+    lines: _containers.RepeatedCompositeFieldContainer[Line]
+    def __init__(self, device: _Optional[str] = ..., model: _Optional[str] = ..., mode: _Optional[_Union[_common_pb2.DeviceSecurityMode, str]] = ..., lines: _Optional[_Iterable[_Union[Line, _Mapping]]] = ...) -> None: ...
+
+class SrstDirectory(_message.Message):
+    __slots__ = ("cluster_mode", "phones", "lsc_issuers", "manufacturer_ca", "generated_unix_ms", "reference", "secure")
+    CLUSTER_MODE_FIELD_NUMBER: _ClassVar[int]
+    PHONES_FIELD_NUMBER: _ClassVar[int]
+    LSC_ISSUERS_FIELD_NUMBER: _ClassVar[int]
+    MANUFACTURER_CA_FIELD_NUMBER: _ClassVar[int]
+    GENERATED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    SECURE_FIELD_NUMBER: _ClassVar[int]
+    cluster_mode: _common_pb2.ClusterSecurityMode
+    phones: _containers.RepeatedCompositeFieldContainer[SrstPhone]
+    lsc_issuers: _containers.RepeatedScalarFieldContainer[bytes]
+    manufacturer_ca: bytes
+    generated_unix_ms: int
+    reference: str
+    secure: bool
+    def __init__(self, cluster_mode: _Optional[_Union[_common_pb2.ClusterSecurityMode, str]] = ..., phones: _Optional[_Iterable[_Union[SrstPhone, _Mapping]]] = ..., lsc_issuers: _Optional[_Iterable[bytes]] = ..., manufacturer_ca: _Optional[bytes] = ..., generated_unix_ms: _Optional[int] = ..., reference: _Optional[str] = ..., secure: _Optional[bool] = ...) -> None: ...
+
 class ClusterModeReply(_message.Message):
     __slots__ = ("mode", "ctl_present")
     MODE_FIELD_NUMBER: _ClassVar[int]

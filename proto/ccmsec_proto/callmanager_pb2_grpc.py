@@ -95,6 +95,11 @@ class CallManagerStub:
                 request_serializer=ccmsec__proto_dot_callmanager__pb2.SetDevicePoolRequest.SerializeToString,
                 response_deserializer=ccmsec__proto_dot_callmanager__pb2.SetDevicePoolRequest.FromString,
                 _registered_method=True)
+        self.GetSrstDirectory = channel.unary_unary(
+                '/ccmsec.v1.CallManager/GetSrstDirectory',
+                request_serializer=ccmsec__proto_dot_callmanager__pb2.SrstDirectoryRequest.SerializeToString,
+                response_deserializer=ccmsec__proto_dot_callmanager__pb2.SrstDirectory.FromString,
+                _registered_method=True)
 
 
 class CallManagerServicer:
@@ -172,6 +177,13 @@ class CallManagerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetSrstDirectory(self, request, context):
+        """SRST-1
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CallManagerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -234,6 +246,11 @@ def add_CallManagerServicer_to_server(servicer, server):
                     servicer.SetDevicePool,
                     request_deserializer=ccmsec__proto_dot_callmanager__pb2.SetDevicePoolRequest.FromString,
                     response_serializer=ccmsec__proto_dot_callmanager__pb2.SetDevicePoolRequest.SerializeToString,
+            ),
+            'GetSrstDirectory': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSrstDirectory,
+                    request_deserializer=ccmsec__proto_dot_callmanager__pb2.SrstDirectoryRequest.FromString,
+                    response_serializer=ccmsec__proto_dot_callmanager__pb2.SrstDirectory.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -560,6 +577,33 @@ class CallManager:
             '/ccmsec.v1.CallManager/SetDevicePool',
             ccmsec__proto_dot_callmanager__pb2.SetDevicePoolRequest.SerializeToString,
             ccmsec__proto_dot_callmanager__pb2.SetDevicePoolRequest.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSrstDirectory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ccmsec.v1.CallManager/GetSrstDirectory',
+            ccmsec__proto_dot_callmanager__pb2.SrstDirectoryRequest.SerializeToString,
+            ccmsec__proto_dot_callmanager__pb2.SrstDirectory.FromString,
             options,
             channel_credentials,
             insecure,

@@ -25,15 +25,17 @@ _sym_db = _symbol_database.Default()
 from ccmsec_proto import common_pb2 as ccmsec__proto_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63\x63msec_proto/srst.proto\x12\tccmsec.v1\x1a\x19\x63\x63msec_proto/common.proto\"_\n\x0fSrstStatusReply\x12(\n\x06status\x18\x01 \x01(\x0b\x32\x18.ccmsec.v1.ServiceStatus\x12\x0e\n\x06\x61\x63tive\x18\x02 \x01(\x08\x12\x12\n\nregistered\x18\x03 \x03(\t2\xb7\x01\n\x04Srst\x12\x34\n\x06Status\x12\x10.ccmsec.v1.Empty\x1a\x18.ccmsec.v1.ServiceStatus\x12=\n\rGetSrstStatus\x12\x10.ccmsec.v1.Empty\x1a\x1a.ccmsec.v1.SrstStatusReply\x12:\n\x0eGetCertificate\x12\x10.ccmsec.v1.Empty\x1a\x16.ccmsec.v1.Certificateb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63\x63msec_proto/srst.proto\x12\tccmsec.v1\x1a\x19\x63\x63msec_proto/common.proto\"\xa5\x01\n\x10SrstRegistration\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12+\n\x04mode\x18\x02 \x01(\x0e\x32\x1d.ccmsec.v1.DeviceSecurityMode\x12\x16\n\x0etransport_port\x18\x03 \x01(\x05\x12\x0e\n\x06\x63ipher\x18\x04 \x01(\t\x12\x18\n\x10\x63\x65rtificate_kind\x18\x05 \x01(\t\x12\x12\n\nsince_unix\x18\x06 \x01(\x03\"\xef\x01\n\x0fSrstStatusReply\x12(\n\x06status\x18\x01 \x01(\x0b\x32\x18.ccmsec.v1.ServiceStatus\x12\x0e\n\x06\x61\x63tive\x18\x02 \x01(\x08\x12\x12\n\nregistered\x18\x03 \x03(\t\x12\x32\n\rregistrations\x18\x04 \x03(\x0b\x32\x1b.ccmsec.v1.SrstRegistration\x12\x14\n\x0cknown_phones\x18\x05 \x01(\x05\x12\x19\n\x11\x64irectory_unix_ms\x18\x06 \x01(\x03\x12\x14\n\x0c\x61\x63tive_calls\x18\x07 \x01(\x05\x12\x13\n\x0b\x63\x61lls_total\x18\x08 \x01(\x03\x32\xb7\x01\n\x04Srst\x12\x34\n\x06Status\x12\x10.ccmsec.v1.Empty\x1a\x18.ccmsec.v1.ServiceStatus\x12=\n\rGetSrstStatus\x12\x10.ccmsec.v1.Empty\x1a\x1a.ccmsec.v1.SrstStatusReply\x12:\n\x0eGetCertificate\x12\x10.ccmsec.v1.Empty\x1a\x16.ccmsec.v1.Certificateb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ccmsec_proto.srst_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SRSTSTATUSREPLY']._serialized_start=65
-  _globals['_SRSTSTATUSREPLY']._serialized_end=160
-  _globals['_SRST']._serialized_start=163
-  _globals['_SRST']._serialized_end=346
+  _globals['_SRSTREGISTRATION']._serialized_start=66
+  _globals['_SRSTREGISTRATION']._serialized_end=231
+  _globals['_SRSTSTATUSREPLY']._serialized_start=234
+  _globals['_SRSTSTATUSREPLY']._serialized_end=473
+  _globals['_SRST']._serialized_start=476
+  _globals['_SRST']._serialized_end=659
 # @@protoc_insertion_point(module_scope)

@@ -233,6 +233,16 @@ class CallManagerServicer(StatusServicerMixin, callmanager_pb2_grpc.CallManagerS
         return pb.DevicePoolsReply(pools=[pb.DevicePool(name=r.name, cm_group=r.cm_hosts, srst=r.srst)
                                           for r in rows])
 
+    async def GetSrstDirectory(self, request, context):  # noqa: N802
+        from .srst_directory import InvalidRequest, srst_directory
+
+        try:
+            cc = self.service.callcontrol
+            return await srst_directory(self.service.db, cc.trust if cc is not None else None,
+                                        request.host, request.include_default)
+        except InvalidRequest as exc:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+
     async def SetDevicePool(self, request, context):  # noqa: N802
         try:
             device = validate_device_name(request.device)
