@@ -1,0 +1,184 @@
+"""SRST fallback call processing on real sockets (SRST-1): the router's SCCP 2000 and TLS 2443
+listeners with the registration decision call control uses, the call-processing core, and phones
+that call each other with real audio.
+
+* only phones of the directory register (an unknown device is refused, SRST-1);
+* TLS: the router presents its own self-signed certificate, the phone pins it (CERT-6); a phone
+  certificate from an issuer the directory does not name is refused (CERT-2);
+* calls by directory number, with audio both ways, and the fallback notice on each phone;
+* keys made on the router, in the encryption-info blocks, only when both phones are encrypted on
+  TLS and security is configured on the reference (ENC-3/4/5, SRST-2); otherwise RTP;
+* the directory survives call control's absence: the last copy on disk is used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from ccmsec.aio.media import PortAudio
+from ccmsec.aio.sccp import SccpConnectError, SccpRegistrationRejected, connect_phone
+from ccmsec.aio.sccp_calling import CallingPhone
+from ccmsec.domain import ClusterMode, DeviceSecurityMode
+from ccmsec.media import tones
+from ccmsec.pki import tls
+from ccmsec.pki.ca import Issued, create_ca, name, new_key
+from ccmsec.pki.lsc import issue_lsc
+from ccmsec.pki.servercert import ensure_server_certificate
+from ccmsec.wire import sccp as s
+from ccmsec.wire.sccp_calls import CallStateCode as CS
+from ccmsec_proto import callmanager_pb2 as pb
+from ccmsec_srst.fallback import FALLBACK_NOTICE, FallbackCallControl, SrstDirectory
+
+pytestmark = pytest.mark.timeout(90)
+
+KEY = new_key()
+PHONES = {  # name: (model, device type, mode, number)
+    "SEP0000005A5701": ("7970", 30006, DeviceSecurityMode.ENCRYPTED, "4001"),
+    "SEP0000005A5702": ("7960", 7, DeviceSecurityMode.ENCRYPTED, "4002"),
+    "SEP0000005A5703": ("7960", 7, DeviceSecurityMode.NON_SECURE, "4003"),
+    "SEP0000005A5704": ("7960", 7, DeviceSecurityMode.NON_SECURE, "4004"),
+}
+A, B, C, D = PHONES
+
+
+def der(cert):
+    from cryptography.hazmat.primitives import serialization
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+async def wait_for(predicate, timeout=10.0):
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)
+
+
+class Router:
+    def __init__(self, tmp_path, secure=True):
+        self.capf = _ca("CAPF-test")
+        self.identity = ensure_server_certificate(tmp_path / "router", "srst", ip="127.0.0.1")
+        self.secure = secure
+        self.answers = 0
+        self.fail = False
+        self.directory = SrstDirectory(tmp_path / "srst-data", self.fetch)
+
+    def snapshot(self) -> pb.SrstDirectory:
+        reply = pb.SrstDirectory(cluster_mode=ClusterMode.MIXED.to_proto(), generated_unix_ms=1,
+                                 reference="BRANCH", secure=self.secure, lsc_issuers=[der(self.capf.cert)])
+        for n, (model, _, mode, dn) in PHONES.items():
+            reply.phones.append(pb.SrstPhone(device=n, model=model, mode=mode.to_proto(),
+                                             lines=[pb.Line(dn=dn, device=n, line_index=1)]))
+        return reply
+
+    async def fetch(self):
+        if self.fail:
+            raise ConnectionError("call control unreachable")
+        self.answers += 1
+        return self.snapshot()
+
+
+def _ca(cn) -> Issued:
+    return create_ca(name(cn))
+
+
+@pytest.fixture
+async def router(tmp_path):
+    r = Router(tmp_path)
+    assert await r.directory.refresh()
+    fb = FallbackCallControl("srst", "127.0.0.1", 0, 0, r.identity, r.directory, keepalive_interval=5)
+    await fb.start()
+    r.fb = fb
+    yield r
+    await fb.close()
+
+
+async def phone(r, name, audio=None, *, lsc_ca=None):
+    model, device_type, mode, _ = PHONES[name]
+    register = s.Register(name, "127.0.0.1", device_type=device_type)
+    if mode is DeviceSecurityMode.NON_SECURE:
+        conn = await connect_phone("127.0.0.1", r.fb.plain.port, register)
+    else:
+        lsc = Issued(issue_lsc(lsc_ca or r.capf, name, KEY.public_key()), KEY)
+        ctx = tls.sccp_phone_context(mode, [r.identity.cert], lsc=lsc)   # pinned: the SRST certificate
+        conn = await connect_phone("127.0.0.1", r.fb.tls.port, register, ssl_context=ctx,
+                                   pinned_ccm_certificates=[r.identity.cert])
+    conn.session.capabilities = s.CapabilitiesRes((s.MediaCapability(4),),
+                                                  encryption_capable=mode is DeviceSecurityMode.ENCRYPTED)
+    src = tones.tone(400 + 100 * list(PHONES).index(name))
+
+    def on_media(what, port):
+        if what == "open" and audio is not None:
+            audio[name] = PortAudio(port, src.frame, record=True)
+    p = CallingPhone(conn, bind_host="127.0.0.1", on_media=on_media)
+    await p.wait_ready()
+    return p
+
+
+async def call(caller, callee, number, audio, names):
+    caller.act(caller.display.dial, number)
+    await callee.wait_for(lambda d: any(cl.state == CS.RING_IN for cl in d.calls.values()), what="ringing")
+    callee.act(callee.display.answer)
+    await wait_for(lambda: all(n in audio and audio[n].counters()["received"] >= 10 for n in names), 15)
+
+
+async def test_fallback_registration_notice_and_calls_SRST_1(router):
+    audio = {}
+    c, d = await phone(router, C, audio), await phone(router, D, audio)
+    for p in (c, d):
+        assert FALLBACK_NOTICE in p.display.notifications    # the phone shows it is in fallback
+    assert sorted(router.fb.registered()) == [C, D]
+    await call(c, d, "4004", audio, [C, D])
+    assert not audio[C].is_srtp and not audio[D].is_srtp     # non-secure phones: RTP
+    c.act(c.display.hang_up)
+    await d.wait_for(lambda disp: not disp.calls, what="the call cleared on the far phone")
+    for p in (c, d):
+        await p.close()
+    await wait_for(lambda: not router.fb.registrations)
+
+
+async def test_unknown_devices_and_foreign_certificates_are_refused_SRST_1_CERT_2(router):
+    conn = await connect_phone("127.0.0.1", router.fb.plain.port, s.Register("SEP0000005A57FF", "127.0.0.1"))
+    with pytest.raises(SccpRegistrationRejected, match="SRST-1"):
+        await conn.wait_registered()
+    await conn.close()
+    other_ca = _ca("Not-our-CAPF")
+    with pytest.raises((SccpConnectError, SccpRegistrationRejected, ConnectionError, TimeoutError)):
+        await phone(router, A, lsc_ca=other_ca)
+    assert A not in router.fb.registrations
+
+
+async def test_encrypted_phones_get_keys_made_on_the_router_ENC_4_SRST_2(router):
+    audio = {}
+    a, b = await phone(router, A, audio), await phone(router, B, audio)
+    await call(a, b, "4002", audio, [A, B])
+    assert audio[A].is_srtp and audio[B].is_srtp
+    assert [cl.icon for cl in a.display.calls.values()] == ["lock"]
+    a.act(a.display.hang_up)
+    await b.wait_for(lambda disp: not disp.calls, what="the call cleared")
+    await wait_for(lambda: len(router.fb.keys.ring) == 0)    # keys live only as long as the call
+    for p in (a, b):
+        await p.close()
+
+
+async def test_no_keys_when_the_reference_is_not_secure_SRST_2(router):
+    router.secure = False
+    assert await router.directory.refresh()
+    audio = {}
+    a, b = await phone(router, A, audio), await phone(router, B, audio)
+    await call(a, b, "4002", audio, [A, B])
+    assert not audio[A].is_srtp and not audio[B].is_srtp
+    for p in (a, b):
+        await p.close()
+
+
+async def test_the_last_directory_serves_when_call_control_is_gone(router, tmp_path):
+    router.fail = True
+    assert not await router.directory.refresh() and "unreachable" in router.directory.last_error
+    assert A in router.directory.phones                       # still the last answer in memory
+    fresh = SrstDirectory(tmp_path / "srst-data", router.fetch)
+    assert fresh.load_file() and set(fresh.phones) == set(PHONES)   # and on disk (restart)
+    assert fresh.trust.capf == router.capf.cert
+    mode = oct(fresh.path.stat().st_mode & 0o777)
+    assert mode == "0o600", mode
