@@ -9,7 +9,7 @@ import sys
 from ccmsec.cli.common import CliError, add_data_option
 
 # Command-group modules under ccmsec.cli; each defines register(subparsers).
-GROUPS = ["cluster", "demo", "device", "token", "ctl", "sgn", "mode", "tftp", "phones", "capf", "events", "compose", "line", "pool", "srst", "pki", "media"]
+GROUPS = ["cluster", "demo", "device", "token", "ctl", "sgn", "tls", "mode", "tftp", "phones", "capf", "events", "compose", "line", "pool", "srst", "pki", "media"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import ssl
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -47,6 +48,25 @@ AES_CIPHERS = (
 # What an SCCP connection provides is spelled as the device security mode it can carry:
 # non-secure = TCP 2000 without TLS, authenticated = TLS with a NULL cipher, encrypted = TLS with AES.
 SccpTransportMode = DeviceSecurityMode
+
+
+# LATER-8 legacy TLS: what phones of the source's era speak — TLS 1.0 with AES128-SHA
+# (encrypted) or NULL-SHA (authenticated). Off unless the cluster enables it: TLS 1.0 uses
+# CBC without explicit IVs and MD5/SHA-1 in its handshake, weaknesses later versions removed.
+LEGACY_CIPHERS = ("AES128-SHA", "NULL-SHA")
+
+
+def enable_legacy_tls(ctx: ssl.SSLContext) -> ssl.SSLContext:
+    """Let TLS 1.0 clients with AES128-SHA or NULL-SHA in (on top of what the context already
+    offers). For the listeners phones reach — SCCP 2443, CAPF 3804 — when the cluster's legacy
+    TLS setting is on; everything else stays TLS 1.2."""
+    names = [c["name"] for c in ctx.get_ciphers() if c["protocol"] != "TLSv1.3"]
+    names += [n for n in LEGACY_CIPHERS if n not in names]
+    with warnings.catch_warnings():  # TLS 1.0 is deprecated: that is the point of the setting
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1
+    ctx.set_ciphers(_cipher_string(names))
+    return ctx
 
 
 class TransportModeMismatch(ValueError):
@@ -140,10 +160,11 @@ def client_context(trusted: Sequence[x509.Certificate], *, identity: Issued | No
 def sccp_server_context(identity: Issued, client_cas: Sequence[x509.Certificate], *,
                         allow: Iterable[SccpTransportMode] = (SccpTransportMode.AUTHENTICATED,
                                                               SccpTransportMode.ENCRYPTED),
-                        ) -> ssl.SSLContext:
+                        legacy_tls: bool = False) -> ssl.SSLContext:
     """Call control's SCCP/TLS listener (2443): mutual TLS 1.2 offering NULL and AES suites.
 
     `client_cas`: the CAPF CA (LSCs) and the manufacturer CA (MICs) — AUTH-2, CERT-2.
+    `legacy_tls` (LATER-8): also TLS 1.0 with AES128-SHA / NULL-SHA, for phones of that era.
     """
     if not client_cas:
         raise ValueError("the SCCP TLS server needs the CAPF and/or manufacturer CA")
@@ -162,6 +183,8 @@ def sccp_server_context(identity: Issued, client_cas: Sequence[x509.Certificate]
     _load_identity(ctx, identity)
     ctx.load_verify_locations(cadata=_pem_certs(client_cas))
     ctx.verify_mode = ssl.CERT_REQUIRED
+    if legacy_tls:
+        enable_legacy_tls(ctx)
     return ctx
 
 

@@ -1,4 +1,5 @@
-"""RST-1..9: what a configuration change requires to be reset or restarted — a pure function.
+"""RST-1..9 (and LATER-8): what a configuration change requires to be reset or restarted — a
+pure function.
 
 `required_actions(change)` maps one typed change to the list of actions, exactly as the rule
 table says and nothing more. Services act on the actions (events `device.reset`,
@@ -82,9 +83,14 @@ class ResetDevicesOnServer:
     server: str
 
 
+@dataclass(frozen=True)
+class LegacyTlsChanged:
+    """LATER-8: the cluster's legacy-TLS setting (TLS 1.0 on 2443 and 3804)."""
+
+
 Change = Union[DeviceSecurityModeChanged, HardeningChanged, ClusterModeChanged, CtlUpdated,
                SrstSecurityChanged, CapfEnterpriseParamsChanged, CtlProviderPortChanged,
-               CapfServiceParamsChanged, ResetDevicesOnServer]
+               CapfServiceParamsChanged, ResetDevicesOnServer, LegacyTlsChanged]
 
 
 # Actions -----------------------------------------------------------------------------------------
@@ -132,4 +138,7 @@ def required_actions(change: Change) -> list[Action]:
             return [RestartService("capf", "RST-8")]
         case ResetDevicesOnServer(server=server):
             return [ResetDevices(DevicesOnServer(server), ResetKind.RESET, "RST-9")]
+        case LegacyTlsChanged():
+            # The listeners phones reach over TLS are rebuilt with the new protocol versions.
+            return [RestartService("callmanager", "LATER-8"), RestartService("capf", "LATER-8")]
     raise TypeError(f"not a configuration change: {change!r}")

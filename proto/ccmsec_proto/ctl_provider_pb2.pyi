@@ -136,3 +136,11 @@ class RemoveTftpClusterRequest(_message.Message):
     CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
     cluster_id: str
     def __init__(self, cluster_id: _Optional[str] = ...) -> None: ...
+
+class ClusterTlsSettings(_message.Message):
+    __slots__ = ("legacy_tls", "events")
+    LEGACY_TLS_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    legacy_tls: bool
+    events: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, legacy_tls: _Optional[bool] = ..., events: _Optional[_Iterable[str]] = ...) -> None: ...

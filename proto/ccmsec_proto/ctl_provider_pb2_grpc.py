@@ -95,6 +95,16 @@ class CtlProviderStub:
                 request_serializer=ccmsec__proto_dot_ctl__provider__pb2.RemoveTftpClusterRequest.SerializeToString,
                 response_deserializer=ccmsec__proto_dot_ctl__provider__pb2.TftpClustersReply.FromString,
                 _registered_method=True)
+        self.GetClusterTls = channel.unary_unary(
+                '/ccmsec.v1.CtlProvider/GetClusterTls',
+                request_serializer=ccmsec__proto_dot_common__pb2.Empty.SerializeToString,
+                response_deserializer=ccmsec__proto_dot_ctl__provider__pb2.ClusterTlsSettings.FromString,
+                _registered_method=True)
+        self.SetClusterTls = channel.unary_unary(
+                '/ccmsec.v1.CtlProvider/SetClusterTls',
+                request_serializer=ccmsec__proto_dot_ctl__provider__pb2.ClusterTlsSettings.SerializeToString,
+                response_deserializer=ccmsec__proto_dot_ctl__provider__pb2.ClusterTlsSettings.FromString,
+                _registered_method=True)
 
 
 class CtlProviderServicer:
@@ -179,6 +189,20 @@ class CtlProviderServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetClusterTls(self, request, context):
+        """LATER-8
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetClusterTls(self, request, context):
+        """LATER-8
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CtlProviderServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -241,6 +265,16 @@ def add_CtlProviderServicer_to_server(servicer, server):
                     servicer.RemoveTftpCluster,
                     request_deserializer=ccmsec__proto_dot_ctl__provider__pb2.RemoveTftpClusterRequest.FromString,
                     response_serializer=ccmsec__proto_dot_ctl__provider__pb2.TftpClustersReply.SerializeToString,
+            ),
+            'GetClusterTls': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetClusterTls,
+                    request_deserializer=ccmsec__proto_dot_common__pb2.Empty.FromString,
+                    response_serializer=ccmsec__proto_dot_ctl__provider__pb2.ClusterTlsSettings.SerializeToString,
+            ),
+            'SetClusterTls': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetClusterTls,
+                    request_deserializer=ccmsec__proto_dot_ctl__provider__pb2.ClusterTlsSettings.FromString,
+                    response_serializer=ccmsec__proto_dot_ctl__provider__pb2.ClusterTlsSettings.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -567,6 +601,60 @@ class CtlProvider:
             '/ccmsec.v1.CtlProvider/RemoveTftpCluster',
             ccmsec__proto_dot_ctl__provider__pb2.RemoveTftpClusterRequest.SerializeToString,
             ccmsec__proto_dot_ctl__provider__pb2.TftpClustersReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetClusterTls(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ccmsec.v1.CtlProvider/GetClusterTls',
+            ccmsec__proto_dot_common__pb2.Empty.SerializeToString,
+            ccmsec__proto_dot_ctl__provider__pb2.ClusterTlsSettings.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetClusterTls(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ccmsec.v1.CtlProvider/SetClusterTls',
+            ccmsec__proto_dot_ctl__provider__pb2.ClusterTlsSettings.SerializeToString,
+            ccmsec__proto_dot_ctl__provider__pb2.ClusterTlsSettings.FromString,
             options,
             channel_credentials,
             insecure,

@@ -315,6 +315,71 @@ async def test_rst7_provider_port_change_restarts_only_the_ctl_provider(tc):
     assert "activated:      yes" in shown.stdout
 
 
+async def test_later8_tls10_phones_only_with_the_cluster_legacy_tls_setting(tc):
+    """LATER-8 on the running cluster: a phone limited to TLS 1.0 (AES128-SHA for an encrypted
+    device, NULL-SHA for an authenticated one) is refused on 2443 by default; `ccmsec tls legacy
+    on` (ctl-provider stores it, callmanager and capf restart and learn it) lets it register;
+    `off` shuts it out again."""
+    import ssl
+    import warnings
+
+    from ccmsec.aio.sccp import SccpConnectError, connect_phone
+    from ccmsec.pki.ca import Issued, load_pair, new_key
+    from ccmsec.pki.lsc import issue_lsc
+    from ccmsec.pki.tls import sccp_phone_context
+    from ccmsec.wire import sccp as s
+
+    data = tc["data"]
+    services = tc["endpoints"]["services"]
+    cm = services["callmanager"]
+    await wait_serving(tc, "callmanager", "capf", "ctl-provider")
+    devices = {"SEP0000000E2E1A": ("encrypted", "AES128-SHA"),
+               "SEP0000000E2E1B": ("authenticated", "NULL-SHA")}
+    for name, (mode, _) in devices.items():
+        added = await asyncio.to_thread(cli, tc, "device", "add", name, "--model", "7970",
+                                        "--security", mode)
+        assert added.returncode == 0, added.stderr
+    ccm = x509.load_der_x509_certificate((data / "servers" / "callmanager" / "ccmserver.cer").read_bytes())
+    capf = load_pair(data / "pki" / "capf.crt", data / "pki" / "capf.key")
+
+    def tls10(name):
+        mode, cipher = devices[name]
+        key = new_key()
+        ctx = sccp_phone_context(mode, [ccm], lsc=Issued(issue_lsc(capf, name, key.public_key()), key))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            ctx.minimum_version = ctx.maximum_version = ssl.TLSVersion.TLSv1
+        ctx.set_ciphers(f"{cipher}:@SECLEVEL=0")
+        return ctx
+
+    async def register(name):
+        phone = await connect_phone(cm["host"], cm["sccp_tls_port"], s.Register(name, cm["host"]),
+                                    ssl_context=tls10(name), pinned_ccm_certificates=[ccm])
+        try:
+            await phone.wait_registered(10)
+            return phone._writer.get_extra_info("ssl_object").version()
+        finally:
+            await phone.close()
+
+    assert "legacy TLS (TLS 1.0 on 2443 and 3804): off" in (await asyncio.to_thread(cli, tc, "tls", "show")).stdout
+    for name in devices:
+        with pytest.raises((SccpConnectError, ssl.SSLError, ConnectionError)):
+            await register(name)
+
+    on = await asyncio.to_thread(cli, tc, "tls", "legacy", "on")
+    assert on.returncode == 0, on.stderr
+    assert "TLS 1.0 has known weaknesses" in on.stderr
+    assert "restarting callmanager, capf: 2/2 serving again" in on.stderr
+    for name in devices:
+        assert await register(name) == "TLSv1"
+
+    off = await asyncio.to_thread(cli, tc, "tls", "legacy", "off")
+    assert off.returncode == 0 and "accept TLS 1.2 only" in off.stdout, off.stderr
+    for name in devices:
+        with pytest.raises((SccpConnectError, ssl.SSLError, ConnectionError)):
+            await register(name)
+
+
 def test_changes_that_restart_services_wait_until_they_serve_again(tc):
     """`mode set` and `ctl update` wait, with progress, until the services their change restarts
     (RST-3, RST-4) serve again, so the very next command works; `--no-wait` returns at once."""

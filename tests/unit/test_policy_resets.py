@@ -60,3 +60,9 @@ def test_rst9_reset_devices_on_server_targets_that_server():
 def test_unknown_change_is_refused():
     with pytest.raises(TypeError, match="not a configuration change"):
         r.required_actions("cluster mode")  # type: ignore[arg-type]
+
+
+def test_later8_legacy_tls_change_restarts_the_two_phone_tls_listeners_only():
+    """LATER-8: callmanager (2443) and capf (3804) rebuild their listeners; no device reset."""
+    assert r.required_actions(r.LegacyTlsChanged()) == [
+        r.RestartService("callmanager", "LATER-8"), r.RestartService("capf", "LATER-8")]

@@ -135,3 +135,76 @@ def test_sslkeylogfile_unwritable_never_breaks_tls(pki, tmp_path, monkeypatch):
     monkeypatch.setenv("SSLKEYLOGFILE", str(tmp_path / "missing-dir" / "keys.log"))
     assert _handshake(tls.sccp_server_context(ccm, [capf.cert]),
                       tls.sccp_phone_context("encrypted", [ccm.cert], lsc=lsc))
+
+
+def _try_handshake(server_ctx, client_ctx):
+    """The negotiated (version, cipher), or the ssl.SSLError the handshake ended with."""
+    import ssl
+
+    c_in, c_out, s_in, s_out = ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = client_ctx.wrap_bio(c_in, c_out, server_side=False)
+    server = server_ctx.wrap_bio(s_in, s_out, server_side=True)
+    try:
+        for _ in range(10):
+            for side in (client, server):
+                try:
+                    side.do_handshake()
+                except ssl.SSLWantReadError:
+                    pass
+            s_in.write(c_out.read())
+            c_in.write(s_out.read())
+    except ssl.SSLError as exc:
+        return exc
+    return client.version(), client.cipher()[0]
+
+
+def _tls10_phone(pki, cipher):
+    """A phone of the source's era: TLS 1.0 only, one suite, with its LSC."""
+    import ssl
+    import warnings
+
+    _, _, ccm, lsc, _ = pki
+    ctx = tls.sccp_phone_context("encrypted" if cipher.startswith("AES") else "authenticated",
+                                 [ccm.cert], lsc=lsc)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ctx.minimum_version = ctx.maximum_version = ssl.TLSVersion.TLSv1
+    ctx.set_ciphers(f"{cipher}:@SECLEVEL=0")
+    return ctx
+
+
+@pytest.mark.parametrize("cipher,mode", [("AES128-SHA", tls.SccpTransportMode.ENCRYPTED),
+                                         ("NULL-SHA", tls.SccpTransportMode.AUTHENTICATED)])
+def test_later8_tls10_phone_refused_by_default_and_accepted_with_legacy_tls(pki, cipher, mode):
+    """LATER-8: TLS 1.0 with AES128-SHA / NULL-SHA is refused on 2443 unless the cluster enables
+    legacy TLS; then it is accepted and still classified per mode (ENC-1 / AUTH-7)."""
+    import ssl
+
+    capf, _, ccm, _, _ = pki
+    refused = _try_handshake(tls.sccp_server_context(ccm, [capf.cert]), _tls10_phone(pki, cipher))
+    assert isinstance(refused, ssl.SSLError)
+    version, got = _try_handshake(tls.sccp_server_context(ccm, [capf.cert], legacy_tls=True),
+                                  _tls10_phone(pki, cipher))
+    assert (version, got) == ("TLSv1", cipher)
+    assert tls.transport_mode_of_cipher(got) is mode
+    # A modern phone still gets TLS 1.2 from the legacy-enabled listener.
+    modern = tls.sccp_phone_context("encrypted", [ccm.cert], lsc=pki[3])
+    assert _try_handshake(tls.sccp_server_context(ccm, [capf.cert], legacy_tls=True), modern)[0] == "TLSv1.2"
+
+
+def test_later8_enable_legacy_tls_hook_on_an_ordinary_server_context(pki):
+    """The hook other listeners (CAPF 3804) call: TLS 1.0 AES128-SHA in, TLS 1.2 kept."""
+    import ssl
+    import warnings
+
+    capf, _, ccm, _, _ = pki
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.check_hostname, client.verify_mode = False, ssl.CERT_NONE
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        client.minimum_version = client.maximum_version = ssl.TLSVersion.TLSv1
+    client.set_ciphers("AES128-SHA:@SECLEVEL=0")
+    server = tls.server_context(ccm)
+    assert isinstance(_try_handshake(server, client), ssl.SSLError)
+    tls.enable_legacy_tls(server)
+    assert _try_handshake(server, client) == ("TLSv1", "AES128-SHA")

@@ -129,6 +129,12 @@ class CallControl:
             return self.trust_watcher.current()
         return self._fixed_trust
 
+    def set_legacy_tls(self, enabled: bool) -> None:
+        """LATER-8: new connections to 2443 may (or may no longer) use TLS 1.0."""
+        if self.trust_watcher is None or self.tls is None:
+            raise RuntimeError("call control is not started")
+        self.tls.ssl_context = self.trust_watcher.set_legacy_tls(enabled)
+
     @property
     def server_certificate(self) -> x509.Certificate:
         assert self._server_identity is not None

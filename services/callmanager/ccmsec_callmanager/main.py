@@ -12,13 +12,15 @@ from ccmsec_callmanager.servicer import CallManagerServicer
 from ccmsec_callmanager.admin_mount import AdminMount  # HTTPS administration API (CERT-4)
 from ccmsec_callmanager.access_audit import AccessAuditMixin  # refused RPCs of every service
 from ccmsec_callmanager.media_plane import MediaPlaneMixin  # call keys and the SRTP gateway
+from ccmsec_callmanager.legacy_tls import LegacyTlsMixin  # LATER-8: TLS 1.0 on 2443 when enabled
 
 
-class CallManagerService(AccessAuditMixin, MediaPlaneMixin, CallControlMixin, Service):
+class CallManagerService(LegacyTlsMixin, AccessAuditMixin, MediaPlaneMixin, CallControlMixin, Service):
     role = "callmanager"
 
     async def setup(self) -> None:
         await self.setup_call_control()  # call control: SCCP 2000/2443 + registry
+        await self.setup_legacy_tls()  # LATER-8: the cluster's legacy-TLS setting, from ctl-provider
         await self.setup_media_plane()  # keys for calls (keymanager) and the SRTP gateway device
         self.admin = AdminMount(self)  # administration API on admin_port (HTTPS)
         await self.admin.start()

@@ -51,6 +51,7 @@ class PhoneTrustWatcher:
         self._lock = threading.Lock()  # handshakes may run on other threads (to_thread users)
         self._stamp: FileStamp = None
         self._trust = self.base
+        self.legacy_tls = False  # LATER-8: TLS 1.0 too (the cluster setting, see legacy_tls.py)
         self._context = sccp_server_context(identity, self.base.tls_anchors)
         self.reloads = 0
         self.problem = ""  # why the file on disk is not trusted, when it is not
@@ -80,7 +81,7 @@ class PhoneTrustWatcher:
                 return False
             third, problem = self._read()
             trust = PhoneTrust(self.base.capf, self.base.manufacturer, third)
-            context = sccp_server_context(self.identity, trust.tls_anchors)
+            context = sccp_server_context(self.identity, trust.tls_anchors, legacy_tls=self.legacy_tls)
             self._trust, self._context, self._stamp = trust, context, stamp
             self.problem = problem
             self.reloads += 1
@@ -104,6 +105,20 @@ class PhoneTrustWatcher:
             return None, str(exc)
         except OSError as exc:
             return None, f"{self.path}: {exc}"
+
+    def set_legacy_tls(self, enabled: bool) -> ssl.SSLContext:
+        """LATER-8: rebuild the contexts with (or without) TLS 1.0 and return the new listening
+        context. The protocol versions a connection may use are fixed when it is accepted, so
+        the listener must switch contexts, not only the SNI callback."""
+        with self._lock:
+            self.legacy_tls = enabled
+            self._context = sccp_server_context(self.identity, self._trust.tls_anchors,
+                                                legacy_tls=enabled)
+            listening = sccp_server_context(self.identity, self._trust.tls_anchors,
+                                            legacy_tls=enabled)
+        listening.sni_callback = self._on_handshake
+        self.listening_context = listening
+        return listening
 
     # --- TLS --------------------------------------------------------------------------------------
     def _on_handshake(self, ssl_object: ssl.SSLObject, server_name: str | None,

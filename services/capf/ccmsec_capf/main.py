@@ -17,12 +17,14 @@ from pathlib import Path
 from cryptography import x509
 
 from ccmsec.aio.capf import CapfServer, capf_server_ssl_context
+from ccmsec.clustertls import follow_legacy_tls
 from ccmsec.db.capf import SqlCapfStore
 from ccmsec.db.devices import ctl_exists
 from ccmsec.pki.ca import Issued, fingerprint_sha256
 from ccmsec.pki.lsc import (
     CAPF_CERT, CAPF_KEY, LscIssuer, ensure_capf_ca, issuing_pool, load_third_party_ca, third_party_ca_path,
 )
+from ccmsec.pki.tls import enable_legacy_tls
 from ccmsec.runtime import bus as bus_mod
 from ccmsec.runtime.service import Service, run_service
 from ccmsec.wire.capf import CertType
@@ -87,6 +89,7 @@ class CapfService(Service):
     def __init__(self, settings):
         super().__init__(settings)
         self.activated = False  # CHK-2: off until the database says otherwise
+        self.legacy_tls = "unknown"  # LATER-8: until the CTL Provider answered
         self.capf_ca: Issued | None = None
         self.params: CapfParameters | None = None
         self.store: SqlCapfStore | None = None
@@ -117,6 +120,7 @@ class CapfService(Service):
                                       max_per_source=p.int("max_connections_per_source"), admit=self._admit,
                                       issuer_mode=self.issuer_mode, retry_delay=p.int("retry_delay"))
         await self.capf_server.start()
+        await self._follow_legacy_tls(ssl_ctx)  # LATER-8, from the CTL Provider
         self.grpc.add(capf_pb2_grpc.add_CapfServicer_to_server, CapfServicer(self), "ccmsec.v1.Capf")
         await self.subscribe(bus_mod.subject_for("ctl.updated"), "ctl-updated", self.on_ctl_updated)
         # CERT-3 also after a restart: the CTL may have been built while CAPF was down.
@@ -130,6 +134,17 @@ class CapfService(Service):
             await self.capf_server.close()
         if self.issuer is not None:
             await asyncio.to_thread(self.issuer.close)
+
+    async def _follow_legacy_tls(self, ssl_ctx) -> None:
+        """LATER-8: with the cluster's legacy TLS on, 3804 also takes TLS 1.0 (AES128-SHA,
+        NULL-SHA). The listening context is changed in place: new handshakes follow it."""
+        def apply(enabled: bool) -> None:
+            if enabled:
+                enable_legacy_tls(ssl_ctx)
+            self.legacy_tls = "on" if enabled else "off"
+
+        await follow_legacy_tls(self.spawn, lambda: self.peer_channel("ctl-provider"), apply,
+                                who="CAPF 3804")
 
     def issuer_mode(self) -> str:
         """Enterprise parameter `issuer`: capf (CAPF signs) or offline (third-party CA)."""
@@ -162,7 +177,8 @@ class CapfService(Service):
             "event_id": event.id, "files": ",".join(str(p) for p in written)})
 
     def status_details(self) -> dict[str, str]:
-        details = {"capf_port": str(self.capf_server.port if self.capf_server else self.settings.capf_port)}
+        details = {"capf_port": str(self.capf_server.port if self.capf_server else self.settings.capf_port),
+                   "legacy_tls": self.legacy_tls}
         if self.capf_ca is not None:
             details["capf_certificate_sha256"] = fingerprint_sha256(self.capf_ca.cert)
         if self.capf_server is not None:

@@ -8,12 +8,13 @@ from cryptography.hazmat.primitives import hashes
 
 from ccmsec.domain import ClusterMode, DomainError
 from ccmsec.formats.ctl import dn_string
-from ccmsec.policy.resets import CtlProviderPortChanged, required_actions
+from ccmsec.policy.resets import CtlProviderPortChanged, LegacyTlsChanged, required_actions
 from ccmsec.policy.tftp_paths import TftpClusterEntry
 from ccmsec.runtime.servicer import StatusServicerMixin
 from ccmsec_proto import common_pb2, ctl_provider_pb2, ctl_provider_pb2_grpc
 
 from ccmsec_ctl_provider.certificates import CertificateUnavailable
+from ccmsec_ctl_provider.cluster_tls import read_legacy_tls, write_legacy_tls
 from ccmsec_ctl_provider.trust import LOCAL_CLUSTER_ID, Refused
 
 MAX_CTL_REQUEST = 64 * 1024
@@ -67,6 +68,21 @@ class CtlProviderServicer(StatusServicerMixin, ctl_provider_pb2_grpc.CtlProvider
         return ctl_provider_pb2.SetProviderPortReply(
             port=request.port, listening_port=self.service.listening_port,
             restart_required=request.port != self.service.listening_port, events=events)
+
+    async def GetClusterTls(self, request, context):  # noqa: N802
+        async with self.service.db() as session:
+            return ctl_provider_pb2.ClusterTlsSettings(legacy_tls=await read_legacy_tls(session))
+
+    async def SetClusterTls(self, request, context):  # noqa: N802
+        """LATER-8: store the setting and restart the services whose listeners follow it."""
+        async with self.service.db() as session, session.begin():
+            changed = await write_legacy_tls(session, request.legacy_tls)
+        events: list[str] = []
+        if changed:
+            events = await self.service.trust._emit(
+                required_actions(LegacyTlsChanged()),
+                f"legacy TLS (TLS 1.0) {'enabled' if request.legacy_tls else 'disabled'}")
+        return ctl_provider_pb2.ClusterTlsSettings(legacy_tls=request.legacy_tls, events=events)
 
     async def GetCurrentCtl(self, request, context):  # noqa: N802
         row = await self.service.trust.current()
