@@ -13,6 +13,7 @@ from typing import Awaitable, Callable
 
 import grpc
 
+from ccmsec.runtime.settings import SettingsError
 from ccmsec_proto import common_pb2, ctl_provider_pb2_grpc
 
 log = logging.getLogger("ccmsec.clustertls")
@@ -37,9 +38,14 @@ def _applied(apply: Apply, enabled: bool, who: str) -> None:
 
 async def follow_legacy_tls(spawn: Callable[[Awaitable[None]], object], channel: Channel,
                             apply: Apply, *, who: str) -> None:
-    """For a service's setup(): ask once now; if that fails, keep asking in the background."""
+    """For a service's setup(): ask once now; if that fails, keep asking in the background.
+    Without a CTL Provider in the configuration there is nobody to ask: legacy TLS stays off."""
     try:
         enabled = await _ask(channel)
+    except SettingsError as exc:
+        log.warning("%s: %s; legacy TLS stays off", who, exc)
+        apply(False)
+        return
     except grpc.aio.AioRpcError as exc:
         log.info("%s: legacy TLS setting not known yet (%s); TLS 1.2 only until the CTL Provider "
                  "answers", who, exc.code().name)
