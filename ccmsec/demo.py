@@ -306,6 +306,97 @@ async def step_registry(ctx: DemoContext) -> None:
                 + ("  (MODE-7: NAT suspected)" if r.nat_suspected else ""))
 
 
+DEMO_CALLERS = (("SEP0DE7CA110A", "4001"), ("SEP0DE7CA110B", "4002"))
+
+
+async def step_encrypted_calls(ctx: DemoContext) -> None:
+    """Two encrypted desk phones call each other and the SRTP gateway's echo; the capture shows
+    SRTP that decrypts only with the keys read from the TLS-decrypted signalling."""
+    from ccmsec.adminclient import AdminClient, discover
+    from ccmsec.aio.media import PhoneAudio
+    from ccmsec.aio.sccp import connect_phone
+    from ccmsec.aio.sccp_calling import CallingPhone
+    from ccmsec.media.capture import CaptureError, LoopbackCapture, capture_available, verify_capture
+    from ccmsec.pki import tls
+    from ccmsec.pki.ca import Issued, load_pair, new_key
+    from ccmsec.pki.lsc import issue_lsc
+    from ccmsec.pki.servercert import CERT_FILE
+    from ccmsec.wire import sccp as s
+    from cryptography import x509
+
+    await wait_all_serving(ctx)
+    cm = ctx.endpoints["services"]["callmanager"]
+    with AdminClient(discover(ctx.data)) as admin:
+        for name, dn in DEMO_CALLERS:
+            admin.add_device(name, "7970", "encrypted")
+            admin.add_line(dn, name)
+    ctx.say("desk phones " + ", ".join(f"{n} ({dn})" for n, dn in DEMO_CALLERS) + " configured encrypted")
+    # Their LSCs come from the cluster's CAPF CA (the fleet above got theirs through the CAPF protocol).
+    capf = load_pair(ctx.data / "pki" / "capf.crt", ctx.data / "pki" / "capf.key")
+    ccm_cert = x509.load_der_x509_certificate((ctx.data / "servers" / "callmanager" / CERT_FILE).read_bytes())
+    keylog = ctx.data / "demo-sccp-keys.log"
+    key = new_key("ec256")
+    cap = None
+    why = capture_available()
+    if why is None:
+        try:
+            cap = LoopbackCapture(bpf=f"(host {cm['host']} and tcp port {cm['sccp_tls_port']}) or udp",
+                                  directory=ctx.data)
+            await asyncio.to_thread(cap.start)
+        except CaptureError as exc:
+            cap, why = None, str(exc)
+    phones, audio = [], []
+    try:
+        for index, (name, _) in enumerate(DEMO_CALLERS):
+            lsc = Issued(issue_lsc(capf, name, key.public_key()), key)
+            ctxt = tls.enable_keylog(tls.sccp_phone_context("encrypted", [ccm_cert], lsc=lsc), keylog)
+            conn = await connect_phone(cm["host"], cm["sccp_tls_port"], s.Register(name, "127.0.0.1", device_type=30006),
+                                       ssl_context=ctxt, pinned_ccm_certificates=[ccm_cert])
+            conn.session.capabilities = s.CapabilitiesRes((s.MediaCapability(4),), encryption_capable=True)
+            sound = PhoneAudio(440.0 + 220 * index)
+            phone = CallingPhone(conn, bind_host="127.0.0.1", on_media=sound.hook)
+            await phone.wait_ready()
+            phones.append(phone)
+            audio.append(sound)
+        a, b = phones
+
+        async def talk(callee, number: str, label: str) -> None:
+            before = [x.totals()["received"] for x in audio]
+            a.act(a.display.dial, number)
+            if callee is not None:
+                await callee.wait_for(lambda d: any(c.ringing for c in d.calls.values()), what="ringing")
+                callee.act(callee.display.answer)
+            await a.wait_for(lambda d: any(c.icon in ("lock", "shield", "none") and c.state_name == "connected"
+                                           for c in d.calls.values()), what="the connected call")
+            deadline = time.monotonic() + 10
+            while audio[0].totals()["received"] - before[0] < 50 and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            icon = next(c.icon for c in a.display.calls.values())
+            t = audio[0].totals()
+            ctx.say(f"{label}: {a.name} shows '{icon}'; media SRTP both ways: {audio[0].srtp_both_ways}; "
+                    f"sent {t['sent']}, received {t['received']}, lost {t['lost']}, refused {t['refused']}")
+            a.act(a.display.hang_up)
+            await a.wait_for(lambda d: not d.calls, what="the call cleared")
+        await talk(b, DEMO_CALLERS[1][1], f"call {DEMO_CALLERS[0][1]} -> {DEMO_CALLERS[1][1]}")
+        await talk(None, "5550102", "call through the SRTP gateway to the echo 5550102")
+    finally:
+        if cap is not None:
+            await asyncio.to_thread(cap.stop)
+        for phone in phones:
+            await phone.close()
+    if cap is None:
+        ctx.say(f"wire capture skipped: {why}")
+        return
+    reports = await asyncio.to_thread(verify_capture, cap.path, sccp_port=cm["sccp_tls_port"], keylog=keylog,
+                                      media=await asyncio.to_thread(cap.datagrams))
+    ctx.say("on the wire (dumpcap on loopback; keys read from the SCCP decrypted with the TLS key log):")
+    for r in sorted(reports, key=lambda r: (not r.srtp, r.src)):
+        ctx.say("  " + r.line())
+    raw = cap.path.read_bytes()
+    ctx.say(f"capture {cap.path.name}: {len(raw)} bytes; `ccmsec media verify {cap.path} --keylog {keylog} "
+            f"--sccp-port {cm['sccp_tls_port']}` repeats this check")
+
+
 async def _tftp_demo_step(ctx: DemoContext) -> None:
     from ccmsec.cli.tftp import demo_step
 
@@ -325,4 +416,7 @@ STEPS: list[tuple[str, Callable]] = [
     ("Phones of each model boot the secure way: CTL, signed config, CAPF LSC, SCCP per mode (CHK-8, CHK-9)",
      step_secure_fleet),
     ("The registry as call control sees it", step_registry),
+    ("Encrypted calls phone to phone and through the SRTP gateway, proved on the wire (ENC-2…5, GW-1)",
+     step_encrypted_calls),
 ]
+

@@ -37,4 +37,11 @@ def test_demo_walks_the_checklist_and_stops_the_cluster(tmp_path):
     assert re.search(r"7940\s+registered encrypted\s+via \S+:2443 presenting LSC", out)
     assert re.search(r"7912\s+registered non-secure\s+via \S+:2000 presenting no certificate", out)
     assert "4 device(s) registered" in out
+    # encrypted calls (ENC-2…5, GW-1): the lock, SRTP both ways, and the proof from the wire
+    assert re.search(r"call 4001 -> 4002: \S+ shows 'lock'; media SRTP both ways: True; .* refused 0", out)
+    assert re.search(r"through the SRTP gateway to the echo 5550102: \S+ shows 'lock'; media SRTP both ways: True", out)
+    if "wire capture skipped" not in out:   # dumpcap needs the capture privilege (CI runs as root)
+        streams = re.findall(r"(\d+) SRTP packets; (\d+) authenticate and decrypt under the "
+                             r"AES_CM_128_HMAC_SHA1_80 key signalled in StartMediaTransmission, (\d+) refused", out)
+        assert len(streams) >= 3 and all(a == b and c == "0" for a, b, c in streams), streams
     assert cluster_pids(data) == [], "the demo must stop every process it started"
