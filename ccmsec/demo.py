@@ -306,7 +306,7 @@ async def step_registry(ctx: DemoContext) -> None:
                 + ("  (MODE-7: NAT suspected)" if r.nat_suspected else ""))
 
 
-DEMO_CALLERS = (("SEP0DE7CA110A", "4001"), ("SEP0DE7CA110B", "4002"))
+DEMO_CALLERS = (("SEP0DE7CA1100A1", "4001"), ("SEP0DE7CA1100B1", "4002"))
 
 
 async def step_encrypted_calls(ctx: DemoContext) -> None:

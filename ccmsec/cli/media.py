@@ -2,8 +2,9 @@
 
 Capture signalling and media together (e.g. `dumpcap -i lo -P -w calls.pcap -f "tcp port 2443
 or udp"`) while the phones run with `SSLKEYLOGFILE` set, then give the key log: the command
-decrypts the SCCP, takes the master values of every StartMediaTransmission and checks that every
-media packet sent to that address authenticates and decrypts under them with libsrtp. Streams
+decrypts the SCCP, takes the master values of every StartMediaTransmission (where a phone sends)
+and OpenReceiveChannel (where a phone receives) and checks that every media packet sent to that
+address authenticates and decrypts under them with libsrtp. Streams
 no key was signalled for are listed as plain RTP.
 """
 

@@ -43,7 +43,8 @@ def capture_available() -> str | None:
 class LoopbackCapture:
     def __init__(self, ports: list[int] | None = None, *, host: str | None = None,
                  directory: Path | None = None, bpf: str | None = None):
-        """UDP `ports` (optionally on `host`), or any capture filter given as `bpf`."""
+        """UDP `ports` (optionally on `host`), or any capture filter given as `bpf`. The file goes
+        in `directory` (a fresh temporary one when not given: the caller removes it)."""
         self.filter = " or ".join(f"udp port {p}" for p in ports) if ports else "udp"
         if host:
             self.filter = f"host {host} and ({self.filter})"
@@ -234,19 +235,30 @@ class StreamReport:
         if not self.srtp:
             return f"{where}: {self.packets} packets, no key was signalled for it: plain RTP"
         return (f"{where}: {self.packets} SRTP packets; {self.decrypted} authenticate and decrypt under the "
-                f"{self.suite} key signalled in StartMediaTransmission, {self.refused} refused")
+                f"{self.suite} key signalled for this stream, {self.refused} refused")
 
 
 def verify_capture(pcap: Path, *, sccp_port: int, keylog: Path | None, media: list[Datagram]) -> list[StreamReport]:
     """Pair each captured media stream with the key call control signalled for it: a
-    StartMediaTransmission tells a phone where to send and with which master values, so every
-    datagram to that address must authenticate under that key (ENC-4). Keys are read from the
-    SCCP in the same capture (TLS-decrypted with `keylog`)."""
+    StartMediaTransmission tells a phone where to send and with which master values, and an
+    OpenReceiveChannel (answered with the phone's address) which master values the phone receives
+    with, so every datagram to that address must authenticate under that key (ENC-4). Keys are
+    read from the SCCP in the same capture (TLS-decrypted with `keylog`)."""
     from ccmsec.media.keys import from_encryption_info
-    from ccmsec.wire.sccp import StartMediaTransmission
+    from ccmsec.wire.sccp import OpenReceiveChannel, OpenReceiveChannelAck, StartMediaTransmission
 
     sent_keys: dict[tuple[str, int], MasterKey] = {}
-    for direction, message in sccp_from_capture(pcap, sccp_port, keylog=keylog):
+    opened: dict[tuple[str, int], MasterKey | None] = {}   # (device, party id) -> receive key
+    for device, direction, message in sccp_from_capture(pcap, sccp_port, keylog=keylog, by_device=True):
+        # a phone's receive address gets the key of its OpenReceiveChannel: what a sender the
+        # phone cannot see (e.g. the gateway) must encrypt with for the phone to accept it
+        if direction == "to-phone" and isinstance(message, OpenReceiveChannel):
+            opened[(device, message.pass_thru_party_id)] = from_encryption_info(message.encryption)
+        elif direction == "from-phone" and isinstance(message, OpenReceiveChannelAck):
+            key = opened.get((device, message.pass_thru_party_id))
+            target = (message.ip_address, message.port)
+            if key is not None and target not in sent_keys:
+                sent_keys[target] = key
         if direction == "to-phone" and isinstance(message, StartMediaTransmission):
             key = from_encryption_info(message.encryption)
             target = (message.remote_ip, message.remote_port)

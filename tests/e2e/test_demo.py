@@ -42,6 +42,6 @@ def test_demo_walks_the_checklist_and_stops_the_cluster(tmp_path):
     assert re.search(r"through the SRTP gateway to the echo 5550102: \S+ shows 'lock'; media SRTP both ways: True", out)
     if "wire capture skipped" not in out:   # dumpcap needs the capture privilege (CI runs as root)
         streams = re.findall(r"(\d+) SRTP packets; (\d+) authenticate and decrypt under the "
-                             r"AES_CM_128_HMAC_SHA1_80 key signalled in StartMediaTransmission, (\d+) refused", out)
+                             r"AES_CM_128_HMAC_SHA1_80 key signalled for this stream, (\d+) refused", out)
         assert len(streams) >= 3 and all(a == b and c == "0" for a, b, c in streams), streams
     assert cluster_pids(data) == [], "the demo must stop every process it started"

@@ -79,7 +79,7 @@ async def _call_through_gateway(cluster, *, phone_mode, number="5550102", frames
         from ccmsec.media.capture import CaptureError, LoopbackCapture, capture_available
         if capture_available():
             pytest.skip(capture_available())
-        cap = LoopbackCapture([port.local[1]])
+        cap = LoopbackCapture([port.local[1]], directory=cluster.data)
         try:
             await asyncio.to_thread(cap.start)
         except CaptureError as exc:

@@ -29,7 +29,7 @@ TRANSPORT = {ENC: DeviceTransport("encrypted", True, "ECDHE-ECDSA-AES256-GCM-SHA
              NS: DeviceTransport("non-secure", False)}
 
 
-async def _call(mode_a, mode_b, frames=40):
+async def _call(mode_a, mode_b, directory, frames=40):
     why = capture_available()
     if why:
         pytest.skip(why)
@@ -55,7 +55,7 @@ async def _call(mode_a, mode_b, frames=40):
                 port.stop()
         return handle
     h.handlers = {A: side(A), B: side(B)}
-    cap = LoopbackCapture([ports[A].local[1], ports[B].local[1]])
+    cap = LoopbackCapture([ports[A].local[1], ports[B].local[1]], directory=directory)
     try:
         await asyncio.to_thread(cap.start)
     except CaptureError as exc:
@@ -79,8 +79,8 @@ async def _call(mode_a, mode_b, frames=40):
     return proofs, audio, status
 
 
-async def test_enc2_enc4_encrypted_call_on_the_wire_is_srtp_and_decrypts_to_the_audio_sent():
-    proofs, audio, status = await _call(ENC, ENC)
+async def test_enc2_enc4_encrypted_call_on_the_wire_is_srtp_and_decrypts_to_the_audio_sent(tmp_path):
+    proofs, audio, status = await _call(ENC, ENC, tmp_path)
     for name, proof in proofs.items():
         assert proof.srtp and proof.packets >= 39, proof.summary()
         assert proof.plaintext_hits == 0, proof.summary()
@@ -90,8 +90,8 @@ async def test_enc2_enc4_encrypted_call_on_the_wire_is_srtp_and_decrypts_to_the_
 
 
 @pytest.mark.parametrize("mode_b, shown", [(AUTH, 2), (NS, 1)])
-async def test_call1_authenticated_or_non_secure_call_is_plain_rtp_and_says_so(mode_b, shown):
-    proofs, audio, status = await _call(ENC, mode_b)
+async def test_call1_authenticated_or_non_secure_call_is_plain_rtp_and_says_so(mode_b, shown, tmp_path):
+    proofs, audio, status = await _call(ENC, mode_b, tmp_path)
     for proof in proofs.values():
         assert not proof.srtp and proof.plaintext_hits == proof.packets >= 39 and proof.audio_matches, proof.summary()
     assert not any(a.is_srtp for a in audio.values())

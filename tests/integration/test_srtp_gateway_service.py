@@ -330,7 +330,7 @@ async def _capture_echo_call(cluster, *, srtp: bool, line: str, call_id: str):
     pcm = [src.frame() for _ in range(25)]
     sent_payloads = [g711.ulaw_encode(f) for f in pcm]
     frames = iter(pcm)
-    cap = LoopbackCapture([gw_port, phone_port])
+    cap = LoopbackCapture([gw_port, phone_port], directory=cluster.data)
     await asyncio.to_thread(cap.start)  # the gateway keeps running on this loop meanwhile
     try:
         phone.start_sending(lambda: next(frames, None), ("127.0.0.1", gw_port))
