@@ -16,7 +16,9 @@ import contextlib
 import itertools
 import logging
 import secrets
+import socket
 import ssl
+import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,7 +132,8 @@ class CapfServer:
         self.max_connections = max_connections
         self.max_per_source = max(1, min(max_per_source, max_connections))
         self.reuse_port = reuse_port
-        self._server: asyncio.AbstractServer | None = None
+        self._sock: socket.socket | None = None
+        self._acceptor: asyncio.Task | None = None
         self._session_ids = itertools.count(secrets.randbelow(1 << 24) + 1)
         self._tasks: set[asyncio.Task] = set()
         self._per_source: collections.Counter[str] = collections.Counter()
@@ -147,8 +150,8 @@ class CapfServer:
 
     @property
     def port(self) -> int:
-        if self._server and self._server.sockets:
-            return self._server.sockets[0].getsockname()[1]
+        if self._sock is not None:
+            return self._sock.getsockname()[1]
         return self._port
 
     @property
@@ -156,24 +159,34 @@ class CapfServer:
         return self._active
 
     async def start(self) -> "CapfServer":
-        # TLS is started per connection after the admission checks, so refusing costs no handshake.
-        self._server = await asyncio.start_server(
-            self._on_connection, self.host, self._port, limit=READ_CHUNK * 2, backlog=1024,
-            reuse_port=self.reuse_port or None,
-        )
+        sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if self.reuse_port:  # several acceptor processes on one port (ccmsec_capf.acceptors)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((self.host, self._port))
+            sock.listen(1024)
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        self._sock = sock
+        self._acceptor = asyncio.create_task(self._accept_loop(), name=f"capf accept {self.host}:{self.port}")
         return self
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
+        if self._acceptor is not None:
+            self._acceptor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._acceptor
+            self._acceptor = None
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._server is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 5)
-            self._server = None
 
     async def __aenter__(self) -> "CapfServer":
         return await self.start()
@@ -197,27 +210,46 @@ class CapfServer:
             self._last_refusal_log = now
             log.warning("CAPF: refusing connections: %s (%d refused so far)", why, self.refused_connections)
 
-    async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername")
-        source = str(peer[0]) if peer else "?"
-        refusal = self._admit_connection(source)
-        if refusal is not None:
-            self._log_refusal(refusal)
-            writer.transport.abort()
-            return
-        task = asyncio.current_task()
-        if task is not None:
-            self._tasks.add(task)
-        self._active += 1
-        self._per_source[source] += 1
+    async def _accept_loop(self) -> None:
+        """Accept on our own socket: the source is judged before asyncio reads a byte or TLS
+        starts, so a refused connection costs no handshake (it is reset at once)."""
         loop = asyncio.get_running_loop()
-        session = None
-        try:
+        while True:
             try:
-                await writer.start_tls(self.ssl_context, ssl_handshake_timeout=self.handshake_timeout)
+                conn, peer = await loop.sock_accept(self._sock)
+            except OSError as exc:  # e.g. EMFILE: back off rather than spin
+                log.error("CAPF: accept failed: %s", exc)
+                await asyncio.sleep(0.1)
+                continue
+            source = str(peer[0]) if peer else "?"
+            refusal = self._admit_connection(source)
+            if refusal is not None:
+                self._log_refusal(refusal)
+                with contextlib.suppress(OSError):
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                conn.close()
+                continue
+            self._active += 1
+            self._per_source[source] += 1
+            task = loop.create_task(self._on_connection(conn, source))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _on_connection(self, conn: socket.socket, source: str) -> None:
+        loop = asyncio.get_running_loop()
+        writer = None
+        try:
+            conn.setblocking(False)
+            reader = asyncio.StreamReader(limit=READ_CHUNK * 2)
+            protocol = asyncio.StreamReaderProtocol(reader)
+            try:
+                transport, _ = await loop.connect_accepted_socket(
+                    lambda: protocol, conn, ssl=self.ssl_context, ssl_handshake_timeout=self.handshake_timeout)
             except (ConnectionError, ssl.SSLError, OSError, TimeoutError) as exc:
                 log.debug("CAPF: TLS handshake with %s failed: %r", source, exc)
+                conn.close()
                 return
+            writer = asyncio.StreamWriter(transport, protocol, reader, loop)
             delay = self.retry_delay() if callable(self.retry_delay) else self.retry_delay
             session = CapfServerSession(next(self._session_ids) & 0xFFFFFFFF, now=loop.time(),
                                         issuer_mode=self.issuer_mode(), retry_delay=delay,
@@ -227,16 +259,17 @@ class CapfServer:
             except (ConnectionError, ssl.SSLError, OSError) as exc:
                 session.error = session.error or f"connection lost: {exc!r}"
             self._remember(_record(session, source))
+        except asyncio.CancelledError:
+            pass  # the server is closing: end quietly
         finally:
             self._active -= 1
             self._per_source[source] -= 1
             if self._per_source[source] <= 0:
                 del self._per_source[source]
-            writer.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(writer.wait_closed(), 2)
-            if task is not None:
-                self._tasks.discard(task)
+            if writer is not None:
+                writer.close()
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await asyncio.wait_for(writer.wait_closed(), 2)
 
     # -- one session ---------------------------------------------------------------------------
 
@@ -251,9 +284,9 @@ class CapfServer:
         session.start(loop.time())
         await self._flush(session, writer)
         while not session.finished:
-            wait = (session.deadline or loop.time()) - loop.time()
             try:
-                chunk = await asyncio.wait_for(reader.read(READ_CHUNK), max(wait, 0.0))
+                async with asyncio.timeout_at(session.deadline or loop.time()):
+                    chunk = await reader.read(READ_CHUNK)
             except TimeoutError:
                 events = session.tick(loop.time())
             else:
@@ -276,11 +309,12 @@ class CapfServer:
         while queue:
             event = queue.popleft()
             if session.pending is event:
-                remaining = (session.deadline or loop.time()) - loop.time()
                 try:
-                    answer = await asyncio.wait_for(self._decide(session, event), max(remaining, 0.0))
-                except TimeoutError:
-                    queue.extend(session.tick(loop.time()))
+                    async with asyncio.timeout_at(session.deadline or loop.time()):
+                        answer = await self._decide(session, event)
+                except TimeoutError:  # the session's time is up (or the store gave up)
+                    ended = session.tick(loop.time())
+                    queue.extend(ended or session.decision_failed("timed out", now=loop.time()))
                     continue
                 except Exception as exc:  # the store or issuer failed: the phone hears reason 7
                     log.exception("CAPF session %s: %s failed", session.session_id, type(event).__name__)

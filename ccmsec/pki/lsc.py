@@ -8,10 +8,8 @@ MICs are checked against the manufacturer CA, which is kept apart (CERT-1).
 
 from __future__ import annotations
 
-import asyncio
 import datetime as _dt
 import ipaddress
-from concurrent.futures import Executor, ProcessPoolExecutor
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -115,56 +113,20 @@ def _pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
-# A process-pool worker keeps its own copy of the CAPF key (initializer), so each job carries
-# only the device name and public key.
-_WORKER_CA: Issued | None = None
-_WORKER_DAYS = LSC_DAYS
-
-
-def _worker_init(cert_pem: bytes, key_pem: bytes, days: int) -> None:
-    global _WORKER_CA, _WORKER_DAYS
-    _WORKER_CA = Issued(x509.load_pem_x509_certificate(cert_pem),
-                        serialization.load_pem_private_key(key_pem, None))  # type: ignore[arg-type]
-    _WORKER_DAYS = days
-
-
-def _worker_issue(device_name: str, public_key_der: bytes) -> bytes:
-    assert _WORKER_CA is not None, "worker not initialised"
-    return issue_lsc(_WORKER_CA, device_name, public_key_der, days=_WORKER_DAYS).public_bytes(
-        serialization.Encoding.DER)
-
-
-def issuing_pool(capf_ca: Issued, workers: int, days: int = LSC_DAYS) -> ProcessPoolExecutor:
-    """Worker processes that each load the CAPF key once and sign LSCs (`LscIssuer(executor=...)`)."""
-    return ProcessPoolExecutor(max_workers=workers, initializer=_worker_init,
-                               initargs=(capf_ca.pem, capf_ca.key_pem, days))
-
-
 class LscIssuer:
     """The CapfIssuer the CAPF server session uses: signs LSCs, checks LSC / MIC authentication."""
 
     def __init__(self, capf_ca: Issued, manufacturer_roots: Iterable[x509.Certificate] = (), *,
-                 days: int = LSC_DAYS, executor: Executor | None = None):
+                 days: int = LSC_DAYS):
         self.capf_ca = capf_ca
         self.manufacturer_roots = list(manufacturer_roots)
         self.days = days
-        self._executor = executor
         # Offline CA: LSCs from the imported third-party CA authenticate too (auth mode lsc).
         self.third_party_roots: list[x509.Certificate] = []
 
-    @classmethod
-    def with_process_pool(cls, capf_ca: Issued, manufacturer_roots: Iterable[x509.Certificate] = (),
-                          *, workers: int = 2, days: int = LSC_DAYS) -> "LscIssuer":
-        return cls(capf_ca, manufacturer_roots, days=days, executor=issuing_pool(capf_ca, workers, days))
-
-    def close(self) -> None:
-        if isinstance(self._executor, ProcessPoolExecutor):
-            self._executor.shutdown(wait=True, cancel_futures=True)
-
     async def issue_lsc(self, device_name: str, public_key_der: bytes) -> bytes:
-        if isinstance(self._executor, ProcessPoolExecutor):
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._executor, _worker_issue, device_name, public_key_der)
+        # Signed on the caller's loop: the capf service spreads the CAPF port (and so the
+        # signing) over acceptor processes, one per core (ccmsec_capf.acceptors).
         cert = issue_lsc(self.capf_ca, device_name, public_key_der, days=self.days)
         return cert.public_bytes(serialization.Encoding.DER)
 

@@ -97,7 +97,7 @@ async def test_chk2_capf_schedule_through_the_api_refused_until_activated(capf_a
     # The phone enrolls with that string; the issued log (CHK-7) shows the certificate.
     phone = PhoneCredentials(P60, capf_certificate=api.capf.capf_ca.cert, auth_string="135790", auth_mode="string")
     session = CapfPhoneSession(phone)
-    await capf_client_run(api.capf.settings.host, api.capf.capf_server.port,
+    await capf_client_run(api.capf.settings.host, api.capf.capf_port,
                           capf_phone_ssl_context(api.capf.capf_ca.cert), session, timeout=10)
     assert session.end_reason == Reason.OK
     log = (await viewer.get("/api/v1/capf/log", params={"device": P60})).json()["entries"]

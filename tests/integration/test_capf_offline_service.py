@@ -68,7 +68,7 @@ async def _go_offline(h):
 
 async def _enroll(h, phone, sessions=1):
     ctx = capf_phone_ssl_context(h.svc.capf_ca.cert)
-    return await capf_client_enroll(h.svc.settings.host, h.svc.capf_server.port, ctx, phone, timeout=10,
+    return await capf_client_enroll(h.svc.settings.host, h.svc.capf_port, ctx, phone, timeout=10,
                                     max_sessions=sessions, max_delay=0.05)
 
 

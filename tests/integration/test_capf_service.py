@@ -42,7 +42,7 @@ class Harness:
     async def enroll(self, phone: PhoneCredentials) -> CapfPhoneSession:
         session = CapfPhoneSession(phone)
         ctx = capf_phone_ssl_context(self.svc.capf_ca.cert)
-        await capf_client_run(self.svc.settings.host, self.svc.capf_server.port, ctx, session, timeout=10)
+        await capf_client_run(self.svc.settings.host, self.svc.capf_port, ctx, session, timeout=10)
         return session
 
     async def events_after(self, mark: int, settle: float = 0.6) -> list[tuple[str, events_pb2.Event]]:

@@ -109,13 +109,9 @@ def test_issuer_verify_device_certificate_maps_to_capf_auth_error(capf, manufact
         LscIssuer(capf).verify_device_certificate(DEVICE, CertType.MIC, mic.cert)
 
 
-async def test_issuer_process_pool_signs_valid_lscs(capf):
+async def test_issuer_signs_valid_lscs(capf):
     from ccmsec.wire.capf import spki_der
-    issuer = LscIssuer.with_process_pool(capf, workers=1)
-    try:
-        der = await issuer.issue_lsc(DEVICE, spki_der(new_key("ec256").public_key()))
-    finally:
-        issuer.close()
+    der = await LscIssuer(capf).issue_lsc(DEVICE, spki_der(new_key("ec256").public_key()))
     verify_lsc_chain(x509.load_der_x509_certificate(der), capf.cert, device_name=DEVICE)
 
 

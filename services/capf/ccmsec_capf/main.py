@@ -2,146 +2,146 @@
 and the gRPC `Capf` API that activates it (CHK-2), schedules operations and sets its parameters.
 
 On start: the CAPF certificate `DATA/pki/capf.{crt,key}` (created once), the parameters and the
-activation flag from the publisher database, then the CAPF TLS server over the SQL operations
-store (CHK-7) and the LSC issuer. While not activated, every phone session is refused at once
-with REASON_INFO "CAPF service is not activated on the publisher (CHK-2)". On `ctl.updated`
-the CAPF certificate is copied to every server (CERT-3).
+activation flag from the publisher database, then the CAPF port: served by
+`acceptor_processes` acceptor processes (`ccmsec_capf.acceptors`: TLS, sessions and LSC signing
+on every core, every look-up and write answered here), or by this process itself when that
+parameter is 0. Either way the SQL operations store of this process is the only writer of CAPF
+state (CHK-7). While not activated, every phone session is refused at once with REASON_INFO
+"CAPF service is not activated on the publisher (CHK-2)…". On `ctl.updated` the CAPF
+certificate is copied to every server (CERT-3).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from pathlib import Path
 
-from cryptography import x509
-
-from ccmsec.aio.capf import CapfServer, capf_server_ssl_context
+from ccmsec.aio.capf import CapfServer, SessionRecord, capf_server_ssl_context
 from ccmsec.clustertls import follow_legacy_tls
 from ccmsec.db.capf import SqlCapfStore
 from ccmsec.db.devices import ctl_exists
 from ccmsec.pki.ca import Issued, fingerprint_sha256
-from ccmsec.pki.lsc import (
-    CAPF_CERT, CAPF_KEY, LscIssuer, ensure_capf_ca, issuing_pool, load_third_party_ca, third_party_ca_path,
-)
+from ccmsec.pki.lsc import CAPF_CERT, CAPF_KEY, ensure_capf_ca
 from ccmsec.pki.tls import enable_legacy_tls
 from ccmsec.runtime import bus as bus_mod
 from ccmsec.runtime.service import Service, run_service
-from ccmsec.wire.capf import CertType
 from ccmsec_proto import capf_pb2_grpc, events_pb2
 
+from .acceptors import AcceptorPool
 from .activation import NOT_ACTIVATED, read_activated
 from .certcopy import copy_capf_certificate
+from .issuer import MANUFACTURER_CA, ServiceLscIssuer
 from .parameters import CapfParameters, load_parameters
 from .scheduling import device_exists
 from .servicer import CapfServicer
 
 log = logging.getLogger("ccmsec.capf")
-MANUFACTURER_CA = "manufacturer-ca.crt"
-
-
-class ServiceLscIssuer(LscIssuer):
-    """LscIssuer whose manufacturer CA (for MIC authentication) is read from DATA/pki when it
-    appears or changes: the factory CA may be created after CAPF started."""
-
-    def __init__(self, capf_ca: Issued, manufacturer_ca_path: Path, **kw):
-        super().__init__(capf_ca, (), **kw)
-        self._mfr_path = manufacturer_ca_path
-        self._mfr_stamp: tuple[int, int] | None = None
-        self._third_path = third_party_ca_path(manufacturer_ca_path.parent)
-        self._third_stamp: tuple[int, int] | None = None
-
-    def _refresh_third_party(self) -> None:
-        # Offline CA: an LSC signed by the imported third-party CA authenticates like a CAPF one.
-        try:
-            st = self._third_path.stat()
-        except FileNotFoundError:
-            self.third_party_roots, self._third_stamp = [], None
-            return
-        stamp = (st.st_mtime_ns, st.st_size)
-        if stamp != self._third_stamp:
-            ca = load_third_party_ca(self._third_path.parent)
-            self.third_party_roots = [ca] if ca is not None else []
-            self._third_stamp = stamp
-
-    def _refresh_manufacturer(self) -> None:
-        try:
-            st = self._mfr_path.stat()
-        except FileNotFoundError:
-            self.manufacturer_roots, self._mfr_stamp = [], None
-            return
-        stamp = (st.st_mtime_ns, st.st_size)
-        if stamp != self._mfr_stamp:
-            self.manufacturer_roots = x509.load_pem_x509_certificates(self._mfr_path.read_bytes())
-            self._mfr_stamp = stamp
-
-    def verify_device_certificate(self, device_name: str, cert_type: CertType, cert: x509.Certificate) -> None:
-        if cert_type is CertType.MIC:
-            self._refresh_manufacturer()
-        else:
-            self._refresh_third_party()
-        super().verify_device_certificate(device_name, cert_type, cert)
+HANDSHAKE_TIMEOUT = 10.0
+IDLE_TIMEOUT = 30.0
 
 
 class CapfService(Service):
     role = "capf"
 
     def __init__(self, settings):
+        self.acceptors: AcceptorPool | None = None    # when acceptor processes serve the port
         super().__init__(settings)
-        self.activated = False  # CHK-2: off until the database says otherwise
+        self._activated = False  # CHK-2: off until the database says otherwise
         self.legacy_tls = "unknown"  # LATER-8: until the CTL Provider answered
         self.capf_ca: Issued | None = None
         self.params: CapfParameters | None = None
         self.store: SqlCapfStore | None = None
         self.issuer: ServiceLscIssuer | None = None
-        self.capf_server: CapfServer | None = None
+        self.capf_server: CapfServer | None = None   # when the port is served in this process
+        self.sessions: collections.deque[SessionRecord] = collections.deque(maxlen=1000)
+        self.sessions_total = 0
 
     @property
     def pki_dir(self) -> Path:
         return Path(self.settings.data_dir) / "pki"
 
+    @property
+    def activated(self) -> bool:
+        return self._activated
+
+    @activated.setter
+    def activated(self, value: bool) -> None:
+        self._activated = bool(value)
+        if self.acceptors is not None:
+            self.acceptors.configure(refusal=self._admit())
+
+    @property
+    def capf_port(self) -> int:
+        if self.acceptors is not None:
+            return self.acceptors.port
+        return self.capf_server.port if self.capf_server is not None else self.settings.capf_port
+
     async def setup(self) -> None:
         hosts = tuple(dict.fromkeys((self.settings.host, "127.0.0.1")))
         self.capf_ca = await asyncio.to_thread(ensure_capf_ca, self.pki_dir, ip_addresses=hosts)
         self.params = await load_parameters(self.db)
-        self.activated = await read_activated(self.db)
+        self._activated = await read_activated(self.db)
         p = self.params
-        executor = None
-        if p.int("issuing_workers"):  # sign in worker processes, each holding the CAPF key
-            executor = issuing_pool(self.capf_ca, p.int("issuing_workers"), p.int("certificate_validity_days"))
-        self.issuer = ServiceLscIssuer(self.capf_ca, self.pki_dir / MANUFACTURER_CA,
-                                       days=p.int("certificate_validity_days"), executor=executor)
         self.store = SqlCapfStore(self.db, max_failures=p.int("max_auth_failures"),
                                   device_exists=self.device_exists)
-        ssl_ctx = capf_server_ssl_context(self.pki_dir / CAPF_CERT, self.pki_dir / CAPF_KEY)
-        self.capf_server = CapfServer(self.settings.host, self.settings.capf_port, ssl_ctx, self.store, self.issuer,
-                                      session_timeout=p.int("session_timeout"),
-                                      max_connections=p.int("max_connections"),
-                                      max_per_source=p.int("max_connections_per_source"), admit=self._admit,
-                                      issuer_mode=self.issuer_mode, retry_delay=p.int("retry_delay"))
-        await self.capf_server.start()
-        await self._follow_legacy_tls(ssl_ctx)  # LATER-8, from the CTL Provider
+        limits = dict(handshake_timeout=HANDSHAKE_TIMEOUT, idle_timeout=IDLE_TIMEOUT,
+                      session_timeout=float(p.int("session_timeout")), max_connections=p.int("max_connections"),
+                      max_per_source=p.int("max_connections_per_source"))
+        if p.int("acceptor_processes"):
+            self.acceptors = AcceptorPool(
+                p.int("acceptor_processes"), host=self.settings.host, port=self.settings.capf_port,
+                pki_dir=self.pki_dir, store=self.store, node=self.settings.node_name, limits=limits,
+                config=self._acceptor_config(), on_sessions=self._sessions_ended,
+                log_level=self.settings.log_level)
+            await self.acceptors.start()
+        else:
+            self.issuer = ServiceLscIssuer(self.capf_ca, self.pki_dir / MANUFACTURER_CA,
+                                           days=p.int("certificate_validity_days"))
+            ssl_ctx = capf_server_ssl_context(self.pki_dir / CAPF_CERT, self.pki_dir / CAPF_KEY)
+            self.capf_server = CapfServer(self.settings.host, self.settings.capf_port, ssl_ctx, self.store,
+                                          self.issuer, admit=self._admit, issuer_mode=self.issuer_mode,
+                                          retry_delay=p.int("retry_delay"),
+                                          on_session_end=lambda rec: self._sessions_ended([rec]), **limits)
+            await self.capf_server.start()
+        await self._follow_legacy_tls()  # LATER-8, from the CTL Provider
         self.grpc.add(capf_pb2_grpc.add_CapfServicer_to_server, CapfServicer(self), "ccmsec.v1.Capf")
         await self.subscribe(bus_mod.subject_for("ctl.updated"), "ctl-updated", self.on_ctl_updated)
         # CERT-3 also after a restart: the CTL may have been built while CAPF was down.
         async with self.db() as s:
             if await ctl_exists(s):
                 await asyncio.to_thread(copy_capf_certificate, self.settings.data_dir, self.capf_ca.cert)
-        log.info("CAPF listening", extra={"port": self.capf_server.port, "activated": self.activated})
+        log.info("CAPF listening", extra={"port": self.capf_port, "activated": self.activated,
+                                          "acceptor_processes": p.int("acceptor_processes")})
 
     async def teardown(self) -> None:
+        if self.acceptors is not None:
+            await self.acceptors.close()
         if self.capf_server is not None:
             await self.capf_server.close()
-        if self.issuer is not None:
-            await asyncio.to_thread(self.issuer.close)
 
-    async def _follow_legacy_tls(self, ssl_ctx) -> None:
+    def _acceptor_config(self) -> dict:
+        p = self.params
+        return {"refusal": self._admit(), "issuer_mode": self.issuer_mode(), "retry_delay": p.int("retry_delay"),
+                "validity_days": p.int("certificate_validity_days"), "legacy_tls": self.legacy_tls == "on"}
+
+    def _sessions_ended(self, records: list[SessionRecord]) -> None:
+        self.sessions.extend(records)
+        self.sessions_total += len(records)
+
+    async def _follow_legacy_tls(self) -> None:
         """LATER-8: with the cluster's legacy TLS on, 3804 also takes TLS 1.0 (AES128-SHA,
-        NULL-SHA). The listening context is changed in place: new handshakes follow it."""
+        NULL-SHA). The listening contexts change in place — here, or in every acceptor process —
+        and new handshakes follow them."""
         def apply(enabled: bool) -> None:
-            if enabled:
-                enable_legacy_tls(ssl_ctx)
             self.legacy_tls = "on" if enabled else "off"
+            if not enabled:
+                return
+            if self.acceptors is not None:
+                self.acceptors.configure(legacy_tls=True)
+            if self.capf_server is not None:
+                enable_legacy_tls(self.capf_server.ssl_context)
 
         await follow_legacy_tls(self.spawn, lambda: self.peer_channel("ctl-provider"), apply,
                                 who="CAPF 3804")
@@ -151,7 +151,7 @@ class CapfService(Service):
         return self.params.get("issuer") if self.params is not None else "capf"
 
     def _admit(self) -> str | None:
-        return None if self.activated else NOT_ACTIVATED
+        return None if self._activated else NOT_ACTIVATED
 
     async def device_exists(self, device: str) -> bool:
         return await device_exists(self.db, device)
@@ -162,6 +162,8 @@ class CapfService(Service):
         self.params = CapfParameters({**self.params.values, **fresh.scope("enterprise")})
         if self.issuer is not None:
             self.issuer.days = self.params.int("certificate_validity_days")
+        if self.acceptors is not None:
+            self.acceptors.configure(**self._acceptor_config())
 
     async def announce_schedule(self, device: str, operation: str) -> None:
         """The device's cnf.xml must now carry the CAPF operation: tell the TFTP signer."""
@@ -177,12 +179,12 @@ class CapfService(Service):
             "event_id": event.id, "files": ",".join(str(p) for p in written)})
 
     def status_details(self) -> dict[str, str]:
-        details = {"capf_port": str(self.capf_server.port if self.capf_server else self.settings.capf_port),
+        details = {"capf_port": str(self.capf_port), "capf_sessions": str(self.sessions_total),
                    "legacy_tls": self.legacy_tls}
         if self.capf_ca is not None:
             details["capf_certificate_sha256"] = fingerprint_sha256(self.capf_ca.cert)
-        if self.capf_server is not None:
-            details["capf_sessions"] = str(len(self.capf_server.sessions))
+        if self.acceptors is not None:
+            details["capf_acceptor_processes"] = str(len(self.acceptors.pids))
         return details
 
 

@@ -9,6 +9,7 @@ given, so changing one needs the devices reset (RST-6). Values live in the publi
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Callable, Literal
 
@@ -24,6 +25,9 @@ Scope = Literal["service", "enterprise"]
 KEY_TYPES = ("rsa1024", "rsa2048", "rsa4096", "ec256")  # what the CLI and the schedule accept
 MAX_VALUES_PER_CHANGE = 16
 ISSUERS = ("capf", "offline")
+# One acceptor per core (a handshake and an LSC are two RSA signatures each install); a
+# single-core machine gains nothing from them.
+DEFAULT_ACCEPTORS = min(os.cpu_count() or 1, 4) if (os.cpu_count() or 1) > 1 else 0
 
 
 class ParameterError(ValueError):
@@ -69,8 +73,9 @@ PARAMETERS: dict[str, Parameter] = {p.name: p for p in (
               "concurrent phone sessions on the CAPF port"),
     Parameter("max_connections_per_source", "service", "64", _int_in(1, 4096),
               "concurrent phone sessions from one address (so one source cannot starve the others)"),
-    Parameter("issuing_workers", "service", "0", _int_in(0, 8),
-              "processes that sign LSCs (0: sign in the service process)"),
+    Parameter("acceptor_processes", "service", str(DEFAULT_ACCEPTORS), _int_in(0, 16),
+              "processes serving the CAPF port (TLS, sessions, LSC signing) on the cores; the service "
+              "process keeps the database (0: the service process serves the port itself)"),
     Parameter("retry_delay", "service", "600", _int_in(5, 86400),
               "seconds a phone waits before coming back for an offline-CA certificate"),
     # Enterprise parameters (RST-6: reset the devices).

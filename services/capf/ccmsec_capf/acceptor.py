@@ -1,0 +1,174 @@
+"""One acceptor process of the capf service (`python -m ccmsec_capf.acceptor`, started by
+`ccmsec_capf.acceptors.AcceptorPool`, never by hand).
+
+It listens on the CAPF port next to its siblings (SO_REUSEPORT: the kernel spreads connections
+over them), does the TLS handshakes, runs the sessions (`ccmsec.aio.capf.CapfServer`), signs LSCs
+with the CAPF key and checks phones' certificates — the CPU-heavy part, now on every core. It
+writes nothing: each look-up and write of CAPF state is a call to the service over the channel
+(`OwnerStore`), so the service stays the only writer. It stops when the service closes the
+channel or dies (EOF, and the kernel's parent-death signal).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import itertools
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+from ccmsec.aio.capf import CapfServer, SessionRecord, capf_server_ssl_context
+from ccmsec.pki.ca import load_pair
+from ccmsec.pki.lsc import CAPF_CERT, CAPF_KEY
+from ccmsec.pki.tls import enable_legacy_tls
+from ccmsec.runtime.logs import setup_logging
+from ccmsec.wire.capf import AuthCheck, OperationLookup
+
+from .channel import ChannelError, encode, raise_reply, read_message
+from .issuer import MANUFACTURER_CA, ServiceLscIssuer
+
+ENV = "CCMSEC_CAPF_ACCEPTOR"
+log = logging.getLogger("ccmsec.capf")
+
+
+class OwnerStore:
+    """`CapfOperationsStore` over the channel: every call is answered by the capf service."""
+
+    def __init__(self, writer: asyncio.StreamWriter):
+        self._writer = writer
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, asyncio.Future] = {}
+
+    async def _call(self, method: str, *args):
+        call_id = next(self._ids)
+        future = asyncio.get_running_loop().create_future()
+        self._waiting[call_id] = future
+        try:
+            self._writer.write(encode(("call", call_id, method, args)))
+            return await future
+        finally:
+            self._waiting.pop(call_id, None)
+
+    def answer(self, call_id: int, ok: bool, value) -> None:
+        future = self._waiting.get(call_id)
+        if future is None or future.done():
+            return
+        if ok:
+            future.set_result(value)
+        else:
+            try:
+                raise_reply(value)
+            except Exception as exc:  # noqa: BLE001 - handed to the waiting caller
+                future.set_exception(exc)
+
+    def fail_all(self, why: str) -> None:
+        for future in self._waiting.values():
+            if not future.done():
+                future.set_exception(ConnectionError(why))
+
+    async def find_operation(self, device_name: str) -> OperationLookup:
+        return await self._call("find_operation", device_name)
+
+    async def check_auth_string(self, op_id: int, candidate: str | None) -> AuthCheck:
+        return await self._call("check_auth_string", op_id, candidate)
+
+    async def record_auth_failure(self, op_id: int, why: str) -> AuthCheck:
+        return await self._call("record_auth_failure", op_id, why)
+
+    async def record_issued(self, op_id: int, device_name: str, certificate_der: bytes) -> bytes:
+        return await self._call("record_issued", op_id, device_name, certificate_der)
+
+    async def mark_done(self, op_id: int, outcome: str, certificate_der: bytes | None = None) -> None:
+        return await self._call("mark_done", op_id, outcome, certificate_der)
+
+    async def mark_failed(self, op_id: int, reason: str) -> None:
+        return await self._call("mark_failed", op_id, reason)
+
+    async def record_csr(self, op_id: int, device_name: str, csr_der: bytes) -> None:
+        return await self._call("record_csr", op_id, device_name, csr_der)
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGTERM when the service process dies, even by SIGKILL (the channel's EOF is the
+    other guard)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() == 1:  # the parent is already gone
+        sys.exit(0)
+
+
+async def serve(cfg: dict) -> int:
+    sock = socket.socket(fileno=int(cfg["fd"]))
+    reader, writer = await asyncio.open_unix_connection(sock=sock)
+    pki = Path(cfg["pki_dir"])
+    state = dict(cfg["config"])
+    issuer = ServiceLscIssuer(load_pair(pki / CAPF_CERT, pki / CAPF_KEY), pki / MANUFACTURER_CA,
+                              days=int(state["validity_days"]))
+    store = OwnerStore(writer)
+    finished: list[SessionRecord] = []
+    ssl_context = capf_server_ssl_context(pki / CAPF_CERT, pki / CAPF_KEY)
+    if state.get("legacy_tls"):
+        enable_legacy_tls(ssl_context)
+    server = CapfServer(
+        cfg["host"], int(cfg["port"]), ssl_context, store, issuer,
+        handshake_timeout=cfg["handshake_timeout"], idle_timeout=cfg["idle_timeout"],
+        session_timeout=cfg["session_timeout"], max_connections=cfg["max_connections"],
+        max_per_source=cfg["max_per_source"], reuse_port=True, history=64,
+        admit=lambda: state["refusal"], issuer_mode=lambda: state["issuer_mode"],
+        retry_delay=lambda: int(state["retry_delay"]), on_session_end=finished.append,
+    )
+    await server.start()
+    writer.write(encode(("ready", server.port)))
+
+    async def report_sessions() -> None:
+        # Batched: one message per quarter second however many phones finished.
+        while True:
+            await asyncio.sleep(0.25)
+            if finished:
+                batch = list(finished)
+                finished.clear()
+                writer.write(encode(("sessions", batch)))
+
+    reporter = asyncio.create_task(report_sessions())
+    try:
+        while (message := await read_message(reader)) is not None:
+            if message[0] == "reply":
+                store.answer(message[1], message[2], message[3])
+            elif message[0] == "config":
+                state.update(message[1])
+                issuer.days = int(state["validity_days"])
+                if message[1].get("legacy_tls"):  # LATER-8: new handshakes follow the context
+                    enable_legacy_tls(ssl_context)
+    except (ChannelError, ConnectionError) as exc:
+        log.error("CAPF acceptor %s: channel to the service broken: %s", cfg["index"], exc)
+    finally:
+        store.fail_all("the capf service went away")
+        reporter.cancel()
+        await server.close()
+        writer.close()
+    return 0
+
+
+def main() -> None:
+    cfg = json.loads(os.environ[ENV])
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the service, which stops us
+    setup_logging("capf", f"{cfg['node']}/acceptor-{cfg['index']}", cfg.get("log_level", "INFO"))
+    try:
+        import uvloop
+        runner = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a dependency
+        runner = asyncio.run
+    sys.exit(runner(serve(cfg)))
+
+
+if __name__ == "__main__":
+    main()
