@@ -1,165 +1,348 @@
-"""LSC issuance rate: N phones enrolling concurrently over real TLS against the CAPF server.
+"""CAPF installs per second, through the running capf service, against a plain TLS baseline.
 
-Ours:      whole CAPF installs per second (TLS handshake, auth, key-gen exchange, LSC signing,
-           store-certificate, every SQLite transaction of the operations store).
-Baseline:  raw `cryptography` certificate signing per second for the same key type, same run.
-The CAPF certificate is the service's: RSA-2048 by default (`ensure_capf_ca`), so each handshake
-and each LSC costs an RSA-2048 signature, as in the running capf service.
-The phones run in a separate process and generate their keys before the clock starts: a real
-phone generates its key and does its half of TLS on its own CPU, so those costs are not the
-server's. The server side is what the capf service runs, on uvloop like the service.
+Ours: a local cluster (`ccmsec up`), devices added through the HTTPS administration API, CAPF
+activated and N installs scheduled over gRPC, then N phones (another process, each phone on its
+own loopback address, keys generated before the clock starts as a phone does on its own CPU)
+enrol over TLS on the CAPF port: handshake with the CAPF certificate, auth request/response,
+look-up in the publisher database, key-generate exchange, LSC signed with the real CAPF key,
+issuance recorded, store request/response, completion recorded, end session. The capf service
+runs as deployed, with its `acceptor_processes` (default: one per core).
 
-    uv run python bench/capf_issue.py --quick          # 40 phones
-    uv run python bench/capf_issue.py                  # 200 phones
-    uv run python bench/capf_issue.py --key rsa2048 --pool 2
-    uv run python bench/capf_issue.py --capf-key ec256   # an EC CAPF certificate instead
+Baseline, same run: a plain TLS server (asyncio + uvloop, `ssl`), as many processes on one
+port (SO_REUSEPORT) as CAPF has acceptors, doing per connection the same handshake with the same
+certificate and key, reading the phone's public key and answering with one certificate signed
+by the same CAPF key (`ccmsec.pki.lsc.issue_lsc`, the LSC profile). The same phone process drives
+it with the same TLS context, addresses and concurrency.
+
+    uv run python bench/capf_issue.py --quick        # 200 phones, one run each
+    uv run python bench/capf_issue.py                # 1000 phones, best of two runs each
+    uv run python bench/capf_issue.py --acceptors 0  # the service process serves the port itself
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
+import concurrent.futures
 import multiprocessing
+import os
+import shutil
+import socket
+import ssl
+import statistics
+import struct
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from ccmsec.aio.capf import CapfServer, capf_client_run, capf_phone_ssl_context, capf_server_ssl_context
-from ccmsec.db.capf import SqlCapfStore, schedule_operation
-from ccmsec.pki.ca import name
-from ccmsec.pki.lsc import LscIssuer, ensure_capf_ca, issuing_pool
-from ccmsec.runtime.database import open_database
-from ccmsec.wire.capf import CapfPhoneSession, KeySpec, PhoneCredentials, Reason
+from cryptography.hazmat.primitives import serialization
+
+from ccmsec.aio.capf import capf_client_run, capf_phone_ssl_context
+from ccmsec.wire.capf import CapfPhoneSession, KeySpec, PhoneCredentials, Reason, spki_der
+
+PHONE_TIMEOUT = 60.0
 
 
-def raw_signing_rate(capf, keys, seconds: float) -> float:
-    """Bare CertificateBuilder + sign with the CAPF key: the floor any issuer must pay."""
-    now = dt.datetime.now(dt.timezone.utc)
-    count, start = 0, time.perf_counter()
-    deadline = start + seconds
-    while time.perf_counter() < deadline and count < 100_000:
-        (
-            x509.CertificateBuilder()
-            .subject_name(name(f"SEP{count:012X}")).issuer_name(capf.cert.subject)
-            .public_key(keys[count % len(keys)].public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now).not_valid_after(now + dt.timedelta(days=365))
-            .sign(capf.key, hashes.SHA256())
-        )
-        count += 1
-    return count / (time.perf_counter() - start)
-
-
-def _phones_process(host: str, port: int, capf_pem: bytes, devices: list[str], key: str, conn) -> None:
-    """The phones, in their own process (a real phone enrolls on its own CPU): keys and TLS
-    client work are theirs. Generates the keys, says ready, waits for go, enrolls all at once."""
+def _loop_runner():
     try:
         import uvloop
-        runner = uvloop.run
+        return uvloop.run
     except ImportError:  # pragma: no cover
-        runner = asyncio.run
+        return asyncio.run
+
+
+def _source(i: int) -> str:
+    """Each phone its own loopback address (phones are not behind one NAT)."""
+    return f"127.77.{i // 250}.{i % 250 + 1}"
+
+
+# ---------------------------------------------------------------------------------------------
+# The phones (their own process)
+
+
+def phones_process(conn, mode: str, host: str, port: int, capf_pem: bytes, devices: list[str], key: str,
+                   concurrency: int) -> None:
     capf_cert = x509.load_pem_x509_certificate(capf_pem)
     spec = KeySpec.parse(key)
     keys = [spec.generate() for _ in devices]
     conn.send("ready")
-    conn.recv()
-
-    async def run() -> tuple[float, int]:
-        ctx = capf_phone_ssl_context(capf_cert)
-        sessions = [CapfPhoneSession(PhoneCredentials(d, capf_certificate=capf_cert, pending_key=k))
-                    for d, k in zip(devices, keys)]
-        start = time.perf_counter()
-        async with asyncio.timeout(55):
-            reasons = await asyncio.gather(*(capf_client_run(host, port, ctx, s, timeout=50) for s in sessions),
-                                           return_exceptions=True)
-        return time.perf_counter() - start, sum(1 for r in reasons if r == Reason.OK)
-
-    conn.send(runner(run()))
+    while (command := conn.recv()) == "go":
+        conn.send(_loop_runner()(_drive(mode, host, port, capf_cert, devices, keys, concurrency)))
 
 
-async def enroll_all(pki: Path, capf, phones: int, pool: int, db_url: str, inline_keys=None) -> tuple[float, int]:
-    """The server side as the capf service runs it (SqlCapfStore over the migrated publisher DB,
-    LscIssuer, CapfServer); the phones in another process unless inline_keys are given."""
-    engine, factory = await open_database(db_url)  # the services' engine: WAL, alembic upgrade heads
-    devices = [f"SEP{i:012X}" for i in range(phones)]
-    for d in devices:
-        await schedule_operation(factory, d, "install", key_type=args.key)
-    issuer = LscIssuer(capf, executor=issuing_pool(capf, pool)) if pool else LscIssuer(capf)
-    server = CapfServer("127.0.0.1", 0, capf_server_ssl_context(pki / "capf.crt", pki / "capf.key"),
-                        SqlCapfStore(factory), issuer, session_timeout=60, max_connections=phones + 8)
-    await server.start()
-    loop = asyncio.get_running_loop()
-    try:
-        if inline_keys is not None:
-            phone_ctx = capf_phone_ssl_context(capf.cert)
-            sessions = [CapfPhoneSession(PhoneCredentials(d, capf_certificate=capf.cert, pending_key=inline_keys[i]))
-                        for i, d in enumerate(devices)]
-            start = time.perf_counter()
-            async with asyncio.timeout(55):
-                reasons = await asyncio.gather(*(
-                    capf_client_run("127.0.0.1", server.port, phone_ctx, s, timeout=50) for s in sessions),
-                    return_exceptions=True)
-            return time.perf_counter() - start, sum(1 for r in reasons if r == Reason.OK)
-        ctx = multiprocessing.get_context("spawn")
-        ours, theirs = ctx.Pipe()
-        proc = ctx.Process(target=_phones_process, args=("127.0.0.1", server.port, capf.pem, devices,
-                                                         args.key, theirs), daemon=True)
-        proc.start()
+async def _drive(mode, host, port, capf_cert, devices, keys, concurrency) -> tuple[float, int, list[str]]:
+    ctx = capf_phone_ssl_context(capf_cert)
+    gate = asyncio.Semaphore(concurrency)
+    errors: list[str] = []
+
+    async def capf_phone(i: int) -> bool:
+        phone = PhoneCredentials(devices[i], capf_certificate=capf_cert, pending_key=keys[i])
+        async with gate:
+            reason = await capf_client_run(host, port, ctx, CapfPhoneSession(phone, timeout=PHONE_TIMEOUT),
+                                           timeout=PHONE_TIMEOUT, local_addr=(_source(i), 0))
+        return reason == Reason.OK and phone.lsc_cert is not None
+
+    async def baseline_phone(i: int) -> bool:
+        async with gate:
+            reader, writer = await asyncio.open_connection(host, port, ssl=ctx, server_hostname=host,
+                                                           local_addr=(_source(i), 0))
+            try:
+                request = devices[i].encode() + b"\0" + spki_der(keys[i].public_key())
+                writer.write(struct.pack(">H", len(request)) + request)
+                (size,) = struct.unpack(">H", await reader.readexactly(2))
+                cert = x509.load_der_x509_certificate(await reader.readexactly(size))
+                return cert.public_key().public_numbers() == keys[i].public_key().public_numbers()
+            finally:
+                writer.close()
+
+    one = capf_phone if mode == "capf" else baseline_phone
+
+    async def guarded(i: int) -> bool:
         try:
-            if not await loop.run_in_executor(None, ours.poll, 50) or ours.recv() != "ready":
-                raise SystemExit("phone process did not get ready")
-            ours.send("go")
-            if not await loop.run_in_executor(None, ours.poll, 58):
-                raise SystemExit("phone process did not finish in time")
-            return ours.recv()
+            return await one(i)
+        except Exception as exc:  # counted, and the first few shown: a benchmark must not hide failures
+            errors.append(repr(exc))
+            return False
+
+    start = time.perf_counter()
+    results = await asyncio.gather(*(guarded(i) for i in range(len(devices))))
+    return time.perf_counter() - start, sum(results), errors[:3]
+
+
+# ---------------------------------------------------------------------------------------------
+# The baseline server (its own processes, one port)
+
+
+def baseline_server_process(conn, host: str, port: int, pki: str) -> None:
+    from ccmsec.pki.ca import load_pair
+    from ccmsec.pki.lsc import issue_lsc
+
+    capf = load_pair(Path(pki) / "capf.crt", Path(pki) / "capf.key")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(str(Path(pki) / "capf.crt"), str(Path(pki) / "capf.key"))
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            (size,) = struct.unpack(">H", await reader.readexactly(2))
+            device, _, spki = (await reader.readexactly(size)).partition(b"\0")
+            cert = issue_lsc(capf, device.decode(), spki).public_bytes(serialization.Encoding.DER)
+            writer.write(struct.pack(">H", len(cert)) + cert)
+            await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
+            pass
         finally:
-            proc.join(5)
-            if proc.is_alive():
-                proc.kill()
-    finally:
-        await server.close()
-        issuer.close()
-        await engine.dispose()
+            writer.close()
+
+    async def main() -> None:
+        server = await asyncio.start_server(handle, host, port, ssl=ctx, reuse_port=True, backlog=1024)
+        conn.send("ready")
+        await asyncio.get_running_loop().run_in_executor(None, conn.recv)  # until told to stop
+        server.close()
+
+    _loop_runner()(main())
+
+
+# ---------------------------------------------------------------------------------------------
+# The cluster side
+
+
+def start_cluster(data: Path, devices: list[str], acceptors: int | None) -> dict:
+    from ccmsec.adminclient import AdminClient, discover
+    from ccmsec.cluster import runner
+
+    print(f"starting a local cluster in {data} ...", flush=True)
+    runner.up(data, quiet=True)
+    import json
+
+    endpoints = json.loads((data / "run" / "endpoints.json").read_text())
+    asyncio.run(_configure_capf(data, endpoints, acceptors))
+    print(f"adding {len(devices)} devices through the administration API ...", flush=True)
+
+    def add(chunk: list[str]) -> None:
+        with AdminClient(discover(data)) as admin:
+            for name in chunk:
+                admin.add_device(name, "7960")
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(add, [devices[i::8] for i in range(8)]))
+    asyncio.run(_schedule(data, endpoints, devices))
+    return endpoints
+
+
+async def _capf_stub(data: Path, endpoints: dict):
+    from ccmsec.runtime.grpcio import secure_channel
+    from ccmsec.runtime.identity import client_identity
+    from ccmsec_proto import capf_pb2_grpc
+
+    svc = endpoints["services"]["capf"]
+    channel = secure_channel(client_identity(data), svc["host"], svc["grpc_port"], "capf")
+    return channel, capf_pb2_grpc.CapfStub(channel)
+
+
+async def _configure_capf(data: Path, endpoints: dict, acceptors: int | None) -> None:
+    from ccmsec_proto import capf_pb2, common_pb2, ctl_provider_pb2
+
+    channel, stub = await _capf_stub(data, endpoints)
+    async with channel:
+        await stub.Activate(ctl_provider_pb2.ActivateRequest(active=True), timeout=10)
+        if acceptors is not None:
+            await stub.SetServiceParameters(capf_pb2.CapfParametersRequest(
+                values={"acceptor_processes": str(acceptors)}), timeout=10)  # RST-8: CAPF restarts
+            await asyncio.sleep(2)
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                status = await stub.Status(common_pb2.Empty(), timeout=3)
+                running = int(status.details.get("capf_acceptor_processes", "0"))
+                if status.activated and (acceptors is None or running == acceptors):
+                    return
+            except Exception:  # noqa: BLE001 - restarting
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit("the capf service did not come back with the asked acceptor processes")
+            await asyncio.sleep(0.5)
+
+
+async def _schedule(data: Path, endpoints: dict, devices: list[str]) -> None:
+    from ccmsec.domain import CapfAuthMode, CapfOperation
+    from ccmsec_proto import capf_pb2
+
+    print(f"scheduling {len(devices)} installs over gRPC ...", flush=True)
+    channel, stub = await _capf_stub(data, endpoints)
+    gate = asyncio.Semaphore(16)
+
+    async def one(name: str) -> None:
+        async with gate:
+            await stub.ScheduleOperation(capf_pb2.CapfSchedule(
+                device=name, operation=CapfOperation.INSTALL.to_proto(), auth_mode=CapfAuthMode.NULL.to_proto(),
+                key_type="ec256"), timeout=30)
+
+    async with channel:
+        await asyncio.gather(*(one(n) for n in devices))
+
+
+def capf_acceptors(data: Path, endpoints: dict) -> int:
+    async def ask() -> int:
+        from ccmsec_proto import common_pb2
+        channel, stub = await _capf_stub(data, endpoints)
+        async with channel:
+            return int((await stub.Status(common_pb2.Empty(), timeout=5)).details.get("capf_acceptor_processes", "0"))
+    return asyncio.run(ask())
+
+
+def wait_quiet(limit: float = 30.0) -> None:
+    """Let the cluster's reaction to the schedules (signed configurations) finish first."""
+    def busy() -> tuple[int, int]:
+        fields = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+        return sum(fields), fields[3] + fields[4]
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        t0, i0 = busy()
+        time.sleep(1.0)
+        t1, i1 = busy()
+        if (i1 - i0) / max(1, t1 - t0) > 0.6:
+            return
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
 
 
 def main() -> int:
-    global args
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="40 phones instead of 200")
+    parser.add_argument("--quick", action="store_true", help="200 phones, one run of each")
     parser.add_argument("--phones", type=int, default=None)
-    parser.add_argument("--key", default="ec256", choices=["ec256", "rsa1024", "rsa2048"])
-    parser.add_argument("--capf-key", default="rsa2048", choices=["rsa2048", "ec256"],
-                        help="the CAPF certificate's key (the service creates RSA-2048)")
-    parser.add_argument("--pool", type=int, default=0, help="sign in a process pool of N workers (0: inline)")
-    parser.add_argument("--phones-inline", action="store_true",
-                        help="run the phones' TLS in the server's process too (the old, pessimistic set-up)")
+    parser.add_argument("--concurrency", type=int, default=64, help="phones in flight at once")
+    parser.add_argument("--acceptors", type=int, default=None,
+                        help="set the capf service's acceptor_processes (default: the service's own default)")
+    parser.add_argument("--runs", type=int, default=None, help="runs of each (default 2, 1 with --quick)")
     args = parser.parse_args()
-    phones = args.phones or (40 if args.quick else 200)
-    phones = max(1, min(phones, 1000))
+    phones = max(10, min(args.phones or (200 if args.quick else 1000), 4000))
+    runs = args.runs or (1 if args.quick else 2)
+    if not os.path.exists("/proc/stat"):
+        raise SystemExit("this benchmark needs Linux (/proc, SO_REUSEPORT, loopback addresses)")
 
-    with tempfile.TemporaryDirectory() as tmp:
-        pki = Path(tmp) / "pki"
-        capf = ensure_capf_ca(pki, key_kind=args.capf_key)
-        spec = KeySpec.parse(args.key)
-        keys = [spec.generate() for _ in range(min(phones, 200))]
-        baseline = raw_signing_rate(capf, keys, 2.0 if args.quick else 4.0)
-        try:
-            import uvloop  # the services run on uvloop (ccmsec.runtime.service.run_service)
-            runner = uvloop.run
-        except ImportError:  # pragma: no cover
-            runner = asyncio.run
-        inline = [spec.generate() for _ in range(phones)] if args.phones_inline else None
-        elapsed, ok = runner(enroll_all(pki, capf, phones, args.pool,
-                                        f"sqlite+aiosqlite:///{Path(tmp) / 'ccmsec.db'}", inline))
-    ours = ok / elapsed if elapsed else 0.0
-    print(f"phones={phones} key={args.key} capf-key={args.capf_key} pool={args.pool} installed={ok}/{phones} in {elapsed:.2f}s")
-    print(f"ours:     {ours:10.1f} LSC installs/s over TLS (end to end, SQLite store, {'phones in-process' if args.phones_inline else 'phones in another process'})")
-    print(f"baseline: {baseline:10.1f} raw cryptography certificate signings/s (CAPF {args.capf_key} key, phone key {args.key})")
-    print(f"ratio:    {ours / baseline if baseline else 0.0:10.3f}")
-    return 0 if ok == phones else 1
+    data = Path(tempfile.mkdtemp(prefix="ccmsec-bench-capf-"))
+    ctx = multiprocessing.get_context("spawn")
+    procs = []
+    try:
+        load_before = os.getloadavg()
+        devices = [f"SEP{0xB0000000 + i:012X}" for i in range(phones * (runs + 1))]
+        endpoints = start_cluster(data, devices, args.acceptors)
+        acceptors = capf_acceptors(data, endpoints)
+        capf_svc = endpoints["services"]["capf"]
+        capf_pem = (data / "pki" / "capf.crt").read_bytes()
+        wait_quiet()
+
+        # Baseline servers: as many processes as CAPF serves its port with (at least one).
+        base_host = capf_svc["host"]
+        base_port = free_port(base_host)
+        for _ in range(max(1, acceptors)):
+            ours, theirs = ctx.Pipe()
+            proc = ctx.Process(target=baseline_server_process, args=(theirs, base_host, base_port, str(data / "pki")),
+                               daemon=True)
+            proc.start()
+            procs.append((proc, ours))
+            if not ours.poll(30) or ours.recv() != "ready":
+                raise SystemExit("baseline server did not start")
+
+        results: dict[str, list[float]] = {"capf": [], "baseline": []}
+        for run in range(runs):
+            for mode in ("capf", "baseline"):
+                # Fresh devices for every CAPF run (an operation installs once); the baseline
+                # needs none but gets the same count.
+                chunk = devices[(run + 1) * phones:(run + 2) * phones] if mode == "capf" else devices[:phones]
+                port = int(capf_svc["capf_port"]) if mode == "capf" else base_port
+                host = capf_svc["host"]
+                ours, theirs = ctx.Pipe()
+                phone_proc = ctx.Process(target=phones_process, args=(theirs, mode, host, port, capf_pem, chunk,
+                                                                      "ec256", args.concurrency), daemon=True)
+                phone_proc.start()
+                if not ours.poll(120) or ours.recv() != "ready":
+                    raise SystemExit("phone process did not get ready")
+                ours.send("go")
+                if not ours.poll(PHONE_TIMEOUT * 4):
+                    raise SystemExit(f"{mode} run did not finish")
+                elapsed, ok, errors = ours.recv()
+                ours.send("stop")
+                phone_proc.join(10)
+                rate = ok / elapsed if elapsed else 0.0
+                results[mode].append(rate)
+                print(f"run {run + 1} {mode:8}: {ok}/{phones} in {elapsed:6.2f} s = {rate:7.1f}/s"
+                      + (f"  errors: {errors}" if errors else ""), flush=True)
+                if ok != phones:
+                    raise SystemExit(f"{mode}: only {ok} of {phones} phones succeeded")
+        load_after = os.getloadavg()
+    finally:
+        for proc, pipe in procs:
+            try:
+                pipe.send("stop")
+            except (BrokenPipeError, OSError):
+                pass
+            proc.join(5)
+            if proc.is_alive():
+                proc.kill()
+        from ccmsec.cluster import runner
+        runner.down(data, quiet=True)
+        shutil.rmtree(data, ignore_errors=True)
+
+    ours, base = max(results["capf"]), max(results["baseline"])
+    print(f"phones={phones} concurrency={args.concurrency} phone-key=ec256 capf-key=rsa2048 "
+          f"acceptor_processes={acceptors} cpus={os.cpu_count()} runs={runs} (best of each)")
+    print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f}")
+    print(f"ours:     {ours:8.1f} CAPF installs/s through the capf service (TLS 3804, SQLite, events)")
+    print(f"baseline: {base:8.1f} plain TLS connections/s, each one handshake + one LSC signature, "
+          f"{max(1, acceptors)} process(es)")
+    print(f"ratio:    {ours / base if base else 0.0:8.3f}")
+    if runs > 1:
+        print(f"spread:   ours {statistics.pstdev(results['capf']):.1f}/s, baseline "
+              f"{statistics.pstdev(results['baseline']):.1f}/s (population stdev over runs)")
+    return 0
 
 
 if __name__ == "__main__":

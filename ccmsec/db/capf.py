@@ -26,12 +26,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy import (
-    CheckConstraint, DateTime, ForeignKey, Integer, LargeBinary, String, and_, insert, select, update,
+    CheckConstraint, DateTime, ForeignKey, Integer, LargeBinary, String, and_, bindparam, insert, select, update,
 )
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ccmsec.db.base import Base
+from ccmsec.runtime.database import sync_sqlite_engine
 from ccmsec.domain import CapfAuthMode
 from ccmsec.domain import CapfOperation as Operation  # this module's CapfOperation is the table
 from ccmsec.wire.capf import AuthCheck, KeySpec, OperationLookup, ScheduledOperation
@@ -242,6 +244,38 @@ async def schedule_operation(
 _OPS = CapfOperation.__table__
 _CERTS = CapfCertificate.__table__
 
+# The hot path's statements, built once with bound parameters: building a statement costs more
+# than running it, and a prebuilt one reuses its compiled form on every call.
+_ACTIVE_OPERATIONS = (
+    select(_OPS.c.id, _OPS.c.device_name, _OPS.c.operation, _OPS.c.auth_mode, _OPS.c.key_type, _OPS.c.state,
+           _OPS.c.deadline, _OPS.c.csr_der, _CERTS.c.der)
+    .select_from(_OPS.outerjoin(_CERTS, and_(_CERTS.c.operation_id == _OPS.c.id,
+                                             _CERTS.c.fingerprint_sha256 == _OPS.c.issued_fingerprint)))
+    .where(_OPS.c.device_name.in_(bindparam("names", expanding=True)), _OPS.c.state.in_(ACTIVE))
+    .order_by(_OPS.c.id.desc())
+)
+_DEVICES_SEEN = (select(_OPS.c.device_name).where(_OPS.c.device_name.in_(bindparam("names", expanding=True)))
+                 .distinct())
+_CLAIM = (update(_OPS)
+          .where(_OPS.c.id == bindparam("op_id"), _OPS.c.issued_fingerprint.is_(None),
+                 _OPS.c.state.in_(("pending", "in_progress")))
+          .values(issued_fingerprint=bindparam("fingerprint"), state="in_progress", updated_at=bindparam("now"))
+          .returning(_OPS.c.operation))
+_RECORD_CERTIFICATE = insert(_CERTS).values(
+    operation_id=bindparam("op_id"), device_name=bindparam("device"), serial=bindparam("serial"),
+    fingerprint_sha256=bindparam("fingerprint"), operation=bindparam("operation"), created_at=bindparam("now"),
+    outcome=bindparam("outcome"), der=bindparam("der"))
+_OPERATION_STATE = select(_OPS.c.state, _OPS.c.issued_fingerprint).where(_OPS.c.id == bindparam("op_id"))
+_TIED_CERTIFICATE = (select(_CERTS.c.der)
+                     .where(_CERTS.c.operation_id == bindparam("op_id"),
+                            _CERTS.c.fingerprint_sha256 == bindparam("fingerprint")).limit(1))
+_DONE = (update(_OPS).where(_OPS.c.id == bindparam("op_id"))
+         .values(state="done", reason=None, updated_at=bindparam("now"))
+         .returning(_OPS.c.device_name, _OPS.c.operation, _OPS.c.issued_fingerprint))
+_INSTALLED = (update(_CERTS)
+              .where(_CERTS.c.operation_id == bindparam("op_id"), _CERTS.c.fingerprint_sha256 == bindparam("fingerprint"))
+              .values(outcome="installed"))
+
 
 class SqlCapfStore:
     def __init__(self, factory: async_sessionmaker[AsyncSession], *, max_failures: int = MAX_AUTH_FAILURES,
@@ -258,49 +292,96 @@ class SqlCapfStore:
         # this engine: the ORM session's unit of work costs more than the SQL itself.
         self._engine: AsyncEngine | None = bind if isinstance(bind, AsyncEngine) else None
         self._one_writer = asyncio.Lock() if bind is not None and bind.dialect.name == "sqlite" else None
+        # SQLite: a batch of the hot path runs in a worker thread on a synchronous connection to the
+        # same file — one hand-off per batch, where aiosqlite makes several per statement (they
+        # were most of an install's cost). PostgreSQL runs the same code through run_sync.
+        self._sync_engine = sync_sqlite_engine(self._engine) if self._engine is not None else None
 
-        # Group commit: writes of concurrent phone sessions that queue up while one transaction
-        # runs are carried out together in the next one (one COMMIT for many phones).
-        self._batch: list[tuple[Callable[[AsyncConnection], Awaitable[object]], asyncio.Future]] = []
-        self._flusher: asyncio.Task | None = None
-        self.max_batch = 128
+        # Group commit: the look-ups and writes of concurrent phone sessions that queue up while
+        # one round runs are carried out together in the next (one SELECT … IN for the look-ups,
+        # one COMMIT for the writes, one hand-off to the database thread for all of it).
+        self._batch: list[tuple[Callable[[Connection], object], asyncio.Future]] = []
         self._lookups: list[tuple[str, asyncio.Future]] = []
-        self._looker: asyncio.Task | None = None
+        self._rounds: asyncio.Task | None = None
+        self.max_batch = 128
 
-    async def _write_batched(self, fn: Callable[[AsyncConnection], Awaitable[object]]):
-        """Run `fn(connection)` in a shared write transaction; returns its result once committed.
-        `fn` must raise only before it changes anything (it then fails alone, the batch goes on)."""
+    async def _write_batched(self, fn: Callable[[Connection], object]):
+        """Run `fn(connection)` (synchronous Core statements) in a shared write transaction;
+        returns its result once committed. `fn` must raise only before it changes anything (it
+        then fails alone, the batch goes on)."""
         future = asyncio.get_running_loop().create_future()
         self._batch.append((fn, future))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+        self._start_rounds()
         return await future
 
-    async def _flush(self) -> None:
-        while self._batch:
-            batch, self._batch = self._batch[:self.max_batch], self._batch[self.max_batch:]
-            outcomes: list[tuple[asyncio.Future, object, BaseException | None]] = []
+    def _start_rounds(self) -> None:
+        if self._rounds is None or self._rounds.done():
+            self._rounds = asyncio.get_running_loop().create_task(self._run_rounds())
+
+    @classmethod
+    def _round(cls, conn: Connection, names: list[str], fns: list[Callable[[Connection], object]]):
+        """One round in one transaction: the look-ups (as of its start), then the writes."""
+        looked = cls._active_operations(conn, names) if names else ({}, set())
+        return looked, cls._apply(conn, fns)
+
+    @staticmethod
+    def _apply(conn: Connection, fns: list[Callable[[Connection], object]]) -> list[tuple[object, Exception | None]]:
+        outcomes: list[tuple[object, Exception | None]] = []
+        for fn in fns:
             try:
-                async with self._write_connection() as conn:
-                    for fn, future in batch:
-                        try:
-                            outcomes.append((future, await fn(conn), None))
-                        except ValueError as exc:  # refused before any change: fails alone
-                            outcomes.append((future, None, exc))
-            except BaseException as exc:  # the commit itself failed: nothing of the batch happened
-                for _fn, future in batch:
+                outcomes.append((fn(conn), None))
+            except ValueError as exc:  # refused before any change: fails alone
+                outcomes.append((None, exc))
+        return outcomes
+
+    def _round_in_thread(self, names: list[str], fns: list[Callable[[Connection], object]]):
+        assert self._sync_engine is not None
+        with (self._sync_engine.begin() if fns else self._sync_engine.connect()) as conn:
+            return self._round(conn, names, fns)
+
+    async def _run_rounds(self) -> None:
+        while self._batch or self._lookups:
+            batch, self._batch = self._batch[:self.max_batch], self._batch[self.max_batch:]
+            lookups, self._lookups = self._lookups[:self.max_batch], self._lookups[self.max_batch:]
+            names = sorted({name for name, _f in lookups})
+            fns = [fn for fn, _future in batch]
+            try:
+                if self._sync_engine is not None:
+                    if fns:
+                        async with self._one_writer:  # type: ignore[union-attr]
+                            (newest, seen), outcomes = await asyncio.to_thread(self._round_in_thread, names, fns)
+                    else:
+                        (newest, seen), outcomes = await asyncio.to_thread(self._round_in_thread, names, fns)
+                elif fns:
+                    async with self._write_connection() as conn:
+                        (newest, seen), outcomes = await conn.run_sync(self._round, names, fns)
+                else:
+                    async with self._read() as conn:
+                        (newest, seen), outcomes = await conn.run_sync(self._round, names, fns)
+            except BaseException as exc:  # the round failed: nothing of it happened
+                error = exc if isinstance(exc, Exception) else RuntimeError(str(exc))
+                for future in [f for _fn, f in batch] + [f for _n, f in lookups]:
                     if not future.done():
-                        future.set_exception(exc if isinstance(exc, Exception) else RuntimeError(str(exc)))
+                        future.set_exception(error)
                 if not isinstance(exc, Exception):
                     raise
                 continue
-            for future, result, error in outcomes:
+            for (_fn, future), (result, error) in zip(batch, outcomes):
                 if future.done():
                     continue
                 if error is not None:
                     future.set_exception(error)
                 else:
                     future.set_result(result)
+            for name, future in lookups:
+                if not future.done():
+                    row = newest.get(name)
+                    future.set_result((row, row is not None or name in seen))
+
+    def close(self) -> None:
+        """Release the synchronous engine's connections (the async engine is the caller's)."""
+        if self._sync_engine is not None:
+            self._sync_engine.dispose()
 
     @contextlib.asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncSession]:
@@ -341,43 +422,22 @@ class SqlCapfStore:
         while one query runs are answered together by the next one (one SELECT … IN for many)."""
         future = asyncio.get_running_loop().create_future()
         self._lookups.append((device_name, future))
-        if self._looker is None or self._looker.done():
-            self._looker = asyncio.get_running_loop().create_task(self._look())
+        self._start_rounds()
         return await future
 
-    async def _look(self) -> None:
-        while self._lookups:
-            batch, self._lookups = self._lookups[:self.max_batch], self._lookups[self.max_batch:]
-            names = sorted({name for name, _f in batch})
-            try:
-                async with self._read() as conn:
-                    rows = (await conn.execute(
-                        select(_OPS.c.id, _OPS.c.device_name, _OPS.c.operation, _OPS.c.auth_mode,
-                               _OPS.c.key_type, _OPS.c.state, _OPS.c.deadline, _OPS.c.csr_der, _CERTS.c.der)
-                        .select_from(_OPS.outerjoin(_CERTS, and_(
-                            _CERTS.c.operation_id == _OPS.c.id,
-                            _CERTS.c.fingerprint_sha256 == _OPS.c.issued_fingerprint)))
-                        .where(_OPS.c.device_name.in_(names), _OPS.c.state.in_(ACTIVE))
-                        .order_by(_OPS.c.id.desc())
-                    )).all()
-                    newest: dict[str, object] = {}
-                    for row in rows:  # newest first: keep each device's first row
-                        newest.setdefault(row.device_name, row)
-                    missing = [n for n in names if n not in newest]
-                    seen: set[str] = set()
-                    if missing:
-                        seen = set((await conn.execute(
-                            select(_OPS.c.device_name).where(_OPS.c.device_name.in_(missing)).distinct()
-                        )).scalars())
-            except Exception as exc:
-                for _name, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            for name, future in batch:
-                if not future.done():
-                    row = newest.get(name)
-                    future.set_result((row, row is not None or name in seen))
+    @staticmethod
+    def _active_operations(conn: Connection, names: list[str]) -> tuple[dict[str, object], set[str]]:
+        """Each named device's newest active operation (joined with its issued certificate), and
+        which of the others have any operation at all."""
+        rows = conn.execute(_ACTIVE_OPERATIONS, {"names": names}).all()
+        newest: dict[str, object] = {}
+        for row in rows:  # newest first: keep each device's first row
+            newest.setdefault(row.device_name, row)
+        missing = [n for n in names if n not in newest]
+        seen: set[str] = set()
+        if missing:
+            seen = set(conn.execute(_DEVICES_SEEN, {"names": missing}).scalars())
+        return newest, seen
 
     async def find_operation(self, device_name: str) -> OperationLookup:
         now = self.clock()
@@ -439,29 +499,19 @@ class SqlCapfStore:
         serial, fingerprint = _cert_ids(certificate_der)
         now = self.clock()
 
-        async def claim(conn: AsyncConnection) -> bytes:
+        def claim(conn: Connection) -> bytes:
             # Compare-and-set on the operation row: only the first issuance is tied to it; a
             # racing or reconnecting session gets the certificate already tied.
-            claimed = (await conn.execute(
-                update(_OPS)
-                .where(_OPS.c.id == op_id, _OPS.c.issued_fingerprint.is_(None),
-                       _OPS.c.state.in_(("pending", "in_progress")))
-                .values(issued_fingerprint=fingerprint, state="in_progress", updated_at=now)
-                .returning(_OPS.c.operation)
-            )).first()
+            claimed = conn.execute(_CLAIM, {"op_id": op_id, "fingerprint": fingerprint, "now": now}).first()
             if claimed is not None:
-                await conn.execute(insert(_CERTS).values(
-                    operation_id=op_id, device_name=device_name, serial=serial, fingerprint_sha256=fingerprint,
-                    operation=claimed.operation, created_at=now, outcome="issued", der=certificate_der))
+                conn.execute(_RECORD_CERTIFICATE, {
+                    "op_id": op_id, "device": device_name, "serial": serial, "fingerprint": fingerprint,
+                    "operation": claimed.operation, "now": now, "outcome": "issued", "der": certificate_der})
                 return certificate_der
-            row = (await conn.execute(select(_OPS.c.state, _OPS.c.issued_fingerprint)
-                                      .where(_OPS.c.id == op_id))).first()
+            row = conn.execute(_OPERATION_STATE, {"op_id": op_id}).first()
             if row is None:
                 raise ValueError(f"no CAPF operation {op_id}")
-            existing = (await conn.execute(
-                select(_CERTS.c.der).where(_CERTS.c.operation_id == op_id,
-                                           _CERTS.c.fingerprint_sha256 == row.issued_fingerprint).limit(1)
-            )).scalar()
+            existing = conn.execute(_TIED_CERTIFICATE, {"op_id": op_id, "fingerprint": row.issued_fingerprint}).scalar()
             if existing is None:
                 raise ValueError(f"CAPF operation {op_id} is {row.state}; it cannot issue a certificate")
             return existing
@@ -476,22 +526,17 @@ class SqlCapfStore:
         if certificate_der is not None and outcome != "installed":  # installed: the row exists already
             serial, fingerprint = _cert_ids(certificate_der)
 
-        async def done(conn: AsyncConnection) -> None:
+        def done(conn: Connection) -> None:
             # UPDATE … RETURNING: when the operation is missing nothing changed, so this fails alone.
-            row = (await conn.execute(
-                update(_OPS).where(_OPS.c.id == op_id).values(state="done", reason=None, updated_at=now)
-                .returning(_OPS.c.device_name, _OPS.c.operation, _OPS.c.issued_fingerprint)
-            )).first()
+            row = conn.execute(_DONE, {"op_id": op_id, "now": now}).first()
             if row is None:
                 raise ValueError(f"no CAPF operation {op_id}")
             if outcome == "installed":
-                await conn.execute(update(_CERTS).where(
-                    _CERTS.c.operation_id == op_id, _CERTS.c.fingerprint_sha256 == row.issued_fingerprint,
-                ).values(outcome="installed"))
+                conn.execute(_INSTALLED, {"op_id": op_id, "fingerprint": row.issued_fingerprint})
                 return
-            await conn.execute(insert(_CERTS).values(
-                operation_id=op_id, device_name=row.device_name, serial=serial, fingerprint_sha256=fingerprint,
-                operation=row.operation, created_at=now, outcome=outcome, der=certificate_der))
+            conn.execute(_RECORD_CERTIFICATE, {
+                "op_id": op_id, "device": row.device_name, "serial": serial, "fingerprint": fingerprint,
+                "operation": row.operation, "now": now, "outcome": outcome, "der": certificate_der})
 
         await self._write_batched(done)
 

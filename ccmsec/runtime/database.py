@@ -8,7 +8,8 @@ import fcntl
 import os
 from pathlib import Path
 
-from sqlalchemy import event, text
+from sqlalchemy import Engine, event, text
+from sqlalchemy import create_engine as sa_create_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
@@ -51,16 +52,7 @@ def create_engine(url: str) -> AsyncEngine:
                 raise DatabaseError(f"database directory {parent} is not writable")
             _owner_only(Path(db_path))
         engine = create_async_engine(url, connect_args={"timeout": 30})
-
-        @event.listens_for(engine.sync_engine, "connect")
-        def _pragmas(dbapi_conn, _record):  # WAL: readers never block the writer
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA busy_timeout=30000")
-            cur.close()
-
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
     return create_async_engine(url, pool_size=5, max_overflow=5, pool_pre_ping=True)
 
@@ -75,6 +67,27 @@ def _owner_only(db_file: Path) -> None:
                 os.chmod(extra, 0o600)
     except OSError as exc:
         raise DatabaseError(f"cannot protect database file {db_file}: {exc.strerror}") from None
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:  # WAL: readers never block the writer
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+def sync_sqlite_engine(engine: AsyncEngine) -> Engine | None:
+    """A synchronous engine on the same SQLite file with the same pragmas, or None (PostgreSQL,
+    in-memory). For a hot path that runs many statements per batch in one worker thread: with
+    aiosqlite every statement is several hand-offs to its thread."""
+    if engine.dialect.name != "sqlite" or not engine.url.database or engine.url.database == ":memory:":
+        return None
+    sync = sa_create_engine(engine.url.set(drivername="sqlite+pysqlite"),
+                            connect_args={"timeout": 30, "check_same_thread": False})
+    event.listen(sync, "connect", _sqlite_pragmas)
+    return sync
 
 
 def sessionmaker(engine: AsyncEngine) -> async_sessionmaker:

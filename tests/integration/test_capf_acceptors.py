@@ -1,0 +1,191 @@
+"""The capf service's acceptor processes (issue 15): the CAPF port on every core while the service
+stays the only writer of CAPF state; a dead acceptor comes back; no acceptor outlives the service.
+Real processes, real TLS, the real SQL store (SQLite)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+
+from ccmsec.aio.capf import capf_client_run, capf_phone_ssl_context
+from ccmsec.db.base import Base
+from ccmsec.db.capf import SqlCapfStore, schedule_operation
+from ccmsec.pki.lsc import ensure_capf_ca, verify_lsc_chain
+from ccmsec.wire.capf import CapfPhoneSession, KeySpec, PhoneCredentials, Reason
+from ccmsec_capf.acceptors import AcceptorPool
+
+pytestmark = pytest.mark.timeout(120)
+
+HOST = "127.0.0.1"
+LIMITS = dict(handshake_timeout=10.0, idle_timeout=10.0, session_timeout=30.0, max_connections=256,
+              max_per_source=256)
+CONFIG = {"refusal": None, "issuer_mode": "capf", "retry_delay": 600, "validity_days": 30}
+
+
+@pytest.fixture
+async def db(tmp_path):
+    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'ccmsec.db'}")
+    async with engine.begin() as conn:
+        await conn.run_sync(Base.metadata.create_all)
+    yield async_sessionmaker(engine, expire_on_commit=False), tmp_path / "ccmsec.db"
+    await engine.dispose()
+
+
+@pytest.fixture
+def capf(tmp_path):
+    pki = tmp_path / "pki"
+    return pki, ensure_capf_ca(pki, key_kind="ec256")
+
+
+async def _enrol_all(port, capf_cert, devices, *, sources=8):
+    ctx = capf_phone_ssl_context(capf_cert)
+    keys = [KeySpec.parse("ec256").generate() for _ in devices]
+    phones = [PhoneCredentials(d, capf_certificate=capf_cert, pending_key=k) for d, k in zip(devices, keys)]
+    reasons = await asyncio.gather(*(
+        capf_client_run(HOST, port, ctx, CapfPhoneSession(p), timeout=30, local_addr=(f"127.0.9.{i % sources + 1}", 0))
+        for i, p in enumerate(phones)))
+    return phones, reasons
+
+
+def _open_files(pid: int) -> set[str]:
+    out = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            out.add(os.readlink(fd))
+        except OSError:
+            pass
+    return out
+
+
+async def test_acceptors_serve_the_port_and_only_the_service_writes(db, capf):
+    """40 phones over two acceptor processes: every LSC issued, recorded once, by the service's
+    store; the acceptors never open the database (single writer, CHK-7)."""
+    factory, db_path = db
+    pki, ca = capf
+    devices = [f"SEP0000000AC{i:03X}" for i in range(40)]
+    for d in devices:
+        await schedule_operation(factory, d, "install", key_type="ec256")
+    seen = []
+    pool = AcceptorPool(2, host=HOST, port=0, pki_dir=pki, store=SqlCapfStore(factory), node="capf",
+                        limits=LIMITS, config=CONFIG, on_sessions=seen.extend)
+    port = await pool.start()
+    try:
+        assert len(pool.pids) == 2
+        phones, reasons = await _enrol_all(port, ca.cert, devices)
+        assert reasons == [Reason.OK] * len(devices)
+        for p in phones:
+            verify_lsc_chain(p.lsc_cert, ca.cert, device_name=p.device_name)
+        for pid in pool.pids:
+            assert not any(str(db_path) in f for f in _open_files(pid)), "an acceptor opened the database"
+        records = await SqlCapfStore(factory).certificates()
+        assert sorted(r.device_name for r in records) == devices and {r.outcome for r in records} == {"installed"}
+        assert {r.der for r in records} == {p.lsc_cert.public_bytes(serialization.Encoding.DER) for p in phones}
+        for _ in range(40):  # session records arrive in batches
+            if len(seen) == len(devices):
+                break
+            await asyncio.sleep(0.05)
+        assert sorted(r.device_name for r in seen) == devices and {r.end_reason for r in seen} == {Reason.OK}
+    finally:
+        await pool.close()
+    assert pool.pids == []
+
+
+async def test_configuration_changes_reach_every_acceptor(db, capf):
+    """CHK-2 through acceptors: refused while not activated (with the reason), served once the
+    service pushes the activation."""
+    factory, _ = db
+    pki, ca = capf
+    await schedule_operation(factory, "SEP0000000AD001", "install", key_type="ec256")
+    pool = AcceptorPool(2, host=HOST, port=0, pki_dir=pki, store=SqlCapfStore(factory), node="capf",
+                        limits=LIMITS, config={**CONFIG, "refusal": "CAPF is not activated (test)"},
+                        on_sessions=lambda r: None)
+    port = await pool.start()
+    try:
+        ctx = capf_phone_ssl_context(ca.cert)
+        for source in ("127.0.9.1", "127.0.9.2", "127.0.9.3", "127.0.9.4"):  # lands on both acceptors
+            session = CapfPhoneSession(PhoneCredentials("SEP0000000AD001", capf_certificate=ca.cert))
+            assert await capf_client_run(HOST, port, ctx, session, local_addr=(source, 0)) == Reason.INVALID_ELEMENT
+            assert session.end_info == "CAPF is not activated (test)"
+        pool.configure(refusal=None)
+        await asyncio.sleep(0.2)
+        session = CapfPhoneSession(PhoneCredentials("SEP0000000AD001", capf_certificate=ca.cert))
+        assert await capf_client_run(HOST, port, ctx, session) == Reason.OK
+    finally:
+        await pool.close()
+
+
+async def test_a_killed_acceptor_is_started_again_and_the_port_keeps_serving(db, capf):
+    factory, _ = db
+    pki, ca = capf
+    devices = [f"SEP0000000AE{i:03X}" for i in range(10)]
+    for d in devices:
+        await schedule_operation(factory, d, "install", key_type="ec256")
+    pool = AcceptorPool(2, host=HOST, port=0, pki_dir=pki, store=SqlCapfStore(factory), node="capf",
+                        limits=LIMITS, config=CONFIG, on_sessions=lambda r: None)
+    port = await pool.start()
+    try:
+        victim = pool.pids[0]
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while len(pool.pids) < 2 or victim in pool.pids:
+            assert time.monotonic() < deadline, f"acceptor not restarted: {pool.pids}"
+            await asyncio.sleep(0.1)
+        _, reasons = await _enrol_all(port, ca.cert, devices)
+        assert reasons == [Reason.OK] * len(devices)
+    finally:
+        await pool.close()
+
+
+def test_acceptors_die_with_the_service_even_on_sigkill(tmp_path, capf):
+    """No acceptor outlives its service: kill -9 of the owner, and they are gone (parent-death
+    signal and the channel's EOF)."""
+    pki, _ = capf
+    script = tmp_path / "owner.py"
+    script.write_text(textwrap.dedent(f"""
+        import asyncio, sys
+        from pathlib import Path
+        from ccmsec_capf.acceptors import AcceptorPool
+
+        class Store:
+            pass
+
+        async def main():
+            pool = AcceptorPool(2, host="127.0.0.1", port=0, pki_dir=Path({str(pki)!r}), store=Store(), node="capf",
+                                limits={LIMITS!r}, config={CONFIG!r}, on_sessions=lambda r: None)
+            await pool.start()
+            print(" ".join(map(str, pool.pids)), flush=True)
+            await asyncio.sleep(60)
+
+        asyncio.run(main())
+    """))
+    owner = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        pids = [int(p) for p in owner.stdout.readline().split()]
+        assert len(pids) == 2 and all(_alive(p) for p in pids)
+        owner.send_signal(signal.SIGKILL)
+        owner.wait(10)
+        deadline = time.monotonic() + 10
+        while any(_alive(p) for p in pids):
+            assert time.monotonic() < deadline, f"acceptors outlived the service: {[p for p in pids if _alive(p)]}"
+            time.sleep(0.05)
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
