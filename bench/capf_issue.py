@@ -63,13 +63,13 @@ def _source(i: int) -> str:
 
 
 def phones_process(conn, mode: str, host: str, port: int, capf_pem: bytes, devices: list[str], key: str,
-                   concurrency: int) -> None:
+                   concurrency: int, driver: str = "asyncio") -> None:
     capf_cert = x509.load_pem_x509_certificate(capf_pem)
     spec = KeySpec.parse(key)
     keys = [spec.generate() for _ in devices]
     conn.send("ready")
     while (command := conn.recv()) == "go":
-        if os.environ.get("PHONES") == "threads":
+        if driver == "threads":
             conn.send(_drive_threads(mode, host, port, capf_cert, devices, keys, concurrency))
         else:
             conn.send(_loop_runner()(_drive(mode, host, port, capf_cert, devices, keys, concurrency)))
@@ -323,6 +323,8 @@ def main() -> int:
     parser.add_argument("--acceptors", type=int, default=None,
                         help="set the capf service's acceptor_processes (default: the service's own default)")
     parser.add_argument("--runs", type=int, default=None, help="runs of each (default 2, 1 with --quick)")
+    parser.add_argument("--phone-driver", choices=("asyncio", "threads"), default="asyncio",
+                        help="phones as asyncio tasks (phone-sim's client) or as threads on blocking sockets")
     args = parser.parse_args()
     phones = max(10, min(args.phones or (200 if args.quick else 1000), 4000))
     runs = args.runs or (1 if args.quick else 2)
@@ -363,7 +365,8 @@ def main() -> int:
                 host = capf_svc["host"]
                 ours, theirs = ctx.Pipe()
                 phone_proc = ctx.Process(target=phones_process, args=(theirs, mode, host, port, capf_pem, chunk,
-                                                                      "ec256", args.concurrency), daemon=True)
+                                                                      "ec256", args.concurrency, args.phone_driver),
+                                         daemon=True)
                 phone_proc.start()
                 if not ours.poll(120) or ours.recv() != "ready":
                     raise SystemExit("phone process did not get ready")
