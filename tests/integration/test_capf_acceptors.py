@@ -189,3 +189,47 @@ def _alive(pid: int) -> bool:
             return f.read().split()[2] != "Z"
     except FileNotFoundError:
         return False
+
+
+async def test_later8_legacy_tls_reaches_every_acceptor(db, tmp_path):
+    """LATER-8 through acceptors: a TLS 1.0 AES128-SHA phone is refused on 3804 until the service
+    pushes the cluster's legacy TLS; then every acceptor takes it, and TLS 1.2 still works."""
+    import ssl
+    import warnings
+
+    factory, _ = db
+    pki = tmp_path / "pki-rsa"
+    ca = ensure_capf_ca(pki)  # RSA, as the service's: AES128-SHA is an RSA key-exchange suite
+    pool = AcceptorPool(2, host=HOST, port=0, pki_dir=pki, store=SqlCapfStore(factory), node="capf",
+                        limits=LIMITS, config=CONFIG, on_sessions=lambda r: None)
+    port = await pool.start()
+
+    old = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    old.check_hostname = False
+    old.load_verify_locations(cadata=ca.cert.public_bytes(serialization.Encoding.PEM).decode())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        old.minimum_version = old.maximum_version = ssl.TLSVersion.TLSv1
+    old.set_ciphers("AES128-SHA:@SECLEVEL=0")
+
+    async def handshake(ctx, source):
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(
+                HOST, port, ssl=ctx, server_hostname=HOST, local_addr=(source, 0)), 10)
+        except (ssl.SSLError, ConnectionError) as exc:
+            return exc
+        version = writer.get_extra_info("ssl_object").version()
+        writer.close()
+        return version
+
+    sources = [f"127.0.9.{i}" for i in range(1, 9)]  # spread over both acceptors
+    try:
+        before = [await handshake(old, s) for s in sources]
+        assert all(isinstance(r, (ssl.SSLError, ConnectionError)) for r in before), before
+        pool.configure(legacy_tls=True)
+        await asyncio.sleep(0.3)
+        assert [await handshake(old, s) for s in sources] == ["TLSv1"] * len(sources)
+        modern = capf_phone_ssl_context(ca.cert)
+        assert await handshake(modern, sources[0]) in ("TLSv1.2", "TLSv1.3")
+    finally:
+        await pool.close()
