@@ -6,7 +6,9 @@ guards resources:
 * TLS handshakes are bounded by `handshake_timeout` (asyncio runs each handshake on its own, so
   a client that stalls mid-handshake blocks nobody else);
 * an unregistered connection must send Register within `register_timeout`; a registered one is
-  dropped after two silent keepalive intervals;
+  dropped after two silent keepalive intervals; so is a phone's standby connection (one that
+  sends KeepAlive before any Register, LATER-7: answered with KeepAliveAck, registered over later
+  when the phone fails over);
 * each connection may send at most `max_messages_per_second` (token bucket) and buffers at most
   one frame — beyond that it is closed;
 * one address may hold at most `max_pending_per_source` connections that have not registered yet
@@ -66,6 +68,7 @@ from ccmsec.wire.sccp import (
     SccpProtocolError,
     SccpServerSession,
     ServerState,
+    StandbyHeld,
     UnregisterAcked,
 )
 
@@ -277,7 +280,8 @@ class ServerConnection(asyncio.Protocol):
 
     def _timeout(self) -> float:
         server = self._server
-        if self.session is not None and self.session.state is ServerState.REGISTERED:
+        if self.session is not None and (self.session.state is ServerState.REGISTERED
+                                         or self.session.standby):
             return server.keepalive_interval * 2 + 5
         return server.register_timeout
 
@@ -290,7 +294,8 @@ class ServerConnection(asyncio.Protocol):
         now = self._server._loop.time()
         if self._deciding:  # no timeout while the decider works (as before: no read pending)
             deadline = now + self._timeout()
-        elif self.session.state is ServerState.REGISTERED:
+        elif self.session.state is ServerState.REGISTERED or self.session.standby:
+            # A standby connection lives by its KeepAlives, like a registered one (LATER-7).
             deadline = self._heard + self._timeout()
         else:
             # Unregistered: this is the first firing, set at connection_made + register_timeout.
@@ -299,7 +304,7 @@ class ServerConnection(asyncio.Protocol):
         if now < deadline:
             self._timer = self._server._loop.call_at(deadline, self._on_timer)
             return
-        registered = self.session.state is ServerState.REGISTERED
+        registered = self.session.state is ServerState.REGISTERED or self.session.standby
         self._finish("keepalive timeout" if registered else "no Register in time")
 
     def _take(self, count: int, now: float) -> bool:
@@ -430,6 +435,7 @@ class SccpServer:
         self.max_pending_per_source = max_pending_per_source
         self._pending: dict[str, int] = {}  # source address -> connections not registered yet
         self.refused_per_source = 0
+        self.standby_total = 0   # connections that became a phone's standby (LATER-7)
         self._on_event = on_event
         self.backlog = backlog  # a registration storm must not overflow the listen queue
         self._server: asyncio.base_events.Server | None = None
@@ -537,6 +543,11 @@ class SccpServer:
         task.add_done_callback(self._tasks.discard)
 
     def _on_session_event(self, conn: ServerConnection, event: object) -> None:
+        if isinstance(event, StandbyHeld):
+            # A phone's standby connection: it answers KeepAlive like a registered one and, like
+            # one, no longer counts against its address (a fleet behind one address holds many).
+            self._release_source(conn)
+            self.standby_total += 1
         if isinstance(event, DeviceRegistered):
             self._release_source(conn)  # registered: no longer counts against its address
             old = self.registered.get(event.device_name)

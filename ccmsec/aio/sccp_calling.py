@@ -47,6 +47,11 @@ class CallingPhone:
         self.on_media = on_media
         self.on_change = on_change
         self.lost = ""
+        # Call preservation (LATER-7): when the connection to call control is lost during a call,
+        # keep the call's media ports open and sending — the phone fails over meanwhile — until
+        # the user hangs up (`end_preserved`) or the far end stops sending. Off unless asked.
+        self.preserve_on_loss = False
+        self.preserved = False
         self._changed = asyncio.Event()
         conn.listener = self._on_event
         if conn.session.state.value == "registered":   # registered before we listened
@@ -71,7 +76,11 @@ class CallingPhone:
         elif isinstance(event, (ConnectionDropped, ConnectionClosed, KeepAliveTimeout,
                                 ResetRequested)):
             self.lost = self.lost or getattr(event, "reason", "") or type(event).__name__
-            self.ports.close_all()
+            if (self.preserve_on_loss and not isinstance(event, ResetRequested)
+                    and self.display.calls and self.ports.ports):
+                self.preserved = True     # media keeps flowing; cleared by end_preserved()
+            else:
+                self.ports.close_all()
         self._changed.set()
         if self.on_change is not None:
             self.on_change()
@@ -142,6 +151,15 @@ class CallingPhone:
             await asyncio.wait_for(wait(), timeout)
         except asyncio.TimeoutError:
             raise TimeoutError(f"{self.name}: no {what} within {timeout:g} s") from None
+
+    @property
+    def in_call(self) -> bool:
+        return bool(self.display.calls)
+
+    def end_preserved(self) -> None:
+        """The preserved call ends (hang-up, or the far end went quiet): its media stops."""
+        self.preserved = False
+        self.ports.close_all()
 
     async def close(self) -> None:
         self.ports.close_all()

@@ -958,6 +958,11 @@ class UnregisterAcked:
     status: int
 
 
+@dataclass(frozen=True)
+class StandbyHeld:
+    """A connection that has not registered sent KeepAlive: a phone's standby connection."""
+
+
 class ServerState(enum.Enum):
     CONNECTED = "connected"
     PENDING = "pending"  # Register received, waiting for the decision
@@ -978,7 +983,7 @@ class SccpServerSession:
 
     __slots__ = ("_framer", "_out", "_decide", "peer_address", "peer_certificate", "secure",
                  "tls_cipher", "keepalive_interval", "state", "device_name", "_last_heard",
-                 "_pending", "messages_received")
+                 "_pending", "messages_received", "standby")
 
     def __init__(self, decide: Decider | None = None, *, peer_address=None, peer_certificate=None,
                  secure: bool = False, tls_cipher: str | None = None,
@@ -996,6 +1001,9 @@ class SccpServerSession:
         self._last_heard = now
         self._pending: Register | None = None
         self.messages_received = 0
+        # A phone registered elsewhere keeps this connection as its standby: KeepAlives before any
+        # Register are answered, so a failover here needs no new handshake (LATER-7).
+        self.standby = False
 
     # output
     def data_to_send(self) -> bytes:
@@ -1027,7 +1035,12 @@ class SccpServerSession:
             if self.state is ServerState.REGISTERED:
                 self.send(KeepAliveAck())
                 return [KeepAliveReceived(self.device_name)]
-            return [MessageIgnored(message, "keepalive before registration")]
+            if self.state is ServerState.CONNECTED:
+                self.send(KeepAliveAck())
+                became = not self.standby
+                self.standby = True
+                return [StandbyHeld()] if became else []
+            return [MessageIgnored(message, "keepalive while the Register is decided")]
         if isinstance(message, Unregister):
             if self.state is not ServerState.REGISTERED:
                 return [MessageIgnored(message, "unregister without registration")]

@@ -227,7 +227,10 @@ class FallbackCallControl:
             return RegistrationDecision.reject(f"SRST-1: {name} not served here"[:31])
         device = DeviceRecord(name, phone.model, DeviceSecurityMode.from_proto(
             phone.mode, default=DeviceSecurityMode.NON_SECURE).value)
-        verdict = decide(request, device, self.directory.cluster_mode, self.directory.trust)
+        # Security not configured on the reference (SRST-2): phones fall back non-secure, on 2000,
+        # as in a non-secure cluster (their configuration carries no certificate to pin).
+        mode = self.directory.cluster_mode if self.directory.current.secure else ClusterMode.NON_SECURE
+        verdict = decide(request, device, mode, self.directory.trust)
         if not verdict.accepted:
             self.refused_total += 1
             log.info("SRST registration refused", extra={"device": name, "reason": verdict.reason})

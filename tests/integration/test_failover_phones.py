@@ -1,0 +1,195 @@
+"""Failover, SRST fallback and fail-back from the phone's side (LATER-7, SRST-1), on real sockets:
+two call-control nodes (`CallControl` in process, one database), the SRST router
+(`FallbackCallControl`), and phones running `FailoverPhone` — the adapter phone-sim runs.
+
+* a node that dies (connections reset) is left at once for the next one — over the standby
+  connection already open to it — and an active call survives: its media keeps flowing while the
+  phones re-register, and it is cleared cleanly when the user hangs up;
+* every node gone → SRST, with the fallback notice on the phone;
+* the first node back → the phones return only after the stable period, never during a call;
+* a hung node or a cut path (a fault proxy swallowing everything) is noticed by missed keepalives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from ccmsec.aio.media import PortAudio
+from ccmsec.aio.sccp_failover import FailoverPhone, open_streams
+from ccmsec.calls.config import AgentSettings
+from ccmsec.db.devices import Device
+from ccmsec.db.lines import Line
+from ccmsec.domain import ClusterMode, DeviceSecurityMode
+from ccmsec.media import tones
+from ccmsec.pki.servercert import ensure_server_certificate
+from ccmsec.runtime.database import open_database
+from ccmsec.wire import sccp as s
+from ccmsec.wire.sccp_calls import CallStateCode as CS
+from ccmsec.wire.sccp_failover import FailoverSettings, Target, TargetKind
+from ccmsec_callmanager.callcontrol import CallControl, CallControlConfig
+from ccmsec_proto import callmanager_pb2 as pb
+from ccmsec_srst.fallback import FALLBACK_NOTICE, FallbackCallControl, SrstDirectory
+from tests.faultproxy import FaultProxy
+
+pytestmark = pytest.mark.timeout(120)
+
+HOST = "127.0.0.1"
+PHONES = {"SEP0000000FA001": "5001", "SEP0000000FA002": "5002"}
+A, B = PHONES
+KEEPALIVE = 1     # seconds (RegisterAck): a hung node is noticed in about three of them
+STABLE = 2.0      # seconds a node must answer before the phones return to it
+
+
+async def until(predicate, what, timeout=15.0):
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not predicate():
+        assert loop.time() < end, f"no {what} within {timeout} s"
+        await asyncio.sleep(0.02)
+
+
+class Lab:
+    async def start(self, tmp_path):
+        self.tmp = tmp_path
+        self.engine, self.db = await open_database(f"sqlite:///{tmp_path / 'ccmsec.db'}")
+        async with self.db() as session, session.begin():
+            for name in PHONES:
+                session.add(Device(name=name, model="7960", security_mode="non-secure"))
+            await session.flush()
+            for name, dn in PHONES.items():
+                session.add(Line(dn=dn, device=name, line_index=1, label=""))
+        self.nodes = {}
+        self.ports = {}
+        for node in ("cm1", "cm2"):
+            await self.start_node(node)
+        identity = ensure_server_certificate(tmp_path / "srst", "srst", ip=HOST)
+
+        async def fetch():
+            reply = pb.SrstDirectory(cluster_mode=ClusterMode.NON_SECURE.to_proto())
+            for n, dn in PHONES.items():
+                reply.phones.append(pb.SrstPhone(device=n, model="7960", mode=DeviceSecurityMode.NON_SECURE.to_proto(),
+                                                 lines=[pb.Line(dn=dn, device=n, line_index=1)]))
+            return reply
+        directory = SrstDirectory(tmp_path / "srst-data", fetch)
+        assert await directory.refresh()
+        self.srst = FallbackCallControl("srst", HOST, 0, 0, identity, directory, keepalive_interval=KEEPALIVE)
+        await self.srst.start()
+        # cm1 is reached through a fault proxy the test controls
+        self.proxy = await FaultProxy((HOST, self.ports["cm1"])).start()
+        self.targets = [Target(HOST, self.proxy.port), Target(HOST, self.ports["cm2"]),
+                        Target(HOST, self.srst.plain.port, TargetKind.SRST)]
+        self.audio: dict[str, PortAudio] = {}
+        self.phones = {}
+        for name in PHONES:
+            self.phones[name] = self.phone(name)
+        return self
+
+    async def start_node(self, node, port=0):
+        config = CallControlConfig(node, HOST, port or self.ports.get(node, 0), 0, self.tmp,
+                                   keepalive_interval=KEEPALIVE,
+                                   agent=AgentSettings(inter_digit_timeout=0.3, server_name=node))
+        cc = CallControl(config, self.db)
+        await cc.start()
+        self.nodes[node] = cc
+        self.ports[node] = cc.plain.port
+
+    def phone(self, name):
+        async def connect(target):
+            return await open_streams(target, ssl_context=None, bind_host=HOST, timeout=2)
+        src = tones.tone(440 + 200 * list(PHONES).index(name))
+
+        def on_media(what, port):
+            if what == "open":
+                self.audio[name] = PortAudio(port, src.frame)
+        p = FailoverPhone(name, self.targets, connect, lambda ip: s.Register(name, ip, device_type=7),
+                          bind_host=HOST, on_media=on_media, standby_interval=KEEPALIVE, register_timeout=3,
+                          probe_timeout=1, preserved_media_timeout=2,
+                          settings=FailoverSettings(stable_period=STABLE, probe_interval=0.5, retry_base=0.2,
+                                                    retry_max=1.0, jitter=0.5))
+        p.start()
+        return p
+
+    def on(self, label_port):
+        return all(p.active is not None and p.active.port == label_port for p in self.phones.values())
+
+    async def call(self):
+        a, b = self.phones[A], self.phones[B]
+        await until(lambda: a.calling and b.calling and a.calling.display.ready and b.calling.display.ready,
+                    "phones ready")
+        self.audio.clear()
+        a.calling.act(a.calling.display.dial, PHONES[B])
+        await until(lambda: any(c.state == CS.RING_IN for c in b.calling.display.calls.values()), "ringing")
+        b.calling.act(b.calling.display.answer)
+        await until(lambda: all(n in self.audio and self.audio[n].counters()["received"] >= 10 for n in PHONES),
+                    "audio both ways")
+
+    async def close(self):
+        for p in self.phones.values():
+            await p.stop()
+        await self.proxy.close()
+        await self.srst.close()
+        for cc in self.nodes.values():
+            await cc.close()
+        await self.engine.dispose()
+
+
+@pytest.fixture
+async def lab(tmp_path):
+    lab = await Lab().start(tmp_path)
+    yield lab
+    await lab.close()
+
+
+async def test_kill_failover_call_survives_srst_and_fail_back_LATER_7_SRST_1(lab):
+    a, b = lab.phones[A], lab.phones[B]
+    await until(lambda: lab.on(lab.proxy.port), "registration with the first node")
+    await until(lambda: a.standby is not None and a.standby.acks > 0, "a standby connection to cm2")
+    await lab.call()
+
+    # cm1 dies: its connections are reset; the phones move to cm2 at once, the call's media flows on.
+    before = {n: lab.audio[n].counters()["received"] for n in PHONES}
+    lab.proxy.reset()
+    await lab.nodes["cm1"].close()
+    await until(lambda: lab.on(lab.ports["cm2"]), "failover to cm2", timeout=5)
+    loss = [e for e in a.events if e.kind == "loss"][-1]
+    back = [e for e in a.events if e.kind == "registered"][-1]
+    assert back.at - loss.at < 2.0, "a reset connection is noticed at once and the standby is used"
+    assert a.in_call and a.preserved                          # the call is preserved...
+    await asyncio.sleep(1.0)
+    assert all(lab.audio[n].counters()["received"] > before[n] + 20 for n in PHONES)  # ...media flows
+    a.hang_up()                                               # cleared cleanly afterwards
+    await until(lambda: not b.preserved, "the far end clears the preserved call")
+    assert not a.in_call and not b.in_call
+
+    # cm2 dies too: SRST takes the phones, each told it is in fallback.
+    await lab.nodes["cm2"].close()
+    await until(lambda: lab.on(lab.srst.plain.port), "fallback to SRST", timeout=10)
+    assert sorted(lab.srst.registered()) == sorted(PHONES)
+    await until(lambda: FALLBACK_NOTICE in a.calling.display.notifications, "the fallback notice")
+    await lab.call()                                          # calls by number on SRST
+    a.calling.act(a.calling.display.hang_up)
+    await until(lambda: not b.calling.in_call, "call cleared on SRST")
+
+    # cm1 comes back (same port, behind the proxy): fail-back only after the stable period.
+    await lab.start_node("cm1")
+    started = asyncio.get_running_loop().time()
+    await lab.call()                                          # a call is up: nobody moves
+    await asyncio.sleep(STABLE + 1.5)
+    assert lab.on(lab.srst.plain.port), "never in the middle of a call"
+    a.calling.act(a.calling.display.hang_up)
+    await until(lambda: lab.on(lab.proxy.port), "fail-back to cm1", timeout=10)
+    waited = [e for e in a.events if e.kind == "fail-back"][-1].at - started
+    assert waited >= STABLE
+
+
+async def test_hung_node_and_cut_path_are_noticed_by_keepalive(lab):
+    a = lab.phones[A]
+    await until(lambda: lab.on(lab.proxy.port), "registration with the first node")
+    lab.proxy.blackhole()                                     # nothing passes any more, no reset
+    cut = asyncio.get_running_loop().time()
+    await until(lambda: lab.on(lab.ports["cm2"]), "failover after missed keepalives", timeout=10)
+    loss = [e for e in a.events if e.kind == "loss"][-1]
+    assert "keepalive" in loss.detail
+    assert 2 * KEEPALIVE <= loss.at - cut <= 5 * KEEPALIVE + 1
