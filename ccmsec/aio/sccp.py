@@ -8,7 +8,8 @@ guards resources:
 * an unregistered connection must send Register within `register_timeout`; a registered one is
   dropped after two silent keepalive intervals; so is a phone's standby connection (one that
   sends KeepAlive before any Register, LATER-7: answered with KeepAliveAck, registered over later
-  when the phone fails over);
+  when the phone fails over; at most `max_standby_per_source` per address). Anything else
+  before Register does not buy time;
 * each connection may send at most `max_messages_per_second` (token bucket) and buffers at most
   one frame — beyond that it is closed;
 * one address may hold at most `max_pending_per_source` connections that have not registered yet
@@ -140,6 +141,11 @@ def require_transport_matching_mode(device_mode_of: Callable[[str], DeviceSecuri
     return decide
 
 
+def _source_of(conn) -> str:
+    peer = conn.transport.get_extra_info("peername") if conn.transport is not None else None
+    return sys.intern(peer[0]) if peer else "?"
+
+
 def _intern_peer(peer) -> tuple | None:
     # One shared str per address and per cipher name instead of one copy per phone.
     return (sys.intern(peer[0]), peer[1]) if peer else None
@@ -156,7 +162,8 @@ class ServerConnection(asyncio.Protocol):
     """
 
     __slots__ = ("_server", "session", "transport", "_tokens", "_heard", "_timer", "_deciding",
-                 "_backlog", "_lost", "_write_paused", "_drain_waiter", "_done", "_pending_source")
+                 "_backlog", "_lost", "_write_paused", "_drain_waiter", "_done", "_pending_source",
+                 "_standby_source")
 
     def __init__(self, server: "SccpServer") -> None:
         self._server = server
@@ -172,6 +179,7 @@ class ServerConnection(asyncio.Protocol):
         self._drain_waiter: asyncio.Future | None = None
         self._done = False
         self._pending_source: str | None = None  # holds a per-source slot until registered
+        self._standby_source: str | None = None  # holds a per-source standby slot (LATER-7)
 
     @property
     def device_name(self) -> str | None:
@@ -397,6 +405,7 @@ class ServerConnection(asyncio.Protocol):
             self._timer = None
         self._backlog = None
         server._release_source(self)
+        server._release_standby(self)
         name = self.device_name
         if dropped is not None:
             server._emit(self, ConnectionDropped(name, dropped))
@@ -421,7 +430,7 @@ class SccpServer:
                  ssl_context: ssl.SSLContext | None = None, keepalive_interval: int = 30,
                  handshake_timeout: float = 10.0, register_timeout: float = 10.0,
                  max_messages_per_second: float = 50.0, max_connections: int = 10_000,
-                 max_pending_per_source: int = 128,
+                 max_pending_per_source: int = 128, max_standby_per_source: int = 2048,
                  on_event: EventSink | None = None, backlog: int = 1024) -> None:
         self._decide = decide
         self.host = host
@@ -436,6 +445,8 @@ class SccpServer:
         self._pending: dict[str, int] = {}  # source address -> connections not registered yet
         self.refused_per_source = 0
         self.standby_total = 0   # connections that became a phone's standby (LATER-7)
+        self._standby: dict[str, int] = {}  # source address -> standby connections held
+        self.max_standby_per_source = max_standby_per_source
         self._on_event = on_event
         self.backlog = backlog  # a registration storm must not overflow the listen queue
         self._server: asyncio.base_events.Server | None = None
@@ -520,6 +531,16 @@ class SccpServer:
         self._pending[source] = held + 1
         return True
 
+    def _release_standby(self, conn: "ServerConnection") -> None:
+        source, conn._standby_source = conn._standby_source, None
+        if source is None:
+            return
+        left = self._standby.get(source, 1) - 1
+        if left > 0:
+            self._standby[source] = left
+        else:
+            self._standby.pop(source, None)
+
     def _release_source(self, conn: "ServerConnection | _TlsGate") -> None:
         source, conn._pending_source = conn._pending_source, None
         if source is None:
@@ -544,9 +565,20 @@ class SccpServer:
 
     def _on_session_event(self, conn: ServerConnection, event: object) -> None:
         if isinstance(event, StandbyHeld):
-            # A phone's standby connection: it answers KeepAlive like a registered one and, like
-            # one, no longer counts against its address (a fleet behind one address holds many).
+            # A phone's standby connection: kept alive by KeepAlives like a registered one. It
+            # leaves the "not registered yet" count of its address for a standby count of its own,
+            # bounded per address (`max_standby_per_source`): a fleet behind one address holds
+            # one each, while one source cannot fill the server with idle standbys.
+            source = conn._pending_source
             self._release_source(conn)
+            source = source or _source_of(conn)
+            held = self._standby.get(source, 0)
+            if held >= self.max_standby_per_source:
+                self.refused_per_source += 1
+                conn.close()
+                return
+            self._standby[source] = held + 1
+            conn._standby_source = source
             self.standby_total += 1
         if isinstance(event, DeviceRegistered):
             self._release_source(conn)  # registered: no longer counts against its address
@@ -557,6 +589,8 @@ class SccpServer:
         elif isinstance(event, DeviceUnregistered):
             if self.registered.get(event.device_name) is conn:
                 del self.registered[event.device_name]
+        if isinstance(event, DeviceRegistered):
+            self._release_standby(conn)   # a standby that registered counts as registered now
         self._emit(conn, event)
 
 

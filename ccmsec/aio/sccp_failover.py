@@ -175,6 +175,11 @@ class FailoverPhone:
         self.events: list[PhoneEvent] = []
         self.last_problem = ""
         self.rejected = ""
+        self.problems: list[str] = []                     # this pass's failures, for the boot's report
+        self.rejections: list[tuple[str, str]] = []       # (target, RegisterReject text)
+        self.pass_failed = asyncio.Event()                # a whole pass without success
+        self.reset_requested = asyncio.Event()            # call control sent Reset: the phone reboots
+        self.reset_type = None
         self._registered = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._helpers: set[asyncio.Task] = set()
@@ -235,12 +240,17 @@ class FailoverPhone:
                 await self._attach(attempt.index)
             except SccpRegistrationRejected as exc:
                 self.rejected = exc.text
+                self.rejections.append((attempt.target.label, exc.text))
+                del self.rejections[:-10]
                 self._failed(attempt.index, f"refused: {exc.text}")
                 continue
             except (SccpConnectError, ConnectionError, OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
                 self._failed(attempt.index, str(exc) or type(exc).__name__)
                 continue
             self.rejected = ""
+            self.problems.clear()
+            self.rejections.clear()
+            self.pass_failed.clear()
             self.selector.registered(attempt.index, loop.time())
             self._event("registered", attempt.target.label)
             self._registered.set()
@@ -249,6 +259,13 @@ class FailoverPhone:
             self._changed()
             outcome = await self._hold()
             self._registered.clear()
+            if outcome[0] == "reset":
+                self.reset_type = outcome[1]
+                self._event("reset", attempt.target.label)
+                await self._close_active()
+                self._changed()
+                self.reset_requested.set()
+                return
             if outcome[0] == "fail-back":
                 index = outcome[1]
                 self._event("fail-back", self.selector.targets[index].label,
@@ -263,8 +280,13 @@ class FailoverPhone:
 
     def _failed(self, index: int, why: str) -> None:
         self.last_problem = why
+        self.problems.append(why)
+        del self.problems[:-10]
+        before = self.selector.passes_failed
         self.selector.attempt_failed(index, asyncio.get_running_loop().time(), why)
         self._event("attempt-failed", self.selector.targets[index].label, why)
+        if self.selector.passes_failed > before:
+            self.pass_failed.set()
 
     async def _attach(self, index: int) -> None:
         """Register with target `index`, over the standby connection when it is that one."""
@@ -312,7 +334,7 @@ class FailoverPhone:
                 if conn.closed and conn.events.empty():
                     event = ConnectionDropped(self.name, "connection closed")
             if isinstance(event, ResetRequested):
-                return ("loss", "reset by call control")
+                return ("reset", event.reset_type)
             if event is not None:
                 return ("loss", getattr(event, "reason", "") or "keepalive timeout")
             if self.selector.higher_targets() and loop.time() >= next_probe:

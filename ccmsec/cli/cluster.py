@@ -13,7 +13,7 @@ from ccmsec.cluster import runner
 def _up(args) -> int:
     d = data_dir(args)
     try:
-        rows = runner.up(d, base=args.base, timeout=args.timeout)
+        rows = runner.up(d, base=args.base, timeout=args.timeout, subscribers=args.subscribers)
     except runner.RunnerError as exc:
         raise CliError(str(exc)) from None
     print(runner.format_rows(rows))
@@ -86,6 +86,9 @@ def register(sub) -> None:
     p.add_argument("-d", "--detach", action="store_true", help="return once every service is serving")
     p.add_argument("--base", help="loopback base address 127.A.B.0 (default: derived from --data)")
     p.add_argument("--timeout", type=float, default=runner.UP_TIMEOUT, help="seconds to wait for SERVING")
+    p.add_argument("--subscribers", type=int, default=0, metavar="N",
+                   help="call-control subscribers beside the publisher (0-4; LATER-7): phones list "
+                        "the publisher and the first two subscribers, then SRST")
     p.set_defaults(func=_up)
     p = sub.add_parser("status", help="show the local cluster's services")
     add_data_option(p)

@@ -136,5 +136,5 @@ def issue_local_cluster(cluster) -> None:
     """Everything the local runner gives out before it starts anything: each service node its
     identity (at its loopback address) and the command line its `cli` identity."""
     for inst in cluster.instances:
-        issue_service_identity(cluster.data_dir, inst.role, inst.role, inst.host)
+        issue_service_identity(cluster.data_dir, inst.role, inst.node, inst.host)
     issue_client_identity(cluster.data_dir, "cli")

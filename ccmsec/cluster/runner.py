@@ -39,12 +39,14 @@ class Row:
     restarts: int = 0
 
 
-def cluster_for(data_dir: Path, base: str | None = None) -> LocalCluster:
+def cluster_for(data_dir: Path, base: str | None = None, subscribers: int | None = None) -> LocalCluster:
     known = read_endpoints(data_dir)
     if base is None and known:
         base = known.get("base")
+    if subscribers is None:
+        subscribers = int((known or {}).get("subscribers") or 0)
     try:
-        return local_cluster(data_dir, base)
+        return local_cluster(data_dir, base, subscribers)
     except ValueError as exc:
         raise RunnerError(str(exc)) from None
 
@@ -126,9 +128,9 @@ async def health_states(cluster: LocalCluster, timeout: float = 1.5) -> dict[str
 
     async def one(inst):
         try:
-            return inst.role, await check_health(ident, inst.host, inst.ports["grpc_port"], inst.role, timeout)
+            return inst.node, await check_health(ident, inst.host, inst.ports["grpc_port"], inst.role, timeout)
         except Exception:
-            return inst.role, "UNREACHABLE"
+            return inst.node, "UNREACHABLE"
 
     return dict(await asyncio.gather(*(one(i) for i in cluster.instances)))
 
@@ -140,14 +142,15 @@ def _tail(path: Path, lines: int = 5) -> str:
         return ""
 
 
-def up(data_dir: Path, *, base: str | None = None, timeout: float = UP_TIMEOUT, quiet: bool = False) -> list[Row]:
+def up(data_dir: Path, *, base: str | None = None, timeout: float = UP_TIMEOUT, quiet: bool = False,
+       subscribers: int = 0) -> list[Row]:
     data_dir = data_dir.resolve()
     check_data_dir(data_dir)
     pid = supervisor_pid(data_dir)
     if pid:
         raise RunnerError(f"a cluster is already running from {data_dir} (supervisor pid {pid}); "
                           "use `ccmsec status` or `ccmsec down`")
-    cluster = cluster_for(data_dir, base)
+    cluster = cluster_for(data_dir, base, subscribers)
     check_ports(cluster)
     from ccmsec.cluster.pki import issue_local_cluster
 
@@ -158,7 +161,8 @@ def up(data_dir: Path, *, base: str | None = None, timeout: float = UP_TIMEOUT, 
     env = dict(os.environ, CCMSEC_CLUSTER_DIR=str(data_dir))
     with open(data_dir / "logs" / "supervisor.log", "ab") as logf:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "ccmsec.cluster.supervisor", "--data", str(data_dir), "--base", cluster.base],
+            [sys.executable, "-m", "ccmsec.cluster.supervisor", "--data", str(data_dir), "--base", cluster.base,
+             "--subscribers", str(subscribers)],
             stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, env=env, start_new_session=True,
         )
     deadline = time.monotonic() + timeout
@@ -202,12 +206,12 @@ def status(data_dir: Path, states: dict[str, str] | None = None) -> list[Row]:
                     "RUNNING" if running and pid_belongs_to(nats_pid, data_dir) else "DOWN",
                     int(nats.get("restarts") or 0)))
     for inst in cluster.instances:
-        info = children.get(inst.role, {})
+        info = children.get(inst.node, {})
         pid = int(info.get("pid") or 0)
         protos = {p.name: p.protocol for p in inst.spec.ports}
         ports = ", ".join(f"{n}/{protos.get(k, 'tcp')}" for k, n in inst.ports.items() if k != "metrics_port")
-        st = states.get(inst.role, "DOWN") if running and pid_belongs_to(pid, data_dir) else "DOWN"
-        rows.append(Row(inst.role, inst.host, ports, pid, st, int(info.get("restarts") or 0)))
+        st = states.get(inst.node, "DOWN") if running and pid_belongs_to(pid, data_dir) else "DOWN"
+        rows.append(Row(inst.node, inst.host, ports, pid, st, int(info.get("restarts") or 0)))
     return rows
 
 

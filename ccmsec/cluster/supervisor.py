@@ -117,9 +117,9 @@ class Supervisor:
             for inst in self.cluster.instances:
                 env = self._base_env()
                 env.update(self.cluster.env_for(inst))
-                child = Child(inst.role, [sys.executable, "-m", inst.spec.package], env,
-                              self.logs / f"{inst.role}.log")
-                self.children[inst.role] = child
+                child = Child(inst.node, [sys.executable, "-m", inst.spec.package], env,
+                              self.logs / f"{inst.node}.log")
+                self.children[inst.node] = child
                 await child.start()
             self.save()
             watchers = [asyncio.create_task(self._watch(c)) for c in self.children.values()]
@@ -211,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="ccmsec local cluster supervisor")
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--base", default=None)
+    parser.add_argument("--subscribers", type=int, default=0, help="call-control subscribers (LATER-7)")
     args = parser.parse_args(argv)
     data = args.data.resolve()
     setup_logging("supervisor", "local", os.environ.get("CCMSEC_LOG_LEVEL", "INFO"))
@@ -223,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"a cluster is already running from {data}", file=sys.stderr)
         return 3
     os.environ["CCMSEC_CLUSTER_DIR"] = str(data)
-    cluster = local_cluster(data, args.base)
+    cluster = local_cluster(data, args.base, args.subscribers)
     try:
         import uvloop
         return uvloop.run(Supervisor(cluster).run())

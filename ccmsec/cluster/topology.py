@@ -15,6 +15,10 @@ from pathlib import Path
 GRPC_PORT = 50051
 METRICS_PORT = 9100
 NATS_PORT = 4222
+# Call-control subscribers (LATER-7): extra callmanager nodes beside the publisher, each on its own
+# address; phones list the nodes in order (publisher first, at most three) and then SRST.
+MAX_SUBSCRIBERS = 4
+SUBSCRIBER_HOST_INDEX = 20   # callmanager-sub1 on .21, callmanager-sub2 on .22, ...
 
 
 @dataclass(frozen=True)
@@ -91,15 +95,28 @@ def privileged_ports_allowed() -> bool:
     return os.geteuid() == 0
 
 
+def subscriber_name(number: int) -> str:
+    return f"callmanager-sub{number}"
+
+
 @dataclass
 class Instance:
     spec: ServiceSpec
     host: str
     ports: dict[str, int] = field(default_factory=dict)   # includes grpc_port and metrics_port
+    node: str = ""        # instance name; the role for the one instance of a role
+
+    def __post_init__(self) -> None:
+        self.node = self.node or self.spec.role
 
     @property
     def role(self) -> str:
         return self.spec.role
+
+    @property
+    def publisher(self) -> bool:
+        """The callmanager publisher (or any other role's only instance): it alone writes."""
+        return self.node == self.spec.role
 
 
 @dataclass
@@ -115,14 +132,26 @@ class LocalCluster:
     def nats_url(self) -> str:
         return f"nats://{self.nats_host}:{NATS_PORT}"
 
-    def instance(self, role: str) -> Instance:
+    def instance(self, name: str) -> Instance:
+        """The instance named `name` (a node), or the first instance of role `name`."""
         for inst in self.instances:
-            if inst.role == role:
+            if inst.node == name:
                 return inst
-        raise KeyError(role)
+        for inst in self.instances:
+            if inst.role == name:
+                return inst
+        raise KeyError(name)
+
+    @property
+    def subscribers(self) -> int:
+        return sum(1 for i in self.instances if i.role == "callmanager" and not i.publisher)
+
+    def call_control_nodes(self) -> list[Instance]:
+        """The callmanager nodes in the order phones list them: publisher, then subscribers."""
+        return [i for i in self.instances if i.role == "callmanager"]
 
     def peers(self) -> dict[str, str]:
-        return {i.role: i.host for i in self.instances}
+        return {i.role: i.host for i in self.instances if i.publisher}
 
     def endpoints(self) -> dict:
         cm = self.instance("callmanager")
@@ -131,7 +160,8 @@ class LocalCluster:
             "base": self.base,
             "nats_url": self.nats_url,
             "admin_url": f"https://{cm.host}:{cm.ports['admin_port']}",
-            "services": {i.role: {"host": i.host, **i.ports} for i in self.instances},
+            "subscribers": self.subscribers,
+            "services": {i.node: {"host": i.host, **i.ports} for i in self.instances},
         }
 
     def env_for(self, inst: Instance) -> dict[str, str]:
@@ -139,20 +169,26 @@ class LocalCluster:
 
         env = {
             "CCMSEC_SERVICE": inst.role,
-            "CCMSEC_NODE": inst.role,
+            "CCMSEC_NODE": inst.node,
             "CCMSEC_DATA_DIR": str(self.data_dir),
-            "CCMSEC_IDENTITY_DIR": str(self.data_dir / "identities" / "services" / inst.role),
+            "CCMSEC_IDENTITY_DIR": str(self.data_dir / "identities" / "services" / inst.node),
             "CCMSEC_HOST": inst.host,
             "CCMSEC_NATS_URL": self.nats_url,
             "CCMSEC_PEERS": json.dumps(self.peers(), sort_keys=True),
+            # The CallManager group of phones without a pool (tftp-signer writes it), in order.
+            "CCMSEC_CALL_CONTROL_NODES": json.dumps([i.host for i in self.call_control_nodes()][:3]),
         }
+        if inst.role == "callmanager":
+            env["CCMSEC_CALLMANAGER_PUBLISHER"] = "true" if inst.publisher else "false"
         for name, number in inst.ports.items():
             env[f"CCMSEC_{name.upper()}"] = str(number)
         return env
 
 
-def local_cluster(data_dir: Path, base: str | None = None) -> LocalCluster:
+def local_cluster(data_dir: Path, base: str | None = None, subscribers: int = 0) -> LocalCluster:
     data_dir = Path(data_dir).resolve()
+    if not 0 <= subscribers <= MAX_SUBSCRIBERS:
+        raise ValueError(f"--subscribers: 0 to {MAX_SUBSCRIBERS} call-control subscribers, not {subscribers}")
     base = base or default_base_address(data_dir)
     net = ipaddress.ip_address(base)
     if not ipaddress.ip_network("127.0.0.0/8").supernet_of(ipaddress.ip_network(f"{base}/32")):
@@ -167,4 +203,10 @@ def local_cluster(data_dir: Path, base: str | None = None) -> LocalCluster:
                 number += 10000  # e.g. TFTP 69 -> 10069 when not root
             ports[p.name] = number
         instances.append(Instance(s, host, ports))
+        if s.role == "callmanager":
+            # A subscriber serves phones (SCCP) and gRPC; the administration API is the publisher's.
+            sub_ports = {k: v for k, v in ports.items() if k != "admin_port"}
+            for number in range(1, subscribers + 1):
+                instances.append(Instance(s, str(net + SUBSCRIBER_HOST_INDEX + number), dict(sub_ports),
+                                          node=subscriber_name(number)))
     return LocalCluster(data_dir, base, str(net + 1), instances)

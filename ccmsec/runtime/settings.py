@@ -47,6 +47,14 @@ class ServiceSettings(BaseSettings):
     sccp_tls_port: int = Field(2443, ge=1, le=65535)
     admin_port: int = Field(8443, ge=1, le=65535)
     srst_cert_port: int = Field(2445, ge=1, le=65535)
+    # Seconds between a registered phone's KeepAlives (sent in RegisterAck; callmanager and srst).
+    # Three missed ones tell the phone its node is gone (LATER-7), so this sets failover time.
+    sccp_keepalive: int = Field(30, ge=1, le=600)
+    # Call-control nodes in the order phones list them (JSON list of addresses; empty = the
+    # callmanager peer alone), and whether this callmanager node is the publisher — the node that
+    # writes callmanager's tables and serves the administration API (subscribers serve phones).
+    call_control_nodes: list[str] = Field(default_factory=list, max_length=8)
+    callmanager_publisher: bool = True
     tftp_path: str = "cluster1"
     tftp_caching: bool = True
     # The administration API's audit log keeps this many days and at most this many rows

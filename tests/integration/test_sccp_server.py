@@ -358,8 +358,8 @@ async def test_phone_gone_during_the_decision_is_reported_and_not_left_registere
 
 
 async def test_chattering_without_register_is_still_dropped_at_the_register_deadline():
-    """Messages that are not a Register (here a KeepAlive every 0.1 s) do not extend the time an
-    unregistered connection may hold one of the server's connection slots."""
+    """Messages that are neither a Register nor a standby's KeepAlive (here CapabilitiesRes every
+    0.1 s) do not extend the time an unregistered connection may hold a connection slot."""
     rec = Recorder()
     server = SccpServer(lambda r: s.RegistrationDecision.accept(), port=0, on_event=rec,
                         register_timeout=0.5)
@@ -370,7 +370,7 @@ async def test_chattering_without_register_is_still_dropped_at_the_register_dead
         closed_after = None
         while loop.time() - started < 3.0:
             try:
-                writer.write(s.KeepAlive().serialize())
+                writer.write(s.CapabilitiesRes().serialize())
                 await writer.drain()
                 if await asyncio.wait_for(reader.read(100), 0.1) == b"":
                     closed_after = loop.time() - started
@@ -383,3 +383,41 @@ async def test_chattering_without_register_is_still_dropped_at_the_register_dead
         writer.close()
         assert closed_after is not None and closed_after < 1.5, closed_after
     assert "no Register in time" in [e.reason for e in rec.of(ConnectionDropped)]
+
+
+async def test_standby_connections_live_by_keepalive_and_are_bounded_per_source_LATER_7():
+    """A phone's standby connection (KeepAlive before any Register) is acked and kept past the
+    register deadline while it keeps talking; it is dropped when it goes silent, and one address
+    may hold at most `max_standby_per_source` of them."""
+    rec = Recorder()
+    server = SccpServer(lambda r: s.RegistrationDecision.accept(), port=0, on_event=rec,
+                        register_timeout=0.5, keepalive_interval=1, max_standby_per_source=2)
+    async with server:
+        conns = []
+        for _ in range(3):
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(s.KeepAlive().serialize())
+            await writer.drain()
+            conns.append((reader, writer))
+        acked = []
+        for reader, _ in conns:
+            data = await asyncio.wait_for(reader.read(100), 5)
+            acked.append(s.SccpFramer().feed(data) == [s.KeepAliveAck()])
+        assert acked[:2] == [True, True]
+        assert await asyncio.wait_for(conns[2][0].read(100), 5) == b""   # the third: over the bound
+        # The first keeps talking past the register deadline; the second goes silent.
+        reader, writer = conns[0]
+        for _ in range(8):
+            await asyncio.sleep(0.25)
+            writer.write(s.KeepAlive().serialize())
+            await writer.drain()
+        assert not reader.at_eof() and server.standby_total == 2
+        assert await asyncio.wait_for(conns[1][0].read(100), 10) == b""  # keepalive timeout
+        writer.write(s.Register("SEPSTANDBY", "127.0.0.1").serialize())  # fails over onto it
+        await writer.drain()
+        framer, got = s.SccpFramer(), []
+        while not any(isinstance(m, s.RegisterAck) for m in got):
+            got += framer.feed(await asyncio.wait_for(reader.read(4096), 5))
+        assert "SEPSTANDBY" in server.registered
+        for _, w in conns:
+            w.close()

@@ -77,15 +77,28 @@ def test_async_decider_path_accept_and_reject():
 
 def test_out_of_order_messages_are_ignored_not_crashing():
     server = s.SccpServerSession(_accept_all)
-    events = server.receive_data(s.OffHook(1, 1).serialize() + s.KeepAlive().serialize()
-                                 + s.Unregister().serialize())
-    assert [type(e) for e in events] == [s.MessageIgnored] * 3
+    events = server.receive_data(s.OffHook(1, 1).serialize() + s.Unregister().serialize())
+    assert [type(e) for e in events] == [s.MessageIgnored] * 2
     assert server.data_to_send() == b"" and server.state is s.ServerState.CONNECTED
     # A second Register on a registered connection is ignored as well.
     server.receive_data(s.Register("SEP1").serialize())
     server.data_to_send()
     events = server.receive_data(s.Register("SEP2").serialize())
     assert isinstance(events[0], s.MessageIgnored) and server.device_name == "SEP1"
+
+
+def test_a_standby_connection_is_kept_alive_then_registers_LATER_7():
+    """KeepAlive before Register: a phone's standby connection — acked, reported once, and the
+    phone can still register over it when it fails over."""
+    server = s.SccpServerSession(_accept_all)
+    events = server.receive_data(s.KeepAlive().serialize())
+    assert [type(e) for e in events] == [s.StandbyHeld] and server.standby
+    assert s.SccpFramer().feed(server.data_to_send()) == [s.KeepAliveAck()]
+    assert server.receive_data(s.KeepAlive().serialize()) == []      # reported once only
+    assert s.SccpFramer().feed(server.data_to_send()) == [s.KeepAliveAck()]
+    events = server.receive_data(s.Register("SEP1").serialize())
+    assert any(isinstance(e, s.DeviceRegistered) for e in events)
+    assert server.state is s.ServerState.REGISTERED
 
 
 def test_keepalive_and_unregister():

@@ -76,6 +76,9 @@ class CallControlConfig:
     trunk_pattern: str = "8XXX"
     agent: AgentSettings | None = None
     max_messages_per_second: float = 50.0
+    # Only the publisher creates device rows (MODE-4 auto-registration); a subscriber refuses an
+    # unknown device, which then registers with the publisher (LATER-7: one writer).
+    auto_register: bool = True
 
 
 def server_certificate_dir(data_dir: Path, node: str) -> Path:
@@ -235,6 +238,12 @@ class CallControl:
             log.info("registration refused", extra={"device": request.device_name,
                                                     "address": address, "reason": verdict.reason})
             return RegistrationDecision.reject(verdict.reject_text)
+        if verdict.auto_registered and not self.config.auto_register:
+            self.refused_total += 1
+            reason = (f"MODE-4: unknown device {request.device_name}: auto-registration is done by "
+                      "the publisher")
+            self.registry.refused(request.device_name, address, reason)
+            return RegistrationDecision.reject(f"MODE-4: unknown {request.device_name}")
         if verdict.auto_registered:
             await self._auto_register(verdict.device)
             log.info("auto-registered device", extra={"device": request.device_name,

@@ -18,17 +18,24 @@ from ccmsec_callmanager.legacy_tls import LegacyTlsMixin  # LATER-8: TLS 1.0 on 
 class CallManagerService(LegacyTlsMixin, AccessAuditMixin, MediaPlaneMixin, CallControlMixin, Service):
     role = "callmanager"
 
+    admin = None
+
     async def setup(self) -> None:
         await self.setup_call_control()  # call control: SCCP 2000/2443 + registry
         await self.setup_legacy_tls()  # LATER-8: the cluster's legacy-TLS setting, from ctl-provider
         await self.setup_media_plane()  # keys for calls (keymanager) and the SRTP gateway device
-        self.admin = AdminMount(self)  # administration API on admin_port (HTTPS)
-        await self.admin.start()
+        # LATER-7: a subscriber serves phones and reads; administrative writes and the audit log
+        # are the publisher's (one writer of callmanager's tables).
+        if self.settings.callmanager_publisher:
+            self.admin = AdminMount(self)  # administration API on admin_port (HTTPS)
+            await self.admin.start()
         self.grpc.add(callmanager_pb2_grpc.add_CallManagerServicer_to_server, CallManagerServicer(self), "ccmsec.v1.CallManager")
-        await self.setup_access_audit()  # the audit log's owner records every service's refusals
+        if self.settings.callmanager_publisher:
+            await self.setup_access_audit()  # the audit log's owner records every service's refusals
 
     async def teardown(self) -> None:
-        await self.admin.stop()  # administration API
+        if self.admin is not None:
+            await self.admin.stop()  # administration API
         await self.teardown_media_plane()
         await self.teardown_call_control()  # call control
 

@@ -20,7 +20,9 @@ class CallControlMixin:
         s = self.settings
         self.callcontrol = CallControl(
             CallControlConfig(node=self.node, host=s.host, sccp_port=s.sccp_port,
-                              sccp_tls_port=s.sccp_tls_port, data_dir=s.data_dir),
+                              sccp_tls_port=s.sccp_tls_port, data_dir=s.data_dir,
+                              keepalive_interval=s.sccp_keepalive,
+                              auto_register=s.callmanager_publisher),
             self.db)
         await self.callcontrol.start()
         # The administration API may address resets to one device (subject device.reset.<name>);
@@ -52,7 +54,11 @@ class CallControlMixin:
         cc = self.callcontrol
         if cc is None:
             return {}
-        return {"registered": str(len(cc.registry.entries)),
+        return {"publisher": str(self.settings.callmanager_publisher).lower(),
+                "keepalive": str(cc.config.keepalive_interval),
+                "standby_connections": str((cc.plain.standby_total if cc.plain else 0)
+                                           + (cc.tls.standby_total if cc.tls else 0)),
+                "registered": str(len(cc.registry.entries)),
                 "registrations_total": str(cc.registered_total),
                 "refused_total": str(cc.refused_total),
                 "sccp_port": str(cc.plain.port if cc.plain else 0),

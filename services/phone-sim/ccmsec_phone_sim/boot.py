@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import ssl
 import time
 from dataclasses import dataclass
@@ -33,24 +34,12 @@ from cryptography import x509
 
 from ccmsec.domain import DeviceSecurityMode
 from ccmsec.aio.capf import capf_client_enroll, capf_phone_ssl_context
-from ccmsec.aio.sccp import (
-    STREAM_LIMIT,
-    ConnectionDropped,
-    SccpConnectError,
-    SccpPhoneConnection,
-    SccpRegistrationRejected,
-)
+from ccmsec.aio.sccp_failover import FailoverPhone, open_streams
 from ccmsec.aio.tftp import TftpError, TftpTimeoutError, tftp_get
-from ccmsec.pki.tls import enable_keylog, peer_is_one_of, sccp_phone_context
+from ccmsec.pki.tls import enable_keylog, sccp_phone_context
 from ccmsec.wire.capf import CapfProtocolError
-from ccmsec.wire.sccp import (
-    CapabilitiesRes,
-    KeepAliveTimeout,
-    MediaCapability,
-    Register,
-    ResetRequested,
-    SccpPhoneSession,
-)
+from ccmsec.wire.sccp import CapabilitiesRes, MediaCapability, Register
+from ccmsec.wire.sccp_failover import FailoverSettings, Target, TargetKind, targets_from_config
 from ccmsec.wire.tftp import ERR_FILE_NOT_FOUND
 
 from ccmsec_phone_sim.phone import CTL_FILE, BootFailure, Phone, State, firmware_file_name
@@ -59,6 +48,9 @@ from ccmsec_phone_sim.webserver import PhoneWebServer
 log = logging.getLogger("ccmsec.phone-sim")
 
 MAX_CHAINED_BOOTS = 3  # CAPF resets the phone; bound the chain if the config keeps asking
+# Failures a later boot may not meet (a server down, a network away): the boot is retried.
+TRANSIENT_FAILURES = {"tftp-unreachable", "registration-failed", "registration-rejected",
+                      "config-missing"}
 
 
 @dataclass
@@ -77,6 +69,18 @@ class Network:
     capf_max_wait: float = 3600.0   # cap on CAPF's retry-later delay (offline CA)
     capf_retry_attempts: int = 5    # automatic CAPF re-visits per power-on / reset
     keylog_file: str | None = None  # diagnostic: NSS key log for SCCP/TLS
+    # A boot that cannot reach TFTP, CAPF or any call-control node (nor SRST) is retried after a
+    # back-off doubling from `boot_retry_base` to `boot_retry_max`, scaled by a random factor in
+    # [1 - retry_jitter, 1], so a fleet does not come back in lock-step. 0 attempts = forever.
+    boot_retry_base: float = 1.0
+    boot_retry_max: float = 60.0
+    boot_retry_attempts: int = 0
+    retry_jitter: float = 0.5
+    # Failover (LATER-7): fail-back after a higher node answered this long; probes of higher
+    # nodes every `probe_interval`; KeepAlive on the standby connection every `standby_interval`.
+    failback_stable: float = 120.0
+    probe_interval: float = 10.0
+    standby_interval: float = 30.0
 
 
 class _NotFound(Exception):
@@ -98,7 +102,8 @@ class PhoneRunner:
         self.generation = 0
         self.boot_started_wall = 0.0
         self._task: asyncio.Task | None = None
-        self._conn: SccpPhoneConnection | None = None
+        self.failover: FailoverPhone | None = None
+        self.retry_at = 0.0  # wall time of the next automatic boot after a transient failure
 
     # --- control ----------------------------------------------------------------------------------
     @property
@@ -138,7 +143,7 @@ class PhoneRunner:
 
     # --- the phone's life -------------------------------------------------------------------------
     async def _run(self) -> None:
-        chained = capf_visits = 0
+        chained = capf_visits = retries = 0
         while True:
             self.generation += 1
             self.boot_started_wall = time.time()
@@ -158,12 +163,37 @@ class PhoneRunner:
                     return
                 await self._wait_for_ca()
                 continue
+            if outcome == "failed" and self.phone.last_failure in TRANSIENT_FAILURES:
+                retries += 1
+                attempts = self.net.boot_retry_attempts
+                if attempts and retries > attempts:
+                    self._note(f"gave up after {attempts} boot attempts; boot it again by hand")
+                    self._changed()
+                    return
+                await self._wait_retry(retries)
+                continue
             if outcome != "registered":
                 return
-            chained = 0
+            chained = retries = 0
             why = await self._stay_registered()
             if why != "reset":
                 return
+
+    def retry_delay(self, retries: int) -> float:
+        """Back-off with jitter before boot attempt `retries` + 1 (issue: never failed for good)."""
+        n = self.net
+        delay = min(n.boot_retry_max, n.boot_retry_base * 2 ** max(0, retries - 1))
+        return delay * (1 - n.retry_jitter * random.random())
+
+    async def _wait_retry(self, retries: int) -> None:
+        delay = self.retry_delay(retries)
+        self.retry_at = time.time() + delay
+        self._note(f"{self.phone.last_failure}: booting again in {delay:.1f} s (attempt {retries + 1})")
+        self._changed()
+        try:
+            await asyncio.sleep(delay)
+        finally:
+            self.retry_at = 0.0
 
     async def _boot_once(self) -> str:
         p = self.phone
@@ -342,110 +372,145 @@ class PhoneRunner:
             self.waiting_for_ca = False
 
     # --- SCCP -------------------------------------------------------------------------------------
+    @property
+    def calling(self):
+        """The display and calls of the registered phone (`ccmsec.aio.sccp_calling.CallingPhone`)."""
+        return self.failover.calling if self.failover is not None else None
+
+    def _targets(self, plan) -> list[Target]:
+        """Call control in the configuration's order (or the overrides), then the SRST reference
+        (LATER-7, SRST-1): over TLS when the phone is secure and the reference too (CERT-6)."""
+        p = self.phone
+        secure = plan.secure
+        if p.call_control:
+            targets = [Target(h, port, TargetKind.CALL_CONTROL, secure)
+                       for h, port in p.call_control_addresses(secure)][:3]
+            srst = p.config.srst if p.config else None
+            return targets + [t for t in targets_from_config((), srst, secure=secure,
+                                                            srst_secure_allowed=self._srst_certificate() is not None)]
+        members = p.config.call_managers if p.config else ()
+        return targets_from_config(members, p.config.srst if p.config else None, secure=secure,
+                                   srst_secure_allowed=self._srst_certificate() is not None)
+
+    def _srst_certificate(self) -> x509.Certificate | None:
+        srst = self.phone.config.srst if self.phone.config else None
+        if srst is None or not srst.is_secure or not srst.certificate:
+            return None
+        try:
+            return x509.load_der_x509_certificate(srst.certificate)
+        except ValueError:
+            return None
+
     async def _register(self) -> None:
         p = self.phone
         plan = p.sccp_plan()
         if not plan.secure and "AUTH-6" in plan.reason:
             self._note(plan.reason)
+        targets = self._targets(plan)
+        if not targets:
+            raise BootFailure("registration-failed", "no call control in the configuration")
         ccm_certs = p.trust.callmanager_certificates()
-        ctx = None
-        if plan.secure:
-            kind, _ = p.tls_identity()
-            ctx = sccp_phone_context(plan.mode, ccm_certs, lsc=p.lsc, mic=p.mic)
+        contexts: dict[bool, ssl.SSLContext] = {}
+
+        def context(srst_cert) -> ssl.SSLContext:
+            pins = [srst_cert] if srst_cert is not None else ccm_certs
+            ctx = sccp_phone_context(plan.mode, pins, lsc=p.lsc, mic=p.mic)
             if self.net.keylog_file:
                 enable_keylog(ctx, self.net.keylog_file)
-        problems = []
-        for host, port in p.call_control_addresses(plan.secure):
-            try:
-                conn = await self._connect(host, port, ctx, ccm_certs if plan.secure else None,
-                                           encrypted=plan.mode is DeviceSecurityMode.ENCRYPTED)
-            except SccpConnectError as exc:
-                problems.append(str(exc))
-                continue
-            try:
-                await conn.wait_registered(self.net.sccp_timeout)
-            except SccpRegistrationRejected as exc:
-                await conn.close()
-                raise BootFailure("registration-rejected",
-                                  f"call control {host}:{port} refused {p.name}: {exc}") from None
-            except (SccpConnectError, TimeoutError) as exc:
-                await conn.close()
-                problems.append(f"{host}:{port}: {exc or 'no answer to Register'}")
-                continue
-            self._conn = conn
-            p.registered_with = f"{host}:{port}"
-            p.transport = plan.mode.value
-            p.certificate_in_use = p.tls_identity()[0] if plan.secure else ""
-            return
-        raise BootFailure("registration-failed", "; ".join(problems) or "no call control in the configuration")
+            return ctx
 
-    async def _connect(self, host: str, port: int, ctx: ssl.SSLContext | None,
-                       pinned, *, encrypted: bool) -> SccpPhoneConnection:
-        """TCP or TLS from the phone's own address; AUTH-2: the server certificate must be one of
-        the CTL's CallManager entries (the context already refuses anything not chaining to them)."""
+        async def connect(target: Target):
+            if not target.secure:
+                return await open_streams(target, ssl_context=None, bind_host=self.net.bind_host,
+                                          timeout=self.net.sccp_timeout)
+            srst = target.kind is TargetKind.SRST
+            srst_cert = self._srst_certificate() if srst else None
+            if srst not in contexts:
+                contexts[srst] = context(srst_cert)
+            # AUTH-2: call control must be a CallManager entry of the CTL; CERT-6: SRST must be the
+            # certificate of the configuration file.
+            return await open_streams(target, ssl_context=contexts[srst], bind_host=self.net.bind_host,
+                                      pinned=[srst_cert] if srst else ccm_certs, timeout=self.net.sccp_timeout)
+
+        n = self.net
+        caps = CapabilitiesRes((MediaCapability(4, 40), MediaCapability(2, 40)),
+                               encryption_capable=plan.mode is DeviceSecurityMode.ENCRYPTED)
+        failover = FailoverPhone(
+            p.name, targets, connect,
+            lambda ip: Register(p.name, ip_address=ip, device_type=p.info.device_type),
+            bind_host=n.bind_host, capabilities=caps, standby_interval=n.standby_interval,
+            register_timeout=n.sccp_timeout, on_change=self._failover_changed,
+            settings=FailoverSettings(stable_period=n.failback_stable, probe_interval=n.probe_interval,
+                                      retry_base=n.reregister_backoff, retry_max=max(n.reregister_backoff, 5.0),
+                                      jitter=n.retry_jitter))
+        failover.plan = plan  # type: ignore[attr-defined]
+        failover.start()
+        done = asyncio.get_running_loop().create_task(failover.wait_registered(3600))
+        passed = asyncio.get_running_loop().create_task(failover.pass_failed.wait())
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(
-                host, port, ssl=ctx, server_hostname="" if ctx else None, limit=STREAM_LIMIT,
-                local_addr=(self.net.bind_host, 0)), self.net.sccp_timeout)
-        except (OSError, ssl.SSLError, asyncio.TimeoutError) as exc:
-            raise SccpConnectError(f"cannot connect to call control {host}:{port}: {exc!r}") from None
-        ssl_object = writer.get_extra_info("ssl_object")
-        if pinned is not None and (ssl_object is None or not peer_is_one_of(ssl_object, pinned)):
-            writer.close()
-            raise SccpConnectError(f"AUTH-2: call control {host}:{port} presented a certificate that is "
-                                   "not a CallManager entry of the CTL")
-        local_ip = writer.get_extra_info("sockname")[0]
-        register = Register(self.phone.name, ip_address=local_ip, device_type=self.phone.info.device_type)
-        caps = CapabilitiesRes((MediaCapability(4, 40), MediaCapability(2, 40)), encryption_capable=encrypted)
-        return SccpPhoneConnection(SccpPhoneSession(register, caps), reader, writer)
+            await asyncio.wait({done, passed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (done, passed):
+                task.cancel()
+        if not failover.registered:
+            await failover.stop()
+            if failover.rejections:
+                label, text = failover.rejections[-1]
+                raise BootFailure("registration-rejected", f"call control {label} refused {p.name}: "
+                                                           f"registration rejected: {text}")
+            raise BootFailure("registration-failed", "; ".join(failover.problems) or "nobody answered")
+        self.failover = failover
+        self._show_registration()
+
+    def _show_registration(self) -> None:
+        p, failover = self.phone, self.failover
+        target = failover.active if failover is not None else None
+        if target is None:
+            p.registered_with = p.transport = p.certificate_in_use = ""
+            return
+        plan = failover.plan  # type: ignore[attr-defined]
+        p.registered_with = f"{target.host}:{target.port}"
+        p.transport = plan.mode.value if target.secure else DeviceSecurityMode.NON_SECURE.value
+        p.certificate_in_use = p.tls_identity()[0] if target.secure else ""
+        p.fallback = target.kind is TargetKind.SRST
+
+    def _failover_changed(self) -> None:
+        failover = self.failover
+        if failover is None:
+            return
+        was = self.phone.registered_with
+        self._show_registration()
+        now = self.phone.registered_with
+        if was != now:
+            if now:
+                if self.phone.last_failure.startswith("registration"):
+                    self.phone.clear_failure()
+                where = "SRST (fallback)" if self.phone.fallback else now
+                self._note(f"registered with {where}")
+                self._enter(State.REGISTERED)
+            else:
+                last = next((e for e in reversed(failover.events) if e.kind in ("loss", "fail-back")), None)
+                if last is not None and last.kind == "loss":
+                    self._note(f"lost call control {last.target}: {last.detail}")
+                self._enter(State.REGISTERING)
+        self._changed()
 
     async def _stay_registered(self) -> str:
-        """Keep the registration; "reset" when call control resets the phone, "gone" otherwise."""
-        while True:
-            event = await self._next_connection_event()
-            if isinstance(event, ResetRequested):
-                self._note(f"SCCP Reset ({event.reset_type.name.lower()}) from call control")
-                return "reset"
-            self._note(f"lost call control: {getattr(event, 'reason', 'keepalive timeout')}")
-            if not await self._reregister():
-                return "gone"
-
-    async def _next_connection_event(self) -> object:
-        conn = self._conn
-        kinds = (ResetRequested, ConnectionDropped, KeepAliveTimeout)
-        while True:
-            try:
-                return await conn.next_event(kinds, timeout=5.0)
-            except TimeoutError:
-                if conn._closed.is_set() and conn.events.empty():  # closed without a reason event
-                    return ConnectionDropped(self.phone.name, "connection closed")
-
-    async def _reregister(self) -> bool:
-        await self._close_connection()
-        self._enter(State.REGISTERING)
-        delay = self.net.reregister_backoff
-        last = None
-        for _ in range(self.net.reregister_attempts):
-            try:
-                async with self.slots:
-                    await self._register()
-                if self.phone.last_failure.startswith("registration"):
-                    self.phone.clear_failure()  # registered again: that failure is over
-                self._enter(State.REGISTERED)
-                return True
-            except BootFailure as failure:
-                last = failure
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
-        self.phone.record_failure(last or BootFailure("registration-failed", "call control lost"))
-        self._enter(State.FAILED)
-        return False
+        """Registered somewhere (the failover phone moves between nodes by itself); "reset" when
+        call control resets the phone."""
+        failover = self.failover
+        if failover is None:
+            return "gone"
+        await failover.reset_requested.wait()
+        self._note(f"SCCP Reset ({failover.reset_type.name.lower()}) from call control")
+        return "reset"
 
     async def _close_connection(self) -> None:
-        conn, self._conn = self._conn, None
+        failover, self.failover = self.failover, None
         self.phone.registered_with = ""
         self.phone.transport = ""
         self.phone.certificate_in_use = ""
-        if conn is not None:
+        self.phone.fallback = False
+        if failover is not None:
             with contextlib.suppress(Exception):
-                await conn.close()
+                await failover.stop()

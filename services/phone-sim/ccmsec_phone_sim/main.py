@@ -21,7 +21,10 @@ from ccmsec.cluster.state import read_endpoints
 from ccmsec.pki.ca import fingerprint_sha256
 from ccmsec.pki.lsc import LscError, load_third_party_ca
 from ccmsec.pki.tokens import ensure_manufacturer_ca
+from pydantic import Field
+
 from ccmsec.runtime.service import Service, run_service
+from ccmsec.runtime.settings import ServiceSettings
 from ccmsec.runtime.servicer import StatusServicerMixin
 from ccmsec_proto import common_pb2, phone_sim_pb2, phone_sim_pb2_grpc, tftp_signer_pb2_grpc
 
@@ -142,9 +145,19 @@ class PhoneSimServicer(StatusServicerMixin, phone_sim_pb2_grpc.PhoneSimServicer)
         return self._reply(runners)
 
 
+class PhoneSimSettings(ServiceSettings):
+    """How patient the simulated phones are (LATER-7 and boot retries); seconds."""
+
+    phone_failback_stable: float = Field(120.0, ge=0, le=3600)   # reachable this long before fail-back
+    phone_probe_interval: float = Field(10.0, gt=0, le=600)      # probes of higher nodes
+    phone_standby_interval: float = Field(30.0, gt=0, le=600)    # KeepAlive on the standby connection
+    phone_boot_retry_max: float = Field(60.0, gt=0, le=3600)     # cap of the boot back-off
+
+
 class PhoneSimService(Service):
     role = "phone-sim"
     max_concurrent_boots = 50
+    settings_class = PhoneSimSettings
 
     def __init__(self, settings):
         super().__init__(settings)
@@ -195,7 +208,10 @@ class PhoneSimService(Service):
     async def setup(self) -> None:
         s = self.settings
         host, port = self.tftp_address()
-        net = Network(tftp_host=host, tftp_port=port, bind_host=s.host)
+        net = Network(tftp_host=host, tftp_port=port, bind_host=s.host,
+                      failback_stable=s.phone_failback_stable, probe_interval=s.phone_probe_interval,
+                      standby_interval=s.phone_standby_interval,
+                      boot_retry_max=s.phone_boot_retry_max)
         self.fleet = Fleet(s.data_dir / "phone-sim", net, max_concurrent_boots=self.max_concurrent_boots,
                            manufacturer_ca=lambda: ensure_manufacturer_ca(s.data_dir / "pki"),
                            image_anchors=self._image_anchors, lsc_issuers=self._lsc_issuers)

@@ -128,6 +128,7 @@ class Phone:
     pending_capf_key: object | None = None  # key generated for an install not yet stored
     web_address: str = ""
     registered_with: str = ""
+    fallback: bool = False  # registered with the SRST reference (SRST-1), not call control
     transport: str = ""
     certificate_in_use: str = ""
     history: deque = field(default_factory=lambda: deque(maxlen=HISTORY))

@@ -31,7 +31,6 @@ class SrstSettings(ServiceSettings):
     # Addresses (CIDR) allowed to fetch the credentials; empty = any (the certificate is public:
     # every dependent phone receives it in its configuration file).
     srst_credentials_allow: tuple[str, ...] = ()
-    sccp_keepalive: int = Field(30, ge=1, le=600)   # seconds, sent to phones in RegisterAck
 
 
 def router_certificate(data_dir: Path, node: str, host: str) -> Issued:

@@ -24,7 +24,7 @@ from ccmsec.pki.servercert import ensure_server_certificate
 from ccmsec.pki.tokens import FileSigner
 from ccmsec.runtime.service import Service, run_service
 from ccmsec.runtime.servicer import StatusServicerMixin, abort
-from ccmsec.runtime.settings import SettingsError
+from ccmsec.runtime.settings import resolve_host, SettingsError
 from ccmsec_proto import common_pb2, events_pb2, tftp_signer_pb2, tftp_signer_pb2_grpc
 from ccmsec_tftp_signer.content import ClusterEndpoints, write_static_files
 from ccmsec_tftp_signer.files import PublishError, TftpContent
@@ -140,7 +140,9 @@ class TftpSignerService(Service):
 
     def endpoints(self) -> ClusterEndpoints:
         s = self.settings
-        return ClusterEndpoints(callmanagers=(self._peer("callmanager"),), sccp_port=s.sccp_port,
+        # LATER-7: the call-control nodes in order (publisher, subscribers), or the one callmanager.
+        nodes = tuple(resolve_host(h) for h in s.call_control_nodes[:3]) or (self._peer("callmanager"),)
+        return ClusterEndpoints(callmanagers=nodes, sccp_port=s.sccp_port,
                                 sccp_tls_port=s.sccp_tls_port, capf_host=self._peer("capf"),
                                 capf_port=s.capf_port,
                                 srst_host=s.peers.get("srst"))

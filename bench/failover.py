@@ -1,0 +1,195 @@
+"""Failover time of a fleet when the node serving it dies (LATER-7, SRST-1), measured from the
+phones' side against the real services, compared with the source system's timings at the same
+keepalive interval.
+
+Ours:      a local cluster (`ccmsec up --subscribers 1`: publisher, subscriber, SRST, each its own
+           process with its database, bus and identity) and N phones in this process running the
+           phone's failover adapter (`FailoverPhone`, as phone-sim does): registered with the
+           publisher through a fault proxy, a standby connection to the subscriber. One fault at a
+           time, each followed by fail-back:
+             * clean kill: kill -9 of the publisher (its connections are reset);
+             * hung process: SIGSTOP of the publisher (noticed by missed keepalives);
+             * cut network: the proxy swallows everything (noticed by missed keepalives);
+             * every node: kill -9 of publisher and subscriber (the phones fall back to SRST).
+           Time = from the fault to each phone registered with the next target.
+Baseline:  the source system's timings at the same keepalive interval K (docs: 30 s keepalive):
+           a reset connection is noticed at once; a hung process after three missed keepalives
+           (3 K, 90 s at 30 s); a broken path after 20–25 s of TCP retries; with a standby
+           connection to SRST, fallback took 10–20 s. The ratio is ours / theirs (median).
+
+    uv run python bench/failover.py --quick      # 200 phones, keepalive 2 s
+    uv run python bench/failover.py              # 1000 phones, keepalive 2 s
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from ccmsec.aio.sccp_failover import FailoverPhone, open_streams  # noqa: E402
+from ccmsec.wire import sccp as s  # noqa: E402
+from ccmsec.wire.sccp_failover import FailoverSettings, Target, TargetKind  # noqa: E402
+from tests.faultproxy import FaultProxy  # noqa: E402
+
+STABLE = 5.0
+
+
+def cli(data: Path, *args: str, timeout: float = 300, env: dict | None = None):
+    return subprocess.run([sys.executable, "-m", "ccmsec.cli.main", *args, "--data", str(data)],
+                          capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def pid_of(data: Path, node: str) -> int:
+    return int(json.loads((data / "run" / "state.json").read_text())["children"][node]["pid"])
+
+
+class Fleet:
+    def __init__(self, endpoints: dict, count: int, keepalive: float):
+        svc = endpoints["services"]
+        self.pub, self.sub, self.srst = svc["callmanager"], svc["callmanager-sub1"], svc["srst"]
+        self.count = count
+        self.keepalive = keepalive
+        self.phones: list[FailoverPhone] = []
+        self.proxy: FaultProxy | None = None
+
+    async def start(self) -> None:
+        self.proxy = await FaultProxy((self.pub["host"], self.pub["sccp_port"]), max_connections=4 * self.count).start()
+        targets = [Target("127.0.0.1", self.proxy.port), Target(self.sub["host"], self.sub["sccp_port"]),
+                   Target(self.srst["host"], self.srst["sccp_port"], TargetKind.SRST)]
+
+        async def connect(target):
+            return await open_streams(target, ssl_context=None, bind_host="127.0.0.1", timeout=5)
+        for i in range(self.count):
+            name = f"SEP0BE{i:09X}"
+            p = FailoverPhone(name, targets, connect, lambda ip, n=name: s.Register(n, ip, device_type=7),
+                              bind_host="127.0.0.1", standby_interval=self.keepalive, register_timeout=10,
+                              probe_timeout=2, settings=FailoverSettings(
+                                  stable_period=STABLE, probe_interval=2.0, retry_base=0.5, retry_max=3.0))
+            p.start()
+            self.phones.append(p)
+            if i % 50 == 49:
+                await asyncio.sleep(0.2)   # a registration storm, paced a little
+
+    def on(self, port: int, host: str | None = None) -> int:
+        return sum(1 for p in self.phones if p.registered and p.active is not None and p.active.port == port
+                   and (host is None or p.active.host == host))
+
+    async def measure(self, port: int, host: str | None, started: float, timeout: float) -> list[float]:
+        done: dict[int, float] = {}
+        end = time.monotonic() + timeout
+        while len(done) < self.count and time.monotonic() < end:
+            t = time.monotonic() - started
+            for i, p in enumerate(self.phones):
+                if i not in done and p.registered and p.active is not None and p.active.port == port \
+                        and (host is None or p.active.host == host):
+                    done[i] = t
+            await asyncio.sleep(0.05)
+        return sorted(done.values())
+
+    async def home(self, timeout: float = 120) -> float:
+        started = time.monotonic()
+        while self.on(self.proxy.port) < self.count:
+            if time.monotonic() - started > timeout:
+                raise SystemExit(f"only {self.on(self.proxy.port)}/{self.count} phones on the publisher")
+            await asyncio.sleep(0.2)
+        return time.monotonic() - started
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(p.stop() for p in self.phones), return_exceptions=True)
+        if self.proxy is not None:
+            await self.proxy.close()
+
+
+def row(case: str, times: list[float], count: int, theirs: tuple[float, float], keepalive: float) -> dict:
+    median = statistics.median(times) if times else float("nan")
+    p95 = times[int(0.95 * (len(times) - 1))] if times else float("nan")
+    worst = times[-1] if times else float("nan")
+    mid = (theirs[0] + theirs[1]) / 2
+    out = {"case": case, "phones": f"{len(times)}/{count}", "median": median, "p95": p95, "worst": worst,
+           "theirs": f"{theirs[0]:g}" if theirs[0] == theirs[1] else f"{theirs[0]:g}-{theirs[1]:g}",
+           "ratio": (median / mid) if mid else float("nan")}
+    print(f"{case:<34} {out['phones']:>9}  median {median:6.2f} s  p95 {p95:6.2f} s  worst {worst:6.2f} s  "
+          f"source at keepalive {keepalive:g} s: {out['theirs']} s"
+          + (f"  ratio {out['ratio']:.2f}" if mid else ""), flush=True)
+    return out
+
+
+async def run(count: int, keepalive: int) -> None:
+    data = Path(tempfile.mkdtemp(prefix="ccmsec-bench-failover-"))
+    env = {"CCMSEC_SCCP_KEEPALIVE": str(keepalive), "CCMSEC_SRST_DIRECTORY_REFRESH": "3"}
+    res = cli(data, "up", "-d", "--subscribers", "1", env=env)
+    if res.returncode != 0:
+        cli(data, "down")
+        raise SystemExit(f"ccmsec up failed: {res.stderr}")
+    endpoints = json.loads((data / "run" / "endpoints.json").read_text())
+    fleet = Fleet(endpoints, count, keepalive)
+    rows = []
+    try:
+        await fleet.start()
+        took = await fleet.home()
+        print(f"{count} phones registered with the publisher in {took:.1f} s (keepalive {keepalive} s)", flush=True)
+        await asyncio.sleep(4)   # standbys open; SRST's directory has seen the devices
+        sub = fleet.sub["sccp_port"], fleet.sub["host"]
+
+        t0 = time.monotonic()
+        os.kill(pid_of(data, "callmanager"), signal.SIGKILL)
+        rows.append(row("clean kill (kill -9) -> subscriber", await fleet.measure(*sub, t0, 60), count,
+                        (0.0, 0.0), keepalive))
+        await fleet.home()
+
+        t0 = time.monotonic()
+        pid = pid_of(data, "callmanager")
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            rows.append(row("hung process (SIGSTOP) -> subscriber", await fleet.measure(*sub, t0, 60), count,
+                            (3.0 * keepalive, 3.0 * keepalive), keepalive))
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        await fleet.home()
+
+        t0 = time.monotonic()
+        fleet.proxy.blackhole()
+        rows.append(row("cut network -> subscriber", await fleet.measure(*sub, t0, 60), count,
+                        (20.0, 25.0), keepalive))
+        fleet.proxy.restore()
+        await fleet.home()
+
+        t0 = time.monotonic()
+        os.kill(pid_of(data, "callmanager"), signal.SIGKILL)
+        os.kill(pid_of(data, "callmanager-sub1"), signal.SIGKILL)
+        rows.append(row("every node killed -> SRST", await fleet.measure(fleet.srst["sccp_port"], fleet.srst["host"],
+                                                                         t0, 60), count, (10.0, 20.0), keepalive))
+    finally:
+        await fleet.stop()
+        cli(data, "down")
+    print(json.dumps({"phones": count, "keepalive": keepalive, "rows": rows}, indent=1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="200 phones")
+    parser.add_argument("--phones", type=int, default=0)
+    parser.add_argument("--keepalive", type=int, default=2, help="seconds (RegisterAck), also on the standby")
+    args = parser.parse_args()
+    count = args.phones or (200 if args.quick else 1000)
+    try:
+        import uvloop
+        uvloop.run(run(count, args.keepalive))
+    except ImportError:
+        asyncio.run(run(count, args.keepalive))
+
+
+if __name__ == "__main__":
+    main()
