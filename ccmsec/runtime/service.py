@@ -40,6 +40,9 @@ class Service:
     settings_class: type[ServiceSettings] = ServiceSettings
 
     def __init__(self, settings: ServiceSettings):
+        if not isinstance(settings, self.settings_class):
+            # base settings from a caller (tests, tools): this service's own fields take their defaults
+            settings = self.settings_class(**settings.model_dump())
         self.settings = settings
         self.node = settings.node_name
         self.log = logging.getLogger(f"ccmsec.{self.role}")
