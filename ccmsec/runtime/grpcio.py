@@ -1,4 +1,5 @@
-"""gRPC over mutual TLS: servers with health checking and reflection, and client channels.
+"""gRPC over mutual TLS: servers with health checking and reflection (v1 and v1alpha), and client
+channels.
 
 Every internal port requires a client certificate issued by the cluster CA; a client without one
 fails the TLS handshake. Every method of every service registered here — health and reflection
@@ -15,6 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from grpc_reflection.v1alpha import _async as reflection_aio
 
+from ccmsec.runtime import reflection_v1
 from ccmsec.runtime.authz import Gate, guard_servicer
 from ccmsec.runtime.identity import TlsIdentity
 
@@ -53,7 +55,9 @@ class GrpcServer:
         self.health = health.aio.HealthServicer()
         guard_servicer(self.health, health.SERVICE_NAME, self.gate, metrics=False)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        self._service_names: list[str] = [health.SERVICE_NAME, reflection.SERVICE_NAME]
+        reflection_v1.ensure_registered()
+        self._service_names: list[str] = [health.SERVICE_NAME, reflection_v1.SERVICE_NAME,
+                                          reflection.SERVICE_NAME]
         self.address = f"{host}:{port}"
         self._identity = identity
 
@@ -65,9 +69,14 @@ class GrpcServer:
         self._service_names.append(service_full_name)
 
     async def start(self) -> None:
+        # Server reflection in its current version (v1) and the older v1alpha, one servicer each
+        # (each wrapped under its own method name for the policy).
         names = reflection_aio.ReflectionServicer(self._service_names)
         guard_servicer(names, reflection.SERVICE_NAME, self.gate, metrics=False)
         reflection_pb2_grpc.add_ServerReflectionServicer_to_server(names, self.server)
+        names_v1 = reflection_aio.ReflectionServicer(self._service_names)
+        guard_servicer(names_v1, reflection_v1.SERVICE_NAME, self.gate, metrics=False)
+        reflection_v1.add_v1_servicer(names_v1, self.server)
         bound = self.server.add_secure_port(self.address, server_credentials(self._identity))
         if not bound:
             raise OSError(f"cannot bind gRPC port {self.address} (address in use or not local)")
@@ -76,7 +85,7 @@ class GrpcServer:
     async def set_serving(self, serving: bool, services: Iterable[str] | None = None) -> None:
         status = (health_pb2.HealthCheckResponse.SERVING if serving
                   else health_pb2.HealthCheckResponse.NOT_SERVING)
-        for name in ["", *(services if services is not None else self._service_names[2:])]:
+        for name in ["", *(services if services is not None else self._service_names[3:])]:
             await self.health.set(name, status)
 
     async def stop(self, grace: float) -> None:

@@ -126,6 +126,7 @@ _TABLE: dict[str, dict[str, frozenset[str]]] = {
     },
     # Open to every identity of the cluster: liveness probes and tooling.
     "grpc.health.v1.Health": {"Check": ANY, "Watch": ANY},
+    "grpc.reflection.v1.ServerReflection": {"ServerReflectionInfo": ANY},
     "grpc.reflection.v1alpha.ServerReflection": {"ServerReflectionInfo": ANY},
 }
 
@@ -154,5 +155,6 @@ def describe() -> str:
     for service, methods in _TABLE.items():
         for method, roles in methods.items():
             shown = "any cluster identity" if roles is ANY else ", ".join(sorted(roles))
-            lines.append(f"| `{service.rsplit('.', 1)[-1]}/{method}` | {shown} |")
+            name = service if service.startswith("grpc.") else service.rsplit(".", 1)[-1]
+            lines.append(f"| `{name}/{method}` | {shown} |")
     return "\n".join(lines)

@@ -116,7 +116,7 @@ async def test_every_rpc_refuses_every_role_outside_its_policy(plane):
     finally:
         for server in servers.values():
             await server.stop(0)
-    assert checked == len(rpc_policy.POLICY) * len(IDENTITY_ROLES) - 3 * len(IDENTITY_ROLES)
+    assert checked == len(rpc_policy.POLICY) * len(IDENTITY_ROLES) - 4 * len(IDENTITY_ROLES)  # health, reflection x2
     assert denied > checked // 2
     assert len(refusals) > 0 and all(r.caller is not None for r in refusals)
 
