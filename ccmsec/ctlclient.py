@@ -162,9 +162,22 @@ def build_records(token_certificates: list[x509.Certificate],
     return records
 
 
+MAX_PASSWORD_FILE = 64 * 1024
+
+
 def read_password_file(path: Path, tokens: list[str], signer: str) -> str:
+    """One line (the signing token's password) or one line per token; `-` = standard input."""
     try:
-        lines = [line.rstrip("\r") for line in Path(path).read_text().split("\n")]
+        if str(path) == "-":
+            import sys
+
+            text = sys.stdin.read(MAX_PASSWORD_FILE + 1)
+            if len(text) > MAX_PASSWORD_FILE:
+                raise CtlClientError(f"standard input holds over {MAX_PASSWORD_FILE} bytes; "
+                                     "not a password file")
+        else:
+            text = Path(path).read_text()
+        lines = [line.rstrip("\r") for line in text.split("\n")]
     except OSError as exc:
         raise CtlClientError(f"cannot read password file {path}: {exc.strerror}") from None
     while lines and not lines[-1]:

@@ -6,6 +6,7 @@ Talks to the capf service over gRPC with mutual TLS (the CLI's client certificat
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import datetime as dt
 import json
@@ -354,14 +355,16 @@ def register(sub) -> None:
     p.add_argument("--auth-string", help="4 to 10 digits the user types on the phone (with --auth string)")
     p.add_argument("--key", default="", choices=KEYS, help="key the phone generates (default: enterprise parameter)")
     p.add_argument("--by", help="deadline: YYYY-MM-DD, ISO date-time, or +N(m|h|d)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                    help="print JSON (errors too, as a JSON object on stderr)")
     p.set_defaults(func=_schedule)
 
     p = actions.add_parser("status", help="pending, completed and failed operations with reasons")
     add_data_option(p)
     p.add_argument("device", nargs="?")
     p.add_argument("--limit", type=int, default=1000)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                    help="print JSON (errors too, as a JSON object on stderr)")
     p.set_defaults(func=_status)
 
     p = actions.add_parser("activate", help="activate the CAPF service on the publisher (CHK-2)")
@@ -373,7 +376,8 @@ def register(sub) -> None:
     add_data_option(p)
     p.add_argument("device", nargs="?")
     p.add_argument("--limit", type=int, default=1000)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                    help="print JSON (errors too, as a JSON object on stderr)")
     p.set_defaults(func=_log)
 
     p = actions.add_parser("set-param", help="set a CAPF service (RST-8) or enterprise (RST-6) parameter")
@@ -387,7 +391,8 @@ def register(sub) -> None:
 
     p = actions.add_parser("params", help="show the CAPF parameters")
     add_data_option(p)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                    help="print JSON (errors too, as a JSON object on stderr)")
     p.set_defaults(func=_params)
 
     p = actions.add_parser("cert", help="print (or --out FILE) the CAPF certificate (PEM)")
@@ -413,5 +418,6 @@ def register(sub) -> None:
                                                 "*.cer, *.der) from DIR (exit 5 if any is refused)")
     add_data_option(p)
     p.add_argument("dir", type=Path)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                    help="print JSON (errors too, as a JSON object on stderr)")
     p.set_defaults(func=_import_certs)

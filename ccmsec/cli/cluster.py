@@ -6,7 +6,9 @@ import json
 import signal
 import time
 
-from ccmsec.cli.common import CliError, add_data_option, data_dir
+from ccmsec.cli.common import (
+    EXIT_NOT_READY, CliError, add_data_option, add_json_option, data_dir, json_output, print_json,
+)
 from ccmsec.cluster import runner
 
 
@@ -37,11 +39,11 @@ def _status(args) -> int:
         rows = runner.status(data_dir(args))
     except runner.RunnerError as exc:
         raise CliError(str(exc)) from None
-    if args.json:
-        print(json.dumps([r.__dict__ for r in rows], indent=2))
+    if json_output(args):
+        print_json([r.as_json() for r in rows])
     else:
         print(runner.format_rows(rows))
-    return 0 if all(r.state in ("SERVING", "RUNNING") for r in rows) else 3
+    return 0 if all(r.state in ("SERVING", "RUNNING") for r in rows) else EXIT_NOT_READY
 
 
 def _down(args) -> int:
@@ -90,9 +92,9 @@ def register(sub) -> None:
                    help="call-control subscribers beside the publisher (0-4; LATER-7): phones list "
                         "the publisher and the first two subscribers, then SRST")
     p.set_defaults(func=_up)
-    p = sub.add_parser("status", help="show the local cluster's services")
+    p = sub.add_parser("status", help="show the local cluster's services (exit 3 if one is not serving)")
     add_data_option(p)
-    p.add_argument("--json", action="store_true")
+    add_json_option(p)
     p.set_defaults(func=_status)
     p = sub.add_parser("down", help="stop every process of the local cluster")
     add_data_option(p)

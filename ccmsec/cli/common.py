@@ -1,9 +1,10 @@
-"""Shared CLI plumbing: the --data option, errors, password input."""
+"""Shared CLI plumbing: the --data and --json options, errors, exit codes, password input."""
 
 from __future__ import annotations
 
 import argparse
 import getpass
+import json
 import os
 import sys
 from pathlib import Path
@@ -13,12 +14,52 @@ import platformdirs
 MAX_PASSWORD = 1024  # bytes read from a pipe; longer input is not a password
 
 
-class CliError(Exception):
-    """A user-facing error: printed as one line, exit code non-zero, never a traceback."""
+# Exit codes (the same table is printed by `ccmsec --help` and in README.md):
+EXIT_OK = 0           # done
+EXIT_ERROR = 1        # refused or failed: the message (or under --json the error object) says why
+EXIT_USAGE = 2        # the command line itself is wrong (unknown command or option, bad value)
+EXIT_NOT_READY = 3    # answered, but not in the wanted state: `status` with a service not serving,
+                      # `device reset --wait` with phones not back in time
+EXIT_INTERRUPTED = 130  # Ctrl-C
 
-    def __init__(self, message: str, exit_code: int = 1):
+EXIT_CODES_HELP = """exit codes:
+  0    done
+  1    refused or failed (the error says why; under --json a JSON object on stderr)
+  2    usage error (unknown command or option, bad value)
+  3    not in the wanted state (status: a service not serving; reset --wait: phones not back)
+  130  interrupted"""
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line, exit code non-zero, never a traceback.
+
+    `details` (e.g. the rule ID and HTTP status of an API refusal) go into the JSON error object
+    under --json."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_ERROR, details: dict | None = None):
         super().__init__(message)
         self.exit_code = exit_code
+        self.details = details or {}
+
+
+def error_json(message: str, exit_code: int, details: dict | None = None) -> str:
+    """The JSON error object written to standard error under --json."""
+    return json.dumps({"error": message, "exit_code": exit_code, **(details or {})}, sort_keys=True)
+
+
+def add_json_option(parser: argparse.ArgumentParser) -> None:
+    """--json on a read command (also accepted before the command: `ccmsec --json status`)."""
+    parser.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="print JSON (errors too, as a JSON object on stderr)")
+
+
+def json_output(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "json", False))
+
+
+def print_json(value) -> None:
+    json.dump(value, sys.stdout, indent=2, sort_keys=True)
+    sys.stdout.write("\n")
 
 
 def default_data_dir() -> Path:
@@ -40,9 +81,22 @@ def data_dir(args: argparse.Namespace) -> Path:
     return Path(getattr(args, "data", None) or default_data_dir()).expanduser().resolve()
 
 
+def _read_stdin_password() -> str:
+    line = sys.stdin.readline(MAX_PASSWORD + 2)
+    if not line:
+        raise CliError("no password given on standard input")
+    password = line.rstrip("\r\n")
+    if len(password) > MAX_PASSWORD:
+        raise CliError(f"the password read from standard input is over {MAX_PASSWORD} characters")
+    return password
+
+
 def read_password(args: argparse.Namespace, prompt: str = "Token password: ") -> str:
-    """--password-file FILE for scripts, otherwise an interactive prompt."""
+    """--password-file FILE for scripts (`-` = the first line of standard input), otherwise an
+    interactive prompt."""
     pw_file = getattr(args, "password_file", None)
+    if pw_file is not None and str(pw_file) == "-":
+        return _read_stdin_password()
     if pw_file:
         try:
             return Path(pw_file).read_text().rstrip("\r\n")
@@ -100,3 +154,11 @@ def wait_for_restarts(args: argparse.Namespace, before: dict[str, int] | None, e
                                           timeout=RESTART_WAIT_TIMEOUT, progress=True))
     except runner.RunnerError as exc:
         raise CliError(f"the change is made, but {exc}") from None
+
+
+def proto_json(message) -> dict:
+    """A protobuf reply as JSON-ready values (field names as in the .proto, defaults included)."""
+    from google.protobuf.json_format import MessageToDict
+
+    return MessageToDict(message, preserving_proto_field_name=True,
+                         always_print_fields_with_no_presence=True)

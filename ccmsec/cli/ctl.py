@@ -12,10 +12,13 @@ from pathlib import Path
 from typing import Callable
 
 from ccmsec.cli.common import (
-    CliError, add_data_option, add_wait_option, service_pids_before_change, wait_for_restarts,
+    CliError, add_data_option, add_json_option, add_wait_option, json_output, print_json, proto_json,
+    service_pids_before_change, wait_for_restarts,
 )
 from ccmsec.domain import ClusterMode
-from ccmsec.formats.ctl import CtlFormatError, SignatureError, format_ctl, parse_ctl, verify_ctl
+from ccmsec.formats.ctl import (
+    CtlFormatError, SignatureError, ctl_dict, format_ctl, parse_ctl, verify_ctl,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -33,6 +36,7 @@ def add_show(actions: argparse._SubParsersAction) -> None:
     show.add_argument("file", type=Path, metavar="FILE", help="a CTLFile.tlv")
     show.add_argument("--no-verify", action="store_true",
                       help="only list the contents, do not check the signature")
+    add_json_option(show)
     show.set_defaults(func=cmd_show)
 
 
@@ -48,6 +52,8 @@ def cmd_show(args: argparse.Namespace) -> int:
         ctl_file = parse_ctl(data)
     except CtlFormatError as exc:
         raise CliError(f"{args.file}: not a valid CTL file: {exc}") from None
+    if json_output(args):
+        return _show_json(args, ctl_file)
     sys.stdout.write(format_ctl(ctl_file))
     if args.no_verify:
         print("\nSignature:         not checked")
@@ -58,6 +64,21 @@ def cmd_show(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         raise CliError(f"{args.file}: signature verification FAILED: {exc}") from None
     print(f"\nSignature:         valid (signed by token {signer.subject})")
+    return 0
+
+
+def _show_json(args: argparse.Namespace, ctl_file) -> int:
+    listing = ctl_dict(ctl_file)
+    if args.no_verify:
+        listing["signature"] = {"checked": False}
+    else:
+        try:
+            signer = verify_ctl(ctl_file)
+        except SignatureError as exc:
+            raise CliError(f"{args.file}: signature verification FAILED: {exc}",
+                           details={"ctl": listing}) from None
+        listing["signature"] = {"checked": True, "valid": True, "signer": signer.subject}
+    print_json(listing)
     return 0
 
 
@@ -93,9 +114,11 @@ def _call_provider(args: argparse.Namespace, method: str, request):
     try:
         return asyncio.run(call())
     except grpc.aio.AioRpcError as exc:
+        details = {"grpc_status": exc.code().name}
         if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-            raise CliError(f"the ctl-provider service is not reachable: {exc.details()}") from None
-        raise CliError(exc.details() or exc.code().name) from None
+            raise CliError(f"the ctl-provider service is not reachable: {exc.details()}",
+                           details=details) from None
+        raise CliError(exc.details() or exc.code().name, details=details) from None
 
 
 def add_update(actions: argparse._SubParsersAction) -> None:
@@ -111,7 +134,8 @@ def add_update(actions: argparse._SubParsersAction) -> None:
     update.add_argument("--mode", choices=ClusterMode.choices(),
                         help="set the cluster security mode (default: leave it as it is)")
     update.add_argument("--password-file", type=Path, metavar="FILE",
-                        help="signing token's password (one line), or one line per --token in order")
+                        help="signing token's password (one line), or one line per --token in order; "
+                             "- = standard input")
     update.add_argument("--new-trust", action="store_true",
                         help="allow a signing token that is not in the current CTL (CTL-2)")
     update.add_argument("--digest", choices=("sha1", "sha256", "sha512"), default="sha1",
@@ -187,6 +211,7 @@ def add_provider(actions: argparse._SubParsersAction) -> None:
     activate.set_defaults(func=cmd_provider_activate)
     show = sub.add_parser("show", help="activation and TLS port")
     add_data_option(show)
+    add_json_option(show)
     show.set_defaults(func=cmd_provider_show)
     port = sub.add_parser("port", help="set the TLS port (needs a CTL Provider restart: RST-7)")
     add_data_option(port)
@@ -200,6 +225,7 @@ def add_provider(actions: argparse._SubParsersAction) -> None:
     alias.set_defaults(func=cmd_provider_port)
     certs = sub.add_parser("certificates", help="the server certificates the provider would answer")
     add_data_option(certs)
+    add_json_option(certs)
     certs.set_defaults(func=cmd_provider_certificates)
 
 
@@ -215,6 +241,9 @@ def cmd_provider_show(args: argparse.Namespace) -> int:
     from ccmsec_proto import common_pb2
 
     st = _call_provider(args, "GetProviderSettings", common_pb2.Empty())
+    if json_output(args):
+        print_json(proto_json(st))
+        return 0
     print(f"activated:      {'yes' if st.activated else 'no (CHK-1)'}")
     print(f"listening on:   {st.host}:{st.listening_port}")
     print(f"configured port: {st.configured_port}"
@@ -241,6 +270,9 @@ def cmd_provider_certificates(args: argparse.Namespace) -> int:
     from ccmsec_proto import common_pb2
 
     reply = _call_provider(args, "GetServerCertificates", common_pb2.Empty())
+    if json_output(args):
+        print_json(proto_json(reply))
+        return 0
     for cert in reply.certificates:
         print(f"{Role(cert.role).label:<6} {cert.dns_name:<14} {cert.ipv4:<15} {cert.subject}  "
               f"sha256={cert.fingerprint_sha256[:16]}…")
@@ -254,6 +286,7 @@ def add_tftp_clusters(actions: argparse._SubParsersAction) -> None:
     sub.required = True
     listing = sub.add_parser("list", help="the registry")
     add_data_option(listing)
+    add_json_option(listing)
     listing.set_defaults(func=cmd_tftp_clusters_list)
     add = sub.add_parser("add", help="register another cluster using the same TFTP server")
     add_data_option(add)
@@ -279,7 +312,11 @@ def _print_clusters(reply) -> None:
 def cmd_tftp_clusters_list(args: argparse.Namespace) -> int:
     from ccmsec_proto import common_pb2
 
-    _print_clusters(_call_provider(args, "ListTftpClusters", common_pb2.Empty()))
+    reply = _call_provider(args, "ListTftpClusters", common_pb2.Empty())
+    if json_output(args):
+        print_json(proto_json(reply))
+        return 0
+    _print_clusters(reply)
     return 0
 
 

@@ -11,6 +11,7 @@ from ccmsec.adminclient import (
     DEVICE_MODELS,
     HARDENING_FIELDS,
     SECURITY_MODES,
+    AdminApiError,
     AdminClient,
     AdminClientError,
     discover,
@@ -29,11 +30,13 @@ def _connection_options() -> argparse.ArgumentParser:
                                       "DATA/run/endpoints.json)")
     parent.add_argument("--user", help="account name (default: admin)")
     parent.add_argument("--password-file", type=Path,
-                        help="file holding the password (default for admin: DATA/admin-password)")
+                        help="file holding the password, - for standard input (default for admin: "
+                             "DATA/admin-password)")
     parent.add_argument("--ca-file", type=Path,
                         help="certificate to verify the API with (default: DATA/pki/cluster-ca.crt "
                              "or DATA/callmanager/https.crt)")
-    parent.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parent.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                    help="print JSON (errors too, as a JSON object on stderr)")
     return parent
 
 
@@ -95,12 +98,20 @@ def _client(args: argparse.Namespace) -> AdminClient:
         raise CliError(str(exc)) from None
 
 
+def api_error(exc: AdminClientError) -> CliError:
+    """An API client error as the CLI's error (under --json: the HTTP status and rule ID too)."""
+    details = {}
+    if isinstance(exc, AdminApiError):
+        details = {"http_status": exc.status, "rule": exc.rule}
+    return CliError(str(exc), details=details)
+
+
 def _run(args: argparse.Namespace, call):
     with _client(args) as client:
         try:
             return call(client)
         except AdminClientError as exc:
-            raise CliError(str(exc)) from None
+            raise api_error(exc) from None
 
 
 def _print_json(value) -> None:
@@ -222,7 +233,8 @@ def register_call_control(sub) -> None:
                                                 "which certificate")
     add_data_option(regs)
     regs.add_argument("name", nargs="?", help="only this device")
-    regs.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    regs.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                    help="print JSON (errors too, as a JSON object on stderr)")
     regs.set_defaults(func=_registrations)
 
     reset = sub.add_parser("reset", help="send SCCP Reset to phones (names, --all, or --server)")

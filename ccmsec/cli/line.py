@@ -23,7 +23,8 @@ def register(subparsers) -> None:
     add_data_option(lst)
     lst.add_argument("--device", default="")
     lst.add_argument("--dn", default="")
-    lst.add_argument("--json", action="store_true")
+    lst.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                    help="print JSON (errors too, as a JSON object on stderr)")
     lst.set_defaults(func=_list)
 
 

@@ -6,14 +6,50 @@ import argparse
 import importlib
 import sys
 
-from ccmsec.cli.common import CliError, add_data_option
+from ccmsec.cli.common import (
+    EXIT_CODES_HELP,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    CliError,
+    add_data_option,
+    error_json,
+)
 
 # Command-group modules under ccmsec.cli; each defines register(subparsers).
-GROUPS = ["cluster", "demo", "device", "token", "ctl", "sgn", "tls", "mode", "tftp", "phones", "capf", "events", "compose", "line", "pool", "srst", "pki", "media"]
+GROUPS = ["cluster", "demo", "device", "token", "ctl", "sgn", "tls", "mode", "tftp", "phones", "capf", "events", "compose", "line", "pool", "srst", "pki", "media", "completion"]
+
+
+def version() -> str:
+    """The installed distribution's version (the source tree's when run uninstalled)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("ccmsec")
+    except metadata.PackageNotFoundError:
+        from ccmsec import __version__
+
+        return __version__
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with usage errors as JSON objects on stderr when --json is on the command line."""
+
+    json_errors = False
+
+    def error(self, message: str):  # type: ignore[override]
+        if Parser.json_errors:
+            print(error_json(f"{self.prog}: {message}", EXIT_USAGE), file=sys.stderr)
+            sys.exit(EXIT_USAGE)
+        super().error(message)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ccmsec", description="ccmsec cluster security plane")
+    parser = Parser(prog="ccmsec", description="ccmsec cluster security plane",
+                    epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"ccmsec {version()}")
+    parser.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="JSON output from read commands; errors of any command as a JSON "
+                             "object on stderr")
     add_data_option(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -29,16 +65,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    Parser.json_errors = "--json" in argv[: argv.index("--")] if "--" in argv else "--json" in argv
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not hasattr(args, "json"):
+        args.json = False
     try:
         return int(args.func(args) or 0)
     except CliError as exc:
-        print(f"ccmsec: error: {exc}", file=sys.stderr)
+        if args.json:
+            print(error_json(str(exc), exc.exit_code, exc.details), file=sys.stderr)
+        else:
+            print(f"ccmsec: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("ccmsec: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:  # output piped into `head` and the like
         import os
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 
 from ccmsec.cli.common import (
-    add_data_option, add_wait_option, service_pids_before_change, wait_for_restarts,
+    add_data_option, add_json_option, add_wait_option, json_output, print_json,
+    service_pids_before_change, wait_for_restarts,
 )
 from ccmsec.cli.ctl import _call_provider
 from ccmsec.domain import ClusterMode
@@ -25,6 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     actions.required = True
     show = actions.add_parser("show", help="the cluster security mode and the current CTL")
     add_data_option(show)
+    add_json_option(show)
     show.set_defaults(func=cmd_show)
     set_ = actions.add_parser("set", help="switch the cluster security mode (RST-3)")
     add_data_option(set_)
@@ -37,6 +39,10 @@ def cmd_show(args: argparse.Namespace) -> int:
     from ccmsec_proto import common_pb2
 
     reply = _call_provider(args, "GetSecurityMode", common_pb2.Empty())
+    if json_output(args):
+        print_json({"security_mode": _name(reply.mode), "ctl_present": reply.ctl_present,
+                    "ctl_version": reply.ctl_version if reply.ctl_present else None})
+        return 0
     print(f"cluster security mode: {_name(reply.mode)}")
     print(f"CTL: {'version ' + str(reply.ctl_version) if reply.ctl_present else 'none (MODE-5)'}")
     return 0

@@ -11,7 +11,9 @@ import sys
 import time
 from collections import Counter
 
-from ccmsec.cli.common import CliError, add_data_option, data_dir
+from ccmsec.cli.common import (
+    CliError, add_data_option, add_json_option, data_dir, json_output, print_json, proto_json,
+)
 
 ROLE = "phone-sim"
 # Where a boot ends; "capf" counts once the phone is parked waiting for an offline CA (not booting).
@@ -46,11 +48,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     listing = actions.add_parser("list", help="phones and their state")
     add_data_option(listing)
+    add_json_option(listing)
     listing.set_defaults(func=cmd_list)
 
     show = actions.add_parser("show", help="one phone: state, files, trust list, certificates, failures")
     add_data_option(show)
     show.add_argument("name", metavar="NAME")
+    add_json_option(show)
     show.set_defaults(func=cmd_show)
 
     fr = actions.add_parser("factory-reset", help="clear CTL and LSC (never the MIC)")
@@ -109,7 +113,8 @@ def _call(args: argparse.Namespace, method: str, request, timeout: float = 60.0)
     try:
         return asyncio.run(run())
     except grpc.aio.AioRpcError as exc:
-        raise CliError(f"phone-sim: {exc.details() or exc.code().name}") from None
+        raise CliError(f"phone-sim: {exc.details() or exc.code().name}",
+                       details={"grpc_status": exc.code().name}) from None
 
 
 def _selector(args: argparse.Namespace):
@@ -229,6 +234,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     from ccmsec_proto import phone_sim_pb2
 
     phones = _call(args, "ListPhones", phone_sim_pb2.PhoneSelector()).phones
+    if json_output(args):
+        print_json([proto_json(p) for p in phones])
+        return 0
     if not phones:
         print("no phones (add some with `ccmsec phones add --count N --model MODEL`)")
         return 0
@@ -246,6 +254,9 @@ def cmd_show(args: argparse.Namespace) -> int:
     from ccmsec_proto import common_pb2, phone_sim_pb2
 
     p = _call(args, "GetPhone", phone_sim_pb2.PhoneName(name=args.name))
+    if json_output(args):
+        print_json(proto_json(p))
+        return 0
     mode = common_pb2.DeviceSecurityMode.Name(p.security_mode) if p.security_mode else "-"
     print(f"{p.name}  model {p.model}  MAC {p.mac}")
     print(f"  state: {p.state}{' (booting)' if p.booting else ''}   boots: {p.boots}   image: {p.firmware}")

@@ -20,7 +20,8 @@ def register(subparsers) -> None:
     add.set_defaults(func=_add)
     lst = sub.add_parser("list", help="list device pools")
     add_data_option(lst)
-    lst.add_argument("--json", action="store_true")
+    lst.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                    help="print JSON (errors too, as a JSON object on stderr)")
     lst.set_defaults(func=_list)
 
 

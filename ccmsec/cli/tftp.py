@@ -15,7 +15,9 @@ import json
 import sys
 from pathlib import Path
 
-from ccmsec.cli.common import CliError, add_data_option, data_dir
+from ccmsec.cli.common import (
+    CliError, add_data_option, add_json_option, data_dir, json_output, print_json, proto_json,
+)
 from ccmsec.domain import ClusterMode
 
 ROLE = "tftp-signer"
@@ -31,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_data_option(ls)
     ls.add_argument("--devices", action="store_true", help="include one SEP<MAC>.cnf.xml per device")
     ls.add_argument("--path", default="", help="another cluster's TFTP path (MODE-6 shared server)")
-    ls.add_argument("--json", action="store_true")
+    add_json_option(ls)
     ls.set_defaults(func=cmd_ls)
 
     get = actions.add_parser("get", help="download a file over TFTP, as a phone does")
@@ -51,6 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     cert = actions.add_parser("cert", help="the TFTP signing certificate (CERT-5)")
     add_data_option(cert)
     cert.add_argument("-o", "--output", type=Path, help="write the DER certificate here")
+    add_json_option(cert)
     cert.set_defaults(func=cmd_cert)
 
     clusters = actions.add_parser("clusters", help="clusters sharing this TFTP server (MODE-6)")
@@ -60,6 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     clusters.add_argument("--alternate", default="", help="its alternate TFTP path")
     clusters.add_argument("--mode", choices=ClusterMode.choices(), default=ClusterMode.NON_SECURE.value,
                           help="its security mode (must equal this cluster's)")
+    add_json_option(clusters)
     clusters.set_defaults(func=cmd_clusters)
 
 
@@ -91,7 +95,8 @@ def _call(args, method: str, request):
     try:
         return asyncio.run(run())
     except grpc.aio.AioRpcError as exc:
-        raise CliError(f"tftp-signer: {exc.details() or exc.code().name}") from None
+        raise CliError(f"tftp-signer: {exc.details() or exc.code().name}",
+                       details={"grpc_status": exc.code().name}) from None
 
 
 def cmd_ls(args) -> int:
@@ -99,7 +104,7 @@ def cmd_ls(args) -> int:
 
     reply = _call(args, "ListFiles", tftp_signer_pb2.ListFilesRequest(cluster_path=args.path,
                                                                       include_devices=args.devices))
-    if args.json:
+    if json_output(args):
         print(json.dumps({"cluster_path": reply.cluster_path, "mode": ClusterMode.proto_text(reply.mode),
                           "caching": reply.caching,
                           "files": [{"name": f.name, "size": f.size, "signed": f.signed, "kind": f.kind}
@@ -165,6 +170,9 @@ def cmd_cert(args) -> int:
             atomic_write(args.output, cert.der)
         except OSError as exc:
             raise CliError(f"cannot write {args.output}: {exc.strerror}") from None
+    if json_output(args):
+        print_json({k: v for k, v in proto_json(cert).items() if k != "der"})
+        return 0
     print(f"subject      {cert.subject}\nserial       {cert.serial}\nsha256       {cert.fingerprint_sha256}\n"
           f"dns / ip     {cert.dns_name} / {cert.ipv4}")
     return 0
@@ -181,6 +189,10 @@ def cmd_clusters(args) -> int:
             name=args.add, tftp_path=args.path, alternate_path=args.alternate, mode=mode))
     else:
         reply = _call(args, "ListSharedClusters", common_pb2.Empty())
+    if json_output(args):
+        print_json([{"name": c.name, "tftp_path": c.tftp_path, "alternate_path": c.alternate_path or None,
+                     "mode": ClusterMode.proto_text(c.mode, "unspecified")} for c in reply.clusters])
+        return 0
     for c in reply.clusters:
         alt = f" (alternate {c.alternate_path})" if c.alternate_path else ""
         print(f"{c.name:12} {c.tftp_path}{alt}  {ClusterMode.proto_text(c.mode, 'unspecified')}")

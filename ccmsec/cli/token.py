@@ -7,7 +7,9 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import hashes
 
-from ccmsec.cli.common import CliError, add_data_option, data_dir, read_password
+from ccmsec.cli.common import (
+    CliError, add_data_option, add_json_option, data_dir, json_output, print_json, read_password,
+)
 from ccmsec.formats.ctl import dn_string
 from ccmsec.pki.tokens import (
     MAX_PASSWORD_FAILURES,
@@ -30,19 +32,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_data_option(create)
     create.add_argument("--name", required=True, help="token name, e.g. token1")
     create.add_argument("--password-file", type=Path,
-                        help="read the token password from this file (default: prompt)")
+                        help="read the token password from this file, - for standard input "
+                             "(default: prompt)")
     _add_dir_option(create)
     create.set_defaults(func=cmd_create)
 
     listing = actions.add_parser("list", help="list the tokens")
     add_data_option(listing)
     _add_dir_option(listing)
+    add_json_option(listing)
     listing.set_defaults(func=cmd_list)
 
     show = actions.add_parser("show", help="show one token's certificate and lock state")
     add_data_option(show)
     show.add_argument("name", metavar="NAME")
     _add_dir_option(show)
+    add_json_option(show)
     show.set_defaults(func=cmd_show)
 
 
@@ -77,11 +82,25 @@ def _state(info: TokenInfo) -> str:
     return f"ok ({info.failures}/{MAX_PASSWORD_FAILURES} failed attempts)"
 
 
+def token_dict(info: TokenInfo) -> dict:
+    cert = info.certificate
+    return {"name": info.name, "locked": info.locked, "failed_attempts": info.failures,
+            "max_failed_attempts": MAX_PASSWORD_FAILURES, "subject": dn_string(cert.subject),
+            "issuer": dn_string(cert.issuer), "serial": f"{cert.serial_number:x}",
+            "not_before": cert.not_valid_before_utc.isoformat(),
+            "not_after": cert.not_valid_after_utc.isoformat(),
+            "sha1": cert.fingerprint(hashes.SHA1()).hex(),
+            "sha256": cert.fingerprint(hashes.SHA256()).hex()}
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     try:
         tokens = list_tokens(_token_dir(args))
     except TokenError as exc:
         raise CliError(str(exc)) from None
+    if json_output(args):
+        print_json([token_dict(info) for info in tokens])
+        return 0
     if not tokens:
         print(f"no tokens in {_token_dir(args)}")
         return 0
@@ -97,6 +116,9 @@ def cmd_show(args: argparse.Namespace) -> int:
         info = token_info(_token_dir(args), args.name)
     except TokenError as exc:
         raise CliError(str(exc)) from None
+    if json_output(args):
+        print_json(token_dict(info))
+        return 0
     cert = info.certificate
     print(f"Token:       {info.name}")
     print(f"State:       {_state(info)}")

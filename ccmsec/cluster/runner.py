@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ccmsec.cluster.state import (
@@ -37,6 +37,12 @@ class Row:
     pid: int
     state: str
     restarts: int = 0
+    # The same ports, structured (`ccmsec status --json`): name, number, protocol; metrics included.
+    port_list: list[dict] = field(default_factory=list)
+
+    def as_json(self) -> dict:
+        return {"service": self.service, "address": self.address, "ports": self.port_list,
+                "pid": self.pid or None, "state": self.state, "restarts": self.restarts}
 
 
 def cluster_for(data_dir: Path, base: str | None = None, subscribers: int | None = None) -> LocalCluster:
@@ -204,14 +210,21 @@ def status(data_dir: Path, states: dict[str, str] | None = None) -> list[Row]:
     nats_pid = int(nats.get("pid") or 0)
     rows.append(Row("nats", cluster.nats_host, f"{NATS_PORT}/tcp", nats_pid,
                     "RUNNING" if running and pid_belongs_to(nats_pid, data_dir) else "DOWN",
-                    int(nats.get("restarts") or 0)))
+                    int(nats.get("restarts") or 0),
+                    [{"name": "nats", "port": NATS_PORT, "protocol": "tcp",
+                      "purpose": "NATS JetStream (events)"}]))
     for inst in cluster.instances:
         info = children.get(inst.node, {})
         pid = int(info.get("pid") or 0)
         protos = {p.name: p.protocol for p in inst.spec.ports}
         ports = ", ".join(f"{n}/{protos.get(k, 'tcp')}" for k, n in inst.ports.items() if k != "metrics_port")
         st = states.get(inst.node, "DOWN") if running and pid_belongs_to(pid, data_dir) else "DOWN"
-        rows.append(Row(inst.node, inst.host, ports, pid, st, int(info.get("restarts") or 0)))
+        purposes = {p.name: p.purpose for p in inst.spec.ports}
+        purposes.setdefault("grpc_port", "gRPC over mutual TLS")
+        purposes.setdefault("metrics_port", "Prometheus metrics (HTTP)")
+        port_list = [{"name": k.removesuffix("_port"), "port": n, "protocol": protos.get(k, "tcp"),
+                      "purpose": purposes.get(k, "")} for k, n in inst.ports.items()]
+        rows.append(Row(inst.node, inst.host, ports, pid, st, int(info.get("restarts") or 0), port_list))
     return rows
 
 

@@ -667,3 +667,34 @@ def format_ctl(ctl_file: CtlFile) -> str:
             f"  IP Address:      {r.ipv4 or '-'}",
         ]
     return "\n".join(lines) + "\n"
+
+
+def header_dict(h: SignedHeader) -> dict:
+    """The signed header as JSON-ready values (`ctl show --json`, `sgn show --json`)."""
+    return {
+        "file_name": h.file_name, "version": f"{h.version[0]}.{h.version[1]}",
+        "header_length": h.length,
+        "signer_version": f"{h.signer_version[0]}.{h.signer_version[1]}" if h.signer_version else None,
+        "signer_name": h.signer_name, "signer_serial": h.signer_serial.hex(),
+        "issuer_name": h.signer_issuer, "digest_algorithm": h.digest.label,
+        "signature_bits": h.modulus.bits, "signature_bytes": len(h.signature),
+        "timestamp": h.timestamp, "time": f"{h.time:%Y-%m-%dT%H:%M:%SZ}",
+    }
+
+
+def ctl_dict(ctl_file: CtlFile) -> dict:
+    """What `format_ctl` lists, as JSON-ready values."""
+    records = []
+    for r in ctl_file.records:
+        cert = r.certificate
+        records.append({
+            "role": r.role.label, "role_number": int(r.role), "dns_name": r.dns_name or None,
+            "subject": r.subject, "issuer": r.issuer, "serial": r.serial.hex(),
+            "public_key": _key_description(cert), "public_key_bytes": len(r.public_key),
+            "signature_bytes": len(r.cert_signature) if r.cert_signature is not None else None,
+            "certificate_bytes": len(r.certificate_der),
+            "sha1": cert.fingerprint(hashes.SHA1()).hex(),
+            "sha256": cert.fingerprint(hashes.SHA256()).hex(),
+            "ipv4": str(r.ipv4) if r.ipv4 else None,
+        })
+    return {"header": header_dict(ctl_file.header), "records": records}

@@ -1,0 +1,186 @@
+"""What scripts rely on in the `ccmsec` command (issue 16): --version, exit codes in --help and
+the README, shell completion, --json output and JSON errors, `--password-file -`.
+
+Real subprocesses (the command as a user runs it), started concurrently in one module fixture
+because each start imports every command group; completion runs in a real bash.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+import ccmsec
+from ccmsec.formats.ctl import Role, build_ctl, record_from_certificate
+from ccmsec.pki.ca import create_ca, issue_with_new_key, name
+from ccmsec.pki.tokens import FileSigner
+
+ROOT = Path(__file__).resolve().parents[2]
+TS = 1_700_000_000
+
+
+def run(*args, stdin: str | None = None):
+    return subprocess.run([sys.executable, "-m", "ccmsec.cli.main", *args], capture_output=True,
+                          text=True, timeout=90,
+                          **({"input": stdin} if stdin is not None else {"stdin": subprocess.DEVNULL}))
+
+
+def _round(calls: dict) -> dict:
+    with ThreadPoolExecutor(len(calls)) as pool:
+        futures = {case: pool.submit(run, *args, stdin=stdin) for case, (args, stdin) in calls.items()}
+        return {case: f.result() for case, f in futures.items()}
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    data = tmp_path_factory.mktemp("clijson")
+    data.chmod(0o700)
+    ca = create_ca(name("CA"))
+    token = FileSigner.from_issued(issue_with_new_key(ca, name("SAST-json")))
+    cm = issue_with_new_key(ca, name("cm1")).cert
+    good = build_ctl([record_from_certificate(token.certificate, Role.TOKEN),
+                      record_from_certificate(cm, Role.CCM_TFTP, "cm1", "127.0.0.1")], token, TS)
+    (data / "CTLFile.tlv").write_bytes(good)
+    bad = bytearray(good)
+    bad[good.index(b"\x0c\x01\x00") + 10] ^= 0x01  # a byte of the signature
+    (data / "bad.tlv").write_bytes(bytes(bad))
+    d = ("--data", str(data))
+    out = _round({
+        "version": (("--version",), None),
+        "help": (("--help",), None),
+        "completion": (("completion", "bash"), None),
+        "create_stdin": (("token", "create", "--name", "piped", "--password-file", "-", *d),
+                         "from-stdin-secret\n"),
+        "create_stdin_empty": (("token", "create", "--name", "empty", "--password-file", "-", *d), ""),
+        "ctl_json": (("ctl", "show", str(data / "CTLFile.tlv"), "--json", *d), None),
+        "ctl_bad_json": (("ctl", "show", str(data / "bad.tlv"), "--json", *d), None),
+        "usage_json": (("--json", "token", "frobnicate", *d), None),
+        "usage_text": (("token", "frobnicate", *d), None),
+        "status_json": (("status", "--json", *d), None),
+        "mode_json_no_cluster": (("mode", "show", "--json", *d), None),
+    })
+    out |= _round({
+        "list_json": (("token", "list", "--json", *d), None),
+        "list_json_first": (("--json", "token", "list", *d), None),
+        "show_json": (("token", "show", "piped", "--json", *d), None),
+        "show_missing_json": (("token", "show", "nope", "--json", *d), None),
+    })
+    out["data"] = data
+    return out
+
+
+def test_version_is_the_package_version(results):
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert ccmsec.__version__ == project["version"]
+    r = results["version"]
+    assert r.returncode == 0 and r.stdout.strip() == f"ccmsec {project['version']}"
+
+
+def _exit_table(text: str) -> list[tuple[str, str]]:
+    block = text[text.index("exit codes:"):]
+    return re.findall(r"^\s*`?(\d{1,3})`?\s*\|?\s*(\S.*?)\s*\|?\s*$", block, re.M)[:5]
+
+
+def test_exit_codes_are_in_help_and_in_the_readme(results):
+    r = results["help"]
+    assert r.returncode == 0
+    codes = [code for code, _ in _exit_table(r.stdout)]
+    assert codes == ["0", "1", "2", "3", "130"]
+    readme = (ROOT / "README.md").read_text()
+    assert "Exit codes" in readme
+    for code in codes:
+        assert re.search(rf"^\| `{code}` \|", readme, re.M), f"exit code {code} not in README.md"
+
+
+def test_exit_codes_as_documented(results):
+    assert results["usage_text"].returncode == 2
+    assert results["status_json"].returncode == 1  # no cluster here: refused with a reason
+    assert results["ctl_bad_json"].returncode == 1
+
+
+def _complete(script: str, *words: str) -> list[str]:
+    line = " ".join(f"'{w}'" for w in words)
+    program = (f"{script}\nCOMP_WORDS=({line}); COMP_CWORD={len(words) - 1}; COMPREPLY=(); "
+               "_ccmsec; printf '%s\\n' \"${COMPREPLY[@]}\"")
+    done = subprocess.run(["bash", "--norc", "--noprofile", "-c", program], capture_output=True,
+                          text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    return [w for w in done.stdout.split("\n") if w]
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_bash_completion_completes_commands_options_and_choices(results):
+    r = results["completion"]
+    assert r.returncode == 0, r.stderr
+    script = r.stdout
+    assert "complete -o default" in script and "-F _ccmsec ccmsec" in script
+    assert _complete(script, "ccmsec", "dev") == ["device"]
+    assert "set-security" in _complete(script, "ccmsec", "device", "")
+    assert _complete(script, "ccmsec", "device", "add", "--mo") == ["--model"]
+    assert "7970" in _complete(script, "ccmsec", "device", "add", "--model", "")
+    assert _complete(script, "ccmsec", "mode", "set", "") == ["non-secure", "mixed"]
+    assert _complete(script, "ccmsec", "--data", "/tmp/x", "token", "l") == ["list"]
+    assert "--json" in _complete(script, "ccmsec", "status", "--")
+    assert _complete(script, "ccmsec", "ctl", "show", "") == []  # a file: the shell's own completion
+
+
+def test_password_file_dash_reads_standard_input(results):
+    r = results["create_stdin"]
+    assert r.returncode == 0, r.stderr
+    from ccmsec.pki.tokens import open_token
+
+    opened = open_token(results["data"] / "tokens", "piped", "from-stdin-secret")
+    assert opened.name == "piped"
+    empty = results["create_stdin_empty"]
+    assert empty.returncode == 1 and "no password given on standard input" in empty.stderr
+    assert "Traceback" not in empty.stderr
+
+
+def test_token_list_and_show_json(results):
+    for case in ("list_json", "list_json_first"):
+        r = results[case]
+        assert r.returncode == 0, r.stderr
+        (token,) = json.loads(r.stdout)
+        assert token["name"] == "piped" and token["locked"] is False
+        assert re.fullmatch(r"[0-9a-f]{64}", token["sha256"])
+    shown = json.loads(results["show_json"].stdout)
+    assert shown["name"] == "piped" and shown["subject"].startswith("CN=SAST-piped")
+
+
+def test_ctl_show_json_lists_records_and_the_signature(results):
+    r = results["ctl_json"]
+    assert r.returncode == 0, r.stderr
+    listing = json.loads(r.stdout)
+    assert [rec["role"] for rec in listing["records"]] == [Role.TOKEN.label, Role.CCM_TFTP.label]
+    assert listing["records"][1]["ipv4"] == "127.0.0.1"
+    assert listing["header"]["timestamp"] == TS
+    assert listing["signature"] == {"checked": True, "valid": True,
+                                    "signer": listing["records"][0]["subject"]}
+
+
+def _json_error(r) -> dict:
+    assert r.stdout == ""
+    error = json.loads(r.stderr)
+    assert error["exit_code"] == r.returncode
+    return error
+
+
+def test_errors_are_json_under_json(results):
+    bad = _json_error(results["ctl_bad_json"])
+    assert "signature verification FAILED" in bad["error"]
+    usage = _json_error(results["usage_json"])
+    assert usage["exit_code"] == 2 and "frobnicate" in usage["error"]
+    missing = _json_error(results["show_missing_json"])
+    assert "nope" in missing["error"]
+    for case in ("status_json", "mode_json_no_cluster"):
+        error = _json_error(results[case])
+        assert error["exit_code"] == 1 and "cluster" in error["error"]
+    assert not results["usage_text"].stderr.startswith("{")  # plain text without --json
