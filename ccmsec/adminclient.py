@@ -199,6 +199,11 @@ class AdminClient:
         params = {k: v for k, v in (("device", device), ("node", node)) if v}
         return self._call("GET", "/api/v1/registrations", params=params)["registrations"]
 
+    def calls(self, device: str | None = None) -> list[dict]:
+        """Calls in progress on the call-control node and their security status (CALL-1)."""
+        params = {"device": device} if device else {}
+        return self._call("GET", "/api/v1/calls", params=params)["calls"]
+
     def reset_device(self, name: str, kind: str = "reset") -> dict:
         """Reset (or with kind="restart", restart) one phone; the answer carries the request id."""
         return self._call("POST", self._device_path(name) + "/reset", json={"kind": kind})

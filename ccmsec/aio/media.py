@@ -225,7 +225,8 @@ class PhoneAudio:
         self._source = tones.tone(pitch)
         self.record = record
         self.by_port: dict[object, PortAudio] = {}
-        self.closed_totals = {"sent": 0, "received": 0, "lost": 0, "refused": 0}
+        self.closed_totals = {"sent": 0, "received": 0, "lost": 0, "refused": 0,
+                              "refused_authentication": 0, "refused_replay": 0, "malformed": 0}
 
     def hook(self, what: str, port) -> None:
         if what == "open":

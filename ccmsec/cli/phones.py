@@ -1,4 +1,6 @@
-"""`ccmsec phones add|boot|reset|list|show|factory-reset|set-auth-string|set-servers`: the simulated phones.
+"""`ccmsec phones add|boot|reset|list|show|factory-reset|set-auth-string|set-servers`: the simulated phones;
+`ccmsec phones dial|answer|hangup|hold|resume|transfer|conference|barge|cbarge|digits|forward-all|calls`:
+a user at a registered phone placing and taking calls (issue 10), and what its display shows.
 
 Talks to the phone-sim service over gRPC with mutual TLS (the CLI's client certificate).
 """
@@ -88,6 +90,45 @@ def register(sub: argparse._SubParsersAction) -> None:
                          help="call control, up to 3 in order (port 2443 over TLS, 2000 without)")
     servers.add_argument("--clear", action="store_true", help="forget every override first")
     servers.set_defaults(func=cmd_set_servers)
+
+    # --- calls: a user at the phone (issue 10) ---------------------------------------------------
+    for verb, helptext, number in CALL_ACTIONS:
+        p = actions.add_parser(verb, help=helptext)
+        add_data_option(p)
+        p.add_argument("name", metavar="NAME")
+        if number == "required":
+            p.add_argument("number", metavar="NUMBER")
+        elif number == "optional":
+            p.add_argument("number", metavar="NUMBER", nargs="?", default="")
+        p.add_argument("--call", type=int, default=0, metavar="REF", help="the call reference (default: "
+                       "the call the action obviously means)")
+        p.add_argument("--line", type=int, default=0, help="line button (default: the first)")
+        p.add_argument("--wait", type=float, default=2.0, metavar="SECONDS",
+                       help="wait up to SECONDS (max 10) for call control to answer")
+        p.set_defaults(func=cmd_call_action, action_name=verb)
+    calls = actions.add_parser("calls", help="a phone's display: lines, calls with their lock / shield, "
+                                             "and its audio counters")
+    add_data_option(calls)
+    calls.add_argument("name", metavar="NAME")
+    calls.add_argument("--json", action="store_true")
+    calls.set_defaults(func=cmd_calls)
+
+
+CALL_ACTIONS = (
+    ("dial", "go off-hook and dial a number (en bloc)", "required"),
+    ("digits", "press keypad digits (in a call or while dialling)", "required"),
+    ("off-hook", "lift the handset (dial tone)", None),
+    ("on-hook", "put the handset down", None),
+    ("answer", "answer the ringing call", None),
+    ("hangup", "end the call (or decline a ringing one)", None),
+    ("hold", "put the connected call on hold (the other side hears music on hold)", None),
+    ("resume", "resume the held call", None),
+    ("transfer", "Transfer: first press starts a consultation, second press completes it", None),
+    ("conference", "Confrn: first press starts a consultation, second press joins everyone", None),
+    ("barge", "barge into the call on a shared line (CALL-4…7)", None),
+    ("cbarge", "cBarge into the call on a shared line, through the bridge (CALL-8)", None),
+    ("forward-all", "set call forward all to NUMBER (no number: cancel)", "optional"),
+)
 
 
 # --- plumbing ----------------------------------------------------------------------------------------
@@ -359,3 +400,53 @@ async def demo_step_phones(ctx) -> None:
     for p in phones:
         ctx.say(_row(p) + (f" ({p.last_failure_reason})" if p.last_failure else ""))
         ctx.say(f"  files: {', '.join(p.files) or 'none'}; image {p.firmware}")
+
+
+# --- calls ------------------------------------------------------------------------------------------
+
+def _print_calls(reply) -> None:
+    where = f" via {reply.registered_with} ({reply.transport})" if reply.registered_with else " not registered"
+    lines = ", ".join(f"{li.instance}: {li.number}" + (f" {li.label}" if li.label else "") for li in reply.lines)
+    print(f"{reply.name}{where}; lines: {lines or '-' if reply.ready else 'not shown yet'}")
+    for c in reply.calls:
+        extra = "".join(f"  {k} {v}" for k, v in (("tone", c.tone), ("prompt", c.prompt)) if v)
+        print(f"  call {c.reference} line {c.line}: {c.state:16} {c.calling or '?'} -> {c.called or '?'}  "
+              f"[{c.icon}]{'  RINGING' if c.ringing else ''}{extra}")
+        print(f"      softkeys: {', '.join(c.softkeys) or '-'}")
+    if not reply.calls:
+        print("  no calls")
+    m = reply.media
+    print(f"  audio: {m.streams} stream(s) open, SRTP both ways: {'yes' if m.srtp_both_ways else 'no'}; "
+          f"sent {m.sent}, received {m.received}, lost {m.lost}, refused {m.refused_authentication} "
+          f"(authentication) + {m.refused_replay} (replay), malformed {m.malformed}")
+    for note in reply.notifications:
+        print(f"  notice: {note}")
+    for ended in reply.ended:
+        print(f"  ended: {ended}")
+
+
+def cmd_call_action(args: argparse.Namespace) -> int:
+    from ccmsec_proto import phone_sim_pb2
+
+    if args.call < 0 or args.line < 0 or not 0 <= args.wait <= 10:
+        raise CliError("--call and --line must not be negative, --wait is 0..10 seconds")
+    reply = _call(args, "PhoneAction", phone_sim_pb2.PhoneActionRequest(
+        name=args.name, action=args.action_name, number=getattr(args, "number", ""),
+        call_reference=args.call, line=args.line, wait_seconds=args.wait or 0.01), timeout=30)
+    _print_calls(reply)
+    return 0
+
+
+def cmd_calls(args: argparse.Namespace) -> int:
+    from google.protobuf.json_format import MessageToDict
+
+    from ccmsec_proto import phone_sim_pb2
+
+    reply = _call(args, "GetPhoneCalls", phone_sim_pb2.PhoneName(name=args.name))
+    if args.json:
+        import json
+
+        print(json.dumps(MessageToDict(reply, preserving_proto_field_name=True), indent=2, sort_keys=True))
+    else:
+        _print_calls(reply)
+    return 0

@@ -53,6 +53,9 @@ _TABLE: dict[str, dict[str, frozenset[str]]] = {
         "GetDevicePools": ADMIN,
         "SetDevicePool": ADMIN,
         "GetSrstDirectory": _roles(ADMIN, "srst"),   # SRST-1: the phones the reference serves
+        "ListCalls": ADMIN,                          # ccmsec calls; read-only (CALL-1)
+        "WatchCalls": ADMIN,                         # ccmsec calls --watch
+        "DriveCtiPort": ADMIN,                       # ccmsec calls cti: an application's CTI port
     },
     "ccmsec.v1.Capf": {
         "Status": _status("capf"),
@@ -102,6 +105,8 @@ _TABLE: dict[str, dict[str, frozenset[str]]] = {
         "SetAuthString": ADMIN,
         "OpenSettings": ADMIN,  # DEV-4: the Settings menu, as a user at the phone would open it
         "SetServers": ADMIN,                         # phones set-servers: point phones at other servers
+        "PhoneAction": ADMIN,                        # ccmsec phones dial|answer|hangup|… (issue 10)
+        "GetPhoneCalls": ADMIN,                      # ccmsec phones calls: the display, lock/shield
     },
     "ccmsec.v1.Srst": {
         "Status": _status("srst"),

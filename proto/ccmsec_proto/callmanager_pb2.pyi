@@ -210,3 +210,107 @@ class SetClusterModeRequest(_message.Message):
     MODE_FIELD_NUMBER: _ClassVar[int]
     mode: _common_pb2.ClusterSecurityMode
     def __init__(self, mode: _Optional[_Union[_common_pb2.ClusterSecurityMode, str]] = ...) -> None: ...
+
+class CallLeg(_message.Message):
+    __slots__ = ("device", "model", "kind", "device_mode", "line", "dn", "call_reference", "state", "role", "shown", "rx", "tx", "user")
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_MODE_FIELD_NUMBER: _ClassVar[int]
+    LINE_FIELD_NUMBER: _ClassVar[int]
+    DN_FIELD_NUMBER: _ClassVar[int]
+    CALL_REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    SHOWN_FIELD_NUMBER: _ClassVar[int]
+    RX_FIELD_NUMBER: _ClassVar[int]
+    TX_FIELD_NUMBER: _ClassVar[int]
+    USER_FIELD_NUMBER: _ClassVar[int]
+    device: str
+    model: str
+    kind: str
+    device_mode: str
+    line: int
+    dn: str
+    call_reference: int
+    state: str
+    role: str
+    shown: str
+    rx: str
+    tx: str
+    user: str
+    def __init__(self, device: _Optional[str] = ..., model: _Optional[str] = ..., kind: _Optional[str] = ..., device_mode: _Optional[str] = ..., line: _Optional[int] = ..., dn: _Optional[str] = ..., call_reference: _Optional[int] = ..., state: _Optional[str] = ..., role: _Optional[str] = ..., shown: _Optional[str] = ..., rx: _Optional[str] = ..., tx: _Optional[str] = ..., user: _Optional[str] = ...) -> None: ...
+
+class ActiveCall(_message.Message):
+    __slots__ = ("id", "phase", "calling", "called", "original_called", "legs", "codec", "codec_rule", "status", "rule", "reasons", "resources", "barge", "barge_rule", "created_unix_ms", "connected_unix_ms", "node")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    CALLING_FIELD_NUMBER: _ClassVar[int]
+    CALLED_FIELD_NUMBER: _ClassVar[int]
+    ORIGINAL_CALLED_FIELD_NUMBER: _ClassVar[int]
+    LEGS_FIELD_NUMBER: _ClassVar[int]
+    CODEC_FIELD_NUMBER: _ClassVar[int]
+    CODEC_RULE_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    REASONS_FIELD_NUMBER: _ClassVar[int]
+    RESOURCES_FIELD_NUMBER: _ClassVar[int]
+    BARGE_FIELD_NUMBER: _ClassVar[int]
+    BARGE_RULE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    CONNECTED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    phase: str
+    calling: str
+    called: str
+    original_called: str
+    legs: _containers.RepeatedCompositeFieldContainer[CallLeg]
+    codec: str
+    codec_rule: str
+    status: str
+    rule: str
+    reasons: _containers.RepeatedScalarFieldContainer[str]
+    resources: _containers.RepeatedScalarFieldContainer[str]
+    barge: str
+    barge_rule: str
+    created_unix_ms: int
+    connected_unix_ms: int
+    node: str
+    def __init__(self, id: _Optional[int] = ..., phase: _Optional[str] = ..., calling: _Optional[str] = ..., called: _Optional[str] = ..., original_called: _Optional[str] = ..., legs: _Optional[_Iterable[_Union[CallLeg, _Mapping]]] = ..., codec: _Optional[str] = ..., codec_rule: _Optional[str] = ..., status: _Optional[str] = ..., rule: _Optional[str] = ..., reasons: _Optional[_Iterable[str]] = ..., resources: _Optional[_Iterable[str]] = ..., barge: _Optional[str] = ..., barge_rule: _Optional[str] = ..., created_unix_ms: _Optional[int] = ..., connected_unix_ms: _Optional[int] = ..., node: _Optional[str] = ...) -> None: ...
+
+class CallsReply(_message.Message):
+    __slots__ = ("calls",)
+    CALLS_FIELD_NUMBER: _ClassVar[int]
+    calls: _containers.RepeatedCompositeFieldContainer[ActiveCall]
+    def __init__(self, calls: _Optional[_Iterable[_Union[ActiveCall, _Mapping]]] = ...) -> None: ...
+
+class CallEventMessage(_message.Message):
+    __slots__ = ("kind", "call", "at_unix_ms", "detail")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    CALL_FIELD_NUMBER: _ClassVar[int]
+    AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    call: ActiveCall
+    at_unix_ms: int
+    detail: str
+    def __init__(self, kind: _Optional[str] = ..., call: _Optional[_Union[ActiveCall, _Mapping]] = ..., at_unix_ms: _Optional[int] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class CtiRequest(_message.Message):
+    __slots__ = ("port", "action", "number")
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    NUMBER_FIELD_NUMBER: _ClassVar[int]
+    port: str
+    action: str
+    number: str
+    def __init__(self, port: _Optional[str] = ..., action: _Optional[str] = ..., number: _Optional[str] = ...) -> None: ...
+
+class CtiReply(_message.Message):
+    __slots__ = ("port", "calls")
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    CALLS_FIELD_NUMBER: _ClassVar[int]
+    port: str
+    calls: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, port: _Optional[str] = ..., calls: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -100,6 +100,21 @@ class CallManagerStub:
                 request_serializer=ccmsec__proto_dot_callmanager__pb2.SrstDirectoryRequest.SerializeToString,
                 response_deserializer=ccmsec__proto_dot_callmanager__pb2.SrstDirectory.FromString,
                 _registered_method=True)
+        self.ListCalls = channel.unary_unary(
+                '/ccmsec.v1.CallManager/ListCalls',
+                request_serializer=ccmsec__proto_dot_common__pb2.Empty.SerializeToString,
+                response_deserializer=ccmsec__proto_dot_callmanager__pb2.CallsReply.FromString,
+                _registered_method=True)
+        self.WatchCalls = channel.unary_stream(
+                '/ccmsec.v1.CallManager/WatchCalls',
+                request_serializer=ccmsec__proto_dot_common__pb2.Empty.SerializeToString,
+                response_deserializer=ccmsec__proto_dot_callmanager__pb2.CallEventMessage.FromString,
+                _registered_method=True)
+        self.DriveCtiPort = channel.unary_unary(
+                '/ccmsec.v1.CallManager/DriveCtiPort',
+                request_serializer=ccmsec__proto_dot_callmanager__pb2.CtiRequest.SerializeToString,
+                response_deserializer=ccmsec__proto_dot_callmanager__pb2.CtiReply.FromString,
+                _registered_method=True)
 
 
 class CallManagerServicer:
@@ -184,6 +199,27 @@ class CallManagerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListCalls(self, request, context):
+        """CALL-1: every call and its status
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchCalls(self, request, context):
+        """the current calls, then every change
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DriveCtiPort(self, request, context):
+        """CALL-3: the CTI ports
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CallManagerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -251,6 +287,21 @@ def add_CallManagerServicer_to_server(servicer, server):
                     servicer.GetSrstDirectory,
                     request_deserializer=ccmsec__proto_dot_callmanager__pb2.SrstDirectoryRequest.FromString,
                     response_serializer=ccmsec__proto_dot_callmanager__pb2.SrstDirectory.SerializeToString,
+            ),
+            'ListCalls': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCalls,
+                    request_deserializer=ccmsec__proto_dot_common__pb2.Empty.FromString,
+                    response_serializer=ccmsec__proto_dot_callmanager__pb2.CallsReply.SerializeToString,
+            ),
+            'WatchCalls': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchCalls,
+                    request_deserializer=ccmsec__proto_dot_common__pb2.Empty.FromString,
+                    response_serializer=ccmsec__proto_dot_callmanager__pb2.CallEventMessage.SerializeToString,
+            ),
+            'DriveCtiPort': grpc.unary_unary_rpc_method_handler(
+                    servicer.DriveCtiPort,
+                    request_deserializer=ccmsec__proto_dot_callmanager__pb2.CtiRequest.FromString,
+                    response_serializer=ccmsec__proto_dot_callmanager__pb2.CtiReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -604,6 +655,87 @@ class CallManager:
             '/ccmsec.v1.CallManager/GetSrstDirectory',
             ccmsec__proto_dot_callmanager__pb2.SrstDirectoryRequest.SerializeToString,
             ccmsec__proto_dot_callmanager__pb2.SrstDirectory.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCalls(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ccmsec.v1.CallManager/ListCalls',
+            ccmsec__proto_dot_common__pb2.Empty.SerializeToString,
+            ccmsec__proto_dot_callmanager__pb2.CallsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchCalls(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/ccmsec.v1.CallManager/WatchCalls',
+            ccmsec__proto_dot_common__pb2.Empty.SerializeToString,
+            ccmsec__proto_dot_callmanager__pb2.CallEventMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DriveCtiPort(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ccmsec.v1.CallManager/DriveCtiPort',
+            ccmsec__proto_dot_callmanager__pb2.CtiRequest.SerializeToString,
+            ccmsec__proto_dot_callmanager__pb2.CtiReply.FromString,
             options,
             channel_credentials,
             insecure,

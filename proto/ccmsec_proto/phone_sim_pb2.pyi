@@ -137,3 +137,95 @@ class PhoneSettingsMenu(_message.Message):
     name: str
     entries: _containers.RepeatedCompositeFieldContainer[SettingsEntry]
     def __init__(self, name: _Optional[str] = ..., entries: _Optional[_Iterable[_Union[SettingsEntry, _Mapping]]] = ...) -> None: ...
+
+class PhoneActionRequest(_message.Message):
+    __slots__ = ("name", "action", "number", "call_reference", "line", "wait_seconds")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    NUMBER_FIELD_NUMBER: _ClassVar[int]
+    CALL_REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    LINE_FIELD_NUMBER: _ClassVar[int]
+    WAIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    action: str
+    number: str
+    call_reference: int
+    line: int
+    wait_seconds: float
+    def __init__(self, name: _Optional[str] = ..., action: _Optional[str] = ..., number: _Optional[str] = ..., call_reference: _Optional[int] = ..., line: _Optional[int] = ..., wait_seconds: _Optional[float] = ...) -> None: ...
+
+class PhoneLineState(_message.Message):
+    __slots__ = ("instance", "number", "label")
+    INSTANCE_FIELD_NUMBER: _ClassVar[int]
+    NUMBER_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    instance: int
+    number: str
+    label: str
+    def __init__(self, instance: _Optional[int] = ..., number: _Optional[str] = ..., label: _Optional[str] = ...) -> None: ...
+
+class PhoneCallState(_message.Message):
+    __slots__ = ("reference", "line", "state", "calling", "called", "icon", "softkeys", "prompt", "ringing", "tone")
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    LINE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    CALLING_FIELD_NUMBER: _ClassVar[int]
+    CALLED_FIELD_NUMBER: _ClassVar[int]
+    ICON_FIELD_NUMBER: _ClassVar[int]
+    SOFTKEYS_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    RINGING_FIELD_NUMBER: _ClassVar[int]
+    TONE_FIELD_NUMBER: _ClassVar[int]
+    reference: int
+    line: int
+    state: str
+    calling: str
+    called: str
+    icon: str
+    softkeys: _containers.RepeatedScalarFieldContainer[str]
+    prompt: str
+    ringing: bool
+    tone: str
+    def __init__(self, reference: _Optional[int] = ..., line: _Optional[int] = ..., state: _Optional[str] = ..., calling: _Optional[str] = ..., called: _Optional[str] = ..., icon: _Optional[str] = ..., softkeys: _Optional[_Iterable[str]] = ..., prompt: _Optional[str] = ..., ringing: _Optional[bool] = ..., tone: _Optional[str] = ...) -> None: ...
+
+class PhoneMediaCounters(_message.Message):
+    __slots__ = ("sent", "received", "lost", "refused_authentication", "refused_replay", "malformed", "streams", "srtp_both_ways")
+    SENT_FIELD_NUMBER: _ClassVar[int]
+    RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    LOST_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_AUTHENTICATION_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_REPLAY_FIELD_NUMBER: _ClassVar[int]
+    MALFORMED_FIELD_NUMBER: _ClassVar[int]
+    STREAMS_FIELD_NUMBER: _ClassVar[int]
+    SRTP_BOTH_WAYS_FIELD_NUMBER: _ClassVar[int]
+    sent: int
+    received: int
+    lost: int
+    refused_authentication: int
+    refused_replay: int
+    malformed: int
+    streams: int
+    srtp_both_ways: bool
+    def __init__(self, sent: _Optional[int] = ..., received: _Optional[int] = ..., lost: _Optional[int] = ..., refused_authentication: _Optional[int] = ..., refused_replay: _Optional[int] = ..., malformed: _Optional[int] = ..., streams: _Optional[int] = ..., srtp_both_ways: _Optional[bool] = ...) -> None: ...
+
+class PhoneCallsReply(_message.Message):
+    __slots__ = ("name", "ready", "lines", "calls", "media", "notifications", "registered_with", "transport", "ended")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    READY_FIELD_NUMBER: _ClassVar[int]
+    LINES_FIELD_NUMBER: _ClassVar[int]
+    CALLS_FIELD_NUMBER: _ClassVar[int]
+    MEDIA_FIELD_NUMBER: _ClassVar[int]
+    NOTIFICATIONS_FIELD_NUMBER: _ClassVar[int]
+    REGISTERED_WITH_FIELD_NUMBER: _ClassVar[int]
+    TRANSPORT_FIELD_NUMBER: _ClassVar[int]
+    ENDED_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    ready: bool
+    lines: _containers.RepeatedCompositeFieldContainer[PhoneLineState]
+    calls: _containers.RepeatedCompositeFieldContainer[PhoneCallState]
+    media: PhoneMediaCounters
+    notifications: _containers.RepeatedScalarFieldContainer[str]
+    registered_with: str
+    transport: str
+    ended: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., ready: _Optional[bool] = ..., lines: _Optional[_Iterable[_Union[PhoneLineState, _Mapping]]] = ..., calls: _Optional[_Iterable[_Union[PhoneCallState, _Mapping]]] = ..., media: _Optional[_Union[PhoneMediaCounters, _Mapping]] = ..., notifications: _Optional[_Iterable[str]] = ..., registered_with: _Optional[str] = ..., transport: _Optional[str] = ..., ended: _Optional[_Iterable[str]] = ...) -> None: ...

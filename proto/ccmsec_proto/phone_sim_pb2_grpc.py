@@ -85,6 +85,16 @@ class PhoneSimStub:
                 request_serializer=ccmsec__proto_dot_phone__sim__pb2.SetServersRequest.SerializeToString,
                 response_deserializer=ccmsec__proto_dot_phone__sim__pb2.PhonesReply.FromString,
                 _registered_method=True)
+        self.PhoneAction = channel.unary_unary(
+                '/ccmsec.v1.PhoneSim/PhoneAction',
+                request_serializer=ccmsec__proto_dot_phone__sim__pb2.PhoneActionRequest.SerializeToString,
+                response_deserializer=ccmsec__proto_dot_phone__sim__pb2.PhoneCallsReply.FromString,
+                _registered_method=True)
+        self.GetPhoneCalls = channel.unary_unary(
+                '/ccmsec.v1.PhoneSim/GetPhoneCalls',
+                request_serializer=ccmsec__proto_dot_phone__sim__pb2.PhoneName.SerializeToString,
+                response_deserializer=ccmsec__proto_dot_phone__sim__pb2.PhoneCallsReply.FromString,
+                _registered_method=True)
 
 
 class PhoneSimServicer:
@@ -151,6 +161,20 @@ class PhoneSimServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PhoneAction(self, request, context):
+        """issue 10: a user at the phone
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPhoneCalls(self, request, context):
+        """its display and audio counters
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PhoneSimServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -203,6 +227,16 @@ def add_PhoneSimServicer_to_server(servicer, server):
                     servicer.SetServers,
                     request_deserializer=ccmsec__proto_dot_phone__sim__pb2.SetServersRequest.FromString,
                     response_serializer=ccmsec__proto_dot_phone__sim__pb2.PhonesReply.SerializeToString,
+            ),
+            'PhoneAction': grpc.unary_unary_rpc_method_handler(
+                    servicer.PhoneAction,
+                    request_deserializer=ccmsec__proto_dot_phone__sim__pb2.PhoneActionRequest.FromString,
+                    response_serializer=ccmsec__proto_dot_phone__sim__pb2.PhoneCallsReply.SerializeToString,
+            ),
+            'GetPhoneCalls': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPhoneCalls,
+                    request_deserializer=ccmsec__proto_dot_phone__sim__pb2.PhoneName.FromString,
+                    response_serializer=ccmsec__proto_dot_phone__sim__pb2.PhoneCallsReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -475,6 +509,60 @@ class PhoneSim:
             '/ccmsec.v1.PhoneSim/SetServers',
             ccmsec__proto_dot_phone__sim__pb2.SetServersRequest.SerializeToString,
             ccmsec__proto_dot_phone__sim__pb2.PhonesReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PhoneAction(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ccmsec.v1.PhoneSim/PhoneAction',
+            ccmsec__proto_dot_phone__sim__pb2.PhoneActionRequest.SerializeToString,
+            ccmsec__proto_dot_phone__sim__pb2.PhoneCallsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPhoneCalls(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ccmsec.v1.PhoneSim/GetPhoneCalls',
+            ccmsec__proto_dot_phone__sim__pb2.PhoneName.SerializeToString,
+            ccmsec__proto_dot_phone__sim__pb2.PhoneCallsReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -32,7 +32,9 @@ class AdminMount:
         app = create_admin_app(
             self.service.db, events=BusEvents(self.service.publish), data_dir=s.data_dir,
             capf_channel=lambda: self.service.peer_channel("capf", identity=identity),  # cached
-            reset_tracker=callcontrol.registry if callcontrol is not None else None)
+            reset_tracker=callcontrol.registry if callcontrol is not None else None,
+            call_service=lambda: getattr(getattr(self.service, "callcontrol", None), "calls", None),
+            node=self.service.node)
         # Listening before the service reports SERVING, so `ccmsec device …` works right after `up`.
         self.server = AdminServer(app, s.host, s.admin_port, certfile, keyfile, graceful_timeout=3.0)
         await self.server.start()

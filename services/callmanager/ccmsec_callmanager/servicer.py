@@ -36,6 +36,7 @@ from ccmsec_proto import callmanager_pb2 as pb
 from ccmsec_proto import callmanager_pb2_grpc, events_pb2
 
 from ccmsec.runtime.actions import publish_actions
+from .calls_api import CallsServicerMixin
 from .registry import RegistrationEntry
 
 log = logging.getLogger("ccmsec.callmanager")
@@ -57,7 +58,7 @@ def registration_message(entry: RegistrationEntry | registry_db.Registration, no
         transport_port=entry.transport_port)
 
 
-class CallManagerServicer(StatusServicerMixin, callmanager_pb2_grpc.CallManagerServicer):
+class CallManagerServicer(CallsServicerMixin, StatusServicerMixin, callmanager_pb2_grpc.CallManagerServicer):
     """`self.service` is the CallManagerService (publish, db, node, callcontrol)."""
 
     @property

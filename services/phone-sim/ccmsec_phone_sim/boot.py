@@ -42,6 +42,7 @@ from ccmsec.wire.sccp import CapabilitiesRes, MediaCapability, Register
 from ccmsec.wire.sccp_failover import FailoverSettings, Target, TargetKind, targets_from_config
 from ccmsec.wire.tftp import ERR_FILE_NOT_FOUND
 
+from ccmsec_phone_sim.calls import phone_audio
 from ccmsec_phone_sim.phone import CTL_FILE, BootFailure, Phone, State, firmware_file_name
 from ccmsec_phone_sim.webserver import PhoneWebServer
 
@@ -104,6 +105,8 @@ class PhoneRunner:
         self._task: asyncio.Task | None = None
         self.failover: FailoverPhone | None = None
         self.retry_at = 0.0  # wall time of the next automatic boot after a transient failure
+        # The phone's voice on every call (issue 11): G.711, SRTP when call control gives keys.
+        self.audio = phone_audio(phone.name)
 
     # --- control ----------------------------------------------------------------------------------
     @property
@@ -439,6 +442,7 @@ class PhoneRunner:
             p.name, targets, connect,
             lambda ip: Register(p.name, ip_address=ip, device_type=p.info.device_type),
             bind_host=n.bind_host, capabilities=caps, standby_interval=n.standby_interval,
+            on_media=self.audio.hook,
             register_timeout=n.sccp_timeout, on_change=self._failover_changed,
             settings=FailoverSettings(stable_period=n.failback_stable, probe_interval=n.probe_interval,
                                       retry_base=n.reregister_backoff, retry_max=max(n.reregister_backoff, 5.0),

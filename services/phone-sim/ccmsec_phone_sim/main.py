@@ -28,9 +28,11 @@ from ccmsec.runtime.settings import ServiceSettings
 from ccmsec.runtime.servicer import StatusServicerMixin
 from ccmsec_proto import common_pb2, phone_sim_pb2, phone_sim_pb2_grpc, tftp_signer_pb2_grpc
 
+from ccmsec_phone_sim import calls as phone_calls
 from ccmsec_phone_sim.boot import Network, PhoneRunner
 from ccmsec_phone_sim.fleet import Fleet, FleetError
 from ccmsec_phone_sim.phone import SettingsLocked, State
+from ccmsec.wire.sccp_phone import PhoneActionError
 
 
 def certificate_pb(cert: x509.Certificate | None, role: int) -> common_pb2.Certificate | None:
@@ -143,6 +145,23 @@ class PhoneSimServicer(StatusServicerMixin, phone_sim_pb2_grpc.PhoneSimServicer)
         except FleetError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         return self._reply(runners)
+
+    # --- calls (issue 10): a user at the phone ---------------------------------------------------
+    async def PhoneAction(self, request, context):  # noqa: N802
+        (runner,) = await self._select(phone_sim_pb2.PhoneSelector(names=[request.name]), context)
+        try:
+            return await phone_calls.act(runner, request)
+        except phone_calls.NotRegistered as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        except PhoneActionError as exc:
+            text = str(exc)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT if text.startswith(
+                ("unknown action", "line or call", "digits must", "dial needs", "digits needs"))
+                or "is not a number" in text else grpc.StatusCode.FAILED_PRECONDITION, text)
+
+    async def GetPhoneCalls(self, request, context):  # noqa: N802
+        (runner,) = await self._select(phone_sim_pb2.PhoneSelector(names=[request.name]), context)
+        return phone_calls.calls_reply(runner)
 
 
 class PhoneSimSettings(ServiceSettings):

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from . import audit_api, auth, capf, cluster, devices, lines, registrations, resets, srst
+from . import audit_api, auth, calls, capf, cluster, devices, lines, registrations, resets, srst
 from .audit import record_refusal
 from .errors import MAX_BODY_BYTES, ApiError, BodyLimitMiddleware, describe_validation_errors, error_body
 from .capf import CapfChannelFactory
@@ -34,7 +34,8 @@ def create_admin_app(sessionmaker: async_sessionmaker, *, events: EventPublisher
                      token_ttl: _dt.timedelta = auth.DEFAULT_TOKEN_TTL,
                      max_body: int = MAX_BODY_BYTES,
                      capf_channel: CapfChannelFactory | None = None,
-                     reset_tracker: ResetTracker | None = None) -> FastAPI:
+                     reset_tracker: ResetTracker | None = None,
+                     call_service=None, node: str = "callmanager") -> FastAPI:
     """Build the HTTPS administration API (serve it with https.serve_admin / AdminServer).
 
     `capf_channel` returns the gRPC channel to the CAPF service (the /api/v1/capf endpoints answer
@@ -54,6 +55,8 @@ def create_admin_app(sessionmaker: async_sessionmaker, *, events: EventPublisher
     app.state.throttle = auth.FailureThrottle()
     app.state.capf_channel = capf_channel
     app.state.reset_tracker = reset_tracker
+    app.state.call_service = call_service
+    app.state.node = node
 
     app.add_middleware(BodyLimitMiddleware, limit=max_body)
     app.include_router(auth.router)
@@ -62,6 +65,7 @@ def create_admin_app(sessionmaker: async_sessionmaker, *, events: EventPublisher
     app.include_router(lines.router)
     app.include_router(srst.router)
     app.include_router(registrations.router)
+    app.include_router(calls.router)
     app.include_router(cluster.router)
     app.include_router(capf.router)
     app.include_router(audit_api.router)

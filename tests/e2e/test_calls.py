@@ -1,0 +1,215 @@
+"""Issue 10/11 on the running cluster: phone-sim phones place and take calls through the PhoneSim
+gRPC API and the CLI (`ccmsec phones dial|answer|hold|resume|hangup|calls`), with real G.711 audio
+over UDP; call control lists and streams every call with its status (gRPC ListCalls/WatchCalls,
+`ccmsec calls [watch]`, HTTPS `GET /api/v1/calls`); an application drives a CTI port
+(`ccmsec calls cti`), which makes the call non-secure (CALL-3). Bad cases: unknown phone, unknown
+action, a phone that is not registered, a softkey the display does not offer, an unknown CTI port.
+
+The phones here are configured non-secure, so the test holds in whatever mode other tests left the
+session's cluster; the encrypted and authenticated modes through phone-sim are in the demo
+(tests/e2e/test_demo.py) and, with the wire proof, tests/integration/test_media_secure_calls.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+
+import grpc
+import pytest
+
+from ccmsec.adminclient import AdminClient, discover
+from ccmsec.runtime.grpcio import secure_channel
+from ccmsec.runtime.identity import client_identity
+from ccmsec_proto import callmanager_pb2 as cm_pb
+from ccmsec_proto import callmanager_pb2_grpc, common_pb2, phone_sim_pb2, phone_sim_pb2_grpc
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
+
+A, B, OFF = "SEP00CA11E00001", "SEP00CA11E00002", "SEP00CA11E00003"
+DN = {A: "5101", B: "5102", OFF: "5103"}
+
+
+async def _cli(cluster, *args, timeout=60):
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "ccmsec.cli.main", *args, "--data", str(cluster["data"]),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def _until(fn, what: str, timeout: float = 20.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await fn()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {what} within {timeout} s")
+        await asyncio.sleep(0.2)
+
+
+def test_phone_sim_phones_call_each_other_and_every_interface_shows_the_status(cluster):
+    data, services = cluster["data"], cluster["endpoints"]["services"]
+    sim, cm = services["phone-sim"], services["callmanager"]
+    with AdminClient(discover(data)) as admin:
+        known = {d["name"] for d in admin.list_devices()}
+        for name, model in ((A, "7960"), (B, "7970"), (OFF, "7940")):
+            if name not in known:
+                admin.add_device(name, model, "non-secure")
+                admin.add_line(DN[name], name)
+
+    async def scenario():
+        ident = client_identity(data)
+        async with secure_channel(ident, sim["host"], sim["grpc_port"], "phone-sim") as sim_ch, \
+                secure_channel(ident, cm["host"], cm["grpc_port"], "callmanager") as cm_ch:
+            phones = phone_sim_pb2_grpc.PhoneSimStub(sim_ch)
+            calls = callmanager_pb2_grpc.CallManagerStub(cm_ch)
+            for name, model in ((A, "7960"), (B, "7970"), (OFF, "7940")):
+                await phones.AddPhones(phone_sim_pb2.AddPhonesRequest(count=1, model=model, name_prefix=name),
+                                       timeout=60)
+            await phones.BootPhones(phone_sim_pb2.PhoneSelector(names=[A, B]), timeout=30)
+
+            async def registered():
+                got = (await phones.ListPhones(phone_sim_pb2.PhoneSelector(names=[A, B]), timeout=10)).phones
+                return all(p.state == "registered" for p in got)
+            await _until(registered, "registration of both phones", 90)
+
+            async def display(name):
+                return await phones.GetPhoneCalls(phone_sim_pb2.PhoneName(name=name), timeout=10)
+
+            await _until(lambda: _ready_with_line(display, A), "A's lines", 20)
+            await _until(lambda: _ready_with_line(display, B), "B's lines", 20)
+
+            # --- bad cases: clear refusals, nothing changes -------------------------------------
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await phones.PhoneAction(phone_sim_pb2.PhoneActionRequest(name="SEP00CA11E0FFFF", action="dial",
+                                                                          number="5102"), timeout=10)
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await phones.PhoneAction(phone_sim_pb2.PhoneActionRequest(name=A, action="explode"), timeout=10)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "unknown action" in err.value.details()
+            with pytest.raises(grpc.aio.AioRpcError) as err:   # OFF was never booted
+                await phones.PhoneAction(phone_sim_pb2.PhoneActionRequest(name=OFF, action="dial",
+                                                                          number="5101"), timeout=10)
+            assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert "not registered" in err.value.details()
+            with pytest.raises(grpc.aio.AioRpcError) as err:   # nothing rings: no Answer softkey
+                await phones.PhoneAction(phone_sim_pb2.PhoneActionRequest(name=B, action="answer"), timeout=10)
+            assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert not [c for c in (await calls.ListCalls(common_pb2.Empty(), timeout=10)).calls
+                        if A in {lg.device for lg in c.legs}]
+
+            # --- a watcher sees the whole call (CLI over WatchCalls) ---------------------------
+            watch = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "ccmsec.cli.main", "calls", "watch", "--timeout", "60",
+                "--data", str(data), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            await asyncio.sleep(1.5)   # the watcher's stream is open before the call starts
+
+            # --- A dials B through the CLI, B answers through the CLI --------------------------
+            code, out, err_text = await _cli(cluster, "phones", "dial", A, DN[B])
+            assert code == 0, out + err_text
+            await _until(lambda: _has_call(display, B, "ring-in"), "B ringing")
+            code, out, err_text = await _cli(cluster, "phones", "answer", B)
+            assert code == 0, out + err_text
+            await _until(lambda: _has_call(display, A, "connected"), "A connected")
+            await _until(lambda: _has_call(display, B, "connected"), "B connected")
+
+            # real audio both ways: RTP (non-secure phones get no keys), nothing refused
+            async def talking():
+                a, b = await display(A), await display(B)
+                return a.media.received >= 25 and b.media.received >= 25 and (a, b)
+            a, b = await _until(talking, "audio both ways", 20)
+            for reply in (a, b):
+                assert reply.media.streams >= 1 and not reply.media.srtp_both_ways
+                assert reply.media.refused_authentication == reply.media.refused_replay == 0
+                (call,) = reply.calls
+                assert call.state == "connected" and call.icon == "none"   # CALL-1 as displayed
+
+            # --- call control's view: gRPC, CLI and HTTPS agree --------------------------------
+            (view,) = [c for c in (await calls.ListCalls(common_pb2.Empty(), timeout=10)).calls
+                       if {lg.device for lg in c.legs} == {A, B}]
+            assert view.status == "non-secure" and view.rule.startswith("CALL-1") and view.phase == "connected"
+            assert {lg.shown for lg in view.legs} == {"none"} and view.codec.startswith("g711")
+            code, out, err_text = await _cli(cluster, "calls", "--json")
+            assert code == 0, err_text
+            (row,) = [c for c in json.loads(out) if {lg["device"] for lg in c["legs"]} == {A, B}]
+            assert row["status"] == "non-secure" and str(row["id"]) == str(view.id)
+            with AdminClient(discover(data)) as admin:
+                (api_row,) = admin.calls(device=A)
+            assert api_row["id"] == view.id and api_row["status"] == "non-secure"
+            assert {lg["shown"] for lg in api_row["legs"]} == {"none"}
+
+            # --- hold: B hears music on hold (CALL-3 resource), resume brings it back -----------
+            code, out, err_text = await _cli(cluster, "phones", "hold", A)
+            assert code == 0, out + err_text
+            await _until(lambda: _has_call(display, A, "hold"), "A holding")
+
+            async def moh():
+                got = [c for c in (await calls.ListCalls(common_pb2.Empty())).calls if c.id == view.id]
+                return got and "music on hold" in got[0].resources
+            await _until(moh, "music on hold in the call")
+            code, out, err_text = await _cli(cluster, "phones", "resume", A)
+            assert code == 0, out + err_text
+            await _until(lambda: _has_call(display, A, "connected"), "A resumed")
+            code, out, err_text = await _cli(cluster, "phones", "hangup", B)
+            assert code == 0, out + err_text
+            await _until(lambda: _no_calls(display, A), "A cleared")
+
+            # --- an application's CTI port calls A: never secure (CALL-3) ----------------------
+            code, out, err_text = await _cli(cluster, "calls", "cti", "CTI7000", "dial", DN[A])
+            assert code == 0, out + err_text
+            await _until(lambda: _has_call(display, A, "ring-in"), "A ringing from the CTI port")
+            await phones.PhoneAction(phone_sim_pb2.PhoneActionRequest(name=A, action="answer"), timeout=10)
+            await _until(lambda: _has_call(display, A, "connected"), "A connected to the CTI port")
+
+            async def cti_call():
+                got = [c for c in (await calls.ListCalls(common_pb2.Empty())).calls
+                       if "CTI7000" in {lg.device for lg in c.legs} and c.phase == "connected"]
+                return got
+            (cti_view,) = await _until(cti_call, "the CTI call connected")
+            assert cti_view.status == "non-secure" and cti_view.rule.startswith("CALL-3")
+            code, out, err_text = await _cli(cluster, "calls", "cti", "CTI9999", "hangup")
+            assert code != 0 and "no CTI port" in err_text
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await calls.DriveCtiPort(cm_pb.CtiRequest(port="CTI7000", action="explode"), timeout=10)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            code, out, err_text = await _cli(cluster, "calls", "cti", "CTI7000", "hangup")
+            assert code == 0, out + err_text
+            await _until(lambda: _no_calls(display, A), "A cleared after the CTI hang-up")
+
+            # the watcher saw every call, created to ended, with its status
+            out, err_b = await asyncio.wait_for(_stop(watch), 30)
+            text = out.decode()
+            assert "created" in text and "updated" in text and "ended" in text, text + err_b.decode()
+            assert f"{DN[A]} -> {DN[B]}" in text and "status non-secure" in text
+            assert "CTI7000" in text
+
+            # the phone's own display shows both calls ended; GetPhoneCalls on the phone answers
+            code, out, err_text = await _cli(cluster, "phones", "calls", A)
+            assert code == 0 and "no calls" in out and "audio:" in out, out + err_text
+
+    asyncio.run(scenario())
+
+
+async def _stop(proc):
+    """End the watcher (its --timeout is a safety net) and collect what it printed."""
+    await asyncio.sleep(1.0)
+    proc.terminate()
+    return await proc.communicate()
+
+
+async def _ready_with_line(display, name):
+    reply = await display(name)
+    return reply.ready and reply.lines
+
+
+async def _has_call(display, name, state):
+    reply = await display(name)
+    return any(c.state == state for c in reply.calls)
+
+
+async def _no_calls(display, name):
+    return not (await display(name)).calls
