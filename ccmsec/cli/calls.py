@@ -12,7 +12,7 @@ import argparse
 import sys
 import time
 
-from ccmsec.cli.common import CliError, add_data_option
+from ccmsec.cli.common import CliError, add_data_option, add_json_option, json_output, proto_json
 from ccmsec.cli.device import _grpc_call, _print_json, format_table
 
 CTI_ACTIONS = ("dial", "answer", "hangup")
@@ -21,12 +21,12 @@ CTI_ACTIONS = ("dial", "answer", "hangup")
 def register(subparsers) -> None:
     parser = subparsers.add_parser("calls", help="calls in progress and their security status (CALL-1)")
     add_data_option(parser)
-    parser.add_argument("--json", action="store_true")
+    add_json_option(parser)
     parser.set_defaults(func=_list)
     sub = parser.add_subparsers(dest="calls_command", metavar="ACTION")
     lst = sub.add_parser("list", help="calls in progress (the default)")
     add_data_option(lst)
-    lst.add_argument("--json", action="store_true")
+    add_json_option(lst)
     lst.set_defaults(func=_list)
     watch = sub.add_parser("watch", help="the calls now, then every change as it happens")
     add_data_option(watch)
@@ -57,13 +57,11 @@ COLUMNS = [("ID", "id"), ("CALLING", "calling"), ("CALLED", "called"), ("PHASE",
 
 
 def _list(args: argparse.Namespace) -> int:
-    from google.protobuf.json_format import MessageToDict
-
     from ccmsec_proto import common_pb2
 
     reply = _grpc_call(args, lambda stub: stub.ListCalls(common_pb2.Empty(), timeout=10))
-    if args.json:
-        _print_json([MessageToDict(c, preserving_proto_field_name=True) for c in reply.calls])
+    if json_output(args):
+        _print_json([proto_json(c) for c in reply.calls])
     elif reply.calls:
         print(format_table([call_row(c) for c in reply.calls], COLUMNS))
     else:

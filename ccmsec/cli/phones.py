@@ -110,7 +110,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                              "and its audio counters")
     add_data_option(calls)
     calls.add_argument("name", metavar="NAME")
-    calls.add_argument("--json", action="store_true")
+    add_json_option(calls)
     calls.set_defaults(func=cmd_calls)
 
 
@@ -438,15 +438,11 @@ def cmd_call_action(args: argparse.Namespace) -> int:
 
 
 def cmd_calls(args: argparse.Namespace) -> int:
-    from google.protobuf.json_format import MessageToDict
-
     from ccmsec_proto import phone_sim_pb2
 
     reply = _call(args, "GetPhoneCalls", phone_sim_pb2.PhoneName(name=args.name))
-    if args.json:
-        import json
-
-        print(json.dumps(MessageToDict(reply, preserving_proto_field_name=True), indent=2, sort_keys=True))
+    if json_output(args):
+        print_json(proto_json(reply))
     else:
         _print_calls(reply)
     return 0
