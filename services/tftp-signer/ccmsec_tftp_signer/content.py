@@ -147,9 +147,19 @@ class DeviceSource:
     config: DeviceConfig
 
 
-async def device_configs(session: AsyncSession, endpoints: ClusterEndpoints,
-                         names: list[str] | None = None) -> list[DeviceSource]:
-    """The configs of `names` (all devices when None), read in one session (one snapshot)."""
+@dataclass(frozen=True, eq=True)
+class DeviceInputs:
+    """Everything one SEP<MAC>.cnf.xml is built from (with the endpoints, fixed for the process):
+    equal inputs build byte-identical files. Compared by value (dicts compare deeply)."""
+
+    name: str
+    device: dict
+    capf: dict | None
+    pool: dict | None
+
+
+async def read_inputs(session: AsyncSession, names: list[str] | None = None) -> list[DeviceInputs]:
+    """The inputs of `names` (all SEP devices when None), read in one session (one snapshot)."""
     stmt = select(*_DEVICE_COLUMNS).order_by(Device.name)
     if names is not None:
         stmt = stmt.where(Device.name.in_(names))
@@ -158,13 +168,16 @@ async def device_configs(session: AsyncSession, endpoints: ClusterEndpoints,
         return []
     capf = await _pending_capf(session, names)
     pools = await _pools(session, {d["device_pool"] for d in devices if d["device_pool"]})
-    out = []
-    for d in devices:
-        if not d["name"].startswith("SEP"):
-            continue  # only SEP<MAC> devices download a SEP<MAC>.cnf.xml
-        config = build_device_config(d, capf.get(d["name"]), pools.get(d["device_pool"] or ""), endpoints)
-        out.append(DeviceSource(d["name"], d["config_version"], config))
-    return out
+    return [DeviceInputs(d["name"], d, capf.get(d["name"]), pools.get(d["device_pool"] or ""))
+            for d in devices if d["name"].startswith("SEP")]  # only SEP<MAC> devices fetch a cnf.xml
+
+
+async def device_configs(session: AsyncSession, endpoints: ClusterEndpoints,
+                         names: list[str] | None = None) -> list[DeviceSource]:
+    """The configs of `names` (all devices when None), read in one session (one snapshot)."""
+    return [DeviceSource(i.name, i.device["config_version"],
+                         build_device_config(i.device, i.capf, i.pool, endpoints))
+            for i in await read_inputs(session, names)]
 
 
 async def security_mode(session: AsyncSession) -> ClusterMode:

@@ -8,13 +8,16 @@ Decisions, in order:
 3. `NAME.sgn`: in non-secure mode nothing is signed, so it is "file not found" (AUTH-3); in mixed
    mode it is NAME signed with the TFTP certificate — device configs and static files alike. Trust
    lists (`CTLFile.tlv`) are signed by a token already and have no `.sgn`.
-4. `SEP<MAC>.cnf.xml` is generated from the database at the moment of the request; a signed copy is
-   reused only if its payload is byte-identical (SignedStore), so nothing stale is ever served once a
-   change is committed.
+4. `SEP<MAC>.cnf.xml` is built when its inputs change, not when it is requested (devicefiles.py):
+   a request is one version check (has anything been committed since?) and a memory look-up; a
+   commit makes the next request re-read and compare the inputs first, so nothing stale is ever
+   served. A signed copy is reused only if its payload is byte-identical (SignedStore). Change
+   events and a poll build and sign what changed ahead of the phones (`catch_up`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import os
@@ -32,7 +35,8 @@ from ccmsec.formats.cnfxml import DefaultConfig
 from ccmsec.formats.ctl import MAX_CTL_SIZE, CtlFormatError, parse_ctl
 from ccmsec.fsutil import atomic_write
 from ccmsec.wire.tftp import ERR_ACCESS_VIOLATION, TftpError
-from ccmsec_tftp_signer.content import ClusterEndpoints, DeviceSource, device_configs, security_mode
+from ccmsec_tftp_signer.content import ClusterEndpoints
+from ccmsec_tftp_signer.devicefiles import ChangeDetector, DeviceFiles
 from ccmsec_tftp_signer.layout import RESERVED, BadName, ClusterPath, Layout
 from ccmsec_tftp_signer.signing import SGN, SignedStore
 
@@ -79,7 +83,7 @@ class ListedFile:
 
 class TftpContent:
     def __init__(self, root: Path, layout: Layout, db: async_sessionmaker, endpoints: ClusterEndpoints,
-                 store: SignedStore, signer):
+                 store: SignedStore, signer, detector: ChangeDetector | None = None):
         self.root = Path(root)
         self.layout = layout
         self.db = db
@@ -87,6 +91,11 @@ class TftpContent:
         self.store = store
         self.signer = signer
         self._firmware: dict[str, bytes] = {}
+        if detector is None and db is not None:
+            detector = ChangeDetector(db.kw["bind"])  # the engine the sessions use
+        self.devices = DeviceFiles(db, endpoints, detector)
+        self._signing = asyncio.Lock()  # one re-sign at a time: the second finds nothing stale
+        self.caught_up = 0
         self.served: Counter[str] = Counter()
         self.not_found = 0
         self.refused = 0
@@ -122,16 +131,17 @@ class TftpContent:
             return None, kind  # '<load>.sbn.sgn': images are never signed twice
         if signed and kind == KIND_TRUST_LIST:
             return None, kind
-        async with self.db() as session:
-            # AUTH-3: a non-secure cluster signs nothing; read per request, so a committed mode
-            # change applies to the very next download.
-            if signed and await security_mode(session) is not ClusterMode.MIXED:
-                return None, kind
-            if kind == KIND_DEVICE_CONFIG:
-                sources = await device_configs(session, self.endpoints, [base[:15]])
-                payload = sources[0].config.to_xml() if sources else None
-            else:
-                payload = self._read(folder, base)
+        if signed or kind == KIND_DEVICE_CONFIG:
+            # One version check; a re-read only when something was committed since (devicefiles).
+            await self.devices.current()
+        # AUTH-3: a non-secure cluster signs nothing; the mode is as fresh as the version check,
+        # so a committed mode change applies to the very next download.
+        if signed and self.devices.mode is not ClusterMode.MIXED:
+            return None, kind
+        if kind == KIND_DEVICE_CONFIG:
+            payload = self.devices.xml(base[:15])
+        else:
+            payload = self._read(folder, base)
         if payload is None or not signed:
             return payload, kind
         return await self.store.get(folder, base, payload), kind
@@ -159,22 +169,53 @@ class TftpContent:
         return image
 
     # --- re-signing -------------------------------------------------------------------------------
-    async def mode(self) -> str:
-        async with self.db() as session:
-            return await security_mode(session)
+    async def mode(self) -> ClusterMode:
+        await self.devices.current()
+        return self.devices.mode
+
+    async def _build(self, names: list[str]) -> list[tuple[str, bytes]]:
+        """(filename, xml) of each device still configured, built now if its inputs changed."""
+        items = []
+        folder = self.layout.own.tftp_path
+        for i, name in enumerate(names):
+            xml = self.devices.xml(name)
+            if xml is None:
+                self.store.forget(folder, f"{name}.cnf.xml")  # a deleted device
+            else:
+                items.append((f"{name}.cnf.xml", xml))
+            if i % 200 == 199:
+                await asyncio.sleep(0)  # building 10,000 files must not stall running transfers
+        return items
 
     async def resign_devices(self, names: list[str] | None, *, force: bool = False) -> int:
-        """Sign the configs of `names` (all when None) now, in the process pool. Non-secure: 0."""
-        async with self.db() as session:
-            if await security_mode(session) is not ClusterMode.MIXED:
-                return 0
-            sources: list[DeviceSource] = await device_configs(session, self.endpoints, names)
-        folder = self.layout.own.tftp_path
-        if names is not None:
-            for gone in set(names) - {s.name for s in sources}:
-                self.store.forget(folder, f"{gone}.cnf.xml")
-        items = [(s.config.filename, s.config.to_xml()) for s in sources]
-        return await self.store.refresh(folder, items, force=force)
+        """Sign the configs of `names` (all when None) now if stale (all of them when `force`), in
+        the process pool. Non-secure: 0."""
+        await self.devices.current()
+        if self.devices.mode is not ClusterMode.MIXED:
+            return 0
+        items = await self._build(sorted(self.devices.inputs) if names is None else names)
+        async with self._signing:
+            return await self.store.refresh(self.layout.own.tftp_path, items, force=force)
+
+    async def catch_up(self) -> int:
+        """Build (and in mixed mode sign) what changed since the last call, version check first:
+        what events and the poll run, so the phones' requests find their files ready. Returns
+        how many files were signed."""
+        await self.devices.current()
+        names, mode_changed = self.devices.take_dirty()
+        if not names and not mode_changed:
+            return 0
+        self.caught_up += 1
+        if mode_changed:
+            names = sorted(self.devices.inputs)
+        items = await self._build(names)
+        if self.devices.mode is not ClusterMode.MIXED:
+            return 0
+        async with self._signing:
+            count = await self.store.refresh(self.layout.own.tftp_path, items)
+        if mode_changed:
+            count += await self.resign_static()
+        return count
 
     async def resign_static(self, *, force: bool = False) -> int:
         if await self.mode() is not ClusterMode.MIXED:
@@ -184,7 +225,8 @@ class TftpContent:
             data = self._read(self.layout.own.tftp_path, entry.name)
             if data is not None and entry.kind in (KIND_STATIC, KIND_DEFAULT_CONFIG):
                 items.append((entry.name, data))
-        return await self.store.refresh(self.layout.own.tftp_path, items, force=force)
+        async with self._signing:
+            return await self.store.refresh(self.layout.own.tftp_path, items, force=force)
 
     # --- listing and publishing ---------------------------------------------------------------------
     def list_static(self, folder: str | None = None) -> list[ListedFile]:
@@ -217,10 +259,9 @@ class TftpContent:
             for image in firmware.image_filenames(load):
                 files.append(ListedFile(image, len(self.firmware_image(load, image)), True, KIND_FIRMWARE))
         if include_devices:
-            async with self.db() as session:
-                for s in await device_configs(session, self.endpoints):
-                    files.append(ListedFile(s.config.filename, len(s.config.to_xml()), mode is ClusterMode.MIXED,
-                                            KIND_DEVICE_CONFIG))
+            for name in sorted(self.devices.inputs):
+                files.append(ListedFile(f"{name}.cnf.xml", len(self.devices.xml(name)), mode is ClusterMode.MIXED,
+                                        KIND_DEVICE_CONFIG))
         return mode, sorted(files, key=lambda f: f.name)
 
     def publish(self, cluster_path: str, name: str, content: bytes, sha256: str) -> tuple[Path, str]:

@@ -3,9 +3,10 @@
 At start: the self-signed TFTP certificate (CERT-5, `DATA/servers/tftp-signer/ccmserver.cer`, never
 re-issued; it is the TFTP entry of the CTL and signs every `.sgn`), the static files of the
 cluster folder `DATA/tftp/<tftp_path>/`, the shared-TFTP layout (MODE-6) and the TFTP listener on
-`host:tftp_port`. Events: `config.changed` re-signs the devices named (or all), `mode.changed` and
-`ctl.updated` re-sign everything that is stale. Requests never depend on an event having arrived:
-each download reads the committed state (see files.py).
+`host:tftp_port`. Device configurations are built and signed when they change (devicefiles.py):
+`config.changed`, `mode.changed` and `ctl.updated` and a poll every POLL_SECONDS run the version
+check and build and sign what changed; requests never depend on an event having arrived: each
+download checks the database's version first and re-reads the inputs when anything was committed.
 """
 
 from __future__ import annotations
@@ -27,11 +28,13 @@ from ccmsec.runtime.servicer import StatusServicerMixin, abort
 from ccmsec.runtime.settings import resolve_host, SettingsError
 from ccmsec_proto import common_pb2, events_pb2, tftp_signer_pb2, tftp_signer_pb2_grpc
 from ccmsec_tftp_signer.content import ClusterEndpoints, write_static_files
+from ccmsec_tftp_signer.devicefiles import ChangeDetector
 from ccmsec_tftp_signer.files import PublishError, TftpContent
 from ccmsec_tftp_signer.layout import ClusterPath, Layout, Mode6Error
 from ccmsec_tftp_signer.signing import SignedStore, SigningPool
 
 SHARED_CLUSTERS_FILE = "shared-clusters.json"
+POLL_SECONDS = 1.0  # a lost event delays building ahead by at most this; requests never wait on it
 OWN_CLUSTER = "local"
 
 
@@ -127,6 +130,7 @@ class TftpSignerService(Service):
         self.server: TftpServer | None = None
         self.pool: SigningPool | None = None
         self.content: TftpContent | None = None
+        self.detector: ChangeDetector | None = None
         self.certificate = None
         self.mode6_problem = ""
         self._layout_lock = asyncio.Lock()
@@ -199,7 +203,8 @@ class TftpSignerService(Service):
         endpoints = self.endpoints()
         store = SignedStore(self.pool, root, caching=s.tftp_caching)
         own = ClusterPath(OWN_CLUSTER, s.tftp_path)
-        self.content = TftpContent(root, Layout(own), self.db, endpoints, store, signer)
+        self.detector = ChangeDetector(self.engine)
+        self.content = TftpContent(root, Layout(own), self.db, endpoints, store, signer, self.detector)
         mode = await self.content.mode()
         self.content.layout = self._layout_for(mode)
         written = write_static_files(root / s.tftp_path, endpoints)
@@ -214,12 +219,15 @@ class TftpSignerService(Service):
         await self.subscribe("ccmsec.ctl.>", "ctl-updated", self.on_ctl_updated)
         if mode is ClusterMode.MIXED:
             self.spawn(self._resign_all("start in mixed mode"))
+        self.spawn(self._poll())
 
     async def teardown(self) -> None:
         if self.server is not None:
             await self.server.close()
         if self.pool is not None:
             self.pool.close()
+        if self.detector is not None:
+            self.detector.close()
 
     # --- events ---------------------------------------------------------------------------------
     async def on_config_changed(self, event: events_pb2.Event) -> None:
@@ -227,9 +235,26 @@ class TftpSignerService(Service):
             return
         body = event.config_changed
         names = None if body.all or not body.devices else list(body.devices)
-        count = await self.content.resign_devices(names)
+        # The version check finds what changed (the names are a hint; whatever else changed is
+        # built too); the devices named are then signed if still stale.
+        count = await self.content.catch_up()
+        count += await self.content.resign_devices(names)
         self.log.info("re-signed after config change",
                       extra={"event_id": event.id, "devices": len(names) if names else "all", "signed": count})
+
+    async def _poll(self) -> None:
+        """Build ahead even when an event was lost: the version check every POLL_SECONDS."""
+        while True:
+            await asyncio.sleep(POLL_SECONDS)
+            try:
+                count = await self.content.catch_up()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the database away for a moment: requests re-check anyway
+                self.log.warning("device files not caught up: %s", exc)
+                continue
+            if count:
+                self.log.info("built and signed changed device files", extra={"signed": count})
 
     async def on_mode_changed(self, event: events_pb2.Event) -> None:
         if event.kind != "mode.changed":
@@ -272,6 +297,7 @@ class TftpSignerService(Service):
         }
         details.update({f"served_{k}": str(v) for k, v in c.served.items()})
         details.update(c.store.stats())
+        details.update(c.devices.stats())
         if self.mode6_problem:
             details["mode6_problem"] = self.mode6_problem
         return details

@@ -1,0 +1,168 @@
+"""Device configurations built when they change, not when they are requested.
+
+`DeviceFiles` keeps, in memory, what every `SEP<MAC>.cnf.xml` is built from (the device row, its
+pending CAPF operation, its pool with the pool's SRST reference) and the cluster's security mode,
+plus the XML built from those inputs. A TFTP read request is then a dictionary look-up, after one
+version check:
+
+- **Version check** (`ChangeDetector`): before answering, the server asks the database whether
+  anything was committed since its copy was validated. On SQLite that is `PRAGMA data_version` on a
+  private read-only connection (a few microseconds, no query, no thread hand-off): it changes
+  whenever any other connection commits. On PostgreSQL it is the WAL insert position
+  (`pg_current_wal_lsn()`), which every commit advances. Unchanged: the copy is exact, serve it.
+  Changed: re-read the inputs in one read transaction (one snapshot), compare them by value with
+  what each file was built from, and drop the files whose inputs differ before answering. So a
+  committed change is visible to the very next request, whether or not an event arrived, and a
+  file built from older inputs is never served.
+- **Change events** (`config.changed`, `mode.changed`, `ctl.updated`) and a once-a-second poll
+  run the same check and then build and sign what changed ahead of the phones (`catch_up` in
+  files.py), so the phone's request finds the signed file ready. A lost event costs only time: the
+  next poll or request sees the change through the version check.
+
+Inputs are compared by value, not by `config_version`: a writer that changes a row without bumping
+its version is still seen. Only the validated token is trusted, never elapsed time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import time
+from dataclasses import dataclass
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+
+from ccmsec.domain import ClusterMode
+from ccmsec_tftp_signer.content import ClusterEndpoints, DeviceInputs, build_device_config, read_inputs, security_mode
+
+log = logging.getLogger("ccmsec.tftp-signer")
+
+
+class ChangeDetector:
+    """`token()` changes whenever anything was committed to the database since the last call could
+    have seen it; equal tokens mean nothing was committed in between."""
+
+    def __init__(self, engine: AsyncEngine):
+        self.engine = engine
+        self._sqlite: sqlite3.Connection | None = None
+        self.kind = engine.dialect.name
+        db = engine.url.database
+        if self.kind == "sqlite" and db and db != ":memory:":
+            # Autocommit, read-only use: this connection never writes, so every change of
+            # data_version is another connection's commit (any process, WAL or not).
+            self._sqlite = sqlite3.connect(db, timeout=30, isolation_level=None, check_same_thread=False)
+            self._sqlite.execute("PRAGMA busy_timeout=30000")
+        self.checks = 0
+
+    async def token(self) -> object:
+        self.checks += 1
+        if self._sqlite is not None:
+            return self._sqlite.execute("PRAGMA data_version").fetchone()[0]
+        if self.kind == "postgresql":
+            async with self.engine.connect() as conn:
+                return await conn.scalar(text("SELECT pg_current_wal_lsn()"))
+        return object()  # unknown database: never equal, so every request re-validates
+
+    def close(self) -> None:
+        if self._sqlite is not None:
+            self._sqlite.close()
+            self._sqlite = None
+
+
+@dataclass
+class Built:
+    inputs: DeviceInputs
+    xml: bytes
+
+
+class DeviceFiles:
+    def __init__(self, db: async_sessionmaker, endpoints: ClusterEndpoints, detector: ChangeDetector):
+        self.db = db
+        self.endpoints = endpoints
+        self.detector = detector
+        self.mode: ClusterMode = ClusterMode.NON_SECURE
+        self.inputs: dict[str, DeviceInputs] = {}
+        self.built: dict[str, Built] = {}
+        self.dirty: set[str] = set()       # changed since the last catch_up took them
+        self.mode_changed = False
+        self._validated: object = None
+        self._check: asyncio.Future | None = None
+        self._check_token: object = None
+        self.revalidations = 0
+        self.revalidation_seconds = 0.0
+        self.builds = 0
+
+    # --- freshness ----------------------------------------------------------------------------
+    async def current(self) -> None:
+        """Return once the copy reflects every commit made before this call."""
+        while True:
+            token = await self.detector.token()
+            if token == self._validated and self._validated is not None:
+                return
+            running, running_token = self._check, self._check_token
+            if running is None or running.done():
+                running = self._check = asyncio.ensure_future(self._revalidate(token))
+                running_token = self._check_token = token
+            # Wait for it either way; a failed re-read fails this request too (never stale).
+            await asyncio.shield(running)
+            if running_token == token:
+                return
+            # It started before our token was read: its snapshot may predate a commit we must see.
+
+    async def _revalidate(self, token: object) -> None:
+        started = time.perf_counter()
+        async with self.db() as session:  # one read transaction: one snapshot of every input
+            mode = await security_mode(session)
+            rows = await read_inputs(session)
+        old = self.inputs
+        fresh: dict[str, DeviceInputs] = {}
+        changed = []
+        for item in rows:
+            before = old.get(item.name)
+            if before is not None and before == item:
+                fresh[item.name] = before  # identity kept: `Built.inputs is inputs` means current
+            else:
+                fresh[item.name] = item
+                changed.append(item.name)
+        for name in old.keys() - fresh.keys():
+            self.built.pop(name, None)
+            changed.append(name)
+        for name in changed:
+            self.built.pop(name, None)
+        self.inputs = fresh
+        if mode is not self.mode:
+            self.mode_changed = True
+        self.mode = mode
+        self.dirty.update(changed)
+        self._validated = token
+        self.revalidations += 1
+        self.revalidation_seconds += time.perf_counter() - started
+
+    # --- files --------------------------------------------------------------------------------
+    def xml(self, name: str) -> bytes | None:
+        """The current SEP<MAC>.cnf.xml of device `name` (call `current()` first), or None."""
+        inputs = self.inputs.get(name)
+        if inputs is None:
+            return None
+        built = self.built.get(name)
+        if built is not None and built.inputs is inputs:
+            return built.xml
+        config = build_device_config(inputs.device, inputs.capf, inputs.pool, self.endpoints)
+        xml = config.to_xml()
+        self.built[name] = Built(inputs, xml)
+        self.builds += 1
+        return xml
+
+    def take_dirty(self) -> tuple[list[str], bool]:
+        names, mode = sorted(self.dirty), self.mode_changed
+        self.dirty = set()
+        self.mode_changed = False
+        return names, mode
+
+    def stats(self) -> dict[str, str]:
+        return {"devices": str(len(self.inputs)), "device_files_built": str(len(self.built)),
+                "device_builds": str(self.builds), "revalidations": str(self.revalidations),
+                "revalidation_seconds": f"{self.revalidation_seconds:.3f}",
+                "version_checks": str(self.detector.checks)}

@@ -1,0 +1,168 @@
+"""Device configurations are built when they change and served from memory, and nothing stale is
+ever served (AUTH-3, AUTH-4, AUTH-4): the tftp-signer service in process with real NATS, the migrated
+SQLite publisher database and a real UDP TFTP listener.
+
+The cache is kept exact by change events, a poll, and a version check on every request
+(`PRAGMA data_version`): these tests lose the event on purpose (nothing is published) and stop the
+poll, so only the version check stands between a commit and a stale file."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+
+import pytest
+from sqlalchemy import event as sa_event
+from sqlalchemy import update
+
+from ccmsec.db.capf import schedule_operation
+from ccmsec.db.devices import Device
+from ccmsec.db.lines import DevicePool
+from ccmsec.formats.cnfxml import parse_cnf_xml
+from ccmsec.formats.sgn import parse_sgn, verify_sgn
+from ccmsec.wire.tftp import ERR_FILE_NOT_FOUND, TftpError
+from ccmsec_tftp_signer import main as tftp_main
+from tests.integration.test_tftp_signer_service import DEVICE, running_service
+
+pytestmark = pytest.mark.timeout(90)
+
+SGN = f"{DEVICE}.cnf.xml.sgn"
+
+
+@pytest.fixture
+def no_poll(monkeypatch):
+    """The poll that builds ahead when an event is lost: stopped, so only the version check is left."""
+    monkeypatch.setattr(tftp_main, "POLL_SECONDS", 3600.0)
+
+
+class Statements:
+    """Counts SQL statements the service runs (its own engine, every connection)."""
+
+    def __init__(self, engine):
+        self.count = 0
+        self.engine = engine.sync_engine
+        sa_event.listen(self.engine, "before_cursor_execute", self._on)
+
+    def _on(self, *args):
+        self.count += 1
+
+    def close(self):
+        sa_event.remove(self.engine, "before_cursor_execute", self._on)
+
+
+def _database_file(svc) -> str:
+    return svc.engine.url.database
+
+
+def _foreign_write(svc, sql: str, *params) -> None:
+    """A commit by another connection that bumps no version column and sends no event, as another
+    process writing the publisher database would."""
+    conn = sqlite3.connect(_database_file(svc), timeout=30, isolation_level=None)
+    try:
+        conn.execute(sql, params)
+    finally:
+        conn.close()
+
+
+async def _wait(predicate, timeout=15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+async def test_auth4_rrq_is_a_memory_lookup_and_a_commit_is_seen_by_the_next_request(tmp_path, nats_server,
+                                                                                       no_poll):
+    """AUTH-4: with nothing committed, a device config request runs no SQL (one version check, a
+    memory look-up); a commit by another connection with no event and no version bump is seen by
+    the very next request, signed, never the old file."""
+    async with running_service(tmp_path, nats_server) as r:
+        await r.add_device(mode="authenticated")
+        await r.set_mode("mixed")
+        first = await r.get(SGN)
+        statements = Statements(r.svc.engine)
+        try:
+            checks = r.svc.detector.checks
+            for _ in range(20):
+                assert await r.get(SGN) == first
+                assert await r.get(f"{DEVICE}.cnf.xml") == parse_sgn(first).payload
+            assert statements.count == 0, "a request with nothing committed ran SQL"
+            assert r.svc.detector.checks >= checks + 40  # one version check per request
+            # Bad case: the row changes under us, version column untouched, no event.
+            _foreign_write(r.svc, "UPDATE devices SET web_access = 0 WHERE name = ?", DEVICE)
+            fresh = parse_sgn(await r.get(SGN))
+            assert statements.count > 0  # the commit made that request re-read the inputs
+        finally:
+            statements.close()
+        verify_sgn(fresh, r.cert)
+        assert parse_cnf_xml(fresh.payload).hardening.web_access is False
+        assert parse_cnf_xml(parse_sgn(first).payload).hardening.web_access is True
+
+
+async def test_auth4_lost_event_the_version_check_never_serves_the_stale_entry(tmp_path, nats_server, no_poll):
+    """AUTH-4: the signed file is in memory; a change is committed and its event is lost (never
+    published) and the poll is stopped, so the stale entry is still held: the next request still
+    gets the new file (pool, CAPF operation, device mode, deletion, cluster mode alike)."""
+    async with running_service(tmp_path, nats_server) as r:
+        await r.add_device(mode="authenticated")
+        await r.set_mode("mixed")
+        old = await r.get(SGN)
+        store = r.svc.content.store
+        assert store._memory[("cluster1", f"{DEVICE}.cnf.xml")][1] == old  # held in memory
+
+        async with r.svc.db() as s, s.begin():
+            s.add(DevicePool(name="branch", cm_group="127.0.0.41,127.0.0.42", srst=""))
+        async with r.svc.db() as s, s.begin():
+            await s.execute(update(Device).where(Device.name == DEVICE).values(device_pool="branch"))
+        assert store._memory[("cluster1", f"{DEVICE}.cnf.xml")][1] == old  # stale entry still held
+        config = parse_cnf_xml(parse_sgn(await r.get(SGN)).payload)
+        assert [m.host for m in config.call_managers] == ["127.0.0.41", "127.0.0.42"]
+
+        _foreign_write(r.svc, "UPDATE device_pools SET cm_group = ? WHERE name = 'branch'", "127.0.0.43")
+        config = parse_cnf_xml(parse_sgn(await r.get(SGN)).payload)
+        assert [m.host for m in config.call_managers] == ["127.0.0.43"]
+
+        await schedule_operation(r.svc.db, DEVICE, "install", auth_mode="null", key_type="ec256")
+        config = parse_cnf_xml(parse_sgn(await r.get(SGN)).payload)
+        assert config.capf.operation == "install"
+
+        await r.update_device(security_mode="encrypted")
+        assert parse_cnf_xml(parse_sgn(await r.get(SGN)).payload).security_mode == "encrypted"
+
+        await r.set_mode("non-secure")  # AUTH-3: nothing signed from the next request on
+        with pytest.raises(TftpError) as info:
+            await r.get(SGN)
+        assert info.value.code == ERR_FILE_NOT_FOUND
+        await r.set_mode("mixed")
+        assert parse_sgn(await r.get(SGN)).header.file_name == SGN
+
+        _foreign_write(r.svc, "DELETE FROM capf_operations WHERE device_name = ?", DEVICE)
+        _foreign_write(r.svc, "DELETE FROM devices WHERE name = ?", DEVICE)
+        for name in (SGN, f"{DEVICE}.cnf.xml"):
+            with pytest.raises(TftpError) as info:
+                await r.get(name)
+            assert info.value.code == ERR_FILE_NOT_FOUND, name
+
+
+async def test_auth4_changes_are_built_and_signed_before_any_request(tmp_path, nats_server, monkeypatch):
+    """Built when they change, not when requested: with the event lost, the poll's version check
+    finds the commit and signs the new file before any phone asks; the request is then a cache hit."""
+    monkeypatch.setattr(tftp_main, "POLL_SECONDS", 0.2)
+    async with running_service(tmp_path, nats_server) as r:
+        names = [f"SEP00112233C{i:03X}" for i in range(40)]
+        for name in names:
+            await r.add_device(name=name, mode="authenticated")
+        await r.set_mode("mixed")
+        store = r.svc.content.store
+        assert await _wait(lambda: store.signed >= len(names)), "mode change not signed ahead"
+        signed = store.signed
+        _foreign_write(r.svc, "UPDATE devices SET pc_port = 0 WHERE name = ?", names[7])
+        assert await _wait(lambda: store.signed == signed + 1), "the change was not signed ahead"
+        hits = store.hits
+        fresh = parse_sgn(await r.get(f"{names[7]}.cnf.xml.sgn"))
+        assert (store.hits, store.signed) == (hits + 1, signed + 1)
+        assert parse_cnf_xml(fresh.payload).hardening.pc_port is False
+        verify_sgn(fresh, r.cert)
