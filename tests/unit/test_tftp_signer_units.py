@@ -3,6 +3,8 @@ signed-file store (AUTH-3/AUTH-4) and the config builder (DEV-4)."""
 
 from __future__ import annotations
 
+import asyncio
+
 import time
 
 import pytest
@@ -161,6 +163,16 @@ async def test_bulk_refresh_uses_the_process_pool(tftp_cert, signer, tmp_path):
         assert pool._pool is not None and time.perf_counter() - t0 < 30
         assert await store.refresh("c", items) == 0  # nothing stale
         verify_sgn(parse_sgn(await store.get("c", items[7][0], items[7][1])), tftp_cert.cert)
+        # A phone asking for a file the pool is signing right now waits for it (not signed twice),
+        # and a second refresh at the same moment leaves the claimed files to the first.
+        changed = [(name, payload + b" v2") for name, payload in items]
+        first = asyncio.ensure_future(store.refresh("c", changed))
+        await asyncio.sleep(0)
+        second = asyncio.ensure_future(store.refresh("c", changed))
+        asked = await store.get("c", changed[33][0], changed[33][1])
+        assert parse_sgn(asked).payload == changed[33][1]
+        assert (await first, await second) == (45, 0)
+        assert store.signed == 45 * 2 and store.misses == 0
     finally:
         pool.close()
 

@@ -45,6 +45,9 @@ log = logging.getLogger("ccmsec.tftp-signer")
 TRUST_LISTS = ("CTLFile.tlv", "ITLFile.tlv")
 DEVICE_CONFIG = re.compile(r"(SEP[0-9A-F]{12})\.cnf\.xml")
 MAX_STATIC_FILE = 16 * 1024 * 1024
+MAX_HELD_STATIC = 1024 * 1024  # static files up to this size are kept in memory (stat-checked)
+MAX_HELD_STATICS = 1024
+BUILD_BLOCK = 200  # device configs built (and sent to the signing pool) per turn of the event loop
 
 KIND_TRUST_LIST = "trust-list"
 KIND_DEVICE_CONFIG = "device-config"
@@ -91,10 +94,10 @@ class TftpContent:
         self.store = store
         self.signer = signer
         self._firmware: dict[str, bytes] = {}
+        self._static: dict[tuple[str, str], tuple[tuple, bytes]] = {}
         if detector is None and db is not None:
             detector = ChangeDetector(db.kw["bind"])  # the engine the sessions use
         self.devices = DeviceFiles(db, endpoints, detector)
-        self._signing = asyncio.Lock()  # one re-sign at a time: the second finds nothing stale
         self.caught_up = 0
         self.served: Counter[str] = Counter()
         self.not_found = 0
@@ -147,6 +150,28 @@ class TftpContent:
         return await self.store.get(folder, base, payload), kind
 
     def _read(self, folder: str, name: str) -> bytes | None:
+        """A static file's bytes. Kept in memory while one `stat` shows the same file (inode,
+        size, modification and change times): an administrator's edit or replacement (rename) is
+        seen by the next request; a changed file goes through the full checks again."""
+        key = (folder, name)
+        try:
+            st = os.stat(self.root / folder / name)
+        except (OSError, ValueError):
+            self._static.pop(key, None)
+            return None
+        stamp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        held = self._static.get(key)
+        if held is not None and held[0] == stamp:
+            return held[1]
+        data = self._read_checked(folder, name)
+        if data is not None and len(data) <= MAX_HELD_STATIC and (key in self._static
+                                                                  or len(self._static) < MAX_HELD_STATICS):
+            self._static[key] = (stamp, data)
+        else:
+            self._static.pop(key, None)
+        return data
+
+    def _read_checked(self, folder: str, name: str) -> bytes | None:
         base = (self.root / folder).resolve()
         path = (base / name).resolve()
         # Layout.split already refused '..'; this also catches a symlink that leads out of the folder.
@@ -173,19 +198,24 @@ class TftpContent:
         await self.devices.current()
         return self.devices.mode
 
-    async def _build(self, names: list[str]) -> list[tuple[str, bytes]]:
-        """(filename, xml) of each device still configured, built now if its inputs changed."""
-        items = []
+    async def _build_and_sign(self, names: list[str], *, sign: bool, force: bool = False) -> int:
+        """Build the config of each device still configured (only if its inputs changed) and, when
+        `sign`, sign it in the pool: in blocks, so the first files are signing while later ones
+        are built and a phone asking for one meanwhile waits for it rather than signing it again."""
         folder = self.layout.own.tftp_path
-        for i, name in enumerate(names):
-            xml = self.devices.xml(name)
-            if xml is None:
-                self.store.forget(folder, f"{name}.cnf.xml")  # a deleted device
-            else:
-                items.append((f"{name}.cnf.xml", xml))
-            if i % 200 == 199:
-                await asyncio.sleep(0)  # building 10,000 files must not stall running transfers
-        return items
+        signing = []
+        for start in range(0, len(names), BUILD_BLOCK):
+            items = []
+            for name in names[start:start + BUILD_BLOCK]:
+                xml = self.devices.xml(name)
+                if xml is None:
+                    self.store.forget(folder, f"{name}.cnf.xml")  # a deleted device
+                else:
+                    items.append((f"{name}.cnf.xml", xml))
+            if sign and items:
+                signing.append(asyncio.ensure_future(self.store.refresh(folder, items, force=force)))
+            await asyncio.sleep(0)  # building 10,000 files must not stall running transfers
+        return sum(await asyncio.gather(*signing))
 
     async def resign_devices(self, names: list[str] | None, *, force: bool = False) -> int:
         """Sign the configs of `names` (all when None) now if stale (all of them when `force`), in
@@ -193,9 +223,8 @@ class TftpContent:
         await self.devices.current()
         if self.devices.mode is not ClusterMode.MIXED:
             return 0
-        items = await self._build(sorted(self.devices.inputs) if names is None else names)
-        async with self._signing:
-            return await self.store.refresh(self.layout.own.tftp_path, items, force=force)
+        return await self._build_and_sign(sorted(self.devices.inputs) if names is None else names,
+                                           sign=True, force=force)
 
     async def catch_up(self) -> int:
         """Build (and in mixed mode sign) what changed since the last call, version check first:
@@ -208,12 +237,9 @@ class TftpContent:
         self.caught_up += 1
         if mode_changed:
             names = sorted(self.devices.inputs)
-        items = await self._build(names)
-        if self.devices.mode is not ClusterMode.MIXED:
-            return 0
-        async with self._signing:
-            count = await self.store.refresh(self.layout.own.tftp_path, items)
-        if mode_changed:
+        mixed = self.devices.mode is ClusterMode.MIXED
+        count = await self._build_and_sign(names, sign=mixed)
+        if mode_changed and mixed:
             count += await self.resign_static()
         return count
 
@@ -225,8 +251,7 @@ class TftpContent:
             data = self._read(self.layout.own.tftp_path, entry.name)
             if data is not None and entry.kind in (KIND_STATIC, KIND_DEFAULT_CONFIG):
                 items.append((entry.name, data))
-        async with self._signing:
-            return await self.store.refresh(self.layout.own.tftp_path, items, force=force)
+        return await self.store.refresh(self.layout.own.tftp_path, items, force=force)
 
     # --- listing and publishing ---------------------------------------------------------------------
     def list_static(self, folder: str | None = None) -> list[ListedFile]:

@@ -66,15 +66,20 @@ class SigningPool:
                                for _ in range(self.workers)))
 
     async def sign_many(self, items: list[tuple[str, bytes]], timestamp: int | None = None) -> list[bytes]:
+        chunks = self.sign_chunks(items, timestamp)
+        return [signed for chunk in await asyncio.gather(*chunks) for signed in chunk]
+
+    def sign_chunks(self, items: list[tuple[str, bytes]], timestamp: int | None = None) -> list[asyncio.Future]:
+        """One future per chunk of `items`, in order: a few are signed inline, many in the pool."""
         timestamp = int(timestamp or time.time())
-        if len(items) <= self.chunk:
-            return sign_batch(self.signer, items, timestamp)
         loop = asyncio.get_running_loop()
+        if len(items) <= self.chunk:
+            future = loop.create_future()
+            future.set_result(sign_batch(self.signer, items, timestamp))
+            return [future]
         pool = self._executor()
-        chunks = [items[i:i + self.chunk] for i in range(0, len(items), self.chunk)]
-        results = await asyncio.gather(*(loop.run_in_executor(pool, sign_batch, self.signer, c, timestamp)
-                                         for c in chunks))
-        return [signed for chunk in results for signed in chunk]
+        return [loop.run_in_executor(pool, sign_batch, self.signer, items[i:i + self.chunk], timestamp)
+                for i in range(0, len(items), self.chunk)]
 
     def close(self) -> None:
         if self._pool is not None:
@@ -162,8 +167,11 @@ class SignedStore:
             return hit
         flight = (folder, name, digest)
         pending = self._inflight.get(flight)
-        if pending is not None:  # the same file is being signed for another phone right now
-            return await asyncio.shield(pending)
+        if pending is not None:  # the same file is being signed right now (a phone, the pool)
+            try:
+                return await asyncio.shield(pending)
+            except Exception:
+                pass  # that signing failed: sign it here
         self.misses += 1
         future = asyncio.get_running_loop().create_future()
         self._inflight[flight] = future
@@ -185,25 +193,54 @@ class SignedStore:
 
     async def refresh(self, folder: str, items: list[tuple[str, bytes]], *, force: bool = False) -> int:
         """Re-sign every (name, payload) whose signed copy is missing or stale (every one when
-        `force`); returns how many were signed."""
+        `force`), unless it is being signed right now; returns how many were signed. Each file is
+        kept as soon as its chunk is signed, and a request for a file being signed here waits for
+        it instead of signing it again."""
+        loop = asyncio.get_running_loop()
         todo = []
-        for name, payload in items:
+        for name, payload in items:  # claimed before the first await: no one signs them twice
             digest = _digest(payload)
+            flight = (folder, name, digest)
+            if flight in self._inflight:
+                continue
             if force or self._cached((folder, name), digest, payload) is None:
+                self._inflight[flight] = loop.create_future()
                 todo.append((name, payload, digest))
         if not todo:
             return 0
-        signed = await self.pool.sign_many([(n, p) for n, p, _ in todo])
-        self.signed += len(signed)
-        if self.caching:
-            for (name, _, digest), data in zip(todo, signed):
-                self._remember((folder, name), digest, data)
-        else:
-            def write_all() -> None:
-                for (name, _, digest), data in zip(todo, signed):
-                    self._write((folder, name), digest, data)
-            await asyncio.to_thread(write_all)
-        return len(todo)
+        pending = [(folder, name, digest) for name, _, digest in todo]
+        try:
+            chunks = self.pool.sign_chunks([(n, p) for n, p, _ in todo])
+            size = self.pool.chunk
+            done = 0
+
+            async def keep(index: int, chunk: asyncio.Future) -> None:
+                nonlocal done
+                signed = await chunk
+                part = todo[index * size:index * size + len(signed)]
+                self.signed += len(signed)
+                if self.caching:
+                    for (name, _, digest), data in zip(part, signed):
+                        self._remember((folder, name), digest, data)
+                else:
+                    def write_all() -> None:
+                        for (name, _, digest), data in zip(part, signed):
+                            self._write((folder, name), digest, data)
+                    await asyncio.to_thread(write_all)
+                for (name, _, digest), data in zip(part, signed):
+                    future = self._inflight.pop((folder, name, digest), None)
+                    if future is not None and not future.done():
+                        future.set_result(data)
+                done += len(signed)
+
+            await asyncio.gather(*(keep(i, c) for i, c in enumerate(chunks)))
+            return done
+        finally:
+            for flight in pending:  # a failed chunk: waiters get the error and sign it themselves
+                future = self._inflight.pop(flight, None)
+                if future is not None and not future.done():
+                    future.set_exception(RuntimeError("signing in the pool failed"))
+                    future.exception()
 
     def forget(self, folder: str, name: str) -> None:
         """Drop a signed copy whose source is gone (a deleted device)."""
