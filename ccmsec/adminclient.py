@@ -29,6 +29,7 @@ HARDENING_FIELDS = ("web_access", "pc_port", "settings_access", "garp", "voice_v
 
 DEFAULT_TIMEOUT = 10.0
 MAX_ERROR_TEXT = 300
+MAX_PAGES = 10_000  # lists are followed through their cursors, never forever
 
 
 class AdminClientError(Exception):
@@ -118,8 +119,10 @@ def tls_context(cafile: Path) -> ssl.SSLContext:
 class AdminClient:
     """Synchronous client; one method per API call, each returning the decoded JSON."""
 
-    def __init__(self, endpoint: AdminEndpoint, timeout: float = DEFAULT_TIMEOUT):
+    def __init__(self, endpoint: AdminEndpoint, timeout: float = DEFAULT_TIMEOUT,
+                 page_size: int | None = None):
         self.endpoint = endpoint
+        self.page_size = page_size  # rows per page of a list (None: the server's default)
         try:
             verify = tls_context(endpoint.cafile)
         except (OSError, ssl.SSLError) as exc:
@@ -158,13 +161,30 @@ class AdminClient:
         except ValueError:
             body = None
         if response.status_code >= 400:
-            if isinstance(body, dict) and isinstance(body.get("error"), str):
-                raise AdminApiError(response.status_code, body["error"][:MAX_ERROR_TEXT],
+            # RFC 9457 problem details (`detail`, `rule`); `error` from servers of the first version
+            message = body.get("detail") or body.get("error") if isinstance(body, dict) else None
+            if isinstance(message, str):
+                raise AdminApiError(response.status_code, message[:MAX_ERROR_TEXT],
                                     body.get("rule") if isinstance(body.get("rule"), str) else None)
             raise AdminApiError(response.status_code, response.text[:MAX_ERROR_TEXT] or "no details")
         if body is None:
             raise AdminClientError(f"{method} {path}: the API answered with something that is not JSON")
         return body
+
+    def _all(self, path: str, key: str, params: dict | None = None) -> list:
+        """Every row of a list endpoint, following `next_cursor` page by page."""
+        rows: list = []
+        query = dict(params or {})
+        if self.page_size:
+            query["limit"] = self.page_size
+        for _ in range(MAX_PAGES):
+            answer = self._call("GET", path, params=query)
+            rows += answer[key]
+            cursor = answer.get("next_cursor")
+            if not cursor:
+                return rows
+            query["cursor"] = cursor
+        raise AdminClientError(f"GET {path}: more than {MAX_PAGES} pages")
 
     @staticmethod
     def _device_path(name: str) -> str:
@@ -174,7 +194,7 @@ class AdminClient:
         return self._call("GET", "/api/v1/whoami")
 
     def list_devices(self) -> list[dict]:
-        return self._call("GET", "/api/v1/devices")["devices"]
+        return self._all("/api/v1/devices", "devices")
 
     def get_device(self, name: str) -> dict:
         return self._call("GET", self._device_path(name))
@@ -197,7 +217,7 @@ class AdminClient:
     # registry, resets -------------------------------------------------------------------------
     def registrations(self, device: str | None = None, node: str | None = None) -> list[dict]:
         params = {k: v for k, v in (("device", device), ("node", node)) if v}
-        return self._call("GET", "/api/v1/registrations", params=params)["registrations"]
+        return self._all("/api/v1/registrations", "registrations", params)
 
     def calls(self, device: str | None = None) -> list[dict]:
         """Calls in progress on the call-control node and their security status (CALL-1)."""
@@ -222,14 +242,14 @@ class AdminClient:
     # lines, device pools ----------------------------------------------------------------------
     def lines(self, device: str | None = None, dn: str | None = None) -> list[dict]:
         params = {k: v for k, v in (("device", device), ("dn", dn)) if v}
-        return self._call("GET", "/api/v1/lines", params=params)["lines"]
+        return self._all("/api/v1/lines", "lines", params)
 
     def add_line(self, dn: str, device: str, line_index: int = 0, label: str = "") -> dict:
         return self._call("POST", "/api/v1/lines", json={"dn": dn, "device": device,
                                                          "line_index": line_index, "label": label})
 
     def pools(self) -> list[dict]:
-        return self._call("GET", "/api/v1/pools")["pools"]
+        return self._all("/api/v1/pools", "pools")
 
     def add_pool(self, name: str, cm_group: list[str], srst: str = "") -> dict:
         return self._call("POST", "/api/v1/pools", json={"name": name, "cm_group": list(cm_group),
@@ -244,7 +264,7 @@ class AdminClient:
 
     # SRST references (SRST-2, CERT-6) ---------------------------------------------------------
     def srst_references(self) -> list[dict]:
-        return self._call("GET", "/api/v1/srst")["references"]
+        return self._all("/api/v1/srst", "references")
 
     def srst_reference(self, name: str) -> dict:
         return self._call("GET", f"/api/v1/srst/{quote(name, safe='')}")
@@ -279,11 +299,11 @@ class AdminClient:
 
     def capf_operations(self, device: str | None = None) -> list[dict]:
         params = {"device": device} if device else {}
-        return self._call("GET", "/api/v1/capf/operations", params=params)["operations"]
+        return self._all("/api/v1/capf/operations", "operations", params)
 
     def capf_log(self, device: str | None = None) -> list[dict]:
         params = {"device": device} if device else {}
-        return self._call("GET", "/api/v1/capf/log", params=params)["entries"]
+        return self._all("/api/v1/capf/log", "entries", params)
 
     def capf_activate(self, active: bool = True) -> dict:
         """CHK-2: activate (or deactivate) CAPF on the publisher."""

@@ -24,7 +24,7 @@ async def ccmsec(stack, *args: str, data=None) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "ccmsec.cli.main", "--data", str(data or stack.data_dir), *args,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
-    out, err = await asyncio.wait_for(proc.communicate(), timeout=30)
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=90)  # generous: the machine is shared
     return proc.returncode, out.decode(), err.decode()
 
 

@@ -200,8 +200,11 @@ def device_resets(events: MemoryEvents) -> list[tuple[list[str], str, str]]:
 
 def assert_json_error(response: httpx.Response, status: int, rule: str | None = None) -> dict:
     assert response.status_code == status, (response.status_code, response.text)
-    assert response.headers["content-type"].startswith("application/json")
+    # RFC 9457 problem details, naming the rule that refused (issue 16)
+    assert response.headers["content-type"].startswith("application/problem+json")
     body = response.json()
     assert isinstance(body.get("error"), str) and body["error"], body
     assert body.get("rule") == rule, body
+    assert body["status"] == status and body["detail"] == body["error"] and body["title"], body
+    assert body["type"] == (f"urn:ccmsec:rule:{rule}" if rule else "about:blank"), body
     return body

@@ -113,6 +113,23 @@ async def test_chk2_capf_schedule_through_the_api_refused_until_activated(capf_a
         ("capf.activate", "ok", None), ("capf.schedule", "ok", None)]
     assert not any("135790" in (d or "") for *_, d in rows), "the auth string is never audited"
 
+    # Both CAPF lists page with cursors (issue 16): limit=1 walks to the same rows as one page.
+    again = await admin.post("/api/v1/capf/operations", json={**schedule, "operation": "delete"})
+    assert again.status_code == 201, again.text
+    for path, key in (("/api/v1/capf/operations", "operations"), ("/api/v1/capf/log", "entries")):
+        walked, cursor = [], None
+        for _ in range(10):
+            page = (await viewer.get(path, params={"limit": 1, **({"cursor": cursor} if cursor else {})})).json()
+            walked += page[key]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        whole = (await viewer.get(path)).json()
+        assert whole["next_cursor"] is None and walked == whole[key], path
+    ops = (await viewer.get("/api/v1/capf/operations")).json()["operations"]
+    assert [o["id"] for o in ops] == [again.json()["id"], op["id"]]  # newest first
+    assert_json_error(await viewer.get("/api/v1/capf/operations", params={"cursor": "WyJ4Il0"}), 422)
+
 
 async def test_capf_refusals_map_to_clear_http_errors(capf_and_api):
     """DEV-3 → 409 DEV-3; unknown device → 404; CAPF's INVALID_ARGUMENT → 422; bad JSON → 422 locally."""
@@ -138,7 +155,7 @@ async def test_capf_refusals_map_to_clear_http_errors(capf_and_api):
     assert_json_error(await admin.get("/api/v1/capf/operations", params={"device": "SEP0000000DEAD0"}), 404)
     assert_json_error(await admin.get("/api/v1/capf/log", params={"device": "bad name"}), 422)
     assert_json_error(await admin.post("/api/v1/capf/activation", json={"active": "yes"}), 422)
-    assert (await admin.get("/api/v1/capf/operations")).json() == {"operations": []}
+    assert (await admin.get("/api/v1/capf/operations")).json() == {"operations": [], "next_cursor": None}
     refused = [(r.rule, r.status) for r in await api.audit_rows() if r.action == "capf.schedule"]
     assert refused[0] == ("DEV-3", 409) and len(refused) == 2 + 3 + 9
 

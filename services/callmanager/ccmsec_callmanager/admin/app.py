@@ -14,7 +14,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import audit_api, auth, calls, capf, cluster, devices, lines, registrations, resets, srst
 from .audit import record_refusal
-from .errors import MAX_BODY_BYTES, ApiError, BodyLimitMiddleware, describe_validation_errors, error_body
+from .errors import (
+    MAX_BODY_BYTES,
+    PROBLEM_JSON,
+    ApiError,
+    BodyLimitMiddleware,
+    describe_validation_errors,
+    error_body,
+)
+from .openapi import complete_openapi
 from .capf import CapfChannelFactory
 from .events import EventPublisher
 from .resets import ResetTracker
@@ -27,7 +35,8 @@ OPENAPI_URL = "/api/v1/openapi.json"
 async def _answer(request: Request, status: int, message: str, rule: str | None = None,
                   headers: dict[str, str] | None = None) -> JSONResponse:
     await record_refusal(request, status, message, rule)
-    return JSONResponse(error_body(message, rule), status_code=status, headers=headers)
+    return JSONResponse(error_body(message, rule, status, request.url.path), status_code=status,
+                        headers=headers, media_type=PROBLEM_JSON)
 
 
 def create_admin_app(sessionmaker: async_sessionmaker, *, events: EventPublisher, data_dir: Path,
@@ -90,4 +99,5 @@ def create_admin_app(sessionmaker: async_sessionmaker, *, events: EventPublisher
         log.exception("unhandled error in %s %s", request.method, request.url.path)
         return await _answer(request, 500, "internal error (see the callmanager log)")
 
+    complete_openapi(app)
     return app

@@ -39,7 +39,9 @@ from ccmsec.db.devices import as_utc, utcnow
 from ccmsec.fsutil import atomic_write
 
 from .audit import new_entry
+from . import schemas
 from .errors import ApiError, body_schema, read_json
+from .pagination import cursor_query, decode_cursor, limit_query, page
 
 ADMIN_USER = "admin"
 PASSWORD_FILE = "admin-password"
@@ -280,7 +282,8 @@ class AccountCreate(BaseModel):
 router = APIRouter(tags=["accounts"])
 
 
-@router.post("/api/v1/login", name="login", openapi_extra=body_schema(LoginRequest))
+@router.post("/api/v1/login", name="login", openapi_extra=body_schema(LoginRequest),
+             responses={200: {"model": schemas.LoginAnswer}})
 async def login(request: Request) -> dict:
     """Exchange user name and password for a bearer token."""
     body = await read_json(request, LoginRequest)
@@ -297,7 +300,7 @@ async def login(request: Request) -> dict:
             "username": account.username, "role": account.role}
 
 
-@router.post("/api/v1/logout", name="logout")
+@router.post("/api/v1/logout", name="logout", responses={200: {"model": schemas.LogoutAnswer}})
 async def logout(request: Request, principal: Principal = Depends(authenticate),
                  bearer: HTTPAuthorizationCredentials | None = Security(_bearer)) -> dict:
     """Revoke the bearer token used for this request (no-op for Basic)."""
@@ -309,20 +312,26 @@ async def logout(request: Request, principal: Principal = Depends(authenticate),
     return {"logged_out": principal.username}
 
 
-@router.get("/api/v1/whoami", name="whoami")
+@router.get("/api/v1/whoami", name="whoami", responses={200: {"model": schemas.WhoAmI}})
 async def whoami(principal: Principal = Depends(require_user)) -> dict:
     return {"username": principal.username, "role": principal.role}
 
 
-@router.get("/api/v1/accounts", name="account.list")
-async def list_accounts(request: Request, _: Principal = Depends(require_admin)) -> dict:
+@router.get("/api/v1/accounts", name="account.list", responses={200: {"model": schemas.AccountList}})
+async def list_accounts(request: Request, _: Principal = Depends(require_admin),
+                        limit: int = limit_query(), cursor: str | None = cursor_query()) -> dict:
+    """By user name. Page with `cursor`."""
+    after = decode_cursor(cursor, str)
+    query = select(AdminAccount).order_by(AdminAccount.username).limit(limit + 1)
+    if after is not None:
+        query = query.where(AdminAccount.username > after[0])
     async with request.app.state.sessionmaker() as session:
-        rows = (await session.scalars(select(AdminAccount).order_by(AdminAccount.username))).all()
-    return {"accounts": [row.to_dict() for row in rows]}
+        rows, next_cursor = page((await session.scalars(query)).all(), limit, lambda a: (a.username,))
+    return {"accounts": [row.to_dict() for row in rows], "next_cursor": next_cursor}
 
 
 @router.post("/api/v1/accounts", name="account.create", status_code=201,
-             openapi_extra=body_schema(AccountCreate))
+             openapi_extra=body_schema(AccountCreate), responses={201: {"model": schemas.Account}})
 async def add_account(request: Request, _: Principal = Depends(require_admin)) -> dict:
     body = await read_json(request, AccountCreate)
     request.state.audit_target = body.username

@@ -25,7 +25,9 @@ from ccmsec_proto import capf_pb2, capf_pb2_grpc, ctl_provider_pb2
 from .audit import new_entry
 from .auth import Principal, require_admin, require_user
 from .devices import checked_name
+from . import schemas
 from .errors import ApiError, body_schema, read_json
+from .pagination import cursor_query, decode_cursor, encode_cursor, limit_query
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,7 @@ router = APIRouter(tags=["capf"])
 CapfChannelFactory = Callable[[], grpc.aio.Channel]
 
 CAPF_TIMEOUT = 10.0  # seconds per gRPC call
+CAPF_WINDOW = 10_000  # the most rows CAPF answers with; the API's cursors page within them
 UNREACHABLE = "CAPF service unreachable"
 _RULE = re.compile(r"\b((?:AUTH|CALL|CERT|CHK|CTL|DEV|ENC|MODE|RST|SRST)-[0-9]{1,2})\b")
 _STATUS = {grpc.StatusCode.NOT_FOUND: 404, grpc.StatusCode.INVALID_ARGUMENT: 422,
@@ -152,7 +155,7 @@ async def _audit_ok(request: Request, status: int, detail: str) -> None:
 
 
 @router.post("/api/v1/capf/operations", name="capf.schedule", status_code=201,
-             openapi_extra=body_schema(CapfScheduleRequest))
+             openapi_extra=body_schema(CapfScheduleRequest), responses={201: {"model": schemas.CapfOperationState}})
 async def schedule(request: Request, _: Principal = Depends(require_admin)) -> dict:
     """Schedule install / upgrade / delete / troubleshoot of a phone's LSC (replaces an unfinished one)."""
     body = await read_json(request, CapfScheduleRequest)
@@ -169,26 +172,36 @@ async def schedule(request: Request, _: Principal = Depends(require_admin)) -> d
     return result
 
 
-@router.get("/api/v1/capf/operations", name="capf.operations")
+@router.get("/api/v1/capf/operations", name="capf.operations", responses={200: {"model": schemas.CapfOperationList}})
 async def operations(request: Request, _: Principal = Depends(require_user),
                      device: str | None = Query(None, max_length=64),
-                     limit: int = Query(1000, ge=1, le=10000)) -> dict:
-    """Pending, in-progress, done, failed, expired and locked operations, with reasons."""
-    reply = await _call(request, "GetOperations", _status_request(device, limit))
-    return {"operations": [operation_dict(op) for op in reply.operations]}
+                     limit: int = limit_query(), cursor: str | None = cursor_query()) -> dict:
+    """Pending, in-progress, done, failed, expired and locked operations, with reasons; newest
+    first. Page with `cursor` (over the newest 10 000 operations CAPF answers with)."""
+    after = decode_cursor(cursor, int)
+    reply = await _call(request, "GetOperations",
+                        _status_request(device, CAPF_WINDOW if after else min(limit + 1, CAPF_WINDOW)))
+    ops = [op for op in reply.operations if after is None or op.id < after[0]]
+    next_cursor = encode_cursor(ops[limit - 1].id) if len(ops) > limit else None
+    return {"operations": [operation_dict(op) for op in ops[:limit]], "next_cursor": next_cursor}
 
 
-@router.get("/api/v1/capf/log", name="capf.log")
+@router.get("/api/v1/capf/log", name="capf.log", responses={200: {"model": schemas.CapfLog}})
 async def issued_log(request: Request, _: Principal = Depends(require_user),
                      device: str | None = Query(None, max_length=64),
-                     limit: int = Query(1000, ge=1, le=10000)) -> dict:
-    """Every issuance, installation, fetch and deletion CAPF recorded (CHK-7)."""
-    reply = await _call(request, "GetIssuedLog", _status_request(device, limit))
-    return {"entries": [issued_dict(e) for e in reply.entries]}
+                     limit: int = limit_query(), cursor: str | None = cursor_query()) -> dict:
+    """Every issuance, installation, fetch and deletion CAPF recorded (CHK-7), oldest first within
+    the newest 10 000. Page with `cursor` (a position in that window)."""
+    start = decode_cursor(cursor, int)
+    skip = start[0] if start else 0
+    reply = await _call(request, "GetIssuedLog", _status_request(device, CAPF_WINDOW))
+    entries = list(reply.entries)[skip:skip + limit + 1]
+    next_cursor = encode_cursor(skip + limit) if len(entries) > limit else None
+    return {"entries": [issued_dict(e) for e in entries[:limit]], "next_cursor": next_cursor}
 
 
 @router.post("/api/v1/capf/activation", name="capf.activate",
-             openapi_extra=body_schema(CapfActivation))
+             openapi_extra=body_schema(CapfActivation), responses={200: {"model": schemas.CapfActivation}})
 async def activate(request: Request, _: Principal = Depends(require_admin)) -> dict:
     """CHK-2: activate (or deactivate) the CAPF service on the publisher."""
     body = await read_json(request, CapfActivation)

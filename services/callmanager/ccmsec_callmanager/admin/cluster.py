@@ -17,12 +17,13 @@ from ccmsec.db.devices import (
 )
 from ccmsec.db.registry import Registration
 
+from . import schemas
 from .auth import Principal, require_user
 
 router = APIRouter(tags=["cluster"])
 
 
-@router.get("/api/v1/cluster", name="cluster.show")
+@router.get("/api/v1/cluster", name="cluster.show", responses={200: {"model": schemas.ClusterState}})
 async def show_cluster(request: Request, _: Principal = Depends(require_user)) -> dict:
     async with request.app.state.sessionmaker() as session:
         mode = await cluster_security_mode(session)

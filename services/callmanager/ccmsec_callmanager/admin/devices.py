@@ -32,7 +32,9 @@ from .announce import config_changed, publish_actions
 from .audit import new_entry
 from .auth import Principal, require_admin, require_user
 from .device_rules import RuleViolation, check_device_change
+from . import schemas
 from .errors import ApiError, body_schema, read_json
+from .pagination import cursor_query, decode_cursor, limit_query, page
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +110,7 @@ def device_change_actions(name: str, changed: dict) -> list:
 
 
 @router.post("/api/v1/devices", name="device.create", status_code=201,
-             openapi_extra=body_schema(DeviceCreate))
+             openapi_extra=body_schema(DeviceCreate), responses={201: {"model": schemas.Device}})
 async def create_device(request: Request, _: Principal = Depends(require_admin)) -> dict:
     body = await read_json(request, DeviceCreate)
     request.state.audit_target = body.name
@@ -128,21 +130,27 @@ async def create_device(request: Request, _: Principal = Depends(require_admin))
     return result
 
 
-@router.get("/api/v1/devices", name="device.list")
+@router.get("/api/v1/devices", name="device.list", responses={200: {"model": schemas.DeviceList}})
 async def list_devices(
     request: Request,
     _: Principal = Depends(require_user),
-    limit: int = Query(1000, ge=1, le=10000),
-    offset: int = Query(0, ge=0, le=10_000_000),
+    limit: int = limit_query(),
+    cursor: str | None = cursor_query(),
+    offset: int = Query(0, ge=0, le=10_000_000, deprecated=True,
+                        description="skip this many devices (use `cursor` instead)"),
 ) -> dict:
+    """By name. Page with `cursor` (`next_cursor` of the previous answer)."""
+    after = decode_cursor(cursor, str)
+    query = select(Device).order_by(Device.name).limit(limit + 1).offset(offset)
+    if after is not None:
+        query = query.where(Device.name > after[0])
     async with request.app.state.sessionmaker() as session:
         total = await session.scalar(select(func.count()).select_from(Device))
-        rows = (await session.scalars(
-            select(Device).order_by(Device.name).limit(limit).offset(offset))).all()
-    return {"devices": [row.to_dict() for row in rows], "total": total}
+        rows, next_cursor = page((await session.scalars(query)).all(), limit, lambda d: (d.name,))
+    return {"devices": [row.to_dict() for row in rows], "total": total, "next_cursor": next_cursor}
 
 
-@router.get("/api/v1/devices/{name}", name="device.show")
+@router.get("/api/v1/devices/{name}", name="device.show", responses={200: {"model": schemas.Device}})
 async def show_device(name: str, request: Request, _: Principal = Depends(require_user)) -> dict:
     name = checked_name(name)
     async with request.app.state.sessionmaker() as session:
@@ -152,7 +160,7 @@ async def show_device(name: str, request: Request, _: Principal = Depends(requir
         return device.to_dict()
 
 
-@router.delete("/api/v1/devices/{name}", name="device.delete")
+@router.delete("/api/v1/devices/{name}", name="device.delete", responses={200: {"model": schemas.Deleted}})
 async def delete_device(name: str, request: Request, _: Principal = Depends(require_admin)) -> dict:
     name = checked_name(name)
     async with request.app.state.sessionmaker() as session:
@@ -166,7 +174,8 @@ async def delete_device(name: str, request: Request, _: Principal = Depends(requ
     return {"deleted": name}
 
 
-@router.patch("/api/v1/devices/{name}", name="device.update", openapi_extra=body_schema(DevicePatch))
+@router.patch("/api/v1/devices/{name}", name="device.update", openapi_extra=body_schema(DevicePatch),
+               responses={200: {"model": schemas.Device}})
 async def update_device(name: str, request: Request, _: Principal = Depends(require_admin)) -> dict:
     name = checked_name(name)
     body = await read_json(request, DevicePatch)

@@ -1,4 +1,7 @@
-"""One error shape for the whole API: `{"error": "<what went wrong>", "rule": "<rule id or null>"}`.
+"""One error shape for the whole API: RFC 9457 problem details, `application/problem+json`:
+`{"type", "title", "status", "detail", "instance", "rule", "error"}` — `rule` names the rule ID
+that refused the request (null when none applies) and `type` is `urn:ccmsec:rule:<ID>` then
+(`about:blank` otherwise); `error` repeats `detail` for clients of the first version.
 
 Also the JSON body reader (bounded, strict pydantic validation) and the request-size guard, so no
 bad input can reach a handler as an unexpected exception (never a 500 on bad input).
@@ -7,13 +10,15 @@ bad input can reach a handler as an unexpected exception (never a 500 on bad inp
 from __future__ import annotations
 
 import json
+from http import HTTPStatus
 from typing import TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 MAX_BODY_BYTES = 64 * 1024
+PROBLEM_JSON = "application/problem+json"
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -30,8 +35,50 @@ class ApiError(Exception):
         self.headers = headers
 
 
-def error_body(error: str, rule: str | None = None) -> dict:
-    return {"error": error, "rule": rule}
+class Problem(BaseModel):
+    """RFC 9457 problem details, as every error of this API answers."""
+
+    model_config = ConfigDict(extra="forbid", title="Problem")
+    type: str = Field(description="`urn:ccmsec:rule:<ID>` when a rule refused, else `about:blank`")
+    title: str = Field(description="the HTTP status phrase")
+    status: int = Field(ge=400, le=599)
+    detail: str = Field(description="what went wrong, for a person")
+    instance: str | None = Field(None, description="the request path")
+    rule: str | None = Field(description="the rule ID that refused the request (docs/rules.md), if any")
+    error: str = Field(description="same as `detail` (the first version's field)")
+
+
+def error_body(error: str, rule: str | None = None, status: int = 400,
+               instance: str | None = None) -> dict:
+    try:
+        title = HTTPStatus(status).phrase
+    except ValueError:
+        title = "Error"
+    return {"type": f"urn:ccmsec:rule:{rule}" if rule else "about:blank", "title": title,
+            "status": status, "detail": error, "instance": instance, "rule": rule, "error": error}
+
+
+# Errors every operation may answer, and those only some do (app.py adds them to the document).
+ERROR_DESCRIPTIONS = {
+    401: "missing or bad credentials (Basic or Bearer)",
+    403: "the account's role may not do this",
+    404: "no such object (device, pool, SRST reference, account, reset request, endpoint)",
+    409: "conflicts with the current state: duplicate, concurrent change, or a rule about the "
+         "cluster's state (e.g. MODE-5, CERT-6, CHK-2)",
+    413: "request body over 64 KiB",
+    415: "request body is not application/json",
+    422: "bad input, or a device model that cannot do it (DEV-3)",
+    429: "too many failed authentications from this address",
+    500: "internal error (logged by the callmanager)",
+    502: "a peer answered with an error (CAPF service, SRST router)",
+    503: "a peer is unreachable (CAPF service, event bus, reset tracker)",
+}
+
+
+def problem_responses(*statuses: int) -> dict:
+    """OpenAPI `responses` entries for these error statuses, each an application/problem+json."""
+    return {status: {"description": ERROR_DESCRIPTIONS[status], "model": Problem,
+                     "content": {PROBLEM_JSON: {}}} for status in statuses}
 
 
 def describe_validation_errors(errors: list[dict]) -> str:
@@ -93,7 +140,8 @@ class BodyLimitMiddleware:
                 if not value.isdigit() or int(value) > self.limit:
                     await _send_json(send, 413, error_body(
                         f"request body larger than {self.limit} bytes"
-                        if value.isdigit() else "bad Content-Length header"))
+                        if value.isdigit() else "bad Content-Length header", status=413,
+                        instance=scope.get("path")))
                     return
         seen = 0
         limit = self.limit
@@ -113,7 +161,7 @@ class BodyLimitMiddleware:
 async def _send_json(send: Send, status: int, body: dict) -> None:
     data = json.dumps(body).encode()
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
+                "headers": [(b"content-type", PROBLEM_JSON.encode()),
                             (b"content-length", str(len(data)).encode()),
                             (b"connection", b"close")]})
     await send({"type": "http.response.body", "body": data})

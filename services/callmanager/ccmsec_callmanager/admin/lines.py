@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.exc import StaleDataError
 
@@ -22,7 +22,6 @@ from ccmsec.db.lines import (
     DevicePool,
     InvalidLineOrPool,
     Line,
-    lines_of,
     validate_cm_group,
     validate_dn,
     validate_pool_name,
@@ -33,7 +32,9 @@ from .announce import config_changed, publish_actions
 from .audit import new_entry
 from .auth import Principal, require_admin, require_user
 from .devices import checked_name
+from . import schemas
 from .errors import ApiError, body_schema, read_json
+from .pagination import cursor_query, decode_cursor, limit_query, page
 
 router = APIRouter(tags=["lines and device pools"])
 
@@ -121,25 +122,38 @@ def _checked_pool(name: str) -> str:
 
 # lines ------------------------------------------------------------------------------------------
 
-@router.get("/api/v1/lines", name="line.list")
+@router.get("/api/v1/lines", name="line.list", responses={200: {"model": schemas.LineList}})
 async def list_lines(
     request: Request,
     _: Principal = Depends(require_user),
     device: str | None = Query(None, max_length=64),
     dn: str | None = Query(None, max_length=24),
+    limit: int = limit_query(),
+    cursor: str | None = cursor_query(),
 ) -> dict:
+    """By device, then button. Page with `cursor`."""
     try:
         device = None if device is None else validate_device_name(device)
         dn = None if dn is None else validate_dn(dn)
     except ValueError as exc:
         raise ApiError(422, str(exc)) from None
+    after = decode_cursor(cursor, str, int)
+    query = select(Line).order_by(Line.device, Line.line_index).limit(limit + 1)
+    if device:
+        query = query.where(Line.device == device)
+    if dn:
+        query = query.where(Line.dn == dn)
+    if after is not None:
+        query = query.where(or_(Line.device > after[0],
+                                and_(Line.device == after[0], Line.line_index > after[1])))
     async with request.app.state.sessionmaker() as session:
-        rows = await lines_of(session, device=device, dn=dn)
-    return {"lines": [row.to_dict() for row in rows]}
+        rows, next_cursor = page((await session.scalars(query)).all(), limit,
+                                 lambda line: (line.device, line.line_index))
+    return {"lines": [row.to_dict() for row in rows], "next_cursor": next_cursor}
 
 
 @router.post("/api/v1/lines", name="line.create", status_code=201,
-             openapi_extra=body_schema(LineCreate))
+             openapi_extra=body_schema(LineCreate), responses={201: {"model": schemas.Line}})
 async def create_line(request: Request, _: Principal = Depends(require_admin)) -> dict:
     body = await read_json(request, LineCreate)
     request.state.audit_target = body.device
@@ -168,15 +182,21 @@ async def create_line(request: Request, _: Principal = Depends(require_admin)) -
 
 # device pools ------------------------------------------------------------------------------------
 
-@router.get("/api/v1/pools", name="pool.list")
-async def list_pools(request: Request, _: Principal = Depends(require_user)) -> dict:
+@router.get("/api/v1/pools", name="pool.list", responses={200: {"model": schemas.PoolList}})
+async def list_pools(request: Request, _: Principal = Depends(require_user),
+                     limit: int = limit_query(), cursor: str | None = cursor_query()) -> dict:
+    """By name. Page with `cursor`."""
+    after = decode_cursor(cursor, str)
+    query = select(DevicePool).order_by(DevicePool.name).limit(limit + 1)
+    if after is not None:
+        query = query.where(DevicePool.name > after[0])
     async with request.app.state.sessionmaker() as session:
-        rows = (await session.scalars(select(DevicePool).order_by(DevicePool.name))).all()
-    return {"pools": [row.to_dict() for row in rows]}
+        rows, next_cursor = page((await session.scalars(query)).all(), limit, lambda p: (p.name,))
+    return {"pools": [row.to_dict() for row in rows], "next_cursor": next_cursor}
 
 
 @router.post("/api/v1/pools", name="pool.create", status_code=201,
-             openapi_extra=body_schema(PoolCreate))
+             openapi_extra=body_schema(PoolCreate), responses={201: {"model": schemas.Pool}})
 async def create_pool(request: Request, _: Principal = Depends(require_admin)) -> dict:
     body = await read_json(request, PoolCreate)
     request.state.audit_target = body.name
@@ -194,7 +214,8 @@ async def create_pool(request: Request, _: Principal = Depends(require_admin)) -
     return result  # a new pool has no devices yet: nothing to announce
 
 
-@router.patch("/api/v1/pools/{name}", name="pool.update", openapi_extra=body_schema(PoolPatch))
+@router.patch("/api/v1/pools/{name}", name="pool.update", openapi_extra=body_schema(PoolPatch),
+               responses={200: {"model": schemas.PoolUpdated}})
 async def update_pool(name: str, request: Request, _: Principal = Depends(require_admin)) -> dict:
     """Change the CallManager group and/or the SRST reference (RST-5: the pool's devices reset)."""
     name = _checked_pool(name)
@@ -231,7 +252,7 @@ async def update_pool(name: str, request: Request, _: Principal = Depends(requir
 
 
 @router.put("/api/v1/devices/{name}/pool", name="device.set_pool",
-            openapi_extra=body_schema(DevicePoolAssignment))
+            openapi_extra=body_schema(DevicePoolAssignment), responses={200: {"model": schemas.Device}})
 async def set_device_pool(name: str, request: Request, _: Principal = Depends(require_admin)) -> dict:
     """Put a device in a device pool (or in none with null)."""
     name = checked_name(name)

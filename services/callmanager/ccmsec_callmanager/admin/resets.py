@@ -31,6 +31,7 @@ from .announce import publish_actions
 from .audit import new_entry
 from .auth import Principal, require_admin, require_user
 from .devices import checked_name
+from . import schemas
 from .errors import ApiError, body_schema, read_json
 from .registrations import NODE_PATTERN
 
@@ -86,7 +87,7 @@ async def _start(request: Request, action: ResetDevices, targeted: set[str], *, 
 
 
 @router.post("/api/v1/devices/reset", name="device.reset_many", status_code=202,
-             openapi_extra=body_schema(BulkResetRequest))
+             openapi_extra=body_schema(BulkResetRequest), responses={202: {"model": schemas.ResetAccepted}})
 async def reset_many(request: Request, _: Principal = Depends(require_admin)) -> dict:
     """Reset every phone in the cluster (`all`, CHK-13) or every phone registered to `server` (RST-9)."""
     body = await read_json(request, BulkResetRequest)
@@ -110,7 +111,7 @@ async def reset_many(request: Request, _: Principal = Depends(require_admin)) ->
 
 
 @router.post("/api/v1/devices/{name}/reset", name="device.reset", status_code=202,
-             openapi_extra=body_schema(DeviceResetRequest))
+             openapi_extra=body_schema(DeviceResetRequest), responses={202: {"model": schemas.DeviceResetAccepted}})
 async def reset_device(name: str, request: Request, _: Principal = Depends(require_admin)) -> dict:
     """Reset (SCCP Reset type 1) or restart (type 2) one phone."""
     name = checked_name(name)
@@ -127,7 +128,7 @@ async def reset_device(name: str, request: Request, _: Principal = Depends(requi
     return {**answer, "device": name, "registered": registered}
 
 
-@router.get("/api/v1/resets/{request_id}", name="reset.progress")
+@router.get("/api/v1/resets/{request_id}", name="reset.progress", responses={200: {"model": schemas.ResetProgress}})
 async def reset_progress(request_id: str, request: Request, _: Principal = Depends(require_user)) -> dict:
     """Targeted, reset sent, back (re-registered since), and which devices are not back yet."""
     if len(request_id) != 32 or any(c not in "0123456789abcdef" for c in request_id):

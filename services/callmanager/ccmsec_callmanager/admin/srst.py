@@ -37,7 +37,9 @@ from ccmsec.policy.resets import SrstSecurityChanged, required_actions
 from .announce import config_changed, publish_actions
 from .audit import new_entry
 from .auth import Principal, require_admin, require_user
+from . import schemas
 from .errors import ApiError, body_schema, read_json
+from .pagination import cursor_query, decode_cursor, limit_query, page
 
 router = APIRouter(tags=["SRST references"])
 
@@ -85,14 +87,20 @@ async def dependent_devices(session, reference: str) -> list[str]:
         select(Device.name).where(Device.device_pool.in_(pools)).order_by(Device.name))).all())
 
 
-@router.get("/api/v1/srst", name="srst.list")
-async def list_references(request: Request, _: Principal = Depends(require_user)) -> dict:
+@router.get("/api/v1/srst", name="srst.list", responses={200: {"model": schemas.SrstList}})
+async def list_references(request: Request, _: Principal = Depends(require_user),
+                          limit: int = limit_query(), cursor: str | None = cursor_query()) -> dict:
+    """By name. Page with `cursor`."""
+    after = decode_cursor(cursor, str)
+    query = select(SrstReference).order_by(SrstReference.name).limit(limit + 1)
+    if after is not None:
+        query = query.where(SrstReference.name > after[0])
     async with request.app.state.sessionmaker() as session:
-        rows = (await session.scalars(select(SrstReference).order_by(SrstReference.name))).all()
-    return {"references": [row.to_dict() for row in rows]}
+        rows, next_cursor = page((await session.scalars(query)).all(), limit, lambda r: (r.name,))
+    return {"references": [row.to_dict() for row in rows], "next_cursor": next_cursor}
 
 
-@router.get("/api/v1/srst/{name}", name="srst.show")
+@router.get("/api/v1/srst/{name}", name="srst.show", responses={200: {"model": schemas.SrstReferenceDetail}})
 async def show_reference(name: str, request: Request, _: Principal = Depends(require_user)) -> dict:
     name = _checked_name(name)
     async with request.app.state.sessionmaker() as session:
@@ -106,7 +114,7 @@ async def show_reference(name: str, request: Request, _: Principal = Depends(req
 
 
 @router.post("/api/v1/srst", name="srst.create", status_code=201,
-             openapi_extra=body_schema(ReferenceCreate))
+             openapi_extra=body_schema(ReferenceCreate), responses={201: {"model": schemas.SrstReference}})
 async def create_reference(request: Request, _: Principal = Depends(require_admin)) -> dict:
     body = await read_json(request, ReferenceCreate)
     request.state.audit_target = body.name
@@ -129,7 +137,7 @@ async def create_reference(request: Request, _: Principal = Depends(require_admi
     return result
 
 
-@router.delete("/api/v1/srst/{name}", name="srst.delete")
+@router.delete("/api/v1/srst/{name}", name="srst.delete", responses={200: {"model": schemas.Deleted}})
 async def delete_reference(name: str, request: Request, _: Principal = Depends(require_admin)) -> dict:
     name = _checked_name(name)
     async with request.app.state.sessionmaker() as session:
@@ -147,7 +155,7 @@ async def delete_reference(name: str, request: Request, _: Principal = Depends(r
 
 
 @router.put("/api/v1/srst/{name}/security", name="srst.security",
-            openapi_extra=body_schema(SecurityChange))
+            openapi_extra=body_schema(SecurityChange), responses={200: {"model": schemas.SrstSecurityResult}})
 async def set_security(name: str, request: Request, _: Principal = Depends(require_admin)) -> dict:
     """Configure (or remove) security on the reference: SRST-2, CERT-6, RST-5."""
     name = _checked_name(name)
