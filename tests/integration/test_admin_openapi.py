@@ -95,6 +95,8 @@ def test_every_error_is_a_declared_problem(api):
                 if int(code) >= 400:
                     assert ctype == PROBLEM and answer["content"][ctype]["schema"] == {
                         "$ref": "#/components/schemas/Problem"}
+                elif ctype == "text/event-stream":  # /api/v1/calls/events
+                    assert "Server-Sent Events" in answer["description"]
                 else:  # a typed model, not a bare object
                     assert "$ref" in answer["content"][ctype]["schema"], (method, path, code)
 
@@ -162,6 +164,7 @@ async def test_real_answers_match_the_document(api):
     await admin.post("/api/v1/devices/reset", json={"all": True, "server": NODE})
     await viewer.get("/api/v1/cluster")
     assert (await viewer.get("/api/v1/capf/operations")).status_code == 503
+    assert (await viewer.get("/api/v1/calls")).status_code == 503  # no call control in this stack
     await admin.post("/api/v1/capf/activation", json={"active": True})
     await admin.get("/api/v1/audit", params={"limit": 5})
     assert (await viewer.get("/api/v1/audit")).status_code == 403

@@ -13,9 +13,11 @@ from fastapi.responses import StreamingResponse
 
 from ccmsec_callmanager.calls_api import call_dict
 
+from . import schemas
 from .auth import Principal, require_user
 from .devices import checked_name
 from .errors import ApiError
+from .pagination import cursor_query, decode_cursor, limit_query, page
 
 router = APIRouter(tags=["calls"])
 KEEPALIVE = 15.0   # seconds: an SSE comment on an idle stream, so proxies keep it open
@@ -32,18 +34,28 @@ def _node(request: Request) -> str:
     return request.app.state.node
 
 
-@router.get("/api/v1/calls", name="call.list")
+@router.get("/api/v1/calls", name="call.list", responses={200: {"model": schemas.CallList}})
 async def list_calls(request: Request, _: Principal = Depends(require_user),
-                     device: str | None = Query(None, max_length=64, description="only calls of this device")) -> dict:
+                     device: str | None = Query(None, max_length=64, description="only calls of this device"),
+                     limit: int = limit_query(), cursor: str | None = cursor_query()) -> dict:
+    """By call id. Page with `cursor`."""
     calls = _calls(request)
     if device is not None:
         device = checked_name(device)
-    out = [call_dict(v, wall_offset=calls.agent.wall_offset, node=_node(request)) for v in calls.calls()
-           if device is None or any(lg.device == device for lg in v.legs)]
-    return {"calls": out, "total": len(out)}
+    after = decode_cursor(cursor, int)
+    views = sorted((v for v in calls.calls() if device is None or any(lg.device == device for lg in v.legs)),
+                   key=lambda v: v.id)
+    total = len(views)
+    rows, next_cursor = page([v for v in views if after is None or v.id > after[0]][:limit + 1], limit,
+                             lambda v: (v.id,))
+    out = [call_dict(v, wall_offset=calls.agent.wall_offset, node=_node(request)) for v in rows]
+    return {"calls": out, "total": total, "next_cursor": next_cursor}
 
 
-@router.get("/api/v1/calls/events", name="call.events")
+@router.get("/api/v1/calls/events", name="call.events", responses={200: {
+    "description": "Server-Sent Events: `existing` for each call now, then `created`, `updated`, "
+                   "`ended`, `refused`; each `data` is `{kind, call, at_unix_ms, detail}` (a Call)",
+    "content": {"text/event-stream": {"schema": {"type": "string"}}}}})
 async def call_events(request: Request, _: Principal = Depends(require_user)) -> StreamingResponse:
     calls = _calls(request)
     try:

@@ -42,6 +42,8 @@ SPECIFIC: dict[str, tuple[int, ...]] = {
     "capf.operations": (404, *PEER),
     "capf.log": (404, *PEER),
     "capf.activate": (409, *PEER),
+    "call.list": (503,),
+    "call.events": (503,),
 }
 
 
@@ -105,9 +107,12 @@ def complete_openapi(app: FastAPI) -> None:
                     continue
                 responses = operation.setdefault("responses", {})
                 for answer in responses.values():  # the typed answer only, not FastAPI's `dict`
-                    schema = answer.get("content", {}).get("application/json", {}).get("schema", {})
-                    if "$ref" in schema:
-                        answer["content"]["application/json"]["schema"] = {"$ref": schema["$ref"]}
+                    content = answer.get("content", {})
+                    schema = content.get("application/json", {}).get("schema")
+                    if schema is not None and "$ref" in schema:
+                        content["application/json"]["schema"] = {"$ref": schema["$ref"]}
+                    elif schema == {} and len(content) > 1:  # a stream declared with its own type
+                        del content["application/json"]
                 for status in sorted(error_statuses(route)):
                     responses[str(status)] = {"description": ERROR_DESCRIPTIONS[status],
                                               "content": {PROBLEM_JSON: {"schema": problem}}}

@@ -269,3 +269,46 @@ class CapfActivation(Strict):
     activated: bool
     state: str
     details: dict[str, str]
+
+
+# --- calls ---------------------------------------------------------------------------------------
+class CallLeg(Strict):
+    device: str
+    model: str
+    kind: str
+    device_mode: str
+    line: int
+    dn: str
+    call_reference: int
+    state: str
+    role: str
+    shown: Literal["lock", "shield", "none"] | str = Field(description="what the phone displays (CALL-2)")
+    rx: str
+    tx: str
+    user: str
+
+
+class Call(Strict):
+    id: int
+    phase: str
+    calling: str
+    called: str
+    original_called: str
+    legs: list[CallLeg]
+    codec: str
+    codec_rule: str
+    status: str = Field(description="CALL-1: encrypted, authenticated, non-secure, or unknown")
+    rule: str
+    reasons: list[str]
+    resources: list[str]
+    barge: str
+    barge_rule: str
+    created_unix_ms: int
+    connected_unix_ms: int
+    node: str
+
+
+class CallList(Strict):
+    calls: list[Call]
+    total: int = Field(description="calls matching the filter (all pages)")
+    next_cursor: Cursor = CURSOR_FIELD
