@@ -22,9 +22,12 @@ import logging
 import time
 from dataclasses import dataclass
 
-from ccmsec.aio.media import PortAudio
+from ccmsec.aio.media import SCCP_G711, PortAudio
 from ccmsec.aio.media_port import MediaPortError, MediaPorts
 from ccmsec.media import tones
+from ccmsec.media.mixer import Mixer
+from ccmsec.media.packetiser import FRAME_MS
+from ccmsec.media.stream import AudioReceived, MediaStream
 from ccmsec.calls.agent import CallAgent
 from ccmsec.calls.config import AgentSettings, DeviceProfile, LineConfig
 from ccmsec.calls.media import ResourceKey
@@ -47,24 +50,92 @@ WATCH_QUEUE = 1024
 MAX_WATCHERS = 64
 
 
+class Bridge:
+    """One conference (or cBarge) bridge: a stream per leg, each leg hears the others (mixed with
+    `ccmsec.media.mixer.Mixer`), never itself. Plain RTP only: the bridge is a CALL-3 participant,
+    so a call through it is non-secure and its legs get no keys."""
+
+    def __init__(self) -> None:
+        self.mixer = Mixer()
+        self.streams: dict[ResourceKey, tuple[object, MediaStream]] = {}
+        self._task: asyncio.Task | None = None
+
+    def add(self, key: ResourceKey, port) -> None:
+        stream = MediaStream(SCCP_G711.get(port.codec or 4, 0))
+        self.streams[key] = (port, stream)
+        self.mixer.add(key)
+        port.on_datagram = lambda data, addr, key=key: self._received(key, data)
+
+    def _received(self, key: ResourceKey, data: bytes) -> None:
+        entry = self.streams.get(key)
+        if entry is None:
+            return
+        event = entry[1].receive(data)
+        if isinstance(event, AudioReceived):
+            self.mixer.push(key, event.pcm)
+
+    def started(self, key: ResourceKey, codec: int) -> None:
+        entry = self.streams.get(key)
+        if entry is None:
+            return
+        port, stream = entry
+        pt = SCCP_G711.get(codec, stream.payload_type)
+        if pt != stream.payload_type:
+            self.streams[key] = (port, MediaStream(pt))
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._pace(), name="conference bridge")
+
+    def remove(self, key: ResourceKey) -> bool:
+        """True when the bridge is empty afterwards."""
+        self.streams.pop(key, None)
+        self.mixer.remove(key)
+        if not self.streams and self._task is not None:
+            self._task.cancel()
+            self._task = None
+        return not self.streams
+
+    async def _pace(self) -> None:
+        loop = asyncio.get_running_loop()
+        due = loop.time()
+        while self.streams:
+            for key, pcm in self.mixer.tick().items():
+                entry = self.streams.get(key)
+                if entry is not None and entry[0].remote is not None:
+                    entry[0].send(entry[1].packet_for(pcm))
+            due += FRAME_MS / 1000
+            now = loop.time()
+            if now - due > 0.2:     # behind (a loaded loop): carry on from now, do not burst
+                due = now
+            await asyncio.sleep(max(0.0, due - now))
+
+
 class ResourcePorts:
-    """`MediaResources` for the core on real UDP ports of callmanager's address."""
+    """`MediaResources` for the core on real UDP ports of callmanager's address: music on hold
+    plays music, the conference bridge mixes its legs (one `Bridge` per call)."""
 
     def __init__(self, host: str) -> None:
         self.ports = MediaPorts(host)
         self.audio: dict[ResourceKey, PortAudio] = {}
+        self.bridges: dict[int, Bridge] = {}
 
     def open(self, key: ResourceKey) -> tuple[str, int]:
         port = self.ports.open(key)
         if key[0] is EndpointKind.MUSIC_ON_HOLD and key not in self.audio:
             # real music, always plain RTP: music on hold is never secure media (CALL-3, GW-3)
             self.audio[key] = PortAudio(port, tones.music_on_hold().frame)
+        elif key[0] is EndpointKind.CONFERENCE:
+            bridge = self.bridges.setdefault(key[1], Bridge())
+            if key not in bridge.streams:
+                bridge.add(key, port)
         return port.local
 
     def start(self, key: ResourceKey, remote: tuple[str, int], codec: int) -> None:
         port = self.ports.get(key)
         if port is not None:
             port.start(remote, codec)
+            bridge = self.bridges.get(key[1]) if key[0] is EndpointKind.CONFERENCE else None
+            if bridge is not None:
+                bridge.started(key, codec)
 
     def stop(self, key: ResourceKey) -> None:
         port = self.ports.get(key)
@@ -75,6 +146,10 @@ class ResourcePorts:
         audio = self.audio.pop(key, None)
         if audio is not None:
             audio.close()
+        if key[0] is EndpointKind.CONFERENCE:
+            bridge = self.bridges.get(key[1])
+            if bridge is not None and bridge.remove(key):
+                del self.bridges[key[1]]
         self.ports.close(key)
 
 
