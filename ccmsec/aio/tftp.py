@@ -16,6 +16,7 @@ import logging
 import socket
 from collections.abc import Awaitable, Callable
 
+from ccmsec.runtime.metrics import TFTP_BYTES, TFTP_ERRORS, TFTP_TRANSFERS
 from ccmsec.wire.tftp import (
     DEFAULT_MAX_TIMEOUT,
     ERR_ACCESS_VIOLATION,
@@ -42,6 +43,8 @@ log = logging.getLogger(__name__)
 Resolver = Callable[[str, tuple[str, int]], Awaitable[bytes | None]]
 
 _SOCKET_BUFFER = 1 << 20  # room for a full window of large blocks
+_ERROR_NAMES = {ERR_FILE_NOT_FOUND: "not_found", ERR_ACCESS_VIOLATION: "access_violation",
+                ERR_NOT_DEFINED: "refused"}
 
 
 def _family(host: str) -> int:
@@ -155,8 +158,12 @@ class TftpServer:
         max_timeout: int = DEFAULT_MAX_TIMEOUT,
         timeout: float = 1.0,
         retries: int = 5,
+        kind_of: Callable[[str], str] | None = None,
     ) -> None:
         self.host = host
+        # Kind of file for metrics (`ccmsec_tftp_transfers_total{kind,outcome}`, `..._errors_total`);
+        # the owner's classifier (tftp-signer: trust-list, device-config, firmware, ...).
+        self.kind_of = kind_of or (lambda _name: "file")
         self.port = port
         self.resolve = resolve
         self.max_sessions = max_sessions
@@ -179,6 +186,18 @@ class TftpServer:
         if self._transport is None:
             raise RuntimeError("server not started")
         return self._transport.get_extra_info("sockname")[:2]
+
+    def _count(self, filename: str, error: str | None, size: int = 0) -> None:
+        try:
+            kind = self.kind_of(filename) if filename else "invalid"
+        except Exception:
+            kind = "invalid"
+        if error is None:
+            TFTP_TRANSFERS.labels(kind, "completed").inc()
+            TFTP_BYTES.labels(kind).inc(size)
+        else:
+            TFTP_TRANSFERS.labels(kind, "failed").inc()
+            TFTP_ERRORS.labels(kind, error).inc()
 
     @property
     def active_sessions(self) -> int:
@@ -233,6 +252,7 @@ class TftpServer:
             return  # the client repeated its RRQ; the running transfer retransmits on its own
         if len(self._sessions) >= self.max_sessions:
             self._reply(encode_error(ERR_NOT_DEFINED, "server busy"), addr)
+            self._count(packet.filename, "busy")
             return
         source = addr[0]
         running = self._per_source.get(source, 0)
@@ -240,11 +260,13 @@ class TftpServer:
             self.refused_per_source += 1
             self._reply(encode_error(ERR_NOT_DEFINED, "server busy: too many transfers from "
                                                       "your address"), addr)
+            self._count(packet.filename, "busy")
             return
         try:
             check_filename(packet.filename)
         except TftpError as exc:
             self._reply(encode_error(exc.code, exc.message), addr)
+            self._count("", "access_violation")
             return
         task = self._loop.create_task(self._serve(packet, addr))  # type: ignore[union-attr]
         self._sessions[addr] = task
@@ -267,6 +289,7 @@ class TftpServer:
         except TftpError as exc:
             self._reply(encode_error(exc.code, exc.message), addr)
             self.failed += 1
+            self._count(request.filename, _ERROR_NAMES.get(exc.code, "error"))
             return
         except asyncio.CancelledError:
             raise
@@ -274,10 +297,12 @@ class TftpServer:
             log.exception("tftp resolver failed for %r", request.filename)
             self._reply(encode_error(ERR_NOT_DEFINED, "internal error"), addr)
             self.failed += 1
+            self._count(request.filename, "internal")
             return
         if data is None:
             self._reply(encode_error(ERR_FILE_NOT_FOUND, "file not found"), addr)
             self.failed += 1
+            self._count(request.filename, "not_found")
             return
         transfer = ReadTransfer(
             data, request, addr,
@@ -291,6 +316,7 @@ class TftpServer:
             log.warning("tftp: no transfer socket for %s: %s", addr, exc)
             self._reply(encode_error(ERR_NOT_DEFINED, "server busy"), addr)
             self.failed += 1
+            self._count(request.filename, "busy")
             return
         try:
             driver.begin()
@@ -300,8 +326,10 @@ class TftpServer:
             transport.close()
         if transfer.state is TransferState.DONE:
             self.completed += 1
+            self._count(request.filename, None, len(data))
         else:
             self.failed += 1
+            self._count(request.filename, "transfer")
             log.info("tftp transfer of %r to %s failed: %s", request.filename, addr, transfer.error)
 
 

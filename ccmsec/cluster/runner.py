@@ -39,10 +39,12 @@ class Row:
     restarts: int = 0
     # The same ports, structured (`ccmsec status --json`): name, number, protocol; metrics included.
     port_list: list[dict] = field(default_factory=list)
+    metrics: str = ""   # the Prometheus endpoint (http://host:port/metrics), "" when off or none
 
     def as_json(self) -> dict:
         return {"service": self.service, "address": self.address, "ports": self.port_list,
-                "pid": self.pid or None, "state": self.state, "restarts": self.restarts}
+                "pid": self.pid or None, "state": self.state, "restarts": self.restarts,
+                "metrics": self.metrics}
 
 
 def cluster_for(data_dir: Path, base: str | None = None, subscribers: int | None = None) -> LocalCluster:
@@ -224,7 +226,10 @@ def status(data_dir: Path, states: dict[str, str] | None = None) -> list[Row]:
         purposes.setdefault("metrics_port", "Prometheus metrics (HTTP)")
         port_list = [{"name": k.removesuffix("_port"), "port": n, "protocol": protos.get(k, "tcp"),
                       "purpose": purposes.get(k, "")} for k, n in inst.ports.items()]
-        rows.append(Row(inst.node, inst.host, ports, pid, st, int(info.get("restarts") or 0), port_list))
+        metrics_port = inst.ports.get("metrics_port") or 0
+        metrics = f"http://{inst.host}:{metrics_port}/metrics" if metrics_port else ""
+        rows.append(Row(inst.node, inst.host, ports, pid, st, int(info.get("restarts") or 0), port_list,
+                        metrics))
     return rows
 
 
@@ -347,8 +352,9 @@ async def restart_services(data_dir: Path, roles: list[str], *, timeout: float =
 
 
 def format_rows(rows: list[Row]) -> str:
-    headers = ("SERVICE", "ADDRESS", "PORTS", "PID", "STATE", "RESTARTS")
-    table = [headers] + [(r.service, r.address, r.ports, str(r.pid or "-"), r.state, str(r.restarts)) for r in rows]
+    headers = ("SERVICE", "ADDRESS", "PORTS", "METRICS", "PID", "STATE", "RESTARTS")
+    table = [headers] + [(r.service, r.address, r.ports, r.metrics.removeprefix("http://") or "-",
+                          str(r.pid or "-"), r.state, str(r.restarts)) for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(headers))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table)
 

@@ -8,7 +8,9 @@ method nobody wrote a handler for is guarded too) with one closure that
 2. refuses with PERMISSION_DENIED a role the policy does not list — or any role when the method
    has no entry (default deny) — naming the caller and the method; a certificate stating no valid
    identity gets UNAUTHENTICATED,
-3. counts and times the call (Prometheus), as `metrics.instrument_servicer` did.
+3. counts and times the call (Prometheus) — failed calls too, and a streaming call until its
+   stream ends — under the caller's trace id (metadata `x-ccmsec-trace-id`, `ccmsec.runtime.logs`),
+   so the handler's log lines and the events it publishes carry it.
 
 A refusal is counted (`ccmsec_grpc_denied_total`), logged (one line, no secrets) and handed to
 `Gate.on_denied` — the service publishes it as an `access.denied` event, which callmanager, the
@@ -22,6 +24,7 @@ interceptor (no extra continuation per RPC); see docs/performance.md.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import time
@@ -33,6 +36,7 @@ from google.protobuf import descriptor_pool
 
 from ccmsec.runtime import rpc_policy
 from ccmsec.runtime.identity import Identity, IdentityCache, IdentityError
+from ccmsec.runtime.logs import TRACE_METADATA_KEY, bind_trace_id, clean_trace_id, new_trace_id
 from ccmsec.runtime.metrics import GRPC_DENIED, GRPC_LATENCY, GRPC_REQUESTS
 
 log = logging.getLogger("ccmsec.authz")
@@ -118,6 +122,28 @@ def _method_names(service_full_name: str) -> list[tuple[str, bool, bool]]:
     return [(m.name, m.client_streaming, m.server_streaming) for m in service.methods]
 
 
+def _code_of(context, exc: BaseException) -> str:
+    """The status a failed call ends with: the handler's abort/set_code, else UNKNOWN
+    (CANCELLED when the client went away)."""
+    code = context.code() if hasattr(context, "code") else None
+    if isinstance(code, grpc.StatusCode) and code is not grpc.StatusCode.OK:
+        return code.name
+    if isinstance(exc, asyncio.CancelledError):
+        return "CANCELLED"
+    return "UNKNOWN"
+
+
+def _trace_of(context) -> str:
+    """The caller's trace id (metadata `x-ccmsec-trace-id`), or a new one for this call."""
+    try:
+        for key, value in context.invocation_metadata() or ():
+            if key == TRACE_METADATA_KEY:
+                return clean_trace_id(value) or new_trace_id()
+    except Exception:
+        pass
+    return new_trace_id()
+
+
 def guard_servicer(servicer, service_full_name: str, gate: Gate, *, metrics: bool = True) -> None:
     """Wrap every method of `service_full_name` on `servicer` (in place, before registration)."""
     for name, _client_streaming, _server_streaming in _method_names(service_full_name):
@@ -155,8 +181,21 @@ def _guarded(inner, method: str, roles: frozenset[str] | None, gate: Gate, metri
         async def streaming(request, context):
             if not admitted(context):
                 await slow_check(context)
-            async for item in inner(request, context):
-                yield item
+            if not metrics:
+                async for item in inner(request, context):
+                    yield item
+                return
+            start = perf()
+            with bind_trace_id(_trace_of(context)):
+                try:
+                    async for item in inner(request, context):
+                        yield item
+                except BaseException as exc:
+                    latency.observe(perf() - start)
+                    GRPC_REQUESTS.labels(method, _code_of(context, exc)).inc()
+                    raise
+            latency.observe(perf() - start)
+            ok.inc()
 
         return streaming
 
@@ -168,12 +207,13 @@ def _guarded(inner, method: str, roles: frozenset[str] | None, gate: Gate, metri
         if not metrics:
             return (await inner(request, context)) if is_coroutine else inner(request, context)
         start = perf()
-        try:
-            reply = (await inner(request, context)) if is_coroutine else inner(request, context)
-        except BaseException:
-            code = context.code() if hasattr(context, "code") else None
-            GRPC_REQUESTS.labels(method, getattr(code, "name", None) or "ERROR").inc()
-            raise
+        with bind_trace_id(_trace_of(context)):
+            try:
+                reply = (await inner(request, context)) if is_coroutine else inner(request, context)
+            except BaseException as exc:
+                latency.observe(perf() - start)  # failed calls are timed too
+                GRPC_REQUESTS.labels(method, _code_of(context, exc)).inc()
+                raise
         latency.observe(perf() - start)
         ok.inc()
         return reply

@@ -2,7 +2,8 @@
 
 Subjects are `ccmsec.<kind>`, and `ccmsec.service.restart.<role>` for restarts. Each event is the protobuf `ccmsec.v1.Event` envelope; its
 unique id goes in the `Nats-Msg-Id` header (JetStream drops duplicate publishes) and handlers record
-the ids they handled (a redelivery after a crash changes nothing).
+the ids they handled (a redelivery after a crash changes nothing). The publisher's trace id rides
+in the `Ccmsec-Trace-Id` header and is bound while the handler runs (`ccmsec.runtime.logs`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from nats.errors import NoServersError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
-from ccmsec.runtime.metrics import EVENTS_HANDLED
+from ccmsec.runtime.logs import TRACE_HEADER, bind_trace_id, clean_trace_id, current_trace_id
+from ccmsec.runtime.metrics import EVENT_LAG, EVENTS_HANDLED
 from ccmsec_proto import events_pb2
 
 log = logging.getLogger("ccmsec.bus")
@@ -67,6 +69,7 @@ class EventBus:
         self.nc: nats.NATS | None = None
         self.js = None
         self._subs: list = []
+        self._durables: list[str] = []
         self._closing = False
 
     async def connect(self) -> None:
@@ -121,7 +124,7 @@ class EventBus:
             raise BusError("event bus not connected")
         ack = await self.js.publish(
             subject_for(event.kind, target), event.SerializeToString(),
-            headers={"Nats-Msg-Id": event.id}, timeout=5,
+            headers={"Nats-Msg-Id": event.id, TRACE_HEADER: current_trace_id() or event.id}, timeout=5,
         )
         return ack.seq
 
@@ -140,6 +143,10 @@ class EventBus:
                 EVENTS_HANDLED.labels("?", "undecodable").inc()
                 await msg.term()
                 return
+            with bind_trace_id(clean_trace_id((msg.headers or {}).get(TRACE_HEADER)) or event.id):
+                await handle(msg, event)
+
+        async def handle(msg, event):
             try:
                 if seen is not None and await seen(durable, event.id):
                     EVENTS_HANDLED.labels(event.kind, "duplicate").inc()
@@ -149,6 +156,8 @@ class EventBus:
                 if mark is not None:
                     await mark(durable, event.id)
                 EVENTS_HANDLED.labels(event.kind, "ok").inc()
+                if event.occurred_unix_ms:
+                    EVENT_LAG.labels(event.kind).observe(max(0.0, time.time() - event.occurred_unix_ms / 1000))
                 await msg.ack()
             except asyncio.CancelledError:
                 raise
@@ -165,6 +174,22 @@ class EventBus:
         sub = await self.js.subscribe(subject, durable=durable, cb=on_msg, manual_ack=True,
                                       config=config, stream=STREAM)
         self._subs.append(sub)
+        self._durables.append(durable)
+
+    @property
+    def connected(self) -> bool:
+        return self.nc is not None and self.nc.is_connected
+
+    async def pending(self) -> dict[str, int]:
+        """Per durable consumer of ours: events not delivered yet plus delivered and not acked."""
+        counts: dict[str, int] = {}
+        for durable in list(self._durables):
+            try:
+                info = await self.js.consumer_info(STREAM, durable, timeout=2)
+            except Exception:
+                continue
+            counts[durable] = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+        return counts
 
     async def close(self) -> None:
         self._closing = True

@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import _async as reflection_aio
 from ccmsec.runtime import reflection_v1
 from ccmsec.runtime.authz import Gate, guard_servicer
 from ccmsec.runtime.identity import TlsIdentity
+from ccmsec.runtime.logs import TRACE_METADATA_KEY, current_trace_id
 
 _OPTIONS = [
     ("grpc.max_receive_message_length", 16 * 1024 * 1024),
@@ -93,12 +94,48 @@ class GrpcServer:
         await self.server.stop(grace)
 
 
+def _with_trace(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+    trace = current_trace_id()
+    if not trace:
+        return details
+    metadata = grpc.aio.Metadata(*(details.metadata or ()))
+    if TRACE_METADATA_KEY not in metadata:
+        metadata.add(TRACE_METADATA_KEY, trace)
+    return grpc.aio.ClientCallDetails(details.method, details.timeout, metadata, details.credentials,
+                                      details.wait_for_ready)
+
+
+class _TraceUnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):
+    async def intercept_unary_unary(self, continuation, details, request):
+        return await continuation(_with_trace(details), request)
+
+
+class _TraceUnaryStream(grpc.aio.UnaryStreamClientInterceptor):
+    async def intercept_unary_stream(self, continuation, details, request):
+        return await continuation(_with_trace(details), request)
+
+
+class _TraceStreamUnary(grpc.aio.StreamUnaryClientInterceptor):
+    async def intercept_stream_unary(self, continuation, details, request_iterator):
+        return await continuation(_with_trace(details), request_iterator)
+
+
+class _TraceStreamStream(grpc.aio.StreamStreamClientInterceptor):
+    async def intercept_stream_stream(self, continuation, details, request_iterator):
+        return await continuation(_with_trace(details), request_iterator)
+
+
+_TRACE_INTERCEPTORS = (_TraceUnaryUnary(), _TraceUnaryStream(), _TraceStreamUnary(), _TraceStreamStream())
+
+
 def secure_channel(identity: TlsIdentity, host: str, port: int, server_name: str) -> grpc.aio.Channel:
-    """A client channel that presents `identity` and expects the server certificate for `server_name`."""
+    """A client channel that presents `identity` and expects the server certificate for `server_name`.
+    Calls made while a trace id is bound carry it as metadata `x-ccmsec-trace-id`."""
     return grpc.aio.secure_channel(
         f"{host}:{port}",
         channel_credentials(identity),
         options=[("grpc.ssl_target_name_override", server_name), *_OPTIONS[:2]],
+        interceptors=_TRACE_INTERCEPTORS,
     )
 
 

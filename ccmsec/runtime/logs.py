@@ -1,13 +1,74 @@
-"""Structured JSON logs: one object per line, with the service and node on every record."""
+"""Structured JSON logs: one object per line, with the service and node on every record.
+
+Every line a service writes to its standard error is JSON:
+- Python logging goes through `JsonFormatter`;
+- anything else written to `sys.stderr`/`sys.stdout` (a stray print, a traceback of a crash) is
+  wrapped line by line into a record with logger `stderr`/`stdout`;
+- output of native code written straight to file descriptor 2 — gRPC core (`E0000 ... file.cc:12]
+  message`) and absl — is read from a pipe and wrapped into records with logger `grpc.core`
+  (level taken from the line's I/W/E/F prefix) or `native`. NATS client output is Python logging
+  (logger `nats`), already JSON.
+
+A trace id ties the lines of one piece of work together across processes: it lives in a context
+variable, rides gRPC calls as metadata `x-ccmsec-trace-id` (client interceptor in
+`ccmsec.runtime.grpcio`, server side in `ccmsec.runtime.authz`), events as the NATS header
+`Ccmsec-Trace-Id` (`ccmsec.runtime.bus`) and administration API requests as `X-Request-Id`;
+every record logged while it is set has `"trace_id"`.
+"""
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import contextvars
+import io
 import json
 import logging
+import os
+import re
 import sys
+import threading
 import time
+import uuid
 
 _RESERVED = set(vars(logging.makeLogRecord({})))
+
+TRACE_METADATA_KEY = "x-ccmsec-trace-id"   # gRPC metadata keys are lower case
+TRACE_HEADER = "Ccmsec-Trace-Id"           # NATS message header
+REQUEST_ID_HEADER = "X-Request-Id"         # administration API (HTTP)
+_TRACE = contextvars.ContextVar("ccmsec_trace_id", default="")
+_TRACE_RE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+MAX_LINE = 16 * 1024  # a wrapped foreign line longer than this is cut
+
+
+def new_trace_id() -> str:
+    return uuid.uuid4().hex
+
+
+def clean_trace_id(value) -> str:
+    """A trace id from outside (metadata, header) if it is a sane token, else "" (never logged raw)."""
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    value = str(value or "").strip()
+    return value if _TRACE_RE.fullmatch(value) else ""
+
+
+def current_trace_id() -> str:
+    return _TRACE.get()
+
+
+@contextlib.contextmanager
+def bind_trace_id(trace_id: str | None = None):
+    """Run a block under `trace_id` (a new one when None)."""
+    token = _TRACE.set(trace_id or new_trace_id())
+    try:
+        yield _TRACE.get()
+    finally:
+        _TRACE.reset(token)
+
+
+def _ts(created: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{int(created % 1 * 1000):03d}Z"
 
 
 class JsonFormatter(logging.Formatter):
@@ -17,14 +78,16 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         doc = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": _ts(record.created),
             "level": record.levelname.lower(),
             "service": self.service,
             "node": self.node,
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        trace = _TRACE.get()
+        if trace:
+            doc["trace_id"] = trace
         for key, value in record.__dict__.items():
             if key not in _RESERVED and not key.startswith("_"):
                 doc[key] = value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
@@ -33,8 +96,161 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc, ensure_ascii=False)
 
 
-def setup_logging(service: str, node: str, level: str = "INFO") -> None:
-    handler = logging.StreamHandler(sys.stderr)
+# gRPC core / absl: "E0000 00:00:1700000000.123456   42 file.cc:12] text" (also "E1130 12:00:00...")
+_NATIVE = re.compile(r"^([IWEF])\d{4} [\d:.]+\s+\d+ ([^\]]+)\] ?(.*)$")
+_NATIVE_LEVEL = {"I": "info", "W": "warning", "E": "error", "F": "critical"}
+
+
+class _LineWrapper:
+    """Turns raw text lines into JSON records and writes them to a binary stream."""
+
+    def __init__(self, out, service: str, node: str):
+        self.out, self.service, self.node = out, service, node
+        self.lock = threading.Lock()
+
+    def record(self, line: str, logger: str, level: str = "info", **extra) -> None:
+        line = line.rstrip("\r\n")
+        if not line.strip():
+            return
+        if len(line) > MAX_LINE:
+            line = line[:MAX_LINE] + "…"
+        doc = {"ts": _ts(time.time()), "level": level, "service": self.service, "node": self.node,
+               "logger": logger, "msg": line, **extra}
+        self.write((json.dumps(doc, ensure_ascii=False) + "\n").encode())
+
+    def native(self, line: str) -> None:
+        line = line.rstrip("\r\n")
+        if line.startswith("{") and line.endswith("}"):
+            try:  # a child process of ours (pool worker) logging JSON already: pass it on as is
+                json.loads(line)
+                self.write((line + "\n").encode())
+                return
+            except ValueError:
+                pass
+        m = _NATIVE.match(line)
+        if m:
+            self.record(m.group(3), "grpc.core", _NATIVE_LEVEL[m.group(1)], source=m.group(2))
+        else:
+            self.record(line, "native", "warning")
+
+    def write(self, data: bytes) -> None:
+        with self.lock:
+            try:
+                self.out.write(data)
+                self.out.flush()
+            except (OSError, ValueError):
+                pass
+
+
+class _JsonTextStream(io.TextIOBase):
+    """sys.stderr / sys.stdout replacement: complete lines become JSON records at once (so a crash's
+    traceback is never lost in a buffer)."""
+
+    def __init__(self, wrapper: _LineWrapper, logger: str, level: str):
+        self.wrapper, self.logger, self.level = wrapper, logger, level
+        self._buf = ""
+        self._block: list[str] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self._buf += text
+        while "\n" in self._buf:
+            line, self._buf = self._buf.split("\n", 1)
+            self.wrapper.record(line, self.logger, self.level)
+        if len(self._buf) > MAX_LINE:
+            self.wrapper.record(self._buf, self.logger, self.level)
+            self._buf = ""
+        return len(text)
+
+    def flush(self) -> None:
+        if self._buf:
+            self.wrapper.record(self._buf, self.logger, self.level)
+            self._buf = ""
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        raise io.UnsupportedOperation("JSON log stream has no file descriptor")
+
+
+class _NativeStderr:
+    """File descriptor 2 redirected into a pipe; a thread wraps what native code writes there."""
+
+    def __init__(self, wrapper: _LineWrapper):
+        self.wrapper = wrapper
+        read_fd, write_fd = os.pipe()
+        os.dup2(write_fd, 2)
+        os.close(write_fd)
+        self._reader = os.fdopen(read_fd, "rb", buffering=0)
+        self.thread = threading.Thread(target=self._pump, name="native-stderr", daemon=True)
+        self.thread.start()
+        atexit.register(self.close)
+
+    def _pump(self) -> None:
+        pending = b""
+        while True:
+            try:
+                chunk = self._reader.read(65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            pending += chunk
+            while b"\n" in pending:
+                line, pending = pending.split(b"\n", 1)
+                self.wrapper.native(line.decode("utf-8", "replace"))
+            if len(pending) > MAX_LINE:
+                self.wrapper.native(pending.decode("utf-8", "replace"))
+                pending = b""
+        if pending:
+            self.wrapper.native(pending.decode("utf-8", "replace"))
+
+    def close(self) -> None:
+        """At exit: close our end of fd 2 and let the thread write what is left."""
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 2)
+            os.close(devnull)
+        except OSError:
+            return
+        self.thread.join(timeout=1.0)
+
+
+class _WrapperHandler(logging.Handler):
+    """Logging records, written under the same lock as the wrapped foreign lines."""
+
+    def __init__(self, wrapper: _LineWrapper):
+        super().__init__()
+        self.wrapper = wrapper
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.wrapper.write((self.format(record) + "\n").encode("utf-8", "replace"))
+        except Exception:
+            self.handleError(record)
+
+
+_CAPTURE: dict = {}
+
+
+def setup_logging(service: str, node: str, level: str = "INFO", *, capture: bool = False) -> None:
+    """JSON records on standard error. With `capture` (services, the supervisor): everything else
+    written to standard error or output, native code's included, becomes JSON records too."""
+    if capture and "wrapper" not in _CAPTURE:
+        out = os.fdopen(os.dup(2), "wb", buffering=0)
+        wrapper = _LineWrapper(out, service, node)
+        _CAPTURE["wrapper"] = wrapper
+        # Native code (gRPC core) writes to fd 2 directly; Python code through sys.stderr/stdout.
+        _CAPTURE["native"] = _NativeStderr(wrapper)
+        sys.stderr = _JsonTextStream(wrapper, "stderr", "error")
+        sys.stdout = _JsonTextStream(wrapper, "stdout", "info")
+    if "wrapper" in _CAPTURE:
+        handler: logging.Handler = _WrapperHandler(_CAPTURE["wrapper"])
+    else:
+        handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(service, node))
     root = logging.getLogger()
     root.handlers[:] = [handler]

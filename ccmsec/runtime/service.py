@@ -18,6 +18,7 @@ import time
 from typing import Awaitable, Callable
 
 import grpc
+from cryptography import x509
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
@@ -27,6 +28,7 @@ from ccmsec.runtime.database import DatabaseError, open_database
 from ccmsec.runtime.grpcio import GrpcServer, secure_channel
 from ccmsec.runtime.identity import IdentityError, TlsIdentity, admin_api_identity_dir, load_identity
 from ccmsec.runtime.logs import setup_logging
+from ccmsec.runtime import metrics
 from ccmsec.runtime.metrics import UP, serve_metrics
 from ccmsec.runtime.settings import ServiceSettings, SettingsError, load_settings
 from ccmsec_proto import common_pb2, events_pb2
@@ -78,6 +80,17 @@ class Service:
     def status_details(self) -> dict[str, str]:
         return {}
 
+    async def sample_metrics(self) -> None:
+        """Set the gauges that need I/O (database, files); called every `metrics_interval`
+        seconds while the metrics endpoint is on. Subclasses extend it (call super())."""
+        if self.identity is not None:
+            cert = x509.load_pem_x509_certificate(self.identity.cert_pem)
+            metrics.set_certificate_expiry("identity", self.node, cert.not_valid_after_utc)
+        if self.bus is not None:
+            metrics.BUS_CONNECTED.set(1 if self.bus.connected else 0)
+            for consumer, pending in (await self.bus.pending()).items():
+                metrics.EVENTS_PENDING.labels(consumer).set(pending)
+
     # --- helpers for subclasses -----------------------------------------------------------
     def status_message(self, state: str = "") -> common_pb2.ServiceStatus:
         details = {"events_handled": str(self.events_handled), "last_event_id": self.last_event_id,
@@ -123,6 +136,16 @@ class Service:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+    async def _sample_loop(self) -> None:
+        while True:
+            try:
+                await self.sample_metrics()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a gauge goes stale; the service goes on
+                self.log.debug("could not sample metrics: %s", exc)
+            await asyncio.sleep(self.settings.metrics_interval)
 
     def request_restart(self, reason: str) -> None:
         self.log.warning("restart requested", extra={"reason": reason})
@@ -210,7 +233,8 @@ class Service:
             await self.subscribe(bus_mod.subject_for("service.restart", self.role), "restart", self._on_restart)
             await self.subscribe(bus_mod.subject_for("device.reset"), "device-reset", self.on_device_reset)
             await self.grpc.set_serving(True)
-            serve_metrics(s.host, s.metrics_port)
+            if serve_metrics(s.host, s.metrics_port) is not None:
+                self.spawn(self._sample_loop())
             UP.labels(self.role, self.node).set(1)
             self.log.info("serving", extra={"grpc": self.grpc.address, "pid": os.getpid()})
             await self._stop.wait()
@@ -250,11 +274,13 @@ class Service:
 
 
 def run_service(cls: type[Service]) -> None:
-    """Entry point body for every service: clear one-line errors, exit codes the runner understands."""
+    """Entry point body for every service: clear one-line errors, exit codes the runner understands.
+    Every line the process writes to standard error/output is JSON from here on (`runtime.logs`)."""
+    setup_logging(cls.role, os.environ.get("CCMSEC_NODE") or cls.role, "INFO", capture=True)
     try:
         settings = load_settings(cls.settings_class)
     except SettingsError as exc:
-        print(f"ccmsec-{cls.role}: {exc}", file=sys.stderr)
+        logging.getLogger(f"ccmsec.{cls.role}").error("ccmsec-%s: %s", cls.role, exc)
         sys.exit(2)
     setup_logging(cls.role, settings.node_name, settings.log_level)
     try:
@@ -265,7 +291,6 @@ def run_service(cls: type[Service]) -> None:
     try:
         code = runner(cls(settings).run())
     except (DatabaseError, bus_mod.BusError, SettingsError, IdentityError, OSError) as exc:
-        logging.getLogger(f"ccmsec.{cls.role}").error("cannot start: %s", exc)
-        print(f"ccmsec-{cls.role}: cannot start: {exc}", file=sys.stderr)
+        logging.getLogger(f"ccmsec.{cls.role}").error("ccmsec-%s: cannot start: %s", cls.role, exc)
         sys.exit(1)
     sys.exit(code)

@@ -32,6 +32,7 @@ class ServiceSettings(BaseSettings):
     host: str = "127.0.0.1"
     grpc_port: int = Field(50051, ge=1, le=65535)
     metrics_port: int = Field(9100, ge=0, le=65535)  # 0 = metrics endpoint off
+    metrics_interval: float = Field(15.0, ge=0.2, le=600)  # seconds between gauge samples (I/O-bound ones)
     nats_url: str = "nats://127.0.0.1:4222"
     database_url: str = ""
     log_level: str = "INFO"

@@ -14,6 +14,7 @@ a database: `CallControl(...).start()`. The service wires events and RPCs to it.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import logging
 import time
@@ -33,6 +34,8 @@ from ccmsec.pki.ca import Issued
 from ccmsec.pki.lsc import LscError, ensure_capf_ca, load_third_party_ca
 from ccmsec.pki.servercert import ensure_server_certificate
 from ccmsec.pki.tokens import ensure_manufacturer_ca
+from ccmsec.policy.calls import CallSecurityLevel
+from ccmsec.runtime import metrics
 from ccmsec.wire.sccp import (
     CapabilitiesReceived,
     DeviceRegistered,
@@ -175,8 +178,36 @@ class CallControl:
                 agent, servers=((c.node, c.host, self.plain.port),))
         log.info("SCCP listening", extra={"sccp": f"{c.host}:{self.plain.port}",
                                           "sccp_tls": f"{c.host}:{self.tls.port}"})
+        for mode in DeviceSecurityMode:  # exported from the start, at 0
+            metrics.REGISTRATIONS.labels(c.node, mode.value)
+        metrics.add_sampler(metrics.PHONES_REGISTERED, self._phones_by_mode)
+        metrics.add_sampler(metrics.RESETS_IN_FLIGHT, self._resets_in_flight)
+        metrics.add_sampler(metrics.CALLS_IN_PROGRESS, self._calls_by_security)
+
+    # scrape-time samples (read in the metrics thread: copies first, never writes) ------------
+    def _phones_by_mode(self):
+        counts = collections.Counter(e.security_mode for e in list(self.registry.entries.values()))
+        for mode in (m.value for m in DeviceSecurityMode):
+            counts.setdefault(mode, 0)
+        return [((self.config.node, mode), n) for mode, n in sorted(counts.items())]
+
+    def _resets_in_flight(self):
+        waiting = sum(len(set(p.sent) - p.back) for p in list(self.registry.resets.values()))
+        return [((self.config.node,), waiting)]
+
+    def _calls_by_security(self):
+        counts = collections.Counter({level.name.lower().replace("_", "-"): 0 for level in CallSecurityLevel})
+        if self.calls is not None:
+            agent = self.calls.agent
+            for call in list(agent.calls.values()):
+                counts[agent.view(call).status_name] += 1
+        return [((self.config.node, status), n) for status, n in sorted(counts.items())]
 
     async def close(self) -> None:
+        for sampler, family in ((self._phones_by_mode, metrics.PHONES_REGISTERED),
+                                (self._resets_in_flight, metrics.RESETS_IN_FLIGHT),
+                                (self._calls_by_security, metrics.CALLS_IN_PROGRESS)):
+            metrics.remove_sampler(family, sampler)
         for server in (self.plain, self.tls):
             if server is not None:
                 await server.close()
@@ -234,12 +265,14 @@ class CallControl:
         address = _address(request.peer_address)
         if not verdict.accepted:
             self.refused_total += 1
+            metrics.REGISTRATION_REFUSALS.labels(self.config.node, verdict.rule or "other").inc()
             self.registry.refused(request.device_name, address, verdict.reason)
             log.info("registration refused", extra={"device": request.device_name,
                                                     "address": address, "reason": verdict.reason})
             return RegistrationDecision.reject(verdict.reject_text)
         if verdict.auto_registered and not self.config.auto_register:
             self.refused_total += 1
+            metrics.REGISTRATION_REFUSALS.labels(self.config.node, "MODE-4").inc()
             reason = (f"MODE-4: unknown device {request.device_name}: auto-registration is done by "
                       "the publisher")
             self.registry.refused(request.device_name, address, reason)
@@ -277,6 +310,7 @@ class CallControl:
                     return
                 session.peer_certificate = None  # decided; the fingerprint is all we keep
                 self.registered_total += 1
+                metrics.REGISTRATIONS.labels(self.config.node, verdict.device.security_mode).inc()
                 self.registry.add(RegistrationEntry(
                     device=event.device_name, model=verdict.device.model,
                     security_mode=verdict.device.security_mode,
@@ -336,6 +370,8 @@ class CallControl:
                 log.warning("reset not delivered", extra={"device": name, "error": str(exc)})
                 continue
             sent += ok
+            if ok:
+                metrics.RESETS_SENT.labels(self.config.node, reset_type.name.lower()).inc()
         log.info("reset sent", extra={"devices": sent, "type": reset_type.name,
                                       "request_id": request_id})
         return sent

@@ -7,6 +7,7 @@ messages, and reports registry figures in Status.
 from __future__ import annotations
 
 from ccmsec.runtime import bus as bus_mod
+from ccmsec.runtime import metrics
 from ccmsec.wire.sccp import ResetType
 from ccmsec_proto import events_pb2
 
@@ -49,6 +50,13 @@ class CallControlMixin:
             "event_id": event.id, "rule": body.rule, "all": body.all, "server": body.server,
             "devices": len(body.devices), "registered_targets": len(targets)})
         await self.callcontrol.reset(targets, reset_type, body.request_id)
+
+    async def sample_metrics(self) -> None:
+        await super().sample_metrics()
+        cc = self.callcontrol
+        if cc is not None and cc._server_identity is not None:
+            metrics.set_certificate_expiry("server", f"{self.node}/sccp",
+                                           cc.server_certificate.not_valid_after_utc)
 
     def status_details(self) -> dict[str, str]:
         cc = self.callcontrol

@@ -16,16 +16,24 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import time
 from pathlib import Path
+
+from cryptography import x509
+from sqlalchemy import func, select
 
 from ccmsec.aio.capf import CapfServer, SessionRecord, capf_server_ssl_context
 from ccmsec.clustertls import follow_legacy_tls
-from ccmsec.db.capf import SqlCapfStore
+from ccmsec.db.capf import STATES as OPERATION_STATES
+from ccmsec.db.capf import CapfCertificate, CapfOperation, SqlCapfStore
+from ccmsec.domain import CapfOperation as CapfOperationKind
 from ccmsec.db.devices import ctl_exists
 from ccmsec.pki.ca import Issued, fingerprint_sha256
 from ccmsec.pki.lsc import CAPF_CERT, CAPF_KEY, ensure_capf_ca
 from ccmsec.pki.tls import enable_legacy_tls
+from ccmsec.wire.capf.frames import Reason
 from ccmsec.runtime import bus as bus_mod
+from ccmsec.runtime import metrics
 from ccmsec.runtime.service import Service, run_service
 from ccmsec_proto import capf_pb2_grpc, events_pb2
 
@@ -57,6 +65,7 @@ class CapfService(Service):
         self.capf_server: CapfServer | None = None   # when the port is served in this process
         self.sessions: collections.deque[SessionRecord] = collections.deque(maxlen=1000)
         self.sessions_total = 0
+        self._lsc_expiry: dict[int, float] = {}   # capf_certificates.id -> notAfter (parsed once)
 
     @property
     def pki_dir(self) -> Path:
@@ -106,6 +115,8 @@ class CapfService(Service):
                                           on_session_end=lambda rec: self._sessions_ended([rec]), **limits)
             await self.capf_server.start()
         await self._follow_legacy_tls()  # LATER-8, from the CTL Provider
+        for outcome in ("ok", "no_action", "invalid_element", "unknown_device", "error", "aborted", "other"):
+            metrics.CAPF_SESSIONS.labels(outcome)  # every outcome exported from the start, at 0
         self.grpc.add(capf_pb2_grpc.add_CapfServicer_to_server, CapfServicer(self), "ccmsec.v1.Capf")
         await self.subscribe(bus_mod.subject_for("ctl.updated"), "ctl-updated", self.on_ctl_updated)
         # CERT-3 also after a restart: the CTL may have been built while CAPF was down.
@@ -129,6 +140,52 @@ class CapfService(Service):
     def _sessions_ended(self, records: list[SessionRecord]) -> None:
         self.sessions.extend(records)
         self.sessions_total += len(records)
+        for record in records:
+            metrics.CAPF_SESSIONS.labels(session_outcome(record)).inc()
+
+    async def sample_metrics(self) -> None:
+        """Operations by state, certificate records by outcome, the CAPF certificate's and the
+        installed LSCs' expiry (the database; each LSC is parsed once)."""
+        await super().sample_metrics()
+        if self.capf_ca is not None:
+            metrics.set_certificate_expiry("capf", self.node, self.capf_ca.cert.not_valid_after_utc)
+        async with self.db() as session:
+            ops = (await session.execute(
+                select(CapfOperation.operation, CapfOperation.state, func.count())
+                .group_by(CapfOperation.operation, CapfOperation.state))).all()
+            records = (await session.execute(
+                select(CapfCertificate.operation, CapfCertificate.outcome, func.count())
+                .group_by(CapfCertificate.operation, CapfCertificate.outcome))).all()
+            installed = (await session.execute(
+                select(CapfCertificate.id, CapfCertificate.device_name, CapfCertificate.der)
+                .where(CapfCertificate.outcome == "installed", CapfCertificate.der.is_not(None))
+                .order_by(CapfCertificate.id))).all()
+        counts = {(op.value, state): 0 for op in CapfOperationKind for state in OPERATION_STATES}
+        counts.update({(operation, state): count for operation, state, count in ops})
+        for (operation, state), count in counts.items():
+            metrics.CAPF_OPERATIONS.labels(operation, state).set(count)
+        metrics.CAPF_CERTIFICATES.clear()
+        for operation, outcome, count in records:
+            metrics.CAPF_CERTIFICATES.labels(operation, outcome).set(count)
+        current: dict[str, int] = {}  # device -> its newest installed LSC
+        for row_id, device, _der in installed:
+            current[device] = row_id
+        ders = {row_id: der for row_id, _device, der in installed}
+        now = time.time()
+        expiries = []
+        for row_id in current.values():
+            if row_id not in self._lsc_expiry:
+                try:
+                    cert = x509.load_der_x509_certificate(ders[row_id])
+                    self._lsc_expiry[row_id] = cert.not_valid_after_utc.timestamp()
+                except ValueError:
+                    self._lsc_expiry[row_id] = 0.0
+            if self._lsc_expiry[row_id] > now:
+                expiries.append(self._lsc_expiry[row_id])
+        if expiries:
+            metrics.CERT_EXPIRY.labels("lsc", "earliest").set(min(expiries))
+        for days in (7, 30):
+            metrics.LSC_EXPIRING.labels(f"{days}d").set(sum(1 for t in expiries if t - now < days * 86400))
 
     async def _follow_legacy_tls(self) -> None:
         """LATER-8: with the cluster's legacy TLS on, 3804 also takes TLS 1.0 (AES128-SHA,
@@ -186,6 +243,18 @@ class CapfService(Service):
         if self.acceptors is not None:
             details["capf_acceptor_processes"] = str(len(self.acceptors.pids))
         return details
+
+
+def session_outcome(record: SessionRecord) -> str:
+    """A bounded label for how a CAPF session ended: the CAPF reason's name, error or aborted."""
+    if record.error:
+        return "error"
+    if record.end_reason is None:
+        return "aborted"
+    try:
+        return Reason(record.end_reason).name.lower()
+    except ValueError:
+        return "other"
 
 
 def main() -> None:

@@ -6,9 +6,13 @@ database — a stored port overrides CCMSEC_CTL_PROVIDER_PORT; changing it requi
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from ccmsec.db.cluster import provider_node
+from ccmsec.domain import ClusterMode
+from ccmsec.pki.tokens import TokenError, list_tokens
+from ccmsec.runtime import metrics
 from ccmsec.runtime.service import Service, run_service
 from ccmsec_proto import ctl_provider_pb2, ctl_provider_pb2_grpc
 
@@ -60,6 +64,20 @@ class CtlProviderService(Service):
             details.update(answered=str(self.listener.answered), refused=str(self.listener.refused))
         details.update({f"source_{k}": v for k, v in self.certificate_origins.items()})
         return details
+
+    async def sample_metrics(self) -> None:
+        """CTL version and cluster mode (the database), and the tokens' expiry (DATA/tokens)."""
+        await super().sample_metrics()
+        mode, version = await self.trust.mode_state()
+        metrics.CLUSTER_MIXED.labels(self.node).set(1 if mode == ClusterMode.MIXED else 0)
+        metrics.CTL_VERSION.labels(self.node).set(version or 0)  # versions start at 1; 0 = no CTL
+        try:
+            tokens = await asyncio.to_thread(list_tokens, self.settings.data_dir / "tokens")
+        except TokenError as exc:
+            self.log.warning("cannot read the tokens for metrics: %s", exc)
+            tokens = []
+        for token in tokens:
+            metrics.set_certificate_expiry("token", token.name, token.certificate.not_valid_after_utc)
 
     async def server_certificates(self):
         now = time.monotonic()

@@ -54,6 +54,8 @@ KIND_DEVICE_CONFIG = "device-config"
 KIND_DEFAULT_CONFIG = "default-config"
 KIND_FIRMWARE = "firmware"
 KIND_STATIC = "static"
+FILE_KINDS = (KIND_TRUST_LIST, KIND_DEVICE_CONFIG, KIND_DEFAULT_CONFIG, KIND_FIRMWARE, KIND_STATIC,
+              "other-cluster")
 
 
 def classify(name: str) -> str:
@@ -108,6 +110,16 @@ class TftpContent:
         return self.root / self.layout.own.tftp_path
 
     # --- serving ----------------------------------------------------------------------------------
+    def kind_of(self, filename: str) -> str:
+        """Kind of file a request names (metrics): another cluster's, a bad name, or classify()."""
+        try:
+            owner, _folder, name = self.layout.split(filename)
+        except BadName:
+            return "invalid"
+        if owner is not self.layout.own:
+            return "other-cluster"
+        return classify(name[:-len(SGN)] if name.endswith(SGN) else name)
+
     async def resolve(self, filename: str, client: tuple[str, int] | None = None) -> bytes | None:
         try:
             owner, folder, name = self.layout.split(filename)

@@ -23,13 +23,14 @@ from ccmsec.fsutil import atomic_write
 from ccmsec.pki.ca import fingerprint_sha256
 from ccmsec.pki.servercert import ensure_server_certificate
 from ccmsec.pki.tokens import FileSigner
+from ccmsec.runtime import metrics
 from ccmsec.runtime.service import Service, run_service
 from ccmsec.runtime.servicer import StatusServicerMixin, abort
 from ccmsec.runtime.settings import resolve_host, SettingsError
 from ccmsec_proto import common_pb2, events_pb2, tftp_signer_pb2, tftp_signer_pb2_grpc
 from ccmsec_tftp_signer.content import ClusterEndpoints, write_static_files
 from ccmsec_tftp_signer.devicefiles import ChangeDetector
-from ccmsec_tftp_signer.files import PublishError, TftpContent
+from ccmsec_tftp_signer.files import FILE_KINDS, PublishError, TftpContent
 from ccmsec_tftp_signer.layout import ClusterPath, Layout, Mode6Error
 from ccmsec_tftp_signer.signing import SignedStore, SigningPool
 
@@ -210,7 +211,11 @@ class TftpSignerService(Service):
         written = write_static_files(root / s.tftp_path, endpoints)
         if written:
             self.log.info("static TFTP files created", extra={"files": ",".join(written)})
-        self.server = TftpServer(s.host, s.tftp_port, self.content.resolve, max_sessions=1024)
+        for kind in FILE_KINDS:  # exported from the start, at 0
+            metrics.TFTP_TRANSFERS.labels(kind, "completed")
+            metrics.TFTP_TRANSFERS.labels(kind, "failed")
+        self.server = TftpServer(s.host, s.tftp_port, self.content.resolve, max_sessions=1024,
+                                 kind_of=self.content.kind_of)
         await self.server.start()
         self.grpc.add(tftp_signer_pb2_grpc.add_TftpSignerServicer_to_server, TftpSignerServicer(self),
                       "ccmsec.v1.TftpSigner")
@@ -278,6 +283,11 @@ class TftpSignerService(Service):
         count = await self.content.resign_devices(None) + await self.content.resign_static()
         self.log.info("re-signed stale files", extra={"reason": why, "signed": count,
                                                       "seconds": round(time.perf_counter() - started, 3)})
+
+    async def sample_metrics(self) -> None:
+        await super().sample_metrics()
+        if self.certificate is not None:
+            metrics.set_certificate_expiry("server", f"{self.node}/tftp-signing", self.certificate.not_valid_after_utc)
 
     def status_details(self) -> dict[str, str]:
         if self.content is None:

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .access_log import AccessLogMiddleware
 from . import audit_api, auth, calls, capf, cluster, devices, lines, registrations, resets, srst
 from .audit import record_refusal
 from .errors import (
@@ -68,6 +69,7 @@ def create_admin_app(sessionmaker: async_sessionmaker, *, events: EventPublisher
     app.state.node = node
 
     app.add_middleware(BodyLimitMiddleware, limit=max_body)
+    app.add_middleware(AccessLogMiddleware)  # outermost: every request logged, counted and traced
     app.include_router(auth.router)
     app.include_router(resets.router)  # before devices: /devices/reset is not a device name
     app.include_router(devices.router)
