@@ -144,10 +144,20 @@ async def health_states(cluster: LocalCluster, timeout: float = 1.5) -> dict[str
 
 
 def _tail(path: Path, lines: int = 5) -> str:
+    """The last lines of a log, each JSON record shown as its message (and error, if any)."""
     try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        tail = path.read_text(errors="replace").splitlines()[-lines:]
     except OSError:
         return ""
+    shown = []
+    for line in tail:
+        try:
+            record = json.loads(line)
+            text = str(record["msg"]) + (f" ({record['exc'].splitlines()[-1]})" if record.get("exc") else "")
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError):
+            text = line
+        shown.append(text)
+    return "\n".join(shown)
 
 
 def up(data_dir: Path, *, base: str | None = None, timeout: float = UP_TIMEOUT, quiet: bool = False,

@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from ccmsec.cluster import logrotate
 from ccmsec.cluster.state import write_state
 from ccmsec.cluster.topology import NATS_PORT, LocalCluster, local_cluster
 from ccmsec.runtime.logs import setup_logging
@@ -82,6 +83,7 @@ class Supervisor:
         self.children: dict[str, Child] = {}
         self.stopping = False
         self._stop = asyncio.Event()
+        self.log_rotation = logrotate.settings_from_env()
 
     def _base_env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -123,6 +125,7 @@ class Supervisor:
                 await child.start()
             self.save()
             watchers = [asyncio.create_task(self._watch(c)) for c in self.children.values()]
+            watchers.append(asyncio.create_task(self._rotate_logs()))
             log.info("cluster started", extra={"processes": len(self.children)})
             await self._stop.wait()
         finally:
@@ -135,6 +138,18 @@ class Supervisor:
             self.save()
         log.info("cluster stopped")
         return 0
+
+    async def _rotate_logs(self) -> None:
+        """Size-based rotation of DATA/logs/*.log (`ccmsec.cluster.logrotate`)."""
+        max_bytes, backups = self.log_rotation
+        while not self.stopping and max_bytes > 0:
+            try:
+                rotated = await asyncio.to_thread(logrotate.rotate_folder, self.logs, max_bytes, backups)
+                if rotated:
+                    log.info("log files rotated", extra={"files": ",".join(rotated), "max_bytes": max_bytes})
+            except OSError as exc:  # a full disk must not stop the cluster; try again later
+                log.warning("could not rotate log files: %s", exc)
+            await asyncio.sleep(logrotate.CHECK_SECONDS)
 
     async def _wait_port(self, host: str, port: int, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -214,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--subscribers", type=int, default=0, help="call-control subscribers (LATER-7)")
     args = parser.parse_args(argv)
     data = args.data.resolve()
-    setup_logging("supervisor", "local", os.environ.get("CCMSEC_LOG_LEVEL", "INFO"))
+    setup_logging("supervisor", "local", os.environ.get("CCMSEC_LOG_LEVEL", "INFO"), capture=True)
     run = data / "run"
     run.mkdir(parents=True, exist_ok=True)
     lock = open(run / "supervisor.lock", "a+")
@@ -229,8 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         import uvloop
         return uvloop.run(Supervisor(cluster).run())
     except Exception as exc:  # the runner shows this line to the user
-        log.error("supervisor failed: %s", exc)
-        print(f"supervisor failed: {exc}", file=sys.stderr)
+        log.error("supervisor failed: %s", exc)  # one JSON line; the runner shows its msg
         return 1
 
 

@@ -23,6 +23,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import ssl
 import time
@@ -43,7 +44,9 @@ from ccmsec.media.callkeys import CallKeySource, DeviceTransport, PairKeys
 from ccmsec.media.srtp import MasterKey
 from ccmsec.pki.ca import Issued
 from ccmsec.pki.tls import sccp_server_context
+from ccmsec.policy.calls import CallSecurityLevel
 from ccmsec.policy.registration import DeviceRecord, PhoneTrust, decide
+from ccmsec.runtime import metrics
 from ccmsec.wire import sccp as s
 from ccmsec.wire.sccp import (
     CapabilitiesReceived,
@@ -187,8 +190,26 @@ class FallbackCallControl:
                                             servers=((self.node, self.host, self.plain.port),))
         log.info("SRST SCCP listening", extra={"sccp": f"{self.host}:{self.plain.port}",
                                                "sccp_tls": f"{self.host}:{self.tls.port}"})
+        for mode in DeviceSecurityMode:  # exported from the start, at 0
+            metrics.REGISTRATIONS.labels(self.node, mode.value)
+        metrics.add_sampler(metrics.PHONES_REGISTERED, self._phones_by_mode)
+        metrics.add_sampler(metrics.CALLS_IN_PROGRESS, self._calls_by_security)
+
+    # scrape-time samples (the metrics thread reads copies, never writes) --------------------
+    def _phones_by_mode(self):
+        counts = collections.Counter({m.value: 0 for m in DeviceSecurityMode})
+        counts.update(DeviceSecurityMode.parse(r.mode).value for r in list(self.registrations.values()))
+        return [((self.node, mode), n) for mode, n in sorted(counts.items())]
+
+    def _calls_by_security(self):
+        counts = collections.Counter({level.name.lower().replace("_", "-"): 0 for level in CallSecurityLevel})
+        for call in list(self.agent.calls.values()):
+            counts[self.agent.view(call).status_name] += 1
+        return [((self.node, status), n) for status, n in sorted(counts.items())]
 
     async def close(self) -> None:
+        metrics.remove_sampler(metrics.PHONES_REGISTERED, self._phones_by_mode)
+        metrics.remove_sampler(metrics.CALLS_IN_PROGRESS, self._calls_by_security)
         if self._timer is not None:
             self._timer.cancel()
         for server in (self.plain, self.tls):
@@ -223,6 +244,7 @@ class FallbackCallControl:
         phone = self.directory.phones.get(name)
         if phone is None:
             self.refused_total += 1
+            metrics.REGISTRATION_REFUSALS.labels(self.node, "SRST-1").inc()
             log.info("SRST registration refused", extra={"device": name, "reason": "not ours"})
             return RegistrationDecision.reject(f"SRST-1: {name} not served here"[:31])
         device = DeviceRecord(name, phone.model, DeviceSecurityMode.from_proto(
@@ -233,6 +255,7 @@ class FallbackCallControl:
         verdict = decide(request, device, mode, self.directory.trust)
         if not verdict.accepted:
             self.refused_total += 1
+            metrics.REGISTRATION_REFUSALS.labels(self.node, verdict.rule or "other").inc()
             log.info("SRST registration refused", extra={"device": name, "reason": verdict.reason})
             return RegistrationDecision.reject(verdict.reject_text)
         mode = DeviceSecurityMode.parse(verdict.device.security_mode)
@@ -264,6 +287,7 @@ class FallbackCallControl:
                     name, profile.security_mode, (self.tls if secure else self.plain).port,
                     session.tls_cipher or "", kind, time.time(), conn)
                 self.registered_total += 1
+                metrics.REGISTRATIONS.labels(self.node, DeviceSecurityMode.parse(profile.security_mode).value).inc()
                 self.agent.register(profile, self._now())
                 conn.session.send(DisplayNotify(timeout=0, text=FALLBACK_NOTICE))
                 conn.session.send(DisplayPromptStatus(timeout=0, text=FALLBACK_NOTICE))
