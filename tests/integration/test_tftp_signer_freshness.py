@@ -179,3 +179,36 @@ async def test_auth4_changes_are_built_and_signed_before_any_request(tmp_path, n
         assert (store.hits, store.signed) == (hits + 1, signed + 1)
         assert parse_cnf_xml(fresh.payload).hardening.pc_port is False
         verify_sgn(fresh, r.cert)
+
+
+async def test_auth4_version_check_sees_every_commit_on_postgresql():
+    """The version check on PostgreSQL (the WAL position): a commit by another connection always
+    changes it. (The shared test database also sees other commits, so only this direction — the
+    one that keeps stale files out — is asserted.)"""
+    import uuid
+
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from ccmsec_tftp_signer.devicefiles import ChangeDetector
+    from tests.integration.test_admin_support import POSTGRES_URL, _postgres_reachable
+
+    reason = await _postgres_reachable()
+    if reason:
+        pytest.skip(reason)
+    table = f"t_tftp_{uuid.uuid4().hex[:12]}"
+    engine = create_async_engine(POSTGRES_URL)
+    detector = ChangeDetector(engine)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text(f'CREATE TABLE "{table}" (v integer)'))
+        for value in range(3):
+            before = await detector.token()
+            async with engine.begin() as conn:
+                await conn.execute(text(f'INSERT INTO "{table}" VALUES ({value})'))
+            assert await detector.token() != before
+    finally:
+        async with engine.begin() as conn:
+            await conn.execute(text(f'DROP TABLE IF EXISTS "{table}"'))
+        detector.close()
+        await engine.dispose()
