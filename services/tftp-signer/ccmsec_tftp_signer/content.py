@@ -147,15 +147,30 @@ class DeviceSource:
     config: DeviceConfig
 
 
-@dataclass(frozen=True, eq=True)
+@dataclass(frozen=True, eq=False)
 class DeviceInputs:
     """Everything one SEP<MAC>.cnf.xml is built from (with the endpoints, fixed for the process):
-    equal inputs build byte-identical files. Compared by value (dicts compare deeply)."""
+    equal inputs build byte-identical files. `key` holds the raw values read; two inputs are equal
+    when their keys are (compared by value, not by a version column)."""
 
     name: str
     device: dict
     capf: dict | None
     pool: dict | None
+    key: tuple
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, DeviceInputs) and self.key == other.key
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def _frozen(value):
+    if isinstance(value, dict):
+        return tuple((k, _frozen(v)) for k, v in value.items())
+    if isinstance(value, list):
+        return tuple(_frozen(v) for v in value)
+    return value
 
 
 async def read_inputs(session: AsyncSession, names: list[str] | None = None) -> list[DeviceInputs]:
@@ -168,8 +183,104 @@ async def read_inputs(session: AsyncSession, names: list[str] | None = None) -> 
         return []
     capf = await _pending_capf(session, names)
     pools = await _pools(session, {d["device_pool"] for d in devices if d["device_pool"]})
-    return [DeviceInputs(d["name"], d, capf.get(d["name"]), pools.get(d["device_pool"] or ""))
-            for d in devices if d["name"].startswith("SEP")]  # only SEP<MAC> devices fetch a cnf.xml
+    out = []
+    for d in devices:
+        if not d["name"].startswith("SEP"):
+            continue  # only SEP<MAC> devices fetch a SEP<MAC>.cnf.xml
+        op, pool = capf.get(d["name"]), pools.get(d["device_pool"] or "")
+        out.append(DeviceInputs(d["name"], d, op, pool, (tuple(d.values()), _frozen(op), _frozen(pool))))
+    return out
+
+
+# --- the same snapshot straight from SQLite (the version check's re-read on the default database) ---
+
+@dataclass
+class RawInputs:
+    """Every input as SQLite returns it, read in one read transaction."""
+
+    mode: str | None
+    columns: tuple[str, ...]
+    devices: list[tuple]
+    capf: dict[str, tuple]           # device name -> (device_name, operation, auth_mode, key_type, id)
+    capf_columns: tuple[str, ...]
+    pools: dict[str, tuple]          # pool name -> (name, cm_group, srst)
+    references: dict[str, tuple]     # srst reference name -> (name, host, ports, secure, certificate)
+
+
+def _sqlite_sql(stmt) -> str:
+    from sqlalchemy.dialects import sqlite
+
+    return str(stmt.compile(dialect=sqlite.dialect(), compile_kwargs={"literal_binds": True}))
+
+
+_RAW_SQL: dict[str, str] = {}
+
+
+def _raw_sql() -> dict[str, str]:
+    if not _RAW_SQL:
+        from ccmsec.db.devices import SETTING_SECURITY_MODE, ClusterSetting
+
+        _RAW_SQL.update(
+            mode=_sqlite_sql(select(ClusterSetting.value).where(ClusterSetting.key == SETTING_SECURITY_MODE)),
+            devices=_sqlite_sql(select(*_DEVICE_COLUMNS).order_by(Device.name)),
+            capf=_sqlite_sql(select(CapfOperation.device_name, CapfOperation.operation, CapfOperation.auth_mode,
+                                    CapfOperation.key_type, CapfOperation.id)
+                             .where(CapfOperation.state.in_(PENDING_CAPF_STATES)).order_by(CapfOperation.id)),
+            pools=_sqlite_sql(select(DevicePool.name, DevicePool.cm_group, DevicePool.srst)),
+            references=_sqlite_sql(select(SrstReference.name, SrstReference.host, SrstReference.sccp_port,
+                                          SrstReference.sccp_tls_port, SrstReference.secure,
+                                          SrstReference.certificate)),
+        )
+    return _RAW_SQL
+
+
+def read_raw_sqlite(conn) -> RawInputs:
+    """One read transaction on a sqlite3 connection (autocommit mode): every input, as tuples."""
+    sql = _raw_sql()
+    conn.execute("BEGIN")
+    try:
+        mode = conn.execute(sql["mode"]).fetchone()
+        cursor = conn.execute(sql["devices"])
+        columns = tuple(c[0] for c in cursor.description)
+        devices = cursor.fetchall()
+        cursor = conn.execute(sql["capf"])
+        capf_columns = tuple(c[0] for c in cursor.description)
+        capf = {row[0]: row for row in cursor.fetchall()}  # ordered by id: the latest wins
+        pools = {row[0]: row for row in conn.execute(sql["pools"]).fetchall()}
+        references = {row[0]: row for row in conn.execute(sql["references"]).fetchall()}
+    finally:
+        conn.execute("COMMIT")
+    return RawInputs(mode[0] if mode else None, columns, devices, capf, capf_columns, pools, references)
+
+
+def inputs_from_raw(raw: RawInputs, old: dict[str, DeviceInputs]) -> dict[str, DeviceInputs]:
+    """The inputs of every SEP device; an unchanged device keeps its old DeviceInputs object."""
+    pool_keys = {name: (row, raw.references.get(row[2]) if row[2] else None) for name, row in raw.pools.items()}
+    out: dict[str, DeviceInputs] = {}
+    pool_column = raw.columns.index("device_pool")
+    for row in raw.devices:
+        name = row[0]
+        if not name.startswith("SEP"):
+            continue
+        op = raw.capf.get(name)
+        pool_name = row[pool_column]
+        key = (row, op, pool_keys.get(pool_name) if pool_name else None)
+        before = old.get(name)
+        if before is not None and before.key == key:
+            out[name] = before
+            continue
+        pool = None
+        if key[2] is not None:
+            (_, cm_group, srst), ref = key[2]
+            reference = None
+            if ref is not None:
+                reference = {"host": ref[1], "sccp_port": ref[2], "sccp_tls_port": ref[3], "secure": bool(ref[4]),
+                             "certificate": ref[5]}
+            pool = {"callmanagers": [h for h in cm_group.split(",") if h][:3], "srst": srst or None,
+                    "reference": reference}
+        out[name] = DeviceInputs(name, dict(zip(raw.columns, row)),
+                                 dict(zip(raw.capf_columns, op)) if op else None, pool, key)
+    return out
 
 
 async def device_configs(session: AsyncSession, endpoints: ClusterEndpoints,

@@ -35,7 +35,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from ccmsec.domain import ClusterMode
-from ccmsec_tftp_signer.content import ClusterEndpoints, DeviceInputs, build_device_config, read_inputs, security_mode
+from ccmsec_tftp_signer.content import (
+    ClusterEndpoints, DeviceInputs, build_device_config, inputs_from_raw, read_inputs, read_raw_sqlite, security_mode,
+)
 
 log = logging.getLogger("ccmsec.tftp-signer")
 
@@ -55,6 +57,16 @@ class ChangeDetector:
             self._sqlite = sqlite3.connect(db, timeout=30, isolation_level=None, check_same_thread=False)
             self._sqlite.execute("PRAGMA busy_timeout=30000")
         self.checks = 0
+
+    def reader(self) -> sqlite3.Connection | None:
+        """A second private connection for the re-read (used from a worker thread), or None when
+        the re-read goes through SQLAlchemy (PostgreSQL)."""
+        if self._sqlite is None:
+            return None
+        conn = sqlite3.connect(self.engine.url.database, timeout=30, isolation_level=None,
+                               check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout=30000")
+        return conn
 
     async def token(self) -> object:
         self.checks += 1
@@ -93,6 +105,7 @@ class DeviceFiles:
         self.revalidations = 0
         self.revalidation_seconds = 0.0
         self.builds = 0
+        self._reader = detector.reader() if detector is not None else None
 
     # --- freshness ----------------------------------------------------------------------------
     async def current(self) -> None:
@@ -113,19 +126,22 @@ class DeviceFiles:
 
     async def _revalidate(self, token: object) -> None:
         started = time.perf_counter()
-        async with self.db() as session:  # one read transaction: one snapshot of every input
-            mode = await security_mode(session)
-            rows = await read_inputs(session)
         old = self.inputs
-        fresh: dict[str, DeviceInputs] = {}
-        changed = []
-        for item in rows:
-            before = old.get(item.name)
-            if before is not None and before == item:
-                fresh[item.name] = before  # identity kept: `Built.inputs is inputs` means current
-            else:
-                fresh[item.name] = item
-                changed.append(item.name)
+        if self._reader is not None:
+            # SQLite: the statements straight on a private connection, in one read transaction,
+            # in a worker thread; rows compared as tuples, dicts made only for changed devices.
+            raw = await asyncio.to_thread(read_raw_sqlite, self._reader)
+            mode = ClusterMode.parse(raw.mode or ClusterMode.NON_SECURE)
+            fresh = inputs_from_raw(raw, old)
+        else:
+            async with self.db() as session:  # one read transaction: one snapshot of every input
+                mode = await security_mode(session)
+                rows = await read_inputs(session)
+            fresh = {}
+            for item in rows:
+                before = old.get(item.name)
+                fresh[item.name] = before if before is not None and before == item else item
+        changed = [name for name, item in fresh.items() if old.get(name) is not item]
         for name in old.keys() - fresh.keys():
             self.built.pop(name, None)
             changed.append(name)
@@ -154,6 +170,11 @@ class DeviceFiles:
         self.built[name] = Built(inputs, xml)
         self.builds += 1
         return xml
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
 
     def take_dirty(self) -> tuple[list[str], bool]:
         names, mode = sorted(self.dirty), self.mode_changed

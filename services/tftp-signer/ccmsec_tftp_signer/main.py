@@ -231,6 +231,8 @@ class TftpSignerService(Service):
             await self.server.close()
         if self.pool is not None:
             self.pool.close()
+        if self.content is not None:
+            self.content.devices.close()
         if self.detector is not None:
             self.detector.close()
 
