@@ -307,6 +307,21 @@ async def main(args: argparse.Namespace) -> int:
             await bus.close()
         print(f"all {args.devices} devices: change committed -> every new signed file served in {spent:.2f} s "
               f"({args.devices / spent:.0f} files/s, every phone fetching at once)  load {load()}")
+        # What bounds that: RSA signing. The raw rate, same key, same payload size, same pool size.
+        sys.path.insert(0, str(REPO / "bench"))
+        from resign_storm import raw_rate
+
+        from ccmsec.pki.servercert import ensure_server_certificate
+        from ccmsec.pki.tokens import FileSigner
+
+        signer = FileSigner.from_issued(ensure_server_certificate(data / "servers" / "tftp-signer", "tftp-signer",
+                                                                  ip=HOST))
+        from ccmsec.formats.sgn import parse_sgn
+
+        payload = parse_sgn(files[configs[0]]).payload
+        raw = await raw_rate(signer, [payload] * args.devices, os.cpu_count() or 2, 50)
+        print(f"raw RSA-2048 signatures of the same size, same pool size, now: {raw:.0f}/s -> "
+              f"{args.devices / raw:.2f} s for {args.devices}  load {load()}")
         details = await status(data, grpc_port)
         print("service: " + ", ".join(f"{k}={details.get(k)}" for k in (
             "cache_hits", "cache_misses", "files_signed", "revalidations", "revalidation_seconds",
