@@ -276,7 +276,7 @@ async def step_secure_fleet(ctx: DemoContext) -> None:
                 break
             if time.monotonic() > deadline:
                 summary = "; ".join(f"{p.name} {p.state} {p.transport or '-'} {p.last_failure_reason}"
-                                    for p in states)
+                                    f" (recent: {' | '.join(p.history[-6:])})" for p in states)
                 raise runner.RunnerError(f"phones did not all register as configured: {summary}")
             await asyncio.sleep(0.5)
     for p in sorted(states, key=lambda p: p.name):

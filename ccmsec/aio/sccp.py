@@ -615,6 +615,10 @@ class _TlsGate(asyncio.Protocol):
             transport.abort()  # type: ignore[attr-defined]
             return
         self._pending_source = source
+        # Nothing may be read before start_tls takes the transport over: a ClientHello read here
+        # would land in `data_received` as application data and the handshake would stall until
+        # its timeout (start_tls resumes reading itself).
+        transport.pause_reading()  # type: ignore[attr-defined]
         server._spawn(self._handshake(transport))  # type: ignore[arg-type]
 
     async def _handshake(self, transport: asyncio.Transport) -> None:

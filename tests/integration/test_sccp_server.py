@@ -421,3 +421,29 @@ async def test_standby_connections_live_by_keepalive_and_are_bounded_per_source_
         assert "SEPSTANDBY" in server.registered
         for _, w in conns:
             w.close()
+
+
+class _SlowHandOverServer(SccpServer):
+    """Starts each TLS handshake late, as a busy event loop does: the phone's ClientHello is
+    already on the socket when start_tls takes the transport over."""
+
+    def _spawn(self, coro) -> None:
+        async def late():
+            await asyncio.sleep(0.3)
+            await coro
+        super()._spawn(late())
+
+
+async def test_client_hello_that_arrives_before_the_handshake_starts_is_not_lost_AUTH_2(pki):
+    """Seen as phones falling back to SRST after a 10 s timeout: a ClientHello read before
+    start_tls went to the application buffer and the server never answered it."""
+    rec = Recorder()
+    ctx = tls.sccp_server_context(pki["ccm"], [pki["capf"].cert, pki["mfr"].cert])
+    async with _SlowHandOverServer(require_transport_matching_mode(DEVICES.get), port=0, ssl_context=ctx,
+                                   on_event=rec, handshake_timeout=5.0) as server:
+        phone = await connect_phone("127.0.0.1", server.port, s.Register("SEPENC"),
+                                    ssl_context=_phone_ctx(pki, "SEPENC"),
+                                    pinned_ccm_certificates=[pki["ccm"].cert])
+        await phone.wait_registered(timeout=3)
+        assert "SEPENC" in server.registered
+        await phone.close()

@@ -465,6 +465,12 @@ class PhoneRunner:
             raise BootFailure("registration-failed", "; ".join(failover.problems) or "nobody answered")
         self.failover = failover
         self._show_registration()
+        failed = [e for e in failover.events if e.kind == "attempt-failed"]
+        if failed:  # the user sees why the phone is not on its first node (e.g. in SRST fallback)
+            self._note(f"registered with {failover.active.label} after {failed[-1].target} failed: "
+                       f"{failed[-1].detail}")
+            log.info("phone %s registered with %s after %s failed: %s", p.name, failover.active.label,
+                     failed[-1].target, failed[-1].detail)
 
     def _show_registration(self) -> None:
         p, failover = self.phone, self.failover
