@@ -31,9 +31,12 @@ guards resources:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
+import socket
 import ssl
+import struct
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -196,7 +199,7 @@ class ServerConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         if len(server._connections) >= server.max_connections:
             self._done = True
-            server._release_source(self)  # a slot handed over by the TLS gate
+            server._release_source(self)  # a slot taken at accept (TLS)
             transport.close()
             return
         if self._pending_source is None:  # plain TCP: admitted here, at accept
@@ -444,12 +447,15 @@ class SccpServer:
         self.max_pending_per_source = max_pending_per_source
         self._pending: dict[str, int] = {}  # source address -> connections not registered yet
         self.refused_per_source = 0
+        self.handshake_failures = 0
         self.standby_total = 0   # connections that became a phone's standby (LATER-7)
         self._standby: dict[str, int] = {}  # source address -> standby connections held
         self.max_standby_per_source = max_standby_per_source
         self._on_event = on_event
         self.backlog = backlog  # a registration storm must not overflow the listen queue
-        self._server: asyncio.base_events.Server | None = None
+        self._server: asyncio.base_events.Server | None = None   # plain TCP
+        self._sock: socket.socket | None = None                   # TLS: our listening socket
+        self._accept_task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connections: set[ServerConnection] = set()
         self._tasks: set[asyncio.Task] = set()  # async decisions in flight
@@ -457,20 +463,47 @@ class SccpServer:
 
     @property
     def port(self) -> int:
+        if self._sock is not None:
+            return self._sock.getsockname()[1]
         if self._server is None:
             return self._port
         return self._server.sockets[0].getsockname()[1]
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        # TLS goes through a gate that counts the source before any handshake work is done.
-        factory = (lambda: _TlsGate(self)) if self.ssl_context else (lambda: ServerConnection(self))
-        self._server = await self._loop.create_server(factory, self.host, self._port,
-                                                      backlog=self.backlog)
+        if self.ssl_context is None:
+            self._server = await self._loop.create_server(lambda: ServerConnection(self), self.host,
+                                                          self._port, backlog=self.backlog)
+            return
+        # TLS: our own accept loop judges the source before any handshake work, then the loop
+        # runs TLS on the accepted socket from its first byte (`connect_accepted_socket`). A
+        # protocol that hands its transport to start_tls later can lose the ClientHello (uvloop
+        # starts reading right after connection_made), which stalled handshakes for 10 s.
+        family, kind, proto, _, address = socket.getaddrinfo(
+            self.host, self._port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+            sock.listen(self.backlog)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        self._sock = sock
+        self._accept_task = self._loop.create_task(self._accept_loop(), name="sccp tls accept")
 
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
+        if self._accept_task is not None:
+            self._accept_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._accept_task
+            self._accept_task = None
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
         for task in list(self._tasks):
             task.cancel()
         for conn in list(self._connections):
@@ -480,6 +513,44 @@ class SccpServer:
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
+
+    async def _accept_loop(self) -> None:
+        loop = self._loop
+        while True:
+            try:
+                sock, peer = await loop.sock_accept(self._sock)
+            except OSError as exc:  # e.g. EMFILE: back off rather than spin
+                log.error("SCCP: accept failed: %s", exc)
+                await asyncio.sleep(0.1)
+                continue
+            source = sys.intern(str(peer[0])) if peer else "?"
+            if len(self._connections) >= self.max_connections or not self._hold_source(source):
+                with contextlib.suppress(OSError):  # reset at once: the refusal costs no handshake
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.close()
+                continue
+            self._spawn(self._tls_handshake(sock, source))
+
+    async def _tls_handshake(self, sock: socket.socket, source: str) -> None:
+        """TLS within `handshake_timeout`; the `ServerConnection` gets the transport (and the
+        source slot) once it is done. A stalled or bad handshake keeps nobody else waiting."""
+        conn = ServerConnection(self)
+        conn._pending_source = source
+        try:
+            sock.setblocking(False)
+            await self._loop.connect_accepted_socket(
+                lambda: conn, sock, ssl=self.ssl_context, ssl_handshake_timeout=self.handshake_timeout)
+        except asyncio.CancelledError:
+            self._release_source(conn)
+            sock.close()
+            raise
+        except Exception as exc:  # bad handshake, timeout, peer gone
+            self._release_source(conn)
+            sock.close()
+            self.handshake_failures += 1
+            if self.handshake_failures <= 20 or self.handshake_failures % 1000 == 0:
+                log.info("SCCP: TLS handshake from %s failed: %r", source, exc,
+                         extra={"handshake_failures": self.handshake_failures})
 
     async def __aenter__(self) -> "SccpServer":
         await self.start()
@@ -541,7 +612,7 @@ class SccpServer:
         else:
             self._standby.pop(source, None)
 
-    def _release_source(self, conn: "ServerConnection | _TlsGate") -> None:
+    def _release_source(self, conn: "ServerConnection") -> None:
         source, conn._pending_source = conn._pending_source, None
         if source is None:
             return
@@ -592,75 +663,6 @@ class SccpServer:
         if isinstance(event, DeviceRegistered):
             self._release_standby(conn)   # a standby that registered counts as registered now
         self._emit(conn, event)
-
-
-class _TlsGate(asyncio.Protocol):
-    """The TLS listener's first protocol: admits a connection by its source address at accept
-    (see `SccpServer._hold_source`), runs the handshake within `handshake_timeout`, then hands
-    the TLS transport and the source slot to a `ServerConnection`."""
-
-    __slots__ = ("_server", "_pending_source", "_conn", "_early")
-
-    def __init__(self, server: "SccpServer") -> None:
-        self._server = server
-        self._pending_source: str | None = None
-        self._conn: ServerConnection | None = None
-        self._early: bytearray | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        server = self._server
-        peer = transport.get_extra_info("peername")
-        source = sys.intern(peer[0]) if peer else "?"
-        if len(server._connections) >= server.max_connections or not server._hold_source(source):
-            transport.abort()  # type: ignore[attr-defined]
-            return
-        self._pending_source = source
-        # Nothing may be read before start_tls takes the transport over: a ClientHello read here
-        # would land in `data_received` as application data and the handshake would stall until
-        # its timeout (start_tls resumes reading itself).
-        transport.pause_reading()  # type: ignore[attr-defined]
-        server._spawn(self._handshake(transport))  # type: ignore[arg-type]
-
-    async def _handshake(self, transport: asyncio.Transport) -> None:
-        server = self._server
-        try:
-            tls = await server._loop.start_tls(transport, self, server.ssl_context, server_side=True,
-                                               ssl_handshake_timeout=server.handshake_timeout)
-        except asyncio.CancelledError:
-            server._release_source(self)
-            transport.abort()
-            raise
-        except Exception:  # bad handshake, timeout, peer gone: nobody else was kept waiting
-            server._release_source(self)
-            transport.abort()
-            return
-        if tls is None:
-            server._release_source(self)
-            return
-        conn = self._conn = ServerConnection(server)
-        conn._pending_source, self._pending_source = self._pending_source, None
-        tls.set_protocol(conn)
-        conn.connection_made(tls)
-        early, self._early = self._early, None
-        if early:
-            conn.data_received(bytes(early))
-
-    # Application data that raced ahead of the hand-over, and the end of the connection.
-    def data_received(self, data: bytes) -> None:
-        if self._conn is not None:
-            self._conn.data_received(data)
-            return
-        early = self._early if self._early is not None else bytearray()
-        if len(early) + len(data) <= MAX_BUFFER:
-            early += data
-            self._early = early
-
-    def eof_received(self) -> bool | None:
-        return None
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._conn is not None:
-            self._conn.connection_lost(exc)
 
 
 # -- phone side -------------------------------------------------------------------------------------

@@ -434,9 +434,17 @@ class _SlowHandOverServer(SccpServer):
         super()._spawn(late())
 
 
-async def test_client_hello_that_arrives_before_the_handshake_starts_is_not_lost_AUTH_2(pki):
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])   # the services run on uvloop
+def test_client_hello_that_arrives_before_the_handshake_starts_is_not_lost_AUTH_2(pki, loop):
     """Seen as phones falling back to SRST after a 10 s timeout: a ClientHello read before
-    start_tls went to the application buffer and the server never answered it."""
+    the TLS layer took the connection over was lost and the server never answered it."""
+    import uvloop
+
+    runner = uvloop.run if loop == "uvloop" else asyncio.run
+    runner(asyncio.wait_for(_hello_before_handshake(pki), 20))
+
+
+async def _hello_before_handshake(pki):
     rec = Recorder()
     ctx = tls.sccp_server_context(pki["ccm"], [pki["capf"].cert, pki["mfr"].cert])
     async with _SlowHandOverServer(require_transport_matching_mode(DEVICES.get), port=0, ssl_context=ctx,
