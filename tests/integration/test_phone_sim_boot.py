@@ -275,6 +275,57 @@ async def test_auth5_tampered_signed_config_rejected_with_reason(lab):
     assert name not in lab.sccp.registered
 
 
+@pytest.mark.parametrize("signer", ["sast1", "rogue"])
+async def test_auth5_config_validly_signed_by_a_certificate_other_than_the_ctl_tftp_one_is_refused(lab, signer):
+    """AUTH-5, not only byte flips: a configuration whose signature is valid — made by a security
+    token listed in the CTL (role token, not TFTP) or by a stranger's key carrying the TFTP
+    server's subject — is refused over real TFTP, with the reason shown, and the phone never
+    registers on it."""
+    from ccmsec.pki.ca import create_ca, issue_with_new_key, name as xname
+
+    name = "SEP00112233000A"
+    lab.files["CTLFile.tlv"] = make_ctl(lab.pki)
+    cfg = lab.device(name, mode=1)
+    if signer == "rogue":
+        # Same subject as the CTL's TFTP record, other key and issuer: only the key counts.
+        key_signer = FileSigner.from_issued(issue_with_new_key(create_ca(xname("Rogue CA")), xname("tftp1")))
+    else:
+        key_signer = lab.pki[signer]
+    lab.sign(cfg.filename, cfg.to_xml(), signer=key_signer)
+    signed = lab.files[f"{name}.cnf.xml.sgn"]
+    from ccmsec.formats.sgn import parse_sgn, verify_sgn
+
+    verify_sgn(parse_sgn(signed), key_signer.certificate)   # the signature itself is valid
+    runner = await boot(lab, lab.phone(name))
+    p = runner.phone
+    assert p.state is State.FAILED and p.last_failure == "config-rejected", (p.state, p.last_failure_reason)
+    assert "AUTH-5" in p.last_failure_reason and f"{name}.cnf.xml.sgn" in p.last_failure_reason
+    assert name not in lab.sccp.registered and name not in lab.sccp_tls.registered
+    assert not any(r.device_name == name for r in lab.registrations)
+
+
+async def test_auth5_config_validly_signed_for_another_file_name_is_refused(lab):
+    """AUTH-5: another phone's configuration, correctly signed by the TFTP certificate but for its
+    own file name, served under this phone's name, is refused (the signed name is checked); the
+    same phone then boots on its own signed file."""
+    name, other = "SEP00112233000B", "SEP00112233000C"
+    lab.files["CTLFile.tlv"] = make_ctl(lab.pki)
+    lab.device(name, mode=1)
+    lab.image()
+    theirs = lab.device(other, mode=1)
+    ours = lab.files[f"{name}.cnf.xml.sgn"]
+    lab.files[f"{name}.cnf.xml.sgn"] = lab.files[f"{theirs.filename}.sgn"]
+    runner = await boot(lab, lab.phone(name))
+    p = runner.phone
+    assert p.state is State.FAILED and p.last_failure == "config-rejected", (p.state, p.last_failure_reason)
+    assert "AUTH-5" in p.last_failure_reason and f"'{other}.cnf.xml.sgn'" in p.last_failure_reason
+    assert name not in lab.sccp.registered and other not in lab.sccp.registered
+    lab.files[f"{name}.cnf.xml.sgn"] = ours                  # the good case, same phone
+    await runner.request_boot()
+    await until(lambda: p.state is State.REGISTERED, 20)
+    assert name in lab.sccp.registered
+
+
 async def test_auth5_phone_with_ctl_refuses_to_fall_back_to_unsigned_config(lab):
     name = "SEP001122330007"
     lab.files["CTLFile.tlv"] = make_ctl(lab.pki)
