@@ -179,14 +179,17 @@ def _guarded(inner, method: str, roles: frozenset[str] | None, gate: Gate, metri
 
     if inspect.isasyncgenfunction(inner):
         async def streaming(request, context):
-            if not admitted(context):
-                await slow_check(context)
             if not metrics:
+                if not admitted(context):
+                    await slow_check(context)
                 async for item in inner(request, context):
                     yield item
                 return
             start = perf()
+            # The caller's trace id covers the refusal's log line and event too.
             with bind_trace_id(_trace_of(context)):
+                if not admitted(context):
+                    await slow_check(context)
                 try:
                     async for item in inner(request, context):
                         yield item
@@ -202,12 +205,15 @@ def _guarded(inner, method: str, roles: frozenset[str] | None, gate: Gate, metri
     is_coroutine = inspect.iscoroutinefunction(inner)
 
     async def behaviour(request, context):
-        if not admitted(context):
-            await slow_check(context)
         if not metrics:
+            if not admitted(context):
+                await slow_check(context)
             return (await inner(request, context)) if is_coroutine else inner(request, context)
-        start = perf()
+        # The caller's trace id covers the refusal's log line and event too.
         with bind_trace_id(_trace_of(context)):
+            if not admitted(context):
+                await slow_check(context)
+            start = perf()
             try:
                 reply = (await inner(request, context)) if is_coroutine else inner(request, context)
             except BaseException as exc:

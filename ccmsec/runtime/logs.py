@@ -64,7 +64,10 @@ def bind_trace_id(trace_id: str | None = None):
     try:
         yield _TRACE.get()
     finally:
-        _TRACE.reset(token)
+        try:
+            _TRACE.reset(token)
+        except ValueError:  # an async generator closed from another context: nothing to undo there
+            pass
 
 
 def _ts(created: float) -> str:

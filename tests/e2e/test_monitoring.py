@@ -7,8 +7,9 @@ service's metrics port, real phones over SCCP, real TFTP, the real administratio
 - every ccmsec metric the shipped Grafana dashboard and Prometheus alert rules use is exported by
   a running service, and `promtool check rules` passes on the rules;
 - `ccmsec status` shows each service's metrics endpoint, and it answers;
-- every line of every service's log is JSON, the administration API writes an access log, and a
-  request's trace id (X-Request-Id) reaches the services that handle the event it published.
+- every line of every service's log is JSON, the administration API writes an access log, a
+  request's trace id (X-Request-Id) reaches the services that handle the event it published, and a
+  gRPC caller's trace id (metadata) reaches the service it called.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from ccmsec.pki.ca import Issued, load_pair, new_key
 from ccmsec.pki.lsc import issue_lsc
 from ccmsec.pki.tls import sccp_phone_context
 from ccmsec.runtime.database import create_engine, sessionmaker
+from ccmsec.runtime.logs import bind_trace_id
 from ccmsec.wire import sccp as s
 from tests.conftest import ROOT, run_cli
 
@@ -89,8 +91,9 @@ async def _add_devices(data: Path) -> None:
     await engine.dispose()
 
 
-async def _denied_call(cluster) -> None:
-    """The command line's identity may not ask keymanager for call keys (PERMISSION_DENIED)."""
+async def _denied_call(cluster, trace: str) -> None:
+    """The command line's identity may not ask keymanager for call keys (PERMISSION_DENIED); the
+    call is made under `trace`, which the channel sends as gRPC metadata."""
     import grpc
 
     from ccmsec.runtime.grpcio import secure_channel
@@ -99,7 +102,7 @@ async def _denied_call(cluster) -> None:
 
     svc = cluster["endpoints"]["services"]["keymanager"]
     async with secure_channel(client_identity(cluster["data"]), svc["host"], svc["grpc_port"], "keymanager") as ch:
-        with pytest.raises(grpc.aio.AioRpcError) as err:
+        with pytest.raises(grpc.aio.AioRpcError) as err, bind_trace_id(trace):
             await keymanager_pb2_grpc.KeyManagerStub(ch).GenerateCallKeys(
                 keymanager_pb2.CallKeysRequest(), timeout=10)
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
@@ -137,7 +140,7 @@ def traffic(cluster):
 
     phone, got = loop.run_until_complete(start())
     assert got
-    loop.run_until_complete(_denied_call(cluster))
+    loop.run_until_complete(_denied_call(cluster, trace))
     with AdminClient(discover(cluster["data"])) as admin:
         http = admin._http
         answer = http.get("/api/v1/devices", headers={"X-Request-Id": trace})
@@ -183,8 +186,11 @@ def test_every_service_exports_process_python_and_domain_metrics(cluster, traffi
     assert value(cm, "ccmsec_phone_resets_in_flight", node="callmanager") is not None
     assert value(cm, "ccmsec_calls_in_progress", node="callmanager", security="encrypted") is not None
     assert value(cm, "ccmsec_certificate_expiry_timestamp_seconds", kind="server", name="callmanager/sccp")
+    assert value(cm, "ccmsec_certificate_expiry_timestamp_seconds", kind="server", name="callmanager/admin-api")
+    assert value(tftp_metrics := scraped["tftp-signer"], "ccmsec_certificate_expiry_timestamp_seconds",
+                 kind="server", name="tftp-signer/tftp-signing")
 
-    tftp = scraped["tftp-signer"]
+    tftp = tftp_metrics
     assert value(tftp, "ccmsec_tftp_transfers_total", kind="default-config", outcome="completed") >= 1
     assert value(tftp, "ccmsec_tftp_sent_bytes_total", kind="default-config") > 0
     assert value(tftp, "ccmsec_tftp_errors_total", kind="device-config", error="not_found") >= 1
@@ -335,6 +341,10 @@ def test_every_log_line_is_json_with_access_log_and_trace_ids(cluster, traffic):
 
     # The reset's event carried the request id to the services that handled it.
     assert wait_for(traced_everywhere, timeout=30), "request id not seen in the handlers' logs"
+    # gRPC metadata carried the same id to keymanager, whose refusal line names it.
+    refusals = [r for r in records("keymanager.log") if r["logger"] == "ccmsec.authz"
+                and "GenerateCallKeys" in r["msg"] and r.get("trace_id") == trace]
+    assert refusals and refusals[0]["level"] == "warning"
     for path in logs.glob("*.log"):
         if path.name == "nats.log":
             continue  # nats-server's own log (not a ccmsec service)

@@ -21,6 +21,7 @@ class AdminMount:
         self.service = service
         self.server: AdminServer | None = None
         self.password_file = None
+        self.certfile = None  # the HTTPS certificate (CERT-4); its expiry is a metric
 
     async def start(self) -> None:
         s = self.service.settings
@@ -28,6 +29,7 @@ class AdminMount:
         # The API is its own door: it serves HTTPS and calls peers as `admin-api`, not as callmanager.
         identity = self.service.admin_api_identity()
         certfile, keyfile = ensure_https_certificate(s.data_dir, s.host, identity)
+        self.certfile = certfile
         callcontrol = getattr(self.service, "callcontrol", None)
         app = create_admin_app(
             self.service.db, events=BusEvents(self.service.publish), data_dir=s.data_dir,

@@ -6,6 +6,11 @@ messages, and reports registry figures in Status.
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
+from cryptography import x509
+
 from ccmsec.runtime import bus as bus_mod
 from ccmsec.runtime import metrics
 from ccmsec.wire.sccp import ResetType
@@ -57,6 +62,10 @@ class CallControlMixin:
         if cc is not None and cc._server_identity is not None:
             metrics.set_certificate_expiry("server", f"{self.node}/sccp",
                                            cc.server_certificate.not_valid_after_utc)
+        certfile = getattr(getattr(self, "admin", None), "certfile", None)
+        if certfile is not None:  # the administration API's HTTPS certificate (publisher only)
+            cert = x509.load_pem_x509_certificate(await asyncio.to_thread(Path(certfile).read_bytes))
+            metrics.set_certificate_expiry("server", f"{self.node}/admin-api", cert.not_valid_after_utc)
 
     def status_details(self) -> dict[str, str]:
         cc = self.callcontrol
