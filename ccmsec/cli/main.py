@@ -16,7 +16,7 @@ from ccmsec.cli.common import (
 )
 
 # Command-group modules under ccmsec.cli; each defines register(subparsers).
-GROUPS = ["cluster", "demo", "device", "token", "ctl", "sgn", "tls", "mode", "tftp", "phones", "capf", "events", "compose", "line", "pool", "srst", "pki", "media", "calls", "completion"]
+GROUPS = ["cluster", "demo", "device", "token", "ctl", "sgn", "tls", "mode", "tftp", "phones", "capf", "events", "compose", "line", "pool", "srst", "pki", "media", "calls", "mobility", "completion"]
 
 
 def version() -> str:

@@ -106,6 +106,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--wait", type=float, default=2.0, metavar="SECONDS",
                        help="wait up to SECONDS (max 10) for call control to answer")
         p.set_defaults(func=cmd_call_action, action_name=verb)
+    login = actions.add_parser("login", help="extension mobility: USER logs in at the phone, which restarts "
+                                             "with the user's line and keeps its own security mode (DEV-2)")
+    add_data_option(login)
+    login.add_argument("name", metavar="NAME")
+    login.add_argument("user", metavar="USER")
+    login.set_defaults(func=cmd_mobility, action_name="login")
+    logout = actions.add_parser("logout", help="extension mobility: log the user out (the phone restarts "
+                                               "with its own lines)")
+    add_data_option(logout)
+    logout.add_argument("name", metavar="NAME")
+    logout.set_defaults(func=cmd_mobility, action_name="logout", user="")
     calls = actions.add_parser("calls", help="a phone's display: lines, calls with their lock / shield, "
                                              "and its audio counters")
     add_data_option(calls)
@@ -434,6 +445,23 @@ def cmd_call_action(args: argparse.Namespace) -> int:
         name=args.name, action=args.action_name, number=getattr(args, "number", ""),
         call_reference=args.call, line=args.line, wait_seconds=args.wait or 0.01), timeout=30)
     _print_calls(reply)
+    return 0
+
+
+def cmd_mobility(args: argparse.Namespace) -> int:
+    """Extension mobility: what the user does at the phone reaches call control (as the
+    administrator's CLI; phone-sim itself may change nothing in the cluster, issue 9)."""
+    from ccmsec.cli.device import _grpc_call
+    from ccmsec_proto import callmanager_pb2 as pb
+
+    req = pb.MobilityLoginRequest(device=args.name, user_id=args.user)
+    if args.action_name == "login":
+        _grpc_call(args, lambda stub: stub.MobilityLogin(req, timeout=10))
+    else:
+        _grpc_call(args, lambda stub: stub.MobilityLogout(req, timeout=10))
+    what = f"{args.user} logged in at" if args.action_name == "login" else "logged out of"
+    print(f"{what} {args.name}; the phone restarts and registers again "
+          f"(`ccmsec phones calls {args.name}` shows its lines)")
     return 0
 
 

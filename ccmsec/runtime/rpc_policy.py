@@ -56,6 +56,11 @@ _TABLE: dict[str, dict[str, frozenset[str]]] = {
         "ListCalls": ADMIN,                          # ccmsec calls; read-only (CALL-1)
         "WatchCalls": ADMIN,                         # ccmsec calls --watch
         "DriveCtiPort": ADMIN,                       # ccmsec calls cti: an application's CTI port
+        "AddMobilityUser": ADMIN,                    # ccmsec mobility add
+        "GetMobilityUsers": ADMIN,
+        # extension mobility (`ccmsec phones login|logout`); not phone-sim: it changes nothing (issue 9)
+        "MobilityLogin": ADMIN,
+        "MobilityLogout": ADMIN,
     },
     "ccmsec.v1.Capf": {
         "Status": _status("capf"),

@@ -314,3 +314,43 @@ class CtiReply(_message.Message):
     port: str
     calls: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, port: _Optional[str] = ..., calls: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class MobilityUser(_message.Message):
+    __slots__ = ("user_id", "display_name", "dn", "label", "logged_in_to")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
+    DN_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    LOGGED_IN_TO_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    display_name: str
+    dn: str
+    label: str
+    logged_in_to: str
+    def __init__(self, user_id: _Optional[str] = ..., display_name: _Optional[str] = ..., dn: _Optional[str] = ..., label: _Optional[str] = ..., logged_in_to: _Optional[str] = ...) -> None: ...
+
+class MobilityUsersReply(_message.Message):
+    __slots__ = ("users",)
+    USERS_FIELD_NUMBER: _ClassVar[int]
+    users: _containers.RepeatedCompositeFieldContainer[MobilityUser]
+    def __init__(self, users: _Optional[_Iterable[_Union[MobilityUser, _Mapping]]] = ...) -> None: ...
+
+class MobilityLoginRequest(_message.Message):
+    __slots__ = ("device", "user_id")
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    device: str
+    user_id: str
+    def __init__(self, device: _Optional[str] = ..., user_id: _Optional[str] = ...) -> None: ...
+
+class MobilityLoginReply(_message.Message):
+    __slots__ = ("device", "user_id", "dn", "request_id")
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    DN_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    device: str
+    user_id: str
+    dn: str
+    request_id: str
+    def __init__(self, device: _Optional[str] = ..., user_id: _Optional[str] = ..., dn: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...

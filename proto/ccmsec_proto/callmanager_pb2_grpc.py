@@ -115,6 +115,26 @@ class CallManagerStub:
                 request_serializer=ccmsec__proto_dot_callmanager__pb2.CtiRequest.SerializeToString,
                 response_deserializer=ccmsec__proto_dot_callmanager__pb2.CtiReply.FromString,
                 _registered_method=True)
+        self.AddMobilityUser = channel.unary_unary(
+                '/ccmsec.v1.CallManager/AddMobilityUser',
+                request_serializer=ccmsec__proto_dot_callmanager__pb2.MobilityUser.SerializeToString,
+                response_deserializer=ccmsec__proto_dot_callmanager__pb2.MobilityUser.FromString,
+                _registered_method=True)
+        self.GetMobilityUsers = channel.unary_unary(
+                '/ccmsec.v1.CallManager/GetMobilityUsers',
+                request_serializer=ccmsec__proto_dot_common__pb2.Empty.SerializeToString,
+                response_deserializer=ccmsec__proto_dot_callmanager__pb2.MobilityUsersReply.FromString,
+                _registered_method=True)
+        self.MobilityLogin = channel.unary_unary(
+                '/ccmsec.v1.CallManager/MobilityLogin',
+                request_serializer=ccmsec__proto_dot_callmanager__pb2.MobilityLoginRequest.SerializeToString,
+                response_deserializer=ccmsec__proto_dot_callmanager__pb2.MobilityLoginReply.FromString,
+                _registered_method=True)
+        self.MobilityLogout = channel.unary_unary(
+                '/ccmsec.v1.CallManager/MobilityLogout',
+                request_serializer=ccmsec__proto_dot_callmanager__pb2.MobilityLoginRequest.SerializeToString,
+                response_deserializer=ccmsec__proto_dot_callmanager__pb2.MobilityLoginReply.FromString,
+                _registered_method=True)
 
 
 class CallManagerServicer:
@@ -220,6 +240,32 @@ class CallManagerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AddMobilityUser(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetMobilityUsers(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MobilityLogin(self, request, context):
+        """the device restarts with the user's line
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MobilityLogout(self, request, context):
+        """and back to its own lines
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CallManagerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -302,6 +348,26 @@ def add_CallManagerServicer_to_server(servicer, server):
                     servicer.DriveCtiPort,
                     request_deserializer=ccmsec__proto_dot_callmanager__pb2.CtiRequest.FromString,
                     response_serializer=ccmsec__proto_dot_callmanager__pb2.CtiReply.SerializeToString,
+            ),
+            'AddMobilityUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddMobilityUser,
+                    request_deserializer=ccmsec__proto_dot_callmanager__pb2.MobilityUser.FromString,
+                    response_serializer=ccmsec__proto_dot_callmanager__pb2.MobilityUser.SerializeToString,
+            ),
+            'GetMobilityUsers': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMobilityUsers,
+                    request_deserializer=ccmsec__proto_dot_common__pb2.Empty.FromString,
+                    response_serializer=ccmsec__proto_dot_callmanager__pb2.MobilityUsersReply.SerializeToString,
+            ),
+            'MobilityLogin': grpc.unary_unary_rpc_method_handler(
+                    servicer.MobilityLogin,
+                    request_deserializer=ccmsec__proto_dot_callmanager__pb2.MobilityLoginRequest.FromString,
+                    response_serializer=ccmsec__proto_dot_callmanager__pb2.MobilityLoginReply.SerializeToString,
+            ),
+            'MobilityLogout': grpc.unary_unary_rpc_method_handler(
+                    servicer.MobilityLogout,
+                    request_deserializer=ccmsec__proto_dot_callmanager__pb2.MobilityLoginRequest.FromString,
+                    response_serializer=ccmsec__proto_dot_callmanager__pb2.MobilityLoginReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -736,6 +802,114 @@ class CallManager:
             '/ccmsec.v1.CallManager/DriveCtiPort',
             ccmsec__proto_dot_callmanager__pb2.CtiRequest.SerializeToString,
             ccmsec__proto_dot_callmanager__pb2.CtiReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddMobilityUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ccmsec.v1.CallManager/AddMobilityUser',
+            ccmsec__proto_dot_callmanager__pb2.MobilityUser.SerializeToString,
+            ccmsec__proto_dot_callmanager__pb2.MobilityUser.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMobilityUsers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ccmsec.v1.CallManager/GetMobilityUsers',
+            ccmsec__proto_dot_common__pb2.Empty.SerializeToString,
+            ccmsec__proto_dot_callmanager__pb2.MobilityUsersReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MobilityLogin(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ccmsec.v1.CallManager/MobilityLogin',
+            ccmsec__proto_dot_callmanager__pb2.MobilityLoginRequest.SerializeToString,
+            ccmsec__proto_dot_callmanager__pb2.MobilityLoginReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MobilityLogout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ccmsec.v1.CallManager/MobilityLogout',
+            ccmsec__proto_dot_callmanager__pb2.MobilityLoginRequest.SerializeToString,
+            ccmsec__proto_dot_callmanager__pb2.MobilityLoginReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -213,3 +213,69 @@ async def _has_call(display, name, state):
 
 async def _no_calls(display, name):
     return not (await display(name)).calls
+
+
+def test_extension_mobility_login_at_the_phone_brings_the_users_line_and_keeps_the_devices_mode(cluster):
+    """DEV-2 on the running cluster: `ccmsec mobility add`, then `ccmsec phones login` at a phone —
+    call control stores the login and restarts the phone, which registers again with the user's
+    line in place of its own and keeps its own (non-secure) status; logout brings its lines back.
+    Bad cases: unknown user, a second login on the same phone, logout with nobody logged in."""
+    data, services = cluster["data"], cluster["endpoints"]["services"]
+    sim = services["phone-sim"]
+    em_phone, caller = "SEP00CA11E00004", "SEP00CA11E00005"
+    with AdminClient(discover(data)) as admin:
+        known = {d["name"] for d in admin.list_devices()}
+        for name, dn in ((em_phone, "5104"), (caller, "5105")):
+            if name not in known:
+                admin.add_device(name, "7970", "non-secure")
+                admin.add_line(dn, name)
+
+    async def scenario():
+        async with secure_channel(client_identity(data), sim["host"], sim["grpc_port"], "phone-sim") as ch:
+            phones = phone_sim_pb2_grpc.PhoneSimStub(ch)
+            have = {p.name for p in (await phones.ListPhones(phone_sim_pb2.PhoneSelector(), timeout=10)).phones}
+            for name in (em_phone, caller):
+                if name not in have:
+                    await phones.AddPhones(phone_sim_pb2.AddPhonesRequest(count=1, model="7970", name_prefix=name),
+                                           timeout=60)
+            await phones.BootPhones(phone_sim_pb2.PhoneSelector(names=[em_phone, caller]), timeout=30)
+
+            async def display(name):
+                return await phones.GetPhoneCalls(phone_sim_pb2.PhoneName(name=name), timeout=10)
+
+            async def lines_are(name, numbers):
+                reply = await display(name)
+                return reply.ready and [li.number for li in reply.lines] == numbers
+            await _until(lambda: lines_are(em_phone, ["5104"]), "the phone's own line", 90)
+            await _until(lambda: lines_are(caller, ["5105"]), "the caller's line", 90)
+
+            code, out, err = await _cli(cluster, "mobility", "add", "alice-e2e", "5190", "--name", "Alice")
+            assert code == 0 or "exists" in err, out + err
+            code, out, err = await _cli(cluster, "phones", "login", em_phone, "nobody-e2e")
+            assert code != 0 and "no extension-mobility user" in err
+            code, out, err = await _cli(cluster, "phones", "login", em_phone, "alice-e2e")
+            assert code == 0, out + err
+            await _until(lambda: lines_are(em_phone, ["5190"]), "the user's line after the restart", 60)
+            code, out, err = await _cli(cluster, "phones", "login", em_phone, "alice-e2e")
+            assert code != 0 and "log out first" in err
+            code, out, err = await _cli(cluster, "mobility", "list", "--json")
+            assert code == 0 and {"user_id": "alice-e2e", "logged_in_to": em_phone}.items() <= next(
+                u for u in json.loads(out) if u["user_id"] == "alice-e2e").items()
+
+            # the user's number rings on the device they logged in to, with that device's status
+            await phones.PhoneAction(phone_sim_pb2.PhoneActionRequest(name=caller, action="dial", number="5190"),
+                                     timeout=20)
+            await _until(lambda: _has_call(display, em_phone, "ring-in"), "the user's line ringing")
+            await phones.PhoneAction(phone_sim_pb2.PhoneActionRequest(name=em_phone, action="answer"), timeout=20)
+            await _until(lambda: _has_call(display, caller, "connected"), "connected")
+            assert [c.icon for c in (await display(em_phone)).calls] == ["none"]   # its own mode (DEV-2)
+            await phones.PhoneAction(phone_sim_pb2.PhoneActionRequest(name=caller, action="hangup"), timeout=20)
+            await _until(lambda: _no_calls(display, em_phone), "cleared")
+
+            code, out, err = await _cli(cluster, "phones", "logout", em_phone)
+            assert code == 0, out + err
+            await _until(lambda: lines_are(em_phone, ["5104"]), "its own line back", 60)
+            code, out, err = await _cli(cluster, "phones", "logout", em_phone)
+            assert code != 0 and "nobody is logged in" in err
+
+    asyncio.run(scenario())

@@ -37,6 +37,7 @@ from ccmsec_proto import callmanager_pb2_grpc, events_pb2
 
 from ccmsec.runtime.actions import publish_actions
 from .calls_api import CallsServicerMixin
+from .mobility import MobilityServicerMixin
 from .registry import RegistrationEntry
 
 log = logging.getLogger("ccmsec.callmanager")
@@ -58,7 +59,7 @@ def registration_message(entry: RegistrationEntry | registry_db.Registration, no
         transport_port=entry.transport_port)
 
 
-class CallManagerServicer(CallsServicerMixin, StatusServicerMixin, callmanager_pb2_grpc.CallManagerServicer):
+class CallManagerServicer(CallsServicerMixin, MobilityServicerMixin, StatusServicerMixin, callmanager_pb2_grpc.CallManagerServicer):
     """`self.service` is the CallManagerService (publish, db, node, callcontrol)."""
 
     @property
