@@ -54,3 +54,7 @@ def run_cli(*args: str, timeout: float = 180, env: dict | None = None, input: st
 # The chaos suite (tests/chaos) kills and stops services on purpose and takes minutes: `.ci/run`
 # runs it as its own step (`CCMSEC_CHAOS=1 pytest tests/chaos`), never inside the default run.
 collect_ignore = [] if os.environ.get("CCMSEC_CHAOS") == "1" else ["chaos"]
+# `pip install .` into fresh virtual environments (tests/install) downloads every dependency:
+# `.ci/run` runs it as its own step through scripts/test-install, once per supported Python.
+if os.environ.get("CCMSEC_INSTALL_TEST") != "1":
+    collect_ignore.append("install")

@@ -78,7 +78,8 @@ def _call(args, method: str, request):
         if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
             raise CliError(f"cannot reach the capf service at {host}:{port} ({exc.code().name.lower()}); "
                            f"is the cluster up? (ccmsec status --data {d})") from None
-        raise CliError(exc.details() or exc.code().name) from None
+        raise CliError(exc.details() or exc.code().name,
+                       details={"grpc_status": exc.code().name}) from None
     except OSError as exc:
         raise CliError(f"cannot use the cluster credentials in {d}: {exc}") from None
 

@@ -95,7 +95,7 @@ def _client(args: argparse.Namespace) -> AdminClient:
                             cafile=args.ca_file)
         return AdminClient(endpoint)
     except AdminClientError as exc:
-        raise CliError(str(exc)) from None
+        raise api_error(exc) from None
 
 
 def api_error(exc: AdminClientError) -> CliError:
@@ -281,7 +281,8 @@ def _grpc_call(args: argparse.Namespace, call):
     try:
         return asyncio.run(run())
     except grpc.aio.AioRpcError as exc:
-        raise CliError(f"callmanager: {exc.details() or exc.code().name}") from None
+        raise CliError(f"callmanager: {exc.details() or exc.code().name}",
+                       details={"grpc_status": exc.code().name}) from None
 
 
 def _registration_rows(reply) -> list[dict]:

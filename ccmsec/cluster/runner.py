@@ -160,9 +160,37 @@ def _tail(path: Path, lines: int = 5) -> str:
     return "\n".join(shown)
 
 
+def missing_parts(cluster: LocalCluster) -> list[str]:
+    """What `up` needs and cannot find: each role's Python package, the NATS server binary."""
+    import importlib.util
+
+    missing = []
+    for package in sorted({inst.spec.package for inst in cluster.instances}):
+        try:
+            found = importlib.util.find_spec(package) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            roles = sorted({i.spec.role for i in cluster.instances if i.spec.package == package})
+            missing.append(f"Python package {package} (role {', '.join(roles)})")
+    from ccmsec.cluster.supervisor import nats_server_binary
+
+    try:
+        nats_server_binary()
+    except FileNotFoundError as exc:
+        missing.append(str(exc))
+    return missing
+
+
 def up(data_dir: Path, *, base: str | None = None, timeout: float = UP_TIMEOUT, quiet: bool = False,
        subscribers: int = 0) -> list[Row]:
     data_dir = data_dir.resolve()
+    missing = missing_parts(cluster_for(data_dir, base, subscribers))
+    if missing:  # fail before anything is written or started
+        raise RunnerError("cannot start the cluster; missing: " + "; ".join(missing)
+                          + " — install the whole project into the environment of "
+                           f"{sys.executable}: `pip install .` in the source tree, or the ccmsec wheel "
+                           "(it carries every service)")
     check_data_dir(data_dir)
     pid = supervisor_pid(data_dir)
     if pid:
