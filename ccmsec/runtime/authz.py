@@ -128,8 +128,8 @@ def _code_of(context, exc: BaseException) -> str:
     code = context.code() if hasattr(context, "code") else None
     if isinstance(code, grpc.StatusCode) and code is not grpc.StatusCode.OK:
         return code.name
-    if isinstance(exc, asyncio.CancelledError):
-        return "CANCELLED"
+    if isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
+        return "CANCELLED"  # the client went away (a stream closed early)
     return "UNKNOWN"
 
 

@@ -245,6 +245,40 @@ def test_failed_grpc_calls_are_timed_too(cluster):
         (value(before, "ccmsec_grpc_request_seconds_count", method=method) or 0) + 1
 
 
+def test_streaming_calls_are_timed_until_the_stream_ends(cluster):
+    """WatchCalls (server streaming): a stream the client closes after two seconds is counted
+    with its end code (CANCELLED) and its whole duration observed."""
+    from ccmsec.runtime.grpcio import secure_channel
+    from ccmsec.runtime.identity import client_identity
+    from ccmsec_proto import callmanager_pb2_grpc, common_pb2
+
+    svc = cluster["endpoints"]["services"]["callmanager"]
+    method = "/ccmsec.v1.CallManager/WatchCalls"
+    before = scrape(svc)
+
+    async def watch():
+        async with secure_channel(client_identity(cluster["data"]), svc["host"], svc["grpc_port"],
+                                  "callmanager") as ch:
+            call = callmanager_pb2_grpc.CallManagerStub(ch).WatchCalls(common_pb2.Empty())
+            # No calls: the server sends nothing and keeps the stream open, waiting for a change.
+            await asyncio.sleep(2.0)
+            call.cancel()
+
+    asyncio.run(watch())
+
+    def observed():
+        after = scrape(svc)
+        count = value(after, "ccmsec_grpc_request_seconds_count", method=method) or 0
+        return after if count >= (value(before, "ccmsec_grpc_request_seconds_count", method=method) or 0) + 1 else None
+
+    after = wait_for(observed, timeout=20)
+    assert after, "the closed stream was not timed"
+    total = value(after, "ccmsec_grpc_request_seconds_sum", method=method) - \
+        (value(before, "ccmsec_grpc_request_seconds_sum", method=method) or 0)
+    assert total >= 0.2  # timed until the client closed it, not until its first message
+    assert value(after, "ccmsec_grpc_requests_total", method=method, code="CANCELLED") >= 1
+
+
 def _used_metrics() -> set[str]:
     exprs = [r["expr"] for g in _rules()["groups"] for r in g["rules"]]
     dash = json.loads(DASHBOARD.read_text())
