@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ccmsec.cli.common import CliError, add_data_option, data_dir
+from ccmsec.cli.common import CliError, add_data_option, add_json_option, data_dir, json_output, print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,6 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     issue.set_defaults(func=cmd_issue)
     show = actions.add_parser("show", help="the identity an identity folder holds")
     show.add_argument("folder", type=Path)
+    add_json_option(show)
     show.set_defaults(func=cmd_show)
 
 
@@ -78,6 +79,12 @@ def cmd_show(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     cert = x509.load_pem_x509_certificate(held.cert_pem)
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    if json_output(args):
+        print_json({"identity": str(held.identity), "uri": held.identity.uri,
+                    "names": san.get_values_for_type(x509.DNSName),
+                    "addresses": [str(a) for a in san.get_values_for_type(x509.IPAddress)],
+                    "not_after": cert.not_valid_after_utc.isoformat()})
+        return 0
     print(f"identity: {held.identity} ({held.identity.uri})")
     print(f"names:    {', '.join(san.get_values_for_type(x509.DNSName)) or '-'}")
     print(f"addresses: {', '.join(str(a) for a in san.get_values_for_type(x509.IPAddress)) or '-'}")

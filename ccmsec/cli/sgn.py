@@ -16,7 +16,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from ccmsec.cli.common import CliError, add_data_option
+from ccmsec.cli.common import CliError, add_data_option, add_json_option, json_output, print_json
 from ccmsec.formats.ctl import (
     CtlFormatError,
     Role,
@@ -44,6 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     show = actions.add_parser("show", help="print a .sgn file's header and payload; verify it "
                                            "when --cert or --ctl is given")
     _common(show)
+    add_json_option(show)
     show.add_argument("--payload", action="store_true",
                       help="print the payload too (text; binary payloads are summarised)")
     show.add_argument("--extract", type=Path, metavar="OUT",
@@ -185,6 +186,17 @@ def _is_text(data: bytes) -> bool:
 
 def cmd_show(args: argparse.Namespace) -> int:
     signed = _load_signed(args.file)
+    if json_output(args):
+        from ccmsec.formats.ctl import header_dict
+
+        answer = {"file": str(args.file), "header": header_dict(signed.header),
+                  "payload_bytes": len(signed.payload),
+                  "payload_sha256": hashlib.sha256(signed.payload).hexdigest(),
+                  "signature": {"checked": False}}
+        if args.cert or args.ctl:
+            answer["signature"] = {"checked": True, "valid": True, "result": check(signed, args)}
+        print_json(answer)
+        return 0
     lines = header_lines(signed.header)
     if signed.header.file_name != args.file.name:
         lines[0] += f"   (the file on disk is named {args.file.name})"

@@ -52,6 +52,12 @@ def results(tmp_path_factory):
     bad = bytearray(good)
     bad[good.index(b"\x0c\x01\x00") + 10] ^= 0x01  # a byte of the signature
     (data / "bad.tlv").write_bytes(bytes(bad))
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from ccmsec.formats.sgn import sign_file
+
+    (data / "RingList.xml.sgn").write_bytes(sign_file(b"<list/>", "RingList.xml.sgn", token, TS))
+    (data / "signer.pem").write_bytes(token.certificate.public_bytes(Encoding.PEM))
     d = ("--data", str(data))
     out = _round({
         "version": (("--version",), None),
@@ -66,12 +72,16 @@ def results(tmp_path_factory):
         "usage_text": (("token", "frobnicate", *d), None),
         "status_json": (("status", "--json", *d), None),
         "mode_json_no_cluster": (("mode", "show", "--json", *d), None),
+        "pki_issue": (("pki", "issue", "--role", "keymanager", "--out", str(data / "km"), *d), None),
+        "sgn_json": (("sgn", "show", str(data / "RingList.xml.sgn"), "--cert", str(data / "signer.pem"),
+                      "--json", *d), None),
     })
     out |= _round({
         "list_json": (("token", "list", "--json", *d), None),
         "list_json_first": (("--json", "token", "list", *d), None),
         "show_json": (("token", "show", "piped", "--json", *d), None),
         "show_missing_json": (("token", "show", "nope", "--json", *d), None),
+        "pki_json": (("pki", "show", str(data / "km"), "--json"), None),
     })
     out["data"] = data
     return out
@@ -164,6 +174,17 @@ def test_ctl_show_json_lists_records_and_the_signature(results):
     assert listing["header"]["timestamp"] == TS
     assert listing["signature"] == {"checked": True, "valid": True,
                                     "signer": listing["records"][0]["subject"]}
+
+
+def test_sgn_and_pki_show_json(results):
+    r = results["sgn_json"]
+    assert r.returncode == 0, r.stderr
+    shown = json.loads(r.stdout)
+    assert shown["header"]["file_name"] == "RingList.xml.sgn" and shown["payload_bytes"] == 7
+    assert shown["signature"]["checked"] and shown["signature"]["valid"]
+    assert results["pki_issue"].returncode == 0, results["pki_issue"].stderr
+    identity = json.loads(results["pki_json"].stdout)
+    assert identity["uri"] == "spiffe://ccmsec/keymanager/keymanager" and "keymanager" in identity["names"]
 
 
 def _json_error(r) -> dict:
