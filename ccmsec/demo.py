@@ -199,6 +199,11 @@ DEMO_FLEET = (
 DEMO_AUTH_STRING = "24680"
 
 
+def fleet_number(index: int) -> str:
+    """The directory number of the demo fleet's phone number `index` (DEMO_FLEET order)."""
+    return f"41{index:02d}"
+
+
 def _pids(ctx: DemoContext) -> dict[str, int]:
     from ccmsec.cluster.state import read_state
 
@@ -252,9 +257,11 @@ async def step_secure_fleet(ctx: DemoContext) -> None:
                 count=1, model=model, name_prefix=f"SEP0DE7{index}"), timeout=60)
             names[added.phones[0].name] = (model, mode, auth)
         with AdminClient(discover(ctx.data)) as admin:
-            for name, (model, mode, _) in names.items():
+            for index, (name, (model, mode, _)) in enumerate(names.items()):
                 admin.add_device(name, model, mode)
-                ctx.say(f"device {name} ({model}) configured {mode} through the HTTPS admin API (CHK-9)")
+                admin.add_line(fleet_number(index), name)   # the phones call each other later
+                ctx.say(f"device {name} ({model}) configured {mode} through the HTTPS admin API (CHK-9), "
+                        f"line {fleet_number(index)}")
         for name, (model, mode, auth) in names.items():
             if auth is None:
                 continue
@@ -304,6 +311,87 @@ async def step_registry(ctx: DemoContext) -> None:
         cert = f"{r.certificate_kind} {r.certificate_fingerprint[:16]}…" if r.certificate_kind else "-"
         ctx.say(f"{r.device:16} {r.model:5} {mode_name:13} from {r.address:21} certificate {cert}"
                 + ("  (MODE-7: NAT suspected)" if r.nat_suspected else ""))
+
+
+# Calls between the fleet's phones through phone-sim: (caller, callee) indexes into DEMO_FLEET.
+FLEET_CALLS = ((0, 2), (0, 1), (0, 3))   # encrypted-encrypted, encrypted-authenticated, encrypted-non-secure
+
+
+async def step_fleet_calls(ctx: DemoContext) -> None:
+    """The booted phones call each other through phone-sim, as users would (PhoneSim/PhoneAction),
+    and each call's status is shown as both phones display it and as call control computed it."""
+    from ccmsec.runtime.grpcio import secure_channel
+    from ccmsec.runtime.identity import client_identity
+    from ccmsec_proto import callmanager_pb2_grpc, common_pb2, phone_sim_pb2, phone_sim_pb2_grpc
+
+    ident = client_identity(ctx.data)
+    sim, cm = ctx.endpoints["services"]["phone-sim"], ctx.endpoints["services"]["callmanager"]
+    async with secure_channel(ident, sim["host"], sim["grpc_port"], "phone-sim") as sim_ch, \
+            secure_channel(ident, cm["host"], cm["grpc_port"], "callmanager") as cm_ch:
+        phones = phone_sim_pb2_grpc.PhoneSimStub(sim_ch)
+        calls = callmanager_pb2_grpc.CallManagerStub(cm_ch)
+        fleet = sorted((p for p in (await phones.ListPhones(phone_sim_pb2.PhoneSelector(), timeout=10)).phones
+                        if p.name.startswith("SEP0DE7")), key=lambda p: p.name)
+        if len(fleet) != len(DEMO_FLEET):
+            raise runner.RunnerError(f"expected the {len(DEMO_FLEET)} fleet phones, found {len(fleet)}")
+
+        async def display(name: str):
+            return await phones.GetPhoneCalls(phone_sim_pb2.PhoneName(name=name), timeout=10)
+
+        async def until(check, what: str, timeout: float = 15.0):
+            deadline = time.monotonic() + timeout
+            while True:
+                value = await check()
+                if value:
+                    return value
+                if time.monotonic() > deadline:
+                    raise runner.RunnerError(f"demo calls: no {what} within {timeout:g} s")
+                await asyncio.sleep(0.2)
+
+        def act(name: str, action: str, number: str = ""):
+            return phones.PhoneAction(phone_sim_pb2.PhoneActionRequest(name=name, action=action, number=number),
+                                      timeout=20)
+
+        for caller_i, callee_i in FLEET_CALLS:
+            a, b = fleet[caller_i], fleet[callee_i]
+            await until(lambda: _ready(display, a.name), f"lines on {a.name}")
+            await act(a.name, "dial", fleet_number(callee_i))
+            await until(lambda: _in_state(display, b.name, "ring-in"), f"ringing on {b.name}")
+            await act(b.name, "answer")
+            before = (await display(a.name)).media.received
+            await until(lambda: _in_state(display, a.name, "connected"), f"{a.name} connected")
+            await until(lambda: _received_since(display, a.name, before, 25), f"audio on {a.name}")
+            shown_a, shown_b = await display(a.name), await display(b.name)
+            view = next((c for c in (await calls.ListCalls(common_pb2.Empty(), timeout=10)).calls
+                         if {lg.device for lg in c.legs} == {a.name, b.name}), None)
+            icon_a, icon_b = shown_a.calls[0].icon, shown_b.calls[0].icon
+            m = shown_a.media
+            ctx.say(f"{a.model} ({a.transport}) calls {b.model} ({b.transport}): the phones show "
+                    f"'{icon_a}' / '{icon_b}'; call control: {view.status if view else '?'} "
+                    f"({view.rule if view else '?'}); audio on {a.model}: SRTP both ways "
+                    f"{'yes' if m.srtp_both_ways else 'no'}, received {m.received}, refused "
+                    f"{m.refused_authentication + m.refused_replay}")
+            await act(a.name, "hangup")
+            await until(lambda: _idle(display, b.name), f"{b.name} cleared")
+    ctx.say("the same from the command line: `ccmsec phones dial NAME NUMBER`, `ccmsec phones answer "
+            "NAME`, `ccmsec phones calls NAME`, `ccmsec calls watch`")
+
+
+async def _ready(display, name: str) -> bool:
+    reply = await display(name)
+    return reply.ready and bool(reply.lines)
+
+
+async def _in_state(display, name: str, state: str) -> bool:
+    return any(c.state == state for c in (await display(name)).calls)
+
+
+async def _received_since(display, name: str, before: int, count: int) -> bool:
+    return (await display(name)).media.received - before >= count
+
+
+async def _idle(display, name: str) -> bool:
+    return not (await display(name)).calls
 
 
 DEMO_CALLERS = (("SEP0DE7CA1100A1", "4001"), ("SEP0DE7CA1100B1", "4002"))
@@ -416,6 +504,8 @@ STEPS: list[tuple[str, Callable]] = [
     ("Phones of each model boot the secure way: CTL, signed config, CAPF LSC, SCCP per mode (CHK-8, CHK-9)",
      step_secure_fleet),
     ("The registry as call control sees it", step_registry),
+    ("Calls between the phones of each mode through phone-sim, each call's status as the phones show it "
+     "(CALL-1, CALL-2)", step_fleet_calls),
     ("Encrypted calls phone to phone and through the SRTP gateway, proved on the wire (ENC-2…5, GW-1)",
      step_encrypted_calls),
 ]

@@ -37,6 +37,13 @@ def test_demo_walks_the_checklist_and_stops_the_cluster(tmp_path):
     assert re.search(r"7940\s+registered encrypted\s+via \S+:2443 presenting LSC", out)
     assert re.search(r"7912\s+registered non-secure\s+via \S+:2000 presenting no certificate", out)
     assert "4 device(s) registered" in out
+    # phone-sim phones of each mode call each other; both phones and call control agree (CALL-1, CALL-2)
+    assert re.search(r"7970 \(encrypted\) calls 7940 \(encrypted\): the phones show 'lock' / 'lock'; "
+                     r"call control: encrypted \(CALL-1\); audio on 7970: SRTP both ways yes, received \d+, refused 0", out)
+    assert re.search(r"7970 \(encrypted\) calls 7960 \(authenticated\): the phones show 'shield' / 'shield'; "
+                     r"call control: authenticated \(CALL-1\); audio on 7970: SRTP both ways no", out)
+    assert re.search(r"7970 \(encrypted\) calls 7912 \(non-secure\): the phones show 'none' / 'none'; "
+                     r"call control: non-secure \(CALL-\d\); audio on 7970: SRTP both ways no", out)
     # encrypted calls (ENC-2…5, GW-1): the lock, SRTP both ways, and the proof from the wire
     assert re.search(r"call 4001 -> 4002: \S+ shows 'lock'; media SRTP both ways: True; .* refused 0", out)
     assert re.search(r"through the SRTP gateway to the echo 5550102: \S+ shows 'lock'; media SRTP both ways: True", out)
