@@ -150,6 +150,12 @@ async def test_schedule_refuses_7912_unknown_device_past_deadline_and_bad_auth(c
 
 async def test_schedule_publishes_config_changed_and_status_shows_outcomes(capf):
     """A schedule announces config.changed for the device; status lists pending → done / failed."""
+    from ccmsec.runtime.metrics import REGISTRY
+
+    def sessions(outcome: str) -> float:
+        return REGISTRY.get_sample_value("ccmsec_capf_sessions_total", {"outcome": outcome}) or 0.0
+
+    before = {o: sessions(o) for o in ("ok", "invalid_element")}
     await capf.stub.Activate(ctl_provider_pb2.ActivateRequest(active=True))
     await capf.add_device("SEP00000000C301")
     await capf.add_device("SEP00000000C302")
@@ -179,6 +185,21 @@ async def test_schedule_publishes_config_changed_and_status_shows_outcomes(capf)
     cert = x509.load_der_x509_certificate(log.entries[0].certificate.der)
     assert cert.public_key().public_numbers() == ok.phone.lsc_cert.public_key().public_numbers()
     assert cert.public_key().key_size == 1024
+
+    # Metrics (issue 16): sessions by outcome; operations by state, the LSC's expiry from the database.
+    deadline = time.monotonic() + 10
+    while sessions("ok") < before["ok"] + 1 or sessions("invalid_element") < before["invalid_element"] + 1:
+        assert time.monotonic() < deadline, f"CAPF sessions not counted by outcome: {list(capf.svc.sessions)}"
+        await asyncio.sleep(0.1)
+    await capf.svc.sample_metrics()
+    op = ops["SEP00000000C301"].schedule.operation
+    name = capf_pb2.CapfOperation.Name(op).removeprefix("CAPF_").lower()
+    gauge = lambda state: REGISTRY.get_sample_value("ccmsec_capf_operations", {"operation": name, "state": state})
+    assert (gauge("done"), gauge("pending"), gauge("failed")) == (1.0, 1.0, 0.0)
+    assert REGISTRY.get_sample_value("ccmsec_certificate_expiry_timestamp_seconds",
+                                     {"kind": "lsc", "name": "earliest"}) == cert.not_valid_after_utc.timestamp()
+    assert REGISTRY.get_sample_value("ccmsec_certificate_expiry_timestamp_seconds",
+                                     {"kind": "capf", "name": "capf"}) == capf.svc.capf_ca.cert.not_valid_after_utc.timestamp()
 
 
 async def test_rst8_service_parameter_change_restarts_capf_and_nothing_else(capf):

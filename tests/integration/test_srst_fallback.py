@@ -123,13 +123,30 @@ async def call(caller, callee, number, audio, names):
     await wait_for(lambda: all(n in audio and audio[n].counters()["received"] >= 10 for n in names), 15)
 
 
+def _metric(name: str, **labels) -> float:
+    """The router's own metrics (issue 16), as its /metrics endpoint would show them."""
+    from ccmsec.runtime.metrics import REGISTRY
+
+    if name in ("ccmsec_phones_registered", "ccmsec_calls_in_progress"):  # read at scrape time
+        for family in REGISTRY.collect():
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    return sample.value
+        return 0.0
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
 async def test_fallback_registration_notice_and_calls_SRST_1(router):
     audio = {}
+    accepted = _metric("ccmsec_phone_registrations_total", node="srst", mode="non-secure")
     c, d = await phone(router, C, audio), await phone(router, D, audio)
     for p in (c, d):
         assert FALLBACK_NOTICE in p.display.notifications    # the phone shows it is in fallback
     assert sorted(router.fb.registered()) == [C, D]
+    assert _metric("ccmsec_phone_registrations_total", node="srst", mode="non-secure") == accepted + 2
+    assert _metric("ccmsec_phones_registered", node="srst", mode="non-secure") == 2
     await call(c, d, "4004", audio, [C, D])
+    assert _metric("ccmsec_calls_in_progress", node="srst", security="non-secure") == 1
     assert not audio[C].is_srtp and not audio[D].is_srtp     # non-secure phones: RTP
     c.act(c.display.hang_up)
     await d.wait_for(lambda disp: not disp.calls, what="the call cleared on the far phone")
@@ -139,10 +156,12 @@ async def test_fallback_registration_notice_and_calls_SRST_1(router):
 
 
 async def test_unknown_devices_and_foreign_certificates_are_refused_SRST_1_CERT_2(router):
+    refused = _metric("ccmsec_phone_registration_refusals_total", node="srst", rule="SRST-1")
     conn = await connect_phone("127.0.0.1", router.fb.plain.port, s.Register("SEP0000005A57FF", "127.0.0.1"))
     with pytest.raises(SccpRegistrationRejected, match="SRST-1"):
         await conn.wait_registered()
     await conn.close()
+    assert _metric("ccmsec_phone_registration_refusals_total", node="srst", rule="SRST-1") == refused + 1
     other_ca = _ca("Not-our-CAPF")
     with pytest.raises((SccpConnectError, SccpRegistrationRejected, ConnectionError, TimeoutError)):
         await phone(router, A, lsc_ca=other_ca)

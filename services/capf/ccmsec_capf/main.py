@@ -246,15 +246,14 @@ class CapfService(Service):
 
 
 def session_outcome(record: SessionRecord) -> str:
-    """A bounded label for how a CAPF session ended: the CAPF reason's name, error or aborted."""
-    if record.error:
-        return "error"
-    if record.end_reason is None:
-        return "aborted"
-    try:
-        return Reason(record.end_reason).name.lower()
-    except ValueError:
-        return "other"
+    """A bounded label for how a CAPF session ended: the end reason CAPF sent (ok, invalid_element
+    for a refusal, ...), else error (broken off with an error: TLS, timeout, bad frame) or aborted."""
+    if record.end_reason is not None:
+        try:
+            return Reason(record.end_reason).name.lower()
+        except ValueError:
+            return "other"
+    return "error" if record.error else "aborted"
 
 
 def main() -> None:
