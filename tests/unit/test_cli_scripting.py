@@ -63,6 +63,7 @@ def results(tmp_path_factory):
         "version": (("--version",), None),
         "help": (("--help",), None),
         "completion": (("completion", "bash"), None),
+        "completion_zsh": (("completion", "zsh"), None),
         "create_stdin": (("token", "create", "--name", "piped", "--password-file", "-", *d),
                          "from-stdin-secret\n"),
         "create_stdin_empty": (("token", "create", "--name", "empty", "--password-file", "-", *d), ""),
@@ -140,6 +141,32 @@ def test_bash_completion_completes_commands_options_and_choices(results):
     assert _complete(script, "ccmsec", "--data", "/tmp/x", "token", "l") == ["list"]
     assert "--json" in _complete(script, "ccmsec", "status", "--")
     assert _complete(script, "ccmsec", "ctl", "show", "") == []  # a file: the shell's own completion
+
+
+def _complete_zsh(script: str, home: Path, *words: str) -> list[str]:
+    line = " ".join(f"'{w}'" for w in words)
+    # bashcompinit runs the function in sh emulation (0-based arrays); zsh itself then filters the
+    # candidates by the typed prefix, so here they come unfiltered.
+    program = (f"{script}\nemulate -L sh; setopt kshglob noshglob braceexpand\n"
+               f"COMP_WORDS=({line}); COMP_CWORD={len(words) - 1}; COMPREPLY=(); _ccmsec; "
+               "printf '%s\\n' \"${COMPREPLY[@]}\"")
+    done = subprocess.run(["zsh", "-f", "-c", program], capture_output=True, text=True, timeout=30,
+                          env={"HOME": str(home), "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0 and not done.stderr, done.stderr
+    return [w for w in done.stdout.split("\n") if w]
+
+
+@pytest.mark.skipif(shutil.which("zsh") is None, reason="needs zsh (.ci/run installs it)")
+def test_zsh_completion_through_bashcompinit(results, tmp_path):
+    r = results["completion_zsh"]
+    assert r.returncode == 0, r.stderr
+    script = r.stdout
+    assert "bashcompinit" in script
+    words = _complete_zsh(script, tmp_path, "ccmsec", "device", "")
+    assert "set-security" in words and not any(w.startswith("-") for w in words)
+    assert _complete_zsh(script, tmp_path, "ccmsec", "mode", "set", "") == ["non-secure", "mixed"]
+    assert "--json" in _complete_zsh(script, tmp_path, "ccmsec", "status", "--")
+    assert "7970" in _complete_zsh(script, tmp_path, "ccmsec", "device", "add", "--model", "")
 
 
 def test_password_file_dash_reads_standard_input(results):
