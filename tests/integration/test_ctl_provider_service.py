@@ -372,3 +372,28 @@ async def test_ctl2_concurrent_commits_cannot_both_pass_against_the_same_current
     current = await provider.stub.GetCurrentCtl(common_pb2.Empty())
     assert current.version == 2 and current.ctl in (by_t1, by_t2)
     assert signer.published == [first, current.ctl]  # the refused file never reached TFTP
+
+
+async def test_metrics_ctl_version_mixed_mode_and_token_expiry(provider, tokens):
+    """Issue 16: the CTL version (0 while none exists), the cluster mode and each security token's
+    certificate expiry (DATA/tokens), as sampled for the metrics endpoint."""
+    from ccmsec.runtime.metrics import REGISTRY
+
+    def gauge(metric, **labels):
+        return REGISTRY.get_sample_value(metric, labels)
+
+    await provider.svc.sample_metrics()
+    assert gauge("ccmsec_ctl_version", node="ctl-provider") == 0
+    assert gauge("ccmsec_cluster_mixed_mode", node="ctl-provider") == 0
+    # A token in the cluster's token folder: its expiry appears (a token elsewhere does not count).
+    ca = ensure_manufacturer_ca(provider.data / "pki")
+    token = create_software_token(provider.data / "tokens", "opsmetric", "pw", ca)
+    ctl = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t2"])
+    async with provider.svc.db() as session, session.begin():
+        version = await record_ctl(session, content=ctl, sha256="0" * 64, signer="t1", signer_serial="01",
+                                   records=5, tftp_path="cluster1")
+    await provider.svc.sample_metrics()
+    assert gauge("ccmsec_ctl_version", node="ctl-provider") == version >= 1
+    assert gauge("ccmsec_certificate_expiry_timestamp_seconds", kind="token", name="opsmetric") == \
+        token.certificate.not_valid_after_utc.timestamp()
+    assert gauge("ccmsec_certificate_expiry_timestamp_seconds", kind="identity", name="ctl-provider") > time.time()
