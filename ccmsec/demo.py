@@ -55,7 +55,7 @@ async def step_event_round_trip(ctx: DemoContext) -> None:
     from ccmsec.runtime.identity import client_identity
     from ccmsec_proto import common_pb2, events_pb2
 
-    bus = EventBus(ctx.endpoints["nats_url"], "ccmsec-demo")
+    bus = EventBus.for_cli(ctx.data, ctx.endpoints["nats_url"], "ccmsec-demo")
     await bus.connect()
     event = make_event("device.reset", "ccmsec-demo",
                        device_reset=events_pb2.DeviceReset(devices=["SEPDEMO00000001"], kind=events_pb2.RESET,

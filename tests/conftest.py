@@ -45,6 +45,46 @@ def nats_server(tmp_path):
         proc.kill()
 
 
+def wait_port(host: str, port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((host, port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {host}:{port} after {timeout}s")
+
+
+def start_secured_nats(data: Path, folders, store: Path, port: int | None = None):
+    """A real NATS server with the configuration `ccmsec up` renders (ccmsec.cluster.pki.nats_config):
+    one nkey user per identity folder, the bus operator, no anonymous user. Returns (url, process)."""
+    from ccmsec.cluster.pki import nats_config
+
+    port = port or free_port()
+    conf = data / f"nats-{port}.conf"
+    conf.write_text(nats_config(data, folders, listen=f"127.0.0.1:{port}", store_dir=str(store),
+                                server_name=f"test-{port}"))
+    proc = subprocess.Popen([nats_binary(), "-c", str(conf)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        wait_port("127.0.0.1", port)
+    except RuntimeError:
+        proc.kill()
+        raise
+    return f"nats://127.0.0.1:{port}", proc
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def run_cli(*args: str, timeout: float = 180, env: dict | None = None, input: str | None = None):
     """Run `ccmsec ARGS` as a user would; returns CompletedProcess with text output."""
     return subprocess.run([sys.executable, "-m", "ccmsec.cli.main", *args], capture_output=True,

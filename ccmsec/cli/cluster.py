@@ -43,7 +43,7 @@ def _status(args) -> int:
         print_json([r.as_json() for r in rows])
     else:
         print(runner.format_rows(rows))
-    return 0 if all(r.state in ("SERVING", "RUNNING") for r in rows) else EXIT_NOT_READY
+    return runner.status_exit_code(rows)
 
 
 def _down(args) -> int:
@@ -92,7 +92,8 @@ def register(sub) -> None:
                    help="call-control subscribers beside the publisher (0-4; LATER-7): phones list "
                         "the publisher and the first two subscribers, then SRST")
     p.set_defaults(func=_up)
-    p = sub.add_parser("status", help="show the local cluster's services (exit 3 if one is not serving)")
+    p = sub.add_parser("status", help="show the local cluster's services (exit 0 all serving, "
+                                      "3 one down or not serving, 4 one DEGRADED)")
     add_data_option(p)
     add_json_option(p)
     p.set_defaults(func=_status)

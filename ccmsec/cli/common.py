@@ -20,6 +20,8 @@ EXIT_ERROR = 1        # refused or failed: the message (or under --json the erro
 EXIT_USAGE = 2        # the command line itself is wrong (unknown command or option, bad value)
 EXIT_NOT_READY = 3    # answered, but not in the wanted state: `status` with a service not serving,
                       # `device reset --wait` with phones not back in time
+EXIT_DEGRADED = 4     # `status`: every service runs, one or more DEGRADED (event stream or
+                      # consumer lost; the reason is printed) — BUS-5
 EXIT_INTERRUPTED = 130  # Ctrl-C
 
 EXIT_CODES_HELP = """exit codes:
@@ -27,6 +29,7 @@ EXIT_CODES_HELP = """exit codes:
   1    refused or failed (the error says why; under --json a JSON object on stderr)
   2    usage error (unknown command or option, bad value)
   3    not in the wanted state (status: a service not serving; reset --wait: phones not back)
+  4    status: every service runs, one or more DEGRADED (event stream or consumer lost)
   130  interrupted"""
 
 

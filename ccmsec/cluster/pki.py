@@ -6,7 +6,9 @@ one-shot init step of compose gives each container only its own folder) and the 
 its own `cli` identity. A service only loads its folder (`ccmsec.runtime.identity.load_identity`).
 
 An identity folder holds `tls.crt` (with the `spiffe://ccmsec/<role>/<node>` URI), `tls.key`
-(0600) and `ca.crt` (the CA certificate); folders are 0700. Issuing is idempotent: a folder whose
+(0600) and `ca.crt` (the CA certificate); folders are 0700. The folder of every identity that
+connects to the event bus (each service, the CLI) also holds `nats.nk`, its own nkey seed (0600,
+BUS-1); the NATS server's configuration (`nats_config`) names only the public keys. Issuing is idempotent: a folder whose
 certificate still names the same identity, carries the wanted names, has the wanted key usages and
 was signed by this CA is kept; otherwise it is re-issued.
 """
@@ -23,6 +25,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from ccmsec.fsutil import atomic_write, file_lock
+from ccmsec.runtime import bus_policy
 from ccmsec.pki import ca as ca_mod
 from ccmsec.runtime.identity import (
     CA_FILE, CERT_FILE, KEY_FILE, IdentityError, TlsIdentity, admin_api_identity_dir,
@@ -92,6 +95,8 @@ def issue_identity(data_dir: Path, role: str, node: str, out_dir: Path, *, dns: 
     out_dir = Path(out_dir)
     ca_cert = pki_dir(data_dir) / CA_CERT
     if ca_cert.exists() and _current(out_dir, ident.uri, dns_set, ip_set, server, client, ca_cert.read_bytes()):
+        if role in bus_policy.BUS_ROLES:
+            ensure_nats_seed(out_dir)
         return load_identity(out_dir)  # nothing to issue: the CA key stays closed
     cluster_ca = ensure_cluster_ca(data_dir)
     with _lock(data_dir):
@@ -106,6 +111,8 @@ def issue_identity(data_dir: Path, role: str, node: str, out_dir: Path, *, dns: 
             atomic_write(out_dir / CERT_FILE, issued.pem)
             atomic_write(out_dir / CA_FILE, cluster_ca.pem)
         _private_dir(out_dir)
+    if role in bus_policy.BUS_ROLES:
+        ensure_nats_seed(out_dir)
     return load_identity(out_dir)
 
 
@@ -135,6 +142,93 @@ def issue_client_identity(data_dir: Path, name: str = "cli", *, out_dir: Path | 
 def issue_local_cluster(cluster) -> None:
     """Everything the local runner gives out before it starts anything: each service node its
     identity (at its loopback address) and the command line its `cli` identity."""
+    from ccmsec.runtime.identity import service_identity_dir
+
+    folders = []
     for inst in cluster.instances:
         issue_service_identity(cluster.data_dir, inst.role, inst.node, inst.host)
+        folders.append(service_identity_dir(cluster.data_dir, inst.node))
     issue_client_identity(cluster.data_dir, "cli")
+    folders.append(client_identity_dir(cluster.data_dir, "cli"))
+    from ccmsec.cluster.topology import NATS_PORT
+
+    conf = nats_config(cluster.data_dir, folders, listen=f"{cluster.nats_host}:{NATS_PORT}",
+                       store_dir=str(cluster.data_dir / "nats"), server_name=f"ccmsec-{cluster.base}")
+    path = local_nats_config_path(cluster.data_dir)
+    _private_dir(path.parent)
+    atomic_write(path, conf.encode(), mode=0o600)
+
+
+# --- event bus credentials (issue 9 §3, BUS-1) -----------------------------------------------
+
+NATS_ADMIN_SEED = "nats-admin.nk"
+
+
+def _new_seed() -> bytes:
+    import nkeys
+
+    return nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)
+
+
+def public_key_of(seed: bytes) -> str:
+    import nkeys
+
+    try:
+        return nkeys.from_seed(bytearray(seed)).public_key.decode()
+    except Exception as exc:  # nkeys raises its own errors for a malformed seed
+        raise IdentityError(f"not an nkey seed: {type(exc).__name__}") from None
+
+
+def ensure_nats_seed(folder: Path) -> str:
+    """The nkey seed of an identity folder, created once (0600); returns its public key."""
+    path = Path(folder) / "nats.nk"
+    if path.is_file():
+        try:
+            return public_key_of(path.read_bytes().strip())
+        except IdentityError:
+            pass  # unreadable: replaced below
+    seed = _new_seed()
+    atomic_write(path, seed + b"\n", mode=0o600)
+    return public_key_of(seed)
+
+
+def nats_admin_seed_path(data_dir: Path) -> Path:
+    """The bus operator's seed (every permission: stream administration). Kept with the CA key in
+    DATA/pki, never in a service's folder."""
+    return pki_dir(data_dir) / NATS_ADMIN_SEED
+
+
+def ensure_nats_admin(data_dir: Path) -> str:
+    _private_dir(pki_dir(data_dir))
+    with _lock(data_dir):
+        path = nats_admin_seed_path(data_dir)
+        if not path.is_file():
+            atomic_write(path, _new_seed() + b"\n", mode=0o600)
+        return public_key_of(path.read_bytes().strip())
+
+
+def bus_user_of(folder: Path) -> bus_policy.BusUser:
+    """The bus user an identity folder holds: its role and node (from its certificate) and the
+    public key of its seed."""
+    held = load_identity(folder)
+    ident = held.identity
+    if ident.role not in bus_policy.BUS_ROLES:
+        raise IdentityError(f"{folder}: {ident} does not connect to the event bus")
+    seed = Path(folder) / "nats.nk"
+    if not seed.is_file():
+        raise IdentityError(f"{folder} has no nats.nk (issue it again with `ccmsec pki issue`)")
+    return bus_policy.BusUser(ident.role, ident.node, public_key_of(seed.read_bytes().strip()))
+
+
+def nats_config(data_dir: Path, folders: Iterable[Path], *, listen: str, store_dir: str,
+                server_name: str) -> str:
+    """The NATS server configuration for the identities in `folders` plus the bus operator (whose
+    seed stays in DATA/pki): users by public key, each with its role's permissions, no anonymous
+    user (BUS-1, BUS-2, BUS-4)."""
+    users = [bus_policy.BusUser("admin", "operator", ensure_nats_admin(data_dir))]
+    users += [bus_user_of(f) for f in folders]
+    return bus_policy.server_config(users, listen=listen, store_dir=store_dir, server_name=server_name)
+
+
+def local_nats_config_path(data_dir: Path) -> Path:
+    return Path(data_dir) / "run" / "nats.conf"

@@ -40,11 +40,12 @@ class Row:
     # The same ports, structured (`ccmsec status --json`): name, number, protocol; metrics included.
     port_list: list[dict] = field(default_factory=list)
     metrics: str = ""   # the Prometheus endpoint (http://host:port/metrics), "" when off or none
+    reason: str = ""     # why a DEGRADED service is not serving (BUS-5)
 
     def as_json(self) -> dict:
         return {"service": self.service, "address": self.address, "ports": self.port_list,
                 "pid": self.pid or None, "state": self.state, "restarts": self.restarts,
-                "metrics": self.metrics}
+                "metrics": self.metrics, "reason": self.reason}
 
 
 def cluster_for(data_dir: Path, base: str | None = None, subscribers: int | None = None) -> LocalCluster:
@@ -128,17 +129,22 @@ def _progress(msg: str, final: bool = False) -> None:
     sys.stderr.flush()
 
 
-async def health_states(cluster: LocalCluster, timeout: float = 1.5) -> dict[str, str]:
-    from ccmsec.runtime.grpcio import check_health
+async def health_states(cluster: LocalCluster, timeout: float = 1.5,
+                        reasons: dict[str, str] | None = None) -> dict[str, str]:
+    """Node -> SERVING / NOT_SERVING / DEGRADED / UNREACHABLE; `reasons` gets why each DEGRADED one is."""
+    from ccmsec.runtime.grpcio import health_detail
     from ccmsec.runtime.identity import client_identity
 
     ident = client_identity(cluster.data_dir)
 
     async def one(inst):
         try:
-            return inst.node, await check_health(ident, inst.host, inst.ports["grpc_port"], inst.role, timeout)
+            state, why = await health_detail(ident, inst.host, inst.ports["grpc_port"], inst.role, timeout)
         except Exception:
             return inst.node, "UNREACHABLE"
+        if why and reasons is not None:
+            reasons[inst.node] = why
+        return inst.node, state
 
     return dict(await asyncio.gather(*(one(i) for i in cluster.instances)))
 
@@ -242,8 +248,9 @@ def status(data_dir: Path, states: dict[str, str] | None = None) -> list[Row]:
         raise RunnerError(f"no cluster has been started from {data_dir}")
     cluster = cluster_for(data_dir)
     running = supervisor_pid(data_dir) is not None
+    reasons: dict[str, str] = {}
     if states is None:
-        states = asyncio.run(health_states(cluster)) if running else {}
+        states = asyncio.run(health_states(cluster, reasons=reasons)) if running else {}
     children = state.get("children", {})
     rows = []
     nats = children.get("nats", {})
@@ -267,8 +274,19 @@ def status(data_dir: Path, states: dict[str, str] | None = None) -> list[Row]:
         metrics_port = inst.ports.get("metrics_port") or 0
         metrics = f"http://{inst.host}:{metrics_port}/metrics" if metrics_port else ""
         rows.append(Row(inst.node, inst.host, ports, pid, st, int(info.get("restarts") or 0), port_list,
-                        metrics))
+                        metrics, reasons.get(inst.node, "") if st == "DEGRADED" else ""))
     return rows
+
+
+STATUS_OK, STATUS_DOWN, STATUS_DEGRADED = 0, 3, 4
+
+
+def status_exit_code(rows: list[Row]) -> int:
+    """`ccmsec status` exit code: 0 every process serving; 3 one is down or not serving; 4 every
+    process runs but one or more are DEGRADED (e.g. the event stream or a consumer lost, BUS-5)."""
+    if any(r.state not in ("SERVING", "RUNNING", "DEGRADED") for r in rows):
+        return STATUS_DOWN
+    return STATUS_DEGRADED if any(r.state == "DEGRADED" for r in rows) else STATUS_OK
 
 
 def cluster_pids(data_dir: Path) -> list[int]:
@@ -376,11 +394,14 @@ async def restart_services(data_dir: Path, roles: list[str], *, timeout: float =
     if before is None:
         raise RunnerError(f"no cluster running from {data_dir}")
     cluster = cluster_for(data_dir)
-    bus = EventBus(cluster.nats_url, "ccmsec-cli", connect_timeout=5)
+    try:
+        bus = EventBus.for_cli(data_dir, cluster.nats_url, connect_timeout=5)
+    except BusError as exc:
+        raise RunnerError(str(exc)) from None
     try:
         await bus.connect()
         for role in roles:
-            await bus.publish(make_event("service.restart", "ccmsec-cli", service_restart=events_pb2.ServiceRestart(
+            await bus.publish(make_event("service.restart", "cli", service_restart=events_pb2.ServiceRestart(
                 role=role, rule="CHK-14", reason="administrator restarted the server")), target=role)
     except BusError as exc:
         raise RunnerError(str(exc)) from None
@@ -394,7 +415,9 @@ def format_rows(rows: list[Row]) -> str:
     table = [headers] + [(r.service, r.address, r.ports, r.metrics.removeprefix("http://") or "-",
                           str(r.pid or "-"), r.state, str(r.restarts)) for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(headers))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table)
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table]
+    lines += [f"{r.service}: DEGRADED: {r.reason}" for r in rows if r.state == "DEGRADED" and r.reason]
+    return "\n".join(lines)
 
 
 def is_alive(pid: int) -> bool:

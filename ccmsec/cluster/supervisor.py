@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from ccmsec.cluster import logrotate
+from ccmsec.cluster.pki import local_nats_config_path
 from ccmsec.cluster.state import write_state
 from ccmsec.cluster.topology import NATS_PORT, LocalCluster, local_cluster
 from ccmsec.runtime.logs import setup_logging
@@ -108,8 +109,12 @@ class Supervisor:
         self.logs.mkdir(parents=True, exist_ok=True)
         nats_dir = self.data / "nats"
         nats_dir.mkdir(parents=True, exist_ok=True)
-        nats = Child("nats", [nats_server_binary(), "-a", self.cluster.nats_host, "-p", str(NATS_PORT),
-                              "-js", "-sd", str(nats_dir), "-n", f"ccmsec-{self.cluster.base}"],
+        # The configuration `ccmsec up` rendered (ccmsec.cluster.pki.nats_config): one nkey user
+        # per service and the CLI, each with its role's permissions, no anonymous user (BUS-1/2/4).
+        conf = local_nats_config_path(self.data)
+        if not conf.is_file():
+            raise FileNotFoundError(f"{conf} missing: start the cluster with `ccmsec up`")
+        nats = Child("nats", [nats_server_binary(), "-c", str(conf)],
                      self._base_env(), self.logs / "nats.log")
         self.children["nats"] = nats
         watchers: list[asyncio.Task] = []

@@ -1,81 +1,155 @@
 """The event bus: NATS JetStream with one durable stream for events that must not be lost.
 
-Subjects are `ccmsec.<kind>`, and `ccmsec.service.restart.<role>` for restarts. Each event is the protobuf `ccmsec.v1.Event` envelope; its
-unique id goes in the `Nats-Msg-Id` header (JetStream drops duplicate publishes) and handlers record
-the ids they handled (a redelivery after a crash changes nothing). The publisher's trace id rides
-in the `Ccmsec-Trace-Id` header and is bound while the handler runs (`ccmsec.runtime.logs`).
+Subjects carry the publisher's role: `ccmsec.<role>.<kind>`, and `ccmsec.<role>.service.restart.<target>`
+for restarts (`ccmsec.runtime.bus_policy`: who may publish what). Every connection authenticates
+with its own nkey (the seed `nats.nk` in its identity folder, BUS-1); the server lets it publish
+only under its own role (BUS-2), and every consumer drops and counts an event whose publisher the
+table does not allow (BUS-3). Each event is the protobuf `ccmsec.v1.Event` envelope; its unique id
+goes in the `Nats-Msg-Id` header (JetStream drops duplicate publishes) and handlers record the ids
+they handled (a redelivery after a crash changes nothing). The publisher's trace id rides in the
+`Ccmsec-Trace-Id` header and is bound while the handler runs (`ccmsec.runtime.logs`).
+
+The bus heals (BUS-5): `check()` finds a lost stream (deleted, or NATS restarted without its
+store) or a lost durable consumer, recreates the stream and rebinds each consumer from the last
+moment it was known to exist, and says what is wrong until then (the service reports DEGRADED).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import datetime as dt
 import logging
+import os
+import stat
 import time
 import uuid
-from typing import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Awaitable, Callable
 
 import nats
 from nats.errors import NoServersError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
+from ccmsec.runtime import bus_policy
+from ccmsec.runtime.bus_policy import (  # noqa: F401  (re-exported: the bus's one vocabulary)
+    KINDS, STREAM, SUBJECT_PREFIX, TARGETED_KINDS, SubjectError, check_event,
+)
 from ccmsec.runtime.logs import TRACE_HEADER, bind_trace_id, clean_trace_id, current_trace_id
-from ccmsec.runtime.metrics import EVENT_LAG, EVENTS_HANDLED
+from ccmsec.runtime.metrics import EVENT_LAG, EVENTS_HANDLED, EVENTS_REFUSED
 from ccmsec_proto import events_pb2
 
 log = logging.getLogger("ccmsec.bus")
 
-STREAM = "CCMSEC"
-SUBJECT_PREFIX = "ccmsec"
-KINDS = ("device.reset", "service.restart", "ctl.updated", "config.changed", "mode.changed", "access.denied")
+SEED_FILE = "nats.nk"   # the nkey seed of an identity folder (0600), next to tls.key
 
 Handler = Callable[[events_pb2.Event], Awaitable[None]]
 SeenCheck = Callable[[str, str], Awaitable[bool]]
 SeenMark = Callable[[str, str], Awaitable[None]]
+Refused = Callable[[str, str, str], None]   # (publisher role, kind, reason)
+
+# The role that published the event being handled (from its subject), for handlers that care.
+PUBLISHER: contextvars.ContextVar[str] = contextvars.ContextVar("ccmsec_event_publisher", default="")
 
 
 class BusError(Exception):
     pass
 
 
-# Only restarts are addressed (to a role) in the subject; every other event goes on its kind's
-# subject and names its devices in the body, so one subscription per kind sees all of them.
-TARGETED_KINDS = ("service.restart",)
-
-
-def subject_for(kind: str, target: str | None = None) -> str:
-    if kind not in KINDS:
-        raise BusError(f"unknown event kind {kind!r}")
-    if target and kind in TARGETED_KINDS:
-        return f"{SUBJECT_PREFIX}.{kind}.{target}"
-    return f"{SUBJECT_PREFIX}.{kind}"
+def subject_for(kind: str, target: str | None = None, publisher: str = "*") -> str:
+    """`bus_policy.subject_for`, raising BusError; publisher `*` is a consumer's pattern."""
+    try:
+        return bus_policy.subject_for(kind, target, publisher)
+    except SubjectError as exc:
+        raise BusError(str(exc)) from None
 
 
 def make_event(kind: str, origin: str, **body) -> events_pb2.Event:
     """make_event('device.reset', 'callmanager', device_reset=events_pb2.DeviceReset(...))."""
     event = events_pb2.Event(id=uuid.uuid4().hex, kind=kind, origin=origin,
                              occurred_unix_ms=int(time.time() * 1000))
-    for field, value in body.items():
+    for name, value in body.items():
         if isinstance(value, str):
-            setattr(event, field, value)
+            setattr(event, name, value)
         else:
-            getattr(event, field).CopyFrom(value)
+            getattr(event, name).CopyFrom(value)
     return event
 
 
+def read_seed(folder: Path) -> bytes | None:
+    """The nkey seed of an identity folder, or None when it has none. Refuses a seed others may read."""
+    path = Path(folder) / SEED_FILE
+    if not path.is_file():
+        return None
+    mode = stat.S_IMODE(os.stat(path).st_mode)
+    if mode & 0o077:
+        raise BusError(f"{path} is readable by others (mode {mode:o}); it must be 0600")
+    seed = path.read_bytes().strip()
+    if not seed.startswith(b"SU") or len(seed) > 128:
+        raise BusError(f"{path} is not an nkey user seed")
+    return seed
+
+
+def stream_config() -> StreamConfig:
+    return StreamConfig(
+        name=STREAM, subjects=[f"{SUBJECT_PREFIX}.>"], storage=StorageType.FILE,
+        retention=RetentionPolicy.LIMITS, max_age=7 * 24 * 3600, duplicate_window=120.0,
+    )
+
+
+@dataclass
+class _Consumer:
+    subject: str
+    durable: str
+    callback: Callable[[Any], Awaitable[None]]
+    config: ConsumerConfig
+    sub: Any = None
+    seen_at: float = field(default_factory=time.time)   # last moment it was known to exist
+
+
 class EventBus:
-    def __init__(self, url: str, name: str, *, connect_timeout: float = 30.0):
-        self.url, self.name, self.connect_timeout = url, name, connect_timeout
+    """One authenticated NATS connection. `role` is the publisher's role (the subject prefix the
+    server lets it use); `seed` its nkey seed (None: no credentials, for a server without users)."""
+
+    def __init__(self, url: str, name: str, *, role: str | None = None, seed: bytes | None = None,
+                 connect_timeout: float = 30.0):
+        self.url, self.name, self.role, self.connect_timeout = url, name, role, connect_timeout
+        self._seed = seed
         self.nc: nats.NATS | None = None
         self.js = None
-        self._subs: list = []
-        self._durables: list[str] = []
+        self._consumers: list[_Consumer] = []
         self._closing = False
+        self._violations: list[tuple[float, str]] = []   # (when, server's permissions error)
+        self._auth_refused = False
+
+    @property
+    def _subs(self) -> list:
+        """The live subscriptions (tests wait for a service's consumers through this)."""
+        return [c.sub for c in self._consumers if c.sub is not None]
+
+    @classmethod
+    def for_identity(cls, url: str, name: str, folder: Path, *, role: str,
+                     connect_timeout: float = 30.0) -> "EventBus":
+        """A bus with the credentials of an identity folder (its `nats.nk`)."""
+        return cls(url, name, role=role, seed=read_seed(folder), connect_timeout=connect_timeout)
+
+    @classmethod
+    def for_cli(cls, data_dir: Path, url: str, name: str = "ccmsec-cli", *,
+                connect_timeout: float = 30.0) -> "EventBus":
+        """The command line's bus: the `cli` identity of DATA/identities/clients/cli (issued by
+        `ccmsec up`), publishing as `cli`."""
+        from ccmsec.runtime.identity import client_identity_dir
+
+        return cls.for_identity(url, name, client_identity_dir(data_dir, "cli"), role="cli",
+                                connect_timeout=connect_timeout)
 
     async def connect(self) -> None:
         """Connect, retrying until connect_timeout; afterwards nats-py reconnects by itself."""
         deadline = time.monotonic() + self.connect_timeout
         delay = 0.1
+        auth = {"nkeys_seed_str": self._seed.decode()} if self._seed else {}
         while True:
             remaining = deadline - time.monotonic()
             try:
@@ -84,10 +158,15 @@ class EventBus:
                     servers=[self.url], name=self.name, connect_timeout=2,
                     allow_reconnect=True, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
                     disconnected_cb=self._on_disconnect, reconnected_cb=self._on_reconnect,
-                    error_cb=self._on_error,
+                    error_cb=self._on_error, **auth,
                 ), timeout=max(0.5, min(remaining, 5.0)))
                 break
-            except (NoServersError, OSError, asyncio.TimeoutError) as exc:
+            except (nats.errors.Error, OSError, asyncio.TimeoutError) as exc:
+                if self._auth_refused or "authorization" in str(exc).lower():
+                    # The server answered and said no: retrying would not change its mind.
+                    who = "no credentials" if not self._seed else "its nkey is not a user of this server"
+                    raise BusError(f"NATS at {self.url} refused {self.name}: authorization violation "
+                                   f"({who})") from None
                 if time.monotonic() > deadline:
                     raise BusError(f"cannot reach NATS at {self.url}: {exc or 'timed out'}") from None
                 await asyncio.sleep(delay)
@@ -103,35 +182,67 @@ class EventBus:
         log.info("reconnected to NATS", extra={"url": self.url})
 
     async def _on_error(self, exc):
-        log.debug("NATS error: %s", exc)
+        text = str(exc)
+        if "authorization violation" in text.lower() and self.js is None:
+            self._auth_refused = True   # while connecting: the server does not know these credentials
+        if "permissions violation" in text.lower():
+            self._violations = [v for v in self._violations if time.monotonic() - v[0] < 30][-20:]
+            self._violations.append((time.monotonic(), text))
+            log.warning("NATS refused: %s", text[:300])
+        else:
+            log.debug("NATS error: %s", exc)
 
-    async def ensure_stream(self) -> None:
-        config = StreamConfig(
-            name=STREAM, subjects=[f"{SUBJECT_PREFIX}.>"], storage=StorageType.FILE,
-            retention=RetentionPolicy.LIMITS, max_age=7 * 24 * 3600, duplicate_window=120.0,
-        )
+    def _refusal(self, subject: str, since: float) -> str | None:
+        for when, text in self._violations:
+            if when >= since and subject.lower() in text.lower():
+                return text
+        return None
+
+    async def ensure_stream(self) -> bool:
+        """The stream exists afterwards (True when this call created it)."""
         try:
             await self.js.stream_info(STREAM)
+            return False
         except NotFoundError:
+            pass
+        started = time.monotonic()
+        try:
+            await self.js.add_stream(stream_config())
+            return True
+        except Exception as exc:  # another service created it at the same moment, or we may not
             try:
-                await self.js.add_stream(config)
-            except Exception:  # another service created it at the same moment
                 await self.js.stream_info(STREAM)
+                return False
+            except NotFoundError:
+                refused = self._refusal(f"$JS.API.STREAM.CREATE.{STREAM}", started)
+                raise BusError(f"cannot create stream {STREAM}: {refused or exc}") from None
 
     async def publish(self, event: events_pb2.Event, target: str | None = None) -> int:
-        """Publish durably; returns the stream sequence number."""
+        """Publish durably under this bus's role; returns the stream sequence number."""
         if self.js is None:
             raise BusError("event bus not connected")
-        ack = await self.js.publish(
-            subject_for(event.kind, target), event.SerializeToString(),
-            headers={"Nats-Msg-Id": event.id, TRACE_HEADER: current_trace_id() or event.id}, timeout=5,
-        )
+        if not self.role:
+            raise BusError("this bus has no publisher role")
+        subject = subject_for(event.kind, target, self.role)
+        started = time.monotonic()
+        try:
+            ack = await self.js.publish(subject, event.SerializeToString(), timeout=5, headers={
+                "Nats-Msg-Id": event.id, TRACE_HEADER: current_trace_id() or event.id})
+        except nats.errors.TimeoutError:
+            refused = self._refusal(subject, started)
+            if refused:
+                raise BusError(f"NATS refused to let {self.role} publish {subject}: {refused}") from None
+            raise BusError(f"no acknowledgement from the event stream for {subject} (is NATS up and "
+                           f"the stream {STREAM} there?)") from None
+        except NoServersError as exc:
+            raise BusError(f"cannot publish {subject}: {exc}") from None
         return ack.seq
 
     async def subscribe(self, subject: str, durable: str, handler: Handler, *,
                         seen: SeenCheck | None = None, mark: SeenMark | None = None,
-                        deliver_new: bool = False) -> None:
-        """Durable push consumer; the message is acked only after `handler` succeeded."""
+                        deliver_new: bool = False, on_refused: Refused | None = None) -> None:
+        """Durable push consumer; the message is acked only after `handler` succeeded. An event
+        whose publisher may not send its kind (bus_policy) is dropped, counted and logged."""
         if self.js is None:
             raise BusError("event bus not connected")
 
@@ -139,14 +250,29 @@ class EventBus:
             try:
                 event = events_pb2.Event.FromString(msg.data)
             except Exception:
-                log.error("dropping undecodable event", extra={"subject": msg.subject})
+                log.error("dropping undecodable event", extra={"subject": msg.subject[:120]})
                 EVENTS_HANDLED.labels("?", "undecodable").inc()
                 await msg.term()
                 return
+            parsed, refusal = check_event(msg.subject, event)
+            if refusal:
+                publisher = parsed.publisher if parsed else "?"
+                kind = parsed.kind if parsed else "?"
+                # Never the payload: only what identifies the event and why it is dropped.
+                log.warning("dropping event from a publisher not allowed to send it: %s", refusal,
+                            extra={"subject": msg.subject[:120], "event_id": event.id[:64],
+                                   "publisher": publisher, "consumer": durable, "rule": "BUS-3"})
+                EVENTS_REFUSED.labels(kind, publisher).inc()
+                EVENTS_HANDLED.labels(kind, "refused").inc()
+                if on_refused is not None:
+                    on_refused(publisher, kind, refusal)
+                await msg.term()
+                return
             with bind_trace_id(clean_trace_id((msg.headers or {}).get(TRACE_HEADER)) or event.id):
-                await handle(msg, event)
+                await handle(msg, event, parsed.publisher)
 
-        async def handle(msg, event):
+        async def handle(msg, event, publisher: str):
+            token = PUBLISHER.set(publisher)
             try:
                 if seen is not None and await seen(durable, event.id):
                     EVENTS_HANDLED.labels(event.kind, "duplicate").inc()
@@ -166,15 +292,17 @@ class EventBus:
                               extra={"kind": event.kind, "event_id": event.id})
                 EVENTS_HANDLED.labels(event.kind, "error").inc()
                 await msg.nak(delay=1.0)
+            finally:
+                PUBLISHER.reset(token)
 
         config = ConsumerConfig(
             ack_policy=AckPolicy.EXPLICIT, ack_wait=30, max_deliver=20,
             deliver_policy=DeliverPolicy.NEW if deliver_new else DeliverPolicy.ALL,
         )
-        sub = await self.js.subscribe(subject, durable=durable, cb=on_msg, manual_ack=True,
-                                      config=config, stream=STREAM)
-        self._subs.append(sub)
-        self._durables.append(durable)
+        consumer = _Consumer(subject, durable, on_msg, config)
+        consumer.sub = await self.js.subscribe(subject, durable=durable, cb=on_msg, manual_ack=True,
+                                               config=config, stream=STREAM)
+        self._consumers.append(consumer)
 
     @property
     def connected(self) -> bool:
@@ -183,22 +311,83 @@ class EventBus:
     async def pending(self) -> dict[str, int]:
         """Per durable consumer of ours: events not delivered yet plus delivered and not acked."""
         counts: dict[str, int] = {}
-        for durable in list(self._durables):
+        for consumer in list(self._consumers):
             try:
-                info = await self.js.consumer_info(STREAM, durable, timeout=2)
+                info = await self.js.consumer_info(STREAM, consumer.durable, timeout=2)
             except Exception:
                 continue
-            counts[durable] = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+            counts[consumer.durable] = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
         return counts
+
+    # --- healing ---------------------------------------------------------------------------
+    async def check(self) -> str:
+        """Heal what can be healed; "" when the stream and every consumer were there, else what
+        was wrong (and what was done about it).
+
+        A lost stream is recreated and every consumer bound again; a lost consumer is created
+        again, delivering from the last moment it was known to exist (events it had handled are
+        skipped by the handled-event record). The caller stays DEGRADED until a check finds
+        everything in place, so a repair is reported before it is trusted.
+        """
+        if self.nc is None or self.js is None:
+            return "not connected to NATS"
+        if not self.nc.is_connected:
+            return f"NATS at {self.url} unreachable (reconnecting)"
+        problems = []
+        try:
+            if await self.ensure_stream():
+                log.warning("event stream was missing: recreated it", extra={"stream": STREAM, "rule": "BUS-5"})
+                problems.append(f"event stream {STREAM} was missing (recreated)")
+        except BusError as exc:
+            return f"event stream {STREAM} missing: {exc}"
+        except Exception as exc:
+            return f"event stream {STREAM} not reachable: {exc}"
+        for consumer in self._consumers:
+            try:
+                await self.js.consumer_info(STREAM, consumer.durable)
+                consumer.seen_at = time.time()
+                continue
+            except NotFoundError:
+                pass
+            except Exception as exc:
+                problems.append(f"consumer {consumer.durable}: {exc}")
+                continue
+            try:
+                await self._rebind(consumer)
+                problems.append(f"consumer {consumer.durable} was missing (recreated)")
+            except Exception as exc:
+                problems.append(f"consumer {consumer.durable} missing and not recreated: {exc}")
+        return "; ".join(problems)
+
+    async def _rebind(self, consumer: _Consumer) -> None:
+        if consumer.sub is not None:
+            try:
+                await consumer.sub.unsubscribe()
+            except Exception:
+                pass
+            consumer.sub = None
+        since = dt.datetime.fromtimestamp(consumer.seen_at - 2.0, dt.timezone.utc)
+        config = ConsumerConfig(
+            ack_policy=AckPolicy.EXPLICIT, ack_wait=30, max_deliver=20,
+            deliver_policy=DeliverPolicy.BY_START_TIME,
+            opt_start_time=since,
+        )
+        consumer.sub = await self.js.subscribe(consumer.subject, durable=consumer.durable,
+                                               cb=consumer.callback, manual_ack=True, config=config,
+                                               stream=STREAM)
+        consumer.seen_at = time.time()
+        log.warning("durable consumer was missing: recreated it", extra={
+            "consumer": consumer.durable, "since": since.isoformat(), "rule": "BUS-5"})
 
     async def close(self) -> None:
         self._closing = True
-        for sub in self._subs:
+        for consumer in self._consumers:
             try:
-                await sub.unsubscribe()
+                if consumer.sub is not None:
+                    await consumer.sub.unsubscribe()
             except Exception:
                 pass
-        self._subs.clear()
+        self._consumers.clear()
         if self.nc is not None and not self.nc.is_closed:
             try:
                 await asyncio.wait_for(self.nc.drain(), 2)

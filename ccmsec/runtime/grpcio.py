@@ -45,6 +45,23 @@ def channel_credentials(identity: TlsIdentity) -> grpc.ChannelCredentials:
     )
 
 
+DEGRADED_KEY = "ccmsec-degraded"   # trailing metadata of a health answer: why it is not SERVING
+
+
+class _Health(health.aio.HealthServicer):
+    """gRPC health that also says why it is NOT_SERVING: a degraded service (its event stream or a
+    consumer lost, BUS-5) answers NOT_SERVING with the reason in the `ccmsec-degraded` trailer, so
+    `ccmsec status` and the container healthcheck print DEGRADED and the reason."""
+
+    degraded = ""
+
+    async def Check(self, request, context):
+        reply = await super().Check(request, context)
+        if self.degraded:
+            context.set_trailing_metadata(((DEGRADED_KEY, self.degraded[:400]),))
+        return reply
+
+
 class GrpcServer:
     """A grpc.aio server bound to host:port with mTLS, per-method authorization, health,
     reflection and metrics. `gate.on_denied` receives each reported refusal."""
@@ -53,7 +70,7 @@ class GrpcServer:
         self._metrics = metrics
         self.server = grpc.aio.server(options=_OPTIONS)
         self.gate = Gate(str(identity.identity))
-        self.health = health.aio.HealthServicer()
+        self.health = _Health()
         guard_servicer(self.health, health.SERVICE_NAME, self.gate, metrics=False)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection_v1.ensure_registered()
@@ -88,6 +105,11 @@ class GrpcServer:
                   else health_pb2.HealthCheckResponse.NOT_SERVING)
         for name in ["", *(services if services is not None else self._service_names[3:])]:
             await self.health.set(name, status)
+
+    async def set_degraded(self, reason: str) -> None:
+        """NOT_SERVING with `reason` (health trailer), or SERVING again when `reason` is ""."""
+        self.health.degraded = " ".join(reason.split())
+        await self.set_serving(not reason)
 
     async def stop(self, grace: float) -> None:
         await self.health.enter_graceful_shutdown()
@@ -141,8 +163,20 @@ def secure_channel(identity: TlsIdentity, host: str, port: int, server_name: str
 
 async def check_health(identity: TlsIdentity, host: str, port: int, server_name: str,
                        timeout: float = 2.0) -> str:
-    """Return the overall health status name (SERVING, NOT_SERVING, ...) of a service."""
+    """Return the overall health status name (SERVING, NOT_SERVING, DEGRADED, ...) of a service."""
+    return (await health_detail(identity, host, port, server_name, timeout))[0]
+
+
+async def health_detail(identity: TlsIdentity, host: str, port: int, server_name: str,
+                        timeout: float = 2.0) -> tuple[str, str]:
+    """(status, reason): DEGRADED and its reason when the service says why it is not serving."""
     async with secure_channel(identity, host, port, server_name) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
-        reply = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
-        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+        call = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+        reply = await call
+        status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+        if reply.status != health_pb2.HealthCheckResponse.SERVING:
+            for key, value in (await call.trailing_metadata()) or ():
+                if key == DEGRADED_KEY:
+                    return "DEGRADED", value if isinstance(value, str) else value.decode(errors="replace")
+        return status, ""

@@ -36,10 +36,12 @@ def probe_address(host: str) -> str:
 async def _check(identity, role: str, host: str, port: int) -> str:
     import grpc
 
-    from ccmsec.runtime.grpcio import check_health
+    from ccmsec.runtime.grpcio import health_detail
 
     try:
-        return await asyncio.wait_for(check_health(identity, host, port, role, timeout=TIMEOUT), TIMEOUT + 0.5)
+        state, why = await asyncio.wait_for(health_detail(identity, host, port, role, timeout=TIMEOUT),
+                                            TIMEOUT + 0.5)
+        return f"{state} ({_short(why, 200)})" if why else state
     except grpc.aio.AioRpcError as exc:
         reason = _GRPC_PREFIX.sub("", exc.details() or "")
         return f"{exc.code().name} ({_short(reason, 120)})"

@@ -5,6 +5,12 @@ them in `teardown()`, and may override `on_device_reset()`. The base provides se
 the service's mTLS identity, the database (migrated), the event bus, the gRPC server with health
 and reflection, the metrics endpoint, SIGTERM handling (finish or cancel in-flight work within the
 grace period) and restart on a `service.restart` event for its role.
+
+The bus connection authenticates with the nkey seed of the service's identity folder (BUS-1) and
+publishes under the service's role (BUS-2); consumers drop events from publishers the table of
+`ccmsec.runtime.bus_policy` does not allow (BUS-3). A watchdog checks the stream and every durable
+consumer every `bus_check_interval` seconds, recreates what is lost, and meanwhile answers health
+NOT_SERVING with the reason (DEGRADED in `ccmsec status`) and `Status` with state "degraded" (BUS-5).
 """
 
 from __future__ import annotations
@@ -59,6 +65,8 @@ class Service:
         self.events_handled = 0
         self.last_event_id = ""
         self.last_event_kind = ""
+        self.events_refused = 0
+        self.degraded = ""   # why the service is DEGRADED ("" while everything is in place)
         self._stop = asyncio.Event()
         self._restart_requested = False
         self._channels: dict[tuple, grpc.aio.Channel] = {}
@@ -94,11 +102,14 @@ class Service:
     # --- helpers for subclasses -----------------------------------------------------------
     def status_message(self, state: str = "") -> common_pb2.ServiceStatus:
         details = {"events_handled": str(self.events_handled), "last_event_id": self.last_event_id,
-                   "last_event_kind": self.last_event_kind, "pid": str(os.getpid())}
+                   "last_event_kind": self.last_event_kind, "pid": str(os.getpid()),
+                   "events_refused": str(self.events_refused)}
+        if self.degraded:
+            details["degraded"] = self.degraded
         details.update(self.status_details())
         return common_pb2.ServiceStatus(
             role=self.role, node=self.node, activated=self.activated,
-            state=state or ("stopping" if self._stop.is_set() else "serving"),
+            state=state or ("stopping" if self._stop.is_set() else "degraded" if self.degraded else "serving"),
             details=details, started_unix=self.started_unix,
         )
 
@@ -118,7 +129,10 @@ class Service:
             self.last_event_id, self.last_event_kind = event.id, event.kind
 
         await self.bus.subscribe(subject, durable, counted, seen=self._seen, mark=self._mark,
-                                 deliver_new=deliver_new)
+                                 deliver_new=deliver_new, on_refused=self._on_refused_event)
+
+    def _on_refused_event(self, publisher: str, kind: str, reason: str) -> None:
+        self.events_refused += 1
 
     def peer_channel(self, role: str, port: int = GRPC_PORT_DEFAULT, *,
                      identity: TlsIdentity | None = None) -> grpc.aio.Channel:
@@ -214,6 +228,36 @@ class Service:
         # Let the ack go out first; then shut down and let the supervisor start us again.
         asyncio.get_running_loop().call_later(0.2, self.request_restart, reason)
 
+    # --- the bus watchdog (BUS-5) -----------------------------------------------------------
+    async def _watch_bus(self) -> None:
+        interval = self.settings.bus_check_interval
+        while not self._stop.is_set():
+            try:
+                await asyncio.wait_for(self._stop.wait(), interval)
+                return
+            except asyncio.TimeoutError:
+                pass
+            try:
+                reason = await asyncio.wait_for(self.bus.check(), max(5.0, interval * 2))
+            except asyncio.TimeoutError:
+                reason = "NATS did not answer the stream check in time"
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                reason = f"event bus check failed: {exc}"
+            await self._set_degraded(reason)
+
+    async def _set_degraded(self, reason: str) -> None:
+        if reason == self.degraded or self._stop.is_set():
+            return
+        if reason:
+            self.log.warning("DEGRADED: %s", reason, extra={"rule": "BUS-5"})
+        else:
+            self.log.info("event bus in place again: SERVING", extra={"rule": "BUS-5"})
+        self.degraded = reason
+        UP.labels(self.role, self.node).set(0 if reason else 1)
+        await self.grpc.set_degraded(reason)
+
     # --- lifecycle ------------------------------------------------------------------------
     async def run(self) -> int:
         s = self.settings
@@ -222,8 +266,8 @@ class Service:
             loop.add_signal_handler(sig, self._stop.set)
         self.identity = self._load_own_identity()
         self.engine, self.db = await open_database(s.db_url)
-        self.bus = bus_mod.EventBus(s.nats_url, f"{self.role}:{self.node}",
-                                   connect_timeout=s.bus_connect_timeout)
+        self.bus = bus_mod.EventBus.for_identity(s.nats_url, f"{self.role}:{self.node}", s.identity_folder,
+                                                role=self.role, connect_timeout=s.bus_connect_timeout)
         await self.bus.connect()
         self.grpc = GrpcServer(self.identity, s.host, s.grpc_port)
         self.grpc.gate.on_denied = self._report_refusal
@@ -236,6 +280,7 @@ class Service:
             if serve_metrics(s.host, s.metrics_port) is not None:
                 self.spawn(self._sample_loop())
             UP.labels(self.role, self.node).set(1)
+            self.spawn(self._watch_bus())
             self.log.info("serving", extra={"grpc": self.grpc.address, "pid": os.getpid()})
             await self._stop.wait()
         finally:

@@ -38,6 +38,8 @@ class ServiceSettings(BaseSettings):
     log_level: str = "INFO"
     shutdown_grace: float = Field(4.0, ge=0, le=30)
     bus_connect_timeout: float = Field(30.0, gt=0, le=600)
+    # Seconds between checks of the event stream and the service's consumers (BUS-5).
+    bus_check_interval: float = Field(2.0, ge=0.1, le=300)
     peers: dict[str, str] = Field(default_factory=dict)  # role -> host (JSON in CCMSEC_PEERS)
 
     # Phone-facing ports of the roles (the source's defaults).

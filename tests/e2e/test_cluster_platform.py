@@ -72,7 +72,7 @@ def test_durable_event_published_and_handled_by_every_service(cluster):
     services = cluster["endpoints"]["services"]
 
     async def scenario():
-        bus = EventBus(cluster["endpoints"]["nats_url"], "e2e-test")
+        bus = EventBus.for_cli(cluster["data"], cluster["endpoints"]["nats_url"], "e2e-test")
         await bus.connect()
         event = make_event("device.reset", "e2e-test",
                            device_reset=events_pb2.DeviceReset(devices=["SEP000000000001"], rule="RST-1",
@@ -177,7 +177,7 @@ def test_restart_event_restarts_the_service_cleanly(cluster):
     before = read_state(data)["children"]["keymanager"]
 
     async def send():
-        bus = EventBus(cluster["endpoints"]["nats_url"], "e2e-test")
+        bus = EventBus.for_cli(data, cluster["endpoints"]["nats_url"], "e2e-test")
         await bus.connect()
         await bus.publish(make_event("service.restart", "e2e-test",
                                      service_restart=events_pb2.ServiceRestart(role="keymanager", rule="RST-test")),

@@ -124,7 +124,7 @@ def test_mixed_mode_rst3_then_tls_registration_and_refusals(cluster):
         if found.mode == common_pb2.CLUSTER_MIXED:  # another test left it mixed: start from non-secure
             await set_mode(common_pb2.CLUSTER_NON_SECURE)
             before = await _wait_serving(cluster, before.details["pid"])
-        bus = EventBus(cluster["endpoints"]["nats_url"], "e2e-registration")
+        bus = EventBus.for_cli(cluster["data"], cluster["endpoints"]["nats_url"], "e2e-registration")
         await bus.connect()
         seen: list[events_pb2.Event] = []
 

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import grpc
-import nats
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -25,6 +24,7 @@ from ccmsec.formats.ctl import Role, parse_ctl, verify_ctl
 from ccmsec.pki.tokens import MAX_PASSWORD_FAILURES, TokenError, open_token
 from ccmsec.pki.truststore import CtlRejected, TrustStore
 from ccmsec.runtime.bus import EventBus, make_event
+from ccmsec.runtime.bus_policy import parse_subject
 from ccmsec.runtime.grpcio import check_health, secure_channel
 from ccmsec.runtime.identity import client_identity
 from ccmsec_proto import callmanager_pb2_grpc, common_pb2, events_pb2
@@ -78,18 +78,24 @@ async def wait_serving(tc, *roles, timeout=30.0):
 async def observe(tc, *args, settle=2.0):
     """Run the CLI while recording every event on the bus; returns (result, [(subject, event)])."""
     seen: list = []
-    nc = await nats.connect(tc["endpoints"]["nats_url"])
+    bus = EventBus.for_cli(tc["data"], tc["endpoints"]["nats_url"], "e2e-observer")
+    await bus.connect()
+    nc = bus.nc
 
     async def collect(msg):
-        if msg.subject.startswith(RELEVANT):
-            seen.append((msg.subject, events_pb2.Event.FromString(msg.data)))
+        # ccmsec.<publisher>.<kind>[.<target>], kept as ccmsec.<kind>[.<target>] (who published
+        # is the bus policy's business, proved in tests/integration/test_bus_auth.py)
+        parsed = parse_subject(msg.subject)
+        subject = f"ccmsec.{parsed.kind}" + (f".{parsed.target}" if parsed.target else "")
+        if subject.startswith(RELEVANT):
+            seen.append((subject, events_pb2.Event.FromString(msg.data)))
 
     await nc.subscribe("ccmsec.>", cb=collect)
     try:
         result = await asyncio.to_thread(cli, tc, *args)
         await asyncio.sleep(settle)
     finally:
-        await nc.close()
+        await bus.close()
     return result, seen
 
 
@@ -268,7 +274,7 @@ async def test_mode2_mixed_mode_survives_a_callmanager_restart(tc):
                     await stub.GetClusterMode(common_pb2.Empty(), timeout=2))
 
     before, _ = await status()
-    bus = EventBus(tc["endpoints"]["nats_url"], "e2e-trust")
+    bus = EventBus.for_cli(tc["data"], tc["endpoints"]["nats_url"], "e2e-trust")
     await bus.connect()
     await bus.publish(make_event("service.restart", "e2e-trust", service_restart=events_pb2.ServiceRestart(
         role="callmanager", rule="MODE-2 test", reason="restart to check the mode survives")), "callmanager")

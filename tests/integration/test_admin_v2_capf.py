@@ -186,7 +186,7 @@ async def test_capf_unreachable_is_503_and_bus_events_reach_nats(capf_and_api, n
     async def collect(msg):
         got.append(events_pb2.Event.FromString(msg.data))
 
-    sub = await nc.subscribe("ccmsec.device.reset", cb=collect)
+    sub = await nc.subscribe("ccmsec.*.device.reset", cb=collect)
     try:
         api.app.state.events = BusEvents(api.capf.publish)
         await admin.post("/api/v1/devices", json={"name": P60, "model": "7960"})

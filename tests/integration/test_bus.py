@@ -55,7 +55,7 @@ def test_events_survive_a_nats_restart_and_duplicates_are_handled_once(tmp_path)
 
     async def scenario():
         nonlocal proc
-        bus = EventBus(url, "test", connect_timeout=5)
+        bus = EventBus(url, "test", role="callmanager", connect_timeout=5)
         await bus.connect()
         await bus.subscribe(subject_for("config.changed"), "test-consumer", handler, seen=seen, mark=mark)
         first = make_event("config.changed", "t", config_changed=events_pb2.ConfigChanged(devices=["SEP1"]))
@@ -95,6 +95,6 @@ def test_unknown_event_kind_is_refused():
 
 
 def test_publish_without_connection_is_refused():
-    bus = EventBus("nats://127.0.0.1:1", "t")
+    bus = EventBus("nats://127.0.0.1:1", "t", role="cli")
     with pytest.raises(BusError, match="not connected"):
         asyncio.run(bus.publish(make_event("ctl.updated", "t")))

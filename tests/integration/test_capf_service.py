@@ -168,8 +168,8 @@ async def test_schedule_publishes_config_changed_and_status_shows_outcomes(capf)
                                                    auth_string="1111"))
     got = await capf.events_after(mark)
     assert [(s, e.config_changed.devices[0]) for s, e in got] == [
-        ("ccmsec.config.changed", "SEP00000000C301"),
-        ("ccmsec.config.changed", "SEP00000000C302")]
+        ("ccmsec.capf.config.changed", "SEP00000000C301"),
+        ("ccmsec.capf.config.changed", "SEP00000000C302")]
 
     ok = await capf.enroll(phone_for(capf, "SEP00000000C301", auth_string="246810", auth_mode="string"))
     assert ok.end_reason == Reason.OK
@@ -210,7 +210,7 @@ async def test_rst8_service_parameter_change_restarts_capf_and_nothing_else(capf
     assert reply.service["max_auth_failures"] == "3"
     got = await capf.events_after(mark)
     assert [(s, e.service_restart.rule, e.service_restart.role) for s, e in got] == [
-        ("ccmsec.service.restart.capf", "RST-8", "capf")]
+        ("ccmsec.capf.service.restart.capf", "RST-8", "capf")]
     # the service itself acts on it: it stops with the restart exit code for the supervisor
     assert await asyncio.wait_for(capf.task, 10) == RESTART_EXIT_CODE
 
@@ -224,7 +224,7 @@ async def test_rst6_enterprise_parameter_change_resets_every_device_and_nothing_
     got = await capf.events_after(mark)
     assert len(got) == 1
     subject, event = got[0]
-    assert subject == "ccmsec.device.reset"
+    assert subject == "ccmsec.capf.device.reset"
     assert event.device_reset.all and event.device_reset.rule == "RST-6"
     assert event.device_reset.kind == events_pb2.RESET
     assert not capf.task.done()  # enterprise parameters do not restart CAPF
@@ -260,7 +260,7 @@ async def test_cert3_ctl_updated_copies_capf_certificate_to_every_server(capf):
     """CERT-3: after ctl.updated each server role holds DATA/servers/<role>/CAPF.cer (DER)."""
     for role in SERVER_ROLES:
         assert not capf_cer_path(capf.data, role).exists()  # not before the CTL client ran
-    bus = EventBus(capf.svc.settings.nats_url, "test-ctl-client")
+    bus = EventBus(capf.svc.settings.nats_url, "test-ctl-client", role="ctl-provider")
     await bus.connect()
     try:
         await bus.publish(make_event("ctl.updated", "test", ctl_updated=events_pb2.CtlUpdated(version=1)))

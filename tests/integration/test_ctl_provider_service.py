@@ -209,7 +209,7 @@ async def test_rst7_port_change_emits_exactly_one_provider_restart_and_applies_a
     reply = await provider.stub.SetProviderPort(ctl_provider_pb2.SetProviderPortRequest(port=new_port))
     assert reply.restart_required and list(reply.events) == ["service.restart.ctl-provider RST-7"]
     events = await provider.events_after(mark)
-    assert [(s, e.service_restart.rule) for s, e in events] == [("ccmsec.service.restart.ctl-provider",
+    assert [(s, e.service_restart.rule) for s, e in events] == [("ccmsec.ctl-provider.service.restart.ctl-provider",
                                                                   "RST-7")]
     assert await asyncio.wait_for(provider.task, 10) == 75  # restarted itself on the event
     svc, task, channel, stub = await _start(provider.data, nats_server, host, free_port(host),
@@ -290,8 +290,8 @@ async def test_rst3_mode_switch_without_call_control_rpc_emits_exactly_the_rst3_
     assert reply.mode == common_pb2.CLUSTER_MIXED and reply.previous == common_pb2.CLUSTER_NON_SECURE
     events = await provider.events_after(mark)
     assert [(s, e.device_reset.rule or e.service_restart.rule) for s, e in events] == [
-        ("ccmsec.mode.changed", ""), ("ccmsec.device.reset", "RST-3"),
-        ("ccmsec.service.restart.callmanager", "RST-3")]
+        ("ccmsec.ctl-provider.mode.changed", ""), ("ccmsec.ctl-provider.device.reset", "RST-3"),
+        ("ccmsec.ctl-provider.service.restart.callmanager", "RST-3")]
     assert events[1][1].device_reset.all
     assert (await provider.stub.GetSecurityMode(common_pb2.Empty())).mode == common_pb2.CLUSTER_MIXED
     mark = len(provider.events)

@@ -24,6 +24,7 @@ from ccmsec.formats.sgn import SignatureError, parse_sgn, verify_sgn
 from ccmsec.pki.ca import create_ca, issue_with_new_key
 from ccmsec.pki.ca import name as dn
 from ccmsec.pki.tokens import FileSigner
+from ccmsec.runtime.bus import EventBus, make_event
 from ccmsec.runtime.grpcio import secure_channel
 from ccmsec.runtime.identity import client_identity, service_identity
 from ccmsec.runtime.settings import ServiceSettings, load_settings
@@ -94,6 +95,18 @@ class Running:
                 await channel.close()
         self.svc.request_stop()
         await asyncio.wait_for(self.task, 15)
+
+
+async def _publish_as(role: str, tftp, kind: str, target, **body):
+    """An event as its owner publishes it (BUS-2/3: tftp-signer itself may not send these)."""
+    bus = EventBus(tftp.svc.settings.nats_url, f"test-{role}", role=role, connect_timeout=5)
+    await bus.connect()
+    try:
+        event = make_event(kind, role, **body)
+        await bus.publish(event, target)
+        return event
+    finally:
+        await bus.close()
 
 
 @contextlib.asynccontextmanager
@@ -220,7 +233,7 @@ async def test_auth3_config_resigned_on_change_never_stale_and_event_presigns(tf
     verify_sgn(after, tftp.cert)
     assert parse_cnf_xml(after.payload).hardening.web_access is False
     await tftp.update_device(pc_port=False)
-    event = await tftp.svc.publish("config.changed", DEVICE,
+    event = await _publish_as("callmanager", tftp, "config.changed", DEVICE,
                                    config_changed=events_pb2.ConfigChanged(devices=[DEVICE]))
 
     async def handled():
@@ -238,7 +251,7 @@ async def test_auth3_mode_change_event_resigns_everything(tftp):
     for i in range(5):
         await tftp.add_device(name=f"SEP00112233AB{i:02X}", mode="non-secure")
     await tftp.set_mode("mixed")
-    event = await tftp.svc.publish("mode.changed", None, mode_changed=events_pb2.SecurityModeChanged(
+    event = await _publish_as("ctl-provider", tftp, "mode.changed", None, mode_changed=events_pb2.SecurityModeChanged(
         mode=common_pb2.CLUSTER_MIXED, previous=common_pb2.CLUSTER_NON_SECURE))
 
     async def handled():
@@ -428,7 +441,7 @@ async def test_mode6_mode_change_that_breaks_sharing_is_reported_and_still_resig
 
     async def switch(mode: str, previous: str):
         await tftp.set_mode(mode)
-        event = await tftp.svc.publish("mode.changed", None, mode_changed=events_pb2.SecurityModeChanged(
+        event = await _publish_as("ctl-provider", tftp, "mode.changed", None, mode_changed=events_pb2.SecurityModeChanged(
             mode=MODES[mode], previous=MODES[previous]))
 
         async def handled():

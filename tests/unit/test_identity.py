@@ -106,7 +106,9 @@ def test_issuing_writes_one_private_folder_per_identity_and_keeps_it(tmp_path):
     assert stat.S_IMODE(os.stat(folder / "tls.key").st_mode) == 0o600
     assert stat.S_IMODE(os.stat(tmp_path / "pki").st_mode) == 0o700
     assert stat.S_IMODE(os.stat(tmp_path / "pki" / "cluster-ca.key").st_mode) == 0o600
-    assert sorted(p.name for p in folder.iterdir()) == ["ca.crt", "tls.crt", "tls.key"]
+    # the certificate, its key, the CA certificate and the bus credentials (BUS-1), nothing else
+    assert sorted(p.name for p in folder.iterdir()) == ["ca.crt", "nats.nk", "tls.crt", "tls.key"]
+    assert stat.S_IMODE(os.stat(folder / "nats.nk").st_mode) == 0o600
     assert (folder / "ca.crt").read_bytes() == (tmp_path / "pki" / "cluster-ca.crt").read_bytes()
     # Kept as it is — without even opening the CA key — while nothing changed.
     key_before = (folder / "tls.key").read_bytes()

@@ -23,6 +23,7 @@ from ccmsec.fsutil import atomic_write
 from ccmsec.pki.ca import fingerprint_sha256
 from ccmsec.pki.servercert import ensure_server_certificate
 from ccmsec.pki.tokens import FileSigner
+from ccmsec.runtime import bus as bus_mod
 from ccmsec.runtime import metrics
 from ccmsec.runtime.service import Service, run_service
 from ccmsec.runtime.servicer import StatusServicerMixin, abort
@@ -219,9 +220,9 @@ class TftpSignerService(Service):
         await self.server.start()
         self.grpc.add(tftp_signer_pb2_grpc.add_TftpSignerServicer_to_server, TftpSignerServicer(self),
                       "ccmsec.v1.TftpSigner")
-        await self.subscribe("ccmsec.config.>", "config-changed", self.on_config_changed)
-        await self.subscribe("ccmsec.mode.>", "mode-changed", self.on_mode_changed)
-        await self.subscribe("ccmsec.ctl.>", "ctl-updated", self.on_ctl_updated)
+        await self.subscribe(bus_mod.subject_for("config.changed"), "config-changed", self.on_config_changed)
+        await self.subscribe(bus_mod.subject_for("mode.changed"), "mode-changed", self.on_mode_changed)
+        await self.subscribe(bus_mod.subject_for("ctl.updated"), "ctl-updated", self.on_ctl_updated)
         if mode is ClusterMode.MIXED:
             self.spawn(self._resign_all("start in mixed mode"))
         self.spawn(self._poll())

@@ -1,0 +1,184 @@
+"""Who may publish which event on the bus (issue 9 §3, rules BUS-1…BUS-4 in docs/rules.md).
+
+One declared table, used twice:
+
+* by the NATS server: `user_permissions(role)` becomes each user's publish allow-list in the
+  server configuration the runner (and `ccmsec pki nats-config` for compose) renders, so a user may
+  publish only under its own role's prefix and only the kinds the table gives its role (BUS-2);
+* by every consumer: `check_event(subject, event)` drops an event whose subject names a publisher
+  the table does not allow for its kind, or whose envelope disagrees with its subject (BUS-3).
+
+Subjects carry the publisher's role: `ccmsec.<role>.<kind>[.<target>]`, e.g.
+`ccmsec.callmanager.device.reset` or `ccmsec.cli.service.restart.capf`. Since the server lets a
+user publish only under its own role, the subject itself proves who published (BUS-1: every
+connection authenticates with its own nkey; there is no anonymous user).
+
+No service may delete, reconfigure or purge the stream, or delete a consumer (BUS-4): the
+JetStream API a service may use is listed in `_JS_API_ALLOWED`; everything else is denied.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Iterable
+
+from ccmsec.runtime.settings import ROLES as SERVICE_ROLES
+
+SUBJECT_PREFIX = "ccmsec"
+STREAM = "CCMSEC"
+
+# Event kind -> the roles that may publish it. A kind missing here is published by nobody.
+PUBLISHERS: dict[str, frozenset[str]] = {
+    # RST-* resets: call control (device changes, the administration API inside it), the CTL
+    # Provider (cluster mode, CTL), CAPF (its enterprise parameters), the administrator's CLI.
+    "device.reset": frozenset({"callmanager", "ctl-provider", "capf", "cli"}),
+    # RST-3/4/7/8, LATER-8 and CHK-14 (`ccmsec restart`).
+    "service.restart": frozenset({"callmanager", "ctl-provider", "capf", "cli"}),
+    "ctl.updated": frozenset({"ctl-provider"}),
+    # The cluster mode's owner is the CTL Provider; callmanager's SetClusterMode still announces it.
+    "mode.changed": frozenset({"ctl-provider", "callmanager"}),
+    "config.changed": frozenset({"callmanager", "capf"}),
+    # Any service may report a gRPC call its policy refused (issue 9 §2 audit).
+    "access.denied": frozenset(SERVICE_ROLES),
+}
+KINDS = tuple(PUBLISHERS)
+# Kinds addressed in the subject: `service.restart.<role>`; the others name devices in the body.
+TARGETED_KINDS = ("service.restart",)
+# Identities that connect to NATS: every service role and the command line.
+BUS_ROLES = (*SERVICE_ROLES, "cli")
+
+# The JetStream API a service or the CLI may use: stream info/creation of CCMSEC only (creating is
+# harmless: it fails when the stream exists with another configuration, and lets any service heal
+# a lost stream), its own consumers (create/info), acks and flow control. Never delete, update,
+# purge, snapshot or restore, and never another stream.
+_JS_API_ALLOWED = (
+    "$JS.API.INFO",
+    f"$JS.API.STREAM.INFO.{STREAM}",
+    f"$JS.API.STREAM.CREATE.{STREAM}",
+    "$JS.API.STREAM.NAMES",
+    f"$JS.API.CONSUMER.CREATE.{STREAM}.>",
+    f"$JS.API.CONSUMER.DURABLE.CREATE.{STREAM}.>",
+    f"$JS.API.CONSUMER.INFO.{STREAM}.>",
+    f"$JS.API.CONSUMER.MSG.NEXT.{STREAM}.>",
+    f"$JS.API.CONSUMER.NAMES.{STREAM}",
+    f"$JS.ACK.{STREAM}.>",
+    "$JS.FC.>",
+)
+# Said explicitly too (an allow-list already refuses them): what issue 9 saw an attacker do.
+_JS_API_DENIED = (
+    "$JS.API.STREAM.DELETE.>", "$JS.API.STREAM.UPDATE.>", "$JS.API.STREAM.PURGE.>",
+    "$JS.API.STREAM.MSG.DELETE.>", "$JS.API.STREAM.SNAPSHOT.>", "$JS.API.STREAM.RESTORE.>",
+    "$JS.API.CONSUMER.DELETE.>", "$JS.API.ACCOUNT.>", "$JS.API.META.>", "$JS.API.SERVER.>",
+)
+
+
+class SubjectError(ValueError):
+    """A subject that is not `ccmsec.<role>.<kind>[.<target>]` with a known kind."""
+
+
+@dataclass(frozen=True)
+class Subject:
+    publisher: str
+    kind: str
+    target: str | None = None
+
+
+def may_publish(role: str, kind: str) -> bool:
+    return role in PUBLISHERS.get(kind, ())
+
+
+def subject_for(kind: str, target: str | None = None, publisher: str = "*") -> str:
+    """The subject of `kind` published by `publisher`; publisher `*` (the default) is the pattern a
+    consumer subscribes to (every publisher; the consumer checks each one against the table)."""
+    if kind not in PUBLISHERS:
+        raise SubjectError(f"unknown event kind {kind!r}")
+    subject = f"{SUBJECT_PREFIX}.{publisher}.{kind}"
+    if kind in TARGETED_KINDS:
+        if not target and publisher != "*":
+            raise SubjectError(f"{kind} is addressed: it needs a target")
+        subject += f".{target or '*'}"
+    return subject
+
+
+def parse_subject(subject: str) -> Subject:
+    parts = subject.split(".")
+    if len(subject) > 256 or len(parts) < 3 or parts[0] != SUBJECT_PREFIX:
+        raise SubjectError(f"not an event subject: {subject[:80]!r}")
+    publisher, rest = parts[1], ".".join(parts[2:])
+    if rest in PUBLISHERS and rest not in TARGETED_KINDS:
+        return Subject(publisher, rest)
+    for kind in TARGETED_KINDS:
+        if rest.startswith(kind + ".") and len(parts) == len(kind.split(".")) + 3:
+            return Subject(publisher, kind, parts[-1])
+    raise SubjectError(f"no known event kind in subject {subject[:80]!r}")
+
+
+def check_event(subject: str, event) -> tuple[Subject | None, str]:
+    """(parsed subject, "") when the event may be handled, or (parsed or None, why it is dropped)."""
+    try:
+        parsed = parse_subject(subject)
+    except SubjectError as exc:
+        return None, str(exc)
+    if not may_publish(parsed.publisher, parsed.kind):
+        return parsed, f"{parsed.publisher} may not publish {parsed.kind}"
+    if event.kind != parsed.kind:
+        return parsed, f"envelope kind {event.kind[:40]!r} differs from its subject's {parsed.kind!r}"
+    if parsed.kind == "service.restart" and event.service_restart.role != parsed.target:
+        return parsed, (f"restart of {event.service_restart.role[:40]!r} sent on the subject of "
+                        f"{parsed.target!r}")
+    return parsed, ""
+
+
+def describe() -> str:
+    """The table as Markdown (docs/architecture.md embeds it; a test keeps the two equal)."""
+    lines = ["| event kind | subject | roles that may publish it |", "|---|---|---|"]
+    for kind, roles in PUBLISHERS.items():
+        shown = "every service role" if roles == frozenset(SERVICE_ROLES) else ", ".join(sorted(roles))
+        lines.append(f"| `{kind}` | `{subject_for(kind, '<target>' if kind in TARGETED_KINDS else None, '<role>')}` "
+                     f"| {shown} |")
+    return "\n".join(lines)
+
+
+# --- the server's side ------------------------------------------------------------------------
+
+def user_permissions(role: str) -> dict:
+    """The NATS permissions of a user of `role` (publish: only its own prefix, only its kinds)."""
+    if role not in BUS_ROLES:
+        raise SubjectError(f"role {role!r} does not connect to the bus")
+    own = []
+    for kind in KINDS:
+        if may_publish(role, kind):
+            own.append(subject_for(kind, "*" if kind in TARGETED_KINDS else None, publisher=role))
+    return {
+        "publish": {"allow": [*own, *_JS_API_ALLOWED], "deny": list(_JS_API_DENIED)},
+        "subscribe": {"allow": [f"{SUBJECT_PREFIX}.>", "_INBOX.>"]},
+    }
+
+
+@dataclass(frozen=True)
+class BusUser:
+    role: str          # a BUS_ROLES role, or "admin" (the operator's user: every permission)
+    node: str
+    public_key: str    # the nkey user's public key (U...)
+
+
+def server_config(users: Iterable[BusUser], *, listen: str, store_dir: str, server_name: str) -> str:
+    """A nats-server configuration: JetStream, and only these users (no anonymous access)."""
+    entries = []
+    for user in users:
+        entry = {"nkey": user.public_key}
+        if user.role != "admin":
+            entry["permissions"] = user_permissions(user.role)
+        entries.append(entry)
+    if not entries:
+        raise SubjectError("a bus with no users")
+    config = {
+        "server_name": server_name,
+        "listen": listen,
+        "jetstream": {"store_dir": store_dir},
+        "authorization": {"users": entries},
+    }
+    # JSON is valid nats-server configuration; the comment names the users (public keys only).
+    names = ", ".join(f"{u.role}/{u.node}" for u in users)
+    return f"# ccmsec event bus (rendered by ccmsec; users: {names})\n" + json.dumps(config, indent=2) + "\n"

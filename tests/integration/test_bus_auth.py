@@ -1,0 +1,288 @@
+"""Authenticated events (issue 9 §3; BUS-1…BUS-4): the attacks of the issue replayed against a real
+nats-server running the configuration `ccmsec up` renders, each refused — and the legitimate path
+still delivered.
+
+* BUS-1: no anonymous connection; each identity connects with its own nkey seed.
+* BUS-2: a user publishes only under its own role's prefix, only the kinds the table gives it.
+* BUS-3: a consumer drops (and counts, and logs without the payload) an event whose publisher may
+  not send it, or whose envelope disagrees with its subject.
+* BUS-4: no service may delete, reconfigure or purge the stream, or delete a consumer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import nats
+import pytest
+
+from ccmsec.cluster.pki import issue_client_identity, issue_service_identity, nats_admin_seed_path
+from ccmsec.runtime.bus import PUBLISHER, STREAM, BusError, EventBus, make_event, read_seed, subject_for
+from ccmsec.runtime.bus_policy import PUBLISHERS, user_permissions
+from ccmsec.runtime.metrics import EVENTS_REFUSED
+from ccmsec_proto import events_pb2
+from tests.conftest import start_secured_nats, stop_process
+
+pytestmark = pytest.mark.timeout(120)
+
+ROLES = ("callmanager", "phone-sim", "srtp-gateway", "ctl-provider")
+
+
+@pytest.fixture
+def bus_cluster(tmp_path):
+    """Identity folders as `ccmsec up` issues them, and NATS with their users."""
+    folders = {}
+    for role in ROLES:
+        issue_service_identity(tmp_path, role, role, "127.0.0.1")
+        folders[role] = tmp_path / "identities" / "services" / role
+    issue_client_identity(tmp_path, "cli")
+    folders["cli"] = tmp_path / "identities" / "clients" / "cli"
+    url, proc = start_secured_nats(tmp_path, list(folders.values()), tmp_path / "js")
+    try:
+        yield {"url": url, "folders": folders, "data": tmp_path}
+    finally:
+        stop_process(proc)
+
+
+def _bus(c, role: str, name: str | None = None, *, as_role: str | None = None) -> EventBus:
+    """What a process running as `role` holds: that identity folder's seed (and, to forge, another
+    role's subjects with `as_role`)."""
+    return EventBus(c["url"], name or role, role=as_role or role, seed=read_seed(c["folders"][role]),
+                    connect_timeout=5)
+
+
+def _operator(c) -> EventBus:
+    return EventBus(c["url"], "operator", seed=nats_admin_seed_path(c["data"]).read_bytes().strip(),
+                    connect_timeout=5)
+
+
+def _reset(devices=("SEP000000000001",), reason="the payload") -> events_pb2.Event:
+    return make_event("device.reset", "test", device_reset=events_pb2.DeviceReset(
+        devices=list(devices), kind=events_pb2.RESET, rule="RST-1", reason=reason))
+
+
+def test_seed_files_are_private_and_per_identity_BUS_1(bus_cluster):
+    """BUS-1: every identity folder holds its own seed, 0600; the server config only public keys."""
+    seeds = {role: read_seed(folder) for role, folder in bus_cluster["folders"].items()}
+    assert len(set(seeds.values())) == len(seeds)
+    for folder in bus_cluster["folders"].values():
+        assert (folder / "nats.nk").stat().st_mode & 0o077 == 0
+    conf = next(bus_cluster["data"].glob("nats-*.conf")).read_text()
+    assert not any(seed.decode() in conf for seed in seeds.values())
+    (bus_cluster["folders"]["cli"] / "nats.nk").chmod(0o644)
+    with pytest.raises(BusError, match="readable by others"):
+        read_seed(bus_cluster["folders"]["cli"])
+
+
+async def test_anonymous_connection_is_refused_BUS_1(bus_cluster):
+    """BUS-1 / issue 9 §3: "any local process could publish on NATS (no credentials)" — no more."""
+    with pytest.raises(BusError, match="authorization violation"):
+        await EventBus(bus_cluster["url"], "anonymous", role="callmanager", connect_timeout=3).connect()
+    with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+        await nats.connect(bus_cluster["url"], allow_reconnect=False, connect_timeout=2)
+
+
+async def test_a_seed_the_server_does_not_know_is_refused_BUS_1(bus_cluster, tmp_path):
+    from ccmsec.cluster.pki import ensure_nats_seed
+
+    ensure_nats_seed(tmp_path / "stranger")
+    stranger = EventBus(bus_cluster["url"], "stranger", role="callmanager",
+                        seed=read_seed(tmp_path / "stranger"), connect_timeout=3)
+    with pytest.raises(BusError, match="not a user of this server"):
+        await stranger.connect()
+
+
+async def test_phone_sim_credentials_cannot_publish_device_reset_BUS_2(bus_cluster):
+    """BUS-2 / issue 9 §3: phone-sim's credentials publishing `device.reset` are refused by the
+    server, and so are srtp-gateway's restarting a service; the refusal is a clear error."""
+    phone_sim = _bus(bus_cluster, "phone-sim")
+    gateway = _bus(bus_cluster, "srtp-gateway")
+    await phone_sim.connect()
+    await gateway.connect()
+    try:
+        with pytest.raises(BusError, match=r"NATS refused to let phone-sim publish "
+                                           r"ccmsec\.phone-sim\.device\.reset: .*[Pp]ermissions [Vv]iolation"):
+            await phone_sim.publish(_reset())
+        with pytest.raises(BusError, match="permissions violation"):
+            await gateway.publish(make_event("service.restart", "x", service_restart=events_pb2.ServiceRestart(
+                role="callmanager")), target="callmanager")
+        # what each may send still goes: a refused-call report
+        seq = await phone_sim.publish(make_event("access.denied", "phone-sim",
+                                                 access_denied=events_pb2.AccessDenied(method="/x/Y")))
+        assert seq > 0
+    finally:
+        await phone_sim.close()
+        await gateway.close()
+
+
+async def test_a_forged_subject_under_another_role_is_refused_BUS_2(bus_cluster):
+    """BUS-2: phone-sim's credentials publishing on callmanager's prefix
+    (`ccmsec.callmanager.device.reset`) are refused: the subject proves the publisher."""
+    forger = _bus(bus_cluster, "phone-sim", "forger", as_role="callmanager")
+    await forger.connect()
+    try:
+        with pytest.raises(BusError, match=r"ccmsec\.callmanager\.device\.reset.*[Pp]ermissions [Vv]iolation"):
+            await forger.publish(_reset())
+    finally:
+        await forger.close()
+
+
+async def test_no_service_may_delete_or_reconfigure_the_stream_BUS_4(bus_cluster):
+    """BUS-4 / issue 9 §3: deleting the CCMSEC stream "through the JetStream API" with a service's
+    credentials — even callmanager's — is refused; so are update, purge and consumer deletion.
+    The stream and its messages are still there afterwards."""
+    from nats.js.api import StreamConfig
+
+    cm = _bus(bus_cluster, "callmanager")
+    await cm.connect()
+    try:
+        seq = await cm.publish(_reset())
+        attempts = {
+            "delete": cm.js.delete_stream(STREAM),
+            "update": cm.js.update_stream(StreamConfig(name=STREAM, subjects=["ccmsec.>"], max_msgs=1)),
+            "purge": cm.js.purge_stream(STREAM),
+        }
+        for what, attempt in attempts.items():
+            with pytest.raises(nats.errors.TimeoutError):   # the server drops it: no API answer
+                await attempt
+            assert cm._refusal(f"$JS.API.STREAM.{what.upper()}.{STREAM}", 0.0), what
+        await cm.subscribe(subject_for("device.reset"), "cm-test", _noop)
+        with pytest.raises(nats.errors.TimeoutError):
+            await cm.js.delete_consumer(STREAM, "cm-test")
+        info = await cm.js.stream_info(STREAM)
+        assert info.state.messages >= 1 and info.state.last_seq >= seq
+        assert (await cm.js.consumer_info(STREAM, "cm-test")).name == "cm-test"
+    finally:
+        await cm.close()
+
+
+async def _noop(event) -> None:
+    return None
+
+
+def test_the_table_and_the_server_permissions_agree_BUS_2():
+    """BUS-2: each role's publish allow-list is exactly its prefix and the kinds the table gives it."""
+    for role in ("callmanager", "phone-sim", "cli", "ctl-provider", "capf", "keymanager"):
+        allowed = [s for s in user_permissions(role)["publish"]["allow"] if s.startswith("ccmsec.")]
+        kinds = {k for k, roles in PUBLISHERS.items() if role in roles}
+        assert all(s.startswith(f"ccmsec.{role}.") for s in allowed)
+        assert {s.split(".", 2)[2].removesuffix(".*") for s in allowed} == kinds
+        deny = user_permissions(role)["publish"]["deny"]
+        assert "$JS.API.STREAM.DELETE.>" in deny and "$JS.API.STREAM.UPDATE.>" in deny
+    assert PUBLISHERS["device.reset"] >= {"callmanager"} and "phone-sim" not in PUBLISHERS["device.reset"]
+
+
+async def test_an_event_from_a_publisher_not_allowed_to_send_it_is_dropped_and_counted_BUS_3(bus_cluster, caplog):
+    """BUS-3 / issue 9 §3: a consumer knows who published each event and drops (and counts) one
+    from a publisher not allowed to send it — here events that reach the stream anyway: published
+    by the bus operator on phone-sim's prefix, and an `access.denied` (which phone-sim may send)
+    whose envelope says `device.reset`, and a restart whose body names another service than its
+    subject. The payload is never logged. A legitimate reset after them is handled."""
+    c = bus_cluster
+    consumer, operator, phone_sim, cli = (_bus(c, "callmanager", "consumer"), _operator(c),
+                                          _bus(c, "phone-sim"), _bus(c, "cli"))
+    for b in (consumer, operator, phone_sim, cli):
+        await b.connect()
+    handled: list[tuple[str, str]] = []
+    refused: list[tuple[str, str, str]] = []
+
+    async def handler(event):
+        handled.append((event.id, PUBLISHER.get()))
+
+    before = {(k, p): EVENTS_REFUSED.labels(k, p)._value.get()
+              for k, p in (("device.reset", "phone-sim"), ("access.denied", "phone-sim"),
+                           ("service.restart", "cli"))}
+    try:
+        for kind in ("device.reset", "access.denied", "service.restart"):
+            await consumer.subscribe(subject_for(kind), f"t-{kind.replace('.', '-')}", handler,
+                                     on_refused=lambda *a: refused.append(a))
+        with caplog.at_level(logging.WARNING, logger="ccmsec.bus"):
+            sneaked = _reset(reason="SECRET-PAYLOAD-1")
+            await operator.js.publish("ccmsec.phone-sim.device.reset", sneaked.SerializeToString())
+            disguised = _reset(reason="SECRET-PAYLOAD-2")
+            await phone_sim.js.publish("ccmsec.phone-sim.access.denied", disguised.SerializeToString())
+            mismatched = make_event("service.restart", "cli", service_restart=events_pb2.ServiceRestart(
+                role="callmanager", reason="SECRET-PAYLOAD-3"))
+            await cli.publish(mismatched, target="capf")
+            legit = _reset()
+            await _bus_publish(c, "callmanager", legit)
+            for _ in range(100):
+                if len(refused) >= 3 and handled:
+                    break
+                await asyncio.sleep(0.05)
+    finally:
+        for b in (consumer, operator, phone_sim, cli):
+            await b.close()
+    assert handled == [(legit.id, "callmanager")]
+    assert sorted(r[:2] for r in refused) == [("cli", "service.restart"), ("phone-sim", "access.denied"),
+                                              ("phone-sim", "device.reset")]
+    for (kind, publisher), value in before.items():
+        assert EVENTS_REFUSED.labels(kind, publisher)._value.get() == value + 1, (kind, publisher)
+    text = caplog.text
+    assert "phone-sim may not publish device.reset" in text
+    assert "differs from its subject" in text and "sent on the subject of 'capf'" in text
+    assert "SECRET-PAYLOAD" not in text
+
+
+async def _bus_publish(c, role: str, event) -> None:
+    bus = _bus(c, role, f"{role}-publisher")
+    await bus.connect()
+    try:
+        await bus.publish(event)
+    finally:
+        await bus.close()
+
+
+async def test_each_role_publishes_what_the_table_gives_it_BUS_2(bus_cluster):
+    """The legitimate path: call control's reset, the CTL Provider's mode change, the CLI's restart."""
+    got = []
+
+    async def handler(event):
+        got.append((event.kind, PUBLISHER.get()))
+
+    consumer = _bus(bus_cluster, "phone-sim", "consumer")
+    await consumer.connect()
+    try:
+        for kind in ("device.reset", "mode.changed", "service.restart"):
+            await consumer.subscribe(subject_for(kind), f"legit-{kind.replace('.', '-')}", handler)
+        await _bus_publish(bus_cluster, "callmanager", _reset())
+        await _bus_publish(bus_cluster, "ctl-provider", make_event("mode.changed", "ctl-provider"))
+        cli = _bus(bus_cluster, "cli")
+        await cli.connect()
+        await cli.publish(make_event("service.restart", "cli", service_restart=events_pb2.ServiceRestart(
+            role="srst", rule="CHK-14")), target="srst")
+        await cli.close()
+        for _ in range(100):
+            if len(got) == 3:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await consumer.close()
+    assert sorted(got) == [("device.reset", "callmanager"), ("mode.changed", "ctl-provider"),
+                           ("service.restart", "cli")]
+
+
+def test_pki_nats_config_renders_a_configuration_nats_server_accepts_BUS_1(tmp_path):
+    """`ccmsec pki nats-config` (what compose's init step runs): the folders' users, no seed in it."""
+    import subprocess
+
+    from tests.conftest import nats_binary, run_cli
+
+    for role in ("callmanager", "capf"):
+        assert run_cli("pki", "issue", "--data", str(tmp_path), "--role", role,
+                       "--out", str(tmp_path / "ids" / role)).returncode == 0
+    res = run_cli("pki", "nats-config", "--data", str(tmp_path), "--out", str(tmp_path / "nats.conf"),
+                  "--listen", "127.0.0.1:4299", "--store", str(tmp_path / "js"),
+                  str(tmp_path / "ids" / "callmanager"), str(tmp_path / "ids" / "capf"))
+    assert res.returncode == 0, res.stderr
+    assert "callmanager/callmanager, capf/capf" in res.stdout and "no anonymous user" in res.stdout
+    text = (tmp_path / "nats.conf").read_text()
+    assert (tmp_path / "ids" / "capf" / "nats.nk").read_text().strip() not in text
+    check = subprocess.run([nats_binary(), "-c", str(tmp_path / "nats.conf"), "-t"], capture_output=True,
+                           text=True, timeout=30)
+    assert check.returncode == 0, check.stdout + check.stderr
+    bad = run_cli("pki", "nats-config", "--data", str(tmp_path), "--out", str(tmp_path / "x.conf"),
+                  str(tmp_path / "nowhere"))
+    assert bad.returncode != 0 and "no identity in" in bad.stderr and "Traceback" not in bad.stderr

@@ -1,0 +1,66 @@
+"""The bus policy table (BUS-2, BUS-3): subjects, the consumer's check, the docs' copy, and every
+kind the code publishes has an entry."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from ccmsec.runtime import bus_policy
+from ccmsec.runtime.bus import make_event
+from ccmsec.runtime.bus_policy import SubjectError, check_event, parse_subject, subject_for
+from ccmsec_proto import events_pb2
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_subjects_carry_the_publisher_role_BUS_2():
+    assert subject_for("device.reset", publisher="callmanager") == "ccmsec.callmanager.device.reset"
+    assert subject_for("service.restart", "capf", "cli") == "ccmsec.cli.service.restart.capf"
+    assert subject_for("device.reset") == "ccmsec.*.device.reset"            # a consumer's pattern
+    assert subject_for("service.restart") == "ccmsec.*.service.restart.*"
+    with pytest.raises(SubjectError, match="needs a target"):
+        subject_for("service.restart", publisher="cli")
+    with pytest.raises(SubjectError, match="unknown event kind"):
+        subject_for("coffee.made")
+
+
+def test_parse_subject_is_bounded_and_strict_BUS_3():
+    assert parse_subject("ccmsec.cli.service.restart.capf") == bus_policy.Subject("cli", "service.restart", "capf")
+    for bad in ("ccmsec.device.reset", "other.cli.device.reset", "ccmsec.cli.coffee.made",
+                "ccmsec.cli.service.restart", "ccmsec.cli.service.restart.a.b", "ccmsec." + "x" * 300):
+        with pytest.raises(SubjectError):
+            parse_subject(bad)
+
+
+def test_the_consumer_check_BUS_3():
+    reset = make_event("device.reset", "n", device_reset=events_pb2.DeviceReset(all=True))
+    assert check_event("ccmsec.callmanager.device.reset", reset)[1] == ""
+    assert "may not publish" in check_event("ccmsec.phone-sim.device.reset", reset)[1]
+    assert "differs from its subject" in check_event("ccmsec.phone-sim.access.denied", reset)[1]
+    restart = make_event("service.restart", "n", service_restart=events_pb2.ServiceRestart(role="capf"))
+    assert check_event("ccmsec.cli.service.restart.capf", restart)[1] == ""
+    assert "subject of 'srst'" in check_event("ccmsec.cli.service.restart.srst", restart)[1]
+    assert check_event("nonsense", reset)[0] is None
+
+
+def test_docs_show_the_table_as_declared():
+    doc = (ROOT / "docs" / "architecture.md").read_text()
+    match = re.search(r"<!-- bus-policy -->\n(.*?)\n<!-- /bus-policy -->", doc, re.S)
+    assert match, "docs/architecture.md lacks the generated bus policy table"
+    assert match.group(1).strip() == bus_policy.describe().strip(), (
+        "docs/architecture.md's bus table is stale: paste bus_policy.describe() between the markers")
+
+
+def test_every_kind_the_code_publishes_has_an_entry_BUS_2():
+    """A new event kind published anywhere without a row in the table fails here."""
+    published = set()
+    pattern = re.compile(r"""(?:publish|make_event)\(\s*["']([a-z]+\.[a-z.]+)["']""")
+    for folder in ("ccmsec", "services"):
+        for path in (ROOT / folder).rglob("*.py"):
+            published |= set(pattern.findall(path.read_text(errors="replace")))
+    published |= {"device.reset", "service.restart"}   # ccmsec/runtime/actions.py (RST-* actions)
+    assert published, "found no publisher at all"
+    assert published <= set(bus_policy.KINDS), published - set(bus_policy.KINDS)
