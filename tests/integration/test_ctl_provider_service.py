@@ -172,6 +172,33 @@ async def test_chk1_activation_survives_a_restart(provider, nats_server):
         await channel.close()
 
 
+async def test_only_the_administration_path_may_use_the_ctl_provider_port(provider, caplog):
+    """Issue 9 §2 on 2444: the CTL client is the administrator's (`cli`, `admin-api`); a service's
+    certificate of the same cluster — phone-sim's, even callmanager's — gets UNAUTHORIZED naming
+    it, and the refusal is logged; the administration path still gets the certificates."""
+    import logging
+
+    from ccmsec.cluster.pki import issue_identity, issue_service_identity
+
+    await provider.stub.Activate(ctl_provider_pb2.ActivateRequest(active=True))
+    for role in ("phone-sim", "callmanager"):
+        ident = issue_service_identity(provider.data, role, role, "127.0.0.1",
+                                       out_dir=provider.data / "other" / role)
+        ctx = provider_ssl_context(ident.ca_path, ident.cert_path, ident.key_path)
+        with caplog.at_level(logging.WARNING, logger="ccmsec.ctl-provider"):
+            with pytest.raises(ProviderRefused, match=rf"{role}/{role} \(spiffe://ccmsec/{role}/{role}\) "
+                                                      r"may not use the CTL Provider") as refused:
+                await fetch_server_certificates(provider.svc.settings.host, provider.svc.listening_port,
+                                                ctx, timeout=5)
+        assert refused.value.code is ErrorCode.UNAUTHORIZED
+        assert f"refused a CTL client: {role}/{role}" in caplog.text
+    admin_api = issue_identity(provider.data, "admin-api", "callmanager", provider.data / "other" / "admin-api")
+    ctx = provider_ssl_context(admin_api.ca_path, admin_api.cert_path, admin_api.key_path)
+    assert len(await fetch_server_certificates(provider.svc.settings.host, provider.svc.listening_port,
+                                               ctx, timeout=5)) == 3
+    assert len(await provider.fetch()) == 3   # cli
+
+
 async def test_client_without_a_cluster_certificate_is_refused_at_tls(provider):
     await provider.stub.Activate(ctl_provider_pb2.ActivateRequest(active=True))
     ctx = ssl.create_default_context(cafile=str(client_identity(provider.data).ca_path))

@@ -2,8 +2,10 @@
 ccmsec.wire.ctlprovider.
 
 Authentication: the server presents its cluster-CA service certificate; the client (the CTL client,
-an administrator tool) must present a certificate issued by the cluster CA (`DATA/pki/clients/`,
-made by `ccmsec.runtime.identity.client_identity`) — a TLS client without one fails the handshake.
+an administrator tool) must present a certificate issued by the cluster CA — a TLS client without
+one fails the handshake — and that certificate must state the identity of the administration path,
+`cli` or `admin-api` (`CTL_CLIENT_ROLES`): any other identity of the cluster (a service's) gets an
+UNAUTHORIZED answer naming it, and the refusal is logged.
 While the service is not activated (CHK-1) every request is answered with a NOT_ACTIVATED error.
 """
 
@@ -15,7 +17,9 @@ import ssl
 from typing import Awaitable, Callable
 
 from ccmsec.pki.tls import new_context
-from ccmsec.runtime.identity import TlsIdentity
+from cryptography import x509
+
+from ccmsec.runtime.identity import IdentityError, TlsIdentity, identity_of
 from ccmsec.wire.ctlprovider import (
     CertificateEntry,
     ErrorCode,
@@ -29,6 +33,7 @@ log = logging.getLogger("ccmsec.ctl-provider")
 
 READ_TIMEOUT = 10.0
 MAX_CONNECTIONS = 64
+CTL_CLIENT_ROLES = ("cli", "admin-api")   # the CTL client is an administrator's tool
 NOT_ACTIVATED_MESSAGE = ("the CTL Provider service is not activated on server {node} (CHK-1); "
                          "activate it with `ccmsec ctl provider activate`")
 
@@ -82,8 +87,25 @@ class ProviderListener:
         self.answered += 1
         return session.answer(self.node, entries)
 
+    @staticmethod
+    def caller_refusal(writer: asyncio.StreamWriter) -> str:
+        """"" when the TLS peer is the administration path (cli, admin-api), else why it is refused."""
+        ssl_object = writer.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        if not der:
+            return "no client certificate"
+        try:
+            caller = identity_of(x509.load_der_x509_certificate(der), purpose="client")
+        except (IdentityError, ValueError) as exc:
+            return f"the client certificate states no identity: {exc}"
+        if caller.role not in CTL_CLIENT_ROLES:
+            return (f"{caller} ({caller.uri}) may not use the CTL Provider: only the CTL client of "
+                    f"the administration path ({' or '.join(CTL_CLIENT_ROLES)}) may")
+        return ""
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         session = ProviderServerSession()
+        refusal = self.caller_refusal(writer)
         self._open += 1
         try:
             if self._open > MAX_CONNECTIONS:
@@ -101,6 +123,13 @@ class ProviderListener:
                     await writer.drain()
                     return
                 for _ in requests:
+                    if refusal:
+                        self.refused += 1
+                        log.warning("refused a CTL client: %s", refusal,
+                                    extra={"peer": str(writer.get_extra_info("peername"))})
+                        writer.write(session.refuse(ErrorCode.UNAUTHORIZED, refusal))
+                        await writer.drain()
+                        return
                     writer.write(await self._answer(session))
                     await writer.drain()
         except (asyncio.TimeoutError, ConnectionError, ssl.SSLError, OSError):
