@@ -81,11 +81,11 @@ async def _prepare(data: Path) -> None:
 
 
 async def _start(data: Path, nats_url: str, host: str, port: int, grpc_port: int,
-                 peer_host: str = "127.254.253.252"):
+                 peer_host: str = "127.254.253.252", **extra):
     settings = load_settings(service="ctl-provider", data_dir=data, host=host, grpc_port=grpc_port,
                              metrics_port=0, nats_url=nats_url, ctl_provider_port=port,
                              shutdown_grace=1.0,
-                             peers={r: peer_host for r in ("callmanager", "tftp-signer", "capf")})
+                             peers={r: peer_host for r in ("callmanager", "tftp-signer", "capf")}, **extra)
     service_identity(data, "ctl-provider", "ctl-provider", host)  # issued before start, as the runner does
     svc = CtlProviderService(settings)
     svc.trust.mode_rpc_attempts = 1
@@ -156,6 +156,40 @@ async def test_cert5_provider_lists_exactly_the_servers_certificate_files(provid
     assert by_role[Role.CCM].dns_name == "callmanager" and by_role[Role.CCM].ipv4 == "127.254.253.252"
     reply = await provider.stub.GetServerCertificates(common_pb2.Empty())
     assert [c.der for c in reply.certificates] == [der[Role.CCM], der[Role.TFTP], der[Role.CAPF]]
+
+
+async def test_later7_every_node_of_the_callmanager_group_is_in_the_ctl_AUTH_2(tmp_path, nats_server):
+    """LATER-7 / AUTH-2: with subscribers in the CallManager group the provider answers one
+    CallManager certificate per node (here from the files the nodes keep, matched by the node's
+    address: the nodes are not running), so a secure phone that fails over finds its node in the
+    CTL; a group node whose certificate cannot be had at all is refused by name, not left out."""
+    host = f"127.{random.randint(20, 250)}.{random.randint(0, 255)}.{random.randint(2, 250)}"
+    await _prepare(tmp_path)
+    sub = ensure_server_certificate(tmp_path / "servers" / "callmanager-sub1", "callmanager-sub1",
+                                    ip="127.254.253.21")
+    nodes = ["127.254.253.252", "127.254.253.21"]
+    svc, task, channel, stub = await _start(tmp_path, nats_server, host, free_port(host), free_port(host),
+                                            call_control_nodes=nodes)
+    harness = Harness(svc, task, tmp_path, stub, [])
+    try:
+        await stub.Activate(ctl_provider_pb2.ActivateRequest(active=True))
+        servers = await harness.fetch()
+        ccm = [s for s in servers if s.role is Role.CCM]
+        assert [(s.dns_name, s.ipv4) for s in ccm] == [("callmanager", "127.254.253.252"),
+                                                       ("callmanager-sub1", "127.254.253.21")]
+        assert ccm[1].certificate.public_bytes(serialization.Encoding.DER) == \
+            sub.cert.public_bytes(serialization.Encoding.DER)
+        records = build_records([], servers)
+        assert sum(r.role is Role.CCM for r in records) == 2
+        # A node nobody can vouch for: refused, naming it.
+        svc.settings.call_control_nodes.append("127.254.253.22")
+        svc._cache = None
+        with pytest.raises(ProviderRefused, match="127.254.253.22"):
+            await harness.fetch()
+    finally:
+        await channel.close()
+        svc.request_stop()
+        await asyncio.wait_for(task, 10)
 
 
 async def test_chk1_activation_survives_a_restart(provider, nats_server):

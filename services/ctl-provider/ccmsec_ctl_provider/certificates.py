@@ -115,4 +115,50 @@ async def gather(data_dir: Path, channel_for: ChannelFor, host_for: Callable[[st
                                              in zip(sources, results)}
 
 
+def _addresses_and_name(der: bytes) -> tuple[set[str], str]:
+    cert = x509.load_der_x509_certificate(der)
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        ips = {str(ip) for ip in san.get_values_for_type(x509.IPAddress)}
+    except x509.ExtensionNotFound:
+        ips = set()
+    cn = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    return ips, str(cn[0].value) if cn else ""
+
+
+async def gather_call_control_nodes(data_dir: Path, hosts: list[str], publisher: str,
+                                    channel_to: Callable[[str], grpc.aio.Channel]) -> list[CertificateEntry]:
+    """LATER-7: a CallManager record for every other node of the CallManager group (the
+    subscribers), so a secure phone failing over to one of them finds its certificate in the CTL
+    (AUTH-2). Each node is asked over gRPC; when it does not answer, the certificate file a node
+    keeps in DATA/servers/<node>/ is taken whose IP address is the node's."""
+    entries: list[CertificateEntry] = []
+    for host in hosts:
+        if host == publisher:
+            continue
+        try:
+            der = await _from_rpc(channel_to(host), SOURCES[0].rpc)
+        except (grpc.aio.AioRpcError, CertificateUnavailable, asyncio.TimeoutError) as exc:
+            reason = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
+            der = _node_file(Path(data_dir), host)
+            if der is None:
+                raise CertificateUnavailable(
+                    f"the CallManager certificate of the group's node {host} is not available: it did "
+                    f"not answer ({reason}) and no DATA/servers/*/ccmserver.cer is for {host}") from None
+        ips, name = _addresses_and_name(der)
+        entries.append(CertificateEntry(Role.CCM, name or host, _ipv4(host), der))
+    return entries
+
+
+def _node_file(data_dir: Path, host: str) -> bytes | None:
+    for path in sorted((data_dir / "servers").glob("callmanager*/ccmserver.cer")):
+        try:
+            der = load_certificate_file(path)
+        except (OSError, CertificateUnavailable):
+            continue
+        if host in _addresses_and_name(der)[0]:
+            return der
+    return None
+
+
 Gatherer = Callable[[], Awaitable[list[CertificateEntry]]]

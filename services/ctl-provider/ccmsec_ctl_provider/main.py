@@ -13,10 +13,12 @@ from ccmsec.db.cluster import provider_node
 from ccmsec.domain import ClusterMode
 from ccmsec.pki.tokens import TokenError, list_tokens
 from ccmsec.runtime import metrics
-from ccmsec.runtime.service import Service, run_service
+from ccmsec.runtime.grpcio import secure_channel
+from ccmsec.runtime.service import GRPC_PORT_DEFAULT, Service, run_service
+from ccmsec.runtime.settings import resolve_host
 from ccmsec_proto import ctl_provider_pb2, ctl_provider_pb2_grpc
 
-from ccmsec_ctl_provider.certificates import gather
+from ccmsec_ctl_provider.certificates import gather, gather_call_control_nodes
 from ccmsec_ctl_provider.listener import ProviderListener, server_ssl_context
 from ccmsec_ctl_provider.servicer import CtlProviderServicer
 from ccmsec_ctl_provider.trust import TrustOperations
@@ -85,9 +87,20 @@ class CtlProviderService(Service):
             return self._cache[1]
         entries, origins = await gather(self.settings.data_dir, self.peer_channel,
                                         self.settings.peer_host)
+        nodes = [resolve_host(h) for h in self.settings.call_control_nodes]
+        if len(nodes) > 1:
+            entries = entries + await gather_call_control_nodes(
+                self.settings.data_dir, nodes, self.settings.peer_host("callmanager"), self._node_channel)
         self.certificate_origins = origins
         self._cache = (now, entries)
         return entries
+
+    def _node_channel(self, host: str):
+        """A cached mTLS channel to one call-control node of the group (by address)."""
+        key = ("callmanager@" + host, GRPC_PORT_DEFAULT, str(self.identity.cert_path))
+        if key not in self._channels:
+            self._channels[key] = secure_channel(self.identity, host, GRPC_PORT_DEFAULT, "callmanager")
+        return self._channels[key]
 
     async def set_activated(self, active: bool) -> None:
         async with self.db() as session, session.begin():
