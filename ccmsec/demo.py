@@ -6,6 +6,8 @@ Each step is a function of a DemoContext; later features add their steps to STEP
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,8 +32,17 @@ class DemoContext:
         self.out("    " + text)
 
 
+# The demo's cluster: a publisher and one subscriber (LATER-7), so that its last step can kill the
+# node serving the phones. Phones return to the publisher after DEMO_STABLE_PERIOD seconds of it
+# answering (120 s by default: a demo would wait that long for nothing).
+DEMO_SUBSCRIBERS = 1
+DEMO_PHONE_SETTINGS = {"CCMSEC_PHONE_FAILBACK_STABLE": "8", "CCMSEC_PHONE_PROBE_INTERVAL": "2"}
+
+
 def step_up(ctx: DemoContext) -> None:
-    rows = runner.up(ctx.data, quiet=True)
+    for name, value in DEMO_PHONE_SETTINGS.items():
+        os.environ.setdefault(name, value)   # inherited by the cluster this process starts
+    rows = runner.up(ctx.data, quiet=True, subscribers=DEMO_SUBSCRIBERS)
     for line in runner.format_rows(rows).splitlines():
         ctx.say(line)
 
@@ -41,12 +52,12 @@ async def step_health(ctx: DemoContext) -> None:
     from ccmsec.runtime.identity import client_identity
 
     ident = client_identity(ctx.data)
-    for role, svc in ctx.endpoints["services"].items():
+    for inst in runner.cluster_for(ctx.data).instances:
         t0 = time.perf_counter()
-        state = await check_health(ident, svc["host"], svc["grpc_port"], role)
-        ctx.say(f"{role:13} {state} over mutual TLS ({(time.perf_counter() - t0) * 1000:.1f} ms)")
+        state = await check_health(ident, inst.host, inst.ports["grpc_port"], inst.role)
+        ctx.say(f"{inst.node:16} {state} over mutual TLS ({(time.perf_counter() - t0) * 1000:.1f} ms)")
         if state != "SERVING":
-            raise runner.RunnerError(f"{role} is {state}")
+            raise runner.RunnerError(f"{inst.node} is {state}")
 
 
 async def step_event_round_trip(ctx: DemoContext) -> None:
@@ -485,6 +496,67 @@ async def step_encrypted_calls(ctx: DemoContext) -> None:
             f"--sccp-port {cm['sccp_tls_port']}` repeats this check")
 
 
+async def step_failover(ctx: DemoContext) -> None:
+    """LATER-7: kill -9 the call-control node serving the phones; they move to the subscriber at
+    once (their connections are reset; a standby connection is already open), the supervisor starts
+    the node again, and the phones return once it has answered for the stable period."""
+    from ccmsec.cluster.state import read_state
+    from ccmsec.runtime.grpcio import secure_channel
+    from ccmsec.runtime.identity import client_identity
+    from ccmsec_proto import phone_sim_pb2, phone_sim_pb2_grpc
+
+    await wait_all_serving(ctx)
+    services = ctx.endpoints["services"]
+    publisher, subscriber = services["callmanager"]["host"], services["callmanager-sub1"]["host"]
+    names = {publisher: "publisher callmanager", subscriber: "subscriber callmanager-sub1",
+             services["srst"]["host"]: "SRST"}
+    sim = services["phone-sim"]
+    async with secure_channel(client_identity(ctx.data), sim["host"], sim["grpc_port"], "phone-sim") as ch:
+        stub = phone_sim_pb2_grpc.PhoneSimStub(ch)
+
+        async def where() -> dict[str, tuple[str, str]]:
+            phones = (await stub.ListPhones(phone_sim_pb2.PhoneSelector(all=True), timeout=10)).phones
+            return {p.name: (p.registered_with.split(":")[0] if p.state == "registered" else "", p.transport)
+                    for p in phones}
+
+        async def until_all_on(host: str, since: float, timeout: float) -> dict[str, float]:
+            seen: dict[str, float] = {}
+            deadline = time.monotonic() + timeout
+            while True:
+                for name, (at, _) in (await where()).items():
+                    if at == host and name not in seen:
+                        seen[name] = time.monotonic() - since
+                if len(seen) == len(fleet):
+                    return seen
+                if time.monotonic() > deadline:
+                    late = {n: names.get(h, h or "nowhere") for n, (h, _) in (await where()).items()
+                            if n not in seen}
+                    raise runner.RunnerError(f"phones not on the {names[host]} after {timeout:.0f}s: {late}")
+                await asyncio.sleep(0.2)
+
+        fleet = list(await where())
+        await until_all_on(publisher, time.monotonic(), 60)
+        now = await where()
+        for name in sorted(now):
+            ctx.say(f"{name} registered {now[name][1]:13} with the {names[now[name][0]]}")
+        pid = int(((read_state(ctx.data) or {}).get("children") or {}).get("callmanager", {}).get("pid") or 0)
+        if not pid:
+            raise runner.RunnerError("the publisher's process is not known")
+        killed = time.monotonic()
+        os.kill(pid, signal.SIGKILL)
+        ctx.say(f"kill -9 {pid} (the publisher callmanager, serving every phone)")
+        moved = await until_all_on(subscriber, killed, 60)
+        now = await where()
+        for name in sorted(moved):
+            ctx.say(f"{name} on the subscriber {now[name][1]:13} {moved[name]:5.2f} s after the kill")
+        back = await until_all_on(publisher, killed, 120)
+        ctx.say(f"the supervisor restarted the publisher; the phones came back after it had answered for "
+                f"{DEMO_PHONE_SETTINGS['CCMSEC_PHONE_FAILBACK_STABLE']} s (the stable period; 120 s by default):")
+        now = await where()
+        for name in sorted(back):
+            ctx.say(f"{name} back on the publisher {now[name][1]:13} {back[name]:5.2f} s after the kill")
+
+
 async def _tftp_demo_step(ctx: DemoContext) -> None:
     from ccmsec.cli.tftp import demo_step
 
@@ -492,7 +564,8 @@ async def _tftp_demo_step(ctx: DemoContext) -> None:
 
 
 STEPS: list[tuple[str, Callable]] = [
-    ("Start the cluster: NATS and eight services, each on its own loopback address", step_up),
+    ("Start the cluster: NATS, eight services and a call-control subscriber, each on its own loopback address",
+     step_up),
     ("Health of every service over mutual TLS", step_health),
     ("One durable event through NATS JetStream", step_event_round_trip),
     ("Activate the CTL Provider service (CHK-1)", step_ctl_provider_activate),
@@ -508,5 +581,7 @@ STEPS: list[tuple[str, Callable]] = [
      "(CALL-1, CALL-2)", step_fleet_calls),
     ("Encrypted calls phone to phone and through the SRTP gateway, proved on the wire (ENC-2…5, GW-1)",
      step_encrypted_calls),
+    ("The node serving the phones is killed: they move to the subscriber and come back (LATER-7)",
+     step_failover),
 ]
 

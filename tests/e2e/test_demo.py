@@ -51,4 +51,12 @@ def test_demo_walks_the_checklist_and_stops_the_cluster(tmp_path):
         streams = re.findall(r"(\d+) SRTP packets; (\d+) authenticate and decrypt under the "
                              r"AES_CM_128_HMAC_SHA1_80 key signalled for this stream, (\d+) refused", out)
         assert len(streams) >= 3 and all(a == b and c == "0" for a, b, c in streams), streams
+    # LATER-7: the serving node killed, every phone (secure ones over TLS: the subscriber is in the
+    # CTL) on the subscriber, then back on the publisher after the stable period
+    assert re.search(r"kill -9 \d+ \(the publisher callmanager, serving every phone\)", out)
+    moved = re.findall(r"(SEP\w+) on the subscriber (\S+)\s+([\d.]+) s after the kill", out)
+    back = re.findall(r"(SEP\w+) back on the publisher (\S+)\s+([\d.]+) s after the kill", out)
+    assert len(moved) == 4 and len(back) == 4, out[-2500:]
+    assert {m[1] for m in moved} == {"encrypted", "authenticated", "non-secure"}
+    assert all(float(b[2]) >= 8 for b in back), back   # not before the stable period
     assert cluster_pids(data) == [], "the demo must stop every process it started"
