@@ -153,6 +153,9 @@ def traffic(cluster):
     yield {"trace": trace, "before": before}
     loop.run_until_complete(phone.close())
     loop.close()
+    with AdminClient(discover(cluster["data"])) as admin:  # leave the shared cluster as found
+        for name in (PHONE, TLS_PHONE):
+            admin.remove_device(name)
 
 
 def test_every_service_exports_process_python_and_domain_metrics(cluster, traffic):
