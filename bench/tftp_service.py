@@ -185,14 +185,17 @@ RETRIES = {"timeouts": 0}
 
 
 async def until_new(port: int, name: str, old: bytes, blksize: int | None) -> bytes:
-    """Fetch until the new file arrives. A phone whose request timed out (its file still queued
-    for signing) asks again, as a phone does; counted."""
-    from ccmsec.aio.tftp import TftpTimeoutError
+    """Fetch until the new file arrives. A transfer that timed out (the phone's request while its
+    file was queued for signing, or either side descheduled too long on a loaded machine) is asked
+    again, as a phone does; counted."""
+    from ccmsec.aio.tftp import TftpError
 
     while True:
         try:
             data = await tftp_get(HOST, port, name, blksize=blksize, timeout=1.0, retries=5)
-        except TftpTimeoutError:
+        except TftpError as exc:
+            if "timed out" not in str(exc):
+                raise
             RETRIES["timeouts"] += 1
             continue
         if data != old:
