@@ -194,7 +194,9 @@ async def until_new(port: int, name: str, old: bytes, blksize: int | None) -> by
         try:
             data = await tftp_get(HOST, port, name, blksize=blksize, timeout=1.0, retries=5)
         except TftpError as exc:
-            if "timed out" not in str(exc):
+            if "server busy" in str(exc):
+                await asyncio.sleep(0.2)  # a phone told "busy" comes back a little later
+            elif "timed out" not in str(exc):
                 raise
             RETRIES["timeouts"] += 1
             continue

@@ -166,6 +166,7 @@ async def test_bulk_refresh_uses_the_process_pool(tftp_cert, signer, tmp_path):
         # A phone asking for a file the pool is signing right now waits for it (not signed twice),
         # and a second refresh at the same moment leaves the claimed files to the first.
         changed = [(name, payload + b" v2") for name, payload in items]
+        store.pool_wait = 60.0  # however loaded the machine: the phone waits for the pool here
         first = asyncio.ensure_future(store.refresh("c", changed))
         await asyncio.sleep(0)
         second = asyncio.ensure_future(store.refresh("c", changed))
@@ -173,6 +174,15 @@ async def test_bulk_refresh_uses_the_process_pool(tftp_cert, signer, tmp_path):
         assert parse_sgn(asked).payload == changed[33][1]
         assert (await first, await second) == (45, 0)
         assert store.signed == 45 * 2 and store.misses == 0
+        # A file queued behind the others longer than pool_wait is signed for the waiting phone.
+        store.pool_wait = 0.0
+        later = [(name, payload + b" v3") for name, payload in items]
+        bulk = asyncio.ensure_future(store.refresh("c", later))
+        await asyncio.sleep(0)
+        asked = await store.get("c", later[44][0], later[44][1])
+        assert parse_sgn(asked).payload == later[44][1] and store.misses == 1
+        await bulk
+        verify_sgn(parse_sgn(await store.get("c", later[44][0], later[44][1])), tftp_cert.cert)
     finally:
         pool.close()
 

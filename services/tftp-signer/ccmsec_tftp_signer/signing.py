@@ -32,6 +32,7 @@ from ccmsec.procutil import exit_with_parent
 log = logging.getLogger("ccmsec.tftp-signer")
 
 SIGNED_FOLDER = "signed"
+POOL_WAIT = 0.5  # longest a request waits for its file queued in the signing pool before signing it itself
 SGN = ".sgn"
 
 
@@ -98,6 +99,7 @@ class SignedStore:
         self.root = Path(root)
         self.caching = caching
         self.max_entries = max_entries
+        self.pool_wait = POOL_WAIT
         self.max_bytes = max_bytes
         self._memory: OrderedDict[tuple[str, str], tuple[bytes, bytes]] = OrderedDict()
         self._memory_bytes = 0
@@ -169,7 +171,18 @@ class SignedStore:
         pending = self._inflight.get(flight)
         if pending is not None:  # the same file is being signed right now (a phone, the pool)
             try:
-                return await asyncio.shield(pending)
+                return await asyncio.wait_for(asyncio.shield(pending), self.pool_wait)
+            except asyncio.TimeoutError:
+                # Still queued behind thousands of others: this phone is waiting now, so sign its
+                # file here (the pool's copy, same payload, replaces it when it comes).
+                self.misses += 1
+                signed = self.pool.sign_one(name, payload)
+                self.signed += 1
+                if self.caching:
+                    self._remember(key, digest, signed)
+                else:
+                    await asyncio.to_thread(self._write, key, digest, signed)
+                return signed
             except Exception:
                 pass  # that signing failed: sign it here
         self.misses += 1
