@@ -64,3 +64,18 @@ def test_every_kind_the_code_publishes_has_an_entry_BUS_2():
     published |= {"device.reset", "service.restart"}   # ccmsec/runtime/actions.py (RST-* actions)
     assert published, "found no publisher at all"
     assert published <= set(bus_policy.KINDS), published - set(bus_policy.KINDS)
+
+
+def test_the_audit_records_who_really_reported_a_refusal_BUS_3():
+    """An `access.denied` report is audited under the role its subject proves, whatever its body
+    claims (any service may report refusals; none may speak for another)."""
+    from ccmsec_callmanager.access_audit import entry_for
+
+    event = make_event("access.denied", "phone-sim", access_denied=events_pb2.AccessDenied(
+        caller_role="cli", caller_node="cli", method="/ccmsec.v1.KeyManager/GenerateCallKeys",
+        refused_by="keymanager/keymanager", reason="not allowed"))
+    honest = entry_for(event, "keymanager")
+    assert honest.remote == "keymanager/keymanager" and "refused by keymanager/keymanager:" in honest.detail
+    forged = entry_for(event, "phone-sim")
+    assert forged.remote.startswith("phone-sim (claims keymanager/keymanager)")
+    assert "refused by phone-sim (claims keymanager/keymanager)" in forged.detail
