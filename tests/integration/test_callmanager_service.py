@@ -253,6 +253,24 @@ async def test_dev1_authenticated_or_encrypted_device_on_2000_refused(cm):
     assert (await cm.refused("SEP0000000B0011")).startswith("DEV-1")
 
 
+async def test_auth7_dev1_authenticated_device_over_an_aes_suite_refused(cm):
+    """AUTH-7 / DEV-1 on the running service: a device configured *authenticated* must use TLS
+    with a NULL cipher; the same phone, with a valid LSC, offering only AES suites (the encrypted
+    profile) is refused with the rule named, is not registered — then registers over NULL."""
+    await cm.set_mode("mixed")
+    await cm.add_device("SEP0000000B0030", "7960", "authenticated")
+    lsc = cm.lsc("SEP0000000B0030")
+    aes = cm.phone_ctx("encrypted", lsc=lsc)
+    text = await cm.refused("SEP0000000B0030", device_type=7, ctx=aes)
+    assert text.startswith("DEV-1: device is configured aut"), text   # RegisterReject's text is short
+    refusal = [r for r in cm.cc.registry.refusals if r.device == "SEP0000000B0030"][-1]
+    assert refusal.reason.startswith("DEV-1") and "authenticated" in refusal.reason, refusal.reason
+    ok = await cm.registered("SEP0000000B0030", device_type=7, ctx=cm.phone_ctx("authenticated", lsc=lsc))
+    entry = cm.cc.registry.entries["SEP0000000B0030"]
+    assert entry.cipher.startswith("NULL") and entry.security_mode == "authenticated"
+    await ok.close()
+
+
 async def test_enc1_encrypted_device_over_null_cipher_refused(cm):
     await cm.set_mode("mixed")
     await cm.add_device("SEP0000000B0020", "7970", "encrypted")
