@@ -111,3 +111,34 @@ def test_custom_dir_duplicate_unknown_and_locked(tmp_path, capsys):
             pass
     code, out, _ = in_process(capsys, "token", "show", "t2", "--dir", str(store))
     assert code == 0 and "State:       LOCKED" in out
+
+
+def test_chk4_two_tokens_each_with_its_own_password_make_a_ctl_one_does_not(tmp_path, capsys):
+    """CHK-4: the administrator holds at least two security tokens and their passwords. Made with
+    `ccmsec token create`, each opens only with its own password; the CTL client refuses one token
+    (CTL-1) and builds, from the two, a CTL listing both as SAST records, signed by either."""
+    import time
+
+    from ccmsec.ctlclient import CtlClientError, check_tokens
+    from ccmsec.formats.ctl import Role, build_ctl, parse_ctl, record_from_certificate, verify_ctl
+
+    passwords = {"sast1": "first-s3cret", "sast2": "second-s3cret"}
+    for name, password in passwords.items():
+        (tmp_path / f"{name}.pw").write_text(password + "\n")
+        code, out, err = in_process(capsys, "token", "create", "--name", name, "--password-file",
+                                    str(tmp_path / f"{name}.pw"), "--data", str(tmp_path))
+        assert code == 0 and f"created token {name}" in out, err
+    code, out, _ = in_process(capsys, "token", "list", "--data", str(tmp_path))
+    assert code == 0 and "CN=SAST-sast1" in out and "CN=SAST-sast2" in out
+    tokens = {n: open_token(tmp_path / "tokens", n, p) for n, p in passwords.items()}
+    with pytest.raises(TokenPasswordError):
+        open_token(tmp_path / "tokens", "sast2", passwords["sast1"])   # each its own password
+    with pytest.raises(CtlClientError, match="CTL-1: the CTL client needs at least two security tokens"):
+        check_tokens(["sast1"], None)
+    for signer in tokens:
+        assert check_tokens(list(tokens), signer) == signer
+        records = [record_from_certificate(t.certificate, Role.TOKEN) for t in tokens.values()]
+        ctl = parse_ctl(build_ctl(records, tokens[signer], int(time.time())))
+        assert verify_ctl(ctl).certificate == tokens[signer].certificate
+        assert sorted(r.certificate.subject.rfc4514_string() for r in ctl.records if r.role is Role.TOKEN) \
+            == ["O=ccmsec,OU=SAST,CN=SAST-sast1", "O=ccmsec,OU=SAST,CN=SAST-sast2"]
