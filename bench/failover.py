@@ -102,12 +102,21 @@ class Fleet:
         started = time.monotonic()
         while self.on(self.proxy.port) < self.count:
             if time.monotonic() - started > timeout:
-                raise SystemExit(f"only {self.on(self.proxy.port)}/{self.count} phones on the publisher")
+                where: dict[str, int] = {}
+                for p in self.phones:
+                    key = p.active.label if p.registered and p.active is not None else "unregistered"
+                    where[key] = where.get(key, 0) + 1
+                problems = sorted({p.last_problem for p in self.phones if p.last_problem})[:5]
+                raise SystemExit(f"only {self.on(self.proxy.port)}/{self.count} phones on the publisher "
+                                 f"after {timeout:.0f} s: {where}; problems seen: {problems}")
             await asyncio.sleep(0.2)
         return time.monotonic() - started
 
     async def stop(self) -> None:
-        await asyncio.gather(*(p.stop() for p in self.phones), return_exceptions=True)
+        try:
+            await asyncio.wait_for(asyncio.gather(*(p.stop() for p in self.phones), return_exceptions=True), 30)
+        except asyncio.TimeoutError:
+            print("some phones did not stop within 30 s", flush=True)
         if self.proxy is not None:
             await self.proxy.close()
 
