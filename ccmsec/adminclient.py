@@ -222,7 +222,7 @@ class AdminClient:
     def calls(self, device: str | None = None) -> list[dict]:
         """Calls in progress on the call-control node and their security status (CALL-1)."""
         params = {"device": device} if device else {}
-        return self._call("GET", "/api/v1/calls", params=params)["calls"]
+        return self._all("/api/v1/calls", "calls", params)
 
     def reset_device(self, name: str, kind: str = "reset") -> dict:
         """Reset (or with kind="restart", restart) one phone; the answer carries the request id."""

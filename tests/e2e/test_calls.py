@@ -139,6 +139,12 @@ def test_phone_sim_phones_call_each_other_and_every_interface_shows_the_status(c
             assert row["status"] == "non-secure" and str(row["id"]) == str(view.id)
             with AdminClient(discover(data)) as admin:
                 (api_row,) = admin.calls(device=A)
+                spec = admin._call("GET", "/api/v1/openapi.json")
+            # the OpenAPI document describes this real call (issue 16: typed answers)
+            import jsonschema
+
+            jsonschema.Draft202012Validator({"$ref": "#/components/schemas/Call",
+                                             "components": spec["components"]}).validate(api_row)
             assert api_row["id"] == view.id and api_row["status"] == "non-secure"
             assert {lg["shown"] for lg in api_row["legs"]} == {"none"}
 
