@@ -104,7 +104,7 @@ def test_phone_sim_phones_call_each_other_and_every_interface_shows_the_status(c
 
             # --- a watcher sees the whole call (CLI over WatchCalls) ---------------------------
             watch = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "ccmsec.cli.main", "calls", "watch", "--timeout", "60",
+                sys.executable, "-m", "ccmsec.cli.main", "calls", "watch", "--timeout", "300",
                 "--data", str(data), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
             await asyncio.sleep(1.5)   # the watcher's stream is open before the call starts
 
@@ -203,7 +203,11 @@ def test_phone_sim_phones_call_each_other_and_every_interface_shows_the_status(c
 async def _stop(proc):
     """End the watcher (its --timeout is a safety net) and collect what it printed."""
     await asyncio.sleep(1.0)
-    proc.terminate()
+    if proc.returncode is None:
+        try:
+            proc.terminate()
+        except ProcessLookupError:   # it ended by itself meanwhile
+            pass
     return await proc.communicate()
 
 
