@@ -276,3 +276,69 @@ async def test_call9_no_wideband_codec_in_an_encrypted_call_with_a_7960(lab):
         assert {ch.codec for ch in caller.display.channels.values()} == {codec}
         caller.act(caller.display.hang_up)
         await callee.wait_for(lambda d: not d.calls, what="cleared")
+
+
+async def test_enc4_a_phones_audio_refuses_and_counts_replayed_and_tampered_packets_in_a_locked_call(lab):
+    """Issue 11 §2–3 on the phone's own audio (`PhoneAudio`, as phone-sim's phones run it): in an
+    encrypted call, an attacker on the path re-sends a packet the far end really sent (refused as a
+    replay) and a copy with one payload byte flipped (refused: authentication); both are counted,
+    the audio goes on and the lock stays."""
+    import asyncio
+    import socket
+
+    from ccmsec.aio.media import PhoneAudio
+
+    audio = {}
+    for name, pitch in ((E1, 440.0), (E2, 660.0)):
+        phone = await lab.phone(name)
+        audio[name] = PhoneAudio(pitch)
+        phone.on_media = audio[name].hook
+    caller, callee = lab.phones[E1], lab.phones[E2]
+    caller.act(caller.display.dial, "3102")
+    await callee.wait_for(in_state(CS.RING_IN), what="ringing")
+    callee.act(callee.display.answer)
+    await shows(caller, LOCK)
+    await shows(callee, LOCK)
+    (port,) = callee.ports.ports.values()
+    heard: list[bytes] = []
+    withheld: list[bytes] = []
+    deliver = port.on_datagram
+
+    def on_path(data, addr):
+        """The attacker sits on the path: it copies four packets and withholds the fifth."""
+        if len(heard) < 4:
+            heard.append(bytes(data))
+        elif not withheld:
+            withheld.append(bytes(data))
+            return
+        deliver(data, addr)
+    port.on_datagram = on_path
+
+    async def until(predicate, what):
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 10
+        while not predicate():
+            assert loop.time() < end, f"no {what} within 10 s"
+            await asyncio.sleep(0.02)
+    await until(lambda: withheld, "SRTP from the caller")
+    assert audio[E2].srtp_both_ways
+    counts = lambda: audio[E2].totals()  # noqa: E731
+    before = counts()
+    attacker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        attacker.sendto(heard[0], port.local)                  # a packet the phone already took: replay
+        await until(lambda: counts()["refused_replay"] == before["refused_replay"] + 1, "the replay refused")
+        tampered = bytearray(withheld[0])
+        tampered[20] ^= 0x40                                   # one payload bit of an unseen packet
+        attacker.sendto(bytes(tampered), port.local)
+        await until(lambda: counts()["refused_authentication"] == before["refused_authentication"] + 1,
+                    "the tampered packet refused")
+        taken = counts()["received"]
+        attacker.sendto(withheld[0], port.local)               # the genuine packet, late: accepted
+        await until(lambda: counts()["received"] > taken, "audio going on")
+    finally:
+        attacker.close()
+    after = counts()
+    assert after["refused_replay"] == before["refused_replay"] + 1
+    assert after["refused_authentication"] == before["refused_authentication"] + 1
+    assert icons(callee) == icons(caller) == [LOCK]
