@@ -214,6 +214,29 @@ def test_sgn_and_pki_show_json(results):
     assert identity["uri"] == "spiffe://ccmsec/keymanager/keymanager" and "keymanager" in identity["names"]
 
 
+HIDE_SRST = """
+import sys
+class Hide:  # the environment as if the ccmsec_srst package were not installed
+    def find_spec(self, name, path=None, target=None):
+        if name == "ccmsec_srst" or name.startswith("ccmsec_srst."):
+            raise ModuleNotFoundError(name)
+        return None
+sys.meta_path.insert(0, Hide())
+from ccmsec.cli.main import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_up_names_a_missing_service_package_before_doing_anything(tmp_path):
+    data = tmp_path / "cluster"
+    done = subprocess.run([sys.executable, "-c", HIDE_SRST, "up", "-d", "--data", str(data)],
+                          capture_output=True, text=True, timeout=90, stdin=subprocess.DEVNULL)
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert "missing: Python package ccmsec_srst (role srst)" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not data.exists()  # nothing written, nothing started
+
+
 def _json_error(r) -> dict:
     assert r.stdout == ""
     error = json.loads(r.stderr)
