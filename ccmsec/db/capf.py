@@ -108,6 +108,31 @@ class CapfCertificate(Base):
     der: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
 
 
+class CapfSetting(Base):
+    """CAPF's own settings (CHK-2 activation, service and enterprise parameters): capf is their
+    only writer (issue 9 §5), so they are not in ctl-provider's `cluster_settings`."""
+
+    __tablename__ = "capf_settings"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(1024), nullable=False)
+    updated_at: Mapped[_dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False,
+                                                     default=utcnow, onupdate=utcnow)
+
+
+async def get_capf_setting(session: AsyncSession, key: str) -> str | None:
+    return await session.scalar(select(CapfSetting.value).where(CapfSetting.key == key))
+
+
+async def set_capf_setting(session: AsyncSession, key: str, value: str) -> None:
+    """Insert or update one CAPF setting (caller commits)."""
+    row = await session.get(CapfSetting, key)
+    if row is None:
+        session.add(CapfSetting(key=key, value=value))
+    else:
+        row.value = value
+
+
 # --------------------------------------------------------------------------------------------
 # Auth strings are stored as argon2 hashes, never the digits.
 

@@ -87,6 +87,11 @@ def sync_sqlite_engine(engine: AsyncEngine) -> Engine | None:
     sync = sa_create_engine(engine.url.set(drivername="sqlite+pysqlite"),
                             connect_args={"timeout": 30, "check_same_thread": False})
     event.listen(sync, "connect", _sqlite_pragmas)
+    writer = getattr(engine.sync_engine, "ccmsec_writer", None)
+    if writer is not None:  # the same owner rule as the engine it is made from
+        from ccmsec.db.ownership import install_write_guard
+
+        install_write_guard(sync, writer)
     return sync
 
 

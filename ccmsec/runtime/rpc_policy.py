@@ -12,8 +12,8 @@ the state the method changes:
 
 * key material (KeyManager) only to call control;
 * CA changes (CAPF third-party CA, certificate imports) and cluster-mode changes only from the
-  administration path (`cli`, `admin-api`) and the owner that needs them (ctl-provider switches
-  call control's mode after a CTL commit);
+  administration path (`cli`, `admin-api`); the cluster mode is ctl-provider's own state, changed
+  only through `CtlProvider/SetSecurityMode` and `CommitCtl`;
 * each service's `Status` to the administration path and to the service itself (its own
   healthcheck); gRPC health and reflection to any identity of the cluster (liveness and tooling).
 """
@@ -44,8 +44,7 @@ _TABLE: dict[str, dict[str, frozenset[str]]] = {
         "GetRegistrations": ADMIN,
         "ResetDevices": ADMIN,                       # ccmsec device reset / reset-all (RST-9, CHK-13)
         "GetResetProgress": ADMIN,
-        "GetClusterMode": _roles(ADMIN, "ctl-provider", "srtp-gateway"),  # the gateway: GW-4
-        "SetClusterMode": _roles(ADMIN, "ctl-provider"),  # ctl-provider: after a CTL commit (MODE-3)
+        "GetClusterMode": _roles(ADMIN, "srtp-gateway"),  # the gateway: GW-4
         "GetRefusals": ADMIN,
         "AddLine": ADMIN,
         "GetLines": ADMIN,

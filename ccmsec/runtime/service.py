@@ -29,6 +29,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from ccmsec.db.events import HandledEvent
+from ccmsec.db.ownership import install_write_guard
 from ccmsec.runtime import bus as bus_mod
 from ccmsec.runtime.database import DatabaseError, open_database
 from ccmsec.runtime.grpcio import GrpcServer, secure_channel
@@ -266,6 +267,7 @@ class Service:
             loop.add_signal_handler(sig, self._stop.set)
         self.identity = self._load_own_identity()
         self.engine, self.db = await open_database(s.db_url)
+        install_write_guard(self.engine, self.role)  # only the owner writes a table (issue 9 §5)
         self.bus = bus_mod.EventBus.for_identity(s.nats_url, f"{self.role}:{self.node}", s.identity_folder,
                                                 role=self.role, connect_timeout=s.bus_connect_timeout)
         await self.bus.connect()

@@ -18,3 +18,13 @@ class StatusServicerMixin:
 async def abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str):
     """Refuse a call with a clear message (raises)."""
     await context.abort(code, message)
+
+
+def caller_of(service, context) -> str:
+    """`role/node` of the gRPC caller (the authorization gate already admitted it), for the audit
+    log's actor column; "unknown" if the call carries no identity (in-process tests)."""
+    gate = getattr(getattr(service, "grpc", None), "gate", None)
+    try:
+        return str(gate.caller(context)) if gate is not None else "unknown"
+    except Exception:
+        return "unknown"

@@ -205,12 +205,6 @@ class ClusterModeReply(_message.Message):
     ctl_present: bool
     def __init__(self, mode: _Optional[_Union[_common_pb2.ClusterSecurityMode, str]] = ..., ctl_present: _Optional[bool] = ...) -> None: ...
 
-class SetClusterModeRequest(_message.Message):
-    __slots__ = ("mode",)
-    MODE_FIELD_NUMBER: _ClassVar[int]
-    mode: _common_pb2.ClusterSecurityMode
-    def __init__(self, mode: _Optional[_Union[_common_pb2.ClusterSecurityMode, str]] = ...) -> None: ...
-
 class CallLeg(_message.Message):
     __slots__ = ("device", "model", "kind", "device_mode", "line", "dn", "call_reference", "state", "role", "shown", "rx", "tx", "user")
     DEVICE_FIELD_NUMBER: _ClassVar[int]

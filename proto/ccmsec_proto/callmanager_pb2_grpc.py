@@ -60,11 +60,6 @@ class CallManagerStub:
                 request_serializer=ccmsec__proto_dot_common__pb2.Empty.SerializeToString,
                 response_deserializer=ccmsec__proto_dot_callmanager__pb2.ClusterModeReply.FromString,
                 _registered_method=True)
-        self.SetClusterMode = channel.unary_unary(
-                '/ccmsec.v1.CallManager/SetClusterMode',
-                request_serializer=ccmsec__proto_dot_callmanager__pb2.SetClusterModeRequest.SerializeToString,
-                response_deserializer=ccmsec__proto_dot_callmanager__pb2.ClusterModeReply.FromString,
-                _registered_method=True)
         self.GetRefusals = channel.unary_unary(
                 '/ccmsec.v1.CallManager/GetRefusals',
                 request_serializer=ccmsec__proto_dot_common__pb2.Empty.SerializeToString,
@@ -165,13 +160,9 @@ class CallManagerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetClusterMode(self, request, context):
-        """Missing associated documentation comment in .proto file."""
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def SetClusterMode(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The cluster mode is ctl-provider's (issue 9 §5): it is changed there (CtlProvider/SetSecurityMode);
+        call control only reports it.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -292,11 +283,6 @@ def add_CallManagerServicer_to_server(servicer, server):
             'GetClusterMode': grpc.unary_unary_rpc_method_handler(
                     servicer.GetClusterMode,
                     request_deserializer=ccmsec__proto_dot_common__pb2.Empty.FromString,
-                    response_serializer=ccmsec__proto_dot_callmanager__pb2.ClusterModeReply.SerializeToString,
-            ),
-            'SetClusterMode': grpc.unary_unary_rpc_method_handler(
-                    servicer.SetClusterMode,
-                    request_deserializer=ccmsec__proto_dot_callmanager__pb2.SetClusterModeRequest.FromString,
                     response_serializer=ccmsec__proto_dot_callmanager__pb2.ClusterModeReply.SerializeToString,
             ),
             'GetRefusals': grpc.unary_unary_rpc_method_handler(
@@ -504,33 +490,6 @@ class CallManager:
             target,
             '/ccmsec.v1.CallManager/GetClusterMode',
             ccmsec__proto_dot_common__pb2.Empty.SerializeToString,
-            ccmsec__proto_dot_callmanager__pb2.ClusterModeReply.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def SetClusterMode(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/ccmsec.v1.CallManager/SetClusterMode',
-            ccmsec__proto_dot_callmanager__pb2.SetClusterModeRequest.SerializeToString,
             ccmsec__proto_dot_callmanager__pb2.ClusterModeReply.FromString,
             options,
             channel_credentials,

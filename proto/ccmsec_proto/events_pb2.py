@@ -25,27 +25,27 @@ _sym_db = _symbol_database.Default()
 from ccmsec_proto import common_pb2 as ccmsec__proto_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63\x63msec_proto/events.proto\x12\tccmsec.v1\x1a\x19\x63\x63msec_proto/common.proto\"\x91\x01\n\x0b\x44\x65viceReset\x12\x0f\n\x07\x64\x65vices\x18\x01 \x03(\t\x12\x0b\n\x03\x61ll\x18\x02 \x01(\x08\x12\x0e\n\x06server\x18\x03 \x01(\t\x12\"\n\x04kind\x18\x04 \x01(\x0e\x32\x14.ccmsec.v1.ResetKind\x12\x0c\n\x04rule\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x12\n\nrequest_id\x18\x07 \x01(\t\"K\n\x0eServiceRestart\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\r\n\x05nodes\x18\x02 \x03(\t\x12\x0c\n\x04rule\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"@\n\nCtlUpdated\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x11\n\ttftp_path\x18\x03 \x01(\t\";\n\rConfigChanged\x12\x0f\n\x07\x64\x65vices\x18\x01 \x03(\t\x12\x0b\n\x03\x61ll\x18\x02 \x01(\x08\x12\x0c\n\x04what\x18\x03 \x01(\t\"u\n\x13SecurityModeChanged\x12,\n\x04mode\x18\x01 \x01(\x0e\x32\x1e.ccmsec.v1.ClusterSecurityMode\x12\x30\n\x08previous\x18\x02 \x01(\x0e\x32\x1e.ccmsec.v1.ClusterSecurityMode\"\x80\x01\n\x0c\x41\x63\x63\x65ssDenied\x12\x13\n\x0b\x63\x61ller_role\x18\x01 \x01(\t\x12\x13\n\x0b\x63\x61ller_node\x18\x02 \x01(\t\x12\x0e\n\x06method\x18\x03 \x01(\t\x12\x12\n\nrefused_by\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x12\n\nsuppressed\x18\x06 \x01(\r\"\x95\x03\n\x05\x45vent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x18\n\x10occurred_unix_ms\x18\x03 \x01(\x03\x12\x0e\n\x06origin\x18\x04 \x01(\t\x12.\n\x0c\x64\x65vice_reset\x18\n \x01(\x0b\x32\x16.ccmsec.v1.DeviceResetH\x00\x12\x34\n\x0fservice_restart\x18\x0b \x01(\x0b\x32\x19.ccmsec.v1.ServiceRestartH\x00\x12,\n\x0b\x63tl_updated\x18\x0c \x01(\x0b\x32\x15.ccmsec.v1.CtlUpdatedH\x00\x12\x32\n\x0e\x63onfig_changed\x18\r \x01(\x0b\x32\x18.ccmsec.v1.ConfigChangedH\x00\x12\x36\n\x0cmode_changed\x18\x0e \x01(\x0b\x32\x1e.ccmsec.v1.SecurityModeChangedH\x00\x12\x0e\n\x04text\x18\x0f \x01(\tH\x00\x12\x30\n\raccess_denied\x18\x10 \x01(\x0b\x32\x17.ccmsec.v1.AccessDeniedH\x00\x42\x06\n\x04\x62ody*?\n\tResetKind\x12\x1a\n\x16RESET_KIND_UNSPECIFIED\x10\x00\x12\t\n\x05RESET\x10\x01\x12\x0b\n\x07RESTART\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63\x63msec_proto/events.proto\x12\tccmsec.v1\x1a\x19\x63\x63msec_proto/common.proto\"\x91\x01\n\x0b\x44\x65viceReset\x12\x0f\n\x07\x64\x65vices\x18\x01 \x03(\t\x12\x0b\n\x03\x61ll\x18\x02 \x01(\x08\x12\x0e\n\x06server\x18\x03 \x01(\t\x12\"\n\x04kind\x18\x04 \x01(\x0e\x32\x14.ccmsec.v1.ResetKind\x12\x0c\n\x04rule\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x12\n\nrequest_id\x18\x07 \x01(\t\"K\n\x0eServiceRestart\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\r\n\x05nodes\x18\x02 \x03(\t\x12\x0c\n\x04rule\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"O\n\nCtlUpdated\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x11\n\ttftp_path\x18\x03 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\";\n\rConfigChanged\x12\x0f\n\x07\x64\x65vices\x18\x01 \x03(\t\x12\x0b\n\x03\x61ll\x18\x02 \x01(\x08\x12\x0c\n\x04what\x18\x03 \x01(\t\"\x92\x01\n\x13SecurityModeChanged\x12,\n\x04mode\x18\x01 \x01(\x0e\x32\x1e.ccmsec.v1.ClusterSecurityMode\x12\x30\n\x08previous\x18\x02 \x01(\x0e\x32\x1e.ccmsec.v1.ClusterSecurityMode\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x0c\n\x04rule\x18\x04 \x01(\t\"\x80\x01\n\x0c\x41\x63\x63\x65ssDenied\x12\x13\n\x0b\x63\x61ller_role\x18\x01 \x01(\t\x12\x13\n\x0b\x63\x61ller_node\x18\x02 \x01(\t\x12\x0e\n\x06method\x18\x03 \x01(\t\x12\x12\n\nrefused_by\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x12\n\nsuppressed\x18\x06 \x01(\r\"\x95\x03\n\x05\x45vent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x18\n\x10occurred_unix_ms\x18\x03 \x01(\x03\x12\x0e\n\x06origin\x18\x04 \x01(\t\x12.\n\x0c\x64\x65vice_reset\x18\n \x01(\x0b\x32\x16.ccmsec.v1.DeviceResetH\x00\x12\x34\n\x0fservice_restart\x18\x0b \x01(\x0b\x32\x19.ccmsec.v1.ServiceRestartH\x00\x12,\n\x0b\x63tl_updated\x18\x0c \x01(\x0b\x32\x15.ccmsec.v1.CtlUpdatedH\x00\x12\x32\n\x0e\x63onfig_changed\x18\r \x01(\x0b\x32\x18.ccmsec.v1.ConfigChangedH\x00\x12\x36\n\x0cmode_changed\x18\x0e \x01(\x0b\x32\x1e.ccmsec.v1.SecurityModeChangedH\x00\x12\x0e\n\x04text\x18\x0f \x01(\tH\x00\x12\x30\n\raccess_denied\x18\x10 \x01(\x0b\x32\x17.ccmsec.v1.AccessDeniedH\x00\x42\x06\n\x04\x62ody*?\n\tResetKind\x12\x1a\n\x16RESET_KIND_UNSPECIFIED\x10\x00\x12\t\n\x05RESET\x10\x01\x12\x0b\n\x07RESTART\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ccmsec_proto.events_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RESETKIND']._serialized_start=1077
-  _globals['_RESETKIND']._serialized_end=1140
+  _globals['_RESETKIND']._serialized_start=1122
+  _globals['_RESETKIND']._serialized_end=1185
   _globals['_DEVICERESET']._serialized_start=68
   _globals['_DEVICERESET']._serialized_end=213
   _globals['_SERVICERESTART']._serialized_start=215
   _globals['_SERVICERESTART']._serialized_end=290
   _globals['_CTLUPDATED']._serialized_start=292
-  _globals['_CTLUPDATED']._serialized_end=356
-  _globals['_CONFIGCHANGED']._serialized_start=358
-  _globals['_CONFIGCHANGED']._serialized_end=417
-  _globals['_SECURITYMODECHANGED']._serialized_start=419
-  _globals['_SECURITYMODECHANGED']._serialized_end=536
-  _globals['_ACCESSDENIED']._serialized_start=539
-  _globals['_ACCESSDENIED']._serialized_end=667
-  _globals['_EVENT']._serialized_start=670
-  _globals['_EVENT']._serialized_end=1075
+  _globals['_CTLUPDATED']._serialized_end=371
+  _globals['_CONFIGCHANGED']._serialized_start=373
+  _globals['_CONFIGCHANGED']._serialized_end=432
+  _globals['_SECURITYMODECHANGED']._serialized_start=435
+  _globals['_SECURITYMODECHANGED']._serialized_end=581
+  _globals['_ACCESSDENIED']._serialized_start=584
+  _globals['_ACCESSDENIED']._serialized_end=712
+  _globals['_EVENT']._serialized_start=715
+  _globals['_EVENT']._serialized_end=1120
 # @@protoc_insertion_point(module_scope)

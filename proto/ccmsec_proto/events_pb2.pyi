@@ -48,14 +48,16 @@ class ServiceRestart(_message.Message):
     def __init__(self, role: _Optional[str] = ..., nodes: _Optional[_Iterable[str]] = ..., rule: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class CtlUpdated(_message.Message):
-    __slots__ = ("sha256", "version", "tftp_path")
+    __slots__ = ("sha256", "version", "tftp_path", "actor")
     SHA256_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     TFTP_PATH_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
     sha256: str
     version: int
     tftp_path: str
-    def __init__(self, sha256: _Optional[str] = ..., version: _Optional[int] = ..., tftp_path: _Optional[str] = ...) -> None: ...
+    actor: str
+    def __init__(self, sha256: _Optional[str] = ..., version: _Optional[int] = ..., tftp_path: _Optional[str] = ..., actor: _Optional[str] = ...) -> None: ...
 
 class ConfigChanged(_message.Message):
     __slots__ = ("devices", "all", "what")
@@ -68,12 +70,16 @@ class ConfigChanged(_message.Message):
     def __init__(self, devices: _Optional[_Iterable[str]] = ..., all: _Optional[bool] = ..., what: _Optional[str] = ...) -> None: ...
 
 class SecurityModeChanged(_message.Message):
-    __slots__ = ("mode", "previous")
+    __slots__ = ("mode", "previous", "actor", "rule")
     MODE_FIELD_NUMBER: _ClassVar[int]
     PREVIOUS_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
     mode: _common_pb2.ClusterSecurityMode
     previous: _common_pb2.ClusterSecurityMode
-    def __init__(self, mode: _Optional[_Union[_common_pb2.ClusterSecurityMode, str]] = ..., previous: _Optional[_Union[_common_pb2.ClusterSecurityMode, str]] = ...) -> None: ...
+    actor: str
+    rule: str
+    def __init__(self, mode: _Optional[_Union[_common_pb2.ClusterSecurityMode, str]] = ..., previous: _Optional[_Union[_common_pb2.ClusterSecurityMode, str]] = ..., actor: _Optional[str] = ..., rule: _Optional[str] = ...) -> None: ...
 
 class AccessDenied(_message.Message):
     __slots__ = ("caller_role", "caller_node", "method", "refused_by", "reason", "suppressed")

@@ -17,8 +17,8 @@ from ccmsec.pki import ca as ca_mod
 from ccmsec.runtime.grpcio import secure_channel
 from ccmsec.runtime.identity import client_identity, load_identity
 from ccmsec_proto import (
-    callmanager_pb2, callmanager_pb2_grpc, capf_pb2, capf_pb2_grpc, common_pb2, keymanager_pb2,
-    keymanager_pb2_grpc,
+    callmanager_pb2_grpc, capf_pb2, capf_pb2_grpc, common_pb2, ctl_provider_pb2, ctl_provider_pb2_grpc,
+    keymanager_pb2, keymanager_pb2_grpc,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
@@ -102,23 +102,24 @@ async def test_phone_sim_certificate_cannot_install_a_third_party_ca_but_the_adm
 
 
 async def test_gateway_certificate_cannot_change_the_cluster_mode(cluster):
-    """Issue 9 §2: mode changes only from the administration path and ctl-provider."""
+    """Issue 9 §2, §5: the mode is ctl-provider's, changed only from the administration path; the
+    old door on call control is gone."""
     data = cluster["data"]
-    method = "/ccmsec.v1.CallManager/SetClusterMode"
+    method = "/ccmsec.v1.CtlProvider/SetSecurityMode"
     admin = client_identity(data)
     async with _channel(cluster, admin, "callmanager") as ch:
         mode_before = (await callmanager_pb2_grpc.CallManagerStub(ch).GetClusterMode(common_pb2.Empty(), timeout=10)).mode
-    async with _channel(cluster, _identity(data, "srtp-gateway"), "callmanager") as ch:
+    async with _channel(cluster, _identity(data, "srtp-gateway"), "ctl-provider") as ch:
         with pytest.raises(grpc.aio.AioRpcError) as refused:
-            await callmanager_pb2_grpc.CallManagerStub(ch).SetClusterMode(
-                callmanager_pb2.SetClusterModeRequest(mode=common_pb2.CLUSTER_NON_SECURE), timeout=10)
+            await ctl_provider_pb2_grpc.CtlProviderStub(ch).SetSecurityMode(
+                ctl_provider_pb2.SecurityModeRequest(mode=common_pb2.CLUSTER_NON_SECURE), timeout=10)
     assert refused.value.code() is grpc.StatusCode.PERMISSION_DENIED
     assert "srtp-gateway/srtp-gateway" in refused.value.details()
     async with _channel(cluster, admin, "callmanager") as ch:
         mode_after = (await callmanager_pb2_grpc.CallManagerStub(ch).GetClusterMode(common_pb2.Empty(), timeout=10)).mode
     assert mode_after == mode_before
     _audited(data, "srtp-gateway/srtp-gateway", method)
-    _logged(data, "callmanager", f"refused {method} for srtp-gateway/srtp-gateway")
+    _logged(data, "ctl-provider", f"refused {method} for srtp-gateway/srtp-gateway")
 
 
 async def test_services_hold_only_their_own_key(cluster):

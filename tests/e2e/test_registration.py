@@ -23,7 +23,7 @@ from ccmsec.runtime.grpcio import secure_channel
 from ccmsec.runtime.identity import client_identity
 from ccmsec.wire import sccp as s
 from ccmsec_proto import callmanager_pb2 as pb
-from ccmsec_proto import callmanager_pb2_grpc, common_pb2, events_pb2
+from ccmsec_proto import callmanager_pb2_grpc, common_pb2, ctl_provider_pb2, ctl_provider_pb2_grpc, events_pb2
 from cryptography import x509
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
@@ -109,8 +109,11 @@ def test_mixed_mode_rst3_then_tls_registration_and_refusals(cluster):
     host = svc["host"]
 
     async def set_mode(mode):
-        return await _stub_call(cluster, lambda st: st.SetClusterMode(
-            pb.SetClusterModeRequest(mode=mode), timeout=10))
+        # The cluster mode's owner is ctl-provider (issue 9 §5): changed there, RST-3 emitted there.
+        ctl = cluster["endpoints"]["services"]["ctl-provider"]
+        async with secure_channel(client_identity(data), ctl["host"], ctl["grpc_port"], "ctl-provider") as ch:
+            return await ctl_provider_pb2_grpc.CtlProviderStub(ch).SetSecurityMode(
+                ctl_provider_pb2.SecurityModeRequest(mode=mode), timeout=10)
 
     async def scenario():
         engine = create_engine(f"sqlite:///{data / 'ccmsec.db'}")

@@ -1,6 +1,7 @@
 """The callmanager service in process: real NATS, real SQLite (migrated), real TCP/TLS on
 loopback, phones driven with `connect_phone`. Registration decisions per rule, the registry,
-resets with progress, cluster mode changes and their events, lines and pools, bad input."""
+resets with progress, the cluster mode (ctl-provider's: read here, its changes audited here), lines
+and pools through the one write path (audited), bad input."""
 
 from __future__ import annotations
 
@@ -12,8 +13,12 @@ import grpc
 import pytest
 from sqlalchemy import select
 
-from ccmsec.aio.sccp import ConnectionDropped, SccpConnectError, SccpRegistrationRejected, connect_phone
+from ccmsec.aio.sccp import SccpConnectError, SccpRegistrationRejected, connect_phone
+from ccmsec.db.admin import AuditEntry
 from ccmsec.db.devices import SETTING_CTL_VERSION, SETTING_SECURITY_MODE, Device, set_setting
+from ccmsec.db.lines import DevicePool, Line
+from ccmsec.db.ownership import CrossOwnerWrite
+from ccmsec.runtime.bus import EventBus, make_event
 from ccmsec.db.registry import Registration
 from ccmsec.pki import ca, tls
 from ccmsec.pki.ca import Issued, fingerprint_sha256, load_pair
@@ -22,7 +27,6 @@ from ccmsec.pki.servercert import CERT_FILE
 from ccmsec.pki.tokens import ensure_manufacturer_ca, issue_mic
 from ccmsec.runtime.grpcio import secure_channel
 from ccmsec.runtime.identity import client_identity
-from ccmsec.runtime.service import RESTART_EXIT_CODE
 from ccmsec.runtime.settings import load_settings
 from ccmsec.wire import sccp as s
 from ccmsec.runtime.actions import publish_actions
@@ -32,6 +36,7 @@ from ccmsec.policy.resets import DeviceSecurityModeChanged, HardeningChanged, re
 from ccmsec_proto import callmanager_pb2 as pb
 from ccmsec_proto import callmanager_pb2_grpc, common_pb2, events_pb2
 from tests.conftest import free_port
+from tests.ownerdb import owner_db
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -61,7 +66,8 @@ class Cm:
             session.add(Device(name=name, model=model, security_mode=mode, device_pool=pool))
 
     async def set_mode(self, mode, ctl=True):
-        async with self.svc.db() as session, session.begin():
+        # The cluster mode is ctl-provider's table: written as ctl-provider (the owner) would.
+        async with owner_db(self.svc.settings.db_url, "ctl-provider") as db, db() as session, session.begin():
             if ctl:
                 await set_setting(session, SETTING_CTL_VERSION, "1")
             await set_setting(session, SETTING_SECURITY_MODE, mode)
@@ -456,37 +462,45 @@ async def test_rst1_rst2_admin_changes_reset_exactly_that_device(cm, nats_server
     await b.close()
 
 
-async def test_rst3_mode_change_refused_without_ctl_then_resets_all_and_restarts(cm, nats_server):
+async def test_cluster_mode_is_ctl_providers_callmanager_only_reads_and_audits_it(cm, nats_server):
+    """Issue 9 §5: the cluster mode has one owner, ctl-provider. Call control has no door to change
+    it any more (the RPC is gone: UNIMPLEMENTED), cannot write it (its database writes are guarded:
+    refused, nothing written), reads it (MODE-4 decisions) and records ctl-provider's change in the
+    audit log it owns, with who asked (RST-3 events themselves: tests/integration/
+    test_ctl_provider_service.py)."""
+    set_mode = cm.channel.unary_unary("/ccmsec.v1.CallManager/SetClusterMode",
+                                      request_serializer=lambda m: m.SerializeToString(),
+                                      response_deserializer=pb.ClusterModeReply.FromString)
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await cm.stub.SetClusterMode(pb.SetClusterModeRequest(mode=common_pb2.CLUSTER_MIXED), timeout=5)
-    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "MODE-3" in err.value.details()
-    same = await cm.stub.SetClusterMode(pb.SetClusterModeRequest(mode=common_pb2.CLUSTER_NON_SECURE), timeout=5)
-    assert same.mode == common_pb2.CLUSTER_NON_SECURE  # no change: no event
-    phone = await cm.registered("SEP0000000E0050")
-    async with cm.svc.db() as session, session.begin():
-        await set_setting(session, SETTING_CTL_VERSION, "1")
-    async with BusRecorder(nats_server) as rec:
-        reply = await cm.stub.SetClusterMode(pb.SetClusterModeRequest(mode=common_pb2.CLUSTER_MIXED), timeout=5)
-        assert reply.mode == common_pb2.CLUSTER_MIXED and reply.ctl_present
-        ev = await phone.next_event((s.ResetRequested, ConnectionDropped), timeout=5)
-        code = await asyncio.wait_for(cm.task, 10)  # the service restarts itself (exit 75)
-        await asyncio.sleep(0.2)
-    assert code == RESTART_EXIT_CODE
-    assert isinstance(ev, (s.ResetRequested, ConnectionDropped))
-    assert rec.resets_and_restarts() == [("device.reset", "RST-3", True, (), "", events_pb2.RESET),
-                                         ("service.restart", "RST-3", "callmanager")]
-    assert [e.kind for e in rec.events if e.kind == "mode.changed"] == ["mode.changed"]
-    await phone.close()
-    # MODE-2: the mode survives the restart.
-    svc, task = await _start(cm.svc.settings)
+        await set_mode(pb.ClusterModeReply(mode=common_pb2.CLUSTER_MIXED), timeout=5)
+    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    with pytest.raises(CrossOwnerWrite, match="callmanager may not write table 'cluster_settings'.*ctl-provider"):
+        async with cm.svc.db() as session, session.begin():
+            await set_setting(session, SETTING_SECURITY_MODE, "mixed")
+    assert (await cm.stub.GetClusterMode(common_pb2.Empty(), timeout=5)).mode == common_pb2.CLUSTER_NON_SECURE
+    await cm.set_mode("mixed")  # as ctl-provider stores it
+    reply = await cm.stub.GetClusterMode(common_pb2.Empty(), timeout=5)
+    assert reply.mode == common_pb2.CLUSTER_MIXED and reply.ctl_present
+    assert await cm.cc.cluster_mode() == "mixed"
+    bus = EventBus(nats_server, "test-ctl-provider")
+    await bus.connect()
     try:
-        assert await svc.callcontrol.cluster_mode() == "mixed"
+        await bus.publish(make_event("mode.changed", "ctl-provider", mode_changed=events_pb2.SecurityModeChanged(
+            mode=common_pb2.CLUSTER_MIXED, previous=common_pb2.CLUSTER_NON_SECURE, actor="cli/cli",
+            rule="MODE-2")))
     finally:
-        svc.request_stop()
-        await asyncio.wait_for(task, 10)
-        cm.task = asyncio.get_running_loop().create_future()
-        cm.task.set_result(0)
-        cm.svc = svc
+        await bus.close()
+
+    async def audited():
+        async with cm.svc.db() as session:
+            return (await session.scalars(select(AuditEntry).where(AuditEntry.action == "cluster.mode"))).all()
+
+    deadline = asyncio.get_running_loop().time() + 10
+    while not (rows := await audited()):
+        assert asyncio.get_running_loop().time() < deadline, "mode change never audited"
+        await asyncio.sleep(0.05)
+    assert [(r.actor, r.rule, r.outcome) for r in rows] == [("cli/cli", "MODE-2", "ok")]
+    assert "'non-secure' -> 'mixed'" in rows[0].detail and "ctl-provider" in rows[0].detail
 
 
 # -- lines and pools -----------------------------------------------------------------------------
@@ -517,10 +531,27 @@ async def test_lines_and_device_pools(cm, nats_server):
         (cm.stub.AddDevicePool, pb.DevicePool(name="X", cm_group=["a", "b", "c", "d"]), grpc.StatusCode.INVALID_ARGUMENT),
         (cm.stub.SetDevicePool, pb.SetDevicePoolRequest(device="SEP0000000F0001", pool="nope"), grpc.StatusCode.NOT_FOUND),
     ]
+    async def audit_rows():
+        async with cm.svc.db() as session:
+            return [(r.actor, r.action, r.target, r.outcome, r.detail) for r in (await session.scalars(
+                select(AuditEntry).order_by(AuditEntry.id))).all()]
+
+    # Issue 9 §5: every gRPC write is audited like the API's (same actions), naming the caller.
+    assert await audit_rows() == [
+        ("cli/cli", "pool.create", "HQ", "ok", "cm_group=ccm1,ccm2 srst='branch-gw' (via grpc)"),
+        ("cli/cli", "device.set_pool", "SEP0000000F0001", "ok", "device_pool: None -> 'HQ' (via grpc)"),
+        ("cli/cli", "line.create", "SEP0000000F0001", "ok", "dn=2001 line 1 (via grpc)"),
+        ("cli/cli", "line.create", "SEP0000000F0001", "ok", "dn=2002 line 2 (via grpc)")]
+    before = await audit_rows()
     for call, req, code in bad:
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await call(req, timeout=5)
         assert err.value.code() == code, (req, err.value.details())
+    # Refused: nothing written, nothing audited as done.
+    assert await audit_rows() == before
+    async with cm.svc.db() as session:
+        assert len((await session.scalars(select(Line))).all()) == 2
+        assert [p.name for p in (await session.scalars(select(DevicePool))).all()] == ["HQ"]
 
 
 # -- bad input -------------------------------------------------------------------------------------

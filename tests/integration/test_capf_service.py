@@ -27,6 +27,7 @@ from ccmsec_capf.certcopy import SERVER_ROLES, capf_cer_path
 from ccmsec_capf.main import CapfService
 from ccmsec_proto import capf_pb2, capf_pb2_grpc, common_pb2, ctl_provider_pb2, events_pb2
 from tests.conftest import free_port
+from tests.ownerdb import owner_db
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -36,7 +37,8 @@ class Harness:
         self.svc, self.task, self.data, self.stub, self.channel, self.events = svc, task, data, stub, channel, events
 
     async def add_device(self, name: str, model: str = "7960", security_mode: str = "non-secure") -> None:
-        async with self.svc.db() as s, s.begin():
+        # Devices are callmanager's (issue 9 §5): added as callmanager would.
+        async with owner_db(self.svc.settings.db_url, "callmanager") as db, db() as s, s.begin():
             s.add(Device(name=name, model=model, security_mode=security_mode))
 
     async def enroll(self, phone: PhoneCredentials) -> CapfPhoneSession:

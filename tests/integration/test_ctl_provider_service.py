@@ -88,7 +88,6 @@ async def _start(data: Path, nats_url: str, host: str, port: int, grpc_port: int
                              peers={r: peer_host for r in ("callmanager", "tftp-signer", "capf")}, **extra)
     service_identity(data, "ctl-provider", "ctl-provider", host)  # issued before start, as the runner does
     svc = CtlProviderService(settings)
-    svc.trust.mode_rpc_attempts = 1
     task = asyncio.create_task(svc.run())
     channel = secure_channel(client_identity(data), host, grpc_port, "ctl-provider")
     stub = ctl_provider_pb2_grpc.CtlProviderStub(channel)
@@ -339,9 +338,11 @@ async def test_ctl2_commit_refuses_a_signer_outside_the_current_ctl(provider, to
     assert "CTL-2" not in later.value.details() and "tftp-signer" in later.value.details()
 
 
-async def test_rst3_mode_switch_without_call_control_rpc_emits_exactly_the_rst3_events(provider, tokens):
-    """RST-3 (fallback path: callmanager not reachable): the mode is stored and mode.changed, a
-    reset of every device and a callmanager restart are published — nothing else."""
+async def test_rst3_mode_switch_by_its_owner_emits_exactly_the_rst3_events(provider, tokens):
+    """RST-3: ctl-provider, the only owner of the cluster mode (issue 9 §5), stores it itself —
+    callmanager is not even reachable here — and publishes mode.changed (naming who changed it,
+    for the audit log callmanager keeps), a reset of every device and a callmanager restart —
+    nothing else."""
     ctl = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t2"])
     async with provider.svc.db() as session, session.begin():
         await record_ctl(session, content=ctl, sha256="0" * 64, signer="t1", signer_serial="01",
@@ -354,6 +355,7 @@ async def test_rst3_mode_switch_without_call_control_rpc_emits_exactly_the_rst3_
         ("ccmsec.ctl-provider.mode.changed", ""), ("ccmsec.ctl-provider.device.reset", "RST-3"),
         ("ccmsec.ctl-provider.service.restart.callmanager", "RST-3")]
     assert events[1][1].device_reset.all
+    assert events[0][1].mode_changed.actor == "cli/cli" and events[0][1].mode_changed.rule == "MODE-2"
     assert (await provider.stub.GetSecurityMode(common_pb2.Empty())).mode == common_pb2.CLUSTER_MIXED
     mark = len(provider.events)
     again = await provider.stub.SetSecurityMode(ctl_provider_pb2.SecurityModeRequest(mode=common_pb2.CLUSTER_MIXED))
@@ -382,8 +384,11 @@ class _SlowTftpSigner(tftp_signer_pb2_grpc.TftpSignerServicer):
 
     def __init__(self):
         self.published: list[bytes] = []
+        self.unimplemented = False  # answer PublishFile as a tftp-signer without it would
 
     async def PublishFile(self, request, context):  # noqa: N802
+        if self.unimplemented:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not implemented!")
         await asyncio.sleep(0.3)
         self.published.append(request.content)
         return tftp_signer_pb2.PublishFileReply(path=f"/tftp/{request.cluster_path}/{request.name}",
@@ -458,3 +463,22 @@ async def test_metrics_ctl_version_mixed_mode_and_token_expiry(provider, tokens)
     assert gauge("ccmsec_certificate_expiry_timestamp_seconds", kind="token", name="opsmetric") == \
         token.certificate.not_valid_after_utc.timestamp()
     assert gauge("ccmsec_certificate_expiry_timestamp_seconds", kind="identity", name="ctl-provider") > time.time()
+
+
+async def test_commit_never_writes_into_the_tftp_signers_folder(provider_with_signer, tokens):
+    """Issue 9 §5: the signed files are tftp-signer's. A tftp-signer without PublishFile used to
+    make ctl-provider write DATA/tftp/<path>/CTLFile.tlv itself; now the commit is refused with the
+    signer's answer, nothing is recorded and nothing appears in tftp-signer's folder."""
+    provider, signer = provider_with_signer
+    signer.unimplemented = True
+    ctl = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t2"])
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await provider.stub.CommitCtl(ctl_provider_pb2.CommitCtlRequest(ctl=ctl))
+    assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert "tftp-signer did not publish CTLFile.tlv" in refused.value.details()
+    assert not (await provider.stub.GetCurrentCtl(common_pb2.Empty())).present
+    tftp = provider.data / "tftp"
+    assert not tftp.exists() or not any(tftp.rglob("*"))
+    signer.unimplemented = False
+    assert (await provider.stub.CommitCtl(ctl_provider_pb2.CommitCtlRequest(ctl=ctl))).version == 1
+    assert signer.published == [ctl]

@@ -15,7 +15,9 @@ import pytest
 import pytest_asyncio
 
 from ccmsec.aio.media import MediaEndpoint
-from ccmsec.db.devices import SETTING_CTL_VERSION, set_setting
+from ccmsec.db.devices import SETTING_CTL_VERSION, SETTING_SECURITY_MODE, cluster_security_mode, set_setting
+from ccmsec.domain import ClusterMode
+from ccmsec.runtime.bus import EventBus, make_event
 from ccmsec.formats.sdp import audio_session, parse_sdp
 from ccmsec.media import tones
 from ccmsec.media.keys import to_proto
@@ -24,11 +26,12 @@ from ccmsec.media.stream import MediaStream
 from ccmsec.runtime.grpcio import secure_channel
 from ccmsec.runtime.identity import client_identity, service_identity
 from ccmsec.runtime.settings import load_settings
-from ccmsec_proto import callmanager_pb2, callmanager_pb2_grpc, common_pb2
+from ccmsec_proto import callmanager_pb2_grpc, common_pb2, events_pb2
 from ccmsec_proto import srtp_gateway_pb2 as pb
 from ccmsec_proto import srtp_gateway_pb2_grpc
 from ccmsec_srtp_gateway.main import GatewaySettings, SrtpGatewayService
 from tests.conftest import free_port
+from tests.ownerdb import owner_db
 from tests.integration.test_callmanager_service import _start, pki_template, wait_for  # noqa: F401
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.asyncio(loop_scope="module")]
@@ -47,16 +50,25 @@ class Cluster:
         self.cm = callmanager_pb2_grpc.CallManagerStub(self.cm_channel)
 
     async def set_mode(self, mode):
-        """Through call control, once: a real change makes call control restart itself (RST-3),
-        and the in-process call manager then stays down — the gateway has learnt the mode."""
+        """As the mode's owner, ctl-provider, changes it (issue 9 §5): stored in its table, then
+        `mode.changed`, which the gateway follows (the RST-3 resets are not sent here)."""
         known = self.gw_svc.cluster_mode.mode
         if known == mode or (known is None and mode == common_pb2.CLUSTER_NON_SECURE):
             return
-        await self.cm.SetClusterMode(callmanager_pb2.SetClusterModeRequest(mode=mode))
+        async with owner_db(self.cm_svc.settings.db_url, "ctl-provider") as db, db() as session, session.begin():
+            previous = await cluster_security_mode(session)
+            await set_setting(session, SETTING_SECURITY_MODE, ClusterMode.from_proto(mode).value)
+        bus = EventBus(self.cm_svc.settings.nats_url, "test-ctl-provider")
+        await bus.connect()
+        try:
+            await bus.publish(make_event("mode.changed", "ctl-provider", mode_changed=events_pb2.SecurityModeChanged(
+                mode=mode, previous=previous.to_proto(), actor="cli/cli", rule="MODE-2")))
+        finally:
+            await bus.close()
         await wait_for(lambda: self.gw_svc.cluster_mode.mode == mode, 10)
 
     async def mixed(self):
-        async with self.cm_svc.db() as session, session.begin():
+        async with owner_db(self.cm_svc.settings.db_url, "ctl-provider") as db, db() as session, session.begin():
             await set_setting(session, SETTING_CTL_VERSION, "1")
         await self.set_mode(common_pb2.CLUSTER_MIXED)
 

@@ -60,7 +60,8 @@ def test_the_rules_of_issue_9():
     assert p["/ccmsec.v1.KeyManager/GenerateCallKeys"] == {"callmanager"}
     for ca_change in ("SetThirdPartyCa", "ImportCertificates", "ExportCsrs"):
         assert p[f"/ccmsec.v1.Capf/{ca_change}"] == {"cli", "admin-api"}
-    assert p["/ccmsec.v1.CallManager/SetClusterMode"] == {"cli", "admin-api", "ctl-provider"}
+    # The cluster mode has one owner (issue 9 §5): changed only at ctl-provider, by the admin path.
+    assert not any(m.startswith("/ccmsec.v1.CallManager/Set") and "Mode" in m for m in p)
     assert p["/ccmsec.v1.CtlProvider/SetSecurityMode"] == {"cli", "admin-api"}
     assert p["/ccmsec.v1.CtlProvider/CommitCtl"] == {"cli", "admin-api"}
     for role in ("phone-sim", "srtp-gateway"):

@@ -36,7 +36,8 @@ class AdminMount:
             capf_channel=lambda: self.service.peer_channel("capf", identity=identity),  # cached
             reset_tracker=callcontrol.registry if callcontrol is not None else None,
             call_service=lambda: getattr(getattr(self.service, "callcontrol", None), "calls", None),
-            node=self.service.node)
+            node=self.service.node,
+            domain=self.service.domain)  # the one write path gRPC uses too
         # Listening before the service reports SERVING, so `ccmsec device …` works right after `up`.
         self.server = AdminServer(app, s.host, s.admin_port, certfile, keyfile, graceful_timeout=3.0)
         await self.server.start()

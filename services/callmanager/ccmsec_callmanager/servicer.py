@@ -1,4 +1,6 @@
-"""gRPC `ccmsec.v1.CallManager`: registry, resets with progress, cluster mode, lines, pools."""
+"""gRPC `ccmsec.v1.CallManager`: registry, resets with progress, the cluster mode (reported; its
+owner is ctl-provider), lines, pools. Every write goes through the domain layer (`domain.py`), so it
+is validated, audited and announced as the administration API's are."""
 
 from __future__ import annotations
 
@@ -6,37 +8,19 @@ import logging
 import uuid
 
 import grpc
-from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import select
 
 from ccmsec.db import registry as registry_db
-from ccmsec.db.devices import (
-    SETTING_SECURITY_MODE,
-    Device,
-    InvalidDeviceName,
-    cluster_security_mode,
-    ctl_exists,
-    set_setting,
-    validate_device_name,
-)
-from ccmsec.db.lines import (
-    MAX_LINES_PER_DEVICE,
-    DevicePool,
-    InvalidLineOrPool,
-    Line,
-    lines_of,
-    validate_cm_group,
-    validate_dn,
-    validate_pool_name,
-)
-from ccmsec.domain import ClusterMode, DeviceSecurityMode, DomainError
-from ccmsec.policy.resets import ClusterModeChanged, ResetDevicesOnServer, required_actions
-from ccmsec.runtime.servicer import StatusServicerMixin, abort
+from ccmsec.db.devices import InvalidDeviceName, cluster_security_mode, ctl_exists, validate_device_name
+from ccmsec.db.lines import DevicePool, lines_of
+from ccmsec.domain import ClusterMode, DeviceSecurityMode
+from ccmsec.policy.resets import ResetDevicesOnServer, required_actions
+from ccmsec.runtime.servicer import StatusServicerMixin, abort, caller_of
 from ccmsec_proto import callmanager_pb2 as pb
 from ccmsec_proto import callmanager_pb2_grpc, events_pb2
 
-from ccmsec.runtime.actions import publish_actions
 from .calls_api import CallsServicerMixin
+from .domain import Actor, OwnerRefused
 from .mobility import MobilityServicerMixin
 from .registry import RegistrationEntry
 
@@ -139,72 +123,31 @@ class CallManagerServicer(CallsServicerMixin, MobilityServicerMixin, StatusServi
             reset_sent=len(progress.sent), back=len(progress.back & progress.targeted),
             not_back=progress.not_back, complete=progress.complete)
 
-    # cluster mode ----------------------------------------------------------------------------
-    async def _mode_reply(self) -> pb.ClusterModeReply:
+    # cluster mode (ctl-provider's; reported here, changed there) ------------------------------
+    async def GetClusterMode(self, request, context):  # noqa: N802
         async with self.service.db() as session:
             mode = await cluster_security_mode(session)
             has_ctl = await ctl_exists(session)
         return pb.ClusterModeReply(mode=ClusterMode.parse(mode).to_proto(), ctl_present=has_ctl)
 
-    async def GetClusterMode(self, request, context):  # noqa: N802
-        return await self._mode_reply()
-
-    async def SetClusterMode(self, request, context):  # noqa: N802
-        try:
-            wanted = ClusterMode.from_proto(request.mode)
-        except DomainError as exc:
-            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        async with self.service.db() as session, session.begin():
-            current = await cluster_security_mode(session)
-            if wanted is ClusterMode.MIXED and not await ctl_exists(session):
-                await abort(context, grpc.StatusCode.FAILED_PRECONDITION,
-                            "MODE-3: no CTL exists; the CTL client sets mixed mode after it has "
-                            "written the CTL")
-            if wanted == current:
-                changed = False
-            else:
-                await set_setting(session, SETTING_SECURITY_MODE, wanted.value)  # MODE-2: persisted
-                changed = True
-        if changed:
-            self.cc.forget_cluster_mode()
-            log.warning("cluster security mode changed", extra={"from": current, "to": wanted})
-            await self.service.publish("mode.changed", None, mode_changed=events_pb2.SecurityModeChanged(
-                mode=wanted.to_proto(), previous=current.to_proto()))
-            await publish_actions(self.service.publish, required_actions(ClusterModeChanged()),
-                                  reason=f"cluster security mode {current} -> {wanted}")
-        return await self._mode_reply()
-
     # lines ------------------------------------------------------------------------------------
-    async def AddLine(self, request, context):  # noqa: N802
+    def _actor(self, context) -> Actor:
+        return Actor(name=caller_of(self.service, context), door="grpc",
+                     remote=(context.peer() or "")[:64] or None)
+
+    async def _owner(self, context, change):
+        """The domain layer's answer, its refusals as gRPC status codes."""
         try:
-            dn, device = validate_dn(request.dn), validate_device_name(request.device)
-        except (InvalidLineOrPool, InvalidDeviceName) as exc:
-            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        if not 0 <= request.line_index <= MAX_LINES_PER_DEVICE:
-            await abort(context, grpc.StatusCode.INVALID_ARGUMENT,
-                        f"line index must be 1..{MAX_LINES_PER_DEVICE} (0: next free)")
-        if len(request.label) > 40:
-            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "label longer than 40 characters")
-        async with self.service.db() as session:
-            if await session.scalar(select(Device.id).where(Device.name == device)) is None:
-                await abort(context, grpc.StatusCode.NOT_FOUND, f"no device named {device}")
-            index = request.line_index
-            if index == 0:
-                index = 1 + (await session.scalar(
-                    select(func.coalesce(func.max(Line.line_index), 0)).where(Line.device == device)))
-            if index > MAX_LINES_PER_DEVICE:
-                await abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                            f"{device} has no free line button (max {MAX_LINES_PER_DEVICE})")
-            line = Line(dn=dn, device=device, line_index=index, label=request.label)
-            session.add(line)
-            try:
-                await session.commit()
-            except IntegrityError:
-                await abort(context, grpc.StatusCode.ALREADY_EXISTS,
-                            f"{device} already has directory number {dn} or line {index}")
-        await self.service.publish("config.changed", None, config_changed=events_pb2.ConfigChanged(
-            devices=[device], what="line"))
-        return pb.Line(dn=dn, device=device, line_index=index, label=request.label)
+            return await change
+        except OwnerRefused as exc:
+            await abort(context, exc.grpc_code, exc.message)
+
+    async def AddLine(self, request, context):  # noqa: N802
+        line = await self._owner(context, self.service.domain.add_line(
+            self._actor(context), dn=request.dn, device=request.device,
+            line_index=request.line_index, label=request.label))
+        return pb.Line(dn=line["dn"], device=line["device"], line_index=line["line_index"],
+                       label=line["label"])
 
     async def GetLines(self, request, context):  # noqa: N802
         async with self.service.db() as session:
@@ -214,20 +157,10 @@ class CallManagerServicer(CallsServicerMixin, MobilityServicerMixin, StatusServi
 
     # device pools -----------------------------------------------------------------------------
     async def AddDevicePool(self, request, context):  # noqa: N802
-        try:
-            name = validate_pool_name(request.name)
-            hosts = validate_cm_group(list(request.cm_group))
-            if request.srst:
-                validate_cm_group([request.srst])
-        except InvalidLineOrPool as exc:
-            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        async with self.service.db() as session:
-            session.add(DevicePool(name=name, cm_group=",".join(hosts), srst=request.srst))
-            try:
-                await session.commit()
-            except IntegrityError:
-                await abort(context, grpc.StatusCode.ALREADY_EXISTS, f"device pool {name} exists")
-        return pb.DevicePool(name=name, cm_group=hosts, srst=request.srst)
+        pool = await self._owner(context, self.service.domain.add_pool(
+            self._actor(context), name=request.name, cm_group=list(request.cm_group),
+            srst=request.srst))
+        return pb.DevicePool(name=pool["name"], cm_group=pool["cm_group"], srst=pool["srst"])
 
     async def GetDevicePools(self, request, context):  # noqa: N802
         async with self.service.db() as session:
@@ -246,21 +179,6 @@ class CallManagerServicer(CallsServicerMixin, MobilityServicerMixin, StatusServi
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
     async def SetDevicePool(self, request, context):  # noqa: N802
-        try:
-            device = validate_device_name(request.device)
-            pool = validate_pool_name(request.pool)
-        except (InvalidLineOrPool, InvalidDeviceName) as exc:
-            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        async with self.service.db() as session:
-            if await session.get(DevicePool, pool) is None:
-                await abort(context, grpc.StatusCode.NOT_FOUND, f"no device pool named {pool}")
-            row = await session.scalar(select(Device).where(Device.name == device))
-            if row is None:
-                await abort(context, grpc.StatusCode.NOT_FOUND, f"no device named {device}")
-            changed = row.device_pool != pool
-            row.device_pool = pool
-            await session.commit()
-        if changed:  # the phone's configuration file lists its CallManager group and SRST
-            await self.service.publish("config.changed", None, config_changed=events_pb2.ConfigChanged(
-                devices=[device], what="device_pool"))
-        return pb.SetDevicePoolRequest(device=device, pool=pool)
+        device = await self._owner(context, self.service.domain.set_device_pool(
+            self._actor(context), device=request.device, pool=request.pool))
+        return pb.SetDevicePoolRequest(device=device["name"], pool=device["device_pool"] or "")

@@ -1,4 +1,5 @@
-"""CHK-2: whether the CAPF service is activated on the publisher, kept in the publisher database.
+"""CHK-2: whether the CAPF service is activated on the publisher, kept in CAPF's own table
+(`capf_settings`, capf its only writer).
 
 A fresh cluster has no row, which means *not activated*: CAPF refuses phone sessions and
 schedules until an administrator activates it (ideally before the CTL client runs, so the CTL
@@ -9,7 +10,8 @@ from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from ccmsec.db.devices import ctl_exists, get_setting, set_setting
+from ccmsec.db.capf import get_capf_setting, set_capf_setting
+from ccmsec.db.devices import ctl_exists
 
 SETTING_CAPF_ACTIVATED = "capf.activated"
 NOT_ACTIVATED = ("CAPF service is not activated on the publisher (CHK-2); activate it with "
@@ -18,11 +20,11 @@ NOT_ACTIVATED = ("CAPF service is not activated on the publisher (CHK-2); activa
 
 async def read_activated(factory: async_sessionmaker[AsyncSession]) -> bool:
     async with factory() as s:
-        return await get_setting(s, SETTING_CAPF_ACTIVATED) == "1"
+        return await get_capf_setting(s, SETTING_CAPF_ACTIVATED) == "1"
 
 
 async def write_activated(factory: async_sessionmaker[AsyncSession], active: bool) -> bool:
     """Store the flag; returns True when a CTL already exists (it must be rebuilt to name CAPF)."""
     async with factory() as s, s.begin():
-        await set_setting(s, SETTING_CAPF_ACTIVATED, "1" if active else "0")
+        await set_capf_setting(s, SETTING_CAPF_ACTIVATED, "1" if active else "0")
         return await ctl_exists(s)

@@ -3,7 +3,7 @@
 Two scopes, as on the real system: *service* parameters are read when the CAPF service starts,
 so changing one needs a CAPF restart (RST-8); *enterprise* parameters shape what the phones are
 given, so changing one needs the devices reset (RST-6). Values live in the publisher database
-(`cluster_settings`, keys `capf.service.<name>` / `capf.enterprise.<name>`), never in a file
+(`capf_settings`, CAPF's own table, keys `capf.service.<name>` / `capf.enterprise.<name>`), never in a file
 (CHK-7). Which events a change needs is decided by `ccmsec.policy.resets`, not here.
 """
 
@@ -16,8 +16,7 @@ from typing import Callable, Literal
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from ccmsec.db.capf import AUTH_MODES, MAX_AUTH_FAILURES
-from ccmsec.db.devices import ClusterSetting, set_setting
+from ccmsec.db.capf import AUTH_MODES, MAX_AUTH_FAILURES, CapfSetting, set_capf_setting
 from ccmsec.pki.lsc import LSC_DAYS
 from ccmsec.policy.resets import CapfEnterpriseParamsChanged, CapfServiceParamsChanged, Change
 
@@ -142,8 +141,8 @@ async def load_parameters(factory: async_sessionmaker[AsyncSession]) -> CapfPara
     keys = {setting_key(p): p.name for p in PARAMETERS.values()}
     values = {p.name: p.default for p in PARAMETERS.values()}
     async with factory() as s:
-        rows = (await s.execute(select(ClusterSetting.key, ClusterSetting.value)
-                                .where(ClusterSetting.key.in_(keys)))).all()
+        rows = (await s.execute(select(CapfSetting.key, CapfSetting.value)
+                                .where(CapfSetting.key.in_(keys)))).all()
     for key, value in rows:
         try:
             values[keys[key]] = PARAMETERS[keys[key]].check(value)
@@ -158,5 +157,5 @@ async def store_parameters(factory: async_sessionmaker[AsyncSession], scope: Sco
     checked = validate(scope, values)
     async with factory() as s, s.begin():
         for name, value in checked.items():
-            await set_setting(s, setting_key(PARAMETERS[name]), value)
+            await set_capf_setting(s, setting_key(PARAMETERS[name]), value)
     return checked

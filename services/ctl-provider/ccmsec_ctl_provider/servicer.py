@@ -10,7 +10,7 @@ from ccmsec.domain import ClusterMode, DomainError
 from ccmsec.formats.ctl import dn_string
 from ccmsec.policy.resets import CtlProviderPortChanged, LegacyTlsChanged, required_actions
 from ccmsec.policy.tftp_paths import TftpClusterEntry
-from ccmsec.runtime.servicer import StatusServicerMixin
+from ccmsec.runtime.servicer import StatusServicerMixin, caller_of
 from ccmsec_proto import common_pb2, ctl_provider_pb2, ctl_provider_pb2_grpc
 
 from ccmsec_ctl_provider.certificates import CertificateUnavailable
@@ -95,7 +95,8 @@ class CtlProviderServicer(StatusServicerMixin, ctl_provider_pb2_grpc.CtlProvider
         if len(request.ctl) > MAX_CTL_REQUEST:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "CTL over 64 KB")
         try:
-            result = await self.service.trust.commit(request.ctl, request.mode, request.new_trust)
+            result = await self.service.trust.commit(request.ctl, request.mode, request.new_trust,
+                                                     caller_of(self.service, context))
         except Refused as exc:
             await self._refused(context, exc)
         return ctl_provider_pb2.CommitCtlReply(
@@ -112,7 +113,8 @@ class CtlProviderServicer(StatusServicerMixin, ctl_provider_pb2_grpc.CtlProvider
 
     async def SetSecurityMode(self, request, context):  # noqa: N802
         try:
-            target, previous, events = await self.service.trust.set_mode(request.mode)
+            target, previous, events = await self.service.trust.set_mode(
+                request.mode, caller_of(self.service, context))
         except Refused as exc:
             await self._refused(context, exc)
         _, version = await self.service.trust.mode_state()

@@ -1,17 +1,22 @@
 """What the CTL Provider does with a trust list the CTL client hands over, and with the cluster
 security mode — the server half of `ccmsec ctl update` and `ccmsec mode set`.
 
+ctl-provider owns the cluster mode, the CTL and the shared-TFTP registry (issue 9 §5): it is the
+only writer of `cluster_settings`, `ctl_files` and `tftp_clusters`. The signed files are
+tftp-signer's: the CTL reaches them only through `TftpSigner/PublishFile` (no write into its
+folder). Call control, the gateway and the TFTP server follow the mode through `mode.changed`.
+
 Commit (CHK-6), in this order so nothing is half done:
   1. the file parses and verifies, lists at least two tokens (CTL-1) and is signed by a token of
      the current CTL unless the administrator asked for new trust (CTL-2);
   2. MODE-6: this cluster's TFTP path and target mode fit the registry of clusters sharing the TFTP
      server;
-  3. the tftp-signer publishes it atomically (PublishFile; a tftp-signer without that RPC:
-     written atomically to DATA/tftp/<tftp path>/CTLFile.tlv, where it serves from);
-  4. the database records it (`ctl_files`, `cluster_settings.ctl_version` — MODE-5 reads that);
-  5. the cluster mode is set (CallManager/SetClusterMode, which emits RST-3; when that RPC is not
-     available the row is written here and the RST-3 events emitted here instead);
-  6. `ctl.updated` and the RST-4 actions are published.
+  3. the tftp-signer publishes it atomically (PublishFile; refused or unreachable: nothing else
+     changes and the commit is refused);
+  4. one transaction records it (`ctl_files`, `cluster_settings.ctl_version` — MODE-5 reads that)
+     and, when asked, the new cluster mode (MODE-2);
+  5. `mode.changed` and the RST-3 actions (mode changed), then `ctl.updated` and the RST-4 actions
+     are published.
 
 Commits, mode changes and registry edits run one at a time (`_serial`): the CTL-2 check reads
 the current CTL and the record comes several awaits later, so two interleaved commits could both
@@ -26,24 +31,21 @@ import logging
 
 import grpc
 
-from ccmsec.fsutil import atomic_write
-
 from ccmsec.db.cluster import current_ctl, record_ctl, save_tftp_registry, tftp_registry
 from ccmsec.db.devices import SETTING_SECURITY_MODE, cluster_security_mode, get_setting, set_setting
 from ccmsec.formats.ctl import CTL_FILE_NAME, CtlFormatError, Role, SignatureError, parse_ctl, verify_ctl
 from ccmsec.policy.resets import ClusterModeChanged, CtlUpdated, required_actions
 from ccmsec.policy.tftp_paths import TftpClusterEntry, TftpPathConflict, check_tftp_clusters
-from ccmsec_proto import callmanager_pb2, callmanager_pb2_grpc, common_pb2, events_pb2
+from ccmsec_proto import common_pb2, events_pb2
 from ccmsec_proto import tftp_signer_pb2, tftp_signer_pb2_grpc
 
 from ccmsec.domain import ClusterMode, DomainError
-from ccmsec.runtime.actions import describe, event_bodies, publish_actions
+from ccmsec.runtime.actions import publish_actions
 
 log = logging.getLogger("ccmsec.ctl-provider")
 
 LOCAL_CLUSTER_ID = "local"
 RPC_TIMEOUT = 5.0
-MODE_RPC_ATTEMPTS = 5
 
 
 class Refused(Exception):
@@ -64,9 +66,8 @@ def _mode_name(mode: int) -> str | None:
 
 
 class TrustOperations:
-    def __init__(self, service, *, mode_rpc_attempts: int = MODE_RPC_ATTEMPTS):
+    def __init__(self, service):
         self.service = service
-        self.mode_rpc_attempts = mode_rpc_attempts
         self._serial = asyncio.Lock()  # see the module docstring
 
     # --- events ---------------------------------------------------------------------------
@@ -125,37 +126,21 @@ class TrustOperations:
             version = await get_setting(session, "ctl_version")
         return mode, (int(version) if version and version.isdigit() else None)
 
-    async def _switch_mode(self, target: str, previous: str) -> list[str]:
-        """Set the mode through call control (which emits RST-3); fall back to doing it here."""
-        stub = callmanager_pb2_grpc.CallManagerStub(self.service.peer_channel("callmanager"))
-        request = callmanager_pb2.SetClusterModeRequest(mode=ClusterMode.parse(target).to_proto())
-        reason = f"cluster security mode {previous} -> {target}"
-        for attempt in range(self.mode_rpc_attempts):
-            try:
-                await stub.SetClusterMode(request, timeout=RPC_TIMEOUT)
-                # Call control published mode.changed and the RST-3 actions itself.
-                return ["mode.changed (by callmanager)"] + [
-                    f"{describe(kind, target, body)} (by callmanager)"
-                    for kind, target, body in event_bodies(required_actions(ClusterModeChanged()), reason=reason)]
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
-                    break
-                if exc.code() != grpc.StatusCode.UNAVAILABLE:
-                    raise Refused(exc.code(), f"callmanager refused the mode change: {exc.details()}") \
-                        from None
-                await asyncio.sleep(0.5 * (attempt + 1))  # callmanager may be restarting
-        log.info("setting the cluster mode in the database (callmanager SetClusterMode unavailable)")
-        async with self.service.db() as session, session.begin():
-            await set_setting(session, SETTING_SECURITY_MODE, target)
+    async def _announce_mode(self, target: str, previous: str, actor: str) -> list[str]:
+        """mode.changed (callmanager audits it) and the RST-3 actions, after the mode is stored."""
         await self.service.publish("mode.changed", None, mode_changed=events_pb2.SecurityModeChanged(
-            mode=ClusterMode.parse(target).to_proto(), previous=ClusterMode.parse(previous).to_proto()))
-        return ["mode.changed"] + await self._emit(required_actions(ClusterModeChanged()), reason)
+            mode=ClusterMode.parse(target).to_proto(), previous=ClusterMode.parse(previous).to_proto(),
+            actor=actor[:128], rule="MODE-2"))
+        log.warning("cluster security mode changed", extra={"from": previous, "to": target,
+                                                            "actor": actor})
+        return ["mode.changed"] + await self._emit(required_actions(ClusterModeChanged()),
+                                                   f"cluster security mode {previous} -> {target}")
 
-    async def set_mode(self, requested: int) -> tuple[str, str, list[str]]:
+    async def set_mode(self, requested: int, actor: str = "") -> tuple[str, str, list[str]]:
         async with self._serial:
-            return await self._set_mode(requested)
+            return await self._set_mode(requested, actor)
 
-    async def _set_mode(self, requested: int) -> tuple[str, str, list[str]]:
+    async def _set_mode(self, requested: int, actor: str) -> tuple[str, str, list[str]]:
         target = _mode_name(requested)
         if target is None:
             raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "give a mode: mixed or non-secure")
@@ -167,9 +152,11 @@ class TrustOperations:
                               "--token T2 --mode mixed` first")
             registry = await self.checked_registry(session, target)
             await save_tftp_registry(session, registry)
+            if target != previous:
+                await set_setting(session, SETTING_SECURITY_MODE, target)  # MODE-2: persisted
         if target == previous:
             return target, previous, []
-        return target, previous, await self._switch_mode(target, previous)
+        return target, previous, await self._announce_mode(target, previous, actor)
 
     # --- trust list -----------------------------------------------------------------------
     async def current(self):
@@ -188,17 +175,11 @@ class TrustOperations:
                           f"CTL-1: the CTL lists {len(tokens)} security token(s); at least two are needed")
         return ctl_file, signer
 
-    def _publish_file(self, content: bytes):
-        path = self.service.settings.data_dir / "tftp" / self.service.settings.tftp_path / CTL_FILE_NAME
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, content)
-        return path
-
-    async def commit(self, content: bytes, requested_mode: int, new_trust: bool) -> dict:
+    async def commit(self, content: bytes, requested_mode: int, new_trust: bool, actor: str = "") -> dict:
         async with self._serial:
-            return await self._commit(content, requested_mode, new_trust)
+            return await self._commit(content, requested_mode, new_trust, actor)
 
-    async def _commit(self, content: bytes, requested_mode: int, new_trust: bool) -> dict:
+    async def _commit(self, content: bytes, requested_mode: int, new_trust: bool, actor: str) -> dict:
         ctl_file, signer = self._check_file(content)
         target = _mode_name(requested_mode)
         sha256 = hashlib.sha256(content).hexdigest()
@@ -223,21 +204,21 @@ class TrustOperations:
                 timeout=RPC_TIMEOUT)
             published_path = published.path
         except grpc.aio.AioRpcError as exc:
-            if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
-                raise Refused(exc.code(), f"the tftp-signer did not publish {CTL_FILE_NAME}: "
-                                          f"{exc.details()}") from None
-            # A tftp-signer without PublishFile: write where it serves the cluster's files from.
-            published_path = str(self._publish_file(content))
+            # The signed files are tftp-signer's: without its answer nothing is recorded.
+            raise Refused(exc.code(), f"the tftp-signer did not publish {CTL_FILE_NAME}: "
+                                      f"{exc.details()}") from None
         async with self.service.db() as session, session.begin():
             version = await record_ctl(session, content=content, sha256=sha256, signer=signer.subject,
                                        signer_serial=signer.serial.hex(), records=len(ctl_file.records),
                                        tftp_path=settings.tftp_path)
             await save_tftp_registry(session, registry)
+            if target != previous_mode:
+                await set_setting(session, SETTING_SECURITY_MODE, target)  # MODE-2, with the CTL
         events: list[str] = []
         if target != previous_mode:
-            events += await self._switch_mode(target, previous_mode)
+            events += await self._announce_mode(target, previous_mode, actor)
         await self.service.publish("ctl.updated", None, ctl_updated=events_pb2.CtlUpdated(
-            sha256=sha256, version=version, tftp_path=settings.tftp_path))
+            sha256=sha256, version=version, tftp_path=settings.tftp_path, actor=actor[:128]))
         events.append("ctl.updated")
         events += await self._emit(required_actions(CtlUpdated()),
                                    f"CTL version {version} published ({sha256[:12]})")

@@ -45,7 +45,8 @@ def create_admin_app(sessionmaker: async_sessionmaker, *, events: EventPublisher
                      max_body: int = MAX_BODY_BYTES,
                      capf_channel: CapfChannelFactory | None = None,
                      reset_tracker: ResetTracker | None = None,
-                     call_service=None, node: str = "callmanager") -> FastAPI:
+                     call_service=None, node: str = "callmanager",
+                     domain=None) -> FastAPI:
     """Build the HTTPS administration API (serve it with https.serve_admin / AdminServer).
 
     `capf_channel` returns the gRPC channel to the CAPF service (the /api/v1/capf endpoints answer
@@ -67,6 +68,11 @@ def create_admin_app(sessionmaker: async_sessionmaker, *, events: EventPublisher
     app.state.reset_tracker = reset_tracker
     app.state.call_service = call_service
     app.state.node = node
+    if domain is None:  # the service passes its own (the one its gRPC servicer uses too)
+        from ccmsec_callmanager.domain import CallManagerDomain
+
+        domain = CallManagerDomain(sessionmaker, events.publish)
+    app.state.domain = domain
 
     app.add_middleware(BodyLimitMiddleware, limit=max_body)
     app.add_middleware(AccessLogMiddleware)  # outermost: every request logged, counted and traced

@@ -1,6 +1,8 @@
 """Lines (directory numbers) and device pools (CallManager group, SRST reference).
 
-Same checks as the call-control gRPC methods (ccmsec/db/lines.py validators). A device's
+Creating a line or a pool and moving a device between pools go through callmanager's one write
+path (`ccmsec_callmanager/domain.py`), the same the gRPC methods call: validated, written,
+audited and announced the same way whichever door the change came through. A device's
 configuration file lists its lines, CallManager group and SRST reference, so every change
 announces `config.changed` for the devices it touches. No RST rule covers lines or moving a device
 between pools; changing a pool's SRST reference is RST-5 (reset the pool's devices) and goes
@@ -11,9 +13,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from sqlalchemy import and_, func, or_, select
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm.exc import StaleDataError
+from sqlalchemy import and_, or_, select
 
 from ccmsec.db.devices import Device, validate_device_name
 from ccmsec.db.lines import (
@@ -30,6 +30,7 @@ from ccmsec.policy.resets import SrstSecurityChanged, required_actions
 
 from .announce import config_changed, publish_actions
 from .audit import new_entry
+from .owner import actor_of_request, owner_call
 from .auth import Principal, require_admin, require_user
 from .devices import checked_name
 from . import schemas
@@ -157,27 +158,9 @@ async def list_lines(
 async def create_line(request: Request, _: Principal = Depends(require_admin)) -> dict:
     body = await read_json(request, LineCreate)
     request.state.audit_target = body.device
-    async with request.app.state.sessionmaker() as session:
-        if await session.scalar(select(Device.id).where(Device.name == body.device)) is None:
-            raise ApiError(404, f"no device named {body.device}")
-        index = body.line_index
-        if index == 0:
-            index = 1 + await session.scalar(
-                select(func.coalesce(func.max(Line.line_index), 0)).where(Line.device == body.device))
-        if index > MAX_LINES_PER_DEVICE:
-            raise ApiError(409, f"{body.device} has no free line button (max {MAX_LINES_PER_DEVICE})")
-        line = Line(dn=body.dn, device=body.device, line_index=index, label=body.label)
-        session.add(line)
-        session.add(new_entry(request, status=201, detail=f"dn={body.dn} line {index}"))
-        try:
-            await session.flush()
-        except IntegrityError:
-            raise ApiError(409, f"{body.device} already has directory number {body.dn} "
-                                f"or line {index}") from None
-        result = line.to_dict()
-        await session.commit()
-    await config_changed(request, [body.device], "line")
-    return result
+    return await owner_call(request, request.app.state.domain.add_line(
+        actor_of_request(request), dn=body.dn, device=body.device, line_index=body.line_index,
+        label=body.label))
 
 
 # device pools ------------------------------------------------------------------------------------
@@ -200,18 +183,8 @@ async def list_pools(request: Request, _: Principal = Depends(require_user),
 async def create_pool(request: Request, _: Principal = Depends(require_admin)) -> dict:
     body = await read_json(request, PoolCreate)
     request.state.audit_target = body.name
-    async with request.app.state.sessionmaker() as session:
-        pool = DevicePool(name=body.name, cm_group=",".join(body.cm_group), srst=body.srst)
-        session.add(pool)
-        session.add(new_entry(request, status=201,
-                              detail=f"cm_group={','.join(body.cm_group)} srst={body.srst!r}"))
-        try:
-            await session.flush()
-        except IntegrityError:
-            raise ApiError(409, f"device pool {body.name} already exists") from None
-        result = pool.to_dict()
-        await session.commit()
-    return result  # a new pool has no devices yet: nothing to announce
+    return await owner_call(request, request.app.state.domain.add_pool(
+        actor_of_request(request), name=body.name, cm_group=body.cm_group, srst=body.srst))
 
 
 @router.patch("/api/v1/pools/{name}", name="pool.update", openapi_extra=body_schema(PoolPatch),
@@ -257,23 +230,5 @@ async def set_device_pool(name: str, request: Request, _: Principal = Depends(re
     """Put a device in a device pool (or in none with null)."""
     name = checked_name(name)
     body = await read_json(request, DevicePoolAssignment)
-    async with request.app.state.sessionmaker() as session:
-        if body.pool is not None and await session.get(DevicePool, body.pool) is None:
-            raise ApiError(404, f"no device pool named {body.pool}")
-        device = await session.scalar(select(Device).where(Device.name == name))
-        if device is None:
-            raise ApiError(404, f"no device named {name}")
-        before = device.device_pool
-        if before == body.pool:
-            return device.to_dict()
-        device.device_pool = body.pool
-        session.add(new_entry(request, status=200, detail=f"device_pool: {before!r} -> {body.pool!r}"))
-        try:
-            await session.flush()  # bumps config_version, or finds a concurrent writer
-        except StaleDataError:
-            raise ApiError(409, f"device {name} was changed by someone else at the same time; "
-                                "retry") from None
-        result = device.to_dict()
-        await session.commit()
-    await config_changed(request, [name], "device_pool")
-    return result
+    return await owner_call(request, request.app.state.domain.set_device_pool(
+        actor_of_request(request), device=name, pool=body.pool))

@@ -1,0 +1,192 @@
+"""Callmanager's one write path for lines, device pools and pool membership (issue 9 §5).
+
+callmanager owns devices, lines and pools; every door that changes them — the gRPC servicer
+(`CallManager/AddLine`, `AddDevicePool`, `SetDevicePool`), the HTTPS administration API and, through
+either, the command line — calls this layer, which does the same four steps whatever the door:
+
+    validate  (ccmsec/db/lines.py, ccmsec/db/devices.py validators; existence; free buttons)
+    write     (one transaction)
+    audit     (an `audit_log` row in that same transaction: actor, action, target, detail)
+    publish   (`config.changed` for the devices whose configuration files change)
+
+A refusal is an `OwnerRefused` with a kind each door maps to its own status (HTTP or gRPC).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Awaitable, Callable
+
+import grpc
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm.exc import StaleDataError
+
+from ccmsec.db.admin import AuditEntry
+from ccmsec.db.devices import Device, InvalidDeviceName, validate_device_name
+from ccmsec.db.lines import (
+    MAX_LINES_PER_DEVICE,
+    DevicePool,
+    InvalidLineOrPool,
+    Line,
+    validate_cm_group,
+    validate_dn,
+    validate_pool_name,
+)
+from ccmsec_proto import events_pb2
+
+log = logging.getLogger("ccmsec.callmanager.domain")
+
+MAX_LABEL = 40
+_MAX_DETAIL = 1000
+
+# Publish(kind, target, payload) — the API's EventPublisher shape (`admin/events.py`).
+Publish = Callable[[str, "str | None", dict], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who asks: an administrator's user name (admin API) or a caller's `role/node` (gRPC)."""
+
+    name: str | None
+    door: str  # "admin-api" | "grpc"
+    remote: str | None = None
+
+
+class OwnerRefused(Exception):
+    """A change refused before anything was written; `kind` picks each door's status."""
+
+    HTTP = {"invalid": 422, "not_found": 404, "conflict": 409, "exhausted": 409, "stale": 409}
+    GRPC = {"invalid": grpc.StatusCode.INVALID_ARGUMENT, "not_found": grpc.StatusCode.NOT_FOUND,
+            "conflict": grpc.StatusCode.ALREADY_EXISTS,
+            "exhausted": grpc.StatusCode.RESOURCE_EXHAUSTED, "stale": grpc.StatusCode.ABORTED}
+
+    def __init__(self, kind: str, message: str, rule: str | None = None):
+        super().__init__(message)
+        self.kind, self.message, self.rule = kind, message, rule
+
+    @property
+    def http_status(self) -> int:
+        return self.HTTP[self.kind]
+
+    @property
+    def grpc_code(self) -> grpc.StatusCode:
+        return self.GRPC[self.kind]
+
+
+def audit_entry(actor: Actor, *, action: str, target: str | None, status: int, detail: str = "",
+                rule: str | None = None) -> AuditEntry:
+    """The audit row of a successful change; the door shows in `detail` when it was not the API."""
+    if actor.door != "admin-api":
+        detail = f"{detail} (via {actor.door})".strip()
+    return AuditEntry(actor=(actor.name or None) and actor.name[:64], action=action[:64],
+                      target=None if target is None else target[:128], outcome="ok", status=status,
+                      rule=rule, detail=detail[:_MAX_DETAIL], remote=actor.remote and actor.remote[:64])
+
+
+class CallManagerDomain:
+    def __init__(self, db, publish: Publish):
+        self.db = db
+        self._publish = publish
+
+    async def _config_changed(self, devices: list[str], what: str) -> bool:
+        devices = sorted(set(devices))
+        if not devices:
+            return True
+        body = events_pb2.ConfigChanged(devices=devices, what=what)
+        try:
+            await self._publish("config.changed", None, {"config_changed": body})
+            return True
+        except Exception as exc:  # the change is committed; its announcement failure is audited
+            log.exception("could not publish config.changed for %s", devices)
+            async with self.db() as session, session.begin():
+                session.add(AuditEntry(actor=None, action="event.publish", target=devices[0][:128],
+                                       outcome="error", status=500,
+                                       detail=f"config.changed not published: {exc!r}"[:_MAX_DETAIL]))
+            return False
+
+    # lines ------------------------------------------------------------------------------------
+    async def add_line(self, actor: Actor, *, dn: str, device: str, line_index: int = 0,
+                       label: str = "") -> dict:
+        try:
+            dn, device = validate_dn(dn), validate_device_name(device)
+        except (InvalidLineOrPool, InvalidDeviceName) as exc:
+            raise OwnerRefused("invalid", str(exc)) from None
+        if not 0 <= line_index <= MAX_LINES_PER_DEVICE:
+            raise OwnerRefused("invalid", f"line index must be 1..{MAX_LINES_PER_DEVICE} (0: next free)")
+        if len(label) > MAX_LABEL:
+            raise OwnerRefused("invalid", f"label longer than {MAX_LABEL} characters")
+        async with self.db() as session:
+            if await session.scalar(select(Device.id).where(Device.name == device)) is None:
+                raise OwnerRefused("not_found", f"no device named {device}")
+            index = line_index or 1 + await session.scalar(
+                select(func.coalesce(func.max(Line.line_index), 0)).where(Line.device == device))
+            if index > MAX_LINES_PER_DEVICE:
+                raise OwnerRefused("exhausted", f"{device} has no free line button "
+                                                f"(max {MAX_LINES_PER_DEVICE})")
+            line = Line(dn=dn, device=device, line_index=index, label=label)
+            session.add(line)
+            session.add(audit_entry(actor, action="line.create", target=device, status=201,
+                                    detail=f"dn={dn} line {index}"))
+            try:
+                await session.flush()
+            except IntegrityError:
+                raise OwnerRefused("conflict", f"{device} already has directory number {dn} "
+                                               f"or line {index}") from None
+            result = line.to_dict()
+            await session.commit()
+        await self._config_changed([device], "line")
+        return result
+
+    # device pools -----------------------------------------------------------------------------
+    async def add_pool(self, actor: Actor, *, name: str, cm_group: list[str], srst: str = "") -> dict:
+        try:
+            name = validate_pool_name(name)
+            hosts = validate_cm_group(list(cm_group))
+            if srst:
+                validate_cm_group([srst])  # same host syntax as a CallManager
+        except InvalidLineOrPool as exc:
+            raise OwnerRefused("invalid", str(exc)) from None
+        async with self.db() as session:
+            pool = DevicePool(name=name, cm_group=",".join(hosts), srst=srst)
+            session.add(pool)
+            session.add(audit_entry(actor, action="pool.create", target=name, status=201,
+                                    detail=f"cm_group={','.join(hosts)} srst={srst!r}"))
+            try:
+                await session.flush()
+            except IntegrityError:
+                raise OwnerRefused("conflict", f"device pool {name} already exists") from None
+            result = pool.to_dict()
+            await session.commit()
+        return result  # a new pool has no devices yet: nothing to announce
+
+    async def set_device_pool(self, actor: Actor, *, device: str, pool: str | None) -> dict:
+        """Put a device in a pool (None: in none). Unchanged: nothing written, audited or sent."""
+        try:
+            device = validate_device_name(device)
+            pool = None if pool is None else validate_pool_name(pool)
+        except (InvalidLineOrPool, InvalidDeviceName) as exc:
+            raise OwnerRefused("invalid", str(exc)) from None
+        async with self.db() as session:
+            if pool is not None and await session.get(DevicePool, pool) is None:
+                raise OwnerRefused("not_found", f"no device pool named {pool}")
+            row = await session.scalar(select(Device).where(Device.name == device))
+            if row is None:
+                raise OwnerRefused("not_found", f"no device named {device}")
+            before = row.device_pool
+            if before == pool:
+                return row.to_dict()
+            row.device_pool = pool
+            session.add(audit_entry(actor, action="device.set_pool", target=device, status=200,
+                                    detail=f"device_pool: {before!r} -> {pool!r}"))
+            try:
+                await session.flush()  # bumps config_version, or finds a concurrent writer
+            except StaleDataError:
+                raise OwnerRefused("stale", f"device {device} was changed by someone else at the "
+                                               "same time; retry") from None
+            result = row.to_dict()
+            await session.commit()
+        # the phone's configuration file lists its CallManager group and SRST
+        await self._config_changed([device], "device_pool")
+        return result
