@@ -118,10 +118,29 @@ def _settings(tmp_path, nats_url):
 async def _start(settings):
     svc = CallManagerService(settings)
     task = asyncio.create_task(svc.run())
-    # Serving once the built-in subscriptions (after setup and gRPC start) are in place.
-    await wait_for(lambda: task.done() or (svc.bus is not None and len(svc.bus._subs) >= 3), timeout=20)
-    if task.done():
-        task.result()  # raise the start-up error
+    # Serving once gRPC health says so: the service sets it after setup, the gRPC start and its
+    # built-in subscriptions (counting subscriptions raced with setup's own ones).
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    channel = secure_channel(client_identity(settings.data_dir), settings.host, settings.grpc_port,
+                             "callmanager")
+    try:
+        deadline = asyncio.get_running_loop().time() + 30
+        while True:
+            if task.done():
+                task.result()  # raise the start-up error
+                raise AssertionError("callmanager stopped during start")
+            try:
+                reply = await health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(service=""), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    break
+            except grpc.aio.AioRpcError:
+                pass
+            assert asyncio.get_running_loop().time() < deadline, "callmanager did not start serving"
+            await asyncio.sleep(0.05)
+    finally:
+        await channel.close()
     return svc, task
 
 
