@@ -36,8 +36,8 @@ PUBLISHERS: dict[str, frozenset[str]] = {
     # RST-3/4/7/8, LATER-8 and CHK-14 (`ccmsec restart`).
     "service.restart": frozenset({"callmanager", "ctl-provider", "capf", "cli"}),
     "ctl.updated": frozenset({"ctl-provider"}),
-    # The cluster mode's owner is the CTL Provider; callmanager's SetClusterMode still announces it.
-    "mode.changed": frozenset({"ctl-provider", "callmanager"}),
+    # The cluster mode's owner, the CTL Provider, alone changes and announces it (issue 9 §5).
+    "mode.changed": frozenset({"ctl-provider"}),
     "config.changed": frozenset({"callmanager", "capf"}),
     # Any service may report a gRPC call its policy refused (issue 9 §2 audit).
     "access.denied": frozenset(SERVICE_ROLES),

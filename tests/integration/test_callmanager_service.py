@@ -501,7 +501,7 @@ async def test_cluster_mode_is_ctl_providers_callmanager_only_reads_and_audits_i
     reply = await cm.stub.GetClusterMode(common_pb2.Empty(), timeout=5)
     assert reply.mode == common_pb2.CLUSTER_MIXED and reply.ctl_present
     assert await cm.cc.cluster_mode() == "mixed"
-    bus = EventBus(nats_server, "test-ctl-provider")
+    bus = EventBus(nats_server, "test-ctl-provider", role="ctl-provider")
     await bus.connect()
     try:
         await bus.publish(make_event("mode.changed", "ctl-provider", mode_changed=events_pb2.SecurityModeChanged(

@@ -58,7 +58,7 @@ class Cluster:
         async with owner_db(self.cm_svc.settings.db_url, "ctl-provider") as db, db() as session, session.begin():
             previous = await cluster_security_mode(session)
             await set_setting(session, SETTING_SECURITY_MODE, ClusterMode.from_proto(mode).value)
-        bus = EventBus(self.cm_svc.settings.nats_url, "test-ctl-provider")
+        bus = EventBus(self.cm_svc.settings.nats_url, "test-ctl-provider", role="ctl-provider")
         await bus.connect()
         try:
             await bus.publish(make_event("mode.changed", "ctl-provider", mode_changed=events_pb2.SecurityModeChanged(
