@@ -35,7 +35,7 @@ def write_state(data_dir: Path, state: dict) -> None:
 def read_endpoints(data_dir: Path) -> dict | None:
     try:
         return json.loads(endpoints_path(data_dir).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):  # no cluster there (yet)
         return None
 
 
