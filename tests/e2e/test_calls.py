@@ -106,7 +106,11 @@ def test_phone_sim_phones_call_each_other_and_every_interface_shows_the_status(c
             watch = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "ccmsec.cli.main", "calls", "watch", "--timeout", "300",
                 "--data", str(data), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-            await asyncio.sleep(1.5)   # the watcher's stream is open before the call starts
+
+            async def watching():   # the watcher's stream is open before the call starts
+                status = await calls.Status(common_pb2.Empty(), timeout=10)
+                return int(status.details.get("call_watchers", "0")) >= 1
+            await _until(watching, "the CLI watcher attached", 60)
 
             # --- A dials B through the CLI, B answers through the CLI --------------------------
             code, out, err_text = await _cli(cluster, "phones", "dial", A, DN[B])

@@ -80,6 +80,7 @@ class CallControlMixin:
                 "refused_total": str(cc.refused_total),
                 "sccp_port": str(cc.plain.port if cc.plain else 0),
                 "sccp_tls_port": str(cc.tls.port if cc.tls else 0),
+                "call_watchers": str(len(cc.calls.watchers) if cc.calls else 0),
                 # Offline-CA mode: whose LSCs 2443 accepts besides CAPF's (or why the file is not trusted).
                 "lsc_third_party_ca": self._third_party_ca_text(cc)}
 
