@@ -32,6 +32,9 @@ def register(subparsers) -> None:
     add_data_option(watch)
     watch.add_argument("--timeout", type=float, default=0.0, help="stop after SECONDS (0: until Ctrl-C)")
     watch.add_argument("--count", type=int, default=0, help="stop after N events (0: no limit)")
+    watch.add_argument("--table", action="store_true",
+                       help="a live table of the calls in progress, redrawn at every change (instead of "
+                            "one line per event)")
     watch.set_defaults(func=_watch)
     cti = sub.add_parser("cti", help="drive a CTI port (never secure: CALL-3)")
     add_data_option(cti)
@@ -78,6 +81,28 @@ def event_line(event) -> str:
             + (f" resources {', '.join(c.resources)}" if c.resources else "") + detail)
 
 
+class LiveCalls:
+    """The calls in progress as a watch reports them: `apply` each event, `render` the table."""
+
+    def __init__(self) -> None:
+        self.calls: dict[int, object] = {}
+
+    def apply(self, event) -> None:
+        if event.kind == "ended":
+            self.calls.pop(event.call.id, None)
+        else:   # existing, created, updated, refused (a refused barge: the call as it stays)
+            self.calls[event.call.id] = event.call
+
+    def render(self, last_event: str = "") -> str:
+        rows = [call_row(c) for _, c in sorted(self.calls.items())]
+        head = f"{time.strftime('%H:%M:%S')}  {len(rows)} call(s) in progress" + (
+            f"  — last: {last_event}" if last_event else "")
+        return head + "\n" + (format_table(rows, COLUMNS) if rows else "no calls")
+
+
+CLEAR = "\033[H\033[J"
+
+
 def _watch(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -92,8 +117,14 @@ def _watch(args: argparse.Namespace) -> int:
         try:
             async def consume() -> None:
                 nonlocal seen
+                live = LiveCalls()
                 async for event in stream:
-                    print(event_line(event), flush=True)
+                    if args.table:
+                        live.apply(event)
+                        prefix = CLEAR if sys.stdout.isatty() else "\n"
+                        print(prefix + live.render(f"{event.kind} call {event.call.id}"), flush=True)
+                    else:
+                        print(event_line(event), flush=True)
                     seen += 1
                     if args.count and seen >= args.count:
                         return

@@ -141,6 +141,9 @@ def test_phone_sim_phones_call_each_other_and_every_interface_shows_the_status(c
             assert code == 0, err_text
             (row,) = [c for c in json.loads(out) if {lg["device"] for lg in c["legs"]} == {A, B}]
             assert row["status"] == "non-secure" and str(row["id"]) == str(view.id)
+            code, out, err_text = await _cli(cluster, "calls", "watch", "--table", "--timeout", "3")
+            assert code == 0 and "call(s) in progress" in out and "non-secure" in out, out + err_text
+            assert f"{A}({DN[A]} connected none)" in out
             with AdminClient(discover(data)) as admin:
                 (api_row,) = admin.calls(device=A)
                 spec = admin._call("GET", "/api/v1/openapi.json")
