@@ -245,6 +245,7 @@ class EventBus:
         whose publisher may not send its kind (bus_policy) is dropped, counted and logged."""
         if self.js is None:
             raise BusError("event bus not connected")
+        durable = await self._durable_for(durable, subject)
 
         async def on_msg(msg):
             try:
@@ -318,6 +319,23 @@ class EventBus:
                 continue
             counts[consumer.durable] = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
         return counts
+
+    async def _durable_for(self, durable: str, subject: str) -> str:
+        """`durable`, unless a consumer of that name exists for other subjects (one made before the
+        subjects named their publisher): binding to it would silently receive nothing, and no
+        service may delete it (BUS-4), so the first free or matching `durable-N` is used instead."""
+        name = durable
+        for n in range(2, 10):
+            try:
+                info = await self.js.consumer_info(STREAM, name)
+            except NotFoundError:
+                return name
+            if info.config.filter_subject == subject:
+                return name
+            log.warning("durable consumer %s exists for %s, not %s: using %s-%d (the bus operator may "
+                        "delete the old one)", name, info.config.filter_subject, subject, durable, n)
+            name = f"{durable}-{n}"
+        raise BusError(f"durable consumers {durable} to {name} all exist for other subjects")
 
     # --- healing ---------------------------------------------------------------------------
     async def check(self) -> str:

@@ -98,3 +98,36 @@ def test_publish_without_connection_is_refused():
     bus = EventBus("nats://127.0.0.1:1", "t", role="cli")
     with pytest.raises(BusError, match="not connected"):
         asyncio.run(bus.publish(make_event("ctl.updated", "t")))
+
+
+def test_a_consumer_left_from_the_old_subjects_is_not_bound_BUS_5(nats_server):
+    """A durable consumer of the same name made for the subjects before issue 9 (`ccmsec.<kind>`,
+    e.g. in a NATS store kept across an upgrade) would bind silently and receive nothing; the bus
+    takes the next free name instead and the event arrives."""
+    from nats.js.api import AckPolicy, ConsumerConfig
+
+    handled = []
+
+    async def handler(event):
+        handled.append(event.id)
+
+    async def scenario():
+        bus = EventBus(nats_server, "test", role="callmanager", connect_timeout=5)
+        await bus.connect()
+        old = await bus.js.subscribe("ccmsec.device.reset", durable="node-device-reset", stream="CCMSEC",
+                                     manual_ack=True, config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT))
+        await old.unsubscribe()
+        await bus.subscribe(subject_for("device.reset"), "node-device-reset", handler)
+        event = make_event("device.reset", "t", device_reset=events_pb2.DeviceReset(all=True))
+        await bus.publish(event)
+        for _ in range(100):
+            if handled:
+                break
+            await asyncio.sleep(0.05)
+        info = await bus.js.consumer_info("CCMSEC", "node-device-reset-2")
+        await bus.close()
+        return event, info
+
+    event, info = asyncio.run(scenario())
+    assert handled == [event.id]
+    assert info.config.filter_subject == "ccmsec.*.device.reset"
