@@ -262,34 +262,84 @@ async def test_ctl2_signer_outside_the_current_ctl_refused_unless_new_trust(tc):
     assert verify_ctl(parse_ctl(v3)).subject == "CN=SAST-t3;OU=SAST;O=ccmsec"
 
 
-async def test_mode2_mixed_mode_survives_a_callmanager_restart(tc):
-    await wait_serving(tc, "callmanager")
+async def test_mode2_cluster_mode_and_each_devices_own_mode_survive_a_callmanager_restart(tc):
+    """MODE-2 on the running cluster: after call control restarts, the cluster is still mixed with
+    its CTL, and each device is served in its own stored mode — a non-secure one on 2000, an
+    authenticated one only over a NULL cipher, an encrypted one only over AES (the wrong transport
+    refused with DEV-1/ENC-1), exactly as before the restart."""
+    from ccmsec.aio.sccp import SccpRegistrationRejected, connect_phone
+    from ccmsec.pki.ca import Issued, load_pair, new_key
+    from ccmsec.pki.lsc import issue_lsc
+    from ccmsec.pki.tls import sccp_phone_context
+    from ccmsec.wire import sccp as s
+
+    data = tc["data"]
     svc = tc["endpoints"]["services"]["callmanager"]
-    ident = client_identity(tc["data"])
+    ident = client_identity(data)
+    await wait_serving(tc, "callmanager")
+    devices = {"SEP0000000E2E2A": "non-secure", "SEP0000000E2E2B": "authenticated", "SEP0000000E2E2C": "encrypted"}
+    for name, mode in devices.items():
+        added = await asyncio.to_thread(cli, tc, "device", "add", name, "--model", "7970", "--security", mode)
+        assert added.returncode == 0, added.stderr
+    ccm = x509.load_der_x509_certificate((data / "servers" / "callmanager" / "ccmserver.cer").read_bytes())
+    capf = load_pair(data / "pki" / "capf.crt", data / "pki" / "capf.key")
+    key = new_key("ec256")
+
+    async def register(name: str, transport: str) -> str:
+        """Empty when accepted, else the RegisterReject text."""
+        ctx = None
+        if transport != "non-secure":
+            ctx = sccp_phone_context(transport, [ccm], lsc=Issued(issue_lsc(capf, name, key.public_key()), key))
+        port = svc["sccp_tls_port"] if ctx else svc["sccp_port"]
+        phone = await connect_phone(svc["host"], port, s.Register(name, svc["host"]), ssl_context=ctx,
+                                    pinned_ccm_certificates=[ccm] if ctx else None, timeout=15)
+        try:
+            await phone.wait_registered(15)
+            return ""
+        except SccpRegistrationRejected as exc:
+            return exc.text
+        finally:
+            await phone.close()
+
+    async def served_in_own_mode() -> None:
+        for name, mode in devices.items():
+            assert await register(name, mode) == "", f"{name} refused in its own mode {mode}"
+        assert (await register("SEP0000000E2E2B", "encrypted")).startswith("DEV-1")      # AES: not its mode
+        assert (await register("SEP0000000E2E2C", "authenticated")).startswith("ENC-1")  # NULL: not its mode
+        assert (await register("SEP0000000E2E2B", "non-secure")).startswith("DEV-1")
 
     async def status():
         async with secure_channel(ident, svc["host"], svc["grpc_port"], "callmanager") as ch:
             stub = callmanager_pb2_grpc.CallManagerStub(ch)
-            return (await stub.Status(common_pb2.Empty(), timeout=2),
-                    await stub.GetClusterMode(common_pb2.Empty(), timeout=2))
+            return (await stub.Status(common_pb2.Empty(), timeout=5),
+                    await stub.GetClusterMode(common_pb2.Empty(), timeout=5))
 
-    before, _ = await status()
+    async def answered(timeout: float = 40.0):
+        deadline = time.monotonic() + timeout
+        while True:   # serving on health can come a moment before the service's own RPCs
+            try:
+                return await status()
+            except grpc.aio.AioRpcError:
+                assert time.monotonic() < deadline, "callmanager does not answer"
+                await asyncio.sleep(0.3)
+
+    await served_in_own_mode()
+    before, _ = await answered()
     bus = EventBus.for_cli(tc["data"], tc["endpoints"]["nats_url"], "e2e-trust")
     await bus.connect()
     await bus.publish(make_event("service.restart", "e2e-trust", service_restart=events_pb2.ServiceRestart(
-        role="callmanager", rule="MODE-2 test", reason="restart to check the mode survives")), "callmanager")
+        role="callmanager", rule="MODE-2 test", reason="restart to check the modes survive")), "callmanager")
     await bus.close()
-    deadline = time.monotonic() + 40
+    deadline = time.monotonic() + 60
     while True:
-        try:
-            after, mode = await status()
-            if after.details["pid"] != before.details["pid"]:
-                break
-        except grpc.aio.AioRpcError:
-            pass
+        after, mode = await answered(60)
+        if after.details["pid"] != before.details["pid"]:
+            break
         assert time.monotonic() < deadline, "callmanager did not restart"
         await asyncio.sleep(0.3)
     assert mode.mode == common_pb2.CLUSTER_MIXED and mode.ctl_present
+    await wait_serving(tc, "callmanager")
+    await served_in_own_mode()
 
 
 def test_mode6_clusters_sharing_the_tftp_server(tc):
