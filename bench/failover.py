@@ -106,9 +106,12 @@ class Fleet:
                 for p in self.phones:
                     key = p.active.label if p.registered and p.active is not None else "unregistered"
                     where[key] = where.get(key, 0) + 1
-                problems = sorted({p.last_problem for p in self.phones if p.last_problem})[:5]
+                stuck = [p for p in self.phones if not (p.registered and p.active is not None
+                                                        and p.active.port == self.proxy.port)][:3]
+                history = {p.name: [(round(e.at, 1), e.kind, e.target, e.detail[:60]) for e in p.events[-8:]]
+                           for p in stuck}
                 raise SystemExit(f"only {self.on(self.proxy.port)}/{self.count} phones on the publisher "
-                                 f"after {timeout:.0f} s: {where}; problems seen: {problems}")
+                                 f"after {timeout:.0f} s: {where}; the last events of some: {history}")
             await asyncio.sleep(0.2)
         return time.monotonic() - started
 

@@ -247,6 +247,10 @@ class FailoverPhone:
             except (SccpConnectError, ConnectionError, OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
                 self._failed(attempt.index, str(exc) or type(exc).__name__)
                 continue
+            except Exception as exc:  # never give up for good: anything else is a failed attempt too
+                log.warning("failover phone %s: attempt on %s failed: %r", self.name, attempt.target.label, exc)
+                self._failed(attempt.index, f"{type(exc).__name__}: {exc}")
+                continue
             self.rejected = ""
             self.problems.clear()
             self.rejections.clear()
@@ -257,7 +261,11 @@ class FailoverPhone:
             if self.on_registered is not None:
                 self.on_registered(attempt.target)
             self._changed()
-            outcome = await self._hold()
+            try:
+                outcome = await self._hold()
+            except Exception as exc:  # the phone moves on as after any loss, it does not stop
+                log.warning("failover phone %s: while registered with %s: %r", self.name, attempt.target.label, exc)
+                outcome = ("loss", f"{type(exc).__name__}: {exc}")
             self._registered.clear()
             if outcome[0] == "reset":
                 self.reset_type = outcome[1]

@@ -193,3 +193,35 @@ async def test_hung_node_and_cut_path_are_noticed_by_keepalive(lab):
     loss = [e for e in a.events if e.kind == "loss"][-1]
     assert "keepalive" in loss.detail
     assert 2 * KEEPALIVE <= loss.at - cut <= 5 * KEEPALIVE + 1
+
+
+async def test_an_unexpected_failure_is_a_failed_attempt_the_phone_keeps_trying_LATER_7():
+    """LATER-7: the phone never gives up for good. A failure of a kind nobody planned for (here the
+    connection attempt raising ValueError) counts as a failed attempt on that target — the phone
+    moves on and registers — instead of ending the phone's failover loop silently (seen as phones
+    left unregistered for good after the node serving them was killed)."""
+    from ccmsec.aio.sccp import SccpServer
+
+    async def accept(request):
+        return s.RegistrationDecision.accept()
+    server = SccpServer(accept, host=HOST, port=0)
+    await server.start()
+    calls = {"n": 0}
+
+    async def connect(target):
+        calls["n"] += 1
+        if calls["n"] <= 2:
+            raise ValueError("something nobody planned for")
+        return await open_streams(target, ssl_context=None, bind_host=HOST, timeout=2)
+    phone = FailoverPhone("SEP0000000FA0EE", [Target(HOST, server.port)], connect,
+                          lambda ip: s.Register("SEP0000000FA0EE", ip, device_type=7), bind_host=HOST,
+                          register_timeout=3, settings=FailoverSettings(retry_base=0.1, retry_max=0.3))
+    phone.start()
+    try:
+        await phone.wait_registered(10)
+        failed = [e for e in phone.events if e.kind == "attempt-failed"]
+        assert len(failed) == 2 and all("ValueError: something nobody planned for" in e.detail for e in failed)
+        assert "SEP0000000FA0EE" in server.registered
+    finally:
+        await phone.stop()
+        await server.close()
