@@ -206,3 +206,51 @@ async def test_auth4_dev4_rst2_phone_keeps_old_config_until_reset_then_runs_the_
     # does not boot the phone a second time: that boot already happened after the event time.
     assert not await runner.request_boot(requested_at=runner.boot_started_wall - 0.01)
     assert p.boots == boots + 1
+
+
+async def test_chk9_security_set_on_the_device_is_what_the_phone_and_call_control_then_use(lab):
+    """CHK-9 as behaviour: the administrator sets an authenticated device encrypted, then back (the
+    committed change the API makes); the re-signed configuration carries the mode, the reset the
+    change requires (RST-1) boots the phone once, and the phone then registers in that mode — TLS
+    with AES, then with a NULL cipher — presenting its certificate. Call control holds the device to
+    the mode set: a connection in the previous mode is refused (ENC-1 / DEV-1)."""
+    from ccmsec.aio.sccp import SccpRegistrationRejected, connect_phone
+    from ccmsec.pki.tls import sccp_phone_context
+    from ccmsec.policy.resets import DeviceSecurityModeChanged
+    from ccmsec.wire import sccp as s
+
+    runner = lab.phone_runner(lab.mic)
+    p = runner.phone
+    await runner.request_boot()
+    await until(lambda: p.state is State.REGISTERED, what="first registration")
+    assert p.transport == "authenticated" and lab.cc.registry.entries[NAME].cipher.startswith("NULL")
+
+    async def refused_as(mode: str) -> str:
+        ctx = sccp_phone_context(mode, [lab.cc.server_certificate], mic=lab.mic)
+        phone = await connect_phone("127.0.0.1", lab.cc.tls.port, s.Register(NAME, "127.0.0.1"), ssl_context=ctx,
+                                    pinned_ccm_certificates=[lab.cc.server_certificate])
+        try:
+            with pytest.raises(SccpRegistrationRejected) as err:
+                await phone.wait_registered(5)
+            return err.value.text
+        finally:
+            await phone.close()
+
+    for mode, cipher, old, rule in (("encrypted", "AES", "authenticated", "ENC-1"),
+                                    ("authenticated", "NULL", "encrypted", "DEV-1")):
+        boots = p.boots
+        async with lab.db() as session, session.begin():
+            await session.execute(update(Device).where(Device.name == NAME).values(security_mode=mode))
+        lab.cc.forget_devices()
+        signed = parse_sgn(await lab.download_config())
+        verify_sgn(signed, lab.tftp_cert.cert)
+        assert parse_cnf_xml(signed.payload).security_mode.value == mode
+        (action,) = required_actions(DeviceSecurityModeChanged(NAME))
+        assert isinstance(action, ResetDevices) and action.rule_id == "RST-1"
+        lab.cc.registry.track_reset(set(action.devices), f"r-chk9-{mode}")
+        assert await lab.cc.reset(list(action.devices), ResetType.RESET, f"r-chk9-{mode}") == 1
+        await until(lambda: p.boots == boots + 1 and p.state is State.REGISTERED, what=f"registration {mode}")
+        assert p.transport == mode and p.certificate_in_use == "MIC"
+        entry = lab.cc.registry.entries[NAME]
+        assert cipher in entry.cipher and entry.security_mode == mode
+        assert (await refused_as(old)).startswith(rule)   # the previous mode is no longer accepted
