@@ -18,6 +18,7 @@ from urllib.parse import quote
 
 import httpx
 
+from ccmsec.runtime.logs import REQUEST_ID_HEADER, current_trace_id
 from ccmsec.domain import DeviceSecurityMode
 
 # What the API accepts (the database module is the source of truth; a unit test keeps these equal
@@ -141,6 +142,9 @@ class AdminClient:
 
     def _call(self, method: str, path: str, **kwargs) -> Any:
         try:
+            trace = current_trace_id()  # the command's trace id: the API logs it (X-Request-Id)
+            if trace:
+                kwargs["headers"] = {**kwargs.get("headers", {}), REQUEST_ID_HEADER: trace}
             response = self._http.request(method, path, **kwargs)
         except httpx.ConnectError as exc:
             reason = str(exc) or type(exc).__name__

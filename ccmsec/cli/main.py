@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
+from ccmsec.runtime.logs import bind_trace_id, clean_trace_id
 from ccmsec.cli.common import (
     EXIT_CODES_HELP,
     EXIT_INTERRUPTED,
@@ -72,7 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(args, "json"):
         args.json = False
     try:
-        return int(args.func(args) or 0)
+        # One trace id per command (or the caller's, CCMSEC_TRACE_ID): its gRPC calls and API
+        # requests carry it, so the services' log lines for it can be found (docs/operations.md).
+        with bind_trace_id(clean_trace_id(os.environ.get("CCMSEC_TRACE_ID")) or None):
+            return int(args.func(args) or 0)
     except CliError as exc:
         if args.json:
             print(error_json(str(exc), exc.exit_code, exc.details), file=sys.stderr)
@@ -83,8 +88,6 @@ def main(argv: list[str] | None = None) -> int:
         print("ccmsec: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # output piped into `head` and the like
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
 

@@ -394,3 +394,23 @@ def test_every_log_line_is_json_with_access_log_and_trace_ids(cluster, traffic):
     assert {(r["method"], r["route"], r["status"]) for r in mine} >= {("GET", "/api/v1/devices", 200)}
     assert all(isinstance(r["duration_ms"], float | int) and r["client"] for r in mine)
     assert any(r["route"] == "/api/v1/devices/{name}" and r["status"] == 404 for r in access)
+
+
+def test_a_command_line_request_carries_its_trace_id_to_the_api_log(cluster):
+    """`ccmsec` binds one trace id per command (CCMSEC_TRACE_ID when given, checked for form):
+    the administration API's access log shows it; a malformed one is replaced, never logged."""
+    trace = f"cli-{uuid.uuid4().hex[:12]}"
+    res = run_cli("device", "list", "--data", str(cluster["data"]), env={"CCMSEC_TRACE_ID": trace})
+    assert res.returncode == 0, res.stderr
+    res = run_cli("device", "list", "--data", str(cluster["data"]), env={"CCMSEC_TRACE_ID": "bad id\n{x}"})
+    assert res.returncode == 0, res.stderr
+    log = cluster["data"] / "logs" / "callmanager.log"
+
+    def access():
+        return [json.loads(line) for line in log.read_text().splitlines()
+                if '"ccmsec.admin.access"' in line]
+
+    found = wait_for(lambda: [r for r in access() if r.get("trace_id") == trace], timeout=10)
+    assert found and found[0]["route"] == "/api/v1/devices" and found[0]["status"] == 200
+    assert not [r for r in access() if "bad id" in str(r.get("trace_id"))]
+
