@@ -294,5 +294,10 @@ def test_extension_mobility_login_at_the_phone_brings_the_users_line_and_keeps_t
             await _until(lambda: lines_are(em_phone, ["5104"]), "its own line back", 60)
             code, out, err = await _cli(cluster, "phones", "logout", em_phone)
             assert code != 0 and "nobody is logged in" in err
+            # each change went through the one write path, audited with its actor (issue 9 §5)
+            with AdminClient(discover(data)) as admin:
+                audited = {(e["action"], e["target"]) for e in admin.audit(limit=200)
+                           if e["outcome"] == "ok" and "via grpc" in (e.get("detail") or "")}
+            assert {("mobility.login", em_phone), ("mobility.logout", em_phone)} <= audited
 
     asyncio.run(scenario())

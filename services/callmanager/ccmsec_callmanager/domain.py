@@ -1,4 +1,5 @@
-"""Callmanager's one write path for lines, device pools and pool membership (issue 9 §5).
+"""Callmanager's one write path for lines, device pools, pool membership and extension-mobility
+users and logins (issue 9 §5).
 
 callmanager owns devices, lines and pools; every door that changes them — the gRPC servicer
 (`CallManager/AddLine`, `AddDevicePool`, `SetDevicePool`), the HTTPS administration API and, through
@@ -57,9 +58,11 @@ class Actor:
 class OwnerRefused(Exception):
     """A change refused before anything was written; `kind` picks each door's status."""
 
-    HTTP = {"invalid": 422, "not_found": 404, "conflict": 409, "exhausted": 409, "stale": 409}
+    HTTP = {"invalid": 422, "not_found": 404, "conflict": 409, "exhausted": 409, "stale": 409,
+            "precondition": 409}
     GRPC = {"invalid": grpc.StatusCode.INVALID_ARGUMENT, "not_found": grpc.StatusCode.NOT_FOUND,
             "conflict": grpc.StatusCode.ALREADY_EXISTS,
+            "precondition": grpc.StatusCode.FAILED_PRECONDITION,
             "exhausted": grpc.StatusCode.RESOURCE_EXHAUSTED, "stale": grpc.StatusCode.ABORTED}
 
     def __init__(self, kind: str, message: str, rule: str | None = None):
@@ -190,3 +193,79 @@ class CallManagerDomain:
         # the phone's configuration file lists its CallManager group and SRST
         await self._config_changed([device], "device_pool")
         return result
+
+
+    # extension mobility (DEV-2) ---------------------------------------------------------------
+    async def add_mobility_user(self, actor: Actor, *, user_id: str, dn: str, display_name: str = "",
+                                label: str = "") -> dict:
+        from ccmsec.db import calls as calls_db
+
+        try:
+            user = calls_db.validate_name("user", user_id)
+            dn = calls_db.validate_number(dn)
+            display_name, label = calls_db.validate_label(display_name), calls_db.validate_label(label)
+        except calls_db.InvalidCallConfig as exc:
+            raise OwnerRefused("invalid", str(exc)) from None
+        async with self.db() as session:
+            if await session.get(calls_db.MobilityUser, user) is not None:
+                raise OwnerRefused("conflict", f"user {user} exists")
+            session.add(calls_db.MobilityUser(user_id=user, display_name=display_name, dn=dn, label=label))
+            session.add(audit_entry(actor, action="mobility_user.create", target=user, status=201,
+                                    detail=f"dn={dn}", rule="DEV-2"))
+            try:
+                await session.commit()
+            except IntegrityError:
+                raise OwnerRefused("conflict", f"user {user} exists") from None
+        return {"user_id": user, "display_name": display_name, "dn": dn, "label": label}
+
+    async def mobility_login(self, actor: Actor, *, device: str, user_id: str) -> dict:
+        """Store the login (one user per device, one device per user); the caller restarts the
+        device so it registers again with the user's line."""
+        from ccmsec.db import calls as calls_db
+
+        try:
+            device = validate_device_name(device)
+            user = calls_db.validate_name("user", user_id)
+        except (InvalidDeviceName, calls_db.InvalidCallConfig) as exc:
+            raise OwnerRefused("invalid", str(exc)) from None
+        async with self.db() as session:
+            if await session.scalar(select(Device.id).where(Device.name == device)) is None:
+                raise OwnerRefused("not_found", f"no device named {device}")
+            row = await session.get(calls_db.MobilityUser, user)
+            if row is None:
+                raise OwnerRefused("not_found", f"no extension-mobility user {user}")
+            current = await session.get(calls_db.MobilityLogin, device)
+            if current is not None:
+                raise OwnerRefused("precondition", f"{current.user_id} is logged in to {device}; log out first")
+            elsewhere = await session.scalar(select(calls_db.MobilityLogin.device)
+                                             .where(calls_db.MobilityLogin.user_id == user))
+            if elsewhere is not None:
+                raise OwnerRefused("precondition", f"{user} is logged in to {elsewhere}; log out there first")
+            session.add(calls_db.MobilityLogin(device=device, user_id=user))
+            session.add(audit_entry(actor, action="mobility.login", target=device, status=200,
+                                    detail=f"user={user} dn={row.dn}", rule="DEV-2"))
+            dn = row.dn
+            try:
+                await session.commit()
+            except IntegrityError:   # a concurrent login won: nothing changed here
+                raise OwnerRefused("precondition", f"{user} or {device} was just taken by another "
+                                                   "login; try again") from None
+        return {"device": device, "user_id": user, "dn": dn}
+
+    async def mobility_logout(self, actor: Actor, *, device: str) -> dict:
+        from ccmsec.db import calls as calls_db
+
+        try:
+            device = validate_device_name(device)
+        except InvalidDeviceName as exc:
+            raise OwnerRefused("invalid", str(exc)) from None
+        async with self.db() as session:
+            current = await session.get(calls_db.MobilityLogin, device)
+            if current is None:
+                raise OwnerRefused("precondition", f"nobody is logged in to {device}")
+            user = current.user_id
+            await session.delete(current)
+            session.add(audit_entry(actor, action="mobility.logout", target=device, status=200,
+                                    detail=f"user={user}", rule="DEV-2"))
+            await session.commit()
+        return {"device": device, "user_id": user}
