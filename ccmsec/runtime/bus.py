@@ -99,6 +99,29 @@ def stream_config() -> StreamConfig:
     )
 
 
+_GUARDED = ("subjects", "storage", "retention", "max_age", "max_msgs", "max_bytes",
+            "max_msgs_per_subject", "discard")
+
+
+def _drift(config: StreamConfig) -> str:
+    """What of `config` differs from the stream ccmsec creates, in the fields that decide whether
+    events are kept ("" when none)."""
+    wanted = stream_config()
+    defaults = {"max_msgs": -1, "max_bytes": -1, "max_msgs_per_subject": -1, "discard": "old"}
+    diffs = []
+    for name in _GUARDED:
+        have, want = getattr(config, name, None), getattr(wanted, name, None)
+        want = defaults.get(name, want) if want is None else want
+        have, want = (getattr(v, "value", v) for v in (have, want))
+        if isinstance(want, float) or isinstance(have, float):
+            same = have is not None and want is not None and abs(float(have) - float(want)) < 1
+        else:
+            same = have == want
+        if not same:
+            diffs.append(f"{name} {have!r}, not {want!r}")
+    return "; ".join(diffs)
+
+
 @dataclass
 class _Consumer:
     subject: str
@@ -123,6 +146,9 @@ class EventBus:
         self._closing = False
         self._violations: list[tuple[float, str]] = []   # (when, server's permissions error)
         self._auth_refused = False
+        # How the existing stream's configuration differs from ours ("" when it does not): a
+        # stream made while ours was missing with limits that lose events (BUS-5).
+        self.stream_drift = ""
 
     @property
     def _subs(self) -> list:
@@ -201,7 +227,7 @@ class EventBus:
     async def ensure_stream(self) -> bool:
         """The stream exists afterwards (True when this call created it)."""
         try:
-            await self.js.stream_info(STREAM)
+            self.stream_drift = _drift((await self.js.stream_info(STREAM)).config)
             return False
         except NotFoundError:
             pass
@@ -356,6 +382,10 @@ class EventBus:
             if await self.ensure_stream():
                 log.warning("event stream was missing: recreated it", extra={"stream": STREAM, "rule": "BUS-5"})
                 problems.append(f"event stream {STREAM} was missing (recreated)")
+            elif self.stream_drift:
+                # No service may update the stream (BUS-4): the bus operator has to put it right.
+                problems.append(f"event stream {STREAM} is configured differently ({self.stream_drift}); "
+                                "the bus operator must restore it")
         except BusError as exc:
             return f"event stream {STREAM} missing: {exc}"
         except Exception as exc:

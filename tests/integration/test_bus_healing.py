@@ -208,3 +208,25 @@ async def test_nats_restarted_without_its_store_the_service_heals_BUS_5(lab, tmp
     assert url == lab.url
     await lab.watch(lambda s: s[-1][0] == "SERVING", timeout=30)
     await lab.handled(await lab.publish_reset())
+
+
+async def test_a_stream_that_would_lose_events_is_reported_not_trusted_BUS_5(lab):
+    """BUS-5: the stream exists but keeps one message (made or changed by someone while ours was
+    missing): no service may fix it (BUS-4), so each says DEGRADED naming what differs until the bus
+    operator restores it."""
+    from ccmsec.runtime.bus import stream_config
+
+    operator = lab.operator()
+    await operator.connect()
+    try:
+        config = stream_config()
+        config.max_msgs = 1
+        await operator.js.update_stream(config)
+        seen = await lab.watch(lambda s: s[-1][0] == "DEGRADED")
+        assert "configured differently (max_msgs 1, not -1)" in seen[-1][1], seen
+        assert "the bus operator must restore it" in seen[-1][1]
+        await operator.js.update_stream(stream_config())
+        await lab.watch(lambda s: s[-1][0] == "SERVING")
+    finally:
+        await operator.close()
+    await lab.handled(await lab.publish_reset())
