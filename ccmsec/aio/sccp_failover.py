@@ -99,20 +99,21 @@ class Standby:
         self.interval = interval
         self.alive = True
         self.acks = 0
+        self._stopping = False
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:
         framer = SccpFramer()
         unacked = 0
         try:
-            while True:
+            while not self._stopping:
                 if unacked >= 3:
                     break
                 self.writer.write(KeepAlive().serialize())
                 await self.writer.drain()
                 unacked += 1
                 deadline = asyncio.get_running_loop().time() + self.interval
-                while True:
+                while not self._stopping:
                     left = deadline - asyncio.get_running_loop().time()
                     if left <= 0:
                         break
@@ -131,19 +132,28 @@ class Standby:
         finally:
             self.alive = False
 
+    async def _stop(self) -> bool:
+        """Stop the keepalive task; False when it did not stop. (A cancel can be lost inside
+        asyncio.wait_for before Python 3.12 when the read completes at the same moment: the flag
+        ends the loop at its next turn, and the wait is bounded either way.)"""
+        self._stopping = True
+        self._task.cancel()
+        done, _ = await asyncio.wait({self._task}, timeout=self.interval + 1.0)
+        if self._task in done and not self._task.cancelled():
+            self._task.exception()   # retrieved: ended by the flag or by its own error
+        return bool(done)
+
     async def take(self) -> Streams | None:
         """Stop the keepalives and hand the streams over (None when the standby is dead)."""
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await self._task
+        if not await self._stop():
+            self.writer.close()
+            return None
         if self.writer.is_closing() or self.reader.at_eof():
             return None
         return self.reader, self.writer
 
     async def close(self) -> None:
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await self._task
+        await self._stop()
         self.writer.close()
 
 
@@ -424,8 +434,8 @@ class FailoverPhone:
         """Fail-back: leave the active target cleanly (Unregister) before registering higher."""
         conn = self.conn
         if conn is not None and not conn.closed:
-            with contextlib.suppress(Exception):
-                await conn.unregister(timeout=2.0)
+            with contextlib.suppress(Exception):   # bounded: drain waits on a peer that may not read
+                await asyncio.wait_for(conn.unregister(timeout=2.0), 3.0)
         await self._close_active()
 
     async def _close_active(self, *, preserve: bool = False) -> None:

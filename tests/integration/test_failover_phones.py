@@ -225,3 +225,45 @@ async def test_an_unexpected_failure_is_a_failed_attempt_the_phone_keeps_trying_
     finally:
         await phone.stop()
         await server.close()
+
+
+async def test_taking_or_closing_a_standby_is_bounded_even_when_a_cancel_is_lost_LATER_7(monkeypatch):
+    """A standby's keepalive task can miss its cancel (asyncio.wait_for before Python 3.12 loses it
+    when the read completes at that moment): taking the standby over must still end — by the stop
+    flag at the task's next turn, or, for a task that never ends, by a bounded wait that drops the
+    standby. Before, the phone waited for ever right after a fail-back (5 of 200 bench phones)."""
+    from ccmsec.aio.sccp_failover import Standby
+
+    server = await asyncio.start_server(lambda r, w: None, HOST, 0)
+    port = server.sockets[0].getsockname()[1]
+
+    async def lost_cancel(self):
+        while not self._stopping:
+            try:
+                await asyncio.sleep(0.05)
+            except asyncio.CancelledError:
+                pass   # the cancel never reaches the loop
+
+    released = asyncio.Event()   # lets the stubborn tasks end when the test is over
+
+    async def never_ends(self):
+        while not released.is_set():
+            try:
+                await asyncio.sleep(0.05)
+            except asyncio.CancelledError:
+                pass
+    try:
+        monkeypatch.setattr(Standby, "_run", lost_cancel)
+        standby = Standby(1, await asyncio.open_connection(HOST, port), interval=0.5)
+        streams = await asyncio.wait_for(standby.take(), 3)
+        assert streams is not None and not streams[1].is_closing()   # handed over, still usable
+        streams[1].close()
+        monkeypatch.setattr(Standby, "_run", never_ends)
+        standby = Standby(1, await asyncio.open_connection(HOST, port), interval=0.5)
+        assert await asyncio.wait_for(standby.take(), 3) is None      # dropped, not waited on for ever
+        standby = Standby(1, await asyncio.open_connection(HOST, port), interval=0.5)
+        await asyncio.wait_for(standby.close(), 3)
+    finally:
+        released.set()
+        await asyncio.sleep(0.2)
+        server.close()
