@@ -60,6 +60,10 @@ _TABLE: dict[str, dict[str, frozenset[str]]] = {
         # extension mobility (`ccmsec phones login|logout`); not phone-sim: it changes nothing (issue 9)
         "MobilityLogin": ADMIN,
         "MobilityLogout": ADMIN,
+        "SetSpeedDial": ADMIN,                       # ccmsec device speed-dial
+        "SetLineForward": ADMIN,                     # ccmsec line forward
+        "SetRegion": ADMIN,                          # ccmsec region set (CALL-9)
+        "SetDeviceRegion": ADMIN,                    # ccmsec region assign
     },
     "ccmsec.v1.Capf": {
         "Status": _status("capf"),

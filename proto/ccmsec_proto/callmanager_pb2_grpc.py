@@ -130,6 +130,26 @@ class CallManagerStub:
                 request_serializer=ccmsec__proto_dot_callmanager__pb2.MobilityLoginRequest.SerializeToString,
                 response_deserializer=ccmsec__proto_dot_callmanager__pb2.MobilityLoginReply.FromString,
                 _registered_method=True)
+        self.SetSpeedDial = channel.unary_unary(
+                '/ccmsec.v1.CallManager/SetSpeedDial',
+                request_serializer=ccmsec__proto_dot_callmanager__pb2.SpeedDialSetting.SerializeToString,
+                response_deserializer=ccmsec__proto_dot_callmanager__pb2.SpeedDialSetting.FromString,
+                _registered_method=True)
+        self.SetLineForward = channel.unary_unary(
+                '/ccmsec.v1.CallManager/SetLineForward',
+                request_serializer=ccmsec__proto_dot_callmanager__pb2.LineForwardSetting.SerializeToString,
+                response_deserializer=ccmsec__proto_dot_callmanager__pb2.LineForwardSetting.FromString,
+                _registered_method=True)
+        self.SetRegion = channel.unary_unary(
+                '/ccmsec.v1.CallManager/SetRegion',
+                request_serializer=ccmsec__proto_dot_callmanager__pb2.RegionSetting.SerializeToString,
+                response_deserializer=ccmsec__proto_dot_callmanager__pb2.RegionSetting.FromString,
+                _registered_method=True)
+        self.SetDeviceRegion = channel.unary_unary(
+                '/ccmsec.v1.CallManager/SetDeviceRegion',
+                request_serializer=ccmsec__proto_dot_callmanager__pb2.DeviceRegionSetting.SerializeToString,
+                response_deserializer=ccmsec__proto_dot_callmanager__pb2.DeviceRegionSetting.FromString,
+                _registered_method=True)
 
 
 class CallManagerServicer:
@@ -257,6 +277,30 @@ class CallManagerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetSpeedDial(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetLineForward(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetRegion(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetDeviceRegion(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CallManagerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -354,6 +398,26 @@ def add_CallManagerServicer_to_server(servicer, server):
                     servicer.MobilityLogout,
                     request_deserializer=ccmsec__proto_dot_callmanager__pb2.MobilityLoginRequest.FromString,
                     response_serializer=ccmsec__proto_dot_callmanager__pb2.MobilityLoginReply.SerializeToString,
+            ),
+            'SetSpeedDial': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetSpeedDial,
+                    request_deserializer=ccmsec__proto_dot_callmanager__pb2.SpeedDialSetting.FromString,
+                    response_serializer=ccmsec__proto_dot_callmanager__pb2.SpeedDialSetting.SerializeToString,
+            ),
+            'SetLineForward': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetLineForward,
+                    request_deserializer=ccmsec__proto_dot_callmanager__pb2.LineForwardSetting.FromString,
+                    response_serializer=ccmsec__proto_dot_callmanager__pb2.LineForwardSetting.SerializeToString,
+            ),
+            'SetRegion': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetRegion,
+                    request_deserializer=ccmsec__proto_dot_callmanager__pb2.RegionSetting.FromString,
+                    response_serializer=ccmsec__proto_dot_callmanager__pb2.RegionSetting.SerializeToString,
+            ),
+            'SetDeviceRegion': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetDeviceRegion,
+                    request_deserializer=ccmsec__proto_dot_callmanager__pb2.DeviceRegionSetting.FromString,
+                    response_serializer=ccmsec__proto_dot_callmanager__pb2.DeviceRegionSetting.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -869,6 +933,114 @@ class CallManager:
             '/ccmsec.v1.CallManager/MobilityLogout',
             ccmsec__proto_dot_callmanager__pb2.MobilityLoginRequest.SerializeToString,
             ccmsec__proto_dot_callmanager__pb2.MobilityLoginReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetSpeedDial(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ccmsec.v1.CallManager/SetSpeedDial',
+            ccmsec__proto_dot_callmanager__pb2.SpeedDialSetting.SerializeToString,
+            ccmsec__proto_dot_callmanager__pb2.SpeedDialSetting.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetLineForward(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ccmsec.v1.CallManager/SetLineForward',
+            ccmsec__proto_dot_callmanager__pb2.LineForwardSetting.SerializeToString,
+            ccmsec__proto_dot_callmanager__pb2.LineForwardSetting.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetRegion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ccmsec.v1.CallManager/SetRegion',
+            ccmsec__proto_dot_callmanager__pb2.RegionSetting.SerializeToString,
+            ccmsec__proto_dot_callmanager__pb2.RegionSetting.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetDeviceRegion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ccmsec.v1.CallManager/SetDeviceRegion',
+            ccmsec__proto_dot_callmanager__pb2.DeviceRegionSetting.SerializeToString,
+            ccmsec__proto_dot_callmanager__pb2.DeviceRegionSetting.FromString,
             options,
             channel_credentials,
             insecure,

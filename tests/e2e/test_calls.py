@@ -294,6 +294,15 @@ def test_extension_mobility_login_at_the_phone_brings_the_users_line_and_keeps_t
             await _until(lambda: lines_are(em_phone, ["5104"]), "its own line back", 60)
             code, out, err = await _cli(cluster, "phones", "logout", em_phone)
             assert code != 0 and "nobody is logged in" in err
+            # routing configuration from the command line (speed dial, forward, CALL-9 region)
+            for args, expect in ((("routing", "region", "e2e-wide", "--wideband"), "wideband codec allowed"),
+                                 (("routing", "assign", caller, "e2e-wide"), "region e2e-wide"),
+                                 (("routing", "speed-dial", caller, "1", "5104", "--label", "EM"), "= 5104 (EM)"),
+                                 (("routing", "forward", "5104", "--no-answer", "5105"), "no answer 5105")):
+                code, out, err = await _cli(cluster, *args)
+                assert code == 0 and expect in out, out + err
+            code, out, err = await _cli(cluster, "routing", "forward", "5999", "--busy", "5104")
+            assert code != 0 and "no line has directory number 5999" in err
             # each change went through the one write path, audited with its actor (issue 9 §5)
             with AdminClient(discover(data)) as admin:
                 audited = {(e["action"], e["target"]) for e in admin.audit(limit=200)

@@ -269,3 +269,119 @@ class CallManagerDomain:
                                     detail=f"user={user}", rule="DEV-2"))
             await session.commit()
         return {"device": device, "user_id": user}
+
+
+    # call routing: speed dials, call forward busy / no answer, codec regions (CALL-9) ---------
+    # Call control reads these when a device registers; the change applies at its next
+    # registration (`ccmsec device reset NAME` applies it now). Each publishes config.changed.
+    async def set_speed_dial(self, actor: Actor, *, device: str, index: int, number: str,
+                             label: str = "") -> dict:
+        """Speed dial button `index` (1..42) of `device`; an empty number removes it."""
+        from ccmsec.db import calls as calls_db
+
+        try:
+            device = validate_device_name(device)
+            number = calls_db.validate_number(number) if number else ""
+            label = calls_db.validate_label(label)
+        except (InvalidDeviceName, calls_db.InvalidCallConfig) as exc:
+            raise OwnerRefused("invalid", str(exc)) from None
+        if not 1 <= index <= calls_db.MAX_SPEED_DIALS:
+            raise OwnerRefused("invalid", f"speed dial index must be 1..{calls_db.MAX_SPEED_DIALS}")
+        async with self.db() as session:
+            if await session.scalar(select(Device.id).where(Device.name == device)) is None:
+                raise OwnerRefused("not_found", f"no device named {device}")
+            row = await session.scalar(select(calls_db.SpeedDial).where(
+                calls_db.SpeedDial.device == device, calls_db.SpeedDial.idx == index))
+            if not number:
+                if row is None:
+                    raise OwnerRefused("not_found", f"{device} has no speed dial {index}")
+                await session.delete(row)
+            elif row is None:
+                session.add(calls_db.SpeedDial(device=device, idx=index, number=number, label=label))
+            else:
+                row.number, row.label = number, label
+            session.add(audit_entry(actor, action="speed_dial.set", target=device, status=200,
+                                    detail=f"{index}={number or 'removed'}"))
+            await session.commit()
+        await self._config_changed([device], "speed_dial")
+        return {"device": device, "index": index, "number": number, "label": label}
+
+    async def set_line_forward(self, actor: Actor, *, dn: str, busy: str = "", no_answer: str = "") -> dict:
+        """Call forward busy / no answer of a directory number; both empty removes them."""
+        from ccmsec.db import calls as calls_db
+
+        try:
+            dn = validate_dn(dn)
+            busy = calls_db.validate_number(busy) if busy else ""
+            no_answer = calls_db.validate_number(no_answer) if no_answer else ""
+        except (InvalidLineOrPool, calls_db.InvalidCallConfig) as exc:
+            raise OwnerRefused("invalid", str(exc)) from None
+        if dn in (busy, no_answer):
+            raise OwnerRefused("invalid", f"{dn} cannot forward to itself")
+        async with self.db() as session:
+            devices = list((await session.scalars(select(Line.device).where(Line.dn == dn))).all())
+            if not devices:
+                raise OwnerRefused("not_found", f"no line has directory number {dn}")
+            row = await session.get(calls_db.LineForward, dn)
+            if not busy and not no_answer:
+                if row is not None:
+                    await session.delete(row)
+            elif row is None:
+                session.add(calls_db.LineForward(dn=dn, forward_busy=busy, forward_no_answer=no_answer))
+            else:
+                row.forward_busy, row.forward_no_answer = busy, no_answer
+            session.add(audit_entry(actor, action="line_forward.set", target=dn, status=200,
+                                    detail=f"busy={busy or '-'} no_answer={no_answer or '-'}"))
+            await session.commit()
+        await self._config_changed(devices, "line_forward")
+        return {"dn": dn, "busy": busy, "no_answer": no_answer, "devices": devices}
+
+    async def set_region(self, actor: Actor, *, name: str, wideband: bool) -> dict:
+        """Create or change a codec region (CALL-9: whether the wideband codec may be used)."""
+        from ccmsec.db import calls as calls_db
+
+        try:
+            name = calls_db.validate_name("region", name)
+        except calls_db.InvalidCallConfig as exc:
+            raise OwnerRefused("invalid", str(exc)) from None
+        async with self.db() as session:
+            row = await session.get(calls_db.Region, name)
+            if row is None:
+                session.add(calls_db.Region(name=name, wideband=wideband))
+            else:
+                row.wideband = wideband
+            devices = list((await session.scalars(select(calls_db.DeviceRegion.device)
+                                                  .where(calls_db.DeviceRegion.region == name))).all())
+            session.add(audit_entry(actor, action="region.set", target=name, status=200,
+                                    detail=f"wideband={'yes' if wideband else 'no'}", rule="CALL-9"))
+            await session.commit()
+        await self._config_changed(devices, "region")
+        return {"name": name, "wideband": wideband, "devices": devices}
+
+    async def set_device_region(self, actor: Actor, *, device: str, region: str) -> dict:
+        """Put a device in a region ("" takes it out: no wideband codec)."""
+        from ccmsec.db import calls as calls_db
+
+        try:
+            device = validate_device_name(device)
+            region = calls_db.validate_name("region", region) if region else ""
+        except (InvalidDeviceName, calls_db.InvalidCallConfig) as exc:
+            raise OwnerRefused("invalid", str(exc)) from None
+        async with self.db() as session:
+            if await session.scalar(select(Device.id).where(Device.name == device)) is None:
+                raise OwnerRefused("not_found", f"no device named {device}")
+            if region and await session.get(calls_db.Region, region) is None:
+                raise OwnerRefused("not_found", f"no region named {region}")
+            row = await session.get(calls_db.DeviceRegion, device)
+            if not region:
+                if row is not None:
+                    await session.delete(row)
+            elif row is None:
+                session.add(calls_db.DeviceRegion(device=device, region=region))
+            else:
+                row.region = region
+            session.add(audit_entry(actor, action="device_region.set", target=device, status=200,
+                                    detail=f"region={region or '-'}", rule="CALL-9"))
+            await session.commit()
+        await self._config_changed([device], "region")
+        return {"device": device, "region": region}

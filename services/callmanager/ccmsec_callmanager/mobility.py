@@ -66,3 +66,28 @@ class MobilityServicerMixin:
             self._actor(context), device=request.device))
         request_id = await self._restart(logout["device"], f"extension mobility: {logout['user_id']} logged out")
         return pb.MobilityLoginReply(request_id=request_id, **logout)
+
+
+class RoutingServicerMixin:
+    """Speed dials, call forward busy / no answer, codec regions: the domain layer's write path."""
+
+    async def SetSpeedDial(self, request, context):  # noqa: N802
+        out = await self._owner(context, self.service.domain.set_speed_dial(
+            self._actor(context), device=request.device, index=request.index, number=request.number,
+            label=request.label))
+        return pb.SpeedDialSetting(**out)
+
+    async def SetLineForward(self, request, context):  # noqa: N802
+        out = await self._owner(context, self.service.domain.set_line_forward(
+            self._actor(context), dn=request.dn, busy=request.busy, no_answer=request.no_answer))
+        return pb.LineForwardSetting(**out)
+
+    async def SetRegion(self, request, context):  # noqa: N802
+        out = await self._owner(context, self.service.domain.set_region(
+            self._actor(context), name=request.name, wideband=request.wideband))
+        return pb.RegionSetting(**out)
+
+    async def SetDeviceRegion(self, request, context):  # noqa: N802
+        out = await self._owner(context, self.service.domain.set_device_region(
+            self._actor(context), device=request.device, region=request.region))
+        return pb.DeviceRegionSetting(**out)

@@ -21,7 +21,7 @@ from ccmsec_proto import callmanager_pb2_grpc, events_pb2
 
 from .calls_api import CallsServicerMixin
 from .domain import Actor, OwnerRefused
-from .mobility import MobilityServicerMixin
+from .mobility import MobilityServicerMixin, RoutingServicerMixin
 from .registry import RegistrationEntry
 
 log = logging.getLogger("ccmsec.callmanager")
@@ -43,7 +43,7 @@ def registration_message(entry: RegistrationEntry | registry_db.Registration, no
         transport_port=entry.transport_port)
 
 
-class CallManagerServicer(CallsServicerMixin, MobilityServicerMixin, StatusServicerMixin, callmanager_pb2_grpc.CallManagerServicer):
+class CallManagerServicer(CallsServicerMixin, MobilityServicerMixin, RoutingServicerMixin, StatusServicerMixin, callmanager_pb2_grpc.CallManagerServicer):
     """`self.service` is the CallManagerService (publish, db, node, callcontrol)."""
 
     @property
