@@ -155,6 +155,11 @@ def test_phone_sim_phones_call_each_other_and_every_interface_shows_the_status(c
             assert api_row["id"] == view.id and api_row["status"] == "non-secure"
             assert {lg["shown"] for lg in api_row["legs"]} == {"none"}
 
+            # the HTTPS event stream (Server-Sent Events) starts with the calls in progress
+            frame = await asyncio.to_thread(_first_sse_frame, data, A)
+            assert frame["kind"] == "existing" and frame["call"]["status"] == "non-secure"
+            assert {lg["shown"] for lg in frame["call"]["legs"]} == {"none"}
+
             # --- hold: B hears music on hold (CALL-3 resource), resume brings it back -----------
             code, out, err_text = await _cli(cluster, "phones", "hold", A)
             assert code == 0, out + err_text
@@ -205,6 +210,27 @@ def test_phone_sim_phones_call_each_other_and_every_interface_shows_the_status(c
             assert code == 0 and "no calls" in out and "audio:" in out, out + err_text
 
     asyncio.run(scenario())
+
+
+def _first_sse_frame(data, device: str, timeout: float = 20.0) -> dict:
+    """Read GET /api/v1/calls/events until a frame names `device`; the stream is then closed."""
+    import httpx
+
+    from ccmsec.adminclient import tls_context
+
+    endpoint = discover(data)
+    deadline = time.monotonic() + timeout
+    with httpx.Client(base_url=endpoint.url, verify=tls_context(endpoint.cafile), timeout=timeout,
+                      auth=(endpoint.username, endpoint.password)) as client:
+        with client.stream("GET", "/api/v1/calls/events") as response:
+            assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+            for line in response.iter_lines():
+                if line.startswith("data: "):
+                    body = json.loads(line[len("data: "):])
+                    if any(lg["device"] == device for lg in body.get("call", {}).get("legs", [])):
+                        return body
+                assert time.monotonic() < deadline, "no frame naming the device"
+    raise AssertionError("the event stream ended without a frame naming the device")
 
 
 async def _stop(proc):
