@@ -1,10 +1,12 @@
 """Every call's security status in the core: CALL-1…9 and DEV-2, as the phones display it.
 
 The status a phone shows comes from CallInfo (`call_security_status`: 1 not authenticated,
-2 authenticated, 3 encrypted) and is rendered lock / shield / none. Until SRTP is wired in
-(issue 11) no media leg is keyed, so a call between encrypted phones shows authenticated; a key
-source plugged into the agent's seam (as the media work will do) makes the same call encrypted —
-the core's rule is proved both ways here. End to end over real sockets: tests/e2e/test_calls.py.
+2 authenticated, 3 encrypted) and is rendered lock / shield / none. Without a key source no media
+leg is keyed, so a call between encrypted phones shows authenticated; a key source plugged into the
+agent's seam (as callmanager's media plane does) makes the same call encrypted — the core's rule is
+proved both ways here. End to end over real sockets, with callmanager's key source:
+tests/integration/test_calls_security_live.py; through phone-sim on the running cluster:
+tests/e2e/test_calls.py and the demo.
 """
 
 from __future__ import annotations
