@@ -253,6 +253,59 @@ def read_raw_sqlite(conn) -> RawInputs:
     return RawInputs(mode[0] if mode else None, columns, devices, capf, capf_columns, pools, references)
 
 
+_POINT_SQL: dict[str, str] = {}
+
+
+def _point_sql() -> dict[str, str]:
+    """The same statements for one device (bound by name), SQLite's `?` parameters."""
+    if not _POINT_SQL:
+        from sqlalchemy import literal_column
+
+        def bindparam(_name):
+            return literal_column("?")  # one positional parameter; constants rendered inline
+
+        compiled = _sqlite_sql
+
+        _POINT_SQL.update(
+            devices=compiled(select(*_DEVICE_COLUMNS).where(Device.name == bindparam("n"))),
+            capf=compiled(select(CapfOperation.device_name, CapfOperation.operation, CapfOperation.auth_mode,
+                                 CapfOperation.key_type, CapfOperation.id)
+                          .where(CapfOperation.state.in_(PENDING_CAPF_STATES),
+                                 CapfOperation.device_name == bindparam("n"))
+                          .order_by(CapfOperation.id)),
+            pools=compiled(select(DevicePool.name, DevicePool.cm_group, DevicePool.srst)
+                           .where(DevicePool.name == bindparam("n"))),
+            references=compiled(select(SrstReference.name, SrstReference.host, SrstReference.sccp_port,
+                                       SrstReference.sccp_tls_port, SrstReference.secure,
+                                       SrstReference.certificate).where(SrstReference.name == bindparam("n"))),
+        )
+    return _POINT_SQL
+
+
+def read_point_sqlite(conn, name: str) -> RawInputs:
+    """One device's inputs and the mode, in one read transaction (indexed look-ups)."""
+    sql, point = _raw_sql(), _point_sql()
+    conn.execute("BEGIN")
+    try:
+        mode = conn.execute(sql["mode"]).fetchone()
+        cursor = conn.execute(point["devices"], (name,))
+        columns = tuple(c[0] for c in cursor.description)
+        devices = cursor.fetchall()
+        cursor = conn.execute(point["capf"], (name,))
+        capf_columns = tuple(c[0] for c in cursor.description)
+        capf = {row[0]: row for row in cursor.fetchall()}
+        pools, references = {}, {}
+        pool_name = devices[0][columns.index("device_pool")] if devices else None
+        if pool_name:
+            pools = {row[0]: row for row in conn.execute(point["pools"], (pool_name,)).fetchall()}
+            ref_name = pools[pool_name][2] if pool_name in pools else None
+            if ref_name:
+                references = {row[0]: row for row in conn.execute(point["references"], (ref_name,)).fetchall()}
+    finally:
+        conn.execute("COMMIT")
+    return RawInputs(mode[0] if mode else None, columns, devices, capf, capf_columns, pools, references)
+
+
 def inputs_from_raw(raw: RawInputs, old: dict[str, DeviceInputs]) -> dict[str, DeviceInputs]:
     """The inputs of every SEP device; an unchanged device keeps its old DeviceInputs object."""
     pool_keys = {name: (row, raw.references.get(row[2]) if row[2] else None) for name, row in raw.pools.items()}

@@ -36,7 +36,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from ccmsec.domain import ClusterMode
 from ccmsec_tftp_signer.content import (
-    ClusterEndpoints, DeviceInputs, build_device_config, inputs_from_raw, read_inputs, read_raw_sqlite, security_mode,
+    ClusterEndpoints, DeviceInputs, build_device_config, inputs_from_raw, read_inputs, read_point_sqlite,
+    read_raw_sqlite, security_mode,
 )
 
 log = logging.getLogger("ccmsec.tftp-signer")
@@ -67,6 +68,11 @@ class ChangeDetector:
                                check_same_thread=False)
         conn.execute("PRAGMA busy_timeout=30000")
         return conn
+
+    def point_reader(self) -> sqlite3.Connection | None:
+        """The version check's own connection, for one device's indexed re-read on the event loop
+        (SQLite only; it never writes, so data_version still counts only other connections)."""
+        return self._sqlite
 
     async def token(self) -> object:
         self.checks += 1
@@ -106,6 +112,8 @@ class DeviceFiles:
         self.revalidation_seconds = 0.0
         self.builds = 0
         self._reader = detector.reader() if detector is not None else None
+        self._tasks: set[asyncio.Task] = set()
+        self.point_reads = 0
 
     # --- freshness ----------------------------------------------------------------------------
     async def current(self) -> None:
@@ -157,13 +165,47 @@ class DeviceFiles:
         self.revalidation_seconds += time.perf_counter() - started
 
     # --- files --------------------------------------------------------------------------------
+    async def config(self, name: str) -> tuple[ClusterMode, bytes | None]:
+        """(cluster mode, SEP<MAC>.cnf.xml of `name` or None), reflecting every commit made before
+        this call. Nothing committed since the copy was validated: from memory. Otherwise, on
+        SQLite, this one device's inputs and the mode are re-read at once (indexed look-ups in one
+        read transaction) while the full re-read runs in the background for everyone else."""
+        token = await self.detector.token()
+        if token == self._validated and self._validated is not None:
+            return self.mode, self.xml(name)
+        conn = self.detector.point_reader()
+        if conn is None or self._validated is None:
+            await self.current()
+            return self.mode, self.xml(name)
+        if not self._tasks:
+            self._background(self.current())  # everyone else's files: the full re-read and compare
+        self.point_reads += 1
+        raw = read_point_sqlite(conn, name)
+        mode = ClusterMode.parse(raw.mode or ClusterMode.NON_SECURE)
+        found = inputs_from_raw(raw, self.inputs).get(name)
+        return mode, None if found is None else self._xml_of(found)
+
+    def _background(self, coro) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("device inputs not re-read: %s", task.exception())
+
     def xml(self, name: str) -> bytes | None:
         """The current SEP<MAC>.cnf.xml of device `name` (call `current()` first), or None."""
         inputs = self.inputs.get(name)
         if inputs is None:
             return None
+        return self._xml_of(inputs)
+
+    def _xml_of(self, inputs: DeviceInputs) -> bytes:
+        name = inputs.name
         built = self.built.get(name)
-        if built is not None and built.inputs is inputs:
+        if built is not None and (built.inputs is inputs or built.inputs == inputs):
             return built.xml
         config = build_device_config(inputs.device, inputs.capf, inputs.pool, self.endpoints)
         xml = config.to_xml()
@@ -172,6 +214,8 @@ class DeviceFiles:
         return xml
 
     def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
         if self._reader is not None:
             self._reader.close()
             self._reader = None
@@ -186,4 +230,4 @@ class DeviceFiles:
         return {"devices": str(len(self.inputs)), "device_files_built": str(len(self.built)),
                 "device_builds": str(self.builds), "revalidations": str(self.revalidations),
                 "revalidation_seconds": f"{self.revalidation_seconds:.3f}",
-                "version_checks": str(self.detector.checks)}
+                "version_checks": str(self.detector.checks), "point_reads": str(self.point_reads)}

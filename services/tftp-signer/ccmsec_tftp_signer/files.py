@@ -146,16 +146,18 @@ class TftpContent:
             return None, kind  # '<load>.sbn.sgn': images are never signed twice
         if signed and kind == KIND_TRUST_LIST:
             return None, kind
-        if signed or kind == KIND_DEVICE_CONFIG:
-            # One version check; a re-read only when something was committed since (devicefiles).
-            await self.devices.current()
-        # AUTH-3: a non-secure cluster signs nothing; the mode is as fresh as the version check,
-        # so a committed mode change applies to the very next download.
-        if signed and self.devices.mode is not ClusterMode.MIXED:
-            return None, kind
         if kind == KIND_DEVICE_CONFIG:
-            payload = self.devices.xml(base[:15])
+            # One version check; after a commit, this device's inputs re-read at once (devicefiles).
+            mode, payload = await self.devices.config(base[:15])
         else:
+            if signed:
+                await self.devices.current()  # the mode, as fresh as the version check
+            mode, payload = self.devices.mode, None
+        # AUTH-3: a non-secure cluster signs nothing; a committed mode change applies to the very
+        # next download.
+        if signed and mode is not ClusterMode.MIXED:
+            return None, kind
+        if kind != KIND_DEVICE_CONFIG:
             payload = self._read(folder, base)
         if payload is None or not signed:
             return payload, kind
