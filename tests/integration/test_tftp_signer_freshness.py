@@ -131,9 +131,9 @@ async def test_auth4_lost_event_the_version_check_never_serves_the_stale_entry(t
         store = r.svc.content.store
         assert store._memory[("cluster1", f"{DEVICE}.cnf.xml")][1] == old  # held in memory
 
-        async with r.svc.db() as s, s.begin():
+        async with r.as_owner("callmanager") as db, db() as s, s.begin():
             s.add(DevicePool(name="branch", cm_group="127.0.0.41,127.0.0.42", srst=""))
-        async with r.svc.db() as s, s.begin():
+        async with r.as_owner("callmanager") as db, db() as s, s.begin():
             await s.execute(update(Device).where(Device.name == DEVICE).values(device_pool="branch"))
         assert store._memory[("cluster1", f"{DEVICE}.cnf.xml")][1] == old  # stale entry still held
         config = parse_cnf_xml(parse_sgn(await r.get(SGN)).payload)
@@ -143,7 +143,8 @@ async def test_auth4_lost_event_the_version_check_never_serves_the_stale_entry(t
         config = parse_cnf_xml(parse_sgn(await r.get(SGN)).payload)
         assert [m.host for m in config.call_managers] == ["127.0.0.43"]
 
-        await schedule_operation(r.svc.db, DEVICE, "install", auth_mode="null", key_type="ec256")
+        async with r.as_owner("capf") as capf_db:
+            await schedule_operation(capf_db, DEVICE, "install", auth_mode="null", key_type="ec256")
         config = parse_cnf_xml(parse_sgn(await r.get(SGN)).payload)
         assert config.capf.operation == "install"
 

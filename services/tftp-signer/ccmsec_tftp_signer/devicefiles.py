@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import threading
 import time
 from dataclasses import dataclass
 
@@ -113,6 +114,9 @@ class DeviceFiles:
         self.builds = 0
         self._reader = detector.reader() if detector is not None else None
         self._tasks: set[asyncio.Task] = set()
+        self._reader_lock = threading.Lock()
+        self._reading = False
+        self._close_reader = False
         self.point_reads = 0
 
     # --- freshness ----------------------------------------------------------------------------
@@ -138,7 +142,7 @@ class DeviceFiles:
         if self._reader is not None:
             # SQLite: the statements straight on a private connection, in one read transaction,
             # in a worker thread; rows compared as tuples, dicts made only for changed devices.
-            raw = await asyncio.to_thread(read_raw_sqlite, self._reader)
+            raw = await asyncio.to_thread(self._read_all)
             mode = ClusterMode.parse(raw.mode or ClusterMode.NON_SECURE)
             fresh = inputs_from_raw(raw, old)
         else:
@@ -213,12 +217,33 @@ class DeviceFiles:
         self.builds += 1
         return xml
 
+    def _read_all(self):
+        """In a worker thread. The connection is closed here if close() came meanwhile: closing
+        it from another thread while a statement runs would crash the process."""
+        with self._reader_lock:
+            conn = self._reader
+            if conn is None:
+                raise RuntimeError("device files closed")
+            self._reading = True
+        try:
+            return read_raw_sqlite(conn)
+        finally:
+            with self._reader_lock:
+                self._reading = False
+                if self._close_reader:
+                    conn.close()
+                    self._reader = None
+
     def close(self) -> None:
         for task in self._tasks:
             task.cancel()
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
+        with self._reader_lock:
+            if self._reader is not None:
+                if self._reading:
+                    self._close_reader = True  # the worker thread closes it when its read ends
+                else:
+                    self._reader.close()
+                    self._reader = None
 
     def take_dirty(self) -> tuple[list[str], bool]:
         names, mode = sorted(self.dirty), self.mode_changed
