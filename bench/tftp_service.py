@@ -298,7 +298,7 @@ async def main(args: argparse.Namespace) -> int:
         from ccmsec.runtime.bus import EventBus
 
         db_file = data / "ccmsec.db"
-        bus = EventBus(nats_url, "bench")
+        bus = EventBus(nats_url, "bench", role="callmanager")  # as callmanager announces it
         await bus.connect()
         try:
             one = configs[len(configs) // 2]
