@@ -15,7 +15,8 @@ MAX_PASSWORD = 1024  # bytes read from a pipe; longer input is not a password
 
 
 # Exit codes (the same table is printed by `ccmsec --help` and in README.md):
-EXIT_OK = 0           # done
+EXIT_OK = 0           # done; or saved and "pending delivery" (the bus is down: its resets are
+                      # queued in the owner's outbox and go out once it is back — issue 9 §4)
 EXIT_ERROR = 1        # refused or failed: the message (or under --json the error object) says why
 EXIT_USAGE = 2        # the command line itself is wrong (unknown command or option, bad value)
 EXIT_NOT_READY = 3    # answered, but not in the wanted state: `status` with a service not serving,
@@ -25,7 +26,7 @@ EXIT_DEGRADED = 4     # `status`: every service runs, one or more DEGRADED (even
 EXIT_INTERRUPTED = 130  # Ctrl-C
 
 EXIT_CODES_HELP = """exit codes:
-  0    done
+  0    done (or saved and "pending delivery": the bus is down, its resets follow once it is back)
   1    refused or failed (the error says why; under --json a JSON object on stderr)
   2    usage error (unknown command or option, bad value)
   3    not in the wanted state (status: a service not serving; reset --wait: phones not back)

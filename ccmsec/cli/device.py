@@ -189,8 +189,19 @@ def _set_security(args: argparse.Namespace) -> int:
         _print_json(device)
     else:
         print(f"{device['name']}: security mode {device['security_mode']} "
-              f"(config version {device['config_version']}); the phone is reset to apply it")
+              f"(config version {device['config_version']}); {_reset_wording(device)}")
     return 0
+
+
+PENDING_DELIVERY = ("pending delivery: the change is saved and its reset is queued; the event bus "
+                    "is unreachable, and the phone is reset as soon as it is back")
+
+
+def _reset_wording(device: dict, rule: str = "") -> str:
+    """Issue 9 §4: a change is never reported done while its reset was not delivered."""
+    if device.get("delivery") == "pending":
+        return PENDING_DELIVERY
+    return "the phone is reset to apply it" + (f" ({rule})" if rule else "")
 
 
 # DEV-4: option, API field, what it switches.
@@ -213,8 +224,8 @@ def _harden(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(device)
         return 0
-    print(f"{device['name']}: hardening (config version {device['config_version']}); the phone "
-          "is reset to apply it (RST-2)")
+    print(f"{device['name']}: hardening (config version {device['config_version']}); "
+          f"{_reset_wording(device, 'RST-2')}")
     for flag, field, what in HARDENING_OPTIONS:
         print(f"  {flag:<11} {'on ' if device[field] else 'off'}  {what}")
     return 0
@@ -336,6 +347,9 @@ def _reset(args: argparse.Namespace) -> int:
         what = "restart" if args.restart else "reset"
         print(f"{what} requested for {reply.targeted} device(s) (request {reply.request_id})",
               flush=True)
+        if reply.delivery_pending:  # committed, not yet acknowledged by the bus (issue 9 §4)
+            print(f"pending delivery: the {what} is queued; the event bus is unreachable, and the "
+                  "phones get it as soon as it is back", flush=True)
         if not args.wait:
             return 0
         deadline = time.monotonic() + args.timeout

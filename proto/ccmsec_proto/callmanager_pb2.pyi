@@ -62,12 +62,14 @@ class ResetDevicesRequest(_message.Message):
     def __init__(self, devices: _Optional[_Iterable[str]] = ..., all: _Optional[bool] = ..., server: _Optional[str] = ..., restart: _Optional[bool] = ...) -> None: ...
 
 class ResetDevicesReply(_message.Message):
-    __slots__ = ("request_id", "targeted")
+    __slots__ = ("request_id", "targeted", "delivery_pending")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TARGETED_FIELD_NUMBER: _ClassVar[int]
+    DELIVERY_PENDING_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     targeted: int
-    def __init__(self, request_id: _Optional[str] = ..., targeted: _Optional[int] = ...) -> None: ...
+    delivery_pending: bool
+    def __init__(self, request_id: _Optional[str] = ..., targeted: _Optional[int] = ..., delivery_pending: _Optional[bool] = ...) -> None: ...
 
 class ResetProgressRequest(_message.Message):
     __slots__ = ("request_id",)

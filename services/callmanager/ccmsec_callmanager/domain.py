@@ -1,15 +1,20 @@
-"""Callmanager's one write path for lines, device pools, pool membership and extension-mobility
-users and logins (issue 9 §5).
+"""Callmanager's one write path for devices, lines, device pools, resets and extension-mobility
+users and logins (issue 9 §4, §5).
 
 callmanager owns devices, lines and pools; every door that changes them — the gRPC servicer
-(`CallManager/AddLine`, `AddDevicePool`, `SetDevicePool`), the HTTPS administration API and, through
-either, the command line — calls this layer, which does the same four steps whatever the door:
+(`CallManager/AddLine`, `AddDevicePool`, `SetDevicePool`, `ResetDevices`), the HTTPS administration
+API (`PATCH /api/v1/devices/{name}`: `ccmsec device set-security`, `harden`; lines, pools) and,
+through either, the command line — calls this layer, which does the same steps whatever the door:
 
-    validate  (ccmsec/db/lines.py, ccmsec/db/devices.py validators; existence; free buttons)
+    validate  (ccmsec/db/lines.py, ccmsec/db/devices.py validators; existence; DEV-3, MODE-5)
     write     (one transaction)
     audit     (an `audit_log` row in that same transaction: actor, action, target, detail)
-    publish   (`config.changed` for the devices whose configuration files change)
+    publish   (the events the change requires — `config.changed`, the RST-* resets — written to the
+               outbox in that same transaction, then relayed; ccmsec/runtime/outbox.py)
 
+So a change and its events commit together: a refused or rolled-back change sends nothing, and a
+committed one is answered `delivery: "sent"` once JetStream acknowledged its events, or
+`delivery: "pending"` when NATS is down — its events then go out as soon as NATS is back.
 A refusal is an `OwnerRefused` with a kind each door maps to its own status (HTTP or gRPC).
 """
 
@@ -25,7 +30,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.exc import StaleDataError
 
 from ccmsec.db.admin import AuditEntry
-from ccmsec.db.devices import Device, InvalidDeviceName, validate_device_name
+from ccmsec.db.devices import (
+    HARDENING_FIELDS, Device, InvalidDeviceName, cluster_security_mode, ctl_exists, validate_device_name,
+)
 from ccmsec.db.lines import (
     MAX_LINES_PER_DEVICE,
     DevicePool,
@@ -35,6 +42,10 @@ from ccmsec.db.lines import (
     validate_dn,
     validate_pool_name,
 )
+from ccmsec.policy.devices import PolicyViolation, check_device_security, check_web_server_disable
+from ccmsec.policy.resets import DeviceSecurityModeChanged, HardeningChanged, required_actions
+from ccmsec.runtime.actions import event_bodies
+from ccmsec.runtime.outbox import DELIVERY_WAIT, OutboxRelay, stage
 from ccmsec_proto import events_pb2
 
 log = logging.getLogger("ccmsec.callmanager.domain")
@@ -62,8 +73,8 @@ class OwnerRefused(Exception):
             "precondition": 409}
     GRPC = {"invalid": grpc.StatusCode.INVALID_ARGUMENT, "not_found": grpc.StatusCode.NOT_FOUND,
             "conflict": grpc.StatusCode.ALREADY_EXISTS,
-            "precondition": grpc.StatusCode.FAILED_PRECONDITION,
-            "exhausted": grpc.StatusCode.RESOURCE_EXHAUSTED, "stale": grpc.StatusCode.ABORTED}
+            "exhausted": grpc.StatusCode.RESOURCE_EXHAUSTED, "stale": grpc.StatusCode.ABORTED,
+            "precondition": grpc.StatusCode.FAILED_PRECONDITION}
 
     def __init__(self, kind: str, message: str, rule: str | None = None):
         super().__init__(message)
@@ -88,26 +99,164 @@ def audit_entry(actor: Actor, *, action: str, target: str | None, status: int, d
                       rule=rule, detail=detail[:_MAX_DETAIL], remote=actor.remote and actor.remote[:64])
 
 
+def merge_resets(actions) -> list:
+    """Resets of the same devices with the same kind become one action naming all their rules: one
+    request that changes, say, the security mode and a hardening setting (RST-1 and RST-2) resets
+    the phone once, not twice in a row."""
+    from ccmsec.policy.resets import ResetDevices
+
+    out: list = []
+    for action in actions:
+        if isinstance(action, ResetDevices):
+            for i, earlier in enumerate(out):
+                if (isinstance(earlier, ResetDevices) and earlier.devices == action.devices
+                        and earlier.kind == action.kind):
+                    rules = earlier.rule_id.split(",")
+                    if action.rule_id not in rules:
+                        out[i] = ResetDevices(earlier.devices, earlier.kind,
+                                              ",".join([*rules, action.rule_id]))
+                    break
+            else:
+                out.append(action)
+        else:
+            out.append(action)
+    return out
+
+
+def device_change_actions(name: str, changed: dict) -> list:
+    """What the policy requires for these changed fields of one device (RST-1, RST-2)."""
+    actions = []
+    if "security_mode" in changed:
+        actions += required_actions(DeviceSecurityModeChanged(name))
+    if any(k in HARDENING_FIELDS for k in changed):
+        actions += required_actions(HardeningChanged(name))
+    return actions
+
+
+class _Events:
+    """The events of one change: staged in its transaction (outbox), or — with no relay (the API
+    run without a service, in tests) — kept to be published right after the commit."""
+
+    def __init__(self, domain: "CallManagerDomain", session):
+        self.domain, self.session = domain, session
+        self.ids: list[str] = []
+        self.direct: list[tuple[str, str | None, dict]] = []
+
+    def add(self, kind: str, target: str | None, payload: dict) -> None:
+        if self.domain.relay is not None:
+            self.ids.append(stage(self.session, self.domain.origin, kind, target, **payload).id)
+        else:
+            self.direct.append((kind, target, payload))
+
+    def actions(self, actions, *, reason: str, request_id: str = "") -> None:
+        for kind, target, body in event_bodies(merge_resets(actions), reason=reason,
+                                               request_id=request_id):
+            self.add(kind, target, body)
+
+    def config_changed(self, devices, what: str) -> None:
+        devices = sorted(set(devices))
+        if devices:
+            self.add("config.changed", None,
+                     {"config_changed": events_pb2.ConfigChanged(devices=devices, what=what)})
+
+
 class CallManagerDomain:
-    def __init__(self, db, publish: Publish):
+    def __init__(self, db, publish: Publish, *, relay: OutboxRelay | None = None, origin: str = "",
+                 delivery_wait: float = DELIVERY_WAIT):
         self.db = db
         self._publish = publish
+        self.relay = relay
+        self.origin = origin
+        self.delivery_wait = delivery_wait
 
-    async def _config_changed(self, devices: list[str], what: str) -> bool:
+    async def _deliver(self, events: _Events, about: str) -> str:
+        """"sent" once every event of the change is acknowledged, else "pending" (delivered later
+        by the relay; without one, the failure is audited)."""
+        if self.relay is not None:
+            if await self.relay.wait_sent(events.ids, self.delivery_wait):
+                return "sent"
+            log.warning("change committed, its events pending delivery", extra={
+                "about": about, "events": len(events.ids)})
+            return "pending"
+        ok = True
+        for kind, target, payload in events.direct:
+            try:
+                await self._publish(kind, target, payload)
+            except Exception as exc:  # no outbox here: the failure is at least audited
+                ok = False
+                log.exception("could not publish %s for %s", kind, about)
+                async with self.db() as session, session.begin():
+                    session.add(AuditEntry(actor=None, action="event.publish", target=about[:128],
+                                           outcome="error", status=500,
+                                           detail=f"{kind} not published: {exc!r}"[:_MAX_DETAIL]))
+        return "sent" if ok else "pending"
+
+    async def _config_changed(self, devices, what: str) -> bool:
+        """`config.changed` for a change already committed: through the outbox in its own small
+        transaction (durable, relayed like the rest), True once acknowledged."""
         devices = sorted(set(devices))
         if not devices:
             return True
-        body = events_pb2.ConfigChanged(devices=devices, what=what)
+        async with self.db() as session, session.begin():
+            events = _Events(self, session)
+            events.config_changed(devices, what)
+        return await self._deliver(events, devices[0]) == "sent"
+
+    # devices ----------------------------------------------------------------------------------
+    async def update_device(self, actor: Actor, name: str, wanted: dict) -> dict:
+        """Change fields of one device (security mode: RST-1; hardening: RST-2; description, pool).
+        Unchanged values: nothing written, audited or sent."""
         try:
-            await self._publish("config.changed", None, {"config_changed": body})
-            return True
-        except Exception as exc:  # the change is committed; its announcement failure is audited
-            log.exception("could not publish config.changed for %s", devices)
-            async with self.db() as session, session.begin():
-                session.add(AuditEntry(actor=None, action="event.publish", target=devices[0][:128],
-                                       outcome="error", status=500,
-                                       detail=f"config.changed not published: {exc!r}"[:_MAX_DETAIL]))
-            return False
+            name = validate_device_name(name)
+        except InvalidDeviceName as exc:
+            raise OwnerRefused("invalid", str(exc)) from None
+        async with self.db() as session:
+            device = await session.scalar(select(Device).where(Device.name == name))
+            if device is None:
+                raise OwnerRefused("not_found", f"no device named {name}")
+            changed = {k: v for k, v in wanted.items() if getattr(device, k) != v}
+            if not changed:
+                return {**device.to_dict(), "delivery": "sent"}
+            try:
+                check_device_security(device.model, changed.get("security_mode", device.security_mode),
+                                      await cluster_security_mode(session), await ctl_exists(session))
+                if not changed.get("web_access", device.web_access):
+                    check_web_server_disable(device.model)
+            except PolicyViolation as exc:
+                # DEV-3 is about what the model can do; MODE-5 about the cluster's state.
+                raise OwnerRefused("invalid" if exc.rule_id == "DEV-3" else "precondition",
+                                   exc.reason, rule=exc.rule_id) from None
+            before = {k: getattr(device, k) for k in changed}
+            for key, value in changed.items():
+                setattr(device, key, value)
+            session.add(audit_entry(actor, action="device.update", target=name, status=200,
+                                    detail="; ".join(f"{k}: {before[k]!r} -> {v!r}"
+                                                     for k, v in changed.items())))
+            events = _Events(self, session)
+            events.config_changed([name], "updated:" + ",".join(sorted(changed)))
+            events.actions(device_change_actions(name, changed),
+                           reason=f"{name}: {', '.join(sorted(changed))} changed")
+            try:
+                await session.flush()  # bumps config_version, or finds a concurrent writer
+            except StaleDataError:
+                raise OwnerRefused("stale", f"device {name} was changed by someone else at the same "
+                                            "time; read it again and retry") from None
+            result = device.to_dict()
+            await session.commit()
+        return {**result, "delivery": await self._deliver(events, name)}
+
+    # resets -----------------------------------------------------------------------------------
+    async def reset_devices(self, actor: Actor, body: events_pb2.DeviceReset, *, targeted: int,
+                            target: str) -> str:
+        """One `device.reset` (its request id already tracked), audited; returns the delivery."""
+        async with self.db() as session, session.begin():
+            events = _Events(self, session)
+            events.add("device.reset", None, {"device_reset": body})
+            session.add(audit_entry(actor, action="device.reset", target=target, status=202,
+                                    rule=body.rule[:16] or None,
+                                    detail=f"{body.reason}; request {body.request_id}; "
+                                           f"{targeted} registered"))
+        return await self._deliver(events, target)
 
     # lines ------------------------------------------------------------------------------------
     async def add_line(self, actor: Actor, *, dn: str, device: str, line_index: int = 0,
@@ -132,6 +281,8 @@ class CallManagerDomain:
             session.add(line)
             session.add(audit_entry(actor, action="line.create", target=device, status=201,
                                     detail=f"dn={dn} line {index}"))
+            events = _Events(self, session)
+            events.config_changed([device], "line")
             try:
                 await session.flush()
             except IntegrityError:
@@ -139,8 +290,7 @@ class CallManagerDomain:
                                                f"or line {index}") from None
             result = line.to_dict()
             await session.commit()
-        await self._config_changed([device], "line")
-        return result
+        return {**result, "delivery": await self._deliver(events, device)}
 
     # device pools -----------------------------------------------------------------------------
     async def add_pool(self, actor: Actor, *, name: str, cm_group: list[str], srst: str = "") -> dict:
@@ -179,10 +329,13 @@ class CallManagerDomain:
                 raise OwnerRefused("not_found", f"no device named {device}")
             before = row.device_pool
             if before == pool:
-                return row.to_dict()
+                return {**row.to_dict(), "delivery": "sent"}
             row.device_pool = pool
             session.add(audit_entry(actor, action="device.set_pool", target=device, status=200,
                                     detail=f"device_pool: {before!r} -> {pool!r}"))
+            events = _Events(self, session)
+            # the phone's configuration file lists its CallManager group and SRST
+            events.config_changed([device], "device_pool")
             try:
                 await session.flush()  # bumps config_version, or finds a concurrent writer
             except StaleDataError:
@@ -190,9 +343,7 @@ class CallManagerDomain:
                                                "same time; retry") from None
             result = row.to_dict()
             await session.commit()
-        # the phone's configuration file lists its CallManager group and SRST
-        await self._config_changed([device], "device_pool")
-        return result
+        return {**result, "delivery": await self._deliver(events, device)}
 
 
     # extension mobility (DEV-2) ---------------------------------------------------------------

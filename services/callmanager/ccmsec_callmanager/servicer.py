@@ -102,8 +102,12 @@ class CallManagerServicer(CallsServicerMixin, MobilityServicerMixin, RoutingServ
             body = events_pb2.DeviceReset(devices=names, kind=kind, rule="manual",
                                           reason="administrator reset", request_id=request_id)
         self.cc.registry.track_reset(targeted, request_id)
-        await self.service.publish("device.reset", None, device_reset=body)
-        return pb.ResetDevicesReply(request_id=request_id, targeted=len(targeted))
+        # Committed with its audit row in the outbox; "pending" while NATS is down (issue 9 §4).
+        delivery = await self.service.domain.reset_devices(
+            self._actor(context), body, targeted=len(targeted),
+            target="all" if request.all else (request.server or ",".join(names))[:128])
+        return pb.ResetDevicesReply(request_id=request_id, targeted=len(targeted),
+                                    delivery_pending=delivery == "pending")
 
     async def GetResetProgress(self, request, context):  # noqa: N802
         progress = self.cc.registry.resets.get(request.request_id)

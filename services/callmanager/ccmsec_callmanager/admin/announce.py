@@ -13,10 +13,12 @@ from typing import Iterable
 
 from starlette.requests import Request
 
-from ccmsec.policy.resets import Action, ResetDevices
+from ccmsec.policy.resets import Action
 from ccmsec_proto import events_pb2
 
 from ccmsec.runtime.actions import event_bodies
+from ccmsec_callmanager.domain import merge_resets  # noqa: F401  (the one definition)
+
 from .audit import new_entry
 
 log = logging.getLogger(__name__)
@@ -48,30 +50,6 @@ async def config_changed(request: Request, devices: Iterable[str], what: str) ->
     body = events_pb2.ConfigChanged(devices=devices, what=what)
     return await announce(request, "config.changed", None, {"config_changed": body},
                           about=devices[0] if len(devices) == 1 else f"{len(devices)} devices")
-
-
-def merge_resets(actions: Iterable[Action]) -> list[Action]:
-    """Resets of the same devices with the same kind become one action naming all their rules.
-
-    One administrative request that changes, say, the security mode and a hardening setting
-    (RST-1 and RST-2) resets the phone once, not twice in a row.
-    """
-    out: list[Action] = []
-    for action in actions:
-        if isinstance(action, ResetDevices):
-            for i, earlier in enumerate(out):
-                if (isinstance(earlier, ResetDevices) and earlier.devices == action.devices
-                        and earlier.kind == action.kind):
-                    rules = earlier.rule_id.split(",")
-                    if action.rule_id not in rules:
-                        out[i] = ResetDevices(earlier.devices, earlier.kind,
-                                              ",".join([*rules, action.rule_id]))
-                    break
-            else:
-                out.append(action)
-        else:
-            out.append(action)
-    return out
 
 
 async def publish_actions(request: Request, actions: Iterable[Action], *, reason: str = "",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import datetime as _dt
 import logging
 from pathlib import Path
@@ -71,7 +73,13 @@ def create_admin_app(sessionmaker: async_sessionmaker, *, events: EventPublisher
     if domain is None:  # the service passes its own (the one its gRPC servicer uses too)
         from ccmsec_callmanager.domain import CallManagerDomain
 
-        domain = CallManagerDomain(sessionmaker, events.publish)
+        async def publish(kind, target, payload):  # no outbox here: whatever events the app has now
+            from . import announce
+
+            await asyncio.wait_for(app.state.events.publish(kind, target, payload),
+                                   announce.PUBLISH_TIMEOUT)
+
+        domain = CallManagerDomain(sessionmaker, publish)
     app.state.domain = domain
 
     app.add_middleware(BodyLimitMiddleware, limit=max_body)

@@ -1,8 +1,10 @@
 """/api/v1/devices: create, list, show, change (security mode, hardening) and delete phones.
 
 Each successful change bumps the device's config_version, is audited in the same transaction,
-and is announced afterwards: `config.changed` always, then exactly the resets
+and is announced: `config.changed` always, then exactly the resets
 `ccmsec.policy.resets.required_actions` returns for it (RST-1 security mode, RST-2 hardening).
+Changing a device goes through callmanager's one write path (`ccmsec_callmanager/domain.py`),
+whose events are committed with the change (outbox).
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm.exc import StaleDataError
 
 from ccmsec.db.devices import (
     HARDENING_FIELDS,
@@ -26,10 +27,12 @@ from ccmsec.db.devices import (
 )
 
 from ccmsec.domain import DeviceSecurityMode
-from ccmsec.policy.resets import DeviceSecurityModeChanged, HardeningChanged, required_actions
 
-from .announce import config_changed, publish_actions
+from ccmsec_callmanager.domain import device_change_actions  # noqa: F401  (the one definition)
+
+from .announce import config_changed
 from .audit import new_entry
+from .owner import actor_of_request, owner_call
 from .auth import Principal, require_admin, require_user
 from .device_rules import RuleViolation, check_device_change
 from . import schemas
@@ -99,16 +102,6 @@ async def _check_rules(session, model: str, mode: str, web_access: bool) -> None
         raise ApiError(422 if exc.rule == "DEV-3" else 409, exc.reason, rule=exc.rule) from None
 
 
-def device_change_actions(name: str, changed: dict) -> list:
-    """What the policy requires for these changed fields of one device (RST-1, RST-2)."""
-    actions = []
-    if "security_mode" in changed:
-        actions += required_actions(DeviceSecurityModeChanged(name))
-    if any(k in HARDENING_FIELDS for k in changed):
-        actions += required_actions(HardeningChanged(name))
-    return actions
-
-
 @router.post("/api/v1/devices", name="device.create", status_code=201,
              openapi_extra=body_schema(DeviceCreate), responses={201: {"model": schemas.Device}})
 async def create_device(request: Request, _: Principal = Depends(require_admin)) -> dict:
@@ -175,37 +168,16 @@ async def delete_device(name: str, request: Request, _: Principal = Depends(requ
 
 
 @router.patch("/api/v1/devices/{name}", name="device.update", openapi_extra=body_schema(DevicePatch),
-               responses={200: {"model": schemas.Device}})
+               responses={200: {"model": schemas.DeviceChanged}})
 async def update_device(name: str, request: Request, _: Principal = Depends(require_admin)) -> dict:
+    """Through callmanager's one write path: the change, its audit row and the events it requires
+    (config.changed, RST-1/RST-2 resets) commit together; `delivery` is "pending" while NATS is
+    down (the resets go out once it is back)."""
     name = checked_name(name)
     body = await read_json(request, DevicePatch)
     wanted = body.model_dump(include=body.model_fields_set)
     if not wanted:
         raise ApiError(422, "nothing to change (give security_mode, description, device_pool "
                             f"or a hardening setting: {', '.join(HARDENING_FIELDS)})")
-    async with request.app.state.sessionmaker() as session:
-        device = await session.scalar(select(Device).where(Device.name == name))
-        if device is None:
-            raise ApiError(404, f"no device named {name}")
-        changed = {k: v for k, v in wanted.items() if getattr(device, k) != v}
-        if not changed:
-            return device.to_dict()  # nothing differs: no new config version, nothing to reset
-        await _check_rules(session, device.model,
-                           changed.get("security_mode", device.security_mode),
-                           changed.get("web_access", device.web_access))
-        before = {k: getattr(device, k) for k in changed}
-        for key, value in changed.items():
-            setattr(device, key, value)
-        session.add(new_entry(request, status=200, detail="; ".join(
-            f"{k}: {before[k]!r} -> {v!r}" for k, v in changed.items())))
-        try:
-            await session.flush()  # bumps config_version, or finds a concurrent writer
-        except StaleDataError:
-            raise ApiError(409, f"device {name} was changed by someone else at the same time; "
-                                "read it again and retry") from None
-        result = device.to_dict()
-        await session.commit()
-    await config_changed(request, [name], "updated:" + ",".join(sorted(changed)))
-    await publish_actions(request, device_change_actions(name, changed),
-                          reason=f"{name}: {', '.join(sorted(changed))} changed", about=name)
-    return result
+    return await owner_call(request, request.app.state.domain.update_device(
+        actor_of_request(request), name, wanted))

@@ -154,7 +154,7 @@ async def list_lines(
 
 
 @router.post("/api/v1/lines", name="line.create", status_code=201,
-             openapi_extra=body_schema(LineCreate), responses={201: {"model": schemas.Line}})
+             openapi_extra=body_schema(LineCreate), responses={201: {"model": schemas.LineCreated}})
 async def create_line(request: Request, _: Principal = Depends(require_admin)) -> dict:
     body = await read_json(request, LineCreate)
     request.state.audit_target = body.device
@@ -225,7 +225,8 @@ async def update_pool(name: str, request: Request, _: Principal = Depends(requir
 
 
 @router.put("/api/v1/devices/{name}/pool", name="device.set_pool",
-            openapi_extra=body_schema(DevicePoolAssignment), responses={200: {"model": schemas.Device}})
+            openapi_extra=body_schema(DevicePoolAssignment),
+            responses={200: {"model": schemas.DeviceChanged}})
 async def set_device_pool(name: str, request: Request, _: Principal = Depends(require_admin)) -> dict:
     """Put a device in a device pool (or in none with null)."""
     name = checked_name(name)

@@ -68,6 +68,13 @@ class Device(Strict):
     updated_at: str
 
 
+class DeviceChanged(Device):
+    delivery: Literal["sent", "pending"] = Field(
+        description="sent: the events the change requires (config.changed, RST-* resets) were "
+                    "acknowledged by the event stream; pending: the change is saved and its events "
+                    "are queued (outbox), delivered once the bus is back (issue 9 §4)")
+
+
 class DeviceList(Strict):
     devices: list[Device]
     total: int = Field(description="devices in the cluster (all pages)")
@@ -149,6 +156,10 @@ class Line(Strict):
     line_index: int
     label: str
     created_at: str
+
+
+class LineCreated(Line):
+    delivery: Literal["sent", "pending"] = Field(description="as for a device change")
 
 
 class LineList(Strict):

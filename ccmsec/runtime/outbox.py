@@ -1,0 +1,197 @@
+"""Changes and their events committed together (issue 9 §4): stage in the change's transaction,
+relay until JetStream acknowledges.
+
+    async with db() as session, session.begin():
+        ...the change...
+        ids = stage_actions(session, origin, actions, reason=...)   # rows in event_outbox
+    delivered = await relay.wait_sent(ids, timeout)                  # False: "pending delivery"
+
+* A rolled-back change leaves no outbox row: nothing is ever sent for it.
+* A committed change's events are published by the owning service's `OutboxRelay`, in order, each
+  with its event id as `Nats-Msg-Id`; a row is marked sent only after JetStream's ack. While NATS is
+  down the relay retries with back-off, and the rows wait in the database (they survive a restart
+  of the service too); the caller reports the change as *pending delivery* instead of done.
+* Exactly once in effect: a row re-sent after a lost ack carries the same id, so JetStream drops it
+  within its duplicate window and every consumer drops an id it already handled (`handled_events`).
+* `ccmsec_outbox_depth{service}` is the number of rows not yet acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as _dt
+import logging
+from collections import OrderedDict
+from typing import Awaitable, Callable, Iterable
+
+from prometheus_client import Counter
+from sqlalchemy import delete, func, select, update
+
+from ccmsec.db.outbox import OutboxRow
+from ccmsec.policy.resets import Action
+from ccmsec.runtime import bus as bus_mod
+from ccmsec.runtime.actions import describe, event_bodies
+from ccmsec.runtime.metrics import OUTBOX_DEPTH, REGISTRY
+from ccmsec_proto import events_pb2
+
+log = logging.getLogger("ccmsec.outbox")
+
+OUTBOX_RELAYED = Counter("ccmsec_outbox_relayed_total", "outbox events acknowledged by JetStream",
+                         ["service", "node"], registry=REGISTRY)
+OUTBOX_FAILURES = Counter("ccmsec_outbox_publish_failures_total",
+                          "outbox publish attempts that failed (NATS down or no ack)",
+                          ["service", "node"], registry=REGISTRY)
+
+DELIVERY_WAIT = 3.0      # seconds a request waits for its events' acks before saying "pending"
+BATCH = 100
+RETRY_MIN, RETRY_MAX = 0.2, 5.0
+KEEP_SENT = _dt.timedelta(hours=1)  # acknowledged rows kept this long (inspection), then deleted
+_REMEMBER = 10_000       # acknowledged ids remembered in memory for wait_sent
+
+PublishEvent = Callable[[events_pb2.Event, "str | None"], Awaitable[object]]
+
+
+def stage(session, origin: str, kind: str, target: str | None = None, **body) -> events_pb2.Event:
+    """Add one event to the outbox in `session`'s transaction; returns it (its id is fixed now)."""
+    event = bus_mod.make_event(kind, origin, **body)
+    bus_mod.subject_for(kind, target)  # an unknown kind is refused before anything is committed
+    session.add(OutboxRow(event_id=event.id, origin=origin, kind=kind, target=target,
+                          payload=event.SerializeToString(), attempts=0, last_error=""))
+    return event
+
+
+def stage_actions(session, origin: str, actions: Iterable[Action], *, reason: str = "",
+                  request_id: str = "") -> tuple[list[str], list[str]]:
+    """The events of policy actions (the one mapping, `ccmsec.runtime.actions`) into the outbox;
+    returns (event ids, descriptions)."""
+    ids, described = [], []
+    for kind, target, body in event_bodies(actions, reason=reason, request_id=request_id):
+        ids.append(stage(session, origin, kind, target, **body).id)
+        described.append(describe(kind, target, body))
+    return ids, described
+
+
+class OutboxRelay:
+    """Publishes this node's committed outbox rows until JetStream acknowledges each."""
+
+    def __init__(self, db, publish_event: PublishEvent, *, origin: str, role: str):
+        self.db, self.publish_event, self.origin, self.role = db, publish_event, origin, role
+        self._wake = asyncio.Event()
+        self._changed = asyncio.Condition()
+        self._sent: OrderedDict[str, None] = OrderedDict()
+        self.depth = 0
+        self.last_error = ""
+        self._gauge = OUTBOX_DEPTH.labels(role)
+        self._relayed = OUTBOX_RELAYED.labels(role, origin)
+        self._failures = OUTBOX_FAILURES.labels(role, origin)
+
+    def kick(self) -> None:
+        self._wake.set()
+
+    async def wait_sent(self, event_ids: Iterable[str], timeout: float = DELIVERY_WAIT) -> bool:
+        """True once JetStream acknowledged every one of `event_ids`; False after `timeout`."""
+        wanted = set(event_ids)
+        if not wanted:
+            return True
+        self.kick()
+
+        def done() -> bool:
+            return wanted.issubset(self._sent.keys())
+
+        try:
+            async with self._changed:
+                await asyncio.wait_for(self._changed.wait_for(done), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return done()
+
+    async def pending(self) -> int:
+        async with self.db() as session:
+            return await session.scalar(select(func.count()).select_from(OutboxRow).where(
+                OutboxRow.origin == self.origin, OutboxRow.sent_at.is_(None))) or 0
+
+    async def _mark_sent(self, row: OutboxRow) -> None:
+        async with self.db() as session, session.begin():
+            await session.execute(update(OutboxRow).where(OutboxRow.seq == row.seq).values(
+                sent_at=_dt.datetime.now(_dt.timezone.utc), attempts=row.attempts + 1, last_error=""))
+        self._sent[row.event_id] = None
+        while len(self._sent) > _REMEMBER:
+            self._sent.popitem(last=False)
+        self._relayed.inc()
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def _mark_failed(self, row: OutboxRow, error: str) -> None:
+        self._failures.inc()
+        self.last_error = error
+        try:
+            async with self.db() as session, session.begin():
+                await session.execute(update(OutboxRow).where(OutboxRow.seq == row.seq).values(
+                    attempts=row.attempts + 1, last_error=error[:300]))
+        except Exception:  # the count is informative; the row stays unsent either way
+            log.debug("could not record an outbox failure", exc_info=True)
+
+    async def relay_once(self) -> bool:
+        """Publish the pending rows in order; False at the first that could not be published."""
+        async with self.db() as session:
+            rows = (await session.scalars(select(OutboxRow).where(
+                OutboxRow.origin == self.origin, OutboxRow.sent_at.is_(None))
+                .order_by(OutboxRow.seq).limit(BATCH))).all()
+        self.depth = len(rows) if len(rows) < BATCH else await self.pending()
+        self._gauge.set(self.depth)
+        for row in rows:
+            try:
+                await self.publish_event(events_pb2.Event.FromString(row.payload), row.target)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # NATS down, no ack in time, stream missing: retry later
+                await self._mark_failed(row, f"{type(exc).__name__}: {exc}")
+                return False
+            await self._mark_sent(row)
+            self.depth = max(0, self.depth - 1)
+            self._gauge.set(self.depth)
+        if len(rows) == BATCH:
+            self._wake.set()  # more behind this batch
+        return True
+
+    async def prune(self) -> None:
+        cutoff = _dt.datetime.now(_dt.timezone.utc) - KEEP_SENT
+        async with self.db() as session, session.begin():
+            await session.execute(delete(OutboxRow).where(
+                OutboxRow.origin == self.origin, OutboxRow.sent_at.is_not(None),
+                OutboxRow.sent_at < cutoff))
+
+    async def run(self) -> None:
+        """Until cancelled: relay whenever kicked, and on a timer while anything is pending."""
+        delay = RETRY_MIN
+        rounds = 0
+        while True:
+            self._wake.clear()  # before reading: a kick during the round triggers the next one
+            try:
+                ok = await self.relay_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the database itself failed: log once per round and retry
+                log.exception("outbox relay round failed")
+                ok = False
+            if ok:
+                if self.last_error:
+                    log.info("outbox delivering again", extra={"origin": self.origin})
+                    self.last_error = ""
+                delay = RETRY_MIN
+            else:
+                if delay == RETRY_MIN:
+                    log.warning("outbox: events pending delivery (NATS unreachable?)",
+                                extra={"origin": self.origin, "pending": self.depth,
+                                       "error": self.last_error})
+                delay = min(delay * 2, RETRY_MAX)
+            rounds += 1
+            if rounds % 1000 == 0:
+                try:
+                    await self.prune()
+                except Exception:
+                    log.debug("outbox prune failed", exc_info=True)
+            try:
+                await asyncio.wait_for(self._wake.wait(), delay if not ok else 5.0)
+            except asyncio.TimeoutError:
+                pass
