@@ -315,10 +315,10 @@ async def step_registry(ctx: DemoContext) -> None:
         stub = callmanager_pb2_grpc.CallManagerStub(ch)
         mode = await stub.GetClusterMode(common_pb2.Empty(), timeout=5)
         regs = (await stub.GetRegistrations(callmanager_pb2.RegistrationsRequest(), timeout=5)).registrations
-    ctx.say(f"cluster security mode {common_pb2.ClusterSecurityMode.Name(mode.mode)}; "
+    ctx.say(f"cluster security mode {ClusterMode.proto_text(mode.mode)}; "
             f"{len(regs)} device(s) registered")
     for r in sorted(regs, key=lambda r: r.device):
-        mode_name = common_pb2.DeviceSecurityMode.Name(r.mode).lower().replace("_", "-")
+        mode_name = DeviceSecurityMode.proto_text(r.mode)
         cert = f"{r.certificate_kind} {r.certificate_fingerprint[:16]}…" if r.certificate_kind else "-"
         ctx.say(f"{r.device:16} {r.model:5} {mode_name:13} from {r.address:21} certificate {cert}"
                 + ("  (MODE-7: NAT suspected)" if r.nat_suspected else ""))

@@ -299,13 +299,13 @@ def _grpc_call(args: argparse.Namespace, call):
 def _registration_rows(reply) -> list[dict]:
     import datetime as _dt
 
-    from ccmsec_proto import common_pb2
+    from ccmsec.domain import DeviceSecurityMode
 
     rows = []
     for r in reply.registrations:
         rows.append({
             "device": r.device, "model": r.model,
-            "mode": common_pb2.DeviceSecurityMode.Name(r.mode).lower().replace("_", "-"),
+            "mode": DeviceSecurityMode.proto_text(r.mode),  # the one converter
             "server": r.server, "address": r.address, "reported_address": r.reported_address,
             "transport_port": r.transport_port, "cipher": r.cipher,
             "certificate_kind": r.certificate_kind,

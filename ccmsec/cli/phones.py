@@ -264,12 +264,15 @@ def _note_unknown_devices(args: argparse.Namespace, phones: list) -> None:
             "their security mode, add them first")
     print(f"note: call control does not know {len(unknown)} of these phone(s) as devices; {what}. "
           "Add them with:", file=sys.stderr)
+    from ccmsec.domain import ClusterMode, DeviceSecurityMode
     from ccmsec.policy.devices import model_supports
 
     for p in unknown[:20]:
-        secure = mode == "mixed" and model_supports(p.model, "encrypted")  # DEV-3
-        print(f"  ccmsec device add {p.name} --model {p.model} --security "
-              f"{'encrypted' if secure else 'non-secure'}", file=sys.stderr)
+        secure = mode == ClusterMode.MIXED.value and model_supports(
+            p.model, DeviceSecurityMode.ENCRYPTED.value)  # DEV-3
+        wanted = DeviceSecurityMode.ENCRYPTED if secure else DeviceSecurityMode.NON_SECURE
+        print(f"  ccmsec device add {p.name} --model {p.model} --security {wanted.value}",
+              file=sys.stderr)
     if len(unknown) > 20:
         print(f"  … and {len(unknown) - 20} more", file=sys.stderr)
 
@@ -309,7 +312,9 @@ def cmd_show(args: argparse.Namespace) -> int:
     if json_output(args):
         print_json(proto_json(p))
         return 0
-    mode = common_pb2.DeviceSecurityMode.Name(p.security_mode) if p.security_mode else "-"
+    from ccmsec.domain import DeviceSecurityMode
+
+    mode = DeviceSecurityMode.proto_text(p.security_mode) if p.security_mode else "-"
     print(f"{p.name}  model {p.model}  MAC {p.mac}")
     print(f"  state: {p.state}{' (booting)' if p.booting else ''}   boots: {p.boots}   image: {p.firmware}")
     print(f"  security mode (config): {mode}   transport: {p.transport or '-'}"

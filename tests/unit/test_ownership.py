@@ -222,3 +222,27 @@ def test_the_guard_refuses_cross_owner_writes_and_lets_the_owner_write(tmp_path)
                 await engine.dispose()
 
     asyncio.run(scenario())
+
+
+# --- one typed vocabulary (issue 9 §5) -------------------------------------------------------------
+
+def test_security_mode_words_and_their_proto_numbers_live_in_ccmsec_domain_only():
+    """The spelling "non-secure" and the proto enum members of the security and cluster modes are
+    named in `ccmsec/domain.py` only (migrations, frozen in time, aside): every other module goes
+    through its converters (`parse`, `.value`, `to_proto`, `from_proto`, `proto_text`)."""
+    import re
+
+    word = re.compile(r"""["']non-secure["']""")
+    members = re.compile(r"_pb2\.(?:NON_SECURE|AUTHENTICATED|ENCRYPTED|CLUSTER_NON_SECURE|CLUSTER_MIXED)\b"
+                         r"|DeviceSecurityMode\.Name\(|ClusterSecurityMode\.Name\(")
+    found = []
+    for top in ("ccmsec", "services"):
+        for path in sorted((ROOT / top).rglob("*.py")):
+            rel = path.relative_to(ROOT).as_posix()
+            if rel == "ccmsec/domain.py" or "/migrations/" in rel or rel.endswith("_pb2.py"):
+                continue
+            for number, line in enumerate(path.read_text().splitlines(), 1):
+                code = line.split("#", 1)[0]
+                if word.search(code) or members.search(code):
+                    found.append(f"{rel}:{number}: {line.strip()}")
+    assert not found, "use ccmsec.domain's converters instead:\n" + "\n".join(found)

@@ -62,7 +62,7 @@ class MediaPlaneMixin:
     key_pool: KeyPool | None = None
     gateway_legs: GatewayLegs | None = None
     gateway_srtp: bool = True
-    cluster_mode_now: str = "non-secure"
+    cluster_mode_now: str = ClusterMode.NON_SECURE.value
 
     async def setup_media_plane(self) -> None:
         cc = self.callcontrol

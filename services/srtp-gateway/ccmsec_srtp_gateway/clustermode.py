@@ -1,7 +1,8 @@
 """What the gateway knows of the cluster security mode (GW-4: SRTP needs mixed mode).
 
-Call control owns the mode; the gateway asks it (`CallManager/GetClusterMode`) when it first needs
-to know and follows `mode.changed` events after that. When call control cannot be reached, SRTP
+ctl-provider owns the mode (issue 9 §5); call control reports it, and the gateway asks call control
+(`CallManager/GetClusterMode`) when it first needs to know and follows ctl-provider's
+`mode.changed` events after that. When call control cannot be reached, SRTP
 is refused rather than assumed.
 """
 
@@ -12,7 +13,8 @@ from typing import Awaitable, Callable
 
 import grpc
 
-from ccmsec_proto import common_pb2, events_pb2
+from ccmsec.domain import ClusterMode
+from ccmsec_proto import events_pb2
 
 Ask = Callable[[], Awaitable[int]]
 
@@ -46,4 +48,4 @@ class ClusterModeWatcher:
             self.mode = event.mode_changed.mode
 
     async def is_mixed(self) -> bool:
-        return await self.current() == common_pb2.CLUSTER_MIXED
+        return await self.current() == ClusterMode.MIXED.to_proto()
