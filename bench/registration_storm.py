@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "services" / "callmanager"))
 
 HOST = "127.0.0.1"
+BACK_LIMIT = 600.0
 
 
 def _rss_kb() -> int:
@@ -233,11 +234,16 @@ async def storm(port: int, contexts, concurrency: int, child: Child) -> dict:
     tasks = [asyncio.create_task(life(i, c)) for i, c in enumerate(contexts)]
     await asyncio.wait_for(first.wait(), 600)
     reg_time = time.perf_counter() - start
+    print(f"ours:     {n} phones registered in {reg_time:.2f} s = {n / reg_time:.1f}/s (reset-all next)", flush=True)
     loop = asyncio.get_running_loop()
     await asyncio.sleep(0.5)
     t_reset = time.perf_counter()
     sent = await loop.run_in_executor(None, child.ask, "reset")
-    await asyncio.wait_for(back_all.wait(), 600)
+    try:
+        await asyncio.wait_for(back_all.wait(), BACK_LIMIT)
+    except asyncio.TimeoutError:
+        print(f"reset-all: only {back[0]} of {n} phones back after {BACK_LIMIT:.0f} s", flush=True)
+        raise
     back_time = time.perf_counter() - t_reset
     in_registry = await loop.run_in_executor(None, child.ask, "count")  # before the phones hang up
     phones = await asyncio.gather(*tasks)
@@ -267,6 +273,7 @@ def main() -> int:
             raw_rate = _run(raw_handshakes(raw.plain_port, contexts, args.concurrency))
         finally:
             raw.stop()
+        print(f"baseline: raw Python ssl mutual-TLS handshakes (+1 message): {raw_rate:8.1f} /s", flush=True)
 
         cc = Child(callcontrol_process, data)
         try:
