@@ -196,6 +196,10 @@ def cmd_update(args: argparse.Namespace) -> int:
           + (f" (was {result.previous_mode})" if result.mode != result.previous_mode else " (unchanged)"))
     for event in result.events:
         print(f"  event: {event}")
+    if result.delivery_pending:  # committed; its events wait for NATS (issue 9 §4)
+        print("pending delivery: the CTL and mode are saved and their resets are queued; the event "
+              "bus is unreachable, and they are sent as soon as it is back")
+        return 0
     wait_for_restarts(args, before, result.events)
     return 0
 

@@ -60,5 +60,9 @@ def cmd_set(args: argparse.Namespace) -> int:
     print(f"cluster security mode: {_name(reply.previous)} -> {_name(reply.mode)}")
     for event in reply.events:
         print(f"  event: {event}")
+    if reply.delivery_pending:  # committed; its events wait for NATS (issue 9 §4)
+        print("pending delivery: the mode is saved and its resets are queued; the event bus is "
+              "unreachable, and they are sent as soon as it is back")
+        return 0
     wait_for_restarts(args, before, reply.events)
     return 0

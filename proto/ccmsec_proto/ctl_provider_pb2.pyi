@@ -62,7 +62,7 @@ class CommitCtlRequest(_message.Message):
     def __init__(self, ctl: _Optional[bytes] = ..., mode: _Optional[_Union[_common_pb2.ClusterSecurityMode, str]] = ..., new_trust: _Optional[bool] = ...) -> None: ...
 
 class CommitCtlReply(_message.Message):
-    __slots__ = ("version", "sha256", "tftp_path", "published_path", "mode", "previous_mode", "events")
+    __slots__ = ("version", "sha256", "tftp_path", "published_path", "mode", "previous_mode", "events", "delivery_pending")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
     TFTP_PATH_FIELD_NUMBER: _ClassVar[int]
@@ -70,6 +70,7 @@ class CommitCtlReply(_message.Message):
     MODE_FIELD_NUMBER: _ClassVar[int]
     PREVIOUS_MODE_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
+    DELIVERY_PENDING_FIELD_NUMBER: _ClassVar[int]
     version: int
     sha256: str
     tftp_path: str
@@ -77,7 +78,8 @@ class CommitCtlReply(_message.Message):
     mode: _common_pb2.ClusterSecurityMode
     previous_mode: _common_pb2.ClusterSecurityMode
     events: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, version: _Optional[int] = ..., sha256: _Optional[str] = ..., tftp_path: _Optional[str] = ..., published_path: _Optional[str] = ..., mode: _Optional[_Union[_common_pb2.ClusterSecurityMode, str]] = ..., previous_mode: _Optional[_Union[_common_pb2.ClusterSecurityMode, str]] = ..., events: _Optional[_Iterable[str]] = ...) -> None: ...
+    delivery_pending: bool
+    def __init__(self, version: _Optional[int] = ..., sha256: _Optional[str] = ..., tftp_path: _Optional[str] = ..., published_path: _Optional[str] = ..., mode: _Optional[_Union[_common_pb2.ClusterSecurityMode, str]] = ..., previous_mode: _Optional[_Union[_common_pb2.ClusterSecurityMode, str]] = ..., events: _Optional[_Iterable[str]] = ..., delivery_pending: _Optional[bool] = ...) -> None: ...
 
 class CurrentCtlReply(_message.Message):
     __slots__ = ("present", "version", "sha256", "ctl")
@@ -98,18 +100,20 @@ class SecurityModeRequest(_message.Message):
     def __init__(self, mode: _Optional[_Union[_common_pb2.ClusterSecurityMode, str]] = ...) -> None: ...
 
 class SecurityModeReply(_message.Message):
-    __slots__ = ("mode", "previous", "ctl_present", "ctl_version", "events")
+    __slots__ = ("mode", "previous", "ctl_present", "ctl_version", "events", "delivery_pending")
     MODE_FIELD_NUMBER: _ClassVar[int]
     PREVIOUS_FIELD_NUMBER: _ClassVar[int]
     CTL_PRESENT_FIELD_NUMBER: _ClassVar[int]
     CTL_VERSION_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
+    DELIVERY_PENDING_FIELD_NUMBER: _ClassVar[int]
     mode: _common_pb2.ClusterSecurityMode
     previous: _common_pb2.ClusterSecurityMode
     ctl_present: bool
     ctl_version: int
     events: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, mode: _Optional[_Union[_common_pb2.ClusterSecurityMode, str]] = ..., previous: _Optional[_Union[_common_pb2.ClusterSecurityMode, str]] = ..., ctl_present: _Optional[bool] = ..., ctl_version: _Optional[int] = ..., events: _Optional[_Iterable[str]] = ...) -> None: ...
+    delivery_pending: bool
+    def __init__(self, mode: _Optional[_Union[_common_pb2.ClusterSecurityMode, str]] = ..., previous: _Optional[_Union[_common_pb2.ClusterSecurityMode, str]] = ..., ctl_present: _Optional[bool] = ..., ctl_version: _Optional[int] = ..., events: _Optional[_Iterable[str]] = ..., delivery_pending: _Optional[bool] = ...) -> None: ...
 
 class TftpCluster(_message.Message):
     __slots__ = ("cluster_id", "tftp_path", "alternate_path", "mode")

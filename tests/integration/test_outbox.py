@@ -297,3 +297,46 @@ async def test_refused_change_commits_nothing_and_sends_nothing(cm_nats):
         assert await session.scalar(select(func.count()).select_from(OutboxRow)) == before
     resets = await _stream_events(server.url, subject_for("device.reset"))
     assert [e for e in resets if "SEP0000000B0009" in e.device_reset.devices] == []
+
+
+# --- ctl-provider: a mode change with NATS killed ----------------------------------------------------
+
+async def test_mode_change_with_nats_killed_is_pending_then_its_rst3_events_arrive_once(tmp_path, killable_nats):
+    """The cluster mode's owner commits the mode and its RST-3 events together: with NATS dead
+    `SetSecurityMode` (what `ccmsec mode set` calls) answers delivery_pending with the mode saved;
+    once NATS is back mode.changed, the reset of every device and the callmanager restart are in
+    the stream, once each."""
+    import random
+
+    from ccmsec.db.cluster import record_ctl
+    from ccmsec_proto import common_pb2, ctl_provider_pb2
+    from tests.conftest import free_port as port_on
+    from tests.integration.test_ctl_provider_service import _prepare
+    from tests.integration.test_ctl_provider_service import _start as start_provider
+
+    host = f"127.{random.randint(20, 250)}.{random.randint(0, 255)}.{random.randint(2, 250)}"
+    await _prepare(tmp_path)
+    svc, task, channel, stub = await start_provider(tmp_path, killable_nats.url, host, port_on(host),
+                                                    port_on(host))
+    try:
+        async with svc.db() as session, session.begin():  # a CTL exists (MODE-5), as committed
+            await record_ctl(session, content=b"ctl", sha256="0" * 64, signer="t1", signer_serial="01",
+                             records=5, tftp_path="cluster1")
+        killable_nats.kill()
+        reply = await stub.SetSecurityMode(ctl_provider_pb2.SecurityModeRequest(
+            mode=common_pb2.CLUSTER_MIXED), timeout=30)
+        assert reply.delivery_pending and reply.mode == common_pb2.CLUSTER_MIXED
+        assert (await stub.GetSecurityMode(common_pb2.Empty(), timeout=10)).mode == common_pb2.CLUSTER_MIXED
+        assert svc.outbox.depth == 3 or await svc.outbox.pending() == 3
+        killable_nats.start()
+        await _until(lambda: asyncio.sleep(0, svc.outbox.depth == 0), BACK_TIMEOUT, "relayed")
+        held = await _stream_events(killable_nats.url)
+        assert sorted((e.kind, e.device_reset.rule or e.service_restart.rule) for e in held) == [
+            ("device.reset", "RST-3"), ("mode.changed", ""), ("service.restart", "RST-3")]
+        assert len({e.id for e in held}) == 3
+        assert [e.mode_changed.actor for e in held if e.kind == "mode.changed"] == ["cli/cli"]
+    finally:
+        await channel.close()
+        if not task.done():
+            svc.request_stop()
+            await asyncio.wait_for(task, 15)

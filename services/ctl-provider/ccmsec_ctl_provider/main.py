@@ -6,6 +6,8 @@ database — a stored port overrides CCMSEC_CTL_PROVIDER_PORT; changing it requi
 
 from __future__ import annotations
 
+from ccmsec.runtime.outbox import OutboxRelay
+
 import asyncio
 import time
 
@@ -40,6 +42,10 @@ class CtlProviderService(Service):
         self._cache: tuple[float, list] | None = None
 
     async def setup(self) -> None:
+        # Mode and CTL changes commit with their events (outbox), relayed until acknowledged (§4).
+        self.outbox = OutboxRelay(self.db, lambda event, target: self.bus.publish(event, target),
+                                  origin=self.node, role=self.role)
+        self.spawn(self.outbox.run())
         async with self.db() as session, session.begin():
             row = await provider_node(session, self.node)
             self.activated = row.activated

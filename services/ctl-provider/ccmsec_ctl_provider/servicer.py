@@ -102,7 +102,8 @@ class CtlProviderServicer(StatusServicerMixin, ctl_provider_pb2_grpc.CtlProvider
         return ctl_provider_pb2.CommitCtlReply(
             version=result["version"], sha256=result["sha256"], tftp_path=result["tftp_path"],
             published_path=result["published_path"], mode=ClusterMode.parse(result["mode"]).to_proto(),
-            previous_mode=ClusterMode.parse(result["previous_mode"]).to_proto(), events=result["events"])
+            previous_mode=ClusterMode.parse(result["previous_mode"]).to_proto(), events=result["events"],
+            delivery_pending=not result["delivered"])
 
     async def GetSecurityMode(self, request, context):  # noqa: N802
         mode, version = await self.service.trust.mode_state()
@@ -113,7 +114,7 @@ class CtlProviderServicer(StatusServicerMixin, ctl_provider_pb2_grpc.CtlProvider
 
     async def SetSecurityMode(self, request, context):  # noqa: N802
         try:
-            target, previous, events = await self.service.trust.set_mode(
+            target, previous, events, delivered = await self.service.trust.set_mode(
                 request.mode, caller_of(self.service, context))
         except Refused as exc:
             await self._refused(context, exc)
@@ -121,7 +122,8 @@ class CtlProviderServicer(StatusServicerMixin, ctl_provider_pb2_grpc.CtlProvider
         return ctl_provider_pb2.SecurityModeReply(mode=ClusterMode.parse(target).to_proto(),
                                                   previous=ClusterMode.parse(previous).to_proto(),
                                                   ctl_present=version is not None,
-                                                  ctl_version=version or 0, events=events)
+                                                  ctl_version=version or 0, events=events,
+                                                  delivery_pending=not delivered)
 
     async def _clusters(self, registry):
         return ctl_provider_pb2.TftpClustersReply(clusters=[_cluster_message(e) for e in registry],

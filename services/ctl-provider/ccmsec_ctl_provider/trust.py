@@ -41,6 +41,7 @@ from ccmsec_proto import tftp_signer_pb2, tftp_signer_pb2_grpc
 
 from ccmsec.domain import ClusterMode, DomainError
 from ccmsec.runtime.actions import publish_actions
+from ccmsec.runtime.outbox import DELIVERY_WAIT, stage, stage_actions
 
 log = logging.getLogger("ccmsec.ctl-provider")
 
@@ -126,21 +127,30 @@ class TrustOperations:
             version = await get_setting(session, "ctl_version")
         return mode, (int(version) if version and version.isdigit() else None)
 
-    async def _announce_mode(self, target: str, previous: str, actor: str) -> list[str]:
-        """mode.changed (callmanager audits it) and the RST-3 actions, after the mode is stored."""
-        await self.service.publish("mode.changed", None, mode_changed=events_pb2.SecurityModeChanged(
+    def _stage_mode(self, session, target: str, previous: str, actor: str, ids: list[str]) -> list[str]:
+        """mode.changed (callmanager audits it) and the RST-3 actions, into the outbox of the
+        transaction that stores the mode."""
+        origin = self.service.node
+        ids.append(stage(session, origin, "mode.changed", None, mode_changed=events_pb2.SecurityModeChanged(
             mode=ClusterMode.parse(target).to_proto(), previous=ClusterMode.parse(previous).to_proto(),
-            actor=actor[:128], rule="MODE-2"))
+            actor=actor[:128], rule="MODE-2")).id)
+        more, described = stage_actions(session, origin, required_actions(ClusterModeChanged()),
+                                        reason=f"cluster security mode {previous} -> {target}")
+        ids.extend(more)
         log.warning("cluster security mode changed", extra={"from": previous, "to": target,
                                                             "actor": actor})
-        return ["mode.changed"] + await self._emit(required_actions(ClusterModeChanged()),
-                                                   f"cluster security mode {previous} -> {target}")
+        return ["mode.changed"] + described
 
-    async def set_mode(self, requested: int, actor: str = "") -> tuple[str, str, list[str]]:
+    async def delivered(self, ids: list[str]) -> bool:
+        """True once JetStream acknowledged every event of the change (else: pending delivery)."""
+        return await self.service.outbox.wait_sent(ids, DELIVERY_WAIT)
+
+    async def set_mode(self, requested: int, actor: str = "") -> tuple[str, str, list[str], bool]:
+        """(target, previous, events described, delivered)."""
         async with self._serial:
             return await self._set_mode(requested, actor)
 
-    async def _set_mode(self, requested: int, actor: str) -> tuple[str, str, list[str]]:
+    async def _set_mode(self, requested: int, actor: str) -> tuple[str, str, list[str], bool]:
         target = _mode_name(requested)
         if target is None:
             raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "give a mode: mixed or non-secure")
@@ -152,11 +162,14 @@ class TrustOperations:
                               "--token T2 --mode mixed` first")
             registry = await self.checked_registry(session, target)
             await save_tftp_registry(session, registry)
+            ids: list[str] = []
+            events: list[str] = []
             if target != previous:
                 await set_setting(session, SETTING_SECURITY_MODE, target)  # MODE-2: persisted
+                events = self._stage_mode(session, target, previous, actor, ids)  # same transaction
         if target == previous:
-            return target, previous, []
-        return target, previous, await self._announce_mode(target, previous, actor)
+            return target, previous, [], True
+        return target, previous, events, await self.delivered(ids)
 
     # --- trust list -----------------------------------------------------------------------
     async def current(self):
@@ -212,17 +225,23 @@ class TrustOperations:
                                        signer_serial=signer.serial.hex(), records=len(ctl_file.records),
                                        tftp_path=settings.tftp_path)
             await save_tftp_registry(session, registry)
+            # The CTL, the mode and every event they require commit together (outbox).
+            ids: list[str] = []
+            events: list[str] = []
             if target != previous_mode:
                 await set_setting(session, SETTING_SECURITY_MODE, target)  # MODE-2, with the CTL
-        events: list[str] = []
-        if target != previous_mode:
-            events += await self._announce_mode(target, previous_mode, actor)
-        await self.service.publish("ctl.updated", None, ctl_updated=events_pb2.CtlUpdated(
-            sha256=sha256, version=version, tftp_path=settings.tftp_path, actor=actor[:128]))
-        events.append("ctl.updated")
-        events += await self._emit(required_actions(CtlUpdated()),
-                                   f"CTL version {version} published ({sha256[:12]})")
+                events += self._stage_mode(session, target, previous_mode, actor, ids)
+            ids.append(stage(session, self.service.node, "ctl.updated", None,
+                             ctl_updated=events_pb2.CtlUpdated(sha256=sha256, version=version,
+                                                               tftp_path=settings.tftp_path,
+                                                               actor=actor[:128])).id)
+            events.append("ctl.updated")
+            more, described = stage_actions(session, self.service.node, required_actions(CtlUpdated()),
+                                            reason=f"CTL version {version} published ({sha256[:12]})")
+            ids += more
+            events += described
+        delivered = await self.delivered(ids)
         log.info("CTL committed", extra={"version": version, "sha256": sha256, "mode": target})
         return {"version": version, "sha256": sha256, "tftp_path": settings.tftp_path,
                 "published_path": published_path, "mode": target, "previous_mode": previous_mode,
-                "events": events}
+                "events": events, "delivered": delivered}
