@@ -191,6 +191,14 @@ class CallManagerDomain:
                                            detail=f"{kind} not published: {exc!r}"[:_MAX_DETAIL]))
         return "sent" if ok else "pending"
 
+    def events(self, session) -> _Events:
+        """The events of a change made in `session` by another part of callmanager (admin API
+        routes): staged there, in the change's transaction; `deliver` after the commit."""
+        return _Events(self, session)
+
+    async def deliver(self, events: _Events, about: str) -> str:
+        return await self._deliver(events, about)
+
     async def _config_changed(self, devices, what: str) -> bool:
         """`config.changed` for a change already committed: through the outbox in its own small
         transaction (durable, relayed like the rest), True once acknowledged."""

@@ -28,7 +28,6 @@ from ccmsec.db.lines import (
 )
 from ccmsec.policy.resets import SrstSecurityChanged, required_actions
 
-from .announce import config_changed, publish_actions
 from .audit import new_entry
 from .owner import actor_of_request, owner_call
 from .auth import Principal, require_admin, require_user
@@ -214,14 +213,16 @@ async def update_pool(name: str, request: Request, _: Principal = Depends(requir
             f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
             + f"; {len(devices)} devices"))
         result = pool.to_dict()
+        # config.changed and the RST-5 resets commit with the change (outbox, issue 9 §4)
+        events = request.app.state.domain.events(session)
+        events.config_changed(devices, "device_pool:" + ",".join(sorted(changed)))
+        if "srst" in changed:
+            old, new = changed["srst"]
+            events.actions(required_actions(SrstSecurityChanged(new or old, tuple(devices))),
+                           reason=f"SRST reference of device pool {name}: {old!r} -> {new!r}")
         await session.commit()
-    await config_changed(request, devices, "device_pool:" + ",".join(sorted(changed)))
-    if "srst" in changed:
-        old, new = changed["srst"]
-        await publish_actions(
-            request, required_actions(SrstSecurityChanged(new or old, tuple(devices))),
-            reason=f"SRST reference of device pool {name}: {old!r} -> {new!r}", about=name)
-    return {**result, "devices": len(devices)}
+    delivery = await request.app.state.domain.deliver(events, name)
+    return {**result, "devices": len(devices), "delivery": delivery}
 
 
 @router.put("/api/v1/devices/{name}/pool", name="device.set_pool",

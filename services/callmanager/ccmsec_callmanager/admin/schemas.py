@@ -175,6 +175,7 @@ class Pool(Strict):
 
 class PoolUpdated(Pool):
     devices: int | None = Field(None, description="devices in the pool (when something changed)")
+    delivery: Literal["sent", "pending"] | None = Field(None, description="as for a device change")
 
 
 class PoolList(Strict):
@@ -203,6 +204,7 @@ class SrstReferenceDetail(SrstReference):
 class SrstSecurityResult(SrstReference):
     devices: list[str]
     reset: list[str]
+    delivery: Literal["sent", "pending"] = Field(description="as for a device change")
 
 
 class SrstList(Strict):

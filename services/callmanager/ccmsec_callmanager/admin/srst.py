@@ -34,7 +34,7 @@ from ccmsec.db.lines import DevicePool, validate_cm_group
 from ccmsec.db.srst import InvalidSrstReference, SrstReference, validate_reference_name
 from ccmsec.policy.resets import SrstSecurityChanged, required_actions
 
-from .announce import config_changed, publish_actions
+from .announce import config_changed
 from .audit import new_entry
 from .auth import Principal, require_admin, require_user
 from . import schemas
@@ -204,13 +204,15 @@ async def set_security(name: str, request: Request, _: Principal = Depends(requi
                               detail=f"secure={row.secure} sha256={row.fingerprint or '-'} "
                                      f"(was {before or '-'}); {len(devices)} dependent devices"))
         result = row.to_dict()
+        # config.changed and the RST-5 resets commit with the change (outbox, issue 9 §4)
+        events = request.app.state.domain.events(session)
+        if changed:
+            events.config_changed(devices, "srst_security")
+            events.actions(required_actions(SrstSecurityChanged(name, tuple(devices))),
+                           reason=f"security on SRST reference {name}: secure={result['secure']}")
         await session.commit()
-    if changed:
-        await config_changed(request, devices, "srst_security")
-        await publish_actions(request, required_actions(SrstSecurityChanged(name, tuple(devices))),
-                              reason=f"security on SRST reference {name}: secure={result['secure']}",
-                              about=name)
-    return {**result, "devices": devices, "reset": devices if changed else []}
+    delivery = await request.app.state.domain.deliver(events, name)
+    return {**result, "devices": devices, "reset": devices if changed else [], "delivery": delivery}
 
 
 async def _refetch_accepted(host: str, port: int, fingerprint: str):
