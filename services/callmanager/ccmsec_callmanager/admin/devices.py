@@ -30,7 +30,6 @@ from ccmsec.domain import DeviceSecurityMode
 
 from ccmsec_callmanager.domain import device_change_actions  # noqa: F401  (the one definition)
 
-from .announce import config_changed
 from .audit import new_entry
 from .owner import actor_of_request, owner_call
 from .auth import Principal, require_admin, require_user
@@ -118,8 +117,10 @@ async def create_device(request: Request, _: Principal = Depends(require_admin))
         except IntegrityError:
             raise ApiError(409, f"device {body.name} already exists") from None
         result = device.to_dict()
+        events = request.app.state.domain.events(session)  # committed with the device (outbox)
+        events.config_changed([body.name], "created")
         await session.commit()
-    await config_changed(request, [body.name], "created")
+    await request.app.state.domain.deliver(events, body.name)
     return result
 
 
@@ -162,8 +163,10 @@ async def delete_device(name: str, request: Request, _: Principal = Depends(requ
             raise ApiError(404, f"no device named {name}")
         await session.delete(device)
         session.add(new_entry(request, status=200, detail=f"model={device.model}"))
+        events = request.app.state.domain.events(session)  # committed with the deletion (outbox)
+        events.config_changed([name], "deleted")
         await session.commit()
-    await config_changed(request, [name], "deleted")
+    await request.app.state.domain.deliver(events, name)
     return {"deleted": name}
 
 

@@ -34,7 +34,6 @@ from ccmsec.db.lines import DevicePool, validate_cm_group
 from ccmsec.db.srst import InvalidSrstReference, SrstReference, validate_reference_name
 from ccmsec.policy.resets import SrstSecurityChanged, required_actions
 
-from .announce import config_changed
 from .audit import new_entry
 from .auth import Principal, require_admin, require_user
 from . import schemas
@@ -131,9 +130,11 @@ async def create_reference(request: Request, _: Principal = Depends(require_admi
             raise ApiError(409, f"SRST reference {body.name} already exists") from None
         result = row.to_dict()
         devices = await dependent_devices(session, body.name)
+        # Pools may already name this reference as a bare host: their files now carry its ports.
+        events = request.app.state.domain.events(session)  # committed with the change (outbox)
+        events.config_changed(devices, "srst_reference")
         await session.commit()
-    # Pools may already name this reference as a bare host: their files now carry its ports.
-    await config_changed(request, devices, "srst_reference")
+    await request.app.state.domain.deliver(events, body.name)
     return result
 
 
