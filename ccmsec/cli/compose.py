@@ -1,7 +1,15 @@
-"""`ccmsec compose render [--check] [--output FILE]`: docker-compose.yml and Dockerfiles from the topology."""
+"""`ccmsec compose render [--check] [--output FILE]`: docker-compose.yml and Dockerfiles from the topology.
+
+`ccmsec compose init`: the compose file's one-shot `init` step. It alone mounts the cluster CA
+(its own volume): it issues each role its identity into a folder only that role mounts, and
+generates the database password (for the services and for PostgreSQL, each a file readable by its
+own user only). Idempotent: a second start keeps what is there.
+"""
 
 from __future__ import annotations
 
+import os
+import secrets
 import sys
 from pathlib import Path
 
@@ -46,6 +54,88 @@ def _render(args) -> int:
     return 0
 
 
+SECRET_BYTES = 24
+
+
+def _owned(path: Path, uid: int | None, mode: int) -> None:
+    os.chmod(path, mode)
+    if uid is not None and os.geteuid() == 0:
+        os.chown(path, uid, uid)
+
+
+def _secret_file(path: Path, uid: int | None, value: str | None = None) -> str:
+    """The secret in `path`, generated (0600, owned by `uid`) when missing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        atomic_write(path, ((value or secrets.token_urlsafe(SECRET_BYTES)) + "\n").encode(), mode=0o600)
+    _owned(path, uid, 0o600)
+    _owned(path.parent, uid, 0o700)
+    return path.read_text().strip()
+
+
+def _cli_data(args, roles: list[str]) -> None:
+    """The `cli` container's data folder: its own client identity, the CA certificate (not the
+    key), where the services are (compose names) and a link to the administrator's password."""
+    import json
+
+    from ccmsec.cluster import pki
+    from ccmsec.cluster.compose import ADMIN_SECRET_DIR
+    from ccmsec.cluster.topology import GRPC_PORT, METRICS_PORT, spec
+
+    cli = args.cli
+    pki.issue_client_identity(args.ca, "cli", out_dir=cli / "identities" / "clients" / "cli")
+    atomic_write(cli / "pki" / pki.CA_CERT, (args.ca / "pki" / pki.CA_CERT).read_bytes())
+    services = {}
+    for role in roles:
+        ports = {"grpc_port": GRPC_PORT, "metrics_port": METRICS_PORT,
+                 **{p.name: p.number for p in spec(role).ports}}
+        services[role] = {"host": role, **ports}
+    admin = spec("callmanager").ports
+    admin_port = next(p.number for p in admin if p.name == "admin_port")
+    endpoints = {"admin_url": f"https://callmanager:{admin_port}", "nats_url": "nats://nats:4222",
+                 "services": services}
+    atomic_write(cli / "run" / "endpoints.json", json.dumps(endpoints, indent=2, sort_keys=True).encode())
+    link = cli / "admin-password"
+    if not link.is_symlink():
+        link.symlink_to(f"{ADMIN_SECRET_DIR}/admin-password")
+    for path in [cli, *cli.rglob("*")]:
+        if path.is_symlink():
+            continue
+        private = path.is_dir() or path.suffix == ".key"
+        _owned(path, args.uid, 0o700 if path.is_dir() else (0o600 if private else 0o644))
+
+
+def _init(args) -> int:
+    from ccmsec.cluster import pki
+    from ccmsec.runtime.identity import IdentityError, admin_api_identity_dir
+
+    roles = args.role or []
+    try:
+        pki.ensure_cluster_ca(args.ca)
+        for role in roles:
+            out = args.identities / role
+            held = pki.issue_service_identity(args.ca, role, role, out_dir=out)
+            folders = [out] + ([admin_api_identity_dir(out)] if role == "callmanager" else [])
+            for folder in folders:
+                for f in folder.iterdir():
+                    if f.is_file():
+                        _owned(f, args.uid, 0o600 if f.name.endswith(".key") else 0o644)
+                _owned(folder, args.uid, 0o700)
+            print(f"{held.identity.uri}: issued into its own volume")
+        if args.cli is not None:
+            _cli_data(args, roles)
+        password = _secret_file(args.secrets / "db" / "password", args.uid)
+        _secret_file(args.secrets / "postgres" / "password", args.postgres_uid, password)
+        print("database password: generated once, kept as a file for the services and PostgreSQL")
+        if (args.secrets / "grafana").is_dir():
+            _secret_file(args.secrets / "grafana" / "admin-password", args.grafana_uid)
+    except IdentityError as exc:
+        raise CliError(str(exc)) from None
+    except OSError as exc:
+        raise CliError(f"init: {exc.filename or ''}: {exc.strerror or exc}") from None
+    return 0
+
+
 def register(sub) -> None:
     p = sub.add_parser("compose", help="docker-compose.yml and Dockerfiles rendered from the topology")
     csub = p.add_subparsers(dest="compose_command", metavar="ACTION")
@@ -58,3 +148,13 @@ def register(sub) -> None:
     r.add_argument("--root", type=Path, default=None,
                    help="project root holding services/ (default: this checkout)")
     r.set_defaults(func=_render)
+    i = csub.add_parser("init", help="compose's one-shot init step: identities and secrets (idempotent)")
+    i.add_argument("--ca", type=Path, required=True, help="the folder holding the cluster CA (its own volume)")
+    i.add_argument("--identities", type=Path, required=True, help="ROLE/ folders to issue into")
+    i.add_argument("--secrets", type=Path, required=True, help="db/ and postgres/ (and grafana/) folders")
+    i.add_argument("--cli", type=Path, default=None, help="the `cli` container's data folder")
+    i.add_argument("--role", action="append", help="a role to issue an identity for (repeatable)")
+    i.add_argument("--uid", type=int, default=None, help="owner of the services' files")
+    i.add_argument("--postgres-uid", type=int, default=None, help="owner of PostgreSQL's password file")
+    i.add_argument("--grafana-uid", type=int, default=472, help="owner of Grafana's password file")
+    i.set_defaults(func=_init)

@@ -14,13 +14,15 @@ from pathlib import Path
 
 from ccmsec.cli.common import CliError, add_data_option
 from ccmsec.cluster import runner
-from ccmsec.demo import DemoContext, STEPS
+from ccmsec.demo import DemoContext, STEPS, step_up
 
 
 def _run(args) -> int:
     keep = args.keep
-    if getattr(args, "data", None):
-        data = Path(args.data).expanduser().resolve()
+    if getattr(args, "data", None) or getattr(args, "attach", False):
+        from ccmsec.cli.common import data_dir
+
+        data = data_dir(args)
         temporary = False
     else:
         data = Path(tempfile.mkdtemp(prefix="ccmsec-demo-"))
@@ -28,9 +30,13 @@ def _run(args) -> int:
     print(f"ccmsec demo: cluster data in {data}")
     started = time.monotonic()
     ctx = DemoContext(data=data, out=print)
+    attach = getattr(args, "attach", False)
+    if attach and not ctx.endpoints.get("services"):
+        raise CliError(f"--attach: no running cluster described in {data}/run/endpoints.json")
+    steps = [(t, s) for t, s in STEPS if not (attach and s is step_up)]
     try:
-        for number, (title, step) in enumerate(STEPS, 1):
-            print(f"\n[{number}/{len(STEPS)}] {title}")
+        for number, (title, step) in enumerate(steps, 1):
+            print(f"\n[{number}/{len(steps)}] {title}")
             t0 = time.monotonic()
             try:
                 result = step(ctx)
@@ -44,7 +50,7 @@ def _run(args) -> int:
     except runner.RunnerError as exc:
         raise CliError(str(exc)) from None
     finally:
-        if not keep:
+        if not keep and not attach:
             try:
                 runner.down(data, quiet=True)
             except runner.RunnerError as exc:
@@ -52,7 +58,7 @@ def _run(args) -> int:
             if temporary:
                 shutil.rmtree(data, ignore_errors=True)
     print(f"\nccmsec demo finished in {time.monotonic() - started:.1f}s"
-          + (f"; cluster left running from {data}" if keep else "; cluster stopped"))
+          + ("" if attach else f"; cluster left running from {data}" if keep else "; cluster stopped"))
     return 0
 
 
@@ -60,4 +66,7 @@ def register(sub) -> None:
     p = sub.add_parser("demo", help="run the whole product end to end on embedded defaults")
     add_data_option(p)
     p.add_argument("--keep", action="store_true", help="leave the cluster running at the end")
+    p.add_argument("--attach", action="store_true",
+                   help="walk the checklist on a cluster that is already running (its endpoints in "
+                        "DATA/run/endpoints.json, e.g. compose's `cli` container); start and stop nothing")
     p.set_defaults(func=_run)

@@ -16,6 +16,9 @@ ROLES = (
 )
 
 
+MAX_SECRET = 1024  # bytes of a password file
+
+
 class SettingsError(Exception):
     """Bad settings: one readable line per problem, never a traceback."""
 
@@ -35,6 +38,11 @@ class ServiceSettings(BaseSettings):
     metrics_interval: float = Field(15.0, ge=0.2, le=600)  # seconds between gauge samples (I/O-bound ones)
     nats_url: str = "nats://127.0.0.1:4222"
     database_url: str = ""
+    # The database password as a file (compose: a volume only the services mount), so that it is
+    # never in the environment or the compose file; it fills in the password of database_url.
+    database_password_file: Path | None = None
+    # Where callmanager keeps the generated `admin` password (default DATA/admin-password).
+    admin_password_file: Path | None = None
     log_level: str = "INFO"
     shutdown_grace: float = Field(4.0, ge=0, le=30)
     bus_connect_timeout: float = Field(30.0, gt=0, le=600)
@@ -106,7 +114,28 @@ class ServiceSettings(BaseSettings):
 
     @property
     def db_url(self) -> str:
-        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'ccmsec.db'}"
+        if not self.database_url:
+            return f"sqlite+aiosqlite:///{self.data_dir / 'ccmsec.db'}"
+        if self.database_password_file is None:
+            return self.database_url
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        path = self.database_password_file
+        try:
+            with open(path, "rb") as fh:
+                raw = fh.read(MAX_SECRET + 1)
+        except OSError as exc:
+            raise SettingsError(f"CCMSEC_DATABASE_PASSWORD_FILE: cannot read {path}: {exc.strerror}") from None
+        password = raw.decode("utf-8", "replace").strip()
+        if not password or len(raw) > MAX_SECRET:
+            raise SettingsError(f"CCMSEC_DATABASE_PASSWORD_FILE: {path} holds no usable password "
+                                f"(1-{MAX_SECRET} bytes)")
+        try:
+            url = make_url(self.database_url).set(password=password)
+        except ArgumentError:
+            raise SettingsError("CCMSEC_DATABASE_URL: not a database URL") from None
+        return url.render_as_string(hide_password=False)
 
     def peer_host(self, role: str) -> str:
         """The peer's IP address: phones, TFTP clients and CTL records need addresses, while compose

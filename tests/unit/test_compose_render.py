@@ -38,10 +38,10 @@ def test_committed_compose_file_is_the_rendered_one():
     assert committed.startswith(compose.HEADER)
 
 
-@pytest.mark.parametrize("role", ROLES)
-def test_committed_dockerfile_is_the_rendered_one(role):
-    committed = (ROOT / "services" / role / "Dockerfile").read_text()
-    assert committed == compose.render_dockerfile(next(s for s in SERVICES if s.role == role))
+def test_committed_dockerfile_and_env_example_are_the_rendered_ones():
+    assert (ROOT / compose.DOCKERFILE).read_text() == compose.render_dockerfile()
+    assert (ROOT / "compose.env.example").read_text() == compose.env_example()
+    assert not any((ROOT / "services" / role / "Dockerfile").exists() for role in ROLES)
 
 
 def test_committed_dockerignore_is_the_rendered_one():
@@ -53,31 +53,51 @@ def test_stale_files_names_a_changed_file(tmp_path):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text(text)
     assert compose.stale_files(tmp_path) == []
-    (tmp_path / "services/capf/Dockerfile").write_text("FROM scratch\n")
+    (tmp_path / compose.DOCKERFILE).write_text("FROM scratch\n")
     (tmp_path / "docker-compose.yml").unlink()
     assert sorted(compose.stale_files(tmp_path)) == sorted(
-        [str(tmp_path / "docker-compose.yml"), str(tmp_path / "services/capf/Dockerfile")])
+        [str(tmp_path / "docker-compose.yml"), str(tmp_path / compose.DOCKERFILE)])
 
 
 # --- the compose model --------------------------------------------------------------------
 
-def test_every_role_is_a_service_with_image_build_and_shared_data_volume():
+def test_every_role_is_a_service_with_versioned_image_target_and_its_own_identity_volume():
+    """DEPLOY-1, DEPLOY-4: images tagged with the project version, one Dockerfile target each, a
+    role mounts its own identity volume (read-only) and no other's, never the CA's; hardened."""
     services = _doc()["services"]
-    assert list(services) == ["nats", "postgres", *ROLES]
+    assert list(services) == ["init", "nats", "postgres", *ROLES, "cli"]
+    version = compose.project_version()
+    assert version == tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     for role in ROLES:
         svc = services[role]
-        assert svc["image"] == f"ccmsec/{role}:latest"
-        assert svc["build"] == {"context": ".", "dockerfile": f"services/{role}/Dockerfile"}
+        assert svc["image"] == f"ccmsec/{role}:{version}"
+        assert svc["build"]["dockerfile"] == compose.DOCKERFILE and svc["build"]["target"] == role
+        assert svc["build"]["args"] == {"PYTHON_IMAGE": "${CCMSEC_PYTHON_IMAGE:-%s}" % compose.PYTHON_IMAGE}
         assert "ccmsec-data:/data" in svc["volumes"]
+        assert f"identity-{role}:{compose.IDENTITY_DIR}:ro" in svc["volumes"]
+        others = [v for v in svc["volumes"] if v.startswith(("identity-", compose.CA_VOLUME))
+                  and not v.startswith(f"identity-{role}:")]
+        assert others == []
+        assert svc["cap_drop"] == ["ALL"] and "cap_add" not in svc
+        assert svc["security_opt"] == ["no-new-privileges:true"]
+        assert svc["mem_limit"] and svc["cpus"] and svc["pids_limit"]
         assert svc["restart"] == "unless-stopped" and svc["stop_grace_period"] == "10s"
         assert svc["healthcheck"]["test"][-2:] == ["-m", "ccmsec.runtime.healthcheck"]
-        assert svc["healthcheck"]["interval"] == "5s" and svc["healthcheck"]["retries"] == 12
+        assert svc["healthcheck"]["interval"] == "10s" and svc["healthcheck"]["retries"] == 6
+        assert svc["depends_on"]["init"] == {"condition": "service_completed_successfully"}
         assert svc["depends_on"]["nats"] == {"condition": "service_healthy"}
         assert svc["depends_on"]["postgres"] == {"condition": "service_healthy"}
+    init = services["init"]
+    assert f"{compose.CA_VOLUME}:/ca" in init["volumes"] and init["restart"] == "no"
+    assert [s for s, svc in services.items() if any(str(v).startswith(compose.CA_VOLUME + ":")
+                                                     for v in svc.get("volumes", []))] == ["init"]
 
 
-def test_service_environment_loads_as_settings_for_every_role(monkeypatch):
-    """The compose environment is accepted by the same settings loader the services use."""
+def test_service_environment_loads_as_settings_for_every_role(monkeypatch, tmp_path):
+    """The compose environment is accepted by the same settings loader the services use; the
+    database password comes from its file (DEPLOY-2)."""
+    secret = tmp_path / "password"
+    secret.write_text("s3cret-from-file\n")
     services = _doc()["services"]
     for s in SERVICES:
         env = services[s.role]["environment"]
@@ -87,10 +107,14 @@ def test_service_environment_loads_as_settings_for_every_role(monkeypatch):
                 m.delenv(key)
             for key, value in env.items():
                 m.setenv(key, value)
+            m.setenv("CCMSEC_DATABASE_PASSWORD_FILE", str(secret))
             settings = load_settings()
         assert settings.service == s.role and settings.node_name == s.role and settings.host == "0.0.0.0"
         assert str(settings.data_dir) == "/data" and settings.nats_url == "nats://nats:4222"
-        assert settings.db_url == "postgresql://postgres:${CCMSEC_POSTGRES_PASSWORD:-ccmsec}@postgres:5432/ccmsec"
+        assert env["CCMSEC_DATABASE_PASSWORD_FILE"] == compose.DB_PASSWORD_FILE
+        assert not any("PASSWORD" in k and not k.endswith("_FILE") for k in env)
+        assert settings.db_url == "postgresql://ccmsec:s3cret-from-file@postgres:5432/ccmsec"
+        assert str(settings.identity_folder) == compose.IDENTITY_DIR
         assert settings.peers == {r: r for r in ROLES}
         assert settings.peer_host("callmanager") == "callmanager"
         for spec in SERVICES:  # every protocol port of the topology, so clients know them too
@@ -98,29 +122,53 @@ def test_service_environment_loads_as_settings_for_every_role(monkeypatch):
                 assert env[f"CCMSEC_{p.name.upper()}"] == str(p.number)
 
 
-def test_nats_and_postgres_have_healthchecks_and_volumes():
+def test_database_password_file_missing_or_empty_is_a_clear_error(monkeypatch, tmp_path):
+    """DEPLOY-2, bad case: no password file, or an empty one, is refused by name, never a traceback."""
+    from ccmsec.runtime.settings import SettingsError
+
+    for content in (None, "\n"):
+        path = tmp_path / "pw"
+        if content is not None:
+            path.write_text(content)
+        settings = load_settings(service="capf", data_dir=tmp_path, database_url=compose.DATABASE_URL,
+                                 database_password_file=path)
+        with pytest.raises(SettingsError, match="CCMSEC_DATABASE_PASSWORD_FILE"):
+            settings.db_url
+
+
+def test_nats_and_postgres_pinned_images_are_variables_and_have_healthchecks():
     doc = _doc()
     nats, pg = doc["services"]["nats"], doc["services"]["postgres"]
-    assert nats["image"] == "nats:2.10-alpine" and nats["command"] == ["-js", "-sd", "/data", "-m", "8222"]
+    assert nats["image"] == "${CCMSEC_NATS_IMAGE:-nats:2.10.24-alpine}"
+    assert nats["command"] == ["-js", "-sd", "/data", "-m", "8222"]
     assert "http://localhost:8222/healthz" in nats["healthcheck"]["test"]
-    assert pg["image"] == "postgres:16" and pg["environment"]["POSTGRES_DB"] == "ccmsec"
-    assert pg["healthcheck"]["test"][1:4] == ["pg_isready", "-U", "postgres"]
-    assert set(doc["volumes"]) == {"nats-data", "postgres-data", "ccmsec-data"}
+    assert pg["image"] == "${CCMSEC_POSTGRES_IMAGE:-postgres:16.6-bookworm}"
+    assert pg["environment"] == {"POSTGRES_USER": "ccmsec", "POSTGRES_DB": "ccmsec",
+                                 "POSTGRES_PASSWORD_FILE": "/run/secrets/postgres/password"}
+    assert pg["healthcheck"]["test"][1:4] == ["pg_isready", "-U", "ccmsec"]
+    for name in ("CCMSEC_PYTHON_IMAGE", "CCMSEC_NATS_IMAGE", "CCMSEC_POSTGRES_IMAGE"):
+        default = compose.IMAGE_VARIABLES[name]  # pinned: a version, never `latest`
+        assert ":" in default and not default.endswith((":latest", ":16", ":2.10-alpine"))
+        assert "${%s:-%s}" % (name, default) in compose.render_compose()
+    assert {"nats-data", "postgres-data", "ccmsec-data", compose.CA_VOLUME} <= set(doc["volumes"])
 
 
-def test_published_ports_keep_protocol_and_never_collide_on_the_host():
+def test_published_ports_on_loopback_from_the_env_file_never_collide_by_default():
+    """DEPLOY-3: ADDRESS:HOST:CONTAINER, address and host port variables (loopback by default)."""
     services = _doc()["services"]
-    assert services["tftp-signer"]["ports"] == [{"target": 69, "published": 69, "protocol": "udp"}]
+    assert services["tftp-signer"]["ports"] == [
+        "${CCMSEC_BIND_ADDRESS:-127.0.0.1}:${CCMSEC_PUBLISH_TFTP_SIGNER_TFTP:-69}:69/udp"]
     assert services["tftp-signer"]["sysctls"] == {"net.ipv4.ip_unprivileged_port_start": "0"}
-    srst = {(p["target"], p["published"]) for p in services["srst"]["ports"]}
+    srst = {(target, host) for _n, host, target, _p in compose.host_ports()["srst"]}
     assert srst == {(2000, 12000), (2443, 12443), (2445, 2445)}  # callmanager holds 2000/2443
     seen = set()
-    for svc in services.values():
-        for p in svc.get("ports", []):
-            key = (p["published"], p["protocol"])
-            assert key not in seen
-            seen.add(key)
+    for entries in compose.host_ports().values():
+        for name, host, _target, proto in entries:
+            assert (host, proto) not in seen
+            seen.add((host, proto))
+            assert f"{name}={host}" in compose.env_example().splitlines()
     assert "ports" not in services["keymanager"]  # nothing phone-facing: nothing published
+    assert "CCMSEC_BIND_ADDRESS=127.0.0.1" in compose.env_example().splitlines()
 
 
 def test_non_persistent_role_keeps_its_own_folder_on_tmpfs():
@@ -139,7 +187,7 @@ def test_start_order_drops_only_edges_between_roles_that_call_each_other():
     assert waits["capf"] == ["tftp-signer"]
     services = _doc()["services"]
     for role, peers in waits.items():
-        extra = [d for d in services[role]["depends_on"] if d not in ("nats", "postgres")]
+        extra = [d for d in services[role]["depends_on"] if d not in ("init", "nats", "postgres")]
         assert extra == peers
         assert all(services[role]["depends_on"][p] == {"condition": "service_started"} for p in peers)
 
@@ -193,7 +241,7 @@ def test_validate_reports_an_undeclared_volume():
 
 def test_validate_reports_a_host_port_published_twice():
     doc = _doc()
-    doc["services"]["srst"]["ports"][0]["published"] = 2000
+    doc["services"]["srst"]["ports"][0] = "127.0.0.1:2000:2000/tcp"
     assert compose.validate_compose(_dump(doc)) == [
         "service srst: host port 2000/tcp already published by callmanager"]
 
@@ -210,7 +258,7 @@ def test_validate_reports_schema_violations():
     doc = _doc()
     doc["services"]["capf"]["restart"] = "sometimes"
     doc["services"]["capf"]["stop_grace_period"] = "ten seconds"
-    doc["services"]["capf"]["ports"][0]["protocol"] = "sctp"
+    doc["services"]["capf"]["cap_drop"] = "ALL"
     doc["services"]["capf"]["privileged"] = True
     problems = compose.validate_compose(_dump(doc))
     assert len(problems) == 4 and all(p.startswith("schema: services/capf") for p in problems)
@@ -270,7 +318,7 @@ def test_docker_compose_config_refuses_what_validate_refuses(tmp_path):
 def _copies(dockerfile: str) -> list[str]:
     out = []
     for line in dockerfile.splitlines():
-        if line.startswith("COPY "):
+        if line.startswith("COPY ") and not line.startswith("COPY --from"):
             out.extend(line.split()[1:-1])
     return out
 
@@ -280,26 +328,44 @@ def _ignored(path: str, patterns) -> bool:
     return any(fnmatch.fnmatch(path, p) or path.startswith(p + "/") for p in patterns)
 
 
-@pytest.mark.parametrize("role", ROLES)
-def test_dockerfile_copies_only_what_its_role_needs_and_runs_its_entry_point(role):
-    s = next(s for s in SERVICES if s.role == role)
-    text = compose.render_dockerfile(s)
-    assert text.startswith(compose.HEADER) and "\nFROM python:3.11-slim\n" in text
-    copies = _copies(text)
-    patterns = compose.DOCKERIGNORE_PATTERNS
-    for src in copies:
-        assert (ROOT / src).exists(), f"{role}: COPY {src} names a missing file"
-        assert not _ignored(src, patterns), f"{role}: COPY {src} is excluded by .dockerignore"
-    service_dirs = {c for c in copies if c.startswith("services/") and c.endswith("/")}
-    assert service_dirs == {f"services/{role}/"}  # no other role's code
-    assert f"uv sync --frozen --no-dev --no-editable --package ccmsec-{role}" in text
-    scripts = tomllib.loads((ROOT / "services" / role / "pyproject.toml").read_text())["project"]["scripts"]
-    assert s.executable in scripts
-    assert text.rstrip().endswith(f'CMD ["/app/.venv/bin/{s.executable}"]')
-    assert "ENV CCMSEC_DATA_DIR=/data" in text and "\nUSER ccmsec\n" in text
-    expose = next(line for line in text.splitlines() if line.startswith("EXPOSE "))
-    for p in s.ports:
-        assert f"{p.number}/{p.protocol}" in expose.split()
+def _stage(text: str, name: str) -> str:
+    """The lines of one build stage, from its FROM line to the next stage's."""
+    stages: dict[str, list[str]] = {}
+    current = None
+    for line in text.splitlines():
+        if line.startswith("FROM "):
+            current = line.split()[-1]
+            stages[current] = []
+        if current is not None:
+            stages[current].append(line)
+    return "\n".join(stages[name]) + "\n"
+
+
+def test_dockerfile_is_multi_stage_with_one_shared_runtime_and_a_target_per_role():
+    """DEPLOY-4: build tools only in the build stage; every image is the shared runtime plus
+    metadata; an unprivileged user; a health check; the base image a build argument."""
+    text = compose.render_dockerfile()
+    assert text.startswith(compose.HEADER)
+    assert f"ARG PYTHON_IMAGE={compose.PYTHON_IMAGE}" in text
+    assert "FROM ${PYTHON_IMAGE} AS build" in text and "FROM ${PYTHON_IMAGE} AS runtime" in text
+    runtime = _stage(text, "runtime")
+    assert "uv" not in runtime.replace("/app/.venv", "") and "COPY --from=build /app/.venv /app/.venv" in runtime
+    assert "\nUSER ccmsec\n" in runtime
+    for src in _copies(text):
+        assert (ROOT / src).exists(), f"COPY {src} names a missing file"
+        assert not _ignored(src, compose.DOCKERIGNORE_PATTERNS), f"COPY {src} is excluded by .dockerignore"
+    for s in SERVICES:
+        stage = _stage(text, s.role)
+        assert stage.startswith(f"FROM runtime AS {s.role}")
+        scripts = tomllib.loads((ROOT / "services" / s.role / "pyproject.toml").read_text())["project"]["scripts"]
+        assert s.executable in scripts
+        assert f'CMD ["/app/.venv/bin/{s.executable}"]' in stage
+        assert "HEALTHCHECK" in stage and "ccmsec.runtime.healthcheck" in stage
+        expose = next(line for line in stage.splitlines() if line.startswith("EXPOSE "))
+        for p in s.ports:
+            assert f"{p.number}/{p.protocol}" in expose.split()
+        assert "RUN " not in stage  # nothing but metadata on top of the shared layers
+    assert "FROM runtime AS tools" in text
 
 
 def test_dockerignore_keeps_the_build_inputs_and_drops_the_rest():
@@ -314,10 +380,10 @@ def test_dockerignore_keeps_the_build_inputs_and_drops_the_rest():
 @pytest.mark.skipif(shutil.which("uv") is None, reason="uv binary not installed")
 def test_dockerfile_copy_set_is_enough_for_uv_to_install_the_role(tmp_path):
     """Replays the image's COPY and `uv sync` steps for one role in a scratch folder (no Docker here)."""
-    text = compose.render_dockerfile(next(s for s in SERVICES if s.role == "keymanager"))
+    text = compose.render_dockerfile()
     app = tmp_path / "app"
     for line in text.splitlines():
-        if not line.startswith("COPY "):
+        if not line.startswith("COPY ") or line.startswith("COPY --from"):
             continue
         *sources, target = line.split()[1:]
         for src in sources:
@@ -332,8 +398,8 @@ def test_dockerfile_copy_set_is_enough_for_uv_to_install_the_role(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "UV_PROJECT_ENVIRONMENT")}
     env.update(UV_PYTHON_DOWNLOADS="never", UV_PROJECT_ENVIRONMENT=str(app / ".venv"))
     for line in text.splitlines():
-        if line.startswith("RUN uv sync"):
-            result = subprocess.run(line.removeprefix("RUN ").split(), cwd=app, env=env,
+        if line.startswith("RUN /opt/uv/bin/uv sync"):
+            result = subprocess.run(["uv", *line.split()[2:]], cwd=app, env=env,
                                     capture_output=True, text=True, timeout=120)
             assert result.returncode == 0, result.stderr[-2000:]
     python = app / ".venv" / "bin" / "python"
@@ -345,8 +411,8 @@ def test_dockerfile_copy_set_is_enough_for_uv_to_install_the_role(tmp_path):
     installed = Path(check.stdout.strip()).parent
     assert installed.is_relative_to(app / ".venv")  # a real install, not the source tree
     assert (installed / "db" / "migrations" / "script.py.mako").exists()  # alembic needs it at start
-    assert (app / ".venv" / "bin" / "ccmsec-keymanager").exists()
-    assert not (app / ".venv" / "bin" / "ccmsec-callmanager").exists()  # only what this role needs
+    for s in SERVICES:  # the one shared environment runs every role
+        assert (app / ".venv" / "bin" / s.executable).exists()
 
 
 # --- the command --------------------------------------------------------------------------
@@ -369,7 +435,7 @@ def test_cli_renders_into_a_root_and_check_catches_a_hand_edit(tmp_path, capsys)
     (tmp_path / "services").mkdir()
     assert _run_cli(["--root", str(tmp_path)]) == 0
     assert (tmp_path / "docker-compose.yml").read_text() == compose.render_compose()
-    assert (tmp_path / "services/srst/Dockerfile").read_text() == compose.render_dockerfile(SERVICES[6])
+    assert (tmp_path / compose.DOCKERFILE).read_text() == compose.render_dockerfile()
     assert _run_cli(["--check", "--root", str(tmp_path)]) == 0
     (tmp_path / "docker-compose.yml").write_text(compose.render_compose().replace("5s", "50s"))
     with pytest.raises(CliError, match="out of date.*docker-compose.yml"):

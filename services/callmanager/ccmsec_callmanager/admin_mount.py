@@ -25,7 +25,8 @@ class AdminMount:
 
     async def start(self) -> None:
         s = self.service.settings
-        self.password_file = await ensure_admin_account(self.service.db, s.data_dir)
+        self.password_file = await ensure_admin_account(self.service.db, s.data_dir,
+                                                        path=s.admin_password_file)
         # The API is its own door: it serves HTTPS and calls peers as `admin-api`, not as callmanager.
         identity = self.service.admin_api_identity()
         certfile, keyfile = ensure_https_certificate(s.data_dir, s.host, identity)

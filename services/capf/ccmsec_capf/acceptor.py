@@ -93,16 +93,17 @@ class OwnerStore:
         return await self._call("record_csr", op_id, device_name, csr_der)
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(parent: int | None) -> None:
     """Linux: SIGTERM when the service process dies, even by SIGKILL (the channel's EOF is the
-    other guard)."""
+    other guard). `parent` is the service's pid: in a container the service is pid 1, so "my
+    parent is 1" alone does not mean it is gone."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
-    if os.getppid() == 1:  # the parent is already gone
-        sys.exit(0)
+    if os.getppid() != (parent or os.getppid()) or (parent is None and os.getppid() == 1):
+        sys.exit(0)  # the parent is already gone (re-parented)
 
 
 async def serve(cfg: dict) -> int:
@@ -159,7 +160,7 @@ async def serve(cfg: dict) -> int:
 
 def main() -> None:
     cfg = json.loads(os.environ[ENV])
-    _die_with_parent()
+    _die_with_parent(cfg.get("parent_pid"))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the service, which stops us
     setup_logging("capf", f"{cfg['node']}/acceptor-{cfg['index']}", cfg.get("log_level", "INFO"))
     try:

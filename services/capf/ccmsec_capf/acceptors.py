@@ -93,7 +93,8 @@ class AcceptorPool:
 
     async def _spawn(self, acceptor: _Acceptor) -> None:
         ours, theirs = socket.socketpair()
-        cfg = {"fd": theirs.fileno(), "index": acceptor.index, "node": self.node, "host": self.host,
+        cfg = {"fd": theirs.fileno(), "index": acceptor.index, "parent_pid": os.getpid(),
+               "node": self.node, "host": self.host,
                "port": self.port, "pki_dir": str(self.pki_dir), "config": self.config, "log_level": self.log_level,
                **self.limits}
         env = dict(os.environ, **{ENV: json.dumps(cfg)})

@@ -99,14 +99,15 @@ def _write_once(path: Path, data: bytes) -> bool:
         os.unlink(tmp)
 
 
-async def ensure_admin_account(sessionmaker: async_sessionmaker, data_dir: Path) -> Path:
+async def ensure_admin_account(sessionmaker: async_sessionmaker, data_dir: Path,
+                               path: Path | None = None) -> Path:
     """Create the `admin` account on first start; its generated password goes to DATA/admin-password.
 
     The file is written once (mode 0600) and never rewritten: on later starts, or when the
     database is new but the file is still there, the password in the file is the one used.
-    Returns the path of the password file.
+    Returns the path of the password file (`path`, default DATA/admin-password).
     """
-    path = Path(data_dir) / PASSWORD_FILE
+    path = Path(path) if path is not None else Path(data_dir) / PASSWORD_FILE
     if path.exists():
         os.chmod(path, 0o600)  # an operator may have loosened it; the content is never touched
     async with sessionmaker() as session:

@@ -1,0 +1,156 @@
+"""The compose suite: the cluster of docker-compose.yml on a real Docker engine.
+
+Run by `scripts/compose-test` (which prepares the engine and builds the images once); collected
+only with CCMSEC_COMPOSE=1. One cluster per test module (a compose project of its own, host ports
+picked free and written to an env file), torn down with its volumes at the end, pass or fail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from ccmsec.cluster import compose
+from ccmsec.cluster.topology import ROLES
+
+ROOT = Path(__file__).resolve().parents[2]
+HEALTH_TIMEOUT = float(os.environ.get("CCMSEC_COMPOSE_HEALTH_TIMEOUT", "240"))
+
+if os.environ.get("CCMSEC_COMPOSE") != "1":
+    collect_ignore_glob = ["test_*.py"]  # run by scripts/compose-test (`.ci/run`), not the default suite
+
+
+def free_port(protocol: str) -> int:
+    kind = socket.SOCK_DGRAM if protocol == "udp" else socket.SOCK_STREAM
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Cluster:
+    project: str
+    env_file: Path
+    ports: dict[str, int]          # env variable -> host port
+    workdir: Path
+    log: list[str] = field(default_factory=list)
+
+    # --- running docker and docker-compose ---------------------------------------------------
+    def dc(self, *args: str, timeout: float = 300, check: bool = True,
+           input: str | None = None) -> subprocess.CompletedProcess:
+        cmd = ["docker-compose", "-p", self.project, "--env-file", str(self.env_file),
+               "-f", str(ROOT / "docker-compose.yml"), "--project-directory", str(ROOT), *args]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, input=input)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{' '.join(cmd[7:])} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def docker(self, *args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
+        proc = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"docker {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def container(self, service: str) -> str:
+        out = self.docker("ps", "-aq", "--filter", f"label=com.docker.compose.project={self.project}",
+                          "--filter", f"label=com.docker.compose.service={service}").stdout.split()
+        assert out, f"no container for {service}"
+        return out[0]
+
+    def inspect(self, service: str) -> dict:
+        return json.loads(self.docker("inspect", self.container(service)).stdout)[0]
+
+    def health(self, service: str) -> str:
+        state = self.inspect(service)["State"]
+        if "Health" in state:
+            return state["Health"]["Status"]
+        return state["Status"]
+
+    def exec(self, service: str, *cmd: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+        return self.docker("exec", self.container(service), *cmd, check=check, timeout=timeout)
+
+    def cli(self, *args: str, timeout: float = 240, check: bool = True) -> subprocess.CompletedProcess:
+        """`ccmsec ARGS` in the `cli` container (the cluster's network, its own identity)."""
+        return self.dc("run", "--rm", "-T", "cli", *args, timeout=timeout, check=check)
+
+    def wait_healthy(self, services=("nats", "postgres", *ROLES), timeout: float = HEALTH_TIMEOUT) -> float:
+        start = time.monotonic()
+        deadline = start + timeout
+        last: dict[str, str] = {}
+        while time.monotonic() < deadline:
+            last = {s: self.health(s) for s in services}
+            if all(v == "healthy" for v in last.values()):
+                return time.monotonic() - start
+            time.sleep(2)
+        logs = self.dc("logs", "--tail", "30", check=False).stdout[-6000:]
+        raise AssertionError(f"not healthy after {timeout:.0f} s: {last}\n{logs}")
+
+    def file(self, service: str, path: str) -> str:
+        return self.exec(service, "cat", path).stdout
+
+    def fetch_admin_credentials(self) -> tuple[Path, Path]:
+        """What an operator copies out once: the cluster CA certificate and the admin password."""
+        ca = self.workdir / "cluster-ca.crt"
+        ca.write_text(self.file("callmanager", f"{compose.IDENTITY_DIR}/ca.crt"))
+        pw = self.workdir / "admin-password"
+        deadline = time.monotonic() + 60
+        while True:
+            proc = self.exec("callmanager", "cat", f"{compose.ADMIN_SECRET_DIR}/admin-password", check=False)
+            if proc.returncode == 0 and proc.stdout.strip():
+                break
+            assert time.monotonic() < deadline, proc.stderr
+            time.sleep(1)
+        pw.touch(mode=0o600)
+        pw.write_text(proc.stdout)
+        return ca, pw
+
+    def admin_url(self) -> str:
+        return f"https://127.0.0.1:{self.ports[compose.publish_variable('callmanager', 'admin_port')]}"
+
+    def down(self) -> None:
+        self.dc("--profile", "tools", "down", "-v", "--remove-orphans", "--timeout", "5", check=False)
+
+
+def make_env_file(path: Path, project: str) -> dict[str, int]:
+    ports = {}
+    lines = [f"COMPOSE_PROJECT_NAME={project}", f"{compose.BIND_VARIABLE}=127.0.0.1"]
+    for entries in compose.host_ports().values():
+        for name, _default, _target, proto in entries:
+            ports[name] = free_port(proto)
+            lines.append(f"{name}={ports[name]}")
+    for name in compose.IMAGE_VARIABLES:
+        if os.environ.get(name):
+            lines.append(f"{name}={os.environ[name]}")
+    path.write_text("\n".join(lines) + "\n")
+    return ports
+
+
+def new_cluster(tmp_path_factory, name: str) -> Cluster:
+    if shutil.which("docker-compose") is None or subprocess.run(
+            ["docker", "info"], capture_output=True).returncode != 0:
+        pytest.fail("no Docker engine: run the compose suite through scripts/compose-test")
+    prefix = os.environ.get("CCMSEC_COMPOSE_PREFIX", "ccmsectest")
+    project = f"{prefix}{name}"
+    workdir = tmp_path_factory.mktemp(project)
+    env_file = workdir / "compose.env"
+    ports = make_env_file(env_file, project)
+    return Cluster(project, env_file, ports, workdir)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, request):
+    c = new_cluster(tmp_path_factory, request.module.__name__.rsplit(".", 1)[-1].replace("test_", "").replace("_", ""))
+    try:
+        c.dc("up", "-d", "--no-build", timeout=600)
+        c.log.append(f"healthy after {c.wait_healthy():.0f} s")
+        yield c
+    finally:
+        c.down()

@@ -1,0 +1,206 @@
+"""The compose cluster as deployed (DEPLOY-1…4): up and healthy, each container only its own
+identity, no password in the environment, non-root hardened containers on loopback ports; used
+through the published administration API and the CLI (the whole checklist: tokens, CTL client to
+mixed mode, CAPF, devices, phones of each mode booting TFTP → CAPF → registration, encrypted
+calls); then faults — kill, restart, pause, network disconnect — phones recover, nothing lost."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from ccmsec.adminclient import AdminClient, discover
+from ccmsec.cluster import compose
+from ccmsec.cluster.topology import ROLES
+
+# bring-up, the whole checklist and four faults on a loaded 2-core machine: bounded, generously
+pytestmark = pytest.mark.timeout(1800)
+
+
+
+def admin(cluster) -> AdminClient:
+    ca, pw = cluster.fetch_admin_credentials()
+    return AdminClient(discover(cluster.workdir, url=cluster.admin_url(), cafile=ca,
+                                password=pw.read_text().strip()), timeout=30)
+
+
+def wait_until(predicate, timeout: float, what: str, step: float = 2.0):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = predicate()
+            if last:
+                return last
+        except Exception as exc:  # the service is coming back: keep asking until the deadline
+            last = exc
+        time.sleep(step)
+    raise AssertionError(f"{what}: not within {timeout:.0f} s (last: {last!r})")
+
+
+# --- the deployment itself ---------------------------------------------------------------------
+
+def test_every_container_is_healthy_and_hardened(cluster):
+    """DEPLOY-4: non-root, every capability dropped, no new privileges, limits; our images tagged
+    with the project version and sharing one runtime layer stack."""
+    version = compose.project_version()
+    layers = {}
+    for role in ROLES:
+        info = cluster.inspect(role)
+        assert info["State"]["Health"]["Status"] == "healthy"
+        assert info["Config"]["User"] == "ccmsec", role
+        host = info["HostConfig"]
+        assert host["CapDrop"] == ["ALL"] and not host.get("CapAdd"), role
+        assert "no-new-privileges:true" in host["SecurityOpt"], role
+        assert host["Memory"] > 0 and host["NanoCpus"] > 0 and host["PidsLimit"] > 0, role
+        assert info["Config"]["Image"] == f"ccmsec/{role}:{version}"
+        image = json.loads(cluster.docker("image", "inspect", info["Config"]["Image"]).stdout)[0]
+        layers[role] = image["RootFS"]["Layers"]
+        assert cluster.exec(role, "id", "-u").stdout.strip() == str(compose.APP_UID)
+    shared = set.intersection(*(set(v) for v in layers.values()))
+    assert all(set(v) == shared for v in layers.values()), "role images differ in their layers"
+    for infra in ("nats", "postgres"):
+        assert cluster.inspect(infra)["HostConfig"]["CapDrop"] == ["ALL"]
+
+
+def test_published_ports_are_on_loopback_and_from_the_env_file(cluster):
+    """DEPLOY-3: every published port listens on 127.0.0.1, on the host port the env file chose."""
+    seen = 0
+    for role, entries in compose.host_ports().items():
+        if not entries:
+            continue
+        bindings = cluster.inspect(role)["HostConfig"]["PortBindings"]
+        for name, _default, target, proto in entries:
+            (binding,) = bindings[f"{target}/{proto}"]
+            assert binding["HostIp"] == "127.0.0.1"
+            assert int(binding["HostPort"]) == cluster.ports[name]
+            seen += 1
+    assert seen == sum(len(e) for e in compose.host_ports().values()) > 0
+
+
+def test_each_container_holds_only_its_own_identity(cluster):
+    """DEPLOY-1: the cluster CA key is only in the init step's volume; a service sees its own
+    identity folder and no other's."""
+    for role in ROLES:
+        mounts = {m["Destination"]: m.get("Name", "") for m in cluster.inspect(role)["Mounts"]}
+        assert mounts[compose.IDENTITY_DIR].endswith(compose.identity_volume(role))
+        others = {compose.identity_volume(r) for r in ROLES if r != role}
+        assert not any(name.endswith(tuple(others)) for name in mounts.values()), role
+        assert not any(name.endswith(compose.CA_VOLUME) for name in mounts.values()), role
+        found = cluster.exec(role, "find", "/", "-name", "cluster-ca.key", "-not", "-path", "/proc/*",
+                             check=False).stdout.strip()
+        assert found == "", f"{role} can read the cluster CA key: {found}"
+        ident = cluster.exec(role, "ls", compose.IDENTITY_DIR).stdout.split()
+        assert {"tls.crt", "tls.key", "ca.crt"} <= set(ident)
+        uri = cluster.exec(role, "python3", "-c",
+                           "import sys; from ccmsec.runtime.identity import load_identity; "
+                           f"print(load_identity('{compose.IDENTITY_DIR}').identity.uri)").stdout.strip()
+        assert uri == f"spiffe://ccmsec/{role}/{role}"
+    # the search above does find the key where it is: in the init step's own volume
+    volume = f"{cluster.project}_{compose.CA_VOLUME}"
+    found = cluster.docker("run", "--rm", "-v", f"{volume}:/ca:ro", "--user", "0",
+                           f"ccmsec/tools:{compose.project_version()}", "find", "/ca", "-name",
+                           "cluster-ca.key").stdout.strip()
+    assert found == "/ca/pki/cluster-ca.key"
+
+
+def test_no_password_in_any_environment_or_in_the_compose_file(cluster):
+    """DEPLOY-2: the database password is generated at the first start and handed over as files;
+    it is in no container's environment and not in the rendered compose configuration."""
+    password = cluster.file("callmanager", compose.DB_PASSWORD_FILE).strip()
+    assert len(password) >= 24
+    config = cluster.dc("config").stdout
+    assert password not in config and "POSTGRES_PASSWORD:" not in config
+    for service in ("nats", "postgres", *ROLES):
+        env = cluster.inspect(service)["Config"]["Env"] or []
+        assert not any(password in e for e in env), service
+        assert not any(e.split("=", 1)[0] in ("POSTGRES_PASSWORD", "CCMSEC_ADMIN_PASSWORD") for e in env)
+    mode = cluster.exec("callmanager", "stat", "-c", "%a %u", compose.DB_PASSWORD_FILE).stdout.split()
+    assert mode == ["600", str(compose.APP_UID)]
+    admin_pw = cluster.exec("callmanager", "stat", "-c", "%a %u",
+                            f"{compose.ADMIN_SECRET_DIR}/admin-password").stdout.split()
+    assert admin_pw == ["600", str(compose.APP_UID)]
+    # the bad case: a database without a password is refused, not started open
+    image = cluster.inspect("postgres")["Config"]["Image"]
+    proc = cluster.docker("run", "--rm", "-e", "POSTGRES_USER=ccmsec", image, check=False, timeout=120)
+    assert proc.returncode != 0
+    assert "password" in (proc.stdout + proc.stderr).lower()
+
+
+# --- using it ----------------------------------------------------------------------------------
+
+def test_admin_api_through_the_published_port(cluster):
+    """The administration API from the host: verified with the cluster CA, the generated password;
+    a wrong password is refused."""
+    with admin(cluster) as api:
+        assert api.whoami()["username"] == "admin"
+        api.add_device("SEP00C0FFEE0001", "7960", "non-secure")
+        assert "SEP00C0FFEE0001" in {d["name"] for d in api.list_devices()}
+    ca, _ = cluster.fetch_admin_credentials()
+    bad = AdminClient(discover(cluster.workdir, url=cluster.admin_url(), cafile=ca,
+                               password="not-the-password-at-all"), timeout=30)
+    with bad, pytest.raises(Exception, match="401"):
+        bad.whoami()
+
+
+def test_checklist_through_the_cli_then_faults(cluster):
+    """The checklist from the `cli` container (CHK-1, CHK-2, CHK-4, CHK-6, CHK-8, CHK-9): tokens, the
+    CTL client to mixed mode, CAPF, devices, phones of each mode booting TFTP → CAPF →
+    registration, encrypted calls. Then faults; phones come back and nothing is lost."""
+    run = cluster.cli("demo", "--attach", timeout=600, check=False)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    assert "mixed" in run.stdout
+
+    with admin(cluster) as api:
+        devices = {d["name"] for d in api.list_devices()}
+        registered = lambda: {r["device"] for r in api.registrations()}  # noqa: E731
+        before = registered()
+    assert before, "no phone registered after the checklist"
+    assert before <= devices
+
+    def phones_back():
+        with admin(cluster) as api:
+            return before <= registered_now(api)
+
+    def registered_now(api):
+        return {r["device"] for r in api.registrations()}
+
+    def check_nothing_lost():
+        with admin(cluster) as api:
+            assert devices <= {d["name"] for d in api.list_devices()}
+
+    # docker kill of a service, then of NATS: the restart policy does not apply to a kill, so the
+    # operator starts them again (`docker-compose up -d`), and everything comes back.
+    for service in ("callmanager", "nats"):
+        cluster.docker("kill", cluster.container(service))
+        cluster.dc("up", "-d", "--no-build", timeout=300)
+        cluster.wait_healthy()
+        wait_until(phones_back, 180, f"phones registered again after docker kill {service}")
+        check_nothing_lost()
+
+    # docker restart of a service and of NATS
+    for service in ("capf", "nats"):
+        cluster.docker("restart", "-t", "5", cluster.container(service), timeout=120)
+        cluster.wait_healthy()
+        wait_until(phones_back, 180, f"phones registered again after docker restart {service}")
+        check_nothing_lost()
+
+    # docker pause of call control long enough for phones to notice, then unpause
+    cluster.docker("pause", cluster.container("callmanager"))
+    time.sleep(10)
+    cluster.docker("unpause", cluster.container("callmanager"))
+    cluster.wait_healthy()
+    wait_until(phones_back, 240, "phones registered again after docker pause callmanager")
+    check_nothing_lost()
+
+    # network disconnect of call control, then reconnect
+    net = f"{cluster.project}_default"
+    cm = cluster.container("callmanager")
+    cluster.docker("network", "disconnect", net, cm)
+    time.sleep(10)
+    cluster.docker("network", "connect", "--alias", "callmanager", net, cm)
+    cluster.wait_healthy()
+    wait_until(phones_back, 240, "phones registered again after network disconnect of callmanager")
+    check_nothing_lost()
