@@ -28,7 +28,19 @@ SECURITY_MODES = DeviceSecurityMode.choices()
 HARDENING_FIELDS = ("web_access", "pc_port", "settings_access", "garp", "voice_vlan_access",
                     "span_to_pc_port")
 
-DEFAULT_TIMEOUT = 10.0
+DEFAULT_TIMEOUT = 10.0  # seconds per request; CCMSEC_ADMIN_TIMEOUT overrides it (slow links, loaded hosts)
+
+
+def default_timeout() -> float:
+    import os
+
+    try:
+        value = float(os.environ.get("CCMSEC_ADMIN_TIMEOUT", DEFAULT_TIMEOUT))
+    except ValueError:
+        raise AdminConfigError("CCMSEC_ADMIN_TIMEOUT must be a number of seconds") from None
+    if not 0 < value <= 3600:
+        raise AdminConfigError("CCMSEC_ADMIN_TIMEOUT must be between 0 and 3600 seconds")
+    return value
 MAX_ERROR_TEXT = 300
 MAX_PAGES = 10_000  # lists are followed through their cursors, never forever
 
@@ -85,8 +97,24 @@ def trust_file(data_dir: Path) -> Path:
 
 def discover(data_dir: Path, *, url: str | None = None, username: str | None = None,
              password: str | None = None, cafile: Path | None = None) -> AdminEndpoint:
-    """Fill in whatever was not given from the cluster data directory."""
+    """Fill in whatever was not given: from the named context in use (`ccmsec context use`,
+    $CCMSEC_CONTEXT) unless --url is given, else from the cluster data directory."""
     data_dir = Path(data_dir)
+    if url is None:
+        from ccmsec import contexts
+
+        try:
+            ctx = contexts.active()
+        except contexts.ContextError as exc:
+            raise AdminConfigError(str(exc)) from None
+        if ctx is not None:
+            if password is None and username in (None, ctx.user):
+                try:
+                    password = ctx.password()
+                except contexts.ContextError as exc:
+                    raise AdminConfigError(str(exc)) from None
+            return discover(data_dir, url=ctx.url, username=username or ctx.user, password=password,
+                            cafile=cafile or ctx.cafile)
     url = url or _endpoints_url(data_dir)
     if not url:
         raise AdminConfigError(
@@ -120,10 +148,11 @@ def tls_context(cafile: Path) -> ssl.SSLContext:
 class AdminClient:
     """Synchronous client; one method per API call, each returning the decoded JSON."""
 
-    def __init__(self, endpoint: AdminEndpoint, timeout: float = DEFAULT_TIMEOUT,
+    def __init__(self, endpoint: AdminEndpoint, timeout: float | None = None,
                  page_size: int | None = None):
         self.endpoint = endpoint
         self.page_size = page_size  # rows per page of a list (None: the server's default)
+        timeout = default_timeout() if timeout is None else timeout
         try:
             verify = tls_context(endpoint.cafile)
         except (OSError, ssl.SSLError) as exc:

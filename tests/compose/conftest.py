@@ -79,7 +79,8 @@ class Cluster:
 
     def cli(self, *args: str, timeout: float = 240, check: bool = True) -> subprocess.CompletedProcess:
         """`ccmsec ARGS` in the `cli` container (the cluster's network, its own identity)."""
-        return self.dc("run", "--rm", "-T", "cli", *args, timeout=timeout, check=check)
+        return self.dc("run", "--rm", "-T", "-e", "CCMSEC_ADMIN_TIMEOUT=120", "cli", *args,
+                       timeout=timeout, check=check)
 
     def wait_healthy(self, services=("nats", "postgres", *ROLES), timeout: float = HEALTH_TIMEOUT) -> float:
         start = time.monotonic()

@@ -14,6 +14,7 @@ import pytest
 from ccmsec.adminclient import AdminClient, discover
 from ccmsec.cluster import compose
 from ccmsec.cluster.topology import ROLES
+from tests.conftest import run_cli
 
 # bring-up, the whole checklist and four faults on a loaded 2-core machine: bounded, generously
 pytestmark = pytest.mark.timeout(1800)
@@ -138,7 +139,17 @@ def test_admin_api_through_the_published_port(cluster):
         assert api.whoami()["username"] == "admin"
         api.add_device("SEP00C0FFEE0001", "7960", "non-secure")
         assert "SEP00C0FFEE0001" in {d["name"] for d in api.list_devices()}
-    ca, _ = cluster.fetch_admin_credentials()
+    ca, pw = cluster.fetch_admin_credentials()
+    # the README's commands from the host through a named context (issue 13 item 4)
+    env = {"CCMSEC_CONFIG_DIR": str(cluster.workdir / "config"), "CCMSEC_CONTEXT": "compose",
+           "CCMSEC_DATA_DIR": str(cluster.workdir / "no-local-cluster")}
+    added = run_cli("context", "add", "compose", "--url", cluster.admin_url(), "--ca-file", str(ca),
+                    "--password-file", str(pw), env=env)
+    assert added.returncode == 0, added.stderr
+    listed = run_cli("device", "list", env=env)
+    assert listed.returncode == 0 and "SEP00C0FFEE0001" in listed.stdout, listed.stderr
+    added = run_cli("device", "add", "SEP00C0FFEE0002", "--model", "7970", "--security", "encrypted", env=env)
+    assert added.returncode == 0, added.stderr
     bad = AdminClient(discover(cluster.workdir, url=cluster.admin_url(), cafile=ca,
                                password="not-the-password-at-all"), timeout=30)
     with bad, pytest.raises(Exception, match="401"):
