@@ -65,7 +65,7 @@ def test_every_role_is_a_service_with_versioned_image_target_and_its_own_identit
     """DEPLOY-1, DEPLOY-4: images tagged with the project version, one Dockerfile target each, a
     role mounts its own identity volume (read-only) and no other's, never the CA's; hardened."""
     services = _doc()["services"]
-    assert list(services) == ["init", "nats", "postgres", *ROLES, "cli"]
+    assert list(services) == ["init", "nats", "postgres", *ROLES, "cli", "prometheus", "grafana"]
     version = compose.project_version()
     assert version == tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     for role in ROLES:
@@ -452,3 +452,39 @@ def test_cli_output_file_is_written_and_checked(tmp_path):
     assert out.read_text() == compose.render_compose()
     assert not (tmp_path / "docker-compose.yml").exists()
     assert _run_cli(["--check", "--root", str(tmp_path), "--output", str(out)]) == 0
+
+
+# --- the monitoring profile ---------------------------------------------------------------
+
+def test_monitoring_profile_loads_the_projects_rules_and_dashboard_from_pinned_official_images():
+    """Prometheus + Grafana only with `--profile monitoring`; they mount the shipped files (which
+    exist), Grafana's admin password is a generated file (DEPLOY-2), both pinned (DEPLOY-4)."""
+    services = _doc()["services"]
+    prom, graf = services["prometheus"], services["grafana"]
+    assert prom["profiles"] == graf["profiles"] == ["monitoring"]
+    assert prom["image"] == "${CCMSEC_PROMETHEUS_IMAGE:-%s}" % compose.PROMETHEUS_IMAGE
+    assert graf["image"] == "${CCMSEC_GRAFANA_IMAGE:-%s}" % compose.GRAFANA_IMAGE
+    for image in (compose.PROMETHEUS_IMAGE, compose.GRAFANA_IMAGE):
+        assert image.rsplit(":", 1)[1][0] in "v0123456789" and not image.endswith(":latest")
+    for name, files in compose.MONITORING_FILES.items():
+        for src, dst in files.items():
+            assert (ROOT / src).exists(), src
+            assert f"./{src}:{dst}:ro" in services[name]["volumes"]
+    rules = yaml.safe_load((ROOT / "deploy/monitoring/prometheus/prometheus.yml").read_text())["rule_files"]
+    assert rules == ["/etc/prometheus/rules/ccmsec-rules.yml"]
+    assert graf["environment"]["GF_SECURITY_ADMIN_PASSWORD__FILE"] == "/run/secrets/grafana/admin-password"
+    assert not any("PASSWORD" in k and not k.endswith("__FILE") for k in graf["environment"])
+    assert "grafana-secret:/secrets/grafana" in services["init"]["volumes"]
+    for svc in services.values():  # everything published on the bind address, loopback by default
+        for entry in svc.get("ports", []):
+            assert entry.startswith("${CCMSEC_BIND_ADDRESS:-127.0.0.1}:")
+
+
+@pytest.mark.interop
+@pytest.mark.skipif(DOCKER_COMPOSE is None, reason="docker-compose binary not installed")
+def test_docker_compose_config_accepts_the_monitoring_and_tools_profiles():
+    result = subprocess.run([DOCKER_COMPOSE, "-f", str(ROOT / "docker-compose.yml"), "--profile", "monitoring",
+                             "--profile", "tools", "config", "--services"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert {"prometheus", "grafana", "cli", "init", *ROLES} <= set(result.stdout.split())
