@@ -142,7 +142,7 @@ def test_admin_api_through_the_published_port(cluster):
     ca, pw = cluster.fetch_admin_credentials()
     # the README's commands from the host through a named context (issue 13 item 4)
     env = {"CCMSEC_CONFIG_DIR": str(cluster.workdir / "config"), "CCMSEC_CONTEXT": "compose",
-           "CCMSEC_DATA_DIR": str(cluster.workdir / "no-local-cluster")}
+           "CCMSEC_DATA_DIR": str(cluster.workdir / "no-local-cluster"), "CCMSEC_ADMIN_TIMEOUT": "90"}
     added = run_cli("context", "add", "compose", "--url", cluster.admin_url(), "--ca-file", str(ca),
                     "--password-file", str(pw), env=env)
     assert added.returncode == 0, added.stderr
@@ -163,6 +163,27 @@ def test_checklist_through_the_cli_then_faults(cluster):
     run = cluster.cli("demo", "--attach", timeout=600, check=False)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     assert "mixed" in run.stdout
+
+    # a call: two phones of phone-sim's container call each other through call control
+    caller, callee = "SEP00CA11E0C001", "SEP00CA11E0C002"
+    with admin(cluster) as api:
+        for name, model, dn in ((caller, "7960", "5201"), (callee, "7970", "5202")):
+            api.add_device(name, model, "non-secure")
+            api.add_line(dn, name)
+    for name, model in ((caller, "7960"), (callee, "7970")):
+        cluster.cli("phones", "add", "--name", name, "--model", model)
+    booted = cluster.cli("phones", "boot", caller, callee, "--wait", "--timeout", "240", timeout=400)
+    assert "registered" in booted.stdout, booted.stdout + booted.stderr
+
+    def call_state(name):
+        reply = json.loads(cluster.cli("phones", "calls", name, "--json").stdout)
+        return {c.get("state") for c in reply.get("calls", [])}
+
+    cluster.cli("phones", "dial", caller, "5202")
+    wait_until(lambda: "ring-in" in call_state(callee), 120, "the callee ringing")
+    cluster.cli("phones", "answer", callee)
+    wait_until(lambda: "connected" in call_state(caller), 120, "the call connected")
+    cluster.cli("phones", "hangup", caller)
 
     with admin(cluster) as api:
         devices = {d["name"] for d in api.list_devices()}
