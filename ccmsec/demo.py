@@ -130,7 +130,9 @@ async def step_ctl_provider_activate(ctx: DemoContext) -> None:
     ctx.say(f"CTL Provider was {'active' if before.activated else 'not activated (CHK-1)'}; now "
             f"activated, TLS on {settings.host}:{settings.listening_port}")
     ctx_tls = provider_ssl_context(ident.ca_path, ident.cert_path, ident.key_path)
-    for server in await fetch_server_certificates(settings.host, settings.listening_port, ctx_tls):
+    # A provider bound to every address (in a container) is reached at the service's own address.
+    host = svc["host"] if settings.host in ("0.0.0.0", "::", "") else settings.host
+    for server in await fetch_server_certificates(host, settings.listening_port, ctx_tls):
         ctx.say(f"  {server.role.label:<5} {server.dns_name:<12} {server.ipv4 or '-':<15} "
                 f"{server.certificate.subject.rfc4514_string()}")
 

@@ -101,7 +101,7 @@ def _cli_data(args, roles: list[str]) -> None:
     for path in [cli, *cli.rglob("*")]:
         if path.is_symlink():
             continue
-        private = path.is_dir() or path.suffix == ".key"
+        private = path.is_dir() or path.suffix in (".key", ".nk")
         _owned(path, args.uid, 0o700 if path.is_dir() else (0o600 if private else 0o644))
 
 
@@ -119,11 +119,20 @@ def _init(args) -> int:
             for folder in folders:
                 for f in folder.iterdir():
                     if f.is_file():
-                        _owned(f, args.uid, 0o600 if f.name.endswith(".key") else 0o644)
+                        _owned(f, args.uid, 0o600 if f.suffix in (".key", ".nk") else 0o644)
                 _owned(folder, args.uid, 0o700)
             print(f"{held.identity.uri}: issued into its own volume")
+        folders = [args.identities / role for role in roles]
         if args.cli is not None:
             _cli_data(args, roles)
+            folders.append(args.cli / "identities" / "clients" / "cli")
+        if args.nats_config is not None:
+            # BUS-1: NATS knows every container's public nkey and nothing else; the operator's
+            # seed stays with the CA in init's own volume.
+            text = pki.nats_config(args.ca, folders, listen="0.0.0.0:4222", store_dir="/data",
+                                   server_name="ccmsec")
+            atomic_write(args.nats_config, text.encode(), mode=0o644)
+            print(f"NATS configuration: {len(folders)} users by public key, no anonymous user")
         password = _secret_file(args.secrets / "db" / "password", args.uid)
         _secret_file(args.secrets / "postgres" / "password", args.postgres_uid, password)
         print("database password: generated once, kept as a file for the services and PostgreSQL")
@@ -153,6 +162,8 @@ def register(sub) -> None:
     i.add_argument("--identities", type=Path, required=True, help="ROLE/ folders to issue into")
     i.add_argument("--secrets", type=Path, required=True, help="db/ and postgres/ (and grafana/) folders")
     i.add_argument("--cli", type=Path, default=None, help="the `cli` container's data folder")
+    i.add_argument("--nats-config", type=Path, default=None,
+                   help="write the NATS server configuration (public keys, permissions) here")
     i.add_argument("--role", action="append", help="a role to issue an identity for (repeatable)")
     i.add_argument("--uid", type=int, default=None, help="owner of the services' files")
     i.add_argument("--postgres-uid", type=int, default=None, help="owner of PostgreSQL's password file")

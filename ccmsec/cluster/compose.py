@@ -45,6 +45,7 @@ DATA_VOLUME = "ccmsec-data"
 CA_VOLUME = "ccmsec-ca"
 DB_SECRET_VOLUME = "db-secret"
 CLI_VOLUME = "cli-data"
+NATS_CONFIG_VOLUME = "nats-config"
 PG_SECRET_VOLUME = "postgres-secret"
 NATS_VOLUME = "nats-data"
 POSTGRES_VOLUME = "postgres-data"
@@ -222,11 +223,12 @@ def _init_service(services: tuple[ServiceSpec, ...]) -> dict:
                "grafana-secret:/secrets/grafana"]
     volumes += [f"{identity_volume(s.role)}:/identities/{s.role}" for s in services]
     volumes.append(f"{CLI_VOLUME}:/cli")
+    volumes.append(f"{NATS_CONFIG_VOLUME}:/nats")
     return {
         "build": _build("tools"),
         "image": f"ccmsec/tools:{project_version()}",
         "command": ["ccmsec", "compose", "init", "--ca", "/ca", "--identities", "/identities",
-                    "--secrets", "/secrets", "--cli", "/cli", "--uid", str(APP_UID), "--postgres-uid",
+                    "--secrets", "/secrets", "--cli", "/cli", "--nats-config", "/nats/nats.conf", "--uid", str(APP_UID), "--postgres-uid",
                     str(POSTGRES_UID), "--grafana-uid", str(GRAFANA_UID),
                     *(f"--role={s.role}" for s in services)],
         "user": "0:0",  # hands each folder to its owner's uid; drops everything else
@@ -241,8 +243,10 @@ def _infra_services() -> dict:
     return {
         "nats": {
             "image": var("CCMSEC_NATS_IMAGE", NATS_IMAGE),
-            "command": ["-js", "-sd", "/data", "-m", "8222"],
-            "volumes": [f"{NATS_VOLUME}:/data"],
+            # BUS-1: users by public nkey only (rendered by init); JetStream in /data
+            "command": ["-c", "/etc/ccmsec-nats/nats.conf", "-m", "8222"],
+            "volumes": [f"{NATS_VOLUME}:/data", f"{NATS_CONFIG_VOLUME}:/etc/ccmsec-nats:ro"],
+            "depends_on": {"init": {"condition": "service_completed_successfully"}},
             "healthcheck": {
                 "test": ["CMD", "wget", "-q", "--spider", "http://localhost:8222/healthz"],
                 "interval": "5s", "timeout": "3s", "retries": 12,
@@ -403,7 +407,7 @@ def compose_model(services: tuple[ServiceSpec, ...] = SERVICES) -> dict:
         doc_services[s.role] = _role_service(s, ports[s.role], waits[s.role], port_env)
     doc_services["cli"] = _cli_service()
     doc_services.update(_monitoring_services())
-    volumes = ["prometheus-data", "grafana-data", "grafana-secret", CLI_VOLUME, NATS_VOLUME, POSTGRES_VOLUME, DATA_VOLUME, CA_VOLUME, DB_SECRET_VOLUME, PG_SECRET_VOLUME,
+    volumes = ["prometheus-data", "grafana-data", "grafana-secret", CLI_VOLUME, NATS_CONFIG_VOLUME, NATS_VOLUME, POSTGRES_VOLUME, DATA_VOLUME, CA_VOLUME, DB_SECRET_VOLUME, PG_SECRET_VOLUME,
                "admin-secret", *(identity_volume(s.role) for s in services)]
     return {
         "services": doc_services,

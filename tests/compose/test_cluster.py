@@ -148,8 +148,11 @@ def test_admin_api_through_the_published_port(cluster):
     assert added.returncode == 0, added.stderr
     listed = run_cli("device", "list", env=env)
     assert listed.returncode == 0 and "SEP00C0FFEE0001" in listed.stdout, listed.stderr
-    added = run_cli("device", "add", "SEP00C0FFEE0002", "--model", "7970", "--security", "encrypted", env=env)
+    added = run_cli("device", "add", "SEP00C0FFEE0002", "--model", "7970", env=env)
     assert added.returncode == 0, added.stderr
+    # a rule refusal comes back through the context like any other (MODE-5: no CTL yet)
+    refused = run_cli("device", "set-security", "SEP00C0FFEE0002", "encrypted", env=env)
+    assert refused.returncode != 0 and "MODE-5" in refused.stderr, refused.stdout + refused.stderr
     bad = AdminClient(discover(cluster.workdir, url=cluster.admin_url(), cafile=ca,
                                password="not-the-password-at-all"), timeout=30)
     with bad, pytest.raises(Exception, match="401"):
@@ -236,3 +239,20 @@ def test_checklist_through_the_cli_then_faults(cluster):
     cluster.wait_healthy()
     wait_until(phones_back, 240, "phones registered again after network disconnect of callmanager")
     check_nothing_lost()
+
+
+def test_the_bus_refuses_a_connection_without_credentials(cluster):
+    """BUS-1 in compose: NATS knows only the containers' public nkeys (rendered by init); a client
+    without credentials on the cluster's network is refused."""
+    code = ("import asyncio, nats\n"
+            "async def main():\n"
+            "    try:\n"
+            "        nc = await nats.connect('nats://nats:4222', connect_timeout=10, allow_reconnect=False)\n"
+            "    except Exception as exc:\n"
+            "        print('refused:', type(exc).__name__, exc)\n"
+            "        return\n"
+            "    print('CONNECTED')\n"
+            "    await nc.close()\n"
+            "asyncio.run(main())\n")
+    out = cluster.dc("run", "--rm", "-T", "--entrypoint", "python", "cli", "-c", code, timeout=180).stdout
+    assert "CONNECTED" not in out and "refused:" in out, out
