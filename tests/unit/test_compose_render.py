@@ -140,7 +140,9 @@ def test_nats_and_postgres_pinned_images_are_variables_and_have_healthchecks():
     doc = _doc()
     nats, pg = doc["services"]["nats"], doc["services"]["postgres"]
     assert nats["image"] == "${CCMSEC_NATS_IMAGE:-nats:2.10.24-alpine}"
-    assert nats["command"] == ["-js", "-sd", "/data", "-m", "8222"]
+    assert nats["command"] == ["-c", "/etc/ccmsec-nats/nats.conf", "-m", "8222"]  # BUS-1: init's users
+    assert "nats-config:/etc/ccmsec-nats:ro" in nats["volumes"]
+    assert "--nats-config" in doc["services"]["init"]["command"]
     assert "http://localhost:8222/healthz" in nats["healthcheck"]["test"]
     assert pg["image"] == "${CCMSEC_POSTGRES_IMAGE:-postgres:16.6-bookworm}"
     assert pg["environment"] == {"POSTGRES_USER": "ccmsec", "POSTGRES_DB": "ccmsec",
