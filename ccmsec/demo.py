@@ -39,6 +39,31 @@ DEMO_SUBSCRIBERS = 1
 DEMO_PHONE_SETTINGS = {"CCMSEC_PHONE_FAILBACK_STABLE": "8", "CCMSEC_PHONE_PROBE_INTERVAL": "2"}
 
 
+def service_nodes(ctx: DemoContext) -> list[tuple[str, str, str, int]]:
+    """(node, role, host, gRPC port) of every service: from the local runner's topology, or with
+    `--attach` from the cluster's endpoints (e.g. compose's `cli` container, where hosts are the
+    compose service names)."""
+    if ctx.notes.get("attach"):
+        return [(node, node, svc["host"], svc["grpc_port"]) for node, svc in ctx.endpoints["services"].items()]
+    return [(i.node, i.role, i.host, i.ports["grpc_port"]) for i in runner.cluster_for(ctx.data).instances]
+
+
+async def _health(ctx: DemoContext, timeout: float = 1.5) -> dict[str, str]:
+    from ccmsec.runtime.grpcio import check_health
+    from ccmsec.runtime.identity import client_identity
+
+    if not ctx.notes.get("attach"):
+        return await runner.health_states(runner.cluster_for(ctx.data))
+    ident = client_identity(ctx.data)
+    states = {}
+    for node, role, host, port in service_nodes(ctx):
+        try:
+            states[node] = await check_health(ident, host, port, role, timeout)
+        except Exception:
+            states[node] = "UNREACHABLE"
+    return states
+
+
 def step_up(ctx: DemoContext) -> None:
     for name, value in DEMO_PHONE_SETTINGS.items():
         os.environ.setdefault(name, value)   # inherited by the cluster this process starts
@@ -52,12 +77,12 @@ async def step_health(ctx: DemoContext) -> None:
     from ccmsec.runtime.identity import client_identity
 
     ident = client_identity(ctx.data)
-    for inst in runner.cluster_for(ctx.data).instances:
+    for node, role, host, port in service_nodes(ctx):
         t0 = time.perf_counter()
-        state = await check_health(ident, inst.host, inst.ports["grpc_port"], inst.role)
-        ctx.say(f"{inst.node:16} {state} over mutual TLS ({(time.perf_counter() - t0) * 1000:.1f} ms)")
+        state = await check_health(ident, host, port, role)
+        ctx.say(f"{node:16} {state} over mutual TLS ({(time.perf_counter() - t0) * 1000:.1f} ms)")
         if state != "SERVING":
-            raise runner.RunnerError(f"{inst.node} is {state}")
+            raise runner.RunnerError(f"{node} is {state}")
 
 
 async def step_event_round_trip(ctx: DemoContext) -> None:
@@ -241,7 +266,7 @@ async def wait_all_serving(ctx: DemoContext, timeout: float = 60.0) -> None:
     """After RST-3/RST-4 restarts, wait until every service answers SERVING again."""
     deadline = time.monotonic() + timeout
     while True:
-        states = await runner.health_states(runner.cluster_for(ctx.data))
+        states = await _health(ctx)
         waiting = sorted(r for r, st in states.items() if st != "SERVING")
         if not waiting:
             return

@@ -31,6 +31,7 @@ def _run(args) -> int:
     started = time.monotonic()
     ctx = DemoContext(data=data, out=print)
     attach = getattr(args, "attach", False)
+    ctx.notes["attach"] = attach
     if attach and not ctx.endpoints.get("services"):
         raise CliError(f"--attach: no running cluster described in {data}/run/endpoints.json")
     # --attach walks what the command line can do from outside the cluster; the encrypted-calls
