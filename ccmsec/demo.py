@@ -39,6 +39,9 @@ DEMO_SUBSCRIBERS = 1
 DEMO_PHONE_SETTINGS = {"CCMSEC_PHONE_FAILBACK_STABLE": "8", "CCMSEC_PHONE_PROBE_INTERVAL": "2"}
 
 
+ATTACH_RESTART_TIMEOUT = 240.0
+
+
 def service_nodes(ctx: DemoContext) -> list[tuple[str, str, str, int]]:
     """(node, role, host, gRPC port) of every service: from the local runner's topology, or with
     `--attach` from the cluster's endpoints (e.g. compose's `cli` container, where hosts are the
@@ -251,6 +254,17 @@ def _pids(ctx: DemoContext) -> dict[str, int]:
 
 async def wait_restarted(ctx: DemoContext, roles, before: dict[str, int], timeout: float = 60.0) -> None:
     """Wait until each role runs in a new process (a restart event was handled) and all serve."""
+    if ctx.notes.get("attach"):
+        # No process ids from outside the cluster: watch each role leave SERVING (its old process
+        # stops; compose's restart policy starts a new one), then wait until all serve again.
+        down: set[str] = set()
+        until = time.monotonic() + 30.0
+        while time.monotonic() < until and not set(roles) <= down:
+            states = await _health(ctx, timeout=1.0)
+            down |= {r for r in roles if states.get(r) != "SERVING"}
+            await asyncio.sleep(0.3)
+        await wait_all_serving(ctx, timeout)
+        return
     deadline = time.monotonic() + timeout
     while True:
         now = _pids(ctx)
@@ -264,6 +278,8 @@ async def wait_restarted(ctx: DemoContext, roles, before: dict[str, int], timeou
 
 async def wait_all_serving(ctx: DemoContext, timeout: float = 60.0) -> None:
     """After RST-3/RST-4 restarts, wait until every service answers SERVING again."""
+    if ctx.notes.get("attach"):
+        timeout = max(timeout, ATTACH_RESTART_TIMEOUT)  # a container restart is a process start and more
     deadline = time.monotonic() + timeout
     while True:
         states = await _health(ctx)
