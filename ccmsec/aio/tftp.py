@@ -12,6 +12,7 @@ this module only moves datagrams and runs one timer per transfer.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import socket
 from collections.abc import Awaitable, Callable
@@ -349,12 +350,20 @@ async def tftp_get(
 ) -> bytes:
     """Fetch one file. Raises TftpError with the server's code and message, or TftpTimeoutError.
 
-    `host` must be an IP address (the answer's source address is checked against it); the
-    local socket binds to `bind_host`, by default the wildcard address of the same family.
+    `host` is an IP address or a name resolved to one first (the answer's source address is
+    checked against it: a compose service name, say); the local socket binds to `bind_host`, by
+    default the wildcard address of the same family.
     """
+    loop = asyncio.get_running_loop()
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        try:
+            host = (await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM))[0][4][0]
+        except (OSError, UnicodeError, IndexError) as exc:
+            raise TftpError(ERR_NOT_DEFINED, f"cannot resolve {host!r}: {exc}") from None
     if bind_host is None:
         bind_host = "::" if ":" in host else "0.0.0.0"
-    loop = asyncio.get_running_loop()
     client = ReadClient(
         filename, (host, port), mode=mode, blksize=blksize, windowsize=windowsize, tsize=tsize,
         timeout=timeout, max_retries=retries, max_size=max_size,
