@@ -1,8 +1,7 @@
-"""The compose cluster as deployed (DEPLOY-1…4): up and healthy, each container only its own
-identity, no password in the environment, non-root hardened containers on loopback ports; used
-through the published administration API and the CLI (the whole checklist: tokens, CTL client to
-mixed mode, CAPF, devices, phones of each mode booting TFTP → CAPF → registration, encrypted
-calls); then faults — kill, restart, pause, network disconnect — phones recover, nothing lost."""
+"""The compose cluster as deployed (DEPLOY-1…4, BUS-1): up and healthy, each container only its
+own identity, no password in the environment, non-root hardened containers on loopback ports from
+the env file, NATS with per-container credentials; used through the published administration API
+and the CLI's named contexts, rule refusals included."""
 
 from __future__ import annotations
 
