@@ -110,6 +110,7 @@ class UpdateResult:
     previous_mode: str
     published_path: str
     events: list[str] = field(default_factory=list)
+    delivery_pending: bool = False  # committed; its events wait for NATS (outbox, issue 9 §4)
 
 
 # --- pure checks --------------------------------------------------------------------------------
@@ -361,4 +362,5 @@ async def run_update(data_dir: Path, options: UpdateOptions,
             raise rpc_error(exc, "publishing the CTL was refused") from None
     return UpdateResult(ctl=content, version=reply.version, sha256=reply.sha256,
                         mode=_mode_name(reply.mode), previous_mode=_mode_name(reply.previous_mode),
-                        published_path=reply.published_path, events=list(reply.events))
+                        published_path=reply.published_path, events=list(reply.events),
+                        delivery_pending=reply.delivery_pending)
