@@ -69,12 +69,17 @@ class Fleet:
         targets = [Target("127.0.0.1", self.proxy.port), Target(self.sub["host"], self.sub["sccp_port"]),
                    Target(self.srst["host"], self.srst["sccp_port"], TargetKind.SRST)]
 
-        async def connect(target):
-            return await open_streams(target, ssl_context=None, bind_host="127.0.0.1", timeout=5)
+        def connector(source: str):
+            async def connect(target):
+                return await open_streams(target, ssl_context=None, bind_host=source, timeout=5)
+            return connect
         for i in range(self.count):
             name = f"SEP0BE{i:09X}"
-            p = FailoverPhone(name, targets, connect, lambda ip, n=name: s.Register(n, ip, device_type=7),
-                              bind_host="127.0.0.1", standby_interval=self.keepalive, register_timeout=10,
+            # Each phone from its own address, as a fleet is: call control limits what one address
+            # may hold unregistered (the fault proxy connects upstream from the phone's address too).
+            source = f"127.253.{i // 250}.{i % 250 + 2}"
+            p = FailoverPhone(name, targets, connector(source), lambda ip, n=name: s.Register(n, ip, device_type=7),
+                              bind_host=source, standby_interval=self.keepalive, register_timeout=10,
                               probe_timeout=2, settings=FailoverSettings(
                                   stable_period=STABLE, probe_interval=2.0, retry_base=0.5, retry_max=3.0))
             p.start()

@@ -37,7 +37,12 @@ class FaultProxy:
             writer.close()
             return
         try:
-            up_reader, up_writer = await asyncio.wait_for(asyncio.open_connection(*self.upstream), 5)
+            # From the client's own address (any 127/8 address binds on loopback): the server's
+            # per-source limits see each phone, not one proxy.
+            peer = writer.get_extra_info("peername")
+            local = (peer[0], 0) if peer and str(peer[0]).startswith("127.") else None
+            up_reader, up_writer = await asyncio.wait_for(
+                asyncio.open_connection(*self.upstream, local_addr=local), 5)
         except (OSError, asyncio.TimeoutError):
             writer.transport.abort()
             return

@@ -682,6 +682,9 @@ class SccpPhoneConnection:
         # the phone's display machine listens here so no call message is ever lost.
         self.listener: Callable[[object], None] | None = None
         self._registered: asyncio.Future[RegisterAck] = asyncio.get_running_loop().create_future()
+        # Waiters see the outcome through a shield; one that gave up (its timeout) must not leave
+        # "Future exception was never retrieved" behind when the connection ends later.
+        self._registered.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._closed = asyncio.Event()
         self._task = asyncio.create_task(self._run())
 

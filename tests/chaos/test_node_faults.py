@@ -168,7 +168,9 @@ async def load():
 
 async def _back_on_publisher(ld: Load, scenario: str, started: float) -> None:
     times = await ld.converge(ld.pub, started, 60)
-    record(Report(f"{scenario}: fail-back", len(times), times, note=f"stable period {STABLE:g} s"))
+    report = record(Report(f"{scenario}: fail-back", len(times), times,
+                           events_lost=SIM_PHONES + len(CALLERS) - len(times), note=f"stable period {STABLE:g} s"))
+    assert report.events_lost == 0
     assert min(times) >= STABLE, "fail-back only after the stable period"
 
 
@@ -200,8 +202,9 @@ async def test_hung_node_is_noticed_by_keepalive_LATER_7(load):
     finally:
         ld.c.signal("callmanager", signal.SIGCONT)
     resumed = now()
-    record(Report("SIGSTOP serving node -> subscriber", len(times), times,
-                  events_lost=SIM_PHONES + len(CALLERS) - len(times), note="keepalive 1 s"))
+    report = record(Report("SIGSTOP serving node -> subscriber", len(times), times,
+                           events_lost=SIM_PHONES + len(CALLERS) - len(times), note="keepalive 1 s"))
+    assert report.events_lost == 0
     assert min(times) >= 2.0, "noticed by missed keepalives, not at once"
     await _back_on_publisher(ld, "SIGSTOP", resumed)
 
@@ -212,8 +215,9 @@ async def test_every_node_killed_all_on_srst_then_back_SRST_1(load):
     ld.c.signal("callmanager", signal.SIGKILL)
     ld.c.signal("callmanager-sub1", signal.SIGKILL)
     times = await ld.converge(ld.srst, started, 30)
-    record(Report("every node killed -> SRST", len(times), times,
-                  events_lost=SIM_PHONES + len(CALLERS) - len(times)))
+    report = record(Report("every node killed -> SRST", len(times), times,
+                           events_lost=SIM_PHONES + len(CALLERS) - len(times)))
+    assert report.events_lost == 0
     notified = [p for p in ld.phones.values() if p.calling and p.calling.display.notifications]
     assert notified, "phones on SRST are told they are in fallback"
     await _back_on_publisher(ld, "every node killed", started)
