@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -191,6 +192,7 @@ async def run(count: int, keepalive: int) -> None:
     finally:
         await fleet.stop()
         cli(data, "down")
+        shutil.rmtree(data, ignore_errors=True)
     print(json.dumps({"phones": count, "keepalive": keepalive, "rows": rows}, indent=1))
 
 
