@@ -502,3 +502,29 @@ async def test_chk11_hardened_phone_refuses_each_disabled_feature_and_shows_it(l
     assert menu["PC port"] == ("enabled: the PC is kept off the voice VLAN, and the phone's "
                                "traffic is mirrored to it")
     assert p.settings_in_force()["spanToPCPort"] == "on" and p.web_address == ""
+
+
+async def test_tftp_server_error_while_booting_is_retried_not_final_LATER_7(lab):
+    """LATER-7: a TFTP server that answers "internal error" for the configuration (its database
+    away for a moment) is a failure of the moment: the phone shows it and boots again after a
+    back-off, then registers — it does not stay failed."""
+    name = "SEP00112233000D"
+    lab.device(name, signed=False)
+    lab.image()
+    real = lab.resolve
+    broken = {"left": 2}
+
+    async def resolve(filename, client):
+        if filename.startswith(name) and broken["left"] > 0:
+            broken["left"] -= 1
+            raise RuntimeError("database unavailable")   # the server answers TFTP error 0
+        return await real(filename, client)
+    lab.tftp.resolve = resolve
+    runner = lab.runner(lab.phone(name, anchors=False))
+    runner.net.boot_retry_base, runner.net.boot_retry_max = 0.2, 0.5
+    lab.runners.append(runner)
+    await runner.request_boot()
+    p = runner.phone
+    await until(lambda: p.state is State.REGISTERED, 20)
+    assert broken["left"] == 0 and p.boots >= 2
+    assert any("tftp-server-error" in h for h in p.history), p.history

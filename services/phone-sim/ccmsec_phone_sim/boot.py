@@ -40,7 +40,7 @@ from ccmsec.pki.tls import enable_keylog, sccp_phone_context
 from ccmsec.wire.capf import CapfProtocolError
 from ccmsec.wire.sccp import CapabilitiesRes, MediaCapability, Register
 from ccmsec.wire.sccp_failover import FailoverSettings, Target, TargetKind, targets_from_config
-from ccmsec.wire.tftp import ERR_FILE_NOT_FOUND
+from ccmsec.wire.tftp import ERR_FILE_NOT_FOUND, ERR_NOT_DEFINED
 
 from ccmsec_phone_sim.calls import phone_audio
 from ccmsec_phone_sim.phone import CTL_FILE, BootFailure, Phone, State, firmware_file_name
@@ -50,8 +50,8 @@ log = logging.getLogger("ccmsec.phone-sim")
 
 MAX_CHAINED_BOOTS = 3  # CAPF resets the phone; bound the chain if the config keeps asking
 # Failures a later boot may not meet (a server down, a network away): the boot is retried.
-TRANSIENT_FAILURES = {"tftp-unreachable", "registration-failed", "registration-rejected",
-                      "config-missing"}
+TRANSIENT_FAILURES = {"tftp-unreachable", "tftp-server-error", "registration-failed",
+                      "registration-rejected", "config-missing"}
 
 
 @dataclass
@@ -259,6 +259,8 @@ class PhoneRunner:
         except TftpError as exc:
             if exc.code == ERR_FILE_NOT_FOUND:
                 raise _NotFound(name) from None
+            if exc.code == ERR_NOT_DEFINED:   # "server busy", "internal error" (its database away): for now
+                raise BootFailure("tftp-server-error", f"{name}: {exc}") from None
             raise BootFailure("tftp-error", f"{name}: {exc}") from None
         except OSError as exc:
             raise BootFailure("tftp-unreachable", f"{name}: {exc}") from None
