@@ -1,7 +1,10 @@
 """The compose cluster as deployed (DEPLOY-1…4, BUS-1): up and healthy, each container only its
 own identity, no password in the environment, non-root hardened containers on loopback ports from
 the env file, NATS with per-container credentials; used through the published administration API
-and the CLI's named contexts, rule refusals included."""
+and the CLI's named contexts, rule refusals included; the checklist from the `cli` container
+(tokens, CTL client to mixed mode, CAPF, devices, phones of each mode booting TFTP → CAPF →
+registration) and a call; then faults — kill, restart, pause, network disconnect — phones
+recover, nothing lost."""
 
 from __future__ import annotations
 
@@ -156,6 +159,88 @@ def test_admin_api_through_the_published_port(cluster):
                                password="not-the-password-at-all"), timeout=30)
     with bad, pytest.raises(Exception, match="401"):
         bad.whoami()
+
+
+def test_checklist_through_the_cli_then_faults(cluster):
+    """The checklist from the `cli` container (CHK-1, CHK-2, CHK-4, CHK-6, CHK-8, CHK-9): tokens, the
+    CTL client to mixed mode, CAPF, devices, phones of each mode booting TFTP → CAPF →
+    registration, encrypted calls. Then faults; phones come back and nothing is lost."""
+    run = cluster.cli("demo", "--attach", timeout=600, check=False)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    assert "mixed" in run.stdout
+
+    # a call: two phones of phone-sim's container call each other through call control
+    caller, callee = "SEP00CA11E0C001", "SEP00CA11E0C002"
+    with admin(cluster) as api:
+        for name, model, dn in ((caller, "7960", "5201"), (callee, "7970", "5202")):
+            api.add_device(name, model, "non-secure")
+            api.add_line(dn, name)
+    for name, model in ((caller, "7960"), (callee, "7970")):
+        cluster.cli("phones", "add", "--name", name, "--model", model)
+    booted = cluster.cli("phones", "boot", caller, callee, "--wait", "--timeout", "240", timeout=400)
+    assert "registered" in booted.stdout, booted.stdout + booted.stderr
+
+    def call_state(name):
+        reply = json.loads(cluster.cli("phones", "calls", name, "--json").stdout)
+        return {c.get("state") for c in reply.get("calls", [])}
+
+    cluster.cli("phones", "dial", caller, "5202")
+    wait_until(lambda: "ring-in" in call_state(callee), 120, "the callee ringing")
+    cluster.cli("phones", "answer", callee)
+    wait_until(lambda: "connected" in call_state(caller), 120, "the call connected")
+    cluster.cli("phones", "hangup", caller)
+
+    with admin(cluster) as api:
+        devices = {d["name"] for d in api.list_devices()}
+        registered = lambda: {r["device"] for r in api.registrations()}  # noqa: E731
+        before = registered()
+    assert before, "no phone registered after the checklist"
+    assert before <= devices
+
+    def phones_back():
+        with admin(cluster) as api:
+            return before <= registered_now(api)
+
+    def registered_now(api):
+        return {r["device"] for r in api.registrations()}
+
+    def check_nothing_lost():
+        with admin(cluster) as api:
+            assert devices <= {d["name"] for d in api.list_devices()}
+
+    # docker kill of a service, then of NATS: the restart policy does not apply to a kill, so the
+    # operator starts them again (`docker-compose up -d`), and everything comes back.
+    for service in ("callmanager", "nats"):
+        cluster.docker("kill", cluster.container(service))
+        cluster.dc("up", "-d", "--no-build", timeout=300)
+        cluster.wait_healthy()
+        wait_until(phones_back, 180, f"phones registered again after docker kill {service}")
+        check_nothing_lost()
+
+    # docker restart of a service and of NATS
+    for service in ("capf", "nats"):
+        cluster.docker("restart", "-t", "5", cluster.container(service), timeout=120)
+        cluster.wait_healthy()
+        wait_until(phones_back, 180, f"phones registered again after docker restart {service}")
+        check_nothing_lost()
+
+    # docker pause of call control long enough for phones to notice, then unpause
+    cluster.docker("pause", cluster.container("callmanager"))
+    time.sleep(10)
+    cluster.docker("unpause", cluster.container("callmanager"))
+    cluster.wait_healthy()
+    wait_until(phones_back, 240, "phones registered again after docker pause callmanager")
+    check_nothing_lost()
+
+    # network disconnect of call control, then reconnect
+    net = f"{cluster.project}_default"
+    cm = cluster.container("callmanager")
+    cluster.docker("network", "disconnect", net, cm)
+    time.sleep(10)
+    cluster.docker("network", "connect", "--alias", "callmanager", net, cm)
+    cluster.wait_healthy()
+    wait_until(phones_back, 240, "phones registered again after network disconnect of callmanager")
+    check_nothing_lost()
 
 
 def test_the_bus_refuses_a_connection_without_credentials(cluster):
