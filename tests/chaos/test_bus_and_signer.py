@@ -133,11 +133,13 @@ async def test_tftp_signer_killed_while_re_signing_serves_nothing_half_signed_AU
         interrupted = False
         for _ in range(3):                    # kill it while a re-sign of every file is running
             await until_value(lambda: _ctl_and_signer(c), 90)
-            resign = asyncio.create_task(_resign_all(c))
+            # Four full re-signs at once keep the signing pool busy well past the kill (one alone
+            # can finish within 0.2 s on an idle machine now that files are built ahead).
+            resigns = [asyncio.create_task(_resign_all(c)) for _ in range(4)]
             await asyncio.sleep(0.2)
             killed = now()
             c.signal("tftp-signer", signal.SIGKILL)
-            interrupted = not await resign    # the RPC did not complete: it was cut mid-way
+            interrupted = not all(await asyncio.gather(*resigns))   # cut mid-way
             if interrupted:
                 break
         assert interrupted, "the re-sign always finished before the kill; nothing was interrupted"
