@@ -7,6 +7,8 @@ memory per active call.
 
     uv run python bench/call_setup.py            # 2000 phones, 1000 calls
     uv run python bench/call_setup.py --quick    # 200 phones, 100 calls
+    uv run python bench/call_setup.py --phones 1000 --in-progress 400
+                                                 # 400 calls held, then 100 set up under that load
 
 Call control runs in its own process (as the service does) with a migrated SQLite database, the
 real registration path and the real call agent; its key source is callmanager's (`CallKeySource`:
@@ -107,7 +109,8 @@ def callcontrol_process(data: str, port_q, cmd_conn) -> None:
     rs._run(main())
 
 
-async def run(port: int, contexts, concurrency: int, child: rs.Child, trace: bool = False) -> dict:
+async def run(port: int, contexts, concurrency: int, child: rs.Child, trace: bool = False,
+              in_progress: int = 0) -> dict:
     from ccmsec.aio.sccp import connect_phone
     from ccmsec.aio.sccp_calling import CallingPhone
     from ccmsec.wire import sccp as s
@@ -148,16 +151,29 @@ async def run(port: int, contexts, concurrency: int, child: rs.Child, trace: boo
             await b.wait_for(connected_with_media, 120, "a connected call with media")
 
     pairs = n // 2
+    # Under load: the first `in_progress` calls are set up and stay connected (media channels
+    # open), then the remaining calls are set up while those are in progress.
+    loaded = {}
+    if in_progress:
+        start = time.perf_counter()
+        await asyncio.gather(*(call(k) for k in range(in_progress)))
+        loaded["first_seconds"] = time.perf_counter() - start
+        held_before = await loop.run_in_executor(None, child.ask, "calls")
+        loaded["held_before"] = held_before[1]
     start = time.perf_counter()
-    await asyncio.gather(*(call(k) for k in range(pairs)))
+    await asyncio.gather(*(call(k) for k in range(in_progress, pairs)))
     call_seconds = time.perf_counter() - start
+    measured = pairs - in_progress
     held, connected, encrypted, traced = await loop.run_in_executor(None, child.ask, "calls")
     rss_after = await loop.run_in_executor(None, child.ask, "rss")
     locks = sum(1 for p in phones for c in p.display.calls.values() if c.icon == "lock")
     for p in phones:
         await p.close()
-    return {"reg_rate": n / reg_seconds, "reg_seconds": reg_seconds, "call_rate": pairs / call_seconds,
-            "call_seconds": call_seconds, "pairs": pairs, "held": held, "connected": connected,
+    if in_progress:
+        loaded["first_rate"] = in_progress / loaded["first_seconds"]
+    return {"reg_rate": n / reg_seconds, "reg_seconds": reg_seconds, "call_rate": measured / call_seconds,
+            "call_seconds": call_seconds, "pairs": measured, "held": held, "connected": connected,
+            "in_progress": in_progress, **loaded,
             "encrypted": encrypted, "locks": locks,
             "kb_per_call": (rss_after - rss_before) / max(1, held),
             "traced_kb_per_call": traced / 1024 / max(1, held)}
@@ -171,10 +187,15 @@ def main() -> int:
     parser.add_argument("--trace-memory", action="store_true",
                         help="also trace call control's Python allocations during the calls (tracemalloc; "
                              "slows the set-ups it measures, so the rate of such a run is not comparable)")
+    parser.add_argument("--in-progress", type=int, default=0, metavar="N",
+                        help="set up N calls first and keep them connected, then measure the set-ups "
+                             "of the remaining calls while those N are in progress (bounded by --phones)")
     args = parser.parse_args()
     n = 200 if args.quick else args.phones
     if n < 2 or n % 2:
         parser.error("--phones must be an even number >= 2")
+    if not 0 <= args.in_progress < n // 2:
+        parser.error(f"--in-progress must be in 0..{n // 2 - 1} (calls left to measure)")
     rs._raise_fd_limit()
     data = Path(tempfile.mkdtemp(prefix="ccmsec-calls-"))
     try:
@@ -184,7 +205,8 @@ def main() -> int:
         print(f"setup: {n} encrypted 7970s with LSCs and a line each in {time.perf_counter() - t0:.1f} s")
         cc = rs.Child(callcontrol_process, data)
         try:
-            r = rs._run(run(cc.tls_port, contexts, args.concurrency, cc, args.trace_memory))
+            r = rs._run(run(cc.tls_port, contexts, args.concurrency, cc, args.trace_memory,
+                           args.in_progress))
         finally:
             cc.stop()
     finally:
@@ -192,9 +214,16 @@ def main() -> int:
     ratio = r["call_rate"] / r["reg_rate"]
     print(f"baseline: encrypted registrations (TLS, Register, set-up exchange): {r['reg_rate']:8.1f} /s "
           f"({n} phones in {r['reg_seconds']:.2f} s)")
+    if r["in_progress"]:
+        print(f"first:    {r['in_progress']} calls set up (0 -> {r['in_progress']} in progress): "
+              f"{r['first_rate']:8.1f} /s; connected afterwards: {r['held_before']}")
     print(f"ours:     secure call set-ups (dial to both connected, channels open): {r['call_rate']:8.1f} /s "
-          f"({r['pairs']} calls in {r['call_seconds']:.2f} s)")
+          f"({r['pairs']} calls in {r['call_seconds']:.2f} s"
+          + (f", while {r['in_progress']} calls stayed in progress)" if r["in_progress"] else ")"))
     print(f"ratio:    {ratio:.2f} (aim >= 0.5)")
+    if r["in_progress"]:
+        print(f"load:     set-ups with {r['in_progress']} calls in progress / the first {r['in_progress']}: "
+              f"{r['call_rate'] / r['first_rate']:.2f}")
     print(f"held:     {r['held']} calls at once, {r['connected']} connected, {r['encrypted']} encrypted "
           f"(phones showing the lock: {r['locks']})")
     print(f"memory:   {r['kb_per_call']:.1f} kB per active call in call control (RSS delta / calls held)"

@@ -120,6 +120,16 @@ class CallAgent:
         if profile.route_pattern:
             self.plan.add_pattern(profile.route_pattern, profile.name)
 
+    def update_profile(self, profile: DeviceProfile) -> bool:
+        """New routing for a registered device (forwards, speed dials, region): its next call
+        uses it. Its lines must be the ones it registered with (the dial plan and the phone's
+        display hold them); False, and nothing changed, otherwise."""
+        st = self.stations.get(profile.name)
+        if st is None or [ln.dn for ln in st.profile.lines] != [ln.dn for ln in profile.lines]:
+            return False
+        st.profile = profile
+        return True
+
     def capabilities(self, device: str, caps: s.CapabilitiesRes) -> None:
         st = self.stations.get(device)
         if st is not None:

@@ -79,3 +79,74 @@ async def test_speed_dials_forwards_and_regions_reach_the_profile_and_are_audite
             select(AuditEntry.action).where(AuditEntry.outcome == "ok").order_by(AuditEntry.id))).all()]
     assert actions.count("speed_dial.set") == 2 and actions.count("line_forward.set") == 2
     assert actions.count("region.set") == 2 and actions.count("device_region.set") == 2
+
+
+async def test_a_routing_change_applies_to_the_next_call_without_re_registration(cm, nats_server):
+    """Issue 10: routing changes apply live. The phones stay registered (one connection each,
+    never reset); a call forward busy set through gRPC applies to the very next call, and one
+    written by another door and announced by the owner's `config.changed` event applies once the
+    event arrives. Bad case first: before the change, the busy number gives busy tone."""
+    from ccmsec.aio.sccp import connect_phone
+    from ccmsec.aio.sccp_calling import CallingPhone
+    from ccmsec.db import calls as calls_db
+    from ccmsec.wire import sccp as s
+    from ccmsec.wire.sccp_calls import CallStateCode as CS
+    from ccmsec_proto import events_pb2
+    from tests.integration.test_callmanager_service import wait_for
+
+    names = {"SEP0000000E0A01": "4501", "SEP0000000E0A02": "4502", "SEP0000000E0A03": "4503",
+             "SEP0000000E0A04": "4504", "SEP0000000E0A05": "4505"}
+    for name, dn in names.items():
+        await cm.add_device(name, "7970", "non-secure")
+    async with cm.svc.db() as session, session.begin():
+        session.add_all([Line(dn=dn, device=name, line_index=1, label="") for name, dn in names.items()])
+    cm.cc.directory.forget()
+    phones = []
+    for name in names:
+        conn = await connect_phone(cm.host, cm.cc.plain.port, s.Register(name, cm.host, device_type=30006))
+        phone = CallingPhone(conn, bind_host=cm.host)
+        await phone.wait_ready(20)
+        phones.append(phone)
+    a, b, c, d, e = phones
+    registrations = cm.cc.registered_total
+
+    def has(phone, state):
+        return lambda disp=None: any(x.state == state for x in phone.display.calls.values())
+
+    try:
+        a.act(a.display.dial, "4502")                       # B busy with A
+        await wait_for(has(b, CS.RING_IN), 20)
+        b.act(b.display.answer)
+        await wait_for(has(a, CS.CONNECTED), 20)
+        c.act(c.display.dial, "4502")                       # before the change: busy tone
+        await wait_for(has(c, CS.BUSY), 20)
+        assert not d.display.calls
+        c.act(c.display.hang_up)
+        await wait_for(lambda: not c.display.calls, 20)
+
+        await cm.stub.SetLineForward(pb.LineForwardSetting(dn="4502", busy="4504"), timeout=10)
+        c.act(c.display.dial, "4502")                       # the next call follows the route
+        await wait_for(has(d, CS.RING_IN), 20)
+        d.act(d.display.answer)
+        await wait_for(has(c, CS.CONNECTED), 20)
+        c.act(c.display.hang_up)
+        await wait_for(lambda: not d.display.calls, 20)
+
+        # another door wrote the change; the owner's event carries it to call control
+        async with cm.svc.db() as session, session.begin():
+            row = await session.get(calls_db.LineForward, "4502")
+            row.forward_busy = "4505"
+        applied = cm.cc.routing_changes_applied
+        await cm.svc.publish("config.changed", None, config_changed=events_pb2.ConfigChanged(
+            devices=["SEP0000000E0A02"], what="line_forward"))
+        await wait_for(lambda: cm.cc.routing_changes_applied > applied, 20)
+        c.act(c.display.dial, "4502")
+        await wait_for(has(e, CS.RING_IN), 20)
+        assert not d.display.calls
+        c.act(c.display.hang_up)
+        await wait_for(lambda: not e.display.calls, 20)
+        # nobody registered again: the same connections carried every call
+        assert cm.cc.registered_total == registrations and all(not p.lost for p in phones)
+    finally:
+        for phone in phones:
+            await phone.close()

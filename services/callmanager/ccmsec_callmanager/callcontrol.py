@@ -127,6 +127,7 @@ class CallControl:
         self.directory = CallDirectory(sessionmaker)
         self.calls: CallService | None = None
         self._profiles: dict[tuple, DeviceProfile] = {}  # (device, peer) -> profile, until registered
+        self.routing_changes_applied = 0
 
     @property
     def trust(self) -> PhoneTrust | None:
@@ -215,6 +216,29 @@ class CallControl:
             await self.calls.close()
         if self.registry.mirror is not None:
             await self.registry.mirror.close()
+
+    # routing changes ------------------------------------------------------------------------
+    async def apply_routing_change(self, devices=()) -> int:
+        """A committed change of the call-routing configuration (`config.changed`): reload the
+        directory and give the registered phones their new forwards, speed dials and region,
+        and the dial plan its configured numbers — the next call uses them, no re-registration.
+        `devices` empty: every registered phone. Returns how many profiles changed."""
+        self.directory.forget()
+        snap = await self.directory.current()
+        if self.calls is None:
+            return 0
+        self.calls.set_configured_numbers(snap.numbers)
+        agent = self.calls.agent
+        names = [d for d in devices if d in self.calls.connections] if devices else list(self.calls.connections)
+        changed = 0
+        for name in names:
+            station = agent.stations.get(name)
+            if station is None:
+                continue
+            if agent.update_profile(await self.directory.refreshed(station.profile)):
+                changed += 1
+        self.routing_changes_applied += 1
+        return changed
 
     # decisions ------------------------------------------------------------------------------
     async def cluster_mode(self) -> str:

@@ -4,12 +4,14 @@ One snapshot of the call-routing configuration (lines, call forwarding, speed di
 extension-mobility users and logins) is loaded in a few queries and reused for `TTL` seconds, so a
 registration storm costs one load, not one per phone; a `config.changed` event or a write through
 this service drops it. `profile()` turns a device's registration and the snapshot into the
-`DeviceProfile` the core runs with.
+`DeviceProfile` the core runs with; `refreshed()` re-reads the routing of a device already
+registered (its forwards, speed dials, region) so a change applies to its next call.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from dataclasses import dataclass, field
 
@@ -103,3 +105,17 @@ class CallDirectory:
         except (ProfileError, ValueError):
             # A row the core cannot use must not stop the phone registering: no lines then.
             return DeviceProfile(name, model=model, security_mode=SecurityMode(mode))
+
+    async def refreshed(self, profile: DeviceProfile) -> DeviceProfile:
+        """`profile` with today's routing: call forward busy / no answer of its lines, its speed
+        dials and codec region. The lines themselves stay those it registered with (the phone
+        shows them; a new set of lines needs its restart, as on a real CallManager)."""
+        snap = await self.current()
+        try:
+            lines = tuple(self._line(snap, ln.dn, ln.label, ln.display_name) for ln in profile.lines)
+            speed = tuple(SpeedDial(sd.idx, sd.number, sd.label)
+                          for sd in snap.speed_dials.get(profile.name, ()))
+            return dataclasses.replace(profile, lines=lines, speed_dials=speed,
+                                       wideband_region=snap.wideband.get(profile.name, False))
+        except (ProfileError, ValueError):
+            return profile   # a row the core cannot use: keep what it runs with

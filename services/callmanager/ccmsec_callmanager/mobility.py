@@ -69,25 +69,36 @@ class MobilityServicerMixin:
 
 
 class RoutingServicerMixin:
-    """Speed dials, call forward busy / no answer, codec regions: the domain layer's write path."""
+    """Speed dials, call forward busy / no answer, codec regions: the domain layer's write path.
+    This node's call control applies each change before the answer, so the caller's next call
+    uses it; the `config.changed` event brings it to the other nodes."""
+
+    async def _apply_live(self, devices=()) -> None:
+        cc = self.service.callcontrol
+        if cc is not None:
+            await cc.apply_routing_change(list(devices))
 
     async def SetSpeedDial(self, request, context):  # noqa: N802
         out = await self._owner(context, self.service.domain.set_speed_dial(
             self._actor(context), device=request.device, index=request.index, number=request.number,
             label=request.label))
+        await self._apply_live([request.device])
         return pb.SpeedDialSetting(**out)
 
     async def SetLineForward(self, request, context):  # noqa: N802
         out = await self._owner(context, self.service.domain.set_line_forward(
             self._actor(context), dn=request.dn, busy=request.busy, no_answer=request.no_answer))
+        await self._apply_live()
         return pb.LineForwardSetting(**out)
 
     async def SetRegion(self, request, context):  # noqa: N802
         out = await self._owner(context, self.service.domain.set_region(
             self._actor(context), name=request.name, wideband=request.wideband))
+        await self._apply_live()
         return pb.RegionSetting(**out)
 
     async def SetDeviceRegion(self, request, context):  # noqa: N802
         out = await self._owner(context, self.service.domain.set_device_region(
             self._actor(context), device=request.device, region=request.region))
+        await self._apply_live([request.device])
         return pb.DeviceRegionSetting(**out)

@@ -35,6 +35,9 @@ class CallControlMixin:
         # the base class listens on the plain subject only.
         await self.subscribe(bus_mod.subject_for("device.reset") + ".>", "device-reset-targeted",
                              self.on_device_reset)
+        # Routing changes (lines, forwards, speed dials, regions) apply to the next call.
+        await self.subscribe(bus_mod.subject_for("config.changed"), "config-changed-calls",
+                             self.on_config_changed)
 
     async def teardown_call_control(self) -> None:
         if self.callcontrol is not None:
@@ -55,6 +58,15 @@ class CallControlMixin:
             "event_id": event.id, "rule": body.rule, "all": body.all, "server": body.server,
             "devices": len(body.devices), "registered_targets": len(targets)})
         await self.callcontrol.reset(targets, reset_type, body.request_id)
+
+    async def on_config_changed(self, event: events_pb2.Event) -> None:
+        """The owner's change event: call control's directory and dial plan follow it live."""
+        if self.callcontrol is None:
+            return
+        body = event.config_changed
+        changed = await self.callcontrol.apply_routing_change(list(body.devices))
+        self.log.info("routing change applied", extra={"event_id": event.id, "what": body.what,
+                                                       "devices": len(body.devices), "profiles": changed})
 
     async def sample_metrics(self) -> None:
         await super().sample_metrics()
@@ -81,6 +93,7 @@ class CallControlMixin:
                 "sccp_port": str(cc.plain.port if cc.plain else 0),
                 "sccp_tls_port": str(cc.tls.port if cc.tls else 0),
                 "call_watchers": str(len(cc.calls.watchers) if cc.calls else 0),
+                "routing_changes_applied": str(cc.routing_changes_applied),
                 # Offline-CA mode: whose LSCs 2443 accepts besides CAPF's (or why the file is not trusted).
                 "lsc_third_party_ca": self._third_party_ca_text(cc)}
 

@@ -150,6 +150,7 @@ class CallManagerServicer(CallsServicerMixin, MobilityServicerMixin, RoutingServ
         line = await self._owner(context, self.service.domain.add_line(
             self._actor(context), dn=request.dn, device=request.device,
             line_index=request.line_index, label=request.label))
+        await self._apply_live()   # the dial plan knows the new number at once
         return pb.Line(dn=line["dn"], device=line["device"], line_index=line["line_index"],
                        label=line["label"])
 
