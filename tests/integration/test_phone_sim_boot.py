@@ -528,3 +528,60 @@ async def test_tftp_server_error_while_booting_is_retried_not_final_LATER_7(lab)
     await until(lambda: p.state is State.REGISTERED, 20)
     assert broken["left"] == 0 and p.boots >= 2
     assert any("tftp-server-error" in h for h in p.history), p.history
+
+
+async def test_capf_reason_7_is_visited_again_with_back_off_until_the_lsc_is_installed_LATER_7(lab):
+    """LATER-7 (booting retries CAPF too): CAPF ends the session with reason 7 because it cannot
+    reach its database. The phone registers without the LSC, as before, but visits CAPF again while
+    registered, after a back-off with jitter; once CAPF's database is back it gets its LSC, resets
+    by itself and registers again holding it — no boot by hand."""
+    name = "SEP00112233000E"
+    lab.files["CTLFile.tlv"] = make_ctl(lab.pki)
+    lab.device(name, mode=1, capf_op="install")   # registers on 2000 without an LSC, as SRST would
+    lab.image()
+    await schedule_operation(lab.db, name, "install", auth_mode="null", key_type="ec256")
+    store = lab.capf.store
+    real = store.find_operation
+    away = {"left": 3}
+
+    async def find_operation(device_name):
+        if away["left"] > 0:
+            away["left"] -= 1
+            raise OSError("connection refused: database unavailable")   # CAPF answers reason 7
+        return await real(device_name)
+    store.find_operation = find_operation
+    runner = lab.runner(lab.phone(name))
+    runner.net.boot_retry_base, runner.net.boot_retry_max = 0.2, 0.6
+    lab.runners.append(runner)
+    await runner.request_boot()
+    p = runner.phone
+    await until(lambda: p.state is State.REGISTERED and p.boots == 1, 20)
+    assert p.lsc is None and p.last_failure == "capf-failed" and "reason 7" in p.last_failure_reason
+    await until(lambda: p.boots == 2 and p.state is State.REGISTERED and p.lsc is not None, 30)
+    assert away["left"] == 0 and p.lsc.cert.issuer == lab.pki["capf"].cert.subject
+    visits = [h for h in p.history if "visiting CAPF again" in h]
+    assert len(visits) == 3, p.history            # one per reason 7 after the boot's own visit
+    delays = [float(h.split(" in ")[1].split(" s")[0]) for h in visits]
+    assert all(0.1 <= d <= 0.6 for d in delays) and delays[-1] > 0.2 * 0.5, delays   # back-off, jitter
+    assert "CAPF changed the LSC; resetting once no call is up" in "\n".join(p.history)
+    assert p.last_failure == ""   # the new boot starts clean: nothing left failed
+
+
+async def test_capf_unknown_device_is_not_visited_again_LATER_7(lab):
+    """The bad case: a CAPF answer that waiting will not change (reason 9: no operation known for
+    this phone) is not retried — the phone registers and stays, no CAPF loop."""
+    name = "SEP00112233000F"
+    lab.files["CTLFile.tlv"] = make_ctl(lab.pki)
+    lab.device(name, mode=1, capf_op="install")   # announced in the file, but nothing scheduled
+    lab.image()
+    runner = lab.runner(lab.phone(name))
+    runner.net.boot_retry_base, runner.net.boot_retry_max = 0.1, 0.2
+    lab.runners.append(runner)
+    await runner.request_boot()
+    p = runner.phone
+    await until(lambda: p.state is State.REGISTERED, 20)
+    sessions = len(lab.capf.sessions)
+    await asyncio.sleep(1.0)   # several back-offs would have passed
+    assert len(lab.capf.sessions) == sessions == 1 and p.boots == 1
+    assert any("end reason 9" in h for h in p.history), p.history
+    assert not any("visiting CAPF again" in h for h in p.history), p.history

@@ -10,7 +10,15 @@ Offline CA: when CAPF answers the phone's CSR with "retry later", the phone stay
 (last failure `capf-pending`, "waiting for the CA to sign the CSR"), keeps its pending key, waits
 the server's delay (capped by `Network.capf_max_wait`) without holding a boot slot, and boots
 again; at most `Network.capf_retry_attempts` times per power-on or reset, then it waits for the
-next boot. LSCs from the CAs `lsc_issuers()` names (the third-party CA) are stored like CAPF's. Once registered the task keeps the connection (keepalives run in
+next boot. LSCs from the CAs `lsc_issuers()` names (the third-party CA) are stored like CAPF's.
+
+CAPF away: when the CAPF session cannot be held (no connection, a timeout) or ends with reason 7
+(e.g. CAPF could not reach its database), the phone registers without the LSC as before, but
+visits CAPF again while registered, after the boot back-off with jitter (`retry_delay`), until
+CAPF completes (or says nothing is scheduled / the device is unknown); once the LSC changed it
+resets — never in the middle of a call — and registers with it.
+
+Once registered the task keeps the connection (keepalives run in
 `ccmsec.aio.sccp`), re-runs the boot on an SCCP Reset (0x009F), and re-registers, a bounded number
 of times, when call control goes away.
 
@@ -97,6 +105,8 @@ class PhoneRunner:
         self.lsc_issuers = lsc_issuers or (lambda: ())
         self.waiting_for_ca = False  # parked in `capf` until CAPF's retry-later delay has passed
         self._capf_retry_after: int | None = None
+        self._capf_again = False     # the last CAPF visit failed for the moment: visit it again
+        self._capf_visits_again = 0  # such visits since the boot (the back-off doubles with each)
         self.slots = slots or asyncio.Semaphore(1)
         self.on_change = on_change or (lambda p: None)
         self.web = PhoneWebServer(net.bind_host, self._page)
@@ -179,7 +189,7 @@ class PhoneRunner:
                 return
             chained = retries = 0
             why = await self._stay_registered()
-            if why != "reset":
+            if why not in ("reset", "lsc"):
                 return
 
     def retry_delay(self, retries: int) -> float:
@@ -204,6 +214,7 @@ class PhoneRunner:
             await self.web.stop()  # the phone restarts: its web server comes back with the config
             p.web_address = ""
             p.clear_failure()  # failures of earlier boots are history, not this boot's state
+            self._capf_again, self._capf_visits_again = False, 0
             self._enter(State.DOWNLOADING_CTL)
             await self._load_ctl()
             self._enter(State.DOWNLOADING_CONFIG)
@@ -340,10 +351,14 @@ class PhoneRunner:
             return False
         except (CapfProtocolError, TimeoutError, ConnectionError, OSError, ssl.SSLError) as exc:
             p.pending_capf_key = creds.pending_key  # a reconnect presents the same key
+            self._capf_again = True   # CAPF away or cut off: later, not never
             self._soft_failure(BootFailure("capf-failed", f"CAPF {host}:{port} ({capf.operation}): {exc}"))
             return False
         changed = p.take_capf_result(creds)  # keeps the pending key when the CA has not answered
         reason = session.end_reason
+        # Reason 7: CAPF could not complete (its database away, a store error; also a refused
+        # credential, which CAPF counts until the operation fails and then says reason 0).
+        self._capf_again = (reason == 7 and not changed) or session.retry_after is not None
         if session.retry_after is not None:
             self._capf_retry_after = session.retry_after
             self._note(f"CAPF {capf.operation}: CSR with CAPF, retry later ({', '.join(session.history)})")
@@ -509,13 +524,43 @@ class PhoneRunner:
 
     async def _stay_registered(self) -> str:
         """Registered somewhere (the failover phone moves between nodes by itself); "reset" when
-        call control resets the phone."""
+        call control resets the phone, "lsc" when a later CAPF visit installed the LSC."""
         failover = self.failover
         if failover is None:
             return "gone"
-        await failover.reset_requested.wait()
+        reset = asyncio.get_running_loop().create_task(failover.reset_requested.wait())
+        try:
+            while self._capf_again and not reset.done():
+                if await self._capf_visit_again(failover, reset):
+                    return "lsc"
+            await reset
+        finally:
+            reset.cancel()
         self._note(f"SCCP Reset ({failover.reset_type.name.lower()}) from call control")
         return "reset"
+
+    async def _capf_visit_again(self, failover: FailoverPhone, reset: asyncio.Task) -> bool:
+        """One more CAPF visit after the back-off, while registered; True when the LSC changed
+        and the phone, out of any call, should reset to register with it."""
+        self._capf_visits_again += 1
+        delay = self.retry_delay(self._capf_visits_again)
+        if self._capf_retry_after is not None:   # offline CA: its own delay
+            delay = min(float(self._capf_retry_after), self.net.capf_max_wait)
+        self._note(f"{self.phone.last_failure or 'capf-failed'}: visiting CAPF again in {delay:.1f} s "
+                   f"(attempt {self._capf_visits_again + 1})")
+        self._changed()
+        await asyncio.wait({reset}, timeout=delay)
+        if reset.done():
+            return False
+        async with self.slots:
+            changed = await self._run_capf()
+        if not changed:
+            return False
+        self._capf_again = False
+        self._note("CAPF changed the LSC; resetting once no call is up")
+        while failover.in_call and not reset.done():
+            await asyncio.wait({reset}, timeout=0.5)   # never reset in the middle of a call
+        return True
 
     async def _close_connection(self) -> None:
         failover, self.failover = self.failover, None
