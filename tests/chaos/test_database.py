@@ -17,6 +17,12 @@ Checked afterwards, straight in the database and on the phones:
 * no half-issued certificate: no operation left `in_progress`, every certificate row of an
   enrolment is the one the phone holds — a session cut after issuance gets the same certificate
   again (compare-and-set on the operation), never a second one.
+
+A second test takes CAPF's part of the database away (its certificate table renamed out of the
+way: every CAPF look-up fails in PostgreSQL itself, so each session ends with reason 7) while
+phones with a CAPF install boot — TFTP and call control go on, as when CAPF alone loses its
+database — and puts it back: the phones, registered without an LSC meanwhile, visit CAPF again
+with back-off and jitter and end registered over TLS with a valid LSC, without a boot by hand.
 """
 
 from __future__ import annotations
@@ -126,9 +132,11 @@ def _lsc_valid(der: bytes, name: str, capf: x509.Certificate) -> str | None:
     return None
 
 
-async def test_database_restarted_during_capf_enrolments_and_config_changes_CHK_7(cluster, postgres, tmp_path):
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def mixed(cluster, tmp_path_factory):
+    """The cluster in mixed mode (two tokens) with CAPF active: phones can enrol."""
     c = cluster
-    pw = tmp_path / "pw"
+    pw = tmp_path_factory.mktemp("tokens") / "pw"
     pw.write_text("chaos-token-password\n")
     for name in ("t1", "t2"):
         res = await asyncio.to_thread(c.cli, "token", "create", "--name", name, "--password-file", str(pw))
@@ -139,22 +147,33 @@ async def test_database_restarted_during_capf_enrolments_and_config_changes_CHK_
     res = await asyncio.to_thread(c.cli, "ctl", "update", "--token", "t1", "--token", "t2", "--mode", "mixed",
                                   "--password-file", str(pw), "-q", timeout=240)
     assert res.returncode == 0, res.stdout + res.stderr
-    res = await asyncio.to_thread(c.cli, "phones", "add", "--count", str(PHONES), "--model", "7960",
-                                  "--name-prefix", "SEP0DB05")
+    return c
+
+
+async def _enrolling_phones(c, count: int, prefix: str) -> list[str]:
+    """`count` phone-sim 7960s configured authenticated, a CAPF install (null auth) scheduled."""
+    res = await asyncio.to_thread(c.cli, "phones", "add", "--count", str(count), "--model", "7960",
+                                  "--name-prefix", prefix)
     assert res.returncode == 0, res.stderr
     names = re.findall(r"^(SEP[0-9A-F]{12})", res.stdout, re.M)
-    assert len(names) == PHONES, res.stdout
+    assert len(names) == count, res.stdout
     with AdminClient(discover(c.data)) as admin:
         for name in names:
             admin.add_device(name, "7960", "authenticated")
             admin.capf_schedule(name, "install", "null", key_type="ec256")
+    return names
+
+
+async def test_database_restarted_during_capf_enrolments_and_config_changes_CHK_7(mixed, postgres):
+    c = mixed
+    names = await _enrolling_phones(c, PHONES, "SEP0DB05")
 
     writer = ConfigWriter(c.data)
     writer.start()
     outages: list[float] = []
     try:
         await until(lambda: len(writer.devices) >= 3, "configuration changes acknowledged before the fault", 60)
-        res = await asyncio.to_thread(c.cli, "phones", "boot", "--all")
+        res = await asyncio.to_thread(c.cli, "phones", "boot", *names)
         assert res.returncode == 0, res.stdout + res.stderr
         booted = now()
         for at in OUTAGES:
@@ -228,5 +247,89 @@ async def test_database_restarted_during_capf_enrolments_and_config_changes_CHK_
     assert outages and len(writer.devices) > 0
     assert not lost, f"acknowledged changes lost: {lost[:10]}"
     assert not half, f"operations left half done: {half}"
+    assert not problems, problems
+    assert report.events_lost == 0
+
+
+CAPF_AWAY_PHONES = 4
+
+
+async def _capf_store(url: str, away: bool) -> None:
+    """Take CAPF's certificate table out of (or back into) the database: every CAPF look-up and
+    issuance then fails in PostgreSQL itself, while TFTP and call control, which never read it,
+    go on. (With the whole database down the phones would not get past TFTP to reach CAPF.)"""
+    db = await asyncpg.connect(url)
+    try:
+        if away:
+            await db.execute("ALTER TABLE capf_certificates RENAME TO capf_certificates_away")
+        else:
+            await db.execute("ALTER TABLE capf_certificates_away RENAME TO capf_certificates")
+    finally:
+        await db.close()
+
+
+async def test_capf_database_unavailable_while_phones_boot_they_enrol_once_it_is_back_LATER_7(mixed, postgres):
+    """LATER-7 / CHK-7: CAPF cannot use its database while phones with a CAPF install boot: it ends
+    their sessions with reason 7. The phones come up without the LSC (on SRST or on call control,
+    wherever their unsecured registration is taken) and visit CAPF again with back-off and jitter;
+    once CAPF's database is back every phone ends registered over TLS with a valid LSC, its
+    operation done and tied to exactly that certificate — no boot by hand."""
+    c = mixed
+    names = await _enrolling_phones(c, CAPF_AWAY_PHONES, "SEP0DB07")
+    await _capf_store(postgres.url, away=True)
+    down_at = now()
+    try:
+        res = await asyncio.to_thread(c.cli, "phones", "boot", *names)
+        assert res.returncode == 0, res.stdout + res.stderr
+
+        async def refused_and_retrying() -> bool:
+            phones = [p for p in await c.phones() if p.name in names]
+            return all(any("end reason 7" in h for h in p.history)
+                       and any("visiting CAPF again" in h for h in p.history) for p in phones)
+        try:
+            await until(refused_and_retrying, "every phone hearing reason 7 and visiting CAPF again", 150)
+        except AssertionError as exc:
+            states = "; ".join(f"{p.name} {p.state} {p.last_failure}: {p.last_failure_reason} "
+                               f"{list(p.history)[-4:]}" for p in await c.phones() if p.name in names)
+            raise AssertionError(f"{exc}: {states}") from None
+        phones = [p for p in await c.phones() if p.name in names]
+        assert all(not p.lsc.der for p in phones), "no LSC can be issued while CAPF's database is away"
+        registered_without = sum(1 for p in phones if p.state == "registered")
+        boots_before = {p.name: p.boots for p in phones}
+    finally:
+        await _capf_store(postgres.url, away=False)
+    back = now()
+    done: dict[str, float] = {}
+
+    async def all_enrolled() -> bool:
+        for p in await c.phones():
+            if (p.name in names and p.state == "registered" and p.transport == "authenticated"
+                    and p.lsc.der and p.name not in done):
+                done[p.name] = now() - back
+        return len(done) == CAPF_AWAY_PHONES
+    try:
+        await until(all_enrolled, "every phone registered over TLS with its LSC once CAPF's database is back", 180)
+    except AssertionError as exc:
+        states = "; ".join(f"{p.name} {p.state} {p.transport or '-'} LSC {bool(p.lsc.der)} "
+                           f"{list(p.history)[-4:]}" for p in await c.phones() if p.name in names and p.name not in done)
+        raise AssertionError(f"{exc}: {states}") from None
+    phones = {p.name: p for p in await c.phones() if p.name in names}
+    capf_cert = x509.load_pem_x509_certificate((c.data / "pki" / "capf.crt").read_bytes())
+    db = await asyncpg.connect(postgres.url)
+    try:
+        ops = await db.fetch("SELECT device_name, state, issued_fingerprint FROM capf_operations "
+                             "WHERE device_name = ANY($1::text[])", names)
+    finally:
+        await db.close()
+    problems = [f"{n}: LSC {why}" for n in names if (why := _lsc_valid(phones[n].lsc.der, n, capf_cert))]
+    for n in names:
+        mine = [(o["state"], o["issued_fingerprint"]) for o in ops if o["device_name"] == n]
+        if mine != [("done", hashlib.sha256(phones[n].lsc.der).hexdigest())]:
+            problems.append(f"{n}: operations {mine}")
+    report = record(Report(
+        "CAPF database away while phones boot", CAPF_AWAY_PHONES, sorted(done.values()),
+        events_lost=len(problems),
+        note=f"away {back - down_at:.1f} s; {registered_without} registered without an LSC meanwhile; "
+             f"boots while away {sorted(boots_before.values())}, after {sorted(p.boots for p in phones.values())}"))
     assert not problems, problems
     assert report.events_lost == 0
