@@ -295,6 +295,14 @@ class AdminClient:
     def set_device_pool(self, name: str, pool: str | None) -> dict:
         return self._call("PUT", self._device_path(name) + "/pool", json={"pool": pool})
 
+    # softkey sets (issue 10) -----------------------------------------------------------------
+    def softkey_sets(self) -> list[dict]:
+        return self._call("GET", "/api/v1/softkey-sets")["softkey_sets"]
+
+    def set_softkeys(self, softkey_set: str, *, device: str = "", pool: str = "") -> dict:
+        path = self._device_path(device) if device else f"/api/v1/pools/{quote(pool, safe='')}"
+        return self._call("PUT", path + "/softkeys", json={"softkey_set": softkey_set})
+
     # SRST references (SRST-2, CERT-6) ---------------------------------------------------------
     def srst_references(self) -> list[dict]:
         return self._all("/api/v1/srst", "references")

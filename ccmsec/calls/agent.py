@@ -306,6 +306,9 @@ class CallAgent:
         self._route(leg, now, final=True)
 
     def _softkey(self, st: Station, event: int, line: int, ref: int, now: float) -> None:
+        if event not in setup_answers.SOFTKEY_SETS[st.profile.softkey_set]:
+            self._ignore()  # a key its softkey set does not give it (never shown on its display)
+            return
         leg = st.legs.get(ref) if ref else None
         if ref and leg is None and event not in (SoftKey.BARGE, SoftKey.CBARGE):
             self._ignore()  # a stale or foreign call reference

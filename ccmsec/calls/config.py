@@ -73,8 +73,13 @@ class DeviceProfile:
     user: str = ""                 # extension mobility: the user logged in ("" = none)
     route_pattern: str = ""        # trunks: the digits routed to this device, e.g. "8XXX"
     auto_answer: bool = False      # trunks: the far side answers by itself
+    softkey_set: str = "standard"  # the named softkey set its display offers (calls.setup)
 
     def __post_init__(self) -> None:
+        from ccmsec.calls.setup import SOFTKEY_SETS   # (setup imports this module)
+        if self.softkey_set not in SOFTKEY_SETS:
+            raise ProfileError(f"{self.name}: unknown softkey set {self.softkey_set!r} "
+                               f"(known: {', '.join(sorted(SOFTKEY_SETS))})")
         if len(self.lines) > MAX_LINES:
             raise ProfileError(f"{self.name}: {len(self.lines)} lines exceed {MAX_LINES}")
         if len(self.speed_dials) > MAX_SPEED_DIALS:

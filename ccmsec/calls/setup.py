@@ -2,7 +2,7 @@
 
 Pure: a request and the profile in, the reply messages out. The softkey template offers only
 what the core implements (no Park, MeetMe or PickUp), and each softkey set lists the keys a real
-CallManager shows in that state.
+CallManager shows in that state — restricted to the device's named softkey set (`SOFTKEY_SETS`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,26 @@ TEMPLATE: tuple[SoftKey, ...] = (
     SoftKey.BACKSPACE, SoftKey.END_CALL, SoftKey.RESUME, SoftKey.ANSWER, SoftKey.CONFERENCE,
     SoftKey.BARGE, SoftKey.DIAL, SoftKey.CBARGE,
 )
-_POSITION = {key: index + 1 for index, key in enumerate(TEMPLATE)}
+
+# Named softkey sets an administrator assigns to a device or a device pool (the device's own
+# assignment wins; "standard" without one). Each keeps the template's order and drops the keys it
+# does not offer from the template and from every state's set, so the phone never shows them; the
+# call agent also ignores those keys if pressed anyway.
+STANDARD = "standard"
+SOFTKEY_SETS: dict[str, frozenset[SoftKey]] = {
+    STANDARD: frozenset(TEMPLATE),
+    # calls only: no transfer, conference, barge or forward-all from the phone
+    "basic": frozenset(TEMPLATE) - {SoftKey.TRANSFER, SoftKey.CONFERENCE, SoftKey.BARGE,
+                                    SoftKey.CBARGE, SoftKey.CFWD_ALL},
+    # privacy: nobody barges into a shared line's call from this phone
+    "no-barge": frozenset(TEMPLATE) - {SoftKey.BARGE, SoftKey.CBARGE},
+}
+
+
+def keys_of(softkey_set: str) -> tuple[SoftKey, ...]:
+    """The template of a named softkey set, in order (KeyError: no such set)."""
+    allowed = SOFTKEY_SETS[softkey_set]
+    return tuple(k for k in TEMPLATE if k in allowed)
 
 SETS: dict[SoftKeySetIndex, tuple[SoftKey, ...]] = {
     SoftKeySetIndex.ON_HOOK: (SoftKey.REDIAL, SoftKey.NEW_CALL, SoftKey.CFWD_ALL),
@@ -54,14 +73,16 @@ def button_template(profile: DeviceProfile) -> u.ButtonTemplate:
     return u.ButtonTemplate(tuple(buttons[: u.ButtonTemplate.SLOTS]))
 
 
-def softkey_template() -> u.SoftKeyTemplateRes:
+def softkey_template(softkey_set: str = STANDARD) -> u.SoftKeyTemplateRes:
     return u.SoftKeyTemplateRes(tuple(u.SoftKeyDefinition(SOFTKEY_LABELS[k], int(k))
-                                      for k in TEMPLATE))
+                                      for k in keys_of(softkey_set)))
 
 
-def softkey_sets() -> u.SoftKeySetRes:
+def softkey_sets(softkey_set: str = STANDARD) -> u.SoftKeySetRes:
+    """Per call state, the keys of that state this set offers, by position in its template."""
+    position = {key: index + 1 for index, key in enumerate(keys_of(softkey_set))}
     ordered = [SETS[SoftKeySetIndex(i)] for i in range(len(SETS))]
-    return u.SoftKeySetRes(tuple(u.SoftKeySet(tuple(_POSITION[k] for k in keys))
+    return u.SoftKeySetRes(tuple(u.SoftKeySet(tuple(position[k] for k in keys if k in position))
                                  for keys in ordered))
 
 
@@ -92,10 +113,10 @@ def answer(message: s.Message, profile: DeviceProfile, settings: AgentSettings, 
     if isinstance(message, u.ButtonTemplateReq):
         return [button_template(profile)]
     if isinstance(message, u.SoftKeyTemplateReq):
-        return [softkey_template()]
+        return [softkey_template(profile.softkey_set)]
     if isinstance(message, u.SoftKeySetReq):
         # A real CallManager then selects the on-hook set and says "Your current options".
-        return [softkey_sets(), SelectSoftKeys(0, 0, SoftKeySetIndex.ON_HOOK),
+        return [softkey_sets(profile.softkey_set), SelectSoftKeys(0, 0, SoftKeySetIndex.ON_HOOK),
                 DisplayPromptStatus(0, "Your current options")]
     if isinstance(message, u.LineStatReq):
         n = message.line_number

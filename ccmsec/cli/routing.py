@@ -1,16 +1,18 @@
-"""`ccmsec routing speed-dial|forward|region|assign`: speed dials, call forward busy / no answer and
-codec regions (CALL-9) — what call control gives a phone when it registers (gRPC to callmanager,
-through its one write path, audited). A change applies at the phone's next registration;
-`ccmsec device reset NAME` applies it now."""
+"""`ccmsec routing speed-dial|forward|region|assign|softkeys`: speed dials, call forward busy / no
+answer, codec regions (CALL-9) and softkey sets — through callmanager's one write path, audited.
+Routing changes apply to the next call at once (call control follows `config.changed`); a softkey
+set is part of what the phone's display is built with, so it applies when the phone registers
+next (`ccmsec device reset NAME --restart` to apply it now)."""
 
 from __future__ import annotations
 
 import argparse
 
 from ccmsec.cli.common import CliError, add_data_option
-from ccmsec.cli.device import _grpc_call
+from ccmsec.cli.device import _connection_options, _grpc_call, _run
 
-NOTE = "applies when the phone registers next (`ccmsec device reset NAME` to apply it now)"
+NOTE = "applies to the next call"
+SOFTKEY_NOTE = "applies when the phone registers next (`ccmsec device reset NAME --restart` to apply it now)"
 
 
 def register(subparsers) -> None:
@@ -44,6 +46,15 @@ def register(subparsers) -> None:
     assign.add_argument("device")
     assign.add_argument("region", nargs="?", default="")
     assign.set_defaults(func=_assign)
+    sk = sub.add_parser("softkeys", parents=[_connection_options()],
+                        help="the softkey set of a phone or a device pool (HTTPS admin API; "
+                             "no SET: remove the assignment; --list: the sets)")
+    target = sk.add_mutually_exclusive_group(required=True)
+    target.add_argument("--device", default="", metavar="NAME")
+    target.add_argument("--pool", default="", metavar="POOL")
+    target.add_argument("--list", action="store_true", help="list the softkey sets and their keys")
+    sk.add_argument("softkey_set", nargs="?", default="", metavar="SET")
+    sk.set_defaults(func=_softkeys)
 
 
 def _speed_dial(args: argparse.Namespace) -> int:
@@ -84,4 +95,16 @@ def _assign(args: argparse.Namespace) -> int:
     out = _grpc_call(args, lambda stub: stub.SetDeviceRegion(pb.DeviceRegionSetting(
         device=args.device, region=args.region), timeout=10))
     print(f"{out.device}: region {out.region or 'none'}; {NOTE}")
+    return 0
+
+
+def _softkeys(args: argparse.Namespace) -> int:
+    if args.list:
+        for row in _run(args, lambda client: client.softkey_sets()):
+            print(f"{row['name']:10} {' '.join(row['softkeys'])}")
+        return 0
+    out = _run(args, lambda client: client.set_softkeys(args.softkey_set, device=args.device, pool=args.pool))
+    target = f"device {out['device']}" if out.get("device") else f"pool {out['pool']}"
+    print(f"{target}: softkey set {out['softkey_set'] or 'none (its pool, else standard)'} "
+          f"({len(out['devices'])} phone(s)); {SOFTKEY_NOTE}")
     return 0

@@ -1,5 +1,6 @@
 """Call-routing configuration owned by callmanager: speed dials, call forwarding per directory
-number, regions (CALL-9's wideband codec), and extension-mobility users and logins.
+number, regions (CALL-9's wideband codec), extension-mobility users and logins, and the softkey
+set of a device or a device pool.
 
 Lines themselves are in `ccmsec.db.lines`. Nothing here carries a security mode: a user's line
 brought to a device by extension mobility runs with that device's own mode (DEV-2).
@@ -109,6 +110,26 @@ class MobilityLogin(Base):
         unique=True)
     since: Mapped[_dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False,
                                                 default=utcnow)
+
+
+class DeviceSoftkeys(Base):
+    """The named softkey set of one device (wins over its pool's)."""
+
+    __tablename__ = "device_softkeys"
+
+    device: Mapped[str] = mapped_column(
+        String(MAX_DEVICE_NAME), ForeignKey("devices.name", ondelete="CASCADE"), primary_key=True)
+    softkey_set: Mapped[str] = mapped_column(String(32), nullable=False)
+
+
+class PoolSoftkeys(Base):
+    """The named softkey set of a device pool's devices (those without their own)."""
+
+    __tablename__ = "pool_softkeys"
+
+    pool: Mapped[str] = mapped_column(
+        String(64), ForeignKey("device_pools.name", ondelete="CASCADE"), primary_key=True)
+    softkey_set: Mapped[str] = mapped_column(String(32), nullable=False)
 
 
 async def rows(session: AsyncSession, model) -> list:

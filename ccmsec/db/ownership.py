@@ -41,6 +41,8 @@ OWNERS: dict[str, str] = {
     "device_regions": CALLMANAGER,
     "mobility_users": CALLMANAGER,
     "mobility_logins": CALLMANAGER,
+    "device_softkeys": CALLMANAGER,
+    "pool_softkeys": CALLMANAGER,
     "srst_references": CALLMANAGER,
     "admin_accounts": CALLMANAGER,
     "admin_tokens": CALLMANAGER,

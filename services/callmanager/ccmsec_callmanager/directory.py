@@ -19,7 +19,9 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from ccmsec.calls.config import DeviceProfile, LineConfig, ProfileError, SpeedDial
+from ccmsec.calls.setup import STANDARD
 from ccmsec.db import calls as calls_db
+from ccmsec.db.devices import Device
 from ccmsec.db.lines import Line
 from ccmsec.policy.devices import SecurityMode
 
@@ -35,6 +37,7 @@ class Snapshot:
     users: dict[str, calls_db.MobilityUser] = field(default_factory=dict)
     logins: dict[str, str] = field(default_factory=dict)                  # device -> user id
     numbers: set[str] = field(default_factory=set)                        # every configured DN
+    softkeys: dict[str, str] = field(default_factory=dict)                # device -> softkey set
     loaded_at: float = 0.0
 
 
@@ -75,6 +78,14 @@ class CallDirectory:
                 snap.numbers.add(user.dn)
             for login in await calls_db.rows(session, calls_db.MobilityLogin):
                 snap.logins[login.device] = login.user_id
+            # softkey set: the device's own, else its pool's ("standard" when neither)
+            pools = {row.pool: row.softkey_set for row in await calls_db.rows(session, calls_db.PoolSoftkeys)}
+            if pools:
+                for name, pool in (await session.execute(
+                        select(Device.name, Device.device_pool).where(Device.device_pool.in_(list(pools))))).all():
+                    snap.softkeys[name] = pools[pool]
+            for row in await calls_db.rows(session, calls_db.DeviceSoftkeys):
+                snap.softkeys[row.device] = row.softkey_set
         snap.loaded_at = time.monotonic()
         self.loads += 1
         return snap
@@ -101,7 +112,8 @@ class CallDirectory:
                           for sd in snap.speed_dials.get(name, ()))
             return DeviceProfile(name, model=model, security_mode=SecurityMode(mode), lines=lines,
                                  speed_dials=speed, wideband_region=snap.wideband.get(name, False),
-                                 user=user.user_id if user else "")
+                                 user=user.user_id if user else "",
+                                 softkey_set=snap.softkeys.get(name, STANDARD))
         except (ProfileError, ValueError):
             # A row the core cannot use must not stop the phone registering: no lines then.
             return DeviceProfile(name, model=model, security_mode=SecurityMode(mode))

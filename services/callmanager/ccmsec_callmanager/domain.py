@@ -544,3 +544,46 @@ class CallManagerDomain:
             await session.commit()
         await self._config_changed([device], "region")
         return {"device": device, "region": region}
+
+    # softkey sets (issue 10): what a device's display offers --------------------------------
+    async def set_softkey_set(self, actor: Actor, *, device: str = "", pool: str = "",
+                              softkey_set: str = "") -> dict:
+        """The named softkey set of one device or of a device pool's devices ("" removes the
+        assignment: the pool's, else "standard"). Phones get it at their next registration (the
+        display is built then, as on a real CallManager); `devices` names the ones concerned."""
+        from ccmsec.calls.setup import SOFTKEY_SETS
+        from ccmsec.db import calls as calls_db
+
+        if bool(device) == bool(pool):
+            raise OwnerRefused("invalid", "name exactly one device or one device pool")
+        if softkey_set and softkey_set not in SOFTKEY_SETS:
+            raise OwnerRefused("invalid", f"unknown softkey set {softkey_set!r} "
+                                          f"(known: {', '.join(sorted(SOFTKEY_SETS))})")
+        try:
+            target = validate_device_name(device) if device else validate_pool_name(pool)
+        except (InvalidDeviceName, InvalidLineOrPool) as exc:
+            raise OwnerRefused("invalid", str(exc)) from None
+        model, key = (calls_db.DeviceSoftkeys, "device") if device else (calls_db.PoolSoftkeys, "pool")
+        async with self.db() as session:
+            if device:
+                if await session.scalar(select(Device.id).where(Device.name == target)) is None:
+                    raise OwnerRefused("not_found", f"no device named {target}")
+                devices = [target]
+            else:
+                if await session.get(DevicePool, target) is None:
+                    raise OwnerRefused("not_found", f"no device pool named {target}")
+                devices = list((await session.scalars(
+                    select(Device.name).where(Device.device_pool == target))).all())
+            row = await session.get(model, target)
+            if not softkey_set:
+                if row is not None:
+                    await session.delete(row)
+            elif row is None:
+                session.add(model(**{key: target, "softkey_set": softkey_set}))
+            else:
+                row.softkey_set = softkey_set
+            session.add(audit_entry(actor, action="softkey_set.set", target=target, status=200,
+                                    detail=f"{key} softkeys={softkey_set or '-'}"))
+            await session.commit()
+        await self._config_changed(devices, "softkeys")
+        return {key: target, "softkey_set": softkey_set, "devices": devices}

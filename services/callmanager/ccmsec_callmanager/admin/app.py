@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .access_log import AccessLogMiddleware
 from . import audit_api, auth, calls, capf, cluster, devices, lines, registrations, resets, srst
+from . import softkeys  # issue 10: softkey sets per device / pool
 from .audit import record_refusal
 from .errors import (
     MAX_BODY_BYTES,
@@ -88,6 +89,7 @@ def create_admin_app(sessionmaker: async_sessionmaker, *, events: EventPublisher
     app.include_router(resets.router)  # before devices: /devices/reset is not a device name
     app.include_router(devices.router)
     app.include_router(lines.router)
+    app.include_router(softkeys.router)
     app.include_router(srst.router)
     app.include_router(registrations.router)
     app.include_router(calls.router)

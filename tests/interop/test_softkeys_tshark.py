@@ -1,0 +1,139 @@
+"""Softkey sets per device (issue 10): two phones whose configuration gives them different softkey
+sets — one through its device pool ("no-barge"), one its own ("basic", which also wins over the
+pool) — are answered different SoftKeyTemplateRes / SoftKeySetRes after RegisterAck. Proved on the
+wire: captured live on loopback from the real call agent and decoded by the Wireshark skinny
+dissector (tshark), no malformed packet. The assignments are written through callmanager's one
+write path (`CallManagerDomain.set_softkey_set`, the admin API's and CLI's), bad values refused.
+Bad case: a key the device's set does not give it, sent anyway, changes nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+
+import pytest
+
+from ccmsec.aio.sccp import connect_phone
+from ccmsec.aio.sccp_calling import CallingPhone
+from ccmsec.calls.config import AgentSettings
+from ccmsec.calls.setup import keys_of
+from ccmsec.db.devices import Device
+from ccmsec.db.lines import DevicePool, Line
+from ccmsec.runtime.database import open_database
+from ccmsec.wire import sccp as s
+from ccmsec.wire import sccp_calls as c
+from ccmsec.wire.sccp_calls import CallStateCode as CS
+from ccmsec.wire.sccp_calls import SoftKey
+from ccmsec_callmanager.callcontrol import CallControl, CallControlConfig
+from ccmsec_callmanager.domain import Actor, CallManagerDomain, OwnerRefused
+from tests.interop.test_calls_tshark import _capture
+from tests.interop.test_sccp_tshark import _fields, _port_free, _stop_capture
+
+pytestmark = [pytest.mark.interop, pytest.mark.timeout(120)]
+
+if shutil.which("tshark") is None:
+    pytest.skip("tshark binary not installed", allow_module_level=True)
+
+HOST = "127.0.0.49"
+POOLED, OWN = "SEP0000000CB001", "SEP0000000CB002"   # pool "no-barge"; own "basic" over the pool's
+DN = {POOLED: "3101", OWN: "3102"}
+
+
+def _per_stream(pcap, message_id: int, field: str) -> dict[int, list[int]]:
+    rows = _fields(pcap, "-Y", f"skinny.messageId == {message_id:#06x}", "-T", "fields",
+                   "-e", "tcp.stream", "-e", field)
+    out: dict[int, list[int]] = {}
+    for row in rows:
+        stream, _, values = row.partition("\t")
+        out.setdefault(int(stream), []).extend(int(v, 0) for v in values.split(",") if v)
+    return out
+
+
+async def _phone(name: str) -> CallingPhone:
+    conn = await connect_phone(HOST, 2000, s.Register(name, HOST, device_type=30006))
+    phone = CallingPhone(conn, bind_host=HOST)
+    await phone.wait_ready(30)
+    return phone
+
+
+async def test_two_devices_with_different_softkey_sets_get_different_sets_on_the_wire(tmp_path):
+    if not _port_free(HOST, 2000):
+        pytest.skip(f"{HOST}:2000 busy")
+    engine, sm = await open_database(f"sqlite:///{tmp_path / 'ccmsec.db'}")
+    async with sm() as session, session.begin():
+        session.add(DevicePool(name="lobby", cm_group=HOST, srst=""))
+        for name in (POOLED, OWN):
+            session.add(Device(name=name, model="7970", security_mode="non-secure", device_pool="lobby"))
+        await session.flush()
+        session.add_all([Line(dn=dn, device=name, line_index=1, label="") for name, dn in DN.items()])
+    published = []
+
+    async def publish(kind, target, payload):
+        published.append((kind, payload))
+    domain = CallManagerDomain(sm, publish)
+    admin = Actor("admin", "test")
+    # the one write path: bad values refused, nothing written
+    for kwargs, text in (({"device": OWN, "softkey_set": "gold"}, "unknown softkey set 'gold'"),
+                         ({"device": OWN, "pool": "lobby", "softkey_set": "basic"}, "exactly one"),
+                         ({"device": "SEP0000000CBFFF", "softkey_set": "basic"}, "no device named"),
+                         ({"pool": "nowhere", "softkey_set": "basic"}, "no device pool named")):
+        with pytest.raises(OwnerRefused) as err:
+            await domain.set_softkey_set(admin, **kwargs)
+        assert text in err.value.message
+    assert published == []
+    out = await domain.set_softkey_set(admin, pool="lobby", softkey_set="no-barge")
+    assert sorted(out["devices"]) == [POOLED, OWN]
+    out = await domain.set_softkey_set(admin, device=OWN, softkey_set="basic")
+    assert out["devices"] == [OWN]
+    assert [kind for kind, _ in published] == ["config.changed", "config.changed"]
+
+    cc = CallControl(CallControlConfig("callmanager", HOST, 2000, 0, tmp_path, agent=AgentSettings(
+        inter_digit_timeout=0.3, server_name="callmanager")), sm)
+    await cc.start()
+    pcap = tmp_path / "softkeys.pcap"
+    proc = _capture(pcap, f"host {HOST} and tcp port 2000")
+    phones = []
+    try:
+        pooled = await _phone(POOLED)        # TCP stream 0
+        phones.append(pooled)
+        own = await _phone(OWN)              # TCP stream 1
+        phones.append(own)
+        # what each display offers follows its set
+        assert list(pooled.display.softkeys.values()) == list(keys_of("no-barge"))
+        assert list(own.display.softkeys.values()) == list(keys_of("basic"))
+        assert SoftKey.BARGE not in pooled.display.softkeys.values()
+
+        # bad case: a key its set does not give it, sent anyway, is ignored by call control
+        pooled.act(pooled.display.dial, DN[OWN])
+        await own.wait_for(lambda d: any(x.state == CS.RING_IN for x in d.calls.values()), 20, "ringing")
+        own.act(own.display.answer)
+        await own.wait_for(lambda d: any(x.state == CS.CONNECTED for x in d.calls.values()), 20, "connected")
+        ref = next(iter(own.display.calls))
+        ignored = cc.calls.agent.ignored
+        own.conn.write([c.SoftKeyEvent(SoftKey.TRANSFER, 1, ref)])
+        for _ in range(200):   # bounded: up to 20 s on a loaded machine
+            if cc.calls.agent.ignored > ignored:
+                break
+            await asyncio.sleep(0.1)
+        assert cc.calls.agent.ignored > ignored
+        assert [x.state for x in own.display.calls.values()] == [CS.CONNECTED]   # no consultation
+        pooled.act(pooled.display.transfer)           # its own set has Transfer: the call is held
+        await pooled.wait_for(lambda d: any(x.state == CS.HOLD for x in d.calls.values()), 20, "held")
+        pooled.act(pooled.display.hang_up)
+    finally:
+        _stop_capture(proc)
+        for phone in phones:
+            await phone.close()
+        await cc.close()
+        await engine.dispose()
+
+    # on the wire, as the Wireshark skinny dissector reads it
+    templates = _per_stream(pcap, 0x0108, "skinny.softKeyEvent")     # SoftKeyTemplateResMessage
+    assert templates == {0: [int(k) for k in keys_of("no-barge")], 1: [int(k) for k in keys_of("basic")]}
+    set_counts = _per_stream(pcap, 0x0109, "skinny.softKeySetCount")  # SoftKeySetResMessage
+    assert set(set_counts) == {0, 1}
+    infos = _per_stream(pcap, 0x0109, "skinny.softKeyTemplateIndex")
+    assert infos[0] != infos[1]   # the per-state sets differ too
+    basic_positions = len(keys_of("basic"))
+    assert infos[1] and max(infos[1]) <= basic_positions
+    assert _fields(pcap, "-Y", "_ws.malformed || _ws.expert.severity >= 8388608") == []
