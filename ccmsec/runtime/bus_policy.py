@@ -41,6 +41,8 @@ PUBLISHERS: dict[str, frozenset[str]] = {
     "config.changed": frozenset({"callmanager", "capf"}),
     # Any service may report a gRPC call its policy refused (issue 9 §2 audit).
     "access.denied": frozenset(SERVICE_ROLES),
+    # The owners whose writes callmanager (the audit log's writer) records (issue 9 §5 audit).
+    "owner.change": frozenset({"ctl-provider", "capf"}),
 }
 KINDS = tuple(PUBLISHERS)
 # Kinds addressed in the subject: `service.restart.<role>`; the others name devices in the body.

@@ -97,8 +97,28 @@ class AccessDenied(_message.Message):
     suppressed: int
     def __init__(self, caller_role: _Optional[str] = ..., caller_node: _Optional[str] = ..., method: _Optional[str] = ..., refused_by: _Optional[str] = ..., reason: _Optional[str] = ..., suppressed: _Optional[int] = ...) -> None: ...
 
+class OwnerChange(_message.Message):
+    __slots__ = ("actor", "action", "target", "detail", "rule", "status", "door", "remote")
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    DOOR_FIELD_NUMBER: _ClassVar[int]
+    REMOTE_FIELD_NUMBER: _ClassVar[int]
+    actor: str
+    action: str
+    target: str
+    detail: str
+    rule: str
+    status: int
+    door: str
+    remote: str
+    def __init__(self, actor: _Optional[str] = ..., action: _Optional[str] = ..., target: _Optional[str] = ..., detail: _Optional[str] = ..., rule: _Optional[str] = ..., status: _Optional[int] = ..., door: _Optional[str] = ..., remote: _Optional[str] = ...) -> None: ...
+
 class Event(_message.Message):
-    __slots__ = ("id", "kind", "occurred_unix_ms", "origin", "device_reset", "service_restart", "ctl_updated", "config_changed", "mode_changed", "text", "access_denied")
+    __slots__ = ("id", "kind", "occurred_unix_ms", "origin", "device_reset", "service_restart", "ctl_updated", "config_changed", "mode_changed", "text", "access_denied", "owner_change")
     ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     OCCURRED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
@@ -110,6 +130,7 @@ class Event(_message.Message):
     MODE_CHANGED_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     ACCESS_DENIED_FIELD_NUMBER: _ClassVar[int]
+    OWNER_CHANGE_FIELD_NUMBER: _ClassVar[int]
     id: str
     kind: str
     occurred_unix_ms: int
@@ -121,4 +142,5 @@ class Event(_message.Message):
     mode_changed: SecurityModeChanged
     text: str
     access_denied: AccessDenied
-    def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., occurred_unix_ms: _Optional[int] = ..., origin: _Optional[str] = ..., device_reset: _Optional[_Union[DeviceReset, _Mapping]] = ..., service_restart: _Optional[_Union[ServiceRestart, _Mapping]] = ..., ctl_updated: _Optional[_Union[CtlUpdated, _Mapping]] = ..., config_changed: _Optional[_Union[ConfigChanged, _Mapping]] = ..., mode_changed: _Optional[_Union[SecurityModeChanged, _Mapping]] = ..., text: _Optional[str] = ..., access_denied: _Optional[_Union[AccessDenied, _Mapping]] = ...) -> None: ...
+    owner_change: OwnerChange
+    def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., occurred_unix_ms: _Optional[int] = ..., origin: _Optional[str] = ..., device_reset: _Optional[_Union[DeviceReset, _Mapping]] = ..., service_restart: _Optional[_Union[ServiceRestart, _Mapping]] = ..., ctl_updated: _Optional[_Union[CtlUpdated, _Mapping]] = ..., config_changed: _Optional[_Union[ConfigChanged, _Mapping]] = ..., mode_changed: _Optional[_Union[SecurityModeChanged, _Mapping]] = ..., text: _Optional[str] = ..., access_denied: _Optional[_Union[AccessDenied, _Mapping]] = ..., owner_change: _Optional[_Union[OwnerChange, _Mapping]] = ...) -> None: ...

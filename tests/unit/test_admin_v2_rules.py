@@ -25,7 +25,7 @@ from ccmsec.policy.resets import (
     required_actions,
 )
 from ccmsec.runtime.actions import event_bodies
-from ccmsec_callmanager.admin.announce import merge_resets
+from ccmsec_callmanager.domain import merge_resets
 from ccmsec_callmanager.admin.capf import CapfActivation, CapfScheduleRequest, parse_deadline, refusal
 from ccmsec_callmanager.admin.errors import ApiError, read_json
 from ccmsec_callmanager.admin.events import MemoryEvents

@@ -160,6 +160,24 @@ class _Events:
                      {"config_changed": events_pb2.ConfigChanged(devices=devices, what=what)})
 
 
+@dataclass
+class MobilityRestart:
+    """The restart a mobility login/logout requires (DEV-2): one `device.reset` of kind restart,
+    staged with the login. `prepare(device, request_id)` runs inside the transaction, before the
+    commit — so before the relay can send the event — to make call control forget its directory
+    and track the request (the phone must find its new lines when it registers again)."""
+
+    request_id: str
+    prepare: Callable[[str, str], None] | None = None
+
+    def stage(self, events: "_Events", device: str, reason: str) -> None:
+        if self.prepare is not None:
+            self.prepare(device, self.request_id)
+        events.add("device.reset", None, {"device_reset": events_pb2.DeviceReset(
+            devices=[device], kind=events_pb2.RESTART, rule="DEV-2", reason=reason,
+            request_id=self.request_id)})
+
+
 class CallManagerDomain:
     def __init__(self, db, publish: Publish, *, relay: OutboxRelay | None = None, origin: str = "",
                  delivery_wait: float = DELIVERY_WAIT):
@@ -198,17 +216,6 @@ class CallManagerDomain:
 
     async def deliver(self, events: _Events, about: str) -> str:
         return await self._deliver(events, about)
-
-    async def _config_changed(self, devices, what: str) -> bool:
-        """`config.changed` for a change already committed: through the outbox in its own small
-        transaction (durable, relayed like the rest), True once acknowledged."""
-        devices = sorted(set(devices))
-        if not devices:
-            return True
-        async with self.db() as session, session.begin():
-            events = _Events(self, session)
-            events.config_changed(devices, what)
-        return await self._deliver(events, devices[0]) == "sent"
 
     # devices ----------------------------------------------------------------------------------
     async def update_device(self, actor: Actor, name: str, wanted: dict) -> dict:
@@ -255,14 +262,15 @@ class CallManagerDomain:
 
     # resets -----------------------------------------------------------------------------------
     async def reset_devices(self, actor: Actor, body: events_pb2.DeviceReset, *, targeted: int,
-                            target: str) -> str:
-        """One `device.reset` (its request id already tracked), audited; returns the delivery."""
+                            target: str, action: str = "device.reset", detail: str = "") -> str:
+        """One `device.reset` (its request id already tracked), audited; returns the delivery.
+        `action`: the audit action (the API names its route: device.reset, device.reset_many)."""
         async with self.db() as session, session.begin():
             events = _Events(self, session)
             events.add("device.reset", None, {"device_reset": body})
-            session.add(audit_entry(actor, action="device.reset", target=target, status=202,
+            session.add(audit_entry(actor, action=action, target=target, status=202,
                                     rule=body.rule[:16] or None,
-                                    detail=f"{body.reason}; request {body.request_id}; "
+                                    detail=f"{detail or body.reason}; request {body.request_id}; "
                                            f"{targeted} registered"))
         return await self._deliver(events, target)
 
@@ -377,9 +385,10 @@ class CallManagerDomain:
                 raise OwnerRefused("conflict", f"user {user} exists") from None
         return {"user_id": user, "display_name": display_name, "dn": dn, "label": label}
 
-    async def mobility_login(self, actor: Actor, *, device: str, user_id: str) -> dict:
-        """Store the login (one user per device, one device per user); the caller restarts the
-        device so it registers again with the user's line."""
+    async def mobility_login(self, actor: Actor, *, device: str, user_id: str,
+                             restart: "MobilityRestart | None" = None) -> dict:
+        """Store the login (one user per device, one device per user) and, with `restart`, the
+        device's restart (DEV-2) in the same transaction: it registers again with the user's line."""
         from ccmsec.db import calls as calls_db
 
         try:
@@ -404,14 +413,19 @@ class CallManagerDomain:
             session.add(audit_entry(actor, action="mobility.login", target=device, status=200,
                                     detail=f"user={user} dn={row.dn}", rule="DEV-2"))
             dn = row.dn
+            events = _Events(self, session)
+            if restart is not None:
+                restart.stage(events, device, f"extension mobility: {user} logged in")
             try:
                 await session.commit()
             except IntegrityError:   # a concurrent login won: nothing changed here
                 raise OwnerRefused("precondition", f"{user} or {device} was just taken by another "
                                                    "login; try again") from None
-        return {"device": device, "user_id": user, "dn": dn}
+        delivery = await self._deliver(events, device)
+        return {"device": device, "user_id": user, "dn": dn, "delivery": delivery}
 
-    async def mobility_logout(self, actor: Actor, *, device: str) -> dict:
+    async def mobility_logout(self, actor: Actor, *, device: str,
+                              restart: "MobilityRestart | None" = None) -> dict:
         from ccmsec.db import calls as calls_db
 
         try:
@@ -426,8 +440,12 @@ class CallManagerDomain:
             await session.delete(current)
             session.add(audit_entry(actor, action="mobility.logout", target=device, status=200,
                                     detail=f"user={user}", rule="DEV-2"))
+            events = _Events(self, session)
+            if restart is not None:
+                restart.stage(events, device, f"extension mobility: {user} logged out")
             await session.commit()
-        return {"device": device, "user_id": user}
+        delivery = await self._deliver(events, device)
+        return {"device": device, "user_id": user, "delivery": delivery}
 
 
     # call routing: speed dials, call forward busy / no answer, codec regions (CALL-9) ---------
@@ -461,8 +479,10 @@ class CallManagerDomain:
                 row.number, row.label = number, label
             session.add(audit_entry(actor, action="speed_dial.set", target=device, status=200,
                                     detail=f"{index}={number or 'removed'}"))
+            events = _Events(self, session)
+            events.config_changed([device], "speed_dial")  # committed with the change (outbox)
             await session.commit()
-        await self._config_changed([device], "speed_dial")
+        await self._deliver(events, device)
         return {"device": device, "index": index, "number": number, "label": label}
 
     async def set_line_forward(self, actor: Actor, *, dn: str, busy: str = "", no_answer: str = "") -> dict:
@@ -491,8 +511,10 @@ class CallManagerDomain:
                 row.forward_busy, row.forward_no_answer = busy, no_answer
             session.add(audit_entry(actor, action="line_forward.set", target=dn, status=200,
                                     detail=f"busy={busy or '-'} no_answer={no_answer or '-'}"))
+            events = _Events(self, session)
+            events.config_changed(devices, "line_forward")  # committed with the change (outbox)
             await session.commit()
-        await self._config_changed(devices, "line_forward")
+        await self._deliver(events, dn)
         return {"dn": dn, "busy": busy, "no_answer": no_answer, "devices": devices}
 
     async def set_region(self, actor: Actor, *, name: str, wideband: bool) -> dict:
@@ -513,8 +535,10 @@ class CallManagerDomain:
                                                   .where(calls_db.DeviceRegion.region == name))).all())
             session.add(audit_entry(actor, action="region.set", target=name, status=200,
                                     detail=f"wideband={'yes' if wideband else 'no'}", rule="CALL-9"))
+            events = _Events(self, session)
+            events.config_changed(devices, "region")  # committed with the change (outbox)
             await session.commit()
-        await self._config_changed(devices, "region")
+        await self._deliver(events, name)
         return {"name": name, "wideband": wideband, "devices": devices}
 
     async def set_device_region(self, actor: Actor, *, device: str, region: str) -> dict:
@@ -541,8 +565,10 @@ class CallManagerDomain:
                 row.region = region
             session.add(audit_entry(actor, action="device_region.set", target=device, status=200,
                                     detail=f"region={region or '-'}", rule="CALL-9"))
+            events = _Events(self, session)
+            events.config_changed([device], "region")  # committed with the change (outbox)
             await session.commit()
-        await self._config_changed([device], "region")
+        await self._deliver(events, device)
         return {"device": device, "region": region}
 
     # softkey sets (issue 10): what a device's display offers --------------------------------

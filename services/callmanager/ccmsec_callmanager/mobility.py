@@ -1,14 +1,14 @@
 """Extension mobility (issue 10, DEV-2) over gRPC: users with their line, log in and log out.
 
 A login stores who is logged in where (`mobility_logins`: one user per device, one device per
-user) and restarts the device (one `device.reset` event, kind restart, as for any reset), so it
-registers again with the user's line in place of its own; call control's directory is told to
+user) and restarts the device (one `device.reset` event, kind restart, as for any reset, committed
+with the login in callmanager's outbox), so it registers again with the user's line in place of its own; call control's directory is told to
 reload first. The device keeps its own security mode (DEV-2): mobility carries a line, never a
 status. Logout removes the row and restarts the device back to its own lines. A login is
 refused (FAILED_PRECONDITION) while the user is logged in elsewhere or another user is logged in
-to the device — log out first — so two logins never race for the same line. The writes and
-their audit rows are the domain layer's (`domain.py`, the one write path); this module restarts
-the device.
+to the device — log out first — so two logins never race for the same line. The writes, their
+audit rows and the restart are the domain layer's (`domain.py`, the one write path), in one
+transaction.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from sqlalchemy import select
 
 from ccmsec.db import calls as calls_db
 from ccmsec_proto import callmanager_pb2 as pb
-from ccmsec_proto import events_pb2
+
+from .domain import MobilityRestart
 
 MAX_USERS_LISTED = 10_000
 
@@ -44,28 +45,30 @@ class MobilityServicerMixin:
             pb.MobilityUser(user_id=u.user_id, display_name=u.display_name, dn=u.dn, label=u.label,
                             logged_in_to=where.get(u.user_id, "")) for u in users])
 
-    async def _restart(self, device: str, reason: str) -> str:
+    def _restart(self) -> MobilityRestart:
+        """The device's restart, staged by the domain layer with the login/logout (outbox)."""
         cc = self.service.callcontrol
-        if cc is not None:
-            cc.directory.forget()    # the device registers again with the new lines
-        request_id = uuid.uuid4().hex
-        if cc is not None:
-            cc.registry.track_reset({device}, request_id)
-        await self.service.publish("device.reset", None, device_reset=events_pb2.DeviceReset(
-            devices=[device], kind=events_pb2.RESTART, rule="DEV-2", reason=reason, request_id=request_id))
-        return request_id
+
+        def prepare(device: str, request_id: str) -> None:
+            if cc is not None:
+                cc.directory.forget()    # the device registers again with the new lines
+                cc.registry.track_reset({device}, request_id)
+
+        return MobilityRestart(uuid.uuid4().hex, prepare)
 
     async def MobilityLogin(self, request, context):  # noqa: N802
+        restart = self._restart()
         login = await self._owner(context, self.service.domain.mobility_login(
-            self._actor(context), device=request.device, user_id=request.user_id))
-        request_id = await self._restart(login["device"], f"extension mobility: {login['user_id']} logged in")
-        return pb.MobilityLoginReply(request_id=request_id, **login)
+            self._actor(context), device=request.device, user_id=request.user_id, restart=restart))
+        login.pop("delivery", None)
+        return pb.MobilityLoginReply(request_id=restart.request_id, **login)
 
     async def MobilityLogout(self, request, context):  # noqa: N802
+        restart = self._restart()
         logout = await self._owner(context, self.service.domain.mobility_logout(
-            self._actor(context), device=request.device))
-        request_id = await self._restart(logout["device"], f"extension mobility: {logout['user_id']} logged out")
-        return pb.MobilityLoginReply(request_id=request_id, **logout)
+            self._actor(context), device=request.device, restart=restart))
+        logout.pop("delivery", None)
+        return pb.MobilityLoginReply(request_id=restart.request_id, **logout)
 
 
 class RoutingServicerMixin:

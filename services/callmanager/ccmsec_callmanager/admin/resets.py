@@ -1,7 +1,8 @@
 """Device resets from the API: one device, every device of a server (RST-9), the whole cluster
 (CHK-13), and the progress of a request.
 
-Each request publishes one `device.reset` event carrying a request id. The call-control node that
+Each request commits one `device.reset` event carrying a request id with its audit row (the domain
+layer's `reset_devices`, callmanager's outbox: delivered once NATS acknowledges it). The call-control node that
 takes it tracks targeted / reset sent / back; when the API runs inside a callmanager node it is
 given that node's registry (`reset_tracker`) and registers the request there before publishing, so
 `GET /api/v1/resets/{id}` answers at once.
@@ -27,8 +28,10 @@ from ccmsec.policy.resets import (
     required_actions,
 )
 
-from .announce import publish_actions
-from .audit import new_entry
+from ccmsec.runtime.actions import event_for
+
+from .audit import action_of
+from .owner import actor_of_request
 from .auth import Principal, require_admin, require_user
 from .devices import checked_name
 from . import schemas
@@ -69,21 +72,23 @@ def _kind(value: str) -> ResetKind:
 
 async def _start(request: Request, action: ResetDevices, targeted: set[str], *, reason: str,
                  detail: str) -> dict:
-    """Register the request with the local tracker, publish, audit; the answer names the request."""
+    """Register the request with the local tracker, then the domain layer commits its audit row and
+    its `device.reset` together (outbox, the same path as gRPC `ResetDevices`); the answer names
+    the request and says whether the event was delivered yet."""
     request_id = uuid.uuid4().hex
     tracker: ResetTracker | None = request.app.state.reset_tracker
     if tracker is not None:
         tracker.track_reset(set(targeted), request_id)
-    published = await publish_actions(request, [action], reason=reason, request_id=request_id,
-                                      about=request.state.audit_target)
-    if not published:
+    _, _, body = event_for(action, reason, request_id)  # a ResetDevices: one device.reset
+    delivery = await request.app.state.domain.reset_devices(
+        actor_of_request(request), body["device_reset"], targeted=len(targeted),
+        target=request.state.audit_target, action=action_of(request), detail=detail)
+    if delivery == "pending" and request.app.state.domain.relay is None:
+        # The API run without a service has no outbox: an event not taken now is lost.
         raise ApiError(503, f"the event bus did not take reset request {request_id}; "
                             "no phone was reset (retry)")
-    async with request.app.state.sessionmaker() as session, session.begin():
-        session.add(new_entry(request, status=202, rule=action.rule_id,
-                              detail=f"{detail}; request {request_id}; {len(targeted)} registered"))
     return {"request_id": request_id, "rule": action.rule_id, "kind": action.kind.value,
-            "targeted": len(targeted)}
+            "targeted": len(targeted), "delivery": delivery}
 
 
 @router.post("/api/v1/devices/reset", name="device.reset_many", status_code=202,

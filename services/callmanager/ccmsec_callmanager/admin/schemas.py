@@ -131,6 +131,9 @@ class ResetAccepted(Strict):
     rule: str
     kind: Literal["reset", "restart"]
     targeted: int
+    delivery: Literal["sent", "pending"] = Field(
+        description="sent: the device.reset event was acknowledged by the event stream; pending: "
+                    "the request is saved and its event queued (outbox), delivered once the bus is back")
 
 
 class DeviceResetAccepted(ResetAccepted):
