@@ -229,9 +229,10 @@ def _cert_ids(der: bytes) -> tuple[str, str]:
 async def schedule_operation(
     factory: async_sessionmaker[AsyncSession], device_name: str, operation: str, *,
     auth_mode: str = "null", auth_string: str | None = None, key_type: str = "rsa2048",
-    deadline: _dt.datetime | None = None,
+    deadline: _dt.datetime | None = None, also: Callable[[AsyncSession, int], None] | None = None,
 ) -> int:
-    """Schedule a CAPF operation; it replaces any unfinished one for the device."""
+    """Schedule a CAPF operation; it replaces any unfinished one for the device. `also(session,
+    op_id)` adds to the same transaction (the owner's audit record and events, in its outbox)."""
     if operation not in OPERATIONS:
         raise ValueError(f"unknown CAPF operation {operation!r} (one of {', '.join(OPERATIONS)})")
     if auth_mode not in AUTH_MODES:
@@ -259,6 +260,8 @@ async def schedule_operation(
         )
         s.add(row)
         await s.flush()
+        if also is not None:
+            also(s, row.id)
         return row.id
 
 
@@ -615,10 +618,12 @@ class SqlCapfStore:
             row = (await s.execute(q)).scalars().first()
             return self._csr_record(row) if row is not None else None
 
-    async def record_imported(self, op_id: int, key_sha256: str, certificate_der: bytes) -> None:
+    async def record_imported(self, op_id: int, key_sha256: str, certificate_der: bytes,
+                              also: Callable[[AsyncSession, str, str], None] | None = None) -> None:
         """Tie a third-party certificate (already checked against the CSR and the CA) to its
         operation, once: compare-and-set on awaiting_ca + the CSR's key + no certificate yet.
-        Raises ValueError (nothing written) when the operation cannot take it any more."""
+        Raises ValueError (nothing written) when the operation cannot take it any more.
+        `also(session, device, fingerprint)` adds to the same transaction (the audit record)."""
         serial, fingerprint = _cert_ids(certificate_der)
         now = self.clock()
         async with self._write() as s:
@@ -638,6 +643,8 @@ class SqlCapfStore:
             s.add(CapfCertificate(operation_id=op_id, device_name=row.device_name, serial=serial,
                                   fingerprint_sha256=fingerprint, operation=row.operation, created_at=now,
                                   outcome="issued", der=certificate_der))
+            if also is not None:
+                also(s, row.device_name, fingerprint)
 
     async def mark_failed(self, op_id: int, reason: str) -> None:
         async with self._write() as s:

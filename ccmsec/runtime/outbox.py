@@ -71,6 +71,19 @@ def stage_actions(session, origin: str, actions: Iterable[Action], *, reason: st
     return ids, described
 
 
+def stage_owner_change(session, origin: str, *, actor: str, action: str, target: str | None,
+                       detail: str = "", rule: str | None = None, status: int = 200,
+                       door: str = "grpc", remote: str | None = None) -> events_pb2.Event:
+    """The audit record of a write by an owner that is not the audit log's (ctl-provider, capf):
+    an `owner.change` event in the write's own transaction; callmanager, the only writer of
+    `audit_log`, records it (issue 9 §5). A rolled-back write leaves no record; a committed one
+    is recorded once, even after a NATS outage. `detail` must hold no secret."""
+    return stage(session, origin, "owner.change", None, owner_change=events_pb2.OwnerChange(
+        actor=(actor or "unknown")[:128], action=action[:64], target=(target or "")[:128],
+        detail=detail[:1000], rule=(rule or "")[:16], status=status, door=door[:16],
+        remote=(remote or "")[:64]))
+
+
 class OutboxRelay:
     """Publishes this node's committed outbox rows until JetStream acknowledges each."""
 

@@ -37,6 +37,7 @@ from ccmsec.runtime.identity import IdentityError, TlsIdentity, admin_api_identi
 from ccmsec.runtime.logs import setup_logging
 from ccmsec.runtime import metrics
 from ccmsec.runtime.metrics import UP, serve_metrics
+from ccmsec.runtime.outbox import OutboxRelay, stage
 from ccmsec.runtime.settings import ServiceSettings, SettingsError, load_settings
 from ccmsec_proto import common_pb2, events_pb2
 
@@ -59,6 +60,7 @@ class Service:
         self.engine = None
         self.db = None
         self.bus: bus_mod.EventBus | None = None
+        self.outbox: OutboxRelay | None = None  # this node's events, relayed until acknowledged
         self.grpc: GrpcServer | None = None
         self.started_unix = int(time.time())
         self.started_unix_ms = int(time.time() * 1000)
@@ -107,6 +109,8 @@ class Service:
                    "events_refused": str(self.events_refused)}
         if self.degraded:
             details["degraded"] = self.degraded
+        if self.outbox is not None:
+            details["outbox_pending"] = str(self.outbox.depth)
         details.update(self.status_details())
         return common_pb2.ServiceStatus(
             role=self.role, node=self.node, activated=self.activated,
@@ -115,6 +119,8 @@ class Service:
         )
 
     async def publish(self, kind: str, target: str | None = None, **body) -> events_pb2.Event:
+        """Straight onto the bus, no outbox: only for what no rule requires to arrive (tests, the
+        demo's round trip). A change's events are staged in its transaction (`runtime.outbox`)."""
         event = bus_mod.make_event(kind, self.node, **body)
         await self.bus.publish(event, target)
         return event
@@ -191,12 +197,16 @@ class Service:
             reason=refusal.reason[:300], suppressed=refusal.suppressed)
 
         async def send() -> None:
+            # Through this node's outbox: the audit record survives a NATS outage (and a restart)
+            # and reaches callmanager once, like any event a rule requires (issue 9 §2, §4).
             try:
-                await self.publish("access.denied", None, access_denied=body)
-            except Exception as exc:  # the refusal itself stands; only its audit record is late
-                self.log.warning("could not report a refused call to the audit log: %s", exc)
+                async with self.db() as session, session.begin():
+                    stage(session, self.node, "access.denied", None, access_denied=body)
+                self.outbox.kick()
+            except Exception as exc:  # the refusal itself stands; only its audit record is lost
+                self.log.warning("could not queue a refused call for the audit log: %s", exc)
 
-        if self.bus is not None and self.bus.js is not None:
+        if self.outbox is not None:
             self.spawn(send())
 
     # --- idempotency ----------------------------------------------------------------------
@@ -271,6 +281,10 @@ class Service:
         self.bus = bus_mod.EventBus.for_identity(s.nats_url, f"{self.role}:{self.node}", s.identity_folder,
                                                 role=self.role, connect_timeout=s.bus_connect_timeout)
         await self.bus.connect()
+        # Every event a change or a refusal requires leaves through this relay (issue 9 §4).
+        self.outbox = OutboxRelay(self.db, lambda event, target: self.bus.publish(event, target),
+                                  origin=self.node, role=self.role)
+        self.spawn(self.outbox.run())
         self.grpc = GrpcServer(self.identity, s.host, s.grpc_port)
         self.grpc.gate.on_denied = self._report_refusal
         try:

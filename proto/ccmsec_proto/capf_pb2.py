@@ -26,7 +26,7 @@ from ccmsec_proto import common_pb2 as ccmsec__proto_dot_common__pb2
 from ccmsec_proto import ctl_provider_pb2 as ccmsec__proto_dot_ctl__provider__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63\x63msec_proto/capf.proto\x12\tccmsec.v1\x1a\x19\x63\x63msec_proto/common.proto\x1a\x1f\x63\x63msec_proto/ctl_provider.proto\"\xb5\x01\n\x0c\x43\x61pfSchedule\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12+\n\toperation\x18\x02 \x01(\x0e\x32\x18.ccmsec.v1.CapfOperation\x12*\n\tauth_mode\x18\x03 \x01(\x0e\x32\x17.ccmsec.v1.CapfAuthMode\x12\x13\n\x0b\x61uth_string\x18\x04 \x01(\t\x12\x10\n\x08key_type\x18\x05 \x01(\t\x12\x15\n\rdeadline_unix\x18\x06 \x01(\x03\"\xcb\x01\n\x12\x43\x61pfOperationState\x12\n\n\x02id\x18\x01 \x01(\x03\x12)\n\x08schedule\x18\x02 \x01(\x0b\x32\x17.ccmsec.v1.CapfSchedule\x12\r\n\x05state\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x17\n\x0f\x66\x61iled_attempts\x18\x05 \x01(\x05\x12\x14\n\x0cupdated_unix\x18\x06 \x01(\x03\x12\x14\n\x0c\x63reated_unix\x18\x07 \x01(\x03\x12\x1a\n\x12issued_fingerprint\x18\x08 \x01(\t\"2\n\x11\x43\x61pfStatusRequest\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\"D\n\x0f\x43\x61pfStatusReply\x12\x31\n\noperations\x18\x01 \x03(\x0b\x32\x1d.ccmsec.v1.CapfOperationState\"\x9b\x01\n\x11IssuedCertificate\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12+\n\x0b\x63\x65rtificate\x18\x02 \x01(\x0b\x32\x16.ccmsec.v1.Certificate\x12\x11\n\toperation\x18\x03 \x01(\t\x12\x0f\n\x07\x61t_unix\x18\x04 \x01(\x03\x12\x0f\n\x07outcome\x18\x05 \x01(\t\x12\x14\n\x0coperation_id\x18\x06 \x01(\x03\"?\n\x0eIssuedLogReply\x12-\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1c.ccmsec.v1.IssuedCertificate\"\x84\x01\n\x15\x43\x61pfParametersRequest\x12<\n\x06values\x18\x01 \x03(\x0b\x32,.ccmsec.v1.CapfParametersRequest.ValuesEntry\x1a-\n\x0bValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8a\x02\n\x13\x43\x61pfParametersReply\x12<\n\x07service\x18\x01 \x03(\x0b\x32+.ccmsec.v1.CapfParametersReply.ServiceEntry\x12\x42\n\nenterprise\x18\x02 \x03(\x0b\x32..ccmsec.v1.CapfParametersReply.EnterpriseEntry\x12\x0e\n\x06\x65vents\x18\x03 \x03(\t\x1a.\n\x0cServiceEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x31\n\x0f\x45nterpriseEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"3\n\rLscCheckReply\x12\x0f\n\x07missing\x18\x01 \x03(\t\x12\x11\n\tinstalled\x18\x02 \x03(\t\"m\n\x08\x43srEntry\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12\x14\n\x0coperation_id\x18\x02 \x01(\x03\x12\x0f\n\x07\x63sr_der\x18\x03 \x01(\x0c\x12\x16\n\x0erequested_unix\x18\x04 \x01(\x03\x12\x12\n\nkey_sha256\x18\x05 \x01(\t\"3\n\x0e\x43srExportReply\x12!\n\x04\x63srs\x18\x01 \x03(\x0b\x32\x13.ccmsec.v1.CsrEntry\"-\n\x0f\x43\x65rtificateFile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"E\n\x18\x43\x65rtificateImportRequest\x12)\n\x05\x66iles\x18\x01 \x03(\x0b\x32\x1a.ccmsec.v1.CertificateFile\"\x9c\x01\n\x17\x43\x65rtificateImportResult\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12\x14\n\x0coperation_id\x18\x05 \x01(\x03\x12+\n\x0b\x63\x65rtificate\x18\x06 \x01(\x0b\x32\x16.ccmsec.v1.Certificate\"M\n\x16\x43\x65rtificateImportReply\x12\x33\n\x07results\x18\x01 \x03(\x0b\x32\".ccmsec.v1.CertificateImportResult\"*\n\x13ThirdPartyCaRequest\x12\x13\n\x0b\x63\x65rtificate\x18\x01 \x01(\x0c*{\n\rCapfOperation\x12\x1e\n\x1a\x43\x41PF_OPERATION_UNSPECIFIED\x10\x00\x12\x10\n\x0c\x43\x41PF_INSTALL\x10\x01\x12\x10\n\x0c\x43\x41PF_UPGRADE\x10\x02\x12\x0f\n\x0b\x43\x41PF_DELETE\x10\x03\x12\x15\n\x11\x43\x41PF_TROUBLESHOOT\x10\x04*\x9a\x01\n\x0c\x43\x61pfAuthMode\x12\x1e\n\x1a\x43\x41PF_AUTH_MODE_UNSPECIFIED\x10\x00\x12\x14\n\x10\x43\x41PF_AUTH_STRING\x10\x01\x12\x12\n\x0e\x43\x41PF_AUTH_NULL\x10\x02\x12\x1a\n\x16\x43\x41PF_AUTH_LSC_THEN_MIC\x10\x03\x12\x11\n\rCAPF_AUTH_MIC\x10\x04\x12\x11\n\rCAPF_AUTH_LSC\x10\x05\x32\xf3\x07\n\x04\x43\x61pf\x12\x34\n\x06Status\x12\x10.ccmsec.v1.Empty\x1a\x18.ccmsec.v1.ServiceStatus\x12@\n\x08\x41\x63tivate\x12\x1a.ccmsec.v1.ActivateRequest\x1a\x18.ccmsec.v1.ServiceStatus\x12K\n\x11ScheduleOperation\x12\x17.ccmsec.v1.CapfSchedule\x1a\x1d.ccmsec.v1.CapfOperationState\x12I\n\rGetOperations\x12\x1c.ccmsec.v1.CapfStatusRequest\x1a\x1a.ccmsec.v1.CapfStatusReply\x12G\n\x0cGetIssuedLog\x12\x1c.ccmsec.v1.CapfStatusRequest\x1a\x19.ccmsec.v1.IssuedLogReply\x12>\n\x12GetCapfCertificate\x12\x10.ccmsec.v1.Empty\x1a\x16.ccmsec.v1.Certificate\x12\x41\n\rGetParameters\x12\x10.ccmsec.v1.Empty\x1a\x1e.ccmsec.v1.CapfParametersReply\x12X\n\x14SetServiceParameters\x12 .ccmsec.v1.CapfParametersRequest\x1a\x1e.ccmsec.v1.CapfParametersReply\x12[\n\x17SetEnterpriseParameters\x12 .ccmsec.v1.CapfParametersRequest\x1a\x1e.ccmsec.v1.CapfParametersReply\x12\x37\n\tCheckLscs\x12\x10.ccmsec.v1.Empty\x1a\x18.ccmsec.v1.LscCheckReply\x12\x39\n\nExportCsrs\x12\x10.ccmsec.v1.Empty\x1a\x19.ccmsec.v1.CsrExportReply\x12\\\n\x12ImportCertificates\x12#.ccmsec.v1.CertificateImportRequest\x1a!.ccmsec.v1.CertificateImportReply\x12I\n\x0fSetThirdPartyCa\x12\x1e.ccmsec.v1.ThirdPartyCaRequest\x1a\x16.ccmsec.v1.Certificate\x12;\n\x0fGetThirdPartyCa\x12\x10.ccmsec.v1.Empty\x1a\x16.ccmsec.v1.Certificateb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63\x63msec_proto/capf.proto\x12\tccmsec.v1\x1a\x19\x63\x63msec_proto/common.proto\x1a\x1f\x63\x63msec_proto/ctl_provider.proto\"\xb5\x01\n\x0c\x43\x61pfSchedule\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12+\n\toperation\x18\x02 \x01(\x0e\x32\x18.ccmsec.v1.CapfOperation\x12*\n\tauth_mode\x18\x03 \x01(\x0e\x32\x17.ccmsec.v1.CapfAuthMode\x12\x13\n\x0b\x61uth_string\x18\x04 \x01(\t\x12\x10\n\x08key_type\x18\x05 \x01(\t\x12\x15\n\rdeadline_unix\x18\x06 \x01(\x03\"\xcb\x01\n\x12\x43\x61pfOperationState\x12\n\n\x02id\x18\x01 \x01(\x03\x12)\n\x08schedule\x18\x02 \x01(\x0b\x32\x17.ccmsec.v1.CapfSchedule\x12\r\n\x05state\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x17\n\x0f\x66\x61iled_attempts\x18\x05 \x01(\x05\x12\x14\n\x0cupdated_unix\x18\x06 \x01(\x03\x12\x14\n\x0c\x63reated_unix\x18\x07 \x01(\x03\x12\x1a\n\x12issued_fingerprint\x18\x08 \x01(\t\"2\n\x11\x43\x61pfStatusRequest\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\"D\n\x0f\x43\x61pfStatusReply\x12\x31\n\noperations\x18\x01 \x03(\x0b\x32\x1d.ccmsec.v1.CapfOperationState\"\x9b\x01\n\x11IssuedCertificate\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12+\n\x0b\x63\x65rtificate\x18\x02 \x01(\x0b\x32\x16.ccmsec.v1.Certificate\x12\x11\n\toperation\x18\x03 \x01(\t\x12\x0f\n\x07\x61t_unix\x18\x04 \x01(\x03\x12\x0f\n\x07outcome\x18\x05 \x01(\t\x12\x14\n\x0coperation_id\x18\x06 \x01(\x03\"?\n\x0eIssuedLogReply\x12-\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1c.ccmsec.v1.IssuedCertificate\"\x84\x01\n\x15\x43\x61pfParametersRequest\x12<\n\x06values\x18\x01 \x03(\x0b\x32,.ccmsec.v1.CapfParametersRequest.ValuesEntry\x1a-\n\x0bValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa4\x02\n\x13\x43\x61pfParametersReply\x12<\n\x07service\x18\x01 \x03(\x0b\x32+.ccmsec.v1.CapfParametersReply.ServiceEntry\x12\x42\n\nenterprise\x18\x02 \x03(\x0b\x32..ccmsec.v1.CapfParametersReply.EnterpriseEntry\x12\x0e\n\x06\x65vents\x18\x03 \x03(\t\x12\x18\n\x10\x64\x65livery_pending\x18\x04 \x01(\x08\x1a.\n\x0cServiceEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x31\n\x0f\x45nterpriseEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"3\n\rLscCheckReply\x12\x0f\n\x07missing\x18\x01 \x03(\t\x12\x11\n\tinstalled\x18\x02 \x03(\t\"m\n\x08\x43srEntry\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12\x14\n\x0coperation_id\x18\x02 \x01(\x03\x12\x0f\n\x07\x63sr_der\x18\x03 \x01(\x0c\x12\x16\n\x0erequested_unix\x18\x04 \x01(\x03\x12\x12\n\nkey_sha256\x18\x05 \x01(\t\"3\n\x0e\x43srExportReply\x12!\n\x04\x63srs\x18\x01 \x03(\x0b\x32\x13.ccmsec.v1.CsrEntry\"-\n\x0f\x43\x65rtificateFile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"E\n\x18\x43\x65rtificateImportRequest\x12)\n\x05\x66iles\x18\x01 \x03(\x0b\x32\x1a.ccmsec.v1.CertificateFile\"\x9c\x01\n\x17\x43\x65rtificateImportResult\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12\x14\n\x0coperation_id\x18\x05 \x01(\x03\x12+\n\x0b\x63\x65rtificate\x18\x06 \x01(\x0b\x32\x16.ccmsec.v1.Certificate\"M\n\x16\x43\x65rtificateImportReply\x12\x33\n\x07results\x18\x01 \x03(\x0b\x32\".ccmsec.v1.CertificateImportResult\"*\n\x13ThirdPartyCaRequest\x12\x13\n\x0b\x63\x65rtificate\x18\x01 \x01(\x0c*{\n\rCapfOperation\x12\x1e\n\x1a\x43\x41PF_OPERATION_UNSPECIFIED\x10\x00\x12\x10\n\x0c\x43\x41PF_INSTALL\x10\x01\x12\x10\n\x0c\x43\x41PF_UPGRADE\x10\x02\x12\x0f\n\x0b\x43\x41PF_DELETE\x10\x03\x12\x15\n\x11\x43\x41PF_TROUBLESHOOT\x10\x04*\x9a\x01\n\x0c\x43\x61pfAuthMode\x12\x1e\n\x1a\x43\x41PF_AUTH_MODE_UNSPECIFIED\x10\x00\x12\x14\n\x10\x43\x41PF_AUTH_STRING\x10\x01\x12\x12\n\x0e\x43\x41PF_AUTH_NULL\x10\x02\x12\x1a\n\x16\x43\x41PF_AUTH_LSC_THEN_MIC\x10\x03\x12\x11\n\rCAPF_AUTH_MIC\x10\x04\x12\x11\n\rCAPF_AUTH_LSC\x10\x05\x32\xf3\x07\n\x04\x43\x61pf\x12\x34\n\x06Status\x12\x10.ccmsec.v1.Empty\x1a\x18.ccmsec.v1.ServiceStatus\x12@\n\x08\x41\x63tivate\x12\x1a.ccmsec.v1.ActivateRequest\x1a\x18.ccmsec.v1.ServiceStatus\x12K\n\x11ScheduleOperation\x12\x17.ccmsec.v1.CapfSchedule\x1a\x1d.ccmsec.v1.CapfOperationState\x12I\n\rGetOperations\x12\x1c.ccmsec.v1.CapfStatusRequest\x1a\x1a.ccmsec.v1.CapfStatusReply\x12G\n\x0cGetIssuedLog\x12\x1c.ccmsec.v1.CapfStatusRequest\x1a\x19.ccmsec.v1.IssuedLogReply\x12>\n\x12GetCapfCertificate\x12\x10.ccmsec.v1.Empty\x1a\x16.ccmsec.v1.Certificate\x12\x41\n\rGetParameters\x12\x10.ccmsec.v1.Empty\x1a\x1e.ccmsec.v1.CapfParametersReply\x12X\n\x14SetServiceParameters\x12 .ccmsec.v1.CapfParametersRequest\x1a\x1e.ccmsec.v1.CapfParametersReply\x12[\n\x17SetEnterpriseParameters\x12 .ccmsec.v1.CapfParametersRequest\x1a\x1e.ccmsec.v1.CapfParametersReply\x12\x37\n\tCheckLscs\x12\x10.ccmsec.v1.Empty\x1a\x18.ccmsec.v1.LscCheckReply\x12\x39\n\nExportCsrs\x12\x10.ccmsec.v1.Empty\x1a\x19.ccmsec.v1.CsrExportReply\x12\\\n\x12ImportCertificates\x12#.ccmsec.v1.CertificateImportRequest\x1a!.ccmsec.v1.CertificateImportReply\x12I\n\x0fSetThirdPartyCa\x12\x1e.ccmsec.v1.ThirdPartyCaRequest\x1a\x16.ccmsec.v1.Certificate\x12;\n\x0fGetThirdPartyCa\x12\x10.ccmsec.v1.Empty\x1a\x16.ccmsec.v1.Certificateb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,10 +39,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CAPFPARAMETERSREPLY_SERVICEENTRY']._serialized_options = b'8\001'
   _globals['_CAPFPARAMETERSREPLY_ENTERPRISEENTRY']._loaded_options = None
   _globals['_CAPFPARAMETERSREPLY_ENTERPRISEENTRY']._serialized_options = b'8\001'
-  _globals['_CAPFOPERATION']._serialized_start=1854
-  _globals['_CAPFOPERATION']._serialized_end=1977
-  _globals['_CAPFAUTHMODE']._serialized_start=1980
-  _globals['_CAPFAUTHMODE']._serialized_end=2134
+  _globals['_CAPFOPERATION']._serialized_start=1880
+  _globals['_CAPFOPERATION']._serialized_end=2003
+  _globals['_CAPFAUTHMODE']._serialized_start=2006
+  _globals['_CAPFAUTHMODE']._serialized_end=2160
   _globals['_CAPFSCHEDULE']._serialized_start=99
   _globals['_CAPFSCHEDULE']._serialized_end=280
   _globals['_CAPFOPERATIONSTATE']._serialized_start=283
@@ -60,27 +60,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CAPFPARAMETERSREQUEST_VALUESENTRY']._serialized_start=921
   _globals['_CAPFPARAMETERSREQUEST_VALUESENTRY']._serialized_end=966
   _globals['_CAPFPARAMETERSREPLY']._serialized_start=969
-  _globals['_CAPFPARAMETERSREPLY']._serialized_end=1235
-  _globals['_CAPFPARAMETERSREPLY_SERVICEENTRY']._serialized_start=1138
-  _globals['_CAPFPARAMETERSREPLY_SERVICEENTRY']._serialized_end=1184
-  _globals['_CAPFPARAMETERSREPLY_ENTERPRISEENTRY']._serialized_start=1186
-  _globals['_CAPFPARAMETERSREPLY_ENTERPRISEENTRY']._serialized_end=1235
-  _globals['_LSCCHECKREPLY']._serialized_start=1237
-  _globals['_LSCCHECKREPLY']._serialized_end=1288
-  _globals['_CSRENTRY']._serialized_start=1290
-  _globals['_CSRENTRY']._serialized_end=1399
-  _globals['_CSREXPORTREPLY']._serialized_start=1401
-  _globals['_CSREXPORTREPLY']._serialized_end=1452
-  _globals['_CERTIFICATEFILE']._serialized_start=1454
-  _globals['_CERTIFICATEFILE']._serialized_end=1499
-  _globals['_CERTIFICATEIMPORTREQUEST']._serialized_start=1501
-  _globals['_CERTIFICATEIMPORTREQUEST']._serialized_end=1570
-  _globals['_CERTIFICATEIMPORTRESULT']._serialized_start=1573
-  _globals['_CERTIFICATEIMPORTRESULT']._serialized_end=1729
-  _globals['_CERTIFICATEIMPORTREPLY']._serialized_start=1731
-  _globals['_CERTIFICATEIMPORTREPLY']._serialized_end=1808
-  _globals['_THIRDPARTYCAREQUEST']._serialized_start=1810
-  _globals['_THIRDPARTYCAREQUEST']._serialized_end=1852
-  _globals['_CAPF']._serialized_start=2137
-  _globals['_CAPF']._serialized_end=3148
+  _globals['_CAPFPARAMETERSREPLY']._serialized_end=1261
+  _globals['_CAPFPARAMETERSREPLY_SERVICEENTRY']._serialized_start=1164
+  _globals['_CAPFPARAMETERSREPLY_SERVICEENTRY']._serialized_end=1210
+  _globals['_CAPFPARAMETERSREPLY_ENTERPRISEENTRY']._serialized_start=1212
+  _globals['_CAPFPARAMETERSREPLY_ENTERPRISEENTRY']._serialized_end=1261
+  _globals['_LSCCHECKREPLY']._serialized_start=1263
+  _globals['_LSCCHECKREPLY']._serialized_end=1314
+  _globals['_CSRENTRY']._serialized_start=1316
+  _globals['_CSRENTRY']._serialized_end=1425
+  _globals['_CSREXPORTREPLY']._serialized_start=1427
+  _globals['_CSREXPORTREPLY']._serialized_end=1478
+  _globals['_CERTIFICATEFILE']._serialized_start=1480
+  _globals['_CERTIFICATEFILE']._serialized_end=1525
+  _globals['_CERTIFICATEIMPORTREQUEST']._serialized_start=1527
+  _globals['_CERTIFICATEIMPORTREQUEST']._serialized_end=1596
+  _globals['_CERTIFICATEIMPORTRESULT']._serialized_start=1599
+  _globals['_CERTIFICATEIMPORTRESULT']._serialized_end=1755
+  _globals['_CERTIFICATEIMPORTREPLY']._serialized_start=1757
+  _globals['_CERTIFICATEIMPORTREPLY']._serialized_end=1834
+  _globals['_THIRDPARTYCAREQUEST']._serialized_start=1836
+  _globals['_THIRDPARTYCAREQUEST']._serialized_end=1878
+  _globals['_CAPF']._serialized_start=2163
+  _globals['_CAPF']._serialized_end=3174
 # @@protoc_insertion_point(module_scope)

@@ -123,7 +123,7 @@ class CapfParametersRequest(_message.Message):
     def __init__(self, values: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class CapfParametersReply(_message.Message):
-    __slots__ = ("service", "enterprise", "events")
+    __slots__ = ("service", "enterprise", "events", "delivery_pending")
     class ServiceEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -141,10 +141,12 @@ class CapfParametersReply(_message.Message):
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     ENTERPRISE_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
+    DELIVERY_PENDING_FIELD_NUMBER: _ClassVar[int]
     service: _containers.ScalarMap[str, str]
     enterprise: _containers.ScalarMap[str, str]
     events: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, service: _Optional[_Mapping[str, str]] = ..., enterprise: _Optional[_Mapping[str, str]] = ..., events: _Optional[_Iterable[str]] = ...) -> None: ...
+    delivery_pending: bool
+    def __init__(self, service: _Optional[_Mapping[str, str]] = ..., enterprise: _Optional[_Mapping[str, str]] = ..., events: _Optional[_Iterable[str]] = ..., delivery_pending: _Optional[bool] = ...) -> None: ...
 
 class LscCheckReply(_message.Message):
     __slots__ = ("missing", "installed")

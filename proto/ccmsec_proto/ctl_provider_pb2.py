@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from ccmsec_proto import common_pb2 as ccmsec__proto_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x63\x63msec_proto/ctl_provider.proto\x12\tccmsec.v1\x1a\x19\x63\x63msec_proto/common.proto\"W\n\x17ServerCertificatesReply\x12\x0e\n\x06server\x18\x01 \x01(\t\x12,\n\x0c\x63\x65rtificates\x18\x02 \x03(\x0b\x32\x16.ccmsec.v1.Certificate\"!\n\x0f\x41\x63tivateRequest\x12\x0e\n\x06\x61\x63tive\x18\x01 \x01(\x08\"i\n\x15ProviderSettingsReply\x12\x11\n\tactivated\x18\x01 \x01(\x08\x12\x17\n\x0f\x63onfigured_port\x18\x02 \x01(\x05\x12\x16\n\x0elistening_port\x18\x03 \x01(\x05\x12\x0c\n\x04host\x18\x04 \x01(\t\"&\n\x16SetProviderPortRequest\x12\x0c\n\x04port\x18\x01 \x01(\x05\"f\n\x14SetProviderPortReply\x12\x0c\n\x04port\x18\x01 \x01(\x05\x12\x16\n\x0elistening_port\x18\x02 \x01(\x05\x12\x18\n\x10restart_required\x18\x03 \x01(\x08\x12\x0e\n\x06\x65vents\x18\x04 \x03(\t\"`\n\x10\x43ommitCtlRequest\x12\x0b\n\x03\x63tl\x18\x01 \x01(\x0c\x12,\n\x04mode\x18\x02 \x01(\x0e\x32\x1e.ccmsec.v1.ClusterSecurityMode\x12\x11\n\tnew_trust\x18\x03 \x01(\x08\"\xeb\x01\n\x0e\x43ommitCtlReply\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x11\n\ttftp_path\x18\x03 \x01(\t\x12\x16\n\x0epublished_path\x18\x04 \x01(\t\x12,\n\x04mode\x18\x05 \x01(\x0e\x32\x1e.ccmsec.v1.ClusterSecurityMode\x12\x35\n\rprevious_mode\x18\x06 \x01(\x0e\x32\x1e.ccmsec.v1.ClusterSecurityMode\x12\x0e\n\x06\x65vents\x18\x07 \x03(\t\x12\x18\n\x10\x64\x65livery_pending\x18\x08 \x01(\x08\"P\n\x0f\x43urrentCtlReply\x12\x0f\n\x07present\x18\x01 \x01(\x08\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x0b\n\x03\x63tl\x18\x04 \x01(\x0c\"C\n\x13SecurityModeRequest\x12,\n\x04mode\x18\x01 \x01(\x0e\x32\x1e.ccmsec.v1.ClusterSecurityMode\"\xc7\x01\n\x11SecurityModeReply\x12,\n\x04mode\x18\x01 \x01(\x0e\x32\x1e.ccmsec.v1.ClusterSecurityMode\x12\x30\n\x08previous\x18\x02 \x01(\x0e\x32\x1e.ccmsec.v1.ClusterSecurityMode\x12\x13\n\x0b\x63tl_present\x18\x03 \x01(\x08\x12\x13\n\x0b\x63tl_version\x18\x04 \x01(\x03\x12\x0e\n\x06\x65vents\x18\x05 \x03(\t\x12\x18\n\x10\x64\x65livery_pending\x18\x06 \x01(\x08\"z\n\x0bTftpCluster\x12\x12\n\ncluster_id\x18\x01 \x01(\t\x12\x11\n\ttftp_path\x18\x02 \x01(\t\x12\x16\n\x0e\x61lternate_path\x18\x03 \x01(\t\x12,\n\x04mode\x18\x04 \x01(\x0e\x32\x1e.ccmsec.v1.ClusterSecurityMode\"W\n\x11TftpClustersReply\x12(\n\x08\x63lusters\x18\x01 \x03(\x0b\x32\x16.ccmsec.v1.TftpCluster\x12\x18\n\x10local_cluster_id\x18\x02 \x01(\t\".\n\x18RemoveTftpClusterRequest\x12\x12\n\ncluster_id\x18\x01 \x01(\t\"8\n\x12\x43lusterTlsSettings\x12\x12\n\nlegacy_tls\x18\x01 \x01(\x08\x12\x0e\n\x06\x65vents\x18\x02 \x03(\t2\x88\x08\n\x0b\x43tlProvider\x12\x34\n\x06Status\x12\x10.ccmsec.v1.Empty\x1a\x18.ccmsec.v1.ServiceStatus\x12@\n\x08\x41\x63tivate\x12\x1a.ccmsec.v1.ActivateRequest\x1a\x18.ccmsec.v1.ServiceStatus\x12M\n\x15GetServerCertificates\x12\x10.ccmsec.v1.Empty\x1a\".ccmsec.v1.ServerCertificatesReply\x12I\n\x13GetProviderSettings\x12\x10.ccmsec.v1.Empty\x1a .ccmsec.v1.ProviderSettingsReply\x12U\n\x0fSetProviderPort\x12!.ccmsec.v1.SetProviderPortRequest\x1a\x1f.ccmsec.v1.SetProviderPortReply\x12=\n\rGetCurrentCtl\x12\x10.ccmsec.v1.Empty\x1a\x1a.ccmsec.v1.CurrentCtlReply\x12\x43\n\tCommitCtl\x12\x1b.ccmsec.v1.CommitCtlRequest\x1a\x19.ccmsec.v1.CommitCtlReply\x12\x41\n\x0fGetSecurityMode\x12\x10.ccmsec.v1.Empty\x1a\x1c.ccmsec.v1.SecurityModeReply\x12O\n\x0fSetSecurityMode\x12\x1e.ccmsec.v1.SecurityModeRequest\x1a\x1c.ccmsec.v1.SecurityModeReply\x12\x42\n\x10ListTftpClusters\x12\x10.ccmsec.v1.Empty\x1a\x1c.ccmsec.v1.TftpClustersReply\x12K\n\x13RegisterTftpCluster\x12\x16.ccmsec.v1.TftpCluster\x1a\x1c.ccmsec.v1.TftpClustersReply\x12V\n\x11RemoveTftpCluster\x12#.ccmsec.v1.RemoveTftpClusterRequest\x1a\x1c.ccmsec.v1.TftpClustersReply\x12@\n\rGetClusterTls\x12\x10.ccmsec.v1.Empty\x1a\x1d.ccmsec.v1.ClusterTlsSettings\x12M\n\rSetClusterTls\x12\x1d.ccmsec.v1.ClusterTlsSettings\x1a\x1d.ccmsec.v1.ClusterTlsSettingsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x63\x63msec_proto/ctl_provider.proto\x12\tccmsec.v1\x1a\x19\x63\x63msec_proto/common.proto\"W\n\x17ServerCertificatesReply\x12\x0e\n\x06server\x18\x01 \x01(\t\x12,\n\x0c\x63\x65rtificates\x18\x02 \x03(\x0b\x32\x16.ccmsec.v1.Certificate\"!\n\x0f\x41\x63tivateRequest\x12\x0e\n\x06\x61\x63tive\x18\x01 \x01(\x08\"i\n\x15ProviderSettingsReply\x12\x11\n\tactivated\x18\x01 \x01(\x08\x12\x17\n\x0f\x63onfigured_port\x18\x02 \x01(\x05\x12\x16\n\x0elistening_port\x18\x03 \x01(\x05\x12\x0c\n\x04host\x18\x04 \x01(\t\"&\n\x16SetProviderPortRequest\x12\x0c\n\x04port\x18\x01 \x01(\x05\"\x80\x01\n\x14SetProviderPortReply\x12\x0c\n\x04port\x18\x01 \x01(\x05\x12\x16\n\x0elistening_port\x18\x02 \x01(\x05\x12\x18\n\x10restart_required\x18\x03 \x01(\x08\x12\x0e\n\x06\x65vents\x18\x04 \x03(\t\x12\x18\n\x10\x64\x65livery_pending\x18\x05 \x01(\x08\"`\n\x10\x43ommitCtlRequest\x12\x0b\n\x03\x63tl\x18\x01 \x01(\x0c\x12,\n\x04mode\x18\x02 \x01(\x0e\x32\x1e.ccmsec.v1.ClusterSecurityMode\x12\x11\n\tnew_trust\x18\x03 \x01(\x08\"\xeb\x01\n\x0e\x43ommitCtlReply\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x11\n\ttftp_path\x18\x03 \x01(\t\x12\x16\n\x0epublished_path\x18\x04 \x01(\t\x12,\n\x04mode\x18\x05 \x01(\x0e\x32\x1e.ccmsec.v1.ClusterSecurityMode\x12\x35\n\rprevious_mode\x18\x06 \x01(\x0e\x32\x1e.ccmsec.v1.ClusterSecurityMode\x12\x0e\n\x06\x65vents\x18\x07 \x03(\t\x12\x18\n\x10\x64\x65livery_pending\x18\x08 \x01(\x08\"P\n\x0f\x43urrentCtlReply\x12\x0f\n\x07present\x18\x01 \x01(\x08\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x0b\n\x03\x63tl\x18\x04 \x01(\x0c\"C\n\x13SecurityModeRequest\x12,\n\x04mode\x18\x01 \x01(\x0e\x32\x1e.ccmsec.v1.ClusterSecurityMode\"\xc7\x01\n\x11SecurityModeReply\x12,\n\x04mode\x18\x01 \x01(\x0e\x32\x1e.ccmsec.v1.ClusterSecurityMode\x12\x30\n\x08previous\x18\x02 \x01(\x0e\x32\x1e.ccmsec.v1.ClusterSecurityMode\x12\x13\n\x0b\x63tl_present\x18\x03 \x01(\x08\x12\x13\n\x0b\x63tl_version\x18\x04 \x01(\x03\x12\x0e\n\x06\x65vents\x18\x05 \x03(\t\x12\x18\n\x10\x64\x65livery_pending\x18\x06 \x01(\x08\"z\n\x0bTftpCluster\x12\x12\n\ncluster_id\x18\x01 \x01(\t\x12\x11\n\ttftp_path\x18\x02 \x01(\t\x12\x16\n\x0e\x61lternate_path\x18\x03 \x01(\t\x12,\n\x04mode\x18\x04 \x01(\x0e\x32\x1e.ccmsec.v1.ClusterSecurityMode\"W\n\x11TftpClustersReply\x12(\n\x08\x63lusters\x18\x01 \x03(\x0b\x32\x16.ccmsec.v1.TftpCluster\x12\x18\n\x10local_cluster_id\x18\x02 \x01(\t\".\n\x18RemoveTftpClusterRequest\x12\x12\n\ncluster_id\x18\x01 \x01(\t\"R\n\x12\x43lusterTlsSettings\x12\x12\n\nlegacy_tls\x18\x01 \x01(\x08\x12\x0e\n\x06\x65vents\x18\x02 \x03(\t\x12\x18\n\x10\x64\x65livery_pending\x18\x03 \x01(\x08\x32\x88\x08\n\x0b\x43tlProvider\x12\x34\n\x06Status\x12\x10.ccmsec.v1.Empty\x1a\x18.ccmsec.v1.ServiceStatus\x12@\n\x08\x41\x63tivate\x12\x1a.ccmsec.v1.ActivateRequest\x1a\x18.ccmsec.v1.ServiceStatus\x12M\n\x15GetServerCertificates\x12\x10.ccmsec.v1.Empty\x1a\".ccmsec.v1.ServerCertificatesReply\x12I\n\x13GetProviderSettings\x12\x10.ccmsec.v1.Empty\x1a .ccmsec.v1.ProviderSettingsReply\x12U\n\x0fSetProviderPort\x12!.ccmsec.v1.SetProviderPortRequest\x1a\x1f.ccmsec.v1.SetProviderPortReply\x12=\n\rGetCurrentCtl\x12\x10.ccmsec.v1.Empty\x1a\x1a.ccmsec.v1.CurrentCtlReply\x12\x43\n\tCommitCtl\x12\x1b.ccmsec.v1.CommitCtlRequest\x1a\x19.ccmsec.v1.CommitCtlReply\x12\x41\n\x0fGetSecurityMode\x12\x10.ccmsec.v1.Empty\x1a\x1c.ccmsec.v1.SecurityModeReply\x12O\n\x0fSetSecurityMode\x12\x1e.ccmsec.v1.SecurityModeRequest\x1a\x1c.ccmsec.v1.SecurityModeReply\x12\x42\n\x10ListTftpClusters\x12\x10.ccmsec.v1.Empty\x1a\x1c.ccmsec.v1.TftpClustersReply\x12K\n\x13RegisterTftpCluster\x12\x16.ccmsec.v1.TftpCluster\x1a\x1c.ccmsec.v1.TftpClustersReply\x12V\n\x11RemoveTftpCluster\x12#.ccmsec.v1.RemoveTftpClusterRequest\x1a\x1c.ccmsec.v1.TftpClustersReply\x12@\n\rGetClusterTls\x12\x10.ccmsec.v1.Empty\x1a\x1d.ccmsec.v1.ClusterTlsSettings\x12M\n\rSetClusterTls\x12\x1d.ccmsec.v1.ClusterTlsSettings\x1a\x1d.ccmsec.v1.ClusterTlsSettingsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,26 +40,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PROVIDERSETTINGSREPLY']._serialized_end=302
   _globals['_SETPROVIDERPORTREQUEST']._serialized_start=304
   _globals['_SETPROVIDERPORTREQUEST']._serialized_end=342
-  _globals['_SETPROVIDERPORTREPLY']._serialized_start=344
-  _globals['_SETPROVIDERPORTREPLY']._serialized_end=446
-  _globals['_COMMITCTLREQUEST']._serialized_start=448
-  _globals['_COMMITCTLREQUEST']._serialized_end=544
-  _globals['_COMMITCTLREPLY']._serialized_start=547
-  _globals['_COMMITCTLREPLY']._serialized_end=782
-  _globals['_CURRENTCTLREPLY']._serialized_start=784
-  _globals['_CURRENTCTLREPLY']._serialized_end=864
-  _globals['_SECURITYMODEREQUEST']._serialized_start=866
-  _globals['_SECURITYMODEREQUEST']._serialized_end=933
-  _globals['_SECURITYMODEREPLY']._serialized_start=936
-  _globals['_SECURITYMODEREPLY']._serialized_end=1135
-  _globals['_TFTPCLUSTER']._serialized_start=1137
-  _globals['_TFTPCLUSTER']._serialized_end=1259
-  _globals['_TFTPCLUSTERSREPLY']._serialized_start=1261
-  _globals['_TFTPCLUSTERSREPLY']._serialized_end=1348
-  _globals['_REMOVETFTPCLUSTERREQUEST']._serialized_start=1350
-  _globals['_REMOVETFTPCLUSTERREQUEST']._serialized_end=1396
-  _globals['_CLUSTERTLSSETTINGS']._serialized_start=1398
-  _globals['_CLUSTERTLSSETTINGS']._serialized_end=1454
-  _globals['_CTLPROVIDER']._serialized_start=1457
-  _globals['_CTLPROVIDER']._serialized_end=2489
+  _globals['_SETPROVIDERPORTREPLY']._serialized_start=345
+  _globals['_SETPROVIDERPORTREPLY']._serialized_end=473
+  _globals['_COMMITCTLREQUEST']._serialized_start=475
+  _globals['_COMMITCTLREQUEST']._serialized_end=571
+  _globals['_COMMITCTLREPLY']._serialized_start=574
+  _globals['_COMMITCTLREPLY']._serialized_end=809
+  _globals['_CURRENTCTLREPLY']._serialized_start=811
+  _globals['_CURRENTCTLREPLY']._serialized_end=891
+  _globals['_SECURITYMODEREQUEST']._serialized_start=893
+  _globals['_SECURITYMODEREQUEST']._serialized_end=960
+  _globals['_SECURITYMODEREPLY']._serialized_start=963
+  _globals['_SECURITYMODEREPLY']._serialized_end=1162
+  _globals['_TFTPCLUSTER']._serialized_start=1164
+  _globals['_TFTPCLUSTER']._serialized_end=1286
+  _globals['_TFTPCLUSTERSREPLY']._serialized_start=1288
+  _globals['_TFTPCLUSTERSREPLY']._serialized_end=1375
+  _globals['_REMOVETFTPCLUSTERREQUEST']._serialized_start=1377
+  _globals['_REMOVETFTPCLUSTERREQUEST']._serialized_end=1423
+  _globals['_CLUSTERTLSSETTINGS']._serialized_start=1425
+  _globals['_CLUSTERTLSSETTINGS']._serialized_end=1507
+  _globals['_CTLPROVIDER']._serialized_start=1510
+  _globals['_CTLPROVIDER']._serialized_end=2542
 # @@protoc_insertion_point(module_scope)

@@ -40,16 +40,18 @@ class SetProviderPortRequest(_message.Message):
     def __init__(self, port: _Optional[int] = ...) -> None: ...
 
 class SetProviderPortReply(_message.Message):
-    __slots__ = ("port", "listening_port", "restart_required", "events")
+    __slots__ = ("port", "listening_port", "restart_required", "events", "delivery_pending")
     PORT_FIELD_NUMBER: _ClassVar[int]
     LISTENING_PORT_FIELD_NUMBER: _ClassVar[int]
     RESTART_REQUIRED_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
+    DELIVERY_PENDING_FIELD_NUMBER: _ClassVar[int]
     port: int
     listening_port: int
     restart_required: bool
     events: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, port: _Optional[int] = ..., listening_port: _Optional[int] = ..., restart_required: _Optional[bool] = ..., events: _Optional[_Iterable[str]] = ...) -> None: ...
+    delivery_pending: bool
+    def __init__(self, port: _Optional[int] = ..., listening_port: _Optional[int] = ..., restart_required: _Optional[bool] = ..., events: _Optional[_Iterable[str]] = ..., delivery_pending: _Optional[bool] = ...) -> None: ...
 
 class CommitCtlRequest(_message.Message):
     __slots__ = ("ctl", "mode", "new_trust")
@@ -142,9 +144,11 @@ class RemoveTftpClusterRequest(_message.Message):
     def __init__(self, cluster_id: _Optional[str] = ...) -> None: ...
 
 class ClusterTlsSettings(_message.Message):
-    __slots__ = ("legacy_tls", "events")
+    __slots__ = ("legacy_tls", "events", "delivery_pending")
     LEGACY_TLS_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
+    DELIVERY_PENDING_FIELD_NUMBER: _ClassVar[int]
     legacy_tls: bool
     events: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, legacy_tls: _Optional[bool] = ..., events: _Optional[_Iterable[str]] = ...) -> None: ...
+    delivery_pending: bool
+    def __init__(self, legacy_tls: _Optional[bool] = ..., events: _Optional[_Iterable[str]] = ..., delivery_pending: _Optional[bool] = ...) -> None: ...

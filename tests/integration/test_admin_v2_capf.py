@@ -16,7 +16,9 @@ from cryptography.hazmat.primitives import hashes
 
 from ccmsec.aio.capf import capf_client_run, capf_phone_ssl_context
 from ccmsec.runtime.grpcio import secure_channel
-from ccmsec.runtime.identity import client_identity, service_identity
+from ccmsec.runtime.identity import (
+    admin_api_identity_dir, client_identity, load_identity, service_identity, service_identity_dir,
+)
 from ccmsec.runtime.settings import load_settings
 from ccmsec.wire.capf import CapfPhoneSession, PhoneCredentials, Reason
 from ccmsec_callmanager.admin import BusEvents
@@ -45,9 +47,12 @@ async def capf_and_api(tmp_path, nats_server):
                              metrics_port=0, nats_url=nats_server, capf_port=free_port(host),
                              shutdown_grace=1.0)
     service_identity(data, "capf", "capf", host)  # issued before start, as the runner does
+    # the API calls CAPF as `admin-api`, the identity issued with a callmanager (as in the service)
+    service_identity(data, "callmanager", "callmanager", "127.0.0.1")
+    admin_api = load_identity(admin_api_identity_dir(service_identity_dir(data, "callmanager")))
     svc = CapfService(settings)
     task = asyncio.create_task(svc.run())
-    channel = secure_channel(client_identity(data), host, settings.grpc_port, "capf")
+    channel = secure_channel(admin_api, host, settings.grpc_port, "capf")
     stub = capf_pb2_grpc.CapfStub(channel)
     deadline = time.monotonic() + 20
     while True:
@@ -67,6 +72,18 @@ async def capf_and_api(tmp_path, nats_server):
         await channel.close()
         svc.request_stop()
         await asyncio.wait_for(task, 10)
+
+
+async def capf_audits(api) -> list[events_pb2.OwnerChange]:
+    """The owner.change records CAPF staged in its outbox (the database the API shares)."""
+    from sqlalchemy import select
+
+    from ccmsec.db.outbox import OutboxRow
+
+    async with api.sessionmaker() as session:
+        rows = (await session.scalars(select(OutboxRow).where(OutboxRow.kind == "owner.change")
+                                      .order_by(OutboxRow.seq))).all()
+    return [events_pb2.Event.FromString(r.payload).owner_change for r in rows]
 
 
 async def test_chk2_capf_schedule_through_the_api_refused_until_activated(capf_and_api):
@@ -109,9 +126,16 @@ async def test_chk2_capf_schedule_through_the_api_refused_until_activated(capf_a
     rows = [(r.action, r.outcome, r.rule, r.detail) for r in await api.audit_rows()
             if r.action.startswith("capf.")]
     assert [(a, o, rule) for a, o, rule, _ in rows] == [
-        ("capf.schedule", "refused", "CHK-2"), ("capf.activate", "denied", None),
-        ("capf.activate", "ok", None), ("capf.schedule", "ok", None)]
+        ("capf.schedule", "refused", "CHK-2"), ("capf.activate", "denied", None)]
+    # The writes are audited by their owner, CAPF, in the write's transaction (issue 9 §5): one
+    # owner.change each in its outbox, naming the administrator the API acted for; callmanager
+    # records them in the audit log (tests/integration/test_outbox.py follows them there).
+    audits = await capf_audits(api)
+    assert [(o.action, o.actor, o.door, o.target) for o in audits] == [
+        ("capf.activate", "admin (via admin-api/callmanager)", "admin-api", "capf"),
+        ("capf.schedule", "admin (via admin-api/callmanager)", "admin-api", P60)]
     assert not any("135790" in (d or "") for *_, d in rows), "the auth string is never audited"
+    assert not any("135790" in o.detail for o in audits), "the auth string is never audited"
 
     # Both CAPF lists page with cursors (issue 16): limit=1 walks to the same rows as one page.
     again = await admin.post("/api/v1/capf/operations", json={**schedule, "operation": "delete"})

@@ -48,8 +48,14 @@ class Harness:
         return session
 
     async def events_after(self, mark: int, settle: float = 0.6) -> list[tuple[str, events_pb2.Event]]:
+        """The events a rule requires (the owner's audit records: `audits_after`)."""
         await asyncio.sleep(settle)  # let anything else that would be published arrive too
-        return self.events[mark:]
+        return [(s, e) for s, e in self.events[mark:] if e.kind != "owner.change"]
+
+    def audits_after(self, mark: int) -> list[tuple[str, str, str, str]]:
+        """(action, actor, target, rule) of each owner.change CAPF published (its audit records)."""
+        return [(e.owner_change.action, e.owner_change.actor, e.owner_change.target, e.owner_change.rule)
+                for _, e in self.events[mark:] if e.kind == "owner.change"]
 
 
 @pytest.fixture
@@ -172,6 +178,10 @@ async def test_schedule_publishes_config_changed_and_status_shows_outcomes(capf)
     assert [(s, e.config_changed.devices[0]) for s, e in got] == [
         ("ccmsec.capf.config.changed", "SEP00000000C301"),
         ("ccmsec.capf.config.changed", "SEP00000000C302")]
+    # Each schedule audited by its owner with the write (issue 9 §5), never with the auth string.
+    assert [a[:3] for a in capf.audits_after(mark)] == [
+        ("capf.schedule", "cli/cli", "SEP00000000C301"), ("capf.schedule", "cli/cli", "SEP00000000C302")]
+    assert not any("246810" in e.owner_change.detail for _, e in capf.events[mark:])
 
     ok = await capf.enroll(phone_for(capf, "SEP00000000C301", auth_string="246810", auth_mode="string"))
     assert ok.end_reason == Reason.OK
@@ -213,6 +223,7 @@ async def test_rst8_service_parameter_change_restarts_capf_and_nothing_else(capf
     got = await capf.events_after(mark)
     assert [(s, e.service_restart.rule, e.service_restart.role) for s, e in got] == [
         ("ccmsec.capf.service.restart.capf", "RST-8", "capf")]
+    assert capf.audits_after(mark) == [("capf.service_parameters", "cli/cli", "capf", "RST-8")]
     # the service itself acts on it: it stops with the restart exit code for the supervisor
     assert await asyncio.wait_for(capf.task, 10) == RESTART_EXIT_CODE
 
@@ -228,6 +239,7 @@ async def test_rst6_enterprise_parameter_change_resets_every_device_and_nothing_
     subject, event = got[0]
     assert subject == "ccmsec.capf.device.reset"
     assert event.device_reset.all and event.device_reset.rule == "RST-6"
+    assert capf.audits_after(mark) == [("capf.enterprise_parameters", "cli/cli", "capf", "RST-6")]
     assert event.device_reset.kind == events_pb2.RESET
     assert not capf.task.done()  # enterprise parameters do not restart CAPF
     # and the new validity applies to the next LSC at once

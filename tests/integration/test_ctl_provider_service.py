@@ -59,8 +59,15 @@ class Harness:
                                                ctx, timeout=5)
 
     async def events_after(self, mark: int, settle: float = 0.8) -> list[tuple[str, events_pb2.Event]]:
+        """The events a rule requires (the owner's audit records: `audits_after`)."""
         await asyncio.sleep(settle)  # let anything else that would be published arrive too
-        return [(s, e) for s, e in self.events[mark:] if not s.startswith("ccmsec.test")]
+        return [(s, e) for s, e in self.events[mark:]
+                if not s.startswith("ccmsec.test") and e.kind != "owner.change"]
+
+    def audits_after(self, mark: int) -> list[tuple[str, str, str, str]]:
+        """(action, actor, target, rule) of each owner.change published (its audit records)."""
+        return [(e.owner_change.action, e.owner_change.actor, e.owner_change.target, e.owner_change.rule)
+                for _, e in self.events[mark:] if e.kind == "owner.change"]
 
 
 _TEMPLATE: dict[str, Path] = {}
@@ -271,6 +278,8 @@ async def test_rst7_port_change_emits_exactly_one_provider_restart_and_applies_a
     events = await provider.events_after(mark)
     assert [(s, e.service_restart.rule) for s, e in events] == [("ccmsec.ctl-provider.service.restart.ctl-provider",
                                                                   "RST-7")]
+    # audited by its owner in the same transaction (issue 9 §5), callmanager records it
+    assert provider.audits_after(mark) == [("ctl_provider.port", "cli/cli", provider.svc.node, "RST-7")]
     assert await asyncio.wait_for(provider.task, 10) == 75  # restarted itself on the event
     svc, task, channel, stub = await _start(provider.data, nats_server, host, free_port(host),
                                             provider.svc.settings.grpc_port)
@@ -281,7 +290,7 @@ async def test_rst7_port_change_emits_exactly_one_provider_restart_and_applies_a
         mark = len(provider.events)
         same = await stub.SetProviderPort(ctl_provider_pb2.SetProviderPortRequest(port=new_port))
         assert not same.restart_required and list(same.events) == []
-        assert await provider.events_after(mark, settle=0.5) == []
+        assert await provider.events_after(mark, settle=0.5) == [] and provider.audits_after(mark) == []
         with pytest.raises(grpc.aio.AioRpcError, match="not between 1 and 65535"):
             await stub.SetProviderPort(ctl_provider_pb2.SetProviderPortRequest(port=70000))
     finally:

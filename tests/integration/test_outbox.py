@@ -340,3 +340,284 @@ async def test_mode_change_with_nats_killed_is_pending_then_its_rst3_events_arri
         if not task.done():
             svc.request_stop()
             await asyncio.wait_for(task, 15)
+
+
+# --- every other owner's write: audited and its events through the owner's outbox ------------------
+
+async def _start_ctl_provider(data: Path, nats_url: str):
+    import random
+
+    from tests.conftest import free_port as port_on
+    from tests.integration.test_ctl_provider_service import _prepare
+    from tests.integration.test_ctl_provider_service import _start as start_provider
+
+    host = f"127.{random.randint(20, 250)}.{random.randint(0, 255)}.{random.randint(2, 250)}"
+    await _prepare(data)
+    return await start_provider(data, nats_url, host, port_on(host), port_on(host))
+
+
+async def _stop(svc, task) -> None:
+    if not task.done():
+        svc.request_stop()
+        await asyncio.wait_for(task, 15)
+
+
+async def _outbox_rows(svc, kind: str | None = None) -> list[events_pb2.Event]:
+    """The events `svc`'s node staged in its outbox (sent or not), oldest first."""
+    async with svc.db() as session:
+        q = select(OutboxRow).where(OutboxRow.origin == svc.node).order_by(OutboxRow.seq)
+        if kind is not None:
+            q = q.where(OutboxRow.kind == kind)
+        return [events_pb2.Event.FromString(r.payload) for r in (await session.scalars(q)).all()]
+
+
+async def _audit(cm, actions: tuple[str, ...]) -> list:
+    from ccmsec.db.admin import AuditEntry
+
+    async with cm.svc.db() as session:
+        return list((await session.scalars(select(AuditEntry).where(AuditEntry.action.in_(actions))
+                                           .order_by(AuditEntry.id))).all())
+
+
+async def test_ctl_provider_writes_are_audited_by_callmanager_once_nats_is_back(cm_nats, tmp_path):
+    """Issue 9 §4/§5: ctl-provider's activation (CHK-1) and shared-TFTP registry (MODE-6) writes
+    stage their audit record (`owner.change`) in the write's transaction; with NATS dead they are
+    committed and answered, and once NATS is back callmanager — the audit log's only writer —
+    records each exactly once, naming the caller. A refused write stages nothing."""
+    from ccmsec_proto import common_pb2, ctl_provider_pb2
+
+    cm, server = cm_nats
+    svc, task, channel, stub = await _start_ctl_provider(tmp_path / "provider", server.url)
+    try:
+        server.kill()
+        await stub.Activate(ctl_provider_pb2.ActivateRequest(active=True), timeout=30)
+        assert (await stub.GetProviderSettings(common_pb2.Empty(), timeout=10)).activated
+        await stub.RegisterTftpCluster(ctl_provider_pb2.TftpCluster(
+            cluster_id="other", tftp_path="cluster2", mode=common_pb2.CLUSTER_NON_SECURE), timeout=30)
+        staged = len(await _outbox_rows(svc))
+        # Refused (MODE-6: our own TFTP path; RST-7: no such port): nothing written or staged.
+        with pytest.raises(Exception, match="MODE-6"):
+            await stub.RegisterTftpCluster(ctl_provider_pb2.TftpCluster(
+                cluster_id="third", tftp_path="cluster1", mode=common_pb2.CLUSTER_NON_SECURE), timeout=30)
+        with pytest.raises(Exception, match="not between 1 and 65535"):
+            await stub.SetProviderPort(ctl_provider_pb2.SetProviderPortRequest(port=70000), timeout=30)
+        assert len(await _outbox_rows(svc)) == staged == 2
+        assert await svc.outbox.pending() == 2  # waiting for NATS
+        assert await _audit(cm, ("ctl_provider.activate", "tftp_cluster.register")) == []
+        server.start()
+        await _until(lambda: _audit(cm, ("ctl_provider.activate", "tftp_cluster.register")),
+                     BACK_TIMEOUT, "ctl-provider's writes in callmanager's audit log")
+        await _until(lambda: asyncio.sleep(0, svc.outbox.depth == 0), BACK_TIMEOUT, "relayed")
+        await asyncio.sleep(3.0)  # a duplicate would be recorded now
+        rows = await _audit(cm, ("ctl_provider.activate", "tftp_cluster.register"))
+        assert [(r.actor, r.action, r.target, r.rule, r.outcome) for r in rows] == [
+            ("cli/cli", "ctl_provider.activate", svc.node, "CHK-1", "ok"),
+            ("cli/cli", "tftp_cluster.register", "other", "MODE-6", "ok")]
+        assert all("(via grpc)" in r.detail and "by ctl-provider" in r.detail for r in rows)
+        held = await _stream_events(server.url, subject_for("owner.change"))
+        assert sorted(e.owner_change.action for e in held) == ["ctl_provider.activate", "tftp_cluster.register"]
+    finally:
+        await channel.close()
+        await _stop(svc, task)
+
+
+async def test_ctl_provider_port_and_legacy_tls_commit_with_their_restarts(tmp_path, killable_nats):
+    """RST-7 (port) and LATER-8 (legacy TLS), with NATS dead: each answered delivery_pending with
+    the setting stored; its restarts and its audit record sit in ctl-provider's outbox, and once
+    NATS is back each is in the stream exactly once."""
+    from ccmsec_proto import common_pb2, ctl_provider_pb2
+    from tests.conftest import free_port as port_on
+
+    svc, task, channel, stub = await _start_ctl_provider(tmp_path, killable_nats.url)
+    try:
+        killable_nats.kill()
+        tls = await stub.SetClusterTls(ctl_provider_pb2.ClusterTlsSettings(legacy_tls=True), timeout=30)
+        assert tls.delivery_pending and tls.legacy_tls
+        assert sorted(tls.events) == ["service.restart.callmanager LATER-8", "service.restart.capf LATER-8"]
+        new_port = port_on(svc.settings.host)
+        port = await stub.SetProviderPort(ctl_provider_pb2.SetProviderPortRequest(port=new_port), timeout=30)
+        assert port.delivery_pending and list(port.events) == ["service.restart.ctl-provider RST-7"]
+        assert (await stub.GetClusterTls(common_pb2.Empty(), timeout=10)).legacy_tls
+        assert (await stub.GetProviderSettings(common_pb2.Empty(), timeout=10)).configured_port == new_port
+        # unchanged: nothing staged, nothing audited
+        again = await stub.SetClusterTls(ctl_provider_pb2.ClusterTlsSettings(legacy_tls=True), timeout=30)
+        assert list(again.events) == [] and not again.delivery_pending
+        staged = await _outbox_rows(svc)
+        assert [(e.kind, e.service_restart.role or e.owner_change.action) for e in staged] == [
+            ("owner.change", "cluster.legacy_tls"),
+            ("service.restart", "callmanager"), ("service.restart", "capf"),
+            ("owner.change", "ctl_provider.port"), ("service.restart", "ctl-provider")]
+        assert [e.owner_change.actor for e in staged if e.kind == "owner.change"] == ["cli/cli"] * 2
+        assert await svc.outbox.pending() == 5
+        killable_nats.start()
+        await _until(lambda: asyncio.sleep(0, svc.outbox.depth == 0 or task.done()), BACK_TIMEOUT, "relayed")
+        # RST-7 restarts the provider itself; its outbox is in the database: drained either way.
+        await _until(lambda: _stream_events(killable_nats.url), BACK_TIMEOUT, "events in the stream")
+        await _until(lambda: asyncio.sleep(0, task.done()), BACK_TIMEOUT, "RST-7 restart")
+        held = await _stream_events(killable_nats.url)
+        assert sorted(e.id for e in held) == sorted(e.id for e in staged)  # each once, none lost
+    finally:
+        await channel.close()
+        await _stop(svc, task)
+
+
+async def test_callmanager_mobility_routing_resets_and_refusals_commit_with_their_events(cm_nats):
+    """callmanager's writes that used to publish after their commit — a speed dial (config.changed),
+    an extension-mobility login (its DEV-2 restart), the API's reset-all (CHK-13) — and a refused
+    RPC (`access.denied`) are staged in callmanager's outbox with the write; with NATS dead each is
+    answered (the API: delivery "pending"), a refused write stages nothing, and once NATS is back
+    every event is in the stream exactly once and the refusal is in the audit log once."""
+    import grpc
+
+    from ccmsec.runtime.grpcio import secure_channel
+    from ccmsec.runtime.identity import service_identity
+    from ccmsec_proto import callmanager_pb2_grpc
+
+    cm, server = cm_nats
+    name = "SEP0000000B0100"
+    await cm.add_device(name, "7970")
+    await cm.stub.AddMobilityUser(pb.MobilityUser(user_id="alice", dn="4100"), timeout=30)
+    # an identity the policy refuses ResetDevices to (issue 9 §2): phone-sim
+    intruder = service_identity(cm.data, "phone-sim", "phone-sim-1", "127.0.0.1")
+    intruder_channel = secure_channel(intruder, cm.host, cm.svc.settings.grpc_port, "callmanager")
+    await _until(lambda: asyncio.sleep(0, cm.svc.outbox.depth == 0), BACK_TIMEOUT, "outbox drained")
+    async with cm.svc.db() as session:
+        before = await session.scalar(select(func.count()).select_from(OutboxRow))
+    try:
+        server.kill()
+        await cm.stub.SetSpeedDial(pb.SpeedDialSetting(device=name, index=1, number="4200"), timeout=30)
+        login = await cm.stub.MobilityLogin(pb.MobilityLoginRequest(device=name, user_id="alice"), timeout=30)
+        assert login.request_id in cm.cc.registry.resets  # tracked before its event could leave
+        answer = await _api(cm, "POST", "/api/v1/devices/reset", {"all": True})
+        assert answer.status_code == 202, answer.text
+        assert answer.json()["delivery"] == "pending"
+        with pytest.raises(grpc.aio.AioRpcError) as denied:
+            await callmanager_pb2_grpc.CallManagerStub(intruder_channel).ResetDevices(
+                pb.ResetDevicesRequest(all=True), timeout=30)
+        assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        # refused writes: nothing staged
+        for refused in (cm.stub.SetSpeedDial(pb.SpeedDialSetting(device="SEP0000000B0199", index=1,
+                                                                  number="4200"), timeout=30),
+                        cm.stub.MobilityLogin(pb.MobilityLoginRequest(device=name, user_id="bob"), timeout=30)):
+            with pytest.raises(grpc.aio.AioRpcError):
+                await refused
+
+        async def staged():
+            async with cm.svc.db() as session:
+                rows = (await session.scalars(select(OutboxRow).order_by(OutboxRow.seq))).all()
+            return [events_pb2.Event.FromString(r.payload) for r in rows[before:]]
+
+        # the refusal is reported off the request's path: wait until it is staged
+        await _until(lambda: _count_kind(cm, "access.denied", at_least=1), 20, "the refusal staged")
+        events = await staged()
+        assert [(e.kind, e.config_changed.what or e.device_reset.rule or e.access_denied.method)
+                for e in events] == [
+            ("config.changed", "speed_dial"), ("device.reset", "DEV-2"), ("device.reset", "CHK-13"),
+            ("access.denied", "/ccmsec.v1.CallManager/ResetDevices")]
+        assert events[1].device_reset.request_id == login.request_id
+        assert list(events[1].device_reset.devices) == [name] and events[1].device_reset.kind == events_pb2.RESTART
+        assert await cm.svc.outbox.pending() == 4
+        # the writes and their audit rows are committed already (callmanager's own audit)
+        rows = await _audit(cm, ("speed_dial.set", "mobility.login", "device.reset_many"))
+        assert [(r.action, r.actor) for r in rows] == [
+            ("speed_dial.set", "cli/cli"), ("mobility.login", "cli/cli"), ("device.reset_many", "admin")]
+        server.start()
+        await _until(lambda: asyncio.sleep(0, cm.svc.outbox.depth == 0), BACK_TIMEOUT, "relayed")
+        await _until(lambda: _audit(cm, ("rpc.denied",)), BACK_TIMEOUT, "the refusal audited")
+        await asyncio.sleep(3.0)  # a duplicate would arrive now
+        held = await _stream_events(server.url)
+        ids = [e.id for e in held]
+        assert len(ids) == len(set(ids))
+        assert {e.id for e in events} <= set(ids)
+        denied_rows = await _audit(cm, ("rpc.denied",))
+        assert [(r.actor, r.target) for r in denied_rows] == [
+            ("phone-sim/phone-sim-1", "/ccmsec.v1.CallManager/ResetDevices")]
+    finally:
+        await intruder_channel.close()
+
+
+async def _count_kind(cm, kind: str, at_least: int) -> bool:
+    async with cm.svc.db() as session:
+        n = await session.scalar(select(func.count()).select_from(OutboxRow).where(OutboxRow.kind == kind))
+    return (n or 0) >= at_least
+
+
+async def test_capf_writes_commit_with_their_events_and_audit_record(tmp_path, killable_nats):
+    """CAPF (CHK-2, RST-6, CHK-7): a schedule stages the device's config.changed and its audit
+    record (never the auth string) with the operation; an enterprise parameter change its RST-6
+    reset and audit record with the values — with NATS dead both are answered, a refused schedule
+    stages nothing, and once NATS is back each event is in the stream exactly once."""
+    import random
+
+    import grpc
+
+    from ccmsec.db.devices import Device
+    from ccmsec.runtime.grpcio import secure_channel
+    from ccmsec.runtime.identity import client_identity, service_identity
+    from ccmsec.runtime.settings import load_settings
+    from ccmsec_capf.main import CapfService
+    from ccmsec_proto import capf_pb2, capf_pb2_grpc, common_pb2, ctl_provider_pb2
+    from tests.conftest import free_port as port_on
+    from tests.ownerdb import owner_db
+
+    host = f"127.{random.randint(20, 250)}.{random.randint(0, 255)}.{random.randint(2, 250)}"
+    settings = load_settings(service="capf", data_dir=tmp_path, host=host, grpc_port=port_on(host),
+                             metrics_port=0, nats_url=killable_nats.url, capf_port=port_on(host),
+                             shutdown_grace=1.0, bus_connect_timeout=10)
+    service_identity(tmp_path, "capf", "capf", host)
+    svc = CapfService(settings)
+    task = asyncio.create_task(svc.run())
+    channel = secure_channel(client_identity(tmp_path), host, settings.grpc_port, "capf")
+    stub = capf_pb2_grpc.CapfStub(channel)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert not task.done(), "capf stopped during start"
+            try:
+                await stub.Status(common_pb2.Empty(), timeout=1)
+                break
+            except grpc.aio.AioRpcError:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.1)
+        async with owner_db(settings.db_url, "callmanager") as db, db() as s, s.begin():
+            s.add(Device(name="SEP00000000C501", model="7960", security_mode="non-secure"))
+        await stub.Activate(ctl_provider_pb2.ActivateRequest(active=True), timeout=30)
+        await _until(lambda: asyncio.sleep(0, svc.outbox.depth == 0), BACK_TIMEOUT, "drained")
+        first = len(await _outbox_rows(svc))
+        assert [e.owner_change.action for e in await _outbox_rows(svc, "owner.change")] == ["capf.activate"]
+
+        killable_nats.kill()
+        op = await stub.ScheduleOperation(capf_pb2.CapfSchedule(
+            device="SEP00000000C501", operation=capf_pb2.CAPF_INSTALL, auth_mode=capf_pb2.CAPF_AUTH_STRING,
+            auth_string="97531", key_type="ec256"), timeout=30)
+        assert op.state == "pending"
+        with pytest.raises(grpc.aio.AioRpcError) as unknown:
+            await stub.ScheduleOperation(capf_pb2.CapfSchedule(
+                device="SEP00000000C5FF", operation=capf_pb2.CAPF_INSTALL, auth_mode=capf_pb2.CAPF_AUTH_NULL),
+                timeout=30)
+        assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+        with pytest.raises(grpc.aio.AioRpcError):  # refused parameter: nothing stored or staged
+            await stub.SetEnterpriseParameters(capf_pb2.CapfParametersRequest(
+                values={"certificate_validity_days": "-1"}), timeout=30)
+        params = await stub.SetEnterpriseParameters(capf_pb2.CapfParametersRequest(
+            values={"certificate_validity_days": "90"}), timeout=30)
+        assert params.delivery_pending and list(params.events) == ["device.reset RST-6"]
+        staged = (await _outbox_rows(svc))[first:]
+        assert [(e.kind, e.owner_change.action or e.config_changed.what or e.device_reset.rule)
+                for e in staged] == [
+            ("config.changed", "capf install scheduled"), ("owner.change", "capf.schedule"),
+            ("owner.change", "capf.enterprise_parameters"), ("device.reset", "RST-6")]
+        audit = [e.owner_change for e in staged if e.kind == "owner.change"]
+        assert [(a.actor, a.target, a.door) for a in audit] == [
+            ("cli/cli", "SEP00000000C501", "grpc"), ("cli/cli", "capf", "grpc")]
+        assert "97531" not in audit[0].detail and f"operation {op.id}" in audit[0].detail
+        assert await svc.outbox.pending() == 4
+
+        killable_nats.start()
+        await _until(lambda: asyncio.sleep(0, svc.outbox.depth == 0), BACK_TIMEOUT, "relayed")
+        held = await _stream_events(killable_nats.url)
+        assert len({e.id for e in held}) == len(held)
+        assert {e.id for e in staged} <= {e.id for e in held}
+    finally:
+        await channel.close()
+        await _stop(svc, task)

@@ -7,7 +7,9 @@ event: actor = the caller's identity (role/node), action `rpc.denied`, target = 
 
 ctl-provider owns the cluster mode and the CTL; its changes are audited here from the events it
 publishes for them (`mode.changed` → action `cluster.mode`, `ctl.updated` → `ctl.commit`, actor =
-who asked), so a mode change is audited whichever door it came through.
+who asked), so a mode change is audited whichever door it came through. Its other writes and
+CAPF's (activation, port, legacy TLS, shared-TFTP registry; schedules, parameters, the third-party
+CA, imports) each come as one `owner.change`, staged in the owner's outbox with the write.
 """
 
 from __future__ import annotations
@@ -67,12 +69,22 @@ def owner_change_entry(event: events_pb2.Event, publisher: str | None = None) ->
                           outcome="ok", status=200, rule=None,
                           detail=f"CTL version {c.version} sha256 {c.sha256[:16]} (by {publisher or event.origin})",
                           remote=None)
+    if body == "owner_change":
+        o = event.owner_change
+        door = o.door or "grpc"
+        detail = o.detail if door == "admin-api" else f"{o.detail} (via {door})".strip()
+        return AuditEntry(actor=o.actor[:64] or None, action=o.action[:64] or "owner.change",
+                          target=o.target[:128] or None, outcome="ok", status=o.status or 200,
+                          rule=o.rule[:16] or None,
+                          detail=f"{detail} (by {publisher or event.origin})"[:1000],
+                          remote=o.remote[:64] or None)
     return None
 
 
 class OwnerChangesAuditMixin:
     async def setup_owner_changes_audit(self) -> None:
-        for kind, name in (("mode.changed", "mode-audit"), ("ctl.updated", "ctl-audit")):
+        for kind, name in (("mode.changed", "mode-audit"), ("ctl.updated", "ctl-audit"),
+                           ("owner.change", "owner-audit")):
             await self.subscribe(bus_mod.subject_for(kind), name, self.on_owner_change,
                                  deliver_new=False)
 

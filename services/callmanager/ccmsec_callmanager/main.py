@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from ccmsec.runtime.outbox import OutboxRelay
 from ccmsec.runtime.service import Service, run_service
 from ccmsec_proto import callmanager_pb2_grpc
 
@@ -23,20 +22,10 @@ class CallManagerService(LegacyTlsMixin, AccessAuditMixin, OwnerChangesAuditMixi
 
     admin = None
     domain = None
-    outbox = None
-
-    def status_details(self) -> dict[str, str]:
-        details = super().status_details()
-        if self.outbox is not None:
-            details["outbox_pending"] = str(self.outbox.depth)
-        return details
 
     async def setup(self) -> None:
         # The one write path (validate → write → audit → publish) of every door (issue 9 §5); its
-        # events are committed with each change and relayed until JetStream acknowledges (§4).
-        self.outbox = OutboxRelay(self.db, lambda event, target: self.bus.publish(event, target),
-                                  origin=self.node, role=self.role)
-        self.spawn(self.outbox.run())
+        # events are committed with each change in this node's outbox (`Service.outbox`, §4).
         self.domain = CallManagerDomain(self.db, BusEvents(self.publish).publish, relay=self.outbox,
                                         origin=self.node)
         await self.setup_call_control()  # call control: SCCP 2000/2443 + registry

@@ -43,6 +43,7 @@ from .certcopy import copy_capf_certificate
 from .issuer import MANUFACTURER_CA, ServiceLscIssuer
 from .parameters import CapfParameters, load_parameters
 from .scheduling import device_exists
+from .domain import CapfDomain
 from .servicer import CapfServicer
 
 log = logging.getLogger("ccmsec.capf")
@@ -117,6 +118,7 @@ class CapfService(Service):
         await self._follow_legacy_tls()  # LATER-8, from the CTL Provider
         for outcome in ("ok", "no_action", "invalid_element", "unknown_device", "error", "aborted", "other"):
             metrics.CAPF_SESSIONS.labels(outcome)  # every outcome exported from the start, at 0
+        self.domain = CapfDomain(self)  # the one write path of every door (issue 9 §5)
         self.grpc.add(capf_pb2_grpc.add_CapfServicer_to_server, CapfServicer(self), "ccmsec.v1.Capf")
         await self.subscribe(bus_mod.subject_for("ctl.updated"), "ctl-updated", self.on_ctl_updated)
         # CERT-3 also after a restart: the CTL may have been built while CAPF was down.
@@ -221,14 +223,6 @@ class CapfService(Service):
             self.issuer.days = self.params.int("certificate_validity_days")
         if self.acceptors is not None:
             self.acceptors.configure(**self._acceptor_config())
-
-    async def announce_schedule(self, device: str, operation: str) -> None:
-        """The device's cnf.xml must now carry the CAPF operation: tell the TFTP signer."""
-        try:
-            await self.publish("config.changed", device, config_changed=events_pb2.ConfigChanged(
-                devices=[device], what=f"capf {operation} scheduled"))
-        except Exception:  # the schedule is committed; a bus outage must not undo it
-            log.exception("CAPF operation scheduled but config.changed not published", extra={"device": device})
 
     async def on_ctl_updated(self, event: events_pb2.Event) -> None:
         written = await asyncio.to_thread(copy_capf_certificate, self.settings.data_dir, self.capf_ca.cert)

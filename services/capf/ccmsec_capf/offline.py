@@ -51,8 +51,10 @@ def _cn(cert: x509.Certificate) -> str:
     return str(attrs[0].value) if attrs else ""
 
 
-async def import_certificate(store: SqlCapfStore, ca: x509.Certificate, name: str, data: bytes) -> ImportOutcome:
-    """Check one certificate file against the CSRs and the third-party CA; record it if good."""
+async def import_certificate(store: SqlCapfStore, ca: x509.Certificate, name: str, data: bytes,
+                             also=None) -> ImportOutcome:
+    """Check one certificate file against the CSRs and the third-party CA; record it if good.
+    `also(session, device, fingerprint)` adds to the recording transaction (the audit record)."""
 
     def refused(why: str, device: str = "", op_id: int = 0) -> ImportOutcome:
         return ImportOutcome(name, False, why, device, op_id)
@@ -80,7 +82,7 @@ async def import_certificate(store: SqlCapfStore, ca: x509.Certificate, name: st
         return refused(str(exc), record.device_name, record.op_id)
     der = cert.public_bytes(serialization.Encoding.DER)
     try:
-        await store.record_imported(record.op_id, key_sha, der)
+        await store.record_imported(record.op_id, key_sha, der, also=also)
     except ValueError as exc:  # lost a race with another import of the same operation
         return refused(str(exc), record.device_name, record.op_id)
     return ImportOutcome(name, True, "", record.device_name, record.op_id, cert)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as _dt
 from dataclasses import dataclass
+from typing import Callable
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -91,8 +92,10 @@ async def device_exists(factory: async_sessionmaker[AsyncSession], device: str) 
 
 
 async def schedule(factory: async_sessionmaker[AsyncSession], req: ScheduleRequest, params: CapfParameters,
-                   *, now: _dt.datetime | None = None) -> Scheduled:
-    """Check the request and record it (replacing any unfinished operation of the device)."""
+                   *, now: _dt.datetime | None = None,
+                   also: Callable[[AsyncSession, Scheduled], None] | None = None) -> Scheduled:
+    """Check the request and record it (replacing any unfinished operation of the device).
+    `also(session, scheduled)` adds to the recording transaction (audit record, events)."""
     now = now or utcnow()
     auth_mode, key_type, deadline = _check_fields(req, params, now)
     model = await device_model(factory, req.device)
@@ -102,6 +105,11 @@ async def schedule(factory: async_sessionmaker[AsyncSession], req: ScheduleReque
         check_capf_allowed(model)
     except PolicyViolation as exc:
         raise ScheduleRefused("policy", f"{req.device}: {exc}") from None
+    def then(session: AsyncSession, op_id: int) -> None:
+        if also is not None:
+            also(session, Scheduled(op_id, req.device, model, req.operation, auth_mode, key_type, deadline))
+
     op_id = await schedule_operation(factory, req.device, req.operation, auth_mode=auth_mode,
-                                     auth_string=req.auth_string or None, key_type=key_type, deadline=deadline)
+                                     auth_string=req.auth_string or None, key_type=key_type, deadline=deadline,
+                                     also=then)
     return Scheduled(op_id, req.device, model, req.operation, auth_mode, key_type, deadline)

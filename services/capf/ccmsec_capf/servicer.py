@@ -1,6 +1,7 @@
 """gRPC `ccmsec.v1.Capf`: activation (CHK-2), scheduling, status, the issued log, parameters
 (RST-6 / RST-8) and the CHK-8 check. Requests are checked here and refused with a clear status;
-the work is done by the service's modules."""
+every write goes through the domain layer (`domain.py`: written, audited and its events staged in
+one transaction), the reads through the service's modules."""
 
 from __future__ import annotations
 
@@ -16,18 +17,15 @@ from sqlalchemy import select
 from ccmsec.db.devices import Device
 from ccmsec.domain import CapfAuthMode, CapfOperation, DeviceSecurityMode, DomainError
 from ccmsec.policy.devices import Feature, PolicyViolation, capabilities
-from ccmsec.policy.resets import required_actions
-from ccmsec.runtime.servicer import StatusServicerMixin
+from ccmsec.runtime.servicer import StatusServicerMixin, change_actor
 from ccmsec_proto import capf_pb2, capf_pb2_grpc, common_pb2
 
-from ccmsec.pki.lsc import LscError, load_one_certificate, load_third_party_ca, save_third_party_ca
-
-from ccmsec.runtime.actions import publish_actions
+from ccmsec.pki.lsc import LscError, load_one_certificate, load_third_party_ca
 
 from . import offline
-from .activation import NOT_ACTIVATED, write_activated
-from .parameters import CapfParameters, ParameterError, Scope, change_of, load_parameters, store_parameters
-from .scheduling import ScheduleRefused, ScheduleRequest, schedule
+from .activation import NOT_ACTIVATED
+from .parameters import CapfParameters, ParameterError, Scope, load_parameters
+from .scheduling import ScheduleRefused, ScheduleRequest
 
 if TYPE_CHECKING:
     from .main import CapfService
@@ -82,11 +80,8 @@ class CapfServicer(StatusServicerMixin, capf_pb2_grpc.CapfServicer):
     service: "CapfService"
 
     async def Activate(self, request, context):  # noqa: N802
-        svc = self.service
-        await write_activated(svc.db, request.active)
-        svc.activated = request.active
-        log.info("CAPF %s", "activated" if request.active else "deactivated")
-        return svc.status_message()
+        await self.service.domain.activate(change_actor(self.service, context), request.active)
+        return self.service.status_message()
 
     async def ScheduleOperation(self, request, context):  # noqa: N802
         svc = self.service
@@ -106,10 +101,9 @@ class CapfServicer(StatusServicerMixin, capf_pb2_grpc.CapfServicer):
                 device=request.device, operation=operation.value,
                 auth_mode=auth_mode.value if auth_mode else "", auth_string=request.auth_string,
                 key_type=request.key_type, deadline=_deadline(request.deadline_unix))
-            done = await schedule(svc.db, req, svc.params)
+            done, _delivered = await svc.domain.schedule(change_actor(svc, context), req)
         except ScheduleRefused as exc:
             await context.abort(_REFUSAL_CODE[exc.kind], str(exc))
-        await svc.announce_schedule(done.device, done.operation)
         op = await svc.store.operation(done.op_id)
         return operation_message(op)
 
@@ -146,9 +140,10 @@ class CapfServicer(StatusServicerMixin, capf_pb2_grpc.CapfServicer):
 
     # --- parameters (RST-8 service, RST-6 enterprise) -----------------------------------------
     @staticmethod
-    def _parameters_reply(stored: CapfParameters, events: list[str] = ()) -> capf_pb2.CapfParametersReply:
+    def _parameters_reply(stored: CapfParameters, events: list[str] = (),
+                          delivered: bool = True) -> capf_pb2.CapfParametersReply:
         return capf_pb2.CapfParametersReply(service=stored.scope("service"), enterprise=stored.scope("enterprise"),
-                                            events=list(events))
+                                            events=list(events), delivery_pending=not delivered)
 
     async def GetParameters(self, request, context):  # noqa: N802
         """The stored values: service values apply from the next CAPF start."""
@@ -157,20 +152,15 @@ class CapfServicer(StatusServicerMixin, capf_pb2_grpc.CapfServicer):
     async def _set(self, scope: Scope, request, context):
         svc = self.service
         try:
-            stored = await store_parameters(svc.db, scope, dict(request.values))
+            # stored, audited and its RST-6 / RST-8 events staged in one transaction (outbox)
+            _, events, delivered = await svc.domain.set_parameters(change_actor(svc, context), scope,
+                                                                   dict(request.values))
         except ParameterError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         fresh = await load_parameters(svc.db)
         if scope == "enterprise":
             svc.apply_enterprise(fresh)
-        reason = f"CAPF {scope} parameters changed: {', '.join(sorted(stored))}"
-        try:
-            published = await publish_actions(svc.publish, required_actions(change_of(scope)), reason=reason)
-        except Exception as exc:
-            log.exception("CAPF parameters stored but the reset/restart events were not published")
-            await context.abort(grpc.StatusCode.UNAVAILABLE,
-                                f"parameters stored, but the events they require were not published: {exc}")
-        return self._parameters_reply(fresh, published)
+        return self._parameters_reply(fresh, events, delivered)
 
     async def SetServiceParameters(self, request, context):  # noqa: N802
         return await self._set("service", request, context)
@@ -226,7 +216,7 @@ class CapfServicer(StatusServicerMixin, capf_pb2_grpc.CapfServicer):
                 out = offline.ImportOutcome(name, False, f"{len(f.data)} bytes: larger than a certificate file "
                                                          f"({MAX_IMPORT_BYTES} bytes at most)")
             else:
-                out = await offline.import_certificate(svc.store, ca, name, bytes(f.data))
+                out = await svc.domain.import_certificate(change_actor(svc, context), ca, name, bytes(f.data))
             result = capf_pb2.CertificateImportResult(name=out.name, accepted=out.accepted, reason=out.reason,
                                                       device=out.device, operation_id=out.op_id)
             if out.certificate is not None:
@@ -239,7 +229,7 @@ class CapfServicer(StatusServicerMixin, capf_pb2_grpc.CapfServicer):
     async def SetThirdPartyCa(self, request, context):  # noqa: N802
         try:
             cert = load_one_certificate(bytes(request.certificate), "the CA certificate")
-            path = save_third_party_ca(self.service.pki_dir, cert)
+            path = await self.service.domain.set_third_party_ca(change_actor(self.service, context), cert)
         except LscError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         log.info("CAPF third-party CA set", extra={"path": str(path), "subject": cert.subject.rfc4514_string()})

@@ -6,8 +6,6 @@ database — a stored port overrides CCMSEC_CTL_PROVIDER_PORT; changing it requi
 
 from __future__ import annotations
 
-from ccmsec.runtime.outbox import OutboxRelay
-
 import asyncio
 import time
 
@@ -23,6 +21,7 @@ from ccmsec_proto import ctl_provider_pb2, ctl_provider_pb2_grpc
 from ccmsec_ctl_provider.certificates import gather, gather_call_control_nodes
 from ccmsec_ctl_provider.listener import ProviderListener, server_ssl_context
 from ccmsec_ctl_provider.servicer import CtlProviderServicer
+from ccmsec_ctl_provider.provider_domain import ProviderDomain
 from ccmsec_ctl_provider.trust import TrustOperations
 
 CERTIFICATE_CACHE_SECONDS = 2.0  # a burst of CTL clients costs one round of RPCs
@@ -37,15 +36,12 @@ class CtlProviderService(Service):
         self.configured_port = settings.ctl_provider_port
         self.listening_port = 0
         self.listener: ProviderListener | None = None
-        self.trust = TrustOperations(self)
+        self.trust = TrustOperations(self)     # the mode, the CTL, the shared-TFTP registry
+        self.domain = ProviderDomain(self)     # activation, port, legacy TLS
         self.certificate_origins: dict[str, str] = {}
         self._cache: tuple[float, list] | None = None
 
     async def setup(self) -> None:
-        # Mode and CTL changes commit with their events (outbox), relayed until acknowledged (§4).
-        self.outbox = OutboxRelay(self.db, lambda event, target: self.bus.publish(event, target),
-                                  origin=self.node, role=self.role)
-        self.spawn(self.outbox.run())
         async with self.db() as session, session.begin():
             row = await provider_node(session, self.node)
             self.activated = row.activated
@@ -107,22 +103,6 @@ class CtlProviderService(Service):
         if key not in self._channels:
             self._channels[key] = secure_channel(self.identity, host, GRPC_PORT_DEFAULT, "callmanager")
         return self._channels[key]
-
-    async def set_activated(self, active: bool) -> None:
-        async with self.db() as session, session.begin():
-            row = await provider_node(session, self.node)
-            row.activated = bool(active)
-        self.activated = bool(active)
-        self.log.info("CTL Provider %s", "activated" if active else "deactivated")
-
-    async def store_port(self, port: int) -> bool:
-        """Store the TLS port; True when it changed (a restart applies it — RST-7)."""
-        async with self.db() as session, session.begin():
-            row = await provider_node(session, self.node)
-            previous = row.port or self.settings.ctl_provider_port
-            row.port = port
-        self.configured_port = port
-        return previous != port
 
     def provider_settings(self) -> ctl_provider_pb2.ProviderSettingsReply:
         return ctl_provider_pb2.ProviderSettingsReply(

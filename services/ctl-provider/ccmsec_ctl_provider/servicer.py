@@ -1,4 +1,6 @@
-"""gRPC `ccmsec.v1.CtlProvider`: activation (CHK-1), port (RST-7), the CTL commit and the mode."""
+"""gRPC `ccmsec.v1.CtlProvider`: activation (CHK-1), port (RST-7), the CTL commit and the mode.
+Every write goes through the owner's domain layer (`provider_domain.py`, `trust.py`): written,
+audited (`owner.change`) and its events staged in one transaction."""
 
 from __future__ import annotations
 
@@ -8,13 +10,12 @@ from cryptography.hazmat.primitives import hashes
 
 from ccmsec.domain import ClusterMode, DomainError
 from ccmsec.formats.ctl import dn_string
-from ccmsec.policy.resets import CtlProviderPortChanged, LegacyTlsChanged, required_actions
 from ccmsec.policy.tftp_paths import TftpClusterEntry
-from ccmsec.runtime.servicer import StatusServicerMixin, caller_of
+from ccmsec.runtime.servicer import StatusServicerMixin, caller_of, change_actor
 from ccmsec_proto import common_pb2, ctl_provider_pb2, ctl_provider_pb2_grpc
 
 from ccmsec_ctl_provider.certificates import CertificateUnavailable
-from ccmsec_ctl_provider.cluster_tls import read_legacy_tls, write_legacy_tls
+from ccmsec_ctl_provider.cluster_tls import read_legacy_tls
 from ccmsec_ctl_provider.trust import LOCAL_CLUSTER_ID, Refused
 
 MAX_CTL_REQUEST = 64 * 1024
@@ -41,7 +42,7 @@ class CtlProviderServicer(StatusServicerMixin, ctl_provider_pb2_grpc.CtlProvider
         await context.abort(exc.code, str(exc))
 
     async def Activate(self, request, context):  # noqa: N802
-        await self.service.set_activated(request.active)
+        await self.service.domain.activate(change_actor(self.service, context), request.active)
         return self.service.status_message()
 
     async def GetServerCertificates(self, request, context):  # noqa: N802
@@ -57,17 +58,15 @@ class CtlProviderServicer(StatusServicerMixin, ctl_provider_pb2_grpc.CtlProvider
         return self.service.provider_settings()
 
     async def SetProviderPort(self, request, context):  # noqa: N802
-        if not 1 <= request.port <= 65535:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"port {request.port} is not between 1 and 65535")
-        changed = await self.service.store_port(request.port)
-        events: list[str] = []
-        if changed:
-            events = await self.service.trust._emit(required_actions(CtlProviderPortChanged()),
-                                                    f"CTL Provider TLS port set to {request.port}")
+        try:
+            changed, events, delivered = await self.service.domain.set_port(
+                change_actor(self.service, context), request.port)
+        except Refused as exc:
+            await self._refused(context, exc)
         return ctl_provider_pb2.SetProviderPortReply(
             port=request.port, listening_port=self.service.listening_port,
-            restart_required=request.port != self.service.listening_port, events=events)
+            restart_required=request.port != self.service.listening_port, events=events,
+            delivery_pending=not delivered)
 
     async def GetClusterTls(self, request, context):  # noqa: N802
         async with self.service.db() as session:
@@ -75,14 +74,10 @@ class CtlProviderServicer(StatusServicerMixin, ctl_provider_pb2_grpc.CtlProvider
 
     async def SetClusterTls(self, request, context):  # noqa: N802
         """LATER-8: store the setting and restart the services whose listeners follow it."""
-        async with self.service.db() as session, session.begin():
-            changed = await write_legacy_tls(session, request.legacy_tls)
-        events: list[str] = []
-        if changed:
-            events = await self.service.trust._emit(
-                required_actions(LegacyTlsChanged()),
-                f"legacy TLS (TLS 1.0) {'enabled' if request.legacy_tls else 'disabled'}")
-        return ctl_provider_pb2.ClusterTlsSettings(legacy_tls=request.legacy_tls, events=events)
+        events, delivered = await self.service.domain.set_legacy_tls(
+            change_actor(self.service, context), request.legacy_tls)
+        return ctl_provider_pb2.ClusterTlsSettings(legacy_tls=request.legacy_tls, events=events,
+                                                   delivery_pending=not delivered)
 
     async def GetCurrentCtl(self, request, context):  # noqa: N802
         row = await self.service.trust.current()
@@ -139,7 +134,8 @@ class CtlProviderServicer(StatusServicerMixin, ctl_provider_pb2_grpc.CtlProvider
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"give the cluster's mode: {exc}")
         entry = TftpClusterEntry(request.cluster_id, request.tftp_path, request.alternate_path, mode)
         try:
-            return await self._clusters(await self.service.trust.register_cluster(entry))
+            return await self._clusters(await self.service.trust.register_cluster(
+                entry, change_actor(self.service, context)))
         except Refused as exc:
             await self._refused(context, exc)
         except ValueError as exc:  # TftpPathConflict from validation
@@ -147,7 +143,8 @@ class CtlProviderServicer(StatusServicerMixin, ctl_provider_pb2_grpc.CtlProvider
 
     async def RemoveTftpCluster(self, request, context):  # noqa: N802
         try:
-            return await self._clusters(await self.service.trust.remove_cluster(request.cluster_id))
+            return await self._clusters(await self.service.trust.remove_cluster(
+                request.cluster_id, change_actor(self.service, context)))
         except Refused as exc:
             await self._refused(context, exc)
 

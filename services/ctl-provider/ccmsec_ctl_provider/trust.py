@@ -40,8 +40,8 @@ from ccmsec_proto import common_pb2, events_pb2
 from ccmsec_proto import tftp_signer_pb2, tftp_signer_pb2_grpc
 
 from ccmsec.domain import ClusterMode, DomainError
-from ccmsec.runtime.actions import publish_actions
-from ccmsec.runtime.outbox import DELIVERY_WAIT, stage, stage_actions
+from ccmsec.runtime.outbox import DELIVERY_WAIT, stage, stage_actions, stage_owner_change
+from ccmsec.runtime.servicer import ChangeActor
 
 log = logging.getLogger("ccmsec.ctl-provider")
 
@@ -71,10 +71,6 @@ class TrustOperations:
         self.service = service
         self._serial = asyncio.Lock()  # see the module docstring
 
-    # --- events ---------------------------------------------------------------------------
-    async def _emit(self, actions, reason: str) -> list[str]:
-        return await publish_actions(self.service.publish, actions, reason=reason)
-
     # --- MODE-6 ---------------------------------------------------------------------------
     def _local_entry(self, registry: list[TftpClusterEntry], mode: str) -> TftpClusterEntry:
         alternate = next((e.alternate_path for e in registry if e.cluster_id == LOCAL_CLUSTER_ID), "")
@@ -87,7 +83,7 @@ class TrustOperations:
         except TftpPathConflict as exc:
             raise Refused(grpc.StatusCode.FAILED_PRECONDITION, str(exc)) from None
 
-    async def register_cluster(self, entry: TftpClusterEntry) -> list[TftpClusterEntry]:
+    async def register_cluster(self, entry: TftpClusterEntry, who: ChangeActor) -> list[TftpClusterEntry]:
         # Under `_serial`: a commit saves the registry it checked, which must not undo this.
         async with self._serial, self.service.db() as session, session.begin():
             registry = await tftp_registry(session)
@@ -102,15 +98,26 @@ class TrustOperations:
             except TftpPathConflict as exc:
                 raise Refused(grpc.StatusCode.FAILED_PRECONDITION, str(exc)) from None
             await save_tftp_registry(session, registry)
-            return registry
+            # audited with the write (callmanager records owner.change); no rule asks for a reset
+            stage_owner_change(session, self.service.node, action="tftp_cluster.register",
+                               target=entry.cluster_id, rule="MODE-6", status=201,
+                               detail=f"tftp_path={entry.tftp_path} alternate={entry.alternate_path or '-'} "
+                                      f"mode={entry.mode}", **who.audit())
+        self.service.outbox.kick()
+        return registry
 
-    async def remove_cluster(self, cluster_id: str) -> list[TftpClusterEntry]:
+    async def remove_cluster(self, cluster_id: str, who: ChangeActor) -> list[TftpClusterEntry]:
         if cluster_id == LOCAL_CLUSTER_ID:
             raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "this cluster cannot be removed")
         async with self._serial, self.service.db() as session, session.begin():
-            registry = [e for e in await tftp_registry(session) if e.cluster_id != cluster_id]
+            before = await tftp_registry(session)
+            registry = [e for e in before if e.cluster_id != cluster_id]
             await save_tftp_registry(session, registry)
-            return registry
+            if len(registry) != len(before):
+                stage_owner_change(session, self.service.node, action="tftp_cluster.remove",
+                                   target=cluster_id, rule="MODE-6", **who.audit())
+        self.service.outbox.kick()
+        return registry
 
     async def registry(self) -> list[TftpClusterEntry]:
         async with self.service.db() as session:

@@ -1,7 +1,8 @@
 """/api/v1/capf/*: the CAPF service's administration through its gRPC API (CHK-2, issue 5 §1).
 
 The CAPF service checks and records everything (scheduling rules, DEV-3, CHK-2, CHK-7); this
-module only translates: JSON in, gRPC to `ccmsec.v1.Capf` over the cluster's mTLS, JSON out, and
+module only translates: JSON in, gRPC to `ccmsec.v1.Capf` over the cluster's mTLS (naming the
+administrator, so CAPF's own audit record of each write — `owner.change` — names them), JSON out, and
 gRPC refusals to the API's error shape (FAILED_PRECONDITION → 409 with the rule the message
 names, NOT_FOUND → 404, INVALID_ARGUMENT → 422, UNAVAILABLE → 503). The channel comes from a
 factory the service passes in (`Service.peer_channel("capf")`).
@@ -20,9 +21,10 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 from ccmsec.db.devices import validate_device_name
 from ccmsec.domain import CapfAuthMode, CapfOperation, DomainError
+from ccmsec.runtime.servicer import ADMIN_USER_METADATA
 from ccmsec_proto import capf_pb2, capf_pb2_grpc, ctl_provider_pb2
 
-from .audit import new_entry
+from .audit import actor_of
 from .auth import Principal, require_admin, require_user
 from .devices import checked_name
 from . import schemas
@@ -115,8 +117,12 @@ def _stub(request: Request) -> capf_pb2_grpc.CapfStub:
 
 
 async def _call(request: Request, method: str, message, device: str = ""):
+    # CAPF audits its own writes (owner.change, recorded here by callmanager): it names the
+    # administrator this API acts for, believed from the admin-api identity only.
+    user = actor_of(request) or ""
+    metadata = ((ADMIN_USER_METADATA, user),) if user else None
     try:
-        return await getattr(_stub(request), method)(message, timeout=CAPF_TIMEOUT)
+        return await getattr(_stub(request), method)(message, timeout=CAPF_TIMEOUT, metadata=metadata)
     except grpc.aio.AioRpcError as exc:
         log.info("CAPF %s refused: %s %s", method, exc.code().name, exc.details())
         raise refusal(exc, device) from None
@@ -149,11 +155,6 @@ def _status_request(device: str | None, limit: int) -> capf_pb2.CapfStatusReques
     return capf_pb2.CapfStatusRequest(device=checked_name(device) if device else "", limit=limit)
 
 
-async def _audit_ok(request: Request, status: int, detail: str) -> None:
-    async with request.app.state.sessionmaker() as session, session.begin():
-        session.add(new_entry(request, status=status, detail=detail))
-
-
 @router.post("/api/v1/capf/operations", name="capf.schedule", status_code=201,
              openapi_extra=body_schema(CapfScheduleRequest), responses={201: {"model": schemas.CapfOperationState}})
 async def schedule(request: Request, _: Principal = Depends(require_admin)) -> dict:
@@ -166,10 +167,7 @@ async def schedule(request: Request, _: Principal = Depends(require_admin)) -> d
         auth_string=body.auth_string or "", key_type=body.key_type or "",
         deadline_unix=int(parse_deadline(body.deadline).timestamp()) if body.deadline else 0)
     op = await _call(request, "ScheduleOperation", message, body.device)
-    result = operation_dict(op)
-    await _audit_ok(request, 201, f"{body.operation} auth={body.auth_mode} key={result['key_type']} "
-                                  f"operation {op.id}")  # never the auth string
-    return result
+    return operation_dict(op)  # audited by CAPF with the schedule (owner.change), never the auth string
 
 
 @router.get("/api/v1/capf/operations", name="capf.operations", responses={200: {"model": schemas.CapfOperationList}})
@@ -207,6 +205,6 @@ async def activate(request: Request, _: Principal = Depends(require_admin)) -> d
     body = await read_json(request, CapfActivation)
     request.state.audit_target = "capf"
     status = await _call(request, "Activate", ctl_provider_pb2.ActivateRequest(active=body.active))
-    await _audit_ok(request, 200, f"active={body.active}")
+    # audited by CAPF with the write (owner.change; an unchanged flag is no change)
     return {"role": status.role, "node": status.node, "activated": status.activated,
             "state": status.state, "details": dict(status.details)}
