@@ -610,6 +610,8 @@ class CallManagerDomain:
                 row.softkey_set = softkey_set
             session.add(audit_entry(actor, action="softkey_set.set", target=target, status=200,
                                     detail=f"{key} softkeys={softkey_set or '-'}"))
+            events = _Events(self, session)
+            events.config_changed(devices, "softkeys")  # committed with the change (outbox)
             await session.commit()
-        await self._config_changed(devices, "softkeys")
+        await self._deliver(events, target)
         return {key: target, "softkey_set": softkey_set, "devices": devices}
