@@ -4,7 +4,8 @@ Subjects carry the publisher's role: `ccmsec.<role>.<kind>`, and `ccmsec.<role>.
 for restarts (`ccmsec.runtime.bus_policy`: who may publish what). Every connection authenticates
 with its own nkey (the seed `nats.nk` in its identity folder, BUS-1); the server lets it publish
 only under its own role (BUS-2), and every consumer drops and counts an event whose publisher the
-table does not allow (BUS-3). Each event is the protobuf `ccmsec.v1.Event` envelope; its unique id
+table does not allow (BUS-3). A connection receives only on its own inbox prefix and binds only
+its own node's declared durable consumers (BUS-6). Each event is the protobuf `ccmsec.v1.Event` envelope; its unique id
 goes in the `Nats-Msg-Id` header (JetStream drops duplicate publishes) and handlers record the ids
 they handled (a redelivery after a crash changes nothing). The publisher's trace id rides in the
 `Ccmsec-Trace-Id` header and is bound while the handler runs (`ccmsec.runtime.logs`).
@@ -92,6 +93,15 @@ def read_seed(folder: Path) -> bytes | None:
     return seed
 
 
+def public_key_of_seed(seed: bytes) -> str:
+    import nkeys
+
+    try:
+        return nkeys.from_seed(seed).public_key.decode()
+    except Exception:
+        raise BusError("the nkey seed does not decode") from None
+
+
 def stream_config() -> StreamConfig:
     return StreamConfig(
         name=STREAM, subjects=[f"{SUBJECT_PREFIX}.>"], storage=StorageType.FILE,
@@ -175,7 +185,12 @@ class EventBus:
         """Connect, retrying until connect_timeout; afterwards nats-py reconnects by itself."""
         deadline = time.monotonic() + self.connect_timeout
         delay = 0.1
-        auth = {"nkeys_seed_str": self._seed.decode()} if self._seed else {}
+        auth = {}
+        if self._seed:
+            # Replies and push deliveries come to this user's own inbox: the server lets no other
+            # user subscribe to it, and lets this one subscribe to no other (BUS-6).
+            auth = {"nkeys_seed_str": self._seed.decode(),
+                    "inbox_prefix": bus_policy.inbox_prefix(public_key_of_seed(self._seed))}
         while True:
             remaining = deadline - time.monotonic()
             try:
@@ -271,7 +286,11 @@ class EventBus:
         whose publisher may not send its kind (bus_policy) is dropped, counted and logged."""
         if self.js is None:
             raise BusError("event bus not connected")
-        durable = await self._durable_for(durable, subject)
+        started = time.monotonic()
+        try:
+            durable = await self._durable_for(durable, subject)
+        except nats.errors.TimeoutError:
+            raise self._consumer_refused(durable, started) from None
 
         async def on_msg(msg):
             try:
@@ -327,9 +346,21 @@ class EventBus:
             deliver_policy=DeliverPolicy.NEW if deliver_new else DeliverPolicy.ALL,
         )
         consumer = _Consumer(subject, durable, on_msg, config)
-        consumer.sub = await self.js.subscribe(subject, durable=durable, cb=on_msg, manual_ack=True,
-                                               config=config, stream=STREAM)
+        try:
+            consumer.sub = await self.js.subscribe(subject, durable=durable, cb=on_msg, manual_ack=True,
+                                                   config=config, stream=STREAM)
+        except nats.errors.TimeoutError:
+            raise self._consumer_refused(durable, started) from None
         self._consumers.append(consumer)
+
+    def _consumer_refused(self, durable: str, since: float) -> BusError:
+        """The error for a consumer request the server dropped: refused (BUS-6), or no answer."""
+        refused = self._refusal(f".{STREAM}.{durable}", since)
+        if refused:
+            return BusError(f"NATS refused to let {self.role or self.name} bind consumer {durable} "
+                            f"(only its own node's declared consumers, bus_policy.CONSUMERS): {refused}")
+        return BusError(f"no answer from JetStream for consumer {durable} (is NATS up and the stream "
+                        f"{STREAM} there?)")
 
     @property
     def connected(self) -> bool:

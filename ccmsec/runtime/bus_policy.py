@@ -2,7 +2,7 @@
 
 One declared table, used twice:
 
-* by the NATS server: `user_permissions(role)` becomes each user's publish allow-list in the
+* by the NATS server: `user_permissions(role, node, key)` becomes each user's publish allow-list in the
   server configuration the runner (and `ccmsec pki nats-config` for compose) renders, so a user may
   publish only under its own role's prefix and only the kinds the table gives its role (BUS-2);
 * by every consumer: `check_event(subject, event)` drops an event whose subject names a publisher
@@ -15,6 +15,13 @@ connection authenticates with its own nkey; there is no anonymous user).
 
 No service may delete, reconfigure or purge the stream, or delete a consumer (BUS-4): the
 JetStream API a service may use is listed in `_JS_API_ALLOWED`; everything else is denied.
+
+Each user reaches only its own consumers and its own replies (BUS-6): it may create, bind, read
+and ack only the durable consumers `CONSUMERS` declares for its role, named `<node>-<name>`
+(NATS subject wildcards match whole tokens, and a consumer name is one token, so the allow-list
+names each consumer rather than a prefix); and it receives replies and pushed events only on its
+own inbox prefix `_INBOX.<its nkey public key>` — so one service can neither bind another's durable
+consumer (and take its events) nor read another's JetStream API replies or deliveries.
 """
 
 from __future__ import annotations
@@ -50,6 +57,24 @@ TARGETED_KINDS = ("service.restart",)
 # Identities that connect to NATS: every service role and the command line.
 BUS_ROLES = (*SERVICE_ROLES, "cli")
 
+# The durable consumers each role binds, by name (`Service.subscribe(subject, name, ...)`); a node
+# binds `<node>-<name>` (`durable_name`). The server allows a user only its own node's names of its
+# role (BUS-6), so a new subscription needs its name here first. The command line binds none.
+_EVERY_SERVICE = ("restart", "device-reset")
+CONSUMERS: dict[str, tuple[str, ...]] = {
+    **{role: _EVERY_SERVICE for role in SERVICE_ROLES},
+    # + targeted resets (SCCP), every service's refused calls and the owners' changes (audit).
+    "callmanager": (*_EVERY_SERVICE, "device-reset-targeted", "access-denied", "mode-audit", "ctl-audit"),
+    "srtp-gateway": (*_EVERY_SERVICE, "mode"),
+    "tftp-signer": (*_EVERY_SERVICE, "config-changed", "mode-changed", "ctl-updated"),
+    "capf": (*_EVERY_SERVICE, "ctl-updated"),
+    "srst": (*_EVERY_SERVICE, "srst-config"),
+    "cli": (),
+}
+# A durable left over for other subjects is never bound: `EventBus` moves to `<durable>-2` (see
+# `EventBus._durable_for`), so that spare name is allowed too.
+SPARE_SUFFIXES = ("", "-2")
+
 # The JetStream API a service or the CLI may use: stream info/creation of CCMSEC only (creating is
 # harmless: it fails when the stream exists with another configuration, and lets any service heal
 # a lost stream), its own consumers (create/info), acks and flow control. Never delete, update,
@@ -59,14 +84,22 @@ _JS_API_ALLOWED = (
     f"$JS.API.STREAM.INFO.{STREAM}",
     f"$JS.API.STREAM.CREATE.{STREAM}",
     "$JS.API.STREAM.NAMES",
-    f"$JS.API.CONSUMER.CREATE.{STREAM}.>",
-    f"$JS.API.CONSUMER.DURABLE.CREATE.{STREAM}.>",
-    f"$JS.API.CONSUMER.INFO.{STREAM}.>",
-    f"$JS.API.CONSUMER.MSG.NEXT.{STREAM}.>",
     f"$JS.API.CONSUMER.NAMES.{STREAM}",
-    f"$JS.ACK.{STREAM}.>",
     "$JS.FC.>",
 )
+
+
+def _consumer_api(durable: str) -> list[str]:
+    """The JetStream API of one durable consumer of ours: create (both forms nats-py may use),
+    info (binding reads it first), next message, acks."""
+    return [
+        f"$JS.API.CONSUMER.CREATE.{STREAM}.{durable}",
+        f"$JS.API.CONSUMER.CREATE.{STREAM}.{durable}.>",
+        f"$JS.API.CONSUMER.DURABLE.CREATE.{STREAM}.{durable}",
+        f"$JS.API.CONSUMER.INFO.{STREAM}.{durable}",
+        f"$JS.API.CONSUMER.MSG.NEXT.{STREAM}.{durable}",
+        f"$JS.ACK.{STREAM}.{durable}.>",
+    ]
 # Said explicitly too (an allow-list already refuses them): what issue 9 saw an attacker do.
 _JS_API_DENIED = (
     "$JS.API.STREAM.DELETE.>", "$JS.API.STREAM.UPDATE.>", "$JS.API.STREAM.PURGE.>",
@@ -142,19 +175,40 @@ def describe() -> str:
     return "\n".join(lines)
 
 
+def durable_name(node: str, name: str) -> str:
+    """The durable consumer `name` of `node` (one NATS token: no dots, wildcards or spaces)."""
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in f"{node}-{name}")
+
+
+def may_consume(role: str, name: str) -> bool:
+    return name in CONSUMERS.get(role, ())
+
+
+def inbox_prefix(public_key: str) -> str:
+    """The only inbox a user may receive on: JetStream API replies and push deliveries (BUS-6)."""
+    if not public_key or not public_key.isalnum():
+        raise SubjectError(f"not an nkey public key: {public_key[:60]!r}")
+    return f"_INBOX.{public_key}"
+
+
 # --- the server's side ------------------------------------------------------------------------
 
-def user_permissions(role: str) -> dict:
-    """The NATS permissions of a user of `role` (publish: only its own prefix, only its kinds)."""
+def user_permissions(role: str, node: str, public_key: str) -> dict:
+    """The NATS permissions of the user of `role` on `node` with nkey `public_key`: publish only
+    under its own prefix, only its kinds (BUS-2); only its own consumers and inbox (BUS-6)."""
     if role not in BUS_ROLES:
         raise SubjectError(f"role {role!r} does not connect to the bus")
     own = []
     for kind in KINDS:
         if may_publish(role, kind):
             own.append(subject_for(kind, "*" if kind in TARGETED_KINDS else None, publisher=role))
+    consumers = []
+    for name in CONSUMERS[role]:
+        for suffix in SPARE_SUFFIXES:
+            consumers += _consumer_api(durable_name(node, name) + suffix)
     return {
-        "publish": {"allow": [*own, *_JS_API_ALLOWED], "deny": list(_JS_API_DENIED)},
-        "subscribe": {"allow": [f"{SUBJECT_PREFIX}.>", "_INBOX.>"]},
+        "publish": {"allow": [*own, *_JS_API_ALLOWED, *consumers], "deny": list(_JS_API_DENIED)},
+        "subscribe": {"allow": [f"{SUBJECT_PREFIX}.>", inbox_prefix(public_key) + ".>"]},
     }
 
 
@@ -171,7 +225,7 @@ def server_config(users: Iterable[BusUser], *, listen: str, store_dir: str, serv
     for user in users:
         entry = {"nkey": user.public_key}
         if user.role != "admin":
-            entry["permissions"] = user_permissions(user.role)
+            entry["permissions"] = user_permissions(user.role, user.node, user.public_key)
         entries.append(entry)
     if not entries:
         raise SubjectError("a bus with no users")

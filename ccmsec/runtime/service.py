@@ -31,6 +31,7 @@ from sqlalchemy.exc import IntegrityError
 from ccmsec.db.events import HandledEvent
 from ccmsec.db.ownership import install_write_guard
 from ccmsec.runtime import bus as bus_mod
+from ccmsec.runtime import bus_policy
 from ccmsec.runtime.database import DatabaseError, open_database
 from ccmsec.runtime.grpcio import GrpcServer, secure_channel
 from ccmsec.runtime.identity import IdentityError, TlsIdentity, admin_api_identity_dir, load_identity
@@ -127,8 +128,13 @@ class Service:
 
     async def subscribe(self, subject: str, name: str, handler: Callable[[events_pb2.Event], Awaitable[None]],
                         *, deliver_new: bool = True) -> None:
-        """Durable, idempotent subscription: each event id is handled once per consumer."""
-        durable = f"{self.node}-{name}".replace(".", "_")
+        """Durable, idempotent subscription: each event id is handled once per consumer. `name`
+        must be one of the role's consumers in `bus_policy.CONSUMERS`: the server lets this node
+        bind only those (BUS-6), so an undeclared one fails here, clearly, before NATS says no."""
+        if not bus_policy.may_consume(self.role, name):
+            raise bus_mod.BusError(f"{self.role} declares no durable consumer {name!r} "
+                                   f"(add it to ccmsec.runtime.bus_policy.CONSUMERS)")
+        durable = bus_policy.durable_name(self.node, name)
 
         async def counted(event: events_pb2.Event) -> None:
             await handler(event)

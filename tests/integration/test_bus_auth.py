@@ -148,12 +148,12 @@ async def test_no_service_may_delete_or_reconfigure_the_stream_BUS_4(bus_cluster
             with pytest.raises(nats.errors.TimeoutError):   # the server drops it: no API answer
                 await attempt
             assert cm._refusal(f"$JS.API.STREAM.{what.upper()}.{STREAM}", 0.0), what
-        await cm.subscribe(subject_for("device.reset"), "cm-test", _noop)
+        await cm.subscribe(subject_for("device.reset"), "callmanager-device-reset", _noop)
         with pytest.raises(nats.errors.TimeoutError):
-            await cm.js.delete_consumer(STREAM, "cm-test")
+            await cm.js.delete_consumer(STREAM, "callmanager-device-reset")
         info = await cm.js.stream_info(STREAM)
         assert info.state.messages >= 1 and info.state.last_seq >= seq
-        assert (await cm.js.consumer_info(STREAM, "cm-test")).name == "cm-test"
+        assert (await cm.js.consumer_info(STREAM, "callmanager-device-reset")).name == "callmanager-device-reset"
     finally:
         await cm.close()
 
@@ -165,11 +165,11 @@ async def _noop(event) -> None:
 def test_the_table_and_the_server_permissions_agree_BUS_2():
     """BUS-2: each role's publish allow-list is exactly its prefix and the kinds the table gives it."""
     for role in ("callmanager", "phone-sim", "cli", "ctl-provider", "capf", "keymanager"):
-        allowed = [s for s in user_permissions(role)["publish"]["allow"] if s.startswith("ccmsec.")]
+        allowed = [s for s in user_permissions(role, role, "UKEY")["publish"]["allow"] if s.startswith("ccmsec.")]
         kinds = {k for k, roles in PUBLISHERS.items() if role in roles}
         assert all(s.startswith(f"ccmsec.{role}.") for s in allowed)
         assert {s.split(".", 2)[2].removesuffix(".*") for s in allowed} == kinds
-        deny = user_permissions(role)["publish"]["deny"]
+        deny = user_permissions(role, role, "UKEY")["publish"]["deny"]
         assert "$JS.API.STREAM.DELETE.>" in deny and "$JS.API.STREAM.UPDATE.>" in deny
     assert PUBLISHERS["device.reset"] >= {"callmanager"} and "phone-sim" not in PUBLISHERS["device.reset"]
 
@@ -195,8 +195,9 @@ async def test_an_event_from_a_publisher_not_allowed_to_send_it_is_dropped_and_c
               for k, p in (("device.reset", "phone-sim"), ("access.denied", "phone-sim"),
                            ("service.restart", "cli"))}
     try:
-        for kind in ("device.reset", "access.denied", "service.restart"):
-            await consumer.subscribe(subject_for(kind), f"t-{kind.replace('.', '-')}", handler,
+        for kind, name in (("device.reset", "device-reset"), ("access.denied", "access-denied"),
+                           ("service.restart", "restart")):
+            await consumer.subscribe(subject_for(kind), f"callmanager-{name}", handler,
                                      on_refused=lambda *a: refused.append(a))
         with caplog.at_level(logging.WARNING, logger="ccmsec.bus"):
             sneaked = _reset(reason="SECRET-PAYLOAD-1")
@@ -242,11 +243,11 @@ async def test_each_role_publishes_what_the_table_gives_it_BUS_2(bus_cluster):
     async def handler(event):
         got.append((event.kind, PUBLISHER.get()))
 
-    consumer = _bus(bus_cluster, "phone-sim", "consumer")
+    consumer = _bus(bus_cluster, "srtp-gateway", "consumer")
     await consumer.connect()
     try:
-        for kind in ("device.reset", "mode.changed", "service.restart"):
-            await consumer.subscribe(subject_for(kind), f"legit-{kind.replace('.', '-')}", handler)
+        for kind, name in (("device.reset", "device-reset"), ("mode.changed", "mode"), ("service.restart", "restart")):
+            await consumer.subscribe(subject_for(kind), f"srtp-gateway-{name}", handler)
         await _bus_publish(bus_cluster, "callmanager", _reset())
         await _bus_publish(bus_cluster, "ctl-provider", make_event("mode.changed", "ctl-provider"))
         cli = _bus(bus_cluster, "cli")
@@ -286,3 +287,138 @@ def test_pki_nats_config_renders_a_configuration_nats_server_accepts_BUS_1(tmp_p
     bad = run_cli("pki", "nats-config", "--data", str(tmp_path), "--out", str(tmp_path / "x.conf"),
                   str(tmp_path / "nowhere"))
     assert bad.returncode != 0 and "no identity in" in bad.stderr and "Traceback" not in bad.stderr
+
+
+async def _until(condition, seconds: float = 20.0) -> bool:
+    """Wait on a condition (never a fixed sleep): the machine may be slow."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while not condition():
+        if loop.time() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
+def _public_key(c, role: str) -> str:
+    from ccmsec.runtime.bus import public_key_of_seed
+
+    return public_key_of_seed(read_seed(c["folders"][role]))
+
+
+async def test_a_role_cannot_create_or_bind_another_roles_durable_consumer_BUS_6(bus_cluster):
+    """BUS-6 / issue 9 §3: phone-sim's credentials may not create callmanager's durable consumer
+    (and so take the resets meant for call control), nor bind it once call control made it, nor
+    create a consumer under a name of its own choosing, nor ack call control's deliveries — each a
+    clear error. The legitimate path: each binds its own node's declared consumer and both get the
+    reset the CTL Provider publishes."""
+    from nats.js.errors import NotFoundError
+
+    c = bus_cluster
+    cm, phone_sim, ctl, operator = (_bus(c, "callmanager"), _bus(c, "phone-sim"), _bus(c, "ctl-provider"),
+                                    _operator(c))
+    for b in (cm, phone_sim, ctl, operator):
+        await b.connect()
+    got: dict[str, list[str]] = {"callmanager": [], "phone-sim": []}
+    try:
+        # Before call control made it: phone-sim may not create it under call control's name.
+        with pytest.raises(BusError, match=r"NATS refused to let phone-sim bind consumer "
+                                           r"callmanager-device-reset .*[Pp]ermissions [Vv]iolation"):
+            await phone_sim.subscribe(subject_for("device.reset"), "callmanager-device-reset", _noop)
+        with pytest.raises(NotFoundError):
+            await operator.js.consumer_info(STREAM, "callmanager-device-reset")
+        # Nor under a name that is nobody's: only declared names, only its own node's.
+        with pytest.raises(BusError, match="NATS refused to let phone-sim bind consumer phone-sim-anything"):
+            await phone_sim.subscribe(subject_for("device.reset"), "phone-sim-anything", _noop)
+
+        async def record(role):
+            async def handler(event):
+                got[role].append(event.id)
+            return handler
+
+        await cm.subscribe(subject_for("device.reset"), "callmanager-device-reset", await record("callmanager"))
+        await phone_sim.subscribe(subject_for("device.reset"), "phone-sim-device-reset", await record("phone-sim"))
+        # Once it exists: binding it (its info names the delivery inbox) is refused too.
+        with pytest.raises(BusError, match="NATS refused to let phone-sim bind consumer callmanager-device-reset"):
+            await phone_sim.subscribe(subject_for("device.reset"), "callmanager-device-reset", _noop)
+        with pytest.raises(nats.errors.TimeoutError):
+            await phone_sim.js.consumer_info(STREAM, "callmanager-device-reset", timeout=2)
+        # A forged ack of call control's delivery is refused by the server.
+        await phone_sim.nc.publish(f"$JS.ACK.{STREAM}.callmanager-device-reset.1.1.1.1.1.0", b"+ACK")
+        assert await _until(lambda: phone_sim._refusal(f"$JS.ACK.{STREAM}.callmanager-device-reset", 0.0))
+
+        reset = _reset()
+        await ctl.publish(reset)
+        assert await _until(lambda: got["callmanager"] == [reset.id] and got["phone-sim"] == [reset.id]), got
+        info = await operator.js.consumer_info(STREAM, "callmanager-device-reset")
+        assert info.config.deliver_subject.startswith(f"_INBOX.{_public_key(c, 'callmanager')}.")
+    finally:
+        for b in (cm, phone_sim, ctl, operator):
+            await b.close()
+
+
+async def test_a_role_cannot_receive_on_another_roles_inbox_BUS_6(bus_cluster):
+    """BUS-6 / issue 9 §3: phone-sim's credentials may not subscribe to callmanager's inbox (where
+    its JetStream API replies, publish acks and push deliveries arrive) nor to every inbox
+    (`_INBOX.>`); what call control receives there meanwhile reaches call control alone. A client
+    with phone-sim's seed but the default `_INBOX` prefix gets no JetStream reply at all: the
+    server lets each user receive only on `_INBOX.<its own public key>`."""
+    c = bus_cluster
+    cm, phone_sim = _bus(c, "callmanager"), _bus(c, "phone-sim")
+    await cm.connect()
+    await phone_sim.connect()
+    stolen: list[str] = []
+
+    async def steal(msg):
+        stolen.append(msg.subject)
+
+    cm_inbox = f"_INBOX.{_public_key(c, 'callmanager')}"
+    try:
+        for pattern in (f"{cm_inbox}.>", "_INBOX.>"):
+            await phone_sim.nc.subscribe(pattern, cb=steal)
+            assert await _until(lambda: phone_sim._refusal(f'subscription to "{pattern}"', 0.0)), pattern
+        # call control's own traffic on its inbox still works, and nobody else sees it
+        got = []
+
+        async def handler(event):
+            got.append(event.id)
+
+        await cm.subscribe(subject_for("device.reset"), "callmanager-device-reset", handler)
+        await cm.js.stream_info(STREAM)
+        reset = _reset()
+        seq = await cm.publish(reset)
+        assert seq > 0
+        assert await _until(lambda: got == [reset.id])
+        await phone_sim.nc.flush()
+        assert stolen == []
+        # the legitimate path for phone-sim: its own inbox
+        assert (await phone_sim.js.stream_info(STREAM)).config.name == STREAM
+    finally:
+        await cm.close()
+        await phone_sim.close()
+
+    raw = await nats.connect(c["url"], nkeys_seed_str=read_seed(c["folders"]["phone-sim"]).decode(),
+                             allow_reconnect=False, connect_timeout=5)
+    try:
+        with pytest.raises(nats.errors.TimeoutError):
+            await raw.jetstream(timeout=2).stream_info(STREAM)
+    finally:
+        await raw.close()
+
+
+def test_every_role_may_bind_only_its_own_nodes_declared_consumers_BUS_6():
+    """BUS-6: the rendered permissions name each declared consumer of the node (and its one spare
+    name), no wildcard over consumers, and receive only on the user's own inbox."""
+    from ccmsec.runtime.bus_policy import CONSUMERS, durable_name
+
+    for role, names in CONSUMERS.items():
+        perms = user_permissions(role, "node-a", "UKEYA")
+        consumer_api = [s for s in perms["publish"]["allow"] if s.startswith(("$JS.API.CONSUMER.", "$JS.ACK."))
+                        and not s.startswith("$JS.API.CONSUMER.NAMES.")]
+        mentioned = {t for s in consumer_api for t in s.split(".") if t.startswith("node-a-")}
+        assert mentioned == {durable_name("node-a", n) + sfx for n in names for sfx in ("", "-2")}, role
+        assert not any(s.endswith(f".{STREAM}.>") or f".{STREAM}.*" in s for s in consumer_api), role
+        assert perms["subscribe"]["allow"] == ["ccmsec.>", "_INBOX.UKEYA.>"], role
+    assert "device-reset" in CONSUMERS["phone-sim"] and "access-denied" not in CONSUMERS["phone-sim"]
+    with pytest.raises(ValueError, match="not an nkey public key"):
+        user_permissions("callmanager", "cm", "U.>")
