@@ -380,19 +380,20 @@ class EventBus:
     async def _durable_for(self, durable: str, subject: str) -> str:
         """`durable`, unless a consumer of that name exists for other subjects (one made before the
         subjects named their publisher): binding to it would silently receive nothing, and no
-        service may delete it (BUS-4), so the first free or matching `durable-N` is used instead."""
-        name = durable
-        for n in range(2, 10):
+        service may delete it (BUS-4), so its spare name `durable-2` is used instead — the one
+        other name the server lets this node bind (BUS-6, `bus_policy.SPARE_SUFFIXES`)."""
+        for suffix in bus_policy.SPARE_SUFFIXES:
+            name = durable + suffix
             try:
                 info = await self.js.consumer_info(STREAM, name)
             except NotFoundError:
                 return name
             if info.config.filter_subject == subject:
                 return name
-            log.warning("durable consumer %s exists for %s, not %s: using %s-%d (the bus operator may "
-                        "delete the old one)", name, info.config.filter_subject, subject, durable, n)
-            name = f"{durable}-{n}"
-        raise BusError(f"durable consumers {durable} to {name} all exist for other subjects")
+            log.warning("durable consumer %s exists for %s, not %s: trying the next name (the bus "
+                        "operator may delete the old one)", name, info.config.filter_subject, subject)
+        raise BusError(f"durable consumers {durable} and its spare names all exist for other subjects; "
+                       "the bus operator must delete them")
 
     # --- healing ---------------------------------------------------------------------------
     async def check(self) -> str:

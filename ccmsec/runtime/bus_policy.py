@@ -191,6 +191,25 @@ def inbox_prefix(public_key: str) -> str:
     return f"_INBOX.{public_key}"
 
 
+def describe_permissions() -> str:
+    """The NATS permissions by role as Markdown (docs/architecture.md embeds it; a test keeps the
+    two equal). `<node>` is the user's node, `<key>` its nkey public key."""
+    lines = ["| user | may publish | durable consumers it may create, bind, read and ack | receives on |",
+             "|---|---|---|---|"]
+    for role in BUS_ROLES:
+        kinds = [f"`{k}`" for k in KINDS if may_publish(role, k)]
+        consumers = ", ".join(f"`<node>-{n}`" for n in CONSUMERS[role])
+        consumers = f"{consumers} (and each one's spare `-2`)" if consumers else "none"
+        lines.append(f"| {role} | {', '.join(kinds) or 'nothing'} under `ccmsec.{role}.` | {consumers} "
+                     f"| `ccmsec.>`, `_INBOX.<key>.>` |")
+    lines.append("| bus operator (`DATA/pki/nats-admin.nk`) | everything | every consumer | everything |")
+    denied = ", ".join(f"`{s.removesuffix('.>')}`" for s in _JS_API_DENIED)
+    lines += ["", "Every service user and the CLI may also use, of the JetStream API: "
+              + ", ".join(f"`{s}`" for s in _JS_API_ALLOWED)
+              + f". Denied to all of them: {denied} (and everything not listed)."]
+    return "\n".join(lines)
+
+
 # --- the server's side ------------------------------------------------------------------------
 
 def user_permissions(role: str, node: str, public_key: str) -> dict:

@@ -79,3 +79,31 @@ def test_the_audit_records_who_really_reported_a_refusal_BUS_3():
     forged = entry_for(event, "phone-sim")
     assert forged.remote.startswith("phone-sim (claims keymanager/keymanager)")
     assert "refused by phone-sim (claims keymanager/keymanager)" in forged.detail
+
+
+def test_docs_show_the_permissions_as_rendered_BUS_6():
+    doc = (ROOT / "docs" / "architecture.md").read_text()
+    match = re.search(r"<!-- bus-permissions -->\n(.*?)\n<!-- /bus-permissions -->", doc, re.S)
+    assert match, "docs/architecture.md lacks the generated NATS permission table"
+    assert match.group(1).strip() == bus_policy.describe_permissions().strip(), (
+        "docs/architecture.md's permission table is stale: paste bus_policy.describe_permissions() "
+        "between the markers")
+
+
+def test_every_consumer_a_service_binds_is_declared_for_its_role_BUS_6():
+    """A subscription added to a service without its name in `bus_policy.CONSUMERS` fails here (the
+    server would refuse the consumer at start)."""
+    name_of = re.compile(r"""self\.subscribe\([^;]*?,\s*["']([a-z0-9-]+)["']""", re.S)
+    found = 0
+    for service_dir in (ROOT / "services").iterdir():
+        role = service_dir.name
+        for path in service_dir.rglob("*.py"):
+            for name in name_of.findall(path.read_text(errors="replace")):
+                found += 1
+                assert bus_policy.may_consume(role, name), f"{path}: {role} binds undeclared consumer {name!r}"
+    for name in name_of.findall((ROOT / "ccmsec" / "runtime" / "service.py").read_text()):
+        assert all(bus_policy.may_consume(role, name) for role in bus_policy.SERVICE_ROLES), name
+    assert found >= 8
+    for name in ("mode-audit", "ctl-audit"):   # callmanager's access_audit names them in a tuple
+        assert bus_policy.may_consume("callmanager", name)
+    assert bus_policy.durable_name("cm.sub 1", "device-reset") == "cm_sub_1-device-reset"
