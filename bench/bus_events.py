@@ -5,7 +5,7 @@ Two real nats-servers on loopback, each with JetStream and the `CCMSEC` stream:
 * baseline — what the bus was before issue 9: no users, subjects `ccmsec.<kind>`, a plain durable
   push consumer that acks each event (raw nats-py, no checks);
 * ccmsec — the configuration `ccmsec up` renders (one nkey user per identity, publish permissions by
-  role, no anonymous user), call control publishing `device.reset` with its own seed under
+  role, own consumers and own inbox only, no anonymous user), call control publishing `device.reset` with its own seed under
   `ccmsec.callmanager.device.reset`, phone-sim consuming it with the runtime's `EventBus`
   (publisher check against the table, handled-event hooks, ack).
 
@@ -137,7 +137,8 @@ def main() -> int:
             base, ours = [], []
             for r in range(args.rounds):
                 base += asyncio.run(baseline_round(open_url, args.events, f"bench-base-{r}"))
-                ours += asyncio.run(ccmsec_round(secured_url, data, args.events, f"bench-ccmsec-{r}"))
+                # phone-sim's own declared consumer: the only names its user may bind (BUS-6)
+                ours += asyncio.run(ccmsec_round(secured_url, data, args.events, "phone-sim-device-reset"))
         finally:
             stop_process(open_proc)
             stop_process(secured)
