@@ -2,7 +2,8 @@
 the `Reset` the change requires received by the phone over its SCCP connection, through the real
 services and the real path of every change:
 
-    PATCH /api/v1/devices/{name} (pc_port toggled: RST-2)  — callmanager's administration API
+    PATCH /api/v1/devices/{name} (pc_port toggled: RST-2)  — callmanager's administration API,
+                                                             with a bearer token
     → domain layer: device row + audit row + outbox rows committed in one transaction
     → outbox relay publishes `device.reset` to NATS JetStream (nkey user, permissions, BUS-1…6)
     → callmanager's durable consumer (publisher checked against the table, handled-event record)
@@ -41,7 +42,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ccmsec.adminclient import AdminClient, discover  # noqa: E402
+import httpx  # noqa: E402
+
+from ccmsec.adminclient import discover, tls_context  # noqa: E402
 from ccmsec.aio.sccp import ConnectionDropped, SccpPhoneConnection  # noqa: E402
 from ccmsec.aio.sccp_failover import open_streams  # noqa: E402
 from ccmsec.runtime.bus import EventBus  # noqa: E402
@@ -91,6 +94,23 @@ class Phone:
                 await asyncio.sleep(0.5)
 
 
+def _api_client(data: Path) -> httpx.Client:
+    """The administration API with a bearer token (POST /api/v1/login once): Basic credentials
+    would cost an argon2id verification per change — the API's price, not the event path's."""
+    endpoint = discover(data)
+    client = httpx.Client(base_url=endpoint.url, verify=tls_context(endpoint.cafile), timeout=60)
+    answer = client.post("/api/v1/login", json={"username": endpoint.username, "password": endpoint.password})
+    answer.raise_for_status()
+    client.headers["Authorization"] = f"Bearer {answer.json()['token']}"
+    return client
+
+
+def _patch(client: httpx.Client, name: str, changes: dict) -> dict:
+    answer = client.patch(f"/api/v1/devices/{name}", json=changes)
+    answer.raise_for_status()
+    return answer.json()
+
+
 def _stats(name: str, values_s: list[float]) -> dict:
     ms = sorted(v * 1000 for v in values_s)
     out = {"n": len(ms), "median_ms": statistics.median(ms), "p95_ms": ms[int(0.95 * (len(ms) - 1))],
@@ -117,7 +137,7 @@ async def run(data: Path, changes: int, phones_n: int) -> dict:
     phones = [Phone(i, cm["host"], cm["sccp_port"]) for i in range(phones_n)]
     for p in phones:
         p.task = asyncio.create_task(p.run())
-    client = AdminClient(discover(data), timeout=60)
+    client = _api_client(data)
     state = {p.name: True for p in phones}
     rows = []   # (device, sent wall, answered wall, reset wall, delivery)
     try:
@@ -128,7 +148,7 @@ async def run(data: Path, changes: int, phones_n: int) -> dict:
             await asyncio.wait_for(phone.registered.wait(), 60)
             state[phone.name] = not state[phone.name]
             sent = time.time()
-            answer = await asyncio.to_thread(client.update_device, phone.name, pc_port=state[phone.name])
+            answer = await asyncio.to_thread(_patch, client, phone.name, {"pc_port": state[phone.name]})
             answered = time.time()
             got = await asyncio.wait_for(phone.resets.get(), 60)
             rows.append((phone.name, sent, answered, got, answer.get("delivery")))
