@@ -63,8 +63,10 @@ BUS_ROLES = (*SERVICE_ROLES, "cli")
 _EVERY_SERVICE = ("restart", "device-reset")
 CONSUMERS: dict[str, tuple[str, ...]] = {
     **{role: _EVERY_SERVICE for role in SERVICE_ROLES},
-    # + targeted resets (SCCP), every service's refused calls and the owners' changes (audit).
-    "callmanager": (*_EVERY_SERVICE, "device-reset-targeted", "access-denied", "mode-audit", "ctl-audit"),
+    # + targeted resets and routing changes (SCCP), every service's refused calls and the owners'
+    # changes (audit).
+    "callmanager": (*_EVERY_SERVICE, "device-reset-targeted", "config-changed-calls", "access-denied",
+                    "mode-audit", "ctl-audit", "owner-audit"),
     "srtp-gateway": (*_EVERY_SERVICE, "mode"),
     "tftp-signer": (*_EVERY_SERVICE, "config-changed", "mode-changed", "ctl-updated"),
     "capf": (*_EVERY_SERVICE, "ctl-updated"),
