@@ -99,7 +99,7 @@ async def step_event_round_trip(ctx: DemoContext) -> None:
     event = make_event("device.reset", "ccmsec-demo",
                        device_reset=events_pb2.DeviceReset(devices=["SEPDEMO00000001"], kind=events_pb2.RESET,
                                                            reason="demo round trip"))
-    seq = await bus.publish(event)
+    seq = await bus.publish(event)  # a round trip of the bus itself, no stored change: no outbox
     await bus.close()
     ctx.say(f"published durable event {event.kind} id={event.id[:12]}… (stream sequence {seq})")
     ident = client_identity(ctx.data)

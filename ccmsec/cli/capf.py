@@ -225,6 +225,10 @@ def _set_param(args) -> int:
     print(f"CAPF {scope} parameter {args.name} = {args.value}")
     for ev in reply.events:
         print(f"published {ev}")
+    if reply.delivery_pending:  # committed; its events wait for NATS (issue 9 §4)
+        print("pending delivery: the value is saved and its events are queued; the event bus is "
+              "unreachable, and they are sent as soon as it is back")
+        return 0
     wait_for_restarts(args, before, reply.events)  # RST-8 restarts CAPF
     return 0
 

@@ -265,6 +265,10 @@ def cmd_provider_port(args: argparse.Namespace) -> int:
         print(f"  event: {event}")
     if not reply.events:
         print("  unchanged; nothing to restart")
+    if reply.delivery_pending:  # committed; its restart waits for NATS (issue 9 §4)
+        print("pending delivery: the port is saved and its restart is queued; the event bus is "
+              "unreachable, and it is sent as soon as it is back")
+        return 0
     wait_for_restarts(args, before, reply.events)
     return 0
 

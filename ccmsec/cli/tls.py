@@ -61,5 +61,9 @@ def cmd_legacy(args: argparse.Namespace) -> int:
         print(f"warning: {RISK}", file=sys.stderr)
     for event in reply.events:
         print(f"  event: {event}")
+    if reply.delivery_pending:  # committed; its restarts wait for NATS (issue 9 §4)
+        print("pending delivery: the setting is saved and its restarts are queued; the event bus "
+              "is unreachable, and they are sent as soon as it is back")
+        return 0
     wait_for_restarts(args, before, reply.events)
     return 0

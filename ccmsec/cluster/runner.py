@@ -400,6 +400,9 @@ async def restart_services(data_dir: Path, roles: list[str], *, timeout: float =
         raise RunnerError(str(exc)) from None
     try:
         await bus.connect()
+        # Straight onto the bus, no outbox: CHK-14 changes no stored state (nothing to commit the
+        # events with), JetStream acknowledges each publish or it fails here, and the command waits
+        # below until every role restarted — a lost restart is reported, never silently dropped.
         for role in roles:
             await bus.publish(make_event("service.restart", "cli", service_restart=events_pb2.ServiceRestart(
                 role=role, rule="CHK-14", reason="administrator restarted the server")), target=role)
