@@ -34,15 +34,17 @@ def _channel(cluster, identity, role: str):
     return secure_channel(identity, svc["host"], svc["grpc_port"], role)
 
 
-def _audited(data: Path, actor: str, method: str, timeout: float = 20.0) -> dict:
-    """The audit row of a refused call (written by callmanager from the refusing service's event)."""
+def _audited(data: Path, actor: str, method: str, timeout: float = 20.0, *,
+             action: str = "rpc.denied") -> dict:
+    """The audit row of a refused call (written by callmanager from the refusing service's
+    `access.denied`), or with `action` of another owner's write (from its `owner.change`)."""
     deadline = time.monotonic() + timeout
     with adminclient.AdminClient(adminclient.discover(data)) as api:
         while True:
             for entry in api.audit(limit=200):
-                if entry["action"] == "rpc.denied" and entry["actor"] == actor and entry["target"] == method:
+                if entry["action"] == action and entry["actor"] == actor and entry["target"] == method:
                     return entry
-            assert time.monotonic() < deadline, f"no audit entry for {actor} -> {method}"
+            assert time.monotonic() < deadline, f"no {action} audit entry for {actor} -> {method}"
             time.sleep(0.2)
 
 
@@ -99,6 +101,10 @@ async def test_phone_sim_certificate_cannot_install_a_third_party_ca_but_the_adm
         cert = await capf_pb2_grpc.CapfStub(ch).SetThirdPartyCa(
             capf_pb2.ThirdPartyCaRequest(certificate=good.pem), timeout=10)
     assert "Plane E2E Third-Party CA" in cert.subject and stored.read_bytes() == good.pem
+    # ...and is audited by its owner (CAPF's owner.change, recorded by callmanager; issue 9 §5).
+    entry = _audited(data, "cli/cli", "capf", action="capf.third_party_ca")
+    assert entry["outcome"] == "ok" and "Plane E2E Third-Party CA" in entry["detail"]
+    assert "(via grpc)" in entry["detail"] and "by capf" in entry["detail"]
 
 
 async def test_gateway_certificate_cannot_change_the_cluster_mode(cluster):
