@@ -1,11 +1,21 @@
-"""`ccmsec mobility add|list`: extension-mobility users — the line a user brings to any phone they
-log in to (`ccmsec phones login NAME USER`); the phone keeps its own security mode (DEV-2)."""
+"""`ccmsec mobility add|pin|list`: extension-mobility users — the line a user brings to any phone
+they log in to at the phone with their user id and PIN (`ccmsec phones login NAME USER`); the phone
+keeps its own security mode (DEV-2)."""
 
 from __future__ import annotations
 
 import argparse
 
-from ccmsec.cli.common import add_data_option, add_json_option, json_output, print_json, proto_json
+from pathlib import Path
+
+from ccmsec.cli.common import (
+    add_data_option,
+    add_json_option,
+    json_output,
+    print_json,
+    proto_json,
+    read_password,
+)
 from ccmsec.cli.device import _grpc_call, format_table
 
 
@@ -20,6 +30,12 @@ def register(subparsers) -> None:
     add.add_argument("--name", default="", help="display name")
     add.add_argument("--label", default="")
     add.set_defaults(func=_add)
+    pin = sub.add_parser("pin", help="set the PIN a user types at the phone to log in (4-16 digits)")
+    add_data_option(pin)
+    pin.add_argument("user")
+    pin.add_argument("--pin-file", dest="password_file", type=Path, metavar="FILE",
+                     help="file holding the PIN, - for standard input (default: prompt)")
+    pin.set_defaults(func=_pin)
     lst = sub.add_parser("list", help="users and where each is logged in")
     add_data_option(lst)
     add_json_option(lst)
@@ -45,4 +61,14 @@ def _list(args: argparse.Namespace) -> int:
     else:
         print(format_table(rows, [("USER", "user_id"), ("NAME", "display_name"), ("DN", "dn"),
                                   ("LOGGED IN TO", "logged_in_to")]) if rows else "no users")
+    return 0
+
+
+def _pin(args: argparse.Namespace) -> int:
+    from ccmsec_proto import callmanager_pb2 as pb
+
+    secret = read_password(args, prompt="PIN: ")
+    user = _grpc_call(args, lambda stub: stub.SetMobilityPin(
+        pb.MobilityPinRequest(user_id=args.user, pin=secret), timeout=30))
+    print(f"user {user.user_id}: PIN set (logs in at a phone with `ccmsec phones login NAME {user.user_id}`)")
     return 0

@@ -12,6 +12,7 @@ import asyncio
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 from ccmsec.cli.common import (
     CliError, add_data_option, add_json_option, data_dir, json_output, print_json, proto_json,
@@ -106,14 +107,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--wait", type=float, default=2.0, metavar="SECONDS",
                        help="wait up to SECONDS (max 10) for call control to answer")
         p.set_defaults(func=cmd_call_action, action_name=verb)
-    login = actions.add_parser("login", help="extension mobility: USER logs in at the phone, which restarts "
-                                             "with the user's line and keeps its own security mode (DEV-2)")
+    login = actions.add_parser("login", help="extension mobility: USER logs in at the phone with their PIN; "
+                                             "the phone asks call control over its own connection and "
+                                             "restarts with the user's line, keeping its own security mode (DEV-2)")
     add_data_option(login)
     login.add_argument("name", metavar="NAME")
     login.add_argument("user", metavar="USER")
+    login.add_argument("--pin-file", dest="password_file", type=Path, metavar="FILE",
+                       help="file holding the PIN, - for standard input (default: prompt)")
     login.set_defaults(func=cmd_mobility, action_name="login")
-    logout = actions.add_parser("logout", help="extension mobility: log the user out (the phone restarts "
-                                               "with its own lines)")
+    logout = actions.add_parser("logout", help="extension mobility: the user logs out at the phone (it "
+                                               "restarts with its own lines)")
     add_data_option(logout)
     logout.add_argument("name", metavar="NAME")
     logout.set_defaults(func=cmd_mobility, action_name="logout", user="")
@@ -454,18 +458,21 @@ def cmd_call_action(args: argparse.Namespace) -> int:
 
 
 def cmd_mobility(args: argparse.Namespace) -> int:
-    """Extension mobility: what the user does at the phone reaches call control (as the
-    administrator's CLI; phone-sim itself may change nothing in the cluster, issue 9)."""
-    from ccmsec.cli.device import _grpc_call
-    from ccmsec_proto import callmanager_pb2 as pb
+    """Extension mobility as a user does it: at the phone. The phone sends the login (user id and
+    PIN) or logout to call control over its own registered connection; call control answers on
+    the display and restarts the phone."""
+    from ccmsec.cli.common import read_password
+    from ccmsec_proto import phone_sim_pb2
 
-    req = pb.MobilityLoginRequest(device=args.name, user_id=args.user)
-    if args.action_name == "login":
-        _grpc_call(args, lambda stub: stub.MobilityLogin(req, timeout=10))
-    else:
-        _grpc_call(args, lambda stub: stub.MobilityLogout(req, timeout=10))
-    what = f"{args.user} logged in at" if args.action_name == "login" else "logged out of"
-    print(f"{what} {args.name}; the phone restarts and registers again "
+    pin = read_password(args, prompt="PIN: ") if args.action_name == "login" else ""
+    reply = _call(args, "PhoneAction", phone_sim_pb2.PhoneActionRequest(
+        name=args.name, action=args.action_name, number=args.user, pin=pin, wait_seconds=10), timeout=30)
+    answer = next((n for n in reversed(reply.notifications) if n.startswith("Extension mobility")), "")
+    if not answer:
+        raise CliError(f"{args.name}: call control did not answer the {args.action_name} within 10 s")
+    if "refused:" in answer:
+        raise CliError(f"{args.name}: {answer}")
+    print(f"{args.name}: {answer}; the phone restarts and registers again "
           f"(`ccmsec phones calls {args.name}` shows its lines)")
     return 0
 

@@ -96,6 +96,8 @@ class MobilityUser(Base):
     display_name: Mapped[str] = mapped_column(String(40), nullable=False, default="")
     dn: Mapped[str] = mapped_column(String(24), nullable=False)
     label: Mapped[str] = mapped_column(String(40), nullable=False, default="")
+    # argon2 hash of the PIN typed at the phone to log in (None: no PIN yet, no login at a phone)
+    pin_hash: Mapped[str | None] = mapped_column(String(128), nullable=True, default=None)
 
 
 class MobilityLogin(Base):

@@ -57,6 +57,7 @@ _TABLE: dict[str, dict[str, frozenset[str]]] = {
         "DriveCtiPort": ADMIN,                       # ccmsec calls cti: an application's CTI port
         "AddMobilityUser": ADMIN,                    # ccmsec mobility add
         "GetMobilityUsers": ADMIN,
+        "SetMobilityPin": ADMIN,                     # ccmsec mobility pin
         # extension mobility (`ccmsec phones login|logout`); not phone-sim: it changes nothing (issue 9)
         "MobilityLogin": ADMIN,
         "MobilityLogout": ADMIN,

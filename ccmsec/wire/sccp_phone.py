@@ -24,6 +24,7 @@ from ccmsec.wire import sccp as s
 from ccmsec.wire import sccp_calls as c
 from ccmsec.wire import sccp_setup as u
 from ccmsec.wire.sccp_calls import CallStateCode, SoftKey, SoftKeySetIndex
+from ccmsec.wire.sccp_userdata import UserToDeviceData
 
 MAX_CALLS = 64        # call references a phone tracks at once (a misbehaving server is bounded)
 MAX_CHANNELS = 16
@@ -149,6 +150,8 @@ class SccpPhone:
         self.ended: collections.deque[PhoneCall] = collections.deque(maxlen=HISTORY)
         self.notifications: collections.deque[str] = collections.deque(maxlen=HISTORY)
         self.idle_softkeys: int = -1
+        self.mobility: object | None = None   # the last extension-mobility answer (MobilityResult)
+        self._mobility_txn = 0
         self.speaker = False
         self.ready = False
         self._setup_started = False
@@ -519,6 +522,45 @@ class SccpPhone:
                 self._send(s.KeypadButton(KEYPAD_CODES[d], line, 0))
             self._send(s.KeypadButton(KEYPAD_CODES["#"], line, 0))
 
+    # -- extension mobility (the phone's service: user id and PIN) ------------------------------
+    def mobility_login(self, user: str, pin: str) -> None:
+        """Log `user` in at this phone; call control answers, then restarts the phone with the
+        user's line (it keeps its own security mode, DEV-2)."""
+        from ccmsec.calls.mobility import MobilityRequestError, login_message
+
+        self._require_ready()
+        if self.calls:
+            raise PhoneActionError("hang up first: logging in restarts the phone")
+        self._mobility_txn += 1
+        try:
+            self._send(login_message(user, pin, self._mobility_txn))
+        except MobilityRequestError as exc:
+            raise PhoneActionError(str(exc)) from None
+        self.mobility = None
+
+    def mobility_logout(self) -> None:
+        from ccmsec.calls.mobility import logout_message
+
+        self._require_ready()
+        if self.calls:
+            raise PhoneActionError("hang up first: logging out restarts the phone")
+        self._mobility_txn += 1
+        self._send(logout_message(self._mobility_txn))
+        self.mobility = None
+
+    def _on_user_data(self, m: UserToDeviceData, events: list) -> None:
+        from ccmsec.calls.mobility import MobilityRequestError, parse_result
+
+        try:
+            result = parse_result(m)
+        except MobilityRequestError:
+            self.ignored += 1
+            return
+        self.mobility = result
+        text = f"Extension mobility {result.action}: {'' if result.ok else 'refused: '}{result.text}"
+        self.notifications.append(text)
+        events.append(Notified(text))
+
     def snapshot(self) -> list[PhoneCall]:
         return [replace(call) for call in self.calls.values()]
 
@@ -554,4 +596,5 @@ _HANDLERS = {
     s.StartMediaTransmission: SccpPhone._on_start_media,
     s.StopMediaTransmission: SccpPhone._on_stop_media,
     s.CloseReceiveChannel: SccpPhone._on_close,
+    UserToDeviceData: SccpPhone._on_user_data,
 }

@@ -331,6 +331,14 @@ class MobilityUsersReply(_message.Message):
     users: _containers.RepeatedCompositeFieldContainer[MobilityUser]
     def __init__(self, users: _Optional[_Iterable[_Union[MobilityUser, _Mapping]]] = ...) -> None: ...
 
+class MobilityPinRequest(_message.Message):
+    __slots__ = ("user_id", "pin")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    PIN_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    pin: str
+    def __init__(self, user_id: _Optional[str] = ..., pin: _Optional[str] = ...) -> None: ...
+
 class MobilityLoginRequest(_message.Message):
     __slots__ = ("device", "user_id")
     DEVICE_FIELD_NUMBER: _ClassVar[int]

@@ -115,6 +115,11 @@ class CallManagerStub:
                 request_serializer=ccmsec__proto_dot_callmanager__pb2.MobilityUser.SerializeToString,
                 response_deserializer=ccmsec__proto_dot_callmanager__pb2.MobilityUser.FromString,
                 _registered_method=True)
+        self.SetMobilityPin = channel.unary_unary(
+                '/ccmsec.v1.CallManager/SetMobilityPin',
+                request_serializer=ccmsec__proto_dot_callmanager__pb2.MobilityPinRequest.SerializeToString,
+                response_deserializer=ccmsec__proto_dot_callmanager__pb2.MobilityUser.FromString,
+                _registered_method=True)
         self.GetMobilityUsers = channel.unary_unary(
                 '/ccmsec.v1.CallManager/GetMobilityUsers',
                 request_serializer=ccmsec__proto_dot_common__pb2.Empty.SerializeToString,
@@ -257,6 +262,13 @@ class CallManagerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetMobilityPin(self, request, context):
+        """the login at the phone checks it
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetMobilityUsers(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -382,6 +394,11 @@ def add_CallManagerServicer_to_server(servicer, server):
             'AddMobilityUser': grpc.unary_unary_rpc_method_handler(
                     servicer.AddMobilityUser,
                     request_deserializer=ccmsec__proto_dot_callmanager__pb2.MobilityUser.FromString,
+                    response_serializer=ccmsec__proto_dot_callmanager__pb2.MobilityUser.SerializeToString,
+            ),
+            'SetMobilityPin': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetMobilityPin,
+                    request_deserializer=ccmsec__proto_dot_callmanager__pb2.MobilityPinRequest.FromString,
                     response_serializer=ccmsec__proto_dot_callmanager__pb2.MobilityUser.SerializeToString,
             ),
             'GetMobilityUsers': grpc.unary_unary_rpc_method_handler(
@@ -851,6 +868,33 @@ class CallManager:
             target,
             '/ccmsec.v1.CallManager/AddMobilityUser',
             ccmsec__proto_dot_callmanager__pb2.MobilityUser.SerializeToString,
+            ccmsec__proto_dot_callmanager__pb2.MobilityUser.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetMobilityPin(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ccmsec.v1.CallManager/SetMobilityPin',
+            ccmsec__proto_dot_callmanager__pb2.MobilityPinRequest.SerializeToString,
             ccmsec__proto_dot_callmanager__pb2.MobilityUser.FromString,
             options,
             channel_credentials,

@@ -139,20 +139,22 @@ class PhoneSettingsMenu(_message.Message):
     def __init__(self, name: _Optional[str] = ..., entries: _Optional[_Iterable[_Union[SettingsEntry, _Mapping]]] = ...) -> None: ...
 
 class PhoneActionRequest(_message.Message):
-    __slots__ = ("name", "action", "number", "call_reference", "line", "wait_seconds")
+    __slots__ = ("name", "action", "number", "call_reference", "line", "wait_seconds", "pin")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
     NUMBER_FIELD_NUMBER: _ClassVar[int]
     CALL_REFERENCE_FIELD_NUMBER: _ClassVar[int]
     LINE_FIELD_NUMBER: _ClassVar[int]
     WAIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    PIN_FIELD_NUMBER: _ClassVar[int]
     name: str
     action: str
     number: str
     call_reference: int
     line: int
     wait_seconds: float
-    def __init__(self, name: _Optional[str] = ..., action: _Optional[str] = ..., number: _Optional[str] = ..., call_reference: _Optional[int] = ..., line: _Optional[int] = ..., wait_seconds: _Optional[float] = ...) -> None: ...
+    pin: str
+    def __init__(self, name: _Optional[str] = ..., action: _Optional[str] = ..., number: _Optional[str] = ..., call_reference: _Optional[int] = ..., line: _Optional[int] = ..., wait_seconds: _Optional[float] = ..., pin: _Optional[str] = ...) -> None: ...
 
 class PhoneLineState(_message.Message):
     __slots__ = ("instance", "number", "label")

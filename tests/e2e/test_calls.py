@@ -259,10 +259,13 @@ async def _no_calls(display, name):
 
 
 def test_extension_mobility_login_at_the_phone_brings_the_users_line_and_keeps_the_devices_mode(cluster):
-    """DEV-2 on the running cluster: `ccmsec mobility add`, then `ccmsec phones login` at a phone —
-    call control stores the login and restarts the phone, which registers again with the user's
-    line in place of its own and keeps its own (non-secure) status; logout brings its lines back.
-    Bad cases: unknown user, a second login on the same phone, logout with nobody logged in."""
+    """DEV-2 on the running cluster, as a user does it: `ccmsec mobility add` and `mobility pin`
+    (administrator), then the user logs in AT THE PHONE — `ccmsec phones login NAME USER` drives
+    the phone-sim phone, which sends user id and PIN to call control on its own SCCP connection;
+    call control checks the PIN, stores the login and restarts the phone, which registers again
+    with the user's line and keeps its own (non-secure) status; logout at the phone brings its
+    lines back. Bad cases: wrong PIN and unknown user (same answer on the display), a second login
+    on the same phone, logout with nobody logged in."""
     data, services = cluster["data"], cluster["endpoints"]["services"]
     sim = services["phone-sim"]
     em_phone, caller = "SEP00CA11E00004", "SEP00CA11E00005"
@@ -294,13 +297,21 @@ def test_extension_mobility_login_at_the_phone_brings_the_users_line_and_keeps_t
 
             code, out, err = await _cli(cluster, "mobility", "add", "alice-e2e", "5190", "--name", "Alice")
             assert code == 0 or "exists" in err, out + err
-            code, out, err = await _cli(cluster, "phones", "login", em_phone, "nobody-e2e")
-            assert code != 0 and "no extension-mobility user" in err
-            code, out, err = await _cli(cluster, "phones", "login", em_phone, "alice-e2e")
-            assert code == 0, out + err
+            pin, wrong = data / "alice-e2e.pin", data / "wrong-e2e.pin"
+            pin.write_text("4711\n")
+            wrong.write_text("0000\n")
+            pin.chmod(0o600)
+            code, out, err = await _cli(cluster, "mobility", "pin", "alice-e2e", "--pin-file", str(pin))
+            assert code == 0 and "PIN set" in out, out + err
+            for user, pin_file in (("nobody-e2e", pin), ("alice-e2e", wrong)):
+                code, out, err = await _cli(cluster, "phones", "login", em_phone, user, "--pin-file", str(pin_file))
+                assert code != 0 and "refused: wrong user id or PIN" in err, out + err
+            assert [li.number for li in (await display(em_phone)).lines] == ["5104"]   # nothing changed
+            code, out, err = await _cli(cluster, "phones", "login", em_phone, "alice-e2e", "--pin-file", str(pin))
+            assert code == 0 and "logged in: line 5190" in out, out + err
             await _until(lambda: lines_are(em_phone, ["5190"]), "the user's line after the restart", 60)
-            code, out, err = await _cli(cluster, "phones", "login", em_phone, "alice-e2e")
-            assert code != 0 and "log out first" in err
+            code, out, err = await _cli(cluster, "phones", "login", em_phone, "alice-e2e", "--pin-file", str(pin))
+            assert code != 0 and "log out first" in err, out + err
             code, out, err = await _cli(cluster, "mobility", "list", "--json")
             assert code == 0 and {"user_id": "alice-e2e", "logged_in_to": em_phone}.items() <= next(
                 u for u in json.loads(out) if u["user_id"] == "alice-e2e").items()
@@ -319,7 +330,7 @@ def test_extension_mobility_login_at_the_phone_brings_the_users_line_and_keeps_t
             assert code == 0, out + err
             await _until(lambda: lines_are(em_phone, ["5104"]), "its own line back", 60)
             code, out, err = await _cli(cluster, "phones", "logout", em_phone)
-            assert code != 0 and "nobody is logged in" in err
+            assert code != 0 and "refused: nobody is logged in" in err, out + err
             # routing configuration from the command line (speed dial, forward, CALL-9 region)
             for args, expect in ((("routing", "region", "e2e-wide", "--wideband"), "wideband codec allowed"),
                                  (("routing", "assign", caller, "e2e-wide"), "region e2e-wide"),
@@ -333,6 +344,11 @@ def test_extension_mobility_login_at_the_phone_brings_the_users_line_and_keeps_t
             with AdminClient(discover(data)) as admin:
                 audited = {(e["action"], e["target"]) for e in admin.audit(limit=200)
                            if e["outcome"] == "ok" and "via grpc" in (e.get("detail") or "")}
-            assert {("mobility.login", em_phone), ("mobility.logout", em_phone)} <= audited
+            assert {("speed_dial.set", caller), ("line_forward.set", "5104")} <= audited
+            with AdminClient(discover(data)) as admin:
+                at_phone = {(e["actor"], e["action"], e["target"]) for e in admin.audit(limit=200)
+                            if e["outcome"] == "ok" and "via sccp" in (e.get("detail") or "")}
+            assert {(f"phone/{em_phone}", "mobility.login", em_phone),
+                    (f"phone/{em_phone}", "mobility.logout", em_phone)} <= at_phone
 
     asyncio.run(scenario())

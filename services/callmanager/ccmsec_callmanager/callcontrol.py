@@ -36,6 +36,7 @@ from ccmsec.pki.servercert import ensure_server_certificate
 from ccmsec.pki.tokens import ensure_manufacturer_ca
 from ccmsec.policy.calls import CallSecurityLevel
 from ccmsec.runtime import metrics
+from ccmsec.wire.sccp_userdata import DeviceToUserData
 from ccmsec.wire.sccp import (
     CapabilitiesReceived,
     DeviceRegistered,
@@ -128,6 +129,9 @@ class CallControl:
         self.calls: CallService | None = None
         self._profiles: dict[tuple, DeviceProfile] = {}  # (device, peer) -> profile, until registered
         self.routing_changes_applied = 0
+        # DeviceToUserData from a registered phone: (connection, device, message); the service
+        # plugs extension mobility in here (phone_mobility.py)
+        self.user_data = None
 
     @property
     def trust(self) -> PhoneTrust | None:
@@ -322,7 +326,11 @@ class CallControl:
         def on_event(conn, event) -> None:
             session = conn.session
             if isinstance(event, MessageReceived):
-                if self.calls is not None:
+                if isinstance(event.message, DeviceToUserData):
+                    # application data (extension mobility from the phone), not call control's
+                    if self.user_data is not None and conn.device_name:
+                        self.user_data(conn, conn.device_name, event.message)
+                elif self.calls is not None:
                     self.calls.message(conn, event.message)
             elif isinstance(event, CapabilitiesReceived):
                 if self.calls is not None:

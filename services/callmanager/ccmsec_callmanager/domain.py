@@ -615,3 +615,26 @@ class CallManagerDomain:
             await session.commit()
         await self._deliver(events, target)
         return {key: target, "softkey_set": softkey_set, "devices": devices}
+
+    async def set_mobility_pin(self, actor: Actor, *, user_id: str, pin: str) -> dict:
+        """The PIN the user types at a phone to log in (4-16 digits), kept as an argon2 hash; the
+        audit row never holds it."""
+        import asyncio
+
+        from ccmsec.db import calls as calls_db
+        from ccmsec_callmanager.phone_mobility import hash_pin
+
+        try:
+            user = calls_db.validate_name("user", user_id)
+            hashed = await asyncio.to_thread(hash_pin, pin)
+        except (calls_db.InvalidCallConfig, ValueError) as exc:
+            raise OwnerRefused("invalid", str(exc)) from None
+        async with self.db() as session:
+            row = await session.get(calls_db.MobilityUser, user)
+            if row is None:
+                raise OwnerRefused("not_found", f"no extension-mobility user {user}")
+            row.pin_hash = hashed
+            session.add(audit_entry(actor, action="mobility_user.pin", target=user, status=200,
+                                    detail="PIN set", rule="DEV-2"))
+            await session.commit()
+            return {"user_id": user, "display_name": row.display_name, "dn": row.dn, "label": row.label}

@@ -35,6 +35,11 @@ class MobilityServicerMixin:
             display_name=request.display_name, label=request.label))
         return pb.MobilityUser(**user)
 
+    async def SetMobilityPin(self, request, context):  # noqa: N802
+        user = await self._owner(context, self.service.domain.set_mobility_pin(
+            self._actor(context), user_id=request.user_id, pin=request.pin))
+        return pb.MobilityUser(**user)
+
     async def GetMobilityUsers(self, request, context):  # noqa: N802
         async with self.service.db() as session:
             users = (await session.scalars(select(calls_db.MobilityUser)

@@ -17,6 +17,7 @@ from ccmsec.wire.sccp import ResetType
 from ccmsec_proto import events_pb2
 
 from .callcontrol import CallControl, CallControlConfig
+from .phone_mobility import PhoneMobility
 
 
 class CallControlMixin:
@@ -31,6 +32,9 @@ class CallControlMixin:
                               auto_register=s.callmanager_publisher),
             self.db)
         await self.callcontrol.start()
+        # extension mobility from the phone: login / logout on its own connection (DEV-2)
+        self.phone_mobility = PhoneMobility(self)
+        self.callcontrol.user_data = self.phone_mobility.received
         # The administration API may address resets to one device (subject device.reset.<name>);
         # the base class listens on the plain subject only.
         await self.subscribe(bus_mod.subject_for("device.reset") + ".>", "device-reset-targeted",
@@ -94,6 +98,9 @@ class CallControlMixin:
                 "sccp_tls_port": str(cc.tls.port if cc.tls else 0),
                 "call_watchers": str(len(cc.calls.watchers) if cc.calls else 0),
                 "routing_changes_applied": str(cc.routing_changes_applied),
+                "mobility_at_phones": (f"{self.phone_mobility.logins} login(s), {self.phone_mobility.logouts} "
+                                       f"logout(s), {self.phone_mobility.refused} refused"
+                                       if getattr(self, "phone_mobility", None) else ""),
                 # Offline-CA mode: whose LSCs 2443 accepts besides CAPF's (or why the file is not trusted).
                 "lsc_third_party_ca": self._third_party_ca_text(cc)}
 

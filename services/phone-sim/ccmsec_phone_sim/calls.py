@@ -22,7 +22,7 @@ from ccmsec_proto import phone_sim_pb2 as pb
 MAX_WAIT = 10.0
 DEFAULT_WAIT = 2.0
 ACTIONS = ("dial", "digits", "off-hook", "on-hook", "answer", "hangup", "hold", "resume", "transfer",
-           "conference", "barge", "cbarge", "forward-all")
+           "conference", "barge", "cbarge", "forward-all", "login", "logout")
 
 
 class NotRegistered(Exception):
@@ -42,8 +42,12 @@ def _calling(runner):
     return calling
 
 
-def _do(display, action: str, number: str, reference: int, line: int) -> None:
-    if action == "dial":
+def _do(display, action: str, number: str, reference: int, line: int, pin: str = "") -> None:
+    if action == "login":       # extension mobility: the user types user id and PIN (DEV-2)
+        display.mobility_login(number, pin)
+    elif action == "logout":
+        display.mobility_logout()
+    elif action == "dial":
         display.dial(number, line)
     elif action == "digits":
         display.keypad(number)
@@ -80,19 +84,30 @@ async def act(runner, request: pb.PhoneActionRequest) -> pb.PhoneCallsReply:
         raise PhoneActionError(f"unknown action {request.action!r}: one of {', '.join(ACTIONS)}")
     if action in ("dial", "digits") and not request.number:
         raise PhoneActionError(f"{action} needs a number")
+    if action == "login" and not (request.number and request.pin):
+        raise PhoneActionError("login needs the user id (number) and the PIN")
     if not 0 <= request.line <= 64 or not 0 <= request.call_reference <= 0xFFFFFFFF:
         raise PhoneActionError("line or call reference out of range")
     calling = _calling(runner)
     wait = request.wait_seconds if request.wait_seconds > 0 else DEFAULT_WAIT
     wait = min(wait, MAX_WAIT)
     before = _signature(calling.display)
-    calling.act(_do, calling.display, action, request.number, request.call_reference, request.line)
+    calling.act(_do, calling.display, action, request.number, request.call_reference, request.line,
+                request.pin)
     try:
         await calling.wait_for(lambda d: _signature(d) != before, timeout=wait, what="answer")
     except (TimeoutError, ConnectionError):
         pass   # the reply shows the display as it is; call control may simply not have answered yet
     await asyncio.sleep(0)
-    return calls_reply(runner)
+    reply = calls_reply(runner)
+    if action in ("login", "logout"):
+        # call control restarts the phone right after its answer: keep the answer in the reply
+        # even when the display it was shown on is already gone
+        answer = next((n for n in reversed(calling.display.notifications)
+                       if n.startswith("Extension mobility")), "")
+        if answer and answer not in reply.notifications:
+            reply.notifications.append(answer)
+    return reply
 
 
 def _signature(display) -> tuple:

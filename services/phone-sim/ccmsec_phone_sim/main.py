@@ -156,7 +156,8 @@ class PhoneSimServicer(StatusServicerMixin, phone_sim_pb2_grpc.PhoneSimServicer)
         except PhoneActionError as exc:
             text = str(exc)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT if text.startswith(
-                ("unknown action", "line or call", "digits must", "dial needs", "digits needs"))
+                ("unknown action", "line or call", "digits must", "dial needs", "digits needs",
+                 "login needs", "user id", "the PIN is"))
                 or "is not a number" in text else grpc.StatusCode.FAILED_PRECONDITION, text)
 
     async def GetPhoneCalls(self, request, context):  # noqa: N802
