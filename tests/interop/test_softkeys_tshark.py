@@ -4,7 +4,8 @@ pool) — are answered different SoftKeyTemplateRes / SoftKeySetRes after Regist
 wire: captured live on loopback from the real call agent and decoded by the Wireshark skinny
 dissector (tshark), no malformed packet. The assignments are written through callmanager's one
 write path (`CallManagerDomain.set_softkey_set`, the admin API's and CLI's), bad values refused.
-Bad case: a key the device's set does not give it, sent anyway, changes nothing."""
+Bad case: a key the device's set does not give it, sent anyway, changes nothing. The same capture
+shows extension mobility's DeviceToUserData / UserToDeviceData decoded by the dissector."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import pytest
 from ccmsec.aio.sccp import connect_phone
 from ccmsec.aio.sccp_calling import CallingPhone
 from ccmsec.calls.config import AgentSettings
+from ccmsec.calls.mobility import EM_APPLICATION_ID, MobilityResult, result_message
 from ccmsec.calls.setup import keys_of
 from ccmsec.db.devices import Device
 from ccmsec.db.lines import DevicePool, Line
@@ -119,7 +121,20 @@ async def test_two_devices_with_different_softkey_sets_get_different_sets_on_the
         assert [x.state for x in own.display.calls.values()] == [CS.CONNECTED]   # no consultation
         pooled.act(pooled.display.transfer)           # its own set has Transfer: the call is held
         await pooled.wait_for(lambda d: any(x.state == CS.HOLD for x in d.calls.values()), 20, "held")
-        pooled.act(pooled.display.hang_up)
+        pooled.act(pooled.display.hang_up)            # the consultation's dial tone
+        own.act(own.display.hang_up)                  # and the held call, from the other side
+        await pooled.wait_for(lambda d: not d.calls, 20, "idle")
+
+        # extension mobility's messages from the phone and back (DEV-2), decoded by the same
+        # dissector: DeviceToUserData 0x002E and UserToDeviceData 0x011E
+        def answer(conn, device, message):
+            conn.session.send(result_message(MobilityResult(False, "login", "alice", "wrong user id or PIN"),
+                                             message.transaction_id))
+            conn.flush()
+        cc.user_data = answer
+        pooled.act(pooled.display.mobility_login, "alice", "4711")
+        await pooled.wait_for(lambda d: d.mobility is not None, 20, "the extension-mobility answer")
+        assert not pooled.display.mobility.ok
     finally:
         _stop_capture(proc)
         for phone in phones:
@@ -136,4 +151,9 @@ async def test_two_devices_with_different_softkey_sets_get_different_sets_on_the
     assert infos[0] != infos[1]   # the per-state sets differ too
     basic_positions = len(keys_of("basic"))
     assert infos[1] and max(infos[1]) <= basic_positions
+    em = _fields(pcap, "-Y", "skinny.messageId == 0x002e || skinny.messageId == 0x011e", "-T", "fields",
+                 "-e", "skinny.messageId", "-e", "skinny.applicationId", "-e", "skinny.dataLength")
+    assert [tuple(int(v, 0) for v in row.split("\t")[:2]) for row in em] == [
+        (0x002E, EM_APPLICATION_ID), (0x011E, EM_APPLICATION_ID)], em
+    assert all(int(row.split("\t")[2]) > 0 for row in em)
     assert _fields(pcap, "-Y", "_ws.malformed || _ws.expert.severity >= 8388608") == []

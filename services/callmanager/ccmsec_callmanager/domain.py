@@ -449,8 +449,8 @@ class CallManagerDomain:
 
 
     # call routing: speed dials, call forward busy / no answer, codec regions (CALL-9) ---------
-    # Call control reads these when a device registers; the change applies at its next
-    # registration (`ccmsec device reset NAME` applies it now). Each publishes config.changed.
+    # Each publishes config.changed; call control follows it and the change applies to the next
+    # call of the phones registered now (CallControl.apply_routing_change).
     async def set_speed_dial(self, actor: Actor, *, device: str, index: int, number: str,
                              label: str = "") -> dict:
         """Speed dial button `index` (1..42) of `device`; an empty number removes it."""
