@@ -6,8 +6,9 @@ over UDP; call control lists and streams every call with its status (gRPC ListCa
 action, a phone that is not registered, a softkey the display does not offer, an unknown CTI port.
 
 The phones here are configured non-secure, so the test holds in whatever mode other tests left the
-session's cluster; the encrypted and authenticated modes through phone-sim are in the demo
-(tests/e2e/test_demo.py) and, with the wire proof, tests/integration/test_media_secure_calls.py.
+session's cluster; the encrypted and authenticated modes through phone-sim are in
+tests/e2e/test_calls_security.py (and the demo), with the wire proof in
+tests/integration/test_media_secure_calls.py.
 """
 
 from __future__ import annotations
