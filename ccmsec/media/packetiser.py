@@ -48,6 +48,15 @@ class Packetiser:
         self.timestamp = (self.timestamp + len(payload)) & 0xFFFFFFFF
         return header + payload
 
+    def header_into(self, buffer, payload_length: int) -> None:
+        """`datagram()` for a payload already in place after byte 12 of `buffer`: writes the
+        header in front of it (a relay re-originating a packet inside one buffer)."""
+        HEADER.pack_into(buffer, 0, 0x80, self.payload_type | (0x80 if self._first else 0),
+                         self.sequence, self.timestamp, self.ssrc)
+        self._first = False
+        self.sequence = (self.sequence + 1) & 0xFFFF
+        self.timestamp = (self.timestamp + payload_length) & 0xFFFFFFFF
+
 
 @dataclass
 class SequenceTracker:

@@ -15,6 +15,9 @@ import secrets
 from dataclasses import dataclass, field
 
 import pylibsrtp
+# libsrtp's own functions, as pylibsrtp binds them: the relay protects and unprotects in place in a
+# preallocated buffer (`PacketBuffer`) instead of through `Session`'s copy in and copy out.
+from pylibsrtp._binding import ffi as _ffi, lib as _lib
 
 # A replay window larger than libsrtp's default 128 tolerates the reordering a busy host causes.
 REPLAY_WINDOW = 1024
@@ -110,13 +113,42 @@ class SrtpRefused(Exception):
         self.reason = reason
 
 
-def _reason(error: pylibsrtp.Error) -> Refusal:
+def _reason(error: "pylibsrtp.Error | str") -> Refusal:
     text = str(error)
     if text.startswith("replay check failed") or "too old" in text:
         return Refusal.REPLAY
     if text.startswith("authentication failure") or text.startswith("cipher failure"):
         return Refusal.AUTHENTICATION
     return Refusal.MALFORMED
+
+
+# libsrtp's status codes, indexed as pylibsrtp names them, mapped the same way as its errors
+_ERRORS = tuple(pylibsrtp.ERRORS)
+_REASON_BY_STATUS = tuple(_reason(text) for text in _ERRORS)
+# The largest datagram an SRTP packet may be (pylibsrtp's own buffer is 1500 bytes too).
+MAX_SRTP_PACKET = 1500
+
+
+def _refusal(status: int) -> SrtpRefused:
+    if 0 <= status < len(_ERRORS):
+        return SrtpRefused(_REASON_BY_STATUS[status], _ERRORS[status])
+    return SrtpRefused(Refusal.MALFORMED, f"libsrtp status {status}")
+
+
+class PacketBuffer:
+    """One datagram's bytes in C memory that libsrtp protects and unprotects in place: a relay
+    receives into `receive_view`, decrypts, rewrites the header and encrypts without making a
+    Python object per step. One per event loop (packets are handled one at a time)."""
+
+    __slots__ = ("cdata", "view", "receive_view", "length_p")
+    SIZE = 2048   # a packet of MAX_SRTP_PACKET plus libsrtp's largest trailer (tag and MKI, 144)
+
+    def __init__(self) -> None:
+        self.cdata = _ffi.new("unsigned char[]", self.SIZE)
+        self.view = memoryview(_ffi.buffer(self.cdata))
+        # one byte more than the largest packet: a longer datagram is cut there and refused
+        self.receive_view = self.view[:MAX_SRTP_PACKET + 1]
+        self.length_p = _ffi.new("int *")
 
 
 class SrtpSender:
@@ -128,6 +160,16 @@ class SrtpSender:
                                   srtp_profile=master.suite.libsrtp_profile)
         self._session = pylibsrtp.Session(policy)
         self.protect = self._session.protect  # bound once: this is the per-packet path
+        self._ctx = self._session._srtp[0]    # the libsrtp session `protect_in_place` uses
+
+    def protect_in_place(self, packet: PacketBuffer, length: int) -> int:
+        """Encrypt and tag the RTP packet in `packet[:length]`; returns the SRTP length."""
+        length_p = packet.length_p
+        length_p[0] = length
+        status = _lib.srtp_protect(self._ctx, packet.cdata, length_p)
+        if status:
+            raise _refusal(status)
+        return length_p[0]
 
 
 class SrtpReceiver:
@@ -139,6 +181,7 @@ class SrtpReceiver:
                                   srtp_profile=master.suite.libsrtp_profile)
         policy.window_size = window
         self._session = pylibsrtp.Session(policy)
+        self._ctx = self._session._srtp[0]
         self._shortest = 12 + self.suite.tag_length
 
     def unprotect(self, srtp: bytes) -> bytes:
@@ -150,3 +193,17 @@ class SrtpReceiver:
             raise SrtpRefused(_reason(exc), str(exc)) from None
         except ValueError as exc:  # longer than libsrtp's buffer
             raise SrtpRefused(Refusal.MALFORMED, str(exc)) from None
+
+    def unprotect_in_place(self, packet: PacketBuffer, length: int) -> int:
+        """`unprotect` of the datagram in `packet[:length]`, decrypted where it lies; returns the
+        RTP length. Refuses exactly as `unprotect` does (same reasons, same counters upstream)."""
+        if length < self._shortest:
+            raise SrtpRefused(Refusal.MALFORMED, f"{length} bytes cannot hold a header and a tag")
+        if length > MAX_SRTP_PACKET:
+            raise SrtpRefused(Refusal.MALFORMED, f"datagram longer than {MAX_SRTP_PACKET} bytes")
+        length_p = packet.length_p
+        length_p[0] = length
+        status = _lib.srtp_unprotect(self._ctx, packet.cdata, length_p)
+        if status:
+            raise _refusal(status)
+        return length_p[0]

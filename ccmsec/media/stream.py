@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 from ccmsec.media import g711
 from ccmsec.media.packetiser import Packetiser, SequenceTracker
-from ccmsec.media.rtp import HEADER, HEADER_SIZE, RtpError, parse_rtp
-from ccmsec.media.srtp import MasterKey, Refusal, SrtpReceiver, SrtpRefused, SrtpSender
+from ccmsec.media.rtp import HEADER, HEADER_SIZE, MAX_PACKET, RtpError, parse_rtp
+from ccmsec.media.srtp import MasterKey, PacketBuffer, Refusal, SrtpReceiver, SrtpRefused, SrtpSender
 
 
 @dataclass
@@ -127,20 +127,69 @@ class MediaStream:
         self._counters.sent += 1
         return self._sender.protect(rtp) if self._sender else rtp
 
+    def send_in_place(self, packet: PacketBuffer, payload_end: int) -> int:
+        """`packet_for_payload` for a payload already at HEADER_SIZE..payload_end of `packet`
+        (what `receive_in_place` left there): the header goes in front of it and, with a send key,
+        libsrtp encrypts it where it lies. Returns the datagram's length."""
+        self.packetiser.header_into(packet.view, payload_end - HEADER_SIZE)
+        self._counters.sent += 1
+        return self._sender.protect_in_place(packet, payload_end) if self._sender else payload_end
+
     # -- receive ----------------------------------------------------------------------------
-    def receive(self, datagram: bytes) -> AudioReceived | PacketRefused:
+    def _count_refusal(self, exc: SrtpRefused) -> PacketRefused:
         c = self._counters
+        if exc.reason is Refusal.AUTHENTICATION:
+            c.refused_authentication += 1
+        elif exc.reason is Refusal.REPLAY:
+            c.refused_replay += 1
+        else:
+            c.malformed += 1
+        return PacketRefused(exc.reason, str(exc))
+
+    def receive_in_place(self, packet: PacketBuffer, length: int) -> int:
+        """`receive` for the datagram in `packet[:length]` without a Python object per packet (the
+        relay's path): decrypted in place, checked and counted exactly as `receive` does. Returns
+        the end of the payload, which starts at HEADER_SIZE (a header with CSRCs, an extension or
+        padding is normalised to the fixed 12 bytes), or 0 when the packet was refused."""
+        if self._receiver is not None:
+            try:
+                length = self._receiver.unprotect_in_place(packet, length)
+            except SrtpRefused as exc:
+                self._count_refusal(exc)
+                return 0
+        elif length > MAX_PACKET:
+            self._counters.malformed += 1
+            return 0
+        view = packet.view
+        if length >= HEADER_SIZE and view[0] == 0x80:
+            _, second, seq, _, ssrc = HEADER.unpack_from(view)
+            pt = second & 0x7F
+        else:
+            event = self._accept(bytes(view[:length]))
+            if not isinstance(event, AudioReceived):
+                return 0
+            end = HEADER_SIZE + len(event.payload)
+            view[HEADER_SIZE:end] = event.payload
+            return end
+        if pt != self.payload_type or (self.remote_ssrc is not None and ssrc != self.remote_ssrc):
+            self._counters.foreign += 1
+            return 0
+        self.remote_ssrc = ssrc
+        self.tracker.update(seq)
+        self._counters.received += 1
+        return length
+
+    def receive(self, datagram: bytes) -> AudioReceived | PacketRefused:
         if self._receiver is not None:
             try:
                 datagram = self._receiver.unprotect(datagram)
             except SrtpRefused as exc:
-                if exc.reason is Refusal.AUTHENTICATION:
-                    c.refused_authentication += 1
-                elif exc.reason is Refusal.REPLAY:
-                    c.refused_replay += 1
-                else:
-                    c.malformed += 1
-                return PacketRefused(exc.reason, str(exc))
+                return self._count_refusal(exc)
+        return self._accept(datagram)
+
+    def _accept(self, datagram: bytes) -> AudioReceived | PacketRefused:
+        """The checks after decryption: RTP header, agreed payload type, one far-end SSRC."""
+        c = self._counters
         if len(datagram) >= HEADER_SIZE and datagram[0] == 0x80:
             # the usual packet (V=2, no padding, extension or CSRCs): the fixed header only
             _, second, seq, ts, ssrc = HEADER.unpack_from(datagram)

@@ -1,9 +1,10 @@
 """The gateway's media core: endpoints, connections and the relay between the IP leg (RTP or
-SRTP over UDP, through `ccmsec.aio.media`) and the simulated telephone network (`pstn`).
+SRTP over UDP, through `ccmsec.aio.media_relay`) and the simulated telephone network (`pstn`).
 
 Free of gRPC: the servicer turns requests into calls here and `MgcpError`s into statuses. One
 ticker task sends every talking party's next frame each 20 ms for all connections at once; the
-echo party answers each received packet immediately (decrypt, re-originate, encrypt).
+echo party answers each received packet immediately (decrypt, re-originate, encrypt — in place,
+in the relay's one packet buffer). Every IP leg's socket is drained by the one `MediaRelay`.
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ import logging
 import secrets
 from dataclasses import dataclass, field
 
-from ccmsec.aio.media import MediaEndpoint
+from ccmsec.aio.media_relay import MediaRelay, RelayEndpoint
 from ccmsec.formats.sdp import SdpError, SessionDescription, audio_session, parse_sdp
 from ccmsec.media.packetiser import FRAME_MS
 from ccmsec.media.srtp import MasterKey
-from ccmsec.media.stream import AudioReceived, MediaStream
+from ccmsec.media.stream import MediaStream
 
 from . import pstn
 from .mgcp import ConnectionMode, EndpointName, MgcpError, check_call_id, parse_endpoint
@@ -39,7 +40,7 @@ class Connection:
     number: str
     mode: ConnectionMode
     srtp: bool
-    media: MediaEndpoint
+    media: RelayEndpoint
     party: pstn.Party
     send_key: MasterKey | None = field(default=None, repr=False)
     receive_key: MasterKey | None = field(default=None, repr=False)
@@ -98,6 +99,8 @@ class Gateway:
         self.endpoints = [parse_endpoint(f"aaln/S1/SU0/{i}@{name}") for i in range(1, lines + 1)]
         self.connections: dict[str, Connection] = {}     # by connection id
         self._by_endpoint: dict[str, Connection] = {}    # one connection per analogue line
+        self._talkers: dict[str, Connection] = {}        # those whose party sends by itself
+        self._relay: MediaRelay | None = None
         self._ticker: asyncio.Task | None = None
         self.totals = {"created": 0, "deleted": 0}
 
@@ -150,11 +153,13 @@ class Gateway:
         receive_key = leg.key if leg else None
         stream = MediaStream(payload_type, send_key=send_key, receive_key=receive_key)
         conn_id = secrets.token_hex(8).upper()
-        media = await MediaEndpoint.open(self.host, 0, stream)
+        if self._relay is None:
+            self._relay = MediaRelay()
+        media = self._relay.open(self.host, 0, stream)
         conn = Connection(conn_id, ep, call_id, number, mode, srtp, media, party, send_key, receive_key,
                           payload_type)
-        media.on_audio = self._hearing(conn)
-        media.receiving = mode.receives
+        self._attach_party(conn)
+        media.receiving, media.sending = mode.receives, mode.sends
         if leg:
             media.remote = (leg.address, leg.port)
         self.connections[conn_id] = conn
@@ -165,14 +170,25 @@ class Gateway:
                                                "number": number, "mode": mode.name.lower(), "srtp": srtp})
         return conn
 
+    def _attach_party(self, conn: Connection) -> None:
+        """Wire the connection's telephone-network party to its IP leg."""
+        party, media = conn.party, conn.media
+        # the echo answers in place in the relay's buffer; other parties hear through a callback
+        media.echo = party.echoes
+        media.on_payload = self._hearing(conn) if party.answers and not party.echoes else None
+        if party.talks:
+            self._talkers[conn.id] = conn
+        else:
+            self._talkers.pop(conn.id, None)
+
     def _hearing(self, conn: Connection):
         party, media = conn.party, conn.media
 
-        def on_audio(event: AudioReceived) -> None:
-            back = party.hear(event.payload)
+        def on_payload(payload: bytes) -> None:
+            back = party.hear(payload)
             if back is not None and conn.mode.sends:
                 media.send_payload(back)
-        return on_audio
+        return on_payload
 
     # -- MDCX --------------------------------------------------------------------------------
     async def modify(self, *, endpoint: str, call_id: str, connection_id: str, mode: ConnectionMode | None,
@@ -194,7 +210,7 @@ class Gateway:
         leg = remote_leg(remote_sdp, srtp=new_srtp) if remote_sdp else None
         if mode is not None:
             conn.mode = mode
-            conn.media.receiving = mode.receives
+            conn.media.receiving, conn.media.sending = mode.receives, mode.sends
         if leg is not None:
             if leg.payload_type != conn.payload_type:
                 if conn.media.remote is not None:
@@ -203,7 +219,7 @@ class Gateway:
                 conn.payload_type = leg.payload_type
                 conn.party = pstn.party_for(conn.number, leg.payload_type)
                 conn.media.stream = MediaStream(leg.payload_type)
-                conn.media.on_audio = self._hearing(conn)
+                self._attach_party(conn)
             conn.srtp, conn.send_key, conn.receive_key = new_srtp, new_send, leg.key
             conn.media.stream.set_keys(new_send, leg.key)
             conn.media.remote = (leg.address, leg.port)
@@ -231,6 +247,7 @@ class Gateway:
     async def _drop(self, conn: Connection) -> None:
         self.connections.pop(conn.id, None)
         self._by_endpoint.pop(conn.endpoint.key, None)
+        self._talkers.pop(conn.id, None)
         await conn.media.close()
         conn.send_key = conn.receive_key = None   # the call is over: forget its keys
         self.totals["deleted"] += 1
@@ -255,7 +272,7 @@ class Gateway:
         loop = asyncio.get_running_loop()
         due = loop.time()
         while self.connections:
-            for conn in list(self.connections.values()):
+            for conn in list(self._talkers.values()):
                 if conn.mode.sends and conn.party.talks and conn.media.remote is not None:
                     payload = conn.party.payload()
                     if payload is not None:
@@ -275,3 +292,6 @@ class Gateway:
                 await self._ticker
             except asyncio.CancelledError:
                 pass
+        if self._relay is not None:
+            self._relay.close()
+            self._relay = None

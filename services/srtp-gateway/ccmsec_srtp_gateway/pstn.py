@@ -14,7 +14,9 @@ from ccmsec.media import g711, tones
 
 class Party:
     name = "party"
-    talks = True
+    talks = True       # sends a frame every 20 ms by itself (the gateway's ticker asks `payload()`)
+    answers = False    # `hear()` may hand back a payload to send at once
+    echoes = False     # answers every payload with itself: the relay sends it back in place
 
     def payload(self) -> bytes | None:
         return None
@@ -42,6 +44,7 @@ class LoopParty(Party):
 class EchoParty(Party):
     name = "echo"
     talks = False
+    answers = echoes = True
 
     def hear(self, payload: bytes) -> bytes:
         return payload
