@@ -67,23 +67,6 @@ class RelayEndpoint:
         self.local_address: tuple[str, int] = sock.getsockname()[:2]
         self.closed = False
 
-    def _received(self, packet: PacketBuffer, length: int) -> None:
-        self.datagrams_in += 1
-        if not self.receiving:
-            self.discarded += 1
-            return
-        stream = self.stream
-        end = stream.receive_in_place(packet, length)
-        if not end:
-            return       # refused and counted by the stream
-        self.octets_in += end - HEADER_SIZE
-        if self.echo:
-            if self.sending and self.remote is not None:
-                self.octets_out += end - HEADER_SIZE
-                self._send(packet.view[:stream.send_in_place(packet, end)])
-        elif self.on_payload is not None:
-            self.on_payload(bytes(packet.view[HEADER_SIZE:end]))
-
     def _send(self, data) -> None:
         try:
             self.sock.sendto(data, self.remote)
@@ -164,7 +147,7 @@ class MediaRelay:
     def _drain(self) -> int:
         """Relay what every ready leg holds; returns how many datagrams were read."""
         poll, legs, packet = self._epoll.poll, self._legs, self.packet
-        into = packet.receive_view
+        into, view = packet.receive_view, packet.view
         count = 0
         for _ in range(MAX_ROUNDS):
             ready = poll(0, MAX_EVENTS)
@@ -177,8 +160,27 @@ class MediaRelay:
                     length = leg.sock.recv_into(into)
                 except OSError:    # nothing after all, or an ICMP error queued on the socket
                     continue
+                # one leg's packet, written out here rather than in methods: this is the
+                # per-packet path, and each Python call on it is a measurable share of its cost
                 try:
-                    leg._received(packet, length)
+                    leg.datagrams_in += 1
+                    if not leg.receiving:
+                        leg.discarded += 1
+                        continue
+                    stream = leg.stream
+                    end = stream.receive_in_place(packet, length)
+                    if not end:
+                        continue       # refused and counted by the stream
+                    leg.octets_in += end - HEADER_SIZE
+                    if leg.echo:
+                        if leg.sending and leg.remote is not None:
+                            leg.octets_out += end - HEADER_SIZE
+                            try:
+                                leg.sock.sendto(view[:stream.send_in_place(packet, end)], leg.remote)
+                            except OSError:   # a full socket buffer or an ICMP error: dropped,
+                                leg.send_errors += 1   # as the network would
+                    elif leg.on_payload is not None:
+                        leg.on_payload(bytes(view[HEADER_SIZE:end]))
                 except Exception:  # a bug must not stop the other legs: log it, keep relaying
                     log.exception("relay leg failed on a packet", extra={"port": leg.local_address[1]})
             if len(ready) < MAX_EVENTS:

@@ -129,6 +129,16 @@ _REASON_BY_STATUS = tuple(_reason(text) for text in _ERRORS)
 MAX_SRTP_PACKET = 1500
 
 
+# libsrtp's in-place calls for the relay's per-packet path (status 0 = done; see `refusal`)
+libsrtp_protect = _lib.srtp_protect
+libsrtp_unprotect = _lib.srtp_unprotect
+
+
+def refusal(status: int) -> SrtpRefused:
+    """The refusal for a failed libsrtp status, with the reason `unprotect` would give."""
+    return _refusal(status)
+
+
 def _refusal(status: int) -> SrtpRefused:
     if 0 <= status < len(_ERRORS):
         return SrtpRefused(_REASON_BY_STATUS[status], _ERRORS[status])
@@ -182,7 +192,7 @@ class SrtpReceiver:
         policy.window_size = window
         self._session = pylibsrtp.Session(policy)
         self._ctx = self._session._srtp[0]
-        self._shortest = 12 + self.suite.tag_length
+        self._shortest = 12 + self.suite.tag_length   # a header and the tag
 
     def unprotect(self, srtp: bytes) -> bytes:
         if len(srtp) < self._shortest:

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from ccmsec.media import g711
 from ccmsec.media.packetiser import Packetiser, SequenceTracker
 from ccmsec.media.rtp import HEADER, HEADER_SIZE, MAX_PACKET, RtpError, parse_rtp
-from ccmsec.media.srtp import MasterKey, PacketBuffer, Refusal, SrtpReceiver, SrtpRefused, SrtpSender
+from ccmsec.media.srtp import (MAX_SRTP_PACKET, MasterKey, PacketBuffer, Refusal, SrtpReceiver, SrtpRefused,
+                               SrtpSender, libsrtp_protect, libsrtp_unprotect, refusal)
 
 
 @dataclass
@@ -133,7 +134,16 @@ class MediaStream:
         libsrtp encrypts it where it lies. Returns the datagram's length."""
         self.packetiser.header_into(packet.view, payload_end - HEADER_SIZE)
         self._counters.sent += 1
-        return self._sender.protect_in_place(packet, payload_end) if self._sender else payload_end
+        sender = self._sender
+        if sender is None:
+            return payload_end
+        # SrtpSender.protect_in_place, inlined: this runs once per relayed packet
+        length_p = packet.length_p
+        length_p[0] = payload_end
+        status = libsrtp_protect(sender._ctx, packet.cdata, length_p)
+        if status:
+            raise refusal(status)
+        return length_p[0]
 
     # -- receive ----------------------------------------------------------------------------
     def _count_refusal(self, exc: SrtpRefused) -> PacketRefused:
@@ -151,12 +161,20 @@ class MediaStream:
         relay's path): decrypted in place, checked and counted exactly as `receive` does. Returns
         the end of the payload, which starts at HEADER_SIZE (a header with CSRCs, an extension or
         padding is normalised to the fixed 12 bytes), or 0 when the packet was refused."""
-        if self._receiver is not None:
-            try:
-                length = self._receiver.unprotect_in_place(packet, length)
-            except SrtpRefused as exc:
-                self._count_refusal(exc)
+        receiver = self._receiver
+        if receiver is not None:
+            # SrtpReceiver.unprotect_in_place, inlined (once per relayed packet): same bounds, same
+            # reasons for what libsrtp refuses
+            if length < receiver._shortest or length > MAX_SRTP_PACKET:
+                self._counters.malformed += 1
                 return 0
+            length_p = packet.length_p
+            length_p[0] = length
+            status = libsrtp_unprotect(receiver._ctx, packet.cdata, length_p)
+            if status:
+                self._count_refusal(refusal(status))
+                return 0
+            length = length_p[0]
         elif length > MAX_PACKET:
             self._counters.malformed += 1
             return 0

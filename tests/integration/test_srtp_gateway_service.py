@@ -391,3 +391,50 @@ async def test_gw4_only_call_control_drives_the_gateway(gw):
                     endpoint="aaln/S1/SU0/1@gw1", call_id="1", dialled_number=ECHO), timeout=5)
             assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert gw.gw_svc.gateway.connections == {}
+
+
+async def test_gw1_enc2_gateway_relay_refuses_replayed_tampered_and_foreign_datagrams_and_counts_them(gw):
+    """The relay's in-place path (one buffer, SRTP decrypted and re-encrypted where it lies) still
+    refuses and counts what it must: an attacker on the path replays a packet the gateway already
+    took (refused: replay), flips one bit of another (refused: authentication), and sends junk and
+    a packet under a key nobody signalled — none is echoed, each is counted in the audit, and the
+    genuine packets are still relayed."""
+    await gw.mixed()
+    up, down = MasterKey.generate(), MasterKey.generate()
+    phone = await _phone(send_key=up, receive_key=down)
+    reply = await gw.gw.CreateConnection(pb.CreateConnectionRequest(
+        endpoint="aaln/S1/SU0/4@gw1", call_id="BAD1", dialled_number=ECHO, srtp=True,
+        send_key=to_proto(down), remote_sdp=_remote(phone, up)))
+    audio = parse_sdp(reply.local_sdp).audio()
+    target = (parse_sdp(reply.local_sdp).address_of(audio), audio.port)
+    wires = [phone.stream.packet_for_payload(bytes([i]) * 160) for i in range(4)]
+    attacker = await _phone()   # another socket on the path
+    send = phone.transport.sendto
+    send(wires[0], target)
+    send(wires[1], target)
+    await wait_for(lambda: phone.stream.counters.received == 2, 10)
+    tampered = bytearray(wires[2])
+    tampered[30] ^= 0x01
+    stranger = MediaStream(0, send_key=MasterKey.generate()).packet_for_payload(bytes(160))
+    for bad in (wires[0], bytes(tampered), b"\x80junk", stranger):
+        attacker.transport.sendto(bad, target)
+    send(wires[2], target)      # the genuine one still passes after the tampered copy
+    send(wires[3], target)
+    await wait_for(lambda: phone.stream.counters.received == 4, 10)
+
+    async def counted():
+        audit = await gw.gw.AuditEndpoint(pb.AuditEndpointRequest(endpoint="aaln/S1/SU0/4@gw1"))
+        return [c for e in audit.endpoints for c in e.connections][0]
+    for _ in range(100):
+        conn = await counted()
+        if conn.refused_authentication + conn.refused_replay + conn.malformed >= 4:
+            break
+        await asyncio.sleep(0.05)
+    assert (conn.packets_received, conn.packets_sent) == (4, 4)
+    assert conn.refused_replay == 1
+    assert conn.refused_authentication == 2      # the flipped bit and the unknown key
+    assert conn.malformed == 1                   # five bytes cannot hold a header and a tag
+    assert phone.stream.counters.refused == 0
+    assert attacker.stream.counters.received == 0   # nothing is ever sent to the attacker
+    await phone.close()
+    await attacker.close()
