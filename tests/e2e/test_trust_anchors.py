@@ -57,7 +57,9 @@ def cli(tc, *args, timeout=60):
 
 
 def update(tc, *args):
-    return cli(tc, "ctl", "update", "--password-file", str(tc["pw"]), "-q", *args)
+    # waits until the services the update restarts (RST-3, RST-4) serve again: minutes on a
+    # loaded two-core machine
+    return cli(tc, "ctl", "update", "--password-file", str(tc["pw"]), "-q", *args, timeout=240)
 
 
 async def wait_serving(tc, *roles, timeout=30.0):
@@ -262,11 +264,13 @@ async def test_ctl2_signer_outside_the_current_ctl_refused_unless_new_trust(tc):
     assert verify_ctl(parse_ctl(v3)).subject == "CN=SAST-t3;OU=SAST;O=ccmsec"
 
 
-async def test_mode2_cluster_mode_and_each_devices_own_mode_survive_a_callmanager_restart(tc):
-    """MODE-2 on the running cluster: after call control restarts, the cluster is still mixed with
-    its CTL, and each device is served in its own stored mode — a non-secure one on 2000, an
-    authenticated one only over a NULL cipher, an encrypted one only over AES (the wrong transport
-    refused with DEV-1/ENC-1), exactly as before the restart."""
+MODE2_DEVICES = {"SEP0000000E2E2A": "non-secure", "SEP0000000E2E2B": "authenticated",
+                 "SEP0000000E2E2C": "encrypted"}
+
+
+async def _register(tc, name: str, transport: str) -> str:
+    """Register `name` over `transport` with an LSC of this cluster's CAPF; empty when accepted,
+    else the RegisterReject text."""
     from ccmsec.aio.sccp import SccpRegistrationRejected, connect_phone
     from ccmsec.pki.ca import Issued, load_pair, new_key
     from ccmsec.pki.lsc import issue_lsc
@@ -275,56 +279,61 @@ async def test_mode2_cluster_mode_and_each_devices_own_mode_survive_a_callmanage
 
     data = tc["data"]
     svc = tc["endpoints"]["services"]["callmanager"]
-    ident = client_identity(data)
-    await wait_serving(tc, "callmanager")
-    devices = {"SEP0000000E2E2A": "non-secure", "SEP0000000E2E2B": "authenticated", "SEP0000000E2E2C": "encrypted"}
-    for name, mode in devices.items():
-        added = await asyncio.to_thread(cli, tc, "device", "add", name, "--model", "7970", "--security", mode)
-        assert added.returncode == 0, added.stderr
     ccm = x509.load_der_x509_certificate((data / "servers" / "callmanager" / "ccmserver.cer").read_bytes())
     capf = load_pair(data / "pki" / "capf.crt", data / "pki" / "capf.key")
     key = new_key("ec256")
+    ctx = None
+    if transport != "non-secure":
+        ctx = sccp_phone_context(transport, [ccm], lsc=Issued(issue_lsc(capf, name, key.public_key()), key))
+    port = svc["sccp_tls_port"] if ctx else svc["sccp_port"]
+    phone = await connect_phone(svc["host"], port, s.Register(name, svc["host"]), ssl_context=ctx,
+                                pinned_ccm_certificates=[ccm] if ctx else None, timeout=15)
+    try:
+        await phone.wait_registered(15)
+        return ""
+    except SccpRegistrationRejected as exc:
+        return exc.text
+    finally:
+        await phone.close()
 
-    async def register(name: str, transport: str) -> str:
-        """Empty when accepted, else the RegisterReject text."""
-        ctx = None
-        if transport != "non-secure":
-            ctx = sccp_phone_context(transport, [ccm], lsc=Issued(issue_lsc(capf, name, key.public_key()), key))
-        port = svc["sccp_tls_port"] if ctx else svc["sccp_port"]
-        phone = await connect_phone(svc["host"], port, s.Register(name, svc["host"]), ssl_context=ctx,
-                                    pinned_ccm_certificates=[ccm] if ctx else None, timeout=15)
+
+async def _served_in_own_mode(tc) -> None:
+    """MODE-2's observable half: each device registers in its own stored mode, and only in it."""
+    for name, mode in MODE2_DEVICES.items():
+        assert await _register(tc, name, mode) == "", f"{name} refused in its own mode {mode}"
+    assert (await _register(tc, "SEP0000000E2E2B", "encrypted")).startswith("DEV-1")      # AES: not its mode
+    assert (await _register(tc, "SEP0000000E2E2C", "authenticated")).startswith("ENC-1")  # NULL: not its mode
+    assert (await _register(tc, "SEP0000000E2E2B", "non-secure")).startswith("DEV-1")
+
+
+async def _callmanager_answers(tc, timeout: float = 60.0):
+    """(Status, GetClusterMode) once call control answers its own RPCs — health may say SERVING a
+    moment before, which made this test flaky (UNAVAILABLE right after start)."""
+    svc = tc["endpoints"]["services"]["callmanager"]
+    ident = client_identity(tc["data"])
+    deadline = time.monotonic() + timeout
+    while True:
         try:
-            await phone.wait_registered(15)
-            return ""
-        except SccpRegistrationRejected as exc:
-            return exc.text
-        finally:
-            await phone.close()
+            async with secure_channel(ident, svc["host"], svc["grpc_port"], "callmanager") as ch:
+                stub = callmanager_pb2_grpc.CallManagerStub(ch)
+                return (await stub.Status(common_pb2.Empty(), timeout=5),
+                        await stub.GetClusterMode(common_pb2.Empty(), timeout=5))
+        except grpc.aio.AioRpcError:
+            assert time.monotonic() < deadline, "callmanager does not answer"
+            await asyncio.sleep(0.3)
 
-    async def served_in_own_mode() -> None:
-        for name, mode in devices.items():
-            assert await register(name, mode) == "", f"{name} refused in its own mode {mode}"
-        assert (await register("SEP0000000E2E2B", "encrypted")).startswith("DEV-1")      # AES: not its mode
-        assert (await register("SEP0000000E2E2C", "authenticated")).startswith("ENC-1")  # NULL: not its mode
-        assert (await register("SEP0000000E2E2B", "non-secure")).startswith("DEV-1")
 
-    async def status():
-        async with secure_channel(ident, svc["host"], svc["grpc_port"], "callmanager") as ch:
-            stub = callmanager_pb2_grpc.CallManagerStub(ch)
-            return (await stub.Status(common_pb2.Empty(), timeout=5),
-                    await stub.GetClusterMode(common_pb2.Empty(), timeout=5))
-
-    async def answered(timeout: float = 40.0):
-        deadline = time.monotonic() + timeout
-        while True:   # serving on health can come a moment before the service's own RPCs
-            try:
-                return await status()
-            except grpc.aio.AioRpcError:
-                assert time.monotonic() < deadline, "callmanager does not answer"
-                await asyncio.sleep(0.3)
-
-    await served_in_own_mode()
-    before, _ = await answered()
+async def test_mode2_cluster_mode_and_each_devices_own_mode_survive_a_callmanager_restart(tc):
+    """MODE-2 on the running cluster: after call control restarts, the cluster is still mixed with
+    its CTL, and each device is served in its own stored mode — a non-secure one on 2000, an
+    authenticated one only over a NULL cipher, an encrypted one only over AES (the wrong transport
+    refused with DEV-1/ENC-1), exactly as before the restart."""
+    await wait_serving(tc, "callmanager")
+    for name, mode in MODE2_DEVICES.items():
+        added = await asyncio.to_thread(cli, tc, "device", "add", name, "--model", "7970", "--security", mode)
+        assert added.returncode == 0, added.stderr
+    await _served_in_own_mode(tc)
+    before, _ = await _callmanager_answers(tc)
     bus = EventBus.for_cli(tc["data"], tc["endpoints"]["nats_url"], "e2e-trust")
     await bus.connect()
     await bus.publish(make_event("service.restart", "e2e-trust", service_restart=events_pb2.ServiceRestart(
@@ -332,14 +341,67 @@ async def test_mode2_cluster_mode_and_each_devices_own_mode_survive_a_callmanage
     await bus.close()
     deadline = time.monotonic() + 60
     while True:
-        after, mode = await answered(60)
+        after, mode = await _callmanager_answers(tc)
         if after.details["pid"] != before.details["pid"]:
             break
         assert time.monotonic() < deadline, "callmanager did not restart"
         await asyncio.sleep(0.3)
     assert mode.mode == common_pb2.CLUSTER_MIXED and mode.ctl_present
     await wait_serving(tc, "callmanager")
-    await served_in_own_mode()
+    await _served_in_own_mode(tc)
+
+
+# The revisions of the schema's branches that an earlier build shipped: the upgrade test takes the
+# database back to them (each later revision's own downgrade), then lets the current build start.
+EARLIER_BUILD = {"core": "core_0001", "capf": "capf_0002", "runtime": "runtime_0001"}
+
+
+def _schema_revisions(db: Path) -> set[str]:
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:
+        return {row[0] for row in conn.execute("SELECT version_num FROM alembic_version")}
+
+
+def _downgrade_to_earlier_build(db: Path) -> None:
+    from alembic import command
+    from sqlalchemy import create_engine
+
+    from ccmsec.runtime.database import _alembic_config
+
+    engine = create_engine(f"sqlite:///{db}")
+    try:
+        with engine.begin() as conn:
+            cfg = _alembic_config()
+            cfg.attributes["connection"] = conn
+            for revision in EARLIER_BUILD.values():
+                command.downgrade(cfg, revision)
+    finally:
+        engine.dispose()
+
+
+async def test_mode2_each_devices_own_mode_survives_an_upgrade(tc):
+    """MODE-2 across an upgrade: the cluster is stopped, its database taken back to the schema an
+    earlier build shipped (the later revisions of the core, CAPF and runtime branches undone), and
+    the current build started on it — its migrations bring the schema up to date, and the cluster
+    is still mixed with its CTL and every device is served in its own mode, not a default."""
+    await _served_in_own_mode(tc)  # the devices of the restart test, before the upgrade
+    data = tc["data"]
+    db = data / "ccmsec.db"
+    down = await asyncio.to_thread(cli, tc, "down", timeout=120)
+    assert down.returncode == 0, down.stderr
+    assert cluster_pids(data) == []
+    await asyncio.to_thread(_downgrade_to_earlier_build, db)
+    later = {"core_0002", "capf_0003", "runtime_0002"}
+    assert not later & _schema_revisions(db)  # (a branch's base may not be listed: not a head)
+    up = await asyncio.to_thread(cli, tc, "up", "-d", timeout=240)
+    assert up.returncode == 0, up.stderr
+    tc["endpoints"] = json.loads((data / "run" / "endpoints.json").read_text())
+    assert later <= _schema_revisions(db)  # migrated on start
+    _, mode = await _callmanager_answers(tc)
+    assert mode.mode == common_pb2.CLUSTER_MIXED and mode.ctl_present
+    await wait_serving(tc, "callmanager")
+    await _served_in_own_mode(tc)
 
 
 def test_mode6_clusters_sharing_the_tftp_server(tc):
