@@ -52,7 +52,7 @@ def tc():
     assert left == [], f"processes left after ccmsec down: {left}"
 
 
-def cli(tc, *args, timeout=60):
+def cli(tc, *args, timeout=240):  # restarts take minutes on a loaded two-core machine
     return run_cli(*args, "--data", str(tc["data"]), timeout=timeout)
 
 
