@@ -31,7 +31,7 @@ from ccmsec.db.outbox import OutboxRow
 from ccmsec.runtime.bus import EventBus, subject_for
 from ccmsec.runtime.database import open_database
 from ccmsec.runtime.metrics import REGISTRY
-from ccmsec.runtime.outbox import OutboxRelay, stage
+from ccmsec.runtime.outbox import OutboxRelay, stage, stage_owner_change
 from ccmsec.wire import sccp as s
 from ccmsec_proto import callmanager_pb2 as pb
 from ccmsec_proto import events_pb2
@@ -141,6 +141,12 @@ async def test_rolled_back_change_publishes_nothing_committed_one_waits_for_nats
                 rolled_back = stage(session, "relay-node", "config.changed", None,
                                     config_changed=events_pb2.ConfigChanged(devices=["RB"], what="x"))
                 raise RuntimeError("the change failed after staging its events")
+        # The same for an owner's audit record (ctl-provider, capf): rolled back with its write.
+        with pytest.raises(RuntimeError):
+            async with db() as session, session.begin():
+                stage_owner_change(session, "relay-node", actor="cli/cli", action="capf.schedule",
+                                   target="SEP000000000001", detail="install")
+                raise RuntimeError("the write failed after staging its audit record")
         async with db() as session:
             assert await session.scalar(select(func.count()).select_from(OutboxRow)) == 0
         # Committed while NATS is up: acknowledged at once.
@@ -394,28 +400,33 @@ async def test_ctl_provider_writes_are_audited_by_callmanager_once_nats_is_back(
         assert (await stub.GetProviderSettings(common_pb2.Empty(), timeout=10)).activated
         await stub.RegisterTftpCluster(ctl_provider_pb2.TftpCluster(
             cluster_id="other", tftp_path="cluster2", mode=common_pb2.CLUSTER_NON_SECURE), timeout=30)
+        await stub.RemoveTftpCluster(ctl_provider_pb2.RemoveTftpClusterRequest(cluster_id="other"), timeout=30)
         staged = len(await _outbox_rows(svc))
+        # Removing what is not there changes nothing: nothing staged.
+        await stub.RemoveTftpCluster(ctl_provider_pb2.RemoveTftpClusterRequest(cluster_id="gone"), timeout=30)
         # Refused (MODE-6: our own TFTP path; RST-7: no such port): nothing written or staged.
         with pytest.raises(Exception, match="MODE-6"):
             await stub.RegisterTftpCluster(ctl_provider_pb2.TftpCluster(
                 cluster_id="third", tftp_path="cluster1", mode=common_pb2.CLUSTER_NON_SECURE), timeout=30)
         with pytest.raises(Exception, match="not between 1 and 65535"):
             await stub.SetProviderPort(ctl_provider_pb2.SetProviderPortRequest(port=70000), timeout=30)
-        assert len(await _outbox_rows(svc)) == staged == 2
-        assert await svc.outbox.pending() == 2  # waiting for NATS
-        assert await _audit(cm, ("ctl_provider.activate", "tftp_cluster.register")) == []
+        assert len(await _outbox_rows(svc)) == staged == 3
+        assert await svc.outbox.pending() == 3  # waiting for NATS
+        actions = ("ctl_provider.activate", "tftp_cluster.register", "tftp_cluster.remove")
+        assert await _audit(cm, actions) == []
         server.start()
-        await _until(lambda: _audit(cm, ("ctl_provider.activate", "tftp_cluster.register")),
-                     BACK_TIMEOUT, "ctl-provider's writes in callmanager's audit log")
         await _until(lambda: asyncio.sleep(0, svc.outbox.depth == 0), BACK_TIMEOUT, "relayed")
+        await _until(lambda: _audit(cm, ("tftp_cluster.remove",)),
+                     BACK_TIMEOUT, "ctl-provider's writes in callmanager's audit log")
         await asyncio.sleep(3.0)  # a duplicate would be recorded now
-        rows = await _audit(cm, ("ctl_provider.activate", "tftp_cluster.register"))
+        rows = await _audit(cm, actions)
         assert [(r.actor, r.action, r.target, r.rule, r.outcome) for r in rows] == [
             ("cli/cli", "ctl_provider.activate", svc.node, "CHK-1", "ok"),
-            ("cli/cli", "tftp_cluster.register", "other", "MODE-6", "ok")]
+            ("cli/cli", "tftp_cluster.register", "other", "MODE-6", "ok"),
+            ("cli/cli", "tftp_cluster.remove", "other", "MODE-6", "ok")]
         assert all("(via grpc)" in r.detail and "by ctl-provider" in r.detail for r in rows)
         held = await _stream_events(server.url, subject_for("owner.change"))
-        assert sorted(e.owner_change.action for e in held) == ["ctl_provider.activate", "tftp_cluster.register"]
+        assert sorted(e.owner_change.action for e in held) == sorted(actions)
     finally:
         await channel.close()
         await _stop(svc, task)
