@@ -13,7 +13,8 @@ method nobody wrote a handler for is guarded too) with one closure that
    so the handler's log lines and the events it publishes carry it.
 
 A refusal is counted (`ccmsec_grpc_denied_total`), logged (one line, no secrets) and handed to
-`Gate.on_denied` — the service publishes it as an `access.denied` event, which callmanager, the
+`Gate.on_denied` — the service stages it as an `access.denied` event in its outbox (relayed until
+acknowledged, so a NATS outage delays the record but never loses it), which callmanager, the
 owner of the audit log, records. Log lines and events are rate-limited (a token bucket) so a caller
 hammering a refused method cannot flood logs or the bus; the suppressed count travels with the next
 report and in the metric.

@@ -472,4 +472,7 @@ class EventBus:
             try:
                 await asyncio.wait_for(self.nc.drain(), 2)
             except Exception:
-                await self.nc.close()
+                try:
+                    await self.nc.close()
+                except Exception:  # the socket is already gone (NATS restarted): nothing to close
+                    pass

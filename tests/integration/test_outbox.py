@@ -377,6 +377,11 @@ async def _outbox_rows(svc, kind: str | None = None) -> list[events_pb2.Event]:
         return [events_pb2.Event.FromString(r.payload) for r in (await session.scalars(q)).all()]
 
 
+async def _drained(svc) -> bool:
+    """Every row of `svc`'s outbox acknowledged (the database's word, not the last round's depth)."""
+    return await svc.outbox.pending() == 0
+
+
 async def _audit(cm, actions: tuple[str, ...]) -> list:
     from ccmsec.db.admin import AuditEntry
 
@@ -415,7 +420,7 @@ async def test_ctl_provider_writes_are_audited_by_callmanager_once_nats_is_back(
         actions = ("ctl_provider.activate", "tftp_cluster.register", "tftp_cluster.remove")
         assert await _audit(cm, actions) == []
         server.start()
-        await _until(lambda: asyncio.sleep(0, svc.outbox.depth == 0), BACK_TIMEOUT, "relayed")
+        await _until(lambda: _drained(svc), BACK_TIMEOUT, "relayed")
         await _until(lambda: _audit(cm, ("tftp_cluster.remove",)),
                      BACK_TIMEOUT, "ctl-provider's writes in callmanager's audit log")
         await asyncio.sleep(3.0)  # a duplicate would be recorded now
@@ -491,7 +496,7 @@ async def test_callmanager_mobility_routing_resets_and_refusals_commit_with_thei
     # an identity the policy refuses ResetDevices to (issue 9 §2): phone-sim
     intruder = service_identity(cm.data, "phone-sim", "phone-sim-1", "127.0.0.1")
     intruder_channel = secure_channel(intruder, cm.host, cm.svc.settings.grpc_port, "callmanager")
-    await _until(lambda: asyncio.sleep(0, cm.svc.outbox.depth == 0), BACK_TIMEOUT, "outbox drained")
+    await _until(lambda: _drained(cm.svc), BACK_TIMEOUT, "outbox drained")
     async with cm.svc.db() as session:
         before = await session.scalar(select(func.count()).select_from(OutboxRow))
     try:
@@ -533,7 +538,7 @@ async def test_callmanager_mobility_routing_resets_and_refusals_commit_with_thei
         assert [(r.action, r.actor) for r in rows] == [
             ("speed_dial.set", "cli/cli"), ("mobility.login", "cli/cli"), ("device.reset_many", "admin")]
         server.start()
-        await _until(lambda: asyncio.sleep(0, cm.svc.outbox.depth == 0), BACK_TIMEOUT, "relayed")
+        await _until(lambda: _drained(cm.svc), BACK_TIMEOUT, "relayed")
         await _until(lambda: _audit(cm, ("rpc.denied",)), BACK_TIMEOUT, "the refusal audited")
         await asyncio.sleep(3.0)  # a duplicate would arrive now
         held = await _stream_events(server.url)
@@ -593,7 +598,7 @@ async def test_capf_writes_commit_with_their_events_and_audit_record(tmp_path, k
         async with owner_db(settings.db_url, "callmanager") as db, db() as s, s.begin():
             s.add(Device(name="SEP00000000C501", model="7960", security_mode="non-secure"))
         await stub.Activate(ctl_provider_pb2.ActivateRequest(active=True), timeout=30)
-        await _until(lambda: asyncio.sleep(0, svc.outbox.depth == 0), BACK_TIMEOUT, "drained")
+        await _until(lambda: _drained(svc), BACK_TIMEOUT, "drained")  # the activation's record too
         first = len(await _outbox_rows(svc))
         assert [e.owner_change.action for e in await _outbox_rows(svc, "owner.change")] == ["capf.activate"]
 
@@ -625,7 +630,7 @@ async def test_capf_writes_commit_with_their_events_and_audit_record(tmp_path, k
         assert await svc.outbox.pending() == 4
 
         killable_nats.start()
-        await _until(lambda: asyncio.sleep(0, svc.outbox.depth == 0), BACK_TIMEOUT, "relayed")
+        await _until(lambda: _drained(svc), BACK_TIMEOUT, "relayed")
         held = await _stream_events(killable_nats.url)
         assert len({e.id for e in held}) == len(held)
         assert {e.id for e in staged} <= {e.id for e in held}
