@@ -6,7 +6,8 @@ call control reaches it: the client presents callmanager's identity. The runtime
 every service has: per-method authorization against the policy table (the caller's identity taken
 from its certificate, cached per certificate), metrics, health and reflection. Each server runs in
 its own process; one client process drives both in turn with the same concurrency, several rounds
-alternating, and the best round of each counts.
+alternating, and the best round of each counts. It also prints each server's own CPU time per call
+over all rounds (Linux /proc), which other processes on a shared machine do not move as much.
 
     uv run python bench/grpc_runtime.py [--quick] [--seconds S] [--concurrency C]
 """
@@ -15,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import multiprocessing as mp
+import os
 import socket
 import tempfile
 import time
@@ -29,8 +32,10 @@ from ccmsec_proto import common_pb2, keymanager_pb2, keymanager_pb2_grpc
 
 
 class _Service:
-    """What KeyManagerServicer needs of its service: a counter and a status."""
+    """What KeyManagerServicer needs of its service: a counter, a logger (debug off, as in
+    production) and a status."""
     calls_keyed = 0
+    log = logging.getLogger("bench.keymanager")
 
     def status_message(self):
         return common_pb2.ServiceStatus(role="keymanager", node="bench", state="serving")
@@ -69,7 +74,14 @@ def _serve(kind: str, data: str, port: int, ready) -> None:
     uvloop.run(main())
 
 
-async def _drive(data: Path, port: int, seconds: float, concurrency: int) -> float:
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used (Linux /proc): what each server spends on its
+    calls, whatever else the machine is running."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _drive(data: Path, port: int, seconds: float, concurrency: int) -> tuple[float, int]:
     ident = service_identity(data, "callmanager", "callmanager", "127.0.0.1")  # call control's identity
     request = keymanager_pb2.CallKeysRequest(call_id="bench", suite=common_pb2.AES_CM_128_HMAC_SHA1_80)
     async with secure_channel(ident, "127.0.0.1", port, "keymanager") as ch:
@@ -87,7 +99,7 @@ async def _drive(data: Path, port: int, seconds: float, concurrency: int) -> flo
 
         start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return count / (time.perf_counter() - start)
+        return count / (time.perf_counter() - start), count
 
 
 def main() -> None:
@@ -115,10 +127,15 @@ def main() -> None:
             if not ready.wait(30):
                 raise SystemExit(f"{kind} server did not start")
         best = {"runtime": 0.0, "bare": 0.0}
+        cpu = {"runtime": 0.0, "bare": 0.0}
+        calls = {"runtime": 0, "bare": 0}
         try:
             for _ in range(args.rounds):
                 for kind in ("bare", "runtime"):
-                    rate = uvloop.run(_drive(data, ports[kind], args.seconds, args.concurrency))
+                    before = _cpu_seconds(procs[kind].pid)
+                    rate, count = uvloop.run(_drive(data, ports[kind], args.seconds, args.concurrency))
+                    cpu[kind] += _cpu_seconds(procs[kind].pid) - before
+                    calls[kind] += count
                     best[kind] = max(best[kind], rate)
         finally:
             for p in procs.values():
@@ -128,6 +145,11 @@ def main() -> None:
     print(f"runtime (mTLS + authorization + metrics + health + reflection): {best['runtime']:8.0f} calls/s")
     print(f"bare grpc.aio (same mTLS certificates, same servicer):          {best['bare']:8.0f} calls/s")
     print(f"ratio runtime/bare: {ratio:.2f} (aim >= 0.80)")
+    # The servers' own CPU per call over every round: the same comparison, but what a server spends
+    # rather than what it got of a machine other processes share.
+    per_call = {k: cpu[k] / calls[k] * 1e6 if calls[k] else float("nan") for k in cpu}
+    print(f"server CPU per call: runtime {per_call['runtime']:.0f} us, bare {per_call['bare']:.0f} us; "
+          f"ratio bare/runtime {per_call['bare'] / per_call['runtime']:.2f} (calls per CPU-second, runtime/bare)")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@
 method nobody wrote a handler for is guarded too) with one closure that
 
 1. takes the caller's certificate from the TLS session and its identity from `IdentityCache`
-   (parsed once per certificate: one dict look-up per call),
+   (parsed once per certificate; later calls find it by the peer's verified names, one dict
+   look-up per call),
 2. refuses with PERMISSION_DENIED a role the policy does not list — or any role when the method
    has no entry (default deny) — naming the caller and the method; a certificate stating no valid
    identity gets UNAUTHENTICATED,
@@ -37,7 +38,7 @@ from google.protobuf import descriptor_pool
 
 from ccmsec.runtime import rpc_policy
 from ccmsec.runtime.identity import Identity, IdentityCache, IdentityError
-from ccmsec.runtime.logs import TRACE_METADATA_KEY, bind_trace_id, clean_trace_id, new_trace_id
+from ccmsec.runtime.logs import TRACE_ID, TRACE_METADATA_KEY, bind_trace_id, clean_trace_id, new_trace_id
 from ccmsec.runtime.metrics import GRPC_DENIED, GRPC_LATENCY, GRPC_REQUESTS
 
 log = logging.getLogger("ccmsec.authz")
@@ -92,7 +93,10 @@ class Gate:
         pems = context.auth_context().get(_PEM_KEY)
         if not pems:
             raise IdentityError("no client certificate")
-        return self.identities.get(pems[0])
+        identity = self.identities.get(pems[0])
+        # later calls on this certificate find it by its verified names (the fast path)
+        self.identities.remember_names(context.peer_identities(), identity)
+        return identity
 
     async def refuse(self, context, method: str, caller: Identity | None, reason: str):
         """Count, log, report and abort the call (raises)."""
@@ -158,10 +162,11 @@ def _guarded(inner, method: str, roles: frozenset[str] | None, gate: Gate, metri
     any_identity = roles is rpc_policy.ANY
     reason = ("not allowed by the policy" if roles is not None
               else "no policy entry for this method (default deny)")
-    known = gate.identities.known  # PEM bytes -> Identity, for the fast path
+    by_names = gate.identities.by_names  # the peer's verified names -> Identity, for the fast path
     ok = GRPC_REQUESTS.labels(method, "OK")
     latency = GRPC_LATENCY.labels(method)
     perf = time.perf_counter
+    trace_var = TRACE_ID
 
     async def slow_check(context) -> None:
         """First call on a certificate, or a refusal: parse (and cache), then decide."""
@@ -174,8 +179,8 @@ def _guarded(inner, method: str, roles: frozenset[str] | None, gate: Gate, metri
             await gate.refuse(context, method, caller, reason)
 
     def admitted(context) -> bool:
-        pems = context.auth_context().get(_PEM_KEY)
-        caller = known.get(pems[0]) if pems else None
+        names = context.peer_identities()
+        caller = by_names.get(tuple(names)) if names else None
         return caller is not None and (any_identity or caller.role in allowed)
 
     if inspect.isasyncgenfunction(inner):
@@ -210,8 +215,10 @@ def _guarded(inner, method: str, roles: frozenset[str] | None, gate: Gate, metri
             if not admitted(context):
                 await slow_check(context)
             return (await inner(request, context)) if is_coroutine else inner(request, context)
-        # The caller's trace id covers the refusal's log line and event too.
-        with bind_trace_id(_trace_of(context)):
+        # The caller's trace id covers the refusal's log line and event too (set and reset by
+        # hand: a context manager per call cost more than the rest of the check).
+        token = trace_var.set(_trace_of(context))
+        try:
             if not admitted(context):
                 await slow_check(context)
             start = perf()
@@ -221,6 +228,8 @@ def _guarded(inner, method: str, roles: frozenset[str] | None, gate: Gate, metri
                 latency.observe(perf() - start)  # failed calls are timed too
                 GRPC_REQUESTS.labels(method, _code_of(context, exc)).inc()
                 raise
+        finally:
+            trace_var.reset(token)
         latency.observe(perf() - start)
         ok.inc()
         return reply

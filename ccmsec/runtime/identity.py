@@ -116,8 +116,22 @@ class IdentityCache:
 
     def __init__(self, limit: int = 4096):
         self._limit = limit
-        self.known: dict[bytes, Identity] = {}          # read directly on the fast path
+        self.known: dict[bytes, Identity] = {}          # PEM -> Identity
+        # The peer's verified subject alternative names (gRPC `peer_identities()`) -> the Identity
+        # its certificate was parsed to, read directly on the per-call fast path: reading the names
+        # costs well under a microsecond, the whole auth context with the PEM about 25 (see
+        # docs/performance.md). Only names of a certificate that parsed to an identity are put
+        # here; the identity is its one URI among those names, and TLS has checked the chain.
+        self.by_names: dict[tuple, Identity] = {}
         self._refused: dict[bytes, IdentityError] = {}
+
+    def remember_names(self, names, identity: Identity) -> None:
+        """Remember the peer names of a certificate `get` parsed to `identity`."""
+        key = tuple(names or ())
+        if key and identity.uri.encode() in key:
+            if len(self.by_names) >= self._limit:
+                self.by_names.clear()
+            self.by_names[key] = identity
 
     def get(self, pem: bytes) -> Identity:
         found = self.known.get(pem)
@@ -134,6 +148,7 @@ class IdentityCache:
             if len(self.known) + len(self._refused) >= self._limit:
                 self.known.clear()
                 self._refused.clear()
+                self.by_names.clear()
             if found is not None:
                 self.known[pem] = found
                 return found

@@ -98,6 +98,21 @@ def test_cache_parses_each_certificate_once_and_remembers_refusals(ca, monkeypat
     assert len(calls) == 2
 
 
+def test_the_fast_path_remembers_names_only_with_the_identity_uri_among_them():
+    """The per-call look-up by the peer's verified names (authz fast path) holds only names that
+    contain the identity's own URI: a name list without it can never stand for an identity."""
+    cache = IdentityCache(limit=2)
+    cm = Identity("callmanager", "cm")
+    cache.remember_names([b"cm", b"localhost"], cm)          # no URI: not remembered
+    cache.remember_names([b"cm", b"spiffe://ccmsec/capf/cm"], cm)   # another identity's URI
+    assert cache.by_names == {}
+    cache.remember_names([b"cm", b"spiffe://ccmsec/callmanager/cm"], cm)
+    assert cache.by_names == {(b"cm", b"spiffe://ccmsec/callmanager/cm"): cm}
+    for n in range(3):   # bounded
+        cache.remember_names([b"spiffe://ccmsec/callmanager/n%d" % n], Identity("callmanager", f"n{n}"))
+    assert len(cache.by_names) <= 2
+
+
 def test_issuing_writes_one_private_folder_per_identity_and_keeps_it(tmp_path):
     held = issuer.issue_service_identity(tmp_path, "capf", "capf", "127.0.0.3")
     folder = tmp_path / "identities" / "services" / "capf"
