@@ -38,7 +38,9 @@ from google.protobuf import descriptor_pool
 
 from ccmsec.runtime import rpc_policy
 from ccmsec.runtime.identity import Identity, IdentityCache, IdentityError
-from ccmsec.runtime.logs import TRACE_ID, TRACE_METADATA_KEY, bind_trace_id, clean_trace_id, new_trace_id
+from ccmsec.runtime.logs import (
+    TRACE_ID, TRACE_METADATA_KEY, LazyTraceId, bind_trace_id, clean_trace_id, new_trace_id,
+)
 from ccmsec.runtime.metrics import GRPC_DENIED, GRPC_LATENCY, GRPC_REQUESTS
 
 log = logging.getLogger("ccmsec.authz")
@@ -140,13 +142,22 @@ def _code_of(context, exc: BaseException) -> str:
 
 def _trace_of(context) -> str:
     """The caller's trace id (metadata `x-ccmsec-trace-id`), or a new one for this call."""
+    return _caller_trace(context) or new_trace_id()
+
+
+def _caller_trace(context) -> str:
     try:
         for key, value in context.invocation_metadata() or ():
             if key == TRACE_METADATA_KEY:
-                return clean_trace_id(value) or new_trace_id()
+                return clean_trace_id(value)
     except Exception:
         pass
-    return new_trace_id()
+    return ""
+
+
+def _lazy_trace_of(context) -> LazyTraceId:
+    """`_trace_of`, read from the call's metadata only if the call logs, publishes or calls on."""
+    return LazyTraceId(lambda: _caller_trace(context), new_trace_id())
 
 
 def guard_servicer(servicer, service_full_name: str, gate: Gate, *, metrics: bool = True) -> None:
@@ -217,7 +228,7 @@ def _guarded(inner, method: str, roles: frozenset[str] | None, gate: Gate, metri
             return (await inner(request, context)) if is_coroutine else inner(request, context)
         # The caller's trace id covers the refusal's log line and event too (set and reset by
         # hand: a context manager per call cost more than the rest of the check).
-        token = trace_var.set(_trace_of(context))
+        token = trace_var.set(_lazy_trace_of(context))
         try:
             if not admitted(context):
                 await slow_check(context)

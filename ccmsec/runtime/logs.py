@@ -37,7 +37,7 @@ TRACE_METADATA_KEY = "x-ccmsec-trace-id"   # gRPC metadata keys are lower case
 TRACE_HEADER = "Ccmsec-Trace-Id"           # NATS message header
 REQUEST_ID_HEADER = "X-Request-Id"         # administration API (HTTP)
 _TRACE = contextvars.ContextVar("ccmsec_trace_id", default="")
-TRACE_ID = _TRACE   # for the per-call hot path (`authz`): set/reset without a context manager
+TRACE_ID = _TRACE   # for the per-call hot path (`authz`): set/reset (a str or a LazyTraceId)
 _TRACE_RE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 MAX_LINE = 16 * 1024  # a wrapped foreign line longer than this is cut
 
@@ -73,8 +73,36 @@ def clean_trace_id(value) -> str:
     return value if _TRACE_RE.fullmatch(value) else ""
 
 
+class LazyTraceId:
+    """A trace id found only when something reads it (a log line, an event, an outgoing call) —
+    most gRPC calls never do, and reading a call's metadata costs ~20 us (docs/performance.md).
+    `find` returns the caller's id or ""; `fallback` is the id to use then (made up front, so two
+    threads reading at once agree)."""
+
+    __slots__ = ("_find", "_value")
+
+    def __init__(self, find, fallback: str):
+        self._find, self._value = find, fallback
+
+    def value(self) -> str:
+        find = self._find
+        if find is not None:
+            self._find = None
+            try:
+                found = find()
+            except Exception:   # the call's metadata is gone: keep the fallback
+                found = ""
+            if found:
+                self._value = found
+        return self._value
+
+
+def _resolved(trace) -> str:
+    return trace if type(trace) is str else trace.value()
+
+
 def current_trace_id() -> str:
-    return _TRACE.get()
+    return _resolved(_TRACE.get())
 
 
 @contextlib.contextmanager
@@ -82,7 +110,7 @@ def bind_trace_id(trace_id: str | None = None):
     """Run a block under `trace_id` (a new one when None)."""
     token = _TRACE.set(trace_id or new_trace_id())
     try:
-        yield _TRACE.get()
+        yield current_trace_id()
     finally:
         try:
             _TRACE.reset(token)
@@ -108,7 +136,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        trace = _TRACE.get()
+        trace = _resolved(_TRACE.get())
         if trace:
             doc["trace_id"] = trace
         for key, value in record.__dict__.items():

@@ -249,3 +249,46 @@ async def test_a_certificate_never_passes_for_another_role(plane):
             assert code is grpc.StatusCode.UNAVAILABLE, (code, details)
     finally:
         await fake.stop(0)
+
+
+async def test_the_callers_trace_id_reaches_the_handler_and_each_call_gets_its_own(plane):
+    """The per-call trace id (read from the call's metadata only when something asks): a handler
+    sees the caller's `x-ccmsec-trace-id`, logs it, and passes it on; a call without one gets a
+    fresh id of its own, and a second caller on another certificate is still told apart."""
+    import json
+
+    from ccmsec.runtime.logs import JsonFormatter, bind_trace_id, current_trace_id
+    from ccmsec_proto import common_pb2, keymanager_pb2, keymanager_pb2_grpc
+
+    _data, identities = plane
+    seen: list[str] = []
+
+    class Recorder(keymanager_pb2_grpc.KeyManagerServicer):
+        async def Status(self, request, context):  # noqa: N802
+            line = json.loads(JsonFormatter("keymanager", "k").format(logging.makeLogRecord({"msg": "asked"})))
+            seen.append(current_trace_id())
+            assert line["trace_id"] == seen[-1]   # a log line carries the same id
+            return common_pb2.ServiceStatus(role="keymanager")
+
+    server = GrpcServer(identities["keymanager"], HOST, free_port(HOST))
+    server.add(keymanager_pb2_grpc.add_KeyManagerServicer_to_server, Recorder(), "ccmsec.v1.KeyManager")
+    await server.start()
+    try:
+        async with secure_channel(identities["callmanager"], HOST, int(server.address.split(":")[1]),
+                                  "keymanager") as ch:
+            stub = keymanager_pb2_grpc.KeyManagerStub(ch)
+            with bind_trace_id("trace-from-the-caller"):
+                await stub.Status(common_pb2.Empty(), timeout=10)
+            await stub.Status(common_pb2.Empty(), timeout=10)
+            await stub.Status(common_pb2.Empty(), timeout=10)
+        async with secure_channel(identities["srtp-gateway"], HOST, int(server.address.split(":")[1]),
+                                  "keymanager") as ch:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await keymanager_pb2_grpc.KeyManagerStub(ch).GenerateCallKeys(
+                    keymanager_pb2.CallKeysRequest(call_id="x"), timeout=10)
+            assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert "srtp-gateway/srtp-gateway" in refused.value.details()
+    finally:
+        await server.stop(0)
+    assert seen[0] == "trace-from-the-caller"
+    assert len(seen[1]) == 32 and len(seen[2]) == 32 and seen[1] != seen[2], seen
