@@ -157,6 +157,20 @@ async def test_offline_ca_whole_flow_one_certificate_across_reconnects(capf, tmp
     assert session.end_reason == Reason.OK and "auth:LSC" in session.history
 
 
+async def _audits(h) -> list[tuple[str, str]]:
+    """(action, target) of the audit records (owner.change) CAPF staged in its outbox."""
+    from sqlalchemy import select
+
+    from ccmsec.db.outbox import OutboxRow
+    from ccmsec_proto import events_pb2
+
+    async with h.svc.db() as session:
+        rows = (await session.scalars(select(OutboxRow).where(OutboxRow.kind == "owner.change")
+                                      .order_by(OutboxRow.seq))).all()
+    changes = [events_pb2.Event.FromString(r.payload).owner_change for r in rows]
+    return [(c.action, c.target) for c in changes if c.action in ("capf.third_party_ca", "capf.import")]
+
+
 async def test_offline_import_refusals_record_nothing(capf, tmp_path):
     """Wrong key, wrong CN, wrong CA, garbage, no CA configured: each refused with its reason;
     the operation stays awaiting_ca and the issued log stays empty."""
@@ -214,10 +228,13 @@ async def test_offline_import_refusals_record_nothing(capf, tmp_path):
     op = await _op(h, dev)
     assert op.state == "awaiting_ca" and not op.issued_fingerprint
     assert await _log(h, dev) == []
+    # Audited by their owner with the write (issue 9 §5): the CA set once, no refused import.
+    assert await _audits(h) == [("capf.third_party_ca", "capf")]
 
     # After all those refusals the right answer is still accepted.
     (result,) = await _import(h, good)
     assert result.accepted, result.reason
+    assert await _audits(h) == [("capf.third_party_ca", "capf"), ("capf.import", dev)]
 
 
 async def test_offline_phone_that_lost_its_key_gets_a_new_csr_and_the_old_answer_is_refused(capf, tmp_path):
