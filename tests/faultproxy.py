@@ -21,6 +21,7 @@ class FaultProxy:
         self.max_connections = max_connections
         self.server: asyncio.base_events.Server | None = None
         self.cut = False
+        self.accepted = 0   # connections accepted so far (a test counts what phones open)
         self._pairs: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
         self._tasks: set[asyncio.Task] = set()
 
@@ -33,6 +34,7 @@ class FaultProxy:
         return self
 
     async def _accept(self, reader, writer) -> None:
+        self.accepted += 1
         if len(self._pairs) >= self.max_connections:
             writer.close()
             return

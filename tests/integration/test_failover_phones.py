@@ -195,6 +195,29 @@ async def test_hung_node_and_cut_path_are_noticed_by_keepalive(lab):
     assert 2 * KEEPALIVE <= loss.at - cut <= 5 * KEEPALIVE + 1
 
 
+async def test_fail_back_probes_keep_their_connection_and_a_silent_node_never_counts_LATER_7(lab):
+    """LATER-7 fail-back: the higher node is probed on one connection kept open between probes (a
+    fleet would otherwise open a connection per phone and probe into the node that just came back),
+    and the phone registers there over it. The bad case: a node that accepts but never answers
+    (the path swallowing everything) is never reachable — no fail-back however long it lasts."""
+    await until(lambda: lab.on(lab.proxy.port), "registration with the first node")
+    lab.proxy.blackhole()
+    await until(lambda: lab.on(lab.ports["cm2"]), "failover after missed keepalives", timeout=10)
+    await asyncio.sleep(STABLE + 1.5)      # several probe rounds through the silent path
+    assert lab.on(lab.ports["cm2"]), "a node that never answers is not reachable"
+    assert all(p.selector.reachable_since(0) is None for p in lab.phones.values())
+    before = lab.proxy.accepted
+    lab.proxy.restore()
+    restored = asyncio.get_running_loop().time()
+    await until(lambda: lab.on(lab.proxy.port), "fail-back through the restored path", timeout=15)
+    back = [e for e in lab.phones[A].events if e.kind == "fail-back"][-1].at
+    assert back - restored >= STABLE
+    # At 0.5 s probes and a 2 s stable period each phone probed about five times; one connection
+    # each carried those probes and then the registration (two allowed: a probe cut short).
+    opened = lab.proxy.accepted - before
+    assert opened <= 2 * len(PHONES), f"{opened} connections for {len(PHONES)} phones"
+
+
 async def test_an_unexpected_failure_is_a_failed_attempt_the_phone_keeps_trying_LATER_7():
     """LATER-7: the phone never gives up for good. A failure of a kind nobody planned for (here the
     connection attempt raising ValueError) counts as a failed attempt on that target — the phone
