@@ -80,7 +80,7 @@ class CallingPhone:
                     and self.display.calls and self.ports.ports):
                 self.preserved = True     # media keeps flowing; cleared by end_preserved()
             else:
-                self.ports.close_all()
+                self.close_ports()
         self._changed.set()
         if self.on_change is not None:
             self.on_change()
@@ -159,8 +159,15 @@ class CallingPhone:
     def end_preserved(self) -> None:
         """The preserved call ends (hang-up, or the far end went quiet): its media stops."""
         self.preserved = False
+        self.close_ports()
+
+    def close_ports(self) -> None:
+        """Close every media port, telling the media hook (as a CloseChannel does), so the phone's
+        audio does not count a stream that has gone."""
+        for port in list(self.ports.ports.values()):
+            self._hook("close", port)
         self.ports.close_all()
 
     async def close(self) -> None:
-        self.ports.close_all()
+        self.close_ports()
         await self.conn.close()

@@ -339,7 +339,7 @@ class FailoverPhone:
         try:
             await conn.wait_registered(self.register_timeout)
         except BaseException:
-            calling.ports.close_all()
+            calling.close_ports()
             await conn.close()
             raise
         self.conn = conn
@@ -485,7 +485,7 @@ class FailoverPhone:
             if preserve and calling.preserved:
                 self.preserved.append(calling)
             else:
-                calling.ports.close_all()
+                calling.close_ports()
         if conn is not None:
             with contextlib.suppress(Exception):
                 await conn.close()

@@ -88,6 +88,12 @@ async def act(runner, request: pb.PhoneActionRequest) -> pb.PhoneCallsReply:
         raise PhoneActionError("login needs the user id (number) and the PIN")
     if not 0 <= request.line <= 64 or not 0 <= request.call_reference <= 0xFFFFFFFF:
         raise PhoneActionError("line or call reference out of range")
+    failover = runner.failover
+    if action in ("hangup", "on-hook") and failover is not None and failover.preserved:
+        # A call kept through a failover (LATER-7) is no longer on any node's display: hanging up
+        # ends it on the phone, and the far end clears it once the media stops.
+        failover.hang_up()
+        return calls_reply(runner)
     calling = _calling(runner)
     wait = request.wait_seconds if request.wait_seconds > 0 else DEFAULT_WAIT
     wait = min(wait, MAX_WAIT)
