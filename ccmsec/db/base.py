@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 from sqlalchemy import MetaData
 from sqlalchemy.orm import DeclarativeBase
 
@@ -17,3 +19,23 @@ NAMING = {
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
+
+
+# --- a table its owner has not created yet ------------------------------------------------------
+# Each role migrates only its own schema branches (issue 9 §5), so a table read from its owner's
+# branch may not exist yet when the reader starts first. Tables are never dropped while services
+# run, so once seen a table is remembered per engine and never looked up again.
+_SEEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+async def table_exists(session, table: str) -> bool:
+    bind = session.get_bind()
+    seen = _SEEN.setdefault(bind, set())
+    if table in seen:
+        return True
+    from sqlalchemy import inspect
+
+    if await session.run_sync(lambda sync: inspect(sync.connection()).has_table(table)):
+        seen.add(table)
+        return True
+    return False

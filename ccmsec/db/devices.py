@@ -14,7 +14,7 @@ from sqlalchemy import Boolean, CheckConstraint, DateTime, Integer, String, sele
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
-from ccmsec.db.base import Base
+from ccmsec.db.base import Base, table_exists
 from ccmsec.domain import ClusterMode, DeviceSecurityMode
 
 DEVICE_MODELS = ("7970", "7960", "7940", "7912", "7910", "7905G", "7902")
@@ -125,6 +125,10 @@ class ClusterSetting(Base):
 
 
 async def get_setting(session: AsyncSession, key: str) -> str | None:
+    """None when unset, or when ctl-provider has not created its table yet (it migrates its own
+    schema branch): a cluster whose CTL provider never started never ran the CTL client (MODE-1)."""
+    if not await table_exists(session, ClusterSetting.__tablename__):
+        return None
     return await session.scalar(select(ClusterSetting.value).where(ClusterSetting.key == key))
 
 

@@ -59,6 +59,24 @@ FILE_OWNERS: dict[str, str] = {"tftp": "tftp-signer"}
 RUNTIME_TABLES = frozenset({"handled_events", "event_outbox"})
 MIGRATION_TABLES = frozenset({"alembic_version"})
 
+# The schema branches (`branch_labels` in ccmsec/db/migrations/versions) each owner migrates at
+# start: only the tables it owns. `tests/unit/test_ownership.py` proves every table a branch creates
+# belongs to that branch's owner.
+OWN_BRANCHES: dict[str, tuple[str, ...]] = {
+    CTL_PROVIDER: ("cluster",),
+    CALLMANAGER: ("core", "lines", "calls", "registry", "srst"),
+    CAPF: ("capf",),
+}
+# The bus plumbing (RUNTIME_TABLES) is one shared branch, not one per owner: every service keeps its
+# own rows there (keyed by consumer / publishing node), so every role migrates it — idempotent,
+# serialised by the migration lock (ccmsec/runtime/database.py).
+RUNTIME_BRANCH = "runtime"
+
+
+def migration_branches(role: str) -> tuple[str, ...]:
+    """What `role` migrates at start: its own branches and the shared runtime branch."""
+    return (*OWN_BRANCHES.get(role, ()), RUNTIME_BRANCH)
+
 
 class CrossOwnerWrite(PermissionError):
     """A service tried to write a table another service owns."""

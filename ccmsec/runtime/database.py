@@ -108,16 +108,29 @@ def _alembic_config():
     return cfg
 
 
-def _upgrade(sync_conn) -> None:
+def _upgrade(sync_conn, targets: tuple[str, ...]) -> None:
     from alembic import command
 
     cfg = _alembic_config()
     cfg.attributes["connection"] = sync_conn
-    command.upgrade(cfg, "heads")
+    for target in targets:
+        command.upgrade(cfg, target)
 
 
-async def migrate(engine: AsyncEngine) -> None:
-    """Apply every migration branch (`alembic upgrade heads`), one process at a time."""
+def migration_targets(role: str | None) -> tuple[str, ...]:
+    """A role migrates only its own branches and the shared runtime branch (issue 9 §5,
+    ccmsec/db/ownership.py); None (tools and tests arranging a whole cluster) migrates them all."""
+    if role is None:
+        return ("heads",)
+    from ccmsec.db.ownership import migration_branches
+
+    return tuple(f"{branch}@head" for branch in migration_branches(role))
+
+
+async def migrate(engine: AsyncEngine, role: str | None = None) -> None:
+    """Apply `role`'s migration branches (every branch when None), one process at a time: on SQLite
+    under a lock file next to the database, on PostgreSQL under an advisory lock."""
+    targets = migration_targets(role)
     try:
         if engine.dialect.name == "sqlite":
             lock_path = Path(str(engine.url.database) + ".migrate.lock")
@@ -125,7 +138,7 @@ async def migrate(engine: AsyncEngine) -> None:
             try:
                 await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
                 async with engine.begin() as conn:
-                    await conn.run_sync(_upgrade)
+                    await conn.run_sync(_upgrade, targets)
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
                 os.close(fd)
@@ -133,7 +146,7 @@ async def migrate(engine: AsyncEngine) -> None:
             async with engine.connect() as conn:
                 await conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _PG_LOCK_KEY})
                 try:
-                    await conn.run_sync(_upgrade)
+                    await conn.run_sync(_upgrade, targets)
                     await conn.commit()
                 finally:
                     await conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _PG_LOCK_KEY})
@@ -143,7 +156,7 @@ async def migrate(engine: AsyncEngine) -> None:
                             f"{getattr(exc, 'orig', exc)}") from None
 
 
-async def open_database(url: str) -> tuple[AsyncEngine, async_sessionmaker]:
+async def open_database(url: str, role: str | None = None) -> tuple[AsyncEngine, async_sessionmaker]:
     engine = create_engine(url)
-    await migrate(engine)
+    await migrate(engine, role)
     return engine, sessionmaker(engine)

@@ -282,7 +282,7 @@ class Service:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         self.identity = self._load_own_identity()
-        self.engine, self.db = await open_database(s.db_url)
+        self.engine, self.db = await open_database(s.db_url, self.role)  # its own schema branches
         install_write_guard(self.engine, self.role)  # only the owner writes a table (issue 9 §5)
         self.bus = bus_mod.EventBus.for_identity(s.nats_url, f"{self.role}:{self.node}", s.identity_folder,
                                                 role=self.role, connect_timeout=s.bus_connect_timeout)

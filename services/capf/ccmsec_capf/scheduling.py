@@ -17,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ccmsec.db.capf import AUTH_MODES, AUTH_STRING, OPERATIONS, schedule_operation, utcnow
+from ccmsec.db.base import table_exists
 from ccmsec.db.devices import Device
 from ccmsec.policy.devices import PolicyViolation, check_capf_allowed
 
@@ -84,6 +85,8 @@ def _check_fields(req: ScheduleRequest, params: CapfParameters, now: _dt.datetim
 
 async def device_model(factory: async_sessionmaker[AsyncSession], device: str) -> str | None:
     async with factory() as s:
+        if not await table_exists(s, Device.__tablename__):
+            return None  # callmanager has not created its schema yet: no device
         return await s.scalar(select(Device.model).where(Device.name == device))
 
 

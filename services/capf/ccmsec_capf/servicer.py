@@ -14,6 +14,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from sqlalchemy import select
 
+from ccmsec.db.base import table_exists
 from ccmsec.db.devices import Device
 from ccmsec.domain import CapfAuthMode, CapfOperation, DeviceSecurityMode, DomainError
 from ccmsec.policy.devices import Feature, PolicyViolation, capabilities
@@ -173,8 +174,9 @@ class CapfServicer(StatusServicerMixin, capf_pb2_grpc.CapfServicer):
         """Devices in a secure mode whose model has no MIC need an LSC; which have one?"""
         svc = self.service
         async with svc.db() as s:
-            rows = (await s.execute(select(Device.name, Device.model)
-                                    .where(Device.security_mode.in_(SECURE_MODES)).order_by(Device.name))).all()
+            rows = [] if not await table_exists(s, Device.__tablename__) else (await s.execute(
+                select(Device.name, Device.model)
+                .where(Device.security_mode.in_(SECURE_MODES)).order_by(Device.name))).all()
         needing = []
         for name, model in rows:
             try:

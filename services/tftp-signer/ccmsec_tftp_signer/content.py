@@ -20,6 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ccmsec import firmware
+from ccmsec.db.base import table_exists
 from ccmsec.db.capf import CapfOperation
 from ccmsec.db.devices import HARDENING_FIELDS, Device, cluster_security_mode
 from ccmsec.db.lines import DevicePool
@@ -109,9 +110,12 @@ def build_device_config(device: dict, capf_op: dict | None, pool: dict | None,
 
 _DEVICE_COLUMNS = (Device.name, Device.model, Device.security_mode, Device.device_pool,
                    Device.config_version, *(getattr(Device, f) for f in HARDENING))
+_DEVICE_NAMES = tuple(c.key for c in _DEVICE_COLUMNS)
 
 
 async def _pending_capf(session: AsyncSession, names: list[str] | None) -> dict[str, dict]:
+    if not await table_exists(session, "capf_operations"):
+        return {}  # CAPF has not created its schema yet: nothing pending
     stmt = (select(CapfOperation.device_name, CapfOperation.operation, CapfOperation.auth_mode,
                    CapfOperation.key_type, CapfOperation.id)
             .where(CapfOperation.state.in_(PENDING_CAPF_STATES)).order_by(CapfOperation.id))
@@ -123,13 +127,13 @@ async def _pending_capf(session: AsyncSession, names: list[str] | None) -> dict[
 async def _pools(session: AsyncSession, names: set[str]) -> dict[str, dict]:
     """Device pools (callmanager's `device_pools`): name -> {callmanagers: [...], srst: host,
     reference: the `srst_references` row the pool names, if any}."""
-    if not names:
+    if not names or not await table_exists(session, "device_pools"):
         return {}
     rows = (await session.execute(select(DevicePool.name, DevicePool.cm_group, DevicePool.srst)
                                   .where(DevicePool.name.in_(sorted(names))))).all()
     wanted = sorted({r.srst for r in rows if r.srst})
     references = {}
-    if wanted:
+    if wanted and await table_exists(session, "srst_references"):
         references = {ref.name: {"host": ref.host, "sccp_port": ref.sccp_port,
                                  "sccp_tls_port": ref.sccp_tls_port, "secure": ref.secure,
                                  "certificate": ref.certificate}
@@ -175,6 +179,8 @@ def _frozen(value):
 
 async def read_inputs(session: AsyncSession, names: list[str] | None = None) -> list[DeviceInputs]:
     """The inputs of `names` (all SEP devices when None), read in one session (one snapshot)."""
+    if not await table_exists(session, "devices"):
+        return []  # callmanager has not created its schema yet: no device
     stmt = select(*_DEVICE_COLUMNS).order_by(Device.name)
     if names is not None:
         stmt = stmt.where(Device.name.in_(names))
@@ -234,23 +240,58 @@ def _raw_sql() -> dict[str, str]:
     return _RAW_SQL
 
 
+# The table each statement reads. Each owner migrates only its own schema branch (issue 9 §5): until
+# it has started once, its table is missing and reads as empty (no device, no pending operation,
+# MODE-1's non-secure cluster).
+_RAW_TABLES = {"mode": "cluster_settings", "devices": "devices", "capf": "capf_operations",
+               "pools": "device_pools", "references": "srst_references"}
+_COMPLETE: dict[int, object] = {}  # connections that saw every table (tables are never dropped)
+
+
+def _absent(conn) -> set[str]:
+    """The statements whose table is not there yet (a cheap check until every table was seen)."""
+    if _COMPLETE.get(id(conn)) is conn:
+        return set()
+    present = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    absent = {key for key, table in _RAW_TABLES.items() if table not in present}
+    if not absent:
+        _COMPLETE[id(conn)] = conn
+    return absent
+
+
+class _NoRows:
+    description = ()
+
+    def fetchone(self):
+        return None
+
+    def fetchall(self):
+        return []
+
+
+def _run(conn, absent: set[str], key: str, statement: str, *args):
+    return _NoRows() if key in absent else conn.execute(statement, *args)
+
+
 def read_raw_sqlite(conn) -> RawInputs:
     """One read transaction on a sqlite3 connection (autocommit mode): every input, as tuples."""
     sql = _raw_sql()
     conn.execute("BEGIN")
     try:
-        mode = conn.execute(sql["mode"]).fetchone()
-        cursor = conn.execute(sql["devices"])
+        absent = _absent(conn)
+        mode = _run(conn, absent, "mode", sql["mode"]).fetchone()
+        cursor = _run(conn, absent, "devices", sql["devices"])
         columns = tuple(c[0] for c in cursor.description)
         devices = cursor.fetchall()
-        cursor = conn.execute(sql["capf"])
+        cursor = _run(conn, absent, "capf", sql["capf"])
         capf_columns = tuple(c[0] for c in cursor.description)
         capf = {row[0]: row for row in cursor.fetchall()}  # ordered by id: the latest wins
-        pools = {row[0]: row for row in conn.execute(sql["pools"]).fetchall()}
-        references = {row[0]: row for row in conn.execute(sql["references"]).fetchall()}
+        pools = {row[0]: row for row in _run(conn, absent, "pools", sql["pools"]).fetchall()}
+        references = {row[0]: row for row in _run(conn, absent, "references", sql["references"]).fetchall()}
     finally:
         conn.execute("COMMIT")
-    return RawInputs(mode[0] if mode else None, columns, devices, capf, capf_columns, pools, references)
+    return RawInputs(mode[0] if mode else None, columns or _DEVICE_NAMES, devices, capf, capf_columns,
+                     pools, references)
 
 
 _POINT_SQL: dict[str, str] = {}
@@ -287,20 +328,22 @@ def read_point_sqlite(conn, name: str) -> RawInputs:
     sql, point = _raw_sql(), _point_sql()
     conn.execute("BEGIN")
     try:
-        mode = conn.execute(sql["mode"]).fetchone()
-        cursor = conn.execute(point["devices"], (name,))
-        columns = tuple(c[0] for c in cursor.description)
+        absent = _absent(conn)
+        mode = _run(conn, absent, "mode", sql["mode"]).fetchone()
+        cursor = _run(conn, absent, "devices", point["devices"], (name,))
+        columns = tuple(c[0] for c in cursor.description) or _DEVICE_NAMES
         devices = cursor.fetchall()
-        cursor = conn.execute(point["capf"], (name,))
+        cursor = _run(conn, absent, "capf", point["capf"], (name,))
         capf_columns = tuple(c[0] for c in cursor.description)
         capf = {row[0]: row for row in cursor.fetchall()}
         pools, references = {}, {}
         pool_name = devices[0][columns.index("device_pool")] if devices else None
         if pool_name:
-            pools = {row[0]: row for row in conn.execute(point["pools"], (pool_name,)).fetchall()}
+            pools = {row[0]: row for row in _run(conn, absent, "pools", point["pools"], (pool_name,)).fetchall()}
             ref_name = pools[pool_name][2] if pool_name in pools else None
             if ref_name:
-                references = {row[0]: row for row in conn.execute(point["references"], (ref_name,)).fetchall()}
+                references = {row[0]: row for row in
+                              _run(conn, absent, "references", point["references"], (ref_name,)).fetchall()}
     finally:
         conn.execute("COMMIT")
     return RawInputs(mode[0] if mode else None, columns, devices, capf, capf_columns, pools, references)

@@ -15,7 +15,13 @@ from alembic import op
 revision = "capf_0003"
 down_revision = "capf_0002"
 branch_labels = None
-depends_on = ("core_0001",)  # cluster_settings, whose capf.* rows move here
+# No dependency on another owner's branch (issue 9 §5: capf migrates only its own). The capf.* rows
+# can only exist in a cluster_settings made before this revision, so they move only when it is there.
+depends_on = None
+
+
+def _cluster_settings_exist() -> bool:
+    return sa.inspect(op.get_bind()).has_table("cluster_settings")
 
 
 def upgrade() -> None:
@@ -26,12 +32,14 @@ def upgrade() -> None:
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("key", name="pk_capf_settings"),
     )
-    op.execute("INSERT INTO capf_settings (key, value, updated_at) "
-               "SELECT key, value, updated_at FROM cluster_settings WHERE key LIKE 'capf.%'")
-    op.execute("DELETE FROM cluster_settings WHERE key LIKE 'capf.%'")
+    if _cluster_settings_exist():
+        op.execute("INSERT INTO capf_settings (key, value, updated_at) "
+                   "SELECT key, value, updated_at FROM cluster_settings WHERE key LIKE 'capf.%'")
+        op.execute("DELETE FROM cluster_settings WHERE key LIKE 'capf.%'")
 
 
 def downgrade() -> None:
-    op.execute("INSERT INTO cluster_settings (key, value, updated_at) "
-               "SELECT key, value, updated_at FROM capf_settings")
+    if _cluster_settings_exist():
+        op.execute("INSERT INTO cluster_settings (key, value, updated_at) "
+                   "SELECT key, value, updated_at FROM capf_settings")
     op.drop_table("capf_settings")

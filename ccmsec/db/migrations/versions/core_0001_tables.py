@@ -1,9 +1,11 @@
-"""core: devices, cluster settings, administration accounts, tokens and audit log
+"""core: devices, administration accounts, tokens and audit log (callmanager's)
+
+`cluster_settings` was created here too until issue 9 §5 gave each role its own branches: it is
+ctl-provider's, created by `cluster_0002` (which finds it already there on a database this
+revision created before).
 
 Revision ID: core_0001
 """
-import datetime
-
 import sqlalchemy as sa
 from alembic import op
 
@@ -42,18 +44,6 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name="pk_devices"),
         sa.UniqueConstraint("name", name="uq_devices_name"),
     )
-    cluster_settings = op.create_table(
-        "cluster_settings",
-        sa.Column("key", sa.String(64), nullable=False),
-        sa.Column("value", sa.String(1024), nullable=False),
-        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
-        sa.PrimaryKeyConstraint("key", name="pk_cluster_settings"),
-    )
-    # MODE-1: a freshly installed cluster is non-secure.
-    op.bulk_insert(cluster_settings, [
-        {"key": "security_mode", "value": "non-secure",
-         "updated_at": datetime.datetime.now(datetime.timezone.utc)},
-    ])
     op.create_table(
         "admin_accounts",
         sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
@@ -106,5 +96,4 @@ def downgrade() -> None:
     op.drop_index("ix_admin_tokens_account_id", table_name="admin_tokens")
     op.drop_table("admin_tokens")
     op.drop_table("admin_accounts")
-    op.drop_table("cluster_settings")
     op.drop_table("devices")
