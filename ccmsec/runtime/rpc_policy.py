@@ -88,7 +88,7 @@ _TABLE: dict[str, dict[str, frozenset[str]]] = {
         "GetServerCertificates": ADMIN,
         "GetProviderSettings": ADMIN,
         "SetProviderPort": ADMIN,
-        "GetCurrentCtl": ADMIN,
+        "GetCurrentCtl": _roles(ADMIN, "capf"),      # CERT-3: CAPF asks whether a CTL exists
         "CommitCtl": ADMIN,                          # the CTL client (ccmsec ctl update)
         "GetSecurityMode": ADMIN,
         "SetSecurityMode": ADMIN,

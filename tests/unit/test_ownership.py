@@ -1,6 +1,8 @@
-"""Issue 9 §5: one owner per piece of state — no service writes another owner's tables.
+"""Issue 9 §5: one owner per piece of state — no service writes another owner's tables, none reads
+them straight from the database (beyond the shrinking list `REMAINING_CROSS_OWNER_READS`), and each
+role migrates only its own schema branches.
 
-Proved three ways:
+Proved these ways:
 * every table of the publisher database has exactly one owner (`ccmsec/db/ownership.py`), so a new
   table without one fails here;
 * statically: each service package (`services/<role>/`) is read (AST) for the writes it can make —
@@ -8,7 +10,12 @@ Proved three ways:
   of `ccmsec/db/` (whose own writes are found the same way, transitively) — and none touches a
   table another role owns;
 * at run time: the write guard every service installs on its engine refuses a write to another
-  owner's table before it reaches the database (nothing written), and lets the owner's through.
+  owner's table before it reaches the database (nothing written), and lets the owner's through;
+* reads, statically: every table a service package touches — mapped classes and helpers imported
+  from `ccmsec/db/` (helpers followed transitively), and SQL text naming a table — is its own, a
+  runtime table, or a declared remaining read; shared modules of `ccmsec/` touch runtime tables only;
+* migrations, on a real SQLite file and on PostgreSQL: each role's migration creates exactly the
+  tables it owns (plus the shared runtime branch), all roles together the whole schema, in any order.
 """
 
 from __future__ import annotations
@@ -17,16 +24,18 @@ import ast
 import asyncio
 import importlib
 import pkgutil
+import re
 from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select, text
+from sqlalchemy import inspect as sa_inspect
 
 import ccmsec.db
 from ccmsec.cluster.topology import ROLES
 from ccmsec.db import ownership
 from ccmsec.db.base import Base
-from ccmsec.runtime.database import open_database
+from ccmsec.runtime.database import create_engine, migrate, open_database
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -246,3 +255,310 @@ def test_security_mode_words_and_their_proto_numbers_live_in_ccmsec_domain_only(
                 if word.search(code) or members.search(code):
                     found.append(f"{rel}:{number}: {line.strip()}")
     assert not found, "use ccmsec.domain's converters instead:\n" + "\n".join(found)
+
+
+
+# --- static: what each service package reads ------------------------------------------------------
+
+SQL_TABLE = re.compile(r'\b(?:FROM|JOIN|INTO|UPDATE|TABLE)\s+"?(\w+)"?', re.IGNORECASE)
+KNOWN_TABLES = set(Base.metadata.tables)
+
+
+def _sql_tables(node: ast.AST) -> set[str]:
+    """Tables named by SQL text in string constants under `node`."""
+    out: set[str] = set()
+    for c in ast.walk(node):
+        if isinstance(c, ast.Constant) and isinstance(c.value, str):
+            out |= {t.lower() for t in SQL_TABLE.findall(c.value) if t.lower() in KNOWN_TABLES}
+    return out
+
+
+def db_helper_reads() -> dict[str, set[str]]:
+    """Functions and (non-mapped) classes of ccmsec/db/*.py -> every table they touch, through the
+    helpers they call too."""
+    touches: dict[str, set[str]] = {}
+    uses: dict[str, set[str]] = {}
+    for path in sorted((ROOT / "ccmsec" / "db").glob("*.py")):
+        if path.name == "ownership.py":
+            continue  # the owner table itself names every table
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                continue
+            if isinstance(node, ast.ClassDef) and node.name in CLASS_TABLE:
+                continue
+            names = {_name(n) for n in ast.walk(node) if isinstance(n, (ast.Name, ast.Attribute))} - {None}
+            touches.setdefault(node.name, set()).update(
+                {CLASS_TABLE[n] for n in names if n in CLASS_TABLE} | _sql_tables(node))
+            uses.setdefault(node.name, set()).update(names - {node.name})
+    changed = True
+    while changed:
+        changed = False
+        for fn, used in uses.items():
+            extra = set().union(*(touches.get(u, set()) for u in used)) - touches[fn]
+            if extra:
+                touches[fn] |= extra
+                changed = True
+    return {fn: tables for fn, tables in touches.items() if tables}
+
+
+def _touched(package: Path, helpers: dict[str, set[str]], root: Path = ROOT) -> dict[str, set[str]]:
+    """table -> where ("file:line") for every table the package's code reads or writes: names it
+    imports from ccmsec.db modules (mapped classes, helpers), `<ccmsec.db module>.<name>`, SQL text."""
+    found: dict[str, set[str]] = {}
+    for path in sorted(package.rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        imported: dict[str, str] = {}  # local name -> name in ccmsec.db.<module>
+        modules: set[str] = set()      # local names of ccmsec.db modules
+        for n in ast.walk(tree):
+            if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("ccmsec.db"):
+                for a in n.names:
+                    if n.module == "ccmsec.db":
+                        modules.add(a.asname or a.name)
+                    else:
+                        imported[a.asname or a.name] = a.name
+
+        def tables_of(name: str) -> set[str]:
+            return {CLASS_TABLE[name]} if name in CLASS_TABLE else helpers.get(name, set())
+
+        for node in ast.walk(tree):
+            tables: set[str] = set()
+            if isinstance(node, ast.Name) and node.id in imported:
+                tables = tables_of(imported[node.id])
+            elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in modules:
+                tables = tables_of(node.attr)
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                tables = _sql_tables(node)
+            for table in tables:
+                found.setdefault(table, set()).add(f"{path.relative_to(root)}:{node.lineno}")
+    return found
+
+
+def _cross_owner(role: str, tables) -> set[str]:
+    return {t for t in tables if not ownership.may_write(role, t)}  # own, runtime or migration: fine
+
+
+def test_the_static_check_sees_the_read_helpers():
+    helpers = db_helper_reads()
+    assert helpers["cluster_security_mode"] == {"cluster_settings"}
+    assert helpers["ctl_exists"] == {"cluster_settings"}
+    assert helpers["lines_of"] == {"lines"}
+    assert {"capf_operations", "capf_certificates"} <= helpers["SqlCapfStore"]
+
+
+def test_no_service_reads_another_owners_tables():
+    """Every cross-owner read found is a declared remaining one, and every declared one is still
+    there (an entry outlives its read only by mistake: remove it)."""
+    helpers = db_helper_reads()
+    services = sorted(p for p in (ROOT / "services").iterdir() if (p / "pyproject.toml").exists())
+    found: dict[tuple[str, str], set[str]] = {}
+    touched_by: dict[str, set[str]] = {}
+    for service in services:
+        role = service.name
+        touched = _touched(service, helpers)
+        for table in touched:
+            touched_by.setdefault(table, set()).add(role)
+        for table in _cross_owner(role, touched):
+            found[(role, table)] = touched[table]
+    declared = ownership.REMAINING_CROSS_OWNER_READS
+    new = {k: v for k, v in found.items() if k not in declared}
+    assert not new, "cross-owner reads (ask the owner over gRPC or follow its events):\n" + "\n".join(
+        f"{role} reads {table} (owner {ownership.owner_of(table)}): {', '.join(sorted(where))}"
+        for (role, table), where in sorted(new.items()))
+    gone = set(declared) - set(found)
+    assert not gone, f"no longer read, remove from REMAINING_CROSS_OWNER_READS: {sorted(gone)}"
+    assert all(ownership.owner_of(t) not in (None, r) and why for (r, t), why in declared.items())
+    # Removed reads stay removed: CAPF learns whether a CTL exists from the CTL Provider (CERT-3).
+    assert ("capf", "cluster_settings") not in found
+    # The check really sees reads: each owner's own ones are found.
+    assert {"callmanager", "tftp-signer"} <= touched_by["devices"]
+    assert "ctl-provider" in touched_by["cluster_settings"] and "capf" in touched_by["capf_operations"]
+
+
+def test_shared_modules_touch_runtime_tables_only():
+    """Code of ccmsec/ that services import (runtime, wire, policy, CLI...) reads no owned table:
+    a cross-owner read cannot hide in a shared module."""
+    helpers = db_helper_reads()
+    found: dict[str, set[str]] = {}
+    for top in sorted(p for p in (ROOT / "ccmsec").iterdir() if p.is_dir() and p.name != "db"):
+        for table, where in _touched(top, helpers).items():
+            found.setdefault(table, set()).update(where)
+    owned = {t: w for t, w in found.items() if t in ownership.OWNERS}
+    assert not owned, owned
+    assert "handled_events" in found  # the check sees the runtime's own table
+
+
+def test_the_static_check_catches_a_cross_owner_read(tmp_path):
+    """The bad case: tftp-signer reading CAPF's operations and ctl-provider's settings, three ways."""
+    rogue = tmp_path / "ccmsec_tftp_signer"
+    rogue.mkdir()
+    (rogue / "content.py").write_text(
+        "from sqlalchemy import select\n"
+        "from ccmsec.db.capf import CapfOperation as Ops\n"
+        "from ccmsec.db.devices import cluster_security_mode\n"
+        "from ccmsec.db import cluster as cluster_db\n"
+        "from ccmsec.domain import CapfOperation\n"   # the enum, not the table: not a read
+        "async def read(s, conn):\n"
+        "    await s.execute(select(Ops.id))\n"
+        "    await cluster_security_mode(s)\n"
+        "    await s.get(cluster_db.CtlFileRow, 1)\n"
+        "    conn.execute('SELECT key FROM \"tftp_clusters\" WHERE 1')\n"
+        "    return CapfOperation.INSTALL\n")
+    found = _touched(rogue, db_helper_reads(), root=tmp_path)
+    assert _cross_owner("tftp-signer", found) == {"capf_operations", "cluster_settings", "ctl_files",
+                                                  "tftp_clusters"}
+    assert found["capf_operations"] == {"ccmsec_tftp_signer/content.py:7"}  # where it is used
+
+
+# --- migrations: each role its own branches -------------------------------------------------------
+
+def _owned(role: str) -> set[str]:
+    return {t for t, owner in ownership.OWNERS.items() if owner == role}
+
+
+async def _tables(engine) -> set[str]:
+    async with engine.connect() as conn:
+        return await conn.run_sync(lambda c: set(sa_inspect(c).get_table_names()))
+
+
+async def _versions(engine) -> set[str]:
+    async with engine.connect() as conn:
+        return set((await conn.execute(text("SELECT version_num FROM alembic_version"))).scalars())
+
+
+def _script_branches() -> set[str]:
+    from alembic.script import ScriptDirectory
+
+    from ccmsec.runtime.database import _alembic_config
+
+    script = ScriptDirectory.from_config(_alembic_config())
+    return {label for rev in script.walk_revisions() for label in (rev.branch_labels or ())}
+
+
+def test_every_branch_has_one_owner():
+    branches = _script_branches()
+    assigned = [b for bs in ownership.OWN_BRANCHES.values() for b in bs] + [ownership.RUNTIME_BRANCH]
+    assert sorted(assigned) == sorted(branches), "a schema branch without exactly one owner"
+    assert set(ownership.OWN_BRANCHES) <= set(ROLES)
+    for role in ROLES:
+        assert ownership.migration_branches(role)[-1] == ownership.RUNTIME_BRANCH
+
+
+def test_a_service_migrates_its_own_branches_at_start():
+    import inspect
+
+    from ccmsec.runtime.service import Service
+
+    assert "open_database(s.db_url, self.role)" in inspect.getsource(Service.run)
+
+
+async def _each_role_alone(url_of) -> None:
+    for role in ROLES:
+        engine = create_engine(await url_of(role))
+        try:
+            await migrate(engine, role)
+            assert await _tables(engine) == _owned(role) | ownership.RUNTIME_TABLES | {"alembic_version"}, role
+        finally:
+            await engine.dispose()
+
+
+async def _all_roles_together(url: str, order) -> None:
+    engine = create_engine(url)
+    try:
+        for role in order:
+            await migrate(engine, role)
+        assert await _tables(engine) == KNOWN_TABLES | {"alembic_version"}
+        versions = await _versions(engine)
+        await migrate(engine)  # every branch to its head: nothing was left for it to do
+        assert await _versions(engine) == versions and await _tables(engine) == KNOWN_TABLES | {"alembic_version"}
+        async with engine.connect() as conn:  # MODE-1: ctl-provider's branch seeds the mode
+            assert (await conn.execute(text("SELECT value FROM cluster_settings WHERE key = 'security_mode'"))
+                    ).scalar() == "non-secure"
+    finally:
+        await engine.dispose()
+
+
+def test_each_role_migrates_only_its_own_tables_sqlite(tmp_path):
+    async def url_of(role):
+        return f"sqlite:///{tmp_path / role / 'ccmsec.db'}"
+
+    async def scenario():
+        await _each_role_alone(url_of)
+        # One file for all (the default): any start order gives the whole schema, each branch once.
+        await _all_roles_together(f"sqlite:///{tmp_path / 'one.db'}", reversed(ROLES))
+        await _all_roles_together(f"sqlite:///{tmp_path / 'two.db'}", ("tftp-signer", "capf", "callmanager",
+                                                                         "ctl-provider"))
+
+    asyncio.run(scenario())
+
+
+def test_a_database_made_before_the_split_keeps_its_cluster_settings(tmp_path):
+    """cluster_settings used to come with callmanager's core branch: on such a database
+    ctl-provider's branch finds it and keeps its rows."""
+    url = f"sqlite:///{tmp_path / 'ccmsec.db'}"
+
+    async def scenario():
+        engine = create_engine(url)
+        try:
+            await migrate(engine, "callmanager")
+            async with engine.begin() as conn:  # what core_0001 made before the split
+                await conn.execute(text("CREATE TABLE cluster_settings (key VARCHAR(64) NOT NULL, "
+                                        "value VARCHAR(1024) NOT NULL, updated_at DATETIME NOT NULL, "
+                                        "CONSTRAINT pk_cluster_settings PRIMARY KEY (key))"))
+                await conn.execute(text("INSERT INTO cluster_settings VALUES ('security_mode', 'mixed', "
+                                        "CURRENT_TIMESTAMP), ('ctl_version', '3', CURRENT_TIMESTAMP)"))
+            await migrate(engine, "ctl-provider")
+            async with engine.connect() as conn:
+                rows = dict((await conn.execute(text("SELECT key, value FROM cluster_settings"))).all())
+            assert rows == {"security_mode": "mixed", "ctl_version": "3"}
+            assert "cluster_0002" in await _versions(engine)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(scenario())
+
+
+PG_ADMIN = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+
+
+def _pg_available() -> bool:
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", 5432), 1).close()
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.postgres
+@pytest.mark.skipif(not _pg_available(), reason="PostgreSQL is not listening on 127.0.0.1:5432")
+def test_each_role_migrates_only_its_own_tables_postgres():
+    import uuid
+
+    made: list[str] = []
+
+    async def database() -> str:
+        name = f"ccmsec_own_{uuid.uuid4().hex[:10]}"
+        admin = create_engine(PG_ADMIN)
+        try:
+            async with admin.connect() as conn:
+                conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+                await conn.execute(text(f'CREATE DATABASE "{name}"'))
+        finally:
+            await admin.dispose()
+        made.append(name)
+        return f"postgresql://postgres@127.0.0.1:5432/{name}"
+
+    async def scenario():
+        try:
+            await _each_role_alone(lambda role: database())
+            await _all_roles_together(await database(), ("capf", "tftp-signer", "callmanager", "ctl-provider"))
+        finally:
+            admin = create_engine(PG_ADMIN)
+            async with admin.connect() as conn:
+                conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+                for name in made:
+                    await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            await admin.dispose()
+
+    asyncio.run(scenario())

@@ -11,7 +11,6 @@ from __future__ import annotations
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ccmsec.db.capf import get_capf_setting, set_capf_setting
-from ccmsec.db.devices import ctl_exists
 
 SETTING_CAPF_ACTIVATED = "capf.activated"
 NOT_ACTIVATED = ("CAPF service is not activated on the publisher (CHK-2); activate it with "
@@ -23,8 +22,6 @@ async def read_activated(factory: async_sessionmaker[AsyncSession]) -> bool:
         return await get_capf_setting(s, SETTING_CAPF_ACTIVATED) == "1"
 
 
-async def write_activated(factory: async_sessionmaker[AsyncSession], active: bool) -> bool:
-    """Store the flag; returns True when a CTL already exists (it must be rebuilt to name CAPF)."""
+async def write_activated(factory: async_sessionmaker[AsyncSession], active: bool) -> None:
     async with factory() as s, s.begin():
         await set_capf_setting(s, SETTING_CAPF_ACTIVATED, "1" if active else "0")
-        return await ctl_exists(s)

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from cryptography import x509
+import grpc
 from sqlalchemy import func, select
 
 from ccmsec.aio.capf import CapfServer, SessionRecord, capf_server_ssl_context
@@ -27,7 +28,6 @@ from ccmsec.clustertls import follow_legacy_tls
 from ccmsec.db.capf import STATES as OPERATION_STATES
 from ccmsec.db.capf import CapfCertificate, CapfOperation, SqlCapfStore
 from ccmsec.domain import CapfOperation as CapfOperationKind
-from ccmsec.db.devices import ctl_exists
 from ccmsec.pki.ca import Issued, fingerprint_sha256
 from ccmsec.pki.lsc import CAPF_CERT, CAPF_KEY, ensure_capf_ca
 from ccmsec.pki.tls import enable_legacy_tls
@@ -35,7 +35,8 @@ from ccmsec.wire.capf.frames import Reason
 from ccmsec.runtime import bus as bus_mod
 from ccmsec.runtime import metrics
 from ccmsec.runtime.service import Service, run_service
-from ccmsec_proto import capf_pb2_grpc, events_pb2
+from ccmsec.runtime.settings import SettingsError
+from ccmsec_proto import capf_pb2_grpc, common_pb2, ctl_provider_pb2_grpc, events_pb2
 
 from .acceptors import AcceptorPool
 from .activation import NOT_ACTIVATED, read_activated
@@ -49,6 +50,7 @@ from .servicer import CapfServicer
 log = logging.getLogger("ccmsec.capf")
 HANDSHAKE_TIMEOUT = 10.0
 IDLE_TIMEOUT = 30.0
+CTL_ASK_TIMEOUT = 3.0  # CtlProvider/GetCurrentCtl (CERT-3 after a restart)
 
 
 class CapfService(Service):
@@ -121,10 +123,9 @@ class CapfService(Service):
         self.domain = CapfDomain(self)  # the one write path of every door (issue 9 §5)
         self.grpc.add(capf_pb2_grpc.add_CapfServicer_to_server, CapfServicer(self), "ccmsec.v1.Capf")
         await self.subscribe(bus_mod.subject_for("ctl.updated"), "ctl-updated", self.on_ctl_updated)
-        # CERT-3 also after a restart: the CTL may have been built while CAPF was down.
-        async with self.db() as s:
-            if await ctl_exists(s):
-                await asyncio.to_thread(copy_capf_certificate, self.settings.data_dir, self.capf_ca.cert)
+        # CERT-3 also after a restart: the CTL may have been built while CAPF was down. Asked in the
+        # background: the start does not wait on the CTL Provider.
+        self.spawn(self._copy_when_ctl_known())
         log.info("CAPF listening", extra={"port": self.capf_port, "activated": self.activated,
                                           "acceptor_processes": p.int("acceptor_processes")})
 
@@ -204,6 +205,31 @@ class CapfService(Service):
 
         await follow_legacy_tls(self.spawn, lambda: self.peer_channel("ctl-provider"), apply,
                                 who="CAPF 3804")
+
+    async def _ctl_present(self) -> bool | None:
+        """CERT-3: whether a CTL exists is the CTL Provider's state (issue 9 §5), asked over gRPC
+        (`CtlProvider/GetCurrentCtl`); CAPF copies its certificate when one does. None: the CTL
+        Provider did not answer (yet)."""
+        try:
+            stub = ctl_provider_pb2_grpc.CtlProviderStub(self.peer_channel("ctl-provider"))
+            reply = await stub.GetCurrentCtl(common_pb2.Empty(), timeout=CTL_ASK_TIMEOUT)
+        except SettingsError as exc:  # no CTL Provider in the configuration: nobody builds a CTL
+            log.warning("CERT-3: %s; the CAPF certificate is copied on the next ctl.updated", exc)
+            return False
+        except grpc.aio.AioRpcError as exc:
+            log.info("CERT-3: the CTL Provider did not answer (%s); asking again", exc.code().name)
+            return None
+        if reply.present:
+            await asyncio.to_thread(copy_capf_certificate, self.settings.data_dir, self.capf_ca.cert)
+        return reply.present
+
+    async def _copy_when_ctl_known(self) -> None:
+        """Until the CTL Provider answered once, with back-off (`ctl.updated` covers every CTL
+        built from then on)."""
+        delay = 0.5
+        while await self._ctl_present() is None:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
 
     def issuer_mode(self) -> str:
         """Enterprise parameter `issuer`: capf (CAPF signs) or offline (third-party CA)."""
