@@ -493,6 +493,8 @@ async def test_cluster_mode_is_ctl_providers_callmanager_only_reads_and_audits_i
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await set_mode(pb.ClusterModeReply(mode=common_pb2.CLUSTER_MIXED), timeout=5)
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert (await cm.stub.GetClusterMode(common_pb2.Empty(), timeout=5)).mode == common_pb2.CLUSTER_NON_SECURE
+    await cm.set_mode("non-secure")  # ctl-provider has started once: its table exists (MODE-1's value)
     with pytest.raises(CrossOwnerWrite, match="callmanager may not write table 'cluster_settings'.*ctl-provider"):
         async with cm.svc.db() as session, session.begin():
             await set_setting(session, SETTING_SECURITY_MODE, "mixed")

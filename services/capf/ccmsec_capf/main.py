@@ -61,6 +61,7 @@ class CapfService(Service):
         super().__init__(settings)
         self._activated = False  # CHK-2: off until the database says otherwise
         self.legacy_tls = "unknown"  # LATER-8: until the CTL Provider answered
+        self.ctl = "unknown"  # CERT-3: "present" / "absent" as the CTL Provider answered
         self.capf_ca: Issued | None = None
         self.params: CapfParameters | None = None
         self.store: SqlCapfStore | None = None
@@ -215,12 +216,14 @@ class CapfService(Service):
             reply = await stub.GetCurrentCtl(common_pb2.Empty(), timeout=CTL_ASK_TIMEOUT)
         except SettingsError as exc:  # no CTL Provider in the configuration: nobody builds a CTL
             log.warning("CERT-3: %s; the CAPF certificate is copied on the next ctl.updated", exc)
+            self.ctl = "no CTL Provider configured"
             return False
         except grpc.aio.AioRpcError as exc:
             log.info("CERT-3: the CTL Provider did not answer (%s); asking again", exc.code().name)
             return None
         if reply.present:
             await asyncio.to_thread(copy_capf_certificate, self.settings.data_dir, self.capf_ca.cert)
+        self.ctl = "present" if reply.present else "absent"
         return reply.present
 
     async def _copy_when_ctl_known(self) -> None:
@@ -252,12 +255,13 @@ class CapfService(Service):
 
     async def on_ctl_updated(self, event: events_pb2.Event) -> None:
         written = await asyncio.to_thread(copy_capf_certificate, self.settings.data_dir, self.capf_ca.cert)
+        self.ctl = "present"
         log.info("CERT-3: CAPF certificate copied to the servers", extra={
             "event_id": event.id, "files": ",".join(str(p) for p in written)})
 
     def status_details(self) -> dict[str, str]:
         details = {"capf_port": str(self.capf_port), "capf_sessions": str(self.sessions_total),
-                   "legacy_tls": self.legacy_tls}
+                   "legacy_tls": self.legacy_tls, "ctl": self.ctl}
         if self.capf_ca is not None:
             details["capf_certificate_sha256"] = fingerprint_sha256(self.capf_ca.cert)
         if self.acceptors is not None:
