@@ -327,3 +327,72 @@ async def test_chk8_check_lists_secure_lsc_only_phones_without_an_lsc(capf):
     assert (await capf.enroll(phone_for(capf, "SEP00000000C801"))).end_reason == Reason.OK
     reply = await capf.stub.CheckLscs(common_pb2.Empty())
     assert list(reply.missing) == [] and list(reply.installed) == ["SEP00000000C801"]
+
+
+async def _start_capf(data, nats_url: str, host: str, peers: dict[str, str]):
+    settings = load_settings(service="capf", data_dir=data, host=host, grpc_port=free_port(host), metrics_port=0,
+                             nats_url=nats_url, capf_port=free_port(host), shutdown_grace=1.0, peers=peers)
+    service_identity(data, "capf", "capf", host)
+    svc = CapfService(settings)
+    task = asyncio.create_task(svc.run())
+    channel = secure_channel(client_identity(data), host, settings.grpc_port, "capf")
+    stub = capf_pb2_grpc.CapfStub(channel)
+    deadline = time.monotonic() + 60
+    while True:
+        assert not task.done(), f"capf service stopped during start: {task.exception() if task.done() else ''}"
+        try:
+            await stub.Status(common_pb2.Empty(), timeout=2)
+            return svc, task, channel, stub
+        except grpc.aio.AioRpcError:
+            assert time.monotonic() < deadline, "capf did not start"
+            await asyncio.sleep(0.1)
+
+
+async def _ctl_state(stub, want: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while (await stub.Status(common_pb2.Empty(), timeout=5)).details["ctl"] != want:
+        assert time.monotonic() < deadline, f"CAPF never learnt ctl={want!r} from the CTL Provider"
+        await asyncio.sleep(0.1)
+
+
+@pytest.mark.timeout(300)
+async def test_cert3_after_a_restart_capf_asks_the_ctl_provider_not_the_database(tmp_path, nats_server):
+    """CERT-3 after a restart, issue 9 §5: whether a CTL exists is the CTL Provider's state, asked over
+    gRPC (`CtlProvider/GetCurrentCtl`), never read from its table. While the provider is down CAPF
+    keeps asking and copies nothing; a provider without a CTL gets nothing copied; once it holds a
+    CTL, a restarted CAPF copies its certificate to every server."""
+    from ccmsec.db.cluster import record_ctl
+    from ccmsec.runtime.service import GRPC_PORT_DEFAULT
+    from tests.integration.test_ctl_provider_service import _prepare, _start
+
+    await _prepare(tmp_path)
+    suffix = f"{random.randint(0, 255)}.{random.randint(2, 250)}"
+    provider_host, capf_host = f"127.{random.randint(20, 130)}.{suffix}", f"127.{random.randint(131, 250)}.{suffix}"
+    peers = {"ctl-provider": provider_host}
+    svc, task, channel, stub = await _start_capf(tmp_path, nats_server, capf_host, peers)
+    provider = None
+    try:
+        assert (await stub.Status(common_pb2.Empty())).details["ctl"] == "unknown"  # nobody answered yet
+        provider = await _start(tmp_path, nats_server, provider_host, free_port(provider_host), GRPC_PORT_DEFAULT)
+        await _ctl_state(stub, "absent")  # asked again until the provider answered: no CTL
+        assert not any(capf_cer_path(tmp_path, r).exists() for r in SERVER_ROLES)
+        # The CTL client runs while CAPF is down (no ctl.updated reaches it).
+        svc.request_stop()
+        await asyncio.wait_for(task, 20)
+        await channel.close()
+        async with owner_db(svc.settings.db_url, "ctl-provider") as db, db() as s, s.begin():
+            await record_ctl(s, content=b"a signed CTL", sha256="00" * 32, signer="sast1", signer_serial="01",
+                             records=3, tftp_path="")
+        svc, task, channel, stub = await _start_capf(tmp_path, nats_server, capf_host, peers)
+        await _ctl_state(stub, "present")
+        want = svc.capf_ca.cert.public_bytes(serialization.Encoding.DER)
+        assert all(capf_cer_path(tmp_path, r).read_bytes() == want for r in SERVER_ROLES)
+    finally:
+        svc.request_stop()
+        await asyncio.wait_for(task, 20)
+        await channel.close()
+        if provider is not None:
+            p_svc, p_task, p_channel, _ = provider
+            await p_channel.close()
+            p_svc.request_stop()
+            await asyncio.wait_for(p_task, 20)
