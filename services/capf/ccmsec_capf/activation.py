@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from ccmsec.db.capf import get_capf_setting, set_capf_setting
+from ccmsec.db.capf import get_capf_setting
 
 SETTING_CAPF_ACTIVATED = "capf.activated"
 NOT_ACTIVATED = ("CAPF service is not activated on the publisher (CHK-2); activate it with "
@@ -20,8 +20,3 @@ NOT_ACTIVATED = ("CAPF service is not activated on the publisher (CHK-2); activa
 async def read_activated(factory: async_sessionmaker[AsyncSession]) -> bool:
     async with factory() as s:
         return await get_capf_setting(s, SETTING_CAPF_ACTIVATED) == "1"
-
-
-async def write_activated(factory: async_sessionmaker[AsyncSession], active: bool) -> None:
-    async with factory() as s, s.begin():
-        await set_capf_setting(s, SETTING_CAPF_ACTIVATED, "1" if active else "0")

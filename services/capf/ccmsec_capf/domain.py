@@ -24,7 +24,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from ccmsec.db.capf import get_capf_setting, set_capf_setting
-from ccmsec.db.devices import ctl_exists
 from ccmsec.pki.lsc import save_third_party_ca
 from ccmsec.policy.resets import required_actions
 from ccmsec.runtime.outbox import DELIVERY_WAIT, stage, stage_actions, stage_owner_change
@@ -55,8 +54,9 @@ class CapfDomain:
     async def _delivered(self, ids: list[str]) -> bool:
         return await self.service.outbox.wait_sent(ids, DELIVERY_WAIT)
 
-    async def activate(self, who: ChangeActor, active: bool) -> bool:
-        """CHK-2; returns True when a CTL already exists (it must be rebuilt to name CAPF)."""
+    async def activate(self, who: ChangeActor, active: bool) -> None:
+        """CHK-2. (Whether a CTL exists, to be rebuilt to name CAPF, is the CTL Provider's state:
+        `CapfService.ctl`, from `CtlProvider/GetCurrentCtl` — issue 9 §5.)"""
         svc = self.service
         async with svc.db() as s, s.begin():
             before = await get_capf_setting(s, SETTING_CAPF_ACTIVATED) == "1"
@@ -64,11 +64,9 @@ class CapfDomain:
             if before != bool(active):
                 stage_owner_change(s, self._origin, action="capf.activate", target="capf",
                                    detail=f"active={bool(active)}", rule="CHK-2", **who.audit())
-            has_ctl = await ctl_exists(s)
         svc.activated = bool(active)
         svc.outbox.kick()
         log.info("CAPF %s", "activated" if active else "deactivated")
-        return has_ctl
 
     async def schedule(self, who: ChangeActor, req: ScheduleRequest) -> tuple[Scheduled, bool]:
         """Record the operation (replacing an unfinished one), its audit record and the
