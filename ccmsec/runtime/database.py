@@ -108,13 +108,34 @@ def _alembic_config():
     return cfg
 
 
+_SCRIPT = None
+
+
+def _script():
+    """The migration scripts, read once per process (a role upgrades several branches)."""
+    global _SCRIPT
+    if _SCRIPT is None:
+        from alembic.script import ScriptDirectory
+
+        _SCRIPT = ScriptDirectory.from_config(_alembic_config())
+    return _SCRIPT
+
+
 def _upgrade(sync_conn, targets: tuple[str, ...]) -> None:
-    from alembic import command
+    """`alembic upgrade <target>` for each target, as alembic.command.upgrade does it, on one
+    parsed script directory."""
+    from alembic.runtime.environment import EnvironmentContext
 
     cfg = _alembic_config()
     cfg.attributes["connection"] = sync_conn
+    script = _script()
     for target in targets:
-        command.upgrade(cfg, target)
+        def upgrade(rev, _context, target=target):
+            return script._upgrade_revs(target, rev)
+
+        with EnvironmentContext(cfg, script, fn=upgrade, as_sql=False, starting_rev=None,
+                                destination_rev=target):
+            script.run_env()
 
 
 def migration_targets(role: str | None) -> tuple[str, ...]:
