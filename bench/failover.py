@@ -12,6 +12,11 @@ Ours:      a local cluster (`ccmsec up --subscribers 1`: publisher, subscriber, 
              * cut network: the proxy swallows everything (noticed by missed keepalives);
              * every node: kill -9 of publisher and subscriber (the phones fall back to SRST).
            Time = from the fault to each phone registered with the next target.
+           Fail-back after each fault: from the publisher's return (restarted by the supervisor
+           after a kill and answering a KeepAlive again, SIGCONT, the proxy restored) to each phone
+           registered with it again. No phone may return before the stable period; probes keep
+           their connection open between rounds (`FailoverPhone`), so a returning node is not hit
+           by one new connection per phone and probe.
 Baseline:  the source system's timings at the same keepalive interval K (docs: 30 s keepalive):
            a reset connection is noticed at once; a hung process after three missed keepalives
            (3 K, 90 s at 30 s); a broken path after 20–25 s of TCP retries; with a standby
@@ -19,6 +24,7 @@ Baseline:  the source system's timings at the same keepalive interval K (docs: 3
 
     uv run python bench/failover.py --quick      # 200 phones, keepalive 2 s
     uv run python bench/failover.py              # 1000 phones, keepalive 2 s
+    uv run python bench/failover.py --phones 50 --keepalive 30   # the source's default keepalive
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 from ccmsec.aio.sccp_failover import FailoverPhone, open_streams  # noqa: E402
 from ccmsec.wire import sccp as s  # noqa: E402
+from ccmsec.wire.sccp import KeepAlive, KeepAliveAck, SccpFramer  # noqa: E402
 from ccmsec.wire.sccp_failover import FailoverSettings, Target, TargetKind  # noqa: E402
 from tests.faultproxy import FaultProxy  # noqa: E402
 
@@ -130,17 +137,50 @@ class Fleet:
             await self.proxy.close()
 
 
-def row(case: str, times: list[float], count: int, theirs: tuple[float, float], keepalive: float) -> dict:
+async def node_answers(host: str, port: int, timeout: float = 1.0) -> bool:
+    """The node answers a KeepAlive on a new connection (a stopped process would accept TCP in
+    the kernel and never answer)."""
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except (OSError, asyncio.TimeoutError):
+        return False
+    try:
+        writer.write(KeepAlive().serialize())
+        await writer.drain()
+        framer = SccpFramer()
+        async with asyncio.timeout(timeout):
+            while data := await reader.read(4096):
+                if any(isinstance(m, KeepAliveAck) for m in framer.feed(data)):
+                    return True
+    except (OSError, TimeoutError, asyncio.TimeoutError):
+        pass
+    finally:
+        writer.close()
+    return False
+
+
+async def until_answers(host: str, port: int, limit: float = 180) -> float:
+    """Monotonic time at which the node answered again."""
+    end = time.monotonic() + limit
+    while time.monotonic() < end:
+        if await node_answers(host, port):
+            return time.monotonic()
+        await asyncio.sleep(0.1)
+    raise SystemExit(f"{host}:{port} did not come back within {limit:.0f} s")
+
+
+def row(case: str, times: list[float], count: int, theirs: tuple[float, float] | None, keepalive: float,
+        note: str = "") -> dict:
     median = statistics.median(times) if times else float("nan")
     p95 = times[int(0.95 * (len(times) - 1))] if times else float("nan")
     worst = times[-1] if times else float("nan")
-    mid = (theirs[0] + theirs[1]) / 2
+    mid = (theirs[0] + theirs[1]) / 2 if theirs else 0.0
+    shown = "—" if theirs is None else f"{theirs[0]:g}" if theirs[0] == theirs[1] else f"{theirs[0]:g}-{theirs[1]:g}"
     out = {"case": case, "phones": f"{len(times)}/{count}", "median": median, "p95": p95, "worst": worst,
-           "theirs": f"{theirs[0]:g}" if theirs[0] == theirs[1] else f"{theirs[0]:g}-{theirs[1]:g}",
-           "ratio": (median / mid) if mid else float("nan")}
-    print(f"{case:<34} {out['phones']:>9}  median {median:6.2f} s  p95 {p95:6.2f} s  worst {worst:6.2f} s  "
-          f"source at keepalive {keepalive:g} s: {out['theirs']} s"
-          + (f"  ratio {out['ratio']:.2f}" if mid else ""), flush=True)
+           "theirs": shown, "ratio": (median / mid) if mid else float("nan"), "note": note}
+    print(f"{case:<40} {out['phones']:>9}  median {median:6.2f} s  p95 {p95:6.2f} s  worst {worst:6.2f} s  "
+          f"source at keepalive {keepalive:g} s: {shown} s" + (f"  ratio {out['ratio']:.2f}" if mid else "")
+          + (f"  ({note})" if note else ""), flush=True)
     return out
 
 
@@ -156,39 +196,53 @@ async def run(count: int, keepalive: int) -> None:
     rows = []
     try:
         await fleet.start()
-        took = await fleet.home()
+        took = await fleet.home(max(120.0, 0.3 * count))   # a registration storm on a shared machine
         print(f"{count} phones registered with the publisher in {took:.1f} s (keepalive {keepalive} s)", flush=True)
         await asyncio.sleep(4)   # standbys open; SRST's directory has seen the devices
         sub = fleet.sub["sccp_port"], fleet.sub["host"]
+        pub = fleet.pub["host"], fleet.pub["sccp_port"]
+        limit = max(60.0, 6 * keepalive)
+
+        async def fail_back(label: str, returned: float) -> None:
+            """Every phone back on the publisher (through the proxy), timed from its return."""
+            times = await fleet.measure(fleet.proxy.port, "127.0.0.1", returned, max(180.0, 4 * limit))
+            early = sum(1 for t in times if t < STABLE - 0.2)
+            rows.append(row(f"{label}: fail-back", times, count, None, keepalive,
+                            note=f"stable period {STABLE:g} s; {early} returned before it"))
 
         t0 = time.monotonic()
         os.kill(pid_of(data, "callmanager"), signal.SIGKILL)
-        rows.append(row("clean kill (kill -9) -> subscriber", await fleet.measure(*sub, t0, 60), count,
+        rows.append(row("clean kill (kill -9) -> subscriber", await fleet.measure(*sub, t0, limit), count,
                         (0.0, 0.0), keepalive))
-        await fleet.home()
+        returned = await until_answers(*pub)
+        print(f"  publisher restarted by the supervisor, answering {returned - t0:.1f} s after the kill", flush=True)
+        await fail_back("clean kill", returned)
 
         t0 = time.monotonic()
         pid = pid_of(data, "callmanager")
         os.kill(pid, signal.SIGSTOP)
         try:
-            rows.append(row("hung process (SIGSTOP) -> subscriber", await fleet.measure(*sub, t0, 60), count,
+            rows.append(row("hung process (SIGSTOP) -> subscriber", await fleet.measure(*sub, t0, limit), count,
                             (3.0 * keepalive, 3.0 * keepalive), keepalive))
         finally:
             os.kill(pid, signal.SIGCONT)
-        await fleet.home()
+        await fail_back("hung process", time.monotonic())
 
         t0 = time.monotonic()
         fleet.proxy.blackhole()
-        rows.append(row("cut network -> subscriber", await fleet.measure(*sub, t0, 60), count,
-                        (20.0, 25.0), keepalive))
+        rows.append(row("cut network -> subscriber", await fleet.measure(*sub, t0, limit), count,
+                        (20.0, 25.0), keepalive,
+                        note="" if keepalive == 30 else "the source's figure is at its 30 s keepalive"))
         fleet.proxy.restore()
-        await fleet.home()
+        await fail_back("cut network", time.monotonic())
 
         t0 = time.monotonic()
         os.kill(pid_of(data, "callmanager"), signal.SIGKILL)
         os.kill(pid_of(data, "callmanager-sub1"), signal.SIGKILL)
         rows.append(row("every node killed -> SRST", await fleet.measure(fleet.srst["sccp_port"], fleet.srst["host"],
-                                                                         t0, 60), count, (10.0, 20.0), keepalive))
+                                                                         t0, limit), count, (10.0, 20.0), keepalive))
+        returned = await until_answers(*pub)
+        await fail_back("every node killed", returned)
     finally:
         await fleet.stop()
         cli(data, "down")
