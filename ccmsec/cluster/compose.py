@@ -28,6 +28,9 @@ Rules the renderer follows (and why):
 - The shared volume `ccmsec-data` at /data holds the files services publish to each other
   (certificates for the CTL, TFTP files); a role that is not `persistent` gets its own folder
   (/data/<role>) on a tmpfs so its state is lost on restart, as the topology asks.
+- Private keys (DEPLOY-1): each role keeps its own keys (its server key, the CAPF CA key, the
+  simulated manufacturer CA key) in `keys-<role>`, a volume only that role mounts, at
+  CCMSEC_KEY_DIR; the shared volume carries their certificates only.
 """
 
 from __future__ import annotations
@@ -73,6 +76,7 @@ VENV_PYTHON = "/app/.venv/bin/python"
 IDENTITY_DIR = "/run/ccmsec/identity"
 DB_PASSWORD_FILE = "/run/ccmsec/db/password"
 ADMIN_SECRET_DIR = "/run/ccmsec/admin"
+KEY_DIR = "/run/ccmsec/keys"  # the role's own private keys (volume keys-<role>)
 # No password in the file or the environment: the init step generates the database password into
 # a volume; services get it as a file (CCMSEC_DATABASE_PASSWORD_FILE), PostgreSQL as
 # POSTGRES_PASSWORD_FILE.
@@ -211,6 +215,10 @@ def identity_volume(role: str) -> str:
     return f"identity-{role}"
 
 
+def key_volume(role: str) -> str:
+    return f"keys-{role}"
+
+
 def _build(target: str) -> dict:
     return {"context": ".", "dockerfile": DOCKERFILE, "target": target,
             "args": {"PYTHON_IMAGE": var("CCMSEC_PYTHON_IMAGE", PYTHON_IMAGE)}}
@@ -281,6 +289,7 @@ def _role_service(s: ServiceSpec, ports: list[str], waits_for: list[str], port_e
         "CCMSEC_HOST": "0.0.0.0",
         "CCMSEC_DATA_DIR": "/data",
         "CCMSEC_IDENTITY_DIR": IDENTITY_DIR,
+        "CCMSEC_KEY_DIR": KEY_DIR,
         "CCMSEC_NATS_URL": f"nats://nats:{NATS_PORT}",
         "CCMSEC_DATABASE_URL": DATABASE_URL,
         "CCMSEC_DATABASE_PASSWORD_FILE": DB_PASSWORD_FILE,
@@ -291,7 +300,7 @@ def _role_service(s: ServiceSpec, ports: list[str], waits_for: list[str], port_e
         **port_env,
     }
     volumes = [f"{DATA_VOLUME}:/data", f"{identity_volume(s.role)}:{IDENTITY_DIR}:ro",
-               f"{DB_SECRET_VOLUME}:/run/ccmsec/db:ro"]
+               f"{key_volume(s.role)}:{KEY_DIR}", f"{DB_SECRET_VOLUME}:/run/ccmsec/db:ro"]
     if s.role == "callmanager":
         env["CCMSEC_ADMIN_PASSWORD_FILE"] = f"{ADMIN_SECRET_DIR}/admin-password"
         volumes.append(f"admin-secret:{ADMIN_SECRET_DIR}")
@@ -408,7 +417,8 @@ def compose_model(services: tuple[ServiceSpec, ...] = SERVICES) -> dict:
     doc_services["cli"] = _cli_service()
     doc_services.update(_monitoring_services())
     volumes = ["prometheus-data", "grafana-data", "grafana-secret", CLI_VOLUME, NATS_CONFIG_VOLUME, NATS_VOLUME, POSTGRES_VOLUME, DATA_VOLUME, CA_VOLUME, DB_SECRET_VOLUME, PG_SECRET_VOLUME,
-               "admin-secret", *(identity_volume(s.role) for s in services)]
+               "admin-secret", *(identity_volume(s.role) for s in services),
+               *(key_volume(s.role) for s in services)]
     return {
         "services": doc_services,
         "volumes": {v: {} for v in volumes},
@@ -452,9 +462,9 @@ def render_dockerfile(services: tuple[ServiceSpec, ...] = SERVICES) -> str:
         "FROM ${PYTHON_IMAGE} AS runtime",
         f"RUN groupadd --system --gid {APP_UID} ccmsec \\",
         f"    && useradd --system --uid {APP_UID} --gid ccmsec --home-dir /app --shell /usr/sbin/nologin ccmsec \\",
-        "    && mkdir -p /data /run/ccmsec/identity /run/ccmsec/db /run/ccmsec/admin \\",
-        "    && chown ccmsec:ccmsec /data /run/ccmsec/identity /run/ccmsec/db /run/ccmsec/admin \\",
-        "    && chmod 0700 /run/ccmsec/identity /run/ccmsec/db /run/ccmsec/admin",
+        "    && mkdir -p /data /run/ccmsec/identity /run/ccmsec/db /run/ccmsec/admin /run/ccmsec/keys \\",
+        "    && chown ccmsec:ccmsec /data /run/ccmsec/identity /run/ccmsec/db /run/ccmsec/admin /run/ccmsec/keys \\",
+        "    && chmod 0700 /run/ccmsec/identity /run/ccmsec/db /run/ccmsec/admin /run/ccmsec/keys",
         "COPY --from=build /app/.venv /app/.venv",
         "ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 CCMSEC_DATA_DIR=/data \\",
         "    CCMSEC_IDENTITY_DIR=/run/ccmsec/identity PATH=/app/.venv/bin:$PATH",

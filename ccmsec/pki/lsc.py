@@ -43,23 +43,31 @@ class LscError(ValueError):
 
 
 
+def capf_key_path(pki_dir: str | Path, key_dir: str | Path | None = None) -> Path:
+    """Where the CAPF key is: `key_dir` (a folder only CAPF has, in compose) or next to capf.crt."""
+    return Path(key_dir if key_dir is not None else pki_dir) / CAPF_KEY
+
+
 def ensure_capf_ca(pki_dir: str | Path, *, dns_names: Sequence[str] = ("localhost",),
-                   ip_addresses: Sequence[str] = ("127.0.0.1",), key_kind: str = "rsa2048") -> Issued:
+                   ip_addresses: Sequence[str] = ("127.0.0.1",), key_kind: str = "rsa2048",
+                   key_dir: str | Path | None = None) -> Issued:
     """Load DATA/pki/capf.{crt,key}, creating them once. Never re-created when present (CHK-2:
-    the CTL built after CAPF activation keeps naming this certificate)."""
+    the CTL built after CAPF activation keeps naming this certificate). With `key_dir` the key is
+    kept there instead of beside the certificate every service reads."""
     pki = Path(pki_dir)
     # Several services may ask at once on a fresh cluster: one creates, the others load.
     with file_lock(pki / ".capf.lock"):
-        return _load_or_create_capf(pki, dns_names, ip_addresses, key_kind)
+        return _load_or_create_capf(pki, dns_names, ip_addresses, key_kind, capf_key_path(pki, key_dir))
 
 
 def _load_or_create_capf(pki: Path, dns_names: Sequence[str], ip_addresses: Sequence[str],
-                         key_kind: str) -> Issued:
-    cert_path, key_path = pki / CAPF_CERT, pki / CAPF_KEY
+                         key_kind: str, key_path: Path) -> Issued:
+    cert_path = pki / CAPF_CERT
     if cert_path.exists() and key_path.exists():
         return load_pair(cert_path, key_path)
     if cert_path.exists() != key_path.exists():
-        raise LscError(f"half a CAPF pair in {pki}: need both {CAPF_CERT} and {CAPF_KEY}")
+        raise LscError(f"half a CAPF pair: need both {cert_path} and {key_path}")
+    key_path.parent.mkdir(parents=True, exist_ok=True)
     key = new_key(key_kind)
     base = create_ca(name("CAPF", org_unit="CAPF"), key=key, days=3650, path_length=0)
     # Rebuild with a SAN so the same certificate serves TLS (create_ca adds none).

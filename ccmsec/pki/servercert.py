@@ -52,12 +52,17 @@ def _load(cert_path: Path, key_path: Path) -> Issued:
 
 
 def ensure_server_certificate(directory: Path, server_name: str,
-                              ip: str | None = None) -> Issued:
-    """Create `ccmserver.cer` on first call; afterwards return the stored one unchanged (CERT-5)."""
+                              ip: str | None = None, key_dir: Path | None = None) -> Issued:
+    """Create `ccmserver.cer` on first call; afterwards return the stored one unchanged (CERT-5).
+    The key is kept in `key_dir` when given (a folder only this server's container has), else
+    beside the certificate."""
     if not server_name or len(server_name) > 64:
         raise ValueError(f"server name must be 1-64 characters, got {server_name!r}")
     directory = Path(directory)
-    cert_path, key_path = directory / CERT_FILE, directory / KEY_FILE
+    cert_path = directory / CERT_FILE
+    key_path = Path(key_dir if key_dir is not None else directory) / KEY_FILE
+    directory.mkdir(parents=True, exist_ok=True)
+    key_path.parent.mkdir(parents=True, exist_ok=True)
     with file_lock(directory / ".ccmserver.lock"):
         if cert_path.exists():
             if not key_path.exists():

@@ -276,16 +276,20 @@ def list_tokens(store_dir: Path) -> list[TokenInfo]:
 MANUFACTURER_CA_SUBJECT = name("ccmsec Manufacturing CA", org_unit="Manufacturing", org="ccmsec")
 
 
-def ensure_manufacturer_ca(pki_dir: Path) -> Issued:
-    """`<pki_dir>/manufacturer-ca.{crt,key}`: created once, kept apart from the cluster CA."""
+def ensure_manufacturer_ca(pki_dir: Path, key_dir: Path | None = None) -> Issued:
+    """`<pki_dir>/manufacturer-ca.{crt,key}`: created once, kept apart from the cluster CA. With
+    `key_dir` (phone-sim's own folder in compose) the key is kept there, the certificate where
+    every service reads it."""
     pki_dir = Path(pki_dir)
-    cert_path, key_path = pki_dir / "manufacturer-ca.crt", pki_dir / "manufacturer-ca.key"
+    cert_path = pki_dir / "manufacturer-ca.crt"
+    key_path = Path(key_dir if key_dir is not None else pki_dir) / "manufacturer-ca.key"
     with file_lock(pki_dir / ".manufacturer-ca.lock"):
         if cert_path.exists() and key_path.exists():
             return load_pair(cert_path, key_path)
         if cert_path.exists() or key_path.exists():
-            raise TokenError(f"half of the manufacturer CA is missing in {pki_dir}; "
-                             "restore both manufacturer-ca.crt and manufacturer-ca.key")
+            raise TokenError(f"half of the manufacturer CA is missing; restore both {cert_path} "
+                             f"and {key_path}")
+        key_path.parent.mkdir(parents=True, exist_ok=True)
         ca = create_ca(MANUFACTURER_CA_SUBJECT, days=7300)
         save_pair(ca, cert_path, key_path)
         return ca

@@ -32,6 +32,10 @@ class ServiceSettings(BaseSettings):
     # The service's own identity folder (certificate, key, NATS credentials); default
     # DATA/identities/services/<node>. Compose mounts each container's own folder here.
     identity_dir: Path | None = None
+    # Where this service keeps its own private keys (its server key, the CAPF or manufacturer CA
+    # key); default: next to their certificates under the data directory. Compose mounts a volume
+    # here that no other container has, so the shared data volume carries certificates only.
+    key_dir: Path | None = None
     host: str = "127.0.0.1"
     grpc_port: int = Field(50051, ge=1, le=65535)
     metrics_port: int = Field(9100, ge=0, le=65535)  # 0 = metrics endpoint off

@@ -127,6 +127,9 @@ def make_env_file(path: Path, project: str) -> dict[str, int]:
         for name, _default, _target, proto in entries:
             ports[name] = free_port(proto)
             lines.append(f"{name}={ports[name]}")
+    for name in ("CCMSEC_PUBLISH_PROMETHEUS", "CCMSEC_PUBLISH_GRAFANA"):  # the monitoring profile
+        ports[name] = free_port("tcp")
+        lines.append(f"{name}={ports[name]}")
     for name in compose.IMAGE_VARIABLES:
         if os.environ.get(name):
             lines.append(f"{name}={os.environ[name]}")

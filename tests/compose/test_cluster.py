@@ -12,10 +12,12 @@ import json
 import time
 
 import pytest
+import yaml
 
 from ccmsec.adminclient import AdminClient, discover
 from ccmsec.cluster import compose
 from ccmsec.cluster.topology import ROLES
+from tests.compose.conftest import ROOT
 from tests.conftest import run_cli
 
 # bring-up, the whole checklist and four faults on a loaded 2-core machine: bounded, generously
@@ -161,6 +163,40 @@ def test_admin_api_through_the_published_port(cluster):
         bad.whoami()
 
 
+def test_monitoring_profile_prometheus_loads_the_rules_and_scrapes_every_service(cluster):
+    """Issue 16 in compose: `--profile monitoring` Prometheus (the official image by default; the
+    Debian stand-in here) loads the shipped alert rules and finds every service's metrics `up`.
+    Grafana is not run (no Debian package, no registry): its files are checked by the unit tests."""
+    import urllib.request
+
+    rules_file = yaml.safe_load((ROOT / "deploy/monitoring/prometheus/ccmsec-rules.yml").read_text())
+    shipped = {g["name"] for g in rules_file["groups"]}
+    cluster.dc("--profile", "monitoring", "up", "-d", "--no-build", "prometheus", timeout=300)
+    port = cluster.ports["CCMSEC_PUBLISH_PROMETHEUS"]
+
+    def api(path):
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as reply:
+            return json.loads(reply.read())["data"]
+
+    try:
+        wait_until(lambda: cluster.health("prometheus") == "healthy", 180, "prometheus healthy")
+        loaded = wait_until(lambda: {g["name"] for g in api("/api/v1/rules")["groups"]}, 60, "rules loaded")
+        assert loaded == shipped
+
+        def all_up():
+            targets = api("/api/v1/targets")["activeTargets"]
+            state = {t["labels"]["instance"].split(":")[0]: t["health"] for t in targets}
+            return state if set(state) == set(ROLES) and set(state.values()) == {"up"} else None
+
+        state = wait_until(all_up, 240, "every service target up", step=5)
+        assert set(state) == set(ROLES)
+        # the rules evaluate against real series: the services' own metric is there for every role
+        up = api("/api/v1/query?query=up%7Bjob%3D%22ccmsec%22%7D")["result"]
+        assert {r["metric"]["instance"].split(":")[0] for r in up if r["value"][1] == "1"} == set(ROLES)
+    finally:
+        cluster.dc("--profile", "monitoring", "rm", "-sfv", "prometheus", check=False)
+
+
 def test_checklist_through_the_cli_then_faults(cluster):
     """The checklist from the `cli` container (CHK-1, CHK-2, CHK-4, CHK-6, CHK-8, CHK-9): tokens, the
     CTL client to mixed mode, CAPF, devices, phones of each mode booting TFTP → CAPF →
@@ -258,3 +294,48 @@ def test_the_bus_refuses_a_connection_without_credentials(cluster):
             "asyncio.run(main())\n")
     out = cluster.dc("run", "--rm", "-T", "--entrypoint", "python", "cli", "-c", code, timeout=180).stdout
     assert "CONNECTED" not in out and "refused:" in out, out
+
+
+# --- private keys per service (DEPLOY-1) --------------------------------------------------------
+
+OWN_KEYS = {  # role -> the private keys it alone holds, in its own volume keys-<role>
+    "capf": ["capf.key"],
+    "phone-sim": ["manufacturer-ca.key"],
+    "callmanager": ["ccmserver.key"],
+    "tftp-signer": ["ccmserver.key"],
+    "srst": ["ccmserver.key"],
+}
+
+
+def test_each_private_key_is_readable_only_in_its_own_container(cluster):
+    """DEPLOY-1: the CAPF CA key, phone-sim's manufacturer CA key and the server keys of
+    callmanager, tftp-signer and srst are each in a volume only their role mounts; the shared data
+    volume carries certificates only. Run last: after the checklist, CAPF enrolments and faults,
+    nothing has put a key back on the shared volume."""
+    grep = ("grep -rlI -- 'PRIVATE KEY' /data /run/ccmsec 2>/dev/null; "
+            "find /data /run/ccmsec -name '*.key' 2>/dev/null; true")
+    for role in ROLES:
+        found = set(cluster.exec(role, "sh", "-c", grep).stdout.split())
+        allowed = (f"{compose.KEY_DIR}/", f"{compose.IDENTITY_DIR}/")
+        if role == "phone-sim":
+            allowed += ("/data/phone-sim/",)  # its phones' own keys, on its private tmpfs
+        stray = sorted(p for p in found if not p.startswith(allowed))
+        assert stray == [], f"{role} can read private keys that are not its own: {stray}"
+        own = sorted(p.rsplit("/", 1)[-1] for p in found if p.startswith(compose.KEY_DIR + "/"))
+        assert own == sorted(set(OWN_KEYS.get(role, []))), (role, own)
+    # the keys are where they belong, matching the certificates everyone reads
+    for role, cert in (("capf", "/data/pki/capf.crt"), ("phone-sim", "/data/pki/manufacturer-ca.crt")):
+        check = ("from cryptography import x509; from cryptography.hazmat.primitives import serialization as s; "
+                 f"c = x509.load_pem_x509_certificate(open('{cert}','rb').read()); "
+                 f"k = s.load_pem_private_key(open('{compose.KEY_DIR}/{OWN_KEYS[role][0]}','rb').read(), None); "
+                 "P = s.PublicFormat.SubjectPublicKeyInfo; E = s.Encoding.DER; "
+                 "print(c.public_key().public_bytes(E, P) == k.public_key().public_bytes(E, P))")
+        assert cluster.exec(role, "python3", "-c", check).stdout.strip() == "True", role
+    # the bad case: from callmanager's container, CAPF's key path holds nothing, and CAPF's volume
+    # is mounted nowhere but in capf
+    proc = cluster.exec("callmanager", "cat", f"{compose.KEY_DIR}/capf.key", check=False)
+    assert proc.returncode != 0 and "No such file" in proc.stderr
+    for role in ROLES:
+        mounts = [m.get("Name", "") for m in cluster.inspect(role)["Mounts"]]
+        foreign = [m for m in mounts if "_keys-" in m and not m.endswith(f"_{compose.key_volume(role)}")]
+        assert foreign == [], (role, foreign)

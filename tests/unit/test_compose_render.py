@@ -78,6 +78,11 @@ def test_every_role_is_a_service_with_versioned_image_target_and_its_own_identit
         others = [v for v in svc["volumes"] if v.startswith(("identity-", compose.CA_VOLUME))
                   and not v.startswith(f"identity-{role}:")]
         assert others == []
+        # its own private keys (server key, CAPF / manufacturer CA key): a volume no one else mounts
+        assert f"keys-{role}:{compose.KEY_DIR}" in svc["volumes"]
+        assert svc["environment"]["CCMSEC_KEY_DIR"] == compose.KEY_DIR
+        assert [name for name, other in _doc()["services"].items()
+                if any(str(v).startswith(f"keys-{role}:") for v in other.get("volumes", []))] == [role]
         assert svc["cap_drop"] == ["ALL"] and "cap_add" not in svc
         assert svc["security_opt"] == ["no-new-privileges:true"]
         assert svc["mem_limit"] and svc["cpus"] and svc["pids_limit"]

@@ -31,7 +31,7 @@ from ccmsec.calls.config import AgentSettings, DeviceProfile
 from ccmsec.db.devices import Device, cluster_security_mode
 from ccmsec.domain import DeviceSecurityMode
 from ccmsec.pki.ca import Issued
-from ccmsec.pki.lsc import LscError, ensure_capf_ca, load_third_party_ca
+from ccmsec.pki.lsc import CAPF_CERT, LscError, ensure_capf_ca, load_third_party_ca
 from ccmsec.pki.servercert import ensure_server_certificate
 from ccmsec.pki.tokens import ensure_manufacturer_ca
 from ccmsec.policy.calls import CallSecurityLevel
@@ -72,6 +72,9 @@ class CallControlConfig:
     sccp_tls_port: int
     data_dir: Path
     keepalive_interval: int = 30
+    # This node's own key folder (compose: a volume no other container has); None = beside the
+    # certificates, and this node may then create the CAPF and manufacturer CAs itself.
+    key_dir: Path | None = None
     mirror_interval: float = 0.1
     register_timeout: float = 10.0
     handshake_timeout: float = 10.0
@@ -89,18 +92,45 @@ def server_certificate_dir(data_dir: Path, node: str) -> Path:
     return Path(data_dir) / "servers" / node
 
 
-def load_pki(data_dir: Path, node: str, host: str) -> tuple[Issued, PhoneTrust]:
+# With keys kept apart (compose), the CAPF and manufacturer CAs are made by their owners (capf,
+# phone-sim) as they start; call control waits this long for their certificates.
+CA_CERTIFICATE_WAIT = 300.0
+
+
+def wait_for_certificate(path: Path, owner: str, timeout: float = CA_CERTIFICATE_WAIT) -> x509.Certificate:
+    """The PEM certificate at `path`, once its owner has written it (atomically); a clear error
+    when it does not appear in time."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return x509.load_pem_x509_certificate(path.read_bytes())
+        except FileNotFoundError:
+            if time.monotonic() >= deadline:
+                raise RuntimeError(f"{path} did not appear within {timeout:.0f} s: {owner} creates it "
+                                   "at its start (its key is kept where only it can read it)") from None
+        time.sleep(1.0)
+
+
+def load_pki(data_dir: Path, node: str, host: str,
+             key_dir: Path | None = None) -> tuple[Issued, PhoneTrust]:
     """This node's ccmserver.cer (created once, CERT-5) and the phone-certificate issuers
-    (the third-party CA as it is now; CallControl follows later changes)."""
+    (the third-party CA as it is now; CallControl follows later changes). With `key_dir` this
+    node's key is kept there, and the CA certificates are waited for, never created here: their
+    keys belong to CAPF and phone-sim alone."""
     pki = Path(data_dir) / "pki"
-    server = ensure_server_certificate(server_certificate_dir(data_dir, node), node, ip=host)
-    capf = ensure_capf_ca(pki)
-    manufacturer = ensure_manufacturer_ca(pki)
+    server = ensure_server_certificate(server_certificate_dir(data_dir, node), node, ip=host,
+                                       key_dir=key_dir)
+    if key_dir is None:
+        capf = ensure_capf_ca(pki).cert
+        manufacturer = ensure_manufacturer_ca(pki).cert
+    else:
+        capf = wait_for_certificate(pki / CAPF_CERT, "capf")
+        manufacturer = wait_for_certificate(pki / "manufacturer-ca.crt", "phone-sim")
     try:
         third_party = load_third_party_ca(pki)
     except LscError:
         third_party = None  # not trusted; PhoneTrustWatcher logs why
-    return server, PhoneTrust(capf.cert, manufacturer.cert, third_party)
+    return server, PhoneTrust(capf, manufacturer, third_party)
 
 
 def _address(peer: tuple | None) -> str:
@@ -155,7 +185,7 @@ class CallControl:
     async def start(self) -> None:
         c = self.config
         if self._server_identity is None or self._fixed_trust is None:
-            identity, trust = await asyncio.to_thread(load_pki, c.data_dir, c.node, c.host)
+            identity, trust = await asyncio.to_thread(load_pki, c.data_dir, c.node, c.host, c.key_dir)
             self._server_identity = self._server_identity or identity
             self._fixed_trust = self._fixed_trust or trust
         self.trust_watcher = await asyncio.to_thread(

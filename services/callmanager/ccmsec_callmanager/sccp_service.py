@@ -27,7 +27,7 @@ class CallControlMixin:
         s = self.settings
         self.callcontrol = CallControl(
             CallControlConfig(node=self.node, host=s.host, sccp_port=s.sccp_port,
-                              sccp_tls_port=s.sccp_tls_port, data_dir=s.data_dir,
+                              sccp_tls_port=s.sccp_tls_port, data_dir=s.data_dir, key_dir=s.key_dir,
                               keepalive_interval=s.sccp_keepalive,
                               auto_register=s.callmanager_publisher),
             self.db)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ccmsec.aio.capf import CapfServer, SessionRecord, capf_server_ssl_context
 from ccmsec.pki.ca import load_pair
-from ccmsec.pki.lsc import CAPF_CERT, CAPF_KEY
+from ccmsec.pki.lsc import CAPF_CERT, capf_key_path
 from ccmsec.pki.tls import enable_legacy_tls
 from ccmsec.runtime.logs import setup_logging
 from ccmsec.wire.capf import AuthCheck, OperationLookup
@@ -110,12 +110,13 @@ async def serve(cfg: dict) -> int:
     sock = socket.socket(fileno=int(cfg["fd"]))
     reader, writer = await asyncio.open_unix_connection(sock=sock)
     pki = Path(cfg["pki_dir"])
+    capf_key = capf_key_path(pki, cfg.get("key_dir"))
     state = dict(cfg["config"])
-    issuer = ServiceLscIssuer(load_pair(pki / CAPF_CERT, pki / CAPF_KEY), pki / MANUFACTURER_CA,
+    issuer = ServiceLscIssuer(load_pair(pki / CAPF_CERT, capf_key), pki / MANUFACTURER_CA,
                               days=int(state["validity_days"]))
     store = OwnerStore(writer)
     finished: list[SessionRecord] = []
-    ssl_context = capf_server_ssl_context(pki / CAPF_CERT, pki / CAPF_KEY)
+    ssl_context = capf_server_ssl_context(pki / CAPF_CERT, capf_key)
     if state.get("legacy_tls"):
         enable_legacy_tls(ssl_context)
     server = CapfServer(

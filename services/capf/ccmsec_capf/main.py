@@ -29,7 +29,7 @@ from ccmsec.db.capf import STATES as OPERATION_STATES
 from ccmsec.db.capf import CapfCertificate, CapfOperation, SqlCapfStore
 from ccmsec.domain import CapfOperation as CapfOperationKind
 from ccmsec.pki.ca import Issued, fingerprint_sha256
-from ccmsec.pki.lsc import CAPF_CERT, CAPF_KEY, ensure_capf_ca
+from ccmsec.pki.lsc import CAPF_CERT, capf_key_path, ensure_capf_ca
 from ccmsec.pki.tls import enable_legacy_tls
 from ccmsec.wire.capf.frames import Reason
 from ccmsec.runtime import bus as bus_mod
@@ -93,7 +93,8 @@ class CapfService(Service):
 
     async def setup(self) -> None:
         hosts = tuple(dict.fromkeys((self.settings.host, "127.0.0.1")))
-        self.capf_ca = await asyncio.to_thread(ensure_capf_ca, self.pki_dir, ip_addresses=hosts)
+        self.capf_ca = await asyncio.to_thread(ensure_capf_ca, self.pki_dir, ip_addresses=hosts,
+                                                  key_dir=self.settings.key_dir)
         self.params = await load_parameters(self.db)
         self._activated = await read_activated(self.db)
         p = self.params
@@ -107,12 +108,13 @@ class CapfService(Service):
                 p.int("acceptor_processes"), host=self.settings.host, port=self.settings.capf_port,
                 pki_dir=self.pki_dir, store=self.store, node=self.settings.node_name, limits=limits,
                 config=self._acceptor_config(), on_sessions=self._sessions_ended,
-                log_level=self.settings.log_level)
+                log_level=self.settings.log_level, key_dir=self.settings.key_dir)
             await self.acceptors.start()
         else:
             self.issuer = ServiceLscIssuer(self.capf_ca, self.pki_dir / MANUFACTURER_CA,
                                            days=p.int("certificate_validity_days"))
-            ssl_ctx = capf_server_ssl_context(self.pki_dir / CAPF_CERT, self.pki_dir / CAPF_KEY)
+            ssl_ctx = capf_server_ssl_context(self.pki_dir / CAPF_CERT,
+                                              capf_key_path(self.pki_dir, self.settings.key_dir))
             self.capf_server = CapfServer(self.settings.host, self.settings.capf_port, ssl_ctx, self.store,
                                           self.issuer, admit=self._admit, issuer_mode=self.issuer_mode,
                                           retry_delay=p.int("retry_delay"),

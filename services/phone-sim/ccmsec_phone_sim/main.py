@@ -233,8 +233,12 @@ class PhoneSimService(Service):
                       standby_interval=s.phone_standby_interval,
                       boot_retry_max=s.phone_boot_retry_max)
         self.fleet = Fleet(s.data_dir / "phone-sim", net, max_concurrent_boots=self.max_concurrent_boots,
-                           manufacturer_ca=lambda: ensure_manufacturer_ca(s.data_dir / "pki"),
+                           manufacturer_ca=lambda: ensure_manufacturer_ca(s.data_dir / "pki", s.key_dir),
                            image_anchors=self._image_anchors, lsc_issuers=self._lsc_issuers)
+        if s.key_dir is not None:
+            # Compose: the manufacturer CA's key is phone-sim's alone, so phone-sim makes the CA as
+            # it starts; call control waits for the certificate (it trusts MICs by it).
+            await asyncio.to_thread(ensure_manufacturer_ca, s.data_dir / "pki", s.key_dir)
         restored = self.fleet.load()
         self.fleet.start()
         self.grpc.add(phone_sim_pb2_grpc.add_PhoneSimServicer_to_server, PhoneSimServicer(self),

@@ -33,9 +33,9 @@ class SrstSettings(ServiceSettings):
     srst_credentials_allow: tuple[str, ...] = ()
 
 
-def router_certificate(data_dir: Path, node: str, host: str) -> Issued:
+def router_certificate(data_dir: Path, node: str, host: str, key_dir: Path | None = None) -> Issued:
     """The SRST router's self-signed certificate (created on first start, then always the same)."""
-    return ensure_server_certificate(Path(data_dir) / "srst" / node, node, ip=host)
+    return ensure_server_certificate(Path(data_dir) / "srst" / node, node, ip=host, key_dir=key_dir)
 
 
 def certificate_message(issued: Issued) -> common_pb2.Certificate:
@@ -88,7 +88,8 @@ class SrstService(Service):
 
     async def setup(self) -> None:
         s = self.settings
-        self.certificate = await asyncio.to_thread(router_certificate, s.data_dir, self.node, s.host)
+        self.certificate = await asyncio.to_thread(router_certificate, s.data_dir, self.node, s.host,
+                                                    s.key_dir)
         self.credentials = CredentialsServer(self.certificate, allow=tuple(s.srst_credentials_allow))
         await self.credentials.start(s.host, s.srst_cert_port)
         self.grpc.add(srst_pb2_grpc.add_SrstServicer_to_server, SrstServicer(self), "ccmsec.v1.Srst")

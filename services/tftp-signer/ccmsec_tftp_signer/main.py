@@ -197,7 +197,8 @@ class TftpSignerService(Service):
     # --- lifecycle ------------------------------------------------------------------------------
     async def setup(self) -> None:
         s = self.settings
-        issued = ensure_server_certificate(s.data_dir / "servers" / self.role, self.node, ip=s.host)
+        issued = ensure_server_certificate(s.data_dir / "servers" / self.role, self.node, ip=s.host,
+                                           key_dir=s.key_dir)
         self.certificate = issued.cert
         signer = FileSigner.from_issued(issued)
         self.pool = SigningPool(signer)
