@@ -55,3 +55,28 @@ def test_the_example_configuration_scrapes_every_role_and_loads_the_rules():
     targets = {t.split(":")[0] for sc in job["static_configs"] for t in sc["targets"]}
     assert targets == set(ROLES)
     assert any(path.endswith("ccmsec-rules.yml") for path in config["rule_files"])
+
+
+def test_grafana_provisioning_matches_the_compose_profile():
+    """Grafana cannot be run here (no Debian package, no registry: docs/compose.md), so what it
+    would load is checked against what the compose profile mounts: the data source is the profile's
+    Prometheus, the dashboards provider reads the folder the dashboard JSON is mounted into, and the
+    dashboard's data-source variable selects that data source's type."""
+    from ccmsec.cluster import compose
+
+    prov = MONITORING / "grafana" / "provisioning"
+    sources = yaml.safe_load((prov / "datasources" / "ccmsec.yml").read_text())["datasources"]
+    (source,) = sources
+    prom = compose.compose_model()["services"]["prometheus"]
+    assert source["type"] == "prometheus" and source["access"] == "proxy" and source["isDefault"] is True
+    container_port = prom["ports"][0].rsplit(":", 1)[-1].split("/")[0]
+    assert source["url"] == f"http://prometheus:{container_port}"
+    (provider,) = yaml.safe_load((prov / "dashboards" / "ccmsec.yml").read_text())["providers"]
+    mounts = compose.MONITORING_FILES["grafana"]
+    dashboard_in_container = mounts[f"{compose.MONITORING_DIR}/grafana/ccmsec-dashboard.json"]
+    assert provider["type"] == "file"
+    assert dashboard_in_container.rsplit("/", 1)[0] == provider["options"]["path"]
+    assert mounts[f"{compose.MONITORING_DIR}/grafana/provisioning"] == "/etc/grafana/provisioning"
+    dash = json.loads((MONITORING / "grafana" / "ccmsec-dashboard.json").read_text())
+    variable = next(v for v in dash["templating"]["list"] if v["name"] == "datasource")
+    assert variable["query"] == source["type"]
