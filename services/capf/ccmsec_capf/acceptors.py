@@ -33,7 +33,9 @@ from .channel import STORE_METHODS, ChannelError, encode, error_reply, read_mess
 
 log = logging.getLogger("ccmsec.capf")
 
-READY_TIMEOUT = 30.0
+# An acceptor is a fresh Python process: on a loaded 2-core host (load 30+, measured in compose) its
+# imports alone took 34 s, and a 30 s bound made CAPF fail to start there, again and again.
+READY_TIMEOUT = 120.0
 MAX_RESTARTS = 5  # per acceptor per minute; beyond that the port runs one acceptor short
 
 
@@ -98,8 +100,8 @@ class AcceptorPool:
         cfg = {"fd": theirs.fileno(), "index": acceptor.index, "parent_pid": os.getpid(),
                "node": self.node, "host": self.host,
                "port": self.port, "pki_dir": str(self.pki_dir),
-               "key_dir": str(self.key_dir) if self.key_dir is not None else None, "config": self.config, "log_level": self.log_level,
-               **self.limits}
+               "key_dir": str(self.key_dir) if self.key_dir is not None else None,
+               "config": self.config, "log_level": self.log_level, **self.limits}
         env = dict(os.environ, **{ENV: json.dumps(cfg)})
         try:
             acceptor.process = await asyncio.create_subprocess_exec(
