@@ -5,6 +5,12 @@ config directory) holding `context.json` (the administration API's URL and the u
 (the cluster CA certificate that verifies the API) and `password` (mode 0600; the folder 0700).
 The context in use is $CCMSEC_CONTEXT, else the one named in CONFIG/current-context, else none —
 then commands find the local runner's cluster through --data as before.
+
+A context made from a compose cluster's client bundle (`ccmsec compose client-bundle`) also holds
+`cluster/`, laid out like a cluster data folder: the command line's own `cli` identity
+(identities/clients/cli, key 0600), the CA certificate and `run/endpoints.json` with the host side
+of the published ports. The commands that need a service's gRPC (mutual TLS) use it as their data
+folder when no --data or $CCMSEC_DATA_DIR is given.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +46,15 @@ class Context:
     @property
     def password_file(self) -> Path:
         return self.folder / "password"
+
+    @property
+    def cluster_dir(self) -> Path:
+        """The data folder for gRPC commands (from a client bundle), whether or not there is one."""
+        return self.folder / "cluster"
+
+    @property
+    def reaches_grpc(self) -> bool:
+        return (self.cluster_dir / "run" / "endpoints.json").is_file()
 
     def password(self) -> str:
         try:
@@ -92,6 +108,47 @@ def save(name: str, url: str, ca_pem: bytes, password: str, user: str = "admin")
     return load(name)
 
 
+BUNDLE_FORMAT = "ccmsec-client-bundle/1"
+_IDENTITY_FILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
+
+
+def save_bundle(name: str, bundle: dict, url: str | None = None) -> Context:
+    """A context from a compose cluster's client bundle: the administration API (URL, CA, user,
+    password) and `cluster/` for the gRPC commands (the cli identity, the published ports)."""
+    if not isinstance(bundle, dict) or bundle.get("format") != BUNDLE_FORMAT:
+        raise ContextError(f"not a client bundle (expected format {BUNDLE_FORMAT!r}; make one with "
+                           "`docker-compose run --rm -T cli compose client-bundle`)")
+    try:
+        ca, password, identity = str(bundle["ca"]), str(bundle["password"]), dict(bundle["identity"])
+        services = {str(role): dict(svc) for role, svc in dict(bundle["services"]).items()}
+        url = url or str(bundle["admin_url"])
+        user = str(bundle.get("user") or "admin")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ContextError(f"client bundle: missing or malformed field {exc}") from None
+    if not {"tls.crt", "tls.key", "ca.crt"} <= set(identity):
+        raise ContextError("client bundle: the identity needs tls.crt, tls.key and ca.crt")
+    for role, svc in services.items():
+        if not isinstance(svc.get("host"), str) or not isinstance(svc.get("grpc_port"), int):
+            raise ContextError(f"client bundle: service {role!r} needs host and grpc_port")
+    for fname, text in identity.items():
+        if not _IDENTITY_FILE.match(fname) or not isinstance(text, str):
+            raise ContextError(f"client bundle: bad identity file name {fname!r}")
+    ctx = save(name, url, ca.encode(), password, user)
+    target = ctx.cluster_dir
+    shutil.rmtree(target, ignore_errors=True)  # a replaced bundle leaves nothing of the old one
+    ident = target / "identities" / "clients" / "cli"
+    for folder in (target, ident.parent.parent, ident.parent, ident, target / "pki", target / "run"):
+        folder.mkdir(parents=True, exist_ok=True)
+        os.chmod(folder, 0o700)
+    for fname, text in identity.items():
+        private = fname.endswith((".key", ".nk"))
+        atomic_write(ident / fname, text.encode(), mode=0o600 if private else 0o644)
+    atomic_write(target / "pki" / "cluster-ca.crt", ca.encode())
+    endpoints = {"admin_url": url.rstrip("/"), "services": services}
+    atomic_write(target / "run" / "endpoints.json", json.dumps(endpoints, indent=2, sort_keys=True).encode())
+    return ctx
+
+
 def load(name: str) -> Context:
     folder = _folder(name)
     try:
@@ -132,6 +189,7 @@ def use(name: str | None) -> None:
 
 def remove(name: str) -> None:
     ctx = load(name)
+    shutil.rmtree(ctx.cluster_dir, ignore_errors=True)
     for f in ("password", "ca.crt", "context.json"):
         (ctx.folder / f).unlink(missing_ok=True)
     ctx.folder.rmdir()

@@ -13,7 +13,7 @@ from ccmsec.cluster import runner
 
 
 def _up(args) -> int:
-    d = data_dir(args)
+    d = data_dir(args, local=True)
     try:
         rows = runner.up(d, base=args.base, timeout=args.timeout, subscribers=args.subscribers)
     except runner.RunnerError as exc:
@@ -36,7 +36,7 @@ def _up(args) -> int:
 
 def _status(args) -> int:
     try:
-        rows = runner.status(data_dir(args))
+        rows = runner.status(data_dir(args, local=True))
     except runner.RunnerError as exc:
         raise CliError(str(exc)) from None
     if json_output(args):
@@ -47,7 +47,7 @@ def _status(args) -> int:
 
 
 def _down(args) -> int:
-    d = data_dir(args)
+    d = data_dir(args, local=True)
     try:
         n = runner.down(d)
     except runner.RunnerError as exc:
@@ -63,7 +63,7 @@ def _restart(args) -> int:
 
     from ccmsec.cluster.topology import ROLES
 
-    d = data_dir(args)
+    d = data_dir(args, local=True)
     roles = args.roles or list(ROLES)
     unknown = sorted(set(roles) - set(ROLES))
     if unknown:

@@ -81,8 +81,21 @@ def add_data_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def data_dir(args: argparse.Namespace) -> Path:
-    return Path(getattr(args, "data", None) or default_data_dir()).expanduser().resolve()
+def data_dir(args: argparse.Namespace, *, local: bool = False) -> Path:
+    """--data; else $CCMSEC_DATA_DIR; else, unless `local` (the local runner's own commands), the
+    context in use when it was made from a client bundle (its `cluster/` folder: the cli identity
+    and the published ports of a compose cluster); else the default folder."""
+    given = getattr(args, "data", None)
+    if not given and not local and not os.environ.get("CCMSEC_DATA_DIR"):
+        from ccmsec import contexts
+
+        try:
+            ctx = contexts.active()
+        except contexts.ContextError as exc:
+            raise CliError(str(exc)) from None
+        if ctx is not None and ctx.reaches_grpc:
+            return ctx.cluster_dir
+    return Path(given or default_data_dir()).expanduser().resolve()
 
 
 def _read_stdin_password() -> str:

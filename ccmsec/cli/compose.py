@@ -4,6 +4,11 @@
 (its own volume): it issues each role its identity into a folder only that role mounts, and
 generates the database password (for the services and for PostgreSQL, each a file readable by its
 own user only). Idempotent: a second start keeps what is there.
+
+`ccmsec compose client-bundle` (run in the `cli` container): what the CLI on the host needs to reach
+the cluster through its published ports — the `cli` identity (certificate and key from the cluster
+CA), the CA certificate, the administrator's password and the host side of every published port —
+as one JSON document on standard output, for `ccmsec context add NAME --client-bundle -`.
 """
 
 from __future__ import annotations
@@ -145,6 +150,43 @@ def _init(args) -> int:
     return 0
 
 
+BUNDLE_FORMAT = "ccmsec-client-bundle/1"
+
+
+def _client_bundle(args) -> int:
+    """The bundle for `ccmsec context add --client-bundle` (see the module's docstring)."""
+    import json
+
+    from ccmsec.cli.common import default_data_dir
+    from ccmsec.cluster.compose import ADMIN_SECRET_DIR, BIND_DEFAULT, BIND_VARIABLE, host_ports, port_name
+
+    data = default_data_dir()
+    ident = data / "identities" / "clients" / "cli"
+    try:
+        files = {p.name: p.read_text() for p in sorted(ident.iterdir()) if p.is_file()}
+        ca = (data / "pki" / "cluster-ca.crt").read_text()
+        password = Path(ADMIN_SECRET_DIR, "admin-password").read_text().strip()
+    except OSError as exc:
+        raise CliError(f"client-bundle: {exc.filename or ''}: {exc.strerror or exc} (run it in compose's "
+                       "`cli` container: docker-compose run --rm -T cli compose client-bundle)") from None
+    bind = os.environ.get(BIND_VARIABLE) or BIND_DEFAULT
+    if bind in ("0.0.0.0", "::"):  # listening everywhere: this host reaches it on loopback
+        bind = "127.0.0.1"
+    services: dict[str, dict] = {}
+    for role, entries in host_ports().items():
+        ports = {port_name(role, target, proto): int(os.environ.get(name) or default)
+                 for name, default, target, proto in entries}
+        services[role] = {"host": bind, **ports}
+    admin_url = f"https://{bind}:{services['callmanager']['admin_port']}"
+    bundle = {"format": BUNDLE_FORMAT, "admin_url": admin_url, "user": "admin", "password": password,
+              "ca": ca, "identity": files, "services": services}
+    if sys.stdout.isatty():
+        print("client-bundle: holds the cli key and the admin password; pipe it into "
+              "`ccmsec context add NAME --client-bundle -`", file=sys.stderr)
+    sys.stdout.write(json.dumps(bundle, indent=2, sort_keys=True) + "\n")
+    return 0
+
+
 def register(sub) -> None:
     p = sub.add_parser("compose", help="docker-compose.yml and Dockerfiles rendered from the topology")
     csub = p.add_subparsers(dest="compose_command", metavar="ACTION")
@@ -169,3 +211,6 @@ def register(sub) -> None:
     i.add_argument("--postgres-uid", type=int, default=None, help="owner of PostgreSQL's password file")
     i.add_argument("--grafana-uid", type=int, default=472, help="owner of Grafana's password file")
     i.set_defaults(func=_init)
+    b = csub.add_parser("client-bundle", help="in the `cli` container: the cli identity, CA, admin password "
+                                              "and host ports as JSON, for `context add --client-bundle -`")
+    b.set_defaults(func=_client_bundle)

@@ -2,7 +2,10 @@
 
 A context is the administration API's address, the cluster CA certificate that verifies it and the
 credentials (the password file 0600). With one in use, the administration commands (`device`,
-`line`, `pool`, `srst`, `mode` …) go to that cluster instead of the local runner's.
+`line`, `pool`, `srst`, `mode` …) go to that cluster instead of the local runner's. A context added
+from a compose cluster's client bundle (`--client-bundle`) carries the command line's own `cli`
+identity and the published gRPC ports as well, so `phones`, `capf`, `ctl`, `tftp` … reach that
+cluster's services too (mutual TLS).
 """
 
 from __future__ import annotations
@@ -20,8 +23,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     actions.required = True
     add = actions.add_parser("add", help="add or replace a context")
     add.add_argument("name")
-    add.add_argument("--url", required=True, help="administration API, e.g. https://127.0.0.1:8443")
-    add.add_argument("--ca-file", type=Path, required=True, help="the cluster CA certificate (PEM)")
+    add.add_argument("--url", help="administration API, e.g. https://127.0.0.1:8443 (default: the bundle's)")
+    add.add_argument("--ca-file", type=Path, help="the cluster CA certificate (PEM)")
+    add.add_argument("--client-bundle", metavar="FILE",
+                     help="a compose cluster's bundle ('-': standard input), from `docker-compose run "
+                          "--rm -T cli compose client-bundle`: CA, admin password, the cli identity "
+                          "and the published ports — the gRPC commands then reach it too")
     add.add_argument("--user", default="admin")
     add.add_argument("--password-file", help="file holding the password ('-': standard input)")
     add.add_argument("--use", action="store_true", help="also make it the context in use")
@@ -57,6 +64,10 @@ def _errors(fn):
 
 @_errors
 def _add(args, contexts) -> int:
+    if args.client_bundle is not None:
+        return _add_bundle(args, contexts)
+    if args.url is None or args.ca_file is None:
+        raise CliError("give --url and --ca-file (or --client-bundle)")
     try:
         with open(args.ca_file, "rb") as fh:
             ca_pem = fh.read(contexts.MAX_FILE + 1)
@@ -70,6 +81,29 @@ def _add(args, contexts) -> int:
         contexts.use(ctx.name)
     print(f"context {ctx.name}: {ctx.url} as {ctx.user} (credentials in {ctx.folder}, 0600)"
           + (" — in use" if args.use else ""))
+    return 0
+
+
+def _add_bundle(args, contexts) -> int:
+    import sys
+
+    if args.ca_file is not None or args.password_file is not None:
+        raise CliError("--client-bundle carries the CA and the password: give neither --ca-file nor --password-file")
+    source = sys.stdin if args.client_bundle == "-" else open(args.client_bundle, encoding="utf-8")
+    with source:
+        raw = source.read(4 * contexts.MAX_FILE + 1)
+    if len(raw) > 4 * contexts.MAX_FILE:
+        raise CliError("the client bundle is too large")
+    try:
+        bundle = json.loads(raw)
+    except ValueError:
+        raise CliError("the client bundle is not JSON (make it with `docker-compose run --rm -T cli "
+                       "compose client-bundle`)") from None
+    ctx = contexts.save_bundle(args.name, bundle, url=args.url)
+    if args.use:
+        contexts.use(ctx.name)
+    print(f"context {ctx.name}: {ctx.url} as {ctx.user}, gRPC with the cli identity (credentials in "
+          f"{ctx.folder}, 0600)" + (" — in use" if args.use else ""))
     return 0
 
 
@@ -104,7 +138,8 @@ def _show(args, contexts) -> int:
         raise CliError("no context in use; name one")
     c = contexts.load(name)
     doc = {"name": c.name, "url": c.url, "user": c.user, "ca_file": str(c.cafile),
-           "password_file": str(c.password_file), "current": name == contexts.current_name()}
+           "password_file": str(c.password_file), "current": name == contexts.current_name(),
+           "grpc": str(c.cluster_dir) if c.reaches_grpc else None}
     print(json.dumps(doc) if args.json else "\n".join(f"{k}: {v}" for k, v in doc.items()))
     return 0
 

@@ -63,7 +63,7 @@ def cmd_issue(args: argparse.Namespace) -> int:
             ipaddress.ip_address(address)
         except ValueError:
             raise CliError(f"--ip {address!r} is not an IP address") from None
-    d = data_dir(args)
+    d = data_dir(args, local=True)
     try:
         if role == "cli":
             held = pki.issue_client_identity(d, node, out_dir=args.out)
@@ -94,7 +94,7 @@ def cmd_nats_config(args: argparse.Namespace) -> int:
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise CliError(f"--listen {args.listen!r} is not HOST:PORT")
     try:
-        text = pki.nats_config(data_dir(args), args.folders, listen=args.listen, store_dir=args.store,
+        text = pki.nats_config(data_dir(args, local=True), args.folders, listen=args.listen, store_dir=args.store,
                                server_name=args.name)
     except IdentityError as exc:
         raise CliError(str(exc)) from None
@@ -105,7 +105,7 @@ def cmd_nats_config(args: argparse.Namespace) -> int:
         raise CliError(f"cannot write {args.out}: {exc.strerror or exc}") from None
     users = [pki.bus_user_of(f) for f in args.folders]
     print(f"{args.out}: NATS on {args.listen}, users " + ", ".join(f"{u.role}/{u.node}" for u in users)
-          + f" and the bus operator (seed {pki.nats_admin_seed_path(data_dir(args))}); no anonymous user")
+          + f" and the bus operator (seed {pki.nats_admin_seed_path(data_dir(args, local=True))}); no anonymous user")
     return 0
 
 

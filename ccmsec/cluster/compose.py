@@ -15,6 +15,10 @@ Rules the renderer follows (and why):
 - Secrets (DEPLOY-2): no password in the file or in any environment. `init` generates the database
   password into files (one for the services, one for PostgreSQL, each readable by its user only);
   callmanager generates the `admin` password into `admin-secret` at its first start.
+- gRPC from the host: each role's gRPC port is published too (mutual TLS: only holders of an
+  identity from the cluster CA get past the handshake, and each RPC's policy applies), so the CLI
+  on the host reaches phone-sim, CAPF, the CTL Provider … with the `cli` identity it is handed by
+  `ccmsec compose client-bundle` (docs/compose.md). Nothing unauthenticated is published.
 - Published ports (DEPLOY-3): on `${CCMSEC_BIND_ADDRESS:-127.0.0.1}`, each host port a variable
   of the env file (compose.env.example lists them), so two clusters run side by side. A
   phone-facing port keeps its number by default, unless an earlier role already publishes that
@@ -53,6 +57,7 @@ PG_SECRET_VOLUME = "postgres-secret"
 NATS_VOLUME = "nats-data"
 POSTGRES_VOLUME = "postgres-data"
 PUBLISHED_PORT_SHIFT = 10000
+GRPC_HOST_PORT_BASE = 15051  # default host port of the first role's published gRPC port (mTLS)
 APP_UID = 10001
 POSTGRES_UID = 999  # the official postgres image's (Debian variant) postgres user
 UV_VERSION = "0.13.9"  # the uv that wrote uv.lock; pinned so image builds are repeatable
@@ -157,7 +162,23 @@ def host_ports(services: tuple[ServiceSpec, ...] = SERVICES) -> dict[str, list[t
             taken.add((host, p.protocol))
             entries.append((publish_variable(s.role, p.name), host, p.number, p.protocol))
         out[s.role] = entries
+    # every role's gRPC port (mutual TLS): the CLI on the host with its own `cli` identity
+    for index, s in enumerate(services):
+        host = GRPC_HOST_PORT_BASE + index
+        if (host, "tcp") in taken:
+            raise ComposeError(f"default host port {host}/tcp for {s.role}'s gRPC is taken")
+        taken.add((host, "tcp"))
+        out[s.role].append((publish_variable(s.role, "grpc_port"), host, GRPC_PORT, "tcp"))
     return out
+
+
+def port_name(role: str, container_port: int, protocol: str) -> str:
+    """The topology's name of one of a role's container ports (`grpc_port` for gRPC)."""
+    if container_port == GRPC_PORT and protocol == "tcp":
+        return "grpc_port"
+    from ccmsec.cluster.topology import spec
+
+    return next(p.name for p in spec(role).ports if p.number == container_port and p.protocol == protocol)
 
 
 def published_ports(services: tuple[ServiceSpec, ...] = SERVICES) -> dict[str, list[str]]:
@@ -341,7 +362,10 @@ def _cli_service() -> dict:
         "profiles": [TOOLS_PROFILE],
         "entrypoint": ["ccmsec"],
         "command": ["status"],
-        "environment": {"CCMSEC_DATA_DIR": "/cli"},
+        # the host's side of the published ports, for `ccmsec compose client-bundle`
+        "environment": {"CCMSEC_DATA_DIR": "/cli", BIND_VARIABLE: var(BIND_VARIABLE, BIND_DEFAULT),
+                        **{name: var(name, host) for entries in host_ports().values()
+                           for name, host, _target, _proto in entries}},
         "volumes": [f"{CLI_VOLUME}:/cli", f"admin-secret:{ADMIN_SECRET_DIR}:ro"],
         "depends_on": {"init": {"condition": "service_completed_successfully"}},
         **_hardening(),

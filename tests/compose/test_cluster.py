@@ -279,6 +279,50 @@ def test_checklist_through_the_cli_then_faults(cluster):
     check_nothing_lost()
 
 
+def test_grpc_commands_from_the_host_through_a_named_context(cluster, tmp_path):
+    """Issue 13 item 4: from the host, `phones`, `capf`, `ctl`, `tftp` reach the compose cluster's
+    services through their published gRPC ports — mutual TLS with the cli identity the context got
+    from `compose client-bundle`. The bad cases: no client certificate, and a certificate from
+    another CA, are refused at the published port."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from ccmsec.cluster import pki
+
+    bundle = cluster.cli("compose", "client-bundle").stdout
+    # no CCMSEC_DATA_DIR: the context's own folder is the gRPC commands' data folder
+    env = {"CCMSEC_CONFIG_DIR": str(tmp_path / "config"), "CCMSEC_CONTEXT": "compose-grpc",
+           "CCMSEC_DATA_DIR": "", "CCMSEC_ADMIN_TIMEOUT": "90"}
+    added = run_cli("context", "add", "compose-grpc", "--client-bundle", "-", env=env, input=bundle)
+    assert added.returncode == 0, added.stderr
+    listed = run_cli("phones", "list", "--json", env=env, timeout=240)
+    assert listed.returncode == 0, listed.stderr
+    assert "SEP00CA11E0C001" in listed.stdout  # the phones the checklist test booted in phone-sim
+    for args in (("capf", "status"), ("ctl", "provider", "show"), ("tftp", "ls"), ("device", "list")):
+        proc = run_cli(*args, env=env, timeout=240)
+        assert proc.returncode == 0, (args, proc.stdout[-2000:], proc.stderr[-2000:])
+    assert "CTLFile.tlv" in run_cli("tftp", "ls", env=env, timeout=240).stdout
+
+    # the bad cases, at the published gRPC port of phone-sim
+    port = cluster.ports[compose.publish_variable("phone-sim", "grpc_port")]
+    ca = json.loads(bundle)["ca"].encode()
+    anonymous = grpc.ssl_channel_credentials(root_certificates=ca)
+    with grpc.secure_channel(f"127.0.0.1:{port}", anonymous,
+                             options=[("grpc.ssl_target_name_override", "phone-sim")]) as channel:
+        with pytest.raises(grpc.RpcError) as refused:
+            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=20)
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE, refused.value
+    intruder = pki.issue_client_identity(tmp_path / "other-ca", "cli", out_dir=tmp_path / "intruder")
+    forged = json.loads(bundle)
+    forged["identity"] = {p.name: p.read_text() for p in (tmp_path / "intruder").iterdir() if p.is_file()}
+    env_bad = {**env, "CCMSEC_CONTEXT": "intruder"}
+    assert run_cli("context", "add", "intruder", "--client-bundle", "-", env=env_bad,
+                   input=json.dumps(forged)).returncode == 0
+    bad = run_cli("phones", "list", env=env_bad, timeout=240)
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr, bad.stdout + bad.stderr
+    assert intruder.identity.uri == "spiffe://ccmsec/cli/cli"  # same name, wrong issuer: refused
+
+
 def test_the_bus_refuses_a_connection_without_credentials(cluster):
     """BUS-1 in compose: NATS knows only the containers' public nkeys (rendered by init); a client
     without credentials on the cluster's network is refused."""

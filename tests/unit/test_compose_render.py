@@ -15,7 +15,7 @@ import yaml
 from ccmsec.cli import compose as compose_cli
 from ccmsec.cli.common import CliError
 from ccmsec.cluster import compose
-from ccmsec.cluster.topology import ROLES, SERVICES, Port, ServiceSpec
+from ccmsec.cluster.topology import GRPC_PORT, ROLES, SERVICES, Port, ServiceSpec
 from ccmsec.runtime.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -164,9 +164,10 @@ def test_published_ports_on_loopback_from_the_env_file_never_collide_by_default(
     """DEPLOY-3: ADDRESS:HOST:CONTAINER, address and host port variables (loopback by default)."""
     services = _doc()["services"]
     assert services["tftp-signer"]["ports"] == [
-        "${CCMSEC_BIND_ADDRESS:-127.0.0.1}:${CCMSEC_PUBLISH_TFTP_SIGNER_TFTP:-69}:69/udp"]
+        "${CCMSEC_BIND_ADDRESS:-127.0.0.1}:${CCMSEC_PUBLISH_TFTP_SIGNER_TFTP:-69}:69/udp",
+        "${CCMSEC_BIND_ADDRESS:-127.0.0.1}:${CCMSEC_PUBLISH_TFTP_SIGNER_GRPC:-15053}:50051/tcp"]
     assert services["tftp-signer"]["sysctls"] == {"net.ipv4.ip_unprivileged_port_start": "0"}
-    srst = {(target, host) for _n, host, target, _p in compose.host_ports()["srst"]}
+    srst = {(target, host) for _n, host, target, _p in compose.host_ports()["srst"] if target != GRPC_PORT}
     assert srst == {(2000, 12000), (2443, 12443), (2445, 2445)}  # callmanager holds 2000/2443
     seen = set()
     for entries in compose.host_ports().values():
@@ -174,7 +175,14 @@ def test_published_ports_on_loopback_from_the_env_file_never_collide_by_default(
             assert (host, proto) not in seen
             seen.add((host, proto))
             assert f"{name}={host}" in compose.env_example().splitlines()
-    assert "ports" not in services["keymanager"]  # nothing phone-facing: nothing published
+    # nothing phone-facing: only the gRPC port, which is mutual TLS (the CLI on the host, issue 13)
+    assert services["keymanager"]["ports"] == [
+        "${CCMSEC_BIND_ADDRESS:-127.0.0.1}:${CCMSEC_PUBLISH_KEYMANAGER_GRPC:-15055}:50051/tcp"]
+    grpc = {role: [e for e in entries if e[2] == GRPC_PORT] for role, entries in compose.host_ports().items()}
+    assert all(len(v) == 1 for v in grpc.values()) and set(grpc) == {s.role for s in SERVICES}
+    # the `cli` container knows the host side of every published port (compose client-bundle)
+    cli_env = services["cli"]["environment"]
+    assert all(name in cli_env for entries in compose.host_ports().values() for name, *_ in entries)
     assert "CCMSEC_BIND_ADDRESS=127.0.0.1" in compose.env_example().splitlines()
 
 

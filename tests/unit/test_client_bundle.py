@@ -1,0 +1,110 @@
+"""Issue 13 item 4: the CLI on the host reaches a compose cluster's services, not only its
+administration API. `ccmsec compose client-bundle` (in the `cli` container) hands out the cli
+identity, the CA, the admin password and the host side of the published ports;
+`ccmsec context add NAME --client-bundle -` keeps them 0600 in the context, and the gRPC commands
+then use the context's `cluster/` folder (mutual TLS with that identity — tests/compose proves it
+against the running cluster)."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import pytest
+
+from ccmsec import contexts
+from ccmsec.cli.common import data_dir
+from ccmsec.cli.main import main
+from ccmsec.cluster import compose, pki
+from ccmsec.cluster.state import read_endpoints
+from ccmsec.runtime.identity import client_identity
+
+
+@pytest.fixture
+def cli_container(tmp_path, monkeypatch):
+    """What the `cli` container holds: its identity, the CA certificate, the admin password, and
+    the host ports of the env file in its environment."""
+    ca_home = tmp_path / "ca"
+    cli = tmp_path / "cli"
+    pki.issue_client_identity(ca_home, "cli", out_dir=cli / "identities" / "clients" / "cli")
+    (cli / "pki").mkdir(parents=True)
+    (cli / "pki" / "cluster-ca.crt").write_bytes((ca_home / "pki" / pki.CA_CERT).read_bytes())
+    admin = tmp_path / "admin"
+    admin.mkdir()
+    (admin / "admin-password").write_text("generated-admin-pw\n")
+    monkeypatch.setattr(compose, "ADMIN_SECRET_DIR", str(admin))
+    monkeypatch.setenv("CCMSEC_DATA_DIR", str(cli))
+    monkeypatch.setenv(compose.BIND_VARIABLE, "0.0.0.0")
+    monkeypatch.setenv(compose.publish_variable("phone-sim", "grpc_port"), "31055")
+    monkeypatch.setenv(compose.publish_variable("callmanager", "admin_port"), "31443")
+    monkeypatch.setenv("CCMSEC_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.delenv("CCMSEC_CONTEXT", raising=False)
+    return tmp_path
+
+
+def _bundle(capsys) -> str:
+    assert main(["compose", "client-bundle"]) == 0
+    return capsys.readouterr().out
+
+
+def test_bundle_to_context_gives_the_grpc_commands_the_cli_identity_and_host_ports(cli_container, capsys,
+                                                                                  monkeypatch):
+    raw = _bundle(capsys)
+    doc = json.loads(raw)
+    assert doc["admin_url"] == "https://127.0.0.1:31443"  # 0.0.0.0 is reached on loopback
+    assert doc["services"]["phone-sim"] == {"host": "127.0.0.1", "grpc_port": 31055}
+    assert doc["services"]["capf"]["grpc_port"] == compose.GRPC_HOST_PORT_BASE + 1  # the default
+    bundle = cli_container / "bundle.json"
+    bundle.write_text(raw)
+    monkeypatch.delenv("CCMSEC_DATA_DIR")
+    assert main(["context", "add", "compose", "--client-bundle", str(bundle), "--use"]) == 0
+    assert "generated-admin-pw" not in capsys.readouterr().out
+    ctx = contexts.load("compose")
+    assert ctx.reaches_grpc and ctx.password() == "generated-admin-pw"
+    key = ctx.cluster_dir / "identities" / "clients" / "cli" / "tls.key"
+    assert stat.S_IMODE(os.stat(key).st_mode) == 0o600
+    for folder in (ctx.folder, ctx.cluster_dir, key.parent):
+        assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700
+    # the gRPC commands' data folder is the context's; its identity loads without any CA key
+    import argparse
+
+    d = data_dir(argparse.Namespace())
+    assert d == ctx.cluster_dir
+    assert read_endpoints(d)["services"]["phone-sim"]["grpc_port"] == 31055
+    ident = client_identity(d)
+    assert ident.identity.uri == "spiffe://ccmsec/cli/cli"
+    assert not (d / "pki" / "cluster-ca.key").exists()
+    # the local runner's own commands never take a context's folder; --data and the variable win
+    assert data_dir(argparse.Namespace(), local=True) != ctx.cluster_dir
+    assert data_dir(argparse.Namespace(data=cli_container / "x")) == (cli_container / "x").resolve()
+    # removing the context removes the identity with it
+    assert main(["context", "remove", "compose"]) == 0
+    assert not ctx.folder.exists()
+
+
+def test_bad_bundles_are_refused_with_a_reason(cli_container, capsys, monkeypatch):
+    raw = json.loads(_bundle(capsys))
+    cases = {
+        "not-json": ("{not json", "not JSON"),
+        "other-format": (json.dumps({**raw, "format": "something/2"}), "not a client bundle"),
+        "no-key": (json.dumps({**raw, "identity": {k: v for k, v in raw["identity"].items() if k != "tls.key"}}),
+                   "tls.key"),
+        "path-escape": (json.dumps({**raw, "identity": {**raw["identity"], "../../evil": "x"}}),
+                        "bad identity file name"),
+    }
+    for name, (text, reason) in cases.items():
+        path = cli_container / f"{name}.json"
+        path.write_text(text)
+        assert main(["context", "add", name, "--client-bundle", str(path)]) != 0
+        assert reason in capsys.readouterr().err, name
+        assert not (cli_container / "evil").exists()
+        assert name not in contexts.names()  # nothing half-made
+    # the bundle carries the CA and the password: giving them again is refused
+    path = cli_container / "ok.json"
+    path.write_text(json.dumps(raw))
+    assert main(["context", "add", "x", "--client-bundle", str(path), "--password-file", str(path)]) != 0
+    assert "carries the CA and the password" in capsys.readouterr().err
+    # and the administration-only form still needs its URL and CA
+    assert main(["context", "add", "y"]) != 0
+    assert "--url and --ca-file" in capsys.readouterr().err
