@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ccmsec.cli.common import CliError, add_data_option
 from ccmsec.cluster import runner
-from ccmsec.demo import DemoContext, STEPS, _tftp_demo_step, step_encrypted_calls, step_failover, step_up
+from ccmsec.demo import DemoContext, STEPS, step_encrypted_calls, step_failover, step_up
 
 
 def _run(args) -> int:
@@ -36,10 +36,9 @@ def _run(args) -> int:
         raise CliError(f"--attach: no running cluster described in {data}/run/endpoints.json")
     # --attach walks what the command line can do from outside the cluster; the encrypted-calls
     # step signs its callers' LSCs with the CAPF CA key of the local cluster's data directory,
-    # which a container holding only its own identity does not have (DEPLOY-1); the TFTP step
-    # reads the signer's certificate from the local data directory; the failover step kills a
-    # process of the local runner.
-    local_only = {step_up, _tftp_demo_step, step_encrypted_calls, step_failover}
+    # which a container holding only its own identity does not have (DEPLOY-1), and proves them
+    # with a loopback capture; the failover step kills a process of the local runner.
+    local_only = {step_up, step_encrypted_calls, step_failover}
     steps = [(t, s) for t, s in STEPS if not (attach and s in local_only)]
     if attach:
         print("--attach: skipping the steps that need the local cluster's own files: "

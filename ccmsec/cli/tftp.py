@@ -207,9 +207,18 @@ async def demo_step(ctx) -> None:
     from ccmsec.aio.tftp import TftpError, tftp_get
     from ccmsec.formats.sgn import parse_sgn, verify_sgn
 
+    from ccmsec.runtime.grpcio import secure_channel
+    from ccmsec.runtime.identity import client_identity
+    from ccmsec_proto import common_pb2, tftp_signer_pb2_grpc
+
     svc = ctx.endpoints["services"][ROLE]
     host, port = svc["host"], svc["tftp_port"]
-    cert = x509.load_der_x509_certificate((ctx.data / "servers" / ROLE / "ccmserver.cer").read_bytes())
+    # The signer's certificate from the signer itself (mutual TLS), not from a file: the same from
+    # the local runner's data folder as from compose's `cli` container (demo --attach).
+    async with secure_channel(client_identity(ctx.data), host, svc["grpc_port"], ROLE) as channel:
+        reply = await tftp_signer_pb2_grpc.TftpSignerStub(channel).GetSigningCertificate(common_pb2.Empty(),
+                                                                                        timeout=30)
+    cert = x509.load_der_x509_certificate(reply.der)
     ctx.say(f"TFTP certificate (CERT-5) {cert.subject.rfc4514_string()} serial {cert.serial_number:x}")
     default = await tftp_get(host, port, "XMLDefault.cnf.xml", blksize=1428)
     ctx.say(f"XMLDefault.cnf.xml: {len(default)} bytes from {host}:{port}")

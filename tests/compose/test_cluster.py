@@ -204,6 +204,11 @@ def test_checklist_through_the_cli_then_faults(cluster):
     run = cluster.cli("demo", "--attach", timeout=600, check=False)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     assert "mixed" in run.stdout
+    # the TFTP step runs in compose too: real downloads from tftp-signer inside the cluster's
+    # network, the firmware's signature and the mixed-mode .sgn checked against the certificate the
+    # signer gave over mutual TLS (AUTH-1, AUTH-3, CERT-5)
+    assert "signature valid (AUTH-1)" in run.stdout, run.stdout[-4000:]
+    assert "RingList.xml.sgn: signed by the TFTP certificate" in run.stdout, run.stdout[-4000:]
 
     # a call: two phones of phone-sim's container call each other through call control
     caller, callee = "SEP00CA11E0C001", "SEP00CA11E0C002"
