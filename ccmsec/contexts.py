@@ -22,6 +22,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography.exceptions import InvalidSignature
+
 from ccmsec.fsutil import atomic_write
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
@@ -133,6 +135,7 @@ def save_bundle(name: str, bundle: dict, url: str | None = None) -> Context:
     for fname, text in identity.items():
         if not _IDENTITY_FILE.match(fname) or not isinstance(text, str):
             raise ContextError(f"client bundle: bad identity file name {fname!r}")
+    _check_issued_by_ca(identity, ca)
     ctx = save(name, url, ca.encode(), password, user)
     target = ctx.cluster_dir
     shutil.rmtree(target, ignore_errors=True)  # a replaced bundle leaves nothing of the old one
@@ -147,6 +150,24 @@ def save_bundle(name: str, bundle: dict, url: str | None = None) -> Context:
     endpoints = {"admin_url": url.rstrip("/"), "services": services}
     atomic_write(target / "run" / "endpoints.json", json.dumps(endpoints, indent=2, sort_keys=True).encode())
     return ctx
+
+
+def _check_issued_by_ca(identity: dict, ca_pem: str) -> None:
+    """The bundle's identity must come from the bundle's CA (and carry that CA as its ca.crt)."""
+    from cryptography import x509
+
+    try:
+        ca = x509.load_pem_x509_certificate(ca_pem.encode())
+        cert = x509.load_pem_x509_certificate(identity["tls.crt"].encode())
+        own_ca = x509.load_pem_x509_certificate(identity["ca.crt"].encode())
+    except (ValueError, AttributeError):
+        raise ContextError("client bundle: the CA or the identity is not a PEM certificate") from None
+    if own_ca != ca:
+        raise ContextError("client bundle: the identity's ca.crt is not the bundle's CA")
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        raise ContextError("client bundle: the identity's certificate is not issued by the bundle's CA") from None
 
 
 def load(name: str) -> Context:

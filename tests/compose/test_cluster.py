@@ -320,6 +320,10 @@ def test_grpc_commands_from_the_host_through_a_named_context(cluster, tmp_path):
     intruder = pki.issue_client_identity(tmp_path / "other-ca", "cli", out_dir=tmp_path / "intruder")
     forged = json.loads(bundle)
     forged["identity"] = {p.name: p.read_text() for p in (tmp_path / "intruder").iterdir() if p.is_file()}
+    # an identity not from the bundle's CA is refused when the context is added
+    mixed = run_cli("context", "add", "mixed", "--client-bundle", "-", env=env, input=json.dumps(forged))
+    assert mixed.returncode != 0 and "not the bundle's CA" in mixed.stderr, mixed.stderr
+    forged["ca"] = forged["identity"]["ca.crt"]  # a consistent bundle of another CA: the port refuses it
     env_bad = {**env, "CCMSEC_CONTEXT": "intruder"}
     assert run_cli("context", "add", "intruder", "--client-bundle", "-", env=env_bad,
                    input=json.dumps(forged)).returncode == 0

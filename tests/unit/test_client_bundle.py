@@ -43,6 +43,12 @@ def cli_container(tmp_path, monkeypatch):
     return tmp_path
 
 
+def _other_ca_identity(root) -> dict:
+    out = root / "intruder"
+    pki.issue_client_identity(root / "other-ca", "cli", out_dir=out)
+    return {p.name: p.read_text() for p in out.iterdir() if p.is_file()}
+
+
 def _bundle(capsys) -> str:
     assert main(["compose", "client-bundle"]) == 0
     return capsys.readouterr().out
@@ -92,6 +98,11 @@ def test_bad_bundles_are_refused_with_a_reason(cli_container, capsys, monkeypatc
                    "tls.key"),
         "path-escape": (json.dumps({**raw, "identity": {**raw["identity"], "../../evil": "x"}}),
                         "bad identity file name"),
+        "other-ca": (json.dumps({**raw, "identity": _other_ca_identity(cli_container)}),
+                     "not the bundle's CA"),
+        "forged-cert": (json.dumps({**raw, "identity": {**_other_ca_identity(cli_container),
+                                                         "ca.crt": raw["ca"]}}),
+                        "not issued by the bundle's CA"),
     }
     for name, (text, reason) in cases.items():
         path = cli_container / f"{name}.json"
