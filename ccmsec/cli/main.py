@@ -10,6 +10,7 @@ import sys
 from ccmsec.runtime.logs import bind_trace_id, clean_trace_id
 from ccmsec.cli.common import (
     EXIT_CODES_HELP,
+    EXIT_ERROR,
     EXIT_INTERRUPTED,
     EXIT_USAGE,
     CliError,
@@ -84,6 +85,21 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"ccmsec: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except ValueError as exc:
+        # the command line's own TLS identity cannot be loaded or issued (e.g. it belongs to
+        # another cluster CA and this folder has no CA key to issue a new one): one line, no
+        # traceback. Imported here: the identity module pulls in `cryptography`, which
+        # `--version` and `--help` should not pay for.
+        from ccmsec.runtime.identity import IdentityError
+
+        if not isinstance(exc, IdentityError):
+            raise
+        message = f"the command line's identity: {exc}"
+        if args.json:
+            print(error_json(message, EXIT_ERROR, None), file=sys.stderr)
+        else:
+            print(f"ccmsec: error: {message}", file=sys.stderr)
+        return EXIT_ERROR
     except KeyboardInterrupt:
         print("ccmsec: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

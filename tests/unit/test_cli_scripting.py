@@ -255,3 +255,28 @@ def test_errors_are_json_under_json(results):
         error = _json_error(results[case])
         assert error["exit_code"] == 1 and "cluster" in error["error"]
     assert not results["usage_text"].stderr.startswith("{")  # plain text without --json
+
+
+def test_an_identity_of_another_ca_is_a_one_line_error_not_a_traceback(tmp_path, capsys):
+    """The command line's `cli` identity was issued by another cluster CA, and this folder holds
+    only the CA certificate (no key to issue a new identity): gRPC commands say so in one line."""
+    import json as _json
+
+    from ccmsec.cli.main import main
+    from ccmsec.runtime.identity import client_identity
+
+    other, data = tmp_path / "other", tmp_path / "data"
+    client_identity(other)  # the identity and the CA of another cluster
+    client_identity(data)
+    (data / "pki" / "cluster-ca.key").unlink()  # this folder cannot issue
+    shutil.copytree(other / "identities", data / "identities", dirs_exist_ok=True)
+    (data / "run").mkdir()
+    (data / "run" / "endpoints.json").write_text(_json.dumps(
+        {"services": {"capf": {"host": "127.0.0.1", "grpc_port": 9}}}))
+    assert main(["capf", "status", "--data", str(data)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("ccmsec: error: the command line's identity:") and "cluster-ca.key" in err
+    assert "Traceback" not in err and err.count("\n") == 1
+    assert main(["capf", "status", "--data", str(data), "--json"]) == 1
+    reply = _json.loads(capsys.readouterr().err)
+    assert reply["exit_code"] == 1 and "identity" in reply["error"]
