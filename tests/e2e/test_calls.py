@@ -26,6 +26,7 @@ from ccmsec.runtime.grpcio import secure_channel
 from ccmsec.runtime.identity import client_identity
 from ccmsec_proto import callmanager_pb2 as cm_pb
 from ccmsec_proto import callmanager_pb2_grpc, common_pb2, phone_sim_pb2, phone_sim_pb2_grpc
+from tests.waits import until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -39,17 +40,6 @@ async def _cli(cluster, *args, timeout=60):
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), timeout)
     return proc.returncode, out.decode(), err.decode()
-
-
-async def _until(fn, what: str, timeout: float = 20.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no {what} within {timeout} s")
-        await asyncio.sleep(0.2)
 
 
 def test_phone_sim_phones_call_each_other_and_every_interface_shows_the_status(cluster):
@@ -76,13 +66,13 @@ def test_phone_sim_phones_call_each_other_and_every_interface_shows_the_status(c
             async def registered():
                 got = (await phones.ListPhones(phone_sim_pb2.PhoneSelector(names=[A, B]), timeout=10)).phones
                 return all(p.state == "registered" for p in got)
-            await _until(registered, "registration of both phones", 90)
+            await until(registered, "registration of both phones", 90)
 
             async def display(name):
                 return await phones.GetPhoneCalls(phone_sim_pb2.PhoneName(name=name), timeout=10)
 
-            await _until(lambda: _ready_with_line(display, A), "A's lines", 20)
-            await _until(lambda: _ready_with_line(display, B), "B's lines", 20)
+            await until(lambda: _ready_with_line(display, A), "A's lines", 20)
+            await until(lambda: _ready_with_line(display, B), "B's lines", 20)
 
             # --- bad cases: clear refusals, nothing changes -------------------------------------
             with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -111,22 +101,22 @@ def test_phone_sim_phones_call_each_other_and_every_interface_shows_the_status(c
             async def watching():   # the watcher's stream is open before the call starts
                 status = await calls.Status(common_pb2.Empty(), timeout=10)
                 return int(status.details.get("call_watchers", "0")) >= 1
-            await _until(watching, "the CLI watcher attached", 60)
+            await until(watching, "the CLI watcher attached", 60)
 
             # --- A dials B through the CLI, B answers through the CLI --------------------------
             code, out, err_text = await _cli(cluster, "phones", "dial", A, DN[B])
             assert code == 0, out + err_text
-            await _until(lambda: _has_call(display, B, "ring-in"), "B ringing")
+            await until(lambda: _has_call(display, B, "ring-in"), "B ringing")
             code, out, err_text = await _cli(cluster, "phones", "answer", B)
             assert code == 0, out + err_text
-            await _until(lambda: _has_call(display, A, "connected"), "A connected")
-            await _until(lambda: _has_call(display, B, "connected"), "B connected")
+            await until(lambda: _has_call(display, A, "connected"), "A connected")
+            await until(lambda: _has_call(display, B, "connected"), "B connected")
 
             # real audio both ways: RTP (non-secure phones get no keys), nothing refused
             async def talking():
                 a, b = await display(A), await display(B)
                 return a.media.received >= 25 and b.media.received >= 25 and (a, b)
-            a, b = await _until(talking, "audio both ways", 20)
+            a, b = await until(talking, "audio both ways", 20)
             for reply in (a, b):
                 assert reply.media.streams >= 1 and not reply.media.srtp_both_ways
                 assert reply.media.refused_authentication == reply.media.refused_replay == 0
@@ -164,31 +154,31 @@ def test_phone_sim_phones_call_each_other_and_every_interface_shows_the_status(c
             # --- hold: B hears music on hold (CALL-3 resource), resume brings it back -----------
             code, out, err_text = await _cli(cluster, "phones", "hold", A)
             assert code == 0, out + err_text
-            await _until(lambda: _has_call(display, A, "hold"), "A holding")
+            await until(lambda: _has_call(display, A, "hold"), "A holding")
 
             async def moh():
                 got = [c for c in (await calls.ListCalls(common_pb2.Empty())).calls if c.id == view.id]
                 return got and "music on hold" in got[0].resources
-            await _until(moh, "music on hold in the call")
+            await until(moh, "music on hold in the call")
             code, out, err_text = await _cli(cluster, "phones", "resume", A)
             assert code == 0, out + err_text
-            await _until(lambda: _has_call(display, A, "connected"), "A resumed")
+            await until(lambda: _has_call(display, A, "connected"), "A resumed")
             code, out, err_text = await _cli(cluster, "phones", "hangup", B)
             assert code == 0, out + err_text
-            await _until(lambda: _no_calls(display, A), "A cleared")
+            await until(lambda: _no_calls(display, A), "A cleared")
 
             # --- an application's CTI port calls A: never secure (CALL-3) ----------------------
             code, out, err_text = await _cli(cluster, "calls", "cti", "CTI7000", "dial", DN[A])
             assert code == 0, out + err_text
-            await _until(lambda: _has_call(display, A, "ring-in"), "A ringing from the CTI port")
+            await until(lambda: _has_call(display, A, "ring-in"), "A ringing from the CTI port")
             await phones.PhoneAction(phone_sim_pb2.PhoneActionRequest(name=A, action="answer"), timeout=10)
-            await _until(lambda: _has_call(display, A, "connected"), "A connected to the CTI port")
+            await until(lambda: _has_call(display, A, "connected"), "A connected to the CTI port")
 
             async def cti_call():
                 got = [c for c in (await calls.ListCalls(common_pb2.Empty())).calls
                        if "CTI7000" in {lg.device for lg in c.legs} and c.phase == "connected"]
                 return got
-            (cti_view,) = await _until(cti_call, "the CTI call connected")
+            (cti_view,) = await until(cti_call, "the CTI call connected")
             assert cti_view.status == "non-secure" and cti_view.rule.startswith("CALL-3")
             code, out, err_text = await _cli(cluster, "calls", "cti", "CTI9999", "hangup")
             assert code != 0 and "no CTI port" in err_text
@@ -197,7 +187,7 @@ def test_phone_sim_phones_call_each_other_and_every_interface_shows_the_status(c
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             code, out, err_text = await _cli(cluster, "calls", "cti", "CTI7000", "hangup")
             assert code == 0, out + err_text
-            await _until(lambda: _no_calls(display, A), "A cleared after the CTI hang-up")
+            await until(lambda: _no_calls(display, A), "A cleared after the CTI hang-up")
 
             # the watcher saw every call, created to ended, with its status
             out, err_b = await asyncio.wait_for(_stop(watch), 30)
@@ -293,8 +283,8 @@ def test_extension_mobility_login_at_the_phone_brings_the_users_line_and_keeps_t
             async def lines_are(name, numbers):
                 reply = await display(name)
                 return reply.ready and [li.number for li in reply.lines] == numbers
-            await _until(lambda: lines_are(em_phone, ["5104"]), "the phone's own line", 90)
-            await _until(lambda: lines_are(caller, ["5105"]), "the caller's line", 90)
+            await until(lambda: lines_are(em_phone, ["5104"]), "the phone's own line", 90)
+            await until(lambda: lines_are(caller, ["5105"]), "the caller's line", 90)
 
             code, out, err = await _cli(cluster, "mobility", "add", "alice-e2e", "5190", "--name", "Alice")
             assert code == 0 or "exists" in err, out + err
@@ -310,7 +300,7 @@ def test_extension_mobility_login_at_the_phone_brings_the_users_line_and_keeps_t
             assert [li.number for li in (await display(em_phone)).lines] == ["5104"]   # nothing changed
             code, out, err = await _cli(cluster, "phones", "login", em_phone, "alice-e2e", "--pin-file", str(pin))
             assert code == 0 and "logged in: line 5190" in out, out + err
-            await _until(lambda: lines_are(em_phone, ["5190"]), "the user's line after the restart", 60)
+            await until(lambda: lines_are(em_phone, ["5190"]), "the user's line after the restart", 60)
             code, out, err = await _cli(cluster, "phones", "login", em_phone, "alice-e2e", "--pin-file", str(pin))
             assert code != 0 and "log out first" in err, out + err
             code, out, err = await _cli(cluster, "mobility", "list", "--json")
@@ -320,16 +310,16 @@ def test_extension_mobility_login_at_the_phone_brings_the_users_line_and_keeps_t
             # the user's number rings on the device they logged in to, with that device's status
             await phones.PhoneAction(phone_sim_pb2.PhoneActionRequest(name=caller, action="dial", number="5190"),
                                      timeout=20)
-            await _until(lambda: _has_call(display, em_phone, "ring-in"), "the user's line ringing")
+            await until(lambda: _has_call(display, em_phone, "ring-in"), "the user's line ringing")
             await phones.PhoneAction(phone_sim_pb2.PhoneActionRequest(name=em_phone, action="answer"), timeout=20)
-            await _until(lambda: _has_call(display, caller, "connected"), "connected")
+            await until(lambda: _has_call(display, caller, "connected"), "connected")
             assert [c.icon for c in (await display(em_phone)).calls] == ["none"]   # its own mode (DEV-2)
             await phones.PhoneAction(phone_sim_pb2.PhoneActionRequest(name=caller, action="hangup"), timeout=20)
-            await _until(lambda: _no_calls(display, em_phone), "cleared")
+            await until(lambda: _no_calls(display, em_phone), "cleared")
 
             code, out, err = await _cli(cluster, "phones", "logout", em_phone)
             assert code == 0, out + err
-            await _until(lambda: lines_are(em_phone, ["5104"]), "its own line back", 60)
+            await until(lambda: lines_are(em_phone, ["5104"]), "its own line back", 60)
             code, out, err = await _cli(cluster, "phones", "logout", em_phone)
             assert code != 0 and "refused: nobody is logged in" in err, out + err
             # routing configuration from the command line (speed dial, forward, CALL-9 region)

@@ -23,7 +23,6 @@ RST-3), as other tests expect.
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 
@@ -32,22 +31,12 @@ from ccmsec.runtime.grpcio import secure_channel
 from ccmsec.runtime.identity import client_identity
 from ccmsec_proto import callmanager_pb2_grpc, common_pb2, ctl_provider_pb2, ctl_provider_pb2_grpc
 from ccmsec_proto import phone_sim_pb2, phone_sim_pb2_grpc
+from tests.waits import until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 ENC_A, AUTH, ENC_C, PLAIN = 0, 1, 2, 3           # DEMO_FLEET order: 7970, 7960, 7940, 7912
 NUMBER = {i: demo.fleet_number(i) for i in range(4)}
-
-
-async def _until(fn, what: str, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no {what} within {timeout} s")
-        await asyncio.sleep(0.2)
 
 
 async def _set_mode(data, endpoints, mode) -> None:
@@ -96,7 +85,7 @@ def test_call_security_status_shown_by_phone_sim_phones_of_each_mode_follows_eve
                 async def check():
                     return await icons(i, state) == [icon]
                 try:
-                    await _until(check, f"{name[i]} showing {icon!r} on its {state} call {what}", 30)
+                    await until(check, f"{name[i]} showing {icon!r} on its {state} call {what}", 30)
                 except AssertionError:
                     raise AssertionError(f"{name[i]} shows {(await display(i)).calls}") from None
 
@@ -114,11 +103,11 @@ def test_call_security_status_shown_by_phone_sim_phones_of_each_mode_follows_eve
                 return None
 
             async def connect(a, b):
-                await _until(lambda: _ready(display, a), f"lines on {name[a]}", 60)
+                await until(lambda: _ready(display, a), f"lines on {name[a]}", 60)
                 await act(a, "dial", NUMBER[b])
-                await _until(lambda: state(b, "ring-in"), f"{name[b]} ringing")
+                await until(lambda: state(b, "ring-in"), f"{name[b]} ringing")
                 await act(b, "answer")
-                await _until(lambda: state(a, "connected"), f"{name[a]} connected")
+                await until(lambda: state(a, "connected"), f"{name[a]} connected")
 
             async def clear(*indexes):
                 for i in indexes:
@@ -126,7 +115,7 @@ def test_call_security_status_shown_by_phone_sim_phones_of_each_mode_follows_eve
                         await act(i, "hangup")
                         await asyncio.sleep(0.5)
                 for i in indexes:
-                    await _until(lambda i=i: idle(i), f"{name[i]} idle")
+                    await until(lambda i=i: idle(i), f"{name[i]} idle")
 
             # --- CALL-1: the lowest participant decides what both phones show -----------------
             for other, icon, status in ((ENC_C, "lock", "encrypted"), (AUTH, "shield", "authenticated"),
@@ -134,7 +123,7 @@ def test_call_security_status_shown_by_phone_sim_phones_of_each_mode_follows_eve
                 await connect(ENC_A, other)
                 await shows(ENC_A, icon, what=f"(CALL-1, with the {status} phone)")
                 await shows(other, icon, what="(CALL-1)")
-                view = await _until(lambda other=other: view_of(ENC_A, other), "call control's view")
+                view = await until(lambda other=other: view_of(ENC_A, other), "call control's view")
                 assert view.status == status and view.rule.startswith("CALL-"), view
                 await clear(ENC_A, other)
 
@@ -143,9 +132,9 @@ def test_call_security_status_shown_by_phone_sim_phones_of_each_mode_follows_eve
             await shows(ENC_A, "lock")
             await shows(ENC_C, "lock")
             await act(ENC_A, "hold")
-            await _until(lambda: state(ENC_A, "hold"), "the call held")
+            await until(lambda: state(ENC_A, "hold"), "the call held")
             await shows(ENC_C, "none", what="(CALL-2: music on hold is never secure, CALL-3)")
-            held = await _until(lambda: view_of(ENC_A, ENC_C), "the held call")
+            held = await until(lambda: view_of(ENC_A, ENC_C), "the held call")
             assert "music on hold" in held.resources and held.status == "non-secure", held
             await act(ENC_A, "resume")
             await shows(ENC_A, "lock", what="(CALL-2: resumed)")
@@ -153,16 +142,16 @@ def test_call_security_status_shown_by_phone_sim_phones_of_each_mode_follows_eve
 
             # --- CALL-2 on transfer: the encrypted call handed to the non-secure phone ----------
             await act(ENC_A, "transfer")                       # consultation: C is held
-            await _until(lambda: state(ENC_A, "hold"), "C held for the consultation")
+            await until(lambda: state(ENC_A, "hold"), "C held for the consultation")
             await act(ENC_A, "dial", NUMBER[PLAIN])
-            await _until(lambda: state(PLAIN, "ring-in"), "the non-secure phone ringing")
+            await until(lambda: state(PLAIN, "ring-in"), "the non-secure phone ringing")
             await act(PLAIN, "answer")
-            await _until(lambda: state(ENC_A, "connected"), "the consultation connected")
+            await until(lambda: state(ENC_A, "connected"), "the consultation connected")
             await act(ENC_A, "transfer")                       # complete: C ↔ the non-secure phone
-            await _until(lambda: idle(ENC_A), "the transferring phone out of both calls")
+            await until(lambda: idle(ENC_A), "the transferring phone out of both calls")
             await shows(ENC_C, "none", what="(CALL-2: transferred to a non-secure phone)")
             await shows(PLAIN, "none")
-            moved = await _until(lambda: view_of(ENC_C, PLAIN), "the transferred call")
+            moved = await until(lambda: view_of(ENC_C, PLAIN), "the transferred call")
             assert moved.status == "non-secure" and name[ENC_A] not in {lg.device for lg in moved.legs}
             await clear(ENC_C, PLAIN)
 
@@ -171,21 +160,21 @@ def test_call_security_status_shown_by_phone_sim_phones_of_each_mode_follows_eve
             await shows(ENC_A, "lock")
             await shows(ENC_C, "lock")
             await act(ENC_A, "conference")
-            await _until(lambda: state(ENC_A, "hold"), "C held while the member is called")
+            await until(lambda: state(ENC_A, "hold"), "C held while the member is called")
             await act(ENC_A, "dial", NUMBER[PLAIN])
-            await _until(lambda: state(PLAIN, "ring-in"), "the non-secure member ringing")
+            await until(lambda: state(PLAIN, "ring-in"), "the non-secure member ringing")
             await act(PLAIN, "answer")
-            await _until(lambda: state(ENC_A, "connected"), "the member answered")
+            await until(lambda: state(ENC_A, "connected"), "the member answered")
             await act(ENC_A, "conference")                     # join: through the bridge
             for i in (ENC_A, ENC_C, PLAIN):
                 await shows(i, "none", what="(CALL-2/CALL-3: conference bridge, a non-secure member)")
-            bridged = await _until(lambda: view_of(ENC_A, ENC_C, PLAIN), "the conference")
+            bridged = await until(lambda: view_of(ENC_A, ENC_C, PLAIN), "the conference")
             assert bridged.status == "non-secure" and "conference bridge" in bridged.resources, bridged
             await act(PLAIN, "hangup")                         # two encrypted phones remain
-            await _until(lambda: idle(PLAIN), "the member gone")
+            await until(lambda: idle(PLAIN), "the member gone")
             await shows(ENC_A, "lock", what="(CALL-2: the bridge and the non-secure member left)")
             await shows(ENC_C, "lock")
-            back = await _until(lambda: view_of(ENC_A, ENC_C), "the direct call again")
+            back = await until(lambda: view_of(ENC_A, ENC_C), "the direct call again")
             assert back.status == "encrypted" and "conference bridge" not in back.resources, back
             await clear(ENC_A, ENC_C)
 
