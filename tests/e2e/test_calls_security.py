@@ -16,21 +16,26 @@ what each phone DISPLAYS for each call is checked, with call control's own view:
   lock, and once the non-secure member hangs up the two encrypted phones are a direct call again and
   show the lock again.
 
-The test leaves the shared session cluster non-secure again (the mode change restarts callmanager,
-RST-3), as other tests expect.
+Mixed mode leaves a CTL behind (phones that hold it then ask for signed files only), so the test
+runs on a cluster of its own rather than the shared session cluster.
 """
 
 from __future__ import annotations
 
 import asyncio
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 
 from ccmsec import demo
 from ccmsec.runtime.grpcio import secure_channel
 from ccmsec.runtime.identity import client_identity
-from ccmsec_proto import callmanager_pb2_grpc, common_pb2, ctl_provider_pb2, ctl_provider_pb2_grpc
+from ccmsec_proto import callmanager_pb2_grpc, common_pb2
 from ccmsec_proto import phone_sim_pb2, phone_sim_pb2_grpc
+from ccmsec.cluster.runner import cluster_pids
+from tests.conftest import run_cli
 from tests.waits import until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
@@ -39,15 +44,23 @@ ENC_A, AUTH, ENC_C, PLAIN = 0, 1, 2, 3           # DEMO_FLEET order: 7970, 7960,
 NUMBER = {i: demo.fleet_number(i) for i in range(4)}
 
 
-async def _set_mode(data, endpoints, mode) -> None:
-    ctl = endpoints["services"]["ctl-provider"]
-    async with secure_channel(client_identity(data), ctl["host"], ctl["grpc_port"], "ctl-provider") as ch:
-        await ctl_provider_pb2_grpc.CtlProviderStub(ch).SetSecurityMode(
-            ctl_provider_pb2.SecurityModeRequest(mode=mode), timeout=30)
+@pytest.fixture(scope="module")
+def own_cluster():
+    data = Path(tempfile.mkdtemp(prefix="ccmsec-e2e-callsec-"))
+    result = run_cli("up", "-d", "--data", str(data), timeout=240)
+    if result.returncode != 0:
+        run_cli("down", "--data", str(data))
+        pytest.fail(f"ccmsec up failed: {result.stderr}")
+    yield {"data": data}
+    res = run_cli("down", "--data", str(data))
+    left = cluster_pids(data)
+    shutil.rmtree(data, ignore_errors=True)
+    assert res.returncode == 0, res.stderr
+    assert left == [], f"processes left after ccmsec down: {left}"
 
 
-def test_call_security_status_shown_by_phone_sim_phones_of_each_mode_follows_every_change(cluster):
-    data = cluster["data"]
+def test_call_security_status_shown_by_phone_sim_phones_of_each_mode_follows_every_change(own_cluster):
+    data = own_cluster["data"]
     said: list[str] = []
     ctx = demo.DemoContext(data, out=said.append)
 
@@ -178,12 +191,7 @@ def test_call_security_status_shown_by_phone_sim_phones_of_each_mode_follows_eve
             assert back.status == "encrypted" and "conference bridge" not in back.resources, back
             await clear(ENC_A, ENC_C)
 
-    try:
-        asyncio.run(scenario())
-    finally:
-        # leave the shared cluster non-secure, as the other tests expect (RST-3 restarts callmanager)
-        asyncio.run(_set_mode(data, demo.read_endpoints(data), common_pb2.CLUSTER_NON_SECURE))
-        asyncio.run(demo.wait_all_serving(ctx, 120))
+    asyncio.run(scenario())
 
 
 async def _ready(display, i) -> bool:
