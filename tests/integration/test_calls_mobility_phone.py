@@ -9,7 +9,6 @@ logged in — each answered on the phone, nothing stored."""
 
 from __future__ import annotations
 
-import asyncio
 
 import grpc
 import pytest
@@ -20,7 +19,6 @@ from ccmsec.aio.sccp_calling import CallingPhone
 from ccmsec.calls.mobility import EM_APPLICATION_ID
 from ccmsec.db import calls as calls_db
 from ccmsec.db.admin import AuditEntry
-from ccmsec.db.lines import Line
 from ccmsec.wire import sccp as s
 from ccmsec.wire.sccp_calls import CallStateCode as CS
 from ccmsec.wire.sccp_userdata import DeviceToUserData
@@ -55,10 +53,11 @@ async def test_a_user_logs_in_and_out_at_the_phone_and_the_device_keeps_its_mode
     await cm.set_mode("mixed")
     await cm.add_device(DESK, "7970", "encrypted")
     await cm.add_device(OTHER, "7960", "non-secure")
-    async with cm.svc.db() as session, session.begin():
-        session.add_all([Line(dn="4601", device=DESK, line_index=1, label=""),
-                         Line(dn="4602", device=OTHER, line_index=1, label="")])
     stub = cm.stub
+    # through the owner's write path, as the administrator adds lines (call control keeps its
+    # directory from it)
+    await stub.AddLine(pb.Line(dn="4601", device=DESK), timeout=10)
+    await stub.AddLine(pb.Line(dn="4602", device=OTHER), timeout=10)
     await stub.AddMobilityUser(pb.MobilityUser(user_id="alice", dn="4690", display_name="Alice"), timeout=10)
     await stub.AddMobilityUser(pb.MobilityUser(user_id="bob", dn="4691"), timeout=10)
     # the PIN is set by the administrator, stored hashed, never echoed; bad PINs refused
