@@ -70,7 +70,7 @@ def subject_for(kind: str, target: str | None = None, publisher: str = "*") -> s
 def make_event(kind: str, origin: str, **body) -> events_pb2.Event:
     """make_event('device.reset', 'callmanager', device_reset=events_pb2.DeviceReset(...))."""
     event = events_pb2.Event(id=uuid.uuid4().hex, kind=kind, origin=origin,
-                             occurred_unix_ms=int(time.time() * 1000))
+                             occurred_unix_ms=int(time.time() * 1000), trace_id=current_trace_id() or "")
     for name, value in body.items():
         if isinstance(value, str):
             setattr(event, name, value)

@@ -31,6 +31,7 @@ from ccmsec.db.outbox import OutboxRow
 from ccmsec.policy.resets import Action
 from ccmsec.runtime import bus as bus_mod
 from ccmsec.runtime.actions import describe, event_bodies
+from ccmsec.runtime.logs import bind_trace_id, clean_trace_id
 from ccmsec.runtime.metrics import OUTBOX_DEPTH, REGISTRY
 from ccmsec_proto import events_pb2
 
@@ -154,7 +155,10 @@ class OutboxRelay:
         self._gauge.set(self.depth)
         for row in rows:
             try:
-                await self.publish_event(events_pb2.Event.FromString(row.payload), row.target)
+                event = events_pb2.Event.FromString(row.payload)
+                # published under the trace id of the request that staged it, not the relay's
+                with bind_trace_id(clean_trace_id(event.trace_id) or event.id):
+                    await self.publish_event(event, row.target)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # NATS down, no ack in time, stream missing: retry later

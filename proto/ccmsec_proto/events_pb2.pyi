@@ -118,11 +118,12 @@ class OwnerChange(_message.Message):
     def __init__(self, actor: _Optional[str] = ..., action: _Optional[str] = ..., target: _Optional[str] = ..., detail: _Optional[str] = ..., rule: _Optional[str] = ..., status: _Optional[int] = ..., door: _Optional[str] = ..., remote: _Optional[str] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("id", "kind", "occurred_unix_ms", "origin", "device_reset", "service_restart", "ctl_updated", "config_changed", "mode_changed", "text", "access_denied", "owner_change")
+    __slots__ = ("id", "kind", "occurred_unix_ms", "origin", "trace_id", "device_reset", "service_restart", "ctl_updated", "config_changed", "mode_changed", "text", "access_denied", "owner_change")
     ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     OCCURRED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    TRACE_ID_FIELD_NUMBER: _ClassVar[int]
     DEVICE_RESET_FIELD_NUMBER: _ClassVar[int]
     SERVICE_RESTART_FIELD_NUMBER: _ClassVar[int]
     CTL_UPDATED_FIELD_NUMBER: _ClassVar[int]
@@ -135,6 +136,7 @@ class Event(_message.Message):
     kind: str
     occurred_unix_ms: int
     origin: str
+    trace_id: str
     device_reset: DeviceReset
     service_restart: ServiceRestart
     ctl_updated: CtlUpdated
@@ -143,4 +145,4 @@ class Event(_message.Message):
     text: str
     access_denied: AccessDenied
     owner_change: OwnerChange
-    def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., occurred_unix_ms: _Optional[int] = ..., origin: _Optional[str] = ..., device_reset: _Optional[_Union[DeviceReset, _Mapping]] = ..., service_restart: _Optional[_Union[ServiceRestart, _Mapping]] = ..., ctl_updated: _Optional[_Union[CtlUpdated, _Mapping]] = ..., config_changed: _Optional[_Union[ConfigChanged, _Mapping]] = ..., mode_changed: _Optional[_Union[SecurityModeChanged, _Mapping]] = ..., text: _Optional[str] = ..., access_denied: _Optional[_Union[AccessDenied, _Mapping]] = ..., owner_change: _Optional[_Union[OwnerChange, _Mapping]] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., occurred_unix_ms: _Optional[int] = ..., origin: _Optional[str] = ..., trace_id: _Optional[str] = ..., device_reset: _Optional[_Union[DeviceReset, _Mapping]] = ..., service_restart: _Optional[_Union[ServiceRestart, _Mapping]] = ..., ctl_updated: _Optional[_Union[CtlUpdated, _Mapping]] = ..., config_changed: _Optional[_Union[ConfigChanged, _Mapping]] = ..., mode_changed: _Optional[_Union[SecurityModeChanged, _Mapping]] = ..., text: _Optional[str] = ..., access_denied: _Optional[_Union[AccessDenied, _Mapping]] = ..., owner_change: _Optional[_Union[OwnerChange, _Mapping]] = ...) -> None: ...

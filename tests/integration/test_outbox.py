@@ -177,6 +177,42 @@ async def test_rolled_back_change_publishes_nothing_committed_one_waits_for_nats
         await engine.dispose()
 
 
+async def test_an_event_waiting_in_the_outbox_keeps_the_trace_id_of_the_request_that_staged_it(
+        tmp_path, killable_nats):
+    """Logs across events: the relay publishes a staged event under the trace id of the request
+    that committed it (not its own), also when the event waited for NATS — so a handler's log
+    lines for that event carry the administrator's request id."""
+    from ccmsec.runtime.logs import TRACE_HEADER, bind_trace_id
+
+    engine, db = await open_database(f"sqlite+aiosqlite:///{tmp_path / 'ccmsec.db'}")
+    bus = EventBus(killable_nats.url, "outbox-trace", role="callmanager", connect_timeout=10)
+    await bus.connect()
+    relay = OutboxRelay(db, lambda e, t: bus.publish(e, t), origin="relay-node", role="trace-relay")
+    task = asyncio.create_task(relay.run())
+    try:
+        killable_nats.kill()
+        with bind_trace_id("req-outbox-7f3a"):
+            async with db() as session, session.begin():
+                staged = stage(session, "relay-node", "device.reset", None, device_reset=events_pb2.DeviceReset(
+                    devices=["SEP000000000007"], rule="RST-1", kind=events_pb2.RESET))
+        killable_nats.start()
+        assert await relay.wait_sent([staged.id], BACK_TIMEOUT), relay.last_error
+        nc = await nats.connect(killable_nats.url)
+        try:
+            sub = await nc.jetstream().subscribe("ccmsec.>", ordered_consumer=True,
+                                                 deliver_policy=DeliverPolicy.ALL)
+            msg = await sub.next_msg(timeout=5)
+        finally:
+            await nc.close()
+        assert events_pb2.Event.FromString(msg.data).id == staged.id
+        assert msg.headers[TRACE_HEADER] == "req-outbox-7f3a"
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await bus.close()
+        await engine.dispose()
+
+
 # --- the service: reset-all and set-security with NATS killed ----------------------------------------
 
 @pytest.fixture
