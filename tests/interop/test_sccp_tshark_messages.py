@@ -9,7 +9,9 @@ import subprocess
 
 import pytest
 
+from ccmsec.calls.mobility import EM_APPLICATION_ID
 from ccmsec.wire import sccp as s
+from ccmsec.wire.sccp_userdata import DeviceToUserData, UserToDeviceData
 from tests.interop.pcapfile import write_sccp_pcap
 from tests.unit.test_sccp_call_messages import SAMPLES as CALL_SAMPLES
 from tests.unit.test_sccp_codec import SAMPLES as BASE_SAMPLES
@@ -22,7 +24,7 @@ if TSHARK is None:
 
 FROM_PHONE = {0x0000, 0x0001, 0x0002, 0x0003, 0x0004, 0x0005, 0x0006, 0x0007, 0x0008, 0x0009,
               0x000A, 0x000B, 0x000C, 0x000D, 0x000E, 0x000F, 0x0010, 0x0012, 0x0022, 0x0025,
-              0x0026, 0x0027, 0x0028, 0x002D, 0x0154}
+              0x0026, 0x0027, 0x0028, 0x002D, 0x002E, 0x0154}
 
 
 def _tshark(path, *args: str) -> list[str]:
@@ -32,7 +34,10 @@ def _tshark(path, *args: str) -> list[str]:
 
 
 def test_every_message_decodes_by_name_without_malformed(tmp_path):
-    messages = [*BASE_SAMPLES, *CALL_SAMPLES]
+    # extension mobility's user data (the phone's login request, call control's answer)
+    user_data = [DeviceToUserData(EM_APPLICATION_ID, 0, 0, 1, b'<emLogin user="alice" pin="4711"/>'),
+                 UserToDeviceData(EM_APPLICATION_ID, 0, 0, 1, b'<emResult ok="1" user="alice"/>')]
+    messages = [*BASE_SAMPLES, *CALL_SAMPLES, *user_data]
     assert {type(m) for m in messages} == set(s.all_message_types())
     pcap = tmp_path / "all.pcap"
     write_sccp_pcap(pcap, [(m.MESSAGE_ID in FROM_PHONE, m.serialize()) for m in messages])
