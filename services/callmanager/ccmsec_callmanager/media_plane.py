@@ -24,6 +24,7 @@ from ccmsec.domain import ClusterMode, DeviceSecurityMode
 from ccmsec.media.callkeys import CallKeySource, DeviceTransport, PairKeys
 from ccmsec.media.keys import from_proto
 from ccmsec.policy.calls import EndpointKind
+from ccmsec.runtime.settings import SettingsError
 from ccmsec.wire.sccp_phone import CloseChannel, OpenChannel, StartTransmit, StopTransmit
 from ccmsec_proto import keymanager_pb2, keymanager_pb2_grpc, srtp_gateway_pb2, srtp_gateway_pb2_grpc
 
@@ -95,7 +96,12 @@ class MediaPlaneMixin:
 
     async def _ask_gateway(self) -> None:
         """GW-2: whether the gateway can do SRTP at all (asked once it answers)."""
-        stub = srtp_gateway_pb2_grpc.SrtpGatewayStub(self.peer_channel("srtp-gateway"))
+        try:
+            channel = self.peer_channel("srtp-gateway")
+        except SettingsError as exc:  # no gateway in this deployment: its calls stay RTP (GW-2)
+            log.warning("SRTP gateway not asked", extra={"error": str(exc)})
+            return
+        stub = srtp_gateway_pb2_grpc.SrtpGatewayStub(channel)
         for _ in range(60):
             try:
                 audit = await stub.AuditEndpoint(srtp_gateway_pb2.AuditEndpointRequest(endpoint="*@gw1"), timeout=5)

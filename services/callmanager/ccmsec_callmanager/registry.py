@@ -167,6 +167,7 @@ class RegistryMirror:
         self._pending: dict[str, dict | None] = {}   # device -> row (upsert) or None (remove)
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._writing = asyncio.Lock()  # a flush returns only after every earlier batch is written
         self.flushes = 0
 
     def upsert(self, entry: RegistrationEntry) -> None:
@@ -199,6 +200,10 @@ class RegistryMirror:
                 await asyncio.sleep(1.0)
 
     async def flush(self) -> None:
+        async with self._writing:  # the background batch may be in flight: wait for it
+            await self._flush_pending()
+
+    async def _flush_pending(self) -> None:
         if not self._pending:
             return
         batch, self._pending = self._pending, {}
