@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -103,3 +104,38 @@ if os.environ.get("CCMSEC_INSTALL_TEST") != "1":
 # the command line (`pytest tests/e2e/test_calls.py`) is always collected.
 if os.environ.get("CCMSEC_E2E") != "1":
     collect_ignore.append("e2e")
+
+
+# -- a task that ignores cancellation fails its test instead of hanging the run -------------------
+# pytest-asyncio closes each test's loop through asyncio.Runner, which cancels the tasks left over
+# and waits for them without a bound: one task that swallows its cancellation hangs the suite
+# until the per-test timeout, with no word of which task it was. Bounded here, and named.
+import asyncio.runners as _runners  # noqa: E402
+import io  # noqa: E402
+
+TASK_CANCEL_GRACE = 30.0
+
+
+def _cancel_all_tasks_bounded(loop) -> None:
+    tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    if not tasks:
+        return
+    for task in tasks:
+        task.cancel()
+    loop.run_until_complete(asyncio.wait(tasks, timeout=TASK_CANCEL_GRACE))
+    stuck = [t for t in tasks if not t.done()]
+    for task in tasks:
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            loop.call_exception_handler({"message": "unhandled exception during test loop shutdown",
+                                         "exception": task.exception(), "task": task})
+    if stuck:
+        report = io.StringIO()
+        for task in stuck:
+            task.print_stack(file=report)
+        sys.stderr.write(report.getvalue())
+        raise RuntimeError(f"{len(stuck)} task(s) ignored cancellation for {TASK_CANCEL_GRACE:.0f} s "
+                           f"at the end of the test: {', '.join(t.get_name() for t in stuck)}\n"
+                           + report.getvalue())
+
+
+_runners._cancel_all_tasks = _cancel_all_tasks_bounded
