@@ -207,6 +207,34 @@ class ClusterModeReply(_message.Message):
     ctl_present: bool
     def __init__(self, mode: _Optional[_Union[_common_pb2.ClusterSecurityMode, str]] = ..., ctl_present: _Optional[bool] = ...) -> None: ...
 
+class DeviceRequest(_message.Message):
+    __slots__ = ("device",)
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    device: str
+    def __init__(self, device: _Optional[str] = ...) -> None: ...
+
+class DeviceInfo(_message.Message):
+    __slots__ = ("device", "model", "mode")
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    device: str
+    model: str
+    mode: _common_pb2.DeviceSecurityMode
+    def __init__(self, device: _Optional[str] = ..., model: _Optional[str] = ..., mode: _Optional[_Union[_common_pb2.DeviceSecurityMode, str]] = ...) -> None: ...
+
+class DevicesRequest(_message.Message):
+    __slots__ = ("modes",)
+    MODES_FIELD_NUMBER: _ClassVar[int]
+    modes: _containers.RepeatedScalarFieldContainer[_common_pb2.DeviceSecurityMode]
+    def __init__(self, modes: _Optional[_Iterable[_Union[_common_pb2.DeviceSecurityMode, str]]] = ...) -> None: ...
+
+class DevicesReply(_message.Message):
+    __slots__ = ("devices",)
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
+    devices: _containers.RepeatedCompositeFieldContainer[DeviceInfo]
+    def __init__(self, devices: _Optional[_Iterable[_Union[DeviceInfo, _Mapping]]] = ...) -> None: ...
+
 class CallLeg(_message.Message):
     __slots__ = ("device", "model", "kind", "device_mode", "line", "dn", "call_reference", "state", "role", "shown", "rx", "tx", "user")
     DEVICE_FIELD_NUMBER: _ClassVar[int]

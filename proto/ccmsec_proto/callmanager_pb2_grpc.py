@@ -155,6 +155,16 @@ class CallManagerStub:
                 request_serializer=ccmsec__proto_dot_callmanager__pb2.DeviceRegionSetting.SerializeToString,
                 response_deserializer=ccmsec__proto_dot_callmanager__pb2.DeviceRegionSetting.FromString,
                 _registered_method=True)
+        self.GetDevice = channel.unary_unary(
+                '/ccmsec.v1.CallManager/GetDevice',
+                request_serializer=ccmsec__proto_dot_callmanager__pb2.DeviceRequest.SerializeToString,
+                response_deserializer=ccmsec__proto_dot_callmanager__pb2.DeviceInfo.FromString,
+                _registered_method=True)
+        self.ListDevices = channel.unary_unary(
+                '/ccmsec.v1.CallManager/ListDevices',
+                request_serializer=ccmsec__proto_dot_callmanager__pb2.DevicesRequest.SerializeToString,
+                response_deserializer=ccmsec__proto_dot_callmanager__pb2.DevicesReply.FromString,
+                _registered_method=True)
 
 
 class CallManagerServicer:
@@ -313,6 +323,20 @@ class CallManagerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetDevice(self, request, context):
+        """CAPF: a schedule's / session's device
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDevices(self, request, context):
+        """CAPF: CHK-8 (devices in a secure mode)
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CallManagerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -435,6 +459,16 @@ def add_CallManagerServicer_to_server(servicer, server):
                     servicer.SetDeviceRegion,
                     request_deserializer=ccmsec__proto_dot_callmanager__pb2.DeviceRegionSetting.FromString,
                     response_serializer=ccmsec__proto_dot_callmanager__pb2.DeviceRegionSetting.SerializeToString,
+            ),
+            'GetDevice': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDevice,
+                    request_deserializer=ccmsec__proto_dot_callmanager__pb2.DeviceRequest.FromString,
+                    response_serializer=ccmsec__proto_dot_callmanager__pb2.DeviceInfo.SerializeToString,
+            ),
+            'ListDevices': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDevices,
+                    request_deserializer=ccmsec__proto_dot_callmanager__pb2.DevicesRequest.FromString,
+                    response_serializer=ccmsec__proto_dot_callmanager__pb2.DevicesReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1085,6 +1119,60 @@ class CallManager:
             '/ccmsec.v1.CallManager/SetDeviceRegion',
             ccmsec__proto_dot_callmanager__pb2.DeviceRegionSetting.SerializeToString,
             ccmsec__proto_dot_callmanager__pb2.DeviceRegionSetting.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDevice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ccmsec.v1.CallManager/GetDevice',
+            ccmsec__proto_dot_callmanager__pb2.DeviceRequest.SerializeToString,
+            ccmsec__proto_dot_callmanager__pb2.DeviceInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDevices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ccmsec.v1.CallManager/ListDevices',
+            ccmsec__proto_dot_callmanager__pb2.DevicesRequest.SerializeToString,
+            ccmsec__proto_dot_callmanager__pb2.DevicesReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -84,16 +84,20 @@ class CommitCtlReply(_message.Message):
     def __init__(self, version: _Optional[int] = ..., sha256: _Optional[str] = ..., tftp_path: _Optional[str] = ..., published_path: _Optional[str] = ..., mode: _Optional[_Union[_common_pb2.ClusterSecurityMode, str]] = ..., previous_mode: _Optional[_Union[_common_pb2.ClusterSecurityMode, str]] = ..., events: _Optional[_Iterable[str]] = ..., delivery_pending: _Optional[bool] = ...) -> None: ...
 
 class CurrentCtlReply(_message.Message):
-    __slots__ = ("present", "version", "sha256", "ctl")
+    __slots__ = ("present", "version", "sha256", "ctl", "records", "created_unix_ms")
     PRESENT_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
     CTL_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     present: bool
     version: int
     sha256: str
     ctl: bytes
-    def __init__(self, present: _Optional[bool] = ..., version: _Optional[int] = ..., sha256: _Optional[str] = ..., ctl: _Optional[bytes] = ...) -> None: ...
+    records: int
+    created_unix_ms: int
+    def __init__(self, present: _Optional[bool] = ..., version: _Optional[int] = ..., sha256: _Optional[str] = ..., ctl: _Optional[bytes] = ..., records: _Optional[int] = ..., created_unix_ms: _Optional[int] = ...) -> None: ...
 
 class SecurityModeRequest(_message.Message):
     __slots__ = ("mode",)

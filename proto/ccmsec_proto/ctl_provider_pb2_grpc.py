@@ -143,7 +143,8 @@ class CtlProviderServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetCurrentCtl(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """CERT-3 (CAPF), the admin API's cluster view
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

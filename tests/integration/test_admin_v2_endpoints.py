@@ -5,13 +5,21 @@ and audited, bad input answered 4xx JSON."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import random
 
 import pytest
 
 from ccmsec.db.cluster import record_ctl
 from ccmsec.db.devices import SETTING_SECURITY_MODE, set_setting
+from ccmsec.runtime.grpcio import secure_channel
+from ccmsec.runtime.identity import admin_api_identity_dir, load_identity, service_identity, service_identity_dir
 from ccmsec_callmanager.registry import RegistrationEntry
+from tests.conftest import free_port
+from tests.integration.test_ctl_provider_service import _prepare as ctl_prepare
+from tests.integration.test_ctl_provider_service import _start as ctl_start
+from tests.ownerdb import owner_db
 from tests.integration.test_admin_support import (  # noqa: F401  (fixtures)
     READONLY_PASSWORD,
     assert_json_error,
@@ -26,6 +34,7 @@ from tests.integration.test_admin_v2_support import (  # noqa: F401  (fixtures)
     register,
     tracker,
     v2,
+    v2_stack,
 )
 
 pytestmark = pytest.mark.timeout(60)
@@ -321,13 +330,39 @@ async def test_rst5_changing_a_pools_srst_reference_resets_exactly_its_devices(v
 
 # --- cluster ---------------------------------------------------------------------------------------
 
-async def test_cluster_shows_security_mode_ctl_and_device_counts(v2):
+@pytest.fixture
+async def v2_ctl(tmp_path, nats_server, tracker):
+    """The API with a real CTL Provider on the same data directory (and database): the cluster view
+    asks it for the mode and the CTL over mTLS gRPC, as `admin-api` (issue 9 §5)."""
+    data = tmp_path / "data"
+    host = f"127.{random.randint(20, 250)}.{random.randint(0, 255)}.{random.randint(2, 250)}"
+    await ctl_prepare(data)
+    provider, task, own_channel, _ = await ctl_start(data, nats_server, host, free_port(host), free_port(host))
+    service_identity(data, "callmanager", "callmanager", "127.0.0.1")  # admin-api is issued with it
+    admin_api = load_identity(admin_api_identity_dir(service_identity_dir(data, "callmanager")))
+    channel = secure_channel(admin_api, host, provider.settings.grpc_port, "ctl-provider")
+    try:
+        async with v2_stack(data, ctl_channel=lambda: channel, tracker=tracker) as stack:
+            stack.ctl_provider, stack.ctl_provider_task = provider, task
+            yield stack
+    finally:
+        await channel.close()
+        await own_channel.close()
+        if not task.done():
+            provider.request_stop()
+            await asyncio.wait_for(task, 10)
+
+
+async def test_cluster_shows_security_mode_ctl_and_device_counts(v2_ctl):
+    v2 = v2_ctl
     viewer = await v2.token_client("viewer", READONLY_PASSWORD)
     fresh = (await viewer.get("/api/v1/cluster")).json()
     assert fresh == {"security_mode": "non-secure", "ctl": None, "registered": 0,
                      "devices": {"total": 0, "by_security_mode": {
                          "non-secure": 0, "authenticated": 0, "encrypted": 0}}}
-    async with v2.sessionmaker() as session, session.begin():
+    # What the CTL client's commits leave, written as the owner (ctl-provider) would.
+    async with owner_db(f"sqlite:///{v2.data_dir / 'ccmsec.db'}", "ctl-provider") as db, \
+            db() as session, session.begin():
         for n in (1, 2):
             await record_ctl(session, content=b"ctl%d" % n, sha256=f"{n:02x}" * 32, signer="CN=t",
                              signer_serial="1", records=3, tftp_path="")
@@ -338,6 +373,25 @@ async def test_cluster_shows_security_mode_ctl_and_device_counts(v2):
     state = (await viewer.get("/api/v1/cluster")).json()
     assert state["security_mode"] == "mixed"
     assert state["ctl"]["version"] == 2 and state["ctl"]["sha256"] == "02" * 32 and state["ctl"]["records"] == 3
+    created = dt.datetime.fromisoformat(state["ctl"]["created_at"])
+    assert abs((dt.datetime.now(dt.timezone.utc) - created).total_seconds()) < 120
     assert state["devices"] == {"total": 4, "by_security_mode": {
         "non-secure": 1, "authenticated": 1, "encrypted": 2}}
     assert state["registered"] == 1
+
+    # The bad case: the CTL Provider stops. The view says so (503) rather than show a mode it cannot
+    # vouch for; the rest of the API is unaffected.
+    v2.ctl_provider.request_stop()
+    await asyncio.wait_for(v2.ctl_provider_task, 10)
+    down = await viewer.get("/api/v1/cluster")
+    assert_json_error(down, 503)
+    assert "CTL Provider unreachable" in down.text
+    assert (await viewer.get("/api/v1/registrations")).status_code == 200
+
+
+async def test_cluster_view_without_a_ctl_provider_is_refused_clearly(v2):
+    """No CTL Provider address given to the API: 503 naming it, never the table read instead."""
+    viewer = await v2.token_client("viewer", READONLY_PASSWORD)
+    answer = await viewer.get("/api/v1/cluster")
+    assert_json_error(answer, 503)
+    assert "no CTL Provider address configured" in answer.text

@@ -46,7 +46,7 @@ def migrated_db(tmp_path_factory) -> Path:
 
 
 @contextlib.asynccontextmanager
-async def v2_stack(data_dir: Path, *, template: Path | None = None, capf_channel=None,
+async def v2_stack(data_dir: Path, *, template: Path | None = None, capf_channel=None, ctl_channel=None,
                    tracker: Registry | None = None, with_readonly: bool = True):
     """A running API on `data_dir` (its ccmsec.db copied from `template` first, if given)."""
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -60,7 +60,7 @@ async def v2_stack(data_dir: Path, *, template: Path | None = None, capf_channel
         certfile, keyfile = ensure_https_certificate(data_dir, "127.0.0.1")
         events = MemoryEvents()
         app = create_admin_app(sessionmaker, events=events, data_dir=data_dir,
-                               capf_channel=capf_channel, reset_tracker=tracker)
+                               capf_channel=capf_channel, ctl_channel=ctl_channel, reset_tracker=tracker)
         server = AdminServer(app, "127.0.0.1", 0, certfile, keyfile)
         await server.start()
         stack = Stack(data_dir, sessionmaker, events, server, app, certfile,

@@ -369,6 +369,8 @@ def test_no_service_reads_another_owners_tables():
     assert all(ownership.owner_of(t) not in (None, r) and why for (r, t), why in declared.items())
     # Removed reads stay removed: CAPF learns whether a CTL exists from the CTL Provider (CERT-3).
     assert ("capf", "cluster_settings") not in found
+    # The administration API's cluster view asks the CTL Provider for the CTL (GetCurrentCtl).
+    assert ("callmanager", "ctl_files") not in found
     # The check really sees reads: each owner's own ones are found.
     assert {"callmanager", "tftp-signer"} <= touched_by["devices"]
     assert "ctl-provider" in touched_by["cluster_settings"] and "capf" in touched_by["capf_operations"]

@@ -35,6 +35,7 @@ class AdminMount:
         app = create_admin_app(
             self.service.db, events=BusEvents(self.service.publish), data_dir=s.data_dir,
             capf_channel=lambda: self.service.peer_channel("capf", identity=identity),  # cached
+            ctl_channel=lambda: self.service.peer_channel("ctl-provider", identity=identity),  # cluster view
             reset_tracker=callcontrol.registry if callcontrol is not None else None,
             call_service=lambda: getattr(getattr(self.service, "callcontrol", None), "calls", None),
             node=self.service.node,

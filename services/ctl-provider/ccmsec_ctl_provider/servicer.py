@@ -8,6 +8,7 @@ import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
+from ccmsec.db.devices import as_utc
 from ccmsec.domain import ClusterMode, DomainError
 from ccmsec.formats.ctl import dn_string
 from ccmsec.policy.tftp_paths import TftpClusterEntry
@@ -84,7 +85,8 @@ class CtlProviderServicer(StatusServicerMixin, ctl_provider_pb2_grpc.CtlProvider
         if row is None:
             return ctl_provider_pb2.CurrentCtlReply(present=False)
         return ctl_provider_pb2.CurrentCtlReply(present=True, version=row.version, sha256=row.sha256,
-                                                ctl=row.content)
+                                                ctl=row.content, records=row.records,
+                                                created_unix_ms=int(as_utc(row.created_at).timestamp() * 1000))
 
     async def CommitCtl(self, request, context):  # noqa: N802
         if len(request.ctl) > MAX_CTL_REQUEST:

@@ -7,6 +7,7 @@ Mount from the service:
     certfile, keyfile = ensure_https_certificate(data_dir, host, identity)
     app = create_admin_app(sessionmaker, events=BusEvents(service.publish), data_dir=data_dir,
                            capf_channel=lambda: service.peer_channel("capf", identity=identity),
+                           ctl_channel=lambda: service.peer_channel("ctl-provider", identity=identity),
                            reset_tracker=service.callcontrol.registry)
     await serve_admin(app, host, port, certfile, keyfile)   # until cancelled
 """

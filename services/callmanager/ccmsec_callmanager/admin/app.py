@@ -47,13 +47,15 @@ def create_admin_app(sessionmaker: async_sessionmaker, *, events: EventPublisher
                      token_ttl: _dt.timedelta = auth.DEFAULT_TOKEN_TTL,
                      max_body: int = MAX_BODY_BYTES,
                      capf_channel: CapfChannelFactory | None = None,
+                     ctl_channel: CapfChannelFactory | None = None,
                      reset_tracker: ResetTracker | None = None,
                      call_service=None, node: str = "callmanager",
                      domain=None) -> FastAPI:
     """Build the HTTPS administration API (serve it with https.serve_admin / AdminServer).
 
     `capf_channel` returns the gRPC channel to the CAPF service (the /api/v1/capf endpoints answer
-    503 without it); `reset_tracker` is the local call-control registry that tracks reset progress.
+    503 without it); `ctl_channel` the one to the CTL Provider, which owns the cluster mode and the
+    CTL the /api/v1/cluster view shows (503 without it); `reset_tracker` is the local call-control registry that tracks reset progress.
     """
     app = FastAPI(
         title="ccmsec administration API",
@@ -68,6 +70,7 @@ def create_admin_app(sessionmaker: async_sessionmaker, *, events: EventPublisher
     app.state.token_ttl = token_ttl
     app.state.throttle = auth.FailureThrottle()
     app.state.capf_channel = capf_channel
+    app.state.ctl_channel = ctl_channel
     app.state.reset_tracker = reset_tracker
     app.state.call_service = call_service
     app.state.node = node

@@ -18,7 +18,7 @@ from fastapi.routing import APIRoute
 from . import auth
 from .errors import ERROR_DESCRIPTIONS, PROBLEM_JSON, Problem
 
-PEER = (502, 503)  # operations that call another service (CAPF) or a router (SRST)
+PEER = (502, 503)  # operations that call another service (CAPF, the CTL Provider) or a router (SRST)
 
 SPECIFIC: dict[str, tuple[int, ...]] = {
     "login": (401, 429),
@@ -42,6 +42,7 @@ SPECIFIC: dict[str, tuple[int, ...]] = {
     "capf.operations": (404, *PEER),
     "capf.log": (404, *PEER),
     "capf.activate": (409, *PEER),
+    "cluster.show": PEER,  # the mode and the CTL are the CTL Provider's (issue 9 §5)
     "call.list": (503,),
     "call.events": (503,),
 }
