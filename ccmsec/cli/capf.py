@@ -75,7 +75,9 @@ def _call(args, method: str, request):
     try:
         return asyncio.run(run())
     except grpc.aio.AioRpcError as exc:
-        if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        # CAPF answered, but call control (its device look-ups) did not: CAPF's words, not "unreachable"
+        relayed = "devices' owner" in (exc.details() or "")
+        if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) and not relayed:
             raise CliError(f"cannot reach the capf service at {host}:{port} ({exc.code().name.lower()}); "
                            f"is the cluster up? (ccmsec status --data {d})") from None
         raise CliError(exc.details() or exc.code().name,

@@ -85,7 +85,6 @@ def migration_branches(role: str) -> tuple[str, ...]:
 REMAINING_CROSS_OWNER_READS: dict[tuple[str, str], str] = {
     ("callmanager", "cluster_settings"):
         "MODE-4 decisions: CtlProvider/GetSecurityMode + GetCurrentCtl at start, then mode.changed / ctl.updated",
-    ("capf", "devices"): "the device look-up of a schedule and CHK-8: a CallManager device RPC (none yet)",
     ("tftp-signer", "cluster_settings"): "CtlProvider/GetSecurityMode at start, then mode.changed",
     ("tftp-signer", "capf_operations"): "Capf/GetOperations (pending) at start, then CAPF's config.changed",
     ("tftp-signer", "devices"): "a CallManager device-config snapshot RPC at start, then config.changed",

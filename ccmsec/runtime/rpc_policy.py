@@ -65,6 +65,10 @@ _TABLE: dict[str, dict[str, frozenset[str]]] = {
         "SetLineForward": ADMIN,                     # ccmsec line forward
         "SetRegion": ADMIN,                          # ccmsec region set (CALL-9)
         "SetDeviceRegion": ADMIN,                    # ccmsec region assign
+        # CAPF's device look-ups (schedules, phone sessions, CHK-8): devices are call control's
+        # (issue 9 §5), and only CAPF needs them this way.
+        "GetDevice": frozenset({"capf"}),
+        "ListDevices": frozenset({"capf"}),
     },
     "ccmsec.v1.Capf": {
         "Status": _status("capf"),

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import random
 import time
 
 import grpc
@@ -32,6 +31,7 @@ from tests.integration.test_admin_support import (  # noqa: F401  (fixtures)
     cheap_argon2,
 )
 from tests.integration.test_admin_v2_support import v2_stack
+from tests.deviceowner import device_owner, loopback_host
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -42,13 +42,17 @@ P60, P12 = "SEP00000000AD60", "SEP00000000AD12"
 async def capf_and_api(tmp_path, nats_server):
     """A running CapfService and the API on the same data directory, the API's CAPF channel = mTLS gRPC."""
     data = tmp_path / "data"
-    host = f"127.{random.randint(20, 250)}.{random.randint(0, 255)}.{random.randint(2, 250)}"
+    host, cm_host = loopback_host(), loopback_host()
     settings = load_settings(service="capf", data_dir=data, host=host, grpc_port=free_port(host),
                              metrics_port=0, nats_url=nats_server, capf_port=free_port(host),
-                             shutdown_grace=1.0)
+                             shutdown_grace=1.0, peers={"callmanager": cm_host})
     service_identity(data, "capf", "capf", host)  # issued before start, as the runner does
-    # the API calls CAPF as `admin-api`, the identity issued with a callmanager (as in the service)
-    service_identity(data, "callmanager", "callmanager", "127.0.0.1")
+    # the API calls CAPF as `admin-api`, the identity issued with a callmanager (as in the service),
+    # whose device look-ups CAPF asks (issue 9 §5)
+    service_identity(data, "callmanager", "callmanager", cm_host)
+    data.mkdir(parents=True, exist_ok=True)
+    owner = device_owner(data, cm_host, settings.db_url)
+    stack_devices = await owner.__aenter__()
     admin_api = load_identity(admin_api_identity_dir(service_identity_dir(data, "callmanager")))
     svc = CapfService(settings)
     task = asyncio.create_task(svc.run())
@@ -67,11 +71,13 @@ async def capf_and_api(tmp_path, nats_server):
     try:
         async with v2_stack(data, capf_channel=lambda: channel) as stack:
             stack.capf = svc
+            stack.device_owner = stack_devices
             yield stack
     finally:
         await channel.close()
         svc.request_stop()
         await asyncio.wait_for(task, 10)
+        await owner.__aexit__(None, None, None)
 
 
 async def capf_audits(api) -> list[events_pb2.OwnerChange]:
@@ -182,6 +188,21 @@ async def test_capf_refusals_map_to_clear_http_errors(capf_and_api):
     assert (await admin.get("/api/v1/capf/operations")).json() == {"operations": [], "next_cursor": None}
     refused = [(r.rule, r.status) for r in await api.audit_rows() if r.action == "capf.schedule"]
     assert refused[0] == ("DEV-3", 409) and len(refused) == 2 + 3 + 9
+
+
+async def test_call_control_down_schedule_is_503_saying_so_and_nothing_is_scheduled(capf_and_api):
+    """CAPF asks call control for the device (issue 9 §5): with call control gone the schedule is
+    refused 503 naming the devices' owner (not "CAPF unreachable"), and no operation is recorded."""
+    api = capf_and_api
+    admin = api.admin()
+    await admin.post("/api/v1/capf/activation", json={"active": True})
+    await admin.post("/api/v1/devices", json={"name": P60, "model": "7960"})
+    await api.device_owner.stop()
+    body = assert_json_error(await admin.post("/api/v1/capf/operations", json={
+        "device": P60, "operation": "install", "auth_mode": "null"}), 503)
+    assert body["error"].startswith("call control (the devices' owner) did not answer")
+    assert "nothing was scheduled" in body["error"]
+    assert (await admin.get("/api/v1/capf/operations")).json() == {"operations": [], "next_cursor": None}
 
 
 async def test_capf_unreachable_is_503_and_bus_events_reach_nats(capf_and_api, nats_server):

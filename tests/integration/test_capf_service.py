@@ -14,7 +14,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from ccmsec.aio.capf import capf_client_run, capf_phone_ssl_context
-from ccmsec.db.devices import Device
 from ccmsec.pki.tokens import ensure_manufacturer_ca, issue_mic
 from ccmsec.runtime.bus import EventBus, make_event
 from ccmsec.runtime.grpcio import secure_channel
@@ -25,21 +24,24 @@ from ccmsec.wire.capf import CapfPhoneSession, PhoneCredentials, Reason
 from ccmsec_capf.activation import NOT_ACTIVATED, read_activated
 from ccmsec_capf.certcopy import SERVER_ROLES, capf_cer_path
 from ccmsec_capf.main import CapfService
+from ccmsec.runtime.service import GRPC_PORT_DEFAULT
+from ccmsec_proto import callmanager_pb2, callmanager_pb2_grpc
 from ccmsec_proto import capf_pb2, capf_pb2_grpc, common_pb2, ctl_provider_pb2, events_pb2
 from tests.conftest import free_port
+from tests.deviceowner import device_owner, loopback_host
 from tests.ownerdb import owner_db
 
 pytestmark = pytest.mark.timeout(60)
 
 
 class Harness:
-    def __init__(self, svc, task, data, stub, channel, events):
+    def __init__(self, svc, task, data, stub, channel, events, devices):
         self.svc, self.task, self.data, self.stub, self.channel, self.events = svc, task, data, stub, channel, events
+        self.devices = devices  # call control's device look-ups (tests/deviceowner.py)
 
     async def add_device(self, name: str, model: str = "7960", security_mode: str = "non-secure") -> None:
-        # Devices are callmanager's (issue 9 §5): added as callmanager would.
-        async with owner_db(self.svc.settings.db_url, "callmanager") as db, db() as s, s.begin():
-            s.add(Device(name=name, model=model, security_mode=security_mode))
+        # Devices are callmanager's (issue 9 §5): added as callmanager would; CAPF asks it.
+        await self.devices.add_device(name, model, security_mode)
 
     async def enroll(self, phone: PhoneCredentials) -> CapfPhoneSession:
         session = CapfPhoneSession(phone)
@@ -60,9 +62,16 @@ class Harness:
 
 @pytest.fixture
 async def capf(tmp_path, nats_server):
-    host = f"127.{random.randint(20, 250)}.{random.randint(0, 255)}.{random.randint(2, 250)}"
+    host, cm_host = loopback_host(), loopback_host()
     settings = load_settings(service="capf", data_dir=tmp_path, host=host, grpc_port=free_port(host),
-                             metrics_port=0, nats_url=nats_server, capf_port=free_port(host), shutdown_grace=1.0)
+                             metrics_port=0, nats_url=nats_server, capf_port=free_port(host), shutdown_grace=1.0,
+                             peers={"callmanager": cm_host})
+    async with device_owner(tmp_path, cm_host, settings.db_url) as devices:
+        async for harness in _run_capf(settings, tmp_path, nats_server, host, devices):
+            yield harness
+
+
+async def _run_capf(settings, tmp_path, nats_server, host, devices):
     service_identity(tmp_path, "capf", "capf", host)  # issued before start, as the runner does
     svc = CapfService(settings)
     task = asyncio.create_task(svc.run())
@@ -85,7 +94,7 @@ async def capf(tmp_path, nats_server):
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.1)
-    yield Harness(svc, task, tmp_path, stub, channel, events)
+    yield Harness(svc, task, tmp_path, stub, channel, events, devices)
     await channel.close()
     await nc.close()
     svc.request_stop()
@@ -327,6 +336,52 @@ async def test_chk8_check_lists_secure_lsc_only_phones_without_an_lsc(capf):
     assert (await capf.enroll(phone_for(capf, "SEP00000000C801"))).end_reason == Reason.OK
     reply = await capf.stub.CheckLscs(common_pb2.Empty())
     assert list(reply.missing) == [] and list(reply.installed) == ["SEP00000000C801"]
+
+
+async def test_devices_are_asked_of_call_control_and_its_absence_is_a_clear_refusal(capf):
+    """Issue 9 §5: CAPF looks devices up at their owner (CallManager/GetDevice, ListDevices), never in
+    its table. A device only in call control's answer is schedulable; with call control down a
+    schedule is refused UNAVAILABLE saying why, and nothing is written or announced; CHK-8 too."""
+    await capf.stub.Activate(ctl_provider_pb2.ActivateRequest(active=True))
+    await capf.add_device("SEP00000000CA01", model="7960", security_mode="authenticated")
+    await capf.stub.ScheduleOperation(schedule_msg("SEP00000000CA01"))
+    assert list((await capf.stub.CheckLscs(common_pb2.Empty())).missing) == ["SEP00000000CA01"]
+
+    await capf.devices.stop()  # call control goes away
+    mark = len(capf.events)
+    await capf.add_device("SEP00000000CA02")  # in the table, but call control cannot vouch for it now
+    for call in (capf.stub.ScheduleOperation(schedule_msg("SEP00000000CA02")),
+                 capf.stub.CheckLscs(common_pb2.Empty()),
+                 capf.stub.GetOperations(capf_pb2.CapfStatusRequest(device="SEP00000000CA02"))):
+        with pytest.raises(grpc.aio.AioRpcError) as exc:
+            await call
+        assert exc.value.code() == grpc.StatusCode.UNAVAILABLE, exc.value.details()
+        assert "call control (the devices' owner)" in exc.value.details()
+    ops = (await capf.stub.GetOperations(capf_pb2.CapfStatusRequest())).operations
+    assert [o.schedule.device for o in ops] == ["SEP00000000CA01"]  # nothing half written
+    assert await capf.events_after(mark) == [] and capf.audits_after(mark) == []
+    assert capf.task.done() is False  # and CAPF goes on serving
+
+
+async def test_only_capf_may_look_devices_up_at_call_control(capf):
+    """The device look-up RPCs are CAPF's alone (rpc_policy): the CLI's identity is refused
+    PERMISSION_DENIED by call control's gate, CAPF's own identity is answered."""
+    await capf.add_device("SEP00000000CB01")
+    target = (capf.devices.host, GRPC_PORT_DEFAULT)
+    async with secure_channel(client_identity(capf.data), *target, "callmanager") as channel:
+        stub = callmanager_pb2_grpc.CallManagerStub(channel)
+        for call in (stub.GetDevice(callmanager_pb2.DeviceRequest(device="SEP00000000CB01")),
+                     stub.ListDevices(callmanager_pb2.DevicesRequest())):
+            with pytest.raises(grpc.aio.AioRpcError) as exc:
+                await call
+            assert exc.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    async with secure_channel(capf.svc.identity, *target, "callmanager") as channel:
+        stub = callmanager_pb2_grpc.CallManagerStub(channel)
+        found = await stub.GetDevice(callmanager_pb2.DeviceRequest(device="SEP00000000CB01"))
+        assert (found.device, found.model, found.mode) == ("SEP00000000CB01", "7960", common_pb2.NON_SECURE)
+        with pytest.raises(grpc.aio.AioRpcError) as exc:
+            await stub.GetDevice(callmanager_pb2.DeviceRequest(device="SEP0000000DEAD0"))
+        assert exc.value.code() == grpc.StatusCode.NOT_FOUND and "unknown device" in exc.value.details()
 
 
 async def _start_capf(data, nats_url: str, host: str, peers: dict[str, str]):

@@ -603,20 +603,21 @@ async def test_capf_writes_commit_with_their_events_and_audit_record(tmp_path, k
 
     import grpc
 
-    from ccmsec.db.devices import Device
     from ccmsec.runtime.grpcio import secure_channel
     from ccmsec.runtime.identity import client_identity, service_identity
     from ccmsec.runtime.settings import load_settings
     from ccmsec_capf.main import CapfService
     from ccmsec_proto import capf_pb2, capf_pb2_grpc, common_pb2, ctl_provider_pb2
     from tests.conftest import free_port as port_on
-    from tests.ownerdb import owner_db
+    from tests.deviceowner import device_owner, loopback_host
 
-    host = f"127.{random.randint(20, 250)}.{random.randint(0, 255)}.{random.randint(2, 250)}"
+    host, cm_host = loopback_host(), loopback_host()
     settings = load_settings(service="capf", data_dir=tmp_path, host=host, grpc_port=port_on(host),
                              metrics_port=0, nats_url=killable_nats.url, capf_port=port_on(host),
-                             shutdown_grace=1.0, bus_connect_timeout=10)
+                             shutdown_grace=1.0, bus_connect_timeout=10, peers={"callmanager": cm_host})
     service_identity(tmp_path, "capf", "capf", host)
+    owner = device_owner(tmp_path, cm_host, settings.db_url)
+    devices = await owner.__aenter__()  # call control's device look-ups, as CAPF asks them
     svc = CapfService(settings)
     task = asyncio.create_task(svc.run())
     channel = secure_channel(client_identity(tmp_path), host, settings.grpc_port, "capf")
@@ -631,8 +632,7 @@ async def test_capf_writes_commit_with_their_events_and_audit_record(tmp_path, k
             except grpc.aio.AioRpcError:
                 assert time.monotonic() < deadline
                 await asyncio.sleep(0.1)
-        async with owner_db(settings.db_url, "callmanager") as db, db() as s, s.begin():
-            s.add(Device(name="SEP00000000C501", model="7960", security_mode="non-secure"))
+        await devices.add_device("SEP00000000C501", "7960", "non-secure")  # call control's; CAPF asks it
         await stub.Activate(ctl_provider_pb2.ActivateRequest(active=True), timeout=30)
         await _until(lambda: _drained(svc), BACK_TIMEOUT, "drained")  # the activation's record too
         first = len(await _outbox_rows(svc))
@@ -673,3 +673,4 @@ async def test_capf_writes_commit_with_their_events_and_audit_record(tmp_path, k
     finally:
         await channel.close()
         await _stop(svc, task)
+        await owner.__aexit__(None, None, None)

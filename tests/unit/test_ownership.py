@@ -371,6 +371,8 @@ def test_no_service_reads_another_owners_tables():
     assert ("capf", "cluster_settings") not in found
     # The administration API's cluster view asks the CTL Provider for the CTL (GetCurrentCtl).
     assert ("callmanager", "ctl_files") not in found
+    # CAPF looks devices up at their owner, call control (CallManager/GetDevice, ListDevices).
+    assert ("capf", "devices") not in found
     # The check really sees reads: each owner's own ones are found.
     assert {"callmanager", "tftp-signer"} <= touched_by["devices"]
     assert "ctl-provider" in touched_by["cluster_settings"] and "capf" in touched_by["capf_operations"]

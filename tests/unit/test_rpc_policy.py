@@ -68,6 +68,14 @@ def test_the_rules_of_issue_9():
         mine = sorted(m for m, r in p.items() if role in r and r is not rpc_policy.ANY)
         reads = ("/ccmsec.v1.TftpSigner/GetSigningCertificate", "/ccmsec.v1.CallManager/GetClusterMode")
         assert all(m.endswith("/Status") or m in reads for m in mine), (role, mine)
+    # Devices are call control's; CAPF alone looks them up over gRPC (issue 9 §5), nobody else.
+    for lookup in ("GetDevice", "ListDevices"):
+        assert p[f"/ccmsec.v1.CallManager/{lookup}"] == {"capf"}
+        assert not rpc_policy.is_allowed(f"/ccmsec.v1.CallManager/{lookup}", "tftp-signer")
+        assert not rpc_policy.is_allowed(f"/ccmsec.v1.CallManager/{lookup}", "cli")
+    # The administration API's cluster view asks the mode's and the CTL's owner.
+    for read in ("GetSecurityMode", "GetCurrentCtl"):
+        assert rpc_policy.is_allowed(f"/ccmsec.v1.CtlProvider/{read}", "admin-api")
     assert not rpc_policy.is_allowed("/ccmsec.v1.KeyManager/NoSuchMethod", "callmanager")
     assert rpc_policy.is_allowed("/grpc.health.v1.Health/Check", "phone-sim")
 

@@ -11,9 +11,9 @@ import grpc
 from sqlalchemy import select
 
 from ccmsec.db import registry as registry_db
-from ccmsec.db.devices import InvalidDeviceName, cluster_security_mode, ctl_exists, validate_device_name
+from ccmsec.db.devices import Device, InvalidDeviceName, cluster_security_mode, ctl_exists, validate_device_name
 from ccmsec.db.lines import DevicePool, lines_of
-from ccmsec.domain import ClusterMode, DeviceSecurityMode
+from ccmsec.domain import ClusterMode, DeviceSecurityMode, DomainError
 from ccmsec.policy.resets import ResetDevicesOnServer, required_actions
 from ccmsec.runtime.servicer import StatusServicerMixin, abort, caller_of
 from ccmsec_proto import callmanager_pb2 as pb
@@ -133,6 +133,38 @@ class CallManagerServicer(CallsServicerMixin, MobilityServicerMixin, RoutingServ
             mode = await cluster_security_mode(session)
             has_ctl = await ctl_exists(session)
         return pb.ClusterModeReply(mode=ClusterMode.parse(mode).to_proto(), ctl_present=has_ctl)
+
+    # devices, for CAPF (issue 9 §5: the devices table is call control's; CAPF asks here) -------
+    @staticmethod
+    def _device_info(name: str, model: str, mode: str) -> pb.DeviceInfo:
+        return pb.DeviceInfo(device=name, model=model, mode=DeviceSecurityMode.parse(mode).to_proto())
+
+    async def GetDevice(self, request, context):  # noqa: N802
+        """One device's model and security mode (a CAPF schedule's device, a phone's CAPF
+        session); NOT_FOUND for a device call control does not know."""
+        try:
+            name = validate_device_name(request.device)
+        except InvalidDeviceName as exc:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        async with self.service.db() as session:
+            row = (await session.execute(select(Device.name, Device.model, Device.security_mode)
+                                         .where(Device.name == name))).first()
+        if row is None:
+            await abort(context, grpc.StatusCode.NOT_FOUND, f"unknown device {name!r}")
+        return self._device_info(*row)
+
+    async def ListDevices(self, request, context):  # noqa: N802
+        """Every device (or those in the security modes asked for), by name: CAPF's CHK-8."""
+        try:
+            modes = [DeviceSecurityMode.from_proto(m).value for m in request.modes]
+        except DomainError as exc:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"security modes: {exc}")
+        query = select(Device.name, Device.model, Device.security_mode).order_by(Device.name)
+        if modes:
+            query = query.where(Device.security_mode.in_(modes))
+        async with self.service.db() as session:
+            rows = (await session.execute(query)).all()
+        return pb.DevicesReply(devices=[self._device_info(*r) for r in rows])
 
     # lines ------------------------------------------------------------------------------------
     def _actor(self, context) -> Actor:

@@ -84,7 +84,8 @@ class CapfDomain:
                        f"operation {done.op_id}",  # never the auth string
                 **who.audit()).id)
 
-        done = await schedule(self.service.db, req, self.service.params, also=also)
+        done = await schedule(self.service.db, req, self.service.params,
+                              device_model=self.service.devices.model, also=also)
         return done, await self._delivered(ids)
 
     async def set_parameters(self, who: ChangeActor, scope: Scope,

@@ -43,7 +43,7 @@ from .activation import NOT_ACTIVATED, read_activated
 from .certcopy import copy_capf_certificate
 from .issuer import MANUFACTURER_CA, ServiceLscIssuer
 from .parameters import CapfParameters, load_parameters
-from .scheduling import device_exists
+from .devices import CallManagerDevices, DevicesUnavailable
 from .domain import CapfDomain
 from .servicer import CapfServicer
 
@@ -64,6 +64,8 @@ class CapfService(Service):
         self.ctl = "unknown"  # CERT-3: "present" / "absent" as the CTL Provider answered
         self.capf_ca: Issued | None = None
         self.params: CapfParameters | None = None
+        # devices are call control's (issue 9 §5): looked up over gRPC, never read from its table
+        self.devices = CallManagerDevices(lambda: self.peer_channel("callmanager"))
         self.store: SqlCapfStore | None = None
         self.issuer: ServiceLscIssuer | None = None
         self.capf_server: CapfServer | None = None   # when the port is served in this process
@@ -244,7 +246,15 @@ class CapfService(Service):
         return None if self._activated else NOT_ACTIVATED
 
     async def device_exists(self, device: str) -> bool:
-        return await device_exists(self.db, device)
+        """For a phone's CAPF session with no operation: whether call control knows the device
+        (the session ends "unknown device" if not). When call control does not answer, the device
+        is taken as known — the phone is refused all the same (no operation to run), as "no
+        operation scheduled" rather than wrongly "unknown device"; nothing is written either way."""
+        try:
+            return await self.devices.exists(device)
+        except DevicesUnavailable as exc:
+            log.warning("CAPF session of %s: %s", device[:64], exc)
+            return True
 
     def apply_enterprise(self, fresh: CapfParameters) -> None:
         """Enterprise values take effect at once (new LSCs, new schedules); service values stay

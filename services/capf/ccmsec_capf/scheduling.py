@@ -1,6 +1,8 @@
 """Checking and recording one administrator request for a CAPF operation on a device.
 
-Every check that can refuse a schedule is here, in order: the device exists, its model can hold
+Every check that can refuse a schedule is here, in order: the device exists (asked of its owner,
+call control: `CallManager/GetDevice`, issue 9 §5 — unknown: refused; call control not answering:
+refused as unavailable, before anything is written), its model can hold
 an LSC (DEV-3: 7912/7910/7905G/7902 cannot), the operation / auth mode / key type are known, an
 auth string goes with (and only with) auth mode "string", the deadline lies in the future. The
 row itself is written by `ccmsec.db.capf.schedule_operation` into `capf_operations`, the one
@@ -11,23 +13,24 @@ from __future__ import annotations
 
 import datetime as _dt
 from dataclasses import dataclass
-from typing import Callable
+from typing import Awaitable, Callable
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ccmsec.db.capf import AUTH_MODES, AUTH_STRING, OPERATIONS, schedule_operation, utcnow
-from ccmsec.db.base import table_exists
-from ccmsec.db.devices import Device
 from ccmsec.policy.devices import PolicyViolation, check_capf_allowed
 
+from .devices import DevicesUnavailable
 from .parameters import KEY_TYPES, CapfParameters
+
+DeviceModel = Callable[[str], Awaitable["str | None"]]  # the owner's answer: model, None = unknown
 
 MAX_DEADLINE = _dt.timedelta(days=366)
 
 
 class ScheduleRefused(ValueError):
-    """A schedule request refused; `kind` says how: invalid | unknown_device | policy."""
+    """A schedule request refused; `kind` says how: invalid | unknown_device | policy | unavailable
+    (call control, the devices' owner, did not answer)."""
 
     def __init__(self, kind: str, message: str):
         super().__init__(message)
@@ -83,25 +86,17 @@ def _check_fields(req: ScheduleRequest, params: CapfParameters, now: _dt.datetim
     return auth_mode, key_type, deadline
 
 
-async def device_model(factory: async_sessionmaker[AsyncSession], device: str) -> str | None:
-    async with factory() as s:
-        if not await table_exists(s, Device.__tablename__):
-            return None  # callmanager has not created its schema yet: no device
-        return await s.scalar(select(Device.model).where(Device.name == device))
-
-
-async def device_exists(factory: async_sessionmaker[AsyncSession], device: str) -> bool:
-    return await device_model(factory, device) is not None
-
-
 async def schedule(factory: async_sessionmaker[AsyncSession], req: ScheduleRequest, params: CapfParameters,
-                   *, now: _dt.datetime | None = None,
+                   *, device_model: DeviceModel, now: _dt.datetime | None = None,
                    also: Callable[[AsyncSession, Scheduled], None] | None = None) -> Scheduled:
     """Check the request and record it (replacing any unfinished operation of the device).
     `also(session, scheduled)` adds to the recording transaction (audit record, events)."""
     now = now or utcnow()
     auth_mode, key_type, deadline = _check_fields(req, params, now)
-    model = await device_model(factory, req.device)
+    try:
+        model = await device_model(req.device)
+    except DevicesUnavailable as exc:
+        raise ScheduleRefused("unavailable", f"{exc}; nothing was scheduled") from None
     if model is None:
         raise ScheduleRefused("unknown_device", f"unknown device {req.device!r}")
     try:

@@ -12,11 +12,8 @@ from typing import TYPE_CHECKING
 import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from sqlalchemy import select
 
-from ccmsec.db.base import table_exists
-from ccmsec.db.devices import Device
-from ccmsec.domain import CapfAuthMode, CapfOperation, DeviceSecurityMode, DomainError
+from ccmsec.domain import CapfAuthMode, CapfOperation, DomainError
 from ccmsec.policy.devices import Feature, PolicyViolation, capabilities
 from ccmsec.runtime.servicer import StatusServicerMixin, change_actor
 from ccmsec_proto import capf_pb2, capf_pb2_grpc, common_pb2
@@ -26,6 +23,7 @@ from ccmsec.pki.lsc import LscError, load_one_certificate, load_third_party_ca
 from . import offline
 from .activation import NOT_ACTIVATED
 from .parameters import CapfParameters, ParameterError, Scope, load_parameters
+from .devices import DevicesUnavailable
 from .scheduling import ScheduleRefused, ScheduleRequest
 
 if TYPE_CHECKING:
@@ -35,7 +33,6 @@ log = logging.getLogger("ccmsec.capf")
 
 MAX_DEVICE_FIELD = 64
 MAX_IMPORT_BYTES = 64 * 1024  # per certificate file
-SECURE_MODES = tuple(m.value for m in DeviceSecurityMode if m.is_secure)
 
 
 def _unix(value: _dt.datetime | None) -> int:
@@ -74,7 +71,7 @@ def _deadline(unix: int) -> _dt.datetime | None:
 
 
 _REFUSAL_CODE = {"invalid": grpc.StatusCode.INVALID_ARGUMENT, "unknown_device": grpc.StatusCode.NOT_FOUND,
-                 "policy": grpc.StatusCode.FAILED_PRECONDITION}
+                 "policy": grpc.StatusCode.FAILED_PRECONDITION, "unavailable": grpc.StatusCode.UNAVAILABLE}
 
 
 class CapfServicer(StatusServicerMixin, capf_pb2_grpc.CapfServicer):
@@ -108,20 +105,29 @@ class CapfServicer(StatusServicerMixin, capf_pb2_grpc.CapfServicer):
         op = await svc.store.operation(done.op_id)
         return operation_message(op)
 
+    async def _known_device(self, context, device: str) -> None:
+        """NOT_FOUND for a device call control does not know; UNAVAILABLE when it does not answer."""
+        try:
+            known = await self.service.devices.exists(device)
+        except DevicesUnavailable as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        if not known:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown device {device!r}")
+
     async def GetOperations(self, request, context):  # noqa: N802
         svc = self.service
         device = request.device or None
         rows = await svc.store.operations(device, request.limit or 1000)
-        if device is not None and not rows and not await svc.device_exists(device):
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown device {device!r}")
+        if device is not None and not rows:
+            await self._known_device(context, device)
         return capf_pb2.CapfStatusReply(operations=[operation_message(op) for op in rows])
 
     async def GetIssuedLog(self, request, context):  # noqa: N802
         svc = self.service
         device = request.device or None
         records = await svc.store.certificates(device, limit=request.limit or 1000)
-        if device is not None and not records and not await svc.device_exists(device):
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown device {device!r}")
+        if device is not None and not records:
+            await self._known_device(context, device)
         entries = []
         for rec in records:
             entry = capf_pb2.IssuedCertificate(device=rec.device_name, operation=rec.operation,
@@ -171,12 +177,13 @@ class CapfServicer(StatusServicerMixin, capf_pb2_grpc.CapfServicer):
 
     # --- CHK-8 ------------------------------------------------------------------------------
     async def CheckLscs(self, request, context):  # noqa: N802
-        """Devices in a secure mode whose model has no MIC need an LSC; which have one?"""
+        """Devices in a secure mode whose model has no MIC need an LSC; which have one? The
+        devices are call control's (`CallManager/ListDevices`); unanswered: UNAVAILABLE."""
         svc = self.service
-        async with svc.db() as s:
-            rows = [] if not await table_exists(s, Device.__tablename__) else (await s.execute(
-                select(Device.name, Device.model)
-                .where(Device.security_mode.in_(SECURE_MODES)).order_by(Device.name))).all()
+        try:
+            rows = await svc.devices.secure()
+        except DevicesUnavailable as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         needing = []
         for name, model in rows:
             try:

@@ -95,6 +95,8 @@ def parse_deadline(value: str) -> _dt.datetime:
 def refusal(exc: grpc.aio.AioRpcError, device: str = "") -> ApiError:
     """A CAPF gRPC error as the API's answer (`device` is left out when looking for the rule)."""
     code, details = exc.code(), (exc.details() or "").strip()[:300]
+    if code == grpc.StatusCode.UNAVAILABLE and "devices' owner" in details:
+        return ApiError(503, details)  # CAPF answered: call control, asked for the device, did not
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         return ApiError(503, f"{UNREACHABLE}: {details or code.name}")
     if code == grpc.StatusCode.FAILED_PRECONDITION:
