@@ -1,4 +1,5 @@
-"""`ccmsec compose render [--check] [--output FILE]`: docker-compose.yml and Dockerfiles from the topology.
+"""`ccmsec compose render [--check] [--output FILE] [--subscribers N]`: docker-compose.yml and
+Dockerfiles from the topology (N call-control subscribers beside the publisher; 1 by default).
 
 `ccmsec compose init`: the compose file's one-shot `init` step. It alone mounts the cluster CA
 (its own volume): it issues each role its identity into a folder only that role mounts, and
@@ -14,6 +15,7 @@ as one JSON document on standard output, for `ccmsec context add NAME --client-b
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import sys
 from pathlib import Path
@@ -35,19 +37,24 @@ def _render(args) -> int:
     root = (args.root or project_root()).resolve()
     to_stdout = args.output is not None and str(args.output) == "-"
     compose_path = None if args.output is None or to_stdout else args.output.resolve()
-    problems = compose.validate_compose(compose.render_compose())
+    subscribers = args.subscribers
+    try:
+        compose.check_subscribers(subscribers)
+    except compose.ComposeError as exc:
+        raise CliError(str(exc)) from None
+    problems = compose.validate_compose(compose.render_compose(subscribers))
     if problems:  # the topology itself is wrong: say so rather than write a broken file
         raise CliError("rendered compose file has problems: " + "; ".join(problems))
     if args.check:
-        stale = compose.stale_files(root, compose_path)
+        stale = compose.stale_files(root, compose_path, subscribers)
         if stale:
             raise CliError("generated files are out of date (run `ccmsec compose render`): " + ", ".join(stale))
         print("generated files are up to date")
         return 0
     if to_stdout:
-        sys.stdout.write(compose.render_compose())
+        sys.stdout.write(compose.render_compose(subscribers))
         return 0
-    for rel, text in compose.rendered_files().items():
+    for rel, text in compose.rendered_files(subscribers).items():
         path = compose_path if (rel == "docker-compose.yml" and compose_path) else root / rel
         try:
             if path.exists() and path.read_text() == text:
@@ -60,6 +67,7 @@ def _render(args) -> int:
 
 
 SECRET_BYTES = 24
+SUBSCRIBER_NAME = re.compile(r"callmanager-sub[1-9][0-9]*")
 
 
 def _owned(path: Path, uid: int | None, mode: int) -> None:
@@ -78,7 +86,7 @@ def _secret_file(path: Path, uid: int | None, value: str | None = None) -> str:
     return path.read_text().strip()
 
 
-def _cli_data(args, roles: list[str]) -> None:
+def _cli_data(args, roles: list[str], subscribers: list[str] = ()) -> None:
     """The `cli` container's data folder: its own client identity, the CA certificate (not the
     key), where the services are (compose names) and a link to the administrator's password."""
     import json
@@ -95,6 +103,11 @@ def _cli_data(args, roles: list[str]) -> None:
         ports = {"grpc_port": GRPC_PORT, "metrics_port": METRICS_PORT,
                  **{p.name: p.number for p in spec(role).ports}}
         services[role] = {"host": role, **ports}
+    if "callmanager" in services:
+        # a subscriber: call control's ports without the administration API (the publisher's)
+        node_ports = {k: v for k, v in services["callmanager"].items() if k not in ("host", "admin_port")}
+        for node in subscribers:
+            services[node] = {"host": node, **node_ports}
     admin = spec("callmanager").ports
     admin_port = next(p.number for p in admin if p.name == "admin_port")
     endpoints = {"admin_url": f"https://callmanager:{admin_port}", "nats_url": "nats://nats:4222",
@@ -115,11 +128,17 @@ def _init(args) -> int:
     from ccmsec.runtime.identity import IdentityError, admin_api_identity_dir
 
     roles = args.role or []
+    subscribers = args.subscriber or []
+    for node in subscribers:
+        if not SUBSCRIBER_NAME.fullmatch(node):
+            raise CliError(f"--subscriber {node!r}: a call-control subscriber is named callmanager-subN")
+    if subscribers and "callmanager" not in roles:
+        raise CliError("--subscriber: call-control subscribers need the callmanager role (--role callmanager)")
     try:
         pki.ensure_cluster_ca(args.ca)
-        for role in roles:
-            out = args.identities / role
-            held = pki.issue_service_identity(args.ca, role, role, out_dir=out)
+        for role, node in [*((r, r) for r in roles), *(("callmanager", n) for n in subscribers)]:
+            out = args.identities / node
+            held = pki.issue_service_identity(args.ca, role, node, out_dir=out)
             folders = [out] + ([admin_api_identity_dir(out)] if role == "callmanager" else [])
             for folder in folders:
                 for f in folder.iterdir():
@@ -127,9 +146,9 @@ def _init(args) -> int:
                         _owned(f, args.uid, 0o600 if f.suffix in (".key", ".nk") else 0o644)
                 _owned(folder, args.uid, 0o700)
             print(f"{held.identity.uri}: issued into its own volume")
-        folders = [args.identities / role for role in roles]
+        folders = [args.identities / node for node in [*roles, *subscribers]]
         if args.cli is not None:
-            _cli_data(args, roles)
+            _cli_data(args, roles, subscribers)
             folders.append(args.cli / "identities" / "clients" / "cli")
         if args.nats_config is not None:
             # BUS-1: NATS knows every container's public nkey and nothing else; the operator's
@@ -198,6 +217,10 @@ def register(sub) -> None:
                    help="compose file to write or check (default: ROOT/docker-compose.yml; '-' = stdout)")
     r.add_argument("--root", type=Path, default=None,
                    help="project root holding services/ (default: this checkout)")
+    r.add_argument("--subscribers", type=int, default=compose.COMPOSE_SUBSCRIBERS, metavar="N",
+                   help=f"call-control subscribers beside the publisher (0-4, default "
+                        f"{compose.COMPOSE_SUBSCRIBERS}; LATER-7): phones list the publisher and the "
+                        "first two subscribers, then SRST")
     r.set_defaults(func=_render)
     i = csub.add_parser("init", help="compose's one-shot init step: identities and secrets (idempotent)")
     i.add_argument("--ca", type=Path, required=True, help="the folder holding the cluster CA (its own volume)")
@@ -207,6 +230,8 @@ def register(sub) -> None:
     i.add_argument("--nats-config", type=Path, default=None,
                    help="write the NATS server configuration (public keys, permissions) here")
     i.add_argument("--role", action="append", help="a role to issue an identity for (repeatable)")
+    i.add_argument("--subscriber", action="append", metavar="NODE",
+                   help="a call-control subscriber (callmanager-subN) to issue a callmanager identity for")
     i.add_argument("--uid", type=int, default=None, help="owner of the services' files")
     i.add_argument("--postgres-uid", type=int, default=None, help="owner of PostgreSQL's password file")
     i.add_argument("--grafana-uid", type=int, default=472, help="owner of Grafana's password file")

@@ -22,6 +22,13 @@ from ccmsec.cluster import compose
 from ccmsec.cluster.topology import ROLES
 
 ROOT = Path(__file__).resolve().parents[2]
+# The compose file's call-control nodes: the publisher and its subscriber(s) (LATER-7).
+SUBSCRIBERS = tuple(compose.call_control_nodes()[1:])
+# Failover timing of the test cluster (env file; docs/survivability.md): keepalive 5 s, so three
+# missed ones are noticed in 15 s; fail-back after 15 s of the higher node answering, probed every
+# 2 s — the defaults (30 s, 120 s, 10 s) would make the suite wait minutes for nothing.
+FAILOVER_SETTINGS = {"CCMSEC_SCCP_KEEPALIVE": "5", "CCMSEC_PHONE_FAILBACK_STABLE": "15",
+                     "CCMSEC_PHONE_PROBE_INTERVAL": "2", "CCMSEC_PHONE_STANDBY_INTERVAL": "5"}
 # 480 s: on the shared 2-core host (load 30+) a service's Python imports alone took over 30 s
 HEALTH_TIMEOUT = float(os.environ.get("CCMSEC_COMPOSE_HEALTH_TIMEOUT", "480"))
 
@@ -83,7 +90,8 @@ class Cluster:
         return self.dc("run", "--rm", "-T", "-e", "CCMSEC_ADMIN_TIMEOUT=120", "cli", *args,
                        timeout=timeout, check=check)
 
-    def wait_healthy(self, services=("nats", "postgres", *ROLES), timeout: float = HEALTH_TIMEOUT) -> float:
+    def wait_healthy(self, services=("nats", "postgres", *ROLES, *SUBSCRIBERS),
+                     timeout: float = HEALTH_TIMEOUT) -> float:
         start = time.monotonic()
         deadline = start + timeout
         last: dict[str, str] = {}
@@ -114,6 +122,10 @@ class Cluster:
         pw.write_text(proc.stdout)
         return ca, pw
 
+    def address(self, service: str) -> str:
+        """The container's address on the cluster's network (what phones' configurations carry)."""
+        return self.inspect(service)["NetworkSettings"]["Networks"][f"{self.project}_default"]["IPAddress"]
+
     def admin_url(self) -> str:
         return f"https://127.0.0.1:{self.ports[compose.publish_variable('callmanager', 'admin_port')]}"
 
@@ -131,6 +143,8 @@ def make_env_file(path: Path, project: str) -> dict[str, int]:
     for name in ("CCMSEC_PUBLISH_PROMETHEUS", "CCMSEC_PUBLISH_GRAFANA"):  # the monitoring profile
         ports[name] = free_port("tcp")
         lines.append(f"{name}={ports[name]}")
+    for name, value in FAILOVER_SETTINGS.items():
+        lines.append(f"{name}={value}")
     for name in compose.IMAGE_VARIABLES:
         if os.environ.get(name):
             lines.append(f"{name}={os.environ[name]}")

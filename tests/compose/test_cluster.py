@@ -197,10 +197,10 @@ def test_monitoring_profile_prometheus_loads_the_rules_and_scrapes_every_service
         cluster.dc("--profile", "monitoring", "rm", "-sfv", "prometheus", check=False)
 
 
-def test_checklist_through_the_cli_then_faults(cluster):
+def test_checklist_through_the_cli_and_a_call(cluster):
     """The checklist from the `cli` container (CHK-1, CHK-2, CHK-4, CHK-6, CHK-8, CHK-9): tokens, the
     CTL client to mixed mode, CAPF, devices, phones of each mode booting TFTP → CAPF →
-    registration, encrypted calls. Then faults; phones come back and nothing is lost."""
+    registration, encrypted calls; a call between two more phone-sim phones."""
     run = cluster.cli("demo", "--attach", timeout=600, check=False)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     assert "mixed" in run.stdout
@@ -231,6 +231,178 @@ def test_checklist_through_the_cli_then_faults(cluster):
     wait_until(lambda: "connected" in call_state(caller), 120, "the call connected")
     cluster.cli("phones", "hangup", caller)
 
+
+# --- failover to a call-control subscriber and back (LATER-7, issue 12) -------------------------
+
+FLEET_PREFIX = "SEP0DE7"  # the demo's fleet, booted by the checklist: 7970 encrypted (MIC → LSC),
+#                           7960 authenticated, 7940 encrypted (string → LSC), 7912 non-secure
+REGISTER_ALLOWANCE = 10.0  # on top of 3 keepalives: a TLS registration on the loaded 2-core host
+
+
+def _phone_sim(cluster, workdir):
+    """phone-sim's gRPC API from the host (its published mutual-TLS port, the `cli` identity of
+    `compose client-bundle`): polled every 0.2 s, where a `docker-compose run` takes seconds."""
+    import grpc
+
+    from ccmsec_proto import phone_sim_pb2_grpc
+
+    bundle = json.loads(cluster.cli("compose", "client-bundle").stdout)
+    ident = bundle["identity"]
+    creds = grpc.ssl_channel_credentials(root_certificates=bundle["ca"].encode(),
+                                         private_key=ident["tls.key"].encode(),
+                                         certificate_chain=ident["tls.crt"].encode())
+    port = cluster.ports[compose.publish_variable("phone-sim", "grpc_port")]
+    channel = grpc.secure_channel(f"127.0.0.1:{port}", creds,
+                                  options=[("grpc.ssl_target_name_override", "phone-sim")])
+    return channel, phone_sim_pb2_grpc.PhoneSimStub(channel)
+
+
+def test_failover_to_the_subscriber_and_back_LATER_7(cluster, tmp_path):
+    """Issue 12 in compose: the cluster runs a call-control subscriber (`callmanager-sub1`, its own
+    identity); a phone's configuration lists the publisher, then the subscriber, then SRST. The
+    demo's fleet (secure phones with their LSCs) is registered with the publisher; `docker kill` of
+    the publisher's container → every phone on the subscriber within 3 keepalives + a registration,
+    the secure ones still over TLS with the same LSC, and an encrypted call placed there (SRTP
+    both ways). The publisher started again → the phones return only after the stable period.
+    Nothing lost: every device, line and LSC as before. Convergence figures are printed."""
+    from ccmsec.formats.cnfxml import parse_cnf_xml
+    from ccmsec.demo import fleet_number
+    from ccmsec_proto import phone_sim_pb2
+    from tests.compose.conftest import FAILOVER_SETTINGS, SUBSCRIBERS
+
+    keepalive = float(FAILOVER_SETTINGS["CCMSEC_SCCP_KEEPALIVE"])
+    stable = float(FAILOVER_SETTINGS["CCMSEC_PHONE_FAILBACK_STABLE"])
+    bound = 3 * keepalive + REGISTER_ALLOWANCE
+    sub = SUBSCRIBERS[0]
+    # the subscriber: a container of its own, hardened, its own identity (not the publisher's)
+    info = cluster.inspect(sub)
+    assert info["State"]["Health"]["Status"] == "healthy"
+    assert info["Config"]["User"] == "ccmsec" and info["HostConfig"]["CapDrop"] == ["ALL"]
+    uri = cluster.exec(sub, "python3", "-c",
+                       "from ccmsec.runtime.identity import load_identity; "
+                       f"print(load_identity('{compose.IDENTITY_DIR}').identity.uri)").stdout.strip()
+    assert uri == f"spiffe://ccmsec/callmanager/{sub}"
+    # a node as phones know it: its compose name (resolved when they connect) or its address
+    pub, on_sub, srst = ({name, cluster.address(name)} for name in ("callmanager", sub, "srst"))
+
+    channel, sim = _phone_sim(cluster, tmp_path)
+    with channel:
+        def phones() -> dict:
+            return {p.name: p for p in sim.ListPhones(phone_sim_pb2.PhoneSelector(all=True), timeout=20).phones
+                    if p.name.startswith(FLEET_PREFIX)}
+
+        fleet = sorted(phones())
+        assert len(fleet) == 4, fleet
+        # the configuration lists publisher, subscriber, SRST (the non-secure phone's, over TFTP)
+        config = parse_cnf_xml(cluster.cli("tftp", "get", f"{fleet[3]}.cnf.xml").stdout.encode())
+        group = [m.host for m in config.call_managers]
+        assert len(group) == 2 and group[0] in pub and group[1] in on_sub, group
+        assert config.srst is not None and config.srst.addresses[0] in srst, config.srst
+
+        def where() -> dict[str, str]:
+            return {n: (p.registered_with.rsplit(":", 1)[0] if p.state == "registered" else "")
+                    for n, p in phones().items()}
+
+        def until_all_on(host: set[str], since: float, timeout: float, what: str) -> dict[str, float]:
+            seen: dict[str, float] = {}
+            deadline = time.monotonic() + timeout
+            while len(seen) < len(fleet):
+                try:
+                    now = where()
+                except Exception:  # noqa: BLE001 — phone-sim busy: ask again
+                    now = {}
+                for name, at in now.items():
+                    if at in host and name not in seen:
+                        seen[name] = time.monotonic() - since
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"{what}: not all on {sorted(host)} within {timeout:.0f} s: {where()}")
+                time.sleep(0.2)
+            return seen
+
+        # the checklist's faults are over: every fleet phone on the publisher
+        until_all_on(pub, time.monotonic(), 120 + stable, "phones on the publisher before the fault")
+        before = phones()
+        lscs = {n: p.lsc.der for n, p in before.items()}
+        transports = {n: p.transport for n, p in before.items()}
+        secure = [n for n in fleet if transports[n] == "encrypted"]
+        assert len(secure) == 2 and all(lscs[n] for n in secure), transports
+        with admin(cluster) as api:
+            devices = {d["name"] for d in api.list_devices()}
+            lines = {(ln.get("dn"), ln.get("device")) for ln in api.lines()}
+        assert {(fleet_number(i), n) for i, n in enumerate(fleet)} <= lines, lines
+
+        # docker kill of the publisher: the phones' connections are reset, the standby takes over
+        killed = time.monotonic()
+        cluster.docker("kill", cluster.container("callmanager"))
+        moved = until_all_on(on_sub, killed, bound, "failover to the subscriber")
+        there = phones()
+        for name in fleet:
+            assert there[name].transport == transports[name], (name, there[name].transport)
+            assert there[name].lsc.der == lscs[name], f"{name}: LSC changed on failover"
+
+        # an encrypted call between the two secure phones, set up by the subscriber
+        a, b = secure
+        def calls(name):
+            return sim.GetPhoneCalls(phone_sim_pb2.PhoneName(name=name), timeout=20)
+
+        def act(name, action, number=""):
+            return sim.PhoneAction(phone_sim_pb2.PhoneActionRequest(name=name, action=action, number=number),
+                                   timeout=30)
+
+        wait_until(lambda: calls(a).ready and calls(a).lines, 60, f"{a} ready on the subscriber", step=0.5)
+        act(a, "dial", fleet_number(fleet.index(b)))
+        wait_until(lambda: any(c.state == "ring-in" for c in calls(b).calls), 60, f"{b} ringing", step=0.5)
+        act(b, "answer")
+        wait_until(lambda: any(c.state == "connected" for c in calls(a).calls), 60, "call connected", step=0.5)
+        start = calls(a).media.received
+        shown = wait_until(lambda: (r := calls(a)).media.received - start >= 25 and r, 60, "audio", step=0.5)
+        icon, srtp = shown.calls[0].icon, shown.media.srtp_both_ways
+        act(a, "hangup")
+        wait_until(lambda: not calls(b).calls, 60, f"{b} cleared", step=0.5)
+        assert icon == "lock" and srtp, (icon, srtp)
+
+        # the publisher back (the operator starts it: a kill is not restarted by the policy)
+        started = time.monotonic()
+        cluster.docker("start", cluster.container("callmanager"))
+        healthy = started + wait_until_healthy(cluster, "callmanager")
+        back = until_all_on(pub | {cluster.address("callmanager")}, started, 300 + stable,
+                            "fail-back to the publisher")
+        # never before the stable period: the publisher cannot have answered before its start
+        assert min(back.values()) >= stable, back
+        after = phones()
+        for name in fleet:
+            assert after[name].transport == transports[name]
+            assert after[name].lsc.der == lscs[name], f"{name}: LSC changed on fail-back"
+        with admin(cluster) as api:
+            assert devices <= {d["name"] for d in api.list_devices()}
+            assert lines <= {(ln.get("dn"), ln.get("device")) for ln in api.lines()}
+
+    def stats(times: dict[str, float]) -> str:
+        import statistics
+
+        return f"median {statistics.median(times.values()):.2f} s, worst {max(times.values()):.2f} s"
+
+    report = (f"\ncompose failover ({len(fleet)} phones, {len(secure)} encrypted with LSC; keepalive "
+              f"{keepalive:g} s, stable period {stable:g} s, probes every "
+              f"{FAILOVER_SETTINGS['CCMSEC_PHONE_PROBE_INTERVAL']} s):\n"
+              f"  docker kill publisher -> all re-registered on {sub}: {stats(moved)} (bound {bound:g} s)\n"
+              f"  encrypted call on {sub}: icon {icon}, SRTP both ways {srtp}\n"
+              f"  docker start publisher -> healthy after {healthy - started:.1f} s; phones back "
+              f"(from the start): {stats(back)}; from healthy: "
+              f"{stats({n: t - (healthy - started) for n, t in back.items()})}\n")
+    print(report)
+    (cluster.workdir.parent / "compose-failover.txt").write_text(report)
+
+
+def wait_until_healthy(cluster, service: str, timeout: float = 300) -> float:
+    start = time.monotonic()
+    wait_until(lambda: cluster.health(service) == "healthy", timeout, f"{service} healthy", step=1.0)
+    return time.monotonic() - start
+
+
+def test_faults_phones_recover_nothing_lost(cluster):
+    """Faults after the checklist and the failover test: docker kill and restart of a service and
+    of NATS, pause and network disconnect of call control; phones come back, nothing is lost."""
     with admin(cluster) as api:
         devices = {d["name"] for d in api.list_devices()}
         registered = lambda: {r["device"] for r in api.registrations()}  # noqa: E731

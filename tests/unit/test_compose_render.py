@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
 import shutil
 import subprocess
@@ -65,7 +66,9 @@ def test_every_role_is_a_service_with_versioned_image_target_and_its_own_identit
     """DEPLOY-1, DEPLOY-4: images tagged with the project version, one Dockerfile target each, a
     role mounts its own identity volume (read-only) and no other's, never the CA's; hardened."""
     services = _doc()["services"]
-    assert list(services) == ["init", "nats", "postgres", *ROLES, "cli", "prometheus", "grafana"]
+    nodes = [n for role in ROLES for n in ([role, *compose.call_control_nodes()[1:]] if role == "callmanager"
+                                           else [role])]
+    assert list(services) == ["init", "nats", "postgres", *nodes, "cli", "prometheus", "grafana"]
     version = compose.project_version()
     assert version == tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     for role in ROLES:
@@ -111,10 +114,11 @@ def test_service_environment_loads_as_settings_for_every_role(monkeypatch, tmp_p
             for key in [k for k in os.environ if k.startswith("CCMSEC_")]:
                 m.delenv(key)
             for key, value in env.items():
-                m.setenv(key, value)
+                m.setenv(key, compose._defaults(value))  # what compose gives without an env file
             m.setenv("CCMSEC_DATABASE_PASSWORD_FILE", str(secret))
             settings = load_settings()
         assert settings.service == s.role and settings.node_name == s.role and settings.host == "0.0.0.0"
+        assert settings.call_control_nodes == ["callmanager", "callmanager-sub1"]
         assert str(settings.data_dir) == "/data" and settings.nats_url == "nats://nats:4222"
         assert env["CCMSEC_DATABASE_PASSWORD_FILE"] == compose.DB_PASSWORD_FILE
         assert not any("PASSWORD" in k and not k.endswith("_FILE") for k in env)
@@ -125,6 +129,129 @@ def test_service_environment_loads_as_settings_for_every_role(monkeypatch, tmp_p
         for spec in SERVICES:  # every protocol port of the topology, so clients know them too
             for p in spec.ports:
                 assert env[f"CCMSEC_{p.name.upper()}"] == str(p.number)
+
+
+# --- call-control subscribers (LATER-7) -----------------------------------------------------
+
+@pytest.mark.parametrize("count", [0, 1, 2, 4])
+def test_subscribers_are_callmanager_nodes_with_their_own_identity_keys_and_no_published_port(count):
+    """`render --subscribers N`: N callmanager nodes beside the publisher, each the callmanager
+    image with its own identity and key volume (mounted by it alone; its identity issued by init),
+    not the publisher (no administration API, no admin secret, nothing published); every role gets
+    the group, publisher first, at most three."""
+    doc = compose.compose_model(subscribers=count)
+    assert compose.validate_compose(compose.render_compose(count)) == []
+    services = doc["services"]
+    nodes = [f"callmanager-sub{n}" for n in range(1, count + 1)]
+    assert [s for s in services if s.startswith("callmanager")] == ["callmanager", *nodes]
+    group = ["callmanager", *nodes][:3]
+    version = compose.project_version()
+    for role in ROLES:
+        assert json.loads(services[role]["environment"]["CCMSEC_CALL_CONTROL_NODES"]) == group
+    assert services["callmanager"]["environment"]["CCMSEC_CALLMANAGER_PUBLISHER"] == "true"
+    for node in nodes:
+        svc = services[node]
+        env = svc["environment"]
+        assert svc["image"] == f"ccmsec/callmanager:{version}" and svc["build"]["target"] == "callmanager"
+        assert env["CCMSEC_SERVICE"] == "callmanager" and env["CCMSEC_NODE"] == node
+        assert env["CCMSEC_CALLMANAGER_PUBLISHER"] == "false"
+        assert json.loads(env["CCMSEC_CALL_CONTROL_NODES"]) == group
+        assert "ports" not in svc and "CCMSEC_ADMIN_PASSWORD_FILE" not in env
+        assert not any(v.startswith("admin-secret:") for v in svc["volumes"])
+        assert f"identity-{node}:{compose.IDENTITY_DIR}:ro" in svc["volumes"]
+        assert f"keys-{node}:{compose.KEY_DIR}" in svc["volumes"]
+        for volume in (f"identity-{node}", f"keys-{node}"):
+            assert volume in doc["volumes"]
+            holders = [n for n, other in services.items()
+                       if any(str(v).startswith(volume + ":") for v in other.get("volumes", []))]
+            assert sorted(holders) == sorted([node, "init"] if volume.startswith("identity-") else [node])
+        assert f"--subscriber={node}" in services["init"]["command"]
+        assert svc["cap_drop"] == ["ALL"] and svc["healthcheck"] == services["callmanager"]["healthcheck"]
+        assert svc["depends_on"] == services["callmanager"]["depends_on"]
+
+
+def test_subscriber_environment_loads_as_a_subscriber_node(monkeypatch, tmp_path):
+    env = compose.compose_model(subscribers=2)["services"]["callmanager-sub2"]["environment"]
+    secret = tmp_path / "password"
+    secret.write_text("pw\n")
+    with monkeypatch.context() as m:
+        for key in [k for k in os.environ if k.startswith("CCMSEC_")]:
+            m.delenv(key)
+        for key, value in env.items():
+            m.setenv(key, compose._defaults(value))
+        m.setenv("CCMSEC_DATABASE_PASSWORD_FILE", str(secret))
+        settings = load_settings()
+    assert settings.service == "callmanager" and settings.node_name == "callmanager-sub2"
+    assert settings.callmanager_publisher is False and settings.admin_password_file is None
+    assert settings.call_control_nodes == ["callmanager", "callmanager-sub1", "callmanager-sub2"]
+
+
+@pytest.mark.parametrize("count", [-1, 5])
+def test_subscriber_count_out_of_range_is_refused_clearly(count):
+    with pytest.raises(compose.ComposeError, match="0 to 4 call-control subscribers"):
+        compose.compose_model(subscribers=count)
+    with pytest.raises(CliError, match="0 to 4 call-control subscribers"):
+        _run_cli(["--subscribers", str(count), "--output", "-"])
+
+
+def test_cli_renders_another_subscriber_count_and_check_tells_it_apart(tmp_path, capsys):
+    (tmp_path / "services").mkdir()
+    assert _run_cli(["--root", str(tmp_path), "--subscribers", "2"]) == 0
+    assert "callmanager-sub2:" in (tmp_path / "docker-compose.yml").read_text()
+    assert _run_cli(["--check", "--root", str(tmp_path), "--subscribers", "2"]) == 0
+    with pytest.raises(CliError, match="out of date.*docker-compose.yml"):
+        _run_cli(["--check", "--root", str(tmp_path)])  # the committed default has one
+    capsys.readouterr()
+    assert _run_cli(["--output", "-", "--subscribers", "0"]) == 0
+    assert "callmanager-sub" not in capsys.readouterr().out
+
+
+def test_failover_timing_is_a_variable_of_the_env_file_with_the_services_defaults():
+    """Keepalive, stable period, probes and standby keepalive: env-file variables whose defaults
+    are the services' own (so an empty env file changes nothing), given to the roles that read them."""
+    from ccmsec.runtime.settings import ServiceSettings
+    from ccmsec_phone_sim.main import PhoneSimSettings
+
+    fields = {**ServiceSettings.model_fields, **PhoneSimSettings.model_fields}
+    example = compose.env_example().splitlines()
+    services = compose.compose_model()["services"]
+    for name, (default, roles) in compose.FAILOVER_VARIABLES.items():
+        field = name.removeprefix("CCMSEC_").lower()
+        assert float(default) == float(fields[field].default), name
+        assert f"{name}={default}" in example
+        for node, svc in services.items():
+            role = (svc.get("environment") or {}).get("CCMSEC_SERVICE")
+            if role in roles:
+                assert svc["environment"][name] == "${%s:-%s}" % (name, default), (node, name)
+            elif role is not None:
+                assert name not in svc["environment"], (node, name)
+
+
+def test_init_issues_each_subscriber_its_own_callmanager_identity(tmp_path):
+    """`compose init --subscriber NODE`: a callmanager identity for the node (its own folder, in
+    the NATS configuration); the cli container's endpoints list it; a bad name is refused."""
+    from ccmsec.cli.main import build_parser
+    from ccmsec.runtime.identity import load_identity
+
+    def init(*extra):
+        args = build_parser().parse_args([
+            "compose", "init", "--ca", str(tmp_path / "ca"), "--identities", str(tmp_path / "ids"),
+            "--secrets", str(tmp_path / "secrets"), "--cli", str(tmp_path / "cli"),
+            "--nats-config", str(tmp_path / "nats.conf"), *extra])
+        return args.func(args)
+
+    assert init("--role=callmanager", "--role=phone-sim", "--subscriber=callmanager-sub1") == 0
+    held = load_identity(tmp_path / "ids" / "callmanager-sub1")
+    assert held.identity.uri == "spiffe://ccmsec/callmanager/callmanager-sub1"
+    assert load_identity(tmp_path / "ids" / "callmanager").identity.uri == "spiffe://ccmsec/callmanager/callmanager"
+    endpoints = json.loads((tmp_path / "cli" / "run" / "endpoints.json").read_text())
+    assert endpoints["services"]["callmanager-sub1"]["host"] == "callmanager-sub1"
+    assert "admin_port" not in endpoints["services"]["callmanager-sub1"]
+    assert (tmp_path / "nats.conf").read_text().count("nkey") >= 3
+    with pytest.raises(CliError, match="callmanager-subN"):
+        init("--role=callmanager", "--subscriber=evil/../x")
+    with pytest.raises(CliError, match="need the callmanager role"):
+        init("--role=phone-sim", "--subscriber=callmanager-sub1")
 
 
 def test_database_password_file_missing_or_empty_is_a_clear_error(monkeypatch, tmp_path):
@@ -250,7 +377,7 @@ def test_validate_reports_an_undeclared_volume():
     doc = _doc()
     del doc["volumes"]["ccmsec-data"]
     problems = compose.validate_compose(_dump(doc))
-    assert len(problems) == len(ROLES)
+    assert len(problems) == len(ROLES) + compose.COMPOSE_SUBSCRIBERS  # every node mounts it
     assert "service srst: volume 'ccmsec-data' is not declared under top-level volumes" in problems
 
 

@@ -27,7 +27,7 @@ from ccmsec.runtime import bus as bus_mod
 from ccmsec.runtime import metrics
 from ccmsec.runtime.service import Service, run_service
 from ccmsec.runtime.servicer import StatusServicerMixin, abort
-from ccmsec.runtime.settings import resolve_host, SettingsError
+from ccmsec.runtime.settings import SettingsError
 from ccmsec_proto import common_pb2, events_pb2, tftp_signer_pb2, tftp_signer_pb2_grpc
 from ccmsec_tftp_signer.content import ClusterEndpoints, write_static_files
 from ccmsec_tftp_signer.devicefiles import ChangeDetector
@@ -147,7 +147,10 @@ class TftpSignerService(Service):
     def endpoints(self) -> ClusterEndpoints:
         s = self.settings
         # LATER-7: the call-control nodes in order (publisher, subscribers), or the one callmanager.
-        nodes = tuple(resolve_host(h) for h in s.call_control_nodes[:3]) or (self._peer("callmanager"),)
+        # As configured: addresses from the local runner; compose's service names stay names, which
+        # phones resolve when they connect — a container started again may get another address,
+        # and a name resolved once here would then send phones to an address nobody holds.
+        nodes = tuple(s.call_control_nodes[:3]) or (self._peer("callmanager"),)
         return ClusterEndpoints(callmanagers=nodes, sccp_port=s.sccp_port,
                                 sccp_tls_port=s.sccp_tls_port, capf_host=self._peer("capf"),
                                 capf_port=s.capf_port,
