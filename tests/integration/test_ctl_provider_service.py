@@ -198,6 +198,38 @@ async def test_later7_every_node_of_the_callmanager_group_is_in_the_ctl_AUTH_2(t
         await asyncio.wait_for(task, 10)
 
 
+async def test_later7_a_group_node_named_by_host_name_is_found_by_its_name(tmp_path, nats_server):
+    """LATER-7 in compose: the group lists the nodes by service name and a node listens on every
+    address, so its certificate carries its name and no address; the provider finds the file the
+    node keeps under DATA/servers/<name>/ by that name. A certificate of another name placed in
+    that folder is not taken: the node is refused, by name."""
+    host = f"127.{random.randint(20, 250)}.{random.randint(0, 255)}.{random.randint(2, 250)}"
+    await _prepare(tmp_path)
+    name = "callmanager-sub7.invalid"  # a name no resolver answers: the record carries no address
+    sub = ensure_server_certificate(tmp_path / "servers" / name, name)
+    nodes = ["127.254.253.252", name]
+    svc, task, channel, stub = await _start(tmp_path, nats_server, host, free_port(host), free_port(host),
+                                            call_control_nodes=nodes)
+    harness = Harness(svc, task, tmp_path, stub, [])
+    try:
+        await stub.Activate(ctl_provider_pb2.ActivateRequest(active=True))
+        ccm = [s for s in await harness.fetch() if s.role is Role.CCM]
+        assert [(s.dns_name, s.ipv4) for s in ccm] == [("callmanager", "127.254.253.252"), (name, None)]
+        assert ccm[1].certificate.public_bytes(serialization.Encoding.DER) == \
+            sub.cert.public_bytes(serialization.Encoding.DER)
+        # the bad case: the folder of a listed name holds another node's certificate
+        other = "callmanager-sub8.invalid"
+        ensure_server_certificate(tmp_path / "servers" / "callmanager-x", other)
+        svc.settings.call_control_nodes.append("callmanager-x")
+        svc._cache = None
+        with pytest.raises(ProviderRefused, match="callmanager-x"):
+            await harness.fetch()
+    finally:
+        await channel.close()
+        svc.request_stop()
+        await asyncio.wait_for(task, 10)
+
+
 async def test_chk1_activation_survives_a_restart(provider, nats_server):
     await provider.stub.Activate(ctl_provider_pb2.ActivateRequest(active=True))
     provider.svc.request_stop()

@@ -127,36 +127,43 @@ def _addresses_and_name(der: bytes) -> tuple[set[str], str]:
 
 
 async def gather_call_control_nodes(data_dir: Path, hosts: list[str], publisher: str,
-                                    channel_to: Callable[[str], grpc.aio.Channel]) -> list[CertificateEntry]:
+                                    channel_to: Callable[[str], grpc.aio.Channel],
+                                    resolve: Callable[[str], str] = lambda host: host) -> list[CertificateEntry]:
     """LATER-7: a CallManager record for every other node of the CallManager group (the
     subscribers), so a secure phone failing over to one of them finds its certificate in the CTL
-    (AUTH-2). Each node is asked over gRPC; when it does not answer, the certificate file a node
-    keeps in DATA/servers/<node>/ is taken whose IP address is the node's."""
+    (AUTH-2). A node is named by its address (the local runner) or by its host name (compose's
+    service name, `resolve`d to the address the record carries). Each node is asked over gRPC;
+    when it does not answer, the certificate file a node keeps in DATA/servers/<node>/ is taken
+    whose IP address is the node's, or whose server name is the node's host name (in compose a
+    node listens on every address, so its certificate carries its name, not an address)."""
     entries: list[CertificateEntry] = []
+    publisher_address = resolve(publisher) if publisher else ""
     for host in hosts:
-        if host == publisher:
+        address = resolve(host)
+        if host == publisher or address == publisher_address:
             continue
         try:
-            der = await _from_rpc(channel_to(host), SOURCES[0].rpc)
+            der = await _from_rpc(channel_to(address), SOURCES[0].rpc)
         except (grpc.aio.AioRpcError, CertificateUnavailable, asyncio.TimeoutError) as exc:
             reason = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
-            der = _node_file(Path(data_dir), host)
+            der = _node_file(Path(data_dir), host, address)
             if der is None:
                 raise CertificateUnavailable(
                     f"the CallManager certificate of the group's node {host} is not available: it did "
                     f"not answer ({reason}) and no DATA/servers/*/ccmserver.cer is for {host}") from None
         ips, name = _addresses_and_name(der)
-        entries.append(CertificateEntry(Role.CCM, name or host, _ipv4(host), der))
+        entries.append(CertificateEntry(Role.CCM, name or host, _ipv4(address), der))
     return entries
 
 
-def _node_file(data_dir: Path, host: str) -> bytes | None:
+def _node_file(data_dir: Path, host: str, address: str = "") -> bytes | None:
     for path in sorted((data_dir / "servers").glob("callmanager*/ccmserver.cer")):
         try:
             der = load_certificate_file(path)
         except (OSError, CertificateUnavailable):
             continue
-        if host in _addresses_and_name(der)[0]:
+        ips, name = _addresses_and_name(der)
+        if host in ips or (address and address in ips) or (host == name == path.parent.name):
             return der
     return None
 

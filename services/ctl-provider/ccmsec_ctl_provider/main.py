@@ -89,10 +89,11 @@ class CtlProviderService(Service):
             return self._cache[1]
         entries, origins = await gather(self.settings.data_dir, self.peer_channel,
                                         self.settings.peer_host)
-        nodes = [resolve_host(h) for h in self.settings.call_control_nodes]
+        nodes = list(self.settings.call_control_nodes)  # addresses, or compose's service names
         if len(nodes) > 1:
             entries = entries + await gather_call_control_nodes(
-                self.settings.data_dir, nodes, self.settings.peer_host("callmanager"), self._node_channel)
+                self.settings.data_dir, nodes, self.settings.peers.get("callmanager", ""), self._node_channel,
+                resolve_host)
         self.certificate_origins = origins
         self._cache = (now, entries)
         return entries
