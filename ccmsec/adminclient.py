@@ -297,7 +297,7 @@ class AdminClient:
 
     # softkey sets (issue 10) -----------------------------------------------------------------
     def softkey_sets(self) -> list[dict]:
-        return self._call("GET", "/api/v1/softkey-sets")["softkey_sets"]
+        return self._all("/api/v1/softkey-sets", "softkey_sets")
 
     def set_softkeys(self, softkey_set: str, *, device: str = "", pool: str = "") -> dict:
         path = self._device_path(device) if device else f"/api/v1/pools/{quote(pool, safe='')}"

@@ -101,6 +101,28 @@ def test_every_error_is_a_declared_problem(api):
                     assert "$ref" in answer["content"][ctype]["schema"], (method, path, code)
 
 
+def test_every_list_declares_cursor_paging(api):
+    """Every list (a GET on a collection answering an array of rows) takes `limit` and `cursor`
+    and answers `next_cursor` — checked on the document, so a list added without them fails."""
+    _, spec, *_ = api
+    schemas = spec["components"]["schemas"]
+    lists = []
+    for path, operations in spec["paths"].items():
+        operation = operations.get("get")
+        if operation is None or "{" in path:
+            continue
+        ref = operation["responses"]["200"]["content"].get("application/json", {}).get("schema", {})
+        model = schemas[ref["$ref"].rsplit("/", 1)[-1]] if "$ref" in ref else {}
+        rows = [k for k, v in model.get("properties", {}).items() if v.get("type") == "array"]
+        if not rows:
+            continue
+        lists.append(path)
+        params = {p["name"] for p in operation.get("parameters", []) if p["in"] == "query"}
+        assert {"limit", "cursor"} <= params, (path, sorted(params))
+        assert "next_cursor" in model["properties"], path
+    assert {"/api/v1/devices", "/api/v1/softkey-sets", "/api/v1/audit", "/api/v1/calls"} <= set(lists)
+
+
 async def test_real_answers_match_the_document(api):
     stack, _, admin, viewer, anonymous, seen = api
     # accounts, login
@@ -207,6 +229,7 @@ async def test_every_list_pages_with_cursors(api):
         "/api/v1/lines": ("lines", "dn", ["1000", "1001", "2000"]),
         "/api/v1/registrations": ("registrations", "device", [A, B]),
         "/api/v1/accounts": ("accounts", "username", ["admin", "viewer"]),
+        "/api/v1/softkey-sets": ("softkey_sets", "name", ["basic", "no-barge", "standard"]),
     }
     for path, (key, field, values) in expected.items():
         rows = await _walk(admin, path, key)
@@ -239,13 +262,14 @@ async def test_the_python_client_follows_cursors_and_reads_problems(v2):
     def session():
         with AdminClient(discover(v2.data_dir), page_size=1) as client:
             names = [d["name"] for d in client.list_devices()]
+            sets = [s["name"] for s in client.softkey_sets()]
             try:
                 client.update_device(A, security_mode="encrypted")
             except AdminApiError as exc:
-                return names, exc
-        return names, None
+                return names, sets, exc
+        return names, sets, None
 
-    names, refused = await asyncio.to_thread(session)
-    assert names == [A, B, C]
+    names, sets, refused = await asyncio.to_thread(session)
+    assert names == [A, B, C] and sets == ["basic", "no-barge", "standard"]
     assert refused is not None and refused.status == 409 and refused.rule == "MODE-5"
     assert "MODE-5" in str(refused)

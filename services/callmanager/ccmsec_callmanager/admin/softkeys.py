@@ -17,6 +17,7 @@ from .auth import Principal, require_admin, require_user
 from .devices import checked_name
 from .errors import body_schema, read_json
 from .owner import actor_of_request, owner_call
+from .pagination import cursor_query, decode_cursor, limit_query, page
 
 router = APIRouter(tags=["softkey sets"])
 
@@ -34,6 +35,7 @@ class SoftkeySet(schemas.Strict):
 
 class SoftkeySetList(schemas.Strict):
     softkey_sets: list[SoftkeySet]
+    next_cursor: schemas.Cursor = schemas.CURSOR_FIELD
 
 
 class SoftkeysAssigned(schemas.Strict):
@@ -44,9 +46,15 @@ class SoftkeysAssigned(schemas.Strict):
 
 
 @router.get("/api/v1/softkey-sets", name="softkey_set.list", responses={200: {"model": SoftkeySetList}})
-async def list_softkey_sets(_: Principal = Depends(require_user)) -> dict:
+async def list_softkey_sets(_: Principal = Depends(require_user), limit: int = limit_query(),
+                            cursor: str | None = cursor_query()) -> dict:
+    """By name. Page with `cursor`, as every list (a fixed set today, but a client pages it the
+    same way as the others)."""
+    after = decode_cursor(cursor, str)
+    names = [name for name in sorted(SOFTKEY_SETS) if after is None or name > after[0]]
+    names, next_cursor = page(names[:limit + 1], limit, lambda name: (name,))
     return {"softkey_sets": [{"name": name, "softkeys": [SOFTKEY_LABELS[k] for k in keys_of(name)]}
-                             for name in sorted(SOFTKEY_SETS)]}
+                             for name in names], "next_cursor": next_cursor}
 
 
 @router.put("/api/v1/devices/{name}/softkeys", name="device.set_softkeys",
