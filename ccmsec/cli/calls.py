@@ -9,10 +9,13 @@ are `ccmsec phones dial|answer|…`: a user at a simulated phone.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 
-from ccmsec.cli.common import CliError, add_data_option, add_json_option, json_output, proto_json
+from ccmsec.cli.common import (
+    EXIT_USAGE, CliError, add_data_option, add_json_option, json_output, proto_json,
+)
 from ccmsec.cli.device import _grpc_call, _print_json, format_table
 
 CTI_ACTIONS = ("dial", "answer", "hangup")
@@ -35,6 +38,8 @@ def register(subparsers) -> None:
     watch.add_argument("--table", action="store_true",
                        help="a live table of the calls in progress, redrawn at every change (instead of "
                             "one line per event)")
+    watch.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                       help="one JSON object per event and line (kind, at_unix_ms, detail, call)")
     watch.set_defaults(func=_watch)
     cti = sub.add_parser("cti", help="drive a CTI port (never secure: CALL-3)")
     add_data_option(cti)
@@ -110,6 +115,8 @@ def _watch(args: argparse.Namespace) -> int:
 
     if args.timeout < 0 or args.count < 0:
         raise CliError("--timeout and --count must not be negative")
+    if json_output(args) and args.table:
+        raise CliError("--json and --table do not go together: choose one", EXIT_USAGE)
 
     async def run(stub) -> int:
         seen = 0
@@ -119,7 +126,9 @@ def _watch(args: argparse.Namespace) -> int:
                 nonlocal seen
                 live = LiveCalls()
                 async for event in stream:
-                    if args.table:
+                    if json_output(args):
+                        print(json.dumps(proto_json(event), sort_keys=True), flush=True)
+                    elif args.table:
                         live.apply(event)
                         prefix = CLEAR if sys.stdout.isatty() else "\n"
                         print(prefix + live.render(f"{event.kind} call {event.call.id}"), flush=True)

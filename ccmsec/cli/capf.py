@@ -16,7 +16,9 @@ from pathlib import Path
 
 import grpc
 
-from ccmsec.cli.common import CliError, add_data_option, data_dir
+from ccmsec.cli.common import (
+    EXIT_NOT_READY, CliError, add_data_option, add_json_option, data_dir, json_output, print_json,
+)
 from ccmsec.domain import CapfAuthMode, CapfOperation, DomainError
 from ccmsec.cluster.state import read_endpoints
 
@@ -259,6 +261,11 @@ def _cert(args) -> int:
     pem = x509.load_der_x509_certificate(msg.der).public_bytes(serialization.Encoding.PEM)
     if args.out:
         atomic_write(args.out, pem)
+    if json_output(args):  # what the certificate is, as `tftp cert --json` (the PEM: --out FILE)
+        from ccmsec.cli.common import proto_json
+
+        print_json({k: v for k, v in proto_json(msg).items() if k != "der"})
+    elif args.out:
         print(f"wrote the CAPF certificate ({msg.fingerprint_sha256[:16]}…) to {args.out}")
     else:
         sys.stdout.write(pem.decode())
@@ -269,13 +276,16 @@ def _check(args) -> int:
     from ccmsec_proto import common_pb2
 
     reply = _call(args, "CheckLscs", common_pb2.Empty())
+    if json_output(args):
+        print_json({"installed": list(reply.installed), "missing": list(reply.missing)})
+        return EXIT_NOT_READY if reply.missing else 0
     for d in reply.installed:
         print(f"ok       {d}")
     for d in reply.missing:
         print(f"MISSING  {d}: no LSC installed (schedule: ccmsec capf schedule {d} --op install ...)")
     print(f"CHK-8: {len(reply.installed)} of {len(reply.installed) + len(reply.missing)} devices that need "
           "an LSC have one")
-    return 0 if not reply.missing else 4
+    return 0 if not reply.missing else EXIT_NOT_READY  # answered, not in the wanted state
 
 
 def _set_ca(args) -> int:
@@ -405,10 +415,13 @@ def register(sub) -> None:
     p = actions.add_parser("cert", help="print (or --out FILE) the CAPF certificate (PEM)")
     add_data_option(p)
     p.add_argument("--out", type=Path)
+    add_json_option(p)
     p.set_defaults(func=_cert)
 
-    p = actions.add_parser("check", help="CHK-8: do the phones that need an LSC have one?")
+    p = actions.add_parser("check", help="CHK-8: do the phones that need an LSC have one? (exit 3 "
+                                         "when one lacks it)")
     add_data_option(p)
+    add_json_option(p)
     p.set_defaults(func=_check)
 
     p = actions.add_parser("set-ca", help="offline CA: import the third-party CA certificate that signs LSCs")

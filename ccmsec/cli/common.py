@@ -20,7 +20,8 @@ EXIT_OK = 0           # done; or saved and "pending delivery" (the bus is down: 
 EXIT_ERROR = 1        # refused or failed: the message (or under --json the error object) says why
 EXIT_USAGE = 2        # the command line itself is wrong (unknown command or option, bad value)
 EXIT_NOT_READY = 3    # answered, but not in the wanted state: `status` with a service not serving,
-                      # `device reset --wait` with phones not back in time
+                      # `device reset --wait` with phones not back in time, `capf check` with a
+                      # phone that lacks its LSC
 EXIT_DEGRADED = 4     # `status`: every service runs, one or more DEGRADED (event stream or
                       # consumer lost; the reason is printed) — BUS-5
 EXIT_INTERRUPTED = 130  # Ctrl-C
@@ -29,7 +30,8 @@ EXIT_CODES_HELP = """exit codes:
   0    done (or saved and "pending delivery": the bus is down, its resets follow once it is back)
   1    refused or failed (the error says why; under --json a JSON object on stderr)
   2    usage error (unknown command or option, bad value)
-  3    not in the wanted state (status: a service not serving; reset --wait: phones not back)
+  3    not in the wanted state (status: a service not serving; reset --wait: phones not back;
+       capf check: a phone lacks its LSC)
   4    status: every service runs, one or more DEGRADED (event stream or consumer lost)
   130  interrupted"""
 

@@ -10,7 +10,8 @@ import argparse
 import sys
 
 from ccmsec.cli.common import (
-    add_data_option, add_wait_option, service_pids_before_change, wait_for_restarts,
+    add_data_option, add_json_option, add_wait_option, json_output, print_json,
+    service_pids_before_change, wait_for_restarts,
 )
 
 RISK = ("legacy TLS lets phones of the source's era in with TLS 1.0 (AES128-SHA, NULL-SHA). "
@@ -26,6 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     actions.required = True
     show = actions.add_parser("show", help="the cluster's TLS settings")
     add_data_option(show)
+    add_json_option(show)
     show.set_defaults(func=cmd_show)
     legacy = actions.add_parser(
         "legacy", help="allow TLS 1.0 on SCCP 2443 and CAPF 3804 (restarts callmanager and capf)",
@@ -41,6 +43,9 @@ def cmd_show(args: argparse.Namespace) -> int:
     from ccmsec_proto import common_pb2
 
     reply = _call_provider(args, "GetClusterTls", common_pb2.Empty())
+    if json_output(args):
+        print_json({"legacy_tls": reply.legacy_tls})
+        return 0
     print(f"legacy TLS (TLS 1.0 on 2443 and 3804): {'on' if reply.legacy_tls else 'off'}")
     return 0
 

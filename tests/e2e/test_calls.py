@@ -135,6 +135,12 @@ def test_phone_sim_phones_call_each_other_and_every_interface_shows_the_status(c
             code, out, err_text = await _cli(cluster, "calls", "watch", "--table", "--timeout", "3")
             assert code == 0 and "call(s) in progress" in out and "non-secure" in out, out + err_text
             assert f"{A}({DN[A]} connected none)" in out
+            # for scripts: one JSON object per event and line, the calls in progress first
+            code, out, err_text = await _cli(cluster, "calls", "watch", "--json", "--timeout", "3")
+            assert code == 0, out + err_text
+            events = [json.loads(line) for line in out.splitlines()]
+            (mine,) = [e for e in events if {lg["device"] for lg in e["call"]["legs"]} == {A, B}]
+            assert mine["kind"] == "existing" and mine["call"]["status"] == "non-secure"
             with AdminClient(discover(data)) as admin:
                 (api_row,) = admin.calls(device=A)
                 spec = admin._call("GET", "/api/v1/openapi.json")

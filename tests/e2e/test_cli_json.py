@@ -33,6 +33,9 @@ def answers(cluster):
         "refused": ("device", "add", "SEP0000000BAD12", "--model", "7912", "--security",
                     "encrypted", "--json", *d),
         "no_phone": ("phones", "show", "SEP0000000FFFFF", "--json", *d),
+        "tls": ("--json", "tls", "show", *d),
+        "capf_check": ("capf", "check", "--json", *d),
+        "capf_cert": ("capf", "cert", "--json", *d),
     }
     with ThreadPoolExecutor(4) as pool:
         futures = {k: pool.submit(run_cli, *v, timeout=120) for k, v in calls.items()}
@@ -65,6 +68,13 @@ def test_read_commands_print_json(answers):
     assert "clusters" in _ok(answers["ctl_clusters"]) or _ok(answers["ctl_clusters"]) == {}
     assert "listening_port" in _ok(answers["provider"])
     assert isinstance(_ok(answers["devices"]), list)
+    assert _ok(answers["tls"]) == {"legacy_tls": False}
+    check = answers["capf_check"]  # exit 3 when a phone lacks its LSC, with the same JSON
+    assert check.returncode in (0, 3), check.stderr
+    shown = json.loads(check.stdout)
+    assert set(shown) == {"installed", "missing"} and (check.returncode == 3) == bool(shown["missing"])
+    cert = _ok(answers["capf_cert"])
+    assert cert["subject"].endswith("CN=CAPF") and len(cert["fingerprint_sha256"]) == 64 and "der" not in cert
 
 
 def test_refusals_are_json_with_status_and_rule(answers):

@@ -4,6 +4,7 @@ booting from the tftp-signer and registering with callmanager in non-secure mode
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 
 import pytest
@@ -55,6 +56,12 @@ def test_non_secure_phones_boot_through_tftp_and_register(cluster):
     assert "state: registered" in show and "transport: non-secure" in show, show
     listing = cli(cluster, "list").stdout
     assert all(f"{n}  7960   registered" in listing for n in names), listing
+    # the same for scripts (issue 16: phones show --json)
+    shown = cli(cluster, "show", names[0], "--json")
+    assert shown.returncode == 0, shown.stderr
+    phone = json.loads(shown.stdout)
+    assert phone["name"] == names[0] and phone["state"] == "registered" and phone["model"] == "7960"
+    assert phone["transport"] == "non-secure", phone
     regs = _registrations(cluster, names[0]).registrations
     assert [r.device for r in regs] == [names[0]]
 

@@ -280,3 +280,43 @@ def test_an_identity_of_another_ca_is_a_one_line_error_not_a_traceback(tmp_path,
     assert main(["capf", "status", "--data", str(data), "--json"]) == 1
     reply = _json.loads(capsys.readouterr().err)
     assert reply["exit_code"] == 1 and "identity" in reply["error"]
+
+
+# The words that name a read command (it shows, lists or checks; changes nothing).
+READ_VERBS = {"list", "show", "status", "check", "clusters", "ls", "cert", "certificates", "params",
+              "log", "registrations", "calls", "watch", "softkeys"}
+# Read in the issue's own words (issue 16), each of which must take --json.
+NAMED_READS = {"status", "mode show", "token list", "token show", "phones list", "phones show",
+               "ctl show", "tftp clusters"}
+
+
+def _leaves(parser, path=()):
+    import argparse
+
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        yield " ".join(path), {o for a in parser._actions for o in a.option_strings}
+    for action in subs:
+        for name, sub in action.choices.items():
+            yield from _leaves(sub, (*path, name))
+
+
+def test_every_read_command_takes_json():
+    """Walks the real parser: a read command added without --json fails here (`tls show`,
+    `capf check`, `capf cert` and `calls watch` did)."""
+    from ccmsec.cli.main import build_parser
+
+    leaves = dict(_leaves(build_parser()))
+    assert NAMED_READS <= set(leaves)
+    reads = {path for path in leaves if path.split()[-1] in READ_VERBS} | NAMED_READS
+    assert {"tls show", "capf check", "capf cert", "calls watch", "calls list"} <= reads
+    missing = sorted(path for path in reads if "--json" not in leaves[path])
+    assert missing == [], f"read commands without --json: {missing}"
+
+
+def test_calls_watch_refuses_json_with_table(capsys):
+    from ccmsec.cli.main import main
+
+    assert main(["calls", "watch", "--json", "--table", "--data", "/nonexistent"]) == 2
+    error = json.loads(capsys.readouterr().err)
+    assert error["exit_code"] == 2 and "--table" in error["error"]
