@@ -2,7 +2,7 @@
 
 Every family a ccmsec service exports is declared here, once, with its labels — the vocabulary
 that `deploy/monitoring/` (dashboard and alert rules) is written against, and that
-tests/integration/test_metrics_exported.py checks a running service really exports.
+tests/e2e/test_monitoring.py checks the running services really export.
 
 Conventions (https://prometheus.io/docs/practices/naming/): `ccmsec_` prefix, base units
 (seconds, bytes), `_total` on counters, `_timestamp_seconds` for points in time, labels with a
@@ -78,9 +78,9 @@ EVENTS_PENDING = Gauge(
 BUS_CONNECTED = Gauge(
     "ccmsec_event_bus_connected", "1 while connected to NATS", registry=REGISTRY,
 )
-# Hook for the transactional outbox (events written with their database change, published after):
-# the outbox's owner sets OUTBOX_DEPTH.labels(service).set(rows not yet published). A labelled gauge
-# exports nothing until it is set, so no service advertises a depth it does not have.
+# The transactional outbox (events written with their database change, published after): every
+# service's OutboxRelay (ccmsec/runtime/outbox.py) sets OUTBOX_DEPTH.labels(role) to its rows not yet
+# acknowledged by JetStream.
 OUTBOX_DEPTH = Gauge(
     "ccmsec_outbox_depth", "events written to the outbox and not yet published", ["service"],
     registry=REGISTRY,

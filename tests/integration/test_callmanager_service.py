@@ -380,9 +380,19 @@ async def _reregister_on_reset(cm, phone, name, **kw):
     return event, await cm.registered(name, **kw)
 
 
+def _metric(name: str, **labels) -> float | None:
+    """A sample as the service's /metrics endpoint shows it (scrape-time gauges included)."""
+    from ccmsec.runtime.metrics import REGISTRY
+
+    return REGISTRY.get_sample_value(name, labels)
+
+
 async def test_reset_named_device_reaches_only_it_and_progress_completes(cm):
     a = await cm.registered("SEP0000000E0001")
     b = await cm.registered("SEP0000000E0002")
+    in_flight = lambda: _metric("ccmsec_phone_resets_in_flight", node="callmanager")  # noqa: E731
+    sent_before = _metric("ccmsec_phone_resets_sent_total", node="callmanager", type="reset") or 0
+    assert in_flight() == 0
     reply = await cm.stub.ResetDevices(pb.ResetDevicesRequest(devices=["SEP0000000E0001"]), timeout=5)
     assert reply.targeted == 1
     event = await a.next_event(s.ResetRequested, timeout=5)
@@ -390,10 +400,14 @@ async def test_reset_named_device_reaches_only_it_and_progress_completes(cm):
     progress = await cm.stub.GetResetProgress(pb.ResetProgressRequest(request_id=reply.request_id), timeout=5)
     assert progress.reset_sent == 1 and not progress.complete
     assert list(progress.not_back) == ["SEP0000000E0001"]
+    # issue 16: the reset is in flight until the phone registers again, and counted as sent
+    assert in_flight() == 1
+    assert _metric("ccmsec_phone_resets_sent_total", node="callmanager", type="reset") == sent_before + 1
     await a.close()
     a = await cm.registered("SEP0000000E0001")
     progress = await cm.stub.GetResetProgress(pb.ResetProgressRequest(request_id=reply.request_id), timeout=5)
     assert progress.complete and progress.back == 1 and not progress.not_back
+    assert in_flight() == 0
     with pytest.raises(asyncio.TimeoutError):
         await b.next_event(s.ResetRequested, timeout=0.3)  # the other phone was left alone
     await a.close()

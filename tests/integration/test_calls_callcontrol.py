@@ -134,6 +134,8 @@ async def test_encrypted_phones_call_over_tls_with_real_media_ports_and_hang_up(
     assert ca.icon == cb.icon == "shield"
     (view,) = cluster.cc.calls.calls()
     assert view.status == 2 and view.reasons[0].startswith("media not SRTP")
+    # issue 16: the metrics endpoint counts it under the status the phones show
+    assert calls_metric() == {"non-secure": 0, "authenticated": 1, "encrypted": 0}
     # The addresses exchanged are real UDP ports: a datagram from A's port reaches B's.
     (pa,), (pb,) = a.ports.ports.values(), b.ports.ports.values()
     assert pa.remote == pb.local and pb.remote == pa.local
@@ -144,10 +146,20 @@ async def test_encrypted_phones_call_over_tls_with_real_media_ports_and_hang_up(
     a.act(a.display.hang_up)
     await b.wait_for(lambda d: not d.calls and not d.channels, what="the call cleared")
     assert not b.ports.ports and not a.ports.ports and not cluster.cc.calls.agent.calls
+    assert calls_metric() == {"non-secure": 0, "authenticated": 0, "encrypted": 0}
 
 
 def calls_of_d(display, state):
     return [c for c in display.calls.values() if c.state == state]
+
+
+def calls_metric() -> dict[str, float]:
+    """ccmsec_calls_in_progress{node="callmanager"} by security, read as a scrape reads it."""
+    from ccmsec.runtime.metrics import REGISTRY
+
+    return {security: REGISTRY.get_sample_value("ccmsec_calls_in_progress",
+                                                {"node": "callmanager", "security": security})
+            for security in ("non-secure", "authenticated", "encrypted")}
 
 
 async def test_non_secure_phone_on_2000_makes_the_call_non_secure(cluster):
@@ -157,6 +169,7 @@ async def test_non_secure_phone_on_2000_makes_the_call_non_secure(cluster):
     a.act(a.display.answer)
     ca, cc_ = await connected(a), await connected(c)
     assert ca.icon == cc_.icon == "none" and ca.security == 1
+    assert calls_metric() == {"non-secure": 1, "authenticated": 0, "encrypted": 0}
 
 
 async def test_a_phone_that_disappears_mid_call_clears_the_other_side(cluster):
