@@ -49,3 +49,23 @@ def test_nothing_points_outside_the_project():
             if needle in text and path.name != "test_docs.py":
                 offenders.append(f"{path.relative_to(ROOT)}: {needle}")
     assert not offenders, offenders
+
+
+def test_declared_python_versions_are_the_ones_ci_installs_and_tests():
+    """Issue 16: the supported Python versions are declared (metadata) and tested in CI. The
+    classifiers, `requires-python`, the versions `.ci/run` requires scripts/test-install to find,
+    and docs/installing.md name the same versions — a version declared but not tested (or tested
+    but not declared) fails here."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = [c.rsplit(" :: ", 1)[1] for c in project["classifiers"]
+                if re.fullmatch(r"Programming Language :: Python :: 3\.\d+", c)]
+    assert declared and declared == sorted(declared, key=lambda v: int(v.split(".")[1]))
+    assert project["requires-python"] == f">={declared[0]}"
+    ci = re.search(r'CCMSEC_INSTALL_REQUIRE="([^"]+)"', (ROOT / ".ci" / "run").read_text())
+    assert ci and ci.group(1).split() == declared
+    docs = (ROOT / "docs" / "installing.md").read_text()
+    assert f'CCMSEC_INSTALL_REQUIRE="{" ".join(declared)}"' in docs
+    listed = ", ".join(declared[:-1]) + f" and {declared[-1]}"
+    assert f"Python {listed} are declared" in docs
