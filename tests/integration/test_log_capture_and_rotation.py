@@ -22,6 +22,8 @@ CHILD = textwrap.dedent("""
     log = logging.getLogger("ccmsec.keymanager")
     with bind_trace_id("trace-123"):
         log.info("traced record", extra={"answer": 42})
+    logging.getLogger("nats").warning("nats client: reconnecting")  # the NATS client's own output
+    logging.getLogger("nats").info("nats client chatter")  # below WARNING: not written
     print("a stray print")
     print("a stray error line", file=sys.stderr)
     os.write(2, b"E0000 00:00:1764480000.000000   4242 ssl_transport_security.cc:1654] Handshake failed\\n")
@@ -48,6 +50,9 @@ def test_every_line_a_service_process_writes_is_json(tmp_path):
     traced = by_msg["traced record"]
     assert traced["trace_id"] == "trace-123" and traced["answer"] == 42 and traced["node"] == "km1"
     assert by_msg["a stray print"]["logger"] == "stdout"
+    nats_line = by_msg["nats client: reconnecting"]
+    assert nats_line["logger"] == "nats" and nats_line["level"] == "warning"
+    assert "nats client chatter" not in by_msg
     assert by_msg["a stray error line"]["logger"] == "stderr"
     handshake = by_msg["Handshake failed"]
     assert handshake["logger"] == "grpc.core" and handshake["level"] == "error"
