@@ -131,3 +131,44 @@ def test_a_consumer_left_from_the_old_subjects_is_not_bound_BUS_5(nats_server):
     event, info = asyncio.run(scenario())
     assert handled == [event.id]
     assert info.config.filter_subject == "ccmsec.*.device.reset"
+
+
+async def test_the_publishers_trace_id_is_bound_in_the_handler_and_a_malformed_one_is_not(nats_server):
+    """Logs across events (issue 16): the handler runs under the publisher's trace id (header
+    `Ccmsec-Trace-Id`); a header that is not a sane token is replaced by the event id, never
+    logged; and the event's lag is observed (ccmsec_event_lag_seconds)."""
+    import nats
+
+    from ccmsec.runtime.logs import TRACE_HEADER, bind_trace_id, current_trace_id
+    from ccmsec.runtime.metrics import REGISTRY
+
+    lag = lambda: REGISTRY.get_sample_value("ccmsec_event_lag_seconds_count",  # noqa: E731
+                                            {"kind": "config.changed"}) or 0
+    before = lag()
+    seen: list[tuple[str, str]] = []
+
+    async def handler(event):
+        seen.append((event.id, current_trace_id()))
+
+    bus = EventBus(nats_server, "trace-test", role="callmanager", connect_timeout=5)
+    await bus.connect()
+    try:
+        await bus.subscribe(subject_for("config.changed"), "trace-consumer", handler)
+        first = make_event("config.changed", "t", config_changed=events_pb2.ConfigChanged(devices=["SEP1"]))
+        with bind_trace_id("pub-trace-42"):
+            await bus.publish(first)
+        second = make_event("config.changed", "t", config_changed=events_pb2.ConfigChanged(devices=["SEP2"]))
+        nc = await nats.connect(nats_server)
+        try:
+            await nc.jetstream().publish(subject_for("config.changed", "t", "callmanager"), second.SerializeToString(),
+                                         headers={"Nats-Msg-Id": second.id, TRACE_HEADER: "bad id {x}"})
+        finally:
+            await nc.close()
+        for _ in range(100):
+            if len(seen) >= 2:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await bus.close()
+    assert seen == [(first.id, "pub-trace-42"), (second.id, second.id)]
+    assert lag() == before + 2
