@@ -268,6 +268,28 @@ def test_database_password_file_missing_or_empty_is_a_clear_error(monkeypatch, t
             settings.db_url
 
 
+def test_every_service_is_limited_drops_capabilities_and_runs_a_pinned_or_versioned_image():
+    """Issue 16 / DEPLOY-4 for every service of the file, not only the roles: init, cli, NATS,
+    PostgreSQL, Prometheus and Grafana too have memory, CPU and process limits, drop every
+    capability (adding back only what their start needs), gain no privileges, and run either our
+    image tagged with the project version or a pinned official one (never `latest`, never untagged)."""
+    version = compose.project_version()
+    services = _doc()["services"]
+    for name, svc in services.items():
+        assert svc["mem_limit"] and svc["cpus"] and svc["pids_limit"], name
+        assert svc["cap_drop"] == ["ALL"], name
+        assert svc["security_opt"] == ["no-new-privileges:true"], name
+        assert set(svc.get("cap_add", [])) <= {"CHOWN", "DAC_OVERRIDE", "FOWNER", "SETGID", "SETUID"}, name
+        image = svc["image"]
+        if image.startswith("ccmsec/"):
+            assert image.endswith(f":{version}"), (name, image)
+        else:  # ${VARIABLE:-repository:tag}
+            default = image.removeprefix("${").removesuffix("}").split(":-", 1)[1]
+            repository, _, tag = default.rpartition(":")
+            assert repository and tag and tag != "latest" and any(c.isdigit() for c in tag), (name, image)
+    assert {"init", "cli"} <= {n for n, svc in services.items() if svc["image"].startswith("ccmsec/tools:")}
+
+
 def test_nats_and_postgres_pinned_images_are_variables_and_have_healthchecks():
     doc = _doc()
     nats, pg = doc["services"]["nats"], doc["services"]["postgres"]
