@@ -292,3 +292,60 @@ async def test_the_callers_trace_id_reaches_the_handler_and_each_call_gets_its_o
         await server.stop(0)
     assert seen[0] == "trace-from-the-caller"
     assert len(seen[1]) == 32 and len(seen[2]) == 32 and seen[1] != seen[2], seen
+
+
+async def test_failed_and_streaming_calls_are_counted_with_their_code_and_timed(plane):
+    """Metrics of the gRPC wrappers (issue 16): a failed unary call is counted under its status
+    code and its latency observed like a successful one; a server-streaming call is timed until
+    its stream ends (not until its first message) and counted with the code it ended with."""
+    from ccmsec.runtime.metrics import REGISTRY
+    from ccmsec_proto import callmanager_pb2, callmanager_pb2_grpc, common_pb2
+
+    _data, identities = plane
+    unary, stream = "/ccmsec.v1.CallManager/ListCalls", "/ccmsec.v1.CallManager/WatchCalls"
+
+    def sample(name: str, **labels) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    class Failing(callmanager_pb2_grpc.CallManagerServicer):
+        async def ListCalls(self, request, context):  # noqa: N802
+            await asyncio.sleep(0.05)
+            await context.abort(grpc.StatusCode.NOT_FOUND, "no such call")
+
+        async def WatchCalls(self, request, context):  # noqa: N802
+            yield callmanager_pb2.CallEventMessage(kind="existing")
+            await asyncio.sleep(0.4)                  # the stream stays open after its first message
+            yield callmanager_pb2.CallEventMessage(kind="created")
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "call control went away")
+
+    before = {
+        "unary_failed": sample("ccmsec_grpc_requests_total", method=unary, code="NOT_FOUND"),
+        "unary_timed": sample("ccmsec_grpc_request_seconds_count", method=unary),
+        "unary_seconds": sample("ccmsec_grpc_request_seconds_sum", method=unary),
+        "stream_ended": sample("ccmsec_grpc_requests_total", method=stream, code="UNAVAILABLE"),
+        "stream_timed": sample("ccmsec_grpc_request_seconds_count", method=stream),
+        "stream_seconds": sample("ccmsec_grpc_request_seconds_sum", method=stream),
+    }
+    server = GrpcServer(identities["callmanager"], HOST, free_port(HOST), metrics=True)
+    server.add(callmanager_pb2_grpc.add_CallManagerServicer_to_server, Failing(), "ccmsec.v1.CallManager")
+    await server.start()
+    try:
+        async with secure_channel(identities["cli"], HOST, int(server.address.split(":")[1]),
+                                  "callmanager") as ch:
+            stub = callmanager_pb2_grpc.CallManagerStub(ch)
+            with pytest.raises(grpc.aio.AioRpcError) as failed:
+                await stub.ListCalls(common_pb2.Empty(), timeout=10)
+            assert failed.value.code() == grpc.StatusCode.NOT_FOUND
+            kinds = []
+            with pytest.raises(grpc.aio.AioRpcError) as ended:
+                async for event in stub.WatchCalls(common_pb2.Empty(), timeout=10):
+                    kinds.append(event.kind)
+            assert ended.value.code() == grpc.StatusCode.UNAVAILABLE and kinds == ["existing", "created"]
+    finally:
+        await server.stop(0)
+    assert sample("ccmsec_grpc_requests_total", method=unary, code="NOT_FOUND") == before["unary_failed"] + 1
+    assert sample("ccmsec_grpc_request_seconds_count", method=unary) == before["unary_timed"] + 1
+    assert sample("ccmsec_grpc_request_seconds_sum", method=unary) - before["unary_seconds"] >= 0.05
+    assert sample("ccmsec_grpc_requests_total", method=stream, code="UNAVAILABLE") == before["stream_ended"] + 1
+    assert sample("ccmsec_grpc_request_seconds_count", method=stream) == before["stream_timed"] + 1
+    assert sample("ccmsec_grpc_request_seconds_sum", method=stream) - before["stream_seconds"] >= 0.4
