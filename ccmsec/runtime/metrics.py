@@ -143,6 +143,13 @@ LSC_EXPIRING = Gauge(
     registry=REGISTRY,
 )
 
+# --- media: call keys (keymanager) -------------------------------------------------------------
+CALL_KEYS = Counter(
+    "ccmsec_call_keys_total",
+    "SRTP key sets asked of keymanager: issued (by suite), refused (ENC-4: no suite both ends have) "
+    "or invalid (a malformed request)", ["suite", "outcome"], registry=REGISTRY,
+)
+
 # --- administration API -----------------------------------------------------------------------
 ADMIN_REQUESTS = Counter(
     "ccmsec_admin_api_requests_total", "administration API requests, by route template and status",
@@ -194,6 +201,12 @@ RESETS_IN_FLIGHT = _sampled("ccmsec_phone_resets_in_flight",
                             "phones sent a Reset that have not registered again yet", ("node",))
 CALLS_IN_PROGRESS = _sampled("ccmsec_calls_in_progress",
                              "calls in progress on this node, by shown security status", ("node", "security"))
+SIMULATED_PHONES = _sampled("ccmsec_simulated_phones",
+                            "phone-sim's simulated phones, by boot state (off, downloading-ctl, ..., "
+                            "registered, failed)", ("node", "state"))
+GATEWAY_CONNECTIONS = _sampled("ccmsec_gateway_connections",
+                               "media connections open on this gateway, by media protection (rtp, srtp)",
+                               ("gateway", "media"))
 
 
 def add_sampler(family: _Sampled, sampler: Sampler) -> None:

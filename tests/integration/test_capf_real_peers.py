@@ -296,6 +296,12 @@ async def test_phone_sim_service_points_a_phone_at_servers_that_are_not_ours_ove
         phone = await stub.GetPhone(phone_sim_pb2.PhoneName(name=name_))
         assert phone.HasField("lsc") and phone.registered_with == f"127.0.0.1:{lab.sccp.port}"
         assert standard_server.visits[0].device == name_ and standard_server.visits[0].outcome == "installed"
+        # issue 16: phone-sim's metrics endpoint shows its phones by state (read as a scrape reads it)
+        from ccmsec.runtime.metrics import REGISTRY
+
+        by_state = {state: REGISTRY.get_sample_value("ccmsec_simulated_phones", {"node": "phone-sim", "state": state})
+                    for state in ("registered", "off", "failed")}
+        assert by_state == {"registered": 1, "off": 0, "failed": 0}
     finally:
         await channel.close()
         svc.request_stop()

@@ -25,11 +25,26 @@ from tests.conftest import free_port
 pytestmark = pytest.mark.timeout(60)
 
 
+KEYMANAGER_METRICS: dict[int, str] = {}  # gRPC port -> the same process's /metrics
+
+
+def call_keys(port: int) -> dict[tuple[str, str], float]:
+    """ccmsec_call_keys_total as the running service's /metrics endpoint shows it (issue 16)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(KEYMANAGER_METRICS[port], timeout=10) as reply:
+        text = reply.read().decode()
+    return {(s.labels["suite"], s.labels["outcome"]): s.value for f in text_string_to_metric_families(text)
+            for s in f.samples if s.name == "ccmsec_call_keys_total"}
+
+
 @pytest.fixture
 def keymanager(tmp_path, nats_server):
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     env = {**os.environ, "CCMSEC_SERVICE": "keymanager", "CCMSEC_DATA_DIR": str(tmp_path),
-           "CCMSEC_HOST": "127.0.0.1", "CCMSEC_GRPC_PORT": str(port), "CCMSEC_METRICS_PORT": "0",
+           "CCMSEC_HOST": "127.0.0.1", "CCMSEC_GRPC_PORT": str(port), "CCMSEC_METRICS_PORT": str(metrics_port),
            "CCMSEC_NATS_URL": nats_server, "CCMSEC_LOG_LEVEL": "DEBUG", "PYTHONUNBUFFERED": "1"}
     service_identity(tmp_path, "keymanager", "keymanager", "127.0.0.1")  # what `ccmsec up` issues
     log = open(tmp_path / "keymanager.log", "w+")
@@ -43,6 +58,7 @@ def keymanager(tmp_path, nats_server):
             assert proc.poll() is None, (tmp_path / "keymanager.log").read_text()
             assert time.monotonic() < deadline, "keymanager did not start"
             time.sleep(0.05)
+        KEYMANAGER_METRICS[port] = f"http://127.0.0.1:{metrics_port}/metrics"
         yield ident, port, proc, tmp_path / "keymanager.log"
     finally:
         if proc.poll() is None:
@@ -74,6 +90,9 @@ async def test_enc4_enc5_two_fresh_sets_per_call_and_no_key_in_the_log(keymanage
         assert len({k.key for k in seen}) == len(seen)  # never the same key twice
         status = await stub.Status(common_pb2.Empty())
         assert status.details["calls_keyed"] == "6"
+    counted = call_keys(port)
+    assert counted[("AES_CM_128_HMAC_SHA1_80", "issued")] == 5 and counted[("AEAD_AES_128_GCM", "issued")] == 1
+    assert counted[("AEAD_AES_256_GCM", "issued")] == 0 and counted[("none", "refused")] == 0
     proc.send_signal(signal.SIGTERM)
     proc.wait(10)
     text = logfile.read_text()
@@ -104,6 +123,9 @@ async def test_enc4_refusals_are_clear(keymanager):
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await stub.GenerateCallKeys(request)
             assert err.value.code() == code and words in err.value.details()
+    counted = call_keys(port)  # refusals are counted, and nothing counted as issued
+    assert counted[("none", "invalid")] == 2 and counted[("none", "refused")] == 3
+    assert sum(v for (_, outcome), v in counted.items() if outcome == "issued") == 0
 
 
 async def test_gw4_a_caller_without_a_cluster_certificate_is_refused(keymanager, tmp_path_factory):

@@ -174,7 +174,16 @@ async def test_gw4_srtp_refused_in_a_non_secure_cluster_and_gw2_rtp_works(gw):
     assert not reply.srtp and not local.srtp and local.crypto == ()
     await wait_for(lambda: phone.stream.counters.received >= 10)
     assert phone.stream.counters.refused == 0
+    assert gateway_connections() == {"rtp": 1, "srtp": 0}  # the refused SRTP one was never counted
     await phone.close()
+
+
+def gateway_connections() -> dict[str, float]:
+    """ccmsec_gateway_connections{gateway="gw1"} by media, read as a scrape reads it (issue 16)."""
+    from ccmsec.runtime.metrics import REGISTRY
+
+    return {media: REGISTRY.get_sample_value("ccmsec_gateway_connections", {"gateway": "gw1", "media": media})
+            for media in ("rtp", "srtp")}
 
 
 async def test_gw1_srtp_echo_and_tone_through_the_gateway(gw):
@@ -216,9 +225,11 @@ async def test_gw1_srtp_echo_and_tone_through_the_gateway(gw):
         send_key=to_proto(down2), remote_sdp=_remote(phone2, up2)))
     await wait_for(lambda: phone2.stream.counters.received >= 20, 10)
     assert phone2.stream.counters.refused == 0 and any(phone2.recording)
+    assert gateway_connections() == {"rtp": 0, "srtp": 2}
     deleted = await cluster.gw.DeleteConnection(pb.DeleteConnectionRequest(endpoint="aaln/S1/SU0/*@gw1"))
     assert sorted(d.call_id for d in deleted.deleted) == ["C0FFEE", "C0FFEF"]
     assert cluster.gw_svc.gateway.connections == {}
+    assert gateway_connections() == {"rtp": 0, "srtp": 0}
     await phone.close()
     await phone2.close()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import grpc
 
 from ccmsec.media.keys import to_proto
+from ccmsec.runtime.metrics import CALL_KEYS
 from ccmsec.media.srtp import DEFAULT_SUITE, MasterKey, SrtpSuite, common_suite
 from ccmsec.runtime.service import Service, run_service
 from ccmsec.runtime.servicer import StatusServicerMixin
@@ -56,13 +57,16 @@ def choose_suite(request: keymanager_pb2.CallKeysRequest) -> SrtpSuite:
 class KeyManagerServicer(StatusServicerMixin, keymanager_pb2_grpc.KeyManagerServicer):
     async def GenerateCallKeys(self, request, context):  # noqa: N802
         if not request.call_id or len(request.call_id) > MAX_CALL_ID:
+            CALL_KEYS.labels("none", "invalid").inc()
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"call_id must be 1..{MAX_CALL_ID} characters")
         try:
             suite = choose_suite(request)
         except KeyRequestError as exc:
+            CALL_KEYS.labels("none", "refused").inc()
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"ENC-4: {exc}")
         self.service.calls_keyed += 1
+        CALL_KEYS.labels(suite.name, "issued").inc()
         self.service.log.debug("call keyed", extra={"call_id": request.call_id, "suite": suite.name})
         return keymanager_pb2.CallKeysReply(call_id=request.call_id,
                                             a_to_b=to_proto(MasterKey.generate(suite)),
@@ -80,6 +84,10 @@ class KeyManagerService(Service):
         return {"calls_keyed": str(self.calls_keyed)}
 
     async def setup(self) -> None:
+        for suite in SrtpSuite:  # every series from the start, so a rate is defined at once
+            CALL_KEYS.labels(suite.name, "issued")
+        CALL_KEYS.labels("none", "refused")
+        CALL_KEYS.labels("none", "invalid")
         self.grpc.add(keymanager_pb2_grpc.add_KeyManagerServicer_to_server, KeyManagerServicer(self),
                       "ccmsec.v1.KeyManager")
 

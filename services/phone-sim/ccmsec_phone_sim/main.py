@@ -23,6 +23,7 @@ from ccmsec.pki.lsc import LscError, load_third_party_ca
 from ccmsec.pki.tokens import ensure_manufacturer_ca
 from pydantic import Field
 
+from ccmsec.runtime import metrics
 from ccmsec.runtime.service import Service, run_service
 from ccmsec.runtime.settings import ServiceSettings
 from ccmsec.runtime.servicer import StatusServicerMixin
@@ -241,6 +242,7 @@ class PhoneSimService(Service):
             await asyncio.to_thread(ensure_manufacturer_ca, s.data_dir / "pki", s.key_dir)
         restored = self.fleet.load()
         self.fleet.start()
+        metrics.add_sampler(metrics.SIMULATED_PHONES, self._phones_by_state)
         self.grpc.add(phone_sim_pb2_grpc.add_PhoneSimServicer_to_server, PhoneSimServicer(self),
                       "ccmsec.v1.PhoneSim")
         self.spawn(self._fetch_image_anchor())
@@ -249,7 +251,15 @@ class PhoneSimService(Service):
         if were_on:
             self.spawn(self.fleet.boot(were_on))
 
+    def _phones_by_state(self):
+        """Scrape-time sample (read in the metrics thread: a copy, never a write)."""
+        counts = {state.value: 0 for state in State}
+        if self.fleet is not None:
+            counts.update(self.fleet.counts())
+        return [((self.node, state), n) for state, n in sorted(counts.items())]
+
     async def teardown(self) -> None:
+        metrics.remove_sampler(metrics.SIMULATED_PHONES, self._phones_by_state)
         if self.fleet is not None:
             await self.fleet.close()
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from ccmsec.runtime import bus as bus_mod
+from ccmsec.runtime import metrics
 from ccmsec.runtime.service import Service, run_service
 from ccmsec.runtime.settings import ServiceSettings
 from ccmsec_proto import callmanager_pb2_grpc, common_pb2, srtp_gateway_pb2_grpc
@@ -44,12 +45,20 @@ class SrtpGatewayService(Service):
                 "srtp_capable": str(self.gateway.srtp_capable).lower(),
                 "connections_created": str(self.gateway.totals["created"])}
 
+    def _connections_by_media(self):
+        """Scrape-time sample (the metrics thread only reads a copy)."""
+        conns = list(self.gateway.connections.values())
+        srtp = sum(1 for c in conns if c.srtp)
+        return [((self.gateway.name, "rtp"), len(conns) - srtp), ((self.gateway.name, "srtp"), srtp)]
+
     async def setup(self) -> None:
+        metrics.add_sampler(metrics.GATEWAY_CONNECTIONS, self._connections_by_media)
         self.grpc.add(srtp_gateway_pb2_grpc.add_SrtpGatewayServicer_to_server, SrtpGatewayServicer(self),
                       "ccmsec.v1.SrtpGateway")
         await self.subscribe(bus_mod.subject_for("mode.changed"), "mode", self.cluster_mode.on_event)
 
     async def teardown(self) -> None:
+        metrics.remove_sampler(metrics.GATEWAY_CONNECTIONS, self._connections_by_media)
         await self.gateway.close()
 
 
