@@ -201,6 +201,11 @@ def test_every_service_exports_process_python_and_domain_metrics(cluster, traffi
     assert value(scraped["keymanager"], "ccmsec_grpc_denied_total",
                  method="/ccmsec.v1.KeyManager/GenerateCallKeys", caller_role="cli") >= 1
     assert value(scraped["ctl-provider"], "ccmsec_ctl_version", node="ctl-provider") is not None
+    # the roles without phones, files or certificates to show have their own figures too
+    assert value(scraped["keymanager"], "ccmsec_call_keys_total", suite="AES_CM_128_HMAC_SHA1_80",
+                 outcome="issued") is not None
+    assert value(scraped["srtp-gateway"], "ccmsec_gateway_connections", media="srtp") is not None
+    assert value(scraped["phone-sim"], "ccmsec_simulated_phones", node="phone-sim", state="registered") is not None
 
     capf = scraped["capf"]
     assert value(capf, "ccmsec_certificate_expiry_timestamp_seconds", kind="capf", name="capf")
