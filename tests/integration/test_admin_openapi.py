@@ -99,6 +99,12 @@ def test_every_error_is_a_declared_problem(api):
                     assert "Server-Sent Events" in answer["description"]
                 else:  # a typed model, not a bare object
                     assert "$ref" in answer["content"][ctype]["schema"], (method, path, code)
+            if method in ("post", "put", "patch") and "requestBody" in operation:
+                (body,) = operation["requestBody"]["content"].values()  # typed request models too
+                schema = body["schema"]
+                schema = spec["components"]["schemas"][schema["$ref"].rsplit("/", 1)[-1]] if "$ref" in schema else schema
+                assert schema["title"] and schema["properties"], (method, path)
+                assert schema["additionalProperties"] is False, (method, path)
 
 
 def test_every_list_declares_cursor_paging(api):
