@@ -280,3 +280,58 @@ async def test_client_gives_up_on_silent_server():
             await tftp_get("127.0.0.1", sock.getsockname()[1], "x", timeout=0.05, retries=2)
     finally:
         sock.close()
+
+
+async def test_transfers_and_errors_are_counted_by_kind_of_file():
+    """Issue 16: `ccmsec_tftp_transfers_total{kind,outcome}`, `..._errors_total{kind,error}` and
+    `..._sent_bytes_total{kind}` over real sockets, with the owner's classifier naming the kind:
+    a completed read, a missing file, a refused one, a resolver bug, and a client that stops
+    acknowledging (the transfer times out). tftp-signer's own classifier is checked below."""
+    from ccmsec.runtime.metrics import REGISTRY
+
+    kinds = {"big": "firmware", "missing": "device-config", "forbidden": "trust-list", "crash": "static",
+             "text.txt": "abandoned"}
+
+    def sample(name: str, **labels) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    wanted = [("ccmsec_tftp_transfers_total", {"kind": "firmware", "outcome": "completed"}),
+              ("ccmsec_tftp_sent_bytes_total", {"kind": "firmware"}),
+              ("ccmsec_tftp_errors_total", {"kind": "device-config", "error": "not_found"}),
+              ("ccmsec_tftp_errors_total", {"kind": "trust-list", "error": "access_violation"}),
+              ("ccmsec_tftp_errors_total", {"kind": "static", "error": "internal"}),
+              ("ccmsec_tftp_errors_total", {"kind": "abandoned", "error": "transfer"}),
+              ("ccmsec_tftp_transfers_total", {"kind": "abandoned", "outcome": "failed"})]
+    before = [sample(name, **labels) for name, labels in wanted]
+    async with TftpServer("127.0.0.1", 0, resolve, timeout=0.1, retries=3, kind_of=kinds.__getitem__) as srv:
+        host, port = srv.address
+        assert await tftp_get(host, port, "big") == FILES["big"]
+        for name in ("missing", "forbidden", "crash"):
+            with pytest.raises(t.TftpError):
+                await tftp_get(host, port, name)
+        transport, peer = await raw_peer()
+        try:  # asks for a file, takes its first block and never acknowledges it
+            transport.sendto(b"\x00\x01text.txt\x00octet\x00", (host, port))
+            await peer.recv()
+            for _ in range(300):
+                if sample(wanted[-1][0], **wanted[-1][1]) > before[-1]:
+                    break
+                await asyncio.sleep(0.02)
+        finally:
+            transport.close()
+        assert await drained(srv)
+    after = [sample(name, **labels) for name, labels in wanted]
+    assert after[1] - before[1] == len(FILES["big"])
+    assert [a - b for a, b in zip(after, before)][2:] == [1, 1, 1, 1, 1] and after[0] - before[0] == 1
+
+
+def test_tftp_signer_names_the_kind_of_each_file():
+    from ccmsec import firmware
+    from ccmsec_tftp_signer.files import FILE_KINDS, classify
+
+    load = firmware.LOADS["7960"]
+    assert [classify(n) for n in ("CTLFile.tlv", "ITLFile.tlv", "SEP00112233AABB.cnf.xml",
+                                  f"{load}.sbn", "XMLDefault.cnf.xml", "RingList.xml")] == \
+        ["trust-list", "trust-list", "device-config", "firmware", "default-config", "static"]
+    assert classify("SEP00112233aabb.cnf.xml") == "static"  # not a device name: never a device's kind
+    assert {"trust-list", "device-config", "default-config", "firmware", "static", "other-cluster"} == set(FILE_KINDS)
