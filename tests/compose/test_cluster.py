@@ -262,9 +262,12 @@ def test_failover_to_the_subscriber_and_back_LATER_7(cluster, tmp_path, capsys):
     identity); a phone's configuration lists the publisher, then the subscriber, then SRST. The
     demo's fleet (secure phones with their LSCs) is registered with the publisher; `docker kill` of
     the publisher's container → every phone on the subscriber within 3 keepalives + a registration,
-    the secure ones still over TLS with the same LSC, and an encrypted call placed there (SRTP
-    both ways). The publisher started again → the phones return only after the stable period.
-    Nothing lost: every device, line and LSC as before. Convergence figures are printed."""
+    the secure ones still over TLS with the same LSC; an encrypted call set up by the publisher
+    keeps its SRTP media both ways across the kill, and a new one is placed on the subscriber.
+    The publisher started again → the phones return only after the stable period. Then `docker
+    pause` of the publisher (hung) → noticed by missed keepalives, all on the subscriber;
+    unpaused → back after the stable period. Nothing lost: every device, line and LSC as before.
+    Convergence figures are printed."""
     from ccmsec.formats.cnfxml import parse_cnf_xml
     from ccmsec.demo import fleet_number
     from ccmsec_proto import phone_sim_pb2
@@ -319,7 +322,7 @@ def test_failover_to_the_subscriber_and_back_LATER_7(cluster, tmp_path, capsys):
                 time.sleep(0.2)
             return seen
 
-        # the checklist's faults are over: every fleet phone on the publisher
+        # the checklist booted the fleet with both nodes up: every phone on the publisher
         until_all_on(pub, time.monotonic(), 120 + stable, "phones on the publisher before the fault")
         before = phones()
         lscs = {n: p.lsc.der for n, p in before.items()}
@@ -331,16 +334,6 @@ def test_failover_to_the_subscriber_and_back_LATER_7(cluster, tmp_path, capsys):
             lines = {(ln.get("dn"), ln.get("device")) for ln in api.lines()}
         assert {(fleet_number(i), n) for i, n in enumerate(fleet)} <= lines, lines
 
-        # docker kill of the publisher: the phones' connections are reset, the standby takes over
-        killed = time.monotonic()
-        cluster.docker("kill", cluster.container("callmanager"))
-        moved = until_all_on(on_sub, killed, bound, "failover to the subscriber")
-        there = phones()
-        for name in fleet:
-            assert there[name].transport == transports[name], (name, there[name].transport)
-            assert there[name].lsc.der == lscs[name], f"{name}: LSC changed on failover"
-
-        # an encrypted call between the two secure phones, set up by the subscriber
         a, b = secure
 
         def calls(name):
@@ -350,26 +343,77 @@ def test_failover_to_the_subscriber_and_back_LATER_7(cluster, tmp_path, capsys):
             return sim.PhoneAction(phone_sim_pb2.PhoneActionRequest(name=name, action=action, number=number),
                                    timeout=30)
 
-        wait_until(lambda: calls(a).ready and calls(a).lines, 60, f"{a} ready on the subscriber", step=0.5)
-        act(a, "dial", fleet_number(fleet.index(b)))
-        wait_until(lambda: any(c.state == "ring-in" for c in calls(b).calls), 60, f"{b} ringing", step=0.5)
-        act(b, "answer")
-        wait_until(lambda: any(c.state == "connected" for c in calls(a).calls), 60, "call connected", step=0.5)
-        start = calls(a).media.received
-        shown = wait_until(lambda: (r := calls(a)).media.received - start >= 25 and r, 60, "audio", step=0.5)
-        icon, srtp = shown.calls[0].icon, shown.media.srtp_both_ways
-        act(a, "hangup")
-        wait_until(lambda: not calls(b).calls, 60, f"{b} cleared", step=0.5)
+        def call_up(where: str):
+            """a calls b, b answers, audio flows: (icon, SRTP both ways) as a's display shows them."""
+            wait_until(lambda: calls(a).ready and calls(a).lines, 60, f"{a} ready on {where}", step=0.5)
+            act(a, "dial", fleet_number(fleet.index(b)))
+            wait_until(lambda: any(c.state == "ring-in" for c in calls(b).calls), 60, f"{b} ringing", step=0.5)
+            act(b, "answer")
+            wait_until(lambda: any(c.state == "connected" for c in calls(a).calls), 60, "call connected",
+                       step=0.5)
+            flowing(25, 60)
+            shown = calls(a)
+            return shown.calls[0].icon, shown.media.srtp_both_ways
+
+        def flowing(packets: int, timeout: float) -> bool:
+            """Audio received by both phones (`packets` more each), SRTP both ways on both."""
+            start = {n: calls(n).media.received for n in (a, b)}
+            wait_until(lambda: all((r := calls(n)).media.received - start[n] >= packets
+                                   and r.media.srtp_both_ways for n in (a, b)),
+                       timeout, f"SRTP audio both ways on {a} and {b}", step=0.5)
+            return True
+
+        def hang_up():
+            act(a, "hangup")
+            wait_until(lambda: not calls(b).calls and not calls(a).calls, 60, "the call cleared", step=0.5)
+
+        # an encrypted call on the publisher, up across the kill (call preservation)
+        held_icon, held_srtp = call_up("the publisher")
+        assert held_icon == "lock" and held_srtp, (held_icon, held_srtp)
+
+        # docker kill of the publisher: the phones' connections are reset, the standby takes over
+        killed = time.monotonic()
+        cluster.docker("kill", cluster.container("callmanager"))
+        moved = until_all_on(on_sub, killed, bound, "failover to the subscriber")
+        there = phones()
+        for name in fleet:
+            assert there[name].transport == transports[name], (name, there[name].transport)
+            assert there[name].lsc.der == lscs[name], f"{name}: LSC changed on failover"
+        # the call set up by the dead node keeps its SRTP media both ways; hung up, both ends clear
+        try:
+            dropped = not flowing(25, 20)
+        except AssertionError:
+            dropped = True
+        hang_up()
+        assert not dropped, "the encrypted call did not survive the publisher's kill"
+
+        # a new encrypted call between the two secure phones, set up by the subscriber
+        icon, srtp = call_up("the subscriber")
+        hang_up()
         assert icon == "lock" and srtp, (icon, srtp)
 
         # the publisher back (the operator starts it: a kill is not restarted by the policy)
         started = time.monotonic()
         cluster.docker("start", cluster.container("callmanager"))
         healthy = started + wait_until_healthy(cluster, "callmanager")
-        back = until_all_on(pub | {cluster.address("callmanager")}, started, 300 + stable,
-                            "fail-back to the publisher")
+        pub |= {cluster.address("callmanager")}
+        back = until_all_on(pub, started, 300 + stable, "fail-back to the publisher")
         # never before the stable period: the publisher cannot have answered before its start
         assert min(back.values()) >= stable, back
+
+        # docker pause of the publisher (a hung node: connections stay open, nothing answers) →
+        # noticed by missed keepalives (the third unanswered is seen when the fourth is due)
+        hung_bound = 4 * keepalive + REGISTER_ALLOWANCE
+        paused = time.monotonic()
+        cluster.docker("pause", cluster.container("callmanager"))
+        try:
+            hung = until_all_on(on_sub, paused, hung_bound, "failover from the paused publisher")
+        finally:
+            unpaused = time.monotonic()
+            cluster.docker("unpause", cluster.container("callmanager"))
+        assert min(hung.values()) >= keepalive, f"moved before a keepalive was missed: {hung}"
+        resumed = until_all_on(pub, unpaused, 120 + stable, "fail-back after docker unpause")
+        assert min(resumed.values()) >= stable, resumed
         after = phones()
         for name in fleet:
             assert after[name].transport == transports[name]
@@ -386,11 +430,15 @@ def test_failover_to_the_subscriber_and_back_LATER_7(cluster, tmp_path, capsys):
     report = (f"\ncompose failover ({len(fleet)} phones, {len(secure)} encrypted with LSC; keepalive "
               f"{keepalive:g} s, stable period {stable:g} s, probes every "
               f"{FAILOVER_SETTINGS['CCMSEC_PHONE_PROBE_INTERVAL']} s):\n"
-              f"  docker kill publisher -> all re-registered on {sub}: {stats(moved)} (bound {bound:g} s)\n"
-              f"  encrypted call on {sub}: icon {icon}, SRTP both ways {srtp}\n"
+              f"  docker kill publisher -> all re-registered on {sub}: {stats(moved)} (bound {bound:g} s); "
+              f"calls dropped: {int(dropped)} of 1 (encrypted, up across the kill)\n"
+              f"  new encrypted call on {sub}: icon {icon}, SRTP both ways {srtp}\n"
               f"  docker start publisher -> healthy after {healthy - started:.1f} s; phones back "
               f"(from the start): {stats(back)}; from healthy: "
-              f"{stats({n: t - (healthy - started) for n, t in back.items()})}\n")
+              f"{stats({n: t - (healthy - started) for n, t in back.items()})}\n"
+              f"  docker pause publisher -> all on {sub}: {stats(hung)} (bound {hung_bound:g} s); "
+              f"docker unpause -> back: {stats(resumed)}\n"
+              f"  lost: 0 devices, 0 lines, 0 LSCs changed\n")
     with capsys.disabled():  # the figures belong in the suite's output, pass or not
         print(report)
 
