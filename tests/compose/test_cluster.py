@@ -3,8 +3,9 @@ own identity, no password in the environment, non-root hardened containers on lo
 the env file, NATS with per-container credentials; used through the published administration API
 and the CLI's named contexts, rule refusals included; the checklist from the `cli` container
 (tokens, CTL client to mixed mode, CAPF, devices, phones of each mode booting TFTP → CAPF →
-registration) and a call; then faults — kill, restart, pause, network disconnect — phones
-recover, nothing lost."""
+registration) and a call; the failover of those phones to the call-control subscriber and back
+(docker kill and pause of the publisher, an encrypted call across the kill; figures printed); then
+faults — kill, restart, pause, network disconnect — phones recover, nothing lost."""
 
 from __future__ import annotations
 
@@ -402,8 +403,9 @@ def test_failover_to_the_subscriber_and_back_LATER_7(cluster, tmp_path, capsys):
         assert min(back.values()) >= stable, back
 
         # docker pause of the publisher (a hung node: connections stay open, nothing answers) →
-        # noticed by missed keepalives (the third unanswered is seen when the fourth is due)
-        hung_bound = 4 * keepalive + REGISTER_ALLOWANCE
+        # noticed by missed keepalives: the third unanswered is seen when the fourth is due, and
+        # the pause falls anywhere in an interval — up to 5 keepalives, then a registration
+        hung_bound = 5 * keepalive + REGISTER_ALLOWANCE
         paused = time.monotonic()
         cluster.docker("pause", cluster.container("callmanager"))
         try:
