@@ -44,6 +44,7 @@ from ccmsec.aio.sccp import (
     SccpRegistrationRejected,
     STREAM_LIMIT,
 )
+from ccmsec.aio.tasks import cancel_and_wait
 from ccmsec.aio.sccp_calling import CallingPhone, MediaHook
 from ccmsec.wire.sccp import (
     CapabilitiesRes,
@@ -218,9 +219,7 @@ class FailoverPhone:
     async def stop(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            await cancel_and_wait(task)
         for helper in list(self._helpers):
             helper.cancel()
         await self._drop_standby()

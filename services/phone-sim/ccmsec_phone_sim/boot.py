@@ -43,6 +43,7 @@ from cryptography import x509
 from ccmsec.domain import DeviceSecurityMode
 from ccmsec.aio.capf import capf_client_enroll, capf_phone_ssl_context
 from ccmsec.aio.sccp_failover import FailoverPhone, open_streams
+from ccmsec.aio.tasks import cancel_and_wait
 from ccmsec.aio.tftp import TftpError, TftpTimeoutError, tftp_get
 from ccmsec.pki.tls import enable_keylog, sccp_phone_context
 from ccmsec.wire.capf import CapfProtocolError
@@ -136,10 +137,8 @@ class PhoneRunner:
 
     async def stop(self, *, power_off: bool = False) -> None:
         task, self._task = self._task, None
-        if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if task is not None:
+            await cancel_and_wait(task)
         await self._close_connection()
         if power_off:
             await self.web.stop()
