@@ -26,3 +26,23 @@ async def owner_db(url: str, role: str):
         yield sessionmaker(engine)
     finally:
         await engine.dispose()
+
+
+
+def owner_cluster_state(sessionmaker):
+    """Call control's view of the cluster mode and CTL for tests that run call control or the
+    administration API without a CTL Provider process: the owner's own answer to GetSecurityMode
+    (`TrustOperations.mode_state`, ctl-provider's code) on the test's database, asked at every
+    decision — so a mode the test stores as the owner is seen at once."""
+    from types import SimpleNamespace
+
+    from ccmsec_callmanager.cluster_state import ClusterState, ClusterStateFollower
+    from ccmsec_ctl_provider.trust import TrustOperations
+
+    owner = TrustOperations(SimpleNamespace(db=sessionmaker))
+
+    async def ask() -> ClusterState:
+        mode, version = await owner.mode_state()
+        return ClusterState(getattr(mode, "value", mode), version is not None, version or 0)
+
+    return ClusterStateFollower(ask, refresh_interval=0.0)

@@ -83,8 +83,6 @@ def migration_branches(role: str) -> tuple[str, ...]:
 # finds every table each service package touches and fails on a cross-owner read not listed here —
 # and on an entry whose read is gone, so this list only shrinks. (Issue 9 §5 is done when it is empty.)
 REMAINING_CROSS_OWNER_READS: dict[tuple[str, str], str] = {
-    ("callmanager", "cluster_settings"):
-        "MODE-4 decisions: CtlProvider/GetSecurityMode + GetCurrentCtl at start, then mode.changed / ctl.updated",
     ("tftp-signer", "cluster_settings"): "CtlProvider/GetSecurityMode at start, then mode.changed",
     ("tftp-signer", "capf_operations"): "Capf/GetOperations (pending) at start, then CAPF's config.changed",
     ("tftp-signer", "devices"): "a CallManager device-config snapshot RPC at start, then config.changed",

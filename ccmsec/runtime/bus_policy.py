@@ -66,7 +66,9 @@ CONSUMERS: dict[str, tuple[str, ...]] = {
     # + targeted resets and routing changes (SCCP), every service's refused calls and the owners'
     # changes (audit).
     "callmanager": (*_EVERY_SERVICE, "device-reset-targeted", "config-changed-calls", "access-denied",
-                    "mode-audit", "ctl-audit", "owner-audit"),
+                    "mode-audit", "ctl-audit", "owner-audit",
+                    # every call-control node follows ctl-provider's mode and CTL (issue 9 §5)
+                    "cluster-mode", "cluster-ctl"),
     "srtp-gateway": (*_EVERY_SERVICE, "mode"),
     "tftp-signer": (*_EVERY_SERVICE, "config-changed", "mode-changed", "ctl-updated"),
     "capf": (*_EVERY_SERVICE, "ctl-updated"),

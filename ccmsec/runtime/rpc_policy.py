@@ -94,7 +94,7 @@ _TABLE: dict[str, dict[str, frozenset[str]]] = {
         "SetProviderPort": ADMIN,
         "GetCurrentCtl": _roles(ADMIN, "capf"),      # CERT-3: CAPF asks whether a CTL exists
         "CommitCtl": ADMIN,                          # the CTL client (ccmsec ctl update)
-        "GetSecurityMode": ADMIN,
+        "GetSecurityMode": _roles(ADMIN, "callmanager"),  # call control follows the mode (MODE-4/5)
         "SetSecurityMode": ADMIN,
         "ListTftpClusters": ADMIN,
         "RegisterTftpCluster": ADMIN,

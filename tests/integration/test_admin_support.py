@@ -28,6 +28,7 @@ from ccmsec_callmanager.admin import (
     ensure_admin_account,
     ensure_https_certificate,
 )
+from tests.ownerdb import owner_cluster_state
 from sqlalchemy import select
 
 POSTGRES_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
@@ -152,7 +153,8 @@ async def start_stack(tmp_path: Path, backend: str = "sqlite", *, with_readonly:
                 await create_account(sessionmaker, "viewer", READONLY_PASSWORD, "readonly")
             certfile, keyfile = ensure_https_certificate(data_dir, "127.0.0.1")
             events = MemoryEvents()
-            app = create_admin_app(sessionmaker, events=events, data_dir=data_dir)
+            app = create_admin_app(sessionmaker, events=events, data_dir=data_dir,
+                                   cluster_state=owner_cluster_state(sessionmaker))  # ctl-provider's answer
             server = AdminServer(app, "127.0.0.1", 0, certfile, keyfile)
             await server.start()
             stack = Stack(data_dir, sessionmaker, events, server, app, certfile,

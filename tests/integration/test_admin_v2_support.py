@@ -26,6 +26,7 @@ from ccmsec_callmanager.admin import (
 )
 from ccmsec_callmanager.registry import Registry
 from tests.integration.test_admin_support import READONLY_PASSWORD, Stack, server_context
+from tests.ownerdb import owner_cluster_state
 
 NODE = "cm-a"  # the call-control node serving the API in these tests
 
@@ -60,7 +61,8 @@ async def v2_stack(data_dir: Path, *, template: Path | None = None, capf_channel
         certfile, keyfile = ensure_https_certificate(data_dir, "127.0.0.1")
         events = MemoryEvents()
         app = create_admin_app(sessionmaker, events=events, data_dir=data_dir,
-                               capf_channel=capf_channel, ctl_channel=ctl_channel, reset_tracker=tracker)
+                               capf_channel=capf_channel, ctl_channel=ctl_channel, reset_tracker=tracker,
+                               cluster_state=owner_cluster_state(sessionmaker))  # ctl-provider's answer
         server = AdminServer(app, "127.0.0.1", 0, certfile, keyfile)
         await server.start()
         stack = Stack(data_dir, sessionmaker, events, server, app, certfile,

@@ -36,6 +36,7 @@ from ccmsec.policy.resets import DeviceSecurityModeChanged, HardeningChanged, re
 from ccmsec_proto import callmanager_pb2 as pb
 from ccmsec_proto import callmanager_pb2_grpc, common_pb2, events_pb2
 from tests.conftest import free_port
+from tests.deviceowner import loopback_host
 from tests.ownerdb import owner_db
 
 pytestmark = pytest.mark.timeout(60)
@@ -108,11 +109,28 @@ async def wait_for(predicate, timeout=5.0):
         await asyncio.sleep(0.01)
 
 
-def _settings(tmp_path, nats_url):
+def _settings(tmp_path, nats_url, **extra):
     return load_settings(service="callmanager", data_dir=tmp_path, host="127.0.0.1",
                          grpc_port=free_port(), metrics_port=0, nats_url=nats_url,
                          sccp_port=free_port(), sccp_tls_port=free_port(), admin_port=free_port(),
-                         shutdown_grace=1.0, bus_connect_timeout=10)
+                         shutdown_grace=1.0, bus_connect_timeout=10, **extra)
+
+
+async def start_ctl_provider(data, nats_url, host):
+    """The real ctl-provider on `host` at the default gRPC port (where callmanager's settings name
+    it): the owner of the cluster mode that call control follows (issue 9 §5)."""
+    from ccmsec.runtime.service import GRPC_PORT_DEFAULT
+    from tests.integration.test_ctl_provider_service import _start as ctl_start
+
+    return await ctl_start(data, nats_url, host, free_port(host), GRPC_PORT_DEFAULT)
+
+
+async def stop_ctl_provider(provider) -> None:
+    svc, task, channel, _ = provider
+    await channel.close()
+    if not task.done():
+        svc.request_stop()
+        await asyncio.wait_for(task, 10)
 
 
 async def _start(settings):
@@ -163,12 +181,16 @@ async def cm(tmp_path, nats_server, pki_template):
     import shutil
     for folder in ("pki", "servers", "identities"):
         shutil.copytree(pki_template / folder, tmp_path / folder)
-    svc, task = await _start(_settings(tmp_path, nats_server))
+    ctl_host = loopback_host()
+    provider = await start_ctl_provider(tmp_path, nats_server, ctl_host)
+    svc, task = await _start(_settings(tmp_path, nats_server, peers={"ctl-provider": ctl_host}))
     handle = Cm(svc, task, tmp_path)
+    handle.provider, handle.ctl_host = provider, ctl_host
     yield handle
     await handle.channel.close()
     svc.request_stop()
     await asyncio.wait_for(task, 10)
+    await stop_ctl_provider(provider)
 
 
 class BusRecorder:
@@ -536,6 +558,95 @@ async def test_cluster_mode_is_ctl_providers_callmanager_only_reads_and_audits_i
         await asyncio.sleep(0.05)
     assert [(r.actor, r.rule, r.outcome) for r in rows] == [("cli/cli", "MODE-2", "ok")]
     assert "'non-secure' -> 'mixed'" in rows[0].detail and "ctl-provider" in rows[0].detail
+
+
+async def _mode_event(nats_url, mode, previous):
+    bus = EventBus(nats_url, "test-ctl-provider", role="ctl-provider")
+    await bus.connect()
+    try:
+        await bus.publish(make_event("mode.changed", "ctl-provider", mode_changed=events_pb2.SecurityModeChanged(
+            mode=mode, previous=previous, actor="cli/cli", rule="MODE-2")))
+    finally:
+        await bus.close()
+
+
+async def test_mode_unknown_until_the_ctl_provider_answers_then_last_known_when_it_is_away(
+        tmp_path, nats_server, pki_template, caplog):
+    """Issue 9 §5: call control takes the cluster mode from its owner, ctl-provider. Before the owner
+    ever answered nothing is decided on an assumed mode (a Register is rejected, GetClusterMode is
+    UNAVAILABLE, saying why); once it answered, the owner being away keeps the last known state in
+    force (it alone changes it), said in the log — never a crash."""
+    import shutil
+    for folder in ("pki", "servers", "identities"):
+        shutil.copytree(pki_template / folder, tmp_path / folder)
+    ctl_host = loopback_host()  # nothing listens there yet
+    svc, task = await _start(_settings(tmp_path, nats_server, peers={"ctl-provider": ctl_host}))
+    cm = Cm(svc, task, tmp_path)
+    provider = None
+    try:
+        await cm.add_device("SEP0000000E0001", "7960")
+        assert "cluster mode unknown" in await cm.refused("SEP0000000E0001")
+        assert "SEP0000000E0001" not in cm.cc.registry.entries
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await cm.stub.GetClusterMode(common_pb2.Empty(), timeout=10)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "CTL Provider did not answer" in err.value.details()
+        assert (await cm.stub.Status(common_pb2.Empty(), timeout=10)).details["cluster_mode"].startswith("unknown: ")
+
+        await cm.set_mode("mixed")  # stored as the owner stores it; the owner now starts
+        provider = await start_ctl_provider(tmp_path, nats_server, ctl_host)
+        deadline = asyncio.get_running_loop().time() + 60  # asked again until it answers (gRPC back-off)
+        while True:
+            try:
+                reply = await cm.stub.GetClusterMode(common_pb2.Empty(), timeout=10)
+                break
+            except grpc.aio.AioRpcError as exc:
+                assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc
+                assert asyncio.get_running_loop().time() < deadline, "the CTL Provider's answer never reached call control"
+                await asyncio.sleep(0.2)
+        assert reply.mode == common_pb2.CLUSTER_MIXED and reply.ctl_present
+        assert (await cm.stub.Status(common_pb2.Empty(), timeout=10)).details["cluster_mode"] == "mixed"
+        assert "MODE-4" in await cm.refused("SEP0000000E00FF")  # mixed: no auto-registration
+
+        await stop_ctl_provider(provider)
+        provider = None
+        cm.cc.forget_cluster_mode()  # as a delivered reset does: the next decision asks the owner
+        with caplog.at_level(logging.WARNING, logger="ccmsec.callmanager"):
+            assert (await cm.stub.GetClusterMode(common_pb2.Empty(), timeout=10)).mode == common_pb2.CLUSTER_MIXED
+            assert "MODE-4" in await cm.refused("SEP0000000E00FE")  # still decided on mixed
+        assert "deciding on the last known cluster state" in caplog.text
+        assert not task.done()
+    finally:
+        await cm.channel.close()
+        svc.request_stop()
+        await asyncio.wait_for(task, 10)
+        if provider is not None:
+            await stop_ctl_provider(provider)
+
+
+async def test_mode_changed_event_makes_call_control_ask_the_owner_a_late_one_never_sticks(cm, nats_server):
+    """The owner's mode.changed reaches every call-control node (consumer `cluster-mode`): applied,
+    then confirmed with the owner at the next decision — so a change is followed without any reset,
+    and an old event delivered late (the owner says otherwise) does not stick."""
+    assert (await cm.stub.GetClusterMode(common_pb2.Empty(), timeout=10)).mode == common_pb2.CLUSTER_NON_SECURE
+    async with owner_db(cm.svc.settings.db_url, "ctl-provider") as db, db() as session, session.begin():
+        await set_setting(session, SETTING_CTL_VERSION, "1")
+        await set_setting(session, SETTING_SECURITY_MODE, "mixed")  # as the owner stores it; no forget
+    await _mode_event(nats_server, common_pb2.CLUSTER_MIXED, common_pb2.CLUSTER_NON_SECURE)
+
+    async def mode():
+        return (await cm.stub.GetClusterMode(common_pb2.Empty(), timeout=10)).mode
+
+    deadline = asyncio.get_running_loop().time() + 30
+    while await mode() != common_pb2.CLUSTER_MIXED:
+        assert asyncio.get_running_loop().time() < deadline, "mode.changed never followed"
+        await asyncio.sleep(0.05)
+    # A stale event: "non-secure" while the owner keeps mixed. Asked again, the owner wins.
+    events_before = cm.svc.events_handled
+    await _mode_event(nats_server, common_pb2.CLUSTER_NON_SECURE, common_pb2.CLUSTER_MIXED)
+    await wait_for(lambda: cm.svc.events_handled >= events_before + 2, 30)  # followed and audited
+    assert await mode() == common_pb2.CLUSTER_MIXED
+    assert await cm.cc.cluster_mode() == "mixed"
 
 
 # -- lines and pools -----------------------------------------------------------------------------

@@ -17,7 +17,8 @@ from ccmsec.aio.sccp import connect_phone
 from ccmsec.aio.sccp_calling import CallingPhone
 from ccmsec.calls.config import AgentSettings
 from ccmsec.db import calls as calls_db
-from ccmsec.db.devices import SETTING_CTL_VERSION, SETTING_SECURITY_MODE, Device, set_setting
+from ccmsec.db.devices import Device
+from ccmsec_callmanager.cluster_state import ClusterState, ClusterStateFollower
 from ccmsec.db.lines import Line
 from ccmsec.pki.ca import Issued, load_pair, new_key
 from ccmsec.pki.lsc import issue_lsc
@@ -74,8 +75,6 @@ class Cluster:
 async def cluster(tmp_path):
     engine, sm = await open_database(f"sqlite:///{tmp_path / 'ccmsec.db'}")
     async with sm() as session, session.begin():
-        await set_setting(session, SETTING_CTL_VERSION, "1")
-        await set_setting(session, SETTING_SECURITY_MODE, "mixed")
         for name, (model, mode, dns) in PHONES.items():
             session.add(Device(name=name, model=model, security_mode=mode))
         await session.flush()
@@ -85,7 +84,8 @@ async def cluster(tmp_path):
         session.add(calls_db.SpeedDial(device=A, idx=1, number="2002", label="Bob"))
     config = CallControlConfig("callmanager", HOST, 0, 0, tmp_path, agent=AgentSettings(
         inter_digit_timeout=0.5, no_answer_timeout=2.0, server_name="callmanager"))
-    cc = CallControl(config, sm)
+    # a mixed cluster with a CTL, as its owner (the CTL Provider) would tell call control
+    cc = CallControl(config, sm, cluster_state=ClusterStateFollower.fixed(ClusterState("mixed", True, 1)))
     await cc.start()
     cl = Cluster(cc, tmp_path)
     yield cl

@@ -16,7 +16,8 @@ from ccmsec.aio.sccp import connect_phone
 from ccmsec.aio.sccp_calling import CallingPhone
 from ccmsec.calls.config import AgentSettings
 from ccmsec.db import calls as calls_db
-from ccmsec.db.devices import SETTING_CTL_VERSION, SETTING_SECURITY_MODE, Device, set_setting
+from ccmsec.db.devices import Device
+from ccmsec_callmanager.cluster_state import ClusterState, ClusterStateFollower
 from ccmsec.db.lines import Line
 from ccmsec.media.callkeys import CallKeySource, DeviceTransport, PairKeys
 from ccmsec.media.srtp import MasterKey
@@ -91,8 +92,6 @@ class Lab:
 async def lab(tmp_path):
     engine, sm = await open_database(f"sqlite:///{tmp_path / 'ccmsec.db'}")
     async with sm() as session, session.begin():
-        await set_setting(session, SETTING_CTL_VERSION, "1")
-        await set_setting(session, SETTING_SECURITY_MODE, "mixed")
         for name, (model, mode, _) in PHONES.items():
             session.add(Device(name=name, model=model, security_mode=mode))
         session.add(Device(name="SEP0000000DB009", model="7970", security_mode="encrypted"))
@@ -113,7 +112,8 @@ async def lab(tmp_path):
         session.add(calls_db.MobilityLogin(device="SEP0000000DB00A", user_id="bob"))
     config = CallControlConfig("callmanager", HOST, 0, 0, tmp_path, agent=AgentSettings(
         inter_digit_timeout=0.5, no_answer_timeout=5.0, server_name="callmanager"))
-    cc = CallControl(config, sm)
+    # a mixed cluster with a CTL, as its owner (the CTL Provider) would tell call control
+    cc = CallControl(config, sm, cluster_state=ClusterStateFollower.fixed(ClusterState("mixed", True, 1)))
     await cc.start()
     lab = Lab(cc, tmp_path)
     keys = CallKeySource(lambda: PairKeys(MasterKey.generate(), MasterKey.generate()), lab.transport)

@@ -37,6 +37,7 @@ from ccmsec.runtime.settings import load_settings
 from ccmsec.wire import sccp as s
 from ccmsec.wire.sccp_calls import CallStateCode as CS
 from ccmsec_callmanager.main import CallManagerService
+from ccmsec_ctl_provider.main import CtlProviderService
 from ccmsec_keymanager.main import KeyManagerService
 from ccmsec_srtp_gateway.main import GatewaySettings, SrtpGatewayService
 from tests.conftest import free_port
@@ -62,7 +63,8 @@ class Cluster:
 async def _service(cls, settings, subscriptions):
     svc = cls(settings)
     task = asyncio.create_task(svc.run())
-    # serving once its subscriptions (made after setup and gRPC start) are in place
+    # serving once its subscriptions are in place: the base ones come after setup and gRPC start
+    # (callmanager's 8 of its own are made during setup, the cluster mode's first)
     await wait_for(lambda: task.done() or (svc.bus is not None and len(svc.bus._subs) >= subscriptions), timeout=30)
     if task.done():
         task.result()
@@ -77,7 +79,8 @@ async def cluster(tmp_path_factory, module_nats, pki_template):
     for folder in ("pki", "servers"):
         shutil.copytree(pki_template / folder, data / folder)
     base = f"127.{secrets.randbelow(200) + 20}.{secrets.randbelow(250)}"
-    hosts = {"callmanager": f"{base}.5", "keymanager": f"{base}.6", "srtp-gateway": f"{base}.7"}
+    hosts = {"callmanager": f"{base}.5", "keymanager": f"{base}.6", "srtp-gateway": f"{base}.7",
+             "ctl-provider": f"{base}.2"}  # the cluster mode's owner: call control asks it
     for role, host in hosts.items():
         issue_service_identity(data, role, role, host)
     engine, sm = await open_database(f"sqlite+aiosqlite:///{data / 'ccmsec.db'}")
@@ -95,17 +98,18 @@ async def cluster(tmp_path_factory, module_nats, pki_template):
     cm = hosts["callmanager"]
     started = []
     for cls, role, extra, settings_cls, subs in (
+            (CtlProviderService, "ctl-provider", dict(ctl_provider_port=free_port(hosts["ctl-provider"])), None, 2),
             (KeyManagerService, "keymanager", {}, None, 2),
             (SrtpGatewayService, "srtp-gateway", {}, GatewaySettings, 3),
             (CallManagerService, "callmanager", dict(sccp_port=free_port(cm), sccp_tls_port=free_port(cm),
-                                                     admin_port=free_port(cm)), None, 3)):
+                                                     admin_port=free_port(cm)), None, 10)):
         args = dict(service=role, host=hosts[role], grpc_port=50051, **common, **extra)
         settings = load_settings(settings_cls, **args) if settings_cls else load_settings(**args)
         started.append(await _service(cls, settings, subs))
     c = Cluster()
     c.data, c.hosts = data, hosts
-    c.cm = started[2][0]
-    c.gw = started[1][0]
+    c.cm = started[3][0]
+    c.gw = started[2][0]
     c.cc = c.cm.callcontrol
     await c.cm.key_pool.wait_ready(2, timeout=20)
     c.keylog = data / "sccp-keys.log"

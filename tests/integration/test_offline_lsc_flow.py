@@ -35,6 +35,7 @@ from ccmsec.aio.tftp import TftpServer
 from ccmsec.db.base import Base
 from ccmsec.db.capf import SqlCapfStore, schedule_operation
 from ccmsec.db.devices import SETTING_CTL_VERSION, SETTING_SECURITY_MODE, Device, set_setting
+from ccmsec_callmanager.cluster_state import ClusterState, ClusterStateFollower
 from ccmsec.domain import DeviceSecurityMode
 from ccmsec.formats.cnfxml import CallManagerMember, CapfSettings, DeviceConfig
 from ccmsec.formats.ctl import Role, build_ctl, record_from_certificate
@@ -118,9 +119,12 @@ class Cluster:
 
     async def start(self, retry_delay: int = 600) -> "Cluster":
         async with self.db() as session, session.begin():
+            # the mode as the TFTP side of this lab reads it (tftp-signer still reads the table)
             await set_setting(session, SETTING_CTL_VERSION, "1")
             await set_setting(session, SETTING_SECURITY_MODE, "mixed")
-        self.cc = CallControl(CallControlConfig(NODE, "127.0.0.1", 0, 0, self.data, keepalive_interval=5), self.db)
+        # a mixed cluster with a CTL, as its owner (the CTL Provider) would tell call control
+        self.cc = CallControl(CallControlConfig(NODE, "127.0.0.1", 0, 0, self.data, keepalive_interval=5), self.db,
+                              cluster_state=ClusterStateFollower.fixed(ClusterState("mixed", True, 1)))
         await self.cc.start()
         capf_ca = ensure_capf_ca(self.pki)
         self.store = SqlCapfStore(self.db)

@@ -36,7 +36,9 @@ from ccmsec.wire import sccp as s
 from ccmsec_proto import callmanager_pb2 as pb
 from ccmsec_proto import events_pb2
 from tests.conftest import free_port, nats_binary
-from tests.integration.test_callmanager_service import Cm, _settings, _start, pki_template  # noqa: F401
+from tests.deviceowner import loopback_host
+from tests.integration.test_callmanager_service import (  # noqa: F401
+    Cm, _settings, _start, pki_template, start_ctl_provider, stop_ctl_provider)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -220,12 +222,16 @@ async def cm_nats(tmp_path, killable_nats, pki_template):
     import shutil
     for folder in ("pki", "servers", "identities"):
         shutil.copytree(pki_template / folder, tmp_path / folder)
-    svc, task = await _start(_settings(tmp_path, killable_nats.url))
+    ctl_host = loopback_host()  # the cluster mode's owner, which call control asks (issue 9 §5)
+    provider = await start_ctl_provider(tmp_path, killable_nats.url, ctl_host)
+    svc, task = await _start(_settings(tmp_path, killable_nats.url, peers={"ctl-provider": ctl_host}))
     handle = Cm(svc, task, tmp_path)
+    handle.provider = provider
     yield handle, killable_nats
     await handle.channel.close()
     svc.request_stop()
     await asyncio.wait_for(task, 15)
+    await stop_ctl_provider(provider)
 
 
 async def _collect_resets(phone, into: list, stop: asyncio.Event) -> None:
@@ -434,7 +440,7 @@ async def test_ctl_provider_writes_are_audited_by_callmanager_once_nats_is_back(
     from ccmsec_proto import common_pb2, ctl_provider_pb2
 
     cm, server = cm_nats
-    svc, task, channel, stub = await _start_ctl_provider(tmp_path / "provider", server.url)
+    svc, task, channel, stub = cm.provider  # the owner call control follows (one per node: its consumers)
     try:
         server.kill()
         await stub.Activate(ctl_provider_pb2.ActivateRequest(active=True), timeout=30)

@@ -30,6 +30,7 @@ import ccmsec.db.registry  # noqa: F401
 from ccmsec.aio.tftp import TftpServer, tftp_get
 from ccmsec.db.base import Base
 from ccmsec.db.devices import SETTING_CTL_VERSION, SETTING_SECURITY_MODE, Device, set_setting
+from ccmsec_callmanager.cluster_state import ClusterState, ClusterStateFollower
 from ccmsec.formats.cnfxml import parse_cnf_xml
 from ccmsec.formats.ctl import Role, build_ctl, record_from_certificate
 from ccmsec.formats.sgn import parse_sgn, verify_sgn
@@ -74,10 +75,13 @@ class Lab:
 
     async def start(self) -> "Lab":
         async with self.db() as session, session.begin():
+            # the mode as the TFTP side of this lab reads it (tftp-signer still reads the table)
             await set_setting(session, SETTING_CTL_VERSION, "1")
             await set_setting(session, SETTING_SECURITY_MODE, "mixed")
             session.add(Device(name=NAME, model="7970", security_mode="authenticated"))
-        self.cc = CallControl(CallControlConfig(NODE, "127.0.0.1", 0, 0, self.data, keepalive_interval=5), self.db)
+        # a mixed cluster with a CTL, as its owner (the CTL Provider) would tell call control
+        self.cc = CallControl(CallControlConfig(NODE, "127.0.0.1", 0, 0, self.data, keepalive_interval=5), self.db,
+                              cluster_state=ClusterStateFollower.fixed(ClusterState("mixed", True, 1)))
         await self.cc.start()
         signer = FileSigner.from_issued(self.tftp_cert)
         root = self.data / "tftp"

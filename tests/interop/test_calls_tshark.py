@@ -16,7 +16,8 @@ import pytest
 from ccmsec.aio.sccp import connect_phone
 from ccmsec.aio.sccp_calling import CallingPhone
 from ccmsec.calls.config import AgentSettings
-from ccmsec.db.devices import SETTING_CTL_VERSION, SETTING_SECURITY_MODE, Device, set_setting
+from ccmsec.db.devices import Device
+from ccmsec_callmanager.cluster_state import ClusterState, ClusterStateFollower
 from ccmsec.db.lines import Line
 from ccmsec.pki.ca import Issued, load_pair, new_key
 from ccmsec.pki.lsc import issue_lsc
@@ -156,15 +157,14 @@ async def test_tshark_decodes_every_sccp_message_of_complete_calls_on_2000_and_2
             pytest.skip(f"{HOST}:{port} busy")
     engine, sm = await open_database(f"sqlite:///{tmp_path / 'ccmsec.db'}")
     async with sm() as session, session.begin():
-        await set_setting(session, SETTING_CTL_VERSION, "1")
-        await set_setting(session, SETTING_SECURITY_MODE, "mixed")
         for name, mode in MODES.items():
             session.add(Device(name=name, model="7960" if mode == "non-secure" else "7970", security_mode=mode))
         await session.flush()
         for name, dn in DN.items():
             session.add(Line(dn=dn, device=name, line_index=1, label=""))
     cc = CallControl(CallControlConfig("callmanager", HOST, 2000, 2443, tmp_path, agent=AgentSettings(
-        inter_digit_timeout=0.3, server_name="callmanager")), sm)
+        inter_digit_timeout=0.3, server_name="callmanager")), sm,
+        cluster_state=ClusterStateFollower.fixed(ClusterState("mixed", True, 1)))  # mixed with a CTL, as the CTL Provider would say
     await cc.start()
     keylog = tmp_path / "keys.log"
     pcap = tmp_path / "calls.pcap"

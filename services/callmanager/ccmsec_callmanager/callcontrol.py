@@ -8,7 +8,9 @@ a database: `CallControl(...).start()`. The service wires events and RPCs to it.
   certificate from the CAPF CA or the offline third-party CA (LSC) or the manufacturer CA (MIC) —
   AUTH-2, CERT-2. The third-party CA file (`ccmsec capf set-ca`) is followed at runtime by
   `PhoneTrustWatcher`: a new or changed file applies to the next handshake and Register.
-* Each Register is decided by `registration.decide` from the `devices` row and the cluster mode.
+* Each Register is decided by `registration.decide` from the `devices` row and the cluster mode —
+  the CTL Provider's, followed by `ClusterStateFollower` (cluster_state.py); a Register arriving
+  before the CTL Provider ever answered is refused, never decided on an assumed mode.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from ccmsec.aio.sccp import ConnectionClosed, ConnectionDropped, SccpServer
 from ccmsec.calls.config import AgentSettings, DeviceProfile
-from ccmsec.db.devices import Device, cluster_security_mode
+from ccmsec.db.devices import Device
 from ccmsec.domain import DeviceSecurityMode
 from ccmsec.pki.ca import Issued
 from ccmsec.pki.lsc import CAPF_CERT, LscError, ensure_capf_ca, load_third_party_ca
@@ -50,6 +52,7 @@ from ccmsec.wire.sccp import (
 )
 
 from .calls import CallService
+from .cluster_state import ClusterStateFollower, ClusterStateUnknown
 from .directory import CallDirectory
 from .phone_trust import PhoneTrustWatcher
 from .registration import DeviceRecord, PhoneTrust, Verdict, decide
@@ -57,7 +60,6 @@ from .registry import Registry, RegistrationEntry, RegistryMirror
 
 log = logging.getLogger("ccmsec.callmanager")
 
-CLUSTER_MODE_TTL = 1.0  # seconds a read of cluster_settings.security_mode is reused
 # The device snapshot (all rows in one query) is reused this long. Every security change of a
 # device is followed by its device.reset (RST-1/RST-2), which drops the snapshot first, so a
 # phone re-registering after a reset is always decided on fresh data.
@@ -139,9 +141,13 @@ def _address(peer: tuple | None) -> str:
 
 class CallControl:
     def __init__(self, config: CallControlConfig, sessionmaker: async_sessionmaker, *,
-                 server_identity: Issued | None = None, trust: PhoneTrust | None = None) -> None:
+                 server_identity: Issued | None = None, trust: PhoneTrust | None = None,
+                 cluster_state: ClusterStateFollower | None = None) -> None:
         self.config = config
         self.db = sessionmaker
+        # The CTL Provider's mode and CTL (the service follows its answers and events); alone, with
+        # no owner to ask: MODE-1's non-secure cluster.
+        self.cluster_state = cluster_state or ClusterStateFollower.fixed()
         self.registry = Registry(config.node)
         self._server_identity = server_identity
         self._fixed_trust = trust
@@ -149,7 +155,6 @@ class CallControl:
         self.plain: SccpServer | None = None
         self.tls: SccpServer | None = None
         self._verdicts: dict[tuple, Verdict] = {}  # (device, peer) -> accepted verdict
-        self._cluster_mode: tuple[float, str] = (0.0, "")
         self._devices: dict[str, DeviceRecord] = {}
         self._devices_at = 0.0
         self._devices_lock = asyncio.Lock()
@@ -276,16 +281,13 @@ class CallControl:
 
     # decisions ------------------------------------------------------------------------------
     async def cluster_mode(self) -> str:
-        stamp, mode = self._cluster_mode
-        now = time.monotonic()
-        if not mode or now - stamp > CLUSTER_MODE_TTL:
-            async with self.db() as session:
-                mode = await cluster_security_mode(session)
-            self._cluster_mode = (now, mode)
-        return mode
+        """The cluster mode as its owner, the CTL Provider, last said (ClusterStateUnknown before
+        it ever answered)."""
+        return await self.cluster_state.mode()
 
     def forget_cluster_mode(self) -> None:
-        self._cluster_mode = (0.0, "")
+        """The next decision asks the CTL Provider again."""
+        self.cluster_state.forget()
 
     def forget_devices(self) -> None:
         """Drop the device snapshot (called before any reset is delivered)."""
@@ -318,9 +320,17 @@ class CallControl:
             pass  # created meanwhile (another node, or the administrator)
 
     async def decide(self, request: RegistrationRequest) -> RegistrationDecision:
-        mode = await self.cluster_mode()
-        verdict = decide(request, await self._device(request.device_name), mode, self.trust)
         address = _address(request.peer_address)
+        try:
+            mode = await self.cluster_mode()
+        except ClusterStateUnknown as exc:  # never decided (MODE-4 etc.) on a mode nobody answered
+            self.refused_total += 1
+            metrics.REGISTRATION_REFUSALS.labels(self.config.node, "mode-unknown").inc()
+            self.registry.refused(request.device_name, address, str(exc))
+            log.warning("registration refused: cluster mode unknown", extra={
+                "device": request.device_name, "address": address, "error": str(exc)})
+            return RegistrationDecision.reject("cluster mode unknown; retry")
+        verdict = decide(request, await self._device(request.device_name), mode, self.trust)
         if not verdict.accepted:
             self.refused_total += 1
             metrics.REGISTRATION_REFUSALS.labels(self.config.node, verdict.rule or "other").inc()

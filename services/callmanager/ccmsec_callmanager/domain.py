@@ -31,7 +31,7 @@ from sqlalchemy.orm.exc import StaleDataError
 
 from ccmsec.db.admin import AuditEntry
 from ccmsec.db.devices import (
-    HARDENING_FIELDS, Device, InvalidDeviceName, cluster_security_mode, ctl_exists, validate_device_name,
+    HARDENING_FIELDS, Device, InvalidDeviceName, validate_device_name,
 )
 from ccmsec.db.lines import (
     MAX_LINES_PER_DEVICE,
@@ -47,6 +47,8 @@ from ccmsec.policy.resets import DeviceSecurityModeChanged, HardeningChanged, re
 from ccmsec.runtime.actions import event_bodies
 from ccmsec.runtime.outbox import DELIVERY_WAIT, OutboxRelay, stage
 from ccmsec_proto import events_pb2
+
+from .cluster_state import ClusterState, ClusterStateFollower, ClusterStateUnknown
 
 log = logging.getLogger("ccmsec.callmanager.domain")
 
@@ -70,11 +72,11 @@ class OwnerRefused(Exception):
     """A change refused before anything was written; `kind` picks each door's status."""
 
     HTTP = {"invalid": 422, "not_found": 404, "conflict": 409, "exhausted": 409, "stale": 409,
-            "precondition": 409}
+            "precondition": 409, "unavailable": 503}
     GRPC = {"invalid": grpc.StatusCode.INVALID_ARGUMENT, "not_found": grpc.StatusCode.NOT_FOUND,
             "conflict": grpc.StatusCode.ALREADY_EXISTS,
             "exhausted": grpc.StatusCode.RESOURCE_EXHAUSTED, "stale": grpc.StatusCode.ABORTED,
-            "precondition": grpc.StatusCode.FAILED_PRECONDITION}
+            "precondition": grpc.StatusCode.FAILED_PRECONDITION, "unavailable": grpc.StatusCode.UNAVAILABLE}
 
     def __init__(self, kind: str, message: str, rule: str | None = None):
         super().__init__(message)
@@ -180,8 +182,10 @@ class MobilityRestart:
 
 class CallManagerDomain:
     def __init__(self, db, publish: Publish, *, relay: OutboxRelay | None = None, origin: str = "",
-                 delivery_wait: float = DELIVERY_WAIT):
+                 delivery_wait: float = DELIVERY_WAIT, cluster_state: ClusterStateFollower | None = None):
         self.db = db
+        # MODE-5 checks use the CTL Provider's mode and CTL (alone: MODE-1, non-secure, no CTL)
+        self.cluster_state = cluster_state or ClusterStateFollower.fixed()
         self._publish = publish
         self.relay = relay
         self.origin = origin
@@ -214,6 +218,14 @@ class CallManagerDomain:
         routes): staged there, in the change's transaction; `deliver` after the commit."""
         return _Events(self, session)
 
+    async def cluster_now(self) -> ClusterState:
+        """The CTL Provider's mode and CTL for a MODE-5 check; refused (503 / UNAVAILABLE) while
+        it never answered, before anything is written."""
+        try:
+            return await self.cluster_state.current()
+        except ClusterStateUnknown as exc:
+            raise OwnerRefused("unavailable", str(exc)) from None
+
     async def deliver(self, events: _Events, about: str) -> str:
         return await self._deliver(events, about)
 
@@ -232,9 +244,10 @@ class CallManagerDomain:
             changed = {k: v for k, v in wanted.items() if getattr(device, k) != v}
             if not changed:
                 return {**device.to_dict(), "delivery": "sent"}
+            cluster = await self.cluster_now()
             try:
                 check_device_security(device.model, changed.get("security_mode", device.security_mode),
-                                      await cluster_security_mode(session), await ctl_exists(session))
+                                      cluster.mode, cluster.ctl_present)
                 if not changed.get("web_access", device.web_access):
                     check_web_server_disable(device.model)
             except PolicyViolation as exc:

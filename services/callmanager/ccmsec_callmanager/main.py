@@ -26,8 +26,9 @@ class CallManagerService(LegacyTlsMixin, AccessAuditMixin, OwnerChangesAuditMixi
     async def setup(self) -> None:
         # The one write path (validate → write → audit → publish) of every door (issue 9 §5); its
         # events are committed with each change in this node's outbox (`Service.outbox`, §4).
+        await self.setup_cluster_state()  # ctl-provider's mode and CTL: its events, then its answer
         self.domain = CallManagerDomain(self.db, BusEvents(self.publish).publish, relay=self.outbox,
-                                        origin=self.node)
+                                        origin=self.node, cluster_state=self.cluster_state)
         await self.setup_call_control()  # call control: SCCP 2000/2443 + registry
         await self.setup_legacy_tls()  # LATER-8: the cluster's legacy-TLS setting, from ctl-provider
         await self.setup_media_plane()  # keys for calls (keymanager) and the SRTP gateway device

@@ -17,11 +17,21 @@ from ccmsec.wire.sccp import ResetType
 from ccmsec_proto import events_pb2
 
 from .callcontrol import CallControl, CallControlConfig
+from .cluster_state import ClusterStateFollower, ask_ctl_provider
 from .phone_mobility import PhoneMobility
 
 
 class CallControlMixin:
     callcontrol: CallControl | None = None
+    cluster_state: ClusterStateFollower | None = None
+
+    async def setup_cluster_state(self) -> None:
+        """The cluster mode and the CTL are ctl-provider's (issue 9 §5): its events first, then its
+        answer (CtlProvider/GetSecurityMode, in the background), so no change falls between them."""
+        self.cluster_state = ClusterStateFollower(ask_ctl_provider(lambda: self.peer_channel("ctl-provider")))
+        await self.subscribe(bus_mod.subject_for("mode.changed"), "cluster-mode", self.cluster_state.on_event)
+        await self.subscribe(bus_mod.subject_for("ctl.updated"), "cluster-ctl", self.cluster_state.on_event)
+        self.spawn(self.cluster_state.follow())
 
     async def setup_call_control(self) -> None:
         s = self.settings
@@ -30,7 +40,7 @@ class CallControlMixin:
                               sccp_tls_port=s.sccp_tls_port, data_dir=s.data_dir, key_dir=s.key_dir,
                               keepalive_interval=s.sccp_keepalive,
                               auto_register=s.callmanager_publisher),
-            self.db)
+            self.db, cluster_state=self.cluster_state)
         await self.callcontrol.start()
         # extension mobility from the phone: login / logout on its own connection (DEV-2)
         self.phone_mobility = PhoneMobility(self)
@@ -98,6 +108,9 @@ class CallControlMixin:
                 "sccp_tls_port": str(cc.tls.port if cc.tls else 0),
                 "call_watchers": str(len(cc.calls.watchers) if cc.calls else 0),
                 "routing_changes_applied": str(cc.routing_changes_applied),
+                # the CTL Provider's mode as call control follows it ("unknown: why" before it answered)
+                "cluster_mode": (cc.cluster_state.known.mode if cc.cluster_state.known is not None
+                                 else f"unknown: {cc.cluster_state.last_error or 'not asked yet'}"),
                 "mobility_at_phones": (f"{self.phone_mobility.logins} login(s), {self.phone_mobility.logouts} "
                                        f"logout(s), {self.phone_mobility.refused} refused"
                                        if getattr(self, "phone_mobility", None) else ""),

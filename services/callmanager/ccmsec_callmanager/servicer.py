@@ -1,5 +1,5 @@
-"""gRPC `ccmsec.v1.CallManager`: registry, resets with progress, the cluster mode (reported; its
-owner is ctl-provider), lines, pools. Every write goes through the domain layer (`domain.py`), so it
+"""gRPC `ccmsec.v1.CallManager`: registry, resets with progress, the cluster mode (reported as
+followed from its owner, ctl-provider), lines, pools. Every write goes through the domain layer (`domain.py`), so it
 is validated, audited and announced as the administration API's are."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import grpc
 from sqlalchemy import select
 
 from ccmsec.db import registry as registry_db
-from ccmsec.db.devices import Device, InvalidDeviceName, cluster_security_mode, ctl_exists, validate_device_name
+from ccmsec.db.devices import Device, InvalidDeviceName, validate_device_name
 from ccmsec.db.lines import DevicePool, lines_of
 from ccmsec.domain import ClusterMode, DeviceSecurityMode, DomainError
 from ccmsec.policy.resets import ResetDevicesOnServer, required_actions
@@ -20,6 +20,7 @@ from ccmsec_proto import callmanager_pb2 as pb
 from ccmsec_proto import callmanager_pb2_grpc, events_pb2
 
 from .calls_api import CallsServicerMixin
+from .cluster_state import ClusterStateFollower, ClusterStateUnknown
 from .domain import Actor, OwnerRefused
 from .mobility import MobilityServicerMixin, RoutingServicerMixin
 from .registry import RegistrationEntry
@@ -128,11 +129,19 @@ class CallManagerServicer(CallsServicerMixin, MobilityServicerMixin, RoutingServ
             not_back=progress.not_back, complete=progress.complete)
 
     # cluster mode (ctl-provider's; reported here, changed there) ------------------------------
+    async def _cluster(self, context):
+        """The CTL Provider's mode and CTL as call control follows them; UNAVAILABLE before it
+        ever answered (nothing is reported that its owner did not say)."""
+        follower = getattr(self.service, "cluster_state", None) or ClusterStateFollower.fixed()
+        try:
+            return await follower.current()
+        except ClusterStateUnknown as exc:
+            await abort(context, grpc.StatusCode.UNAVAILABLE, str(exc))
+
     async def GetClusterMode(self, request, context):  # noqa: N802
-        async with self.service.db() as session:
-            mode = await cluster_security_mode(session)
-            has_ctl = await ctl_exists(session)
-        return pb.ClusterModeReply(mode=ClusterMode.parse(mode).to_proto(), ctl_present=has_ctl)
+        cluster = await self._cluster(context)
+        return pb.ClusterModeReply(mode=ClusterMode.parse(cluster.mode).to_proto(),
+                                   ctl_present=cluster.ctl_present)
 
     # devices, for CAPF (issue 9 §5: the devices table is call control's; CAPF asks here) -------
     @staticmethod
@@ -210,8 +219,9 @@ class CallManagerServicer(CallsServicerMixin, MobilityServicerMixin, RoutingServ
 
         try:
             cc = self.service.callcontrol
+            cluster = await self._cluster(context)
             return await srst_directory(self.service.db, cc.trust if cc is not None else None,
-                                        request.host, request.include_default)
+                                        request.host, request.include_default, cluster.mode)
         except InvalidRequest as exc:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from ccmsec.db.devices import Device, cluster_security_mode
+from ccmsec.db.devices import Device
 from ccmsec.db.lines import DevicePool, InvalidLineOrPool, Line, validate_cm_group
 from ccmsec.db.srst import SrstReference
 from ccmsec.domain import ClusterMode, DeviceSecurityMode
@@ -33,7 +33,8 @@ def _der(cert) -> bytes:
 
 
 async def srst_directory(db: async_sessionmaker, trust: PhoneTrust | None, host: str,
-                         include_default: bool) -> pb.SrstDirectory:
+                         include_default: bool, mode: str) -> pb.SrstDirectory:
+    """`mode`: the cluster mode as call control follows it from the CTL Provider."""
     try:
         validate_cm_group([host])
     except InvalidLineOrPool as exc:
@@ -57,7 +58,6 @@ async def srst_directory(db: async_sessionmaker, trust: PhoneTrust | None, host:
             for line in (await session.scalars(select(Line).where(
                     Line.device.in_([d.name for d in devices])).order_by(Line.device, Line.line_index))).all():
                 lines.setdefault(line.device, []).append(line)
-        mode = await cluster_security_mode(session)
     reply = pb.SrstDirectory(
         cluster_mode=ClusterMode.parse(mode).to_proto(),
         generated_unix_ms=int(time.time() * 1000),

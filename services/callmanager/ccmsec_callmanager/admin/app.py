@@ -50,12 +50,13 @@ def create_admin_app(sessionmaker: async_sessionmaker, *, events: EventPublisher
                      ctl_channel: CapfChannelFactory | None = None,
                      reset_tracker: ResetTracker | None = None,
                      call_service=None, node: str = "callmanager",
-                     domain=None) -> FastAPI:
+                     domain=None, cluster_state=None) -> FastAPI:
     """Build the HTTPS administration API (serve it with https.serve_admin / AdminServer).
 
     `capf_channel` returns the gRPC channel to the CAPF service (the /api/v1/capf endpoints answer
     503 without it); `ctl_channel` the one to the CTL Provider, which owns the cluster mode and the
-    CTL the /api/v1/cluster view shows (503 without it); `reset_tracker` is the local call-control registry that tracks reset progress.
+    CTL the /api/v1/cluster view shows (503 without it); `cluster_state` the follower of that mode and
+    CTL the MODE-5 device checks use when no `domain` is given (none: MODE-1, non-secure, no CTL); `reset_tracker` is the local call-control registry that tracks reset progress.
     """
     app = FastAPI(
         title="ccmsec administration API",
@@ -83,7 +84,7 @@ def create_admin_app(sessionmaker: async_sessionmaker, *, events: EventPublisher
             await asyncio.wait_for(app.state.events.publish(kind, target, payload),
                                    announce.PUBLISH_TIMEOUT)
 
-        domain = CallManagerDomain(sessionmaker, publish)
+        domain = CallManagerDomain(sessionmaker, publish, cluster_state=cluster_state)
     app.state.domain = domain
 
     app.add_middleware(BodyLimitMiddleware, limit=max_body)

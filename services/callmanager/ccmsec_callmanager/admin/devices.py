@@ -21,13 +21,12 @@ from ccmsec.db.devices import (
     HARDENING_FIELDS,
     Device,
     InvalidDeviceName,
-    cluster_security_mode,
-    ctl_exists,
     validate_device_name,
 )
 
 from ccmsec.domain import DeviceSecurityMode
 
+from ccmsec_callmanager.domain import OwnerRefused
 from ccmsec_callmanager.domain import device_change_actions  # noqa: F401  (the one definition)
 
 from .audit import new_entry
@@ -91,11 +90,15 @@ def checked_name(name: str) -> str:
         raise ApiError(422, str(exc)) from None
 
 
-async def _check_rules(session, model: str, mode: str, web_access: bool) -> None:
+async def _check_rules(request: Request, model: str, mode: str, web_access: bool) -> None:
+    # MODE-5 against the CTL Provider's mode and CTL (the domain follows them; 503 before it answered)
+    try:
+        cluster = await request.app.state.domain.cluster_now()
+    except OwnerRefused as exc:
+        raise ApiError(exc.http_status, exc.message) from None
     try:
         check_device_change(model, mode, web_access=web_access,
-                            cluster_mode=await cluster_security_mode(session),
-                            ctl_exists=await ctl_exists(session))
+                            cluster_mode=cluster.mode, ctl_exists=cluster.ctl_present)
     except RuleViolation as exc:
         # DEV-3 is about what the model can do (422); MODE-5 about the cluster's state (409).
         raise ApiError(422 if exc.rule == "DEV-3" else 409, exc.reason, rule=exc.rule) from None
@@ -107,7 +110,7 @@ async def create_device(request: Request, _: Principal = Depends(require_admin))
     body = await read_json(request, DeviceCreate)
     request.state.audit_target = body.name
     async with request.app.state.sessionmaker() as session:
-        await _check_rules(session, body.model, body.security_mode, body.web_access)
+        await _check_rules(request, body.model, body.security_mode, body.web_access)
         device = Device(**body.model_dump())
         session.add(device)
         session.add(new_entry(request, status=201,

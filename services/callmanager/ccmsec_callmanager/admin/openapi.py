@@ -23,10 +23,10 @@ PEER = (502, 503)  # operations that call another service (CAPF, the CTL Provide
 SPECIFIC: dict[str, tuple[int, ...]] = {
     "login": (401, 429),
     "account.create": (409,),
-    "device.create": (409,),
+    "device.create": (409, 503),  # 503: the CTL Provider never answered (MODE-5 needs its state)
     "device.show": (404,),
     "device.delete": (404,),
-    "device.update": (404, 409),
+    "device.update": (404, 409, 503),
     "device.set_pool": (404, 409),
     "device.reset": (404, 503),
     "device.reset_many": (503,),
