@@ -69,6 +69,8 @@ _TABLE: dict[str, dict[str, frozenset[str]]] = {
         # (issue 9 §5), and only CAPF needs them this way.
         "GetDevice": frozenset({"capf"}),
         "ListDevices": frozenset({"capf"}),
+        # This node's ccmserver.cer (CERT-5): the CTL Provider's CallManager record of it (AUTH-2).
+        "GetServerCertificate": frozenset({"ctl-provider"}),
     },
     "ccmsec.v1.Capf": {
         "Status": _status("capf"),

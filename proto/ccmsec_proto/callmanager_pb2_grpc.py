@@ -165,6 +165,11 @@ class CallManagerStub:
                 request_serializer=ccmsec__proto_dot_callmanager__pb2.DevicesRequest.SerializeToString,
                 response_deserializer=ccmsec__proto_dot_callmanager__pb2.DevicesReply.FromString,
                 _registered_method=True)
+        self.GetServerCertificate = channel.unary_unary(
+                '/ccmsec.v1.CallManager/GetServerCertificate',
+                request_serializer=ccmsec__proto_dot_common__pb2.Empty.SerializeToString,
+                response_deserializer=ccmsec__proto_dot_common__pb2.Certificate.FromString,
+                _registered_method=True)
 
 
 class CallManagerServicer:
@@ -337,6 +342,14 @@ class CallManagerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetServerCertificate(self, request, context):
+        """This node's own SCCP/TLS server certificate (ccmserver.cer, CERT-5; `der` is DER): the CTL
+        Provider's CallManager record of this node (AUTH-2, LATER-7).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CallManagerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -469,6 +482,11 @@ def add_CallManagerServicer_to_server(servicer, server):
                     servicer.ListDevices,
                     request_deserializer=ccmsec__proto_dot_callmanager__pb2.DevicesRequest.FromString,
                     response_serializer=ccmsec__proto_dot_callmanager__pb2.DevicesReply.SerializeToString,
+            ),
+            'GetServerCertificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetServerCertificate,
+                    request_deserializer=ccmsec__proto_dot_common__pb2.Empty.FromString,
+                    response_serializer=ccmsec__proto_dot_common__pb2.Certificate.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1173,6 +1191,33 @@ class CallManager:
             '/ccmsec.v1.CallManager/ListDevices',
             ccmsec__proto_dot_callmanager__pb2.DevicesRequest.SerializeToString,
             ccmsec__proto_dot_callmanager__pb2.DevicesReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetServerCertificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ccmsec.v1.CallManager/GetServerCertificate',
+            ccmsec__proto_dot_common__pb2.Empty.SerializeToString,
+            ccmsec__proto_dot_common__pb2.Certificate.FromString,
             options,
             channel_credentials,
             insecure,

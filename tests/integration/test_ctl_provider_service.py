@@ -5,6 +5,8 @@ certificates from the files those services keep in the data directory (the docum
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import random
 import shutil
 import ssl
@@ -12,6 +14,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import grpc
 import nats
@@ -38,10 +41,14 @@ from ccmsec.runtime.identity import client_identity, service_identity
 from ccmsec.runtime.service import GRPC_PORT_DEFAULT
 from ccmsec.runtime.settings import load_settings
 from ccmsec.wire.ctlprovider import ErrorCode
+from ccmsec.runtime.grpcio import GrpcServer
+from ccmsec_callmanager.callcontrol import CallControl, CallControlConfig, load_pki
+from ccmsec_callmanager.servicer import CallManagerServicer
 from ccmsec_ctl_provider.main import CtlProviderService
-from ccmsec_proto import common_pb2, ctl_provider_pb2, ctl_provider_pb2_grpc, events_pb2
+from ccmsec_proto import callmanager_pb2_grpc, common_pb2, ctl_provider_pb2, ctl_provider_pb2_grpc, events_pb2
 from ccmsec_proto import tftp_signer_pb2, tftp_signer_pb2_grpc
 from tests.conftest import free_port
+from tests.deviceowner import loopback_host
 
 
 @dataclass
@@ -88,11 +95,12 @@ async def _prepare(data: Path) -> None:
 
 
 async def _start(data: Path, nats_url: str, host: str, port: int, grpc_port: int,
-                 peer_host: str = "127.254.253.252", **extra):
+                 peer_host: str = "127.254.253.252", peers: dict[str, str] | None = None, **extra):
     settings = load_settings(service="ctl-provider", data_dir=data, host=host, grpc_port=grpc_port,
                              metrics_port=0, nats_url=nats_url, ctl_provider_port=port,
                              shutdown_grace=1.0,
-                             peers={r: peer_host for r in ("callmanager", "tftp-signer", "capf")}, **extra)
+                             peers={**{r: peer_host for r in ("callmanager", "tftp-signer", "capf")},
+                                    **(peers or {})}, **extra)
     service_identity(data, "ctl-provider", "ctl-provider", host)  # issued before start, as the runner does
     svc = CtlProviderService(settings)
     task = asyncio.create_task(svc.run())
@@ -228,6 +236,83 @@ async def test_later7_a_group_node_named_by_host_name_is_found_by_its_name(tmp_p
         await channel.close()
         svc.request_stop()
         await asyncio.wait_for(task, 10)
+
+
+@contextlib.asynccontextmanager
+async def _call_control_node(data: Path, node: str, host: str):
+    """One call-control node as the CTL Provider reaches it: the real CallManagerServicer behind
+    the real authorization gate, on mutual TLS with the node's own identity, at `host` on the
+    default gRPC port; its ccmserver.cer is made by call control's own loader in a data directory of
+    its own (nothing of it in the provider's data directory)."""
+    own = data / "node-data" / node
+    issued, _ = load_pki(own, node, host)
+    control = CallControl(CallControlConfig(node=node, host=host, sccp_port=0, sccp_tls_port=0,
+                                            data_dir=own), None, server_identity=issued)
+    server = GrpcServer(service_identity(data, "callmanager", node, host), host, GRPC_PORT_DEFAULT,
+                        metrics=False)
+    server.add(callmanager_pb2_grpc.add_CallManagerServicer_to_server,
+               CallManagerServicer(SimpleNamespace(node=node, callcontrol=control, grpc=server)),
+               "ccmsec.v1.CallManager")
+    await server.start()
+    await server.set_serving(True)
+    try:
+        yield issued.cert.public_bytes(serialization.Encoding.DER), server
+    finally:
+        await server.stop(0)
+
+
+async def test_cert5_ctl_takes_each_nodes_certificate_over_grpc_and_a_wrong_role_is_refused(
+        tmp_path, nats_server, caplog):
+    """CERT-5 / AUTH-2 / LATER-7: the CTL Provider asks every call-control node for its own
+    certificate (CallManager/GetServerCertificate). No node keeps a file in the provider's data
+    directory here, so the records can only have come over gRPC — and they are the nodes' own
+    certificates, logged and shown as `grpc`. Only ctl-provider may ask: any other role is refused
+    (PERMISSION_DENIED). A node that stops answering while no file stands in for it is refused by
+    name, not left out of the CTL."""
+    host, publisher, sub = loopback_host(), loopback_host(), loopback_host()
+    await _prepare(tmp_path)
+    (tmp_path / "servers" / "callmanager" / "ccmserver.cer").unlink()  # the publisher's file: absent
+    async with _call_control_node(tmp_path, "callmanager", publisher) as (pub_der, pub_server), \
+            _call_control_node(tmp_path, "callmanager-sub1", sub) as (sub_der, sub_server):
+        assert not list((tmp_path / "servers").glob("callmanager*/ccmserver.cer"))
+        # the bad case first: a role other than ctl-provider may not read a node's certificate
+        for role, identity in (("tftp-signer", service_identity(tmp_path, "tftp-signer", "tftp-signer", host)),
+                               ("cli", client_identity(tmp_path))):
+            async with secure_channel(identity, publisher, GRPC_PORT_DEFAULT, "callmanager") as ch:
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await callmanager_pb2_grpc.CallManagerStub(ch).GetServerCertificate(common_pb2.Empty())
+            assert refused.value.code() is grpc.StatusCode.PERMISSION_DENIED, role
+            assert "may not call /ccmsec.v1.CallManager/GetServerCertificate" in refused.value.details()
+
+        svc, task, channel, stub = await _start(tmp_path, nats_server, host, free_port(host), free_port(host),
+                                                peers={"callmanager": publisher},
+                                                call_control_nodes=[publisher, sub])
+        harness = Harness(svc, task, tmp_path, stub, [])
+        try:
+            await stub.Activate(ctl_provider_pb2.ActivateRequest(active=True))
+            with caplog.at_level(logging.INFO, logger="ccmsec.ctl-provider"):
+                servers = await harness.fetch()
+            ccm = [s for s in servers if s.role is Role.CCM]
+            assert [s.certificate.public_bytes(serialization.Encoding.DER) for s in ccm] == [pub_der, sub_der]
+            assert [(s.dns_name, s.ipv4) for s in ccm] == [("callmanager", publisher), ("callmanager-sub1", sub)]
+            assert sum(r.role is Role.CCM for r in build_records([], servers)) == 2
+            details = (await stub.Status(common_pb2.Empty())).details
+            assert details["source_CCM"] == "grpc" and details[f"source_CCM@{sub}"] == "grpc"
+            assert details["source_TFTP"] == "file"  # no tftp-signer runs: its file stands in
+            taken = [(r.getMessage(), getattr(r, "node", "")) for r in caplog.records
+                     if r.name == "ccmsec.ctl-provider" and r.getMessage().startswith("certificate ")]
+            assert ("certificate over gRPC", "callmanager") in taken and ("certificate over gRPC", sub) in taken
+            assert ("certificate from file", "tftp-signer") in taken
+
+            # the subscriber stops answering and no file is for it: refused, naming it
+            await sub_server.stop(0)
+            svc._cache = None
+            with pytest.raises(ProviderRefused, match=sub):
+                await harness.fetch()
+        finally:
+            await channel.close()
+            svc.request_stop()
+            await asyncio.wait_for(task, 10)
 
 
 async def test_chk1_activation_survives_a_restart(provider, nats_server):

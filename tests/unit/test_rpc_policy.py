@@ -73,6 +73,8 @@ def test_the_rules_of_issue_9():
         assert p[f"/ccmsec.v1.CallManager/{lookup}"] == {"capf"}
         assert not rpc_policy.is_allowed(f"/ccmsec.v1.CallManager/{lookup}", "tftp-signer")
         assert not rpc_policy.is_allowed(f"/ccmsec.v1.CallManager/{lookup}", "cli")
+    # A node's own server certificate: only the CTL Provider builds CallManager records from it.
+    assert p["/ccmsec.v1.CallManager/GetServerCertificate"] == {"ctl-provider"}
     # The administration API's cluster view asks the mode's and the CTL's owner.
     for read in ("GetSecurityMode", "GetCurrentCtl"):
         assert rpc_policy.is_allowed(f"/ccmsec.v1.CtlProvider/{read}", "admin-api")

@@ -186,6 +186,11 @@ class CallControl:
         assert self._server_identity is not None
         return self._server_identity.cert
 
+    @property
+    def loaded_server_certificate(self) -> x509.Certificate | None:
+        """This node's ccmserver.cer once loaded (at start), else None."""
+        return self._server_identity.cert if self._server_identity is not None else None
+
     # lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
         c = self.config

@@ -8,6 +8,7 @@ import logging
 import uuid
 
 import grpc
+from cryptography.hazmat.primitives import hashes, serialization
 from sqlalchemy import select
 
 from ccmsec.db import registry as registry_db
@@ -17,7 +18,7 @@ from ccmsec.domain import ClusterMode, DeviceSecurityMode, DomainError
 from ccmsec.policy.resets import ResetDevicesOnServer, required_actions
 from ccmsec.runtime.servicer import StatusServicerMixin, abort, caller_of
 from ccmsec_proto import callmanager_pb2 as pb
-from ccmsec_proto import callmanager_pb2_grpc, events_pb2
+from ccmsec_proto import callmanager_pb2_grpc, common_pb2, events_pb2
 
 from .calls_api import CallsServicerMixin
 from .cluster_state import ClusterStateFollower, ClusterStateUnknown
@@ -174,6 +175,22 @@ class CallManagerServicer(CallsServicerMixin, MobilityServicerMixin, RoutingServ
         async with self.service.db() as session:
             rows = (await session.execute(query)).all()
         return pb.DevicesReply(devices=[self._device_info(*r) for r in rows])
+
+    # this node's certificate ------------------------------------------------------------------
+    async def GetServerCertificate(self, request, context):  # noqa: N802
+        """This node's own SCCP/TLS server certificate (ccmserver.cer, CERT-5), `der` in DER as the
+        CTL Provider reads it: its CallManager record of this node (AUTH-2, LATER-7)."""
+        cc = getattr(self.service, "callcontrol", None)
+        cert = cc.loaded_server_certificate if cc is not None else None
+        if cert is None:
+            await abort(context, grpc.StatusCode.UNAVAILABLE,
+                        f"call control on {self.service.node} has not loaded its server certificate yet")
+        return common_pb2.Certificate(
+            der=cert.public_bytes(serialization.Encoding.DER), serial=format(cert.serial_number, "x"),
+            subject=cert.subject.rfc4514_string(), issuer=cert.issuer.rfc4514_string(),
+            role=common_pb2.ROLE_CCM, not_before_unix=int(cert.not_valid_before_utc.timestamp()),
+            not_after_unix=int(cert.not_valid_after_utc.timestamp()),
+            fingerprint_sha256=cert.fingerprint(hashes.SHA256()).hex(), dns_name=self.service.node)
 
     # lines ------------------------------------------------------------------------------------
     def _actor(self, context) -> Actor:

@@ -1,8 +1,10 @@
 """Gathering the certificates this CTL Provider answers with.
 
 For each server role of the cluster the provider asks the service itself over mutual-TLS gRPC and
-falls back to the certificate file that service keeps in the shared data directory when the RPC is
-missing or the service is down (the certificates never change once issued — CERT-5, CHK-2):
+falls back to the certificate file that service keeps in the shared data directory when the service
+is down or not started yet (the certificates never change once issued — CERT-5, CHK-2). Each
+certificate's path is logged ("certificate over gRPC" / "certificate from file", with the RPC's
+error) and shown per role in the status details (`source_CCM=grpc|file`):
 
     CallManager  CallManager/GetServerCertificate   DATA/servers/callmanager/ccmserver.cer (DER)
     TFTP         TftpSigner/GetSigningCertificate   DATA/servers/tftp-signer/ccmserver.cer (DER)
@@ -96,6 +98,8 @@ async def gather(data_dir: Path, channel_for: ChannelFor, host_for: Callable[[st
         try:
             der = await _from_rpc(channel_for(source.service), source.rpc)
             origin = "grpc"
+            log.info("certificate over gRPC", extra={"role": source.role.label, "node": source.service,
+                                                     "rpc": source.rpc})
         except (grpc.aio.AioRpcError, CertificateUnavailable, asyncio.TimeoutError) as exc:
             reason = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
             path = source.file(data_dir)
@@ -106,8 +110,8 @@ async def gather(data_dir: Path, channel_for: ChannelFor, host_for: Callable[[st
                     f"the {source.role.label} certificate is not available: {source.service} "
                     f"did not answer ({reason}) and {path} does not exist yet") from None
             origin = "file"
-            log.info("certificate from file", extra={"role": source.role.label, "path": str(path),
-                                                     "rpc_error": reason})
+            log.info("certificate from file", extra={"role": source.role.label, "node": source.service,
+                                                     "path": str(path), "rpc_error": reason})
         return CertificateEntry(source.role, source.service, _ipv4(host), der), origin
 
     results = await asyncio.gather(*(one(s) for s in sources))
@@ -128,15 +132,20 @@ def _addresses_and_name(der: bytes) -> tuple[set[str], str]:
 
 async def gather_call_control_nodes(data_dir: Path, hosts: list[str], publisher: str,
                                     channel_to: Callable[[str], grpc.aio.Channel],
-                                    resolve: Callable[[str], str] = lambda host: host) -> list[CertificateEntry]:
+                                    resolve: Callable[[str], str] = lambda host: host,
+                                    ) -> tuple[list[CertificateEntry], dict[str, str]]:
     """LATER-7: a CallManager record for every other node of the CallManager group (the
     subscribers), so a secure phone failing over to one of them finds its certificate in the CTL
     (AUTH-2). A node is named by its address (the local runner) or by its host name (compose's
     service name, `resolve`d to the address the record carries). Each node is asked over gRPC;
     when it does not answer, the certificate file a node keeps in DATA/servers/<node>/ is taken
     whose IP address is the node's, or whose server name is the node's host name (in compose a
-    node listens on every address, so its certificate carries its name, not an address)."""
+    node listens on every address, so its certificate carries its name, not an address). The
+    file stays as the fallback for a node that is down or restarting: its certificate is never
+    re-issued (CERT-5), so the file is what the node would answer. Also returns where each node's
+    certificate came from (`CCM@<node>` -> grpc | file), and logs it."""
     entries: list[CertificateEntry] = []
+    origins: dict[str, str] = {}
     publisher_address = resolve(publisher) if publisher else ""
     for host in hosts:
         address = resolve(host)
@@ -144,6 +153,9 @@ async def gather_call_control_nodes(data_dir: Path, hosts: list[str], publisher:
             continue
         try:
             der = await _from_rpc(channel_to(address), SOURCES[0].rpc)
+            origins[f"CCM@{host}"] = "grpc"
+            log.info("certificate over gRPC", extra={"role": Role.CCM.label, "node": host,
+                                                     "rpc": SOURCES[0].rpc})
         except (grpc.aio.AioRpcError, CertificateUnavailable, asyncio.TimeoutError) as exc:
             reason = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
             der = _node_file(Path(data_dir), host, address)
@@ -151,9 +163,12 @@ async def gather_call_control_nodes(data_dir: Path, hosts: list[str], publisher:
                 raise CertificateUnavailable(
                     f"the CallManager certificate of the group's node {host} is not available: it did "
                     f"not answer ({reason}) and no DATA/servers/*/ccmserver.cer is for {host}") from None
+            origins[f"CCM@{host}"] = "file"
+            log.info("certificate from file", extra={"role": Role.CCM.label, "node": host,
+                                                     "rpc_error": reason})
         ips, name = _addresses_and_name(der)
         entries.append(CertificateEntry(Role.CCM, name or host, _ipv4(address), der))
-    return entries
+    return entries, origins
 
 
 def _node_file(data_dir: Path, host: str, address: str = "") -> bytes | None:

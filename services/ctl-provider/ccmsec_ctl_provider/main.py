@@ -91,9 +91,11 @@ class CtlProviderService(Service):
                                         self.settings.peer_host)
         nodes = list(self.settings.call_control_nodes)  # addresses, or compose's service names
         if len(nodes) > 1:
-            entries = entries + await gather_call_control_nodes(
+            more, node_origins = await gather_call_control_nodes(
                 self.settings.data_dir, nodes, self.settings.peers.get("callmanager", ""), self._node_channel,
                 resolve_host)
+            entries = entries + more
+            origins = {**origins, **node_origins}
         self.certificate_origins = origins
         self._cache = (now, entries)
         return entries
