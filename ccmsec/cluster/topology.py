@@ -37,7 +37,10 @@ class ServiceSpec:
     host_index: int     # last octet of the service's loopback address
     description: str
     ports: tuple[Port, ...] = ()
-    peers: tuple[str, ...] = ()   # roles it calls over gRPC
+    # Roles it calls over gRPC, exactly as its code does (`peer_channel("<role>")`; ctl-provider
+    # also through its certificate sources) — tests/unit/test_topology_peers.py derives them from
+    # the code. Compose's start order follows them (compose.start_dependencies).
+    peers: tuple[str, ...] = ()
     persistent: bool = True       # its data must survive restarts (a named volume in compose)
 
     @property
@@ -54,13 +57,13 @@ SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("ctl-provider", "ccmsec_ctl_provider", 2, "CTL Provider: server certificates for the CTL client",
                 (_p("ctl_provider_port", 2444, "tcp", "CTL Provider TLS"),), ("callmanager", "tftp-signer", "capf")),
     ServiceSpec("capf", "ccmsec_capf", 3, "Certificate Authority Proxy Function: issues LSCs",
-                (_p("capf_port", 3804, "tcp", "CAPF over TLS"),), ("tftp-signer",)),
+                (_p("capf_port", 3804, "tcp", "CAPF over TLS"),), ("callmanager", "ctl-provider")),
     ServiceSpec("tftp-signer", "ccmsec_tftp_signer", 4, "TFTP server that signs every file it serves",
                 (_p("tftp_port", 69, "udp", "TFTP"),), ()),
     ServiceSpec("callmanager", "ccmsec_callmanager", 5, "call control: SCCP registration, calls, administration API",
                 (_p("sccp_port", 2000, "tcp", "SCCP"), _p("sccp_tls_port", 2443, "tcp", "SCCP over TLS"),
                  _p("admin_port", 8443, "tcp", "HTTPS administration")),
-                ("keymanager", "tftp-signer", "capf", "srtp-gateway", "ctl-provider", "phone-sim")),
+                ("keymanager", "capf", "srtp-gateway", "ctl-provider")),
     ServiceSpec("keymanager", "ccmsec_keymanager", 6, "key manager: SRTP master values per call", (), ()),
     # Controlled with MGCP semantics over gRPC on mutual TLS (GW-4, CHK-12), not MGCP text on UDP
     # 2427: that port would be unauthenticated. Media uses an ephemeral UDP port per connection.
@@ -70,7 +73,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
                 (_p("sccp_port", 2000, "tcp", "SCCP (fallback)"), _p("sccp_tls_port", 2443, "tcp", "SCCP over TLS (fallback)"),
                  _p("srst_cert_port", 2445, "tcp", "SRST certificate provider")), ("callmanager",)),
     ServiceSpec("phone-sim", "ccmsec_phone_sim", 9, "simulated phones speaking TFTP, CAPF, SCCP and SRTP",
-                (), ("tftp-signer", "capf", "callmanager", "srst"), persistent=False),
+                (), ("tftp-signer",), persistent=False),  # TFTP, CAPF, SCCP are phone protocols, not gRPC
 )
 
 ROLES = tuple(s.role for s in SERVICES)

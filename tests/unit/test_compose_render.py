@@ -347,8 +347,10 @@ def test_start_order_drops_only_edges_between_roles_that_call_each_other():
     assert "ctl-provider" not in waits["callmanager"] and "callmanager" not in waits["ctl-provider"]
     # srtp-gateway asks callmanager for the cluster mode (GW-4) and callmanager drives the gateway
     assert "srtp-gateway" not in waits["callmanager"] and "callmanager" not in waits["srtp-gateway"]
-    assert waits["callmanager"] == ["keymanager", "tftp-signer", "capf"]
-    assert waits["capf"] == ["tftp-signer"]
+    # capf looks devices up at call control and asks the CTL Provider; both call capf back
+    assert waits["capf"] == [] and "capf" not in waits["callmanager"] and "capf" not in waits["ctl-provider"]
+    assert waits["callmanager"] == ["keymanager"]
+    assert waits["ctl-provider"] == ["tftp-signer"] and waits["srst"] == ["callmanager"]
     services = _doc()["services"]
     for role, peers in waits.items():
         extra = [d for d in services[role]["depends_on"] if d not in ("init", "nats", "postgres")]
@@ -412,10 +414,11 @@ def test_validate_reports_a_host_port_published_twice():
 
 def test_validate_reports_a_depends_on_cycle():
     doc = _doc()
-    doc["services"]["tftp-signer"]["depends_on"]["capf"] = {"condition": "service_started"}
+    doc["services"]["tftp-signer"]["depends_on"]["ctl-provider"] = {"condition": "service_started"}
     problems = compose.validate_compose(_dump(doc))
-    assert len(problems) == 1 and problems[0] in ("depends_on cycle: capf -> tftp-signer -> capf",
-                                                  "depends_on cycle: tftp-signer -> capf -> tftp-signer")
+    assert len(problems) == 1 and problems[0] in (
+        "depends_on cycle: ctl-provider -> tftp-signer -> ctl-provider",
+        "depends_on cycle: tftp-signer -> ctl-provider -> tftp-signer")
 
 
 def test_validate_reports_schema_violations():
