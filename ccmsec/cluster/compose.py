@@ -423,10 +423,16 @@ MONITORING_PROFILE = "monitoring"
 
 
 MONITORING_DIR = "deploy/monitoring"
+# Prometheus's scrape targets (file-based service discovery): written by `ccmsec compose render`
+# with the compose file, so they follow `--subscribers N`; the folder is mounted (not the file), so
+# a re-render is seen by a running Prometheus too.
+PROMETHEUS_TARGETS_DIR = f"{MONITORING_DIR}/prometheus/targets"
+PROMETHEUS_TARGETS = f"{PROMETHEUS_TARGETS_DIR}/ccmsec.yml"
 MONITORING_FILES = {  # file in the project -> where the container reads it
     "prometheus": {
         f"{MONITORING_DIR}/prometheus/prometheus.yml": "/etc/prometheus/prometheus.yml",
         f"{MONITORING_DIR}/prometheus/ccmsec-rules.yml": "/etc/prometheus/rules/ccmsec-rules.yml",
+        PROMETHEUS_TARGETS_DIR: "/etc/prometheus/targets",
     },
     "grafana": {
         f"{MONITORING_DIR}/grafana/provisioning": "/etc/grafana/provisioning",
@@ -473,6 +479,25 @@ def _monitoring_services() -> dict:
             **INFRA_LIMITS,
         },
     }
+
+
+def scrape_targets(services: tuple[ServiceSpec, ...] = SERVICES,
+                   subscribers: int = COMPOSE_SUBSCRIBERS) -> list[str]:
+    """Every node's metrics endpoint as compose names it: each role, and after callmanager its
+    call-control subscribers (LATER-7) — the services `compose_model` renders."""
+    check_subscribers(subscribers)
+    out = []
+    for s in services:
+        nodes = call_control_nodes(subscribers) if s.role == "callmanager" else [s.role]
+        out += [f"{node}:{METRICS_PORT}" for node in nodes]
+    return out
+
+
+def render_prometheus_targets(subscribers: int = COMPOSE_SUBSCRIBERS) -> str:
+    """The monitoring profile's file-based service discovery (job `ccmsec` in prometheus.yml)."""
+    body = yaml.safe_dump([{"targets": scrape_targets(subscribers=subscribers)}], sort_keys=False,
+                          default_flow_style=False)
+    return HEADER + body
 
 
 def check_subscribers(subscribers: int) -> int:
@@ -594,7 +619,8 @@ def render_dockerignore() -> str:
 def rendered_files(subscribers: int = COMPOSE_SUBSCRIBERS) -> dict[str, str]:
     """Every generated file, by path relative to the project root."""
     return {"docker-compose.yml": render_compose(subscribers), ".dockerignore": render_dockerignore(),
-            DOCKERFILE: render_dockerfile(), "compose.env.example": env_example()}
+            DOCKERFILE: render_dockerfile(), "compose.env.example": env_example(),
+            PROMETHEUS_TARGETS: render_prometheus_targets(subscribers)}
 
 
 def stale_files(root: Path, compose_path: Path | None = None,

@@ -336,8 +336,13 @@ def test_promtool_accepts_the_rules_and_the_example_configuration(tmp_path):
     # The example Prometheus configuration, with the rule file where it would be mounted.
     config = (MONITORING / "prometheus" / "prometheus.yml").read_text()
     (tmp_path / "ccmsec-rules.yml").write_text(RULES.read_text())
-    (tmp_path / "prometheus.yml").write_text(config.replace("/etc/prometheus/rules/ccmsec-rules.yml",
-                                                            str(tmp_path / "ccmsec-rules.yml")))
+    # and the targets folder (file-based discovery) where the rendered targets file is
+    targets = tmp_path / "targets"
+    targets.mkdir()
+    (targets / "ccmsec.yml").write_text((MONITORING / "prometheus" / "targets" / "ccmsec.yml").read_text())
+    (tmp_path / "prometheus.yml").write_text(
+        config.replace("/etc/prometheus/rules/ccmsec-rules.yml", str(tmp_path / "ccmsec-rules.yml"))
+        .replace("/etc/prometheus/targets", str(targets)))
     res = subprocess.run([tool, "check", "config", str(tmp_path / "prometheus.yml")],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stdout + res.stderr

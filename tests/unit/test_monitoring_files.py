@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import yaml
 
 from tests.conftest import ROOT
@@ -47,14 +48,74 @@ def test_every_alert_has_a_unique_name_a_severity_and_a_summary():
         assert r["annotations"]["summary"] and r["annotations"]["description"], r["alert"]
 
 
-def test_the_example_configuration_scrapes_every_role_and_loads_the_rules():
+def _targets_of(text: str) -> list[str]:
+    return [t for group in yaml.safe_load(text) for t in group["targets"]]
+
+
+def test_the_example_configuration_scrapes_every_node_and_loads_the_rules():
+    """The `ccmsec` job reads its targets from the folder the compose profile mounts, and the
+    committed targets file (rendered with the committed compose file) lists every role and every
+    call-control subscriber that compose file runs."""
+    from ccmsec.cluster import compose
     from ccmsec.cluster.topology import ROLES
 
     config = yaml.safe_load((MONITORING / "prometheus" / "prometheus.yml").read_text())
     job = next(j for j in config["scrape_configs"] if j["job_name"] == "ccmsec")
-    targets = {t.split(":")[0] for sc in job["static_configs"] for t in sc["targets"]}
-    assert targets == set(ROLES)
+    assert "static_configs" not in job
+    (sd,) = job["file_sd_configs"]
+    mounted = compose.MONITORING_FILES["prometheus"][compose.PROMETHEUS_TARGETS_DIR]
+    assert sd["files"] == [f"{mounted}/*.yml"]
+    committed = (ROOT / compose.PROMETHEUS_TARGETS).read_text()
+    assert committed == compose.render_prometheus_targets(compose.COMPOSE_SUBSCRIBERS)
+    nodes = {t.split(":")[0] for t in _targets_of(committed)}
+    in_compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    assert nodes == {name for name, svc in in_compose.items()
+                     if "CCMSEC_METRICS_PORT" in (svc.get("environment") or {})}
+    assert set(ROLES) < nodes and "callmanager-sub1" in nodes
     assert any(path.endswith("ccmsec-rules.yml") for path in config["rule_files"])
+
+
+def test_rendered_targets_follow_the_subscribers(tmp_path):
+    """`ccmsec compose render --subscribers N` writes the targets with the compose file: each
+    rendered callmanager-subN is scraped, no other; `--check` finds a targets file left from
+    another number stale, and a number out of range is refused before anything is written."""
+    import argparse
+
+    from ccmsec.cli import compose as compose_cli
+    from ccmsec.cli.common import CliError
+    from ccmsec.cluster import compose
+
+    def render(*argv):
+        parser = argparse.ArgumentParser()
+        compose_cli.register(parser.add_subparsers())
+        args = parser.parse_args(["compose", "render", "--root", str(root), *argv])
+        return args.func(args)
+
+    for n in (0, 3, compose.MAX_SUBSCRIBERS):
+        services = compose.compose_model(subscribers=n)["services"]
+        scraped = {t.split(":")[0] for t in _targets_of(compose.render_prometheus_targets(n))}
+        metrics = {name for name, svc in services.items() if "CCMSEC_METRICS_PORT" in svc.get("environment", {})}
+        assert scraped == metrics
+        assert {t for t in scraped if t.startswith("callmanager-sub")} == {
+            f"callmanager-sub{i}" for i in range(1, n + 1)}
+        assert all(t.endswith(f":{compose.METRICS_PORT}") for t in compose.scrape_targets(subscribers=n))
+
+    root = tmp_path / "project"
+    (root / "services").mkdir(parents=True)
+    assert render("--subscribers", "3") == 0
+    written = (root / compose.PROMETHEUS_TARGETS).read_text()
+    assert "callmanager-sub3:9100" in written and "callmanager-sub4" not in written
+    assert render("--subscribers", "3", "--check") == 0
+    # the bad cases: a compose file for 2 subscribers with the targets left from 3 is stale (the
+    # targets file alone); 9 subscribers are refused and nothing is written
+    assert render("--subscribers", "2") == 0
+    (root / compose.PROMETHEUS_TARGETS).write_text(written)
+    with pytest.raises(CliError, match="out of date") as stale:
+        render("--subscribers", "2", "--check")
+    assert str(stale.value).split(": ", 1)[1] == str(root / compose.PROMETHEUS_TARGETS)
+    with pytest.raises(CliError, match="0 to 4 call-control subscribers"):
+        render("--subscribers", "9")
+    assert (root / compose.PROMETHEUS_TARGETS).read_text() == written
 
 
 def test_grafana_provisioning_matches_the_compose_profile():
