@@ -6,6 +6,7 @@ and pools through the one write path (audited), bad input."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 
@@ -237,6 +238,30 @@ async def test_cert5_ccmserver_cer_created_once_and_presented_on_2443(cm):
     from ccmsec_callmanager.callcontrol import load_pki
     again, _ = load_pki(cm.data, "callmanager", "127.0.0.1")
     assert fingerprint_sha256(again.cert) == fingerprint_sha256(cm.ccm_cert)  # never re-issued
+
+
+async def test_cert5_the_node_answers_the_ctl_provider_with_the_certificate_it_presents_on_2443(cm):
+    """CallManager/GetServerCertificate on the running service: the certificate this node presents
+    to phones (ccmserver.cer, DER), for the CTL Provider's record of it; any other caller — the
+    administrator's command line, another service — is refused with PERMISSION_DENIED."""
+    from ccmsec.runtime.identity import service_identity
+
+    provider = service_identity(cm.data, "ctl-provider", "ctl-provider", cm.ctl_host)
+    async with secure_channel(provider, cm.host, cm.svc.settings.grpc_port, "callmanager") as ch:
+        reply = await callmanager_pb2_grpc.CallManagerStub(ch).GetServerCertificate(common_pb2.Empty(), timeout=5)
+    assert reply.der == (cm.data / "servers" / "callmanager" / CERT_FILE).read_bytes()
+    assert reply.fingerprint_sha256 == fingerprint_sha256(cm.ccm_cert)
+    assert reply.role == common_pb2.ROLE_CCM and reply.dns_name == "callmanager"
+    other = service_identity(cm.data, "srst", "srst", "127.0.0.1")
+    for caller, channel in (("cli", cm.channel), ("srst", None)):
+        async with contextlib.AsyncExitStack() as stack:
+            if channel is None:
+                channel = await stack.enter_async_context(
+                    secure_channel(other, cm.host, cm.svc.settings.grpc_port, "callmanager"))
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await callmanager_pb2_grpc.CallManagerStub(channel).GetServerCertificate(common_pb2.Empty(), timeout=5)
+        assert refused.value.code() is grpc.StatusCode.PERMISSION_DENIED, caller
+        assert "may not call /ccmsec.v1.CallManager/GetServerCertificate" in refused.value.details()
 
 
 # -- MODE-1 / MODE-4 ---------------------------------------------------------------------------------
