@@ -15,7 +15,7 @@ by the same CAPF key (`ccmsec.pki.lsc.issue_lsc`, the LSC profile). The same pho
 it with the same TLS context, addresses and concurrency.
 
     uv run python bench/capf_issue.py --quick        # 200 phones, one run each
-    uv run python bench/capf_issue.py                # 1000 phones, best of two runs each
+    uv run python bench/capf_issue.py                # 1000 phones, three runs each: median and range
     uv run python bench/capf_issue.py --acceptors 0  # the service process serves the port itself
 """
 
@@ -43,6 +43,11 @@ from ccmsec.aio.capf import capf_client_run, capf_phone_ssl_context
 from ccmsec.wire.capf import CapfPhoneSession, KeySpec, PhoneCredentials, Reason, spki_der
 
 PHONE_TIMEOUT = 60.0
+T0 = time.monotonic()
+
+
+def say(text: str) -> None:
+    print(f"[{time.monotonic() - T0:6.1f} s, load {os.getloadavg()[0]:5.2f}] {text}", flush=True)
 
 
 def _loop_runner():
@@ -215,13 +220,13 @@ def start_cluster(data: Path, devices: list[str], acceptors: int | None) -> dict
     from ccmsec.adminclient import AdminClient, discover
     from ccmsec.cluster import runner
 
-    print(f"starting a local cluster in {data} ...", flush=True)
+    say(f"starting a local cluster in {data} ...")
     runner.up(data, quiet=True)
     import json
 
     endpoints = json.loads((data / "run" / "endpoints.json").read_text())
     asyncio.run(_configure_capf(data, endpoints, acceptors))
-    print(f"adding {len(devices)} devices through the administration API ...", flush=True)
+    say(f"adding {len(devices)} devices through the administration API ...")
 
     def add(chunk: list[str]) -> None:
         with AdminClient(discover(data)) as admin:
@@ -272,7 +277,7 @@ async def _schedule(data: Path, endpoints: dict, devices: list[str]) -> None:
     from ccmsec.domain import CapfAuthMode, CapfOperation
     from ccmsec_proto import capf_pb2
 
-    print(f"scheduling {len(devices)} installs over gRPC ...", flush=True)
+    say(f"scheduling {len(devices)} installs over gRPC ...")
     channel, stub = await _capf_stub(data, endpoints)
     gate = asyncio.Semaphore(16)
 
@@ -296,7 +301,8 @@ def capf_acceptors(data: Path, endpoints: dict) -> int:
 
 
 def wait_quiet(limit: float = 30.0) -> None:
-    """Let the cluster's reaction to the schedules (signed configurations) finish first."""
+    """Let the cluster's reaction to what came before (schedules, installs: signed
+    configurations, events) finish, so that neither side pays for the other's aftermath."""
     def busy() -> tuple[int, int]:
         fields = [int(x) for x in open("/proc/stat").readline().split()[1:]]
         return sum(fields), fields[3] + fields[4]
@@ -322,12 +328,12 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=64, help="phones in flight at once")
     parser.add_argument("--acceptors", type=int, default=None,
                         help="set the capf service's acceptor_processes (default: the service's own default)")
-    parser.add_argument("--runs", type=int, default=None, help="runs of each (default 2, 1 with --quick)")
+    parser.add_argument("--runs", type=int, default=None, help="runs of each (default 3, 1 with --quick)")
     parser.add_argument("--phone-driver", choices=("asyncio", "threads"), default="asyncio",
                         help="phones as asyncio tasks (phone-sim's client) or as threads on blocking sockets")
     args = parser.parse_args()
     phones = max(10, min(args.phones or (200 if args.quick else 1000), 4000))
-    runs = args.runs or (1 if args.quick else 2)
+    runs = args.runs or (1 if args.quick else 3)
     if not os.path.exists("/proc/stat"):
         raise SystemExit("this benchmark needs Linux (/proc, SO_REUSEPORT, loopback addresses)")
 
@@ -336,12 +342,13 @@ def main() -> int:
     procs = []
     try:
         load_before = os.getloadavg()
-        devices = [f"SEP{0xB0000000 + i:012X}" for i in range(phones * (runs + 1))]
+        # Fresh devices for every CAPF run (an operation installs once); the baseline takes the
+        # names of the same run's phones (it needs no device).
+        devices = [f"SEP{0xB0000000 + i:012X}" for i in range(phones * runs)]
         endpoints = start_cluster(data, devices, args.acceptors)
         acceptors = capf_acceptors(data, endpoints)
         capf_svc = endpoints["services"]["capf"]
         capf_pem = (data / "pki" / "capf.crt").read_bytes()
-        wait_quiet()
 
         # Baseline servers: as many processes as CAPF serves its port with (at least one).
         base_host = capf_svc["host"]
@@ -356,11 +363,14 @@ def main() -> int:
                 raise SystemExit("baseline server did not start")
 
         results: dict[str, list[float]] = {"capf": [], "baseline": []}
+        loads: list[float] = []
         for run in range(runs):
-            for mode in ("capf", "baseline"):
-                # Fresh devices for every CAPF run (an operation installs once); the baseline
-                # needs none but gets the same count.
-                chunk = devices[(run + 1) * phones:(run + 2) * phones] if mode == "capf" else devices[:phones]
+            # Alternate which side goes first, so that neither always runs on a warmer or
+            # busier machine.
+            for mode in (("capf", "baseline") if run % 2 == 0 else ("baseline", "capf")):
+                chunk = devices[run * phones:(run + 1) * phones]
+                wait_quiet()
+                say(f"run {run + 1} {mode:8}: starting")
                 port = int(capf_svc["capf_port"]) if mode == "capf" else base_port
                 host = capf_svc["host"]
                 ours, theirs = ctx.Pipe()
@@ -378,8 +388,9 @@ def main() -> int:
                 phone_proc.join(10)
                 rate = ok / elapsed if elapsed else 0.0
                 results[mode].append(rate)
-                print(f"run {run + 1} {mode:8}: {ok}/{phones} in {elapsed:6.2f} s = {rate:7.1f}/s"
-                      + (f"  errors: {errors}" if errors else ""), flush=True)
+                loads.append(os.getloadavg()[0])
+                say(f"run {run + 1} {mode:8}: {ok}/{phones} in {elapsed:6.2f} s = {rate:7.1f}/s"
+                    + (f"  errors: {errors}" if errors else ""))
                 if ok != phones:
                     raise SystemExit(f"{mode}: only {ok} of {phones} phones succeeded")
         load_after = os.getloadavg()
@@ -396,17 +407,21 @@ def main() -> int:
         runner.down(data, quiet=True)
         shutil.rmtree(data, ignore_errors=True)
 
-    ours, base = max(results["capf"]), max(results["baseline"])
-    print(f"phones={phones} concurrency={args.concurrency} phone-key=ec256 capf-key=rsa2048 "
-          f"acceptor_processes={acceptors} cpus={os.cpu_count()} runs={runs} (best of each)")
-    print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f}")
-    print(f"ours:     {ours:8.1f} CAPF installs/s through the capf service (TLS 3804, SQLite, events)")
+    ours, base = statistics.median(results["capf"]), statistics.median(results["baseline"])
+    ratios = [c / b for c, b in zip(results["capf"], results["baseline"]) if b]
+
+    def span(values: list[float], fmt: str) -> str:
+        return f"{min(values):{fmt}}–{max(values):{fmt}}" if len(values) > 1 else f"{values[0]:{fmt}}"
+
+    print(f"phones={phones} per run, concurrency={args.concurrency} phone-key=ec256 capf-key=rsa2048 "
+          f"acceptor_processes={acceptors} cpus={os.cpu_count()} runs={runs} (median, range over runs)")
+    print(f"load average (1 min) before {load_before[0]:.2f}, after each phase {span(loads, '.2f')}, "
+          f"after {load_after[0]:.2f}")
+    print(f"ours:     {ours:8.1f} CAPF installs/s through the capf service (TLS 3804, SQLite, events)"
+          f"  [{span(results['capf'], '.1f')}]")
     print(f"baseline: {base:8.1f} plain TLS connections/s, each one handshake + one LSC signature, "
-          f"{max(1, acceptors)} process(es)")
-    print(f"ratio:    {ours / base if base else 0.0:8.3f}")
-    if runs > 1:
-        print(f"spread:   ours {statistics.pstdev(results['capf']):.1f}/s, baseline "
-              f"{statistics.pstdev(results['baseline']):.1f}/s (population stdev over runs)")
+          f"{max(1, acceptors)} process(es)  [{span(results['baseline'], '.1f')}]")
+    print(f"ratio:    {ours / base if base else 0.0:8.3f} (of the medians; per run {span(ratios, '.3f')})")
     return 0
 
 
