@@ -291,13 +291,25 @@ async def _schedule(data: Path, endpoints: dict, devices: list[str]) -> None:
         await asyncio.gather(*(one(n) for n in devices))
 
 
-def capf_acceptors(data: Path, endpoints: dict) -> int:
-    async def ask() -> int:
+def capf_status(data: Path, endpoints: dict) -> dict[str, str]:
+    async def ask() -> dict[str, str]:
         from ccmsec_proto import common_pb2
         channel, stub = await _capf_stub(data, endpoints)
         async with channel:
-            return int((await stub.Status(common_pb2.Empty(), timeout=5)).details.get("capf_acceptor_processes", "0"))
+            return dict((await stub.Status(common_pb2.Empty(), timeout=10)).details)
     return asyncio.run(ask())
+
+
+def capf_acceptors(data: Path, endpoints: dict) -> int:
+    return int(capf_status(data, endpoints).get("capf_acceptor_processes", "0"))
+
+
+def store_rounds(data: Path, endpoints: dict) -> tuple[int, int] | None:
+    """(database rounds, look-ups and writes they carried) so far, if the service says."""
+    details = capf_status(data, endpoints)
+    if "capf_store_rounds" not in details:
+        return None
+    return int(details["capf_store_rounds"]), int(details["capf_store_round_items"])
 
 
 def wait_quiet(limit: float = 30.0) -> None:
@@ -370,6 +382,7 @@ def main() -> int:
             for mode in (("capf", "baseline") if run % 2 == 0 else ("baseline", "capf")):
                 chunk = devices[run * phones:(run + 1) * phones]
                 wait_quiet()
+                rounds_before = store_rounds(data, endpoints) if mode == "capf" else None
                 say(f"run {run + 1} {mode:8}: starting")
                 port = int(capf_svc["capf_port"]) if mode == "capf" else base_port
                 host = capf_svc["host"]
@@ -391,6 +404,10 @@ def main() -> int:
                 loads.append(os.getloadavg()[0])
                 say(f"run {run + 1} {mode:8}: {ok}/{phones} in {elapsed:6.2f} s = {rate:7.1f}/s"
                     + (f"  errors: {errors}" if errors else ""))
+                if rounds_before is not None and (rounds_after := store_rounds(data, endpoints)) is not None:
+                    n, items = rounds_after[0] - rounds_before[0], rounds_after[1] - rounds_before[1]
+                    say(f"run {run + 1} capf    : the single writer ran {n} database rounds for {items} "
+                        f"look-ups and writes ({items / max(1, n):.1f} per round, {n / max(1, ok):.2f} per install)")
                 if ok != phones:
                     raise SystemExit(f"{mode}: only {ok} of {phones} phones succeeded")
         load_after = os.getloadavg()

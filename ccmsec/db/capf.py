@@ -332,6 +332,8 @@ class SqlCapfStore:
         self._lookups: list[tuple[str, asyncio.Future]] = []
         self._rounds: asyncio.Task | None = None
         self.max_batch = 128
+        self.rounds = 0       # rounds run (each one hand-off and at most one transaction)
+        self.round_items = 0  # look-ups and writes they carried
 
     async def _write_batched(self, fn: Callable[[Connection], object]):
         """Run `fn(connection)` (synchronous Core statements) in a shared write transaction;
@@ -373,6 +375,8 @@ class SqlCapfStore:
             lookups, self._lookups = self._lookups[:self.max_batch], self._lookups[self.max_batch:]
             names = sorted({name for name, _f in lookups})
             fns = [fn for fn, _future in batch]
+            self.rounds += 1
+            self.round_items += len(batch) + len(lookups)
             try:
                 if self._sync_engine is not None:
                     if fns:

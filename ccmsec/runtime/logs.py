@@ -287,6 +287,17 @@ class _WrapperHandler(logging.Handler):
 _CAPTURE: dict = {}
 
 
+def json_log_fd() -> int | None:
+    """The file descriptor this process's JSON records go to when it captures its standard error
+    (`setup_logging(capture=True)`), else None. A child process that writes JSON records itself
+    (and captures its own fd 2) can be given this as its standard error: its lines then go
+    straight out, rather than through our capture pipe, where each line costs this process a
+    read, a JSON check and a write (the capf service paid that for every install an acceptor
+    process logged)."""
+    wrapper = _CAPTURE.get("wrapper")
+    return wrapper.out.fileno() if wrapper is not None else None
+
+
 def setup_logging(service: str, node: str, level: str = "INFO", *, capture: bool = False) -> None:
     """JSON records on standard error. With `capture` (services, the supervisor): everything else
     written to standard error or output, native code's included, becomes JSON records too."""

@@ -5,6 +5,7 @@ Real processes, real TLS, the real SQL store (SQLite)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -233,3 +234,60 @@ async def test_later8_legacy_tls_reaches_every_acceptor(db, tmp_path):
         assert await handshake(modern, sources[0]) in ("TLSv1.2", "TLSv1.3")
     finally:
         await pool.close()
+
+
+def test_acceptor_logs_go_straight_to_the_service_json_stream(tmp_path, capf):
+    """A capturing service (as deployed) gives its acceptors its JSON stream as their standard
+    error: each phone's session line goes out from the acceptor itself, not through the service's
+    capture pipe (whose reader thread costs the single writer's process a read, a JSON check and a
+    write per line). The acceptor captures its own fd 2, so its native output is still JSON."""
+    pki, ca = capf
+    info = tmp_path / "owner.txt"
+    script = tmp_path / "owner.py"
+    script.write_text(textwrap.dedent(f"""
+        import asyncio, os
+        from pathlib import Path
+        from ccmsec.runtime.logs import json_log_fd, setup_logging
+        from ccmsec.wire.capf import OperationLookup
+        from ccmsec_capf.acceptors import AcceptorPool
+
+        class Store:
+            async def find_operation(self, device_name):
+                return OperationLookup("unknown")
+
+        async def main():
+            setup_logging("capf", "node9", "INFO", capture=True)
+            pool = AcceptorPool(2, host="127.0.0.1", port=0, pki_dir=Path({str(pki)!r}), store=Store(), node="node9",
+                                limits={LIMITS!r}, config={CONFIG!r}, on_sessions=lambda r: None)
+            port = await pool.start()
+            Path({str(info)!r}).write_text(" ".join(map(str, [port, json_log_fd(), *pool.pids])))
+            await asyncio.sleep(60)
+
+        asyncio.run(main())
+    """))
+    owner = subprocess.Popen([sys.executable, str(script)], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (info.exists() and info.read_text()):
+            assert owner.poll() is None and time.monotonic() < deadline, "the owner did not start its acceptors"
+            time.sleep(0.05)
+        port, json_fd, *acceptors = (int(x) for x in info.read_text().split())
+        stream = os.readlink(f"/proc/{owner.pid}/fd/{json_fd}")
+        capture_pipe = os.readlink(f"/proc/{owner.pid}/fd/2")
+        assert stream != capture_pipe
+        for pid in acceptors:
+            own_fd2 = os.readlink(f"/proc/{pid}/fd/2")
+            assert own_fd2 not in (stream, capture_pipe), "the acceptor's native output is not captured by itself"
+            assert stream in _open_files(pid), "the acceptor does not write to the service's JSON stream"
+
+        ctx = capf_phone_ssl_context(ca.cert)
+        key = KeySpec.parse("ec256").generate()
+        phone = PhoneCredentials("SEP0000000ACFFF", capf_certificate=ca.cert, pending_key=key)
+        reason = asyncio.run(capf_client_run(HOST, port, ctx, CapfPhoneSession(phone), timeout=30))
+        assert reason == Reason.UNKNOWN_DEVICE
+    finally:
+        owner.kill()
+        _, err = owner.communicate(timeout=10)
+    records = [json.loads(line) for line in err.splitlines() if line.strip()]  # every line is JSON
+    sessions = [r for r in records if "SEP0000000ACFFF" in r.get("msg", "")]
+    assert sessions and sessions[0]["node"].startswith("node9/acceptor-"), records[-5:]

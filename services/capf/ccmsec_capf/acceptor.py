@@ -163,7 +163,9 @@ def main() -> None:
     cfg = json.loads(os.environ[ENV])
     _die_with_parent(cfg.get("parent_pid"))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the service, which stops us
-    setup_logging("capf", f"{cfg['node']}/acceptor-{cfg['index']}", cfg.get("log_level", "INFO"))
+    # capture: a crash's traceback or native output is wrapped into JSON here, since our standard
+    # error is the service's JSON stream itself (AcceptorPool), not its capture pipe.
+    setup_logging("capf", f"{cfg['node']}/acceptor-{cfg['index']}", cfg.get("log_level", "INFO"), capture=True)
     try:
         import uvloop
         runner = uvloop.run

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from ccmsec.runtime.logs import json_log_fd
+
 from .acceptor import ENV
 from .channel import STORE_METHODS, ChannelError, encode, error_reply, read_message
 
@@ -104,9 +106,12 @@ class AcceptorPool:
                "config": self.config, "log_level": self.log_level, **self.limits}
         env = dict(os.environ, **{ENV: json.dumps(cfg)})
         try:
+            # The acceptor writes JSON records itself and wraps its own native output: its standard
+            # error is where ours go, not our capture pipe (whose reader thread would otherwise
+            # check and copy a line of every phone's session in the single writer's process).
             acceptor.process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "ccmsec_capf.acceptor", env=env, pass_fds=(theirs.fileno(),),
-                stdin=asyncio.subprocess.DEVNULL)
+                stdin=asyncio.subprocess.DEVNULL, stderr=json_log_fd())
         finally:
             theirs.close()
         acceptor.starts.append(time.monotonic())

@@ -278,6 +278,9 @@ class CapfService(Service):
             details["capf_certificate_sha256"] = fingerprint_sha256(self.capf_ca.cert)
         if self.acceptors is not None:
             details["capf_acceptor_processes"] = str(len(self.acceptors.pids))
+        if self.store is not None:  # group commit at work: look-ups and writes per database round
+            details["capf_store_rounds"] = str(self.store.rounds)
+            details["capf_store_round_items"] = str(self.store.round_items)
         return details
 
 
