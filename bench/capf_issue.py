@@ -229,7 +229,9 @@ def start_cluster(data: Path, devices: list[str], acceptors: int | None) -> dict
     say(f"adding {len(devices)} devices through the administration API ...")
 
     def add(chunk: list[str]) -> None:
-        with AdminClient(discover(data)) as admin:
+        # A long timeout: on a loaded shared machine (load 25) one add took over the default and the
+        # whole run was lost; a retry could add a device twice.
+        with AdminClient(discover(data), timeout=180) as admin:
             for name in chunk:
                 admin.add_device(name, "7960")
 
