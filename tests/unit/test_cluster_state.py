@@ -113,3 +113,43 @@ async def test_ctl_updated_marks_the_ctl_present():
 async def test_without_an_owner_to_ask_the_cluster_is_mode_1():
     follower = ClusterStateFollower.fixed()
     assert await follower.current() == NON_SECURE
+
+
+async def test_an_event_before_the_first_answer_is_not_a_known_state():
+    """A ctl.updated replayed before the owner ever answered must not become 'non-secure with a
+    CTL': with the owner away, decisions stay refused rather than run on a mode nobody answered."""
+    owner = Owner(MIXED)
+    owner.down = True
+    follower = ClusterStateFollower(owner, timeout=0.5)
+    await follower.on_event(make_event("ctl.updated", "ctl-provider",
+                                       ctl_updated=events_pb2.CtlUpdated(version=3, sha256="00" * 32)))
+    assert follower.known is None
+    with pytest.raises(ClusterStateUnknown):
+        await follower.current()
+    owner.down = False
+    assert await follower.current() == MIXED
+
+
+async def test_the_background_follower_survives_a_decision_failing_at_the_same_moment():
+    """follow() and a decision ask together while the owner is away: follow() is told the other
+    question just failed (no second question) and must go on asking, not die."""
+    owner = Owner(MIXED, delay=0.1)
+    owner.down = True
+    follower = ClusterStateFollower(owner, timeout=1.0, refresh_interval=0.1)
+    decision = asyncio.create_task(follower.current())
+    await asyncio.sleep(0.02)  # the decision holds the question; follow() waits behind it
+    task = asyncio.create_task(follower.follow())
+    try:
+        with pytest.raises(ClusterStateUnknown):
+            await decision
+        await asyncio.sleep(0.3)
+        assert not task.done(), task.exception() if not task.cancelled() else "cancelled"
+        owner.down = False
+        for _ in range(100):
+            if follower.known == MIXED:
+                break
+            await asyncio.sleep(0.05)
+        assert follower.known == MIXED  # found by the background follower, still running
+        assert not task.done()
+    finally:
+        task.cancel()

@@ -10,6 +10,8 @@
 * an event is applied at once (it is published after the owner committed the change) and marks
   the cache for confirmation: the next decision asks the owner again, so an old event delivered
   late (a durable consumer catching up after a restart) never outlives the owner's next answer;
+  before the owner's first answer an event only makes that answer be asked again (it never becomes
+  a known state by itself);
 * an answer obtained while an event arrived is asked again (the event may be newer than it);
 * `forget()` (before every reset is delivered, as the mode change's RST-3 resets are) makes the
   next decision ask the owner; and every `refresh_interval` the owner is asked anyway (a change
@@ -180,7 +182,18 @@ class ClusterStateFollower:
     # --- feeding ---------------------------------------------------------------------------
     async def on_event(self, event: events_pb2.Event) -> None:
         body = event.WhichOneof("body")
-        state = self._state or NON_SECURE
+        if body not in ("mode_changed", "ctl_updated"):
+            return
+        if self._state is None:
+            # Nothing answered yet: an event alone (perhaps a late one replayed by this node's
+            # durable consumer) must not become a known state. The owner's answer decides; one in
+            # flight is asked again, since the event may be newer than it.
+            self._generation += 1
+            self._confirm = True
+            log.info("cluster state event before the CTL Provider's first answer: asking it",
+                     extra={"event_id": event.id, "kind": event.kind})
+            return
+        state = self._state
         if body == "mode_changed":
             try:
                 mode = ClusterMode.from_proto(event.mode_changed.mode).value
@@ -188,10 +201,8 @@ class ClusterStateFollower:
                 log.warning("mode.changed with an unknown mode ignored", extra={"event_id": event.id})
                 return
             self._state = ClusterState(mode, state.ctl_present, state.ctl_version)
-        elif body == "ctl_updated":
-            self._state = ClusterState(state.mode, True, max(state.ctl_version, event.ctl_updated.version))
         else:
-            return
+            self._state = ClusterState(state.mode, True, max(state.ctl_version, event.ctl_updated.version))
         self._generation += 1
         self._confirm = True  # confirmed by the owner at the next decision (a late event must not stick)
         log.info("cluster state changed by event", extra={"event_id": event.id, "kind": event.kind,
@@ -210,8 +221,9 @@ class ClusterStateFollower:
                 log.warning("%s; the cluster is non-secure without a CTL (MODE-1)", exc)
                 self._state, self._ask = NON_SECURE, None
                 return
-            except (grpc.aio.AioRpcError, OSError, ValueError) as exc:
-                self.last_error, self._failed_at = _reason(exc), time.monotonic()
+            except (grpc.aio.AioRpcError, OSError, ValueError, _JustFailed) as exc:
+                if not isinstance(exc, _JustFailed):  # a decision's question just failed: its reason stands
+                    self.last_error, self._failed_at = _reason(exc), time.monotonic()
                 if self._state is None:
                     log.warning("CTL Provider not answering GetSecurityMode; asking again",
                                 extra={"error": self.last_error})
