@@ -138,8 +138,9 @@ def _init(args) -> int:
         pki.ensure_cluster_ca(args.ca)
         for role, node in [*((r, r) for r in roles), *(("callmanager", n) for n in subscribers)]:
             out = args.identities / node
-            held = pki.issue_service_identity(args.ca, role, node, out_dir=out)
-            folders = [out] + ([admin_api_identity_dir(out)] if role == "callmanager" else [])
+            publisher = node not in subscribers  # a subscriber mounts no administration API
+            held = pki.issue_service_identity(args.ca, role, node, out_dir=out, admin_api=publisher)
+            folders = [out] + ([admin_api_identity_dir(out)] if role == "callmanager" and publisher else [])
             for folder in folders:
                 for f in folder.iterdir():
                     if f.is_file():

@@ -118,16 +118,18 @@ def issue_identity(data_dir: Path, role: str, node: str, out_dir: Path, *, dns: 
 
 def issue_service_identity(data_dir: Path, role: str, node: str, host: str = "", *,
                            out_dir: Path | None = None, dns: Iterable[str] = (),
-                           ips: Iterable[str] = ()) -> TlsIdentity:
+                           ips: Iterable[str] = (), admin_api: bool = True) -> TlsIdentity:
     """A service node's server+client identity (DNS names: role, node, localhost and `dns`;
-    addresses: `host` and `ips`). A callmanager also gets the `admin-api` identity of the HTTPS
-    administration API inside its folder: the API's server certificate and its client
-    certificate towards peers (so policies tell an administrator's act from call control's)."""
+    addresses: `host` and `ips`). A callmanager publisher (`admin_api`) also gets the `admin-api`
+    identity of the HTTPS administration API inside its folder: the API's server certificate and
+    its client certificate towards peers (so policies tell an administrator's act from call
+    control's). A subscriber mounts no administration API and gets none: a compromised subscriber
+    must not hold an administrator's credential."""
     out = Path(out_dir) if out_dir is not None else service_identity_dir(data_dir, node)
     names = {role, node, "localhost", *dns}
     addresses = [host, *ips]
     held = issue_identity(data_dir, role, node, out, dns=names, ips=addresses)
-    if role == "callmanager":
+    if role == "callmanager" and admin_api:
         issue_identity(data_dir, "admin-api", node, admin_api_identity_dir(out),
                        dns=names, ips=[*addresses, "127.0.0.1"])
     return held
@@ -146,7 +148,7 @@ def issue_local_cluster(cluster) -> None:
 
     folders = []
     for inst in cluster.instances:
-        issue_service_identity(cluster.data_dir, inst.role, inst.node, inst.host)
+        issue_service_identity(cluster.data_dir, inst.role, inst.node, inst.host, admin_api=inst.publisher)
         folders.append(service_identity_dir(cluster.data_dir, inst.node))
     issue_client_identity(cluster.data_dir, "cli")
     folders.append(client_identity_dir(cluster.data_dir, "cli"))

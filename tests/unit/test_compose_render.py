@@ -244,6 +244,9 @@ def test_init_issues_each_subscriber_its_own_callmanager_identity(tmp_path):
     held = load_identity(tmp_path / "ids" / "callmanager-sub1")
     assert held.identity.uri == "spiffe://ccmsec/callmanager/callmanager-sub1"
     assert load_identity(tmp_path / "ids" / "callmanager").identity.uri == "spiffe://ccmsec/callmanager/callmanager"
+    # The administration API runs on the publisher alone: only it holds the admin-api credential.
+    assert load_identity(tmp_path / "ids" / "callmanager" / "admin-api").identity.role == "admin-api"
+    assert not (tmp_path / "ids" / "callmanager-sub1" / "admin-api").exists()
     endpoints = json.loads((tmp_path / "cli" / "run" / "endpoints.json").read_text())
     assert endpoints["services"]["callmanager-sub1"]["host"] == "callmanager-sub1"
     assert "admin_port" not in endpoints["services"]["callmanager-sub1"]
