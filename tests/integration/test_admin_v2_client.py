@@ -17,19 +17,22 @@ from tests.integration.test_admin_v2_support import (  # noqa: F401  (fixtures)
     tracker,
     v2,
 )
+from tests.integration.test_admin_v2_endpoints import v2_ctl  # noqa: F401  (fixture: a real CTL Provider)
 
 pytestmark = pytest.mark.timeout(60)
 
 A, B = "SEP0000000000A1", "SEP0000000000B2"
 
 
-async def test_client_covers_registry_resets_lines_pools_cluster_and_capf(v2):
+async def test_client_covers_registry_resets_lines_pools_cluster_and_capf(v2_ctl):
+    v2 = v2_ctl  # the cluster view asks the CTL Provider, its owner (issue 9 §5)
     v2.write_endpoints()
     await add_devices(v2, (A, "7960", "non-secure"), (B, "7912", "non-secure"))
     await register(v2, NODE, A)
 
     def session():
-        with AdminClient(discover(v2.data_dir)) as client:
+        # This stack's API certificate is its own (the data directory's cluster CA is the provider's).
+        with AdminClient(discover(v2.data_dir, cafile=v2.certfile)) as client:
             out = {"registrations": client.registrations(), "one": client.registrations(device=B)}
             started = client.reset_all()
             out["progress"] = client.reset_progress(started["request_id"])
