@@ -340,6 +340,38 @@ class Service:
         self.log.info("stopped", extra={"seconds": round(time.monotonic() - started, 3)})
 
 
+STRAGGLER_GRACE = 5.0  # after the service stopped, the most its leftover tasks may take to end
+
+
+async def _run_then_end_stragglers(service: Service) -> int:
+    """Run the service; once it has stopped, end every task still left on the loop within
+    STRAGGLER_GRACE. asyncio's runner would wait for them without a bound, and one that ignores its
+    cancellation (seen: SQLAlchemy's shielded graceful close of an aiosqlite connection whose worker
+    thread had already gone) kept a stopped call-control process alive for ever, so the restart a
+    mode change asks for (RST-3/RST-4) never happened. Such a process now exits all the same."""
+    code = await service.run()
+    me = asyncio.current_task()
+    left = [t for t in asyncio.all_tasks() if t is not me and not t.done()]
+    for task in left:
+        task.cancel()
+    if left:
+        await asyncio.wait(left, timeout=STRAGGLER_GRACE)
+    stuck = [t for t in left if not t.done()]
+    if stuck:
+        service.log.warning("tasks ignored cancellation after the service stopped; exiting without them",
+                            extra={"tasks": ", ".join(sorted(t.get_name() for t in stuck)),
+                                   "coroutines": ", ".join(sorted({getattr(t.get_coro(), "__qualname__", "?")
+                                                                   for t in stuck}))})
+        logging.shutdown()  # every record written before the hard exit
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        os._exit(code if isinstance(code, int) else 1)
+    return code
+
+
 def run_service(cls: type[Service]) -> None:
     """Entry point body for every service: clear one-line errors, exit codes the runner understands.
     Every line the process writes to standard error/output is JSON from here on (`runtime.logs`)."""
@@ -356,7 +388,7 @@ def run_service(cls: type[Service]) -> None:
     except ImportError:  # pragma: no cover - uvloop is a dependency
         runner = asyncio.run
     try:
-        code = runner(cls(settings).run())
+        code = runner(_run_then_end_stragglers(cls(settings)))
     except (DatabaseError, bus_mod.BusError, SettingsError, IdentityError, OSError) as exc:
         logging.getLogger(f"ccmsec.{cls.role}").error("ccmsec-%s: cannot start: %s", cls.role, exc)
         sys.exit(1)
