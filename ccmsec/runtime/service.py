@@ -262,7 +262,13 @@ class Service:
                 raise
             except Exception as exc:
                 reason = f"event bus check failed: {exc}"
-            await self._set_degraded(reason)
+            try:
+                await self._set_degraded(reason)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the watchdog must outlive one failed health update
+                self.log.warning("could not update health to %r: %s (next check tries again)",
+                                 reason or "SERVING", exc, extra={"rule": "BUS-5"})
 
     async def _set_degraded(self, reason: str) -> None:
         if reason == self.degraded or self._stop.is_set():
@@ -271,9 +277,10 @@ class Service:
             self.log.warning("DEGRADED: %s", reason, extra={"rule": "BUS-5"})
         else:
             self.log.info("event bus in place again: SERVING", extra={"rule": "BUS-5"})
+        await self.grpc.set_degraded(reason)
+        # Recorded only once health says it: a failed update is retried by the next check.
         self.degraded = reason
         UP.labels(self.role, self.node).set(0 if reason else 1)
-        await self.grpc.set_degraded(reason)
 
     # --- lifecycle ------------------------------------------------------------------------
     async def run(self) -> int:
