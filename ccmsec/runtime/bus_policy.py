@@ -49,7 +49,7 @@ PUBLISHERS: dict[str, frozenset[str]] = {
     # Any service may report a gRPC call its policy refused (issue 9 §2 audit).
     "access.denied": frozenset(SERVICE_ROLES),
     # The owners whose writes callmanager (the audit log's writer) records (issue 9 §5 audit).
-    "owner.change": frozenset({"ctl-provider", "capf"}),
+    "owner.change": frozenset({"ctl-provider", "capf", "tftp-signer"}),
 }
 KINDS = tuple(PUBLISHERS)
 # Kinds addressed in the subject: `service.restart.<role>`; the others name devices in the body.

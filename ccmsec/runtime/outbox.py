@@ -75,7 +75,7 @@ def stage_actions(session, origin: str, actions: Iterable[Action], *, reason: st
 def stage_owner_change(session, origin: str, *, actor: str, action: str, target: str | None,
                        detail: str = "", rule: str | None = None, status: int = 200,
                        door: str = "grpc", remote: str | None = None) -> events_pb2.Event:
-    """The audit record of a write by an owner that is not the audit log's (ctl-provider, capf):
+    """The audit record of a write by an owner that is not the audit log's (ctl-provider, capf, tftp-signer):
     an `owner.change` event in the write's own transaction; callmanager, the only writer of
     `audit_log`, records it (issue 9 §5). A rolled-back write leaves no record; a committed one
     is recorded once, even after a NATS outage. `detail` must hold no secret."""

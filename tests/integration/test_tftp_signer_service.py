@@ -503,3 +503,46 @@ async def test_list_files_and_status(tftp):
     await tftp.get("RingList.xml")
     status = await tftp.stub().Status(common_pb2.Empty(), timeout=5)
     assert status.details["files_served"] == "1" and status.details["tftp_path"] == "cluster1"
+
+
+# --- audit (issue 9 §5) ------------------------------------------------------------------------------
+
+async def test_resign_is_audited_like_every_owners_write(tftp):
+    """A forced re-sign is a write of tftp-signer's own state (its signed files): it stages one
+    `owner.change` in its outbox naming the caller, which callmanager records in the audit log as it
+    does CAPF's and the CTL Provider's writes. The bad case: a refused Resign records nothing."""
+    import nats
+
+    from ccmsec_callmanager.access_audit import owner_change_entry
+
+    seen: list[events_pb2.Event] = []
+    nc = await nats.connect(tftp.svc.settings.nats_url)
+    try:
+        async def collect(msg):
+            seen.append(events_pb2.Event.FromString(msg.data))
+
+        await nc.subscribe("ccmsec.*.owner.change", cb=collect)
+        await nc.flush()
+        await tftp.add_device(mode="authenticated")
+        await tftp.set_mode("mixed")
+        # Refused for a role outside the policy (ctl-provider may publish, not re-sign): no record.
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await tftp.provider_stub().Resign(tftp_signer_pb2.ResignRequest(all=True), timeout=5)
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        reply = await tftp.stub().Resign(tftp_signer_pb2.ResignRequest(devices=[DEVICE]), timeout=10)
+        assert reply.signed == 1
+
+        async def recorded():
+            return any(e.owner_change.action == "tftp.resign" for e in seen)
+        assert await _wait(recorded), "Resign staged no owner.change"
+        audits = [e for e in seen if e.owner_change.action == "tftp.resign"]
+        assert len(audits) == 1, audits  # the refused call left none
+        change = audits[0].owner_change
+        assert change.actor.startswith("cli/") and change.door == "grpc"
+        assert change.target == "cluster1" and change.detail == f"devices {DEVICE}: 1 signed"
+        # What callmanager, the audit log's only writer, makes of it.
+        entry = owner_change_entry(audits[0], "tftp-signer")
+        assert (entry.action, entry.target, entry.outcome) == ("tftp.resign", "cluster1", "ok")
+        assert entry.actor.startswith("cli/") and "(by tftp-signer)" in entry.detail
+    finally:
+        await nc.close()

@@ -26,7 +26,8 @@ from ccmsec.pki.tokens import FileSigner
 from ccmsec.runtime import bus as bus_mod
 from ccmsec.runtime import metrics
 from ccmsec.runtime.service import Service, run_service
-from ccmsec.runtime.servicer import StatusServicerMixin, abort
+from ccmsec.runtime.outbox import stage_owner_change
+from ccmsec.runtime.servicer import ChangeActor, StatusServicerMixin, abort, change_actor
 from ccmsec.runtime.settings import SettingsError
 from ccmsec_proto import common_pb2, events_pb2, tftp_signer_pb2, tftp_signer_pb2_grpc
 from ccmsec_tftp_signer.content import ClusterEndpoints, write_static_files
@@ -90,7 +91,9 @@ class TftpSignerServicer(StatusServicerMixin, tftp_signer_pb2_grpc.TftpSignerSer
         count = await self.service.content.resign_devices(names, force=True)
         if request.all:
             count += await self.service.content.resign_static(force=True)
-        return tftp_signer_pb2.ResignReply(signed=count, seconds=time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        await self.service.audit_resign(change_actor(self.service, context), names, bool(request.all), count)
+        return tftp_signer_pb2.ResignReply(signed=count, seconds=seconds)
 
     async def ListFiles(self, request, context):  # noqa: N802
         content = self.service.content
@@ -196,6 +199,20 @@ class TftpSignerService(Service):
             new = self.content.layout.with_own_mode(mode).with_cluster(cluster)  # Mode6Error if MODE-6 forbids
             await asyncio.to_thread(self._save_shared, new)
             self.content.layout = new
+
+    # --- audit ----------------------------------------------------------------------------------
+    async def audit_resign(self, who: ChangeActor, names: list[str] | None, everything: bool,
+                           signed: int) -> None:
+        """The audit record of a forced re-sign (signed files are tftp-signer's, issue 9 §5): one
+        `owner.change` staged in this service's outbox, which callmanager — the only writer of the
+        audit log — records, as it does CAPF's and the CTL Provider's writes."""
+        what = "all files" if everything else "all device files" if names is None else (
+            "devices " + ",".join(names[:20]) + (f" (+{len(names) - 20} more)" if len(names) > 20 else ""))
+        async with self.db() as session, session.begin():
+            stage_owner_change(session, self.node, action="tftp.resign",
+                               target=self.settings.tftp_path, detail=f"{what}: {signed} signed",
+                               **who.audit())
+        self.outbox.kick()
 
     # --- lifecycle ------------------------------------------------------------------------------
     async def setup(self) -> None:
