@@ -193,7 +193,13 @@ def _client_bundle(args) -> int:
     if bind in ("0.0.0.0", "::"):  # listening everywhere: this host reaches it on loopback
         bind = "127.0.0.1"
     services: dict[str, dict] = {}
-    for role, entries in host_ports().items():
+    from ccmsec.cluster.topology import MAX_SUBSCRIBERS, ROLES
+
+    for role, entries in host_ports(subscribers=MAX_SUBSCRIBERS).items():
+        # a call-control subscriber is in the bundle when the compose file rendered it (its
+        # variables are in this container's environment), whatever their number
+        if role not in ROLES and not any(name in os.environ for name, *_ in entries):
+            continue
         ports = {port_name(role, target, proto): int(os.environ.get(name) or default)
                  for name, default, target, proto in entries}
         services[role] = {"host": bind, **ports}

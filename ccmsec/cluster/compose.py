@@ -34,8 +34,9 @@ Rules the renderer follows (and why):
   (/data/<role>) on a tmpfs so its state is lost on restart, as the topology asks.
 - Call-control subscribers (LATER-7): `callmanager-sub1`… (COMPOSE_SUBSCRIBERS in the committed
   file, `render --subscribers N` for another number) run the callmanager image with their own
-  identity and key volumes, `CCMSEC_CALLMANAGER_PUBLISHER=false`, nothing published (phones reach
-  them inside the network; the administration API is the publisher's). Every role gets the group
+  identity and key volumes, `CCMSEC_CALLMANAGER_PUBLISHER=false`; their SCCP ports and gRPC are
+  published like the publisher's (variables `CCMSEC_PUBLISH_CALLMANAGER_SUBN_*`, after every
+  role's so the roles' defaults stay put), not the administration API (the publisher's alone). Every role gets the group
   `CCMSEC_CALL_CONTROL_NODES` (publisher first, at most three, compose names) and the failover
   timing variables of the env file (FAILOVER_VARIABLES) it reads.
 - Private keys (DEPLOY-1): each role keeps its own keys (its server key, the CAPF CA key, the
@@ -163,49 +164,62 @@ def start_dependencies(services: tuple[ServiceSpec, ...] = SERVICES) -> dict[str
 
 # --- ports --------------------------------------------------------------------------------
 
-def host_ports(services: tuple[ServiceSpec, ...] = SERVICES) -> dict[str, list[tuple[str, int, int, str]]]:
-    """role -> (variable, default host port, container port, protocol) for its public ports; the
-    default host ports are unique per protocol (a later role repeating a number is shifted)."""
+def host_ports(services: tuple[ServiceSpec, ...] = SERVICES,
+               subscribers: int = COMPOSE_SUBSCRIBERS) -> dict[str, list[tuple[str, int, int, str]]]:
+    """node -> (variable, default host port, container port, protocol) for its public ports; the
+    default host ports are unique per protocol (a later node repeating a number is shifted). Each
+    role, then each call-control subscriber (LATER-7: `callmanager-subN`, call control's phone
+    ports and gRPC — not the administration API, which is the publisher's alone); subscribers come
+    last so the roles' defaults do not move with their number."""
+    check_subscribers(subscribers)
     taken: set[tuple[int, str]] = set()
     out: dict[str, list[tuple[str, int, int, str]]] = {}
-    for s in services:
+    has_callmanager = any(s.role == "callmanager" for s in services)
+    sub_nodes = call_control_nodes(subscribers)[1:] if has_callmanager else []
+    nodes = [(s.role, s, [p for p in s.ports if p.public]) for s in services]
+    nodes += [(node, s, [p for p in s.ports if p.public and p.name != "admin_port"])
+              for s in services if s.role == "callmanager" for node in sub_nodes]
+    for node, _s, public in nodes:
         entries = []
-        for p in s.ports:
-            if not p.public:
-                continue
+        for p in public:
             host = p.number
             while (host, p.protocol) in taken:
                 host += PUBLISHED_PORT_SHIFT
                 if host > 65535:
-                    raise ComposeError(f"no free host port for {s.role} {p.name}/{p.protocol}")
+                    raise ComposeError(f"no free host port for {node} {p.name}/{p.protocol}")
             taken.add((host, p.protocol))
-            entries.append((publish_variable(s.role, p.name), host, p.number, p.protocol))
-        out[s.role] = entries
-    # every role's gRPC port (mutual TLS): the CLI on the host with its own `cli` identity
-    for index, s in enumerate(services):
+            entries.append((publish_variable(node, p.name), host, p.number, p.protocol))
+        out[node] = entries
+    # every node's gRPC port (mutual TLS): the CLI on the host with its own `cli` identity
+    for index, (node, _s, _public) in enumerate(nodes):
         host = GRPC_HOST_PORT_BASE + index
         if (host, "tcp") in taken:
-            raise ComposeError(f"default host port {host}/tcp for {s.role}'s gRPC is taken")
+            raise ComposeError(f"default host port {host}/tcp for {node}'s gRPC is taken")
         taken.add((host, "tcp"))
-        out[s.role].append((publish_variable(s.role, "grpc_port"), host, GRPC_PORT, "tcp"))
+        out[node].append((publish_variable(node, "grpc_port"), host, GRPC_PORT, "tcp"))
     return out
 
 
 def port_name(role: str, container_port: int, protocol: str) -> str:
-    """The topology's name of one of a role's container ports (`grpc_port` for gRPC)."""
+    """The topology's name of one of a role's (or a call-control subscriber's) container ports
+    (`grpc_port` for gRPC)."""
     if container_port == GRPC_PORT and protocol == "tcp":
         return "grpc_port"
     from ccmsec.cluster.topology import spec
 
+    if re.fullmatch(r"callmanager-sub[0-9]+", role):
+        role = "callmanager"
+
     return next(p.name for p in spec(role).ports if p.number == container_port and p.protocol == protocol)
 
 
-def published_ports(services: tuple[ServiceSpec, ...] = SERVICES) -> dict[str, list[str]]:
-    """role -> short-syntax port entries: ADDRESS:HOST:CONTAINER/PROTOCOL, address and host port
+def published_ports(services: tuple[ServiceSpec, ...] = SERVICES,
+                    subscribers: int = COMPOSE_SUBSCRIBERS) -> dict[str, list[str]]:
+    """node -> short-syntax port entries: ADDRESS:HOST:CONTAINER/PROTOCOL, address and host port
     variables of the env file (loopback and the topology's numbers by default)."""
     bind = var(BIND_VARIABLE, BIND_DEFAULT)
     return {role: [f"{bind}:{var(name, host)}:{target}/{proto}" for name, host, target, proto in entries]
-            for role, entries in host_ports(services).items()}
+            for role, entries in host_ports(services, subscribers).items()}
 
 
 def env_example(services: tuple[ServiceSpec, ...] = SERVICES) -> str:
@@ -338,7 +352,7 @@ def _role_service(s: ServiceSpec, ports: list[str], waits_for: list[str], port_e
                   node: str | None = None, subscribers: int = COMPOSE_SUBSCRIBERS) -> dict:
     """One node's service: a role's only instance, or (`node` given) a call-control subscriber —
     the callmanager image with its own identity and key volumes, not the publisher: it serves
-    phones and reads the shared tables, no administration API and no published port."""
+    phones and reads the shared tables, no administration API; its SCCP and gRPC ports published."""
     node = node or s.role
     publisher = node == s.role
     env = {
@@ -378,7 +392,7 @@ def _role_service(s: ServiceSpec, ports: list[str], waits_for: list[str], port_e
     }
     if not s.persistent:
         svc["tmpfs"] = [f"/data/{s.role}:uid={APP_UID},gid={APP_UID},mode=0700"]
-    if ports and publisher:
+    if ports:
         svc["ports"] = ports
     if any(p.number < 1024 for p in s.ports):
         svc["sysctls"] = {"net.ipv4.ip_unprivileged_port_start": "0"}
@@ -398,7 +412,7 @@ def _role_service(s: ServiceSpec, ports: list[str], waits_for: list[str], port_e
 TOOLS_PROFILE = "tools"
 
 
-def _cli_service() -> dict:
+def _cli_service(services: tuple[ServiceSpec, ...] = SERVICES, subscribers: int = COMPOSE_SUBSCRIBERS) -> dict:
     """`docker-compose run --rm cli <command>`: the command line inside the cluster's network, with
     its own `cli` identity and the administrator's password (phone-sim and the other services'
     gRPC ports are not published)."""
@@ -409,7 +423,7 @@ def _cli_service() -> dict:
         "command": ["status"],
         # the host's side of the published ports, for `ccmsec compose client-bundle`
         "environment": {"CCMSEC_DATA_DIR": "/cli", BIND_VARIABLE: var(BIND_VARIABLE, BIND_DEFAULT),
-                        **{name: var(name, host) for entries in host_ports().values()
+                        **{name: var(name, host) for entries in host_ports(services, subscribers).values()
                            for name, host, _target, _proto in entries}},
         "volumes": [f"{CLI_VOLUME}:/cli", f"admin-secret:{ADMIN_SECRET_DIR}:ro"],
         "depends_on": {"init": {"condition": "service_completed_successfully"}},
@@ -510,7 +524,7 @@ def compose_model(services: tuple[ServiceSpec, ...] = SERVICES, subscribers: int
     """The compose document as plain data, keys in a fixed order; `subscribers` call-control
     subscribers follow the publisher (LATER-7)."""
     check_subscribers(subscribers)
-    ports = published_ports(services)
+    ports = published_ports(services, subscribers)
     waits = start_dependencies(services)
     port_env = protocol_port_env(services)
     has_callmanager = any(s.role == "callmanager" for s in services)
@@ -520,9 +534,9 @@ def compose_model(services: tuple[ServiceSpec, ...] = SERVICES, subscribers: int
         doc_services[s.role] = _role_service(s, ports[s.role], waits[s.role], port_env, subscribers=subscribers)
         if s.role == "callmanager":
             for node in sub_nodes:
-                doc_services[node] = _role_service(s, ports[s.role], waits[s.role], port_env, node=node,
+                doc_services[node] = _role_service(s, ports[node], waits[s.role], port_env, node=node,
                                                    subscribers=subscribers)
-    doc_services["cli"] = _cli_service()
+    doc_services["cli"] = _cli_service(services, subscribers)
     doc_services.update(_monitoring_services())
     volumes = ["prometheus-data", "grafana-data", "grafana-secret", CLI_VOLUME, NATS_CONFIG_VOLUME, NATS_VOLUME, POSTGRES_VOLUME, DATA_VOLUME, CA_VOLUME, DB_SECRET_VOLUME, PG_SECRET_VOLUME,
                "admin-secret", *(identity_volume(s.role) for s in services),

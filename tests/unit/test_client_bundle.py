@@ -119,3 +119,18 @@ def test_bad_bundles_are_refused_with_a_reason(cli_container, capsys, monkeypatc
     # and the administration-only form still needs its URL and CA
     assert main(["context", "add", "y"]) != 0
     assert "--url and --ca-file" in capsys.readouterr().err
+
+
+def test_bundle_names_every_call_control_subscriber_the_compose_file_rendered(cli_container, capsys,
+                                                                              monkeypatch):
+    """Issue 12: subscribers' SCCP and gRPC ports are published too; the bundle carries those the
+    `cli` container's environment names (the compose file's subscribers), and no other."""
+    for node, base in (("callmanager-sub1", 32000), ("callmanager-sub2", 33000)):
+        monkeypatch.setenv(compose.publish_variable(node, "sccp_port"), str(base))
+        monkeypatch.setenv(compose.publish_variable(node, "grpc_port"), str(base + 1))
+    services = json.loads(_bundle(capsys))["services"]
+    assert services["callmanager-sub1"] == {"host": "127.0.0.1", "sccp_port": 32000, "grpc_port": 32001,
+                                            "sccp_tls_port": 22443}  # a default the env left
+    assert services["callmanager-sub2"]["grpc_port"] == 33001
+    assert "admin_port" not in services["callmanager-sub1"]  # the publisher's alone
+    assert "callmanager-sub3" not in services  # not rendered: nothing of it in the environment

@@ -134,10 +134,11 @@ def test_service_environment_loads_as_settings_for_every_role(monkeypatch, tmp_p
 # --- call-control subscribers (LATER-7) -----------------------------------------------------
 
 @pytest.mark.parametrize("count", [0, 1, 2, 4])
-def test_subscribers_are_callmanager_nodes_with_their_own_identity_keys_and_no_published_port(count):
+def test_subscribers_are_callmanager_nodes_with_their_own_identity_keys_and_published_phone_ports(count):
     """`render --subscribers N`: N callmanager nodes beside the publisher, each the callmanager
     image with its own identity and key volume (mounted by it alone; its identity issued by init),
-    not the publisher (no administration API, no admin secret, nothing published); every role gets
+    not the publisher (no administration API, no admin secret); its SCCP, SCCP-TLS and gRPC ports
+    published from env-file variables of its own, the roles' defaults unmoved; every role gets
     the group, publisher first, at most three."""
     doc = compose.compose_model(subscribers=count)
     assert compose.validate_compose(compose.render_compose(count)) == []
@@ -156,7 +157,19 @@ def test_subscribers_are_callmanager_nodes_with_their_own_identity_keys_and_no_p
         assert env["CCMSEC_SERVICE"] == "callmanager" and env["CCMSEC_NODE"] == node
         assert env["CCMSEC_CALLMANAGER_PUBLISHER"] == "false"
         assert json.loads(env["CCMSEC_CALL_CONTROL_NODES"]) == group
-        assert "ports" not in svc and "CCMSEC_ADMIN_PASSWORD_FILE" not in env
+        assert "CCMSEC_ADMIN_PASSWORD_FILE" not in env
+        # published like the publisher's phone ports, on host ports of its own (env file), never
+        # the administration API (the bad case: the publisher's admin port on a subscriber)
+        n = int(node.removeprefix("callmanager-sub"))
+        var = node.upper().replace("-", "_")
+        bind = "${CCMSEC_BIND_ADDRESS:-127.0.0.1}"
+        assert svc["ports"] == [
+            f"{bind}:${{CCMSEC_PUBLISH_{var}_SCCP:-{2000 + (n + 1) * 10000}}}:2000/tcp",
+            f"{bind}:${{CCMSEC_PUBLISH_{var}_SCCP_TLS:-{2443 + (n + 1) * 10000}}}:2443/tcp",
+            f"{bind}:${{CCMSEC_PUBLISH_{var}_GRPC:-{compose.GRPC_HOST_PORT_BASE + len(ROLES) + n - 1}}}:50051/tcp"]
+        assert not any(":8443/" in p for p in svc["ports"])
+        for name, *_ in compose.host_ports(subscribers=count)[node]:
+            assert name in services["cli"]["environment"]  # compose client-bundle hands them out
         assert not any(v.startswith("admin-secret:") for v in svc["volumes"])
         assert f"identity-{node}:{compose.IDENTITY_DIR}:ro" in svc["volumes"]
         assert f"keys-{node}:{compose.KEY_DIR}" in svc["volumes"]
@@ -168,6 +181,9 @@ def test_subscribers_are_callmanager_nodes_with_their_own_identity_keys_and_no_p
         assert f"--subscriber={node}" in services["init"]["command"]
         assert svc["cap_drop"] == ["ALL"] and svc["healthcheck"] == services["callmanager"]["healthcheck"]
         assert svc["depends_on"] == services["callmanager"]["depends_on"]
+    # the roles' own defaults do not move with the number of subscribers
+    roles_only = {r: e for r, e in compose.host_ports(subscribers=count).items() if r in ROLES}
+    assert roles_only == {r: e for r, e in compose.host_ports(subscribers=0).items()}
 
 
 def test_subscriber_environment_loads_as_a_subscriber_node(monkeypatch, tmp_path):
@@ -331,7 +347,8 @@ def test_published_ports_on_loopback_from_the_env_file_never_collide_by_default(
     assert services["keymanager"]["ports"] == [
         "${CCMSEC_BIND_ADDRESS:-127.0.0.1}:${CCMSEC_PUBLISH_KEYMANAGER_GRPC:-15055}:50051/tcp"]
     grpc = {role: [e for e in entries if e[2] == GRPC_PORT] for role, entries in compose.host_ports().items()}
-    assert all(len(v) == 1 for v in grpc.values()) and set(grpc) == {s.role for s in SERVICES}
+    assert all(len(v) == 1 for v in grpc.values())
+    assert set(grpc) == {s.role for s in SERVICES} | set(compose.call_control_nodes()[1:])
     # the `cli` container knows the host side of every published port (compose client-bundle)
     cli_env = services["cli"]["environment"]
     assert all(name in cli_env for entries in compose.host_ports().values() for name, *_ in entries)
