@@ -12,6 +12,8 @@ from ccmsec.cli.common import CliError, add_data_option
 from ccmsec.cli.device import _connection_options, _grpc_call, _run
 
 NOTE = "applies to the next call"
+PENDING_NOTE = ("pending delivery: saved, and applies to the next call on this node; the event bus is "
+                "unreachable, and the other call-control nodes get it as soon as it is back")
 SOFTKEY_NOTE = "applies when the phone registers next (`ccmsec device reset NAME --restart` to apply it now)"
 
 
@@ -57,6 +59,11 @@ def register(subparsers) -> None:
     sk.set_defaults(func=_softkeys)
 
 
+def _note(out) -> str:
+    """Issue 9 §4: a change whose config.changed is not acknowledged yet is not reported done."""
+    return PENDING_NOTE if out.delivery_pending else NOTE
+
+
 def _speed_dial(args: argparse.Namespace) -> int:
     from ccmsec_proto import callmanager_pb2 as pb
 
@@ -65,7 +72,7 @@ def _speed_dial(args: argparse.Namespace) -> int:
     out = _grpc_call(args, lambda stub: stub.SetSpeedDial(pb.SpeedDialSetting(
         device=args.device, index=args.index, number=args.number, label=args.label), timeout=10))
     what = f"= {out.number}" + (f" ({out.label})" if out.label else "") if out.number else "removed"
-    print(f"{out.device}: speed dial {out.index} {what}; {NOTE}")
+    print(f"{out.device}: speed dial {out.index} {what}; {_note(out)}")
     return 0
 
 
@@ -75,7 +82,7 @@ def _forward(args: argparse.Namespace) -> int:
     out = _grpc_call(args, lambda stub: stub.SetLineForward(pb.LineForwardSetting(
         dn=args.dn, busy=args.busy, no_answer=args.no_answer), timeout=10))
     print(f"{out.dn}: forward busy {out.busy or '-'}, no answer {out.no_answer or '-'} "
-          f"(on {', '.join(out.devices)}); {NOTE}")
+          f"(on {', '.join(out.devices)}); {_note(out)}")
     return 0
 
 
@@ -85,7 +92,7 @@ def _region(args: argparse.Namespace) -> int:
     out = _grpc_call(args, lambda stub: stub.SetRegion(pb.RegionSetting(name=args.name, wideband=args.wideband),
                                                        timeout=10))
     print(f"region {out.name}: wideband codec {'allowed' if out.wideband else 'not used'} "
-          f"({len(out.devices)} phone(s)); {NOTE}")
+          f"({len(out.devices)} phone(s)); {_note(out)}")
     return 0
 
 
@@ -94,7 +101,7 @@ def _assign(args: argparse.Namespace) -> int:
 
     out = _grpc_call(args, lambda stub: stub.SetDeviceRegion(pb.DeviceRegionSetting(
         device=args.device, region=args.region), timeout=10))
-    print(f"{out.device}: region {out.region or 'none'}; {NOTE}")
+    print(f"{out.device}: region {out.region or 'none'}; {_note(out)}")
     return 0
 
 

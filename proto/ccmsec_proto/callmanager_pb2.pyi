@@ -376,55 +376,65 @@ class MobilityLoginRequest(_message.Message):
     def __init__(self, device: _Optional[str] = ..., user_id: _Optional[str] = ...) -> None: ...
 
 class MobilityLoginReply(_message.Message):
-    __slots__ = ("device", "user_id", "dn", "request_id")
+    __slots__ = ("device", "user_id", "dn", "request_id", "delivery_pending")
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     DN_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    DELIVERY_PENDING_FIELD_NUMBER: _ClassVar[int]
     device: str
     user_id: str
     dn: str
     request_id: str
-    def __init__(self, device: _Optional[str] = ..., user_id: _Optional[str] = ..., dn: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+    delivery_pending: bool
+    def __init__(self, device: _Optional[str] = ..., user_id: _Optional[str] = ..., dn: _Optional[str] = ..., request_id: _Optional[str] = ..., delivery_pending: _Optional[bool] = ...) -> None: ...
 
 class SpeedDialSetting(_message.Message):
-    __slots__ = ("device", "index", "number", "label")
+    __slots__ = ("device", "index", "number", "label", "delivery_pending")
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
     NUMBER_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
+    DELIVERY_PENDING_FIELD_NUMBER: _ClassVar[int]
     device: str
     index: int
     number: str
     label: str
-    def __init__(self, device: _Optional[str] = ..., index: _Optional[int] = ..., number: _Optional[str] = ..., label: _Optional[str] = ...) -> None: ...
+    delivery_pending: bool
+    def __init__(self, device: _Optional[str] = ..., index: _Optional[int] = ..., number: _Optional[str] = ..., label: _Optional[str] = ..., delivery_pending: _Optional[bool] = ...) -> None: ...
 
 class LineForwardSetting(_message.Message):
-    __slots__ = ("dn", "busy", "no_answer", "devices")
+    __slots__ = ("dn", "busy", "no_answer", "devices", "delivery_pending")
     DN_FIELD_NUMBER: _ClassVar[int]
     BUSY_FIELD_NUMBER: _ClassVar[int]
     NO_ANSWER_FIELD_NUMBER: _ClassVar[int]
     DEVICES_FIELD_NUMBER: _ClassVar[int]
+    DELIVERY_PENDING_FIELD_NUMBER: _ClassVar[int]
     dn: str
     busy: str
     no_answer: str
     devices: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, dn: _Optional[str] = ..., busy: _Optional[str] = ..., no_answer: _Optional[str] = ..., devices: _Optional[_Iterable[str]] = ...) -> None: ...
+    delivery_pending: bool
+    def __init__(self, dn: _Optional[str] = ..., busy: _Optional[str] = ..., no_answer: _Optional[str] = ..., devices: _Optional[_Iterable[str]] = ..., delivery_pending: _Optional[bool] = ...) -> None: ...
 
 class RegionSetting(_message.Message):
-    __slots__ = ("name", "wideband", "devices")
+    __slots__ = ("name", "wideband", "devices", "delivery_pending")
     NAME_FIELD_NUMBER: _ClassVar[int]
     WIDEBAND_FIELD_NUMBER: _ClassVar[int]
     DEVICES_FIELD_NUMBER: _ClassVar[int]
+    DELIVERY_PENDING_FIELD_NUMBER: _ClassVar[int]
     name: str
     wideband: bool
     devices: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., wideband: _Optional[bool] = ..., devices: _Optional[_Iterable[str]] = ...) -> None: ...
+    delivery_pending: bool
+    def __init__(self, name: _Optional[str] = ..., wideband: _Optional[bool] = ..., devices: _Optional[_Iterable[str]] = ..., delivery_pending: _Optional[bool] = ...) -> None: ...
 
 class DeviceRegionSetting(_message.Message):
-    __slots__ = ("device", "region")
+    __slots__ = ("device", "region", "delivery_pending")
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     REGION_FIELD_NUMBER: _ClassVar[int]
+    DELIVERY_PENDING_FIELD_NUMBER: _ClassVar[int]
     device: str
     region: str
-    def __init__(self, device: _Optional[str] = ..., region: _Optional[str] = ...) -> None: ...
+    delivery_pending: bool
+    def __init__(self, device: _Optional[str] = ..., region: _Optional[str] = ..., delivery_pending: _Optional[bool] = ...) -> None: ...

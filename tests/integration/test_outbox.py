@@ -594,6 +594,79 @@ async def test_callmanager_mobility_routing_resets_and_refusals_commit_with_thei
         await intruder_channel.close()
 
 
+async def test_routing_and_mobility_replies_say_pending_delivery_while_nats_is_stopped(cm_nats, capsys):
+    """The routing and mobility gRPC methods (`ccmsec routing ...`, mobility login/logout) report
+    their delivery like every other administrative write: with NATS up each reply says
+    delivery_pending false (its event acknowledged); with NATS killed each says true — the change
+    is saved, never reported done — and the CLI prints "pending delivery"; once NATS is back each
+    staged event is in the stream exactly once."""
+    import json as _json
+
+    from ccmsec.cli.main import main as cli_main
+    from ccmsec.cluster.state import endpoints_path
+
+    cm, server = cm_nats
+    name = "SEP0000000B0200"
+    await cm.add_device(name, "7970")
+    await cm.stub.AddLine(pb.Line(dn="4300", device=name), timeout=30)
+    await cm.stub.AddMobilityUser(pb.MobilityUser(user_id="carol", dn="4301"), timeout=30)
+    await cm.stub.SetRegion(pb.RegionSetting(name="wide", wideband=True), timeout=30)
+    await _until(lambda: _drained(cm.svc), BACK_TIMEOUT, "outbox drained")
+
+    async def six(number: str, busy: str, wideband: bool, region: str):
+        """The six methods, in an order that changes something each time."""
+        return [
+            await cm.stub.SetSpeedDial(pb.SpeedDialSetting(device=name, index=1, number=number), timeout=30),
+            await cm.stub.SetLineForward(pb.LineForwardSetting(dn="4300", busy=busy), timeout=30),
+            await cm.stub.SetRegion(pb.RegionSetting(name="wide", wideband=wideband), timeout=30),
+            await cm.stub.SetDeviceRegion(pb.DeviceRegionSetting(device=name, region=region), timeout=30),
+            await cm.stub.MobilityLogin(pb.MobilityLoginRequest(device=name, user_id="carol"), timeout=30),
+            await cm.stub.MobilityLogout(pb.MobilityLoginRequest(device=name), timeout=30),
+        ]
+
+    # NATS up: delivered, so not pending (the bad case for an always-"pending" reply).
+    up = await six("4201", "4399", False, "wide")
+    assert [r.delivery_pending for r in up] == [False] * 6
+    await _until(lambda: _drained(cm.svc), BACK_TIMEOUT, "outbox drained")
+    async with cm.svc.db() as session:
+        before = await session.scalar(select(func.count()).select_from(OutboxRow))
+
+    server.kill()
+    down = await six("4202", "4398", True, "")
+    assert [r.delivery_pending for r in down] == [True] * 6
+    assert down[0].number == "4202" and down[1].busy == "4398" and down[4].user_id == "carol"
+    async with cm.svc.db() as session:
+        rows = (await session.scalars(select(OutboxRow).order_by(OutboxRow.seq))).all()
+    staged = [events_pb2.Event.FromString(r.payload) for r in rows[before:]]
+    assert [(e.kind, e.config_changed.what or e.device_reset.rule) for e in staged] == [
+        ("config.changed", "speed_dial"), ("config.changed", "line_forward"),
+        ("config.changed", "region"), ("config.changed", "region"),
+        ("device.reset", "DEV-2"), ("device.reset", "DEV-2")]
+    assert all(r.sent_at is None for r in rows[before:])
+    # A change with nothing to announce (a region no phone is in) waits for nothing: not pending.
+    lone = await cm.stub.SetRegion(pb.RegionSetting(name="empty", wideband=True), timeout=30)
+    assert not lone.delivery_pending and list(lone.devices) == []
+
+    # The CLI says so too (what an administrator sees): saved, pending delivery, exit code 0.
+    endpoints = endpoints_path(cm.data)
+    endpoints.parent.mkdir(parents=True, exist_ok=True)
+    endpoints.write_text(_json.dumps({"services": {"callmanager": {
+        "host": cm.host, "grpc_port": cm.svc.settings.grpc_port}}}))
+    capsys.readouterr()
+    code = await asyncio.to_thread(cli_main, ["routing", "speed-dial", name, "2", "4203",
+                                              "--data", str(cm.data)])
+    out = capsys.readouterr().out
+    assert code == 0 and "speed dial 2 = 4203" in out and "pending delivery" in out, out
+
+    server.start()
+    await _until(lambda: _drained(cm.svc), BACK_TIMEOUT, "relayed")
+    await asyncio.sleep(3.0)  # a duplicate would arrive now
+    held = await _stream_events(server.url)
+    ids = [e.id for e in held]
+    assert len(ids) == len(set(ids))
+    assert {e.id for e in staged} <= set(ids)
+
+
 async def _count_kind(cm, kind: str, at_least: int) -> bool:
     async with cm.svc.db() as session:
         n = await session.scalar(select(func.count()).select_from(OutboxRow).where(OutboxRow.kind == kind))

@@ -495,8 +495,8 @@ class CallManagerDomain:
             events = _Events(self, session)
             events.config_changed([device], "speed_dial")  # committed with the change (outbox)
             await session.commit()
-        await self._deliver(events, device)
-        return {"device": device, "index": index, "number": number, "label": label}
+        delivery = await self._deliver(events, device)
+        return {"device": device, "index": index, "number": number, "label": label, "delivery": delivery}
 
     async def set_line_forward(self, actor: Actor, *, dn: str, busy: str = "", no_answer: str = "") -> dict:
         """Call forward busy / no answer of a directory number; both empty removes them."""
@@ -527,8 +527,8 @@ class CallManagerDomain:
             events = _Events(self, session)
             events.config_changed(devices, "line_forward")  # committed with the change (outbox)
             await session.commit()
-        await self._deliver(events, dn)
-        return {"dn": dn, "busy": busy, "no_answer": no_answer, "devices": devices}
+        delivery = await self._deliver(events, dn)
+        return {"dn": dn, "busy": busy, "no_answer": no_answer, "devices": devices, "delivery": delivery}
 
     async def set_region(self, actor: Actor, *, name: str, wideband: bool) -> dict:
         """Create or change a codec region (CALL-9: whether the wideband codec may be used)."""
@@ -551,8 +551,8 @@ class CallManagerDomain:
             events = _Events(self, session)
             events.config_changed(devices, "region")  # committed with the change (outbox)
             await session.commit()
-        await self._deliver(events, name)
-        return {"name": name, "wideband": wideband, "devices": devices}
+        delivery = await self._deliver(events, name)
+        return {"name": name, "wideband": wideband, "devices": devices, "delivery": delivery}
 
     async def set_device_region(self, actor: Actor, *, device: str, region: str) -> dict:
         """Put a device in a region ("" takes it out: no wideband codec)."""
@@ -581,8 +581,8 @@ class CallManagerDomain:
             events = _Events(self, session)
             events.config_changed([device], "region")  # committed with the change (outbox)
             await session.commit()
-        await self._deliver(events, device)
-        return {"device": device, "region": region}
+        delivery = await self._deliver(events, device)
+        return {"device": device, "region": region, "delivery": delivery}
 
     # softkey sets (issue 10): what a device's display offers --------------------------------
     async def set_softkey_set(self, actor: Actor, *, device: str = "", pool: str = "",

@@ -65,21 +65,29 @@ class MobilityServicerMixin:
         restart = self._restart()
         login = await self._owner(context, self.service.domain.mobility_login(
             self._actor(context), device=request.device, user_id=request.user_id, restart=restart))
-        login.pop("delivery", None)
-        return pb.MobilityLoginReply(request_id=restart.request_id, **login)
+        pending = login.pop("delivery") == "pending"   # committed; the restart waits for NATS
+        return pb.MobilityLoginReply(request_id=restart.request_id, delivery_pending=pending, **login)
 
     async def MobilityLogout(self, request, context):  # noqa: N802
         restart = self._restart()
         logout = await self._owner(context, self.service.domain.mobility_logout(
             self._actor(context), device=request.device, restart=restart))
-        logout.pop("delivery", None)
-        return pb.MobilityLoginReply(request_id=restart.request_id, **logout)
+        pending = logout.pop("delivery") == "pending"
+        return pb.MobilityLoginReply(request_id=restart.request_id, delivery_pending=pending, **logout)
+
+
+def _reply(out: dict) -> dict:
+    """The domain's answer as reply fields: "pending" delivery is `delivery_pending` (issue 9 §4)."""
+    out = dict(out)
+    out["delivery_pending"] = out.pop("delivery") == "pending"
+    return out
 
 
 class RoutingServicerMixin:
     """Speed dials, call forward busy / no answer, codec regions: the domain layer's write path.
     This node's call control applies each change before the answer, so the caller's next call
-    uses it; the `config.changed` event brings it to the other nodes."""
+    uses it; the `config.changed` event brings it to the other nodes — committed with the change
+    (outbox), and the reply says `delivery_pending` while NATS has not acknowledged it."""
 
     async def _apply_live(self, devices=()) -> None:
         cc = self.service.callcontrol
@@ -91,22 +99,22 @@ class RoutingServicerMixin:
             self._actor(context), device=request.device, index=request.index, number=request.number,
             label=request.label))
         await self._apply_live([request.device])
-        return pb.SpeedDialSetting(**out)
+        return pb.SpeedDialSetting(**_reply(out))
 
     async def SetLineForward(self, request, context):  # noqa: N802
         out = await self._owner(context, self.service.domain.set_line_forward(
             self._actor(context), dn=request.dn, busy=request.busy, no_answer=request.no_answer))
         await self._apply_live()
-        return pb.LineForwardSetting(**out)
+        return pb.LineForwardSetting(**_reply(out))
 
     async def SetRegion(self, request, context):  # noqa: N802
         out = await self._owner(context, self.service.domain.set_region(
             self._actor(context), name=request.name, wideband=request.wideband))
         await self._apply_live()
-        return pb.RegionSetting(**out)
+        return pb.RegionSetting(**_reply(out))
 
     async def SetDeviceRegion(self, request, context):  # noqa: N802
         out = await self._owner(context, self.service.domain.set_device_region(
             self._actor(context), device=request.device, region=request.region))
         await self._apply_live([request.device])
-        return pb.DeviceRegionSetting(**out)
+        return pb.DeviceRegionSetting(**_reply(out))
