@@ -8,11 +8,14 @@ relay until JetStream acknowledges.
 
 * A rolled-back change leaves no outbox row: nothing is ever sent for it.
 * A committed change's events are published by the owning service's `OutboxRelay`, in order, each
-  with its event id as `Nats-Msg-Id`; a row is marked sent only after JetStream's ack. While NATS is
+  with its event id as `Nats-Msg-Id`; a row is marked sent only after JetStream's ack — the rows
+  acknowledged in one round (up to `BATCH`) in one transaction, one UPDATE. While NATS is
   down the relay retries with back-off, and the rows wait in the database (they survive a restart
   of the service too); the caller reports the change as *pending delivery* instead of done.
-* Exactly once in effect: a row re-sent after a lost ack carries the same id, so JetStream drops it
-  within its duplicate window and every consumer drops an id it already handled (`handled_events`).
+* Exactly once in effect: a row re-sent after a lost ack — or after its mark was lost (the relay
+  stopped, or the database failed, between the ack and the round's UPDATE) — carries the same id,
+  so JetStream drops it within its duplicate window and every consumer drops an id it already
+  handled (`handled_events`).
 * `ccmsec_outbox_depth{service}` is the number of rows not yet acknowledged.
 """
 
@@ -124,14 +127,22 @@ class OutboxRelay:
             return await session.scalar(select(func.count()).select_from(OutboxRow).where(
                 OutboxRow.origin == self.origin, OutboxRow.sent_at.is_(None))) or 0
 
-    async def _mark_sent(self, row: OutboxRow) -> None:
+    async def _mark_sent(self, rows: list[OutboxRow]) -> None:
+        """The acknowledged rows of one round marked sent together: one UPDATE, one transaction
+        (not one per row). If it fails, they stay unsent and are published again next round under
+        the same ids — dropped as duplicates (JetStream's window, then `handled_events`)."""
         async with self.db() as session, session.begin():
-            await session.execute(update(OutboxRow).where(OutboxRow.seq == row.seq).values(
-                sent_at=_dt.datetime.now(_dt.timezone.utc), attempts=row.attempts + 1, last_error=""))
-        self._sent[row.event_id] = None
+            await session.execute(update(OutboxRow).where(
+                OutboxRow.seq.in_([row.seq for row in rows])).values(
+                sent_at=_dt.datetime.now(_dt.timezone.utc), attempts=OutboxRow.attempts + 1,
+                last_error=""))
+        for row in rows:
+            self._sent[row.event_id] = None
         while len(self._sent) > _REMEMBER:
             self._sent.popitem(last=False)
-        self._relayed.inc()
+        self._relayed.inc(len(rows))
+        self.depth = max(0, self.depth - len(rows))
+        self._gauge.set(self.depth)
         async with self._changed:
             self._changed.notify_all()
 
@@ -146,13 +157,16 @@ class OutboxRelay:
             log.debug("could not record an outbox failure", exc_info=True)
 
     async def relay_once(self) -> bool:
-        """Publish the pending rows in order; False at the first that could not be published."""
+        """Publish the pending rows (up to BATCH) in order, then mark the acknowledged ones sent in
+        one transaction; False when a row could not be published (those before it are marked)."""
         async with self.db() as session:
             rows = (await session.scalars(select(OutboxRow).where(
                 OutboxRow.origin == self.origin, OutboxRow.sent_at.is_(None))
                 .order_by(OutboxRow.seq).limit(BATCH))).all()
         self.depth = len(rows) if len(rows) < BATCH else await self.pending()
         self._gauge.set(self.depth)
+        acknowledged: list[OutboxRow] = []
+        failed: tuple[OutboxRow, str] | None = None
         for row in rows:
             try:
                 event = events_pb2.Event.FromString(row.payload)
@@ -160,13 +174,18 @@ class OutboxRelay:
                 with bind_trace_id(clean_trace_id(event.trace_id) or event.id):
                     await self.publish_event(event, row.target)
             except asyncio.CancelledError:
+                # stopped mid-batch: the acknowledged rows stay unsent in the database and are
+                # published again (same ids, dropped as duplicates) by the next relay
                 raise
             except Exception as exc:  # NATS down, no ack in time, stream missing: retry later
-                await self._mark_failed(row, f"{type(exc).__name__}: {exc}")
-                return False
-            await self._mark_sent(row)
-            self.depth = max(0, self.depth - 1)
-            self._gauge.set(self.depth)
+                failed = (row, f"{type(exc).__name__}: {exc}")
+                break
+            acknowledged.append(row)
+        if acknowledged:
+            await self._mark_sent(acknowledged)
+        if failed is not None:
+            await self._mark_failed(*failed)
+            return False
         if len(rows) == BATCH:
             self._wake.set()  # more behind this batch
         return True

@@ -179,6 +179,92 @@ async def test_rolled_back_change_publishes_nothing_committed_one_waits_for_nats
         await engine.dispose()
 
 
+async def test_relay_marks_a_rounds_acknowledged_rows_sent_in_one_transaction(tmp_path, killable_nats):
+    """The relay marks what JetStream acknowledged in a round with one UPDATE in one transaction
+    (not one per row) — and stays exactly once in effect: NATS lost mid-batch marks only the rows
+    before it (the rest follow, in order); a mark lost after the acks (database failure) re-sends
+    the batch under the same ids, which JetStream drops, so the stream holds each event once."""
+    from sqlalchemy import event as sa_event
+
+    engine, db = await open_database(f"sqlite+aiosqlite:///{tmp_path / 'ccmsec.db'}")
+    bus = EventBus(killable_nats.url, "outbox-batch", role="callmanager", connect_timeout=10)
+    await bus.connect()
+    broken = {"publish_after": None, "mark": False}
+
+    async def publish(event, target):
+        if broken["publish_after"] is not None:
+            if broken["publish_after"] == 0:
+                raise ConnectionError("injected: NATS gone in the middle of the batch")
+            broken["publish_after"] -= 1
+        return await bus.publish(event, target)
+
+    relay = OutboxRelay(db, publish, origin="batch-node", role="batch-relay")  # rounds run by hand
+    marks: list[str] = []
+    commits: list[int] = []
+
+    def on_statement(conn, cursor, statement, params, context, executemany):
+        if statement.lstrip().upper().startswith("UPDATE EVENT_OUTBOX"):
+            marks.append(statement)
+
+    sa_event.listen(engine.sync_engine, "before_cursor_execute", on_statement)
+    sa_event.listen(engine.sync_engine, "commit", lambda conn: commits.append(1))
+
+    async def stage_resets(n: int) -> list[str]:
+        async with db() as session, session.begin():
+            return [stage(session, "batch-node", "device.reset", None, device_reset=events_pb2.DeviceReset(
+                devices=[f"SEP0000000D{i:04X}"], rule="RST-1", kind=events_pb2.RESET)).id for i in range(n)]
+
+    async def unsent() -> list[OutboxRow]:
+        async with db() as session:
+            return list((await session.scalars(select(OutboxRow).where(OutboxRow.sent_at.is_(None))
+                                               .order_by(OutboxRow.seq))).all())
+
+    try:
+        # 1. 40 committed rows, one round: 40 publishes, one UPDATE, one commit.
+        first = await stage_resets(40)
+        marks.clear(), commits.clear()
+        assert await relay.relay_once()
+        assert (len(marks), len(commits)) == (1, 1), marks
+        assert await unsent() == [] and await relay.wait_sent(first, 0.1)
+        async with db() as session:
+            assert set((await session.scalars(select(OutboxRow.attempts))).all()) == {1}
+
+        # 2. NATS gone after 25 of 40: those 25 marked (one UPDATE), the failure recorded on the
+        # 26th (its own small write), the other 15 wait; the next round sends them, in order.
+        second = await stage_resets(40)
+        broken["publish_after"] = 25
+        marks.clear(), commits.clear()
+        assert not await relay.relay_once()
+        assert len(marks) == 2 and len(commits) == 2  # the batch's mark, then the failure's
+        left = await unsent()
+        assert [r.event_id for r in left] == second[25:]
+        assert left[0].attempts == 1 and "injected" in left[0].last_error
+        assert await relay.wait_sent(second[:25], 0.1) and not await relay.wait_sent(second[25:], 0.1)
+        broken["publish_after"] = None
+        assert await relay.relay_once() and await unsent() == []
+
+        # 3. The mark lost after JetStream acknowledged the batch: the rows stay unsent, the next
+        # round publishes them again under the same ids, and JetStream drops the duplicates.
+        third = await stage_resets(30)
+        real_mark = relay._mark_sent
+
+        async def lost_mark(rows):
+            raise OSError("injected: the database failed before the batch was marked")
+
+        relay._mark_sent = lost_mark
+        with pytest.raises(OSError):
+            await relay.relay_once()
+        assert [r.event_id for r in await unsent()] == third
+        relay._mark_sent = real_mark
+        assert await relay.relay_once() and await unsent() == []
+
+        held = await _stream_events(killable_nats.url)
+        assert [e.id for e in held] == first + second + third  # once each, in order
+    finally:
+        await bus.close()
+        await engine.dispose()
+
+
 async def test_an_event_waiting_in_the_outbox_keeps_the_trace_id_of_the_request_that_staged_it(
         tmp_path, killable_nats):
     """Logs across events: the relay publishes a staged event under the trace id of the request
