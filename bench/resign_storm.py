@@ -1,7 +1,8 @@
 """Re-signing storm: every device configuration signed again after a cluster-wide change.
 
-Ours: the tftp-signer's real path — read every device (and pending CAPF operations, pools) from a
-migrated SQLite publisher database, build each SEP<MAC>.cnf.xml, sign it as a `.sgn` in the process
+Ours: the tftp-signer's real path — ask every device (and pending CAPF operations, pools, the mode)
+of its owners (issue 9 §5: call control's, CAPF's and the CTL Provider's real servicers on mutual TLS,
+tests/tftpowners.py, over a migrated SQLite publisher database), build each SEP<MAC>.cnf.xml, sign it as a `.sgn` in the process
 pool (every core) and keep it in the signed-file store (caching on: memory; `--disk`: caching off,
 files written atomically). Baseline, same run, same cores, same pool size: raw RSA-2048 PKCS#1 v1.5
 signatures (SHA-1) over payloads of the same size with `cryptography` — the cost floor of signing.
@@ -60,8 +61,11 @@ async def ours(data: Path, devices: int, disk: bool, workers: int, chunk: int):
 
     from ccmsec.db.devices import Device, set_setting, utcnow
     from ccmsec.runtime.database import open_database
-    from ccmsec_tftp_signer.content import ClusterEndpoints, device_configs
+    from ccmsec.runtime.identity import service_identity
+    from ccmsec_tftp_signer.content import ClusterEndpoints
+    from ccmsec_tftp_signer.devicefiles import ChangeDetector
     from ccmsec_tftp_signer.files import TftpContent
+    from tests.tftpowners import tftp_owners
     from ccmsec_tftp_signer.layout import ClusterPath, Layout
     from ccmsec_tftp_signer.signing import SignedStore, SigningPool
 
@@ -81,15 +85,20 @@ async def ours(data: Path, devices: int, disk: bool, workers: int, chunk: int):
     pool = SigningPool(signer, workers=workers, chunk=chunk)
     endpoints = ClusterEndpoints(callmanagers=("127.0.0.5",), capf_host="127.0.0.3", srst_host="127.0.0.8")
     store = SignedStore(pool, data / "tftp", caching=not disk)
-    content = TftpContent(data / "tftp", Layout(ClusterPath("local", "cluster1")), db, endpoints, store, signer)
+    detector = ChangeDetector(engine)
     try:
-        await pool.warm_up()
-        started = time.perf_counter()
-        count = await asyncio.wait_for(content.resign_devices(None, force=True), TIME_LIMIT)
-        elapsed = time.perf_counter() - started
-        async with db() as s:
-            sample = (await device_configs(s, endpoints, [rows[0]["name"]]))[0].config.to_xml()
+        async with tftp_owners(data, f"sqlite+aiosqlite:///{data / 'ccmsec.db'}") as owners:
+            reads = owners.reads(service_identity(data, "tftp-signer", "tftp-signer", "127.0.0.1"))
+            content = TftpContent(data / "tftp", Layout(ClusterPath("local", "cluster1")), reads, endpoints,
+                                  store, signer, detector)
+            await pool.warm_up()
+            started = time.perf_counter()
+            count = await asyncio.wait_for(content.resign_devices(None, force=True), TIME_LIMIT)
+            elapsed = time.perf_counter() - started
+            sample = content.devices.xml(rows[0]["name"])
+            await owners.close_reads()
     finally:
+        detector.close()
         pool.close()
         await engine.dispose()
     assert count == devices, (count, devices)
@@ -105,7 +114,7 @@ async def main_async(args) -> int:
         raw = await raw_rate(signer, payloads, workers, args.chunk)
     mode = "caching off (disk)" if args.disk else "caching on (memory)"
     print(f"re-sign storm: {devices} device configs, {workers} worker processes, {mode}")
-    print(f"  ours  (DB read + cnf.xml + .sgn + store): {rate:10.1f} files/s  ({elapsed:.2f} s)")
+    print(f"  ours  (owners asked + cnf.xml + .sgn + store): {rate:10.1f} files/s  ({elapsed:.2f} s)")
     print(f"  raw RSA-2048 PKCS#1 v1.5 SHA-1 signatures: {raw:10.1f} sig/s")
     print(f"  ratio ours/raw: {rate / raw:.2f}")
     return 0

@@ -2,7 +2,10 @@
 
 Ours: the tftp-signer service in its own process, as deployed (`python -m ccmsec_tftp_signer`):
 the migrated SQLite publisher database with N devices (mixed mode), NATS JetStream for its events,
-its resolver and its signing pool. Every phone fetches its own `SEP<MAC>.cnf.xml.sgn`; then the
+its resolver and its signing pool; the owners it asks for the mode, the devices and the CAPF
+operations (issue 9 §5: CtlProvider/GetSecurityMode, CallManager/GetDeviceConfigs,
+Capf/GetPendingOperations) are their real servicers on mutual TLS in a process of their own
+(bench/tftp_owners.py). Every phone fetches its own `SEP<MAC>.cnf.xml.sgn`; then the
 `CTLFile.tlv` and a firmware image. Baseline, same run: Debian's tftpd-hpa (`/usr/sbin/in.tftpd`)
 serving byte-identical copies of the same files (fetched from ours first) from a directory, to the
 same client (`ccmsec.aio.tftp.tftp_get`, uvloop, K in flight), rounds alternating.
@@ -117,6 +120,20 @@ def start_nats(data: Path) -> tuple[subprocess.Popen, str]:
     raise RuntimeError("nats-server did not start")
 
 
+OWNERS = {"callmanager": "127.0.0.85", "capf": "127.0.0.86", "ctl-provider": "127.0.0.87"}
+
+
+def start_owners(data: Path) -> subprocess.Popen:
+    log = open(data / "owners.log", "ab")
+    proc = subprocess.Popen([sys.executable, str(REPO / "bench" / "tftp_owners.py"), str(data), json.dumps(OWNERS)],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log)
+    line = proc.stdout.readline()  # "owners serving" once they listen
+    if b"serving" not in line:
+        proc.kill()
+        raise RuntimeError(f"the owners did not start: see {data / 'owners.log'}")
+    return proc
+
+
 def start_service(data: Path, nats_url: str, tftp_port: int, grpc_port: int) -> subprocess.Popen:
     from ccmsec.runtime.identity import service_identity
 
@@ -124,7 +141,7 @@ def start_service(data: Path, nats_url: str, tftp_port: int, grpc_port: int) -> 
     env = dict(os.environ, CCMSEC_SERVICE="tftp-signer", CCMSEC_NODE="tftp-signer", CCMSEC_DATA_DIR=str(data),
                CCMSEC_HOST=HOST, CCMSEC_NATS_URL=nats_url, CCMSEC_TFTP_PORT=str(tftp_port),
                CCMSEC_GRPC_PORT=str(grpc_port), CCMSEC_METRICS_PORT="0", CCMSEC_TFTP_PATH=TFTP_PATH,
-               CCMSEC_PEERS=json.dumps({"callmanager": "127.0.0.85", "capf": "127.0.0.86"}),
+               CCMSEC_PEERS=json.dumps(OWNERS),
                CCMSEC_LOG_LEVEL="WARNING")
     log = open(data / "tftp-signer.log", "ab")
     return subprocess.Popen([sys.executable, "-m", "ccmsec_tftp_signer"], env=env, stdin=subprocess.DEVNULL,
@@ -244,6 +261,7 @@ async def main(args: argparse.Namespace) -> int:
         write_ctl(data)
         nats, nats_url = start_nats(data)
         procs.append(nats)
+        procs.append(start_owners(data))
         tftp_port, grpc_port = free_port(HOST, socket.SOCK_DGRAM), free_port(HOST)
         service = start_service(data, nats_url, tftp_port, grpc_port)
         procs.append(service)
@@ -342,7 +360,7 @@ async def main(args: argparse.Namespace) -> int:
         details = await status(data, grpc_port)
         print("service: " + ", ".join(f"{k}={details.get(k)}" for k in (
             "cache_hits", "cache_misses", "files_signed", "revalidations", "revalidation_seconds",
-            "version_checks", "device_builds")))
+            "version_checks", "device_builds", "point_reads", "owner_snapshots", "owner_failures")))
         return 0 if ok else 1
     finally:
         for proc in reversed(procs):  # only what this bench started, by PID

@@ -59,7 +59,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("capf", "ccmsec_capf", 3, "Certificate Authority Proxy Function: issues LSCs",
                 (_p("capf_port", 3804, "tcp", "CAPF over TLS"),), ("callmanager", "ctl-provider")),
     ServiceSpec("tftp-signer", "ccmsec_tftp_signer", 4, "TFTP server that signs every file it serves",
-                (_p("tftp_port", 69, "udp", "TFTP"),), ()),
+                (_p("tftp_port", 69, "udp", "TFTP"),), ("callmanager", "capf", "ctl-provider")),
     ServiceSpec("callmanager", "ccmsec_callmanager", 5, "call control: SCCP registration, calls, administration API",
                 (_p("sccp_port", 2000, "tcp", "SCCP"), _p("sccp_tls_port", 2443, "tcp", "SCCP over TLS"),
                  _p("admin_port", 8443, "tcp", "HTTPS administration")),

@@ -81,14 +81,11 @@ def migration_branches(role: str) -> tuple[str, ...]:
 # Reads of another owner's tables that are still made straight from the database, each with the
 # owner's API that is to replace it. Nothing else may read across owners: tests/unit/test_ownership.py
 # finds every table each service package touches and fails on a cross-owner read not listed here —
-# and on an entry whose read is gone, so this list only shrinks. (Issue 9 §5 is done when it is empty.)
-REMAINING_CROSS_OWNER_READS: dict[tuple[str, str], str] = {
-    ("tftp-signer", "cluster_settings"): "CtlProvider/GetSecurityMode at start, then mode.changed",
-    ("tftp-signer", "capf_operations"): "Capf/GetOperations (pending) at start, then CAPF's config.changed",
-    ("tftp-signer", "devices"): "a CallManager device-config snapshot RPC at start, then config.changed",
-    ("tftp-signer", "device_pools"): "CallManager/GetDevicePools at start, then config.changed",
-    ("tftp-signer", "srst_references"): "the same device-config snapshot (pools name them), then config.changed",
-}
+# and on an entry whose read is gone, so this list only shrinks. Empty: every service asks the owner
+# (the last ones, tftp-signer's reads of the mode, devices, pools, SRST references and pending CAPF
+# operations, became CtlProvider/GetSecurityMode, CallManager/GetDeviceConfigs and
+# Capf/GetPendingOperations — issue 9 §5).
+REMAINING_CROSS_OWNER_READS: dict[tuple[str, str], str] = {}
 
 
 class CrossOwnerWrite(PermissionError):

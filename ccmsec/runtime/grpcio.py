@@ -150,13 +150,20 @@ class _TraceStreamStream(grpc.aio.StreamStreamClientInterceptor):
 _TRACE_INTERCEPTORS = (_TraceUnaryUnary(), _TraceUnaryStream(), _TraceStreamUnary(), _TraceStreamStream())
 
 
+RECONNECT_BACKOFF_MS = 2000
+
+
 def secure_channel(identity: TlsIdentity, host: str, port: int, server_name: str) -> grpc.aio.Channel:
     """A client channel that presents `identity` and expects the server certificate for `server_name`.
-    Calls made while a trace id is bound carry it as metadata `x-ccmsec-trace-id`."""
+    Calls made while a trace id is bound carry it as metadata `x-ccmsec-trace-id`. A peer that was
+    away is reached again within RECONNECT_BACKOFF_MS of coming back (gRPC's default back-off grows
+    to two minutes, so a service that restarted stayed unreachable from a cached channel that long)."""
     return grpc.aio.secure_channel(
         f"{host}:{port}",
         channel_credentials(identity),
-        options=[("grpc.ssl_target_name_override", server_name), *_OPTIONS[:2]],
+        options=[("grpc.ssl_target_name_override", server_name), *_OPTIONS[:2],
+                 ("grpc.initial_reconnect_backoff_ms", 250), ("grpc.min_reconnect_backoff_ms", 250),
+                 ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MS)],
         interceptors=_TRACE_INTERCEPTORS,
     )
 

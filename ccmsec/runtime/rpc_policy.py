@@ -69,6 +69,9 @@ _TABLE: dict[str, dict[str, frozenset[str]]] = {
         # (issue 9 §5), and only CAPF needs them this way.
         "GetDevice": frozenset({"capf"}),
         "ListDevices": frozenset({"capf"}),
+        # What the TFTP server builds each SEP<MAC>.cnf.xml from (devices, pools, SRST references
+        # are call control's, issue 9 §5): only the TFTP server reads it this way.
+        "GetDeviceConfigs": frozenset({"tftp-signer"}),
         # This node's ccmserver.cer (CERT-5): the CTL Provider's CallManager record of it (AUTH-2).
         "GetServerCertificate": frozenset({"ctl-provider"}),
     },
@@ -77,6 +80,8 @@ _TABLE: dict[str, dict[str, frozenset[str]]] = {
         "Activate": ADMIN,
         "ScheduleOperation": ADMIN,
         "GetOperations": ADMIN,
+        # The pending operation each device's cnf.xml carries (operations are CAPF's, issue 9 §5).
+        "GetPendingOperations": frozenset({"tftp-signer"}),
         "GetIssuedLog": ADMIN,
         "GetCapfCertificate": _roles(ADMIN, "ctl-provider"),  # the CAPF record of the CTL
         "GetParameters": ADMIN,
@@ -96,7 +101,8 @@ _TABLE: dict[str, dict[str, frozenset[str]]] = {
         "SetProviderPort": ADMIN,
         "GetCurrentCtl": _roles(ADMIN, "capf"),      # CERT-3: CAPF asks whether a CTL exists
         "CommitCtl": ADMIN,                          # the CTL client (ccmsec ctl update)
-        "GetSecurityMode": _roles(ADMIN, "callmanager"),  # call control follows the mode (MODE-4/5)
+        # call control follows the mode (MODE-4/5); the TFTP server signs by it (AUTH-3)
+        "GetSecurityMode": _roles(ADMIN, "callmanager", "tftp-signer"),
         "SetSecurityMode": ADMIN,
         "ListTftpClusters": ADMIN,
         "RegisterTftpCluster": ADMIN,

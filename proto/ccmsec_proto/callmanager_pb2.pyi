@@ -235,6 +235,80 @@ class DevicesReply(_message.Message):
     devices: _containers.RepeatedCompositeFieldContainer[DeviceInfo]
     def __init__(self, devices: _Optional[_Iterable[_Union[DeviceInfo, _Mapping]]] = ...) -> None: ...
 
+class DeviceConfigsRequest(_message.Message):
+    __slots__ = ("devices",)
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
+    devices: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, devices: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class SrstReferenceConfig(_message.Message):
+    __slots__ = ("name", "host", "sccp_port", "sccp_tls_port", "secure", "certificate")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    SCCP_PORT_FIELD_NUMBER: _ClassVar[int]
+    SCCP_TLS_PORT_FIELD_NUMBER: _ClassVar[int]
+    SECURE_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    host: str
+    sccp_port: int
+    sccp_tls_port: int
+    secure: bool
+    certificate: bytes
+    def __init__(self, name: _Optional[str] = ..., host: _Optional[str] = ..., sccp_port: _Optional[int] = ..., sccp_tls_port: _Optional[int] = ..., secure: _Optional[bool] = ..., certificate: _Optional[bytes] = ...) -> None: ...
+
+class PoolConfig(_message.Message):
+    __slots__ = ("name", "cm_group", "srst", "reference")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CM_GROUP_FIELD_NUMBER: _ClassVar[int]
+    SRST_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    cm_group: _containers.RepeatedScalarFieldContainer[str]
+    srst: str
+    reference: SrstReferenceConfig
+    def __init__(self, name: _Optional[str] = ..., cm_group: _Optional[_Iterable[str]] = ..., srst: _Optional[str] = ..., reference: _Optional[_Union[SrstReferenceConfig, _Mapping]] = ...) -> None: ...
+
+class DeviceHardening(_message.Message):
+    __slots__ = ("web_access", "pc_port", "settings_access", "garp", "voice_vlan_access", "span_to_pc_port")
+    WEB_ACCESS_FIELD_NUMBER: _ClassVar[int]
+    PC_PORT_FIELD_NUMBER: _ClassVar[int]
+    SETTINGS_ACCESS_FIELD_NUMBER: _ClassVar[int]
+    GARP_FIELD_NUMBER: _ClassVar[int]
+    VOICE_VLAN_ACCESS_FIELD_NUMBER: _ClassVar[int]
+    SPAN_TO_PC_PORT_FIELD_NUMBER: _ClassVar[int]
+    web_access: bool
+    pc_port: bool
+    settings_access: bool
+    garp: bool
+    voice_vlan_access: bool
+    span_to_pc_port: bool
+    def __init__(self, web_access: _Optional[bool] = ..., pc_port: _Optional[bool] = ..., settings_access: _Optional[bool] = ..., garp: _Optional[bool] = ..., voice_vlan_access: _Optional[bool] = ..., span_to_pc_port: _Optional[bool] = ...) -> None: ...
+
+class DeviceConfigInput(_message.Message):
+    __slots__ = ("name", "model", "mode", "device_pool", "config_version", "hardening", "pool")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_POOL_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_VERSION_FIELD_NUMBER: _ClassVar[int]
+    HARDENING_FIELD_NUMBER: _ClassVar[int]
+    POOL_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    model: str
+    mode: _common_pb2.DeviceSecurityMode
+    device_pool: str
+    config_version: int
+    hardening: DeviceHardening
+    pool: PoolConfig
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., mode: _Optional[_Union[_common_pb2.DeviceSecurityMode, str]] = ..., device_pool: _Optional[str] = ..., config_version: _Optional[int] = ..., hardening: _Optional[_Union[DeviceHardening, _Mapping]] = ..., pool: _Optional[_Union[PoolConfig, _Mapping]] = ...) -> None: ...
+
+class DeviceConfigsPage(_message.Message):
+    __slots__ = ("devices",)
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
+    devices: _containers.RepeatedCompositeFieldContainer[DeviceConfigInput]
+    def __init__(self, devices: _Optional[_Iterable[_Union[DeviceConfigInput, _Mapping]]] = ...) -> None: ...
+
 class CallLeg(_message.Message):
     __slots__ = ("device", "model", "kind", "device_mode", "line", "dn", "call_reference", "state", "role", "shown", "rx", "tx", "user")
     DEVICE_FIELD_NUMBER: _ClassVar[int]

@@ -165,6 +165,11 @@ class CallManagerStub:
                 request_serializer=ccmsec__proto_dot_callmanager__pb2.DevicesRequest.SerializeToString,
                 response_deserializer=ccmsec__proto_dot_callmanager__pb2.DevicesReply.FromString,
                 _registered_method=True)
+        self.GetDeviceConfigs = channel.unary_stream(
+                '/ccmsec.v1.CallManager/GetDeviceConfigs',
+                request_serializer=ccmsec__proto_dot_callmanager__pb2.DeviceConfigsRequest.SerializeToString,
+                response_deserializer=ccmsec__proto_dot_callmanager__pb2.DeviceConfigsPage.FromString,
+                _registered_method=True)
         self.GetServerCertificate = channel.unary_unary(
                 '/ccmsec.v1.CallManager/GetServerCertificate',
                 request_serializer=ccmsec__proto_dot_common__pb2.Empty.SerializeToString,
@@ -342,6 +347,13 @@ class CallManagerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetDeviceConfigs(self, request, context):
+        """tftp-signer: cnf.xml inputs
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetServerCertificate(self, request, context):
         """This node's own SCCP/TLS server certificate (ccmserver.cer, CERT-5; `der` is DER): the CTL
         Provider's CallManager record of this node (AUTH-2, LATER-7).
@@ -482,6 +494,11 @@ def add_CallManagerServicer_to_server(servicer, server):
                     servicer.ListDevices,
                     request_deserializer=ccmsec__proto_dot_callmanager__pb2.DevicesRequest.FromString,
                     response_serializer=ccmsec__proto_dot_callmanager__pb2.DevicesReply.SerializeToString,
+            ),
+            'GetDeviceConfigs': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetDeviceConfigs,
+                    request_deserializer=ccmsec__proto_dot_callmanager__pb2.DeviceConfigsRequest.FromString,
+                    response_serializer=ccmsec__proto_dot_callmanager__pb2.DeviceConfigsPage.SerializeToString,
             ),
             'GetServerCertificate': grpc.unary_unary_rpc_method_handler(
                     servicer.GetServerCertificate,
@@ -1191,6 +1208,33 @@ class CallManager:
             '/ccmsec.v1.CallManager/ListDevices',
             ccmsec__proto_dot_callmanager__pb2.DevicesRequest.SerializeToString,
             ccmsec__proto_dot_callmanager__pb2.DevicesReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDeviceConfigs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/ccmsec.v1.CallManager/GetDeviceConfigs',
+            ccmsec__proto_dot_callmanager__pb2.DeviceConfigsRequest.SerializeToString,
+            ccmsec__proto_dot_callmanager__pb2.DeviceConfigsPage.FromString,
             options,
             channel_credentials,
             insecure,

@@ -87,6 +87,32 @@ class CapfStatusReply(_message.Message):
     operations: _containers.RepeatedCompositeFieldContainer[CapfOperationState]
     def __init__(self, operations: _Optional[_Iterable[_Union[CapfOperationState, _Mapping]]] = ...) -> None: ...
 
+class PendingOperationsRequest(_message.Message):
+    __slots__ = ("devices",)
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
+    devices: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, devices: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class PendingOperation(_message.Message):
+    __slots__ = ("device", "operation", "auth_mode", "key_type", "id")
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    OPERATION_FIELD_NUMBER: _ClassVar[int]
+    AUTH_MODE_FIELD_NUMBER: _ClassVar[int]
+    KEY_TYPE_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    device: str
+    operation: CapfOperation
+    auth_mode: CapfAuthMode
+    key_type: str
+    id: int
+    def __init__(self, device: _Optional[str] = ..., operation: _Optional[_Union[CapfOperation, str]] = ..., auth_mode: _Optional[_Union[CapfAuthMode, str]] = ..., key_type: _Optional[str] = ..., id: _Optional[int] = ...) -> None: ...
+
+class PendingOperationsPage(_message.Message):
+    __slots__ = ("operations",)
+    OPERATIONS_FIELD_NUMBER: _ClassVar[int]
+    operations: _containers.RepeatedCompositeFieldContainer[PendingOperation]
+    def __init__(self, operations: _Optional[_Iterable[_Union[PendingOperation, _Mapping]]] = ...) -> None: ...
+
 class IssuedCertificate(_message.Message):
     __slots__ = ("device", "certificate", "operation", "at_unix", "outcome", "operation_id")
     DEVICE_FIELD_NUMBER: _ClassVar[int]

@@ -56,6 +56,11 @@ class CapfStub:
                 request_serializer=ccmsec__proto_dot_capf__pb2.CapfStatusRequest.SerializeToString,
                 response_deserializer=ccmsec__proto_dot_capf__pb2.CapfStatusReply.FromString,
                 _registered_method=True)
+        self.GetPendingOperations = channel.unary_stream(
+                '/ccmsec.v1.Capf/GetPendingOperations',
+                request_serializer=ccmsec__proto_dot_capf__pb2.PendingOperationsRequest.SerializeToString,
+                response_deserializer=ccmsec__proto_dot_capf__pb2.PendingOperationsPage.FromString,
+                _registered_method=True)
         self.GetIssuedLog = channel.unary_unary(
                 '/ccmsec.v1.Capf/GetIssuedLog',
                 request_serializer=ccmsec__proto_dot_capf__pb2.CapfStatusRequest.SerializeToString,
@@ -132,6 +137,13 @@ class CapfServicer:
 
     def GetOperations(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPendingOperations(self, request, context):
+        """tftp-signer
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -225,6 +237,11 @@ def add_CapfServicer_to_server(servicer, server):
                     servicer.GetOperations,
                     request_deserializer=ccmsec__proto_dot_capf__pb2.CapfStatusRequest.FromString,
                     response_serializer=ccmsec__proto_dot_capf__pb2.CapfStatusReply.SerializeToString,
+            ),
+            'GetPendingOperations': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetPendingOperations,
+                    request_deserializer=ccmsec__proto_dot_capf__pb2.PendingOperationsRequest.FromString,
+                    response_serializer=ccmsec__proto_dot_capf__pb2.PendingOperationsPage.SerializeToString,
             ),
             'GetIssuedLog': grpc.unary_unary_rpc_method_handler(
                     servicer.GetIssuedLog,
@@ -385,6 +402,33 @@ class Capf:
             '/ccmsec.v1.Capf/GetOperations',
             ccmsec__proto_dot_capf__pb2.CapfStatusRequest.SerializeToString,
             ccmsec__proto_dot_capf__pb2.CapfStatusReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPendingOperations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/ccmsec.v1.Capf/GetPendingOperations',
+            ccmsec__proto_dot_capf__pb2.PendingOperationsRequest.SerializeToString,
+            ccmsec__proto_dot_capf__pb2.PendingOperationsPage.FromString,
             options,
             channel_credentials,
             insecure,

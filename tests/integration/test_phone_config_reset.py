@@ -2,7 +2,8 @@
 device is reset.
 
 Real parts in process on loopback: the tftp-signer's content object (`TftpContent`: configs built
-from the database at each request, signed copies in memory or on disk) behind a real `TftpServer`;
+from what the owners answer — call control, CAPF and the CTL Provider's real servicers on mutual TLS,
+tests/tftpowners.py —, signed copies in memory or on disk) behind a real `TftpServer`;
 the callmanager `CallControl` (SCCP/TLS 2443 with its own ccmserver.cer, registration from the
 database); a phone-sim `PhoneRunner` (a 7970 with a MIC, authenticated mode, CTL from two tokens).
 
@@ -22,13 +23,12 @@ import time
 
 import pytest
 from sqlalchemy import update
-from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import async_sessionmaker
 
 import ccmsec.db.capf  # noqa: F401  (tables the config builder reads)
 import ccmsec.db.lines  # noqa: F401
 import ccmsec.db.registry  # noqa: F401
 from ccmsec.aio.tftp import TftpServer, tftp_get
-from ccmsec.db.base import Base
 from ccmsec.db.devices import SETTING_CTL_VERSION, SETTING_SECURITY_MODE, Device, set_setting
 from ccmsec_callmanager.cluster_state import ClusterState, ClusterStateFollower
 from ccmsec.formats.cnfxml import parse_cnf_xml
@@ -43,10 +43,14 @@ from ccmsec.wire.sccp import ResetType
 from ccmsec_callmanager.callcontrol import CallControl, CallControlConfig, load_pki
 from ccmsec_phone_sim.boot import Network, PhoneRunner
 from ccmsec_phone_sim.phone import Phone, State
+from ccmsec.runtime.database import create_engine, migrate
+from ccmsec.runtime.identity import service_identity
 from ccmsec_tftp_signer.content import ClusterEndpoints
+from ccmsec_tftp_signer.devicefiles import ChangeDetector
 from ccmsec_tftp_signer.files import TftpContent
 from ccmsec_tftp_signer.layout import ClusterPath, Layout
 from ccmsec_tftp_signer.signing import SignedStore, SigningPool
+from tests.tftpowners import tftp_owners
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -70,12 +74,13 @@ def template(tmp_path_factory):
 
 
 class Lab:
-    def __init__(self, data, tftp_cert, tokens, db, caching):
+    def __init__(self, data, tftp_cert, tokens, db, caching, owners):
         self.data, self.tftp_cert, self.tokens, self.db, self.caching = data, tftp_cert, tokens, db, caching
+        self.owners = owners  # what the TFTP side asks (issue 9 §5): tests/tftpowners.py
 
     async def start(self) -> "Lab":
         async with self.db() as session, session.begin():
-            # the mode as the TFTP side of this lab reads it (tftp-signer still reads the table)
+            # the mode as its owner stores it (the TFTP side asks it: CtlProvider/GetSecurityMode)
             await set_setting(session, SETTING_CTL_VERSION, "1")
             await set_setting(session, SETTING_SECURITY_MODE, "mixed")
             session.add(Device(name=NAME, model="7970", security_mode="authenticated"))
@@ -88,8 +93,11 @@ class Lab:
         endpoints = ClusterEndpoints(callmanagers=("127.0.0.1",), sccp_port=self.cc.plain.port,
                                      sccp_tls_port=self.cc.tls.port, capf_host="127.0.0.1")
         self.pool = SigningPool(signer, workers=1)
-        self.content = TftpContent(root, Layout(ClusterPath("local", TFTP_PATH, "", "mixed")), self.db, endpoints,
-                                   SignedStore(self.pool, root, caching=self.caching), signer)
+        self.content = TftpContent(root, Layout(ClusterPath("local", TFTP_PATH, "", "mixed")),
+                                   self.owners.reads(service_identity(self.data, "tftp-signer", "tftp-signer",
+                                                                      "127.0.0.1")),
+                                   endpoints, SignedStore(self.pool, root, caching=self.caching), signer,
+                                   ChangeDetector(self.db.kw["bind"]))
         capf = ensure_capf_ca(self.data / "pki")
         records = [record_from_certificate(t.certificate, Role.TOKEN) for t in self.tokens]
         records += [record_from_certificate(self.cc.server_certificate, Role.CCM, NODE, "127.0.0.1"),
@@ -122,14 +130,16 @@ async def lab(request, template, tmp_path):
     data_src, tftp_cert, tokens, mic = template
     data = tmp_path / "data"
     shutil.copytree(data_src, data)
-    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'ccmsec.db'}")
-    async with engine.begin() as conn:
-        await conn.run_sync(Base.metadata.create_all)
-    lab = await Lab(data, tftp_cert, tokens, async_sessionmaker(engine, expire_on_commit=False),
-                    request.param).start()
-    lab.mic = mic
-    yield lab
-    await lab.close()
+    url = f"sqlite+aiosqlite:///{tmp_path / 'ccmsec.db'}"
+    engine = create_engine(url)
+    await migrate(engine)  # the whole schema, as the owners' migrations make it
+    async with tftp_owners(data, url) as owners:
+        lab = await Lab(data, tftp_cert, tokens, async_sessionmaker(engine, expire_on_commit=False),
+                        request.param, owners).start()
+        lab.mic = mic
+        yield lab
+        await lab.close()
+        await owners.close_reads()
     await engine.dispose()
 
 

@@ -34,6 +34,7 @@ from ccmsec_proto import common_pb2, events_pb2, tftp_signer_pb2, tftp_signer_pb
 from ccmsec_tftp_signer.main import TftpSignerService
 from tests.conftest import free_port
 from tests.ownerdb import owner_db
+from tests.tftpowners import tftp_owners
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -115,11 +116,21 @@ async def _publish_as(role: str, tftp, kind: str, target, **body):
 
 
 @contextlib.asynccontextmanager
-async def running_service(data, nats_url, *, caching=True, tftp_path="cluster1"):
+async def running_service(data, nats_url, *, caching=True, tftp_path="cluster1",
+                          owners_running=("callmanager", "capf", "ctl-provider")):
+    db_url = f"sqlite+aiosqlite:///{data / 'ccmsec.db'}"
+    # The owners it asks (issue 9 §5): their real servicers on mutual TLS (tests/tftpowners.py).
+    async with tftp_owners(data, db_url, running=owners_running) as owners:
+        async with _running_service(data, nats_url, owners, caching=caching, tftp_path=tftp_path) as running:
+            yield running
+
+
+@contextlib.asynccontextmanager
+async def _running_service(data, nats_url, owners, *, caching, tftp_path):
     settings = load_settings(
         ServiceSettings, service="tftp-signer", data_dir=data, host=HOST, grpc_port=free_port(),
         metrics_port=0, nats_url=nats_url, tftp_port=free_udp_port(), tftp_caching=caching,
-        tftp_path=tftp_path, peers={"callmanager": "127.0.0.5", "capf": "127.0.0.3", "srst": "127.0.0.8"},
+        tftp_path=tftp_path, peers={**owners.peers, "srst": "127.0.0.8"},
         shutdown_grace=1.0, bus_connect_timeout=10,
     )
     service_identity(data, "tftp-signer", "tftp-signer", HOST)  # issued before start, as the runner does
@@ -135,6 +146,7 @@ async def running_service(data, nats_url, *, caching=True, tftp_path="cluster1")
         await asyncio.sleep(0.05)
     await asyncio.sleep(0.3)  # gRPC server start and the built-in subscriptions come last
     running = Running(svc, task, data)
+    running.owners = owners
     try:
         yield running
     finally:
@@ -322,9 +334,10 @@ async def test_dev4_hardening_and_capf_operation_reach_the_served_config(tftp):
     h = config.hardening
     assert not (h.web_access or h.pc_port or h.settings_access or h.garp or h.voice_vlan_access)
     assert config.security_mode == "encrypted"
+    peers = tftp.owners.peers
     assert [(m.host, m.ethernet_phone_port, m.secure_port) for m in config.call_managers] == [
-        ("127.0.0.5", 2000, 2443)]
-    assert config.capf.host == "127.0.0.3" and config.capf.port == 3804
+        (peers["callmanager"], 2000, 2443)]
+    assert config.capf.host == peers["capf"] and config.capf.port == 3804
     assert (config.capf.operation, config.capf.key_type, config.capf.curve) == ("install", "EC", "P-256")
     assert config.srst.addresses == ("127.0.0.8",)
     assert (await _error(tftp.get("SEP0011223344FF.cnf.xml"))).code == ERR_FILE_NOT_FOUND

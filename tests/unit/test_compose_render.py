@@ -370,7 +370,9 @@ def test_start_order_drops_only_edges_between_roles_that_call_each_other():
     # capf looks devices up at call control and asks the CTL Provider; both call capf back
     assert waits["capf"] == [] and "capf" not in waits["callmanager"] and "capf" not in waits["ctl-provider"]
     assert waits["callmanager"] == ["keymanager"]
-    assert waits["ctl-provider"] == ["tftp-signer"] and waits["srst"] == ["callmanager"]
+    # the TFTP server asks call control, CAPF and the CTL Provider (issue 9 §5), which all reach it
+    # back (ctl-provider publishes the CTL to it): nobody waits for the other
+    assert waits["ctl-provider"] == [] and waits["tftp-signer"] == [] and waits["srst"] == ["callmanager"]
     services = _doc()["services"]
     for role, peers in waits.items():
         extra = [d for d in services[role]["depends_on"] if d not in ("init", "nats", "postgres")]
@@ -434,11 +436,11 @@ def test_validate_reports_a_host_port_published_twice():
 
 def test_validate_reports_a_depends_on_cycle():
     doc = _doc()
-    doc["services"]["tftp-signer"]["depends_on"]["ctl-provider"] = {"condition": "service_started"}
+    doc["services"]["tftp-signer"]["depends_on"]["phone-sim"] = {"condition": "service_started"}
     problems = compose.validate_compose(_dump(doc))
     assert len(problems) == 1 and problems[0] in (
-        "depends_on cycle: ctl-provider -> tftp-signer -> ctl-provider",
-        "depends_on cycle: tftp-signer -> ctl-provider -> tftp-signer")
+        "depends_on cycle: phone-sim -> tftp-signer -> phone-sim",
+        "depends_on cycle: tftp-signer -> phone-sim -> tftp-signer")
 
 
 def test_validate_reports_schema_violations():

@@ -373,8 +373,12 @@ def test_no_service_reads_another_owners_tables():
     assert ("callmanager", "ctl_files") not in found
     # CAPF looks devices up at their owner, call control (CallManager/GetDevice, ListDevices).
     assert ("capf", "devices") not in found
+    # The TFTP server asks call control (GetDeviceConfigs), CAPF (GetPendingOperations) and the CTL
+    # Provider (GetSecurityMode) for what it builds files from: it reads no table of theirs.
+    assert not {t for (r, t) in found if r == "tftp-signer"}
+    assert not declared, "issue 9 §5: no cross-owner read is left"
     # The check really sees reads: each owner's own ones are found.
-    assert {"callmanager", "tftp-signer"} <= touched_by["devices"]
+    assert {"callmanager"} <= touched_by["devices"] and "capf" not in touched_by["devices"]
     assert "ctl-provider" in touched_by["cluster_settings"] and "capf" in touched_by["capf_operations"]
 
 

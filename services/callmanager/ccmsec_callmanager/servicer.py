@@ -176,6 +176,18 @@ class CallManagerServicer(CallsServicerMixin, MobilityServicerMixin, RoutingServ
             rows = (await session.execute(query)).all()
         return pb.DevicesReply(devices=[self._device_info(*r) for r in rows])
 
+    async def GetDeviceConfigs(self, request, context):  # noqa: N802
+        """tftp-signer's read of what each SEP<MAC>.cnf.xml is built from (device_configs.py):
+        the devices named (every one when none), paged, one snapshot."""
+        from .device_configs import MAX_NAMES, device_config_pages
+
+        names = list(request.devices) or None
+        if names is not None and len(names) > MAX_NAMES:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT,
+                        f"at most {MAX_NAMES} devices per request (ask for none: every device)")
+        async for page in device_config_pages(self.service.db, names):
+            yield page
+
     # this node's certificate ------------------------------------------------------------------
     async def GetServerCertificate(self, request, context):  # noqa: N802
         """This node's own SCCP/TLS server certificate (ccmserver.cer, CERT-5), `der` in DER as the

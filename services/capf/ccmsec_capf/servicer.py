@@ -122,6 +122,13 @@ class CapfServicer(StatusServicerMixin, capf_pb2_grpc.CapfServicer):
             await self._known_device(context, device)
         return capf_pb2.CapfStatusReply(operations=[operation_message(op) for op in rows])
 
+    async def GetPendingOperations(self, request, context):  # noqa: N802
+        """tftp-signer's read of the operation each device's cnf.xml carries (pending.py)."""
+        from .pending import pending_pages
+
+        async for page in pending_pages(self.service.db, list(request.devices) or None):
+            yield page
+
     async def GetIssuedLog(self, request, context):  # noqa: N802
         svc = self.service
         device = request.device or None

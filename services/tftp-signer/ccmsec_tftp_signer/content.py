@@ -1,12 +1,13 @@
-"""What the TFTP server serves, built from the publisher database and the cluster's settings.
+"""What the TFTP server serves, built from its owners' answers (owners.py) and the cluster's settings.
 
-- `SEP<MAC>.cnf.xml` per device (`device_configs`): security mode, CallManager group, SRST
+- `SEP<MAC>.cnf.xml` per device (`inputs_from_owners`, `build_device_config`): security mode, CallManager group, SRST
   information, CAPF settings with the pending operation, hardening (DEV-4) and the firmware load.
 - the static files (`write_static_files`): ring list, ring tone, locale files, XMLDefault.cnf.xml —
   written once into the cluster folder if missing; an administrator may replace them.
 
-A device in a device pool (`device_pools`, kept by callmanager) gets the pool's CallManager group
-and SRST reference; otherwise the cluster's own callmanager and srst services.
+A device in a device pool (call control's, sent with the device by `CallManager/GetDeviceConfigs`)
+gets the pool's CallManager group and SRST reference; otherwise the cluster's own callmanager and
+srst services.
 """
 
 from __future__ import annotations
@@ -16,26 +17,19 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from ccmsec import firmware
-from ccmsec.db.base import table_exists
-from ccmsec.db.capf import CapfOperation
-from ccmsec.db.devices import HARDENING_FIELDS, Device, cluster_security_mode
-from ccmsec.db.lines import DevicePool
-from ccmsec.db.srst import SrstReference
-from ccmsec.domain import CapfAuthMode, ClusterMode, DeviceSecurityMode
-from ccmsec.domain import CapfOperation as Operation  # CapfOperation here is CAPF's table
+from ccmsec.domain import CapfAuthMode, DeviceSecurityMode
+from ccmsec.domain import CapfOperation as Operation
 from ccmsec.formats.cnfxml import (
     CallManagerMember, CapfSettings, DefaultConfig, DeviceConfig, Hardening, SrstInfo,
 )
 from ccmsec.fsutil import atomic_write
+from ccmsec_proto.callmanager_pb2 import DeviceHardening
 
 log = logging.getLogger("ccmsec.tftp-signer")
 
-PENDING_CAPF_STATES = ("pending", "in_progress")
-HARDENING = HARDENING_FIELDS  # DEV-4: one list of hardening settings, kept with the table
+# DEV-4: the hardening settings, as call control sends them (callmanager.proto DeviceHardening)
+HARDENING = tuple(f.name for f in DeviceHardening.DESCRIPTOR.fields)
 
 
 @dataclass(frozen=True)
@@ -108,42 +102,6 @@ def build_device_config(device: dict, capf_op: dict | None, pool: dict | None,
     )
 
 
-_DEVICE_COLUMNS = (Device.name, Device.model, Device.security_mode, Device.device_pool,
-                   Device.config_version, *(getattr(Device, f) for f in HARDENING))
-_DEVICE_NAMES = tuple(c.key for c in _DEVICE_COLUMNS)
-
-
-async def _pending_capf(session: AsyncSession, names: list[str] | None) -> dict[str, dict]:
-    if not await table_exists(session, "capf_operations"):
-        return {}  # CAPF has not created its schema yet: nothing pending
-    stmt = (select(CapfOperation.device_name, CapfOperation.operation, CapfOperation.auth_mode,
-                   CapfOperation.key_type, CapfOperation.id)
-            .where(CapfOperation.state.in_(PENDING_CAPF_STATES)).order_by(CapfOperation.id))
-    if names is not None:
-        stmt = stmt.where(CapfOperation.device_name.in_(names))
-    return {row.device_name: row._asdict() for row in await session.execute(stmt)}  # latest wins
-
-
-async def _pools(session: AsyncSession, names: set[str]) -> dict[str, dict]:
-    """Device pools (callmanager's `device_pools`): name -> {callmanagers: [...], srst: host,
-    reference: the `srst_references` row the pool names, if any}."""
-    if not names or not await table_exists(session, "device_pools"):
-        return {}
-    rows = (await session.execute(select(DevicePool.name, DevicePool.cm_group, DevicePool.srst)
-                                  .where(DevicePool.name.in_(sorted(names))))).all()
-    wanted = sorted({r.srst for r in rows if r.srst})
-    references = {}
-    if wanted and await table_exists(session, "srst_references"):
-        references = {ref.name: {"host": ref.host, "sccp_port": ref.sccp_port,
-                                 "sccp_tls_port": ref.sccp_tls_port, "secure": ref.secure,
-                                 "certificate": ref.certificate}
-                      for ref in (await session.scalars(
-                          select(SrstReference).where(SrstReference.name.in_(wanted)))).all()}
-    return {r.name: {"callmanagers": [h for h in r.cm_group.split(",") if h][:3], "srst": r.srst or None,
-                     "reference": references.get(r.srst)}
-            for r in rows}
-
-
 @dataclass(frozen=True)
 class DeviceSource:
     name: str
@@ -154,8 +112,9 @@ class DeviceSource:
 @dataclass(frozen=True, eq=False)
 class DeviceInputs:
     """Everything one SEP<MAC>.cnf.xml is built from (with the endpoints, fixed for the process):
-    equal inputs build byte-identical files. `key` holds the raw values read; two inputs are equal
-    when their keys are (compared by value, not by a version column)."""
+    equal inputs build byte-identical files. `key` holds the owners' answers as sent (the
+    serialized device and operation messages); two inputs are equal when their keys are (compared
+    by value, not by a version column)."""
 
     name: str
     device: dict
@@ -169,226 +128,53 @@ class DeviceInputs:
     __hash__ = None  # type: ignore[assignment]
 
 
-def _frozen(value):
-    if isinstance(value, dict):
-        return tuple((k, _frozen(v)) for k, v in value.items())
-    if isinstance(value, list):
-        return tuple(_frozen(v) for v in value)
-    return value
+def _pool(message) -> dict:
+    """A pool as call control sent it (PoolConfig): {callmanagers, srst, reference}."""
+    reference = None
+    if message.HasField("reference"):
+        r = message.reference
+        reference = {"host": r.host, "sccp_port": r.sccp_port, "sccp_tls_port": r.sccp_tls_port,
+                     "secure": r.secure, "certificate": bytes(r.certificate) or None}
+    return {"callmanagers": list(message.cm_group)[:3], "srst": message.srst or None, "reference": reference}
 
 
-async def read_inputs(session: AsyncSession, names: list[str] | None = None) -> list[DeviceInputs]:
-    """The inputs of `names` (all SEP devices when None), read in one session (one snapshot)."""
-    if not await table_exists(session, "devices"):
-        return []  # callmanager has not created its schema yet: no device
-    stmt = select(*_DEVICE_COLUMNS).order_by(Device.name)
-    if names is not None:
-        stmt = stmt.where(Device.name.in_(names))
-    devices = [row._asdict() for row in await session.execute(stmt)]
-    if not devices:
-        return []
-    capf = await _pending_capf(session, names)
-    pools = await _pools(session, {d["device_pool"] for d in devices if d["device_pool"]})
-    out = []
-    for d in devices:
-        if not d["name"].startswith("SEP"):
-            continue  # only SEP<MAC> devices fetch a SEP<MAC>.cnf.xml
-        op, pool = capf.get(d["name"]), pools.get(d["device_pool"] or "")
-        out.append(DeviceInputs(d["name"], d, op, pool, (tuple(d.values()), _frozen(op), _frozen(pool))))
-    return out
+def _operation(message) -> dict:
+    """A pending operation as CAPF sent it (PendingOperation), in the words of ccmsec.domain."""
+    return {"device_name": message.device, "operation": Operation.from_proto(message.operation).value,
+            "auth_mode": CapfAuthMode.from_proto(message.auth_mode).value, "key_type": message.key_type,
+            "id": message.id}
 
 
-# --- the same snapshot straight from SQLite (the version check's re-read on the default database) ---
-
-@dataclass
-class RawInputs:
-    """Every input as SQLite returns it, read in one read transaction."""
-
-    mode: str | None
-    columns: tuple[str, ...]
-    devices: list[tuple]
-    capf: dict[str, tuple]           # device name -> (device_name, operation, auth_mode, key_type, id)
-    capf_columns: tuple[str, ...]
-    pools: dict[str, tuple]          # pool name -> (name, cm_group, srst)
-    references: dict[str, tuple]     # srst reference name -> (name, host, ports, secure, certificate)
-
-
-def _sqlite_sql(stmt) -> str:
-    from sqlalchemy.dialects import sqlite
-
-    return str(stmt.compile(dialect=sqlite.dialect(), compile_kwargs={"literal_binds": True}))
-
-
-_RAW_SQL: dict[str, str] = {}
-
-
-def _raw_sql() -> dict[str, str]:
-    if not _RAW_SQL:
-        from ccmsec.db.devices import SETTING_SECURITY_MODE, ClusterSetting
-
-        _RAW_SQL.update(
-            mode=_sqlite_sql(select(ClusterSetting.value).where(ClusterSetting.key == SETTING_SECURITY_MODE)),
-            devices=_sqlite_sql(select(*_DEVICE_COLUMNS).order_by(Device.name)),
-            capf=_sqlite_sql(select(CapfOperation.device_name, CapfOperation.operation, CapfOperation.auth_mode,
-                                    CapfOperation.key_type, CapfOperation.id)
-                             .where(CapfOperation.state.in_(PENDING_CAPF_STATES)).order_by(CapfOperation.id)),
-            pools=_sqlite_sql(select(DevicePool.name, DevicePool.cm_group, DevicePool.srst)),
-            references=_sqlite_sql(select(SrstReference.name, SrstReference.host, SrstReference.sccp_port,
-                                          SrstReference.sccp_tls_port, SrstReference.secure,
-                                          SrstReference.certificate)),
-        )
-    return _RAW_SQL
-
-
-# The table each statement reads. Each owner migrates only its own schema branch (issue 9 §5): until
-# it has started once, its table is missing and reads as empty (no device, no pending operation,
-# MODE-1's non-secure cluster).
-_RAW_TABLES = {"mode": "cluster_settings", "devices": "devices", "capf": "capf_operations",
-               "pools": "device_pools", "references": "srst_references"}
-_COMPLETE: dict[int, object] = {}  # connections that saw every table (tables are never dropped)
-
-
-def _absent(conn) -> set[str]:
-    """The statements whose table is not there yet (a cheap check until every table was seen)."""
-    if _COMPLETE.get(id(conn)) is conn:
-        return set()
-    present = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    absent = {key for key, table in _RAW_TABLES.items() if table not in present}
-    if not absent:
-        _COMPLETE[id(conn)] = conn
-    return absent
-
-
-class _NoRows:
-    description = ()
-
-    def fetchone(self):
-        return None
-
-    def fetchall(self):
-        return []
-
-
-def _run(conn, absent: set[str], key: str, statement: str, *args):
-    return _NoRows() if key in absent else conn.execute(statement, *args)
-
-
-def read_raw_sqlite(conn) -> RawInputs:
-    """One read transaction on a sqlite3 connection (autocommit mode): every input, as tuples."""
-    sql = _raw_sql()
-    conn.execute("BEGIN")
-    try:
-        absent = _absent(conn)
-        mode = _run(conn, absent, "mode", sql["mode"]).fetchone()
-        cursor = _run(conn, absent, "devices", sql["devices"])
-        columns = tuple(c[0] for c in cursor.description)
-        devices = cursor.fetchall()
-        cursor = _run(conn, absent, "capf", sql["capf"])
-        capf_columns = tuple(c[0] for c in cursor.description)
-        capf = {row[0]: row for row in cursor.fetchall()}  # ordered by id: the latest wins
-        pools = {row[0]: row for row in _run(conn, absent, "pools", sql["pools"]).fetchall()}
-        references = {row[0]: row for row in _run(conn, absent, "references", sql["references"]).fetchall()}
-    finally:
-        conn.execute("COMMIT")
-    return RawInputs(mode[0] if mode else None, columns or _DEVICE_NAMES, devices, capf, capf_columns,
-                     pools, references)
-
-
-_POINT_SQL: dict[str, str] = {}
-
-
-def _point_sql() -> dict[str, str]:
-    """The same statements for one device (bound by name), SQLite's `?` parameters."""
-    if not _POINT_SQL:
-        from sqlalchemy import literal_column
-
-        def bindparam(_name):
-            return literal_column("?")  # one positional parameter; constants rendered inline
-
-        compiled = _sqlite_sql
-
-        _POINT_SQL.update(
-            devices=compiled(select(*_DEVICE_COLUMNS).where(Device.name == bindparam("n"))),
-            capf=compiled(select(CapfOperation.device_name, CapfOperation.operation, CapfOperation.auth_mode,
-                                 CapfOperation.key_type, CapfOperation.id)
-                          .where(CapfOperation.state.in_(PENDING_CAPF_STATES),
-                                 CapfOperation.device_name == bindparam("n"))
-                          .order_by(CapfOperation.id)),
-            pools=compiled(select(DevicePool.name, DevicePool.cm_group, DevicePool.srst)
-                           .where(DevicePool.name == bindparam("n"))),
-            references=compiled(select(SrstReference.name, SrstReference.host, SrstReference.sccp_port,
-                                       SrstReference.sccp_tls_port, SrstReference.secure,
-                                       SrstReference.certificate).where(SrstReference.name == bindparam("n"))),
-        )
-    return _POINT_SQL
-
-
-def read_point_sqlite(conn, name: str) -> RawInputs:
-    """One device's inputs and the mode, in one read transaction (indexed look-ups)."""
-    sql, point = _raw_sql(), _point_sql()
-    conn.execute("BEGIN")
-    try:
-        absent = _absent(conn)
-        mode = _run(conn, absent, "mode", sql["mode"]).fetchone()
-        cursor = _run(conn, absent, "devices", point["devices"], (name,))
-        columns = tuple(c[0] for c in cursor.description) or _DEVICE_NAMES
-        devices = cursor.fetchall()
-        cursor = _run(conn, absent, "capf", point["capf"], (name,))
-        capf_columns = tuple(c[0] for c in cursor.description)
-        capf = {row[0]: row for row in cursor.fetchall()}
-        pools, references = {}, {}
-        pool_name = devices[0][columns.index("device_pool")] if devices else None
-        if pool_name:
-            pools = {row[0]: row for row in _run(conn, absent, "pools", point["pools"], (pool_name,)).fetchall()}
-            ref_name = pools[pool_name][2] if pool_name in pools else None
-            if ref_name:
-                references = {row[0]: row for row in
-                              _run(conn, absent, "references", point["references"], (ref_name,)).fetchall()}
-    finally:
-        conn.execute("COMMIT")
-    return RawInputs(mode[0] if mode else None, columns, devices, capf, capf_columns, pools, references)
-
-
-def inputs_from_raw(raw: RawInputs, old: dict[str, DeviceInputs]) -> dict[str, DeviceInputs]:
-    """The inputs of every SEP device; an unchanged device keeps its old DeviceInputs object."""
-    pool_keys = {name: (row, raw.references.get(row[2]) if row[2] else None) for name, row in raw.pools.items()}
+def inputs_from_owners(devices, operations: dict, old: dict[str, DeviceInputs]) -> dict[str, DeviceInputs]:
+    """The inputs of every SEP device from the owners' answers (`CallManager/GetDeviceConfigs`
+    messages, `Capf/GetPendingOperations` by device); an unchanged device keeps its old object."""
     out: dict[str, DeviceInputs] = {}
-    pool_column = raw.columns.index("device_pool")
-    for row in raw.devices:
-        name = row[0]
+    for message in devices:
+        name = message.name
         if not name.startswith("SEP"):
-            continue
-        op = raw.capf.get(name)
-        pool_name = row[pool_column]
-        key = (row, op, pool_keys.get(pool_name) if pool_name else None)
+            continue  # only SEP<MAC> devices fetch a SEP<MAC>.cnf.xml
+        op = operations.get(name)
+        key = (message.SerializeToString(deterministic=True),
+               op.SerializeToString(deterministic=True) if op is not None else None)
         before = old.get(name)
         if before is not None and before.key == key:
             out[name] = before
             continue
-        pool = None
-        if key[2] is not None:
-            (_, cm_group, srst), ref = key[2]
-            reference = None
-            if ref is not None:
-                reference = {"host": ref[1], "sccp_port": ref[2], "sccp_tls_port": ref[3], "secure": bool(ref[4]),
-                             "certificate": ref[5]}
-            pool = {"callmanagers": [h for h in cm_group.split(",") if h][:3], "srst": srst or None,
-                    "reference": reference}
-        out[name] = DeviceInputs(name, dict(zip(raw.columns, row)),
-                                 dict(zip(raw.capf_columns, op)) if op else None, pool, key)
+        hardening = message.hardening
+        device = {"name": name, "model": message.model,
+                  "security_mode": DeviceSecurityMode.from_proto(message.mode).value,
+                  "device_pool": message.device_pool or None, "config_version": message.config_version,
+                  **{f: getattr(hardening, f) for f in HARDENING}}
+        out[name] = DeviceInputs(name, device, _operation(op) if op is not None else None,
+                                 _pool(message.pool) if message.HasField("pool") else None, key)
     return out
 
 
-async def device_configs(session: AsyncSession, endpoints: ClusterEndpoints,
-                         names: list[str] | None = None) -> list[DeviceSource]:
-    """The configs of `names` (all devices when None), read in one session (one snapshot)."""
+def device_configs(devices, operations: dict, endpoints: ClusterEndpoints) -> list[DeviceSource]:
+    """The configs built from the owners' answers."""
     return [DeviceSource(i.name, i.device["config_version"],
                          build_device_config(i.device, i.capf, i.pool, endpoints))
-            for i in await read_inputs(session, names)]
-
-
-async def security_mode(session: AsyncSession) -> ClusterMode:
-    return await cluster_security_mode(session)
+            for i in inputs_from_owners(devices, operations, {}).values()]
 
 
 # --- static files ------------------------------------------------------------------------------

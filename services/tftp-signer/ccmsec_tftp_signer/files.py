@@ -10,8 +10,9 @@ Decisions, in order:
    lists (`CTLFile.tlv`) are signed by a token already and have no `.sgn`.
 4. `SEP<MAC>.cnf.xml` is built when its inputs change, not when it is requested (devicefiles.py):
    a request is one version check (has anything been committed since?) and a memory look-up; a
-   commit makes the next request re-read and compare the inputs first, so nothing stale is ever
-   served. A signed copy is reused only if its payload is byte-identical (SignedStore). Change
+   commit makes the next request ask the owners (call control, CAPF, the CTL Provider) again and
+   compare their answers first, so nothing stale is ever served; an owner that does not answer
+   makes the request fail with TFTP error 0 naming it (never a stale or guessed file). A signed copy is reused only if its payload is byte-identical (SignedStore). Change
    events and a poll build and sign what changed ahead of the phones (`catch_up`).
 """
 
@@ -27,16 +28,15 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy.ext.asyncio import async_sessionmaker
-
 from ccmsec import firmware
 from ccmsec.domain import ClusterMode
 from ccmsec.formats.cnfxml import DefaultConfig
 from ccmsec.formats.ctl import MAX_CTL_SIZE, CtlFormatError, parse_ctl
 from ccmsec.fsutil import atomic_write
-from ccmsec.wire.tftp import ERR_ACCESS_VIOLATION, TftpError
+from ccmsec.wire.tftp import ERR_ACCESS_VIOLATION, ERR_NOT_DEFINED, TftpError
 from ccmsec_tftp_signer.content import ClusterEndpoints
 from ccmsec_tftp_signer.devicefiles import ChangeDetector, DeviceFiles
+from ccmsec_tftp_signer.owners import OwnerReads, OwnersUnavailable
 from ccmsec_tftp_signer.layout import RESERVED, BadName, ClusterPath, Layout
 from ccmsec_tftp_signer.signing import SGN, SignedStore
 
@@ -87,19 +87,19 @@ class ListedFile:
 
 
 class TftpContent:
-    def __init__(self, root: Path, layout: Layout, db: async_sessionmaker, endpoints: ClusterEndpoints,
+    def __init__(self, root: Path, layout: Layout, owners: OwnerReads | None, endpoints: ClusterEndpoints,
                  store: SignedStore, signer, detector: ChangeDetector | None = None):
+        """`owners`: where the device inputs and the mode are asked (owners.py); `detector`: the
+        version check (None: every request asks the owners again)."""
         self.root = Path(root)
         self.layout = layout
-        self.db = db
         self.endpoints = endpoints
         self.store = store
         self.signer = signer
         self._firmware: dict[str, bytes] = {}
         self._static: dict[tuple[str, str], tuple[tuple, bytes]] = {}
-        if detector is None and db is not None:
-            detector = ChangeDetector(db.kw["bind"])  # the engine the sessions use
-        self.devices = DeviceFiles(db, endpoints, detector)
+        self.devices = DeviceFiles(owners, endpoints, detector)
+        self.unavailable = 0
         self.caught_up = 0
         self.served: Counter[str] = Counter()
         self.not_found = 0
@@ -126,7 +126,13 @@ class TftpContent:
         except BadName as exc:
             self.refused += 1
             raise TftpError(ERR_ACCESS_VIOLATION, str(exc)) from None
-        data, kind = await self._lookup(owner, folder, name)
+        try:
+            data, kind = await self._lookup(owner, folder, name)
+        except OwnersUnavailable as exc:
+            # What this file is built from (or whether to sign it) is not known now: say so, never
+            # serve a stale or guessed file. The phone asks again (and the poll asks the owners).
+            self.unavailable += 1
+            raise TftpError(ERR_NOT_DEFINED, f"{name[:64]} is not available now: {exc}"[:200]) from None
         if data is None:
             self.not_found += 1
         else:

@@ -6,7 +6,13 @@ cluster folder `DATA/tftp/<tftp_path>/`, the shared-TFTP layout (MODE-6) and the
 `host:tftp_port`. Device configurations are built and signed when they change (devicefiles.py):
 `config.changed`, `mode.changed` and `ctl.updated` and a poll every POLL_SECONDS run the version
 check and build and sign what changed; requests never depend on an event having arrived: each
-download checks the database's version first and re-reads the inputs when anything was committed.
+download checks the database's commit counter first and asks the owners again (owners.py: call
+control, CAPF, the CTL Provider — never their tables) when anything was committed.
+
+Owners away at start (or later): the service starts anyway and serves what does not depend on them
+(firmware, unsigned static files, trust lists); a device configuration or a signed file is refused
+with a TFTP error naming the owner that did not answer, `Status` says DEGRADED with that reason, and
+the poll asks again every POLL_SECONDS until they answer — then everything is built and signed.
 """
 
 from __future__ import annotations
@@ -34,11 +40,13 @@ from ccmsec_tftp_signer.content import ClusterEndpoints, write_static_files
 from ccmsec_tftp_signer.devicefiles import ChangeDetector
 from ccmsec_tftp_signer.files import FILE_KINDS, PublishError, TftpContent
 from ccmsec_tftp_signer.layout import ClusterPath, Layout, Mode6Error
+from ccmsec_tftp_signer.owners import OwnerReads, OwnersUnavailable
 from ccmsec_tftp_signer.signing import SignedStore, SigningPool
 
 SHARED_CLUSTERS_FILE = "shared-clusters.json"
 POLL_SECONDS = 1.0  # a lost event delays building ahead by at most this; requests never wait on it
 OWN_CLUSTER = "local"
+START_WAIT = 5.0   # at start, the most the owners' first answer is waited for before serving without it
 
 
 def _mode_proto(mode: str) -> int:
@@ -88,9 +96,12 @@ class TftpSignerServicer(StatusServicerMixin, tftp_signer_pb2_grpc.TftpSignerSer
     async def Resign(self, request, context):  # noqa: N802
         started = time.perf_counter()
         names = None if request.all or not request.devices else list(request.devices)
-        count = await self.service.content.resign_devices(names, force=True)
-        if request.all:
-            count += await self.service.content.resign_static(force=True)
+        try:
+            count = await self.service.content.resign_devices(names, force=True)
+            if request.all:
+                count += await self.service.content.resign_static(force=True)
+        except OwnersUnavailable as exc:
+            await abort(context, grpc.StatusCode.UNAVAILABLE, f"nothing re-signed: {exc}")
         seconds = time.perf_counter() - started
         await self.service.audit_resign(change_actor(self.service, context), names, bool(request.all), count)
         return tftp_signer_pb2.ResignReply(signed=count, seconds=seconds)
@@ -100,7 +111,10 @@ class TftpSignerServicer(StatusServicerMixin, tftp_signer_pb2_grpc.TftpSignerSer
         folder = request.cluster_path or None
         if folder and content.layout.owner(folder) is None:
             await abort(context, grpc.StatusCode.NOT_FOUND, f"TFTP path {folder!r} is not configured here")
-        mode, files = await content.list_files(folder, request.include_devices)
+        try:
+            mode, files = await content.list_files(folder, request.include_devices)
+        except OwnersUnavailable as exc:
+            await abort(context, grpc.StatusCode.UNAVAILABLE, str(exc))
         return tftp_signer_pb2.ListFilesReply(
             cluster_path=folder or content.layout.own.tftp_path, mode=_mode_proto(mode),
             caching=content.store.caching,
@@ -114,6 +128,8 @@ class TftpSignerServicer(StatusServicerMixin, tftp_signer_pb2_grpc.TftpSignerSer
             await self.service.add_shared_cluster(cluster)
         except Mode6Error as exc:
             await abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        except OwnersUnavailable as exc:
+            await abort(context, grpc.StatusCode.UNAVAILABLE, f"the cluster mode is not known now: {exc}")
         return self._clusters()
 
     async def ListSharedClusters(self, request, context):  # noqa: N802
@@ -139,6 +155,8 @@ class TftpSignerService(Service):
         self.certificate = None
         self.mode6_problem = ""
         self._layout_lock = asyncio.Lock()
+        self.owners: OwnerReads | None = None
+        self._bus_problem = ""
 
     # --- configuration --------------------------------------------------------------------------
     def _peer(self, role: str) -> str:
@@ -227,9 +245,13 @@ class TftpSignerService(Service):
         store = SignedStore(self.pool, root, caching=s.tftp_caching)
         own = ClusterPath(OWN_CLUSTER, s.tftp_path)
         self.detector = ChangeDetector(self.engine)
-        self.content = TftpContent(root, Layout(own), self.db, endpoints, store, signer, self.detector)
-        mode = await self.content.mode()
-        self.content.layout = self._layout_for(mode)
+        if self.owners is None:
+            self.owners = OwnerReads({"ctl-provider": lambda: self.peer_channel("ctl-provider"),
+                                      "callmanager": lambda: self.peer_channel("callmanager"),
+                                      "capf": lambda: self.peer_channel("capf")})
+        self.content = TftpContent(root, Layout(own), self.owners, endpoints, store, signer, self.detector)
+        mode = await self._first_answer()
+        self.content.layout = self._layout_for(mode or ClusterMode.NON_SECURE)
         written = write_static_files(root / s.tftp_path, endpoints)
         if written:
             self.log.info("static TFTP files created", extra={"files": ",".join(written)})
@@ -247,6 +269,34 @@ class TftpSignerService(Service):
         if mode is ClusterMode.MIXED:
             self.spawn(self._resign_all("start in mixed mode"))
         self.spawn(self._poll())
+
+    async def _first_answer(self) -> ClusterMode | None:
+        """The owners' first answer, waited for START_WAIT at most: None when they did not answer
+        (the service starts DEGRADED and the poll keeps asking)."""
+        try:
+            return await asyncio.wait_for(self.content.mode(), START_WAIT)
+        except (OwnersUnavailable, asyncio.TimeoutError) as exc:
+            reason = str(exc) or "no answer in time"
+            if not self.content.devices.problem:
+                self.content.devices.problem = reason
+            self.log.warning("starting without the owners' answer (device configurations and signed "
+                             "files refused until they answer; asked again every %.0f s): %s",
+                             POLL_SECONDS, self.content.devices.problem)
+            return None
+
+    # --- DEGRADED: the bus (BUS-5) or the owners the files are built from ------------------------
+    def _owners_problem(self) -> str:
+        problem = self.content.devices.problem if self.content is not None else ""
+        return f"device files unavailable: {problem}" if problem else ""
+
+    async def _set_degraded(self, reason: str) -> None:
+        self._bus_problem = reason
+        await super()._set_degraded("; ".join(r for r in (reason, self._owners_problem()) if r))
+
+    async def _owners_changed(self) -> None:
+        combined = "; ".join(r for r in (self._bus_problem, self._owners_problem()) if r)
+        if self.grpc is not None and combined != self.degraded:
+            await super()._set_degraded(combined)
 
     async def teardown(self) -> None:
         if self.server is not None:
@@ -266,8 +316,12 @@ class TftpSignerService(Service):
         names = None if body.all or not body.devices else list(body.devices)
         # The version check finds what changed (the names are a hint; whatever else changed is
         # built too); the devices named are then signed if still stale.
-        count = await self.content.catch_up()
-        count += await self.content.resign_devices(names)
+        try:
+            count = await self.content.catch_up()
+            count += await self.content.resign_devices(names)
+        except OwnersUnavailable as exc:  # the poll catches up once they answer
+            self.log.warning("config change not built yet: %s", exc, extra={"event_id": event.id})
+            return
         self.log.info("re-signed after config change",
                       extra={"event_id": event.id, "devices": len(names) if names else "all", "signed": count})
 
@@ -279,30 +333,54 @@ class TftpSignerService(Service):
                 count = await self.content.catch_up()
             except asyncio.CancelledError:
                 raise
+            except OwnersUnavailable:  # logged once per reason (devicefiles); asked again next turn
+                await self._owners_changed()
+                continue
             except Exception as exc:  # the database away for a moment: requests re-check anyway
                 self.log.warning("device files not caught up: %s", exc)
                 continue
+            await self._owners_changed()
+            await self._follow_mode()
             if count:
                 self.log.info("built and signed changed device files", extra={"signed": count})
+
+    async def _follow_mode(self) -> None:
+        """The layout's own mode follows the owner's (a mode first learnt by the poll, after the
+        owners were away at start or a mode.changed was missed)."""
+        mode = self.content.devices.mode
+        if self.content.devices.known and self.content.layout.own.mode != mode.value:
+            async with self._layout_lock:
+                self.content.layout = self._layout_for(mode)
 
     async def on_mode_changed(self, event: events_pb2.Event) -> None:
         if event.kind != "mode.changed":
             return
-        async with self._layout_lock:
-            mode = await self.content.mode()
-            # Layout() itself refuses a MODE-6 break, so rebuild through _layout_for: the handler must
-            # not fail (and be redelivered) but record the problem and still re-sign.
-            self.content.layout = self._layout_for(mode)
-        await self._resign_all(f"mode changed to {mode}")
+        try:
+            async with self._layout_lock:
+                mode = await self.content.mode()
+                # Layout() itself refuses a MODE-6 break, so rebuild through _layout_for: the handler
+                # must not fail (and be redelivered) but record the problem and still re-sign.
+                self.content.layout = self._layout_for(mode)
+            await self._resign_all(f"mode changed to {mode}")
+        except OwnersUnavailable as exc:  # the poll follows the mode once the owner answers
+            self.log.warning("mode change not applied yet: %s", exc, extra={"event_id": event.id})
 
     async def on_ctl_updated(self, event: events_pb2.Event) -> None:
         if event.kind != "ctl.updated":
             return
-        await self._resign_all(f"CTL version {event.ctl_updated.version}")
+        try:
+            await self._resign_all(f"CTL version {event.ctl_updated.version}")
+        except OwnersUnavailable as exc:
+            self.log.warning("files not re-signed for the CTL yet: %s", exc, extra={"event_id": event.id})
 
     async def _resign_all(self, why: str) -> None:
         started = time.perf_counter()
-        if await self.content.mode() is ClusterMode.MIXED:
+        try:
+            mode = await self.content.mode()
+        except OwnersUnavailable as exc:  # at start: the poll signs everything once they answer
+            self.log.warning("not re-signed (%s): %s", why, exc)
+            return
+        if mode is ClusterMode.MIXED:
             await self.pool.warm_up()
         count = await self.content.resign_devices(None) + await self.content.resign_static()
         self.log.info("re-signed stale files", extra={"reason": why, "signed": count,
@@ -327,6 +405,8 @@ class TftpSignerService(Service):
             "files_served": str(sum(c.served.values())),
             "not_found": str(c.not_found), "refused": str(c.refused),
             "shared_clusters": str(len(c.layout.others)),
+            "owners": c.devices.problem or ("answering" if c.devices.known else "not asked yet"),
+            "unavailable": str(c.unavailable),
             "signing_certificate_sha256": fingerprint_sha256(self.certificate) if self.certificate else "",
         }
         details.update({f"served_{k}": str(v) for k, v in c.served.items()})
