@@ -244,3 +244,24 @@ async def test_an_owner_away_after_a_commit_is_never_answered_with_a_stale_file(
                 assert "callmanager did not answer" in str(exc) and time.monotonic() < deadline, exc
                 await asyncio.sleep(0.2)
         assert served.security_mode == "encrypted"
+
+
+async def test_requests_arriving_together_after_a_commit_share_one_question(tmp_path, nats_server, monkeypatch):
+    """After a commit, each device-config request must ask the owners (the copy may be stale), but
+    requests arriving together ask together: 20 at once are one question per owner naming the 20
+    devices, not 20 × 3 — and each still gets its own new file."""
+    monkeypatch.setattr(tftp_main, "POLL_SECONDS", 3600.0)
+    async with running_service(tmp_path, nats_server) as r:
+        names = [f"SEP00112233D{i:03X}" for i in range(20)]
+        for name in names:
+            await r.add_device(name=name, mode="authenticated")
+        files = r.svc.content.devices
+        await files.current()
+        for name in names:
+            await r.update_device(name=name, security_mode="encrypted")
+        reads, batches = files.point_reads, files.point_batches
+        answers = await asyncio.gather(*(files.config(n) for n in names))
+        assert files.point_reads - reads == 20
+        assert files.point_batches - batches == 1, "each request asked the owners on its own"
+        assert all(parse_cnf_xml(xml).security_mode == "encrypted" for _, xml in answers)
+        assert [parse_cnf_xml(xml).device_name for _, xml in answers] == names

@@ -14,7 +14,8 @@ inputs. A TFTP read request is then a dictionary look-up, after one version chec
   have changed its state without a commit), serve it. Changed: the owners are asked again
   (`OwnerReads.snapshot`: the three at once, every device streamed in pages), the answers compared
   by value with what each file was built from, and the files whose inputs differ dropped before
-  answering; a request for one device meanwhile asks the owners for that device alone. So a
+  answering; a request for one device meanwhile asks the owners for that device alone (requests
+  arriving together share one question naming all their devices). So a
   committed change is visible to the very next request, whether or not an event arrived, and a
   file built from older inputs is never served.
 - **Change events** (`config.changed` from call control and CAPF, `mode.changed`, `ctl.updated`)
@@ -78,6 +79,12 @@ class ChangeDetector:
             self._sqlite = None
 
 
+class _Batch:
+    def __init__(self):
+        self.names: set[str] = set()
+        self.answer: asyncio.Future = asyncio.get_running_loop().create_future()
+
+
 @dataclass
 class Built:
     inputs: DeviceInputs
@@ -103,7 +110,11 @@ class DeviceFiles:
         self.revalidation_seconds = 0.0
         self.builds = 0
         self._tasks: set[asyncio.Task] = set()
+        self._full: asyncio.Future | None = None  # the background full snapshot after a commit
+        self._batch: _Batch | None = None     # requests' devices waiting to be asked together
+        self._batch_lock = asyncio.Lock()     # one batch asked at a time; the next one gathers
         self.point_reads = 0
+        self.point_batches = 0
         self.owner_failures = 0
 
     async def _token(self) -> object:
@@ -172,21 +183,50 @@ class DeviceFiles:
         if self._validated is None:
             await self.current()
             return self.mode, self.xml(name)
-        if not self._tasks:
-            self._background(self.current())  # everyone else's files: the full snapshot and compare
+        if self._full is None or self._full.done():
+            # everyone else's files: the full snapshot and compare
+            self._full = self._background(self.current())
         self.point_reads += 1
-        try:
-            answer = await self.owners.snapshot([name])
-        except OwnersUnavailable as exc:
-            self._failed(exc)
-            raise
-        found = inputs_from_owners(answer.devices, answer.operations, self.inputs).get(name)
+        answer = await self._ask_about(name)
+        mine = [d for d in answer.devices if d.name == name]
+        found = inputs_from_owners(mine, answer.operations, self.inputs).get(name)
         return answer.mode, None if found is None else self._xml_of(found)
 
-    def _background(self, coro) -> None:
+    async def _ask_about(self, name: str):
+        """The owners' answer about `name` (and the mode), asked after this call began. Requests
+        arriving together share one question (one RPC per owner naming all their devices): a
+        batch gathers while the previous one is being answered and is asked when it is done, so
+        64 phones asking at once cost a few questions, not 64 × 3."""
+        batch = self._batch
+        if batch is None:
+            batch = self._batch = _Batch()
+            self._background(self._ask_batch(batch))
+        batch.names.add(name)
+        return await asyncio.shield(batch.answer)
+
+    async def _ask_batch(self, batch: "_Batch") -> None:
+        async with self._batch_lock:
+            if self._batch is batch:
+                self._batch = None  # from now on new requests gather in the next batch
+            self.point_batches += 1
+            try:
+                answer = await self.owners.snapshot(sorted(batch.names))
+            except OwnersUnavailable as exc:
+                self._failed(exc)
+                batch.answer.set_exception(exc)
+                batch.answer.exception()  # retrieved: every waiter gets it
+                return
+            except BaseException as exc:
+                batch.answer.set_exception(exc if isinstance(exc, Exception) else OwnersUnavailable(str(exc)))
+                batch.answer.exception()
+                raise
+            batch.answer.set_result(answer)
+
+    def _background(self, coro) -> asyncio.Future:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._background_done)
+        return task
 
     def _background_done(self, task: asyncio.Task) -> None:
         self._tasks.discard(task)
@@ -226,5 +266,6 @@ class DeviceFiles:
                 "device_builds": str(self.builds), "revalidations": str(self.revalidations),
                 "revalidation_seconds": f"{self.revalidation_seconds:.3f}",
                 "version_checks": str(self.detector.checks if self.detector else 0),
-                "point_reads": str(self.point_reads), "owner_snapshots": str(self.owners.asked),
+                "point_reads": str(self.point_reads), "point_batches": str(self.point_batches),
+                "owner_snapshots": str(self.owners.asked),
                 "owner_failures": str(self.owner_failures)}

@@ -28,7 +28,8 @@ from ccmsec_proto import (
     callmanager_pb2, callmanager_pb2_grpc, capf_pb2, capf_pb2_grpc, common_pb2, ctl_provider_pb2_grpc,
 )
 
-ASK_TIMEOUT = 5.0    # one owner's whole answer (a 10,000-device snapshot included)
+ASK_TIMEOUT = 5.0        # one owner's answer about a few devices (a request waits for it)
+SNAPSHOT_TIMEOUT = 30.0  # one owner's whole answer about every device (10,000 on a loaded machine)
 
 
 class OwnersUnavailable(Exception):
@@ -63,9 +64,9 @@ class OwnerReads:
         except (KeyError, SettingsError):
             return None  # not configured: that owner cannot have changed anything
 
-    async def _ask(self, role: str, what: str, call):
+    async def _ask(self, role: str, what: str, call, timeout: float | None = None):
         try:
-            return await asyncio.wait_for(call(), self.timeout)
+            return await asyncio.wait_for(call(), timeout or self.timeout)
         except (grpc.aio.AioRpcError, OSError, asyncio.TimeoutError, ValueError) as exc:
             raise OwnersUnavailable(f"{role} did not answer {what}: {_reason(exc)}") from None
 
@@ -91,7 +92,8 @@ class OwnerReads:
             async for page in stream:
                 out.extend(page.devices)
             return out
-        return await self._ask("callmanager", "GetDeviceConfigs", call)
+        return await self._ask("callmanager", "GetDeviceConfigs", call,
+                               SNAPSHOT_TIMEOUT if names is None else None)
 
     async def operations(self, names: list[str] | None) -> dict[str, capf_pb2.PendingOperation]:
         channel = self._channel("capf")
@@ -106,7 +108,8 @@ class OwnerReads:
                 for op in page.operations:
                     out[op.device] = op
             return out
-        return await self._ask("capf", "GetPendingOperations", call)
+        return await self._ask("capf", "GetPendingOperations", call,
+                               SNAPSHOT_TIMEOUT if names is None else None)
 
     async def snapshot(self, names: list[str] | None = None) -> Snapshot:
         """The three owners asked at once (`names`: those devices only; None: every device)."""
