@@ -111,6 +111,20 @@ class Fleet:
             await asyncio.sleep(0.05)
         return sorted(done.values())
 
+    def where(self, port: int, host: str | None = None, sample: int = 3) -> str:
+        """Where the phones not on (host, port) are, and the last events of a few of them."""
+        where: dict[str, int] = {}
+        for p in self.phones:
+            key = p.active.label if p.registered and p.active is not None else "unregistered"
+            where[key] = where.get(key, 0) + 1
+        stuck = [p for p in self.phones if not (p.registered and p.active is not None and p.active.port == port
+                                                and (host is None or p.active.host == host))][:sample]
+        now = asyncio.get_running_loop().time()
+        history = {p.name: [(round(e.at - now, 1), e.kind, e.target, e.detail[:60]) for e in p.events[-8:]]
+                   + [("selector", [(round(t - now, 1), w[:60]) for t, w in p.selector.history[-4:]])]
+                   for p in stuck}
+        return f"{where}; the last events of some (seconds before now): {history}"
+
     async def home(self, timeout: float = 120) -> float:
         started = time.monotonic()
         while self.on(self.proxy.port) < self.count:
@@ -184,7 +198,7 @@ def row(case: str, times: list[float], count: int, theirs: tuple[float, float] |
     return out
 
 
-async def run(count: int, keepalive: int) -> None:
+async def run(count: int, keepalive: int, cases: set[str]) -> None:
     data = Path(tempfile.mkdtemp(prefix="ccmsec-bench-failover-"))
     env = {"CCMSEC_SCCP_KEEPALIVE": str(keepalive), "CCMSEC_SRST_DIRECTORY_REFRESH": "3"}
     res = cli(data, "up", "-d", "--subscribers", "1", env=env)
@@ -202,47 +216,58 @@ async def run(count: int, keepalive: int) -> None:
         sub = fleet.sub["sccp_port"], fleet.sub["host"]
         pub = fleet.pub["host"], fleet.pub["sccp_port"]
         limit = max(60.0, 6 * keepalive)
+        bound = max(180.0, 4 * limit)   # a fail-back must complete within this
 
         async def fail_back(label: str, returned: float) -> None:
             """Every phone back on the publisher (through the proxy), timed from its return."""
-            times = await fleet.measure(fleet.proxy.port, "127.0.0.1", returned, max(180.0, 4 * limit))
+            times = await fleet.measure(fleet.proxy.port, "127.0.0.1", returned, bound)
+            if len(times) < count:
+                print(f"  {label}: {len(times)}/{count} back on the publisher within {bound:.0f} s: "
+                      f"{fleet.where(fleet.proxy.port, '127.0.0.1')}", flush=True)
             early = sum(1 for t in times if t < STABLE - 0.2)
             rows.append(row(f"{label}: fail-back", times, count, None, keepalive,
                             note=f"stable period {STABLE:g} s; {early} returned before it"))
 
-        t0 = time.monotonic()
-        os.kill(pid_of(data, "callmanager"), signal.SIGKILL)
-        rows.append(row("clean kill (kill -9) -> subscriber", await fleet.measure(*sub, t0, limit), count,
-                        (0.0, 0.0), keepalive))
-        returned = await until_answers(*pub)
-        print(f"  publisher restarted by the supervisor, answering {returned - t0:.1f} s after the kill", flush=True)
-        await fail_back("clean kill", returned)
+        if "kill" in cases:
+            t0 = time.monotonic()
+            os.kill(pid_of(data, "callmanager"), signal.SIGKILL)
+            rows.append(row("clean kill (kill -9) -> subscriber", await fleet.measure(*sub, t0, limit), count,
+                            (0.0, 0.0), keepalive))
+            returned = await until_answers(*pub)
+            print(f"  publisher restarted by the supervisor, answering {returned - t0:.1f} s after the kill",
+                  flush=True)
+            await fail_back("clean kill", returned)
 
-        t0 = time.monotonic()
-        pid = pid_of(data, "callmanager")
-        os.kill(pid, signal.SIGSTOP)
-        try:
-            rows.append(row("hung process (SIGSTOP) -> subscriber", await fleet.measure(*sub, t0, limit), count,
-                            (3.0 * keepalive, 3.0 * keepalive), keepalive))
-        finally:
-            os.kill(pid, signal.SIGCONT)
-        await fail_back("hung process", time.monotonic())
+        if "hung" in cases:
+            t0 = time.monotonic()
+            pid = pid_of(data, "callmanager")
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                rows.append(row("hung process (SIGSTOP) -> subscriber", await fleet.measure(*sub, t0, limit),
+                                count, (3.0 * keepalive, 3.0 * keepalive), keepalive))
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            await fail_back("hung process", time.monotonic())
 
-        t0 = time.monotonic()
-        fleet.proxy.blackhole()
-        rows.append(row("cut network -> subscriber", await fleet.measure(*sub, t0, limit), count,
-                        (20.0, 25.0), keepalive,
-                        note="" if keepalive == 30 else "the source's figure is at its 30 s keepalive"))
-        fleet.proxy.restore()
-        await fail_back("cut network", time.monotonic())
+        if "cut" in cases:
+            t0 = time.monotonic()
+            fleet.proxy.blackhole()
+            rows.append(row("cut network -> subscriber", await fleet.measure(*sub, t0, limit), count,
+                            (20.0, 25.0), keepalive,
+                            note="" if keepalive == 30 else "the source's figure is at its 30 s keepalive"))
+            fleet.proxy.restore()
+            await fail_back("cut network", time.monotonic())
 
-        t0 = time.monotonic()
-        os.kill(pid_of(data, "callmanager"), signal.SIGKILL)
-        os.kill(pid_of(data, "callmanager-sub1"), signal.SIGKILL)
-        rows.append(row("every node killed -> SRST", await fleet.measure(fleet.srst["sccp_port"], fleet.srst["host"],
-                                                                         t0, limit), count, (10.0, 20.0), keepalive))
-        returned = await until_answers(*pub)
-        await fail_back("every node killed", returned)
+        if "all" in cases:
+            t0 = time.monotonic()
+            os.kill(pid_of(data, "callmanager"), signal.SIGKILL)
+            os.kill(pid_of(data, "callmanager-sub1"), signal.SIGKILL)
+            rows.append(row("every node killed -> SRST", await fleet.measure(
+                fleet.srst["sccp_port"], fleet.srst["host"], t0, limit), count, (10.0, 20.0), keepalive))
+            returned = await until_answers(*pub)
+            print(f"  publisher restarted by the supervisor, answering {returned - t0:.1f} s after the kill",
+                  flush=True)
+            await fail_back("every node killed", returned)
     finally:
         await fleet.stop()
         cli(data, "down")
@@ -255,13 +280,19 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="200 phones")
     parser.add_argument("--phones", type=int, default=0)
     parser.add_argument("--keepalive", type=int, default=2, help="seconds (RegisterAck), also on the standby")
+    parser.add_argument("--cases", default="kill,hung,cut,all",
+                        help="which faults, in this order: kill (kill -9 of the publisher), hung (SIGSTOP), "
+                             "cut (the path swallowed), all (every node killed -> SRST); default all four")
     args = parser.parse_args()
+    cases = {c.strip() for c in args.cases.split(",") if c.strip()}
+    if not cases or cases - {"kill", "hung", "cut", "all"}:
+        parser.error("--cases takes kill, hung, cut, all (comma-separated)")
     count = args.phones or (200 if args.quick else 1000)
     try:
         import uvloop
-        uvloop.run(run(count, args.keepalive))
+        uvloop.run(run(count, args.keepalive, cases))
     except ImportError:
-        asyncio.run(run(count, args.keepalive))
+        asyncio.run(run(count, args.keepalive, cases))
 
 
 if __name__ == "__main__":

@@ -5,11 +5,15 @@ keymanager's real servicer (KeyManager.GenerateCallKeys: two fresh SRTP master k
 call control reaches it: the client presents callmanager's identity. The runtime server adds what
 every service has: per-method authorization against the policy table (the caller's identity taken
 from its certificate, cached per certificate), metrics, health and reflection. Each server runs in
-its own process; one client process drives both in turn with the same concurrency, several rounds
-alternating, and the best round of each counts. It also prints each server's own CPU time per call
-over all rounds (Linux /proc), which other processes on a shared machine do not move as much.
+its own process; one client process drives both in turn with the same concurrency: a warm-up slice
+each (not counted), then R rounds of one slice per server, interleaved, the server that goes first
+alternating from round to round. The figure is the median of the per-round ratios (each from two
+slices next to each other in time, so a burst of load from other processes hits both sides alike),
+with its quartiles; each server's median rate is printed too. It also prints each server's own CPU
+time per call over all rounds (Linux /proc), which other processes on a shared machine do not move
+as much, and with --profile a cProfile of the runtime server.
 
-    uv run python bench/grpc_runtime.py [--quick] [--seconds S] [--concurrency C]
+    uv run python bench/grpc_runtime.py [--quick] [--rounds R] [--seconds S] [--concurrency C] [--profile FILE]
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import logging
 import multiprocessing as mp
 import os
 import socket
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -53,12 +58,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _serve(kind: str, data: str, port: int, ready) -> None:
+def _serve(kind: str, data: str, port: int, ready, stop, profile: str) -> None:
     import uvloop
 
     async def main():
         ident = service_identity(Path(data), "keymanager", "keymanager", "127.0.0.1")
-        if kind == "runtime":
+        if kind.startswith("runtime"):
             srv = GrpcServer(ident, "127.0.0.1", port)
             srv.add(keymanager_pb2_grpc.add_KeyManagerServicer_to_server, _servicer(), "ccmsec.v1.KeyManager")
             await srv.start()
@@ -69,9 +74,20 @@ def _serve(kind: str, data: str, port: int, ready) -> None:
             server.add_secure_port(f"127.0.0.1:{port}", server_credentials(ident))
             await server.start()
         ready.set()
-        await asyncio.Event().wait()
+        await asyncio.get_running_loop().run_in_executor(None, stop.wait)
 
-    uvloop.run(main())
+    if profile:  # the server's own Python time, by function (grpc's C core is not in it)
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
+        try:
+            uvloop.run(main())
+        finally:
+            profiler.disable()
+            profiler.dump_stats(profile)
+    else:
+        uvloop.run(main())
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -102,15 +118,24 @@ async def _drive(data: Path, port: int, seconds: float, concurrency: int) -> tup
         return count / (time.perf_counter() - start), count
 
 
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--seconds", type=float, default=3.0)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=1.0, help="length of one measured slice")
+    parser.add_argument("--rounds", type=int, default=30, help="rounds: one slice of each server")
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--aa", action="store_true",
+                        help="A/A check of the measurement: two identical bare servers instead of runtime "
+                             "and bare (the ratio should be 1.00; its spread is the noise of this machine)")
+    parser.add_argument("--profile", metavar="FILE",
+                        help="also write a cProfile of the runtime server (pstats) to FILE")
     args = parser.parse_args()
     if args.quick:
-        args.seconds, args.rounds = 1.5, 2
+        args.seconds, args.rounds = 0.5, 10
     import uvloop
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -119,37 +144,70 @@ def main() -> None:
         service_identity(data, "callmanager", "callmanager", "127.0.0.1")
         ctx = mp.get_context("spawn")
         procs, ports = {}, {}
+        stop = ctx.Event()
         for kind in ("runtime", "bare"):
             ports[kind] = _free_port()
             ready = ctx.Event()
-            procs[kind] = ctx.Process(target=_serve, args=(kind, str(data), ports[kind], ready), daemon=True)
+            profile = args.profile if kind == "runtime" and args.profile else ""
+            serve_as = "bare" if args.aa else kind   # --aa: the "runtime" side is a second bare server
+            procs[kind] = ctx.Process(target=_serve, args=(serve_as, str(data), ports[kind], ready, stop, profile),
+                                      daemon=True)
             procs[kind].start()
             if not ready.wait(30):
                 raise SystemExit(f"{kind} server did not start")
-        best = {"runtime": 0.0, "bare": 0.0}
+        rates: dict[str, list[float]] = {"runtime": [], "bare": []}
+        ratios: list[float] = []
         cpu = {"runtime": 0.0, "bare": 0.0}
         calls = {"runtime": 0, "bare": 0}
+        load_before = os.getloadavg()
         try:
-            for _ in range(args.rounds):
-                for kind in ("bare", "runtime"):
+            for kind in ("bare", "runtime"):  # warm-up slice each (connections, caches): not counted
+                uvloop.run(_drive(data, ports[kind], min(1.0, args.seconds), args.concurrency))
+            for i in range(args.rounds):
+                # interleaved, and which server goes first alternates: a burst of load from other
+                # processes hits both sides of a round's ratio alike, and neither is always second
+                order = ("bare", "runtime") if i % 2 == 0 else ("runtime", "bare")
+                got = {}
+                for kind in order:
                     before = _cpu_seconds(procs[kind].pid)
                     rate, count = uvloop.run(_drive(data, ports[kind], args.seconds, args.concurrency))
                     cpu[kind] += _cpu_seconds(procs[kind].pid) - before
                     calls[kind] += count
-                    best[kind] = max(best[kind], rate)
+                    rates[kind].append(rate)
+                    got[kind] = rate
+                ratios.append(got["runtime"] / got["bare"] if got["bare"] else 0.0)
         finally:
+            stop.set()
             for p in procs.values():
-                p.terminate()
-                p.join(5)
-    ratio = best["runtime"] / best["bare"] if best["bare"] else 0.0
-    print(f"runtime (mTLS + authorization + metrics + health + reflection): {best['runtime']:8.0f} calls/s")
-    print(f"bare grpc.aio (same mTLS certificates, same servicer):          {best['bare']:8.0f} calls/s")
-    print(f"ratio runtime/bare: {ratio:.2f} (aim >= 0.80)")
+                p.join(30)
+                if p.is_alive():
+                    p.terminate()
+                    p.join(5)
+    load_after = os.getloadavg()
+    ratio = _median(ratios)
+    if args.aa:
+        print("A/A CHECK: both servers below are the same bare grpc.aio server; 'runtime' is the second one")
+    print(f"{args.rounds} interleaved rounds of {args.seconds:g} s per server, {args.concurrency} calls in "
+          f"flight; load average {load_before[0]:.1f} before, {load_after[0]:.1f} after; "
+          f"{os.cpu_count()} CPUs")
+    print(f"runtime (mTLS + authorization + metrics + health + reflection): median {_median(rates['runtime']):8.0f} "
+          f"calls/s (best {max(rates['runtime']):.0f})")
+    print(f"bare grpc.aio (same mTLS certificates, same servicer):          median {_median(rates['bare']):8.0f} "
+          f"calls/s (best {max(rates['bare']):.0f})")
+    quartiles = statistics.quantiles(ratios, n=4) if len(ratios) >= 2 else [ratio, ratio, ratio]
+    print(f"ratio runtime/bare, median of the per-round ratios: {ratio:.2f} "
+          f"(quartiles {quartiles[0]:.2f}-{quartiles[2]:.2f}, min {min(ratios):.2f}, max {max(ratios):.2f}; "
+          f"aim >= 0.80)")
     # The servers' own CPU per call over every round: the same comparison, but what a server spends
     # rather than what it got of a machine other processes share.
     per_call = {k: cpu[k] / calls[k] * 1e6 if calls[k] else float("nan") for k in cpu}
     print(f"server CPU per call: runtime {per_call['runtime']:.0f} us, bare {per_call['bare']:.0f} us; "
           f"ratio bare/runtime {per_call['bare'] / per_call['runtime']:.2f} (calls per CPU-second, runtime/bare)")
+    if args.profile:
+        import pstats
+
+        print(f"\nruntime server profile ({args.profile}), top 25 by own time:")
+        pstats.Stats(args.profile).sort_stats("tottime").print_stats(25)
 
 
 if __name__ == "__main__":

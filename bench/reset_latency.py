@@ -193,7 +193,13 @@ def main() -> int:
         if res.returncode != 0:
             raise SystemExit(f"ccmsec up failed: {res.stderr[-2000:]}")
         print(f"cluster up in {time.monotonic() - started:.0f} s", flush=True)
+        load_before = os.getloadavg()
         result = asyncio.run(run(data, args.changes, args.phones))
+        load_after = os.getloadavg()
+        result["load_average"] = {"before": round(load_before[0], 1), "after": round(load_after[0], 1),
+                                  "cpus": os.cpu_count()}
+        print(f"conditions: load average {load_before[0]:.1f} before the changes, {load_after[0]:.1f} after; "
+              f"{os.cpu_count()} CPUs", flush=True)
     finally:
         cli(data, "down")
         shutil.rmtree(data, ignore_errors=True)
