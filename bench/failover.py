@@ -220,7 +220,32 @@ async def run(count: int, keepalive: int, cases: set[str]) -> None:
 
         async def fail_back(label: str, returned: float) -> None:
             """Every phone back on the publisher (through the proxy), timed from its return."""
+            since = asyncio.get_running_loop().time() - (time.monotonic() - returned)
             times = await fleet.measure(fleet.proxy.port, "127.0.0.1", returned, bound)
+            home = f"127.0.0.1:{fleet.proxy.port}"
+            failed = [(p.name, e.detail) for p in fleet.phones for e in p.events
+                      if e.at >= since and e.kind == "attempt-failed" and e.target == home]
+            reasons: dict[str, int] = {}
+            for _, why in failed:
+                reasons[why[:50]] = reasons.get(why[:50], 0) + 1
+            labels = {f"127.0.0.1:{fleet.proxy.port}": "publisher",
+                      f"{fleet.sub['host']}:{fleet.sub['sccp_port']}": "subscriber",
+                      f"SRST {fleet.srst['host']}:{fleet.srst['sccp_port']}": "SRST"}
+            paths: dict[str, list[float]] = {}
+            for p in fleet.phones:
+                steps = [labels.get(e.target, e.target) for e in p.events
+                         if e.at >= since - 120 and e.kind == "registered"]
+                back = [e.at - since for e in p.events if e.at >= since and e.kind == "registered"
+                        and e.target == home]
+                key = " -> ".join(steps[-4:]) or "none"
+                paths.setdefault(key, []).append(back[0] if back else float("inf"))
+            for key, values in sorted(paths.items(), key=lambda kv: -len(kv[1])):
+                values.sort()
+                print(f"  {label}: {len(values)} phones registered {key}; back on the publisher "
+                      f"median {statistics.median(values):.1f} s, worst {values[-1]:.1f} s", flush=True)
+            print(f"  {label}: {len(failed)} registration attempts on the publisher failed during the "
+                  f"fail-back, on {len({n for n, _ in failed})} phones; "
+                  f"{sorted(reasons.items(), key=lambda kv: -kv[1])[:3]}", flush=True)
             if len(times) < count:
                 print(f"  {label}: {len(times)}/{count} back on the publisher within {bound:.0f} s: "
                       f"{fleet.where(fleet.proxy.port, '127.0.0.1')}", flush=True)
