@@ -25,12 +25,18 @@ Baseline:  the source system's timings at the same keepalive interval K (docs: 3
     uv run python bench/failover.py --quick      # 200 phones, keepalive 2 s
     uv run python bench/failover.py              # 1000 phones, keepalive 2 s
     uv run python bench/failover.py --phones 50 --keepalive 30   # the source's default keepalive
+    uv run python bench/failover.py --cases all --slow-publisher 0.2   # one fault; an overloaded node
+
+Each fail-back also prints the paths the phones took (e.g. SRST -> subscriber -> publisher) with
+their times, how many registration attempts on the publisher failed and why, and — when some phone
+is not back within the bound — where the phones are and the last events of a few of them.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -198,7 +204,7 @@ def row(case: str, times: list[float], count: int, theirs: tuple[float, float] |
     return out
 
 
-async def run(count: int, keepalive: int, cases: set[str]) -> None:
+async def run(count: int, keepalive: int, cases: set[str], slow: float = 1.0) -> None:
     data = Path(tempfile.mkdtemp(prefix="ccmsec-bench-failover-"))
     env = {"CCMSEC_SCCP_KEEPALIVE": str(keepalive), "CCMSEC_SRST_DIRECTORY_REFRESH": "3"}
     res = cli(data, "up", "-d", "--subscribers", "1", env=env)
@@ -292,7 +298,25 @@ async def run(count: int, keepalive: int, cases: set[str]) -> None:
             returned = await until_answers(*pub)
             print(f"  publisher restarted by the supervisor, answering {returned - t0:.1f} s after the kill",
                   flush=True)
-            await fail_back("every node killed", returned)
+            throttle = None
+            if slow < 1.0:   # emulate an overloaded node: it runs only `slow` of the time
+                async def duty_cycle(pid: int) -> None:
+                    try:
+                        while True:
+                            os.kill(pid, signal.SIGSTOP)
+                            await asyncio.sleep(0.2 * (1 - slow))
+                            os.kill(pid, signal.SIGCONT)
+                            await asyncio.sleep(0.2 * slow)
+                    finally:
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(pid, signal.SIGCONT)
+                throttle = asyncio.create_task(duty_cycle(pid_of(data, "callmanager")))
+            try:
+                await fail_back("every node killed", returned)
+            finally:
+                if throttle is not None:
+                    throttle.cancel()
+                    await asyncio.gather(throttle, return_exceptions=True)
     finally:
         await fleet.stop()
         cli(data, "down")
@@ -308,6 +332,10 @@ def main() -> None:
     parser.add_argument("--cases", default="kill,hung,cut,all",
                         help="which faults, in this order: kill (kill -9 of the publisher), hung (SIGSTOP), "
                              "cut (the path swallowed), all (every node killed -> SRST); default all four")
+    parser.add_argument("--slow-publisher", type=float, default=1.0, metavar="FRACTION",
+                        help="during the fail-back after every node was killed, let the restarted publisher "
+                             "run only this fraction of the time (SIGSTOP/SIGCONT every 0.2 s): an "
+                             "overloaded node")
     args = parser.parse_args()
     cases = {c.strip() for c in args.cases.split(",") if c.strip()}
     if not cases or cases - {"kill", "hung", "cut", "all"}:
@@ -315,9 +343,9 @@ def main() -> None:
     count = args.phones or (200 if args.quick else 1000)
     try:
         import uvloop
-        uvloop.run(run(count, args.keepalive, cases))
+        uvloop.run(run(count, args.keepalive, cases, args.slow_publisher))
     except ImportError:
-        asyncio.run(run(count, args.keepalive, cases))
+        asyncio.run(run(count, args.keepalive, cases, args.slow_publisher))
 
 
 if __name__ == "__main__":
