@@ -5,21 +5,26 @@ keymanager's real servicer (KeyManager.GenerateCallKeys: two fresh SRTP master k
 call control reaches it: the client presents callmanager's identity. The runtime server adds what
 every service has: per-method authorization against the policy table (the caller's identity taken
 from its certificate, cached per certificate), metrics, health and reflection. Each server runs in
-its own process; one client process drives both in turn with the same concurrency: a warm-up slice
-each (not counted), then R rounds of one slice per server, interleaved, the server that goes first
-alternating from round to round. The figure is the median of the per-round ratios (each from two
-slices next to each other in time, so a burst of load from other processes hits both sides alike),
-with its quartiles; each server's median rate is printed too. It also prints each server's own CPU
+its own process, and each has a client process of its own driving it with the same concurrency:
+a warm-up round (not counted), then R rounds in which both are driven *at the same time* for S
+seconds — a burst of load from other processes on a shared machine hits both sides of a round in
+the same instant. (`--interleaved`: one client process drives one server after the other, the
+order alternating; under a shared machine's load even two identical servers then differ by ±50 %
+from round to round.) The figure is the median of the per-round ratios, with its quartiles; each
+server's median rate is printed too; `--aa` makes both sides the same bare server, an A/A check of
+the measurement itself. It also prints each server's own CPU
 time per call over all rounds (Linux /proc), which other processes on a shared machine do not move
 as much, and with --profile a cProfile of the runtime server.
 
-    uv run python bench/grpc_runtime.py [--quick] [--rounds R] [--seconds S] [--concurrency C] [--profile FILE]
+    uv run python bench/grpc_runtime.py [--quick] [--rounds R] [--seconds S] [--concurrency C] [--aa]
+                                        [--interleaved] [--profile FILE]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import multiprocessing as mp
 import os
@@ -122,6 +127,15 @@ def _median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def _client(data: str, port: int, concurrency: int, conn) -> None:
+    """--simultaneous: a client process of its own for one server; drives it for the seconds it is
+    sent and answers (rate, calls), until it is sent None."""
+    import uvloop
+
+    while (seconds := conn.recv()) is not None:
+        conn.send(uvloop.run(_drive(Path(data), port, seconds, concurrency)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
@@ -131,9 +145,14 @@ def main() -> None:
     parser.add_argument("--aa", action="store_true",
                         help="A/A check of the measurement: two identical bare servers instead of runtime "
                              "and bare (the ratio should be 1.00; its spread is the noise of this machine)")
+    parser.add_argument("--interleaved", action="store_true",
+                        help="one server after the other in each round, from one client process (the default "
+                             "drives both at the same time, each from a client process of its own, so load "
+                             "from other processes hits both sides of a round in the same instant)")
     parser.add_argument("--profile", metavar="FILE",
                         help="also write a cProfile of the runtime server (pstats) to FILE")
     args = parser.parse_args()
+    args.simultaneous = not args.interleaved
     if args.quick:
         args.seconds, args.rounds = 0.5, 10
     import uvloop
@@ -160,10 +179,32 @@ def main() -> None:
         cpu = {"runtime": 0.0, "bare": 0.0}
         calls = {"runtime": 0, "bare": 0}
         load_before = os.getloadavg()
+        clients = {}
         try:
+            if args.simultaneous:
+                for kind in ("runtime", "bare"):
+                    parent, child = ctx.Pipe()
+                    proc = ctx.Process(target=_client, args=(str(data), ports[kind], args.concurrency, child),
+                                       daemon=True)
+                    proc.start()
+                    clients[kind] = (proc, parent)
+                for i in range(args.rounds + 1):   # round 0: warm-up, not counted
+                    before = {k: _cpu_seconds(procs[k].pid) for k in clients}
+                    for kind in clients:
+                        clients[kind][1].send(args.seconds)
+                    got = {kind: clients[kind][1].recv() for kind in clients}
+                    if i == 0:
+                        continue
+                    for kind, (rate, count) in got.items():
+                        cpu[kind] += _cpu_seconds(procs[kind].pid) - before[kind]
+                        calls[kind] += count
+                        rates[kind].append(rate)
+                    ratios.append(got["runtime"][0] / got["bare"][0] if got["bare"][0] else 0.0)
             for kind in ("bare", "runtime"):  # warm-up slice each (connections, caches): not counted
+                if args.simultaneous:
+                    break
                 uvloop.run(_drive(data, ports[kind], min(1.0, args.seconds), args.concurrency))
-            for i in range(args.rounds):
+            for i in range(0 if args.simultaneous else args.rounds):
                 # interleaved, and which server goes first alternates: a burst of load from other
                 # processes hits both sides of a round's ratio alike, and neither is always second
                 order = ("bare", "runtime") if i % 2 == 0 else ("runtime", "bare")
@@ -177,6 +218,12 @@ def main() -> None:
                     got[kind] = rate
                 ratios.append(got["runtime"] / got["bare"] if got["bare"] else 0.0)
         finally:
+            for proc, pipe in clients.values():
+                with contextlib.suppress(OSError):
+                    pipe.send(None)
+                proc.join(10)
+                if proc.is_alive():
+                    proc.terminate()
             stop.set()
             for p in procs.values():
                 p.join(30)
@@ -187,7 +234,9 @@ def main() -> None:
     ratio = _median(ratios)
     if args.aa:
         print("A/A CHECK: both servers below are the same bare grpc.aio server; 'runtime' is the second one")
-    print(f"{args.rounds} interleaved rounds of {args.seconds:g} s per server, {args.concurrency} calls in "
+    if args.simultaneous:
+        print("SIMULTANEOUS: in each round both servers were driven at the same time, each by its own client process")
+    print(f"{args.rounds} {'simultaneous' if args.simultaneous else 'interleaved'} rounds of {args.seconds:g} s per server, {args.concurrency} calls in "
           f"flight; load average {load_before[0]:.1f} before, {load_after[0]:.1f} after; "
           f"{os.cpu_count()} CPUs")
     print(f"runtime (mTLS + authorization + metrics + health + reflection): median {_median(rates['runtime']):8.0f} "
