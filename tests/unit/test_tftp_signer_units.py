@@ -242,3 +242,14 @@ def test_static_files_are_deterministic():
     assert set(files) >= {"RingList.xml", "Ringer1.raw", "XMLDefault.cnf.xml", "United_States/g3-tones.xml"}
     assert files == static_files(ENDPOINTS)
     assert len(ring_tone(480.0)) == 8000
+
+
+def test_dev4_hardening_settings_are_one_list_from_the_table_to_the_served_file():
+    """Call control sends the hardening columns (DEV-4) as `DeviceHardening`; the TFTP server builds
+    from that message's fields: a column added to the table but not to the message would never
+    reach the phones, so the three lists must be the same."""
+    from ccmsec.db.devices import HARDENING_FIELDS
+    from ccmsec_proto.callmanager_pb2 import DeviceHardening
+    from ccmsec_tftp_signer.content import HARDENING
+
+    assert tuple(f.name for f in DeviceHardening.DESCRIPTOR.fields) == HARDENING_FIELDS == HARDENING
