@@ -216,6 +216,16 @@ def _server_certificates(answer: Certificates) -> list[ServerCertificate]:
     return servers
 
 
+def provider_port(settings, svc: dict) -> int:
+    """The CTL Provider's TLS port as this command line reaches it: its own listening port, except
+    when it listens on every address (a container) — then the endpoints' port, which is the host
+    side of the published port when the endpoints come from a context (`compose client-bundle`)."""
+    published = svc.get("ctl_provider_port")
+    if published and settings.host in ("0.0.0.0", "::", ""):
+        return int(published)
+    return settings.listening_port or published or 2444
+
+
 async def fetch_server_certificates(host: str, port: int, ssl_context: ssl.SSLContext, *,
                                     server_hostname: str = PROVIDER_SERVER_NAME,
                                     timeout: float = DEFAULT_TIMEOUT) -> list[ServerCertificate]:
@@ -330,8 +340,7 @@ async def run_update(data_dir: Path, options: UpdateOptions,
             current_reply = await stub.GetCurrentCtl(common_pb2.Empty(), timeout=options.timeout)
         except grpc.aio.AioRpcError as exc:
             raise rpc_error(exc, "CTL Provider") from None
-        host, port = options.provider or (svc["host"], settings.listening_port
-                                          or svc.get("ctl_provider_port", 2444))
+        host, port = options.provider or (svc["host"], provider_port(settings, svc))
         ctx = provider_ssl_context(identity.ca_path, identity.cert_path, identity.key_path)
         servers = await fetch_server_certificates(host, port, ctx, timeout=options.timeout)
 

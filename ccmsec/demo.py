@@ -94,6 +94,12 @@ async def step_event_round_trip(ctx: DemoContext) -> None:
     from ccmsec.runtime.identity import client_identity
     from ccmsec_proto import common_pb2, events_pb2
 
+    if not ctx.endpoints.get("nats_url"):
+        # A context made from `compose client-bundle` reaches the published ports only; NATS is not
+        # published (BUS-1: only the containers' own keys connect to it).
+        ctx.say("not run from here: the event bus (NATS) is not published outside the cluster; "
+                "`docker-compose run --rm cli demo --attach` runs this step inside its network")
+        return
     bus = EventBus.for_cli(ctx.data, ctx.endpoints["nats_url"], "ccmsec-demo")
     await bus.connect()
     event = make_event("device.reset", "ccmsec-demo",
@@ -143,7 +149,7 @@ DEMO_TOKENS = ("token1", "token2")
 
 async def step_ctl_provider_activate(ctx: DemoContext) -> None:
     """CHK-1: activate the CTL Provider; show what it answers over TLS."""
-    from ccmsec.ctlclient import fetch_server_certificates, provider_ssl_context
+    from ccmsec.ctlclient import fetch_server_certificates, provider_port, provider_ssl_context
     from ccmsec.runtime.grpcio import secure_channel
     from ccmsec.runtime.identity import client_identity
     from ccmsec_proto import common_pb2, ctl_provider_pb2, ctl_provider_pb2_grpc
@@ -158,9 +164,13 @@ async def step_ctl_provider_activate(ctx: DemoContext) -> None:
     ctx.say(f"CTL Provider was {'active' if before.activated else 'not activated (CHK-1)'}; now "
             f"activated, TLS on {settings.host}:{settings.listening_port}")
     ctx_tls = provider_ssl_context(ident.ca_path, ident.cert_path, ident.key_path)
-    # A provider bound to every address (in a container) is reached at the service's own address.
+    # A provider bound to every address (in a container) is reached at the service's own address
+    # and the endpoints' port (from the host: the published one).
     host = svc["host"] if settings.host in ("0.0.0.0", "::", "") else settings.host
-    for server in await fetch_server_certificates(host, settings.listening_port, ctx_tls):
+    port = provider_port(settings, svc)
+    if (host, port) != (settings.host, settings.listening_port):
+        ctx.say(f"reached at {host}:{port}")
+    for server in await fetch_server_certificates(host, port, ctx_tls):
         ctx.say(f"  {server.role.label:<5} {server.dns_name:<12} {server.ipv4 or '-':<15} "
                 f"{server.certificate.subject.rfc4514_string()}")
 
@@ -451,6 +461,72 @@ async def _idle(display, name: str) -> bool:
 DEMO_CALLERS = (("SEP0DE7CA1100A1", "4001"), ("SEP0DE7CA1100B1", "4002"))
 
 
+def local_runner(ctx: DemoContext) -> bool:
+    """True when the data folder is the local runner's (its supervisor's state names the processes
+    and the cluster's keys are here); False for a cluster reached from outside (--attach through a
+    context or inside compose's `cli` container)."""
+    return bool(_pids(ctx)) or not ctx.notes.get("attach")
+
+
+async def _callmanager_certificates(ctx: DemoContext) -> list:
+    """Call control's certificates (publisher and subscribers) as the CTL Provider lists them over
+    TLS: what a phone finds in its CTL and pins (AUTH-6)."""
+    from ccmsec.ctlclient import fetch_server_certificates, provider_port, provider_ssl_context
+    from ccmsec.formats.ctl import Role
+    from ccmsec.runtime.grpcio import secure_channel
+    from ccmsec.runtime.identity import client_identity
+    from ccmsec_proto import common_pb2, ctl_provider_pb2_grpc
+
+    ident = client_identity(ctx.data)
+    svc = ctx.endpoints["services"]["ctl-provider"]
+    async with secure_channel(ident, svc["host"], svc["grpc_port"], "ctl-provider") as ch:
+        settings = await ctl_provider_pb2_grpc.CtlProviderStub(ch).GetProviderSettings(common_pb2.Empty(), timeout=10)
+    host = svc["host"] if settings.host in ("0.0.0.0", "::", "") else settings.host
+    servers = await fetch_server_certificates(host, provider_port(settings, svc),
+                                              provider_ssl_context(ident.ca_path, ident.cert_path, ident.key_path))
+    certs = [srv.certificate for srv in servers if srv.role in (Role.CCM, Role.CCM_TFTP)]
+    if not certs:
+        raise runner.RunnerError("the CTL Provider lists no call-control certificate (AUTH-6)")
+    ctx.say("call control's certificates from the CTL Provider: "
+            + ", ".join(srv.dns_name for srv in servers if srv.role in (Role.CCM, Role.CCM_TFTP)))
+    return certs
+
+
+async def _enrol_through_capf(ctx: DemoContext, names: list[str]) -> list:
+    """An LSC for each phone of this process through the CAPF protocol (TLS to CAPF's port, the
+    administrator's authentication string), as a phone gets one: CAPF's CA key stays in CAPF."""
+    from ccmsec.aio.capf import capf_client_enroll, capf_phone_ssl_context
+    from ccmsec.pki.ca import Issued
+    from ccmsec.runtime.grpcio import secure_channel
+    from ccmsec.runtime.identity import client_identity
+    from ccmsec.wire.capf import PhoneCredentials
+    from ccmsec_proto import capf_pb2, capf_pb2_grpc, common_pb2
+    from cryptography import x509
+
+    svc = ctx.endpoints["services"]["capf"]
+    async with secure_channel(client_identity(ctx.data), svc["host"], svc["grpc_port"], "capf") as ch:
+        stub = capf_pb2_grpc.CapfStub(ch)
+        capf_cert = x509.load_der_x509_certificate((await stub.GetCapfCertificate(common_pb2.Empty(), timeout=10)).der)
+        for name in names:
+            await stub.ScheduleOperation(capf_pb2.CapfSchedule(
+                device=name, operation=CapfOperation.INSTALL.to_proto(), auth_mode=CapfAuthMode.STRING.to_proto(),
+                auth_string=DEMO_AUTH_STRING, key_type="ec256"), timeout=10)
+    issued = []
+    for name in names:
+        creds = PhoneCredentials(device_name=name, auth_string=DEMO_AUTH_STRING, auth_mode=CapfAuthMode.STRING,
+                                 capf_certificate=capf_cert)
+        sessions = await capf_client_enroll(svc["host"], svc["capf_port"], capf_phone_ssl_context(capf_cert), creds,
+                                            timeout=60, max_sessions=1)
+        if creds.lsc_cert is None:
+            last = sessions[-1]
+            raise runner.RunnerError(f"CAPF at {svc['host']}:{svc['capf_port']} installed no LSC for {name} "
+                                     f"(end reason {last.end_reason}; {', '.join(last.history)})")
+        ctx.say(f"{name}: LSC installed through CAPF at {svc['host']}:{svc['capf_port']} "
+                f"(authentication string), issued by {creds.lsc_cert.issuer.rfc4514_string()}")
+        issued.append(Issued(creds.lsc_cert, creds.lsc_key))
+    return issued
+
+
 async def step_encrypted_calls(ctx: DemoContext) -> None:
     """Two encrypted desk phones call each other and the SRTP gateway's echo; the capture shows
     SRTP that decrypts only with the keys read from the TLS-decrypted signalling."""
@@ -458,7 +534,8 @@ async def step_encrypted_calls(ctx: DemoContext) -> None:
     from ccmsec.aio.media import PhoneAudio
     from ccmsec.aio.sccp import connect_phone
     from ccmsec.aio.sccp_calling import CallingPhone
-    from ccmsec.media.capture import CaptureError, LoopbackCapture, capture_available, verify_capture
+    from ccmsec.media.capture import (CaptureError, LoopbackCapture, audio_proof, capture_available,
+                                      verify_capture)
     from ccmsec.pki import tls
     from ccmsec.pki.ca import Issued, load_pair, new_key
     from ccmsec.pki.lsc import issue_lsc
@@ -473,11 +550,19 @@ async def step_encrypted_calls(ctx: DemoContext) -> None:
             admin.add_device(name, "7970", "encrypted")
             admin.add_line(dn, name)
     ctx.say("desk phones " + ", ".join(f"{n} ({dn})" for n, dn in DEMO_CALLERS) + " configured encrypted")
-    # Their LSCs come from the cluster's CAPF CA (the fleet above got theirs through the CAPF protocol).
-    capf = load_pair(ctx.data / "pki" / "capf.crt", ctx.data / "pki" / "capf.key")
-    ccm_cert = x509.load_der_x509_certificate((ctx.data / "servers" / "callmanager" / CERT_FILE).read_bytes())
+    if local_runner(ctx):
+        # Their LSCs come from the cluster's CAPF CA (the fleet above got theirs through the CAPF protocol).
+        capf = load_pair(ctx.data / "pki" / "capf.crt", ctx.data / "pki" / "capf.key")
+        ccm_certs = [x509.load_der_x509_certificate(
+            (ctx.data / "servers" / "callmanager" / CERT_FILE).read_bytes())]
+        key = new_key("ec256")
+        lscs = [Issued(issue_lsc(capf, name, key.public_key()), key) for name, _ in DEMO_CALLERS]
+    else:
+        # From outside the cluster (--attach, no CA key here): each phone enrols through the CAPF
+        # protocol like the fleet, and trusts call control's certificates the CTL Provider lists.
+        ccm_certs = await _callmanager_certificates(ctx)
+        lscs = await _enrol_through_capf(ctx, [name for name, _ in DEMO_CALLERS])
     keylog = ctx.data / "demo-sccp-keys.log"
-    key = new_key("ec256")
     cap = None
     why = capture_available()
     if why is None:
@@ -490,12 +575,11 @@ async def step_encrypted_calls(ctx: DemoContext) -> None:
     phones, audio = [], []
     try:
         for index, (name, _) in enumerate(DEMO_CALLERS):
-            lsc = Issued(issue_lsc(capf, name, key.public_key()), key)
-            ctxt = tls.enable_keylog(tls.sccp_phone_context("encrypted", [ccm_cert], lsc=lsc), keylog)
+            ctxt = tls.enable_keylog(tls.sccp_phone_context("encrypted", ccm_certs, lsc=lscs[index]), keylog)
             conn = await connect_phone(cm["host"], cm["sccp_tls_port"], s.Register(name, "127.0.0.1", device_type=30006),
-                                       ssl_context=ctxt, pinned_ccm_certificates=[ccm_cert])
+                                       ssl_context=ctxt, pinned_ccm_certificates=ccm_certs)
             conn.session.capabilities = s.CapabilitiesRes((s.MediaCapability(4),), encryption_capable=True)
-            sound = PhoneAudio(440.0 + 220 * index)
+            sound = PhoneAudio(440.0 + 220 * index, keep_sent=True)
             phone = CallingPhone(conn, bind_host="127.0.0.1", on_media=sound.hook)
             await phone.wait_ready()
             phones.append(phone)
@@ -520,7 +604,13 @@ async def step_encrypted_calls(ctx: DemoContext) -> None:
             a.act(a.display.hang_up)
             await a.wait_for(lambda d: not d.calls, what="the call cleared")
         await talk(b, DEMO_CALLERS[1][1], f"call {DEMO_CALLERS[0][1]} -> {DEMO_CALLERS[1][1]}")
-        await talk(None, "5550102", "call through the SRTP gateway to the echo 5550102")
+        if local_runner(ctx):
+            await talk(None, "5550102", "call through the SRTP gateway to the echo 5550102")
+        else:
+            ctx.say("no call through the SRTP gateway from here: these phones send and receive their "
+                    "media on this machine's 127.0.0.1, which the gateway inside the cluster cannot "
+                    "reach (its media ports are not published); phone to phone, the media goes "
+                    "between the two phones here while call control keys it")
     finally:
         if cap is not None:
             await asyncio.to_thread(cap.stop)
@@ -529,72 +619,225 @@ async def step_encrypted_calls(ctx: DemoContext) -> None:
     if cap is None:
         ctx.say(f"wire capture skipped: {why}")
         return
+    datagrams = await asyncio.to_thread(cap.datagrams)
     reports = await asyncio.to_thread(verify_capture, cap.path, sccp_port=cm["sccp_tls_port"], keylog=keylog,
-                                      media=await asyncio.to_thread(cap.datagrams))
-    ctx.say("on the wire (dumpcap on loopback; keys read from the SCCP decrypted with the TLS key log):")
-    for r in sorted(reports, key=lambda r: (not r.srtp, r.src)):
+                                      media=datagrams)
+    where = "" if local_runner(ctx) else f", call control reached at {cm['host']}:{cm['sccp_tls_port']}"
+    ctx.say(f"on the wire (dumpcap on loopback{where}; keys read from the SCCP decrypted with the TLS key log):")
+    sent = {src: payloads for sound in audio for src, payloads in sound.sent_from.items()}
+    # the streams of these phones' calls (to or from their media ports); other UDP on loopback
+    # (another program's) is counted, not listed
+    ours = [r for r in reports if r.src in sent or r.dst in sent]
+    if len(ours) < len(reports):
+        ctx.say(f"  ({len(reports) - len(ours)} other UDP stream(s) on loopback, not these phones' calls: not listed)")
+    for r in sorted(ours, key=lambda r: (not r.srtp, r.src)):
         ctx.say("  " + r.line())
+        if r.src in sent:  # a stream these phones sent: the audio itself is known
+            captured = [d.payload for d in datagrams if (d.src, d.dst) == (r.src, r.dst)]
+            ctx.say("    " + audio_proof(r, captured, sent[r.src]))
     raw = cap.path.read_bytes()
     ctx.say(f"capture {cap.path.name}: {len(raw)} bytes; `ccmsec media verify {cap.path} --keylog {keylog} "
             f"--sccp-port {cm['sccp_tls_port']}` repeats this check")
 
 
+class _LocalNodes:
+    """The local runner's call-control nodes: `kill -9` of the publisher's process; its supervisor
+    starts it again."""
+
+    def __init__(self, ctx: DemoContext):
+        services = ctx.endpoints["services"]
+        self.ctx = ctx
+        self.labels = {services["callmanager"]["host"]: PUBLISHER, services["callmanager-sub1"]["host"]: SUBSCRIBER,
+                       services["srst"]["host"]: "SRST"}
+        self.stable = DEMO_PHONE_SETTINGS["CCMSEC_PHONE_FAILBACK_STABLE"]
+
+    def label(self, host: str) -> str:
+        return self.labels.get(host, host or "nowhere")
+
+    def kill(self) -> str:
+        from ccmsec.cluster.state import read_state
+
+        pid = int(((read_state(self.ctx.data) or {}).get("children") or {}).get("callmanager", {}).get("pid") or 0)
+        if not pid:
+            raise runner.RunnerError("the publisher's process is not known")
+        os.kill(pid, signal.SIGKILL)
+        return f"kill -9 {pid} (the publisher callmanager, serving every phone)"
+
+    async def start(self) -> str | None:
+        return None  # the supervisor restarts it
+
+    def back_timeout(self) -> float:
+        return 120.0
+
+
+class _ComposeNodes:
+    """A compose cluster's call-control containers, through the Docker engine the user runs it
+    with: `docker kill` of the publisher's container, then `docker start` (a killed container is
+    not restarted by the restart policy: the operator starts it)."""
+
+    def __init__(self, ctx: DemoContext, project: str):
+        self.ctx, self.project = ctx, project
+        self.containers = {svc: _compose_container(project, svc) for svc in ("callmanager", "callmanager-sub1",
+                                                                              "srst", "phone-sim")}
+        missing = [svc for svc in ("callmanager", "callmanager-sub1", "phone-sim") if not self.containers[svc]]
+        if missing:
+            raise _NotHere(f"compose project {project} has no {' or '.join(missing)} container "
+                           "(the failover needs the publisher and a subscriber, `compose render --subscribers 1`)")
+        env = _docker_json("inspect", self.containers["phone-sim"])[0]["Config"].get("Env") or []
+        self.stable = next((e.split("=", 1)[1] for e in env if e.startswith("CCMSEC_PHONE_FAILBACK_STABLE=")
+                            and e.split("=", 1)[1]), "120")
+        self.labels: dict[str, str] = {}
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Container addresses on the cluster's networks (a container started again may come back
+        on another one)."""
+        for svc, label in (("callmanager", PUBLISHER), ("callmanager-sub1", SUBSCRIBER), ("srst", "SRST")):
+            if self.containers[svc]:
+                nets = _docker_json("inspect", self.containers[svc])[0]["NetworkSettings"]["Networks"] or {}
+                for net in nets.values():
+                    if net.get("IPAddress"):
+                        self.labels[net["IPAddress"]] = label
+                self.labels[svc] = label  # phones that name the node instead of its address
+
+    def label(self, host: str) -> str:
+        if host and host not in self.labels:
+            self.refresh()
+        return self.labels.get(host, host or "nowhere")
+
+    def kill(self) -> str:
+        _docker("kill", self.containers["callmanager"])
+        return f"docker kill {self.containers['callmanager'][:12]} (compose project {self.project}: the publisher " \
+               "callmanager, serving every phone)"
+
+    async def start(self) -> str | None:
+        await asyncio.to_thread(_docker, "start", self.containers["callmanager"])
+        self.refresh()
+        return f"docker start {self.containers['callmanager'][:12]} (a killed container is not restarted by the policy)"
+
+    def back_timeout(self) -> float:
+        return float(self.stable) + ATTACH_RESTART_TIMEOUT  # the container's start, then the stable period
+
+
+PUBLISHER, SUBSCRIBER = "publisher callmanager", "subscriber callmanager-sub1"
+
+
+class _NotHere(Exception):
+    """A step that cannot be done from where this command runs; the message says why."""
+
+
+def _docker(*args: str, timeout: float = 120) -> str:
+    import subprocess
+
+    try:
+        proc = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
+    except FileNotFoundError:
+        raise _NotHere("no `docker` command here") from None
+    except subprocess.TimeoutExpired:
+        raise runner.RunnerError(f"docker {args[0]} did not answer within {timeout:g} s") from None
+    if proc.returncode != 0:
+        why = (proc.stderr.strip().splitlines() or ["no message"])[-1]
+        if "permission denied" in why.lower() or "cannot connect to the docker daemon" in why.lower():
+            raise _NotHere(f"no access to the Docker engine ({why})")
+        raise runner.RunnerError(f"docker {' '.join(args[:2])} failed: {why}")
+    return proc.stdout
+
+
+def _docker_json(*args: str) -> list:
+    import json
+
+    return json.loads(_docker(*args))
+
+
+def _compose_container(project: str, service: str) -> str:
+    out = _docker("ps", "-aq", "--filter", f"label=com.docker.compose.project={project}",
+                  "--filter", f"label=com.docker.compose.service={service}").split()
+    return out[0] if out else ""
+
+
+def compose_project(ctx: DemoContext) -> str:
+    """The compose project whose container publishes the administration API this command line
+    uses (its endpoints; a context from `compose client-bundle`) — asked of the Docker engine."""
+    svc = ctx.endpoints["services"]["callmanager"]
+    port = svc.get("admin_port")
+    if not port:
+        raise _NotHere("the endpoints name no administration API port")
+    for cid in _docker("ps", "-q", "--filter", f"publish={port}/tcp").split():
+        info = _docker_json("inspect", cid)[0]
+        labels = info["Config"].get("Labels") or {}
+        bindings = (info["HostConfig"].get("PortBindings") or {}).values()
+        if labels.get("com.docker.compose.project") and any(
+                str(b.get("HostPort")) == str(port) and b.get("HostIp", "") in ("", "0.0.0.0", svc["host"])
+                for bound in bindings for b in (bound or [])):
+            return labels["com.docker.compose.project"]
+    raise _NotHere(f"no compose container of this Docker engine publishes {svc['host']}:{port} "
+                   "(the administration API of this context)")
+
+
 async def step_failover(ctx: DemoContext) -> None:
-    """LATER-7: kill -9 the call-control node serving the phones; they move to the subscriber at
-    once (their connections are reset; a standby connection is already open), the supervisor starts
-    the node again, and the phones return once it has answered for the stable period."""
-    from ccmsec.cluster.state import read_state
+    """LATER-7: kill the call-control node serving the phones; they move to the subscriber at once
+    (their connections are reset; a standby connection is already open), the node is started again
+    (by the local runner's supervisor; in compose, `docker start`), and the phones return once it
+    has answered for the stable period."""
     from ccmsec.runtime.grpcio import secure_channel
     from ccmsec.runtime.identity import client_identity
     from ccmsec_proto import phone_sim_pb2, phone_sim_pb2_grpc
 
     await wait_all_serving(ctx)
     services = ctx.endpoints["services"]
-    publisher, subscriber = services["callmanager"]["host"], services["callmanager-sub1"]["host"]
-    names = {publisher: "publisher callmanager", subscriber: "subscriber callmanager-sub1",
-             services["srst"]["host"]: "SRST"}
+    try:
+        if local_runner(ctx):
+            if "callmanager-sub1" not in services:
+                raise _NotHere("this cluster runs no call-control subscriber (`ccmsec up --subscribers 1`)")
+            nodes = _LocalNodes(ctx)
+        else:
+            nodes = _ComposeNodes(ctx, await asyncio.to_thread(compose_project, ctx))
+    except _NotHere as exc:
+        ctx.say(f"not run from here: {exc}. The failover needs to stop and start a call-control node: "
+                "run `ccmsec demo --attach` on the machine whose Docker engine runs the cluster, with a "
+                "context from `compose client-bundle` (docs/compose.md)")
+        return
     sim = services["phone-sim"]
     async with secure_channel(client_identity(ctx.data), sim["host"], sim["grpc_port"], "phone-sim") as ch:
         stub = phone_sim_pb2_grpc.PhoneSimStub(ch)
 
         async def where() -> dict[str, tuple[str, str]]:
             phones = (await stub.ListPhones(phone_sim_pb2.PhoneSelector(all=True), timeout=10)).phones
-            return {p.name: (p.registered_with.split(":")[0] if p.state == "registered" else "", p.transport)
-                    for p in phones}
+            return {p.name: (nodes.label(p.registered_with.rsplit(":", 1)[0]) if p.state == "registered" else
+                             "nowhere", p.transport) for p in phones}
 
-        async def until_all_on(host: str, since: float, timeout: float) -> dict[str, float]:
+        async def until_all_on(node: str, since: float, timeout: float) -> dict[str, float]:
             seen: dict[str, float] = {}
             deadline = time.monotonic() + timeout
             while True:
                 for name, (at, _) in (await where()).items():
-                    if at == host and name not in seen:
+                    if at == node and name not in seen:
                         seen[name] = time.monotonic() - since
                 if len(seen) == len(fleet):
                     return seen
                 if time.monotonic() > deadline:
-                    late = {n: names.get(h, h or "nowhere") for n, (h, _) in (await where()).items()
-                            if n not in seen}
-                    raise runner.RunnerError(f"phones not on the {names[host]} after {timeout:.0f}s: {late}")
+                    late = {n: at for n, (at, _) in (await where()).items() if n not in seen}
+                    raise runner.RunnerError(f"phones not on the {node} after {timeout:.0f}s: {late}")
                 await asyncio.sleep(0.2)
 
         fleet = list(await where())
-        await until_all_on(publisher, time.monotonic(), 60)
+        await until_all_on(PUBLISHER, time.monotonic(), 60)
         now = await where()
         for name in sorted(now):
-            ctx.say(f"{name} registered {now[name][1]:13} with the {names[now[name][0]]}")
-        pid = int(((read_state(ctx.data) or {}).get("children") or {}).get("callmanager", {}).get("pid") or 0)
-        if not pid:
-            raise runner.RunnerError("the publisher's process is not known")
+            ctx.say(f"{name} registered {now[name][1]:13} with the {now[name][0]}")
         killed = time.monotonic()
-        os.kill(pid, signal.SIGKILL)
-        ctx.say(f"kill -9 {pid} (the publisher callmanager, serving every phone)")
-        moved = await until_all_on(subscriber, killed, 60)
+        ctx.say(await asyncio.to_thread(nodes.kill))
+        moved = await until_all_on(SUBSCRIBER, killed, 60)
         now = await where()
         for name in sorted(moved):
             ctx.say(f"{name} on the subscriber {now[name][1]:13} {moved[name]:5.2f} s after the kill")
-        back = await until_all_on(publisher, killed, 120)
-        ctx.say(f"the supervisor restarted the publisher; the phones came back after it had answered for "
-                f"{DEMO_PHONE_SETTINGS['CCMSEC_PHONE_FAILBACK_STABLE']} s (the stable period; 120 s by default):")
+        started = await nodes.start()
+        if started:
+            ctx.say(started)
+        back = await until_all_on(PUBLISHER, killed, nodes.back_timeout())
+        ctx.say(f"{'the publisher started again' if started else 'the supervisor restarted the publisher'}; "
+                f"the phones came back after it had answered for {nodes.stable} s (the stable period; 120 s "
+                "by default):")
         now = await where()
         for name in sorted(back):
             ctx.say(f"{name} back on the publisher {now[name][1]:13} {back[name]:5.2f} s after the kill")

@@ -219,18 +219,24 @@ class PhoneAudio:
     tone (each phone a different pitch, so a recording tells who was heard). Plug `hook` into the
     calling phone's media hook (`CallingPhone(on_media=…)`); counters stay after a port closes."""
 
-    def __init__(self, pitch: float = 440.0, *, record: bool = False):
+    def __init__(self, pitch: float = 440.0, *, record: bool = False, keep_sent: bool = False):
         from ccmsec.media import tones
 
         self._source = tones.tone(pitch)
         self.record = record
+        self.keep_sent = keep_sent
         self.by_port: dict[object, PortAudio] = {}
+        # keep_sent: the G.711 payloads sent from each local media address, kept after the port
+        # closes (for a proof against a capture: `ccmsec.media.capture.audio_proof`)
+        self.sent_from: dict[tuple[str, int], list[bytes]] = {}
         self.closed_totals = {"sent": 0, "received": 0, "lost": 0, "refused": 0,
                               "refused_authentication": 0, "refused_replay": 0, "malformed": 0}
 
     def hook(self, what: str, port) -> None:
         if what == "open":
-            self.by_port[port] = PortAudio(port, self._source.frame, record=self.record)
+            self.by_port[port] = PortAudio(port, self._source.frame, record=self.record, keep_sent=self.keep_sent)
+            if self.keep_sent and getattr(port, "local", None):
+                self.sent_from[tuple(port.local)] = self.by_port[port].sent_payloads
         elif what == "close":
             audio = self.by_port.pop(port, None)
             if audio is not None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ccmsec.cli.common import CliError, add_data_option
 from ccmsec.cluster import runner
-from ccmsec.demo import DemoContext, STEPS, step_encrypted_calls, step_failover, step_up
+from ccmsec.demo import DemoContext, STEPS, step_up
 
 
 def _run(args) -> int:
@@ -34,15 +34,13 @@ def _run(args) -> int:
     ctx.notes["attach"] = attach
     if attach and not ctx.endpoints.get("services"):
         raise CliError(f"--attach: no running cluster described in {data}/run/endpoints.json")
-    # --attach walks what the command line can do from outside the cluster; the encrypted-calls
-    # step signs its callers' LSCs with the CAPF CA key of the local cluster's data directory,
-    # which a container holding only its own identity does not have (DEPLOY-1), and proves them
-    # with a loopback capture; the failover step kills a process of the local runner.
-    local_only = {step_up, step_encrypted_calls, step_failover}
-    steps = [(t, s) for t, s in STEPS if not (attach and s in local_only)]
+    # --attach starts nothing: every other step runs against the running cluster through what the
+    # command line has from outside it (the administration API, the published authenticated ports,
+    # the context's cli identity; for the failover, the Docker engine the cluster runs on). A step
+    # that cannot be done from where it runs says why (ccmsec.demo).
+    steps = [(t, s) for t, s in STEPS if not (attach and s is step_up)]
     if attach:
-        print("--attach: skipping the steps that need the local cluster's own files: "
-              + "; ".join(t for t, s in STEPS if s in local_only))
+        print(f"--attach: the running cluster of {data}/run/endpoints.json; nothing is started or stopped")
     try:
         for number, (title, step) in enumerate(steps, 1):
             print(f"\n[{number}/{len(steps)}] {title}")
@@ -76,6 +74,8 @@ def register(sub) -> None:
     add_data_option(p)
     p.add_argument("--keep", action="store_true", help="leave the cluster running at the end")
     p.add_argument("--attach", action="store_true",
-                   help="walk the checklist on a cluster that is already running (its endpoints in "
-                        "DATA/run/endpoints.json, e.g. compose's `cli` container); start and stop nothing")
+                   help="walk the checklist on a cluster that is already running: a local `ccmsec up` "
+                        "cluster (--data), a compose cluster through a context from `compose client-bundle` "
+                        "(the failover step uses the docker command), or inside compose's `cli` container; "
+                        "start and stop nothing")
     p.set_defaults(func=_run)

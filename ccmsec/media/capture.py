@@ -163,6 +163,18 @@ def media_proof(captured: list[bytes], sent_payloads: list[bytes], key: MasterKe
                           bool(sent_payloads) and ordered == list(sent_payloads), key is not None)
 
 
+def audio_proof(report: "StreamReport", captured: list[bytes], sent_payloads: list[bytes]) -> str:
+    """What a capture shows of one stream whose sent audio is known: how many captured packets
+    carry a run of that audio in the clear, and whether what libsrtp decrypted (`report.payloads`,
+    in capture order) is exactly the audio sent."""
+    windows = _windows(sent_payloads)
+    plain = sum(1 for d in captured if any(w in d for w in windows))
+    got = report.payloads
+    same = bool(got) and len(got) == len(sent_payloads) and got == sent_payloads
+    return (f"plaintext audio in {plain} of {len(captured)} packets; decrypted back to the audio sent: "
+            f"{'yes' if same else 'NO'} ({len(got)} of {len(sent_payloads)} frames)")
+
+
 def _tshark_lines(args: list[str]) -> list[str]:
     out = subprocess.run(["tshark", *args], capture_output=True, text=True, timeout=60)
     if out.returncode != 0:

@@ -60,3 +60,39 @@ def test_demo_walks_the_checklist_and_stops_the_cluster(tmp_path):
     assert {m[1] for m in moved} == {"encrypted", "authenticated", "non-secure"}
     assert all(float(b[2]) >= 8 for b in back), back   # not before the stable period
     assert cluster_pids(data) == [], "the demo must stop every process it started"
+
+
+def test_demo_attach_to_a_running_local_cluster_runs_every_step(tmp_path):
+    """`demo --attach` on a `ccmsec up` cluster starts and stops nothing and skips nothing: the
+    encrypted calls with their proof from the wire, the failover of the serving node and back.
+    The bad case: a data folder with no running cluster is refused with one line."""
+    data = tmp_path / "attached"
+    env = {"CCMSEC_PHONE_FAILBACK_STABLE": "8", "CCMSEC_PHONE_PROBE_INTERVAL": "2"}
+    up = run_cli("up", "-d", "--subscribers", "1", "--data", str(data), env=env, timeout=300)
+    assert up.returncode == 0, up.stdout[-2000:] + up.stderr[-2000:]
+    try:
+        res = run_cli("demo", "--attach", "--data", str(data), timeout=600)
+        out = res.stdout
+        assert res.returncode == 0, out[-3000:] + res.stderr[-3000:]
+        assert "Traceback" not in out + res.stderr and "not run from here" not in out
+        assert "nothing is started or stopped" in out and "Start the cluster" not in out
+        assert "callmanager handled it" in out                     # the event bus round trip
+        assert "cluster security mode: non-secure -> mixed" in out
+        assert "4 device(s) registered" in out
+        assert re.search(r"call 4001 -> 4002: \S+ shows 'lock'; media SRTP both ways: True; .* refused 0", out)
+        assert re.search(r"through the SRTP gateway to the echo 5550102: \S+ shows 'lock'", out)
+        if "wire capture skipped" not in out:
+            streams = re.findall(r"(\d+) SRTP packets; (\d+) authenticate and decrypt", out)
+            assert len(streams) >= 3 and all(a == b for a, b in streams), streams
+            audio = re.findall(r"plaintext audio in (\d+) of (\d+) packets; decrypted back to the audio sent: (\w+)", out)
+            assert len(audio) >= 3 and all(p == "0" and same == "yes" for p, _n, same in audio), audio
+        assert re.search(r"kill -9 \d+ \(the publisher callmanager", out)
+        assert len(re.findall(r"SEP\w+ on the subscriber", out)) == 4
+        back = re.findall(r"SEP\w+ back on the publisher \S+\s+([\d.]+) s after the kill", out)
+        assert len(back) == 4 and all(float(b) >= 8 for b in back), back
+        assert len(cluster_pids(data)) > 0, "--attach must leave the cluster running"
+    finally:
+        run_cli("down", "--data", str(data), timeout=120)
+    refused = run_cli("demo", "--attach", "--data", str(tmp_path / "nothing-here"), timeout=60)
+    assert refused.returncode != 0 and "no running cluster described in" in refused.stderr
+    assert "Traceback" not in refused.stderr

@@ -1,0 +1,103 @@
+"""`ccmsec demo --attach` from the host against the compose cluster, through a named context made
+from `compose client-bundle` (the administration API, the published authenticated ports, the
+command line's own `cli` identity) and the Docker engine the cluster runs on — the way a user
+outside the cluster runs it (issue 13). Every step runs or says why it cannot from here; the
+encrypted calls are proved from the wire (dumpcap on loopback, keys from the TLS-decrypted SCCP,
+libsrtp), and the serving call-control node is `docker kill`ed and started again.
+
+A cluster of its own (this module's compose project): the demo changes the cluster's mode and
+kills its publisher, which the other modules' tests must not see."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.compose.conftest import FAILOVER_SETTINGS
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.timeout(1500)
+
+
+def test_demo_attach_from_the_host_through_a_context_runs_every_step(cluster, tmp_path):
+    bundle = cluster.cli("compose", "client-bundle").stdout
+    env = {"CCMSEC_CONFIG_DIR": str(tmp_path / "config"), "CCMSEC_CONTEXT": "compose-demo",
+           "CCMSEC_DATA_DIR": "", "CCMSEC_ADMIN_TIMEOUT": "120"}
+    added = run_cli("context", "add", "compose-demo", "--client-bundle", "-", env=env, input=bundle)
+    assert added.returncode == 0, added.stderr
+    res = run_cli("demo", "--attach", env=env, timeout=1200)
+    out = res.stdout
+    assert res.returncode == 0, out[-5000:] + res.stderr[-3000:]
+    assert "Traceback" not in out + res.stderr
+    data = tmp_path / "config" / "contexts" / "compose-demo" / "cluster"
+    assert f"cluster data in {data}" in out and "nothing is started or stopped" in out
+
+    # every step ran; the only one this side cannot do is the bus round trip (NATS is not published)
+    skipped = re.findall(r"not run from here: (.*)", out)
+    assert len(skipped) == 1 and "NATS" in skipped[0], skipped
+    for role in ("ctl-provider", "capf", "tftp-signer", "callmanager", "keymanager", "srtp-gateway",
+                 "srst", "phone-sim"):
+        assert re.search(rf"{role}\s+SERVING over mutual TLS", out), role
+    assert "cluster security mode: non-secure -> mixed" in out                       # CHK-6
+    assert "signature valid (AUTH-1)" in out                                          # TFTP step
+    assert re.search(r"7970\s+registered encrypted\s+via \S+:2443 presenting LSC", out)  # CHK-8/9
+    assert re.search(r"7912\s+registered non-secure\s+via \S+:2000 presenting no certificate", out)
+    assert re.search(r"7970 \(encrypted\) calls 7940 \(encrypted\): the phones show 'lock' / 'lock'", out)
+
+    # encrypted calls of phones in this process: LSCs through CAPF's published port, call control
+    # through its published SCCP/TLS port, media between the two phones proved from the wire
+    assert len(re.findall(r"LSC installed through CAPF at 127\.0\.0\.1:\d+", out)) == 2, out[-5000:]
+    assert re.search(r"call 4001 -> 4002: \S+ shows 'lock'; media SRTP both ways: True; .* refused 0", out)
+    assert "no call through the SRTP gateway from here" in out
+    assert "wire capture skipped" not in out, "dumpcap and tshark are needed (scripts/compose-test installs them)"
+    streams = re.findall(r"(\d+) SRTP packets; (\d+) authenticate and decrypt under the \S+ key signalled "
+                         r"for this stream, (\d+) refused", out)
+    assert len(streams) >= 2 and all(a == b != "0" and r == "0" for a, b, r in streams), streams
+    audio = re.findall(r"plaintext audio in (\d+) of (\d+) packets; decrypted back to the audio sent: (\w+)", out)
+    assert len(audio) >= 2 and all(p == "0" and same == "yes" for p, _n, same in audio), audio
+
+    # failover: docker kill of the publisher's container, every phone on the subscriber, docker
+    # start, every phone back — not before the stable period of the env file
+    assert re.search(r"docker kill \w+ \(compose project " + re.escape(cluster.project), out), out[-3000:]
+    assert len(re.findall(r"SEP\w+ on the subscriber", out)) == 4
+    assert re.search(r"docker start \w+", out)
+    stable = float(FAILOVER_SETTINGS["CCMSEC_PHONE_FAILBACK_STABLE"])
+    back = re.findall(r"SEP\w+ back on the publisher \S+\s+([\d.]+) s after the kill", out)
+    assert len(back) == 4 and all(float(b) >= stable for b in back), back
+    assert f"answered for {stable:g} s" in out
+    cluster.wait_healthy()   # attached: the demo left the cluster running, the publisher started again
+
+    # the proof repeats from the files the demo left in the context's folder — and the bad case:
+    # without the TLS key log (the keys are only in the encrypted signalling) nothing decrypts
+    pcap, keylog = data / "media.pcap", data / "demo-sccp-keys.log"
+    port = re.search(r"--sccp-port (\d+)", out).group(1)
+    seen = run_cli("media", "verify", str(pcap), "--keylog", str(keylog), "--sccp-port", port, env=env, timeout=300)
+    assert seen.returncode == 0 and re.search(r"\b(?:[2-9]|\d\d+) of \d+ streams SRTP under signalled keys; 0 with refused",
+                                               seen.stdout), seen.stdout[-2000:] + seen.stderr
+    blind = run_cli("media", "verify", str(pcap), "--sccp-port", port, env=env, timeout=300)
+    assert "authenticate and decrypt" not in blind.stdout and re.search(
+        r"\b0 of \d+ streams SRTP under signalled keys", blind.stdout), blind.stdout[-2000:] + blind.stderr
+
+
+def test_demo_attach_failover_without_docker_says_why(cluster, tmp_path, monkeypatch):
+    """The bad case of the failover step: where there is no `docker` command (e.g. inside compose's
+    `cli` container), the step says why and what to do instead of failing or pretending."""
+    import asyncio
+
+    from ccmsec import contexts
+    from ccmsec.demo import DemoContext, step_failover
+
+    monkeypatch.setenv("CCMSEC_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.setenv("CCMSEC_CONTEXT", "nodocker")
+    import json
+
+    contexts.save_bundle("nodocker", json.loads(cluster.cli("compose", "client-bundle").stdout))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    lines: list[str] = []
+    ctx = DemoContext(data=contexts.load("nodocker").cluster_dir, out=lines.append)
+    ctx.notes["attach"] = True
+    asyncio.run(asyncio.wait_for(step_failover(ctx), 600))
+    text = "\n".join(lines)
+    assert "not run from here: no `docker` command here. The failover needs" in text, text
+    assert "docker kill" not in text and "on the subscriber" not in text
