@@ -220,20 +220,28 @@ async def step_ctl_client(ctx: DemoContext) -> None:
         ctx.say(f"  event {event}")
     await wait_restarted(ctx, ("callmanager", "tftp-signer"), pids_before)
     ctx.say("callmanager and tftp-signer restarted (RST-3, RST-4) and serve again")
-    tftp = ctx.endpoints["services"]["tftp-signer"]
-    served = None
+    try:
+        tftp_host, tftp_port = await tftp_endpoint(ctx)
+    except NotHere as exc:
+        ctx.say(f"CTLFile.tlv not fetched back over TFTP: not from here: {exc}")
+        tftp_host, served = None, result.ctl
+    else:
+        served = None
     deadline = time.monotonic() + 30
     while served is None:  # the tftp-signer restarts after a CTL update (RST-4)
         try:
-            served = await tftp_get(tftp["host"], tftp["tftp_port"], "CTLFile.tlv", timeout=0.5, retries=2)
+            served = await tftp_get(tftp_host, tftp_port, "CTLFile.tlv", timeout=0.5, retries=2)
         except Exception:
             if time.monotonic() > deadline:
                 raise runner.RunnerError("CTLFile.tlv could not be fetched back over TFTP") from None
             await asyncio.sleep(0.3)
     ctl_file = parse_ctl(served)
     signer = verify_ctl(ctl_file)
-    ctx.say(f"fetched CTLFile.tlv back over TFTP ({len(served)} bytes, "
-            f"{'same file' if served == result.ctl else 'DIFFERENT FILE'}); signature valid ({signer.subject})")
+    if tftp_host is not None:
+        ctx.say(f"fetched CTLFile.tlv back over TFTP ({len(served)} bytes, "
+                f"{'same file' if served == result.ctl else 'DIFFERENT FILE'}); signature valid ({signer.subject})")
+    else:
+        ctx.say(f"the CTL file published: signature valid ({signer.subject})")
     ctx.say("")
     for line in format_ctl(ctl_file).splitlines():
         ctx.say(line)
@@ -468,6 +476,46 @@ def local_runner(ctx: DemoContext) -> bool:
     return bool(_pids(ctx)) or not ctx.notes.get("attach")
 
 
+def through_context(ctx: DemoContext) -> bool:
+    """True when the data folder is the `cluster/` folder of the context in use (a compose cluster
+    reached from the host through its published ports, `compose client-bundle`)."""
+    from ccmsec import contexts
+
+    try:
+        active = contexts.active()
+    except contexts.ContextError:
+        return False
+    return active is not None and active.cluster_dir.resolve() == Path(ctx.data).resolve()
+
+
+async def tftp_endpoint(ctx: DemoContext) -> tuple[str, int]:
+    """Where this command line downloads TFTP files from. Through a context: the tftp-signer
+    container's own address on the cluster's network, asked of the Docker engine — a published UDP
+    port cannot carry a transfer back (the server answers each transfer from a new port, RFC 1350,
+    which the port's forwarding does not send back to the host)."""
+    svc = ctx.endpoints["services"]["tftp-signer"]
+    if not through_context(ctx):
+        return svc["host"], svc["tftp_port"]
+    from ccmsec.cluster.topology import spec
+
+    port = next(p.number for p in spec("tftp-signer").ports if p.name == "tftp_port")
+    if "tftp_address" not in ctx.notes:
+        try:
+            project = await asyncio.to_thread(compose_project, ctx)
+            cid = await asyncio.to_thread(_compose_container, project, "tftp-signer")
+            nets = (await asyncio.to_thread(_docker_json, "inspect", cid))[0]["NetworkSettings"]["Networks"] or {}
+            address = next(n["IPAddress"] for n in nets.values() if n.get("IPAddress"))
+        except (NotHere, StopIteration, KeyError, IndexError) as exc:
+            raise NotHere(f"TFTP cannot be reached from here: the published UDP port {svc['host']}:"
+                           f"{svc['tftp_port']} does not carry a transfer back (each transfer answers from a "
+                           f"new port), and the container's address is unknown ({exc or 'no address'})") from None
+        ctx.notes["tftp_address"] = address
+        ctx.say(f"TFTP from the host: the tftp-signer container's address on the cluster's network "
+                f"({address}:{port}, from the Docker engine) — a published UDP port does not carry a "
+                "TFTP transfer back (each transfer answers from a new port, RFC 1350)")
+    return ctx.notes["tftp_address"], port
+
+
 async def _callmanager_certificates(ctx: DemoContext) -> list:
     """Call control's certificates (publisher and subscribers) as the CTL Provider lists them over
     TLS: what a phone finds in its CTL and pins (AUTH-6)."""
@@ -681,7 +729,7 @@ class _ComposeNodes:
                                                                               "srst", "phone-sim")}
         missing = [svc for svc in ("callmanager", "callmanager-sub1", "phone-sim") if not self.containers[svc]]
         if missing:
-            raise _NotHere(f"compose project {project} has no {' or '.join(missing)} container "
+            raise NotHere(f"compose project {project} has no {' or '.join(missing)} container "
                            "(the failover needs the publisher and a subscriber, `compose render --subscribers 1`)")
         env = _docker_json("inspect", self.containers["phone-sim"])[0]["Config"].get("Env") or []
         self.stable = next((e.split("=", 1)[1] for e in env if e.startswith("CCMSEC_PHONE_FAILBACK_STABLE=")
@@ -722,7 +770,7 @@ class _ComposeNodes:
 PUBLISHER, SUBSCRIBER = "publisher callmanager", "subscriber callmanager-sub1"
 
 
-class _NotHere(Exception):
+class NotHere(Exception):
     """A step that cannot be done from where this command runs; the message says why."""
 
 
@@ -732,13 +780,13 @@ def _docker(*args: str, timeout: float = 120) -> str:
     try:
         proc = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
     except FileNotFoundError:
-        raise _NotHere("no `docker` command here") from None
+        raise NotHere("no `docker` command here") from None
     except subprocess.TimeoutExpired:
         raise runner.RunnerError(f"docker {args[0]} did not answer within {timeout:g} s") from None
     if proc.returncode != 0:
         why = (proc.stderr.strip().splitlines() or ["no message"])[-1]
         if "permission denied" in why.lower() or "cannot connect to the docker daemon" in why.lower():
-            raise _NotHere(f"no access to the Docker engine ({why})")
+            raise NotHere(f"no access to the Docker engine ({why})")
         raise runner.RunnerError(f"docker {' '.join(args[:2])} failed: {why}")
     return proc.stdout
 
@@ -761,7 +809,7 @@ def compose_project(ctx: DemoContext) -> str:
     svc = ctx.endpoints["services"]["callmanager"]
     port = svc.get("admin_port")
     if not port:
-        raise _NotHere("the endpoints name no administration API port")
+        raise NotHere("the endpoints name no administration API port")
     for cid in _docker("ps", "-q", "--filter", f"publish={port}/tcp").split():
         info = _docker_json("inspect", cid)[0]
         labels = info["Config"].get("Labels") or {}
@@ -770,7 +818,7 @@ def compose_project(ctx: DemoContext) -> str:
                 str(b.get("HostPort")) == str(port) and b.get("HostIp", "") in ("", "0.0.0.0", svc["host"])
                 for bound in bindings for b in (bound or [])):
             return labels["com.docker.compose.project"]
-    raise _NotHere(f"no compose container of this Docker engine publishes {svc['host']}:{port} "
+    raise NotHere(f"no compose container of this Docker engine publishes {svc['host']}:{port} "
                    "(the administration API of this context)")
 
 
@@ -788,11 +836,11 @@ async def step_failover(ctx: DemoContext) -> None:
     try:
         if local_runner(ctx):
             if "callmanager-sub1" not in services:
-                raise _NotHere("this cluster runs no call-control subscriber (`ccmsec up --subscribers 1`)")
+                raise NotHere("this cluster runs no call-control subscriber (`ccmsec up --subscribers 1`)")
             nodes = _LocalNodes(ctx)
         else:
             nodes = _ComposeNodes(ctx, await asyncio.to_thread(compose_project, ctx))
-    except _NotHere as exc:
+    except NotHere as exc:
         ctx.say(f"not run from here: {exc}. The failover needs to stop and start a call-control node: "
                 "run `ccmsec demo --attach` on the machine whose Docker engine runs the cluster, with a "
                 "context from `compose client-bundle` (docs/compose.md)")

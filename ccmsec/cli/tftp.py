@@ -211,13 +211,19 @@ async def demo_step(ctx) -> None:
     from ccmsec.runtime.identity import client_identity
     from ccmsec_proto import common_pb2, tftp_signer_pb2_grpc
 
+    from ccmsec.demo import NotHere, tftp_endpoint
+
     svc = ctx.endpoints["services"][ROLE]
-    host, port = svc["host"], svc["tftp_port"]
     # The signer's certificate from the signer itself (mutual TLS), not from a file: the same from
     # the local runner's data folder as from compose's `cli` container (demo --attach).
-    async with secure_channel(client_identity(ctx.data), host, svc["grpc_port"], ROLE) as channel:
+    async with secure_channel(client_identity(ctx.data), svc["host"], svc["grpc_port"], ROLE) as channel:
         reply = await tftp_signer_pb2_grpc.TftpSignerStub(channel).GetSigningCertificate(common_pb2.Empty(),
                                                                                         timeout=30)
+    try:
+        host, port = await tftp_endpoint(ctx)   # through a context: the container's address (see there)
+    except NotHere as exc:  # no Docker engine to ask for that address
+        ctx.say(f"not run from here: {exc}")
+        return
     cert = x509.load_der_x509_certificate(reply.der)
     ctx.say(f"TFTP certificate (CERT-5) {cert.subject.rfc4514_string()} serial {cert.serial_number:x}")
     default = await tftp_get(host, port, "XMLDefault.cnf.xml", blksize=1428)

@@ -20,7 +20,7 @@ from tests.conftest import run_cli
 pytestmark = pytest.mark.timeout(1500)
 
 
-def test_demo_attach_from_the_host_through_a_context_runs_every_step(cluster, tmp_path):
+def test_demo_attach_from_the_host_through_a_context_runs_every_step(cluster, tmp_path, capsys):
     bundle = cluster.cli("compose", "client-bundle").stdout
     env = {"CCMSEC_CONFIG_DIR": str(tmp_path / "config"), "CCMSEC_CONTEXT": "compose-demo",
            "CCMSEC_DATA_DIR": "", "CCMSEC_ADMIN_TIMEOUT": "120"}
@@ -30,6 +30,12 @@ def test_demo_attach_from_the_host_through_a_context_runs_every_step(cluster, tm
     out = res.stdout
     assert res.returncode == 0, out[-5000:] + res.stderr[-3000:]
     assert "Traceback" not in out + res.stderr
+    with capsys.disabled():  # the proof and the failover figures belong in the suite's output
+        keep = [ln for ln in out.splitlines() if re.search(r"^\[\d+/|not run from here|LSC installed|shows 'lock'|"
+                                                           r"SRTP packets|plaintext audio|docker (kill|start)|"
+                                                           r"(on the subscriber|back on the publisher) .* after|"
+                                                           r"SRTP gateway from here|TFTP from the host|finished in", ln)]
+        print("\ncompose demo --attach from the host:\n" + "\n".join(keep))
     data = tmp_path / "config" / "contexts" / "compose-demo" / "cluster"
     assert f"cluster data in {data}" in out and "nothing is started or stopped" in out
 
@@ -41,6 +47,9 @@ def test_demo_attach_from_the_host_through_a_context_runs_every_step(cluster, tm
         assert re.search(rf"{role}\s+SERVING over mutual TLS", out), role
     assert "cluster security mode: non-secure -> mixed" in out                       # CHK-6
     assert "signature valid (AUTH-1)" in out                                          # TFTP step
+    assert "RingList.xml.sgn: signed by the TFTP certificate" in out
+    assert re.search(r"fetched CTLFile.tlv back over TFTP \(\d+ bytes, same file\)", out)
+    assert "TFTP from the host: the tftp-signer container's address" in out
     assert re.search(r"7970\s+registered encrypted\s+via \S+:2443 presenting LSC", out)  # CHK-8/9
     assert re.search(r"7912\s+registered non-secure\s+via \S+:2000 presenting no certificate", out)
     assert re.search(r"7970 \(encrypted\) calls 7940 \(encrypted\): the phones show 'lock' / 'lock'", out)
