@@ -31,8 +31,9 @@ def _cli_ok(*args):
 
 def _set_cluster_mode(data, mode: str) -> None:
     # Written straight into the publisher database, as the CTL client would commit it; the
-    # tftp-signer reads the mode on each request, so no event is needed (and none is sent, so the
-    # other services of the shared session cluster are not reset).
+    # tftp-signer's version check sees the commit and asks the mode's owner (CtlProvider/
+    # GetSecurityMode) at the next request, so no event is needed (and none is sent, so the other
+    # services of the shared session cluster are not reset).
     with sqlite3.connect(data / "ccmsec.db", timeout=10) as db:
         db.execute("UPDATE cluster_settings SET value = ? WHERE key = 'security_mode'", (mode,))
 
