@@ -89,11 +89,17 @@ def remote_leg(text: str, *, srtp: bool) -> RemoteLeg:
     return RemoteLeg(address, audio.port, pt, key)
 
 
+WILDCARDS = ("0.0.0.0", "::", "")
+
+
 class Gateway:
     def __init__(self, name: str, host: str, *, lines: int = 24, srtp_capable: bool = True,
-                 max_connections: int = 4096):
+                 max_connections: int = 4096, advertise: str | None = None):
         self.name = name
         self.host = host
+        # The address the SDP gives for media when `host` is a wildcard (a container binds 0.0.0.0):
+        # a peer told 0.0.0.0 sends to itself (the echo never came back in compose).
+        self.advertise = advertise
         self.srtp_capable = srtp_capable
         self.max_connections = max_connections
         self.endpoints = [parse_endpoint(f"aaln/S1/SU0/{i}@{name}") for i in range(1, lines + 1)]
@@ -268,6 +274,8 @@ class Gateway:
 
     def local_sdp(self, conn: Connection) -> str:
         host, port = conn.media.local_address
+        if host in WILDCARDS and self.advertise:
+            host = self.advertise
         return audio_session(host, port, key=conn.send_key, payload_type=conn.payload_type,
                              direction=conn.mode.sdp_direction,
                              session_id=int(conn.id, 16) & 0x7FFFFFFF).to_text()

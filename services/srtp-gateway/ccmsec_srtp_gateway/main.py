@@ -23,6 +23,22 @@ class GatewaySettings(ServiceSettings):
     gateway_srtp: bool = True                          # False: a gateway without SRTP support (GW-2)
 
 
+def media_address(host: str) -> str | None:
+    """The address peers send media to when the gateway binds every address (in a container): its
+    own host name's address (the container's on the cluster's network); None otherwise."""
+    import socket
+
+    from ccmsec_srtp_gateway.gateway import WILDCARDS
+
+    if host not in WILDCARDS:
+        return None
+    try:
+        address = socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return None
+    return None if address.startswith("127.") else address
+
+
 class SrtpGatewayService(Service):
     role = "srtp-gateway"
     settings_class = GatewaySettings
@@ -31,7 +47,7 @@ class SrtpGatewayService(Service):
         super().__init__(settings)
         self.gateway = Gateway(settings.gateway_name, settings.host, lines=settings.gateway_lines,
                                max_connections=max(settings.gateway_lines, 4096),
-                               srtp_capable=settings.gateway_srtp)
+                               srtp_capable=settings.gateway_srtp, advertise=media_address(settings.host))
         self.cluster_mode = ClusterModeWatcher(self._ask_cluster_mode)
 
     async def _ask_cluster_mode(self) -> int:
