@@ -176,8 +176,14 @@ class Load:
                     seen[name] = time.monotonic() - since
             if time.monotonic() > deadline:
                 missing = {n: last.get(n, "?") for n in names if n not in seen}
+                try:
+                    detail = "; ".join(f"{p.name} {p.state} {p.last_failure}: {p.last_failure_reason} "
+                                       f"[{' | '.join(p.history[-5:])}]"
+                                       for p in list(self.phones(list(missing)[:2]).values()))
+                except Exception as exc:  # noqa: BLE001
+                    detail = repr(exc)
                 raise AssertionError(f"{what}: {len(missing)} phone(s) not on {service} within {timeout:.0f} s: "
-                                     f"{missing}")
+                                     f"{missing}; {detail}")
             time.sleep(0.2)
         return seen
 
@@ -378,6 +384,10 @@ def test_database_restarted_during_capf_enrolments_and_config_changes(cluster, l
         assert len(writer.devices) >= 1, f"the administrator's changes are refused: {writer.last_refusal}"
         ld.boot(names)
         booted = time.monotonic()
+        done: dict[str, float] = {}  # polled from the boot on, across the outages
+        poller = threading.Thread(target=lambda: done.update(
+            ld.converge("callmanager", booted, 400, "enrolling phones on the publisher", names)), daemon=True)
+        poller.start()
         for at in (1.0, 12.0):  # crash PostgreSQL (kill: no checkpoint, WAL recovery) twice
             time.sleep(max(0.0, booted + at - time.monotonic()))
             down = time.monotonic()
@@ -386,10 +396,11 @@ def test_database_restarted_during_capf_enrolments_and_config_changes(cluster, l
             cluster.docker("start", cluster.container("postgres"))
             wait_until(lambda: cluster.health("postgres") == "healthy", 120, "postgres healthy", step=0.5)
             downs.append(time.monotonic() - down)
-        restored = time.monotonic()
         acked = len(writer.devices)
-        done = ld.converge("callmanager", restored, 300, "enrolling phones registered after the restarts", names)
-        wait_until(lambda: not ld.wrong("callmanager", names), 60, "enrolled phones encrypted with their LSC")
+        wait_until(lambda: not ld.wrong("callmanager", names), 300,
+                   "enrolling phones registered encrypted with their LSC after the restarts", step=0.5)
+        poller.join(60)
+        assert len(done) == len(names), f"registrations not seen by the poll: {sorted(done)}"
         wait_until(lambda: len(writer.devices) >= acked + 3, 90, "changes acknowledged again", step=0.5)
     finally:
         writer.stop.set()
@@ -416,7 +427,7 @@ def test_database_restarted_during_capf_enrolments_and_config_changes(cluster, l
     fig = report(capsys, Figures(
         "PostgreSQL killed x2 during CAPF enrolments", done, lost=len(lost) + len(problems) + len(half),
         note=f"down {', '.join(f'{d:.1f}' for d in downs)} s; {len(writer.devices)} changes acknowledged, "
-             f"{writer.refused} refused while it was away; converge from the second restart"))
+             f"{writer.refused} refused while it was away; converge from the boot, outages at +1 s and +12 s"))
     assert len(writer.devices) > 0 and downs
     assert not lost, f"acknowledged changes lost: {lost[:10]}"
     assert not half, f"operations left half done: {half}"
@@ -454,36 +465,6 @@ def test_network_disconnect_of_the_serving_node_noticed_by_keepalive(cluster, lo
     assert dropped == 0, "the calls keep their SRTP media when the node's network goes"
     assert min(moved.values()) >= KEEPALIVE - 1, f"moved before a keepalive could be missed: {moved}"
     assert min(back.values()) >= STABLE, f"fail-back before the stable period: {back}"
-    assert ld.wrong("callmanager") == []
-
-
-def test_every_call_control_node_killed_all_on_srst_then_back(cluster, load, capsys):
-    ld = load
-    ld.calls_up()
-    before = ld.received()
-    killed = time.monotonic()
-    for node in ("callmanager", SUB):
-        cluster.docker("kill", cluster.container(node))
-    try:
-        on_srst = ld.converge("srst", killed, 60 + 3 * KEEPALIVE, "every phone on SRST")
-        dropped = ld.dropped(before)
-        wrong = ld.wrong("srst")
-        notified = [n for n, r in ld.calls(ld.names).items() if any("Fallback" in t for t in r.notifications)]
-        ld.hang_up_all()
-    finally:
-        started = time.monotonic()
-        for node in ("callmanager", SUB):
-            cluster.docker("start", cluster.container(node))
-    back = ld.converge("callmanager", started, 300 + STABLE, "fail-back to the publisher")
-    report(capsys, Figures("every node killed -> secured SRST", on_srst, calls=len(ld.pairs), dropped=dropped,
-                           lost=len(ld.names) - len(on_srst)))
-    report(capsys, Figures("nodes started again -> fail-back to the publisher", back,
-                           lost=len(ld.names) - len(back), note="from docker start"))
-    assert wrong == [], wrong
-    assert notified, "phones on SRST are told they are in fallback"
-    assert dropped == 0, "the calls keep their SRTP media when every node goes"
-    assert min(back.values()) >= STABLE, f"fail-back before the stable period: {back}"
-    cluster.wait_healthy()
     assert ld.wrong("callmanager") == []
 
 
@@ -655,3 +636,39 @@ def test_tftp_signer_killed_while_re_signing_serves_nothing_half_signed(cluster,
                                 f"file after the kill"))
     assert not stats["bad"], stats["bad"][:5]
     assert after, "no signed file served after the tftp-signer came back"
+
+
+# --- every call-control node at once (last: the heaviest fault) -----------------------------
+
+def test_every_call_control_node_killed_all_on_srst_then_back(cluster, load, capsys):
+    ld = load
+    ld.calls_up()
+    before = ld.received()
+    killed = time.monotonic()
+    for node in ("callmanager", SUB):
+        cluster.docker("kill", cluster.container(node))
+    try:
+        try:
+            on_srst = ld.converge("srst", killed, 60 + 3 * KEEPALIVE, "every phone on SRST")
+        except AssertionError as exc:
+            logs = cluster.dc("logs", "--tail", "25", "srst", check=False).stdout[-3000:]
+            raise AssertionError(f"{exc}\nsrst's log:\n{logs}") from None
+        dropped = ld.dropped(before)
+        wrong = ld.wrong("srst")
+        notified = [n for n, r in ld.calls(ld.names).items() if any("Fallback" in t for t in r.notifications)]
+        ld.hang_up_all()
+    finally:
+        started = time.monotonic()
+        for node in ("callmanager", SUB):
+            cluster.docker("start", cluster.container(node))
+    back = ld.converge("callmanager", started, 300 + STABLE, "fail-back to the publisher")
+    report(capsys, Figures("every node killed -> secured SRST", on_srst, calls=len(ld.pairs), dropped=dropped,
+                           lost=len(ld.names) - len(on_srst)))
+    report(capsys, Figures("nodes started again -> fail-back to the publisher", back,
+                           lost=len(ld.names) - len(back), note="from docker start"))
+    assert wrong == [], wrong
+    assert notified, "phones on SRST are told they are in fallback"
+    assert dropped == 0, "the calls keep their SRTP media when every node goes"
+    assert min(back.values()) >= STABLE, f"fail-back before the stable period: {back}"
+    cluster.wait_healthy()
+    assert ld.wrong("callmanager") == []

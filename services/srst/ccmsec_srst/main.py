@@ -33,6 +33,17 @@ class SrstSettings(ServiceSettings):
     srst_credentials_allow: tuple[str, ...] = ()
 
 
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+
+
+def directory_host(host: str, node: str) -> str:
+    """The host SRST references name this router by, for the directory (SRST-1): the address it
+    listens on — or, listening on every address (a container: CCMSEC_HOST=0.0.0.0), its node name,
+    which is the name compose's network resolves to it (`srst`). Asked with the wildcard, call
+    control found no reference, so a pool whose reference names `srst` had no phone on SRST."""
+    return node if host in WILDCARD_HOSTS else host
+
+
 def router_certificate(data_dir: Path, node: str, host: str, key_dir: Path | None = None) -> Issued:
     """The SRST router's self-signed certificate (created on first start, then always the same)."""
     return ensure_server_certificate(Path(data_dir) / "srst" / node, node, ip=host, key_dir=key_dir)
@@ -116,7 +127,7 @@ class SrstService(Service):
     async def _fetch_directory(self) -> callmanager_pb2.SrstDirectory:
         stub = callmanager_pb2_grpc.CallManagerStub(self.peer_channel("callmanager"))
         return await stub.GetSrstDirectory(callmanager_pb2.SrstDirectoryRequest(
-            host=self.settings.host, include_default=True), timeout=5)
+            host=directory_host(self.settings.host, self.node), include_default=True), timeout=5)
 
     async def _keep_directory(self) -> None:
         """Refresh at once, then every `srst_directory_refresh` s (sooner while it keeps failing
