@@ -384,8 +384,9 @@ def test_database_restarted_during_capf_enrolments_and_config_changes(cluster, l
         wait_until(lambda: len(writer.devices) >= 3 or writer.last_refusal, 60,
                    "changes acknowledged before the fault", step=0.5)
         assert len(writer.devices) >= 1, f"the administrator's changes are refused: {writer.last_refusal}"
-        # PostgreSQL killed (no checkpoint: WAL recovery) as the phones are booted, so their CAPF
-        # sessions meet it away; killed again OUTAGES[1] s later, whatever is in progress then
+        # PostgreSQL killed (no checkpoint: WAL recovery) as the phones are booted, so their boots
+        # (signed files, CAPF) meet it away and are retried; killed again OUTAGES[1] s later,
+        # whatever enrolment or change is in progress then
         done: dict[str, float] = {}  # polled from the boot on, across the outages
         before_fault: list[str] = []
         for n, at in enumerate(OUTAGES):
