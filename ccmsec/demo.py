@@ -516,6 +516,51 @@ async def tftp_endpoint(ctx: DemoContext) -> tuple[str, int]:
     return ctx.notes["tftp_address"], port
 
 
+async def _gateway_call_in_phone_sim(ctx: DemoContext, number: str = "5550102") -> None:
+    """The call through the SRTP gateway from outside the cluster: the fleet's encrypted 7970 in
+    phone-sim (inside the cluster's network) calls the gateway's echo; what it shows and the audio
+    it got back (its counters: SRTP both ways, packets received and refused). Not on this capture:
+    that phone's keys stay in phone-sim."""
+    from ccmsec.runtime.grpcio import secure_channel
+    from ccmsec.runtime.identity import client_identity
+    from ccmsec_proto import phone_sim_pb2, phone_sim_pb2_grpc
+
+    sim = ctx.endpoints["services"]["phone-sim"]
+    async with secure_channel(client_identity(ctx.data), sim["host"], sim["grpc_port"], "phone-sim") as ch:
+        phones = phone_sim_pb2_grpc.PhoneSimStub(ch)
+        fleet = sorted((p for p in (await phones.ListPhones(phone_sim_pb2.PhoneSelector(), timeout=10)).phones
+                        if p.name.startswith("SEP0DE7") and p.model == "7970" and p.state == "registered"),
+                       key=lambda p: p.name)
+        if not fleet:
+            raise runner.RunnerError("no registered 7970 of the fleet in phone-sim for the gateway call")
+        name = fleet[0].name
+
+        async def display(n: str):
+            return await phones.GetPhoneCalls(phone_sim_pb2.PhoneName(name=n), timeout=10)
+
+        async def until(check, what: str, timeout: float = 30.0):
+            deadline = time.monotonic() + timeout
+            while not await check():
+                if time.monotonic() > deadline:
+                    raise runner.RunnerError(f"gateway call from phone-sim: no {what} within {timeout:g} s")
+                await asyncio.sleep(0.2)
+
+        before = (await display(name)).media.received
+        await phones.PhoneAction(phone_sim_pb2.PhoneActionRequest(name=name, action="dial", number=number), timeout=20)
+        try:
+            await until(lambda: _in_state(display, name, "connected"), "connected call")
+            await until(lambda: _received_since(display, name, before, 50), "echoed audio")
+            shown = await display(name)
+            m = shown.media
+            ctx.say(f"call through the SRTP gateway to the echo {number} from phone-sim's {name} (7970, "
+                    f"encrypted, inside the cluster's network): shows '{shown.calls[0].icon}'; SRTP both ways "
+                    f"{'yes' if m.srtp_both_ways else 'no'}; received {m.received - before} echoed, refused "
+                    f"{m.refused_authentication + m.refused_replay} (its keys stay in phone-sim: not on this capture)")
+        finally:
+            await phones.PhoneAction(phone_sim_pb2.PhoneActionRequest(name=name, action="hangup"), timeout=20)
+            await until(lambda: _idle(display, name), "cleared call")
+
+
 async def _callmanager_certificates(ctx: DemoContext) -> list:
     """Call control's certificates (publisher and subscribers) as the CTL Provider lists them over
     TLS: what a phone finds in its CTL and pins (AUTH-6)."""
@@ -655,10 +700,11 @@ async def step_encrypted_calls(ctx: DemoContext) -> None:
         if local_runner(ctx):
             await talk(None, "5550102", "call through the SRTP gateway to the echo 5550102")
         else:
-            ctx.say("no call through the SRTP gateway from here: these phones send and receive their "
+            ctx.say("no call through the SRTP gateway from these phones: they send and receive their "
                     "media on this machine's 127.0.0.1, which the gateway inside the cluster cannot "
                     "reach (its media ports are not published); phone to phone, the media goes "
                     "between the two phones here while call control keys it")
+            await _gateway_call_in_phone_sim(ctx)
     finally:
         if cap is not None:
             await asyncio.to_thread(cap.stop)

@@ -692,6 +692,12 @@ class SccpPhoneConnection:
     def ssl_object(self) -> ssl.SSLObject | None:
         return self._writer.get_extra_info("ssl_object")
 
+    @property
+    def local_host(self) -> str | None:
+        """The address this phone's connection to call control goes out from."""
+        sockname = self._writer.get_extra_info("sockname")
+        return sockname[0] if sockname else None
+
     def _push(self, event: object) -> None:
         if self.events.full():
             self.events.get_nowait()  # drop the oldest; the newest matters more

@@ -95,7 +95,12 @@ class CallingPhone:
                 self.display.channel_failed(ch.party_id)
                 return
             port.rx_encryption, port.codec = ch.rx_encryption, ch.codec
-            self.display.channel_opened(ch.party_id, *port.local)
+            host, number = port.local
+            if host in ("0.0.0.0", "::", ""):
+                # media bound to every address (phone-sim in a container): the peer is told the
+                # address the signalling goes out from — told 0.0.0.0 it would send to itself
+                host = getattr(self.conn, "local_host", None) or host
+            self.display.channel_opened(ch.party_id, host, number)
             self._hook("open", port)
         elif isinstance(ev, StartTransmit):
             port = self.ports.get(ev.channel.party_id)
