@@ -415,7 +415,7 @@ TOOLS_PROFILE = "tools"
 def _cli_service(services: tuple[ServiceSpec, ...] = SERVICES, subscribers: int = COMPOSE_SUBSCRIBERS) -> dict:
     """`docker-compose run --rm cli <command>`: the command line inside the cluster's network, with
     its own `cli` identity and the administrator's password (phone-sim and the other services'
-    gRPC ports are not published)."""
+    services are reached over the network; from the host, a named context uses the published ports)."""
     return {
         "image": f"ccmsec/tools:{project_version()}",
         "profiles": [TOOLS_PROFILE],

@@ -344,6 +344,21 @@ async def _api(cm, method: str, path: str, body: dict | None = None) -> httpx.Re
         return await client.request(method, path, json=body)
 
 
+async def _cli_capture(argv: list[str]) -> tuple[int, str]:
+    """The real CLI entry point in a thread; its standard output captured."""
+    import contextlib
+    import io
+
+    from ccmsec.cli.main import main as cli_main
+    buf = io.StringIO()
+
+    def run() -> int:
+        with contextlib.redirect_stdout(buf):
+            return cli_main(argv)
+    code = await asyncio.to_thread(run)
+    return code, buf.getvalue()
+
+
 async def test_nats_killed_during_reset_all_and_set_security_every_reset_arrives_once(cm_nats):
     cm, server = cm_nats
     await cm.set_mode("mixed")  # a CTL exists: devices may be set authenticated (MODE-5)
@@ -386,9 +401,17 @@ async def test_nats_killed_during_reset_all_and_set_security_every_reset_arrives
         for n in names:
             got[n].clear()
         server.kill()
-        answer = await _api(cm, "PATCH", f"/api/v1/devices/{names[0]}", {"security_mode": "authenticated"})
+        # Through the CLI, as the administrator types it (the symptom of issue 9: "the phone is reset
+        # to apply it", exit code 0, while the reset was lost): saved, and said to be pending.
+        s_ = cm.svc.settings
+        code, out = await _cli_capture(
+            ["device", "set-security", names[0], "authenticated",
+             "--url", f"https://{s_.host}:{s_.admin_port}", "--password-file", str(cm.data / "admin-password"),
+             "--ca-file", str(cm.data / "identities" / "services" / "callmanager" / "admin-api" / "ca.crt")])
+        assert code == 0 and "pending delivery" in out and "the phone is reset to apply it" not in out, out
+        answer = await _api(cm, "GET", f"/api/v1/devices/{names[0]}")
         assert answer.status_code == 200, answer.text
-        assert answer.json()["delivery"] == "pending" and answer.json()["security_mode"] == "authenticated"
+        assert answer.json()["security_mode"] == "authenticated"
         await _until(lambda: asyncio.sleep(0, _depth("callmanager") == 2), 20,
                      "outbox depth exported (config.changed + RST-1 reset)")
         server.start()
