@@ -1,8 +1,10 @@
 """The event bus and the signing TFTP server failing under load.
 
-* NATS killed (kill -9) right after a reset-all was accepted (CHK-13): JetStream keeps the event
-  on disk, the supervisor restarts NATS, every consumer gets it — each phone reboots exactly once
-  (call control's SCCP Reset and phone-sim's event for the same change count once);
+* NATS killed (kill -9) before a reset-all is committed (CHK-13), and kept down (the supervisor is
+  paused) while the request is answered: the reply says "pending delivery", no phone resets while
+  the bus is down — the event waits in the owner's outbox, not in JetStream — and once NATS is
+  started again every phone reboots exactly once (call control's SCCP Reset and phone-sim's event
+  for the same change count once). Without the outbox the event is lost and the test fails;
 * tftp-signer killed (kill -9) while it re-signs every file, with clients fetching the whole time:
   no truncated or unsigned file is ever served — every file a client gets verifies against the
   CTL's TFTP certificate — and serving resumes once the supervisor has restarted it.
@@ -11,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import re
 import signal
@@ -20,6 +23,7 @@ import pytest_asyncio
 
 from ccmsec.adminclient import AdminClient, discover
 from ccmsec.aio.tftp import tftp_get
+from ccmsec.cluster.runner import supervisor_pid
 from ccmsec.formats.cnfxml import parse_cnf_xml
 from ccmsec.formats.ctl import Role, parse_ctl
 from ccmsec.formats.sgn import parse_sgn, verify_sgn
@@ -56,10 +60,26 @@ async def test_nats_killed_during_a_reset_all_every_reset_once_CHK_13(cluster):
     assert res.returncode == 0 and f"{SIM_PHONES}/{SIM_PHONES} settled" in res.stdout, res.stdout
     before = await _boots(c)
     assert all(state == "registered" for _, state in before.values())
-    with AdminClient(discover(c.data)) as admin:
-        started = now()
-        reply = admin.reset_all()
-        c.signal("nats", signal.SIGKILL)     # the bus dies while the reset is being delivered
+    # Kill NATS before the reset-all is committed and keep it down while the request is answered:
+    # the supervisor is paused so it cannot restart NATS, so the event cannot reach JetStream and
+    # must wait in the owner's outbox (a NATS killed only after the reply would already hold it).
+    sup = supervisor_pid(c.data)
+    assert sup, "no supervisor recorded for the chaos cluster"
+    os.kill(sup, signal.SIGSTOP)
+    try:
+        nats_pid = c.signal("nats", signal.SIGKILL)
+        await until(lambda: not _running(nats_pid), "NATS gone", 10)
+        with AdminClient(discover(c.data)) as admin:
+            reply = await asyncio.to_thread(admin.reset_all)
+        assert reply.get("delivery") == "pending", reply     # committed, not yet delivered
+        assert reply.get("targeted") == SIM_PHONES, reply
+        await asyncio.sleep(3)
+        during = await _boots(c)
+        early = [n for n in before if during[n][0] != before[n][0]]
+        assert not early, f"phones reset while NATS was down (the event did not wait): {early}"
+    finally:
+        os.kill(sup, signal.SIGCONT)          # the supervisor starts NATS again
+    started = now()
     done: dict[str, float] = {}
 
     async def all_back() -> bool:
@@ -72,10 +92,19 @@ async def test_nats_killed_during_a_reset_all_every_reset_once_CHK_13(cluster):
     after = await _boots(c)
     twice = [n for n in before if after[n][0] > before[n][0] + 1]
     lost = [n for n in before if after[n][0] == before[n][0]]
-    record(Report("NATS kill -9 during reset-all", len(done), sorted(done.values()),
+    record(Report("NATS kill -9 before reset-all commit", len(done), sorted(done.values()),
                   events_lost=len(lost), note=f"request {reply.get('request_id', '?')[:8]}; "
                                               f"{len(twice)} phone(s) reset twice"))
     assert not lost and not twice, (lost, twice)
+
+
+def _running(pid: int) -> bool:
+    """False once `pid` is gone or a zombie (its parent, the paused supervisor, cannot reap it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 async def _ctl_and_signer(c) -> tuple[bytes, object]:
