@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 
@@ -34,9 +35,29 @@ def _up(args) -> int:
     return 0
 
 
-def _status(args) -> int:
+def _context_in_use(args):
+    """The context to report on: one made from a client bundle, when neither --data nor
+    $CCMSEC_DATA_DIR names a local runner's folder."""
+    if getattr(args, "data", None) or os.environ.get("CCMSEC_DATA_DIR"):
+        return None
+    from ccmsec import contexts
+
     try:
-        rows = runner.status(data_dir(args, local=True))
+        ctx = contexts.active()
+    except contexts.ContextError as exc:
+        raise CliError(str(exc)) from None
+    return ctx if ctx is not None and ctx.reaches_grpc else None
+
+
+def _status(args) -> int:
+    ctx = _context_in_use(args)
+    try:
+        if ctx is not None:  # a cluster elsewhere (compose): every service's health, as its ports are published
+            rows = runner.status_through_ports(ctx.cluster_dir)
+            if not json_output(args):
+                print(f"context {ctx.name}: services reached through their published gRPC ports")
+        else:
+            rows = runner.status(data_dir(args, local=True))
     except runner.RunnerError as exc:
         raise CliError(str(exc)) from None
     if json_output(args):
@@ -92,8 +113,10 @@ def register(sub) -> None:
                    help="call-control subscribers beside the publisher (0-4; LATER-7): phones list "
                         "the publisher and the first two subscribers, then SRST")
     p.set_defaults(func=_up)
-    p = sub.add_parser("status", help="show the local cluster's services (exit 0 all serving, "
-                                      "3 one down or not serving, 4 one DEGRADED)")
+    p = sub.add_parser("status", help="show the cluster's services: the local runner's, or, with a "
+                                      "context made from a client bundle in use, every service it "
+                                      "publishes (exit 0 all serving, 3 one down or not serving, "
+                                      "4 one DEGRADED)")
     add_data_option(p)
     add_json_option(p)
     p.set_defaults(func=_status)

@@ -278,6 +278,45 @@ def status(data_dir: Path, states: dict[str, str] | None = None) -> list[Row]:
     return rows
 
 
+def status_through_ports(cluster_dir: Path, timeout: float = 3.0) -> list[Row]:
+    """A cluster this machine does not run (a context's `cluster/` folder: the cli identity and
+    `run/endpoints.json` with the published ports): each service's gRPC health over mutual TLS.
+    No process is ours to see, so PID is empty and a service that does not answer is UNREACHABLE."""
+    try:
+        endpoints = json.loads(endpoints_path(cluster_dir).read_text())
+        services = {str(node): dict(svc) for node, svc in dict(endpoints["services"]).items()}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise RunnerError(f"no usable endpoints in {endpoints_path(cluster_dir)}: {exc}") from None
+    from ccmsec.cluster.topology import ROLES
+    from ccmsec.runtime.grpcio import health_detail
+    from ccmsec.runtime.identity import IdentityError, load_identity, client_identity_dir
+
+    try:
+        ident = load_identity(client_identity_dir(cluster_dir, "cli"))
+    except (IdentityError, OSError) as exc:
+        raise RunnerError(f"the context's cli identity cannot be used: {exc}") from None
+
+    def role_of(node: str) -> str:  # call-control subscribers are named <role>-subN
+        return node if node in ROLES else node.rsplit("-sub", 1)[0]
+
+    async def one(node: str, svc: dict) -> Row:
+        host, port = str(svc.get("host")), int(svc.get("grpc_port") or 0)
+        reason = ""
+        try:
+            state, reason = await health_detail(ident, host, port, role_of(node), timeout)
+        except Exception:
+            state = "UNREACHABLE"
+        ports = [{"name": k.removesuffix("_port"), "port": v, "protocol": "tcp"}
+                 for k, v in sorted(svc.items()) if k.endswith("_port") and isinstance(v, int)]
+        return Row(node, host, f"{port}/tcp (gRPC)", 0, state, 0, ports, "",
+                   reason if state == "DEGRADED" else "")
+
+    async def all_rows() -> list[Row]:
+        return list(await asyncio.gather(*(one(n, s) for n, s in services.items())))
+
+    return asyncio.run(all_rows())
+
+
 STATUS_OK, STATUS_DOWN, STATUS_DEGRADED = 0, 3, 4
 
 

@@ -534,6 +534,15 @@ def test_grpc_commands_from_the_host_through_a_named_context(cluster, tmp_path):
         proc = run_cli(*args, env=env, timeout=240)
         assert proc.returncode == 0, (args, proc.stdout[-2000:], proc.stderr[-2000:])
     assert "CTLFile.tlv" in run_cli("tftp", "ls", env=env, timeout=240).stdout
+    # `status` through the context: every service the bundle publishes answers its health (no PID:
+    # the processes are the engine's). Bounded wait: an earlier fault test may still be healing.
+    deadline = time.monotonic() + 90
+    while (st := run_cli("status", "--json", env=env, timeout=120)).returncode != 0 and time.monotonic() < deadline:
+        time.sleep(3)
+    assert st.returncode == 0, st.stdout[-2000:] + st.stderr[-2000:]
+    rows = {r["service"]: r for r in json.loads(st.stdout)}
+    assert set(ROLES) <= set(rows) and "callmanager-sub1" in rows, rows
+    assert all(r["state"] == "SERVING" and r["pid"] is None for r in rows.values()), rows
 
     # the bad cases, at the published gRPC port of phone-sim
     port = cluster.ports[compose.publish_variable("phone-sim", "grpc_port")]
