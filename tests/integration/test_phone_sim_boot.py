@@ -458,6 +458,39 @@ async def test_tftp_unreachable_is_a_visible_failure(lab):
     assert phone.state is State.FAILED and phone.last_failure == "tftp-unreachable"
 
 
+async def test_tftp_unreachable_at_boot_is_retried_with_back_off_until_it_comes_back_LATER_7(lab):
+    """Issue 12, Groups 3: a phone whose TFTP server does not answer while it boots shows the
+    failure, then boots again after a growing back-off (never failed for good), and registers once
+    a TFTP server answers on that address — no boot by hand."""
+    import socket
+
+    name = "SEP001122330020"
+    lab.device(name, signed=False)
+    lab.image()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:   # a port nothing answers on yet
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    runner = lab.runner(lab.phone(name))
+    runner.net.tftp_port = port
+    runner.net.boot_retry_base, runner.net.boot_retry_max = 0.2, 1.0
+    lab.runners.append(runner)
+    await runner.request_boot()
+    p = runner.phone
+    retries = lambda: [h for h in p.history if "tftp-unreachable: booting again in" in h]
+    await until(lambda: len(retries()) >= 3, 20)
+    assert p.state is not State.REGISTERED and p.last_failure == "tftp-unreachable"
+    delays = [float(h.split(" in ")[1].split(" s")[0]) for h in retries()[:3]]
+    assert delays[0] <= 0.2 < 0.4 <= delays[2], delays   # doubling back-off, jitter at most half
+    came_back = TftpServer("127.0.0.1", port, lab.resolve)
+    await came_back.start()
+    try:
+        await until(lambda: p.state is State.REGISTERED and p.registered_with != "", 20)
+        assert p.last_failure == "" and p.boots >= 4, (p.boots, p.last_failure, list(p.history)[-6:])   # one per attempt
+        assert p.firmware == LOAD and f"{name}.cnf.xml" in p.files   # the whole boot, from the TFTP now answering
+    finally:
+        await came_back.close()
+
+
 async def test_a_registered_phone_shows_no_stale_failure_and_a_refusal_names_it_in_full(lab):
     """A failure belongs to the boot it happened in: once the phone registers on a later boot,
     `last_failure` is empty (the history keeps the refusal). The refusal names the whole device."""
