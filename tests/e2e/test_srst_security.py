@@ -155,3 +155,62 @@ def test_unreachable_router_and_changed_certificate_change_nothing_SRST_2(cluste
             admin.remove_srst_reference("E2E-SRST-OWN")
     finally:
         loop.stop()
+
+
+def srst_cli(cluster, *args):
+    return run_cli("srst", *args, "--data", str(cluster["data"]), timeout=60)
+
+
+def refused(res, *words) -> None:
+    """A bad case through the CLI: non-zero exit, a clear one-line reason naming `words`, no traceback."""
+    out = res.stdout + res.stderr
+    assert res.returncode != 0, out
+    assert "Traceback" not in out, out
+    for word in words:
+        assert word.lower() in out.lower(), out
+
+
+def test_srst_cli_add_secure_unsecure_remove_and_their_bad_cases_CHK_10(cluster, tmp_path):
+    """`ccmsec srst add|secure|unsecure|remove` as an administrator types them, each with its bad
+    case: a bad address, an unknown reference, a router that does not answer."""
+    loop = LoopThread()
+    port = free_port()
+    router = ensure_server_certificate(tmp_path / "r", "router-cli", ip="127.0.0.1")
+    try:
+        # add: success, then a bad address and a duplicate name are refused and store nothing.
+        res = srst_cli(cluster, "add", "E2E-SRST-CLI", "--host", "127.0.0.1", "--credentials-port", str(port))
+        assert res.returncode == 0 and "SRST reference E2E-SRST-CLI: 127.0.0.1" in res.stdout, res.stderr
+        with AdminClient(discover(cluster["data"])) as admin:
+            assert admin.srst_reference("E2E-SRST-CLI")["secure"] is False
+        refused(srst_cli(cluster, "add", "E2E-SRST-BAD", "--host", "not a host!"), "host")
+        refused(srst_cli(cluster, "add", "E2E-SRST-CLI", "--host", "127.0.0.2"), "E2E-SRST-CLI")
+        listed = srst_cli(cluster, "list").stdout
+        assert "E2E-SRST-CLI" in listed and "E2E-SRST-BAD" not in listed, listed
+
+        # secure: nothing answers on the credentials port yet -> a clear error, still not secure.
+        refused(srst_cli(cluster, "secure", "E2E-SRST-CLI"), "unreachable")
+        refused(srst_cli(cluster, "secure", "NO-SUCH-SRST"), "NO-SUCH-SRST")
+        server = CredentialsServer(router)
+        loop.run(server.start("127.0.0.1", port))
+        res = srst_cli(cluster, "secure", "E2E-SRST-CLI")
+        sha = fingerprint_sha256(router.cert)
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert f"SRST reference E2E-SRST-CLI is secure: certificate sha256 {sha}" in res.stdout, res.stdout
+        loop.run(server.close())
+        with AdminClient(discover(cluster["data"])) as admin:
+            assert admin.srst_reference("E2E-SRST-CLI")["certificate_sha256"] == sha
+
+        # unsecure: success, then an unknown reference.
+        res = srst_cli(cluster, "unsecure", "E2E-SRST-CLI")
+        assert res.returncode == 0 and "SRST reference E2E-SRST-CLI is not secure" in res.stdout, res.stderr
+        with AdminClient(discover(cluster["data"])) as admin:
+            assert admin.srst_reference("E2E-SRST-CLI")["secure"] is False
+        refused(srst_cli(cluster, "unsecure", "NO-SUCH-SRST"), "NO-SUCH-SRST")
+
+        # remove: success, then the same name again (now unknown).
+        res = srst_cli(cluster, "remove", "E2E-SRST-CLI")
+        assert res.returncode == 0 and "SRST reference E2E-SRST-CLI removed" in res.stdout, res.stderr
+        assert "E2E-SRST-CLI" not in srst_cli(cluster, "list").stdout
+        refused(srst_cli(cluster, "remove", "E2E-SRST-CLI"), "E2E-SRST-CLI")
+    finally:
+        loop.stop()
