@@ -4,7 +4,8 @@
   paused) while the request is answered: the reply says "pending delivery", no phone resets while
   the bus is down — the event waits in the owner's outbox, not in JetStream — and once NATS is
   started again every phone reboots exactly once (call control's SCCP Reset and phone-sim's event
-  for the same change count once). Without the outbox the event is lost and the test fails;
+  for the same change count once), and the event's outbox row shows it failed while NATS was down
+  and was published after it came back (a fire-and-forget publisher fails the test: checked);
 * tftp-signer killed (kill -9) while it re-signs every file, with clients fetching the whole time:
   no truncated or unsigned file is ever served — every file a client gets verifies against the
   CTL's TFTP certificate — and serving resumes once the supervisor has restarted it.
@@ -17,6 +18,7 @@ import os
 import random
 import re
 import signal
+import time
 
 import pytest
 import pytest_asyncio
@@ -79,7 +81,7 @@ async def test_nats_killed_during_a_reset_all_every_reset_once_CHK_13(cluster):
         assert not early, f"phones reset while NATS was down (the event did not wait): {early}"
     finally:
         os.kill(sup, signal.SIGCONT)          # the supervisor starts NATS again
-    started = now()
+    started, resumed_at = now(), time.time()
     done: dict[str, float] = {}
 
     async def all_back() -> bool:
@@ -96,6 +98,31 @@ async def test_nats_killed_during_a_reset_all_every_reset_once_CHK_13(cluster):
                   events_lost=len(lost), note=f"request {reply.get('request_id', '?')[:8]}; "
                                               f"{len(twice)} phone(s) reset twice"))
     assert not lost and not twice, (lost, twice)
+    # The reset reached the phones from the owner's outbox: its row failed while NATS was down and
+    # was published again after NATS came back. (nats-py's reconnect buffer alone also delivers it
+    # after a short outage, so without this a fire-and-forget publisher passed the test too; the
+    # outbox is what keeps it across the owner's restart or a longer outage.)
+    row = _outbox_row(c.data, "device.reset")
+    assert row is not None, "no device.reset in the outbox"
+    attempts, sent_at, created_at = row
+    assert created_at < resumed_at and sent_at is not None and sent_at >= resumed_at - 0.5, row
+    assert attempts >= 2, f"the reset was never retried from the outbox: {row}"
+
+
+def _outbox_row(data, kind: str) -> tuple[int, float | None, float] | None:
+    """(attempts, sent_at, created_at) as epoch seconds of the newest outbox row of `kind`."""
+    import datetime as dt
+    import sqlite3
+
+    def epoch(value):
+        if value is None:
+            return None
+        t = dt.datetime.fromisoformat(value)
+        return (t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)).timestamp()
+    with sqlite3.connect(f"file:{data / 'ccmsec.db'}?mode=ro", uri=True, timeout=10) as db:
+        got = db.execute("SELECT attempts, sent_at, created_at FROM event_outbox WHERE kind = ? "
+                         "ORDER BY seq DESC LIMIT 1", (kind,)).fetchone()
+    return None if got is None else (got[0], epoch(got[1]), epoch(got[2]))
 
 
 def _running(pid: int) -> bool:
