@@ -57,14 +57,34 @@ def rotate_if_large(path: Path, max_bytes: int, backups: int) -> bool:
             os.replace(older, path.with_name(f"{path.name}.{n + 1}"))
     first = path.with_name(f"{path.name}.1")
     partial = path.with_name(f".{path.name}.1.partial")
-    with open(path, "rb") as src, open(partial, "wb") as dst:
+    with open(path, "rb") as src, open(partial, "w+b") as dst:
         shutil.copyfileobj(src, dst, 1 << 20)
+        _trim_to_whole_lines(dst)
         dst.flush()
         os.fsync(dst.fileno())
     os.replace(partial, first)
     with open(path, "r+b") as f:
         f.truncate(0)
     return True
+
+
+def _trim_to_whole_lines(f, chunk: int = 64 * 1024) -> None:
+    """Cut a torn last line from the copy: a read does not wait for a write in progress, so the
+    copy can end inside a line a writer was appending. That line is in the truncated window (lost,
+    as said above); a backup holds whole lines only."""
+    end = f.seek(0, os.SEEK_END)
+    pos = end
+    while pos > 0:
+        start = max(0, pos - chunk)
+        f.seek(start)
+        data = f.read(pos - start)
+        cut = data.rfind(b"\n")
+        if cut >= 0:
+            if start + cut + 1 < end:
+                f.truncate(start + cut + 1)
+            return
+        pos = start
+    # no line end at all (one huge unterminated write): kept whole rather than dropped
 
 
 def rotate_folder(folder: Path, max_bytes: int, backups: int) -> list[str]:

@@ -120,3 +120,18 @@ def test_nothing_rotates_below_the_limit_or_when_off(tmp_path):
     assert logrotate.rotate_folder(tmp_path, 1000, 3) == []
     assert logrotate.rotate_folder(tmp_path, 0, 3) == []
     assert os.listdir(tmp_path) == ["a.log"]
+
+
+def test_a_copy_that_ends_inside_a_line_keeps_whole_lines_only(tmp_path):
+    """A read does not wait for a write in progress: the copy can end inside a line a writer was
+    appending (seen once in a full run under load). The backup keeps whole lines; a file with no
+    line end at all is kept whole rather than dropped."""
+    path = tmp_path / "capf.log"
+    path.write_bytes(b'{"n": 1}\n{"n": 2}\n{"n": 3, "pad": "xx')  # as the copy saw it, mid-write
+    assert logrotate.rotate_if_large(path, 8, 3)
+    assert (tmp_path / "capf.log.1").read_bytes() == b'{"n": 1}\n{"n": 2}\n'
+    assert path.read_bytes() == b""
+    path.write_bytes(b"x" * 100)  # one unterminated write
+    assert logrotate.rotate_if_large(path, 8, 3)
+    assert (tmp_path / "capf.log.1").read_bytes() == b"x" * 100
+    assert (tmp_path / "capf.log.2").read_bytes() == b'{"n": 1}\n{"n": 2}\n'
