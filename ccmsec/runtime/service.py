@@ -80,6 +80,11 @@ class Service:
     async def setup(self) -> None:
         """Register gRPC servicers (self.grpc.add) and start protocol listeners."""
 
+    def startup_problem(self) -> str:
+        """Why the service, set up, cannot serve yet ("" when it can): it then starts DEGRADED
+        with that reason and clears it itself once the problem is gone."""
+        return ""
+
     async def teardown(self) -> None:
         """Close protocol listeners; called on shutdown before the bus and database close."""
 
@@ -305,10 +310,16 @@ class Service:
             await self.grpc.start()
             await self.subscribe(bus_mod.subject_for("service.restart", self.role), "restart", self._on_restart)
             await self.subscribe(bus_mod.subject_for("device.reset"), "device-reset", self.on_device_reset)
-            await self.grpc.set_serving(True)
+            problem = self.startup_problem()
+            if problem:  # never SERVING for a moment first: `ccmsec up` would take it as ready
+                self.log.warning("DEGRADED: %s", problem)
+                await self.grpc.set_degraded(problem)
+                self.degraded = problem
+            else:
+                await self.grpc.set_serving(True)
             if serve_metrics(s.host, s.metrics_port) is not None:
                 self.spawn(self._sample_loop())
-            UP.labels(self.role, self.node).set(1)
+            UP.labels(self.role, self.node).set(0 if self.degraded else 1)
             self.spawn(self._watch_bus())
             self.log.info("serving", extra={"grpc": self.grpc.address, "pid": os.getpid()})
             await self._stop.wait()

@@ -217,6 +217,18 @@ async def test_owners_away_at_start_degraded_then_served_once_they_answer(tmp_pa
         assert not r.task.done()  # it never stopped
 
 
+async def test_owners_away_at_start_it_is_never_serving_first(tmp_path, nats_server, monkeypatch):
+    """The first answer is already DEGRADED, not SERVING until a later poll notices: `ccmsec up`
+    takes SERVING as ready, and a cluster reported up then said DEGRADED a moment later (seen in CI
+    under load). No poll runs within this test, so only the start can have said it."""
+    monkeypatch.setattr(tftp_main, "START_WAIT", 0.5)
+    monkeypatch.setattr(tftp_main, "POLL_SECONDS", 120.0)
+    async with running_service(tmp_path, nats_server, owners_running=()) as r:
+        status = await r.stub().Status(common_pb2.Empty(), timeout=5)
+        assert status.state == "degraded" and "did not answer" in status.details["degraded"], status
+        assert r.svc.grpc.health.degraded  # the gRPC health answer carries the reason too
+
+
 async def _true(value):
     return value
 

@@ -289,6 +289,10 @@ class TftpSignerService(Service):
         problem = self.content.devices.problem if self.content is not None else ""
         return f"device files unavailable: {problem}" if problem else ""
 
+    def startup_problem(self) -> str:
+        # owners that did not answer at start: DEGRADED from the first health answer, cleared by the poll
+        return self._owners_problem()
+
     async def _set_degraded(self, reason: str) -> None:
         self._bus_problem = reason
         await super()._set_degraded("; ".join(r for r in (reason, self._owners_problem()) if r))
