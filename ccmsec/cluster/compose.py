@@ -82,6 +82,7 @@ IMAGE_VARIABLES = {
     "CCMSEC_POSTGRES_IMAGE": POSTGRES_IMAGE, "CCMSEC_PROMETHEUS_IMAGE": PROMETHEUS_IMAGE,
     "CCMSEC_GRAFANA_IMAGE": GRAFANA_IMAGE,
 }
+IMAGE_TAG_VARIABLE = "CCMSEC_IMAGE_TAG"
 BIND_VARIABLE = "CCMSEC_BIND_ADDRESS"
 BIND_DEFAULT = "127.0.0.1"  # published ports listen on loopback unless the env file says otherwise
 DOCKERFILE = "docker/Dockerfile"
@@ -126,6 +127,12 @@ def project_version() -> str:
         from importlib.metadata import version
 
         return version("ccmsec")
+
+
+def image_tag() -> str:
+    """Our images' tag: CCMSEC_IMAGE_TAG of the env file, the project's version by default (so two
+    checkouts can build and run their own images on one engine without replacing each other's)."""
+    return var(IMAGE_TAG_VARIABLE, project_version())
 
 
 def var(name: str, default) -> str:
@@ -243,7 +250,9 @@ def env_example(services: tuple[ServiceSpec, ...] = SERVICES) -> str:
     lines += ["# Monitoring profile (--profile monitoring): Prometheus and Grafana.",
               "CCMSEC_PUBLISH_PROMETHEUS=9090", "CCMSEC_PUBLISH_GRAFANA=3000",
               "# Base images (pinned official images by default).",
-              *(f"{k}={v}" for k, v in IMAGE_VARIABLES.items())]
+              *(f"{k}={v}" for k, v in IMAGE_VARIABLES.items()),
+              "# Our images' tag (the project's version by default).",
+              f"{IMAGE_TAG_VARIABLE}={project_version()}"]
     return "\n".join(lines) + "\n"
 
 
@@ -294,7 +303,7 @@ def _init_service(services: tuple[ServiceSpec, ...], subscribers: tuple[str, ...
     volumes.append(f"{NATS_CONFIG_VOLUME}:/nats")
     return {
         "build": _build("tools"),
-        "image": f"ccmsec/tools:{project_version()}",
+        "image": f"ccmsec/tools:{image_tag()}",
         "command": ["ccmsec", "compose", "init", "--ca", "/ca", "--identities", "/identities",
                     "--secrets", "/secrets", "--cli", "/cli", "--nats-config", "/nats/nats.conf", "--uid", str(APP_UID), "--postgres-uid",
                     str(POSTGRES_UID), "--grafana-uid", str(GRAFANA_UID),
@@ -386,7 +395,7 @@ def _role_service(s: ServiceSpec, ports: list[str], waits_for: list[str], port_e
         volumes.append(f"admin-secret:{ADMIN_SECRET_DIR}")
     svc: dict = {
         "build": _build(s.role),
-        "image": f"ccmsec/{s.role}:{project_version()}",
+        "image": f"ccmsec/{s.role}:{image_tag()}",
         "environment": env,
         "volumes": volumes,
     }
@@ -417,7 +426,7 @@ def _cli_service(services: tuple[ServiceSpec, ...] = SERVICES, subscribers: int 
     its own `cli` identity and the administrator's password (phone-sim and the other services'
     services are reached over the network; from the host, a named context uses the published ports)."""
     return {
-        "image": f"ccmsec/tools:{project_version()}",
+        "image": f"ccmsec/tools:{image_tag()}",
         "profiles": [TOOLS_PROFILE],
         "entrypoint": ["ccmsec"],
         "command": ["status"],

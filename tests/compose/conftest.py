@@ -145,7 +145,7 @@ def make_env_file(path: Path, project: str) -> dict[str, int]:
         lines.append(f"{name}={ports[name]}")
     for name, value in FAILOVER_SETTINGS.items():
         lines.append(f"{name}={value}")
-    for name in compose.IMAGE_VARIABLES:
+    for name in (*compose.IMAGE_VARIABLES, compose.IMAGE_TAG_VARIABLE):
         if os.environ.get(name):
             lines.append(f"{name}={os.environ[name]}")
     path.write_text("\n".join(lines) + "\n")

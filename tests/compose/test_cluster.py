@@ -10,6 +10,7 @@ faults — kill, restart, pause, network disconnect — phones recover, nothing 
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import pytest
@@ -51,7 +52,7 @@ def wait_until(predicate, timeout: float, what: str, step: float = 2.0):
 def test_every_container_is_healthy_and_hardened(cluster):
     """DEPLOY-4: non-root, every capability dropped, no new privileges, limits; our images tagged
     with the project version and sharing one runtime layer stack."""
-    version = compose.project_version()
+    version = os.environ.get(compose.IMAGE_TAG_VARIABLE) or compose.project_version()
     layers = {}
     for role in ROLES:
         info = cluster.inspect(role)
@@ -107,7 +108,7 @@ def test_each_container_holds_only_its_own_identity(cluster):
     # the search above does find the key where it is: in the init step's own volume
     volume = f"{cluster.project}_{compose.CA_VOLUME}"
     found = cluster.docker("run", "--rm", "-v", f"{volume}:/ca:ro", "--user", "0",
-                           f"ccmsec/tools:{compose.project_version()}", "find", "/ca", "-name",
+                           f"ccmsec/tools:{os.environ.get(compose.IMAGE_TAG_VARIABLE) or compose.project_version()}", "find", "/ca", "-name",
                            "cluster-ca.key").stdout.strip()
     assert found == "/ca/pki/cluster-ca.key"
 

@@ -73,7 +73,7 @@ def test_every_role_is_a_service_with_versioned_image_target_and_its_own_identit
     assert version == tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     for role in ROLES:
         svc = services[role]
-        assert svc["image"] == f"ccmsec/{role}:{version}"
+        assert svc["image"] == "ccmsec/%s:${CCMSEC_IMAGE_TAG:-%s}" % (role, version)
         assert svc["build"]["dockerfile"] == compose.DOCKERFILE and svc["build"]["target"] == role
         assert svc["build"]["args"] == {"PYTHON_IMAGE": "${CCMSEC_PYTHON_IMAGE:-%s}" % compose.PYTHON_IMAGE}
         assert "ccmsec-data:/data" in svc["volumes"]
@@ -153,7 +153,7 @@ def test_subscribers_are_callmanager_nodes_with_their_own_identity_keys_and_publ
     for node in nodes:
         svc = services[node]
         env = svc["environment"]
-        assert svc["image"] == f"ccmsec/callmanager:{version}" and svc["build"]["target"] == "callmanager"
+        assert svc["image"] == "ccmsec/callmanager:${CCMSEC_IMAGE_TAG:-%s}" % version and svc["build"]["target"] == "callmanager"
         assert env["CCMSEC_SERVICE"] == "callmanager" and env["CCMSEC_NODE"] == node
         assert env["CCMSEC_CALLMANAGER_PUBLISHER"] == "false"
         assert json.loads(env["CCMSEC_CALL_CONTROL_NODES"]) == group
@@ -301,7 +301,7 @@ def test_every_service_is_limited_drops_capabilities_and_runs_a_pinned_or_versio
         assert set(svc.get("cap_add", [])) <= {"CHOWN", "DAC_OVERRIDE", "FOWNER", "SETGID", "SETUID"}, name
         image = svc["image"]
         if image.startswith("ccmsec/"):
-            assert image.endswith(f":{version}"), (name, image)
+            assert image.endswith(":${CCMSEC_IMAGE_TAG:-%s}" % version), (name, image)
         else:  # ${VARIABLE:-repository:tag}
             default = image.removeprefix("${").removesuffix("}").split(":-", 1)[1]
             repository, _, tag = default.rpartition(":")
