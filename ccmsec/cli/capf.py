@@ -299,7 +299,7 @@ def _set_ca(args) -> int:
         raise CliError(f"{args.file} is {len(data)} bytes; a CA certificate file is at most {MAX_CERT_FILE}")
     cert = _call(args, "SetThirdPartyCa", capf_pb2.ThirdPartyCaRequest(certificate=data))
     print(f"third-party LSC CA set: {cert.subject} (sha256 {cert.fingerprint_sha256[:16]}…); "
-          "stored as DATA/pki/lsc-third-party-ca.crt")
+          "kept by CAPF (DATA/capf/lsc-third-party-ca.crt); call control asks CAPF for it")
     return 0
 
 

@@ -73,7 +73,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
                 (_p("sccp_port", 2000, "tcp", "SCCP (fallback)"), _p("sccp_tls_port", 2443, "tcp", "SCCP over TLS (fallback)"),
                  _p("srst_cert_port", 2445, "tcp", "SRST certificate provider")), ("callmanager",)),
     ServiceSpec("phone-sim", "ccmsec_phone_sim", 9, "simulated phones speaking TFTP, CAPF, SCCP and SRTP",
-                (), ("tftp-signer",), persistent=False),  # TFTP, CAPF, SCCP are phone protocols, not gRPC
+                (), ("tftp-signer", "capf"), persistent=False),  # gRPC: the image anchor, the third-party CA
 )
 
 ROLES = tuple(s.role for s in SERVICES)

@@ -244,14 +244,25 @@ def import_third_party_lsc(cert: x509.Certificate, csr: x509.CertificateSigningR
     return cert
 
 
-# The third-party CA of offline mode: one CA certificate, imported once by the administrator
-# (`ccmsec capf set-ca FILE`), kept next to the CAPF certificate for every service to read.
+# The third-party CA of offline mode: one CA certificate, imported by the administrator
+# (`ccmsec capf set-ca FILE` → `Capf/SetThirdPartyCa`) and kept in CAPF's own folder, DATA/capf,
+# which only CAPF writes (in compose a volume only CAPF mounts read-write). Nobody else reads the
+# file: call control and phone-sim ask CAPF (`Capf/GetThirdPartyCa`), so no other role can make
+# call control trust a CA by writing a file (issue 9 §1).
 THIRD_PARTY_CA = "lsc-third-party-ca.crt"
+# Where it was kept before, next to capf.crt in the folder every service could write: never read
+# again (a file there may have been planted); CAPF only warns when it finds one.
+LEGACY_THIRD_PARTY_CA = ("pki", THIRD_PARTY_CA)
 MAX_CERT_FILE = 64 * 1024
 
 
-def third_party_ca_path(pki_dir: str | Path) -> Path:
-    return Path(pki_dir) / THIRD_PARTY_CA
+def capf_state_dir(data_dir: str | Path) -> Path:
+    """DATA/capf: CAPF's own files (the third-party CA)."""
+    return Path(data_dir) / "capf"
+
+
+def third_party_ca_path(capf_dir: str | Path) -> Path:
+    return Path(capf_dir) / THIRD_PARTY_CA
 
 
 def load_one_certificate(data: bytes, what: str = "file") -> x509.Certificate:
@@ -293,33 +304,25 @@ def check_third_party_ca(cert: x509.Certificate, at: _dt.datetime | None = None)
                        f"to {cert.not_valid_after_utc:%Y-%m-%d})")
 
 
-def save_third_party_ca(pki_dir: str | Path, cert: x509.Certificate) -> Path:
+def save_third_party_ca(capf_dir: str | Path, cert: x509.Certificate) -> Path:
+    """CAPF alone calls this, with its own folder (`capf_state_dir`)."""
     from ccmsec.fsutil import atomic_write
 
     check_third_party_ca(cert)
-    path = third_party_ca_path(pki_dir)
+    path = third_party_ca_path(capf_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, _pem(cert))
     return path
 
 
-def load_third_party_ca(pki_dir: str | Path) -> x509.Certificate | None:
-    path = third_party_ca_path(pki_dir)
+def load_third_party_ca(capf_dir: str | Path) -> x509.Certificate | None:
+    """CAPF's stored third-party CA (CAPF reads it; every other role asks CAPF)."""
+    path = third_party_ca_path(capf_dir)
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         return None
     return load_one_certificate(data, str(path))
-
-
-def lsc_trust_anchors(pki_dir: str | Path) -> list[x509.Certificate]:
-    """Every issuer a phone's LSC may chain to: the CAPF CA, then the third-party CA if one is
-    configured. What a server accepting LSCs (callmanager on 2443) must trust."""
-    pki = Path(pki_dir)
-    anchors = [x509.load_pem_x509_certificate((pki / CAPF_CERT).read_bytes())]
-    third = load_third_party_ca(pki)
-    if third is not None:
-        anchors.append(third)
-    return anchors
 
 
 def verify_lsc_any(cert: x509.Certificate, anchors: Sequence[x509.Certificate], *, device_name: str | None = None,

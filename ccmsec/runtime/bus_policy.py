@@ -50,6 +50,9 @@ PUBLISHERS: dict[str, frozenset[str]] = {
     "access.denied": frozenset(SERVICE_ROLES),
     # The owners whose writes callmanager (the audit log's writer) records (issue 9 §5 audit).
     "owner.change": frozenset({"ctl-provider", "capf", "tftp-signer"}),
+    # CAPF, the owner of the offline issuer's CA, says it changed; call control then asks it
+    # (`Capf/GetThirdPartyCa`): the event carries no trust, only "ask again".
+    "lsc-ca.changed": frozenset({"capf"}),
 }
 KINDS = tuple(PUBLISHERS)
 # Kinds addressed in the subject: `service.restart.<role>`; the others name devices in the body.
@@ -68,7 +71,9 @@ CONSUMERS: dict[str, tuple[str, ...]] = {
     "callmanager": (*_EVERY_SERVICE, "device-reset-targeted", "config-changed-calls", "access-denied",
                     "mode-audit", "ctl-audit", "owner-audit",
                     # every call-control node follows ctl-provider's mode and CTL (issue 9 §5)
-                    "cluster-mode", "cluster-ctl"),
+                    "cluster-mode", "cluster-ctl",
+                    # and CAPF's third-party CA, the LSCs it trusts on 2443
+                    "lsc-ca"),
     "srtp-gateway": (*_EVERY_SERVICE, "mode"),
     "tftp-signer": (*_EVERY_SERVICE, "config-changed", "mode-changed", "ctl-updated"),
     "capf": (*_EVERY_SERVICE, "ctl-updated"),

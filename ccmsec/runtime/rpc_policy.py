@@ -91,7 +91,9 @@ _TABLE: dict[str, dict[str, frozenset[str]]] = {
         "ExportCsrs": ADMIN,
         "ImportCertificates": ADMIN,                 # offline CA: certificates signed outside
         "SetThirdPartyCa": ADMIN,                    # the CA call control trusts for LSCs
-        "GetThirdPartyCa": ADMIN,
+        # the offline issuer's CA, from its owner: call control trusts its LSCs on 2443, phone-sim's
+        # phones store them (never read from a file another role could write)
+        "GetThirdPartyCa": _roles(ADMIN, "callmanager", "phone-sim"),
     },
     "ccmsec.v1.CtlProvider": {
         "Status": _status("ctl-provider"),

@@ -36,6 +36,10 @@ class ServiceSettings(BaseSettings):
     # key); default: next to their certificates under the data directory. Compose mounts a volume
     # here that no other container has, so the shared data volume carries certificates only.
     key_dir: Path | None = None
+    # Where the (simulated) manufacturer CA certificate is: phone-sim, the manufacturer, writes it;
+    # call control and CAPF read it. Default DATA/pki; compose gives it a folder (volume) of its
+    # own that only phone-sim can write, so no other role can swap the CA MICs are checked with.
+    manufacturer_ca_dir: Path | None = None
     host: str = "127.0.0.1"
     grpc_port: int = Field(50051, ge=1, le=65535)
     metrics_port: int = Field(9100, ge=0, le=65535)  # 0 = metrics endpoint off
@@ -111,6 +115,10 @@ class ServiceSettings(BaseSettings):
     @property
     def node_name(self) -> str:
         return self.node or self.service
+
+    @property
+    def manufacturer_folder(self) -> Path:
+        return self.manufacturer_ca_dir or self.data_dir / "pki"
 
     @property
     def identity_folder(self) -> Path:

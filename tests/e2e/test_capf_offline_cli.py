@@ -33,7 +33,7 @@ def test_offline_cli_set_ca_export_and_import_refusals(cluster, tmp_path):
     ok = _cli(data, "set-ca", str(tmp_path / "ca.crt"))
     assert ok.returncode == 0, ok.stderr
     assert "E2E Third-Party CA" in ok.stdout
-    assert (data / "pki" / "lsc-third-party-ca.crt").read_bytes() == ca.pem
+    assert (data / "capf" / "lsc-third-party-ca.crt").read_bytes() == ca.pem  # CAPF's own folder
 
     out = tmp_path / "csrs"
     exported = _cli(data, "export-csrs", str(out))

@@ -79,11 +79,34 @@ async def test_phone_sim_certificate_gets_no_srtp_keys_but_call_control_does(clu
     assert entry["outcome"] == "denied" and "keymanager/keymanager" in entry["detail"]
 
 
+def _lsc(issuer: ca_mod.Issued, device: str) -> ca_mod.Issued:
+    key = ca_mod.new_key("ec256")
+    return ca_mod.Issued(ca_mod.issue(issuer, ca_mod.name(device), key.public_key(), client=True, server=True), key)
+
+
+async def _on_2443(cluster, lsc: ca_mod.Issued, *, expect: bool, timeout: float = 15.0) -> bool:
+    """Whether call control's SCCP/TLS port completes mutual TLS with this LSC, once the outcome is
+    `expect` (a CA change reaches call control through CAPF's event and its answer) or after `timeout`."""
+    from tests.e2e.test_offline_lsc import _handshake_within
+
+    from ccmsec.pki.tls import sccp_phone_context
+    from cryptography import x509
+
+    svc = cluster["endpoints"]["services"]["callmanager"]
+    ccm = x509.load_der_x509_certificate(
+        (cluster["data"] / "servers" / "callmanager" / "ccmserver.cer").read_bytes())
+    ctx = sccp_phone_context("authenticated", [ccm], lsc=lsc)
+    return await _handshake_within(svc["host"], svc["sccp_tls_port"], ctx, ccm, expect=expect, timeout=timeout)
+
+
 async def test_phone_sim_certificate_cannot_install_a_third_party_ca_but_the_administrator_can(cluster, tmp_path):
-    """Issue 9 §2: CA changes only from the administration path."""
+    """Issue 9 §2: CA changes only from the administration path. And the attack's last step (§1):
+    an LSC minted from the attacker's CA — refused by SetThirdPartyCa, then planted as the file call
+    control used to read — is refused by call control's 2443; the administrator's CA is trusted
+    through CAPF (its event, then `Capf/GetThirdPartyCa`), never through a file."""
     data = cluster["data"]
     method = "/ccmsec.v1.Capf/SetThirdPartyCa"
-    stored = data / "pki" / "lsc-third-party-ca.crt"
+    stored = data / "capf" / "lsc-third-party-ca.crt"  # CAPF's own folder
     before = stored.read_bytes() if stored.exists() else None
     evil = ca_mod.create_ca(ca_mod.name("Attacker CA"), ca_mod.new_key("ec256"))
     async with _channel(cluster, _identity(data, "phone-sim"), "capf") as ch:
@@ -95,12 +118,22 @@ async def test_phone_sim_certificate_cannot_install_a_third_party_ca_but_the_adm
     assert (stored.read_bytes() if stored.exists() else None) == before  # nothing installed
     _audited(data, "phone-sim/phone-sim", method)
     _logged(data, "capf", f"refused {method} for phone-sim/phone-sim")
+    # The other door: the file call control used to trust, written by any process of the host
+    # (in compose, by any container: the shared volume was read-write for all).
+    (data / "pki" / "lsc-third-party-ca.crt").write_bytes(evil.pem)
+    forged = _lsc(evil, "SEP00E2EA77AC7")
+    assert not await _on_2443(cluster, forged, expect=True, timeout=5), \
+        "call control accepted an LSC of the attacker's CA on 2443"
+    _logged(data, "callmanager", "unable to get local issuer certificate")
     # The legitimate administration path (the command line's own identity) still works.
     good = ca_mod.create_ca(ca_mod.name("Plane E2E Third-Party CA"), ca_mod.new_key("ec256"))
     async with _channel(cluster, client_identity(data), "capf") as ch:
         cert = await capf_pb2_grpc.CapfStub(ch).SetThirdPartyCa(
             capf_pb2.ThirdPartyCaRequest(certificate=good.pem), timeout=10)
     assert "Plane E2E Third-Party CA" in cert.subject and stored.read_bytes() == good.pem
+    assert await _on_2443(cluster, _lsc(good, "SEP00E2EA77AC8"), expect=True), \
+        "the administrator's CA did not reach call control through CAPF"
+    assert not await _on_2443(cluster, forged, expect=True, timeout=3)  # the planted one still is not
     # ...and is audited by its owner (CAPF's owner.change, recorded by callmanager; issue 9 §5).
     entry = _audited(data, "cli/cli", "capf", action="capf.third_party_ca")
     assert entry["outcome"] == "ok" and "Plane E2E Third-Party CA" in entry["detail"]

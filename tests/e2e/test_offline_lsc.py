@@ -1,5 +1,6 @@
 """Offline CA on the running cluster: the callmanager process trusts a third-party CA for SCCP/TLS
-(2443) as soon as `ccmsec capf set-ca` wrote it — no restart (same process id before and after).
+(2443) once `ccmsec capf set-ca` gave it to CAPF — CAPF's `lsc-ca.changed`, then call control asks
+`Capf/GetThirdPartyCa` — no restart (same process id before and after).
 
 Only the TLS handshake is checked here: whether the Register is then accepted depends on the mode
 the shared cluster is in (proved in process in tests/integration/test_offline_lsc_flow.py)."""
@@ -35,6 +36,18 @@ async def _handshake(host: str, port: int, ctx: ssl.SSLContext, ccm: x509.Certif
         writer.close()
 
 
+async def _handshake_within(host: str, port: int, ctx: ssl.SSLContext, ccm: x509.Certificate, *,
+                            expect: bool, timeout: float = 15.0) -> bool:
+    """The handshake's outcome once it is `expect` (CAPF's event and call control's question take
+    a moment), or the last outcome after `timeout`."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        outcome = await _handshake(host, port, ctx, ccm)
+        if outcome == expect or asyncio.get_running_loop().time() > deadline:
+            return outcome
+        await asyncio.sleep(0.3)
+
+
 def _pid(data) -> int:
     return int(read_state(data)["children"]["callmanager"]["pid"])
 
@@ -54,7 +67,7 @@ async def test_cert2_callmanager_trusts_set_ca_without_restart(cluster, tmp_path
     (tmp_path / "ca.crt").write_bytes(outside.pem)
     res = run_cli("capf", "set-ca", str(tmp_path / "ca.crt"), "--data", str(data), timeout=60)
     assert res.returncode == 0, res.stderr
-    assert await _handshake(host, port, ctx, ccm), "set-ca not picked up by callmanager"
+    assert await _handshake_within(host, port, ctx, ccm, expect=True), "set-ca not picked up by callmanager"
     assert _pid(data) == pid  # no restart
 
     # Another CA replaces it: this LSC is refused again.
@@ -62,4 +75,4 @@ async def test_cert2_callmanager_trusts_set_ca_without_restart(cluster, tmp_path
     (tmp_path / "other.crt").write_bytes(other.cert.public_bytes(serialization.Encoding.PEM))
     res = run_cli("capf", "set-ca", str(tmp_path / "other.crt"), "--data", str(data), timeout=60)
     assert res.returncode == 0, res.stderr
-    assert not await _handshake(host, port, ctx, ccm)
+    assert not await _handshake_within(host, port, ctx, ccm, expect=False)

@@ -95,7 +95,7 @@ async def test_offline_ca_whole_flow_one_certificate_across_reconnects(capf, tmp
     await _go_offline(h)
     ca = OutsideCa(tmp_path / "outside", "Example Root CA")
     await h.stub.SetThirdPartyCa(capf_pb2.ThirdPartyCaRequest(certificate=ca.cert_path.read_bytes()))
-    assert third_party_ca_path(h.data / "pki").read_bytes() == ca.cert_path.read_bytes()
+    assert third_party_ca_path(h.data / "capf").read_bytes() == ca.cert_path.read_bytes()
     await h.stub.ScheduleOperation(schedule_msg(dev, auth=capf_pb2.CAPF_AUTH_STRING, auth_string="4711",
                                                 key="rsa2048"))
     phone = PhoneCredentials(dev, auth_string="4711", auth_mode="string", capf_certificate=h.svc.capf_ca.cert,
@@ -201,7 +201,7 @@ async def test_offline_import_refusals_record_nothing(capf, tmp_path):
         with pytest.raises(grpc.aio.AioRpcError) as exc:
             await h.stub.SetThirdPartyCa(capf_pb2.ThirdPartyCaRequest(certificate=bad))
         assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT and text in exc.value.details()
-    assert not third_party_ca_path(h.data / "pki").exists()
+    assert not third_party_ca_path(h.data / "capf").exists()
     await h.stub.SetThirdPartyCa(capf_pb2.ThirdPartyCaRequest(certificate=ca.cert_path.read_bytes()))
     assert (await h.stub.GetThirdPartyCa(common_pb2.Empty())).subject.endswith("CN=Example Root CA")
 

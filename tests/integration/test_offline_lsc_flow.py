@@ -10,13 +10,16 @@
 Flow: boot → CSR sent, told to retry (state capf, "waiting for the CA to sign the CSR") → the
 administrator sets the CA, exports the CSR, openssl signs, the import is checked and recorded →
 the phone boots again → stores the third-party LSC → registers over TLS with it. And call control
-refuses a third-party LSC until `set-ca` wrote the CA file, then accepts it — same process, same
-listener, no restart.
+refuses a third-party LSC until CAPF answers that CA (after `set-ca`), then accepts it — same
+process, same listener, no restart. Call control asks CAPF (`ThirdPartyCaFollower`); here the
+question is answered from CAPF's own folder as the capf service's `GetThirdPartyCa` does (the RPC
+itself, its policy and the event are proved on the running cluster: tests/e2e/test_internal_plane.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 import subprocess
 import time
@@ -42,11 +45,13 @@ from ccmsec.formats.ctl import Role, build_ctl, record_from_certificate
 from ccmsec.formats.sgn import sign_file
 from ccmsec.pki import ca, tls
 from ccmsec.pki.lsc import (
-    LscIssuer, build_lsc_csr, ensure_capf_ca, load_third_party_ca, save_third_party_ca, third_party_ca_path,
+    LscIssuer, build_lsc_csr, capf_state_dir, ensure_capf_ca, load_third_party_ca, save_third_party_ca,
+    third_party_ca_path,
 )
 from ccmsec.pki.tokens import FileSigner, ensure_manufacturer_ca
 from ccmsec.wire import sccp as s
 from ccmsec_callmanager.callcontrol import CallControl, CallControlConfig, load_pki
+from ccmsec_callmanager.phone_trust import ThirdPartyCaFollower
 from ccmsec_capf.offline import csr_pem, import_certificate
 from ccmsec_phone_sim.boot import Network, PhoneRunner
 from ccmsec_phone_sim.phone import Phone, State
@@ -114,6 +119,7 @@ class Cluster:
     def __init__(self, data: Path, signers, db):
         self.data, self.signers, self.db = data, signers, db
         self.pki = data / "pki"
+        self.capf_dir = capf_state_dir(data)  # CAPF's own folder: where set-ca stores the CA
         self.files: dict[str, bytes] = {}
         self.runners: list[PhoneRunner] = []
 
@@ -124,8 +130,10 @@ class Cluster:
             await set_setting(session, SETTING_SECURITY_MODE, "mixed")
         # a mixed cluster with a CTL, as its owner (the CTL Provider) would tell call control
         self.cc = CallControl(CallControlConfig(NODE, "127.0.0.1", 0, 0, self.data, keepalive_interval=5), self.db,
-                              cluster_state=ClusterStateFollower.fixed(ClusterState("mixed", True, 1)))
+                              cluster_state=ClusterStateFollower.fixed(ClusterState("mixed", True, 1)),
+                              third_party_ca=ThirdPartyCaFollower(self.capf_answer))
         await self.cc.start()
+        await self.cc.third_party_ca.refresh()  # the start-up question (the service asks in the background)
         capf_ca = ensure_capf_ca(self.pki)
         self.store = SqlCapfStore(self.db)
         self.capf = CapfServer("127.0.0.1", 0, capf_server_ssl_context(self.pki / "capf.crt", self.pki / "capf.key"),
@@ -169,13 +177,19 @@ class Cluster:
                       reregister_attempts=1, reregister_backoff=0.1, capf_timeout=10,
                       capf_max_wait=max_wait, capf_retry_attempts=attempts)
         # As phone-sim's service does: the third-party CA file, read at each CAPF visit.
-        runner = PhoneRunner(phone, net, lsc_issuers=lambda: [c for c in [load_third_party_ca(self.pki)] if c])
+        runner = PhoneRunner(phone, net, lsc_issuers=lambda: [c for c in [load_third_party_ca(self.capf_dir)] if c])
         self.runners.append(runner)
         return runner
 
     # --- what the administrator does (ccmsec capf set-ca / export-csrs / import-certs) ---------
-    def set_ca(self, outside: OutsideCa) -> None:
-        save_third_party_ca(self.pki, outside.cert)
+    async def capf_answer(self) -> x509.Certificate | None:
+        """What `Capf/GetThirdPartyCa` answers call control: the CA in CAPF's own folder."""
+        return load_third_party_ca(self.capf_dir)
+
+    async def set_ca(self, outside: OutsideCa) -> None:
+        """`ccmsec capf set-ca`: CAPF stores it, publishes `lsc-ca.changed`, call control asks."""
+        save_third_party_ca(self.capf_dir, outside.cert)
+        await self.cc.third_party_ca.on_event(None)
 
     async def export_csrs(self, folder: Path) -> list[Path]:
         folder.mkdir(exist_ok=True)
@@ -187,7 +201,7 @@ class Cluster:
         return paths
 
     async def import_cert(self, path: Path):
-        return await import_certificate(self.store, load_third_party_ca(self.pki), path.name, path.read_bytes())
+        return await import_certificate(self.store, load_third_party_ca(self.capf_dir), path.name, path.read_bytes())
 
 
 @pytest.fixture
@@ -249,7 +263,7 @@ async def test_offline_ca_phone_csr_retry_then_third_party_lsc_and_tls_registrat
 
     # The administrator: the CA certificate, the CSR out, openssl signs it, the answer in.
     outside = OutsideCa(tmp_path / "outside", "Example Phone CA")
-    c.set_ca(outside)
+    await c.set_ca(outside)
     (csr_path,) = await c.export_csrs(tmp_path / "csrs")
     csr = x509.load_pem_x509_csr(csr_path.read_bytes())
     assert csr.public_key().public_numbers() == p.pending_capf_key.public_key().public_numbers()
@@ -281,7 +295,7 @@ async def test_offline_ca_phone_comes_back_after_the_server_delay_and_gives_up_b
     await c.add_device(signed)
     await c.add_device(unsigned)
     outside = OutsideCa(tmp_path / "outside", "Example Phone CA")
-    c.set_ca(outside)
+    await c.set_ca(outside)
     patient = c.runner(Phone(name=signed, model="7960"), max_wait=0.3, attempts=50)
     stubborn = c.runner(Phone(name=unsigned, model="7960"), max_wait=0.05, attempts=2)
     await patient.request_boot()
@@ -307,7 +321,7 @@ async def test_offline_ca_phone_comes_back_after_the_server_delay_and_gives_up_b
     await until(lambda: len([r for r in c.capf.sessions if r.device_name == unsigned]) == 4, what="revisit")
 
 
-# --- call control follows the third-party CA file -----------------------------------------------------
+# --- call control follows CAPF's third-party CA -----------------------------------------------------
 
 def _third_party_lsc(outside: OutsideCa, name: str, folder: Path) -> ca.Issued:
     folder.mkdir(parents=True, exist_ok=True)
@@ -339,8 +353,8 @@ async def _refused(c: Cluster, name: str, lsc: ca.Issued) -> str:
 
 async def test_cert2_third_party_lsc_refused_before_set_ca_accepted_after_without_restart(cluster, tmp_path):
     """CERT-2 / AUTH-2 on 2443: an LSC from the third-party CA is refused while call control does
-    not trust that CA; `set-ca` writes the file and the next connection to the SAME listener (no
-    restart) is accepted. A CA replaced by another is no longer trusted; a rogue CA never is."""
+    not trust that CA; after `set-ca` CAPF answers it and the next connection to the SAME listener
+    (no restart) is accepted. A CA replaced by another is no longer trusted; a rogue CA never is."""
     c = await cluster.start()
     name = "SEP0000CAFE0004"
     await c.add_device(name, capf_op=None)
@@ -348,11 +362,11 @@ async def test_cert2_third_party_lsc_refused_before_set_ca_accepted_after_withou
     lsc = _third_party_lsc(outside, name, tmp_path)
     port, context, reloads = c.cc.tls.port, c.cc.trust_watcher.listening_context, c.cc.trust_watcher.reloads
 
-    assert not third_party_ca_path(c.pki).exists()
+    assert not third_party_ca_path(c.capf_dir).exists()
     await _refused(c, name, lsc)
     assert c.cc.trust.third_party is None
 
-    c.set_ca(outside)  # what `ccmsec capf set-ca` writes (atomically)
+    await c.set_ca(outside)  # `ccmsec capf set-ca`: stored by CAPF, its event, call control asks
     phone = await _register(c, name, lsc)
     await until(lambda: name in c.cc.registry.entries, what="registration")
     entry = c.cc.registry.entries[name]
@@ -372,30 +386,82 @@ async def test_cert2_third_party_lsc_refused_before_set_ca_accepted_after_withou
     # The administrator replaces the CA: the old CA's LSCs no longer get in (trust is rebuilt,
     # not accumulated), the new CA's do.
     replacement = OutsideCa(tmp_path / "replacement", "Example Phone CA 2")
-    c.set_ca(replacement)
+    await c.set_ca(replacement)
     await _refused(c, name, lsc)
     phone = await _register(c, name, _third_party_lsc(replacement, name, tmp_path / "replacement"))
     await phone.close()
 
 
-async def test_cert2_unusable_ca_file_is_not_trusted_and_status_says_why(cluster, tmp_path):
-    """A third-party CA file that is not a CA (or not a certificate) is not trusted: its LSCs stay
-    refused, and the reason is kept for the service status."""
+async def test_cert2_unusable_ca_is_not_trusted_and_status_says_why(cluster, tmp_path):
+    """A third-party CA CAPF answers that is not a CA (or not a certificate) is not trusted: its
+    LSCs stay refused, and the reason is kept for the service status."""
     c = await cluster.start()
     name = "SEP0000CAFE0005"
     await c.add_device(name, capf_op=None)
     outside = OutsideCa(tmp_path / "outside", "Example Phone CA")
     lsc = _third_party_lsc(outside, name, tmp_path)
-    # Written behind set-ca's back: a leaf certificate, then garbage.
-    third_party_ca_path(c.pki).write_bytes(lsc.cert.public_bytes(serialization.Encoding.PEM))
+    # In CAPF's folder behind set-ca's back: a leaf certificate, then garbage.
+    c.capf_dir.mkdir(exist_ok=True)
+    third_party_ca_path(c.capf_dir).write_bytes(lsc.cert.public_bytes(serialization.Encoding.PEM))
+    await c.cc.third_party_ca.refresh()
     await _refused(c, name, lsc)
     assert c.cc.trust.third_party is None and "not a CA" in c.cc.trust_watcher.problem
-    third_party_ca_path(c.pki).write_bytes(b"garbage, longer than before")
-    assert c.cc.trust.third_party is None and "not an X.509" in c.cc.trust_watcher.problem
-    c.set_ca(outside)
+    third_party_ca_path(c.capf_dir).write_bytes(b"garbage, longer than before")
+    assert not await c.cc.third_party_ca.refresh()
+    assert c.cc.trust.third_party is None and "not an X.509" in c.cc.third_party_ca.last_error
+    await c.set_ca(outside)
     phone = await _register(c, name, lsc)
     assert c.cc.trust_watcher.problem == ""
     await phone.close()
+
+
+async def test_issue9_attack_replay_planted_third_party_ca_is_refused_on_2443(cluster, tmp_path, caplog):
+    """Issue 9's first attack, its last step: a CA planted where call control used to read the
+    third-party CA (DATA/pki/lsc-third-party-ca.crt, a folder every container could write) makes
+    nobody trust it. Call control trusts only what CAPF answers; an LSC minted from the planted CA
+    for the device of a registered phone is refused by the real 2443 listener (TLS: unknown CA, in
+    its log), and the legitimate phone stays registered on its connection. (The other door,
+    `SetThirdPartyCa` with phone-sim's identity, is refused PERMISSION_DENIED on the running
+    cluster: tests/e2e/test_internal_plane.py.)"""
+    caplog.set_level(logging.INFO, logger="ccmsec.aio.sccp")
+    c = await cluster.start()
+    name = "SEP0000CAFE0007"
+    await c.add_device(name, capf_op=None)
+    outside = OutsideCa(tmp_path / "outside", "Example Phone CA")
+    await c.set_ca(outside)  # the administrator's CA, through CAPF
+    lsc = _third_party_lsc(outside, name, tmp_path)
+    good = await _register(c, name, lsc)
+    await until(lambda: name in c.cc.registry.entries, what="legitimate registration")
+    entry = c.cc.registry.entries[name]
+
+    attacker = OutsideCa(tmp_path / "attacker", "Attacker CA")
+    planted = c.data / "pki" / "lsc-third-party-ca.crt"
+    planted.write_bytes(attacker.cert.public_bytes(serialization.Encoding.PEM))
+    await c.cc.third_party_ca.on_event(None)  # even a forged "it changed" only makes it ask CAPF
+    assert c.cc.trust.third_party == outside.cert
+
+    forged = _third_party_lsc(attacker, name, tmp_path / "forged")
+    failures = c.cc.tls.handshake_failures
+    with pytest.raises((SccpConnectError, SccpRegistrationRejected, ConnectionError, TimeoutError)):
+        intruder = await _register(c, name, forged)
+        await intruder.close()
+    assert c.cc.tls.handshake_failures == failures + 1  # refused in the handshake, before Register
+    await until(lambda: any("unable to get local issuer certificate" in r.getMessage()
+                            for r in caplog.records), what="the listener's reason in its log")
+    # ... and the Register decision refuses it too (CERT-2), were TLS bypassed.
+    from ccmsec_callmanager.registration import DeviceRecord, decide
+    verdict = decide(s.RegistrationRequest(name, ("127.0.0.1", 5000), forged.cert, True, "NULL-SHA256",
+                                           s.Register(name, "127.0.0.1", device_type=7)),
+                     DeviceRecord(name, "7960", "authenticated"), "mixed", c.cc.trust)
+    assert not verdict.accepted and verdict.rule == "CERT-2", verdict
+
+    # The legitimate phone was not kicked off: the same registration, its LSC, still answered.
+    assert c.cc.registry.entries.get(name) is entry
+    assert entry.certificate_fingerprint == ca.fingerprint_sha256(lsc.cert)
+    await good.send(s.KeepAlive())
+    await asyncio.sleep(0.3)
+    assert c.cc.registry.entries.get(name) is entry
+    await good.close()
 
 
 def test_cert2_register_decision_checks_third_party_lsc_chain_usage_and_name(tmp_path):

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from ccmsec.pki.ca import create_ca, issue, name, new_key
 from ccmsec.pki.lsc import (
-    LscError, check_third_party_ca, ensure_capf_ca, load_one_certificate, load_third_party_ca, lsc_trust_anchors,
+    LscError, check_third_party_ca, ensure_capf_ca, load_one_certificate, load_third_party_ca, capf_state_dir,
     save_third_party_ca, third_party_ca_path, verify_lsc_any,
 )
 from ccmsec.wire.capf import (
@@ -185,10 +185,9 @@ def test_fuzz_new_frames_decode_cleanly_and_phone_never_crashes(command, element
 # --- trust anchors for the third-party CA (what callmanager loads) --------------------------
 
 def test_third_party_ca_file_checks_and_anchors(tmp_path):
-    pki = tmp_path / "pki"
-    capf = ensure_capf_ca(pki)
-    assert load_third_party_ca(pki) is None
-    assert [c.subject for c in lsc_trust_anchors(pki)] == [capf.cert.subject]
+    capf = ensure_capf_ca(tmp_path / "pki")
+    own = capf_state_dir(tmp_path)  # CAPF's own folder, not the pki folder every role reads
+    assert load_third_party_ca(own) is None
     third = create_ca(name("Third-Party CA", org="Example"))
     leaf = issue(third, name("not-a-ca"), new_key("ec256").public_key(), client=True)
     with pytest.raises(LscError, match="not a CA"):
@@ -199,14 +198,14 @@ def test_third_party_ca_file_checks_and_anchors(tmp_path):
         load_one_certificate(b"garbage")
     with pytest.raises(LscError, match="2 certificates"):
         load_one_certificate(third.pem + capf.pem)
-    path = save_third_party_ca(pki, third.cert)
-    assert path == third_party_ca_path(pki) == pki / "lsc-third-party-ca.crt"
-    assert load_third_party_ca(pki) == third.cert
-    assert lsc_trust_anchors(pki) == [capf.cert, third.cert]
+    path = save_third_party_ca(own, third.cert)
+    assert path == third_party_ca_path(own) == tmp_path / "capf" / "lsc-third-party-ca.crt"
+    assert load_third_party_ca(own) == third.cert
+    anchors = [capf.cert, load_third_party_ca(own)]
     phone_key = new_key("ec256")
     lsc = issue(third, name(DEVICE, org_unit="LSC"), phone_key.public_key(), client=True, server=True)
-    assert verify_lsc_any(lsc, lsc_trust_anchors(pki), device_name=DEVICE)[0] == lsc
+    assert verify_lsc_any(lsc, anchors, device_name=DEVICE)[0] == lsc
     with pytest.raises(LscError):
         verify_lsc_any(lsc, [capf.cert], device_name=DEVICE)  # CAPF alone does not accept it
     with pytest.raises(LscError, match="CN"):
-        verify_lsc_any(lsc, lsc_trust_anchors(pki), device_name="SEP0000000AB999")
+        verify_lsc_any(lsc, anchors, device_name="SEP0000000AB999")

@@ -64,9 +64,13 @@ def test_the_rules_of_issue_9():
     assert not any(m.startswith("/ccmsec.v1.CallManager/Set") and "Mode" in m for m in p)
     assert p["/ccmsec.v1.CtlProvider/SetSecurityMode"] == {"cli", "admin-api"}
     assert p["/ccmsec.v1.CtlProvider/CommitCtl"] == {"cli", "admin-api"}
+    # The third-party CA is read from its owner (issue 9 §1): by call control, which trusts its
+    # LSCs on 2443, and phone-sim, whose phones store them; set by the administration path alone.
+    assert p["/ccmsec.v1.Capf/GetThirdPartyCa"] == {"cli", "admin-api", "callmanager", "phone-sim"}
     for role in ("phone-sim", "srtp-gateway"):
         mine = sorted(m for m, r in p.items() if role in r and r is not rpc_policy.ANY)
-        reads = ("/ccmsec.v1.TftpSigner/GetSigningCertificate", "/ccmsec.v1.CallManager/GetClusterMode")
+        reads = ("/ccmsec.v1.TftpSigner/GetSigningCertificate", "/ccmsec.v1.CallManager/GetClusterMode",
+                 "/ccmsec.v1.Capf/GetThirdPartyCa")
         assert all(m.endswith("/Status") or m in reads for m in mine), (role, mine)
     # Devices are call control's; CAPF alone looks them up over gRPC (issue 9 §5), nobody else.
     for lookup in ("GetDevice", "ListDevices"):

@@ -93,4 +93,4 @@ def test_a_drifted_peer_list_is_caught():
     # cannot call back: capf and callmanager call each other, so neither waits for the other)
     waits = compose.start_dependencies()
     assert "callmanager" not in waits["capf"] and "capf" not in waits["callmanager"]
-    assert waits["phone-sim"] == ["tftp-signer"]
+    assert waits["phone-sim"] == ["tftp-signer", "capf"]  # capf: the third-party CA (issue 9 §1)

@@ -6,8 +6,9 @@ a database: `CallControl(...).start()`. The service wires events and RPCs to it.
 * 2000 (clear TCP) and 2443 (mutual TLS, `sccp_server_context`): the server presents this node's
   self-signed `ccmserver.cer` (CERT-5, the certificate the CTL lists) and requires a phone
   certificate from the CAPF CA or the offline third-party CA (LSC) or the manufacturer CA (MIC) —
-  AUTH-2, CERT-2. The third-party CA file (`ccmsec capf set-ca`) is followed at runtime by
-  `PhoneTrustWatcher`: a new or changed file applies to the next handshake and Register.
+  AUTH-2, CERT-2. The third-party CA (`ccmsec capf set-ca`) is CAPF's, asked of CAPF and followed
+  at runtime (`ThirdPartyCaFollower` → `PhoneTrustWatcher`): a change applies to the next handshake
+  and Register; no file decides it.
 * Each Register is decided by `registration.decide` from the `devices` row and the cluster mode —
   the CTL Provider's, followed by `ClusterStateFollower` (cluster_state.py); a Register arriving
   before the CTL Provider ever answered is refused, never decided on an assumed mode.
@@ -33,7 +34,7 @@ from ccmsec.calls.config import AgentSettings, DeviceProfile
 from ccmsec.db.devices import Device
 from ccmsec.domain import DeviceSecurityMode
 from ccmsec.pki.ca import Issued
-from ccmsec.pki.lsc import CAPF_CERT, LscError, ensure_capf_ca, load_third_party_ca
+from ccmsec.pki.lsc import CAPF_CERT, ensure_capf_ca
 from ccmsec.pki.servercert import ensure_server_certificate
 from ccmsec.pki.tokens import ensure_manufacturer_ca
 from ccmsec.policy.calls import CallSecurityLevel
@@ -54,7 +55,7 @@ from ccmsec.wire.sccp import (
 from .calls import CallService
 from .cluster_state import ClusterStateFollower, ClusterStateUnknown
 from .directory import CallDirectory
-from .phone_trust import PhoneTrustWatcher
+from .phone_trust import PhoneTrustWatcher, ThirdPartyCaFollower
 from .registration import DeviceRecord, PhoneTrust, Verdict, decide
 from .registry import Registry, RegistrationEntry, RegistryMirror
 
@@ -77,6 +78,8 @@ class CallControlConfig:
     # This node's own key folder (compose: a volume no other container has); None = beside the
     # certificates, and this node may then create the CAPF and manufacturer CAs itself.
     key_dir: Path | None = None
+    # Where the manufacturer CA certificate is (None: DATA/pki); compose: phone-sim's own volume.
+    manufacturer_dir: Path | None = None
     mirror_interval: float = 0.1
     register_timeout: float = 10.0
     handshake_timeout: float = 10.0
@@ -114,25 +117,22 @@ def wait_for_certificate(path: Path, owner: str, timeout: float = CA_CERTIFICATE
 
 
 def load_pki(data_dir: Path, node: str, host: str,
-             key_dir: Path | None = None) -> tuple[Issued, PhoneTrust]:
-    """This node's ccmserver.cer (created once, CERT-5) and the phone-certificate issuers
-    (the third-party CA as it is now; CallControl follows later changes). With `key_dir` this
-    node's key is kept there, and the CA certificates are waited for, never created here: their
-    keys belong to CAPF and phone-sim alone."""
+             key_dir: Path | None = None, manufacturer_dir: Path | None = None) -> tuple[Issued, PhoneTrust]:
+    """This node's ccmserver.cer (created once, CERT-5) and the fixed phone-certificate issuers
+    (CAPF's and the manufacturer's; the third-party CA is asked of CAPF, see phone_trust.py). With
+    `key_dir` this node's key is kept there, and the CA certificates are waited for, never created
+    here: their keys belong to CAPF and phone-sim alone."""
     pki = Path(data_dir) / "pki"
+    mfr = Path(manufacturer_dir) if manufacturer_dir is not None else pki
     server = ensure_server_certificate(server_certificate_dir(data_dir, node), node, ip=host,
                                        key_dir=key_dir)
     if key_dir is None:
         capf = ensure_capf_ca(pki).cert
-        manufacturer = ensure_manufacturer_ca(pki).cert
+        manufacturer = ensure_manufacturer_ca(mfr).cert
     else:
         capf = wait_for_certificate(pki / CAPF_CERT, "capf")
-        manufacturer = wait_for_certificate(pki / "manufacturer-ca.crt", "phone-sim")
-    try:
-        third_party = load_third_party_ca(pki)
-    except LscError:
-        third_party = None  # not trusted; PhoneTrustWatcher logs why
-    return server, PhoneTrust(capf, manufacturer, third_party)
+        manufacturer = wait_for_certificate(mfr / "manufacturer-ca.crt", "phone-sim")
+    return server, PhoneTrust(capf, manufacturer)
 
 
 def _address(peer: tuple | None) -> str:
@@ -142,12 +142,15 @@ def _address(peer: tuple | None) -> str:
 class CallControl:
     def __init__(self, config: CallControlConfig, sessionmaker: async_sessionmaker, *,
                  server_identity: Issued | None = None, trust: PhoneTrust | None = None,
-                 cluster_state: ClusterStateFollower | None = None) -> None:
+                 cluster_state: ClusterStateFollower | None = None,
+                 third_party_ca: ThirdPartyCaFollower | None = None) -> None:
         self.config = config
         self.db = sessionmaker
         # The CTL Provider's mode and CTL (the service follows its answers and events); alone, with
         # no owner to ask: MODE-1's non-secure cluster.
         self.cluster_state = cluster_state or ClusterStateFollower.fixed()
+        # CAPF's third-party CA (offline-CA LSCs), asked of CAPF; alone: none.
+        self.third_party_ca = third_party_ca or ThirdPartyCaFollower.none()
         self.registry = Registry(config.node)
         self._server_identity = server_identity
         self._fixed_trust = trust
@@ -170,7 +173,7 @@ class CallControl:
 
     @property
     def trust(self) -> PhoneTrust | None:
-        """The phone-certificate trust in force now (follows the third-party CA file)."""
+        """The phone-certificate trust in force now (follows CAPF's third-party CA)."""
         if self.trust_watcher is not None:
             return self.trust_watcher.current()
         return self._fixed_trust
@@ -195,11 +198,12 @@ class CallControl:
     async def start(self) -> None:
         c = self.config
         if self._server_identity is None or self._fixed_trust is None:
-            identity, trust = await asyncio.to_thread(load_pki, c.data_dir, c.node, c.host, c.key_dir)
+            identity, trust = await asyncio.to_thread(load_pki, c.data_dir, c.node, c.host, c.key_dir,
+                                                      c.manufacturer_dir)
             self._server_identity = self._server_identity or identity
             self._fixed_trust = self._fixed_trust or trust
-        self.trust_watcher = await asyncio.to_thread(
-            PhoneTrustWatcher, self._server_identity, self._fixed_trust, Path(c.data_dir) / "pki")
+        self.trust_watcher = await asyncio.to_thread(PhoneTrustWatcher, self._server_identity, self._fixed_trust)
+        self.third_party_ca.attach(self.trust_watcher.set_third_party)
         context = self.trust_watcher.listening_context
         self.registry.mirror = RegistryMirror(self.db, c.node, c.mirror_interval)
         await self.registry.mirror.start()

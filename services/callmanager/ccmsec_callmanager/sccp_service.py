@@ -18,12 +18,14 @@ from ccmsec_proto import events_pb2
 
 from .callcontrol import CallControl, CallControlConfig
 from .cluster_state import ClusterStateFollower, ask_ctl_provider
+from .phone_trust import ThirdPartyCaFollower, ask_capf
 from .phone_mobility import PhoneMobility
 
 
 class CallControlMixin:
     callcontrol: CallControl | None = None
     cluster_state: ClusterStateFollower | None = None
+    third_party_ca: ThirdPartyCaFollower | None = None
 
     async def setup_cluster_state(self) -> None:
         """The cluster mode and the CTL are ctl-provider's (issue 9 §5): its events first, then its
@@ -32,15 +34,21 @@ class CallControlMixin:
         await self.subscribe(bus_mod.subject_for("mode.changed"), "cluster-mode", self.cluster_state.on_event)
         await self.subscribe(bus_mod.subject_for("ctl.updated"), "cluster-ctl", self.cluster_state.on_event)
         self.spawn(self.cluster_state.follow())
+        # The offline issuer's CA is CAPF's (issue 9 §1): its event (from capf only, BUS-3), then
+        # its answer (Capf/GetThirdPartyCa), never a file another role could write.
+        self.third_party_ca = ThirdPartyCaFollower(ask_capf(lambda: self.peer_channel("capf")))
+        await self.subscribe(bus_mod.subject_for("lsc-ca.changed"), "lsc-ca", self.third_party_ca.on_event)
+        self.spawn(self.third_party_ca.follow())
 
     async def setup_call_control(self) -> None:
         s = self.settings
         self.callcontrol = CallControl(
             CallControlConfig(node=self.node, host=s.host, sccp_port=s.sccp_port,
                               sccp_tls_port=s.sccp_tls_port, data_dir=s.data_dir, key_dir=s.key_dir,
+                              manufacturer_dir=s.manufacturer_folder,
                               keepalive_interval=s.sccp_keepalive,
                               auto_register=s.callmanager_publisher),
-            self.db, cluster_state=self.cluster_state)
+            self.db, cluster_state=self.cluster_state, third_party_ca=self.third_party_ca)
         await self.callcontrol.start()
         # extension mobility from the phone: login / logout on its own connection (DEV-2)
         self.phone_mobility = PhoneMobility(self)
@@ -114,7 +122,7 @@ class CallControlMixin:
                 "mobility_at_phones": (f"{self.phone_mobility.logins} login(s), {self.phone_mobility.logouts} "
                                        f"logout(s), {self.phone_mobility.refused} refused"
                                        if getattr(self, "phone_mobility", None) else ""),
-                # Offline-CA mode: whose LSCs 2443 accepts besides CAPF's (or why the file is not trusted).
+                # Offline-CA mode: whose LSCs 2443 accepts besides CAPF's (or why none is trusted).
                 "lsc_third_party_ca": self._third_party_ca_text(cc)}
 
     @staticmethod
@@ -125,4 +133,4 @@ class CallControlMixin:
         third = watcher.current().third_party
         if third is not None:
             return third.subject.rfc4514_string()
-        return f"not trusted: {watcher.problem}" if watcher.problem else ""
+        return f"none: {watcher.problem}" if watcher.problem else ""

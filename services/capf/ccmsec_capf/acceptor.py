@@ -112,8 +112,9 @@ async def serve(cfg: dict) -> int:
     pki = Path(cfg["pki_dir"])
     capf_key = capf_key_path(pki, cfg.get("key_dir"))
     state = dict(cfg["config"])
-    issuer = ServiceLscIssuer(load_pair(pki / CAPF_CERT, capf_key), pki / MANUFACTURER_CA,
-                              days=int(state["validity_days"]))
+    issuer = ServiceLscIssuer(load_pair(pki / CAPF_CERT, capf_key),
+                              Path(cfg.get("manufacturer_ca") or pki / MANUFACTURER_CA),
+                              Path(cfg["capf_dir"]), days=int(state["validity_days"]))
     store = OwnerStore(writer)
     finished: list[SessionRecord] = []
     ssl_context = capf_server_ssl_context(pki / CAPF_CERT, capf_key)

@@ -54,12 +54,15 @@ class _Acceptor:
 class AcceptorPool:
     def __init__(self, count: int, *, host: str, port: int, pki_dir: Path, store, node: str,
                  limits: dict, config: dict, on_sessions: Callable[[list], None], log_level: str = "INFO",
-                 key_dir: Path | None = None):
+                 key_dir: Path | None = None, capf_dir: Path | None = None,
+                 manufacturer_ca: Path | None = None):
         if count < 1:
             raise ValueError("an acceptor pool needs at least one process")
         self.count = count
         self.host, self.port = host, port
         self.pki_dir = Path(pki_dir)
+        self.capf_dir = Path(capf_dir) if capf_dir is not None else self.pki_dir.parent / "capf"
+        self.manufacturer_ca = Path(manufacturer_ca) if manufacturer_ca is not None else None
         self.key_dir = Path(key_dir) if key_dir is not None else None  # the CAPF key, when kept apart
         self.store = store
         self.node = node
@@ -101,7 +104,8 @@ class AcceptorPool:
         ours, theirs = socket.socketpair()
         cfg = {"fd": theirs.fileno(), "index": acceptor.index, "parent_pid": os.getpid(),
                "node": self.node, "host": self.host,
-               "port": self.port, "pki_dir": str(self.pki_dir),
+               "port": self.port, "pki_dir": str(self.pki_dir), "capf_dir": str(self.capf_dir),
+               "manufacturer_ca": str(self.manufacturer_ca) if self.manufacturer_ca is not None else None,
                "key_dir": str(self.key_dir) if self.key_dir is not None else None,
                "config": self.config, "log_level": self.log_level, **self.limits}
         env = dict(os.environ, **{ENV: json.dumps(cfg)})

@@ -108,13 +108,15 @@ class CapfDomain:
 
     async def set_third_party_ca(self, who: ChangeActor, cert: x509.Certificate):
         """The offline issuer's CA (a file of CAPF's own folder, written atomically), then its
-        audit record. Raises LscError before anything is written."""
-        path = await asyncio.to_thread(save_third_party_ca, self.service.pki_dir, cert)
+        audit record and `lsc-ca.changed` — on which call control asks `GetThirdPartyCa` and
+        trusts the new CA's LSCs on 2443. Raises LscError before anything is written."""
+        path = await asyncio.to_thread(save_third_party_ca, self.service.state_dir, cert)
+        sha256 = cert.fingerprint(hashes.SHA256()).hex()
         async with self.service.db() as s, s.begin():
             stage_owner_change(s, self._origin, action="capf.third_party_ca", target="capf",
-                               detail=f"subject {cert.subject.rfc4514_string()[:200]} sha256 "
-                                      f"{cert.fingerprint(hashes.SHA256()).hex()[:16]}",
+                               detail=f"subject {cert.subject.rfc4514_string()[:200]} sha256 {sha256[:16]}",
                                **who.audit())
+            stage(s, self._origin, "lsc-ca.changed", text=sha256)
         self.service.outbox.kick()
         return path
 

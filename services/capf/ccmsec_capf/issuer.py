@@ -1,6 +1,7 @@
 """The LSC issuer the CAPF port uses, as the capf service and its acceptor processes load it:
 the CAPF CA signs LSCs; phones' MICs are checked against the manufacturer CA and LSCs against
-the CAPF CA or the imported third-party CA — both read from DATA/pki when they appear or change,
+the CAPF CA or the imported third-party CA — the manufacturer CA read from DATA/pki, the third-party
+CA from CAPF's own folder (DATA/capf, which only CAPF writes), each when it appears or changes,
 since they may be created after CAPF started."""
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ class ServiceLscIssuer(LscIssuer):
     """LscIssuer whose manufacturer CA (for MIC authentication) is read from DATA/pki when it
     appears or changes: the factory CA may be created after CAPF started."""
 
-    def __init__(self, capf_ca: Issued, manufacturer_ca_path: Path, **kw):
+    def __init__(self, capf_ca: Issued, manufacturer_ca_path: Path, capf_dir: Path, **kw):
         super().__init__(capf_ca, (), **kw)
         self._mfr_path = manufacturer_ca_path
         self._mfr_stamp: tuple[int, int] | None = None
-        self._third_path = third_party_ca_path(manufacturer_ca_path.parent)
+        self._third_path = third_party_ca_path(capf_dir)  # CAPF's own folder, nobody else's
         self._third_stamp: tuple[int, int] | None = None
 
     def _refresh_third_party(self) -> None:

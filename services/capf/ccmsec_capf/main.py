@@ -29,7 +29,7 @@ from ccmsec.db.capf import STATES as OPERATION_STATES
 from ccmsec.db.capf import CapfCertificate, CapfOperation, SqlCapfStore
 from ccmsec.domain import CapfOperation as CapfOperationKind
 from ccmsec.pki.ca import Issued, fingerprint_sha256
-from ccmsec.pki.lsc import CAPF_CERT, capf_key_path, ensure_capf_ca
+from ccmsec.pki.lsc import CAPF_CERT, LEGACY_THIRD_PARTY_CA, capf_key_path, capf_state_dir, ensure_capf_ca
 from ccmsec.pki.tls import enable_legacy_tls
 from ccmsec.wire.capf.frames import Reason
 from ccmsec.runtime import bus as bus_mod
@@ -78,6 +78,15 @@ class CapfService(Service):
         return Path(self.settings.data_dir) / "pki"
 
     @property
+    def state_dir(self) -> Path:
+        """DATA/capf: CAPF's own files (the third-party CA); no other role writes or reads them."""
+        return capf_state_dir(self.settings.data_dir)
+
+    @property
+    def manufacturer_ca_path(self) -> Path:
+        return self.settings.manufacturer_folder / MANUFACTURER_CA
+
+    @property
     def activated(self) -> bool:
         return self._activated
 
@@ -97,6 +106,10 @@ class CapfService(Service):
         hosts = tuple(dict.fromkeys((self.settings.host, "127.0.0.1")))
         self.capf_ca = await asyncio.to_thread(ensure_capf_ca, self.pki_dir, ip_addresses=hosts,
                                                   key_dir=self.settings.key_dir)
+        legacy = Path(self.settings.data_dir).joinpath(*LEGACY_THIRD_PARTY_CA)
+        if legacy.exists():  # never trusted: any role could write that folder (issue 9 §1)
+            log.warning("%s is ignored: the third-party CA is kept in CAPF's own folder now; "
+                        "set it again with `ccmsec capf set-ca FILE`", legacy)
         self.params = await load_parameters(self.db)
         self._activated = await read_activated(self.db)
         p = self.params
@@ -110,10 +123,11 @@ class CapfService(Service):
                 p.int("acceptor_processes"), host=self.settings.host, port=self.settings.capf_port,
                 pki_dir=self.pki_dir, store=self.store, node=self.settings.node_name, limits=limits,
                 config=self._acceptor_config(), on_sessions=self._sessions_ended,
-                log_level=self.settings.log_level, key_dir=self.settings.key_dir)
+                log_level=self.settings.log_level, key_dir=self.settings.key_dir,
+                capf_dir=self.state_dir, manufacturer_ca=self.manufacturer_ca_path)
             await self.acceptors.start()
         else:
-            self.issuer = ServiceLscIssuer(self.capf_ca, self.pki_dir / MANUFACTURER_CA,
+            self.issuer = ServiceLscIssuer(self.capf_ca, self.manufacturer_ca_path, self.state_dir,
                                            days=p.int("certificate_validity_days"))
             ssl_ctx = capf_server_ssl_context(self.pki_dir / CAPF_CERT,
                                               capf_key_path(self.pki_dir, self.settings.key_dir))

@@ -219,7 +219,7 @@ class CapfServicer(StatusServicerMixin, capf_pb2_grpc.CapfServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"at most {offline.MAX_IMPORT_FILES} certificate files per import")
         try:
-            ca = load_third_party_ca(svc.pki_dir)
+            ca = load_third_party_ca(svc.state_dir)
         except LscError as exc:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"third-party CA file unreadable: {exc}")
         if ca is None:
@@ -253,7 +253,7 @@ class CapfServicer(StatusServicerMixin, capf_pb2_grpc.CapfServicer):
 
     async def GetThirdPartyCa(self, request, context):  # noqa: N802
         try:
-            cert = load_third_party_ca(self.service.pki_dir)
+            cert = load_third_party_ca(self.service.state_dir)
         except LscError as exc:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         if cert is None:

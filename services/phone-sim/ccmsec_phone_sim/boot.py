@@ -30,13 +30,14 @@ change cause one boot, not two.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import contextlib
 import logging
 import random
 import ssl
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Awaitable, Callable, Sequence
 
 from cryptography import x509
 
@@ -100,7 +101,7 @@ class _NotFound(Exception):
 class PhoneRunner:
     def __init__(self, phone: Phone, net: Network, *, slots: asyncio.Semaphore | None = None,
                  on_change: Callable[[Phone], None] | None = None,
-                 lsc_issuers: Callable[[], Sequence[x509.Certificate]] | None = None):
+                 lsc_issuers: Callable[[], Sequence[x509.Certificate] | Awaitable[Sequence[x509.Certificate]]] | None = None):
         self.phone = phone
         self.net = net
         self.lsc_issuers = lsc_issuers or (lambda: ())
@@ -338,7 +339,7 @@ class PhoneRunner:
             self._soft_failure(failure)
             return False
         capf = p.config.capf
-        creds = p.capf_credentials(self._third_party_issuers())
+        creds = p.capf_credentials(await self._third_party_issuers())
         try:
             host, port = p.capf_address()
             # One session per visit: the wait between visits happens in _run, outside the boot slot.
@@ -372,10 +373,13 @@ class PhoneRunner:
         self._changed()
         return changed
 
-    def _third_party_issuers(self) -> list[x509.Certificate]:
+    async def _third_party_issuers(self) -> list[x509.Certificate]:
         try:
-            return list(self.lsc_issuers())
-        except Exception as exc:  # an unreadable CA file must not stop the phone; CAPF LSCs still work
+            issuers = self.lsc_issuers()
+            if inspect.isawaitable(issuers):  # phone-sim asks CAPF
+                issuers = await issuers
+            return list(issuers)
+        except Exception as exc:  # an unanswered question must not stop the phone; CAPF LSCs still work
             log.warning("phone %s: LSC issuers unavailable: %s", self.phone.name, exc)
             return []
 

@@ -42,7 +42,7 @@ class Fleet:
     def __init__(self, folder: Path, net: Network, *, max_concurrent_boots: int = 50,
                  manufacturer_ca: Callable[[], Issued] | None = None,
                  image_anchors: Callable[[], list[x509.Certificate]] | None = None,
-                 lsc_issuers: Callable[[], list[x509.Certificate]] | None = None,
+                 lsc_issuers: Callable[[], object] | None = None,  # list, or awaitable list (CAPF asked)
                  mic_key_kind: str = "rsa2048", save_interval: float = 0.5):
         self.folder = Path(folder)
         self.path = self.folder / "phones.json"

@@ -4,7 +4,7 @@ Phones fetch from the tftp-signer peer (`peer_host("tftp-signer")`, its TFTP por
 cluster's endpoints file when the local runner moved it, else `settings.tftp_port`), reach CAPF
 and call control at the addresses their configuration names, and bind their sockets to this
 service's own address. In offline-CA mode phones also store LSCs signed by the third-party CA
-(`DATA/pki/lsc-third-party-ca.crt`, read when a phone visits CAPF). A `device.reset` event re-boots the phones it names (or all powered
+(asked of CAPF, its owner, with `Capf/GetThirdPartyCa` when a phone visits CAPF). A `device.reset` event re-boots the phones it names (or all powered
 phones, or those registered to the named server — RST-9); a phone already rebooted for the same
 change by call control's SCCP Reset is not booted twice.
 """
@@ -19,7 +19,6 @@ from cryptography import x509
 
 from ccmsec.cluster.state import read_endpoints
 from ccmsec.pki.ca import fingerprint_sha256
-from ccmsec.pki.lsc import LscError, load_third_party_ca
 from ccmsec.pki.tokens import ensure_manufacturer_ca
 from pydantic import Field
 
@@ -27,7 +26,7 @@ from ccmsec.runtime import metrics
 from ccmsec.runtime.service import Service, run_service
 from ccmsec.runtime.settings import ServiceSettings
 from ccmsec.runtime.servicer import StatusServicerMixin
-from ccmsec_proto import common_pb2, phone_sim_pb2, phone_sim_pb2_grpc, tftp_signer_pb2_grpc
+from ccmsec_proto import capf_pb2_grpc, common_pb2, phone_sim_pb2, phone_sim_pb2_grpc, tftp_signer_pb2_grpc
 
 from ccmsec_phone_sim import calls as phone_calls
 from ccmsec_phone_sim.boot import Network, PhoneRunner
@@ -200,14 +199,21 @@ class PhoneSimService(Service):
     def _image_anchors(self) -> list[x509.Certificate]:
         return list(self._anchors or [])
 
-    def _lsc_issuers(self) -> list[x509.Certificate]:
-        """The third-party CA of offline-CA mode, when `ccmsec capf set-ca` configured one."""
+    async def _lsc_issuers(self) -> list[x509.Certificate]:
+        """The third-party CA of offline-CA mode, asked of its owner at each CAPF visit
+        (`Capf/GetThirdPartyCa`; never a file another role could have written)."""
+        stub = capf_pb2_grpc.CapfStub(self.peer_channel("capf"))
         try:
-            third = load_third_party_ca(self.settings.data_dir / "pki")
-        except LscError as exc:
-            self.log.warning("third-party CA file unusable: %s", exc)
+            reply = await stub.GetThirdPartyCa(common_pb2.Empty(), timeout=5)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() is not grpc.StatusCode.NOT_FOUND:
+                self.log.warning("third-party CA: CAPF did not answer (%s)", exc.code().name)
             return []
-        return [third] if third is not None else []
+        try:
+            return [x509.load_der_x509_certificate(reply.der)]
+        except ValueError:
+            self.log.warning("third-party CA: CAPF's answer is not a certificate")
+            return []
 
     async def _fetch_image_anchor(self) -> None:
         """The image-signing certificate phones are "manufactured" with (AUTH-1, see phone.py)."""
@@ -234,12 +240,12 @@ class PhoneSimService(Service):
                       standby_interval=s.phone_standby_interval,
                       boot_retry_max=s.phone_boot_retry_max)
         self.fleet = Fleet(s.data_dir / "phone-sim", net, max_concurrent_boots=self.max_concurrent_boots,
-                           manufacturer_ca=lambda: ensure_manufacturer_ca(s.data_dir / "pki", s.key_dir),
+                           manufacturer_ca=lambda: ensure_manufacturer_ca(s.manufacturer_folder, s.key_dir),
                            image_anchors=self._image_anchors, lsc_issuers=self._lsc_issuers)
         if s.key_dir is not None:
             # Compose: the manufacturer CA's key is phone-sim's alone, so phone-sim makes the CA as
             # it starts; call control waits for the certificate (it trusts MICs by it).
-            await asyncio.to_thread(ensure_manufacturer_ca, s.data_dir / "pki", s.key_dir)
+            await asyncio.to_thread(ensure_manufacturer_ca, s.manufacturer_folder, s.key_dir)
         restored = self.fleet.load()
         self.fleet.start()
         metrics.add_sampler(metrics.SIMULATED_PHONES, self._phones_by_state)
