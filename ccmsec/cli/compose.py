@@ -3,8 +3,13 @@ Dockerfiles from the topology (N call-control subscribers beside the publisher; 
 
 `ccmsec compose init`: the compose file's one-shot `init` step. It alone mounts the cluster CA
 (its own volume): it issues each role its identity into a folder only that role mounts, and
-generates the database password (for the services and for PostgreSQL, each a file readable by its
-own user only). Idempotent: a second start keeps what is there.
+generates the database passwords — one per stateful role (ccmsec/db/roles.py) in a folder only that
+role mounts, PostgreSQL's bootstrap password in PostgreSQL's — each a file readable by its own
+user only, plus the roles' SCRAM verifiers for `db-init`. Idempotent: a second start keeps what is
+there.
+
+`ccmsec compose db-init`: the one-shot step after PostgreSQL is up — with the bootstrap password it
+creates (or sets again) each stateful role's login role, its own schema and nothing else.
 
 `ccmsec compose client-bundle` (run in the `cli` container): what the CLI on the host needs to reach
 the cluster through its published ports — the `cli` identity (certificate and key from the cluster
@@ -14,6 +19,7 @@ as one JSON document on standard output, for `ccmsec context add NAME --client-b
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -22,6 +28,7 @@ from pathlib import Path
 
 from ccmsec.cli.common import CliError
 from ccmsec.cluster import compose
+from ccmsec.db.roles import scram_verifier, uses_database
 from ccmsec.fsutil import atomic_write
 
 
@@ -158,15 +165,55 @@ def _init(args) -> int:
                                    server_name="ccmsec")
             atomic_write(args.nats_config, text.encode(), mode=0o644)
             print(f"NATS configuration: {len(folders)} users by public key, no anonymous user")
-        password = _secret_file(args.secrets / "db" / "password", args.uid)
-        _secret_file(args.secrets / "postgres" / "password", args.postgres_uid, password)
-        print("database password: generated once, kept as a file for the services and PostgreSQL")
+        _secret_file(args.secrets / "postgres" / "password", args.postgres_uid)
+        # one password per stateful role, in a folder only its containers mount; PostgreSQL (and
+        # db-init) get only its SCRAM verifier
+        verifiers = {role: scram_verifier(_secret_file(args.secrets / "db" / role / "password", args.uid))
+                     for role in roles if uses_database(role)}
+        roles_file = args.secrets / "postgres" / compose.PG_ROLES_FILE
+        atomic_write(roles_file, json.dumps(verifiers, indent=2, sort_keys=True).encode(), mode=0o600)
+        _owned(roles_file, args.postgres_uid, 0o600)
+        print(f"database: one password per stateful role ({', '.join(sorted(verifiers)) or 'none'}), "
+              "each in its own volume; the bootstrap password only for PostgreSQL and db-init")
         if (args.secrets / "grafana").is_dir():
             _secret_file(args.secrets / "grafana" / "admin-password", args.grafana_uid)
     except IdentityError as exc:
         raise CliError(str(exc)) from None
     except OSError as exc:
         raise CliError(f"init: {exc.filename or ''}: {exc.strerror or exc}") from None
+    return 0
+
+
+def _db_init(args) -> int:
+    """Create the per-owner roles once PostgreSQL answers (compose waits for its health check;
+    a restart of the server in between is retried for a minute)."""
+    import asyncio
+    import time
+
+    from sqlalchemy.engine import make_url
+
+    from ccmsec.db.roles import RoleError, provision
+
+    try:
+        password = (args.secrets / "password").read_text().strip()
+        verifiers = json.loads((args.secrets / compose.PG_ROLES_FILE).read_text())
+    except OSError as exc:
+        raise CliError(f"db-init: {exc.filename}: {exc.strerror}") from None
+    except ValueError:
+        raise CliError(f"db-init: {args.secrets / compose.PG_ROLES_FILE}: not JSON (run init again)") from None
+    if not isinstance(verifiers, dict) or not all(isinstance(v, str) for v in verifiers.values()):
+        raise CliError(f"db-init: {args.secrets / compose.PG_ROLES_FILE}: expected role -> verifier")
+    url = make_url(args.url).set(password=password).render_as_string(hide_password=False)
+    deadline = time.monotonic() + args.wait
+    while True:
+        try:
+            names = asyncio.run(provision(url, verifiers))
+            break
+        except RoleError as exc:
+            if time.monotonic() > deadline or "cannot provision" not in str(exc):
+                raise CliError(str(exc)) from None
+            time.sleep(1)
+    print(f"database roles: {', '.join(names)} — each owns its schema only (no grant on another's)")
     return 0
 
 
@@ -243,6 +290,12 @@ def register(sub) -> None:
     i.add_argument("--postgres-uid", type=int, default=None, help="owner of PostgreSQL's password file")
     i.add_argument("--grafana-uid", type=int, default=472, help="owner of Grafana's password file")
     i.set_defaults(func=_init)
+    d = csub.add_parser("db-init", help="compose's one-shot db-init step: the per-owner PostgreSQL roles")
+    d.add_argument("--url", required=True, help="PostgreSQL as the bootstrap (superuser) role, no password")
+    d.add_argument("--secrets", type=Path, required=True,
+                   help=f"the folder with the bootstrap `password` and {compose.PG_ROLES_FILE}")
+    d.add_argument("--wait", type=float, default=60.0, help="seconds to retry while PostgreSQL is not up")
+    d.set_defaults(func=_db_init)
     b = csub.add_parser("client-bundle", help="in the `cli` container: the cli identity, CA, admin password "
                                               "and host ports as JSON, for `context add --client-bundle -`")
     b.set_defaults(func=_client_bundle)

@@ -106,6 +106,8 @@ async def provision(admin_url: str, verifiers: dict[str, str], prefix: str = ROL
 
     from ccmsec.runtime.database import create_engine
 
+    for verifier in verifiers.values():  # bad input refused before anything is touched
+        _literal(verifier)
     engine = create_engine(admin_url)
     try:
         async with engine.begin() as conn:  # all or nothing

@@ -136,6 +136,90 @@ def test_no_password_in_any_environment_or_in_the_compose_file(cluster):
     assert "password" in (proc.stdout + proc.stderr).lower()
 
 
+# What a compromised container holding call control's database credential tries (issue 9 §5): its
+# connection has no write guard — only PostgreSQL's privileges stand in the way.
+_DB_ATTEMPTS = r"""
+import asyncio, json
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from ccmsec.runtime.database import create_engine
+from ccmsec.runtime.settings import load_settings
+
+STATEMENTS = {
+    "capf_table": "INSERT INTO ccmsec_capf.capf_settings (key, value, updated_at) VALUES ('forged', 'x', now())",
+    "capf_outbox": "INSERT INTO ccmsec_capf.event_outbox (event_id, origin, kind, target, payload, created_at, "
+                   "attempts, last_error) VALUES ('forged', 'capf', 'device.reset', NULL, decode('00', 'hex'), "
+                   "now(), 0, '')",
+    "ctl_table": "UPDATE ccmsec_ctl_provider.cluster_settings SET value = 'non-secure'",
+    "own_table": "UPDATE devices SET name = name WHERE false",
+}
+
+async def attempt(url, sql):
+    engine = create_engine(url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text(sql))
+        return "ok"
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    finally:
+        await engine.dispose()
+
+async def main():
+    url = load_settings().db_url
+    out = {k: await attempt(url, sql) for k, sql in STATEMENTS.items()}
+    out["user"] = make_url(url).username
+    # its password does not open CAPF's role either
+    out["as_capf"] = await attempt(make_url(url).set(username="ccmsec_capf").render_as_string(hide_password=False),
+                                   "SELECT 1")
+    print(json.dumps(out))
+
+asyncio.run(main())
+"""
+
+
+def test_each_stateful_role_writes_only_its_own_schema_and_the_others_hold_no_db_secret(cluster):
+    """Issue 9 §5 in the database itself: each stateful role connects as its own PostgreSQL role
+    with a password only its containers mount; with call control's credential an insert into
+    CAPF's table or CAPF's outbox (which CAPF's relay would publish under CAPF's NATS identity) is
+    refused by PostgreSQL, while its own table takes the write. phone-sim, keymanager, srtp-gateway
+    and srst hold no database credential at all, and none but PostgreSQL the bootstrap one."""
+    from ccmsec.db.roles import uses_database
+
+    find_secrets = ("find / \\( -path /proc -o -path /sys \\) -prune -o -type f "
+                    "\\( -name password -o -name roles.json \\) -print 2>/dev/null; true")
+    for role in ROLES:
+        env = dict(e.split("=", 1) for e in cluster.inspect(role)["Config"]["Env"] or [])
+        mounts = [m.get("Name", "") for m in cluster.inspect(role)["Mounts"]]
+        assert not any(m.endswith(f"_{compose.PG_SECRET_VOLUME}") for m in mounts), role
+        found = cluster.exec(role, "sh", "-c", find_secrets).stdout.split()
+        if uses_database(role):
+            assert env["CCMSEC_DATABASE_URL"].startswith(f"postgresql://ccmsec_{role.replace('-', '_')}@"), role
+            assert [m for m in mounts if "_db-secret-" in m] == [f"{cluster.project}_{compose.db_secret_volume(role)}"]
+            mode = cluster.exec(role, "stat", "-c", "%a %u", compose.DB_PASSWORD_FILE).stdout.split()
+            assert mode == ["600", str(compose.APP_UID)], role
+            assert found == [compose.DB_PASSWORD_FILE], role  # its own, and no one else's
+        else:
+            assert "CCMSEC_DATABASE_PASSWORD_FILE" not in env and env["CCMSEC_DATABASE_URL"].startswith("sqlite:"), role
+            assert not any("_db-secret-" in m for m in mounts), role
+            assert found == [], f"{role} holds a secret it should not: {found}"
+            assert cluster.exec(role, "ls", compose.DB_PASSWORD_DIR, check=False).returncode != 0
+    passwords = {role: cluster.file(role, compose.DB_PASSWORD_FILE).strip() for role in ROLES if uses_database(role)}
+    assert len(set(passwords.values())) == len(passwords), "two roles share a database password"
+    out = json.loads(cluster.exec("callmanager", "python3", "-c", _DB_ATTEMPTS).stdout.strip().splitlines()[-1])
+    assert out["user"] == "ccmsec_callmanager"
+    assert out["own_table"] == "ok", out
+    for key, schema in (("capf_table", "ccmsec_capf"), ("capf_outbox", "ccmsec_capf"),
+                        ("ctl_table", "ccmsec_ctl_provider")):
+        assert out[key].startswith("WriteRefused: PostgreSQL refused role 'ccmsec_callmanager'"), (key, out[key])
+        assert f"permission denied for schema {schema}" in out[key], (key, out[key])
+    assert "password authentication failed" in out["as_capf"], out["as_capf"]
+    # nothing forged got into CAPF's outbox (the bootstrap user looks, in the postgres container)
+    rows = cluster.exec("postgres", "psql", "-q", "-U", compose.PG_BOOTSTRAP_USER, "-d", compose.PG_DATABASE, "-At",
+                        "-c", "SELECT count(*) FROM ccmsec_capf.event_outbox WHERE event_id = 'forged'").stdout
+    assert rows.strip() == "0"
+
+
 # --- using it ----------------------------------------------------------------------------------
 
 def test_admin_api_through_the_published_port(cluster):

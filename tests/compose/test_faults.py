@@ -369,7 +369,12 @@ def _lsc_problem(der: bytes, name: str, capf_pem: str) -> str | None:
 
 
 def _psql(cluster, sql: str) -> list[list[str]]:
-    out = cluster.exec("postgres", "psql", "-U", "ccmsec", "-d", "ccmsec", "-At", "-F", "\t", "-c", sql).stdout
+    """As the bootstrap user, with every owner's schema on the path (ccmsec/db/roles.py)."""
+    from ccmsec.db.roles import DB_ROLES, pg_role
+
+    path = ", ".join(pg_role(r) for r in DB_ROLES)
+    out = cluster.exec("postgres", "psql", "-q", "-U", compose.PG_BOOTSTRAP_USER, "-d", compose.PG_DATABASE,
+                       "-At", "-F", "\t", "-c", f"SET search_path TO {path}; {sql}").stdout
     return [row.split("\t") for row in out.splitlines() if row]
 
 
