@@ -54,6 +54,7 @@ class Cluster:
     workdir: Path
     log: list[str] = field(default_factory=list)
     beside: str = ""                # the project whose env file this one's was copied from
+    fixed: str = ""                 # what `ccmsec compose ports --fix` said then
 
     # --- running docker and docker-compose ---------------------------------------------------
     def dc(self, *args: str, timeout: float = 300, check: bool = True,
@@ -192,7 +193,9 @@ def cluster_beside(tmp_path_factory, name: str, first: Cluster) -> Cluster:
     values = dict(ln.split("=", 1) for ln in env_file.read_text().splitlines() if "=" in ln)
     ports = {k: int(values[k]) for k in first.ports}
     c = Cluster(project, env_file, ports, workdir)
-    c.log.append(fixed.stdout)
+    c.fixed = fixed.stdout
+    c.log.append(f"env file copied from {first.project}'s, {fixed.stdout.count(' is taken; now ')} host ports "
+                 "moved by `compose ports --fix`")
     c.beside = first.project
     return c
 
