@@ -3,17 +3,28 @@ Dockerfiles from the topology (N call-control subscribers beside the publisher; 
 
 `ccmsec compose init`: the compose file's one-shot `init` step. It alone mounts the cluster CA
 (its own volume): it issues each role its identity into a folder only that role mounts, and
-generates the database password (for the services and for PostgreSQL, each a file readable by its
-own user only). Idempotent: a second start keeps what is there.
+generates the database passwords — one per stateful role (ccmsec/db/roles.py) in a folder only that
+role mounts, PostgreSQL's bootstrap password in PostgreSQL's — each a file readable by its own
+user only, plus the roles' SCRAM verifiers for `db-init`. Idempotent: a second start keeps what is
+there.
+
+`ccmsec compose db-init`: the one-shot step after PostgreSQL is up — with the bootstrap password it
+creates (or sets again) each stateful role's login role, its own schema and nothing else.
 
 `ccmsec compose client-bundle` (run in the `cli` container): what the CLI on the host needs to reach
 the cluster through its published ports — the `cli` identity (certificate and key from the cluster
 CA), the CA certificate, the administrator's password and the host side of every published port —
 as one JSON document on standard output, for `ccmsec context add NAME --client-bundle -`.
+
+`ccmsec compose ports [--env-file FILE] [--fix]`: before `docker-compose up`, whether every host
+port the env file publishes is free on its bind address. A taken one is named with its variable
+and a free alternative (exit 1); `--fix` writes the alternatives into the env file instead, so a
+second cluster made from a copy of the first one's env file comes up beside it.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -22,6 +33,7 @@ from pathlib import Path
 
 from ccmsec.cli.common import CliError
 from ccmsec.cluster import compose
+from ccmsec.db.roles import scram_verifier, uses_database
 from ccmsec.fsutil import atomic_write
 
 
@@ -158,15 +170,55 @@ def _init(args) -> int:
                                    server_name="ccmsec")
             atomic_write(args.nats_config, text.encode(), mode=0o644)
             print(f"NATS configuration: {len(folders)} users by public key, no anonymous user")
-        password = _secret_file(args.secrets / "db" / "password", args.uid)
-        _secret_file(args.secrets / "postgres" / "password", args.postgres_uid, password)
-        print("database password: generated once, kept as a file for the services and PostgreSQL")
+        _secret_file(args.secrets / "postgres" / "password", args.postgres_uid)
+        # one password per stateful role, in a folder only its containers mount; PostgreSQL (and
+        # db-init) get only its SCRAM verifier
+        verifiers = {role: scram_verifier(_secret_file(args.secrets / "db" / role / "password", args.uid))
+                     for role in roles if uses_database(role)}
+        roles_file = args.secrets / "postgres" / compose.PG_ROLES_FILE
+        atomic_write(roles_file, json.dumps(verifiers, indent=2, sort_keys=True).encode(), mode=0o600)
+        _owned(roles_file, args.postgres_uid, 0o600)
+        print(f"database: one password per stateful role ({', '.join(sorted(verifiers)) or 'none'}), "
+              "each in its own volume; the bootstrap password only for PostgreSQL and db-init")
         if (args.secrets / "grafana").is_dir():
             _secret_file(args.secrets / "grafana" / "admin-password", args.grafana_uid)
     except IdentityError as exc:
         raise CliError(str(exc)) from None
     except OSError as exc:
         raise CliError(f"init: {exc.filename or ''}: {exc.strerror or exc}") from None
+    return 0
+
+
+def _db_init(args) -> int:
+    """Create the per-owner roles once PostgreSQL answers (compose waits for its health check;
+    a restart of the server in between is retried for a minute)."""
+    import asyncio
+    import time
+
+    from sqlalchemy.engine import make_url
+
+    from ccmsec.db.roles import RoleError, provision
+
+    try:
+        password = (args.secrets / "password").read_text().strip()
+        verifiers = json.loads((args.secrets / compose.PG_ROLES_FILE).read_text())
+    except OSError as exc:
+        raise CliError(f"db-init: {exc.filename}: {exc.strerror}") from None
+    except ValueError:
+        raise CliError(f"db-init: {args.secrets / compose.PG_ROLES_FILE}: not JSON (run init again)") from None
+    if not isinstance(verifiers, dict) or not all(isinstance(v, str) for v in verifiers.values()):
+        raise CliError(f"db-init: {args.secrets / compose.PG_ROLES_FILE}: expected role -> verifier")
+    url = make_url(args.url).set(password=password).render_as_string(hide_password=False)
+    deadline = time.monotonic() + args.wait
+    while True:
+        try:
+            names = asyncio.run(provision(url, verifiers))
+            break
+        except RoleError as exc:
+            if time.monotonic() > deadline or "cannot provision" not in str(exc):
+                raise CliError(str(exc)) from None
+            time.sleep(1)
+    print(f"database roles: {', '.join(names)} — each owns its schema only (no grant on another's)")
     return 0
 
 
@@ -213,6 +265,141 @@ def _client_bundle(args) -> int:
     return 0
 
 
+def read_env_file(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines as docker-compose reads an env file (comments and blank lines skipped)."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise CliError(f"compose ports: {path}: {exc.strerror or exc}") from None
+    out = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key.strip()):
+            raise CliError(f"compose ports: {path}:{number}: not a KEY=VALUE line: {line[:80]!r}")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        out[key.strip()] = value
+    return out
+
+
+def port_is_free(address: str, port: int, protocol: str) -> bool:
+    """Whether a listener could bind ADDRESS:PORT now, as Docker's port proxy does when a
+    container starts (SO_REUSEADDR for TCP, like it: a closing connection does not count). A port
+    below 1024 this user may not bind counts as free: the engine binds it as root."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    kind = socket.SOCK_DGRAM if protocol == "udp" else socket.SOCK_STREAM
+    with socket.socket(family, kind) as s:
+        if kind == socket.SOCK_STREAM:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((address, port))
+        except PermissionError:
+            return True
+        except OSError:
+            return False
+    return True
+
+
+_PUBLISHED = re.compile(r"^\$\{(?P<bind>\w+):-[^}]*\}:\$\{(?P<name>\w+):-(?P<default>\d+)\}:\d+/(?P<proto>tcp|udp)$")
+
+
+def published_host_ports(env: dict[str, str], compose_file: Path | None = None,
+                         profiles: tuple[str, ...] = ()) -> list[tuple[str, int, str]]:
+    """(variable, host port, protocol) of every port the compose file publishes with this env —
+    the services without a profile and those of PROFILES: the env's value (the shell's
+    environment first, as docker-compose reads it) or the compose file's default."""
+    import yaml
+
+    if compose_file is None:
+        doc = compose.compose_model()
+    else:
+        try:
+            doc = yaml.safe_load(compose_file.read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise CliError(f"compose ports: {compose_file}: {getattr(exc, 'strerror', None) or exc}") from None
+    out = []
+    for svc in (doc.get("services") or {}).values():
+        if svc.get("profiles") and not set(svc["profiles"]) & set(profiles):
+            continue
+        for entry in svc.get("ports") or ():
+            m = _PUBLISHED.match(str(entry))
+            if not m:
+                raise CliError(f"compose ports: a published port not of the rendered form: {entry!r}")
+            name = m["name"]
+            raw = os.environ.get(name) or env.get(name) or m["default"]
+            if not raw.isdigit() or not 1 <= int(raw) <= 65535:
+                raise CliError(f"compose ports: {name}={raw!r} is not a port number (1-65535)")
+            out.append((name, int(raw), m["proto"]))
+    return out
+
+
+def check_ports(env: dict[str, str], compose_file: Path | None = None,
+                profiles: tuple[str, ...] = ()) -> tuple[str, list[tuple[str, int, str, int]]]:
+    """(bind address, [(variable, port, protocol, free alternative)] for each taken or repeated port)."""
+    bind = os.environ.get(compose.BIND_VARIABLE) or env.get(compose.BIND_VARIABLE) or compose.BIND_DEFAULT
+    probe = {"0.0.0.0": "0.0.0.0", "::": "::"}.get(bind, bind)
+    ports = published_host_ports(env, compose_file, profiles)
+    claimed = {(port, proto) for _n, port, proto in ports}
+    seen: set[tuple[int, str]] = set()
+    bad = []
+    for name, port, proto in ports:
+        repeated = (port, proto) in seen
+        seen.add((port, proto))
+        if not repeated and port_is_free(probe, port, proto):
+            continue
+        alternative = port
+        while True:  # the next port up that is free and that no other variable of the file takes
+            alternative = alternative + 1 if alternative < 65535 else 1024
+            if (alternative, proto) not in claimed and port_is_free(probe, alternative, proto):
+                break
+        claimed.add((alternative, proto))
+        bad.append((name, port, proto, alternative))
+    return bind, bad
+
+
+def _ports(args) -> int:
+    path = args.env_file
+    env = read_env_file(path) if path.exists() or args.env_file_given else {}
+    compose_file = args.file or (project_root() / "docker-compose.yml")
+    if not compose_file.exists() and args.file is None:
+        compose_file = None  # no checkout here: the compose file this ccmsec renders
+    bind, bad = check_ports(env, compose_file, tuple(args.profile))
+    if not bad:
+        count = len(published_host_ports(env, compose_file, tuple(args.profile)))
+        print(f"compose ports: the {count} published ports of {path} are free on {bind}")
+        return 0
+    if args.fix:
+        lines = path.read_text().splitlines() if path.exists() else []
+        new = {name: alt for name, _port, _proto, alt in bad}
+        for i, line in enumerate(lines):
+            key = line.partition("=")[0].strip()
+            if key in new and not line.lstrip().startswith("#"):
+                lines[i] = f"{key}={new.pop(key)}"
+        lines += [f"{key}={alt}" for key, alt in new.items()]
+        mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
+        atomic_write(path, ("\n".join(lines) + "\n").encode(), mode=mode)
+        for name, port, proto, alt in bad:
+            print(f"compose ports: {name}: {bind}:{port}/{proto} is taken; now {alt} in {path}")
+        return 0
+    for name, port, proto, alt in bad:
+        print(f"compose ports: {name}={port}: {bind}:{port}/{proto} is taken (by another program, another "
+              f"cluster, or this one already up); a free one: {name}={alt}", file=sys.stderr)
+    raise CliError(f"{len(bad)} published port(s) taken: set the free ones above in {path}, or run "
+                   f"`ccmsec compose ports --env-file {path} --fix` to write them, then `docker-compose up`")
+
+
+def _ports_args(args) -> int:
+    args.env_file_given = args.env_file is not None
+    args.env_file = args.env_file or Path(".env")
+    return _ports(args)
+
+
 def register(sub) -> None:
     p = sub.add_parser("compose", help="docker-compose.yml and Dockerfiles rendered from the topology")
     csub = p.add_subparsers(dest="compose_command", metavar="ACTION")
@@ -243,6 +430,22 @@ def register(sub) -> None:
     i.add_argument("--postgres-uid", type=int, default=None, help="owner of PostgreSQL's password file")
     i.add_argument("--grafana-uid", type=int, default=472, help="owner of Grafana's password file")
     i.set_defaults(func=_init)
+    d = csub.add_parser("db-init", help="compose's one-shot db-init step: the per-owner PostgreSQL roles")
+    d.add_argument("--url", required=True, help="PostgreSQL as the bootstrap (superuser) role, no password")
+    d.add_argument("--secrets", type=Path, required=True,
+                   help=f"the folder with the bootstrap `password` and {compose.PG_ROLES_FILE}")
+    d.add_argument("--wait", type=float, default=60.0, help="seconds to retry while PostgreSQL is not up")
+    d.set_defaults(func=_db_init)
     b = csub.add_parser("client-bundle", help="in the `cli` container: the cli identity, CA, admin password "
                                               "and host ports as JSON, for `context add --client-bundle -`")
     b.set_defaults(func=_client_bundle)
+    o = csub.add_parser("ports", help="before `up`: is every published host port of the env file free? "
+                                      "(a taken one: its variable and a free alternative; --fix writes them)")
+    o.add_argument("--env-file", type=Path, default=None,
+                   help="the env file docker-compose will read (default: .env here; none: the defaults)")
+    o.add_argument("--fix", action="store_true", help="write free alternatives for the taken ports into the env file")
+    o.add_argument("-f", "--file", type=Path, default=None,
+                   help="the compose file (default: this checkout's docker-compose.yml)")
+    o.add_argument("--profile", action="append", default=[],
+                   help="also the ports of this profile's services (e.g. monitoring: Prometheus, Grafana)")
+    o.set_defaults(func=_ports_args)

@@ -24,6 +24,27 @@ class DatabaseError(Exception):
     """The database cannot be used: one clear line, no traceback."""
 
 
+class WriteRefused(PermissionError):
+    """PostgreSQL refused a statement for lack of privilege: the connection's role touched a table
+    or schema of another owner (ccmsec/db/roles.py)."""
+
+
+_INSUFFICIENT_PRIVILEGE = "42501"
+
+
+def _privilege_refusal(ctx) -> None:
+    """A permission error from PostgreSQL becomes WriteRefused naming the role and what it touched,
+    instead of a driver traceback."""
+    orig = ctx.original_exception
+    state = getattr(orig, "sqlstate", None) or getattr(getattr(orig, "__cause__", None), "sqlstate", None)
+    if state != _INSUFFICIENT_PRIVILEGE:
+        return
+    user = ctx.engine.url.username if ctx.engine is not None else "?"
+    detail = str(getattr(orig, "__cause__", None) or orig).strip().splitlines()[0]
+    raise WriteRefused(f"PostgreSQL refused role {user!r}: {detail} — each service writes only its own "
+                       "schema (issue 9 §5, ccmsec/db/roles.py)") from None
+
+
 def normalise_url(url: str) -> str:
     """Accept postgresql:// and sqlite:// and pick the async drivers we ship."""
     try:
@@ -54,7 +75,9 @@ def create_engine(url: str) -> AsyncEngine:
         engine = create_async_engine(url, connect_args={"timeout": 30})
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
-    return create_async_engine(url, pool_size=5, max_overflow=5, pool_pre_ping=True)
+    engine = create_async_engine(url, pool_size=5, max_overflow=5, pool_pre_ping=True)
+    event.listen(engine.sync_engine, "handle_error", _privilege_refusal)
+    return engine
 
 
 def _owner_only(db_file: Path) -> None:

@@ -40,11 +40,11 @@ import asyncpg
 import pytest
 import pytest_asyncio
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from ccmsec.adminclient import AdminClient, AdminClientError, discover
 from tests.chaos.conftest import Report, now, record, start_cluster, stop_cluster, until
 from tests.chaos.postgres import PostgresUnavailable, PrivatePostgres
+from tests.lsccheck import lsc_problem
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.asyncio(loop_scope="module")]
 
@@ -108,28 +108,6 @@ class ConfigWriter(threading.Thread):
             except (AdminClientError, OSError) as exc:
                 self.refused.append(f"{name}: {exc}")
             time.sleep(0.05)
-
-
-def _lsc_valid(der: bytes, name: str, capf: x509.Certificate) -> str | None:
-    """None when `der` is an LSC CAPF issued for `name`, else why not."""
-    try:
-        cert = x509.load_der_x509_certificate(der)
-    except ValueError as exc:
-        return f"not a certificate: {exc}"
-    cn = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
-    if not cn or cn[0].value != name:
-        return f"issued for {cert.subject.rfc4514_string()}"
-    if cert.issuer != capf.subject:
-        return f"issued by {cert.issuer.rfc4514_string()}"
-    key = capf.public_key()
-    try:
-        if isinstance(key, ec.EllipticCurvePublicKey):
-            key.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(cert.signature_hash_algorithm))
-        elif isinstance(key, rsa.RSAPublicKey):
-            key.verify(cert.signature, cert.tbs_certificate_bytes, padding.PKCS1v15(), cert.signature_hash_algorithm)
-    except Exception as exc:  # InvalidSignature
-        return f"signature does not verify with CAPF's key: {exc!r}"
-    return None
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -224,7 +202,7 @@ async def test_database_restarted_during_capf_enrolments_and_config_changes_CHK_
     problems: list[str] = []
     for name in names:
         lsc = phones[name].lsc.der
-        why = _lsc_valid(lsc, name, capf_cert)
+        why = lsc_problem(lsc, name, capf_cert)
         if why:
             problems.append(f"{name}: LSC {why}")
         fingerprint = hashlib.sha256(lsc).hexdigest()
@@ -321,7 +299,7 @@ async def test_capf_database_unavailable_while_phones_boot_they_enrol_once_it_is
                              "WHERE device_name = ANY($1::text[])", names)
     finally:
         await db.close()
-    problems = [f"{n}: LSC {why}" for n in names if (why := _lsc_valid(phones[n].lsc.der, n, capf_cert))]
+    problems = [f"{n}: LSC {why}" for n in names if (why := lsc_problem(phones[n].lsc.der, n, capf_cert))]
     for n in names:
         mine = [(o["state"], o["issued_fingerprint"]) for o in ops if o["device_name"] == n]
         if mine != [("done", hashlib.sha256(phones[n].lsc.der).hexdigest())]:

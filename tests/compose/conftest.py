@@ -1,8 +1,10 @@
 """The compose suite: the cluster of docker-compose.yml on a real Docker engine.
 
 Run by `scripts/compose-test` (which prepares the engine and builds the images once); collected
-only with CCMSEC_COMPOSE=1. One cluster per test module (a compose project of its own, host ports
-picked free and written to an env file), torn down with its volumes at the end, pass or fail.
+only with CCMSEC_COMPOSE=1. One cluster per test module (a compose project of its own), torn down with
+its volumes at the end, pass or fail. The first one's host ports are picked free; each next module's
+cluster is made beside the running one (a copy of its env file, `ccmsec compose ports --fix`) and
+brought up while the running one's tests go on (`Clusters`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +53,8 @@ class Cluster:
     ports: dict[str, int]          # env variable -> host port
     workdir: Path
     log: list[str] = field(default_factory=list)
+    beside: str = ""                # the project whose env file this one's was copied from
+    fixed: str = ""                 # what `ccmsec compose ports --fix` said then
 
     # --- running docker and docker-compose ---------------------------------------------------
     def dc(self, *args: str, timeout: float = 300, check: bool = True,
@@ -152,24 +157,184 @@ def make_env_file(path: Path, project: str) -> dict[str, int]:
     return ports
 
 
-def new_cluster(tmp_path_factory, name: str) -> Cluster:
+def _engine_or_fail() -> None:
     if shutil.which("docker-compose") is None or subprocess.run(
             ["docker", "info"], capture_output=True).returncode != 0:
         pytest.fail("no Docker engine: run the compose suite through scripts/compose-test")
-    prefix = os.environ.get("CCMSEC_COMPOSE_PREFIX", "ccmsectest")
-    project = f"{prefix}{name}"
+
+
+def _project(name: str) -> str:
+    return f"{os.environ.get('CCMSEC_COMPOSE_PREFIX', 'ccmsectest')}{name}"
+
+
+def new_cluster(tmp_path_factory, name: str) -> Cluster:
+    """A project with free host ports picked for its env file."""
+    project = _project(name)
     workdir = tmp_path_factory.mktemp(project)
     env_file = workdir / "compose.env"
     ports = make_env_file(env_file, project)
     return Cluster(project, env_file, ports, workdir)
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory, request):
-    c = new_cluster(tmp_path_factory, request.module.__name__.rsplit(".", 1)[-1].replace("test_", "").replace("_", ""))
+def cluster_beside(tmp_path_factory, name: str, first: Cluster) -> Cluster:
+    """A second cluster the way an operator makes one beside a running cluster: a copy of the
+    first one's env file (another project name, so every host port in it is taken by the first),
+    then `ccmsec compose ports --fix`, which writes free ones (issue 13 item 3)."""
+    from tests.conftest import run_cli
+
+    project = _project(name)
+    workdir = tmp_path_factory.mktemp(project)
+    env_file = workdir / "compose.env"
+    lines = [f"COMPOSE_PROJECT_NAME={project}" if ln.startswith("COMPOSE_PROJECT_NAME=") else ln
+             for ln in first.env_file.read_text().splitlines()]
+    env_file.write_text("\n".join(lines) + "\n")
+    fixed = run_cli("compose", "ports", "--env-file", str(env_file), "--fix", timeout=120)
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    values = dict(ln.split("=", 1) for ln in env_file.read_text().splitlines() if "=" in ln)
+    ports = {k: int(values[k]) for k in first.ports}
+    c = Cluster(project, env_file, ports, workdir)
+    c.fixed = fixed.stdout
+    c.log.append(f"env file copied from {first.project}'s, {fixed.stdout.count(' is taken; now ')} host ports "
+                 "moved by `compose ports --fix`")
+    c.beside = first.project
+    return c
+
+
+SUMMARY: list[str] = []  # each cluster's bring-up and teardown figures, printed at the end
+
+
+def pytest_terminal_summary(terminalreporter):
+    if SUMMARY:
+        terminalreporter.write_line("compose clusters (bring-up overlapped with the previous module's tests):")
+        for line in SUMMARY:
+            terminalreporter.write_line("  " + line)
+
+
+class Clusters:
+    """Every cluster of the session. The next module's cluster is brought up while this module's
+    tests run (bring-up is mostly waiting, and it overlaps), and a finished one is torn down in the
+    background: so the suite does not wait for three bring-ups and teardowns in a row. Each module
+    still has a cluster of its own — no test sees another module's state; the next one is only
+    made beside this one (a copy of its env file, fixed by `ccmsec compose ports --fix`), which is
+    what test_cluster.py's side-by-side test checks while both are up."""
+
+    def __init__(self, tmp_path_factory):
+        self.tmp = tmp_path_factory
+        self.clusters: dict[str, Cluster] = {}
+        self.threads: dict[str, threading.Thread] = {}
+        self.errors: dict[str, BaseException] = {}
+        self.downs: list[threading.Thread] = []
+
+    def start(self, name: str, beside: str | None = None) -> None:
+        """`docker-compose up -d` of cluster NAME in the background; BESIDE: made beside that one,
+        once that one's `up` has returned (its host ports are then bound)."""
+        if name in self.threads:
+            return
+
+        def up() -> None:
+            try:
+                first = None
+                if beside is not None:
+                    self.threads[beside].join()
+                    first = self.clusters.get(beside) if beside not in self.errors else None
+                c = cluster_beside(self.tmp, name, first) if first else new_cluster(self.tmp, name)
+                self.clusters[name] = c
+                begun = time.monotonic()
+                c.dc("up", "-d", "--no-build", timeout=600)
+                c.log.append(f"up -d returned after {time.monotonic() - begun:.0f} s")
+            except BaseException as exc:  # noqa: BLE001 — raised in the module that needs it
+                self.errors[name] = exc
+
+        self.threads[name] = threading.Thread(target=up, name=f"up-{name}", daemon=True)
+        self.threads[name].start()
+
+    def get(self, name: str) -> Cluster:
+        """Cluster NAME, up and healthy (brought up now if nobody started it)."""
+        self.start(name)
+        self.threads[name].join()
+        if name in self.errors:
+            raise self.errors[name]
+        c = self.clusters[name]
+        c.log.append(f"healthy {c.wait_healthy():.0f} s after it was asked for")
+        return c
+
+    def stop(self, name: str) -> None:
+        """Tear cluster NAME down (containers, networks, volumes) in the background."""
+        thread = self.threads.pop(name, None)
+        if thread is None:
+            return
+
+        def down() -> None:
+            thread.join()
+            if name in self.clusters:
+                c = self.clusters.pop(name)
+                begun = time.monotonic()
+                c.down()
+                c.log.append(f"down -v took {time.monotonic() - begun:.0f} s")
+                SUMMARY.append(f"{c.project}: " + "; ".join(x.strip().replace("\n", " | ") for x in c.log))
+
+        t = threading.Thread(target=down, name=f"down-{name}", daemon=True)
+        t.start()
+        self.downs.append(t)
+
+    def close(self) -> None:
+        for name in list(self.threads):
+            self.stop(name)
+        for t in self.downs:
+            t.join(300)
+
+
+def module_cluster_names(session) -> list[str]:
+    """The compose modules of this run that use `cluster`, in the order they run."""
+    names: list[str] = []
+    for item in session.items:
+        if "cluster" in getattr(item, "fixturenames", ()):
+            name = cluster_name(item.module)
+            if name not in names:
+                names.append(name)
+    return names
+
+
+def cluster_name(module) -> str:
+    return module.__name__.rsplit(".", 1)[-1].replace("test_", "").replace("_", "")
+
+
+@pytest.fixture(scope="session")
+def clusters(tmp_path_factory):
+    _engine_or_fail()
+    pool = Clusters(tmp_path_factory)
     try:
-        c.dc("up", "-d", "--no-build", timeout=600)
-        c.log.append(f"healthy after {c.wait_healthy():.0f} s")
-        yield c
+        yield pool
     finally:
-        c.down()
+        pool.close()
+
+
+@pytest.fixture(scope="module")
+def cluster(clusters, request):
+    """This module's own cluster; the next module's is brought up beside it meanwhile."""
+    order = module_cluster_names(request.session)
+    name = cluster_name(request.module)
+    clusters.start(name)
+    following = order[order.index(name) + 1:] if name in order else []
+    if following:
+        clusters.start(following[0], beside=name)
+    try:
+        yield clusters.get(name)
+    finally:
+        clusters.stop(name)
+
+
+@pytest.fixture(scope="module")
+def neighbour(clusters, cluster, request):
+    """Another cluster up beside `cluster` at the same time: the next module's (used here read-only:
+    it must reach its own module unchanged), or, when this module runs alone, one of its own."""
+    order = module_cluster_names(request.session)
+    name = cluster_name(request.module)
+    following = order[order.index(name) + 1:] if name in order else []
+    other = following[0] if following else f"{name}beside"
+    clusters.start(other, beside=name)
+    try:
+        yield clusters.get(other)
+    finally:
+        if not following:
+            clusters.stop(other)

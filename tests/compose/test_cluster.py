@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 
 import pytest
@@ -89,11 +90,7 @@ def test_published_ports_are_on_loopback_and_from_the_env_file(cluster):
 
 def test_each_container_holds_only_its_own_identity(cluster):
     """DEPLOY-1: the cluster CA key is only in the init step's volume; a service sees its own
-    identity folder and no other's. Issue 9 §1: and no container can write what call control
-    trusts — the CAPF certificate (/data/pki) and the manufacturer CA (/data/manufacturer) are
-    volumes only their owners (capf, phone-sim) mount read-write; phone-sim, the gateway and every
-    other role get them read-only or not at all, and a file written at the old third-party CA
-    path never reaches call control."""
+    identity folder and no other's."""
     for role in ROLES:
         mounts = {m["Destination"]: m.get("Name", "") for m in cluster.inspect(role)["Mounts"]}
         assert mounts[compose.IDENTITY_DIR].endswith(compose.identity_volume(role))
@@ -115,49 +112,6 @@ def test_each_container_holds_only_its_own_identity(cluster):
                            f"ccmsec/tools:{os.environ.get(compose.IMAGE_TAG_VARIABLE) or compose.project_version()}", "find", "/ca", "-name",
                            "cluster-ca.key").stdout.strip()
     assert found == "/ca/pki/cluster-ca.key"
-    _no_container_writes_call_controls_trust_inputs(cluster)
-
-
-TRUST_INPUTS = {  # call control's files (mount point -> (volume, its one writer)); the rest is CAPF's RPC
-    "/data/pki": (compose.PKI_VOLUME, "capf"),
-    compose.MANUFACTURER_DIR: (compose.MANUFACTURER_VOLUME, "phone-sim"),
-}
-
-
-def _no_container_writes_call_controls_trust_inputs(cluster):
-    planted = "/data/pki/lsc-third-party-ca.crt"  # where call control used to read the third-party CA
-    for role in (*ROLES, *compose.call_control_nodes()[1:]):
-        mounts = {m["Destination"]: m for m in cluster.inspect(role)["Mounts"]}
-        assert mounts["/data"]["Name"].endswith(f"_{compose.data_volume(role)}"), role  # its own /data
-        assert not any(m.get("Name", "").endswith("_ccmsec-data") for m in mounts.values()), role
-        for path, (volume, owner) in TRUST_INPUTS.items():
-            mount = mounts.get(path)
-            if role == owner:
-                assert mount is not None and mount["RW"], (role, path)
-                continue
-            assert mount is not None, (role, path)  # read-only in every container but its owner's
-            assert mount["Name"].endswith(f"_{volume}") and not mount["RW"], (role, path, mount)
-            attempt = cluster.exec(role, "sh", "-c", f"echo attacker > {path}/intruder.crt", check=False)
-            assert attempt.returncode != 0 and "Read-only file system" in attempt.stderr, (role, attempt)
-    # The attack itself, from phone-sim and the gateway: a CA written where call control used to
-    # read it, the CAPF certificate replaced, the manufacturer CA replaced (not phone-sim's to try:
-    # it is that CA's owner) — each refused.
-    for role in ("phone-sim", "srtp-gateway"):
-        targets = [planted, "/data/pki/capf.crt"]
-        if role != "phone-sim":
-            targets.append(f"{compose.MANUFACTURER_DIR}/manufacturer-ca.crt")
-        for target in targets:
-            attempt = cluster.exec(role, "sh", "-c", f"echo attacker > {target}", check=False)
-            assert attempt.returncode != 0 and "Read-only file system" in attempt.stderr, (role, target, attempt)
-    for node in compose.call_control_nodes():
-        seen = cluster.exec(node, "sh", "-c", f"cat {planted} {compose.MANUFACTURER_DIR}/manufacturer-ca.crt"
-                            " /data/pki/capf.crt 2>&1; true").stdout
-        assert "attacker" not in seen and "BEGIN CERTIFICATE" in seen, (node, seen[:200])
-        attempt = cluster.exec(node, "sh", "-c", "echo x > /data/pki/capf.crt", check=False)
-        assert attempt.returncode != 0 and "Read-only file system" in attempt.stderr, (node, attempt)
-    # the owner does write its own (the control: the refusals above are the mounts, not the paths)
-    proc = cluster.exec("capf", "sh", "-c", "echo probe > /data/pki/.write-probe && rm /data/pki/.write-probe")
-    assert proc.returncode == 0
 
 
 def test_no_password_in_any_environment_or_in_the_compose_file(cluster):
@@ -181,6 +135,92 @@ def test_no_password_in_any_environment_or_in_the_compose_file(cluster):
     proc = cluster.docker("run", "--rm", "-e", "POSTGRES_USER=ccmsec", image, check=False, timeout=120)
     assert proc.returncode != 0
     assert "password" in (proc.stdout + proc.stderr).lower()
+
+
+# What a compromised container holding call control's database credential tries (issue 9 §5): its
+# connection has no write guard — only PostgreSQL's privileges stand in the way.
+_DB_ATTEMPTS = r"""
+import asyncio, json
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from ccmsec.runtime.database import create_engine
+from ccmsec.runtime.settings import load_settings
+
+STATEMENTS = {
+    "capf_table": "INSERT INTO ccmsec_capf.capf_settings (key, value, updated_at) VALUES ('forged', 'x', now())",
+    "capf_outbox": "INSERT INTO ccmsec_capf.event_outbox (event_id, origin, kind, target, payload, created_at, "
+                   "attempts, last_error) VALUES ('forged', 'capf', 'device.reset', NULL, decode('00', 'hex'), "
+                   "now(), 0, '')",
+    "ctl_table": "UPDATE ccmsec_ctl_provider.cluster_settings SET value = 'non-secure'",
+    "own_table": "UPDATE devices SET name = name WHERE false",
+}
+
+async def attempt(url, sql):
+    engine = create_engine(url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text(sql))
+        return "ok"
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    finally:
+        await engine.dispose()
+
+async def main():
+    url = load_settings().db_url
+    out = {k: await attempt(url, sql) for k, sql in STATEMENTS.items()}
+    out["user"] = make_url(url).username
+    # its password does not open CAPF's role either
+    out["as_capf"] = await attempt(make_url(url).set(username="ccmsec_capf").render_as_string(hide_password=False),
+                                   "SELECT 1")
+    print(json.dumps(out))
+
+asyncio.run(main())
+"""
+
+
+def test_each_stateful_role_writes_only_its_own_schema_and_the_others_hold_no_db_secret(cluster):
+    """Issue 9 §5 in the database itself: each stateful role connects as its own PostgreSQL role
+    with a password only its containers mount; with call control's credential an insert into
+    CAPF's table or CAPF's outbox (which CAPF's relay would publish under CAPF's NATS identity) is
+    refused by PostgreSQL, while its own table takes the write. phone-sim, keymanager, srtp-gateway
+    and srst hold no database credential at all, and none but PostgreSQL the bootstrap one."""
+    from ccmsec.db.roles import uses_database
+
+    # (Debian's own /var/lib/pam/password is PAM bookkeeping, no secret)
+    find_secrets = ("find / \\( -path /proc -o -path /sys -o -path /usr -o -path /var/lib/pam \\) -prune -o "
+                    "-type f \\( -name password -o -name roles.json \\) -print 2>/dev/null; true")
+    for role in ROLES:
+        env = dict(e.split("=", 1) for e in cluster.inspect(role)["Config"]["Env"] or [])
+        mounts = [m.get("Name", "") for m in cluster.inspect(role)["Mounts"]]
+        assert not any(m.endswith(f"_{compose.PG_SECRET_VOLUME}") for m in mounts), role
+        found = cluster.exec(role, "sh", "-c", find_secrets).stdout.split()
+        if uses_database(role):
+            assert env["CCMSEC_DATABASE_URL"].startswith(f"postgresql://ccmsec_{role.replace('-', '_')}@"), role
+            assert [m for m in mounts if "_db-secret-" in m] == [f"{cluster.project}_{compose.db_secret_volume(role)}"]
+            mode = cluster.exec(role, "stat", "-c", "%a %u", compose.DB_PASSWORD_FILE).stdout.split()
+            assert mode == ["600", str(compose.APP_UID)], role
+            assert found == [compose.DB_PASSWORD_FILE], role  # its own, and no one else's
+        else:
+            assert "CCMSEC_DATABASE_PASSWORD_FILE" not in env and env["CCMSEC_DATABASE_URL"].startswith("sqlite:"), role
+            assert not any("_db-secret-" in m for m in mounts), role
+            assert found == [], f"{role} holds a secret it should not: {found}"
+            # (the image has the empty mount point; nothing is mounted or written there)
+            assert cluster.exec(role, "sh", "-c", f"ls -A {compose.DB_PASSWORD_DIR} 2>/dev/null; true").stdout == ""
+    passwords = {role: cluster.file(role, compose.DB_PASSWORD_FILE).strip() for role in ROLES if uses_database(role)}
+    assert len(set(passwords.values())) == len(passwords), "two roles share a database password"
+    out = json.loads(cluster.exec("callmanager", "python3", "-c", _DB_ATTEMPTS).stdout.strip().splitlines()[-1])
+    assert out["user"] == "ccmsec_callmanager"
+    assert out["own_table"] == "ok", out
+    for key, schema in (("capf_table", "ccmsec_capf"), ("capf_outbox", "ccmsec_capf"),
+                        ("ctl_table", "ccmsec_ctl_provider")):
+        assert out[key].startswith("WriteRefused: PostgreSQL refused role 'ccmsec_callmanager'"), (key, out[key])
+        assert f"permission denied for schema {schema}" in out[key], (key, out[key])
+    assert "password authentication failed" in out["as_capf"], out["as_capf"]
+    # nothing forged got into CAPF's outbox (the bootstrap user looks, in the postgres container)
+    rows = cluster.exec("postgres", "psql", "-q", "-U", compose.PG_BOOTSTRAP_USER, "-d", compose.PG_DATABASE, "-At",
+                        "-c", "SELECT count(*) FROM ccmsec_capf.event_outbox WHERE event_id = 'forged'").stdout
+    assert rows.strip() == "0"
 
 
 # --- using it ----------------------------------------------------------------------------------
@@ -248,6 +288,96 @@ def test_monitoring_profile_prometheus_loads_the_rules_and_scrapes_every_service
         assert {r["metric"]["instance"].split(":")[0] for r in up if r["value"][1] == "1"} == nodes
     finally:
         cluster.dc("--profile", "monitoring", "rm", "-sfv", "prometheus", check=False)
+
+
+def test_two_clusters_side_by_side_each_its_own_ports_ca_and_phones(cluster, neighbour, tmp_path):
+    """Issue 13 item 3: a second cluster beside this one — a copy of this one's env file (every
+    host port in it taken by this cluster), fixed by `ccmsec compose ports --fix`, then `up`. Both
+    healthy at the same time; each administration API answers with its own cluster CA (the other's
+    CA does not verify it); a phone of this cluster (its MIC, from this cluster's phone-sim) is
+    accepted by this cluster's SCCP/TLS port and refused by the other's. Only reads the neighbour:
+    it is the next module's cluster, which must reach that module as it came up."""
+    import socket
+    import ssl
+
+    from ccmsec.adminclient import AdminClientError
+
+    # the bad case first: the unfixed copy — every taken port named with a free alternative
+    copy = tmp_path / "copy.env"
+    copy.write_text(cluster.env_file.read_text().replace(f"={cluster.project}\n", "=anotherproject\n"))
+    checked = run_cli("compose", "ports", "--env-file", str(copy), timeout=120)
+    published = {name for entries in compose.host_ports().values() for name, *_ in entries}
+    assert checked.returncode != 0 and "Traceback" not in checked.stderr, checked.stdout + checked.stderr
+    named = dict(re.findall(r"a free one: (CCMSEC_PUBLISH_\w+)=(\d+)", checked.stderr))
+    assert set(named) == published, (published - set(named), checked.stderr)
+    assert f"run `ccmsec compose ports --env-file {copy} --fix`" in checked.stderr
+    ours = set(cluster.ports.values())
+    assert not ours & {int(v) for v in named.values()}, "an alternative is one of the running cluster's ports"
+
+    # the neighbour was made that way, and `up` worked: both healthy now, on disjoint host ports
+    assert neighbour.beside == cluster.project and neighbour.project != cluster.project
+    assert set(re.findall(r"compose ports: (\w+): \S+ is taken; now \d+", neighbour.fixed)) == published, \
+        neighbour.fixed
+    for c in (cluster, neighbour):
+        c.wait_healthy(timeout=120)
+    assert all(cluster.health(s) == neighbour.health(s) == "healthy" for s in ("nats", "postgres", *ROLES))
+    for name in published:
+        assert neighbour.ports[name] != cluster.ports[name], name
+    bindings = neighbour.inspect("callmanager")["HostConfig"]["PortBindings"]
+    assert {int(b[0]["HostPort"]) for b in bindings.values()} <= set(neighbour.ports.values())
+
+    # each administration API with its own CA; the other cluster's CA does not verify it
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    creds = {}
+    for c, sub in ((cluster, "a"), (neighbour, "b")):
+        ca, pw = c.fetch_admin_credentials()
+        creds[c.project] = ((tmp_path / sub / "ca.crt"), pw.read_text().strip())
+        creds[c.project][0].write_text(ca.read_text())
+    assert creds[cluster.project][0].read_text() != creds[neighbour.project][0].read_text()
+    for c, other in ((cluster, neighbour), (neighbour, cluster)):
+        ca, password = creds[c.project]
+        with AdminClient(discover(tmp_path, url=c.admin_url(), cafile=ca, password=password), timeout=30) as api:
+            assert api.whoami()["username"] == "admin"
+        wrong_ca = creds[other.project][0]
+        with AdminClient(discover(tmp_path, url=c.admin_url(), cafile=wrong_ca, password=password),
+                         timeout=30) as api, pytest.raises((AdminClientError, OSError), match="(?i)certificate"):
+            api.whoami()
+
+    # a phone of this cluster: its MIC (issued by this cluster's phone-sim manufacturer CA) is
+    # accepted at this cluster's SCCP/TLS port and refused at the neighbour's
+    name = "SEP00B0B0B0B001"
+    cluster.cli("phones", "add", "--name", name, "--model", "7970")
+    store = wait_until(lambda: next((p for p in json.loads(cluster.file("phone-sim", "/data/phone-sim/phones.json"))
+                                     ["phones"] if p["name"] == name and p.get("mic")), None), 30,
+                       "the phone's MIC in phone-sim's store")
+    (tmp_path / "mic.crt").write_text(store["mic"]["cert"])
+    (tmp_path / "mic.key").write_text(store["mic"]["key"])
+
+    def handshake(c) -> str:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE  # the server's side is not the question
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(tmp_path / "mic.crt", tmp_path / "mic.key")
+        port = c.ports[compose.publish_variable("callmanager", "sccp_tls_port")]
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as raw:
+            try:
+                tls = ctx.wrap_socket(raw)
+            except (ssl.SSLError, ConnectionResetError) as exc:  # an alert, or the server just closes
+                return f"refused in the handshake: {exc}"
+            with tls:
+                tls.settimeout(3)
+                try:
+                    tls.recv(1)  # the server waits for the phone's registration
+                except (TimeoutError, socket.timeout):
+                    pass
+                except (ssl.SSLError, ConnectionResetError) as exc:
+                    return f"refused after the handshake: {exc}"
+                return "accepted"
+
+    assert handshake(cluster) == "accepted"   # the same MIC and key: it is the cluster that differs
+    refused = handshake(neighbour)
+    assert refused.startswith("refused in the handshake"), refused
 
 
 def test_checklist_through_the_cli_and_a_call(cluster):
@@ -661,7 +791,7 @@ def test_each_private_key_is_readable_only_in_its_own_container(cluster):
         own = sorted(p.rsplit("/", 1)[-1] for p in found if p.startswith(compose.KEY_DIR + "/"))
         assert own == sorted(set(OWN_KEYS.get(role, []))), (role, own)
     # the keys are where they belong, matching the certificates everyone reads
-    for role, cert in (("capf", "/data/pki/capf.crt"), ("phone-sim", f"{compose.MANUFACTURER_DIR}/manufacturer-ca.crt")):
+    for role, cert in (("capf", "/data/pki/capf.crt"), ("phone-sim", "/data/pki/manufacturer-ca.crt")):
         check = ("from cryptography import x509; from cryptography.hazmat.primitives import serialization as s; "
                  f"c = x509.load_pem_x509_certificate(open('{cert}','rb').read()); "
                  f"k = s.load_pem_private_key(open('{compose.KEY_DIR}/{OWN_KEYS[role][0]}','rb').read(), None); "

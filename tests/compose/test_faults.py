@@ -33,11 +33,13 @@ import time
 from dataclasses import dataclass, field
 
 import pytest
+from cryptography import x509
 
 from ccmsec.adminclient import AdminClient, AdminClientError, discover
 from ccmsec.cluster import compose
 from tests.compose.conftest import FAILOVER_SETTINGS, ROOT, SUBSCRIBERS
 from tests.compose.test_cluster import wait_until
+from tests.lsccheck import lsc_problem
 
 # bring-up, mixed mode, the enrolled load and five faults on a loaded 2-core machine
 pytestmark = pytest.mark.timeout(1500)
@@ -343,33 +345,13 @@ class ConfigWriter(threading.Thread):
             time.sleep(0.05)
 
 
-def _lsc_problem(der: bytes, name: str, capf_pem: str) -> str | None:
-    from cryptography import x509
-    from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-
-    capf = x509.load_pem_x509_certificate(capf_pem.encode())
-    try:
-        cert = x509.load_der_x509_certificate(der)
-    except ValueError as exc:
-        return f"not a certificate: {exc}"
-    cn = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
-    if not cn or cn[0].value != name:
-        return f"issued for {cert.subject.rfc4514_string()}"
-    if cert.issuer != capf.subject:
-        return f"issued by {cert.issuer.rfc4514_string()}"
-    key = capf.public_key()
-    try:
-        if isinstance(key, ec.EllipticCurvePublicKey):
-            key.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(cert.signature_hash_algorithm))
-        elif isinstance(key, rsa.RSAPublicKey):
-            key.verify(cert.signature, cert.tbs_certificate_bytes, padding.PKCS1v15(), cert.signature_hash_algorithm)
-    except Exception as exc:  # noqa: BLE001 — InvalidSignature
-        return f"signature does not verify with CAPF's key: {exc!r}"
-    return None
-
-
 def _psql(cluster, sql: str) -> list[list[str]]:
-    out = cluster.exec("postgres", "psql", "-U", "ccmsec", "-d", "ccmsec", "-At", "-F", "\t", "-c", sql).stdout
+    """As the bootstrap user, with every owner's schema on the path (ccmsec/db/roles.py)."""
+    from ccmsec.db.roles import DB_ROLES, pg_role
+
+    path = ", ".join(pg_role(r) for r in DB_ROLES)
+    out = cluster.exec("postgres", "psql", "-q", "-U", compose.PG_BOOTSTRAP_USER, "-d", compose.PG_DATABASE,
+                       "-At", "-F", "\t", "-c", f"SET search_path TO {path}; {sql}").stdout
     return [row.split("\t") for row in out.splitlines() if row]
 
 
@@ -420,9 +402,9 @@ def test_database_restarted_during_capf_enrolments_and_config_changes(cluster, l
         lines = {(ln.get("dn"), ln.get("device")) for ln in api.lines()}
     lost = [d for d in writer.devices if d not in devices] + [f"{dn}@{d}" for dn, d in writer.lines
                                                                if (dn, d) not in lines]
-    capf_pem = cluster.file("capf", "/data/pki/capf.crt")
+    capf = x509.load_pem_x509_certificate(cluster.file("capf", "/data/pki/capf.crt").encode())
     phones = ld.phones(names)
-    problems = [f"{n}: LSC {why}" for n in names if (why := _lsc_problem(phones[n].lsc.der, n, capf_pem))]
+    problems = [f"{n}: LSC {why}" for n in names if (why := lsc_problem(phones[n].lsc.der, n, capf))]
     in_list = ",".join(f"'{n}'" for n in names)
     ops = _psql(cluster, f"SELECT device_name, state, coalesce(issued_fingerprint, '') FROM capf_operations "
                          f"WHERE device_name IN ({in_list}) ORDER BY id")

@@ -17,6 +17,7 @@ from ccmsec.cli import compose as compose_cli
 from ccmsec.cli.common import CliError
 from ccmsec.cluster import compose
 from ccmsec.cluster.topology import GRPC_PORT, ROLES, SERVICES, Port, ServiceSpec
+from ccmsec.db.roles import uses_database
 from ccmsec.runtime.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,7 +69,7 @@ def test_every_role_is_a_service_with_versioned_image_target_and_its_own_identit
     services = _doc()["services"]
     nodes = [n for role in ROLES for n in ([role, *compose.call_control_nodes()[1:]] if role == "callmanager"
                                            else [role])]
-    assert list(services) == ["init", "nats", "postgres", *nodes, "cli", "prometheus", "grafana"]
+    assert list(services) == ["init", "nats", "postgres", "db-init", *nodes, "cli", "prometheus", "grafana"]
     version = compose.project_version()
     assert version == tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     for role in ROLES:
@@ -76,7 +77,7 @@ def test_every_role_is_a_service_with_versioned_image_target_and_its_own_identit
         assert svc["image"] == "ccmsec/%s:${CCMSEC_IMAGE_TAG:-%s}" % (role, version)
         assert svc["build"]["dockerfile"] == compose.DOCKERFILE and svc["build"]["target"] == role
         assert svc["build"]["args"] == {"PYTHON_IMAGE": "${CCMSEC_PYTHON_IMAGE:-%s}" % compose.PYTHON_IMAGE}
-        assert svc["volumes"][0] == f"data-{role}:/data"  # its own data volume
+        assert "ccmsec-data:/data" in svc["volumes"]
         assert f"identity-{role}:{compose.IDENTITY_DIR}:ro" in svc["volumes"]
         others = [v for v in svc["volumes"] if v.startswith(("identity-", compose.CA_VOLUME))
                   and not v.startswith(f"identity-{role}:")]
@@ -94,7 +95,11 @@ def test_every_role_is_a_service_with_versioned_image_target_and_its_own_identit
         assert svc["healthcheck"]["interval"] == "10s" and svc["healthcheck"]["retries"] == 6
         assert svc["depends_on"]["init"] == {"condition": "service_completed_successfully"}
         assert svc["depends_on"]["nats"] == {"condition": "service_healthy"}
-        assert svc["depends_on"]["postgres"] == {"condition": "service_healthy"}
+        if uses_database(role):  # its own PostgreSQL role, made by db-init
+            assert svc["depends_on"]["postgres"] == {"condition": "service_healthy"}
+            assert svc["depends_on"]["db-init"] == {"condition": "service_completed_successfully"}
+        else:  # no database credential: it does not even wait for PostgreSQL
+            assert "postgres" not in svc["depends_on"] and "db-init" not in svc["depends_on"]
     init = services["init"]
     assert f"{compose.CA_VOLUME}:/ca" in init["volumes"] and init["restart"] == "no"
     assert [s for s, svc in services.items() if any(str(v).startswith(compose.CA_VOLUME + ":")
@@ -120,9 +125,14 @@ def test_service_environment_loads_as_settings_for_every_role(monkeypatch, tmp_p
         assert settings.service == s.role and settings.node_name == s.role and settings.host == "0.0.0.0"
         assert settings.call_control_nodes == ["callmanager", "callmanager-sub1"]
         assert str(settings.data_dir) == "/data" and settings.nats_url == "nats://nats:4222"
-        assert env["CCMSEC_DATABASE_PASSWORD_FILE"] == compose.DB_PASSWORD_FILE
         assert not any("PASSWORD" in k and not k.endswith("_FILE") for k in env)
-        assert settings.db_url == "postgresql://ccmsec:s3cret-from-file@postgres:5432/ccmsec"
+        if uses_database(s.role):  # its own PostgreSQL role (issue 9 §5)
+            assert env["CCMSEC_DATABASE_PASSWORD_FILE"] == compose.DB_PASSWORD_FILE
+            user = "ccmsec_" + s.role.replace("-", "_")
+            assert settings.db_url == f"postgresql://{user}:s3cret-from-file@postgres:5432/ccmsec"
+        else:  # no credential at all: its bus bookkeeping in its own key volume
+            assert "CCMSEC_DATABASE_PASSWORD_FILE" not in env
+            assert env["CCMSEC_DATABASE_URL"] == f"sqlite:///{compose.KEY_DIR}/bus.db"
         assert str(settings.identity_folder) == compose.IDENTITY_DIR
         assert settings.peers == {r: r for r in ROLES}
         assert settings.peer_host("callmanager") == "callmanager"
@@ -273,6 +283,79 @@ def test_init_issues_each_subscriber_its_own_callmanager_identity(tmp_path):
         init("--role=phone-sim", "--subscriber=callmanager-sub1")
 
 
+def test_each_database_secret_is_mounted_only_by_its_role_and_the_bootstrap_one_only_by_postgres():
+    """Issue 9 §5: one database password per stateful role, in a volume only that role's
+    containers (call-control subscribers: callmanager's) mount; PostgreSQL's bootstrap password
+    only in postgres and db-init (and init, which makes it); the roles without tables mount none."""
+    services = _doc()["services"]
+
+    def mounters(volume):
+        return sorted(name for name, svc in services.items()
+                      if any(str(v).split(":", 1)[0] == volume for v in svc.get("volumes", [])))
+
+    subs = compose.call_control_nodes()[1:]
+    assert subs, "the committed file has a subscriber"
+    for role in ROLES:
+        if uses_database(role):
+            owners = ["callmanager", *subs] if role == "callmanager" else [role]
+            assert mounters(compose.db_secret_volume(role)) == sorted(["init", *owners]), role
+            assert f"{compose.db_secret_volume(role)}:{compose.DB_PASSWORD_DIR}:ro" in services[role]["volumes"]
+        else:
+            assert not any("db-secret" in str(v) or "postgres" in str(v) for v in services[role]["volumes"]), role
+            assert "CCMSEC_DATABASE_PASSWORD_FILE" not in services[role]["environment"]
+    assert mounters(compose.PG_SECRET_VOLUME) == ["db-init", "init", "postgres"]
+    assert not any(name.startswith("db-secret") and not name.startswith("db-secret-") for name in _doc()["volumes"])
+    assert {r for r in ROLES if uses_database(r)} == {"ctl-provider", "callmanager", "capf", "tftp-signer"}
+    db_init = services["db-init"]
+    assert db_init["user"] == f"{compose.POSTGRES_UID}:{compose.POSTGRES_UID}" and db_init["restart"] == "no"
+    assert db_init["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+
+
+def test_compose_init_writes_one_secret_per_stateful_role_and_only_verifiers_for_postgres(tmp_path, capsys):
+    """`compose init`: each stateful role's password in its own folder (0600, 0700), the bootstrap
+    password apart, and for db-init only SCRAM verifiers of the roles' passwords."""
+    import json
+
+    from ccmsec.cli.main import main
+
+    secrets = tmp_path / "secrets"
+    for sub in ("postgres", *(f"db/{r}" for r in ROLES if uses_database(r))):
+        (secrets / sub).mkdir(parents=True)
+    args = ["compose", "init", "--ca", str(tmp_path / "ca"), "--identities", str(tmp_path / "ids"),
+            "--secrets", str(secrets), *(f"--role={r}" for r in ROLES)]
+    assert main(args) == 0
+    passwords = {r: (secrets / "db" / r / "password").read_text().strip() for r in ROLES if uses_database(r)}
+    assert len(set(passwords.values())) == len(passwords) and all(len(p) >= 24 for p in passwords.values())
+    for role in passwords:
+        assert (secrets / "db" / role / "password").stat().st_mode & 0o777 == 0o600
+        assert (secrets / "db" / role).stat().st_mode & 0o777 == 0o700
+    assert not (secrets / "db" / "phone-sim").exists() and not (secrets / "db" / "password").exists()
+    bootstrap = (secrets / "postgres" / "password").read_text().strip()
+    assert bootstrap not in passwords.values()
+    roles_file = secrets / "postgres" / compose.PG_ROLES_FILE
+    verifiers = json.loads(roles_file.read_text())
+    assert roles_file.stat().st_mode & 0o777 == 0o600 and set(verifiers) == set(passwords)
+    text = roles_file.read_text()
+    assert all(v.startswith("SCRAM-SHA-256$4096:") for v in verifiers.values())
+    assert not any(p in text for p in passwords.values())
+    assert main(args) == 0  # a second start keeps every password
+    assert {r: (secrets / "db" / r / "password").read_text().strip() for r in passwords} == passwords
+    assert "one password per stateful role" in capsys.readouterr().out
+
+
+def test_compose_db_init_bad_input_is_a_clear_error(tmp_path, capsys):
+    from ccmsec.cli.main import main
+
+    (tmp_path / "password").write_text("pw\n")
+    assert main(["compose", "db-init", "--url", "postgresql://ccmsec@127.0.0.1:1/ccmsec",
+                 "--secrets", str(tmp_path)]) != 0
+    assert "roles.json" in capsys.readouterr().err
+    (tmp_path / compose.PG_ROLES_FILE).write_text('{"capf": "plain-password"}')
+    assert main(["compose", "db-init", "--url", "postgresql://ccmsec@127.0.0.1:1/ccmsec",
+                 "--secrets", str(tmp_path), "--wait", "0"]) != 0
+    assert "not a SCRAM-SHA-256 verifier" in capsys.readouterr().err
+
+
 def test_database_password_file_missing_or_empty_is_a_clear_error(monkeypatch, tmp_path):
     """DEPLOY-2, bad case: no password file, or an empty one, is refused by name, never a traceback."""
     from ccmsec.runtime.settings import SettingsError
@@ -325,8 +408,7 @@ def test_nats_and_postgres_pinned_images_are_variables_and_have_healthchecks():
         default = compose.IMAGE_VARIABLES[name]  # pinned: a version, never `latest`
         assert ":" in default and not default.endswith((":latest", ":16", ":2.10-alpine"))
         assert "${%s:-%s}" % (name, default) in compose.render_compose()
-    assert {"nats-data", "postgres-data", "data-capf", compose.PKI_VOLUME, compose.CA_VOLUME} <= set(doc["volumes"])
-    assert "ccmsec-data" not in doc["volumes"]  # no volume every container writes (issue 9 §1)
+    assert {"nats-data", "postgres-data", "ccmsec-data", compose.CA_VOLUME} <= set(doc["volumes"])
 
 
 def test_published_ports_on_loopback_from_the_env_file_never_collide_by_default():
@@ -376,7 +458,7 @@ def test_start_order_drops_only_edges_between_roles_that_call_each_other():
     assert waits["ctl-provider"] == [] and waits["tftp-signer"] == [] and waits["srst"] == ["callmanager"]
     services = _doc()["services"]
     for role, peers in waits.items():
-        extra = [d for d in services[role]["depends_on"] if d not in ("init", "nats", "postgres")]
+        extra = [d for d in services[role]["depends_on"] if d not in ("init", "nats", "postgres", "db-init")]
         assert extra == peers
         assert all(services[role]["depends_on"][p] == {"condition": "service_started"} for p in peers)
 
@@ -422,52 +504,10 @@ def test_validate_reports_waiting_for_health_of_a_service_that_has_none():
 
 def test_validate_reports_an_undeclared_volume():
     doc = _doc()
-    del doc["volumes"]["pki-capf"]
+    del doc["volumes"]["ccmsec-data"]
     problems = compose.validate_compose(_dump(doc))
     assert len(problems) == len(ROLES) + compose.COMPOSE_SUBSCRIBERS  # every node mounts it
-    assert "service ctl-provider: volume 'pki-capf' is not declared under top-level volumes" in problems
-
-
-def test_no_role_can_write_a_file_another_role_trusts():
-    """Issue 9 §1 in compose: every volume a node writes is its own (no other container mounts it
-    read-write); what others read of it they mount read-only; nothing is shared by all. The CAPF
-    certificate, the manufacturer CA and the server certificates are each written by their owner
-    alone; phone-sim and the gateway write nothing call control trusts."""
-    doc = _doc()
-    mounts: dict[str, dict[str, list[str]]] = {}  # volume -> {"rw": [...], "ro": [...]}
-    for name, svc in doc["services"].items():
-        if name == "init":  # the one-shot issuer, before any service runs
-            continue
-        for entry in svc.get("volumes", []):
-            parts = str(entry).split(":")
-            if parts[0] in doc["volumes"]:
-                mode = "ro" if parts[-1] == "ro" else "rw"
-                mounts.setdefault(parts[0], {"rw": [], "ro": []})[mode].append(name)
-    for volume, by in mounts.items():
-        assert len(by["rw"]) <= 1, f"{volume} is writable in {by['rw']}"
-    owners = {v: by["rw"] for v, by in mounts.items()}
-    assert owners["pki-capf"] == ["capf"] and owners["manufacturer-ca"] == ["phone-sim"]
-    nodes = compose.call_control_nodes()
-    for node in nodes:
-        assert owners[f"servers-{node}"] == [node] and mounts[f"servers-{node}"]["ro"] == ["ctl-provider"]
-        cm = doc["services"][node]
-        assert "pki-capf:/data/pki:ro" in cm["volumes"]
-        assert "manufacturer-ca:/data/manufacturer:ro" in cm["volumes"]
-        assert cm["environment"]["CCMSEC_MANUFACTURER_CA_DIR"] == compose.MANUFACTURER_DIR
-    everyone = [n for n in doc["services"] if n in (*ROLES, *nodes)]
-    assert sorted(mounts["pki-capf"]["ro"]) == sorted(n for n in everyone if n != "capf")
-    assert sorted(mounts["manufacturer-ca"]["ro"]) == sorted(n for n in everyone if n != "phone-sim")
-    # call control's trust inputs are writable by their owner only: phone-sim and the gateway
-    # (and every other role) write nothing of capf's or call control's
-    for role in ("phone-sim", "srtp-gateway", "keymanager", "srst", "tftp-signer", "ctl-provider"):
-        writable = [v for v, by in mounts.items() if role in by["rw"]]
-        assert "pki-capf" not in writable and not any(v.startswith("servers-callmanager") for v in writable)
-        assert role == "phone-sim" or "manufacturer-ca" not in writable, (role, writable)
-        assert all(v == "manufacturer-ca" or v.endswith(f"-{role}") for v in writable), (role, writable)
-    # the Dockerfile makes each writable mount point, owned by the app user
-    dockerfile = compose.render_dockerfile()
-    for path in ("/data/pki", "/data/manufacturer", "/data/servers/callmanager", "/data/servers/tftp-signer"):
-        assert path in dockerfile
+    assert "service srst: volume 'ccmsec-data' is not declared under top-level volumes" in problems
 
 
 def test_validate_reports_a_host_port_published_twice():
@@ -536,9 +576,9 @@ def test_docker_compose_config_accepts_the_rendered_file(tmp_path):
 @pytest.mark.skipif(DOCKER_COMPOSE is None, reason="docker-compose binary not installed")
 def test_docker_compose_config_refuses_what_validate_refuses(tmp_path):
     doc = _doc()
-    del doc["volumes"]["pki-capf"]
+    del doc["volumes"]["ccmsec-data"]
     result = _compose_config(tmp_path, _dump(doc))
-    assert result.returncode != 0 and "pki-capf" in result.stderr
+    assert result.returncode != 0 and "ccmsec-data" in result.stderr
     doc = _doc()
     doc["services"]["capf"]["depends_on"]["nosuch"] = {"condition": "service_started"}
     result = _compose_config(tmp_path, _dump(doc))
