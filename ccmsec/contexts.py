@@ -8,8 +8,8 @@ then commands find the local runner's cluster through --data as before.
 
 A context made from a compose cluster's client bundle (`ccmsec compose client-bundle`) also holds
 `cluster/`, laid out like a cluster data folder: the command line's own `cli` identity
-(identities/clients/cli, key 0600), the CA certificate and `run/endpoints.json` with the host side
-of the published ports. The commands that need a service's gRPC (mutual TLS) use it as their data
+(identities/clients/cli, key and NATS nkey seed 0600), the CA certificate and `run/endpoints.json`
+with the host side of the published ports (the event bus's as `nats_url`). The commands that need a service's gRPC (mutual TLS) use it as their data
 folder when no --data or $CCMSEC_DATA_DIR is given.
 """
 
@@ -112,6 +112,7 @@ def save(name: str, url: str, ca_pem: bytes, password: str, user: str = "admin")
 
 BUNDLE_FORMAT = "ccmsec-client-bundle/1"
 _IDENTITY_FILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
+NATS_URL = re.compile(r"nats://[A-Za-z0-9.:\[\]_-]{1,253}:[0-9]{1,5}")
 
 
 def save_bundle(name: str, bundle: dict, url: str | None = None) -> Context:
@@ -125,8 +126,15 @@ def save_bundle(name: str, bundle: dict, url: str | None = None) -> Context:
         services = {str(role): dict(svc) for role, svc in dict(bundle["services"]).items()}
         url = url or str(bundle["admin_url"])
         user = str(bundle.get("user") or "admin")
+        nats_url = bundle.get("nats_url")
     except (KeyError, TypeError, ValueError) as exc:
         raise ContextError(f"client bundle: missing or malformed field {exc}") from None
+    if nats_url is not None:
+        # the event bus's published port; the cli identity's nkey (nats.nk) is what it admits
+        if not isinstance(nats_url, str) or not NATS_URL.fullmatch(nats_url):
+            raise ContextError(f"client bundle: nats_url must be nats://HOST:PORT, got {nats_url!r}")
+        if "nats.nk" not in identity:
+            raise ContextError("client bundle: a nats_url needs the identity's nkey seed nats.nk")
     if not {"tls.crt", "tls.key", "ca.crt"} <= set(identity):
         raise ContextError("client bundle: the identity needs tls.crt, tls.key and ca.crt")
     for role, svc in services.items():
@@ -147,7 +155,8 @@ def save_bundle(name: str, bundle: dict, url: str | None = None) -> Context:
         private = fname.endswith((".key", ".nk"))
         atomic_write(ident / fname, text.encode(), mode=0o600 if private else 0o644)
     atomic_write(target / "pki" / "cluster-ca.crt", ca.encode())
-    endpoints = {"admin_url": url.rstrip("/"), "services": services}
+    endpoints = {"admin_url": url.rstrip("/"), "services": services,
+                 **({"nats_url": nats_url} if nats_url else {})}
     atomic_write(target / "run" / "endpoints.json", json.dumps(endpoints, indent=2, sort_keys=True).encode())
     return ctx
 

@@ -57,6 +57,11 @@ class CallingPhone:
         if conn.session.state.value == "registered":   # registered before we listened
             self._start_setup()
 
+    def media_on(self, host: str) -> None:
+        """Bind (and announce) the media ports of the next calls on `host`: an address the far end
+        reaches (the demo's phone on the host calling a gateway in a container network)."""
+        self.ports.host = host
+
     @property
     def name(self) -> str:
         return self.display.device_name

@@ -13,7 +13,8 @@ creates (or sets again) each stateful role's login role, its own schema and noth
 
 `ccmsec compose client-bundle` (run in the `cli` container): what the CLI on the host needs to reach
 the cluster through its published ports — the `cli` identity (certificate and key from the cluster
-CA), the CA certificate, the administrator's password and the host side of every published port —
+CA, and its NATS nkey seed), the CA certificate, the administrator's password and the host side of
+every published port (the event bus's too) —
 as one JSON document on standard output, for `ccmsec context add NAME --client-bundle -`.
 
 `ccmsec compose ports [--env-file FILE] [--fix]`: before `docker-compose up`, whether every host
@@ -230,7 +231,9 @@ def _client_bundle(args) -> int:
     import json
 
     from ccmsec.cli.common import default_data_dir
-    from ccmsec.cluster.compose import ADMIN_SECRET_DIR, BIND_DEFAULT, BIND_VARIABLE, host_ports, port_name
+    from ccmsec.cluster.compose import (ADMIN_SECRET_DIR, BIND_DEFAULT, BIND_VARIABLE, NATS_PUBLISH_VARIABLE,
+                                        host_ports, port_name)
+    from ccmsec.cluster.topology import NATS_PORT
 
     data = default_data_dir()
     ident = data / "identities" / "clients" / "cli"
@@ -256,8 +259,13 @@ def _client_bundle(args) -> int:
                  for name, default, target, proto in entries}
         services[role] = {"host": bind, **ports}
     admin_url = f"https://{bind}:{services['callmanager']['admin_port']}"
+    if "nats.nk" not in files:
+        raise CliError(f"client-bundle: {ident} has no nats.nk (the cli identity's NATS nkey; run "
+                       "`docker-compose up init` again)")
+    # the event bus's published port: the cli identity's nkey (nats.nk above) authenticates there
+    nats_url = f"nats://{bind}:{int(os.environ.get(NATS_PUBLISH_VARIABLE) or NATS_PORT)}"
     bundle = {"format": BUNDLE_FORMAT, "admin_url": admin_url, "user": "admin", "password": password,
-              "ca": ca, "identity": files, "services": services}
+              "ca": ca, "identity": files, "services": services, "nats_url": nats_url}
     if sys.stdout.isatty():
         print("client-bundle: holds the cli key and the admin password; pipe it into "
               "`ccmsec context add NAME --client-bundle -`", file=sys.stderr)

@@ -4,8 +4,8 @@ A context is the administration API's address, the cluster CA certificate that v
 credentials (the password file 0600). With one in use, the administration commands (`device`,
 `line`, `pool`, `srst`, `mode` …) go to that cluster instead of the local runner's. A context added
 from a compose cluster's client bundle (`--client-bundle`) carries the command line's own `cli`
-identity and the published gRPC ports as well, so `phones`, `capf`, `ctl`, `tftp` … reach that
-cluster's services too (mutual TLS).
+identity (and its NATS nkey) and the published gRPC and NATS ports as well, so `phones`, `capf`,
+`ctl`, `tftp` … reach that cluster's services too (mutual TLS), and the demo its event bus.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add.add_argument("--client-bundle", metavar="FILE",
                      help="a compose cluster's bundle ('-': standard input), from `docker-compose run "
                           "--rm -T cli compose client-bundle`: CA, admin password, the cli identity "
-                          "and the published ports — the gRPC commands then reach it too")
+                          "(and its NATS nkey) and the published ports — the gRPC and bus commands "
+                          "then reach it too")
     add.add_argument("--user", default="admin")
     add.add_argument("--password-file", help="file holding the password ('-': standard input)")
     add.add_argument("--use", action="store_true", help="also make it the context in use")

@@ -23,7 +23,8 @@ Rules the renderer follows (and why):
 - gRPC from the host: each role's gRPC port is published too (mutual TLS: only holders of an
   identity from the cluster CA get past the handshake, and each RPC's policy applies), so the CLI
   on the host reaches phone-sim, CAPF, the CTL Provider … with the `cli` identity it is handed by
-  `ccmsec compose client-bundle` (docs/compose.md). Nothing unauthenticated is published.
+  `ccmsec compose client-bundle` (docs/compose.md). NATS's client port is published too (its
+  `cli` nkey is in the bundle; NATS admits only known nkeys, BUS-1). Nothing unauthenticated is published.
 - Published ports (DEPLOY-3): on `${CCMSEC_BIND_ADDRESS:-127.0.0.1}`, each host port a variable
   of the env file (compose.env.example lists them), so two clusters run side by side. A
   phone-facing port keeps its number by default, unless an earlier role already publishes that
@@ -90,6 +91,11 @@ IMAGE_VARIABLES = {
 IMAGE_TAG_VARIABLE = "CCMSEC_IMAGE_TAG"
 BIND_VARIABLE = "CCMSEC_BIND_ADDRESS"
 BIND_DEFAULT = "127.0.0.1"  # published ports listen on loopback unless the env file says otherwise
+# The event bus's client port, published for the CLI on the host (its `cli` nkey from the client
+# bundle): NATS authenticates every connection by nkey and applies its role's subjects (BUS-1), so
+# nothing unauthenticated is published. Plain NATS like the local runner's (the nkey is a signed
+# challenge, never sent); on loopback by default like every published port.
+NATS_PUBLISH_VARIABLE = "CCMSEC_PUBLISH_NATS"
 DOCKERFILE = "docker/Dockerfile"
 VENV_PYTHON = "/app/.venv/bin/python"
 IDENTITY_DIR = "/run/ccmsec/identity"
@@ -267,6 +273,8 @@ def env_example(services: tuple[ServiceSpec, ...] = SERVICES) -> str:
     for role, entries in host_ports(services).items():
         for name, host, target, proto in entries:
             lines.append(f"{name}={host}")
+    lines += ["# The event bus (NATS, nkey authentication only) for the CLI on the host.",
+              f"{NATS_PUBLISH_VARIABLE}={NATS_PORT}"]
     lines += ["# Failover timing, seconds (LATER-7, docs/survivability.md): call control's and SRST's",
               "# keepalive (three missed = node lost); phones' stable period before fail-back, probes",
               "# of higher nodes, keepalive on the standby connection.",
@@ -365,6 +373,8 @@ def _infra_services() -> dict:
             # BUS-1: users by public nkey only (rendered by init); JetStream in /data
             "command": ["-c", "/etc/ccmsec-nats/nats.conf", "-m", "8222"],
             "volumes": [f"{NATS_VOLUME}:/data", f"{NATS_CONFIG_VOLUME}:/etc/ccmsec-nats:ro"],
+            # for the CLI on the host: every connection is by nkey, with its role's subjects (BUS-1)
+            "ports": [f"{var(BIND_VARIABLE, BIND_DEFAULT)}:{var(NATS_PUBLISH_VARIABLE, NATS_PORT)}:{NATS_PORT}/tcp"],
             "depends_on": {"init": {"condition": "service_completed_successfully"}},
             "healthcheck": {
                 "test": ["CMD", "wget", "-q", "--spider", "http://localhost:8222/healthz"],
@@ -477,6 +487,7 @@ def _cli_service(services: tuple[ServiceSpec, ...] = SERVICES, subscribers: int 
         "command": ["status"],
         # the host's side of the published ports, for `ccmsec compose client-bundle`
         "environment": {"CCMSEC_DATA_DIR": "/cli", BIND_VARIABLE: var(BIND_VARIABLE, BIND_DEFAULT),
+                        NATS_PUBLISH_VARIABLE: var(NATS_PUBLISH_VARIABLE, NATS_PORT),
                         **{name: var(name, host) for entries in host_ports(services, subscribers).values()
                            for name, host, _target, _proto in entries}},
         "volumes": [f"{CLI_VOLUME}:/cli", f"admin-secret:{ADMIN_SECRET_DIR}:ro"],

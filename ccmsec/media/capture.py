@@ -42,23 +42,29 @@ def capture_available() -> str | None:
 
 class LoopbackCapture:
     def __init__(self, ports: list[int] | None = None, *, host: str | None = None,
-                 directory: Path | None = None, bpf: str | None = None):
+                 directory: Path | None = None, bpf: str | None = None, interfaces: tuple[str, ...] = ("lo",)):
         """UDP `ports` (optionally on `host`), or any capture filter given as `bpf`. The file goes
-        in `directory` (a fresh temporary one when not given: the caller removes it)."""
+        in `directory` (a fresh temporary one when not given: the caller removes it). More than one
+        interface (loopback and a compose project's bridge, where a container's media reaches this
+        host): one pcapng file (`media.pcapng`), the filter on each."""
         self.filter = " or ".join(f"udp port {p}" for p in ports) if ports else "udp"
         if host:
             self.filter = f"host {host} and ({self.filter})"
         if bpf:
             self.filter = bpf
         self._dir = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="ccmsec-capture-"))
-        self.path = self._dir / "media.pcap"
+        self.interfaces = tuple(interfaces) or ("lo",)
+        # pcap holds one link type only: several interfaces need pcapng
+        self.path = self._dir / ("media.pcap" if len(self.interfaces) == 1 else "media.pcapng")
         self._proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 10.0) -> "LoopbackCapture":
         why = capture_available()
         if why:
             raise CaptureError(why)
-        self._proc = subprocess.Popen(["dumpcap", "-q", "-P", "-i", "lo", "-f", self.filter, "-w", str(self.path)],
+        each = [arg for iface in self.interfaces for arg in ("-i", iface, "-f", self.filter)]
+        fmt = ["-P"] if len(self.interfaces) == 1 else []
+        self._proc = subprocess.Popen(["dumpcap", "-q", *fmt, *each, "-w", str(self.path)],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout
         line = b""
@@ -68,7 +74,8 @@ class LoopbackCapture:
                 break
         if b"Capturing on" not in line:
             self.stop()
-            raise CaptureError(f"dumpcap could not capture on lo: {line.decode(errors='replace').strip() or 'no output'}")
+            raise CaptureError(f"dumpcap could not capture on {' and '.join(self.interfaces)}: "
+                               f"{line.decode(errors='replace').strip() or 'no output'}")
         time.sleep(0.5)  # "Capturing on" comes a moment before the filter sees every packet
         return self
 

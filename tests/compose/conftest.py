@@ -145,7 +145,7 @@ def make_env_file(path: Path, project: str) -> dict[str, int]:
         for name, _default, _target, proto in entries:
             ports[name] = free_port(proto)
             lines.append(f"{name}={ports[name]}")
-    for name in ("CCMSEC_PUBLISH_PROMETHEUS", "CCMSEC_PUBLISH_GRAFANA"):  # the monitoring profile
+    for name in ("CCMSEC_PUBLISH_PROMETHEUS", "CCMSEC_PUBLISH_GRAFANA", compose.NATS_PUBLISH_VARIABLE):
         ports[name] = free_port("tcp")
         lines.append(f"{name}={ports[name]}")
     for name, value in FAILOVER_SETTINGS.items():

@@ -61,6 +61,9 @@ def test_bundle_to_context_gives_the_grpc_commands_the_cli_identity_and_host_por
     assert doc["admin_url"] == "https://127.0.0.1:31443"  # 0.0.0.0 is reached on loopback
     assert doc["services"]["phone-sim"] == {"host": "127.0.0.1", "grpc_port": 31055}
     assert doc["services"]["capf"]["grpc_port"] == compose.GRPC_HOST_PORT_BASE + 1  # the default
+    # the event bus's published port (the default here) and the cli identity's nkey seed for it
+    assert doc["nats_url"] == "nats://127.0.0.1:4222" and "nats" not in doc["services"]
+    assert doc["identity"]["nats.nk"].startswith("SU")
     bundle = cli_container / "bundle.json"
     bundle.write_text(raw)
     monkeypatch.delenv("CCMSEC_DATA_DIR")
@@ -70,6 +73,7 @@ def test_bundle_to_context_gives_the_grpc_commands_the_cli_identity_and_host_por
     assert ctx.reaches_grpc and ctx.password() == "generated-admin-pw"
     key = ctx.cluster_dir / "identities" / "clients" / "cli" / "tls.key"
     assert stat.S_IMODE(os.stat(key).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(key.parent / "nats.nk").st_mode) == 0o600   # the bus credential too
     for folder in (ctx.folder, ctx.cluster_dir, key.parent):
         assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700
     # the gRPC commands' data folder is the context's; its identity loads without any CA key
@@ -78,6 +82,7 @@ def test_bundle_to_context_gives_the_grpc_commands_the_cli_identity_and_host_por
     d = data_dir(argparse.Namespace())
     assert d == ctx.cluster_dir
     assert read_endpoints(d)["services"]["phone-sim"]["grpc_port"] == 31055
+    assert read_endpoints(d)["nats_url"] == "nats://127.0.0.1:4222"  # the bus commands' (demo's) address
     ident = client_identity(d)
     assert ident.identity.uri == "spiffe://ccmsec/cli/cli"
     assert not (d / "pki" / "cluster-ca.key").exists()
@@ -100,6 +105,9 @@ def test_bad_bundles_are_refused_with_a_reason(cli_container, capsys, monkeypatc
                         "bad identity file name"),
         "other-ca": (json.dumps({**raw, "identity": _other_ca_identity(cli_container)}),
                      "not the bundle's CA"),
+        "bad-nats-url": (json.dumps({**raw, "nats_url": "tls://elsewhere"}), "nats_url must be nats://HOST:PORT"),
+        "nats-without-seed": (json.dumps({**raw, "identity": {k: v for k, v in raw["identity"].items()
+                                                              if k != "nats.nk"}}), "needs the identity's nkey seed"),
         "forged-cert": (json.dumps({**raw, "identity": {**_other_ca_identity(cli_container),
                                                          "ca.crt": raw["ca"]}}),
                         "not issued by the bundle's CA"),
@@ -134,3 +142,14 @@ def test_bundle_names_every_call_control_subscriber_the_compose_file_rendered(cl
     assert services["callmanager-sub2"]["grpc_port"] == 33001
     assert "admin_port" not in services["callmanager-sub1"]  # the publisher's alone
     assert "callmanager-sub3" not in services  # not rendered: nothing of it in the environment
+
+
+def test_bundle_hands_out_the_published_nats_port_of_the_env_file(cli_container, capsys, monkeypatch):
+    monkeypatch.setenv(compose.NATS_PUBLISH_VARIABLE, "31422")
+    assert json.loads(_bundle(capsys))["nats_url"] == "nats://127.0.0.1:31422"
+
+
+def test_bundle_without_the_cli_nkey_is_refused_with_a_reason(cli_container, capsys):
+    (cli_container / "cli" / "identities" / "clients" / "cli" / "nats.nk").unlink()
+    assert main(["compose", "client-bundle"]) != 0
+    assert "has no nats.nk" in capsys.readouterr().err
