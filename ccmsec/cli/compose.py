@@ -231,9 +231,8 @@ def _client_bundle(args) -> int:
     import json
 
     from ccmsec.cli.common import default_data_dir
-    from ccmsec.cluster.compose import (ADMIN_SECRET_DIR, BIND_DEFAULT, BIND_VARIABLE, NATS_PUBLISH_VARIABLE,
-                                        host_ports, port_name)
-    from ccmsec.cluster.topology import NATS_PORT
+    from ccmsec.cluster.compose import (ADMIN_SECRET_DIR, BIND_DEFAULT, BIND_VARIABLE, NATS_PUBLISH_DEFAULT,
+                                        NATS_PUBLISH_VARIABLE, host_ports, port_name)
 
     data = default_data_dir()
     ident = data / "identities" / "clients" / "cli"
@@ -263,7 +262,7 @@ def _client_bundle(args) -> int:
         raise CliError(f"client-bundle: {ident} has no nats.nk (the cli identity's NATS nkey; run "
                        "`docker-compose up init` again)")
     # the event bus's published port: the cli identity's nkey (nats.nk above) authenticates there
-    nats_url = f"nats://{bind}:{int(os.environ.get(NATS_PUBLISH_VARIABLE) or NATS_PORT)}"
+    nats_url = f"nats://{bind}:{int(os.environ.get(NATS_PUBLISH_VARIABLE) or NATS_PUBLISH_DEFAULT)}"
     bundle = {"format": BUNDLE_FORMAT, "admin_url": admin_url, "user": "admin", "password": password,
               "ca": ca, "identity": files, "services": services, "nats_url": nats_url}
     if sys.stdout.isatty():

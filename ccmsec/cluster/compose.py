@@ -96,6 +96,7 @@ BIND_DEFAULT = "127.0.0.1"  # published ports listen on loopback unless the env 
 # nothing unauthenticated is published. Plain NATS like the local runner's (the nkey is a signed
 # challenge, never sent); on loopback by default like every published port.
 NATS_PUBLISH_VARIABLE = "CCMSEC_PUBLISH_NATS"
+NATS_PUBLISH_DEFAULT = 14222  # not 4222: a NATS server of the host's own (or a local runner's) keeps it
 DOCKERFILE = "docker/Dockerfile"
 VENV_PYTHON = "/app/.venv/bin/python"
 IDENTITY_DIR = "/run/ccmsec/identity"
@@ -274,7 +275,7 @@ def env_example(services: tuple[ServiceSpec, ...] = SERVICES) -> str:
         for name, host, target, proto in entries:
             lines.append(f"{name}={host}")
     lines += ["# The event bus (NATS, nkey authentication only) for the CLI on the host.",
-              f"{NATS_PUBLISH_VARIABLE}={NATS_PORT}"]
+              f"{NATS_PUBLISH_VARIABLE}={NATS_PUBLISH_DEFAULT}"]
     lines += ["# Failover timing, seconds (LATER-7, docs/survivability.md): call control's and SRST's",
               "# keepalive (three missed = node lost); phones' stable period before fail-back, probes",
               "# of higher nodes, keepalive on the standby connection.",
@@ -374,7 +375,7 @@ def _infra_services() -> dict:
             "command": ["-c", "/etc/ccmsec-nats/nats.conf", "-m", "8222"],
             "volumes": [f"{NATS_VOLUME}:/data", f"{NATS_CONFIG_VOLUME}:/etc/ccmsec-nats:ro"],
             # for the CLI on the host: every connection is by nkey, with its role's subjects (BUS-1)
-            "ports": [f"{var(BIND_VARIABLE, BIND_DEFAULT)}:{var(NATS_PUBLISH_VARIABLE, NATS_PORT)}:{NATS_PORT}/tcp"],
+            "ports": [f"{var(BIND_VARIABLE, BIND_DEFAULT)}:{var(NATS_PUBLISH_VARIABLE, NATS_PUBLISH_DEFAULT)}:{NATS_PORT}/tcp"],
             "depends_on": {"init": {"condition": "service_completed_successfully"}},
             "healthcheck": {
                 "test": ["CMD", "wget", "-q", "--spider", "http://localhost:8222/healthz"],
@@ -487,7 +488,7 @@ def _cli_service(services: tuple[ServiceSpec, ...] = SERVICES, subscribers: int 
         "command": ["status"],
         # the host's side of the published ports, for `ccmsec compose client-bundle`
         "environment": {"CCMSEC_DATA_DIR": "/cli", BIND_VARIABLE: var(BIND_VARIABLE, BIND_DEFAULT),
-                        NATS_PUBLISH_VARIABLE: var(NATS_PUBLISH_VARIABLE, NATS_PORT),
+                        NATS_PUBLISH_VARIABLE: var(NATS_PUBLISH_VARIABLE, NATS_PUBLISH_DEFAULT),
                         **{name: var(name, host) for entries in host_ports(services, subscribers).values()
                            for name, host, _target, _proto in entries}},
         "volumes": [f"{CLI_VOLUME}:/cli", f"admin-secret:{ADMIN_SECRET_DIR}:ro"],

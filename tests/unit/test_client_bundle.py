@@ -62,7 +62,7 @@ def test_bundle_to_context_gives_the_grpc_commands_the_cli_identity_and_host_por
     assert doc["services"]["phone-sim"] == {"host": "127.0.0.1", "grpc_port": 31055}
     assert doc["services"]["capf"]["grpc_port"] == compose.GRPC_HOST_PORT_BASE + 1  # the default
     # the event bus's published port (the default here) and the cli identity's nkey seed for it
-    assert doc["nats_url"] == "nats://127.0.0.1:4222" and "nats" not in doc["services"]
+    assert doc["nats_url"] == "nats://127.0.0.1:14222" and "nats" not in doc["services"]
     assert doc["identity"]["nats.nk"].startswith("SU")
     bundle = cli_container / "bundle.json"
     bundle.write_text(raw)
@@ -82,7 +82,7 @@ def test_bundle_to_context_gives_the_grpc_commands_the_cli_identity_and_host_por
     d = data_dir(argparse.Namespace())
     assert d == ctx.cluster_dir
     assert read_endpoints(d)["services"]["phone-sim"]["grpc_port"] == 31055
-    assert read_endpoints(d)["nats_url"] == "nats://127.0.0.1:4222"  # the bus commands' (demo's) address
+    assert read_endpoints(d)["nats_url"] == "nats://127.0.0.1:14222"  # the bus commands' (demo's) address
     ident = client_identity(d)
     assert ident.identity.uri == "spiffe://ccmsec/cli/cli"
     assert not (d / "pki" / "cluster-ca.key").exists()

@@ -437,9 +437,9 @@ def test_published_ports_on_loopback_from_the_env_file_never_collide_by_default(
     assert all(name in cli_env for entries in compose.host_ports().values() for name, *_ in entries)
     assert "CCMSEC_BIND_ADDRESS=127.0.0.1" in compose.env_example().splitlines()
     # the event bus for the CLI on the host: on the bind address, its host port a variable
-    assert services["nats"]["ports"] == ["${CCMSEC_BIND_ADDRESS:-127.0.0.1}:${CCMSEC_PUBLISH_NATS:-4222}:4222/tcp"]
-    assert f"{compose.NATS_PUBLISH_VARIABLE}=4222" in compose.env_example().splitlines()
-    assert cli_env[compose.NATS_PUBLISH_VARIABLE] == "${CCMSEC_PUBLISH_NATS:-4222}"
+    assert services["nats"]["ports"] == ["${CCMSEC_BIND_ADDRESS:-127.0.0.1}:${CCMSEC_PUBLISH_NATS:-14222}:4222/tcp"]
+    assert f"{compose.NATS_PUBLISH_VARIABLE}=14222" in compose.env_example().splitlines()
+    assert cli_env[compose.NATS_PUBLISH_VARIABLE] == "${CCMSEC_PUBLISH_NATS:-14222}"
 
 
 def test_non_persistent_role_keeps_its_own_folder_on_tmpfs():
