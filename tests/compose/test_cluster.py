@@ -90,7 +90,11 @@ def test_published_ports_are_on_loopback_and_from_the_env_file(cluster):
 
 def test_each_container_holds_only_its_own_identity(cluster):
     """DEPLOY-1: the cluster CA key is only in the init step's volume; a service sees its own
-    identity folder and no other's."""
+    identity folder and no other's. Issue 9 §1: and no container can write what call control
+    trusts — the CAPF certificate (/data/pki) and the manufacturer CA (/data/manufacturer) are
+    volumes only their owners (capf, phone-sim) mount read-write; phone-sim, the gateway and every
+    other role get them read-only or not at all, and a file written at the old third-party CA
+    path never reaches call control."""
     for role in ROLES:
         mounts = {m["Destination"]: m.get("Name", "") for m in cluster.inspect(role)["Mounts"]}
         assert mounts[compose.IDENTITY_DIR].endswith(compose.identity_volume(role))
@@ -112,6 +116,49 @@ def test_each_container_holds_only_its_own_identity(cluster):
                            f"ccmsec/tools:{os.environ.get(compose.IMAGE_TAG_VARIABLE) or compose.project_version()}", "find", "/ca", "-name",
                            "cluster-ca.key").stdout.strip()
     assert found == "/ca/pki/cluster-ca.key"
+    _no_container_writes_call_controls_trust_inputs(cluster)
+
+
+TRUST_INPUTS = {  # call control's files (mount point -> (volume, its one writer)); the rest is CAPF's RPC
+    "/data/pki": (compose.PKI_VOLUME, "capf"),
+    compose.MANUFACTURER_DIR: (compose.MANUFACTURER_VOLUME, "phone-sim"),
+}
+
+
+def _no_container_writes_call_controls_trust_inputs(cluster):
+    planted = "/data/pki/lsc-third-party-ca.crt"  # where call control used to read the third-party CA
+    for role in (*ROLES, *compose.call_control_nodes()[1:]):
+        mounts = {m["Destination"]: m for m in cluster.inspect(role)["Mounts"]}
+        assert mounts["/data"]["Name"].endswith(f"_{compose.data_volume(role)}"), role  # its own /data
+        assert not any(m.get("Name", "").endswith("_ccmsec-data") for m in mounts.values()), role
+        for path, (volume, owner) in TRUST_INPUTS.items():
+            mount = mounts.get(path)
+            if role == owner:
+                assert mount is not None and mount["RW"], (role, path)
+                continue
+            assert mount is not None, (role, path)  # read-only in every container but its owner's
+            assert mount["Name"].endswith(f"_{volume}") and not mount["RW"], (role, path, mount)
+            attempt = cluster.exec(role, "sh", "-c", f"echo attacker > {path}/intruder.crt", check=False)
+            assert attempt.returncode != 0 and "Read-only file system" in attempt.stderr, (role, attempt)
+    # The attack itself, from phone-sim and the gateway: a CA written where call control used to
+    # read it, the CAPF certificate replaced, the manufacturer CA replaced (not phone-sim's to try:
+    # it is that CA's owner) — each refused.
+    for role in ("phone-sim", "srtp-gateway"):
+        targets = [planted, "/data/pki/capf.crt"]
+        if role != "phone-sim":
+            targets.append(f"{compose.MANUFACTURER_DIR}/manufacturer-ca.crt")
+        for target in targets:
+            attempt = cluster.exec(role, "sh", "-c", f"echo attacker > {target}", check=False)
+            assert attempt.returncode != 0 and "Read-only file system" in attempt.stderr, (role, target, attempt)
+    for node in compose.call_control_nodes():
+        seen = cluster.exec(node, "sh", "-c", f"cat {planted} {compose.MANUFACTURER_DIR}/manufacturer-ca.crt"
+                            " /data/pki/capf.crt 2>&1; true").stdout
+        assert "attacker" not in seen and "BEGIN CERTIFICATE" in seen, (node, seen[:200])
+        attempt = cluster.exec(node, "sh", "-c", "echo x > /data/pki/capf.crt", check=False)
+        assert attempt.returncode != 0 and "Read-only file system" in attempt.stderr, (node, attempt)
+    # the owner does write its own (the control: the refusals above are the mounts, not the paths)
+    proc = cluster.exec("capf", "sh", "-c", "echo probe > /data/pki/.write-probe && rm /data/pki/.write-probe")
+    assert proc.returncode == 0
 
 
 def test_no_password_in_any_environment_or_in_the_compose_file(cluster):
@@ -791,7 +838,7 @@ def test_each_private_key_is_readable_only_in_its_own_container(cluster):
         own = sorted(p.rsplit("/", 1)[-1] for p in found if p.startswith(compose.KEY_DIR + "/"))
         assert own == sorted(set(OWN_KEYS.get(role, []))), (role, own)
     # the keys are where they belong, matching the certificates everyone reads
-    for role, cert in (("capf", "/data/pki/capf.crt"), ("phone-sim", "/data/pki/manufacturer-ca.crt")):
+    for role, cert in (("capf", "/data/pki/capf.crt"), ("phone-sim", f"{compose.MANUFACTURER_DIR}/manufacturer-ca.crt")):
         check = ("from cryptography import x509; from cryptography.hazmat.primitives import serialization as s; "
                  f"c = x509.load_pem_x509_certificate(open('{cert}','rb').read()); "
                  f"k = s.load_pem_private_key(open('{compose.KEY_DIR}/{OWN_KEYS[role][0]}','rb').read(), None); "

@@ -77,7 +77,7 @@ def test_every_role_is_a_service_with_versioned_image_target_and_its_own_identit
         assert svc["image"] == "ccmsec/%s:${CCMSEC_IMAGE_TAG:-%s}" % (role, version)
         assert svc["build"]["dockerfile"] == compose.DOCKERFILE and svc["build"]["target"] == role
         assert svc["build"]["args"] == {"PYTHON_IMAGE": "${CCMSEC_PYTHON_IMAGE:-%s}" % compose.PYTHON_IMAGE}
-        assert "ccmsec-data:/data" in svc["volumes"]
+        assert svc["volumes"][0] == f"data-{role}:/data"  # its own data volume
         assert f"identity-{role}:{compose.IDENTITY_DIR}:ro" in svc["volumes"]
         others = [v for v in svc["volumes"] if v.startswith(("identity-", compose.CA_VOLUME))
                   and not v.startswith(f"identity-{role}:")]
@@ -408,7 +408,8 @@ def test_nats_and_postgres_pinned_images_are_variables_and_have_healthchecks():
         default = compose.IMAGE_VARIABLES[name]  # pinned: a version, never `latest`
         assert ":" in default and not default.endswith((":latest", ":16", ":2.10-alpine"))
         assert "${%s:-%s}" % (name, default) in compose.render_compose()
-    assert {"nats-data", "postgres-data", "ccmsec-data", compose.CA_VOLUME} <= set(doc["volumes"])
+    assert {"nats-data", "postgres-data", "data-capf", compose.PKI_VOLUME, compose.CA_VOLUME} <= set(doc["volumes"])
+    assert "ccmsec-data" not in doc["volumes"]  # no volume every container writes (issue 9 §1)
 
 
 def test_published_ports_on_loopback_from_the_env_file_never_collide_by_default():
@@ -508,10 +509,52 @@ def test_validate_reports_waiting_for_health_of_a_service_that_has_none():
 
 def test_validate_reports_an_undeclared_volume():
     doc = _doc()
-    del doc["volumes"]["ccmsec-data"]
+    del doc["volumes"]["pki-capf"]
     problems = compose.validate_compose(_dump(doc))
     assert len(problems) == len(ROLES) + compose.COMPOSE_SUBSCRIBERS  # every node mounts it
-    assert "service srst: volume 'ccmsec-data' is not declared under top-level volumes" in problems
+    assert "service ctl-provider: volume 'pki-capf' is not declared under top-level volumes" in problems
+
+
+def test_no_role_can_write_a_file_another_role_trusts():
+    """Issue 9 §1 in compose: every volume a node writes is its own (no other container mounts it
+    read-write); what others read of it they mount read-only; nothing is shared by all. The CAPF
+    certificate, the manufacturer CA and the server certificates are each written by their owner
+    alone; phone-sim and the gateway write nothing call control trusts."""
+    doc = _doc()
+    mounts: dict[str, dict[str, list[str]]] = {}  # volume -> {"rw": [...], "ro": [...]}
+    for name, svc in doc["services"].items():
+        if name == "init":  # the one-shot issuer, before any service runs
+            continue
+        for entry in svc.get("volumes", []):
+            parts = str(entry).split(":")
+            if parts[0] in doc["volumes"]:
+                mode = "ro" if parts[-1] == "ro" else "rw"
+                mounts.setdefault(parts[0], {"rw": [], "ro": []})[mode].append(name)
+    for volume, by in mounts.items():
+        assert len(by["rw"]) <= 1, f"{volume} is writable in {by['rw']}"
+    owners = {v: by["rw"] for v, by in mounts.items()}
+    assert owners["pki-capf"] == ["capf"] and owners["manufacturer-ca"] == ["phone-sim"]
+    nodes = compose.call_control_nodes()
+    for node in nodes:
+        assert owners[f"servers-{node}"] == [node] and mounts[f"servers-{node}"]["ro"] == ["ctl-provider"]
+        cm = doc["services"][node]
+        assert "pki-capf:/data/pki:ro" in cm["volumes"]
+        assert "manufacturer-ca:/data/manufacturer:ro" in cm["volumes"]
+        assert cm["environment"]["CCMSEC_MANUFACTURER_CA_DIR"] == compose.MANUFACTURER_DIR
+    everyone = [n for n in doc["services"] if n in (*ROLES, *nodes)]
+    assert sorted(mounts["pki-capf"]["ro"]) == sorted(n for n in everyone if n != "capf")
+    assert sorted(mounts["manufacturer-ca"]["ro"]) == sorted(n for n in everyone if n != "phone-sim")
+    # call control's trust inputs are writable by their owner only: phone-sim and the gateway
+    # (and every other role) write nothing of capf's or call control's
+    for role in ("phone-sim", "srtp-gateway", "keymanager", "srst", "tftp-signer", "ctl-provider"):
+        writable = [v for v, by in mounts.items() if role in by["rw"]]
+        assert "pki-capf" not in writable and not any(v.startswith("servers-callmanager") for v in writable)
+        assert role == "phone-sim" or "manufacturer-ca" not in writable, (role, writable)
+        assert all(v == "manufacturer-ca" or v.endswith(f"-{role}") for v in writable), (role, writable)
+    # the Dockerfile makes each writable mount point, owned by the app user
+    dockerfile = compose.render_dockerfile()
+    for path in ("/data/pki", "/data/manufacturer", "/data/servers/callmanager", "/data/servers/tftp-signer"):
+        assert path in dockerfile
 
 
 def test_validate_reports_a_host_port_published_twice():
@@ -580,9 +623,9 @@ def test_docker_compose_config_accepts_the_rendered_file(tmp_path):
 @pytest.mark.skipif(DOCKER_COMPOSE is None, reason="docker-compose binary not installed")
 def test_docker_compose_config_refuses_what_validate_refuses(tmp_path):
     doc = _doc()
-    del doc["volumes"]["ccmsec-data"]
+    del doc["volumes"]["pki-capf"]
     result = _compose_config(tmp_path, _dump(doc))
-    assert result.returncode != 0 and "ccmsec-data" in result.stderr
+    assert result.returncode != 0 and "pki-capf" in result.stderr
     doc = _doc()
     doc["services"]["capf"]["depends_on"]["nosuch"] = {"condition": "service_started"}
     result = _compose_config(tmp_path, _dump(doc))
