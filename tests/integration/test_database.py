@@ -10,8 +10,7 @@ from sqlalchemy import select, text
 
 from ccmsec.db.events import HandledEvent
 from ccmsec.runtime.database import DatabaseError, create_engine, normalise_url, open_database
-
-PG_ADMIN = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+from tests.localpg import PG_ADMIN, needs_pg
 
 
 async def _exercise(url: str) -> None:
@@ -46,17 +45,8 @@ def test_sqlite_default_uses_wal_and_migrates(tmp_path):
     assert asyncio.run(mode()) == "wal"
 
 
-def _pg_available() -> bool:
-    import socket
-    try:
-        socket.create_connection(("127.0.0.1", 5432), 1).close()
-        return True
-    except OSError:
-        return False
-
-
 @pytest.mark.postgres
-@pytest.mark.skipif(not _pg_available(), reason="PostgreSQL is not listening on 127.0.0.1:5432")
+@needs_pg
 def test_postgresql_backend_migrates_and_stores():
     name = f"ccmsec_{uuid.uuid4().hex[:10]}"
 

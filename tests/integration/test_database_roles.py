@@ -18,22 +18,10 @@ from sqlalchemy.exc import ProgrammingError
 from ccmsec.db import ownership
 from ccmsec.db.roles import DB_ROLES, RoleError, pg_role, provision, provision_statements, scram_verifier
 from ccmsec.runtime.database import WriteRefused, create_engine, migrate
-
-PG_ADMIN = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
-
-
-def _pg_available() -> bool:
-    import socket
-
-    try:
-        socket.create_connection(("127.0.0.1", 5432), 1).close()
-        return True
-    except OSError:
-        return False
+from tests.localpg import PG_ADMIN, needs_pg
 
 
-pytestmark = [pytest.mark.postgres,
-              pytest.mark.skipif(not _pg_available(), reason="PostgreSQL is not listening on 127.0.0.1:5432")]
+pytestmark = [pytest.mark.postgres, needs_pg]
 
 OUTBOX_ROW = ("INSERT INTO {t} (event_id, origin, kind, target, payload, created_at, attempts, last_error) "
               "VALUES (:id, :origin, 'device.reset', NULL, '\\x00', now(), 0, '')")

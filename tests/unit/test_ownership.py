@@ -36,6 +36,7 @@ from ccmsec.cluster.topology import ROLES
 from ccmsec.db import ownership
 from ccmsec.db.base import Base
 from ccmsec.runtime.database import create_engine, migrate, open_database
+from tests.localpg import PG_ADMIN, needs_pg
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -255,7 +256,6 @@ def test_security_mode_words_and_their_proto_numbers_live_in_ccmsec_domain_only(
                 if word.search(code) or members.search(code):
                     found.append(f"{rel}:{number}: {line.strip()}")
     assert not found, "use ccmsec.domain's converters instead:\n" + "\n".join(found)
-
 
 
 # --- static: what each service package reads ------------------------------------------------------
@@ -525,21 +525,8 @@ def test_a_database_made_before_the_split_keeps_its_cluster_settings(tmp_path):
     asyncio.run(scenario())
 
 
-PG_ADMIN = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
-
-
-def _pg_available() -> bool:
-    import socket
-
-    try:
-        socket.create_connection(("127.0.0.1", 5432), 1).close()
-        return True
-    except OSError:
-        return False
-
-
 @pytest.mark.postgres
-@pytest.mark.skipif(not _pg_available(), reason="PostgreSQL is not listening on 127.0.0.1:5432")
+@needs_pg
 def test_each_role_migrates_only_its_own_tables_postgres():
     import uuid
 
