@@ -205,18 +205,17 @@ SUMMARY: list[str] = []  # each cluster's bring-up and teardown figures, printed
 
 def pytest_terminal_summary(terminalreporter):
     if SUMMARY:
-        terminalreporter.write_line("compose clusters (bring-up overlapped with the previous module's tests):")
+        terminalreporter.write_line("compose clusters:")
         for line in SUMMARY:
             terminalreporter.write_line("  " + line)
 
 
 class Clusters:
-    """Every cluster of the session. The next module's cluster is brought up while this module's
-    tests run (bring-up is mostly waiting, and it overlaps), and a finished one is torn down in the
-    background: so the suite does not wait for three bring-ups and teardowns in a row. Each module
-    still has a cluster of its own — no test sees another module's state; the next one is only
-    made beside this one (a copy of its env file, fixed by `ccmsec compose ports --fix`), which is
-    what test_cluster.py's side-by-side test checks while both are up."""
+    """Every cluster of the session. A finished one is torn down in the background. Each module
+    has a cluster of its own — no test sees another module's state. The `neighbour` fixture (the
+    last test of test_cluster.py) brings the next module's cluster up beside the current one (a
+    copy of its env file, fixed by `ccmsec compose ports --fix`) — the side-by-side check — and
+    that module then finds it up."""
 
     def __init__(self, tmp_path_factory):
         self.tmp = tmp_path_factory
@@ -311,13 +310,12 @@ def clusters(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cluster(clusters, request):
-    """This module's own cluster; the next module's is brought up beside it meanwhile."""
-    order = module_cluster_names(request.session)
+    """This module's own cluster (already up when a `neighbour` test of the previous module made it).
+    The next module's is not brought up while this one's tests run: on two cores an idle cluster's
+    health checks and a bring-up beside the timing-bound faults slowed the suite (18 min against
+    under 10 with one cluster at a time)."""
     name = cluster_name(request.module)
     clusters.start(name)
-    following = order[order.index(name) + 1:] if name in order else []
-    if following:
-        clusters.start(following[0], beside=name)
     try:
         yield clusters.get(name)
     finally:

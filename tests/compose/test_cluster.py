@@ -337,96 +337,6 @@ def test_monitoring_profile_prometheus_loads_the_rules_and_scrapes_every_service
         cluster.dc("--profile", "monitoring", "rm", "-sfv", "prometheus", check=False)
 
 
-def test_two_clusters_side_by_side_each_its_own_ports_ca_and_phones(cluster, neighbour, tmp_path):
-    """Issue 13 item 3: a second cluster beside this one — a copy of this one's env file (every
-    host port in it taken by this cluster), fixed by `ccmsec compose ports --fix`, then `up`. Both
-    healthy at the same time; each administration API answers with its own cluster CA (the other's
-    CA does not verify it); a phone of this cluster (its MIC, from this cluster's phone-sim) is
-    accepted by this cluster's SCCP/TLS port and refused by the other's. Only reads the neighbour:
-    it is the next module's cluster, which must reach that module as it came up."""
-    import socket
-    import ssl
-
-    from ccmsec.adminclient import AdminClientError
-
-    # the bad case first: the unfixed copy — every taken port named with a free alternative
-    copy = tmp_path / "copy.env"
-    copy.write_text(cluster.env_file.read_text().replace(f"={cluster.project}\n", "=anotherproject\n"))
-    checked = run_cli("compose", "ports", "--env-file", str(copy), timeout=120)
-    published = {name for entries in compose.host_ports().values() for name, *_ in entries}
-    assert checked.returncode != 0 and "Traceback" not in checked.stderr, checked.stdout + checked.stderr
-    named = dict(re.findall(r"a free one: (CCMSEC_PUBLISH_\w+)=(\d+)", checked.stderr))
-    assert set(named) == published, (published - set(named), checked.stderr)
-    assert f"run `ccmsec compose ports --env-file {copy} --fix`" in checked.stderr
-    ours = set(cluster.ports.values())
-    assert not ours & {int(v) for v in named.values()}, "an alternative is one of the running cluster's ports"
-
-    # the neighbour was made that way, and `up` worked: both healthy now, on disjoint host ports
-    assert neighbour.beside == cluster.project and neighbour.project != cluster.project
-    assert set(re.findall(r"compose ports: (\w+): \S+ is taken; now \d+", neighbour.fixed)) == published, \
-        neighbour.fixed
-    for c in (cluster, neighbour):
-        c.wait_healthy(timeout=120)
-    assert all(cluster.health(s) == neighbour.health(s) == "healthy" for s in ("nats", "postgres", *ROLES))
-    for name in published:
-        assert neighbour.ports[name] != cluster.ports[name], name
-    bindings = neighbour.inspect("callmanager")["HostConfig"]["PortBindings"]
-    assert {int(b[0]["HostPort"]) for b in bindings.values()} <= set(neighbour.ports.values())
-
-    # each administration API with its own CA; the other cluster's CA does not verify it
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    creds = {}
-    for c, sub in ((cluster, "a"), (neighbour, "b")):
-        ca, pw = c.fetch_admin_credentials()
-        creds[c.project] = ((tmp_path / sub / "ca.crt"), pw.read_text().strip())
-        creds[c.project][0].write_text(ca.read_text())
-    assert creds[cluster.project][0].read_text() != creds[neighbour.project][0].read_text()
-    for c, other in ((cluster, neighbour), (neighbour, cluster)):
-        ca, password = creds[c.project]
-        with AdminClient(discover(tmp_path, url=c.admin_url(), cafile=ca, password=password), timeout=30) as api:
-            assert api.whoami()["username"] == "admin"
-        wrong_ca = creds[other.project][0]
-        with AdminClient(discover(tmp_path, url=c.admin_url(), cafile=wrong_ca, password=password),
-                         timeout=30) as api, pytest.raises((AdminClientError, OSError), match="(?i)certificate"):
-            api.whoami()
-
-    # a phone of this cluster: its MIC (issued by this cluster's phone-sim manufacturer CA) is
-    # accepted at this cluster's SCCP/TLS port and refused at the neighbour's
-    name = "SEP00B0B0B0B001"
-    cluster.cli("phones", "add", "--name", name, "--model", "7970")
-    store = wait_until(lambda: next((p for p in json.loads(cluster.file("phone-sim", "/data/phone-sim/phones.json"))
-                                     ["phones"] if p["name"] == name and p.get("mic")), None), 30,
-                       "the phone's MIC in phone-sim's store")
-    (tmp_path / "mic.crt").write_text(store["mic"]["cert"])
-    (tmp_path / "mic.key").write_text(store["mic"]["key"])
-
-    def handshake(c) -> str:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE  # the server's side is not the question
-        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
-        ctx.load_cert_chain(tmp_path / "mic.crt", tmp_path / "mic.key")
-        port = c.ports[compose.publish_variable("callmanager", "sccp_tls_port")]
-        with socket.create_connection(("127.0.0.1", port), timeout=20) as raw:
-            try:
-                tls = ctx.wrap_socket(raw)
-            except (ssl.SSLError, ConnectionResetError) as exc:  # an alert, or the server just closes
-                return f"refused in the handshake: {exc}"
-            with tls:
-                tls.settimeout(3)
-                try:
-                    tls.recv(1)  # the server waits for the phone's registration
-                except (TimeoutError, socket.timeout):
-                    pass
-                except (ssl.SSLError, ConnectionResetError) as exc:
-                    return f"refused after the handshake: {exc}"
-                return "accepted"
-
-    assert handshake(cluster) == "accepted"   # the same MIC and key: it is the cluster that differs
-    refused = handshake(neighbour)
-    assert refused.startswith("refused in the handshake"), refused
-
-
 def test_checklist_through_the_cli_and_a_call(cluster):
     """The checklist from the `cli` container (CHK-1, CHK-2, CHK-4, CHK-6, CHK-8, CHK-9): tokens, the
     CTL client to mixed mode, CAPF, devices, phones of each mode booting TFTP → CAPF →
@@ -853,3 +763,95 @@ def test_each_private_key_is_readable_only_in_its_own_container(cluster):
         mounts = [m.get("Name", "") for m in cluster.inspect(role)["Mounts"]]
         foreign = [m for m in mounts if "_keys-" in m and not m.endswith(f"_{compose.key_volume(role)}")]
         assert foreign == [], (role, foreign)
+
+
+def test_two_clusters_side_by_side_each_its_own_ports_ca_and_phones(cluster, neighbour, tmp_path):
+    """Issue 13 item 3: a second cluster beside this one — a copy of this one's env file (every
+    host port in it taken by this cluster), fixed by `ccmsec compose ports --fix`, then `up`. Both
+    healthy at the same time; each administration API answers with its own cluster CA (the other's
+    CA does not verify it); a phone of this cluster (its MIC, from this cluster's phone-sim) is
+    accepted by this cluster's SCCP/TLS port and refused by the other's. Only reads the neighbour:
+    it is the next module's cluster, which must reach that module as it came up."""
+    import socket
+    import ssl
+
+    from ccmsec.adminclient import AdminClientError
+
+    # the bad case first: the unfixed copy — every taken port named with a free alternative
+    copy = tmp_path / "copy.env"
+    copy.write_text(cluster.env_file.read_text().replace(f"={cluster.project}\n", "=anotherproject\n"))
+    checked = run_cli("compose", "ports", "--env-file", str(copy), timeout=120)
+    # every port the compose file publishes: the roles' and the event bus's (NATS, BUS-1)
+    published = {name for entries in compose.host_ports().values() for name, *_ in entries}
+    published.add(compose.NATS_PUBLISH_VARIABLE)
+    assert checked.returncode != 0 and "Traceback" not in checked.stderr, checked.stdout + checked.stderr
+    named = dict(re.findall(r"a free one: (CCMSEC_PUBLISH_\w+)=(\d+)", checked.stderr))
+    assert set(named) == published, (published - set(named), checked.stderr)
+    assert f"run `ccmsec compose ports --env-file {copy} --fix`" in checked.stderr
+    ours = set(cluster.ports.values())
+    assert not ours & {int(v) for v in named.values()}, "an alternative is one of the running cluster's ports"
+
+    # the neighbour was made that way, and `up` worked: both healthy now, on disjoint host ports
+    assert neighbour.beside == cluster.project and neighbour.project != cluster.project
+    assert set(re.findall(r"compose ports: (\w+): \S+ is taken; now \d+", neighbour.fixed)) == published, \
+        neighbour.fixed
+    for c in (cluster, neighbour):
+        c.wait_healthy(timeout=120)
+    assert all(cluster.health(s) == neighbour.health(s) == "healthy" for s in ("nats", "postgres", *ROLES))
+    for name in published:
+        assert neighbour.ports[name] != cluster.ports[name], name
+    bindings = neighbour.inspect("callmanager")["HostConfig"]["PortBindings"]
+    assert {int(b[0]["HostPort"]) for b in bindings.values()} <= set(neighbour.ports.values())
+
+    # each administration API with its own CA; the other cluster's CA does not verify it
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    creds = {}
+    for c, sub in ((cluster, "a"), (neighbour, "b")):
+        ca, pw = c.fetch_admin_credentials()
+        creds[c.project] = ((tmp_path / sub / "ca.crt"), pw.read_text().strip())
+        creds[c.project][0].write_text(ca.read_text())
+    assert creds[cluster.project][0].read_text() != creds[neighbour.project][0].read_text()
+    for c, other in ((cluster, neighbour), (neighbour, cluster)):
+        ca, password = creds[c.project]
+        with AdminClient(discover(tmp_path, url=c.admin_url(), cafile=ca, password=password), timeout=30) as api:
+            assert api.whoami()["username"] == "admin"
+        wrong_ca = creds[other.project][0]
+        with AdminClient(discover(tmp_path, url=c.admin_url(), cafile=wrong_ca, password=password),
+                         timeout=30) as api, pytest.raises((AdminClientError, OSError), match="(?i)certificate"):
+            api.whoami()
+
+    # a phone of this cluster: its MIC (issued by this cluster's phone-sim manufacturer CA) is
+    # accepted at this cluster's SCCP/TLS port and refused at the neighbour's
+    name = "SEP00B0B0B0B001"
+    cluster.cli("phones", "add", "--name", name, "--model", "7970")
+    store = wait_until(lambda: next((p for p in json.loads(cluster.file("phone-sim", "/data/phone-sim/phones.json"))
+                                     ["phones"] if p["name"] == name and p.get("mic")), None), 30,
+                       "the phone's MIC in phone-sim's store")
+    (tmp_path / "mic.crt").write_text(store["mic"]["cert"])
+    (tmp_path / "mic.key").write_text(store["mic"]["key"])
+
+    def handshake(c) -> str:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE  # the server's side is not the question
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(tmp_path / "mic.crt", tmp_path / "mic.key")
+        port = c.ports[compose.publish_variable("callmanager", "sccp_tls_port")]
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as raw:
+            try:
+                tls = ctx.wrap_socket(raw)
+            except (ssl.SSLError, ConnectionResetError) as exc:  # an alert, or the server just closes
+                return f"refused in the handshake: {exc}"
+            with tls:
+                tls.settimeout(3)
+                try:
+                    tls.recv(1)  # the server waits for the phone's registration
+                except (TimeoutError, socket.timeout):
+                    pass
+                except (ssl.SSLError, ConnectionResetError) as exc:
+                    return f"refused after the handshake: {exc}"
+                return "accepted"
+
+    assert handshake(cluster) == "accepted"   # the same MIC and key: it is the cluster that differs
+    refused = handshake(neighbour)
+    assert refused.startswith("refused in the handshake"), refused
