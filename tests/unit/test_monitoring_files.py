@@ -102,20 +102,35 @@ def test_rendered_targets_follow_the_subscribers(tmp_path):
 
     root = tmp_path / "project"
     (root / "services").mkdir(parents=True)
-    assert render("--subscribers", "3") == 0
-    written = (root / compose.PROMETHEUS_TARGETS).read_text()
+    default = root / compose.PROMETHEUS_TARGETS
+    assert render() == 0
+    committed = default.read_text()
+    assert compose.prometheus_targets_path(compose.COMPOSE_SUBSCRIBERS) == compose.PROMETHEUS_TARGETS
+    # another size goes to a folder of its own, mounted by its own compose file; the committed
+    # cluster's targets stay as they were (rendering a 3-subscriber file beside the committed one
+    # once rewrote them)
+    other = tmp_path / "docker-compose.3subs.yml"
+    assert render("--subscribers", "3", "--output", str(other)) == 0
+    assert default.read_text() == committed
+    three = root / compose.prometheus_targets_path(3)
+    written = three.read_text()
     assert "callmanager-sub3:9100" in written and "callmanager-sub4" not in written
-    assert render("--subscribers", "3", "--check") == 0
-    # the bad cases: a compose file for 2 subscribers with the targets left from 3 is stale (the
-    # targets file alone); 9 subscribers are refused and nothing is written
+    prom = yaml.safe_load(other.read_text())["services"]["prometheus"]
+    assert f"./{compose.prometheus_targets_dir(3)}:/etc/prometheus/targets:ro" in prom["volumes"]
+    assert render("--subscribers", "3", "--output", str(other), "--check") == 0
+    assert render("--check") == 0
+    # the bad cases: a 2-subscriber targets file holding what 3 subscribers need is stale (that
+    # file alone); 9 subscribers are refused and nothing is written
     assert render("--subscribers", "2") == 0
-    (root / compose.PROMETHEUS_TARGETS).write_text(written)
+    two = root / compose.prometheus_targets_path(2)
+    two.write_text(written)
     with pytest.raises(CliError, match="out of date") as stale:
         render("--subscribers", "2", "--check")
-    assert str(stale.value).split(": ", 1)[1] == str(root / compose.PROMETHEUS_TARGETS)
+    assert str(stale.value).split(": ", 1)[1] == str(two)
     with pytest.raises(CliError, match="0 to 4 call-control subscribers"):
         render("--subscribers", "9")
-    assert (root / compose.PROMETHEUS_TARGETS).read_text() == written
+    assert two.read_text() == written
+    assert not (root / compose.prometheus_targets_path(4)).exists()
 
 
 def test_grafana_provisioning_matches_the_compose_profile():
