@@ -507,6 +507,52 @@ async def test_reset_progress_names_devices_that_do_not_come_back(cm):
     await a.close()
 
 
+async def test_reset_of_phones_already_gone_when_the_event_is_handled_completes_when_they_return(cm, monkeypatch):
+    """Issue 13: phone-sim handles the same `device.reset` itself and reboots its phone; when it is
+    first (seen on the publisher just restarted by a fail-back, whose first event is handled tens
+    of ms later than phone-sim's), the phone has left this node before the node looks, so no Reset
+    is sent. Its registering here afterwards is its coming back — before, `--wait` ran to its
+    timeout with `0/1 reset sent` though the phone was back. The bad case: a phone that left and
+    does not register again stays not back; a registration older than the event does not count."""
+    a = await cm.registered("SEP0000000E0040")
+    b = await cm.registered("SEP0000000E0041")
+    looked = asyncio.Event()
+    targets = cm.cc.targets
+
+    def phones_gone_first(**kw):
+        # The order phone-sim wins in, held deterministic: both phones drop just before the look.
+        for name in ("SEP0000000E0040", "SEP0000000E0041"):
+            cm.cc.registry.entries[name].connection.close()
+        looked.set()
+        return targets(**kw)
+    monkeypatch.setattr(cm.cc, "targets", phones_gone_first)
+    handled = cm.svc.events_handled
+    reply = await cm.stub.ResetDevices(pb.ResetDevicesRequest(devices=["SEP0000000E0040", "SEP0000000E0041"]),
+                                       timeout=5)
+    assert reply.targeted == 2
+    await asyncio.wait_for(looked.wait(), 5)
+    await wait_for(lambda: cm.svc.events_handled > handled)
+    monkeypatch.setattr(cm.cc, "targets", targets)
+
+    def progress():
+        return cm.stub.GetResetProgress(pb.ResetProgressRequest(request_id=reply.request_id), timeout=5)
+    before = await progress()
+    assert before.reset_sent == 0 and before.back == 0 and list(before.not_back) == ["SEP0000000E0040",
+                                                                                    "SEP0000000E0041"]
+    await a.close()
+    await b.close()
+    a = await cm.registered("SEP0000000E0040")        # rebooted by phone-sim: registers again
+    after = await progress()
+    assert after.back == 1 and list(after.not_back) == ["SEP0000000E0041"] and not after.complete
+    b = await cm.registered("SEP0000000E0041")
+    after = await progress()
+    assert after.complete and after.back == 2 and after.reset_sent == 0
+    with pytest.raises(asyncio.TimeoutError):
+        await a.next_event(s.ResetRequested, timeout=0.3)  # nothing sent twice
+    await a.close()
+    await b.close()
+
+
 async def test_reset_request_validation(cm):
     for bad in (pb.ResetDevicesRequest(), pb.ResetDevicesRequest(all=True, server="x"),
                 pb.ResetDevicesRequest(devices=["SEP12"])):

@@ -127,6 +127,30 @@ def test_reset_progress_counts_only_re_registrations_after_the_reset():
     assert progress.not_back == ["B"] and not progress.complete
 
 
+def test_reset_progress_a_phone_not_here_to_reset_is_back_once_it_registers_after_that():
+    """Issue 13: a targeted phone with no registration here when the node handled the request
+    (phone-sim rebooting it for the same event) gets no Reset; registering afterwards is coming
+    back. A registration from before that moment, or of a device not targeted, does not count."""
+    reg = Registry("ccm1")
+
+    def entry(name, since):
+        return RegistrationEntry(name, "7970", "non-secure", "", "", False, 2000, "", "", "", since)
+    progress = reg.track_reset({"A", "B"}, "r")
+    reg.reset_missed("r", {"A", "B", "C"})
+    assert set(progress.missed) == {"A", "B"} and not progress.sent
+    reg.add(entry("A", progress.missed["A"] - 1))   # older than the handling: not back
+    reg.add(entry("C", progress.missed["A"] + 1))   # not targeted
+    assert progress.not_back == ["A", "B"] and progress.back == set()
+    reg.add(entry("A", progress.missed["A"] + 1))
+    assert progress.not_back == ["B"]
+    reg.reset_sent("r", "B")                          # sent after all: only a later registration counts
+    assert "B" not in progress.missed
+    reg.add(entry("B", progress.sent["B"] - 1))
+    assert progress.not_back == ["B"]
+    reg.add(entry("B", progress.sent["B"] + 1))
+    assert progress.complete
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.text(max_size=80))
 def test_line_and_pool_validators_refuse_cleanly(text):

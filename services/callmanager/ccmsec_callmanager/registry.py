@@ -61,13 +61,19 @@ class Refusal:
 
 @dataclass(slots=True)
 class ResetProgress:
-    """One reset request: which devices it targeted, which got the Reset, which came back."""
+    """One reset request: which devices it targeted, which got the Reset, which came back.
+
+    A device comes back by registering here after this node sent it the Reset, or — when it was
+    not registered here as this node handled the request (`missed`) — after that moment: it booted
+    since, whoever reset it. phone-sim handles the same `device.reset` itself and may be first;
+    its phone is then already gone when call control looks (issue 13)."""
 
     request_id: str
     targeted: set[str]
     started: float
     sent: dict[str, float] = field(default_factory=dict)   # device -> time Reset was sent
     back: set[str] = field(default_factory=set)
+    missed: dict[str, float] = field(default_factory=dict)  # device -> when it was not here to reset
 
     @property
     def not_back(self) -> list[str]:
@@ -93,7 +99,7 @@ class Registry:
     def add(self, entry: RegistrationEntry) -> None:
         self.entries[entry.device] = entry
         for progress in self.resets.values():
-            sent_at = progress.sent.get(entry.device)
+            sent_at = progress.sent.get(entry.device, progress.missed.get(entry.device))
             if sent_at is not None and entry.since >= sent_at:
                 progress.back.add(entry.device)
         if self.mirror is not None:
@@ -132,7 +138,19 @@ class Registry:
         progress = self.resets.get(request_id)
         if progress is not None:
             progress.sent[device] = time.time()
+            progress.missed.pop(device, None)
             progress.back.discard(device)
+
+    def reset_missed(self, request_id: str, devices: set[str]) -> None:
+        """Targeted `devices` had no registration here when this node handled the request, so it
+        sent them no Reset; each counts as back once it registers here from now on."""
+        progress = self.resets.get(request_id)
+        if progress is None:
+            return
+        now = time.time()
+        for device in devices & progress.targeted:
+            if device not in progress.sent:
+                progress.missed.setdefault(device, now)
 
     # waiting (tests, CLI --wait through gRPC) ------------------------------------------------
     def _notify(self) -> None:

@@ -75,6 +75,11 @@ class CallControlMixin:
         registry = self.callcontrol.registry
         if body.request_id and body.request_id not in registry.resets:
             registry.track_reset(set(targets), body.request_id)  # asked on another node
+        progress = registry.resets.get(body.request_id) if body.request_id else None
+        if progress is not None:
+            # Targeted phones not registered here now (e.g. phone-sim rebooting them for this very
+            # event): no Reset from us; registering here from now on is their coming back.
+            registry.reset_missed(body.request_id, progress.targeted - set(targets))
         reset_type = ResetType.RESTART if body.kind == events_pb2.RESTART else ResetType.RESET
         self.log.info("device reset event", extra={
             "event_id": event.id, "rule": body.rule, "all": body.all, "server": body.server,
