@@ -31,7 +31,7 @@ from ccmsec.db.outbox import OutboxRow
 from ccmsec.runtime.bus import EventBus, subject_for
 from ccmsec.runtime.database import open_database
 from ccmsec.runtime.metrics import REGISTRY
-from ccmsec.runtime.outbox import OutboxRelay, stage, stage_owner_change
+from ccmsec.runtime.outbox import DELIVERY_WAIT, OutboxRelay, stage, stage_owner_change
 from ccmsec.wire import sccp as s
 from ccmsec_proto import callmanager_pb2 as pb
 from ccmsec_proto import events_pb2
@@ -43,6 +43,9 @@ from tests.integration.test_callmanager_service import (  # noqa: F401
 pytestmark = pytest.mark.timeout(180)
 
 BACK_TIMEOUT = 60.0  # generous: NATS restart, client reconnect back-off, relay back-off, shared CPUs
+# While the server is killed no acknowledgement can come: a write's wait for one (DELIVERY_WAIT,
+# 3 s) would only add to the suite's time before its "pending" answer. With NATS up the full wait.
+KILLED_DELIVERY_WAIT = 0.3
 
 
 class Nats:
@@ -68,6 +71,10 @@ class Nats:
                 time.sleep(0.05)
         raise AssertionError("nats-server did not start")
 
+    @property
+    def killed(self) -> bool:
+        return self.proc is not None and self.proc.poll() is not None
+
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
@@ -84,9 +91,15 @@ class Nats:
 
 
 @pytest.fixture
-def killable_nats(tmp_path):
+def killable_nats(tmp_path, monkeypatch):
     server = Nats(tmp_path / "nats-store")
     server.start()
+    wait_sent = OutboxRelay.wait_sent
+
+    async def shortened_while_killed(relay, event_ids, timeout=DELIVERY_WAIT):
+        return await wait_sent(relay, event_ids, min(timeout, KILLED_DELIVERY_WAIT) if server.killed else timeout)
+
+    monkeypatch.setattr(OutboxRelay, "wait_sent", shortened_while_killed)
     yield server
     server.stop()
 
