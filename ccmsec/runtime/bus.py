@@ -155,6 +155,7 @@ class EventBus:
         self._consumers: list[_Consumer] = []
         self._closing = False
         self._violations: list[tuple[float, str]] = []   # (when, server's permissions error)
+        self._violated = asyncio.Event()   # set (and replaced) at each permissions error
         self._auth_refused = False
         # How the existing stream's configuration differs from ours ("" when it does not): a
         # stream made while ours was missing with limits that lose events (BUS-5).
@@ -195,12 +196,12 @@ class EventBus:
             remaining = deadline - time.monotonic()
             try:
                 # nats-py keeps retrying the first connection too; bound each attempt ourselves.
-                self.nc = await asyncio.wait_for(nats.connect(
+                self.nc = await asyncio.wait_for(self._unless(nats.connect(
                     servers=[self.url], name=self.name, connect_timeout=2,
                     allow_reconnect=True, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
                     disconnected_cb=self._on_disconnect, reconnected_cb=self._on_reconnect,
                     error_cb=self._on_error, **auth,
-                ), timeout=max(0.5, min(remaining, 5.0)))
+                ), lambda: self._auth_refused), timeout=max(0.5, min(remaining, 5.0)))
                 break
             except (nats.errors.Error, OSError, asyncio.TimeoutError) as exc:
                 if self._auth_refused or "authorization" in str(exc).lower():
@@ -226,9 +227,13 @@ class EventBus:
         text = str(exc)
         if "authorization violation" in text.lower() and self.js is None:
             self._auth_refused = True   # while connecting: the server does not know these credentials
+            self._violated.set()
+            self._violated = asyncio.Event()
         if "permissions violation" in text.lower():
             self._violations = [v for v in self._violations if time.monotonic() - v[0] < 30][-20:]
             self._violations.append((time.monotonic(), text))
+            self._violated.set()
+            self._violated = asyncio.Event()
             log.warning("NATS refused: %s", text[:300])
         else:
             log.debug("NATS error: %s", exc)
@@ -238,6 +243,34 @@ class EventBus:
             if when >= since and subject.lower() in text.lower():
                 return text
         return None
+
+    async def _or_refused(self, request: Awaitable, subject: str, since: float):
+        """`request`'s answer, or nats' TimeoutError as soon as the server refuses `subject`: it
+        drops a refused request unanswered, so waiting out the request's timeout only delays the
+        clear error (callers name the refusal)."""
+        return await self._unless(request, lambda: self._refusal(subject, since))
+
+    async def _unless(self, request: Awaitable, refused: Callable[[], object]):
+        """`request`'s answer, or nats' TimeoutError once `refused()` is true (checked at each
+        error the server reports)."""
+        task = asyncio.ensure_future(request)
+        try:
+            while True:
+                violated = self._violated
+                if refused():
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
+                    raise nats.errors.TimeoutError
+                waiter = asyncio.ensure_future(violated.wait())
+                try:
+                    await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    waiter.cancel()
+                if task.done():
+                    return task.result()
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
 
     async def ensure_stream(self) -> bool:
         """The stream exists afterwards (True when this call created it)."""
@@ -267,8 +300,9 @@ class EventBus:
         subject = subject_for(event.kind, target, self.role)
         started = time.monotonic()
         try:
-            ack = await self.js.publish(subject, event.SerializeToString(), timeout=5, headers={
-                "Nats-Msg-Id": event.id, TRACE_HEADER: current_trace_id() or event.id})
+            ack = await self._or_refused(self.js.publish(
+                subject, event.SerializeToString(), timeout=5, headers={
+                    "Nats-Msg-Id": event.id, TRACE_HEADER: current_trace_id() or event.id}), subject, started)
         except nats.errors.TimeoutError:
             refused = self._refusal(subject, started)
             if refused:
@@ -347,8 +381,9 @@ class EventBus:
         )
         consumer = _Consumer(subject, durable, on_msg, config)
         try:
-            consumer.sub = await self.js.subscribe(subject, durable=durable, cb=on_msg, manual_ack=True,
-                                                   config=config, stream=STREAM)
+            consumer.sub = await self._or_refused(
+                self.js.subscribe(subject, durable=durable, cb=on_msg, manual_ack=True, config=config,
+                                  stream=STREAM), f".{STREAM}.{durable}", started)
         except nats.errors.TimeoutError:
             raise self._consumer_refused(durable, started) from None
         self._consumers.append(consumer)
@@ -385,7 +420,8 @@ class EventBus:
         for suffix in bus_policy.SPARE_SUFFIXES:
             name = durable + suffix
             try:
-                info = await self.js.consumer_info(STREAM, name)
+                info = await self._or_refused(self.js.consumer_info(STREAM, name), f".{STREAM}.{name}",
+                                              time.monotonic())
             except NotFoundError:
                 return name
             if info.config.filter_subject == subject:
