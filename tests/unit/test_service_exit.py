@@ -10,7 +10,9 @@ import time
 
 SCRIPT = textwrap.dedent("""
     import asyncio, logging, sys
+    from ccmsec.runtime import service
     from ccmsec.runtime.service import _run_then_end_stragglers
+    service.STRAGGLER_GRACE = 0.5  # the stubborn task ignores every cancel: its length proves nothing
 
     class Stopped:
         log = logging.getLogger("svc")
