@@ -113,16 +113,20 @@ async def _stream_events(url: str, subject: str = "ccmsec.>") -> list[events_pb2
     nc = await nats.connect(url)
     try:
         js = nc.jetstream()
-        info = await js.stream_info("CCMSEC")
+        # How many the stream holds on `subject` now: read that many, not until a second of silence
+        # (that second was spent at every call); then a short look for any arriving meanwhile.
+        info = await js.stream_info("CCMSEC", subjects_filter=subject)
+        held = sum((info.state.subjects or {}).values())
         out: list[events_pb2.Event] = []
-        if info.state.messages == 0:
+        if held == 0:
             return out
         sub = await js.subscribe(subject, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
         try:
             while True:
                 try:
-                    msg = await sub.next_msg(timeout=1.0)
+                    msg = await sub.next_msg(timeout=10.0 if len(out) < held else 0.2)
                 except (asyncio.TimeoutError, nats.errors.TimeoutError):
+                    assert len(out) >= held, f"the stream holds {held} on {subject}, read {len(out)}"
                     return out
                 out.append(events_pb2.Event.FromString(msg.data))
         finally:
