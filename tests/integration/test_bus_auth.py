@@ -150,13 +150,16 @@ async def test_no_service_may_delete_or_reconfigure_the_stream_BUS_4(bus_cluster
         }
         for what, attempt in attempts.items():
             # the server drops it: no API answer (ended at its refusal, not the 5 s timeout)
+            asked = time.monotonic()
             with pytest.raises(nats.errors.TimeoutError):
-                await cm._or_refused(attempt, f"$JS.API.STREAM.{what.upper()}.{STREAM}", 0.0)
-            assert cm._refusal(f"$JS.API.STREAM.{what.upper()}.{STREAM}", 0.0), what
+                await cm._or_refused(attempt, f"$JS.API.STREAM.{what.upper()}.{STREAM}", asked)
+            assert cm._refusal(f"$JS.API.STREAM.{what.upper()}.{STREAM}", asked), what
         await cm.subscribe(subject_for("device.reset"), "callmanager-device-reset", _noop)
+        asked = time.monotonic()
         with pytest.raises(nats.errors.TimeoutError):
             await cm._or_refused(cm.js.delete_consumer(STREAM, "callmanager-device-reset"),
-                                 f"$JS.API.CONSUMER.DELETE.{STREAM}.callmanager-device-reset", 0.0)
+                                 f"$JS.API.CONSUMER.DELETE.{STREAM}.callmanager-device-reset", asked)
+        assert cm._refusal(f"$JS.API.CONSUMER.DELETE.{STREAM}.callmanager-device-reset", asked)
         info = await cm.js.stream_info(STREAM)
         assert info.state.messages >= 1 and info.state.last_seq >= seq
         assert (await cm.js.consumer_info(STREAM, "callmanager-device-reset")).name == "callmanager-device-reset"
@@ -347,8 +350,11 @@ async def test_a_role_cannot_create_or_bind_another_roles_durable_consumer_BUS_6
         # Once it exists: binding it (its info names the delivery inbox) is refused too.
         with pytest.raises(BusError, match="NATS refused to let phone-sim bind consumer callmanager-device-reset"):
             await phone_sim.subscribe(subject_for("device.reset"), "callmanager-device-reset", _noop)
-        with pytest.raises(nats.errors.TimeoutError):
-            await phone_sim.js.consumer_info(STREAM, "callmanager-device-reset", timeout=2)
+        asked = time.monotonic()  # this request's own refusal, not the bind's above
+        with pytest.raises(nats.errors.TimeoutError):  # dropped unanswered: ended at its refusal
+            await phone_sim._or_refused(phone_sim.js.consumer_info(STREAM, "callmanager-device-reset", timeout=5),
+                                        f"$JS.API.CONSUMER.INFO.{STREAM}.callmanager-device-reset", asked)
+        assert phone_sim._refusal(f"$JS.API.CONSUMER.INFO.{STREAM}.callmanager-device-reset", asked)
         # A forged ack of call control's delivery is refused by the server.
         await phone_sim.nc.publish(f"$JS.ACK.{STREAM}.callmanager-device-reset.1.1.1.1.1.0", b"+ACK")
         assert await _until(lambda: phone_sim._refusal(f"$JS.ACK.{STREAM}.callmanager-device-reset", 0.0))
