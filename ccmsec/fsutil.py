@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -41,8 +42,11 @@ def private_dir(path: str | os.PathLike[str]) -> Path:
     folder = Path(path)
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     st = folder.stat()
-    if st.st_mode & 0o077 and st.st_uid == os.geteuid():  # never someone else's folder
-        os.chmod(folder, st.st_mode & 0o700)
+    # A setgid folder is one the local runner shares with its services' group (ccmsec.cluster.
+    # accounts): it keeps that group's access, loses only the world's.
+    wanted = st.st_mode & (0o3770 if st.st_mode & stat.S_ISGID else 0o700)
+    if wanted != stat.S_IMODE(st.st_mode) and st.st_uid == os.geteuid():  # never someone else's folder
+        os.chmod(folder, wanted)
     return folder
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import time
 
 from ccmsec.cli.common import (
@@ -16,7 +17,8 @@ from ccmsec.cluster import runner
 def _up(args) -> int:
     d = data_dir(args, local=True)
     try:
-        rows = runner.up(d, base=args.base, timeout=args.timeout, subscribers=args.subscribers)
+        rows = runner.up(d, base=args.base, timeout=args.timeout, subscribers=args.subscribers,
+                         service_users=args.service_users)
     except runner.RunnerError as exc:
         raise CliError(str(exc)) from None
     print(runner.format_rows(rows))
@@ -57,7 +59,11 @@ def _status(args) -> int:
             if not json_output(args):
                 print(f"context {ctx.name}: services reached through their published gRPC ports")
         else:
-            rows = runner.status(data_dir(args, local=True))
+            d = data_dir(args, local=True)
+            rows = runner.status(d)
+            note = runner.service_users_note(d)
+            if note and not json_output(args):
+                print(note, file=sys.stderr)
     except runner.RunnerError as exc:
         raise CliError(str(exc)) from None
     if json_output(args):
@@ -112,6 +118,11 @@ def register(sub) -> None:
     p.add_argument("--subscribers", type=int, default=0, metavar="N",
                    help="call-control subscribers beside the publisher (0-4; LATER-7): phones list "
                         "the publisher and the first two subscribers, then SRST")
+    p.add_argument("--service-users", choices=("auto", "on", "off"), default=None,
+                   help="run each service under a uid of its own, so none can read another's key or "
+                        "the cluster CA key (needs root; default $CCMSEC_SERVICE_USERS or auto: on "
+                        "when root and the installation is readable by other users; "
+                        "ids from $CCMSEC_SERVICE_UID_BASE, default 61000)")
     p.set_defaults(func=_up)
     p = sub.add_parser("status", help="show the cluster's services: the local runner's, or, with a "
                                       "context made from a client bundle in use, every service it "

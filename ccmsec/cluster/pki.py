@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import stat
 from pathlib import Path
 from typing import Iterable
 
@@ -37,8 +38,11 @@ _WILDCARDS = ("0.0.0.0", "::", "")
 
 
 def _private_dir(path: Path) -> Path:
+    """0700, or — a folder the local runner shares with its services' group (setgid, as DATA/pki is
+    under service users: ccmsec.cluster.accounts) — that group's read access kept, the world's removed."""
     path.mkdir(parents=True, exist_ok=True)
-    os.chmod(path, 0o700)
+    st = path.stat()
+    os.chmod(path, 0o2750 if st.st_mode & stat.S_ISGID else 0o700)
     return path
 
 

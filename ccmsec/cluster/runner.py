@@ -48,14 +48,38 @@ class Row:
                 "metrics": self.metrics, "reason": self.reason}
 
 
-def cluster_for(data_dir: Path, base: str | None = None, subscribers: int | None = None) -> LocalCluster:
+def service_uid_base(data_dir: Path) -> int | None:
+    """The uid range the running (or last) cluster of `data_dir` was started under, or None when
+    its services share one user (`ccmsec.cluster.accounts`)."""
+    users = (read_endpoints(data_dir) or {}).get("service_users") or {}
+    base = users.get("uid_base") if isinstance(users, dict) else None
+    return int(base) if isinstance(base, int) else None
+
+
+def service_users_note(data_dir: Path) -> str:
+    """One line for `ccmsec status`: whether the cluster's services run under uids of their own."""
+    users = (read_endpoints(data_dir) or {}).get("service_users")
+    if not isinstance(users, dict):
+        return ""
+    from ccmsec.cluster.accounts import Accounts, describe
+
+    base = users.get("uid_base")
+    if isinstance(base, int):
+        return describe(Accounts(base), "")
+    return describe(None, str(users.get("shared") or "unknown"))
+
+
+def cluster_for(data_dir: Path, base: str | None = None, subscribers: int | None = None,
+                privileged_ports: bool | None = None) -> LocalCluster:
     known = read_endpoints(data_dir)
     if base is None and known:
         base = known.get("base")
     if subscribers is None:
         subscribers = int((known or {}).get("subscribers") or 0)
+    if privileged_ports is None and service_uid_base(data_dir) is not None:
+        privileged_ports = False  # its services run under their own uids: TFTP on 10069
     try:
-        return local_cluster(data_dir, base, subscribers)
+        return local_cluster(data_dir, base, subscribers, privileged_ports)
     except ValueError as exc:
         raise RunnerError(str(exc)) from None
 
@@ -189,7 +213,10 @@ def missing_parts(cluster: LocalCluster) -> list[str]:
 
 
 def up(data_dir: Path, *, base: str | None = None, timeout: float = UP_TIMEOUT, quiet: bool = False,
-       subscribers: int = 0) -> list[Row]:
+       subscribers: int = 0, service_users: str | None = None) -> list[Row]:
+    """Start the cluster. `service_users` (auto | on | off; default $CCMSEC_SERVICE_USERS or auto):
+    as root, run every process under a uid of its own node (`ccmsec.cluster.accounts`); auto falls
+    back to one user, and says why, where that cannot work (not root, interpreter out of reach)."""
     data_dir = data_dir.resolve()
     missing = missing_parts(cluster_for(data_dir, base, subscribers))
     if missing:  # fail before anything is written or started
@@ -202,19 +229,34 @@ def up(data_dir: Path, *, base: str | None = None, timeout: float = UP_TIMEOUT, 
     if pid:
         raise RunnerError(f"a cluster is already running from {data_dir} (supervisor pid {pid}); "
                           "use `ccmsec status` or `ccmsec down`")
-    cluster = cluster_for(data_dir, base, subscribers)
+    from ccmsec.cluster import accounts as accounts_mod
+
+    try:
+        accts, why_shared = accounts_mod.choose(data_dir, accounts_mod.wanted_mode(service_users))
+    except accounts_mod.AccountError as exc:
+        raise RunnerError(str(exc)) from None
+    if not quiet:
+        _progress(accounts_mod.describe(accts, why_shared), final=True)
+    cluster = cluster_for(data_dir, base, subscribers, privileged_ports=False if accts else None)
     check_ports(cluster)
     from ccmsec.cluster.pki import issue_local_cluster
 
     issue_local_cluster(cluster)  # before anything starts: services never hold the CA key
     run_dir(data_dir).mkdir(parents=True, exist_ok=True)
     (data_dir / "logs").mkdir(parents=True, exist_ok=True)
-    atomic_write(endpoints_path(data_dir), json.dumps(cluster.endpoints(), indent=2).encode())
+    endpoints = cluster.endpoints()
+    endpoints["service_users"] = ({"uid_base": accts.base} if accts else {"shared": why_shared})
+    atomic_write(endpoints_path(data_dir), json.dumps(endpoints, indent=2).encode())
+    argv = [sys.executable, "-m", "ccmsec.cluster.supervisor", "--data", str(data_dir), "--base", cluster.base,
+            "--subscribers", str(subscribers)]
+    if accts:
+        accounts_mod.prepare_issuer_files(cluster)
+        accounts_mod.apply_layout(cluster, accts)
+        argv += ["--uid-base", str(accts.base)]
     env = dict(os.environ, CCMSEC_CLUSTER_DIR=str(data_dir))
     with open(data_dir / "logs" / "supervisor.log", "ab") as logf:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "ccmsec.cluster.supervisor", "--data", str(data_dir), "--base", cluster.base,
-             "--subscribers", str(subscribers)],
+            argv,
             stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, env=env, start_new_session=True,
         )
     deadline = time.monotonic() + timeout

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from ccmsec.cluster import logrotate
+from ccmsec.cluster.accounts import Account, Accounts, child_env
 from ccmsec.cluster.pki import local_nats_config_path
 from ccmsec.cluster.state import write_state
 from ccmsec.cluster.topology import NATS_PORT, LocalCluster, local_cluster
@@ -43,8 +44,10 @@ def nats_server_binary() -> str:
 
 
 class Child:
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_path: Path):
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_path: Path,
+                 account: Account | None = None):
         self.name, self.argv, self.env, self.log_path = name, argv, env, log_path
+        self.account = account  # the uid/gid it runs under (None: the supervisor's own)
         self.proc: asyncio.subprocess.Process | None = None
         self.restarts = 0
         self.started_at = 0.0
@@ -53,11 +56,15 @@ class Child:
         self.state = "starting"
 
     async def start(self) -> None:
+        as_user = {}
+        if self.account is not None:  # setgroups, setgid, setuid in the child, before exec
+            as_user = dict(user=self.account.uid, group=self.account.gid,
+                           extra_groups=list(self.account.groups), cwd="/")
         with open(self.log_path, "ab") as logf:
             # Its own process group: whatever the service starts (pool workers) goes with it.
             self.proc = await asyncio.create_subprocess_exec(
                 *self.argv, env=self.env, stdout=logf, stderr=logf, stdin=asyncio.subprocess.DEVNULL,
-                start_new_session=True,
+                start_new_session=True, **as_user,
             )
         self.started_at = time.monotonic()
         self.state = "running"
@@ -73,12 +80,14 @@ class Child:
 
     def info(self) -> dict:
         return {"pid": self.proc.pid if self.proc else 0, "restarts": self.restarts,
-                "last_exit": self.last_exit, "state": self.state}
+                "last_exit": self.last_exit, "state": self.state,
+                "uid": self.account.uid if self.account else os.geteuid()}
 
 
 class Supervisor:
-    def __init__(self, cluster: LocalCluster):
+    def __init__(self, cluster: LocalCluster, accounts: Accounts | None = None):
         self.cluster = cluster
+        self.accounts = accounts
         self.data = cluster.data_dir
         self.logs = self.data / "logs"
         self.children: dict[str, Child] = {}
@@ -114,8 +123,9 @@ class Supervisor:
         conf = local_nats_config_path(self.data)
         if not conf.is_file():
             raise FileNotFoundError(f"{conf} missing: start the cluster with `ccmsec up`")
+        acct = self.accounts.of if self.accounts else (lambda _node: None)
         nats = Child("nats", [nats_server_binary(), "-c", str(conf)],
-                     self._base_env(), self.logs / "nats.log")
+                     self._base_env(), self.logs / "nats.log", acct("nats"))
         self.children["nats"] = nats
         watchers: list[asyncio.Task] = []
         try:
@@ -124,8 +134,9 @@ class Supervisor:
             for inst in self.cluster.instances:
                 env = self._base_env()
                 env.update(self.cluster.env_for(inst))
+                env.update(child_env(self.cluster, inst.node, self.accounts is not None))
                 child = Child(inst.node, [sys.executable, "-m", inst.spec.package], env,
-                              self.logs / f"{inst.node}.log")
+                              self.logs / f"{inst.node}.log", acct(inst.node))
                 self.children[inst.node] = child
                 await child.start()
             self.save()
@@ -232,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--base", default=None)
     parser.add_argument("--subscribers", type=int, default=0, help="call-control subscribers (LATER-7)")
+    parser.add_argument("--uid-base", type=int, default=None,
+                        help="run each process under its own uid from this range (ccmsec.cluster.accounts)")
     args = parser.parse_args(argv)
     data = args.data.resolve()
     setup_logging("supervisor", "local", os.environ.get("CCMSEC_LOG_LEVEL", "INFO"), capture=True)
@@ -244,10 +257,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"a cluster is already running from {data}", file=sys.stderr)
         return 3
     os.environ["CCMSEC_CLUSTER_DIR"] = str(data)
-    cluster = local_cluster(data, args.base, args.subscribers)
+    accounts = Accounts(args.uid_base) if args.uid_base is not None else None
+    cluster = local_cluster(data, args.base, args.subscribers,
+                            privileged_ports=False if accounts else None)
     try:
+        if accounts is not None:
+            # The standard loop's subprocesses (subprocess.Popen) take user=, group= and
+            # extra_groups=, set in the child before exec; uvloop's do not.
+            return asyncio.run(Supervisor(cluster, accounts).run())
         import uvloop
-        return uvloop.run(Supervisor(cluster).run())
+        return uvloop.run(Supervisor(cluster, accounts).run())
     except Exception as exc:  # the runner shows this line to the user
         log.error("supervisor failed: %s", exc)  # one JSON line; the runner shows its msg
         return 1

@@ -188,8 +188,13 @@ class LocalCluster:
         return env
 
 
-def local_cluster(data_dir: Path, base: str | None = None, subscribers: int = 0) -> LocalCluster:
+def local_cluster(data_dir: Path, base: str | None = None, subscribers: int = 0,
+                  privileged_ports: bool | None = None) -> LocalCluster:
+    """`privileged_ports`: whether services may bind ports below 1024 (default: when root). False
+    under service users (ccmsec.cluster.accounts): a service's own uid cannot bind TFTP 69."""
     data_dir = Path(data_dir).resolve()
+    if privileged_ports is None:
+        privileged_ports = privileged_ports_allowed()
     if not 0 <= subscribers <= MAX_SUBSCRIBERS:
         raise ValueError(f"--subscribers: 0 to {MAX_SUBSCRIBERS} call-control subscribers, not {subscribers}")
     base = base or default_base_address(data_dir)
@@ -202,7 +207,7 @@ def local_cluster(data_dir: Path, base: str | None = None, subscribers: int = 0)
         ports = {"grpc_port": GRPC_PORT, "metrics_port": METRICS_PORT}
         for p in s.ports:
             number = p.number
-            if number < 1024 and not privileged_ports_allowed():
+            if number < 1024 and not privileged_ports:
                 number += 10000  # e.g. TFTP 69 -> 10069 when not root
             ports[p.name] = number
         instances.append(Instance(s, host, ports))

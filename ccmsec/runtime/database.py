@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import os
+import stat
 from pathlib import Path
 
 from sqlalchemy import Engine, event, text
@@ -14,7 +15,6 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
-from ccmsec.fsutil import private_file
 
 MIGRATIONS = Path(__file__).resolve().parents[1] / "db" / "migrations"
 _PG_LOCK_KEY = 0x6363_6D73  # "ccms": one advisory lock for schema changes
@@ -82,12 +82,16 @@ def create_engine(url: str) -> AsyncEngine:
 
 def _owner_only(db_file: Path) -> None:
     """The database holds password and auth-string hashes: 0600 from the first byte. SQLite
-    gives its -wal and -shm files the database file's permissions; older ones are tightened."""
+    gives its -wal and -shm files the database file's permissions; older ones are tightened.
+    In a setgid folder — the local runner's data directory under service users, where every
+    service opens this one file (ccmsec.cluster.accounts) — the folder's group keeps read-write:
+    0660; the world never has access."""
+    keep = 0o660 if Path(db_file).parent.stat().st_mode & stat.S_ISGID else 0o600
     try:
-        private_file(db_file)
-        for extra in (db_file.with_name(db_file.name + "-wal"), db_file.with_name(db_file.name + "-shm")):
-            if extra.exists() and extra.stat().st_mode & 0o077:
-                os.chmod(extra, 0o600)
+        os.close(os.open(db_file, os.O_CREAT | os.O_RDWR, keep))
+        for path in (db_file, db_file.with_name(db_file.name + "-wal"), db_file.with_name(db_file.name + "-shm")):
+            if path.exists() and path.stat().st_mode & 0o077 & ~keep:
+                os.chmod(path, stat.S_IMODE(path.stat().st_mode) & keep)
     except OSError as exc:
         raise DatabaseError(f"cannot protect database file {db_file}: {exc.strerror}") from None
 
