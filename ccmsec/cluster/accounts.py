@@ -121,22 +121,24 @@ def ids_in_use(accounts: Accounts) -> list[str]:
     return taken
 
 
-def reach_problem(account: Account, data_dir: Path) -> str | None:
+def reach_problem(account: Account, data_dir: Path, python: str | None = None) -> str | None:
     """Why a process of `account` could not run this installation from `data_dir` (None: it can):
     the interpreter and the packages must be readable, and the data directory reachable, by a uid
     that is not root — an interpreter under /root (pyenv, uv's default) is not."""
+    python = python or sys.executable
     probe = "import os, sys, ccmsec.cluster.supervisor; os.stat(sys.argv[1])"
     try:
-        res = subprocess.run([sys.executable, "-c", probe, str(data_dir)], user=account.uid, group=account.gid,
+        res = subprocess.run([python, "-c", probe, str(data_dir)], user=account.uid, group=account.gid,
                              extra_groups=list(account.groups), capture_output=True, text=True, timeout=60,
                              cwd="/", stdin=subprocess.DEVNULL)
     except PermissionError:
-        return f"the Python interpreter {sys.executable} cannot be run by uid {account.uid} (a folder on its path is closed to other users)"
+        return (f"the Python interpreter {python} cannot be run by uid {account.uid} (a folder on its "
+                "path is closed to other users)")
     except (OSError, subprocess.SubprocessError) as exc:
         return f"cannot start a process as uid {account.uid}: {exc}"
     if res.returncode != 0:
         last = (res.stderr.strip().splitlines() or ["no output"])[-1]
-        return f"a process of uid {account.uid} cannot run {sys.executable} with {data_dir}: {last}"
+        return f"a process of uid {account.uid} cannot run {python} with {data_dir}: {last}"
     return None
 
 

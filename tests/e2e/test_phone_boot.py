@@ -197,6 +197,21 @@ def test_secrets_at_rest_in_the_running_cluster_are_owner_only(cluster):
     while not phones.exists():  # the fleet saves in the background
         assert time.monotonic() < deadline
         time.sleep(0.1)
+    users = json.loads((data / "run" / "endpoints.json").read_text()).get("service_users") or {}
+    if "uid_base" in users:
+        # Services under uids of their own (ccmsec.cluster.accounts): the one database every
+        # service opens is root:ccmsec 0660 in the setgid data directory (sticky, no listing by
+        # others); phone-sim's own file and folder are its uid's alone.
+        shared = users["uid_base"]
+        for path in (data / "ccmsec.db", data / "ccmsec.db-wal"):
+            st = os.stat(path)
+            assert stat.S_IMODE(st.st_mode) == 0o660 and st.st_gid == shared, path
+        st = os.stat(data)
+        assert stat.S_IMODE(st.st_mode) == 0o3771 and st.st_uid == 0 and st.st_gid == shared
+        assert stat.S_IMODE(os.stat(phones).st_mode) == 0o600
+        assert stat.S_IMODE(os.stat(data / "phone-sim").st_mode) == 0o700
+        assert os.stat(phones).st_uid == os.stat(data / "phone-sim").st_uid == shared + 8  # phone-sim's
+        return
     for path in (data / "ccmsec.db", data / "ccmsec.db-wal", phones):
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600, path
     for folder in (data, data / "phone-sim"):
