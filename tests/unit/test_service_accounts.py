@@ -1,0 +1,197 @@
+"""The local runner's service accounts and data layout (issue 9 §1, ccmsec.cluster.accounts): ids,
+the choice between one user and a uid per node, and — as root — the permissions the layout gives."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from ccmsec.cluster import accounts as acc
+from ccmsec.cluster import pki
+from ccmsec.cluster.runner import cluster_for, service_users_note
+from ccmsec.cluster.topology import ROLES, local_cluster
+from ccmsec.fsutil import private_dir
+
+root_only = pytest.mark.skipif(os.geteuid() != 0, reason="the layout chowns to other uids: needs root")
+
+
+def test_every_node_has_its_own_uid_in_one_range_and_its_gid_equals_it():
+    a = acc.Accounts(61000)
+    nodes = [*ROLES, "nats", *(f"callmanager-sub{n}" for n in range(1, 5))]
+    uids = [a.uid(n) for n in nodes]
+    assert len(set(uids)) == len(uids)
+    assert all(u in a.ids() for u in uids) and a.shared_gid in a.ids() and a.servers_gid in a.ids()
+    assert a.shared_gid not in uids and a.servers_gid not in uids
+    for n in nodes:
+        account = a.of(n)
+        assert account.gid == account.uid
+    # who is in which group: every service in ccmsec, NATS in none, the servers' readers in theirs
+    assert a.of("nats").groups == ()
+    assert a.of("keymanager").groups == (a.shared_gid,)
+    assert set(a.of("ctl-provider").groups) == set(a.of("capf").groups) == {a.shared_gid, a.servers_gid}
+    with pytest.raises(acc.AccountError):
+        a.uid("callmanager-sub9")
+    with pytest.raises(acc.AccountError):
+        a.uid("intruder")
+
+
+def test_uid_base_setting_is_checked():
+    assert acc.uid_base({}) == acc.UID_BASE_DEFAULT
+    assert acc.uid_base({acc.UID_BASE_VARIABLE: "70000"}) == 70000
+    for bad in ("abc", "0", "999", str(2**31)):
+        with pytest.raises(acc.AccountError, match=acc.UID_BASE_VARIABLE):
+            acc.uid_base({acc.UID_BASE_VARIABLE: bad})
+
+
+def test_ids_already_used_on_the_machine_are_found():
+    """A range over root's uid 0 is refused: a service would share files with that account."""
+    assert any(t.startswith("uid 0 ") for t in acc.ids_in_use(acc.Accounts(0)))
+
+
+def test_mode_choice_one_user_unless_root():
+    assert acc.wanted_mode("ON") == "on"
+    with pytest.raises(acc.AccountError):
+        acc.wanted_mode("sometimes")
+    accounts, why = acc.choose(Path("/"), "off", is_root=True)
+    assert accounts is None and "off" in why
+    accounts, why = acc.choose(Path("/"), "auto", is_root=False)
+    assert accounts is None and "needs root" in why
+    with pytest.raises(acc.AccountError, match="needs root"):
+        acc.choose(Path("/"), "on", is_root=False)
+    assert "share one user" in acc.describe(None, why)
+
+
+def test_ports_below_1024_move_up_under_service_users(tmp_path):
+    """A service's own uid cannot bind TFTP 69: the cluster (and `status` after it) use 10069."""
+    assert local_cluster(tmp_path, privileged_ports=False).instance("tftp-signer").ports["tftp_port"] == 10069
+    assert local_cluster(tmp_path, privileged_ports=True).instance("tftp-signer").ports["tftp_port"] == 69
+    (tmp_path / "run").mkdir()
+    endpoints = local_cluster(tmp_path).endpoints()
+    (tmp_path / "run" / "endpoints.json").write_text(json.dumps({**endpoints, "service_users": {"uid_base": 61000}}))
+    assert cluster_for(tmp_path).instance("tftp-signer").ports["tftp_port"] == 10069
+    assert "uid of its own" in service_users_note(tmp_path)
+    (tmp_path / "run" / "endpoints.json").write_text(json.dumps({**endpoints, "service_users": {"shared": "not root"}}))
+    assert "share one user: not root" in service_users_note(tmp_path)
+
+
+def test_key_folder_given_to_server_roles_and_kept_once_used(tmp_path):
+    cluster = local_cluster(tmp_path, subscribers=1)
+    assert acc.child_env(cluster, "callmanager-sub1", True) == {
+        "CCMSEC_KEY_DIR": str(tmp_path.resolve() / "keys" / "callmanager-sub1")}
+    assert acc.child_env(cluster, "keymanager", True) == {}
+    assert acc.child_env(cluster, "srst", False) == {}   # one user, key beside its certificate
+    (tmp_path / "keys" / "srst").mkdir(parents=True)
+    (tmp_path / "keys" / "srst" / "ccmserver.key").write_bytes(b"k")
+    assert "CCMSEC_KEY_DIR" in acc.child_env(cluster, "srst", False)  # moved there once: kept
+
+
+def test_private_dir_keeps_a_shared_folders_group_and_drops_the_world(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o2775)
+    private_dir(shared)
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o2770
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    os.chmod(plain, 0o775)
+    private_dir(plain)
+    assert stat.S_IMODE(plain.stat().st_mode) == 0o700
+
+
+def test_database_in_a_shared_folder_is_group_read_write_never_world(tmp_path):
+    from ccmsec.runtime.database import _owner_only
+
+    os.chmod(tmp_path, 0o2770)
+    db = tmp_path / "ccmsec.db"
+    db.touch()
+    os.chmod(db, 0o666)
+    _owner_only(db)
+    assert stat.S_IMODE(db.stat().st_mode) == 0o660
+    other = tmp_path / "solo"
+    other.mkdir(mode=0o700)
+    os.chmod(other, 0o700)
+    _owner_only(other / "ccmsec.db")
+    assert stat.S_IMODE((other / "ccmsec.db").stat().st_mode) == 0o600
+
+
+@pytest.fixture
+def laid_out():
+    work = Path(tempfile.mkdtemp(prefix="ccmsec-layout-"))
+    os.chmod(work, 0o711)  # other uids reach the data directory (as `up` under /tmp would)
+    data = work / "data"
+    cluster = local_cluster(data, base="127.78.0.0", subscribers=1)
+    pki.issue_local_cluster(cluster)
+    # a cluster first run with one user: the server key beside its certificate, moved by the layout
+    old = data / "servers" / "tftp-signer"
+    old.mkdir(parents=True)
+    (old / "ccmserver.key").write_bytes(b"old key")
+    os.chmod(old / "ccmserver.key", 0o600)
+    accounts = acc.Accounts(acc.uid_base())
+    acc.prepare_issuer_files(cluster)
+    acc.apply_layout(cluster, accounts)
+    yield data, accounts
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def _owner_mode(path: Path) -> tuple[int, int, int]:
+    st = os.lstat(path)
+    return st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)
+
+
+@root_only
+def test_layout_gives_each_node_its_own_keys_and_root_the_ca(laid_out):
+    data, a = laid_out
+    shared, servers = a.shared_gid, a.servers_gid
+    assert _owner_mode(data) == (0, shared, 0o3771)
+    assert _owner_mode(data / "pki") == (0, shared, 0o2750)
+    assert _owner_mode(data / "pki" / "cluster-ca.key") == (0, 0, 0o600)
+    assert _owner_mode(data / "pki" / "nats-admin.nk") == (0, 0, 0o600)
+    assert _owner_mode(data / "pki" / "cluster-ca.crt")[2] == 0o644
+    capf, phone = a.of("capf"), a.of("phone-sim")
+    assert _owner_mode(data / "pki" / "capf.key") == (capf.uid, capf.gid, 0o600)
+    assert _owner_mode(data / "pki" / "manufacturer-ca.key") == (phone.uid, phone.gid, 0o600)
+    for node in (*ROLES, "callmanager-sub1"):
+        me = a.of(node)
+        folder = data / "identities" / "services" / node
+        assert _owner_mode(folder) == (me.uid, me.gid, 0o700), node
+        assert _owner_mode(folder / "tls.key") == (me.uid, me.gid, 0o600), node
+        assert _owner_mode(folder / "nats.nk") == (me.uid, me.gid, 0o600), node
+    assert _owner_mode(data / "identities" / "clients")[:1] == (0,)
+    tftp = a.of("tftp-signer")
+    assert _owner_mode(data / "keys" / "tftp-signer" / "ccmserver.key") == (tftp.uid, tftp.gid, 0o600)
+    assert (data / "keys" / "tftp-signer" / "ccmserver.key").read_bytes() == b"old key"  # moved, kept
+    assert not (data / "servers" / "tftp-signer" / "ccmserver.key").exists()
+    assert _owner_mode(data / "servers" / "tftp-signer") == (tftp.uid, servers, 0o2750)
+    assert _owner_mode(data / "tokens") == (0, servers, 0o2750)
+    assert (data / "servers" / "callmanager" / "CAPF.cer").exists()
+    assert _owner_mode(data / "run" / "nats.conf") == (a.uid("nats"), a.uid("nats"), 0o600)
+    for name in ("ccmsec.db", "ccmsec.db.migrate.lock"):
+        assert _owner_mode(data / name) == (0, shared, 0o660)
+    assert _owner_mode(data / "logs") == (0, 0, 0o700)
+
+
+@root_only
+def test_as_another_uid_only_its_own_key_opens(laid_out):
+    """The permissions really refuse: `cat` as each uid (the bad case: root's own control opens)."""
+    data, a = laid_out
+    keys = {node: data / "identities" / "services" / node / "tls.key" for node in ("capf", "phone-sim")}
+    ca_key = data / "pki" / "cluster-ca.key"
+    assert subprocess.run(["cat", str(ca_key)], capture_output=True).returncode == 0  # root: opens
+    for node, own in keys.items():
+        me = a.of(node)
+
+        def cat(path: Path, me=me) -> int:
+            return subprocess.run(["cat", str(path)], capture_output=True, user=me.uid, group=me.gid,
+                                  extra_groups=list(me.groups), cwd="/").returncode
+
+        assert cat(own) == 0, node
+        assert cat(ca_key) != 0, node
+        assert all(cat(other) != 0 for n, other in keys.items() if n != node), node
+        assert cat(data / "pki" / "capf.crt") == 0  # a certificate every service reads
