@@ -43,8 +43,9 @@ def private_dir(path: str | os.PathLike[str]) -> Path:
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     st = folder.stat()
     # A setgid folder is one the local runner shares with its services' group (ccmsec.cluster.
-    # accounts): it keeps that group's access, loses only the world's.
-    wanted = st.st_mode & (0o3770 if st.st_mode & stat.S_ISGID else 0o700)
+    # accounts): it keeps that group's access and a world traverse bit (NATS reaches DATA/nats
+    # through it), loses the world's read and write.
+    wanted = st.st_mode & (0o3771 if st.st_mode & stat.S_ISGID else 0o700)
     if wanted != stat.S_IMODE(st.st_mode) and st.st_uid == os.geteuid():  # never someone else's folder
         os.chmod(folder, wanted)
     return folder

@@ -17,13 +17,12 @@ import grp
 import os
 import pwd
 import sqlite3
-import stat
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ccmsec.cluster.topology import MAX_SUBSCRIBERS, ROLES, LocalCluster, subscriber_name
+from ccmsec.cluster.topology import MAX_SUBSCRIBERS, ROLES, LocalCluster
 
 UID_BASE_DEFAULT = 61000
 UID_BASE_VARIABLE = "CCMSEC_SERVICE_UID_BASE"
@@ -155,14 +154,15 @@ def choose(data_dir: Path, mode: str, *, is_root: bool | None = None) -> tuple[A
         return None, "not started as root: every service runs as this user (separation needs root, or compose)"
     accounts = Accounts(uid_base())
     taken = ids_in_use(accounts)
+    problem = None
     if taken:
-        raise AccountError(f"the service ids {accounts.base}-{accounts.base + RANGE - 1} are in use on "
-                           f"this machine ({', '.join(taken[:4])}); set {UID_BASE_VARIABLE} to a free range")
-    problem = reach_problem(accounts.of("ctl-provider"), data_dir)
+        problem = (f"the service ids {accounts.base}-{accounts.base + RANGE - 1} are in use on this "
+                   f"machine ({', '.join(taken[:4])}); set {UID_BASE_VARIABLE} to a free range")
+    problem = problem or reach_problem(accounts.of("ctl-provider"), data_dir)
     if problem:
         if mode == "on":
-            raise AccountError(problem + "; install the project where every user can read it "
-                                         "(e.g. a virtualenv under /opt), or use --service-users off")
+            raise AccountError(problem + ("" if taken else "; install the project where every user can "
+                                         "read it (e.g. a virtualenv under /opt)") + ", or use --service-users off")
         return None, problem + ": every service runs as root"
     return accounts, ""
 
@@ -373,12 +373,3 @@ def describe(accounts: Accounts | None, reason: str) -> str:
         return f"services share one user: {reason}"
     return (f"each service runs as a uid of its own ({accounts.base + 1}-{accounts.base + RANGE - 1}, "
             f"group ccmsec {accounts.shared_gid}); only root opens the cluster CA key")
-
-
-def is_shared_folder(st: os.stat_result) -> bool:
-    """A folder the layout shares with a group (setgid): private_dir keeps its group bits."""
-    return bool(st.st_mode & stat.S_ISGID)
-
-
-__all__ = ["Account", "Accounts", "AccountError", "apply_layout", "choose", "prepare_issuer_files",
-           "subscriber_name"]

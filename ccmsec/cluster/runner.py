@@ -9,6 +9,7 @@ import os
 import re
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -86,9 +87,11 @@ def cluster_for(data_dir: Path, base: str | None = None, subscribers: int | None
 
 def check_data_dir(data_dir: Path) -> None:
     """The data directory exists, is writable, and only its owner may enter it: it holds the
-    cluster's private keys, tokens and database."""
+    cluster's private keys, tokens and database. One laid out for service users (setgid,
+    `ccmsec.cluster.accounts`) keeps its mode: the layout sets it again before anything starts."""
     try:
-        private_dir(data_dir)
+        if not (data_dir.is_dir() and data_dir.stat().st_mode & stat.S_ISGID):
+            private_dir(data_dir)
     except PermissionError:
         raise RunnerError(f"cannot create data directory {data_dir}: permission denied") from None
     except OSError as exc:

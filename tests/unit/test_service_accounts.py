@@ -50,9 +50,15 @@ def test_uid_base_setting_is_checked():
             acc.uid_base({acc.UID_BASE_VARIABLE: bad})
 
 
-def test_ids_already_used_on_the_machine_are_found():
-    """A range over root's uid 0 is refused: a service would share files with that account."""
+def test_ids_already_used_on_the_machine_are_found(monkeypatch):
+    """A range over an existing account is refused (`on`) or falls back to one user (`auto`): a
+    service would share files with that account."""
     assert any(t.startswith("uid 0 ") for t in acc.ids_in_use(acc.Accounts(0)))
+    monkeypatch.setattr(acc, "ids_in_use", lambda _a: ["uid 61001 (someone)"])
+    with pytest.raises(acc.AccountError, match="in use on this machine"):
+        acc.choose(Path("/"), "on", is_root=True)
+    accounts, why = acc.choose(Path("/"), "auto", is_root=True)
+    assert accounts is None and "uid 61001 (someone)" in why and acc.UID_BASE_VARIABLE in why
 
 
 def test_mode_choice_one_user_unless_root():
@@ -97,7 +103,10 @@ def test_private_dir_keeps_a_shared_folders_group_and_drops_the_world(tmp_path):
     shared.mkdir()
     os.chmod(shared, 0o2775)
     private_dir(shared)
-    assert stat.S_IMODE(shared.stat().st_mode) == 0o2770
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o2771   # the world's read gone, its traverse kept
+    os.chmod(shared, 0o3777)   # DATA under service users: traverse kept for NATS, read/write not
+    private_dir(shared)
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o3771
     plain = tmp_path / "plain"
     plain.mkdir()
     os.chmod(plain, 0o775)
