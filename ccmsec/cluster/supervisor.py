@@ -2,7 +2,8 @@
 
 Started detached by `ccmsec up`; it restarts a crashed service with back-off (and at once when the
 service exits asking for a restart), records every PID in DATA/run/state.json, and on SIGTERM stops
-every process it started, by PID, before it exits.
+every process it started, by PID, before it exits. With `--uid-base` (root, service users) it
+stays root and starts each child under its node's uid and gid (ccmsec.cluster.accounts).
 """
 
 from __future__ import annotations
