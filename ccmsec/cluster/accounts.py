@@ -357,11 +357,17 @@ def prepare_issuer_files(cluster: LocalCluster) -> None:
     ensure_manufacturer_ca(pki)
 
 
+# A service's own uid has no home: the supervisor's (root's) would make libraries probe files
+# there they may not open (asyncpg: ~/.postgresql/postgresql.key -> PermissionError).
+SERVICE_HOME = "/nonexistent"
+
+
 def child_env(cluster: LocalCluster, node: str, separated: bool) -> dict[str, str]:
     """What a node's environment gains: its key folder under service users — and afterwards too,
-    once its key moved there (a cluster started again without service users keeps finding it)."""
+    once its key moved there (a cluster started again without service users keeps finding it) —
+    and, under service users, a home of none."""
     role = node if node in ROLES else "callmanager"
-    env = {}
+    env = {"HOME": SERVICE_HOME} if separated else {}
     keys = key_dir(cluster.data_dir, node)
     if role in KEY_DIR_ROLES and (separated or (keys / "ccmserver.key").exists()):
         env["CCMSEC_KEY_DIR"] = str(keys)

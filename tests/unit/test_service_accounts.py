@@ -90,8 +90,8 @@ def test_ports_below_1024_move_up_under_service_users(tmp_path):
 def test_key_folder_given_to_server_roles_and_kept_once_used(tmp_path):
     cluster = local_cluster(tmp_path, subscribers=1)
     assert acc.child_env(cluster, "callmanager-sub1", True) == {
-        "CCMSEC_KEY_DIR": str(tmp_path.resolve() / "keys" / "callmanager-sub1")}
-    assert acc.child_env(cluster, "keymanager", True) == {}
+        "CCMSEC_KEY_DIR": str(tmp_path.resolve() / "keys" / "callmanager-sub1"), "HOME": acc.SERVICE_HOME}
+    assert acc.child_env(cluster, "keymanager", True) == {"HOME": acc.SERVICE_HOME}
     assert acc.child_env(cluster, "srst", False) == {}   # one user, key beside its certificate
     (tmp_path / "keys" / "srst").mkdir(parents=True)
     (tmp_path / "keys" / "srst" / "ccmserver.key").write_bytes(b"k")
