@@ -136,6 +136,10 @@ DATABASE_URL = database_url("callmanager")
 # keeps its cost low on small machines; 30 s of timeout because a loaded 2-core host can take 15 s
 # to start it.
 HEALTH = {"interval": "10s", "timeout": "30s", "retries": 6, "start_period": "30s"}
+# NATS's and PostgreSQL's checks are small programs (wget, pg_isready): every 2 s, since every
+# service's start waits for them to be healthy (and after a restart of either, everything waits);
+# 30 retries keep the minute a slow first start (initdb on a loaded host) had with 5 s x 12.
+INFRA_HEALTH = {"interval": "2s", "timeout": "3s", "retries": 30}
 # Call-control subscribers (LATER-7): callmanager nodes beside the publisher, each a service of its
 # own (`callmanager-sub1`, …) running the callmanager image with its own identity and key volumes.
 # The committed file has COMPOSE_SUBSCRIBERS; `ccmsec compose render --subscribers N` another number.
@@ -427,7 +431,7 @@ def _infra_services() -> dict:
             "depends_on": {"init": {"condition": "service_completed_successfully"}},
             "healthcheck": {
                 "test": ["CMD", "wget", "-q", "--spider", "http://localhost:8222/healthz"],
-                "interval": "5s", "timeout": "3s", "retries": 12,
+                **INFRA_HEALTH,
             },
             **_hardening(),
             "restart": "unless-stopped",
@@ -442,7 +446,7 @@ def _infra_services() -> dict:
             "depends_on": {"init": {"condition": "service_completed_successfully"}},
             "healthcheck": {
                 "test": ["CMD", "pg_isready", "-U", "ccmsec", "-d", "ccmsec", "-h", "127.0.0.1"],
-                "interval": "5s", "timeout": "3s", "retries": 12,
+                **INFRA_HEALTH,
             },
             # the entrypoint prepares the data folder as root, then runs as postgres
             **_hardening(["CHOWN", "DAC_OVERRIDE", "FOWNER", "SETGID", "SETUID"]),

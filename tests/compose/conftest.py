@@ -39,11 +39,19 @@ if os.environ.get("CCMSEC_COMPOSE") != "1":
     collect_ignore_glob = ["test_*.py"]  # run by scripts/compose-test (`.ci/run`), not the default suite
 
 
-def free_port(protocol: str) -> int:
+def free_port(protocol: str, taken: set[int] | None = None) -> int:
+    """A free host port, none of `taken` (which it joins): the kernel can hand out the same
+    ephemeral port twice in a row, and two variables on one port make `up` fail ("port is
+    already allocated")."""
     kind = socket.SOCK_DGRAM if protocol == "udp" else socket.SOCK_STREAM
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    taken = set() if taken is None else taken
+    while True:
+        with socket.socket(socket.AF_INET, kind) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in taken:
+            taken.add(port)
+            return port
 
 
 @dataclass
@@ -87,6 +95,19 @@ class Cluster:
             return state["Health"]["Status"]
         return state["Status"]
 
+    def healths(self, services) -> dict[str, str]:
+        """`health` of each service with two docker commands (not two per service): polled often."""
+        ids = self.docker("ps", "-aq", "--filter", f"label=com.docker.compose.project={self.project}").stdout.split()
+        found: dict[str, str] = {}
+        # check=False: a `run --rm cli` container may be gone between the two; the others are listed
+        listed = self.docker("inspect", *ids, check=False).stdout if ids else ""
+        for info in json.loads(listed or "[]"):
+            service = info["Config"]["Labels"].get("com.docker.compose.service", "")
+            state = info["State"]
+            # the first listed (the newest) container of a service, as `container` picks it
+            found.setdefault(service, state["Health"]["Status"] if "Health" in state else state["Status"])
+        return {s: found.get(s, "no container") for s in services}
+
     def exec(self, service: str, *cmd: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
         return self.docker("exec", self.container(service), *cmd, check=check, timeout=timeout)
 
@@ -101,10 +122,10 @@ class Cluster:
         deadline = start + timeout
         last: dict[str, str] = {}
         while time.monotonic() < deadline:
-            last = {s: self.health(s) for s in services}
+            last = self.healths(services)
             if all(v == "healthy" for v in last.values()):
                 return time.monotonic() - start
-            time.sleep(2)
+            time.sleep(0.5)
         logs = self.dc("logs", "--tail", "30", check=False).stdout[-6000:]
         raise AssertionError(f"not healthy after {timeout:.0f} s: {last}\n{logs}")
 
@@ -140,13 +161,14 @@ class Cluster:
 
 def make_env_file(path: Path, project: str) -> dict[str, int]:
     ports = {}
+    taken: set[int] = set()
     lines = [f"COMPOSE_PROJECT_NAME={project}", f"{compose.BIND_VARIABLE}=127.0.0.1"]
     for entries in compose.host_ports().values():
         for name, _default, _target, proto in entries:
-            ports[name] = free_port(proto)
+            ports[name] = free_port(proto, taken)
             lines.append(f"{name}={ports[name]}")
     for name in ("CCMSEC_PUBLISH_PROMETHEUS", "CCMSEC_PUBLISH_GRAFANA", compose.NATS_PUBLISH_VARIABLE):
-        ports[name] = free_port("tcp")
+        ports[name] = free_port("tcp", taken)
         lines.append(f"{name}={ports[name]}")
     for name, value in FAILOVER_SETTINGS.items():
         lines.append(f"{name}={value}")
