@@ -112,6 +112,7 @@ class Cluster:
         self.procs: list[subprocess.Popen] = []
         base = f"127.{secrets.randbelow(200) + 20}.{secrets.randbelow(250)}"
         self.nats_host, self.cm_host, self.gw_host = f"{base}.1", f"{base}.5", f"{base}.7"
+        self.ctl_host = f"{base}.3"
 
     def _spawn(self, args, log, env=None) -> subprocess.Popen:
         out = open(self.data / log, "w")
@@ -122,7 +123,8 @@ class Cluster:
     def _env(self, role, host) -> dict:
         return {**os.environ, "CCMSEC_SERVICE": role, "CCMSEC_DATA_DIR": str(self.data), "CCMSEC_HOST": host,
                 "CCMSEC_NATS_URL": f"nats://{self.nats_host}:4222", "CCMSEC_METRICS_PORT": "0",
-                "CCMSEC_PEERS": f'{{"callmanager": "{self.cm_host}", "srtp-gateway": "{self.gw_host}"}}',
+                "CCMSEC_PEERS": f'{{"callmanager": "{self.cm_host}", "srtp-gateway": "{self.gw_host}", '
+                                f'"ctl-provider": "{self.ctl_host}"}}',
                 "CCMSEC_SCCP_PORT": str(_free_port(host)), "CCMSEC_SCCP_TLS_PORT": str(_free_port(host)),
                 "CCMSEC_ADMIN_PORT": str(_free_port(host)), "CCMSEC_LOG_LEVEL": "WARNING",
                 "CCMSEC_GATEWAY_LINES": "4096"}
@@ -131,17 +133,22 @@ class Cluster:
         nats = str(Path(sys.executable).parent / "nats-server")
         self._spawn([nats, "-a", self.nats_host, "-p", "4222", "-js", "-sd", str(self.data / "nats")], "nats.log")
         _wait_port(self.nats_host, 4222)
-        # mixed mode with a CTL, as the CTL client leaves the cluster (GW-4 needs it)
+        # mixed mode with a CTL, as the CTL client leaves the cluster (GW-4 needs it): the mode is
+        # ctl-provider's (it owns it; call control follows it and the gateway asks call control)
         engine, db = await open_database(f"sqlite+aiosqlite:///{self.data / 'ccmsec.db'}")
         async with db() as session, session.begin():
             await set_setting(session, SETTING_CTL_VERSION, "1")
             await set_setting(session, SETTING_SECURITY_MODE, "mixed")
         await engine.dispose()
+        issue_service_identity(self.data, "ctl-provider", "ctl-provider", self.ctl_host)
         issue_service_identity(self.data, "callmanager", "callmanager", self.cm_host)
         issue_service_identity(self.data, "srtp-gateway", "srtp-gateway", self.gw_host)
         # the bench acts as call control, so it presents a call-control identity of its own
         self.cc_ident_dir = self.data / "bench-call-control"
         issue_service_identity(self.data, "callmanager", "bench-cc", "127.0.0.1", out_dir=self.cc_ident_dir)
+        self._spawn([sys.executable, "-m", "ccmsec_ctl_provider"], "ctl-provider.log",
+                    self._env("ctl-provider", self.ctl_host))
+        _wait_port(self.ctl_host, 50051, 90)
         self._spawn([sys.executable, "-m", "ccmsec_callmanager"], "callmanager.log", self._env("callmanager", self.cm_host))
         self.gateway = self._spawn([sys.executable, "-m", "ccmsec_srtp_gateway"], "gateway.log",
                                    self._env("srtp-gateway", self.gw_host))
