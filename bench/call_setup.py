@@ -63,10 +63,13 @@ def callcontrol_process(data: str, port_q, cmd_conn) -> None:
     from ccmsec.media.srtp import MasterKey
     from ccmsec.runtime.database import open_database
     from ccmsec_callmanager.callcontrol import CallControl, CallControlConfig
+    from ccmsec_callmanager.cluster_state import ClusterState, ClusterStateFollower
 
     async def main():
         engine, sm = await open_database(f"sqlite:///{Path(data) / 'ccmsec.db'}")
-        cc = CallControl(CallControlConfig("callmanager", HOST, 0, 0, Path(data)), sm)
+        cc = CallControl(CallControlConfig("callmanager", HOST, 0, 0, Path(data)), sm,
+                         # mixed with a CTL, as the CTL Provider (the mode's owner) would say
+                         cluster_state=ClusterStateFollower.fixed(ClusterState("mixed", True, 1)))
         await cc.start()
 
         def transport(device: str):   # as media_plane._transport

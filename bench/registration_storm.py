@@ -98,10 +98,13 @@ def callcontrol_process(data: str, port_q, cmd_conn) -> None:
     _raise_fd_limit()
     from ccmsec.runtime.database import open_database
     from ccmsec_callmanager.callcontrol import CallControl, CallControlConfig
+    from ccmsec_callmanager.cluster_state import ClusterState, ClusterStateFollower
 
     async def main():
         engine, sm = await open_database(f"sqlite:///{Path(data) / 'ccmsec.db'}")
-        cc = CallControl(CallControlConfig("callmanager", HOST, 0, 0, Path(data)), sm)
+        cc = CallControl(CallControlConfig("callmanager", HOST, 0, 0, Path(data)), sm,
+                         # mixed with a CTL, as the CTL Provider (the mode's owner) would say
+                         cluster_state=ClusterStateFollower.fixed(ClusterState("mixed", True, 1)))
         await cc.start()
         port_q.put((cc.plain.port, cc.tls.port, _rss_kb()))
         loop = asyncio.get_running_loop()
