@@ -34,6 +34,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from ccmsec.domain import CapfAuthMode, CapfOperation, DeviceSecurityMode  # noqa: E402
 from ccmsec.aio.tftp import TftpServer, tftp_get  # noqa: E402
 from ccmsec.formats.cnfxml import (  # noqa: E402
     CallManagerMember, CapfSettings, DeviceConfig, Hardening, SrstInfo,
@@ -52,11 +53,11 @@ def make_configs(directory: Path, phones: int) -> list[str]:
         config = DeviceConfig(
             device_name=f"SEP{0x001122000000 + i:012X}",
             model="Cisco 7970",
-            security_mode=3,
+            security_mode=DeviceSecurityMode.ENCRYPTED,
             call_managers=(CallManagerMember("10.0.0.1"), CallManagerMember("10.0.0.2")),
             srst=SrstInfo("Enable", ("10.0.9.1",), (2000,), True, cert),
-            capf_auth_mode=1,
-            capf=CapfSettings("10.0.0.1", operation="install", auth_string=f"{100000 + i}"),
+            capf_auth_mode=CapfAuthMode.STRING,
+            capf=CapfSettings("10.0.0.1", operation=CapfOperation.INSTALL, auth_string=f"{100000 + i}"),
             cert_hash=f"{i:032x}",
             load_information="TERM70.7-0-1-0s",
             hardening=Hardening.all_off(),
