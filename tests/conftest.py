@@ -104,6 +104,10 @@ if os.environ.get("CCMSEC_INSTALL_TEST") != "1":
 # the command line (`pytest tests/e2e/test_calls.py`) is always collected.
 if os.environ.get("CCMSEC_E2E") != "1":
     collect_ignore.append("e2e")
+# A smoke run of every benchmark (tests/bench, a few minutes): its own step of `.ci/run`
+# (`CCMSEC_BENCH=1`).
+if os.environ.get("CCMSEC_BENCH") != "1":
+    collect_ignore.append("bench")
 
 
 # -- a task that ignores cancellation fails its test instead of hanging the run -------------------
