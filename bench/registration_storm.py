@@ -9,6 +9,12 @@ Call control runs in its own process (as the service does) with a migrated SQLit
 the real registration path: TLS handshake, Register, device lookup, decision (certificate
 classification and CN check), RegisterAck, registry + batched database mirror.
 Phones share one RSA key (each has its own LSC): key generation is not what is measured.
+
+Besides the rates it prints the CPU time each side spent per connection (the server process from
+/proc, the client — this process, which drives every phone — from `time.process_time`), for the
+baseline and for ours: both sides share the machine's cores, so a rate is bounded by the busier
+one, and these lines say which side that was and what call control itself costs per
+registration.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing as mp
+import os
 import resource
 import shutil
 import ssl
@@ -36,6 +43,12 @@ def _rss_kb() -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process `pid` so far (its threads included)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _raise_fd_limit() -> None:
@@ -233,10 +246,12 @@ async def storm(port: int, contexts, concurrency: int, child: Child) -> dict:
             back_all.set()
         return phone
 
+    cpu0, client0 = cpu_seconds(child.proc.pid), time.process_time()
     start = time.perf_counter()
     tasks = [asyncio.create_task(life(i, c)) for i, c in enumerate(contexts)]
     await asyncio.wait_for(first.wait(), 600)
     reg_time = time.perf_counter() - start
+    reg_cpu, reg_client = cpu_seconds(child.proc.pid) - cpu0, time.process_time() - client0
     print(f"ours:     {n} phones registered in {reg_time:.2f} s = {n / reg_time:.1f}/s (reset-all next)", flush=True)
     loop = asyncio.get_running_loop()
     await asyncio.sleep(0.5)
@@ -248,12 +263,14 @@ async def storm(port: int, contexts, concurrency: int, child: Child) -> dict:
         print(f"reset-all: only {back[0]} of {n} phones back after {BACK_LIMIT:.0f} s", flush=True)
         raise
     back_time = time.perf_counter() - t_reset
+    back_cpu = cpu_seconds(child.proc.pid) - cpu0 - reg_cpu
     in_registry = await loop.run_in_executor(None, child.ask, "count")  # before the phones hang up
     phones = await asyncio.gather(*tasks)
     for p in phones:
         await p.close()
     return {"rate": n / reg_time, "seconds": reg_time, "reset_sent": sent, "back_seconds": back_time,
-            "in_registry": in_registry}
+            "in_registry": in_registry, "cpu_ms": reg_cpu / n * 1000, "back_cpu_ms": back_cpu / n * 1000,
+            "client_ms": reg_client / n * 1000}
 
 
 def main() -> int:
@@ -273,7 +290,10 @@ def main() -> int:
 
         raw = Child(raw_tls_process, data)
         try:
+            cpu0, client0 = cpu_seconds(raw.proc.pid), time.process_time()
             raw_rate = _run(raw_handshakes(raw.plain_port, contexts, args.concurrency))
+            raw_cpu_ms = (cpu_seconds(raw.proc.pid) - cpu0) / n * 1000
+            raw_client_ms = (time.process_time() - client0) / n * 1000
         finally:
             raw.stop()
         print(f"baseline: raw Python ssl mutual-TLS handshakes (+1 message): {raw_rate:8.1f} /s", flush=True)
@@ -291,6 +311,12 @@ def main() -> int:
     print(f"ours:     encrypted SCCP registrations over mutual TLS:     {result['rate']:8.1f} /s "
           f"({n} phones in {result['seconds']:.2f} s)")
     print(f"ratio:    {ratio:.2f} (aim >= 0.85)")
+    # Both sides share the machine's cores: the rate is bounded by the busier one, so its CPU
+    # per connection says which side limits a run (one client process drives every phone).
+    print(f"server CPU per connection: raw ssl {raw_cpu_ms:.2f} ms; call control {result['cpu_ms']:.2f} ms "
+          f"per registration, {result['back_cpu_ms']:.2f} ms per re-registration after the reset")
+    print(f"client CPU per connection: raw ssl {raw_client_ms:.2f} ms; phones {result['client_ms']:.2f} ms "
+          f"per registration")
     print(f"reset-all: Reset sent to {result['reset_sent']} phones; every phone back after "
           f"{result['back_seconds']:.2f} s (in the registry then: {result['in_registry']})")
     return 0

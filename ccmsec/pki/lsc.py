@@ -9,6 +9,7 @@ MICs are checked against the manufacturer CA, which is kept apart (CERT-1).
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import ipaddress
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -174,15 +175,25 @@ def _common_name(cert: x509.Certificate) -> str:
     return str(attrs[0].value) if attrs else ""
 
 
+# Phone certificates carry no subjectAltName (identity is the CN), so the Web PKI end-entity
+# profile is relaxed on that one point; EKU clientAuth etc. stay enforced. Built once: policies
+# are immutable, and call control checks every registering phone's certificate with them.
+_EE_POLICY = ExtensionPolicy.webpki_defaults_ee().may_be_present(
+    x509.SubjectAlternativeName, Criticality.AGNOSTIC, None)
+_CA_POLICY = ExtensionPolicy.webpki_defaults_ca()
+
+
+@functools.lru_cache(maxsize=32)
+def _store(roots: tuple[x509.Certificate, ...]) -> Store:
+    """The trust store of these roots (immutable; reused for every certificate they check)."""
+    return Store(list(roots))
+
+
 def _verify_client_chain(cert: x509.Certificate, roots: Sequence[x509.Certificate],
                          intermediates: Sequence[x509.Certificate], what: str,
                          at: _dt.datetime | None) -> list[x509.Certificate]:
-    builder = PolicyBuilder().store(Store(list(roots))).time(at or _dt.datetime.now(_dt.timezone.utc))
-    # Phone certificates carry no subjectAltName (identity is the CN), so the Web PKI
-    # end-entity profile is relaxed on that one point; EKU clientAuth etc. stay enforced.
-    ee_policy = ExtensionPolicy.webpki_defaults_ee().may_be_present(
-        x509.SubjectAlternativeName, Criticality.AGNOSTIC, None)
-    builder = builder.extension_policies(ca_policy=ExtensionPolicy.webpki_defaults_ca(), ee_policy=ee_policy)
+    builder = PolicyBuilder().store(_store(tuple(roots))).time(at or _dt.datetime.now(_dt.timezone.utc))
+    builder = builder.extension_policies(ca_policy=_CA_POLICY, ee_policy=_EE_POLICY)
     verifier = builder.max_chain_depth(2).build_client_verifier()
     try:
         return list(verifier.verify(cert, list(intermediates)).chain)

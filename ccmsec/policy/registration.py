@@ -54,7 +54,7 @@ AUTO_REGISTER_FALLBACK_MODEL = "7960"
 
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DeviceRecord:
     """What registration needs from the `devices` row."""
 
@@ -129,10 +129,14 @@ def _issued_by(cert: x509.Certificate, issuer: x509.Certificate | None) -> bool:
     return True
 
 
-def check_lsc(cert: x509.Certificate, trust: PhoneTrust, device: str) -> str:
+def check_lsc(cert: x509.Certificate, trust: PhoneTrust, device: str,
+              anchors: list[x509.Certificate] | None = None) -> str:
     """"" when the LSC verifies as this device's client certificate against an LSC anchor whose
-    name is its issuer (one signature check, not one per anchor); otherwise why not."""
-    anchors = [a for a in trust.lsc_anchors if a.subject == cert.issuer]
+    name is its issuer (one signature check, not one per anchor); otherwise why not.
+    `anchors`: those anchors when the caller has already picked them by the issuer's name."""
+    if anchors is None:
+        issuer = cert.issuer
+        anchors = [a for a in trust.lsc_anchors if a.subject == issuer]
     if not anchors:
         return "certificate is neither an LSC from CAPF or the third-party CA nor a MIC"
     try:
@@ -188,7 +192,9 @@ def decide(request: RegistrationRequest, device: DeviceRecord | None, cluster_mo
             return Verdict.refuse("AUTH-2", "no client certificate on the TLS connection")
         # An issuer named like an LSC anchor is checked as an LSC (chain, usage, validity);
         # anything else must be a MIC signed by the manufacturer CA.
-        if any(a.subject == cert.issuer for a in trust.lsc_anchors):
+        issuer = cert.issuer  # parsed once, compared with each LSC anchor
+        lsc_anchors = [a for a in trust.lsc_anchors if a.subject == issuer]
+        if lsc_anchors:
             found = CertificateKind.LSC
         elif _issued_by(cert, trust.manufacturer):
             found = CertificateKind.MIC
@@ -199,7 +205,7 @@ def decide(request: RegistrationRequest, device: DeviceRecord | None, cluster_mo
             return Verdict.refuse("AUTH-2", f"{found.value} is for {_common_name(cert)!r}, "
                                             f"not {name}")
         if found is CertificateKind.LSC:
-            problem = check_lsc(cert, trust, name)
+            problem = check_lsc(cert, trust, name, lsc_anchors)
             if problem:
                 return Verdict.refuse("CERT-2", problem)
         kind, fingerprint = found, fingerprint_sha256(cert)

@@ -20,6 +20,7 @@ import asyncio
 import collections
 import dataclasses
 import logging
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,6 +168,7 @@ class CallControl:
         self.calls: CallService | None = None
         self._profiles: dict[tuple, DeviceProfile] = {}  # (device, peer) -> profile, until registered
         self.routing_changes_applied = 0
+        self._numbers_from = None  # the directory snapshot whose numbers the dial plan has
         # DeviceToUserData from a registered phone: (connection, device, message); the service
         # plugs extension mobility in here (phone_mobility.py)
         self.user_data = None
@@ -309,7 +311,9 @@ class CallControl:
                     async with self.db() as session:
                         rows = (await session.execute(
                             select(Device.name, Device.model, Device.security_mode))).all()
-                    self._devices = {r[0]: DeviceRecord(*r) for r in rows}
+                    # model and mode: a handful of values, one shared str each (10,000 rows)
+                    intern = sys.intern
+                    self._devices = {r[0]: DeviceRecord(r[0], intern(r[1]), intern(r[2])) for r in rows}
                     self._devices_at = time.monotonic()
         found = self._devices.get(name)
         if found is not None:
@@ -365,13 +369,23 @@ class CallControl:
         device = verdict.device
         self._profiles[(request.device_name, request.peer_address)] = await self.directory.profile(
             device.name, device.model, device.security_mode)
-        if self.calls is not None:
-            self.calls.set_configured_numbers(self.directory.snapshot.numbers)
+        snapshot = self.directory.snapshot
+        if self.calls is not None and snapshot is not self._numbers_from:
+            # once per directory load, not per Register (a copy of every configured number)
+            self.calls.set_configured_numbers(snapshot.numbers)
+            self._numbers_from = snapshot
         self._verdicts[(request.device_name, request.peer_address)] = verdict
         return RegistrationDecision.accept()
 
     # connection events ----------------------------------------------------------------------
     def _listener(self, *, secure: bool):
+        bound: list[int] = []
+
+        def transport_port() -> int:  # the listener's port, asked of its socket once
+            if not bound:
+                bound.append((self.tls if secure else self.plain).port)
+            return bound[0]
+
         def on_event(conn, event) -> None:
             session = conn.session
             if isinstance(event, MessageReceived):
@@ -396,9 +410,12 @@ class CallControl:
                     device=event.device_name, model=verdict.device.model,
                     security_mode=verdict.device.security_mode,
                     address=_address(session.peer_address),
-                    reported_address=event.register.ip_address,
+                    # the peer's host str (interned) when the phone reports it: one str, not two
+                    reported_address=(session.peer_address[0] if session.peer_address
+                                      and session.peer_address[0] == event.register.ip_address
+                                      else event.register.ip_address),
                     nat_suspected=verdict.nat_suspected,
-                    transport_port=(self.tls if secure else self.plain).port,
+                    transport_port=transport_port(),
                     cipher=session.tls_cipher or "",
                     certificate_fingerprint=verdict.certificate_fingerprint,
                     certificate_kind=verdict.certificate_kind.value if verdict.certificate_kind else "",
@@ -436,7 +453,9 @@ class CallControl:
         self.forget_devices()
         self.forget_cluster_mode()
         sent = 0
-        for name in devices:
+        for count, name in enumerate(devices, 1):
+            if count % 256 == 0:
+                await asyncio.sleep(0)  # a Reset rarely waits: let the phones' traffic in meanwhile
             entry = self.registry.get(name)
             if entry is None:
                 continue
@@ -446,8 +465,10 @@ class CallControl:
             if request_id:
                 self.registry.reset_sent(request_id, name)
             try:
-                ok = await asyncio.wait_for(server.reset_device(name, reset_type), 5.0)
-            except (ConnectionError, RuntimeError, asyncio.TimeoutError) as exc:
+                # a timer per phone, not wait_for's task per phone (a reset-all sends 10,000)
+                async with asyncio.timeout(5.0):
+                    ok = await server.reset_device(name, reset_type)
+            except (ConnectionError, RuntimeError, TimeoutError) as exc:
                 log.warning("reset not delivered", extra={"device": name, "error": str(exc)})
                 continue
             sent += ok
