@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ccmsec.aio.sccp import connect_phone
+from ccmsec.aio.sccp import SccpRegistrationRejected, connect_phone
 from ccmsec.aio.sccp_calling import CallingPhone
 from ccmsec.calls.config import AgentSettings
 from ccmsec.db import calls as calls_db
@@ -309,3 +309,48 @@ async def test_conference_bridge_mixes_everyone_else_never_your_own_voice(cluste
     await a.wait_for(lambda d: all(ch.tx not in bridge_ports for ch in d.channels.values()) and d.channels,
                      what="a direct call again")
     await poll(lambda: not cluster.cc.calls.resources.bridges, "the bridge freed")
+
+
+async def test_registers_are_decided_in_the_callback_when_everything_is_at_hand(cluster):
+    """With the cluster mode, the device snapshot and the directory fresh, a Register is decided
+    in the adapter's callback (issue 15: no task and no event-loop turn per phone in a storm),
+    with the outcome of the awaiting path: accepted with its lines, refused with the same rule.
+    Whatever needs a look-up — the first Register (snapshots to load), a device the snapshot does
+    not hold, a snapshot dropped by a reset — still takes the awaiting path."""
+    cc = cluster.cc
+    later: list[str] = []
+    awaiting = cc._decide_later
+
+    def counting(request):
+        later.append(request.device_name)
+        return awaiting(request)
+    cc._decide_later = counting
+
+    await cluster.phone(A)                       # snapshots not loaded yet: awaited
+    b = await cluster.phone(B)                   # decided at once, same profile as ever
+    assert later == [A]
+    assert [ln.number for _, ln in sorted(b.display.lines.items())] == ["2002", "2900"]
+    assert cc.registry.get(B).certificate_kind == "LSC"
+
+    # refused at once with the rule the awaiting path gives: an LSC naming another device
+    wrong = Issued(issue_lsc(cluster.capf, A, KEY.public_key()), KEY)
+    ctx = sccp_phone_context("authenticated", [cc.server_certificate], lsc=wrong)
+    conn = await connect_phone(HOST, cc.tls.port, s.Register(D, HOST, device_type=8), ssl_context=ctx)
+    with pytest.raises(SccpRegistrationRejected, match="AUTH-2"):
+        await conn.wait_registered()
+    await conn.close()
+    assert later == [A] and cc.registry.refusals[-1].reason.startswith("AUTH-2")
+
+    # not in the snapshot: asked of the database (unknown in mixed mode: MODE-4)
+    unknown = "SEP0000000C0AFF"
+    ctx = sccp_phone_context("encrypted", [cc.server_certificate],
+                             lsc=Issued(issue_lsc(cluster.capf, unknown, KEY.public_key()), KEY))
+    conn = await connect_phone(HOST, cc.tls.port, s.Register(unknown, HOST, device_type=30006), ssl_context=ctx)
+    with pytest.raises(SccpRegistrationRejected, match="MODE-4"):
+        await conn.wait_registered()
+    await conn.close()
+    assert later == [A, unknown]
+
+    cc.forget_devices()                          # as before any reset: fresh data first
+    await cluster.phone(C)
+    assert later == [A, unknown, C]

@@ -22,6 +22,7 @@ import dataclasses
 import logging
 import sys
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -332,7 +333,32 @@ class CallControl:
         except IntegrityError:
             pass  # created meanwhile (another node, or the administrator)
 
-    async def decide(self, request: RegistrationRequest) -> RegistrationDecision:
+    def decide(self, request: RegistrationRequest) -> RegistrationDecision | Awaitable[RegistrationDecision]:
+        """The decision on one Register. At once when everything it needs is at hand — the cluster
+        mode known and fresh, the device in the fresh snapshot, the directory fresh — as for
+        nearly every phone of a registration storm: the adapter then answers in the same callback,
+        with no task and no extra turn of the event loop per phone. Otherwise (anything to load or
+        ask, an unknown device, auto-registration) a coroutine doing the same with the awaits."""
+        state = self.cluster_state.usable_now()
+        if state is None or time.monotonic() - self._devices_at > DEVICE_SNAPSHOT_TTL:
+            return self._decide_later(request)
+        device = self._devices.get(request.device_name)
+        if device is None:  # added since the snapshot, or unknown: asked of the database
+            return self._decide_later(request)
+        verdict = decide(request, device, state.mode, self.trust)
+        refused = self._refusal(request, verdict)
+        if refused is not None:
+            return refused
+        if verdict.auto_registered:
+            return self._accept_later(request, verdict)
+        self._note(request, verdict)
+        d = verdict.device
+        profile = self.directory.profile_now(d.name, d.model, d.security_mode)
+        if profile is None:
+            return self._accept_later(request, verdict, noted=True)
+        return self._accept(request, verdict, profile)
+
+    async def _decide_later(self, request: RegistrationRequest) -> RegistrationDecision:
         address = _address(request.peer_address)
         try:
             mode = await self.cluster_mode()
@@ -344,6 +370,14 @@ class CallControl:
                 "device": request.device_name, "address": address, "error": str(exc)})
             return RegistrationDecision.reject("cluster mode unknown; retry")
         verdict = decide(request, await self._device(request.device_name), mode, self.trust)
+        refused = self._refusal(request, verdict)
+        if refused is not None:
+            return refused
+        return await self._accept_later(request, verdict)
+
+    def _refusal(self, request: RegistrationRequest, verdict: Verdict) -> RegistrationDecision | None:
+        """The RegisterReject for a refused verdict (counted, kept, logged); None when accepted."""
+        address = _address(request.peer_address)
         if not verdict.accepted:
             self.refused_total += 1
             metrics.REGISTRATION_REFUSALS.labels(self.config.node, verdict.rule or "other").inc()
@@ -358,17 +392,29 @@ class CallControl:
                       "the publisher")
             self.registry.refused(request.device_name, address, reason)
             return RegistrationDecision.reject(f"MODE-4: unknown {request.device_name}")
+        return None
+
+    def _note(self, request: RegistrationRequest, verdict: Verdict) -> None:
+        if verdict.nat_suspected:
+            log.warning("MODE-7: device registers through a translated address; mixed mode does "
+                        "not support NAT", extra={"device": request.device_name,
+                                                  "peer": _address(request.peer_address),
+                                                  "reported": request.register.ip_address})
+
+    async def _accept_later(self, request: RegistrationRequest, verdict: Verdict, *,
+                            noted: bool = False) -> RegistrationDecision:
         if verdict.auto_registered:
             await self._auto_register(verdict.device)
             log.info("auto-registered device", extra={"device": request.device_name,
                                                       "model": verdict.device.model})
-        if verdict.nat_suspected:
-            log.warning("MODE-7: device registers through a translated address; mixed mode does "
-                        "not support NAT", extra={"device": request.device_name, "peer": address,
-                                                  "reported": request.register.ip_address})
-        device = verdict.device
-        self._profiles[(request.device_name, request.peer_address)] = await self.directory.profile(
-            device.name, device.model, device.security_mode)
+        if not noted:
+            self._note(request, verdict)
+        d = verdict.device
+        return self._accept(request, verdict, await self.directory.profile(d.name, d.model, d.security_mode))
+
+    def _accept(self, request: RegistrationRequest, verdict: Verdict,
+                profile: DeviceProfile) -> RegistrationDecision:
+        self._profiles[(request.device_name, request.peer_address)] = profile
         snapshot = self.directory.snapshot
         if self.calls is not None and snapshot is not self._numbers_from:
             # once per directory load, not per Register (a copy of every configured number)

@@ -107,6 +107,17 @@ class ClusterStateFollower:
     def known(self) -> ClusterState | None:
         return self._state
 
+    def usable_now(self) -> ClusterState | None:
+        """What `current()` would return without awaiting anything (known, fresh, no event
+        asking to confirm it); None when it would ask the owner or is not known."""
+        state = self._state
+        if self._ask is None:
+            return state
+        if state is not None and not self._confirm \
+                and time.monotonic() - self._asked_at < self._refresh_interval:
+            return state
+        return None
+
     async def current(self) -> ClusterState:
         """The state a decision may use: confirmed by the owner when an event or `forget()` asked
         for it (the last known one if the owner cannot answer now), asked first if never known."""

@@ -100,7 +100,15 @@ class CallDirectory:
         """The profile of a device registering with effective security `mode` (DEV-1). An
         extension-mobility login replaces the device's lines with the user's (DEV-2: the mode
         stays the device's)."""
-        snap = await self.current()
+        return self._profile(await self.current(), name, model, mode)
+
+    def profile_now(self, name: str, model: str, mode: str) -> DeviceProfile | None:
+        """`profile()` from the snapshot in hand; None when it must be (re)loaded first."""
+        if time.monotonic() - self.snapshot.loaded_at > TTL:
+            return None
+        return self._profile(self.snapshot, name, model, mode)
+
+    def _profile(self, snap: Snapshot, name: str, model: str, mode: str) -> DeviceProfile:
         user_id = snap.logins.get(name, "")
         user = snap.users.get(user_id) if user_id else None
         try:
