@@ -314,7 +314,7 @@ def store_rounds(data: Path, endpoints: dict) -> tuple[int, int] | None:
     return int(details["capf_store_rounds"]), int(details["capf_store_round_items"])
 
 
-def wait_quiet(limit: float = 30.0) -> None:
+def wait_quiet(limit: float = 30.0) -> bool:
     """Let the cluster's reaction to what came before (schedules, installs: signed
     configurations, events) finish, so that neither side pays for the other's aftermath."""
     def busy() -> tuple[int, int]:
@@ -326,7 +326,46 @@ def wait_quiet(limit: float = 30.0) -> None:
         time.sleep(1.0)
         t1, i1 = busy()
         if (i1 - i0) / max(1, t1 - t0) > 0.6:
-            return
+            return True
+    say(f"the machine did not get quiet (less than 60 % idle) within {limit:.0f} s; measuring anyway")
+    return False
+
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+_ROLES = (("ccmsec_capf.acceptor", "acceptors"), ("ccmsec_capf", "capf"), ("ccmsec_callmanager", "callmanager"),
+          ("ccmsec_tftp_signer", "tftp-signer"))
+
+
+def cpu_by_role(roots: dict[int, str]) -> dict[str, float]:
+    """CPU seconds used so far by every process under `roots` (pid -> role of the tree: the
+    cluster's supervisor, the phones, the baseline servers), by role: the capf service, its
+    acceptors, call control, tftp-signer, the rest of the cluster, phones, baseline servers.
+    Only this run's processes: other users' work on the machine is not in it."""
+    stats: dict[int, tuple[int, float]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            stats[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICK)
+    out: dict[str, float] = {}
+    for pid in stats:
+        node, role = pid, None
+        while node > 1 and role is None:
+            role = roots.get(node)
+            node = stats.get(node, (0, 0.0))[0]
+        if role is None:
+            continue
+        if role == "cluster":
+            try:
+                cmd = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            role = next((name for marker, name in _ROLES if marker in cmd), "cluster (other)")
+        out[role] = out.get(role, 0.0) + stats[pid][1]
+    return out
 
 
 def free_port(host: str) -> int:
@@ -376,6 +415,13 @@ def main() -> int:
             if not ours.poll(30) or ours.recv() != "ready":
                 raise SystemExit("baseline server did not start")
 
+        from ccmsec.cluster import runner
+        roots = {runner.supervisor_pid(data) or 0: "cluster", **{proc.pid: "baseline servers" for proc, _ in procs}}
+        # The cluster's own aftermath of the set-up (tftp-signer building and signing a configuration
+        # for each new device, its owners answering) is neither side's: wait for it, longer than
+        # between phases.
+        say("waiting for the cluster to finish reacting to the set-up ...")
+        wait_quiet(240.0)
         results: dict[str, list[float]] = {"capf": [], "baseline": []}
         loads: list[float] = []
         for run in range(runs):
@@ -395,10 +441,12 @@ def main() -> int:
                 phone_proc.start()
                 if not ours.poll(120) or ours.recv() != "ready":
                     raise SystemExit("phone process did not get ready")
+                before = cpu_by_role({**roots, phone_proc.pid: "phones"})
                 ours.send("go")
                 if not ours.poll(PHONE_TIMEOUT * 4):
                     raise SystemExit(f"{mode} run did not finish")
                 elapsed, ok, errors = ours.recv()
+                after = cpu_by_role({**roots, phone_proc.pid: "phones"})
                 ours.send("stop")
                 phone_proc.join(10)
                 rate = ok / elapsed if elapsed else 0.0
@@ -406,6 +454,10 @@ def main() -> int:
                 loads.append(os.getloadavg()[0])
                 say(f"run {run + 1} {mode:8}: {ok}/{phones} in {elapsed:6.2f} s = {rate:7.1f}/s"
                     + (f"  errors: {errors}" if errors else ""))
+                used = {role: after[role] - before.get(role, 0.0) for role in after}
+                say(f"run {run + 1} {mode:8}: CPU ms per {'install' if mode == 'capf' else 'connection'}: "
+                    + ", ".join(f"{role} {1000 * t / max(1, ok):.2f}" for role, t in sorted(used.items())
+                                if t > 0.0005 * max(1, ok)))
                 if rounds_before is not None and (rounds_after := store_rounds(data, endpoints)) is not None:
                     n, items = rounds_after[0] - rounds_before[0], rounds_after[1] - rounds_before[1]
                     say(f"run {run + 1} capf    : the single writer ran {n} database rounds for {items} "

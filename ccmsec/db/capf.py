@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as _dt
+import hashlib
 import re
 from dataclasses import dataclass
 from typing import AsyncIterator, Awaitable, Callable
@@ -28,11 +29,13 @@ from cryptography.hazmat.primitives import serialization
 from sqlalchemy import (
     CheckConstraint, DateTime, ForeignKey, Integer, LargeBinary, String, and_, bindparam, insert, select, update,
 )
+from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ccmsec.db.base import Base
+from ccmsec.db.ownership import check_write
 from ccmsec.runtime.database import sync_sqlite_engine
 from ccmsec.domain import CapfAuthMode
 from ccmsec.domain import CapfOperation as Operation  # this module's CapfOperation is the table
@@ -218,8 +221,10 @@ class CsrRecord:
 
 
 def _cert_ids(der: bytes) -> tuple[str, str]:
+    """(serial in hex, SHA-256 fingerprint) of a DER certificate; the fingerprint is the digest of
+    the DER, as `Certificate.fingerprint` computes it (hashlib: a tenth of its cost)."""
     cert = x509.load_der_x509_certificate(der)
-    return format(cert.serial_number, "x"), cert.fingerprint(hashes.SHA256()).hex()
+    return format(cert.serial_number, "x"), hashlib.sha256(der).hexdigest()
 
 
 # --------------------------------------------------------------------------------------------
@@ -305,6 +310,64 @@ _INSTALLED = (update(_CERTS)
               .values(outcome="installed"))
 
 
+# The same writes as SQLite statements for the database thread's DB-API cursor (`_SqliteCursor`):
+# SQLAlchemy's execution of a prebuilt Core statement (context, parameters, result) cost about
+# three times SQLite's own work on each of an install's four writes, in the single writer's
+# process. The SQL is what SQLAlchemy renders for the Core statements above (same tables, same
+# conditions, same values; `now` stored in its SQLite DATETIME format), and the owner's write guard
+# checks it like any statement (`SqlCapfStore.__init__`); tests/integration/test_capf_store_batching.py
+# proves both paths leave the same rows.
+_SQLITE_WRITES = {
+    _CLAIM: "UPDATE capf_operations SET state='in_progress', issued_fingerprint=:fingerprint, updated_at=:now "
+            "WHERE capf_operations.id = :op_id AND capf_operations.issued_fingerprint IS NULL "
+            "AND capf_operations.state IN ('pending', 'in_progress') RETURNING operation",
+    _RECORD_CERTIFICATE: "INSERT INTO capf_certificates (operation_id, device_name, serial, fingerprint_sha256, "
+                         "operation, created_at, outcome, der) VALUES (:op_id, :device, :serial, :fingerprint, "
+                         ":operation, :now, :outcome, :der)",
+    _OPERATION_STATE: "SELECT capf_operations.state, capf_operations.issued_fingerprint FROM capf_operations "
+                      "WHERE capf_operations.id = :op_id",
+    _TIED_CERTIFICATE: "SELECT capf_certificates.der FROM capf_certificates WHERE capf_certificates.operation_id = "
+                       ":op_id AND capf_certificates.fingerprint_sha256 = :fingerprint LIMIT 1",
+    _DONE: "UPDATE capf_operations SET state='done', reason=NULL, updated_at=:now WHERE capf_operations.id = :op_id "
+           "RETURNING device_name, operation, issued_fingerprint",
+    _INSTALLED: "UPDATE capf_certificates SET outcome='installed' WHERE capf_certificates.operation_id = :op_id "
+                "AND capf_certificates.fingerprint_sha256 = :fingerprint",
+}
+_SQLITE = sqlite_dialect.dialect()
+_SQLITE_DATETIME = DateTime(timezone=True).dialect_impl(_SQLITE).bind_processor(_SQLITE)
+
+
+class _CoreConnection:
+    """A round's statements through SQLAlchemy (PostgreSQL, or SQLite without a file)."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: Connection):
+        self.conn = conn
+
+    def rows(self, statement, params: dict) -> list[tuple]:
+        result = self.conn.execute(statement, params)
+        return [tuple(r) for r in result] if result.returns_rows else []
+
+
+class _SqliteCursor:
+    """A round's writes on the DB-API cursor of the SQLAlchemy connection that holds the round's
+    transaction (begun, committed or rolled back by SQLAlchemy as before)."""
+
+    __slots__ = ("cursor",)
+
+    def __init__(self, conn: Connection):
+        self.cursor = conn.connection.driver_connection.cursor()
+
+    def rows(self, statement, params: dict) -> list[tuple]:
+        if "now" in params:
+            params = {**params, "now": _SQLITE_DATETIME(params["now"])}
+        return self.cursor.execute(_SQLITE_WRITES[statement], params).fetchall()
+
+
+_Statements = _CoreConnection | _SqliteCursor
+
+
 class SqlCapfStore:
     def __init__(self, factory: async_sessionmaker[AsyncSession], *, max_failures: int = MAX_AUTH_FAILURES,
                  device_exists: Callable[[str], Awaitable[bool]] | None = None,
@@ -324,19 +387,23 @@ class SqlCapfStore:
         # same file — one hand-off per batch, where aiosqlite makes several per statement (they
         # were most of an install's cost). PostgreSQL runs the same code through run_sync.
         self._sync_engine = sync_sqlite_engine(self._engine) if self._engine is not None else None
+        writer = getattr(self._sync_engine, "ccmsec_writer", None)
+        if writer is not None:  # the DB-API path passes the owner's write guard like SQLAlchemy's
+            for sql in _SQLITE_WRITES.values():
+                check_write(writer, sql)
 
         # Group commit: the look-ups and writes of concurrent phone sessions that queue up while
         # one round runs are carried out together in the next (one SELECT … IN for the look-ups,
         # one COMMIT for the writes, one hand-off to the database thread for all of it).
-        self._batch: list[tuple[Callable[[Connection], object], asyncio.Future]] = []
+        self._batch: list[tuple[Callable[[_Statements], object], asyncio.Future]] = []
         self._lookups: list[tuple[str, asyncio.Future]] = []
         self._rounds: asyncio.Task | None = None
         self.max_batch = 128
         self.rounds = 0       # rounds run (each one hand-off and at most one transaction)
         self.round_items = 0  # look-ups and writes they carried
 
-    async def _write_batched(self, fn: Callable[[Connection], object]):
-        """Run `fn(connection)` (synchronous Core statements) in a shared write transaction;
+    async def _write_batched(self, fn: Callable[[_Statements], object]):
+        """Run `fn(statements)` (the hot path's writes, `statements.rows(...)`) in a shared write transaction;
         returns its result once committed. `fn` must raise only before it changes anything (it
         then fails alone, the batch goes on)."""
         future = asyncio.get_running_loop().create_future()
@@ -349,25 +416,26 @@ class SqlCapfStore:
             self._rounds = asyncio.get_running_loop().create_task(self._run_rounds())
 
     @classmethod
-    def _round(cls, conn: Connection, names: list[str], fns: list[Callable[[Connection], object]]):
+    def _round(cls, conn: Connection, names: list[str], fns: list[Callable[[_Statements], object]],
+               statements: type[_CoreConnection] | type[_SqliteCursor] = _CoreConnection):
         """One round in one transaction: the look-ups (as of its start), then the writes."""
         looked = cls._active_operations(conn, names) if names else ({}, set())
-        return looked, cls._apply(conn, fns)
+        return looked, (cls._apply(statements(conn), fns) if fns else [])
 
     @staticmethod
-    def _apply(conn: Connection, fns: list[Callable[[Connection], object]]) -> list[tuple[object, Exception | None]]:
+    def _apply(ex: _Statements, fns: list[Callable[[_Statements], object]]) -> list[tuple[object, Exception | None]]:
         outcomes: list[tuple[object, Exception | None]] = []
         for fn in fns:
             try:
-                outcomes.append((fn(conn), None))
+                outcomes.append((fn(ex), None))
             except ValueError as exc:  # refused before any change: fails alone
                 outcomes.append((None, exc))
         return outcomes
 
-    def _round_in_thread(self, names: list[str], fns: list[Callable[[Connection], object]]):
+    def _round_in_thread(self, names: list[str], fns: list[Callable[[_Statements], object]]):
         assert self._sync_engine is not None
         with (self._sync_engine.begin() if fns else self._sync_engine.connect()) as conn:
-            return self._round(conn, names, fns)
+            return self._round(conn, names, fns, _SqliteCursor)
 
     async def _run_rounds(self) -> None:
         while self._batch or self._lookups:
@@ -531,22 +599,23 @@ class SqlCapfStore:
         serial, fingerprint = _cert_ids(certificate_der)
         now = self.clock()
 
-        def claim(conn: Connection) -> bytes:
+        def claim(ex: _Statements) -> bytes:
             # Compare-and-set on the operation row: only the first issuance is tied to it; a
             # racing or reconnecting session gets the certificate already tied.
-            claimed = conn.execute(_CLAIM, {"op_id": op_id, "fingerprint": fingerprint, "now": now}).first()
-            if claimed is not None:
-                conn.execute(_RECORD_CERTIFICATE, {
+            claimed = ex.rows(_CLAIM, {"op_id": op_id, "fingerprint": fingerprint, "now": now})
+            if claimed:
+                ex.rows(_RECORD_CERTIFICATE, {
                     "op_id": op_id, "device": device_name, "serial": serial, "fingerprint": fingerprint,
-                    "operation": claimed.operation, "now": now, "outcome": "issued", "der": certificate_der})
+                    "operation": claimed[0][0], "now": now, "outcome": "issued", "der": certificate_der})
                 return certificate_der
-            row = conn.execute(_OPERATION_STATE, {"op_id": op_id}).first()
-            if row is None:
+            state = ex.rows(_OPERATION_STATE, {"op_id": op_id})
+            if not state:
                 raise ValueError(f"no CAPF operation {op_id}")
-            existing = conn.execute(_TIED_CERTIFICATE, {"op_id": op_id, "fingerprint": row.issued_fingerprint}).scalar()
-            if existing is None:
-                raise ValueError(f"CAPF operation {op_id} is {row.state}; it cannot issue a certificate")
-            return existing
+            (op_state, tied_fingerprint), = state
+            existing = ex.rows(_TIED_CERTIFICATE, {"op_id": op_id, "fingerprint": tied_fingerprint})
+            if not existing:
+                raise ValueError(f"CAPF operation {op_id} is {op_state}; it cannot issue a certificate")
+            return existing[0][0]
 
         return await self._write_batched(claim)  # type: ignore[return-value]
 
@@ -558,17 +627,18 @@ class SqlCapfStore:
         if certificate_der is not None and outcome != "installed":  # installed: the row exists already
             serial, fingerprint = _cert_ids(certificate_der)
 
-        def done(conn: Connection) -> None:
+        def done(ex: _Statements) -> None:
             # UPDATE … RETURNING: when the operation is missing nothing changed, so this fails alone.
-            row = conn.execute(_DONE, {"op_id": op_id, "now": now}).first()
-            if row is None:
+            rows = ex.rows(_DONE, {"op_id": op_id, "now": now})
+            if not rows:
                 raise ValueError(f"no CAPF operation {op_id}")
+            (device, operation, tied_fingerprint), = rows
             if outcome == "installed":
-                conn.execute(_INSTALLED, {"op_id": op_id, "fingerprint": row.issued_fingerprint})
+                ex.rows(_INSTALLED, {"op_id": op_id, "fingerprint": tied_fingerprint})
                 return
-            conn.execute(_RECORD_CERTIFICATE, {
-                "op_id": op_id, "device": row.device_name, "serial": serial, "fingerprint": fingerprint,
-                "operation": row.operation, "now": now, "outcome": outcome, "der": certificate_der})
+            ex.rows(_RECORD_CERTIFICATE, {
+                "op_id": op_id, "device": device, "serial": serial, "fingerprint": fingerprint,
+                "operation": operation, "now": now, "outcome": outcome, "der": certificate_der})
 
         await self._write_batched(done)
 

@@ -29,7 +29,7 @@ from ccmsec.pki.tls import enable_legacy_tls
 from ccmsec.runtime.logs import setup_logging
 from ccmsec.wire.capf import AuthCheck, OperationLookup
 
-from .channel import ChannelError, encode, raise_reply, read_message
+from .channel import ChannelError, Outbox, encode, raise_reply, read_message
 from .issuer import MANUFACTURER_CA, ServiceLscIssuer
 
 ENV = "CCMSEC_CAPF_ACCEPTOR"
@@ -40,7 +40,7 @@ class OwnerStore:
     """`CapfOperationsStore` over the channel: every call is answered by the capf service."""
 
     def __init__(self, writer: asyncio.StreamWriter):
-        self._writer = writer
+        self._out = Outbox(writer)
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future] = {}
 
@@ -49,7 +49,7 @@ class OwnerStore:
         future = asyncio.get_running_loop().create_future()
         self._waiting[call_id] = future
         try:
-            self._writer.write(encode(("call", call_id, method, args)))
+            self._out.send(("call", call_id, method, args))
             return await future
         finally:
             self._waiting.pop(call_id, None)

@@ -31,7 +31,7 @@ from typing import Callable
 from ccmsec.runtime.logs import json_log_fd
 
 from .acceptor import ENV
-from .channel import STORE_METHODS, ChannelError, encode, error_reply, read_message
+from .channel import STORE_METHODS, ChannelError, Outbox, encode, error_reply, read_message
 
 log = logging.getLogger("ccmsec.capf")
 
@@ -162,11 +162,12 @@ class AcceptorPool:
     # -- one acceptor's channel --------------------------------------------------------------------
 
     async def _serve(self, acceptor: _Acceptor, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        replies = Outbox(writer)  # the replies of one turn of the loop in one write
         try:
             while (message := await read_message(reader)) is not None:
                 kind = message[0]
                 if kind == "call":
-                    task = asyncio.create_task(self._answer(writer, *message[1:]))
+                    task = asyncio.create_task(self._answer(replies, *message[1:]))
                     self._calls.add(task)
                     task.add_done_callback(self._calls.discard)
                 elif kind == "sessions":
@@ -192,7 +193,7 @@ class AcceptorPool:
         if not self._closing:
             await self._spawn(acceptor)
 
-    async def _answer(self, writer: asyncio.StreamWriter, call_id: int, method: str, args: tuple) -> None:
+    async def _answer(self, replies: Outbox, call_id: int, method: str, args: tuple) -> None:
         if method not in STORE_METHODS:
             reply = ("reply", call_id, False, ("RuntimeError", f"unknown store method {method!r}"))
         else:
@@ -202,5 +203,4 @@ class AcceptorPool:
                 if not isinstance(exc, ValueError):
                     log.exception("CAPF store %s failed for an acceptor", method)
                 reply = ("reply", call_id, False, error_reply(exc))
-        if not writer.is_closing():
-            writer.write(encode(reply))
+        replies.send(reply)

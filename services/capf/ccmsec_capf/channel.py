@@ -53,6 +53,31 @@ async def read_message(reader: asyncio.StreamReader) -> tuple | None:
         raise ChannelError("channel closed inside a message") from None
 
 
+class Outbox:
+    """Messages to the other side, written together once per turn of the event loop: one write —
+    one system call, one wake-up of the peer — carries the calls (or replies) of every session that
+    had one in that turn, where a write per message made the channel's sends about a seventh of
+    an acceptor's CPU (py-spy, issue 15). Order is kept; nothing waits longer than the loop's
+    current turn."""
+
+    def __init__(self, writer: asyncio.StreamWriter):
+        self.writer = writer
+        self._pending: list[bytes] = []
+        self._scheduled = False
+
+    def send(self, message: tuple) -> None:
+        self._pending.append(encode(message))  # ChannelError (too big) reaches the sender
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        data, self._pending = b"".join(self._pending), []
+        if data and not self.writer.is_closing():
+            self.writer.write(data)
+
+
 def error_reply(exc: BaseException) -> tuple[str, str]:
     """How a store failure travels: a refusal (ValueError) stays one on the other side."""
     return ("ValueError" if isinstance(exc, ValueError) else type(exc).__name__, str(exc))
