@@ -457,7 +457,7 @@ def main() -> int:
                 used = {role: after[role] - before.get(role, 0.0) for role in after}
                 say(f"run {run + 1} {mode:8}: CPU ms per {'install' if mode == 'capf' else 'connection'}: "
                     + ", ".join(f"{role} {1000 * t / max(1, ok):.2f}" for role, t in sorted(used.items())
-                                if t > 0.0005 * max(1, ok)))
+                                if t > 0.00005 * max(1, ok)))
                 if rounds_before is not None and (rounds_after := store_rounds(data, endpoints)) is not None:
                     n, items = rounds_after[0] - rounds_before[0], rounds_after[1] - rounds_before[1]
                     say(f"run {run + 1} capf    : the single writer ran {n} database rounds for {items} "
