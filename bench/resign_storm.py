@@ -85,7 +85,9 @@ async def ours(data: Path, devices: int, disk: bool, workers: int, chunk: int):
     pool = SigningPool(signer, workers=workers, chunk=chunk)
     endpoints = ClusterEndpoints(callmanagers=("127.0.0.5",), capf_host="127.0.0.3", srst_host="127.0.0.8")
     store = SignedStore(pool, data / "tftp", caching=not disk)
-    detector = ChangeDetector(engine)
+    from ccmsec.db.commits import WATCHED, counter_path
+
+    detector = ChangeDetector(engine, [counter_path(data, role) for role in WATCHED])
     try:
         async with tftp_owners(data, f"sqlite+aiosqlite:///{data / 'ccmsec.db'}") as owners:
             reads = owners.reads(service_identity(data, "tftp-signer", "tftp-signer", "127.0.0.1"))

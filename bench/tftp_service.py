@@ -226,16 +226,23 @@ async def until_new(port: int, name: str, old: bytes, blksize: int | None) -> by
 
 
 def commit_change(db_file: Path, where: str) -> float:
-    """Commit a hardening change as another process would; returns the time of the commit."""
-    import sqlite3
+    """Commit a hardening change as another process of callmanager would (its engine: the owner's
+    commit counter, which tftp-signer's version check reads — ccmsec/db/commits.py); returns the
+    time of the commit."""
+    import sqlalchemy as sa
 
-    conn = sqlite3.connect(db_file, timeout=30, isolation_level=None)
+    from ccmsec.db.commits import counter_path, install_commit_counter
+
+    engine = sa.create_engine(f"sqlite:///{db_file}", connect_args={"timeout": 30})
+    counter = install_commit_counter(engine, counter_path(db_file.parent, "callmanager"))
     try:
-        conn.execute("UPDATE devices SET web_access = 1 - web_access, config_version = config_version + 1 "
-                     + where)
+        with engine.begin() as conn:
+            conn.exec_driver_sql("UPDATE devices SET web_access = 1 - web_access, "
+                                 "config_version = config_version + 1 " + where)
         return time.perf_counter()
     finally:
-        conn.close()
+        engine.dispose()
+        counter.close()
 
 
 async def announce(bus, devices: list[str] | None) -> None:

@@ -2,30 +2,42 @@
 added, a mode ctl-provider would have stored) by writing as that owner: an engine on the same
 database with the owner's write guard (ccmsec/db/ownership.py), so the arrangement itself obeys
 the one-owner rule — and with the owner's schema branches migrated, as the owner does at its start
-(each role migrates only its own, issue 9 §5)."""
+(each role migrates only its own, issue 9 §5). Like the owner's own engine, each commit writes the
+owner's commit counter (ccmsec/db/commits.py) in `data_dir` (default: the SQLite file's folder, the
+data directory of a test whose services share DATA/ccmsec.db), so tftp-signer sees it at once."""
 
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
-from ccmsec.db.ownership import install_write_guard
+from sqlalchemy.engine import make_url
+
+from ccmsec.db.commits import counter_path, install_commit_counter
+from ccmsec.db.ownership import OWN_BRANCHES, install_write_guard
 from ccmsec.runtime.database import create_engine, migrate, sessionmaker
 
 _MIGRATED: set[tuple[str, str]] = set()
 
 
 @contextlib.asynccontextmanager
-async def owner_db(url: str, role: str):
+async def owner_db(url: str, role: str, data_dir: Path | None = None):
     engine = create_engine(url)
+    counter = None
     try:
         if (url, role) not in _MIGRATED:
             await migrate(engine, role)
             if "sqlite" in url:  # a test's own file; a PostgreSQL database is reset between tests
                 _MIGRATED.add((url, role))
         install_write_guard(engine, role)
+        database = make_url(url).database
+        if role in OWN_BRANCHES and database and database != ":memory:":
+            counter = install_commit_counter(engine, counter_path(data_dir or Path(database).parent, role))
         yield sessionmaker(engine)
     finally:
         await engine.dispose()
+        if counter is not None:
+            counter.close()
 
 
 

@@ -41,7 +41,7 @@ _SERVICES = {
 
 
 class TftpOwners:
-    def __init__(self, data, db_url: str, stack: contextlib.AsyncExitStack, peers: dict[str, str] | None = None):
+    def __init__(self, data, db_url, stack: contextlib.AsyncExitStack, peers: dict[str, str] | None = None):
         self.data, self.db_url, self._stack = data, db_url, stack
         self.peers = {role: (peers or {}).get(role) or loopback_host() for role in _SERVICES}
         self.servers: dict[str, GrpcServer] = {}
@@ -51,7 +51,8 @@ class TftpOwners:
         if role in self.servers:
             return
         if role not in self._dbs:
-            self._dbs[role] = await self._stack.enter_async_context(owner_db(self.db_url, role))
+            self._dbs[role] = await self._stack.enter_async_context(
+                owner_db(self.url_of(role), role, data_dir=self.data))
         host = self.peers[role]
         add, servicer, name = _SERVICES[role]
         holder = SimpleNamespace(db=self._dbs[role], node=role, settings=SimpleNamespace(tftp_path="cluster1"))
@@ -62,6 +63,10 @@ class TftpOwners:
         await server.start()
         await server.set_serving(True)
         self.servers[role] = server
+
+    def url_of(self, role: str) -> str:
+        """`db_url` (one file all share), or `db_url(role)`: each owner's own, as the local runner."""
+        return self.db_url(role) if callable(self.db_url) else self.db_url
 
     async def stop(self, role: str) -> None:
         server = self.servers.pop(role, None)
@@ -90,7 +95,7 @@ class TftpOwners:
 
 
 @contextlib.asynccontextmanager
-async def tftp_owners(data, db_url: str, *, running=("callmanager", "capf", "ctl-provider"),
+async def tftp_owners(data, db_url, *, running=("callmanager", "capf", "ctl-provider"),
                       peers: dict[str, str] | None = None):
     async with contextlib.AsyncExitStack() as stack:
         owners = TftpOwners(data, db_url, stack, peers)

@@ -3,10 +3,11 @@ of the cluster runs under a uid and gid of its own node, and the data directory 
 each holds only its own private keys and the cluster CA key stays root's.
 
 Ids are numeric, from one fixed range (no /etc/passwd entry is made): `CCMSEC_SERVICE_UID_BASE`
-(default 61000) is the shared group `ccmsec` (the SQLite database, the folders every service
-traverses); base+1 … base+8 the eight roles in topology order, base+9 NATS, base+10 the group
-`ccmsec-servers` (who reads the servers' certificates: the CTL Provider, and CAPF for its CERT-3
-copy), base+10+N the call-control subscriber N. Each account's gid is its uid. `up` refuses a range that an existing account or group
+(default 61000) is the shared group `ccmsec` (the folders every service traverses); base+1 … base+8
+the eight roles in topology order, base+9 NATS, base+10 the group `ccmsec-servers` (who reads the
+servers' certificates: the CTL Provider, and CAPF for its CERT-3 copy), base+10+N the call-control
+subscriber N. Each account's gid is its uid; a subscriber is also in callmanager's group (call
+control's database, which the publisher and its subscribers share). `up` refuses a range that an existing account or group
 uses. The layout (`apply_layout`) mirrors compose's volumes (`compose.shared_volumes`): a file one
 role writes and another must read is in a folder its writer owns, readable by the reader's group.
 """
@@ -79,6 +80,8 @@ class Accounts:
         groups: tuple[int, ...] = () if node == NATS else (self.shared_gid,)  # NATS reads nothing of theirs
         if node in SERVER_READERS:
             groups += (self.servers_gid,)
+        if node != "callmanager" and node.startswith("callmanager-sub"):
+            groups += (self.uid("callmanager"),)  # call control's database (ccmsec.cluster.databases)
         return Account(node, uid, uid, groups)
 
     def ids(self) -> range:
@@ -204,7 +207,7 @@ def _move_key(old: Path, new_dir: Path) -> None:
 
 
 SHARED_DIR = 0o2750     # setgid: files made inside keep the group; fsutil.private_dir keeps its group bits
-# setgid + sticky: SQLite's -wal/-shm beside the database, none removes another's entry; o+x (no
+# setgid + sticky: files made inside keep the group, none removes another's entry; o+x (no
 # listing) only so NATS, in no group of the services', reaches DATA/run/nats.conf and DATA/nats —
 # no entry of DATA grants anything to others.
 DATA_DIR_MODE = 0o3771
@@ -214,7 +217,7 @@ RUN_DIR_MODE = 0o2751
 def apply_layout(cluster: LocalCluster, accounts: Accounts) -> None:
     """Give each node its own files and nothing else's (run as root after issuing, before starting).
 
-    DATA                      root:ccmsec 3771 (the SQLite database's -wal/-shm are made beside it)
+    DATA                      root:ccmsec 3771
     DATA/pki                  root:ccmsec 2750; cluster-ca.key, nats-admin.nk root 0600;
                               capf.key capf 0600, manufacturer-ca.key phone-sim 0600; certificates 0644
     DATA/identities/services/<node>   <node> 0700, keys 0600;  DATA/identities/clients root 0700
@@ -223,7 +226,12 @@ def apply_layout(cluster: LocalCluster, accounts: Accounts) -> None:
     DATA/tokens               root:ccmsec-servers 2750 (certificates; the .p12 files stay root 0600)
     DATA/{capf,callmanager,tftp,tftp-signer,phone-sim}, DATA/srst/<node>   the owner's, 0700
     DATA/run                  root:ccmsec 2751 (endpoints.json; nats.conf nats 0600); DATA/nats nats 0700
-    DATA/ccmsec.db (+ -wal, -shm, .migrate.lock)  root:ccmsec 0660 — every service opens it
+    DATA/db                   root:ccmsec 0750; DATA/db/<role> the role's 0700, its ccmsec.db (+ -wal,
+                              -shm, .migrate.lock) 0600 — callmanager's callmanager:callmanager 2770,
+                              files 0660, which its subscribers (in that group) open too; no other uid
+                              opens another's (ccmsec.cluster.databases)
+    DATA/db/commits           root:ccmsec 0750; <owner> the owner's 0644, callmanager's 0664 (its
+                              commit counter, no secret: tftp-signer reads it, ccmsec.db.commits)
     DATA/logs                 root 0700 (the supervisor writes each service's log for it)
     """
     data = cluster.data_dir
@@ -299,7 +307,7 @@ def apply_layout(cluster: LocalCluster, accounts: Accounts) -> None:
     _folder(data / "nats", nats.uid, nats.gid, 0o700)
     _own_tree(data / "nats", nats.uid, nats.gid)
     _folder(data / "logs", 0, 0, 0o700)
-    _shared_database(data, shared)
+    _owner_databases(data, accounts)
 
 
 def _write_capf_copies(data: Path, servers: Path, reader_gid: int) -> None:
@@ -325,22 +333,41 @@ def _write_capf_copies(data: Path, servers: Path, reader_gid: int) -> None:
         os.chown(path, 0, reader_gid, follow_symlinks=False)
 
 
-def _shared_database(data: Path, shared: int) -> None:
-    """The one SQLite file every service opens (docs/architecture.md: what stays shared): made
-    here in WAL mode, so no service creates it with its own group; SQLite gives -wal and -shm the
-    database's mode, and the setgid folder its group."""
-    db = data / "ccmsec.db"
-    if not db.exists():
-        conn = sqlite3.connect(db)
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-        finally:
-            conn.close()
-    lock = data / "ccmsec.db.migrate.lock"
-    lock.touch(exist_ok=True)
-    for path in (db, lock, data / "ccmsec.db-wal", data / "ccmsec.db-shm"):
-        if path.exists():
-            _own(path, 0, shared, 0o660)
+def _owner_databases(data: Path, accounts: Accounts) -> None:
+    """Each role's own database folder and file (ccmsec.cluster.databases), and the owners' commit
+    counters. Call control's database is made here, in WAL mode, with its lock file: the publisher
+    and its subscribers open both, so they must be group read-write from the first byte (SQLite
+    gives -wal and -shm the database's mode, the setgid folder its group)."""
+    from ccmsec.cluster.databases import database_dir, database_path, db_root
+    from ccmsec.cluster.topology import ROLES
+    from ccmsec.db.commits import WATCHED, commit_dir, counter_path
+
+    _folder(db_root(data), 0, accounts.shared_gid, 0o750)
+    for role in ROLES:
+        acct = accounts.of(role)
+        shared_by_nodes = role == "callmanager"
+        folder = _folder(database_dir(data, role), acct.uid, acct.gid, 0o2770 if shared_by_nodes else 0o700)
+        _own_tree(folder, acct.uid, acct.gid)
+        db = database_path(data, role)
+        if shared_by_nodes:
+            if not db.exists():
+                conn = sqlite3.connect(db)
+                try:
+                    conn.execute("PRAGMA journal_mode=WAL")
+                finally:
+                    conn.close()
+            Path(str(db) + ".migrate.lock").touch(exist_ok=True)
+        mode = 0o660 if shared_by_nodes else 0o600
+        for path in folder.iterdir():
+            if path.is_file():
+                _own(path, acct.uid, acct.gid, mode)
+    _folder(commit_dir(data), 0, accounts.shared_gid, 0o750)
+    for owner in WATCHED:
+        acct = accounts.of(owner)
+        counter = counter_path(data, owner)
+        counter.touch(exist_ok=True)
+        # call control's subscribers commit to callmanager's database too: its group writes it
+        _own(counter, acct.uid, acct.gid, 0o664 if owner == "callmanager" else 0o644)
 
 
 def prepare_issuer_files(cluster: LocalCluster) -> None:

@@ -233,7 +233,15 @@ def up(data_dir: Path, *, base: str | None = None, timeout: float = UP_TIMEOUT, 
         raise RunnerError(f"a cluster is already running from {data_dir} (supervisor pid {pid}); "
                           "use `ccmsec status` or `ccmsec down`")
     from ccmsec.cluster import accounts as accounts_mod
+    from ccmsec.cluster import databases
 
+    try:  # the old layout's one shared file becomes one per owner before anything opens it
+        split = "" if os.environ.get("CCMSEC_DATABASE_URL") else databases.split_shared(data_dir)
+    except databases.SplitError as exc:
+        raise RunnerError(str(exc)) from None
+    if split and not quiet:
+        _progress(split, final=True)
+    databases.prepare(data_dir)
     try:
         accts, why_shared = accounts_mod.choose(data_dir, accounts_mod.wanted_mode(service_users))
     except accounts_mod.AccountError as exc:

@@ -181,6 +181,12 @@ class LocalCluster:
             # The CallManager group of phones without a pool (tftp-signer writes it), in order.
             "CCMSEC_CALL_CONTROL_NODES": json.dumps([i.host for i in self.call_control_nodes()][:3]),
         }
+        if not os.environ.get("CCMSEC_DATABASE_URL"):
+            # Each owner its own SQLite file, call control's nodes callmanager's (issue 9 §5,
+            # ccmsec/cluster/databases.py); a database named for the whole run is kept as it is.
+            from ccmsec.cluster.databases import database_url
+
+            env["CCMSEC_DATABASE_URL"] = database_url(self.data_dir, inst.node)
         if inst.role == "callmanager":
             env["CCMSEC_CALLMANAGER_PUBLISHER"] = "true" if inst.publisher else "false"
         for name, number in inst.ports.items():

@@ -1,11 +1,14 @@
 """One owner per piece of state (issue 9 §5): which service is the only writer of each table.
 
 Every table of the publisher database has exactly one owning role here. Other services ask the
-owner over gRPC or follow its events; they never write its tables. The rule is enforced twice:
+owner over gRPC or follow its events; they never write its tables. The rule is enforced three times:
 
 * at run time, `install_write_guard(engine, role)` (called by `Service.run` on the service's
   engine) refuses, before it reaches the database, any INSERT/UPDATE/DELETE a service issues
   against a table it does not own — `CrossOwnerWrite`, naming the table, its owner and the writer;
+* by the operating system or the database: in the local runner each owner has a SQLite file only
+  its uid opens (ccmsec/cluster/databases.py), in compose a PostgreSQL role and schema
+  (ccmsec/db/roles.py);
 * statically, `tests/unit/test_ownership.py` checks every table has an owner here and that no
   service package writes (constructs rows of, inserts into, updates, deletes from, or calls a
   write helper of) a table another role owns.

@@ -83,9 +83,9 @@ def create_engine(url: str) -> AsyncEngine:
 def _owner_only(db_file: Path) -> None:
     """The database holds password and auth-string hashes: 0600 from the first byte. SQLite
     gives its -wal and -shm files the database file's permissions; older ones are tightened.
-    In a setgid folder — the local runner's data directory under service users, where every
-    service opens this one file (ccmsec.cluster.accounts) — the folder's group keeps read-write:
-    0660; the world never has access."""
+    In a setgid folder — call control's database folder in the local runner under service users,
+    which the publisher and its subscribers share (ccmsec.cluster.databases) — the folder's group
+    keeps read-write: 0660; the world never has access."""
     keep = 0o660 if Path(db_file).parent.stat().st_mode & stat.S_ISGID else 0o600
     try:
         os.close(os.open(db_file, os.O_CREAT | os.O_RDWR, keep))
@@ -119,6 +119,11 @@ def sync_sqlite_engine(engine: AsyncEngine) -> Engine | None:
         from ccmsec.db.ownership import install_write_guard
 
         install_write_guard(sync, writer)
+    counter = getattr(engine.sync_engine, "ccmsec_commit_counter", None)
+    if counter is not None:  # its commits move the owner's commit counter too (ccmsec/db/commits.py)
+        from ccmsec.db.commits import install_commit_counter
+
+        install_commit_counter(sync, counter)
     return sync
 
 

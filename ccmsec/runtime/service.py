@@ -29,7 +29,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from ccmsec.db.events import HandledEvent
-from ccmsec.db.ownership import install_write_guard
+from ccmsec.db.commits import counter_path, install_commit_counter
+from ccmsec.db.ownership import OWN_BRANCHES, install_write_guard
 from ccmsec.runtime import bus as bus_mod
 from ccmsec.runtime import bus_policy
 from ccmsec.runtime.database import DatabaseError, open_database
@@ -296,6 +297,8 @@ class Service:
         self.identity = self._load_own_identity()
         self.engine, self.db = await open_database(s.db_url, self.role)  # its own schema branches
         install_write_guard(self.engine, self.role)  # only the owner writes a table (issue 9 §5)
+        if self.role in OWN_BRANCHES:  # tftp-signer learns of its commits (ccmsec/db/commits.py)
+            install_commit_counter(self.engine, counter_path(s.data_dir, self.role))
         self.bus = bus_mod.EventBus.for_identity(s.nats_url, f"{self.role}:{self.node}", s.identity_folder,
                                                 role=self.role, connect_timeout=s.bus_connect_timeout)
         await self.bus.connect()

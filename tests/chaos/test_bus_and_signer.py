@@ -114,12 +114,15 @@ def _outbox_row(data, kind: str) -> tuple[int, float | None, float] | None:
     import datetime as dt
     import sqlite3
 
+    from ccmsec.cluster.databases import database_path
+
     def epoch(value):
         if value is None:
             return None
         t = dt.datetime.fromisoformat(value)
         return (t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)).timestamp()
-    with sqlite3.connect(f"file:{data / 'ccmsec.db'}?mode=ro", uri=True, timeout=10) as db:
+    # the outbox of call control's nodes is in callmanager's own database (ccmsec.cluster.databases)
+    with sqlite3.connect(f"file:{database_path(data, 'callmanager')}?mode=ro", uri=True, timeout=10) as db:
         got = db.execute("SELECT attempts, sent_at, created_at FROM event_outbox WHERE kind = ? "
                          "ORDER BY seq DESC LIMIT 1", (kind,)).fetchone()
     return None if got is None else (got[0], epoch(got[1]), epoch(got[2]))

@@ -1,7 +1,7 @@
 """Issue 9 §1 in the local runner: started as root, every process of the cluster runs under a uid of
-its own node, and acting as each of those uids nothing but its own private keys opens — never the
-cluster CA key, never another service's tls.key or nats.nk — while the cluster still serves and a
-phone registers (ccmsec.cluster.accounts)."""
+its own node, and acting as each of those uids nothing but its own private keys and its own database
+opens — never the cluster CA key, never another service's tls.key, nats.nk or database file — while
+the cluster still serves and a phone registers (ccmsec.cluster.accounts, ccmsec.cluster.databases)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 
 from ccmsec.cluster import accounts as acc
+from ccmsec.cluster.databases import database_path
+from ccmsec.cluster.topology import ROLES
 from ccmsec.cluster.state import cluster_processes, read_state
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600),
@@ -128,6 +130,11 @@ def _secrets(data: Path, nodes: list[str]) -> dict[str, str | None]:
         str(data / "admin-password"): "callmanager",
         str(data / "identities" / "services" / "callmanager" / "admin-api" / "tls.key"): "callmanager",
     }
+    # each role's own database (ccmsec.cluster.databases): callmanager's admin password hashes,
+    # CAPF's operations, the CTL Provider's mode — no other uid opens it (as a PostgreSQL role and
+    # schema of its own keeps it in compose)
+    for role in {node if node in ROLES else "callmanager" for node in nodes}:
+        owned[str(database_path(data, role))] = role
     for node in nodes:
         folder = data / "identities" / "services" / node
         owned[str(folder / "tls.key")] = node
@@ -178,7 +185,10 @@ def test_no_service_writes_what_another_trusts(separated):
         "capf": [data / "pki" / "cluster-ca.crt", data / "servers" / "tftp-signer" / "planted"],
         "srtp-gateway": [data / "identities" / "services" / "callmanager" / "ca.crt",
                          data / "tokens" / "planted.crt", data / "keys" / "capf-planted"],
-        "ctl-provider": [data / "servers" / "callmanager" / "ccmserver.cer"],
+        "ctl-provider": [data / "servers" / "callmanager" / "ccmserver.cer",
+                         database_path(data, "capf"), data / "db" / "commits" / "callmanager"],
+        "tftp-signer": [database_path(data, "callmanager"), data / "db" / "commits" / "capf",
+                        data / "db" / "commits" / "planted"],
     }
     script = ("import sys, errno\nfor p in sys.argv[1:]:\n    try:\n        open(p, 'ab').close()\n"
               "        print(p, 'ok')\n    except OSError as e:\n        print(p, errno.errorcode[e.errno])\n")

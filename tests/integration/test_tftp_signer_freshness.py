@@ -2,23 +2,27 @@
 ever served (AUTH-3, AUTH-4, AUTH-4): the tftp-signer service in process with real NATS, the migrated
 SQLite publisher database and a real UDP TFTP listener.
 
-The cache is kept exact by change events, a poll, and a version check on every request
-(`PRAGMA data_version`): these tests lose the event on purpose (nothing is published) and stop the
-poll, so only the version check stands between a commit and a stale file."""
+The cache is kept exact by change events, a poll, and a version check on every request (the
+owners' commit counters, ccmsec/db/commits.py): these tests lose the event on purpose (nothing is
+published) and stop the poll, so only the version check stands between a commit and a stale file.
+The last test gives each owner a database file of its own, as the local runner does."""
 
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
 
 import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
 from sqlalchemy import event as sa_event
 from sqlalchemy import update
 
 from ccmsec.db.capf import schedule_operation
+from ccmsec.db.commits import counter_path, install_commit_counter
 from ccmsec.db.devices import Device
 from ccmsec.db.lines import DevicePool
+from ccmsec.db.ownership import install_write_guard
 from ccmsec.formats.cnfxml import parse_cnf_xml
 from ccmsec.formats.sgn import parse_sgn, verify_sgn
 from ccmsec.wire.tftp import ERR_FILE_NOT_FOUND, TftpError
@@ -51,18 +55,18 @@ class Statements:
         sa_event.remove(self.engine, "before_cursor_execute", self._on)
 
 
-def _database_file(svc) -> str:
-    return svc.engine.url.database
-
-
-def _foreign_write(svc, sql: str, *params) -> None:
-    """A commit by another connection that bumps no version column and sends no event, as another
-    process writing the publisher database would."""
-    conn = sqlite3.connect(_database_file(svc), timeout=30, isolation_level=None)
+def _owner_write(r, role: str, sql: str, *params) -> None:
+    """A commit by another process of the owner `role` (its own engine on its database: the owner's
+    write guard and commit counter) that bumps no version column and sends no event."""
+    engine = sa.create_engine(f"sqlite:///{make_url(r.owners.url_of(role)).database}")
+    install_write_guard(engine, role)
+    counter = install_commit_counter(engine, counter_path(r.data, role))
     try:
-        conn.execute(sql, params)
+        with engine.begin() as conn:
+            conn.exec_driver_sql(sql, params)
     finally:
-        conn.close()
+        engine.dispose()
+        counter.close()
 
 
 async def _wait(predicate, timeout=15.0) -> bool:
@@ -109,7 +113,7 @@ async def test_auth4_rrq_is_a_memory_lookup_and_a_commit_is_seen_by_the_next_req
                 "a request with nothing committed re-read the inputs"
             assert r.svc.detector.checks >= checks + 40  # one version check per request
             # Bad case: the row changes under us, version column untouched, no event.
-            _foreign_write(r.svc, "UPDATE devices SET web_access = 0 WHERE name = ?", DEVICE)
+            _owner_write(r, "callmanager", "UPDATE devices SET web_access = 0 WHERE name = ?", DEVICE)
             fresh = parse_sgn(await r.get(SGN))
             # The commit made that request re-read (its own device at once, the rest behind it).
             assert devices.point_reads + devices.revalidations > rereads
@@ -139,7 +143,7 @@ async def test_auth4_lost_event_the_version_check_never_serves_the_stale_entry(t
         config = parse_cnf_xml(parse_sgn(await r.get(SGN)).payload)
         assert [m.host for m in config.call_managers] == ["127.0.0.41", "127.0.0.42"]
 
-        _foreign_write(r.svc, "UPDATE device_pools SET cm_group = ? WHERE name = 'branch'", "127.0.0.43")
+        _owner_write(r, "callmanager", "UPDATE device_pools SET cm_group = ? WHERE name = 'branch'", "127.0.0.43")
         config = parse_cnf_xml(parse_sgn(await r.get(SGN)).payload)
         assert [m.host for m in config.call_managers] == ["127.0.0.43"]
 
@@ -158,8 +162,8 @@ async def test_auth4_lost_event_the_version_check_never_serves_the_stale_entry(t
         await r.set_mode("mixed")
         assert parse_sgn(await r.get(SGN)).header.file_name == SGN
 
-        _foreign_write(r.svc, "DELETE FROM capf_operations WHERE device_name = ?", DEVICE)
-        _foreign_write(r.svc, "DELETE FROM devices WHERE name = ?", DEVICE)
+        _owner_write(r, "capf", "DELETE FROM capf_operations WHERE device_name = ?", DEVICE)
+        _owner_write(r, "callmanager", "DELETE FROM devices WHERE name = ?", DEVICE)
         for name in (SGN, f"{DEVICE}.cnf.xml"):
             with pytest.raises(TftpError) as info:
                 await r.get(name)
@@ -178,13 +182,54 @@ async def test_auth4_changes_are_built_and_signed_before_any_request(tmp_path, n
         store = r.svc.content.store
         assert await _wait(lambda: store.signed >= len(names)), "mode change not signed ahead"
         signed = await _settled(store)  # the static files are signed after the configs
-        _foreign_write(r.svc, "UPDATE devices SET pc_port = 0 WHERE name = ?", names[7])
+        _owner_write(r, "callmanager", "UPDATE devices SET pc_port = 0 WHERE name = ?", names[7])
         assert await _wait(lambda: store.signed == signed + 1), "the change was not signed ahead"
         hits = store.hits
         fresh = parse_sgn(await r.get(f"{names[7]}.cnf.xml.sgn"))
         assert (store.hits, store.signed) == (hits + 1, signed + 1)
         assert parse_cnf_xml(fresh.payload).hardening.pc_port is False
         verify_sgn(fresh, r.cert)
+
+
+async def test_auth4_each_owner_in_its_own_file_a_commit_is_seen_by_the_next_request(tmp_path, nats_server,
+                                                                                     no_poll):
+    """The local runner's layout: ctl-provider, callmanager, capf and tftp-signer each keep a
+    database file of their own (ccmsec/cluster/databases.py), and tftp-signer opens none of the
+    owners' — a data_version of its own file would never move. Each owner's commit (no event, no
+    version bump, the poll stopped) is still seen by the very next request, through the owners'
+    commit counters; nothing committed: no re-read."""
+    async with running_service(tmp_path, nats_server, separate=True) as r:
+        files = {role: make_url(r.owners.url_of(role)).database for role in ("ctl-provider", "callmanager", "capf")}
+        assert len(set(files.values()) | {r.svc.engine.url.database}) == 4
+        await r.add_device(mode="authenticated")
+        await r.set_mode("mixed")
+        first = await r.get(SGN)
+        devices = r.svc.content.devices
+        await devices.current()
+        rereads = devices.point_reads + devices.revalidations
+        for _ in range(10):
+            assert await r.get(SGN) == first
+        assert devices.point_reads + devices.revalidations == rereads
+
+        _owner_write(r, "callmanager", "UPDATE devices SET web_access = 0 WHERE name = ?", DEVICE)
+        fresh = parse_sgn(await r.get(SGN))
+        verify_sgn(fresh, r.cert)
+        assert parse_cnf_xml(fresh.payload).hardening.web_access is False
+
+        async with r.as_owner("capf") as capf_db:
+            await schedule_operation(capf_db, DEVICE, "install", auth_mode="null", key_type="ec256")
+        assert parse_cnf_xml(parse_sgn(await r.get(SGN)).payload).capf.operation == "install"
+
+        _owner_write(r, "ctl-provider", "UPDATE cluster_settings SET value = 'non-secure' "
+                     "WHERE key = 'security_mode'")
+        with pytest.raises(TftpError) as info:  # AUTH-3: non-secure, nothing signed
+            await r.get(SGN)
+        assert info.value.code == ERR_FILE_NOT_FOUND
+
+        # tftp-signer's own file holds no owner's table
+        with sa.create_engine(f"sqlite:///{r.svc.engine.url.database}").connect() as conn:
+            tables = set(sa.inspect(conn).get_table_names())
+        assert tables == {"alembic_version", "event_outbox", "handled_events"}, tables
 
 
 async def test_auth4_version_check_sees_every_commit_on_postgresql():

@@ -79,7 +79,7 @@ class Running:
 
     # The state the files are built from is other owners' (issue 9 §5): arranged as they write it.
     def as_owner(self, role):
-        return owner_db(self.svc.settings.db_url, role)
+        return owner_db(self.owners.url_of(role), role, data_dir=self.data)
 
     async def add_device(self, name=DEVICE, model="7970", mode="non-secure", **hardening):
         async with self.as_owner("callmanager") as db, db() as s, s.begin():
@@ -117,21 +117,30 @@ async def _publish_as(role: str, tftp, kind: str, target, **body):
 
 @contextlib.asynccontextmanager
 async def running_service(data, nats_url, *, caching=True, tftp_path="cluster1",
-                          owners_running=("callmanager", "capf", "ctl-provider")):
-    db_url = f"sqlite+aiosqlite:///{data / 'ccmsec.db'}"
+                          owners_running=("callmanager", "capf", "ctl-provider"), separate=False):
+    """`separate`: each owner and tftp-signer keep a database file of their own, as the local
+    runner lays them out (ccmsec/cluster/databases.py); otherwise all share DATA/ccmsec.db."""
+    if separate:
+        from ccmsec.cluster.databases import database_url
+
+        db_url = lambda role: database_url(data, role)  # noqa: E731
+        own_url = database_url(data, "tftp-signer")
+    else:
+        db_url = own_url = f"sqlite+aiosqlite:///{data / 'ccmsec.db'}"
     # The owners it asks (issue 9 §5): their real servicers on mutual TLS (tests/tftpowners.py).
     async with tftp_owners(data, db_url, running=owners_running) as owners:
-        async with _running_service(data, nats_url, owners, caching=caching, tftp_path=tftp_path) as running:
+        async with _running_service(data, nats_url, owners, caching=caching, tftp_path=tftp_path,
+                                    database_url=own_url) as running:
             yield running
 
 
 @contextlib.asynccontextmanager
-async def _running_service(data, nats_url, owners, *, caching, tftp_path):
+async def _running_service(data, nats_url, owners, *, caching, tftp_path, database_url=""):
     settings = load_settings(
         ServiceSettings, service="tftp-signer", data_dir=data, host=HOST, grpc_port=free_port(),
         metrics_port=0, nats_url=nats_url, tftp_port=free_udp_port(), tftp_caching=caching,
         tftp_path=tftp_path, peers={**owners.peers, "srst": "127.0.0.8"},
-        shutdown_grace=1.0, bus_connect_timeout=10,
+        shutdown_grace=1.0, bus_connect_timeout=10, database_url=database_url,
     )
     service_identity(data, "tftp-signer", "tftp-signer", HOST)  # issued before start, as the runner does
     svc = TftpSignerService(settings)

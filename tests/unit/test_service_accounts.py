@@ -36,6 +36,9 @@ def test_every_node_has_its_own_uid_in_one_range_and_its_gid_equals_it():
     assert a.of("nats").groups == ()
     assert a.of("keymanager").groups == (a.shared_gid,)
     assert set(a.of("ctl-provider").groups) == set(a.of("capf").groups) == {a.shared_gid, a.servers_gid}
+    # a call-control subscriber reaches callmanager's database through callmanager's group
+    assert a.of("callmanager-sub2").groups == (a.shared_gid, a.uid("callmanager"))
+    assert a.of("callmanager").groups == (a.shared_gid,)
     with pytest.raises(acc.AccountError):
         a.uid("callmanager-sub9")
     with pytest.raises(acc.AccountError):
@@ -181,8 +184,22 @@ def test_layout_gives_each_node_its_own_keys_and_root_the_ca(laid_out):
     assert _owner_mode(data / "tokens") == (0, servers, 0o2750)
     assert (data / "servers" / "callmanager" / "CAPF.cer").exists()
     assert _owner_mode(data / "run" / "nats.conf") == (a.uid("nats"), a.uid("nats"), 0o600)
+    # one database per owner (ccmsec.cluster.databases), none shared; call control's for its nodes
+    assert not (data / "ccmsec.db").exists()
+    assert _owner_mode(data / "db") == (0, shared, 0o750)
+    cm = a.of("callmanager")
+    assert _owner_mode(data / "db" / "callmanager") == (cm.uid, cm.gid, 0o2770)
     for name in ("ccmsec.db", "ccmsec.db.migrate.lock"):
-        assert _owner_mode(data / name) == (0, shared, 0o660)
+        assert _owner_mode(data / "db" / "callmanager" / name) == (cm.uid, cm.gid, 0o660)
+    for role in ROLES:
+        if role != "callmanager":
+            me = a.of(role)
+            assert _owner_mode(data / "db" / role) == (me.uid, me.gid, 0o700), role
+    assert _owner_mode(data / "db" / "commits") == (0, shared, 0o750)
+    for owner in ("ctl-provider", "callmanager", "capf"):
+        me = a.of(owner)
+        mode = 0o664 if owner == "callmanager" else 0o644  # its subscribers commit too
+        assert _owner_mode(data / "db" / "commits" / owner) == (me.uid, me.gid, mode), owner
     assert _owner_mode(data / "logs") == (0, 0, 0o700)
 
 
@@ -204,3 +221,37 @@ def test_as_another_uid_only_its_own_key_opens(laid_out):
         assert cat(ca_key) != 0, node
         assert all(cat(other) != 0 for n, other in keys.items() if n != node), node
         assert cat(data / "pki" / "capf.crt") == 0  # a certificate every service reads
+
+
+@root_only
+def test_as_another_uid_only_its_own_database_opens(laid_out):
+    """Each role's database opens for its own uid (call control's for the publisher and its
+    subscriber) and for no other; the commit counters open for tftp-signer and only their owner
+    writes them. Each file is made as its owner's service would make it, then probed with `cat`
+    (read) and an append (write) as every uid."""
+    from ccmsec.cluster.databases import database_path
+
+    data, a = laid_out
+    nodes = [*ROLES, "callmanager-sub1"]
+    for role in ROLES:
+        me = a.of(role)
+        db = database_path(data, role)
+        if not db.exists():  # as the service makes it (ccmsec.runtime.database._owner_only)
+            subprocess.run(["sh", "-c", f"umask 077; : > '{db}'"], user=me.uid, group=me.gid,
+                           extra_groups=list(me.groups), check=True)
+
+    def can(node: str, *argv: str) -> bool:
+        me = a.of(node)
+        return subprocess.run(list(argv), capture_output=True, user=me.uid, group=me.gid,
+                              extra_groups=list(me.groups), cwd="/").returncode == 0
+
+    for node in nodes:
+        for role in ROLES:
+            own = role == node or (role == "callmanager" and node.startswith("callmanager"))
+            assert can(node, "cat", str(database_path(data, role))) == own, (node, role)
+        for owner in ("ctl-provider", "callmanager", "capf"):
+            counter = str(data / "db" / "commits" / owner)
+            assert can(node, "cat", counter), (node, owner)   # no secret in it
+            writer = node == owner or (owner == "callmanager" and node.startswith("callmanager"))
+            assert can(node, "sh", "-c", f": >> '{counter}'") == writer, (node, owner)
+    assert can("callmanager-sub1", "sh", "-c", f": >> '{database_path(data, 'callmanager')}'")

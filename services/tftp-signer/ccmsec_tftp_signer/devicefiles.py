@@ -6,11 +6,12 @@ its pending CAPF operation — CAPF's) and the cluster's security mode (the CTL 
 the owners over gRPC (owners.py), never read from their tables; plus the XML built from those
 inputs. A TFTP read request is then a dictionary look-up, after one version check:
 
-- **Version check** (`ChangeDetector`): before answering, the server asks the database whether
-  anything was committed since its copy was validated — reading no table: on SQLite
-  `PRAGMA data_version` on a private connection (a few microseconds, no query, no thread hand-off),
-  which changes whenever any other connection commits; on PostgreSQL the WAL insert position
-  (`pg_current_wal_lsn()`), which every commit advances. Unchanged: the copy is exact (no owner can
+- **Version check** (`ChangeDetector`): before answering, the server asks whether any owner
+  committed since its copy was validated — reading no table and no owner's database: on SQLite
+  the owners' commit counters (ccmsec/db/commits.py: ctl-provider's, callmanager's and capf's, one
+  `pread` each, a few microseconds, no thread hand-off), which each owner's engine writes before
+  and after every commit; on PostgreSQL the WAL insert position (`pg_current_wal_lsn()`), which
+  every commit advances. Unchanged: the copy is exact (no owner can
   have changed its state without a commit), serve it. Changed: the owners are asked again
   (`OwnerReads.snapshot`: the three at once, every device streamed in pages), the answers compared
   by value with what each file was built from, and the files whose inputs differ dropped before
@@ -34,13 +35,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 import time
 from dataclasses import dataclass
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ccmsec.db.commits import CommitCounters
 from ccmsec.domain import ClusterMode
 from ccmsec_tftp_signer.content import ClusterEndpoints, DeviceInputs, build_device_config, inputs_from_owners
 from ccmsec_tftp_signer.owners import OwnerReads, OwnersUnavailable
@@ -49,34 +50,35 @@ log = logging.getLogger("ccmsec.tftp-signer")
 
 
 class ChangeDetector:
-    """`token()` changes whenever anything was committed to the database since the last call could
-    have seen it; equal tokens mean nothing was committed in between."""
+    """`token()` changes whenever an owner committed since the last call could have seen it;
+    equal tokens mean no owner committed in between.
 
-    def __init__(self, engine: AsyncEngine):
+    `counters`: the owners' commit counter files (ccmsec/db/commits.py), used when this service's
+    own database is SQLite — then each owner has a database of its own that this service may not
+    open (the local runner), or they share one file (a test in one process), and either way every
+    owner engine writes its counter around each commit. On PostgreSQL: the WAL position."""
+
+    def __init__(self, engine: AsyncEngine, counters=()):
         self.engine = engine
-        self._sqlite: sqlite3.Connection | None = None
         self.kind = engine.dialect.name
-        db = engine.url.database
-        if self.kind == "sqlite" and db and db != ":memory:":
-            # Autocommit, read-only use: this connection never writes nor reads a table, so every
-            # change of data_version is another connection's commit (any process, WAL or not).
-            self._sqlite = sqlite3.connect(db, timeout=30, isolation_level=None, check_same_thread=False)
-            self._sqlite.execute("PRAGMA busy_timeout=30000")
+        self._counters: CommitCounters | None = None
+        if self.kind == "sqlite" and counters:
+            self._counters = CommitCounters(counters)
         self.checks = 0
 
     async def token(self) -> object:
         self.checks += 1
-        if self._sqlite is not None:
-            return self._sqlite.execute("PRAGMA data_version").fetchone()[0]
+        if self._counters is not None:
+            return self._counters.token()
         if self.kind == "postgresql":
             async with self.engine.connect() as conn:
                 return await conn.scalar(text("SELECT pg_current_wal_lsn()"))
         return object()  # unknown database: never equal, so every request re-validates
 
     def close(self) -> None:
-        if self._sqlite is not None:
-            self._sqlite.close()
-            self._sqlite = None
+        if self._counters is not None:
+            self._counters.close()
+            self._counters = None
 
 
 class _Batch:

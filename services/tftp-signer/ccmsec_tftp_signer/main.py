@@ -37,6 +37,7 @@ from ccmsec.runtime.servicer import ChangeActor, StatusServicerMixin, abort, cha
 from ccmsec.runtime.settings import SettingsError
 from ccmsec_proto import common_pb2, events_pb2, tftp_signer_pb2, tftp_signer_pb2_grpc
 from ccmsec_tftp_signer.content import ClusterEndpoints, write_static_files
+from ccmsec.db.commits import WATCHED, counter_path
 from ccmsec_tftp_signer.devicefiles import ChangeDetector
 from ccmsec_tftp_signer.files import FILE_KINDS, PublishError, TftpContent
 from ccmsec_tftp_signer.layout import ClusterPath, Layout, Mode6Error
@@ -244,7 +245,7 @@ class TftpSignerService(Service):
         endpoints = self.endpoints()
         store = SignedStore(self.pool, root, caching=s.tftp_caching)
         own = ClusterPath(OWN_CLUSTER, s.tftp_path)
-        self.detector = ChangeDetector(self.engine)
+        self.detector = ChangeDetector(self.engine, [counter_path(s.data_dir, role) for role in WATCHED])
         if self.owners is None:
             self.owners = OwnerReads({"ctl-provider": lambda: self.peer_channel("ctl-provider"),
                                       "callmanager": lambda: self.peer_channel("callmanager"),
