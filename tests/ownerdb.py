@@ -58,3 +58,30 @@ def owner_cluster_state(sessionmaker):
         return ClusterState(getattr(mode, "value", mode), version is not None, version or 0)
 
     return ClusterStateFollower(ask, refresh_interval=0.0)
+
+
+def owner_url(data, role: str) -> str:
+    """The database of `role` in a local runner's data directory (one file per owner)."""
+    from ccmsec.cluster.databases import database_url
+
+    return database_url(data, role)
+
+
+def owner_sql(data, role: str, sql: str, *params) -> None:
+    """One statement committed as `role` into its own database of a local runner's data directory
+    (its write guard and its commit counter, so tftp-signer sees it at its next request) — for
+    end-to-end tests that change an owner's state straight in its database, no event sent."""
+    import sqlalchemy as sa
+
+    from ccmsec.cluster.databases import database_path
+
+    engine = sa.create_engine(f"sqlite:///{database_path(data, role)}", connect_args={"timeout": 10})
+    install_write_guard(engine, role)
+    counter = install_commit_counter(engine, counter_path(data, role))
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(sql, params)
+    finally:
+        engine.dispose()
+        if counter is not None:
+            counter.close()

@@ -17,7 +17,6 @@ from cryptography.hazmat.primitives import serialization
 from ccmsec.aio.capf import capf_client_run, capf_phone_ssl_context
 from ccmsec.db.devices import Device
 from ccmsec.pki.tokens import ensure_manufacturer_ca, issue_mic
-from ccmsec.runtime.database import open_database
 from ccmsec.runtime.grpcio import secure_channel
 from ccmsec.runtime.identity import client_identity
 from ccmsec.wire.capf import CapfPhoneSession, KeySpec, PhoneCredentials, Reason
@@ -39,13 +38,12 @@ def _cli(data, *args):
 
 
 async def _add_devices(data, devices: dict[str, str]) -> None:
-    engine, factory = await open_database(f"sqlite+aiosqlite:///{data / 'ccmsec.db'}")
-    try:
+    from tests.ownerdb import owner_db, owner_url
+
+    async with owner_db(owner_url(data, "callmanager"), "callmanager", data_dir=data) as factory:  # the owner's file
         async with factory() as s, s.begin():
             for name, model in devices.items():
                 s.add(Device(name=name, model=model))
-    finally:
-        await engine.dispose()
 
 
 async def _drive(host, port, capf_cert, phones: list[PhoneCredentials]) -> list[CapfPhoneSession]:

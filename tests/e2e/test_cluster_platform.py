@@ -141,13 +141,12 @@ def test_kill_9_of_tftp_signer_takes_its_signing_workers_with_it(cluster):
     workers (they hold the signing key) survives, and the supervisor starts a fresh service."""
     from ccmsec.cluster.state import cluster_processes, pid_belongs_to
 
-    import sqlite3
+    from tests.ownerdb import owner_sql
 
     data = cluster["data"]
 
-    def set_mode(mode):  # straight into the database: no events, the other services stay put
-        with sqlite3.connect(data / "ccmsec.db", timeout=10) as db:
-            db.execute("UPDATE cluster_settings SET value = ? WHERE key = 'security_mode'", (mode,))
+    def set_mode(mode):  # straight into its owner's database: no events, the other services stay put
+        owner_sql(data, "ctl-provider", "UPDATE cluster_settings SET value = ? WHERE key = 'security_mode'", mode)
 
     set_mode("mixed")  # a tftp-signer starting in mixed mode starts its signing pool
     try:

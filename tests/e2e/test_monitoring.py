@@ -40,6 +40,7 @@ from ccmsec.runtime.database import create_engine, sessionmaker
 from ccmsec.runtime.logs import bind_trace_id
 from ccmsec.wire import sccp as s
 from tests.conftest import ROOT, run_cli
+from tests.ownerdb import owner_url
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -83,7 +84,7 @@ def wait_for(predicate, timeout: float = 30.0, interval: float = 0.5):
 
 
 async def _add_devices(data: Path) -> None:
-    engine = create_engine(f"sqlite:///{data / 'ccmsec.db'}")
+    engine = create_engine(owner_url(data, "callmanager"))  # the owner's own database
     async with sessionmaker(engine)() as session, session.begin():
         for name, model in ((PHONE, "7970"), (TLS_PHONE, "7970")):
             if await session.scalar(select(Device.id).where(Device.name == name)) is None:

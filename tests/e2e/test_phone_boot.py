@@ -183,11 +183,14 @@ def test_phones_can_be_pointed_at_other_servers_through_the_cli(cluster):
 
 
 def test_secrets_at_rest_in_the_running_cluster_are_owner_only(cluster):
-    """The database (password and auth-string hashes) with its WAL, and phone-sim's phones.json
+    """Each role's database (callmanager's: password and auth-string hashes) with its WAL, and phone-sim's phones.json
     (private keys, auth strings) as the running services wrote them: 0600, in 0700 folders."""
     import os
     import stat
     import time
+    from pathlib import Path
+
+    from ccmsec.cluster.databases import database_path
 
     data = cluster["data"]
     res = cli(cluster, "add", "--count", "1", "--model", "7970", "--name-prefix", "SEP0E55")
@@ -199,20 +202,25 @@ def test_secrets_at_rest_in_the_running_cluster_are_owner_only(cluster):
         time.sleep(0.1)
     users = json.loads((data / "run" / "endpoints.json").read_text()).get("service_users") or {}
     if "uid_base" in users:
-        # Services under uids of their own (ccmsec.cluster.accounts): the one database every
-        # service opens is root:ccmsec 0660 in the setgid data directory (sticky, no listing by
-        # others); phone-sim's own file and folder are its uid's alone.
+        # Services under uids of their own (ccmsec.cluster.accounts): each role's own database
+        # (ccmsec.cluster.databases) — call control's callmanager's, group read-write for its
+        # subscribers; phone-sim's its uid's alone, like its own file and folder.
         shared = users["uid_base"]
-        for path in (data / "ccmsec.db", data / "ccmsec.db-wal"):
+        callmanager, phone_sim = shared + 4, shared + 8
+        for path in (database_path(data, "callmanager"), Path(f"{database_path(data, 'callmanager')}-wal")):
             st = os.stat(path)
-            assert stat.S_IMODE(st.st_mode) == 0o660 and st.st_gid == shared, path
+            assert stat.S_IMODE(st.st_mode) == 0o660 and st.st_uid == st.st_gid == callmanager, path
+        st = os.stat(database_path(data, "phone-sim"))
+        assert stat.S_IMODE(st.st_mode) == 0o600 and st.st_uid == phone_sim, st
+        assert not (data / "ccmsec.db").exists()
         st = os.stat(data)
         assert stat.S_IMODE(st.st_mode) == 0o3771 and st.st_uid == 0 and st.st_gid == shared
         assert stat.S_IMODE(os.stat(phones).st_mode) == 0o600
         assert stat.S_IMODE(os.stat(data / "phone-sim").st_mode) == 0o700
         assert os.stat(phones).st_uid == os.stat(data / "phone-sim").st_uid == shared + 8  # phone-sim's
         return
-    for path in (data / "ccmsec.db", data / "ccmsec.db-wal", phones):
+    for path in (database_path(data, "callmanager"), Path(f"{database_path(data, 'callmanager')}-wal"),
+                 database_path(data, "phone-sim"), phones):
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600, path
-    for folder in (data, data / "phone-sim"):
+    for folder in (data, data / "phone-sim", data / "db" / "phone-sim"):
         assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700, folder

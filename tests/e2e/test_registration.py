@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import select
 
 from ccmsec.aio.sccp import SccpRegistrationRejected, connect_phone
-from ccmsec.db.devices import SETTING_CTL_VERSION, Device, set_setting
+from ccmsec.db.devices import SETTING_CTL_VERSION, Device
 from ccmsec.pki.ca import Issued, load_pair, new_key
 from ccmsec.pki.lsc import issue_lsc
 from ccmsec.pki.tls import sccp_phone_context
@@ -25,6 +25,8 @@ from ccmsec.wire import sccp as s
 from ccmsec_proto import callmanager_pb2 as pb
 from ccmsec_proto import callmanager_pb2_grpc, common_pb2, ctl_provider_pb2, ctl_provider_pb2_grpc, events_pb2
 from cryptography import x509
+
+from tests.ownerdb import owner_sql, owner_url
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -78,7 +80,7 @@ def test_non_secure_registration_registry_cli_and_reset_wait(cluster):
     async def scenario():
         name = "SEP00E2E0000001"
         # Configured non-secure: it registers on 2000 whatever mode other tests left the cluster in.
-        engine = create_engine(f"sqlite:///{cluster['data'] / 'ccmsec.db'}")
+        engine = create_engine(owner_url(cluster["data"], "callmanager"))  # the owner's own database
         async with sessionmaker(engine)() as session, session.begin():
             if await session.scalar(select(Device.id).where(Device.name == name)) is None:
                 session.add(Device(name=name, model="7970", security_mode="non-secure"))
@@ -116,10 +118,12 @@ def test_mixed_mode_rst3_then_tls_registration_and_refusals(cluster):
                 ctl_provider_pb2.SecurityModeRequest(mode=mode), timeout=10)
 
     async def scenario():
-        engine = create_engine(f"sqlite:///{data / 'ccmsec.db'}")
+        owner_sql(data, "ctl-provider", "INSERT INTO cluster_settings (key, value, updated_at) VALUES "
+                  "(?, '1', CURRENT_TIMESTAMP) ON CONFLICT (key) DO UPDATE SET value = '1'",
+                  SETTING_CTL_VERSION)  # as the CTL client would
+        engine = create_engine(owner_url(data, "callmanager"))  # each owner's own database
         db = sessionmaker(engine)
         async with db() as session, session.begin():
-            await set_setting(session, SETTING_CTL_VERSION, "1")  # as the CTL client would
             session.add(Device(name="SEP00E2E0000002", model="7970", security_mode="encrypted"))
         await engine.dispose()
         found = await _stub_call(cluster, lambda st: st.GetClusterMode(common_pb2.Empty(), timeout=5))

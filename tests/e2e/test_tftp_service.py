@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sqlite3
 import subprocess
 import time
 
@@ -18,6 +17,7 @@ from ccmsec.adminclient import AdminClient, discover
 from ccmsec.formats.cnfxml import parse_cnf_xml
 from ccmsec.formats.sgn import parse_sgn, verify_sgn
 from tests.conftest import run_cli
+from tests.ownerdb import owner_sql
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 DEVICE = "SEP00AA11BB22C3"
@@ -30,12 +30,11 @@ def _cli_ok(*args):
 
 
 def _set_cluster_mode(data, mode: str) -> None:
-    # Written straight into the publisher database, as the CTL client would commit it; the
-    # tftp-signer's version check sees the commit and asks the mode's owner (CtlProvider/
-    # GetSecurityMode) at the next request, so no event is needed (and none is sent, so the other
-    # services of the shared session cluster are not reset).
-    with sqlite3.connect(data / "ccmsec.db", timeout=10) as db:
-        db.execute("UPDATE cluster_settings SET value = ? WHERE key = 'security_mode'", (mode,))
+    # Written straight into the mode owner's database as the owner commits (its commit counter,
+    # ccmsec/db/commits.py); the tftp-signer's version check sees the commit and asks the mode's
+    # owner (CtlProvider/GetSecurityMode) at the next request, so no event is needed (and none is
+    # sent, so the other services of the shared session cluster are not reset).
+    owner_sql(data, "ctl-provider", "UPDATE cluster_settings SET value = ? WHERE key = 'security_mode'", mode)
 
 
 def test_device_config_served_by_tftp_after_admin_changes(cluster, tmp_path):

@@ -356,28 +356,39 @@ async def test_mode2_cluster_mode_and_each_devices_own_mode_survive_a_callmanage
 EARLIER_BUILD = {"core": "core_0001", "capf": "capf_0002", "runtime": "runtime_0001"}
 
 
-def _schema_revisions(db: Path) -> set[str]:
+# Each owner's database holds its own branches and the runtime branch (ccmsec/cluster/databases.py).
+EARLIER_FILES = {"callmanager": ("core", "runtime"), "capf": ("capf", "runtime")}
+
+
+def _schema_revisions(data: Path) -> set[str]:
     import sqlite3
 
-    with sqlite3.connect(db) as conn:
-        return {row[0] for row in conn.execute("SELECT version_num FROM alembic_version")}
+    from ccmsec.cluster.databases import database_path
+
+    found = set()
+    for role in EARLIER_FILES:
+        with sqlite3.connect(database_path(data, role)) as conn:
+            found |= {row[0] for row in conn.execute("SELECT version_num FROM alembic_version")}
+    return found
 
 
-def _downgrade_to_earlier_build(db: Path) -> None:
+def _downgrade_to_earlier_build(data: Path) -> None:
     from alembic import command
     from sqlalchemy import create_engine
 
+    from ccmsec.cluster.databases import database_path
     from ccmsec.runtime.database import _alembic_config
 
-    engine = create_engine(f"sqlite:///{db}")
-    try:
-        with engine.begin() as conn:
-            cfg = _alembic_config()
-            cfg.attributes["connection"] = conn
-            for revision in EARLIER_BUILD.values():
-                command.downgrade(cfg, revision)
-    finally:
-        engine.dispose()
+    for role, branches in EARLIER_FILES.items():
+        engine = create_engine(f"sqlite:///{database_path(data, role)}")
+        try:
+            with engine.begin() as conn:
+                cfg = _alembic_config()
+                cfg.attributes["connection"] = conn
+                for branch in branches:
+                    command.downgrade(cfg, EARLIER_BUILD[branch])
+        finally:
+            engine.dispose()
 
 
 async def test_mode2_each_devices_own_mode_survives_an_upgrade(tc):
@@ -387,7 +398,7 @@ async def test_mode2_each_devices_own_mode_survives_an_upgrade(tc):
     is still mixed with its CTL and every device is served in its own mode, not a default."""
     await _served_in_own_mode(tc)  # the devices of the restart test, before the upgrade
     data = tc["data"]
-    db = data / "ccmsec.db"
+    db = data  # the owners' databases in it (EARLIER_FILES)
     down = await asyncio.to_thread(cli, tc, "down", timeout=120)
     assert down.returncode == 0, down.stderr
     assert cluster_pids(data) == []
