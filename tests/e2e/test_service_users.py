@@ -73,7 +73,8 @@ def separated():
     os.chmod(work, 0o755)  # other uids reach the environment and the data directory inside
     data = work / "data"
     python = _python_for_service_users(work)
-    up = _cli(python, "up", "-d", "--data", str(data), "--service-users", "on")
+    # one call-control subscriber: it shares callmanager's database through callmanager's group
+    up = _cli(python, "up", "-d", "--data", str(data), "--service-users", "on", "--subscribers", "1")
     if up.returncode != 0:
         logs = "\n".join(f"--- {p.name}\n{p.read_text()[-1500:]}" for p in (data / "logs").glob("*.log"))
         _cli(python, "down", "--data", str(data))
@@ -117,9 +118,10 @@ def test_every_process_runs_under_a_distinct_uid_of_its_own(separated):
     assert "each service runs as a uid of its own" in separated["up"].stderr
 
 
-def _secrets(data: Path, nodes: list[str]) -> dict[str, str | None]:
-    """Every private file of the cluster -> the node that alone may open it (None: root only)."""
-    owned: dict[str, str | None] = {
+def _secrets(data: Path, nodes: list[str]) -> dict[str, str | tuple[str, ...] | None]:
+    """Every private file of the cluster -> the node (or nodes) that alone may open it (None: root
+    only)."""
+    owned: dict[str, str | tuple[str, ...] | None] = {
         str(data / "pki" / "cluster-ca.key"): None,
         str(data / "pki" / "nats-admin.nk"): None,
         str(data / "identities" / "clients" / "cli" / "tls.key"): None,
@@ -133,8 +135,9 @@ def _secrets(data: Path, nodes: list[str]) -> dict[str, str | None]:
     # each role's own database (ccmsec.cluster.databases): callmanager's admin password hashes,
     # CAPF's operations, the CTL Provider's mode — no other uid opens it (as a PostgreSQL role and
     # schema of its own keeps it in compose)
-    for role in {node if node in ROLES else "callmanager" for node in nodes}:
-        owned[str(database_path(data, role))] = role
+    for role in ROLES:
+        owned[str(database_path(data, role))] = (role if role != "callmanager" else
+                                                 tuple(n for n in nodes if n.startswith("callmanager")))
     for node in nodes:
         folder = data / "identities" / "services" / node
         owned[str(folder / "tls.key")] = node
@@ -145,6 +148,10 @@ def _secrets(data: Path, nodes: list[str]) -> dict[str, str | None]:
     missing = [p for p in owned if not os.path.exists(p)]
     assert missing == [], f"expected private files missing: {missing}"
     return owned
+
+
+def _may_open(owner: str | tuple[str, ...] | None, node: str) -> bool:
+    return node == owner or (isinstance(owner, tuple) and node in owner)
 
 
 def _open_as(python: str, account: acc.Account | None, paths: list[str]) -> dict[str, str]:
@@ -166,10 +173,10 @@ def test_each_service_opens_its_own_keys_and_no_other_nor_the_cluster_ca_key(sep
     assert set(_open_as(python, None, paths).values()) == {"ok"}
     for node in [*nodes, "nats"]:
         result = _open_as(python, accounts.of(node), paths)
-        own = sorted(p for p in paths if owned[p] == node)
+        own = sorted(p for p in paths if _may_open(owned[p], node))
         assert own, f"{node} holds no private file of its own?"
         for path in paths:
-            if owned[path] == node:
+            if _may_open(owned[path], node):
                 assert result[path] == "ok", f"{node} cannot open its own {path}: {result[path]}"
             else:
                 assert result[path] == "EACCES", f"{node} opened {path} ({owned[path] or 'root'}'s)"
