@@ -99,11 +99,13 @@ def writes(statement: str) -> bool:
     return True
 
 
-def install_commit_counter(engine, path: Path) -> CommitCounter | None:
+def install_commit_counter(engine, path: Path, *, every_commit: bool = False) -> CommitCounter | None:
     """Write `path` before and after every commit of `engine` that wrote something (async or sync;
     SQLite files only — None otherwise). A transaction that only read moves nothing: the owners
     answer tftp-signer's own questions in transactions, and a counter those moved would send it
-    back to ask again, forever. Engines derived with `sync_sqlite_engine` get it too."""
+    back to ask again, forever. Engines derived with `sync_sqlite_engine` get it too, with
+    `every_commit`: CAPF's hot path writes there through the DB-API cursor (no statement event to
+    see) and begins a transaction only to write, so each of its commits writes the counter."""
     sync: Engine = getattr(engine, "sync_engine", engine)
     if sync.dialect.name != "sqlite" or not sync.url.database or sync.url.database == ":memory:":
         return None
@@ -117,7 +119,7 @@ def install_commit_counter(engine, path: Path) -> CommitCounter | None:
 
     def do_commit(dbapi_connection) -> None:
         info = getattr(dbapi_connection, "info", None)
-        if info is not None and not info.pop(_WROTE, False):
+        if not every_commit and info is not None and not info.pop(_WROTE, False):
             commit(dbapi_connection)  # nothing written since the last commit
             return
         counter.bump()  # refused if it cannot be written: a change tftp-signer could miss is not made

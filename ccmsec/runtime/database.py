@@ -120,10 +120,11 @@ def sync_sqlite_engine(engine: AsyncEngine) -> Engine | None:
 
         install_write_guard(sync, writer)
     counter = getattr(engine.sync_engine, "ccmsec_commit_counter", None)
-    if counter is not None:  # its commits move the owner's commit counter too (ccmsec/db/commits.py)
+    if counter is not None:  # its commits move the owner's commit counter too (ccmsec/db/commits.py);
         from ccmsec.db.commits import install_commit_counter
 
-        install_commit_counter(sync, counter)
+        # every one: its users may write through the DB-API cursor, unseen by statement events
+        install_commit_counter(sync, counter, every_commit=True)
     return sync
 
 

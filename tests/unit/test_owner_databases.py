@@ -244,3 +244,30 @@ def test_counters_missing_until_their_owner_starts_and_none_for_postgresql(tmp_p
     assert install_commit_counter(create_engine("postgresql://x@127.0.0.1/none"),
                                   counter_path(tmp_path, "x")) is None
     assert json.dumps(os.listdir(tmp_path / "db" / "commits")) == '["capf"]'
+
+
+def test_a_derived_hot_path_engine_writing_through_the_dbapi_cursor_moves_the_counter(tmp_path):
+    """CAPF's hot path (sync_sqlite_engine) writes through the DB-API cursor inside a transaction
+    SQLAlchemy begins and commits: no statement event sees the write, yet its commit moves the
+    owner's counter."""
+    from ccmsec.runtime.database import sync_sqlite_engine
+
+    async def scenario():
+        engine = create_engine(f"sqlite:///{tmp_path / 'capf.db'}")
+        counter = install_commit_counter(engine, counter_path(tmp_path, "capf"))
+        sync = sync_sqlite_engine(engine)
+        reader = CommitCounters([counter_path(tmp_path, "capf")])
+        try:
+            with sync.begin() as conn:
+                conn.exec_driver_sql("CREATE TABLE t (v INTEGER)")
+            before = reader.token()
+            with sync.begin() as conn:
+                conn.connection.driver_connection.cursor().execute("INSERT INTO t VALUES (1)")
+            assert reader.token() != before
+        finally:
+            sync.dispose()
+            await engine.dispose()
+            counter.close()
+            reader.close()
+
+    asyncio.run(scenario())
