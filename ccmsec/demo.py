@@ -538,6 +538,28 @@ async def tftp_endpoint(ctx: DemoContext) -> tuple[str, int]:
     return ctx.notes["tftp_address"], port
 
 
+async def _gateway_relay_path(ctx: DemoContext) -> str:
+    """Which packet path relayed the gateway call (the srtp-gateway's `Status`)."""
+    import grpc
+
+    from ccmsec.runtime.grpcio import secure_channel
+    from ccmsec.runtime.identity import client_identity
+    from ccmsec_proto import common_pb2, srtp_gateway_pb2_grpc
+
+    gw = ctx.endpoints["services"]["srtp-gateway"]
+    try:
+        async with secure_channel(client_identity(ctx.data), gw["host"], gw["grpc_port"], "srtp-gateway") as ch:
+            status = await srtp_gateway_pb2_grpc.SrtpGatewayStub(ch).Status(common_pb2.Empty(), timeout=5)
+    except grpc.aio.AioRpcError as exc:
+        return f"  (the gateway's relay path is unknown: Status said {exc.code().name})"
+    path = status.details.get("relay_path", "")
+    if path == "c":
+        return ("  the gateway relayed it on its C packet path (libsrtp called from C, no interpreter per "
+                "packet; CCMSEC_RELAY_CORE)")
+    return ("  the gateway relayed it on its Python packet path (no C compiler where it runs, or "
+            "CCMSEC_RELAY_CORE=python)")
+
+
 async def _gateway_call_in_phone_sim(ctx: DemoContext, number: str = "5550102") -> None:
     """The call through the SRTP gateway from outside the cluster: the fleet's encrypted 7970 in
     phone-sim (inside the cluster's network) calls the gateway's echo; what it shows and the audio
@@ -769,6 +791,7 @@ async def step_encrypted_calls(ctx: DemoContext) -> None:
             if media_host:
                 a.media_on(media_host)
             await talk(None, "5550102", "call through the SRTP gateway to the echo 5550102")
+            ctx.say(await _gateway_relay_path(ctx))
         else:
             ctx.say("no call through the SRTP gateway from these phones: they send and receive their "
                     "media on 127.0.0.1, which the gateway's container cannot reach"

@@ -447,5 +447,23 @@ async def test_gw1_enc2_gateway_relay_refuses_replayed_tampered_and_foreign_data
     assert conn.malformed == 1                   # five bytes cannot hold a header and a tag
     assert phone.stream.counters.refused == 0
     assert attacker.stream.counters.received == 0   # nothing is ever sent to the attacker
+    # with a C compiler on the machine `auto` relays all of it on the C packet path
+    from tests.integration.test_media_relay_core import compiler_present
+    on_c = compiler_present()
+    assert gw.gw_svc.status_message().details["relay_path"] == ("c" if on_c else "python")
+    assert gw.gw_svc.gateway.connections[reply.connection_id].media.on_c_path is on_c
     await phone.close()
     await attacker.close()
+
+
+async def test_gateway_told_to_use_the_c_relay_path_does_not_start_without_it(tmp_path, nats_server, pki_template,
+                                                                              monkeypatch):
+    """CCMSEC_RELAY_CORE=c on a machine where the C path cannot be built: the gateway stops at
+    start-up saying why, instead of relaying at a fraction of the expected rate."""
+    from ccmsec.aio import relay_core
+    for folder in ("pki", "servers", "identities"):
+        shutil.copytree(pki_template / folder, tmp_path / folder)
+    monkeypatch.setattr(relay_core, "_loaded", None)      # build again, with a compiler that fails
+    monkeypatch.setenv("CC", "/bin/false")
+    with pytest.raises(relay_core.RelayCoreUnavailable, match="CCMSEC_RELAY_CORE=c .*/bin/false failed"):
+        await _start_gateway(tmp_path, nats_server, None, relay_core="c")

@@ -15,6 +15,7 @@ import secrets
 from dataclasses import dataclass, field
 
 from ccmsec.aio.media_relay import MediaRelay, RelayEndpoint
+from ccmsec.aio.relay_core import RelayCore
 from ccmsec.formats.sdp import SdpError, SessionDescription, audio_session, parse_sdp
 from ccmsec.media.packetiser import FRAME_MS
 from ccmsec.media.srtp import MasterKey
@@ -94,7 +95,8 @@ WILDCARDS = ("0.0.0.0", "::", "")
 
 class Gateway:
     def __init__(self, name: str, host: str, *, lines: int = 24, srtp_capable: bool = True,
-                 max_connections: int = 4096, advertise: str | None = None):
+                 max_connections: int = 4096, advertise: str | None = None,
+                 relay_core: "RelayCore | None" = None):
         self.name = name
         self.host = host
         # The address the SDP gives for media when `host` is a wildcard (a container binds 0.0.0.0):
@@ -111,6 +113,7 @@ class Gateway:
         self._by_endpoint: dict[str, Connection] = {}    # one connection per analogue line
         self._talkers: dict[str, Connection] = {}        # those whose party sends by itself
         self._relay: MediaRelay | None = None
+        self.relay_core = relay_core     # the relay's C packet path (None: Python's)
         self._ticker: asyncio.Task | None = None
         self.totals = {"created": 0, "deleted": 0}
 
@@ -169,7 +172,7 @@ class Gateway:
         stream = MediaStream(payload_type, send_key=send_key, receive_key=receive_key)
         conn_id = secrets.token_hex(8).upper()
         if self._relay is None:
-            self._relay = MediaRelay()
+            self._relay = MediaRelay(self.relay_core)
         media = self._relay.open(self.host, 0, stream)
         conn = Connection(conn_id, ep, call_id, number, mode, srtp, media, party, send_key, receive_key,
                           payload_type)
@@ -236,7 +239,7 @@ class Gateway:
                 conn.media.stream = MediaStream(leg.payload_type)
                 self._attach_party(conn)
             conn.srtp, conn.send_key, conn.receive_key = new_srtp, new_send, leg.key
-            conn.media.stream.set_keys(new_send, leg.key)
+            conn.media.set_keys(new_send, leg.key)
             conn.media.remote = (leg.address, leg.port)
         log.info("connection modified", extra={"connection": conn.id, "mode": conn.mode.name.lower(),
                                                 "srtp": conn.srtp, "remote": conn.remote})

@@ -4,7 +4,12 @@ between its IP leg (RTP or SRTP through libsrtp) and a simulated telephone netwo
 
 from __future__ import annotations
 
+import asyncio
+from typing import Literal
+
 from pydantic import Field
+
+from ccmsec.aio import relay_core
 
 from ccmsec.runtime import bus as bus_mod
 from ccmsec.runtime import metrics
@@ -21,6 +26,8 @@ class GatewaySettings(ServiceSettings):
     gateway_name: str = Field("gw1", pattern=r"^[A-Za-z0-9][A-Za-z0-9.\-]{0,62}$")  # endpoint domain
     gateway_lines: int = Field(24, ge=1, le=4096)      # aaln/S1/SU0/1..N
     gateway_srtp: bool = True                          # False: a gateway without SRTP support (GW-2)
+    # the relay's packet path: "auto" C when it builds (else Python, logged), "c" or nothing, "python"
+    relay_core: Literal["auto", "c", "python"] = "auto"
 
 
 def media_address(host: str) -> str | None:
@@ -59,7 +66,8 @@ class SrtpGatewayService(Service):
         return {"gateway": self.gateway.name, "connections": str(len(conns)),
                 "srtp_connections": str(sum(c.srtp for c in conns)),
                 "srtp_capable": str(self.gateway.srtp_capable).lower(),
-                "connections_created": str(self.gateway.totals["created"])}
+                "connections_created": str(self.gateway.totals["created"]),
+                "relay_path": "c" if self.gateway.relay_core is not None else "python"}
 
     def _connections_by_media(self):
         """Scrape-time sample (the metrics thread only reads a copy)."""
@@ -68,6 +76,8 @@ class SrtpGatewayService(Service):
         return [((self.gateway.name, "rtp"), len(conns) - srtp), ((self.gateway.name, "srtp"), srtp)]
 
     async def setup(self) -> None:
+        # built before serving (a gateway asked for "c" that cannot build it does not start)
+        self.gateway.relay_core = await asyncio.to_thread(relay_core.load, self.settings.relay_core)
         metrics.add_sampler(metrics.GATEWAY_CONNECTIONS, self._connections_by_media)
         self.grpc.add(srtp_gateway_pb2_grpc.add_SrtpGatewayServicer_to_server, SrtpGatewayServicer(self),
                       "ccmsec.v1.SrtpGateway")

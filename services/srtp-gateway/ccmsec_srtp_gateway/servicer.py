@@ -25,6 +25,7 @@ _STATUS = {
 
 
 def stats(conn: Connection) -> pb.ConnectionStats:
+    conn.media.sync()     # a leg on the relay's C path keeps its counters there
     c = conn.media.stream.counters
     return pb.ConnectionStats(
         connection_id=conn.id, endpoint=str(conn.endpoint), call_id=conn.call_id,
