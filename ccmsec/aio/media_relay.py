@@ -33,11 +33,12 @@ import asyncio
 import logging
 import select
 import socket
+import struct
 from typing import Callable
 
 from ccmsec.aio import relay_core
 from ccmsec.media.rtp import HEADER, HEADER_SIZE, RtpError, parse_rtp
-from ccmsec.media.srtp import PacketBuffer, _ffi as srtp_ffi
+from ccmsec.media.srtp import PacketBuffer, SrtpRefused, _ffi as srtp_ffi
 from ccmsec.media.stream import MediaStream
 
 log = logging.getLogger("ccmsec.media")
@@ -173,7 +174,7 @@ class RelayEndpoint:
         (c.datagrams_in, c.octets_in, c.octets_out, c.send_errors) = (
             self.datagrams_in, self.octets_in, self.octets_out, self.send_errors)
         # struct sockaddr_in: family (host order), port, address, zero padding
-        ffi.memmove(c.remote, socket.AF_INET.to_bytes(2, "little") + self._remote[1].to_bytes(2, "big")
+        ffi.memmove(c.remote, struct.pack("=H", socket.AF_INET) + struct.pack("!H", self._remote[1])
                     + packed + bytes(8), 16)
         c.remote_length = 16
         c.fast = 1
@@ -342,20 +343,23 @@ class MediaRelay:
                 break
             count += result.datagrams
             rounds -= result.rounds
+            odd = result.odd_fd >= 0
+            if odd:   # first: the packet lies in the shared buffer the handed-back legs read into
+                self._odd_header(legs.get(result.odd_fd), result.odd_length)
             for i in range(result.handed_back):
                 leg = legs.get(result.back[i])
                 if leg is not None:
                     self._relay_one(leg)
-            if result.odd_fd >= 0:
-                self._odd_header(legs.get(result.odd_fd), result.odd_length)
-            elif not (result.handed_back and result.full):
+            if not odd and not (result.handed_back and result.full):
                 break
         return count
 
     def _odd_header(self, leg: RelayEndpoint | None, length: int) -> None:
         """A decrypted packet on the C path whose header has CSRCs, an extension or padding: parsed
         here, normalised to the fixed 12 bytes in place, then accepted and echoed by C."""
-        if leg is None or not leg._fast:
+        if leg is None or not leg._fast:   # cannot happen (nothing runs between C and here)
+            if leg is not None:
+                leg.discarded += 1
             return
         view = self.packet.view
         try:
@@ -407,8 +411,8 @@ class MediaRelay:
                     leg.octets_out += end - HEADER_SIZE
                     try:
                         leg.sock.sendto(packet.view[:stream.send_in_place(packet, end)], leg._remote)
-                    except OSError:   # a full socket buffer or an ICMP error: dropped,
-                        leg.send_errors += 1   # as the network would
+                    except (OSError, SrtpRefused):   # a full socket buffer or an ICMP error (dropped,
+                        leg.send_errors += 1         # as the network would), or libsrtp would not encrypt
             elif leg.on_payload is not None:
                 leg.on_payload(bytes(packet.view[HEADER_SIZE:end]))
         except Exception:  # a bug must not stop the other legs: log it, keep relaying

@@ -188,10 +188,12 @@ async def test_leg_changes_while_packets_flow_keep_state_on_both_paths(core):
         assert pair.legs["c"].on_c_path
         await pair.send([sender.protect(pk.datagram(PAYLOAD)) for _ in range(2)])
         up2, down2 = MasterKey.generate(), MasterKey.generate()
-        other = Phone()
+        others = {path: Phone() for path in pair.legs}
         try:
-            for leg in pair.legs.values():
+            for path, leg in pair.legs.items():
                 leg.set_keys(down2, up2)                  # a transfer: new keys, new far end
+                leg.remote = others[path].address
+                pair.phones[path], others[path] = others[path], pair.phones[path]
             assert pair.legs["c"].on_c_path
             sender2 = SrtpSender(up2)
             pk2 = Packetiser(0, ssrc=2)
@@ -199,8 +201,10 @@ async def test_leg_changes_while_packets_flow_keep_state_on_both_paths(core):
                                    + [sender2.protect(pk2.datagram(PAYLOAD)) for _ in range(3)])
             assert back["c"] == back["python"] and len(back["c"]) == 3
             assert [SrtpReceiver(down2).unprotect(d)[12:] for d in back["c"]] == [PAYLOAD] * 3
+            assert all(old.drain() == [] for old in others.values())   # nothing to the old far end
         finally:
-            other.close()
+            for old in others.values():
+                old.close()
         c, py = pair.state("c"), pair.state("python")
         assert c == py and c["discarded"] == 2 and c["refused_authentication"] == 1 and c["received"] == 8
         pair.legs["c"].send_payload(PAYLOAD)             # the ticker's path on a leg on the C path
@@ -241,3 +245,70 @@ def test_build_failure_is_explained_and_c_required_refuses(monkeypatch):
     assert relay_core.load("auto") is None and relay_core.load("python") is None
     with pytest.raises(ValueError, match="use one of auto, c, python"):
         relay_core.load("fast")
+
+
+async def test_odd_header_on_the_c_path_is_not_overwritten_by_a_python_leg_in_the_same_round(core):
+    """One drain finds a Python-path leg (a party that listens) ready before a C-path echo whose
+    packet has a CSRC: the echo must send back its own caller's audio, not the other call's."""
+    relay = MediaRelay(core)
+    listener_phone, echo_phone = Phone(), Phone()
+    try:
+        heard = []
+        listener = relay.open("127.0.0.1", 0, MediaStream(0))
+        listener.on_payload = heard.append
+        listener.remote = listener_phone.address
+        echo = relay.open("127.0.0.1", 0, MediaStream(0))
+        echo.echo = True
+        echo.remote = echo_phone.address
+        assert echo.on_c_path and not listener.on_c_path
+        listener_phone.sock.sendto(RtpPacket(0, 1, 0, 0xAAAA, b"A" * 160).to_bytes(), listener.local_address)
+        echo_phone.sock.sendto(RtpPacket(0, 1, 0, 0xBBBB, b"B" * 160, csrcs=(7,)).to_bytes(), echo.local_address)
+        await asyncio.sleep(0.05)
+        relay._drain()                      # both ready in one round, the listener's first
+        await asyncio.sleep(0.02)
+        [back] = echo_phone.drain()
+        assert back[12:] == b"B" * 160 and heard == [b"A" * 160]
+        assert echo.counters()["received"] == 1 and echo.counters()["foreign"] == 0   # (syncs the stream)
+        assert echo.stream.remote_ssrc == 0xBBBB and listener.stream.remote_ssrc == 0xAAAA
+    finally:
+        relay.close()
+        listener_phone.close()
+        echo_phone.close()
+
+
+async def test_a_new_stream_and_a_far_end_by_name_keep_the_leg_right(core):
+    """The gateway replaces a leg's stream when the first description picks the codec; a far
+    end given by name (not an IPv4 address) stays on the Python path, which resolves it."""
+    relay = MediaRelay(core)
+    phone = Phone()
+    try:
+        leg = relay.open("127.0.0.1", 0, MediaStream(0))
+        leg.echo = True
+        leg.remote = ("localhost", phone.address[1])
+        assert not leg.on_c_path
+        phone.sock.sendto(Packetiser(0, ssrc=5).datagram(PAYLOAD), leg.local_address)
+        await asyncio.sleep(0.05)
+        assert len(phone.drain()) == 1
+        leg.remote = phone.address
+        assert leg.on_c_path
+        leg.stream = MediaStream(8, ssrc=9)          # PCMA now: a PCMU packet is foreign
+        assert leg.on_c_path
+        phone.sock.sendto(Packetiser(0, ssrc=5).datagram(PAYLOAD), leg.local_address)
+        phone.sock.sendto(Packetiser(8, ssrc=6).datagram(PAYLOAD), leg.local_address)
+        await asyncio.sleep(0.05)
+        [back] = phone.drain()
+        assert back[1] & 0x7F == 8 and back[8:12] == (9).to_bytes(4, "big")
+        assert leg.counters()["foreign"] == 1 and leg.counters()["received"] == 1
+    finally:
+        relay.close()
+        phone.close()
+
+
+def test_relay_core_setting_any_case_and_bad_values_refused(tmp_path):
+    from pydantic import ValidationError
+
+    from ccmsec_srtp_gateway.main import GatewaySettings
+    base = {"service": "srtp-gateway", "data_dir": tmp_path}
+    assert GatewaySettings(**base, relay_core="C").relay_core == "c"
+    with pytest.raises(ValidationError, match="relay_core"):
+        GatewaySettings(**base, relay_core="fast")

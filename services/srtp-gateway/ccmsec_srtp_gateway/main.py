@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from ccmsec.aio import relay_core
 
@@ -28,6 +28,11 @@ class GatewaySettings(ServiceSettings):
     gateway_srtp: bool = True                          # False: a gateway without SRTP support (GW-2)
     # the relay's packet path: "auto" C when it builds (else Python, logged), "c" or nothing, "python"
     relay_core: Literal["auto", "c", "python"] = "auto"
+
+    @field_validator("relay_core", mode="before")
+    @classmethod
+    def _relay_core_any_case(cls, value):
+        return value.strip().lower() if isinstance(value, str) else value
 
 
 def media_address(host: str) -> str | None:
