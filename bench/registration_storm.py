@@ -11,7 +11,8 @@ Ours is the callmanager service as deployed and as phones reach it (`python -m
 ccmsec_callmanager`, uvloop, as every service runs): its own process on its own loopback address,
 NATS with JetStream, its service identity, its SQLite database (migrated by the service), the
 cluster mode learnt from the running ctl-provider (mixed with a CTL, set in the database as
-ctl-provider — the mode's owner — would have it), its SCCP TLS port and its ccmserver.cer (the
+ctl-provider — the mode's owner — would have it), capf and keymanager running (the service asks
+them as deployed), its SCCP TLS port and its ccmserver.cer (the
 certificate the phones pin is the one the service made and presents). The devices (encrypted
 7970s) are rows of callmanager's devices table written before the service starts, as the
 end-to-end tests add them. Reset-all is the administrator's path: `ResetDevices(all)` over gRPC
