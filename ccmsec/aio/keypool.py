@@ -6,6 +6,11 @@ of a call; every take asks the key manager for a replacement at once. A pair is 
 never reused, and not kept after its call (`CallKeyRing.forget`). When the key manager cannot be
 reached the pool runs dry and calls fall back to RTP (shown non-encrypted, CALL-1) rather than
 waiting.
+
+A burst of set-ups must not run it dry while the key manager is there: a take that finds the
+pool empty doubles how many pairs it keeps ready (`target`, from `size` up to `limit`), and it
+refills with up to `parallel` requests in flight. With no empty take for `calm` seconds the
+target halves again, so pre-generated keys do not wait in memory longer than the traffic needs.
 """
 
 from __future__ import annotations
@@ -23,12 +28,20 @@ Fetch = Callable[[str], Awaitable[PairKeys]]
 
 
 class KeyPool:
-    def __init__(self, fetch: Fetch, *, size: int = 8, retry: float = 2.0):
+    def __init__(self, fetch: Fetch, *, size: int = 8, limit: int = 256, parallel: int = 8,
+                 retry: float = 2.0, calm: float = 30.0, clock: Callable[[], float] | None = None):
+        if not 1 <= size <= limit or parallel < 1:
+            raise ValueError(f"key pool: need 1 <= size ({size}) <= limit ({limit}) and parallel >= 1")
         self._fetch = fetch
-        self.size = size
+        self.size = size            # the fewest pairs kept ready
+        self.limit = limit          # the most
+        self.target = size          # kept ready now
+        self.parallel = parallel
         self.retry = retry
+        self.calm = calm
+        self._clock = clock or _monotonic
+        self._last_dry = float("-inf")
         self._ready: deque[PairKeys] = deque()
-        self._wanted = 0
         self._task: asyncio.Task | None = None
         self._serial = 0
         self.taken = 0
@@ -43,10 +56,17 @@ class KeyPool:
         self._kick()
 
     def take(self) -> PairKeys | None:
-        self._kick()
+        now = self._clock()
         if not self._ready:
             self.dry += 1
+            self._last_dry = now
+            if not self.last_error:    # demand, not an outage: keep more ready from now on
+                self.target = min(self.limit, self.target * 2)
+            self._kick()
             return None
+        if self.target > self.size and now - self._last_dry > self.calm:
+            self.target = max(self.size, self.target // 2)
+            self._last_dry = now       # one halving per calm period
         self.taken += 1
         keys = self._ready.popleft()
         self._kick()
@@ -60,20 +80,29 @@ class KeyPool:
                 pass
 
     async def _fill(self) -> None:
-        while len(self._ready) < self.size:
-            self._serial += 1
-            try:
-                keys = await self._fetch(f"pool-{self._serial}")
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the key manager is down or refuses: retry later
-                self.last_error = _describe(exc)
+        while len(self._ready) < self.target:
+            batch = min(self.parallel, self.target - len(self._ready))
+            names = []
+            for _ in range(batch):
+                self._serial += 1
+                names.append(f"pool-{self._serial}")
+            results = await asyncio.gather(*(self._fetch(name) for name in names), return_exceptions=True)
+            failure = None
+            for result in results:
+                if isinstance(result, asyncio.CancelledError):
+                    raise result
+                if isinstance(result, BaseException):
+                    failure = result
+                    continue
+                self.fetched += 1
+                self._ready.append(result)
+            if failure is not None:   # the key manager is down or refuses: retry later
+                self.last_error = _describe(failure)
                 log.warning("key manager unavailable; encrypted calls fall back to RTP until it answers",
                             extra={"error": self.last_error})
                 await asyncio.sleep(self.retry)
-                continue
-            self.fetched += 1
-            self._ready.append(keys)
+            else:
+                self.last_error = ""
 
     async def wait_ready(self, count: int = 1, timeout: float = 10.0) -> None:
         self._kick()
@@ -95,7 +124,12 @@ class KeyPool:
         self._ready.clear()
 
 
-def _describe(exc: Exception) -> str:
+def _monotonic() -> float:
+    import time
+    return time.monotonic()
+
+
+def _describe(exc: BaseException) -> str:
     details = getattr(exc, "details", None)  # a gRPC error names its status and reason
     if callable(details):
         code = getattr(exc, "code", None)
