@@ -7,10 +7,14 @@ never reused, and not kept after its call (`CallKeyRing.forget`). When the key m
 reached the pool runs dry and calls fall back to RTP (shown non-encrypted, CALL-1) rather than
 waiting.
 
-A burst of set-ups must not run it dry while the key manager is there: a take that finds the
-pool empty doubles how many pairs it keeps ready (`target`, from `size` up to `limit`), and it
-refills with up to `parallel` requests in flight. With no empty take for `calm` seconds the
-target halves again, so pre-generated keys do not wait in memory longer than the traffic needs.
+A burst of set-ups must not run it dry while the key manager is there, and the call agent cannot
+wait for keys (it plans a call's media in one step). So the pool keeps ready as many pairs as
+could be needed at once: `demand()` (call control: half its registered phones, the most calls
+that can start together) bounded by `limit`, and never fewer than `size`. It asks ahead in
+batches (one request for up to `batch` calls' keys, `parallel` requests in flight). A take that
+still finds it empty doubles the target; with no empty take for `calm` seconds it halves again
+(never below the demand), so pre-generated keys do not wait in memory beyond what traffic needs.
+Ready keys live only in this process's memory, as the keys of a call do.
 """
 
 from __future__ import annotations
@@ -24,19 +28,23 @@ from ccmsec.media.callkeys import PairKeys
 
 log = logging.getLogger("ccmsec.media.keys")
 
-Fetch = Callable[[str], Awaitable[PairKeys]]
+Fetch = Callable[[str, int], Awaitable[list[PairKeys]]]   # (label, calls) -> that many pairs
 
 
 class KeyPool:
-    def __init__(self, fetch: Fetch, *, size: int = 8, limit: int = 256, parallel: int = 8,
-                 retry: float = 2.0, calm: float = 30.0, clock: Callable[[], float] | None = None):
-        if not 1 <= size <= limit or parallel < 1:
-            raise ValueError(f"key pool: need 1 <= size ({size}) <= limit ({limit}) and parallel >= 1")
+    def __init__(self, fetch: Fetch, *, size: int = 16, limit: int = 8192, batch: int = 64,
+                 parallel: int = 4, demand: Callable[[], int] = lambda: 0, retry: float = 2.0,
+                 calm: float = 30.0, clock: Callable[[], float] | None = None):
+        if not 1 <= size <= limit or parallel < 1 or not 1 <= batch <= 64:
+            raise ValueError(f"key pool: need 1 <= size ({size}) <= limit ({limit}), parallel >= 1 "
+                             f"and 1 <= batch ({batch}) <= 64")
         self._fetch = fetch
         self.size = size            # the fewest pairs kept ready
         self.limit = limit          # the most
         self.target = size          # kept ready now
+        self.batch = batch
         self.parallel = parallel
+        self._demand = demand
         self.retry = retry
         self.calm = calm
         self._clock = clock or _monotonic
@@ -61,7 +69,7 @@ class KeyPool:
             self.dry += 1
             self._last_dry = now
             if not self.last_error:    # demand, not an outage: keep more ready from now on
-                self.target = min(self.limit, self.target * 2)
+                self.target = min(self.limit, self.wanted() * 2)
             self._kick()
             return None
         if self.target > self.size and now - self._last_dry > self.calm:
@@ -79,14 +87,23 @@ class KeyPool:
             except RuntimeError:  # no running loop (shutdown)
                 pass
 
+    def wanted(self) -> int:
+        """How many pairs the pool keeps ready now: its target, or the demand when higher."""
+        try:
+            demand = int(self._demand())
+        except Exception:   # a demand that cannot be read does not stop the keys
+            demand = 0
+        return min(self.limit, max(self.target, demand))
+
     async def _fill(self) -> None:
-        while len(self._ready) < self.target:
-            batch = min(self.parallel, self.target - len(self._ready))
-            names = []
-            for _ in range(batch):
+        while (missing := self.wanted() - len(self._ready)) > 0:
+            requests = []
+            while missing > 0 and len(requests) < self.parallel:
+                calls = min(self.batch, missing)
+                missing -= calls
                 self._serial += 1
-                names.append(f"pool-{self._serial}")
-            results = await asyncio.gather(*(self._fetch(name) for name in names), return_exceptions=True)
+                requests.append(self._fetch(f"pool-{self._serial}", calls))
+            results = await asyncio.gather(*requests, return_exceptions=True)
             failure = None
             for result in results:
                 if isinstance(result, asyncio.CancelledError):
@@ -94,8 +111,8 @@ class KeyPool:
                 if isinstance(result, BaseException):
                     failure = result
                     continue
-                self.fetched += 1
-                self._ready.append(result)
+                self.fetched += len(result)
+                self._ready.extend(result)
             if failure is not None:   # the key manager is down or refuses: retry later
                 self.last_error = _describe(failure)
                 log.warning("key manager unavailable; encrypted calls fall back to RTP until it answers",

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from ccmsec_proto import common_pb2 as ccmsec__proto_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63\x63msec_proto/keymanager.proto\x12\tccmsec.v1\x1a\x19\x63\x63msec_proto/common.proto\"\xa7\x01\n\x0f\x43\x61llKeysRequest\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12%\n\x05suite\x18\x02 \x01(\x0e\x32\x16.ccmsec.v1.CryptoSuite\x12-\n\rcaller_suites\x18\x03 \x03(\x0e\x32\x16.ccmsec.v1.CryptoSuite\x12-\n\rcallee_suites\x18\x04 \x03(\x0e\x32\x16.ccmsec.v1.CryptoSuite\"p\n\rCallKeysReply\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12&\n\x06\x61_to_b\x18\x02 \x01(\x0b\x32\x16.ccmsec.v1.KeyMaterial\x12&\n\x06\x62_to_a\x18\x03 \x01(\x0b\x32\x16.ccmsec.v1.KeyMaterial2\x8c\x01\n\nKeyManager\x12\x34\n\x06Status\x12\x10.ccmsec.v1.Empty\x1a\x18.ccmsec.v1.ServiceStatus\x12H\n\x10GenerateCallKeys\x12\x1a.ccmsec.v1.CallKeysRequest\x1a\x18.ccmsec.v1.CallKeysReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63\x63msec_proto/keymanager.proto\x12\tccmsec.v1\x1a\x19\x63\x63msec_proto/common.proto\"\xb6\x01\n\x0f\x43\x61llKeysRequest\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12%\n\x05suite\x18\x02 \x01(\x0e\x32\x16.ccmsec.v1.CryptoSuite\x12-\n\rcaller_suites\x18\x03 \x03(\x0e\x32\x16.ccmsec.v1.CryptoSuite\x12-\n\rcallee_suites\x18\x04 \x03(\x0e\x32\x16.ccmsec.v1.CryptoSuite\x12\r\n\x05\x63\x61lls\x18\x05 \x01(\r\"\x98\x01\n\rCallKeysReply\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12&\n\x06\x61_to_b\x18\x02 \x01(\x0b\x32\x16.ccmsec.v1.KeyMaterial\x12&\n\x06\x62_to_a\x18\x03 \x01(\x0b\x32\x16.ccmsec.v1.KeyMaterial\x12&\n\x04more\x18\x04 \x03(\x0b\x32\x18.ccmsec.v1.CallKeysReply2\x8c\x01\n\nKeyManager\x12\x34\n\x06Status\x12\x10.ccmsec.v1.Empty\x1a\x18.ccmsec.v1.ServiceStatus\x12H\n\x10GenerateCallKeys\x12\x1a.ccmsec.v1.CallKeysRequest\x1a\x18.ccmsec.v1.CallKeysReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,9 +33,9 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ccmsec_proto.keymanager_pb2
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CALLKEYSREQUEST']._serialized_start=72
-  _globals['_CALLKEYSREQUEST']._serialized_end=239
-  _globals['_CALLKEYSREPLY']._serialized_start=241
-  _globals['_CALLKEYSREPLY']._serialized_end=353
-  _globals['_KEYMANAGER']._serialized_start=356
-  _globals['_KEYMANAGER']._serialized_end=496
+  _globals['_CALLKEYSREQUEST']._serialized_end=254
+  _globals['_CALLKEYSREPLY']._serialized_start=257
+  _globals['_CALLKEYSREPLY']._serialized_end=409
+  _globals['_KEYMANAGER']._serialized_start=412
+  _globals['_KEYMANAGER']._serialized_end=552
 # @@protoc_insertion_point(module_scope)

@@ -87,11 +87,16 @@ async def test_enc4_enc5_two_fresh_sets_per_call_and_no_key_in_the_log(keymanage
             callee_suites=[common_pb2.AES_CM_128_HMAC_SHA1_32, common_pb2.AEAD_AES_128_GCM]))
         assert from_proto(gcm.a_to_b).suite is SrtpSuite.AEAD_AES_128_GCM
         seen.append(from_proto(gcm.a_to_b))
+        # call control's pool asks ahead: one request, keys for 64 calls, every set fresh
+        batch = await stub.GenerateCallKeys(keymanager_pb2.CallKeysRequest(call_id="pool-1", calls=64))
+        pairs = [batch, *batch.more]
+        assert len(pairs) == 64 and all(p.call_id == "pool-1" for p in pairs) and not any(p.more for p in pairs[1:])
+        seen += [from_proto(k) for p in pairs for k in (p.a_to_b, p.b_to_a)]
         assert len({k.key for k in seen}) == len(seen)  # never the same key twice
         status = await stub.Status(common_pb2.Empty())
-        assert status.details["calls_keyed"] == "6"
+        assert status.details["calls_keyed"] == "70"
     counted = call_keys(port)
-    assert counted[("AES_CM_128_HMAC_SHA1_80", "issued")] == 5 and counted[("AEAD_AES_128_GCM", "issued")] == 1
+    assert counted[("AES_CM_128_HMAC_SHA1_80", "issued")] == 69 and counted[("AEAD_AES_128_GCM", "issued")] == 1
     assert counted[("AEAD_AES_256_GCM", "issued")] == 0 and counted[("none", "refused")] == 0
     proc.send_signal(signal.SIGTERM)
     proc.wait(10)
@@ -118,13 +123,15 @@ async def test_enc4_refusals_are_clear(keymanager):
              grpc.StatusCode.FAILED_PRECONDITION, "not supported by both ends"),
             (keymanager_pb2.CallKeysRequest(call_id="c", suite=3), grpc.StatusCode.FAILED_PRECONDITION,
              "unsupported SRTP suite 3"),
+            (keymanager_pb2.CallKeysRequest(call_id="c", calls=65), grpc.StatusCode.INVALID_ARGUMENT,
+             "calls must be 1..64 per request, not 65"),
         ]
         for request, code, words in cases:
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await stub.GenerateCallKeys(request)
             assert err.value.code() == code and words in err.value.details()
     counted = call_keys(port)  # refusals are counted, and nothing counted as issued
-    assert counted[("none", "invalid")] == 2 and counted[("none", "refused")] == 3
+    assert counted[("none", "invalid")] == 3 and counted[("none", "refused")] == 3
     assert sum(v for (_, outcome), v in counted.items() if outcome == "issued") == 0
 
 

@@ -19,18 +19,19 @@ class KeyManager:
 
     def __init__(self, delay: float = 0.002):
         self.delay = delay
-        self.in_flight = self.most_in_flight = self.calls = 0
+        self.in_flight = self.most_in_flight = self.calls = self.largest = 0
         self.down = False
 
-    async def fetch(self, name: str) -> PairKeys:
+    async def fetch(self, name: str, calls: int) -> list[PairKeys]:
         self.calls += 1
+        self.largest = max(self.largest, calls)
         self.in_flight += 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
         try:
             await asyncio.sleep(self.delay)
             if self.down:
                 raise ConnectionError("key manager unreachable")
-            return PairKeys(MasterKey.generate(), MasterKey.generate())
+            return [PairKeys(MasterKey.generate(), MasterKey.generate()) for _ in range(calls)]
         finally:
             self.in_flight -= 1
 
@@ -43,16 +44,34 @@ class Clock:
         return self.now
 
 
-async def test_enc4_a_burst_grows_the_pool_so_the_next_burst_is_keyed():
+async def test_enc4_as_many_pairs_ready_as_calls_could_start_at_once():
+    """Call control's demand: half its registered phones. A burst of that many set-ups in one
+    stretch of the loop (the agent cannot wait for keys) finds every pair ready."""
+    km, phones = KeyManager(), [0]
+    pool = KeyPool(km.fetch, size=8, limit=1000, batch=64, parallel=4, demand=lambda: phones[0] // 2)
+    pool.start()
+    await pool.wait_ready(8)
+    phones[0] = 1200                                    # phones registered
+    pool.start()                                        # (call control kicks it every second)
+    await pool.wait_ready(600, timeout=10)
+    assert km.largest == 64 and km.most_in_flight == 4  # asked ahead in batches, 4 at a time
+    burst = [pool.take() for _ in range(600)]
+    assert all(k is not None for k in burst) and pool.dry == 0
+    phones[0] = 10_000
+    assert pool.wanted() == 1000                        # bounded by its limit
+    await pool.close()
+
+
+async def test_enc4_a_burst_beyond_the_demand_grows_the_pool_so_the_next_burst_is_keyed():
     km, clock = KeyManager(), Clock()
-    pool = KeyPool(km.fetch, size=8, limit=128, parallel=8, clock=clock)
+    pool = KeyPool(km.fetch, size=8, limit=128, batch=2, parallel=8, clock=clock)
     pool.start()
     await pool.wait_ready(8)
     first = [pool.take() for _ in range(40)]           # 40 set-ups in one stretch of the loop
     assert sum(k is not None for k in first) == 8 and pool.dry == 32
     assert pool.target == 128                           # doubled on each empty take, capped
     await pool.wait_ready(128, timeout=10)
-    assert km.most_in_flight == 8                       # refilled in parallel, never more
+    assert km.most_in_flight == 8 and km.largest == 2   # refilled in parallel, never more
     second = [pool.take() for _ in range(100)]
     assert all(k is not None for k in second) and pool.dry == 32
     keys = [k.a_to_b.key for k in first + second if k is not None]
@@ -105,3 +124,5 @@ def test_bad_pool_sizes_are_refused():
         KeyPool(KeyManager().fetch, size=0)
     with pytest.raises(ValueError, match="limit"):
         KeyPool(KeyManager().fetch, size=10, limit=5)
+    with pytest.raises(ValueError, match="batch"):
+        KeyPool(KeyManager().fetch, batch=65)

@@ -68,7 +68,8 @@ class MediaPlaneMixin:
     async def setup_media_plane(self) -> None:
         cc = self.callcontrol
         calls = cc.calls
-        self.key_pool = KeyPool(self._fetch_keys)
+        # as many pairs ready as calls could start at once: half the phones registered here
+        self.key_pool = KeyPool(self._fetch_keys, demand=lambda: len(cc.registry.entries) // 2)
         self.keys = CallKeySource(self.key_pool.take, self._transport)
         calls.agent.key_source = self.keys.key_source
         self.key_pool.start()
@@ -89,10 +90,10 @@ class MediaPlaneMixin:
         if self.gateway_legs is not None:
             await self.gateway_legs.drain(2.0)
 
-    async def _fetch_keys(self, label: str) -> PairKeys:
+    async def _fetch_keys(self, label: str, calls: int) -> list[PairKeys]:
         stub = keymanager_pb2_grpc.KeyManagerStub(self.peer_channel("keymanager"))
-        reply = await stub.GenerateCallKeys(keymanager_pb2.CallKeysRequest(call_id=label), timeout=5)
-        return PairKeys(from_proto(reply.a_to_b), from_proto(reply.b_to_a))
+        reply = await stub.GenerateCallKeys(keymanager_pb2.CallKeysRequest(call_id=label, calls=calls), timeout=5)
+        return [PairKeys(from_proto(r.a_to_b), from_proto(r.b_to_a)) for r in (reply, *reply.more)]
 
     async def _ask_gateway(self) -> None:
         """GW-2: whether the gateway can do SRTP at all (asked once it answers)."""
@@ -118,6 +119,7 @@ class MediaPlaneMixin:
             except Exception as exc:  # the database is briefly away: keep the last known mode
                 log.warning("cluster mode not read", extra={"error": str(exc)})
             await asyncio.sleep(1.0)
+            self.key_pool.start()    # more phones registered: more pairs ready (its demand)
             live = set(self.callcontrol.calls.agent.calls)
             for call_id in {pair[0] for pair in self.keys.ring._pairs} - live:
                 self.keys.forget_call(call_id)

@@ -18,6 +18,7 @@ from ccmsec.runtime.service import Service, run_service
 from ccmsec.runtime.servicer import StatusServicerMixin
 from ccmsec_proto import common_pb2, keymanager_pb2, keymanager_pb2_grpc
 
+MAX_CALLS_PER_REQUEST = 64   # one reply's pairs: call control's pool asks ahead in batches
 MAX_CALL_ID = 128
 
 
@@ -60,17 +61,28 @@ class KeyManagerServicer(StatusServicerMixin, keymanager_pb2_grpc.KeyManagerServ
             CALL_KEYS.labels("none", "invalid").inc()
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"call_id must be 1..{MAX_CALL_ID} characters")
+        calls = request.calls or 1
+        if calls > MAX_CALLS_PER_REQUEST:
+            CALL_KEYS.labels("none", "invalid").inc()
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"calls must be 1..{MAX_CALLS_PER_REQUEST} per request, not {calls}")
         try:
             suite = choose_suite(request)
         except KeyRequestError as exc:
             CALL_KEYS.labels("none", "refused").inc()
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"ENC-4: {exc}")
-        self.service.calls_keyed += 1
-        CALL_KEYS.labels(suite.name, "issued").inc()
-        self.service.log.debug("call keyed", extra={"call_id": request.call_id, "suite": suite.name})
-        return keymanager_pb2.CallKeysReply(call_id=request.call_id,
-                                            a_to_b=to_proto(MasterKey.generate(suite)),
-                                            b_to_a=to_proto(MasterKey.generate(suite)))
+        self.service.calls_keyed += calls
+        CALL_KEYS.labels(suite.name, "issued").inc(calls)
+        self.service.log.debug("call keyed", extra={"call_id": request.call_id, "suite": suite.name,
+                                                    "calls": calls})
+
+        def pair() -> keymanager_pb2.CallKeysReply:
+            return keymanager_pb2.CallKeysReply(call_id=request.call_id,
+                                                a_to_b=to_proto(MasterKey.generate(suite)),
+                                                b_to_a=to_proto(MasterKey.generate(suite)))
+        reply = pair()
+        reply.more.extend(pair() for _ in range(calls - 1))
+        return reply
 
 
 class KeyManagerService(Service):
