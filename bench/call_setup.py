@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
 import sys
 import tempfile
 import time
@@ -173,12 +172,7 @@ def main() -> int:
               f"with LSCs and a line each in {time.perf_counter() - t0:.1f} s", flush=True)
         r = rs._run(run(cluster, contexts, args.concurrency, args.in_progress))
     finally:
-        if cluster is not None:
-            cluster.stop()
-        if args.keep:
-            print(f"kept {data}")
-        else:
-            shutil.rmtree(data, ignore_errors=True)
+        rs.finish(cluster, data, args.keep)
     ratio = r["call_rate"] / r["reg_rate"]
     print(f"baseline: encrypted registrations (TLS, Register, set-up exchange): {r['reg_rate']:8.1f} /s "
           f"({n} phones in {r['reg_seconds']:.2f} s)")

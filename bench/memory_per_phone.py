@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
 import sys
 import tempfile
 import time
@@ -118,12 +117,7 @@ def main() -> int:
         raw_kb = measure_raw(data, cluster.cm_host, contexts, args.concurrency)
         ours = measure_service(cluster, contexts, args.concurrency)
     finally:
-        if cluster is not None:
-            cluster.stop()
-        if args.keep:
-            print(f"kept {data}")
-        else:
-            shutil.rmtree(data, ignore_errors=True)
+        rs.finish(cluster, data, args.keep)
     ours_kb = ours["kb_per_phone"]
     print(f"service:  RSS {ours['before'] / 1024:.1f} MB idle, {ours['after'] / 1024:.1f} MB with the phones "
           f"(its Status: {ours['registered']} registered)")

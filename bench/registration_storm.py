@@ -209,14 +209,29 @@ class Cluster:
         return self.data / "servers" / "callmanager" / "ccmserver.cer"
 
     def stop(self) -> None:
-        for proc in reversed(self.procs):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_processes(self.procs)
+
+
+def stop_processes(procs: list[subprocess.Popen]) -> None:
+    """SIGTERM to each service (last started first), then wait; kill what does not stop in 10 s."""
+    for proc in reversed(procs):
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def finish(cluster: "Cluster | None", data: Path, keep: bool) -> None:
+    """Stop the cluster; keep its data directory (and logs) only when asked."""
+    if cluster is not None:
+        cluster.stop()
+    if keep:
+        print(f"kept {data}")
+    else:
+        shutil.rmtree(data, ignore_errors=True)
 
 
 def prepare(data: Path, n: int) -> None:
@@ -467,12 +482,7 @@ def main() -> int:
         print(f"baseline: raw Python ssl mutual-TLS handshakes (+1 message): {raw['rate']:8.1f} /s", flush=True)
         result = _run(storm(cluster, contexts, args.concurrency))
     finally:
-        if cluster is not None:
-            cluster.stop()
-        if args.keep:
-            print(f"kept {data}")
-        else:
-            shutil.rmtree(data, ignore_errors=True)
+        finish(cluster, data, args.keep)
 
     ratio = result["rate"] / raw["rate"]
     print(f"baseline: raw Python ssl mutual-TLS handshakes (+1 message): {raw['rate']:8.1f} /s")

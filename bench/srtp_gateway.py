@@ -30,7 +30,6 @@ import asyncio
 import os
 import secrets
 import shutil
-import signal
 import socket
 import struct
 import subprocess
@@ -55,6 +54,9 @@ from ccmsec.runtime.grpcio import secure_channel  # noqa: E402
 from ccmsec.runtime.identity import load_identity  # noqa: E402
 from ccmsec_proto import common_pb2, srtp_gateway_pb2 as pb  # noqa: E402
 from ccmsec_proto import srtp_gateway_pb2_grpc  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "bench"))
+from registration_storm import stop_processes  # noqa: E402  (the benches' one way to stop services)
 
 ECHO = "5550102"
 PAYLOAD = bytes(range(160))
@@ -162,14 +164,7 @@ class Cluster:
         _wait_port(self.gw_host, 50051, 90)
 
     def stop(self) -> None:
-        for proc in reversed(self.procs):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_processes(self.procs)
 
 
 class Phone:
