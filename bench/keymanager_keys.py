@@ -49,7 +49,7 @@ def _free_port(host="127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def _wait_port(host, port, timeout=60.0) -> None:
+def wait_port(host, port, timeout=60.0) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         try:
@@ -116,7 +116,7 @@ async def run(args) -> None:
         nats = str(Path(sys.executable).parent / "nats-server")
         procs.append(subprocess.Popen([nats, "-a", nats_host, "-p", "4222", "-js", "-sd", str(data / "nats")],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        _wait_port(nats_host, 4222)
+        wait_port(nats_host, 4222)
         issue_service_identity(data, "keymanager", "keymanager", km_host)
         cc_dir = data / "bench-call-control"
         issue_service_identity(data, "callmanager", "bench-cc", "127.0.0.1", out_dir=cc_dir)
@@ -131,7 +131,7 @@ async def run(args) -> None:
             str(data / "identities" / "services" / "keymanager"), km_host, bare_port, ready))
         bare.start()
         ready.wait(60)
-        _wait_port(km_host, 50051, 90)
+        wait_port(km_host, 50051, 90)
         ident = load_identity(cc_dir)
         async with secure_channel(ident, km_host, 50051, "keymanager") as ours_ch, \
                 secure_channel(ident, km_host, bare_port, "keymanager") as bare_ch:

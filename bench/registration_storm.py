@@ -102,7 +102,7 @@ def _free_port(host: str) -> int:
         return s.getsockname()[1]
 
 
-def _wait_port(host: str, port: int, timeout: float = 90.0, proc: subprocess.Popen | None = None) -> None:
+def wait_port(host: str, port: int, timeout: float = 90.0, proc: subprocess.Popen | None = None) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if proc is not None and proc.poll() is not None:
@@ -151,7 +151,7 @@ class Cluster:
     def start_nats(self) -> None:
         nats = str(Path(sys.executable).parent / "nats-server")
         self._spawn([nats, "-a", self.nats_host, "-p", "4222", "-js", "-sd", str(self.data / "nats")], "nats.log")
-        _wait_port(self.nats_host, 4222)
+        wait_port(self.nats_host, 4222)
 
     def start_services(self) -> None:
         from ccmsec.cluster.pki import issue_service_identity
@@ -165,12 +165,12 @@ class Cluster:
                                    ("keymanager", "ccmsec_keymanager", self.km_host)):
             issue_service_identity(self.data, role, role, host)
             proc = self._spawn([sys.executable, "-m", module], f"{role}.log", self._env(role, host))
-            _wait_port(host, GRPC_PORT, 90, proc)
+            wait_port(host, GRPC_PORT, 90, proc)
         issue_service_identity(self.data, "callmanager", "callmanager", self.cm_host)
         self.callmanager = self._spawn([sys.executable, "-m", "ccmsec_callmanager"], "callmanager.log",
                                        self._env("callmanager", self.cm_host))
-        _wait_port(self.cm_host, GRPC_PORT, 90, self.callmanager)
-        _wait_port(self.cm_host, self.sccp_tls_port, 90, self.callmanager)
+        wait_port(self.cm_host, GRPC_PORT, 90, self.callmanager)
+        wait_port(self.cm_host, self.sccp_tls_port, 90, self.callmanager)
 
     @property
     def pid(self) -> int:

@@ -56,7 +56,7 @@ from ccmsec_proto import common_pb2, srtp_gateway_pb2 as pb  # noqa: E402
 from ccmsec_proto import srtp_gateway_pb2_grpc  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
-from registration_storm import stop_processes  # noqa: E402  (the benches' one way to stop services)
+from registration_storm import wait_port, stop_processes  # noqa: E402  (the benches' service helpers)
 
 ECHO = "5550102"
 PAYLOAD = bytes(range(160))
@@ -93,17 +93,6 @@ def _free_port(host="127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def _wait_port(host, port, timeout=60.0) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            socket.create_connection((host, port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"nothing listening on {host}:{port} after {timeout:.0f} s")
-
-
 def _cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -137,7 +126,7 @@ class Cluster:
     async def start(self) -> None:
         nats = str(Path(sys.executable).parent / "nats-server")
         self._spawn([nats, "-a", self.nats_host, "-p", "4222", "-js", "-sd", str(self.data / "nats")], "nats.log")
-        _wait_port(self.nats_host, 4222)
+        wait_port(self.nats_host, 4222)
         # mixed mode with a CTL, as the CTL client leaves the cluster (GW-4 needs it): the mode is
         # ctl-provider's (it owns it; call control follows it and the gateway asks call control)
         engine, db = await open_database(f"sqlite+aiosqlite:///{self.data / 'ccmsec.db'}")
@@ -156,12 +145,12 @@ class Cluster:
         issue_service_identity(self.data, "cli", "bench-cli", "127.0.0.1", out_dir=self.cli_ident_dir)
         self._spawn([sys.executable, "-m", "ccmsec_ctl_provider"], "ctl-provider.log",
                     self._env("ctl-provider", self.ctl_host))
-        _wait_port(self.ctl_host, 50051, 90)
+        wait_port(self.ctl_host, 50051, 90)
         self._spawn([sys.executable, "-m", "ccmsec_callmanager"], "callmanager.log", self._env("callmanager", self.cm_host))
         self.gateway = self._spawn([sys.executable, "-m", "ccmsec_srtp_gateway"], "gateway.log",
                                    self._env("srtp-gateway", self.gw_host))
-        _wait_port(self.cm_host, 50051, 90)
-        _wait_port(self.gw_host, 50051, 90)
+        wait_port(self.cm_host, 50051, 90)
+        wait_port(self.gw_host, 50051, 90)
 
     def stop(self) -> None:
         stop_processes(self.procs)
