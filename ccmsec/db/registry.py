@@ -58,6 +58,19 @@ async def list_registrations(session: AsyncSession, *, device: str | None = None
     return list((await session.scalars(query)).all())
 
 
+async def registered_names(session: AsyncSession, *, node: str | None = None,
+                           except_node: str | None = None) -> list[str]:
+    """Names only (one column, no ORM objects): what a reset needs to count its targets. A
+    reset-all at 10,000 phones otherwise loaded every row of this node as an object only to
+    drop it (the live registry is the source for this node's own phones)."""
+    query = select(Registration.device)
+    if node:
+        query = query.where(Registration.node == node)
+    if except_node:
+        query = query.where(Registration.node != except_node)
+    return list((await session.scalars(query)).all())
+
+
 async def clear_node(session: AsyncSession, node: str) -> int:
     """Forget every registration of `node` (caller commits)."""
     result = await session.execute(delete(Registration).where(Registration.node == node))

@@ -494,6 +494,35 @@ async def test_rst9_reset_devices_per_server_and_chk13_reset_all(cm, nats_server
         await p.close()
 
 
+async def test_reset_targets_count_this_nodes_registry_and_other_nodes_rows_by_name(cm):
+    """ResetDevices(all / server) counts its targets from names only (this node's live registry,
+    the other nodes' mirrored rows): a node's own mirrored rows are not counted twice, another
+    node's are counted for all and for that server only."""
+    import datetime as dt
+
+    from ccmsec.db import registry as registry_db
+
+    phone = await cm.registered("SEP0000000E0050")
+    row = {"model": "7960", "security_mode": "non-secure", "address": "127.0.0.1:40000",
+           "reported_address": "127.0.0.1", "nat_suspected": False, "transport_port": 2000, "cipher": "",
+           "certificate_fingerprint": "", "certificate_kind": "", "since": dt.datetime.now(dt.timezone.utc)}
+    async with cm.svc.db() as session, session.begin():
+        await registry_db.apply_changes(session, "callmanager-2",
+                                        [{"device": d, **row} for d in ("SEP0000000E0051", "SEP0000000E0052")], [])
+    await cm.cc.registry.mirror.flush()   # this node's own row is in the table too
+    async with cm.svc.db() as session:
+        assert await registry_db.registered_names(session, except_node="callmanager") == [
+            "SEP0000000E0051", "SEP0000000E0052"]
+        assert await registry_db.registered_names(session, node="callmanager") == ["SEP0000000E0050"]
+    other = await cm.stub.ResetDevices(pb.ResetDevicesRequest(server="callmanager-2"), timeout=5)
+    assert other.targeted == 2
+    everyone = await cm.stub.ResetDevices(pb.ResetDevicesRequest(all=True), timeout=5)
+    assert everyone.targeted == 3
+    progress = await cm.stub.GetResetProgress(pb.ResetProgressRequest(request_id=everyone.request_id), timeout=5)
+    assert progress.targeted == 3
+    await phone.close()
+
+
 async def test_reset_progress_names_devices_that_do_not_come_back(cm):
     a = await cm.registered("SEP0000000E0030")
     b = await cm.registered("SEP0000000E0031")
