@@ -514,6 +514,8 @@ async def test_reset_targets_count_this_nodes_registry_and_other_nodes_rows_by_n
         assert await registry_db.registered_names(session, except_node="callmanager") == [
             "SEP0000000E0051", "SEP0000000E0052"]
         assert await registry_db.registered_names(session, node="callmanager") == ["SEP0000000E0050"]
+        assert [r.device for r in await registry_db.list_registrations(session, except_node="callmanager")] == [
+            "SEP0000000E0051", "SEP0000000E0052"]
     other = await cm.stub.ResetDevices(pb.ResetDevicesRequest(server="callmanager-2"), timeout=5)
     assert other.targeted == 2
     everyone = await cm.stub.ResetDevices(pb.ResetDevicesRequest(all=True), timeout=5)

@@ -59,7 +59,7 @@ class CallManagerServicer(CallsServicerMixin, MobilityServicerMixin, RoutingServ
         out = [registration_message(e, node) for name, e in sorted(self.cc.registry.entries.items())
                if not device or name == device]
         async with self.service.db() as session:
-            rows = await registry_db.list_registrations(session, device=device or None)
+            rows = await registry_db.list_registrations(session, device=device or None, except_node=node)
         out += [registration_message(r, r.node) for r in rows if r.node != node]
         return sorted(out, key=lambda r: r.device)
 
@@ -129,7 +129,7 @@ class CallManagerServicer(CallsServicerMixin, MobilityServicerMixin, RoutingServ
         # Devices registered on other nodes count as back when their row is newer than the reset.
         if progress.targeted - progress.back:
             async with self.service.db() as session:
-                rows = await registry_db.list_registrations(session)
+                rows = await registry_db.list_registrations(session, except_node=self.service.node)
             for row in rows:
                 if (row.device in progress.targeted and row.node != self.service.node
                         and registry_db.as_utc(row.since).timestamp() >= progress.started):

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from sqlalchemy import select
 
 from ccmsec.db.devices import Device, as_utc
-from ccmsec.db.registry import list_registrations
+from ccmsec.db.registry import list_registrations, registered_names
 from ccmsec.policy.resets import (
     ALL,
     ResetDevices,
@@ -100,8 +100,7 @@ async def reset_many(request: Request, _: Principal = Depends(require_admin)) ->
         raise ApiError(422, "give exactly one of \"all\": true or \"server\": NODE")
     kind = _kind(body.kind)
     async with request.app.state.sessionmaker() as session:
-        rows = await list_registrations(session, node=body.server)
-    targeted = {row.device for row in rows}
+        targeted = set(await registered_names(session, node=body.server))  # names only (10,000 rows)
     if body.all:
         request.state.audit_target = "all"
         action = ResetDevices(ALL, kind, "CHK-13")
@@ -148,7 +147,7 @@ async def reset_progress(request_id: str, request: Request, _: Principal = Depen
     if progress.targeted - progress.back:
         # Devices registered on other nodes count as back once their row is newer than the request.
         async with request.app.state.sessionmaker() as session:
-            rows = await list_registrations(session)
+            rows = await list_registrations(session, except_node=tracker.node)
         for row in rows:
             if (row.device in progress.targeted and row.node != tracker.node
                     and as_utc(row.since).timestamp() >= progress.started):
