@@ -33,6 +33,7 @@ from ccmsec.db.commits import counter_path, install_commit_counter
 from ccmsec.db.ownership import OWN_BRANCHES, install_write_guard
 from ccmsec.runtime import bus as bus_mod
 from ccmsec.runtime import bus_policy
+from ccmsec.runtime import gcpolicy
 from ccmsec.runtime.database import DatabaseError, open_database
 from ccmsec.runtime.grpcio import GrpcServer, secure_channel
 from ccmsec.runtime.identity import IdentityError, TlsIdentity, admin_api_identity_dir, load_identity
@@ -50,6 +51,10 @@ GRPC_PORT_DEFAULT = 50051
 class Service:
     role: str = ""
     settings_class: type[ServiceSettings] = ServiceSettings
+    # Holds thousands of long-lived connections (call control's phones): its process freezes the
+    # objects alive after set-up and spaces full collections out (runtime/gcpolicy.py).
+    long_lived_connections: bool = False
+    owns_process = False  # set by run_service: process-wide settings are this service's to make
 
     def __init__(self, settings: ServiceSettings):
         if not isinstance(settings, self.settings_class):
@@ -310,6 +315,10 @@ class Service:
         self.grpc.gate.on_denied = self._report_refusal
         try:
             await self.setup()
+            if self.owns_process and self.long_lived_connections:
+                frozen = gcpolicy.tune_for_long_lived_connections()
+                self.log.info("garbage collection tuned for long-lived connections",
+                              extra={"frozen_objects": frozen})
             await self.grpc.start()
             await self.subscribe(bus_mod.subject_for("service.restart", self.role), "restart", self._on_restart)
             await self.subscribe(bus_mod.subject_for("device.reset"), "device-reset", self.on_device_reset)
@@ -409,7 +418,9 @@ def run_service(cls: type[Service]) -> None:
     except ImportError:  # pragma: no cover - uvloop is a dependency
         runner = asyncio.run
     try:
-        code = runner(_run_then_end_stragglers(cls(settings)))
+        service = cls(settings)
+        service.owns_process = True
+        code = runner(_run_then_end_stragglers(service))
     except (DatabaseError, bus_mod.BusError, SettingsError, IdentityError, OSError) as exc:
         logging.getLogger(f"ccmsec.{cls.role}").error("ccmsec-%s: cannot start: %s", cls.role, exc)
         sys.exit(1)

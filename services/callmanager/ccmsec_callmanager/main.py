@@ -19,6 +19,7 @@ from ccmsec_callmanager.legacy_tls import LegacyTlsMixin  # LATER-8: TLS 1.0 on 
 
 class CallManagerService(LegacyTlsMixin, AccessAuditMixin, OwnerChangesAuditMixin, MediaPlaneMixin, CallControlMixin, Service):
     role = "callmanager"
+    long_lived_connections = True  # every registered phone's TLS connection (gcpolicy.py)
 
     admin = None
     domain = None
