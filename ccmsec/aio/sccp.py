@@ -17,8 +17,10 @@ guards resources:
   single source cannot fill the listener while others wait. Registered connections do not
   count: a phone simulator or a NAT may carry thousands of real phones from one address;
 * the server side is an `asyncio.Protocol` (`ServerConnection`, `__slots__`) calling the
-  session from its callbacks, with one lazy timer: no stream pair, task or coroutine frame per
-  phone, because call control holds thousands of idle connections (memory per phone, issue 6).
+  session from its callbacks, with one lazy deadline: no stream pair, task, coroutine frame or
+  loop timer per phone, because call control holds thousands of idle connections (memory per
+  phone, issue 6/15). The server keeps every connection's deadline in one `DeadlineWheel` run by
+  a single loop timer (deadlines rounded up to `timer_resolution`, 0.1 s: never early).
   The phone side uses streams and a task (one connection per phone process).
 
     async def decide(request): return RegistrationDecision.accept()
@@ -43,6 +45,7 @@ from dataclasses import dataclass
 
 from cryptography import x509
 
+from ccmsec.aio.deadlines import DeadlineWheel
 from ccmsec.domain import DeviceSecurityMode
 from ccmsec.pki.tls import (
     SccpTransportMode,
@@ -159,12 +162,12 @@ class ServerConnection(asyncio.Protocol):
     session directly.
 
     No stream pair, no task and no coroutine frame per phone: a held connection is this object,
-    its session (with framer) and one timer handle. The token bucket lives in two slots here, and
+    its session (with framer) and an entry in the server's deadline wheel. The token bucket lives in two slots here, and
     its time stamp doubles as "last heard" for the keepalive timeout (both are updated by every
     received chunk); the Register deadline counts from the connection, whatever arrives. The parsed peer certificate is dropped once Register is decided.
     """
 
-    __slots__ = ("_server", "session", "transport", "_tokens", "_heard", "_timer", "_deciding",
+    __slots__ = ("_server", "session", "transport", "_tokens", "_heard", "_tick", "_deciding",
                  "_backlog", "_lost", "_write_paused", "_drain_waiter", "_done", "_pending_source",
                  "_standby_source")
 
@@ -174,7 +177,7 @@ class ServerConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._tokens = server.max_messages_per_second
         self._heard = 0.0
-        self._timer: asyncio.TimerHandle | None = None
+        self._tick: int | None = None    # our key in the server's deadline wheel
         self._deciding = False           # a Register is with the (async) decider
         self._backlog: bytearray | None = None  # bytes that arrived meanwhile (bounded)
         self._lost: str | None = None    # why the transport went away during a decision
@@ -221,7 +224,7 @@ class ServerConnection(asyncio.Protocol):
             keepalive_interval=server.keepalive_interval, now=now,
         )
         server._connections.add(self)
-        self._timer = loop.call_at(now + server.register_timeout, self._on_timer)
+        server._set_deadline(self, now + server.register_timeout)
 
     def data_received(self, data: bytes) -> None:
         if self._done:
@@ -297,9 +300,10 @@ class ServerConnection(asyncio.Protocol):
         return server.register_timeout
 
     def _on_timer(self) -> None:
-        # Lazy timer: data does not re-arm it; when it fires it checks how long the phone has
-        # been silent and either drops the connection or sleeps until the new deadline.
-        self._timer = None
+        # Lazy deadline: data does not move it; when it is due (the server's deadline wheel) it
+        # checks how long the phone has been silent and either drops the connection or files
+        # the new deadline.
+        self._tick = None
         if self._done:
             return
         now = self._server._loop.time()
@@ -313,7 +317,7 @@ class ServerConnection(asyncio.Protocol):
             # Other messages do not buy time, or chatter could hold a connection slot forever.
             deadline = now
         if now < deadline:
-            self._timer = self._server._loop.call_at(deadline, self._on_timer)
+            self._server._set_deadline(self, deadline)
             return
         registered = self.session.state is ServerState.REGISTERED or self.session.standby
         self._finish("keepalive timeout" if registered else "no Register in time")
@@ -403,9 +407,9 @@ class ServerConnection(asyncio.Protocol):
             return
         self._done = True
         server = self._server
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if self._tick is not None:
+            server._deadlines.discard(self, self._tick)
+            self._tick = None
         self._backlog = None
         server._release_source(self)
         server._release_standby(self)
@@ -434,7 +438,8 @@ class SccpServer:
                  handshake_timeout: float = 10.0, register_timeout: float = 10.0,
                  max_messages_per_second: float = 50.0, max_connections: int = 10_000,
                  max_pending_per_source: int = 128, max_standby_per_source: int = 2048,
-                 on_event: EventSink | None = None, backlog: int = 1024) -> None:
+                 on_event: EventSink | None = None, backlog: int = 1024,
+                 timer_resolution: float = 0.1) -> None:
         self._decide = decide
         self.host = host
         self._port = port
@@ -460,6 +465,10 @@ class SccpServer:
         self._connections: set[ServerConnection] = set()
         self._tasks: set[asyncio.Task] = set()  # async decisions in flight
         self.registered: dict[str, ServerConnection] = {}
+        # Every connection's deadline, one loop timer for all (a handle per phone was ~0.5 kB).
+        self._deadlines = DeadlineWheel(timer_resolution)
+        self._deadline_timer: asyncio.TimerHandle | None = None
+        self._deadline_at: float | None = None
 
     @property
     def port(self) -> int:
@@ -508,6 +517,9 @@ class SccpServer:
             task.cancel()
         for conn in list(self._connections):
             conn.close()
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = self._deadline_at = None
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._server is not None:
@@ -633,6 +645,33 @@ class SccpServer:
         task = self._loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _set_deadline(self, conn: ServerConnection, when: float) -> None:
+        if conn._tick is not None:
+            self._deadlines.discard(conn, conn._tick)
+        conn._tick = self._deadlines.add(conn, when)
+        self._arm_deadlines()
+
+    def _arm_deadlines(self) -> None:
+        # One loop timer, at the wheel's earliest bucket; moved only when an earlier one appears.
+        when = self._deadlines.next_time()
+        if when is None or (self._deadline_at is not None and self._deadline_at <= when):
+            return
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+        self._deadline_at = when
+        self._deadline_timer = self._loop.call_at(when, self._on_deadlines)
+
+    def _on_deadlines(self) -> None:
+        self._deadline_timer = self._deadline_at = None
+        try:
+            for conn in self._deadlines.pop_due(self._loop.time()):
+                try:
+                    conn._on_timer()   # drops the connection or files its next deadline
+                except Exception:  # one connection's failure must not stop everyone's deadlines
+                    log.exception("SCCP: connection deadline failed")
+        finally:
+            self._arm_deadlines()
 
     def _on_session_event(self, conn: ServerConnection, event: object) -> None:
         if isinstance(event, StandbyHeld):

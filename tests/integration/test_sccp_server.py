@@ -455,3 +455,63 @@ async def _hello_before_handshake(pki):
         await phone.wait_registered(timeout=3)
         assert "SEPENC" in server.registered
         await phone.close()
+
+
+async def test_silent_registered_phone_is_dropped_on_time_and_a_live_one_is_kept():
+    """The server's deadlines run in one shared deadline wheel (issue 15), not a timer per
+    phone: a registered phone that goes silent is still dropped at two keepalive intervals
+    + 5 s (here 7 s) after it was last heard — not earlier, and at most the wheel's resolution
+    (0.1 s) plus scheduling later — while one that sends KeepAlives stays registered."""
+    rec = Recorder()
+    server = SccpServer(lambda r: s.RegistrationDecision.accept(), port=0, on_event=rec,
+                        keepalive_interval=1, register_timeout=0.5)
+    loop = asyncio.get_running_loop()
+    async with server:
+        conns = {}
+        for name in ("SEPSILENT", "SEPLIVE"):
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(s.Register(name, "127.0.0.1").serialize())
+            await writer.drain()
+            framer, got = s.SccpFramer(), []
+            while not any(isinstance(m, s.RegisterAck) for m in got):
+                got += framer.feed(await asyncio.wait_for(reader.read(4096), 5))
+            conns[name] = (reader, writer, loop.time())
+        silent_reader, _, silent_heard = conns["SEPSILENT"]
+        live_reader, live_writer, _ = conns["SEPLIVE"]
+
+        async def keep_talking():
+            while True:
+                live_writer.write(s.KeepAlive().serialize())
+                await live_writer.drain()
+                await asyncio.sleep(0.5)
+                await live_reader.read(4096)   # its KeepAliveAcks
+
+        talker = asyncio.create_task(keep_talking())
+        try:
+            assert await asyncio.wait_for(silent_reader.read(100), 12) == b""
+            dropped_after = loop.time() - silent_heard
+            assert 7.0 - 0.05 <= dropped_after <= 7.0 + 0.6, dropped_after
+            await asyncio.sleep(1.0)
+            assert "SEPLIVE" in server.registered and "SEPSILENT" not in server.registered
+        finally:
+            talker.cancel()
+    drops = [(e.device_name, e.reason) for e in rec.of(ConnectionDropped)]
+    assert ("SEPSILENT", "keepalive timeout") in drops
+    assert not any(name == "SEPLIVE" and reason == "keepalive timeout" for name, reason in drops)
+
+
+async def test_register_deadline_is_kept_by_the_shared_deadline_wheel():
+    """An unregistered connection is closed at `register_timeout`, not before (issue 15)."""
+    rec = Recorder()
+    server = SccpServer(lambda r: s.RegistrationDecision.accept(), port=0, on_event=rec,
+                        register_timeout=0.7)
+    loop = asyncio.get_running_loop()
+    async with server:
+        started = loop.time()
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        closed_after = loop.time() - started
+        writer.close()
+        assert 0.7 - 0.05 <= closed_after <= 0.7 + 0.4, closed_after
+        assert server._deadlines.next_time() is None   # nothing left filed
+    assert "no Register in time" in [e.reason for e in rec.of(ConnectionDropped)]
