@@ -164,7 +164,9 @@ class ServerConnection(asyncio.Protocol):
     No stream pair, no task and no coroutine frame per phone: a held connection is this object,
     its session (with framer) and an entry in the server's deadline wheel. The token bucket lives in two slots here, and
     its time stamp doubles as "last heard" for the keepalive timeout (both are updated by every
-    received chunk); the Register deadline counts from the connection, whatever arrives. The parsed peer certificate is dropped once Register is decided.
+    received chunk); the Register deadline counts from the connection, whatever arrives. The parsed peer certificate is dropped once Register is decided, and the transport's
+    "peercert" extra (the loop's parsed copy) is emptied at connection_made — read the
+    certificate from `ssl_object.getpeercert(binary_form=True)`.
     """
 
     __slots__ = ("_server", "session", "transport", "_tokens", "_heard", "_tick", "_deciding",
@@ -215,6 +217,12 @@ class ServerConnection(asyncio.Protocol):
             self._pending_source = source
         loop = server._loop
         ssl_object = transport.get_extra_info("ssl_object")
+        # The loop keeps the parsed peer certificate (a dict of nested tuples, ~2 kB) as the
+        # transport's "peercert" extra for the connection's whole life. Nothing reads it: the
+        # decision parses the DER from the ssl object. Emptied, as memory per phone (issue 15).
+        peercert = transport.get_extra_info("peercert")
+        if isinstance(peercert, dict):
+            peercert.clear()
         cipher = ssl_object.cipher() if ssl_object is not None else None
         now = self._heard = loop.time()
         self.session = SccpServerSession(

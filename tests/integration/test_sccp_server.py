@@ -7,6 +7,7 @@ import asyncio
 import ssl
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from ccmsec.aio.sccp import (
     ConnectionDropped,
@@ -120,6 +121,33 @@ async def test_enc1_encrypted_mode_negotiates_aes_and_gets_reset(pki):
         assert event.reset_type is s.ResetType.RESET
         assert not await server.reset_device("SEPNOBODY")
         await phone.close()
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])   # the services run on uvloop
+def test_decider_sees_the_peer_certificate_but_the_held_connection_keeps_no_parsed_copy(pki, loop):
+    """Memory per phone (issue 15): the loop's parsed "peercert" dict (~2 kB) is emptied once the
+    connection is made; the decision still gets the client's certificate (from its DER)."""
+    import uvloop
+
+    seen = []
+
+    def decide(request):
+        seen.append(request.peer_certificate)
+        return s.RegistrationDecision.accept()
+
+    async def run():
+        async with _tls_server(pki, Recorder(), decide=decide) as server:
+            phone = await connect_phone("127.0.0.1", server.port, s.Register("SEPENC"),
+                                        ssl_context=_phone_ctx(pki, "SEPENC"))
+            await phone.wait_registered()
+            conn = server.registered["SEPENC"]
+            assert conn.transport.get_extra_info("peercert") == {}
+            assert conn.ssl_object.getpeercert(binary_form=True) == pki["lsc"]["SEPENC"].cert.public_bytes(
+                serialization.Encoding.DER)
+            await phone.close()
+
+    (uvloop.run if loop == "uvloop" else asyncio.run)(run())
+    assert [c.subject for c in seen] == [pki["lsc"]["SEPENC"].cert.subject]
 
 
 async def test_auth7_authenticated_mode_uses_null_cipher(pki):
