@@ -67,7 +67,7 @@ async def registered_names(session: AsyncSession, *, node: str | None = None,
     """Names only (one column, no ORM objects): what a reset needs to count its targets. A
     reset-all at 10,000 phones otherwise loaded every row of this node as an object only to
     drop it (the live registry is the source for this node's own phones)."""
-    query = select(Registration.device)
+    query = select(Registration.device).order_by(Registration.device)  # callers and tests compare lists
     if node:
         query = query.where(Registration.node == node)
     if except_node:
