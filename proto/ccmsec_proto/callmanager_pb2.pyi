@@ -224,16 +224,22 @@ class DeviceInfo(_message.Message):
     def __init__(self, device: _Optional[str] = ..., model: _Optional[str] = ..., mode: _Optional[_Union[_common_pb2.DeviceSecurityMode, str]] = ...) -> None: ...
 
 class DevicesRequest(_message.Message):
-    __slots__ = ("modes",)
+    __slots__ = ("modes", "after", "limit")
     MODES_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
     modes: _containers.RepeatedScalarFieldContainer[_common_pb2.DeviceSecurityMode]
-    def __init__(self, modes: _Optional[_Iterable[_Union[_common_pb2.DeviceSecurityMode, str]]] = ...) -> None: ...
+    after: str
+    limit: int
+    def __init__(self, modes: _Optional[_Iterable[_Union[_common_pb2.DeviceSecurityMode, str]]] = ..., after: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
 
 class DevicesReply(_message.Message):
-    __slots__ = ("devices",)
+    __slots__ = ("devices", "more")
     DEVICES_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
     devices: _containers.RepeatedCompositeFieldContainer[DeviceInfo]
-    def __init__(self, devices: _Optional[_Iterable[_Union[DeviceInfo, _Mapping]]] = ...) -> None: ...
+    more: bool
+    def __init__(self, devices: _Optional[_Iterable[_Union[DeviceInfo, _Mapping]]] = ..., more: _Optional[bool] = ...) -> None: ...
 
 class DeviceConfigsRequest(_message.Message):
     __slots__ = ("devices",)

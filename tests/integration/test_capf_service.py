@@ -384,6 +384,36 @@ async def test_only_capf_may_look_devices_up_at_call_control(capf):
         assert exc.value.code() == grpc.StatusCode.NOT_FOUND and "unknown device" in exc.value.details()
 
 
+async def test_devices_are_listed_in_pages_and_chk8_reads_every_page(capf, monkeypatch):
+    """CallManager/ListDevices answers one page by name (a fleet of any size fits gRPC's message
+    limit): `after` and `limit` move through it, `more` says a page follows, a limit out of range is
+    refused INVALID_ARGUMENT. CAPF's CHK-8 reads every page: a device on the last page is counted."""
+    from ccmsec_callmanager import servicer as cm_servicer
+
+    for i in range(5):
+        await capf.add_device(f"SEP00000000CC0{i}", security_mode="authenticated" if i != 2 else "non-secure")
+    target = (capf.devices.host, GRPC_PORT_DEFAULT)
+    async with secure_channel(capf.svc.identity, *target, "callmanager") as channel:
+        stub = callmanager_pb2_grpc.CallManagerStub(channel)
+        first = await stub.ListDevices(callmanager_pb2.DevicesRequest(limit=2))
+        assert [d.device for d in first.devices] == ["SEP00000000CC00", "SEP00000000CC01"] and first.more
+        last = await stub.ListDevices(callmanager_pb2.DevicesRequest(after="SEP00000000CC02", limit=2))
+        assert [d.device for d in last.devices] == ["SEP00000000CC03", "SEP00000000CC04"] and not last.more
+        secure = await stub.ListDevices(callmanager_pb2.DevicesRequest(
+            modes=[common_pb2.AUTHENTICATED], after="SEP00000000CC01", limit=1))
+        assert [d.device for d in secure.devices] == ["SEP00000000CC03"] and secure.more  # CC02 is not secure
+        whole = await stub.ListDevices(callmanager_pb2.DevicesRequest())
+        assert len(whole.devices) == 5 and not whole.more
+        for limit in (-1, cm_servicer.LIST_DEVICES_MAX + 1):
+            with pytest.raises(grpc.aio.AioRpcError) as exc:
+                await stub.ListDevices(callmanager_pb2.DevicesRequest(limit=limit))
+            assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "limit" in exc.value.details()
+
+    monkeypatch.setattr(cm_servicer, "LIST_DEVICES_MAX", 2)  # call control's pages of 2: CAPF must follow them
+    assert await capf.svc.devices.secure() == [
+        (f"SEP00000000CC0{i}", "7960") for i in (0, 1, 3, 4)]
+
+
 async def _start_capf(data, nats_url: str, host: str, peers: dict[str, str]):
     settings = load_settings(service="capf", data_dir=data, host=host, grpc_port=free_port(host), metrics_port=0,
                              nats_url=nats_url, capf_port=free_port(host), shutdown_grace=1.0, peers=peers)

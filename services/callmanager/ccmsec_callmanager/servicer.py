@@ -28,6 +28,9 @@ from .registry import RegistrationEntry
 
 log = logging.getLogger("ccmsec.callmanager")
 
+# ListDevices' page: ~40 bytes a device, far below gRPC's 4 MB message limit.
+LIST_DEVICES_MAX = 5000
+
 MAX_RESET_NAMES = 10_000
 
 
@@ -174,17 +177,24 @@ class CallManagerServicer(CallsServicerMixin, MobilityServicerMixin, RoutingServ
         return self._device_info(*row)
 
     async def ListDevices(self, request, context):  # noqa: N802
-        """Every device (or those in the security modes asked for), by name: CAPF's CHK-8."""
+        """The devices (or those in the security modes asked for), by name, one page after
+        `request.after`: CAPF's CHK-8."""
         try:
             modes = [DeviceSecurityMode.from_proto(m).value for m in request.modes]
         except DomainError as exc:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"security modes: {exc}")
+        if not 0 <= request.limit <= LIST_DEVICES_MAX:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT,
+                        f"limit must be 0 (the default, {LIST_DEVICES_MAX}) to {LIST_DEVICES_MAX}")
+        limit = request.limit or LIST_DEVICES_MAX
         query = select(Device.name, Device.model, Device.security_mode).order_by(Device.name)
         if modes:
             query = query.where(Device.security_mode.in_(modes))
+        if request.after:
+            query = query.where(Device.name > request.after)
         async with self.service.db() as session:
-            rows = (await session.execute(query)).all()
-        return pb.DevicesReply(devices=[self._device_info(*r) for r in rows])
+            rows = (await session.execute(query.limit(limit + 1))).all()  # one more: is there a next page?
+        return pb.DevicesReply(devices=[self._device_info(*r) for r in rows[:limit]], more=len(rows) > limit)
 
     async def GetDeviceConfigs(self, request, context):  # noqa: N802
         """tftp-signer's read of what each SEP<MAC>.cnf.xml is built from (device_configs.py):

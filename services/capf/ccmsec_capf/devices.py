@@ -66,9 +66,15 @@ class CallManagerDevices:
 
     async def secure(self) -> list[tuple[str, str]]:
         """(name, model) of every device in a secure mode, by name (CHK-8)."""
-        request = callmanager_pb2.DevicesRequest(modes=[m.to_proto() for m in SECURE_MODES])
-        try:
-            reply = await self._stub().ListDevices(request, timeout=self._timeout)
-        except grpc.aio.AioRpcError as exc:
-            raise self._unavailable("ListDevices", exc) from None
-        return [(d.device, d.model) for d in reply.devices]
+        found: list[tuple[str, str]] = []
+        after = ""
+        while True:  # call control answers in pages by name
+            request = callmanager_pb2.DevicesRequest(modes=[m.to_proto() for m in SECURE_MODES], after=after)
+            try:
+                reply = await self._stub().ListDevices(request, timeout=self._timeout)
+            except grpc.aio.AioRpcError as exc:
+                raise self._unavailable("ListDevices", exc) from None
+            found += [(d.device, d.model) for d in reply.devices]
+            if not reply.more or not reply.devices or reply.devices[-1].device <= after:
+                return found  # the last page (or one that would not move on: never loop)
+            after = reply.devices[-1].device
