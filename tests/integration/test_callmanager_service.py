@@ -194,6 +194,38 @@ async def cm(tmp_path, nats_server, pki_template):
     await stop_ctl_provider(provider)
 
 
+@pytest.mark.parametrize("owns_process", [False, True])
+async def test_garbage_collection_is_tuned_only_when_the_service_owns_its_process(
+        tmp_path, nats_server, pki_template, monkeypatch, owns_process):
+    """runtime/gcpolicy.py: callmanager freezes what is alive after set-up and spaces full
+    collections out when `run_service` owns the process (owns_process); a host running it
+    in-process — this test run — keeps its collector as it was."""
+    import gc
+    import shutil
+
+    from ccmsec.runtime import gcpolicy
+
+    threshold, frozen = gc.get_threshold(), gc.get_freeze_count()
+    monkeypatch.setattr(CallManagerService, "owns_process", owns_process)
+    for folder in ("pki", "servers", "identities"):
+        shutil.copytree(pki_template / folder, tmp_path / folder)
+    ctl_host = loopback_host()
+    provider = await start_ctl_provider(tmp_path, nats_server, ctl_host)
+    try:
+        svc, task = await _start(_settings(tmp_path, nats_server, peers={"ctl-provider": ctl_host}))
+        tuned = (gc.get_threshold(), gc.get_freeze_count())
+        svc.request_stop()
+        await asyncio.wait_for(task, 10)
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
+        await stop_ctl_provider(provider)
+    if owns_process:
+        assert tuned[0] == (threshold[0], threshold[1], gcpolicy.FULL_EVERY) and tuned[1] > frozen
+    else:
+        assert tuned == (threshold, frozen)
+
+
 class BusRecorder:
     def __init__(self, url):
         self.url = url

@@ -38,4 +38,5 @@ def test_only_a_service_owning_its_process_and_holding_connections_tunes_it():
 
     assert CallManagerService.long_lived_connections and not Service.long_lived_connections
     # in-process hosts (tests) never: run_service alone marks the process as the service's
+    # (tests/integration/test_callmanager_service.py runs the service both ways)
     assert CallManagerService.owns_process is False
