@@ -3,33 +3,34 @@ garbage collector after set-up, and that only a service owning its process does 
 
 from __future__ import annotations
 
-import gc
+import json
+import subprocess
+import sys
 
-import pytest
 
+# In a child interpreter: freezing the test run's own process would change the collector of every
+# later test in it.
+CHILD = """
+import gc, json
 from ccmsec.runtime import gcpolicy
+young, middle, _ = gc.get_threshold()
+alive = [object() for _ in range(10)], {"kept": [1, 2, 3]}
+frozen = gcpolicy.tune_for_long_lived_connections(full_every=77)
+cycle = []
+cycle.append(cycle)
+del cycle
+print(json.dumps({"frozen": frozen, "count": gc.get_freeze_count(), "threshold": gc.get_threshold(),
+                  "before": [young, middle], "collected": gc.collect(), "alive": bool(alive)}))
+"""
 
 
-@pytest.fixture
-def restored_gc():
-    threshold = gc.get_threshold()
-    yield
-    gc.unfreeze()
-    gc.set_threshold(*threshold)
-
-
-def test_freezes_what_is_alive_and_spaces_only_full_collections_out(restored_gc):
-    young, middle, _ = gc.get_threshold()
-    alive = [object() for _ in range(10)], {"kept": [1, 2, 3]}
-    frozen = gcpolicy.tune_for_long_lived_connections(full_every=77)
-    assert frozen == gc.get_freeze_count() > 0
-    assert gc.get_threshold() == (young, middle, 77)   # young generations as before
-    # what is created afterwards is still collected, cycles included
-    cycle = []
-    cycle.append(cycle)
-    del cycle
-    assert gc.collect() >= 1
-    assert alive
+def test_freezes_what_is_alive_and_spaces_only_full_collections_out():
+    done = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout)
+    assert got["frozen"] == got["count"] > 0
+    assert got["threshold"] == [*got["before"], 77]   # young generations as before
+    assert got["collected"] >= 1 and got["alive"]     # what is created afterwards is still collected
 
 
 def test_only_a_service_owning_its_process_and_holding_connections_tunes_it():
