@@ -226,13 +226,14 @@ class Gateway:
                 raise MgcpError(MgcpError.NO_REMOTE_DESCRIPTOR, "changing SRTP/RTP needs a new remote "
                                 "session description")
         leg = remote_leg(remote_sdp, srtp=new_srtp) if remote_sdp else None
+        # every refusal before any change: a refused MDCX leaves the connection as it was
+        if leg is not None and leg.payload_type != conn.payload_type and conn.media.remote is not None:
+            raise MgcpError(534, "codec change within a connection is not supported")
         if mode is not None:
             conn.mode = mode
             conn.media.receiving, conn.media.sending = mode.receives, mode.sends
         if leg is not None:
             if leg.payload_type != conn.payload_type:
-                if conn.media.remote is not None:
-                    raise MgcpError(534, "codec change within a connection is not supported")
                 # the first remote description chooses the codec
                 conn.payload_type = leg.payload_type
                 conn.party = pstn.party_for(conn.number, leg.payload_type)
