@@ -6,7 +6,8 @@ OpenReceiveChannel → CreateConnection (inactive until the far end is known) an
 port goes back in OpenReceiveChannelAck; StartMediaTransmission → ModifyConnection with the
 remote description (the phone's address and, with keys, one a=crypto carrying the key the phone
 encrypts with, i.e. the channel's receive block) and `send_key` = the transmit block (GW-1); a
-channel without keys is an RTP connection (GW-2); CloseReceiveChannel → DeleteConnection.
+channel without keys is an RTP connection (GW-2); CloseReceiveChannel → DeleteConnection (a
+channel closed while its CreateConnection is under way: deleted as soon as the gateway answers).
 The dialled number picks the telephone-network party behind the gateway.
 """
 
@@ -40,6 +41,10 @@ class GatewayLegs:
         self.failures = 0
         self.last_error = ""
         self._tasks: set[asyncio.Task] = set()
+        # channels whose CreateConnection is under way, and those of them closed meanwhile: the
+        # connection such a create makes is deleted at once (else its line stays busy for good)
+        self._opening: set[int] = set()
+        self._abandoned: set[int] = set()
 
     def _stub(self):
         return srtp_gateway_pb2_grpc.SrtpGatewayStub(self._channel())
@@ -56,9 +61,18 @@ class GatewayLegs:
 
     # the gateway device's channel events --------------------------------------------------------
     def open(self, phone, channel, number: str) -> None:
+        self._opening.add(channel.party_id)
+        self._abandoned.discard(channel.party_id)
         self._spawn(self._create(phone, channel, number))
 
     async def _create(self, phone, channel, number: str) -> None:
+        try:
+            await self._create_connection(phone, channel, number)
+        finally:
+            self._opening.discard(channel.party_id)
+            self._abandoned.discard(channel.party_id)
+
+    async def _create_connection(self, phone, channel, number: str) -> None:
         call_id = f"{channel.call_reference:X}"
         try:
             reply = await self._stub().CreateConnection(pb.CreateConnectionRequest(
@@ -71,6 +85,9 @@ class GatewayLegs:
             self._failed("create connection", exc)
             phone.channel_failed(channel.party_id)
             self.pump()
+            return
+        if channel.party_id in self._abandoned:   # the channel closed while the gateway made it
+            await self._delete((reply.connection_id, call_id, reply.endpoint))
             return
         self.connections[channel.party_id] = (reply.connection_id, call_id, reply.endpoint)
         phone.channel_opened(channel.party_id, host, audio.port)
@@ -119,6 +136,8 @@ class GatewayLegs:
         self.plans.pop(channel.party_id, None)
         if conn is not None:
             self._spawn(self._delete(conn))
+        elif channel.party_id in self._opening:
+            self._abandoned.add(channel.party_id)
 
     async def _delete(self, conn) -> None:
         try:
