@@ -2,9 +2,9 @@
 `ccmsec.wire.srstcreds`.
 
 Server: presents the SRST router's self-signed certificate and answers every GetCertificate with
-it. One request per connection, bounded in time and in number of connections; an address outside
-`allow` (when given) is refused with a reason, as the router only answers the call-control servers
-it was told about.
+it. One request per connection, which must arrive whole within `read_timeout` of the handshake,
+and a bounded number of connections; an address outside `allow` (when given) is refused with a
+reason, as the router only answers the call-control servers it was told about.
 
 Client (`fetch_srst_certificate`): the certificate is self-signed, so nothing can vouch for it on
 the first fetch — the administrator's act of configuring security is the trust decision (the
@@ -127,11 +127,14 @@ class CredentialsServer:
         session = CredentialsServerSession()
         try:
             asked = None
-            while asked is None:
-                data = await asyncio.wait_for(reader.read(READ_SIZE), self.read_timeout)
-                if not data:
-                    return
-                asked = session.receive(data)
+            # one deadline for the whole request, not one per read: a peer dribbling a byte at a
+            # time would otherwise hold one of the `max_connections` slots for many minutes
+            async with asyncio.timeout(self.read_timeout):
+                while asked is None:
+                    data = await reader.read(READ_SIZE)
+                    if not data:
+                        return
+                    asked = session.receive(data)
             if not self._allowed(peer):
                 self.refused += 1
                 log.warning("SRST credentials refused", extra={"peer": str(peer), "client": asked.client})

@@ -120,3 +120,37 @@ async def test_a_silent_or_plain_client_does_not_hold_the_server(router):
         assert got.certificate == router.cert
     finally:
         await server.close()
+
+
+async def test_a_client_dribbling_its_request_is_dropped_within_the_read_timeout(router):
+    """The read timeout bounds the whole request, not each read: a peer sending one byte at a
+    time must not keep one of the server's few connection slots."""
+    server = CredentialsServer(router, read_timeout=0.5, max_connections=1)
+    await server.start("127.0.0.1", 0)
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port, ssl=ctx)
+        request = w.CredentialsClientSession("slow").request()
+        loop = asyncio.get_running_loop()
+        started, dropped_after = loop.time(), None
+        for i in range(len(request) - 1):          # never the last byte, 0.15 s apart
+            try:
+                writer.write(request[i:i + 1])
+                await writer.drain()
+                if await asyncio.wait_for(reader.read(1), 0.15) == b"":
+                    dropped_after = loop.time() - started
+                    break
+            except asyncio.TimeoutError:
+                continue
+            except (ConnectionError, ssl.SSLError):
+                dropped_after = loop.time() - started
+                break
+        writer.close()
+        assert dropped_after is not None and dropped_after < 1.5, \
+            "the server kept a connection that sent a byte every 0.15 s for ever"
+        assert server._open == 0
+        got = await fetch_srst_certificate("127.0.0.1", server.port)  # the slot is free again
+        assert got.certificate == router.cert
+    finally:
+        await server.close()
