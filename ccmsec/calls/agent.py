@@ -809,6 +809,14 @@ class CallAgent:
         if cbarge:
             call.bridge = True
             call.codec = self.settings.bridge_codec
+        else:
+            # The initiator's device counts for the codec as for the status: its codecs, its
+            # region and, in an encrypted call, its model (CALL-9: no wideband with a 7960/7940).
+            codec = call.codec
+            self._choose_codec(call)
+            if call.codec != codec:   # every channel again, in the codec all three can use
+                for ch in list(call.channels.values()):
+                    self._close_channel(call, ch)
         for party in call.legs:
             self._send(party.station, *ui.connected(party, call))
         self._plan_media(call)

@@ -249,6 +249,28 @@ def test_call9_no_wideband_codec_in_an_encrypted_call_with_a_7960():
     assert {m.compression_type for m in h.sent_to(A, s.OpenReceiveChannel)} == {4}
 
 
+def test_call9_a_7960_barging_into_an_encrypted_wideband_call_takes_the_wideband_codec_away():
+    """CALL-6 keeps the call encrypted, and now a 7960 is in it: CALL-9 holds for the barged
+    call too. Every channel — the two parties' and the barge's — is told the narrowband codec."""
+    wide = (0x19, 4, 2)
+    h = Harness(key_source=keyed_source)
+    pa = h.add(A, "1001", mode=ENC, model="7970", codecs=wide, wideband=True)
+    pb = h.add(B, "5000", mode=ENC, model="7970", codecs=wide, wideband=True)
+    px = h.add(X, "5000", mode=ENC, model="7960", codecs=wide, wideband=True)
+    h.call(A, "5000")
+    pb.answer()
+    h.pump()
+    assert h.only_call().codec == 0x19          # two encrypted 7970s: wideband allowed
+    px.barge()
+    h.pump()
+    view = h.only_call()
+    assert view.barge_rule.startswith("CALL-6") and shown(pa) == shown(pb) == [LOCK]
+    assert view.codec == 4 and "wideband codec ignored" in view.codec_rule
+    for phone in (pa, pb, px):
+        assert phone.channels and {ch.codec for ch in phone.channels.values()} == {4}
+    assert len(pb.channels) == 2 and len(px.channels) == 1
+
+
 def test_dev2_shared_line_keeps_each_devices_own_status():
     for answering, expect in ((B, SHIELD), (C, NOT_AUTH)):
         h = Harness()
