@@ -11,8 +11,12 @@ encrypted security mode, over TLS on the secure SCCP port, with a cipher that en
 integrity-only NULL cipher does not). When either end of a pair is not eligible, neither gets keys
 and both run RTP: a one-sided SRTP stream could not be decrypted.
 
-Keys are forgotten as soon as the pair's media ends (`forget`), and never leave this object except
-in the blocks themselves.
+A pair of sets serves exactly the two channels it was first given to (A's towards B, B's towards
+A). When the agent plans the pair's media again — resume after hold, a new codec — the new
+channels get a fresh pair, taken as at set-up with both devices' eligibility checked again, and
+the old one is forgotten: a master key never outlives the media it was made for. The keys of an
+ended call are forgotten with it (`forget`), and never leave this object except in the blocks
+themselves.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ class PairKeys:
 class CallKeyRing:
     def __init__(self) -> None:
         self._pairs: dict[tuple, PairKeys] = {}
+        self._channels: dict[tuple, set] = {}   # pair -> the channels its keys were given to
 
     @staticmethod
     def pair_id(call_id: object, leg_a: int, leg_b: int) -> tuple:
@@ -69,6 +74,17 @@ class CallKeyRing:
 
     def put(self, pair: tuple, keys: PairKeys) -> None:
         self._pairs[pair] = keys
+        self._channels[pair] = set()
+
+    def given_to(self, pair: tuple, channel: object) -> bool:
+        """Note that `channel` uses the pair's keys; False (nothing noted) when the pair already
+        served two other channels — its media was planned again and needs a fresh pair."""
+        users = self._channels.setdefault(pair, set())
+        if channel not in users:
+            if len(users) >= 2:
+                return False
+            users.add(channel)
+        return True
 
     def key_for(self, call_id: object, leg: int, peer_leg: int, direction: str) -> MasterKey | None:
         """The master values `leg`'s device needs on its channel towards `peer_leg`:
@@ -83,11 +99,17 @@ class CallKeyRing:
             return keys.b_to_a if leg_is_a else keys.a_to_b
         raise ValueError(f"direction must be 'tx' or 'rx', not {direction!r}")
 
+    def drop(self, pair: tuple) -> None:
+        """Forget one pair's keys."""
+        self._pairs.pop(pair, None)
+        self._channels.pop(pair, None)
+
     def forget(self, call_id: object, leg: int | None = None) -> int:
         """Drop every key of the call (or of pairs involving `leg`); returns how many pairs."""
         doomed = [p for p in self._pairs if p[0] == call_id and (leg is None or leg in p[1:])]
         for p in doomed:
             del self._pairs[p]
+            self._channels.pop(p, None)
         return len(doomed)
 
     def __len__(self) -> int:
@@ -133,6 +155,8 @@ class CallKeySource:
             return to_encryption_info(None)
         mine = channel.leg.reference
         pair = self.ring.pair_id(call.id, mine, peer_leg.reference)
+        if self.ring.has(pair) and not self.ring.given_to(pair, channel.party_id):
+            self.ring.drop(pair)   # its media was planned again: never the old keys
         if not self.ring.has(pair):
             both = [self._eligible(channel.leg.station.name), self._eligible(peer_leg.station.name)]
             if not all(both):
@@ -142,6 +166,7 @@ class CallKeySource:
                 self.dry += 1
                 return to_encryption_info(None)
             self.ring.put(pair, keys)
+            self.ring.given_to(pair, channel.party_id)
         return to_encryption_info(self.ring.key_for(call.id, mine, peer_leg.reference, direction))
 
     def forget_call(self, call_id) -> int:

@@ -136,3 +136,55 @@ def test_gw3_call2_transfer_to_a_non_secure_phone_falls_back_to_rtp():
     assert late and all(not m.encryption.is_encrypted for m in late)   # A <-> C: RTP (GW-3)
     assert _shown(pa) == _shown(pc) == [NOT_AUTH]
     assert "ENC-5" in keys.source.refusals[C] or "ENC-3" in keys.source.refusals[C]
+
+
+def test_enc4_resume_after_hold_gets_a_fresh_pair_never_the_held_media_keys():
+    """A pair of sets keys the media it was issued for and nothing after it: the channels of a
+    resumed call are new media (new channels, new streams), so they get a fresh pair from the key
+    manager and the held call's pair is forgotten — reusing it would key two media sessions
+    between the same phones with one master key."""
+    keys = Keys()
+    h, (pa, pb) = _setup(keys, (ENC, ENC))
+    h.call(A, "1002")
+    pb.answer()
+    h.pump()
+    first = {from_encryption_info(b) for blks in _blocks(h, A).values() for b in blks}
+    assert keys.taken == 1 and len(first) == 2
+    for _ in range(2):
+        pa.hold()
+        h.pump()
+        pa.resume()
+        h.pump()
+    a, b = _blocks(h, A), _blocks(h, B)
+    assert len(a["OpenReceiveChannel"]) == len(a["StartMediaTransmission"]) == 3
+    assert keys.taken == 3 and len(keys.source.ring) == 1   # one pair per media session, old ones gone
+    sessions = [{from_encryption_info(a["OpenReceiveChannel"][i]), from_encryption_info(a["StartMediaTransmission"][i])}
+                for i in range(3)]
+    assert sessions[0] == first and not (sessions[0] & sessions[1]) and not (sessions[1] & sessions[2])
+    # the resumed blocks are still ENC-4's crossed pair, a working SRTP pair both ways
+    a_rx, a_tx = from_encryption_info(a["OpenReceiveChannel"][-1]), from_encryption_info(a["StartMediaTransmission"][-1])
+    b_rx, b_tx = from_encryption_info(b["OpenReceiveChannel"][-1]), from_encryption_info(b["StartMediaTransmission"][-1])
+    assert a_tx == b_rx and b_tx == a_rx
+    sa, sb = MediaStream(0, send_key=a_tx, receive_key=a_rx), MediaStream(0, send_key=b_tx, receive_key=b_rx)
+    assert isinstance(sb.receive(sa.packet_for(bytes(320))), AudioReceived)
+    assert isinstance(sa.receive(sb.packet_for(bytes(320))), AudioReceived)
+    assert _shown(pa) == _shown(pb) == [LOCK]
+
+
+def test_enc3_resumed_media_is_keyed_only_if_both_phones_still_may_receive_keys():
+    keys = Keys()
+    h, (pa, pb) = _setup(keys, (ENC, ENC))
+    h.call(A, "1002")
+    pb.answer()
+    h.pump()
+    pa.hold()
+    h.pump()
+    keys.transports[B] = DeviceTransport("encrypted", True, "NULL-SHA256")   # what it has now
+    n = len(h.log)
+    pa.resume()
+    h.pump()
+    late = [m for d, dev, m in h.log[n:] if d == "down" and dev in (A, B)
+            and isinstance(m, (s.OpenReceiveChannel, s.StartMediaTransmission))]
+    assert late and all(not m.encryption.is_encrypted for m in late)
+    assert keys.taken == 1 and "ENC-5" in keys.source.refusals[B] and len(keys.source.ring) == 0
+    assert LOCK not in _shown(pa) + _shown(pb)
