@@ -50,12 +50,16 @@ def _render(args) -> int:
     root = (args.root or project_root()).resolve()
     to_stdout = args.output is not None and str(args.output) == "-"
     compose_path = None if args.output is None or to_stdout else args.output.resolve()
+    # docker-compose resolves the build context and the monitoring mounts against the compose
+    # file's folder: a file written outside the root names the root from there, and every other
+    # file (Dockerfile, targets, …) is written in the root, where those paths lead
+    project_dir = compose.project_dir_for(root, compose_path)
     subscribers = args.subscribers
     try:
         compose.check_subscribers(subscribers)
     except compose.ComposeError as exc:
         raise CliError(str(exc)) from None
-    problems = compose.validate_compose(compose.render_compose(subscribers))
+    problems = compose.validate_compose(compose.render_compose(subscribers, project_dir))
     if problems:  # the topology itself is wrong: say so rather than write a broken file
         raise CliError("rendered compose file has problems: " + "; ".join(problems))
     if args.check:
@@ -67,7 +71,7 @@ def _render(args) -> int:
     if to_stdout:
         sys.stdout.write(compose.render_compose(subscribers))
         return 0
-    for rel, text in compose.rendered_files(subscribers).items():
+    for rel, text in compose.rendered_files(subscribers, project_dir).items():
         path = compose_path if (rel == "docker-compose.yml" and compose_path) else root / rel
         try:
             if path.exists() and path.read_text() == text:
@@ -76,6 +80,8 @@ def _render(args) -> int:
         except OSError as exc:
             raise CliError(f"cannot write {path}: {exc.strerror or exc}") from None
         print(f"wrote {path}")
+    if project_dir != ".":
+        print(f"{compose_path} names the project root {root} as {project_dir} (build context, monitoring files)")
     return 0
 
 
@@ -415,7 +421,9 @@ def register(sub) -> None:
     r.add_argument("--check", action="store_true",
                    help="write nothing; fail if a committed file differs from the rendered one")
     r.add_argument("--output", type=Path, default=None,
-                   help="compose file to write or check (default: ROOT/docker-compose.yml; '-' = stdout)")
+                   help="compose file to write or check (default: ROOT/docker-compose.yml; '-' = stdout); "
+                        "outside ROOT it names ROOT relative to its own folder, and the other files "
+                        "(Dockerfile, Prometheus targets) are still written in ROOT")
     r.add_argument("--root", type=Path, default=None,
                    help="project root holding services/ (default: this checkout)")
     r.add_argument("--subscribers", type=int, default=compose.COMPOSE_SUBSCRIBERS, metavar="N",

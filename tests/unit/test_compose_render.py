@@ -773,6 +773,74 @@ def test_cli_output_file_is_written_and_checked(tmp_path):
     assert _run_cli(["--check", "--root", str(tmp_path), "--output", str(out)]) == 0
 
 
+def _relative_sources(doc: dict) -> list[str]:
+    """Every path of a compose document docker-compose resolves against the file's folder."""
+    out = []
+    for svc in doc["services"].values():
+        if "build" in svc:
+            out.append(svc["build"]["context"])
+        for entry in svc.get("volumes", []):
+            source = entry.split(":", 1)[0]
+            if source.startswith("."):
+                out.append(source)
+    return out
+
+
+def test_cli_output_elsewhere_refers_to_the_files_render_wrote(tmp_path, capsys):
+    """`--output FILE` outside the root: every relative path of FILE (build context, Prometheus
+    targets and the other monitoring mounts), resolved against FILE's folder as docker-compose
+    does, is the root or a file render wrote there — a targets file for N subscribers written
+    under the root while FILE looked for it beside itself was the bug. `--check` agrees, and a
+    file rendered for another folder is stale where it now lies."""
+    root, out = tmp_path / "project", tmp_path / "deploy" / "site" / "compose.3subs.yml"
+    (root / "services").mkdir(parents=True)
+    shutil.copytree(ROOT / compose.MONITORING_DIR, root / compose.MONITORING_DIR,
+                    ignore=shutil.ignore_patterns("targets"))
+    assert _run_cli(["--root", str(root), "--subscribers", "3", "--output", str(out)]) == 0
+    doc = yaml.safe_load(out.read_text())
+    sources = _relative_sources(doc)
+    assert len(sources) >= 10 and all(s.startswith("../../project") for s in sources), sources
+    for source in sources:
+        resolved = (out.parent / source).resolve()
+        assert resolved == root or root in resolved.parents, source
+        assert resolved.exists(), f"{source} -> {resolved}: FILE refers to what render did not write"
+    assert doc["services"]["capf"]["build"]["context"] == "../../project"
+    assert (root / compose.DOCKERFILE).is_file() and (root / ".dockerignore").is_file()
+    targets = next(s for s in doc["services"]["prometheus"]["volumes"] if s.endswith(":/etc/prometheus/targets:ro"))
+    written = (out.parent / targets.split(":")[0]).resolve() / "ccmsec.yml"
+    assert written == root / compose.prometheus_targets_path(3)
+    assert "callmanager-sub3:9100" in written.read_text()
+    assert not (out.parent / compose.MONITORING_DIR).exists()  # nothing beside FILE but FILE
+    assert f"names the project root {root} as ../../project" in capsys.readouterr().out
+    assert _run_cli(["--check", "--root", str(root), "--subscribers", "3", "--output", str(out)]) == 0
+    moved = tmp_path / "compose.3subs.yml"  # another folder: its paths would not lead to the root
+    moved.write_text(out.read_text())
+    with pytest.raises(CliError, match="out of date.*compose.3subs.yml"):
+        _run_cli(["--check", "--root", str(root), "--subscribers", "3", "--output", str(moved)])
+    # in the root itself, the paths stay `./` (the committed file's form)
+    assert compose.project_dir_for(root, root / "x.yml") == "."
+    assert compose.render_compose(3, ".") == compose.render_compose(3)
+
+
+@pytest.mark.interop
+@pytest.mark.skipif(DOCKER_COMPOSE is None, reason="docker-compose binary not installed")
+def test_docker_compose_resolves_an_output_elsewhere_into_the_root(tmp_path):
+    """What docker-compose itself makes of a file rendered outside the root: its build context
+    and the Prometheus targets mount are the root's (`config` resolves them; no engine needed)."""
+    root, out = tmp_path / "project", tmp_path / "elsewhere" / "c.yml"
+    (root / "services").mkdir(parents=True)
+    assert _run_cli(["--root", str(root), "--subscribers", "2", "--output", str(out)]) == 0
+    result = subprocess.run([DOCKER_COMPOSE, "-f", str(out), "--profile", "monitoring", "config"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    assert services["capf"]["build"]["context"] == str(root)
+    mounts = services["prometheus"]["volumes"]
+    sources = [m["source"] if isinstance(m, dict) else m.split(":")[0] for m in mounts]
+    assert str(root / compose.prometheus_targets_dir(2)) in sources, sources
+    assert (root / compose.prometheus_targets_path(2)).is_file()
+
+
 # --- the monitoring profile ---------------------------------------------------------------
 
 def test_monitoring_profile_loads_the_projects_rules_and_dashboard_from_pinned_official_images():

@@ -116,7 +116,10 @@ def test_rendered_targets_follow_the_subscribers(tmp_path):
     written = three.read_text()
     assert "callmanager-sub3:9100" in written and "callmanager-sub4" not in written
     prom = yaml.safe_load(other.read_text())["services"]["prometheus"]
-    assert f"./{compose.prometheus_targets_dir(3)}:/etc/prometheus/targets:ro" in prom["volumes"]
+    # the file lies outside the root: it names the root from its own folder, as docker-compose
+    # resolves it, so its targets mount is the folder render wrote
+    assert f"./project/{compose.prometheus_targets_dir(3)}:/etc/prometheus/targets:ro" in prom["volumes"]
+    assert (other.parent / f"project/{compose.prometheus_targets_dir(3)}/ccmsec.yml").resolve() == three
     assert render("--subscribers", "3", "--output", str(other), "--check") == 0
     assert render("--check") == 0
     # the bad cases: a 2-subscriber targets file holding what 3 subscribers need is stale (that
