@@ -7,6 +7,12 @@ with the CAPF key and checks phones' certificates — the CPU-heavy part, now on
 writes nothing: each look-up and write of CAPF state is a call to the service over the channel
 (`OwnerStore`), so the service stays the only writer. It stops when the service closes the
 channel or dies (EOF, and the kernel's parent-death signal).
+
+Its first act is the service's logging set-up (`ccmsec.runtime.logs`, JSON records, standard error
+and native output captured): the protocol modules are imported after it, and a hand-over that is
+missing or malformed, or a start that fails (no CAPF certificate or key, the port not bindable), is
+one JSON error record naming the reason (never the hand-over's content) and a non-zero exit, not a
+traceback (`read_config`, `StartError`).
 """
 
 from __future__ import annotations
@@ -22,18 +28,47 @@ import socket
 import sys
 from pathlib import Path
 
-from ccmsec.aio.capf import CapfServer, SessionRecord, capf_server_ssl_context
-from ccmsec.pki.ca import load_pair
-from ccmsec.pki.lsc import CAPF_CERT, capf_key_path
-from ccmsec.pki.tls import enable_legacy_tls
 from ccmsec.runtime.logs import setup_logging
-from ccmsec.wire.capf import AuthCheck, OperationLookup
 
 from .channel import ChannelError, Outbox, encode, raise_reply, read_message
-from .issuer import MANUFACTURER_CA, ServiceLscIssuer
+
+# The protocol modules (ccmsec.aio.capf, ccmsec.pki, .issuer) are imported in `serve`, once logging
+# is set up: what they might write while loading is a JSON record too.
 
 ENV = "CCMSEC_CAPF_ACCEPTOR"
 log = logging.getLogger("ccmsec.capf")
+# What AcceptorPool._spawn hands over (`log_level`, `parent_pid`, `key_dir`, `manufacturer_ca` are optional).
+REQUIRED = ("fd", "index", "node", "host", "port", "pki_dir", "capf_dir", "config", "handshake_timeout",
+            "idle_timeout", "session_timeout", "max_connections", "max_per_source")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class StartError(Exception):
+    """The acceptor cannot start (its configuration, the CAPF certificate or key, the port)."""
+
+
+def read_config(raw: str | None) -> dict:
+    """The service's hand-over in ENV, checked; StartError with the reason (never the content)."""
+    if not raw:
+        raise StartError(f"{ENV} is not set: an acceptor is started by the capf service "
+                         "(acceptor_processes), not by hand")
+    try:
+        cfg = json.loads(raw)
+    except ValueError as exc:
+        raise StartError(f"{ENV} is not JSON ({getattr(exc, 'msg', exc)} at character "
+                         f"{getattr(exc, 'pos', '?')})") from None
+    if not isinstance(cfg, dict):
+        raise StartError(f"{ENV} is not a JSON object")
+    missing = [key for key in REQUIRED if key not in cfg]
+    if missing:
+        raise StartError(f"{ENV} lacks {', '.join(missing)}")
+    if not isinstance(cfg["config"], dict) or "validity_days" not in cfg["config"]:
+        raise StartError(f"{ENV}: config is not the CAPF settings (validity_days missing)")
+    level = cfg.get("log_level") or "INFO"
+    if not isinstance(level, str) or level.upper() not in LOG_LEVELS:
+        raise StartError(f"{ENV}: log_level is not one of {', '.join(LOG_LEVELS)}")
+    cfg["log_level"] = level.upper()
+    return cfg
 
 
 class OwnerStore:
@@ -103,32 +138,46 @@ def _die_with_parent(parent: int | None) -> None:
     except (OSError, AttributeError):
         pass
     if os.getppid() != (parent or os.getppid()) or (parent is None and os.getppid() == 1):
+        log.info("the capf service is gone before its acceptor started; exiting")
         sys.exit(0)  # the parent is already gone (re-parented)
 
 
 async def serve(cfg: dict) -> int:
-    sock = socket.socket(fileno=int(cfg["fd"]))
-    reader, writer = await asyncio.open_unix_connection(sock=sock)
-    pki = Path(cfg["pki_dir"])
-    capf_key = capf_key_path(pki, cfg.get("key_dir"))
-    state = dict(cfg["config"])
-    issuer = ServiceLscIssuer(load_pair(pki / CAPF_CERT, capf_key),
-                              Path(cfg.get("manufacturer_ca") or pki / MANUFACTURER_CA),
-                              Path(cfg["capf_dir"]), days=int(state["validity_days"]))
-    store = OwnerStore(writer)
-    finished: list[SessionRecord] = []
-    ssl_context = capf_server_ssl_context(pki / CAPF_CERT, capf_key)
-    if state.get("legacy_tls"):
-        enable_legacy_tls(ssl_context)
-    server = CapfServer(
-        cfg["host"], int(cfg["port"]), ssl_context, store, issuer,
-        handshake_timeout=cfg["handshake_timeout"], idle_timeout=cfg["idle_timeout"],
-        session_timeout=cfg["session_timeout"], max_connections=cfg["max_connections"],
-        max_per_source=cfg["max_per_source"], reuse_port=True, history=64,
-        admit=lambda: state["refusal"], issuer_mode=lambda: state["issuer_mode"],
-        retry_delay=lambda: int(state["retry_delay"]), on_session_end=finished.append,
-    )
-    await server.start()
+    from ccmsec.aio.capf import CapfServer, SessionRecord, capf_server_ssl_context
+    from ccmsec.pki.ca import load_pair
+    from ccmsec.pki.lsc import CAPF_CERT, capf_key_path
+    from ccmsec.pki.tls import enable_legacy_tls
+
+    from .issuer import MANUFACTURER_CA, ServiceLscIssuer
+
+    writer = None
+    try:  # a failure up to listening is StartError: one line with the reason, no traceback
+        sock = socket.socket(fileno=int(cfg["fd"]))
+        reader, writer = await asyncio.open_unix_connection(sock=sock)
+        pki = Path(cfg["pki_dir"])
+        capf_key = capf_key_path(pki, cfg.get("key_dir"))
+        state = dict(cfg["config"])
+        issuer = ServiceLscIssuer(load_pair(pki / CAPF_CERT, capf_key),
+                                  Path(cfg.get("manufacturer_ca") or pki / MANUFACTURER_CA),
+                                  Path(cfg["capf_dir"]), days=int(state["validity_days"]))
+        store = OwnerStore(writer)
+        finished: list[SessionRecord] = []
+        ssl_context = capf_server_ssl_context(pki / CAPF_CERT, capf_key)
+        if state.get("legacy_tls"):
+            enable_legacy_tls(ssl_context)
+        server = CapfServer(
+            cfg["host"], int(cfg["port"]), ssl_context, store, issuer,
+            handshake_timeout=cfg["handshake_timeout"], idle_timeout=cfg["idle_timeout"],
+            session_timeout=cfg["session_timeout"], max_connections=cfg["max_connections"],
+            max_per_source=cfg["max_per_source"], reuse_port=True, history=64,
+            admit=lambda: state["refusal"], issuer_mode=lambda: state["issuer_mode"],
+            retry_delay=lambda: int(state["retry_delay"]), on_session_end=finished.append,
+        )
+        await server.start()
+    except (OSError, ValueError) as exc:
+        if writer is not None:
+            writer.close()
+        raise StartError(str(exc) or type(exc).__name__) from None
     writer.write(encode(("ready", server.port)))
 
     async def report_sessions() -> None:
@@ -161,18 +210,31 @@ async def serve(cfg: dict) -> int:
 
 
 def main() -> None:
-    cfg = json.loads(os.environ[ENV])
+    try:
+        cfg, problem = read_config(os.environ.get(ENV)), None
+    except StartError as exc:
+        cfg, problem = {}, exc
+    # Logging first, as every service does (runtime.service.run_service). capture: a crash's
+    # traceback or native output is wrapped into JSON here, since our standard error is the
+    # service's JSON stream itself (AcceptorPool), not its capture pipe.
+    node = f"{cfg['node']}/acceptor-{cfg['index']}" if cfg else "capf/acceptor"
+    setup_logging("capf", node, cfg.get("log_level", "INFO"), capture=True)
+    if problem is not None:
+        log.error("CAPF acceptor: cannot start: %s", problem)
+        sys.exit(2)
     _die_with_parent(cfg.get("parent_pid"))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the service, which stops us
-    # capture: a crash's traceback or native output is wrapped into JSON here, since our standard
-    # error is the service's JSON stream itself (AcceptorPool), not its capture pipe.
-    setup_logging("capf", f"{cfg['node']}/acceptor-{cfg['index']}", cfg.get("log_level", "INFO"), capture=True)
     try:
         import uvloop
         runner = uvloop.run
     except ImportError:  # pragma: no cover - uvloop is a dependency
         runner = asyncio.run
-    sys.exit(runner(serve(cfg)))
+    try:
+        code = runner(serve(cfg))
+    except StartError as exc:
+        log.error("CAPF acceptor %s: cannot start: %s", cfg["index"], exc)
+        sys.exit(1)
+    sys.exit(code)
 
 
 if __name__ == "__main__":
