@@ -205,3 +205,24 @@ async def test_the_last_directory_serves_when_call_control_is_gone(router, tmp_p
     assert fresh.trust.capf == router.capf.cert
     mode = oct(fresh.path.stat().st_mode & 0o777)
     assert mode == "0o600", mode
+
+
+async def test_a_new_capf_certificate_in_the_directory_is_trusted_on_2443_CERT_2(router):
+    """The 2443 listener follows the directory's issuers. Its context was rebuilt only when the
+    issuers' `id()`s changed — and a refresh frees the old certificate objects, so CPython hands
+    their addresses to the next ones: with a new CAPF certificate at a reused id the listener kept
+    the old CA and refused every phone enrolled by the new CAPF. Refreshing until the ids repeat
+    (with that bug it takes a few refreshes; without it they cannot repeat: the listener holds the
+    certificates it was built for), then a phone enrolled by the new CAPF must register."""
+    # the listener's context was built at start for CAPF 1 (no phone yet: a registration's chain
+    # check would keep these certificate objects alive in its cache of trust stores)
+    built = tuple(id(c) for c in router.directory.trust.tls_anchors)
+    router.capf = _ca("CAPF-rekeyed")                          # CAPF's certificate replaced
+    for _ in range(200):
+        assert await router.directory.refresh()
+        if tuple(id(c) for c in router.directory.trust.tls_anchors) == built:
+            break
+    assert router.directory.trust.capf == router.capf.cert
+    a = await phone(router, A)                                  # an LSC from the new CAPF
+    assert A in router.fb.registrations
+    await a.close()

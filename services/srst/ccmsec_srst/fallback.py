@@ -220,7 +220,10 @@ class FallbackCallControl:
     # TLS: the router's certificate; phone certificates from the directory's issuers ----------
     def _context(self) -> ssl.SSLContext:
         trust = self.directory.trust
-        key = tuple(id(c) for c in trust.tls_anchors)
+        # keyed by the certificates themselves (equal when their DER is): not by `id()`, which
+        # CPython reuses once a refresh frees the old objects — a new CAPF certificate at a
+        # reused address kept the old trust on the listener
+        key = tuple(trust.tls_anchors)
         if self._contexts is None or self._contexts[0] != key:
             # Without issuers yet (no directory), trust only the router itself: no phone
             # certificate chains to it, so TLS registrations fail closed until call control answered.
