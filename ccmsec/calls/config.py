@@ -74,6 +74,7 @@ class DeviceProfile:
     route_pattern: str = ""        # trunks: the digits routed to this device, e.g. "8XXX"
     auto_answer: bool = False      # trunks: the far side answers by itself
     softkey_set: str = "standard"  # the named softkey set its display offers (calls.setup)
+    srtp_capable: bool = True      # gateways: it does SRTP (CALL-3: without, its calls are non-secure)
 
     def __post_init__(self) -> None:
         from ccmsec.calls.setup import SOFTKEY_SETS   # (setup imports this module)

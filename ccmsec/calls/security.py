@@ -11,8 +11,8 @@ Two levels are computed for a call, both by `call_security`:
   whose keys a non-encrypted initiator must not get) and the codec (CALL-9).
 
 Resources and device kinds that never carry security (CALL-3: conference bridge, music on hold,
-CTI port, inter-cluster trunk, phone models without security) join the endpoint list whenever they
-take part, so any call through them is non-secure.
+CTI port, inter-cluster trunk, phone models without security, a gateway whose profile says it has
+no SRTP) join the endpoint list whenever they take part, so any call through them is non-secure.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def endpoint(profile: DeviceProfile, *, keyed: bool) -> Endpoint:
     model = profile.model if profile.kind is EndpointKind.PHONE else None
     return Endpoint(name=profile.name, kind=profile.kind, model=model,
                     configured_mode=profile.security_mode, registered_mode=profile.security_mode,
-                    media_srtp=keyed)
+                    media_srtp=keyed, srtp_capable=profile.srtp_capable)
 
 
 def resource_endpoint(kind: EndpointKind) -> Endpoint:

@@ -136,6 +136,24 @@ def test_call3_cti_port_trunk_and_models_without_security_are_never_secure():
     assert not h.agent.calls
 
 
+def test_call3_a_gateway_without_srtp_makes_the_call_non_secure_not_authenticated():
+    """CALL-3 names gateways without SRTP among the parties that always make a call non-secure:
+    an encrypted phone calling through one shows no icon (not the shield), and says why."""
+    for srtp, keyed, expect, rule in ((False, True, NOT_AUTH, "CALL-3"), (True, True, LOCK, "CALL-1"),
+                                      (True, False, SHIELD, "CALL-1")):
+        h = Harness(key_source=keyed_source if keyed and srtp else None)
+        pa = h.add(A, "1001", mode=ENC, model="7970")
+        gw = h.add("GW1", "5550000", mode=ENC, kind=EndpointKind.GATEWAY, model="MGCP gateway",
+                   route_pattern="555XXXX", srtp_capable=srtp)
+        h.call(A, "5550100")
+        gw.answer()
+        h.pump()
+        view = h.only_call()
+        assert (view.status, view.rule) == (expect, rule) and shown(pa) == [expect], (srtp, keyed)
+        if not srtp:
+            assert any("gateway without SRTP support" in r for r in view.reasons)
+
+
 def barge_setup(h: Harness, mode_a, mode_b, mode_x, *, keyed=False):
     """A (line 1001) talks to B on shared line 5000; X also has 5000 and sees it in use."""
     pa = h.add(A, "1001", mode=mode_a)

@@ -4,7 +4,8 @@
   pairs from the keymanager service (gRPC, as call control). A device is eligible when it is
   registered encrypted on the TLS port with a cipher that encrypts and announced SRTP; the
   gateway when encryption is configured on it, the cluster is in mixed mode and the gateway can
-  do SRTP (GW-2, GW-4). Pairs of ended calls are forgotten within a second.
+  do SRTP (GW-2, GW-4); a gateway that reports no SRTP makes its calls non-secure (CALL-3). Pairs
+  of ended calls are forgotten within a second.
 * The SRTP gateway (GW-1…4): a device of the call agent (`GW1`, route pattern 555XXXX, answers
   at once) whose channels `GatewayLegs` turns into connections on the srtp-gateway service.
 """
@@ -12,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 
 import grpc
@@ -107,9 +109,18 @@ class MediaPlaneMixin:
             try:
                 audit = await stub.AuditEndpoint(srtp_gateway_pb2.AuditEndpointRequest(endpoint="*@gw1"), timeout=5)
                 self.gateway_srtp = audit.srtp_capable
+                self._gateway_profile_follows()
                 return
             except grpc.aio.AioRpcError:
                 await asyncio.sleep(2)
+
+    def _gateway_profile_follows(self) -> None:
+        """CALL-3: a gateway without SRTP makes its calls non-secure, not only keyless — the call
+        agent's profile of the gateway says whether it does SRTP."""
+        agent = self.callcontrol.calls.agent
+        station = agent.stations.get(GATEWAY_DEVICE)
+        if station is not None and station.profile.srtp_capable != self.gateway_srtp:
+            agent.update_profile(dataclasses.replace(station.profile, srtp_capable=self.gateway_srtp))
 
     async def _prune_keys(self) -> None:
         """Forget the keys of ended calls; follow the cluster mode for the gateway (GW-4)."""
