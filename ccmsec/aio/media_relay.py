@@ -135,10 +135,15 @@ class RelayEndpoint:
         self._echo = value
         self._refresh()
 
-    def set_keys(self, send_key, receive_key) -> None:
-        """`MediaStream.set_keys` for this leg's stream (after a modify: new far end or keys)."""
+    def set_keys(self, send_key, receive_key, *, send: bool = True, receive: bool = True) -> None:
+        """`MediaStream.set_keys` for this leg's stream (after a modify: new far end or keys);
+        `send` / `receive` False keeps that side's libsrtp session (its rollover counter and
+        replay window) as it is."""
         self._changing()
-        self._stream.set_keys(send_key, receive_key)
+        if send:
+            self._stream.set_send_key(send_key)
+        if receive:
+            self._stream.set_receive_key(receive_key)
         self._refresh()
 
     # -- the C path ------------------------------------------------------------------------------

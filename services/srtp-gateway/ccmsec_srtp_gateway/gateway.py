@@ -233,14 +233,21 @@ class Gateway:
             conn.mode = mode
             conn.media.receiving, conn.media.sending = mode.receives, mode.sends
         if leg is not None:
-            if leg.payload_type != conn.payload_type:
+            fresh = leg.payload_type != conn.payload_type
+            if fresh:
                 # the first remote description chooses the codec
                 conn.payload_type = leg.payload_type
                 conn.party = pstn.party_for(conn.number, leg.payload_type)
                 conn.media.stream = MediaStream(leg.payload_type)
                 self._attach_party(conn)
+            # A side whose SRTP key did not change keeps its session: a new one would restart the
+            # sender's rollover counter (after a sequence wrap the far end refuses every packet,
+            # and the keystream of earlier indices is used again) and empty the receiver's replay
+            # window (every packet recorded before the modify would be accepted once more). An RTP
+            # leg's receive side starts afresh as before: a new far end brings its own SSRC.
+            conn.media.set_keys(new_send, leg.key, send=fresh or new_send != conn.send_key,
+                                receive=fresh or leg.key is None or leg.key != conn.receive_key)
             conn.srtp, conn.send_key, conn.receive_key = new_srtp, new_send, leg.key
-            conn.media.set_keys(new_send, leg.key)
             conn.media.remote = (leg.address, leg.port)
         log.info("connection modified", extra={"connection": conn.id, "mode": conn.mode.name.lower(),
                                                 "srtp": conn.srtp, "remote": conn.remote})
