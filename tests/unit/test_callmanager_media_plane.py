@@ -1,8 +1,11 @@
-"""Callmanager's media plane tells the call agent what the SRTP gateway can do: a gateway whose
+"""Callmanager's media plane: who gets keys (ENC-3, ENC-5, GW-2, GW-4 — the eligibility its key
+source really uses; `ccmsec.media.gatewayleg.plan_gateway_leg`, tested in test_media_gatewayleg.py,
+is not on call control's path) and what the call agent is told of the SRTP gateway: a gateway whose
 audit reports no SRTP makes its calls non-secure (CALL-3), not merely keyless (GW-2)."""
 
 from __future__ import annotations
 
+import dataclasses
 import types
 
 from ccmsec.calls.agent import CallAgent
@@ -48,3 +51,53 @@ async def test_call3_the_gateways_audit_reaches_the_call_agents_profile(monkeypa
         profile = agent.stations[GATEWAY_DEVICE].profile
         assert plane.asked == ["srtp-gateway"] and plane.gateway_srtp is srtp
         assert profile.srtp_capable is srtp and profile.route_pattern == GATEWAY_PATTERN
+
+
+def _plane_with_phone(port: int, cipher: str, mode: str = "encrypted", srtp: bool = True) -> Plane:
+    from ccmsec_callmanager.registry import RegistrationEntry
+    from ccmsec.wire import sccp as s
+
+    agent = _gateway_agent()
+    phone = "SEP0000000000F1"
+    agent.register(DeviceProfile(phone, model="7970", security_mode=DeviceSecurityMode.parse(mode),
+                                 lines=(LineConfig("1001"),)), 0.0)
+    agent.capabilities(phone, s.CapabilitiesRes((s.MediaCapability(4),), encryption_capable=srtp))
+    plane = Plane(agent)
+    entry = RegistrationEntry(phone, "7970", mode, "10.0.0.1:5000", "10.0.0.1", False, port, cipher,
+                              "", "", 0.0)
+    plane.callcontrol.registry = types.SimpleNamespace(entries={phone: entry})
+    plane.callcontrol.tls = types.SimpleNamespace(port=2443)
+    return plane
+
+
+def test_enc3_enc5_gw2_gw4_who_call_control_gives_keys_to():
+    """The eligibility the key source really uses (`MediaPlaneMixin._transport`), not a model of
+    it: a phone only on TLS 2443 with an encrypting cipher and SRTP announced; the gateway only
+    with encryption configured, the cluster in mixed mode and SRTP reported."""
+    from ccmsec.media.callkeys import may_receive_keys
+
+    aes = "ECDHE-ECDSA-AES256-GCM-SHA384"
+    phone = "SEP0000000000F1"
+    for port, cipher, mode, srtp, ok, words in [
+        (2443, aes, "encrypted", True, True, ""),
+        (2443, "NULL-SHA256", "encrypted", True, False, "ENC-5: TLS cipher NULL-SHA256"),
+        (2000, aes, "encrypted", True, False, "ENC-5: registered on the clear SCCP port"),
+        (2443, aes, "encrypted", False, False, "SRTP capability"),
+        (2443, "NULL-SHA256", "authenticated", True, False, "ENC-3"),
+    ]:
+        plane = _plane_with_phone(port, cipher, mode, srtp)
+        allowed, why = may_receive_keys(plane._transport(phone))
+        assert allowed is ok and words in why, (port, cipher, mode, srtp, why)
+        assert plane._transport("SEP0000000000F9") is None          # not registered: nothing
+    for cluster, srtp, ok in [("mixed", True, True), ("non-secure", True, False), ("mixed", False, False)]:
+        plane = _plane_with_phone(2443, aes)
+        plane.cluster_mode_now, plane.gateway_srtp = cluster, srtp
+        allowed, why = may_receive_keys(plane._transport(GATEWAY_DEVICE))
+        assert allowed is ok, (cluster, srtp, why)
+        if cluster == "non-secure":
+            assert "ENC-3" in why and "non-secure" in why            # GW-4: MODE-3's effective mode
+    plane = _plane_with_phone(2443, aes)
+    plane.cluster_mode_now = "mixed"
+    station = plane.callcontrol.calls.agent.stations[GATEWAY_DEVICE]
+    station.profile = dataclasses.replace(station.profile, security_mode=DeviceSecurityMode.NON_SECURE)
+    assert not may_receive_keys(plane._transport(GATEWAY_DEVICE))[0]  # encryption not configured on it
