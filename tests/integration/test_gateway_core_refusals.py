@@ -39,6 +39,19 @@ async def test_a_refused_codec_change_does_not_change_the_connection_mode():
         await gw.close()
 
 
+
+async def test_a_huge_dialled_number_is_refused_in_a_short_message():
+    """The refusal text becomes the gRPC status message: a number echoed back whole (100 kB here)
+    passed the client's limit on trailing metadata, and the caller got no MGCP error at all."""
+    gw = Gateway("gw1", "127.0.0.1", lines=2, relay_core=None)
+    try:
+        with pytest.raises(MgcpError, match="510 dialled number") as err:
+            await gw.create(endpoint=LINE, call_id="1", number="9" * 100_000, mode=None, remote_sdp="",
+                            srtp=False, send_key=None)
+        assert len(str(err.value)) < 100 and not gw.connections
+    finally:
+        await gw.close()
+
 def _core(path):
     if path == "python":
         return None

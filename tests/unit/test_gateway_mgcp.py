@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from ccmsec_srtp_gateway.mgcp import ConnectionMode, MgcpError, check_call_id, parse_endpoint
+from ccmsec_srtp_gateway.mgcp import ConnectionMode, MgcpError, check_call_id, check_number, parse_endpoint
 from ccmsec_srtp_gateway.pstn import EchoParty, NUMBERS, party_for
 
 
@@ -31,6 +31,8 @@ def test_endpoint_names_and_wildcards():
     ("aaln/S1 x/1@gw1", "bad term"),
     ("aaln/1@-gw", "bad gateway domain"),
     ("a" * 300 + "@gw1", "longer than 255"),
+    ("aaln/S1/SU0/1\n@gw1", "bad term"),           # `$` in a regex lets a final newline in
+    ("aaln/S1/SU0/1@gw1\n", "bad gateway domain"),
 ])
 def test_bad_endpoint_names(name, words):
     with pytest.raises(MgcpError, match=words) as err:
@@ -47,7 +49,7 @@ def test_modes_call_ids_and_numbers():
     with pytest.raises(MgcpError, match="517"):
         ConnectionMode.from_proto(7, None)
     assert check_call_id("a1b2") == "A1B2"
-    for bad in ("", "x", "1" * 33):
+    for bad in ("", "x", "1" * 33, "1A\n"):
         with pytest.raises(MgcpError, match="hexadecimal"):
             check_call_id(bad)
     assert isinstance(party_for("5550102", 0), EchoParty) and party_for("999", 0) is None
@@ -55,3 +57,12 @@ def test_modes_call_ids_and_numbers():
     frames = [tone.payload() for _ in range(51)]
     assert len(frames[0]) == 160 and frames[50] == frames[0]  # a seamless one-second loop
     assert set(NUMBERS) == {"5550100", "5550101", "5550102"}
+
+
+def test_dialled_numbers_are_bounded_and_never_echoed_back_whole():
+    assert check_number("5550102") == "5550102" and check_number("*67#") == "*67#"
+    assert check_number("") == ""       # no number: the telephone network says it has none
+    for bad in ("9" * 100_000, "555 0102", "5550102\n", "555\u0661"):
+        with pytest.raises(MgcpError, match="at most 32 digits") as err:
+            check_number(bad)
+        assert err.value.code == 510 and len(str(err.value)) < 100

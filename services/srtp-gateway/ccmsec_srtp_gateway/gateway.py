@@ -22,7 +22,7 @@ from ccmsec.media.srtp import MasterKey
 from ccmsec.media.stream import MediaStream
 
 from . import pstn
-from .mgcp import ConnectionMode, EndpointName, MgcpError, check_call_id, parse_endpoint
+from .mgcp import ConnectionMode, EndpointName, MgcpError, check_call_id, check_number, parse_endpoint
 
 log = logging.getLogger("ccmsec.srtp-gateway")
 
@@ -145,6 +145,7 @@ class Gateway:
     async def create(self, *, endpoint: str, call_id: str, number: str, mode: ConnectionMode | None,
                      remote_sdp: str, srtp: bool, send_key: MasterKey | None) -> Connection:
         call_id = check_call_id(call_id)
+        number = check_number(number)
         mode = mode or ConnectionMode.SENDRECV
         if srtp and not self.srtp_capable:
             raise SecurityRefused("GW-2: this gateway has no SRTP support; call control must use RTP")

@@ -16,6 +16,8 @@ MAX_ENDPOINT_NAME = 255
 _TERM = re.compile(r"^[A-Za-z0-9_.\-]{1,32}$")
 _DOMAIN = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?)(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?)*$")
 _HEX_ID = re.compile(r"^[0-9A-Fa-f]{1,32}$")
+MAX_NUMBER = 32
+_NUMBER = re.compile(r"[0-9*#]{0,%d}" % MAX_NUMBER)
 
 
 class MgcpError(Exception):
@@ -111,14 +113,22 @@ def parse_endpoint(text: str) -> EndpointName:
         if term in ("$", "*"):
             if i != len(terms) - 1:
                 raise MgcpError(MgcpError.PROTOCOL_ERROR, f"wildcard {term!r} only as the last term")
-        elif not _TERM.match(term):
+        elif not _TERM.fullmatch(term):
             raise MgcpError(MgcpError.PROTOCOL_ERROR, f"bad term {term!r} in endpoint name {text!r}")
-    if not (_DOMAIN.match(domain) or re.match(r"^\[\d{1,3}(\.\d{1,3}){3}\]$", domain)):
+    if not (_DOMAIN.fullmatch(domain) or re.fullmatch(r"^\[\d{1,3}(\.\d{1,3}){3}\]$", domain)):
         raise MgcpError(MgcpError.PROTOCOL_ERROR, f"bad gateway domain {domain!r}")
     return EndpointName(terms, domain)
 
 
+def check_number(number: str) -> str:
+    """A dialled number: digits, `*` and `#`, at most MAX_NUMBER (never echoed back unbounded)."""
+    if not _NUMBER.fullmatch(number or ""):
+        raise MgcpError(MgcpError.PROTOCOL_ERROR, f"dialled number must be at most {MAX_NUMBER} "
+                        "digits (0-9, *, #)")
+    return number or ""
+
+
 def check_call_id(call_id: str) -> str:
-    if not _HEX_ID.match(call_id or ""):
+    if not _HEX_ID.fullmatch(call_id or ""):   # fullmatch: `$` would let a final newline in
         raise MgcpError(MgcpError.PROTOCOL_ERROR, "call id must be 1..32 hexadecimal characters")
     return call_id.upper()
