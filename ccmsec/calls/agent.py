@@ -818,7 +818,8 @@ class CallAgent:
                 for ch in list(call.channels.values()):
                     self._close_channel(call, ch)
         for party in call.legs:
-            self._send(party.station, *ui.connected(party, call))
+            if party.state is LegState.CONNECTED:   # a party holding the call stays on hold
+                self._send(party.station, *ui.connected(party, call))
         self._plan_media(call)
         self._update_security(call, now, force=True)
         self._emit("updated", call, now, detail=f"{initiator.role} {result.rule_id}: {result.reason}")
@@ -1013,7 +1014,11 @@ class CallAgent:
             return
         resources = call.resources()
         shown = evaluate([(lg.station.profile, self._leg_keyed(call, lg)) for lg in legs], resources)
-        potential = evaluate([(lg.station.profile, True) for lg in legs], resources)
+        # What the call is by its devices and what it is built on (a conference bridge), not by
+        # the music a held party hears for now: holding an encrypted call must not open it to a
+        # barge by a phone that CALL-4 keeps out of it.
+        potential = evaluate([(lg.station.profile, True) for lg in legs],
+                             [k for k in resources if k is not EndpointKind.MUSIC_ON_HOLD])
         changed = call.security != shown
         call.security, call.potential = shown, potential
         for leg in call.legs:

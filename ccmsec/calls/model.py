@@ -157,7 +157,7 @@ class Call:
     barge: BargeState | None = None
     channels: dict[tuple, Channel] = field(default_factory=dict)
     security: CallSecurity | None = None   # shown (CALL-1 with the media as it is)
-    potential: CallSecurity | None = None  # with every leg keyed (barge and codec decisions)
+    potential: CallSecurity | None = None  # every leg keyed, no music on hold (barge decisions)
     hint_refs: dict[str, int] = field(default_factory=dict)  # device -> hint reference
 
     def parties(self) -> list[Leg]:

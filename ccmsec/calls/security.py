@@ -6,9 +6,10 @@ Two levels are computed for a call, both by `call_security`:
   every media leg is keyed (SRTP). Until the key manager and SRTP are wired in (issue 11) no leg
   is keyed, so a call between encrypted phones shows *authenticated*; the phones display what
   this says.
-* **potential** — the same with every leg counted as keyed: what the call is by its devices. It
-  decides who may barge (CALL-4…8: "an encrypted call" is a call between encrypted devices,
-  whose keys a non-encrypted initiator must not get) and the codec (CALL-9).
+* **potential** — the same with every leg counted as keyed and without the music a held party
+  hears: what the call is by its devices. It decides who may barge (CALL-4…8: "an encrypted
+  call" is a call between encrypted devices, whose keys a non-encrypted initiator must not get —
+  also while one of them holds it) and the codec (CALL-9).
 
 Resources and device kinds that never carry security (CALL-3: conference bridge, music on hold,
 CTI port, inter-cluster trunk, phone models without security, a gateway whose profile says it has

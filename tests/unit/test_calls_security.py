@@ -182,6 +182,43 @@ def test_call4_non_encrypted_initiator_cannot_barge_into_an_encrypted_call_and_h
         assert h.agent.barges_refused == 1
 
 
+def test_call4_holding_an_encrypted_call_does_not_open_it_to_a_non_encrypted_barge():
+    """While A holds, B hears music on hold and the call shows non-secure (CALL-2/3) — but it is
+    still the encrypted call of two encrypted phones: a non-encrypted phone on B's shared line
+    must not barge in and be bridged into it when A resumes (CALL-4)."""
+    for mode_x in (AUTH, NS):
+        h = Harness(key_source=keyed_source)
+        pa, pb, px = barge_setup(h, ENC, ENC, mode_x)
+        pa.hold()
+        h.pump()
+        assert shown(pb) == [NOT_AUTH]
+        px.barge()
+        h.pump()
+        failed = px.active_call()
+        assert failed.tone == Tone.BUSY and failed.prompt == "Barge failed", mode_x
+        refused = [e for e in h.events() if e.kind == "refused"]
+        assert refused and refused[-1].detail.startswith("CALL-4")
+        assert len(h.only_call().legs) == 2
+        pa.resume()
+        h.pump()
+        assert shown(pa) == shown(pb) == [LOCK] and len(h.only_call().legs) == 2
+
+
+def test_call6_a_barge_into_a_held_call_leaves_the_holding_phone_on_hold():
+    h = Harness(key_source=keyed_source)
+    pa, pb, px = barge_setup(h, ENC, ENC, ENC)
+    pa.hold()
+    h.pump()
+    px.barge()
+    h.pump()
+    assert h.only_call().barge_rule.startswith("CALL-6")
+    assert [c.state for c in pa.calls.values()] == [CS.HOLD]    # not told it is connected
+    pa.resume()
+    h.pump()
+    assert [c.state for c in pa.calls.values()] == [CS.CONNECTED]
+    assert shown(pa) == shown(pb) == [LOCK] and len(h.only_call().legs) == 3
+
+
 def test_call5_encrypted_initiator_into_an_authenticated_or_non_secure_call_makes_it_non_secure():
     for mode_b in (AUTH, NS):
         h = Harness()
