@@ -10,9 +10,10 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from ccmsec.aio.srstcreds import CredentialsServer
 from ccmsec.pki.ca import Issued, fingerprint_sha256
@@ -31,6 +32,17 @@ class SrstSettings(ServiceSettings):
     # Addresses (CIDR) allowed to fetch the credentials; empty = any (the certificate is public:
     # every dependent phone receives it in its configuration file).
     srst_credentials_allow: tuple[str, ...] = ()
+
+    @field_validator("srst_credentials_allow")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        """Checked here, so a bad entry is a clear settings error, not a traceback at start."""
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an address or a CIDR network") from None
+        return value
 
 
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
