@@ -94,7 +94,14 @@ def _load_identity(ctx: ssl.SSLContext, identity: Issued,
 
 
 def enable_keylog(ctx: ssl.SSLContext, path: str | Path) -> ssl.SSLContext:
-    """Write NSS key-log lines (for tshark `-o tls.keylog_file:`). Test/diagnostic use only."""
+    """Write NSS key-log lines (for tshark `-o tls.keylog_file:`). Test/diagnostic use only.
+    The file holds session secrets: it is created 0600, and an existing one is made 0600 before
+    a secret goes in (OpenSSL would create it with the process's umask, usually world-readable)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
     ctx.keylog_filename = str(path)
     return ctx
 

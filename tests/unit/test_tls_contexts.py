@@ -130,6 +130,31 @@ def test_sslkeylogfile_is_honoured_by_phone_and_server_contexts(pki, tmp_path, m
     assert keylog.read_text() == before
 
 
+def test_enable_keylog_file_is_owner_only(pki, tmp_path, monkeypatch):
+    """The demo's and phone-sim's key log (enable_keylog) holds session secrets: created 0600 even
+    under a permissive umask, and an existing world-readable file is closed down before use."""
+    import os
+    import stat
+
+    capf, _, ccm, lsc, _ = pki
+    monkeypatch.delenv("SSLKEYLOGFILE", raising=False)
+    old_umask = os.umask(0o000)
+    try:
+        fresh = tmp_path / "fresh.log"
+        _handshake(tls.sccp_server_context(ccm, [capf.cert]),
+                   tls.enable_keylog(tls.sccp_phone_context("encrypted", [ccm.cert], lsc=lsc), fresh))
+        existing = tmp_path / "existing.log"
+        existing.write_text("")
+        os.chmod(existing, 0o644)
+        _handshake(tls.sccp_server_context(ccm, [capf.cert]),
+                   tls.enable_keylog(tls.sccp_phone_context("encrypted", [ccm.cert], lsc=lsc), existing))
+    finally:
+        os.umask(old_umask)
+    for path in (fresh, existing):
+        assert "CLIENT_RANDOM " in path.read_text()
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600, path
+
+
 def test_sslkeylogfile_unwritable_never_breaks_tls(pki, tmp_path, monkeypatch):
     capf, _, ccm, lsc, _ = pki
     monkeypatch.setenv("SSLKEYLOGFILE", str(tmp_path / "missing-dir" / "keys.log"))
