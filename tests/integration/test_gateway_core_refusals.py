@@ -52,6 +52,20 @@ async def test_a_huge_dialled_number_is_refused_in_a_short_message():
     finally:
         await gw.close()
 
+
+async def test_a_media_port_that_cannot_be_opened_is_a_clear_502_not_a_traceback():
+    """The socket's OSError escaped CreateConnection: the servicer maps only MGCP errors, so call
+    control got gRPC UNKNOWN and the gateway logged a traceback."""
+    gw = Gateway("gw1", "192.0.2.1", lines=2, relay_core=None)    # TEST-NET: not this host's
+    try:
+        with pytest.raises(MgcpError, match="502 insufficient resources: cannot open a media port") as err:
+            await gw.create(endpoint=LINE, call_id="1", number="5550102", mode=None, remote_sdp="",
+                            srtp=False, send_key=None)
+        assert err.value.code == MgcpError.NO_RESOURCES
+        assert not gw.connections and not gw._by_endpoint and not gw._talkers   # nothing half-made
+    finally:
+        await gw.close()
+
 def _core(path):
     if path == "python":
         return None

@@ -172,9 +172,13 @@ class Gateway:
         receive_key = leg.key if leg else None
         stream = MediaStream(payload_type, send_key=send_key, receive_key=receive_key)
         conn_id = secrets.token_hex(8).upper()
-        if self._relay is None:
-            self._relay = MediaRelay(self.relay_core)
-        media = self._relay.open(self.host, 0, stream)
+        try:
+            if self._relay is None:
+                self._relay = MediaRelay(self.relay_core)
+            media = self._relay.open(self.host, 0, stream)
+        except OSError as exc:   # out of descriptors or ports, or an address not this host's
+            raise MgcpError(MgcpError.NO_RESOURCES, f"insufficient resources: cannot open a media "
+                            f"port on {self.host}: {exc.strerror or exc}") from None
         conn = Connection(conn_id, ep, call_id, number, mode, srtp, media, party, send_key, receive_key,
                           payload_type)
         self._attach_party(conn)
