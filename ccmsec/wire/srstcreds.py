@@ -170,7 +170,9 @@ class CredentialsServerSession:
 
     @staticmethod
     def refuse(reason: str) -> bytes:
-        return encode(CredentialsError(reason[:MAX_TEXT]))
+        """Any reason, cut to MAX_TEXT bytes of UTF-8 (not characters: a longer encoding raised)."""
+        cut = reason.encode("utf-8")[:MAX_TEXT].decode("utf-8", "ignore")
+        return encode(CredentialsError(cut))
 
 
 class CredentialsClientSession:

@@ -56,3 +56,10 @@ def test_names_are_bounded():
         w.encode(w.GetCertificate("x" * 300))
     with pytest.raises(w.CredentialsProtocolError, match="not a DER"):
         w.Certificate(b"junk").certificate()
+
+
+def test_a_refusal_of_any_length_and_script_is_sent_cut_to_the_bound():
+    for reason in ("é" * 200, "x" * 1000, "路由器" * 100):
+        reply = w.CredentialsClientSession().receive(w.CredentialsServerSession.refuse(reason))
+        assert isinstance(reply, w.CredentialsError) and reason.startswith(reply.reason)
+        assert 0 < len(reply.reason.encode()) <= w.MAX_TEXT
