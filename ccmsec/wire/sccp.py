@@ -819,13 +819,27 @@ class SccpFramer:
         return len(self._buffer)
 
     def feed(self, data: bytes) -> list[Message]:
+        """Whole messages from `data`. One read may carry many messages (a burst, or what queued
+        while we were busy), so the bound is on what stays buffered, not on the read: the data
+        goes in in pieces of at most the free room, whole messages are taken out after each, and
+        only a buffer full without a complete message is an error (a valid frame always fits)."""
         if self._error is not None:
             raise self._error
-        if len(self._buffer) + len(data) > MAX_BUFFER:
-            self._fail(SccpProtocolError(
-                f"receive buffer would exceed {MAX_BUFFER} bytes without a complete message"))
-        self._buffer += data
         out: list[Message] = []
+        view = memoryview(data)
+        while True:
+            room = MAX_BUFFER - len(self._buffer)
+            if room <= 0:
+                self._fail(SccpProtocolError(
+                    f"receive buffer would exceed {MAX_BUFFER} bytes without a complete message"))
+            piece = view[:room]
+            self._buffer += piece
+            view = view[len(piece):]
+            self._take_messages(out)
+            if not view:
+                return out
+
+    def _take_messages(self, out: list[Message]) -> None:
         while len(self._buffer) >= HEADER_SIZE:
             length, version, message_id = HEADER.unpack_from(self._buffer, 0)
             try:
@@ -842,7 +856,6 @@ class SccpFramer:
             except SccpProtocolError as exc:
                 self._fail(exc)
             self.header_version = version
-        return out
 
     def _fail(self, exc: SccpProtocolError) -> None:
         self._error = exc

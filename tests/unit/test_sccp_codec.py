@@ -188,8 +188,23 @@ def test_framer_rejects_length_below_message_id():
 def test_framer_buffer_is_bounded():
     framer = s.SccpFramer()
     framer.feed(struct.pack("<III", 4000, 0, 0x0999))  # a legal but incomplete frame
-    with pytest.raises(s.SccpProtocolError, match="receive buffer"):
+    with pytest.raises(s.SccpProtocolError):  # the zeros after it are no frame: a clean error
         framer.feed(bytes(s.MAX_BUFFER))
+    with pytest.raises(s.SccpProtocolError):  # and the stream stays broken
+        framer.feed(s.KeepAlive().serialize())
+
+
+def test_framer_takes_a_read_larger_than_its_buffer():
+    """One read may carry many whole messages (a phone's burst, or what queued in the socket while
+    the server was busy): all of them come out, and what stays buffered is still bounded."""
+    framer = s.SccpFramer()
+    one = s.KeepAlive().serialize()
+    burst = one * (3 * s.MAX_BUFFER // len(one) + 1)
+    partial = struct.pack("<III", 4000, 0, 0x0999) + bytes(100)
+    messages = framer.feed(burst + partial)
+    assert len(messages) == len(burst) // len(one)
+    assert all(isinstance(m, s.KeepAlive) for m in messages)
+    assert framer.buffered == len(partial) <= s.MAX_BUFFER
 
 
 @settings(max_examples=300, deadline=None)
