@@ -147,3 +147,39 @@ async def test_a_user_logs_in_and_out_at_the_phone_and_the_device_keeps_its_mode
     finally:
         await desk.close()
         await other.close()
+
+
+async def test_wrong_pins_sent_together_are_limited_like_one_after_another(cm, monkeypatch):
+    """Tries sent in one burst must not all pass the wrong-PIN limit before the first is counted:
+    of twelve wrong PINs sent at once, call control checks at most five (MAX_FAILURES) and then
+    refuses even the right PIN."""
+    from ccmsec_callmanager import phone_mobility
+
+    await cm.set_mode("mixed")
+    await cm.add_device(DESK, "7970", "encrypted")
+    await cm.stub.AddLine(pb.Line(dn="4601", device=DESK), timeout=10)
+    await cm.stub.AddMobilityUser(pb.MobilityUser(user_id="alice", dn="4690"), timeout=10)
+    await cm.stub.SetMobilityPin(pb.MobilityPinRequest(user_id="alice", pin="4711"), timeout=30)
+    checked = []
+    real = phone_mobility.pin_matches
+
+    def counting(stored, pin):
+        checked.append(pin)
+        return real(stored, pin)
+
+    monkeypatch.setattr(phone_mobility, "pin_matches", counting)
+    desk = await _phone(cm, DESK, secure=True)
+    try:
+        mobility = cm.svc.phone_mobility
+        refused_before = mobility.refused
+        desk.conn.write([DeviceToUserData(EM_APPLICATION_ID, 0, 0, 100 + i, b'<emLogin user="alice" pin="9999"/>')
+                         for i in range(12)])
+        await wait_for(lambda: mobility.refused - refused_before == 12, 60)
+        assert len(checked) == phone_mobility.MAX_FAILURES, checked
+        result = await _answer(desk, desk.display.mobility_login, "alice", "4711")
+        assert not result.ok and "too many wrong PINs" in result.text
+        assert len(checked) == phone_mobility.MAX_FAILURES
+        async with cm.svc.db() as session:
+            assert (await session.scalars(select(calls_db.MobilityLogin))).all() == []
+    finally:
+        await desk.close()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import time
 
@@ -120,11 +121,21 @@ class PhoneMobility:
             now = time.monotonic()
             if self._throttled(device, now):
                 return MobilityResult(False, action, user, "too many wrong PINs; wait a minute")
-            async with self.service.db() as session:
-                row = await session.get(calls_db.MobilityUser, user)
-                stored = row.pin_hash if row is not None else None
-            if not await asyncio.to_thread(pin_matches, stored, request.pin):
-                self._failures[device].append(now)
+            # Counted as a failure before the check and taken back unless the PIN is wrong: tries
+            # sent together would otherwise all pass the limit before the first one was counted.
+            recent = self._failures[device]
+            recent.append(now)
+            wrong = False
+            try:
+                async with self.service.db() as session:
+                    row = await session.get(calls_db.MobilityUser, user)
+                    stored = row.pin_hash if row is not None else None
+                wrong = not await asyncio.to_thread(pin_matches, stored, request.pin)
+            finally:
+                if not wrong:
+                    with contextlib.suppress(ValueError):
+                        recent.remove(now)
+            if wrong:
                 log.info("extension mobility login refused", extra={"device": device, "user": user})
                 return MobilityResult(False, action, user, REFUSED)
             try:
