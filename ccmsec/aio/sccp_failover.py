@@ -16,8 +16,10 @@ SRST-1). The thin asyncio adapter around `ccmsec.wire.sccp_failover.CallControlS
   never answers, so it does not count as reachable). The probe connection is kept open between
   probes and opened again when it went away: a fleet of 1,000 phones probing every 2 s would
   otherwise open 500 connections (TLS handshakes for secure phones) a second into the node that
-  just came back. Once a target has answered for the stable period and no call is up, the phone
-  unregisters and registers there, over that probe connection.
+  just came back. A kept probe connection found closed sooner than the node would drop a quiet
+  one (two keepalive intervals) means the node restarted: its stable period starts again. Once a
+  target has answered for the stable period and no call is up, the phone unregisters and
+  registers there, over that probe connection.
 * **Calls survive the loss** of the node that set them up: the call's media ports stay open and
   keep sending (`CallingPhone.preserve_on_loss`) while the phone registers elsewhere; the
   preserved call ends when the user hangs up (`hang_up`) or the far end stops sending for
@@ -187,6 +189,7 @@ class FailoverPhone:
         self.preserved: list[CallingPhone] = []
         self.standby: Standby | None = None
         self._probes: dict[int, Streams] = {}           # kept probe connections to higher targets
+        self._probe_answered: dict[int, float] = {}      # when each kept probe connection last answered
         self.events: list[PhoneEvent] = []
         self.last_problem = ""
         self.rejected = ""
@@ -412,24 +415,38 @@ class FailoverPhone:
         """True when target `index` answered a KeepAlive within `probe_timeout`: on the kept
         probe connection, or on a new one when there is none or the kept one went away (a
         restarted node); a kept connection that is open but silent means a hung node."""
+        loop = asyncio.get_running_loop()
         kept = self._probes.pop(index, None)
         if kept is not None:
             answer = await self._keepalive_answered(kept)
             if answer:
                 self._probes[index] = kept
+                self._probe_answered[index] = loop.time()
                 return True
             kept[1].close()
             if answer is False:
                 return False
+            if index in self._probe_answered:  # closed: by the node's silence limit, or a restart
+                self.selector.closed_early(index, self._silence_allowed(), self._probe_answered[index],
+                                           loop.time())
         try:
             streams = await asyncio.wait_for(self._connect(self.selector.targets[index]), self.probe_timeout)
         except (SccpConnectError, OSError, asyncio.TimeoutError, ssl.SSLError):
             return False
         if await self._keepalive_answered(streams):
             self._probes[index] = streams
+            self._probe_answered[index] = loop.time()
             return True
         streams[1].close()
         return False
+
+    def _silence_allowed(self) -> float:
+        """How long a node keeps a quiet connection: two keepalive intervals (the one the node we
+        are registered with gave us; the nodes of a group share it), the node's own margin left
+        out so that a doubt counts as a restart."""
+        session = self.conn.session if self.conn is not None else None
+        interval = getattr(session, "keepalive_interval", None) or 30
+        return 2.0 * interval
 
     async def _keepalive_answered(self, streams: Streams) -> bool | None:
         """True: KeepAliveAck within `probe_timeout`; False: no answer in time; None: the
@@ -455,6 +472,7 @@ class FailoverPhone:
         for index in list(self._probes) if only is None else only:
             if index != keep:
                 self._probes.pop(index)[1].close()
+                self._probe_answered.pop(index, None)
 
     def _expire_preserved(self) -> None:
         """A preserved call whose far end stopped sending is over (cleared cleanly)."""

@@ -136,6 +136,14 @@ class CallControlSelector:
             health.reachable_since = None
             health.failures += 1
 
+    def closed_early(self, index: int, silence_allowed: float, last_answer: float, now: float) -> None:
+        """The kept probe connection to `index` was found closed. A node drops a quiet connection
+        only after `silence_allowed` seconds without a keepalive; closed sooner, the node closed it
+        on its own — it restarted (or shed us) — so its stable period starts again (LATER-7: a node
+        that keeps restarting between probes is never returned to). Not a failed probe."""
+        if now - last_answer < silence_allowed:
+            self._health[index].reachable_since = None
+
     def left(self, now: float, towards: int = 0) -> None:
         """The phone left the active target on purpose (fail-back to `towards`); not a failure."""
         self.active = None

@@ -218,6 +218,26 @@ async def test_fail_back_probes_keep_their_connection_and_a_silent_node_never_co
     assert opened <= 2 * len(PHONES), f"{opened} connections for {len(PHONES)} phones"
 
 
+async def test_a_node_that_restarts_between_probes_starts_its_stable_period_again_LATER_7(lab):
+    """LATER-7 fail-back only to a node that has stayed up for the stable period: a node that
+    restarts between two probes (its connections closed, back before the next probe) is reachable
+    at every probe, but the kept probe connection it closed says it restarted — the phones wait a
+    whole stable period from then, so a crash-looping node is never returned to."""
+    await until(lambda: lab.on(lab.proxy.port), "registration with the first node")
+    lab.proxy.blackhole()
+    await until(lambda: lab.on(lab.ports["cm2"]), "failover after missed keepalives", timeout=10)
+    lab.proxy.restore()
+    await until(lambda: all(p.selector.reachable_since(0) is not None for p in lab.phones.values()),
+                "cm1 reachable again")
+    await asyncio.sleep(STABLE / 2)
+    lab.proxy.reset()              # what the phones see of a restart: every connection to cm1 closed
+    restarted = asyncio.get_running_loop().time()
+    await until(lambda: lab.on(lab.proxy.port), "fail-back to cm1", timeout=15)
+    for phone in lab.phones.values():
+        back = [e for e in phone.events if e.kind == "fail-back"][-1].at
+        assert back - restarted >= STABLE, "returned before a whole stable period after the restart"
+
+
 async def test_an_unexpected_failure_is_a_failed_attempt_the_phone_keeps_trying_LATER_7():
     """LATER-7: the phone never gives up for good. A failure of a kind nobody planned for (here the
     connection attempt raising ValueError) counts as a failed attempt on that target — the phone

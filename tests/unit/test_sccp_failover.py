@@ -80,6 +80,22 @@ def test_fail_back_waits_for_the_stable_period_and_never_during_a_call():
     assert sel.next_attempt(82.0).index == 0
 
 
+def test_a_node_that_closed_its_probe_connection_early_starts_its_stable_period_again_LATER_7():
+    """A kept probe connection found closed sooner than the node's silence limit means the node
+    restarted (or shed the phone): its stable period starts again with the next answer. Closed
+    after the limit, the node only dropped a quiet connection: the clock keeps running."""
+    sel = selector(stable_period=30)
+    sel.registered(1, 0.0)
+    sel.probe(0, 10.0, True)
+    sel.closed_early(0, silence_allowed=60.0, last_answer=20.0, now=30.0)   # restarted meanwhile
+    sel.probe(0, 30.0, True)
+    assert sel.fail_back_target(45.0, in_call=False) is None              # 30 s from 10.0: not any more
+    assert sel.fail_back_target(60.0, in_call=False) == 0                 # 30 s from the restart
+    sel.closed_early(0, silence_allowed=60.0, last_answer=61.0, now=130.0)  # quiet too long: its own limit
+    sel.probe(0, 130.0, True)
+    assert sel.reachable_since(0) == 30.0
+
+
 def test_registered_at_the_top_never_fails_back():
     sel = selector()
     sel.registered(0, 0.0)
