@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import socket
 from pathlib import Path
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsError as _SourceError
 
 ROLES = (
     "ctl-provider", "capf", "tftp-signer", "callmanager",
@@ -190,6 +192,12 @@ def load_settings(cls: type[ServiceSettings] = ServiceSettings, **overrides) -> 
             env = f"CCMSEC_{field.upper()}"
             problems.append(f"{env}: {err['msg']}")
         raise SettingsError("bad settings: " + "; ".join(problems)) from None
+    except _SourceError as exc:
+        # A JSON-valued variable (CCMSEC_PEERS, CCMSEC_CALL_CONTROL_NODES) that does not parse:
+        # pydantic-settings raises this before validation, not a ValidationError.
+        found = re.search(r'field "([A-Za-z0-9_]+)"', str(exc))
+        env = f"CCMSEC_{found.group(1).upper()}" if found else "a CCMSEC_ variable"
+        raise SettingsError(f"bad settings: {env}: not valid JSON") from None
 
 
 def peers_json(peers: dict[str, str]) -> str:
