@@ -5,7 +5,10 @@ its direction (sendrecv / recvonly / sendonly / inactive), its G.711 formats and
 (`RTP/SAVP`), one `a=crypto` line carrying the master key and salt inline in base64. The key
 describes the stream its *sender* encrypts (RFC 4568 §5.1). Only the SRTP stream is keyed (GW-1):
 keys are refused in any media other than audio, a second key (`FEC_KEY`) and MKIs are refused,
-and we never run RTCP, so no SRTCP key is ever derived for use.
+and we never run RTCP, so no SRTCP key is ever derived for use. A session parameter (RFC 4568
+§6.3) is accepted only when it asks for what we do anyway — `KDR=0`, `WSH=n` within our replay
+window, an optional `-name` — any other (UNENCRYPTED_SRTP, UNENCRYPTED_SRTCP, UNAUTHENTICATED_SRTP,
+KDR=n, FEC_ORDER, FEC_KEY, unknown names) refuses the line rather than being silently ignored.
 
 Every problem is an `SdpError` naming the line; lengths and counts are bounded.
 """
@@ -18,7 +21,7 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 
-from ccmsec.media.srtp import MasterKey, SrtpSuite
+from ccmsec.media.srtp import REPLAY_WINDOW, MasterKey, SrtpSuite
 
 MAX_SDP_BYTES = 8192
 MAX_LINES = 128
@@ -88,13 +91,38 @@ class CryptoAttribute:
         if len(raw) != want:
             raise SdpError(f"a=crypto: {suite.name} needs {want} bytes of key and salt, got {len(raw)}")
         for p in params:
-            name = p.split("=")[0]
-            if name == "FEC_KEY":
-                raise SdpError("a=crypto: FEC_KEY would carry a second key; only the SRTP stream is keyed (GW-1)")
-            if not _TOKEN.match(name):
-                raise SdpError(f"a=crypto: bad session parameter {p!r}")
+            _check_session_param(p)
         return cls(int(tag), MasterKey(suite, raw[:suite.key_length], raw[suite.key_length:]),
                    lifetime, tuple(params))
+
+
+def _check_session_param(param: str) -> None:
+    """RFC 4568 §6.3: keep a session parameter only if what it asks is what we do anyway.
+
+    Every other one changes how the stream is keyed or protected (unencrypted or unauthenticated
+    SRTP, key re-derivation, FEC), and §6.3.7 makes an unknown one (not prefixed '-') invalidate
+    the line: accepting and ignoring it would protect the stream differently from what the peer
+    asked for, so the line is refused, naming the parameter.
+    """
+    name, eq, value = param.partition("=")
+    if not _TOKEN.match(name):
+        raise SdpError(f"a=crypto: bad session parameter {param[:40]!r}")
+    if name.startswith("-"):
+        return                                   # optional by §6.3.7: may be ignored
+    if name == "KDR" and eq and value == "0":
+        return                                   # one key derivation per master key: what we do
+    if name == "WSH" and eq and value.isdigit() and len(value) <= 9 and 64 <= int(value) <= REPLAY_WINDOW:
+        return                                   # a window hint our replay window already meets
+    why = {
+        "KDR": "key re-derivation (KDR other than 0) is not supported; the session key is derived once",
+        "UNENCRYPTED_SRTP": "unencrypted SRTP is not supported; every SRTP stream is encrypted",
+        "UNENCRYPTED_SRTCP": "unencrypted SRTCP is not supported",
+        "UNAUTHENTICATED_SRTP": "unauthenticated SRTP is not supported; every SRTP packet is authenticated",
+        "FEC_ORDER": "forward error correction (FEC_ORDER) is not supported",
+        "FEC_KEY": "FEC_KEY would carry a second key; only the SRTP stream is keyed (GW-1)",
+        "WSH": f"window size hint must be a number 64..{REPLAY_WINDOW} (our replay window is {REPLAY_WINDOW})",
+    }.get(name, "unknown mandatory session parameter (RFC 4568 §6.3.7)")
+    raise SdpError(f"a=crypto: session parameter {param[:40]!r} refused: {why}")
 
 
 def _lifetime(text: str) -> int:

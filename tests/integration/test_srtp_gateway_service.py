@@ -283,6 +283,12 @@ async def test_mgcp_bad_commands_are_clear(gw):
         (pb.CreateConnectionRequest(**{**ok, "endpoint": "aaln/S1/SU0/2@gw1", "send_key": key}), grpc.StatusCode.INVALID_ARGUMENT, "GW-2"),
         (pb.CreateConnectionRequest(**{**ok, "endpoint": "aaln/S1/SU0/2@gw1", "srtp": True, "send_key": key,
                                        "remote_sdp": _remote(phone)}), grpc.StatusCode.INVALID_ARGUMENT, "RTP/SAVP"),
+        # RFC 4568 §6.3: a session parameter we do not implement refuses the offer (MGCP 510), never ignored
+        (pb.CreateConnectionRequest(**{**ok, "endpoint": "aaln/S1/SU0/2@gw1", "srtp": True, "send_key": key,
+                                       "remote_sdp": _remote(phone, MasterKey.generate()).replace(
+                                           "\r\na=rtpmap", " UNENCRYPTED_SRTP\r\na=rtpmap")}),
+         grpc.StatusCode.INVALID_ARGUMENT, "510 remote session description: line 7: a=crypto: session parameter "
+                                           "'UNENCRYPTED_SRTP' refused"),
         (pb.CreateConnectionRequest(**{**ok, "endpoint": "aaln/S1/SU0/2@gw1", "remote_sdp": "v=0\r\nbogus"}),
          grpc.StatusCode.INVALID_ARGUMENT, "remote session description"),
         (pb.CreateConnectionRequest(**{**ok, "endpoint": "aaln/S1/SU0/2@gw1", "srtp": True,

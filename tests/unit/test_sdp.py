@@ -49,6 +49,14 @@ def test_parses_a_typical_foreign_offer_with_lifetime_and_session_params():
     assert "|2^20 KDR=0" in c.value()
 
 
+def test_session_params_that_ask_for_what_we_do_are_kept():
+    """KDR=0 (one derivation), a replay-window hint within ours, optional '-' parameters (§6.3.7)."""
+    key = MasterKey.generate()
+    b64 = base64.b64encode(key.key_and_salt).decode()
+    c = CryptoAttribute.parse(f"1 AES_CM_128_HMAC_SHA1_80 inline:{b64} KDR=0 WSH=64 WSH=1024 -X_OPTIONAL=7")
+    assert c.key == key and c.session_params == ("KDR=0", "WSH=64", "WSH=1024", "-X_OPTIONAL=7")
+
+
 B64 = base64.b64encode(bytes(30)).decode()
 HEAD = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
 
@@ -83,6 +91,21 @@ HEAD = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\
     (HEAD + f"m=audio 1 RTP/SAVP 0\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{B64};inline:{B64}\r\n", "several keys"),
     (HEAD + f"m=audio 1 RTP/SAVP 0\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{B64} FEC_KEY=inline:{B64}\r\n", "GW-1"),
     (HEAD + f"m=audio 1 RTP/SAVP 0\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 key:{B64}\r\n", "must be 'inline:'"),
+    # RFC 4568 §6.3: parameters that change how the stream is keyed or protected are refused, not ignored
+    *[(HEAD + f"m=audio 1 RTP/SAVP 0\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{B64} KDR=0 {param}\r\n",
+       f"session parameter '{param}' refused: {words}") for param, words in [
+        ("UNENCRYPTED_SRTP", "unencrypted SRTP is not supported"),
+        ("UNENCRYPTED_SRTCP", "unencrypted SRTCP"),
+        ("UNAUTHENTICATED_SRTP", "unauthenticated SRTP"),
+        ("KDR=1", "key re-derivation"),
+        ("KDR=24", "key re-derivation"),
+        ("KDR=", "key re-derivation"),
+        ("FEC_ORDER=FEC_SRTP", "forward error correction"),
+        ("WSH=32", "window size hint"),
+        ("WSH=4096", "window size hint"),
+        ("WSH=x", "window size hint"),
+        ("NEW_THING=1", "unknown mandatory session parameter"),
+    ]],
     (HEAD + f"m=audio 1 RTP/SAVP 0\r\na=crypto:x AES_CM_128_HMAC_SHA1_80 inline:{B64}\r\n", "tag"),
     (HEAD + f"m=audio 1 RTP/SAVP 0\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{B64}|2^99\r\n", "lifetime"),
     (HEAD + f"m=audio 1 RTP/SAVP 0\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{B64}\r\n"
