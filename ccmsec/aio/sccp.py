@@ -133,9 +133,9 @@ def require_transport_matching_mode(device_mode_of: Callable[[str], DeviceSecuri
         mode = device_mode_of(request.device_name)
         if mode is None:
             return RegistrationDecision.reject("unknown device")
-        transport = (transport_mode_of_cipher(request.tls_cipher) if request.secure
-                     and request.tls_cipher else SccpTransportMode.NON_SECURE)
         try:
+            transport = (transport_mode_of_cipher(request.tls_cipher) if request.secure
+                         and request.tls_cipher else SccpTransportMode.NON_SECURE)
             check_transport_for_mode(mode, transport)
         except TransportModeMismatch as exc:
             return RegistrationDecision.reject(str(exc))

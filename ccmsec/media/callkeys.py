@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from ccmsec.domain import DeviceSecurityMode
 from ccmsec.media.srtp import MasterKey, SrtpSuite
-from ccmsec.pki.tls import SccpTransportMode, transport_mode_of_cipher
+from ccmsec.pki.tls import SccpTransportMode, TransportModeMismatch, transport_mode_of_cipher
 
 
 @dataclass(frozen=True)
@@ -46,8 +46,12 @@ def may_receive_keys(device: DeviceTransport) -> tuple[bool, str]:
         return False, f"ENC-3: device security mode is {mode.value}, not encrypted"
     if not device.tls:
         return False, "ENC-5: registered on the clear SCCP port"
-    if not device.cipher or transport_mode_of_cipher(device.cipher) is not SccpTransportMode.ENCRYPTED:
-        return False, f"ENC-5: TLS cipher {device.cipher or '(none)'} does not encrypt"
+    try:
+        encrypts = transport_mode_of_cipher(device.cipher) is SccpTransportMode.ENCRYPTED
+    except TransportModeMismatch:          # neither AES nor NULL: not encrypted (DEV-1)
+        encrypts = False
+    if not encrypts:
+        return False, f"ENC-5: TLS cipher {device.cipher or '(none)'} does not encrypt with AES"
     if not device.srtp_capable:
         return False, "ENC-3: the device did not announce SRTP capability"
     return True, ""

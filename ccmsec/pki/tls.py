@@ -242,9 +242,23 @@ def transport_mode_of(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> SccpT
 
 
 def transport_mode_of_cipher(cipher_name: str) -> SccpTransportMode:
-    if cipher_name.startswith("NULL-") or "-NULL-" in cipher_name:
+    """DEV-1: TLS with a NULL cipher is authenticated, TLS with AES is encrypted.
+
+    Any other suite (ChaCha20, 3DES, Camellia, ARIA, an anonymous ADH/AECDH one, an empty name)
+    is neither and raises TransportModeMismatch — it must never count as encrypted by default.
+    The SCCP contexts offer only NULL_CIPHERS and AES_CIPHERS, so this is the guard for a context
+    that someday offers more.
+    """
+    parts = cipher_name.replace("_", "-").split("-")
+    if parts[0] in ("ADH", "AECDH"):
+        raise TransportModeMismatch(f"TLS cipher {cipher_name} is anonymous: the peer is not "
+                                    "authenticated (DEV-1)")
+    if "NULL" in parts:
         return SccpTransportMode.AUTHENTICATED
-    return SccpTransportMode.ENCRYPTED
+    if any(p in ("AES", "AES128", "AES256") for p in parts):
+        return SccpTransportMode.ENCRYPTED
+    raise TransportModeMismatch(f"TLS cipher {cipher_name or '(none)'} is neither AES (encrypted) nor "
+                                "NULL (authenticated) (DEV-1)")
 
 
 def check_transport_for_mode(device_mode: SccpTransportMode | str,

@@ -175,8 +175,11 @@ def decide(request: RegistrationRequest, device: DeviceRecord | None, cluster_mo
         except PolicyViolation as exc:
             return Verdict.refuse(exc.rule_id, exc.reason)
 
-    transport = (transport_mode_of_cipher(request.tls_cipher)
-                 if request.secure and request.tls_cipher else SccpTransportMode.NON_SECURE)
+    try:
+        transport = (transport_mode_of_cipher(request.tls_cipher)
+                     if request.secure and request.tls_cipher else SccpTransportMode.NON_SECURE)
+    except TransportModeMismatch as exc:      # a cipher that is neither AES nor NULL
+        return Verdict.refuse("DEV-1", str(exc))
     try:
         check_transport_for_mode(mode, transport)
     except TransportModeMismatch as exc:

@@ -55,10 +55,24 @@ def test_mode3_non_secure_cluster_makes_every_device_non_secure():
 @pytest.mark.parametrize("mode,cipher,rule", [
     ("authenticated", None, "DEV-1"), ("encrypted", None, "DEV-1"),
     ("encrypted", NULL, "ENC-1"), ("authenticated", AES, "DEV-1"), ("non-secure", AES, "DEV-1"),
+    # encrypted = TLS with AES: a cipher that is neither AES nor NULL is refused, never counted as encrypted
+    ("encrypted", "ECDHE-RSA-CHACHA20-POLY1305", "DEV-1"), ("encrypted", "DES-CBC3-SHA", "DEV-1"),
+    ("encrypted", "ADH-AES128-SHA", "DEV-1"),
 ])
 def test_dev1_transport_must_match_the_mode(mode, cipher, rule):
     v = decide(_req(cipher=cipher, cert=_cert(CAPF, NAME)), _dev(mode), "mixed", TRUST)
     assert not v.accepted and v.rule == rule, v.reason
+
+
+async def test_dev1_sccp_server_decider_refuses_a_cipher_neither_aes_nor_null_cleanly():
+    """The SCCP server's own transport check (`require_transport_matching_mode`): a reject with
+    the reason, not an exception out of the decider."""
+    from ccmsec.aio.sccp import require_transport_matching_mode
+
+    decide_transport = require_transport_matching_mode({NAME: "encrypted"}.get)
+    refused = await decide_transport(_req(cipher="ECDHE-RSA-CHACHA20-POLY1305"))
+    assert not refused.accepted and "neither AES" in refused.reason and "DEV-1" in refused.reason
+    assert (await decide_transport(_req(cipher=AES))).accepted
 
 
 def test_auth7_enc1_cert2_lsc_and_mic_accepted_on_matching_cipher():

@@ -19,6 +19,11 @@ AES = "ECDHE-RSA-AES256-GCM-SHA384"
     (DeviceTransport("encrypted", False, ""), False, "ENC-5: registered on the clear SCCP port"),
     (DeviceTransport("non-secure", False, ""), False, "ENC-3"),
     (DeviceTransport("encrypted", True, AES, srtp_capable=False), False, "SRTP capability"),
+    # DEV-1: encrypted means AES; a cipher that is neither AES nor NULL is not encrypted (no keys)
+    (DeviceTransport("encrypted", True, "ECDHE-RSA-CHACHA20-POLY1305"), False, "ENC-5: TLS cipher ECDHE-RSA-CHACHA20"),
+    (DeviceTransport("encrypted", True, "DES-CBC3-SHA"), False, "does not encrypt with AES"),
+    (DeviceTransport("encrypted", True, ""), False, "ENC-5: TLS cipher (none)"),
+    (DeviceTransport("encrypted", True, "TLS_AES_256_GCM_SHA384"), True, ""),
 ])
 def test_enc3_enc5_who_may_receive_keys(device, ok, words):
     allowed, why = may_receive_keys(device)

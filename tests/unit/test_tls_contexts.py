@@ -66,6 +66,17 @@ def test_transport_mode_of_cipher():
     assert tls.transport_mode_of_cipher("NULL-SHA256") is tls.SccpTransportMode.AUTHENTICATED
     assert tls.transport_mode_of_cipher("ECDHE-RSA-NULL-SHA") is tls.SccpTransportMode.AUTHENTICATED
     assert tls.transport_mode_of_cipher("AES128-SHA256") is tls.SccpTransportMode.ENCRYPTED
+    assert tls.transport_mode_of_cipher("TLS_AES_256_GCM_SHA384") is tls.SccpTransportMode.ENCRYPTED
+    for name in tls.AES_CIPHERS:
+        assert tls.transport_mode_of_cipher(name) is tls.SccpTransportMode.ENCRYPTED, name
+    for name in tls.NULL_CIPHERS:
+        assert tls.transport_mode_of_cipher(name) is tls.SccpTransportMode.AUTHENTICATED, name
+    # DEV-1: encrypted = TLS with AES; anything else is neither mode, never encrypted by default
+    for name, words in [("ECDHE-RSA-CHACHA20-POLY1305", "neither AES"), ("DES-CBC3-SHA", "neither AES"),
+                        ("CAMELLIA128-SHA", "neither AES"), ("TLS_CHACHA20_POLY1305_SHA256", "neither AES"),
+                        ("", "(none) is neither"), ("ADH-AES128-SHA", "anonymous"), ("AECDH-NULL-SHA", "anonymous")]:
+        with pytest.raises(tls.TransportModeMismatch, match=words.replace("(", r"\(").replace(")", r"\)")):
+            tls.transport_mode_of_cipher(name)
     assert tls.transport_mode_of(None) is tls.SccpTransportMode.NON_SECURE
 
 
