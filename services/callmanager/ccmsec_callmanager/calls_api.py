@@ -14,7 +14,7 @@ import asyncio
 import grpc
 
 from ccmsec.calls.model import CallEvent, CallView
-from ccmsec.wire.sccp_phone import ICONS, PhoneActionError
+from ccmsec.wire.sccp_phone import ICONS, KEYPAD_CODES, PhoneActionError
 from ccmsec_proto import callmanager_pb2 as pb
 
 # SCCP media payload types (compression types) the phones report in CapabilitiesRes.
@@ -111,9 +111,14 @@ class CallsServicerMixin:
         if calls is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "call control is not running on this node")
         action = request.action.strip().lower().replace("-", "")
-        if action == "dial" and (not request.number or len(request.number) > MAX_CTI_NUMBER):
+        number = request.number
+        if action == "dial" and (not number or len(number) > MAX_CTI_NUMBER
+                                 or any(d not in KEYPAD_CODES for d in number)):
+            # checked here, not left to the port's phone: its refusal would read as a state
+            # problem (FAILED_PRECONDITION) when it is the request that is wrong
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"dial needs a number of 1 to {MAX_CTI_NUMBER} digits")
+                                f"dial needs a number of 1 to {MAX_CTI_NUMBER} characters 0-9 * # +, "
+                                f"got {number[:MAX_CTI_NUMBER + 8]!r}")
         try:
             device = calls.cti(request.port, action, request.number)
         except PhoneActionError as exc:
