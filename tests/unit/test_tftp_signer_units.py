@@ -153,6 +153,33 @@ async def test_auth4_disk_store_resigns_changed_sources_and_replaces_atomically(
     assert await restarted.refresh("c", [("A.xml", b"two")], force=True) == 1
 
 
+async def test_auth4_disk_store_never_serves_a_copy_that_is_not_its_own_intact_signature(
+        tftp_cert, signer, tmp_path):
+    """AUTH-4/AUTH-5 (caching off): a file under signed/ whose payload is still current is reused
+    only if this server's certificate signed it under that name and the signature verifies — a
+    flipped signature byte, a copy signed by another (earlier) key or under another name was served
+    as it was, and every phone refused it until the source changed. Also after it was indexed."""
+    other = FileSigner.from_issued(ensure_server_certificate(tmp_path / "old", "old-tftp"))
+    path = tmp_path / "c" / "signed" / "A.xml.sgn"
+    good = await SignedStore(SigningPool(signer), tmp_path, caching=False).get("c", "A.xml", b"payload")
+    start, _ = parse_sgn(good).signature_span
+    flipped = bytearray(good)
+    flipped[start + 10] ^= 0xFF
+    foreign = (bytes(flipped), SigningPool(other).sign_one("A.xml", b"payload"),
+               SigningPool(signer).sign_one("B.xml", b"payload"))
+    for bad in foreign:
+        path.write_bytes(bad)
+        restarted = SignedStore(SigningPool(signer), tmp_path, caching=False)
+        served = await restarted.get("c", "A.xml", b"payload")
+        verify_sgn(parse_sgn(served), tftp_cert.cert)
+        assert parse_sgn(served).header.file_name == "A.xml.sgn" and path.read_bytes() == served
+        path.write_bytes(bad)  # replaced behind the back of a store that indexed its own copy
+        again = await restarted.get("c", "A.xml", b"payload")
+        verify_sgn(parse_sgn(again), tftp_cert.cert)
+        assert restarted.hits == 0
+    assert await restarted.get("c", "A.xml", b"payload") == again and restarted.hits == 1
+
+
 async def test_bulk_refresh_uses_the_process_pool(tftp_cert, signer, tmp_path):
     pool = SigningPool(signer, workers=2, chunk=10)
     try:

@@ -7,7 +7,9 @@ half-written).
 
 - caching on: signed copies live in memory, in an LRU bounded by entries and bytes;
 - caching off: they are written atomically to `DATA/tftp/<folder>/signed/NAME.sgn`; a changed
-  source is re-signed and the new file replaces the old one (atomic rename).
+  source is re-signed and the new file replaces the old one (atomic rename). A file found there is
+  reused only if it is this server's signature of that name and it verifies (checked once per file
+  version: the index holds the whole file's sha256).
 
 `SigningPool` signs one file inline (about a millisecond) and many files in a process pool using
 every core (`FileSigner` pickles as key bytes and is loaded once per worker).
@@ -25,7 +27,7 @@ from collections import OrderedDict
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from ccmsec.formats.sgn import SgnFormatError, parse_sgn, sign_file
+from ccmsec.formats.sgn import SgnFormatError, SignatureError, parse_sgn, sign_file, verify_sgn
 from ccmsec.fsutil import atomic_write
 from ccmsec.procutil import exit_with_parent
 
@@ -103,7 +105,8 @@ class SignedStore:
         self.max_bytes = max_bytes
         self._memory: OrderedDict[tuple[str, str], tuple[bytes, bytes]] = OrderedDict()
         self._memory_bytes = 0
-        self._on_disk: dict[tuple[str, str], bytes] = {}  # key -> payload digest of the file on disk
+        # key -> (payload digest, digest of the whole file) of a file on disk known to be ours
+        self._on_disk: dict[tuple[str, str], tuple[bytes, bytes]] = {}
         self._inflight: dict[tuple[str, str, bytes], asyncio.Future] = {}
         self.hits = 0
         self.misses = 0
@@ -126,21 +129,27 @@ class SignedStore:
                 self._memory.move_to_end(key)
                 return entry[1]
             return None
-        known = self._on_disk.get(key)
         try:
             data = self.path(*key).read_bytes()
         except OSError:
             return None
-        if known is None:
+        whole = _digest(data)
+        known = self._on_disk.get(key)
+        if known is None or known[1] != whole:
+            # Not written by this process, or replaced since: served only if it is ours and intact
+            # — signed under this name by this server's certificate, signature valid. A damaged
+            # signature, a copy signed by another (or an earlier) key or under another name would
+            # be refused by every phone (AUTH-5): sign again, the rename replaces it.
+            self._on_disk.pop(key, None)
             try:
-                known = _digest(parse_sgn(data).payload)
-            except SgnFormatError:
-                return None  # damaged or foreign file: sign again, the rename replaces it
-            self._on_disk[key] = known
-        # The file on disk may have been replaced since it was indexed: it must end in our payload.
-        if known == digest and data.endswith(payload):
-            return data
-        return None
+                signed = parse_sgn(data)
+                if signed.header.file_name != key[1] + SGN:
+                    return None
+                verify_sgn(signed, self.pool.signer.certificate)
+            except (SgnFormatError, SignatureError):
+                return None
+            known = self._on_disk[key] = (_digest(signed.payload), whole)
+        return data if known[0] == digest else None
 
     def _remember(self, key: tuple[str, str], digest: bytes, signed: bytes) -> None:
         if self.caching:
@@ -156,7 +165,7 @@ class SignedStore:
 
     def _write(self, key: tuple[str, str], digest: bytes, signed: bytes) -> None:
         atomic_write(self.path(*key), signed)
-        self._on_disk[key] = digest
+        self._on_disk[key] = (digest, _digest(signed))
 
     # --- API ------------------------------------------------------------------------------------
     async def get(self, folder: str, name: str, payload: bytes) -> bytes:
