@@ -359,12 +359,6 @@ class EventBus:
                     await msg.ack()
                     return
                 await handler(event)
-                if mark is not None:
-                    await mark(durable, event.id)
-                EVENTS_HANDLED.labels(event.kind, "ok").inc()
-                if event.occurred_unix_ms:
-                    EVENT_LAG.labels(event.kind).observe(max(0.0, time.time() - event.occurred_unix_ms / 1000))
-                await msg.ack()
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -372,8 +366,24 @@ class EventBus:
                               extra={"kind": event.kind, "event_id": event.id})
                 EVENTS_HANDLED.labels(event.kind, "error").inc()
                 await msg.nak(delay=1.0)
+                return
             finally:
                 PUBLISHER.reset(token)
+            # Handled: acked whatever happens to its record. A record that could not be written
+            # (the database busy or away) must not turn a handled event into a redelivered one —
+            # the nak made the handler run again (a second reset, a second restart).
+            if mark is not None:
+                try:
+                    await mark(durable, event.id)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.warning("event handled but not recorded as handled: %s", exc,
+                                extra={"kind": event.kind, "event_id": event.id, "consumer": durable})
+            EVENTS_HANDLED.labels(event.kind, "ok").inc()
+            if event.occurred_unix_ms:
+                EVENT_LAG.labels(event.kind).observe(max(0.0, time.time() - event.occurred_unix_ms / 1000))
+            await msg.ack()
 
         config = ConsumerConfig(
             ack_policy=AckPolicy.EXPLICIT, ack_wait=30, max_deliver=20,

@@ -172,3 +172,39 @@ async def test_the_publishers_trace_id_is_bound_in_the_handler_and_a_malformed_o
         await bus.close()
     assert seen == [(first.id, "pub-trace-42"), (second.id, second.id)]
     assert lag() == before + 2
+
+
+async def test_an_event_whose_handled_record_fails_is_acked_not_handled_again(nats_server):
+    """The handler ran; writing its handled-event record then failed (database busy or away).
+    The event was nak'ed as if the handler had failed, redelivered a second later and — with no
+    record to stop it — handled again (a second reset, a second restart). It is acked now."""
+    handled: list[str] = []
+    marks = []
+
+    async def seen(consumer, eid):
+        return False  # no record was written
+
+    async def mark(consumer, eid):
+        marks.append(eid)
+        raise RuntimeError("database is locked")
+
+    async def handler(event):
+        handled.append(event.id)
+
+    bus = EventBus(nats_server, "mark-test", role="callmanager", connect_timeout=5)
+    await bus.connect()
+    try:
+        await bus.subscribe(subject_for("config.changed"), "mark-consumer", handler, seen=seen, mark=mark)
+        event = make_event("config.changed", "t", config_changed=events_pb2.ConfigChanged(devices=["SEP1"]))
+        await bus.publish(event)
+        for _ in range(100):
+            if handled:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(2.5)  # a nak'ed event comes back after 1 s
+        pending = await bus.pending()
+    finally:
+        await bus.close()
+    assert handled == [event.id]
+    assert marks == [event.id]
+    assert pending == {"mark-consumer": 0}
