@@ -44,6 +44,10 @@ from ccmsec.runtime.outbox import OutboxRelay, stage
 from ccmsec.runtime.settings import ServiceSettings, SettingsError, load_settings
 from ccmsec_proto import common_pb2, events_pb2
 
+class StartError(Exception):
+    """The service cannot start for a reason its own state gives (one clear line, no traceback)."""
+
+
 RESTART_EXIT_CODE = 75  # the runner (or compose's restart policy) starts the service again at once
 GRPC_PORT_DEFAULT = 50051
 
@@ -421,7 +425,7 @@ def run_service(cls: type[Service]) -> None:
         service = cls(settings)
         service.owns_process = True
         code = runner(_run_then_end_stragglers(service))
-    except (DatabaseError, bus_mod.BusError, SettingsError, IdentityError, OSError) as exc:
+    except (DatabaseError, bus_mod.BusError, SettingsError, IdentityError, StartError, OSError) as exc:
         logging.getLogger(f"ccmsec.{cls.role}").error("ccmsec-%s: cannot start: %s", cls.role, exc)
         sys.exit(1)
     sys.exit(code)

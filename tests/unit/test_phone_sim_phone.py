@@ -363,3 +363,46 @@ def test_server_overrides_are_checked_kept_across_restarts_and_cleared():
                                                                           p.call_control)
     again.set_servers(clear=True)
     assert again.tftp_address(("127.0.0.1", 10069)) == ("127.0.0.1", 10069) and not again.call_control
+
+
+@pytest.mark.parametrize("content", ['{"version": 1, "phones": [', "[]", '{"phones": 7}'])
+async def test_an_unreadable_phone_store_stops_the_service_and_is_left_as_it_is(tmp_path, content):
+    """A phone store that cannot be read stops phone-sim with one line — and is not replaced: the
+    fleet was kept before its store was read, so the shutdown that followed saved it, an empty
+    fleet written over the store (every phone's MIC and LSC keys gone). Valid JSON of the wrong
+    shape was an AttributeError (a traceback) on top."""
+    from ccmsec.runtime.service import StartError
+    from ccmsec_phone_sim.main import PhoneSimService, PhoneSimSettings
+
+    store = tmp_path / "phone-sim" / "phones.json"
+    store.parent.mkdir()
+    store.write_text(content)
+    svc = PhoneSimService(PhoneSimSettings(service="phone-sim", data_dir=tmp_path,
+                                           peers={"tftp-signer": "127.0.0.1"}))
+    with pytest.raises(StartError, match="unreadable phone store"):
+        await svc.setup()
+    await svc.teardown()  # what Service.run's shutdown does next
+    assert store.read_text() == content
+
+
+def test_a_start_error_is_one_line_and_exit_code_1(tmp_path):
+    """`run_service` ends a StartError with its one line (exit 1), never a traceback."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        from ccmsec.runtime.service import Service, StartError, run_service
+
+        class Broken(Service):
+            role = "phone-sim"
+            async def run(self):
+                raise StartError("the phone store is unreadable")
+
+        run_service(Broken)
+    """)
+    env = {**os.environ, "CCMSEC_SERVICE": "phone-sim", "CCMSEC_DATA_DIR": str(tmp_path)}
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60)
+    assert res.returncode == 1, res.stderr
+    assert "cannot start: the phone store is unreadable" in res.stderr
+    assert "Traceback" not in res.stderr

@@ -65,10 +65,15 @@ class Fleet:
             doc = json.loads(self.path.read_text())
         except FileNotFoundError:
             return []
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise FleetError(f"{self.path}: unreadable phone store: {exc}") from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("phones", []), list):
+            raise FleetError(f"{self.path}: unreadable phone store: not a list of phones")
         restored = []
         for item in doc.get("phones", []):
+            if not isinstance(item, dict):
+                log.error("phone store: skipping an entry that is not a phone")
+                continue
             try:
                 phone = Phone.from_dict(item)
             except (ValueError, KeyError, TypeError) as exc:  # one bad entry must not lose the fleet

@@ -23,7 +23,7 @@ from ccmsec.pki.tokens import ensure_manufacturer_ca
 from pydantic import Field
 
 from ccmsec.runtime import metrics
-from ccmsec.runtime.service import Service, run_service
+from ccmsec.runtime.service import Service, StartError, run_service
 from ccmsec.runtime.settings import ServiceSettings
 from ccmsec.runtime.servicer import StatusServicerMixin
 from ccmsec_proto import capf_pb2_grpc, common_pb2, phone_sim_pb2, phone_sim_pb2_grpc, tftp_signer_pb2_grpc
@@ -239,14 +239,20 @@ class PhoneSimService(Service):
                       failback_stable=s.phone_failback_stable, probe_interval=s.phone_probe_interval,
                       standby_interval=s.phone_standby_interval,
                       boot_retry_max=s.phone_boot_retry_max)
-        self.fleet = Fleet(s.data_dir / "phone-sim", net, max_concurrent_boots=self.max_concurrent_boots,
-                           manufacturer_ca=lambda: ensure_manufacturer_ca(s.manufacturer_folder, s.key_dir),
-                           image_anchors=self._image_anchors, lsc_issuers=self._lsc_issuers)
+        fleet = Fleet(s.data_dir / "phone-sim", net, max_concurrent_boots=self.max_concurrent_boots,
+                      manufacturer_ca=lambda: ensure_manufacturer_ca(s.manufacturer_folder, s.key_dir),
+                      image_anchors=self._image_anchors, lsc_issuers=self._lsc_issuers)
+        try:
+            restored = fleet.load()
+        except FleetError as exc:
+            # The fleet is kept only once its store was read: shutting down saves the fleet, and
+            # an empty one written over an unreadable store lost every phone's keys for good.
+            raise StartError(f"{exc} (left as it is: repair or remove it)") from None
+        self.fleet = fleet
         if s.key_dir is not None:
             # Compose: the manufacturer CA's key is phone-sim's alone, so phone-sim makes the CA as
             # it starts; call control waits for the certificate (it trusts MICs by it).
             await asyncio.to_thread(ensure_manufacturer_ca, s.manufacturer_folder, s.key_dir)
-        restored = self.fleet.load()
         self.fleet.start()
         metrics.add_sampler(metrics.SIMULATED_PHONES, self._phones_by_state)
         self.grpc.add(phone_sim_pb2_grpc.add_PhoneSimServicer_to_server, PhoneSimServicer(self),
