@@ -201,12 +201,22 @@ class Supervisor:
             child.restarts += 1
             child.state = "restarting"
             self.save()
-            try:
-                await asyncio.wait_for(self._stop.wait(), delay)
-                return
-            except asyncio.TimeoutError:
-                pass
-            await child.start()
+            while True:
+                try:
+                    await asyncio.wait_for(self._stop.wait(), delay)
+                    return
+                except asyncio.TimeoutError:
+                    pass
+                try:
+                    await child.start()
+                    break
+                except Exception as exc:  # no process left to fork, the log unwritable, the uid refused
+                    # Tried again with back-off: a watcher that died here left the service down
+                    # for good, its state "restarting", and said nothing.
+                    delay = child.backoff
+                    child.backoff = min(child.backoff * 2, BACKOFF_MAX)
+                    log.error("cannot start process; trying again with back-off: %s", exc,
+                              extra={"child": child.name, "delay": delay})
             self.save()
 
     async def _stop_all(self) -> None:
