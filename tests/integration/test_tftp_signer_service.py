@@ -330,6 +330,29 @@ async def test_auth4_caching_off_writes_signed_files_and_replaces_them_atomicall
         verify_sgn(parse_sgn(await r.get(f"{DEVICE}.cnf.xml.sgn")), r.cert)
 
 
+async def test_resign_refuses_a_name_that_is_not_a_device_and_deletes_nothing(tmp_path, nats_server):
+    """Resign names devices; the signed file's path is built from the name, so a named device
+    that does not exist had `signed/<name>.cnf.xml.sgn` unlinked (caching off) — with
+    `../../cluster2/SEP…` another cluster's file on this shared server (MODE-6). Now refused with
+    INVALID_ARGUMENT and nothing touched; a config.changed naming such a device is ignored too."""
+    async with running_service(tmp_path, nats_server, caching=False) as r:
+        await r.add_device(mode="authenticated")
+        await r.set_mode("mixed")
+        await r.get("RingList.xml.sgn")  # signed/ exists from now on
+        victim = tmp_path / "tftp" / "cluster2" / "SEP00112233AABB.cnf.xml.sgn"
+        victim.parent.mkdir(parents=True)
+        victim.write_bytes(b"another cluster's signed file")
+        for bad in ("../../cluster2/SEP00112233AABB", "sep00112233aabb"):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await r.stub().Resign(tftp_signer_pb2.ResignRequest(devices=[DEVICE, bad]), timeout=10)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "not a device name" in refused.value.details()
+        assert await r.svc.content.resign_devices(["../../cluster2/SEP00112233AABB"]) == 0
+        assert victim.read_bytes() == b"another cluster's signed file"
+        reply = await r.stub().Resign(tftp_signer_pb2.ResignRequest(devices=[DEVICE]), timeout=10)
+        assert reply.signed == 1
+
+
 # --- DEV-4 and the config contents -------------------------------------------------------------------
 
 async def test_dev4_hardening_and_capf_operation_reach_the_served_config(tftp):

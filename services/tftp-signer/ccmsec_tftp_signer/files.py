@@ -43,6 +43,7 @@ from ccmsec_tftp_signer.signing import SGN, SignedStore
 log = logging.getLogger("ccmsec.tftp-signer")
 
 TRUST_LISTS = ("CTLFile.tlv", "ITLFile.tlv")
+DEVICE_NAME = re.compile(r"SEP[0-9A-F]{12}")
 DEVICE_CONFIG = re.compile(r"(SEP[0-9A-F]{12})\.cnf\.xml")
 MAX_STATIC_FILE = 16 * 1024 * 1024
 MAX_HELD_STATIC = 1024 * 1024  # static files up to this size are kept in memory (stat-checked)
@@ -227,6 +228,8 @@ class TftpContent:
         for start in range(0, len(names), BUILD_BLOCK):
             items = []
             for name in names[start:start + BUILD_BLOCK]:
+                if not DEVICE_NAME.fullmatch(name):
+                    continue  # not a device name (the file name is built from it): nothing to sign or drop
                 xml = self.devices.xml(name)
                 if xml is None:
                     self.store.forget(folder, f"{name}.cnf.xml")  # a deleted device

@@ -39,7 +39,7 @@ from ccmsec_proto import common_pb2, events_pb2, tftp_signer_pb2, tftp_signer_pb
 from ccmsec_tftp_signer.content import ClusterEndpoints, write_static_files
 from ccmsec.db.commits import WATCHED, counter_path
 from ccmsec_tftp_signer.devicefiles import ChangeDetector
-from ccmsec_tftp_signer.files import FILE_KINDS, PublishError, TftpContent
+from ccmsec_tftp_signer.files import DEVICE_NAME, FILE_KINDS, PublishError, TftpContent
 from ccmsec_tftp_signer.layout import ClusterPath, Layout, Mode6Error
 from ccmsec_tftp_signer.owners import OwnerReads, OwnersUnavailable
 from ccmsec_tftp_signer.signing import SignedStore, SigningPool
@@ -97,6 +97,10 @@ class TftpSignerServicer(StatusServicerMixin, tftp_signer_pb2_grpc.TftpSignerSer
     async def Resign(self, request, context):  # noqa: N802
         started = time.perf_counter()
         names = None if request.all or not request.devices else list(request.devices)
+        bad = [n for n in names or () if not DEVICE_NAME.fullmatch(n)]
+        if bad:  # the signed file's name is built from it: "../other/SEP…" named a file elsewhere
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT,
+                        f"not a device name: {bad[0][:64]!r} (SEP and 12 upper-case hex digits)")
         try:
             count = await self.service.content.resign_devices(names, force=True)
             if request.all:
