@@ -172,16 +172,25 @@ async def test_kill_failover_call_survives_srst_and_fail_back_LATER_7_SRST_1(lab
     a.calling.act(a.calling.display.hang_up)
     await until(lambda: not b.calling.in_call, "call cleared on SRST")
 
-    # cm1 comes back (same port, behind the proxy): fail-back only after the stable period.
+    # cm1 comes back (same port, behind the proxy): a call is up, so nobody moves — checked only
+    # once cm1 has answered every probe for the stable period plus two probe rounds, so that the
+    # call, not an unfinished stable period, is what keeps the phones on SRST.
     await lab.start_node("cm1")
-    started = asyncio.get_running_loop().time()
-    await lab.call()                                          # a call is up: nobody moves
-    await asyncio.sleep(STABLE + 1.5)
+    await lab.call()
+    loop = asyncio.get_running_loop()
+    await until(lambda: all(p.selector.reachable_since(0) is not None
+                            and loop.time() - p.selector.reachable_since(0) >= STABLE + 1.0
+                            for p in lab.phones.values()), "cm1 answering probes for the stable period")
     assert lab.on(lab.srst.plain.port), "never in the middle of a call"
+    assert a.in_call and b.in_call
+    # the call ends: fail-back, a whole stable period after cm1 first answered (the stretch the
+    # phone registered from: `registered` keeps it, so it is still the selector's)
     a.calling.act(a.calling.display.hang_up)
     await until(lambda: lab.on(lab.proxy.port), "fail-back to cm1", timeout=10)
-    waited = [e for e in a.events if e.kind == "fail-back"][-1].at - started
-    assert waited >= STABLE
+    for p in lab.phones.values():
+        back = [e for e in p.events if e.kind == "fail-back"][-1]
+        assert back.target == p.selector.targets[0].label
+        assert back.at - p.selector.reachable_since(0) >= STABLE
 
 
 async def test_hung_node_and_cut_path_are_noticed_by_keepalive(lab):
