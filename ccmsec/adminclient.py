@@ -122,6 +122,10 @@ def discover(data_dir: Path, *, url: str | None = None, username: str | None = N
             "(is the cluster running? or pass --url)")
     if not url.startswith("https://"):
         raise AdminConfigError(f"administration API URL must be https://, got {url!r}")
+    try:
+        httpx.URL(url)
+    except (httpx.InvalidURL, UnicodeError) as exc:
+        raise AdminConfigError(f"administration API URL {url!r} is not a valid URL: {exc}") from None
     if password is None:
         if username not in (None, "admin"):
             raise AdminConfigError(f"no password for user {username!r} (use --password-file)")

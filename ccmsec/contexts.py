@@ -21,6 +21,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from cryptography.exceptions import InvalidSignature
 
@@ -97,6 +98,14 @@ def save(name: str, url: str, ca_pem: bytes, password: str, user: str = "admin")
     """Create or replace a context (the password file 0600, the folder 0700)."""
     if not url.startswith("https://"):
         raise ContextError(f"administration API URL must be https://, got {url!r}")
+    try:  # saved only if it can be used: a host, a port in range, text
+        url.encode("utf-8")
+        parts = urlsplit(url)
+        if not parts.hostname:
+            raise ValueError("no host")
+        parts.port  # noqa: B018  (raises ValueError when out of range or not a number)
+    except (ValueError, UnicodeError) as exc:
+        raise ContextError(f"administration API URL {url!r} is not a valid URL: {exc}") from None
     if b"-----BEGIN CERTIFICATE-----" not in ca_pem:
         raise ContextError("the CA file holds no PEM certificate")
     if not password or "\n" in password:

@@ -10,6 +10,7 @@ import time
 
 from ccmsec.cli.common import (
     EXIT_NOT_READY, CliError, add_data_option, add_json_option, data_dir, json_output, print_json,
+    seconds,
 )
 from ccmsec.cluster import runner
 
@@ -108,13 +109,13 @@ def register(sub) -> None:
     p = sub.add_parser("restart", help="restart services through restart events (CHK-14: all of them)")
     add_data_option(p)
     p.add_argument("roles", nargs="*", metavar="ROLE", help="roles to restart (default: every service)")
-    p.add_argument("--timeout", type=float, default=90.0)
+    p.add_argument("--timeout", type=seconds, default=90.0)
     p.set_defaults(func=_restart)
     p = sub.add_parser("up", help="start a local cluster (NATS + every service)")
     add_data_option(p)
     p.add_argument("-d", "--detach", action="store_true", help="return once every service is serving")
     p.add_argument("--base", help="loopback base address 127.A.B.0 (default: derived from --data)")
-    p.add_argument("--timeout", type=float, default=runner.UP_TIMEOUT, help="seconds to wait for SERVING")
+    p.add_argument("--timeout", type=seconds, default=runner.UP_TIMEOUT, help="seconds to wait for SERVING")
     p.add_argument("--subscribers", type=int, default=0, metavar="N",
                    help="call-control subscribers beside the publisher (0-4; LATER-7): phones list "
                         "the publisher and the first two subscribers, then SRST")

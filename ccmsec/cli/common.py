@@ -12,6 +12,7 @@ from pathlib import Path
 import platformdirs
 
 MAX_PASSWORD = 1024  # bytes read from a pipe; longer input is not a password
+MAX_PASSWORD_FILE = 64 * 1024  # bytes of a --password-file; a bigger file is not a password file
 
 
 # Exit codes (the same table is printed by `ccmsec --help` and in README.md):
@@ -68,6 +69,24 @@ def print_json(value) -> None:
     sys.stdout.write("\n")
 
 
+MAX_SECONDS = 86_400.0
+
+
+def seconds(text: str) -> float:
+    """argparse type of a --timeout: a finite number of seconds, 0 < value <= one day (`nan` would
+    never expire and a negative one would give up before trying)."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or not 0 < value <= MAX_SECONDS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give a number of seconds above 0, at most {MAX_SECONDS:g}")
+    return value
+
+
 def default_data_dir() -> Path:
     env = os.environ.get("CCMSEC_DATA_DIR")
     if env:
@@ -100,14 +119,27 @@ def data_dir(args: argparse.Namespace, *, local: bool = False) -> Path:
     return Path(given or default_data_dir()).expanduser().resolve()
 
 
+def _stdin_text(password: str) -> str:
+    """Standard input decoded with surrogateescape (C locale) keeps bytes that are not UTF-8 as
+    surrogates, which no password can hold: refused here, not as a traceback later."""
+    try:
+        password.encode("utf-8")
+    except UnicodeEncodeError:
+        raise CliError("the password read from standard input is not UTF-8 text") from None
+    return password
+
+
 def _read_stdin_password() -> str:
-    line = sys.stdin.readline(MAX_PASSWORD + 2)
+    try:
+        line = sys.stdin.readline(MAX_PASSWORD + 2)
+    except UnicodeDecodeError:
+        raise CliError("the password read from standard input is not UTF-8 text") from None
     if not line:
         raise CliError("no password given on standard input")
     password = line.rstrip("\r\n")
     if len(password) > MAX_PASSWORD:
         raise CliError(f"the password read from standard input is over {MAX_PASSWORD} characters")
-    return password
+    return _stdin_text(password)
 
 
 def read_password(args: argparse.Namespace, prompt: str = "Token password: ") -> str:
@@ -118,19 +150,30 @@ def read_password(args: argparse.Namespace, prompt: str = "Token password: ") ->
         return _read_stdin_password()
     if pw_file:
         try:
-            return Path(pw_file).read_text().rstrip("\r\n")
+            with open(pw_file, "rb") as fh:
+                raw = fh.read(MAX_PASSWORD_FILE + 1)
         except OSError as exc:
             raise CliError(f"cannot read password file {pw_file}: {exc.strerror}") from None
+        if len(raw) > MAX_PASSWORD_FILE:
+            raise CliError(f"password file {pw_file} is over {MAX_PASSWORD_FILE} bytes: not a password")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise CliError(f"password file {pw_file} is not UTF-8 text") from None
+        return text.rstrip("\r\n")
     if not sys.stdin.isatty():
         # Piped or redirected: read one line quietly. getpass would warn that it cannot hide
         # the echo and print its prompt to the terminal, though nothing is typed there.
-        line = sys.stdin.readline(MAX_PASSWORD + 2)
+        try:
+            line = sys.stdin.readline(MAX_PASSWORD + 2)
+        except UnicodeDecodeError:
+            raise CliError("the password read from standard input is not UTF-8 text") from None
         if not line:
             raise CliError("no password given (use --password-file FILE when not interactive)")
         password = line.rstrip("\r\n")
         if len(password) > MAX_PASSWORD:
             raise CliError(f"the password read from standard input is over {MAX_PASSWORD} characters")
-        return password
+        return _stdin_text(password)
     try:
         return getpass.getpass(prompt)
     except EOFError:

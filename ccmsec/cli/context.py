@@ -91,8 +91,12 @@ def _add_bundle(args, contexts) -> int:
     if args.ca_file is not None or args.password_file is not None:
         raise CliError("--client-bundle carries the CA and the password: give neither --ca-file nor --password-file")
     source = sys.stdin if args.client_bundle == "-" else open(args.client_bundle, encoding="utf-8")
-    with source:
-        raw = source.read(4 * contexts.MAX_FILE + 1)
+    try:
+        with source:
+            raw = source.read(4 * contexts.MAX_FILE + 1)
+    except UnicodeDecodeError:
+        raise CliError("the client bundle is not UTF-8 text (make it with `docker-compose run --rm -T "
+                       "cli compose client-bundle`)") from None
     if len(raw) > 4 * contexts.MAX_FILE:
         raise CliError("the client bundle is too large")
     try:

@@ -13,7 +13,7 @@ from typing import Callable
 
 from ccmsec.cli.common import (
     CliError, add_data_option, add_json_option, add_wait_option, json_output, print_json, proto_json,
-    service_pids_before_change, wait_for_restarts,
+    seconds, service_pids_before_change, wait_for_restarts,
 )
 from ccmsec.domain import ClusterMode
 from ccmsec.formats.ctl import (
@@ -44,10 +44,16 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_show]
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    from ccmsec.formats.ctl import MAX_CTL_SIZE
+
     try:
-        data = args.file.read_bytes()
+        with open(args.file, "rb") as fh:  # bounded: a device or a huge file is not a trust list
+            data = fh.read(MAX_CTL_SIZE + 1)
     except OSError as exc:
         raise CliError(f"cannot read {args.file}: {exc.strerror}") from None
+    if len(data) > MAX_CTL_SIZE:
+        raise CliError(f"{args.file}: not a valid CTL file: over {MAX_CTL_SIZE} bytes; trust lists "
+                       f"must stay under {MAX_CTL_SIZE} bytes")
     try:
         ctl_file = parse_ctl(data)
     except CtlFormatError as exc:
@@ -145,7 +151,7 @@ def add_update(actions: argparse._SubParsersAction) -> None:
     update.add_argument("--token-dir", type=Path, help="token directory (default: DATA/tokens)")
     update.add_argument("--output", "-o", type=Path, help="also write the CTL to this file")
     update.add_argument("--quiet", "-q", action="store_true", help="do not print the trust list")
-    update.add_argument("--timeout", type=float, default=5.0, help="network timeout in seconds")
+    update.add_argument("--timeout", type=seconds, default=5.0, help="network timeout in seconds")
     add_wait_option(update)
     update.set_defaults(func=cmd_update)
 

@@ -16,7 +16,7 @@ from ccmsec.adminclient import (
     AdminClientError,
     discover,
 )
-from ccmsec.cli.common import CliError, add_data_option, data_dir, read_password
+from ccmsec.cli.common import CliError, add_data_option, data_dir, read_password, seconds
 
 LIST_COLUMNS = [("NAME", "name"), ("MODEL", "model"), ("SECURITY", "security_mode"),
                 ("POOL", "device_pool"), ("VERSION", "config_version"),
@@ -257,7 +257,7 @@ def register_call_control(sub) -> None:
                        help="restart the phone application (Reset type 2) instead of a reset")
     reset.add_argument("--wait", action="store_true",
                        help="follow progress until every phone is back (or --timeout)")
-    reset.add_argument("--timeout", type=float, default=120.0, help="seconds to wait (default 120)")
+    reset.add_argument("--timeout", type=seconds, default=120.0, help="seconds to wait (default 120)")
     reset.set_defaults(func=_reset)
 
     pool = sub.add_parser("set-pool", help="put a phone in a device pool")

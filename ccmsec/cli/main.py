@@ -67,6 +67,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _undecodable_argument(argv: list[str], exc: UnicodeEncodeError) -> str | None:
+    """The command-line argument (shown as its bytes) whose undecodable bytes caused `exc`, if any."""
+    culprit = exc.object[exc.start:exc.end] if isinstance(exc.object, str) else ""
+    if not culprit or not all("\udc80" <= ch <= "\udcff" for ch in culprit):
+        return None
+    for arg in argv:
+        if culprit in arg:
+            shown = repr(os.fsencode(arg))
+            return shown if len(shown) <= 80 else shown[:77] + "..."
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     Parser.json_errors = "--json" in argv[: argv.index("--")] if "--" in argv else "--json" in argv
@@ -85,6 +97,18 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"ccmsec: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except UnicodeEncodeError as exc:
+        # An argument that is not UTF-8 (the shell passed bytes Python could only keep as
+        # surrogates) reached a name, a URL or a message that must be text: a usage error.
+        bad = _undecodable_argument(argv, exc)
+        if bad is None:
+            raise
+        message = f"argument {bad} is not valid UTF-8 text"
+        if args.json:
+            print(error_json(message, EXIT_USAGE), file=sys.stderr)
+        else:
+            print(f"ccmsec: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
     except ValueError as exc:
         # the command line's own TLS identity cannot be loaded or issued (e.g. it belongs to
         # another cluster CA and this folder has no CA key to issue a new one): one line, no

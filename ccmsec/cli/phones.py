@@ -15,7 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 from ccmsec.cli.common import (
-    CliError, add_data_option, add_json_option, data_dir, json_output, print_json, proto_json,
+    CliError, add_data_option, add_json_option, data_dir, json_output, print_json, proto_json, seconds,
 )
 
 ROLE = "phone-sim"
@@ -46,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("names", nargs="*", metavar="NAME")
         p.add_argument("--all", action="store_true", help="every phone")
         p.add_argument("--wait", action="store_true", help="show progress until every phone settles")
-        p.add_argument("--timeout", type=float, default=120.0, help="with --wait: give up after SECONDS")
+        p.add_argument("--timeout", type=seconds, default=120.0, help="with --wait: give up after SECONDS")
         p.set_defaults(func=cmd_boot if verb == "boot" else cmd_reset)
 
     listing = actions.add_parser("list", help="phones and their state")

@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 
 from ccmsec.cli.common import (
-    CliError, add_data_option, add_json_option, data_dir, json_output, print_json, proto_json,
+    EXIT_USAGE, CliError, add_data_option, add_json_option, data_dir, json_output, print_json,
+    proto_json, seconds,
 )
 from ccmsec.domain import ClusterMode
 
@@ -41,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     get.add_argument("name", metavar="NAME", help="e.g. SEP001122334455.cnf.xml.sgn or CTLFile.tlv")
     get.add_argument("-o", "--output", type=Path, help="write here (default: standard output)")
     get.add_argument("--blksize", type=int, help="ask for this block size (RFC 2348)")
-    get.add_argument("--timeout", type=float, default=2.0, help="seconds per retransmission")
+    get.add_argument("--timeout", type=seconds, default=2.0, help="seconds per retransmission")
     get.set_defaults(func=cmd_get)
 
     resign = actions.add_parser("resign", help="sign device configurations again now (mixed mode)")
@@ -125,6 +126,8 @@ def cmd_get(args) -> int:
 
     if args.blksize is not None and not MIN_BLKSIZE <= args.blksize <= MAX_BLKSIZE:
         raise CliError(f"--blksize must be {MIN_BLKSIZE}..{MAX_BLKSIZE}")
+    if not args.name or not args.name.isascii() or "\0" in args.name:
+        raise CliError(f"TFTP file names are ASCII text, not {args.name!r}", EXIT_USAGE)
     _, svc = _endpoint(args)
     port = svc.get("tftp_port", 69)
     try:
