@@ -566,6 +566,31 @@ async def test_ctl2_concurrent_commits_cannot_both_pass_against_the_same_current
     assert signer.published == [first, current.ctl]  # the refused file never reached TFTP
 
 
+async def test_ctl2_commit_refuses_a_ctl_older_than_the_current_one(provider_with_signer, tokens):
+    """CTL-2: a phone refuses a CTL whose timestamp is older than the one it holds (a replay — an
+    old file may still list a token removed since). The provider published and recorded such a
+    file as the new version, so every phone stayed on the old CTL while the cluster recorded
+    another. Refused now, and nothing reaches TFTP; with --new-trust (trust lists reset) it passes."""
+    provider, signer = provider_with_signer
+    await provider.stub.Activate(ctl_provider_pb2.ActivateRequest(active=True))
+    servers = await provider.fetch()
+    records = build_records([tokens["t1"].certificate, tokens["t2"].certificate], servers)
+    now = int(time.time())
+    older = build_ctl(records, tokens["t1"], now - 3600)
+    first = build_ctl(records, tokens["t1"], now)
+    assert (await provider.stub.CommitCtl(ctl_provider_pb2.CommitCtlRequest(ctl=first))).version == 1
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await provider.stub.CommitCtl(ctl_provider_pb2.CommitCtlRequest(ctl=older))
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "replay" in refused.value.details() and "CTL-2" in refused.value.details()
+    assert (await provider.stub.GetCurrentCtl(common_pb2.Empty())).ctl == first
+    assert signer.published == [first]
+    same_second = build_ctl(records, tokens["t2"], now)  # not older: accepted
+    assert (await provider.stub.CommitCtl(ctl_provider_pb2.CommitCtlRequest(ctl=same_second))).version == 2
+    reply = await provider.stub.CommitCtl(ctl_provider_pb2.CommitCtlRequest(ctl=older, new_trust=True))
+    assert reply.version == 3 and signer.published == [first, same_second, older]
+
+
 async def test_metrics_ctl_version_mixed_mode_and_token_expiry(provider, tokens):
     """Issue 16: the CTL version (0 while none exists), the cluster mode and each security token's
     certificate expiry (DATA/tokens), as sampled for the metrics endpoint."""

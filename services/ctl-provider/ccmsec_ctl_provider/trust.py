@@ -8,7 +8,8 @@ folder). Call control, the gateway and the TFTP server follow the mode through `
 
 Commit (CHK-6), in this order so nothing is half done:
   1. the file parses and verifies, lists at least two tokens (CTL-1) and is signed by a token of
-     the current CTL unless the administrator asked for new trust (CTL-2);
+     the current CTL, no older than it (a phone refuses an older CTL as a replay), unless the
+     administrator asked for new trust (CTL-2);
   2. MODE-6: this cluster's TFTP path and target mode fit the registry of clusters sharing the TFTP
      server;
   3. the tftp-signer publishes it atomically (PublishFile; refused or unreachable: nothing else
@@ -209,13 +210,23 @@ class TrustOperations:
             target = target or previous_mode
             current = await current_ctl(session)
             if current is not None and not new_trust:
-                trusted = parse_ctl(current.content).records_for_role(Role.TOKEN)
+                current_file = parse_ctl(current.content)
+                trusted = current_file.records_for_role(Role.TOKEN)
                 if not any(t.certificate_der == signer.certificate_der for t in trusted):
                     raise Refused(grpc.StatusCode.FAILED_PRECONDITION,
                                   f"CTL-2: the signing token {signer.subject} is not a token of the "
                                   f"current CTL (version {current.version}); phones would refuse the "
                                   "new file and be stranded. Sign with a token of the current CTL, "
                                   "or pass --new-trust after resetting every phone's trust list")
+                # A phone refuses a CTL older than the one it holds (a replay: an old file may still
+                # list a token since removed), so recording it would leave every phone on the old one.
+                if ctl_file.header.timestamp < current_file.header.timestamp:
+                    raise Refused(grpc.StatusCode.FAILED_PRECONDITION,
+                                  f"CTL-2: the CTL was signed at {ctl_file.header.time:%Y-%m-%d %H:%M:%S} "
+                                  f"UTC, before the current CTL (version {current.version}, "
+                                  f"{current_file.header.time:%Y-%m-%d %H:%M:%S} UTC); phones refuse an "
+                                  "older CTL as a replay. Build a new one (is this machine's clock "
+                                  "behind?), or pass --new-trust after resetting every phone's trust list")
             registry = await self.checked_registry(session, target)
         stub = tftp_signer_pb2_grpc.TftpSignerStub(self.service.peer_channel("tftp-signer"))
         try:
