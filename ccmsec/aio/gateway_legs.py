@@ -21,7 +21,7 @@ import grpc
 
 from ccmsec.formats.sdp import SdpError, parse_sdp
 from ccmsec.media.gatewayleg import GatewayLegPlan
-from ccmsec.media.keys import from_encryption_info, to_proto
+from ccmsec.media.keys import to_proto
 from ccmsec_proto import srtp_gateway_pb2 as pb
 from ccmsec_proto import srtp_gateway_pb2_grpc
 
@@ -104,11 +104,8 @@ class GatewayLegs:
         conn = self.connections.get(channel.party_id)
         if conn is None or channel.tx is None:
             return
-        phone_send = from_encryption_info(channel.rx_encryption)   # the gateway decrypts with it
-        gateway_send = from_encryption_info(channel.tx_encryption)
-        srtp = phone_send is not None and gateway_send is not None
-        plan = GatewayLegPlan(srtp, "" if srtp else "GW-2: call control gave this leg no keys",
-                              phone_send if srtp else None, gateway_send if srtp else None)
+        plan = GatewayLegPlan.for_channel(channel.rx_encryption, channel.tx_encryption)
+        srtp, gateway_send = plan.srtp, plan.phone_receive
         self.plans[channel.party_id] = plan
         try:
             await self._stub().ModifyConnection(pb.ModifyConnectionRequest(

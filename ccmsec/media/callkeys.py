@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ccmsec.domain import DeviceSecurityMode
-from ccmsec.media.srtp import MasterKey, SrtpSuite
+from ccmsec.media.srtp import MasterKey
 from ccmsec.pki.tls import SccpTransportMode, TransportModeMismatch, transport_mode_of_cipher
 
 
@@ -36,7 +36,6 @@ class DeviceTransport:
     tls: bool                 # registered on the TLS port (2443), not on 2000
     cipher: str = ""          # the negotiated TLS cipher
     srtp_capable: bool = True  # the phone said so in CapabilitiesRes
-    suites: frozenset[SrtpSuite] = frozenset({SrtpSuite.AES_CM_128_HMAC_SHA1_80})
 
 
 def may_receive_keys(device: DeviceTransport) -> tuple[bool, str]:

@@ -1,6 +1,5 @@
 """Callmanager's media plane: who gets keys (ENC-3, ENC-5, GW-2, GW-4 — the eligibility its key
-source really uses; `ccmsec.media.gatewayleg.plan_gateway_leg`, tested in test_media_gatewayleg.py,
-is not on call control's path) and what the call agent is told of the SRTP gateway: a gateway whose
+source really uses) and what the call agent is told of the SRTP gateway: a gateway whose
 audit reports no SRTP makes its calls non-secure (CALL-3), not merely keyless (GW-2)."""
 
 from __future__ import annotations
