@@ -129,7 +129,26 @@ def _drift(config: StreamConfig) -> str:
             same = have == want
         if not same:
             diffs.append(f"{name} {have!r}, not {want!r}")
+    untrusted = _untrusted(config)
+    if untrusted:
+        diffs.append(untrusted)
     return "; ".join(diffs)
+
+
+# Stream settings under which the subject a consumer sees is not (only) the one a publisher used on
+# this stream: a transform rewrites subjects as they are stored, sources and a mirror bring in
+# messages from other streams, republish sends copies on. Any service may create the stream when
+# it is missing (BUS-5), so one that made it with a transform from its own prefix to another role's
+# (`ccmsec.phone-sim.access.denied` -> `ccmsec.cli.service.restart.callmanager`) would publish as
+# that role: while the stream has any of them, no event is handled (BUS-2/BUS-3).
+_SUBJECT_REWRITING = ("subject_transform", "republish", "mirror", "sources")
+
+
+def _untrusted(config: StreamConfig) -> str:
+    """Why subjects in a stream of `config` do not prove the publisher ("" when they do)."""
+    found = [name for name in _SUBJECT_REWRITING if getattr(config, name, None)]
+    return (f"it has {' and '.join(found)}, so a subject no longer proves who published"
+            if found else "")
 
 
 @dataclass
@@ -160,6 +179,8 @@ class EventBus:
         # How the existing stream's configuration differs from ours ("" when it does not): a
         # stream made while ours was missing with limits that lose events (BUS-5).
         self.stream_drift = ""
+        # Why the stream's subjects cannot be trusted ("" when they can): every event is dropped.
+        self.stream_untrusted = ""
 
     @property
     def _subs(self) -> list:
@@ -275,21 +296,29 @@ class EventBus:
     async def ensure_stream(self) -> bool:
         """The stream exists afterwards (True when this call created it)."""
         try:
-            self.stream_drift = _drift((await self.js.stream_info(STREAM)).config)
+            self._judge_stream((await self.js.stream_info(STREAM)).config)
             return False
         except NotFoundError:
             pass
         started = time.monotonic()
         try:
-            await self.js.add_stream(stream_config())
+            self._judge_stream((await self.js.add_stream(stream_config())).config)
             return True
         except Exception as exc:  # another service created it at the same moment, or we may not
             try:
-                await self.js.stream_info(STREAM)
+                self._judge_stream((await self.js.stream_info(STREAM)).config)
                 return False
             except NotFoundError:
                 refused = self._refusal(f"$JS.API.STREAM.CREATE.{STREAM}", started)
                 raise BusError(f"cannot create stream {STREAM}: {refused or exc}") from None
+
+    def _judge_stream(self, config: StreamConfig) -> None:
+        self.stream_drift = _drift(config)
+        untrusted = _untrusted(config)
+        if untrusted and not self.stream_untrusted:
+            log.error("event stream %s cannot be trusted: %s; no event is handled until the bus "
+                      "operator restores it", STREAM, untrusted, extra={"rule": "BUS-2"})
+        self.stream_untrusted = untrusted
 
     async def publish(self, event: events_pb2.Event, target: str | None = None) -> int:
         """Publish durably under this bus's role; returns the stream sequence number."""
@@ -335,6 +364,8 @@ class EventBus:
                 await msg.term()
                 return
             parsed, refusal = check_event(msg.subject, event)
+            if self.stream_untrusted:
+                refusal = f"the event stream {self.stream_untrusted}"
             if refusal:
                 publisher = parsed.publisher if parsed else "?"
                 kind = parsed.kind if parsed else "?"

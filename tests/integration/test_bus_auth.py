@@ -434,3 +434,52 @@ def test_every_role_may_bind_only_its_own_nodes_declared_consumers_BUS_6():
     assert "device-reset" in CONSUMERS["phone-sim"] and "access-denied" not in CONSUMERS["phone-sim"]
     with pytest.raises(ValueError, match="not an nkey public key"):
         user_permissions("callmanager", "cm", "U.>")
+
+
+async def test_a_stream_recreated_with_a_subject_transform_lets_no_forged_event_through_BUS_2(bus_cluster, caplog):
+    """BUS-2/BUS-5: any service may create the stream when it is missing. phone-sim, the least
+    trusted role, made it with a transform from its own `access.denied` to the CLI's restart of
+    callmanager: what it published was stored — and delivered — as `ccmsec.cli.service.restart.
+    callmanager`, which the subject check lets through, and nothing said the stream was wrong.
+    Now the stream counts as drifted (DEGRADED) and no event from it is handled."""
+    from nats.js.api import SubjectTransform
+
+    from ccmsec.runtime.bus import stream_config
+
+    c = bus_cluster
+    cm, operator, phone_sim = _bus(c, "callmanager"), _operator(c), _bus(c, "phone-sim")
+    for b in (cm, operator, phone_sim):
+        await b.connect()
+    handled, refused = [], []
+
+    async def handler(event):
+        handled.append(event.id)
+
+    try:
+        await cm.subscribe(subject_for("service.restart", "callmanager"), "callmanager-restart", handler,
+                           on_refused=lambda *a: refused.append(a))
+        assert await cm.check() == ""
+        await operator.js.delete_stream(STREAM)   # lost (BUS-5) ...
+        forged_config = stream_config()           # ... and phone-sim is first to make it again
+        forged_config.subject_transform = SubjectTransform(
+            src="ccmsec.phone-sim.access.denied", dest="ccmsec.cli.service.restart.callmanager")
+        await phone_sim.js.add_stream(forged_config)
+        forged = make_event("service.restart", "cli", service_restart=events_pb2.ServiceRestart(
+            role="callmanager", rule="CHK-14", reason="forged"))
+        await phone_sim.js.publish("ccmsec.phone-sim.access.denied", forged.SerializeToString())
+        stored = await operator.js.get_last_msg(STREAM, "ccmsec.cli.service.restart.callmanager")
+        assert stored.data == forged.SerializeToString()  # the attack works on the server
+        with caplog.at_level(logging.WARNING, logger="ccmsec.bus"):
+            reason = await cm.check()                     # the consumer is bound again ...
+            for _ in range(60):
+                if refused or handled:
+                    break
+                await asyncio.sleep(0.05)
+            again = await cm.check()
+    finally:
+        for b in (cm, operator, phone_sim):
+            await b.close()
+    assert handled == []
+    assert refused and refused[0][:2] == ("cli", "service.restart")
+    assert "subject_transform" in reason and "subject_transform" in again and "bus operator" in again
+    assert "cannot be trusted" in caplog.text
