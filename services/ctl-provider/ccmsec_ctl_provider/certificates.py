@@ -2,7 +2,8 @@
 
 For each server role of the cluster the provider asks the service itself over mutual-TLS gRPC and
 falls back to the certificate file that service keeps in the shared data directory when the service
-is down or not started yet (the certificates never change once issued — CERT-5, CHK-2). Each
+is down or not started yet (or answers with something that is not a DER certificate); a file that
+cannot be read either is CertificateUnavailable naming it (the certificates never change once issued — CERT-5, CHK-2). Each
 certificate's path is logged ("certificate over gRPC" / "certificate from file", with the RPC's
 error) and shown per role in the status details (`source_CCM=grpc|file`):
 
@@ -86,6 +87,10 @@ async def _from_rpc(channel: grpc.aio.Channel, method: str) -> bytes:
     reply = await call(common_pb2.Empty(), timeout=RPC_TIMEOUT)
     if not reply.der:
         raise CertificateUnavailable(f"{method} returned no certificate")
+    try:
+        x509.load_der_x509_certificate(reply.der).public_key()
+    except ValueError as exc:
+        raise CertificateUnavailable(f"{method} returned a certificate that is not DER X.509 ({exc})") from None
     return reply.der
 
 
@@ -109,6 +114,10 @@ async def gather(data_dir: Path, channel_for: ChannelFor, host_for: Callable[[st
                 raise CertificateUnavailable(
                     f"the {source.role.label} certificate is not available: {source.service} "
                     f"did not answer ({reason}) and {path} does not exist yet") from None
+            except OSError as exc:  # unreadable (permissions, a folder): say so, never a bare OSError
+                raise CertificateUnavailable(
+                    f"the {source.role.label} certificate is not available: {source.service} "
+                    f"did not answer ({reason}) and {path} cannot be read ({exc.strerror or exc})") from None
             origin = "file"
             log.info("certificate from file", extra={"role": source.role.label, "node": source.service,
                                                      "path": str(path), "rpc_error": reason})
