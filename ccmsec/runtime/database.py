@@ -50,7 +50,9 @@ def normalise_url(url: str) -> str:
     try:
         parsed = make_url(url)
     except ArgumentError:
-        raise DatabaseError(f"not a database URL: {url!r}") from None
+        # Never echoed: a URL that does not parse may still hold a password (this line is logged).
+        raise DatabaseError("not a database URL (sqlite:///PATH or postgresql://USER@HOST/DB; "
+                            "not shown, it may hold a password)") from None
     backend = parsed.get_backend_name()
     if backend == "postgresql":
         return str(parsed.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False))

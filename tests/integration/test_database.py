@@ -73,6 +73,14 @@ def test_bad_database_urls_are_clear():
         normalise_url("mysql://x@y/z")
 
 
+def test_a_url_that_does_not_parse_is_not_echoed_with_its_password():
+    """The error is the service's 'cannot start' log line: a malformed URL with a password in it
+    (a missing ':') was logged whole, password included."""
+    with pytest.raises(DatabaseError, match="not a database URL") as refused:
+        normalise_url("postgresql//ccmsec:S3cretPassw0rd@db/ccmsec")
+    assert "S3cretPassw0rd" not in str(refused.value)
+
+
 def test_unreachable_postgres_is_a_clear_error():
     with pytest.raises(DatabaseError, match="cannot migrate database"):
         asyncio.run(open_database("postgresql://postgres@127.0.0.1:1/none"))
