@@ -149,6 +149,12 @@ def build_records(token_certificates: list[x509.Certificate],
     if missing:
         raise CtlClientError(f"the CTL Provider did not supply the {', '.join(missing)} "
                              "certificate(s); the CTL must list CallManager, TFTP and CAPF (CTL-3)")
+    ders = [cert.public_bytes(serialization.Encoding.DER) for cert in token_certificates]
+    if len(set(ders)) != len(ders):  # two names for one token (a copied token folder)
+        twice = next(c for c, d in zip(token_certificates, ders) if ders.count(d) > 1)
+        raise CtlClientError(f"CTL-1: two of the tokens given are the same token (one certificate, "
+                             f"serial {twice.serial_number:x}); the CTL needs at least two distinct "
+                             "security tokens")
     order = {role: n for n, role in enumerate(SERVER_ROLES)}
     records = [record_from_certificate(cert, Role.TOKEN) for cert in token_certificates]
     seen: set[tuple[Role, bytes]] = set()

@@ -441,6 +441,11 @@ async def test_ctl1_commit_refuses_a_ctl_with_one_token_and_a_tampered_one(provi
     one = await _ctl(provider, tokens["t1"], tokens["t1"])
     with pytest.raises(grpc.aio.AioRpcError, match="CTL-1"):
         await provider.stub.CommitCtl(ctl_provider_pb2.CommitCtlRequest(ctl=one))
+    servers = await provider.fetch()  # the same token listed twice is still one token
+    twice = build_ctl(build_records([tokens["t1"].certificate], servers)
+                      + build_records([tokens["t1"].certificate], servers)[:1], tokens["t1"], int(time.time()))
+    with pytest.raises(grpc.aio.AioRpcError, match="CTL-1: the CTL lists 1 distinct security token"):
+        await provider.stub.CommitCtl(ctl_provider_pb2.CommitCtlRequest(ctl=twice))
     good = bytearray(await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t2"]))
     good[-10] ^= 0xFF
     with pytest.raises(grpc.aio.AioRpcError, match="not a valid signed CTL"):

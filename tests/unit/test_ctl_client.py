@@ -48,6 +48,15 @@ def test_ctl1_refuses_fewer_than_two_tokens():
     assert check_tokens(["t1", "t2"], "t2") == "t2"
 
 
+def test_ctl1_two_names_for_one_token_are_refused(world):
+    """CTL-1 asks for two distinct tokens: two token names with one certificate (a copied token
+    folder) passed the name check and built a CTL listing the same token twice, which the provider
+    then refused with "lists 2 security token(s); at least two are needed"."""
+    tokens, servers = world
+    with pytest.raises(CtlClientError, match="CTL-1: two of the tokens given are the same token"):
+        build_records([tokens["t1"].certificate, tokens["t1"].certificate], servers)
+
+
 def test_ctl1_signer_must_be_listed():
     with pytest.raises(CtlClientError, match="CTL-1: the signing token 't3' must be one of"):
         check_tokens(["t1", "t2"], "t3")

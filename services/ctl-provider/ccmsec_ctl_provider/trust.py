@@ -190,10 +190,10 @@ class TrustOperations:
             signer = verify_ctl(ctl_file)
         except (CtlFormatError, SignatureError) as exc:
             raise Refused(grpc.StatusCode.INVALID_ARGUMENT, f"not a valid signed CTL: {exc}") from None
-        tokens = ctl_file.records_for_role(Role.TOKEN)
-        if len({t.certificate_der for t in tokens}) < 2:
+        distinct = len({t.certificate_der for t in ctl_file.records_for_role(Role.TOKEN)})
+        if distinct < 2:
             raise Refused(grpc.StatusCode.FAILED_PRECONDITION,
-                          f"CTL-1: the CTL lists {len(tokens)} security token(s); at least two are needed")
+                          f"CTL-1: the CTL lists {distinct} distinct security token(s); at least two are needed")
         return ctl_file, signer
 
     async def commit(self, content: bytes, requested_mode: int, new_trust: bool, actor: str = "") -> dict:
