@@ -21,11 +21,18 @@ def endpoints_path(data_dir: Path) -> Path:
     return run_dir(data_dir) / "endpoints.json"
 
 
-def read_state(data_dir: Path) -> dict | None:
+def _read_json_object(path: Path) -> dict | None:
+    """The JSON object in `path`; None when there is none: missing, `--data` naming a file, or
+    not a JSON object (a torn or foreign file describes no cluster — never a traceback)."""
     try:
-        return json.loads(state_path(data_dir).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        value = json.loads(path.read_bytes())
+    except (FileNotFoundError, NotADirectoryError, ValueError):  # JSON and UTF-8 errors included
         return None
+    return value if isinstance(value, dict) else None
+
+
+def read_state(data_dir: Path) -> dict | None:
+    return _read_json_object(state_path(data_dir))
 
 
 def write_state(data_dir: Path, state: dict) -> None:
@@ -33,10 +40,7 @@ def write_state(data_dir: Path, state: dict) -> None:
 
 
 def read_endpoints(data_dir: Path) -> dict | None:
-    try:
-        return json.loads(endpoints_path(data_dir).read_text())
-    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):  # no cluster there (yet)
-        return None
+    return _read_json_object(endpoints_path(data_dir))  # None: no cluster there (yet)
 
 
 def pid_belongs_to(pid: int, data_dir: Path) -> bool:

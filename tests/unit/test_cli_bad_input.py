@@ -45,6 +45,11 @@ def results(tmp_path_factory):
     (tmp / "pw-latin1").write_bytes(b"caf\xe9\n")
     (tmp / "pw-huge").write_bytes(b"x" * (1024 * 1024))
     (tmp / "bundle-latin1").write_bytes(b'{"format": "caf\xe9"}')
+    (tmp / "a-file").write_bytes(b"not a folder")
+    for folder, text in (("torn", b"\xff{"), ("foreign", b"[1, 2]")):
+        (tmp / folder / "run").mkdir(parents=True)
+        for fname in ("state.json", "endpoints.json"):
+            (tmp / folder / "run" / fname).write_bytes(text)
     env = {**os.environ, "CCMSEC_CONFIG_DIR": str(tmp / "config")}
     env.pop("CCMSEC_CONTEXT", None)
     env.pop("CCMSEC_DATA_DIR", None)
@@ -67,7 +72,11 @@ def results(tmp_path_factory):
         "ctl_show_device": (["ctl", "show", "/dev/zero", *d], None),
         "tftp_get_not_ascii": (["tftp", "get", "caf\u00e9.cnf.xml", *d], None),
     }
-    with ThreadPoolExecutor(len(calls)) as pool:
+    for folder in ("a-file", "torn", "foreign"):  # --data that holds no readable cluster state
+        for cmd in (["status"], ["down"], ["restart", "callmanager"], ["phones", "list"],
+                    ["device", "registrations"], ["capf", "status"], ["mode", "show"]):
+            calls[f"data_{folder}_{'_'.join(cmd)}"] = ([*cmd, "--data", str(tmp / folder)], None)
+    with ThreadPoolExecutor(16) as pool:
         futures = {case: pool.submit(_run, args, stdin, env) for case, (args, stdin) in calls.items()}
         out = {case: f.result() for case, f in futures.items()}
     out["tmp"], out["data"] = tmp, data
@@ -152,3 +161,17 @@ def argparse_namespace(**kw):
     import argparse
 
     return argparse.Namespace(**kw)
+
+
+def test_data_folder_without_readable_state_is_no_cluster(results):
+    """--data naming a file, or a run/state.json and endpoints.json torn (not UTF-8) or not a JSON
+    object: every command says there is no cluster there (down: nothing to stop)."""
+    cases = [case for case in results if case.startswith("data_")]
+    assert len(cases) == 21
+    for case in cases:
+        rc, out, err = results[case]
+        assert "Traceback" not in err, f"{case}: {err}"
+        if case.endswith("_down"):
+            assert rc == 0 and "no cluster running" in out, f"{case}: {out} {err}"
+        else:
+            assert rc == 1 and "cluster" in err and err.count("\n") == 1, f"{case}: {err}"
