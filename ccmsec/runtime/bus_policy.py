@@ -35,13 +35,23 @@ from ccmsec.runtime.settings import ROLES as SERVICE_ROLES
 SUBJECT_PREFIX = "ccmsec"
 STREAM = "CCMSEC"
 
+# `service.restart.<target>`: the roles each publisher may restart. The CLI any (CHK-14, `ccmsec
+# restart`); an owner only what its changes require (`ccmsec/policy/resets.py`): the CTL Provider
+# callmanager and tftp-signer (RST-3/4), itself (RST-7), callmanager and CAPF (LATER-8); CAPF
+# itself (RST-8). Call control's changes restart no service, so it may restart none.
+RESTART_TARGETS: dict[str, frozenset[str]] = {
+    "cli": frozenset(SERVICE_ROLES),
+    "ctl-provider": frozenset({"callmanager", "tftp-signer", "ctl-provider", "capf"}),
+    "capf": frozenset({"capf"}),
+}
+
 # Event kind -> the roles that may publish it. A kind missing here is published by nobody.
 PUBLISHERS: dict[str, frozenset[str]] = {
     # RST-* resets: call control (device changes, the administration API inside it), the CTL
     # Provider (cluster mode, CTL), CAPF (its enterprise parameters), the administrator's CLI.
     "device.reset": frozenset({"callmanager", "ctl-provider", "capf", "cli"}),
-    # RST-3/4/7/8, LATER-8 and CHK-14 (`ccmsec restart`).
-    "service.restart": frozenset({"callmanager", "ctl-provider", "capf", "cli"}),
+    # RST-3/4/7/8, LATER-8 and CHK-14 (`ccmsec restart`), each only of its RESTART_TARGETS.
+    "service.restart": frozenset(RESTART_TARGETS),
     "ctl.updated": frozenset({"ctl-provider"}),
     # The cluster mode's owner, the CTL Provider, alone changes and announces it (issue 9 §5).
     "mode.changed": frozenset({"ctl-provider"}),
@@ -132,6 +142,10 @@ def may_publish(role: str, kind: str) -> bool:
     return role in PUBLISHERS.get(kind, ())
 
 
+def may_restart(role: str, target: str) -> bool:
+    return target in RESTART_TARGETS.get(role, ())
+
+
 def subject_for(kind: str, target: str | None = None, publisher: str = "*") -> str:
     """The subject of `kind` published by `publisher`; publisher `*` (the default) is the pattern a
     consumer subscribes to (every publisher; the consumer checks each one against the table)."""
@@ -166,6 +180,8 @@ def check_event(subject: str, event) -> tuple[Subject | None, str]:
         return None, str(exc)
     if not may_publish(parsed.publisher, parsed.kind):
         return parsed, f"{parsed.publisher} may not publish {parsed.kind}"
+    if parsed.kind == "service.restart" and not may_restart(parsed.publisher, parsed.target):
+        return parsed, f"{parsed.publisher} may not restart {parsed.target[:40]!r}"
     if event.kind != parsed.kind:
         return parsed, f"envelope kind {event.kind[:40]!r} differs from its subject's {parsed.kind!r}"
     if parsed.kind == "service.restart" and event.service_restart.role != parsed.target:
@@ -179,9 +195,17 @@ def describe() -> str:
     lines = ["| event kind | subject | roles that may publish it |", "|---|---|---|"]
     for kind, roles in PUBLISHERS.items():
         shown = "every service role" if roles == frozenset(SERVICE_ROLES) else ", ".join(sorted(roles))
+        if kind == "service.restart":
+            shown = ", ".join(f"{r} ({_targets(r)})" for r in sorted(roles))
         lines.append(f"| `{kind}` | `{subject_for(kind, '<target>' if kind in TARGETED_KINDS else None, '<role>')}` "
                      f"| {shown} |")
     return "\n".join(lines)
+
+
+def _targets(role: str) -> str:
+    """The roles `role` may restart, for the docs' tables."""
+    targets = RESTART_TARGETS.get(role, frozenset())
+    return "any role" if targets == frozenset(SERVICE_ROLES) else "of " + ", ".join(sorted(targets))
 
 
 def durable_name(node: str, name: str) -> str:
@@ -206,7 +230,8 @@ def describe_permissions() -> str:
     lines = ["| user | may publish | durable consumers it may create, bind, read and ack | receives on |",
              "|---|---|---|---|"]
     for role in BUS_ROLES:
-        kinds = [f"`{k}`" for k in KINDS if may_publish(role, k)]
+        kinds = [f"`{k}` ({_targets(role)})" if k == "service.restart" else f"`{k}`"
+                 for k in KINDS if may_publish(role, k)]
         consumers = ", ".join(f"`<node>-{n}`" for n in CONSUMERS[role])
         consumers = f"{consumers} (and each one's spare `-2`)" if consumers else "none"
         lines.append(f"| {role} | {', '.join(kinds) or 'nothing'} under `ccmsec.{role}.` | {consumers} "
@@ -229,7 +254,10 @@ def user_permissions(role: str, node: str, public_key: str) -> dict:
     own = []
     for kind in KINDS:
         if may_publish(role, kind):
-            own.append(subject_for(kind, "*" if kind in TARGETED_KINDS else None, publisher=role))
+            if kind == "service.restart":  # one subject per role it may restart
+                own += [subject_for(kind, t, publisher=role) for t in sorted(RESTART_TARGETS[role])]
+            else:
+                own.append(subject_for(kind, None, publisher=role))
     consumers = []
     for name in CONSUMERS[role]:
         for suffix in SPARE_SUFFIXES:

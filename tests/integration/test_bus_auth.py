@@ -21,7 +21,7 @@ import pytest
 
 from ccmsec.cluster.pki import issue_client_identity, issue_service_identity, nats_admin_seed_path
 from ccmsec.runtime.bus import PUBLISHER, STREAM, BusError, EventBus, make_event, read_seed, subject_for
-from ccmsec.runtime.bus_policy import PUBLISHERS, user_permissions
+from ccmsec.runtime.bus_policy import PUBLISHERS, RESTART_TARGETS, user_permissions
 from ccmsec.runtime.metrics import EVENTS_REFUSED
 from ccmsec_proto import events_pb2
 from tests.conftest import start_secured_nats, stop_process
@@ -177,7 +177,9 @@ def test_the_table_and_the_server_permissions_agree_BUS_2():
         allowed = [s for s in user_permissions(role, role, "UKEY")["publish"]["allow"] if s.startswith("ccmsec.")]
         kinds = {k for k, roles in PUBLISHERS.items() if role in roles}
         assert all(s.startswith(f"ccmsec.{role}.") for s in allowed)
-        assert {s.split(".", 2)[2].removesuffix(".*") for s in allowed} == kinds
+        restart = f"ccmsec.{role}.service.restart."
+        assert {"service.restart" if s.startswith(restart) else s.split(".", 2)[2] for s in allowed} == kinds
+        assert {s.removeprefix(restart) for s in allowed if s.startswith(restart)} == RESTART_TARGETS.get(role, set())
         deny = user_permissions(role, role, "UKEY")["publish"]["deny"]
         assert "$JS.API.STREAM.DELETE.>" in deny and "$JS.API.STREAM.UPDATE.>" in deny
     assert PUBLISHERS["device.reset"] >= {"callmanager"} and "phone-sim" not in PUBLISHERS["device.reset"]
@@ -236,11 +238,11 @@ async def test_an_event_from_a_publisher_not_allowed_to_send_it_is_dropped_and_c
     assert "SECRET-PAYLOAD" not in text
 
 
-async def _bus_publish(c, role: str, event) -> None:
+async def _bus_publish(c, role: str, event, target: str | None = None) -> None:
     bus = _bus(c, role, f"{role}-publisher")
     await bus.connect()
     try:
-        await bus.publish(event)
+        await bus.publish(event, target)
     finally:
         await bus.close()
 
@@ -483,3 +485,39 @@ async def test_a_stream_recreated_with_a_subject_transform_lets_no_forged_event_
     assert refused and refused[0][:2] == ("cli", "service.restart")
     assert "subject_transform" in reason and "subject_transform" in again and "bus operator" in again
     assert "cannot be trusted" in caplog.text
+
+
+async def test_a_role_restarts_only_what_its_changes_require_BUS_2(bus_cluster):
+    """`service.restart.<target>` is allowed per target: call control — whose changes restart no
+    service — may restart none (any callmanager node, subscribers too, could restart the CTL
+    Provider or CAPF at will), CAPF only itself (RST-8); the CLI any. The server refuses the rest,
+    and a consumer drops one that reaches the stream anyway."""
+    c = bus_cluster
+    cm, operator, consumer = _bus(c, "callmanager"), _operator(c), _bus(c, "ctl-provider", "consumer")
+    for b in (cm, operator, consumer):
+        await b.connect()
+    handled, refused = [], []
+
+    async def handler(event):
+        handled.append(event.id)
+
+    try:
+        await consumer.subscribe(subject_for("service.restart", "ctl-provider"), "ctl-provider-restart",
+                                 handler, on_refused=lambda *a: refused.append(a))
+        restart = make_event("service.restart", "callmanager", service_restart=events_pb2.ServiceRestart(
+            role="ctl-provider", rule="RST-7"))
+        with pytest.raises(BusError, match="permissions violation"):
+            await cm.publish(restart, target="ctl-provider")
+        await operator.js.publish("ccmsec.capf.service.restart.ctl-provider", restart.SerializeToString())
+        legit = make_event("service.restart", "ctl-provider", service_restart=events_pb2.ServiceRestart(
+            role="ctl-provider", rule="RST-7"))
+        await _bus_publish(c, "ctl-provider", legit, target="ctl-provider")
+        for _ in range(100):
+            if handled and refused:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        for b in (cm, operator, consumer):
+            await b.close()
+    assert handled == [legit.id]
+    assert [r[:2] for r in refused] == [("capf", "service.restart")] and "may not restart" in refused[0][2]

@@ -109,3 +109,44 @@ def test_every_consumer_a_service_binds_is_declared_for_its_role_BUS_6():
         assert all(bus_policy.may_consume(role, name) for role in bus_policy.SERVICE_ROLES), name
     assert found >= 10
     assert bus_policy.durable_name("cm.sub 1", "device-reset") == "cm_sub_1-device-reset"
+
+
+def test_a_restart_is_allowed_only_of_the_roles_its_publisher_may_restart_BUS_2():
+    """Per target: call control restarts nothing, CAPF only itself, the CTL Provider what its
+    changes require, the CLI anything (CHK-14)."""
+    def restart(target):
+        return make_event("service.restart", "n", service_restart=events_pb2.ServiceRestart(role=target))
+
+    assert "may not publish" in check_event("ccmsec.callmanager.service.restart.capf", restart("capf"))[1]
+    assert check_event("ccmsec.capf.service.restart.capf", restart("capf"))[1] == ""
+    assert "may not restart 'ctl-provider'" in check_event(
+        "ccmsec.capf.service.restart.ctl-provider", restart("ctl-provider"))[1]
+    assert "may not restart 'keymanager'" in check_event(
+        "ccmsec.ctl-provider.service.restart.keymanager", restart("keymanager"))[1]
+    assert all(check_event(f"ccmsec.cli.service.restart.{r}", restart(r))[1] == ""
+               for r in bus_policy.SERVICE_ROLES)
+    allow = bus_policy.user_permissions("capf", "capf", "UKEY")["publish"]["allow"]
+    assert [s for s in allow if ".service.restart." in s] == ["ccmsec.capf.service.restart.capf"]
+    assert not [s for s in bus_policy.user_permissions("callmanager", "callmanager", "UKEY")["publish"]["allow"]
+                if ".service.restart." in s]
+
+
+def test_every_restart_an_owner_s_change_requires_is_allowed_to_it_BUS_2():
+    """The restart targets follow the RST rules: a change an owner makes (ccmsec/policy/resets.py)
+    never requires a restart the server would refuse it."""
+    from ccmsec.policy import resets
+
+    owners = {
+        "ctl-provider": [resets.ClusterModeChanged(), resets.CtlUpdated(), resets.CtlProviderPortChanged(),
+                         resets.LegacyTlsChanged()],
+        "capf": [resets.CapfServiceParamsChanged(), resets.CapfEnterpriseParamsChanged()],
+        "callmanager": [resets.DeviceSecurityModeChanged("SEP1"), resets.HardeningChanged("SEP1"),
+                        resets.SrstSecurityChanged("gw", ("SEP1",)), resets.ResetDevicesOnServer("cm")],
+    }
+    for role, changes in owners.items():
+        for change in changes:
+            for action in resets.required_actions(change):
+                if isinstance(action, resets.RestartService):
+                    assert bus_policy.may_restart(role, action.role), (role, change, action.role)
+                else:
+                    assert bus_policy.may_publish(role, "device.reset"), (role, change)
