@@ -596,6 +596,35 @@ async def test_ctl2_commit_refuses_a_ctl_older_than_the_current_one(provider_wit
     assert reply.version == 3 and signer.published == [first, same_second, older]
 
 
+async def test_a_ctl_published_but_not_recorded_is_taken_back(provider_with_signer, tokens, monkeypatch):
+    """Commit publishes, then records. When the record failed (the database locked or away) the new
+    CTLFile.tlv stayed on the TFTP server — phones downloaded a CTL the cluster never recorded, with
+    no RST-4 events — and the client got UNKNOWN and a traceback. Now the recorded CTL is
+    published again and the refusal (UNAVAILABLE) says so; nothing else changed."""
+    import sqlalchemy.exc
+
+    from ccmsec_ctl_provider import trust as trust_mod
+
+    provider, signer = provider_with_signer
+    first = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t2"])
+    assert (await provider.stub.CommitCtl(ctl_provider_pb2.CommitCtlRequest(ctl=first))).version == 1
+    second = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t3"])
+
+    async def locked(*args, **kwargs):
+        raise sqlalchemy.exc.OperationalError("INSERT INTO ctl_files", {}, Exception("database is locked"))
+    monkeypatch.setattr(trust_mod, "record_ctl", locked)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await provider.stub.CommitCtl(ctl_provider_pb2.CommitCtlRequest(
+            ctl=second, mode=common_pb2.CLUSTER_MIXED))
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "could not be recorded" in refused.value.details()
+    assert "version 1 is published again" in refused.value.details()
+    assert signer.published == [first, second, first]
+    current = await provider.stub.GetCurrentCtl(common_pb2.Empty())
+    assert (current.version, current.ctl) == (1, first)
+    assert (await provider.stub.GetSecurityMode(common_pb2.Empty())).mode == common_pb2.CLUSTER_NON_SECURE
+
+
 async def test_metrics_ctl_version_mixed_mode_and_token_expiry(provider, tokens):
     """Issue 16: the CTL version (0 while none exists), the cluster mode and each security token's
     certificate expiry (DATA/tokens), as sampled for the metrics endpoint."""

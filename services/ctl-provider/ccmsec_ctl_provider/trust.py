@@ -15,7 +15,8 @@ Commit (CHK-6), in this order so nothing is half done:
   3. the tftp-signer publishes it atomically (PublishFile; refused or unreachable: nothing else
      changes and the commit is refused);
   4. one transaction records it (`ctl_files`, `cluster_settings.ctl_version` — MODE-5 reads that)
-     and, when asked, the new cluster mode (MODE-2);
+     and, when asked, the new cluster mode (MODE-2); if that transaction fails, the recorded CTL is
+     published again (the phones must not download a CTL the cluster did not record);
   5. `mode.changed` and the RST-3 actions (mode changed), then `ctl.updated` and the RST-4 actions
      are published.
 
@@ -209,6 +210,7 @@ class TrustOperations:
             previous_mode = await cluster_security_mode(session)
             target = target or previous_mode
             current = await current_ctl(session)
+            previous = None if current is None else (current.version, bytes(current.content))
             if current is not None and not new_trust:
                 current_file = parse_ctl(current.content)
                 trusted = current_file.records_for_role(Role.TOKEN)
@@ -238,6 +240,43 @@ class TrustOperations:
             # The signed files are tftp-signer's: without its answer nothing is recorded.
             raise Refused(exc.code(), f"the tftp-signer did not publish {CTL_FILE_NAME}: "
                                       f"{exc.details()}") from None
+        try:
+            version, ids, events = await self._record(content, sha256, ctl_file, signer, registry, target,
+                                                      previous_mode, actor)
+        except (asyncio.CancelledError, Refused):
+            raise
+        except Exception as exc:  # the database refused the record: do not leave the new file live
+            raise await self._unpublish(stub, previous, exc) from None
+        delivered = await self.delivered(ids)
+        log.info("CTL committed", extra={"version": version, "sha256": sha256, "mode": target})
+        return {"version": version, "sha256": sha256, "tftp_path": settings.tftp_path,
+                "published_path": published_path, "mode": target, "previous_mode": previous_mode,
+                "events": events, "delivered": delivered}
+
+    async def _unpublish(self, stub, previous: tuple[int, bytes] | None, exc: Exception) -> Refused:
+        """The CTL was published but its record failed: publish the recorded CTL again, so what the
+        phones download stays what the cluster recorded. Returns the refusal to raise."""
+        log.error("CTL published but not recorded: %s", exc)
+        why = f"the CTL was published but could not be recorded ({type(exc).__name__}: {str(exc)[:200]})"
+        if previous is None:
+            return Refused(grpc.StatusCode.UNAVAILABLE, f"{why}; no earlier CTL exists to put back, so "
+                                                        f"{CTL_FILE_NAME} stays on the TFTP server: run the "
+                                                        "CTL client again")
+        version, old = previous
+        try:
+            await stub.PublishFile(tftp_signer_pb2.PublishFileRequest(
+                cluster_path=self.service.settings.tftp_path, name=CTL_FILE_NAME, content=old,
+                sha256=hashlib.sha256(old).hexdigest()), timeout=RPC_TIMEOUT)
+        except grpc.aio.AioRpcError as again:
+            return Refused(grpc.StatusCode.UNAVAILABLE, f"{why}, and putting back version {version} failed "
+                                                        f"({again.details()}): run the CTL client again")
+        return Refused(grpc.StatusCode.UNAVAILABLE, f"{why}; version {version} is published again, "
+                                                    "nothing changed: run the CTL client again")
+
+    async def _record(self, content, sha256, ctl_file, signer, registry, target, previous_mode,
+                      actor) -> tuple[int, list[str], list[str]]:
+        """One transaction: the CTL, the mode and the events they require (outbox)."""
+        settings = self.service.settings
         async with self.service.db() as session, session.begin():
             version = await record_ctl(session, content=content, sha256=sha256, signer=signer.subject,
                                        signer_serial=signer.serial.hex(), records=len(ctl_file.records),
@@ -258,8 +297,4 @@ class TrustOperations:
                                             reason=f"CTL version {version} published ({sha256[:12]})")
             ids += more
             events += described
-        delivered = await self.delivered(ids)
-        log.info("CTL committed", extra={"version": version, "sha256": sha256, "mode": target})
-        return {"version": version, "sha256": sha256, "tftp_path": settings.tftp_path,
-                "published_path": published_path, "mode": target, "previous_mode": previous_mode,
-                "events": events, "delivered": delivered}
+        return version, ids, events
