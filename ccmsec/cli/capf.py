@@ -17,7 +17,8 @@ from pathlib import Path
 import grpc
 
 from ccmsec.cli.common import (
-    EXIT_NOT_READY, CliError, add_data_option, add_json_option, data_dir, json_output, print_json,
+    EXIT_NOT_READY, CliError, add_data_option, add_json_option, data_dir, int_in, json_output,
+    print_json,
 )
 from ccmsec.domain import CapfAuthMode, CapfOperation, DomainError
 from ccmsec.cluster.state import read_endpoints
@@ -379,7 +380,7 @@ def register(sub) -> None:
     p = actions.add_parser("status", help="pending, completed and failed operations with reasons")
     add_data_option(p)
     p.add_argument("device", nargs="?")
-    p.add_argument("--limit", type=int, default=1000)
+    p.add_argument("--limit", type=int_in(1), default=1000)
     p.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                     help="print JSON (errors too, as a JSON object on stderr)")
     p.set_defaults(func=_status)
@@ -392,7 +393,7 @@ def register(sub) -> None:
     p = actions.add_parser("log", help="the issued-certificate log (issuance, install, fetch, delete)")
     add_data_option(p)
     p.add_argument("device", nargs="?")
-    p.add_argument("--limit", type=int, default=1000)
+    p.add_argument("--limit", type=int_in(1), default=1000)
     p.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                     help="print JSON (errors too, as a JSON object on stderr)")
     p.set_defaults(func=_log)

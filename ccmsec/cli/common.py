@@ -87,6 +87,26 @@ def seconds(text: str) -> float:
     return value
 
 
+INT32_MAX = 2**31 - 1  # the largest int32 a gRPC request field holds (bigger: protobuf's ValueError)
+
+
+def int_in(low: int, high: int = INT32_MAX):
+    """argparse type of a whole number in low..high, so that no number reaches a request that
+    cannot hold it (`--index 99999999999999999999` was a protobuf traceback)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text}: give a number from {low} to {high}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
 def default_data_dir() -> Path:
     env = os.environ.get("CCMSEC_DATA_DIR")
     if env:

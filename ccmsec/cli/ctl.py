@@ -13,7 +13,7 @@ from typing import Callable
 
 from ccmsec.cli.common import (
     CliError, add_data_option, add_json_option, add_wait_option, json_output, print_json, proto_json,
-    seconds, service_pids_before_change, wait_for_restarts,
+    int_in, seconds, service_pids_before_change, wait_for_restarts,
 )
 from ccmsec.domain import ClusterMode
 from ccmsec.formats.ctl import (
@@ -225,12 +225,12 @@ def add_provider(actions: argparse._SubParsersAction) -> None:
     show.set_defaults(func=cmd_provider_show)
     port = sub.add_parser("port", help="set the TLS port (needs a CTL Provider restart: RST-7)")
     add_data_option(port)
-    port.add_argument("port", type=int, metavar="PORT")
+    port.add_argument("port", type=int_in(1, 65535), metavar="PORT")
     add_wait_option(port)
     port.set_defaults(func=cmd_provider_port)
     alias = actions.add_parser("provider-port", help="same as `ctl provider port PORT` (RST-7)")
     add_data_option(alias)
-    alias.add_argument("port", type=int, metavar="PORT")
+    alias.add_argument("port", type=int_in(1, 65535), metavar="PORT")
     add_wait_option(alias)
     alias.set_defaults(func=cmd_provider_port)
     certs = sub.add_parser("certificates", help="the server certificates the provider would answer")

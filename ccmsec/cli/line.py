@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ccmsec.cli.common import add_data_option
+from ccmsec.cli.common import add_data_option, int_in
 from ccmsec.cli.device import _grpc_call, _print_json, format_table
 
 
@@ -16,7 +16,7 @@ def register(subparsers) -> None:
     add_data_option(add)
     add.add_argument("dn", help="directory number (0-9 * # +, up to 24)")
     add.add_argument("--device", required=True)
-    add.add_argument("--index", type=int, default=0, help="line button (default: next free)")
+    add.add_argument("--index", type=int_in(0), default=0, help="line button (default: next free)")
     add.add_argument("--label", default="")
     add.set_defaults(func=_add)
     lst = sub.add_parser("list", help="list lines")

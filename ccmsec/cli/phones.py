@@ -15,7 +15,8 @@ from collections import Counter
 from pathlib import Path
 
 from ccmsec.cli.common import (
-    CliError, add_data_option, add_json_option, data_dir, json_output, print_json, proto_json, seconds,
+    CliError, add_data_option, add_json_option, data_dir, int_in, json_output, print_json, proto_json,
+    seconds,
 )
 
 ROLE = "phone-sim"
@@ -31,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     add = actions.add_parser("add", help="manufacture simulated phones (7970s get a MIC)")
     add_data_option(add)
-    add.add_argument("--count", type=int, default=1)
+    add.add_argument("--count", type=int_in(1), default=1)
     add.add_argument("--model", required=True, help="7970, 7960, 7940, 7912, 7910, 7905G, 7902")
     names = add.add_mutually_exclusive_group()
     names.add_argument("--name-prefix", default="", help="e.g. SEP0011 (names continue with hex digits)")
@@ -101,9 +102,9 @@ def register(sub: argparse._SubParsersAction) -> None:
             p.add_argument("number", metavar="NUMBER")
         elif number == "optional":
             p.add_argument("number", metavar="NUMBER", nargs="?", default="")
-        p.add_argument("--call", type=int, default=0, metavar="REF", help="the call reference (default: "
+        p.add_argument("--call", type=int_in(0), default=0, metavar="REF", help="the call reference (default: "
                        "the call the action obviously means)")
-        p.add_argument("--line", type=int, default=0, help="line button (default: the first)")
+        p.add_argument("--line", type=int_in(0), default=0, help="line button (default: the first)")
         p.add_argument("--wait", type=float, default=2.0, metavar="SECONDS",
                        help="wait up to SECONDS (max 10) for call control to answer")
         p.set_defaults(func=cmd_call_action, action_name=verb)

@@ -72,6 +72,16 @@ def results(tmp_path_factory):
         "ctl_show_device": (["ctl", "show", "/dev/zero", *d], None),
         "tftp_get_not_ascii": (["tftp", "get", "caf\u00e9.cnf.xml", *d], None),
     }
+    huge = "99999999999999999999"  # over any int32 field of a gRPC request
+    for case, cmd in (("line_index", ["line", "add", "1000", "--device", "SEP001122334455", "--index", huge]),
+                      ("phones_count", ["phones", "add", "--model", "7970", "--count", huge]),
+                      ("phones_call", ["phones", "dial", "SEP001122334455", "1000", "--call", huge]),
+                      ("phones_line", ["phones", "hangup", "SEP001122334455", "--line", huge]),
+                      ("capf_limit", ["capf", "log", "--limit", huge]),
+                      ("capf_limit_negative", ["capf", "status", "--limit", "-1"]),
+                      ("ctl_port", ["ctl", "provider", "port", huge]),
+                      ("ctl_port_alias", ["ctl", "provider-port", "70000"])):
+        calls[f"int_{case}"] = ([*cmd, *d], None)
     for folder in ("a-file", "torn", "foreign"):  # --data that holds no readable cluster state
         for cmd in (["status"], ["down"], ["restart", "callmanager"], ["phones", "list"],
                     ["device", "registrations"], ["capf", "status"], ["mode", "show"]):
@@ -175,3 +185,14 @@ def test_data_folder_without_readable_state_is_no_cluster(results):
             assert rc == 0 and "no cluster running" in out, f"{case}: {out} {err}"
         else:
             assert rc == 1 and "cluster" in err and err.count("\n") == 1, f"{case}: {err}"
+
+
+def test_numbers_a_request_cannot_hold_are_usage_errors(results):
+    """Before: `line add --index 99999999999999999999` (and --count, --call, --line, --limit, the
+    CTL Provider port) reached the protobuf request and ended in its ValueError traceback."""
+    cases = [case for case in results if case.startswith("int_")]
+    assert len(cases) == 8
+    for case in cases:
+        rc, out, err = results[case]
+        assert "Traceback" not in err and rc == 2, f"{case}: {err}"
+        assert "give a number from" in err, f"{case}: {err}"
