@@ -179,14 +179,18 @@ def read_password_file(path: Path, tokens: list[str], signer: str) -> str:
             import sys
 
             text = sys.stdin.read(MAX_PASSWORD_FILE + 1)
-            if len(text) > MAX_PASSWORD_FILE:
-                raise CtlClientError(f"standard input holds over {MAX_PASSWORD_FILE} bytes; "
-                                     "not a password file")
-        else:
-            text = Path(path).read_text()
+            where = "standard input"
+        else:  # bounded like standard input: `--password-file /dev/zero` must not read forever
+            with open(path, encoding="utf-8") as fh:
+                text = fh.read(MAX_PASSWORD_FILE + 1)
+            where = str(path)
+        if len(text) > MAX_PASSWORD_FILE:
+            raise CtlClientError(f"{where} holds over {MAX_PASSWORD_FILE} bytes; not a password file")
         lines = [line.rstrip("\r") for line in text.split("\n")]
     except OSError as exc:
         raise CtlClientError(f"cannot read password file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise CtlClientError(f"password file {path} is not UTF-8 text") from None
     while lines and not lines[-1]:
         lines.pop()
     if len(lines) <= 1:

@@ -126,6 +126,19 @@ def _described(change) -> list[str]:
     return [describe(k, t, b) for k, t, b in event_bodies(required_actions(change), reason="why")]
 
 
+def test_password_file_is_bounded_and_text_like_standard_input(tmp_path):
+    """A password file is read at most 64 KiB, as standard input is: a huge file (or /dev/zero)
+    was read whole, and its first line taken as the password; a binary file is a clear refusal."""
+    huge = tmp_path / "huge"
+    huge.write_bytes(b"x" * (200 * 1024) + b"\n")
+    with pytest.raises(CtlClientError, match="holds over 65536 bytes; not a password file"):
+        read_password_file(huge, ["t1", "t2"], "t1")
+    binary = tmp_path / "binary"
+    binary.write_bytes(b"\xff\xfe\x00secret")
+    with pytest.raises(CtlClientError, match="is not UTF-8 text"):
+        read_password_file(binary, ["t1", "t2"], "t1")
+
+
 def test_rst3_mode_change_resets_all_devices_and_restarts_callmanager():
     assert _described(ClusterModeChanged()) == ["device.reset RST-3", "service.restart.callmanager RST-3"]
     (_, _, body), _ = event_bodies(required_actions(ClusterModeChanged()), reason="why")
