@@ -9,12 +9,14 @@ An identity folder holds `tls.crt` (with the `spiffe://ccmsec/<role>/<node>` URI
 (0600) and `ca.crt` (the CA certificate); folders are 0700. The folder of every identity that
 connects to the event bus (each service, the CLI) also holds `nats.nk`, its own nkey seed (0600,
 BUS-1); the NATS server's configuration (`nats_config`) names only the public keys. Issuing is idempotent: a folder whose
-certificate still names the same identity, carries the wanted names, has the wanted key usages and
-was signed by this CA is kept; otherwise it is re-issued.
+certificate still names the same identity, carries the wanted names, has the wanted key usages,
+was signed by this CA and stays valid for `RENEW_BEFORE` (30 days) more is kept; otherwise it is
+re-issued (so `ccmsec up` renews an identity before it expires).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import ipaddress
 import os
 import stat
@@ -34,6 +36,8 @@ from ccmsec.runtime.identity import (
 )
 
 CA_CERT, CA_KEY = "cluster-ca.crt", "cluster-ca.key"
+# A kept certificate must stay valid this long: one closer to its end (or past it) is issued again.
+RENEW_BEFORE = dt.timedelta(days=30)
 _WILDCARDS = ("0.0.0.0", "::", "")
 
 
@@ -80,6 +84,8 @@ def _current(folder: Path, uri: str, dns: set[str], ips: set[str], server: bool,
         cert.verify_directly_issued_by(x509.load_pem_x509_certificate(ca_pem))
         if identity_of(cert).uri != uri:
             return False
+        if cert.not_valid_after_utc - dt.datetime.now(dt.timezone.utc) < RENEW_BEFORE:
+            return False  # expired or about to: kept, it would fail every TLS handshake
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         usages = set(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
     except (ValueError, TypeError, InvalidSignature, x509.ExtensionNotFound):

@@ -143,6 +143,34 @@ def test_issuing_writes_one_private_folder_per_identity_and_keeps_it(tmp_path):
     assert set(san.get_values_for_type(x509.DNSName)) == {"capf", "localhost"}
 
 
+def test_an_identity_near_its_end_is_issued_again(tmp_path):
+    """Identity certificates last 825 days; a folder whose certificate had expired (or was about
+    to) was kept as 'current' for ever, so `ccmsec up` never renewed it and every mutual-TLS call
+    of that node failed."""
+    import datetime as dt
+
+    from ccmsec.fsutil import atomic_write
+    from ccmsec.runtime.identity import CERT_FILE
+
+    held = issuer.issue_service_identity(tmp_path, "keymanager", "keymanager", "127.0.0.6")
+    folder = held.folder
+    cert = x509.load_pem_x509_certificate(held.cert_pem)
+    cluster_ca = issuer.ensure_cluster_ca(tmp_path)
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    short = ca_mod.issue(cluster_ca, cert.subject, cert.public_key(), days=10,
+                         dns_names=san.get_values_for_type(x509.DNSName),
+                         ip_addresses=[str(a) for a in san.get_values_for_type(x509.IPAddress)],
+                         uris=san.get_values_for_type(x509.UniformResourceIdentifier))
+    from cryptography.hazmat.primitives import serialization
+
+    atomic_write(folder / CERT_FILE, short.public_bytes(serialization.Encoding.PEM))
+    again = issuer.issue_service_identity(tmp_path, "keymanager", "keymanager", "127.0.0.6")
+    renewed = x509.load_pem_x509_certificate(again.cert_pem)
+    assert renewed.not_valid_after_utc - dt.datetime.now(dt.timezone.utc) > dt.timedelta(days=800)
+    # one far from its end is kept as it is
+    assert issuer.issue_service_identity(tmp_path, "keymanager", "keymanager", "127.0.0.6").cert_pem == again.cert_pem
+
+
 def test_callmanager_folder_also_holds_the_admin_api_identity(tmp_path):
     issuer.issue_service_identity(tmp_path, "callmanager", "cm1", "127.0.0.5")
     admin = load_identity(tmp_path / "identities" / "services" / "cm1" / "admin-api")
