@@ -624,6 +624,13 @@ async def test_reset_request_validation(cm):
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await cm.stub.GetResetProgress(pb.ResetProgressRequest(request_id="nope"), timeout=5)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    # a name that is no device (a typo): refused, as by the API, not "reset requested for 1"
+    await cm.add_device("SEP0000000E0050")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await cm.stub.ResetDevices(pb.ResetDevicesRequest(devices=["SEP0000000E0050", "SEP0000000EFFFF"]),
+                                   timeout=5)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert err.value.details() == "no device named SEP0000000EFFFF"
 
 
 async def test_rst1_rst2_admin_changes_reset_exactly_that_device(cm, nats_server):

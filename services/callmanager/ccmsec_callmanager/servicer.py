@@ -98,6 +98,13 @@ class CallManagerServicer(CallsServicerMixin, MobilityServicerMixin, RoutingServ
             names = sorted({validate_device_name(d) for d in request.devices})
         except InvalidDeviceName as exc:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if names:  # a mistyped name is refused, as by the API — not "reset requested" for nothing
+            async with self.service.db() as session:
+                known = set((await session.scalars(select(Device.name).where(Device.name.in_(names)))).all())
+            if unknown := [n for n in names if n not in known]:
+                await abort(context, grpc.StatusCode.NOT_FOUND,
+                            f"no device named {', '.join(unknown[:10])}"
+                            + (f" (and {len(unknown) - 10} more)" if len(unknown) > 10 else ""))
         kind = events_pb2.RESTART if request.restart else events_pb2.RESET
         request_id = uuid.uuid4().hex
         if request.all or request.server:
