@@ -11,8 +11,9 @@ they handled (a redelivery after a crash changes nothing). The publisher's trace
 `Ccmsec-Trace-Id` header and is bound while the handler runs (`ccmsec.runtime.logs`).
 
 The bus heals (BUS-5): `check()` finds a lost stream (deleted, or NATS restarted without its
-store) or a lost durable consumer, recreates the stream and rebinds each consumer from the last
-moment it was known to exist, and says what is wrong until then (the service reports DEGRADED).
+store) or a lost durable consumer, recreates the stream and rebinds each consumer from just after
+its last-seen ack floor (from the last moment it was known to exist when the stream itself was made
+again), and says what is wrong until then (the service reports DEGRADED).
 """
 
 from __future__ import annotations
@@ -159,6 +160,11 @@ class _Consumer:
     config: ConsumerConfig
     sub: Any = None
     seen_at: float = field(default_factory=time.time)   # last moment it was known to exist
+    # Its ack floor then (the stream sequence below which every event was acknowledged), and the
+    # stream it was read from (its creation time): a consumer lost with events outstanding —
+    # delivered and not acknowledged, or not delivered yet — is rebound from there.
+    ack_floor: int | None = None
+    stream_created: object = None
 
 
 class EventBus:
@@ -181,6 +187,7 @@ class EventBus:
         self.stream_drift = ""
         # Why the stream's subjects cannot be trusted ("" when they can): every event is dropped.
         self.stream_untrusted = ""
+        self.stream_created = None   # the stream's creation time, as last read
 
     @property
     def _subs(self) -> list:
@@ -296,23 +303,25 @@ class EventBus:
     async def ensure_stream(self) -> bool:
         """The stream exists afterwards (True when this call created it)."""
         try:
-            self._judge_stream((await self.js.stream_info(STREAM)).config)
+            self._judge_stream(await self.js.stream_info(STREAM))
             return False
         except NotFoundError:
             pass
         started = time.monotonic()
         try:
-            self._judge_stream((await self.js.add_stream(stream_config())).config)
+            self._judge_stream(await self.js.add_stream(stream_config()))
             return True
         except Exception as exc:  # another service created it at the same moment, or we may not
             try:
-                self._judge_stream((await self.js.stream_info(STREAM)).config)
+                self._judge_stream(await self.js.stream_info(STREAM))
                 return False
             except NotFoundError:
                 refused = self._refusal(f"$JS.API.STREAM.CREATE.{STREAM}", started)
                 raise BusError(f"cannot create stream {STREAM}: {refused or exc}") from None
 
-    def _judge_stream(self, config: StreamConfig) -> None:
+    def _judge_stream(self, info) -> None:
+        config = info.config
+        self.stream_created = getattr(info, "created", None)
         self.stream_drift = _drift(config)
         untrusted = _untrusted(config)
         if untrusted and not self.stream_untrusted:
@@ -478,7 +487,8 @@ class EventBus:
         was wrong (and what was done about it).
 
         A lost stream is recreated and every consumer bound again; a lost consumer is created
-        again, delivering from the last moment it was known to exist (events it had handled are
+        again, delivering from just after its ack floor as last seen, or from the last moment it
+        was known to exist when the stream was made again since (events it had handled are
         skipped by the handled-event record). The caller stays DEGRADED until a check finds
         everything in place, so a repair is reported before it is trusted.
         """
@@ -501,8 +511,10 @@ class EventBus:
             return f"event stream {STREAM} not reachable: {exc}"
         for consumer in self._consumers:
             try:
-                await self.js.consumer_info(STREAM, consumer.durable)
+                info = await self.js.consumer_info(STREAM, consumer.durable)
                 consumer.seen_at = time.time()
+                consumer.ack_floor = int(getattr(info.ack_floor, "stream_seq", 0) or 0)
+                consumer.stream_created = self.stream_created
                 continue
             except NotFoundError:
                 pass
@@ -524,17 +536,28 @@ class EventBus:
                 pass
             consumer.sub = None
         since = dt.datetime.fromtimestamp(consumer.seen_at - 2.0, dt.timezone.utc)
-        config = ConsumerConfig(
-            ack_policy=AckPolicy.EXPLICIT, ack_wait=30, max_deliver=20,
-            deliver_policy=DeliverPolicy.BY_START_TIME,
-            opt_start_time=since,
-        )
+        if (consumer.ack_floor is not None and self.stream_created
+                and consumer.stream_created == self.stream_created):
+            # The same stream: from just after the last event every one before was acknowledged,
+            # so what was outstanding when it was lost (a handler failing and retrying, a backlog)
+            # comes again — the moment it was last seen would skip those published before it.
+            config = ConsumerConfig(
+                ack_policy=AckPolicy.EXPLICIT, ack_wait=30, max_deliver=20,
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=consumer.ack_floor + 1,
+            )
+        else:  # never read, or the stream was made again since (its sequence numbers restarted)
+            config = ConsumerConfig(
+                ack_policy=AckPolicy.EXPLICIT, ack_wait=30, max_deliver=20,
+                deliver_policy=DeliverPolicy.BY_START_TIME,
+                opt_start_time=since,
+            )
         consumer.sub = await self.js.subscribe(consumer.subject, durable=consumer.durable,
                                                cb=consumer.callback, manual_ack=True, config=config,
                                                stream=STREAM)
         consumer.seen_at = time.time()
         log.warning("durable consumer was missing: recreated it", extra={
-            "consumer": consumer.durable, "since": since.isoformat(), "rule": "BUS-5"})
+            "consumer": consumer.durable, "since": since.isoformat(), "from_seq": config.opt_start_seq or 0,
+            "rule": "BUS-5"})
 
     async def close(self) -> None:
         self._closing = True

@@ -208,3 +208,57 @@ async def test_an_event_whose_handled_record_fails_is_acked_not_handled_again(na
     assert handled == [event.id]
     assert marks == [event.id]
     assert pending == {"mark-consumer": 0}
+
+
+async def test_a_lost_consumer_is_rebound_from_its_ack_floor_so_an_outstanding_event_comes_again(nats_server):
+    """BUS-5: a consumer lost while an event was outstanding (its handler still running, then
+    failing: no ack) was recreated from the moment it was last seen minus 2 s — an event published
+    before that, never acknowledged, was never delivered again. It is rebound from just after its
+    ack floor now (the handled-event record skips what was handled above it)."""
+    from nats.js.errors import NotFoundError
+
+    handled: list[str] = []
+    release = asyncio.Event()
+    attempts: list[str] = []
+    seen_ids: set[str] = set()
+
+    async def seen(consumer, eid):
+        return eid in seen_ids
+
+    async def mark(consumer, eid):
+        seen_ids.add(eid)
+
+    async def handler(event):
+        attempts.append(event.id)
+        if len(attempts) == 1:
+            await release.wait()
+            raise RuntimeError("the database went away")  # not acknowledged
+        handled.append(event.id)
+
+    bus = EventBus(nats_server, "floor-test", role="callmanager", connect_timeout=5)
+    await bus.connect()
+    try:
+        await bus.subscribe(subject_for("config.changed"), "floor-consumer", handler, seen=seen, mark=mark)
+        event = make_event("config.changed", "t", config_changed=events_pb2.ConfigChanged(devices=["SEP1"]))
+        await bus.publish(event)
+        for _ in range(100):
+            if attempts:
+                break
+            await asyncio.sleep(0.05)
+        for _ in range(6):                       # the watchdog sees the consumer for 3 s
+            assert await bus.check() == ""
+            await asyncio.sleep(0.5)
+        await bus.js.delete_consumer("CCMSEC", "floor-consumer")   # lost (BUS-5) ...
+        with pytest.raises(NotFoundError):
+            await bus.js.consumer_info("CCMSEC", "floor-consumer")
+        release.set()                            # ... while its handler fails the event
+        await asyncio.sleep(0.2)
+        assert "floor-consumer was missing (recreated)" in await bus.check()
+        for _ in range(100):
+            if handled:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        release.set()
+        await bus.close()
+    assert handled == [event.id]
