@@ -32,6 +32,9 @@ log = logging.getLogger("ccmsec.supervisor")
 STOP_TIMEOUT = 8.0
 BACKOFF_MAX = 10.0
 STABLE_AFTER = 30.0
+# A restart the service asked for (exit 75) is done at once only after it ran this long: one that
+# asks again as soon as it starts (a restart event it keeps taking as new) gets the crash back-off.
+RESTART_AT_ONCE_AFTER = 5.0
 
 
 def nats_server_binary() -> str:
@@ -188,7 +191,7 @@ class Supervisor:
                 child.state = "stopped"
                 return
             ran_for = time.monotonic() - child.started_at
-            if code == RESTART_EXIT_CODE:
+            if code == RESTART_EXIT_CODE and ran_for >= RESTART_AT_ONCE_AFTER:
                 log.warning("restarting on request", extra={"child": child.name})
                 delay = 0.0
             else:

@@ -53,3 +53,29 @@ async def test_a_start_that_fails_is_tried_again_not_the_end_of_the_watcher(tmp_
             child.proc.kill()
             await child.proc.wait()
         await asyncio.wait_for(watcher, 5)
+
+
+async def test_a_service_asking_for_a_restart_as_soon_as_it_starts_is_not_restarted_in_a_tight_loop(
+        tmp_path, monkeypatch):
+    """Exit 75 (restart on request) was honoured at once, however soon after the start it came:
+    a service asking again as it starts was started again and again with no pause at all."""
+    from ccmsec.runtime.service import RESTART_EXIT_CODE
+
+    cluster = SimpleNamespace(data_dir=tmp_path, base="127.1.1.0", nats_url="nats://127.1.1.1:4222")
+    sup = Supervisor(cluster)
+    child = Child("capf", [sys.executable, "-c", f"import sys; sys.exit({RESTART_EXIT_CODE})"], {},
+                  tmp_path / "capf.log")
+    sup.children["capf"] = child
+    await child.start()
+    watcher = asyncio.create_task(sup._watch(child))
+    try:
+        await asyncio.sleep(3.0)
+        assert child.restarts <= 4, child.restarts   # back-off 0.5, 1, 2 s: not a restart per exit
+        assert child.restarts >= 1
+    finally:
+        sup.stopping = True
+        sup._stop.set()
+        await asyncio.wait_for(watcher, 10)
+        if child.proc.returncode is None:
+            child.proc.kill()
+            await child.proc.wait()
