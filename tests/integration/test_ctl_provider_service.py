@@ -364,6 +364,45 @@ async def test_client_without_a_cluster_certificate_is_refused_at_tls(provider):
                                         timeout=3)
 
 
+async def test_clients_that_never_handshake_are_bounded_at_accept_and_others_are_served(provider, monkeypatch):
+    """Connections are counted from accept, before TLS: one address holding MAX_PER_SOURCE silent
+    connections has its next one closed at once (no handshake wait), and the whole port at
+    MAX_CONNECTIONS; an administrator from another address is still answered meanwhile."""
+    from ccmsec_ctl_provider import listener
+
+    await provider.stub.Activate(ctl_provider_pb2.ActivateRequest(active=True))
+    host, port = provider.svc.settings.host, provider.svc.listening_port
+
+    async def silent(source: str):
+        return await asyncio.open_connection(host, port, local_addr=(source, 0))
+
+    async def closed_at_once(source: str) -> bool:
+        reader, writer = await silent(source)
+        try:
+            return await asyncio.wait_for(reader.read(1), 2) == b""
+        except ConnectionResetError:
+            return True
+        except asyncio.TimeoutError:
+            return False
+        finally:
+            writer.close()
+
+    held = [await silent("127.66.0.1") for _ in range(listener.MAX_PER_SOURCE)]
+    try:
+        await asyncio.sleep(0.2)
+        assert await closed_at_once("127.66.0.1"), "one address past its limit must be closed at accept"
+        assert len(await provider.fetch()) == 3      # another address: served
+        monkeypatch.setattr(listener, "MAX_CONNECTIONS", listener.MAX_PER_SOURCE + 1)
+        held.append(await silent("127.66.0.2"))     # the port's last slot
+        await asyncio.sleep(0.2)
+        assert await closed_at_once("127.66.0.3"), "the port past its limit must be closed at accept"
+    finally:
+        for _, writer in held:
+            writer.close()
+    await asyncio.sleep(0.2)
+    assert len(await provider.fetch()) == 3          # the slots come back when they hang up
+
+
 async def test_unreachable_provider_is_a_clear_error(provider):
     ident = client_identity(provider.data)
     ctx = provider_ssl_context(ident.ca_path, ident.cert_path, ident.key_path)

@@ -7,13 +7,23 @@ one fails the handshake — and that certificate must state the identity of the 
 `cli` or `admin-api` (`CTL_CLIENT_ROLES`): any other identity of the cluster (a service's) gets an
 UNAUTHORIZED answer naming it, and the refusal is logged.
 While the service is not activated (CHK-1) every request is answered with a NOT_ACTIVATED error.
+
+Connections are counted from accept, before the TLS handshake (at most `MAX_CONNECTIONS`, and
+`MAX_PER_SOURCE` from one address): clients that connect and never finish a handshake would
+otherwise hold a descriptor each for the handshake timeout, without limit. One over the limit
+is closed at once, at no handshake's cost.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import logging
+import socket
 import ssl
+import struct
+import time
 from typing import Awaitable, Callable
 
 from ccmsec.pki.tls import new_context
@@ -33,6 +43,7 @@ log = logging.getLogger("ccmsec.ctl-provider")
 
 READ_TIMEOUT = 10.0
 MAX_CONNECTIONS = 64
+MAX_PER_SOURCE = 16      # one address cannot take every slot from the others
 CTL_CLIENT_ROLES = ("cli", "admin-api")   # the CTL client is an administrator's tool
 NOT_ACTIVATED_MESSAGE = ("the CTL Provider service is not activated on server {node} (CHK-1); "
                          "activate it with `ccmsec ctl provider activate`")
@@ -54,26 +65,61 @@ class ProviderListener:
         self._ssl = ssl_context
         self._is_active = is_active
         self._certificates = certificates
-        self._server: asyncio.base_events.Server | None = None
+        self._sock: socket.socket | None = None
+        self._acceptor: asyncio.Task | None = None
+        self._tasks: set[asyncio.Task] = set()
         self._open = 0
+        self._per_source: collections.Counter[str] = collections.Counter()
         self.answered = 0
         self.refused = 0
+        self.turned_away = 0   # connections closed at accept: over a limit
+        self._last_turned_away_log = 0.0
 
     async def start(self, host: str, port: int) -> None:
-        self._server = await asyncio.start_server(self._handle, host, port, ssl=self._ssl,
-                                                  ssl_handshake_timeout=READ_TIMEOUT)
+        # Our own accept loop, TLS after admission (_admit): a limit reached costs no handshake.
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+            sock.listen(128)
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        self._sock = sock
+        self._acceptor = asyncio.get_running_loop().create_task(self._accept_loop(), name="ctl-provider accept")
 
     @property
     def port(self) -> int:
-        return self._server.sockets[0].getsockname()[1] if self._server else 0
+        return self._sock.getsockname()[1] if self._sock is not None else 0
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
+        if self._acceptor is not None:
+            self._acceptor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._acceptor
+            self._acceptor = None
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=2)
+
+    async def _accept_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
             try:
-                await asyncio.wait_for(self._server.wait_closed(), 2)
-            except asyncio.TimeoutError:
-                pass
+                conn, peer = await loop.sock_accept(self._sock)
+            except OSError as exc:   # e.g. EMFILE: back off rather than spin
+                log.error("CTL Provider port: accept failed: %s", exc)
+                await asyncio.sleep(0.1)
+                continue
+            task = loop.create_task(self._admit(conn, str(peer[0]) if peer else "?"))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _answer(self, session: ProviderServerSession) -> bytes:
         if not self._is_active():
@@ -103,15 +149,43 @@ class ProviderListener:
                     f"the administration path ({' or '.join(CTL_CLIENT_ROLES)}) may")
         return ""
 
+    async def _admit(self, conn: socket.socket, source: str) -> None:
+        if self._open >= MAX_CONNECTIONS or self._per_source[source] >= MAX_PER_SOURCE:
+            self.turned_away += 1
+            now = time.monotonic()
+            if now - self._last_turned_away_log >= 5.0:   # a flood must not flood the log too
+                self._last_turned_away_log = now
+                log.warning("CTL Provider port: connection from %s closed at accept (%d open, %d from it; "
+                            "%d turned away so far)", source, self._open, self._per_source[source],
+                            self.turned_away)
+            with contextlib.suppress(OSError):   # reset at once: no handshake, no lingering
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()
+            return
+        self._open += 1
+        self._per_source[source] += 1
+        loop = asyncio.get_running_loop()
+        try:
+            conn.setblocking(False)
+            reader = asyncio.StreamReader()
+            protocol = asyncio.StreamReaderProtocol(reader)
+            try:
+                transport, _ = await loop.connect_accepted_socket(
+                    lambda: protocol, conn, ssl=self._ssl, ssl_handshake_timeout=READ_TIMEOUT)
+            except (asyncio.TimeoutError, ConnectionError, ssl.SSLError, OSError):
+                conn.close()   # no certificate, a wrong one, or no handshake in time
+                return
+            await self._handle(reader, asyncio.StreamWriter(transport, protocol, reader, loop))
+        finally:
+            self._open -= 1
+            self._per_source[source] -= 1
+            if self._per_source[source] <= 0:
+                del self._per_source[source]
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         session = ProviderServerSession()
         refusal = self.caller_refusal(writer)
-        self._open += 1
         try:
-            if self._open > MAX_CONNECTIONS:
-                writer.write(session.refuse(ErrorCode.UNAVAILABLE, "too many connections; retry"))
-                await writer.drain()
-                return
             while True:
                 data = await asyncio.wait_for(reader.read(4096), READ_TIMEOUT)
                 if not data:
@@ -135,7 +209,6 @@ class ProviderListener:
         except (asyncio.TimeoutError, ConnectionError, ssl.SSLError, OSError):
             pass  # a silent, slow or broken client only loses its own connection
         finally:
-            self._open -= 1
             writer.close()
             try:
                 await asyncio.wait_for(writer.wait_closed(), 1)
