@@ -46,6 +46,14 @@ def channel_credentials(identity: TlsIdentity) -> grpc.ChannelCredentials:
 
 
 DEGRADED_KEY = "ccmsec-degraded"   # trailing metadata of a health answer: why it is not SERVING
+_ASCII_FOR = {"\u2014": "-", "\u2013": "-", "\u2026": "...", "\u2018": "'", "\u2019": "'",
+              "\u201c": '"', "\u201d": '"', "\u2192": "->"}
+
+
+def metadata_text(text: str) -> str:
+    """`text` as an ASCII metadata value: gRPC refuses any other byte, and a health answer carrying
+    one failed whole (INTERNAL "Invalid metadata"), so a DEGRADED service read as UNREACHABLE."""
+    return "".join(c if " " <= c <= "~" else _ASCII_FOR.get(c, "?") for c in text)
 
 
 class _Health(health.aio.HealthServicer):
@@ -58,7 +66,7 @@ class _Health(health.aio.HealthServicer):
     async def Check(self, request, context):
         reply = await super().Check(request, context)
         if self.degraded:
-            context.set_trailing_metadata(((DEGRADED_KEY, self.degraded[:400]),))
+            context.set_trailing_metadata(((DEGRADED_KEY, metadata_text(self.degraded)[:400]),))
         return reply
 
 
