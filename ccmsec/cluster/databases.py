@@ -99,6 +99,9 @@ def _own_copy(source: sqlite3.Connection, target: Path, role: str, branches: dic
     """`target`: a copy of `source` with only `role`'s tables, schema versions and bus rows."""
     if target.exists():
         target.unlink()
+    # Created 0600 before a byte goes in (SQLite keeps an existing file's mode, and gives it to its
+    # journal): the copy holds the role's secrets, even for the moment before the final chmod.
+    os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     dst = sqlite3.connect(target, isolation_level=None)
     try:
         source.backup(dst)

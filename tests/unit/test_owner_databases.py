@@ -271,3 +271,26 @@ def test_a_derived_hot_path_engine_writing_through_the_dbapi_cursor_moves_the_co
             reader.close()
 
     asyncio.run(scenario())
+
+
+def test_an_owners_copy_is_never_readable_by_others_not_even_before_its_final_chmod(tmp_path, monkeypatch):
+    """The split writes each owner's copy 0600 from its first byte: with the final chmod taken
+    away (and a permissive umask), the copy and its journal are still the owner's alone."""
+    import os
+    import sqlite3
+
+    source = sqlite3.connect(tmp_path / "source.db")
+    source.execute("CREATE TABLE capf_operations (id INTEGER PRIMARY KEY, secret TEXT)")
+    source.execute("INSERT INTO capf_operations (secret) VALUES ('SECRET')")
+    source.commit()
+    target = tmp_path / "copy.db"
+    monkeypatch.setattr(databases.os, "chmod", lambda *a, **k: None)
+    old_umask = os.umask(0o022)
+    try:
+        databases._own_copy(source, target, "capf", {})
+    finally:
+        os.umask(old_umask)
+        source.close()
+    assert _rows(target, "SELECT secret FROM capf_operations") == [("SECRET",)]
+    for path in tmp_path.glob("copy.db*"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
