@@ -103,10 +103,13 @@ def public_key_of_seed(seed: bytes) -> str:
         raise BusError("the nkey seed does not decode") from None
 
 
+STREAM_MAX_AGE = 7 * 24 * 3600  # seconds the stream keeps an event; none older is delivered again
+
+
 def stream_config() -> StreamConfig:
     return StreamConfig(
         name=STREAM, subjects=[f"{SUBJECT_PREFIX}.>"], storage=StorageType.FILE,
-        retention=RetentionPolicy.LIMITS, max_age=7 * 24 * 3600, duplicate_window=120.0,
+        retention=RetentionPolicy.LIMITS, max_age=STREAM_MAX_AGE, duplicate_window=120.0,
     )
 
 

@@ -16,6 +16,7 @@ NOT_SERVING with the reason (DEGRADED in `ccmsec status`) and `Status` with stat
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import os
 import signal
@@ -25,7 +26,7 @@ from typing import Awaitable, Callable
 
 import grpc
 from cryptography import x509
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
 from ccmsec.db.events import HandledEvent
@@ -51,6 +52,10 @@ class StartError(Exception):
 RESTART_EXIT_CODE = 75  # the runner (or compose's restart policy) starts the service again at once
 GRPC_PORT_DEFAULT = 50051
 
+
+# A handled-event record is kept a day longer than the stream keeps the event it names.
+HANDLED_KEEP = dt.timedelta(seconds=bus_mod.STREAM_MAX_AGE) + dt.timedelta(days=1)
+HANDLED_PRUNE_EVERY = 3600.0  # seconds
 
 class Service:
     role: str = ""
@@ -245,6 +250,15 @@ class Service:
             except IntegrityError:
                 await session.rollback()
 
+    async def prune_handled(self, now: dt.datetime | None = None) -> int:
+        """Forget handled-event records older than the stream keeps events (plus a day): such an
+        event can never be delivered again, and without this the table only grows."""
+        cutoff = (now or dt.datetime.now(dt.timezone.utc)) - HANDLED_KEEP
+        async with self.db() as session:
+            result = await session.execute(delete(HandledEvent).where(HandledEvent.handled_at < cutoff))
+            await session.commit()
+        return result.rowcount or 0
+
     # --- built-in subscriptions -----------------------------------------------------------
     async def _on_restart(self, event: events_pb2.Event) -> None:
         nodes = list(event.service_restart.nodes)
@@ -263,12 +277,24 @@ class Service:
     # --- the bus watchdog (BUS-5) -----------------------------------------------------------
     async def _watch_bus(self) -> None:
         interval = self.settings.bus_check_interval
+        loop = asyncio.get_running_loop()
+        pruned_at = float("-inf")
         while not self._stop.is_set():
             try:
                 await asyncio.wait_for(self._stop.wait(), interval)
                 return
             except asyncio.TimeoutError:
                 pass
+            if self.db is not None and loop.time() - pruned_at >= HANDLED_PRUNE_EVERY:
+                pruned_at = loop.time()
+                try:
+                    pruned = await self.prune_handled()
+                    if pruned:
+                        self.log.info("forgot %d handled-event records older than the stream keeps", pruned)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # tried again at the next prune
+                    self.log.warning("could not prune handled-event records: %s", exc)
             try:
                 reason = await asyncio.wait_for(self.bus.check(), max(5.0, interval * 2))
             except asyncio.TimeoutError:

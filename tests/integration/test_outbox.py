@@ -879,3 +879,34 @@ async def test_capf_writes_commit_with_their_events_and_audit_record(tmp_path, k
         await channel.close()
         await _stop(svc, task)
         await owner.__aexit__(None, None, None)
+
+
+async def test_handled_event_records_older_than_the_stream_keeps_are_forgotten(cm_nats, monkeypatch):
+    """The handled-event records (a redelivered event changes nothing) are pruned by the bus
+    watchdog once they are older than the stream keeps events, plus a day: a record of an event
+    that can still come again is kept, so it is still recognised."""
+    import datetime as dt
+
+    from sqlalchemy import insert
+
+    from ccmsec.db.events import HandledEvent
+    from ccmsec.runtime import service as service_mod
+
+    now = dt.datetime.now(dt.timezone.utc)
+    svc = cm_nats[0].svc
+    async with svc.db() as session, session.begin():
+        await session.execute(insert(HandledEvent), [
+            {"consumer": "callmanager-test", "event_id": "old", "handled_at": now - dt.timedelta(days=9)},
+            {"consumer": "callmanager-test", "event_id": "recent", "handled_at": now - dt.timedelta(days=6)},
+        ])
+    monkeypatch.setattr(service_mod, "HANDLED_PRUNE_EVERY", 0.5)  # the watchdog's next check prunes
+
+    async def old_gone() -> bool:
+        return not await svc._seen("callmanager-test", "old")
+
+    loop = asyncio.get_running_loop()
+    end = loop.time() + 20
+    while not await old_gone():
+        assert loop.time() < end, "the watchdog did not forget a record older than the stream keeps"
+        await asyncio.sleep(0.2)
+    assert await svc._seen("callmanager-test", "recent")   # an event still in the stream: remembered
