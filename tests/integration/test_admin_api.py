@@ -205,6 +205,11 @@ async def test_admin_creates_accounts_and_duplicates_are_refused(stack):
 @BOTH_BACKENDS
 async def test_device_crud_bumps_config_version_and_announces_changes(stack):
     admin = await stack.token_client("admin", stack.admin_password)
+    # a device names only a pool that exists (as PUT /devices/{name}/pool): nothing half-made
+    assert_json_error(await admin.post("/api/v1/devices", json={"name": SEP, "model": "7960",
+                                                                "device_pool": "HQ"}), 404)
+    assert (await admin.get("/api/v1/devices")).json()["total"] == 0
+    assert (await admin.post("/api/v1/pools", json={"name": "HQ", "cm_group": ["cm1"]})).status_code == 201
     r = await admin.post("/api/v1/devices", json={"name": SEP, "model": "7960",
                                                   "description": "lobby", "device_pool": "HQ"})
     assert r.status_code == 201, r.text
@@ -218,6 +223,8 @@ async def test_device_crud_bumps_config_version_and_announces_changes(stack):
 
     listing = (await admin.get("/api/v1/devices")).json()
     assert listing["total"] == 1 and listing["devices"][0]["name"] == SEP
+    assert_json_error(await admin.patch(f"/api/v1/devices/{SEP}", json={"device_pool": "NOPE"}), 404)
+    assert (await admin.get(f"/api/v1/devices/{SEP}")).json()["device_pool"] == "HQ"
     r = await admin.patch(f"/api/v1/devices/{SEP}", json={"description": "hall", "device_pool": None})
     assert r.status_code == 200 and r.json()["config_version"] == 2
     assert r.json()["device_pool"] is None and r.json()["description"] == "hall"
@@ -231,8 +238,8 @@ async def test_device_crud_bumps_config_version_and_announces_changes(stack):
         ([SEP], "created"), ([SEP], "updated:description,device_pool"), ([SEP], "deleted")]
     assert [k for k, _, _ in stack.events.published] == ["config.changed"] * 3
     ok = [(r.actor, r.action, r.target) for r in await stack.audit_rows() if r.outcome == "ok"]
-    assert ok[1:] == [("admin", "device.create", SEP), ("admin", "device.update", SEP),
-                      ("admin", "device.delete", SEP)]
+    assert ok[1:] == [("admin", "pool.create", "HQ"), ("admin", "device.create", SEP),
+                      ("admin", "device.update", SEP), ("admin", "device.delete", SEP)]
 
 
 @BOTH_BACKENDS

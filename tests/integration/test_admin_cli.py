@@ -41,6 +41,9 @@ async def test_cli_device_lifecycle_with_table_and_json_output(stack):
                                 "--description", "front desk")
     assert rc == 0, err
     assert SEP in out
+    rc, out, err = await ccmsec(stack, "device", "add", "lab-7912", "--model", "7912", "--pool", "LAB")
+    assert rc == 1 and "no device pool named LAB (HTTP 404)" in one_line_error(err)  # nothing added
+    assert (await stack.admin().post("/api/v1/pools", json={"name": "LAB", "cm_group": ["cm1"]})).status_code == 201
     await ccmsec(stack, "device", "add", "lab-7912", "--model", "7912", "--pool", "LAB")
     rc, out, _ = await ccmsec(stack, "device", "list")
     lines = out.splitlines()

@@ -16,6 +16,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 import ccmsec.db.admin  # noqa: F401  (registers the tables)
+import ccmsec.db.lines  # noqa: F401  (device_pools)
 import ccmsec.db.devices  # noqa: F401
 from ccmsec.db.admin import AuditEntry
 from ccmsec.db.base import Base
@@ -70,7 +71,8 @@ class Database:
             await admin.dispose()
             self.engine = create_async_engine(
                 POSTGRES_URL, connect_args={"server_settings": {"search_path": self.schema}})
-        tables = [Base.metadata.tables[t] for t in MY_TABLES]
+        # and device_pools: a device names only a pool that exists (POST/PATCH /devices check it)
+        tables = [Base.metadata.tables[t] for t in (*MY_TABLES, "device_pools")]
         async with self.engine.begin() as conn:
             await conn.run_sync(lambda c: Base.metadata.create_all(c, tables=tables))
         return self.engine

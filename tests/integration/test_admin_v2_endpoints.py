@@ -207,6 +207,7 @@ async def test_rst1_rst2_device_changes_emit_exactly_the_policy_actions(v2):
         await set_setting(session, SETTING_SECURITY_MODE, "mixed")
     admin = v2.admin()
     assert (await admin.post("/api/v1/devices", json={"name": A, "model": "7970"})).status_code == 201
+    assert (await admin.post("/api/v1/pools", json={"name": "P", "cm_group": ["cm1"]})).status_code == 201
     steps = [({"description": "x", "device_pool": "P"}, []),
              ({"security_mode": "encrypted"}, [([A], "RST-1", "reset")]),
              ({"garp": False}, [([A], "RST-2", "reset")]),

@@ -244,6 +244,9 @@ class CallManagerDomain:
             changed = {k: v for k, v in wanted.items() if getattr(device, k) != v}
             if not changed:
                 return {**device.to_dict(), "delivery": "sent"}
+            pool = changed.get("device_pool")
+            if pool is not None and await session.get(DevicePool, pool) is None:
+                raise OwnerRefused("not_found", f"no device pool named {pool}")  # as SetDevicePool
             cluster = await self.cluster_now()
             try:
                 check_device_security(device.model, changed.get("security_mode", device.security_mode),

@@ -24,6 +24,7 @@ from ccmsec.db.devices import (
     validate_device_name,
 )
 
+from ccmsec.db.lines import DevicePool
 from ccmsec.domain import DeviceSecurityMode
 
 from ccmsec_callmanager.domain import OwnerRefused
@@ -111,6 +112,9 @@ async def create_device(request: Request, _: Principal = Depends(require_admin))
     request.state.audit_target = body.name
     async with request.app.state.sessionmaker() as session:
         await _check_rules(request, body.model, body.security_mode, body.web_access)
+        if body.device_pool is not None and await session.get(DevicePool, body.device_pool) is None:
+            # as PUT /devices/{name}/pool: a device never names a pool that does not exist
+            raise ApiError(404, f"no device pool named {body.device_pool}")
         device = Device(**body.model_dump())
         session.add(device)
         session.add(new_entry(request, status=201,
