@@ -16,7 +16,7 @@ them as deployed), its SCCP TLS port and its ccmserver.cer (the
 certificate the phones pin is the one the service made and presents). The devices (encrypted
 7970s) are rows of callmanager's devices table written before the service starts, as the
 end-to-end tests add them. Reset-all is the administrator's path: `ResetDevices(all)` over gRPC
-with a `cli` identity (what `ccmsec device reset-all` sends), committed with its audit row in the
+with a `cli` identity (what `ccmsec device reset --all` sends), committed with its audit row in the
 service's outbox and delivered back to call control through NATS; the count of registrations is
 the service's `Status` ("registered"). Phones share one RSA key (each has its own LSC): key
 generation is not what is measured.
@@ -381,7 +381,7 @@ async def raw_handshakes(host: str, port: int, contexts, concurrency: int) -> fl
 
 
 async def reset_all(channel):
-    """What `ccmsec device reset-all` sends: ResetDevices(all) to the publisher."""
+    """What `ccmsec device reset --all` sends: ResetDevices(all) to the publisher."""
     from ccmsec_proto import callmanager_pb2 as pb, callmanager_pb2_grpc
 
     return await callmanager_pb2_grpc.CallManagerStub(channel).ResetDevices(pb.ResetDevicesRequest(all=True),

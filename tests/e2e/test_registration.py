@@ -80,10 +80,12 @@ def test_non_secure_registration_registry_cli_and_reset_wait(cluster):
     async def scenario():
         name = "SEP00E2E0000001"
         # Configured non-secure: it registers on 2000 whatever mode other tests left the cluster in.
+        silent = "SEP00E2E0000999"   # configured, never registers
         engine = create_engine(owner_url(cluster["data"], "callmanager"))  # the owner's own database
         async with sessionmaker(engine)() as session, session.begin():
-            if await session.scalar(select(Device.id).where(Device.name == name)) is None:
-                session.add(Device(name=name, model="7970", security_mode="non-secure"))
+            for device in (name, silent):
+                if await session.scalar(select(Device.id).where(Device.name == device)) is None:
+                    session.add(Device(name=device, model="7970", security_mode="non-secure"))
         await engine.dispose()
         task = asyncio.create_task(_phone_that_comes_back(svc["host"], svc["sccp_port"], name))
         try:
@@ -98,9 +100,11 @@ def test_non_secure_registration_registry_cli_and_reset_wait(cluster):
             code, out, err = await _cli(cluster, "device", "reset", name, "--wait", "--timeout", "20")
             assert code == 0, out + err
             assert "complete" in out and "1/1 back" in out
-            code, out, _ = await _cli(cluster, "device", "reset", "SEP00E2E0000999", "--wait",
-                                      "--timeout", "1")
-            assert code == 3 and "SEP00E2E0000999" in out  # named as not back
+            code, out, _ = await _cli(cluster, "device", "reset", silent, "--wait", "--timeout", "1")
+            assert code == 3 and silent in out  # named as not back
+            code, out, err = await _cli(cluster, "device", "reset", "SEP00E2E0000998", "--wait",
+                                        "--timeout", "1")
+            assert code == 1 and "no device named SEP00E2E0000998" in out + err, out + err  # a typo: refused
         finally:
             task.cancel()
     asyncio.run(scenario())
