@@ -18,7 +18,6 @@ import logging
 import secrets
 import socket
 import ssl
-import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Awaitable, Callable, Protocol
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from ccmsec.aio.listener import AdmittingListener
 from ccmsec.pki.tls import new_context
 from ccmsec.wire.capf import (
     AuthCheck, AuthenticationRefused, AuthStringCheckRequested, CapfAuthError, CapfPhoneSession, CapfServerSession,
@@ -132,10 +132,11 @@ class CapfServer:
         self.max_connections = max_connections
         self.max_per_source = max(1, min(max_per_source, max_connections))
         self.reuse_port = reuse_port
-        self._sock: socket.socket | None = None
-        self._acceptor: asyncio.Task | None = None
+        # Our own accept loop: the source is judged before TLS starts, so a refused connection
+        # costs no handshake (it is reset at once).
+        self._listener = AdmittingListener("CAPF", self._admit_connection, self._on_connection,
+                                           on_refused=self._log_refusal)
         self._session_ids = itertools.count(secrets.randbelow(1 << 24) + 1)
-        self._tasks: set[asyncio.Task] = set()
         self._per_source: collections.Counter[str] = collections.Counter()
         self._active = 0
         self.refused_connections = 0
@@ -150,43 +151,18 @@ class CapfServer:
 
     @property
     def port(self) -> int:
-        if self._sock is not None:
-            return self._sock.getsockname()[1]
-        return self._port
+        return self._listener.port or self._port
 
     @property
     def active_connections(self) -> int:
         return self._active
 
     async def start(self) -> "CapfServer":
-        sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if self.reuse_port:  # several acceptor processes on one port (ccmsec_capf.acceptors)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.bind((self.host, self._port))
-            sock.listen(1024)
-            sock.setblocking(False)
-        except BaseException:
-            sock.close()
-            raise
-        self._sock = sock
-        self._acceptor = asyncio.create_task(self._accept_loop(), name=f"capf accept {self.host}:{self.port}")
+        await self._listener.start(self.host, self._port, reuse_port=self.reuse_port)
         return self
 
     async def close(self) -> None:
-        if self._acceptor is not None:
-            self._acceptor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._acceptor
-            self._acceptor = None
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._listener.close()
 
     async def __aenter__(self) -> "CapfServer":
         return await self.start()
@@ -197,43 +173,21 @@ class CapfServer:
     # -- admission -----------------------------------------------------------------------------
 
     def _admit_connection(self, source: str) -> str | None:
+        """None: taken, its slot reserved (released by _on_connection); else why it is refused."""
         if self._active >= self.max_connections:
             return f"connection limit ({self.max_connections}) reached"
         if self._per_source[source] >= self.max_per_source:
             return f"{source} already has {self.max_per_source} connections"
+        self._active += 1
+        self._per_source[source] += 1
         return None
 
-    def _log_refusal(self, why: str) -> None:
+    def _log_refusal(self, source: str, why: str) -> None:
         self.refused_connections += 1
         now = time.monotonic()
         if now - self._last_refusal_log >= 5.0:  # a flood must not flood the log too
             self._last_refusal_log = now
             log.warning("CAPF: refusing connections: %s (%d refused so far)", why, self.refused_connections)
-
-    async def _accept_loop(self) -> None:
-        """Accept on our own socket: the source is judged before asyncio reads a byte or TLS
-        starts, so a refused connection costs no handshake (it is reset at once)."""
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                conn, peer = await loop.sock_accept(self._sock)
-            except OSError as exc:  # e.g. EMFILE: back off rather than spin
-                log.error("CAPF: accept failed: %s", exc)
-                await asyncio.sleep(0.1)
-                continue
-            source = str(peer[0]) if peer else "?"
-            refusal = self._admit_connection(source)
-            if refusal is not None:
-                self._log_refusal(refusal)
-                with contextlib.suppress(OSError):
-                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                conn.close()
-                continue
-            self._active += 1
-            self._per_source[source] += 1
-            task = loop.create_task(self._on_connection(conn, source))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
 
     async def _on_connection(self, conn: socket.socket, source: str) -> None:
         loop = asyncio.get_running_loop()

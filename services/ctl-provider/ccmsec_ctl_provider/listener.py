@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
 import socket
 import ssl
-import struct
 import time
 from typing import Awaitable, Callable
 
+from ccmsec.aio.listener import AdmittingListener
 from ccmsec.pki.tls import new_context
 from cryptography import x509
 
@@ -65,9 +64,8 @@ class ProviderListener:
         self._ssl = ssl_context
         self._is_active = is_active
         self._certificates = certificates
-        self._sock: socket.socket | None = None
-        self._acceptor: asyncio.Task | None = None
-        self._tasks: set[asyncio.Task] = set()
+        self._listener = AdmittingListener("CTL Provider port", self._admit, self._serve,
+                                           on_refused=self._turned_away)
         self._open = 0
         self._per_source: collections.Counter[str] = collections.Counter()
         self.answered = 0
@@ -76,50 +74,14 @@ class ProviderListener:
         self._last_turned_away_log = 0.0
 
     async def start(self, host: str, port: int) -> None:
-        # Our own accept loop, TLS after admission (_admit): a limit reached costs no handshake.
-        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((host, port))
-            sock.listen(128)
-            sock.setblocking(False)
-        except BaseException:
-            sock.close()
-            raise
-        self._sock = sock
-        self._acceptor = asyncio.get_running_loop().create_task(self._accept_loop(), name="ctl-provider accept")
+        await self._listener.start(host, port, backlog=128)
 
     @property
     def port(self) -> int:
-        return self._sock.getsockname()[1] if self._sock is not None else 0
+        return self._listener.port or 0
 
     async def close(self) -> None:
-        if self._acceptor is not None:
-            self._acceptor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._acceptor
-            self._acceptor = None
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=2)
-
-    async def _accept_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                conn, peer = await loop.sock_accept(self._sock)
-            except OSError as exc:   # e.g. EMFILE: back off rather than spin
-                log.error("CTL Provider port: accept failed: %s", exc)
-                await asyncio.sleep(0.1)
-                continue
-            task = loop.create_task(self._admit(conn, str(peer[0]) if peer else "?"))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        await self._listener.close()
 
     async def _answer(self, session: ProviderServerSession) -> bytes:
         if not self._is_active():
@@ -149,21 +111,25 @@ class ProviderListener:
                     f"the administration path ({' or '.join(CTL_CLIENT_ROLES)}) may")
         return ""
 
-    async def _admit(self, conn: socket.socket, source: str) -> None:
-        if self._open >= MAX_CONNECTIONS or self._per_source[source] >= MAX_PER_SOURCE:
-            self.turned_away += 1
-            now = time.monotonic()
-            if now - self._last_turned_away_log >= 5.0:   # a flood must not flood the log too
-                self._last_turned_away_log = now
-                log.warning("CTL Provider port: connection from %s closed at accept (%d open, %d from it; "
-                            "%d turned away so far)", source, self._open, self._per_source[source],
-                            self.turned_away)
-            with contextlib.suppress(OSError):   # reset at once: no handshake, no lingering
-                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            conn.close()
-            return
+    def _admit(self, source: str) -> str | None:
+        """None: taken, its slot reserved (released by _serve); else why it is closed at once."""
+        if self._open >= MAX_CONNECTIONS:
+            return f"{self._open} connections open"
+        if self._per_source[source] >= MAX_PER_SOURCE:
+            return f"{self._per_source[source]} connections from it"
         self._open += 1
         self._per_source[source] += 1
+        return None
+
+    def _turned_away(self, source: str, why: str) -> None:
+        self.turned_away += 1
+        now = time.monotonic()
+        if now - self._last_turned_away_log >= 5.0:   # a flood must not flood the log too
+            self._last_turned_away_log = now
+            log.warning("CTL Provider port: connection from %s closed at accept (%s; %d turned away so far)",
+                        source, why, self.turned_away)
+
+    async def _serve(self, conn: socket.socket, source: str) -> None:
         loop = asyncio.get_running_loop()
         try:
             conn.setblocking(False)
