@@ -14,7 +14,7 @@ import sys
 import time
 
 from ccmsec.cli.common import (
-    EXIT_USAGE, CliError, add_data_option, add_json_option, json_output, proto_json,
+    EXIT_USAGE, CliError, add_data_option, add_json_option, json_output, proto_json, seconds_or_zero,
 )
 from ccmsec.cli.device import _grpc_call, _print_json, format_table
 
@@ -33,7 +33,7 @@ def register(subparsers) -> None:
     lst.set_defaults(func=_list)
     watch = sub.add_parser("watch", help="the calls now, then every change as it happens")
     add_data_option(watch)
-    watch.add_argument("--timeout", type=float, default=0.0, help="stop after SECONDS (0: until Ctrl-C)")
+    watch.add_argument("--timeout", type=seconds_or_zero, default=0.0, help="stop after SECONDS (0: until Ctrl-C)")
     watch.add_argument("--count", type=int, default=0, help="stop after N events (0: no limit)")
     watch.add_argument("--table", action="store_true",
                        help="a live table of the calls in progress, redrawn at every change (instead of "
@@ -113,8 +113,8 @@ def _watch(args: argparse.Namespace) -> int:
 
     from ccmsec_proto import common_pb2
 
-    if args.timeout < 0 or args.count < 0:
-        raise CliError("--timeout and --count must not be negative")
+    if args.count < 0:
+        raise CliError("--count must not be negative")
     if json_output(args) and args.table:
         raise CliError("--json and --table do not go together: choose one", EXIT_USAGE)
 

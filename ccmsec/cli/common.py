@@ -87,6 +87,16 @@ def seconds(text: str) -> float:
     return value
 
 
+def seconds_or_zero(text: str) -> float:
+    """argparse type of a --timeout where 0 means "no limit" (`calls watch`): 0, or `seconds`."""
+    try:
+        if float(text) == 0:
+            return 0.0
+    except ValueError:
+        pass
+    return seconds(text)
+
+
 INT32_MAX = 2**31 - 1  # the largest int32 a gRPC request field holds (bigger: protobuf's ValueError)
 
 

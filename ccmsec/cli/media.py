@@ -39,8 +39,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if why:
         raise CliError(f"cannot read captures: {why}")
     for path, what in ((args.capture, "capture"), (args.keylog, "key log")):
-        if path is not None and not path.is_file():
-            raise CliError(f"{what} {path}: no such file")
+        if path is not None and not path.is_file():  # a folder, a device (/dev/zero) or nothing there
+            raise CliError(f"{what} {path}: " + ("not a regular file" if path.exists() else "no such file"))
     if args.capture.stat().st_size > MAX_CAPTURE:
         raise CliError(f"{args.capture}: larger than {MAX_CAPTURE // (1024 * 1024)} MiB")
     if not 1 <= args.sccp_port <= 65535:

@@ -69,6 +69,8 @@ def results(tmp_path_factory):
         "ctx_bundle_latin1": (["context", "add", "c3", "--client-bundle", str(tmp / "bundle-latin1")], None),
         "reset_timeout_nan": (["device", "reset", "SEP001122334455", "--wait", "--timeout", "nan", *d], None),
         "boot_timeout_negative": (["phones", "boot", "--all", "--wait", "--timeout", "-5", *d], None),
+        "watch_timeout_nan": (["calls", "watch", "--timeout", "nan", *d], None),
+        "watch_timeout_negative": (["calls", "watch", "--timeout", "-1", *d], None),
         "ctl_show_device": (["ctl", "show", "/dev/zero", *d], None),
         "tftp_get_not_ascii": (["tftp", "get", "caf\u00e9.cnf.xml", *d], None),
     }
@@ -134,6 +136,8 @@ def test_context_add_saves_only_a_usable_url_and_a_text_bundle(results):
 def test_a_timeout_that_never_expires_or_is_negative_is_a_usage_error(results):
     _refused(results, "reset_timeout_nan", 2, "argument --timeout")
     _refused(results, "boot_timeout_negative", 2, "argument --timeout")
+    _refused(results, "watch_timeout_nan", 2, "argument --timeout")      # 0 is "until Ctrl-C"; nan is not
+    _refused(results, "watch_timeout_negative", 2, "argument --timeout")
 
 
 def test_ctl_show_of_an_endless_file_is_bounded(results):
@@ -153,6 +157,12 @@ def test_the_seconds_type():
     for bad in ("nan", "inf", "-1", "0", "abc", "1e9"):
         with pytest.raises(argparse.ArgumentTypeError):
             seconds(bad)
+    from ccmsec.cli.common import seconds_or_zero
+
+    assert seconds_or_zero("0") == 0.0 and seconds_or_zero("2.5") == 2.5
+    for bad in ("nan", "inf", "-1", "-0.5", "abc", "1e9"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            seconds_or_zero(bad)
 
 
 def test_stdin_password_with_undecodable_bytes(monkeypatch):
@@ -196,3 +206,17 @@ def test_numbers_a_request_cannot_hold_are_usage_errors(results):
         rc, out, err = results[case]
         assert "Traceback" not in err and rc == 2, f"{case}: {err}"
         assert "give a number from" in err, f"{case}: {err}"
+
+
+def test_media_verify_names_a_key_log_that_is_no_regular_file(tmp_path, monkeypatch, capsys):
+    """`media verify --keylog /dev/zero` (a device) said "no such file"; it says what is wrong."""
+    from ccmsec.cli.main import main
+    from ccmsec.media import capture
+
+    monkeypatch.setattr(capture, "capture_available", lambda: None)  # the tools are not what is tested
+    pcap = tmp_path / "media.pcap"
+    pcap.write_bytes(b"\xd4\xc3\xb2\xa1")
+    assert main(["media", "verify", str(pcap), "--keylog", "/dev/zero"]) == 1
+    assert "key log /dev/zero: not a regular file" in capsys.readouterr().err
+    assert main(["media", "verify", str(pcap), "--keylog", str(tmp_path / "missing.log")]) == 1
+    assert "missing.log: no such file" in capsys.readouterr().err
