@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import ssl
+import stat
 import tempfile
 import warnings
 from pathlib import Path
@@ -93,15 +94,41 @@ def _load_identity(ctx: ssl.SSLContext, identity: Issued,
         ctx.load_cert_chain(cert_path, key_path)
 
 
-def enable_keylog(ctx: ssl.SSLContext, path: str | Path) -> ssl.SSLContext:
-    """Write NSS key-log lines (for tshark `-o tls.keylog_file:`). Test/diagnostic use only.
-    The file holds session secrets: it is created 0600, and an existing one is made 0600 before
-    a secret goes in (OpenSSL would create it with the process's umask, usually world-readable)."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+class KeylogError(ValueError):
+    """A key-log file that cannot safely take session secrets (the message says why)."""
+
+
+def _prepare_keylog(path: str | Path) -> None:
+    """Make sure `path` may take session secrets: created 0600; an existing file of ours is made
+    0600 before a secret goes in (OpenSSL would create it with the process's umask, usually
+    world-readable). Another user's file is never chmod-ed — that is theirs to set (and fails
+    unless we are root): one already 0600 is used as it is (its owner reads it, e.g. Wireshark's
+    user), one readable by others is refused. Raises KeylogError, never a bare OSError."""
     try:
-        os.fchmod(fd, 0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise KeylogError(f"cannot open the key log {path}: {exc.strerror or exc}") from None
+    try:
+        st = os.fstat(fd)
+        mode = stat.S_IMODE(st.st_mode)
+        if st.st_uid == os.geteuid():
+            if mode != 0o600:
+                os.fchmod(fd, 0o600)
+        elif mode & 0o077:
+            raise KeylogError(
+                f"the key log {path} belongs to another user (uid {st.st_uid}) and is readable by "
+                f"others (mode {mode:04o}): it would expose TLS session secrets — make it 0600 "
+                "(its owner can: chmod 600) or use another path")
+    except OSError as exc:
+        raise KeylogError(f"cannot secure the key log {path}: {exc.strerror or exc}") from None
     finally:
         os.close(fd)
+
+
+def enable_keylog(ctx: ssl.SSLContext, path: str | Path) -> ssl.SSLContext:
+    """Write NSS key-log lines (for tshark `-o tls.keylog_file:`). Test/diagnostic use only.
+    The file holds session secrets: see `_prepare_keylog`; KeylogError when it cannot be used."""
+    _prepare_keylog(path)
     ctx.keylog_filename = str(path)
     return ctx
 
@@ -118,14 +145,15 @@ def new_context(protocol: int) -> ssl.SSLContext:
 
 
 def apply_keylog_env(ctx: ssl.SSLContext) -> ssl.SSLContext:
-    """Log this context's session secrets to `$SSLKEYLOGFILE` when it is set. The file holds
-    secrets: it is created 0600. An unwritable path never stops a service (diagnostics only)."""
+    """Log this context's session secrets to `$SSLKEYLOGFILE` when it is set, under the same
+    rules as `enable_keylog`. A path that cannot be used never stops a service (diagnostics
+    only): the context then logs nothing."""
     path = os.environ.get(KEYLOG_ENV)
     if path:
         try:
-            os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600))
+            _prepare_keylog(path)
             ctx.keylog_filename = path
-        except OSError:
+        except KeylogError:
             pass
     return ctx
 

@@ -166,6 +166,56 @@ def test_enable_keylog_file_is_owner_only(pki, tmp_path, monkeypatch):
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600, path
 
 
+@pytest.mark.skipif(not hasattr(__import__("os"), "geteuid") or __import__("os").geteuid() != 0,
+                    reason="needs root to give the file to another uid")
+def test_enable_keylog_on_another_users_file(pki, tmp_path, monkeypatch):
+    """A key log owned by another user is never chmod-ed (not ours to change; without root the
+    chmod raised a bare PermissionError): one that is 0600 is used as it is, one readable by
+    others is refused with a clear KeylogError — session secrets never go into a file others
+    can read. $SSLKEYLOGFILE skips such a file instead (a service never stops over diagnostics)."""
+    import os
+    import stat
+
+    capf, _, ccm, lsc, _ = pki
+    monkeypatch.delenv("SSLKEYLOGFILE", raising=False)
+    private = tmp_path / "theirs-0600.log"
+    private.write_text("")
+    os.chown(private, 65534, 65534)
+    os.chmod(private, 0o600)
+    _handshake(tls.sccp_server_context(ccm, [capf.cert]),
+               tls.enable_keylog(tls.sccp_phone_context("encrypted", [ccm.cert], lsc=lsc), private))
+    st = os.stat(private)
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (65534, 0o600)
+    assert "CLIENT_RANDOM " in private.read_text()
+
+    shared = tmp_path / "theirs-0644.log"
+    shared.write_text("")
+    os.chown(shared, 65534, 65534)
+    os.chmod(shared, 0o644)
+    ctx = tls.sccp_phone_context("encrypted", [ccm.cert], lsc=lsc)
+    with pytest.raises(tls.KeylogError, match=r"another user \(uid 65534\).*mode 0644"):
+        tls.enable_keylog(ctx, shared)
+    assert ctx.keylog_filename is None
+    st = os.stat(shared)
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (65534, 0o644)  # left as its owner set it
+
+    monkeypatch.setenv("SSLKEYLOGFILE", str(shared))
+    _handshake(tls.sccp_server_context(ccm, [capf.cert]),
+               tls.sccp_phone_context("encrypted", [ccm.cert], lsc=lsc))
+    assert shared.read_text() == ""
+    assert stat.S_IMODE(os.stat(shared).st_mode) == 0o644
+
+
+def test_enable_keylog_unopenable_path_is_a_clear_error(pki, tmp_path, monkeypatch):
+    """A key log that cannot be opened (missing folder, no permission) is a KeylogError that
+    names the path, not a bare OSError traceback."""
+    capf, _, ccm, lsc, _ = pki
+    monkeypatch.delenv("SSLKEYLOGFILE", raising=False)
+    missing = tmp_path / "missing-dir" / "keys.log"
+    with pytest.raises(tls.KeylogError, match="cannot open the key log .*missing-dir"):
+        tls.enable_keylog(tls.sccp_phone_context("encrypted", [ccm.cert], lsc=lsc), missing)
+
+
 def test_sslkeylogfile_unwritable_never_breaks_tls(pki, tmp_path, monkeypatch):
     capf, _, ccm, lsc, _ = pki
     monkeypatch.setenv("SSLKEYLOGFILE", str(tmp_path / "missing-dir" / "keys.log"))
