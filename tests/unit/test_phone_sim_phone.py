@@ -318,6 +318,45 @@ async def test_fleet_saver_survives_phones_added_while_it_writes(pki, tmp_path):
     await fleet.close()
 
 
+async def test_fleet_close_waits_for_a_background_save_in_progress(tmp_path):
+    """Closing while the saver's write runs in its worker thread: cancelling the saver does not
+    stop the thread, so its older snapshot (taken before a phone was added) was written after
+    close's final save — the store lost that phone. Close now waits for the write, then saves."""
+    import asyncio
+    import json
+    import threading
+
+    fleet = Fleet(tmp_path, Network("127.0.0.1", 9), save_interval=0.01)
+    (first,) = await fleet.add(1, "7960", "SEP0D")
+    in_save, release, written = threading.Event(), threading.Event(), threading.Event()
+    original_to_dict, original_save = first.to_dict, fleet.save
+
+    def held_to_dict():  # the background save holds here; close's own save goes through
+        if threading.current_thread() is not threading.main_thread():
+            in_save.set()
+            release.wait(5)
+        return original_to_dict()
+
+    def save(runners=None):
+        original_save(runners)
+        if threading.current_thread() is not threading.main_thread():
+            written.set()
+
+    first.to_dict, fleet.save = held_to_dict, save
+    fleet.start()
+    assert await asyncio.to_thread(in_save.wait, 5)
+    (added,) = await fleet.add(1, "7960", "SEP0E")   # not in the snapshot being written
+    closing = asyncio.create_task(fleet.close())
+    await asyncio.sleep(0.2)
+    assert not closing.done()  # close waits for the write in progress
+    release.set()
+    await asyncio.wait_for(closing, 5)
+    assert written.is_set()    # the background write ended before close returned…
+    assert {p["name"] for p in json.loads(fleet.path.read_text())["phones"]} == {first.name, added.name}
+    assert not [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]  # nothing left
+    assert not list(tmp_path.glob(".phones.json.*"))  # no temporary file left behind
+
+
 # --- fuzzing: any bytes give a clean refusal ------------------------------------------------------
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -2,13 +2,15 @@
 
 The file holds each phone's keys and certificates (MIC, LSC), its CTL and its configuration, so a
 restart of the service keeps what the phones hold. It is written atomically, at most every
-`save_interval` seconds while phones change, and once more on close. Boots run at most
+`save_interval` seconds while phones change, and once more on close — after the background write
+in progress, if any, has ended (a worker thread cannot be cancelled). Boots run at most
 `max_concurrent_boots` at a time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -57,6 +59,9 @@ class Fleet:
         self.runners: dict[str, PhoneRunner] = {}
         self._dirty = asyncio.Event()
         self._saver: asyncio.Task | None = None
+        # The background save's write, in a worker thread: cancelling the saver cannot stop a
+        # thread, so close waits for this one before its own final write (see close).
+        self._writing: asyncio.Future | None = None
 
     # --- persistence ------------------------------------------------------------------------------
     def load(self) -> list[Phone]:
@@ -99,20 +104,28 @@ class Fleet:
         for runner in self.runners.values():
             await runner.stop()
             await runner.web.stop()
-        if self._saver is not None:
-            self._saver.cancel()
+        saver, self._saver = self._saver, None
+        if saver is not None:
+            saver.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await saver
+        # A save the saver had started goes on in its thread after the cancel; written after the
+        # final save below, its older snapshot of the fleet would be the store (phones lost).
+        writing, self._writing = self._writing, None
+        if writing is not None:
             try:
-                await self._saver
-            except asyncio.CancelledError:
-                pass
+                await writing
+            except Exception as exc:  # the final save below writes the whole fleet anyway
+                log.error("cannot save the phone store: %s", exc)
         self.save()
 
     async def _save_loop(self) -> None:
         while True:
             await self._dirty.wait()
             self._dirty.clear()
+            self._writing = asyncio.ensure_future(asyncio.to_thread(self.save, list(self.runners.values())))
             try:
-                await asyncio.to_thread(self.save, list(self.runners.values()))
+                await asyncio.shield(self._writing)  # a cancel (close) leaves the write to close
             except Exception as exc:  # keep saving later changes whatever went wrong this time
                 log.error("cannot save the phone store: %s", exc)
                 self._dirty.set()
