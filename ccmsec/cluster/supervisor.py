@@ -1,7 +1,7 @@
 """The local cluster supervisor: one process that owns NATS and the eight service processes.
 
 Started detached by `ccmsec up`; it restarts a crashed service with back-off (and at once when the
-service exits asking for a restart), records every PID in DATA/run/state.json, and on SIGTERM stops
+service exits asking for a restart, up to a rate limit), records every PID in DATA/run/state.json, and on SIGTERM stops
 every process it started, by PID, before it exits. With `--uid-base` (root, service users) it
 stays root and starts each child under its node's uid and gid (ccmsec.cluster.accounts).
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import fcntl
 import logging
 import os
@@ -32,9 +33,12 @@ log = logging.getLogger("ccmsec.supervisor")
 STOP_TIMEOUT = 8.0
 BACKOFF_MAX = 10.0
 STABLE_AFTER = 30.0
-# A restart the service asked for (exit 75) is done at once only after it ran this long: one that
-# asks again as soon as it starts (a restart event it keeps taking as new) gets the crash back-off.
-RESTART_AT_ONCE_AFTER = 5.0
+# A restart the service asked for (exit 75: a service.restart event, `ccmsec` restart) is no crash:
+# it is done at once however soon after the start it comes, and leaves the crash back-off alone.
+# A flood of requests (a restart event a service keeps taking as new) is bounded instead: at most
+# this many at once per window; the next one waits until the oldest leaves the window (logged).
+RESTART_REQUESTS_MAX = 3
+RESTART_REQUESTS_WINDOW = 60.0
 
 
 def nats_server_binary() -> str:
@@ -58,6 +62,18 @@ class Child:
         self.backoff = 0.5
         self.last_exit: int | None = None
         self.state = "starting"
+        self.requested_at: collections.deque[float] = collections.deque()  # requested restarts' times
+
+    def request_delay(self, now: float) -> float:
+        """How long a requested restart waits: 0 under the rate limit, else until the oldest
+        requested restart of the window leaves it. Records the restart's (planned) time."""
+        while self.requested_at and self.requested_at[0] <= now - RESTART_REQUESTS_WINDOW:
+            self.requested_at.popleft()
+        delay = 0.0
+        if len(self.requested_at) >= RESTART_REQUESTS_MAX:
+            delay = max(0.0, self.requested_at[-RESTART_REQUESTS_MAX] + RESTART_REQUESTS_WINDOW - now)
+        self.requested_at.append(now + delay)
+        return delay
 
     async def start(self) -> None:
         as_user = {}
@@ -190,10 +206,16 @@ class Supervisor:
             if self.stopping:
                 child.state = "stopped"
                 return
-            ran_for = time.monotonic() - child.started_at
-            if code == RESTART_EXIT_CODE and ran_for >= RESTART_AT_ONCE_AFTER:
-                log.warning("restarting on request", extra={"child": child.name})
-                delay = 0.0
+            now = time.monotonic()
+            ran_for = now - child.started_at
+            if code == RESTART_EXIT_CODE:
+                delay = child.request_delay(now)
+                if delay:
+                    log.warning("restart requests over the limit; restarting later",
+                                extra={"child": child.name, "limit": RESTART_REQUESTS_MAX,
+                                       "window_s": RESTART_REQUESTS_WINDOW, "delay": round(delay, 1)})
+                else:
+                    log.warning("restarting on request", extra={"child": child.name, "ran_for": round(ran_for, 1)})
             else:
                 if ran_for > STABLE_AFTER:
                     child.backoff = 0.5
