@@ -23,8 +23,9 @@ import hashlib
 import logging
 import os
 import re
+import stat
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,8 +47,12 @@ TRUST_LISTS = ("CTLFile.tlv", "ITLFile.tlv")
 DEVICE_NAME = re.compile(r"SEP[0-9A-F]{12}")
 DEVICE_CONFIG = re.compile(r"(SEP[0-9A-F]{12})\.cnf\.xml")
 MAX_STATIC_FILE = 16 * 1024 * 1024
-MAX_HELD_STATIC = 1024 * 1024  # static files up to this size are kept in memory (stat-checked)
+# Static files (firmware bundles included, up to MAX_STATIC_FILE) are kept in memory while a stat
+# shows the same file, least recently served dropped first: one budget for all of them, so a few
+# large images cannot grow the process without bound, and one copy is shared by every transfer.
+MAX_HELD_STATIC_BYTES = 64 * 1024 * 1024
 MAX_HELD_STATICS = 1024
+READ_ATTEMPTS = 3  # a file that changes while it is read is read again, then refused (TFTP error 0)
 BUILD_BLOCK = 200  # device configs built (and sent to the signing pool) per turn of the event loop
 
 KIND_TRUST_LIST = "trust-list"
@@ -98,7 +103,10 @@ class TftpContent:
         self.store = store
         self.signer = signer
         self._firmware: dict[str, bytes] = {}
-        self._static: dict[tuple[str, str], tuple[tuple, bytes]] = {}
+        self._static: OrderedDict[tuple[str, str], tuple[tuple, bytes]] = OrderedDict()
+        self._held_bytes = 0
+        self.static_budget = MAX_HELD_STATIC_BYTES
+        self.static_reads = 0  # files read from disk (a held file served again is no read)
         self.devices = DeviceFiles(owners, endpoints, detector)
         self.unavailable = 0
         self.caught_up = 0
@@ -173,37 +181,83 @@ class TftpContent:
     def _read(self, folder: str, name: str) -> bytes | None:
         """A static file's bytes. Kept in memory while one `stat` shows the same file (inode,
         size, modification and change times): an administrator's edit or replacement (rename) is
-        seen by the next request; a changed file goes through the full checks again."""
+        seen by the next request; a changed file goes through the full checks again. Raises
+        TftpError(0) for a file that keeps changing while it is read (never a mix of versions)."""
         key = (folder, name)
         try:
             st = os.stat(self.root / folder / name)
         except (OSError, ValueError):
-            self._static.pop(key, None)
+            self._drop(key)
             return None
-        stamp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         held = self._static.get(key)
-        if held is not None and held[0] == stamp:
+        if held is not None and held[0] == _stamp(st):
+            self._static.move_to_end(key)
             return held[1]
-        data = self._read_checked(folder, name)
-        if data is not None and len(data) <= MAX_HELD_STATIC and (key in self._static
-                                                                  or len(self._static) < MAX_HELD_STATICS):
-            self._static[key] = (stamp, data)
-        else:
-            self._static.pop(key, None)
+        self._drop(key)
+        got = self._read_checked(folder, name)
+        if got is None:
+            return None
+        stamp, data = got
+        self._hold(key, stamp, data)
         return data
 
-    def _read_checked(self, folder: str, name: str) -> bytes | None:
+    def _drop(self, key: tuple[str, str]) -> None:
+        held = self._static.pop(key, None)
+        if held is not None:
+            self._held_bytes -= len(held[1])
+
+    def _hold(self, key: tuple[str, str], stamp: tuple, data: bytes) -> None:
+        if len(data) > self.static_budget:
+            return
+        while self._static and (self._held_bytes + len(data) > self.static_budget
+                                or len(self._static) >= MAX_HELD_STATICS):
+            _key, (_stamp_, old) = self._static.popitem(last=False)
+            self._held_bytes -= len(old)
+        self._static[key] = (stamp, data)
+        self._held_bytes += len(data)
+
+    def _read_checked(self, folder: str, name: str) -> tuple[tuple, bytes] | None:
+        """(stamp, bytes) of a regular file inside the folder, read whole from one open file whose
+        stamp is the same before and after the read: a file written in place meanwhile is read
+        again, so what is served (and held) is one version of it, never a mix."""
         base = (self.root / folder).resolve()
         path = (base / name).resolve()
         # Layout.split already refused '..'; this also catches a symlink that leads out of the folder.
         if base not in path.parents or path.name.startswith("."):
             return None
-        try:
-            if not path.is_file() or path.stat().st_size > MAX_STATIC_FILE:
+        for _attempt in range(READ_ATTEMPTS):
+            try:
+                # O_NONBLOCK: a FIFO put there is refused below instead of hanging the event loop.
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError:
                 return None
-            return path.read_bytes()
-        except OSError:
-            return None
+            try:
+                before = os.fstat(fd)
+                if not stat.S_ISREG(before.st_mode) or before.st_size > MAX_STATIC_FILE:
+                    return None
+                self.static_reads += 1
+                data = self._read_fd(fd, before.st_size)
+                after = os.fstat(fd)
+            except OSError:
+                return None
+            finally:
+                os.close(fd)
+            if len(data) == before.st_size and _stamp(after) == _stamp(before):
+                return _stamp(before), data
+            log.info("static file changed while it was read; reading it again",
+                     extra={"tftp_file": f"{folder}/{name}"[:200]})
+        raise TftpError(ERR_NOT_DEFINED, f"{name[:64]} is being changed on the server; try again")
+
+    def _read_fd(self, fd: int, size: int) -> bytes:
+        """Up to size + 1 bytes (one more shows a file that grew while it was read)."""
+        chunks, left = [], size + 1
+        while left > 0:
+            chunk = os.read(fd, min(left, 1024 * 1024))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
 
     def firmware_image(self, load: str, filename: str | None = None) -> bytes:
         """AUTH-1: the signed image; built once (the TFTP certificate is never re-issued, CERT-5)."""
@@ -271,7 +325,10 @@ class TftpContent:
             return 0
         items = []
         for entry in self.list_static():
-            data = self._read(self.layout.own.tftp_path, entry.name)
+            try:
+                data = self._read(self.layout.own.tftp_path, entry.name)
+            except TftpError:
+                continue  # being written: the next request (or refresh) signs the finished file
             if data is not None and entry.kind in (KIND_STATIC, KIND_DEFAULT_CONFIG):
                 items.append((entry.name, data))
         return await self.store.refresh(self.layout.own.tftp_path, items, force=force)
@@ -339,3 +396,7 @@ class TftpContent:
         target = self.root / own.tftp_path / name
         atomic_write(target, content)
         return target, actual
+
+
+def _stamp(st: os.stat_result) -> tuple:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
