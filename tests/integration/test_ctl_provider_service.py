@@ -664,6 +664,69 @@ async def test_a_ctl_published_but_not_recorded_is_taken_back(provider_with_sign
     assert (await provider.stub.GetSecurityMode(common_pb2.Empty())).mode == common_pb2.CLUSTER_NON_SECURE
 
 
+async def test_a_ctl_commit_cancelled_while_recording_takes_the_published_ctl_back(
+        provider_with_signer, tokens, monkeypatch):
+    """A commit cancelled (shutdown, the client gone) while its record was being written left the
+    new CTLFile.tlv on the TFTP server with the old CTL recorded: phones downloaded a CTL the
+    cluster never recorded. Cancellation now takes the failed-record path — the recorded CTL is
+    published again, shielded: a second cancellation during that clean-up does not cut it short —
+    and the CancelledError goes on."""
+    from ccmsec_ctl_provider import trust as trust_mod
+
+    provider, signer = provider_with_signer
+    first = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t2"])
+    assert (await provider.stub.CommitCtl(ctl_provider_pb2.CommitCtlRequest(ctl=first))).version == 1
+    second = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t3"])
+
+    recording = asyncio.Event()
+
+    async def stuck_recording(*args, **kwargs):  # the deterministic cancellation point
+        recording.set()
+        await asyncio.Event().wait()
+    monkeypatch.setattr(trust_mod, "record_ctl", stuck_recording)
+    commit = asyncio.create_task(provider.svc.trust.commit(second, common_pb2.CLUSTER_MIXED, False, "test"))
+    await asyncio.wait_for(recording.wait(), 10)
+    assert signer.published == [first, second]  # live on the TFTP server, not recorded
+    commit.cancel()
+    await asyncio.sleep(0.05)  # the clean-up's PublishFile (0.3 s at this signer) is under way
+    commit.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await commit
+    assert signer.published == [first, second, first]
+    current = await provider.stub.GetCurrentCtl(common_pb2.Empty())
+    assert (current.version, current.ctl) == (1, first)
+    assert (await provider.stub.GetSecurityMode(common_pb2.Empty())).mode == common_pb2.CLUSTER_NON_SECURE
+
+
+async def test_a_ctl_commit_cancelled_after_its_record_landed_leaves_the_published_ctl(
+        provider_with_signer, tokens, monkeypatch):
+    """The other side of the same race: cancelled once the record's transaction had committed, the
+    published file is the recorded one — taking it back would make them disagree the other way."""
+    from ccmsec_ctl_provider.trust import TrustOperations
+
+    provider, signer = provider_with_signer
+    first = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t2"])
+    assert (await provider.stub.CommitCtl(ctl_provider_pb2.CommitCtlRequest(ctl=first))).version == 1
+    second = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t3"])
+
+    real_record = TrustOperations._record
+    recorded = asyncio.Event()
+
+    async def cancelled_after_commit(self, *args, **kwargs):
+        await real_record(self, *args, **kwargs)
+        recorded.set()
+        await asyncio.Event().wait()  # as if cancelled on its way back from COMMIT
+    monkeypatch.setattr(TrustOperations, "_record", cancelled_after_commit)
+    commit = asyncio.create_task(provider.svc.trust.commit(second, common_pb2.CLUSTER_SECURITY_MODE_UNSPECIFIED, False, "test"))
+    await asyncio.wait_for(recorded.wait(), 10)
+    commit.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await commit
+    assert signer.published == [first, second]
+    current = await provider.stub.GetCurrentCtl(common_pb2.Empty())
+    assert (current.version, current.ctl) == (2, second)
+
+
 async def test_metrics_ctl_version_mixed_mode_and_token_expiry(provider, tokens):
     """Issue 16: the CTL version (0 while none exists), the cluster mode and each security token's
     certificate expiry (DATA/tokens), as sampled for the metrics endpoint."""

@@ -15,8 +15,10 @@ Commit (CHK-6), in this order so nothing is half done:
   3. the tftp-signer publishes it atomically (PublishFile; refused or unreachable: nothing else
      changes and the commit is refused);
   4. one transaction records it (`ctl_files`, `cluster_settings.ctl_version` — MODE-5 reads that)
-     and, when asked, the new cluster mode (MODE-2); if that transaction fails, the recorded CTL is
-     published again (the phones must not download a CTL the cluster did not record);
+     and, when asked, the new cluster mode (MODE-2); if that transaction fails, or the commit is
+     cancelled (shutdown, the client gone) once the file went to the signer and before its record
+     landed, the recorded CTL is published again (the phones must not download a CTL the cluster
+     did not record) — on cancellation shielded, then the CancelledError goes on;
   5. `mode.changed` and the RST-3 actions (mode changed), then `ctl.updated` and the RST-4 actions
      are published.
 
@@ -240,10 +242,19 @@ class TrustOperations:
             # The signed files are tftp-signer's: without its answer nothing is recorded.
             raise Refused(exc.code(), f"the tftp-signer did not publish {CTL_FILE_NAME}: "
                                       f"{exc.details()}") from None
+        except asyncio.CancelledError:  # the signer may have published it all the same
+            await self._settle_cancelled(stub, previous, sha256)
+            raise
         try:
             version, ids, events = await self._record(content, sha256, ctl_file, signer, registry, target,
                                                       previous_mode, actor)
-        except (asyncio.CancelledError, Refused):
+        except Refused:
+            raise
+        except asyncio.CancelledError:
+            # Shutdown or the client gone while recording: the new file is live, so take it back
+            # like a failed record — shielded, and still under `_serial` (a commit after this one
+            # must not be overwritten by the old file) — then let the cancellation go on.
+            await self._settle_cancelled(stub, previous, sha256)
             raise
         except Exception as exc:  # the database refused the record: do not leave the new file live
             raise await self._unpublish(stub, previous, exc) from None
@@ -253,7 +264,33 @@ class TrustOperations:
                 "published_path": published_path, "mode": target, "previous_mode": previous_mode,
                 "events": events, "delivered": delivered}
 
-    async def _unpublish(self, stub, previous: tuple[int, bytes] | None, exc: Exception) -> Refused:
+    async def _settle_cancelled(self, stub, previous: tuple[int, bytes] | None, sha256: str) -> None:
+        """A commit cancelled after publishing: unless its record landed (the cancellation came
+        during COMMIT, after the database took it), publish the recorded CTL again. Runs to the end
+        in its own task, whatever further cancellations arrive (each step is bounded: RPC_TIMEOUT)."""
+        async def settle() -> None:
+            try:
+                async with self.service.db() as session:
+                    row = await current_ctl(session)
+                if row is not None and row.sha256 == sha256:
+                    log.warning("CTL commit cancelled after its record: published and recorded agree",
+                                extra={"version": row.version, "sha256": sha256})
+                    return
+            except Exception as exc:  # cannot tell: the record's transaction rolled back unless it
+                log.warning("CTL commit cancelled; reading the record failed: %s", exc)  # committed
+            refusal = await self._unpublish(stub, previous, asyncio.CancelledError("commit cancelled"))
+            log.warning("CTL commit cancelled: %s", refusal)
+
+        cleanup = asyncio.ensure_future(settle())
+        while not cleanup.done():
+            try:
+                await asyncio.shield(cleanup)
+            except asyncio.CancelledError:
+                continue  # cancelled again: the caller re-raises once the clean-up is done
+        if not cleanup.cancelled() and cleanup.exception() is not None:
+            log.error("CTL commit cancelled; taking the CTL back failed: %s", cleanup.exception())
+
+    async def _unpublish(self, stub, previous: tuple[int, bytes] | None, exc: BaseException) -> Refused:
         """The CTL was published but its record failed: publish the recorded CTL again, so what the
         phones download stays what the cluster recorded. Returns the refusal to raise."""
         log.error("CTL published but not recorded: %s", exc)
