@@ -52,6 +52,7 @@ from ccmsec.calls.security import endpoint, evaluate, lower
 from ccmsec.policy.calls import (
     CallSecurityLevel,
     EndpointKind,
+    CodecChoice,
     barge as barge_policy,
     choose_codec,
 )
@@ -61,6 +62,7 @@ from ccmsec.wire.sccp_calls import SoftKey, StimulusType, Tone
 
 MAX_EVENTS = 10_000
 MAX_DIGITS = 24  # a directory number has at most 24 characters
+NO_COMMON_CODEC = "No common codec"   # what the refused phone shows (reorder tone)
 KEYPAD = {**{i: str(i) for i in range(10)}, 0x0E: "*", 0x0F: "#", 0x10: "+"}
 # A key source gives the encryption-info block for one channel direction ("rx" or "tx"); the
 # media issue plugs the key manager in here. Default: none (algorithm 0, RTP).
@@ -92,6 +94,7 @@ class CallAgent:
         self.ignored = 0
         self.calls_total = 0
         self.barges_refused = 0
+        self.codec_refusals = 0
 
     # -- output ------------------------------------------------------------------------------
     def messages_to_send(self) -> list[tuple[str, s.Message]]:
@@ -458,6 +461,14 @@ class CallAgent:
             else:
                 self._fail(caller, Tone.BUSY, "Busy", now, call=call)
             return
+        # CALL-9 before anything rings: an appearance with no codec in common with the caller
+        # is not offered the call (no transcoder); none left is a refused set-up.
+        choices = {st.name: self._codec_for([caller.station, st]) for st, _ in free}
+        usable = [(st, i) for st, i in free if choices[st.name].codec is not None]
+        if not usable:
+            self._refuse_codec(call, choices[free[0][0].name], now)
+            return
+        free = usable
         call.no_answer_target = next((st.line(i).forward_no_answer for st, i in apps
                                       if st.line(i).forward_no_answer), "")
         for st, instance in free:
@@ -475,6 +486,10 @@ class CallAgent:
             return
         if st.busy and not st.profile.auto_answer:
             self._fail(call.caller, Tone.BUSY, "Busy", now, call=call)
+            return
+        choice = self._codec_for([call.caller.station, st])
+        if choice.codec is None:   # CALL-9: a gateway/trunk that cannot speak the caller's codecs
+            self._refuse_codec(call, choice, now)
             return
         self._ring(call, st, 1, now)
         call.ring_deadline = now + self.settings.max_ring_time
@@ -509,14 +524,17 @@ class CallAgent:
         else:
             self._end_call(call, now)
 
-    def _fail(self, leg: Leg, tone: Tone, text: str, now: float, call: Call | None = None) -> None:
+    def _fail(self, leg: Leg, tone: Tone, text: str, now: float, call: Call | None = None,
+              detail: str = "") -> None:
         if call is not None:
             for other in [lg for lg in call.legs if lg is not leg]:
                 self._remove_leg(other, now)
+            for ch in list(call.channels.values()):
+                self._close_channel(call, ch)
             call.legs = [leg]
             self._clear_hints(call)
             call.phase = CallPhase.ENDED
-            self._emit("ended", call, now, detail=text)
+            self._emit("ended", call, now, detail=detail or text)
             self.calls.pop(call.id, None)
             leg.call = None
         leg.state = LegState.FAILED
@@ -530,6 +548,13 @@ class CallAgent:
         call = leg.call
         if call is None or leg.state is not LegState.RINGING:
             self._ignore()
+            return
+        # CALL-9 was checked when the call was offered; a profile or capabilities may have
+        # changed while it rang (or a blind transfer put another caller in): check again first.
+        choice = self._codec_for([lg.station for lg in call.legs if lg.state in (
+            LegState.CONNECTED, LegState.HOLD, LegState.RING_OUT)] + [leg.station])
+        if choice.codec is None:
+            self._refuse_codec(call, choice, now)
             return
         active = leg.station.active_leg()
         if active is not None and active is not leg:
@@ -545,7 +570,7 @@ class CallAgent:
         call.phase = CallPhase.CONNECTED
         call.connected_at = now
         call.ring_deadline = None
-        self._choose_codec(call)
+        self._choose_codec(call)   # there is one: checked above, before anything changed
         for party in call.legs:
             self._send(party.station, *ui.connected(party, call))
         self._show_hints(call)
@@ -713,7 +738,9 @@ class CallAgent:
             if call2.phase is not CallPhase.CONNECTED:
                 self._ignore()   # a conference joins answered calls only
                 return
-            self._join_conference(held, consult, now)
+            members = [lg.station for lg in call1.legs + call2.legs if lg is not consult]
+            if not self._codec_refused(consult, self._bridge_codec_for(members), call1, now):
+                self._join_conference(held, consult, now)
             return
         if consult.state not in (LegState.CONNECTED, LegState.RING_OUT):
             self._ignore()
@@ -725,6 +752,11 @@ class CallAgent:
             return
         moving = others[0]
         blind = call2.phase is CallPhase.SETUP
+        # CALL-9: the moving party must share a codec with whoever it is put through to.
+        for other in [lg for lg in call2.legs if lg is not consult]:
+            if self._codec_refused(consult, self._codec_for([moving.station, other.station]),
+                                   call1, now):
+                return
         self._close_leg_channels(call1, moving)
         call1.legs.remove(moving)
         self._remove_leg(held, now)
@@ -747,6 +779,17 @@ class CallAgent:
         self._plan_media(call2)
         self._update_security(call2, now, force=True)
         self._emit("updated", call2, now, detail="transferred" + (" (blind)" if blind else ""))
+
+    def _codec_refused(self, leg: Leg, choice: CodecChoice, call: Call, now: float) -> bool:
+        """A transfer or conference whose parties share no codec is refused as a whole: both
+        calls stay as they are and the pressing phone reads why."""
+        if choice.codec is not None:
+            return False
+        self.codec_refusals += 1
+        self._ignore()
+        self._send(leg.station, c.DisplayNotify(10, NO_COMMON_CODEC))
+        self._emit("refused", call, now, detail=f"{choice.rule_id}: {choice.reason}")
+        return True
 
     def _join_conference(self, held: Leg, consult: Leg, now: float) -> None:
         call1, call2 = held.call, consult.call
@@ -802,6 +845,17 @@ class CallAgent:
             self._fail(initiator, Tone.BUSY, "Barge failed", now)
             self._emit("refused", call, now, detail=f"{result.rule_id}: {result.reason}")
             return
+        # CALL-9: the initiator's codecs count; a barge that would need a codec some party never
+        # offered is refused (no transcoder), the call keeps its codec and channels.
+        stations = [lg.station for lg in call.legs if lg.state in (
+            LegState.CONNECTED, LegState.HOLD, LegState.RING_OUT)] + [st]
+        choice = self._bridge_codec_for(stations) if cbarge else self._codec_for(stations)
+        if choice.codec is None:
+            self.barges_refused += 1
+            self.codec_refusals += 1
+            self._fail(initiator, Tone.REORDER, NO_COMMON_CODEC, now)
+            self._emit("refused", call, now, detail=f"{choice.rule_id}: {choice.reason}")
+            return
         initiator.call = call
         initiator.state = LegState.CONNECTED
         call.legs.append(initiator)
@@ -809,6 +863,7 @@ class CallAgent:
         if cbarge:
             call.bridge = True
             call.codec = self.settings.bridge_codec
+            call.codec_rule = f"{choice.rule_id}: {choice.reason}"
         else:
             # The initiator's device counts for the codec as for the status: its codecs, its
             # region and, in an encrypted call, its model (CALL-9: no wideband with a 7960/7940).
@@ -862,18 +917,56 @@ class CallAgent:
             self._send(st, setup_answers.forward_stat(instance, st.profile, target))
 
     # -- media ---------------------------------------------------------------------------------------
-    def _choose_codec(self, call: Call) -> None:
+    def _offered(self, st: Station) -> tuple[int, ...]:
+        # A device that sent no CapabilitiesRes (gateway, CTI port, trunk) speaks the default.
+        return st.codecs or (self.settings.default_codec,)
+
+    def _codec_for(self, stations: list[Station]) -> CodecChoice:
+        """CALL-9 over these devices: the first codec of the first one's list that every other
+        offers and the policy allows; `codec` None when there is none. There is no transcoder,
+        so call control never falls back to a codec some device did not offer."""
+        lists = [self._offered(st) for st in stations]
+        offered = [cd for cd in lists[0] if all(cd in other for other in lists[1:])] if lists else []
+        potential = evaluate([(st.profile, True) for st in stations])
+        choice = choose_codec(offered, call_level=potential.level,
+                              endpoints=[endpoint(st.profile, keyed=True) for st in stations],
+                              wideband_region=all(st.profile.wideband_region for st in stations))
+        if choice.codec is None:
+            offers = "; ".join(f"{st.name} offers {','.join(map(str, self._offered(st)))}"
+                               for st in stations)
+            reason = "no codec in common" if not offered else choice.reason
+            return CodecChoice(None, choice.rule_id, f"{reason} ({offers}); no transcoder")
+        return choice
+
+    def _bridge_codec_for(self, stations: list[Station]) -> CodecChoice:
+        """The conference bridge mixes `bridge_codec` only: every member must offer it."""
+        codec = self.settings.bridge_codec
+        missing = [st.name for st in stations if codec not in self._offered(st)]
+        if missing:
+            return CodecChoice(None, "CALL-9", f"conference bridge codec {codec} not offered by "
+                                               f"{', '.join(missing)}; no transcoder")
+        return CodecChoice(codec, "CALL-9", "conference bridge codec")
+
+    def _choose_codec(self, call: Call) -> bool:
+        """Set the call's codec from its parties; False (call unchanged) when they have none in
+        common — the caller must then refuse what it was doing, never tell a phone a codec it
+        did not offer."""
         legs = [lg for lg in call.legs if lg.state in (LegState.CONNECTED, LegState.HOLD,
                                                         LegState.RING_OUT)]
-        lists = [lg.station.codecs or (self.settings.default_codec,) for lg in legs]
-        offered = [cd for cd in lists[0] if all(cd in other for other in lists[1:])] if lists else []
-        potential = evaluate([(lg.station.profile, True) for lg in legs] or
-                             [(call.caller.station.profile, True)])
-        choice = choose_codec(offered, call_level=potential.level,
-                              endpoints=[endpoint(lg.station.profile, keyed=True) for lg in legs],
-                              wideband_region=all(lg.station.profile.wideband_region for lg in legs))
-        call.codec = choice.codec if choice.codec is not None else self.settings.default_codec
+        choice = self._codec_for([lg.station for lg in legs] or [call.caller.station])
+        if choice.codec is None:
+            return False
+        call.codec = choice.codec
         call.codec_rule = f"{choice.rule_id}: {choice.reason}"
+        return True
+
+    def _refuse_codec(self, call: Call, choice: CodecChoice, now: float) -> None:
+        """No common codec at set-up: the caller hears reorder and reads why; every other leg is
+        cleared and the call record says why (no channel was opened, so no keys were taken)."""
+        call.codec_rule = f"{choice.rule_id}: {choice.reason}"
+        self.codec_refusals += 1
+        self._fail(call.caller, Tone.REORDER, NO_COMMON_CODEC, now, call=call,
+                   detail=f"{NO_COMMON_CODEC}: {call.codec_rule}")
 
     def _desired_channels(self, call: Call) -> dict[tuple, bool]:
         """(leg ref, peer) -> whether the leg transmits, for the call's current topology."""

@@ -121,6 +121,8 @@ class CallControlMixin:
                 "sccp_tls_port": str(cc.tls.port if cc.tls else 0),
                 "call_watchers": str(len(cc.calls.watchers) if cc.calls else 0),
                 "routing_changes_applied": str(cc.routing_changes_applied),
+                # CALL-9 without a transcoder: set-ups, barges, transfers refused for want of a codec
+                "codec_refusals": str(cc.calls.agent.codec_refusals if cc.calls else 0),
                 # the CTL Provider's mode as call control follows it ("unknown: why" before it answered)
                 "cluster_mode": (cc.cluster_state.known.mode if cc.cluster_state.known is not None
                                  else f"unknown: {cc.cluster_state.last_error or 'not asked yet'}"),

@@ -1,0 +1,241 @@
+"""CALL-9 without a transcoder: when the parties of a call have no codec in common, call control
+refuses rather than tell a phone to use a codec it never offered in CapabilitiesRes.
+
+Phones registered over real sockets (encrypted on TLS 2443 with an LSC) with call control
+(`CallControl`, in process, SQLite), the real key source as callmanager's media plane plugs it in
+(counting every key pair it takes) and the SRTP gateway's device (`GatewayDevice`, whose channels
+would become gateway connections). Each refusal is checked for what it leaves: the caller hears
+reorder and reads "No common codec", the call record (the `ended`/`refused` event) says why, no
+key pair was taken, no gateway connection was asked for, no leg stays on the far side, and a call
+in progress elsewhere goes on untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from ccmsec.aio.gateway_legs import GatewayLegs
+from ccmsec.aio.sccp import connect_phone
+from ccmsec.aio.sccp_calling import CallingPhone
+from ccmsec.calls.config import AgentSettings, DeviceProfile, LineConfig
+from ccmsec.db.devices import Device
+from ccmsec.db.lines import Line
+from ccmsec.media.callkeys import CallKeySource, DeviceTransport, PairKeys
+from ccmsec.media.srtp import MasterKey
+from ccmsec.pki.ca import Issued, load_pair, new_key
+from ccmsec.pki.lsc import issue_lsc
+from ccmsec.pki.tls import sccp_phone_context
+from ccmsec.policy.calls import EndpointKind
+from ccmsec.runtime.database import open_database
+from ccmsec.wire import sccp as s
+from ccmsec.wire.sccp_calls import CallStateCode as CS
+from ccmsec.wire.sccp_calls import Tone
+from ccmsec_callmanager.callcontrol import CallControl, CallControlConfig
+from ccmsec_callmanager.cluster_state import ClusterState, ClusterStateFollower
+from ccmsec_callmanager.media_plane import GatewayDevice
+
+pytestmark = pytest.mark.timeout(120)
+
+HOST = "127.0.0.1"
+KEY = new_key()
+G711U, G729 = 4, 9
+PHONES = {  # name: (directory numbers, codecs in CapabilitiesRes)
+    "SEP0000000DC001": (["3201"], (G711U,)),            # U1: G.711 µ-law only
+    "SEP0000000DC002": (["3202", "3290"], (G729,)),     # G9: G.729 only; shares 3290
+    "SEP0000000DC003": (["3203", "3290"], (G729, G711U)),  # BOTH: shares 3290
+    "SEP0000000DC004": (["3204"], (G711U,)),            # U4
+    "SEP0000000DC005": (["3205"], (G711U,)),            # U5
+}
+U1, G9, BOTH, U4, U5 = PHONES
+GW = "GW1"
+
+
+class Lab:
+    def __init__(self, cc: CallControl, data):
+        self.cc = cc
+        self.capf = load_pair(data / "pki" / "capf.crt", data / "pki" / "capf.key")
+        self.phones: dict[str, CallingPhone] = {}
+        self.keys_taken = 0
+        self.gateway_channels = 0
+
+    def transport(self, device: str) -> DeviceTransport | None:
+        if device == GW:
+            return DeviceTransport("encrypted", True, "TLS_AES_256_GCM_SHA384")
+        entry = self.cc.registry.entries.get(device)
+        station = self.cc.calls.agent.stations.get(device)
+        if entry is None or station is None:
+            return None
+        return DeviceTransport(entry.security_mode, entry.transport_port == self.cc.tls.port,
+                               entry.cipher, srtp_capable=station.srtp_capable)
+
+    def pair(self) -> PairKeys:
+        self.keys_taken += 1
+        return PairKeys(MasterKey.generate(), MasterKey.generate())
+
+    async def phone(self, name: str) -> CallingPhone:
+        lsc = Issued(issue_lsc(self.capf, name, KEY.public_key()), KEY)
+        ctx = sccp_phone_context("encrypted", [self.cc.server_certificate], lsc=lsc)
+        conn = await connect_phone(HOST, self.cc.tls.port, s.Register(name, HOST, device_type=30006),
+                                   ssl_context=ctx, pinned_ccm_certificates=[self.cc.server_certificate])
+        conn.session.capabilities = s.CapabilitiesRes(
+            tuple(s.MediaCapability(c) for c in PHONES[name][1]), encryption_capable=True)
+        phone = CallingPhone(conn, bind_host=HOST)
+        await phone.wait_ready()
+        await wait(lambda: self.cc.calls.agent.stations.get(name) is not None
+                   and self.cc.calls.agent.stations[name].codecs == PHONES[name][1], "capabilities")
+        self.phones[name] = phone
+        return phone
+
+    def gateway(self) -> GatewayLegs:
+        """The SRTP gateway as callmanager's media plane adds it: it answers every call; its channel
+        factory counts how often call control would reach the gateway (it must not, here)."""
+        def channel():
+            self.gateway_channels += 1
+            raise RuntimeError("call control reached for the gateway")
+        legs = GatewayLegs(channel, gateway="gw1", pump=self.cc.calls._pump)
+        profile = DeviceProfile(GW, model="MGCP gateway", kind=EndpointKind.GATEWAY,
+                                lines=(LineConfig("5550000", label="telephone network"),),
+                                route_pattern="555XXXX", auto_answer=True)
+        self.cc.calls.add_device(GatewayDevice(profile, HOST, legs))
+        return legs
+
+    async def close(self):
+        for phone in self.phones.values():
+            await phone.close()
+
+
+async def wait(cond, what: str, timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not cond():
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def lab(tmp_path):
+    engine, sm = await open_database(f"sqlite:///{tmp_path / 'ccmsec.db'}")
+    async with sm() as session, session.begin():
+        for name in PHONES:
+            session.add(Device(name=name, model="7970", security_mode="encrypted"))
+        await session.flush()
+        for name, (dns, _) in PHONES.items():
+            for index, dn in enumerate(dns, 1):
+                session.add(Line(dn=dn, device=name, line_index=index, label=""))
+    config = CallControlConfig("callmanager", HOST, 0, 0, tmp_path, agent=AgentSettings(
+        inter_digit_timeout=0.5, no_answer_timeout=5.0, server_name="callmanager"))
+    cc = CallControl(config, sm, cluster_state=ClusterStateFollower.fixed(ClusterState("mixed", True, 1)))
+    await cc.start()
+    lab = Lab(cc, tmp_path)
+    keys = CallKeySource(lab.pair, lab.transport)
+    cc.calls.agent.key_source = keys.key_source
+    lab.events = cc.calls.watch()
+    yield lab
+    await lab.close()
+    await cc.close()
+    await engine.dispose()
+
+
+def in_state(state: CS):
+    return lambda d: any(c.state == state for c in d.calls.values())
+
+
+def events(lab: Lab, kind: str):
+    out = []
+    while not lab.events.empty():
+        event = lab.events.get_nowait()
+        if event is not None and event.kind == kind:
+            out.append(event)
+    return out
+
+
+async def connected_call(lab: Lab, caller: CallingPhone, callee: CallingPhone, dn: str):
+    caller.act(caller.display.dial, dn)
+    await callee.wait_for(in_state(CS.RING_IN), what="ringing")
+    callee.act(callee.display.answer)
+    for phone in (caller, callee):
+        await phone.wait_for(lambda d: d.channels and all(ch.tx for ch in d.channels.values()),
+                             what="media")
+
+
+async def refused_with_reorder(phone: CallingPhone) -> None:
+    await phone.wait_for(in_state(CS.CONGESTION), what="reorder: the set-up refused")
+    (call,) = [c for c in phone.display.calls.values() if c.state == CS.CONGESTION]
+    assert call.tone == Tone.REORDER and call.prompt == "No common codec"
+    assert not phone.display.channels
+
+
+async def test_call9_no_common_codec_between_two_phones_refuses_the_call(lab):
+    u1, g9, u4, u5 = [await lab.phone(n) for n in (U1, G9, U4, U5)]
+    await connected_call(lab, u4, u5, "3205")          # a call elsewhere, in progress
+    (other,) = lab.cc.calls.calls()
+    keys_before = lab.keys_taken
+    events(lab, "ended")
+    u1.act(u1.display.dial, "3202")
+    await refused_with_reorder(u1)
+    # the callee never rang, no leg of it anywhere; nothing keyed; the record says why
+    assert not g9.display.calls
+    assert lab.keys_taken == keys_before
+    assert not lab.cc.calls.agent.stations[G9].legs
+    (ended,) = events(lab, "ended")
+    assert ended.call.called == "3202" and "No common codec" in ended.detail
+    assert "no codec in common" in ended.call.codec_rule and "no transcoder" in ended.call.codec_rule
+    assert lab.cc.calls.calls() == [lab.cc.calls.calls()[0]] and lab.cc.calls.calls()[0].id == other.id
+    assert lab.cc.calls.agent.codec_refusals == 1
+    # the caller hangs up and is clean; the other call still has its media
+    u1.act(u1.display.hang_up)
+    await u1.wait_for(lambda d: not d.calls, what="cleared")
+    assert not lab.cc.calls.agent.stations[U1].legs
+    assert all(ch.tx for ch in u4.display.channels.values()) and u4.display.channels
+    # the G.729 phone can still be called by one that speaks G.729: it gets G.729
+    both = await lab.phone(BOTH)
+    await connected_call(lab, both, g9, "3202")
+    assert {ch.codec for ch in g9.display.channels.values()} == {G729}
+
+
+async def test_call9_shared_line_rings_only_the_appearances_that_share_a_codec(lab):
+    u1, g9, both = [await lab.phone(n) for n in (U1, G9, BOTH)]
+    u1.act(u1.display.dial, "3290")
+    await both.wait_for(in_state(CS.RING_IN), what="the appearance that speaks G.711 rings")
+    await asyncio.sleep(0.3)
+    assert not in_state(CS.RING_IN)(g9.display)
+    both.act(both.display.answer)
+    await u1.wait_for(lambda d: d.channels and all(ch.tx for ch in d.channels.values()), what="media")
+    assert {ch.codec for ch in both.display.channels.values()} == {G711U}
+
+
+async def test_call9_no_common_codec_with_the_gateway_refuses_the_call_and_never_reaches_it(lab):
+    legs = lab.gateway()
+    g9 = await lab.phone(G9)
+    g9.act(g9.display.dial, "5550102")
+    await refused_with_reorder(g9)
+    await asyncio.sleep(0.2)
+    gateway = lab.cc.calls.virtual[GW]
+    assert lab.gateway_channels == 0 and not legs.connections and not legs._opening
+    assert not gateway.phone.calls and not lab.cc.calls.agent.stations[GW].legs
+    assert lab.keys_taken == 0 and lab.cc.calls.calls() == []
+    (ended,) = events(lab, "ended")
+    assert "no codec in common" in ended.call.codec_rule and f"{GW} offers 4" in ended.call.codec_rule
+
+
+async def test_call9_barge_and_cbarge_without_a_common_codec_are_refused_the_call_keeps_its_codec(lab):
+    u1, g9, both = [await lab.phone(n) for n in (U1, G9, BOTH)]
+    await connected_call(lab, u1, both, "3290")      # G.711: U1 offers nothing else
+    (before,) = lab.cc.calls.calls()
+    assert before.codec == G711U
+    keys_before = lab.keys_taken
+    events(lab, "refused")
+    for cbarge in (False, True):
+        g9.act(g9.display.barge, cbarge=cbarge)
+        await refused_with_reorder(g9)
+        (refused,) = events(lab, "refused")
+        assert refused.detail.startswith("CALL-9") and G9 in refused.detail
+        g9.act(g9.display.hang_up)
+        await g9.wait_for(lambda d: not any(c.state == CS.CONGESTION for c in d.calls.values()),
+                          what="the refused barge cleared")
+    (after,) = lab.cc.calls.calls()
+    assert after.codec == G711U and after.barge == "" and len(after.legs) == 2
+    assert [lg.rx for lg in after.legs] == [lg.rx for lg in before.legs]   # the same channels
+    assert lab.keys_taken == keys_before and not lab.cc.calls.agent.stations[G9].legs
+    assert {ch.codec for ch in u1.display.channels.values()} == {G711U}
