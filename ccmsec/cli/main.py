@@ -8,6 +8,7 @@ import os
 import sys
 
 from ccmsec.runtime.logs import bind_trace_id, clean_trace_id
+from ccmsec.textsafe import bounded
 from ccmsec.cli.common import (
     EXIT_CODES_HELP,
     EXIT_ERROR,
@@ -40,6 +41,7 @@ class Parser(argparse.ArgumentParser):
     json_errors = False
 
     def error(self, message: str):  # type: ignore[override]
+        message = bounded(message)  # argparse quotes the bad argument whole
         if Parser.json_errors:
             print(error_json(f"{self.prog}: {message}", EXIT_USAGE), file=sys.stderr)
             sys.exit(EXIT_USAGE)
@@ -92,10 +94,12 @@ def main(argv: list[str] | None = None) -> int:
         with bind_trace_id(clean_trace_id(os.environ.get("CCMSEC_TRACE_ID")) or None):
             return int(args.func(args) or 0)
     except CliError as exc:
+        # escaped and bounded: a message may quote a server's answer or the command line's input
+        message = bounded(str(exc))
         if args.json:
-            print(error_json(str(exc), exc.exit_code, exc.details), file=sys.stderr)
+            print(error_json(message, exc.exit_code, exc.details), file=sys.stderr)
         else:
-            print(f"ccmsec: error: {exc}", file=sys.stderr)
+            print(f"ccmsec: error: {message}", file=sys.stderr)
         return exc.exit_code
     except UnicodeEncodeError as exc:
         # An argument that is not UTF-8 (the shell passed bytes Python could only keep as

@@ -1,0 +1,75 @@
+"""Untrusted text rendered for a message: escaped and bounded.
+
+A refusal usually names what it refused ("no device named X"). X is whatever the caller sent: a
+100 kB name, a binary blob, a name with newlines or terminal escapes. Copied back whole it makes
+huge HTTP bodies and gRPC trailers (over ~8 kB the call fails instead of carrying the refusal),
+forges log lines, and drives the administrator's terminal. Every message that quotes input quotes
+it through `shown`; the three doors (CLI stderr, HTTP error body, gRPC status) pass the whole
+message through `bounded` as a last guard.
+
+- `shown(value)`: printable ASCII stays as it is (an ordinary name reads the same), everything
+  else is a repr-style escape (`\\x1b`, `\\n`, `\\u202e`, `\\xe9`); at most `limit` characters of
+  output, then `...(N more characters)` where N counts the input's characters not shown.
+- `bounded(message)`: the same for a whole message, but printable non-ASCII (the messages' own
+  dashes and arrows) is kept; only non-printables are escaped; a longer limit.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+SHOWN_LIMIT = 80         # characters of one quoted value (a name is shorter; a blob is cut)
+MESSAGE_LIMIT = 1024     # characters of a whole error message (well under gRPC's ~8 kB trailers)
+
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(ch: str, ascii_only: bool) -> str:
+    if " " <= ch <= "~":
+        return ch
+    if not ascii_only and ch.isprintable():
+        return ch
+    if ch in _NAMED:
+        return _NAMED[ch]
+    code = ord(ch)
+    if code <= 0xFF:
+        return f"\\x{code:02x}"
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
+
+
+def _render(text: str, limit: int, ascii_only: bool) -> str:
+    out: list[str] = []
+    used = 0
+    for i, ch in enumerate(text):
+        piece = _escape(ch, ascii_only)
+        if used + len(piece) > limit:
+            return "".join(out) + f"...({len(text) - i} more characters)"
+        out.append(piece)
+        used += len(piece)
+    return "".join(out)
+
+
+def _as_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        # each byte one character, so a binary blob escapes byte by byte (\x00, \xff)
+        return bytes(value).decode("latin-1")
+    try:
+        return str(value)
+    except Exception:  # a value whose __str__ fails still gets a message
+        return f"<{type(value).__name__}>"
+
+
+def shown(value: Any, limit: int = SHOWN_LIMIT) -> str:
+    """`value` (text, bytes or anything with a str()) safe to put in a message: printable ASCII
+    only, at most `limit` characters plus the cut marker."""
+    return _render(_as_text(value), limit, ascii_only=True)
+
+
+def bounded(message: Any, limit: int = MESSAGE_LIMIT) -> str:
+    """A whole message safe to print, log or send: no control characters, at most `limit`
+    characters plus the cut marker. An ordinary message comes back unchanged."""
+    return _render(_as_text(message), limit, ascii_only=False)

@@ -1,0 +1,77 @@
+"""Untrusted input quoted in a message is escaped and bounded (ccmsec/textsafe.py), and the
+`ccmsec` command's errors pass through it: a 100 kB name or one with terminal escapes and newlines
+reaches stderr as one short, printable line (real subprocesses, as a user runs the command)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from ccmsec.textsafe import MESSAGE_LIMIT, SHOWN_LIMIT, bounded, shown
+
+HUGE = "A" * 100_000
+NASTY = "SEP\x1b[2J\x1b]0;owned\x07\nFAKE LOG LINE\r\u202e\x00"
+
+
+def test_ordinary_text_is_unchanged():
+    assert shown("SEP001122334455") == "SEP001122334455"
+    assert bounded("no device named SEP001122334455 — see docs/rules.md → DEV-3") == \
+        "no device named SEP001122334455 — see docs/rules.md → DEV-3"
+
+
+def test_control_and_non_ascii_are_escaped():
+    assert shown(NASTY) == "SEP\\x1b[2J\\x1b]0;owned\\x07\\nFAKE LOG LINE\\r\\u202e\\x00"
+    assert shown("caf\u00e9 \U0001f600") == "caf\\xe9 \\U0001f600"
+    assert shown(b"\x00\xffok") == "\\x00\\xffok"
+    assert bounded("caf\u00e9\x1b\n") == "caf\u00e9\\x1b\\n"  # printable non-ASCII kept
+
+
+def test_long_input_is_cut_with_a_marker():
+    assert shown(HUGE) == "A" * SHOWN_LIMIT + f"...({100_000 - SHOWN_LIMIT} more characters)"
+    assert bounded(HUGE) == "A" * MESSAGE_LIMIT + f"...({100_000 - MESSAGE_LIMIT} more characters)"
+    # the limit counts the escaped text: an escape is never split
+    assert shown("\x00" * 100, limit=10) == "\\x00\\x00...(98 more characters)"
+
+
+def test_anything_else_is_shown_by_its_str():
+    assert shown({"k": 1}) == "{'k': 1}"
+
+    class Broken:
+        def __str__(self):
+            raise RuntimeError
+
+    assert shown(Broken()) == "<Broken>"
+
+
+def _ccmsec(*args: str, tmp) -> tuple[int, str]:
+    env = {**os.environ, "CCMSEC_CONFIG_DIR": str(tmp / "config")}
+    env.pop("CCMSEC_CONTEXT", None)
+    done = subprocess.run([sys.executable, "-m", "ccmsec.cli.main", *args], capture_output=True,
+                          timeout=45, env=env, stdin=subprocess.DEVNULL)
+    return done.returncode, done.stderr.decode(errors="replace")
+
+
+def test_cli_error_quoting_a_huge_or_nasty_argument_is_one_bounded_printable_line(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    data = ["--data", str(tmp_path / "data")]
+    nasty = NASTY.rstrip("\x00")  # no NUL in a command line
+    cases = [(bad, json_flag, cmd) for bad in (HUGE, nasty) for json_flag in ((), ("--json",))
+             # `--ip` is quoted back by the command; `ctl show` quotes its file name
+             for cmd in (["pki", "issue", "--role", "tftp", "--out", str(tmp_path / "id"), "--ip", bad],
+                         ["ctl", "show", str(tmp_path / bad)])]
+    with ThreadPoolExecutor(4) as pool:
+        runs = list(pool.map(lambda c: _ccmsec(*c[1], *c[2], *data, tmp=tmp_path), cases))
+    for (bad, json_flag, cmd), (rc, err) in zip(cases, runs):
+        assert rc in (1, 2), err
+        assert "Traceback" not in err, err
+        assert err.count("\n") == 1 and err.endswith("\n"), err[:300]
+        assert len(err) < MESSAGE_LIMIT + 200, len(err)
+        assert all(" " <= c <= "~" for c in err[:-1]), repr(err[:300])
+        text = json.loads(err)["error"] if json_flag else err
+        if bad is HUGE:
+            assert "more characters)" in text, text[:300]
+        else:
+            assert "\\x1b[2J" in text and "\\nFAKE LOG LINE" in text, text
