@@ -4,6 +4,11 @@ The server listens for requests on one UDP socket and serves each transfer from 
 ephemeral socket (RFC 1350 TIDs). All protocol decisions live in the sans-IO state machines;
 this module only moves datagrams and runs one timer per transfer.
 
+Listening on the wildcard address (0.0.0.0, ::), the listener learns from IP_PKTINFO /
+IPV6_PKTINFO which of the host's addresses each request was sent to; the transfer socket binds
+that address and the listener's own error replies leave from it, so on a multi-homed host a
+client sees its answers come from the address it asked (its TID check drops anything else).
+
     async def resolve(filename: str, client: tuple[str, int]) -> bytes | None: ...
     async with TftpServer("127.0.0.1", 0, resolve) as server:
         data = await tftp_get(*server.address, "SEP001122334455.cnf.xml", blksize=1428)
@@ -15,6 +20,8 @@ import asyncio
 import ipaddress
 import logging
 import socket
+import struct
+import sys
 from collections.abc import Awaitable, Callable
 
 from ccmsec.runtime.metrics import TFTP_BYTES, TFTP_ERRORS, TFTP_TRANSFERS
@@ -44,6 +51,13 @@ log = logging.getLogger(__name__)
 Resolver = Callable[[str, tuple[str, int]], Awaitable[bytes | None]]
 
 _SOCKET_BUFFER = 1 << 20  # room for a full window of large blocks
+_REQUEST_BUFFER = 4096  # requests are <= 512 bytes; a longer one is still seen as too long
+# Linux's IP_PKTINFO is 8; Python does not export the name everywhere.
+_IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8 if sys.platform.startswith("linux") else None)
+_IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", None)
+_IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", None)
+_IN_PKTINFO = struct.Struct("=i4s4s")  # ipi_ifindex, ipi_spec_dst, ipi_addr (header destination)
+_IN6_PKTINFO = struct.Struct("=16sI")  # ipi6_addr, ipi6_ifindex
 _ERROR_NAMES = {ERR_FILE_NOT_FOUND: "not_found", ERR_ACCESS_VIOLATION: "access_violation",
                 ERR_NOT_DEFINED: "refused"}
 
@@ -52,13 +66,21 @@ def _family(host: str) -> int:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
-def _udp_socket(host: str, bind_host: str | None = None) -> socket.socket:
+def _is_wildcard(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return host == ""
+
+
+def _udp_socket(host: str, bind_host: str | None = None, scope_id: int = 0) -> socket.socket:
     """A non-blocking UDP socket on an ephemeral port (a fresh TFTP TID)."""
     sock = socket.socket(_family(host), socket.SOCK_DGRAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _SOCKET_BUFFER)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SOCKET_BUFFER)
-        sock.bind((host if bind_host is None else bind_host, 0))
+        address = host if bind_host is None else bind_host
+        sock.bind((address, 0, 0, scope_id) if sock.family == socket.AF_INET6 else (address, 0))
         sock.setblocking(False)
     except BaseException:
         sock.close()
@@ -126,15 +148,18 @@ class _Driver(asyncio.DatagramProtocol):
             self.finished.set_result(None)
 
 
-class _Listener(asyncio.DatagramProtocol):
-    def __init__(self, server: TftpServer) -> None:
-        self.server = server
-
-    def datagram_received(self, data: bytes, addr: tuple) -> None:
-        self.server._on_request(data, addr[:2])
-
-    def error_received(self, exc: Exception) -> None:
-        log.debug("tftp listener error: %s", exc)
+def _local_address(ancdata: list, family: int) -> tuple[str, int] | None:
+    """(address, interface index) a request was sent to, from its IP_PKTINFO / IPV6_PKTINFO."""
+    for level, kind, data in ancdata:
+        if family == socket.AF_INET and level == socket.IPPROTO_IP and kind == _IP_PKTINFO \
+                and len(data) >= _IN_PKTINFO.size:
+            ifindex, _spec_dst, dst = _IN_PKTINFO.unpack_from(data)
+            return socket.inet_ntop(socket.AF_INET, dst), ifindex
+        if family == socket.AF_INET6 and level == socket.IPPROTO_IPV6 and kind == _IPV6_PKTINFO \
+                and len(data) >= _IN6_PKTINFO.size:
+            dst, ifindex = _IN6_PKTINFO.unpack_from(data)
+            return socket.inet_ntop(socket.AF_INET6, dst), ifindex
+    return None
 
 
 class TftpServer:
@@ -176,7 +201,9 @@ class TftpServer:
         self.retries = retries
         self.completed = 0
         self.failed = 0
-        self._transport: asyncio.DatagramTransport | None = None
+        self._sock: socket.socket | None = None
+        self._pktinfo = False  # the listener learns each request's local address (wildcard bind)
+        self._cmsg_space = 0
         self._sessions: dict[tuple, asyncio.Task[None]] = {}
         self._per_source: dict[str, int] = {}  # client address -> transfers running
         self.refused_per_source = 0
@@ -184,9 +211,9 @@ class TftpServer:
 
     @property
     def address(self) -> tuple[str, int]:
-        if self._transport is None:
+        if self._sock is None:
             raise RuntimeError("server not started")
-        return self._transport.get_extra_info("sockname")[:2]
+        return self._sock.getsockname()[:2]
 
     def _count(self, filename: str, error: str | None, size: int = 0) -> None:
         try:
@@ -210,15 +237,53 @@ class TftpServer:
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * _SOCKET_BUFFER)
             sock.bind((self.host, self.port))
+            sock.setblocking(False)
+            self._pktinfo = _is_wildcard(self.host) and self._want_pktinfo(sock)
+            self._cmsg_space = socket.CMSG_SPACE(_IN6_PKTINFO.size) if self._pktinfo else 0
+            self._loop.add_reader(sock.fileno(), self._readable)
         except BaseException:
             sock.close()
             raise
-        self._transport, _ = await self._loop.create_datagram_endpoint(lambda: _Listener(self), sock=sock)
+        self._sock = sock
+
+    @staticmethod
+    def _want_pktinfo(sock: socket.socket) -> bool:
+        """Ask the kernel for each request's destination address; False where it cannot tell us
+        (transfers then bind the wildcard address and the routing table picks the source)."""
+        try:
+            if sock.family == socket.AF_INET and _IP_PKTINFO is not None:
+                sock.setsockopt(socket.IPPROTO_IP, _IP_PKTINFO, 1)
+                return True
+            if sock.family == socket.AF_INET6 and _IPV6_RECVPKTINFO is not None and _IPV6_PKTINFO is not None:
+                sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_RECVPKTINFO, 1)
+                return True
+        except OSError as exc:
+            log.warning("tftp: cannot learn the local address of requests (%s); transfers leave "
+                        "from the address the routing table picks", exc)
+        return False
+
+    def _readable(self) -> None:
+        # One request per readiness callback, as asyncio's own datagram transport does: running
+        # transfers get their turn between requests, so a burst of requests cannot crowd them out.
+        sock = self._sock
+        if sock is None:
+            return
+        try:
+            data, ancdata, _flags, addr = sock.recvmsg(_REQUEST_BUFFER, self._cmsg_space)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:  # ICMP errors from earlier replies surface here
+            log.debug("tftp listener error: %s", exc)
+            return
+        local = _local_address(ancdata, sock.family) if self._pktinfo else None
+        self._on_request(data, addr[:2], local)
 
     async def close(self) -> None:
-        if self._transport is not None:
-            self._transport.close()
-            self._transport = None
+        if self._sock is not None:
+            if self._loop is not None:
+                self._loop.remove_reader(self._sock.fileno())
+            self._sock.close()
+            self._sock = None
         tasks = list(self._sessions.values())
         for task in tasks:
             task.cancel()
@@ -234,25 +299,38 @@ class TftpServer:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    def _reply(self, datagram: bytes, addr: tuple) -> None:
-        if self._transport is not None:
-            self._transport.sendto(datagram, addr)
+    def _reply(self, datagram: bytes, addr: tuple, local: tuple[str, int] | None = None) -> None:
+        """Send from the listener; with `local`, from the address the request was sent to."""
+        sock = self._sock
+        if sock is None:
+            return
+        try:
+            if local is None:
+                sock.sendto(datagram, addr)
+            elif sock.family == socket.AF_INET:
+                info = _IN_PKTINFO.pack(0, socket.inet_pton(socket.AF_INET, local[0]), bytes(4))
+                sock.sendmsg([datagram], [(socket.IPPROTO_IP, _IP_PKTINFO, info)], 0, addr)
+            else:
+                info = _IN6_PKTINFO.pack(socket.inet_pton(socket.AF_INET6, local[0]), local[1])
+                sock.sendmsg([datagram], [(socket.IPPROTO_IPV6, _IPV6_PKTINFO, info)], 0, addr)
+        except OSError as exc:  # a full buffer or an unreachable client: UDP, the client retries
+            log.debug("tftp: reply to %s not sent: %s", addr, exc)
 
-    def _on_request(self, data: bytes, addr: tuple) -> None:
+    def _on_request(self, data: bytes, addr: tuple, local: tuple[str, int] | None = None) -> None:
         try:
             packet = parse_packet(data)
         except TftpPacketError as exc:
-            self._reply(encode_error(exc.error_code, str(exc)), addr)
+            self._reply(encode_error(exc.error_code, str(exc)), addr, local)
             return
         if not isinstance(packet, Request):
             return  # stray DATA/ACK/ERROR on the listening port: nothing to answer
         if packet.opcode != OP_RRQ:
-            self._reply(encode_error(ERR_ACCESS_VIOLATION, "writes are not allowed"), addr)
+            self._reply(encode_error(ERR_ACCESS_VIOLATION, "writes are not allowed"), addr, local)
             return
         if addr in self._sessions:
             return  # the client repeated its RRQ; the running transfer retransmits on its own
         if len(self._sessions) >= self.max_sessions:
-            self._reply(encode_error(ERR_NOT_DEFINED, "server busy"), addr)
+            self._reply(encode_error(ERR_NOT_DEFINED, "server busy"), addr, local)
             self._count(packet.filename, "busy")
             return
         source = addr[0]
@@ -260,16 +338,16 @@ class TftpServer:
         if running >= self.max_sessions_per_source:
             self.refused_per_source += 1
             self._reply(encode_error(ERR_NOT_DEFINED, "server busy: too many transfers from "
-                                                      "your address"), addr)
+                                                      "your address"), addr, local)
             self._count(packet.filename, "busy")
             return
         try:
             check_filename(packet.filename)
         except TftpError as exc:
-            self._reply(encode_error(exc.code, exc.message), addr)
+            self._reply(encode_error(exc.code, exc.message), addr, local)
             self._count("", "access_violation")
             return
-        task = self._loop.create_task(self._serve(packet, addr))  # type: ignore[union-attr]
+        task = self._loop.create_task(self._serve(packet, addr, local))  # type: ignore[union-attr]
         self._sessions[addr] = task
         self._per_source[source] = running + 1
         task.add_done_callback(lambda _t, key=addr: self._session_done(key))
@@ -282,13 +360,25 @@ class TftpServer:
         else:
             self._per_source.pop(addr[0], None)
 
-    async def _serve(self, request: Request, addr: tuple) -> None:
+    def _transfer_socket(self, local: tuple[str, int] | None) -> socket.socket:
+        """The TID socket binds the address the request was sent to (RFC 1350: the client drops
+        DATA from any other address); a link-local IPv6 address needs its interface too. If that
+        address cannot be bound (removed meanwhile), the listener's address as before."""
+        if local is not None:
+            try:
+                scope = local[1] if ipaddress.ip_address(local[0]).is_link_local else 0
+                return _udp_socket(self.host, local[0], scope)
+            except (OSError, ValueError) as exc:
+                log.warning("tftp: cannot bind the request's local address %s: %s", local[0], exc)
+        return _udp_socket(self.host)
+
+    async def _serve(self, request: Request, addr: tuple, local: tuple[str, int] | None = None) -> None:
         loop = self._loop
         assert loop is not None
         try:
             data = await self.resolve(request.filename, addr)
         except TftpError as exc:
-            self._reply(encode_error(exc.code, exc.message), addr)
+            self._reply(encode_error(exc.code, exc.message), addr, local)
             self.failed += 1
             self._count(request.filename, _ERROR_NAMES.get(exc.code, "error"))
             return
@@ -296,12 +386,12 @@ class TftpServer:
             raise
         except Exception:
             log.exception("tftp resolver failed for %r", request.filename)
-            self._reply(encode_error(ERR_NOT_DEFINED, "internal error"), addr)
+            self._reply(encode_error(ERR_NOT_DEFINED, "internal error"), addr, local)
             self.failed += 1
             self._count(request.filename, "internal")
             return
         if data is None:
-            self._reply(encode_error(ERR_FILE_NOT_FOUND, "file not found"), addr)
+            self._reply(encode_error(ERR_FILE_NOT_FOUND, "file not found"), addr, local)
             self.failed += 1
             self._count(request.filename, "not_found")
             return
@@ -312,10 +402,15 @@ class TftpServer:
         )
         driver = _Driver(transfer, loop)
         try:
-            transport, _ = await loop.create_datagram_endpoint(lambda: driver, sock=_udp_socket(self.host))
+            sock = self._transfer_socket(local)
+            try:
+                transport, _ = await loop.create_datagram_endpoint(lambda: driver, sock=sock)
+            except BaseException:
+                sock.close()
+                raise
         except OSError as exc:  # out of sockets or ports: tell the phone to come back later
             log.warning("tftp: no transfer socket for %s: %s", addr, exc)
-            self._reply(encode_error(ERR_NOT_DEFINED, "server busy"), addr)
+            self._reply(encode_error(ERR_NOT_DEFINED, "server busy"), addr, local)
             self.failed += 1
             self._count(request.filename, "busy")
             return

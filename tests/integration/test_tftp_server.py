@@ -335,3 +335,41 @@ def test_tftp_signer_names_the_kind_of_each_file():
         ["trust-list", "trust-list", "device-config", "firmware", "default-config", "static"]
     assert classify("SEP00112233aabb.cnf.xml") == "static"  # not a device name: never a device's kind
     assert {"trust-list", "device-config", "default-config", "firmware", "static", "other-cluster"} == set(FILE_KINDS)
+
+
+@pytest.mark.parametrize("listen", ["0.0.0.0", "::"])
+async def test_wildcard_listener_answers_from_the_address_the_request_was_sent_to(listen):
+    """Multi-homed host: listening on the wildcard address, a request sent to 127.0.0.2 (all of
+    127/8 is loopback on Linux) from a client at 127.0.0.1 is answered from 127.0.0.2 — the
+    transfer's DATA and the listener's own errors — not from the address the routing table would
+    pick (127.0.0.1), which a TFTP client drops as an unknown TID. `::` is the dual-stack case."""
+    try:
+        srv = TftpServer(listen, 0, resolve, timeout=0.2)
+        await srv.start()
+    except OSError as exc:
+        pytest.skip(f"cannot listen on {listen}: {exc}")
+    try:
+        port = srv.address[1]
+        client_t, client = await raw_peer("127.0.0.1")
+        try:
+            client_t.sendto(t.encode_rrq("exact"), ("127.0.0.2", port))
+            data, source = await client.recv()
+            assert source[0] == "127.0.0.2" and source[1] != port
+            assert t.parse_packet(data) == t.Data(1, FILES["exact"][:512])
+            client_t.sendto(t.encode_error(0, "enough"), source)  # ends that transfer: no retransmission
+        finally:
+            client_t.close()
+        client_t, client = await raw_peer("127.0.0.1")
+        try:
+            client_t.sendto(t.encode_rrq("missing"), ("127.0.0.2", port))
+            data, source = await client.recv()
+            assert source == ("127.0.0.2", port) and t.parse_packet(data) == t.Error(1, "file not found")
+        finally:
+            client_t.close()
+        # The real client checks the answer's source address against the one it asked.
+        for address in ("127.0.0.2", "127.0.0.3"):
+            assert await tftp_get(address, port, "big", blksize=1428, timeout=0.2, retries=3,
+                                  bind_host="127.0.0.1") == FILES["big"]
+        assert await tftp_get("127.0.0.1", port, "exact", timeout=0.2) == FILES["exact"]
+    finally:
+        await srv.close()
