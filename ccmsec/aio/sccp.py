@@ -740,6 +740,12 @@ class SccpPhoneConnection:
         return self._writer.get_extra_info("ssl_object")
 
     @property
+    def peer_host(self) -> str | None:
+        """The address of the server this connection reached (a host name resolved)."""
+        peername = self._writer.get_extra_info("peername")
+        return peername[0] if peername else None
+
+    @property
     def local_host(self) -> str | None:
         """The address this phone's connection to call control goes out from."""
         sockname = self._writer.get_extra_info("sockname")

@@ -68,11 +68,13 @@ class Lab:
         self.files[name + ".sgn"] = sign_file(payload, name + ".sgn", signer or self.pki["tftp"], TS)
 
     def device(self, name, model="7960", mode=1, hardening=Hardening(), capf_op=None, load=LOAD,
-               signed=True, plain=True, auth_string=None, capf_auth=2, capf_port=None):
+               signed=True, plain=True, auth_string=None, capf_auth=2, capf_port=None,
+               cm_host="127.0.0.1", sccp=None):
+        sccp = sccp or self.sccp
         cfg = DeviceConfig(
             device_name=name, model=model, security_mode=DeviceSecurityMode.from_xml(mode),
             capf_auth_mode=CapfAuthMode.from_xml(capf_auth),
-            call_managers=(CallManagerMember("127.0.0.1", self.sccp.port, self.sccp_tls.port),),
+            call_managers=(CallManagerMember(cm_host, sccp.port, self.sccp_tls.port),),
             capf=CapfSettings("127.0.0.1", capf_port or self.capf.port, capf_op, auth_string, "EC", None, "P-256")
             if capf_op else None,
             load_information=load, hardening=hardening)
@@ -445,6 +447,58 @@ async def test_reset_event_and_sccp_reset_for_the_same_change_boot_once(lab):
     assert p.boots == 2
     assert await runner.request_boot() is True
     await until(lambda: p.boots == 3 and p.state is State.REGISTERED)
+
+
+async def test_rst9_reset_event_reaches_the_phones_of_the_named_node_by_host_name_or_subscriber(lab, tmp_path):
+    """RST-9: `device.reset {server: NODE}` names a node. Phone-sim matched the node's peer
+    address as a string against the configured "host:port": a phone registered to a subscriber
+    (no peer entry) or through a host name ("localhost") was never reset by the event. Now the
+    node's addresses (endpoints file, else its name resolved) meet the registration's peer."""
+    import json
+
+    from ccmsec.aio.sccp import SccpServer, require_transport_matching_mode
+    from ccmsec.cluster.state import endpoints_path
+    from ccmsec_phone_sim.fleet import Fleet
+    from ccmsec_phone_sim.main import PhoneSimService, PhoneSimSettings
+    from ccmsec_proto import events_pb2
+
+    publisher = SccpServer(require_transport_matching_mode(lab.modes.get, then=lab.decide),
+                           host="127.0.0.2", port=0)
+    await publisher.start()
+    try:
+        sub_phone, pub_phone = "SEP00112233001A", "SEP00112233001B"
+        lab.device(sub_phone, signed=False, cm_host="localhost")      # callmanager-sub1, by name
+        lab.device(pub_phone, signed=False, cm_host="127.0.0.2", sccp=publisher)  # the publisher
+        lab.image()
+        on_sub = await boot(lab, lab.phone(sub_phone))
+        on_pub = await boot(lab, lab.phone(pub_phone))
+        assert on_sub.phone.state is State.REGISTERED and on_pub.phone.state is State.REGISTERED
+        assert on_sub.phone.registered_with.startswith("localhost:")
+
+        endpoints = endpoints_path(tmp_path)
+        endpoints.parent.mkdir(parents=True, exist_ok=True)
+        endpoints.write_text(json.dumps({"services": {"callmanager": {"host": "127.0.0.2"},
+                                                      "callmanager-sub1": {"host": "127.0.0.1"}}}))
+        svc = PhoneSimService(PhoneSimSettings(service="phone-sim", data_dir=tmp_path,
+                                               peers={"callmanager": "127.0.0.2"}))
+        svc.fleet = Fleet(tmp_path / "phone-sim", on_sub.net)
+        svc.fleet.runners = {r.phone.name: r for r in (on_sub, on_pub)}
+
+        async def reset(server: str) -> None:
+            await svc.on_device_reset(events_pb2.Event(
+                id=server, kind="device.reset", occurred_unix_ms=int(time.time() * 1000),
+                device_reset=events_pb2.DeviceReset(server=server, rule="RST-9")))
+
+        await reset("callmanager-sub1")
+        await until(lambda: on_sub.phone.boots == 2 and on_sub.phone.state is State.REGISTERED)
+        await reset("callmanager")
+        await until(lambda: on_pub.phone.boots == 2 and on_pub.phone.state is State.REGISTERED)
+        await reset("callmanager-sub9")          # no such node
+        await reset("not a node; name")          # bad input from the bus: nobody, no traceback
+        await asyncio.sleep(0.3)
+        assert (on_sub.phone.boots, on_pub.phone.boots) == (2, 2)
+    finally:
+        await publisher.close()
 
 
 async def test_tftp_unreachable_is_a_visible_failure(lab):

@@ -357,6 +357,21 @@ async def test_fleet_close_waits_for_a_background_save_in_progress(tmp_path):
     assert not list(tmp_path.glob(".phones.json.*"))  # no temporary file left behind
 
 
+async def test_rst9_node_addresses_from_endpoints_or_name_and_bad_names_reach_nobody():
+    from ccmsec_phone_sim.nodes import node_addresses, normalise_ip
+
+    endpoints = {"services": {"callmanager-sub1": {"host": "127.0.1.12"},
+                              "callmanager": {"host": "0.0.0.0"}}}
+    assert await node_addresses("callmanager-sub1", endpoints=endpoints, peers={}) == {"127.0.1.12"}
+    # bound to every address: found by its peer host (or its name) instead
+    assert await node_addresses("callmanager", endpoints=endpoints,
+                                peers={"callmanager": "127.0.1.2"}) == {"127.0.1.2"}
+    assert "127.0.0.1" in await node_addresses("localhost", endpoints=None, peers={})
+    for bad in ("", "a b", "x" * 300, "-x", "host;rm"):
+        assert await node_addresses(bad, endpoints=endpoints, peers={}) == set()
+    assert normalise_ip("::ffff:127.0.0.1") == "127.0.0.1" and normalise_ip("callmanager") is None
+
+
 # --- fuzzing: any bytes give a clean refusal ------------------------------------------------------
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

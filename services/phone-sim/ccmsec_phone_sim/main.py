@@ -4,8 +4,9 @@ Phones fetch from the tftp-signer peer (`peer_host("tftp-signer")`, its TFTP por
 cluster's endpoints file when the local runner moved it, else `settings.tftp_port`), reach CAPF
 and call control at the addresses their configuration names, and bind their sockets to this
 service's own address. In offline-CA mode phones also store LSCs signed by the third-party CA
-(asked of CAPF, its owner, with `Capf/GetThirdPartyCa` when a phone visits CAPF). A `device.reset` event re-boots the phones it names (or all powered
-phones, or those registered to the named server — RST-9); a phone already rebooted for the same
+(asked of CAPF, its owner, with `Capf/GetThirdPartyCa` when a phone visits CAPF). A `device.reset`
+event re-boots the phones it names (or all powered phones, or those registered to the named
+call-control node — RST-9, see `nodes.py`); a phone already rebooted for the same
 change by call control's SCCP Reset is not booted twice.
 """
 
@@ -31,6 +32,7 @@ from ccmsec_proto import capf_pb2_grpc, common_pb2, phone_sim_pb2, phone_sim_pb2
 from ccmsec_phone_sim import calls as phone_calls
 from ccmsec_phone_sim.boot import Network, PhoneRunner
 from ccmsec_phone_sim.fleet import Fleet, FleetError
+from ccmsec_phone_sim.nodes import node_addresses, normalise_ip
 from ccmsec_phone_sim.phone import SettingsLocked, State
 from ccmsec.wire.sccp_phone import PhoneActionError
 
@@ -281,8 +283,12 @@ class PhoneSimService(Service):
         if reset.all:
             runners = self.fleet.powered()
         elif reset.server:
-            host = self.settings.peers.get(reset.server, reset.server)
-            runners = [r for r in self.fleet.powered() if r.phone.registered_with.split(":")[0] == host]
+            # RST-9 names a node: its phones are those whose connection reached the node's
+            # addresses (nodes.py), whatever name or address their configuration gave it.
+            addresses = await node_addresses(reset.server, endpoints=read_endpoints(self.settings.data_dir),
+                                             peers=self.settings.peers)
+            runners = [r for r in self.fleet.powered() if r.phone.registered_address
+                       and normalise_ip(r.phone.registered_address) in addresses]
         else:
             wanted = set(reset.devices)
             runners = [r for r in self.fleet.powered() if r.phone.name in wanted]

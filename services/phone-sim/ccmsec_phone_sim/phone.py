@@ -128,6 +128,9 @@ class Phone:
     pending_capf_key: object | None = None  # key generated for an install not yet stored
     web_address: str = ""
     registered_with: str = ""
+    # The IP address the registration's connection reached (a host name resolved): what a reset
+    # of one server (RST-9) matches against the node's addresses, never the name configured.
+    registered_address: str = ""
     fallback: bool = False  # registered with the SRST reference (SRST-1), not call control
     transport: str = ""
     certificate_in_use: str = ""
