@@ -33,7 +33,7 @@ from typing import Any, Awaitable, Callable
 import nats
 from nats.errors import NoServersError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import NotFoundError
+from nats.js.errors import BadRequestError, NotFoundError
 
 from ccmsec.runtime import bus_policy
 from ccmsec.runtime.bus_policy import (  # noqa: F401  (re-exported: the bus's one vocabulary)
@@ -58,6 +58,13 @@ PUBLISHER: contextvars.ContextVar[str] = contextvars.ContextVar("ccmsec_event_pu
 
 class BusError(Exception):
     pass
+
+
+class PublishRefused(BusError):
+    """A publish that trying again cannot make succeed: the event has no subject (unknown kind or
+    target), the server does not let this role publish it (BUS-2), or NATS/JetStream refuses the
+    message itself (bigger than the server allows, a request JetStream calls bad). The outbox sets
+    such a row aside instead of retrying it for ever in front of every later row."""
 
 
 def subject_for(kind: str, target: str | None = None, publisher: str = "*") -> str:
@@ -338,7 +345,10 @@ class EventBus:
             raise BusError("event bus not connected")
         if not self.role:
             raise BusError("this bus has no publisher role")
-        subject = subject_for(event.kind, target, self.role)
+        try:
+            subject = subject_for(event.kind, target, self.role)
+        except BusError as exc:
+            raise PublishRefused(str(exc)) from None
         started = time.monotonic()
         try:
             ack = await self._or_refused(self.js.publish(
@@ -347,9 +357,14 @@ class EventBus:
         except nats.errors.TimeoutError:
             refused = self._refusal(subject, started)
             if refused:
-                raise BusError(f"NATS refused to let {self.role} publish {subject}: {refused}") from None
+                raise PublishRefused(f"NATS refused to let {self.role} publish {subject}: {refused}") from None
             raise BusError(f"no acknowledgement from the event stream for {subject} (is NATS up and "
                            f"the stream {STREAM} there?)") from None
+        except nats.errors.MaxPayloadError:
+            raise PublishRefused(f"event {event.kind} is larger than NATS accepts "
+                                 f"({event.ByteSize()} bytes)") from None
+        except BadRequestError as exc:  # 400: this message, not the server's state
+            raise PublishRefused(f"JetStream refused {subject}: {exc.description or exc}") from None
         except NoServersError as exc:
             raise BusError(f"cannot publish {subject}: {exc}") from None
         return ack.seq

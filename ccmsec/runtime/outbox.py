@@ -16,7 +16,14 @@ relay until JetStream acknowledges.
   stopped, or the database failed, between the ack and the round's UPDATE) — carries the same id,
   so JetStream drops it within its duplicate window and every consumer drops an id it already
   handled (`handled_events`).
-* `ccmsec_outbox_depth{service}` is the number of rows not yet acknowledged.
+* A row that can never be published — its payload does not decode, its event has no subject,
+  the server does not let this role publish it (BUS-2), NATS/JetStream refuses the message itself
+  (`bus.PublishRefused`) — is *set aside*: marked (`last_error` starts with "set aside: ", `sent_at`
+  stays empty), logged once as an error and counted in `ccmsec_outbox_set_aside_total`; the rows
+  behind it go on. Only such a refusal sets a row aside: while NATS is down, or does not answer,
+  the relay keeps the order and retries (one failing row holds back those behind it).
+* `ccmsec_outbox_depth{service}` is the number of rows not yet acknowledged (set-aside rows not
+  counted: they wait for nobody).
 """
 
 from __future__ import annotations
@@ -42,6 +49,9 @@ log = logging.getLogger("ccmsec.outbox")
 
 OUTBOX_RELAYED = Counter("ccmsec_outbox_relayed_total", "outbox events acknowledged by JetStream",
                          ["service", "node"], registry=REGISTRY)
+OUTBOX_SET_ASIDE = Counter("ccmsec_outbox_set_aside_total",
+                           "outbox events set aside: refused for good, never to be published",
+                           ["service", "node"], registry=REGISTRY)
 OUTBOX_FAILURES = Counter("ccmsec_outbox_publish_failures_total",
                           "outbox publish attempts that failed (NATS down or no ack)",
                           ["service", "node"], registry=REGISTRY)
@@ -51,6 +61,7 @@ BATCH = 100
 RETRY_MIN, RETRY_MAX = 0.2, 5.0
 KEEP_SENT = _dt.timedelta(hours=1)  # acknowledged rows kept this long (inspection), then deleted
 _REMEMBER = 10_000       # acknowledged ids remembered in memory for wait_sent
+SET_ASIDE = "set aside: "  # last_error of a row refused for good: the relay no longer picks it
 
 PublishEvent = Callable[[events_pb2.Event, "str | None"], Awaitable[object]]
 
@@ -96,36 +107,48 @@ class OutboxRelay:
         self._wake = asyncio.Event()
         self._changed = asyncio.Condition()
         self._sent: OrderedDict[str, None] = OrderedDict()
+        self._set_aside: OrderedDict[str, None] = OrderedDict()
+        self.set_aside_count = 0   # rows this relay set aside since it started
         self.depth = 0
         self.last_error = ""
         self._gauge = OUTBOX_DEPTH.labels(role)
         self._relayed = OUTBOX_RELAYED.labels(role, origin)
         self._failures = OUTBOX_FAILURES.labels(role, origin)
+        self._set_aside_total = OUTBOX_SET_ASIDE.labels(role, origin)
 
     def kick(self) -> None:
         self._wake.set()
 
     async def wait_sent(self, event_ids: Iterable[str], timeout: float = DELIVERY_WAIT) -> bool:
-        """True once JetStream acknowledged every one of `event_ids`; False after `timeout`."""
+        """True once JetStream acknowledged every one of `event_ids`; False after `timeout`, or
+        as soon as one of them was set aside (it will never be acknowledged)."""
         wanted = set(event_ids)
         if not wanted:
             return True
         self.kick()
 
-        def done() -> bool:
+        def sent() -> bool:
             return wanted.issubset(self._sent.keys())
+
+        def settled() -> bool:
+            return all(i in self._sent or i in self._set_aside for i in wanted)
 
         try:
             async with self._changed:
-                await asyncio.wait_for(self._changed.wait_for(done), timeout)
-            return True
+                await asyncio.wait_for(self._changed.wait_for(settled), timeout)
         except asyncio.TimeoutError:
-            return done()
+            pass
+        return sent()
+
+    @staticmethod
+    def _waiting():
+        """Rows still to publish: not acknowledged, not set aside."""
+        return (OutboxRow.sent_at.is_(None)) & (OutboxRow.last_error.not_like(SET_ASIDE + "%"))
 
     async def pending(self) -> int:
         async with self.db() as session:
             return await session.scalar(select(func.count()).select_from(OutboxRow).where(
-                OutboxRow.origin == self.origin, OutboxRow.sent_at.is_(None))) or 0
+                OutboxRow.origin == self.origin, self._waiting())) or 0
 
     async def _mark_sent(self, rows: list[OutboxRow]) -> None:
         """The acknowledged rows of one round marked sent together: one UPDATE, one transaction
@@ -156,20 +179,48 @@ class OutboxRelay:
         except Exception:  # the count is informative; the row stays unsent either way
             log.debug("could not record an outbox failure", exc_info=True)
 
+    async def _mark_set_aside(self, refused: list[tuple[OutboxRow, str]]) -> None:
+        """Rows refused for good, marked in one transaction so that no round picks them again
+        (the owning service's relay is their only writer). Logged once each — the mark is what
+        keeps it once; if the mark fails the row is tried, and logged, again next round."""
+        async with self.db() as session, session.begin():
+            for row, reason in refused:
+                await session.execute(update(OutboxRow).where(OutboxRow.seq == row.seq).values(
+                    attempts=row.attempts + 1, last_error=(SET_ASIDE + reason)[:300]))
+        for row, reason in refused:
+            log.error("outbox: event set aside, it can never be published: %s", reason,
+                      extra={"origin": self.origin, "event_id": row.event_id, "kind": row.kind,
+                             "seq": row.seq})
+            self._set_aside[row.event_id] = None
+        while len(self._set_aside) > _REMEMBER:
+            self._set_aside.popitem(last=False)
+        self.set_aside_count += len(refused)
+        self._set_aside_total.inc(len(refused))
+        self.depth = max(0, self.depth - len(refused))
+        self._gauge.set(self.depth)
+        async with self._changed:
+            self._changed.notify_all()
+
     async def relay_once(self) -> bool:
         """Publish the pending rows (up to BATCH) in order, then mark the acknowledged ones sent in
-        one transaction; False when a row could not be published (those before it are marked)."""
+        one transaction; False when a row could not be published (those before it are marked).
+        A row refused for good is set aside and the round goes on with the next."""
         async with self.db() as session:
             rows = (await session.scalars(select(OutboxRow).where(
-                OutboxRow.origin == self.origin, OutboxRow.sent_at.is_(None))
+                OutboxRow.origin == self.origin, self._waiting())
                 .order_by(OutboxRow.seq).limit(BATCH))).all()
         self.depth = len(rows) if len(rows) < BATCH else await self.pending()
         self._gauge.set(self.depth)
         acknowledged: list[OutboxRow] = []
+        refused: list[tuple[OutboxRow, str]] = []
         failed: tuple[OutboxRow, str] | None = None
         for row in rows:
             try:
                 event = events_pb2.Event.FromString(row.payload)
+            except Exception as exc:  # nothing to publish, now or ever
+                refused.append((row, f"the stored event does not decode ({type(exc).__name__})"))
+                continue
+            try:
                 # published under the trace id of the request that staged it, not the relay's
                 with bind_trace_id(clean_trace_id(event.trace_id) or event.id):
                     await self.publish_event(event, row.target)
@@ -177,12 +228,17 @@ class OutboxRelay:
                 # stopped mid-batch: the acknowledged rows stay unsent in the database and are
                 # published again (same ids, dropped as duplicates) by the next relay
                 raise
+            except bus_mod.PublishRefused as exc:  # refused for good: retrying would block the rest
+                refused.append((row, str(exc)))
+                continue
             except Exception as exc:  # NATS down, no ack in time, stream missing: retry later
                 failed = (row, f"{type(exc).__name__}: {exc}")
                 break
             acknowledged.append(row)
         if acknowledged:
             await self._mark_sent(acknowledged)
+        if refused:
+            await self._mark_set_aside(refused)
         if failed is not None:
             await self._mark_failed(*failed)
             return False

@@ -132,6 +132,8 @@ class Service:
             details["degraded"] = self.degraded
         if self.outbox is not None:
             details["outbox_pending"] = str(self.outbox.depth)
+            if self.outbox.set_aside_count:  # refused for good since the start (see the log)
+                details["outbox_set_aside"] = str(self.outbox.set_aside_count)
         details.update(self.status_details())
         return common_pb2.ServiceStatus(
             role=self.role, node=self.node, activated=self.activated,

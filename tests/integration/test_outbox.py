@@ -910,3 +910,99 @@ async def test_handled_event_records_older_than_the_stream_keeps_are_forgotten(c
         assert loop.time() < end, "the watchdog did not forget a record older than the stream keeps"
         await asyncio.sleep(0.2)
     assert await svc._seen("callmanager-test", "recent")   # an event still in the stream: remembered
+
+
+async def test_a_row_that_can_never_be_published_is_set_aside_and_the_rows_behind_it_go_out(
+        tmp_path, caplog):
+    """A poison row no longer blocks the outbox: the relay publishes in order, so a row NATS will
+    never take — its payload does not decode, its kind has no subject, the server does not let this
+    role publish it (BUS-2), it is larger than NATS accepts — held back every later row for ever.
+    Now each is set aside (marked, logged once, counted) and the rows behind it are delivered, in
+    order; a caller waiting for a set-aside event is told at once it was not delivered."""
+    import logging
+
+    from ccmsec.cluster.pki import issue_service_identity
+    from ccmsec.runtime.bus import read_seed
+    from tests.conftest import start_secured_nats, stop_process
+
+    issue_service_identity(tmp_path, "phone-sim", "phone-sim", "127.0.0.1")
+    folder = tmp_path / "identities" / "services" / "phone-sim"
+    url, proc = start_secured_nats(tmp_path, [folder], tmp_path / "js")
+    engine, db = await open_database(f"sqlite+aiosqlite:///{tmp_path / 'ccmsec.db'}")
+    bus = EventBus(url, "outbox-poison", role="phone-sim", seed=read_seed(folder), connect_timeout=10)
+    relay = OutboxRelay(db, lambda e, t: bus.publish(e, t), origin="poison-node", role="poison-relay")
+
+    def denied(method: str) -> events_pb2.Event:
+        from ccmsec.runtime.bus import make_event
+        return make_event("access.denied", "poison-node", access_denied=events_pb2.AccessDenied(method=method))
+
+    try:
+        await bus.connect()
+        async with db() as session, session.begin():
+            first = stage(session, "poison-node", "access.denied", None,
+                          access_denied=events_pb2.AccessDenied(method="/x/First"))
+            forbidden = stage(session, "poison-node", "device.reset", None,   # not phone-sim's to send
+                              device_reset=events_pb2.DeviceReset(all=True, rule="RST-1"))
+            unknown = denied("/x/Unknown")
+            unknown.kind = "no.such.kind"
+            huge = denied("/x/" + "H" * (2 * 1024 * 1024))                   # over NATS' 1 MB
+            for kind, event_id, payload in (("no.such.kind", unknown.id, unknown.SerializeToString()),
+                                            ("access.denied", "undecodable-1", b"\xff\xff\xff\xff"),
+                                            ("access.denied", huge.id, huge.SerializeToString())):
+                session.add(OutboxRow(event_id=event_id, origin="poison-node", kind=kind, target=None,
+                                      payload=payload, attempts=0, last_error=""))
+        async with db() as session, session.begin():
+            last = stage(session, "poison-node", "access.denied", None,
+                         access_denied=events_pb2.AccessDenied(method="/x/Last"))
+        poison = [forbidden.id, unknown.id, "undecodable-1", huge.id]
+
+        before = REGISTRY.get_sample_value("ccmsec_outbox_set_aside_total",
+                                           {"service": "poison-relay", "node": "poison-node"}) or 0
+        task = asyncio.create_task(relay.run())
+        try:
+            with caplog.at_level(logging.ERROR, logger="ccmsec.outbox"):
+                assert await relay.wait_sent([first.id, last.id], 20), relay.last_error
+                started = time.monotonic()
+                assert not await relay.wait_sent([forbidden.id], 10)     # never: said at once
+                assert time.monotonic() - started < 2
+                relay.kick()
+                await asyncio.sleep(0.5)   # another round: nothing is tried (or logged) again
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        held = await _stream_events_as_operator(url, tmp_path)
+        assert [e.id for e in held] == [first.id, last.id]
+        async with db() as session:
+            rows = {r.event_id: r for r in (await session.scalars(select(OutboxRow))).all()}
+        for event_id in poison:
+            assert rows[event_id].sent_at is None and rows[event_id].last_error.startswith("set aside: ")
+            assert rows[event_id].attempts == 1
+        assert "permissions violation" in rows[forbidden.id].last_error.lower()
+        assert "no.such.kind" in rows[unknown.id].last_error
+        assert "does not decode" in rows["undecodable-1"].last_error
+        assert "larger than NATS accepts" in rows[huge.id].last_error
+        assert await relay.pending() == 0 and relay.depth == 0 and relay.set_aside_count == 4
+        assert REGISTRY.get_sample_value("ccmsec_outbox_set_aside_total",
+                                         {"service": "poison-relay", "node": "poison-node"}) == before + 4
+        logged = [r for r in caplog.records if "set aside" in r.getMessage()]
+        assert sorted(r.event_id for r in logged) == sorted(poison)   # once each
+        assert "HHHH" not in caplog.text
+    finally:
+        await bus.close()
+        await engine.dispose()
+        stop_process(proc)
+
+
+async def _stream_events_as_operator(url: str, data: Path) -> list[events_pb2.Event]:
+    """The stream's events, read by sequence with the bus operator's credentials."""
+    from ccmsec.cluster.pki import nats_admin_seed_path
+
+    operator = EventBus(url, "operator", seed=nats_admin_seed_path(data).read_bytes().strip(),
+                        connect_timeout=10)
+    await operator.connect()
+    try:
+        info = await operator.js.stream_info("CCMSEC")
+        return [events_pb2.Event.FromString((await operator.js.get_msg("CCMSEC", seq)).data)
+                for seq in range(info.state.first_seq, info.state.last_seq + 1)]
+    finally:
+        await operator.close()
