@@ -31,6 +31,7 @@ from ccmsec.wire.tftp import (
     ERR_FILE_NOT_FOUND,
     ERR_NOT_DEFINED,
     MAX_BLKSIZE,
+    MAX_NETASCII_SIZE,
     OP_RRQ,
     ReadClient,
     ReadTransfer,
@@ -394,6 +395,12 @@ class TftpServer:
             self._reply(encode_error(ERR_FILE_NOT_FOUND, "file not found"), addr, local)
             self.failed += 1
             self._count(request.filename, "not_found")
+            return
+        if request.mode == "netascii" and len(data) > MAX_NETASCII_SIZE:
+            self._reply(encode_error(ERR_NOT_DEFINED, f"netascii transfers are limited to {MAX_NETASCII_SIZE} "
+                                                      "bytes; ask in octet mode"), addr, local)
+            self.failed += 1
+            self._count(request.filename, "refused")
             return
         transfer = ReadTransfer(
             data, request, addr,

@@ -62,6 +62,10 @@ MAX_OPTIONS = 16
 MAX_OPTION_TEXT = 64  # bytes per option name or value
 MAX_ERROR_MESSAGE = 512
 MAX_DATAGRAM = 4 + MAX_BLKSIZE
+# netascii re-encodes the file per transfer (up to twice its size, not shared between transfers):
+# bounded, so requests for a firmware image in netascii cannot multiply it in memory. Phones and
+# our own tools fetch in octet mode; text files served are far smaller.
+MAX_NETASCII_SIZE = 1024 * 1024
 
 KNOWN_OPTIONS = ("blksize", "tsize", "timeout", "windowsize")
 MODES = ("netascii", "octet")

@@ -79,6 +79,23 @@ async def test_netascii_mode_round_trip(server):
     assert await tftp_get(host, port, "text.txt", mode="netascii") == FILES["text.txt"]
 
 
+async def test_netascii_of_a_large_file_is_refused_so_transfers_cannot_multiply_it(server):
+    """netascii re-encodes the file for each transfer (octet ones share the resolver's bytes): a
+    file above 1 MiB (a firmware image) is refused in netascii with a clear error, served in octet."""
+    FILES["image"] = os.urandom(t.MAX_NETASCII_SIZE + 1)
+    try:
+        host, port = server.address
+        with pytest.raises(t.TftpError) as info:
+            await tftp_get(host, port, "image", mode="netascii", blksize=1428, timeout=0.2)
+        assert info.value.code == t.ERR_NOT_DEFINED and "ask in octet mode" in info.value.message
+        assert await tftp_get(host, port, "image", blksize=1428, windowsize=16, timeout=0.2) == FILES["image"]
+        FILES["image"] = b"x\n" * (t.MAX_NETASCII_SIZE // 2)  # exactly the limit: still served
+        assert await tftp_get(host, port, "image", mode="netascii", blksize=1428, windowsize=16,
+                              timeout=0.2) == FILES["image"]
+    finally:
+        del FILES["image"]
+
+
 async def test_errors_carry_server_code_and_message(server):
     host, port = server.address
     with pytest.raises(t.TftpError) as info:
