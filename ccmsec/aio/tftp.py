@@ -150,16 +150,23 @@ class _Driver(asyncio.DatagramProtocol):
 
 
 def _local_address(ancdata: list, family: int) -> tuple[str, int] | None:
-    """(address, interface index) a request was sent to, from its IP_PKTINFO / IPV6_PKTINFO."""
+    """(address, interface index) to answer a request from, from its IP_PKTINFO / IPV6_PKTINFO.
+
+    IPv4: `ipi_spec_dst`, the local address of the packet — the header destination for unicast,
+    the receiving interface's address for a broadcast (a socket must not bind a broadcast address,
+    nor answer from one). IPv6: the header destination, unless multicast (then None: the routing
+    table picks, as for a listener bound to one address)."""
     for level, kind, data in ancdata:
         if family == socket.AF_INET and level == socket.IPPROTO_IP and kind == _IP_PKTINFO \
                 and len(data) >= _IN_PKTINFO.size:
-            ifindex, _spec_dst, dst = _IN_PKTINFO.unpack_from(data)
-            return socket.inet_ntop(socket.AF_INET, dst), ifindex
+            ifindex, spec_dst, _header_dst = _IN_PKTINFO.unpack_from(data)
+            address = socket.inet_ntop(socket.AF_INET, spec_dst)
+            return None if address == "0.0.0.0" else (address, ifindex)
         if family == socket.AF_INET6 and level == socket.IPPROTO_IPV6 and kind == _IPV6_PKTINFO \
                 and len(data) >= _IN6_PKTINFO.size:
             dst, ifindex = _IN6_PKTINFO.unpack_from(data)
-            return socket.inet_ntop(socket.AF_INET6, dst), ifindex
+            address = socket.inet_ntop(socket.AF_INET6, dst)
+            return None if ipaddress.ip_address(address).is_multicast else (address, ifindex)
     return None
 
 

@@ -390,3 +390,25 @@ async def test_wildcard_listener_answers_from_the_address_the_request_was_sent_t
         assert await tftp_get("127.0.0.1", port, "exact", timeout=0.2) == FILES["exact"]
     finally:
         await srv.close()
+
+
+def test_the_local_address_to_answer_from_is_never_a_broadcast_or_multicast_one():
+    """IP_PKTINFO of a broadcast request (to 10.0.0.255, received on 10.0.0.5's interface): the
+    transfer socket binds the interface's address (ipi_spec_dst), not the broadcast address in the
+    header; an IPv6 multicast destination gives no address to bind (the routing table picks)."""
+    from ccmsec.aio.tftp import _IN6_PKTINFO, _IN_PKTINFO, _IP_PKTINFO, _IPV6_PKTINFO, _local_address
+
+    def v4(spec_dst: str, header_dst: str) -> list:
+        info = _IN_PKTINFO.pack(3, socket.inet_aton(spec_dst), socket.inet_aton(header_dst))
+        return [(socket.IPPROTO_IP, _IP_PKTINFO, info)]
+
+    def v6(dst: str) -> list:
+        return [(socket.IPPROTO_IPV6, _IPV6_PKTINFO, _IN6_PKTINFO.pack(socket.inet_pton(socket.AF_INET6, dst), 4))]
+
+    assert _local_address(v4("10.0.0.5", "10.0.0.255"), socket.AF_INET) == ("10.0.0.5", 3)
+    assert _local_address(v4("10.0.0.5", "255.255.255.255"), socket.AF_INET) == ("10.0.0.5", 3)
+    assert _local_address(v4("10.0.0.7", "10.0.0.7"), socket.AF_INET) == ("10.0.0.7", 3)
+    assert _local_address(v6("fe80::1"), socket.AF_INET6) == ("fe80::1", 4)
+    assert _local_address(v6("ff02::1"), socket.AF_INET6) is None
+    assert _local_address([], socket.AF_INET) is None
+    assert _local_address([(socket.IPPROTO_IP, _IP_PKTINFO, b"\0" * 4)], socket.AF_INET) is None  # short: ignored
