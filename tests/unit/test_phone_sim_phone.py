@@ -372,6 +372,20 @@ async def test_rst9_node_addresses_from_endpoints_or_name_and_bad_names_reach_no
     assert normalise_ip("::ffff:127.0.0.1") == "127.0.0.1" and normalise_ip("callmanager") is None
 
 
+async def test_fleet_concurrent_adds_get_distinct_names(pki, tmp_path):
+    """Two AddPhones at once with the same prefix: the names were chosen before the MICs were
+    made off-loop, so both requests chose the same names and the second replaced the first's
+    phones (4 phones answered, 2 kept). Manufacture is now one request at a time."""
+    import asyncio
+
+    fleet = Fleet(tmp_path, Network("127.0.0.1", 9), manufacturer_ca=lambda: pki["mfr"], mic_key_kind="ec256")
+    first, second = await asyncio.gather(fleet.add(2, "7970", "SEP0F"), fleet.add(2, "7970", "SEP0F"))
+    names = [p.name for p in first + second]
+    assert len(set(names)) == 4 and set(fleet.runners) == set(names)
+    assert all(fleet.runners[p.name].phone is p for p in first + second)
+    await fleet.close()
+
+
 # --- fuzzing: any bytes give a clean refusal ------------------------------------------------------
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

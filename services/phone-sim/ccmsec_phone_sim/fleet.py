@@ -62,6 +62,9 @@ class Fleet:
         # The background save's write, in a worker thread: cancelling the saver cannot stop a
         # thread, so close waits for this one before its own final write (see close).
         self._writing: asyncio.Future | None = None
+        # One manufacture at a time: names are chosen before the MICs are made (off-loop), and
+        # two requests choosing meanwhile took the same names, the second replacing the first's.
+        self._adding = asyncio.Lock()
 
     # --- persistence ------------------------------------------------------------------------------
     def load(self) -> list[Phone]:
@@ -140,6 +143,10 @@ class Fleet:
 
     # --- manufacture ------------------------------------------------------------------------------
     async def add(self, count: int, model: str, name_prefix: str = "") -> list[Phone]:
+        async with self._adding:
+            return await self._add(count, model, name_prefix)
+
+    async def _add(self, count: int, model: str, name_prefix: str) -> list[Phone]:
         if not 1 <= count <= MAX_ADD:
             raise FleetError(f"count must be 1..{MAX_ADD}, got {count}")
         if len(self.runners) + count > MAX_PHONES:
