@@ -386,6 +386,28 @@ async def test_fleet_concurrent_adds_get_distinct_names(pki, tmp_path):
     await fleet.close()
 
 
+async def test_two_boot_requests_at_once_leave_one_boot_task(tmp_path):
+    """An event and a gRPC reset at the same moment: each request stopped the phone and started a
+    boot task, so two boot loops ran for one phone (the first no longer owned, never stopped).
+    Now the second request sees the boot the first started and does nothing."""
+    import asyncio
+
+    from ccmsec_phone_sim.boot import PhoneRunner
+    from ccmsec_phone_sim.phone import Phone
+
+    runner = PhoneRunner(Phone(name="SEP00AA00BB00DD", model="7960"),
+                         Network("127.0.0.1", 9, tftp_timeout=5, tftp_retries=1))
+    assert await runner.request_boot()
+    await asyncio.sleep(0.05)                   # the first boot is running (waiting for TFTP)
+    started = await asyncio.gather(runner.request_boot(), runner.request_boot())
+    assert sorted(started) == [False, True]
+    mine = [t for t in asyncio.all_tasks() if t.get_name() == "phone SEP00AA00BB00DD" and not t.done()]
+    assert mine == [runner._task]
+    await runner.stop(power_off=True)
+    await asyncio.sleep(0)
+    assert not [t for t in asyncio.all_tasks() if t.get_name() == "phone SEP00AA00BB00DD" and not t.done()]
+
+
 # --- fuzzing: any bytes give a clean refusal ------------------------------------------------------
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

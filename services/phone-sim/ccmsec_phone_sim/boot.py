@@ -24,7 +24,7 @@ of times, when call control goes away.
 
 Boots are idempotent per request time: `request_boot(t)` does nothing when a boot already started
 at or after `t`, so a device-reset event and the SCCP Reset that call control sends for the same
-change cause one boot, not two.
+change cause one boot, not two. Requests and `stop` hold one lock: two at once start one task.
 """
 
 from __future__ import annotations
@@ -115,6 +115,7 @@ class PhoneRunner:
         self.generation = 0
         self.boot_started_wall = 0.0
         self._task: asyncio.Task | None = None
+        self._control = asyncio.Lock()  # request_boot / stop: one owner of `_task` at a time
         self.failover: FailoverPhone | None = None
         self.retry_at = 0.0  # wall time of the next automatic boot after a transient failure
         # The phone's voice on every call (issue 11): G.711, SRTP when call control gives keys.
@@ -129,14 +130,21 @@ class PhoneRunner:
     async def request_boot(self, requested_at: float | None = None) -> bool:
         """Boot (or reboot) unless a boot already started at or after `requested_at` (wall time)."""
         requested_at = time.time() if requested_at is None else requested_at
-        if self.generation and self.boot_started_wall >= requested_at:
-            return False
-        await self.stop()
-        self.boot_started_wall = time.time()  # claim the request before the task runs
-        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"phone {self.phone.name}")
-        return True
+        # One request at a time: two at once (an event and a gRPC reset) each stopped the phone
+        # and each started a task, the first one then running unowned beside the second.
+        async with self._control:
+            if self.generation and self.boot_started_wall >= requested_at:
+                return False
+            await self._stop()
+            self.boot_started_wall = time.time()  # claim the request before the task runs
+            self._task = asyncio.get_running_loop().create_task(self._run(), name=f"phone {self.phone.name}")
+            return True
 
     async def stop(self, *, power_off: bool = False) -> None:
+        async with self._control:
+            await self._stop(power_off=power_off)
+
+    async def _stop(self, *, power_off: bool = False) -> None:
         task, self._task = self._task, None
         if task is not None:
             await cancel_and_wait(task)
