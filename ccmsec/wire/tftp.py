@@ -628,6 +628,12 @@ class ReadClient:
         self._nak_sent = False
         self.deadline = now + self.timeout
         if len(packet.payload) < self.blksize:
+            if self.reported_size is not None and self.mode == "octet" and self._size != self.reported_size:
+                # The server announced another size: a truncated or changed file is an error, not a
+                # result. (netascii: servers differ on whether tsize counts the encoded bytes.)
+                problem = f"received {self._size} bytes, the server announced {self.reported_size}"
+                return self._fail(TftpError(ERR_NOT_DEFINED, problem),
+                                  (encode_error(ERR_NOT_DEFINED, "size differs from tsize"), self.peer))
             data = b"".join(self._chunks)
             self._chunks = []
             self.result = netascii_decode(data) if self.mode == "netascii" else data

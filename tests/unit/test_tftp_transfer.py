@@ -252,3 +252,22 @@ def test_fuzz_read_client_never_raises(events):
     for datagram, source, now in events:
         for out, _ in c.receive(datagram, source, now) + c.tick(now):
             t.parse_packet(out)
+
+
+def test_read_client_refuses_a_file_shorter_or_longer_than_its_announced_tsize():
+    """tsize (RFC 2349) is the size the server will send: a transfer that ends at another size is a
+    truncated or changed file, reported as an error and never returned as the file."""
+    for announced, sent in ((20, b"x" * 12), (5, b"x" * 12)):
+        c = t.ReadClient("f", SERVER, blksize=16, tsize=True)
+        c.start(0)
+        assert packets(c.receive(t.encode_oack({"blksize": "16", "tsize": str(announced)}), SERVER_TID, 0)) \
+            == [t.Ack(0)]
+        out = packets(c.receive(t.encode_data(1, sent), SERVER_TID, 0))
+        assert c.state is t.TransferState.FAILED and c.result is None
+        assert "announced" in c.error.message and out == [t.Error(t.ERR_NOT_DEFINED, "size differs from tsize")]
+    # netascii: servers differ on whether tsize counts the encoded bytes or the file's
+    c = t.ReadClient("f", SERVER, blksize=16, tsize=True, mode="netascii")
+    c.start(0)
+    c.receive(t.encode_oack({"blksize": "16", "tsize": "3"}), SERVER_TID, 0)
+    c.receive(t.encode_data(1, b"a\r\nb"), SERVER_TID, 0)
+    assert c.state is t.TransferState.DONE and c.result == b"a\nb"
