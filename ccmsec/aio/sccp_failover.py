@@ -17,7 +17,8 @@ SRST-1). The thin asyncio adapter around `ccmsec.wire.sccp_failover.CallControlS
   probes and opened again when it went away: a fleet of 1,000 phones probing every 2 s would
   otherwise open 500 connections (TLS handshakes for secure phones) a second into the node that
   just came back. A kept probe connection found closed sooner than the node would drop a quiet
-  one (two keepalive intervals) means the node restarted: its stable period starts again. Once a
+  one (two of *its* keepalive intervals — learned when the phone registered there, else the
+  current node's) means the node restarted: its stable period starts again. Once a
   target has answered for the stable period and no call is up, the phone unregisters and
   registers there, over that probe connection.
 * **Calls survive the loss** of the node that set them up: the call's media ports stay open and
@@ -190,6 +191,7 @@ class FailoverPhone:
         self.standby: Standby | None = None
         self._probes: dict[int, Streams] = {}           # kept probe connections to higher targets
         self._probe_answered: dict[int, float] = {}      # when each kept probe connection last answered
+        self._keepalive_of: dict[int, float] = {}        # each target's keepalive (its RegisterAck)
         self.events: list[PhoneEvent] = []
         self.last_problem = ""
         self.rejected = ""
@@ -273,6 +275,9 @@ class FailoverPhone:
             self.rejections.clear()
             self.pass_failed.clear()
             self.selector.registered(attempt.index, loop.time())
+            interval = getattr(self.conn.session, "keepalive_interval", None) if self.conn else None
+            if interval:  # this node's own: the probe of it later judges its silence limit by it
+                self._keepalive_of[attempt.index] = float(interval)
             self._event("registered", attempt.target.label)
             self._registered.set()
             if self.on_registered is not None:
@@ -427,7 +432,7 @@ class FailoverPhone:
             if answer is False:
                 return False
             if index in self._probe_answered:  # closed: by the node's silence limit, or a restart
-                self.selector.closed_early(index, self._silence_allowed(), self._probe_answered[index],
+                self.selector.closed_early(index, self._silence_allowed(index), self._probe_answered[index],
                                            loop.time())
         try:
             streams = await asyncio.wait_for(self._connect(self.selector.targets[index]), self.probe_timeout)
@@ -440,12 +445,16 @@ class FailoverPhone:
         streams[1].close()
         return False
 
-    def _silence_allowed(self) -> float:
-        """How long a node keeps a quiet connection: two keepalive intervals (the one the node we
-        are registered with gave us; the nodes of a group share it), the node's own margin left
-        out so that a doubt counts as a restart."""
-        session = self.conn.session if self.conn is not None else None
-        interval = getattr(session, "keepalive_interval", None) or 30
+    def _silence_allowed(self, index: int) -> float:
+        """How long target `index` keeps a quiet connection: two of its keepalive intervals, the
+        node's own margin left out so that a doubt counts as a restart. Its interval is the one
+        its RegisterAck gave when the phone was registered there (nodes need not share one: with
+        the current node's shorter interval, a restart of the probed node went unnoticed); a node
+        the phone never registered with is judged by the current node's, else 30 s."""
+        interval = self._keepalive_of.get(index)
+        if not interval:
+            session = self.conn.session if self.conn is not None else None
+            interval = getattr(session, "keepalive_interval", None) or 30
         return 2.0 * interval
 
     async def _keepalive_answered(self, streams: Streams) -> bool | None:

@@ -319,3 +319,49 @@ async def test_taking_or_closing_a_standby_is_bounded_even_when_a_cancel_is_lost
         released.set()
         await asyncio.sleep(0.2)
         server.close()
+
+
+async def test_a_probed_nodes_restart_is_judged_by_its_own_keepalive_LATER_7():
+    """LATER-7 fail-back: a kept probe connection closed sooner than the probed node drops a quiet
+    one (two of its keepalive intervals) means it restarted. The limit was taken from the node the
+    phone is registered with: here that one's keepalive is 1 s, the probed node's 20 s, so a
+    restart found 2.5 s after the last answer (past 2 × 1 s) was not counted and the stable period
+    ran on. The probed node's interval is the one its RegisterAck gave."""
+    from ccmsec.aio.sccp import SccpServer
+
+    async def accept(request):
+        return s.RegistrationDecision.accept()
+    first = SccpServer(accept, host=HOST, port=0, keepalive_interval=20)
+    second = SccpServer(accept, host=HOST, port=0, keepalive_interval=1)
+    await first.start()
+    await second.start()
+    proxy = await FaultProxy((HOST, first.port)).start()
+    targets = [Target(HOST, proxy.port), Target(HOST, second.port)]
+
+    async def connect(target):
+        return await open_streams(target, ssl_context=None, bind_host=HOST, timeout=2)
+    # the phone's own probe rounds are out of the way (60 s): the test probes by hand
+    phone = FailoverPhone("SEP0000000FA0KA", targets, connect,
+                          lambda ip: s.Register("SEP0000000FA0KA", ip, device_type=7), bind_host=HOST,
+                          register_timeout=3, probe_timeout=1, standby_interval=1,
+                          settings=FailoverSettings(stable_period=30, probe_interval=60, retry_base=0.1,
+                                                    retry_max=0.3, jitter=0))
+    phone.start()
+    try:
+        assert (await phone.wait_registered(10)).port == proxy.port
+        proxy.reset()                                   # the first node lost: on to the second
+        await until(lambda: phone.registered and phone.active.port == second.port, "failover", timeout=10)
+        assert phone.conn.session.keepalive_interval == 1
+        loop = asyncio.get_running_loop()
+        assert await phone._probe(0)                    # the first node answers on a kept connection
+        phone.selector.probe(0, loop.time(), True)
+        assert phone.selector.reachable_since(0) is not None
+        proxy.reset()                                   # it restarts: the probe connection closed
+        await asyncio.sleep(2.5)                        # past 2 × 1 s, well within 2 × 20 s
+        assert await phone._probe(0)                    # found closed, a new connection answers
+        assert phone.selector.reachable_since(0) is None, "the restart was not counted"
+    finally:
+        await phone.stop()
+        await proxy.close()
+        await first.close()
+        await second.close()
