@@ -784,7 +784,9 @@ class SccpPhoneConnection:
                     self._on_event(event)
                 self._flush()
                 await self._writer.drain()
-        except (ConnectionError, ssl.SSLError, SccpProtocolError) as exc:
+        except (OSError, SccpProtocolError) as exc:
+            # Any socket error (EHOSTUNREACH, ENETUNREACH… are no ConnectionError) is a dropped
+            # connection with its reason, never an exception left in the task for close to raise.
             self._on_event(ConnectionDropped(self.session.register.device_name, f"{exc}"))
         finally:
             if not self._registered.done():
