@@ -475,6 +475,21 @@ async def test_an_unreadable_phone_store_stops_the_service_and_is_left_as_it_is(
     assert store.read_text() == content
 
 
+@pytest.mark.parametrize("bad", [{"mic": {"cert": 5, "key": 6}, "model": "7970"}, {"image_anchors": [5]},
+                                 {"lsc": {"cert": ["x"], "key": None}}])
+async def test_a_phone_entry_of_the_wrong_shape_is_skipped_and_the_rest_of_the_fleet_kept(tmp_path, bad):
+    """A number where the store holds a PEM was an AttributeError out of Fleet.load: phone-sim did
+    not start, with a traceback. The entry is skipped (logged) like any other bad one."""
+    import json
+
+    from ccmsec_phone_sim.phone import Phone
+
+    good = Phone(name="SEP00AA00BB0001", model="7960").to_dict()
+    (tmp_path / "phones.json").write_text(json.dumps(
+        {"version": 1, "phones": [good, {**good, "name": "SEP00AA00BB0002", **bad}]}))
+    assert [p.name for p in Fleet(tmp_path, Network("127.0.0.1", 9)).load()] == ["SEP00AA00BB0001"]
+
+
 def test_a_start_error_is_one_line_and_exit_code_1(tmp_path):
     """`run_service` ends a StartError with its one line (exit 1), never a traceback."""
     import subprocess

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 
 from ccmsec.fsutil import atomic_write, private_dir
 from ccmsec.pki.ca import Issued
@@ -84,7 +85,9 @@ class Fleet:
                 continue
             try:
                 phone = Phone.from_dict(item)
-            except (ValueError, KeyError, TypeError) as exc:  # one bad entry must not lose the fleet
+            # One bad entry must not lose the fleet; a field of the wrong JSON type (a number
+            # where a PEM is) is an AttributeError, a key of an unknown kind UnsupportedAlgorithm.
+            except (ValueError, KeyError, TypeError, AttributeError, UnsupportedAlgorithm) as exc:
                 log.error("phone store: skipping %s: %s", item.get("name", "?"), exc)
                 continue
             self.runners[phone.name] = self._runner(phone)
