@@ -64,6 +64,7 @@ MAX_EVENTS = 10_000
 MAX_DIGITS = 24  # a directory number has at most 24 characters
 NO_COMMON_CODEC = "No common codec"   # what the refused phone shows (reorder tone)
 KEYPAD = {**{i: str(i) for i in range(10)}, 0x0E: "*", 0x0F: "#", 0x10: "+"}
+DIALABLE = frozenset(KEYPAD.values())
 # A key source gives the encryption-info block for one channel direction ("rx" or "tx"); the
 # media issue plugs the key manager in here. Default: none (algorithm 0, RTP).
 KeySource = Callable[[Call, Channel, str], s.EncryptionInfo]
@@ -295,11 +296,15 @@ class CallAgent:
         self._route(leg, now, final=False)
 
     def _enbloc(self, st: Station, number: str, line: int, now: float) -> None:
-        number = number[:MAX_DIGITS]
+        # Checked before a leg is made: an empty or malformed number from an idle phone must not
+        # leave it off-hook (dial tone, and busy for every call to it) until it hangs up.
+        if not number or len(number) > MAX_DIGITS or not set(number) <= DIALABLE:
+            self._ignore()
+            return
         leg = st.active_leg()
         if leg is None:
             leg = self._new_leg(st, line, now)
-        if leg is None or leg.state not in (LegState.OFF_HOOK, LegState.DIALING) or not number:
+        if leg is None or leg.state not in (LegState.OFF_HOOK, LegState.DIALING):
             self._ignore()
             return
         if leg.state is LegState.OFF_HOOK:

@@ -239,3 +239,21 @@ async def test_call9_barge_and_cbarge_without_a_common_codec_are_refused_the_cal
     assert [lg.rx for lg in after.legs] == [lg.rx for lg in before.legs]   # the same channels
     assert lab.keys_taken == keys_before and not lab.cc.calls.agent.stations[G9].legs
     assert {ch.codec for ch in u1.display.channels.values()} == {G711U}
+
+
+async def test_a_malformed_enbloc_number_from_an_idle_phone_leaves_it_on_hook_and_callable(lab):
+    """Bad input at set-up: an en-bloc number that is empty or not 0-9 * # + (a real phone's
+    display never sends one; a modified one may) changes nothing — before, it made an off-hook
+    leg with dial tone, so the phone stayed busy for every call to it until it hung up."""
+    from ccmsec.wire.sccp_calls import EnblocCall
+    u1, u4 = [await lab.phone(n) for n in (U1, U4)]
+    agent = lab.cc.calls.agent
+    seen, ignored = agent.stations[U1].messages, agent.ignored
+    for number in ("", "12ab", "32 04"):
+        await u1.conn.send(EnblocCall(number, 1))
+    await wait(lambda: agent.stations[U1].messages >= seen + 3, "the numbers at call control")
+    await asyncio.sleep(0.1)
+    assert not agent.stations[U1].legs and not u1.display.calls
+    assert agent.ignored == ignored + 3
+    assert lab.cc.calls.calls() == []
+    await connected_call(lab, u4, u1, "3201")          # it rings, not busy
