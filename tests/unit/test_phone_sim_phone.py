@@ -408,6 +408,24 @@ async def test_two_boot_requests_at_once_leave_one_boot_task(tmp_path):
     assert not [t for t in asyncio.all_tasks() if t.get_name() == "phone SEP00AA00BB00DD" and not t.done()]
 
 
+async def test_a_boot_requested_while_the_fleet_closes_leaves_no_phone_running(tmp_path):
+    """Shutdown closes the fleet before the service's other tasks (the restore boot, a reset event
+    being handled) are cancelled: a boot they requested while close stopped the phones started a
+    new task after close had passed that phone — running, unowned, after the shutdown."""
+    import asyncio
+
+    fleet = Fleet(tmp_path, Network("127.0.0.1", 9, tftp_timeout=5, tftp_retries=1))
+    await fleet.add(3, "7960", "SEP0A0A")
+    runners = list(fleet.runners.values())
+    await fleet.boot(runners)
+    await asyncio.sleep(0.05)                   # every phone is booting (waiting for TFTP)
+    closing = asyncio.create_task(fleet.close())
+    booting = asyncio.create_task(fleet.boot(runners))   # e.g. a device.reset {all} handled now
+    await asyncio.wait_for(asyncio.gather(closing, booting), 10)
+    assert booting.result() == 0
+    assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("phone SEP0A0A") and not t.done()]
+
+
 # --- fuzzing: any bytes give a clean refusal ------------------------------------------------------
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

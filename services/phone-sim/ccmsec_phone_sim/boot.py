@@ -116,6 +116,7 @@ class PhoneRunner:
         self.boot_started_wall = 0.0
         self._task: asyncio.Task | None = None
         self._control = asyncio.Lock()  # request_boot / stop: one owner of `_task` at a time
+        self.closed = False
         self.failover: FailoverPhone | None = None
         self.retry_at = 0.0  # wall time of the next automatic boot after a transient failure
         # The phone's voice on every call (issue 11): G.711, SRTP when call control gives keys.
@@ -133,7 +134,7 @@ class PhoneRunner:
         # One request at a time: two at once (an event and a gRPC reset) each stopped the phone
         # and each started a task, the first one then running unowned beside the second.
         async with self._control:
-            if self.generation and self.boot_started_wall >= requested_at:
+            if self.closed or (self.generation and self.boot_started_wall >= requested_at):
                 return False
             await self._stop()
             self.boot_started_wall = time.time()  # claim the request before the task runs
@@ -143,6 +144,14 @@ class PhoneRunner:
     async def stop(self, *, power_off: bool = False) -> None:
         async with self._control:
             await self._stop(power_off=power_off)
+
+    async def close(self) -> None:
+        """Stop for good (the simulator shuts down): a boot requested later — a reset event still
+        being handled — is refused rather than leave a task running after the shutdown."""
+        async with self._control:
+            self.closed = True
+            await self._stop()
+        await self.web.stop()
 
     async def _stop(self, *, power_off: bool = False) -> None:
         task, self._task = self._task, None

@@ -107,9 +107,8 @@ class Fleet:
         self._saver = asyncio.get_running_loop().create_task(self._save_loop(), name="phone store saver")
 
     async def close(self) -> None:
-        for runner in self.runners.values():
-            await runner.stop()
-            await runner.web.stop()
+        for runner in list(self.runners.values()):
+            await runner.close()  # a boot requested meanwhile (reset event, restore) is refused
         saver, self._saver = self._saver, None
         if saver is not None:
             saver.cancel()
