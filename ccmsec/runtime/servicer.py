@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import grpc
 
+from ccmsec.textsafe import bounded
+
 
 class StatusServicerMixin:
     """Implements the `Status` RPC every role's service has."""
@@ -18,8 +20,9 @@ class StatusServicerMixin:
 
 
 async def abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str):
-    """Refuse a call with a clear message (raises)."""
-    await context.abort(code, message)
+    """Refuse a call with a clear message (raises); escaped and bounded, as a status detail over
+    ~8 kB fails the call instead of carrying the refusal."""
+    await context.abort(code, bounded(message))
 
 
 def caller_of(service, context) -> str:

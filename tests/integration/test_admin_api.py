@@ -388,6 +388,31 @@ async def test_bad_input_gets_4xx_json_never_500(stack):
     assert len(stack.events.published) == 1
 
 
+async def test_errors_quote_huge_or_nasty_input_escaped_and_bounded(stack):
+    """A refusal that names the input (an unknown field, an unknown path) quotes it escaped and
+    bounded (ccmsec/textsafe.py): no 60 kB error body, no ESC or newline in it or in the audit."""
+    admin = await stack.token_client("admin", stack.admin_password)
+    nasty = "x\x1b[2J\x1b]0;owned\x07\nFAKE LOG LINE\u202e"
+    for field in ("F" * 60_000, nasty):
+        body = assert_json_error(await admin.post("/api/v1/devices", json={
+            "name": SEP, "model": "7970", field: 1}), 422)
+        assert len(body["detail"]) < 300, len(body["detail"])  # the field quoted, cut
+        assert body["detail"].isprintable() and body["detail"].isascii(), body["detail"][:300]
+        assert ("more characters)" if len(field) > 100 else "\\x1b[2J") in body["detail"], body["detail"][:300]
+    body = assert_json_error(await admin.get("/api/v1/%1b[2J%07FAKE%20LINE"), 404)
+    assert body["detail"] == "no such endpoint: GET /api/v1/\\x1b[2J\\x07FAKE LINE", body
+    assert body["instance"].isprintable(), body
+    body = assert_json_error(await admin.get("/api/v1/" + "z" * 20_000), 404)
+    assert len(body["detail"]) < 400 and "more characters)" in body["detail"], body["detail"][:300]
+    from sqlalchemy import select
+
+    from ccmsec.db.admin import AuditEntry
+
+    async with stack.sessionmaker() as session:
+        refusals = (await session.scalars(select(AuditEntry.detail))).all()
+    assert all(d is None or (d.isprintable() and len(d) < 1200) for d in refusals)
+
+
 # --- audit, openapi, shutdown ---------------------------------------------------------------------
 
 async def test_audit_endpoint_lists_changes_and_refusals_newest_first(stack):

@@ -624,6 +624,15 @@ async def test_reset_request_validation(cm):
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await cm.stub.GetResetProgress(pb.ResetProgressRequest(request_id="nope"), timeout=5)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert err.value.details() == "no reset request 'nope' on callmanager"
+    # a huge id or one with terminal escapes and a newline: quoted escaped and bounded (a status
+    # detail over ~8 kB failed the call instead of carrying the refusal)
+    for bad, quoted in (("x" * 100_000, "x" * 80 + "...(99920 more characters)"),
+                        ("a\x1b[2J\nFAKE", "a\\x1b[2J\\nFAKE")):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await cm.stub.GetResetProgress(pb.ResetProgressRequest(request_id=bad), timeout=5)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND, err.value
+        assert err.value.details() == f"no reset request '{quoted}' on callmanager"
     # a name that is no device (a typo): refused, as by the API, not "reset requested for 1"
     await cm.add_device("SEP0000000E0050")
     with pytest.raises(grpc.aio.AioRpcError) as err:

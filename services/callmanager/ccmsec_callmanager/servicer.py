@@ -17,6 +17,7 @@ from ccmsec.db.lines import DevicePool, lines_of
 from ccmsec.domain import ClusterMode, DeviceSecurityMode, DomainError
 from ccmsec.policy.resets import ResetDevicesOnServer, required_actions
 from ccmsec.runtime.servicer import StatusServicerMixin, abort, caller_of
+from ccmsec.textsafe import shown
 from ccmsec_proto import callmanager_pb2 as pb
 from ccmsec_proto import callmanager_pb2_grpc, common_pb2, events_pb2
 
@@ -135,7 +136,7 @@ class CallManagerServicer(CallsServicerMixin, MobilityServicerMixin, RoutingServ
         progress = self.cc.registry.resets.get(request.request_id)
         if progress is None:
             await abort(context, grpc.StatusCode.NOT_FOUND,
-                        f"no reset request {request.request_id!r} on {self.service.node}")
+                        f"no reset request '{shown(request.request_id)}' on {self.service.node}")
         # Devices registered on other nodes count as back when their row is newer than the reset.
         if progress.targeted - progress.back:
             async with self.service.db() as session:

@@ -18,6 +18,7 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ccmsec.textsafe import bounded
 from ccmsec.runtime.logs import REQUEST_ID_HEADER, bind_trace_id, clean_trace_id
 from ccmsec.runtime.metrics import ADMIN_LATENCY, ADMIN_REQUESTS
 
@@ -64,7 +65,8 @@ class AccessLogMiddleware:
                 ADMIN_REQUESTS.labels(method, route, str(status)).inc()
                 ADMIN_LATENCY.labels(method, route).observe(seconds)
                 client = scope.get("client") or ("", 0)
-                access_log.info("%s %s %d", method, scope.get("path", ""), status, extra={
-                    "method": method, "path": scope.get("path", "")[:512], "route": route,
+                path = bounded(scope.get("path", ""), 512)  # percent-decoded: the client's text
+                access_log.info("%s %s %d", method, path, status, extra={
+                    "method": method, "path": path, "route": route,
                     "status": status, "duration_ms": round(seconds * 1000, 2), "bytes": sent,
                     "client": f"{client[0]}:{client[1]}" if client[0] else ""})

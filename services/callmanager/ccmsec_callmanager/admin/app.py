@@ -14,6 +14,8 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ccmsec.textsafe import bounded, shown
+
 from .access_log import AccessLogMiddleware
 from . import audit_api, auth, calls, capf, cluster, devices, lines, registrations, resets, srst
 from . import softkeys  # issue 10: softkey sets per device / pool
@@ -38,6 +40,7 @@ OPENAPI_URL = "/api/v1/openapi.json"
 
 async def _answer(request: Request, status: int, message: str, rule: str | None = None,
                   headers: dict[str, str] | None = None) -> JSONResponse:
+    message = bounded(message)  # the last guard: no handler's message sends back input whole
     await record_refusal(request, status, message, rule)
     return JSONResponse(error_body(message, rule, status, request.url.path), status_code=status,
                         headers=headers, media_type=PROBLEM_JSON)
@@ -113,7 +116,7 @@ def create_admin_app(sessionmaker: async_sessionmaker, *, events: EventPublisher
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = exc.detail if isinstance(exc.detail, str) else "request refused"
         if exc.status_code == 404 and request.scope.get("route") is None:
-            message = f"no such endpoint: {request.method} {request.url.path}"[:200]
+            message = f"no such endpoint: {request.method} {shown(request.url.path, 200)}"
         return await _answer(request, exc.status_code, message, headers=exc.headers)
 
     @app.exception_handler(Exception)

@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ccmsec.textsafe import bounded, shown
+
 MAX_BODY_BYTES = 64 * 1024
 PROBLEM_JSON = "application/problem+json"
 
@@ -54,6 +56,8 @@ def error_body(error: str, rule: str | None = None, status: int = 400,
         title = HTTPStatus(status).phrase
     except ValueError:
         title = "Error"
+    if instance is not None:  # the request's path, percent-decoded: the client's own text
+        instance = bounded(instance, 512)
     return {"type": f"urn:ccmsec:rule:{rule}" if rule else "about:blank", "title": title,
             "status": status, "detail": error, "instance": instance, "rule": rule, "error": error}
 
@@ -85,7 +89,8 @@ def describe_validation_errors(errors: list[dict]) -> str:
     """pydantic's error list → one readable line (field path and message, first few only)."""
     parts = []
     for err in errors[:3]:
-        loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body",))
+        # a loc part may be a key the client sent (an unknown field): quoted escaped and bounded
+        loc = ".".join(shown(p) for p in err.get("loc", ()) if p not in ("body",))
         msg = err.get("msg", "invalid")
         parts.append(f"{loc}: {msg}" if loc else msg)
     if len(errors) > 3:
