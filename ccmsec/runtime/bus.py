@@ -10,6 +10,12 @@ goes in the `Nats-Msg-Id` header (JetStream drops duplicate publishes) and handl
 they handled (a redelivery after a crash changes nothing). The publisher's trace id rides in the
 `Ccmsec-Trace-Id` header and is bound while the handler runs (`ccmsec.runtime.logs`).
 
+A consumer handles an event only from the stream whose settings it judged (BUS-2): each binding
+is proven once, right after it is made (`_prove`: the consumer, then the stream — created before the
+consumer and still there, so the one it reads), and events wait until then. A stream swapped for
+one that rewrites subjects between a check and a binding is caught before its first event, not at
+the next check.
+
 The bus heals (BUS-5): `check()` finds a lost stream (deleted, or NATS restarted without its
 store) or a lost durable consumer, recreates the stream and rebinds each consumer from just after
 its last-seen ack floor (from the last moment it was known to exist when the stream itself was made
@@ -175,6 +181,16 @@ class _Consumer:
     # delivered and not acknowledged, or not delivered yet — is rebound from there.
     ack_floor: int | None = None
     stream_created: object = None
+    # The stream this binding is proven to read from (`EventBus._prove`): until then no event of it
+    # is handled. `untrusted` is that stream's judgement, kept with the binding: a later judgement
+    # of another stream (the operator's restored one) says nothing about this one.
+    proven: asyncio.Event = field(default_factory=asyncio.Event)
+    untrusted: str = ""
+
+    def unproven(self) -> None:
+        """A new binding (subscribe or rebind): nothing of it is handled before it is proven."""
+        self.proven = asyncio.Event()
+        self.untrusted = ""
 
 
 class EventBus:
@@ -383,6 +399,21 @@ class EventBus:
             raise self._consumer_refused(durable, started) from None
 
         async def on_msg(msg):
+            if not consumer.proven.is_set():
+                # Bound a moment ago: wait until `_prove` knows which stream this is (a failed proof
+                # is tried again by the next check; a rebind cancels this wait with the old binding).
+                await consumer.proven.wait()
+            try:
+                meta = msg.metadata   # parsed from the reply subject: no round trip
+                stream, durable_of = meta.stream, meta.consumer
+            except Exception:   # not a JetStream delivery at all
+                stream = durable_of = "?"
+            if stream != STREAM or durable_of != consumer.durable:
+                log.error("dropping an event delivered by another stream or consumer",
+                          extra={"stream": str(stream)[:64], "consumer": str(durable_of)[:64],
+                                 "expected": consumer.durable, "rule": "BUS-2"})
+                EVENTS_HANDLED.labels("?", "refused").inc()
+                return   # not ours to acknowledge or end
             try:
                 event = events_pb2.Event.FromString(msg.data)
             except Exception:
@@ -391,8 +422,9 @@ class EventBus:
                 await msg.term()
                 return
             parsed, refusal = check_event(msg.subject, event)
-            if self.stream_untrusted:
-                refusal = f"the event stream {self.stream_untrusted}"
+            untrusted = consumer.untrusted or self.stream_untrusted
+            if untrusted:
+                refusal = f"the event stream {untrusted}"
             if refusal:
                 publisher = parsed.publisher if parsed else "?"
                 kind = parsed.kind if parsed else "?"
@@ -455,6 +487,42 @@ class EventBus:
         except nats.errors.TimeoutError:
             raise self._consumer_refused(durable, started) from None
         self._consumers.append(consumer)
+        problem = await self._prove(consumer)
+        if problem:  # its events wait; the watchdog's next check proves it again (or rebinds it)
+            log.warning("consumer %s not proven yet: %s", durable, problem, extra={"rule": "BUS-2"})
+
+    async def _prove(self, consumer: _Consumer) -> str:
+        """Prove which stream `consumer`'s binding reads, judge that stream, and let its events be
+        handled; "" when done, else why not (its events keep waiting).
+
+        The stream's settings are judged at connect and at each check, but a binding is made to
+        whatever stream is there at that moment: one swapped in between (deleted and made again
+        with a subject transform) fed forged events to a consumer until the next check. So each
+        binding is proven once: its consumer's info first (created at Tc, still pushing to our
+        subscription), then the stream's (created at Cs, judged). A stream created no later than
+        the consumer and still there afterwards existed the whole time, so the consumer was made on
+        it — a stream deleted takes its consumers with it, and a swap afterwards leaves this binding
+        with nothing more to deliver (the check rebinds, and proves, again). Two requests per
+        binding, none per event: an event only waits for its binding's proof, and each is checked,
+        from its reply subject alone, to come from this stream and consumer. (Times are the one
+        server's clock; a clustered JetStream would compare leaders' clocks.)"""
+        try:
+            info = await self.js.consumer_info(STREAM, consumer.durable)
+            stream = await self.js.stream_info(STREAM)
+        except NotFoundError:
+            return f"consumer {consumer.durable} or stream {STREAM} gone while it was being proven"
+        except Exception as exc:
+            return f"consumer {consumer.durable} not proven: {exc or type(exc).__name__}"
+        self._judge_stream(stream)
+        delivers_to = getattr(consumer.sub, "subject", None)
+        if info.config.deliver_subject != delivers_to:
+            return f"consumer {consumer.durable} pushes to another subscription than this one"
+        if stream.created is None or info.created is None or stream.created > info.created:
+            return (f"stream {STREAM} was made again after consumer {consumer.durable} was bound "
+                    "(it is gone with the old stream)")
+        consumer.untrusted = _untrusted(stream.config)
+        consumer.proven.set()
+        return ""
 
     def _consumer_refused(self, durable: str, since: float) -> BusError:
         """The error for a consumer request the server dropped: refused (BUS-6), or no answer."""
@@ -533,6 +601,10 @@ class EventBus:
                 consumer.seen_at = time.time()
                 consumer.ack_floor = int(getattr(info.ack_floor, "stream_seq", 0) or 0)
                 consumer.stream_created = self.stream_created
+                if not consumer.proven.is_set():  # its proof failed when it was bound: again
+                    problem = await self._prove(consumer)
+                    if problem:
+                        problems.append(problem)
                 continue
             except NotFoundError:
                 pass
@@ -542,6 +614,10 @@ class EventBus:
             try:
                 await self._rebind(consumer)
                 problems.append(f"consumer {consumer.durable} was missing (recreated)")
+                # Bound to whatever stream is there now, which need not be the one judged above.
+                problem = await self._prove(consumer)
+                if problem or consumer.untrusted:
+                    problems.append(problem or f"event stream {STREAM} {consumer.untrusted}")
             except Exception as exc:
                 problems.append(f"consumer {consumer.durable} missing and not recreated: {exc}")
         return "; ".join(problems)
@@ -553,6 +629,7 @@ class EventBus:
             except Exception:
                 pass
             consumer.sub = None
+        consumer.unproven()
         since = dt.datetime.fromtimestamp(consumer.seen_at - 2.0, dt.timezone.utc)
         if (consumer.ack_floor is not None and self.stream_created
                 and consumer.stream_created == self.stream_created):

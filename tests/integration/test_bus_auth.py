@@ -521,3 +521,106 @@ async def test_a_role_restarts_only_what_its_changes_require_BUS_2(bus_cluster):
             await b.close()
     assert handled == [legit.id]
     assert [r[:2] for r in refused] == [("capf", "service.restart")] and "may not restart" in refused[0][2]
+
+
+async def _swap_stream_and_forge(operator: EventBus, phone_sim: EventBus) -> events_pb2.Event:
+    """The stream swapped for one with a transform from phone-sim's `access.denied` to the CLI's
+    restart of callmanager, and a forged restart published through it at once."""
+    from nats.js.api import SubjectTransform
+
+    from ccmsec.runtime.bus import stream_config
+
+    await operator.js.delete_stream(STREAM)
+    forged_config = stream_config()
+    forged_config.subject_transform = SubjectTransform(
+        src="ccmsec.phone-sim.access.denied", dest="ccmsec.cli.service.restart.callmanager")
+    await phone_sim.js.add_stream(forged_config)
+    forged = make_event("service.restart", "cli", service_restart=events_pb2.ServiceRestart(
+        role="callmanager", rule="CHK-14", reason="forged"))
+    await phone_sim.js.publish("ccmsec.phone-sim.access.denied", forged.SerializeToString())
+    return forged
+
+
+async def test_a_consumer_bound_after_a_stream_swap_handles_no_forged_event_before_a_check_BUS_2(bus_cluster):
+    """BUS-2/BUS-5: the stream's settings were judged when the bus connected (and at each check,
+    every 2 s); a consumer bound in between — a service subscribing after its set-up, or a check
+    rebinding a lost consumer just after it judged the stream — was bound to whatever stream was
+    there then. Swapped for one with a transform, its forged event was handled before the next
+    check. Now a consumer handles nothing until it is proven bound to the stream that was judged."""
+    c = bus_cluster
+    operator, phone_sim = _operator(c), _bus(c, "phone-sim")
+    cm = _bus(c, "callmanager")
+    for b in (cm, operator, phone_sim):
+        await b.connect()            # cm judged the stream: trusted
+    handled, refused = [], []
+
+    async def handler(event):
+        handled.append(event.id)
+
+    try:
+        # 1. Swapped between connect and subscribe (a service's set-up takes its time).
+        forged = await _swap_stream_and_forge(operator, phone_sim)
+        await cm.subscribe(subject_for("service.restart", "callmanager"), "callmanager-restart", handler,
+                           on_refused=lambda *a: refused.append(a))
+        for _ in range(40):
+            if handled or refused:
+                break
+            await asyncio.sleep(0.05)
+        assert handled == [] and [r[:2] for r in refused] == [("cli", "service.restart")], forged.id
+    finally:
+        for b in (cm, operator, phone_sim):
+            await b.close()
+
+
+async def test_a_stream_swapped_while_a_check_rebinds_a_consumer_lets_no_forged_event_through_BUS_2(bus_cluster):
+    """The same swap landing inside a check, between its judgement of the stream and its rebinding
+    of the consumer the swap deleted: the consumer is bound to the swapped stream, and the forged
+    event must not be handled (it was, until the next check)."""
+    from ccmsec.runtime.bus import stream_config
+
+    c = bus_cluster
+    operator, phone_sim = _operator(c), _bus(c, "phone-sim")
+    cm = _bus(c, "callmanager")
+    for b in (cm, operator, phone_sim):
+        await b.connect()
+    handled, refused = [], []
+
+    async def handler(event):
+        handled.append(event.id)
+
+    try:
+        await cm.subscribe(subject_for("service.restart", "callmanager"), "callmanager-restart", handler,
+                           on_refused=lambda *a: refused.append(a))
+        assert await cm.check() == ""
+        await operator.js.delete_stream(STREAM)          # lost; cm's next check finds it missing ...
+        real_ensure = cm.ensure_stream
+        swapped = []
+
+        async def ensure_then_swapped():
+            made = await real_ensure()                   # ... and makes it again, trusted ...
+            # ... then, before the rebind, the swap
+            swapped.append(await _swap_stream_and_forge(operator, phone_sim))
+            return made
+
+        cm.ensure_stream = ensure_then_swapped
+        await cm.check()
+        cm.ensure_stream = real_ensure
+        for _ in range(40):
+            if handled or refused:
+                break
+            await asyncio.sleep(0.05)
+        assert swapped and handled == []
+        assert refused and refused[0][:2] == ("cli", "service.restart")
+        assert "subject_transform" in await cm.check()
+        # the operator restores the stream: events are handled again
+        await operator.js.delete_stream(STREAM)
+        await operator.js.add_stream(stream_config())
+        await cm.check()
+        assert await cm.check() == ""
+        legit = make_event("service.restart", "cli", service_restart=events_pb2.ServiceRestart(
+            role="callmanager", rule="CHK-14"))
+        await _bus_publish(c, "cli", legit, target="callmanager")
+        assert await _until(lambda: handled == [legit.id])
+    finally:
+        for b in (cm, operator, phone_sim):
+            await b.close()
