@@ -4,8 +4,9 @@ media channel of that device becomes a connection on the srtp-gateway, over gRPC
 
 OpenReceiveChannel → CreateConnection (inactive until the far end is known) and the gateway's
 port goes back in OpenReceiveChannelAck; StartMediaTransmission → ModifyConnection with the
-remote description (the phone's address and, with keys, one a=crypto carrying the key the phone
-encrypts with, i.e. the channel's receive block) and `send_key` = the transmit block (GW-1); a
+remote description (the phone's address, the RTP payload type of the call's codec — PCMU for
+G.711 µ-law, PCMA for A-law, the two the gateway offers — and, with keys, one a=crypto carrying
+the key the phone encrypts with, i.e. the channel's receive block) and `send_key` = the transmit block (GW-1); a
 channel without keys is an RTP connection (GW-2); CloseReceiveChannel → DeleteConnection (a
 channel closed while its CreateConnection is under way: deleted as soon as the gateway answers).
 The dialled number picks the telephone-network party behind the gateway.
@@ -19,6 +20,7 @@ from typing import Callable
 
 import grpc
 
+from ccmsec.aio.media import SCCP_G711
 from ccmsec.formats.sdp import SdpError, parse_sdp
 from ccmsec.media.gatewayleg import GatewayLegPlan
 from ccmsec.media.keys import to_proto
@@ -110,7 +112,10 @@ class GatewayLegs:
         try:
             await self._stub().ModifyConnection(pb.ModifyConnectionRequest(
                 endpoint=conn[2], connection_id=conn[0], call_id=conn[1], mode=pb.SENDRECV,
-                remote_sdp=plan.remote_sdp(channel.tx), change_security=True, srtp=srtp,
+                # the call's codec, as the phone was told it: the first description sets the
+                # gateway's (µ-law was always sent, so an A-law call got µ-law back)
+                remote_sdp=plan.remote_sdp(channel.tx, SCCP_G711.get(channel.codec, 0)),
+                change_security=True, srtp=srtp,
                 send_key=to_proto(gateway_send) if srtp else None), timeout=CONNECT_TIMEOUT)
         except (grpc.aio.AioRpcError, asyncio.TimeoutError) as exc:
             self._failed("modify connection", exc)

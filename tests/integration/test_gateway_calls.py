@@ -63,14 +63,15 @@ class LiveHarness(Harness):
                 return
 
 
-async def _call_through_gateway(cluster, *, phone_mode, number="5550102", frames=50, capture=False):
+async def _call_through_gateway(cluster, *, phone_mode, number="5550102", frames=50, capture=False,
+                                codecs=(4, 2)):
     transports = {A: DeviceTransport("encrypted", True, AES) if phone_mode is ENC else DeviceTransport("non-secure", False),
                   # the gateway: encryption configured on it, reached over mutual TLS (GW-4, CHK-12)
                   GW: DeviceTransport("encrypted", True, "TLS_AES_256_GCM_SHA384")}
     keys = CallKeySource(lambda: PairKeys(MasterKey.generate(), MasterKey.generate()), transports.get)
     h = LiveHarness(key_source=keys.key_source)
     legs = GatewayLegs(lambda: cluster.gw_channel, gateway="gw1", pump=h.pump)
-    pa = h.add(A, "1001", mode=phone_mode)
+    pa = h.add(A, "1001", mode=phone_mode, codecs=codecs)
     pg = h.add(GW, "5550000", mode=ENC, kind=EndpointKind.GATEWAY, model="MGCP gateway",
                route_pattern="555XXXX")
     port = await UdpPort.open()
@@ -91,7 +92,7 @@ async def _call_through_gateway(cluster, *, phone_mode, number="5550102", frames
     def phone_side(event):
         ch = getattr(event, "channel", None)
         if isinstance(event, OpenChannel):
-            port.rx_encryption = ch.rx_encryption
+            port.rx_encryption, port.codec = ch.rx_encryption, ch.codec
             audio["a"] = PortAudio(port, lambda: next(pcm, None), record=True, keep_sent=True)
             pa.channel_opened(ch.party_id, *port.local)
         elif isinstance(event, StartTransmit):
@@ -162,6 +163,24 @@ async def test_gw2_non_secure_phone_gets_an_rtp_leg(gw):
     [plan] = legs.plans.values()
     assert not plan.srtp and "GW-2" in plan.reason and "ENC-3" in keys.refusals[A]
     assert [c.security for c in pa.calls.values()] == [1]
+    pa.hang_up()
+    h.pump()
+    await legs.drain()
+    await wait_for(lambda: gw.gw_svc.gateway.connections == {}, 5)
+    port.close()
+
+
+async def test_call9_an_a_law_phone_talks_to_the_gateway_in_a_law(gw):
+    """The gateway offers G.711 µ-law and A-law; a phone that offers A-law only is told A-law and
+    the gateway is given PCMA in the remote description — before, it was always given PCMU, so the
+    phone heard µ-law it decoded as A-law."""
+    await gw.mixed()
+    h, keys, legs, port, audio, pa, cap = await _call_through_gateway(gw, phone_mode=NS, codecs=(2,))
+    assert {ch.codec for ch in pa.channels.values()} == {2}
+    from ccmsec.media import g711
+    heard = bytes(audio.recording)
+    said = b"".join(g711.alaw_decode(p) for p in audio.sent_payloads)
+    assert len(heard) >= 40 * 320 and heard in said and audio.counters()["refused"] == 0
     pa.hang_up()
     h.pump()
     await legs.drain()

@@ -100,3 +100,24 @@ def test_enc3_enc5_gw2_gw4_who_call_control_gives_keys_to():
     station = plane.callcontrol.calls.agent.stations[GATEWAY_DEVICE]
     station.profile = dataclasses.replace(station.profile, security_mode=DeviceSecurityMode.NON_SECURE)
     assert not may_receive_keys(plane._transport(GATEWAY_DEVICE))[0]  # encryption not configured on it
+
+
+async def test_call9_the_gateway_offers_g711_mu_law_and_a_law_to_the_call_agent():
+    """The gateway sends no CapabilitiesRes: the media plane tells the call agent what it speaks
+    (µ-law and A-law), so an A-law phone's call to it is set up in A-law, not refused for want
+    of a common codec (nor told µ-law)."""
+    from ccmsec_callmanager.calls import CallService
+    from ccmsec_callmanager.media_plane import GATEWAY_CODECS
+
+    calls = CallService("127.0.0.1")
+    calls.start()
+    plane = Plane(calls.agent)
+    plane.callcontrol = types.SimpleNamespace(calls=calls, registry=types.SimpleNamespace(entries={}))
+    plane.settings = types.SimpleNamespace(host="127.0.0.1", gateway_security="encrypted")
+    plane.spawn = lambda coro: coro.close()
+    await plane.setup_media_plane()
+    try:
+        assert calls.agent.stations[GATEWAY_DEVICE].codecs == GATEWAY_CODECS == (4, 2)
+    finally:
+        await plane.teardown_media_plane()
+        await calls.close()

@@ -27,6 +27,7 @@ from ccmsec.media.callkeys import CallKeySource, DeviceTransport, PairKeys
 from ccmsec.media.keys import from_proto
 from ccmsec.policy.calls import EndpointKind
 from ccmsec.runtime.settings import SettingsError
+from ccmsec.wire import sccp as s
 from ccmsec.wire.sccp_phone import CloseChannel, OpenChannel, StartTransmit, StopTransmit
 from ccmsec_proto import keymanager_pb2, keymanager_pb2_grpc, srtp_gateway_pb2, srtp_gateway_pb2_grpc
 
@@ -36,6 +37,8 @@ log = logging.getLogger("ccmsec.callmanager.media")
 
 GATEWAY_DEVICE = "GW1"
 GATEWAY_PATTERN = "555XXXX"
+# The srtp-gateway's telephone network speaks G.711 µ-law (PCMU) and A-law (PCMA) — SCCP 4 and 2.
+GATEWAY_CODECS = (4, 2)
 # The link to the gateway is gRPC over mutual TLS 1.3 (CHK-12): an encrypting channel for its keys.
 GATEWAY_LINK_CIPHER = "TLS_AES_256_GCM_SHA384"
 
@@ -83,6 +86,9 @@ class MediaPlaneMixin:
                                 lines=(LineConfig("5550000", label="telephone network"),),
                                 route_pattern=GATEWAY_PATTERN, auto_answer=True)
         calls.add_device(GatewayDevice(profile, self.settings.host, self.gateway_legs))
+        # CALL-9: what the gateway can speak (it sends no CapabilitiesRes of its own)
+        calls.capabilities(GATEWAY_DEVICE, s.CapabilitiesRes(
+            tuple(s.MediaCapability(c) for c in GATEWAY_CODECS), encryption_capable=self.gateway_srtp))
         self.spawn(self._prune_keys())
         self.spawn(self._ask_gateway())
 
