@@ -501,6 +501,38 @@ async def test_rst9_reset_event_reaches_the_phones_of_the_named_node_by_host_nam
         await publisher.close()
 
 
+async def test_a_socket_the_os_refuses_never_leaves_a_phone_stuck_mid_boot(lab):
+    """The OS refusing the web server's socket (EMFILE with thousands of phones) raised out of the
+    boot: the phone's task died with a traceback and the phone stayed in downloading-config for
+    ever. The web server is not needed to register (a soft failure says why); anything else
+    unexpected fails the boot visibly ('internal-error'), never a dead task."""
+    import errno
+
+    name = "SEP00112233001C"
+    lab.device(name, signed=False)
+    lab.image()
+    runner = lab.runner(lab.phone(name))
+    lab.runners.append(runner)
+
+    async def refused():
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    runner.web.start = refused
+    await runner.request_boot()
+    await until(lambda: runner.phone.state is State.REGISTERED)
+    assert runner.phone.web_address == ""
+    assert any("web-server-failed" in h and "Too many open files" in h for h in runner.phone.history)
+
+    async def broken():
+        raise RuntimeError("unexpected")
+
+    runner._register = broken
+    await runner.request_boot()
+    await until(lambda: runner.phone.state is State.FAILED)
+    assert runner.phone.last_failure == "internal-error" and "unexpected" in runner.phone.last_failure_reason
+    assert not runner.booting
+
+
 async def test_tftp_unreachable_is_a_visible_failure(lab):
     name = "SEP00112233000F"
     phone = lab.phone(name)

@@ -256,6 +256,11 @@ class PhoneRunner:
             self._enter(State.FAILED)
             log.info("phone %s failed: %s", p.name, failure)
             return "failed"
+        except Exception as exc:  # noqa: BLE001 — never a dead task with the phone stuck mid-boot
+            p.record_failure(BootFailure("internal-error", f"{type(exc).__name__}: {exc}"))
+            self._enter(State.FAILED)
+            log.error("phone %s failed: unexpected %s: %s", p.name, type(exc).__name__, exc)
+            return "failed"
 
     def _enter(self, state: State) -> None:
         self.phone.enter(state)
@@ -333,7 +338,11 @@ class PhoneRunner:
     # --- hardening (DEV-4) ------------------------------------------------------------------------
     async def _apply_hardening(self) -> None:
         if self.phone.web_server_enabled:
-            await self.web.start()
+            try:
+                await self.web.start()
+            except OSError as exc:  # e.g. out of file descriptors: the phone works without it
+                self._soft_failure(BootFailure("web-server-failed", f"the web server did not start: {exc}",
+                                               fatal=False))
             self.phone.web_address = self.web.address
         else:
             await self.web.stop()
