@@ -508,6 +508,36 @@ async def test_a_phone_entry_of_the_wrong_shape_is_skipped_and_the_rest_of_the_f
     assert [p.name for p in Fleet(tmp_path, Network("127.0.0.1", 9)).load()] == ["SEP00AA00BB0001"]
 
 
+async def test_an_image_signing_certificate_that_is_no_certificate_is_a_warning_not_a_dead_task(tmp_path, caplog):
+    """tftp-signer answering GetSigningCertificate with bytes that are no certificate: the
+    ValueError ended phone-sim's background task with a traceback. Now one warning; phones are
+    manufactured without the anchor (they verify images with their CTL)."""
+    import grpc
+
+    from ccmsec_phone_sim.main import PhoneSimService, PhoneSimSettings
+    from ccmsec_proto import common_pb2, tftp_signer_pb2_grpc
+
+    class Signer(tftp_signer_pb2_grpc.TftpSignerServicer):
+        async def GetSigningCertificate(self, request, context):  # noqa: N802
+            return common_pb2.Certificate(der=b"not a certificate")
+
+    server = grpc.aio.server()
+    tftp_signer_pb2_grpc.add_TftpSignerServicer_to_server(Signer(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        svc = PhoneSimService(PhoneSimSettings(service="phone-sim", data_dir=tmp_path,
+                                               peers={"tftp-signer": "127.0.0.1"}))
+        svc.peer_channel = lambda role: channel
+        await svc._fetch_image_anchor()
+        assert svc._image_anchors() == []
+        assert "is not a certificate" in caplog.text
+    finally:
+        await channel.close()
+        await server.stop(None)
+
+
 def test_a_start_error_is_one_line_and_exit_code_1(tmp_path):
     """`run_service` ends a StartError with its one line (exit 1), never a traceback."""
     import subprocess
