@@ -426,6 +426,17 @@ async def test_a_boot_requested_while_the_fleet_closes_leaves_no_phone_running(t
     assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("phone SEP0A0A") and not t.done()]
 
 
+def test_the_boot_back_off_stays_finite_however_long_the_phone_retries():
+    """Retrying for ever (a TFTP server away for a day at 60 s a try): from attempt 1026 on the
+    back-off's 2 ** n was too large for a float, and the OverflowError ended the phone's task."""
+    from ccmsec_phone_sim.boot import PhoneRunner
+    from ccmsec_phone_sim.phone import Phone
+
+    runner = PhoneRunner(Phone(name="SEP00AA00BB00FF", model="7960"), Network("127.0.0.1", 9))
+    for retries in (1, 2, 1025, 1026, 10**6):
+        assert 0 < runner.retry_delay(retries) <= runner.net.boot_retry_max
+
+
 # --- fuzzing: any bytes give a clean refusal ------------------------------------------------------
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

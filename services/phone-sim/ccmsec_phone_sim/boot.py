@@ -212,7 +212,9 @@ class PhoneRunner:
     def retry_delay(self, retries: int) -> float:
         """Back-off with jitter before boot attempt `retries` + 1 (issue: never failed for good)."""
         n = self.net
-        delay = min(n.boot_retry_max, n.boot_retry_base * 2 ** max(0, retries - 1))
+        # The exponent is capped: retrying for ever (boot_retry_attempts 0), 2 ** 1024 attempts on
+        # is too large for a float and the OverflowError ended the phone's task.
+        delay = min(n.boot_retry_max, n.boot_retry_base * 2 ** min(max(0, retries - 1), 64))
         return delay * (1 - n.retry_jitter * random.random())
 
     async def _wait_retry(self, retries: int) -> None:
