@@ -923,8 +923,9 @@ class CallAgent:
 
     # -- media ---------------------------------------------------------------------------------------
     def _offered(self, st: Station) -> tuple[int, ...]:
-        # A device that sent no CapabilitiesRes (gateway, CTI port, trunk) speaks the default.
-        return st.codecs or (self.settings.default_codec,)
+        # A device that sent no CapabilitiesRes (CTI port, trunk) speaks the default; one that
+        # sent an empty list offers nothing, so every call it would take part in is refused.
+        return st.codecs if st.codecs is not None else (self.settings.default_codec,)
 
     def _codec_for(self, stations: list[Station]) -> CodecChoice:
         """CALL-9 over these devices: the first codec of the first one's list that every other

@@ -53,7 +53,8 @@ class Station:
     registered_at: float
     legs: dict[int, "Leg"] = field(default_factory=dict)   # call reference -> leg
     hints: dict[int, int] = field(default_factory=dict)    # hint reference -> call id (shared line)
-    codecs: tuple[int, ...] = ()                           # CapabilitiesRes, in preference order
+    codecs: tuple[int, ...] | None = None                  # CapabilitiesRes, in preference order
+                                                           # (None: not sent; () offers nothing)
     srtp_capable: bool = False
     last_dialed: str = ""
     messages: int = 0

@@ -47,8 +47,9 @@ PHONES = {  # name: (directory numbers, codecs in CapabilitiesRes)
     "SEP0000000DC003": (["3203", "3290"], (G729, G711U)),  # BOTH: shares 3290
     "SEP0000000DC004": (["3204"], (G711U,)),            # U4
     "SEP0000000DC005": (["3205"], (G711U,)),            # U5
+    "SEP0000000DC006": (["3206"], ()),                  # NONE: a CapabilitiesRes with no codec
 }
-U1, G9, BOTH, U4, U5 = PHONES
+U1, G9, BOTH, U4, U5, NOCODEC = PHONES
 GW = "GW1"
 
 
@@ -257,3 +258,16 @@ async def test_a_malformed_enbloc_number_from_an_idle_phone_leaves_it_on_hook_an
     assert agent.ignored == ignored + 3
     assert lab.cc.calls.calls() == []
     await connected_call(lab, u4, u1, "3201")          # it rings, not busy
+
+
+async def test_call9_a_phone_that_offers_no_codec_is_refused_both_ways(lab):
+    """A CapabilitiesRes listing no codec offers nothing: before, it counted as 'not sent' and
+    the phone was told G.711 µ-law."""
+    u1, none = [await lab.phone(n) for n in (U1, NOCODEC)]
+    for caller, dn in ((none, "3201"), (u1, "3206")):
+        caller.act(caller.display.dial, dn)
+        await refused_with_reorder(caller)
+        caller.act(caller.display.hang_up)
+        await caller.wait_for(lambda d: not d.calls, what="cleared")
+    assert not u1.display.channels and not none.display.channels and lab.keys_taken == 0
+    assert lab.cc.calls.calls() == [] and lab.cc.calls.agent.codec_refusals == 2
