@@ -549,6 +549,28 @@ async def test_an_image_signing_certificate_that_is_no_certificate_is_a_warning_
         await server.stop(None)
 
 
+async def test_rst9_with_an_unreadable_endpoints_file_still_resets_by_the_node_name(tmp_path):
+    """An endpoints path that cannot be read (here a folder: IsADirectoryError, which the reader
+    does not absorb) made the RST-9 event handler raise; now the node is found by its name."""
+    import time
+
+    from ccmsec.cluster.state import endpoints_path
+    from ccmsec_phone_sim.main import PhoneSimService, PhoneSimSettings
+    from ccmsec_phone_sim.phone import State
+    from ccmsec_proto import events_pb2
+
+    endpoints_path(tmp_path).mkdir(parents=True)
+    svc = PhoneSimService(PhoneSimSettings(service="phone-sim", data_dir=tmp_path))
+    svc.fleet = Fleet(tmp_path / "phone-sim", Network("127.0.0.1", 9, tftp_timeout=5, tftp_retries=1))
+    (phone,) = await svc.fleet.add(1, "7960", "SEP0A0B")
+    runner = svc.fleet.runners[phone.name]
+    phone.state, phone.registered_address = State.REGISTERED, "127.0.0.1"  # as registered to localhost
+    await svc.on_device_reset(events_pb2.Event(id="r", occurred_unix_ms=int(time.time() * 1000),
+                                               device_reset=events_pb2.DeviceReset(server="localhost")))
+    assert runner._task is not None   # the phone reboots
+    await svc.fleet.close()
+
+
 def test_a_start_error_is_one_line_and_exit_code_1(tmp_path):
     """`run_service` ends a StartError with its one line (exit 1), never a traceback."""
     import subprocess

@@ -290,8 +290,12 @@ class PhoneSimService(Service):
         elif reset.server:
             # RST-9 names a node: its phones are those whose connection reached the node's
             # addresses (nodes.py), whatever name or address their configuration gave it.
-            addresses = await node_addresses(reset.server, endpoints=read_endpoints(self.settings.data_dir),
-                                             peers=self.settings.peers)
+            try:
+                endpoints = read_endpoints(self.settings.data_dir)
+            except OSError as exc:  # unreadable (a folder, permissions): the node's name still resolves
+                self.log.warning("device reset: cannot read the endpoints file: %s", exc)
+                endpoints = None
+            addresses = await node_addresses(reset.server, endpoints=endpoints, peers=self.settings.peers)
             runners = [r for r in self.fleet.powered() if r.phone.registered_address
                        and normalise_ip(r.phone.registered_address) in addresses]
         else:
