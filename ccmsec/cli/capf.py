@@ -22,6 +22,7 @@ from ccmsec.cli.common import (
 )
 from ccmsec.domain import CapfAuthMode, CapfOperation, DomainError
 from ccmsec.cluster.state import read_endpoints
+from ccmsec.textsafe import shown
 
 KEYS = ("rsa1024", "rsa2048", "rsa4096", "ec256")
 CALL_TIMEOUT = 15.0
@@ -46,7 +47,7 @@ def parse_deadline(text: str, now: dt.datetime | None = None) -> dt.datetime:
             return dt.datetime.combine(day, dt.time(23, 59, 59), dt.timezone.utc)
         value = dt.datetime.fromisoformat(text.strip())
     except ValueError:
-        raise CliError(f"bad --by date {text!r}: use YYYY-MM-DD, YYYY-MM-DDTHH:MM[:SS][+HH:MM] "
+        raise CliError(f"bad --by date '{shown(text)}': use YYYY-MM-DD, YYYY-MM-DDTHH:MM[:SS][+HH:MM] "
                        "or +N followed by m, h or d") from None
     return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
 
@@ -317,7 +318,7 @@ def _export_csrs(args) -> int:
         raise CliError(f"{out} exists and is not a directory")
     for entry in reply.csrs:
         if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", entry.device) or entry.device.startswith("."):
-            raise CliError(f"refusing to write a file for the device name {entry.device!r}")
+            raise CliError(f"refusing to write a file for the device name '{shown(entry.device)}'")
         pem = x509.load_der_x509_csr(entry.csr_der).public_bytes(serialization.Encoding.PEM)
         atomic_write(out / f"{entry.device}.csr", pem)
         print(f"wrote {out / (entry.device + '.csr')} (operation {entry.operation_id})")

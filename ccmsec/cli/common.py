@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import platformdirs
+from ccmsec.textsafe import shown
 
 MAX_PASSWORD = 1024  # bytes read from a pipe; longer input is not a password
 MAX_PASSWORD_FILE = 64 * 1024  # bytes of a --password-file; a bigger file is not a password file
@@ -80,10 +81,10 @@ def seconds(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+        raise argparse.ArgumentTypeError(f"'{shown(text)}' is not a number of seconds") from None
     if not math.isfinite(value) or not 0 < value <= MAX_SECONDS:
         raise argparse.ArgumentTypeError(
-            f"{text!r}: give a number of seconds above 0, at most {MAX_SECONDS:g}")
+            f"'{shown(text)}': give a number of seconds above 0, at most {MAX_SECONDS:g}")
     return value
 
 
@@ -108,7 +109,7 @@ def int_in(low: int, high: int = INT32_MAX):
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+            raise argparse.ArgumentTypeError(f"'{shown(text)}' is not a whole number") from None
         if not low <= value <= high:
             raise argparse.ArgumentTypeError(f"{text}: give a number from {low} to {high}")
         return value

@@ -36,6 +36,7 @@ from ccmsec.cli.common import CliError
 from ccmsec.cluster import compose
 from ccmsec.db.roles import scram_verifier, uses_database
 from ccmsec.fsutil import atomic_write
+from ccmsec.textsafe import shown
 
 
 def project_root() -> Path:
@@ -150,7 +151,7 @@ def _init(args) -> int:
     subscribers = args.subscriber or []
     for node in subscribers:
         if not SUBSCRIBER_NAME.fullmatch(node):
-            raise CliError(f"--subscriber {node!r}: a call-control subscriber is named callmanager-subN")
+            raise CliError(f"--subscriber '{shown(node)}': a call-control subscriber is named callmanager-subN")
     if subscribers and "callmanager" not in roles:
         raise CliError("--subscriber: call-control subscribers need the callmanager role (--role callmanager)")
     try:

@@ -19,6 +19,7 @@ from ccmsec.domain import ClusterMode
 from ccmsec.formats.ctl import (
     CtlFormatError, SignatureError, ctl_dict, format_ctl, parse_ctl, verify_ctl,
 )
+from ccmsec.textsafe import shown
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -159,7 +160,7 @@ def add_update(actions: argparse._SubParsersAction) -> None:
 def _provider_address(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise CliError(f"--provider {text!r}: expected HOST:PORT")
+        raise CliError(f"--provider '{shown(text)}': expected HOST:PORT")
     return host, int(port)
 
 

@@ -16,6 +16,7 @@ import argparse
 from pathlib import Path
 
 from ccmsec.cli.common import CliError, add_data_option, add_json_option, data_dir, json_output, print_json
+from ccmsec.textsafe import shown
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -62,7 +63,7 @@ def cmd_issue(args: argparse.Namespace) -> int:
         try:
             ipaddress.ip_address(address)
         except ValueError:
-            raise CliError(f"--ip {address!r} is not an IP address") from None
+            raise CliError(f"--ip '{shown(address)}' is not an IP address") from None
     d = data_dir(args, local=True)
     try:
         if role == "cli":
@@ -92,7 +93,7 @@ def cmd_nats_config(args: argparse.Namespace) -> int:
 
     host, _, port = args.listen.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise CliError(f"--listen {args.listen!r} is not HOST:PORT")
+        raise CliError(f"--listen '{shown(args.listen)}' is not HOST:PORT")
     try:
         text = pki.nats_config(data_dir(args, local=True), args.folders, listen=args.listen, store_dir=args.store,
                                server_name=args.name)

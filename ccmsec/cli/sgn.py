@@ -28,6 +28,7 @@ from ccmsec.formats.ctl import (
     verify_ctl,
 )
 from ccmsec.formats.sgn import MAX_SGN_SIZE, SignedFile, parse_sgn, verify_sgn
+from ccmsec.textsafe import shown
 
 MAX_CERT_FILE = 1024 * 1024
 PREVIEW_BYTES = 2048
@@ -143,8 +144,8 @@ def _same_serial(signed: SignedFile, cert: x509.Certificate) -> bool:
 def check(signed: SignedFile, args: argparse.Namespace) -> str:
     """Verify against the given certificates; returns a one-line verdict or raises CliError."""
     if args.name is not None and signed.header.file_name != args.name:
-        raise CliError(f"{args.file}: signed under the name {signed.header.file_name!r}, not "
-                       f"{args.name!r}; a phone refuses it (AUTH-5)")
+        raise CliError(f"{args.file}: signed under the name '{shown(signed.header.file_name)}', not "
+                       f"'{shown(args.name)}'; a phone refuses it (AUTH-5)")
     candidates, not_file_signers = _candidates(args)
     matching = [c for c in candidates if _same_serial(signed, c.certificate)]
     if not matching:

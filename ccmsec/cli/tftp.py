@@ -20,6 +20,7 @@ from ccmsec.cli.common import (
     proto_json, seconds,
 )
 from ccmsec.domain import ClusterMode
+from ccmsec.textsafe import shown
 
 ROLE = "tftp-signer"
 
@@ -127,7 +128,7 @@ def cmd_get(args) -> int:
     if args.blksize is not None and not MIN_BLKSIZE <= args.blksize <= MAX_BLKSIZE:
         raise CliError(f"--blksize must be {MIN_BLKSIZE}..{MAX_BLKSIZE}")
     if not args.name or not args.name.isascii() or "\0" in args.name:
-        raise CliError(f"TFTP file names are ASCII text, not {args.name!r}", EXIT_USAGE)
+        raise CliError(f"TFTP file names are ASCII text, not '{shown(args.name)}'", EXIT_USAGE)
     _, svc = _endpoint(args)
     port = svc.get("tftp_port", 69)
     try:

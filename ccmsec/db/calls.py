@@ -18,6 +18,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from ccmsec.db.base import Base
 from ccmsec.db.devices import MAX_DEVICE_NAME, utcnow
 from ccmsec.db.lines import validate_dn
+from ccmsec.textsafe import shown
 
 MAX_SPEED_DIALS = 42
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -29,14 +30,14 @@ class InvalidCallConfig(ValueError):
 
 def validate_name(what: str, name: str) -> str:
     if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise InvalidCallConfig(f"{what} {name!r}: 1-64 of letters, digits, '_.-'")
+        raise InvalidCallConfig(f"{what} '{shown(name)}': 1-64 of letters, digits, '_.-'")
     return name
 
 
 def validate_label(label: str, size: int = 40) -> str:
     if not isinstance(label, str) or len(label) > size or not label.isascii() \
             or not label.isprintable():
-        raise InvalidCallConfig(f"label {label!r}: at most {size} printable ASCII characters")
+        raise InvalidCallConfig(f"label '{shown(label)}': at most {size} printable ASCII characters")
     return label
 
 

@@ -40,6 +40,7 @@ from ccmsec.runtime.database import sync_sqlite_engine
 from ccmsec.domain import CapfAuthMode
 from ccmsec.domain import CapfOperation as Operation  # this module's CapfOperation is the table
 from ccmsec.wire.capf import AuthCheck, KeySpec, OperationLookup, ScheduledOperation
+from ccmsec.textsafe import shown
 
 OPERATIONS = Operation.choices()
 AUTH_MODES = CapfAuthMode.choices()
@@ -239,9 +240,9 @@ async def schedule_operation(
     """Schedule a CAPF operation; it replaces any unfinished one for the device. `also(session,
     op_id)` adds to the same transaction (the owner's audit record and events, in its outbox)."""
     if operation not in OPERATIONS:
-        raise ValueError(f"unknown CAPF operation {operation!r} (one of {', '.join(OPERATIONS)})")
+        raise ValueError(f"unknown CAPF operation '{shown(operation)}' (one of {', '.join(OPERATIONS)})")
     if auth_mode not in AUTH_MODES:
-        raise ValueError(f"unknown CAPF auth mode {auth_mode!r} (one of {', '.join(AUTH_MODES)})")
+        raise ValueError(f"unknown CAPF auth mode '{shown(auth_mode)}' (one of {', '.join(AUTH_MODES)})")
     KeySpec.parse(key_type)
     if auth_mode == "string":
         if auth_string is None or not AUTH_STRING.match(auth_string):
@@ -249,7 +250,7 @@ async def schedule_operation(
         stored_hash: str | None = await asyncio.to_thread(hash_auth_string, auth_string)
     else:
         if auth_string is not None:
-            raise ValueError(f"an auth string only goes with auth mode 'string', not {auth_mode!r}")
+            raise ValueError(f"an auth string only goes with auth mode 'string', not '{shown(auth_mode)}'")
         stored_hash = None
     now = utcnow()
     async with factory() as s, s.begin():
@@ -621,7 +622,7 @@ class SqlCapfStore:
 
     async def mark_done(self, op_id: int, outcome: str, certificate_der: bytes | None = None) -> None:
         if outcome not in ("installed", "fetched", "deleted"):
-            raise ValueError(f"unknown CAPF outcome {outcome!r}")
+            raise ValueError(f"unknown CAPF outcome '{shown(outcome)}'")
         now = self.clock()
         serial = fingerprint = None
         if certificate_der is not None and outcome != "installed":  # installed: the row exists already

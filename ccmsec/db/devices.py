@@ -16,6 +16,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from ccmsec.db.base import Base, table_exists
 from ccmsec.domain import ClusterMode, DeviceSecurityMode
+from ccmsec.textsafe import shown
 
 DEVICE_MODELS = ("7970", "7960", "7940", "7912", "7910", "7905G", "7902")
 SECURITY_MODES = DeviceSecurityMode.choices()  # DEV-1
@@ -46,11 +47,11 @@ def validate_device_name(name: str) -> str:
     if name[:3].upper() == "SEP":
         if not _SEP_NAME.fullmatch(name):
             raise InvalidDeviceName(
-                f"device name {name!r}: SEP names are 'SEP' + 12 uppercase hex digits (the MAC)"
+                f"device name '{shown(name)}': SEP names are 'SEP' + 12 uppercase hex digits (the MAC)"
             )
         return name
     if not _OTHER_NAME.fullmatch(name):
-        raise InvalidDeviceName(f"device name {name!r}: only letters, digits, '_' and '-' allowed")
+        raise InvalidDeviceName(f"device name '{shown(name)}': only letters, digits, '_' and '-' allowed")
     return name
 
 

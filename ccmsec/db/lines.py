@@ -16,6 +16,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from ccmsec.db.base import Base
 from ccmsec.db.devices import MAX_DEVICE_NAME, as_utc, utcnow
+from ccmsec.textsafe import shown
 
 MAX_LINES_PER_DEVICE = 34  # a 7970 with expansion modules has at most this many line buttons
 MAX_CM_GROUP = 3  # primary, secondary, tertiary CallManager
@@ -36,7 +37,7 @@ def validate_dn(dn: str) -> str:
 
 def validate_pool_name(name: str) -> str:
     if not isinstance(name, str) or not _POOL.fullmatch(name):
-        raise InvalidLineOrPool(f"device pool name {name!r}: 1-64 of letters, digits, ' _.-'")
+        raise InvalidLineOrPool(f"device pool name '{shown(name)}': 1-64 of letters, digits, ' _.-'")
     return name
 
 
@@ -47,7 +48,7 @@ def validate_cm_group(hosts: list[str]) -> list[str]:
         raise InvalidLineOrPool(f"a CallManager group holds at most {MAX_CM_GROUP} servers")
     for host in hosts:
         if not _HOST.fullmatch(host):
-            raise InvalidLineOrPool(f"CallManager {host!r} is not a host name or address")
+            raise InvalidLineOrPool(f"CallManager '{shown(host)}' is not a host name or address")
     if len(set(hosts)) != len(hosts):
         raise InvalidLineOrPool("a CallManager group lists a server twice")
     return hosts

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from ccmsec.db.base import Base
 from ccmsec.db.devices import as_utc, utcnow
+from ccmsec.textsafe import shown
 
 _NAME = re.compile(r"[A-Za-z0-9.:_-]{1,64}")
 MAX_CERTIFICATE = 16 * 1024
@@ -32,7 +33,7 @@ class InvalidSrstReference(ValueError):
 
 def validate_reference_name(name: str) -> str:
     if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise InvalidSrstReference(f"SRST reference name {name!r}: 1-64 of letters, digits, '.:_-'")
+        raise InvalidSrstReference(f"SRST reference name '{shown(name)}': 1-64 of letters, digits, '.:_-'")
     return name
 
 

@@ -404,6 +404,12 @@ async def test_errors_quote_huge_or_nasty_input_escaped_and_bounded(stack):
     assert body["instance"].isprintable(), body
     body = assert_json_error(await admin.get("/api/v1/" + "z" * 20_000), 404)
     assert len(body["detail"]) < 400 and "more characters)" in body["detail"], body["detail"][:300]
+    # a validator's refusal quotes the value cut, and still says what a valid one is
+    for name in ("p" * 10_000, "p%1b[2J"):
+        body = assert_json_error(await admin.patch(f"/api/v1/pools/{name}", json={"srst": ""}), 422)
+        assert body["detail"].startswith("device pool name 'p") and len(body["detail"]) < 300, body
+        assert body["detail"].endswith("': 1-64 of letters, digits, ' _.-'"), body
+        assert body["detail"].isascii() and body["detail"].isprintable(), body
     from sqlalchemy import select
 
     from ccmsec.db.admin import AuditEntry

@@ -633,6 +633,12 @@ async def test_reset_request_validation(cm):
             await cm.stub.GetResetProgress(pb.ResetProgressRequest(request_id=bad), timeout=5)
         assert err.value.code() == grpc.StatusCode.NOT_FOUND, err.value
         assert err.value.details() == f"no reset request '{quoted}' on callmanager"
+    # a validator's refusal quotes the bad value cut and still says what a valid one is
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await cm.stub.AddDevicePool(pb.DevicePool(name="P" * 100_000, cm_group=["cm1"]), timeout=5)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value
+    assert err.value.details() == ("device pool name '" + "P" * 80 + "...(99920 more characters)': "
+                                   "1-64 of letters, digits, ' _.-'")
     # a name that is no device (a typo): refused, as by the API, not "reset requested for 1"
     await cm.add_device("SEP0000000E0050")
     with pytest.raises(grpc.aio.AioRpcError) as err:

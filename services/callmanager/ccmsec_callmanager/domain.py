@@ -49,6 +49,7 @@ from ccmsec.runtime.outbox import DELIVERY_WAIT, OutboxRelay, stage
 from ccmsec_proto import events_pb2
 
 from .cluster_state import ClusterState, ClusterStateFollower, ClusterStateUnknown
+from ccmsec.textsafe import shown
 
 log = logging.getLogger("ccmsec.callmanager.domain")
 
@@ -599,7 +600,7 @@ class CallManagerDomain:
         if bool(device) == bool(pool):
             raise OwnerRefused("invalid", "name exactly one device or one device pool")
         if softkey_set and softkey_set not in SOFTKEY_SETS:
-            raise OwnerRefused("invalid", f"unknown softkey set {softkey_set!r} "
+            raise OwnerRefused("invalid", f"unknown softkey set '{shown(softkey_set)}' "
                                           f"(known: {', '.join(sorted(SOFTKEY_SETS))})")
         try:
             target = validate_device_name(device) if device else validate_pool_name(pool)

@@ -25,6 +25,7 @@ from .activation import NOT_ACTIVATED
 from .parameters import CapfParameters, ParameterError, Scope, load_parameters
 from .devices import DevicesUnavailable
 from .scheduling import ScheduleRefused, ScheduleRequest
+from ccmsec.textsafe import shown
 
 if TYPE_CHECKING:
     from .main import CapfService
@@ -112,7 +113,7 @@ class CapfServicer(StatusServicerMixin, capf_pb2_grpc.CapfServicer):
         except DevicesUnavailable as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         if not known:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown device {device!r}")
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown device '{shown(device)}'")
 
     async def GetOperations(self, request, context):  # noqa: N802
         svc = self.service

@@ -42,6 +42,7 @@ from .audit import new_entry
 from . import schemas
 from .errors import ApiError, body_schema, read_json
 from .pagination import cursor_query, decode_cursor, limit_query, page
+from ccmsec.textsafe import shown
 
 ADMIN_USER = "admin"
 PASSWORD_FILE = "admin-password"
@@ -134,9 +135,9 @@ async def create_account(sessionmaker: async_sessionmaker, username: str, passwo
                          role: str) -> AdminAccount:
     """Add an account (raises ValueError for a bad name, role or password, or a taken name)."""
     if not re.fullmatch(USERNAME_PATTERN, username):
-        raise ValueError(f"bad user name {username!r} (letters, digits, '_', '.', '-'; 1-64)")
+        raise ValueError(f"bad user name '{shown(username)}' (letters, digits, '_', '.', '-'; 1-64)")
     if role not in ROLES:
-        raise ValueError(f"unknown role {role!r} (one of {', '.join(ROLES)})")
+        raise ValueError(f"unknown role '{shown(role)}' (one of {', '.join(ROLES)})")
     if not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
         raise ValueError(f"password must be {MIN_PASSWORD}-{MAX_PASSWORD} characters")
     account = AdminAccount(username=username, role=role,
@@ -147,7 +148,7 @@ async def create_account(sessionmaker: async_sessionmaker, username: str, passwo
             await session.flush()
             session.expunge(account)  # usable after the session closes
     except IntegrityError:
-        raise ValueError(f"account {username!r} already exists") from None
+        raise ValueError(f"account '{shown(username)}' already exists") from None
     return account
 
 
@@ -345,5 +346,5 @@ async def add_account(request: Request, _: Principal = Depends(require_admin)) -
             await session.flush()
             result = account.to_dict()
     except IntegrityError:
-        raise ApiError(409, f"account {body.username!r} already exists") from None
+        raise ApiError(409, f"account '{shown(body.username)}' already exists") from None
     return result

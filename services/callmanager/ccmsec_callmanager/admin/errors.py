@@ -102,7 +102,7 @@ async def read_json(request: Request, model: type[ModelT]) -> ModelT:
     """Read and validate a JSON body (called after authentication, so anonymous input is not parsed)."""
     ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
     if ctype != "application/json":
-        raise ApiError(415, f"content type must be application/json, not {ctype!r}")
+        raise ApiError(415, f"content type must be application/json, not '{shown(ctype)}'")
     raw = await request.body()
     if not raw:
         raise ApiError(422, "request body is empty (JSON object expected)")
