@@ -271,3 +271,27 @@ async def test_call9_a_phone_that_offers_no_codec_is_refused_both_ways(lab):
         await caller.wait_for(lambda d: not d.calls, what="cleared")
     assert not u1.display.channels and not none.display.channels and lab.keys_taken == 0
     assert lab.cc.calls.calls() == [] and lab.cc.calls.agent.codec_refusals == 2
+
+
+@pytest.mark.parametrize("feature", ["transfer", "conference"])
+async def test_call9_a_transfer_or_conference_without_a_common_codec_is_refused_both_calls_stay(lab, feature):
+    """G9 (G.729 only) talks to BOTH in G.729; BOTH consults U1 (G.711 only) and completes a
+    transfer (G9 to U1: nothing in common) or a conference (the bridge mixes G.711 µ-law, which G9
+    does not offer). Refused as a whole: BOTH reads why, both calls keep their parties, codecs and
+    channels — before, G9 was told to use G.711 µ-law."""
+    g9, both, u1 = [await lab.phone(n) for n in (G9, BOTH, U1)]
+    await connected_call(lab, g9, both, "3203")
+    both.act(getattr(both.display, feature))
+    await both.wait_for(in_state(CS.OFF_HOOK), what="the consultation's dial tone")
+    await connected_call(lab, both, u1, "3201")
+    before = {v.id: (v.codec, sorted(lg.device for lg in v.legs)) for v in lab.cc.calls.calls()}
+    assert sorted(before.values()) == [(G711U, sorted([BOTH, U1])), (G729, sorted([BOTH, G9]))]
+    events(lab, "refused")
+    both.act(getattr(both.display, feature))
+    await both.wait_for(lambda d: "No common codec" in d.notifications, what="the refusal shown")
+    (refused,) = events(lab, "refused")
+    assert refused.detail.startswith("CALL-9") and G9 in refused.detail
+    after = {v.id: (v.codec, sorted(lg.device for lg in v.legs)) for v in lab.cc.calls.calls()}
+    assert after == before and lab.cc.calls.agent.codec_refusals == 1
+    assert {ch.codec for ch in g9.display.channels.values()} == {G729}
+    assert {ch.codec for ch in u1.display.channels.values()} == {G711U}
