@@ -154,7 +154,9 @@ class CallControlSelector:
     # --- decisions ---------------------------------------------------------------------------------
     def backoff(self, passes: int) -> float:
         s = self.settings
-        wait = min(s.retry_max, s.retry_base * (2 ** max(0, passes - 1)))
+        # The exponent is capped: after ~1,000 failed passes (about 1.4 h at a 5 s cap) 2**n made
+        # the float product overflow and the phone's failover task died for good.
+        wait = min(s.retry_max, s.retry_base * (2 ** min(max(0, passes - 1), 62)))
         return wait * (1 - s.jitter * self._random())
 
     def next_attempt(self, now: float) -> Attempt:

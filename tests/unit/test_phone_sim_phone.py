@@ -571,6 +571,26 @@ async def test_rst9_with_an_unreadable_endpoints_file_still_resets_by_the_node_n
     await svc.fleet.close()
 
 
+@pytest.mark.parametrize("endpoints", [None, b'{"services": {"tftp-signer": {"tftp_port": "x"}}}',
+                                       b'{"services": ["tftp-signer"]}',
+                                       b'{"services": {"tftp-signer": {"tftp_port": 70000}}}'])
+def test_tftp_port_from_an_unreadable_or_foreign_endpoints_file_falls_back_to_the_setting(tmp_path, endpoints):
+    """The endpoints file names tftp-signer's port; one that cannot be read (a folder) or holds no
+    port stopped phone-sim's start with a traceback — now the configured port is used."""
+    from ccmsec.cluster.state import endpoints_path
+    from ccmsec_phone_sim.main import PhoneSimService, PhoneSimSettings
+
+    path = endpoints_path(tmp_path)
+    if endpoints is None:
+        path.mkdir(parents=True)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(endpoints)
+    svc = PhoneSimService(PhoneSimSettings(service="phone-sim", data_dir=tmp_path, tftp_port=6969,
+                                           peers={"tftp-signer": "127.0.0.1"}))
+    assert svc.tftp_address() == ("127.0.0.1", 6969)
+
+
 def test_a_start_error_is_one_line_and_exit_code_1(tmp_path):
     """`run_service` ends a StartError with its one line (exit 1), never a traceback."""
     import subprocess

@@ -42,6 +42,14 @@ def test_boot_tries_the_list_in_order_then_backs_off_with_jitter_LATER_7():
     assert sel.next_attempt(now).not_before == 4.0   # capped at retry_max (8) * (1 - 0.5)
 
 
+def test_backoff_after_very_many_failed_passes_stays_at_the_cap():
+    sel = CallControlSelector([CM1], FailoverSettings(retry_base=1.0, retry_max=5.0, jitter=0.0))
+    assert sel.backoff(2_000) == 5.0 and sel.backoff(10**6) == 5.0
+    for _ in range(2_000):   # a phone that keeps failing for hours keeps retrying at the cap
+        sel.attempt_failed(sel.next_attempt(0.0).index, 0.0)
+    assert sel.next_attempt(0.0).not_before == 5.0
+
+
 def test_jitter_spreads_a_fleet():
     waits = {CallControlSelector([CM1], FailoverSettings(retry_base=10, retry_max=10, jitter=0.5),
                                  random=lambda r=r: r).backoff(1) for r in (0.0, 0.3, 0.9)}

@@ -187,9 +187,17 @@ class PhoneSimService(Service):
         self._anchors: list[x509.Certificate] | None = None
 
     def tftp_address(self) -> tuple[str, int]:
-        endpoints = read_endpoints(self.settings.data_dir) or {}
-        peer = endpoints.get("services", {}).get("tftp-signer", {})
-        return self.settings.peer_host("tftp-signer"), int(peer.get("tftp_port") or self.settings.tftp_port)
+        try:
+            endpoints = read_endpoints(self.settings.data_dir) or {}
+        except OSError as exc:  # unreadable (a folder, permissions): the configured port still works
+            self.log.warning("tftp-signer's port: cannot read the endpoints file: %s", exc)
+            endpoints = {}
+        services = endpoints.get("services")
+        peer = services.get("tftp-signer") if isinstance(services, dict) else None
+        port = peer.get("tftp_port") if isinstance(peer, dict) else None
+        if not (isinstance(port, int) and not isinstance(port, bool) and 0 < port < 65536):
+            port = self.settings.tftp_port   # absent or not a port (a torn or foreign file)
+        return self.settings.peer_host("tftp-signer"), port
 
     def status_details(self) -> dict[str, str]:
         if self.fleet is None:
