@@ -422,6 +422,9 @@ class CallAgent:
             else:
                 self._fail(leg, Tone.REORDER, "Unknown Number", now)
             return
+        # The number as matched: an en-bloc "3204#" ends with the '#' that only says "no more
+        # digits" — offered as dialled it found no appearance ("Temp Fail").
+        digits = match.dn or digits.rstrip("#")
         leg.station.last_dialed = digits
         self._place(leg, digits, match, now)
 

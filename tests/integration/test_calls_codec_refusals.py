@@ -295,3 +295,12 @@ async def test_call9_a_transfer_or_conference_without_a_common_codec_is_refused_
     assert after == before and lab.cc.calls.agent.codec_refusals == 1
     assert {ch.codec for ch in g9.display.channels.values()} == {G729}
     assert {ch.codec for ch in u1.display.channels.values()} == {G711U}
+
+
+async def test_an_enbloc_number_ending_in_hash_calls_that_number(lab):
+    """'#' ends dialling; en bloc ("3204#") it reached the dial plan, which matched 3204, but the
+    call was offered to "3204#" — no appearance, so the caller got reorder ("Temp Fail")."""
+    u1, u4 = [await lab.phone(n) for n in (U1, U4)]
+    await connected_call(lab, u1, u4, "3204#")
+    (view,) = lab.cc.calls.calls()
+    assert view.called == "3204" and lab.cc.calls.agent.stations[U1].last_dialed == "3204"
