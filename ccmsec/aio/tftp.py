@@ -215,6 +215,7 @@ class TftpServer:
         self._sessions: dict[tuple, asyncio.Task[None]] = {}
         self._per_source: dict[str, int] = {}  # client address -> transfers running
         self.refused_per_source = 0
+        self.dropped_port_zero = 0  # requests from UDP source port 0: nothing can be sent back
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
@@ -325,6 +326,12 @@ class TftpServer:
             log.debug("tftp: reply to %s not sent: %s", addr, exc)
 
     def _on_request(self, data: bytes, addr: tuple, local: tuple[str, int] | None = None) -> None:
+        if addr[1] == 0:
+            # No datagram can be delivered to port 0: a transfer would hold a slot (of the server's
+            # and of this address's) for the whole retry period, and an error reply goes nowhere.
+            self.dropped_port_zero += 1
+            log.debug("tftp: request from %s port 0 dropped", addr[0])
+            return
         try:
             packet = parse_packet(data)
         except TftpPacketError as exc:

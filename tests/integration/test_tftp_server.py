@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import struct
 
 import pytest
 
@@ -412,3 +413,30 @@ def test_the_local_address_to_answer_from_is_never_a_broadcast_or_multicast_one(
     assert _local_address(v6("ff02::1"), socket.AF_INET6) is None
     assert _local_address([], socket.AF_INET) is None
     assert _local_address([(socket.IPPROTO_IP, _IP_PKTINFO, b"\0" * 4)], socket.AF_INET) is None  # short: ignored
+
+
+def _udp_from_port_zero(payload: bytes, dst: tuple[str, int]) -> None:
+    """Send one UDP datagram with source port 0 over loopback (a raw socket: no UDP socket can)."""
+    try:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP)
+    except PermissionError:
+        pytest.skip("raw sockets need CAP_NET_RAW")
+    with sock:
+        header = struct.pack("!HHHH", 0, dst[1], 8 + len(payload), 0)  # checksum 0: none (IPv4)
+        sock.sendto(header + payload, (dst[0], 0))
+
+
+async def test_a_request_from_source_port_zero_is_dropped_without_taking_a_transfer_slot():
+    """Nothing can be delivered to UDP port 0: such a request would hold a transfer slot (and one
+    of its address's) for the whole retry period. It is dropped and counted; others are served."""
+    async with TftpServer("127.0.0.1", 0, resolve, timeout=0.5, retries=5,
+                          max_sessions=4, max_sessions_per_source=1) as srv:
+        _udp_from_port_zero(t.encode_rrq("big"), srv.address)
+        for _ in range(100):
+            if srv.dropped_port_zero or srv.active_sessions:
+                break
+            await asyncio.sleep(0.01)
+        assert srv.active_sessions == 0
+        assert srv.dropped_port_zero == 1
+        # The address's one slot is free: a real client from it is served at once.
+        assert await tftp_get(*srv.address, "exact", timeout=0.2, retries=2) == FILES["exact"]
