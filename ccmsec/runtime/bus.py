@@ -66,10 +66,16 @@ class BusError(Exception):
     pass
 
 
+# JetStream's 400 answers to a publish that trying again cannot change: the message itself is
+# over the stream's size limit (10054) or its headers over 64 kB (10097). Any other error code is
+# retried: dropping an event is worse than holding the outbox back.
+_REFUSED_FOR_GOOD = frozenset({10054, 10097})
+
+
 class PublishRefused(BusError):
     """A publish that trying again cannot make succeed: the event has no subject (unknown kind or
     target), the server does not let this role publish it (BUS-2), or NATS/JetStream refuses the
-    message itself (bigger than the server allows, a request JetStream calls bad). The outbox sets
+    message itself (bigger than the server or the stream allows). The outbox sets
     such a row aside instead of retrying it for ever in front of every later row."""
 
 
@@ -379,8 +385,14 @@ class EventBus:
         except nats.errors.MaxPayloadError:
             raise PublishRefused(f"event {event.kind} is larger than NATS accepts "
                                  f"({event.ByteSize()} bytes)") from None
-        except BadRequestError as exc:  # 400: this message, not the server's state
-            raise PublishRefused(f"JetStream refused {subject}: {exc.description or exc}") from None
+        except BadRequestError as exc:
+            # Only a 400 about this message itself is for good. Other 400s describe the server's
+            # state - 10002 'resource limits exceeded for account' while the store is full clears
+            # as events age out - and setting the row aside would lose its event: retry those.
+            if exc.err_code in _REFUSED_FOR_GOOD:
+                raise PublishRefused(f"JetStream refused {subject}: {exc.description or exc}") from None
+            raise BusError(f"JetStream did not take {subject} now: {exc.description or exc} "
+                           f"(err_code {exc.err_code})") from None
         except NoServersError as exc:
             raise BusError(f"cannot publish {subject}: {exc}") from None
         return ack.seq

@@ -20,8 +20,9 @@ relay until JetStream acknowledges.
   the server does not let this role publish it (BUS-2), NATS/JetStream refuses the message itself
   (`bus.PublishRefused`) — is *set aside*: marked (`last_error` starts with "set aside: ", `sent_at`
   stays empty), logged once as an error and counted in `ccmsec_outbox_set_aside_total`; the rows
-  behind it go on. Only such a refusal sets a row aside: while NATS is down, or does not answer,
-  the relay keeps the order and retries (one failing row holds back those behind it).
+  behind it go on. Only such a refusal sets a row aside: while NATS is down, does not answer, or
+  JetStream refuses for a reason of its own state (its store full: 400 err_code 10002), the relay
+  keeps the order and retries (one failing row holds back those behind it).
 * `ccmsec_outbox_depth{service}` is the number of rows not yet acknowledged (set-aside rows not
   counted: they wait for nobody).
 """

@@ -1006,3 +1006,46 @@ async def _stream_events_as_operator(url: str, data: Path) -> list[events_pb2.Ev
                 for seq in range(info.state.first_seq, info.state.last_seq + 1)]
     finally:
         await operator.close()
+
+
+async def test_a_full_account_store_holds_the_row_back_it_never_sets_it_aside(tmp_path):
+    """JetStream answers 400 'resource limits exceeded for account' (10002) while the account's
+    store is full — a state of the server that clears (events age out, the operator raises the
+    limit), not a fault of the message. Set aside, the event was lost for good; the relay must keep
+    it, in order, and retry."""
+    from ccmsec.cluster.pki import issue_service_identity, nats_config
+    from ccmsec.runtime.bus import BusError, PublishRefused, make_event, read_seed
+    from tests.conftest import stop_process, wait_port
+
+    issue_service_identity(tmp_path, "phone-sim", "phone-sim", "127.0.0.1")
+    folder = tmp_path / "identities" / "services" / "phone-sim"
+    port = free_port()
+    rendered = nats_config(tmp_path, [folder], listen=f"127.0.0.1:{port}",
+                           store_dir=str(tmp_path / "js"), server_name=f"full-{port}")
+    config = json.loads(rendered.split("\n", 1)[1])
+    # the same users in one account whose JetStream store holds a few kB
+    config["accounts"] = {"CCMSEC": {"jetstream": {"max_file": 4096, "max_mem": 0},
+                                      "users": config.pop("authorization")["users"]}}
+    conf = tmp_path / "nats-full.conf"
+    conf.write_text(json.dumps(config))
+    proc = subprocess.Popen([nats_binary(), "-c", str(conf)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    bus = EventBus(f"nats://127.0.0.1:{port}", "outbox-full", role="phone-sim",
+                   seed=read_seed(folder), connect_timeout=10)
+    try:
+        wait_port("127.0.0.1", port)
+        await bus.connect()
+        refusal = None
+        for i in range(200):   # fill the account's store
+            try:
+                await bus.publish(make_event("access.denied", "full-node", access_denied=events_pb2.AccessDenied(
+                    method="/x/" + "F" * 500 + str(i))))
+            except BusError as exc:
+                refusal = exc
+                break
+        assert refusal is not None, "the account's store never filled"
+        assert "resource limits exceeded" in str(refusal)
+        assert not isinstance(refusal, PublishRefused), refusal
+    finally:
+        await bus.close()
+        stop_process(proc)
