@@ -304,3 +304,18 @@ async def test_an_enbloc_number_ending_in_hash_calls_that_number(lab):
     await connected_call(lab, u1, u4, "3204#")
     (view,) = lab.cc.calls.calls()
     assert view.called == "3204" and lab.cc.calls.agent.stations[U1].last_dialed == "3204"
+
+
+async def test_call9_capabilities_changed_while_ringing_are_checked_again_at_answer(lab):
+    """The callee re-sends its capabilities while it rings, now G.729 only: answering is refused
+    (caller reorder, the callee's call cleared, nothing keyed) rather than connecting in G.711."""
+    u1, u4 = [await lab.phone(n) for n in (U1, U4)]
+    u1.act(u1.display.dial, "3204")
+    await u4.wait_for(in_state(CS.RING_IN), what="ringing")
+    await u4.conn.send(s.CapabilitiesRes((s.MediaCapability(G729),), encryption_capable=True))
+    await wait(lambda: lab.cc.calls.agent.stations[U4].codecs == (G729,), "the new capabilities")
+    u4.act(u4.display.answer)
+    await refused_with_reorder(u1)
+    await u4.wait_for(lambda d: not d.calls, what="the callee's call cleared")
+    assert not u4.display.channels and lab.keys_taken == 0 and lab.cc.calls.calls() == []
+    assert not lab.cc.calls.agent.stations[U4].legs
