@@ -552,6 +552,7 @@ async def test_an_image_signing_certificate_that_is_no_certificate_is_a_warning_
 async def test_rst9_with_an_unreadable_endpoints_file_still_resets_by_the_node_name(tmp_path):
     """An endpoints path that cannot be read (here a folder: IsADirectoryError, which the reader
     does not absorb) made the RST-9 event handler raise; now the node is found by its name."""
+    import asyncio
     import time
 
     from ccmsec.cluster.state import endpoints_path
@@ -567,8 +568,65 @@ async def test_rst9_with_an_unreadable_endpoints_file_still_resets_by_the_node_n
     phone.state, phone.registered_address = State.REGISTERED, "127.0.0.1"  # as registered to localhost
     await svc.on_device_reset(events_pb2.Event(id="r", occurred_unix_ms=int(time.time() * 1000),
                                                device_reset=events_pb2.DeviceReset(server="localhost")))
+    await asyncio.wait(svc._tasks, timeout=5)   # the node's phones are found aside (see below)
     assert runner._task is not None   # the phone reboots
     await svc.fleet.close()
+
+
+async def test_rst9_a_node_name_that_does_not_resolve_holds_back_no_other_reset(tmp_path, monkeypatch):
+    """Device-reset events are handled one after another. A node name whose resolution hangs (a DNS
+    server away) held the handler for the whole timeout, so the reset of another node queued behind
+    it waited; and each such event took a thread of the loop's default executor for as long as the
+    lookup hung (nothing cancels getaddrinfo), until MICs, saves and other lookups waited too. Now
+    the node's phones are found aside, in the resolver's own threads, one lookup per name."""
+    import asyncio
+    import json
+    import socket
+    import threading
+    import time
+
+    from ccmsec.cluster.state import endpoints_path
+    from ccmsec_phone_sim import nodes
+    from ccmsec_phone_sim.main import PhoneSimService, PhoneSimSettings
+    from ccmsec_proto import events_pb2
+
+    real, answer, asked = socket.getaddrinfo, threading.Event(), []
+
+    def getaddrinfo(host, *args, **kwargs):  # the resolver: this one name never answers in time
+        if host == "callmanager-sub2":
+            asked.append(host)
+            answer.wait(10)
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    path = endpoints_path(tmp_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"services": {"callmanager-sub1": {"host": "127.0.1.12"}}}))
+    svc = PhoneSimService(PhoneSimSettings(service="phone-sim", data_dir=tmp_path))
+    svc.fleet = Fleet(tmp_path / "phone-sim", Network("127.0.0.1", 9, tftp_timeout=5, tftp_retries=1))
+    (phone,) = await svc.fleet.add(1, "7960", "SEP0A0C")
+    runner = svc.fleet.runners[phone.name]
+    phone.state, phone.registered_address = State.REGISTERED, "127.0.1.12"   # on callmanager-sub1
+
+    def reset(i: int, server: str):
+        return svc.on_device_reset(events_pb2.Event(id=f"r{i}", occurred_unix_ms=int(time.time() * 1000),
+                                                     device_reset=events_pb2.DeviceReset(server=server)))
+    try:
+        started = time.monotonic()
+        for i in range(8):
+            await reset(i, "callmanager-sub2")   # the node whose name hangs, again and again
+        await reset(8, "callmanager-sub1")
+        while runner._task is None and time.monotonic() - started < 5:
+            await asyncio.sleep(0.02)
+        assert runner._task is not None and time.monotonic() - started < 1.0
+        assert await asyncio.wait_for(asyncio.to_thread(lambda: "free"), 1) == "free"
+        assert asked == ["callmanager-sub2"]   # one lookup for the name, not one thread per event
+    finally:
+        answer.set()
+        await asyncio.wait(svc._tasks, timeout=5)
+        await svc.fleet.close()
+    assert not svc._tasks and nodes._lookups == {}
 
 
 @pytest.mark.parametrize("endpoints", [None, b'{"services": {"tftp-signer": {"tftp_port": "x"}}}',

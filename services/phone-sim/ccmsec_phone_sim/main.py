@@ -296,19 +296,30 @@ class PhoneSimService(Service):
         if reset.all:
             runners = self.fleet.powered()
         elif reset.server:
-            # RST-9 names a node: its phones are those whose connection reached the node's
-            # addresses (nodes.py), whatever name or address their configuration gave it.
-            try:
-                endpoints = read_endpoints(self.settings.data_dir)
-            except OSError as exc:  # unreadable (a folder, permissions): the node's name still resolves
-                self.log.warning("device reset: cannot read the endpoints file: %s", exc)
-                endpoints = None
-            addresses = await node_addresses(reset.server, endpoints=endpoints, peers=self.settings.peers)
-            runners = [r for r in self.fleet.powered() if r.phone.registered_address
-                       and normalise_ip(r.phone.registered_address) in addresses]
+            # The node's name may take its resolution's whole timeout (a DNS server away): events
+            # are handled one after another, so waiting here held back the resets of every other
+            # node (and device) queued behind it. The node's phones are found and reset aside.
+            self.spawn(self._reset_node(event, reset.server, requested_at))
+            return
         else:
             wanted = set(reset.devices)
             runners = [r for r in self.fleet.powered() if r.phone.name in wanted]
+        await self._reset(event, runners, requested_at)
+
+    async def _reset_node(self, event, server: str, requested_at: float) -> None:
+        # RST-9 names a node: its phones are those whose connection reached the node's
+        # addresses (nodes.py), whatever name or address their configuration gave it.
+        try:
+            endpoints = read_endpoints(self.settings.data_dir)
+        except OSError as exc:  # unreadable (a folder, permissions): the node's name still resolves
+            self.log.warning("device reset: cannot read the endpoints file: %s", exc)
+            endpoints = None
+        addresses = await node_addresses(server, endpoints=endpoints, peers=self.settings.peers)
+        runners = [r for r in self.fleet.powered() if r.phone.registered_address
+                   and normalise_ip(r.phone.registered_address) in addresses]
+        await self._reset(event, runners, requested_at)
+
+    async def _reset(self, event, runners, requested_at: float) -> None:
         started = await self.fleet.boot(runners, requested_at)
         self.log.info("device reset", extra={"event_id": event.id, "targeted": len(runners), "booted": started})
 

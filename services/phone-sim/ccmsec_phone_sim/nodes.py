@@ -12,11 +12,18 @@ so a phone configured with a host name or an IP address counts the same):
   node is its role's publisher (`callmanager`).
 
 A name that is no node name (bad input from the bus) or resolves to nothing reaches no phone.
+
+Names are resolved in worker threads of this module's own (never the loop's default executor), at
+most one lookup per name at a time: `getaddrinfo` cannot be cancelled, so a lookup that outlived
+its timeout keeps its thread, and repeated events for a name that does not answer must neither
+occupy every thread (the default executor also makes MICs and writes phones.json; the next name's
+lookup would time out too) nor start a thread each.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import ipaddress
 import logging
 import re
@@ -26,6 +33,10 @@ log = logging.getLogger("ccmsec.phone-sim")
 
 NODE_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,61}[A-Za-z0-9])?")
 RESOLVE_TIMEOUT = 2.0
+RESOLVER_THREADS = 4
+
+_resolver: concurrent.futures.ThreadPoolExecutor | None = None
+_lookups: dict[str, concurrent.futures.Future] = {}  # name -> the lookup still running for it
 
 
 def normalise_ip(text: str) -> str | None:
@@ -43,9 +54,17 @@ async def _resolve(name: str, timeout: float) -> set[str]:
     ip = normalise_ip(name)
     if ip is not None:
         return {ip}
+    global _resolver
+    lookup = _lookups.get(name)
+    if lookup is None:  # else: join the lookup still running for this name (no thread more)
+        if _resolver is None:
+            _resolver = concurrent.futures.ThreadPoolExecutor(RESOLVER_THREADS, "phone-sim-resolve")
+        lookup = _resolver.submit(socket.getaddrinfo, name, None, type=socket.SOCK_STREAM)
+        _lookups[name] = lookup
+        lookup.add_done_callback(lambda f, name=name: _lookups.pop(name, None) if _lookups.get(name) is f
+                                 else None)
     try:
-        infos = await asyncio.wait_for(asyncio.get_running_loop().getaddrinfo(
-            name, None, type=socket.SOCK_STREAM), timeout)
+        infos = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(lookup)), timeout)
     except (OSError, asyncio.TimeoutError, UnicodeError):
         return set()
     return {ip for *_, sockaddr in infos if (ip := normalise_ip(str(sockaddr[0]))) is not None}
