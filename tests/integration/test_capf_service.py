@@ -163,6 +163,15 @@ async def test_schedule_refuses_7912_unknown_device_past_deadline_and_bad_auth(c
     with pytest.raises(grpc.aio.AioRpcError) as exc:
         await capf.stub.GetOperations(capf_pb2.CapfStatusRequest(device="SEP0000000DEAD0"))
     assert exc.value.code() == grpc.StatusCode.NOT_FOUND
+    # a huge name or one with terminal escapes: quoted escaped and cut (ccmsec/textsafe.py), never
+    # a status detail over the ~8 kB that fails the call
+    for device in ("X" * 100_000, "SEP\x1b[2J\nFAKE"):
+        with pytest.raises(grpc.aio.AioRpcError) as exc:
+            await capf.stub.GetOperations(capf_pb2.CapfStatusRequest(device=device))
+        assert exc.value.code() == grpc.StatusCode.NOT_FOUND, exc.value
+        details = exc.value.details()
+        assert details.startswith("unknown device '") and len(details) < 200, details
+        assert details.isascii() and details.isprintable(), details
 
 
 async def test_schedule_publishes_config_changed_and_status_shows_outcomes(capf):
@@ -268,6 +277,11 @@ async def test_parameter_changes_with_bad_names_or_values_are_refused_and_publis
         ("SetServiceParameters", {"certificate_validity_days": "30"}, "enterprise parameter"),
         ("SetEnterpriseParameters", {"default_auth_mode": "password"}, "not one of"),
         ("SetEnterpriseParameters", {}, "no parameter given"),
+        # a huge name or value is quoted cut (ccmsec/textsafe.py): the refusal still says why
+        ("SetServiceParameters", {"n\x1b" + "X" * 100_000: "1"},
+         "unknown CAPF parameter 'n\\x1b" + "X" * 75 + "...(99925 more characters)'; known: "),
+        ("SetServiceParameters", {"max_auth_failures": "9" * 100_000},
+         "'" + "9" * 80 + "...(99920 more characters)' is not a whole number"),
     ]
     for method, values, text in bad:
         with pytest.raises(grpc.aio.AioRpcError) as exc:

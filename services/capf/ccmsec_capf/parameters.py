@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from ccmsec.db.capf import AUTH_MODES, MAX_AUTH_FAILURES, CapfSetting, set_capf_setting
 from ccmsec.pki.lsc import LSC_DAYS
 from ccmsec.policy.resets import CapfEnterpriseParamsChanged, CapfServiceParamsChanged, Change
+from ccmsec.textsafe import shown
 
 Scope = Literal["service", "enterprise"]
 KEY_TYPES = ("rsa1024", "rsa2048", "rsa4096", "ec256")  # what the CLI and the schedule accept
@@ -38,7 +39,7 @@ def _int_in(low: int, high: int) -> Callable[[str], str]:
         try:
             number = int(value.strip())
         except ValueError:
-            raise ParameterError(f"{value!r} is not a whole number") from None
+            raise ParameterError(f"'{shown(value)}' is not a whole number") from None
         if not low <= number <= high:
             raise ParameterError(f"{number} is outside {low}..{high}")
         return str(number)
@@ -48,7 +49,7 @@ def _int_in(low: int, high: int) -> Callable[[str], str]:
 def _one_of(choices: tuple[str, ...]) -> Callable[[str], str]:
     def check(value: str) -> str:
         if value not in choices:
-            raise ParameterError(f"{value!r} is not one of {', '.join(choices)}")
+            raise ParameterError(f"'{shown(value)}' is not one of {', '.join(choices)}")
         return value
     return check
 
@@ -105,7 +106,7 @@ def validate(scope: Scope, values: dict[str, str]) -> dict[str, str]:
     for name, value in values.items():
         p = PARAMETERS.get(name)
         if p is None:
-            raise ParameterError(f"unknown CAPF parameter {name!r}; known: {', '.join(sorted(PARAMETERS))}")
+            raise ParameterError(f"unknown CAPF parameter '{shown(name)}'; known: {', '.join(sorted(PARAMETERS))}")
         if p.scope != scope:
             flag = " --enterprise" if p.scope == "enterprise" else " (without --enterprise)"
             raise ParameterError(f"{name} is a CAPF {p.scope} parameter; set it as one{flag}")

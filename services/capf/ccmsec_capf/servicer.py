@@ -25,7 +25,7 @@ from .activation import NOT_ACTIVATED
 from .parameters import CapfParameters, ParameterError, Scope, load_parameters
 from .devices import DevicesUnavailable
 from .scheduling import ScheduleRefused, ScheduleRequest
-from ccmsec.textsafe import shown
+from ccmsec.textsafe import bounded, shown
 
 if TYPE_CHECKING:
     from .main import CapfService
@@ -102,7 +102,7 @@ class CapfServicer(StatusServicerMixin, capf_pb2_grpc.CapfServicer):
                 key_type=request.key_type, deadline=_deadline(request.deadline_unix))
             done, _delivered = await svc.domain.schedule(change_actor(svc, context), req)
         except ScheduleRefused as exc:
-            await context.abort(_REFUSAL_CODE[exc.kind], str(exc))
+            await context.abort(_REFUSAL_CODE[exc.kind], bounded(str(exc)))
         op = await svc.store.operation(done.op_id)
         return operation_message(op)
 
@@ -111,7 +111,7 @@ class CapfServicer(StatusServicerMixin, capf_pb2_grpc.CapfServicer):
         try:
             known = await self.service.devices.exists(device)
         except DevicesUnavailable as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+            await context.abort(grpc.StatusCode.UNAVAILABLE, bounded(str(exc)))
         if not known:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown device '{shown(device)}'")
 
@@ -171,7 +171,7 @@ class CapfServicer(StatusServicerMixin, capf_pb2_grpc.CapfServicer):
             _, events, delivered = await svc.domain.set_parameters(change_actor(svc, context), scope,
                                                                    dict(request.values))
         except ParameterError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, bounded(str(exc)))
         fresh = await load_parameters(svc.db)
         if scope == "enterprise":
             svc.apply_enterprise(fresh)
@@ -191,7 +191,7 @@ class CapfServicer(StatusServicerMixin, capf_pb2_grpc.CapfServicer):
         try:
             rows = await svc.devices.secure()
         except DevicesUnavailable as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+            await context.abort(grpc.StatusCode.UNAVAILABLE, bounded(str(exc)))
         needing = []
         for name, model in rows:
             try:
@@ -222,7 +222,7 @@ class CapfServicer(StatusServicerMixin, capf_pb2_grpc.CapfServicer):
         try:
             ca = load_third_party_ca(svc.state_dir)
         except LscError as exc:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"third-party CA file unreadable: {exc}")
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, bounded(f"third-party CA file unreadable: {exc}"))
         if ca is None:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                                 "no third-party CA configured: import its certificate first (ccmsec capf set-ca FILE)")
@@ -248,7 +248,7 @@ class CapfServicer(StatusServicerMixin, capf_pb2_grpc.CapfServicer):
             cert = load_one_certificate(bytes(request.certificate), "the CA certificate")
             path = await self.service.domain.set_third_party_ca(change_actor(self.service, context), cert)
         except LscError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, bounded(str(exc)))
         log.info("CAPF third-party CA set", extra={"path": str(path), "subject": cert.subject.rfc4514_string()})
         return certificate_message(cert, common_pb2.ROLE_CAPF)
 
@@ -256,7 +256,7 @@ class CapfServicer(StatusServicerMixin, capf_pb2_grpc.CapfServicer):
         try:
             cert = load_third_party_ca(self.service.state_dir)
         except LscError as exc:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, bounded(str(exc)))
         if cert is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, "no third-party CA configured (ccmsec capf set-ca FILE)")
         return certificate_message(cert, common_pb2.ROLE_CAPF)
