@@ -408,6 +408,37 @@ async def test_two_boot_requests_at_once_leave_one_boot_task(tmp_path):
     assert not [t for t in asyncio.all_tasks() if t.get_name() == "phone SEP00AA00BB00DD" and not t.done()]
 
 
+async def test_a_reset_request_cancelled_while_stopping_the_phone_leaves_its_task_owned(tmp_path):
+    """A gRPC reset whose caller gives up (its deadline) is cancelled while request_boot stops the
+    phone's task: that task had been cancelled once and was no longer the runner's. On 3.11 a
+    task can swallow a cancel (asyncio.wait_for, see ccmsec.aio.tasks) and run on — then nothing
+    (stop, power-off, close) ever ended it. It now stays the phone's task until it has ended."""
+    import asyncio
+
+    from ccmsec_phone_sim.boot import PhoneRunner
+    from ccmsec_phone_sim.phone import Phone
+
+    runner = PhoneRunner(Phone(name="SEP00AA00BB00DE", model="7960"), Network("127.0.0.1", 9))
+
+    async def boot_that_swallows_one_cancel():  # as a phone task inside 3.11's wait_for
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            pass
+        await asyncio.sleep(3600)
+
+    phone_task = runner._task = asyncio.create_task(boot_that_swallows_one_cancel())
+    await asyncio.sleep(0)
+    request = asyncio.create_task(runner.request_boot())
+    await asyncio.sleep(0.1)                   # request_boot is stopping the phone's task
+    request.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await request
+    assert not phone_task.done() and runner._task is phone_task
+    await asyncio.wait_for(runner.close(), 5)  # ends it for sure
+    assert phone_task.done() and runner._task is None
+
+
 async def test_a_boot_requested_while_the_fleet_closes_leaves_no_phone_running(tmp_path):
     """Shutdown closes the fleet before the service's other tasks (the restore boot, a reset event
     being handled) are cancelled: a boot they requested while close stopped the phones started a

@@ -24,7 +24,8 @@ of times, when call control goes away.
 
 Boots are idempotent per request time: `request_boot(t)` does nothing when a boot already started
 at or after `t`, so a device-reset event and the SCCP Reset that call control sends for the same
-change cause one boot, not two. Requests and `stop` hold one lock: two at once start one task.
+change cause one boot, not two. Requests and `stop` hold one lock: two at once start one task. A
+request cancelled while stopping the old task leaves that task the phone's (stopped later).
 """
 
 from __future__ import annotations
@@ -156,7 +157,15 @@ class PhoneRunner:
     async def _stop(self, *, power_off: bool = False) -> None:
         task, self._task = self._task, None
         if task is not None:
-            await cancel_and_wait(task)
+            try:
+                await cancel_and_wait(task)
+            except asyncio.CancelledError:
+                # Our caller was cancelled (a gRPC reset's deadline) after one cancel of the task,
+                # which 3.11's wait_for may swallow: it stays the phone's task, so the next stop,
+                # reset or close ends it, rather than running on with nobody to stop it.
+                if not task.done() and self._task is None:
+                    self._task = task
+                raise
         await self._close_connection()
         if power_off:
             await self.web.stop()
