@@ -4,14 +4,23 @@ a file written while it is read is never served (or held) as a mix of two versio
 
 from __future__ import annotations
 
+import hashlib
 import os
+import threading
 
 import pytest
 
 from ccmsec.aio.tftp import TftpServer, tftp_get
+from ccmsec.domain import ClusterMode
+from ccmsec.formats.sgn import parse_sgn, verify_sgn
+from ccmsec.pki.servercert import ensure_server_certificate
+from ccmsec.pki.tokens import FileSigner
 from ccmsec.wire.tftp import ERR_NOT_DEFINED, TftpError
+from ccmsec_tftp_signer.content import ClusterEndpoints
 from ccmsec_tftp_signer.files import TftpContent
 from ccmsec_tftp_signer.layout import ClusterPath, Layout
+from ccmsec_tftp_signer.owners import OwnerReads
+from ccmsec_tftp_signer.signing import SignedStore, SigningPool
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -67,7 +76,7 @@ async def test_held_static_files_stay_within_the_memory_budget(tmp_path):
     reads = content.static_reads
     assert await content.resolve("f2.bin") == files["f2.bin"] and content.static_reads == reads
     assert await content.resolve("f0.bin") == files["f0.bin"] and content.static_reads == reads + 1
-    assert content._held_bytes == sum(len(d) for _k, (_s, d) in content._static.items()) <= 5 * MIB
+    assert content._held_bytes == sum(len(d) for _k, (_s, d, _h) in content._static.items()) <= 5 * MIB
     (tmp_path / "cluster1" / "huge.bin").write_bytes(b"h" * (6 * MIB))  # above the budget: served, not held
     assert await content.resolve("huge.bin") == b"h" * (6 * MIB)
     assert ("cluster1", "huge.bin") not in content._static
@@ -127,3 +136,89 @@ async def test_a_transfer_running_when_the_file_is_replaced_sends_one_version(tm
         assert await tftp_get(host, port, "firmware.bin", blksize=1428, windowsize=16) == old
         assert await tftp_get(host, port, "firmware.bin", blksize=1428, windowsize=16) == new
     assert len(started) == 2
+
+
+# --- signed copies (.sgn) of large static files ---------------------------------------------------
+
+class _MixedOwners(OwnerReads):
+    """No call control or CAPF configured (no devices); the CTL Provider says mixed mode."""
+
+    def __init__(self):
+        super().__init__({})
+
+    async def mode(self) -> ClusterMode:
+        return ClusterMode.MIXED
+
+
+@pytest.fixture(scope="module")
+def tftp_cert(tmp_path_factory):
+    return ensure_server_certificate(tmp_path_factory.mktemp("tftp"), "tftp-signer", ip="127.0.0.1")
+
+
+def _signing_content(root, tftp_cert, *, caching: bool) -> TftpContent:
+    (root / "cluster1").mkdir(exist_ok=True)
+    signer = FileSigner.from_issued(tftp_cert)
+    store = SignedStore(SigningPool(signer), root, caching=caching)
+    return TftpContent(root, Layout(ClusterPath("local", "cluster1")), _MixedOwners(),
+                       ClusterEndpoints(("127.0.0.1",)), store, signer)
+
+
+@pytest.fixture
+def big_hashes(monkeypatch):
+    """Every sha256 of 1 MiB or more, with whether it ran on the event loop's thread (a spy: the
+    real hash still runs)."""
+    real, seen = hashlib.sha256, []
+
+    def sha256(data=b"", **kw):
+        if len(data) >= MIB:
+            seen.append((len(data), threading.current_thread() is threading.main_thread()))
+        return real(data, **kw)
+    monkeypatch.setattr(hashlib, "sha256", sha256)
+    return seen
+
+
+def _payload_of(signed: bytes, tftp_cert, name: str) -> bytes:
+    parsed = parse_sgn(signed)
+    verify_sgn(parsed, tftp_cert.cert)
+    assert parsed.header.file_name == name + ".sgn"
+    return parsed.payload
+
+
+async def test_a_repeated_sgn_request_for_an_unchanged_large_file_hashes_nothing(tmp_path, tftp_cert, big_hashes):
+    """The .sgn of a 16 MiB bundle re-hashed the whole file on every request (about 18 ms with the
+    event loop blocked). Its sha256 is kept with the held file (same stat stamp): a repeated request
+    is a memory look-up; a replaced file is hashed and signed anew, never served stale."""
+    content = _signing_content(tmp_path, tftp_cert, caching=True)
+    path = tmp_path / "cluster1" / "bundle.zz"
+    old, new = os.urandom(16 * MIB), os.urandom(16 * MIB)
+    path.write_bytes(old)
+    first = await content.resolve("bundle.zz.sgn")
+    assert _payload_of(first, tftp_cert, "bundle.zz") == old
+    hashed, signed = len(big_hashes), content.store.signed
+    for _ in range(3):
+        assert await content.resolve("bundle.zz.sgn") is first
+    assert len(big_hashes) == hashed and content.store.signed == signed  # no hash, no signature
+    _replace(path, new)  # same size: only the stat stamp tells
+    second = await content.resolve("bundle.zz.sgn")
+    assert _payload_of(second, tftp_cert, "bundle.zz") == new and content.store.signed == signed + 1
+    assert await content.resolve("bundle.zz.sgn") is second
+    assert all(not on_loop for _size, on_loop in big_hashes)  # what was hashed, off the event loop
+
+
+async def test_with_signed_caching_off_a_large_file_is_hashed_off_the_event_loop(tmp_path, tftp_cert, big_hashes):
+    """Caching off: each request reads the signed copy from disk and checks it; for a large file
+    every hash of it runs in a thread, so running transfers are not starved meanwhile."""
+    content = _signing_content(tmp_path, tftp_cert, caching=False)
+    path = tmp_path / "cluster1" / "bundle.zz"
+    old, new = os.urandom(4 * MIB), os.urandom(4 * MIB)
+    path.write_bytes(old)
+    first = await content.resolve("bundle.zz.sgn")
+    assert await content.resolve("bundle.zz.sgn") == first
+    assert _payload_of(first, tftp_cert, "bundle.zz") == old
+    assert (tmp_path / "cluster1" / "signed" / "bundle.zz.sgn").read_bytes() == first
+    _replace(path, new)
+    assert _payload_of(await content.resolve("bundle.zz.sgn"), tftp_cert, "bundle.zz") == new
+    restarted = _signing_content(tmp_path, tftp_cert, caching=False)  # a copy found on disk: checked
+    assert _payload_of(await restarted.resolve("bundle.zz.sgn"), tftp_cert, "bundle.zz") == new
+    assert restarted.store.signed == 0
+    assert big_hashes and all(not on_loop for _size, on_loop in big_hashes)

@@ -39,7 +39,7 @@ from ccmsec_tftp_signer.content import ClusterEndpoints
 from ccmsec_tftp_signer.devicefiles import ChangeDetector, DeviceFiles
 from ccmsec_tftp_signer.owners import OwnerReads, OwnersUnavailable
 from ccmsec_tftp_signer.layout import RESERVED, BadName, ClusterPath, Layout
-from ccmsec_tftp_signer.signing import SGN, SignedStore
+from ccmsec_tftp_signer.signing import SGN, SignedStore, payload_digest
 
 log = logging.getLogger("ccmsec.tftp-signer")
 
@@ -103,7 +103,8 @@ class TftpContent:
         self.store = store
         self.signer = signer
         self._firmware: dict[str, bytes] = {}
-        self._static: OrderedDict[tuple[str, str], tuple[tuple, bytes]] = OrderedDict()
+        # (folder, name) -> (stamp, bytes, sha256 of the bytes once a `.sgn` of them was asked)
+        self._static: OrderedDict[tuple[str, str], tuple[tuple, bytes, bytes | None]] = OrderedDict()
         self._held_bytes = 0
         self.static_budget = MAX_HELD_STATIC_BYTES
         self.static_reads = 0  # files read from disk (a held file served again is no read)
@@ -176,7 +177,22 @@ class TftpContent:
             payload = self._read(folder, base)
         if payload is None or not signed:
             return payload, kind
-        return await self.store.get(folder, base, payload), kind
+        digest = None if kind == KIND_DEVICE_CONFIG else await self._static_digest(folder, base, payload)
+        return await self.store.get(folder, base, payload, digest), kind
+
+    async def _static_digest(self, folder: str, name: str, payload: bytes) -> bytes:
+        """The sha256 of a static file's bytes, kept with the held file (same stat stamp): a
+        repeated `.sgn` request for a 16 MiB bundle is then a memory look-up, where it re-hashed
+        the whole file each time; a changed file is a new held entry, hashed (and signed) anew."""
+        key = (folder, name)
+        held = self._static.get(key)
+        if held is not None and held[1] is payload and held[2] is not None:
+            return held[2]
+        digest = await payload_digest(payload)
+        held = self._static.get(key)  # re-read: the file may have been replaced meanwhile
+        if held is not None and held[1] is payload:
+            self._static[key] = (held[0], payload, digest)
+        return digest
 
     def _read(self, folder: str, name: str) -> bytes | None:
         """A static file's bytes. Kept in memory while one `stat` shows the same file (inode,
@@ -211,9 +227,9 @@ class TftpContent:
             return
         while self._static and (self._held_bytes + len(data) > self.static_budget
                                 or len(self._static) >= MAX_HELD_STATICS):
-            _key, (_stamp_, old) = self._static.popitem(last=False)
+            _key, (_stamp_, old, _digest) = self._static.popitem(last=False)
             self._held_bytes -= len(old)
-        self._static[key] = (stamp, data)
+        self._static[key] = (stamp, data, None)
         self._held_bytes += len(data)
 
     def _read_checked(self, folder: str, name: str) -> tuple[tuple, bytes] | None:

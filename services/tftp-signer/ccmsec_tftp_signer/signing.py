@@ -36,6 +36,9 @@ log = logging.getLogger("ccmsec.tftp-signer")
 SIGNED_FOLDER = "signed"
 POOL_WAIT = 0.5  # longest a request waits for its file queued in the signing pool before signing it itself
 SGN = ".sgn"
+# Above this, a payload is hashed and signed (and its signed copy read and checked) in a thread:
+# a 16 MiB firmware bundle is tens of milliseconds of work that must not stall running transfers.
+BIG_PAYLOAD = 1024 * 1024
 
 
 def sign_batch(signer, items: list[tuple[str, bytes]], timestamp: int) -> list[bytes]:
@@ -94,6 +97,13 @@ def _digest(payload: bytes) -> bytes:
     return hashlib.sha256(payload).digest()
 
 
+async def payload_digest(payload: bytes) -> bytes:
+    """The sha256 a signed copy is matched by; a big payload is hashed off the event loop."""
+    if len(payload) > BIG_PAYLOAD:
+        return await asyncio.to_thread(_digest, payload)
+    return _digest(payload)
+
+
 class SignedStore:
     def __init__(self, pool: SigningPool, root: Path, *, caching: bool,
                  max_entries: int = 20_000, max_bytes: int = 64 * 1024 * 1024):
@@ -129,27 +139,57 @@ class SignedStore:
                 self._memory.move_to_end(key)
                 return entry[1]
             return None
+        known = self._on_disk.get(key)
+        return self._kept_on_disk(key, digest, known, self._read_disk(key, known))
+
+    async def _cached_async(self, key: tuple[str, str], digest: bytes, payload: bytes) -> bytes | None:
+        """_cached; with caching off, a big file's signed copy is read and checked in a thread (the
+        thread touches no state: what it learned is applied here, on the event loop)."""
+        if self.caching or len(payload) <= BIG_PAYLOAD:
+            return self._cached(key, digest, payload)
+        known = self._on_disk.get(key)
+        return self._kept_on_disk(key, digest, known, await asyncio.to_thread(self._read_disk, key, known))
+
+    def _read_disk(self, key: tuple[str, str], known: tuple[bytes, bytes] | None
+                   ) -> tuple[bytes, bytes, bytes | None] | None:
+        """(file, its digest, its payload's digest or None if it is not ours and intact), or None
+        if there is no file. A file already known (same whole digest) is not checked again."""
         try:
             data = self.path(*key).read_bytes()
         except OSError:
             return None
         whole = _digest(data)
-        known = self._on_disk.get(key)
+        if known is not None and known[1] == whole:
+            return data, whole, known[0]
+        # Not written by this process, or replaced since: served only if it is ours and intact
+        # — signed under this name by this server's certificate, signature valid. A damaged
+        # signature, a copy signed by another (or an earlier) key or under another name would
+        # be refused by every phone (AUTH-5): sign again, the rename replaces it.
+        try:
+            signed = parse_sgn(data)
+            if signed.header.file_name != key[1] + SGN:
+                return data, whole, None
+            verify_sgn(signed, self.pool.signer.certificate)
+        except (SgnFormatError, SignatureError):
+            return data, whole, None
+        return data, whole, _digest(signed.payload)
+
+    def _kept_on_disk(self, key: tuple[str, str], digest: bytes, known: tuple[bytes, bytes] | None,
+                      found: tuple[bytes, bytes, bytes | None] | None) -> bytes | None:
+        if found is None:
+            return None
+        data, whole, payload = found
         if known is None or known[1] != whole:
-            # Not written by this process, or replaced since: served only if it is ours and intact
-            # — signed under this name by this server's certificate, signature valid. A damaged
-            # signature, a copy signed by another (or an earlier) key or under another name would
-            # be refused by every phone (AUTH-5): sign again, the rename replaces it.
             self._on_disk.pop(key, None)
-            try:
-                signed = parse_sgn(data)
-                if signed.header.file_name != key[1] + SGN:
-                    return None
-                verify_sgn(signed, self.pool.signer.certificate)
-            except (SgnFormatError, SignatureError):
+            if payload is None:
                 return None
-            known = self._on_disk[key] = (_digest(signed.payload), whole)
-        return data if known[0] == digest else None
+            self._on_disk[key] = (payload, whole)
+        return data if payload == digest else None
+
+    async def _sign(self, name: str, payload: bytes) -> bytes:
+        if len(payload) > BIG_PAYLOAD:
+            return await asyncio.to_thread(self.pool.sign_one, name, payload)
+        return self.pool.sign_one(name, payload)
 
     def _remember(self, key: tuple[str, str], digest: bytes, signed: bytes) -> None:
         if self.caching:
@@ -168,11 +208,14 @@ class SignedStore:
         self._on_disk[key] = (digest, _digest(signed))
 
     # --- API ------------------------------------------------------------------------------------
-    async def get(self, folder: str, name: str, payload: bytes) -> bytes:
-        """`name.sgn` for exactly `payload`, signed now if no current copy exists."""
+    async def get(self, folder: str, name: str, payload: bytes, digest: bytes | None = None) -> bytes:
+        """`name.sgn` for exactly `payload`, signed now if no current copy exists. `digest`: the
+        payload's sha256 if the caller already knows it (a held static file), so a repeated
+        request for a big file is a memory look-up, not a hash of the whole file."""
         key = (folder, name)
-        digest = _digest(payload)
-        hit = self._cached(key, digest, payload)
+        if digest is None:
+            digest = await payload_digest(payload)
+        hit = await self._cached_async(key, digest, payload)
         if hit is not None:
             self.hits += 1
             return hit
@@ -185,7 +228,7 @@ class SignedStore:
                 # Still queued behind thousands of others: this phone is waiting now, so sign its
                 # file here (the pool's copy, same payload, replaces it when it comes).
                 self.misses += 1
-                signed = self.pool.sign_one(name, payload)
+                signed = await self._sign(name, payload)
                 self.signed += 1
                 if self.caching:
                     self._remember(key, digest, signed)
@@ -198,7 +241,7 @@ class SignedStore:
         future = asyncio.get_running_loop().create_future()
         self._inflight[flight] = future
         try:
-            signed = self.pool.sign_one(name, payload)
+            signed = await self._sign(name, payload)
             self.signed += 1
             if self.caching:
                 self._remember(key, digest, signed)
