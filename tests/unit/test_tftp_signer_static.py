@@ -4,6 +4,7 @@ a file written while it is read is never served (or held) as a mix of two versio
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import threading
@@ -222,3 +223,34 @@ async def test_with_signed_caching_off_a_large_file_is_hashed_off_the_event_loop
     assert _payload_of(await restarted.resolve("bundle.zz.sgn"), tftp_cert, "bundle.zz") == new
     assert restarted.store.signed == 0
     assert big_hashes and all(not on_loop for _size, on_loop in big_hashes)
+
+
+class _ReadWhere(TftpContent):
+    """Records on which thread each read of a file's bytes runs."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.read_on_loop: list[bool] = []
+
+    def _read_fd(self, fd: int, size: int) -> bytes:
+        self.read_on_loop.append(threading.current_thread() is threading.main_thread())
+        return super()._read_fd(fd, size)
+
+
+async def test_a_large_file_is_read_off_the_event_loop_once_for_requests_arriving_together(tmp_path):
+    """A 16 MiB bundle not held yet (first request, replaced, or dropped from the budget) was read
+    on the event loop, stalling running transfers for the whole read. It is read in a thread, once
+    for all the requests that ask for it meanwhile (not one 16 MiB copy each); small files are
+    read at once, as before."""
+    content = _content(tmp_path, _ReadWhere)
+    path = tmp_path / "cluster1" / "bundle.zz"
+    image = os.urandom(16 * MIB)
+    path.write_bytes(image)
+    got = await asyncio.gather(*(content.resolve("bundle.zz") for _ in range(8)))
+    assert got[0] == image and all(g is got[0] for g in got)
+    assert content.read_on_loop == [False] and content.static_reads == 1
+    assert content._held_bytes == 16 * MIB and not content._loading
+    (tmp_path / "cluster1" / "RingList.xml").write_bytes(b"<list/>")
+    assert await content.resolve("RingList.xml") == b"<list/>" and content.read_on_loop == [False, True]
+    path.unlink()
+    assert await content.resolve("bundle.zz") is None and content._held_bytes == 7

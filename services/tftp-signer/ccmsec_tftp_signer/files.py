@@ -39,7 +39,7 @@ from ccmsec_tftp_signer.content import ClusterEndpoints
 from ccmsec_tftp_signer.devicefiles import ChangeDetector, DeviceFiles
 from ccmsec_tftp_signer.owners import OwnerReads, OwnersUnavailable
 from ccmsec_tftp_signer.layout import RESERVED, BadName, ClusterPath, Layout
-from ccmsec_tftp_signer.signing import SGN, SignedStore, payload_digest
+from ccmsec_tftp_signer.signing import BIG_PAYLOAD, SGN, SignedStore, payload_digest
 
 log = logging.getLogger("ccmsec.tftp-signer")
 
@@ -106,6 +106,9 @@ class TftpContent:
         # (folder, name) -> (stamp, bytes, sha256 of the bytes once a `.sgn` of them was asked)
         self._static: OrderedDict[tuple[str, str], tuple[tuple, bytes, bytes | None]] = OrderedDict()
         self._held_bytes = 0
+        # (folder, name) -> (stamp, the read running in a thread): requests for a big file that is
+        # not held yet share one read instead of each reading (and holding a copy of) 16 MiB.
+        self._loading: dict[tuple[str, str], tuple[tuple, asyncio.Future]] = {}
         self.static_budget = MAX_HELD_STATIC_BYTES
         self.static_reads = 0  # files read from disk (a held file served again is no read)
         self.devices = DeviceFiles(owners, endpoints, detector)
@@ -151,7 +154,7 @@ class TftpContent:
 
     async def _lookup(self, owner: ClusterPath, folder: str, name: str) -> tuple[bytes | None, str]:
         if owner is not self.layout.own:
-            return self._read(folder, name), "other-cluster"
+            return await self._read(folder, name), "other-cluster"
         load = firmware.load_for_filename(name)
         if load is not None:  # AUTH-1: images are signed in every mode, under the name asked for
             return self.firmware_image(load, name), KIND_FIRMWARE
@@ -174,7 +177,7 @@ class TftpContent:
         if signed and mode is not ClusterMode.MIXED:
             return None, kind
         if kind != KIND_DEVICE_CONFIG:
-            payload = self._read(folder, base)
+            payload = await self._read(folder, base)
         if payload is None or not signed:
             return payload, kind
         digest = None if kind == KIND_DEVICE_CONFIG else await self._static_digest(folder, base, payload)
@@ -194,28 +197,50 @@ class TftpContent:
             self._static[key] = (held[0], payload, digest)
         return digest
 
-    def _read(self, folder: str, name: str) -> bytes | None:
+    async def _read(self, folder: str, name: str) -> bytes | None:
         """A static file's bytes. Kept in memory while one `stat` shows the same file (inode,
         size, modification and change times): an administrator's edit or replacement (rename) is
         seen by the next request; a changed file goes through the full checks again. Raises
-        TftpError(0) for a file that keeps changing while it is read (never a mix of versions)."""
+        TftpError(0) for a file that keeps changing while it is read (never a mix of versions).
+        A file above 1 MiB is read in a thread (a cold 16 MiB read must not stall running
+        transfers), once for all the requests that ask for it meanwhile."""
         key = (folder, name)
         try:
             st = os.stat(self.root / folder / name)
         except (OSError, ValueError):
             self._drop(key)
             return None
+        stamp = _stamp(st)
         held = self._static.get(key)
-        if held is not None and held[0] == _stamp(st):
+        if held is not None and held[0] == stamp:
             self._static.move_to_end(key)
             return held[1]
+        if st.st_size <= BIG_PAYLOAD:
+            self.static_reads += 1
+            got = self._read_checked(folder, name)
+            self._keep(key, got)
+            return None if got is None else got[1]
+        loading = self._loading.get(key)
+        if loading is None or loading[0] != stamp:
+            self.static_reads += 1
+            future = asyncio.ensure_future(asyncio.to_thread(self._read_checked, folder, name))
+            loading = self._loading[key] = (stamp, future)
+            future.add_done_callback(lambda f, key=key, entry=loading: self._loaded(key, entry, f))
+        got = await asyncio.shield(loading[1])
+        return None if got is None else got[1]
+
+    def _loaded(self, key: tuple[str, str], entry: tuple, future: asyncio.Future) -> None:
+        """A threaded read finished: held here, on the event loop, once for all its requests."""
+        if self._loading.get(key) is entry:
+            del self._loading[key]
+        if future.cancelled() or future.exception() is not None:
+            return  # each request waiting for it gets the error (TftpError: being changed)
+        self._keep(key, future.result())
+
+    def _keep(self, key: tuple[str, str], got: tuple[tuple, bytes] | None) -> None:
         self._drop(key)
-        got = self._read_checked(folder, name)
-        if got is None:
-            return None
-        stamp, data = got
-        self._hold(key, stamp, data)
-        return data
+        if got is not None:
+            self._hold(key, *got)
 
     def _drop(self, key: tuple[str, str]) -> None:
         held = self._static.pop(key, None)
@@ -223,6 +248,7 @@ class TftpContent:
             self._held_bytes -= len(held[1])
 
     def _hold(self, key: tuple[str, str], stamp: tuple, data: bytes) -> None:
+        self._drop(key)  # never two copies of one file counted
         if len(data) > self.static_budget:
             return
         while self._static and (self._held_bytes + len(data) > self.static_budget
@@ -251,7 +277,6 @@ class TftpContent:
                 before = os.fstat(fd)
                 if not stat.S_ISREG(before.st_mode) or before.st_size > MAX_STATIC_FILE:
                     return None
-                self.static_reads += 1
                 data = self._read_fd(fd, before.st_size)
                 after = os.fstat(fd)
             except OSError:
@@ -342,7 +367,7 @@ class TftpContent:
         items = []
         for entry in self.list_static():
             try:
-                data = self._read(self.layout.own.tftp_path, entry.name)
+                data = await self._read(self.layout.own.tftp_path, entry.name)
             except TftpError:
                 continue  # being written: the next request (or refresh) signs the finished file
             if data is not None and entry.kind in (KIND_STATIC, KIND_DEFAULT_CONFIG):
