@@ -192,11 +192,13 @@ class _Consumer:
     # of another stream (the operator's restored one) says nothing about this one.
     proven: asyncio.Event = field(default_factory=asyncio.Event)
     untrusted: str = ""
+    proven_on: object = None   # creation time of the stream it was proven to read
 
     def unproven(self) -> None:
         """A new binding (subscribe or rebind): nothing of it is handled before it is proven."""
         self.proven = asyncio.Event()
         self.untrusted = ""
+        self.proven_on = None
 
 
 class EventBus:
@@ -533,6 +535,7 @@ class EventBus:
             return (f"stream {STREAM} was made again after consumer {consumer.durable} was bound "
                     "(it is gone with the old stream)")
         consumer.untrusted = _untrusted(stream.config)
+        consumer.proven_on = stream.created
         consumer.proven.set()
         return ""
 
@@ -613,6 +616,11 @@ class EventBus:
                 consumer.seen_at = time.time()
                 consumer.ack_floor = int(getattr(info.ack_floor, "stream_seq", 0) or 0)
                 consumer.stream_created = self.stream_created
+                if consumer.proven.is_set() and consumer.proven_on == self.stream_created:
+                    # The very stream it was proven on, judged again just now: an operator who
+                    # put it right in place (an update, not a new stream) is believed, or its
+                    # events were dropped for good while the bus reported healthy.
+                    consumer.untrusted = self.stream_untrusted
                 if not consumer.proven.is_set():  # its proof failed when it was bound: again
                     problem = await self._prove(consumer)
                     if problem:

@@ -624,3 +624,41 @@ async def test_a_stream_swapped_while_a_check_rebinds_a_consumer_lets_no_forged_
     finally:
         for b in (cm, operator, phone_sim):
             await b.close()
+
+
+async def test_a_stream_put_right_in_place_is_trusted_again_by_a_consumer_proven_on_it_BUS_2(bus_cluster):
+    """A consumer proven on a stream with a subject transform keeps that judgement with its
+    binding. When the bus operator removes the transform by updating the stream in place (the same
+    stream: the consumer stays bound), the check found nothing wrong any more, yet the binding's
+    old judgement dropped - terminated - every event for good until the service restarted."""
+    from nats.js.api import SubjectTransform
+
+    from ccmsec.runtime.bus import stream_config
+
+    c = bus_cluster
+    operator, cm = _operator(c), _bus(c, "callmanager")
+    await operator.connect()
+    handled, refused = [], []
+
+    async def handler(event):
+        handled.append(event.id)
+
+    try:
+        await operator.js.delete_stream(STREAM)
+        transformed = stream_config()
+        transformed.subject_transform = SubjectTransform(src="ccmsec.nobody.>", dest="ccmsec.nobody2.>")
+        await operator.js.add_stream(transformed)
+        await cm.connect()
+        await cm.subscribe(subject_for("service.restart", "callmanager"), "callmanager-restart", handler,
+                           on_refused=lambda *a: refused.append(a))
+        assert "subject_transform" in await cm.check()
+        await operator.js.update_stream(stream_config())        # put right, in place
+        assert await cm.check() == ""
+        legit = make_event("service.restart", "cli", service_restart=events_pb2.ServiceRestart(
+            role="callmanager", rule="CHK-14"))
+        await _bus_publish(c, "cli", legit, target="callmanager")
+        assert await _until(lambda: handled or refused, 10)
+        assert handled == [legit.id] and refused == []
+    finally:
+        for b in (cm, operator):
+            await b.close()
