@@ -4,7 +4,7 @@ Each row is one serialized `ccmsec.v1.Event` (its `id` is the JetStream `Nats-Ms
 relayed by the service that wrote it (`origin` = its node): a rolled-back change leaves no row, so
 nothing is ever sent for it; a committed one keeps its rows until JetStream acknowledged each
 (`sent_at`), or set it aside as refused for good (`last_error` starting "set aside: ", `sent_at`
-empty). The relay is `ccmsec/runtime/outbox.py`. Each service writes only its own rows.
+empty; deleted after the stream's age). The relay is `ccmsec/runtime/outbox.py`. Each service writes only its own rows.
 """
 
 from __future__ import annotations

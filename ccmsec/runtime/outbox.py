@@ -20,7 +20,8 @@ relay until JetStream acknowledges.
   the server does not let this role publish it (BUS-2), NATS/JetStream refuses the message itself
   (`bus.PublishRefused`) — is *set aside*: marked (`last_error` starts with "set aside: ", `sent_at`
   stays empty), logged once as an error and counted in `ccmsec_outbox_set_aside_total`; the rows
-  behind it go on. Only such a refusal sets a row aside: while NATS is down, does not answer, or
+  behind it go on; it is deleted once older than the stream keeps an event (7 days: `prune`,
+  with the acknowledged rows). Only such a refusal sets a row aside: while NATS is down, does not answer, or
   JetStream refuses for a reason of its own state (its store full: 400 err_code 10002), the relay
   keeps the order and retries (one failing row holds back those behind it).
 * `ccmsec_outbox_depth{service}` is the number of rows not yet acknowledged (set-aside rows not
@@ -61,6 +62,9 @@ DELIVERY_WAIT = 3.0      # seconds a request waits for its events' acks before s
 BATCH = 100
 RETRY_MIN, RETRY_MAX = 0.2, 5.0
 KEEP_SENT = _dt.timedelta(hours=1)  # acknowledged rows kept this long (inspection), then deleted
+# Set-aside rows kept (for inspection) as long as the stream keeps an event, then deleted: without
+# it every refused event stayed in event_outbox for ever.
+KEEP_SET_ASIDE = _dt.timedelta(seconds=bus_mod.STREAM_MAX_AGE)
 _REMEMBER = 10_000       # acknowledged ids remembered in memory for wait_sent
 SET_ASIDE = "set aside: "  # last_error of a row refused for good: the relay no longer picks it
 
@@ -247,12 +251,17 @@ class OutboxRelay:
             self._wake.set()  # more behind this batch
         return True
 
-    async def prune(self) -> None:
-        cutoff = _dt.datetime.now(_dt.timezone.utc) - KEEP_SENT
+    async def prune(self, now: _dt.datetime | None = None) -> None:
+        """Delete this origin's rows acknowledged over KEEP_SENT ago, and its set-aside rows staged
+        over KEEP_SET_ASIDE ago; a row still waiting to be published is never deleted."""
+        now = now or _dt.datetime.now(_dt.timezone.utc)
         async with self.db() as session, session.begin():
             await session.execute(delete(OutboxRow).where(
                 OutboxRow.origin == self.origin, OutboxRow.sent_at.is_not(None),
-                OutboxRow.sent_at < cutoff))
+                OutboxRow.sent_at < now - KEEP_SENT))
+            await session.execute(delete(OutboxRow).where(
+                OutboxRow.origin == self.origin, OutboxRow.sent_at.is_(None),
+                OutboxRow.last_error.like(SET_ASIDE + "%"), OutboxRow.created_at < now - KEEP_SET_ASIDE))
 
     async def run(self) -> None:
         """Until cancelled: relay whenever kicked, and on a timer while anything is pending."""

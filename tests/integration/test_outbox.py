@@ -1049,3 +1049,33 @@ async def test_a_full_account_store_holds_the_row_back_it_never_sets_it_aside(tm
     finally:
         await bus.close()
         stop_process(proc)
+
+
+async def test_set_aside_rows_are_pruned_once_older_than_the_stream_keeps_waiting_rows_never(tmp_path):
+    """A set-aside row is never published and was never deleted either: prune removed only
+    acknowledged rows, so refused events piled up in event_outbox for ever. Now one older than the
+    stream keeps an event goes with them; a newer one stays for inspection, and a row still waiting
+    to be published (however old) and another origin's rows are never touched."""
+    import datetime as dt
+
+    from ccmsec.runtime.bus import STREAM_MAX_AGE
+
+    engine, db = await open_database(f"sqlite+aiosqlite:///{tmp_path / 'ccmsec.db'}")
+    relay = OutboxRelay(db, lambda e, t: None, origin="prune-node", role="prune-relay")
+    now = dt.datetime.now(dt.timezone.utc)
+    old = now - dt.timedelta(seconds=STREAM_MAX_AGE + 3600)
+    try:
+        async with db() as session, session.begin():
+            for event_id, origin, created, error in (
+                    ("old-aside", "prune-node", old, "set aside: refused"),
+                    ("new-aside", "prune-node", now - dt.timedelta(days=1), "set aside: refused"),
+                    ("old-waiting", "prune-node", old, "BusError: no acknowledgement"),
+                    ("other-aside", "other-node", old, "set aside: refused")):
+                session.add(OutboxRow(event_id=event_id, origin=origin, kind="access.denied", target=None,
+                                      payload=b"", attempts=1, last_error=error, created_at=created))
+        await relay.prune()
+        async with db() as session:
+            left = sorted((await session.scalars(select(OutboxRow.event_id))).all())
+        assert left == ["new-aside", "old-waiting", "other-aside"]
+    finally:
+        await engine.dispose()
