@@ -73,3 +73,12 @@ def bounded(message: Any, limit: int = MESSAGE_LIMIT) -> str:
     """A whole message safe to print, log or send: no control characters, at most `limit`
     characters plus the cut marker. An ordinary message comes back unchanged."""
     return _render(_as_text(message), limit, ascii_only=False)
+
+
+def fitted(value: Any, size: int) -> str:
+    """`shown`, but the whole result, cut marker included, at most `size` characters (a database
+    column); a value that fits escaped comes back as `shown` gives it."""
+    text = shown(value, size)
+    if len(text) <= size:
+        return text
+    return shown(value, max(size - 30, 1))[:size]  # the marker is at most ~30 characters

@@ -410,13 +410,20 @@ async def test_errors_quote_huge_or_nasty_input_escaped_and_bounded(stack):
         assert body["detail"].startswith("device pool name 'p") and len(body["detail"]) < 300, body
         assert body["detail"].endswith("': 1-64 of letters, digits, ' _.-'"), body
         assert body["detail"].isascii() and body["detail"].isprintable(), body
+    # a failed login's user name and a refused path's name reach the audit escaped and cut
+    for user in ("u\x1b[2J\nFAKE", "u" * 5000):
+        assert_json_error(await stack.client(auth=(user, "wrong")).get("/api/v1/devices"), 401)
     from sqlalchemy import select
 
     from ccmsec.db.admin import AuditEntry
 
     async with stack.sessionmaker() as session:
-        refusals = (await session.scalars(select(AuditEntry.detail))).all()
-    assert all(d is None or (d.isprintable() and len(d) < 1200) for d in refusals)
+        rows = (await session.execute(select(AuditEntry.actor, AuditEntry.target, AuditEntry.detail))).all()
+    assert all(d is None or (d.isprintable() and len(d) < 1200) for _, _, d in rows)
+    actors = {a for a, _, _ in rows if a and a.startswith("u")}
+    assert "u\\x1b[2J\\nFAKE" in actors, actors
+    assert all(len(a) <= 64 and a.isprintable() for a in actors), actors
+    assert "p\\x1b[2J" in {t for _, t, _ in rows}, rows
 
 
 # --- audit, openapi, shutdown ---------------------------------------------------------------------

@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 
-from ccmsec.textsafe import MESSAGE_LIMIT, SHOWN_LIMIT, bounded, shown
+from ccmsec.textsafe import MESSAGE_LIMIT, SHOWN_LIMIT, bounded, fitted, shown
 
 HUGE = "A" * 100_000
 NASTY = "SEP\x1b[2J\x1b]0;owned\x07\nFAKE LOG LINE\r\u202e\x00"
@@ -33,6 +33,14 @@ def test_long_input_is_cut_with_a_marker():
     assert bounded(HUGE) == "A" * MESSAGE_LIMIT + f"...({100_000 - MESSAGE_LIMIT} more characters)"
     # the limit counts the escaped text: an escape is never split
     assert shown("\x00" * 100, limit=10) == "\\x00\\x00...(98 more characters)"
+
+
+def test_fitted_keeps_the_marker_within_the_size():
+    assert fitted("u" * 64, 64) == "u" * 64
+    assert fitted("\x1b", 64) == "\\x1b"
+    for n in (65, 1000, 10**7):
+        text = fitted("u" * n, 64)
+        assert len(text) <= 64 and text.startswith("u" * 30) and "more characters" in text, text
 
 
 def test_anything_else_is_shown_by_its_str():

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from ccmsec.db.admin import AuditEntry
 from ccmsec.db.devices import utcnow
+from ccmsec.textsafe import fitted
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ def action_of(request: Request) -> str:
 
 def target_of(request: Request) -> str | None:
     target = getattr(request.state, "audit_target", None) or request.path_params.get("name")
-    return None if target is None else str(target)[:128]
+    return None if target is None else fitted(target, 128)  # a path's name: the client's text
 
 
 def actor_of(request: Request) -> str | None:
@@ -54,7 +55,7 @@ def new_entry(request: Request, *, status: int, detail: str = "", rule: str | No
     client = request.client
     actor = actor_of(request)
     return AuditEntry(
-        actor=actor[:64] if actor else None,
+        actor=fitted(actor, 64) if actor else None,  # may be a user name nobody has (a failed login)
         action=(action or action_of(request))[:64],
         target=target if target is not None else target_of(request),
         outcome=outcome_for_status(status),
