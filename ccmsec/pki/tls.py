@@ -103,14 +103,20 @@ def _prepare_keylog(path: str | Path) -> None:
     0600 before a secret goes in (OpenSSL would create it with the process's umask, usually
     world-readable). Another user's file is never chmod-ed — that is theirs to set (and fails
     unless we are root): one already 0600 is used as it is (its owner reads it, e.g. Wireshark's
-    user), one readable by others is refused. Raises KeylogError, never a bare OSError."""
+    user), one readable by others is refused. Only a regular file: a device (`/dev/null` is
+    root's, so root "tightened" it to 0600 and broke every other user's writes) or a FIFO (its
+    open waits for a reader: a hang) is refused untouched. Raises KeylogError, never a bare OSError."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        # O_NONBLOCK: a FIFO without a reader is refused at once (ENXIO), not waited on
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o600)
     except OSError as exc:
         raise KeylogError(f"cannot open the key log {path}: {exc.strerror or exc}") from None
     try:
         st = os.fstat(fd)
         mode = stat.S_IMODE(st.st_mode)
+        if not stat.S_ISREG(st.st_mode):
+            raise KeylogError(f"the key log {path} is not a regular file: session secrets go only "
+                              "into a file (use another path)")
         if st.st_uid == os.geteuid():
             if mode != 0o600:
                 os.fchmod(fd, 0o600)

@@ -294,3 +294,58 @@ def test_later8_enable_legacy_tls_hook_on_an_ordinary_server_context(pki):
     assert isinstance(_try_handshake(server, client), ssl.SSLError)
     tls.enable_legacy_tls(server)
     assert _try_handshake(server, client) == ("TLSv1", "AES128-SHA")
+
+
+def test_a_key_log_that_is_no_regular_file_is_refused_untouched(pki, tmp_path, monkeypatch):
+    """SSLKEYLOGFILE=/dev/null (a way to 'turn it off') in a root process made root's /dev/null
+    0600 — every other user's writes to it failed — because a file of ours is tightened to 0600.
+    Only a regular file takes secrets: a device or a FIFO (here ours, mode 0644, with a reader so
+    the old open did not wait) is refused, its mode untouched, and TLS still works."""
+    import os
+    import stat
+
+    capf, _, ccm, lsc, _ = pki
+    monkeypatch.delenv("SSLKEYLOGFILE", raising=False)
+    fifo = tmp_path / "keys.fifo"
+    os.mkfifo(fifo, 0o644)
+    os.chmod(fifo, 0o644)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        with pytest.raises(tls.KeylogError, match="not a regular file"):
+            tls.enable_keylog(tls.sccp_phone_context("encrypted", [ccm.cert], lsc=lsc), fifo)
+        assert stat.S_IMODE(os.stat(fifo).st_mode) == 0o644
+        monkeypatch.setenv("SSLKEYLOGFILE", str(fifo))
+        assert _handshake(tls.sccp_server_context(ccm, [capf.cert]),
+                          tls.sccp_phone_context("encrypted", [ccm.cert], lsc=lsc))
+        assert stat.S_IMODE(os.stat(fifo).st_mode) == 0o644
+    finally:
+        os.close(reader)
+
+
+def test_a_fifo_key_log_without_a_reader_is_a_clear_error_not_a_hang(pki, tmp_path, monkeypatch):
+    """Opening a FIFO for writing waits for a reader: a key log path that is one hung the service
+    building its TLS context."""
+    import os
+    import threading
+
+    capf, _, ccm, lsc, _ = pki
+    monkeypatch.delenv("SSLKEYLOGFILE", raising=False)
+    fifo = tmp_path / "keys.fifo"
+    os.mkfifo(fifo, 0o600)
+    outcome = []
+
+    def attempt():
+        try:
+            tls.enable_keylog(tls.sccp_phone_context("encrypted", [ccm.cert], lsc=lsc), fifo)
+            outcome.append("used")
+        except tls.KeylogError as exc:
+            outcome.append(str(exc))
+
+    worker = threading.Thread(target=attempt, daemon=True)
+    worker.start()
+    worker.join(5)
+    if worker.is_alive():   # release the hung open
+        os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
+        worker.join(5)
+        pytest.fail("opening the key log waited for a reader of the FIFO")
+    assert outcome and "key log" in outcome[0] and outcome[0] != "used"
