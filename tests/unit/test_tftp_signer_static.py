@@ -254,3 +254,29 @@ async def test_a_large_file_is_read_off_the_event_loop_once_for_requests_arrivin
     assert await content.resolve("RingList.xml") == b"<list/>" and content.read_on_loop == [False, True]
     path.unlink()
     assert await content.resolve("bundle.zz") is None and content._held_bytes == 7
+
+
+@pytest.mark.parametrize("caching", [True, False])
+async def test_resigning_static_files_hashes_and_signs_a_large_one_off_the_event_loop(
+        tmp_path, tftp_cert, big_hashes, monkeypatch, caching):
+    """Resign(all) and a change to mixed mode re-sign the static files: a few files were signed
+    inline, so a 16 MiB bundle among them was hashed and signed with the event loop blocked."""
+    import ccmsec_tftp_signer.signing as signing
+
+    real, signed_on_loop = signing.sign_file, []
+
+    def sign_file(payload, *args, **kw):
+        if len(payload) >= MIB:
+            signed_on_loop.append(threading.current_thread() is threading.main_thread())
+        return real(payload, *args, **kw)
+    monkeypatch.setattr(signing, "sign_file", sign_file)
+    content = _signing_content(tmp_path, tftp_cert, caching=caching)
+    image = os.urandom(4 * MIB)
+    (tmp_path / "cluster1" / "bundle.zz").write_bytes(image)
+    (tmp_path / "cluster1" / "RingList.xml").write_bytes(b"<list/>")
+    assert await content.resign_static() == 2
+    assert await content.resign_static() == 0  # current: nothing signed again
+    assert await content.resign_static(force=True) == 2
+    assert _payload_of(await content.resolve("bundle.zz.sgn"), tftp_cert, "bundle.zz") == image
+    assert signed_on_loop == [False, False]
+    assert big_hashes and all(not on_loop for _size, on_loop in big_hashes)

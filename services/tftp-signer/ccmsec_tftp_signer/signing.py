@@ -80,6 +80,9 @@ class SigningPool:
         timestamp = int(timestamp or time.time())
         loop = asyncio.get_running_loop()
         if len(items) <= self.chunk:
+            if sum(len(payload) for _name, payload in items) > BIG_PAYLOAD:
+                # a firmware bundle among the static files: tens of ms of hashing, not on the loop
+                return [asyncio.ensure_future(asyncio.to_thread(sign_batch, self.signer, items, timestamp))]
             future = loop.create_future()
             future.set_result(sign_batch(self.signer, items, timestamp))
             return [future]
@@ -262,13 +265,23 @@ class SignedStore:
         kept as soon as its chunk is signed, and a request for a file being signed here waits for
         it instead of signing it again."""
         loop = asyncio.get_running_loop()
+        # Big payloads (static files) are hashed, and their copies on disk checked, in a thread
+        # first; the claim below uses that answer (a copy signed meanwhile is at worst signed again).
+        known: dict[int, tuple[bytes, bool]] = {}
+        for index, (name, payload) in enumerate(items):
+            if len(payload) > BIG_PAYLOAD:
+                digest = await payload_digest(payload)
+                stale = force or await self._cached_async((folder, name), digest, payload) is None
+                known[index] = (digest, stale)
         todo = []
-        for name, payload in items:  # claimed before the first await: no one signs them twice
-            digest = _digest(payload)
+        for index, (name, payload) in enumerate(items):  # claimed with no await: no one signs them twice
+            digest, stale = known.get(index) or (_digest(payload), None)
             flight = (folder, name, digest)
             if flight in self._inflight:
                 continue
-            if force or self._cached((folder, name), digest, payload) is None:
+            if stale is None:
+                stale = force or self._cached((folder, name), digest, payload) is None
+            if stale:
                 self._inflight[flight] = loop.create_future()
                 todo.append((name, payload, digest))
         if not todo:
