@@ -170,6 +170,19 @@ def _local_address(ancdata: list, family: int) -> tuple[str, int] | None:
     return None
 
 
+def _undeliverable(addr: tuple) -> bool:
+    """A request's source no answer can go to: port 0, or the unspecified address."""
+    if addr[1] == 0:
+        return True
+    try:
+        ip = ipaddress.ip_address(addr[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_unspecified
+
+
 class TftpServer:
     """Read-only TFTP server. `resolve(filename, client)` returns the bytes, None (not found),
     or raises TftpError(code, message).
@@ -215,7 +228,7 @@ class TftpServer:
         self._sessions: dict[tuple, asyncio.Task[None]] = {}
         self._per_source: dict[str, int] = {}  # client address -> transfers running
         self.refused_per_source = 0
-        self.dropped_port_zero = 0  # requests from UDP source port 0: nothing can be sent back
+        self.dropped_undeliverable = 0  # requests from port 0 or from 0.0.0.0 / :: (never answered)
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
@@ -326,11 +339,13 @@ class TftpServer:
             log.debug("tftp: reply to %s not sent: %s", addr, exc)
 
     def _on_request(self, data: bytes, addr: tuple, local: tuple[str, int] | None = None) -> None:
-        if addr[1] == 0:
+        if _undeliverable(addr):
             # No datagram can be delivered to port 0: a transfer would hold a slot (of the server's
             # and of this address's) for the whole retry period, and an error reply goes nowhere.
-            self.dropped_port_zero += 1
-            log.debug("tftp: request from %s port 0 dropped", addr[0])
+            # One sent to 0.0.0.0 or :: goes to this host itself, to whatever listens on that port
+            # (a DHCP-style broadcast from 0.0.0.0 gets past the kernel's martian check).
+            self.dropped_undeliverable += 1
+            log.debug("tftp: request from %s port %s dropped: no answer can reach it", addr[0], addr[1])
             return
         try:
             packet = parse_packet(data)

@@ -433,10 +433,32 @@ async def test_a_request_from_source_port_zero_is_dropped_without_taking_a_trans
                           max_sessions=4, max_sessions_per_source=1) as srv:
         _udp_from_port_zero(t.encode_rrq("big"), srv.address)
         for _ in range(100):
-            if srv.dropped_port_zero or srv.active_sessions:
+            if srv.dropped_undeliverable or srv.active_sessions:
                 break
             await asyncio.sleep(0.01)
         assert srv.active_sessions == 0
-        assert srv.dropped_port_zero == 1
+        assert srv.dropped_undeliverable == 1
         # The address's one slot is free: a real client from it is served at once.
         assert await tftp_get(*srv.address, "exact", timeout=0.2, retries=2) == FILES["exact"]
+
+
+@pytest.mark.parametrize("listen, source", [("127.0.0.1", "0.0.0.0"), ("::", "::ffff:0.0.0.0")])
+async def test_a_request_from_the_unspecified_address_is_not_answered_onto_this_host(listen, source):
+    """A DHCP-style broadcast from 0.0.0.0 passes the kernel's martian check, and a datagram sent
+    to 0.0.0.0 (or ::) is delivered to this host itself: the transfer would send the file to
+    whatever local service listens on the port the request named. It is dropped instead."""
+    try:
+        srv = TftpServer(listen, 0, resolve, timeout=0.1, retries=2)
+        await srv.start()
+    except OSError as exc:
+        pytest.skip(f"cannot listen on {listen}: {exc}")
+    local_t, local = await raw_peer("127.0.0.1")  # a local service on some UDP port
+    try:
+        port = local_t.get_extra_info("sockname")[1]
+        srv._on_request(t.encode_rrq("exact"), (source, port))  # as the listener received it
+        with pytest.raises(asyncio.TimeoutError):
+            await local.recv(timeout=0.5)
+        assert srv.active_sessions == 0 and srv.dropped_undeliverable == 1
+    finally:
+        local_t.close()
+        await srv.close()
