@@ -501,6 +501,30 @@ async def test_rst9_reset_event_reaches_the_phones_of_the_named_node_by_host_nam
         await publisher.close()
 
 
+async def test_a_reset_cancelled_while_it_closes_the_connection_leaves_no_connection_behind(lab):
+    """A gRPC reset whose caller gives up (its deadline) is cancelled in request_boot; cancelled
+    while the phone's failover connection was being stopped, the stop ended there: the SCCP
+    connection stayed registered with call control, its keepalives running, owned by nobody (the
+    runner had already let go of it), and the next boot registered a second one beside it."""
+    name = "SEP00112233001D"
+    lab.device(name, signed=False)
+    lab.image()
+    runner = await boot(lab, lab.phone(name))
+    assert runner.phone.state is State.REGISTERED
+    failover, conn = runner.failover, runner.failover.conn
+    request = asyncio.create_task(runner.request_boot())
+    while runner.failover is not None:     # until request_boot is stopping the connection
+        await asyncio.sleep(0)
+    request.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await request
+    await until(lambda: conn.closed, 12)   # stopped all the same (bounded)
+    assert failover.conn is None
+    await runner.request_boot()            # and the phone boots again on one connection
+    await until(lambda: runner.phone.state is State.REGISTERED and runner.failover is not None)
+    assert runner.failover.conn is not conn and not runner.failover.conn.closed
+
+
 async def test_a_socket_the_os_refuses_never_leaves_a_phone_stuck_mid_boot(lab):
     """The OS refusing the web server's socket (EMFILE with thousands of phones) raised out of the
     boot: the phone's task died with a traceback and the phone stayed in downloading-config for

@@ -119,6 +119,7 @@ class PhoneRunner:
         self._control = asyncio.Lock()  # request_boot / stop: one owner of `_task` at a time
         self.closed = False
         self.failover: FailoverPhone | None = None
+        self._stopping: asyncio.Future | None = None  # the stop of the last connection, until it ends
         self.retry_at = 0.0  # wall time of the next automatic boot after a transient failure
         # The phone's voice on every call (issue 11): G.711, SRTP when call control gives keys.
         self.audio = phone_audio(phone.name)
@@ -610,5 +611,14 @@ class PhoneRunner:
         self.phone.certificate_in_use = ""
         self.phone.fallback = False
         if failover is not None:
+            # Its own task, awaited through a shield: a caller cancelled meanwhile (a gRPC reset's
+            # deadline) cut the stop short and left the connection registered with call control,
+            # its keepalives and failover task running, owned by nobody. The stop is bounded.
+            self._stopping = asyncio.ensure_future(failover.stop())
+            self._stopping.add_done_callback(lambda f: f.cancelled() or f.exception())
+        stopping = self._stopping
+        if stopping is not None:  # also one a cancelled caller left: a new boot waits for it
             with contextlib.suppress(Exception):
-                await failover.stop()
+                await asyncio.shield(stopping)
+            if self._stopping is stopping:
+                self._stopping = None
