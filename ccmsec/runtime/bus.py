@@ -374,12 +374,16 @@ class EventBus:
         except BusError as exc:
             raise PublishRefused(str(exc)) from None
         started = time.monotonic()
+        # The server quotes the subject it refuses: matched with its quotes, a refusal of a longer
+        # subject (`...device.reset.SEP1.x`) published meanwhile is not taken for this one's, which
+        # would abort it and set its outbox row aside for good.
+        quoted = f'"{subject}"'
         try:
             ack = await self._or_refused(self.js.publish(
                 subject, event.SerializeToString(), timeout=5, headers={
-                    "Nats-Msg-Id": event.id, TRACE_HEADER: current_trace_id() or event.id}), subject, started)
+                    "Nats-Msg-Id": event.id, TRACE_HEADER: current_trace_id() or event.id}), quoted, started)
         except nats.errors.TimeoutError:
-            refused = self._refusal(subject, started)
+            refused = self._refusal(quoted, started)
             if refused:
                 raise PublishRefused(f"NATS refused to let {self.role} publish {subject}: {refused}") from None
             raise BusError(f"no acknowledgement from the event stream for {subject} (is NATS up and "

@@ -1079,3 +1079,28 @@ async def test_set_aside_rows_are_pruned_once_older_than_the_stream_keeps_waitin
         assert left == ["new-aside", "old-waiting", "other-aside"]
     finally:
         await engine.dispose()
+
+
+async def test_a_refusal_of_a_longer_subject_is_not_taken_for_the_one_being_published(tmp_path):
+    """A publish is aborted as refused as soon as the server reports a permissions violation naming
+    its subject - matched as a substring, so a refused publish of a longer subject (here phone-sim's
+    access.denied with one more token) sent just before made the allowed publish a PublishRefused:
+    its outbox row would be set aside and its event lost."""
+    from ccmsec.cluster.pki import issue_service_identity
+    from ccmsec.runtime.bus import make_event, read_seed
+    from tests.conftest import start_secured_nats, stop_process
+
+    issue_service_identity(tmp_path, "phone-sim", "phone-sim", "127.0.0.1")
+    folder = tmp_path / "identities" / "services" / "phone-sim"
+    url, proc = start_secured_nats(tmp_path, [folder], tmp_path / "js")
+    bus = EventBus(url, "outbox-prefix", role="phone-sim", seed=read_seed(folder), connect_timeout=10)
+    try:
+        await bus.connect()
+        subject = subject_for("access.denied", None, "phone-sim")
+        for i in range(5):
+            await bus.nc.publish(subject + ".x", b"refused")   # not phone-sim's: a violation
+            await bus.publish(make_event("access.denied", "prefix-node",
+                                         access_denied=events_pb2.AccessDenied(method=f"/x/{i}")))
+    finally:
+        await bus.close()
+        stop_process(proc)
