@@ -17,6 +17,7 @@ from ccmsec.adminclient import (
     discover,
 )
 from ccmsec.cli.common import CliError, add_data_option, data_dir, read_password, seconds
+from ccmsec.textsafe import bounded
 
 LIST_COLUMNS = [("NAME", "name"), ("MODEL", "model"), ("SECURITY", "security_mode"),
                 ("POOL", "device_pool"), ("VERSION", "config_version"),
@@ -120,7 +121,8 @@ def _print_json(value) -> None:
 
 
 def _cell(value) -> str:
-    return "-" if value is None or value == "" else str(value)
+    # escaped: a description or name is whatever someone stored, and it goes to a terminal
+    return "-" if value is None or value == "" else bounded(str(value), 4096)
 
 
 def format_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:

@@ -110,3 +110,17 @@ async def test_cli_errors_are_one_line_without_traceback(stack, tmp_path):
         assert expected in one_line_error(err), (args, err)
     rc, out, _ = await ccmsec(stack, "device", "list", "--user", "viewer", "--password-file", str(ro))
     assert rc == 0 and out.strip() == "no devices"
+
+
+async def test_cli_tables_escape_what_was_stored(stack):
+    """A description is whatever someone stored through the API: `device list` and `device show`
+    print its control characters escaped, so it cannot drive the reader's terminal."""
+    stack.write_endpoints()
+    r = await stack.admin().post("/api/v1/devices", json={
+        "name": SEP, "model": "7970", "description": "lobby\x1b[2J\x1b]0;owned\x07\nFAKE"})
+    assert r.status_code == 201, r.text
+    for cmd in (["device", "list"], ["device", "show", SEP]):
+        rc, out, err = await ccmsec(stack, *cmd)
+        assert rc == 0, err
+        assert "\x1b" not in out and "\x07" not in out, repr(out)
+        assert "lobby\\x1b[2J\\x1b]0;owned\\x07\\nFAKE" in out, out
