@@ -287,6 +287,13 @@ async def test_phone_sim_service_points_a_phone_at_servers_that_are_not_ours_ove
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await stub.SetServers(phone_sim_pb2.SetServersRequest(phones=selector, capf="no such host!"))
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "CAPF" in refused.value.details()
+        # a refusal quotes the request's names escaped and cut: a 100 kB name with terminal escapes
+        # came back whole (over gRPC's metadata limit the call failed with another code)
+        with pytest.raises(grpc.aio.AioRpcError) as unknown:
+            await stub.GetPhone(phone_sim_pb2.PhoneName(name="\x1b[2J" + "X" * 100_000))
+        assert unknown.value.code() == grpc.StatusCode.NOT_FOUND, unknown.value
+        details = unknown.value.details()
+        assert len(details) < 300 and "\x1b" not in details and "\\x1b[2J" in details and "more characters" in details
         (state,) = (await stub.SetServers(phone_sim_pb2.SetServersRequest(
             phones=selector, tftp=f"127.0.0.1:{lab.tftp.address[1]}", capf=f"127.0.0.1:{standard_server.port}",
             call_control=[f"127.0.0.1:{lab.sccp.port}"]))).phones

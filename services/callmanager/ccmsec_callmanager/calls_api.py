@@ -16,6 +16,7 @@ import grpc
 from ccmsec.calls.model import CallEvent, CallView
 from ccmsec.wire.sccp_phone import ICONS, KEYPAD_CODES, PhoneActionError
 from ccmsec_proto import callmanager_pb2 as pb
+from ccmsec.textsafe import bounded, shown
 
 # SCCP media payload types (compression types) the phones report in CapabilitiesRes.
 CODEC_NAMES = {2: "g711a", 4: "g711u", 6: "g722", 9: "g729", 11: "g729a", 0x19: "wideband-256k"}
@@ -88,7 +89,7 @@ class CallsServicerMixin:
         try:
             queue = calls.watch()
         except RuntimeError as exc:   # too many watchers at once
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, bounded(str(exc)))
         offset, node = self._offset_node(calls)
         try:
             # what is going on now, then every change; the queue was taken first so nothing is missed
@@ -118,7 +119,7 @@ class CallsServicerMixin:
             # problem (FAILED_PRECONDITION) when it is the request that is wrong
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"dial needs a number of 1 to {MAX_CTI_NUMBER} characters 0-9 * # +, "
-                                f"got {number[:MAX_CTI_NUMBER + 8]!r}")
+                                f"got '{shown(number, MAX_CTI_NUMBER + 8)}'")
         try:
             device = calls.cti(request.port, action, request.number)
         except PhoneActionError as exc:
@@ -126,7 +127,7 @@ class CallsServicerMixin:
             code = (grpc.StatusCode.NOT_FOUND if text.startswith("no CTI port")
                     else grpc.StatusCode.INVALID_ARGUMENT if text.startswith("unknown CTI action")
                     else grpc.StatusCode.FAILED_PRECONDITION)
-            await context.abort(code, str(exc))
+            await context.abort(code, bounded(text))
         await asyncio.sleep(0)
         return pb.CtiReply(port=device.profile.name, calls=[
             f"{c.reference} {c.state_name}" for c in device.phone.calls.values()])

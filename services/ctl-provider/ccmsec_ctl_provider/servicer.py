@@ -18,6 +18,7 @@ from ccmsec_proto import common_pb2, ctl_provider_pb2, ctl_provider_pb2_grpc
 from ccmsec_ctl_provider.certificates import CertificateUnavailable
 from ccmsec_ctl_provider.cluster_tls import read_legacy_tls
 from ccmsec_ctl_provider.trust import LOCAL_CLUSTER_ID, Refused
+from ccmsec.textsafe import bounded
 
 MAX_CTL_REQUEST = 64 * 1024
 
@@ -40,7 +41,7 @@ def _cluster_message(e: TftpClusterEntry) -> ctl_provider_pb2.TftpCluster:
 
 class CtlProviderServicer(StatusServicerMixin, ctl_provider_pb2_grpc.CtlProviderServicer):
     async def _refused(self, context, exc: Refused):
-        await context.abort(exc.code, str(exc))
+        await context.abort(exc.code, bounded(str(exc)))
 
     async def Activate(self, request, context):  # noqa: N802
         await self.service.domain.activate(change_actor(self.service, context), request.active)
@@ -50,7 +51,7 @@ class CtlProviderServicer(StatusServicerMixin, ctl_provider_pb2_grpc.CtlProvider
         try:
             entries = await self.service.server_certificates()
         except CertificateUnavailable as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+            await context.abort(grpc.StatusCode.UNAVAILABLE, bounded(str(exc)))
         return ctl_provider_pb2.ServerCertificatesReply(
             server=self.service.node,
             certificates=[certificate_message(e.der, int(e.role), e.dns_name, e.ipv4) for e in entries])
@@ -133,7 +134,7 @@ class CtlProviderServicer(StatusServicerMixin, ctl_provider_pb2_grpc.CtlProvider
         try:
             mode = ClusterMode.from_proto(request.mode).value
         except DomainError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"give the cluster's mode: {exc}")
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, bounded(f"give the cluster's mode: {exc}"))
         entry = TftpClusterEntry(request.cluster_id, request.tftp_path, request.alternate_path, mode)
         try:
             return await self._clusters(await self.service.trust.register_cluster(
@@ -141,7 +142,7 @@ class CtlProviderServicer(StatusServicerMixin, ctl_provider_pb2_grpc.CtlProvider
         except Refused as exc:
             await self._refused(context, exc)
         except ValueError as exc:  # TftpPathConflict from validation
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, bounded(str(exc)))
 
     async def RemoveTftpCluster(self, request, context):  # noqa: N802
         try:

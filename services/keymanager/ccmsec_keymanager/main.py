@@ -17,6 +17,7 @@ from ccmsec.media.srtp import DEFAULT_SUITE, MasterKey, SrtpSuite, common_suite
 from ccmsec.runtime.service import Service, run_service
 from ccmsec.runtime.servicer import StatusServicerMixin
 from ccmsec_proto import common_pb2, keymanager_pb2, keymanager_pb2_grpc
+from ccmsec.textsafe import bounded
 
 MAX_CALLS_PER_REQUEST = 64   # one reply's pairs: call control's pool asks ahead in batches
 MAX_CALL_ID = 128
@@ -70,7 +71,7 @@ class KeyManagerServicer(StatusServicerMixin, keymanager_pb2_grpc.KeyManagerServ
             suite = choose_suite(request)
         except KeyRequestError as exc:
             CALL_KEYS.labels("none", "refused").inc()
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"ENC-4: {exc}")
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, bounded(f"ENC-4: {exc}"))
         self.service.calls_keyed += calls
         CALL_KEYS.labels(suite.name, "issued").inc(calls)
         self.service.log.debug("call keyed", extra={"call_id": request.call_id, "suite": suite.name,

@@ -29,6 +29,7 @@ from ccmsec.pki.tokens import issue_mic
 from ccmsec_phone_sim.boot import Network, PhoneRunner
 from ccmsec_phone_sim.models import ModelError, check_name, model_info, names_with_prefix
 from ccmsec_phone_sim.phone import Phone, State
+from ccmsec.textsafe import shown
 
 log = logging.getLogger("ccmsec.phone-sim")
 
@@ -185,7 +186,7 @@ class Fleet:
             raise FleetError("name at least one phone, or select all")
         missing = [n for n in names if n not in self.runners]
         if missing:
-            raise FleetError(f"unknown phone(s): {', '.join(missing[:5])}")
+            raise FleetError(f"unknown phone(s): {', '.join(shown(n) for n in missing[:5])}")
         return [self.runners[n] for n in dict.fromkeys(names)]
 
     async def boot(self, runners: Iterable[PhoneRunner], requested_at: float | None = None) -> int:

@@ -35,6 +35,7 @@ from ccmsec_phone_sim.fleet import Fleet, FleetError
 from ccmsec_phone_sim.nodes import node_addresses, normalise_ip
 from ccmsec_phone_sim.phone import SettingsLocked, State
 from ccmsec.wire.sccp_phone import PhoneActionError
+from ccmsec.textsafe import bounded
 
 
 def certificate_pb(cert: x509.Certificate | None, role: int) -> common_pb2.Certificate | None:
@@ -86,13 +87,13 @@ class PhoneSimServicer(StatusServicerMixin, phone_sim_pb2_grpc.PhoneSimServicer)
             return self.fleet.select(request.names, request.all)
         except FleetError as exc:
             await context.abort(grpc.StatusCode.NOT_FOUND if "unknown" in str(exc)
-                                else grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+                                else grpc.StatusCode.INVALID_ARGUMENT, bounded(str(exc)))
 
     async def AddPhones(self, request, context):  # noqa: N802
         try:
             phones = await self.fleet.add(request.count, request.model, request.name_prefix)
         except FleetError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, bounded(str(exc)))
         return self._reply(self.fleet.runners[p.name] for p in phones)
 
     async def BootPhones(self, request, context):  # noqa: N802
@@ -125,7 +126,7 @@ class PhoneSimServicer(StatusServicerMixin, phone_sim_pb2_grpc.PhoneSimServicer)
             phone = self.fleet.set_auth_string(request.name, request.auth_string)
         except FleetError as exc:
             await context.abort(grpc.StatusCode.NOT_FOUND if "unknown" in str(exc)
-                                else grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+                                else grpc.StatusCode.INVALID_ARGUMENT, bounded(str(exc)))
         return phone_state_pb(self.fleet.runners[phone.name])
 
 
@@ -135,7 +136,7 @@ class PhoneSimServicer(StatusServicerMixin, phone_sim_pb2_grpc.PhoneSimServicer)
         try:
             entries = runner.phone.settings_menu()
         except SettingsLocked as exc:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, bounded(str(exc)))
         return phone_sim_pb2.PhoneSettingsMenu(name=runner.phone.name, entries=[
             phone_sim_pb2.SettingsEntry(label=label, value=value) for label, value in entries])
 
@@ -145,7 +146,7 @@ class PhoneSimServicer(StatusServicerMixin, phone_sim_pb2_grpc.PhoneSimServicer)
             self.fleet.set_servers(runners, tftp=request.tftp, capf=request.capf,
                                    call_control=request.call_control, clear=request.clear)
         except FleetError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, bounded(str(exc)))
         return self._reply(runners)
 
     # --- calls (issue 10): a user at the phone ---------------------------------------------------
@@ -154,13 +155,13 @@ class PhoneSimServicer(StatusServicerMixin, phone_sim_pb2_grpc.PhoneSimServicer)
         try:
             return await phone_calls.act(runner, request)
         except phone_calls.NotRegistered as exc:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, bounded(str(exc)))
         except PhoneActionError as exc:
             text = str(exc)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT if text.startswith(
                 ("unknown action", "line or call", "digits must", "dial needs", "digits needs",
                  "login needs", "user id", "the PIN is"))
-                or "is not a number" in text else grpc.StatusCode.FAILED_PRECONDITION, text)
+                or "is not a number" in text else grpc.StatusCode.FAILED_PRECONDITION, bounded(text))
 
     async def GetPhoneCalls(self, request, context):  # noqa: N802
         (runner,) = await self._select(phone_sim_pb2.PhoneSelector(names=[request.name]), context)
