@@ -156,18 +156,29 @@ def _local_address(ancdata: list, family: int) -> tuple[str, int] | None:
     the receiving interface's address for a broadcast (a socket must not bind a broadcast address,
     nor answer from one). IPv6: the header destination, unless multicast (then None: the routing
     table picks, as for a listener bound to one address)."""
+    v6 = None
     for level, kind, data in ancdata:
-        if family == socket.AF_INET and level == socket.IPPROTO_IP and kind == _IP_PKTINFO \
-                and len(data) >= _IN_PKTINFO.size:
+        # IP_PKTINFO comes for an IPv4 request on an IPv4 listener and on a dual-stack `::` one
+        # (where IPV6_PKTINFO holds only the v4-mapped header destination: for a broadcast, the
+        # broadcast address), so it is preferred.
+        if level == socket.IPPROTO_IP and kind == _IP_PKTINFO and len(data) >= _IN_PKTINFO.size:
             ifindex, spec_dst, _header_dst = _IN_PKTINFO.unpack_from(data)
             address = socket.inet_ntop(socket.AF_INET, spec_dst)
-            return None if address == "0.0.0.0" else (address, ifindex)
+            if address == "0.0.0.0":
+                return None
+            return (address if family == socket.AF_INET else f"::ffff:{address}", ifindex)
         if family == socket.AF_INET6 and level == socket.IPPROTO_IPV6 and kind == _IPV6_PKTINFO \
                 and len(data) >= _IN6_PKTINFO.size:
-            dst, ifindex = _IN6_PKTINFO.unpack_from(data)
-            address = socket.inet_ntop(socket.AF_INET6, dst)
-            return None if ipaddress.ip_address(address).is_multicast else (address, ifindex)
-    return None
+            v6 = _IN6_PKTINFO.unpack_from(data)
+    if v6 is None:
+        return None
+    dst, ifindex = v6
+    address = ipaddress.ip_address(socket.inet_ntop(socket.AF_INET6, dst))
+    if address.is_multicast or address.ipv4_mapped is not None:
+        # An IPv4 request without IP_PKTINFO: its header destination may be a broadcast address,
+        # which must not be bound; the routing table picks, as for a listener bound to one address.
+        return None
+    return str(address), ifindex
 
 
 def _undeliverable(addr: tuple) -> bool:
@@ -261,7 +272,8 @@ class TftpServer:
             sock.bind((self.host, self.port))
             sock.setblocking(False)
             self._pktinfo = _is_wildcard(self.host) and self._want_pktinfo(sock)
-            self._cmsg_space = socket.CMSG_SPACE(_IN6_PKTINFO.size) if self._pktinfo else 0
+            self._cmsg_space = (socket.CMSG_SPACE(_IN6_PKTINFO.size) + socket.CMSG_SPACE(_IN_PKTINFO.size)
+                                if self._pktinfo else 0)
             self._loop.add_reader(sock.fileno(), self._readable)
         except BaseException:
             sock.close()
@@ -278,6 +290,11 @@ class TftpServer:
                 return True
             if sock.family == socket.AF_INET6 and _IPV6_RECVPKTINFO is not None and _IPV6_PKTINFO is not None:
                 sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_RECVPKTINFO, 1)
+                if _IP_PKTINFO is not None:
+                    try:  # dual-stack: an IPv4 request's local address (not its broadcast destination)
+                        sock.setsockopt(socket.IPPROTO_IP, _IP_PKTINFO, 1)
+                    except OSError:
+                        pass
                 return True
         except OSError as exc:
             log.warning("tftp: cannot learn the local address of requests (%s); transfers leave "

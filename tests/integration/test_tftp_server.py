@@ -412,6 +412,10 @@ def test_the_local_address_to_answer_from_is_never_a_broadcast_or_multicast_one(
     assert _local_address(v6("fe80::1"), socket.AF_INET6) == ("fe80::1", 4)
     assert _local_address(v6("ff02::1"), socket.AF_INET6) is None
     assert _local_address([], socket.AF_INET) is None
+    # Dual-stack `::`: an IPv4 request's IP_PKTINFO wins over its v4-mapped header destination.
+    assert _local_address(v6("::ffff:10.0.0.255") + v4("10.0.0.5", "10.0.0.255"), socket.AF_INET6) \
+        == ("::ffff:10.0.0.5", 3)
+    assert _local_address(v6("::ffff:10.0.0.255"), socket.AF_INET6) is None
     assert _local_address([(socket.IPPROTO_IP, _IP_PKTINFO, b"\0" * 4)], socket.AF_INET) is None  # short: ignored
 
 
@@ -461,4 +465,31 @@ async def test_a_request_from_the_unspecified_address_is_not_answered_onto_this_
         assert srv.active_sessions == 0 and srv.dropped_undeliverable == 1
     finally:
         local_t.close()
+        await srv.close()
+
+
+@pytest.mark.parametrize("listen", ["0.0.0.0", "::"])
+async def test_a_broadcast_request_is_answered_from_the_interface_address_on_a_dual_stack_listener(listen):
+    """A request broadcast to 127.255.255.255 (lo's broadcast address) is answered from 127.0.0.1.
+    On a dual-stack `::` listener, IPV6_PKTINFO of an IPv4 request carries only the header
+    destination (::ffff:127.255.255.255): binding that made the DATA leave from the broadcast
+    address, which no client accepts. The IPv4 request's IP_PKTINFO (ipi_spec_dst) is used."""
+    try:
+        srv = TftpServer(listen, 0, resolve, timeout=0.2)
+        await srv.start()
+    except OSError as exc:
+        pytest.skip(f"cannot listen on {listen}: {exc}")
+    try:
+        port = srv.address[1]
+        client_t, client = await raw_peer("127.0.0.1")
+        try:
+            client_t.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+            client_t.sendto(t.encode_rrq("exact"), ("127.255.255.255", port))
+            data, source = await asyncio.wait_for(client.recv(), 5)
+            assert source[0] == "127.0.0.1" and source[1] != port
+            assert t.parse_packet(data) == t.Data(1, FILES["exact"][:512])
+            client_t.sendto(t.encode_error(0, "enough"), source)
+        finally:
+            client_t.close()
+    finally:
         await srv.close()
