@@ -269,8 +269,10 @@ class CallAgent:
             self._ignore()
             return
         if leg.consult is Consult.TRANSFER and leg.consult_for is not None and leg.call is not None:
-            self._complete(leg, now)   # hanging up during a consultation completes the transfer
-            return
+            # hanging up during a consultation completes the transfer; when it is refused (no
+            # common codec, out of a conference) the phone is still on hook: end the consultation
+            if self._complete(leg, now):
+                return
         self._hang_up(leg, now)
 
     def _keypad(self, st: Station, msg: s.KeypadButton, now: float) -> None:
@@ -734,37 +736,39 @@ class CallAgent:
         consult.consult_for = leg
         consult.consult = kind
 
-    def _complete(self, consult: Leg, now: float) -> None:
+    def _complete(self, consult: Leg, now: float) -> bool:
+        """Complete a transfer or conference; False when it was not done (both calls unchanged)."""
         held = consult.consult_for
         kind = consult.consult
         call2 = consult.call
         if held is None or held.call is None or call2 is None:
             self._ignore()
-            return
+            return False
         call1 = held.call
         if kind is Consult.CONFERENCE:
             if call2.phase is not CallPhase.CONNECTED:
                 self._ignore()   # a conference joins answered calls only
-                return
+                return False
             members = [lg.station for lg in call1.legs + call2.legs if lg is not consult]
-            if not self._codec_refused(consult, self._bridge_codec_for(members), call1, now):
-                self._join_conference(held, consult, now)
-            return
+            if self._codec_refused(consult, self._bridge_codec_for(members), call1, now):
+                return False
+            self._join_conference(held, consult, now)
+            return True
         if consult.state not in (LegState.CONNECTED, LegState.RING_OUT):
             self._ignore()
-            return
+            return False
         # Transfer: the far party of the held call takes the consultation leg's place.
         others = [lg for lg in call1.legs if lg is not held]
         if len(others) != 1:
             self._ignore()   # transferring out of a conference is not offered
-            return
+            return False
         moving = others[0]
         blind = call2.phase is CallPhase.SETUP
         # CALL-9: the moving party must share a codec with whoever it is put through to.
         for other in [lg for lg in call2.legs if lg is not consult]:
             if self._codec_refused(consult, self._codec_for([moving.station, other.station]),
                                    call1, now):
-                return
+                return False
         self._close_leg_channels(call1, moving)
         call1.legs.remove(moving)
         self._remove_leg(held, now)
@@ -787,6 +791,7 @@ class CallAgent:
         self._plan_media(call2)
         self._update_security(call2, now, force=True)
         self._emit("updated", call2, now, detail="transferred" + (" (blind)" if blind else ""))
+        return True
 
     def _codec_refused(self, leg: Leg, choice: CodecChoice, call: Call, now: float) -> bool:
         """A transfer or conference whose parties share no codec is refused as a whole: both

@@ -476,3 +476,27 @@ def test_events_describe_each_change():
     h.phones[A].hang_up()
     h.pump()
     assert [e.kind for e in h.events()][-1] == "ended"
+
+
+def test_call9_hanging_up_during_a_consultation_whose_transfer_is_refused_ends_the_consultation():
+    # B speaks G.729 only, C G.711 µ-law only: the transfer is refused (no transcoder). A hung
+    # up — its phone is on hook — so the consultation must end, not stay connected to C.
+    h = Harness()
+    pa, pb = h.add(A, "1001", codecs=(4, 18)), h.add(B, "1002", codecs=(18,))
+    pc = h.add(C, "1003", codecs=(4,))
+    h.call(A, "1002")
+    pb.answer()
+    h.pump()
+    pa.transfer()
+    h.pump()
+    pa.keypad("1003")
+    h.pump()
+    pc.answer()
+    h.pump()
+    pa.on_hook()
+    h.pump()
+    assert h.agent.codec_refusals == 1
+    view = h.only_call()   # A–B stays, on hold; the A–C consultation is gone
+    assert sorted(lg.device for lg in view.legs) == [A, B]
+    assert not pc.calls and not pc.channels
+    assert [cl.state for cl in pa.calls.values()] == [CS.HOLD]
