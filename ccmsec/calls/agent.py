@@ -472,9 +472,12 @@ class CallAgent:
                 self._fail(caller, Tone.BUSY, "Busy", now, call=call)
             return
         # CALL-9 before anything rings: an appearance with no codec in common with the caller
-        # is not offered the call (no transcoder); none left is a refused set-up.
-        choices = {st.name: self._codec_for([caller.station, st]) for st, _ in free}
-        usable = [(st, i) for st, i in free if choices[st.name].codec is not None]
+        # is not offered the call (no transcoder); none left is a refused set-up. A phone whose
+        # CapabilitiesRes is not in yet is not judged here: the answer-time check does.
+        choices = {st.name: self._codec_for([caller.station, st]) for st, _ in free
+                   if not self._codecs_pending(caller.station, st)}
+        usable = [(st, i) for st, i in free
+                  if st.name not in choices or choices[st.name].codec is not None]
         if not usable:
             self._refuse_codec(call, choices[free[0][0].name], now)
             return
@@ -498,7 +501,8 @@ class CallAgent:
             self._fail(call.caller, Tone.BUSY, "Busy", now, call=call)
             return
         choice = self._codec_for([call.caller.station, st])
-        if choice.codec is None:   # CALL-9: a gateway/trunk that cannot speak the caller's codecs
+        if choice.codec is None and not self._codecs_pending(call.caller.station, st):
+            # CALL-9: a gateway/trunk that cannot speak the caller's codecs
             self._refuse_codec(call, choice, now)
             return
         self._ring(call, st, 1, now)
@@ -934,6 +938,12 @@ class CallAgent:
         # A device that sent no CapabilitiesRes (CTI port, trunk) speaks the default; one that
         # sent an empty list offers nothing, so every call it would take part in is refused.
         return st.codecs if st.codecs is not None else (self.settings.default_codec,)
+
+    @staticmethod
+    def _codecs_pending(*stations: Station) -> bool:
+        # A phone is asked for its CapabilitiesRes with the RegisterAck: until it answers, what it
+        # offers is not known (CTI ports and the trunk never send one: they are the default).
+        return any(st.codecs is None and st.profile.kind is EndpointKind.PHONE for st in stations)
 
     def _codec_for(self, stations: list[Station]) -> CodecChoice:
         """CALL-9 over these devices: the first codec of the first one's list that every other

@@ -32,7 +32,7 @@ class Harness:
         self.auto_open = True
 
     def add(self, name: str, *dns: str, mode: SecurityMode = NS, model: str = "7960",
-            codecs: tuple[int, ...] = (4, 2), kind: EndpointKind = EndpointKind.PHONE,
+            codecs: tuple[int, ...] | None = (4, 2), kind: EndpointKind = EndpointKind.PHONE,
             speed_dials: tuple[SpeedDial, ...] = (), wideband: bool = False,
             forward_busy: str = "", forward_no_answer: str = "", **profile_kw) -> SccpPhone:
         lines = tuple(LineConfig(dn, forward_busy=forward_busy,
@@ -40,8 +40,9 @@ class Harness:
         profile = DeviceProfile(name, model=model, kind=kind, security_mode=mode, lines=lines,
                                 speed_dials=speed_dials, wideband_region=wideband, **profile_kw)
         self.agent.register(profile, self.now)
-        self.agent.capabilities(name, s.CapabilitiesRes(tuple(s.MediaCapability(cd) for cd in codecs),
-                                                        encryption_capable=mode is ENC))
+        if codecs is not None:   # None: its CapabilitiesRes has not arrived (yet)
+            self.agent.capabilities(name, s.CapabilitiesRes(
+                tuple(s.MediaCapability(cd) for cd in codecs), encryption_capable=mode is ENC))
         phone = SccpPhone(name)
         self.phones[name] = phone
         self.addresses[name] = f"10.0.{len(self.phones)}.1"

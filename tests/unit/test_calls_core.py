@@ -500,3 +500,20 @@ def test_call9_hanging_up_during_a_consultation_whose_transfer_is_refused_ends_t
     assert sorted(lg.device for lg in view.legs) == [A, B]
     assert not pc.calls and not pc.channels
     assert [cl.state for cl in pa.calls.values()] == [CS.HOLD]
+
+
+def test_call9_a_phone_whose_capabilities_have_not_arrived_yet_is_not_refused_at_offer():
+    # B registered but its CapabilitiesRes (asked with the RegisterAck) is not in yet: that is
+    # "not known", not "G.711 µ-law only" — a G.729 caller rings it; the answer decides.
+    h = Harness()
+    h.add(A, "1001", codecs=(18,))
+    pb = h.add(B, "1002", codecs=None)
+    h.call(A, "1002")
+    assert h.agent.codec_refusals == 0
+    ringing = next(iter(pb.calls.values()))
+    assert ringing.state is CS.RING_IN
+    h.agent.capabilities(B, s.CapabilitiesRes((s.MediaCapability(4), s.MediaCapability(18))))
+    pb.answer()
+    h.pump()
+    view = h.only_call()
+    assert view.phase == "connected" and view.codec == 18
