@@ -568,6 +568,13 @@ class CallAgent:
         choice = self._codec_for([lg.station for lg in call.legs if lg.state in (
             LegState.CONNECTED, LegState.HOLD, LegState.RING_OUT)] + [leg.station])
         if choice.codec is None:
+            if any(lg.state is LegState.RINGING and lg is not leg for lg in call.legs):
+                # a shared line: only this appearance is refused, the others still ring
+                self.codec_refusals += 1
+                self._remove_leg(leg, now)
+                self._send(leg.station, c.DisplayNotify(10, NO_COMMON_CODEC))
+                self._emit("refused", call, now, detail=f"{choice.rule_id}: {choice.reason}")
+                return
             self._refuse_codec(call, choice, now)
             return
         active = leg.station.active_leg()

@@ -517,3 +517,24 @@ def test_call9_a_phone_whose_capabilities_have_not_arrived_yet_is_not_refused_at
     h.pump()
     view = h.only_call()
     assert view.phase == "connected" and view.codec == 18
+
+
+def test_call9_an_appearance_refused_at_answer_leaves_the_other_appearances_ringing():
+    # A shared line rings B and C; B's capabilities change while it rings (no codec in common
+    # with A any more). B's answer is refused, but C can still take the call.
+    h = Harness()
+    h.add(A, "1001", codecs=(18,))
+    pb, pc = h.add(B, "1002", codecs=(18, 4)), h.add(C, "1002", codecs=(18, 4))
+    h.call(A, "1002")
+    h.agent.capabilities(B, s.CapabilitiesRes((s.MediaCapability(4),)))
+    pb.answer()
+    h.pump()
+    assert h.agent.codec_refusals == 1
+    view = h.only_call()
+    assert view.phase == "setup" and sorted(lg.device for lg in view.legs) == [A, C]
+    assert not pb.calls
+    pc.answer()
+    h.pump()
+    view = h.only_call()
+    assert view.phase == "connected" and view.codec == 18
+    assert sorted(lg.device for lg in view.legs) == [A, C]
