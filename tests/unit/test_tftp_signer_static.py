@@ -280,3 +280,39 @@ async def test_resigning_static_files_hashes_and_signs_a_large_one_off_the_event
     assert _payload_of(await content.resolve("bundle.zz.sgn"), tftp_cert, "bundle.zz") == image
     assert signed_on_loop == [False, False]
     assert big_hashes and all(not on_loop for _size, on_loop in big_hashes)
+
+
+class _SlowFirstRead(TftpContent):
+    """The first threaded read returns only when the test lets it (a thread scheduled late)."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.read_done, self.release, self._calls = threading.Event(), threading.Event(), 0
+
+    def _read_checked(self, folder, name):
+        self._calls += 1
+        got = super()._read_checked(folder, name)
+        if self._calls == 1:
+            self.read_done.set()
+            self.release.wait(10)
+        return got
+
+
+async def test_a_read_of_a_replaced_file_that_finishes_late_does_not_replace_the_new_copy(tmp_path):
+    """Version A is being read in a thread when the file is replaced by B; B's read finishes first
+    and is held. A's late result used to be held over it: the next request read B again (16 MiB),
+    and holding A evicted other files from the budget for a copy nobody would be served."""
+    content = _content(tmp_path, _SlowFirstRead)
+    path = tmp_path / "cluster1" / "bundle.zz"
+    old, new = os.urandom(2 * MIB), os.urandom(2 * MIB)
+    path.write_bytes(old)
+    first = asyncio.ensure_future(content.resolve("bundle.zz"))
+    assert await asyncio.to_thread(content.read_done.wait, 10)
+    _replace(path, new)
+    assert await content.resolve("bundle.zz") == new
+    content.release.set()
+    assert await first == old  # the request that asked before the replace gets one whole version
+    reads = content.static_reads
+    assert await content.resolve("bundle.zz") == new
+    assert content.static_reads == reads  # B is still the held copy: no read again
+    assert content._held_bytes == 2 * MIB and not content._loading

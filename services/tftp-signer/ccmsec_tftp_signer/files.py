@@ -209,6 +209,7 @@ class TftpContent:
             st = os.stat(self.root / folder / name)
         except (OSError, ValueError):
             self._drop(key)
+            self._loading.pop(key, None)  # a read still running is of a file that is gone: not held
             return None
         stamp = _stamp(st)
         held = self._static.get(key)
@@ -218,6 +219,7 @@ class TftpContent:
         if st.st_size <= BIG_PAYLOAD:
             self.static_reads += 1
             got = self._read_checked(folder, name)
+            self._loading.pop(key, None)  # a big read still running is of an older version: not held
             self._keep(key, got)
             return None if got is None else got[1]
         loading = self._loading.get(key)
@@ -230,12 +232,17 @@ class TftpContent:
         return None if got is None else got[1]
 
     def _loaded(self, key: tuple[str, str], entry: tuple, future: asyncio.Future) -> None:
-        """A threaded read finished: held here, on the event loop, once for all its requests."""
+        """A threaded read finished: held here, on the event loop, once for all its requests —
+        unless a newer version was asked for meanwhile (replaced file): a read that finishes late
+        must not put the old copy over the new one (and evict other files to make room for it)."""
+        if future.cancelled() or future.exception() is not None:
+            current = False  # each request waiting for it gets the error (TftpError: being changed)
+        else:
+            current = self._loading.get(key) is entry
         if self._loading.get(key) is entry:
             del self._loading[key]
-        if future.cancelled() or future.exception() is not None:
-            return  # each request waiting for it gets the error (TftpError: being changed)
-        self._keep(key, future.result())
+        if current:
+            self._keep(key, future.result())
 
     def _keep(self, key: tuple[str, str], got: tuple[tuple, bytes] | None) -> None:
         self._drop(key)
