@@ -873,7 +873,10 @@ class CallAgent:
         # offered is refused (no transcoder), the call keeps its codec and channels.
         stations = [lg.station for lg in call.legs if lg.state in (
             LegState.CONNECTED, LegState.HOLD, LegState.RING_OUT)] + [st]
-        choice = self._bridge_codec_for(stations) if cbarge else self._codec_for(stations)
+        # A conference (or cBarge) already mixes in the bridge codec: a barge into it joins the
+        # bridge, so the initiator must offer that codec and the call keeps it.
+        bridged = cbarge or call.bridge
+        choice = self._bridge_codec_for(stations) if bridged else self._codec_for(stations)
         if choice.codec is None:
             self.barges_refused += 1
             self.codec_refusals += 1
@@ -888,7 +891,7 @@ class CallAgent:
             call.bridge = True
             call.codec = self.settings.bridge_codec
             call.codec_rule = f"{choice.rule_id}: {choice.reason}"
-        else:
+        elif not call.bridge:
             # The initiator's device counts for the codec as for the status: its codecs, its
             # region and, in an encrypted call, its model (CALL-9: no wideband with a 7960/7940).
             codec = call.codec

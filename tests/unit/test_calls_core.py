@@ -538,3 +538,31 @@ def test_call9_an_appearance_refused_at_answer_leaves_the_other_appearances_ring
     view = h.only_call()
     assert view.phase == "connected" and view.codec == 18
     assert sorted(lg.device for lg in view.legs) == [A, C]
+
+
+def test_call9_a_barge_into_a_conference_keeps_the_bridge_codec():
+    # A, B (shared with D) and C are in an ad hoc conference: the bridge mixes G.711 µ-law. All
+    # four also offer G.729, so re-choosing the codec for D's barge picked G.729 and moved every
+    # channel to the bridge in a codec the bridge does not mix.
+    h = Harness()
+    pa, pb = h.add(A, "1001", codecs=(18, 4)), h.add(B, "1002", codecs=(18, 4))
+    pc, pd = h.add(C, "1003", codecs=(18, 4)), h.add(D, "1002", codecs=(18, 4))
+    h.call(A, "1002")
+    pb.answer()
+    h.pump()
+    pa.conference()
+    h.pump()
+    pa.keypad("1003")
+    h.pump()
+    pc.answer()
+    h.pump()
+    pa.conference(pa.active_call().reference)
+    h.pump()
+    assert h.only_call().codec == 4 and "conference bridge" in h.only_call().resources
+    pd.barge()
+    h.pump()
+    view = h.only_call()
+    assert sorted(lg.device for lg in view.legs) == [A, B, C, D]
+    assert view.codec == 4
+    for phone in (pa, pb, pc, pd):
+        assert [ch.codec for ch in phone.channels.values()] == [4]
