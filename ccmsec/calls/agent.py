@@ -775,11 +775,16 @@ class CallAgent:
             return False
         moving = others[0]
         blind = call2.phase is CallPhase.SETUP
-        # CALL-9: the moving party must share a codec with whoever it is put through to.
-        for other in [lg for lg in call2.legs if lg is not consult]:
-            if self._codec_refused(consult, self._codec_for([moving.station, other.station]),
-                                   call1, now):
-                return False
+        # CALL-9: the moving party must share a codec with whoever it is put through to. Blind,
+        # as at set-up: the ringing appearances that share none stop ringing, the others ring on
+        # (a phone whose CapabilitiesRes is not in yet is left to the answer-time check).
+        others2 = [lg for lg in call2.legs if lg is not consult]
+        choices = [(lg, self._codec_for([moving.station, lg.station])) for lg in others2
+                   if not (blind and self._codecs_pending(moving.station, lg.station))]
+        unusable = [(lg, choice) for lg, choice in choices if choice.codec is None]
+        if unusable and (not blind or len(unusable) == len(others2)):
+            self._codec_refused(consult, unusable[0][1], call1, now)
+            return False
         self._close_leg_channels(call1, moving)
         call1.legs.remove(moving)
         self._remove_leg(held, now)
@@ -788,6 +793,8 @@ class CallAgent:
         self._close_leg_channels(call2, consult)
         moving.call = call2
         self._clear_leg(consult, now)
+        for lg, _ in unusable:   # blind only: appearances the moving party cannot talk to
+            self._remove_leg(lg, now)
         if blind:
             call2.caller = moving
             moving.role = "caller"

@@ -566,3 +566,29 @@ def test_call9_a_barge_into_a_conference_keeps_the_bridge_codec():
     assert view.codec == 4
     for phone in (pa, pb, pc, pd):
         assert [ch.codec for ch in phone.channels.values()] == [4]
+
+
+def test_call9_a_blind_transfer_to_a_shared_line_rings_the_appearances_that_share_a_codec():
+    # B speaks G.729 only; A's consultation rings the shared line 1003 on C (µ-law only) and D
+    # (G.729). Transferred blind, B must ring D — as a call from B would — not be refused
+    # because C cannot speak to it.
+    h = Harness()
+    pa, pb = h.add(A, "1001", codecs=(18, 4)), h.add(B, "1002", codecs=(18,))
+    pc, pd = h.add(C, "1003", codecs=(4,)), h.add(D, "1003", codecs=(18,))
+    h.call(A, "1002")
+    pb.answer()
+    h.pump()
+    pa.transfer()
+    h.pump()
+    pa.keypad("1003")
+    h.pump()
+    assert pc.calls and pd.calls   # A shares a codec with both
+    pa.transfer(pa.active_call().reference)
+    h.pump()
+    assert h.agent.codec_refusals == 0 and not pa.calls
+    view = h.only_call()
+    assert sorted(lg.device for lg in view.legs) == [B, D] and not pc.calls
+    pd.answer()
+    h.pump()
+    view = h.only_call()
+    assert view.phase == "connected" and view.codec == 18
