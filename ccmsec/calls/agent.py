@@ -419,7 +419,7 @@ class CallAgent:
             return
         leg.digit_deadline = None
         if match.kind is MatchKind.NONE:
-            if digits in self.configured_dns:
+            if digits.rstrip("#") in self.configured_dns:   # '#' only ends dialling
                 self._fail(leg, Tone.REORDER, "Temp Fail", now)   # configured, not registered
             else:
                 self._fail(leg, Tone.REORDER, "Unknown Number", now)

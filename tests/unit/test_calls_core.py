@@ -592,3 +592,15 @@ def test_call9_a_blind_transfer_to_a_shared_line_rings_the_appearances_that_shar
     h.pump()
     view = h.only_call()
     assert view.phase == "connected" and view.codec == 18
+
+
+def test_an_enbloc_number_ending_in_hash_to_an_unregistered_number_is_temporarily_unavailable():
+    # '#' only ends dialling: "1009#" is 1009, configured but not registered → "Temp Fail",
+    # as "1009" is — not "Unknown Number".
+    h = Harness()
+    pa = h.add(A, "1001")
+    h.agent.set_configured_numbers({"1001", "1009"})
+    h.agent.receive(A, c.EnblocCall("1009#", 1), h.now)
+    h.pump()
+    (call,) = pa.calls.values()
+    assert call.tone == Tone.REORDER and call.prompt == "Temp Fail"
