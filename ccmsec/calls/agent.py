@@ -573,6 +573,7 @@ class CallAgent:
                 self.codec_refusals += 1
                 self._remove_leg(leg, now)
                 self._send(leg.station, c.DisplayNotify(10, NO_COMMON_CODEC))
+                self._update_security(call, now)   # the caller shows the appearances left
                 self._emit("refused", call, now, detail=f"{choice.rule_id}: {choice.reason}")
                 return
             self._refuse_codec(call, choice, now)

@@ -604,3 +604,20 @@ def test_an_enbloc_number_ending_in_hash_to_an_unregistered_number_is_temporaril
     h.pump()
     (call,) = pa.calls.values()
     assert call.tone == Tone.REORDER and call.prompt == "Temp Fail"
+
+
+def test_call9_the_caller_shows_the_status_of_the_appearances_still_ringing_after_one_is_refused():
+    # While it rings, A shows the status of A with every ringing appearance: with the
+    # non-secure B it is non-secure; once B's answer is refused (no common codec) only the
+    # authenticated C rings and A shows authenticated.
+    from tests.unit.calls_harness import AUTH
+    h = Harness()
+    pa = h.add(A, "1001", mode=AUTH, codecs=(18,))
+    pb, pc = h.add(B, "1002", codecs=(18, 4)), h.add(C, "1002", mode=AUTH, codecs=(18, 4))
+    h.call(A, "1002")
+    (ca,) = pa.calls.values()
+    assert ca.icon == "none"
+    h.agent.capabilities(B, s.CapabilitiesRes((s.MediaCapability(4),)))
+    pb.answer()
+    h.pump()
+    assert h.agent.codec_refusals == 1 and ca.icon == "shield"
