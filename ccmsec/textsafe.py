@@ -11,7 +11,10 @@ message through `bounded` as a last guard.
   else is a repr-style escape (`\\x1b`, `\\n`, `\\u202e`, `\\xe9`); at most `limit` characters of
   output, then `...(N more characters)` where N counts the input's characters not shown.
 - `bounded(message)`: the same for a whole message, but printable non-ASCII (the messages' own
-  dashes and arrows) is kept; only non-printables are escaped; a longer limit.
+  dashes and arrows) is kept; only non-printables are escaped; a longer limit, counted in UTF-8
+  bytes: gRPC percent-encodes each non-ASCII byte of a status message (3 bytes on the wire), so
+  1,024 kept CJK characters or emoji came to 9-12 kB and the call failed (RESOURCE_EXHAUSTED,
+  "metadata size exceeds soft limit") instead of carrying the refusal.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 SHOWN_LIMIT = 80         # characters of one quoted value (a name is shorter; a blob is cut)
-MESSAGE_LIMIT = 1024     # characters of a whole error message (well under gRPC's ~8 kB trailers)
+MESSAGE_LIMIT = 1024     # UTF-8 bytes of a whole error message (x3 percent-encoded: under gRPC's 8 kB)
 
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
@@ -40,14 +43,16 @@ def _escape(ch: str, ascii_only: bool) -> str:
 
 
 def _render(text: str, limit: int, ascii_only: bool) -> str:
+    """At most `limit` UTF-8 bytes of output before the marker (escapes are ASCII: one byte each)."""
     out: list[str] = []
     used = 0
     for i, ch in enumerate(text):
         piece = _escape(ch, ascii_only)
-        if used + len(piece) > limit:
+        size = len(piece) if piece.isascii() else len(piece.encode("utf-8"))  # kept non-ASCII
+        if used + size > limit:
             return "".join(out) + f"...({len(text) - i} more characters)"
         out.append(piece)
-        used += len(piece)
+        used += size
     return "".join(out)
 
 
@@ -70,8 +75,8 @@ def shown(value: Any, limit: int = SHOWN_LIMIT) -> str:
 
 
 def bounded(message: Any, limit: int = MESSAGE_LIMIT) -> str:
-    """A whole message safe to print, log or send: no control characters, at most `limit`
-    characters plus the cut marker. An ordinary message comes back unchanged."""
+    """A whole message safe to print, log or send: no control characters, at most `limit` UTF-8
+    bytes plus the cut marker. An ordinary message comes back unchanged."""
     return _render(_as_text(message), limit, ascii_only=False)
 
 

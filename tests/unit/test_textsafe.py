@@ -35,6 +35,41 @@ def test_long_input_is_cut_with_a_marker():
     assert shown("\x00" * 100, limit=10) == "\\x00\\x00...(98 more characters)"
 
 
+def test_bounded_counts_kept_non_ascii_by_its_utf8_bytes():
+    """gRPC percent-encodes every non-ASCII byte of a status message: 1,024 kept CJK characters or
+    emoji were 9-12 kB on the wire, past the 8 kB soft limit, so the refusal failed the call."""
+    for ch in ("\u4e2d", "\U0001f600", "\u00e9"):
+        text = bounded(ch * 100_000)
+        assert text.startswith(ch) and "more characters)" in text
+        assert len(text.encode("utf-8")) <= MESSAGE_LIMIT + 40, (ch, len(text.encode("utf-8")))
+    assert bounded("\u00e9" * 512) == "\u00e9" * 512  # fits: unchanged
+
+
+async def test_a_bounded_refusal_quoting_wide_characters_reaches_the_grpc_client():
+    import grpc
+
+    from ccmsec.runtime.servicer import abort
+
+    async def refuse(request, context):
+        await abort(context, grpc.StatusCode.NOT_FOUND, "no phone named " + "\U0001f600" * 100_000)
+
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "t.T", {"M": grpc.unary_unary_rpc_method_handler(refuse)}),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            for _ in range(10):  # past the soft limit gRPC refuses at random; past the hard one always
+                try:
+                    await channel.unary_unary("/t.T/M")(b"")
+                except grpc.aio.AioRpcError as exc:
+                    assert exc.code() == grpc.StatusCode.NOT_FOUND, exc.details()[:200]
+                    assert exc.details().startswith("no phone named \U0001f600")
+    finally:
+        await server.stop(None)
+
+
 def test_fitted_keeps_the_marker_within_the_size():
     assert fitted("u" * 64, 64) == "u" * 64
     assert fitted("\x1b", 64) == "\\x1b"
