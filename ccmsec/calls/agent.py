@@ -859,38 +859,53 @@ class CallAgent:
             return
         target = next((lg for lg in call.legs if lg.station is not st and
                        any(ln.dn == lg.dn for ln in st.profile.lines)), None)
-        if target is None:
+        if target is None:   # the shared line's party has left the call
+            self._send(st, c.DisplayNotify(10, "No call to barge"))
             self._ignore()
             return
         instance = next(i for i, ln in enumerate(st.profile.lines, 1) if ln.dn == target.dn)
-        initiator = self._new_leg(st, instance, now)
-        if initiator is None:
+        active = st.active_leg()
+        if active is not None and active.state is not LegState.CONNECTED:
+            self._ignore()   # off hook, dialling or ringing out: no new call from here
             return
-        initiator.role = "cbarge" if cbarge else "barge"
+        # Every refusal is decided before the initiator's leg is made: making it puts the
+        # phone's current call on hold, and a refused barge must leave that call as it was.
         potential = call.potential.level if call.potential else CallSecurityLevel.NON_SECURE
         result = barge_policy(endpoint(st.profile, keyed=True), potential, cbarge=cbarge)
         if call.barge is not None:
             result = type(result)(False, None, "CALL-1", "another barge is already in this call",
                                   busy_tone=True)
+        refusal = None
         if not result.allowed:
+            refusal = (Tone.BUSY, "Barge failed", f"{result.rule_id}: {result.reason}")
+        else:
+            # CALL-9: the initiator's codecs count; a barge that would need a codec some party
+            # never offered is refused (no transcoder), the call keeps its codec and channels.
+            stations = [lg.station for lg in call.legs if lg.state in (
+                LegState.CONNECTED, LegState.HOLD, LegState.RING_OUT)] + [st]
+            # A conference (or cBarge) already mixes in the bridge codec: a barge into it joins
+            # the bridge, so the initiator must offer that codec and the call keeps it.
+            bridged = cbarge or call.bridge
+            choice = self._bridge_codec_for(stations) if bridged else self._codec_for(stations)
+            if choice.codec is None:
+                self.codec_refusals += 1
+                refusal = (Tone.REORDER, NO_COMMON_CODEC, f"{choice.rule_id}: {choice.reason}")
+        if refusal is not None:
+            tone, text, detail = refusal
             self.barges_refused += 1
-            self._fail(initiator, Tone.BUSY, "Barge failed", now)
-            self._emit("refused", call, now, detail=f"{result.rule_id}: {result.reason}")
+            if active is None:   # an idle phone hears why on a failed call (cleared by its timer)
+                initiator = self._new_leg(st, instance, now)
+                if initiator is not None:
+                    initiator.role = "cbarge" if cbarge else "barge"
+                    self._fail(initiator, tone, text, now)
+            else:                # its own call stays connected: the refusal is shown on the display
+                self._send(st, c.DisplayNotify(10, text))
+            self._emit("refused", call, now, detail=detail)
             return
-        # CALL-9: the initiator's codecs count; a barge that would need a codec some party never
-        # offered is refused (no transcoder), the call keeps its codec and channels.
-        stations = [lg.station for lg in call.legs if lg.state in (
-            LegState.CONNECTED, LegState.HOLD, LegState.RING_OUT)] + [st]
-        # A conference (or cBarge) already mixes in the bridge codec: a barge into it joins the
-        # bridge, so the initiator must offer that codec and the call keeps it.
-        bridged = cbarge or call.bridge
-        choice = self._bridge_codec_for(stations) if bridged else self._codec_for(stations)
-        if choice.codec is None:
-            self.barges_refused += 1
-            self.codec_refusals += 1
-            self._fail(initiator, Tone.REORDER, NO_COMMON_CODEC, now)
-            self._emit("refused", call, now, detail=f"{choice.rule_id}: {choice.reason}")
+        initiator = self._new_leg(st, instance, now)
+        if initiator is None:
             return
+        initiator.role = "cbarge" if cbarge else "barge"
         initiator.call = call
         initiator.state = LegState.CONNECTED
         call.legs.append(initiator)

@@ -16,6 +16,7 @@ import os
 from ccmsec.calls.config import AgentSettings
 from ccmsec.policy.calls import CallSecurityLevel, EndpointKind
 from ccmsec.wire import sccp as s
+from ccmsec.wire import sccp_calls as c
 from ccmsec.wire.sccp_calls import CallStateCode as CS
 from ccmsec.wire.sccp_calls import Tone
 from tests.unit.calls_harness import AUTH, ENC, NS, Harness
@@ -359,3 +360,122 @@ def test_dev2_extension_mobility_user_line_follows_the_device_it_is_logged_into(
 def test_status_levels_match_the_callinfo_codes():
     assert [int(v) for v in CallSecurityLevel] == [NOT_AUTH, SHIELD, LOCK]
     assert AgentSettings().music_on_hold
+
+
+def barger_on_a_call(h: Harness, mode_a, mode_b, mode_x, *, codecs_ab=(4, 2), codecs_x=(4, 2),
+                     also_sharing=()):
+    """As `barge_setup`, and X (lines 5000 and 1004) is talking to C (1003) on its own line."""
+    pa = h.add(A, "1001", mode=mode_a, codecs=codecs_ab)
+    pb = h.add(B, "5000", mode=mode_b, codecs=codecs_ab)
+    px = h.add(X, "5000", "1004", mode=mode_x, codecs=codecs_x)
+    for name in also_sharing:
+        h.add(name, "5000", mode=mode_b, codecs=codecs_ab)
+    pc = h.add(C, "1003", codecs=(4,))
+    h.call(A, "5000")
+    pb.answer()
+    h.pump()
+    h.call(C, "1004")
+    px.answer()
+    h.pump()
+    states = sorted(cl.state for cl in px.calls.values())
+    assert states == sorted([CS.CONNECTED, CS.REMOTE_MULTILINE]), states
+    return pa, pb, px, pc
+
+
+def snapshot(h: Harness, *phones):
+    """Everything a refused barge must leave as it was: call views, every phone's calls and
+    media channels, the media resources held."""
+    return (h.agent.views(), {p.device_name: ({r: cl.state for r, cl in p.calls.items()},
+                                              dict(p.channels)) for p in phones},
+            dict(h.resources.open_streams))
+
+
+def test_call4_call9_a_refused_barge_leaves_the_bargers_own_call_connected():
+    """A phone talking on another line presses Barge/cBarge on the shared line's call; the barge
+    is refused (CALL-4 security, CALL-1 a barge already in, CALL-9 no common codec). Its own call
+    must not be put on hold (nor its channels closed) for a barge that never happens: nothing
+    changes but the refusal shown on its display."""
+    cases = (
+        # (modes A B X, codecs A/B, codecs X, cbarge, shown, rule)
+        ((ENC, ENC, AUTH), (4, 2), (4, 2), False, "Barge failed", "CALL-4"),
+        ((ENC, ENC, NS), (4, 2), (4, 2), False, "Barge failed", "CALL-4"),
+        ((NS, NS, NS), (18,), (4, 18), True, "No common codec", "CALL-9"),
+    )
+    for modes, codecs_ab, codecs_x, cbarge, text, rule in cases:
+        h = Harness(key_source=keyed_source)
+        pa, pb, px, pc = barger_on_a_call(h, *modes, codecs_ab=codecs_ab, codecs_x=codecs_x)
+        before = snapshot(h, pa, pb, px, pc)
+        h.events()
+        px.barge(cbarge=cbarge)
+        h.pump()
+        assert snapshot(h, pa, pb, px, pc) == before, rule
+        assert not h.sent_to(X, s.CloseReceiveChannel) and not h.sent_to(C, s.CloseReceiveChannel)
+        assert px.notifications[-1] == text, rule
+        refused = [e for e in h.events() if e.kind == "refused"]
+        assert refused and refused[-1].detail.startswith(rule), refused
+        assert h.agent.barges_refused == 1
+        # the call X kept is a working call: hold and resume still work, hanging up ends it
+        own = px.active_call()
+        assert own.state is CS.CONNECTED and own.calling == "1003"
+        px.hang_up(own.reference)
+        h.pump()
+        assert not pc.calls and [cl.state for cl in px.calls.values()] == [CS.REMOTE_MULTILINE]
+
+
+def test_call1_a_second_barge_refused_leaves_the_bargers_own_call_connected():
+    h = Harness(key_source=keyed_source)
+    pa, pb, px, pc = barger_on_a_call(h, ENC, ENC, ENC, also_sharing=("SEP00000000000D",))
+    pd = h.phones["SEP00000000000D"]
+    pd.barge()
+    h.pump()
+    assert len(h.agent.views()) == 2 and any(v.barge for v in h.agent.views())
+    before = snapshot(h, pa, pb, px, pc, pd)
+    px.barge()
+    h.pump()
+    assert snapshot(h, pa, pb, px, pc, pd) == before
+    assert px.notifications[-1] == "Barge failed" and h.agent.barges_refused == 1
+
+
+def test_call6_an_allowed_barge_still_holds_the_bargers_own_call():
+    # the refusal is decided first; an allowed barge puts X's own call on hold as before
+    h = Harness(key_source=keyed_source)
+    pa, pb, px, pc = barger_on_a_call(h, ENC, ENC, ENC)
+    px.barge()
+    h.pump()
+    barged = next(v for v in h.agent.views() if v.barge)
+    assert barged.barge_rule.startswith("CALL-6")
+    states = [cl.state for cl in px.calls.values()]
+    assert CS.HOLD in states and CS.CONNECTED in states, states
+
+
+def test_call4_a_barge_whose_target_left_is_refused_with_a_reason_and_changes_nothing():
+    """B (5000) transfers A to C: the call X still sees on its hint has no party on the shared
+    line left. X, talking to D on its own line, presses Barge on it: refused ("No call to
+    barge" on its display, never silently dropped), X's own call stays connected."""
+    h = Harness()
+    pa = h.add(A, "1001")
+    pb = h.add(B, "5000")
+    px = h.add(X, "5000", "1004")
+    pc = h.add(C, "1003")
+    pd = h.add("SEP00000000000D", "1005")
+    h.call(A, "5000")
+    pb.answer()
+    h.pump()
+    h.call("SEP00000000000D", "1004")
+    px.answer()
+    h.pump()
+    pb.transfer()
+    h.pump()
+    pb.keypad("1003")
+    h.pump()
+    pc.answer()
+    h.pump()
+    pb.transfer(pb.active_call().reference)
+    h.pump()
+    hint = next(r for r, cl in px.calls.items() if cl.state is CS.REMOTE_MULTILINE)
+    before = snapshot(h, pa, pb, px, pc, pd)
+    px._send(c.SoftKeyEvent(c.SoftKey.BARGE, 1, hint))
+    h.pump()
+    assert snapshot(h, pa, pb, px, pc, pd) == before
+    assert px.notifications[-1] == "No call to barge"
+    assert px.active_call().state is CS.CONNECTED and px.active_call().calling == "1005"
