@@ -300,9 +300,13 @@ class CallAgent:
     def _enbloc(self, st: Station, number: str, line: int, now: float) -> None:
         # Checked before a leg is made: an empty or malformed number from an idle phone must not
         # leave it off-hook (dial tone, and busy for every call to it) until it hangs up.
-        if not number or len(number) > MAX_DIGITS or not set(number) <= DIALABLE:
+        if not number or not set(number) <= DIALABLE:
             self._ignore()
             return
+        # A '#' at the end only ends dialling: it does not count against the 24 characters of a
+        # number (24 digits + '#' is a 24-digit number). A longer number names no line: it is
+        # refused as an unknown number (reorder), never dropped silently.
+        too_long = len(number.removesuffix("#")) > MAX_DIGITS
         leg = st.active_leg()
         if leg is None:
             leg = self._new_leg(st, line, now)
@@ -312,6 +316,10 @@ class CallAgent:
         if leg.state is LegState.OFF_HOOK:
             leg.state = LegState.DIALING
             self._send(st, *ui.first_digit(leg))
+        if too_long:
+            leg.digit_deadline = None
+            self._fail(leg, Tone.REORDER, "Unknown Number", now)
+            return
         leg.digits = number
         self._route(leg, now, final=True)
 

@@ -452,23 +452,30 @@ class SccpPhone:
         self._send(s.OnHook(0, 0))
 
     def keypad(self, digits: str) -> None:
-        """Press keypad buttons, one message per digit (bounded)."""
+        """Press keypad buttons, one message per digit (bounded: a number and the '#' ending it)."""
         self._require_ready()
         bad = [d for d in digits if d not in KEYPAD_CODES]
-        if bad or len(digits) > MAX_DIGITS:
-            raise PhoneActionError(f"digits must be 0-9 * # +, at most {MAX_DIGITS}: {digits!r}")
+        if bad or len(digits.removesuffix("#")) > MAX_DIGITS:
+            raise PhoneActionError(f"digits must be 0-9 * # +, at most {MAX_DIGITS} "
+                                   f"(and a '#' ending them): {digits!r}")
         active = self.active_call()
         line, ref = (active.line, active.reference) if active is not None else (0, 0)
         for d in digits:
             self._send(s.KeypadButton(KEYPAD_CODES[d], line, ref))
 
     def dial(self, number: str, line: int = 0) -> None:
-        """Go off-hook and dial the whole number at once (en-bloc)."""
+        """Go off-hook and dial the whole number at once (en-bloc). A '#' ending it only ends
+        dialling: a number of the full 24 digits is sent without it (the field holds 24)."""
         self._require_ready()
-        if not number or len(number) > MAX_DIGITS or any(d not in KEYPAD_CODES for d in number):
+        if not number or any(d not in KEYPAD_CODES for d in number):
             raise PhoneActionError(f"{number!r} is not a number (0-9 * # +, at most {MAX_DIGITS})")
+        if len(number.removesuffix("#")) > MAX_DIGITS:
+            raise PhoneActionError(f"{number!r} is not a number: {len(number.removesuffix('#'))} "
+                                   f"digits, a number has at most {MAX_DIGITS}")
         if line and line not in self.lines:
             raise PhoneActionError(f"{self.device_name} has no line {line}")
+        if len(number) > c.DIRNUM:
+            number = number.removesuffix("#")
         self._send(c.EnblocCall(number, line or 1))
 
     def answer(self, reference: int = 0) -> PhoneCall:

@@ -38,7 +38,8 @@ def _servicer(calls):
     return servicer
 
 
-@pytest.mark.parametrize("number", ["12a4", "7000; drop", "12 34", "", "1" * (MAX_CTI_NUMBER + 1), "٣٤"])
+@pytest.mark.parametrize("number", ["12a4", "7000; drop", "12 34", "", "1" * (MAX_CTI_NUMBER + 1),
+                                    "1" * (MAX_CTI_NUMBER + 1) + "#", "٣٤"])
 async def test_dial_with_a_number_that_is_not_digits_is_invalid_argument(number):
     calls, context = Calls(), Context()
     with pytest.raises(Aborted):
@@ -53,3 +54,12 @@ async def test_dial_with_keypad_characters_reaches_the_port():
     reply = await _servicer(calls).DriveCtiPort(pb.CtiRequest(port="CTI7000", action="dial", number="+1*2#3"),
                                                 Context())
     assert reply.port == "CTI7000" and calls.driven == [("CTI7000", "dial", "+1*2#3")]
+
+
+async def test_dial_with_24_digits_and_the_hash_ending_them_reaches_the_port():
+    # the '#' only ends dialling: it does not count against the 24 characters of a number
+    calls = Calls()
+    number = "1" * MAX_CTI_NUMBER + "#"
+    reply = await _servicer(calls).DriveCtiPort(pb.CtiRequest(port="CTI7000", action="dial", number=number),
+                                                Context())
+    assert reply.port == "CTI7000" and calls.driven == [("CTI7000", "dial", number)]

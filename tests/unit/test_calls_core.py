@@ -621,3 +621,70 @@ def test_call9_the_caller_shows_the_status_of_the_appearances_still_ringing_afte
     pb.answer()
     h.pump()
     assert h.agent.codec_refusals == 1 and ca.icon == "shield"
+
+
+def over_the_wire(phone: SccpPhone) -> list[s.Message]:
+    """What the phone sent, through the basic-layout codec (a 24-byte number field) and back."""
+    out = []
+    for m in phone.messages_to_send():
+        frame = m.serialize()
+        out.append(s.decode_message(m.MESSAGE_ID, frame[12:]))
+    return out
+
+
+def test_a_24_digit_enbloc_number_with_or_without_the_ending_hash_calls_it():
+    # '#' only ends dialling: 24 digits + '#' is the 24-digit number, not 25 characters over the
+    # bound (it was dropped silently: no call, no tone). Through the agent as sent, and from the
+    # phone's dial path over the wire codec (the field holds 24 characters).
+    number = "1" * 23 + "2"
+    for dialled in (number + "#", number):
+        h = Harness()
+        pa, pb = h.add(A, "1001"), h.add(B, number)
+        h.agent.receive(A, c.EnblocCall(dialled, 1), h.now)
+        h.pump()
+        (call,) = pa.calls.values()
+        assert call.state is CS.RING_OUT and call.dialed == number, dialled
+        assert [cl.state for cl in pb.calls.values()] == [CS.RING_IN]
+        assert h.only_call().called == number
+        pa.hang_up()
+        h.pump()
+        h.advance(1)
+        pa.dial(dialled)
+        (sent,) = over_the_wire(pa)
+        assert sent == c.EnblocCall(number, 1)
+        h.agent.receive(A, sent, h.now)
+        h.pump()
+        (call,) = pa.calls.values()
+        assert call.state is CS.RING_OUT and call.dialed == number
+        assert h.agent.stations[A].last_dialed == number
+    # keypad: 24 digits and the '#' ending them are one number's presses
+    h = Harness()
+    pa, pb = h.add(A, "1001"), h.add(B, number)
+    pa.off_hook()
+    h.pump()
+    pa.keypad(number + "#")
+    h.pump()
+    assert [cl.state for cl in pb.calls.values()] == [CS.RING_IN]
+
+
+def test_an_enbloc_number_over_24_digits_is_refused_as_unknown_not_ignored():
+    # 25 digits (with or without the ending '#') names no line: reorder and 'Unknown Number'
+    # on the caller, like any number the dial plan does not know; nothing rings, and the failed
+    # call clears by itself (the phone is not left off-hook).
+    for dialled in ("1" * 25, "1" * 25 + "#", "1" * 24 + "##"):
+        h = Harness()
+        pa, pb = h.add(A, "1001"), h.add(B, "1" * 24)
+        h.agent.receive(A, c.EnblocCall(dialled, 1), h.now)
+        h.pump()
+        (call,) = pa.calls.values()
+        assert call.tone == Tone.REORDER and call.prompt == "Unknown Number", dialled
+        assert call.state is CS.INVALID_NUMBER
+        assert not pb.calls and h.agent.views() == []
+        h.advance(h.agent.settings.failed_call_timeout + 1)
+        assert not pa.calls and not h.agent.legs
+        # the phone's own dial path says why before sending anything
+        with pytest.raises(PhoneActionError, match="at most 24"):
+            pa.dial(dialled)
+        assert pa.messages_to_send() == []
+    with pytest.raises(PhoneActionError, match="at most 24"):
+        h.phones[A].keypad("1" * 25)

@@ -113,13 +113,14 @@ class CallsServicerMixin:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "call control is not running on this node")
         action = request.action.strip().lower().replace("-", "")
         number = request.number
-        if action == "dial" and (not number or len(number) > MAX_CTI_NUMBER
+        # a '#' ending the number only ends dialling: 24 digits + '#' is a 24-digit number
+        if action == "dial" and (not number or len(number.removesuffix("#")) > MAX_CTI_NUMBER
                                  or any(d not in KEYPAD_CODES for d in number)):
             # checked here, not left to the port's phone: its refusal would read as a state
             # problem (FAILED_PRECONDITION) when it is the request that is wrong
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"dial needs a number of 1 to {MAX_CTI_NUMBER} characters 0-9 * # +, "
-                                f"got '{shown(number, MAX_CTI_NUMBER + 8)}'")
+                                f"dial needs a number of 1 to {MAX_CTI_NUMBER} characters 0-9 * # + "
+                                f"(and a '#' ending it), got '{shown(number, MAX_CTI_NUMBER + 8)}'")
         try:
             device = calls.cti(request.port, action, request.number)
         except PhoneActionError as exc:
