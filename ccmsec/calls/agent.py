@@ -33,7 +33,7 @@ from ccmsec.calls import setup as setup_answers
 from ccmsec.calls import ui
 from ccmsec.calls.config import AgentSettings, DeviceProfile, ProfileError
 from ccmsec.calls.dialplan import DialPlan, Match, MatchKind
-from ccmsec.calls.media import AddressPool, MediaResources
+from ccmsec.calls.media import G711_CODECS, AddressPool, MediaResources
 from ccmsec.calls.model import (
     BargeState,
     Call,
@@ -801,6 +801,7 @@ class CallAgent:
         call2.legs[call2.legs.index(consult)] = moving
         self._close_leg_channels(call2, consult)
         moving.call = call2
+        moving.hold_tone = False   # ring-out / connected below stop any tone on hold
         self._clear_leg(consult, now)
         for lg, _ in unusable:   # blind only: appearances the moving party cannot talk to
             self._remove_leg(lg, now)
@@ -1003,6 +1004,11 @@ class CallAgent:
             return CodecChoice(None, choice.rule_id, f"{reason} ({offers}); no transcoder")
         return choice
 
+    def _g711_for(self, st: Station) -> int | None:
+        """The G.711 law a music-on-hold stream to this device uses: the first of its
+        offered codecs the resource encodes (`G711_CODECS`); None when it offers neither law."""
+        return next((cd for cd in self._offered(st) if cd in G711_CODECS), None)
+
     def _bridge_codec_for(self, stations: list[Station]) -> CodecChoice:
         """The conference bridge mixes `bridge_codec` only: every member must offer it."""
         codec = self.settings.bridge_codec
@@ -1033,55 +1039,71 @@ class CallAgent:
         self._fail(call.caller, Tone.REORDER, NO_COMMON_CODEC, now, call=call,
                    detail=f"{NO_COMMON_CODEC}: {call.codec_rule}")
 
-    def _desired_channels(self, call: Call) -> dict[tuple, bool]:
-        """(leg ref, peer) -> whether the leg transmits, for the call's current topology."""
+    def _desired_channels(self, call: Call) -> tuple[dict[tuple, tuple[bool, int]], set[int]]:
+        """(leg ref, peer) -> (whether the leg transmits, the channel's codec) for the call's
+        current topology, and the legs that play tone on hold instead of music (held, offering no
+        law the music-on-hold source encodes). Every codec is one the leg's device offered
+        (CALL-9): the call's codec between phones and to the bridge (every member offered it),
+        a G.711 law of its own towards music on hold."""
         active = [lg for lg in call.legs if lg.state is LegState.CONNECTED]
         held = any(lg.state is LegState.HOLD for lg in call.legs)
-        want: dict[tuple, bool] = {}
+        want: dict[tuple, tuple[bool, int]] = {}
+        tone: set[int] = set()
         if call.phase is not CallPhase.CONNECTED:
-            return want
+            return want, tone
+        codec = call.codec
         if call.bridge:
             for lg in active:
-                want[(lg.reference, (EndpointKind.CONFERENCE, call.id, lg.reference))] = True
-            return want
+                want[(lg.reference, (EndpointKind.CONFERENCE, call.id, lg.reference))] = (True, codec)
+            return want, tone
         barge = call.barge
         if barge is not None and barge.initiator in active and barge.target in active:
             others = [lg for lg in active if lg is not barge.initiator and lg is not barge.target]
             for other in others:
-                want[(other.reference, ("leg", barge.target.reference, ""))] = True
-                want[(barge.target.reference, ("leg", other.reference, ""))] = True
-            want[(barge.initiator.reference, ("leg", barge.target.reference, "barge"))] = True
-            want[(barge.target.reference, ("leg", barge.initiator.reference, "barge"))] = True
-            return want
+                want[(other.reference, ("leg", barge.target.reference, ""))] = (True, codec)
+                want[(barge.target.reference, ("leg", other.reference, ""))] = (True, codec)
+            want[(barge.initiator.reference, ("leg", barge.target.reference, "barge"))] = (True, codec)
+            want[(barge.target.reference, ("leg", barge.initiator.reference, "barge"))] = (True, codec)
+            return want, tone
         if len(active) == 2:
             a, b = active
-            want[(a.reference, ("leg", b.reference, ""))] = True
-            want[(b.reference, ("leg", a.reference, ""))] = True
+            want[(a.reference, ("leg", b.reference, ""))] = (True, codec)
+            want[(b.reference, ("leg", a.reference, ""))] = (True, codec)
         elif len(active) == 1 and held and self.settings.music_on_hold:
             lg = active[0]
-            want[(lg.reference, (EndpointKind.MUSIC_ON_HOLD, call.id, lg.reference))] = False
-        return want
+            law = self._g711_for(lg.station)
+            if law is None:
+                tone.add(lg.reference)   # no channel in a codec it never offered: tone on hold
+            else:
+                want[(lg.reference, (EndpointKind.MUSIC_ON_HOLD, call.id, lg.reference))] = (
+                    False, law)
+        return want, tone
 
     def _plan_media(self, call: Call) -> None:
-        want = self._desired_channels(call)
+        want, tone = self._desired_channels(call)
         for key, ch in list(call.channels.items()):
-            if key not in want or want[key] != ch.sends:
+            if want.get(key) != (ch.sends, ch.codec):
                 self._close_channel(call, ch)
         legs = {lg.reference: lg for lg in call.legs}
-        for key, sends in want.items():
+        for key, (sends, codec) in want.items():
             if key in call.channels:
                 continue
             leg = legs[key[0]]
-            ch = Channel(next(self._ids), leg, key[1], sends)
+            ch = Channel(next(self._ids), leg, key[1], sends, codec)
             call.channels[key] = ch
             if isinstance(ch.peer[0], EndpointKind):
                 self.resources.open(ch.peer)
             if self.key_source is not None:
                 ch.rx_encryption = self.key_source(call, ch, "rx")
-            codec = call.codec
             self._send(leg.station, s.OpenReceiveChannel(
                 conference_id=call.id, pass_thru_party_id=ch.party_id, packet_size_ms=20,
                 compression_type=codec, call_reference=leg.reference, encryption=ch.rx_encryption))
+        for leg in call.legs:
+            playing = leg.reference in tone
+            if playing != leg.hold_tone:
+                leg.hold_tone = playing
+                self._send(leg.station, s.StartTone(c.Tone.HOLD, 0, leg.line, leg.reference)
+                           if playing else s.StopTone(leg.line, leg.reference))
         self._start_ready(call)
 
     def _peer_address(self, call: Call, ch: Channel) -> tuple[str, int] | None:
@@ -1102,11 +1124,11 @@ class CallAgent:
                     ch.tx_encryption = self.key_source(call, ch, "tx")
                 self._send(ch.leg.station, s.StartMediaTransmission(
                     conference_id=call.id, pass_thru_party_id=ch.party_id, remote_ip=target[0],
-                    remote_port=target[1], packet_size_ms=20, compression_type=call.codec,
+                    remote_port=target[1], packet_size_ms=20, compression_type=ch.codec,
                     call_reference=ch.leg.reference, encryption=ch.tx_encryption))
             if isinstance(ch.peer[0], EndpointKind) and ch.rx is not None and not ch.resource_started:
                 ch.resource_started = True
-                self.resources.start(ch.peer, ch.rx, call.codec)
+                self.resources.start(ch.peer, ch.rx, ch.codec)
 
     def _close_channel(self, call: Call, ch: Channel, *, notify: bool = True) -> None:
         key = (ch.leg.reference, ch.peer)

@@ -6,6 +6,10 @@ real UDP sockets (`ccmsec_callmanager.media_resources`); `AddressPool` hands out
 sockets, for tests and for a caller that has no resources (SRST's limited call processing).
 
 Both kinds are CALL-3 participants: a call through either is non-secure.
+
+Both encode G.711 only, either law (`G711_CODECS`). A music-on-hold stream is set up in a law
+the held device offered (CALL-9, there is no transcoder); a held phone that offers neither law
+gets no music-on-hold channel: it plays tone on hold itself (StartTone hold).
 """
 
 from __future__ import annotations
@@ -13,6 +17,10 @@ from __future__ import annotations
 from typing import Protocol
 
 from ccmsec.policy.calls import EndpointKind
+
+# SCCP compression types the bridge and the music-on-hold source can encode (G.711 µ-law 64k,
+# G.711 A-law 64k); a stream uses the first of them in the device's own CapabilitiesRes order.
+G711_CODECS = (4, 2)
 
 # (kind, call id, leg id): one stream of a resource towards one leg.
 ResourceKey = tuple[EndpointKind, int, int]
@@ -23,7 +31,8 @@ class MediaResources(Protocol):
         """Allocate the resource's receive address for this stream."""
 
     def start(self, key: ResourceKey, remote: tuple[str, int], codec: int) -> None:
-        """The resource sends to `remote` (the leg's receive address)."""
+        """The resource sends to `remote` (the leg's receive address) in `codec` (one of
+        `G711_CODECS`: the law the leg's device offered)."""
 
     def stop(self, key: ResourceKey) -> None:
         """Stop sending; the receive address stays."""
@@ -41,6 +50,7 @@ class AddressPool:
         self._first, self._last = first_port, last_port
         self.open_streams: dict[ResourceKey, tuple[str, int]] = {}
         self.sending: dict[ResourceKey, tuple[str, int]] = {}
+        self.codecs: dict[ResourceKey, int] = {}   # the codec each stream was started in
 
     def open(self, key: ResourceKey) -> tuple[str, int]:
         if key not in self.open_streams:
@@ -52,10 +62,12 @@ class AddressPool:
     def start(self, key: ResourceKey, remote: tuple[str, int], codec: int) -> None:
         if key in self.open_streams:
             self.sending[key] = remote
+            self.codecs[key] = codec
 
     def stop(self, key: ResourceKey) -> None:
         self.sending.pop(key, None)
 
     def close(self, key: ResourceKey) -> None:
         self.sending.pop(key, None)
+        self.codecs.pop(key, None)
         self.open_streams.pop(key, None)

@@ -104,6 +104,7 @@ class Leg:
     consult: Consult | None = None
     shown_status: int = 0              # last CallInfo security status sent
     tone: int = 0
+    hold_tone: bool = False            # playing tone on hold (held, no MoH codec it offered)
 
     @property
     def device(self) -> str:
@@ -118,6 +119,7 @@ class Channel:
     leg: Leg
     peer: tuple                    # ("leg", leg ref, tag) | (EndpointKind, call id, leg ref)
     sends: bool                    # the device transmits on it (not when listening to MoH)
+    codec: int = 4                 # this channel's codec: one the device offered (CALL-9)
     rx: tuple[str, int] | None = None        # what the device acked
     tx: tuple[str, int] | None = None        # where it was told to send
     rx_encryption: EncryptionInfo = EncryptionInfo()

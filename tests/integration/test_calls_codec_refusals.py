@@ -293,7 +293,10 @@ async def test_call9_a_transfer_or_conference_without_a_common_codec_is_refused_
     assert refused.detail.startswith("CALL-9") and G9 in refused.detail
     after = {v.id: (v.codec, sorted(lg.device for lg in v.legs)) for v in lab.cc.calls.calls()}
     assert after == before and lab.cc.calls.agent.codec_refusals == 1
-    assert {ch.codec for ch in g9.display.channels.values()} == {G729}
+    # G9 is the held party: the MoH source encodes G.711 only, which G9 never offered, so it has
+    # no channel at all and plays tone on hold (before: a MoH channel in G.729 fed µ-law).
+    assert g9.display.channels == {}
+    assert [c.tone for c in g9.display.calls.values()] == [Tone.HOLD]
     assert {ch.codec for ch in u1.display.channels.values()} == {G711U}
 
 

@@ -130,6 +130,13 @@ class ResourcePorts:
         return port.local
 
     def start(self, key: ResourceKey, remote: tuple[str, int], codec: int) -> None:
+        if codec not in SCCP_G711:
+            # Music on hold and the bridge encode G.711 only; anything else would go out as µ-law
+            # to a phone that may never have offered it (CALL-9). The core asks for the law the
+            # leg offered, so this is a bug elsewhere: send nothing rather than the wrong codec.
+            log.error("%s stream %s/%s: codec %s is not G.711; not started (CALL-9)",
+                      key[0].value, key[1], key[2], codec)
+            return
         port = self.ports.get(key)
         if port is not None:
             port.start(remote, codec)
