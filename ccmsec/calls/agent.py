@@ -652,15 +652,24 @@ class CallAgent:
             self._end_call(call, now)
             return
         if call.bridge and len(call.legs) == 2 and call.barge is None:
-            call.bridge = False   # an ad hoc conference down to two: join them directly
+            self._leave_bridge(call)   # an ad hoc conference down to two: join them directly
         self._plan_media(call)
         self._update_security(call, now)
         self._emit("updated", call, now)
 
     def _end_barge(self, call: Call) -> None:
         if call.barge is not None and call.barge.cbarge and len(call.legs) <= 2:
-            call.bridge = False
+            call.barge = None
+            self._leave_bridge(call)
         call.barge = None
+
+    def _leave_bridge(self, call: Call) -> None:
+        """Two parties left on the bridge talk directly again, in a codec both offered (CALL-9).
+        When they share none (each reached the bridge in its own G.711 law) they stay on the
+        bridge, which mixes through linear PCM: never a direct channel in a codec one of them
+        did not offer."""
+        if self._choose_codec(call):
+            call.bridge = False
 
     def _end_call(self, call: Call, now: float, skip: Leg | None = None) -> None:
         for leg in list(call.legs):
@@ -845,8 +854,9 @@ class CallAgent:
         self._end_call(call2, now)
         held.state = LegState.CONNECTED
         call1.bridge = True
+        choice = self._bridge_codec_for([lg.station for lg in call1.legs])
         call1.codec = self.settings.bridge_codec
-        call1.codec_rule = "conference bridge codec"
+        call1.codec_rule = f"{choice.rule_id}: {choice.reason}"
         call1.called_dn = "Conference"
         for party in call1.legs:
             self._send(party.station, *ui.connected(party, call1, conference=True))
@@ -892,8 +902,8 @@ class CallAgent:
             # never offered is refused (no transcoder), the call keeps its codec and channels.
             stations = [lg.station for lg in call.legs if lg.state in (
                 LegState.CONNECTED, LegState.HOLD, LegState.RING_OUT)] + [st]
-            # A conference (or cBarge) already mixes in the bridge codec: a barge into it joins
-            # the bridge, so the initiator must offer that codec and the call keeps it.
+            # A conference (or cBarge) goes through the bridge: a barge into it joins the bridge,
+            # so the initiator must offer a G.711 law (its leg's codec) and the call keeps its codec.
             bridged = cbarge or call.bridge
             choice = self._bridge_codec_for(stations) if bridged else self._codec_for(stations)
             if choice.codec is None:
@@ -919,7 +929,7 @@ class CallAgent:
         initiator.state = LegState.CONNECTED
         call.legs.append(initiator)
         call.barge = BargeState(initiator, target, result, cbarge)
-        if cbarge:
+        if cbarge or call.bridge:
             call.bridge = True
             call.codec = self.settings.bridge_codec
             call.codec_rule = f"{choice.rule_id}: {choice.reason}"
@@ -1005,18 +1015,24 @@ class CallAgent:
         return choice
 
     def _g711_for(self, st: Station) -> int | None:
-        """The G.711 law a music-on-hold stream to this device uses: the first of its
+        """The G.711 law a bridge or music-on-hold stream to this device uses: the first of its
         offered codecs the resource encodes (`G711_CODECS`); None when it offers neither law."""
         return next((cd for cd in self._offered(st) if cd in G711_CODECS), None)
 
     def _bridge_codec_for(self, stations: list[Station]) -> CodecChoice:
-        """The conference bridge mixes `bridge_codec` only: every member must offer it."""
-        codec = self.settings.bridge_codec
-        missing = [st.name for st in stations if codec not in self._offered(st)]
+        """The conference bridge mixes in linear PCM and talks G.711 to each member in a law that
+        member offered (µ-law and A-law phones share a conference): every member must offer one
+        of them. `codec` is the call's shown codec (`bridge_codec`); each leg's is `_g711_for`."""
+        laws = {st.name: self._g711_for(st) for st in stations}
+        missing = [f"{st.name} offers {','.join(map(str, self._offered(st))) or 'nothing'}"
+                   for st in stations if laws[st.name] is None]
         if missing:
-            return CodecChoice(None, "CALL-9", f"conference bridge codec {codec} not offered by "
-                                               f"{', '.join(missing)}; no transcoder")
-        return CodecChoice(codec, "CALL-9", "conference bridge codec")
+            return CodecChoice(None, "CALL-9", "conference bridge needs G.711 µ-law (4) or A-law "
+                                               f"(2) from every member ({'; '.join(missing)}); "
+                                               "no transcoder")
+        per_leg = ", ".join(f"{name} {law}" for name, law in laws.items())
+        return CodecChoice(self.settings.bridge_codec, "CALL-9",
+                           f"conference bridge, G.711 per leg ({per_leg})")
 
     def _choose_codec(self, call: Call) -> bool:
         """Set the call's codec from its parties; False (call unchanged) when they have none in
@@ -1043,8 +1059,7 @@ class CallAgent:
         """(leg ref, peer) -> (whether the leg transmits, the channel's codec) for the call's
         current topology, and the legs that play tone on hold instead of music (held, offering no
         law the music-on-hold source encodes). Every codec is one the leg's device offered
-        (CALL-9): the call's codec between phones and to the bridge (every member offered it),
-        a G.711 law of its own towards music on hold."""
+        (CALL-9): the call's codec between phones, a G.711 law of its own towards a resource."""
         active = [lg for lg in call.legs if lg.state is LegState.CONNECTED]
         held = any(lg.state is LegState.HOLD for lg in call.legs)
         want: dict[tuple, tuple[bool, int]] = {}
@@ -1054,7 +1069,10 @@ class CallAgent:
         codec = call.codec
         if call.bridge:
             for lg in active:
-                want[(lg.reference, (EndpointKind.CONFERENCE, call.id, lg.reference))] = (True, codec)
+                law = self._g711_for(lg.station)
+                if law is not None:   # checked when it joined; never a law it did not offer
+                    want[(lg.reference, (EndpointKind.CONFERENCE, call.id, lg.reference))] = (
+                        True, law)
             return want, tone
         barge = call.barge
         if barge is not None and barge.initiator in active and barge.target in active:

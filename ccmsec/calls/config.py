@@ -102,4 +102,4 @@ class AgentSettings:
     servers: tuple[tuple[str, str, int], ...] = field(default=())  # (name, ip, port)
     music_on_hold: bool = True         # held parties hear music from the MoH source
     default_codec: int = 4             # G.711 u-law 64k
-    bridge_codec: int = 4              # the conference bridge mixes G.711 u-law
+    bridge_codec: int = 4              # the bridge's codec shown for a conference (its first law)

@@ -7,9 +7,11 @@ sockets, for tests and for a caller that has no resources (SRST's limited call p
 
 Both kinds are CALL-3 participants: a call through either is non-secure.
 
-Both encode G.711 only, either law (`G711_CODECS`). A music-on-hold stream is set up in a law
-the held device offered (CALL-9, there is no transcoder); a held phone that offers neither law
-gets no music-on-hold channel: it plays tone on hold itself (StartTone hold).
+Both encode G.711 only, either law (`G711_CODECS`): each stream is set up in a law the leg's
+device offered (CALL-9, there is no transcoder). The bridge decodes every leg to linear PCM, mixes,
+and encodes each leg's mix in that leg's own law, so µ-law and A-law phones share a conference; a
+device that offers neither law cannot join one. A held phone that offers neither law gets no music
+on hold channel: it plays tone on hold itself (StartTone hold).
 """
 
 from __future__ import annotations

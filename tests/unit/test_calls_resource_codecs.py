@@ -5,6 +5,9 @@ offered neither gets no stream at all (there is no transcoder).
 * Music on hold: before, the held phone of a G.729 call was given a channel in the call's codec
   and the MoH source sent it µ-law. Now it gets music in a law it offered or, offering none, no
   channel and tone on hold (StartTone hold on the phone itself).
+* Conference and cBarge: before, the bridge took µ-law from every member and an A-law-only phone
+  was refused. Now each leg is in its own law (the bridge mixes linear PCM); a member with no
+  G.711 law is still refused, and nothing is left half joined.
 """
 
 from __future__ import annotations
@@ -110,3 +113,115 @@ def test_call9_a_g729_only_phone_transferred_from_hold_stops_tone_on_hold_and_he
     pa.transfer(pa.active_call().reference)
     h.pump()
     assert cb.state is CS.RING_OUT and cb.tone == Tone.ALERTING
+
+
+# -- conference ----------------------------------------------------------------------------------
+
+def test_call9_an_alaw_only_phone_joins_a_conference_each_leg_in_its_own_law():
+    """C (both laws) calls A (µ-law only), consults B (A-law only) and joins the three: each
+    leg's channel and bridge stream use a law that phone offered (before: B was refused, the
+    bridge took µ-law from everyone)."""
+    h = Harness()
+    pa, pb = h.add(A, "1001", codecs=(ULAW,)), h.add(B, "1002", codecs=(ALAW,))
+    pc = h.add(C, "1003", codecs=(ALAW, ULAW))
+    conference_of_three(h, C, A, B)
+    view = h.only_call()
+    assert sorted(lg.device for lg in view.legs) == [A, B, C], view
+    assert "conference bridge" in view.resources and h.agent.codec_refusals == 0
+    assert (codecs_of(pa), codecs_of(pb), codecs_of(pc)) == ([ULAW], [ALAW], [ALAW])
+    refs = {lg.device: lg.call_reference for lg in view.legs}
+    assert resource_codecs(h, BRIDGE) == {refs[A]: ULAW, refs[B]: ALAW, refs[C]: ALAW}
+    assert "G.711 per leg" in view.codec_rule
+    # A and B share no codec: C leaving keeps them on the bridge (never a direct channel in a
+    # codec one did not offer).
+    pc.hang_up()
+    h.pump()
+    view = h.only_call()
+    assert sorted(lg.device for lg in view.legs) == [A, B] and "conference bridge" in view.resources
+    assert (codecs_of(pa), codecs_of(pb)) == ([ULAW], [ALAW])
+
+
+def test_call9_a_conference_down_to_two_with_a_common_codec_joins_them_directly_in_it():
+    h = Harness()
+    pa, pb = h.add(A, "1001", codecs=(ULAW, ALAW)), h.add(B, "1002", codecs=(ALAW,))
+    pc = h.add(C, "1003", codecs=(ULAW,))
+    conference_of_three(h, A, B, C)
+    assert (codecs_of(pa), codecs_of(pb), codecs_of(pc)) == ([ULAW], [ALAW], [ULAW])
+    pc.hang_up()
+    h.pump()
+    view = h.only_call()
+    assert view.resources == () and view.codec == ALAW and h.resources.open_streams == {}
+    (cha,), (chb,) = pa.channels.values(), pb.channels.values()
+    assert cha.codec == chb.codec == ALAW and cha.tx == chb.rx and chb.tx == cha.rx
+
+
+def test_call9_a_conference_with_a_member_offering_no_g711_law_is_refused_nothing_half_joined():
+    """B (A-law only) may join; D (G.729 only) offers no law the bridge mixes: the conference is
+    refused as a whole, both calls keep their parties, codecs and channels, no bridge stream."""
+    h = Harness()
+    pa, pb = h.add(A, "1001", codecs=(G729, ALAW)), h.add(B, "1002", codecs=(ALAW,))
+    pd = h.add(D, "1004", codecs=(G729,))
+    connect(h, A, B, "1002")
+    pa.conference()
+    h.pump()
+    pa.keypad("1004")
+    h.pump()
+    pd.answer()
+    h.pump()
+    before = sorted((v.codec, tuple(sorted(lg.device for lg in v.legs))) for v in h.agent.views())
+    assert before == [(ALAW, (A, B)), (G729, (A, D))]
+    h.events()
+    pa.conference(pa.active_call().reference)
+    h.pump()
+    assert "No common codec" in pa.notifications and h.agent.codec_refusals == 1
+    (refused,) = [e for e in h.events() if e.kind == "refused"]
+    assert refused.detail.startswith("CALL-9") and f"{D} offers {G729}" in refused.detail
+    assert "no transcoder" in refused.detail and B not in refused.detail
+    after = sorted((v.codec, tuple(sorted(lg.device for lg in v.legs))) for v in h.agent.views())
+    assert after == before and not any("conference bridge" in v.resources for v in h.agent.views())
+    assert resource_codecs(h, BRIDGE) == {} and codecs_of(pb) == [ALAW] and codecs_of(pd) == [G729]
+
+
+# -- cBarge --------------------------------------------------------------------------------------
+
+def test_call9_an_alaw_only_phone_cbarges_into_a_ulaw_call_and_the_call_goes_back_afterwards():
+    """A (µ-law only) talks to B on 1002; D shares 1002 and offers A-law only. D's cBarge goes
+    through the bridge, D's leg in A-law, A's in µ-law (before: refused). D hanging up puts A
+    and B back on a direct µ-law channel."""
+    h = Harness()
+    pa, pb = h.add(A, "1001", codecs=(ULAW,)), h.add(B, "1002", codecs=(ULAW, ALAW))
+    pd = h.add(D, "1002", codecs=(ALAW,))
+    connect(h, A, B, "1002")
+    pd.barge(cbarge=True)
+    h.pump()
+    view = h.only_call()
+    assert view.barge == "cbarge" and sorted(lg.device for lg in view.legs) == [A, B, D], view
+    assert "conference bridge" in view.resources and h.agent.codec_refusals == 0
+    assert (codecs_of(pa), codecs_of(pb), codecs_of(pd)) == ([ULAW], [ULAW], [ALAW])
+    refs = {lg.device: lg.call_reference for lg in view.legs}
+    assert resource_codecs(h, BRIDGE) == {refs[A]: ULAW, refs[B]: ULAW, refs[D]: ALAW}
+    pd.hang_up()
+    h.pump()
+    view = h.only_call()
+    assert view.barge == "" and view.resources == () and view.codec == ULAW
+    assert codecs_of(pa) == codecs_of(pb) == [ULAW] and h.resources.open_streams == {}
+
+
+def test_call9_a_cbarge_by_a_phone_offering_no_g711_law_is_refused_the_call_untouched():
+    h = Harness()
+    pa, pb = h.add(A, "1001", codecs=(ULAW,)), h.add(B, "1002", codecs=(ULAW, G729))
+    pe = h.add(E, "1002", codecs=(G729,))
+    connect(h, A, B, "1002")
+    channels = {ph: dict(ph.channels) for ph in (pa, pb)}
+    h.events()
+    pe.barge(cbarge=True)
+    h.pump()
+    (call,) = [cl for cl in pe.calls.values() if cl.state is not CS.REMOTE_MULTILINE]
+    assert call.state is CS.CONGESTION and call.tone == Tone.REORDER
+    assert call.prompt == "No common codec" and not pe.channels
+    (refused,) = [e for e in h.events() if e.kind == "refused"]
+    assert refused.detail.startswith("CALL-9") and f"{E} offers {G729}" in refused.detail
+    view = h.only_call()
+    assert view.barge == "" and sorted(lg.device for lg in view.legs) == [A, B]
+    assert view.resources == () and h.resources.open_streams == {}
+    assert {ph: dict(ph.channels) for ph in (pa, pb)} == channels
