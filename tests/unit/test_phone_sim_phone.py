@@ -701,3 +701,74 @@ def test_a_start_error_is_one_line_and_exit_code_1(tmp_path):
     assert res.returncode == 1, res.stderr
     assert "cannot start: the phone store is unreadable" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+async def test_shutdown_saves_the_fleet_even_when_the_save_outlasts_the_step_budget(tmp_path, monkeypatch):
+    """Shutdown gives teardown `shutdown_grace` + 0.5 s (4.5 s by default). A large fleet's
+    background write of phones.json still running then (here slowed past the budget) made
+    Fleet.close wait for it, be cancelled there and skip the final save: the store kept the older
+    snapshot, without the phones changed since. Now the final save outlives that cancel (bounded by
+    CCMSEC_PHONE_STORE_SAVE_LIMIT) and the store is whole (atomic write, no temporary left)."""
+    import asyncio
+    import json
+    import threading
+    import time
+
+    from ccmsec_phone_sim import fleet as fleet_mod
+    from ccmsec_phone_sim.main import PhoneSimService, PhoneSimSettings
+
+    real, started, ended = fleet_mod.atomic_write, [], []
+
+    def slow_write(path, data, mode=0o644):   # the first (background) write: a slow disk
+        started.append(threading.get_ident())
+        if len(started) == 1:
+            time.sleep(2.5)
+        real(path, data, mode)
+        ended.append(1)
+
+    monkeypatch.setattr(fleet_mod, "atomic_write", slow_write)
+    svc = PhoneSimService(PhoneSimSettings(service="phone-sim", data_dir=tmp_path, shutdown_grace=1.0))
+    svc.fleet = Fleet(tmp_path / "phone-sim", Network("127.0.0.1", 9, tftp_timeout=5, tftp_retries=1),
+                      save_interval=0)
+    svc.fleet.start()
+    (first,) = await svc.fleet.add(1, "7960", "SEP0A0D")
+    while not started:                         # the background save of the first phone is writing
+        await asyncio.sleep(0.01)
+    (second,) = await svc.fleet.add(1, "7960", "SEP0A0E")    # changed after that snapshot
+    t0 = time.monotonic()
+    await svc._shutdown()                      # teardown's budget: 1.5 s, the write takes 2.5 s
+    assert time.monotonic() - t0 >= 2.5        # it waited for the final save, not the budget
+    deadline = time.monotonic() + 5
+    while len(ended) < len(started) and time.monotonic() < deadline:   # no thread still writing
+        await asyncio.sleep(0.05)
+    store = svc.fleet.path
+    assert sorted(p["name"] for p in json.loads(store.read_text())["phones"]) == sorted(
+        [first.name, second.name])
+    assert [f.name for f in store.parent.iterdir()] == ["phones.json"]   # no partial file left
+
+
+async def test_a_final_save_cut_short_by_its_limit_says_so_and_leaves_the_last_whole_store(tmp_path, monkeypatch,
+                                                                                          caplog):
+    """Past CCMSEC_PHONE_STORE_SAVE_LIMIT the final save is given up with an error naming the
+    setting; the store is the last complete save, never a partial file."""
+    import json
+    import time
+
+    from ccmsec_phone_sim import fleet as fleet_mod
+
+    fleet = Fleet(tmp_path / "phone-sim", Network("127.0.0.1", 9, tftp_timeout=5, tftp_retries=1))
+    (first,) = await fleet.add(1, "7960", "SEP0A0F")
+    fleet.save()
+    await fleet.add(1, "7960", "SEP0A10")
+    real = fleet_mod.atomic_write
+
+    def slow_write(path, data, mode=0o644):
+        time.sleep(1.0)
+        real(path, data, mode)
+
+    monkeypatch.setattr(fleet_mod, "atomic_write", slow_write)
+    await fleet.close(save_limit=0.2)
+    assert "did not finish within 0.2 s (CCMSEC_PHONE_STORE_SAVE_LIMIT)" in caplog.text
+    assert [p["name"] for p in json.loads(fleet.path.read_text())["phones"]] == [first.name]
+    time.sleep(1.2)   # the write in its thread ends atomically: the whole new store, nothing torn
+    assert len(json.loads(fleet.path.read_text())["phones"]) == 2

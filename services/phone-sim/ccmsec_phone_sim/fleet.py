@@ -3,7 +3,9 @@
 The file holds each phone's keys and certificates (MIC, LSC), its CTL and its configuration, so a
 restart of the service keeps what the phones hold. It is written atomically, at most every
 `save_interval` seconds while phones change, and once more on close — after the background write
-in progress, if any, has ended (a worker thread cannot be cancelled). Boots run at most
+in progress, if any, has ended (a worker thread cannot be cancelled). That final save is not cut
+by the shutdown's per-step budget (a cancel waits for it), only by its own limit (`close`'s
+`save_limit`, FINAL_SAVE_LIMIT by default), with an error logged then. Boots run at most
 `max_concurrent_boots` at a time.
 """
 
@@ -36,6 +38,9 @@ log = logging.getLogger("ccmsec.phone-sim")
 MAX_ADD = 5000
 MAX_PHONES = 20000
 FILE_VERSION = 1
+# The most close waits for the final save of the store (`CCMSEC_PHONE_STORE_SAVE_LIMIT` in the
+# service): a fleet of MAX_PHONES with their keys is written in a few seconds, so this is ample.
+FINAL_SAVE_LIMIT = 120.0
 
 
 class FleetError(ValueError):
@@ -107,23 +112,64 @@ class Fleet:
     def start(self) -> None:
         self._saver = asyncio.get_running_loop().create_task(self._save_loop(), name="phone store saver")
 
-    async def close(self) -> None:
-        for runner in list(self.runners.values()):
-            await runner.close()  # a boot requested meanwhile (reset event, restore) is refused
-        saver, self._saver = self._saver, None
-        if saver is not None:
-            saver.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await saver
-        # A save the saver had started goes on in its thread after the cancel; written after the
-        # final save below, its older snapshot of the fleet would be the store (phones lost).
-        writing, self._writing = self._writing, None
-        if writing is not None:
+    async def close(self, save_limit: float = FINAL_SAVE_LIMIT) -> None:
+        """Close every phone, then write the store once more. The final save is not given up when
+        close is cancelled (the shutdown's budget for a step ran out while phones were closing, or
+        while a slow background write was still going): it runs to its end, up to `save_limit`
+        seconds, and the cancel is raised after it. Cut short, it says so (the store then holds
+        the last complete save: writes are atomic, never a partial file)."""
+        try:
+            for runner in list(self.runners.values()):
+                await runner.close()  # a boot requested meanwhile (reset event, restore) is refused
+            saver, self._saver = self._saver, None
+            if saver is not None:
+                saver.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await saver
+        finally:
+            if self._saver is not None:  # cancelled while phones closed: the saver stops too
+                self._saver.cancel()
+                self._saver = None
+            await self._final_save(save_limit)
+
+    async def _final_save(self, limit: float) -> None:
+        loop = asyncio.get_running_loop()
+
+        async def write() -> None:
+            # A save the saver had started goes on in its thread after the cancel; written after
+            # the final save below, its older snapshot of the fleet would be the store (phones lost).
+            writing, self._writing = self._writing, None
+            if writing is not None:
+                try:
+                    await writing
+                except Exception as exc:  # the final save below writes the whole fleet anyway
+                    log.error("cannot save the phone store: %s", exc)
+            await asyncio.to_thread(self.save, list(self.runners.values()))
+
+        started = loop.time()
+        job = loop.create_task(write(), name="phone store final save")
+        cancelled = False
+        while not job.done():
+            left = started + limit - loop.time()
+            if left <= 0:
+                break
             try:
-                await writing
-            except Exception as exc:  # the final save below writes the whole fleet anyway
-                log.error("cannot save the phone store: %s", exc)
-        self.save()
+                await asyncio.wait({job}, timeout=left)
+            except asyncio.CancelledError:
+                cancelled = True  # the save outlives the cancel (up to the limit); raised below
+        if not job.done():
+            job.cancel()  # a write already in its thread still ends atomically (old or new file)
+            log.error("phone store: the final save did not finish within %g s "
+                      "(CCMSEC_PHONE_STORE_SAVE_LIMIT); %s holds the last complete save",
+                      limit, self.path)
+        elif job.cancelled() or job.exception() is not None:
+            log.error("cannot save the phone store: %s",
+                      "cancelled" if job.cancelled() else job.exception())
+        else:
+            log.info("phone store saved on close", extra={"phones": len(self.runners),
+                                                           "seconds": round(loop.time() - started, 3)})
+        if cancelled:
+            raise asyncio.CancelledError
 
     async def _save_loop(self) -> None:
         while True:

@@ -31,7 +31,7 @@ from ccmsec_proto import capf_pb2_grpc, common_pb2, phone_sim_pb2, phone_sim_pb2
 
 from ccmsec_phone_sim import calls as phone_calls
 from ccmsec_phone_sim.boot import Network, PhoneRunner
-from ccmsec_phone_sim.fleet import Fleet, FleetError
+from ccmsec_phone_sim.fleet import FINAL_SAVE_LIMIT, Fleet, FleetError
 from ccmsec_phone_sim.nodes import node_addresses, normalise_ip
 from ccmsec_phone_sim.phone import SettingsLocked, State
 from ccmsec.wire.sccp_phone import PhoneActionError
@@ -175,6 +175,9 @@ class PhoneSimSettings(ServiceSettings):
     phone_probe_interval: float = Field(10.0, gt=0, le=600)      # probes of higher nodes
     phone_standby_interval: float = Field(30.0, gt=0, le=600)    # KeepAlive on the standby connection
     phone_boot_retry_max: float = Field(60.0, gt=0, le=3600)     # cap of the boot back-off
+    # The most shutdown waits for the final save of phones.json (Fleet.close), beyond the
+    # per-step shutdown budget; cut short, an error says so and the last complete save stays.
+    phone_store_save_limit: float = Field(FINAL_SAVE_LIMIT, gt=0, le=3600)
 
 
 class PhoneSimService(Service):
@@ -289,7 +292,7 @@ class PhoneSimService(Service):
     async def teardown(self) -> None:
         metrics.remove_sampler(metrics.SIMULATED_PHONES, self._phones_by_state)
         if self.fleet is not None:
-            await self.fleet.close()
+            await self.fleet.close(self.settings.phone_store_save_limit)
 
     async def on_device_reset(self, event) -> None:
         reset = event.device_reset
