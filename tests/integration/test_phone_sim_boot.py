@@ -477,8 +477,10 @@ async def test_rst9_reset_event_reaches_the_phones_of_the_named_node_by_host_nam
 
         endpoints = endpoints_path(tmp_path)
         endpoints.parent.mkdir(parents=True, exist_ok=True)
-        endpoints.write_text(json.dumps({"services": {"callmanager": {"host": "127.0.0.2"},
-                                                      "callmanager-sub1": {"host": "127.0.0.1"}}}))
+        endpoints.write_text(json.dumps({"services": {
+            "callmanager": {"host": "127.0.0.2", "sccp_port": publisher.port, "sccp_tls_port": lab.sccp_tls.port},
+            "callmanager-sub1": {"host": "127.0.0.1", "sccp_port": lab.sccp.port,
+                                 "sccp_tls_port": lab.sccp_tls.port}}}))
         svc = PhoneSimService(PhoneSimSettings(service="phone-sim", data_dir=tmp_path,
                                                peers={"callmanager": "127.0.0.2"}))
         svc.fleet = Fleet(tmp_path / "phone-sim", on_sub.net)
@@ -499,6 +501,74 @@ async def test_rst9_reset_event_reaches_the_phones_of_the_named_node_by_host_nam
         assert (on_sub.phone.boots, on_pub.phone.boots) == (2, 2)
     finally:
         await publisher.close()
+
+
+async def test_rst9_a_reset_reaches_only_the_named_node_when_nodes_share_loopback_addresses(lab, tmp_path):
+    """RST-9 precise: nodes on 127.0.0.1 (call control and a second node at another port) and on
+    127.0.0.2. Matching the address alone, a reset naming `localhost` (it resolves to 127.0.0.1)
+    rebooted every phone registered over 127.0.0.1, and one naming the node on 127.0.0.1 also
+    rebooted the other node's phones there. Now a phone is the node's when its connection reached
+    the node's address AND one of its SCCP ports, and a server the endpoints file does not list
+    (`localhost`) is no node: nobody is reset."""
+    import json
+
+    from ccmsec.aio.sccp import SccpServer, require_transport_matching_mode
+    from ccmsec.cluster.state import endpoints_path
+    from ccmsec_phone_sim.fleet import Fleet
+    from ccmsec_phone_sim.main import PhoneSimService, PhoneSimSettings
+    from ccmsec_proto import events_pb2
+
+    decide = require_transport_matching_mode(lab.modes.get, then=lab.decide)
+    same_address = SccpServer(decide, host="127.0.0.1", port=0)      # another node, same address
+    other_address = SccpServer(decide, host="127.0.0.2", port=0)
+    await same_address.start()
+    await other_address.start()
+    try:
+        names = {"callmanager": "SEP00112233002A", "callmanager-sub1": "SEP00112233002B",
+                 "callmanager-sub2": "SEP00112233002C"}
+        lab.device(names["callmanager"], signed=False, cm_host="localhost")          # lab.sccp
+        lab.device(names["callmanager-sub1"], signed=False, cm_host="127.0.0.1", sccp=same_address)
+        lab.device(names["callmanager-sub2"], signed=False, cm_host="127.0.0.2", sccp=other_address)
+        lab.image()
+        runners = {node: await boot(lab, lab.phone(name)) for node, name in names.items()}
+        assert all(r.phone.state is State.REGISTERED for r in runners.values())
+        assert runners["callmanager"].phone.registered_address == runners["callmanager-sub1"].phone.registered_address
+
+        endpoints = endpoints_path(tmp_path)
+        endpoints.parent.mkdir(parents=True, exist_ok=True)
+        endpoints.write_text(json.dumps({"services": {
+            "callmanager": {"host": "127.0.0.1", "sccp_port": lab.sccp.port, "sccp_tls_port": lab.sccp_tls.port},
+            "callmanager-sub1": {"host": "127.0.0.1", "sccp_port": same_address.port, "sccp_tls_port": 1},
+            "callmanager-sub2": {"host": "127.0.0.2", "sccp_port": other_address.port, "sccp_tls_port": 1}}}))
+        svc = PhoneSimService(PhoneSimSettings(service="phone-sim", data_dir=tmp_path))
+        svc.fleet = Fleet(tmp_path / "phone-sim", runners["callmanager"].net)
+        svc.fleet.runners = {r.phone.name: r for r in runners.values()}
+
+        def boots():
+            return {node: r.phone.boots for node, r in runners.items()}
+
+        async def reset(server: str) -> None:
+            await svc.on_device_reset(events_pb2.Event(
+                id=server, kind="device.reset", occurred_unix_ms=int(time.time() * 1000),
+                device_reset=events_pb2.DeviceReset(server=server, rule="RST-9")))
+            await asyncio.wait(svc._tasks, timeout=10)   # the node's phones are found aside
+
+        await reset("localhost")          # not a node of this cluster
+        await asyncio.sleep(0.3)
+        assert boots() == {"callmanager": 1, "callmanager-sub1": 1, "callmanager-sub2": 1}
+        await reset("callmanager-sub1")   # on 127.0.0.1 like callmanager, at its own port
+        await until(lambda: runners["callmanager-sub1"].phone.boots == 2
+                    and runners["callmanager-sub1"].phone.state is State.REGISTERED)
+        await asyncio.sleep(0.3)
+        assert boots() == {"callmanager": 1, "callmanager-sub1": 2, "callmanager-sub2": 1}
+        await reset("callmanager")        # its phone only, though configured by the name localhost
+        await until(lambda: runners["callmanager"].phone.boots == 2
+                    and runners["callmanager"].phone.state is State.REGISTERED)
+        await asyncio.sleep(0.3)
+        assert boots() == {"callmanager": 2, "callmanager-sub1": 2, "callmanager-sub2": 1}
+    finally:
+        await same_address.close()
+        await other_address.close()
 
 
 async def test_a_reset_cancelled_while_it_closes_the_connection_leaves_no_connection_behind(lab):

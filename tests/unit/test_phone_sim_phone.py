@@ -357,19 +357,75 @@ async def test_fleet_close_waits_for_a_background_save_in_progress(tmp_path):
     assert not list(tmp_path.glob(".phones.json.*"))  # no temporary file left behind
 
 
-async def test_rst9_node_addresses_from_endpoints_or_name_and_bad_names_reach_nobody():
-    from ccmsec_phone_sim.nodes import node_addresses, normalise_ip
+async def test_rst9_node_endpoints_from_endpoints_or_name_and_bad_names_reach_nobody():
+    from ccmsec_phone_sim.nodes import NOWHERE, node_endpoints, normalise_ip
 
-    endpoints = {"services": {"callmanager-sub1": {"host": "127.0.1.12"},
+    endpoints = {"services": {"callmanager-sub1": {"host": "127.0.1.12", "sccp_port": 12000},
                               "callmanager": {"host": "0.0.0.0"}}}
-    assert await node_addresses("callmanager-sub1", endpoints=endpoints, peers={}) == {"127.0.1.12"}
-    # bound to every address: found by its peer host (or its name) instead
-    assert await node_addresses("callmanager", endpoints=endpoints,
-                                peers={"callmanager": "127.0.1.2"}) == {"127.0.1.2"}
-    assert "127.0.0.1" in await node_addresses("localhost", endpoints=None, peers={})
+    cluster = (2000, 2443)
+    sub1 = await node_endpoints("callmanager-sub1", endpoints=endpoints, peers={}, sccp_ports=cluster)
+    assert (sub1.addresses, sub1.ports) == ({"127.0.1.12"}, {12000})     # its own ports, not the cluster's
+    assert sub1.reached_by("127.0.1.12", 12000) and not sub1.reached_by("127.0.1.12", 2000)
+    # bound to every address: found by its peer host (or its name) instead; no port listed: the cluster's
+    pub = await node_endpoints("callmanager", endpoints=endpoints, peers={"callmanager": "127.0.1.2"},
+                               sccp_ports=cluster)
+    assert (pub.addresses, pub.ports) == ({"127.0.1.2"}, {2000, 2443})
+    assert pub.reached_by("::ffff:127.0.1.2", 2443) and not pub.reached_by("", 2000)
+    # no endpoints file: the name resolved, at the cluster's SCCP ports
+    local = await node_endpoints("localhost", endpoints=None, peers={}, sccp_ports=cluster)
+    assert "127.0.0.1" in local.addresses and local.ports == {2000, 2443}
+    # an endpoints file that does not list the server: no node of this cluster
+    assert await node_endpoints("localhost", endpoints=endpoints, peers={}, sccp_ports=cluster) == NOWHERE
     for bad in ("", "a b", "x" * 300, "-x", "host;rm"):
-        assert await node_addresses(bad, endpoints=endpoints, peers={}) == set()
+        assert await node_endpoints(bad, endpoints=endpoints, peers={}, sccp_ports=cluster) == NOWHERE
     assert normalise_ip("::ffff:127.0.0.1") == "127.0.0.1" and normalise_ip("callmanager") is None
+
+
+async def test_rst9_a_reset_of_one_node_spares_another_node_on_the_same_address(tmp_path):
+    """RST-9: two nodes on 127.0.0.1 at different SCCP ports, a third on 127.0.0.2. Matching the
+    address alone, a reset of `callmanager` (or of `localhost`, which resolves to 127.0.0.1) reset
+    the phones of both nodes on 127.0.0.1; now address and port must both be the node's."""
+    import asyncio
+    import json
+    import time
+
+    from ccmsec.cluster.state import endpoints_path
+    from ccmsec_phone_sim.main import PhoneSimService, PhoneSimSettings
+    from ccmsec_proto import events_pb2
+
+    path = endpoints_path(tmp_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"services": {
+        "callmanager": {"host": "127.0.0.1", "sccp_port": 2000, "sccp_tls_port": 2443},
+        "callmanager-sub1": {"host": "127.0.0.1", "sccp_port": 12000, "sccp_tls_port": 12443},
+        "callmanager-sub2": {"host": "127.0.0.2", "sccp_port": 2000, "sccp_tls_port": 2443}}}))
+    svc = PhoneSimService(PhoneSimSettings(service="phone-sim", data_dir=tmp_path))
+    svc.fleet = Fleet(tmp_path / "phone-sim", Network("127.0.0.1", 9, tftp_timeout=5, tftp_retries=1))
+    phones = await svc.fleet.add(3, "7960", "SEP0A1A")
+    where = dict(zip([p.name for p in phones], [("127.0.0.1", 2443), ("127.0.0.1", 12000), ("127.0.0.2", 2000)]))
+    for p in phones:
+        p.state, (p.registered_address, p.registered_port) = State.REGISTERED, where[p.name]
+    booted: list[list[str]] = []
+
+    async def boot(runners, requested_at=None):
+        booted.append(sorted(r.phone.name for r in runners))
+        return len(booted[-1])
+
+    svc.fleet.boot = boot
+
+    async def reset(server: str) -> list[str]:
+        await svc.on_device_reset(events_pb2.Event(id=server, occurred_unix_ms=int(time.time() * 1000),
+                                                   device_reset=events_pb2.DeviceReset(server=server)))
+        await asyncio.wait(svc._tasks, timeout=5)
+        return booted.pop()
+
+    assert await reset("callmanager") == [phones[0].name]
+    assert await reset("callmanager-sub1") == [phones[1].name]
+    assert await reset("callmanager-sub2") == [phones[2].name]
+    assert await reset("localhost") == []          # no node of this cluster (endpoints file)
+    path.unlink()                                  # compose: no file; the name at the cluster's ports
+    assert await reset("localhost") == [phones[0].name]
+    await svc.fleet.close()
 
 
 async def test_fleet_concurrent_adds_get_distinct_names(pki, tmp_path):
@@ -596,7 +652,7 @@ async def test_rst9_with_an_unreadable_endpoints_file_still_resets_by_the_node_n
     svc.fleet = Fleet(tmp_path / "phone-sim", Network("127.0.0.1", 9, tftp_timeout=5, tftp_retries=1))
     (phone,) = await svc.fleet.add(1, "7960", "SEP0A0B")
     runner = svc.fleet.runners[phone.name]
-    phone.state, phone.registered_address = State.REGISTERED, "127.0.0.1"  # as registered to localhost
+    phone.state, phone.registered_address, phone.registered_port = State.REGISTERED, "127.0.0.1", 2000  # localhost
     await svc.on_device_reset(events_pb2.Event(id="r", occurred_unix_ms=int(time.time() * 1000),
                                                device_reset=events_pb2.DeviceReset(server="localhost")))
     await asyncio.wait(svc._tasks, timeout=5)   # the node's phones are found aside (see below)
@@ -633,12 +689,13 @@ async def test_rst9_a_node_name_that_does_not_resolve_holds_back_no_other_reset(
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
     path = endpoints_path(tmp_path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"services": {"callmanager-sub1": {"host": "127.0.1.12"}}}))
+    path.write_text(json.dumps({"services": {"callmanager-sub1": {"host": "127.0.1.12"},
+                                             "callmanager-sub2": {"host": "callmanager-sub2"}}}))
     svc = PhoneSimService(PhoneSimSettings(service="phone-sim", data_dir=tmp_path))
     svc.fleet = Fleet(tmp_path / "phone-sim", Network("127.0.0.1", 9, tftp_timeout=5, tftp_retries=1))
     (phone,) = await svc.fleet.add(1, "7960", "SEP0A0C")
     runner = svc.fleet.runners[phone.name]
-    phone.state, phone.registered_address = State.REGISTERED, "127.0.1.12"   # on callmanager-sub1
+    phone.state, phone.registered_address, phone.registered_port = State.REGISTERED, "127.0.1.12", 2000  # sub1
 
     def reset(i: int, server: str):
         return svc.on_device_reset(events_pb2.Event(id=f"r{i}", occurred_unix_ms=int(time.time() * 1000),

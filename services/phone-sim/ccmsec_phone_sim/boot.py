@@ -535,10 +535,12 @@ class PhoneRunner:
         target = failover.active if failover is not None else None
         if target is None:
             p.registered_with = p.transport = p.certificate_in_use = p.registered_address = ""
+            p.registered_port = 0
             return
         plan = failover.plan  # type: ignore[attr-defined]
         p.registered_with = f"{target.host}:{target.port}"
         p.registered_address = (failover.conn.peer_host if failover.conn is not None else None) or ""
+        p.registered_port = target.port   # the port that connection reached
         p.transport = plan.mode.value if target.secure else DeviceSecurityMode.NON_SECURE.value
         p.certificate_in_use = p.tls_identity()[0] if target.secure else ""
         p.fallback = target.kind is TargetKind.SRST
@@ -607,6 +609,7 @@ class PhoneRunner:
     async def _close_connection(self) -> None:
         failover, self.failover = self.failover, None
         self.phone.registered_with = self.phone.registered_address = ""
+        self.phone.registered_port = 0
         self.phone.transport = ""
         self.phone.certificate_in_use = ""
         self.phone.fallback = False

@@ -32,7 +32,7 @@ from ccmsec_proto import capf_pb2_grpc, common_pb2, phone_sim_pb2, phone_sim_pb2
 from ccmsec_phone_sim import calls as phone_calls
 from ccmsec_phone_sim.boot import Network, PhoneRunner
 from ccmsec_phone_sim.fleet import FINAL_SAVE_LIMIT, Fleet, FleetError
-from ccmsec_phone_sim.nodes import node_addresses, normalise_ip
+from ccmsec_phone_sim.nodes import node_endpoints
 from ccmsec_phone_sim.phone import SettingsLocked, State
 from ccmsec.wire.sccp_phone import PhoneActionError
 from ccmsec.textsafe import bounded
@@ -311,16 +311,18 @@ class PhoneSimService(Service):
         await self._reset(event, runners, requested_at)
 
     async def _reset_node(self, event, server: str, requested_at: float) -> None:
-        # RST-9 names a node: its phones are those whose connection reached the node's
-        # addresses (nodes.py), whatever name or address their configuration gave it.
+        # RST-9 names a node: its phones are those whose connection reached one of the node's
+        # addresses at one of its SCCP ports (nodes.py), whatever name or address their
+        # configuration gave it; another node on the same address is not it.
         try:
             endpoints = read_endpoints(self.settings.data_dir)
         except OSError as exc:  # unreadable (a folder, permissions): the node's name still resolves
             self.log.warning("device reset: cannot read the endpoints file: %s", exc)
             endpoints = None
-        addresses = await node_addresses(server, endpoints=endpoints, peers=self.settings.peers)
-        runners = [r for r in self.fleet.powered() if r.phone.registered_address
-                   and normalise_ip(r.phone.registered_address) in addresses]
+        node = await node_endpoints(server, endpoints=endpoints, peers=self.settings.peers,
+                                    sccp_ports=(self.settings.sccp_port, self.settings.sccp_tls_port))
+        runners = [r for r in self.fleet.powered()
+                   if node.reached_by(r.phone.registered_address, r.phone.registered_port)]
         await self._reset(event, runners, requested_at)
 
     async def _reset(self, event, runners, requested_at: float) -> None:

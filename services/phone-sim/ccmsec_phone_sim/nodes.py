@@ -2,14 +2,22 @@
 
 A `device.reset` event with `server` names a call-control node (`CCMSEC_NODE` of that node, e.g.
 `callmanager` or `callmanager-sub1`), never an address. A phone is the node's when the connection it
-registered over reached one of the node's addresses (`Phone.registered_address`, the socket's peer,
-so a phone configured with a host name or an IP address counts the same):
+registered over reached one of the node's addresses AND one of its SCCP ports
+(`Phone.registered_address`, the socket's peer, so a phone configured with a host name or an IP
+address counts the same, and `Phone.registered_port`). The address alone is not enough: nodes may
+share one (the test cluster puts every node on a 127.0.0.x loopback address, and a host name such
+as `localhost` resolves to one of them), and a reset of one node must not reach another's phones.
 
-* the node's host in the local runner's endpoints file (`services.<node>.host`, each node on an
-  address of its own, subscribers included);
-* otherwise the node's name as a host name, resolved (compose: a node's service name is its DNS
-  name, which is also what its phones are configured with), and the `CCMSEC_PEERS` host when the
-  node is its role's publisher (`callmanager`).
+* When the local runner's endpoints file lists the cluster's nodes (`services` in
+  `DATA/run/endpoints.json`), it alone says which nodes exist: the node's entry gives its host (its
+  addresses; a host bound to every address, 0.0.0.0, or one that does not resolve is found by the
+  node's name as below) and its ports, `sccp_port` and `sccp_tls_port` (an entry naming neither:
+  the cluster's SCCP ports, `CCMSEC_SCCP_PORT` / `CCMSEC_SCCP_TLS_PORT`). A server the file does
+  not list is no node of this cluster and reaches no phone — `localhost` included.
+* Without such a file (compose): the node's name as a host name, resolved (a node's service name is
+  its DNS name, which is also what its phones are configured with), and the `CCMSEC_PEERS` host
+  when the node is its role's publisher (`callmanager`); its ports are the cluster's SCCP ports
+  (`CCMSEC_SCCP_PORT` / `CCMSEC_SCCP_TLS_PORT`, the same for every node there).
 
 A name that is no node name (bad input from the bus) or resolves to nothing reaches no phone.
 
@@ -28,6 +36,7 @@ import ipaddress
 import logging
 import re
 import socket
+from dataclasses import dataclass
 
 log = logging.getLogger("ccmsec.phone-sim")
 
@@ -70,20 +79,50 @@ async def _resolve(name: str, timeout: float) -> set[str]:
     return {ip for *_, sockaddr in infos if (ip := normalise_ip(str(sockaddr[0]))) is not None}
 
 
-async def node_addresses(node: str, *, endpoints: dict | None, peers: dict[str, str],
-                         timeout: float = RESOLVE_TIMEOUT) -> set[str]:
-    """The IP addresses call-control node `node` serves phones at (see the module docstring)."""
+@dataclass(frozen=True)
+class NodeEndpoints:
+    """Where a call-control node serves phones: its addresses and its SCCP ports."""
+
+    addresses: frozenset[str] = frozenset()
+    ports: frozenset[int] = frozenset()
+
+    def reached_by(self, address: str, port: int) -> bool:
+        """Whether a connection that reached `address`:`port` reached this node."""
+        return bool(address) and normalise_ip(address) in self.addresses and port in self.ports
+
+
+NOWHERE = NodeEndpoints()
+SCCP_PORT_KEYS = ("sccp_port", "sccp_tls_port")
+
+
+def _port(value) -> int | None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and 0 < value < 65536
+    return value if ok else None
+
+
+async def node_endpoints(node: str, *, endpoints: dict | None, peers: dict[str, str],
+                         sccp_ports: tuple[int, ...], timeout: float = RESOLVE_TIMEOUT) -> NodeEndpoints:
+    """The addresses and SCCP ports call-control node `node` serves phones at (see the module
+    docstring). `sccp_ports`: the cluster's SCCP ports, for a node whose own are not known."""
     if not isinstance(node, str) or not NODE_RE.fullmatch(node):
-        log.warning("device reset names server %r, which is no node name: no phone reset", node[:80])
-        return set()
+        log.warning("device reset names server %r, which is no node name: no phone reset", str(node)[:80])
+        return NOWHERE
+    ports = frozenset(p for p in map(_port, sccp_ports) if p is not None)
     services = (endpoints or {}).get("services")
-    entry = services.get(node) if isinstance(services, dict) else None
-    if isinstance(entry, dict) and isinstance(entry.get("host"), str):
-        found = await _resolve(entry["host"], timeout)
-        if found:  # a node bound to every address (0.0.0.0) is found by its name below
-            return found
+    if isinstance(services, dict):   # the local runner's file: the nodes of this cluster
+        entry = services.get(node)
+        if not isinstance(entry, dict):
+            log.warning("device reset names server %r, which is no node of this cluster (endpoints "
+                        "file): no phone reset", node)
+            return NOWHERE
+        own = frozenset(p for k in SCCP_PORT_KEYS if (p := _port(entry.get(k))) is not None)
+        ports = own or ports
+        if isinstance(entry.get("host"), str):
+            found = await _resolve(entry["host"], timeout)
+            if found:  # a node bound to every address (0.0.0.0) is found by its name below
+                return NodeEndpoints(frozenset(found), ports)
     names = {node} | ({peers[node]} if isinstance(peers.get(node), str) else set())
     found = set()
     for name in sorted(names):
         found |= await _resolve(name, timeout)
-    return found
+    return NodeEndpoints(frozenset(found), ports) if found else NOWHERE

@@ -128,9 +128,11 @@ class Phone:
     pending_capf_key: object | None = None  # key generated for an install not yet stored
     web_address: str = ""
     registered_with: str = ""
-    # The IP address the registration's connection reached (a host name resolved): what a reset
-    # of one server (RST-9) matches against the node's addresses, never the name configured.
+    # The IP address and port the registration's connection reached (a host name resolved): what
+    # a reset of one server (RST-9) matches against the node's addresses and SCCP ports, never the
+    # name configured (nodes.py).
     registered_address: str = ""
+    registered_port: int = 0
     fallback: bool = False  # registered with the SRST reference (SRST-1), not call control
     transport: str = ""
     certificate_in_use: str = ""
