@@ -25,8 +25,10 @@ again), and says what is wrong until then (the service reports DEGRADED).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import datetime as dt
+import inspect
 import logging
 import os
 import stat
@@ -53,7 +55,12 @@ log = logging.getLogger("ccmsec.bus")
 
 SEED_FILE = "nats.nk"   # the nkey seed of an identity folder (0600), next to tls.key
 
-Handler = Callable[[events_pb2.Event], Awaitable[None]]
+# A handler returns None once the event is handled, or an awaitable for work it started aside (so
+# as not to hold back the events behind it): the event is then acknowledged when that work ends.
+Handler = Callable[[events_pb2.Event], Awaitable[Awaitable[Any] | None]]
+# While work started aside runs longer than the consumer's ack_wait, the event is marked in
+# progress this often so that JetStream does not deliver it again meanwhile.
+IN_PROGRESS_EVERY = 10.0
 SeenCheck = Callable[[str, str], Awaitable[bool]]
 SeenMark = Callable[[str, str], Awaitable[None]]
 Refused = Callable[[str, str, str], None]   # (publisher role, kind, reason)
@@ -213,6 +220,9 @@ class EventBus:
         self.js = None
         self._consumers: list[_Consumer] = []
         self._closing = False
+        # Events whose handler started its work aside: acknowledged when that work has ended.
+        self._finishing: set[asyncio.Task] = set()
+        self._given_back: list = []   # their messages whose work was cancelled: nak'ed at close
         self._violations: list[tuple[float, str]] = []   # (when, server's permissions error)
         self._violated = asyncio.Event()   # set (and replaced) at each permissions error
         self._auth_refused = False
@@ -406,8 +416,11 @@ class EventBus:
     async def subscribe(self, subject: str, durable: str, handler: Handler, *,
                         seen: SeenCheck | None = None, mark: SeenMark | None = None,
                         deliver_new: bool = False, on_refused: Refused | None = None) -> None:
-        """Durable push consumer; the message is acked only after `handler` succeeded. An event
-        whose publisher may not send its kind (bus_policy) is dropped, counted and logged."""
+        """Durable push consumer; the message is acked only after `handler` succeeded — or, when
+        the handler returns an awaitable (work it started aside, so as not to hold back the events
+        behind it), only after that work succeeded: a crash or a cancel before then (a shutdown)
+        leaves the event unacknowledged, so it is delivered again. An event whose publisher may not
+        send its kind (bus_policy) is dropped, counted and logged."""
         if self.js is None:
             raise BusError("event bus not connected")
         started = time.monotonic()
@@ -466,7 +479,7 @@ class EventBus:
                     EVENTS_HANDLED.labels(event.kind, "duplicate").inc()
                     await msg.ack()
                     return
-                await handler(event)
+                outcome = await handler(event)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -477,6 +490,48 @@ class EventBus:
                 return
             finally:
                 PUBLISHER.reset(token)
+            if inspect.isawaitable(outcome):
+                # Work started aside: acknowledged when it has ended, never before (a crash
+                # meanwhile must bring the event again, not lose it).
+                task = asyncio.get_running_loop().create_task(finish_later(msg, event, outcome),
+                                                              name=f"event {event.id[:64]} work")
+                self._finishing.add(task)
+                task.add_done_callback(self._finishing.discard)
+                return
+            await handled(msg, event)
+
+        async def finish_later(msg, event, outcome) -> None:
+            work = asyncio.ensure_future(outcome)
+            try:
+                while not work.done():
+                    await asyncio.wait({work}, timeout=IN_PROGRESS_EVERY)
+                    if not work.done():
+                        try:
+                            await msg.in_progress()
+                        except Exception:  # the connection is away: it may come again, as it would
+                            pass
+                work.result()
+            except asyncio.CancelledError:
+                # The work (or this wait: the bus closing) was cancelled — a shutdown. Not
+                # acknowledged: given back when the bus closes, once its consumers no longer
+                # take deliveries (a nak now would bring it straight back to this stopping
+                # service); after a crash, JetStream delivers it again after ack_wait.
+                log.info("event work cancelled before it ended; it will be redelivered",
+                         extra={"kind": event.kind, "event_id": event.id})
+                self._given_back.append(msg)
+                if not work.cancelled():
+                    raise
+                return
+            except Exception:
+                log.exception("event handler failed; will be redelivered",
+                              extra={"kind": event.kind, "event_id": event.id})
+                EVENTS_HANDLED.labels(event.kind, "error").inc()
+                with contextlib.suppress(Exception):
+                    await msg.nak(delay=1.0)
+                return
+            await handled(msg, event)
+
+        async def handled(msg, event) -> None:
             # Handled: acked whatever happens to its record. A record that could not be written
             # (the database busy or away) must not turn a handled event into a redelivered one —
             # the nak made the handler run again (a second reset, a second restart).
@@ -687,6 +742,20 @@ class EventBus:
             except Exception:
                 pass
         self._consumers.clear()
+        if self._finishing:
+            # Work started aside for an event: acknowledged if it ends now, else (cancelled with
+            # the service's tasks, or cut here) given back — after the unsubscribe above, so the
+            # event waits for the consumer's next binding (this node restarted) instead of
+            # coming straight back to this stopping service.
+            await asyncio.wait(set(self._finishing), timeout=1)
+            for task in list(self._finishing):
+                task.cancel()
+            if self._finishing:
+                await asyncio.wait(set(self._finishing), timeout=1)
+        given_back, self._given_back = self._given_back, []
+        for msg in given_back:
+            with contextlib.suppress(Exception):
+                await msg.nak()
         if self.nc is not None and not self.nc.is_closed:
             try:
                 await asyncio.wait_for(self.nc.drain(), 2)

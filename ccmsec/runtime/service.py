@@ -150,7 +150,9 @@ class Service:
 
     async def subscribe(self, subject: str, name: str, handler: Callable[[events_pb2.Event], Awaitable[None]],
                         *, deliver_new: bool = True) -> None:
-        """Durable, idempotent subscription: each event id is handled once per consumer. `name`
+        """Durable, idempotent subscription: each event id is handled once per consumer (a handler
+        may return the task of work it started aside: the event is acknowledged, and recorded as
+        handled, only once that task has ended — see `EventBus.subscribe`). `name`
         must be one of the role's consumers in `bus_policy.CONSUMERS`: the server lets this node
         bind only those (BUS-6), so an undeclared one fails here, clearly, before NATS says no."""
         if not bus_policy.may_consume(self.role, name):
@@ -158,10 +160,11 @@ class Service:
                                    f"(add it to ccmsec.runtime.bus_policy.CONSUMERS)")
         durable = bus_policy.durable_name(self.node, name)
 
-        async def counted(event: events_pb2.Event) -> None:
-            await handler(event)
+        async def counted(event: events_pb2.Event):
+            outcome = await handler(event)   # work started aside: the bus acks when it has ended
             self.events_handled += 1
             self.last_event_id, self.last_event_kind = event.id, event.kind
+            return outcome
 
         await self.bus.subscribe(subject, durable, counted, seen=self._seen, mark=self._mark,
                                  deliver_new=deliver_new, on_refused=self._on_refused_event)

@@ -262,3 +262,48 @@ async def test_a_lost_consumer_is_rebound_from_its_ack_floor_so_an_outstanding_e
         release.set()
         await bus.close()
     assert handled == [event.id]
+
+
+async def test_work_a_handler_started_aside_is_acked_only_when_it_succeeded(nats_server):
+    """A handler that returns the task of work it started aside (phone-sim's RST-9 resets) had the
+    event acknowledged and recorded as handled at once: work failing later was lost for good. The
+    ack and the record now follow the work; work that failed brings the event again."""
+    handled: set[str] = set()
+    runs: list[str] = []
+
+    async def seen(consumer, eid):
+        return eid in handled
+
+    async def mark(consumer, eid):
+        handled.add(eid)
+
+    async def work(event):
+        await asyncio.sleep(0.2)
+        runs.append(event.id)
+        if len(runs) == 1:
+            raise RuntimeError("the first try fails")
+
+    async def handler(event):
+        return asyncio.ensure_future(work(event))
+
+    bus = EventBus(nats_server, "aside-test", role="callmanager", connect_timeout=5)
+    await bus.connect()
+    try:
+        await bus.subscribe(subject_for("config.changed"), "aside-consumer", handler, seen=seen, mark=mark)
+        event = make_event("config.changed", "t", config_changed=events_pb2.ConfigChanged(devices=["SEP1"]))
+        await bus.publish(event)
+        for _ in range(100):
+            if runs:
+                break
+            await asyncio.sleep(0.05)
+        assert handled == set()          # the work failed: not recorded, not acknowledged
+        for _ in range(100):
+            if handled:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(1.5)
+        pending = await bus.pending()
+    finally:
+        await bus.close()
+    assert runs == [event.id, event.id] and handled == {event.id}
+    assert pending == {"aside-consumer": 0}

@@ -6,8 +6,10 @@ and call control at the addresses their configuration names, and bind their sock
 service's own address. In offline-CA mode phones also store LSCs signed by the third-party CA
 (asked of CAPF, its owner, with `Capf/GetThirdPartyCa` when a phone visits CAPF). A `device.reset`
 event re-boots the phones it names (or all powered phones, or those registered to the named
-call-control node — RST-9, see `nodes.py`); a phone already rebooted for the same
-change by call control's SCCP Reset is not booted twice.
+call-control node — RST-9, see `nodes.py`; those are found aside, and the event acknowledged
+once their resets have started, so a stop or crash before then brings it again); a phone already
+rebooted for the same change by call control's SCCP Reset (or an earlier delivery) is not booted
+twice.
 """
 
 from __future__ import annotations
@@ -294,7 +296,11 @@ class PhoneSimService(Service):
         if self.fleet is not None:
             await self.fleet.close(self.settings.phone_store_save_limit)
 
-    async def on_device_reset(self, event) -> None:
+    async def on_device_reset(self, event) -> asyncio.Task | None:
+        """Reset the phones the event names. For a node (RST-9) the work goes on aside and its task
+        is returned: the bus acknowledges the event only once those phones' resets have started,
+        so a crash or shutdown before then brings the event again (redelivered; a phone that has
+        rebooted since the event's `occurred_unix_ms` is not rebooted twice)."""
         reset = event.device_reset
         requested_at = event.occurred_unix_ms / 1000 if event.occurred_unix_ms else time.time()
         if reset.all:
@@ -302,13 +308,14 @@ class PhoneSimService(Service):
         elif reset.server:
             # The node's name may take its resolution's whole timeout (a DNS server away): events
             # are handled one after another, so waiting here held back the resets of every other
-            # node (and device) queued behind it. The node's phones are found and reset aside.
-            self.spawn(self._reset_node(event, reset.server, requested_at))
-            return
+            # node (and device) queued behind it. The node's phones are found and reset aside;
+            # the event is acknowledged when that is done (the bus awaits the task returned).
+            return self.spawn(self._reset_node(event, reset.server, requested_at))
         else:
             wanted = set(reset.devices)
             runners = [r for r in self.fleet.powered() if r.phone.name in wanted]
         await self._reset(event, runners, requested_at)
+        return None
 
     async def _reset_node(self, event, server: str, requested_at: float) -> None:
         # RST-9 names a node: its phones are those whose connection reached one of the node's
