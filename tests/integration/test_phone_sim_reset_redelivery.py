@@ -105,3 +105,31 @@ async def test_rst9_a_shutdown_between_receipt_and_reset_brings_the_event_again(
     finally:
         gate.set()
         await publisher.close()
+
+
+async def test_rst9_resets_refused_by_a_closing_fleet_are_not_counted_as_done(tmp_path, monkeypatch):
+    """RST-9: shutdown closes the fleet before it cancels the service's tasks. A node's phones
+    found in that moment had their boots refused by the closed phones, the work ended normally
+    and the event was acknowledged — reset never. Now that work ends cancelled (not acknowledged:
+    delivered again after the restart)."""
+    real_node_endpoints, entered, gate = phone_sim_main.node_endpoints, asyncio.Event(), asyncio.Event()
+
+    async def slow_node_endpoints(*args, **kwargs):
+        entered.set()
+        await gate.wait()
+        return await real_node_endpoints(*args, **kwargs)
+
+    monkeypatch.setattr(phone_sim_main, "node_endpoints", slow_node_endpoints)
+    svc = PhoneSimService(PhoneSimSettings(service="phone-sim", data_dir=tmp_path))
+    svc.fleet = Fleet(tmp_path / "phone-sim", Network("127.0.0.1", 9, tftp_timeout=5, tftp_retries=1))
+    (phone,) = await svc.fleet.add(1, "7960", "SEP0B0C")
+    phone.state, phone.registered_address, phone.registered_port = State.REGISTERED, "127.0.0.1", 2000
+    work = await svc.on_device_reset(events_pb2.Event(
+        id="r", occurred_unix_ms=int(time.time() * 1000),
+        device_reset=events_pb2.DeviceReset(server="localhost", rule="RST-9")))
+    await asyncio.wait_for(entered.wait(), 5)
+    await svc.fleet.close()               # teardown: the phones are closed
+    gate.set()
+    await asyncio.wait({work}, timeout=5)
+    assert work.cancelled()               # not done: the bus gives the event back
+    assert phone.boots == 0

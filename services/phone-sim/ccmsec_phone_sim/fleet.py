@@ -72,6 +72,7 @@ class Fleet:
         # One manufacture at a time: names are chosen before the MICs are made (off-loop), and
         # two requests choosing meanwhile took the same names, the second replacing the first's.
         self._adding = asyncio.Lock()
+        self.closing = False  # close has begun: boots are refused from now on
 
     # --- persistence ------------------------------------------------------------------------------
     def load(self) -> list[Phone]:
@@ -118,6 +119,7 @@ class Fleet:
         while a slow background write was still going): it runs to its end, up to `save_limit`
         seconds, and the cancel is raised after it. Cut short, it says so (the store then holds
         the last complete save: writes are atomic, never a partial file)."""
+        self.closing = True
         try:
             for runner in list(self.runners.values()):
                 await runner.close()  # a boot requested meanwhile (reset event, restore) is refused

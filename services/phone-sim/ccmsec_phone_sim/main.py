@@ -331,6 +331,10 @@ class PhoneSimService(Service):
         runners = [r for r in self.fleet.powered()
                    if node.reached_by(r.phone.registered_address, r.phone.registered_port)]
         await self._reset(event, runners, requested_at)
+        if self.fleet.closing:
+            # Shutting down: the closed phones refused their boots, so the work is not done. Not
+            # acknowledged (ended as cancelled): the event comes again after the restart.
+            raise asyncio.CancelledError
 
     async def _reset(self, event, runners, requested_at: float) -> None:
         started = await self.fleet.boot(runners, requested_at)
