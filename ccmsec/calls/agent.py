@@ -1067,7 +1067,10 @@ class CallAgent:
         if call.phase is not CallPhase.CONNECTED:
             return want, tone
         codec = call.codec
-        if call.bridge:
+        # The one party still talking on a bridge whose others all hold (a conference down to two
+        # that stays on it, µ-law-only and A-law-only) would hear nobody: it gets music on hold, as
+        # in a direct call, below.
+        if call.bridge and not (len(active) == 1 and held):
             for lg in active:
                 law = self._g711_for(lg.station)
                 if law is not None:   # checked when it joined; never a law it did not offer

@@ -225,3 +225,32 @@ def test_call9_a_cbarge_by_a_phone_offering_no_g711_law_is_refused_the_call_unto
     assert view.barge == "" and sorted(lg.device for lg in view.legs) == [A, B]
     assert view.resources == () and h.resources.open_streams == {}
     assert {ph: dict(ph.channels) for ph in (pa, pb)} == channels
+
+
+def test_call9_hold_on_a_conference_down_to_two_that_stays_on_the_bridge_plays_music_on_hold():
+    """A (µ-law only) and B (A-law only) are left on the bridge when C hangs up (they share no
+    codec). A holds: B must hear music on hold in its own law, as the held party of any two-party
+    call does — not an empty bridge (silence, the call seemingly gone). Resume puts both back on
+    the bridge, each in its law."""
+    h = Harness()
+    pa, pb = h.add(A, "1001", codecs=(ULAW,)), h.add(B, "1002", codecs=(ALAW,))
+    pc = h.add(C, "1003", codecs=(ALAW, ULAW))
+    conference_of_three(h, C, A, B)
+    pc.hang_up()
+    h.pump()
+    assert "conference bridge" in h.only_call().resources
+    pa.hold()
+    h.pump()
+    view = h.only_call()
+    refs = {lg.device: lg.call_reference for lg in view.legs}
+    assert "music on hold" in view.resources, view.resources
+    (moh,) = pb.channels.values()
+    assert moh.codec == ALAW and moh.tx is None and not pa.channels
+    assert resource_codecs(h, MOH) == {refs[B]: ALAW} and resource_codecs(h, BRIDGE) == {}
+    pa.resume()
+    h.pump()
+    view = h.only_call()
+    assert "music on hold" not in view.resources and "conference bridge" in view.resources
+    assert (codecs_of(pa), codecs_of(pb)) == ([ULAW], [ALAW])
+    assert resource_codecs(h, BRIDGE) == {refs[A]: ULAW, refs[B]: ALAW}
+    assert resource_codecs(h, MOH) == {}
