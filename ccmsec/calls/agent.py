@@ -643,10 +643,12 @@ class CallAgent:
         barge = call.barge
         self._remove_leg(leg, now, notify=notify_device)
         if barge is not None:
-            if leg is barge.target:
+            if leg is barge.target and not call.bridge:
                 self._end_call(call, now)   # the target's built-in bridge is gone
                 return
-            if leg is barge.initiator or len(call.legs) <= 2:
+            # A cBarge, or a barge into a conference, is mixed by the conference bridge, not by
+            # the target's phone: the target leaving ends the barge, the others talk on.
+            if leg is barge.initiator or leg is barge.target or len(call.legs) <= 2:
                 self._end_barge(call)
         if len(call.legs) <= 1:
             self._end_call(call, now)

@@ -254,3 +254,57 @@ def test_call9_hold_on_a_conference_down_to_two_that_stays_on_the_bridge_plays_m
     assert (codecs_of(pa), codecs_of(pb)) == ([ULAW], [ALAW])
     assert resource_codecs(h, BRIDGE) == {refs[A]: ULAW, refs[B]: ALAW}
     assert resource_codecs(h, MOH) == {}
+
+
+def test_call9_the_target_leaving_a_barge_into_a_conference_or_a_cbarge_leaves_the_others_talking():
+    """A barge into a conference joins the conference bridge, as a cBarge does: the bridge, not
+    the target's phone, mixes it. The target (B, the shared line's party) hanging up must end the
+    barge only — before, it ended the whole call and dropped every other member. A plain barge
+    through the target's built-in bridge still ends with its target."""
+    for cbarge in (False, True):
+        h = Harness()
+        pa, pb = h.add(A, "1001", codecs=(ULAW,)), h.add(B, "1002", codecs=(ALAW, ULAW))
+        pc, pd = h.add(C, "1003", codecs=(ALAW,)), h.add(D, "1002", codecs=(ALAW,))
+        connect(h, A, B, "1002")
+        pb.conference()
+        h.pump()
+        pb.keypad("1003")
+        h.pump()
+        pc.answer()
+        h.pump()
+        pb.conference(pb.active_call().reference)
+        h.pump()
+        pd.barge(cbarge=cbarge)
+        h.pump()
+        assert sorted(lg.device for lg in h.only_call().legs) == [A, B, C, D], cbarge
+        pb.hang_up()
+        h.pump()
+        view = h.only_call()
+        assert sorted(lg.device for lg in view.legs) == [A, C, D], cbarge
+        assert view.barge == "" and "conference bridge" in view.resources
+        assert (codecs_of(pa), codecs_of(pc), codecs_of(pd)) == ([ULAW], [ALAW], [ALAW])
+        assert [cl.state for p in (pa, pc, pd) for cl in p.calls.values()
+                if cl.state is not CS.REMOTE_MULTILINE] == [CS.CONNECTED] * 3
+    # cBarge into a two-party call: the target leaving leaves the other two, direct in a codec
+    # both offered (A-law)
+    h = Harness()
+    pa, pb = h.add(A, "1001", codecs=(ULAW, ALAW)), h.add(B, "1002", codecs=(ULAW,))
+    pd = h.add(D, "1002", codecs=(ALAW,))
+    connect(h, A, B, "1002")
+    pd.barge(cbarge=True)
+    h.pump()
+    pb.hang_up()
+    h.pump()
+    view = h.only_call()
+    assert sorted(lg.device for lg in view.legs) == [A, D] and view.resources == ()
+    assert view.codec == ALAW and codecs_of(pa) == codecs_of(pd) == [ALAW]
+    # a plain barge (the target's built-in bridge) ends with its target
+    h = Harness()
+    pa, pb = h.add(A, "1001", codecs=(ULAW,)), h.add(B, "1002", codecs=(ULAW,))
+    pd = h.add(D, "1002", codecs=(ULAW,))
+    connect(h, A, B, "1002")
+    pd.barge()
+    h.pump()
+    pb.hang_up()
+    h.pump()
+    assert h.agent.views() == [] and not pa.calls
