@@ -522,7 +522,13 @@ class SccpPhone:
         return call
 
     def forward_all(self, number: str, line: int = 1) -> None:
+        """Press CFwdALL and key `number` (its '#' added); no number cancels. A number over 24
+        digits is refused here: call control would set the forward to its first 24."""
         self._require_ready()
+        if number and (len(number) > MAX_DIGITS or any(d not in KEYPAD_CODES or d == "#"
+                                                        for d in number)):
+            raise PhoneActionError(f"{number[:MAX_DIGITS + 8]!r} is not a number to forward to "
+                                   f"(0-9 * +, at most {MAX_DIGITS})")
         self._send(c.SoftKeyEvent(SoftKey.CFWD_ALL, line, 0))
         if number:
             for d in number:

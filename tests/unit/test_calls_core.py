@@ -688,3 +688,22 @@ def test_an_enbloc_number_over_24_digits_is_refused_as_unknown_not_ignored():
         assert pa.messages_to_send() == []
     with pytest.raises(PhoneActionError, match="at most 24"):
         h.phones[A].keypad("1" * 25)
+
+
+def test_forward_all_to_a_number_over_24_digits_is_refused_by_the_phone_not_cut_to_24():
+    # The phone keyed every digit; call control keeps a number's first 24 and sets the forward
+    # as soon as they name a line: CFwdALL to 25 digits silently forwarded to another number.
+    number = "1" * 24
+    h = Harness()
+    pa = h.add(A, "1001")
+    h.add(B, number)
+    with pytest.raises(PhoneActionError, match="is not a number to forward to"):
+        pa.forward_all(number + "5")
+    assert pa.messages_to_send() == [] and h.agent.forward_all == {}
+    for bad in ("12a4", "10#2"):
+        with pytest.raises(PhoneActionError, match="is not a number to forward to"):
+            pa.forward_all(bad)
+    assert pa.messages_to_send() == []
+    pa.forward_all(number)   # 24 digits are a number
+    h.pump()
+    assert h.agent.forward_all == {"1001": number}
