@@ -61,6 +61,11 @@ Handler = Callable[[events_pb2.Event], Awaitable[Awaitable[Any] | None]]
 # While work started aside runs longer than the consumer's ack_wait, the event is marked in
 # progress this often so that JetStream does not deliver it again meanwhile.
 IN_PROGRESS_EVERY = 10.0
+# The most work started aside may keep its event in progress. Work still running then (stuck: a
+# lock never released, a peer that never answers) is cancelled, logged as an error and its event
+# given back (nak'ed, delivered again: the consumer's max_deliver bounds the tries) — in progress
+# for ever, the event was neither handled nor delivered again, and nothing said so.
+WORK_LIMIT = 300.0
 SeenCheck = Callable[[str, str], Awaitable[bool]]
 SeenMark = Callable[[str, str], Awaitable[None]]
 Refused = Callable[[str, str, str], None]   # (publisher role, kind, reason)
@@ -419,7 +424,8 @@ class EventBus:
         """Durable push consumer; the message is acked only after `handler` succeeded — or, when
         the handler returns an awaitable (work it started aside, so as not to hold back the events
         behind it), only after that work succeeded: a crash or a cancel before then (a shutdown)
-        leaves the event unacknowledged, so it is delivered again. An event whose publisher may not
+        leaves the event unacknowledged, so it is delivered again; work still running after
+        WORK_LIMIT is cancelled and its event delivered again. An event whose publisher may not
         send its kind (bus_policy) is dropped, counted and logged."""
         if self.js is None:
             raise BusError("event bus not connected")
@@ -502,14 +508,28 @@ class EventBus:
 
         async def finish_later(msg, event, outcome) -> None:
             work = asyncio.ensure_future(outcome)
+            give_up = time.monotonic() + WORK_LIMIT
             try:
                 while not work.done():
-                    await asyncio.wait({work}, timeout=IN_PROGRESS_EVERY)
-                    if not work.done():
+                    left = give_up - time.monotonic()
+                    if left <= 0:
+                        break
+                    await asyncio.wait({work}, timeout=min(IN_PROGRESS_EVERY, left))
+                    if not work.done() and time.monotonic() < give_up:
                         try:
                             await msg.in_progress()
                         except Exception:  # the connection is away: it may come again, as it would
                             pass
+                if not work.done():
+                    # Stuck: never in progress for ever. Ended, and the event delivered again.
+                    work.cancel()
+                    await asyncio.wait({work}, timeout=1)
+                    log.error("event work did not end within %g s; cancelled, the event will be "
+                              "redelivered", WORK_LIMIT, extra={"kind": event.kind, "event_id": event.id})
+                    EVENTS_HANDLED.labels(event.kind, "error").inc()
+                    with contextlib.suppress(Exception):
+                        await msg.nak(delay=1.0)
+                    return
                 work.result()
             except asyncio.CancelledError:
                 # The work (or this wait: the bus closing) was cancelled — a shutdown. Not

@@ -307,3 +307,50 @@ async def test_work_a_handler_started_aside_is_acked_only_when_it_succeeded(nats
         await bus.close()
     assert runs == [event.id, event.id] and handled == {event.id}
     assert pending == {"aside-consumer": 0}
+
+
+async def test_work_started_aside_that_never_ends_is_cut_and_its_event_delivered_again(nats_server, monkeypatch, caplog):
+    """Work a handler started aside kept its event in progress for as long as it ran: work that
+    never ended (stuck) held the event for ever — neither handled nor delivered again, and nothing
+    said so. Past the bus's WORK_LIMIT the work is now cancelled, an error says so, and the event
+    comes again (here handled the second time, acknowledged and recorded once)."""
+    from ccmsec.runtime import bus as bus_mod
+
+    monkeypatch.setattr(bus_mod, "IN_PROGRESS_EVERY", 0.1)
+    monkeypatch.setattr(bus_mod, "WORK_LIMIT", 0.8)
+    handled: set[str] = set()
+    started: list[asyncio.Task] = []
+
+    async def seen(consumer, eid):
+        return eid in handled
+
+    async def mark(consumer, eid):
+        handled.add(eid)
+
+    async def handler(event):
+        # The first delivery's work never ends; the next one's does.
+        work = asyncio.ensure_future(asyncio.Event().wait() if not started else asyncio.sleep(0.05))
+        started.append(work)
+        return work
+
+    bus = EventBus(nats_server, "stuck-test", role="callmanager", connect_timeout=5)
+    await bus.connect()
+    try:
+        await bus.subscribe(subject_for("config.changed"), "stuck-consumer", handler, seen=seen, mark=mark)
+        event = make_event("config.changed", "t", config_changed=events_pb2.ConfigChanged(devices=["SEP1"]))
+        with caplog.at_level("ERROR", logger="ccmsec.bus"):
+            await bus.publish(event)
+            for _ in range(200):
+                if handled:
+                    break
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)
+        pending = await bus.pending()
+    finally:
+        for work in started:
+            work.cancel()
+        await bus.close()
+    assert handled == {event.id}, "a stuck work kept its event in progress: never delivered again"
+    assert len(started) == 2 and started[0].cancelled()
+    assert "event work did not end within 0.8 s" in caplog.text
+    assert pending == {"stuck-consumer": 0}
