@@ -13,13 +13,13 @@ processing can run the same core.
 
 Features: dial plan (digits and en-bloc; unknown number → reorder; busy → busy tone or call
 forward busy; no answer → call forward no answer), shared lines (every idle appearance rings; the
-first answer wins; the others see the call "in use remote" and may barge), hold and resume (the
-held party hears music on hold), transfer (consultative, and blind when completed while the
-target is still ringing), ad hoc conference through the conference bridge, call forward all (set
-from the phone), barge and cBarge (CALL-4…8 through `ccmsec.policy.calls.barge`), and every
-call's security status re-computed after every change (CALL-1/2/3) and sent to each phone in
-CallInfo. Bad input (a stale call reference, a message out of order, digits while ringing, a
-flood of digits) changes nothing and is counted in `ignored`.
+first answer wins; the others see the call "in use remote" while a party on the line is in it,
+and may barge), hold and resume (the held party hears music on hold), transfer (consultative,
+and blind when completed while the target is still ringing), ad hoc conference through the
+conference bridge, call forward all (set from the phone), barge and cBarge (CALL-4…8 through
+`ccmsec.policy.calls.barge`), and every call's security status re-computed after every change
+(CALL-1/2/3) and sent to each phone in CallInfo. Bad input (a stale call reference, a message out
+of order, digits while ringing, a flood of digits) changes nothing and is counted in `ignored`.
 """
 
 from __future__ import annotations
@@ -603,7 +603,7 @@ class CallAgent:
         self._choose_codec(call)   # there is one: checked above, before anything changed
         for party in call.legs:
             self._send(party.station, *ui.connected(party, call))
-        self._show_hints(call)
+        self._sync_hints(call)
         self._plan_media(call)
         self._update_security(call, now, force=True)
         self._emit("updated", call, now)
@@ -655,6 +655,7 @@ class CallAgent:
             return
         if call.bridge and len(call.legs) == 2 and call.barge is None:
             self._leave_bridge(call)   # an ad hoc conference down to two: join them directly
+        self._sync_hints(call)         # the last party on a shared line may have left
         self._plan_media(call)
         self._update_security(call, now)
         self._emit("updated", call, now)
@@ -697,7 +698,7 @@ class CallAgent:
             leg.station.legs.pop(leg.reference, None)
             self.legs.pop(leg.reference, None)
             leg.station.hints[leg.reference] = call.id
-            call.hint_refs[leg.station.name] = leg.reference
+            call.hint_refs[leg.station.name] = (leg.reference, leg.line)
             self._send(leg.station, *ui.in_use_remote(leg, call))
             leg.call = None
             return
@@ -827,6 +828,9 @@ class CallAgent:
             self._choose_codec(call2)
             for party in call2.legs:
                 self._send(party.station, *ui.connected(party, call2))
+        # the consultation's line (the transferring phone's) is no longer in call2; the moving
+        # party's is: their shared appearances show it as it now is
+        self._sync_hints(call2)
         self._plan_media(call2)
         self._update_security(call2, now, force=True)
         self._emit("updated", call2, now, detail="transferred" + (" (blind)" if blind else ""))
@@ -862,6 +866,7 @@ class CallAgent:
         call1.called_dn = "Conference"
         for party in call1.legs:
             self._send(party.station, *ui.connected(party, call1, conference=True))
+        self._sync_hints(call1)   # the joining parties' shared lines show the conference
         self._plan_media(call1)
         self._update_security(call1, now, force=True)
         self._emit("updated", call1, now, detail="conference")
@@ -946,6 +951,7 @@ class CallAgent:
         for party in call.legs:
             if party.state is LegState.CONNECTED:   # a party holding the call stays on hold
                 self._send(party.station, *ui.connected(party, call))
+        self._sync_hints(call)
         self._plan_media(call)
         self._update_security(call, now, force=True)
         self._emit("updated", call, now, detail=f"{initiator.role} {result.rule_id}: {result.reason}")
@@ -1232,28 +1238,44 @@ class CallAgent:
         if changed:
             self._emit("updated", call, now, detail="security")
 
-    def _show_hints(self, call: Call) -> None:
-        """Shared line answered: other idle appearances of the answering leg's DN show the call
-        as in use remote (they may barge into it)."""
-        answered = [lg for lg in call.legs if lg.state is LegState.CONNECTED]
-        for leg in answered:
-            for st, instance in self.appearances.get(leg.dn, ()):
-                if st is leg.station or st.name in call.hint_refs:
-                    continue
-                ref = next(self._ids)
-                st.hints[ref] = call.id
-                call.hint_refs[st.name] = ref
-                self._send(st, *ui.in_use_hint(st, instance, ref, call))
+    def _sync_hints(self, call: Call) -> None:
+        """Shared lines: every other appearance of a line that has a party in the connected call
+        (talking or holding it) shows the call "in use remote" and may barge into it; an
+        appearance whose line has no party in the call any more — the last one transferred it
+        away, left the conference, hung up — is cleared, so no phone keeps offering Barge into a
+        call nobody on its line is in. Run after every change of who is in a call."""
+        want: dict[str, list[int]] = {}   # device -> its appearances of the parties' lines
+        if call.phase is CallPhase.CONNECTED:
+            for leg in call.parties():
+                for st, instance in self.appearances.get(leg.dn, ()):
+                    if st is not leg.station:
+                        want.setdefault(st.name, []).append(instance)
+        for device, (ref, instance) in list(call.hint_refs.items()):
+            st = self.stations.get(device)
+            if st is None or st.hints.get(ref) != call.id or instance not in want.get(device, ()):
+                self._drop_hint(call, device)
+        in_call = {lg.station.name for lg in call.legs}
+        for device, instances in want.items():
+            if device in call.hint_refs or device in in_call:
+                continue   # already shown, or a party itself (a barge initiator keeps its own)
+            st = self.stations[device]
+            ref = next(self._ids)
+            st.hints[ref] = call.id
+            call.hint_refs[device] = (ref, instances[0])
+            self._send(st, *ui.in_use_hint(st, instances[0], ref, call))
+
+    def _drop_hint(self, call: Call, device: str) -> None:
+        """The appearance's "in use remote" for this call goes (on the line it was shown on)."""
+        ref, instance = call.hint_refs.pop(device)
+        st = self.stations.get(device)
+        if st is not None and st.hints.get(ref) == call.id:
+            del st.hints[ref]
+            self._send(st, c.SelectSoftKeys(instance, ref, c.SoftKeySetIndex.ON_HOOK),
+                       s.CallState(c.CallStateCode.ON_HOOK, instance, ref))
 
     def _clear_hints(self, call: Call) -> None:
-        for device, ref in call.hint_refs.items():
-            st = self.stations.get(device)
-            if st is not None and st.hints.pop(ref, None) is not None:
-                instance = next((i for i, ln in enumerate(st.profile.lines, 1)
-                                 if any(lg.dn == ln.dn for lg in call.legs)), 1)
-                self._send(st, c.SelectSoftKeys(instance, ref, c.SoftKeySetIndex.ON_HOOK),
-                           s.CallState(c.CallStateCode.ON_HOOK, instance, ref))
-        call.hint_refs.clear()
+        for device in list(call.hint_refs):
+            self._drop_hint(call, device)
 
     # -- views ---------------------------------------------------------------------------------------
     def view(self, call: Call) -> CallView:

@@ -161,7 +161,9 @@ class Call:
     channels: dict[tuple, Channel] = field(default_factory=dict)
     security: CallSecurity | None = None   # shown (CALL-1 with the media as it is)
     potential: CallSecurity | None = None  # every leg keyed, no music on hold (barge decisions)
-    hint_refs: dict[str, int] = field(default_factory=dict)  # device -> hint reference
+    # shared line: device -> (hint reference, line instance) of each appearance showing this
+    # call "in use remote" (kept in step with who is in the call: `CallAgent._sync_hints`)
+    hint_refs: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def parties(self) -> list[Leg]:
         return [leg for leg in self.legs if leg.state in (LegState.CONNECTED, LegState.HOLD)]

@@ -449,9 +449,10 @@ def test_call6_an_allowed_barge_still_holds_the_bargers_own_call():
 
 
 def test_call4_a_barge_whose_target_left_is_refused_with_a_reason_and_changes_nothing():
-    """B (5000) transfers A to C: the call X still sees on its hint has no party on the shared
-    line left. X, talking to D on its own line, presses Barge on it: refused ("No call to
-    barge" on its display, never silently dropped), X's own call stays connected."""
+    """B (5000) transfers A to C: the call X saw on its hint has no party on the shared line
+    left, and the hint is cleared. X, talking to D on its own line, presses Barge on that
+    reference all the same (a press racing the clear): refused ("No call to barge" on its
+    display, never silently dropped), X's own call stays connected."""
     h = Harness()
     pa = h.add(A, "1001")
     pb = h.add(B, "5000")
@@ -470,9 +471,10 @@ def test_call4_a_barge_whose_target_left_is_refused_with_a_reason_and_changes_no
     h.pump()
     pc.answer()
     h.pump()
+    hint = max(r for r, cl in px.calls.items() if cl.state is CS.REMOTE_MULTILINE)  # B–C's
     pb.transfer(pb.active_call().reference)
     h.pump()
-    hint = next(r for r, cl in px.calls.items() if cl.state is CS.REMOTE_MULTILINE)
+    assert not any(cl.state is CS.REMOTE_MULTILINE for cl in px.calls.values())
     before = snapshot(h, pa, pb, px, pc, pd)
     px._send(c.SoftKeyEvent(c.SoftKey.BARGE, 1, hint))
     h.pump()

@@ -1,0 +1,204 @@
+"""Shared lines: what every appearance shows as the call on the line changes, in memory.
+
+A shared line's other appearances show its connected call "in use remote" (the hint the barge
+rules CALL-4…8 are pressed from). That display follows who is in the call: when the last party on
+the line leaves it — a consultative or blind transfer, leaving an ad hoc conference (hung up,
+held then hung up, or the phone gone) — every appearance is cleared, on the line it was shown on;
+when a transfer or conference brings a party on another shared line into a call, that line's
+appearances show it. Park does not exist in the core (docs/callmanager.md), and a redirect
+(forwarding) only happens while the call is still ringing, before any appearance shows it.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from ccmsec.wire import sccp as s
+from ccmsec.wire import sccp_calls as c
+from ccmsec.wire.sccp_calls import CallStateCode as CS
+from tests.unit.calls_harness import Harness
+
+A, B, C, X, Y = (f"SEP00000000000{i}" for i in "ABCDE")
+
+
+def remote(phone) -> list[int]:
+    return [ref for ref, cl in phone.calls.items() if cl.state is CS.REMOTE_MULTILINE]
+
+
+def on_shared_line(h: Harness):
+    """A (1001) talks to B on 5000; X has 5000 as its second line and shows the call on it."""
+    pa = h.add(A, "1001")
+    pb = h.add(B, "5000")
+    px = h.add(X, "1004", "5000")
+    pc = h.add(C, "1003")
+    h.call(A, "5000")
+    pb.answer()
+    h.pump()
+    (hint,) = remote(px)
+    assert px.calls[hint].line == 2
+    return pa, pb, px, pc
+
+
+def consult(h: Harness, phone, target, number: str, *, conference: bool = False) -> None:
+    (phone.conference if conference else phone.transfer)()
+    h.pump()
+    phone.keypad(number)
+    h.pump()
+    target.answer()
+    h.pump()
+
+
+def cleared_on(h: Harness, device: str, ref: int) -> list[int]:
+    """The line instances the agent cleared hint `ref` on (CallState on-hook to that reference)."""
+    return [m.line_instance for m in h.sent_to(device, s.CallState)
+            if m.call_reference == ref and m.call_state == CS.ON_HOOK]
+
+
+def refused_barge(h: Harness, px, ref: int) -> None:
+    """Barge pressed on the cleared reference: refused with a reason, nothing changes."""
+    calls = h.agent.views()
+    px._send(c.SoftKeyEvent(c.SoftKey.BARGE, 2, ref))
+    h.pump()
+    assert px.notifications[-1] == "No call to barge"
+    assert h.agent.views() == calls
+
+
+def test_call4_consultative_transfer_by_the_last_party_on_the_line_clears_every_appearance():
+    """B on 5000 consults C (X now shows that call too: B is on 5000 in it) and transfers A to C:
+    nobody is on 5000 any more, so X shows nothing — no Barge into A–C (CALL-4…8 are pressed
+    from the hint) — and the hint is cleared on X's line 2, where it was shown."""
+    h = Harness()
+    pa, pb, px, pc = on_shared_line(h)
+    consult(h, pb, pc, "1003")
+    hints = remote(px)
+    assert len(hints) == 2   # A–B on hold and B–C, both with B on 5000
+    pb.transfer(pb.active_call().reference)
+    h.pump()
+    (view,) = h.agent.views()
+    assert sorted(lg.device for lg in view.legs) == [A, C]
+    assert remote(px) == [] and px.calls == {}
+    assert h.agent.stations[X].hints == {}
+    for ref in hints:
+        assert cleared_on(h, X, ref) == [2]
+    refused_barge(h, px, hints[-1])
+
+
+def test_call4_blind_transfer_clears_the_appearance_on_the_line_it_was_shown_on():
+    """B transfers A to C while C still rings: the A–B call ends and X's hint goes, on its line 2
+    (not line 1, X's own 1004)."""
+    h = Harness()
+    pa, pb, px, pc = on_shared_line(h)
+    (hint,) = remote(px)
+    pb.transfer()
+    h.pump()
+    pb.keypad("1003")
+    h.pump()
+    pb.transfer(pb.active_call().reference)
+    h.pump()
+    pc.answer()
+    h.pump()
+    (view,) = h.agent.views()
+    assert sorted(lg.device for lg in view.legs) == [A, C] and view.phase == "connected"
+    assert px.calls == {} and h.agent.stations[X].hints == {}
+    assert cleared_on(h, X, hint) == [2]
+    refused_barge(h, px, hint)
+
+
+def _leave_by_hang_up(h, pb):
+    pb.hang_up()
+    h.pump()
+
+
+def _leave_held(h, pb):
+    ref = pb.hold().reference
+    h.pump()
+    assert pb.calls[ref].state is CS.HOLD
+    pb.hang_up(ref)
+    h.pump()
+
+
+def _leave_by_going(h, pb):
+    h.gone(B)
+
+
+@pytest.mark.parametrize("leave", [_leave_by_hang_up, _leave_held, _leave_by_going],
+                         ids=["hang-up", "hold-then-hang-up", "device-gone"])
+def test_call4_the_last_party_on_the_line_leaving_a_conference_clears_every_appearance(leave):
+    """B conferences C into its call with A, then leaves (hangs up; holds and hangs up the held
+    call; or its phone goes): A and C talk on, nobody is on 5000, X shows nothing."""
+    h = Harness()
+    pa, pb, px, pc = on_shared_line(h)
+    (hint,) = remote(px)
+    consult(h, pb, pc, "1003", conference=True)
+    pb.conference(pb.active_call().reference)
+    h.pump()
+    (view,) = h.agent.views()
+    assert sorted(lg.device for lg in view.legs) == [A, B, C]
+    assert remote(px) == [hint]   # B is still on 5000 in the conference
+    leave(h, pb)
+    (view,) = h.agent.views()
+    assert sorted(lg.device for lg in view.legs) == [A, C]
+    assert px.calls == {} and h.agent.stations[X].hints == {}
+    assert cleared_on(h, X, hint) == [2]
+    refused_barge(h, px, hint)
+
+
+def test_call4_a_conference_member_leaving_keeps_the_appearance_while_the_line_is_in_the_call():
+    """C leaves the conference: B is still on 5000, so X still shows the call and may barge."""
+    h = Harness()
+    pa, pb, px, pc = on_shared_line(h)
+    (hint,) = remote(px)
+    consult(h, pb, pc, "1003", conference=True)
+    pb.conference(pb.active_call().reference)
+    h.pump()
+    pc.hang_up()
+    h.pump()
+    assert remote(px) == [hint] and cleared_on(h, X, hint) == []
+    px.barge(reference=hint)
+    h.pump()
+    (view,) = h.agent.views()
+    assert view.barge == "barge" and sorted(lg.device for lg in view.legs) == [A, B, X]
+
+
+def test_call4_a_transfer_puts_the_call_on_the_moved_partys_shared_line_appearances():
+    """A's line 1001 is shared with Y. B transfers A to C: Y's hint for the A–B call goes with
+    that call, and Y shows A–C instead (A is on 1001 in it) — and may barge into it."""
+    h = Harness()
+    pa = h.add(A, "1001")
+    py = h.add(Y, "1001")
+    pb, pc = h.add(B, "5000"), h.add(C, "1003")
+    h.call(A, "5000")
+    pb.answer()
+    h.pump()
+    (old,) = remote(py)
+    consult(h, pb, pc, "1003")
+    pb.transfer(pb.active_call().reference)
+    h.pump()
+    (view,) = h.agent.views()
+    assert sorted(lg.device for lg in view.legs) == [A, C]
+    (new,) = remote(py)
+    assert new != old and py.calls[new].line == 1 and cleared_on(h, Y, old) == [1]
+    py.barge(reference=new)
+    h.pump()
+    (view,) = h.agent.views()
+    assert view.barge == "barge" and sorted(lg.device for lg in view.legs) == [A, C, Y]
+
+
+def test_call4_a_conference_puts_the_call_on_the_joining_partys_shared_line_appearances():
+    """C's line 1003 is shared with Y: Y shows B's consultation to C; when B joins it into the
+    conference that call ends, and Y shows the conference instead (C is on 1003 in it)."""
+    h = Harness()
+    pa = h.add(A, "1001")
+    pb = h.add(B, "5000")
+    pc, py = h.add(C, "1003"), h.add(Y, "1003")
+    h.call(A, "5000")
+    pb.answer()
+    h.pump()
+    consult(h, pb, pc, "1003", conference=True)
+    (old,) = remote(py)
+    pb.conference(pb.active_call().reference)
+    h.pump()
+    (view,) = h.agent.views()
+    assert sorted(lg.device for lg in view.legs) == [A, B, C]
+    (new,) = remote(py)
+    assert new != old and cleared_on(h, Y, old) == [1]
