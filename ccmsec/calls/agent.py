@@ -19,7 +19,8 @@ and blind when completed while the target is still ringing), ad hoc conference t
 conference bridge, call forward all (set from the phone), barge and cBarge (CALL-4…8 through
 `ccmsec.policy.calls.barge`), and every call's security status re-computed after every change
 (CALL-1/2/3) and sent to each phone in CallInfo. Bad input (a stale call reference, a message out
-of order, digits while ringing, a flood of digits) changes nothing and is counted in `ignored`.
+of order, digits while ringing, a flood of digits) changes nothing and is counted in `ignored`;
+a number too long to name a line (over 24 characters) is refused as an unknown number.
 """
 
 from __future__ import annotations
@@ -288,7 +289,11 @@ class CallAgent:
             self._route(leg, now, final=True)
             return
         if len(leg.digits) >= MAX_DIGITS:
-            self._ignore()  # a flood of digits: a number has at most 24
+            # A number has at most 24 characters: a 25th digit names no line. Refused as the
+            # en-bloc path refuses a longer number (reorder, 'Unknown Number', the failed call
+            # cleared by its timer), never dropped silently. ('#' ending 24 digits is above.)
+            leg.digit_deadline = None
+            self._fail(leg, Tone.REORDER, "Unknown Number", now)
             return
         if leg.state is LegState.OFF_HOOK:
             leg.state = LegState.DIALING

@@ -707,3 +707,63 @@ def test_forward_all_to_a_number_over_24_digits_is_refused_by_the_phone_not_cut_
     pa.forward_all(number)   # 24 digits are a number
     h.pump()
     assert h.agent.forward_all == {"1001": number}
+
+
+def test_a_25th_keypad_digit_is_refused_as_unknown_not_ignored():
+    # Overlap dialling keeps the en-bloc bound: a dialling leg holding 24 digits takes no 25th.
+    # It is refused as en-bloc refuses 25 digits (reorder, 'Unknown Number', the failed call
+    # cleared by its timer) — it was dropped, the phone left dialling in silence. Profiles keep
+    # numbers and patterns to 24, so only a dial plan holding a longer destination (planted
+    # here, as a defect elsewhere could) keeps 24 digits dialling; '#' in place of the 25th
+    # digit still dials the 24-digit number.
+    number = "1" * 23 + "2"
+    for last in ("3", "#"):
+        h = Harness()
+        pa, pb = h.add(A, "1001"), h.add(B, number)
+        h.agent.plan.add_dn(number + "3")   # 25 characters: no profile may configure it
+        pa.off_hook()
+        h.pump()
+        pa.keypad(number)
+        h.pump()
+        (leg,) = h.agent.legs.values()
+        assert leg.digits == number and not pb.calls   # ambiguous: waiting for more
+        ignored = h.agent.ignored
+        pa.keypad(last)
+        h.pump()
+        (call,) = pa.calls.values()
+        if last == "#":
+            assert call.state is CS.RING_OUT and call.dialed == number
+            assert [cl.state for cl in pb.calls.values()] == [CS.RING_IN]
+            assert h.only_call().called == number
+            continue
+        assert call.tone == Tone.REORDER and call.prompt == "Unknown Number"
+        assert call.state is CS.INVALID_NUMBER and h.agent.ignored == ignored
+        assert not pb.calls and h.agent.views() == []
+        h.advance(h.agent.settings.failed_call_timeout + 1)
+        assert not pa.calls and not h.agent.legs
+
+
+def test_keypad_digits_past_24_reach_a_refused_or_a_routed_call():
+    # With the configured bound on numbers, 24 keypad digits are never still dialling: those of
+    # an unknown number were refused at the first digit no number starts with (reorder,
+    # 'Unknown Number', the presses after it change nothing); those of a 24-digit number ring
+    # it at the 24th (a complete number routes at once), and a 25th press reaches that call.
+    h = Harness()
+    pa, pb = h.add(A, "1001"), h.add(B, "1" * 24)
+    pa.off_hook()
+    h.pump()
+    pa.keypad("2" * 24)
+    pa.keypad("2")
+    h.pump()
+    (call,) = pa.calls.values()
+    assert call.tone == Tone.REORDER and call.prompt == "Unknown Number"
+    assert h.agent.views() == [] and not pb.calls
+    h.advance(h.agent.settings.failed_call_timeout + 1)
+    pa.off_hook()
+    h.pump()
+    pa.keypad("1" * 24)
+    pa.keypad("1")
+    h.pump()
+    (call,) = pa.calls.values()
+    assert call.state is CS.RING_OUT and h.only_call().called == "1" * 24
+    assert [cl.state for cl in pb.calls.values()] == [CS.RING_IN]
