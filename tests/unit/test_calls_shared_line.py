@@ -2,11 +2,12 @@
 
 A shared line's other appearances show its connected call "in use remote" (the hint the barge
 rules CALL-4…8 are pressed from). That display follows who is in the call: when the last party on
-the line leaves it — a consultative or blind transfer, leaving an ad hoc conference (hung up,
-held then hung up, or the phone gone) — every appearance is cleared, on the line it was shown on;
-when a transfer or conference brings a party on another shared line into a call, that line's
-appearances show it. Park does not exist in the core (docs/callmanager.md), and a redirect
-(forwarding) only happens while the call is still ringing, before any appearance shows it.
+the line leaves it — a consultative or blind transfer (by the key or by going on hook during the
+consultation), leaving an ad hoc conference (hung up, held then hung up, or the phone gone) —
+every appearance is cleared, on the line it was shown on; when a transfer or conference brings a
+party on another shared line into a call, that line's appearances show it. The core has no Park
+(ccmsec/calls/setup.py), and a redirect (forwarding) only happens while the call is still
+ringing, before any appearance shows it.
 """
 
 from __future__ import annotations
@@ -81,6 +82,21 @@ def test_call4_consultative_transfer_by_the_last_party_on_the_line_clears_every_
     for ref in hints:
         assert cleared_on(h, X, ref) == [2]
     refused_barge(h, px, hints[-1])
+
+
+def test_call4_hanging_up_during_the_consultation_transfers_and_clears_every_appearance():
+    """B completes the transfer by going on hook during its consultation with C: as with the
+    Transfer key, nobody is left on 5000 and X shows nothing."""
+    h = Harness()
+    pa, pb, px, pc = on_shared_line(h)
+    consult(h, pb, pc, "1003")
+    hints = remote(px)
+    pb.on_hook()
+    h.pump()
+    (view,) = h.agent.views()
+    assert sorted(lg.device for lg in view.legs) == [A, C]
+    assert px.calls == {} and h.agent.stations[X].hints == {}
+    assert [cleared_on(h, X, ref) for ref in hints] == [[2], [2]]
 
 
 def test_call4_blind_transfer_clears_the_appearance_on_the_line_it_was_shown_on():
