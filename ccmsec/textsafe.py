@@ -15,10 +15,21 @@ message through `bounded` as a last guard.
   bytes: gRPC percent-encodes each non-ASCII byte of a status message (3 bytes on the wire), so
   1,024 kept CJK characters or emoji came to 9-12 kB and the call failed (RESOURCE_EXHAUSTED,
   "metadata size exceeds soft limit") instead of carrying the refusal.
+
+Stored free text (a device's description, a line's label) is checked on the way *in* as well, by
+`checked_text`, the one check every writer calls (the HTTPS administration API, the gRPC doors
+and with them the CLI, the database model itself as the last guard): ordinary text of any script
+— Japanese, accented Latin, emoji, ideographic and no-break spaces — is kept as it is (text a
+phone is sent over Skinny, whose string fields are ASCII, is printable ASCII only); control
+characters (C0 with tab and newline, DEL, C1), format characters (bidi overrides and isolates,
+zero-width characters, the BOM, soft hyphen), line/paragraph separators, surrogates, private-use
+and unassigned code points are refused with a message naming the field, and so is text over the
+field's length. Escaping on output stays: rows written before the check existed may hold anything.
 """
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Any
 
 SHOWN_LIMIT = 80         # characters of one quoted value (a name is shorter; a blob is cut)
@@ -87,3 +98,37 @@ def fitted(value: Any, size: int) -> str:
     if len(text) <= size:
         return text
     return shown(value, max(size - 30, 1))[:size]  # the marker is at most ~30 characters
+
+
+# Unicode categories refused in stored free text: control (Cc: C0, DEL, C1), format (Cf: bidi
+# overrides/isolates, zero-width, BOM), surrogate, private use, unassigned, line/paragraph separator.
+_REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+
+
+class UnsafeText(ValueError):
+    """Free text refused at input; `field` names it, `reason` says why without the field name."""
+
+    def __init__(self, field: str, reason: str):
+        super().__init__(f"{field}: {reason}")
+        self.field, self.reason = field, reason
+
+
+def checked_text(field: str, value: Any, limit: int, *, ascii_only: bool = False) -> str:
+    """`value` when it is text a person can read and at most `limit` characters; else `UnsafeText`
+    naming `field` and the first offending character (escaped, with its position).
+    `ascii_only`: printable ASCII only — for text a phone is sent over Skinny (a line's label, a
+    speed dial's, a display name), whose string fields are ASCII."""
+    if not isinstance(value, str):
+        raise UnsafeText(field, f"must be text, not {type(value).__name__}")
+    if len(value) > limit:
+        raise UnsafeText(field, f"{len(value)} characters, at most {limit} allowed")
+    for position, ch in enumerate(value):
+        if unicodedata.category(ch) in _REFUSED_CATEGORIES:
+            kind = "control" if unicodedata.category(ch) == "Cc" else "non-printable"
+            raise UnsafeText(field, f"{kind} character {shown(ch)} (U+{ord(ch):04X}) at position "
+                                    f"{position + 1} is not allowed: ordinary text only")
+        if ascii_only and not " " <= ch <= "~":
+            raise UnsafeText(field, f"character {shown(ch)} (U+{ord(ch):04X}) at position "
+                                    f"{position + 1} is not allowed: printable ASCII only (the "
+                                    "phone is sent it over Skinny, whose text fields are ASCII)")
+    return value

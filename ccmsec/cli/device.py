@@ -51,7 +51,9 @@ def register(subparsers) -> None:
     add.add_argument("name", help="SEP + 12 hex digits (the MAC), or [A-Za-z0-9_-]{1,15}")
     add.add_argument("--model", required=True, choices=DEVICE_MODELS)
     add.add_argument("--security", default=SECURITY_MODES[0], choices=SECURITY_MODES)
-    add.add_argument("--description", default="")
+    add.add_argument("--description", default="",
+                     help="free text, any script, up to 128 characters; no control characters "
+                          "(newline, escape sequences, bidi overrides)")
     add.add_argument("--pool", help="device pool")
     add.set_defaults(func=_add)
 

@@ -17,7 +17,8 @@ def register(subparsers) -> None:
     add.add_argument("dn", help="directory number (0-9 * # +, up to 24)")
     add.add_argument("--device", required=True)
     add.add_argument("--index", type=int_in(0), default=0, help="line button (default: next free)")
-    add.add_argument("--label", default="")
+    add.add_argument("--label", default="",
+                     help="printable ASCII, up to 40 characters (the phone shows it over Skinny)")
     add.set_defaults(func=_add)
     lst = sub.add_parser("list", help="list lines")
     add_data_option(lst)

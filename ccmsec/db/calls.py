@@ -18,7 +18,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from ccmsec.db.base import Base
 from ccmsec.db.devices import MAX_DEVICE_NAME, utcnow
 from ccmsec.db.lines import validate_dn
-from ccmsec.textsafe import shown
+from ccmsec.textsafe import UnsafeText, checked_text, shown
 
 MAX_SPEED_DIALS = 42
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -34,11 +34,13 @@ def validate_name(what: str, name: str) -> str:
     return name
 
 
-def validate_label(label: str, size: int = 40) -> str:
-    if not isinstance(label, str) or len(label) > size or not label.isascii() \
-            or not label.isprintable():
-        raise InvalidCallConfig(f"label '{shown(label)}': at most {size} printable ASCII characters")
-    return label
+def validate_label(label: str, size: int = 40, field: str = "label") -> str:
+    """A speed dial's label, a mobility user's label or display name: printable ASCII (sent to the
+    phone over Skinny), at most `size` characters — `ccmsec.textsafe.checked_text`, named `field`."""
+    try:
+        return checked_text(field, label, size, ascii_only=True)
+    except UnsafeText as exc:
+        raise InvalidCallConfig(str(exc)) from None
 
 
 def validate_number(number: str) -> str:

@@ -12,11 +12,11 @@ import re
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy import Boolean, CheckConstraint, DateTime, Integer, String, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column, validates
 
 from ccmsec.db.base import Base, table_exists
 from ccmsec.domain import ClusterMode, DeviceSecurityMode
-from ccmsec.textsafe import shown
+from ccmsec.textsafe import UnsafeText, checked_text, shown
 
 DEVICE_MODELS = ("7970", "7960", "7940", "7912", "7910", "7905G", "7902")
 SECURITY_MODES = DeviceSecurityMode.choices()  # DEV-1
@@ -29,12 +29,20 @@ SETTING_SECURITY_MODE = "security_mode"  # MODE-1: absent or non-secure on a fre
 SETTING_CTL_VERSION = "ctl_version"  # written by the CTL client; absent => no CTL (MODE-5)
 
 MAX_DEVICE_NAME = 15
+MAX_DESCRIPTION = 128  # the column's length, in characters
 _SEP_NAME = re.compile(r"SEP[0-9A-F]{12}")
 _OTHER_NAME = re.compile(r"[A-Za-z0-9_-]{1,15}")
 
 
 class InvalidDeviceName(ValueError):
     """A device name that is neither SEP + 12 uppercase hex digits nor [A-Za-z0-9_-]{1,15}."""
+
+
+def validate_description(value: str) -> str:
+    """A device's description: ordinary text of any script, at most MAX_DESCRIPTION characters; no
+    control or format characters (`ccmsec.textsafe.checked_text`). `UnsafeText` (a ValueError)
+    naming the field otherwise."""
+    return checked_text("description", value, MAX_DESCRIPTION)
 
 
 def validate_device_name(name: str) -> str:
@@ -81,7 +89,7 @@ class Device(Base):
     name: Mapped[str] = mapped_column(String(MAX_DEVICE_NAME), unique=True, nullable=False)
     model: Mapped[str] = mapped_column(String(8), nullable=False)
     security_mode: Mapped[str] = mapped_column(String(16), nullable=False, default=DeviceSecurityMode.NON_SECURE.value)
-    description: Mapped[str] = mapped_column(String(128), nullable=False, default="")
+    description: Mapped[str] = mapped_column(String(MAX_DESCRIPTION), nullable=False, default="")
     device_pool: Mapped[str | None] = mapped_column(String(64), nullable=True)
     # DEV-4 hardening: True = feature left enabled (the phone's factory behaviour).
     web_access: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)
@@ -99,6 +107,11 @@ class Device(Base):
                                                      default=utcnow, onupdate=utcnow)
 
     __mapper_args__ = {"version_id_col": config_version}
+
+    @validates("description")
+    def _checked_description(self, _key: str, value: str) -> str:
+        # the last guard: every writer (API, call control's auto-registration, tests, scripts)
+        return validate_description(value)
 
     def to_dict(self) -> dict:
         return {

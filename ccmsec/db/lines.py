@@ -12,14 +12,15 @@ import re
 
 from sqlalchemy import DateTime, ForeignKey, Integer, String, UniqueConstraint, select
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column, validates
 
 from ccmsec.db.base import Base
 from ccmsec.db.devices import MAX_DEVICE_NAME, as_utc, utcnow
-from ccmsec.textsafe import shown
+from ccmsec.textsafe import UnsafeText, checked_text, shown
 
 MAX_LINES_PER_DEVICE = 34  # a 7970 with expansion modules has at most this many line buttons
 MAX_CM_GROUP = 3  # primary, secondary, tertiary CallManager
+MAX_LINE_LABEL = 40  # the column; the phone's LineStat shows 39 of them (Skinny: ASCII)
 _DN = re.compile(r"[0-9*#+]{1,24}")
 _POOL = re.compile(r"[A-Za-z0-9 _.-]{1,64}")
 _HOST = re.compile(r"[A-Za-z0-9.:_-]{1,64}")
@@ -33,6 +34,12 @@ def validate_dn(dn: str) -> str:
     if not isinstance(dn, str) or not _DN.fullmatch(dn):
         raise InvalidLineOrPool(f"directory number {dn!r}: 1-24 characters of 0-9 * # +")
     return dn
+
+
+def validate_line_label(label: str) -> str:
+    """A line's label: printable ASCII (the phone gets it in a Skinny LineStat, whose text fields
+    are ASCII), at most MAX_LINE_LABEL characters (`ccmsec.textsafe.checked_text`)."""
+    return checked_text("label", label, MAX_LINE_LABEL, ascii_only=True)
 
 
 def validate_pool_name(name: str) -> str:
@@ -66,9 +73,13 @@ class Line(Base):
     device: Mapped[str] = mapped_column(
         String(MAX_DEVICE_NAME), ForeignKey("devices.name", ondelete="CASCADE"), nullable=False)
     line_index: Mapped[int] = mapped_column(Integer, nullable=False)  # button 1..34
-    label: Mapped[str] = mapped_column(String(40), nullable=False, default="")
+    label: Mapped[str] = mapped_column(String(MAX_LINE_LABEL), nullable=False, default="")
     created_at: Mapped[_dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False,
                                                      default=utcnow)
+
+    @validates("label")
+    def _checked_label(self, _key: str, value: str) -> str:
+        return validate_line_label(value)  # the last guard, whoever writes
 
     def to_dict(self) -> dict:
         return {"dn": self.dn, "device": self.device, "line_index": self.line_index,

@@ -112,13 +112,37 @@ async def test_cli_errors_are_one_line_without_traceback(stack, tmp_path):
     assert rc == 0 and out.strip() == "no devices"
 
 
-async def test_cli_tables_escape_what_was_stored(stack):
-    """A description is whatever someone stored through the API: `device list` and `device show`
-    print its control characters escaped, so it cannot drive the reader's terminal."""
+async def test_cli_device_add_with_a_control_character_in_the_description_is_refused(stack):
+    """The API refuses control characters in a description at input (`ccmsec/textsafe.py`
+    `checked_text`): `device add --description` gets one printable error line naming the field,
+    and no device is added. Japanese text goes through unchanged."""
     stack.write_endpoints()
-    r = await stack.admin().post("/api/v1/devices", json={
-        "name": SEP, "model": "7970", "description": "lobby\x1b[2J\x1b]0;owned\x07\nFAKE"})
+    rc, out, err = await ccmsec(stack, "device", "add", SEP, "--model", "7970",
+                                "--description", "lobby\x1b[2J\nFAKE")
+    assert rc != 0 and out == "", (out, err)
+    line = one_line_error(err)
+    assert "description: control character \\x1b (U+001B)" in line and "\x1b" not in err, err
+    rc, out, _ = await ccmsec(stack, "device", "list")
+    assert rc == 0 and out.strip() == "no devices"
+    rc, out, err = await ccmsec(stack, "device", "add", SEP, "--model", "7970", "--description", "受付の電話")
+    assert rc == 0, err
+    rc, out, err = await ccmsec(stack, "device", "show", SEP)
+    assert rc == 0 and "受付の電話" in out, (out, err)
+
+
+async def test_cli_tables_escape_what_was_stored(stack):
+    """A description may hold anything when it was stored before input was checked (or by hand in
+    the database): `device list` and `device show` print its control characters escaped, so it
+    cannot drive the reader's terminal."""
+    from sqlalchemy import update
+
+    from ccmsec.db.devices import Device
+    stack.write_endpoints()
+    r = await stack.admin().post("/api/v1/devices", json={"name": SEP, "model": "7970"})
     assert r.status_code == 201, r.text
+    async with stack.sessionmaker() as session, session.begin():  # SQL, below the model's check
+        await session.execute(update(Device.__table__).where(Device.__table__.c.name == SEP).values(
+            description="lobby\x1b[2J\x1b]0;owned\x07\nFAKE"))
     for cmd in (["device", "list"], ["device", "show", SEP]):
         rc, out, err = await ccmsec(stack, *cmd)
         assert rc == 0, err

@@ -855,6 +855,24 @@ async def test_lines_and_device_pools(cm, nats_server):
         assert [p.name for p in (await session.scalars(select(DevicePool))).all()] == ["HQ"]
 
 
+async def test_addline_over_grpc_refuses_a_label_with_control_characters_and_writes_nothing(cm):
+    """The gRPC door (and `ccmsec line add --label`) goes through the same check as the API:
+    a label with a terminal escape, a newline, a bidi override or text Skinny cannot carry is
+    INVALID_ARGUMENT naming `label`; no line, no audit row."""
+    await cm.add_device("SEP0000000F0001", "7960")
+    for label in ("fax\x1b[2J", "a\nb", "\u202exaf", "本線", "l" * 41):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await cm.stub.AddLine(pb.Line(dn="2001", device="SEP0000000F0001", label=label), timeout=5)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert err.value.details().startswith("label: ") and err.value.details().isprintable()
+    async with cm.svc.db() as session:
+        assert (await session.scalars(select(Line))).all() == []
+        assert [r.action for r in (await session.scalars(select(AuditEntry))).all()
+                if r.action == "line.create" and r.outcome == "ok"] == []
+    ok = await cm.stub.AddLine(pb.Line(dn="2001", device="SEP0000000F0001", label="Fax 2"), timeout=5)
+    assert ok.label == "Fax 2"
+
+
 # -- bad input -------------------------------------------------------------------------------------
 
 async def _raw(host, port, data: bytes) -> bytes:

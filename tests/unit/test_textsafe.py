@@ -9,7 +9,9 @@ import os
 import subprocess
 import sys
 
-from ccmsec.textsafe import MESSAGE_LIMIT, SHOWN_LIMIT, bounded, fitted, shown
+import pytest
+
+from ccmsec.textsafe import MESSAGE_LIMIT, SHOWN_LIMIT, UnsafeText, bounded, checked_text, fitted, shown
 
 HUGE = "A" * 100_000
 NASTY = "SEP\x1b[2J\x1b]0;owned\x07\nFAKE LOG LINE\r\u202e\x00"
@@ -120,3 +122,37 @@ def test_cli_error_quoting_a_huge_or_nasty_argument_is_one_bounded_printable_lin
                 assert text.rstrip().endswith("more characters)' is not an IP address"), text[-200:]
         else:
             assert "\\x1b[2J" in text and "\\nFAKE LOG LINE" in text, text
+
+
+# --- checked_text: free text on the way in (a device's description, a line's label) ---------------
+
+def test_checked_text_keeps_ordinary_text_of_any_script():
+    for text in ("", "Lobby", "受付の電話", "会議室\u3000A", "Café — 2ᵉ", "no\u00a0break", "🙂", "x" * 128):
+        assert checked_text("description", text, 128) == text
+    assert checked_text("label", "Main line #1 ~", 40, ascii_only=True) == "Main line #1 ~"
+
+
+@pytest.mark.parametrize("char", ["\x1b", "\n", "\r", "\t", "\x00", "\x07", "\x7f", "\x85", "\x9b",
+                                  "\u202e", "\u202a", "\u2066", "\u200b", "\u200e", "\ufeff", "\u00ad",
+                                  "\u2028", "\u2029", "\ud800", "\ue000", "\U0010ffff"])
+def test_checked_text_refuses_control_and_format_characters_naming_the_field(char):
+    with pytest.raises(UnsafeText) as info:
+        checked_text("description", f"desk{char}x", 128)
+    assert info.value.field == "description"
+    message = str(info.value)
+    assert message.startswith("description: ") and f"U+{ord(char):04X}" in message
+    assert "at position 5" in message and message.isprintable()
+
+
+def test_checked_text_bounds_the_length_and_takes_only_text():
+    with pytest.raises(UnsafeText, match=r"^description: 129 characters, at most 128 allowed$"):
+        checked_text("description", "東" * 129, 128)
+    for value in (None, 3, b"desk", ["desk"]):
+        with pytest.raises(UnsafeText, match="^description: must be text"):
+            checked_text("description", value, 128)
+
+
+def test_checked_text_ascii_only_refuses_what_skinny_cannot_carry():
+    for text in ("本線", "Café", "\u00a0"):
+        with pytest.raises(UnsafeText, match="^label: .*printable ASCII only"):
+            checked_text("label", text, 40, ascii_only=True)

@@ -31,7 +31,7 @@ from sqlalchemy.orm.exc import StaleDataError
 
 from ccmsec.db.admin import AuditEntry
 from ccmsec.db.devices import (
-    HARDENING_FIELDS, Device, InvalidDeviceName, validate_device_name,
+    HARDENING_FIELDS, Device, InvalidDeviceName, validate_description, validate_device_name,
 )
 from ccmsec.db.lines import (
     MAX_LINES_PER_DEVICE,
@@ -40,6 +40,7 @@ from ccmsec.db.lines import (
     Line,
     validate_cm_group,
     validate_dn,
+    validate_line_label,
     validate_pool_name,
 )
 from ccmsec.policy.devices import PolicyViolation, check_device_security, check_web_server_disable
@@ -49,11 +50,10 @@ from ccmsec.runtime.outbox import DELIVERY_WAIT, OutboxRelay, stage
 from ccmsec_proto import events_pb2
 
 from .cluster_state import ClusterState, ClusterStateFollower, ClusterStateUnknown
-from ccmsec.textsafe import shown
+from ccmsec.textsafe import UnsafeText, shown
 
 log = logging.getLogger("ccmsec.callmanager.domain")
 
-MAX_LABEL = 40
 _MAX_DETAIL = 1000
 
 # Publish(kind, target, payload) — the API's EventPublisher shape (`admin/events.py`).
@@ -238,6 +238,11 @@ class CallManagerDomain:
             name = validate_device_name(name)
         except InvalidDeviceName as exc:
             raise OwnerRefused("invalid", str(exc)) from None
+        if "description" in wanted:  # whichever door: refused before anything is read or written
+            try:
+                validate_description(wanted["description"])
+            except UnsafeText as exc:
+                raise OwnerRefused("invalid", str(exc)) from None
         async with self.db() as session:
             device = await session.scalar(select(Device).where(Device.name == name))
             if device is None:
@@ -300,8 +305,10 @@ class CallManagerDomain:
             raise OwnerRefused("invalid", str(exc)) from None
         if not 0 <= line_index <= MAX_LINES_PER_DEVICE:
             raise OwnerRefused("invalid", f"line index must be 1..{MAX_LINES_PER_DEVICE} (0: next free)")
-        if len(label) > MAX_LABEL:
-            raise OwnerRefused("invalid", f"label longer than {MAX_LABEL} characters")
+        try:
+            label = validate_line_label(label)  # printable ASCII: the phone's LineStat (Skinny)
+        except UnsafeText as exc:
+            raise OwnerRefused("invalid", str(exc)) from None
         async with self.db() as session:
             if await session.scalar(select(Device.id).where(Device.name == device)) is None:
                 raise OwnerRefused("not_found", f"no device named {device}")
@@ -387,7 +394,8 @@ class CallManagerDomain:
         try:
             user = calls_db.validate_name("user", user_id)
             dn = calls_db.validate_number(dn)
-            display_name, label = calls_db.validate_label(display_name), calls_db.validate_label(label)
+            display_name = calls_db.validate_label(display_name, field="display_name")
+            label = calls_db.validate_label(label)
         except calls_db.InvalidCallConfig as exc:
             raise OwnerRefused("invalid", str(exc)) from None
         async with self.db() as session:

@@ -14,15 +14,19 @@ from typing import Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
+from pydantic_core import PydanticCustomError
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from ccmsec.db.devices import (
     HARDENING_FIELDS,
     Device,
+    MAX_DESCRIPTION,
     InvalidDeviceName,
+    validate_description,
     validate_device_name,
 )
+from ccmsec.textsafe import UnsafeText
 
 from ccmsec.db.lines import DevicePool
 from ccmsec.domain import DeviceSecurityMode
@@ -43,6 +47,16 @@ log = logging.getLogger(__name__)
 Model = Literal["7970", "7960", "7940", "7912", "7910", "7905G", "7902"]
 SecurityMode = Literal[DeviceSecurityMode.choices()]  # type: ignore[valid-type]
 _POOL_PATTERN = r"^[A-Za-z0-9 _.-]{1,64}$"
+_DESCRIPTION = "ordinary text of any script; no control or format characters (newline, ESC, NUL, bidi overrides)"
+
+
+def checked_free_text(check, value: str) -> str:
+    """A free-text field through its one check (`ccmsec.textsafe.checked_text` via the db
+    validator): refused as a 422 whose detail is `field: why` (the field named once)."""
+    try:
+        return check(value)
+    except UnsafeText as exc:
+        raise PydanticCustomError("unsafe_text", exc.reason) from None
 
 
 class DeviceCreate(BaseModel):
@@ -50,7 +64,7 @@ class DeviceCreate(BaseModel):
     name: str = Field(max_length=64, description="SEP + 12 uppercase hex digits, or [A-Za-z0-9_-]{1,15}")
     model: Model
     security_mode: SecurityMode = DeviceSecurityMode.NON_SECURE.value
-    description: str = Field("", max_length=128)
+    description: str = Field("", max_length=MAX_DESCRIPTION, description=_DESCRIPTION)
     device_pool: str | None = Field(None, pattern=_POOL_PATTERN)
     web_access: StrictBool = True
     pc_port: StrictBool = True
@@ -64,6 +78,11 @@ class DeviceCreate(BaseModel):
     def _valid_name(cls, value: str) -> str:
         return validate_device_name(value)
 
+    @field_validator("description")
+    @classmethod
+    def _valid_description(cls, value: str) -> str:
+        return checked_free_text(validate_description, value)
+
 
 class DevicePatch(BaseModel):
     """Only the fields present change; null is accepted only for device_pool (clears it)."""
@@ -71,7 +90,8 @@ class DevicePatch(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     # Defaults are not validated, so omitted fields stay None while an explicit null is refused.
     security_mode: SecurityMode = None  # type: ignore[assignment]
-    description: str = Field(None, max_length=128)  # type: ignore[assignment]
+    description: str = Field(None, max_length=MAX_DESCRIPTION,  # type: ignore[assignment]
+                             description=_DESCRIPTION)
     device_pool: str | None = Field(None, pattern=_POOL_PATTERN)
     web_access: StrictBool = None  # type: ignore[assignment]
     pc_port: StrictBool = None  # type: ignore[assignment]
@@ -79,6 +99,11 @@ class DevicePatch(BaseModel):
     garp: StrictBool = None  # type: ignore[assignment]
     voice_vlan_access: StrictBool = None  # type: ignore[assignment]
     span_to_pc_port: StrictBool = None  # type: ignore[assignment]
+
+    @field_validator("description")
+    @classmethod
+    def _valid_description(cls, value: str) -> str:
+        return checked_free_text(validate_description, value)
 
 
 router = APIRouter(tags=["devices"])

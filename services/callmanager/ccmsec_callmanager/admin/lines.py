@@ -23,7 +23,9 @@ from ccmsec.db.lines import (
     InvalidLineOrPool,
     Line,
     validate_cm_group,
+    MAX_LINE_LABEL,
     validate_dn,
+    validate_line_label,
     validate_pool_name,
 )
 from ccmsec.policy.resets import SrstSecurityChanged, required_actions
@@ -31,7 +33,7 @@ from ccmsec.policy.resets import SrstSecurityChanged, required_actions
 from .audit import new_entry
 from .owner import actor_of_request, owner_call
 from .auth import Principal, require_admin, require_user
-from .devices import checked_name
+from .devices import checked_free_text, checked_name
 from . import schemas
 from .errors import ApiError, body_schema, read_json
 from .pagination import cursor_query, decode_cursor, limit_query, page
@@ -50,7 +52,13 @@ class LineCreate(BaseModel):
     dn: str = Field(max_length=24, description="directory number: 1-24 of 0-9 * # +")
     device: str = Field(max_length=64)
     line_index: int = Field(0, ge=0, le=MAX_LINES_PER_DEVICE, description="button; 0 = next free")
-    label: str = Field("", max_length=40)
+    label: str = Field("", max_length=MAX_LINE_LABEL, description="printable ASCII (the phone's "
+                                                                  "Skinny line display)")
+
+    @field_validator("label")
+    @classmethod
+    def _valid_label(cls, value: str) -> str:
+        return checked_free_text(validate_line_label, value)
 
     @field_validator("dn")
     @classmethod
