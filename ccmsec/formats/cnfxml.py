@@ -21,6 +21,10 @@ Elements this project chose because the real ones are not public (documented her
   for the phone. The file is signed, not encrypted, unless `encrConfig` is true — the
   authentication string is a one-time value, as in the real product where the user keys it in.
 
+No keepalive interval, on purpose: the real file has no element for it (the interval is each
+node's service parameter, sent in its RegisterAck; `mgcpPorts/keepAlive` is an MGCP UDP port, not
+an interval) — docs/tftp.md "No keepalive interval in SEP<MAC>.cnf.xml".
+
 vendorConfig values use the phones' numeric convention: webAccess, pcPort, garp,
 voiceVlanAccess: 0 = enabled, 1 = disabled; settingsAccess and spanToPCPort: 1 = enabled,
 0 = disabled. In Python every hardening field is a bool meaning "enabled". A missing element
