@@ -2,12 +2,13 @@
 refuses rather than tell a phone to use a codec it never offered in CapabilitiesRes.
 
 Phones registered over real sockets (encrypted on TLS 2443 with an LSC) with call control
-(`CallControl`, in process, SQLite), the real key source as callmanager's media plane plugs it in
-(counting every key pair it takes) and the SRTP gateway's device (`GatewayDevice`, whose channels
-would become gateway connections). Each refusal is checked for what it leaves: the caller hears
+(`CallControl`, in process, SQLite) and the real key source as callmanager's media plane plugs it in
+(counting every key pair it takes). Each refusal is checked for what it leaves: the caller hears
 reorder and reads "No common codec", the call record (the `ended`/`refused` event) says why, no
-key pair was taken, no gateway connection was asked for, no leg stays on the far side, and a call
-in progress elsewhere goes on untouched.
+key pair was taken, no leg stays on the far side, and a call in progress elsewhere goes on
+untouched. A call to the SRTP gateway with no codec in common goes through the deployed
+srtp-gateway service (MGCP over gRPC/mTLS): tests/integration/test_gateway_calls.py
+`test_call9_no_common_codec_with_the_deployed_gateway_is_refused_and_leaves_no_connection`.
 """
 
 from __future__ import annotations
@@ -16,10 +17,9 @@ import asyncio
 
 import pytest
 
-from ccmsec.aio.gateway_legs import GatewayLegs
 from ccmsec.aio.sccp import connect_phone
 from ccmsec.aio.sccp_calling import CallingPhone
-from ccmsec.calls.config import AgentSettings, DeviceProfile, LineConfig
+from ccmsec.calls.config import AgentSettings
 from ccmsec.db.devices import Device
 from ccmsec.db.lines import Line
 from ccmsec.media.callkeys import CallKeySource, DeviceTransport, PairKeys
@@ -27,14 +27,12 @@ from ccmsec.media.srtp import MasterKey
 from ccmsec.pki.ca import Issued, load_pair, new_key
 from ccmsec.pki.lsc import issue_lsc
 from ccmsec.pki.tls import sccp_phone_context
-from ccmsec.policy.calls import EndpointKind
 from ccmsec.runtime.database import open_database
 from ccmsec.wire import sccp as s
 from ccmsec.wire.sccp_calls import CallStateCode as CS
 from ccmsec.wire.sccp_calls import Tone
 from ccmsec_callmanager.callcontrol import CallControl, CallControlConfig
 from ccmsec_callmanager.cluster_state import ClusterState, ClusterStateFollower
-from ccmsec_callmanager.media_plane import GatewayDevice
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -50,7 +48,6 @@ PHONES = {  # name: (directory numbers, codecs in CapabilitiesRes)
     "SEP0000000DC006": (["3206"], ()),                  # NONE: a CapabilitiesRes with no codec
 }
 U1, G9, BOTH, U4, U5, NOCODEC = PHONES
-GW = "GW1"
 
 
 class Lab:
@@ -59,11 +56,8 @@ class Lab:
         self.capf = load_pair(data / "pki" / "capf.crt", data / "pki" / "capf.key")
         self.phones: dict[str, CallingPhone] = {}
         self.keys_taken = 0
-        self.gateway_channels = 0
 
     def transport(self, device: str) -> DeviceTransport | None:
-        if device == GW:
-            return DeviceTransport("encrypted", True, "TLS_AES_256_GCM_SHA384")
         entry = self.cc.registry.entries.get(device)
         station = self.cc.calls.agent.stations.get(device)
         if entry is None or station is None:
@@ -88,19 +82,6 @@ class Lab:
                    and self.cc.calls.agent.stations[name].codecs == PHONES[name][1], "capabilities")
         self.phones[name] = phone
         return phone
-
-    def gateway(self) -> GatewayLegs:
-        """The SRTP gateway as callmanager's media plane adds it: it answers every call; its channel
-        factory counts how often call control would reach the gateway (it must not, here)."""
-        def channel():
-            self.gateway_channels += 1
-            raise RuntimeError("call control reached for the gateway")
-        legs = GatewayLegs(channel, gateway="gw1", pump=self.cc.calls._pump)
-        profile = DeviceProfile(GW, model="MGCP gateway", kind=EndpointKind.GATEWAY,
-                                lines=(LineConfig("5550000", label="telephone network"),),
-                                route_pattern="555XXXX", auto_answer=True)
-        self.cc.calls.add_device(GatewayDevice(profile, HOST, legs))
-        return legs
 
     async def close(self):
         for phone in self.phones.values():
@@ -204,20 +185,6 @@ async def test_call9_shared_line_rings_only_the_appearances_that_share_a_codec(l
     both.act(both.display.answer)
     await u1.wait_for(lambda d: d.channels and all(ch.tx for ch in d.channels.values()), what="media")
     assert {ch.codec for ch in both.display.channels.values()} == {G711U}
-
-
-async def test_call9_no_common_codec_with_the_gateway_refuses_the_call_and_never_reaches_it(lab):
-    legs = lab.gateway()
-    g9 = await lab.phone(G9)
-    g9.act(g9.display.dial, "5550102")
-    await refused_with_reorder(g9)
-    await asyncio.sleep(0.2)
-    gateway = lab.cc.calls.virtual[GW]
-    assert lab.gateway_channels == 0 and not legs.connections and not legs._opening
-    assert not gateway.phone.calls and not lab.cc.calls.agent.stations[GW].legs
-    assert lab.keys_taken == 0 and lab.cc.calls.calls() == []
-    (ended,) = events(lab, "ended")
-    assert "no codec in common" in ended.call.codec_rule and f"{GW} offers 4" in ended.call.codec_rule
 
 
 async def test_call9_barge_and_cbarge_without_a_common_codec_are_refused_the_call_keeps_its_codec(lab):

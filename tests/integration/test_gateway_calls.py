@@ -19,6 +19,7 @@ from ccmsec.media.srtp import MasterKey
 from ccmsec.policy.calls import EndpointKind
 from ccmsec.runtime.grpcio import secure_channel
 from ccmsec_proto import srtp_gateway_pb2 as pb
+from ccmsec.wire.sccp_calls import Tone
 from ccmsec.wire.sccp_phone import CloseChannel, OpenChannel, StartTransmit, StopTransmit
 from tests.integration.test_media_port_audio import UdpPort
 from tests.integration.test_srtp_gateway_service import (  # noqa: F401 - fixtures
@@ -186,3 +187,57 @@ async def test_call9_an_a_law_phone_talks_to_the_gateway_in_a_law(gw):
     await legs.drain()
     await wait_for(lambda: gw.gw_svc.gateway.connections == {}, 5)
     port.close()
+
+
+async def test_call9_no_common_codec_with_the_deployed_gateway_is_refused_and_leaves_no_connection(gw):
+    """CALL-9 through the real media plane: a phone that offers G.729 only calls the telephone
+    network through the srtp-gateway service (gRPC/mTLS, MGCP CRCX/MDCX/DLCX), which offers G.711
+    µ-law and A-law. Call control refuses the set-up — reorder, "No common codec", the call record
+    says why — and the gateway is never asked for a connection: no CRCX reached it (its created
+    total is unchanged), AuditEndpoint lists none, call control keeps no leg or plan, no key pair
+    was taken. The gateway side here answers and opens legs exactly as in the calls above, so a call
+    control that set the call up anyway would have created a connection on it."""
+    await gw.mixed()
+    created, deleted = gw.gw_svc.gateway.totals["created"], gw.gw_svc.gateway.totals["deleted"]
+    transports = {A: DeviceTransport("encrypted", True, AES),
+                  GW: DeviceTransport("encrypted", True, "TLS_AES_256_GCM_SHA384")}
+    taken = []
+    keys = CallKeySource(lambda: taken.append(1) or PairKeys(MasterKey.generate(), MasterKey.generate()),
+                         transports.get)
+    h = LiveHarness(key_source=keys.key_source)
+    legs = GatewayLegs(lambda: gw.gw_channel, gateway="gw1", pump=h.pump)
+    pa = h.add(A, "1001", mode=ENC, codecs=(9,))                 # G.729 only
+    pg = h.add(GW, "5550000", mode=ENC, kind=EndpointKind.GATEWAY, model="MGCP gateway",
+               route_pattern="555XXXX")                          # (4, 2): G.711 µ-law, A-law
+
+    def gateway_side(event):   # as the deployed gateway device: every channel becomes a connection
+        ch = getattr(event, "channel", None)
+        if isinstance(event, OpenChannel):
+            legs.open(pg, ch, pg.calls[ch.call_reference].called or "5550102")
+        elif isinstance(event, StartTransmit):
+            legs.start(ch)
+        elif isinstance(event, StopTransmit):
+            legs.stop(ch)
+        elif isinstance(event, CloseChannel):
+            legs.close(ch)
+    h.handlers = {GW: gateway_side}
+    seen = len(h.log)
+    h.call(A, "5550102")
+    if any(c.ringing for c in pg.calls.values()):   # the gateway answers every call it is offered
+        pg.answer()
+        h.pump()
+    await asyncio.sleep(0.5)       # time for a CRCX, had one been sent, to reach the gateway
+    await legs.drain()
+    # the media plane first: nothing was created on the gateway, nothing is left there
+    assert gw.gw_svc.gateway.totals == {"created": created, "deleted": deleted}, "a CRCX reached it"
+    assert gw.gw_svc.gateway.connections == {}
+    audit = await gw.gw.AuditEndpoint(pb.AuditEndpointRequest(endpoint="*@gw1"))
+    assert [c for e in audit.endpoints for c in e.connections] == []
+    assert not legs.connections and not legs.plans and taken == []
+    # refused at set-up, before anything rang: call control sent the gateway nothing at all
+    assert [m for d, name, m in h.log[seen:] if d == "down" and name == GW] == []
+    (call,) = pa.calls.values()
+    assert (call.tone, call.prompt) == (Tone.REORDER, "No common codec"), call
+    assert not pa.channels and not pg.calls
+    ended = [e for e in h.events() if e.kind == "ended"]
+    assert ended and "no codec in common" in ended[-1].call.codec_rule, ended
