@@ -3,7 +3,7 @@
 Every model has one current load (`load_name(model)`, the `loadInformation` of its `.cnf.xml`). The
 image of a load is served by TFTP as `<load>.sbn` (`image_filename`, the real signed-binary name) and
 also as `<load>.sgn` (what ccmsec's phone-sim asks for); both are **always signed**: the file is a
-`.sgn` container (wire-formats.md §2: trust-list header version 1.0, the file name as requested,
+`.sgn` container (trust-list header version 1.0, the file name as requested,
 signed with the TFTP certificate) whose payload is the image — also in non-secure mode.
 
 The image payload is deterministic pseudo data (a few tens of KB) behind a short text header, so a

@@ -1,6 +1,6 @@
 """Phone configuration files: `SEP<MAC>.cnf.xml` (one per device) and `XMLDefault.cnf.xml`.
 
-Element names follow the real files where they are public (wire-formats.md §3 and the
+Element names follow the real files where they are public (the
 usecallmanager.nz description of SEPMAC.cnf.xml): `deviceProtocol`, `deviceSecurityMode`,
 `devicePool/callManagerGroup/members/member[@priority]/callManager/{ports/ethernetPhonePort,
 processNodeName}`, `devicePool/srstInfo/{srstOption, ipAddr1..3, port1..3, isSecure}`,

@@ -1,4 +1,4 @@
-"""Certificate trust lists (`CTLFile.tlv`, wire-formats.md §1) and the signed-file header they share
+"""Certificate trust lists (`CTLFile.tlv`) and the signed-file header they share
 with `.sgn` files (§2).
 
 Layout: a header (version, header length, signer info, signature info, signature, file name,
@@ -125,7 +125,7 @@ class Signer(Protocol):
         ...
 
 
-# --- header tags (wire-formats.md §1) -------------------------------------------------------
+# --- header tags (the signed-file header) -------------------------------------------------------
 H_VERSION, H_LENGTH, H_SIGNER_INFO, H_SIGNER_NAME, H_SERIAL, H_ISSUER = 1, 2, 3, 4, 5, 6
 H_SIGNATURE_INFO, H_DIGEST, H_ALGORITHM_INFO, H_ALGORITHM, H_MODULUS = 7, 8, 9, 10, 11
 H_SIGNATURE, H_FILE_NAME, H_TIMESTAMP, H_SIGNER_VERSION = 12, 14, 15, 28

@@ -1,4 +1,4 @@
-"""The TLV codec of the trust-list and signed-file formats (wire-formats.md §1).
+"""The TLV codec of the trust-list and signed-file formats.
 
 Each item is `tag (1 byte) | length (uint16 BE) | value`. One exception: the padding tag 13 is a
 lone 0x0D byte with no length; it only occurs where the caller says padding is allowed.

@@ -1,6 +1,6 @@
 """SCCP (Skinny) codec and registration state machines — sans-IO (bytes in, events out).
 
-Framing (wire-formats §5), little-endian::
+Framing, little-endian::
 
     uint32 length | uint32 header version | uint32 message id | payload
 
@@ -166,7 +166,7 @@ def _unpack_layout(payload: bytes, offset: int, layout: Layout, what: str) -> tu
 # -- shared structures --------------------------------------------------------------------------
 
 class SrtpAlgorithm(enum.IntEnum):
-    """Algorithm ids of the encryption-info block (wire-formats §5)."""
+    """Algorithm ids of the encryption-info block."""
 
     NONE = 0
     AES_CM_128_HMAC_SHA1_32 = 1

@@ -1,4 +1,4 @@
-"""The TLV codec of trust lists and signed files (wire-formats.md §1)."""
+"""The TLV codec of trust lists and signed files."""
 
 import pytest
 from hypothesis import given, settings, strategies as st
