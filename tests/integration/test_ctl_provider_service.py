@@ -554,11 +554,15 @@ class _SlowTftpSigner(tftp_signer_pb2_grpc.TftpSignerServicer):
 
     def __init__(self):
         self.published: list[bytes] = []
+        self.requests: list[tftp_signer_pb2.PublishFileRequest] = []  # as they arrived
+        self.arrived = asyncio.Event()
         self.unimplemented = False  # answer PublishFile as a tftp-signer without it would
 
     async def PublishFile(self, request, context):  # noqa: N802
         if self.unimplemented:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not implemented!")
+        self.requests.append(request)
+        self.arrived.set()
         await asyncio.sleep(0.3)
         self.published.append(request.content)
         return tftp_signer_pb2.PublishFileReply(path=f"/tftp/{request.cluster_path}/{request.name}",
@@ -696,6 +700,32 @@ async def test_a_ctl_commit_cancelled_while_recording_takes_the_published_ctl_ba
     current = await provider.stub.GetCurrentCtl(common_pb2.Empty())
     assert (current.version, current.ctl) == (1, first)
     assert (await provider.stub.GetSecurityMode(common_pb2.Empty())).mode == common_pb2.CLUSTER_NON_SECURE
+
+
+async def test_chk6_a_commit_cancelled_while_publishing_names_its_publish_in_the_take_back(
+        provider_with_signer, tokens):
+    """CHK-6: a commit cancelled while its PublishFile is still on its way to the signer takes the
+    CTL back (the recorded one published again). The late PublishFile could land after that and
+    put the unrecorded CTL back; now every publish carries a fresh generation and the take-back
+    names it (`takes_back`), which the signer refuses from then on
+    (tests/integration/test_tftp_signer_service.py::test_chk6_a_publish_arriving_after_its_take_back_is_refused)."""
+    provider, signer = provider_with_signer
+    first = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t2"])
+    assert (await provider.stub.CommitCtl(ctl_provider_pb2.CommitCtlRequest(ctl=first))).version == 1
+    second = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t3"])
+    signer.arrived.clear()
+    commit = asyncio.create_task(provider.svc.trust.commit(second, common_pb2.CLUSTER_MIXED, False, "test"))
+    await asyncio.wait_for(signer.arrived.wait(), 10)  # the publish is at the signer, not answered
+    commit.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await commit
+    initial, cancelled, take_back = signer.requests
+    assert cancelled.content == second and take_back.content == first
+    assert cancelled.generation != 0 and take_back.takes_back == cancelled.generation
+    assert take_back.generation not in (0, cancelled.generation, initial.generation)
+    assert initial.takes_back == cancelled.takes_back == 0
+    current = await provider.stub.GetCurrentCtl(common_pb2.Empty())
+    assert (current.version, current.ctl) == (1, first)
 
 
 async def test_a_ctl_commit_cancelled_after_its_record_landed_leaves_the_published_ctl(

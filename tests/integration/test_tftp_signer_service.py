@@ -422,6 +422,64 @@ async def test_mode6_publish_trust_list_only_into_this_clusters_path(tftp):
     assert (await _error(tftp.get("CTLFile.tlv.sgn"))).code == ERR_FILE_NOT_FOUND
 
 
+async def test_chk6_a_publish_arriving_after_its_take_back_is_refused(tftp):
+    """CHK-6 / CTL-2: a cancelled CTL commit takes the unrecorded CTL back (the recorded one
+    published again, naming the cancelled publish's generation). That publish, still in flight,
+    used to land afterwards and put the unrecorded CTL back on the TFTP server; now the signer
+    refuses it (ABORTED, saying why) and the taken-back file stays. Other generations publish."""
+    stub = tftp.provider_stub()
+    recorded, unrecorded = _ctl(tftp.cert), _ctl(tftp.cert)
+
+    def request(content, **ordering):
+        return tftp_signer_pb2.PublishFileRequest(name="CTLFile.tlv", content=content,
+                                                  sha256=hashlib.sha256(content).hexdigest(), **ordering)
+
+    # The take-back arrives first, naming generation 41 (the cancelled commit's publish) ...
+    await stub.PublishFile(request(recorded, generation=42, takes_back=41), timeout=5)
+    # ... then the late publish of generation 41 itself.
+    with pytest.raises(grpc.aio.AioRpcError) as late:
+        await stub.PublishFile(request(unrecorded, generation=41), timeout=5)
+    assert late.value.code() == grpc.StatusCode.ABORTED
+    assert "generation 41 was taken back" in late.value.details()
+    assert await tftp.get("CTLFile.tlv") == recorded
+    await stub.PublishFile(request(unrecorded, generation=43), timeout=5)  # a later commit: published
+    assert await tftp.get("CTLFile.tlv") == unrecorded
+
+
+async def test_chk6_a_publish_already_writing_finishes_before_its_take_back_writes(tftp, monkeypatch):
+    """CHK-6: the other interleaving — the late publish passed its check and is writing (a slow
+    disk) when the take-back arrives. The take-back's write waits for it, so the recorded CTL is
+    what stays, not the unrecorded one written last."""
+    import threading
+
+    from ccmsec_tftp_signer import files
+
+    recorded, unrecorded = _ctl(tftp.cert), _ctl(tftp.cert)
+    real_write, writing = files.atomic_write, threading.Event()
+
+    def slow_write(path, data, *args):
+        if data == unrecorded:
+            writing.set()
+            time.sleep(0.5)  # the late publish is past its check, mid-write
+        real_write(path, data, *args)
+
+    monkeypatch.setattr(files, "atomic_write", slow_write)
+    stub = tftp.provider_stub()
+
+    def request(content, **ordering):
+        return tftp_signer_pb2.PublishFileRequest(name="CTLFile.tlv", content=content,
+                                                  sha256=hashlib.sha256(content).hexdigest(), **ordering)
+
+    async def publish_late():
+        return await stub.PublishFile(request(unrecorded, generation=7), timeout=10)
+
+    late = asyncio.create_task(publish_late())
+    assert await asyncio.to_thread(writing.wait, 5)
+    await stub.PublishFile(request(recorded, generation=8, takes_back=7), timeout=10)
+    await late
+    assert await tftp.get("CTLFile.tlv") == recorded
+
+
 async def test_mode6_publish_on_a_slow_disk_does_not_stall_tftp(tftp, monkeypatch):
     """MODE-6 publish (CTL commit) writes with fsync; on a slow disk that must not stop the TFTP
     transfers served by the same event loop. The phone here runs in its own thread and loop."""

@@ -18,7 +18,10 @@ Commit (CHK-6), in this order so nothing is half done:
      and, when asked, the new cluster mode (MODE-2); if that transaction fails, or the commit is
      cancelled (shutdown, the client gone) once the file went to the signer and before its record
      landed, the recorded CTL is published again (the phones must not download a CTL the cluster
-     did not record) — on cancellation shielded, then the CancelledError goes on;
+     did not record) — on cancellation shielded, then the CancelledError goes on. Each publish
+     carries a fresh generation and the take-back names it (`takes_back`): the signer refuses
+     that publish if it arrives after the take-back (still in flight when the commit was
+     cancelled), so a late PublishFile cannot put the unrecorded CTL back;
   5. `mode.changed` and the RST-3 actions (mode changed), then `ctl.updated` and the RST-4 actions
      are published.
 
@@ -32,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import secrets
 
 import grpc
 
@@ -51,6 +55,12 @@ log = logging.getLogger("ccmsec.ctl-provider")
 
 LOCAL_CLUSTER_ID = "local"
 RPC_TIMEOUT = 5.0
+
+
+def new_generation() -> int:
+    """A fresh PublishFile generation: random, nonzero, never reused in practice (63 bits), so
+    no clock or counter has to survive a restart of either service."""
+    return secrets.randbits(63) | 1
 
 
 class Refused(Exception):
@@ -233,17 +243,18 @@ class TrustOperations:
                                   "behind?), or pass --new-trust after resetting every phone's trust list")
             registry = await self.checked_registry(session, target)
         stub = tftp_signer_pb2_grpc.TftpSignerStub(self.service.peer_channel("tftp-signer"))
+        generation = new_generation()  # a take-back names it: the signer then refuses it, however late
         try:
             published = await stub.PublishFile(tftp_signer_pb2.PublishFileRequest(
-                cluster_path=settings.tftp_path, name=CTL_FILE_NAME, content=content, sha256=sha256),
-                timeout=RPC_TIMEOUT)
+                cluster_path=settings.tftp_path, name=CTL_FILE_NAME, content=content, sha256=sha256,
+                generation=generation), timeout=RPC_TIMEOUT)
             published_path = published.path
         except grpc.aio.AioRpcError as exc:
             # The signed files are tftp-signer's: without its answer nothing is recorded.
             raise Refused(exc.code(), f"the tftp-signer did not publish {CTL_FILE_NAME}: "
                                       f"{exc.details()}") from None
-        except asyncio.CancelledError:  # the signer may have published it all the same
-            await self._settle_cancelled(stub, previous, sha256)
+        except asyncio.CancelledError:  # the signer may have published it all the same — or yet will
+            await self._settle_cancelled(stub, previous, sha256, generation)
             raise
         try:
             version, ids, events = await self._record(content, sha256, ctl_file, signer, registry, target,
@@ -254,17 +265,18 @@ class TrustOperations:
             # Shutdown or the client gone while recording: the new file is live, so take it back
             # like a failed record — shielded, and still under `_serial` (a commit after this one
             # must not be overwritten by the old file) — then let the cancellation go on.
-            await self._settle_cancelled(stub, previous, sha256)
+            await self._settle_cancelled(stub, previous, sha256, generation)
             raise
         except Exception as exc:  # the database refused the record: do not leave the new file live
-            raise await self._unpublish(stub, previous, exc) from None
+            raise await self._unpublish(stub, previous, exc, generation) from None
         delivered = await self.delivered(ids)
         log.info("CTL committed", extra={"version": version, "sha256": sha256, "mode": target})
         return {"version": version, "sha256": sha256, "tftp_path": settings.tftp_path,
                 "published_path": published_path, "mode": target, "previous_mode": previous_mode,
                 "events": events, "delivered": delivered}
 
-    async def _settle_cancelled(self, stub, previous: tuple[int, bytes] | None, sha256: str) -> None:
+    async def _settle_cancelled(self, stub, previous: tuple[int, bytes] | None, sha256: str,
+                                generation: int) -> None:
         """A commit cancelled after publishing: unless its record landed (the cancellation came
         during COMMIT, after the database took it), publish the recorded CTL again. Runs to the end
         in its own task, whatever further cancellations arrive (each step is bounded: RPC_TIMEOUT)."""
@@ -278,7 +290,8 @@ class TrustOperations:
                     return
             except Exception as exc:  # cannot tell: the record's transaction rolled back unless it
                 log.warning("CTL commit cancelled; reading the record failed: %s", exc)  # committed
-            refusal = await self._unpublish(stub, previous, asyncio.CancelledError("commit cancelled"))
+            refusal = await self._unpublish(stub, previous, asyncio.CancelledError("commit cancelled"),
+                                            generation)
             log.warning("CTL commit cancelled: %s", refusal)
 
         cleanup = asyncio.ensure_future(settle())
@@ -290,9 +303,13 @@ class TrustOperations:
         if not cleanup.cancelled() and cleanup.exception() is not None:
             log.error("CTL commit cancelled; taking the CTL back failed: %s", cleanup.exception())
 
-    async def _unpublish(self, stub, previous: tuple[int, bytes] | None, exc: BaseException) -> Refused:
+    async def _unpublish(self, stub, previous: tuple[int, bytes] | None, exc: BaseException,
+                         generation: int) -> Refused:
         """The CTL was published but its record failed: publish the recorded CTL again, so what the
-        phones download stays what the cluster recorded. Returns the refusal to raise."""
+        phones download stays what the cluster recorded. Returns the refusal to raise. The take-back
+        names the `generation` of the publish it undoes: a PublishFile of it reaching the signer
+        later (still in flight when the commit was cancelled) is refused there, so it cannot put
+        the unrecorded CTL back."""
         log.error("CTL published but not recorded: %s", exc)
         why = f"the CTL was published but could not be recorded ({type(exc).__name__}: {str(exc)[:200]})"
         if previous is None:
@@ -303,7 +320,8 @@ class TrustOperations:
         try:
             await stub.PublishFile(tftp_signer_pb2.PublishFileRequest(
                 cluster_path=self.service.settings.tftp_path, name=CTL_FILE_NAME, content=old,
-                sha256=hashlib.sha256(old).hexdigest()), timeout=RPC_TIMEOUT)
+                sha256=hashlib.sha256(old).hexdigest(), generation=new_generation(),
+                takes_back=generation), timeout=RPC_TIMEOUT)
         except grpc.aio.AioRpcError as again:
             return Refused(grpc.StatusCode.UNAVAILABLE, f"{why}, and putting back version {version} failed "
                                                         f"({again.details()}): run the CTL client again")

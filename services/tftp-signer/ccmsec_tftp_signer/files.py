@@ -24,6 +24,7 @@ import logging
 import os
 import re
 import stat
+import threading
 import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ TRUST_LISTS = ("CTLFile.tlv", "ITLFile.tlv")
 DEVICE_NAME = re.compile(r"SEP[0-9A-F]{12}")
 DEVICE_CONFIG = re.compile(r"(SEP[0-9A-F]{12})\.cnf\.xml")
 MAX_STATIC_FILE = 16 * 1024 * 1024
+MAX_TAKEN_BACK = 1024  # take-back generations remembered (PublishFile ordering)
 # Static files (firmware bundles included, up to MAX_STATIC_FILE) are kept in memory while a stat
 # shows the same file, least recently served dropped first: one budget for all of them, so a few
 # large images cannot grow the process without bound, and one copy is shared by every transfer.
@@ -117,6 +119,11 @@ class TftpContent:
         self.served: Counter[str] = Counter()
         self.not_found = 0
         self.refused = 0
+        # Publishing is ordered (PublishFile generation/takes_back): the check and the write of
+        # one publish run under this lock in the writing thread — a cancelled call's thread still
+        # holds it until its write is done — and the generations taken back are remembered here.
+        self._publish_lock = threading.Lock()
+        self._taken_back: OrderedDict[tuple[str, int], None] = OrderedDict()
 
     @property
     def own_folder(self) -> Path:
@@ -417,8 +424,20 @@ class TftpContent:
                                         KIND_DEVICE_CONFIG))
         return mode, sorted(files, key=lambda f: f.name)
 
-    def publish(self, cluster_path: str, name: str, content: bytes, sha256: str) -> tuple[Path, str]:
-        """Write a trust list (from the CTL client) into this cluster's folder, atomically."""
+    def publish(self, cluster_path: str, name: str, content: bytes, sha256: str, *,
+                generation: int = 0, takes_back: int = 0) -> tuple[Path, str]:
+        """Write a trust list (from the CTL client) into this cluster's folder, atomically.
+
+        A take-back (`takes_back`: the generation of a publish ctl-provider undoes) is remembered
+        before its write; a publish of a generation taken back is refused (ABORTED), whenever it
+        arrives — so a late publish cannot put back a CTL the cluster took back. Check and write
+        run under one lock: a publish already past its check finishes writing before the
+        take-back's write, which then wins."""
+        if takes_back:  # remembered first: even a take-back refused below keeps its publish out
+            with self._publish_lock:
+                self._taken_back[(name, takes_back)] = None
+                while len(self._taken_back) > MAX_TAKEN_BACK:
+                    self._taken_back.popitem(last=False)
         own = self.layout.own
         path = cluster_path or own.tftp_path
         if path != own.tftp_path:
@@ -442,7 +461,12 @@ class TftpContent:
         except CtlFormatError as exc:
             raise PublishError("INVALID_ARGUMENT", f"{name} is not a valid trust list: {exc}") from None
         target = self.root / own.tftp_path / name
-        atomic_write(target, content)
+        with self._publish_lock:
+            if generation and (name, generation) in self._taken_back:
+                raise PublishError("ABORTED", f"{name} publish generation {generation} was taken back "
+                                   "by ctl-provider (its commit was cancelled or not recorded); not "
+                                   "published")
+            atomic_write(target, content)
         return target, actual
 
 

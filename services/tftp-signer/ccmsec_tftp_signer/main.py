@@ -18,6 +18,7 @@ the poll asks again every POLL_SECONDS until they answer — then everything is 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 
@@ -87,8 +88,10 @@ class TftpSignerServicer(StatusServicerMixin, tftp_signer_pb2_grpc.TftpSignerSer
         try:
             # In a thread: the trust-list parse and the atomic write's two fsyncs would otherwise stall
             # every TFTP transfer this event loop is running.
-            path, digest = await asyncio.to_thread(self.service.content.publish, request.cluster_path,
-                                                   request.name, bytes(request.content), request.sha256)
+            path, digest = await asyncio.to_thread(
+                functools.partial(self.service.content.publish, request.cluster_path, request.name,
+                                  bytes(request.content), request.sha256,
+                                  generation=request.generation, takes_back=request.takes_back))
         except PublishError as exc:
             await abort(context, getattr(grpc.StatusCode, exc.status), str(exc))
         self.service.log.info("trust list published", extra={"file": str(path), "sha256": digest})
