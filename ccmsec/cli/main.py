@@ -20,7 +20,7 @@ from ccmsec.cli.common import (
 )
 
 # Command-group modules under ccmsec.cli; each defines register(subparsers).
-GROUPS = ["cluster", "demo", "device", "token", "ctl", "sgn", "tls", "mode", "tftp", "phones", "capf", "events", "compose", "line", "pool", "srst", "pki", "media", "calls", "mobility", "routing", "completion", "context"]
+GROUPS = ["cluster", "demo", "device", "token", "ctl", "sgn", "tls", "mode", "tftp", "phones", "capf", "events", "compose", "line", "pool", "srst", "pki", "media", "calls", "mobility", "routing", "outbox", "completion", "context"]
 
 
 def version() -> str:

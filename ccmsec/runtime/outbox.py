@@ -26,6 +26,11 @@ relay until JetStream acknowledges.
   keeps the order and retries (one failing row holds back those behind it).
 * `ccmsec_outbox_depth{service}` is the number of rows not yet acknowledged (set-aside rows not
   counted: they wait for nobody).
+* The operator sees the set-aside rows and tries them again once the cause is fixed, through the
+  owning service only (gRPC `ccmsec.v1.Outbox`, `ccmsec outbox list|resend`): `list_set_aside`
+  gives id, subject, time, reason and payload size — never the payload —, `requeue` clears the
+  mark of the rows named (or all), so the relay tries them again in their order; refused again,
+  a row is set aside again (logged and counted again).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import asyncio
 import datetime as _dt
 import logging
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Awaitable, Callable, Iterable
 
 from prometheus_client import Counter
@@ -67,6 +73,34 @@ KEEP_SENT = _dt.timedelta(hours=1)  # acknowledged rows kept this long (inspecti
 KEEP_SET_ASIDE = _dt.timedelta(seconds=bus_mod.STREAM_MAX_AGE)
 _REMEMBER = 10_000       # acknowledged ids remembered in memory for wait_sent
 SET_ASIDE = "set aside: "  # last_error of a row refused for good: the relay no longer picks it
+
+LIST_DEFAULT, LIST_MAX = 100, 1000   # set-aside rows one listing returns: default, most
+REQUEUE_MAX = 1000                   # ids one re-queue may name
+REQUEUED = "re-queued by the operator after: "  # last_error of a row put back in the queue
+
+
+class NotSetAside(LookupError):
+    """A re-queue named rows that are not set aside on this node (unknown, sent, waiting)."""
+
+    def __init__(self, ids: list[int]):
+        shown = ", ".join(str(i) for i in ids[:20]) + (f" (+{len(ids) - 20} more)" if len(ids) > 20 else "")
+        super().__init__(f"no set-aside outbox row with id {shown} on this node (see the list)")
+        self.ids = ids
+
+
+@dataclass(frozen=True)
+class SetAsideRow:
+    """What an operator sees of a set-aside row: never its payload, only the payload's size."""
+
+    id: int
+    event_id: str
+    kind: str
+    subject: str
+    created_at: _dt.datetime
+    reason: str
+    payload_bytes: int
+    attempts: int
+
 
 PublishEvent = Callable[[events_pb2.Event, "str | None"], Awaitable[object]]
 
@@ -250,6 +284,62 @@ class OutboxRelay:
         if len(rows) == BATCH:
             self._wake.set()  # more behind this batch
         return True
+
+    def _set_aside_rows(self):
+        return ((OutboxRow.origin == self.origin) & OutboxRow.sent_at.is_(None)
+                & OutboxRow.last_error.like(SET_ASIDE + "%"))
+
+    async def list_set_aside(self, limit: int = LIST_DEFAULT) -> tuple[list[SetAsideRow], int]:
+        """This origin's set-aside rows, oldest first (at most `limit`, bounded by LIST_MAX), and
+        how many there are in all. The payload is not read out: only its size."""
+        limit = max(1, min(int(limit or LIST_DEFAULT), LIST_MAX))
+        async with self.db() as session:
+            total = await session.scalar(select(func.count()).select_from(OutboxRow).where(
+                self._set_aside_rows())) or 0
+            found = (await session.execute(select(
+                OutboxRow.seq, OutboxRow.event_id, OutboxRow.kind, OutboxRow.target,
+                OutboxRow.created_at, OutboxRow.last_error, func.length(OutboxRow.payload),
+                OutboxRow.attempts).where(self._set_aside_rows()).order_by(OutboxRow.seq)
+                .limit(limit))).all()
+        rows = []
+        for seq, event_id, kind, target, created, error, size, attempts in found:
+            try:
+                subject = bus_mod.subject_for(kind, target, self.role)
+            except bus_mod.BusError:
+                subject = ""  # its kind (or target) has no subject: the reason says so
+            if created is not None and created.tzinfo is None:  # SQLite gives naive UTC back
+                created = created.replace(tzinfo=_dt.timezone.utc)
+            rows.append(SetAsideRow(seq, event_id, kind, subject, created,
+                                    error[len(SET_ASIDE):], int(size or 0), attempts))
+        return rows, total
+
+    async def requeue(self, ids: Iterable[int] | None = None) -> list[int]:
+        """Put set-aside rows back in the queue (`ids`, or every one with None): the relay tries
+        them again in their order, and sets aside again (logged, counted) one refused again.
+        Nothing changes if one of `ids` is not a set-aside row of this origin (NotSetAside)."""
+        wanted = None if ids is None else sorted({int(i) for i in ids})
+        if wanted is not None and len(wanted) > REQUEUE_MAX:
+            raise ValueError(f"at most {REQUEUE_MAX} ids at once (or all)")
+        async with self.db() as session, session.begin():
+            query = select(OutboxRow.seq, OutboxRow.event_id, OutboxRow.last_error).where(
+                self._set_aside_rows())
+            if wanted is not None:
+                query = query.where(OutboxRow.seq.in_(wanted))
+            found = (await session.execute(query.order_by(OutboxRow.seq))).all()
+            if wanted is not None:
+                missing = sorted(set(wanted) - {seq for seq, _, _ in found})
+                if missing:
+                    raise NotSetAside(missing)
+            for seq, _event_id, error in found:
+                await session.execute(update(OutboxRow).where(OutboxRow.seq == seq).values(
+                    last_error=(REQUEUED + error[len(SET_ASIDE):])[:300]))
+        for _seq, event_id, _error in found:
+            self._set_aside.pop(event_id, None)
+        if found:
+            log.warning("outbox: %d set-aside event(s) re-queued by the operator", len(found),
+                        extra={"origin": self.origin, "ids": ",".join(str(s) for s, _, _ in found[:50])})
+            self.kick()
+        return [seq for seq, _, _ in found]
 
     async def prune(self, now: _dt.datetime | None = None) -> None:
         """Delete this origin's rows acknowledged over KEEP_SENT ago, and its set-aside rows staged

@@ -152,6 +152,12 @@ _TABLE: dict[str, dict[str, frozenset[str]]] = {
         "AddSharedCluster": ADMIN,
         "ListSharedClusters": ADMIN,
     },
+    # Every service's own outbox (runtime/servicer.py OutboxServicer): its set-aside rows, listed
+    # and re-queued by the operator only (`ccmsec outbox list|resend`).
+    "ccmsec.v1.Outbox": {
+        "ListSetAside": ADMIN,
+        "Resend": ADMIN,
+    },
     # Open to every identity of the cluster: liveness probes and tooling.
     "grpc.health.v1.Health": {"Check": ANY, "Watch": ANY},
     "grpc.reflection.v1.ServerReflection": {"ServerReflectionInfo": ANY},

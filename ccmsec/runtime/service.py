@@ -43,7 +43,8 @@ from ccmsec.runtime import metrics
 from ccmsec.runtime.metrics import UP, serve_metrics
 from ccmsec.runtime.outbox import OutboxRelay, stage
 from ccmsec.runtime.settings import ServiceSettings, SettingsError, load_settings
-from ccmsec_proto import common_pb2, events_pb2
+from ccmsec.runtime.servicer import OutboxServicer
+from ccmsec_proto import common_pb2, events_pb2, outbox_pb2_grpc
 
 class StartError(Exception):
     """The service cannot start for a reason its own state gives (one clear line, no traceback)."""
@@ -348,6 +349,8 @@ class Service:
         self.spawn(self.outbox.run())
         self.grpc = GrpcServer(self.identity, s.host, s.grpc_port)
         self.grpc.gate.on_denied = self._report_refusal
+        # The operator's view of this node's set-aside outbox rows, and their re-queue.
+        self.grpc.add(outbox_pb2_grpc.add_OutboxServicer_to_server, OutboxServicer(self), "ccmsec.v1.Outbox")
         try:
             await self.setup()
             if self.owns_process and self.long_lived_connections:

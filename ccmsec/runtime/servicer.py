@@ -64,3 +64,58 @@ def change_actor(service, context) -> ChangeActor:
             return ChangeActor(f"{user} (via {caller})", "admin-api", remote)
         return ChangeActor(caller, "admin-api", remote)
     return ChangeActor(caller, "grpc", remote)
+
+
+class OutboxServicer:
+    """`ccmsec.v1.Outbox` on every service's gRPC server: the operator's view of this node's
+    outbox rows set aside (never published), and their re-queue. The service owns its outbox:
+    another service or tool reaches it only through here (rpc_policy: cli, admin-api)."""
+
+    def __init__(self, service):
+        self.service = service
+
+    def _relay(self):
+        relay = getattr(self.service, "outbox", None)
+        if relay is None:
+            raise LookupError(f"{self.service.role}/{self.service.node} has no outbox yet (starting)")
+        return relay
+
+    async def ListSetAside(self, request, context):  # noqa: N802 - gRPC method name
+        from ccmsec.runtime.outbox import LIST_MAX
+        from ccmsec_proto import outbox_pb2
+
+        if request.limit > LIST_MAX:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT,
+                        f"limit {request.limit} is over {LIST_MAX}")
+        try:
+            rows, total = await self._relay().list_set_aside(request.limit)
+        except LookupError as exc:
+            await abort(context, grpc.StatusCode.UNAVAILABLE, str(exc))
+        return outbox_pb2.ListSetAsideReply(
+            role=self.service.role, node=self.service.node, total=total, rows=[
+                outbox_pb2.SetAsideRow(
+                    id=r.id, event_id=r.event_id, kind=r.kind, subject=r.subject,
+                    created_unix_ms=int(r.created_at.timestamp() * 1000) if r.created_at else 0,
+                    reason=r.reason, payload_bytes=r.payload_bytes, attempts=r.attempts)
+                for r in rows])
+
+    async def Resend(self, request, context):  # noqa: N802 - gRPC method name
+        from ccmsec.runtime.outbox import REQUEUE_MAX, NotSetAside
+        from ccmsec_proto import outbox_pb2
+
+        if request.all == bool(request.ids):
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT,
+                        "name the set-aside rows to resend (ids) or ask for all of them, not both")
+        if len(request.ids) > REQUEUE_MAX:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT,
+                        f"{len(request.ids)} ids: at most {REQUEUE_MAX} at once (or all)")
+        try:
+            requeued = await self._relay().requeue(None if request.all else list(request.ids))
+        except NotSetAside as exc:
+            await abort(context, grpc.StatusCode.NOT_FOUND,
+                        f"{self.service.role}/{self.service.node}: {exc}; nothing re-queued")
+        except LookupError as exc:
+            await abort(context, grpc.StatusCode.UNAVAILABLE, str(exc))
+        self.service.log.warning("set-aside outbox rows re-queued", extra={
+            "caller": caller_of(self.service, context), "count": len(requeued)})
+        return outbox_pb2.ResendReply(ids=requeued)

@@ -35,6 +35,7 @@ SERVICE_ROLE = {
     "ccmsec.v1.CtlProvider": "ctl-provider", "ccmsec.v1.KeyManager": "keymanager",
     "ccmsec.v1.PhoneSim": "phone-sim", "ccmsec.v1.Srst": "srst",
     "ccmsec.v1.SrtpGateway": "srtp-gateway", "ccmsec.v1.TftpSigner": "tftp-signer",
+    "ccmsec.v1.Outbox": "keymanager",  # every role serves its own outbox; one is enough here
 }
 
 
