@@ -397,7 +397,10 @@ def down(data_dir: Path, *, quiet: bool = False) -> int:
     sup = supervisor_pid(data_dir)
     if sup:
         os.kill(sup, signal.SIGTERM)
-    deadline = time.monotonic() + DOWN_TIMEOUT
+    # The supervisor's own budget when it is longer (phone-sim's final save of phones.json).
+    budget = (read_state(data_dir) or {}).get("stop_timeout")
+    budget = float(budget) + 4.0 if isinstance(budget, (int, float)) and 0 < budget < 4 * 3600 else 0.0
+    deadline = time.monotonic() + max(DOWN_TIMEOUT, budget)
     while time.monotonic() < deadline and cluster_pids(data_dir):
         if not quiet:
             _progress(f"stopping cluster in {data_dir}: {len(cluster_pids(data_dir))} processes left")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import fcntl
 import logging
 import os
@@ -31,6 +32,11 @@ from ccmsec.runtime.service import RESTART_EXIT_CODE
 log = logging.getLogger("ccmsec.supervisor")
 
 STOP_TIMEOUT = 8.0
+# phone-sim's final save of phones.json outlives its shutdown steps (each CCMSEC_SHUTDOWN_GRACE +
+# 0.5 s), up to CCMSEC_PHONE_STORE_SAVE_LIMIT (ccmsec_phone_sim.fleet.FINAL_SAVE_LIMIT by default):
+# killed at STOP_TIMEOUT like the others, a large fleet's save was cut and its phones' changes lost.
+PHONE_STORE_SAVE_LIMIT = 120.0
+SHUTDOWN_GRACE = 4.0
 BACKOFF_MAX = 10.0
 STABLE_AFTER = 30.0
 # A restart the service asked for (exit 75: a service.restart event, `ccmsec` restart) is no crash:
@@ -98,10 +104,28 @@ class Child:
         except (ProcessLookupError, PermissionError):
             pass  # nothing left (the usual case)
 
+    def stop_timeout(self) -> float:
+        """How long a SIGTERM'd child may take to stop before it is killed: STOP_TIMEOUT, and for
+        phone-sim also its two shutdown steps and its final save's limit (from its environment; a
+        value the service refuses stops it at once, so the defaults serve then)."""
+        if self.env.get("CCMSEC_SERVICE") != "phone-sim":
+            return STOP_TIMEOUT
+        grace = _seconds(self.env.get("CCMSEC_SHUTDOWN_GRACE"), SHUTDOWN_GRACE, 30)
+        limit = _seconds(self.env.get("CCMSEC_PHONE_STORE_SAVE_LIMIT"), PHONE_STORE_SAVE_LIMIT, 3600)
+        return STOP_TIMEOUT + 2 * (grace + 0.5) + limit
+
     def info(self) -> dict:
         return {"pid": self.proc.pid if self.proc else 0, "restarts": self.restarts,
                 "last_exit": self.last_exit, "state": self.state,
                 "uid": self.account.uid if self.account else os.geteuid()}
+
+
+def _seconds(text: str | None, default: float, most: float) -> float:
+    try:
+        value = float(text) if text is not None else default
+    except ValueError:
+        return default
+    return value if 0 <= value <= most else default
 
 
 class Supervisor:
@@ -121,6 +145,12 @@ class Supervisor:
         env.pop("PYTHONDONTWRITEBYTECODE", None)  # let services reuse compiled bytecode across restarts
         return env
 
+    def stop_timeout(self) -> float:
+        """The most stopping every child takes: the services (at once), then NATS (`ccmsec down`
+        waits this long before it kills what is left itself)."""
+        services = [c.stop_timeout() for n, c in self.children.items() if n != "nats"]
+        return max(services, default=0.0) + STOP_TIMEOUT
+
     def save(self) -> None:
         write_state(self.data, {
             "supervisor_pid": os.getpid(),
@@ -128,6 +158,7 @@ class Supervisor:
             "base": self.cluster.base,
             "nats_url": self.cluster.nats_url,
             "children": {name: c.info() for name, c in self.children.items()},
+            "stop_timeout": self.stop_timeout(),
             "updated": time.time(),
         })
 
@@ -258,17 +289,19 @@ class Supervisor:
                 c.proc.send_signal(signal.SIGTERM)
             except ProcessLookupError:
                 pass
-        if live:
-            done, pending = await asyncio.wait([asyncio.create_task(c.proc.wait()) for c in live],
-                                               timeout=STOP_TIMEOUT)
-            for c in live:
-                if c.proc.returncode is None:
-                    log.warning("killing unresponsive process", extra={"child": c.name, "pid": c.proc.pid})
-                    try:
-                        c.proc.kill()
-                    except ProcessLookupError:
-                        pass
-                    await c.proc.wait()
+        # Each child its own time (phone-sim's final save); the others are not held for it.
+        async def stopped(c: Child) -> None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(c.proc.wait(), c.stop_timeout())
+            if c.proc.returncode is None:
+                log.warning("killing unresponsive process", extra={"child": c.name, "pid": c.proc.pid})
+                try:
+                    c.proc.kill()
+                except ProcessLookupError:
+                    pass
+                await c.proc.wait()
+
+        await asyncio.gather(*(stopped(c) for c in live))
         for c in children:
             c.kill_leftovers()
             c.state = "stopped"
