@@ -133,3 +133,25 @@ async def test_rst9_resets_refused_by_a_closing_fleet_are_not_counted_as_done(tm
     await asyncio.wait({work}, timeout=5)
     assert work.cancelled()               # not done: the bus gives the event back
     assert phone.boots == 0
+
+
+async def test_rst_device_and_all_resets_refused_by_a_closing_fleet_are_not_counted_as_done(tmp_path):
+    """RST-1/RST-9: teardown closes the fleet while the bus still delivers events. A reset of named
+    devices, or of all phones, handled then had every boot refused by the closed phones, yet the
+    handler returned as done: the event was acknowledged and recorded, no phone reset (only a
+    node's reset was given back). Now such a reset ends as cancelled work: given back."""
+    svc = PhoneSimService(PhoneSimSettings(service="phone-sim", data_dir=tmp_path))
+    svc.fleet = Fleet(tmp_path / "phone-sim", Network("127.0.0.1", 9, tftp_timeout=5, tftp_retries=1))
+    (phone,) = await svc.fleet.add(1, "7960", "SEP0B0D")
+    phone.state = State.REGISTERED
+    await svc.fleet.close()               # teardown: the phones are closed
+    for reset in (events_pb2.DeviceReset(devices=[phone.name], rule="RST-1"),
+                  events_pb2.DeviceReset(all=True, rule="RST-3")):
+        work = await svc.on_device_reset(events_pb2.Event(
+            id="r", occurred_unix_ms=int(time.time() * 1000), device_reset=reset))
+        assert work is not None and work.cancelled(), reset   # not done: the bus gives it back
+    assert phone.boots == 0
+    # A reset that names no powered phone has nothing to do: done, closing or not.
+    assert await svc.on_device_reset(events_pb2.Event(
+        id="n", occurred_unix_ms=int(time.time() * 1000),
+        device_reset=events_pb2.DeviceReset(devices=["SEP0B0DFFFFFF"], rule="RST-1"))) is None

@@ -315,6 +315,13 @@ class PhoneSimService(Service):
             wanted = set(reset.devices)
             runners = [r for r in self.fleet.powered() if r.phone.name in wanted]
         await self._reset(event, runners, requested_at)
+        if self.fleet.closing and runners:
+            # Shutting down (teardown closes the fleet while the bus still delivers): the closed
+            # phones refused their boots. Not done, so not acknowledged: work ended cancelled,
+            # which the bus gives back for after the restart (as for a node's resets).
+            refused = asyncio.get_running_loop().create_future()
+            refused.cancel()
+            return refused
         return None
 
     async def _reset_node(self, event, server: str, requested_at: float) -> None:
