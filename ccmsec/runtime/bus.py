@@ -65,7 +65,9 @@ IN_PROGRESS_EVERY = 10.0
 # lock never released, a peer that never answers) is cancelled, logged as an error and its event
 # given back (nak'ed, delivered again: the consumer's max_deliver bounds the tries) — in progress
 # for ever, the event was neither handled nor delivered again, and nothing said so.
-WORK_LIMIT = 300.0
+# Generous (30 ack waits): legitimate work, a large node's resets stopping its phones one by one,
+# is not to be cut — and one cut anyway goes on at its redelivery (phones booted since are skipped).
+WORK_LIMIT = 900.0
 SeenCheck = Callable[[str, str], Awaitable[bool]]
 SeenMark = Callable[[str, str], Awaitable[None]]
 Refused = Callable[[str, str, str], None]   # (publisher role, kind, reason)
