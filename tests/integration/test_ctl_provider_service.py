@@ -557,13 +557,14 @@ class _SlowTftpSigner(tftp_signer_pb2_grpc.TftpSignerServicer):
         self.requests: list[tftp_signer_pb2.PublishFileRequest] = []  # as they arrived
         self.arrived = asyncio.Event()
         self.unimplemented = False  # answer PublishFile as a tftp-signer without it would
+        self.delays: list[float] = []  # seconds the next PublishFiles take (then 0.3 each)
 
     async def PublishFile(self, request, context):  # noqa: N802
         if self.unimplemented:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not implemented!")
         self.requests.append(request)
         self.arrived.set()
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(self.delays.pop(0) if self.delays else 0.3)
         self.published.append(request.content)
         return tftp_signer_pb2.PublishFileReply(path=f"/tftp/{request.cluster_path}/{request.name}",
                                                 sha256=request.sha256)
@@ -724,6 +725,33 @@ async def test_chk6_a_commit_cancelled_while_publishing_names_its_publish_in_the
     assert cancelled.generation != 0 and take_back.takes_back == cancelled.generation
     assert take_back.generation not in (0, cancelled.generation, initial.generation)
     assert initial.takes_back == cancelled.takes_back == 0
+    current = await provider.stub.GetCurrentCtl(common_pb2.Empty())
+    assert (current.version, current.ctl) == (1, first)
+
+
+async def test_chk6_a_publish_the_signer_did_not_answer_in_time_is_taken_back(
+        provider_with_signer, tokens, monkeypatch):
+    """CHK-6: a PublishFile that times out (DEADLINE_EXCEEDED: a slow disk, a busy signer) may still
+    be written by the signer afterwards — its write runs on in a thread — and would put live a CTL
+    the refused commit never recorded. Like a cancelled commit, the refusal now takes it back: the
+    recorded CTL is published again naming the timed-out publish's generation (`takes_back`), which
+    the signer then refuses (test_tftp_signer_service.py::
+    test_chk6_a_publish_arriving_after_its_take_back_is_refused); the refusal says so."""
+    from ccmsec_ctl_provider import trust
+
+    provider, signer = provider_with_signer
+    first = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t2"])
+    assert (await provider.stub.CommitCtl(ctl_provider_pb2.CommitCtlRequest(ctl=first))).version == 1
+    second = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t3"])
+    monkeypatch.setattr(trust, "RPC_TIMEOUT", 1.0)
+    signer.delays = [3.0, 0.0]  # the publish outlives its deadline; the take-back is answered
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await provider.stub.CommitCtl(ctl_provider_pb2.CommitCtlRequest(ctl=second, mode=common_pb2.CLUSTER_MIXED))
+    assert refused.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "version 1 is published again and that publish taken back" in refused.value.details()
+    initial, timed_out, take_back = signer.requests
+    assert timed_out.content == second and take_back.content == first
+    assert timed_out.generation != 0 and take_back.takes_back == timed_out.generation
     current = await provider.stub.GetCurrentCtl(common_pb2.Empty())
     assert (current.version, current.ctl) == (1, first)
 

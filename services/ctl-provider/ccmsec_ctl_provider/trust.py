@@ -21,7 +21,8 @@ Commit (CHK-6), in this order so nothing is half done:
      did not record) — on cancellation shielded, then the CancelledError goes on. Each publish
      carries a fresh generation and the take-back names it (`takes_back`): the signer refuses
      that publish if it arrives after the take-back (still in flight when the commit was
-     cancelled), so a late PublishFile cannot put the unrecorded CTL back;
+     cancelled), so a late PublishFile cannot put the unrecorded CTL back; a PublishFile that got
+     no answer (deadline exceeded, connection lost) is taken back the same way;
   5. `mode.changed` and the RST-3 actions (mode changed), then `ctl.updated` and the RST-4 actions
      are published.
 
@@ -55,6 +56,14 @@ log = logging.getLogger("ccmsec.ctl-provider")
 
 LOCAL_CLUSTER_ID = "local"
 RPC_TIMEOUT = 5.0
+# PublishFile answers by which the signer itself refused the file: it wrote nothing and will not.
+# Any other error (no answer in time, connection lost) leaves the outcome open: the commit takes
+# the publish back (`takes_back`) as a cancelled commit does.
+SIGNER_REFUSALS = frozenset({
+    grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.DATA_LOSS, grpc.StatusCode.ABORTED, grpc.StatusCode.UNIMPLEMENTED,
+    grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNAUTHENTICATED,
+})
 
 
 def new_generation() -> int:
@@ -251,8 +260,13 @@ class TrustOperations:
             published_path = published.path
         except grpc.aio.AioRpcError as exc:
             # The signed files are tftp-signer's: without its answer nothing is recorded.
-            raise Refused(exc.code(), f"the tftp-signer did not publish {CTL_FILE_NAME}: "
-                                      f"{exc.details()}") from None
+            why = f"the tftp-signer did not publish {CTL_FILE_NAME}: {exc.details()}"
+            if exc.code() not in SIGNER_REFUSALS:
+                # No answer (deadline, connection lost): the signer may still be writing it, and
+                # would put an unrecorded CTL live after this refusal. Take it back, naming its
+                # generation, exactly as for a cancelled commit.
+                why += await self._take_back_unanswered(stub, previous, generation)
+            raise Refused(exc.code(), why) from None
         except asyncio.CancelledError:  # the signer may have published it all the same — or yet will
             await self._settle_cancelled(stub, previous, sha256, generation)
             raise
@@ -302,6 +316,28 @@ class TrustOperations:
                 continue  # cancelled again: the caller re-raises once the clean-up is done
         if not cleanup.cancelled() and cleanup.exception() is not None:
             log.error("CTL commit cancelled; taking the CTL back failed: %s", cleanup.exception())
+
+    async def _take_back_unanswered(self, stub, previous: tuple[int, bytes] | None,
+                                    generation: int) -> str:
+        """A PublishFile that got no answer (DEADLINE_EXCEEDED, UNAVAILABLE...) may still land at
+        the signer: publish the recorded CTL again naming `generation` in `takes_back`, so the
+        signer refuses that publish if it arrives later and the take-back wins if it was already
+        writing. Returns what to add to the refusal."""
+        if previous is None:
+            return (f"; no earlier CTL exists to put back: if the signer still writes it, "
+                    f"{CTL_FILE_NAME} is on the TFTP server unrecorded — run the CTL client again")
+        version, old = previous
+        try:
+            await stub.PublishFile(tftp_signer_pb2.PublishFileRequest(
+                cluster_path=self.service.settings.tftp_path, name=CTL_FILE_NAME, content=old,
+                sha256=hashlib.sha256(old).hexdigest(), generation=new_generation(),
+                takes_back=generation), timeout=RPC_TIMEOUT)
+        except grpc.aio.AioRpcError as again:
+            log.error("CTL publish unanswered; putting back version %s failed: %s", version, again.details())
+            return (f"; putting back version {version} (so that publish cannot land later) failed "
+                    f"({again.details()}): run the CTL client again")
+        log.warning("CTL publish unanswered: version %s published again, that publish taken back", version)
+        return f"; version {version} is published again and that publish taken back, nothing changed"
 
     async def _unpublish(self, stub, previous: tuple[int, bytes] | None, exc: BaseException,
                          generation: int) -> Refused:
