@@ -24,7 +24,7 @@ import struct
 import sys
 from collections.abc import Awaitable, Callable
 
-from ccmsec.runtime.metrics import TFTP_BYTES, TFTP_ERRORS, TFTP_TRANSFERS
+from ccmsec.runtime.metrics import TFTP_BYTES, TFTP_ERRORS, TFTP_REQUESTS_REFUSED, TFTP_TRANSFERS
 from ccmsec.wire.tftp import (
     DEFAULT_MAX_TIMEOUT,
     ERR_ACCESS_VIOLATION,
@@ -362,6 +362,7 @@ class TftpServer:
             # One sent to 0.0.0.0 or :: goes to this host itself, to whatever listens on that port
             # (a DHCP-style broadcast from 0.0.0.0 gets past the kernel's martian check).
             self.dropped_undeliverable += 1
+            TFTP_REQUESTS_REFUSED.labels("undeliverable").inc()
             log.debug("tftp: request from %s port %s dropped: no answer can reach it", addr[0], addr[1])
             return
         try:
@@ -384,6 +385,7 @@ class TftpServer:
         running = self._per_source.get(source, 0)
         if running >= self.max_sessions_per_source:
             self.refused_per_source += 1
+            TFTP_REQUESTS_REFUSED.labels("per_source").inc()
             self._reply(encode_error(ERR_NOT_DEFINED, "server busy: too many transfers from "
                                                       "your address"), addr, local)
             self._count(packet.filename, "busy")

@@ -111,6 +111,11 @@ TFTP_ERRORS = Counter(
 TFTP_BYTES = Counter(
     "ccmsec_tftp_sent_bytes_total", "file bytes of completed TFTP transfers", ["kind"], registry=REGISTRY,
 )
+TFTP_REQUESTS_REFUSED = Counter(
+    "ccmsec_tftp_requests_refused_total", "TFTP read requests refused before a transfer: per_source (the "
+    "client address's share of transfers is used up) or undeliverable (from port 0 or the unspecified "
+    "address: dropped unanswered)", ["reason"], registry=REGISTRY,
+)
 
 # --- CAPF -------------------------------------------------------------------------------------
 CAPF_SESSIONS = Counter(

@@ -608,6 +608,48 @@ async def test_list_files_and_status(tftp):
     assert status.details["files_served"] == "1" and status.details["tftp_path"] == "cluster1"
 
 
+
+async def test_status_reports_the_requests_refused_per_source_and_dropped_undeliverable(tftp):
+    """Status (and /metrics) show the listener's refusals as they show transfers: a request over
+    its address's share ("server busy: too many transfers from your address") and one from a
+    source no answer can reach (0.0.0.0) are each counted in `details`, and in
+    `ccmsec_tftp_requests_refused_total{reason}`."""
+    from ccmsec.runtime.metrics import REGISTRY
+    from ccmsec.wire import tftp as wire
+
+    def refused(reason: str) -> float:
+        return REGISTRY.get_sample_value("ccmsec_tftp_requests_refused_total", {"reason": reason}) or 0.0
+
+    before = {r: refused(r) for r in ("per_source", "undeliverable")}
+    status = await tftp.stub().Status(common_pb2.Empty(), timeout=5)
+    assert status.details["requests_refused_per_source"] == "0"
+    assert status.details["requests_dropped_undeliverable"] == "0"
+    server = tftp.svc.server
+    server.max_sessions_per_source = 1
+    holder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # asks, never acknowledges: holds the slot
+    second = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        holder.bind((HOST, 0))
+        second.bind((HOST, 0))
+        second.settimeout(5)
+        holder.sendto(wire.encode_rrq("RingList.xml"), (HOST, tftp.port))
+
+        async def holding() -> bool:
+            return server.active_sessions == 1
+        assert await _wait(holding, 5)
+        second.sendto(wire.encode_rrq("RingList.xml"), (HOST, tftp.port))
+        reply = await asyncio.to_thread(second.recv, 2048)
+        assert wire.parse_packet(reply) == wire.Error(0, "server busy: too many transfers from your address")
+        server._on_request(wire.encode_rrq("RingList.xml"), ("0.0.0.0", 6969))  # as the listener got it
+    finally:
+        holder.close()
+        second.close()
+    status = await tftp.stub().Status(common_pb2.Empty(), timeout=5)
+    assert status.details["requests_refused_per_source"] == "1"
+    assert status.details["requests_dropped_undeliverable"] == "1"
+    assert refused("per_source") - before["per_source"] == 1
+    assert refused("undeliverable") - before["undeliverable"] == 1
+
 # --- audit (issue 9 §5) ------------------------------------------------------------------------------
 
 async def test_resign_is_audited_like_every_owners_write(tftp):

@@ -266,6 +266,8 @@ class TftpSignerService(Service):
         for kind in FILE_KINDS:  # exported from the start, at 0
             metrics.TFTP_TRANSFERS.labels(kind, "completed")
             metrics.TFTP_TRANSFERS.labels(kind, "failed")
+        for reason in ("per_source", "undeliverable"):
+            metrics.TFTP_REQUESTS_REFUSED.labels(reason)
         self.server = TftpServer(s.host, s.tftp_port, self.content.resolve, max_sessions=1024,
                                  kind_of=self.content.kind_of)
         await self.server.start()
@@ -414,6 +416,10 @@ class TftpSignerService(Service):
             "transfers_completed": str(self.server.completed if self.server else 0),
             "transfers_failed": str(self.server.failed if self.server else 0),
             "transfers_active": str(self.server.active_sessions if self.server else 0),
+            # requests refused before a transfer: over their address's share ("server busy: too
+            # many transfers from your address"), and dropped unanswered (port 0, 0.0.0.0 / ::)
+            "requests_refused_per_source": str(self.server.refused_per_source if self.server else 0),
+            "requests_dropped_undeliverable": str(self.server.dropped_undeliverable if self.server else 0),
             "files_served": str(sum(c.served.values())),
             "not_found": str(c.not_found), "refused": str(c.refused),
             "shared_clusters": str(len(c.layout.others)),
