@@ -9,6 +9,10 @@ IPV6_PKTINFO which of the host's addresses each request was sent to; the transfe
 that address and the listener's own error replies leave from it, so on a multi-homed host a
 client sees its answers come from the address it asked (its TID check drops anything else).
 
+Addresses are kept whole — IPv6 (host, port, flowinfo, scope_id) — from the request to every answer
+and to the transfer socket's bind: a link-local client (fe80::…%eth0) is reachable only through its
+interface, and a listener may bind a link-local address itself (`TftpServer("fe80::1%eth0", 69, …)`).
+
     async def resolve(filename: str, client: tuple[str, int]) -> bytes | None: ...
     async with TftpServer("127.0.0.1", 0, resolve) as server:
         data = await tftp_get(*server.address, "SEP001122334455.cnf.xml", blksize=1428)
@@ -74,14 +78,23 @@ def _is_wildcard(host: str) -> bool:
         return host == ""
 
 
-def _udp_socket(host: str, bind_host: str | None = None, scope_id: int = 0) -> socket.socket:
-    """A non-blocking UDP socket on an ephemeral port (a fresh TFTP TID)."""
-    sock = socket.socket(_family(host), socket.SOCK_DGRAM)
+def _sockaddr(host: str, port: int) -> tuple:
+    """The socket address of a numeric `host`: (host, port), or for IPv6 the full
+    (host, port, flowinfo, scope_id), so a link-local `fe80::1%eth0` keeps its interface (a
+    2-tuple binds or sends with scope id 0: EINVAL, or whichever interface the routing picks)."""
+    if _family(host) == socket.AF_INET:
+        return (host, port)
+    return socket.getaddrinfo(host, port, socket.AF_INET6, socket.SOCK_DGRAM, 0,
+                              socket.AI_NUMERICHOST)[0][4]
+
+
+def _udp_socket(family: int, bind: tuple) -> socket.socket:
+    """A non-blocking UDP socket bound to `bind` (a full socket address, port 0: a fresh TFTP TID)."""
+    sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _SOCKET_BUFFER)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SOCKET_BUFFER)
-        address = host if bind_host is None else bind_host
-        sock.bind((address, 0, 0, scope_id) if sock.family == socket.AF_INET6 else (address, 0))
+        sock.bind(bind)
         sock.setblocking(False)
     except BaseException:
         sock.close()
@@ -132,7 +145,9 @@ class _Driver(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple) -> None:
         if self.finished.done():
             return
-        self._send(self.machine.receive(data, addr[:2], self.loop.time()))
+        # The whole address: an IPv6 peer's scope id is part of who it is (fe80::1 on eth0 and
+        # on eth1 are two hosts), and replies go back to the same tuple.
+        self._send(self.machine.receive(data, addr, self.loop.time()))
 
     def error_received(self, exc: Exception) -> None:
         # ICMP port unreachable etc.: the retransmission timer decides when to give up.
@@ -269,7 +284,7 @@ class TftpServer:
         sock = socket.socket(_family(self.host), socket.SOCK_DGRAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * _SOCKET_BUFFER)
-            sock.bind((self.host, self.port))
+            sock.bind(_sockaddr(self.host, self.port))
             sock.setblocking(False)
             self._pktinfo = _is_wildcard(self.host) and self._want_pktinfo(sock)
             self._cmsg_space = (socket.CMSG_SPACE(_IN6_PKTINFO.size) + socket.CMSG_SPACE(_IN_PKTINFO.size)
@@ -315,7 +330,8 @@ class TftpServer:
             log.debug("tftp listener error: %s", exc)
             return
         local = _local_address(ancdata, sock.family) if self._pktinfo else None
-        self._on_request(data, addr[:2], local)
+        # The full address: a link-local client's scope id is what routes the answers back to it.
+        self._on_request(data, addr, local)
 
     async def close(self) -> None:
         if self._sock is not None:
@@ -409,17 +425,25 @@ class TftpServer:
         else:
             self._per_source.pop(addr[0], None)
 
-    def _transfer_socket(self, local: tuple[str, int] | None) -> socket.socket:
+    def _transfer_socket(self, local: tuple[str, int] | None, addr: tuple = ()) -> socket.socket:
         """The TID socket binds the address the request was sent to (RFC 1350: the client drops
-        DATA from any other address); a link-local IPv6 address needs its interface too. If that
-        address cannot be bound (removed meanwhile), the listener's address as before."""
+        DATA from any other address); a link-local IPv6 address needs its interface too (from
+        IPV6_PKTINFO, else the request's own scope id). If that address cannot be bound (removed
+        meanwhile), the listener's address as before — its full socket address, scope id included
+        (a listener on `fe80::1%eth0` binds its transfers on eth0, not with scope id 0: EINVAL)."""
+        sock = self._sock
+        family = sock.family if sock is not None else _family(self.host)
         if local is not None:
             try:
-                scope = local[1] if ipaddress.ip_address(local[0]).is_link_local else 0
-                return _udp_socket(self.host, local[0], scope)
+                scope = 0
+                if ipaddress.ip_address(local[0]).is_link_local:
+                    scope = local[1] or (addr[3] if len(addr) == 4 else 0)
+                return _udp_socket(family, (local[0], 0, 0, scope) if family == socket.AF_INET6
+                                   else (local[0], 0))
             except (OSError, ValueError) as exc:
                 log.warning("tftp: cannot bind the request's local address %s: %s", local[0], exc)
-        return _udp_socket(self.host)
+        listening = sock.getsockname() if sock is not None else _sockaddr(self.host, 0)
+        return _udp_socket(family, (listening[0], 0, *listening[2:4]))
 
     async def _serve(self, request: Request, addr: tuple, local: tuple[str, int] | None = None) -> None:
         loop = self._loop
@@ -457,7 +481,7 @@ class TftpServer:
         )
         driver = _Driver(transfer, loop)
         try:
-            sock = self._transfer_socket(local)
+            sock = self._transfer_socket(local, addr)
             try:
                 transport, _ = await loop.create_datagram_endpoint(lambda: driver, sock=sock)
             except BaseException:
@@ -500,9 +524,10 @@ async def tftp_get(
 ) -> bytes:
     """Fetch one file. Raises TftpError with the server's code and message, or TftpTimeoutError.
 
-    `host` is an IP address or a name resolved to one first (the answer's source address is
-    checked against it: a compose service name, say); the local socket binds to `bind_host`, by
-    default the wildcard address of the same family.
+    `host` is an IP address (a link-local one with its interface: `fe80::1%eth0`) or a name
+    resolved to one first (the answer's source address is checked against it: a compose service
+    name, say); the local socket binds to `bind_host`, by default the wildcard address of the same
+    family. The socket is closed on every path, a failed set-up included.
     """
     loop = asyncio.get_running_loop()
     try:
@@ -514,12 +539,17 @@ async def tftp_get(
             raise TftpError(ERR_NOT_DEFINED, f"cannot resolve {host!r}: {exc}") from None
     if bind_host is None:
         bind_host = "::" if ":" in host else "0.0.0.0"
+    try:
+        server = _sockaddr(host, port)
+        bind = _sockaddr(bind_host, 0)
+    except (OSError, UnicodeError) as exc:
+        raise TftpError(ERR_NOT_DEFINED, f"bad address {host!r} / {bind_host!r}: {exc}") from None
     client = ReadClient(
-        filename, (host, port), mode=mode, blksize=blksize, windowsize=windowsize, tsize=tsize,
+        filename, server, mode=mode, blksize=blksize, windowsize=windowsize, tsize=tsize,
         timeout=timeout, max_retries=retries, max_size=max_size,
     )
     driver = _Driver(client, loop)
-    transport, _ = await loop.create_datagram_endpoint(lambda: driver, sock=_udp_socket(host, bind_host))
+    transport, _ = await loop.create_datagram_endpoint(lambda: driver, sock=_udp_socket(_family(host), bind))
     try:
         driver.begin()
         await driver.finished

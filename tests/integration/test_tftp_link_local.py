@@ -1,0 +1,125 @@
+"""TFTP with link-local IPv6 clients (fe80::…%interface), over real interfaces.
+
+A link-local address means nothing without its interface: the scope id in the socket address. The
+test builds a small network of its own — a user and network namespace (`unshare -rn`, no root
+needed, gone when the process exits) holding the server, a veth pair to a second namespace holding
+the client, and a decoy veth pair whose fe80::/64 route the routing table prefers — so an answer
+sent without the request's scope id leaves by the decoy and never reaches the client.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytestmark = pytest.mark.timeout(120)
+
+SERVER = textwrap.dedent(r'''
+    import asyncio, json, subprocess, sys
+    from ccmsec.aio.tftp import TftpServer
+    from ccmsec.wire.tftp import TftpError
+
+    FILES = {"SEP001122334455.cnf.xml": bytes(range(256)) * 40}
+
+    async def resolve(name, client):
+        return FILES.get(name)
+
+    def sh(cmd):
+        subprocess.run(cmd, shell=True, check=True)
+
+    CHILD = """
+    import asyncio, json, socket, subprocess, sys, time
+    from ccmsec.aio.tftp import tftp_get
+    from ccmsec.wire.tftp import TftpError
+    print("ready", flush=True)
+    sys.stdin.readline()                           # v1 has been moved into this namespace
+    subprocess.run("ip link set lo up; ip link set v1 up; ip -6 addr add fe80::2/64 dev v1 nodad",
+                   shell=True, check=True)
+    ports = json.loads(sys.stdin.readline())
+    async def fetch(port, name):
+        try:
+            data = await tftp_get("fe80::1%v1", port, name, timeout=0.3, retries=3)
+            return ["ok", len(data)]
+        except TftpError as exc:
+            return ["error", exc.code, exc.message]
+    async def main():
+        out = {}
+        for case, port in ports.items():
+            out[case] = [await fetch(port, "SEP001122334455.cnf.xml"), await fetch(port, "missing")]
+        print(json.dumps(out), flush=True)
+    asyncio.run(main())
+    """
+
+    async def main():
+        sh("ip link set lo up")
+        sh("ip link add v0 type veth peer name v1 && ip link set v0 up "
+           "&& ip -6 addr add fe80::1/64 dev v0 nodad")
+        # The decoy: an interface whose fe80::/64 route is preferred, so an answer without the
+        # request's scope id leaves by it and is lost.
+        sh("ip link add w0 type veth peer name w1 && ip link set w0 up && ip link set w1 up "
+           "&& ip -6 route add fe80::/64 dev w0 metric 1")
+        child = await asyncio.create_subprocess_exec(
+            "unshare", "-n", sys.executable, "-c", CHILD,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+        assert (await child.stdout.readline()).strip() == b"ready"
+        sh(f"ip link set v1 netns {child.pid}")
+        child.stdin.write(b"go\n")
+        servers = {
+            "link-local listener": TftpServer("fe80::1%v0", 0, resolve, timeout=0.3),
+            "wildcard listener": TftpServer("::", 0, resolve, timeout=0.3),
+            "wildcard listener without IPV6_PKTINFO": TftpServer("::", 0, resolve, timeout=0.3),
+        }
+        servers["wildcard listener without IPV6_PKTINFO"]._want_pktinfo = lambda sock: False
+        started = {}
+        for case, server in servers.items():
+            try:
+                await server.start()
+                started[case] = server.address[1]
+            except OSError as exc:
+                started[case] = None
+                print(json.dumps({"start failed": case, "error": str(exc)}), file=sys.stderr)
+        child.stdin.write(json.dumps({c: p for c, p in started.items() if p}).encode() + b"\n")
+        line = await asyncio.wait_for(child.stdout.readline(), 60)
+        await child.wait()
+        for server in servers.values():
+            await server.close()
+        result = json.loads(line) if line else {}
+        result.update({c: "did not start" for c, p in started.items() if not p})
+        print(json.dumps(result))
+
+    asyncio.run(main())
+''')
+
+
+def _namespaces_available() -> bool:
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        return False
+    probe = subprocess.run(["unshare", "-rn", "sh", "-c", "unshare -n true && ip link add t0 type veth peer name t1"],
+                           capture_output=True, timeout=10)
+    return probe.returncode == 0
+
+
+def test_link_local_ipv6_clients_are_answered_on_their_own_interface():
+    """A request from fe80::2%v1 is answered — DATA from the transfer socket and the listener's
+    "file not found" — on that interface: the reply address keeps the request's scope id, and the
+    transfer socket binds with it (a listener on `fe80::1%v0` binds, and so do its transfers: with
+    scope id 0 both are EINVAL). Without the scope id, the decoy route carries the answer away and
+    the client times out."""
+    if not _namespaces_available():
+        pytest.skip("user and network namespaces (unshare -rn) with veth are not available here")
+    run = subprocess.run(["unshare", "-rn", sys.executable, "-c", SERVER], capture_output=True, text=True,
+                         timeout=100)
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    found = ["ok", 256 * 40]
+    missing = ["error", 1, "file not found"]
+    assert result == {
+        "link-local listener": [found, missing],
+        "wildcard listener": [found, missing],
+        "wildcard listener without IPV6_PKTINFO": [found, missing],
+    }, run.stderr
