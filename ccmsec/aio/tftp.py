@@ -549,7 +549,12 @@ async def tftp_get(
         timeout=timeout, max_retries=retries, max_size=max_size,
     )
     driver = _Driver(client, loop)
-    transport, _ = await loop.create_datagram_endpoint(lambda: driver, sock=_udp_socket(_family(host), bind))
+    sock = _udp_socket(_family(host), bind)  # closes itself if its own bind fails
+    try:
+        transport, _ = await loop.create_datagram_endpoint(lambda: driver, sock=sock)
+    except BaseException:
+        sock.close()  # the endpoint never took it: nobody else will close it
+        raise
     try:
         driver.begin()
         await driver.finished

@@ -493,3 +493,43 @@ async def test_a_broadcast_request_is_answered_from_the_interface_address_on_a_d
             client_t.close()
     finally:
         await srv.close()
+
+
+async def test_tftp_get_closes_its_socket_when_the_endpoint_set_up_fails(monkeypatch):
+    """`tftp_get` makes its socket, then asyncio's endpoint on it: when that set-up fails (out of
+    memory, a loop refusing the socket, a cancellation) the socket is closed, not left open until
+    the garbage collector finds it — a phone simulator retrying its downloads ran out of files.
+    A bind that fails (an address not on this host) leaves nothing open either."""
+    import gc
+    import warnings
+
+    import ccmsec.aio.tftp as aio
+
+    made: list[socket.socket] = []
+    real = aio._udp_socket
+
+    def recording(*args, **kwargs):
+        sock = real(*args, **kwargs)
+        made.append(sock)
+        return sock
+
+    async def failing(*args, **kwargs):
+        raise OSError("endpoint set-up failed")
+
+    loop = asyncio.get_running_loop()
+    monkeypatch.setattr(aio, "_udp_socket", recording)
+    fds = len(os.listdir("/proc/self/fd"))
+    with monkeypatch.context() as patch:
+        patch.setattr(loop, "create_datagram_endpoint", failing)
+        for _ in range(10):
+            with pytest.raises(OSError, match="endpoint set-up failed"):
+                await tftp_get("127.0.0.1", 69, "SEP001122334455.cnf.xml", timeout=0.1)
+    assert len(made) == 10 and [s.fileno() for s in made] == [-1] * 10
+    for _ in range(10):
+        with pytest.raises(OSError):  # 192.0.2.1 (TEST-NET-1) is no address of this host
+            await tftp_get("127.0.0.1", 69, "SEP001122334455.cnf.xml", bind_host="192.0.2.1", timeout=0.1)
+    assert len(os.listdir("/proc/self/fd")) == fds
+    made.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ResourceWarning)  # an unclosed socket collected here would raise
+        gc.collect()
