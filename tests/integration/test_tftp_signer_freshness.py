@@ -84,7 +84,7 @@ async def _settled(store, quiet=1.0, timeout=20.0) -> int:
     last, since = store.signed, time.monotonic()
     while time.monotonic() < deadline:
         await asyncio.sleep(0.05)
-        if store.signed != last or store._inflight:
+        if store.signed != last or store._inflight or store._jobs:
             last, since = store.signed, time.monotonic()
         elif time.monotonic() - since >= quiet:
             return last

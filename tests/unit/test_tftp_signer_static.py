@@ -316,3 +316,43 @@ async def test_a_read_of_a_replaced_file_that_finishes_late_does_not_replace_the
     assert await content.resolve("bundle.zz") == new
     assert content.static_reads == reads  # B is still the held copy: no read again
     assert content._held_bytes == 2 * MIB and not content._loading
+
+
+class _SlowSigning(SigningPool):
+    """Signs as usual, after a pause (a 16 MiB bundle on a busy machine); counts the signatures."""
+
+    pause = 0.3
+
+    def __init__(self, signer):
+        super().__init__(signer)
+        self.calls = 0
+
+    def sign_one(self, name, payload, timestamp=None):
+        self.calls += 1
+        threading.Event().wait(self.pause)  # in the signing thread (a big payload)
+        return super().sign_one(name, payload, timestamp)
+
+
+@pytest.mark.parametrize("caching", [True, False])
+async def test_requests_waiting_for_a_signature_get_it_when_the_first_requester_is_cancelled(
+        tmp_path, tftp_cert, caching):
+    """AUTH-3/AUTH-4: the request that started signing a file is cancelled (its transfer was
+    cancelled: the phone went away, the server closes): the others waiting for the same file got
+    CancelledError — their tasks ended without even a TFTP error to their phones. The signing goes
+    on (shielded) and each waiter gets the signed copy; it is signed once, and kept."""
+    signer = FileSigner.from_issued(tftp_cert)
+    pool = _SlowSigning(signer)
+    store = SignedStore(pool, tmp_path, caching=caching)
+    payload = os.urandom(2 * MIB)
+    first = asyncio.ensure_future(store.get("cluster1", "bundle.zz", payload))
+    await asyncio.sleep(0.05)  # signing has started in its thread
+    waiters = [asyncio.ensure_future(store.get("cluster1", "bundle.zz", payload)) for _ in range(3)]
+    await asyncio.sleep(0.05)
+    first.cancel()
+    got = await asyncio.gather(*waiters, return_exceptions=True)
+    assert first.cancelled()
+    assert [type(g) for g in got] == [bytes] * 3, got
+    assert _payload_of(got[0], tftp_cert, "bundle.zz") == payload
+    assert pool.calls == 1 and store.signed == 1
+    assert await store.get("cluster1", "bundle.zz", payload) == got[0] and store.hits == 1  # kept
+

@@ -4,6 +4,8 @@
 is reused only when the sha256 of its payload equals the payload asked for, so a changed source is
 always re-signed before it is served (never stale), and a copy is only ever replaced whole (never
 half-written).
+Requests for the same bytes arriving together share one signing job (a task of its own: a request
+cancelled meanwhile does not cancel it, the others get the signed copy).
 
 - caching on: signed copies live in memory, in an LRU bounded by entries and bytes;
 - caching off: they are written atomically to `DATA/tftp/<folder>/signed/NAME.sgn`; a changed
@@ -120,7 +122,10 @@ class SignedStore:
         self._memory_bytes = 0
         # key -> (payload digest, digest of the whole file) of a file on disk known to be ours
         self._on_disk: dict[tuple[str, str], tuple[bytes, bytes]] = {}
+        # (folder, name, payload digest) -> what is signing it now: the pool (refresh), or a job one
+        # request started and every request for the same bytes shares (get).
         self._inflight: dict[tuple[str, str, bytes], asyncio.Future] = {}
+        self._jobs: dict[tuple[str, str, bytes], asyncio.Task] = {}
         self.hits = 0
         self.misses = 0
         self.signed = 0
@@ -224,40 +229,50 @@ class SignedStore:
             return hit
         flight = (folder, name, digest)
         pending = self._inflight.get(flight)
-        if pending is not None:  # the same file is being signed right now (a phone, the pool)
+        if pending is not None and flight not in self._jobs:  # queued in the signing pool (refresh)
             try:
                 return await asyncio.wait_for(asyncio.shield(pending), self.pool_wait)
-            except asyncio.TimeoutError:
-                # Still queued behind thousands of others: this phone is waiting now, so sign its
-                # file here (the pool's copy, same payload, replaces it when it comes).
-                self.misses += 1
-                signed = await self._sign(name, payload)
-                self.signed += 1
-                if self.caching:
-                    self._remember(key, digest, signed)
-                else:
-                    await asyncio.to_thread(self._write, key, digest, signed)
-                return signed
             except Exception:
-                pass  # that signing failed: sign it here
-        self.misses += 1
-        future = asyncio.get_running_loop().create_future()
-        self._inflight[flight] = future
-        try:
-            signed = await self._sign(name, payload)
-            self.signed += 1
-            if self.caching:
-                self._remember(key, digest, signed)
-            else:
-                await asyncio.to_thread(self._write, key, digest, signed)
-            future.set_result(signed)
-            return signed
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # mark retrieved: waiters get it, nobody else needs to
-            raise
-        finally:
-            self._inflight.pop(flight, None)
+                # Still queued behind thousands of others (or that signing failed): this phone is
+                # waiting now, so sign its file here, once for all asking meanwhile (the pool's
+                # copy, same payload, replaces it when it comes).
+                pass
+        job = self._jobs.get(flight)
+        if job is not None:
+            # Another request is signing these very bytes: the same work, so wait for it whole
+            # (a 16 MiB bundle is signed once, however many phones ask at once). The job is a
+            # task of its own: it goes on when the request that started it is cancelled.
+            try:
+                return await asyncio.shield(job)
+            except asyncio.CancelledError:
+                if not job.cancelled():
+                    raise  # this request was cancelled, not the job
+            except Exception:
+                pass  # that signing failed: sign it again (once, shared, like the first)
+            job = self._jobs.get(flight)
+        if job is None:
+            self.misses += 1
+            job = asyncio.ensure_future(self._sign_and_keep(key, digest, name, payload))
+            self._jobs[flight] = job
+            job.add_done_callback(lambda done, flight=flight: self._job_done(flight, done))
+        # Shielded: when this request is cancelled (its transfer ended, the phone went away) the
+        # job goes on, and the others waiting for the same file get it, never a CancelledError.
+        return await asyncio.shield(job)
+
+    async def _sign_and_keep(self, key: tuple[str, str], digest: bytes, name: str, payload: bytes) -> bytes:
+        signed = await self._sign(name, payload)
+        self.signed += 1
+        if self.caching:
+            self._remember(key, digest, signed)
+        else:
+            await asyncio.to_thread(self._write, key, digest, signed)
+        return signed
+
+    def _job_done(self, flight: tuple[str, str, bytes], job: asyncio.Future) -> None:
+        if self._jobs.get(flight) is job:
+            del self._jobs[flight]
+        if not job.cancelled():
+            job.exception()  # retrieved: the requests waiting for it got it, nobody else needs to
 
     async def refresh(self, folder: str, items: list[tuple[str, bytes]], *, force: bool = False) -> int:
         """Re-sign every (name, payload) whose signed copy is missing or stale (every one when
@@ -277,7 +292,7 @@ class SignedStore:
         for index, (name, payload) in enumerate(items):  # claimed with no await: no one signs them twice
             digest, stale = known.get(index) or (_digest(payload), None)
             flight = (folder, name, digest)
-            if flight in self._inflight:
+            if flight in self._inflight or flight in self._jobs:
                 continue
             if stale is None:
                 stale = force or self._cached((folder, name), digest, payload) is None
