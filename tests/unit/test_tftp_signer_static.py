@@ -318,6 +318,39 @@ async def test_a_read_of_a_replaced_file_that_finishes_late_does_not_replace_the
     assert content._held_bytes == 2 * MIB and not content._loading
 
 
+async def test_concurrent_first_sgn_requests_for_a_large_file_hash_and_sign_it_once(
+        tmp_path, tftp_cert, big_hashes, monkeypatch):
+    """AUTH-3: phones booting together ask for the `.sgn` of a bundle not hashed yet at the same
+    moment. Each request hashed the whole file itself (its sha256, before the signing single-flight
+    could see it was the same bytes): 8 requests, 8 hashes of 4 MiB. They now share one hash and one
+    signature — as many sha256 runs of the file as a single request makes — and all get the same
+    signed copy."""
+    import ccmsec_tftp_signer.signing as signing
+
+    real, signs = signing.sign_file, []
+
+    def sign_file(payload, *args, **kw):
+        signs.append(len(payload))
+        return real(payload, *args, **kw)
+    monkeypatch.setattr(signing, "sign_file", sign_file)
+    (tmp_path / "alone").mkdir()
+    (tmp_path / "together").mkdir()
+    alone = _signing_content(tmp_path / "alone", tftp_cert, caching=True)
+    (tmp_path / "alone" / "cluster1" / "bundle.zz").write_bytes(os.urandom(4 * MIB))
+    await alone.resolve("bundle.zz.sgn")
+    one_request, big_hashes[:], signs[:] = len(big_hashes), [], []
+    assert one_request >= 1
+
+    content = _signing_content(tmp_path / "together", tftp_cert, caching=True)
+    image = os.urandom(4 * MIB)
+    (tmp_path / "together" / "cluster1" / "bundle.zz").write_bytes(image)
+    got = await asyncio.gather(*(content.resolve("bundle.zz.sgn") for _ in range(8)))
+    assert len(big_hashes) == one_request, big_hashes  # hashed as often as by one request alone
+    assert signs == [4 * MIB] and content.store.signed == 1
+    assert all(signed is got[0] for signed in got)
+    assert _payload_of(got[0], tftp_cert, "bundle.zz") == image
+
+
 class _SlowSigning(SigningPool):
     """Signs as usual, after a pause (a 16 MiB bundle on a busy machine); counts the signatures."""
 
@@ -356,3 +389,34 @@ async def test_requests_waiting_for_a_signature_get_it_when_the_first_requester_
     assert pool.calls == 1 and store.signed == 1
     assert await store.get("cluster1", "bundle.zz", payload) == got[0] and store.hits == 1  # kept
 
+
+async def test_a_cancelled_first_request_does_not_cancel_the_shared_hash_of_a_large_file(
+        tmp_path, tftp_cert, monkeypatch):
+    """The hash of a large file, shared by the requests that ask for its `.sgn` together, goes on
+    when the request that started it is cancelled: the others get the signed file."""
+    import ccmsec_tftp_signer.files as files
+
+    real, hashes = files.payload_digest, []
+
+    async def slow_digest(payload):  # a 16 MiB bundle on a busy machine
+        hashes.append(len(payload))
+        await asyncio.sleep(0.2)
+        return await real(payload)
+    monkeypatch.setattr(files, "payload_digest", slow_digest)
+    content = _signing_content(tmp_path, tftp_cert, caching=True)
+    image = os.urandom(2 * MIB)
+    (tmp_path / "cluster1" / "bundle.zz").write_bytes(image)
+    await content.resolve("bundle.zz")  # held, not hashed yet
+    first = asyncio.ensure_future(content.resolve("bundle.zz.sgn"))
+    for _ in range(100):
+        if hashes:
+            break
+        await asyncio.sleep(0.01)
+    others = [asyncio.ensure_future(content.resolve("bundle.zz.sgn")) for _ in range(3)]
+    await asyncio.sleep(0.05)  # all waiting for the hash
+    first.cancel()
+    got = await asyncio.gather(*others, return_exceptions=True)
+    assert first.cancelled()
+    assert [type(g) for g in got] == [bytes] * 3, got
+    assert hashes == [2 * MIB]
+    assert _payload_of(got[0], tftp_cert, "bundle.zz") == image and content.store.signed == 1

@@ -111,6 +111,9 @@ class TftpContent:
         # (folder, name) -> (stamp, the read running in a thread): requests for a big file that is
         # not held yet share one read instead of each reading (and holding a copy of) 16 MiB.
         self._loading: dict[tuple[str, str], tuple[tuple, asyncio.Future]] = {}
+        # (folder, name) -> (the bytes, their sha256 being computed in a thread): one hash of a big
+        # file for all the `.sgn` requests that ask for it meanwhile.
+        self._hashing: dict[tuple[str, str], tuple[bytes, asyncio.Future]] = {}
         self.static_budget = MAX_HELD_STATIC_BYTES
         self.static_reads = 0  # files read from disk (a held file served again is no read)
         self.devices = DeviceFiles(owners, endpoints, detector)
@@ -198,11 +201,30 @@ class TftpContent:
         held = self._static.get(key)
         if held is not None and held[1] is payload and held[2] is not None:
             return held[2]
-        digest = await payload_digest(payload)
+        if len(payload) <= BIG_PAYLOAD:  # hashed here, on the loop: kept before anyone else asks
+            digest = await payload_digest(payload)
+            self._keep_digest(key, payload, digest)
+            return digest
+        # Hashed in a thread, once for every request asking meanwhile (phones booting together ask
+        # for the same bundle's .sgn at once): one job, shielded, so a request that gives up (its
+        # transfer cancelled) does not cancel the others' hash.
+        job = self._hashing.get(key)
+        if job is None or job[0] is not payload:
+            future = asyncio.ensure_future(payload_digest(payload))
+            job = self._hashing[key] = (payload, future)
+            future.add_done_callback(lambda f, key=key, job=job: self._hashed(key, job, f))
+        return await asyncio.shield(job[1])
+
+    def _hashed(self, key: tuple[str, str], job: tuple, future: asyncio.Future) -> None:
+        if self._hashing.get(key) is job:
+            del self._hashing[key]
+        if not future.cancelled() and future.exception() is None:
+            self._keep_digest(key, job[0], future.result())
+
+    def _keep_digest(self, key: tuple[str, str], payload: bytes, digest: bytes) -> None:
         held = self._static.get(key)  # re-read: the file may have been replaced meanwhile
         if held is not None and held[1] is payload:
             self._static[key] = (held[0], payload, digest)
-        return digest
 
     async def _read(self, folder: str, name: str) -> bytes | None:
         """A static file's bytes. Kept in memory while one `stat` shows the same file (inode,
