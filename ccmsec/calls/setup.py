@@ -106,6 +106,15 @@ def forward_stat(line_number: int, profile: DeviceProfile, forward_all: str) -> 
         forward_no_answer_number=line.forward_no_answer)
 
 
+def skinny_text(value: str, size: int = 39) -> str:
+    """Text for a Skinny string field (ASCII, NUL-terminated): printable ASCII kept, anything else
+    shown as '?', at most `size` characters. New labels are refused at input
+    (`ccmsec.textsafe.checked_text`, printable ASCII), but a row stored before that check may hold
+    any text; it must not make the message unencodable (SccpProtocolError in the pump, which would
+    drop what was queued for the other phones as well)."""
+    return "".join(ch if " " <= ch <= "~" else "?" for ch in value[:size])
+
+
 def answer(message: s.Message, profile: DeviceProfile, settings: AgentSettings, wall: float,
            forward_all: dict[str, str]) -> list[s.Message]:
     """Replies to one set-up request (an empty list for RegisterAvailableLines, as a real
@@ -125,12 +134,12 @@ def answer(message: s.Message, profile: DeviceProfile, settings: AgentSettings, 
         line = profile.lines[n - 1]
         name = line.display_name or profile.user or line.dn
         label = line.label or (line.dn if name == line.dn else f"{name} {line.dn}")
-        return [u.LineStat(n, line.dn, name[:39], label[:39])]
+        return [u.LineStat(n, line.dn, skinny_text(name), skinny_text(label))]
     if isinstance(message, u.SpeedDialStatReq):
         sd = next((d for d in profile.speed_dials if d.index == message.speed_dial_number), None)
         if sd is None:
             return [u.SpeedDialStat(message.speed_dial_number)]
-        return [u.SpeedDialStat(sd.index, sd.number, (sd.label or sd.number)[:39])]
+        return [u.SpeedDialStat(sd.index, sd.number, skinny_text(sd.label or sd.number))]
     if isinstance(message, u.ForwardStatReq):
         n = message.line_number
         dn = profile.lines[n - 1].dn if 1 <= n <= len(profile.lines) else ""

@@ -767,3 +767,22 @@ def test_keypad_digits_past_24_reach_a_refused_or_a_routed_call():
     (call,) = pa.calls.values()
     assert call.state is CS.RING_OUT and h.only_call().called == "1" * 24
     assert [cl.state for cl in pb.calls.values()] == [CS.RING_IN]
+
+
+def test_a_label_stored_before_the_input_check_still_makes_an_encodable_line_stat():
+    """Free text checked at input (ccmsec.textsafe.checked_text: printable ASCII for what a phone is
+    sent over Skinny) does not clean rows stored before the check: a line label like '本線' or
+    'main\\x1b[2J' still comes out of the database. LineStat and SpeedDialStat must still encode —
+    an unencodable one raised SccpProtocolError in callmanager's pump, losing what was queued for
+    the other phones too. Printable ASCII is kept, anything else shown as '?'."""
+    from ccmsec.calls.setup import answer
+
+    profile = DeviceProfile(A, lines=(LineConfig("1000", label="本線"), LineConfig("1001", label="main\x1b[2J"),
+                                      LineConfig("1002", label="Main line #1")),
+                            speed_dials=(SpeedDial(1, "2000", "café"),))
+    stats = [answer(u.LineStatReq(n), profile, AgentSettings(), 0.0, {})[0] for n in (1, 2, 3)]
+    assert [m.label for m in stats] == ["??", "main?[2J", "Main line #1"]
+    speed = answer(u.SpeedDialStatReq(1), profile, AgentSettings(), 0.0, {})[0]
+    assert speed.display_name == "caf?"
+    for message in (*stats, speed):
+        assert type(message).parse(message.payload()) == message  # encodable: no SccpProtocolError
