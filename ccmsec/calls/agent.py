@@ -698,8 +698,10 @@ class CallAgent:
                     self._close_channel(call, ch, notify=notify)
             if leg in call.legs:
                 call.legs.remove(leg)
-        if hint and call is not None and notify:
-            # The shared line was answered elsewhere: this appearance shows it in use.
+        if hint and call is not None and notify and leg.station.name not in call.hint_refs:
+            # The shared line was answered elsewhere: this appearance shows it in use. A phone
+            # with two appearances of the line shows it once (one hint per device, cleared with
+            # the call): its other ringing appearance is just cleared.
             leg.station.legs.pop(leg.reference, None)
             self.legs.pop(leg.reference, None)
             leg.station.hints[leg.reference] = call.id
@@ -1253,7 +1255,9 @@ class CallAgent:
         if call.phase is CallPhase.CONNECTED:
             for leg in call.parties():
                 for st, instance in self.appearances.get(leg.dn, ()):
-                    if st is not leg.station:
+                    # only a registered phone: one going (its legs are dropped before its
+                    # appearances go) is sent nothing and owes no hint
+                    if st is not leg.station and self.stations.get(st.name) is st:
                         want.setdefault(st.name, []).append(instance)
         for device, (ref, instance) in list(call.hint_refs.items()):
             st = self.stations.get(device)

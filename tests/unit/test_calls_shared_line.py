@@ -218,3 +218,47 @@ def test_call4_a_conference_puts_the_call_on_the_joining_partys_shared_line_appe
     assert sorted(lg.device for lg in view.legs) == [A, B, C]
     (new,) = remote(py)
     assert new != old and cleared_on(h, Y, old) == [1]
+
+
+def test_call4_a_barging_phone_going_leaves_the_call_and_is_sent_no_hint():
+    """X barges into A–B from its hint, then its phone goes (connection lost): A and B talk on,
+    and the gone phone is neither sent a new "in use remote" nor left owing one — its legs are
+    dropped while its appearances of 5000 are still listed, and an appearance of a phone that is
+    gone must not count (it raised KeyError in the agent, half way through the unregister)."""
+    h = Harness()
+    pa, pb, px, pc = on_shared_line(h)
+    (hint,) = remote(px)
+    px.barge(reference=hint)
+    h.pump()
+    assert h.agent.views()[0].barge == "barge"
+    sent = len(h.log)
+    h.gone(X)
+    (view,) = h.agent.views()
+    assert sorted(lg.device for lg in view.legs) == [A, B] and not view.barge
+    assert not [m for d, dev, m in h.log[sent:] if dev == X]
+    assert X not in h.agent.stations
+    assert [st.name for st, _ in h.agent.appearances["5000"]] == [B]
+    # X comes back: it is a phone like any other again (registers, may be called)
+    px2 = h.add(X, "1004", "5000")
+    assert px2.ready and h.agent.stations[X].hints == {}
+
+
+def test_call4_a_phone_with_two_appearances_of_the_line_shows_one_hint_and_loses_it_at_the_end():
+    """X has 5000 on both of its lines: both ring, B answers. X shows the call "in use remote"
+    once (on its first appearance), and when the call ends nothing is left on X — no appearance
+    keeps offering Barge into a call that is over."""
+    h = Harness()
+    pa = h.add(A, "1001")
+    pb = h.add(B, "5000")
+    px = h.add(X, "5000", "5000")
+    h.call(A, "5000")
+    assert sorted(cl.line for cl in px.calls.values()) == [1, 2]   # both appearances ring
+    pb.answer()
+    h.pump()
+    (hint,) = remote(px)
+    assert px.calls[hint].line == 1 and list(h.agent.stations[X].hints) == [hint]
+    pa.hang_up()
+    h.pump()
+    assert h.agent.views() == []
+    assert px.calls == {} and h.agent.stations[X].hints == {}
+    assert cleared_on(h, X, hint) == [1]
