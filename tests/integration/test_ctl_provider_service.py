@@ -756,6 +756,30 @@ async def test_chk6_a_publish_the_signer_did_not_answer_in_time_is_taken_back(
     assert (current.version, current.ctl) == (1, first)
 
 
+async def test_chk6_the_take_back_of_an_unanswered_publish_runs_to_its_end_when_cancelled(
+        provider_with_signer, tokens, monkeypatch):
+    """CHK-6: the commit cancelled (shutdown, the client gone) while it takes back a publish that
+    got no answer: the take-back still completes before the cancellation goes on — cut mid-call,
+    it could land at the signer after the next commit's publish and put an old CTL back over it."""
+    from ccmsec_ctl_provider import trust
+
+    provider, signer = provider_with_signer
+    first = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t2"])
+    assert (await provider.stub.CommitCtl(ctl_provider_pb2.CommitCtlRequest(ctl=first))).version == 1
+    second = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t3"])
+    monkeypatch.setattr(trust, "RPC_TIMEOUT", 1.0)
+    signer.delays = [3.0, 0.5]  # the publish outlives its deadline; the take-back takes a while
+    commit = asyncio.create_task(provider.svc.trust.commit(second, common_pb2.CLUSTER_MIXED, False, "test"))
+    async with asyncio.timeout(10):
+        while len(signer.requests) < 3:  # the take-back is at the signer, not answered
+            await asyncio.sleep(0.02)
+    commit.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await commit
+    assert signer.requests[2].takes_back == signer.requests[1].generation
+    assert signer.published == [first, first]  # the take-back was answered before the cancellation went on
+
+
 async def test_a_ctl_commit_cancelled_after_its_record_landed_leaves_the_published_ctl(
         provider_with_signer, tokens, monkeypatch):
     """The other side of the same race: cancelled once the record's transaction had committed, the

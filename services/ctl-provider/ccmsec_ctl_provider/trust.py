@@ -66,6 +66,22 @@ SIGNER_REFUSALS = frozenset({
 })
 
 
+async def _to_the_end(step):
+    """Await `step` in its own task to its end whatever cancellations arrive meanwhile (it is
+    bounded: RPC_TIMEOUT); a cancellation that arrived is raised once it is done. A take-back
+    cancelled mid-call could otherwise land at the signer after the next commit's publish."""
+    task = asyncio.ensure_future(step)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    return task.result()
+
+
 def new_generation() -> int:
     """A fresh PublishFile generation: random, nonzero, never reused in practice (63 bits), so
     no clock or counter has to survive a restart of either service."""
@@ -265,7 +281,7 @@ class TrustOperations:
                 # No answer (deadline, connection lost): the signer may still be writing it, and
                 # would put an unrecorded CTL live after this refusal. Take it back, naming its
                 # generation, exactly as for a cancelled commit.
-                why += await self._take_back_unanswered(stub, previous, generation)
+                why += await _to_the_end(self._take_back_unanswered(stub, previous, generation))
             raise Refused(exc.code(), why) from None
         except asyncio.CancelledError:  # the signer may have published it all the same — or yet will
             await self._settle_cancelled(stub, previous, sha256, generation)
