@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from typing import Awaitable, Callable, Iterable
 
 from prometheus_client import Counter
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, literal, select, update
 
 from ccmsec.db.outbox import OutboxRow
 from ccmsec.policy.resets import Action
@@ -320,26 +320,29 @@ class OutboxRelay:
         wanted = None if ids is None else sorted({int(i) for i in ids})
         if wanted is not None and len(wanted) > REQUEUE_MAX:
             raise ValueError(f"at most {REQUEUE_MAX} ids at once (or all)")
+        # One UPDATE ... RETURNING, whatever the number of rows: a row-by-row re-queue of --all held
+        # the database's write lock for seconds per ten thousand rows (the service's own writers
+        # waiting) and outlived the caller's deadline.
+        requeued = func.substr(literal(REQUEUED) + func.substr(OutboxRow.last_error, len(SET_ASIDE) + 1),
+                               1, 300)
         async with self.db() as session, session.begin():
-            query = select(OutboxRow.seq, OutboxRow.event_id, OutboxRow.last_error).where(
-                self._set_aside_rows())
+            change = update(OutboxRow).where(self._set_aside_rows())
             if wanted is not None:
-                query = query.where(OutboxRow.seq.in_(wanted))
-            found = (await session.execute(query.order_by(OutboxRow.seq))).all()
-            if wanted is not None:
-                missing = sorted(set(wanted) - {seq for seq, _, _ in found})
+                present = set((await session.scalars(select(OutboxRow.seq).where(
+                    self._set_aside_rows(), OutboxRow.seq.in_(wanted)))).all())
+                missing = sorted(set(wanted) - present)
                 if missing:
                     raise NotSetAside(missing)
-            for seq, _event_id, error in found:
-                await session.execute(update(OutboxRow).where(OutboxRow.seq == seq).values(
-                    last_error=(REQUEUED + error[len(SET_ASIDE):])[:300]))
-        for _seq, event_id, _error in found:
+                change = change.where(OutboxRow.seq.in_(wanted))
+            found = sorted((await session.execute(change.values(last_error=requeued).returning(
+                OutboxRow.seq, OutboxRow.event_id).execution_options(synchronize_session=False))).all())
+        for _seq, event_id in found:
             self._set_aside.pop(event_id, None)
         if found:
             log.warning("outbox: %d set-aside event(s) re-queued by the operator", len(found),
-                        extra={"origin": self.origin, "ids": ",".join(str(s) for s, _, _ in found[:50])})
+                        extra={"origin": self.origin, "ids": ",".join(str(s) for s, _ in found[:50])})
             self.kick()
-        return [seq for seq, _, _ in found]
+        return [seq for seq, _ in found]
 
     async def prune(self, now: _dt.datetime | None = None) -> None:
         """Delete this origin's rows acknowledged over KEEP_SENT ago, and its set-aside rows staged

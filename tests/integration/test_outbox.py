@@ -1104,3 +1104,42 @@ async def test_a_refusal_of_a_longer_subject_is_not_taken_for_the_one_being_publ
     finally:
         await bus.close()
         stop_process(proc)
+
+
+async def test_resend_all_of_many_set_aside_rows_is_one_statement_and_touches_only_them(tmp_path):
+    """`ccmsec outbox resend SERVICE --all` (Outbox/Resend): a misconfigured permission (BUS-2) sets
+    aside every event of a kind, thousands a day. The re-queue updated them one by one in a single
+    transaction — 20,000 rows took ~24 s here, holding the database's write lock while the
+    service's own writers waited, and past the command line's 30 s deadline for more. Now one
+    UPDATE ... RETURNING re-queues them however many there are: the reply names each, oldest first,
+    the reason is kept, and a waiting row or another origin's set-aside row is not touched."""
+    import sqlalchemy
+
+    engine, db = await open_database(f"sqlite+aiosqlite:///{tmp_path / 'ccmsec.db'}")
+    relay = OutboxRelay(db, lambda e, t: None, origin="node", role="relay-many")
+    many = 5000
+    try:
+        async with db() as session, session.begin():
+            session.add_all([OutboxRow(event_id=f"aside-{i}", origin="node", kind="access.denied", payload=b"",
+                                       attempts=1, last_error=f"set aside: refused {i}") for i in range(many)])
+            session.add(OutboxRow(event_id="waiting", origin="node", kind="access.denied", payload=b"",
+                                  attempts=1, last_error="BusError: no acknowledgement"))
+            session.add(OutboxRow(event_id="other", origin="other-node", kind="access.denied", payload=b"",
+                                  attempts=1, last_error="set aside: refused"))
+        statements: list[str] = []
+
+        def seen(conn, cursor, statement, *args):
+            statements.append(statement.split(None, 1)[0].upper())
+
+        sqlalchemy.event.listen(engine.sync_engine, "before_cursor_execute", seen)
+        requeued = await relay.requeue(None)
+        sqlalchemy.event.remove(engine.sync_engine, "before_cursor_execute", seen)
+        assert statements.count("UPDATE") == 1, statements[:5]
+        assert len(requeued) == many and requeued == sorted(requeued)
+        async with db() as session:
+            rows = {r.event_id: r.last_error for r in (await session.scalars(select(OutboxRow))).all()}
+        assert rows["aside-7"] == "re-queued by the operator after: refused 7"
+        assert rows["waiting"] == "BusError: no acknowledgement" and rows["other"] == "set aside: refused"
+        assert await relay.requeue(None) == []  # nothing set aside any more
+    finally:
+        await engine.dispose()
