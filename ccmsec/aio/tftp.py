@@ -196,6 +196,15 @@ def _local_address(ancdata: list, family: int) -> tuple[str, int] | None:
     return str(address), ifindex
 
 
+def _source(addr: tuple) -> str:
+    """The client address a per-source share is counted for: the host, and for a scoped IPv6
+    address (link-local) its interface too — `fe80::2` on eth0 and on eth1 are two hosts (the
+    kernel reports the host without its `%scope`), and one must not use up the other's share."""
+    if len(addr) >= 4 and addr[3]:
+        return f"{addr[0]}%{addr[3]}"
+    return addr[0]
+
+
 def _undeliverable(addr: tuple) -> bool:
     """A request's source no answer can go to: port 0, or the unspecified address."""
     if addr[1] == 0:
@@ -252,7 +261,7 @@ class TftpServer:
         self._pktinfo = False  # the listener learns each request's local address (wildcard bind)
         self._cmsg_space = 0
         self._sessions: dict[tuple, asyncio.Task[None]] = {}
-        self._per_source: dict[str, int] = {}  # client address -> transfers running
+        self._per_source: dict[str, int] = {}  # client address (with its scope id) -> transfers running
         self.refused_per_source = 0
         self.dropped_undeliverable = 0  # requests from port 0 or from 0.0.0.0 / :: (never answered)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -397,7 +406,7 @@ class TftpServer:
             self._reply(encode_error(ERR_NOT_DEFINED, "server busy"), addr, local)
             self._count(packet.filename, "busy")
             return
-        source = addr[0]
+        source = _source(addr)
         running = self._per_source.get(source, 0)
         if running >= self.max_sessions_per_source:
             self.refused_per_source += 1
@@ -419,11 +428,12 @@ class TftpServer:
 
     def _session_done(self, addr: tuple) -> None:
         self._sessions.pop(addr, None)
-        left = self._per_source.get(addr[0], 1) - 1
+        source = _source(addr)
+        left = self._per_source.get(source, 1) - 1
         if left > 0:
-            self._per_source[addr[0]] = left
+            self._per_source[source] = left
         else:
-            self._per_source.pop(addr[0], None)
+            self._per_source.pop(source, None)
 
     def _transfer_socket(self, local: tuple[str, int] | None, addr: tuple = ()) -> socket.socket:
         """The TID socket binds the address the request was sent to (RFC 1350: the client drops

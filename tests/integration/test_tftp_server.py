@@ -533,3 +533,30 @@ async def test_tftp_get_closes_its_socket_when_the_endpoint_set_up_fails(monkeyp
     with warnings.catch_warnings():
         warnings.simplefilter("error", ResourceWarning)  # an unclosed socket collected here would raise
         gc.collect()
+
+
+async def test_the_per_source_share_of_a_link_local_client_is_counted_per_interface():
+    """Per-source limit (docs/tftp.md): `fe80::2` on one interface and `fe80::2` on another are two
+    hosts — the scope id is part of the address, and the kernel reports the host without its
+    `%scope`. A client flooding from one link used up the share of the phone with the same
+    link-local address on the other link ("server busy: too many transfers from your address");
+    each now has its own share, and one on the same link is still refused over its share."""
+    held = asyncio.Event()
+
+    async def waiting(name, client):  # the transfer never starts: no socket, only its slot
+        await held.wait()
+        return None
+
+    async with TftpServer("::", 0, waiting, max_sessions=8, max_sessions_per_source=1) as srv:
+        rrq = t.encode_request(t.OP_RRQ, "SEP001122334455.cnf.xml")
+        srv._on_request(rrq, ("fe80::2", 40000, 0, 2))  # as the listener got it: (host, port, flow, scope)
+        srv._on_request(rrq, ("fe80::2", 40001, 0, 3))  # the same address on another interface
+        assert srv.active_sessions == 2 and srv.refused_per_source == 0
+        srv._on_request(rrq, ("fe80::2", 40002, 0, 2))  # a second transfer from the first host
+        assert srv.active_sessions == 2 and srv.refused_per_source == 1
+        held.set()
+        for _ in range(100):
+            if not srv.active_sessions:
+                break
+            await asyncio.sleep(0.01)
+        assert srv.active_sessions == 0 and not srv._per_source  # each share given back
