@@ -148,6 +148,9 @@ class OutboxRelay:
         self._sent: OrderedDict[str, None] = OrderedDict()
         self._set_aside: OrderedDict[str, None] = OrderedDict()
         self.set_aside_count = 0   # rows this relay set aside since it started
+        # rows of this origin set aside in the database now (those before a restart included),
+        # what `Status` shows as outbox_set_aside: recounted at start and after every change
+        self.set_aside_stored = 0
         self.depth = 0
         self.last_error = ""
         self._gauge = OUTBOX_DEPTH.labels(role)
@@ -234,6 +237,7 @@ class OutboxRelay:
         while len(self._set_aside) > _REMEMBER:
             self._set_aside.popitem(last=False)
         self.set_aside_count += len(refused)
+        self.set_aside_stored += len(refused)
         self._set_aside_total.inc(len(refused))
         self.depth = max(0, self.depth - len(refused))
         self._gauge.set(self.depth)
@@ -342,6 +346,7 @@ class OutboxRelay:
             log.warning("outbox: %d set-aside event(s) re-queued by the operator", len(found),
                         extra={"origin": self.origin, "ids": ",".join(str(s) for s, _ in found[:50])})
             self.kick()
+        await self.recount_set_aside()
         return [seq for seq, _ in found]
 
     async def prune(self, now: _dt.datetime | None = None) -> None:
@@ -355,11 +360,22 @@ class OutboxRelay:
             await session.execute(delete(OutboxRow).where(
                 OutboxRow.origin == self.origin, OutboxRow.sent_at.is_(None),
                 OutboxRow.last_error.like(SET_ASIDE + "%"), OutboxRow.created_at < now - KEEP_SET_ASIDE))
+        await self.recount_set_aside()
+
+    async def recount_set_aside(self) -> None:
+        """`set_aside_stored` from the database; informative, so a failure only keeps the last."""
+        try:
+            async with self.db() as session:
+                self.set_aside_stored = await session.scalar(select(func.count()).select_from(
+                    OutboxRow).where(self._set_aside_rows())) or 0
+        except Exception:
+            log.debug("could not count the set-aside outbox rows", exc_info=True)
 
     async def run(self) -> None:
         """Until cancelled: relay whenever kicked, and on a timer while anything is pending."""
         delay = RETRY_MIN
         rounds = 0
+        await self.recount_set_aside()  # rows set aside before a restart are still there
         while True:
             self._wake.clear()  # before reading: a kick during the round triggers the next one
             try:

@@ -133,8 +133,8 @@ class Service:
             details["degraded"] = self.degraded
         if self.outbox is not None:
             details["outbox_pending"] = str(self.outbox.depth)
-            if self.outbox.set_aside_count:  # refused for good since the start (see the log)
-                details["outbox_set_aside"] = str(self.outbox.set_aside_count)
+            if self.outbox.set_aside_stored:  # refused for good, kept: `ccmsec outbox list`
+                details["outbox_set_aside"] = str(self.outbox.set_aside_stored)
         details.update(self.status_details())
         return common_pb2.ServiceStatus(
             role=self.role, node=self.node, activated=self.activated,

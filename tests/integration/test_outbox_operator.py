@@ -232,3 +232,41 @@ async def test_cli_outbox_list_and_resend(keymanager, capsys):
     assert code == 0 and f"1 event(s) re-queued ({first})" in out
     code, out, _ = await asyncio.to_thread(cli, "outbox", "resend", "keymanager", "--all", "--json")
     assert code == 0 and isinstance(json.loads(out)["requeued"], list)
+
+
+async def test_status_shows_the_rows_set_aside_before_a_restart_until_resent(keymanager):
+    """Issue 9 §4: `ccmsec status` (details outbox_set_aside) is where an operator learns there is
+    something for `ccmsec outbox list|resend`. It counted the rows set aside since the relay
+    started: after a restart the rows were still there (kept 7 days) but the status said nothing,
+    and after a successful resend it still named them. It now shows the rows set aside now."""
+    from ccmsec.runtime.outbox import OutboxRelay
+
+    svc, stub, _url, _data = keymanager
+    await _stage_refused(svc)
+    assert svc.status_message().details["outbox_set_aside"] == "2"
+    # A restarted service's relay: the rows are in the database, none set aside by it yet.
+    async def accepted(event, target):  # the cause fixed: a resent row is published
+        return None
+
+    old = svc.outbox
+    old.publish_event = accepted  # (the first relay still runs: it must not set them aside again)
+    restarted = OutboxRelay(svc.db, accepted, origin=old.origin, role=old.role)
+    svc.outbox = restarted
+    task = asyncio.create_task(restarted.run())
+    try:
+        for _ in range(100):
+            if svc.status_message().details.get("outbox_set_aside") == "2":
+                break
+            await asyncio.sleep(0.05)
+        assert restarted.set_aside_count == 0
+        assert svc.status_message().details.get("outbox_set_aside") == "2"
+        # resent and published this time (the publish is accepted): nothing left to show
+        listed = await stub.ListSetAside(outbox_pb2.ListSetAsideRequest(), timeout=10)
+        await stub.Resend(outbox_pb2.ResendRequest(ids=[listed.rows[0].id]), timeout=10)
+        assert svc.status_message().details.get("outbox_set_aside") == "1"
+        await stub.Resend(outbox_pb2.ResendRequest(all=True), timeout=10)
+        assert "outbox_set_aside" not in svc.status_message().details
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        svc.outbox = old
