@@ -96,12 +96,21 @@ SERVER = textwrap.dedent(r'''
 ''')
 
 
-def _namespaces_available() -> bool:
-    if shutil.which("unshare") is None or shutil.which("ip") is None:
-        return False
-    probe = subprocess.run(["unshare", "-rn", "sh", "-c", "unshare -n true && ip link add t0 type veth peer name t1"],
-                           capture_output=True, timeout=10)
-    return probe.returncode == 0
+def _why_no_namespaces() -> str | None:
+    """Why this host cannot build the test's network, or None: it can."""
+    missing = [tool for tool in ("unshare", "ip") if shutil.which(tool) is None]
+    if missing:  # scripts/test checks for both (and installs them in CI)
+        return f"{' and '.join(missing)} not installed (util-linux, iproute2)"
+    try:
+        probe = subprocess.run(["unshare", "-rn", "sh", "-c", "unshare -n true && ip link add t0 type veth "
+                                "peer name t1 && ip link set t0 up && ip -6 addr add fe80::1/64 dev t0 nodad"],
+                               capture_output=True, text=True, timeout=10)
+    except subprocess.TimeoutExpired:
+        return "the namespace probe did not finish in 10 s"
+    if probe.returncode != 0:
+        return ("user and network namespaces (unshare -rn) with veth and IPv6 are not available here: "
+                + (probe.stderr.strip()[-200:] or f"exit status {probe.returncode}"))
+    return None
 
 
 def test_link_local_ipv6_clients_are_answered_on_their_own_interface():
@@ -110,8 +119,9 @@ def test_link_local_ipv6_clients_are_answered_on_their_own_interface():
     transfer socket binds with it (a listener on `fe80::1%v0` binds, and so do its transfers: with
     scope id 0 both are EINVAL). Without the scope id, the decoy route carries the answer away and
     the client times out."""
-    if not _namespaces_available():
-        pytest.skip("user and network namespaces (unshare -rn) with veth are not available here")
+    why = _why_no_namespaces()
+    if why:
+        pytest.skip(why)
     run = subprocess.run(["unshare", "-rn", sys.executable, "-c", SERVER], capture_output=True, text=True,
                          timeout=100)
     assert run.returncode == 0, run.stderr
