@@ -669,6 +669,36 @@ async def test_a_ctl_published_but_not_recorded_is_taken_back(provider_with_sign
     assert (await provider.stub.GetSecurityMode(common_pb2.Empty())).mode == common_pb2.CLUSTER_NON_SECURE
 
 
+async def test_chk6_the_take_back_after_a_failed_record_runs_to_its_end_when_cancelled(
+        provider_with_signer, tokens, monkeypatch):
+    """CHK-6: the record failed, the recorded CTL is being published again — and the commit is
+    cancelled (shutdown, the client gone). The take-back completes before the cancellation goes
+    on: cut mid-call, its write could land after the next commit's publish and put the old CTL
+    back over a recorded one."""
+    import sqlalchemy
+
+    from ccmsec_ctl_provider import trust as trust_mod
+
+    provider, signer = provider_with_signer
+    first = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t2"])
+    assert (await provider.stub.CommitCtl(ctl_provider_pb2.CommitCtlRequest(ctl=first))).version == 1
+    second = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t3"])
+
+    async def locked(*args, **kwargs):
+        raise sqlalchemy.exc.OperationalError("INSERT INTO ctl_files", {}, Exception("database is locked"))
+    monkeypatch.setattr(trust_mod, "record_ctl", locked)
+    signer.delays = [0.0, 0.8]  # the publish answers; the take-back takes a while
+    commit = asyncio.create_task(provider.svc.trust.commit(second, common_pb2.CLUSTER_MIXED, False, "test"))
+    async with asyncio.timeout(10):
+        while len(signer.requests) < 3:  # the take-back is at the signer, not answered
+            await asyncio.sleep(0.02)
+    commit.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await commit
+    assert signer.requests[2].takes_back == signer.requests[1].generation
+    assert signer.published == [first, second, first]  # the take-back was answered first
+
+
 async def test_a_ctl_commit_cancelled_while_recording_takes_the_published_ctl_back(
         provider_with_signer, tokens, monkeypatch):
     """A commit cancelled (shutdown, the client gone) while its record was being written left the

@@ -298,7 +298,9 @@ class TrustOperations:
             await self._settle_cancelled(stub, previous, sha256, generation)
             raise
         except Exception as exc:  # the database refused the record: do not leave the new file live
-            raise await self._unpublish(stub, previous, exc, generation) from None
+            # to its end even if the commit is cancelled meanwhile (a take-back cut mid-call
+            # could land after the next commit's publish)
+            raise await _to_the_end(self._unpublish(stub, previous, exc, generation)) from None
         delivered = await self.delivered(ids)
         log.info("CTL committed", extra={"version": version, "sha256": sha256, "mode": target})
         return {"version": version, "sha256": sha256, "tftp_path": settings.tftp_path,
