@@ -141,9 +141,41 @@ async def step_event_round_trip(ctx: DemoContext) -> None:
             else:
                 if st.details.get("last_event_id") == event.id:
                     ctx.say(f"callmanager handled it (events handled: {st.details.get('events_handled')})")
+                    await _set_aside_events(ctx)
                     return
             await asyncio.sleep(0.2)
     raise runner.RunnerError(f"callmanager did not handle the demo event within 20 s{last}")
+
+
+async def _set_aside_events(ctx: DemoContext) -> None:
+    """Each service's outbox, asked through the service (`ccmsec outbox list`): the events NATS
+    refused for good and that wait for an operator."""
+    import grpc
+
+    from ccmsec.runtime.grpcio import secure_channel
+    from ccmsec.runtime.identity import client_identity
+    from ccmsec_proto import outbox_pb2, outbox_pb2_grpc
+
+    ident, totals = client_identity(ctx.data), {}
+    for node, role, host, port in service_nodes(ctx):
+        async with secure_channel(ident, host, port, role) as channel:
+            for attempt in range(3):
+                try:
+                    reply = await outbox_pb2_grpc.OutboxStub(channel).ListSetAside(
+                        outbox_pb2.ListSetAsideRequest(limit=1), timeout=10)
+                    totals[node] = reply.total
+                    break
+                except grpc.aio.AioRpcError as exc:  # a slow handshake on a loaded machine: again
+                    if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt == 2:
+                        raise
+                    await asyncio.sleep(1.0)
+    held = {node: n for node, n in totals.items() if n}
+    if held:
+        ctx.say("events set aside (refused for good by NATS): " + ", ".join(f"{n} on {node}" for node, n in
+                                                                             sorted(held.items())))
+    else:
+        ctx.say(f"outboxes of all {len(totals)} services: every event published, none set aside "
+                "(`ccmsec outbox list SERVICE` would show them)")
 
 
 async def step_capf_activate(ctx: DemoContext) -> None:

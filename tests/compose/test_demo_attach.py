@@ -53,6 +53,7 @@ def test_demo_attach_from_the_host_through_a_context_runs_every_step(cluster, tm
             in out), out[-5000:]
     assert re.search(r"published durable event device\.reset id=\S+ \(stream sequence \d+\)", out)
     assert re.search(r"callmanager handled it \(events handled: \d+\)", out)
+    assert re.search(r"outboxes of all \d+ services: every event published, none set aside", out)
     for role in ("ctl-provider", "capf", "tftp-signer", "callmanager", "keymanager", "srtp-gateway",
                  "srst", "phone-sim"):
         assert re.search(rf"{role}\s+SERVING over mutual TLS", out), role

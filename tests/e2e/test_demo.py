@@ -77,6 +77,7 @@ def test_demo_attach_to_a_running_local_cluster_runs_every_step(tmp_path):
         assert "Traceback" not in out + res.stderr and "not run from here" not in out
         assert "nothing is started or stopped" in out and "Start the cluster" not in out
         assert "callmanager handled it" in out                     # the event bus round trip
+        assert re.search(r"outboxes of all \d+ services: every event published, none set aside", out)
         assert "cluster security mode: non-secure -> mixed" in out
         assert "4 device(s) registered" in out
         assert re.search(r"call 4001 -> 4002: \S+ shows 'lock'; media SRTP both ways: True; .* refused 0", out)
