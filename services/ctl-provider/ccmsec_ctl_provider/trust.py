@@ -335,6 +335,13 @@ class TrustOperations:
         if not cleanup.cancelled() and cleanup.exception() is not None:
             log.error("CTL commit cancelled; taking the CTL back failed: %s", cleanup.exception())
 
+    async def _publish_back(self, stub, old: bytes, generation: int) -> None:
+        """Publish the recorded CTL `old` again, naming the publish `generation` it takes back."""
+        await stub.PublishFile(tftp_signer_pb2.PublishFileRequest(
+            cluster_path=self.service.settings.tftp_path, name=CTL_FILE_NAME, content=old,
+            sha256=hashlib.sha256(old).hexdigest(), generation=new_generation(),
+            takes_back=generation), timeout=RPC_TIMEOUT)
+
     async def _take_back_unanswered(self, stub, previous: tuple[int, bytes] | None,
                                     generation: int) -> str:
         """A PublishFile that got no answer (DEADLINE_EXCEEDED, UNAVAILABLE...) may still land at
@@ -346,10 +353,7 @@ class TrustOperations:
                     f"{CTL_FILE_NAME} is on the TFTP server unrecorded — run the CTL client again")
         version, old = previous
         try:
-            await stub.PublishFile(tftp_signer_pb2.PublishFileRequest(
-                cluster_path=self.service.settings.tftp_path, name=CTL_FILE_NAME, content=old,
-                sha256=hashlib.sha256(old).hexdigest(), generation=new_generation(),
-                takes_back=generation), timeout=RPC_TIMEOUT)
+            await self._publish_back(stub, old, generation)
         except grpc.aio.AioRpcError as again:
             log.error("CTL publish unanswered; putting back version %s failed: %s", version, again.details())
             return (f"; putting back version {version} (so that publish cannot land later) failed "
@@ -372,10 +376,7 @@ class TrustOperations:
                                                         "CTL client again")
         version, old = previous
         try:
-            await stub.PublishFile(tftp_signer_pb2.PublishFileRequest(
-                cluster_path=self.service.settings.tftp_path, name=CTL_FILE_NAME, content=old,
-                sha256=hashlib.sha256(old).hexdigest(), generation=new_generation(),
-                takes_back=generation), timeout=RPC_TIMEOUT)
+            await self._publish_back(stub, old, generation)
         except grpc.aio.AioRpcError as again:
             return Refused(grpc.StatusCode.UNAVAILABLE, f"{why}, and putting back version {version} failed "
                                                         f"({again.details()}): run the CTL client again")
