@@ -770,7 +770,6 @@ async def test_shutdown_saves_the_fleet_even_when_the_save_outlasts_the_step_bud
     CCMSEC_PHONE_STORE_SAVE_LIMIT) and the store is whole (atomic write, no temporary left)."""
     import asyncio
     import json
-    import threading
     import time
 
     from ccmsec_phone_sim import fleet as fleet_mod
@@ -779,7 +778,7 @@ async def test_shutdown_saves_the_fleet_even_when_the_save_outlasts_the_step_bud
     real, started, ended = fleet_mod.atomic_write, [], []
 
     def slow_write(path, data, mode=0o644):   # the first (background) write: a slow disk
-        started.append(threading.get_ident())
+        started.append(time.monotonic())
         if len(started) == 1:
             time.sleep(2.5)
         real(path, data, mode)
@@ -794,9 +793,10 @@ async def test_shutdown_saves_the_fleet_even_when_the_save_outlasts_the_step_bud
     while not started:                         # the background save of the first phone is writing
         await asyncio.sleep(0.01)
     (second,) = await svc.fleet.add(1, "7960", "SEP0A0E")    # changed after that snapshot
-    t0 = time.monotonic()
     await svc._shutdown()                      # teardown's budget: 1.5 s, the write takes 2.5 s
-    assert time.monotonic() - t0 >= 2.5        # it waited for the final save, not the budget
+    # It waited for the slow write (2.5 s from its start, just before the shutdown) and the final
+    # save after it, not only the budget.
+    assert time.monotonic() - started[0] >= 2.5 and len(started) >= 2
     deadline = time.monotonic() + 5
     while len(ended) < len(started) and time.monotonic() < deadline:   # no thread still writing
         await asyncio.sleep(0.05)
