@@ -41,6 +41,17 @@ def _prompt(text: str, leg: "Leg") -> DisplayPromptStatus:
     return DisplayPromptStatus(0, text[:31], leg.line, leg.reference)
 
 
+# CallInfo's party number fields are 24 bytes, and a directory number has at most 24 characters:
+# a 24-digit number fills its field whole, with no NUL after it (decoders, ours and Wireshark's,
+# read a fixed field to its first NUL or its end). Longer text is cut to the field, never refused
+# mid-call by the codec.
+PARTY_NUMBER = 24
+
+
+def _number(dn: str) -> str:
+    return dn[:PARTY_NUMBER]
+
+
 def off_hook(leg: "Leg") -> list[s.Message]:
     return [_lamp(leg.line, LampMode.ON), _state(CallStateCode.OFF_HOOK, leg),
             SelectSoftKeys(leg.line, leg.reference, Keys.OFF_HOOK),
@@ -119,7 +130,7 @@ def in_use_remote(leg: "Leg", call: "Call") -> list[s.Message]:
 def in_use_hint(st: "Station", line: int, reference: int, call: "Call") -> list[s.Message]:
     """An idle shared appearance: the line's call is in use on another device."""
     return [s.CallState(CallStateCode.REMOTE_MULTILINE, line, reference),
-            s.CallInfo(calling_party=call.calling_dn, called_party=call.called_dn,
+            s.CallInfo(calling_party=_number(call.calling_dn), called_party=_number(call.called_dn),
                        line_instance=line, call_reference=reference, call_type=CallType.INBOUND),
             SelectSoftKeys(line, reference, Keys.IN_USE_HINT)]
 
@@ -127,8 +138,9 @@ def in_use_hint(st: "Station", line: int, reference: int, call: "Call") -> list[
 def call_info(leg: "Leg", call: "Call", status: int) -> s.CallInfo:
     outbound = leg.role == "caller"
     return s.CallInfo(
-        calling_party_name=call.calling_name[:39], calling_party=call.calling_dn[:23],
-        called_party=call.called_dn[:23], line_instance=leg.line, call_reference=leg.reference,
+        calling_party_name=call.calling_name[:39], calling_party=_number(call.calling_dn),
+        called_party=_number(call.called_dn), line_instance=leg.line, call_reference=leg.reference,
         call_type=CallType.OUTBOUND if outbound else CallType.INBOUND,
-        original_called_party=call.original_called[:23] if call.original_called != call.called_dn
-        else "", call_instance=1, call_security_status=status)
+        original_called_party=_number(call.original_called)
+        if call.original_called != call.called_dn else "", call_instance=1,
+        call_security_status=status)

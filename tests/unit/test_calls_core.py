@@ -667,6 +667,36 @@ def test_a_24_digit_enbloc_number_with_or_without_the_ending_hash_calls_it():
     assert [cl.state for cl in pb.calls.values()] == [CS.RING_IN]
 
 
+def test_caller_id_of_a_24_digit_number_goes_out_whole_over_the_wire():
+    # CallInfo's party number fields are 24 bytes: the agent cut numbers to 23 characters, so a
+    # 24-digit caller showed one digit short. Every CallInfo sent, through the wire codec and
+    # back, names both 24-digit parties whole (a forwarded call's original called number too).
+    caller, callee, target = "1" * 23 + "2", "2" * 23 + "3", "3" * 23 + "4"
+    h = Harness()
+    pa, pb = h.add(A, caller), h.add(B, callee, forward_busy=target)
+    pc = h.add(C, target)
+    h.call(A, callee)
+    pb.answer()
+    h.pump()
+    infos = h.sent_to(A, s.CallInfo) + h.sent_to(B, s.CallInfo)
+    assert infos
+    for info in infos:
+        back = s.decode_message(info.MESSAGE_ID, info.serialize()[12:])
+        assert (back.calling_party, back.called_party) == (caller, callee)
+    (ca,), (cb,) = pa.calls.values(), pb.calls.values()
+    assert (ca.calling, ca.called) == (cb.calling, cb.called) == (caller, callee)
+    # B busy: forwarded to C, which shows who called and the number first called
+    pd = h.add(D, "1004")
+    h.call(D, callee)
+    pc.answer()
+    h.pump()
+    (cc,) = pc.calls.values()
+    assert (cc.calling, cc.called, cc.original_called) == ("1004", target, callee)
+    back = s.decode_message(0x008F, h.sent_to(C, s.CallInfo)[-1].serialize()[12:])
+    assert (back.called_party, back.original_called_party) == (target, callee)
+    assert pd.active_call().called == target
+
+
 def test_an_enbloc_number_over_24_digits_is_refused_as_unknown_not_ignored():
     # 25 digits (with or without the ending '#') names no line: reorder and 'Unknown Number'
     # on the caller, like any number the dial plan does not know; nothing rings, and the failed

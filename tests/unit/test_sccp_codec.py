@@ -117,6 +117,28 @@ def test_callinfo_security_status_bounds():
         s.decode_message(0x008F, bytes(payload))
 
 
+def test_callinfo_24_character_numbers_fill_their_field_without_a_nul():
+    # The party number fields are 24 bytes: a 24-digit number fills one whole (no NUL after it)
+    # and reads back whole, as the Wireshark dissector reads a fixed field (to its first NUL or
+    # its end). One character more is refused with the field named, never cut or overflowed.
+    number = "1" * 23 + "2"
+    msg = s.CallInfo(calling_party=number, called_party="9" * 24, original_called_party=number)
+    payload = msg.payload()
+    assert payload[40:64] == number.encode()            # callingParty: 24 bytes, no NUL
+    decoded = s.decode_message(0x008F, payload)
+    assert (decoded.calling_party, decoded.called_party) == (number, "9" * 24)
+    assert decoded.original_called_party == number and decoded.line_instance == 0
+    # a shorter number still ends at its NUL, whatever follows it in the field
+    raw = bytearray(payload)
+    raw[40:64] = b"1001\0".ljust(24, b"x")
+    assert s.decode_message(0x008F, bytes(raw)).calling_party == "1001"
+    with pytest.raises(s.SccpProtocolError, match="calling_party: 25 bytes do not fit a 24-byte"):
+        s.CallInfo(calling_party=number + "3").payload()
+    raw[40:64] = b"1" * 23 + b"\xff"
+    with pytest.raises(s.SccpProtocolError, match="non-ASCII"):
+        s.decode_message(0x008F, bytes(raw))
+
+
 def test_reset_type_must_be_reset_or_restart():
     with pytest.raises(s.SccpProtocolError, match="reset type 3"):
         s.decode_message(0x009F, struct.pack("<I", 3))
