@@ -831,3 +831,70 @@ async def test_a_final_save_cut_short_by_its_limit_says_so_and_leaves_the_last_w
     assert [p["name"] for p in json.loads(fleet.path.read_text())["phones"]] == [first.name]
     time.sleep(1.2)   # the write in its thread ends atomically: the whole new store, nothing torn
     assert len(json.loads(fleet.path.read_text())["phones"]) == 2
+
+
+# A process that closes its fleet while the disk stalls in the middle of writing phones.json: the
+# write is real (a temporary file in the store's folder, filled a chunk at a time, then renamed
+# over the store), only slow.
+STALLED_DISK_CLOSE = """
+import asyncio, os, sys, tempfile, time
+from pathlib import Path
+from ccmsec_phone_sim import fleet as fleet_mod
+from ccmsec_phone_sim.boot import Network
+
+folder, limit = Path(sys.argv[1]), float(sys.argv[2])
+
+def stalling_write(path, data, mode=0o644):
+    fd, tmp = tempfile.mkstemp(prefix=".phones.json.", dir=Path(path).parent)
+    with os.fdopen(fd, "wb") as fh:
+        for i in range(0, len(data), 64):   # 64 bytes every half second: minutes for the store
+            fh.write(data[i:i + 64]); fh.flush(); os.fsync(fh.fileno()); time.sleep(0.5)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+async def main():
+    fleet = fleet_mod.Fleet(folder, Network("127.0.0.1", 9, tftp_timeout=5, tftp_retries=1))
+    await fleet.add(1, "7960", "SEP0A11")
+    fleet.save()                                   # the last complete store
+    await fleet.add(1, "7960", "SEP0A12")
+    fleet_mod.atomic_write = stalling_write
+    print("closing", time.monotonic(), flush=True)
+    await fleet.close(save_limit=limit)
+
+asyncio.run(main())
+"""
+
+
+def test_the_save_limit_bounds_the_process_exit_with_a_stalled_write_and_the_store_stays_whole(tmp_path):
+    """CCMSEC_PHONE_STORE_SAVE_LIMIT gave up waiting for the final save, but the write went on in
+    a thread of the loop's default executor, which `asyncio.run` and the interpreter join at exit:
+    the process lived until the write ended (minutes here, for ever on a stuck disk), past the
+    limit and the supervisor's kill. Now the write's thread does not hold the exit: the process
+    ends within the limit (plus its start-up), and phones.json is the last complete save."""
+    import json
+    import subprocess
+    import sys
+    import time
+
+    folder, limit = tmp_path / "phone-sim", 1.0
+    proc = subprocess.Popen([sys.executable, "-c", STALLED_DISK_CLOSE, str(folder), str(limit)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("closing"), proc.stderr.read() if proc.poll() is not None else line
+        closing = float(line.split()[1])
+        try:
+            proc.wait(timeout=limit + 8)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"still running {time.monotonic() - closing:.1f} s after the close "
+                                 f"began, past the {limit} s save limit") from None
+        stderr = proc.stderr.read()
+        assert proc.returncode == 0, stderr
+        assert "did not finish within 1 s (CCMSEC_PHONE_STORE_SAVE_LIMIT)" in stderr
+        assert time.monotonic() - closing < limit + 5
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    store = json.loads((folder / "phones.json").read_text())   # whole: the save before the close
+    assert len(store["phones"]) == 1

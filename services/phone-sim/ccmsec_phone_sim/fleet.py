@@ -5,7 +5,11 @@ restart of the service keeps what the phones hold. It is written atomically, at 
 `save_interval` seconds while phones change, and once more on close — after the background write
 in progress, if any, has ended (a worker thread cannot be cancelled). That final save is not cut
 by the shutdown's per-step budget (a cancel waits for it), only by its own limit (`close`'s
-`save_limit`, FINAL_SAVE_LIMIT by default), with an error logged then. Boots run at most
+`save_limit`, FINAL_SAVE_LIMIT by default), with an error logged then. Every write runs in a
+daemon thread of its own, never in the loop's default executor: `asyncio.run` and the interpreter
+wait at exit for every executor thread, so a write cut by the limit kept the process alive until
+it ended (unbounded on a stuck disk) — a daemon thread does not hold the exit. The write is atomic,
+so a process that exits during it leaves the last complete store. Boots run at most
 `max_concurrent_boots` at a time.
 """
 
@@ -16,6 +20,7 @@ import contextlib
 import json
 import logging
 import re
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -41,6 +46,33 @@ FILE_VERSION = 1
 # The most close waits for the final save of the store (`CCMSEC_PHONE_STORE_SAVE_LIMIT` in the
 # service): a fleet of MAX_PHONES with their keys is written in a few seconds, so this is ample.
 FINAL_SAVE_LIMIT = 120.0
+
+
+def in_daemon_thread(fn: Callable[..., object], *args) -> asyncio.Future:
+    """`fn(*args)` in a daemon thread of its own; its outcome as a future of the running loop.
+    Unlike `asyncio.to_thread` (the default executor, joined by `asyncio.run` and at interpreter
+    exit) the process does not wait for it when it exits."""
+    loop = asyncio.get_running_loop()
+    future = loop.create_future()
+
+    def settle(result, exc) -> None:
+        if future.done():   # cancelled meanwhile (a limit ran out): nobody waits for it
+            return
+        if exc is not None:
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
+
+    def run() -> None:
+        try:
+            result, exc = fn(*args), None
+        except BaseException as error:   # noqa: BLE001 - handed to the loop, not swallowed
+            result, exc = None, error
+        with contextlib.suppress(RuntimeError):   # the loop has closed: the process is ending
+            loop.call_soon_threadsafe(settle, result, exc)
+
+    threading.Thread(target=run, name="phone store write", daemon=True).start()
+    return future
 
 
 class FleetError(ValueError):
@@ -146,7 +178,7 @@ class Fleet:
                     await writing
                 except Exception as exc:  # the final save below writes the whole fleet anyway
                     log.error("cannot save the phone store: %s", exc)
-            await asyncio.to_thread(self.save, list(self.runners.values()))
+            await in_daemon_thread(self.save, list(self.runners.values()))
 
         started = loop.time()
         job = loop.create_task(write(), name="phone store final save")
@@ -160,7 +192,9 @@ class Fleet:
             except asyncio.CancelledError:
                 cancelled = True  # the save outlives the cancel (up to the limit); raised below
         if not job.done():
-            job.cancel()  # a write already in its thread still ends atomically (old or new file)
+            # A write already in its (daemon) thread goes on atomically while the process lives
+            # and does not hold its exit: the file is the old store or the whole new one.
+            job.cancel()
             log.error("phone store: the final save did not finish within %g s "
                       "(CCMSEC_PHONE_STORE_SAVE_LIMIT); %s holds the last complete save",
                       limit, self.path)
@@ -177,7 +211,7 @@ class Fleet:
         while True:
             await self._dirty.wait()
             self._dirty.clear()
-            self._writing = asyncio.ensure_future(asyncio.to_thread(self.save, list(self.runners.values())))
+            self._writing = in_daemon_thread(self.save, list(self.runners.values()))
             try:
                 await asyncio.shield(self._writing)  # a cancel (close) leaves the write to close
             except Exception as exc:  # keep saving later changes whatever went wrong this time
