@@ -49,7 +49,7 @@ from ccmsec.wire.tftp import (
     parse_packet,
 )
 
-__all__ = ["TftpServer", "tftp_get", "TftpError", "TftpTimeoutError", "Resolver"]
+__all__ = ["TftpServer", "tftp_get", "TftpError", "TftpSocketError", "TftpTimeoutError", "Resolver"]
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,29 @@ _IN_PKTINFO = struct.Struct("=i4s4s")  # ipi_ifindex, ipi_spec_dst, ipi_addr (he
 _IN6_PKTINFO = struct.Struct("=16sI")  # ipi6_addr, ipi6_ifindex
 _ERROR_NAMES = {ERR_FILE_NOT_FOUND: "not_found", ERR_ACCESS_VIOLATION: "access_violation",
                 ERR_NOT_DEFINED: "refused"}
+
+
+class TftpSocketError(TftpError, OSError):
+    """The server's listening socket or a client's socket could not be made or bound (a port in
+    use, an address not of this host, a link-local address without its interface): a TftpError
+    (code 0) whose message names the address and the reason — and an OSError as before, so a
+    caller that stops on one (a service's start: "cannot start: ...") still does. Nothing is left
+    open: the socket is closed before this is raised."""
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        super().__init__(ERR_NOT_DEFINED, message)
+        self.errno = errno
+
+
+def _reason(exc: BaseException, sockaddr: tuple = ()) -> str:
+    reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    if len(sockaddr) >= 4 and not sockaddr[3]:
+        try:
+            if ipaddress.ip_address(sockaddr[0]).is_link_local:
+                reason += " (a link-local address needs its interface: fe80::1%eth0)"
+        except ValueError:
+            pass
+    return reason
 
 
 def _family(host: str) -> int:
@@ -89,17 +112,41 @@ def _sockaddr(host: str, port: int) -> tuple:
 
 
 def _udp_socket(family: int, bind: tuple) -> socket.socket:
-    """A non-blocking UDP socket bound to `bind` (a full socket address, port 0: a fresh TFTP TID)."""
-    sock = socket.socket(family, socket.SOCK_DGRAM)
+    """A non-blocking UDP socket bound to `bind` (a full socket address, port 0: a fresh TFTP TID).
+    One that cannot be made or bound is closed, and TftpSocketError says which address and why."""
+    try:
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+    except OSError as exc:
+        raise TftpSocketError(f"cannot open a UDP socket for {_shown(bind)}: {_reason(exc)}", exc.errno) from None
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _SOCKET_BUFFER)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SOCKET_BUFFER)
         sock.bind(bind)
         sock.setblocking(False)
+    except (OSError, OverflowError, TypeError, ValueError) as exc:
+        sock.close()
+        raise TftpSocketError(f"cannot bind {_shown(bind)}: {_reason(exc, bind)}", getattr(exc, "errno", None)) from None
     except BaseException:
         sock.close()
         raise
     return sock
+
+
+def _scoped(host: str, scope_id: int) -> str:
+    """`host%interface` for a scoped (link-local) IPv6 address — the form `TftpServer` and
+    `tftp_get` take back — else `host`. An interface without a name keeps its number."""
+    if not scope_id:
+        return host
+    try:
+        return f"{host}%{socket.if_indextoname(scope_id)}"
+    except OSError:
+        return f"{host}%{scope_id}"
+
+
+def _shown(sockaddr: tuple) -> str:
+    """A socket address for a message: 127.0.0.1 port 69, fe80::1%eth0 port 0."""
+    host = _scoped(sockaddr[0], sockaddr[3]) if len(sockaddr) >= 4 else sockaddr[0]
+    return f"{host} port {sockaddr[1]}"
 
 
 class _Driver(asyncio.DatagramProtocol):
@@ -289,11 +336,23 @@ class TftpServer:
         return len(self._sessions)
 
     async def start(self) -> None:
+        """Listen. An address that cannot be listened on (port in use, not of this host, a
+        link-local one without its interface) raises TftpSocketError naming it; nothing stays open."""
         self._loop = asyncio.get_running_loop()
-        sock = socket.socket(_family(self.host), socket.SOCK_DGRAM)
+        where = f"{self.host} port {self.port}"
+        try:
+            sock = socket.socket(_family(self.host), socket.SOCK_DGRAM)
+        except OSError as exc:
+            raise TftpSocketError(f"cannot listen on {where}: {_reason(exc)}", exc.errno) from None
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * _SOCKET_BUFFER)
-            sock.bind(_sockaddr(self.host, self.port))
+            address: tuple = ()
+            try:
+                address = _sockaddr(self.host, self.port)
+                sock.bind(address)
+            except (OSError, OverflowError, TypeError, ValueError) as exc:
+                raise TftpSocketError(f"cannot listen on {where}: {_reason(exc, address)}",
+                                      getattr(exc, "errno", None)) from None
             sock.setblocking(False)
             self._pktinfo = _is_wildcard(self.host) and self._want_pktinfo(sock)
             self._cmsg_space = (socket.CMSG_SPACE(_IN6_PKTINFO.size) + socket.CMSG_SPACE(_IN_PKTINFO.size)
@@ -559,7 +618,7 @@ async def tftp_get(
         timeout=timeout, max_retries=retries, max_size=max_size,
     )
     driver = _Driver(client, loop)
-    sock = _udp_socket(_family(host), bind)  # closes itself if its own bind fails
+    sock = _udp_socket(_family(host), bind)  # closes itself if its own bind fails: TftpSocketError
     try:
         transport, _ = await loop.create_datagram_endpoint(lambda: driver, sock=sock)
     except BaseException:

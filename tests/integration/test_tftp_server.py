@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import socket
 import struct
 
 import pytest
 
-from ccmsec.aio.tftp import TftpServer, tftp_get
+from ccmsec.aio.tftp import TftpServer, TftpSocketError, tftp_get
 from ccmsec.wire import tftp as t
 
 pytestmark = pytest.mark.timeout(60)
@@ -499,7 +500,10 @@ async def test_tftp_get_closes_its_socket_when_the_endpoint_set_up_fails(monkeyp
     """`tftp_get` makes its socket, then asyncio's endpoint on it: when that set-up fails (out of
     memory, a loop refusing the socket, a cancellation) the socket is closed, not left open until
     the garbage collector finds it — a phone simulator retrying its downloads ran out of files.
-    A bind that fails (an address not on this host) leaves nothing open either."""
+    A bind that fails leaves nothing open either: a link-local address without its interface
+    (`fe80::1`), which every Linux refuses (EINVAL) whatever its addresses and sysctls — not an
+    address merely assumed absent (192.0.2.1 binds where it is configured or ip_nonlocal_bind is
+    set, and the test then sent to port 69 instead of failing)."""
     import gc
     import warnings
 
@@ -526,8 +530,8 @@ async def test_tftp_get_closes_its_socket_when_the_endpoint_set_up_fails(monkeyp
                 await tftp_get("127.0.0.1", 69, "SEP001122334455.cnf.xml", timeout=0.1)
     assert len(made) == 10 and [s.fileno() for s in made] == [-1] * 10
     for _ in range(10):
-        with pytest.raises(OSError):  # 192.0.2.1 (TEST-NET-1) is no address of this host
-            await tftp_get("127.0.0.1", 69, "SEP001122334455.cnf.xml", bind_host="192.0.2.1", timeout=0.1)
+        with pytest.raises(TftpSocketError, match="cannot bind fe80::1 port 0: .*needs its interface"):
+            await tftp_get("::1", 69, "SEP001122334455.cnf.xml", bind_host="fe80::1", timeout=0.1)
     assert len(os.listdir("/proc/self/fd")) == fds
     made.clear()
     with warnings.catch_warnings():
@@ -560,3 +564,41 @@ async def test_the_per_source_share_of_a_link_local_client_is_counted_per_interf
                 break
             await asyncio.sleep(0.01)
         assert srv.active_sessions == 0 and not srv._per_source  # each share given back
+
+
+async def test_a_listener_that_cannot_bind_raises_a_tftp_error_naming_the_address_and_leaves_nothing_open():
+    """A TftpServer on a port another socket holds (bound without SO_REUSEADDR/SO_REUSEPORT: the
+    kernel refuses a second bind on any host, EADDRINUSE), or on a link-local address without its
+    interface (EINVAL), raised a bare OSError ("[Errno 98] Address already in use", no address);
+    now a TftpError (code 0) naming the address and the reason — still an OSError, so the
+    tftp-signer's start reports "cannot start: ..." — with its socket closed."""
+    import gc
+    import warnings
+
+    from ccmsec.wire.tftp import TftpError
+
+    holder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    holder.bind(("127.0.0.1", 0))
+    held = holder.getsockname()[1]
+    try:
+        fds = len(os.listdir("/proc/self/fd"))
+        for _ in range(10):
+            server = TftpServer("127.0.0.1", held, resolve)
+            with pytest.raises(TftpError) as raised:
+                await server.start()
+            assert isinstance(raised.value, TftpSocketError) and isinstance(raised.value, OSError)
+            assert raised.value.code == t.ERR_NOT_DEFINED and raised.value.errno == errno.EADDRINUSE
+            assert raised.value.message == f"cannot listen on 127.0.0.1 port {held}: Address already in use"
+            with pytest.raises(RuntimeError, match="not started"):
+                server.address
+            await server.close()
+        with pytest.raises(TftpSocketError, match=r"cannot listen on fe80::1 port 0: .*needs its interface"):
+            await TftpServer("fe80::1", 0, resolve).start()
+        assert len(os.listdir("/proc/self/fd")) == fds
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", ResourceWarning)
+            gc.collect()
+        async with TftpServer("127.0.0.1", 0, resolve) as srv:  # the holder's port is still its own
+            assert await tftp_get(*srv.address, "exact") == FILES["exact"]
+    finally:
+        holder.close()
