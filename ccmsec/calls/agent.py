@@ -13,8 +13,8 @@ processing can run the same core.
 
 Features: dial plan (digits and en-bloc; unknown number → reorder; busy → busy tone or call
 forward busy; no answer → call forward no answer), shared lines (every idle appearance rings; the
-first answer wins; the others see the call "in use remote" while a party on the line is in it,
-and may barge), hold and resume (the held party hears music on hold), transfer (consultative,
+first answer wins; the others see the call "in use remote" while a party on the line is in it —
+a phone registering mid-call too, from its registration — and may barge), hold and resume (the held party hears music on hold), transfer (consultative,
 and blind when completed while the target is still ringing), ad hoc conference through the
 conference bridge, call forward all (set from the phone), barge and cBarge (CALL-4…8 through
 `ccmsec.policy.calls.barge`), and every call's security status re-computed after every change
@@ -124,6 +124,22 @@ class CallAgent:
             self.appearances.setdefault(line.dn, []).append((st, instance))
         if profile.route_pattern:
             self.plan.add_pattern(profile.route_pattern, profile.name)
+        self._show_current_hints(st)
+
+    def _show_current_hints(self, st: Station) -> None:
+        """A phone registering (or back after a reset) shows the connected calls on its shared
+        lines "in use remote" now, as part of its registration — not only at the call's next
+        change. Only the calls with a party on one of its lines are looked at."""
+        calls: dict[int, Call] = {}
+        for line in st.profile.lines:
+            for other, _ in self.appearances.get(line.dn, ()):
+                if other is st:
+                    continue
+                for leg in other.legs.values():
+                    if leg.dn == line.dn and leg.call is not None:
+                        calls[leg.call.id] = leg.call
+        for call in calls.values():
+            self._sync_hints(call)
 
     def update_profile(self, profile: DeviceProfile) -> bool:
         """New routing for a registered device (forwards, speed dials, region): its next call

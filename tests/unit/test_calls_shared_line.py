@@ -238,9 +238,11 @@ def test_call4_a_barging_phone_going_leaves_the_call_and_is_sent_no_hint():
     assert not [m for d, dev, m in h.log[sent:] if dev == X]
     assert X not in h.agent.stations
     assert [st.name for st, _ in h.agent.appearances["5000"]] == [B]
-    # X comes back: it is a phone like any other again (registers, may be called)
+    # X comes back: it is a phone like any other again (registers, may be called), and shows
+    # A–B, which B is still in on 5000, "in use remote" from its registration on
     px2 = h.add(X, "1004", "5000")
-    assert px2.ready and h.agent.stations[X].hints == {}
+    (back,) = remote(px2)
+    assert px2.ready and h.agent.stations[X].hints == {back: view.id}
 
 
 def test_call4_a_phone_with_two_appearances_of_the_line_shows_one_hint_and_loses_it_at_the_end():
@@ -262,3 +264,49 @@ def test_call4_a_phone_with_two_appearances_of_the_line_shows_one_hint_and_loses
     assert h.agent.views() == []
     assert px.calls == {} and h.agent.stations[X].hints == {}
     assert cleared_on(h, X, hint) == [1]
+
+
+def test_call4_a_phone_registering_mid_call_shows_the_shared_line_in_use_from_registration():
+    """X re-registers (a reset, a new connection) while A talks to B on 5000: it shows the call
+    "in use remote" on its line 2 as part of its registration, not only at the call's next
+    change — and may barge from it. It got nothing until the call changed (here: a hold)."""
+    h = Harness()
+    pa, pb, px, pc = on_shared_line(h)
+    (view,) = h.agent.views()
+    for again in (lambda: None, lambda: h.gone(X)):   # re-registering over itself, or after going
+        again()
+        px = h.add(X, "1004", "5000")
+        (hint,) = remote(px)
+        shown = px.calls[hint]
+        assert shown.line == 2 and (shown.calling, shown.called) == ("1001", "5000")
+        assert h.agent.stations[X].hints == {hint: view.id}
+        assert h.agent.calls[view.id].hint_refs[X] == (hint, 2)
+    px.barge(reference=hint)
+    h.pump()
+    (view,) = h.agent.views()
+    assert view.barge == "barge" and sorted(lg.device for lg in view.legs) == [A, B, X]
+
+
+def test_call4_a_phone_registering_mid_call_gets_no_hint_for_calls_not_on_its_lines():
+    """Registration shows only connected calls with a party on one of the phone's lines: none
+    for a call that is still ringing (it was offered before the phone was there), none for a
+    call on other numbers, one (on the first appearance) with the line twice. A party that
+    re-registers loses its call (its leg is dropped): that call ends, and no appearance shows it."""
+    h = Harness()
+    pa, pb, pc = h.add(A, "1001"), h.add(B, "5000"), h.add(C, "1003")
+    h.call(A, "5000")                       # ringing only
+    py = h.add(Y, "1004", "5000")
+    assert remote(py) == [] and py.calls == {}
+    pb.answer()
+    h.pump()
+    (hint,) = remote(py)                    # answered: the hint follows the change, as before
+    h.call(C, "1004")                       # Y's other number rings; Y is on no 5000 call
+    px = h.add(X, "1003")                   # X shares C's line: C is only ringing out
+    assert remote(px) == [] and px.calls == {}
+    px = h.add(X, "5000", "5000")           # the line twice: one hint, on the first appearance
+    (twice,) = remote(px)
+    assert px.calls[twice].line == 1
+    pb = h.add(B, "5000")                   # B itself re-registers: its leg is dropped, the call ends
+    (view,) = h.agent.views()
+    assert view.called == "1004" and remote(pb) == remote(px) == remote(py) == []
+    assert cleared_on(h, Y, hint) == [2]
