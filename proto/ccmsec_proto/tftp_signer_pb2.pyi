@@ -8,20 +8,22 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class PublishFileRequest(_message.Message):
-    __slots__ = ("cluster_path", "name", "content", "sha256", "generation", "takes_back")
+    __slots__ = ("cluster_path", "name", "content", "sha256", "generation", "takes_back", "withdraw")
     CLUSTER_PATH_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     CONTENT_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     TAKES_BACK_FIELD_NUMBER: _ClassVar[int]
+    WITHDRAW_FIELD_NUMBER: _ClassVar[int]
     cluster_path: str
     name: str
     content: bytes
     sha256: str
     generation: int
     takes_back: int
-    def __init__(self, cluster_path: _Optional[str] = ..., name: _Optional[str] = ..., content: _Optional[bytes] = ..., sha256: _Optional[str] = ..., generation: _Optional[int] = ..., takes_back: _Optional[int] = ...) -> None: ...
+    withdraw: bool
+    def __init__(self, cluster_path: _Optional[str] = ..., name: _Optional[str] = ..., content: _Optional[bytes] = ..., sha256: _Optional[str] = ..., generation: _Optional[int] = ..., takes_back: _Optional[int] = ..., withdraw: _Optional[bool] = ...) -> None: ...
 
 class PublishFileReply(_message.Message):
     __slots__ = ("path", "sha256")

@@ -786,6 +786,48 @@ async def test_chk6_a_publish_the_signer_did_not_answer_in_time_is_taken_back(
     assert (current.version, current.ctl) == (1, first)
 
 
+async def test_chk6_the_first_ctl_not_recorded_is_withdrawn_naming_its_publish(
+        provider_with_signer, tokens, monkeypatch):
+    """CHK-6 for the cluster's first CTL (none recorded before): its record failed after the
+    publish. There was nothing to publish back, so the unrecorded CTL stayed on the TFTP server
+    and a late publish of it could not be refused ("no earlier CTL exists to put back"). Now the
+    take-back is a withdraw naming the publish's generation (the signer removes the file and
+    refuses that publish: test_tftp_signer_service.py::
+    test_chk6_the_first_ctl_taken_back_is_withdrawn_and_its_late_publish_refused); no CTL and no
+    mode change are recorded. Bad case too: the first publish got no answer in time."""
+    import sqlalchemy.exc
+
+    from ccmsec_ctl_provider import trust as trust_mod
+
+    provider, signer = provider_with_signer
+    first = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t2"])
+
+    async def locked(*args, **kwargs):
+        raise sqlalchemy.exc.OperationalError("INSERT INTO ctl_files", {}, Exception("database is locked"))
+    with monkeypatch.context() as patch:
+        patch.setattr(trust_mod, "record_ctl", locked)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await provider.stub.CommitCtl(ctl_provider_pb2.CommitCtlRequest(ctl=first, mode=common_pb2.CLUSTER_MIXED))
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "no earlier CTL exists, so CTLFile.tlv is withdrawn" in refused.value.details()
+    published, withdrawn = signer.requests
+    assert published.content == first and not published.withdraw
+    assert withdrawn.withdraw and withdrawn.takes_back == published.generation != 0
+    assert withdrawn.content == b"" and withdrawn.generation not in (0, published.generation)
+    assert (await provider.stub.GetCurrentCtl(common_pb2.Empty())).version == 0
+    assert (await provider.stub.GetSecurityMode(common_pb2.Empty())).mode == common_pb2.CLUSTER_NON_SECURE
+
+    monkeypatch.setattr(trust_mod, "RPC_TIMEOUT", 1.0)
+    signer.delays = [3.0, 0.0]  # the publish outlives its deadline; the withdraw is answered
+    with pytest.raises(grpc.aio.AioRpcError) as unanswered:
+        await provider.stub.CommitCtl(ctl_provider_pb2.CommitCtlRequest(ctl=first))
+    assert unanswered.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "CTLFile.tlv is withdrawn from the TFTP server and that publish taken back" in unanswered.value.details()
+    timed_out, withdrawn = signer.requests[2:]
+    assert withdrawn.withdraw and withdrawn.takes_back == timed_out.generation != 0
+    assert (await provider.stub.GetCurrentCtl(common_pb2.Empty())).version == 0
+
+
 async def test_chk6_the_take_back_of_an_unanswered_publish_runs_to_its_end_when_cancelled(
         provider_with_signer, tokens, monkeypatch):
     """CHK-6: the commit cancelled (shutdown, the client gone) while it takes back a publish that

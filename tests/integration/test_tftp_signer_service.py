@@ -446,6 +446,50 @@ async def test_chk6_a_publish_arriving_after_its_take_back_is_refused(tftp):
     assert await tftp.get("CTLFile.tlv") == unrecorded
 
 
+async def test_chk6_the_first_ctl_taken_back_is_withdrawn_and_its_late_publish_refused(tftp):
+    """CHK-6 for the cluster's first CTL: with no CTL recorded there is nothing to publish back,
+    so the take-back could not name the publish it undid — the unrecorded CTL stayed served, and
+    a late PublishFile of it landed. Now a withdraw (`withdraw`, naming the generation in
+    `takes_back`) removes CTLFile.tlv: TFTP serves none, ListFiles lists none, and the publish of
+    that generation is refused whether it already landed or arrives afterwards. Bad case: a
+    withdraw naming no generation, or carrying content, is refused and removes nothing."""
+    stub = tftp.provider_stub()
+    unrecorded, later = _ctl(tftp.cert), _ctl(tftp.cert)
+
+    def request(content, **ordering):
+        return tftp_signer_pb2.PublishFileRequest(name="CTLFile.tlv", content=content,
+                                                  sha256=hashlib.sha256(content).hexdigest(), **ordering)
+
+    def withdraw(**fields):
+        return tftp_signer_pb2.PublishFileRequest(name="CTLFile.tlv", withdraw=True, **fields)
+
+    # The first commit's publish landed, then its record failed: the take-back withdraws it.
+    await stub.PublishFile(request(unrecorded, generation=51), timeout=5)
+    assert await tftp.get("CTLFile.tlv") == unrecorded
+    for bad, text in ((withdraw(generation=52), "takes_back"),
+                      (withdraw(generation=52, takes_back=51, content=later), "no content")):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.PublishFile(bad, timeout=5)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and text in refused.value.details()
+    assert await tftp.get("CTLFile.tlv") == unrecorded  # nothing removed by a refused withdraw
+    reply = await stub.PublishFile(withdraw(generation=52, takes_back=51), timeout=5)
+    assert reply.sha256 == "" and reply.path.endswith("CTLFile.tlv")
+    assert (await _error(tftp.get("CTLFile.tlv"))).code == ERR_FILE_NOT_FOUND
+    listed = await tftp.stub().ListFiles(tftp_signer_pb2.ListFilesRequest(), timeout=5)
+    assert "CTLFile.tlv" not in [f.name for f in listed.files]
+    # The other order: the withdraw (naming 61) arrives first, the publish of 61 late — refused.
+    await stub.PublishFile(withdraw(generation=62, takes_back=61), timeout=5)  # nothing there: fine
+    with pytest.raises(grpc.aio.AioRpcError) as late:
+        await stub.PublishFile(request(unrecorded, generation=61), timeout=5)
+    assert late.value.code() == grpc.StatusCode.ABORTED and "generation 61 was taken back" in late.value.details()
+    with pytest.raises(grpc.aio.AioRpcError) as again:  # and 51's, withdrawn above, too
+        await stub.PublishFile(request(unrecorded, generation=51), timeout=5)
+    assert again.value.code() == grpc.StatusCode.ABORTED
+    assert (await _error(tftp.get("CTLFile.tlv"))).code == ERR_FILE_NOT_FOUND
+    await stub.PublishFile(request(later, generation=63), timeout=5)  # a later commit: published
+    assert await tftp.get("CTLFile.tlv") == later
+
+
 async def test_chk6_a_publish_already_writing_finishes_before_its_take_back_writes(tftp, monkeypatch):
     """CHK-6: the other interleaving — the late publish passed its check and is writing (a slow
     disk) when the take-back arrives. The take-back's write waits for it, so the recorded CTL is

@@ -22,7 +22,9 @@ Commit (CHK-6), in this order so nothing is half done:
      carries a fresh generation and the take-back names it (`takes_back`): the signer refuses
      that publish if it arrives after the take-back (still in flight when the commit was
      cancelled), so a late PublishFile cannot put the unrecorded CTL back; a PublishFile that got
-     no answer (deadline exceeded, connection lost) is taken back the same way;
+     no answer (deadline exceeded, connection lost) is taken back the same way. The cluster's
+     first CTL (none recorded to put back) is taken back by a withdraw (`withdraw`): the signer
+     removes CTLFile.tlv, serves none, and refuses that publish alike;
   5. `mode.changed` and the RST-3 actions (mode changed), then `ctl.updated` and the RST-4 actions
      are published.
 
@@ -335,8 +337,15 @@ class TrustOperations:
         if not cleanup.cancelled() and cleanup.exception() is not None:
             log.error("CTL commit cancelled; taking the CTL back failed: %s", cleanup.exception())
 
-    async def _publish_back(self, stub, old: bytes, generation: int) -> None:
-        """Publish the recorded CTL `old` again, naming the publish `generation` it takes back."""
+    async def _publish_back(self, stub, old: bytes | None, generation: int) -> None:
+        """Publish the recorded CTL `old` again, naming the publish `generation` it takes back;
+        with no CTL recorded (`old` None: the cluster's first CTL) withdraw the file instead — the
+        signer removes it, serves no CTL (as the record says) and refuses that publish later."""
+        if old is None:
+            await stub.PublishFile(tftp_signer_pb2.PublishFileRequest(
+                cluster_path=self.service.settings.tftp_path, name=CTL_FILE_NAME,
+                generation=new_generation(), takes_back=generation, withdraw=True), timeout=RPC_TIMEOUT)
+            return
         await stub.PublishFile(tftp_signer_pb2.PublishFileRequest(
             cluster_path=self.service.settings.tftp_path, name=CTL_FILE_NAME, content=old,
             sha256=hashlib.sha256(old).hexdigest(), generation=new_generation(),
@@ -347,18 +356,20 @@ class TrustOperations:
         """A PublishFile that got no answer (DEADLINE_EXCEEDED, UNAVAILABLE...) may still land at
         the signer: publish the recorded CTL again naming `generation` in `takes_back`, so the
         signer refuses that publish if it arrives later and the take-back wins if it was already
-        writing. Returns what to add to the refusal."""
-        if previous is None:
-            return (f"; no earlier CTL exists to put back: if the signer still writes it, "
-                    f"{CTL_FILE_NAME} is on the TFTP server unrecorded — run the CTL client again")
-        version, old = previous
+        writing. No CTL recorded yet: the file is withdrawn the same way (the signer serves none).
+        Returns what to add to the refusal."""
+        version, old = previous if previous is not None else (None, None)
+        what = f"version {version}" if previous is not None else f"no CTL ({CTL_FILE_NAME} withdrawn)"
         try:
             await self._publish_back(stub, old, generation)
         except grpc.aio.AioRpcError as again:
-            log.error("CTL publish unanswered; putting back version %s failed: %s", version, again.details())
-            return (f"; putting back version {version} (so that publish cannot land later) failed "
+            log.error("CTL publish unanswered; putting back %s failed: %s", what, again.details())
+            return (f"; putting back {what} (so that publish cannot land later) failed "
                     f"({again.details()}): run the CTL client again")
-        log.warning("CTL publish unanswered: version %s published again, that publish taken back", version)
+        log.warning("CTL publish unanswered: %s published again, that publish taken back", what)
+        if previous is None:
+            return (f"; no earlier CTL exists: {CTL_FILE_NAME} is withdrawn from the TFTP server and "
+                    "that publish taken back, nothing changed")
         return f"; version {version} is published again and that publish taken back, nothing changed"
 
     async def _unpublish(self, stub, previous: tuple[int, bytes] | None, exc: BaseException,
@@ -367,19 +378,21 @@ class TrustOperations:
         phones download stays what the cluster recorded. Returns the refusal to raise. The take-back
         names the `generation` of the publish it undoes: a PublishFile of it reaching the signer
         later (still in flight when the commit was cancelled) is refused there, so it cannot put
-        the unrecorded CTL back."""
+        the unrecorded CTL back. With no CTL recorded (the first commit) the file is withdrawn,
+        with the same ordering."""
         log.error("CTL published but not recorded: %s", exc)
         why = f"the CTL was published but could not be recorded ({type(exc).__name__}: {str(exc)[:200]})"
-        if previous is None:
-            return Refused(grpc.StatusCode.UNAVAILABLE, f"{why}; no earlier CTL exists to put back, so "
-                                                        f"{CTL_FILE_NAME} stays on the TFTP server: run the "
-                                                        "CTL client again")
-        version, old = previous
+        version, old = previous if previous is not None else (None, None)
+        what = f"version {version}" if previous is not None else f"no CTL ({CTL_FILE_NAME} withdrawn)"
         try:
             await self._publish_back(stub, old, generation)
         except grpc.aio.AioRpcError as again:
-            return Refused(grpc.StatusCode.UNAVAILABLE, f"{why}, and putting back version {version} failed "
+            return Refused(grpc.StatusCode.UNAVAILABLE, f"{why}, and putting back {what} failed "
                                                         f"({again.details()}): run the CTL client again")
+        if previous is None:  # the cluster's first CTL: nothing recorded, so none is served
+            return Refused(grpc.StatusCode.UNAVAILABLE, f"{why}; no earlier CTL exists, so {CTL_FILE_NAME} "
+                                                        "is withdrawn from the TFTP server, nothing changed: "
+                                                        "run the CTL client again")
         return Refused(grpc.StatusCode.UNAVAILABLE, f"{why}; version {version} is published again, "
                                                     "nothing changed: run the CTL client again")
 

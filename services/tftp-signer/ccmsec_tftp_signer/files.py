@@ -19,6 +19,7 @@ Decisions, in order:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -447,14 +448,23 @@ class TftpContent:
         return mode, sorted(files, key=lambda f: f.name)
 
     def publish(self, cluster_path: str, name: str, content: bytes, sha256: str, *,
-                generation: int = 0, takes_back: int = 0) -> tuple[Path, str]:
+                generation: int = 0, takes_back: int = 0, withdraw: bool = False) -> tuple[Path, str]:
         """Write a trust list (from the CTL client) into this cluster's folder, atomically.
 
         A take-back (`takes_back`: the generation of a publish ctl-provider undoes) is remembered
         before its write; a publish of a generation taken back is refused (ABORTED), whenever it
         arrives — so a late publish cannot put back a CTL the cluster took back. Check and write
         run under one lock: a publish already past its check finishes writing before the
-        take-back's write, which then wins."""
+        take-back's write, which then wins. A `withdraw` take-back (the cluster's first CTL was
+        not recorded: nothing to put back) removes the file instead of writing one — same
+        ordering, so the TFTP server serves no trust list and the late publish is refused.
+        Returns (path, sha256 written; "" for a withdraw)."""
+        if withdraw and not takes_back:
+            raise PublishError("INVALID_ARGUMENT", "a withdraw is a take-back: it must name the "
+                               "publish generation it undoes (takes_back)")
+        if withdraw and (content or sha256):
+            raise PublishError("INVALID_ARGUMENT", "a withdraw removes the file: it carries no "
+                               "content or sha256")
         if takes_back:  # remembered first: even a take-back refused below keeps its publish out
             with self._publish_lock:
                 self._taken_back[(name, takes_back)] = None
@@ -472,6 +482,13 @@ class TftpContent:
         if name not in TRUST_LISTS:
             raise PublishError("INVALID_ARGUMENT", f"only trust-list files ({', '.join(TRUST_LISTS)}) "
                                f"are published, not {name[:64]!r}")
+        target = self.root / own.tftp_path / name
+        if withdraw:
+            with self._publish_lock:  # after a publish already writing, as a take-back's write
+                with contextlib.suppress(FileNotFoundError):
+                    target.unlink()
+                _sync_dir(target.parent)
+            return target, ""
         if len(content) > MAX_CTL_SIZE:
             raise PublishError("INVALID_ARGUMENT", f"{name} is {len(content)} bytes; trust lists are at "
                                f"most {MAX_CTL_SIZE}")
@@ -482,7 +499,6 @@ class TftpContent:
             parse_ctl(content)
         except CtlFormatError as exc:
             raise PublishError("INVALID_ARGUMENT", f"{name} is not a valid trust list: {exc}") from None
-        target = self.root / own.tftp_path / name
         with self._publish_lock:
             if generation and (name, generation) in self._taken_back:
                 raise PublishError("ABORTED", f"{name} publish generation {generation} was taken back "
@@ -490,6 +506,18 @@ class TftpContent:
                                    "published")
             atomic_write(target, content)
         return target, actual
+
+
+def _sync_dir(folder: Path) -> None:
+    """fsync a folder, so a removal in it survives a crash (as atomic_write's rename does)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except FileNotFoundError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _stamp(st: os.stat_result) -> tuple:
