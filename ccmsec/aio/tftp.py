@@ -315,9 +315,14 @@ class TftpServer:
 
     @property
     def address(self) -> tuple[str, int]:
+        """(host, port) the server listens on — the port it was given, or the one the kernel
+        picked for port 0. A link-local IPv6 listener's host keeps its interface (`fe80::1%eth0`,
+        the kernel reports the scope id apart from the host), so `tftp_get(*server.address, ...)`
+        reaches it and a status shows where it really listens."""
         if self._sock is None:
             raise RuntimeError("server not started")
-        return self._sock.getsockname()[:2]
+        name = self._sock.getsockname()
+        return (_scoped(name[0], name[3]) if len(name) >= 4 else name[0]), name[1]
 
     def _count(self, filename: str, error: str | None, size: int = 0) -> None:
         try:

@@ -133,3 +133,47 @@ def test_link_local_ipv6_clients_are_answered_on_their_own_interface():
         "wildcard listener": [found, missing],
         "wildcard listener without IPV6_PKTINFO": [found, missing],
     }, run.stderr
+
+
+LISTENER = textwrap.dedent(r'''
+    import asyncio, json, socket, subprocess
+    from ccmsec.aio.tftp import TftpServer, tftp_get
+
+    subprocess.run("ip link set lo up && ip link add v0 type veth peer name v1 && ip link set v0 up "
+                   "&& ip link set v1 up && ip -6 addr add fe80::1/64 dev v0 nodad", shell=True, check=True)
+    DATA = bytes(range(256)) * 9
+
+    async def resolve(name, client):
+        return DATA if name == "SEP001122334455.cnf.xml" else None
+
+    async def main():
+        out = {}
+        for case, host in (("by name", "fe80::1%v0"), ("by number", f"fe80::1%{socket.if_nametoindex('v0')}")):
+            async with TftpServer(host, 0, resolve, timeout=0.3) as server:
+                try:
+                    got = await tftp_get(*server.address, "SEP001122334455.cnf.xml", timeout=0.3, retries=3)
+                    fetched = got == DATA
+                except Exception as exc:
+                    fetched = repr(exc)
+                out[case] = {"address": [server.address[0], server.address[1] > 0], "fetched": fetched}
+        print(json.dumps(out))
+
+    asyncio.run(main())
+''')
+
+
+def test_a_link_local_listener_reports_its_address_with_its_interface():
+    """`TftpServer.address` of a listener on `fe80::1%v0` (or `%<index>`) was ("fe80::1", port):
+    the kernel reports the scope id apart from the host, and it was dropped — the address shown was
+    not the one listened on, and a client handed it sends by whichever interface the routing table
+    picks for fe80::/64. It is now ("fe80::1%v0", port), the interface by name even when given by
+    number, and `tftp_get(*server.address, ...)` fetches the file with it."""
+    why = _why_no_namespaces()
+    if why:
+        pytest.skip(why)
+    run = subprocess.run(["unshare", "-rn", sys.executable, "-c", LISTENER], capture_output=True, text=True,
+                         timeout=60)
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result == {case: {"address": ["fe80::1%v0", True], "fetched": True}
+                      for case in ("by name", "by number")}, run.stderr
