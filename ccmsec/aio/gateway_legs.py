@@ -2,8 +2,13 @@
 call agent (its phone-side machine answers, its channels are planned like a phone's), and every
 media channel of that device becomes a connection on the srtp-gateway, over gRPC on mutual TLS.
 
-OpenReceiveChannel → CreateConnection (inactive until the far end is known) and the gateway's
-port goes back in OpenReceiveChannelAck; StartMediaTransmission → ModifyConnection with the
+OpenReceiveChannel → CreateConnection in the channel's codec (the local connection option `a:PCMU`
+or `a:PCMA`, RFC 3435, `ccmsec.wire.mgcp`: the G.711 law call control planned for this leg, one
+the gateway offered — CALL-9) and the gateway's port goes back in OpenReceiveChannelAck. A channel
+without keys is created receive-only: it hears at once what is sent to it, as a phone does after
+OpenReceiveChannel, and a channel that never transmits — the held telephone-network party's music
+on hold (RTP, CALL-3/GW-3) — stays so; a keyed channel is created inactive until its
+StartMediaTransmission brings the key it decrypts with. StartMediaTransmission → ModifyConnection with the
 remote description (the phone's address, the RTP payload type of the call's codec — PCMU for
 G.711 µ-law, PCMA for A-law, the two the gateway offers — and, with keys, one a=crypto carrying
 the key the phone encrypts with, i.e. the channel's receive block) and `send_key` = the transmit block (GW-1); a
@@ -23,7 +28,8 @@ import grpc
 from ccmsec.aio.media import SCCP_G711
 from ccmsec.formats.sdp import SdpError, parse_sdp
 from ccmsec.media.gatewayleg import GatewayLegPlan
-from ccmsec.media.keys import to_proto
+from ccmsec.media.keys import from_encryption_info, to_proto
+from ccmsec.wire.mgcp import for_payload_type
 from ccmsec_proto import srtp_gateway_pb2 as pb
 from ccmsec_proto import srtp_gateway_pb2_grpc
 
@@ -76,10 +82,15 @@ class GatewayLegs:
 
     async def _create_connection(self, phone, channel, number: str) -> None:
         call_id = f"{channel.call_reference:X}"
+        # call control plans only G.711 towards the gateway (what it offered, CALL-9)
+        pt = SCCP_G711.get(channel.codec)
+        options = for_payload_type(pt).to_text() if pt is not None else ""
+        keyed = from_encryption_info(channel.rx_encryption) is not None
         try:
             reply = await self._stub().CreateConnection(pb.CreateConnectionRequest(
                 endpoint=f"aaln/S1/SU0/$@{self.gateway}", call_id=call_id, dialled_number=number,
-                mode=pb.INACTIVE), timeout=CONNECT_TIMEOUT)
+                mode=pb.INACTIVE if keyed else pb.RECVONLY, local_connection_options=options),
+                timeout=CONNECT_TIMEOUT)
             sd = parse_sdp(reply.local_sdp)
             audio = sd.audio()
             host = sd.address_of(audio)

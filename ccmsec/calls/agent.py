@@ -1123,7 +1123,10 @@ class CallAgent:
             want[(b.reference, ("leg", a.reference, ""))] = (True, codec)
         elif len(active) == 1 and held and self.settings.music_on_hold:
             lg = active[0]
-            law = self._g711_for(lg.station)
+            # the law the call negotiated when this leg offered it (a gateway's telephone network
+            # keeps talking the law of its call), else the first G.711 law it offered
+            law = codec if codec in G711_CODECS and codec in self._offered(lg.station) \
+                else self._g711_for(lg.station)
             if law is None:
                 tone.add(lg.reference)   # no channel in a codec it never offered: tone on hold
             else:

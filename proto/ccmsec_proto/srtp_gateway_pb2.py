@@ -25,33 +25,33 @@ _sym_db = _symbol_database.Default()
 from ccmsec_proto import common_pb2 as ccmsec__proto_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x63\x63msec_proto/srtp_gateway.proto\x12\tccmsec.v1\x1a\x19\x63\x63msec_proto/common.proto\"\xc9\x01\n\x17\x43reateConnectionRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x02 \x01(\t\x12\x16\n\x0e\x64ialled_number\x18\x03 \x01(\t\x12\'\n\x04mode\x18\x04 \x01(\x0e\x32\x19.ccmsec.v1.ConnectionMode\x12\x12\n\nremote_sdp\x18\x05 \x01(\t\x12\x0c\n\x04srtp\x18\x06 \x01(\x08\x12(\n\x08send_key\x18\x07 \x01(\x0b\x32\x16.ccmsec.v1.KeyMaterial\"\x84\x01\n\x0f\x43onnectionReply\x12\x15\n\rconnection_id\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x11\n\tlocal_sdp\x18\x03 \x01(\t\x12\x0c\n\x04srtp\x18\x04 \x01(\x08\x12\'\n\x04mode\x18\x05 \x01(\x0e\x32\x19.ccmsec.v1.ConnectionMode\"\xe1\x01\n\x17ModifyConnectionRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x02 \x01(\t\x12\x15\n\rconnection_id\x18\x03 \x01(\t\x12\'\n\x04mode\x18\x04 \x01(\x0e\x32\x19.ccmsec.v1.ConnectionMode\x12\x12\n\nremote_sdp\x18\x05 \x01(\t\x12\x17\n\x0f\x63hange_security\x18\x06 \x01(\x08\x12\x0c\n\x04srtp\x18\x07 \x01(\x08\x12(\n\x08send_key\x18\x08 \x01(\x0b\x32\x16.ccmsec.v1.KeyMaterial\"S\n\x17\x44\x65leteConnectionRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x02 \x01(\t\x12\x15\n\rconnection_id\x18\x03 \x01(\t\"\xf8\x02\n\x0f\x43onnectionStats\x12\x15\n\rconnection_id\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x03 \x01(\t\x12\x14\n\x0cpackets_sent\x18\x04 \x01(\x04\x12\x13\n\x0boctets_sent\x18\x05 \x01(\x04\x12\x18\n\x10packets_received\x18\x06 \x01(\x04\x12\x17\n\x0foctets_received\x18\x07 \x01(\x04\x12\x14\n\x0cpackets_lost\x18\x08 \x01(\x04\x12\x1e\n\x16refused_authentication\x18\t \x01(\x04\x12\x16\n\x0erefused_replay\x18\n \x01(\x04\x12\x11\n\tmalformed\x18\x0b \x01(\x04\x12\x0c\n\x04srtp\x18\x0c \x01(\x08\x12\'\n\x04mode\x18\r \x01(\x0e\x32\x19.ccmsec.v1.ConnectionMode\x12\x0e\n\x06remote\x18\x0e \x01(\t\x12\r\n\x05local\x18\x0f \x01(\t\x12\x16\n\x0e\x64ialled_number\x18\x10 \x01(\t\"D\n\x15\x44\x65leteConnectionReply\x12+\n\x07\x64\x65leted\x18\x01 \x03(\x0b\x32\x1a.ccmsec.v1.ConnectionStats\"(\n\x14\x41uditEndpointRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\"Q\n\x0c\x45ndpointInfo\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12/\n\x0b\x63onnections\x18\x02 \x03(\x0b\x32\x1a.ccmsec.v1.ConnectionStats\"\x8f\x01\n\x12\x41uditEndpointReply\x12*\n\tendpoints\x18\x01 \x03(\x0b\x32\x17.ccmsec.v1.EndpointInfo\x12\x14\n\x0csrtp_capable\x18\x02 \x01(\x08\x12&\n\x06suites\x18\x03 \x03(\x0e\x32\x16.ccmsec.v1.CryptoSuite\x12\x0f\n\x07numbers\x18\x04 \x03(\t*i\n\x0e\x43onnectionMode\x12\x1f\n\x1b\x43ONNECTION_MODE_UNSPECIFIED\x10\x00\x12\x0c\n\x08SENDRECV\x10\x01\x12\x0c\n\x08RECVONLY\x10\x02\x12\x0c\n\x08SENDONLY\x10\x03\x12\x0c\n\x08INACTIVE\x10\x04\x32\x96\x03\n\x0bSrtpGateway\x12\x34\n\x06Status\x12\x10.ccmsec.v1.Empty\x1a\x18.ccmsec.v1.ServiceStatus\x12R\n\x10\x43reateConnection\x12\".ccmsec.v1.CreateConnectionRequest\x1a\x1a.ccmsec.v1.ConnectionReply\x12R\n\x10ModifyConnection\x12\".ccmsec.v1.ModifyConnectionRequest\x1a\x1a.ccmsec.v1.ConnectionReply\x12X\n\x10\x44\x65leteConnection\x12\".ccmsec.v1.DeleteConnectionRequest\x1a .ccmsec.v1.DeleteConnectionReply\x12O\n\rAuditEndpoint\x12\x1f.ccmsec.v1.AuditEndpointRequest\x1a\x1d.ccmsec.v1.AuditEndpointReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x63\x63msec_proto/srtp_gateway.proto\x12\tccmsec.v1\x1a\x19\x63\x63msec_proto/common.proto\"\xeb\x01\n\x17\x43reateConnectionRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x02 \x01(\t\x12\x16\n\x0e\x64ialled_number\x18\x03 \x01(\t\x12\'\n\x04mode\x18\x04 \x01(\x0e\x32\x19.ccmsec.v1.ConnectionMode\x12\x12\n\nremote_sdp\x18\x05 \x01(\t\x12\x0c\n\x04srtp\x18\x06 \x01(\x08\x12(\n\x08send_key\x18\x07 \x01(\x0b\x32\x16.ccmsec.v1.KeyMaterial\x12 \n\x18local_connection_options\x18\x08 \x01(\t\"\x84\x01\n\x0f\x43onnectionReply\x12\x15\n\rconnection_id\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x11\n\tlocal_sdp\x18\x03 \x01(\t\x12\x0c\n\x04srtp\x18\x04 \x01(\x08\x12\'\n\x04mode\x18\x05 \x01(\x0e\x32\x19.ccmsec.v1.ConnectionMode\"\x83\x02\n\x17ModifyConnectionRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x02 \x01(\t\x12\x15\n\rconnection_id\x18\x03 \x01(\t\x12\'\n\x04mode\x18\x04 \x01(\x0e\x32\x19.ccmsec.v1.ConnectionMode\x12\x12\n\nremote_sdp\x18\x05 \x01(\t\x12\x17\n\x0f\x63hange_security\x18\x06 \x01(\x08\x12\x0c\n\x04srtp\x18\x07 \x01(\x08\x12(\n\x08send_key\x18\x08 \x01(\x0b\x32\x16.ccmsec.v1.KeyMaterial\x12 \n\x18local_connection_options\x18\t \x01(\t\"S\n\x17\x44\x65leteConnectionRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x02 \x01(\t\x12\x15\n\rconnection_id\x18\x03 \x01(\t\"\xf8\x02\n\x0f\x43onnectionStats\x12\x15\n\rconnection_id\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x03 \x01(\t\x12\x14\n\x0cpackets_sent\x18\x04 \x01(\x04\x12\x13\n\x0boctets_sent\x18\x05 \x01(\x04\x12\x18\n\x10packets_received\x18\x06 \x01(\x04\x12\x17\n\x0foctets_received\x18\x07 \x01(\x04\x12\x14\n\x0cpackets_lost\x18\x08 \x01(\x04\x12\x1e\n\x16refused_authentication\x18\t \x01(\x04\x12\x16\n\x0erefused_replay\x18\n \x01(\x04\x12\x11\n\tmalformed\x18\x0b \x01(\x04\x12\x0c\n\x04srtp\x18\x0c \x01(\x08\x12\'\n\x04mode\x18\r \x01(\x0e\x32\x19.ccmsec.v1.ConnectionMode\x12\x0e\n\x06remote\x18\x0e \x01(\t\x12\r\n\x05local\x18\x0f \x01(\t\x12\x16\n\x0e\x64ialled_number\x18\x10 \x01(\t\"D\n\x15\x44\x65leteConnectionReply\x12+\n\x07\x64\x65leted\x18\x01 \x03(\x0b\x32\x1a.ccmsec.v1.ConnectionStats\"(\n\x14\x41uditEndpointRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\"Q\n\x0c\x45ndpointInfo\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12/\n\x0b\x63onnections\x18\x02 \x03(\x0b\x32\x1a.ccmsec.v1.ConnectionStats\"\x8f\x01\n\x12\x41uditEndpointReply\x12*\n\tendpoints\x18\x01 \x03(\x0b\x32\x17.ccmsec.v1.EndpointInfo\x12\x14\n\x0csrtp_capable\x18\x02 \x01(\x08\x12&\n\x06suites\x18\x03 \x03(\x0e\x32\x16.ccmsec.v1.CryptoSuite\x12\x0f\n\x07numbers\x18\x04 \x03(\t*i\n\x0e\x43onnectionMode\x12\x1f\n\x1b\x43ONNECTION_MODE_UNSPECIFIED\x10\x00\x12\x0c\n\x08SENDRECV\x10\x01\x12\x0c\n\x08RECVONLY\x10\x02\x12\x0c\n\x08SENDONLY\x10\x03\x12\x0c\n\x08INACTIVE\x10\x04\x32\x96\x03\n\x0bSrtpGateway\x12\x34\n\x06Status\x12\x10.ccmsec.v1.Empty\x1a\x18.ccmsec.v1.ServiceStatus\x12R\n\x10\x43reateConnection\x12\".ccmsec.v1.CreateConnectionRequest\x1a\x1a.ccmsec.v1.ConnectionReply\x12R\n\x10ModifyConnection\x12\".ccmsec.v1.ModifyConnectionRequest\x1a\x1a.ccmsec.v1.ConnectionReply\x12X\n\x10\x44\x65leteConnection\x12\".ccmsec.v1.DeleteConnectionRequest\x1a .ccmsec.v1.DeleteConnectionReply\x12O\n\rAuditEndpoint\x12\x1f.ccmsec.v1.AuditEndpointRequest\x1a\x1d.ccmsec.v1.AuditEndpointReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ccmsec_proto.srtp_gateway_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CONNECTIONMODE']._serialized_start=1445
-  _globals['_CONNECTIONMODE']._serialized_end=1550
+  _globals['_CONNECTIONMODE']._serialized_start=1513
+  _globals['_CONNECTIONMODE']._serialized_end=1618
   _globals['_CREATECONNECTIONREQUEST']._serialized_start=74
-  _globals['_CREATECONNECTIONREQUEST']._serialized_end=275
-  _globals['_CONNECTIONREPLY']._serialized_start=278
-  _globals['_CONNECTIONREPLY']._serialized_end=410
-  _globals['_MODIFYCONNECTIONREQUEST']._serialized_start=413
-  _globals['_MODIFYCONNECTIONREQUEST']._serialized_end=638
-  _globals['_DELETECONNECTIONREQUEST']._serialized_start=640
-  _globals['_DELETECONNECTIONREQUEST']._serialized_end=723
-  _globals['_CONNECTIONSTATS']._serialized_start=726
-  _globals['_CONNECTIONSTATS']._serialized_end=1102
-  _globals['_DELETECONNECTIONREPLY']._serialized_start=1104
-  _globals['_DELETECONNECTIONREPLY']._serialized_end=1172
-  _globals['_AUDITENDPOINTREQUEST']._serialized_start=1174
-  _globals['_AUDITENDPOINTREQUEST']._serialized_end=1214
-  _globals['_ENDPOINTINFO']._serialized_start=1216
-  _globals['_ENDPOINTINFO']._serialized_end=1297
-  _globals['_AUDITENDPOINTREPLY']._serialized_start=1300
-  _globals['_AUDITENDPOINTREPLY']._serialized_end=1443
-  _globals['_SRTPGATEWAY']._serialized_start=1553
-  _globals['_SRTPGATEWAY']._serialized_end=1959
+  _globals['_CREATECONNECTIONREQUEST']._serialized_end=309
+  _globals['_CONNECTIONREPLY']._serialized_start=312
+  _globals['_CONNECTIONREPLY']._serialized_end=444
+  _globals['_MODIFYCONNECTIONREQUEST']._serialized_start=447
+  _globals['_MODIFYCONNECTIONREQUEST']._serialized_end=706
+  _globals['_DELETECONNECTIONREQUEST']._serialized_start=708
+  _globals['_DELETECONNECTIONREQUEST']._serialized_end=791
+  _globals['_CONNECTIONSTATS']._serialized_start=794
+  _globals['_CONNECTIONSTATS']._serialized_end=1170
+  _globals['_DELETECONNECTIONREPLY']._serialized_start=1172
+  _globals['_DELETECONNECTIONREPLY']._serialized_end=1240
+  _globals['_AUDITENDPOINTREQUEST']._serialized_start=1242
+  _globals['_AUDITENDPOINTREQUEST']._serialized_end=1282
+  _globals['_ENDPOINTINFO']._serialized_start=1284
+  _globals['_ENDPOINTINFO']._serialized_end=1365
+  _globals['_AUDITENDPOINTREPLY']._serialized_start=1368
+  _globals['_AUDITENDPOINTREPLY']._serialized_end=1511
+  _globals['_SRTPGATEWAY']._serialized_start=1621
+  _globals['_SRTPGATEWAY']._serialized_end=2027
 # @@protoc_insertion_point(module_scope)

@@ -22,7 +22,7 @@ SENDONLY: ConnectionMode
 INACTIVE: ConnectionMode
 
 class CreateConnectionRequest(_message.Message):
-    __slots__ = ("endpoint", "call_id", "dialled_number", "mode", "remote_sdp", "srtp", "send_key")
+    __slots__ = ("endpoint", "call_id", "dialled_number", "mode", "remote_sdp", "srtp", "send_key", "local_connection_options")
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     DIALLED_NUMBER_FIELD_NUMBER: _ClassVar[int]
@@ -30,6 +30,7 @@ class CreateConnectionRequest(_message.Message):
     REMOTE_SDP_FIELD_NUMBER: _ClassVar[int]
     SRTP_FIELD_NUMBER: _ClassVar[int]
     SEND_KEY_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_CONNECTION_OPTIONS_FIELD_NUMBER: _ClassVar[int]
     endpoint: str
     call_id: str
     dialled_number: str
@@ -37,7 +38,8 @@ class CreateConnectionRequest(_message.Message):
     remote_sdp: str
     srtp: bool
     send_key: _common_pb2.KeyMaterial
-    def __init__(self, endpoint: _Optional[str] = ..., call_id: _Optional[str] = ..., dialled_number: _Optional[str] = ..., mode: _Optional[_Union[ConnectionMode, str]] = ..., remote_sdp: _Optional[str] = ..., srtp: _Optional[bool] = ..., send_key: _Optional[_Union[_common_pb2.KeyMaterial, _Mapping]] = ...) -> None: ...
+    local_connection_options: str
+    def __init__(self, endpoint: _Optional[str] = ..., call_id: _Optional[str] = ..., dialled_number: _Optional[str] = ..., mode: _Optional[_Union[ConnectionMode, str]] = ..., remote_sdp: _Optional[str] = ..., srtp: _Optional[bool] = ..., send_key: _Optional[_Union[_common_pb2.KeyMaterial, _Mapping]] = ..., local_connection_options: _Optional[str] = ...) -> None: ...
 
 class ConnectionReply(_message.Message):
     __slots__ = ("connection_id", "endpoint", "local_sdp", "srtp", "mode")
@@ -54,7 +56,7 @@ class ConnectionReply(_message.Message):
     def __init__(self, connection_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., local_sdp: _Optional[str] = ..., srtp: _Optional[bool] = ..., mode: _Optional[_Union[ConnectionMode, str]] = ...) -> None: ...
 
 class ModifyConnectionRequest(_message.Message):
-    __slots__ = ("endpoint", "call_id", "connection_id", "mode", "remote_sdp", "change_security", "srtp", "send_key")
+    __slots__ = ("endpoint", "call_id", "connection_id", "mode", "remote_sdp", "change_security", "srtp", "send_key", "local_connection_options")
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     CONNECTION_ID_FIELD_NUMBER: _ClassVar[int]
@@ -63,6 +65,7 @@ class ModifyConnectionRequest(_message.Message):
     CHANGE_SECURITY_FIELD_NUMBER: _ClassVar[int]
     SRTP_FIELD_NUMBER: _ClassVar[int]
     SEND_KEY_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_CONNECTION_OPTIONS_FIELD_NUMBER: _ClassVar[int]
     endpoint: str
     call_id: str
     connection_id: str
@@ -71,7 +74,8 @@ class ModifyConnectionRequest(_message.Message):
     change_security: bool
     srtp: bool
     send_key: _common_pb2.KeyMaterial
-    def __init__(self, endpoint: _Optional[str] = ..., call_id: _Optional[str] = ..., connection_id: _Optional[str] = ..., mode: _Optional[_Union[ConnectionMode, str]] = ..., remote_sdp: _Optional[str] = ..., change_security: _Optional[bool] = ..., srtp: _Optional[bool] = ..., send_key: _Optional[_Union[_common_pb2.KeyMaterial, _Mapping]] = ...) -> None: ...
+    local_connection_options: str
+    def __init__(self, endpoint: _Optional[str] = ..., call_id: _Optional[str] = ..., connection_id: _Optional[str] = ..., mode: _Optional[_Union[ConnectionMode, str]] = ..., remote_sdp: _Optional[str] = ..., change_security: _Optional[bool] = ..., srtp: _Optional[bool] = ..., send_key: _Optional[_Union[_common_pb2.KeyMaterial, _Mapping]] = ..., local_connection_options: _Optional[str] = ...) -> None: ...
 
 class DeleteConnectionRequest(_message.Message):
     __slots__ = ("endpoint", "call_id", "connection_id")

@@ -65,12 +65,14 @@ class LiveHarness(Harness):
 
 
 async def _call_through_gateway(cluster, *, phone_mode, number="5550102", frames=50, capture=False,
-                                codecs=(4, 2)):
+                                codecs=(4, 2), resources=None):
     transports = {A: DeviceTransport("encrypted", True, AES) if phone_mode is ENC else DeviceTransport("non-secure", False),
                   # the gateway: encryption configured on it, reached over mutual TLS (GW-4, CHK-12)
                   GW: DeviceTransport("encrypted", True, "TLS_AES_256_GCM_SHA384")}
     keys = CallKeySource(lambda: PairKeys(MasterKey.generate(), MasterKey.generate()), transports.get)
     h = LiveHarness(key_source=keys.key_source)
+    if resources is not None:
+        h.agent.resources = h.resources = resources
     legs = GatewayLegs(lambda: cluster.gw_channel, gateway="gw1", pump=h.pump)
     pa = h.add(A, "1001", mode=phone_mode, codecs=codecs)
     pg = h.add(GW, "5550000", mode=ENC, kind=EndpointKind.GATEWAY, model="MGCP gateway",
@@ -241,3 +243,50 @@ async def test_call9_no_common_codec_with_the_deployed_gateway_is_refused_and_le
     assert not pa.channels and not pg.calls
     ended = [e for e in h.events() if e.kind == "ended"]
     assert ended and "no codec in common" in ended[-1].call.codec_rule, ended
+
+
+async def test_gw3_call9_a_held_gateway_leg_hears_music_on_hold_in_its_calls_law(gw):
+    """The telephone-network caller put on hold by the phone hears music on hold: call control's
+    real music-on-hold port (`ResourcePorts`, real UDP) sends to a new gateway connection that
+    CreateConnection alone makes receive-only in the law the call negotiated (`a:PCMA`: the phone
+    offers A-law only, the gateway both) — before, the hold channel was created inactive with no
+    codec and never modified (it never transmits), so the gateway took nothing and the caller
+    heard silence. The secure call was SRTP; music on hold is RTP (GW-3, CALL-3), and every packet
+    the gateway takes decodes as A-law music (none refused as a foreign payload type: µ-law music
+    would be). Resume brings SRTP back on a fresh connection."""
+    from ccmsec.media import g711
+    from ccmsec_callmanager.calls import ResourcePorts
+    await gw.mixed()
+    res = ResourcePorts("127.0.0.1")
+    h, keys, legs, port, audio, pa, cap = await _call_through_gateway(
+        gw, phone_mode=ENC, number="5550100", codecs=(2,), resources=res)
+    gateway = gw.gw_svc.gateway
+    [talking] = gateway.connections.values()
+    assert talking.srtp and talking.payload_type == 8
+    pa.hold()
+    h.pump()
+    await wait_for(lambda: [c.mode.name for c in gateway.connections.values()] == ["RECVONLY"], 5)
+    [held] = gateway.connections.values()
+    heard: list[bytes] = []
+    held.media.on_payload = heard.append
+    await wait_for(lambda: len(heard) >= 25, 5)
+    assert not held.srtp and held.payload_type == 8 and held.send_key is None     # GW-3
+    stats = next(c for e in (await gw.gw.AuditEndpoint(pb.AuditEndpointRequest(endpoint="*@gw1"))).endpoints
+                 for c in e.connections)
+    assert stats.mode == pb.RECVONLY and not stats.srtp and stats.packets_sent == 0
+    assert stats.packets_received >= 25 and stats.malformed == 0 and stats.refused_authentication == 0
+    music = tones.music_on_hold()
+    frames = [music.frame() for _ in range(150)]             # two loops of the melody
+    a_law = {g711.alaw_encode(f) for f in frames}
+    assert all(p in a_law for p in heard), "the held caller hears something but not A-law music"
+    assert not any(p in {g711.ulaw_encode(f) for f in frames} for p in heard)
+    assert [c.codec for c in pa.channels.values()] == []      # the holder itself hears nothing
+    pa.resume()
+    h.pump()
+    await wait_for(lambda: [(c.mode.name, c.srtp) for c in gateway.connections.values()]
+                   == [("SENDRECV", True)], 5)
+    pa.hang_up()
+    h.pump()
+    await legs.drain()
+    await wait_for(lambda: gateway.connections == {}, 5)
+    port.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import socket
 
 import grpc
 import pytest
@@ -473,3 +474,54 @@ async def test_gateway_told_to_use_the_c_relay_path_does_not_start_without_it(tm
     monkeypatch.setenv("CC", "/bin/false")
     with pytest.raises(relay_core.RelayCoreUnavailable, match="CCMSEC_RELAY_CORE=c .*/bin/false failed"):
         await _start_gateway(tmp_path, nats_server, None, relay_core="c")
+
+
+async def test_local_connection_options_codec_receive_only_leg_and_refusals(gw):
+    """CreateConnection's `a:` local connection option (RFC 3435) over gRPC: a receive-only leg
+    with no remote description (music on hold for a held telephone-network caller) runs the law
+    asked for and takes packets in it; a packet in the other law is not used (counted malformed).
+    A codec the gateway does not speak is refused 534, one the remote description contradicts
+    524, an unknown option 532 — each a clear INVALID_ARGUMENT, and no connection is left."""
+    cluster = gw
+    await cluster.mixed()
+    reply = await cluster.gw.CreateConnection(pb.CreateConnectionRequest(
+        endpoint="aaln/S1/SU0/$@gw1", call_id="B0", dialled_number=TONE, mode=pb.RECVONLY,
+        local_connection_options="a:PCMA"))
+    local = parse_sdp(reply.local_sdp).audio()
+    assert local.formats == ("8",) and local.direction == "recvonly" and reply.mode == pb.RECVONLY
+    [conn] = cluster.gw_svc.gateway.connections.values()
+    heard: list[bytes] = []
+    conn.media.on_payload = heard.append
+    target = (parse_sdp(reply.local_sdp).address_of(local), local.port)
+    alaw, ulaw = MediaStream(8), MediaStream(0)
+    frame = tones.tone(440).frame()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for _ in range(5):
+            sock.sendto(alaw.packet_for(frame), target)
+        await wait_for(lambda: len(heard) == 5)
+        for _ in range(3):
+            sock.sendto(ulaw.packet_for(frame), target)      # a law it never asked for
+        await asyncio.sleep(0.2)
+    from ccmsec.media import g711
+    assert heard == [g711.alaw_encode(frame)] * 5            # the µ-law packets were not used
+    audit = await cluster.gw.AuditEndpoint(pb.AuditEndpointRequest(endpoint="*@gw1"))
+    [stats] = [c for e in audit.endpoints for c in e.connections]
+    assert stats.packets_received == 5 and stats.malformed == 3 and stats.packets_sent == 0
+    phone = await _phone()
+    for options, remote, code in [("a:G729", "", "534"), ("a:PCMA", _remote(phone, pt=0), "524"),
+                                  ("x:1", "", "532"), ("a:PCMU, a:PCMA", "", "510")]:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await cluster.gw.CreateConnection(pb.CreateConnectionRequest(
+                endpoint="aaln/S1/SU0/$@gw1", call_id="B1", dialled_number=TONE, remote_sdp=remote,
+                local_connection_options=options))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert err.value.details().startswith(code), (options, err.value.details())
+    # ModifyConnection: the codec fixed by `a:` is not changed (534), the connection unchanged
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await cluster.gw.ModifyConnection(pb.ModifyConnectionRequest(
+            endpoint=str(conn.endpoint), connection_id=conn.id, mode=pb.SENDRECV,
+            local_connection_options="a:PCMU"))
+    assert err.value.details().startswith("534") and conn.payload_type == 8
+    assert conn.mode.name == "RECVONLY"
+    assert len(cluster.gw_svc.gateway.connections) == 1
+    await phone.close()

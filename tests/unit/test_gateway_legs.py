@@ -9,6 +9,9 @@ from types import SimpleNamespace
 
 from ccmsec.aio.gateway_legs import GatewayLegs
 from ccmsec.formats.sdp import audio_session
+from ccmsec.media.keys import to_encryption_info
+from ccmsec.media.srtp import MasterKey
+from ccmsec.wire.sccp import EncryptionInfo
 from ccmsec_proto import srtp_gateway_pb2 as pb
 
 
@@ -19,8 +22,10 @@ class FakeGateway:
         self.release = asyncio.Event()
         self.created: list[str] = []
         self.deleted: list[str] = []
+        self.requests: list = []
 
     async def CreateConnection(self, request, timeout=None):  # noqa: N802
+        self.requests.append(request)
         await self.release.wait()
         conn_id = f"C{len(self.created) + 1}"
         self.created.append(conn_id)
@@ -44,6 +49,11 @@ class Phone:
         self.failed.append(party_id)
 
 
+def _channel(party_id, reference, codec=4, rx_encryption=None):
+    return SimpleNamespace(party_id=party_id, call_reference=reference, tx=None, codec=codec,
+                           rx_encryption=rx_encryption or EncryptionInfo())
+
+
 def _legs(gateway: FakeGateway) -> GatewayLegs:
     legs = GatewayLegs(lambda: None, gateway="gw1")
     legs._stub = lambda: gateway
@@ -53,7 +63,7 @@ def _legs(gateway: FakeGateway) -> GatewayLegs:
 async def test_a_channel_closed_while_its_connection_is_being_created_is_deleted_on_the_gateway():
     gateway, phone = FakeGateway(), Phone()
     legs = _legs(gateway)
-    channel = SimpleNamespace(party_id=7, call_reference=0x1A, tx=None)
+    channel = _channel(7, 0x1A)
     legs.open(phone, channel, "5550102")
     await asyncio.sleep(0.01)      # CreateConnection sent, no answer yet
     legs.close(channel)            # the caller hung up meanwhile
@@ -70,7 +80,7 @@ async def test_an_open_channel_keeps_its_connection_until_closed():
     gateway, phone = FakeGateway(), Phone()
     legs = _legs(gateway)
     gateway.release.set()
-    channel = SimpleNamespace(party_id=8, call_reference=0x1B, tx=None)
+    channel = _channel(8, 0x1B)
     legs.open(phone, channel, "5550102")
     await legs.drain(2.0)
     assert phone.opened == [8] and legs.connections[8][0] == "C1" and gateway.deleted == []
@@ -78,3 +88,32 @@ async def test_an_open_channel_keeps_its_connection_until_closed():
     await legs.drain(2.0)
     assert gateway.deleted == ["C1"] and legs.connections == {}
     assert not legs._opening and not legs._abandoned
+
+
+async def test_call9_gw3_a_receive_only_channel_is_created_listening_in_its_own_law():
+    """Music on hold towards the gateway is a channel that never transmits (no
+    StartMediaTransmission, so no ModifyConnection): its CreateConnection alone must make the
+    connection receive, in the G.711 law the channel was opened in (`a:PCMA` for A-law, SCCP 2) —
+    before, it was created inactive with no codec and the held caller heard silence."""
+    gateway, phone = FakeGateway(), Phone()
+    legs = _legs(gateway)
+    gateway.release.set()
+    legs.open(phone, _channel(9, 0x1C, codec=2), "5550100")
+    legs.open(phone, _channel(10, 0x1D, codec=4), "5550100")
+    await legs.drain(2.0)
+    a_law, u_law = gateway.requests
+    assert (a_law.mode, a_law.local_connection_options) == (pb.RECVONLY, "a:PCMA")
+    assert (u_law.mode, u_law.local_connection_options) == (pb.RECVONLY, "a:PCMU")
+
+
+async def test_gw1_a_keyed_channel_is_created_inactive_until_its_key_arrives():
+    """A channel with SRTP keys receives nothing before ModifyConnection gives the gateway the
+    key it decrypts with (no plain RTP accepted on an SRTP leg meanwhile)."""
+    gateway, phone = FakeGateway(), Phone()
+    legs = _legs(gateway)
+    gateway.release.set()
+    legs.open(phone, _channel(11, 0x1E, rx_encryption=to_encryption_info(MasterKey.generate())),
+              "5550102")
+    await legs.drain(2.0)
+    [request] = gateway.requests
+    assert (request.mode, request.local_connection_options) == (pb.INACTIVE, "a:PCMU")

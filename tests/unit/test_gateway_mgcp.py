@@ -66,3 +66,25 @@ def test_dialled_numbers_are_bounded_and_never_echoed_back_whole():
         with pytest.raises(MgcpError, match="at most 32 digits") as err:
             check_number(bad)
         assert err.value.code == 510 and len(str(err.value)) < 100
+
+
+def test_local_connection_options_choose_a_g711_codec_and_refuse_any_other():
+    """RFC 3435 `L:` (`ccmsec.wire.mgcp`): `a:` names the connection's codec, the first listed;
+    the gateway speaks PCMU and PCMA only — anything else is refused 534, never replaced."""
+    from ccmsec.wire.mgcp import for_payload_type, parse_local_options
+    from ccmsec_srtp_gateway.mgcp import parse_local_options as gateway_options
+    assert parse_local_options("").payload_type is None
+    assert parse_local_options("a:PCMA").payload_types == (8,)
+    assert parse_local_options("p:20, a:pcmu;PCMA").payload_types == (0, 8)
+    assert for_payload_type(8).to_text() == "a:PCMA" and for_payload_type(0).to_text() == "a:PCMU"
+    with pytest.raises(ValueError):
+        for_payload_type(18)
+    for text, code, words in [("a:G729", 534, "codec negotiation failure"),
+                              ("a:PCMU;G722", 534, "'G722' not supported"),
+                              ("p:30", 532, "20 ms only"), ("e:on", 532, "not supported"),
+                              ("a:", 510, "<name>:<value>"), ("a:PCMU, a:PCMA", 510, "twice"),
+                              ("a:" + "X" * 300, 510, "longer than")]:
+        with pytest.raises(MgcpError) as exc:
+            gateway_options(text)
+        assert exc.value.code == code and words in str(exc.value), (text, exc.value)
+        assert len(str(exc.value)) < 200      # bounded: never the whole input echoed back

@@ -22,7 +22,15 @@ from ccmsec.media.srtp import MasterKey
 from ccmsec.media.stream import MediaStream
 
 from . import pstn
-from .mgcp import ConnectionMode, EndpointName, MgcpError, check_call_id, check_number, parse_endpoint
+from .mgcp import (
+    ConnectionMode,
+    EndpointName,
+    LocalOptions,
+    MgcpError,
+    check_call_id,
+    check_number,
+    parse_endpoint,
+)
 
 log = logging.getLogger("ccmsec.srtp-gateway")
 
@@ -46,6 +54,9 @@ class Connection:
     send_key: MasterKey | None = field(default=None, repr=False)
     receive_key: MasterKey | None = field(default=None, repr=False)
     payload_type: int = 0
+    # chosen by a remote description or the `a:` local connection option (not the PCMU default):
+    # from then on a different codec is refused (534)
+    codec_chosen: bool = False
 
     @property
     def remote(self) -> str:
@@ -76,7 +87,7 @@ def remote_leg(text: str, *, srtp: bool) -> RemoteLeg:
         raise MgcpError(MgcpError.PROTOCOL_ERROR, f"remote session description: {exc}") from None
     pt = next((int(f) for f in audio.formats if f in ("0", "8")), None)
     if pt is None:
-        raise MgcpError(534, f"no G.711 format (0 PCMU, 8 PCMA) offered: {' '.join(audio.formats)}")
+        raise MgcpError(MgcpError.CODEC_NEGOTIATION, f"no G.711 format (0 PCMU, 8 PCMA) offered: {' '.join(audio.formats)}")
     if srtp:
         if not audio.srtp or not audio.crypto:
             raise MgcpError(MgcpError.LCO_INCONSISTENT, "GW-1: an SRTP connection needs an RTP/SAVP "
@@ -88,6 +99,19 @@ def remote_leg(text: str, *, srtp: bool) -> RemoteLeg:
                             "remote description without a=crypto")
         key = None
     return RemoteLeg(address, audio.port, pt, key)
+
+
+def codec_of(leg: RemoteLeg | None, options: LocalOptions) -> int | None:
+    """The connection's payload type from the remote description and the local connection
+    options (`a:`); the two must agree (524), else the description's, else the options'."""
+    asked = options.payload_types
+    if leg is not None and asked and leg.payload_type not in asked:
+        raise MgcpError(MgcpError.LCO_INCONSISTENT, f"remote description's payload type "
+                        f"{leg.payload_type} is not one the local connection options ask for "
+                        f"({options.to_text()})")
+    if leg is not None:
+        return leg.payload_type
+    return options.payload_type
 
 
 WILDCARDS = ("0.0.0.0", "::", "")
@@ -143,7 +167,8 @@ class Gateway:
 
     # -- CRCX --------------------------------------------------------------------------------
     async def create(self, *, endpoint: str, call_id: str, number: str, mode: ConnectionMode | None,
-                     remote_sdp: str, srtp: bool, send_key: MasterKey | None) -> Connection:
+                     remote_sdp: str, srtp: bool, send_key: MasterKey | None,
+                     options: LocalOptions = LocalOptions()) -> Connection:
         call_id = check_call_id(call_id)
         number = check_number(number)
         mode = mode or ConnectionMode.SENDRECV
@@ -155,6 +180,7 @@ class Gateway:
         if not srtp and send_key is not None:
             raise MgcpError(MgcpError.LCO_INCONSISTENT, "GW-2: an RTP connection carries no key")
         leg = remote_leg(remote_sdp, srtp=srtp) if remote_sdp else None
+        chosen = codec_of(leg, options)
         if len(self.connections) >= self.max_connections:
             raise MgcpError(MgcpError.NO_RESOURCES, "insufficient resources: connection limit reached")
         candidates = self._resolve(endpoint, allow_any=True)
@@ -162,7 +188,7 @@ class Gateway:
         free = next((e for e in candidates if keys[e] not in self._by_endpoint), None)
         if free is None:
             raise MgcpError(MgcpError.NO_RESOURCES, f"endpoint busy: {endpoint} (one connection per line)")
-        payload_type = leg.payload_type if leg else 0
+        payload_type = chosen if chosen is not None else 0
         party = pstn.party_for(number, payload_type)
         if party is None:
             known = ", ".join(f"{n} ({what})" for n, (what, _) in pstn.NUMBERS.items())
@@ -180,7 +206,7 @@ class Gateway:
             raise MgcpError(MgcpError.NO_RESOURCES, f"insufficient resources: cannot open a media "
                             f"port on {self.host}: {exc.strerror or exc}") from None
         conn = Connection(conn_id, ep, call_id, number, mode, srtp, media, party, send_key, receive_key,
-                          payload_type)
+                          payload_type, chosen is not None)
         self._attach_party(conn)
         media.receiving, media.sending = mode.receives, mode.sends
         if leg:
@@ -216,7 +242,7 @@ class Gateway:
     # -- MDCX --------------------------------------------------------------------------------
     async def modify(self, *, endpoint: str, call_id: str, connection_id: str, mode: ConnectionMode | None,
                      remote_sdp: str, change_security: bool, srtp: bool,
-                     send_key: MasterKey | None) -> Connection:
+                     send_key: MasterKey | None, options: LocalOptions = LocalOptions()) -> Connection:
         conn = self._connection(endpoint, call_id, connection_id)
         new_srtp = srtp if change_security else conn.srtp
         new_send = send_key if change_security else conn.send_key
@@ -231,20 +257,24 @@ class Gateway:
                 raise MgcpError(MgcpError.NO_REMOTE_DESCRIPTOR, "changing SRTP/RTP needs a new remote "
                                 "session description")
         leg = remote_leg(remote_sdp, srtp=new_srtp) if remote_sdp else None
+        chosen = codec_of(leg, options)
         # every refusal before any change: a refused MDCX leaves the connection as it was
-        if leg is not None and leg.payload_type != conn.payload_type and conn.media.remote is not None:
-            raise MgcpError(534, "codec change within a connection is not supported")
+        if chosen is not None and chosen != conn.payload_type and conn.codec_chosen:
+            raise MgcpError(MgcpError.CODEC_NEGOTIATION, "codec change within a connection is not "
+                            f"supported (it runs payload type {conn.payload_type})")
         if mode is not None:
             conn.mode = mode
             conn.media.receiving, conn.media.sending = mode.receives, mode.sends
+        fresh = chosen is not None and chosen != conn.payload_type
+        if fresh:
+            # the first remote description (or `a:` option) chooses the codec
+            conn.payload_type = chosen
+            conn.party = pstn.party_for(conn.number, chosen)
+            conn.media.stream = MediaStream(chosen, send_key=conn.send_key,
+                                            receive_key=conn.receive_key)
+            self._attach_party(conn)
+        conn.codec_chosen = conn.codec_chosen or chosen is not None
         if leg is not None:
-            fresh = leg.payload_type != conn.payload_type
-            if fresh:
-                # the first remote description chooses the codec
-                conn.payload_type = leg.payload_type
-                conn.party = pstn.party_for(conn.number, leg.payload_type)
-                conn.media.stream = MediaStream(leg.payload_type)
-                self._attach_party(conn)
             # A side whose SRTP key did not change keeps its session: a new one would restart the
             # sender's rollover counter (after a sequence wrap the far end refuses every packet,
             # and the keystream of earlier indices is used again) and empty the receiver's replay

@@ -12,6 +12,9 @@ import enum
 import re
 from dataclasses import dataclass
 
+from ccmsec.wire import mgcp as wire
+from ccmsec.wire.mgcp import LocalOptions
+
 MAX_ENDPOINT_NAME = 255
 _TERM = re.compile(r"^[A-Za-z0-9_.\-]{1,32}$")
 _DOMAIN = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?)(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?)*$")
@@ -31,6 +34,8 @@ class MgcpError(Exception):
     UNKNOWN_CALL_ID = 516
     BAD_MODE = 517
     LCO_INCONSISTENT = 524
+    LCO_UNSUPPORTED = 532
+    CODEC_NEGOTIATION = 534
     NO_REMOTE_DESCRIPTOR = 527
 
     def __init__(self, code: int, text: str):
@@ -126,6 +131,14 @@ def check_number(number: str) -> str:
         raise MgcpError(MgcpError.PROTOCOL_ERROR, f"dialled number must be at most {MAX_NUMBER} "
                         "digits (0-9, *, #)")
     return number or ""
+
+
+def parse_local_options(text: str) -> LocalOptions:
+    """LocalConnectionOptions (`L:`, `ccmsec.wire.mgcp`), refusals as MGCP errors."""
+    try:
+        return wire.parse_local_options(text)
+    except wire.LocalOptionsError as exc:
+        raise MgcpError(exc.code, str(exc)) from None
 
 
 def check_call_id(call_id: str) -> str:

@@ -13,7 +13,7 @@ from ccmsec_proto import srtp_gateway_pb2_grpc
 from . import pstn
 from .clustermode import ClusterModeUnknown
 from .gateway import Connection, SecurityRefused
-from .mgcp import ConnectionMode, MgcpError
+from .mgcp import ConnectionMode, MgcpError, parse_local_options
 
 _STATUS = {
     MgcpError.UNKNOWN_ENDPOINT: grpc.StatusCode.NOT_FOUND,
@@ -78,9 +78,10 @@ class SrtpGatewayServicer(StatusServicerMixin, srtp_gateway_pb2_grpc.SrtpGateway
         key = await self._key(request.send_key, context)
         await self._check_security(request.srtp, context)
         mode = await self._run(context, _mode(request.mode, ConnectionMode.SENDRECV))
+        options = await self._run(context, _options(request.local_connection_options))
         conn = await self._run(context, self.gw.create(
             endpoint=request.endpoint, call_id=request.call_id, number=request.dialled_number, mode=mode,
-            remote_sdp=request.remote_sdp, srtp=request.srtp, send_key=key))
+            remote_sdp=request.remote_sdp, srtp=request.srtp, send_key=key, options=options))
         return self._reply(conn)
 
     async def ModifyConnection(self, request, context):  # noqa: N802
@@ -88,10 +89,11 @@ class SrtpGatewayServicer(StatusServicerMixin, srtp_gateway_pb2_grpc.SrtpGateway
         if request.change_security:
             await self._check_security(request.srtp, context)
         mode = await self._run(context, _mode(request.mode, None))
+        options = await self._run(context, _options(request.local_connection_options))
         conn = await self._run(context, self.gw.modify(
             endpoint=request.endpoint, call_id=request.call_id, connection_id=request.connection_id,
             mode=mode, remote_sdp=request.remote_sdp, change_security=request.change_security,
-            srtp=request.srtp, send_key=key))
+            srtp=request.srtp, send_key=key, options=options))
         return self._reply(conn)
 
     async def DeleteConnection(self, request, context):  # noqa: N802
@@ -113,3 +115,7 @@ class SrtpGatewayServicer(StatusServicerMixin, srtp_gateway_pb2_grpc.SrtpGateway
 
 async def _mode(value: int, default):
     return ConnectionMode.from_proto(value, default)
+
+
+async def _options(text: str):
+    return parse_local_options(text)
