@@ -14,8 +14,10 @@ processing can run the same core.
 Features: dial plan (digits and en-bloc; unknown number → reorder; busy → busy tone or call
 forward busy; no answer → call forward no answer), shared lines (every idle appearance rings; the
 first answer wins; the others see the call "in use remote" while a party on the line is in it —
-a phone registering mid-call too, from its registration — and may barge), hold and resume (the held party hears music on hold), transfer (consultative,
-and blind when completed while the target is still ringing), ad hoc conference through the
+a phone registering mid-call too, from its registration — and may barge), hold and resume (the
+held party hears music on hold, or with `tone_on_hold` — SRST — a tone on hold the resources
+stream), transfer (consultative, and blind when completed while the target is still ringing), ad
+hoc conference through the
 conference bridge, call forward all (set from the phone), barge and cBarge (CALL-4…8 through
 `ccmsec.policy.calls.barge`), and every call's security status re-computed after every change
 (CALL-1/2/3) and sent to each phone in CallInfo. Bad input (a stale call reference, a message out
@@ -1121,17 +1123,17 @@ class CallAgent:
             a, b = active
             want[(a.reference, ("leg", b.reference, ""))] = (True, codec)
             want[(b.reference, ("leg", a.reference, ""))] = (True, codec)
-        elif len(active) == 1 and held and self.settings.music_on_hold:
+        elif len(active) == 1 and held and (self.settings.music_on_hold or self.settings.tone_on_hold):
             lg = active[0]
             # the law the call negotiated when this leg offered it (a gateway's telephone network
             # keeps talking the law of its call), else the first G.711 law it offered
             law = codec if codec in G711_CODECS and codec in self._offered(lg.station) \
                 else self._g711_for(lg.station)
+            kind = EndpointKind.MUSIC_ON_HOLD if self.settings.music_on_hold else EndpointKind.TONE_ON_HOLD
             if law is None:
                 tone.add(lg.reference)   # no channel in a codec it never offered: tone on hold
             else:
-                want[(lg.reference, (EndpointKind.MUSIC_ON_HOLD, call.id, lg.reference))] = (
-                    False, law)
+                want[(lg.reference, (kind, call.id, lg.reference))] = (False, law)
         return want, tone
 
     def _plan_media(self, call: Call) -> None:

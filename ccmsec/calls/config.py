@@ -101,5 +101,9 @@ class AgentSettings:
     server_name: str = "callmanager"
     servers: tuple[tuple[str, str, int], ...] = field(default=())  # (name, ip, port)
     music_on_hold: bool = True         # held parties hear music from the MoH source
+    # Without music on hold: the media resources stream tone on hold (TONE_ON_HOLD) to a held
+    # party in a G.711 law it offered (SRST's limited service); one offering neither law plays
+    # tone on hold itself (StartTone hold), as without a music-on-hold law (CALL-9).
+    tone_on_hold: bool = False
     default_codec: int = 4             # G.711 u-law 64k
     bridge_codec: int = 4              # the bridge's codec shown for a conference (its first law)

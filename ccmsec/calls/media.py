@@ -12,6 +12,10 @@ device offered (CALL-9, there is no transcoder). The bridge decodes every leg to
 and encodes each leg's mix in that leg's own law, so µ-law and A-law phones share a conference; a
 device that offers neither law cannot join one. A held phone that offers neither law gets no music
 on hold channel: it plays tone on hold itself (StartTone hold).
+
+Without music on hold (SRST's limited service, `AgentSettings.tone_on_hold`) the held party's
+stream is a tone-on-hold one (`EndpointKind.TONE_ON_HOLD`), chosen the same way; it is no party of
+the call (not CALL-3): its key source gives it the call's own protection.
 """
 
 from __future__ import annotations

@@ -169,7 +169,9 @@ class Call:
         return [leg for leg in self.legs if leg.state in (LegState.CONNECTED, LegState.HOLD)]
 
     def resources(self) -> list[EndpointKind]:
-        kinds = {ch.peer[0] for ch in self.channels.values() if isinstance(ch.peer[0], EndpointKind)}
+        # tone on hold is no party (its channel's keys count in the held leg's keyed media)
+        kinds = {ch.peer[0] for ch in self.channels.values() if isinstance(ch.peer[0], EndpointKind)
+                 and ch.peer[0] is not EndpointKind.TONE_ON_HOLD}
         if self.bridge:
             kinds.add(EndpointKind.CONFERENCE)
         return sorted(kinds, key=lambda k: k.value)

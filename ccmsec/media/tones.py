@@ -66,5 +66,10 @@ def music_on_hold() -> ToneSource:
     return ToneSource([((n, n / 2), 250) for n in notes])
 
 
+def tone_on_hold() -> ToneSource:
+    """SRST's tone on hold: two short 1400 Hz beeps, then a pause (no music: limited service)."""
+    return ToneSource([((1400.0,), 100), ((), 100), ((1400.0,), 100), ((), 1700)])
+
+
 def silence() -> ToneSource:
     return ToneSource([((), 1000)])

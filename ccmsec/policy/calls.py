@@ -39,12 +39,16 @@ class EndpointKind(str, enum.Enum):
     MTP = "media termination point"
     CONFERENCE = "conference bridge"  # ad hoc and meet-me
     MUSIC_ON_HOLD = "music on hold"
+    # SRST's tone on hold: a stream from the router to the held phone, keyed like the call's own
+    # media (no party of the call: what it is worth is the held leg's keyed media, CALL-1)
+    TONE_ON_HOLD = "tone on hold"
     SIP = "sip"
     H323 = "h323"
 
 
 # CALL-3: kinds that never carry security.
-UNSECURABLE_KINDS = frozenset(EndpointKind) - {EndpointKind.PHONE, EndpointKind.GATEWAY}
+UNSECURABLE_KINDS = frozenset(EndpointKind) - {EndpointKind.PHONE, EndpointKind.GATEWAY,
+                                                EndpointKind.TONE_ON_HOLD}
 
 
 @dataclass(frozen=True)

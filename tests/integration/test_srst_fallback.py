@@ -8,7 +8,10 @@ that call each other with real audio.
 * calls by directory number, with audio both ways, and the fallback notice on each phone;
 * keys made on the router, in the encryption-info blocks, only when both phones are encrypted on
   TLS and security is configured on the reference (ENC-3/4/5, SRST-2); otherwise RTP;
-* the directory survives call control's absence: the last copy on disk is used.
+* the directory survives call control's absence: the last copy on disk is used;
+* a held party hears tone on hold streamed from the router (decoded from the real packets) in a
+  G.711 law it offered, SRTP exactly when the call is (ENC-3/4, SRST-2); a phone offering neither
+  law plays tone on hold itself and is sent nothing (CALL-9); resume stops either.
 """
 
 from __future__ import annotations
@@ -26,8 +29,10 @@ from ccmsec.pki import tls
 from ccmsec.pki.ca import Issued, create_ca, name, new_key
 from ccmsec.pki.lsc import issue_lsc
 from ccmsec.pki.servercert import ensure_server_certificate
+from ccmsec.policy.calls import EndpointKind
 from ccmsec.wire import sccp as s
 from ccmsec.wire.sccp_calls import CallStateCode as CS
+from ccmsec.wire.sccp_calls import Tone
 from ccmsec_proto import callmanager_pb2 as pb
 from ccmsec_srst.fallback import FALLBACK_NOTICE, FallbackCallControl, SrstDirectory
 
@@ -94,7 +99,7 @@ async def router(tmp_path):
     await fb.close()
 
 
-async def phone(r, name, audio=None, *, lsc_ca=None, plain=False):
+async def phone(r, name, audio=None, *, lsc_ca=None, plain=False, codecs=(4,)):
     model, device_type, mode, _ = PHONES[name]
     register = s.Register(name, "127.0.0.1", device_type=device_type)
     if mode is DeviceSecurityMode.NON_SECURE or plain:
@@ -104,7 +109,7 @@ async def phone(r, name, audio=None, *, lsc_ca=None, plain=False):
         ctx = tls.sccp_phone_context(mode, [r.identity.cert], lsc=lsc)   # pinned: the SRST certificate
         conn = await connect_phone("127.0.0.1", r.fb.tls.port, register, ssl_context=ctx,
                                    pinned_ccm_certificates=[r.identity.cert])
-    conn.session.capabilities = s.CapabilitiesRes((s.MediaCapability(4),),
+    conn.session.capabilities = s.CapabilitiesRes(tuple(s.MediaCapability(cd) for cd in codecs),
                                                   encryption_capable=mode is DeviceSecurityMode.ENCRYPTED)
     src = tones.tone(400 + 100 * list(PHONES).index(name))
 
@@ -226,3 +231,108 @@ async def test_a_new_capf_certificate_in_the_directory_is_trusted_on_2443_CERT_2
     a = await phone(router, A)                                  # an LSC from the new CAPF
     assert A in router.fb.registrations
     await a.close()
+
+
+# -- hold in fallback: tone on hold ---------------------------------------------------------------
+
+G729 = 18
+TONE_ON_HOLD_HZ = 1400   # tones.tone_on_hold(); the phones' own tones are 400..700 Hz
+
+
+def _level(pcm: bytes, freq: float) -> float:
+    """Goertzel: how much of `freq` the decoded 16-bit PCM holds."""
+    import math
+    import struct
+
+    n = len(pcm) // 2
+    coeff = 2 * math.cos(2 * math.pi * freq / 8000)
+    s1 = s2 = 0.0
+    for x in struct.unpack(f"<{n}h", pcm[:2 * n]):
+        s1, s2 = x + coeff * s1 - s2, s1
+    return math.sqrt(max(s1 * s1 + s2 * s2 - coeff * s1 * s2, 0.0)) / max(n, 1)
+
+
+async def _hears_tone_on_hold(audio, name, before):
+    """The held phone's new receive channel (its talking one was closed) carries the router's tone
+    on hold: real packets, decoded; nothing refused (an SRTP key mismatch would be)."""
+    await wait_for(lambda: audio[name] is not before and audio[name].counters()["received"] >= 25, 15)
+    held = audio[name]
+    counters = held.counters()
+    assert counters["refused"] == counters["refused_authentication"] == counters["malformed"] == 0
+    heard = bytes(held.recording)
+    assert _level(heard, TONE_ON_HOLD_HZ) > 20 * _level(heard, 400 + 100 * list(PHONES).index(name))
+    return held
+
+
+async def _resume_stops_it(router, holder, audio, name, held):
+    holder.act(holder.display.resume)
+    await wait_for(lambda: not router.fb.hold_tones.audio and not router.fb.hold_tones.keys)
+    await wait_for(lambda: audio[name] is not held and audio[name].counters()["received"] >= 10)
+    received = held.counters()["received"]
+    await asyncio.sleep(0.3)
+    assert held.counters()["received"] == received     # the tone stopped with its stream
+
+
+async def test_a_held_encrypted_phone_hears_tone_on_hold_over_srtp_SRST_1_ENC_4_CALL_9(router):
+    """The fix: before, a party held in fallback heard silence (no music on hold, and the tone
+    on hold came only with music). Now the router streams it, keyed like the call: SRTP."""
+    audio = {}
+    a, b = await phone(router, A, audio), await phone(router, B, audio)
+    await call(a, b, "4002", audio, [A, B])
+    talking = audio[B]
+    assert talking.is_srtp
+    a.act(a.display.hold)
+    held = await _hears_tone_on_hold(audio, B, talking)
+    assert held.stream.receive_srtp                   # the call is SRTP, so is its tone on hold
+    (key,) = router.fb.hold_tones.audio
+    assert key[0] is EndpointKind.TONE_ON_HOLD
+    assert router.fb.hold_tones.keys[key].is_encrypted
+    assert all(cl.tone != Tone.HOLD for cl in b.display.calls.values())   # streamed, not local
+    await _resume_stops_it(router, a, audio, B, held)
+    assert audio[B].is_srtp and audio[A].is_srtp
+    assert [cl.icon for cl in b.display.calls.values()] == ["lock"]
+    a.act(a.display.hang_up)
+    await b.wait_for(lambda disp: not disp.calls, what="the call cleared")
+    for p in (a, b):
+        await p.close()
+
+
+async def test_tone_on_hold_is_rtp_when_the_call_is_ENC_3_SRST_2(router):
+    """An encrypted phone in a call with a non-secure one: the call is RTP, and so is the tone
+    on hold the encrypted phone hears when held — the call's protection, no key of its own."""
+    audio = {}
+    a, c = await phone(router, A, audio), await phone(router, C, audio)
+    await call(a, c, "4003", audio, [A, C])
+    talking = audio[A]
+    assert not talking.is_srtp
+    c.act(c.display.hold)
+    held = await _hears_tone_on_hold(audio, A, talking)
+    assert not held.stream.receive_srtp
+    assert not any(info.is_encrypted for info in router.fb.hold_tones.keys.values())
+    await _resume_stops_it(router, c, audio, A, held)
+    for p in (a, c):
+        await p.close()
+
+
+async def test_a_held_phone_offering_no_g711_law_gets_the_tone_path_not_a_stream_CALL_9(router):
+    """The bad case: D offers G.729 only. Held, it is sent no stream in a codec it never offered:
+    it plays tone on hold itself (StartTone hold), and resume stops it. The other way round C,
+    which offers µ-law too, hears the router's tone on hold (RTP: a non-secure call)."""
+    audio = {}
+    c = await phone(router, C, audio, codecs=(G729, 4))
+    d = await phone(router, D, audio, codecs=(G729,))
+    await call(c, d, "4004", audio, [C, D])
+    c.act(c.display.hold)
+    await d.wait_for(lambda disp: any(cl.tone == Tone.HOLD for cl in disp.calls.values()),
+                     what="tone on hold played by the phone")
+    assert not router.fb.hold_tones.audio and not router.fb.resources.ports
+    c.act(c.display.resume)
+    await d.wait_for(lambda disp: all(cl.tone == 0 for cl in disp.calls.values()), what="tone stopped")
+    await wait_for(lambda: all(audio[n].counters()["received"] >= 5 for n in (C, D)))
+    talking = audio[C]
+    d.act(d.display.hold)
+    held = await _hears_tone_on_hold(audio, C, talking)
+    assert held.port.codec == 4 and not held.stream.receive_srtp
+    await _resume_stops_it(router, d, audio, C, held)
+    for p in (c, d):
+        await p.close()

@@ -12,6 +12,7 @@ offered neither gets no stream at all (there is no transcoder).
 
 from __future__ import annotations
 
+from ccmsec.calls.config import AgentSettings
 from ccmsec.policy.calls import EndpointKind
 from ccmsec.wire import sccp as s
 from ccmsec.wire.sccp_calls import CallStateCode as CS
@@ -308,3 +309,47 @@ def test_call9_the_target_leaving_a_barge_into_a_conference_or_a_cbarge_leaves_t
     pb.hang_up()
     h.pump()
     assert h.agent.views() == [] and not pa.calls
+
+
+# -- tone on hold streamed instead of music (SRST's limited service) -------------------------------
+
+def test_call9_without_music_the_tone_on_hold_stream_plays_in_the_held_phones_law_SRST_1():
+    """`tone_on_hold` (SRST): with music on hold off, a held phone offering a G.711 law gets a
+    receive-only tone-on-hold stream in that law — not counted as a call party, so it does not
+    lower the call (CALL-3 is music's) — and a G.729-only phone gets no stream but StartTone hold.
+    Resume closes the stream / stops the tone. Before, without music the held party got nothing."""
+    h = Harness(AgentSettings(music_on_hold=False, tone_on_hold=True))
+    pa = h.add(A, "1001", codecs=(G729, ULAW))
+    pb, pc = h.add(B, "1002", codecs=(G729, ALAW)), h.add(C, "1003", codecs=(G729,))
+    connect(h, A, B, "1002")
+    pa.hold()
+    h.pump()
+    (tone,) = pb.channels.values()
+    assert tone.codec == ALAW and tone.tx is None
+    assert list(resource_codecs(h, EndpointKind.TONE_ON_HOLD).values()) == [ALAW]
+    assert resource_codecs(h, MOH) == {} and not h.only_call().resources
+    assert next(iter(pb.calls.values())).tone == 0       # streamed: no local tone as well
+    pa.resume()
+    h.pump()
+    assert h.resources.open_streams == {} and codecs_of(pa) == codecs_of(pb) == [G729]
+    pa.hang_up()
+    h.pump()
+    connect(h, A, C, "1003")
+    pa.hold()
+    h.pump()
+    assert not pc.channels and h.resources.open_streams == {}   # never a law C did not offer
+    assert next(iter(pc.calls.values())).tone == Tone.HOLD
+    pa.resume()
+    h.pump()
+    assert next(iter(pc.calls.values())).tone == 0
+
+
+def test_without_music_or_tone_on_hold_setting_a_held_party_gets_neither():
+    """The settings are what decide: both off, nothing is streamed and no tone is played."""
+    h = Harness(AgentSettings(music_on_hold=False))
+    pa, pb = h.add(A, "1001", codecs=(ULAW,)), h.add(B, "1002", codecs=(ULAW,))
+    connect(h, A, B, "1002")
+    pa.hold()
+    h.pump()
+    assert not pb.channels and h.resources.open_streams == {}
+    assert next(iter(pb.calls.values())).tone == 0

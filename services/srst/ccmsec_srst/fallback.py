@@ -12,7 +12,12 @@
   fetched over 2445 and put in the phones' configuration (CERT-6); the phones pin it.
 * **Calls**: the call-processing core (`ccmsec.calls`) with registration, calls between the
   phones registered here by directory number, hold/transfer as the core does them; no music on
-  hold and no conference bridge (limited service). Media is phone to phone; keys are made here
+  hold and no conference bridge (limited service). A held party hears tone on hold streamed from
+  the router (`_ResourcePorts`) in a G.711 law it offered (CALL-9), over the media protection of
+  the call: SRTP with a fresh key made here when every party of the call may receive keys (the
+  condition for the call's own SRTP: ENC-3/5, SRST-2), else RTP — never music, which would make a
+  secure call non-secure (CALL-3). A held phone that offers neither law plays tone on hold itself
+  (StartTone hold); resume stops either. Media is phone to phone; keys are made here
   (`MasterKey.generate`, the operating system's CSPRNG) and carried in the encryption-info blocks
   exactly as call control does it (`CallKeySource`: ENC-3/4/5 — both phones registered encrypted
   over an encrypting TLS cipher, and only when security is configured on the reference).
@@ -33,6 +38,7 @@ from typing import Awaitable, Callable
 
 from cryptography import x509
 
+from ccmsec.aio.media import SCCP_G711, PortAudio
 from ccmsec.aio.media_port import MediaPorts
 from ccmsec.aio.sccp import ConnectionClosed, ConnectionDropped, SccpServer
 from ccmsec.calls.agent import CallAgent
@@ -40,11 +46,13 @@ from ccmsec.calls.config import AgentSettings, DeviceProfile, LineConfig, Profil
 from ccmsec.calls.media import ResourceKey
 from ccmsec.domain import ClusterMode, DeviceSecurityMode
 from ccmsec.fsutil import atomic_write
-from ccmsec.media.callkeys import CallKeySource, DeviceTransport, PairKeys
+from ccmsec.media import tones
+from ccmsec.media.callkeys import CallKeySource, DeviceTransport, PairKeys, may_receive_keys
+from ccmsec.media.keys import to_encryption_info
 from ccmsec.media.srtp import MasterKey
 from ccmsec.pki.ca import Issued
 from ccmsec.pki.tls import sccp_server_context
-from ccmsec.policy.calls import CallSecurityLevel
+from ccmsec.policy.calls import CallSecurityLevel, EndpointKind
 from ccmsec.policy.registration import DeviceRecord, PhoneTrust, decide
 from ccmsec.runtime import metrics
 from ccmsec.wire import sccp as s
@@ -164,8 +172,9 @@ class FallbackCallControl:
         self.resources = MediaPorts(host, limit=64)
         self.keys = CallKeySource(lambda: PairKeys(MasterKey.generate(), MasterKey.generate()),
                                   self._transport)
-        self.agent = CallAgent(AgentSettings(server_name=node, music_on_hold=False),
-                               resources=_ResourcePorts(self.resources), key_source=self.keys.key_source)
+        self.hold_tones = _ResourcePorts(self.resources)
+        self.agent = CallAgent(AgentSettings(server_name=node, music_on_hold=False, tone_on_hold=True),
+                               resources=self.hold_tones, key_source=self._key_source)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -186,7 +195,7 @@ class FallbackCallControl:
                               on_event=self._listener(secure=True), **common)
         await self.plain.start()
         await self.tls.start()
-        self.agent.settings = AgentSettings(server_name=self.node, music_on_hold=False,
+        self.agent.settings = AgentSettings(server_name=self.node, music_on_hold=False, tone_on_hold=True,
                                             servers=((self.node, self.host, self.plain.port),))
         log.info("SRST SCCP listening", extra={"sccp": f"{self.host}:{self.plain.port}",
                                                "sccp_tls": f"{self.host}:{self.tls.port}"})
@@ -321,6 +330,25 @@ class FallbackCallControl:
         return DeviceTransport(reg.mode, on_tls, reg.cipher if on_tls else "",
                                srtp_capable=station.srtp_capable)
 
+    def _key_source(self, call, channel, direction: str) -> s.EncryptionInfo:
+        if channel.peer and channel.peer[0] is EndpointKind.TONE_ON_HOLD:
+            return self._tone_key(call, channel)
+        return self.keys.key_source(call, channel, direction)
+
+    def _tone_key(self, call, channel) -> s.EncryptionInfo:
+        """The held phone's receive block for the tone on hold: the call's own protection. SRTP
+        only when every party of the call may receive keys — what gives the call SRTP between the
+        phones (ENC-3/5; none at all when the reference is not secure, SRST-2) — with a fresh key
+        made here for this stream alone, carried in the held phone's OpenReceiveChannel over its
+        encrypting TLS (ENC-5) and to the router's sender, forgotten when the stream closes.
+        Otherwise RTP, as the call."""
+        parties = call.parties()
+        transports = [self._transport(lg.station.name) for lg in parties]
+        secure = bool(parties) and all(t is not None and may_receive_keys(t)[0] for t in transports)
+        info = to_encryption_info(MasterKey.generate() if secure else None)
+        self.hold_tones.keys[channel.peer] = info
+        return info
+
     # the pump -------------------------------------------------------------------------------
     def _now(self) -> float:
         return (self._loop or asyncio.get_running_loop()).time()
@@ -361,18 +389,33 @@ class FallbackCallControl:
 
 
 class _ResourcePorts:
-    """Real UDP ports for what the core inserts (a conference or barge bridge): they receive and
-    count, nothing more — the router offers limited service, not a mixing bridge."""
+    """Real UDP ports for what the core inserts. Tone on hold plays the tone to the held phone in
+    the law it offered, SRTP with the key `_tone_key` made for the stream (else RTP); a conference
+    or barge bridge port receives and counts, nothing more — the router offers limited service,
+    not a mixing bridge."""
 
     def __init__(self, ports: MediaPorts) -> None:
         self.ports = ports
+        self.keys: dict[ResourceKey, s.EncryptionInfo] = {}   # tone on hold: the held phone's block
+        self.audio: dict[ResourceKey, PortAudio] = {}
 
     def open(self, key: ResourceKey) -> tuple[str, int]:
-        return self.ports.open(key).local
+        port = self.ports.open(key)
+        if key[0] is EndpointKind.TONE_ON_HOLD and key not in self.audio:
+            self.audio[key] = PortAudio(port, tones.tone_on_hold().frame)
+        return port.local
 
     def start(self, key: ResourceKey, remote: tuple[str, int], codec: int) -> None:
         port = self.ports.get(key)
-        if port is not None:
+        if port is None:
+            return
+        if key[0] is EndpointKind.TONE_ON_HOLD:
+            if codec not in SCCP_G711:   # the core asks for a law the phone offered (CALL-9)
+                log.error("tone on hold %s/%s: codec %s is not G.711; not started (CALL-9)",
+                          key[1], key[2], codec)
+                return
+            port.start(remote, codec, self.keys.get(key))
+        else:
             port.start(remote, codec)
 
     def stop(self, key: ResourceKey) -> None:
@@ -381,4 +424,8 @@ class _ResourcePorts:
             port.stop()
 
     def close(self, key: ResourceKey) -> None:
+        audio = self.audio.pop(key, None)
+        if audio is not None:
+            audio.close()
+        self.keys.pop(key, None)   # the stream's key goes with it
         self.ports.close(key)
