@@ -28,7 +28,8 @@ service's to publish, the message is too large, its payload does not decode...) 
 counted in ccmsec_outbox_set_aside_total, shown in `ccmsec status` (outbox_set_aside), and deleted
 after 7 days. `list` shows those rows (oldest first; never the payload, only its size); `resend`,
 once the cause is fixed, puts them back in the queue: the relay tries them again in order, and
-sets aside again (logged, counted) one refused again. SERVICE is a node name of `ccmsec status`
+sets aside again (logged, counted) one refused again. A resend restarts a row's 7 days (its staged
+time becomes the resend's) and is audited (outbox.resend in the audit log). SERVICE is a node name of `ccmsec status`
 (e.g. callmanager, callmanager-sub1, ctl-provider)."""
 
 

@@ -58,8 +58,10 @@ PUBLISHERS: dict[str, frozenset[str]] = {
     "config.changed": frozenset({"callmanager", "capf"}),
     # Any service may report a gRPC call its policy refused (issue 9 §2 audit).
     "access.denied": frozenset(SERVICE_ROLES),
-    # The owners whose writes callmanager (the audit log's writer) records (issue 9 §5 audit).
-    "owner.change": frozenset({"ctl-provider", "capf", "tftp-signer"}),
+    # The owners whose writes callmanager (the audit log's writer) records (issue 9 §5 audit):
+    # every service, since each owns an outbox the operator may resend (`outbox.resend`); the
+    # record names its true publisher (BUS-2 subject).
+    "owner.change": frozenset(SERVICE_ROLES),
     # CAPF, the owner of the offline issuer's CA, says it changed; call control then asks it
     # (`Capf/GetThirdPartyCa`): the event carries no trust, only "ask again".
     "lsc-ca.changed": frozenset({"capf"}),

@@ -30,7 +30,9 @@ relay until JetStream acknowledges.
   owning service only (gRPC `ccmsec.v1.Outbox`, `ccmsec outbox list|resend`): `list_set_aside`
   gives id, subject, time, reason and payload size — never the payload —, `requeue` clears the
   mark of the rows named (or all), so the relay tries them again in their order; refused again,
-  a row is set aside again (logged and counted again).
+  a row is set aside again (logged and counted again). A resend restarts the row's clock (its
+  staged time becomes the resend's: pruned 7 days after the resend) and is audited: an
+  `owner.change` `outbox.resend` (who, which service, the rows or "all") staged with the re-queue.
 """
 
 from __future__ import annotations
@@ -317,10 +319,18 @@ class OutboxRelay:
                                     error[len(SET_ASIDE):], int(size or 0), attempts))
         return rows, total
 
-    async def requeue(self, ids: Iterable[int] | None = None) -> list[int]:
+    async def requeue(self, ids: Iterable[int] | None = None, *, audit: dict | None = None,
+                      now: _dt.datetime | None = None) -> list[int]:
         """Put set-aside rows back in the queue (`ids`, or every one with None): the relay tries
         them again in their order, and sets aside again (logged, counted) one refused again.
-        Nothing changes if one of `ids` is not a set-aside row of this origin (NotSetAside)."""
+        Nothing changes if one of `ids` is not a set-aside row of this origin (NotSetAside).
+
+        A resend restarts each row's clock: its `created_at` becomes the resend time (`now`), so
+        a row set aside again is kept KEEP_SET_ASIDE from the resend, not from its first staging
+        (the listing's staged time is then the resend's). `audit` (ChangeActor.audit(): actor,
+        door, remote) stages the resend's audit record (`owner.change` `outbox.resend`: this
+        service, the rows or "all") in the same transaction: audited if and only if re-queued."""
+        now = now or _dt.datetime.now(_dt.timezone.utc)
         wanted = None if ids is None else sorted({int(i) for i in ids})
         if wanted is not None and len(wanted) > REQUEUE_MAX:
             raise ValueError(f"at most {REQUEUE_MAX} ids at once (or all)")
@@ -338,8 +348,16 @@ class OutboxRelay:
                 if missing:
                     raise NotSetAside(missing)
                 change = change.where(OutboxRow.seq.in_(wanted))
-            found = sorted((await session.execute(change.values(last_error=requeued).returning(
+            found = sorted((await session.execute(change.values(
+                last_error=requeued, created_at=now).returning(
                 OutboxRow.seq, OutboxRow.event_id).execution_options(synchronize_session=False))).all())
+            if found and audit is not None:
+                shown = ",".join(str(seq) for seq, _ in found[:100]) + (" ..." if len(found) > 100 else "")
+                which = "all" if wanted is None else "ids"
+                stage_owner_change(session, self.origin, action="outbox.resend",
+                                   target=f"{self.role}/{self.origin}",
+                                   detail=f"{which}: {len(found)} set-aside row(s) re-queued: {shown}",
+                                   **audit)
         for _seq, event_id in found:
             self._set_aside.pop(event_id, None)
         if found:

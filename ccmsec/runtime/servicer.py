@@ -110,7 +110,8 @@ class OutboxServicer:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT,
                         f"{len(request.ids)} ids: at most {REQUEUE_MAX} at once (or all)")
         try:
-            requeued = await self._relay().requeue(None if request.all else list(request.ids))
+            requeued = await self._relay().requeue(None if request.all else list(request.ids),
+                                                   audit=change_actor(self.service, context).audit())
         except NotSetAside as exc:
             await abort(context, grpc.StatusCode.NOT_FOUND,
                         f"{self.service.role}/{self.service.node}: {exc}; nothing re-queued")

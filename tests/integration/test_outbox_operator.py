@@ -270,3 +270,75 @@ async def test_status_shows_the_rows_set_aside_before_a_restart_until_resent(key
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         svc.outbox = old
+
+
+async def _audits(svc) -> list[events_pb2.OwnerChange]:
+    """The resend audit records (`owner.change` `outbox.resend`) in the service's outbox, once
+    each is acknowledged by JetStream (the secured server lets the service publish them)."""
+    from sqlalchemy import select
+
+    from ccmsec.db.outbox import OutboxRow
+
+    async with svc.db() as session:
+        rows = (await session.execute(select(OutboxRow.event_id, OutboxRow.payload).where(
+            OutboxRow.kind == "owner.change").order_by(OutboxRow.seq))).all()
+    events = [events_pb2.Event.FromString(payload) for _, payload in rows]
+    assert await svc.outbox.wait_sent([e.id for e in events], 20), svc.outbox.last_error
+    return [e.owner_change for e in events if e.owner_change.action == "outbox.resend"]
+
+
+async def test_a_resend_restarts_the_rows_clock_and_is_audited(keymanager):
+    """Issue 9 §4/§5: a resent row kept its first staging time, so one refused again was pruned 7
+    days after its first staging, however recent the resend — and the resend itself was only
+    logged. Now a resend restarts the row's clock (its staged time becomes the resend's: pruned
+    7 days after it) and stages its audit record with the re-queue: `owner.change`
+    `outbox.resend` naming the caller, the service and the rows (or "all"), which callmanager
+    records in its audit log. Bad case: a refused resend (an unknown id) re-queues nothing and
+    audits nothing."""
+    import datetime as dt
+
+    from sqlalchemy import update
+
+    from ccmsec.db.outbox import OutboxRow
+    from ccmsec_callmanager.access_audit import owner_change_entry
+
+    svc, stub, _url, _data = keymanager
+    await _stage_refused(svc)
+    first, second = (await stub.ListSetAside(outbox_pb2.ListSetAsideRequest(), timeout=10)).rows
+    six_days_ago = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=6)
+    async with svc.db() as session, session.begin():  # both first staged six days ago
+        await session.execute(update(OutboxRow).where(OutboxRow.seq.in_([first.id, second.id]))
+                              .values(created_at=six_days_ago))
+
+    with pytest.raises(grpc.aio.AioRpcError) as unknown:  # bad case: nothing re-queued or audited
+        await stub.Resend(outbox_pb2.ResendRequest(ids=[first.id, 424242]), timeout=10)
+    assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+    assert await _audits(svc) == []
+
+    before = _set_aside_total(svc.node)
+    assert list((await stub.Resend(outbox_pb2.ResendRequest(ids=[first.id]), timeout=10)).ids) == [first.id]
+    [by_ids] = await _audits(svc)  # (read now: the prune below deletes the acknowledged rows)
+    for _ in range(100):  # refused again (the cause is not fixed): set aside again
+        if _set_aside_total(svc.node) == before + 1:
+            break
+        await asyncio.sleep(0.1)
+    assert _set_aside_total(svc.node) == before + 1
+    listed = await stub.ListSetAside(outbox_pb2.ListSetAsideRequest(), timeout=10)
+    staged = {r.id: r.created_unix_ms / 1000 for r in listed.rows}
+    assert abs(staged[first.id] - time.time()) < 60, "the resend did not restart the row's clock"
+    assert abs(staged[second.id] - six_days_ago.timestamp()) < 5
+
+    # Two days on: the row not resent is 8 days old and pruned; the resent one is 2 days old.
+    await svc.outbox.prune(dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=2))
+    left = await stub.ListSetAside(outbox_pb2.ListSetAsideRequest(), timeout=10)
+    assert [r.id for r in left.rows] == [first.id]
+
+    assert list((await stub.Resend(outbox_pb2.ResendRequest(all=True), timeout=10)).ids) == [first.id]
+    [by_all] = await _audits(svc)
+    for audit, which in ((by_ids, "ids"), (by_all, "all")):
+        assert audit.actor.startswith("cli/") and audit.door == "grpc"
+        assert audit.target == f"keymanager/{svc.node}"
+        assert audit.detail == f"{which}: 1 set-aside row(s) re-queued: {first.id}"
+    entry = owner_change_entry(events_pb2.Event(owner_change=by_all), "keymanager")
+    assert (entry.action, entry.target) == ("outbox.resend", f"keymanager/{svc.node}")
+    assert entry.actor == by_all.actor and "(by keymanager)" in entry.detail
