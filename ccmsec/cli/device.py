@@ -256,7 +256,7 @@ def register_call_control(sub) -> None:
     add_data_option(reset)
     reset.add_argument("names", nargs="*", metavar="NAME")
     reset.add_argument("--all", action="store_true", help="every phone in the cluster (CHK-13)")
-    reset.add_argument("--server", help="every phone registered to this server (RST-9)")
+    reset.add_argument("--server", help="every phone registered to this call-control node: callmanager or callmanager-subK (RST-9)")
     reset.add_argument("--restart", action="store_true",
                        help="restart the phone application (Reset type 2) instead of a reset")
     reset.add_argument("--wait", action="store_true",

@@ -9,6 +9,7 @@ table says and nothing more. Services act on the actions (events `device.reset`,
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 from typing import Union
 
@@ -33,6 +34,31 @@ class DevicesOnServer:
 
 
 DeviceTarget = Union[tuple[str, ...], _All, DevicesOnServer]
+
+# RST-9's server is a call-control node of the cluster (the CallManager group: docs/rules.md,
+# docs/survivability.md): the publisher `callmanager` or a subscriber `callmanager-subK`, K from 1
+# to MAX_SUBSCRIBERS (ccmsec/cluster/topology.py). An SRST reference (`srst`) is no call-control
+# node — it takes over while call control cannot serve phones (SRST-1) — nor is any other service:
+# its phones in fallback are reset by name or with every device (CHK-13), never "on a server".
+MAX_SUBSCRIBERS = 4
+_CALL_CONTROL_NODE = re.compile(r"callmanager(?:-sub([1-9][0-9]?))?")
+
+
+class NotACallControlNode(ValueError):
+    """A reset on a server (RST-9) naming something that is no call-control node."""
+
+
+def check_reset_server(server: str) -> str:
+    """`server` if it names a call-control node (RST-9); else NotACallControlNode saying why."""
+    match = _CALL_CONTROL_NODE.fullmatch(server) if isinstance(server, str) else None
+    if match is None or (match.group(1) and int(match.group(1)) > MAX_SUBSCRIBERS):
+        shown = repr(str(server)[:64])
+        hint = (" (an SRST reference: its phones in fallback are reset by name or with every "
+                "device)" if server == "srst" else "")
+        raise NotACallControlNode(
+            f"server {shown} is no call-control node{hint}: a reset on a server (RST-9) names the "
+            f"publisher callmanager or a subscriber callmanager-sub1…callmanager-sub{MAX_SUBSCRIBERS}")
+    return server
 
 
 # Changes -----------------------------------------------------------------------------------------

@@ -151,20 +151,22 @@ async def test_chk13_reset_all_publishes_one_event_and_reports_progress_until_ev
 async def test_rst9_reset_devices_on_a_server_targets_that_server_only(v2):
     """RST-9: the event names the server (required_actions(ResetDevicesOnServer)); only its phones count."""
     await register(v2, NODE, A)
-    await register(v2, "cm-b", B, C)
+    await register(v2, "callmanager-sub1", B, C)
     admin = v2.admin()
-    r = await admin.post("/api/v1/devices/reset", json={"server": "cm-b", "kind": "restart"})
+    r = await admin.post("/api/v1/devices/reset", json={"server": "callmanager-sub1", "kind": "restart"})
     assert r.status_code == 202 and r.json()["targeted"] == 2 and r.json()["rule"] == "RST-9"
     (body,) = v2.events.bodies("device.reset")
-    assert (body.server, body.all, list(body.devices), body.rule) == ("cm-b", False, [], "RST-9")
+    assert (body.server, body.all, list(body.devices), body.rule) == ("callmanager-sub1", False, [], "RST-9")
     assert device_resets(v2.events) == [([], "RST-9", "restart")]
-    for bad in ({}, {"all": False}, {"all": True, "server": "cm-b"}, {"server": ""},
+    for bad in ({}, {"all": False}, {"all": True, "server": "callmanager-sub1"}, {"server": ""},
                 {"server": "bad node!"}, {"server": 3}, {"all": "yes"}, {"all": True, "kind": "reboot"},
-                {"all": True, "devices": [A]}):
+                {"all": True, "devices": [A]}, {"server": "srst"}, {"server": "callmanager-sub9"}):
         assert_json_error(await admin.post("/api/v1/devices/reset", json=bad), 422)
+    srst = await admin.post("/api/v1/devices/reset", json={"server": "srst"})
+    assert srst.status_code == 422 and "is no call-control node" in srst.text   # RST-9: a node, not SRST
     assert len(v2.events.published) == 1, "refused requests publish nothing"
     rows = [(r.outcome, r.rule, r.target) for r in await v2.audit_rows() if r.action == "device.reset_many"]
-    assert rows[0] == ("ok", "RST-9", "server:cm-b") and len(rows) == 10
+    assert rows[0] == ("ok", "RST-9", "server:callmanager-sub1") and len(rows) == 13
     assert {o for o, _, _ in rows[1:]} == {"refused"}
 
 

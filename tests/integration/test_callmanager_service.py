@@ -504,7 +504,7 @@ async def test_rst9_reset_devices_per_server_and_chk13_reset_all(cm, nats_server
     names = [f"SEP0000000E002{i}" for i in range(3)]
     phones = {n: await cm.registered(n) for n in names}
     async with BusRecorder(nats_server) as rec:
-        other = await cm.stub.ResetDevices(pb.ResetDevicesRequest(server="callmanager-2"), timeout=5)
+        other = await cm.stub.ResetDevices(pb.ResetDevicesRequest(server="callmanager-sub1"), timeout=5)
         assert other.targeted == 0
         mine = await cm.stub.ResetDevices(pb.ResetDevicesRequest(server="callmanager"), timeout=5)
         assert mine.targeted == 3
@@ -518,7 +518,7 @@ async def test_rst9_reset_devices_per_server_and_chk13_reset_all(cm, nats_server
             phones[n] = (await _reregister_on_reset(cm, phones[n], n))[1]
         await asyncio.sleep(0.2)
     rows = rec.resets_and_restarts()
-    assert rows == [("device.reset", "RST-9", False, (), "callmanager-2", events_pb2.RESET),
+    assert rows == [("device.reset", "RST-9", False, (), "callmanager-sub1", events_pb2.RESET),
                     ("device.reset", "RST-9", False, (), "callmanager", events_pb2.RESET),
                     ("device.reset", "CHK-13", True, (), "", events_pb2.RESET)]
     for p in phones.values():
@@ -538,7 +538,7 @@ async def test_reset_targets_count_this_nodes_registry_and_other_nodes_rows_by_n
            "reported_address": "127.0.0.1", "nat_suspected": False, "transport_port": 2000, "cipher": "",
            "certificate_fingerprint": "", "certificate_kind": "", "since": dt.datetime.now(dt.timezone.utc)}
     async with cm.svc.db() as session, session.begin():
-        await registry_db.apply_changes(session, "callmanager-2",
+        await registry_db.apply_changes(session, "callmanager-sub1",
                                         [{"device": d, **row} for d in ("SEP0000000E0051", "SEP0000000E0052")], [])
     await cm.cc.registry.mirror.flush()   # this node's own row is in the table too
     async with cm.svc.db() as session:
@@ -547,7 +547,7 @@ async def test_reset_targets_count_this_nodes_registry_and_other_nodes_rows_by_n
         assert await registry_db.registered_names(session, node="callmanager") == ["SEP0000000E0050"]
         assert [r.device for r in await registry_db.list_registrations(session, except_node="callmanager")] == [
             "SEP0000000E0051", "SEP0000000E0052"]
-    other = await cm.stub.ResetDevices(pb.ResetDevicesRequest(server="callmanager-2"), timeout=5)
+    other = await cm.stub.ResetDevices(pb.ResetDevicesRequest(server="callmanager-sub1"), timeout=5)
     assert other.targeted == 2
     everyone = await cm.stub.ResetDevices(pb.ResetDevicesRequest(all=True), timeout=5)
     assert everyone.targeted == 3
@@ -621,6 +621,13 @@ async def test_reset_request_validation(cm):
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await cm.stub.ResetDevices(bad, timeout=5)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    # RST-9 names a call-control node: the SRST reference (its phones in fallback) or a subscriber
+    # that cannot exist is refused, nothing published
+    for server in ("srst", "callmanager-sub9", "localhost"):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await cm.stub.ResetDevices(pb.ResetDevicesRequest(server=server), timeout=5)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert f"server '{server}' is no call-control node" in err.value.details()
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await cm.stub.GetResetProgress(pb.ResetProgressRequest(request_id="nope"), timeout=5)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND

@@ -126,7 +126,7 @@ async def test_rst9_resets_refused_by_a_closing_fleet_are_not_counted_as_done(tm
     phone.state, phone.registered_address, phone.registered_port = State.REGISTERED, "127.0.0.1", 2000
     work = await svc.on_device_reset(events_pb2.Event(
         id="r", occurred_unix_ms=int(time.time() * 1000),
-        device_reset=events_pb2.DeviceReset(server="localhost", rule="RST-9")))
+        device_reset=events_pb2.DeviceReset(server="callmanager", rule="RST-9")))
     await asyncio.wait_for(entered.wait(), 5)
     await svc.fleet.close()               # teardown: the phones are closed
     gate.set()

@@ -372,7 +372,8 @@ async def test_rst9_node_endpoints_from_endpoints_or_name_and_bad_names_reach_no
     assert (pub.addresses, pub.ports) == ({"127.0.1.2"}, {2000, 2443})
     assert pub.reached_by("::ffff:127.0.1.2", 2443) and not pub.reached_by("", 2000)
     # no endpoints file: the name resolved, at the cluster's SCCP ports
-    local = await node_endpoints("localhost", endpoints=None, peers={}, sccp_ports=cluster)
+    local = await node_endpoints("callmanager", endpoints=None, peers={"callmanager": "localhost"},
+                                 sccp_ports=cluster)
     assert "127.0.0.1" in local.addresses and local.ports == {2000, 2443}
     # an endpoints file that does not list the server: no node of this cluster
     assert await node_endpoints("localhost", endpoints=endpoints, peers={}, sccp_ports=cluster) == NOWHERE
@@ -424,7 +425,8 @@ async def test_rst9_a_reset_of_one_node_spares_another_node_on_the_same_address(
     assert await reset("callmanager-sub2") == [phones[2].name]
     assert await reset("localhost") == []          # no node of this cluster (endpoints file)
     path.unlink()                                  # compose: no file; the name at the cluster's ports
-    assert await reset("localhost") == [phones[0].name]
+    svc.settings = PhoneSimSettings(service="phone-sim", data_dir=tmp_path, peers={"callmanager": "localhost"})
+    assert await reset("callmanager") == [phones[0].name]   # its peer host, localhost
     await svc.fleet.close()
 
 
@@ -648,13 +650,14 @@ async def test_rst9_with_an_unreadable_endpoints_file_still_resets_by_the_node_n
     from ccmsec_proto import events_pb2
 
     endpoints_path(tmp_path).mkdir(parents=True)
-    svc = PhoneSimService(PhoneSimSettings(service="phone-sim", data_dir=tmp_path))
+    svc = PhoneSimService(PhoneSimSettings(service="phone-sim", data_dir=tmp_path,
+                                           peers={"callmanager": "localhost"}))
     svc.fleet = Fleet(tmp_path / "phone-sim", Network("127.0.0.1", 9, tftp_timeout=5, tftp_retries=1))
     (phone,) = await svc.fleet.add(1, "7960", "SEP0A0B")
     runner = svc.fleet.runners[phone.name]
     phone.state, phone.registered_address, phone.registered_port = State.REGISTERED, "127.0.0.1", 2000  # localhost
     await svc.on_device_reset(events_pb2.Event(id="r", occurred_unix_ms=int(time.time() * 1000),
-                                               device_reset=events_pb2.DeviceReset(server="localhost")))
+                                               device_reset=events_pb2.DeviceReset(server="callmanager")))
     await asyncio.wait(svc._tasks, timeout=5)   # the node's phones are found aside (see below)
     assert runner._task is not None   # the phone reboots
     await svc.fleet.close()
@@ -898,3 +901,46 @@ def test_the_save_limit_bounds_the_process_exit_with_a_stalled_write_and_the_sto
             proc.wait()
     store = json.loads((folder / "phones.json").read_text())   # whole: the save before the close
     assert len(store["phones"]) == 1
+
+
+async def test_rst9_a_reset_naming_srst_reaches_no_phone_in_fallback_and_says_why(tmp_path, caplog):
+    """RST-9 resets the phones registered to a call-control node. The endpoints file also lists
+    `srst` (the SRST reference, with its SCCP port), so a reset naming it reached the phones in
+    SRST fallback. `srst` is no call-control node: refused with an error, no phone reset; the
+    publisher's reset still reaches exactly its own phone."""
+    import asyncio
+    import json
+    import time
+
+    from ccmsec.cluster.state import endpoints_path
+    from ccmsec_phone_sim.main import PhoneSimService, PhoneSimSettings
+    from ccmsec_proto import events_pb2
+
+    path = endpoints_path(tmp_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"services": {
+        "callmanager": {"host": "127.0.0.1", "sccp_port": 2000, "sccp_tls_port": 2443},
+        "srst": {"host": "127.0.0.1", "sccp_port": 12000, "sccp_tls_port": 12443}}}))
+    svc = PhoneSimService(PhoneSimSettings(service="phone-sim", data_dir=tmp_path))
+    svc.fleet = Fleet(tmp_path / "phone-sim", Network("127.0.0.1", 9, tftp_timeout=5, tftp_retries=1))
+    on_cm, in_fallback = await svc.fleet.add(2, "7960", "SEP0A1B")
+    on_cm.state, on_cm.registered_address, on_cm.registered_port = State.REGISTERED, "127.0.0.1", 2000
+    in_fallback.state, in_fallback.registered_address, in_fallback.registered_port = (
+        State.REGISTERED, "127.0.0.1", 12000)
+    booted: list[list[str]] = []
+
+    async def boot(runners, requested_at=None):
+        booted.append(sorted(r.phone.name for r in runners))
+        return len(booted[-1])
+
+    svc.fleet.boot = boot
+
+    async def reset(server: str) -> list[str]:
+        await svc.on_device_reset(events_pb2.Event(id=server, occurred_unix_ms=int(time.time() * 1000),
+                                                   device_reset=events_pb2.DeviceReset(server=server)))
+        await asyncio.wait(svc._tasks, timeout=5)
+        return booted.pop()
+
+    assert await reset("srst") == []
+    assert "device reset refused: server 'srst' is no call-control node" in caplog.text
+    assert await reset("callmanager") == [on_cm.name]

@@ -66,3 +66,20 @@ def test_later8_legacy_tls_change_restarts_the_two_phone_tls_listeners_only():
     """LATER-8: callmanager (2443) and capf (3804) rebuild their listeners; no device reset."""
     assert r.required_actions(r.LegacyTlsChanged()) == [
         r.RestartService("callmanager", "LATER-8"), r.RestartService("capf", "LATER-8")]
+
+
+def test_rst9_a_reset_on_a_server_names_a_call_control_node_never_srst():
+    """RST-9 resets the devices registered to a call-control node (publisher or subscriber). `srst`
+    — the SRST reference, which serves phones in fallback (SRST-1) — is no such node, nor is any
+    other name: refused with a clear error."""
+    from ccmsec.cluster import topology
+
+    assert r.MAX_SUBSCRIBERS == topology.MAX_SUBSCRIBERS
+    for node in ["callmanager"] + [topology.subscriber_name(k) for k in range(1, topology.MAX_SUBSCRIBERS + 1)]:
+        assert r.check_reset_server(node) == node
+    with pytest.raises(r.NotACallControlNode, match=r"server 'srst' is no call-control node \(an SRST reference"):
+        r.check_reset_server("srst")
+    for bad in ("", "callmanager-sub0", "callmanager-sub5", "callmanager-sub01", "tftp-signer", "localhost",
+                "127.0.0.1", "callmanager\n", "x" * 300):
+        with pytest.raises(r.NotACallControlNode, match="is no call-control node"):
+            r.check_reset_server(bad)

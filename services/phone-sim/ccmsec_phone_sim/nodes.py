@@ -19,7 +19,11 @@ as `localhost` resolves to one of them), and a reset of one node must not reach 
   when the node is its role's publisher (`callmanager`); its ports are the cluster's SCCP ports
   (`CCMSEC_SCCP_PORT` / `CCMSEC_SCCP_TLS_PORT`, the same for every node there).
 
-A name that is no node name (bad input from the bus) or resolves to nothing reaches no phone.
+Only a call-control node is a node here (`ccmsec.policy.resets.check_reset_server`: the publisher
+`callmanager` or a subscriber `callmanager-subK`): the endpoints file also lists `srst`, the SRST
+reference, whose SCCP port its phones in fallback reached — a reset naming it reached them. A name
+that is no call-control node (`srst`, bad input from the bus) is refused with an error and reaches
+no phone, as one that resolves to nothing does.
 
 Names are resolved in worker threads of this module's own (never the loop's default executor), at
 most one lookup per name at a time: `getaddrinfo` cannot be cancelled, so a lookup that outlived
@@ -34,13 +38,13 @@ import asyncio
 import concurrent.futures
 import ipaddress
 import logging
-import re
 import socket
 from dataclasses import dataclass
 
+from ccmsec.policy.resets import NotACallControlNode, check_reset_server
+
 log = logging.getLogger("ccmsec.phone-sim")
 
-NODE_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,61}[A-Za-z0-9])?")
 RESOLVE_TIMEOUT = 2.0
 RESOLVER_THREADS = 4
 
@@ -104,8 +108,10 @@ async def node_endpoints(node: str, *, endpoints: dict | None, peers: dict[str, 
                          sccp_ports: tuple[int, ...], timeout: float = RESOLVE_TIMEOUT) -> NodeEndpoints:
     """The addresses and SCCP ports call-control node `node` serves phones at (see the module
     docstring). `sccp_ports`: the cluster's SCCP ports, for a node whose own are not known."""
-    if not isinstance(node, str) or not NODE_RE.fullmatch(node):
-        log.warning("device reset names server %r, which is no node name: no phone reset", str(node)[:80])
+    try:
+        check_reset_server(node)
+    except NotACallControlNode as exc:   # `srst` (its phones in fallback) or bad input from the bus
+        log.error("device reset refused: %s; no phone reset", exc)
         return NOWHERE
     ports = frozenset(p for p in map(_port, sccp_ports) if p is not None)
     services = (endpoints or {}).get("services")

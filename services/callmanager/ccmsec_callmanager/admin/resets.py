@@ -22,9 +22,11 @@ from ccmsec.db.devices import Device, as_utc
 from ccmsec.db.registry import list_registrations, registered_names
 from ccmsec.policy.resets import (
     ALL,
+    NotACallControlNode,
     ResetDevices,
     ResetDevicesOnServer,
     ResetKind,
+    check_reset_server,
     required_actions,
 )
 
@@ -98,6 +100,11 @@ async def reset_many(request: Request, _: Principal = Depends(require_admin)) ->
     body = await read_json(request, BulkResetRequest)
     if body.all == (body.server is not None):
         raise ApiError(422, "give exactly one of \"all\": true or \"server\": NODE")
+    if body.server is not None:  # RST-9 names a call-control node: `srst` or a typo reaches no phone
+        try:
+            check_reset_server(body.server)
+        except NotACallControlNode as exc:
+            raise ApiError(422, str(exc)) from None
     kind = _kind(body.kind)
     async with request.app.state.sessionmaker() as session:
         targeted = set(await registered_names(session, node=body.server))  # names only (10,000 rows)
