@@ -65,6 +65,7 @@ from ccmsec.wire.sccp_calls import SoftKey, StimulusType, Tone
 
 MAX_EVENTS = 10_000
 MAX_DIGITS = 24  # a directory number has at most 24 characters
+CONFERENCE = "Conference"              # the called number an ad hoc conference shows
 NO_COMMON_CODEC = "No common codec"   # what the refused phone shows (reorder tone)
 KEYPAD = {**{i: str(i) for i in range(10)}, 0x0E: "*", 0x0F: "#", 0x10: "+"}
 DIALABLE = frozenset(KEYPAD.values())
@@ -831,6 +832,11 @@ class CallAgent:
         if unusable and (not blind or len(unusable) == len(others2)):
             self._codec_refused(consult, unusable[0][1], call1, now)
             return False
+        # who each remaining party was shown as, before the calls change: the moving party as
+        # the transferring phone showed it in the held call, the consultation's party as dialled
+        moving_as = self._far_party(held, call1, moving)
+        target = next((lg for lg in others2 if lg.role == "called"), None)
+        target_as = self._far_party(consult, call2, target)
         self._close_leg_channels(call1, moving)
         call1.legs.remove(moving)
         self._remove_leg(held, now)
@@ -846,10 +852,17 @@ class CallAgent:
             call2.caller = moving
             moving.role = "caller"
             moving.state = LegState.RING_OUT
-            call2.calling_dn = moving.dn
+            call2.calling_dn, call2.calling_name = moving_as
+            moving.far = None   # the call's calling/called numbers name both sides now
             self._send(moving.station, *ui.ring_out(moving, call2))
         else:
             moving.state = LegState.CONNECTED
+            # each remaining party is shown the one it is now connected to, not the transferring
+            # phone (the CallInfo below, forced, carries it to both): the call's calling party is
+            # the moving one (the consultation's party, and its line's other appearances, see
+            # it), and the moving party sees the consultation's party whatever its direction
+            call2.calling_dn, call2.calling_name = moving_as
+            moving.far = target_as
             self._choose_codec(call2)
             for party in call2.legs:
                 self._send(party.station, *ui.connected(party, call2))
@@ -860,6 +873,21 @@ class CallAgent:
         self._update_security(call2, now, force=True)
         self._emit("updated", call2, now, detail="transferred" + (" (blind)" if blind else ""))
         return True
+
+    @staticmethod
+    def _far_party(leg: Leg, call: Call, other: Leg | None) -> tuple[str, str]:
+        """(number, name) of the party `leg`'s phone shows across `call` (its CallInfo): the
+        called number on an outbound call, the calling party on an inbound one, unless a
+        transfer set it. A name the call does not carry is `other`'s (the party shown)."""
+        if leg.far is not None:
+            number, name = leg.far
+        elif leg.role == "caller":
+            number, name = call.called_dn, ""
+        else:
+            number, name = call.calling_dn, call.calling_name
+        if number == CONFERENCE and other is not None:
+            number, name = other.dn, ""   # a conference down to two still reads "Conference"
+        return number, name or (ui.party_name(other) if other is not None else number)
 
     def _codec_refused(self, leg: Leg, choice: CodecChoice, call: Call, now: float) -> bool:
         """A transfer or conference whose parties share no codec is refused as a whole: both
@@ -888,7 +916,11 @@ class CallAgent:
         choice = self._bridge_codec_for([lg.station for lg in call1.legs])
         call1.codec = self.settings.bridge_codec
         call1.codec_rule = f"{choice.rule_id}: {choice.reason}"
-        call1.called_dn = "Conference"
+        call1.called_dn = CONFERENCE
+        for lg in call1.legs:
+            # every member shows the conference, whatever its direction (and not a party a
+            # transfer named before)
+            lg.far = (CONFERENCE, CONFERENCE)
         for party in call1.legs:
             self._send(party.station, *ui.connected(party, call1, conference=True))
         self._sync_hints(call1)   # the joining parties' shared lines show the conference

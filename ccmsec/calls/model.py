@@ -105,6 +105,10 @@ class Leg:
     shown_status: int = 0              # last CallInfo security status sent
     tone: int = 0
     hold_tone: bool = False            # playing tone on hold (held, no MoH codec it offered)
+    # (number, name) this leg's phone shows as the other party since a consultative transfer put
+    # it with someone the call's calling/called numbers do not name, or a conference ("Conference");
+    # None: those numbers say it
+    far: tuple[str, str] | None = None
 
     @property
     def device(self) -> str:

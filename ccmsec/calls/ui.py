@@ -135,8 +135,28 @@ def in_use_hint(st: "Station", line: int, reference: int, call: "Call") -> list[
             SelectSoftKeys(line, reference, Keys.IN_USE_HINT)]
 
 
+def party_name(leg: "Leg") -> str:
+    """The name a leg's party is shown by: its line's display name, else the device's user,
+    else its number."""
+    line = leg.station.line(leg.line)
+    return (line.display_name if line else "") or leg.station.profile.user or leg.dn
+
+
 def call_info(leg: "Leg", call: "Call", status: int) -> s.CallInfo:
     outbound = leg.role == "caller"
+    if leg.far is not None:
+        # After a transfer: the party this leg is now connected to, on the side its direction
+        # shows (the called party of an outbound call, the calling party of an inbound one).
+        far_number, far_name = _number(leg.far[0]), leg.far[1][:39]
+        own_number, own_name = _number(leg.dn), party_name(leg)[:39]
+        return s.CallInfo(
+            calling_party_name=own_name if outbound else far_name,
+            calling_party=own_number if outbound else far_number,
+            called_party_name=far_name if outbound else own_name,
+            called_party=far_number if outbound else own_number,
+            line_instance=leg.line, call_reference=leg.reference,
+            call_type=CallType.OUTBOUND if outbound else CallType.INBOUND, call_instance=1,
+            call_security_status=status)
     return s.CallInfo(
         calling_party_name=call.calling_name[:39], calling_party=_number(call.calling_dn),
         called_party=_number(call.called_dn), line_instance=leg.line, call_reference=leg.reference,

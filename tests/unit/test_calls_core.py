@@ -238,6 +238,143 @@ def test_consultative_transfer():
     assert next(iter(pb.calls.values())).state is CS.CONNECTED
 
 
+def shows(phone: SccpPhone) -> tuple:
+    """Who the phone's one call shows: (direction, calling number, calling name, called number)."""
+    (call,) = phone.calls.values()
+    return c.CallType(call.call_type).name.lower(), call.calling, call.calling_name, call.called
+
+
+def consult_transfer(h: Harness, by, target, number: str, *, on_hook: bool = False) -> int:
+    """`by` consults `number` (answered by `target`) and completes the transfer; returns where
+    the log was when it completed."""
+    by.transfer()
+    h.pump()
+    by.keypad(number)
+    h.pump()
+    target.answer()
+    h.pump()
+    mark = len(h.log)
+    if on_hook:
+        by.on_hook()
+    else:
+        by.transfer(by.active_call().reference)
+    h.pump()
+    return mark
+
+
+@pytest.mark.parametrize("on_hook", [False, True], ids=["transfer-key", "hang-up"])
+def test_after_a_consultative_transfer_each_party_is_shown_the_one_it_now_talks_to(on_hook):
+    # Alice (1001) transfers Bob to Carol: both were still shown Alice (the CallInfo of the
+    # consultation call: calling 1001). Each gets a CallInfo at the transfer naming the other,
+    # in its own call's direction — Bob, who was called, reads "from Carol"; Bob, who called,
+    # reads "to Carol" — and Carol reads "from Bob". Not Alice, by number or by name.
+    for bob_called in (True, False):
+        h = Harness()
+        pa, pb = h.add(A, "1001", user="Alice"), h.add(B, "1002", user="Bob")
+        pc = h.add(C, "1003", user="Carol")
+        h.call(*((A, "1002") if bob_called else (B, "1001")))
+        (pb if bob_called else pa).answer()
+        h.pump()
+        mark = consult_transfer(h, pa, pc, "1003", on_hook=on_hook)
+        assert not pa.calls and sorted(lg.device for lg in h.only_call().legs) == [B, C]
+        assert shows(pb) == (("inbound", "1003", "Carol", "1002") if bob_called
+                             else ("outbound", "1002", "Bob", "1003"))
+        assert shows(pc) == ("inbound", "1002", "Bob", "1003")
+        for dev in (B, C):
+            infos = [m for d, dv, m in h.log[mark:]
+                     if d == "down" and dv == dev and isinstance(m, s.CallInfo)]
+            assert infos and not [i for i in infos if "1001" in (i.calling_party, i.called_party)
+                                  or "Alice" in (i.calling_party_name, i.called_party_name)]
+        assert h.only_call().calling == "1002"
+        # what each shows is kept through the call's next changes (hold, resume: CallInfo again)
+        pb.hold()
+        h.pump()
+        pb.resume()
+        h.pump()
+        assert shows(pc) == ("inbound", "1002", "Bob", "1003")
+        assert shows(pb)[1:] == (("1003", "Carol", "1002") if bob_called else ("1002", "Bob", "1003"))
+
+
+def test_a_second_transfer_a_conference_and_a_transfer_after_it_show_the_call_as_it_now_is():
+    # Bob, moved to Carol, transfers Carol on to Dave: Carol is shown Dave, Dave Carol (not Bob,
+    # nor Alice). A conference every member shows as "Conference", whatever its direction — not
+    # the party a transfer named, nor itself. Back to two, a transfer names the parties again.
+    h = Harness()
+    pa, pb = h.add(A, "1001", user="Alice"), h.add(B, "1002", user="Bob")
+    pc, pd = h.add(C, "1003", user="Carol"), h.add(D, "1004", user="Dave")
+    h.call(A, "1002")
+    pb.answer()
+    h.pump()
+    consult_transfer(h, pa, pc, "1003")
+    consult_transfer(h, pb, pd, "1004")
+    assert sorted(lg.device for lg in h.only_call().legs) == [C, D]
+    assert shows(pc) == ("inbound", "1004", "Dave", "1003")
+    assert shows(pd) == ("inbound", "1003", "Carol", "1004")
+    # Carol conferences Alice into the call with Dave
+    pc.conference()
+    h.pump()
+    pc.keypad("1001")
+    h.pump()
+    pa.answer()
+    h.pump()
+    pc.conference(pc.active_call().reference)
+    h.pump()
+    assert sorted(lg.device for lg in h.only_call().legs) == [A, C, D]
+    assert shows(pc) == ("inbound", "Conference", "Conference", "1003")
+    assert shows(pd) == ("inbound", "Conference", "Conference", "1004")
+    assert shows(pa) == ("inbound", "Conference", "Conference", "1001")
+    # Dave leaves; Carol transfers Alice to Bob: Alice and Bob are named, not "Conference"
+    pd.hang_up()
+    h.pump()
+    pc.hold()   # back to a direct call: the connected softkeys (Transfer) come with the resume
+    h.pump()
+    pc.resume()
+    h.pump()
+    assert "conference bridge" not in h.only_call().resources and shows(pc)[1] == "Conference"
+    consult_transfer(h, pc, pb, "1002")
+    assert sorted(lg.device for lg in h.only_call().legs) == [A, B]
+    assert shows(pa) == ("inbound", "1002", "Bob", "1001")
+    assert shows(pb) == ("inbound", "1001", "Alice", "1002")
+
+
+def test_a_blind_transfer_shows_the_ringing_target_the_moved_party_by_name_too():
+    # Completed while Carol rings: Carol read Bob's number under Alice's name (the call's calling
+    # name was left as the transferring phone's). Both then show each other once she answers.
+    h = Harness()
+    pa, pb = h.add(A, "1001", user="Alice"), h.add(B, "1002", user="Bob")
+    pc = h.add(C, "1003", user="Carol")
+    h.call(A, "1002")
+    pb.answer()
+    h.pump()
+    pa.transfer()
+    h.pump()
+    pa.keypad("1003")
+    h.pump()
+    pa.transfer(pa.active_call().reference)
+    h.pump()
+    assert shows(pc) == ("inbound", "1002", "Bob", "1003")
+    assert shows(pb)[::3] == ("outbound", "1003")
+    pc.answer()
+    h.pump()
+    assert shows(pc) == ("inbound", "1002", "Bob", "1003")
+    assert shows(pb) == ("outbound", "1002", "Bob", "1003")
+
+
+def test_a_refused_transfer_changes_what_no_phone_shows():
+    h = Harness()
+    pa, pb = h.add(A, "1001", user="Alice"), h.add(B, "1002", user="Bob", codecs=(4,))
+    pc = h.add(C, "1003", user="Carol", codecs=(2,))
+    h.call(A, "1002")
+    pb.answer()
+    h.pump()
+    before = shows(pb)
+    consult_transfer(h, pa, pc, "1003")
+    assert pa.notifications[-1] == "No common codec"
+    assert shows(pb) == before == ("inbound", "1001", "Alice", "1002")
+    (consult,) = [cl for cl in pa.calls.values() if cl.state is CS.CONNECTED]
+    assert shows(pc) == ("inbound", "1001", "Alice", "1003")
+
+
 def test_blind_transfer_completes_while_the_target_rings():
     h = Harness()
     pa, pb = connected_pair(h)
