@@ -600,21 +600,34 @@ async def tftp_get(
 
     `host` is an IP address (a link-local one with its interface: `fe80::1%eth0`) or a name
     resolved to one first (the answer's source address is checked against it: a compose service
-    name, say); the local socket binds to `bind_host`, by default the wildcard address of the same
-    family. The socket is closed on every path, a failed set-up included.
+    name, say) — the whole socket address the resolver gives, so a name that resolves to a
+    link-local address (mDNS, nss-myhostname) keeps its interface, and of `bind_host`'s family when
+    that is given; the local socket binds to `bind_host`, by default the wildcard address of the
+    same family. The socket is closed on every path, a failed set-up included.
     """
     loop = asyncio.get_running_loop()
     try:
         ipaddress.ip_address(host)
+        server: tuple | None = None
     except ValueError:
         try:
-            host = (await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM))[0][4][0]
-        except (OSError, UnicodeError, IndexError) as exc:
+            answers = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+        except (OSError, UnicodeError) as exc:
             raise TftpError(ERR_NOT_DEFINED, f"cannot resolve {host!r}: {exc}") from None
+        if bind_host is not None:  # an address the socket bound to bind_host can send to
+            answers = [answer for answer in answers if answer[0] == _family(bind_host)]
+        if not answers:
+            raise TftpError(ERR_NOT_DEFINED, f"cannot resolve {host!r}: no address of the family "
+                                             f"of {bind_host!r}" if bind_host else f"cannot resolve {host!r}")
+        # The resolver's socket address whole: (host, port, flowinfo, scope_id) for IPv6. Its host
+        # alone, given back to _sockaddr, lost the scope id of a link-local answer (sent with
+        # scope 0: by whichever interface routes fe80::/64).
+        server = answers[0][4]
+        host = server[0]
     if bind_host is None:
         bind_host = "::" if ":" in host else "0.0.0.0"
     try:
-        server = _sockaddr(host, port)
+        server = server or _sockaddr(host, port)
         bind = _sockaddr(bind_host, 0)
     except (OSError, UnicodeError) as exc:
         raise TftpError(ERR_NOT_DEFINED, f"bad address {host!r} / {bind_host!r}: {exc}") from None
