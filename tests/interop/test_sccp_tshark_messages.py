@@ -68,3 +68,18 @@ def test_field_values_reach_the_dissector(tmp_path):
     assert [int(v, 0) for v in row] == [21]
     row = _tshark(pcap, "-Y", "skinny.messageId == 0x11d", "-T", "fields", "-e", "skinny.dialedNumber")
     assert row == ["1002"]
+
+
+def test_a_24_digit_number_fills_callinfos_field_and_the_dissector_reads_it_whole(tmp_path):
+    # CallInfo's party number fields are 24 bytes; a 24-digit number leaves no room for a NUL,
+    # and the dissector reads a fixed field to its first NUL or its end: the whole number, no
+    # malformed mark. A shorter one still ends at its NUL.
+    number = "1" * 23 + "2"
+    pcap = tmp_path / "number.pcap"
+    write_sccp_pcap(pcap, [
+        (False, s.CallInfo(calling_party=number, called_party="1002", call_reference=7).serialize()),
+    ])
+    row = _tshark(pcap, "-Y", "skinny.messageId == 0x8f", "-T", "fields",
+                  "-e", "skinny.callingParty", "-e", "skinny.calledParty")
+    assert row == [f"{number}\t1002"]
+    assert _tshark(pcap, "-Y", "_ws.malformed || _ws.expert.severity >= 8388608") == []
