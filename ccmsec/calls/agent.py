@@ -1347,7 +1347,17 @@ class CallAgent:
             tx = ",".join(f"{ch.tx[0]}:{ch.tx[1]}" for ch in chans if ch.tx)
             p = lg.station.profile
             return LegView(p.name, p.model, p.kind.value, p.security_mode.value, lg.line, lg.dn,
-                           lg.reference, lg.state.value, lg.role, lg.shown_status, rx, tx, p.user)
+                           lg.reference, lg.state.value, lg.role, lg.shown_status, rx, tx, p.user,
+                           leg_codec(lg, chans))
+
+        def leg_codec(lg: Leg, chans: list[Channel]) -> int:
+            """CALL-9 per leg: on a bridge (conference, cBarge) each leg runs its own G.711 law,
+            so the call's one codec does not say what a leg's media is."""
+            if chans:
+                return chans[0].codec   # a leg's channels share one codec (call's, or its law)
+            if call.bridge and lg.state in (LegState.CONNECTED, LegState.HOLD):
+                return self._g711_for(lg.station) or 0
+            return call.codec
 
         sec = call.security
         barge = call.barge

@@ -198,6 +198,11 @@ class LegView:
     rx: str = ""
     tx: str = ""
     user: str = ""
+    # this leg's codec (SCCP compression type, CALL-9): its media channels' — on a conference
+    # bridge or cBarge the G.711 law of its own stream, towards music on hold the law it hears —
+    # or, with no channel open now (ringing, holding), the one it talks in the call: its law on
+    # the bridge, else the call's codec.
+    codec: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,7 +213,7 @@ class CallView:
     called: str
     original_called: str
     legs: tuple[LegView, ...]
-    codec: int
+    codec: int                 # the call's codec between phones; on a bridge, the bridge's (legs[].codec per leg)
     codec_rule: str
     status: int                # shown status (CallSecurityLevel value) of the call as a whole
     rule: str

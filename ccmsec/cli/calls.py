@@ -50,7 +50,10 @@ def register(subparsers) -> None:
 
 
 def _legs(call) -> str:
-    return ", ".join(f"{lg.device}({lg.dn} {lg.state} {lg.shown})" for lg in call.legs)
+    """Each leg; its codec too where it is not the call's (a bridge's legs in their own laws)."""
+    return ", ".join(f"{lg.device}({lg.dn} {lg.state} {lg.shown}"
+                     + (f" {lg.codec})" if lg.codec and lg.codec != call.codec else ")")
+                     for lg in call.legs)
 
 
 def call_row(call) -> dict:

@@ -316,7 +316,7 @@ class DeviceConfigsPage(_message.Message):
     def __init__(self, devices: _Optional[_Iterable[_Union[DeviceConfigInput, _Mapping]]] = ...) -> None: ...
 
 class CallLeg(_message.Message):
-    __slots__ = ("device", "model", "kind", "device_mode", "line", "dn", "call_reference", "state", "role", "shown", "rx", "tx", "user")
+    __slots__ = ("device", "model", "kind", "device_mode", "line", "dn", "call_reference", "state", "role", "shown", "rx", "tx", "user", "codec")
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -330,6 +330,7 @@ class CallLeg(_message.Message):
     RX_FIELD_NUMBER: _ClassVar[int]
     TX_FIELD_NUMBER: _ClassVar[int]
     USER_FIELD_NUMBER: _ClassVar[int]
+    CODEC_FIELD_NUMBER: _ClassVar[int]
     device: str
     model: str
     kind: str
@@ -343,7 +344,8 @@ class CallLeg(_message.Message):
     rx: str
     tx: str
     user: str
-    def __init__(self, device: _Optional[str] = ..., model: _Optional[str] = ..., kind: _Optional[str] = ..., device_mode: _Optional[str] = ..., line: _Optional[int] = ..., dn: _Optional[str] = ..., call_reference: _Optional[int] = ..., state: _Optional[str] = ..., role: _Optional[str] = ..., shown: _Optional[str] = ..., rx: _Optional[str] = ..., tx: _Optional[str] = ..., user: _Optional[str] = ...) -> None: ...
+    codec: str
+    def __init__(self, device: _Optional[str] = ..., model: _Optional[str] = ..., kind: _Optional[str] = ..., device_mode: _Optional[str] = ..., line: _Optional[int] = ..., dn: _Optional[str] = ..., call_reference: _Optional[int] = ..., state: _Optional[str] = ..., role: _Optional[str] = ..., shown: _Optional[str] = ..., rx: _Optional[str] = ..., tx: _Optional[str] = ..., user: _Optional[str] = ..., codec: _Optional[str] = ...) -> None: ...
 
 class ActiveCall(_message.Message):
     __slots__ = ("id", "phase", "calling", "called", "original_called", "legs", "codec", "codec_rule", "status", "rule", "reasons", "resources", "barge", "barge_rule", "created_unix_ms", "connected_unix_ms", "node")

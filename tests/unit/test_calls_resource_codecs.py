@@ -353,3 +353,57 @@ def test_without_music_or_tone_on_hold_setting_a_held_party_gets_neither():
     h.pump()
     assert not pb.channels and h.resources.open_streams == {}
     assert next(iter(pb.calls.values())).tone == 0
+
+
+def test_call9_call_views_show_each_legs_codec_on_a_conference_and_a_cbarge():
+    """The call views (agent's CallView, the admin API's JSON validated by its schema, gRPC
+    ActiveCall, the CLI's legs column) show each leg's own G.711 law on a bridge — before, only
+    the call's one codec (µ-law) was shown and an A-law leg's law was only in `codec_rule`. The
+    call's `codec` keeps saying what it did (the bridge's); a direct call's legs show its codec;
+    the held party's leg shows the law its music on hold plays in."""
+    from ccmsec.cli.calls import _legs
+    from ccmsec_callmanager.admin.schemas import Call
+    from ccmsec_callmanager.calls_api import call_dict, call_message
+    h = Harness()
+    h.add(A, "1001", codecs=(ULAW,))
+    h.add(B, "1002", codecs=(ALAW,))
+    pc = h.add(C, "1003", codecs=(ALAW, ULAW))
+    conference_of_three(h, C, A, B)
+    view = h.only_call()
+    assert {lg.device: lg.codec for lg in view.legs} == {A: ULAW, B: ALAW, C: ALAW}
+    assert view.codec == ULAW and "G.711 per leg" in view.codec_rule
+    data = call_dict(view)
+    assert {lg["device"]: lg["codec"] for lg in data["legs"]} == {A: "g711u", B: "g711a", C: "g711a"}
+    assert data["codec"] == "g711u"
+    assert {lg.device: lg.codec for lg in Call.model_validate(data).legs} == {
+        A: "g711u", B: "g711a", C: "g711a"}
+    message = call_message(view)
+    assert {lg.device: lg.codec for lg in message.legs} == {A: "g711u", B: "g711a", C: "g711a"}
+    shown = _legs(message)
+    assert f"{B}(1002 connected none g711a)" in shown and f"{A}(1001 connected none)" in shown
+    pc.hang_up()
+    h.pump()
+    # cBarge: D (A-law only) into A (µ-law only) and E on 1005
+    h2 = Harness()
+    h2.add(A, "1001", codecs=(ULAW,))
+    h2.add(E, "1005", codecs=(ULAW, ALAW))
+    pd = h2.add(D, "1005", codecs=(ALAW,))
+    connect(h2, A, E, "1005")
+    view = h2.only_call()
+    assert {lg.device: lg.codec for lg in view.legs} == {A: ULAW, E: ULAW}   # direct: the call's
+    pd.barge(cbarge=True)
+    h2.pump()
+    view = h2.only_call()
+    assert view.barge == "cbarge"
+    assert {lg.device: lg.codec for lg in view.legs} == {A: ULAW, E: ULAW, D: ALAW}
+    # hold in a G.729 call: A hears music on hold in A-law (its law), E (holding, no channel)
+    # shows the call's codec
+    h3 = Harness()
+    h3.add(A, "1001", codecs=(G729, ALAW))
+    h3.add(E, "1005", codecs=(G729, ULAW, ALAW))
+    connect(h3, A, E, "1005")
+    h3.phones[E].hold()
+    h3.pump()
+    view = h3.only_call()
+    assert view.codec == G729 and {lg.device: lg.codec for lg in view.legs} == {A: ALAW, E: G729}
+    assert {lg["device"]: lg["codec"] for lg in call_dict(view)["legs"]}[A] == "g711a"

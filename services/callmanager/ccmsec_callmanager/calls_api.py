@@ -45,6 +45,7 @@ def call_dict(view: CallView, *, wall_offset: float = 0.0, node: str = "") -> di
             "device": lg.device, "model": lg.model, "kind": lg.kind, "device_mode": lg.device_mode,
             "line": lg.line, "dn": lg.dn, "call_reference": lg.call_reference, "state": lg.state,
             "role": lg.role, "shown": icon(lg.shown_status), "rx": lg.rx, "tx": lg.tx, "user": lg.user,
+            "codec": codec_name(lg.codec),
         } for lg in view.legs],
         "codec": codec_name(view.codec), "codec_rule": view.codec_rule,
         "status": view.status_name, "rule": view.rule, "reasons": list(view.reasons),

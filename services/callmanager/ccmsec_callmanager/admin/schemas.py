@@ -302,6 +302,9 @@ class CallLeg(Strict):
     rx: str
     tx: str
     user: str
+    codec: str = Field(description="CALL-9: this leg's codec (g711u, g711a, …) — on a conference "
+                       "bridge or cBarge each leg's own G.711 law, towards music on hold the law it "
+                       "hears, otherwise the call's codec")
 
 
 class Call(Strict):
@@ -311,7 +314,8 @@ class Call(Strict):
     called: str
     original_called: str
     legs: list[CallLeg]
-    codec: str
+    codec: str = Field(description="CALL-9: the call's codec between phones; on a conference bridge "
+                       "or cBarge the bridge's, each leg's own law in legs[].codec")
     codec_rule: str
     status: str = Field(description="CALL-1: encrypted, authenticated, non-secure, or unknown")
     rule: str
