@@ -61,13 +61,27 @@ Handler = Callable[[events_pb2.Event], Awaitable[Awaitable[Any] | None]]
 # While work started aside runs longer than the consumer's ack_wait, the event is marked in
 # progress this often so that JetStream does not deliver it again meanwhile.
 IN_PROGRESS_EVERY = 10.0
+# Every consumer's JetStream settings: an unacknowledged delivery comes again after ACK_WAIT
+# seconds, at most MAX_DELIVER times.
+ACK_WAIT = 30
+MAX_DELIVER = 20
 # The most work started aside may keep its event in progress. Work still running then (stuck: a
 # lock never released, a peer that never answers) is cancelled, logged as an error and its event
-# given back (nak'ed, delivered again: the consumer's max_deliver bounds the tries) — in progress
-# for ever, the event was neither handled nor delivered again, and nothing said so.
-# Generous (30 ack waits): legitimate work, a large node's resets stopping its phones one by one,
-# is not to be cut — and one cut anyway goes on at its redelivery (phones booted since are skipped).
-WORK_LIMIT = 900.0
+# given back (nak'ed, delivered again: MAX_DELIVER bounds the tries) — in progress for ever, the
+# event was neither handled nor delivered again, and nothing said so.
+# Why 30 ack waits (900 s) and not a value derived from the work: the only work started aside is
+# phone-sim's reset of one node's phones (RST-9), which stops them one by one, and a phone's stop
+# has no upper bound to multiply by the fleet size — it cancels the phone's boot task until that
+# ends (cancel_and_wait repeats the cancel, unbounded) and waits for any reset of the same phone
+# already in hand; only its connections' closes are bounded (5 s per wait, two waits per
+# connection, a standby one too: 20 s). A bound from those, MAX_PHONES (20,000) × 20 s, is more
+# than four days — no guard against stuck work at all — while a stop's usual cost (milliseconds:
+# a socket closed) puts a whole fleet within a minute. So this is a policy, not a derivation:
+# long enough that a node's legitimate resets are never cut, short enough that stuck work is
+# noticed within a quarter of an hour. A reset cut anyway is not lost and not repeated: its
+# redelivery skips the phones that booted since the event, so each delivery makes progress, and
+# MAX_DELIVER × WORK_LIMIT (5 h) bounds the whole.
+WORK_LIMIT = 30.0 * ACK_WAIT
 SeenCheck = Callable[[str, str], Awaitable[bool]]
 SeenMark = Callable[[str, str], Awaitable[None]]
 Refused = Callable[[str, str, str], None]   # (publisher role, kind, reason)
@@ -571,7 +585,7 @@ class EventBus:
             await msg.ack()
 
         config = ConsumerConfig(
-            ack_policy=AckPolicy.EXPLICIT, ack_wait=30, max_deliver=20,
+            ack_policy=AckPolicy.EXPLICIT, ack_wait=ACK_WAIT, max_deliver=MAX_DELIVER,
             deliver_policy=DeliverPolicy.NEW if deliver_new else DeliverPolicy.ALL,
         )
         consumer = _Consumer(subject, durable, on_msg, config)
@@ -738,12 +752,12 @@ class EventBus:
             # so what was outstanding when it was lost (a handler failing and retrying, a backlog)
             # comes again — the moment it was last seen would skip those published before it.
             config = ConsumerConfig(
-                ack_policy=AckPolicy.EXPLICIT, ack_wait=30, max_deliver=20,
+                ack_policy=AckPolicy.EXPLICIT, ack_wait=ACK_WAIT, max_deliver=MAX_DELIVER,
                 deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=consumer.ack_floor + 1,
             )
         else:  # never read, or the stream was made again since (its sequence numbers restarted)
             config = ConsumerConfig(
-                ack_policy=AckPolicy.EXPLICIT, ack_wait=30, max_deliver=20,
+                ack_policy=AckPolicy.EXPLICIT, ack_wait=ACK_WAIT, max_deliver=MAX_DELIVER,
                 deliver_policy=DeliverPolicy.BY_START_TIME,
                 opt_start_time=since,
             )

@@ -354,3 +354,26 @@ async def test_work_started_aside_that_never_ends_is_cut_and_its_event_delivered
     assert len(started) == 2 and started[0].cancelled()
     assert "event work did not end within 0.8 s" in caplog.text
     assert pending == {"stuck-consumer": 0}
+
+
+async def test_work_limit_is_thirty_ack_waits_of_the_consumers_it_guards(nats_server):
+    """WORK_LIMIT (work started aside: phone-sim's RST-9 node resets) was a bare 900 s, the ack
+    wait and delivery count a literal in three places: the documented reason for the value (30
+    ack waits; a cut reset resumes at its redelivery, at most max_deliver times) could drift
+    from what the consumers use. Now both come from the constants the consumers are made with."""
+    from ccmsec.runtime import bus as bus_mod
+
+    assert bus_mod.WORK_LIMIT == 30 * bus_mod.ACK_WAIT == 900
+    bus = EventBus(nats_server, "limit-test", role="phone-sim", connect_timeout=5)
+    await bus.connect()
+    try:
+        async def handler(event):
+            return None
+
+        await bus.subscribe(subject_for("device.reset"), "limit-consumer", handler)
+        info = await bus.js.consumer_info("CCMSEC", "limit-consumer")
+    finally:
+        await bus.close()
+    assert info.config.ack_wait == bus_mod.ACK_WAIT
+    assert info.config.max_deliver == bus_mod.MAX_DELIVER
+    assert bus_mod.WORK_LIMIT == 30 * info.config.ack_wait
