@@ -60,13 +60,38 @@ PUBLISHERS: dict[str, frozenset[str]] = {
     "access.denied": frozenset(SERVICE_ROLES),
     # The owners whose writes callmanager (the audit log's writer) records (issue 9 §5 audit):
     # every service, since each owns an outbox the operator may resend (`outbox.resend`); the
-    # record names its true publisher (BUS-2 subject).
+    # record names its true publisher (BUS-2 subject), and each publisher may record only its own
+    # kind of write (OWNER_CHANGE_ACTIONS, checked by every consumer: BUS-3).
     "owner.change": frozenset(SERVICE_ROLES),
     # CAPF, the owner of the offline issuer's CA, says it changed; call control then asks it
     # (`Capf/GetThirdPartyCa`): the event carries no trust, only "ask again".
     "lsc-ca.changed": frozenset({"capf"}),
 }
 KINDS = tuple(PUBLISHERS)
+
+# `owner.change`: the audit actions each owner records (an action equal to an entry, or starting
+# with one ending in "."). Any service may record its own outbox's resend — `outbox.resend`, whose
+# target must be the publisher itself (`<its role>/<its node>`) — and nothing else, so no service
+# can write an audit record about another service or another kind of write.
+OWNER_CHANGE_ACTIONS: dict[str, tuple[str, ...]] = {
+    "ctl-provider": ("ctl_provider.", "cluster.legacy_tls", "tftp_cluster."),
+    "capf": ("capf.",),
+    "tftp-signer": ("tftp.resign",),
+}
+OUTBOX_RESEND = "outbox.resend"
+
+
+def owner_change_refusal(publisher: str, event) -> str:
+    """Why `publisher` may not record this `owner.change` ("" when it may)."""
+    o, origin = event.owner_change, event.origin
+    if o.action == OUTBOX_RESEND:
+        if o.target != f"{publisher}/{origin}" or not origin:
+            return f"{publisher} may record only its own outbox's resend, not {o.target[:64]!r}"
+        return ""
+    if any(o.action.startswith(a) and len(o.action) > len(a) if a.endswith(".") else o.action == a
+           for a in OWNER_CHANGE_ACTIONS.get(publisher, ())):
+        return ""
+    return f"{publisher} may not record owner.change {o.action[:64]!r}"
 # Kinds addressed in the subject: `service.restart.<role>`; the others name devices in the body.
 TARGETED_KINDS = ("service.restart",)
 # Identities that connect to NATS: every service role and the command line.
@@ -189,6 +214,8 @@ def check_event(subject: str, event) -> tuple[Subject | None, str]:
     if parsed.kind == "service.restart" and event.service_restart.role != parsed.target:
         return parsed, (f"restart of {event.service_restart.role[:40]!r} sent on the subject of "
                         f"{parsed.target!r}")
+    if parsed.kind == "owner.change":
+        return parsed, owner_change_refusal(parsed.publisher, event)
     return parsed, ""
 
 

@@ -46,6 +46,62 @@ def test_the_consumer_check_BUS_3():
     assert check_event("nonsense", reset)[0] is None
 
 
+def _owner_change(origin: str, action: str, target: str) -> events_pb2.Event:
+    return make_event("owner.change", origin, owner_change=events_pb2.OwnerChange(
+        actor="cli/cli", action=action, target=target, detail="x"))
+
+
+def test_an_owner_records_only_its_own_kind_of_write_BUS_3():
+    """Every service may publish `owner.change` (each owns an outbox the operator may resend), and
+    callmanager writes the record's action and target as sent: a service trusted for any action
+    could write the audit log's record of another owner's write ("capf.activate" from phone-sim)
+    or of another service's resend. Each role may record only its own writes, and `outbox.resend`
+    only of its own outbox (target `<its role>/<its node>`); anything else is dropped."""
+    ok = [("capf", "capf", "capf.activate", "capf"), ("capf", "capf", "capf.enterprise_parameters", "capf"),
+          ("ctl-provider", "ctl-provider", "ctl_provider.port", "ctl-provider"),
+          ("ctl-provider", "ctl-provider", "cluster.legacy_tls", "cluster"),
+          ("ctl-provider", "ctl-provider", "tftp_cluster.register", "tftp2"),
+          ("tftp-signer", "tftp-signer", "tftp.resign", "all"),
+          ("keymanager", "keymanager", "outbox.resend", "keymanager/keymanager"),
+          ("callmanager", "callmanager-sub1", "outbox.resend", "callmanager/callmanager-sub1")]
+    for role, node, action, target in ok:
+        assert check_event(f"ccmsec.{role}.owner.change", _owner_change(node, action, target))[1] == "", action
+    refused = [("phone-sim", "phone-sim", "capf.activate", "capf"),          # another owner's write
+               ("srst", "srst", "tftp.resign", "all"),
+               ("capf", "capf", "ctl_provider.activate", "ctl-provider"),
+               ("ctl-provider", "ctl-provider", "capf.import", "SEP000000000001"),
+               ("tftp-signer", "tftp-signer", "tftp.resign.more", "all"),
+               ("capf", "capf", "capf.", "capf"),
+               ("ctl-provider", "ctl-provider", "cluster.mode", "cluster"),   # callmanager's own record
+               ("keymanager", "keymanager", "access.denied", "x"),
+               ("phone-sim", "phone-sim", "outbox.resend", "capf/capf"),      # another service's resend
+               ("phone-sim", "capf", "outbox.resend", "capf/capf"),
+               ("keymanager", "keymanager", "outbox.resend", "keymanager/other"),
+               ("keymanager", "", "outbox.resend", "keymanager/")]
+    for role, node, action, target in refused:
+        assert "may" in check_event(f"ccmsec.{role}.owner.change", _owner_change(node, action, target))[1], (
+            role, action, target)
+    empty = make_event("owner.change", "capf")   # no body at all
+    assert "may not record" in check_event("ccmsec.capf.owner.change", empty)[1]
+
+
+def test_every_action_an_owner_stages_is_one_it_may_record_BUS_3():
+    """An owner's audit record is never dropped by the check above: every `stage_owner_change`
+    action in a service's code is one the policy gives its role."""
+    pattern = re.compile(r"stage_owner_change\((?:[^()]|\([^()]*\))*?action=(f?)\"([^\"]+)\"", re.S)
+    found = 0
+    for role in ("ctl-provider", "capf", "tftp-signer"):
+        for path in (ROOT / "services" / role).rglob("*.py"):
+            for is_f, action in pattern.findall(path.read_text()):
+                for scope in (("service", "enterprise") if is_f else ("",)):
+                    concrete = action.replace("{scope}", scope)
+                    assert "{" not in concrete, action
+                    assert check_event(f"ccmsec.{role}.owner.change",
+                                       _owner_change(role, concrete, "t"))[1] == "", (role, concrete)
+                    found += 1
+    assert found >= 10, found
+
+
 def test_docs_show_the_table_as_declared():
     doc = (ROOT / "docs" / "architecture.md").read_text()
     match = re.search(r"<!-- bus-policy -->\n(.*?)\n<!-- /bus-policy -->", doc, re.S)
