@@ -46,10 +46,17 @@ def _prompt(text: str, leg: "Leg") -> DisplayPromptStatus:
 # read a fixed field to its first NUL or its end). Longer text is cut to the field, never refused
 # mid-call by the codec.
 PARTY_NUMBER = 24
+# Its party name fields are 40 bytes, and a display name has at most 40 characters (refused at
+# input beyond): a 40-character name fills its field whole, with no NUL after it, like a number.
+PARTY_NAME = 40
 
 
 def _number(dn: str) -> str:
     return dn[:PARTY_NUMBER]
+
+
+def _name(name: str) -> str:
+    return name[:PARTY_NAME]
 
 
 def off_hook(leg: "Leg") -> list[s.Message]:
@@ -147,8 +154,8 @@ def call_info(leg: "Leg", call: "Call", status: int) -> s.CallInfo:
     if leg.far is not None:
         # After a transfer: the party this leg is now connected to, on the side its direction
         # shows (the called party of an outbound call, the calling party of an inbound one).
-        far_number, far_name = _number(leg.far[0]), leg.far[1][:39]
-        own_number, own_name = _number(leg.dn), party_name(leg)[:39]
+        far_number, far_name = _number(leg.far[0]), _name(leg.far[1])
+        own_number, own_name = _number(leg.dn), _name(party_name(leg))
         return s.CallInfo(
             calling_party_name=own_name if outbound else far_name,
             calling_party=own_number if outbound else far_number,
@@ -158,7 +165,7 @@ def call_info(leg: "Leg", call: "Call", status: int) -> s.CallInfo:
             call_type=CallType.OUTBOUND if outbound else CallType.INBOUND, call_instance=1,
             call_security_status=status)
     return s.CallInfo(
-        calling_party_name=call.calling_name[:39], calling_party=_number(call.calling_dn),
+        calling_party_name=_name(call.calling_name), calling_party=_number(call.calling_dn),
         called_party=_number(call.called_dn), line_instance=leg.line, call_reference=leg.reference,
         call_type=CallType.OUTBOUND if outbound else CallType.INBOUND,
         original_called_party=_number(call.original_called)

@@ -15,8 +15,9 @@ Choices where the basic layout has no room (documented in `docs/architecture.md`
   uint32 after the capability array (bit 0 = SRTP capable). The dissector stops after the array and
   ignores it; a frame without the word parses as "not capable".
 * Fixed-size text fields are NUL-padded ASCII. A value that fills its field (a 24-digit number in
-  CallInfo's 24-byte party fields) has no NUL: decoders, ours and the dissector, read a field to its
-  first NUL or its end. A longer value is refused, naming the field.
+  CallInfo's 24-byte party fields, a 40-character name in its 40-byte name fields) has no NUL:
+  decoders, ours and the dissector, read a field to its first NUL or its end. A longer value is
+  refused, naming the field.
 * CallInfo carries `callSecurityStatus` (0 unknown, 1 not authenticated, 2 authenticated,
   3 encrypted) natively in the basic layout, right after `callInstance`.
 * The encryption-info block holds at most 16 key and 16 salt bytes (AES-128 suites); 256-bit keys

@@ -83,3 +83,19 @@ def test_a_24_digit_number_fills_callinfos_field_and_the_dissector_reads_it_whol
                   "-e", "skinny.callingParty", "-e", "skinny.calledParty")
     assert row == [f"{number}\t1002"]
     assert _tshark(pcap, "-Y", "_ws.malformed || _ws.expert.severity >= 8388608") == []
+
+
+def test_a_40_character_name_fills_callinfos_field_and_the_dissector_reads_it_whole(tmp_path):
+    # CallInfo's party name fields are 40 bytes; a 40-character display name leaves no room for a
+    # NUL, and the dissector reads it whole, the number after it untouched, no malformed mark.
+    name = "N" * 39 + "e"
+    pcap = tmp_path / "name.pcap"
+    write_sccp_pcap(pcap, [
+        (False, s.CallInfo(calling_party_name=name, calling_party="1001", called_party_name="Bob",
+                           called_party="1002", call_reference=7).serialize()),
+    ])
+    row = _tshark(pcap, "-Y", "skinny.messageId == 0x8f", "-T", "fields",
+                  "-e", "skinny.callingPartyName", "-e", "skinny.callingParty",
+                  "-e", "skinny.calledPartyName")
+    assert row == [f"{name}\t1001\tBob"]
+    assert _tshark(pcap, "-Y", "_ws.malformed || _ws.expert.severity >= 8388608") == []

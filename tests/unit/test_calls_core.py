@@ -834,6 +834,55 @@ def test_caller_id_of_a_24_digit_number_goes_out_whole_over_the_wire():
     assert pd.active_call().called == target
 
 
+def test_a_40_character_display_name_goes_out_whole_in_callinfo():
+    # CallInfo's party name fields are 40 bytes and a display name has at most 40 characters
+    # (refused at input beyond), but call control cut names to 39 (room for a NUL the field does not need):
+    # a 40-character name lost its last character. Through the wire codec and back, the caller's
+    # name reads whole, and so do the names a transfer puts in each party's CallInfo.
+    alice, bob, carol = "A" * 39 + "e", "B" * 39 + "b", "C" * 39 + "l"
+    h = Harness()
+    pa, pb = h.add(A, "1001", user=alice), h.add(B, "1002", user=bob)
+    pc = h.add(C, "1003", user=carol)
+    h.call(A, "1002")
+    pb.answer()
+    h.pump()
+
+    def wire(info: s.CallInfo) -> s.CallInfo:
+        payload = info.payload()
+        assert len(payload) == len(s.CallInfo().payload())   # the fields, not a longer frame
+        return s.decode_message(info.MESSAGE_ID, payload)
+
+    infos = [wire(m) for m in h.sent_to(B, s.CallInfo)]
+    assert infos and {i.calling_party_name for i in infos} == {alice}
+    assert pb.active_call().calling_name == alice
+    mark = consult_transfer(h, pa, pc, "1003")
+    # Bob (called by Alice) now reads "from Carol" (his own name as the called one), Carol "from
+    # Bob": each name whole
+    to_b = [m for d, dv, m in h.log[mark:] if d == "down" and dv == B and isinstance(m, s.CallInfo)][-1]
+    to_c = [m for d, dv, m in h.log[mark:] if d == "down" and dv == C and isinstance(m, s.CallInfo)][-1]
+    assert (wire(to_b).calling_party_name, wire(to_b).called_party_name) == (carol, bob)
+    assert wire(to_c).calling_party_name == bob
+
+
+def test_a_display_name_over_40_characters_is_refused_at_input_and_cut_to_the_field_if_stored():
+    # Bad cases: a 41-character display name is refused where it is entered, naming the field; the
+    # codec refuses one in a CallInfo naming the field (never overflows it); and a longer name that
+    # reached the core anyway (a device's user) is cut to the field's 40, not refused mid-call.
+    from ccmsec.db.calls import InvalidCallConfig, validate_label
+    assert validate_label("N" * 40, field="display_name") == "N" * 40
+    with pytest.raises(InvalidCallConfig, match="display_name.*41 characters, at most 40"):
+        validate_label("N" * 41, field="display_name")
+    with pytest.raises(s.SccpProtocolError, match="calling_party_name: 41 bytes do not fit a 40-byte"):
+        s.CallInfo(calling_party_name="N" * 41).payload()
+    h = Harness()
+    h.add(A, "1001", user="U" * 39 + "VW")
+    pb = h.add(B, "1002")
+    h.call(A, "1002")
+    h.pump()
+    (ringing,) = pb.calls.values()
+    assert ringing.state is CS.RING_IN and ringing.calling_name == "U" * 39 + "V"
+
+
 def test_an_enbloc_number_over_24_digits_is_refused_as_unknown_not_ignored():
     # 25 digits (with or without the ending '#') names no line: reorder and 'Unknown Number'
     # on the caller, like any number the dial plan does not know; nothing rings, and the failed

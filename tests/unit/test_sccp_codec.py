@@ -139,6 +139,25 @@ def test_callinfo_24_character_numbers_fill_their_field_without_a_nul():
         s.decode_message(0x008F, bytes(raw))
 
 
+def test_callinfo_40_character_names_fill_their_field_without_a_nul():
+    # The party name fields are 40 bytes: a 40-character display name fills one whole (no NUL
+    # after it) and reads back whole; a shorter one ends at its NUL; one character more is refused
+    # with the field named.
+    name = "N" * 39 + "e"
+    msg = s.CallInfo(calling_party_name=name, called_party_name=name[::-1], calling_party="1001")
+    payload = msg.payload()
+    assert payload[:40] == name.encode()                 # callingPartyName: 40 bytes, no NUL
+    assert payload[40:44] == b"1001"                    # callingParty right after it
+    decoded = s.decode_message(0x008F, payload)
+    assert (decoded.calling_party_name, decoded.called_party_name) == (name, name[::-1])
+    assert decoded.calling_party == "1001"
+    raw = bytearray(payload)
+    raw[0:40] = b"Alice\0".ljust(40, b"x")
+    assert s.decode_message(0x008F, bytes(raw)).calling_party_name == "Alice"
+    with pytest.raises(s.SccpProtocolError, match="called_party_name: 41 bytes do not fit a 40-byte"):
+        s.CallInfo(called_party_name=name + "x").payload()
+
+
 def test_reset_type_must_be_reset_or_restart():
     with pytest.raises(s.SccpProtocolError, match="reset type 3"):
         s.decode_message(0x009F, struct.pack("<I", 3))
