@@ -606,6 +606,10 @@ async def tftp_get(
     same family. The socket is closed on every path, a failed set-up included.
     """
     loop = asyncio.get_running_loop()
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port <= 0xFFFF:
+        # Checked here: the resolver takes 70000 as 70000 % 65536 (a name was then sent to port
+        # 4464), and a numeric host failed only at the first send ("transfer aborted").
+        raise TftpError(ERR_NOT_DEFINED, f"bad TFTP server port {str(port)[:32]!r}: a port is 1..65535")
     try:
         ipaddress.ip_address(host)
         server: tuple | None = None

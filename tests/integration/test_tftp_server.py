@@ -602,3 +602,23 @@ async def test_a_listener_that_cannot_bind_raises_a_tftp_error_naming_the_addres
             assert await tftp_get(*srv.address, "exact") == FILES["exact"]
     finally:
         holder.close()
+
+
+async def test_tftp_get_refuses_a_port_out_of_range_before_sending_anything():
+    """A server port out of 1..65535 reached the socket: given a name, the resolver took 70000 as
+    70000 % 65536 and the request went to port 4464 (a time-out, or another server's answer);
+    given an address, the first send failed and the error was only "transfer aborted" (with
+    asyncio's traceback in the log). Now a TftpError naming the port, nothing sent. The good case:
+    the same name with the server's port fetches the file."""
+    from ccmsec.wire.tftp import TftpError
+
+    async with TftpServer("127.0.0.1", 0, resolve) as srv:
+        port = srv.address[1]
+        for host, bad in (("localhost", port + 65536), ("127.0.0.1", port + 65536), ("::1", 0),
+                          ("127.0.0.1", -1), ("localhost", "69")):
+            with pytest.raises(TftpError) as raised:
+                await tftp_get(host, bad, "exact", timeout=0.2, retries=0, bind_host="127.0.0.1"
+                               if host != "::1" else None)
+            assert raised.value.message == f"bad TFTP server port {str(bad)!r}: a port is 1..65535", raised.value
+        assert srv.active_sessions == 0 and srv.failed == 0
+        assert await tftp_get("localhost", port, "exact", bind_host="127.0.0.1") == FILES["exact"]
