@@ -25,7 +25,8 @@ from typing import Protocol
 from ccmsec.policy.calls import EndpointKind
 
 # SCCP compression types the bridge and the music-on-hold source can encode (G.711 µ-law 64k,
-# G.711 A-law 64k); a stream uses the first of them in the device's own CapabilitiesRes order.
+# G.711 A-law 64k); a bridge stream uses the first of them in the device's own CapabilitiesRes
+# order, a music- or tone-on-hold stream the call's law when the held device offered it, else that.
 G711_CODECS = (4, 2)
 
 # (kind, call id, leg id): one stream of a resource towards one leg.

@@ -407,3 +407,26 @@ def test_call9_call_views_show_each_legs_codec_on_a_conference_and_a_cbarge():
     view = h3.only_call()
     assert view.codec == G729 and {lg.device: lg.codec for lg in view.legs} == {A: ALAW, E: G729}
     assert {lg["device"]: lg["codec"] for lg in call_dict(view)["legs"]}[A] == "g711a"
+
+
+def test_call9_moh_and_tone_on_hold_play_in_the_calls_law_when_the_held_phone_offered_it():
+    """Music on hold (call control) and tone on hold (SRST) use the law the call negotiated when
+    the held phone offered it, even where that phone lists the other law first — not its first
+    law, as docs/callmanager.md and docs/srst.md said; its first law only when the call's codec
+    is not one it offered (G.729 above)."""
+    for settings, kind in ((AgentSettings(), MOH),
+                           (AgentSettings(music_on_hold=False, tone_on_hold=True),
+                            EndpointKind.TONE_ON_HOLD)):
+        h = Harness(settings)
+        pa = h.add(A, "1001", codecs=(ALAW, ULAW))
+        pb = h.add(B, "1002", codecs=(ULAW, ALAW))       # B's first law is µ-law
+        connect(h, A, B, "1002")
+        assert h.only_call().codec == ALAW                # the caller's first: A-law
+        pa.hold()
+        h.pump()
+        (held,) = pb.channels.values()
+        assert held.codec == ALAW and held.tx is None, kind
+        assert list(resource_codecs(h, kind).values()) == [ALAW]
+        pa.resume()
+        h.pump()
+        assert codecs_of(pa) == codecs_of(pb) == [ALAW] and h.resources.open_streams == {}
