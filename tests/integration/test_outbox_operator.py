@@ -284,6 +284,9 @@ async def _audits(svc) -> list[events_pb2.OwnerChange]:
             OutboxRow.kind == "owner.change").order_by(OutboxRow.seq))).all()
     events = [events_pb2.Event.FromString(payload) for _, payload in rows]
     assert await svc.outbox.wait_sent([e.id for e in events], 20), svc.outbox.last_error
+    from ccmsec.runtime.bus_policy import check_event  # what callmanager's consumer checks (BUS-3)
+
+    assert all(check_event(f"ccmsec.{svc.role}.owner.change", e)[1] == "" for e in events)
     return [e.owner_change for e in events if e.owner_change.action == "outbox.resend"]
 
 
