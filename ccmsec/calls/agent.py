@@ -665,6 +665,7 @@ class CallAgent:
                 self._fail(call.caller, Tone.BUSY, "Busy", now, call=call)
             return
         barge = call.barge
+        conference = ui.shown_as_conference(call)   # before it loses a party
         self._remove_leg(leg, now, notify=notify_device)
         if barge is not None:
             if leg is barge.target and not call.bridge:
@@ -679,6 +680,13 @@ class CallAgent:
             return
         if call.bridge and len(call.legs) == 2 and call.barge is None:
             self._leave_bridge(call)   # an ad hoc conference down to two: join them directly
+        if conference and not ui.shown_as_conference(call):
+            # a two-party call again (direct, or on the bridge for want of a common codec): the
+            # parties talking get the connected softkeys (Transfer) now, not at their next
+            # resume; one holding keeps its hold set (a resume shows the connected one)
+            for party in call.legs:
+                if party.state is LegState.CONNECTED:
+                    self._send(party.station, *ui.two_party_again(party))
         self._sync_hints(call)         # the last party on a shared line may have left
         self._plan_media(call)
         self._update_security(call, now)

@@ -86,13 +86,26 @@ def ringing(leg: "Leg", call: "Call") -> list[s.Message]:
             _prompt(f"From {call.calling_dn}", leg)]
 
 
+def shown_as_conference(call: "Call") -> bool:
+    """The call shows as a conference: three or more on the bridge (a conference, a cBarge). Two
+    left on it — a conference down to two whose parties share no codec — are a two-party call."""
+    return call.bridge and len(call.legs) > 2
+
+
 def connected(leg: "Leg", call: "Call", *, conference: bool = False) -> list[s.Message]:
-    keys = Keys.CONNECTED_CONFERENCE if conference or call.bridge else Keys.CONNECTED
+    conference = conference or shown_as_conference(call)
+    keys = Keys.CONNECTED_CONFERENCE if conference else Keys.CONNECTED
     return [s.StopTone(leg.line, leg.reference), SetRinger(RingMode.OFF, 1, leg.line, leg.reference),
             _lamp(leg.line, LampMode.ON), _state(CallStateCode.CONNECTED, leg),
             SelectSoftKeys(leg.line, leg.reference, keys),
-            _prompt("Conference" if conference or call.bridge else "Connected", leg),
+            _prompt("Conference" if conference else "Connected", leg),
             s.ActivateCallPlane(leg.line)]
+
+
+def two_party_again(leg: "Leg") -> list[s.Message]:
+    """A connected party of a conference (or cBarge) down to two: the connected softkeys
+    (Transfer, Confrn…) and prompt, in place of the conference's, without waiting for a resume."""
+    return [SelectSoftKeys(leg.line, leg.reference, Keys.CONNECTED), _prompt("Connected", leg)]
 
 
 def hold(leg: "Leg") -> list[s.Message]:

@@ -326,10 +326,6 @@ def test_a_second_transfer_a_conference_and_a_transfer_after_it_show_the_call_as
     # Dave leaves; Carol transfers Alice to Bob: Alice and Bob are named, not "Conference"
     pd.hang_up()
     h.pump()
-    pc.hold()   # back to a direct call: the connected softkeys (Transfer) come with the resume
-    h.pump()
-    pc.resume()
-    h.pump()
     assert "conference bridge" not in h.only_call().resources and shows(pc)[1] == "Conference"
     consult_transfer(h, pc, pb, "1002")
     assert sorted(lg.device for lg in h.only_call().legs) == [A, B]
@@ -437,6 +433,48 @@ def test_ad_hoc_conference_through_the_bridge_and_back_to_two():
     assert h.resources.open_streams == {}
     (cha,), (chb,) = pa.channels.values(), pb.channels.values()
     assert cha.tx == chb.rx
+
+
+def test_a_conference_down_to_two_offers_transfer_again_without_hold_and_resume():
+    # After a conference dropped to two the phones kept the conference softkey set (no Transfer)
+    # until a hold and resume. The party talking gets the connected set (and prompt) as the call
+    # becomes a two-party call; one holding keeps its hold set until it resumes. A conference of
+    # four down to three is still a conference: nobody is sent the connected set.
+    h = Harness()
+    pa, pb = connected_pair(h)
+    pc, pd = h.add(C, "1003"), h.add(D, "1004")
+    for number, phone in (("1003", pc), ("1004", pd)):
+        pa.conference()
+        h.pump()
+        pa.keypad(number)
+        h.pump()
+        phone.answer()
+        h.pump()
+        pa.conference(pa.active_call().reference)
+        h.pump()
+    assert sorted(lg.device for lg in h.only_call().legs) == [A, B, C, D]
+    pb.hold()
+    h.pump()
+    mark = len(h.log)
+    pd.hang_up()
+    h.pump()
+    assert [m for d, _, m in h.log[mark:] if d == "down" and isinstance(m, c.SelectSoftKeys)
+            and m.soft_key_set == c.SoftKeySetIndex.CONNECTED] == []
+    assert pa.active_call().softkey_set == pc.active_call().softkey_set == \
+        c.SoftKeySetIndex.CONNECTED_CONFERENCE
+    pc.hang_up()
+    h.pump()
+    assert "conference bridge" not in h.only_call().resources
+    (ca,), (cb,) = pa.calls.values(), pb.calls.values()
+    assert ca.softkey_set == c.SoftKeySetIndex.CONNECTED and ca.prompt == "Connected"
+    assert "Transfer" in pa.offered_names(ca)
+    assert cb.state is CS.HOLD and cb.softkey_set == c.SoftKeySetIndex.ON_HOLD
+    pb.resume()
+    h.pump()
+    assert cb.softkey_set == c.SoftKeySetIndex.CONNECTED
+    # Transfer is pressed straight away (the phone refuses a key its display does not offer)
+    consult_transfer(h, pa, pc, "1003")
+    assert sorted(lg.device for lg in h.only_call().legs) == [B, C] and not pa.calls
 
 
 def test_conference_needs_an_answered_consultation():

@@ -15,6 +15,7 @@ from __future__ import annotations
 from ccmsec.calls.config import AgentSettings
 from ccmsec.policy.calls import EndpointKind
 from ccmsec.wire import sccp as s
+from ccmsec.wire import sccp_calls as c
 from ccmsec.wire.sccp_calls import CallStateCode as CS
 from ccmsec.wire.sccp_calls import Tone
 from tests.unit.calls_harness import Harness
@@ -154,6 +155,41 @@ def test_call9_a_conference_down_to_two_with_a_common_codec_joins_them_directly_
     assert view.resources == () and view.codec == ALAW and h.resources.open_streams == {}
     (cha,), (chb,) = pa.channels.values(), pb.channels.values()
     assert cha.codec == chb.codec == ALAW and cha.tx == chb.rx and chb.tx == cha.rx
+
+
+def test_call9_two_left_on_the_bridge_or_after_a_cbarge_are_shown_a_two_party_call():
+    """A conference down to two whose parties share no codec stays on the bridge, but it is a
+    two-party call: both get the connected softkeys (Transfer) at once and keep them through hold
+    and resume (they got the conference set back at every resume). A cBarge ended by its target
+    leaving leaves a two-party call too: the connected set, not the conference one."""
+    h = Harness()
+    pa, pb = h.add(A, "1001", codecs=(ULAW,)), h.add(B, "1002", codecs=(ALAW,))
+    pc = h.add(C, "1003", codecs=(ALAW, ULAW))
+    conference_of_three(h, C, A, B)
+    pc.hang_up()
+    h.pump()
+    assert "conference bridge" in h.only_call().resources
+    (ca,), (cb,) = pa.calls.values(), pb.calls.values()
+    assert ca.softkey_set == cb.softkey_set == c.SoftKeySetIndex.CONNECTED
+    assert ca.prompt == cb.prompt == "Connected"
+    pa.hold()
+    h.pump()
+    pa.resume()
+    h.pump()
+    assert "conference bridge" in h.only_call().resources
+    assert ca.softkey_set == cb.softkey_set == c.SoftKeySetIndex.CONNECTED
+    h = Harness()
+    pa, pb = h.add(A, "1001", codecs=(ULAW, ALAW)), h.add(B, "1002", codecs=(ULAW,))
+    pd = h.add(D, "1002", codecs=(ALAW,))
+    connect(h, A, B, "1002")
+    pd.barge(cbarge=True)
+    h.pump()
+    assert pa.active_call().softkey_set == c.SoftKeySetIndex.CONNECTED_CONFERENCE
+    pb.hang_up()
+    h.pump()
+    assert sorted(lg.device for lg in h.only_call().legs) == [A, D]
+    assert pa.active_call().softkey_set == pd.active_call().softkey_set == \
+        c.SoftKeySetIndex.CONNECTED
 
 
 def test_call9_a_conference_with_a_member_offering_no_g711_law_is_refused_nothing_half_joined():
