@@ -733,6 +733,7 @@ class CallAgent:
             self.legs.pop(leg.reference, None)
             leg.station.hints[leg.reference] = call.id
             call.hint_refs[leg.station.name] = (leg.reference, leg.line)
+            call.hint_shown[leg.station.name] = ui.hint_shows(call)   # its CallInfo as it rang
             self._send(leg.station, *ui.in_use_remote(leg, call))
             leg.call = None
             return
@@ -1311,7 +1312,8 @@ class CallAgent:
         (talking or holding it) shows the call "in use remote" and may barge into it; an
         appearance whose line has no party in the call any more — the last one transferred it
         away, left the conference, hung up — is cleared, so no phone keeps offering Barge into a
-        call nobody on its line is in. Run after every change of who is in a call."""
+        call nobody on its line is in; one kept is sent the call's CallInfo again when who is in
+        it changed (`ui.hint_shows`). Run after every change of who is in a call."""
         want: dict[str, list[int]] = {}   # device -> its appearances of the parties' lines
         if call.phase is CallPhase.CONNECTED:
             for leg in call.parties():
@@ -1324,6 +1326,13 @@ class CallAgent:
             st = self.stations.get(device)
             if st is None or st.hints.get(ref) != call.id or instance not in want.get(device, ()):
                 self._drop_hint(call, device)
+        shows = ui.hint_shows(call)
+        for device, (ref, instance) in call.hint_refs.items():
+            if call.hint_shown.get(device) != shows:
+                # a hint kept through the change reads who is in the call now (a transfer's
+                # parties, a conference), not who was when it was first shown
+                call.hint_shown[device] = shows
+                self._send(self.stations[device], ui.hint_info(instance, ref, call))
         in_call = {lg.station.name for lg in call.legs}
         for device, instances in want.items():
             if device in call.hint_refs or device in in_call:
@@ -1332,11 +1341,13 @@ class CallAgent:
             ref = next(self._ids)
             st.hints[ref] = call.id
             call.hint_refs[device] = (ref, instances[0])
+            call.hint_shown[device] = shows
             self._send(st, *ui.in_use_hint(st, instances[0], ref, call))
 
     def _drop_hint(self, call: Call, device: str) -> None:
         """The appearance's "in use remote" for this call goes (on the line it was shown on)."""
         ref, instance = call.hint_refs.pop(device)
+        call.hint_shown.pop(device, None)
         st = self.stations.get(device)
         if st is not None and st.hints.get(ref) == call.id:
             del st.hints[ref]

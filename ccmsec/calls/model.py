@@ -168,6 +168,8 @@ class Call:
     # shared line: device -> (hint reference, line instance) of each appearance showing this
     # call "in use remote" (kept in step with who is in the call: `CallAgent._sync_hints`)
     hint_refs: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # device -> what its hint's CallInfo last showed (`ui.hint_shows`): sent again when it changes
+    hint_shown: dict[str, tuple[str, str, str]] = field(default_factory=dict)
 
     def parties(self) -> list[Leg]:
         return [leg for leg in self.legs if leg.state in (LegState.CONNECTED, LegState.HOLD)]

@@ -150,9 +150,22 @@ def in_use_remote(leg: "Leg", call: "Call") -> list[s.Message]:
 def in_use_hint(st: "Station", line: int, reference: int, call: "Call") -> list[s.Message]:
     """An idle shared appearance: the line's call is in use on another device."""
     return [s.CallState(CallStateCode.REMOTE_MULTILINE, line, reference),
-            s.CallInfo(calling_party=_number(call.calling_dn), called_party=_number(call.called_dn),
-                       line_instance=line, call_reference=reference, call_type=CallType.INBOUND),
+            hint_info(line, reference, call),
             SelectSoftKeys(line, reference, Keys.IN_USE_HINT)]
+
+
+def hint_shows(call: "Call") -> tuple[str, str, str]:
+    """What an appearance showing `call` "in use remote" reads: (calling number, calling name,
+    called number) — the call's, as its parties change (a transfer, a conference)."""
+    return call.calling_dn, call.calling_name, call.called_dn
+
+
+def hint_info(line: int, reference: int, call: "Call") -> s.CallInfo:
+    """The CallInfo of an "in use remote" appearance: who is in the line's call now."""
+    calling, name, called = hint_shows(call)
+    return s.CallInfo(calling_party_name=_name(name), calling_party=_number(calling),
+                      called_party=_number(called), line_instance=line, call_reference=reference,
+                      call_type=CallType.INBOUND)
 
 
 def party_name(leg: "Leg") -> str:

@@ -5,7 +5,8 @@ rules CALL-4…8 are pressed from). That display follows who is in the call: whe
 the line leaves it — a consultative or blind transfer (by the key or by going on hook during the
 consultation), leaving an ad hoc conference (hung up, held then hung up, or the phone gone) —
 every appearance is cleared, on the line it was shown on; when a transfer or conference brings a
-party on another shared line into a call, that line's appearances show it. The core has no Park
+party on another shared line into a call, that line's appearances show it; an appearance that
+keeps showing the call reads who is in it now (a transfer's parties, a conference). The core has no Park
 (ccmsec/calls/setup.py), and a redirect (forwarding) only happens while the call is still
 ringing, before any appearance shows it.
 """
@@ -310,3 +311,70 @@ def test_call4_a_phone_registering_mid_call_gets_no_hint_for_calls_not_on_its_li
     (view,) = h.agent.views()
     assert view.called == "1004" and remote(pb) == remote(px) == remote(py) == []
     assert cleared_on(h, Y, hint) == [2]
+
+
+def hint_infos(h: Harness, device: str, ref: int, since: int = 0) -> list[s.CallInfo]:
+    return [m for d, dv, m in h.log[since:]
+            if d == "down" and dv == device and isinstance(m, s.CallInfo) and m.call_reference == ref]
+
+
+def test_call4_a_transfer_shows_the_target_lines_appearances_the_party_now_in_the_call():
+    """Bob (5000) transfers Alice (1001) to Carol (1003). Carol's line is shared with Y (it rang,
+    then showed the consultation "in use remote") and with Z (registered mid-consultation: a hint
+    from its registration). Both kept showing Bob, the transferring phone, as the caller after the
+    transfer: their hint is now sent the call's CallInfo again, reading Alice calling 1003. Alice's
+    line's appearance W shows the new call from Alice too. A change that leaves who is in the call
+    as it was (a hold, a resume) sends the hints nothing."""
+    h = Harness()
+    pa, pb = h.add(A, "1001", user="Alice"), h.add(B, "5000", user="Bob")
+    pw = h.add("SEP000000000010", "1001")
+    pc, py = h.add(C, "1003", user="Carol"), h.add(Y, "1003")
+    h.call(A, "5000")
+    pb.answer()
+    h.pump()
+    consult(h, pb, pc, "1003")
+    pz = h.add(X, "1003")
+    (y_ref,), (z_ref,) = remote(py), remote(pz)
+    for phone, ref in ((py, y_ref), (pz, z_ref)):
+        shown = phone.calls[ref]
+        assert (shown.calling, shown.calling_name, shown.called) == ("5000", "Bob", "1003")
+    mark = len(h.log)
+    pb.transfer(pb.active_call().reference)
+    h.pump()
+    assert sorted(lg.device for lg in h.only_call().legs) == [A, C]
+    for phone, ref in ((py, y_ref), (pz, z_ref)):
+        assert remote(phone) == [ref]          # the same hint, not cleared and shown anew
+        shown = phone.calls[ref]
+        assert (shown.calling, shown.calling_name, shown.called) == ("1001", "Alice", "1003")
+        (info,) = hint_infos(h, phone.device_name, ref, mark)
+        assert info.call_type == c.CallType.INBOUND and info.line_instance == 1
+    (w_ref,) = remote(pw)
+    shown = pw.calls[w_ref]
+    assert (shown.calling, shown.calling_name, shown.called) == ("1001", "Alice", "1003")
+    # bad case: nothing changed who is in the call — no CallInfo to any hint
+    mark = len(h.log)
+    pc.hold()
+    h.pump()
+    pc.resume()
+    h.pump()
+    assert [hint_infos(h, dev, ref, mark) for dev, ref in ((Y, y_ref), (X, z_ref))] == [[], []]
+
+
+def test_call4_a_conference_shows_the_appearances_already_showing_the_call_the_conference():
+    """X shows A's call to B on 5000 "in use remote". B conferences C in: X kept reading 1001 to
+    5000; it is sent the call's CallInfo again and reads the conference, on the same hint. Down
+    to two again, the call still reads "Conference" to its parties, and X is sent nothing new."""
+    h = Harness()
+    pa, pb, px, pc = on_shared_line(h)
+    (ref,) = remote(px)
+    assert (px.calls[ref].calling, px.calls[ref].called) == ("1001", "5000")
+    consult(h, pb, pc, "1003", conference=True)
+    pb.conference(pb.active_call().reference)
+    h.pump()
+    assert sorted(lg.device for lg in h.only_call().legs) == [A, B, C]
+    assert remote(px) == [ref] and (px.calls[ref].calling, px.calls[ref].called) == ("1001",
+                                                                                     "Conference")
+    mark = len(h.log)
+    pc.hang_up()
+    h.pump()
+    assert remote(px) == [ref] and hint_infos(h, X, ref, mark) == []
