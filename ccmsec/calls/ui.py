@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ccmsec.calls.setup import skinny_text
 from ccmsec.wire import sccp as s
 from ccmsec.wire.sccp_calls import (
     CallStateCode,
@@ -48,6 +49,9 @@ def _prompt(text: str, leg: "Leg") -> DisplayPromptStatus:
 PARTY_NUMBER = 24
 # Its party name fields are 40 bytes, and a display name has at most 40 characters (refused at
 # input beyond): a 40-character name fills its field whole, with no NUL after it, like a number.
+# A name is printable ASCII at input too, but a row stored before that check may hold any text: it
+# is shown with '?' for the rest (as LineStat shows it), never left to make the CallInfo
+# unencodable (SccpProtocolError in the service's pump, losing what was queued for other phones).
 PARTY_NAME = 40
 
 
@@ -56,7 +60,7 @@ def _number(dn: str) -> str:
 
 
 def _name(name: str) -> str:
-    return name[:PARTY_NAME]
+    return skinny_text(name, PARTY_NAME)
 
 
 def off_hook(leg: "Leg") -> list[s.Message]:

@@ -921,6 +921,32 @@ def test_a_display_name_over_40_characters_is_refused_at_input_and_cut_to_the_fi
     assert ringing.state is CS.RING_IN and ringing.calling_name == "U" * 39 + "V"
 
 
+def test_a_stored_name_that_is_not_printable_ascii_is_shown_with_question_marks_in_callinfo():
+    # Bad input that got past the input check (a row stored before it): a display name or user
+    # with non-ASCII or control characters made every CallInfo naming it unencodable — the
+    # service's pump raised SccpProtocolError and lost what was queued for the other phones. It
+    # is shown as LineStat shows it (printable ASCII, '?' for the rest, at most 40), on the
+    # called phone, after a transfer on both sides, and on a shared line's "in use remote" hint.
+    zoe, tab = "Zo\u00eb M\u00fcller", "Bad\tName" + "\u00e9" * 40
+    h = Harness()
+    pa, pb = h.add(A, "1001", user=zoe), h.add(B, "1002", user=tab)
+    pc, px = h.add(C, "1003"), h.add(D, "1002")
+    h.call(A, "1002")
+    pb.answer()
+    h.pump()
+    assert shows(pb)[2] == "Zo? M?ller"
+    consult_transfer(h, pa, pc, "1003")
+    infos = [m for d, _, m in h.log if d == "down" and isinstance(m, s.CallInfo)]
+    names = set()
+    for info in infos:
+        back = s.decode_message(info.MESSAGE_ID, info.payload())   # encodes: no exception
+        names |= {back.calling_party_name, back.called_party_name}
+    assert {"Zo? M?ller", "Bad?Name" + "?" * 32} <= names
+    assert shows(pc)[2] == "Bad?Name" + "?" * 32   # Carol reads "from Bob" after the transfer
+    hint = [m for m in h.sent_to(D, s.CallInfo) if m.calling_party_name]
+    assert hint and {m.calling_party_name for m in hint} <= {"Zo? M?ller", "Bad?Name" + "?" * 32}
+
+
 def test_an_enbloc_number_over_24_digits_is_refused_as_unknown_not_ignored():
     # 25 digits (with or without the ending '#') names no line: reorder and 'Unknown Number'
     # on the caller, like any number the dial plan does not know; nothing rings, and the failed
