@@ -828,6 +828,42 @@ async def test_chk6_the_first_ctl_not_recorded_is_withdrawn_naming_its_publish(
     assert (await provider.stub.GetCurrentCtl(common_pb2.Empty())).version == 0
 
 
+async def test_chk6_a_take_back_that_got_no_answer_is_named_by_the_next_publish(
+        provider_with_signer, tokens, monkeypatch):
+    """CHK-6: the take-back (here the withdraw of the cluster's first CTL, its record failed) got
+    no answer in time — the signer may still carry it out. The refusal says to run the CTL client
+    again; that commit's publish then landed and was recorded, and the late take-back could land
+    after it and remove (or overwrite) the CTL the cluster had just recorded. Now the next publish
+    names the unanswered take-back in `takes_back`, so the signer refuses it if it comes later
+    (test_tftp_signer_service.py::test_chk6_the_first_ctl_taken_back_is_withdrawn_and_its_late_publish_refused);
+    once a publish carried it, the following one names nothing."""
+    import sqlalchemy.exc
+
+    from ccmsec_ctl_provider import trust as trust_mod
+
+    provider, signer = provider_with_signer
+    first = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t2"])
+    monkeypatch.setattr(trust_mod, "RPC_TIMEOUT", 1.0)
+
+    async def locked(*args, **kwargs):
+        raise sqlalchemy.exc.OperationalError("INSERT INTO ctl_files", {}, Exception("database is locked"))
+    signer.delays = [0.0, 2.5]  # the publish is answered; its withdraw outlives its deadline
+    with monkeypatch.context() as patch:
+        patch.setattr(trust_mod, "record_ctl", locked)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await provider.stub.CommitCtl(ctl_provider_pb2.CommitCtlRequest(ctl=first))
+    assert "putting back no CTL (CTLFile.tlv withdrawn) failed" in refused.value.details()
+    published, withdrawn = signer.requests
+    assert withdrawn.withdraw and withdrawn.takes_back == published.generation and withdrawn.generation
+
+    again = await provider.stub.CommitCtl(ctl_provider_pb2.CommitCtlRequest(ctl=first))
+    assert again.version == 1
+    assert signer.requests[2].content == first and signer.requests[2].takes_back == withdrawn.generation
+    second = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t2"])
+    assert (await provider.stub.CommitCtl(ctl_provider_pb2.CommitCtlRequest(ctl=second))).version == 2
+    assert signer.requests[3].content == second and signer.requests[3].takes_back == 0
+
+
 async def test_chk6_the_take_back_of_an_unanswered_publish_runs_to_its_end_when_cancelled(
         provider_with_signer, tokens, monkeypatch):
     """CHK-6: the commit cancelled (shutdown, the client gone) while it takes back a publish that

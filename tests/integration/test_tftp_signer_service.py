@@ -488,6 +488,15 @@ async def test_chk6_the_first_ctl_taken_back_is_withdrawn_and_its_late_publish_r
     assert (await _error(tftp.get("CTLFile.tlv"))).code == ERR_FILE_NOT_FOUND
     await stub.PublishFile(request(later, generation=63), timeout=5)  # a later commit: published
     assert await tftp.get("CTLFile.tlv") == later
+    # A withdraw is ordered like any publish: the next commit's publish names a withdraw that got
+    # no answer (it may still land), and that withdraw arriving afterwards is refused — it must
+    # not remove the CTL the cluster recorded since.
+    newest = _ctl(tftp.cert)
+    await stub.PublishFile(request(newest, generation=65, takes_back=64), timeout=5)
+    with pytest.raises(grpc.aio.AioRpcError) as stale:
+        await stub.PublishFile(withdraw(generation=64, takes_back=63), timeout=5)
+    assert stale.value.code() == grpc.StatusCode.ABORTED and "withdraw generation 64" in stale.value.details()
+    assert await tftp.get("CTLFile.tlv") == newest
 
 
 async def test_chk6_a_publish_already_writing_finishes_before_its_take_back_writes(tftp, monkeypatch):

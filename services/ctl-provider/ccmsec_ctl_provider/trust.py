@@ -24,7 +24,10 @@ Commit (CHK-6), in this order so nothing is half done:
      cancelled), so a late PublishFile cannot put the unrecorded CTL back; a PublishFile that got
      no answer (deadline exceeded, connection lost) is taken back the same way. The cluster's
      first CTL (none recorded to put back) is taken back by a withdraw (`withdraw`): the signer
-     removes CTLFile.tlv, serves none, and refuses that publish alike;
+     removes CTLFile.tlv, serves none, and refuses that publish alike. A take-back that itself got
+     no answer may still land — after the next commit's publish, it would put back (or withdraw)
+     a CTL over the one recorded since —, so the next publish names it in `takes_back` too: the
+     signer then refuses it, or it was already writing and the publish wins;
   5. `mode.changed` and the RST-3 actions (mode changed), then `ctl.updated` and the RST-4 actions
      are published.
 
@@ -111,6 +114,9 @@ class TrustOperations:
     def __init__(self, service):
         self.service = service
         self._serial = asyncio.Lock()  # see the module docstring
+        # The generation of a take-back that got no answer (it may still land at the signer):
+        # the next publish names it in `takes_back`, so it cannot land over a later commit's CTL.
+        self._unsettled_take_back = 0
 
     # --- MODE-6 ---------------------------------------------------------------------------
     def _local_entry(self, registry: list[TftpClusterEntry], mode: str) -> TftpClusterEntry:
@@ -272,10 +278,13 @@ class TrustOperations:
         stub = tftp_signer_pb2_grpc.TftpSignerStub(self.service.peer_channel("tftp-signer"))
         generation = new_generation()  # a take-back names it: the signer then refuses it, however late
         try:
+            unsettled = self._unsettled_take_back
             published = await stub.PublishFile(tftp_signer_pb2.PublishFileRequest(
                 cluster_path=settings.tftp_path, name=CTL_FILE_NAME, content=content, sha256=sha256,
-                generation=generation), timeout=RPC_TIMEOUT)
+                generation=generation, takes_back=unsettled), timeout=RPC_TIMEOUT)
             published_path = published.path
+            if self._unsettled_take_back == unsettled:  # the signer took that take-back back
+                self._unsettled_take_back = 0
         except grpc.aio.AioRpcError as exc:
             # The signed files are tftp-signer's: without its answer nothing is recorded.
             why = f"the tftp-signer did not publish {CTL_FILE_NAME}: {exc.details()}"
@@ -341,15 +350,24 @@ class TrustOperations:
         """Publish the recorded CTL `old` again, naming the publish `generation` it takes back;
         with no CTL recorded (`old` None: the cluster's first CTL) withdraw the file instead — the
         signer removes it, serves no CTL (as the record says) and refuses that publish later."""
+        own = new_generation()
         if old is None:
-            await stub.PublishFile(tftp_signer_pb2.PublishFileRequest(
+            request = tftp_signer_pb2.PublishFileRequest(
                 cluster_path=self.service.settings.tftp_path, name=CTL_FILE_NAME,
-                generation=new_generation(), takes_back=generation, withdraw=True), timeout=RPC_TIMEOUT)
-            return
-        await stub.PublishFile(tftp_signer_pb2.PublishFileRequest(
-            cluster_path=self.service.settings.tftp_path, name=CTL_FILE_NAME, content=old,
-            sha256=hashlib.sha256(old).hexdigest(), generation=new_generation(),
-            takes_back=generation), timeout=RPC_TIMEOUT)
+                generation=own, takes_back=generation, withdraw=True)
+        else:
+            request = tftp_signer_pb2.PublishFileRequest(
+                cluster_path=self.service.settings.tftp_path, name=CTL_FILE_NAME, content=old,
+                sha256=hashlib.sha256(old).hexdigest(), generation=own, takes_back=generation)
+        try:
+            await stub.PublishFile(request, timeout=RPC_TIMEOUT)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() not in SIGNER_REFUSALS:  # no answer: it may still land; the next
+                self._unsettled_take_back = own      # publish names it (see the module docstring)
+            raise
+        except asyncio.CancelledError:  # cut mid-call: it may still land as well
+            self._unsettled_take_back = own
+            raise
 
     async def _take_back_unanswered(self, stub, previous: tuple[int, bytes] | None,
                                     generation: int) -> str:

@@ -485,6 +485,10 @@ class TftpContent:
         target = self.root / own.tftp_path / name
         if withdraw:
             with self._publish_lock:  # after a publish already writing, as a take-back's write
+                if generation and (name, generation) in self._taken_back:  # itself taken back
+                    raise PublishError("ABORTED", f"{name} withdraw generation {generation} was taken "
+                                       "back by ctl-provider (a later commit published since); "
+                                       "nothing removed")
                 with contextlib.suppress(FileNotFoundError):
                     target.unlink()
                 _sync_dir(target.parent)
