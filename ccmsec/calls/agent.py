@@ -680,6 +680,7 @@ class CallAgent:
             return
         if call.bridge and len(call.legs) == 2 and call.barge is None:
             self._leave_bridge(call)   # an ad hoc conference down to two: join them directly
+        named = False
         if conference and not ui.shown_as_conference(call):
             # a two-party call again (direct, or on the bridge for want of a common codec): the
             # parties talking get the connected softkeys (Transfer) now, not at their next
@@ -687,10 +688,28 @@ class CallAgent:
             for party in call.legs:
                 if party.state is LegState.CONNECTED:
                     self._send(party.station, *ui.two_party_again(party))
+            named = self._name_the_two(call)
         self._sync_hints(call)         # the last party on a shared line may have left
         self._plan_media(call)
-        self._update_security(call, now)
+        self._update_security(call, now, force=named)   # forced: the CallInfo naming each other
         self._emit("updated", call, now)
+
+    @staticmethod
+    def _name_the_two(call: Call) -> bool:
+        """A conference down to two: each party reads the other again, not "Conference" (in its
+        own direction, as after a transfer), and the call — its line's "in use remote"
+        appearances — reads one calling the other (the remaining caller first). False when the
+        call did not read "Conference" (a cBarge ended: its parties' display never changed)."""
+        if call.called_dn != CONFERENCE:
+            return False
+        first, second = call.legs
+        if second.role == "caller" and first.role != "caller":
+            first, second = second, first
+        call.calling_dn, call.calling_name = first.dn, ui.party_name(first)
+        call.called_dn = second.dn
+        for leg, other in ((first, second), (second, first)):
+            leg.far = (other.dn, ui.party_name(other))
+        return True
 
     def _end_barge(self, call: Call) -> None:
         if call.barge is not None and call.barge.cbarge and len(call.legs) <= 2:
@@ -895,7 +914,7 @@ class CallAgent:
         else:
             number, name = call.calling_dn, call.calling_name
         if number == CONFERENCE and other is not None:
-            number, name = other.dn, ""   # a conference down to two still reads "Conference"
+            number, name = other.dn, ""   # not "Conference": name the party itself
         return number, name or (ui.party_name(other) if other is not None else number)
 
     def _codec_refused(self, leg: Leg, choice: CodecChoice, call: Call, now: float) -> bool:

@@ -106,7 +106,8 @@ class Leg:
     tone: int = 0
     hold_tone: bool = False            # playing tone on hold (held, no MoH codec it offered)
     # (number, name) this leg's phone shows as the other party since a consultative transfer put
-    # it with someone the call's calling/called numbers do not name, or a conference ("Conference");
+    # it with someone the call's calling/called numbers do not name, a conference ("Conference"),
+    # or a conference down to two (the other party again);
     # None: those numbers say it
     far: tuple[str, str] | None = None
 

@@ -298,7 +298,8 @@ def test_after_a_consultative_transfer_each_party_is_shown_the_one_it_now_talks_
 def test_a_second_transfer_a_conference_and_a_transfer_after_it_show_the_call_as_it_now_is():
     # Bob, moved to Carol, transfers Carol on to Dave: Carol is shown Dave, Dave Carol (not Bob,
     # nor Alice). A conference every member shows as "Conference", whatever its direction — not
-    # the party a transfer named, nor itself. Back to two, a transfer names the parties again.
+    # the party a transfer named, nor itself. Back to two (a member leaving), the two read each
+    # other again, and a transfer names its parties.
     h = Harness()
     pa, pb = h.add(A, "1001", user="Alice"), h.add(B, "1002", user="Bob")
     pc, pd = h.add(C, "1003", user="Carol"), h.add(D, "1004", user="Dave")
@@ -323,10 +324,14 @@ def test_a_second_transfer_a_conference_and_a_transfer_after_it_show_the_call_as
     assert shows(pc) == ("inbound", "Conference", "Conference", "1003")
     assert shows(pd) == ("inbound", "Conference", "Conference", "1004")
     assert shows(pa) == ("inbound", "Conference", "Conference", "1001")
-    # Dave leaves; Carol transfers Alice to Bob: Alice and Bob are named, not "Conference"
+    # Dave leaves: Carol and Alice read each other; Carol transfers Alice to Bob: Alice and Bob
+    # are named
     pd.hang_up()
     h.pump()
-    assert "conference bridge" not in h.only_call().resources and shows(pc)[1] == "Conference"
+    assert "conference bridge" not in h.only_call().resources
+    # down to two, each reads the other again, not "Conference" (both joined it as called)
+    assert shows(pc) == ("inbound", "1001", "Alice", "1003")
+    assert shows(pa) == ("inbound", "1003", "Carol", "1001")
     consult_transfer(h, pc, pb, "1002")
     assert sorted(lg.device for lg in h.only_call().legs) == [A, B]
     assert shows(pa) == ("inbound", "1002", "Bob", "1001")

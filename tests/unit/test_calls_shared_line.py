@@ -20,7 +20,7 @@ from ccmsec.wire import sccp_calls as c
 from ccmsec.wire.sccp_calls import CallStateCode as CS
 from tests.unit.calls_harness import Harness
 
-A, B, C, X, Y = (f"SEP00000000000{i}" for i in "ABCDE")
+A, B, C, X, Y, D = (f"SEP00000000000{i}" for i in "ABCDEF")
 
 
 def remote(phone) -> list[int]:
@@ -363,7 +363,8 @@ def test_call4_a_transfer_shows_the_target_lines_appearances_the_party_now_in_th
 def test_call4_a_conference_shows_the_appearances_already_showing_the_call_the_conference():
     """X shows A's call to B on 5000 "in use remote". B conferences C in: X kept reading 1001 to
     5000; it is sent the call's CallInfo again and reads the conference, on the same hint. Down
-    to two again, the call still reads "Conference" to its parties, and X is sent nothing new."""
+    to two again (C leaves), the call reads its two parties again, and so does X: A calling B.
+    A conference of four down to three still reads "Conference": X is sent nothing."""
     h = Harness()
     pa, pb, px, pc = on_shared_line(h)
     (ref,) = remote(px)
@@ -374,7 +375,22 @@ def test_call4_a_conference_shows_the_appearances_already_showing_the_call_the_c
     assert sorted(lg.device for lg in h.only_call().legs) == [A, B, C]
     assert remote(px) == [ref] and (px.calls[ref].calling, px.calls[ref].called) == ("1001",
                                                                                      "Conference")
+    pd = h.add(D, "1005")
+    consult(h, pb, pd, "1005", conference=True)
+    pb.conference(pb.active_call().reference)
+    h.pump()
+    assert sorted(lg.device for lg in h.only_call().legs) == [A, B, C, D]
     mark = len(h.log)
-    pc.hang_up()
+    pd.hang_up()
     h.pump()
     assert remote(px) == [ref] and hint_infos(h, X, ref, mark) == []
+    assert px.calls[ref].called == "Conference"
+    pc.hang_up()
+    h.pump()
+    assert sorted(lg.device for lg in h.only_call().legs) == [A, B]
+    assert remote(px) == [ref] and (px.calls[ref].calling, px.calls[ref].called) == ("1001",
+                                                                                     "5000")
+    assert len(hint_infos(h, X, ref, mark)) == 1
+    # and A, who called, reads "to B" again; B "from A"
+    assert (pa.active_call().call_type, pa.active_call().called) == (c.CallType.OUTBOUND, "5000")
+    assert (pb.active_call().call_type, pb.active_call().calling) == (c.CallType.INBOUND, "1001")
