@@ -906,13 +906,18 @@ class CallAgent:
     def _far_party(leg: Leg, call: Call, other: Leg | None) -> tuple[str, str]:
         """(number, name) of the party `leg`'s phone shows across `call` (its CallInfo): the
         called number on an outbound call, the calling party on an inbound one, unless a
-        transfer set it. A name the call does not carry is `other`'s (the party shown)."""
+        transfer set it; a barge's initiator, `other` itself. A name the call does not carry is
+        `other`'s (the party shown)."""
         if leg.far is not None:
             number, name = leg.far
         elif leg.role == "caller":
             number, name = call.called_dn, ""
-        else:
+        elif leg.role == "called" or other is None:
             number, name = call.calling_dn, call.calling_name
+        else:
+            # a barge's initiator left with one party (its target gone): it is neither side of
+            # the call's numbers — its own shared line is one of them — so the party is `other`
+            number, name = other.dn, ""
         if number == CONFERENCE and other is not None:
             number, name = other.dn, ""   # not "Conference": name the party itself
         return number, name or (ui.party_name(other) if other is not None else number)

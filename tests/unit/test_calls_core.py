@@ -361,6 +361,31 @@ def test_a_blind_transfer_shows_the_ringing_target_the_moved_party_by_name_too()
     assert shows(pb) == ("outbound", "1002", "Bob", "1003")
 
 
+def test_call8_a_cbarge_initiator_left_with_one_party_transfers_it_and_the_target_reads_that_party():
+    # Bob (5000) calls Alice; Xena, sharing 5000, cBarges; Bob leaves, Xena talks on with Alice
+    # and transfers her to Carol. Carol read "from 5000" — Bob's and Xena's own line — because
+    # the initiator was taken for the called side of the call. She reads Alice, who reads Carol.
+    h = Harness()
+    pa, pb = h.add(A, "1001", user="Alice"), h.add(B, "5000", user="Bob")
+    px = h.add("SEP0000000000E1", "5000", user="Xena")
+    pc = h.add(C, "1003", user="Carol")
+    h.call(B, "1001")
+    pa.answer()
+    h.pump()
+    (hint,) = [ref for ref, cl in px.calls.items() if cl.state is CS.REMOTE_MULTILINE]
+    px.barge(cbarge=True, reference=hint)
+    h.pump()
+    pb.hang_up()
+    h.pump()
+    assert sorted(lg.role for lg in h.only_call().legs) == ["called", "cbarge"]
+    mark = consult_transfer(h, px, pc, "1003")
+    assert not px.calls and sorted(lg.device for lg in h.only_call().legs) == [A, C]
+    assert shows(pc) == ("inbound", "1001", "Alice", "1003")
+    assert shows(pa) == ("inbound", "1003", "Carol", "1001")
+    infos = [m for d, dv, m in h.log[mark:] if d == "down" and dv == C and isinstance(m, s.CallInfo)]
+    assert infos and not [i for i in infos if i.calling_party == "5000"]
+
+
 def test_a_refused_transfer_changes_what_no_phone_shows():
     h = Harness()
     pa, pb = h.add(A, "1001", user="Alice"), h.add(B, "1002", user="Bob", codecs=(4,))
