@@ -689,6 +689,8 @@ class CallAgent:
                 if party.state is LegState.CONNECTED:
                     self._send(party.station, *ui.two_party_again(party))
             named = self._name_the_two(call)
+        elif barge is not None and call.barge is None and len(call.legs) == 2:
+            named = self._name_the_two(call)   # a built-in barge ended, its initiator left in
         self._sync_hints(call)         # the last party on a shared line may have left
         self._plan_media(call)
         self._update_security(call, now, force=named)   # forced: the CallInfo naming each other
@@ -698,9 +700,12 @@ class CallAgent:
     def _name_the_two(call: Call) -> bool:
         """A conference down to two: each party reads the other again, not "Conference" (in its
         own direction, as after a transfer), and the call — its line's "in use remote"
-        appearances — reads one calling the other (the remaining caller first). False when the
-        call did not read "Conference" (a cBarge ended: its parties' display never changed)."""
-        if call.called_dn != CONFERENCE:
+        appearances — reads one calling the other (the remaining caller first). So does a barge
+        ended with its initiator still in (its target gone, or the other party): the call's
+        numbers name the target's line, the initiator's own, not the party it now talks to.
+        False when neither (a cBarge whose initiator left: its parties' display never changed)."""
+        if call.called_dn != CONFERENCE and not any(lg.role in ("barge", "cbarge")
+                                                    for lg in call.legs):
             return False
         first, second = call.legs
         if second.role == "caller" and first.role != "caller":

@@ -361,7 +361,7 @@ def test_a_blind_transfer_shows_the_ringing_target_the_moved_party_by_name_too()
     assert shows(pb) == ("outbound", "1002", "Bob", "1003")
 
 
-def test_call8_a_cbarge_initiator_left_with_one_party_transfers_it_and_the_target_reads_that_party():
+def test_call8_a_cbarge_initiator_left_with_one_party_reads_it_and_a_transfer_names_it():
     # Bob (5000) calls Alice; Xena, sharing 5000, cBarges; Bob leaves, Xena talks on with Alice
     # and transfers her to Carol. Carol read "from 5000" — Bob's and Xena's own line — because
     # the initiator was taken for the called side of the call. She reads Alice, who reads Carol.
@@ -378,12 +378,41 @@ def test_call8_a_cbarge_initiator_left_with_one_party_transfers_it_and_the_targe
     pb.hang_up()
     h.pump()
     assert sorted(lg.role for lg in h.only_call().legs) == ["called", "cbarge"]
+    # down to two, Xena read "from 5000 Bob" — her own line, Bob gone — and Alice read Bob too:
+    # the two read each other
+    assert shows(px) == ("inbound", "1001", "Alice", "5000")
+    assert shows(pa) == ("inbound", "5000", "Xena", "1001")
     mark = consult_transfer(h, px, pc, "1003")
     assert not px.calls and sorted(lg.device for lg in h.only_call().legs) == [A, C]
     assert shows(pc) == ("inbound", "1001", "Alice", "1003")
     assert shows(pa) == ("inbound", "1003", "Carol", "1001")
     infos = [m for d, dv, m in h.log[mark:] if d == "down" and dv == C and isinstance(m, s.CallInfo)]
     assert infos and not [i for i in infos if i.calling_party == "5000"]
+
+
+def test_call7_a_barge_whose_other_party_leaves_leaves_the_target_and_initiator_reading_each_other():
+    # Bob (5000) calls Alice; Xena, sharing 5000, barges (the built-in bridge); Alice hangs up.
+    # Bob and Xena talk on: Bob kept reading "to 1001" (Alice, gone). Each reads the other.
+    h = Harness()
+    pa, pb = h.add(A, "1001", user="Alice"), h.add(B, "5000", user="Bob")
+    px = h.add("SEP0000000000E1", "5000", user="Xena")
+    h.call(B, "1001")
+    pa.answer()
+    h.pump()
+    (hint,) = [ref for ref, cl in px.calls.items() if cl.state is CS.REMOTE_MULTILINE]
+    px.barge(reference=hint)
+    h.pump()
+    pa.hang_up()
+    h.pump()
+    legs = {lg.device: lg for lg in h.only_call().legs}
+    assert sorted(lg.role for lg in legs.values()) == ["barge", "caller"]
+    assert shows(pb) == ("outbound", "5000", "Bob", "5000")
+    b_info = h.sent_to(B, s.CallInfo)[-1]
+    assert (b_info.called_party, b_info.called_party_name) == ("5000", "Xena")
+    (x_info,) = [m for m in h.sent_to("SEP0000000000E1", s.CallInfo)
+                 if m.call_reference == legs["SEP0000000000E1"].call_reference][-1:]
+    assert (x_info.call_type, x_info.calling_party, x_info.calling_party_name) == (
+        c.CallType.INBOUND, "5000", "Bob")
 
 
 def test_a_refused_transfer_changes_what_no_phone_shows():
