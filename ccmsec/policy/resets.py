@@ -48,8 +48,16 @@ class NotACallControlNode(ValueError):
     """A reset on a server (RST-9) naming something that is no call-control node."""
 
 
-def check_reset_server(server: str) -> str:
-    """`server` if it names a call-control node (RST-9); else NotACallControlNode saying why."""
+class NoSuchCallControlNode(LookupError):
+    """A reset on a server (RST-9) naming a call-control node this cluster does not run: a well-
+    formed name (`callmanager-sub3`) that would reach no phone, the request accepted for nothing."""
+
+
+def check_reset_server(server: str, nodes: frozenset[str] | None = None) -> str:
+    """`server` if it names a call-control node (RST-9); else NotACallControlNode saying why.
+    `nodes`: the cluster's call-control nodes when known (the local runner's endpoints file,
+    `ccmsec.cluster.state.call_control_node_names`); a node not among them is
+    NoSuchCallControlNode. None: not known (compose, a service run alone), the form alone decides."""
     match = _CALL_CONTROL_NODE.fullmatch(server) if isinstance(server, str) else None
     if match is None or (match.group(1) and int(match.group(1)) > MAX_SUBSCRIBERS):
         shown = repr(str(server)[:64])
@@ -58,6 +66,10 @@ def check_reset_server(server: str) -> str:
         raise NotACallControlNode(
             f"server {shown} is no call-control node{hint}: a reset on a server (RST-9) names the "
             f"publisher callmanager or a subscriber callmanager-sub1…callmanager-sub{MAX_SUBSCRIBERS}")
+    if nodes is not None and server not in nodes:
+        raise NoSuchCallControlNode(
+            f"server {server!r} is no node of this cluster: its call-control nodes are "
+            f"{', '.join(sorted(nodes))}; a reset on it would reach no phone")
     return server
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import random
 
 import pytest
@@ -146,6 +147,24 @@ async def test_chk13_reset_all_publishes_one_event_and_reports_progress_until_ev
     row = [r for r in await v2.audit_rows() if r.action == "device.reset_many"][-1]
     assert (row.outcome, row.status, row.rule, row.target) == ("ok", 202, "CHK-13", "all")
     assert answer["request_id"] in row.detail
+
+
+async def test_rst9_a_reset_on_a_node_the_cluster_does_not_run_is_404_and_publishes_nothing(v2):
+    """RST-9: the local runner's endpoints file lists the cluster's nodes; a well-formed name not
+    among them (callmanager-sub2) was accepted and reset nothing — now 404, nothing published."""
+    from ccmsec.cluster.state import endpoints_path
+
+    path = endpoints_path(v2.data_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"services": {"callmanager": {"host": "127.0.0.1"},
+                                             "callmanager-sub1": {"host": "127.0.0.21"}}}))
+    admin = v2.admin()
+    r = await admin.post("/api/v1/devices/reset", json={"server": "callmanager-sub2"})
+    assert_json_error(r, 404)
+    assert "server 'callmanager-sub2' is no node of this cluster" in r.text
+    assert v2.events.published == [], "a refused request publishes nothing"
+    r = await admin.post("/api/v1/devices/reset", json={"server": "callmanager-sub1"})
+    assert r.status_code == 202 and r.json()["rule"] == "RST-9"
 
 
 async def test_rst9_reset_devices_on_a_server_targets_that_server_only(v2):

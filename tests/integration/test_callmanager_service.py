@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import socket
 
@@ -653,6 +654,33 @@ async def test_reset_request_validation(cm):
                                    timeout=5)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
     assert err.value.details() == "no device named SEP0000000EFFFF"
+
+
+async def test_rst9_a_reset_on_a_node_the_cluster_does_not_run_is_not_found_and_publishes_nothing(
+        cm, nats_server):
+    """RST-9: a well-formed node name this cluster does not run (`callmanager-sub2` beside the
+    publisher and callmanager-sub1, as the local runner's endpoints file lists them) was accepted,
+    published, and reset nothing. Now NOT_FOUND naming the nodes there are, nothing published; the
+    nodes it runs are still reset."""
+    from ccmsec.cluster.state import endpoints_path
+
+    path = endpoints_path(cm.data)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"services": {"callmanager": {"host": "127.0.0.1"},
+                                             "callmanager-sub1": {"host": "127.0.0.21"},
+                                             "srst": {"host": "127.0.0.8"}}}))
+    async with BusRecorder(nats_server) as rec:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await cm.stub.ResetDevices(pb.ResetDevicesRequest(server="callmanager-sub2"), timeout=5)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        assert err.value.details() == ("server 'callmanager-sub2' is no node of this cluster: its "
+                                       "call-control nodes are callmanager, callmanager-sub1; a reset "
+                                       "on it would reach no phone")
+        ok = await cm.stub.ResetDevices(pb.ResetDevicesRequest(server="callmanager-sub1"), timeout=5)
+        assert ok.targeted == 0
+        await asyncio.sleep(0.3)
+    assert rec.resets_and_restarts() == [("device.reset", "RST-9", False, (), "callmanager-sub1",
+                                          events_pb2.RESET)]
 
 
 async def test_rst1_rst2_admin_changes_reset_exactly_that_device(cm, nats_server):

@@ -83,3 +83,33 @@ def test_rst9_a_reset_on_a_server_names_a_call_control_node_never_srst():
                 "127.0.0.1", "callmanager\n", "x" * 300):
         with pytest.raises(r.NotACallControlNode, match="is no call-control node"):
             r.check_reset_server(bad)
+
+
+def test_rst9_a_reset_on_a_node_this_cluster_does_not_run_is_refused(tmp_path):
+    """RST-9: callmanager checked only the node name's form, so a reset naming a subscriber this
+    cluster does not run (callmanager-sub3 beside callmanager and callmanager-sub1) was accepted,
+    published, and reset nothing. The local runner's endpoints file says which nodes exist: one
+    not among them is NoSuchCallControlNode, naming those that are; with no file, the form alone."""
+    import json
+
+    from ccmsec.cluster.state import call_control_node_names, endpoints_path
+
+    assert call_control_node_names(tmp_path) is None          # no endpoints file: not known
+    path = endpoints_path(tmp_path)
+    path.parent.mkdir(parents=True)
+    path.write_text("{torn")
+    assert call_control_node_names(tmp_path) is None
+    path.write_text(json.dumps({"services": {
+        "callmanager": {"host": "127.0.0.5"}, "callmanager-sub1": {"host": "127.0.0.21"},
+        "srst": {"host": "127.0.0.8"}, "tftp-signer": {"host": "127.0.0.4"}}}))
+    nodes = call_control_node_names(tmp_path)
+    assert nodes == {"callmanager", "callmanager-sub1"}
+    assert r.check_reset_server("callmanager-sub1", nodes) == "callmanager-sub1"
+    assert r.check_reset_server("callmanager", nodes) == "callmanager"
+    with pytest.raises(r.NoSuchCallControlNode,
+                       match=r"server 'callmanager-sub3' is no node of this cluster: its call-control "
+                             r"nodes are callmanager, callmanager-sub1"):
+        r.check_reset_server("callmanager-sub3", nodes)
+    with pytest.raises(r.NotACallControlNode):                 # the form is still checked first
+        r.check_reset_server("srst", nodes)
+    assert r.check_reset_server("callmanager-sub3") == "callmanager-sub3"   # nodes not known

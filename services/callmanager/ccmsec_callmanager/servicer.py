@@ -15,7 +15,10 @@ from ccmsec.db import registry as registry_db
 from ccmsec.db.devices import Device, InvalidDeviceName, validate_device_name
 from ccmsec.db.lines import DevicePool, lines_of
 from ccmsec.domain import ClusterMode, DeviceSecurityMode, DomainError
-from ccmsec.policy.resets import NotACallControlNode, ResetDevicesOnServer, check_reset_server, required_actions
+from ccmsec.cluster.state import call_control_node_names
+from ccmsec.policy.resets import (
+    NoSuchCallControlNode, NotACallControlNode, ResetDevicesOnServer, check_reset_server, required_actions,
+)
 from ccmsec.runtime.servicer import StatusServicerMixin, abort, caller_of
 from ccmsec.textsafe import shown
 from ccmsec_proto import callmanager_pb2 as pb
@@ -107,10 +110,12 @@ class CallManagerServicer(CallsServicerMixin, MobilityServicerMixin, RoutingServ
                             f"no device named {', '.join(unknown[:10])}"
                             + (f" (and {len(unknown) - 10} more)" if len(unknown) > 10 else ""))
         if request.server:  # RST-9 names a call-control node: `srst` or a typo reaches no phone
-            try:
-                check_reset_server(request.server)
+            try:   # and a node this cluster runs, when its endpoints file says which
+                check_reset_server(request.server, call_control_node_names(self.service.settings.data_dir))
             except NotACallControlNode as exc:
                 await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            except NoSuchCallControlNode as exc:
+                await abort(context, grpc.StatusCode.NOT_FOUND, str(exc))
         kind = events_pb2.RESTART if request.restart else events_pb2.RESET
         request_id = uuid.uuid4().hex
         if request.all or request.server:

@@ -18,10 +18,12 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from sqlalchemy import select
 
+from ccmsec.cluster.state import call_control_node_names
 from ccmsec.db.devices import Device, as_utc
 from ccmsec.db.registry import list_registrations, registered_names
 from ccmsec.policy.resets import (
     ALL,
+    NoSuchCallControlNode,
     NotACallControlNode,
     ResetDevices,
     ResetDevicesOnServer,
@@ -101,10 +103,12 @@ async def reset_many(request: Request, _: Principal = Depends(require_admin)) ->
     if body.all == (body.server is not None):
         raise ApiError(422, "give exactly one of \"all\": true or \"server\": NODE")
     if body.server is not None:  # RST-9 names a call-control node: `srst` or a typo reaches no phone
-        try:
-            check_reset_server(body.server)
+        try:   # and a node this cluster runs, when its endpoints file says which
+            check_reset_server(body.server, call_control_node_names(request.app.state.data_dir))
         except NotACallControlNode as exc:
             raise ApiError(422, str(exc)) from None
+        except NoSuchCallControlNode as exc:
+            raise ApiError(404, str(exc)) from None
     kind = _kind(body.kind)
     async with request.app.state.sessionmaker() as session:
         targeted = set(await registered_names(session, node=body.server))  # names only (10,000 rows)
