@@ -9,7 +9,8 @@ by the shutdown's per-step budget (a cancel waits for it), only by its own limit
 daemon thread of its own, never in the loop's default executor: `asyncio.run` and the interpreter
 wait at exit for every executor thread, so a write cut by the limit kept the process alive until
 it ended (unbounded on a stuck disk) — a daemon thread does not hold the exit. The write is atomic,
-so a process that exits during it leaves the last complete store. Boots run at most
+so a process that exits during it leaves the last complete store (and a partial temporary,
+`.phones.json.*`, which the next load removes). Boots run at most
 `max_concurrent_boots` at a time.
 """
 
@@ -108,7 +109,9 @@ class Fleet:
 
     # --- persistence ------------------------------------------------------------------------------
     def load(self) -> list[Phone]:
-        """Phones from phones.json, powered off (the caller decides which to boot again)."""
+        """Phones from phones.json, powered off (the caller decides which to boot again). First the
+        temporaries of writes that never ended are removed (see remove_leftover_writes)."""
+        self.remove_leftover_writes()
         try:
             doc = json.loads(self.path.read_text())
         except FileNotFoundError:
@@ -132,6 +135,25 @@ class Fleet:
             self.runners[phone.name] = self._runner(phone)
             restored.append(phone)
         return restored
+
+    def remove_leftover_writes(self) -> int:
+        """Remove `.phones.json.*`, the temporaries of writes that never reached their rename: a
+        final save cut by its limit goes on in a daemon thread, which the process's exit ends
+        mid-write, so its partial file (private keys in it) was left for ever, one more at each
+        such exit. Run before any save of this process starts (load, at start): none is its own."""
+        removed = 0
+        for tmp in sorted(self.folder.glob(f".{self.path.name}.*")):
+            try:
+                tmp.unlink()
+                removed += 1
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                log.error("phone store: cannot remove the unfinished write %s: %s", tmp, exc)
+        if removed:
+            log.warning("phone store: removed %d unfinished write(s) (%s.*) a previous run left",
+                        removed, self.folder / f".{self.path.name}")
+        return removed
 
     def save(self, runners: list[PhoneRunner] | None = None) -> None:
         """Write the store. `runners`: a list taken on the event loop when this runs in a worker
