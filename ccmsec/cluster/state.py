@@ -50,7 +50,10 @@ def call_control_node_names(data_dir: Path) -> frozenset[str] | None:
     without them): then only the name's form can be checked."""
     from ccmsec.policy.resets import NotACallControlNode, check_reset_server
 
-    services = (read_endpoints(data_dir) or {}).get("services")
+    try:
+        services = (read_endpoints(data_dir) or {}).get("services")
+    except OSError:   # unreadable (a folder, permissions): not known, never a failed request
+        return None
     if not isinstance(services, dict):
         return None
     nodes = set()

@@ -96,7 +96,9 @@ def test_rst9_a_reset_on_a_node_this_cluster_does_not_run_is_refused(tmp_path):
 
     assert call_control_node_names(tmp_path) is None          # no endpoints file: not known
     path = endpoints_path(tmp_path)
-    path.parent.mkdir(parents=True)
+    path.mkdir(parents=True)                                   # unreadable: not known, no OSError
+    assert call_control_node_names(tmp_path) is None
+    path.rmdir()
     path.write_text("{torn")
     assert call_control_node_names(tmp_path) is None
     path.write_text(json.dumps({"services": {
