@@ -1,6 +1,8 @@
 """Callmanager's media plane: who gets keys (ENC-3, ENC-5, GW-2, GW-4 — the eligibility its key
 source really uses) and what the call agent is told of the SRTP gateway: a gateway whose
-audit reports no SRTP makes its calls non-secure (CALL-3), not merely keyless (GW-2)."""
+audit reports no SRTP makes its calls non-secure (CALL-3), not merely keyless (GW-2). And the
+number each connection of the gateway's leg is made for: the one it was dialled on, whatever the
+call became since (a transfer, a conference)."""
 
 from __future__ import annotations
 
@@ -11,8 +13,12 @@ from ccmsec.calls.agent import CallAgent
 from ccmsec.calls.config import DeviceProfile, LineConfig
 from ccmsec.domain import DeviceSecurityMode
 from ccmsec.policy.calls import EndpointKind
+from ccmsec.wire import sccp as s
+from ccmsec.wire.sccp_phone import OpenChannel
 from ccmsec_callmanager import media_plane
 from ccmsec_callmanager.media_plane import GATEWAY_DEVICE, GATEWAY_PATTERN, MediaPlaneMixin
+
+from tests.unit.calls_harness import Harness
 
 
 class Plane(MediaPlaneMixin):
@@ -121,3 +127,104 @@ async def test_call9_the_gateway_offers_g711_mu_law_and_a_law_to_the_call_agent(
     finally:
         await plane.teardown_media_plane()
         await calls.close()
+
+
+class _RecordingLegs:
+    """Stands in for GatewayLegs (the srtp-gateway's gRPC side): the number each connection of
+    the gateway's leg is created for — the one that picks its telephone-network party."""
+
+    def __init__(self) -> None:
+        self.numbers: list[str] = []
+
+    def open(self, phone, channel, number: str) -> None:
+        self.numbers.append(number)
+        phone.channel_opened(channel.party_id, "10.9.9.9", 40000 + 2 * len(self.numbers))
+
+    def start(self, channel) -> None:
+        pass
+
+    def stop(self, channel) -> None:
+        pass
+
+    def close(self, channel) -> None:
+        pass
+
+
+class _GatewayHarness(Harness):
+    """The in-memory harness with the gateway's device of callmanager (media_plane.GatewayDevice,
+    its phone-side machine auto-answering) in the calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.legs = _RecordingLegs()
+        profile = DeviceProfile(GATEWAY_DEVICE, model="MGCP gateway", kind=EndpointKind.GATEWAY,
+                                lines=(LineConfig("5550000"),), route_pattern=GATEWAY_PATTERN,
+                                auto_answer=True)
+        self.gateway = media_plane.GatewayDevice(profile, "127.0.0.1", self.legs)
+        self.agent.register(profile, self.now)
+        self.agent.capabilities(GATEWAY_DEVICE, s.CapabilitiesRes(
+            (s.MediaCapability(4), s.MediaCapability(2))))
+        self.gateway.phone.start_setup()
+        self.pump()
+
+    def pump(self) -> None:
+        gateway = getattr(self, "gateway", None)
+        for _ in range(1000):
+            moved = False
+            for name, phone in self.phones.items():
+                for message in phone.messages_to_send():
+                    moved = True
+                    self.agent.receive(name, message, self.now)
+            if gateway is not None:
+                for message in gateway.phone.messages_to_send():
+                    moved = True
+                    self.agent.receive(GATEWAY_DEVICE, message, self.now)
+            for device, message in self.agent.messages_to_send():
+                moved = True
+                self.log.append(("down", device, message))
+                if device == GATEWAY_DEVICE and gateway is not None:
+                    gateway.handle(message)
+                    continue
+                for event in self.phones[device].handle(message):
+                    if isinstance(event, OpenChannel):
+                        self.phones[device].channel_opened(
+                            event.channel.party_id, self.addresses[device], next(self._ports))
+            if not moved:
+                return
+        raise AssertionError("messages keep flowing")
+
+
+def test_gw_every_connection_of_a_transferred_or_conferenced_gateway_leg_reaches_the_dialled_party():
+    # A calls 5550102 (the echo party behind the gateway), then transfers it to C, who holds and
+    # resumes; or conferences C in, C leaving. The gateway's leg took the number for each new
+    # connection from its display's last CallInfo, which after the change names C, "Conference"
+    # or the gateway's own line (5550000): the connection reached no telephone-network party.
+    for how in ("transfer", "conference"):
+        h = _GatewayHarness()
+        pa, pc = h.add("SEP0000000000A1", "1001"), h.add("SEP0000000000A3", "1003")
+        h.call("SEP0000000000A1", "5550102")
+        assert h.legs.numbers == ["5550102"]
+        (pa.transfer if how == "transfer" else pa.conference)()
+        h.pump()
+        pa.keypad("1003")
+        h.pump()
+        pc.answer()
+        h.pump()
+        (pa.transfer if how == "transfer" else pa.conference)(pa.active_call().reference)
+        h.pump()
+        if how == "transfer":
+            pc.hold()
+            h.pump()
+            pc.resume()
+        else:
+            pc.hang_up()
+        h.pump()
+        assert len(h.legs.numbers) > 3 and set(h.legs.numbers) == {"5550102"}, h.legs.numbers
+        # what the gateway keeps per call goes with the call: a new call keeps only its own
+        for phone in (pa, pc):
+            for call in list(phone.calls.values()):
+                phone.hang_up(call.reference)
+                h.pump()
+        assert not h.agent.calls
+        h.call("SEP0000000000A3", "5550100")
+        assert h.legs.numbers[-1] == "5550100" and len(h.gateway.numbers) == 1

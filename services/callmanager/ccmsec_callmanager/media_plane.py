@@ -49,12 +49,23 @@ class GatewayDevice(VirtualDevice):
     def __init__(self, profile: DeviceProfile, host: str, legs: GatewayLegs) -> None:
         super().__init__(profile, host)
         self.legs = legs
+        # call reference -> the number the gateway's leg was dialled on (its first connection's):
+        # it picks the telephone-network party for every connection of that leg. The display's
+        # called number does not: later CallInfo name whoever the party now talks to (a transfer,
+        # a conference, one down to two), and the gateway's own line on its side of it.
+        self.numbers: dict[int, str] = {}
 
     def media(self, event) -> None:
         ch = getattr(event, "channel", None)
         if isinstance(event, OpenChannel):
-            call = self.phone.calls.get(ch.call_reference)
-            self.legs.open(self.phone, ch, call.called if call is not None else "")
+            self.numbers = {ref: n for ref, n in self.numbers.items() if ref in self.phone.calls}
+            number = self.numbers.get(ch.call_reference)
+            if number is None:
+                call = self.phone.calls.get(ch.call_reference)
+                number = call.called if call is not None else ""
+                if call is not None:
+                    self.numbers[ch.call_reference] = number
+            self.legs.open(self.phone, ch, number)
         elif isinstance(event, StartTransmit):
             self.legs.start(ch)
         elif isinstance(event, StopTransmit):
