@@ -537,7 +537,7 @@ class CallAgent:
             # CALL-9: a gateway/trunk that cannot speak the caller's codecs
             self._refuse_codec(call, choice, now)
             return
-        self._ring(call, st, 1, now)
+        self._ring(call, st, 1, now, shown_dn=digits)   # a trunk/gateway: shown as dialled
         call.ring_deadline = now + self.settings.max_ring_time
         self._arm(call.ring_deadline, "no-answer", call.id)
         self._send(call.caller.station, *ui.ring_out(call.caller, call))
@@ -554,9 +554,10 @@ class CallAgent:
         else:
             self._offer(call, target, now)
 
-    def _ring(self, call: Call, st: Station, instance: int, now: float) -> None:
+    def _ring(self, call: Call, st: Station, instance: int, now: float, *,
+              shown_dn: str = "") -> None:
         leg = self._add_leg(Leg(next(self._ids), st, instance, st.line(instance).dn,
-                                LegState.RINGING, now, role="called", call=call))
+                                LegState.RINGING, now, role="called", call=call, shown_dn=shown_dn))
         call.legs.append(leg)
         self._send(st, *ui.ringing(leg, call))
 
@@ -710,10 +711,10 @@ class CallAgent:
         first, second = call.legs
         if second.role == "caller" and first.role != "caller":
             first, second = second, first
-        call.calling_dn, call.calling_name = first.dn, ui.party_name(first)
-        call.called_dn = second.dn
+        call.calling_dn, call.calling_name = ui.party_number(first), ui.party_name(first)
+        call.called_dn = ui.party_number(second)
         for leg, other in ((first, second), (second, first)):
-            leg.far = (other.dn, ui.party_name(other))
+            leg.far = (ui.party_number(other), ui.party_name(other))
         return True
 
     def _end_barge(self, call: Call) -> None:
@@ -922,9 +923,9 @@ class CallAgent:
         else:
             # a barge's initiator left with one party (its target gone): it is neither side of
             # the call's numbers — its own shared line is one of them — so the party is `other`
-            number, name = other.dn, ""
+            number, name = ui.party_number(other), ""
         if number == CONFERENCE and other is not None:
-            number, name = other.dn, ""   # not "Conference": name the party itself
+            number, name = ui.party_number(other), ""   # not "Conference": the party itself
         return number, name or (ui.party_name(other) if other is not None else number)
 
     def _codec_refused(self, leg: Leg, choice: CodecChoice, call: Call, now: float) -> bool:

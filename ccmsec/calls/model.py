@@ -110,6 +110,9 @@ class Leg:
     # or a conference down to two (the other party again);
     # None: those numbers say it
     far: tuple[str, str] | None = None
+    # the number its party is shown by when it is not its line's: a trunk's or gateway's leg, the
+    # number dialled through it (its line is the device's own, 5550000); "": `dn`
+    shown_dn: str = ""
 
     @property
     def device(self) -> str:

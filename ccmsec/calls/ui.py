@@ -172,11 +172,17 @@ def hint_info(line: int, reference: int, call: "Call") -> s.CallInfo:
                       call_type=CallType.INBOUND)
 
 
+def party_number(leg: "Leg") -> str:
+    """The number a leg's party is shown by: its line's, or for a trunk's or gateway's leg the
+    number dialled through it (not the device's own line)."""
+    return leg.shown_dn or leg.dn
+
+
 def party_name(leg: "Leg") -> str:
     """The name a leg's party is shown by: its line's display name, else the device's user,
     else its number."""
     line = leg.station.line(leg.line)
-    return (line.display_name if line else "") or leg.station.profile.user or leg.dn
+    return (line.display_name if line else "") or leg.station.profile.user or party_number(leg)
 
 
 def call_info(leg: "Leg", call: "Call", status: int) -> s.CallInfo:
@@ -185,7 +191,7 @@ def call_info(leg: "Leg", call: "Call", status: int) -> s.CallInfo:
         # After a transfer: the party this leg is now connected to, on the side its direction
         # shows (the called party of an outbound call, the calling party of an inbound one).
         far_number, far_name = _number(leg.far[0]), _name(leg.far[1])
-        own_number, own_name = _number(leg.dn), _name(party_name(leg))
+        own_number, own_name = _number(party_number(leg)), _name(party_name(leg))
         return s.CallInfo(
             calling_party_name=own_name if outbound else far_name,
             calling_party=own_number if outbound else far_number,

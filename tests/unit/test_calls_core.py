@@ -11,6 +11,7 @@ import pytest
 
 from ccmsec.calls.config import AgentSettings, DeviceProfile, LineConfig, ProfileError, SpeedDial
 from ccmsec.calls.dialplan import DialPlan, MatchKind
+from ccmsec.policy.calls import EndpointKind
 from ccmsec.wire import sccp as s
 from ccmsec.wire import sccp_calls as c
 from ccmsec.wire import sccp_setup as u
@@ -413,6 +414,33 @@ def test_call7_a_barge_whose_other_party_leaves_leaves_the_target_and_initiator_
                  if m.call_reference == legs["SEP0000000000E1"].call_reference][-1:]
     assert (x_info.call_type, x_info.calling_party, x_info.calling_party_name) == (
         c.CallType.INBOUND, "5000", "Bob")
+
+
+def test_a_conference_with_a_gateway_party_down_to_two_shows_the_number_dialled_through_it():
+    # Alice calls 5550102 through the gateway (its line is 5550000, its route pattern 555XXXX),
+    # conferences Carol, and leaves. Carol read the gateway's own line, 5550000 — the party is
+    # 5550102, as Alice dialled it; so does whoever Carol then transfers it to.
+    h = Harness()
+    pa, pc = h.add(A, "1001", user="Alice"), h.add(C, "1003", user="Carol")
+    pg = h.add("GW1", "5550000", kind=EndpointKind.GATEWAY, route_pattern="555XXXX")
+    h.call(A, "5550102")
+    pg.answer()
+    h.pump()
+    pa.conference()
+    h.pump()
+    pa.keypad("1003")
+    h.pump()
+    pc.answer()
+    h.pump()
+    pa.conference(pa.active_call().reference)
+    h.pump()
+    pa.hang_up()
+    h.pump()
+    assert shows(pc) == ("inbound", "5550102", "5550102", "1003")
+    mark = consult_transfer(h, pc, pa, "1001")
+    assert shows(pa) == ("inbound", "5550102", "5550102", "1001")
+    assert not [m for d, dv, m in h.log[mark:] if d == "down" and isinstance(m, s.CallInfo)
+                and dv != "GW1" and "5550000" in (m.calling_party, m.called_party)]
 
 
 def test_a_refused_transfer_changes_what_no_phone_shows():
