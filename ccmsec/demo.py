@@ -503,6 +503,183 @@ async def step_fleet_calls(ctx: DemoContext) -> None:
             "NAME`, `ccmsec phones calls NAME`, `ccmsec calls watch`")
 
 
+# The supplementary services with the fleet: (holder, held) for hold; the held party is then
+# transferred to the transfer target, and the two of them conference in the member.
+SERVICES_HOLD = (0, 2)        # the encrypted 7970 holds its call with the encrypted 7940
+SERVICES_TRANSFER_TO = 1      # the 7970 transfers the 7940 to the authenticated 7960
+SERVICES_CONFERENCE_WITH = 3  # the 7940 adds the non-secure 7912: three on the conference bridge
+
+
+def _leg_codecs(view) -> str:
+    return ", ".join(f"{lg.model or lg.device} {lg.codec or '?'}" for lg in view.legs
+                     if lg.state in ("connected", "hold"))
+
+
+async def step_call_services(ctx: DemoContext) -> None:
+    """Hold with music on hold, consultative transfer and an ad hoc conference with the fleet's
+    phones through phone-sim (PhoneSim/PhoneAction: the softkeys a user presses), each state as the
+    phones display it and as call control's call view has it (status and rule, resources, the
+    codec of each leg: CALL-1, CALL-2, CALL-3, CALL-9)."""
+    from ccmsec.runtime.grpcio import secure_channel
+    from ccmsec.runtime.identity import client_identity
+    from ccmsec_proto import callmanager_pb2_grpc, common_pb2, phone_sim_pb2, phone_sim_pb2_grpc
+
+    ident = client_identity(ctx.data)
+    sim, cm = ctx.endpoints["services"]["phone-sim"], ctx.endpoints["services"]["callmanager"]
+    async with secure_channel(ident, sim["host"], sim["grpc_port"], "phone-sim") as sim_ch, \
+            secure_channel(ident, cm["host"], cm["grpc_port"], "callmanager") as cm_ch:
+        phones = phone_sim_pb2_grpc.PhoneSimStub(sim_ch)
+        calls = callmanager_pb2_grpc.CallManagerStub(cm_ch)
+        fleet = sorted((p for p in (await phones.ListPhones(phone_sim_pb2.PhoneSelector(), timeout=10)).phones
+                        if p.name.startswith("SEP0DE7")), key=lambda p: p.name)
+        if len(fleet) != len(DEMO_FLEET):
+            raise runner.RunnerError(f"expected the {len(DEMO_FLEET)} fleet phones, found {len(fleet)}")
+        name = {i: p.name for i, p in enumerate(fleet)}
+        model = {i: p.model for i, p in enumerate(fleet)}
+
+        async def display(device: str):
+            return await phones.GetPhoneCalls(phone_sim_pb2.PhoneName(name=device), timeout=10)
+
+        async def until(check, what: str, timeout: float = 15.0):
+            deadline = time.monotonic() + timeout
+            while True:
+                value = await check()
+                if value:
+                    return value
+                if time.monotonic() > deadline:
+                    raise runner.RunnerError(f"demo call services: no {what} within {timeout:g} s")
+                await asyncio.sleep(0.2)
+
+        async def act(i: int, action: str, number: str = ""):
+            return await phones.PhoneAction(phone_sim_pb2.PhoneActionRequest(
+                name=name[i], action=action, number=number), timeout=20)
+
+        async def call_in(i: int, state: str):
+            return next((c for c in (await display(name[i])).calls if c.state == state), None)
+
+        async def shows(i: int, icon: str, state: str = "connected"):
+            async def check():
+                c = await call_in(i, state)
+                return c if c is not None and c.icon == icon else None
+            return await until(check, f"'{icon}' on {model[i]}'s {state} call")
+
+        async def view_of(*indexes: int, status: str = "", resource: str = ""):
+            async def check():
+                wanted = {name[i] for i in indexes}
+                for c in (await calls.ListCalls(common_pb2.Empty(), timeout=10)).calls:
+                    legs = {lg.device for lg in c.legs if lg.state in ("connected", "hold")}
+                    if legs == wanted and (not status or c.status == status) and \
+                            (not resource or resource in c.resources):
+                        return c
+                return None
+            return await until(check, f"call of {', '.join(model[i] for i in indexes)} in call control's view"
+                               + (f" ({status})" if status else ""))
+
+        async def connect(a: int, b: int):
+            await until(lambda: _ready(display, name[a]), f"lines on {model[a]}")
+            await act(a, "dial", fleet_number(b))
+            await until(lambda: _in_state(display, name[b], "ring-in"), f"ringing on {model[b]}")
+            await act(b, "answer")
+            await until(lambda: _in_state(display, name[a], "connected"), f"{model[a]} connected")
+
+        def party(i: int, c) -> str:
+            """The number the phone's call shows that is not its own line's: who it talks to."""
+            own = fleet_number(i)
+            return c.called if c.calling == own else c.calling
+
+        holder, held = SERVICES_HOLD
+        target, member = SERVICES_TRANSFER_TO, SERVICES_CONFERENCE_WITH
+        try:
+            # --- hold with music on hold (CALL-3, CALL-9), resume -------------------------------
+            await connect(holder, held)
+            await shows(holder, "lock")
+            await shows(held, "lock")
+            before = await view_of(holder, held, status="encrypted")
+            ctx.say(f"{model[holder]} calls {model[held]}: both show 'lock'; call control: {before.status} "
+                    f"({before.rule}), codec {before.codec}")
+            await act(holder, "hold")
+            await until(lambda: call_in(holder, "hold"), f"the call on hold on {model[holder]}")
+            await shows(held, "none")
+            moh = await view_of(holder, held, status="non-secure", resource="music on hold")
+            start = (await display(name[held])).media
+            await until(lambda: _received_since(display, name[held], start.received, 25),
+                        f"music on hold heard on {model[held]}")
+            m = (await display(name[held])).media
+            held_leg = next(lg for lg in moh.legs if lg.device == name[held])
+            ctx.say(f"{model[holder]} presses Hold: {model[held]} shows 'none', hears music on hold in "
+                    f"{held_leg.codec} (its leg in call control's view) as plain RTP: SRTP both ways "
+                    f"{'yes' if m.srtp_both_ways else 'no'}, received {m.received - start.received} packets, "
+                    f"refused {m.refused_authentication + m.refused_replay}; call control: {moh.status} "
+                    f"({moh.rule}), resources {', '.join(moh.resources)}; legs: {_leg_codecs(moh)}")
+            await act(holder, "resume")
+            await shows(holder, "lock")
+            await shows(held, "lock")
+            back = await view_of(holder, held, status="encrypted")
+            start = (await display(name[held])).media
+            await until(lambda: _received_since(display, name[held], start.received, 10),
+                        f"audio on {model[held]} after resume")
+            m = (await display(name[held])).media
+            ctx.say(f"{model[holder]} presses Resume: both show 'lock' again; call control: {back.status} "
+                    f"({back.rule}), resources {', '.join(back.resources) or 'none'}; audio on {model[held]}: "
+                    f"SRTP both ways {'yes' if m.srtp_both_ways else 'no'}")
+
+            # --- consultative transfer: the held party to the target ----------------------------
+            await act(holder, "transfer")                    # the call with `held` goes on hold
+            await until(lambda: call_in(holder, "hold"), f"{model[held]} held for the consultation")
+            await act(holder, "dial", fleet_number(target))
+            await until(lambda: _in_state(display, name[target], "ring-in"), f"ringing on {model[target]}")
+            await act(target, "answer")
+            await until(lambda: _in_state(display, name[holder], "connected"), "the consultation connected")
+            await act(holder, "transfer")                    # complete: held <-> target
+            await until(lambda: _idle(display, name[holder]), f"{model[holder]} out of both calls")
+
+            async def talks_to(i: int, other: int):
+                c = await call_in(i, "connected")
+                return c if c is not None and party(i, c) == fleet_number(other) else None
+            shown_held = await until(lambda: talks_to(held, target), f"{model[held]} showing {model[target]}")
+            shown_target = await until(lambda: talks_to(target, held), f"{model[target]} showing {model[held]}")
+            moved = await view_of(held, target)
+            ctx.say(f"{model[holder]} presses Transfer, dials {fleet_number(target)} ({model[target]}), "
+                    f"which answers, Transfer again: {model[holder]} is idle; {model[held]} shows "
+                    f"{shown_held.calling}->{shown_held.called} '{shown_held.icon}', {model[target]} shows "
+                    f"{shown_target.calling}->{shown_target.called} '{shown_target.icon}'; call control: "
+                    f"connected {' and '.join(sorted(f'{lg.model} ({lg.dn})' for lg in moved.legs))}, "
+                    f"{moved.status} ({moved.rule}), codec {moved.codec}")
+
+            # --- ad hoc conference: the non-secure phone joins (CALL-3, CALL-9) -----------------
+            await act(held, "conference")
+            await until(lambda: call_in(held, "hold"), f"{model[target]} held while the member is called")
+            await act(held, "dial", fleet_number(member))
+            await until(lambda: _in_state(display, name[member], "ring-in"), f"ringing on {model[member]}")
+            await act(member, "answer")
+            await until(lambda: _in_state(display, name[held], "connected"), "the member connected")
+            await act(held, "conference")                    # join: through the conference bridge
+            members = (held, target, member)
+            for i in members:
+                await shows(i, "none")
+            bridged = await view_of(*members, status="non-secure", resource="conference bridge")
+            shown = {i: await call_in(i, "connected") for i in members}
+            ctx.say(f"{model[held]} presses Conference, dials {fleet_number(member)} ({model[member]}), which "
+                    "answers, Conference again: " + ", ".join(
+                        f"{model[i]} shows {shown[i].calling or '-'}->{shown[i].called or '-'} '{shown[i].prompt}' "
+                        f"'{shown[i].icon}'" for i in members)
+                    + f"; call control: {bridged.status} ({bridged.rule}), resources {', '.join(bridged.resources)}; "
+                    f"legs: {_leg_codecs(bridged)}")
+        finally:
+            for i in range(len(fleet)):
+                for _ in range(4):
+                    if not (await display(name[i])).calls:
+                        break
+                    try:
+                        await act(i, "hangup")
+                    except Exception:
+                        await asyncio.sleep(0.2)
+        for i in range(len(fleet)):
+            await until(lambda i=i: _idle(display, name[i]), f"{model[i]} cleared")
+    ctx.say("the same from the command line: `ccmsec phones hold|resume|transfer|conference NAME`, "
+            "`ccmsec phones calls NAME`, `ccmsec calls`")
+
+
 async def _ready(display, name: str) -> bool:
     reply = await display(name)
     return reply.ready and bool(reply.lines)
@@ -1086,6 +1263,8 @@ STEPS: list[tuple[str, Callable]] = [
     ("The registry as call control sees it", step_registry),
     ("Calls between the phones of each mode through phone-sim, each call's status as the phones show it "
      "(CALL-1, CALL-2)", step_fleet_calls),
+    ("Hold with music on hold, consultative transfer and a conference with the fleet's phones: what they "
+     "show and call control's view (CALL-2, CALL-3, CALL-9)", step_call_services),
     ("Encrypted calls phone to phone and through the SRTP gateway, proved on the wire (ENC-2…5, GW-1)",
      step_encrypted_calls),
     ("The node serving the phones is killed: they move to the subscriber and come back (LATER-7)",

@@ -65,6 +65,11 @@ def test_demo_attach_from_the_host_through_a_context_runs_every_step(cluster, tm
     assert re.search(r"7970\s+registered encrypted\s+via \S+:2443 presenting LSC", out)  # CHK-8/9
     assert re.search(r"7912\s+registered non-secure\s+via \S+:2000 presenting no certificate", out)
     assert re.search(r"7970 \(encrypted\) calls 7940 \(encrypted\): the phones show 'lock' / 'lock'", out)
+    # hold / transfer / conference through phone-sim's and call control's published gRPC ports
+    assert re.search(r"7970 presses Hold: 7940 shows 'none', .* call control: non-secure \(CALL-3\), "
+                     r"resources music on hold", out)
+    assert re.search(r"Transfer again: 7970 is idle; 7940 shows 4101->4102 'shield'", out)
+    assert re.search(r"Conference again: .*call control: non-secure \(CALL-3\), resources conference bridge", out)
 
     # encrypted calls of phones in this process: LSCs through CAPF's published port, call control
     # through its published SCCP/TLS port, media between the two phones proved from the wire

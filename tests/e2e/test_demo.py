@@ -44,6 +44,21 @@ def test_demo_walks_the_checklist_and_stops_the_cluster(tmp_path):
                      r"call control: authenticated \(CALL-1\); audio on 7970: SRTP both ways no", out)
     assert re.search(r"7970 \(encrypted\) calls 7912 \(non-secure\): the phones show 'none' / 'none'; "
                      r"call control: non-secure \(CALL-\d\); audio on 7970: SRTP both ways no", out)
+    # supplementary services with the fleet (CALL-2, CALL-3, CALL-9): hold plays music on hold as
+    # plain RTP in a G.711 law, the call non-secure while held and encrypted again on resume; a
+    # consultative transfer leaves the two others connected, each display naming the other;
+    # a conference with the non-secure phone goes through the bridge, each leg with its law
+    assert re.search(r"7970 calls 7940: both show 'lock'; call control: encrypted \(CALL-1\)", out)
+    assert re.search(r"7970 presses Hold: 7940 shows 'none', hears music on hold in g711[ua] \(.*\) as plain RTP: "
+                     r"SRTP both ways no, received [1-9]\d* packets, refused 0; call control: non-secure "
+                     r"\(CALL-3\), resources music on hold; legs: 7970 g711[ua], 7940 g711[ua]", out)
+    assert re.search(r"7970 presses Resume: both show 'lock' again; call control: encrypted \(CALL-1\), "
+                     r"resources none; audio on 7940: SRTP both ways yes", out)
+    assert re.search(r"Transfer again: 7970 is idle; 7940 shows 4101->4102 'shield', 7960 shows 4102->4101 "
+                     r"'shield'; call control: connected 7940 \(4102\) and 7960 \(4101\), authenticated", out)
+    assert re.search(r"Conference again: 7940 shows \S+ 'Conference' 'none', 7960 shows \S+ 'Conference' 'none', "
+                     r"7912 shows \S+ 'Conference' 'none'; call control: non-secure \(CALL-3\), resources "
+                     r"conference bridge; legs: 7940 g711[ua], 7960 g711[ua], 7912 g711[ua]", out)
     # encrypted calls (ENC-2…5, GW-1): the lock, SRTP both ways, and the proof from the wire
     assert re.search(r"call 4001 -> 4002: \S+ shows 'lock'; media SRTP both ways: True; .* refused 0", out)
     assert re.search(r"through the SRTP gateway to the echo 5550102: \S+ shows 'lock'; media SRTP both ways: True", out)
@@ -80,6 +95,8 @@ def test_demo_attach_to_a_running_local_cluster_runs_every_step(tmp_path):
         assert re.search(r"outboxes of all \d+ services: every event published, none set aside", out)
         assert "cluster security mode: non-secure -> mixed" in out
         assert "4 device(s) registered" in out
+        assert re.search(r"Transfer again: 7970 is idle; 7940 shows 4101->4102 'shield'", out)
+        assert re.search(r"Conference again: .*call control: non-secure \(CALL-3\), resources conference bridge", out)
         assert re.search(r"call 4001 -> 4002: \S+ shows 'lock'; media SRTP both ways: True; .* refused 0", out)
         assert re.search(r"through the SRTP gateway to the echo 5550102: \S+ shows 'lock'", out)
         if "wire capture skipped" not in out:
