@@ -116,121 +116,6 @@ def _record(session: CapfServerSession, source: str | None) -> SessionRecord:
                          session.retry_after, source)
 
 
-class _Connection(asyncio.Protocol):
-    """The bytes of one CAPF connection, without streams: `read` hands over whatever arrived
-    since the last read (one waiter future, woken once per arrival; its deadline is one timer
-    handle, not a Task or a timeout scope), `write` goes straight to the transport. Both sides'
-    sessions are sans-IO (`ccmsec.wire.capf`), so this is all the I/O they need. Reading pauses
-    while more than `limit` bytes wait unread (a phone flooding a session that is waiting on the
-    store cannot grow the server's memory), as a StreamReader's limit did."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, limit: int = READ_CHUNK * 2):
-        self.loop, self.limit = loop, limit
-        self.transport: asyncio.Transport | None = None
-        self._chunks: list[bytes] = []
-        self._buffered = 0
-        self._eof = False
-        self._error: BaseException | None = None
-        self._waiter: asyncio.Future | None = None
-        self._paused_reading = False
-        self._paused_writing = False
-        self._drain: asyncio.Future | None = None
-        self.closed = loop.create_future()
-
-    # -- asyncio.Protocol ----------------------------------------------------------------------
-
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        self._chunks.append(data)
-        self._buffered += len(data)
-        if self._buffered > self.limit and not self._paused_reading:
-            self._paused_reading = True
-            self.transport.pause_reading()
-        self._wake()
-
-    def eof_received(self) -> bool:
-        self._eof = True
-        self._wake()
-        return False  # TLS: the transport closes itself
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        self._eof = True
-        if exc is not None and self._error is None:
-            self._error = exc
-        self._wake()
-        drain, self._drain = self._drain, None
-        if drain is not None and not drain.done():
-            drain.set_exception(exc or ConnectionResetError("connection lost"))
-        if not self.closed.done():
-            self.closed.set_result(None)
-
-    def pause_writing(self) -> None:
-        self._paused_writing = True
-
-    def resume_writing(self) -> None:
-        self._paused_writing = False
-        drain, self._drain = self._drain, None
-        if drain is not None and not drain.done():
-            drain.set_result(None)
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    # -- for the session's loop ----------------------------------------------------------------
-
-    async def read(self, deadline: float) -> bytes:
-        """What arrived (b"" at end of stream); TimeoutError if nothing did by `deadline` (loop
-        time); the connection's error if it was lost with one and nothing is left to read."""
-        if not self._chunks and not self._eof:
-            waiter = self._waiter = self.loop.create_future()
-            timer = self.loop.call_at(deadline, _time_up, waiter)
-            try:
-                await waiter
-            finally:
-                timer.cancel()
-                self._waiter = None
-        if self._chunks:
-            data = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
-            self._chunks.clear()
-            self._buffered = 0
-            if self._paused_reading:
-                self._paused_reading = False
-                self.transport.resume_reading()
-            return data
-        if self._error is not None:
-            raise self._error
-        return b""
-
-    async def write(self, data: bytes) -> None:
-        """Write now; wait only while the transport asks us to (its buffer is full)."""
-        transport = self.transport
-        if transport.is_closing():
-            raise self._error or ConnectionResetError("connection closed")
-        transport.write(data)
-        if self._paused_writing:
-            if self._drain is None:
-                self._drain = self.loop.create_future()
-            await self._drain
-
-    async def close(self, wait: float = 2.0) -> None:
-        """Close (TLS close_notify first) and wait at most `wait` seconds for the end."""
-        if self.transport is not None:
-            self.transport.close()
-        if not self.closed.done():
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(wait):
-                    await self.closed
-
-
-def _time_up(waiter: asyncio.Future) -> None:
-    if not waiter.done():
-        waiter.set_exception(TimeoutError())
-
-
 class CapfServer:
     def __init__(self, host: str, port: int, ssl_context: ssl.SSLContext, store: CapfOperationsStore,
                  issuer: CapfIssuer, *, handshake_timeout: float = 10.0, idle_timeout: float = 30.0,
@@ -306,24 +191,25 @@ class CapfServer:
 
     async def _on_connection(self, conn: socket.socket, source: str) -> None:
         loop = asyncio.get_running_loop()
-        connection = None
+        writer = None
         try:
             conn.setblocking(False)
-            connection = _Connection(loop)
+            reader = asyncio.StreamReader(limit=READ_CHUNK * 2)
+            protocol = asyncio.StreamReaderProtocol(reader)
             try:
-                await loop.connect_accepted_socket(
-                    lambda: connection, conn, ssl=self.ssl_context, ssl_handshake_timeout=self.handshake_timeout)
+                transport, _ = await loop.connect_accepted_socket(
+                    lambda: protocol, conn, ssl=self.ssl_context, ssl_handshake_timeout=self.handshake_timeout)
             except (ConnectionError, ssl.SSLError, OSError, TimeoutError) as exc:
                 log.debug("CAPF: TLS handshake with %s failed: %r", source, exc)
                 conn.close()
-                connection = None
                 return
+            writer = asyncio.StreamWriter(transport, protocol, reader, loop)
             delay = self.retry_delay() if callable(self.retry_delay) else self.retry_delay
             session = CapfServerSession(next(self._session_ids) & 0xFFFFFFFF, now=loop.time(),
                                         issuer_mode=self.issuer_mode(), retry_delay=delay,
                                         idle_timeout=self.idle_timeout, session_timeout=self.session_timeout)
             try:
-                await self._run(session, connection)
+                await self._run(session, reader, writer)
             except (ConnectionError, ssl.SSLError, OSError) as exc:
                 session.error = session.error or f"connection lost: {exc!r}"
             self._remember(_record(session, source))
@@ -334,36 +220,40 @@ class CapfServer:
             self._per_source[source] -= 1
             if self._per_source[source] <= 0:
                 del self._per_source[source]
-            if connection is not None and connection.transport is not None:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await connection.close()
+            if writer is not None:
+                writer.close()
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await asyncio.wait_for(writer.wait_closed(), 2)
 
     # -- one session ---------------------------------------------------------------------------
 
-    async def _run(self, session: CapfServerSession, connection: _Connection) -> None:
+    async def _run(self, session: CapfServerSession, reader: asyncio.StreamReader,
+                   writer: asyncio.StreamWriter) -> None:
         loop = asyncio.get_running_loop()
         refusal = self.admit() if self.admit is not None else None
         if refusal is not None:
             session.refuse(Reason.INVALID_ELEMENT, refusal)
-            await self._flush(session, connection)
+            await self._flush(session, writer)
             return
         session.start(loop.time())
-        await self._flush(session, connection)
+        await self._flush(session, writer)
         while not session.finished:
             try:
-                chunk = await connection.read(session.deadline or loop.time())
+                async with asyncio.timeout_at(session.deadline or loop.time()):
+                    chunk = await reader.read(READ_CHUNK)
             except TimeoutError:
                 events = session.tick(loop.time())
             else:
                 events = session.receive_data(chunk, loop.time()) if chunk else session.receive_eof(loop.time())
             await self._handle(session, events)
-            await self._flush(session, connection)
+            await self._flush(session, writer)
 
     @staticmethod
-    async def _flush(session: CapfServerSession, connection: _Connection) -> None:
+    async def _flush(session: CapfServerSession, writer: asyncio.StreamWriter) -> None:
         data = session.data_to_send()
         if data:
-            await connection.write(data)  # whole messages in one write, as phones expect
+            writer.write(data)  # whole messages in one write, as phones expect
+            await writer.drain()
 
     async def _handle(self, session: CapfServerSession, events: list[object]) -> None:
         """Answer the session's decision requests and act on its facts, in order, before any of
@@ -454,13 +344,14 @@ async def capf_client_run(host: str, port: int, ssl_context: ssl.SSLContext, pho
     loop = asyncio.get_running_loop()
     generate = key_factory or KeySpec.generate
     async with asyncio.timeout(timeout):
-        _, connection = await loop.create_connection(lambda: _Connection(loop), host, port, ssl=ssl_context,
-                                                     server_hostname=host, local_addr=local_addr)
+        reader, writer = await asyncio.open_connection(host, port, ssl=ssl_context, server_hostname=host,
+                                                       local_addr=local_addr)
     try:
         phone_session.start(loop.time())
         while not phone_session.finished:
+            wait = (phone_session.deadline or loop.time()) - loop.time()
             try:
-                chunk = await connection.read(phone_session.deadline or loop.time())
+                chunk = await asyncio.wait_for(reader.read(READ_CHUNK), max(wait, 0.0))
             except TimeoutError:
                 phone_session.tick(loop.time())
                 raise TimeoutError(f"CAPF server {host}:{port} did not finish the session in time") from None
@@ -472,10 +363,13 @@ async def capf_client_run(host: str, port: int, ssl_context: ssl.SSLContext, pho
                     phone_session.key_generated(key, loop.time())
             data = phone_session.data_to_send()
             if data:
-                await connection.write(data)  # each message whole, in one write
+                writer.write(data)  # each message whole, in one write
+                await writer.drain()
         return phone_session.end_reason
     finally:
-        await connection.close()
+        writer.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(writer.wait_closed(), 2)
 
 
 async def capf_client_enroll(host: str, port: int, ssl_context: ssl.SSLContext, phone: PhoneCredentials, *,
