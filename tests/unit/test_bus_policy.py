@@ -85,6 +85,20 @@ def test_an_owner_records_only_its_own_kind_of_write_BUS_3():
     assert "may not record" in check_event("ccmsec.capf.owner.change", empty)[1]
 
 
+def test_an_owner_change_record_in_another_kind_of_event_is_dropped_BUS_3():
+    """callmanager's audit reads `mode.changed` and `ctl.updated` with the same handler as
+    `owner.change`, by the body: ctl-provider (their one publisher) could send a `capf.activate`
+    owner_change body in a mode.changed event and so record CAPF's write past the check above."""
+    forged = make_event("mode.changed", "ctl-provider", owner_change=events_pb2.OwnerChange(
+        actor="cli/cli", action="capf.activate", target="capf"))
+    assert "owner.change record sent as 'mode.changed'" in check_event(
+        "ccmsec.ctl-provider.mode.changed", forged)[1]
+    forged.kind = "ctl.updated"
+    assert check_event("ccmsec.ctl-provider.ctl.updated", forged)[1]
+    real = make_event("mode.changed", "ctl-provider", mode_changed=events_pb2.SecurityModeChanged())
+    assert check_event("ccmsec.ctl-provider.mode.changed", real)[1] == ""
+
+
 def test_every_action_an_owner_stages_is_one_it_may_record_BUS_3():
     """An owner's audit record is never dropped by the check above: every `stage_owner_change`
     action in a service's code is one the policy gives its role."""
