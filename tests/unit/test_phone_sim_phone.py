@@ -958,3 +958,23 @@ async def test_rst9_a_reset_naming_srst_reaches_no_phone_in_fallback_and_says_wh
     assert await reset("srst") == []
     assert "device reset refused: server 'srst' is no call-control node" in caplog.text
     assert await reset("callmanager") == [on_cm.name]
+
+
+def test_the_start_removes_only_its_own_unfinished_writes_not_other_files_beside_the_store(tmp_path):
+    """The leftover clean-up at load matched `.phones.json.*`: an editor's swap file of the store
+    (`.phones.json.swp`, while the operator repairs it) or an operator's `.phones.json.bak` went
+    with the cut writes. Only atomic_write's temporaries (mkstemp: 8 characters) are removed."""
+    import tempfile
+
+    from ccmsec.fsutil import atomic_write
+
+    folder = tmp_path / "phone-sim"
+    atomic_write(folder / "phones.json", b'{"phones": []}')
+    fd, ours = tempfile.mkstemp(prefix=".phones.json.", dir=folder)   # as atomic_write names it
+    os.close(fd)
+    others = [".phones.json.swp", ".phones.json.bak", ".phones.json.orig-2026", ".phones.json.lock"]
+    for name in others:
+        (folder / name).write_bytes(b"not ours")
+    fleet = Fleet(folder, Network("127.0.0.1", 9, tftp_timeout=5, tftp_retries=1))
+    assert fleet.load() == []
+    assert sorted(f.name for f in folder.iterdir()) == sorted(["phones.json", *others])

@@ -137,12 +137,17 @@ class Fleet:
         return restored
 
     def remove_leftover_writes(self) -> int:
-        """Remove `.phones.json.*`, the temporaries of writes that never reached their rename: a
+        """Remove `.phones.json.XXXXXXXX`, the temporaries of writes that never reached their rename: a
         final save cut by its limit goes on in a daemon thread, which the process's exit ends
         mid-write, so its partial file (private keys in it) was left for ever, one more at each
         such exit. Run before any save of this process starts (load, at start): none is its own."""
         removed = 0
+        # Only atomic_write's own names: mkstemp's 8 characters after the prefix — never an
+        # editor's `.phones.json.swp` or an operator's `.phones.json.bak` beside the store.
+        ours = re.compile(re.escape(f".{self.path.name}.") + r"[a-z0-9_]{8}")
         for tmp in sorted(self.folder.glob(f".{self.path.name}.*")):
+            if not ours.fullmatch(tmp.name):
+                continue
             try:
                 tmp.unlink()
                 removed += 1
