@@ -199,20 +199,28 @@ def test_gw_every_connection_of_a_transferred_or_conferenced_gateway_leg_reaches
     # resumes; or conferences C in, C leaving. The gateway's leg took the number for each new
     # connection from its display's last CallInfo, which after the change names C, "Conference"
     # or the gateway's own line (5550000): the connection reached no telephone-network party.
-    for how in ("transfer", "conference"):
+    # Blind (Transfer pressed again while C still rings) the gateway's leg becomes the call's
+    # caller: its CallInfo's called number is C's own, 1003, whatever names the gateway's party.
+    for how in ("transfer", "conference", "blind"):
         h = _GatewayHarness()
         pa, pc = h.add("SEP0000000000A1", "1001"), h.add("SEP0000000000A3", "1003")
         h.call("SEP0000000000A1", "5550102")
         assert h.legs.numbers == ["5550102"]
-        (pa.transfer if how == "transfer" else pa.conference)()
+        press = pa.conference if how == "conference" else pa.transfer
+        press()
         h.pump()
         pa.keypad("1003")
         h.pump()
-        pc.answer()
+        if how != "blind":
+            pc.answer()
+            h.pump()
+        press(pa.active_call().reference)
         h.pump()
-        (pa.transfer if how == "transfer" else pa.conference)(pa.active_call().reference)
-        h.pump()
-        if how == "transfer":
+        if how == "blind":
+            assert not pa.calls   # a blind transfer: A is out, C rings
+            pc.answer()
+            h.pump()
+        if how != "conference":
             pc.hold()
             h.pump()
             pc.resume()
