@@ -657,6 +657,12 @@ async def step_call_services(ctx: DemoContext) -> None:
             members = (held, target, member)
             for i in members:
                 await shows(i, "none")
+
+                async def conference_shown(i=i):
+                    c = await call_in(i, "connected")
+                    return c if c is not None and c.prompt == "Conference" else None
+                # The non-secure member shows 'none' before it joins: wait for the bridge's screen too.
+                await until(conference_shown, f"'Conference' on {model[i]}")
             bridged = await view_of(*members, status="non-secure", resource="conference bridge")
             shown = {i: await call_in(i, "connected") for i in members}
             ctx.say(f"{model[held]} presses Conference, dials {fleet_number(member)} ({model[member]}), which "
