@@ -523,6 +523,11 @@ async def step_call_services(ctx: DemoContext) -> None:
     from ccmsec.runtime.grpcio import secure_channel
     from ccmsec.runtime.identity import client_identity
     from ccmsec_proto import callmanager_pb2_grpc, common_pb2, phone_sim_pb2, phone_sim_pb2_grpc
+    from ccmsec.calls.model import call_status_name
+    from ccmsec.policy.calls import CallSecurityLevel
+
+    encrypted_call = call_status_name(CallSecurityLevel.ENCRYPTED)
+    non_secure_call = call_status_name(CallSecurityLevel.NON_SECURE)
 
     ident = client_identity(ctx.data)
     sim, cm = ctx.endpoints["services"]["phone-sim"], ctx.endpoints["services"]["callmanager"]
@@ -594,13 +599,13 @@ async def step_call_services(ctx: DemoContext) -> None:
             await connect(holder, held)
             await shows(holder, "lock")
             await shows(held, "lock")
-            before = await view_of(holder, held, status="encrypted")
+            before = await view_of(holder, held, status=encrypted_call)
             ctx.say(f"{model[holder]} calls {model[held]}: both show 'lock'; call control: {before.status} "
                     f"({before.rule}), codec {before.codec}")
             await act(holder, "hold")
             await until(lambda: call_in(holder, "hold"), f"the call on hold on {model[holder]}")
             await shows(held, "none")
-            moh = await view_of(holder, held, status="non-secure", resource="music on hold")
+            moh = await view_of(holder, held, status=non_secure_call, resource="music on hold")
             start = (await display(name[held])).media
             await until(lambda: _received_since(display, name[held], start.received, 25),
                         f"music on hold heard on {model[held]}")
@@ -614,7 +619,7 @@ async def step_call_services(ctx: DemoContext) -> None:
             await act(holder, "resume")
             await shows(holder, "lock")
             await shows(held, "lock")
-            back = await view_of(holder, held, status="encrypted")
+            back = await view_of(holder, held, status=encrypted_call)
             start = (await display(name[held])).media
             await until(lambda: _received_since(display, name[held], start.received, 10),
                         f"audio on {model[held]} after resume")
@@ -663,7 +668,7 @@ async def step_call_services(ctx: DemoContext) -> None:
                     return c if c is not None and c.prompt == "Conference" else None
                 # The non-secure member shows 'none' before it joins: wait for the bridge's screen too.
                 await until(conference_shown, f"'Conference' on {model[i]}")
-            bridged = await view_of(*members, status="non-secure", resource="conference bridge")
+            bridged = await view_of(*members, status=non_secure_call, resource="conference bridge")
             shown = {i: await call_in(i, "connected") for i in members}
             ctx.say(f"{model[held]} presses Conference, dials {fleet_number(member)} ({model[member]}), which "
                     "answers, Conference again: " + ", ".join(

@@ -232,7 +232,12 @@ class CallView:
 
     @property
     def status_name(self) -> str:
-        return CallSecurityLevel(self.status).name.lower().replace("_", "-") if self.status else "unknown"
+        return call_status_name(self.status)
+
+
+def call_status_name(level: int) -> str:
+    """A call security level as the call views spell it (encrypted, non-secure …; unknown for 0)."""
+    return CallSecurityLevel(level).name.lower().replace("_", "-") if level else "unknown"
 
 
 @dataclass(frozen=True, slots=True)

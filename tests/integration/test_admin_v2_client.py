@@ -36,7 +36,7 @@ async def test_client_covers_registry_resets_lines_pools_cluster_and_capf(v2_ctl
             out = {"registrations": client.registrations(), "one": client.registrations(device=B)}
             started = client.reset_all()
             out["progress"] = client.reset_progress(started["request_id"])
-            out["server"] = client.reset_server(NODE, kind="restart")
+            out["server"] = client.reset_server("callmanager", kind="restart")  # RST-9: a call-control node name
             out["device"] = client.reset_device(B)
             out["line"] = client.add_line("1000", A, label="main")
             out["lines"] = client.lines(device=A)
