@@ -456,23 +456,12 @@ async def step_fleet_calls(ctx: DemoContext) -> None:
             secure_channel(ident, cm["host"], cm["grpc_port"], "callmanager") as cm_ch:
         phones = phone_sim_pb2_grpc.PhoneSimStub(sim_ch)
         calls = callmanager_pb2_grpc.CallManagerStub(cm_ch)
-        fleet = sorted((p for p in (await phones.ListPhones(phone_sim_pb2.PhoneSelector(), timeout=10)).phones
-                        if p.name.startswith("SEP0DE7")), key=lambda p: p.name)
-        if len(fleet) != len(DEMO_FLEET):
-            raise runner.RunnerError(f"expected the {len(DEMO_FLEET)} fleet phones, found {len(fleet)}")
+        fleet = await _fleet_phones(phones)
 
-        async def display(name: str):
-            return await phones.GetPhoneCalls(phone_sim_pb2.PhoneName(name=name), timeout=10)
+        display = _display_of(phones)
 
-        async def until(check, what: str, timeout: float = 15.0):
-            deadline = time.monotonic() + timeout
-            while True:
-                value = await check()
-                if value:
-                    return value
-                if time.monotonic() > deadline:
-                    raise runner.RunnerError(f"demo calls: no {what} within {timeout:g} s")
-                await asyncio.sleep(0.2)
+        def until(check, what: str, timeout: float = 15.0):
+            return _until(check, what, step="calls", timeout=timeout)
 
         def act(name: str, action: str, number: str = ""):
             return phones.PhoneAction(phone_sim_pb2.PhoneActionRequest(name=name, action=action, number=number),
@@ -535,25 +524,14 @@ async def step_call_services(ctx: DemoContext) -> None:
             secure_channel(ident, cm["host"], cm["grpc_port"], "callmanager") as cm_ch:
         phones = phone_sim_pb2_grpc.PhoneSimStub(sim_ch)
         calls = callmanager_pb2_grpc.CallManagerStub(cm_ch)
-        fleet = sorted((p for p in (await phones.ListPhones(phone_sim_pb2.PhoneSelector(), timeout=10)).phones
-                        if p.name.startswith("SEP0DE7")), key=lambda p: p.name)
-        if len(fleet) != len(DEMO_FLEET):
-            raise runner.RunnerError(f"expected the {len(DEMO_FLEET)} fleet phones, found {len(fleet)}")
+        fleet = await _fleet_phones(phones)
         name = {i: p.name for i, p in enumerate(fleet)}
         model = {i: p.model for i, p in enumerate(fleet)}
 
-        async def display(device: str):
-            return await phones.GetPhoneCalls(phone_sim_pb2.PhoneName(name=device), timeout=10)
+        display = _display_of(phones)
 
-        async def until(check, what: str, timeout: float = 15.0):
-            deadline = time.monotonic() + timeout
-            while True:
-                value = await check()
-                if value:
-                    return value
-                if time.monotonic() > deadline:
-                    raise runner.RunnerError(f"demo call services: no {what} within {timeout:g} s")
-                await asyncio.sleep(0.2)
+        def until(check, what: str, timeout: float = 15.0):
+            return _until(check, what, step="call services", timeout=timeout)
 
         async def act(i: int, action: str, number: str = ""):
             return await phones.PhoneAction(phone_sim_pb2.PhoneActionRequest(
@@ -689,6 +667,38 @@ async def step_call_services(ctx: DemoContext) -> None:
             await until(lambda i=i: _idle(display, name[i]), f"{model[i]} cleared")
     ctx.say("the same from the command line: `ccmsec phones hold|resume|transfer|conference NAME`, "
             "`ccmsec phones calls NAME`, `ccmsec calls`")
+
+
+async def _fleet_phones(phones) -> list:
+    """The demo fleet's phones in phone-sim, by name; all of them or a RunnerError."""
+    from ccmsec_proto import phone_sim_pb2
+
+    fleet = sorted((p for p in (await phones.ListPhones(phone_sim_pb2.PhoneSelector(), timeout=10)).phones
+                    if p.name.startswith("SEP0DE7")), key=lambda p: p.name)
+    if len(fleet) != len(DEMO_FLEET):
+        raise runner.RunnerError(f"expected the {len(DEMO_FLEET)} fleet phones, found {len(fleet)}")
+    return fleet
+
+
+def _display_of(phones):
+    """What a phone of phone-sim shows (its calls and media counters), asked by device name."""
+    from ccmsec_proto import phone_sim_pb2
+
+    async def display(device: str):
+        return await phones.GetPhoneCalls(phone_sim_pb2.PhoneName(name=device), timeout=10)
+    return display
+
+
+async def _until(check, what: str, *, step: str, timeout: float = 15.0):
+    """Poll `check` until it gives something, or a RunnerError naming the demo step and what was awaited."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise runner.RunnerError(f"demo {step}: no {what} within {timeout:g} s")
+        await asyncio.sleep(0.2)
 
 
 async def _ready(display, name: str) -> bool:
