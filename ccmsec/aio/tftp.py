@@ -324,6 +324,13 @@ class TftpServer:
         name = self._sock.getsockname()
         return (_scoped(name[0], name[3]) if len(name) >= 4 else name[0]), name[1]
 
+    @property
+    def address_text(self) -> str:
+        """`address` as one would type it: `host:port`, an IPv6 host in brackets (`[::1]:69`,
+        `[fe80::1%eth0]:69`) — else its last group reads as the port."""
+        host, port = self.address
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
     def _count(self, filename: str, error: str | None, size: int = 0) -> None:
         try:
             kind = self.kind_of(filename) if filename else "invalid"

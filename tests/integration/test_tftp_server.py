@@ -622,3 +622,24 @@ async def test_tftp_get_refuses_a_port_out_of_range_before_sending_anything():
             assert raised.value.message == f"bad TFTP server port {str(bad)!r}: a port is 1..65535", raised.value
         assert srv.active_sessions == 0 and srv.failed == 0
         assert await tftp_get("localhost", port, "exact", bind_host="127.0.0.1") == FILES["exact"]
+
+
+async def test_the_shown_address_of_an_ipv6_listener_is_bracketed():
+    """A status showed an IPv6 listener as `::1:40123` — the port reads as the address's last
+    group. `address_text` (what the tftp-signer's Status reports) brackets the host; IPv4 stays
+    `host:port`; and the text, split back, reaches the server."""
+    async def resolve(name, client):
+        return b"shown"
+
+    async with TftpServer("127.0.0.1", 0, resolve) as v4:
+        assert v4.address_text == f"127.0.0.1:{v4.address[1]}"
+    try:   # the machine's IPv6 loopback, asked of the kernel itself (not of the server under test)
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback on this machine: {exc}")
+    async with TftpServer("::1", 0, resolve) as v6:
+        text = v6.address_text
+        assert text == f"[::1]:{v6.address[1]}"
+        host, _, port = text.rpartition(":")
+        assert await tftp_get(host.strip("[]"), int(port), "any") == b"shown"

@@ -417,7 +417,7 @@ class TftpSignerService(Service):
         details = {
             "tftp_path": c.layout.own.tftp_path, "security_mode": c.layout.own.mode,
             "caching": "on" if c.store.caching else "off",
-            "tftp_address": f"{self.server.address[0]}:{self.server.address[1]}" if self.server else "",
+            "tftp_address": self.server.address_text if self.server else "",
             "transfers_completed": str(self.server.completed if self.server else 0),
             "transfers_failed": str(self.server.failed if self.server else 0),
             "transfers_active": str(self.server.active_sessions if self.server else 0),
