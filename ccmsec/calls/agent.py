@@ -544,6 +544,7 @@ class CallAgent:
         self._update_security(call, now, force=True)
 
     def _redirect(self, call: Call, target: str, now: float) -> None:
+        call.forwarded = target != call.original_called   # a loop back to it is not forwarded
         for leg in [lg for lg in call.legs if lg.state is LegState.RINGING]:
             self._remove_leg(leg, now)
         match = self.plan.final(target)

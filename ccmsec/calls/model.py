@@ -158,7 +158,10 @@ class Call:
     calling_dn: str = ""
     calling_name: str = ""
     called_dn: str = ""
-    original_called: str = ""     # before forwarding
+    original_called: str = ""     # the number dialled (before forwarding)
+    # forwarding (all, busy, no answer) sent the call on from `original_called` to another
+    # number: every CallInfo of the call carries it as the original called party (`ui.original_called`)
+    forwarded: bool = False
     ring_deadline: float | None = None
     no_answer_target: str = ""    # CFNA target while alerting
     forward_hops: int = 0

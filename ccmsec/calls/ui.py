@@ -158,18 +158,29 @@ def in_use_hint(st: "Station", line: int, reference: int, call: "Call") -> list[
             SelectSoftKeys(line, reference, Keys.IN_USE_HINT)]
 
 
+def original_called(call: "Call") -> str:
+    """CallInfo's original called party: the number the caller dialled when forwarding sent the
+    call on to another, "" for a call not forwarded. One rule for every CallInfo of the call —
+    a party's, and an "in use remote" appearance's as it rang and each time it is sent again —
+    so a conference or a transfer, which change the called number, never make a call look
+    forwarded, and a re-sent hint never loses it (a CallInfo replaces all the phone shows)."""
+    return _number(call.original_called) if call.forwarded else ""
+
+
 def hint_shows(call: "Call") -> tuple[str, str, str]:
     """What an appearance showing `call` "in use remote" reads: (calling number, calling name,
-    called number) — the call's, as its parties change (a transfer, a conference)."""
+    called number) — the call's, as its parties change (a transfer, a conference). Its original
+    called number (`original_called`) is set while the call rings and never changes after."""
     return call.calling_dn, call.calling_name, call.called_dn
 
 
 def hint_info(line: int, reference: int, call: "Call") -> s.CallInfo:
-    """The CallInfo of an "in use remote" appearance: who is in the line's call now."""
+    """The CallInfo of an "in use remote" appearance: who is in the line's call now, and the
+    number first dialled when the call was forwarded, as the appearance read it when it rang."""
     calling, name, called = hint_shows(call)
     return s.CallInfo(calling_party_name=_name(name), calling_party=_number(calling),
                       called_party=_number(called), line_instance=line, call_reference=reference,
-                      call_type=CallType.INBOUND)
+                      call_type=CallType.INBOUND, original_called_party=original_called(call))
 
 
 def party_number(leg: "Leg") -> str:
@@ -204,6 +215,5 @@ def call_info(leg: "Leg", call: "Call", status: int) -> s.CallInfo:
         calling_party_name=_name(call.calling_name), calling_party=_number(call.calling_dn),
         called_party=_number(call.called_dn), line_instance=leg.line, call_reference=leg.reference,
         call_type=CallType.OUTBOUND if outbound else CallType.INBOUND,
-        original_called_party=_number(call.original_called)
-        if call.original_called != call.called_dn else "", call_instance=1,
+        original_called_party=original_called(call), call_instance=1,
         call_security_status=status)

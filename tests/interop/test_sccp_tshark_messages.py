@@ -99,3 +99,56 @@ def test_a_40_character_name_fills_callinfos_field_and_the_dissector_reads_it_wh
                   "-e", "skinny.calledPartyName")
     assert row == [f"{name}\t1001\tBob"]
     assert _tshark(pcap, "-Y", "_ws.malformed || _ws.expert.severity >= 8388608") == []
+
+
+def _hint_rows(tmp_path, name: str, forward: bool) -> list[list[str]]:
+    """A (1001) calls 1002; with `forward`, 1002 forwards all to 5000 (else A dials 5000). 5000 is
+    B's line and X's second: both ring, B answers, X shows the call "in use remote"; B then
+    conferences C in and C leaves (the call's parties change twice: X's hint is re-sent each
+    time). Every CallInfo X's line 2 received for that call (not for B's consultation, also on
+    5000), as tshark decodes it from a pcap of them: [called party, original called party]."""
+    from tests.unit.calls_harness import Harness
+    h = Harness()
+    h.add("SEP0000000000A1", "1001")
+    h.add("SEP0000000000A2", "1002")
+    pb, pc = h.add("SEP0000000000B1", "5000"), h.add("SEP0000000000C1", "1003")
+    h.add("SEP0000000000D1", "1004", "5000")
+    if forward:
+        h.agent.forward_all["1002"] = "5000"
+    h.call("SEP0000000000A1", "1002" if forward else "5000")
+    pb.answer()
+    h.pump()
+    pb.conference()
+    h.pump()
+    pb.keypad("1003")
+    h.pump()
+    pc.answer()
+    h.pump()
+    pb.conference(pb.active_call().reference)
+    h.pump()
+    pc.hang_up()
+    h.pump()
+    infos = [m for m in h.sent_to("SEP0000000000D1", s.CallInfo) if m.line_instance == 2]
+    infos = [m for m in infos if m.call_reference == infos[0].call_reference]
+    pcap = tmp_path / f"{name}.pcap"
+    write_sccp_pcap(pcap, [(False, m.serialize()) for m in infos])
+    rows = _tshark(pcap, "-Y", "skinny.messageId == 0x8f", "-T", "fields", "-e", "skinny.callReference",
+                   "-e", "skinny.calledParty", "-e", "skinny.originalCalledParty")
+    assert _tshark(pcap, "-Y", "_ws.malformed || _ws.expert.severity >= 8388608") == []
+    assert len({row.split("\t")[0] for row in rows}) == 1   # one hint, the same reference
+    return [(row.split("\t") + [""])[1:3] for row in rows]
+
+
+def test_call4_a_shared_lines_resent_hint_keeps_the_forwarded_calls_original_called_number(tmp_path):
+    """CALL-4 is pressed from the "in use remote" hint: the appearance must keep reading which
+    call it is. A forwarded call's hint, sent again when its parties change (conference, down to
+    two again), decodes with the original called number the ring-time CallInfo carried — it went
+    out empty before (the phone then lost "forwarded for 1002")."""
+    rows = _hint_rows(tmp_path, "forwarded", forward=True)
+    assert rows == [["5000", "1002"],           # as it rang: called 5000, originally 1002
+                    ["Conference", "1002"],     # re-sent: the conference
+                    ["5000", "1002"]]           # re-sent: down to two again
+    # bad case: a call not forwarded never decodes an original called number, not even while its
+    # called number reads "Conference" (the number dialled differs from it then)
+    assert _hint_rows(tmp_path, "plain", forward=False) == [["5000", ""], ["Conference", ""],
+                                                            ["5000", ""]]
