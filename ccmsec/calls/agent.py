@@ -913,18 +913,20 @@ class CallAgent:
     def _far_party(leg: Leg, call: Call, other: Leg | None) -> tuple[str, str]:
         """(number, name) of the party `leg`'s phone shows across `call` (its CallInfo): the
         called number on an outbound call, the calling party on an inbound one, unless a
-        transfer set it; a barge's initiator, `other` itself. A name the call does not carry is
-        `other`'s (the party shown)."""
+        transfer, a conference or a barge's end set it (`leg.far`). A name the call does not
+        carry is `other`'s (the party shown).
+
+        `leg` is the transferring phone's: a consultation's leg (a caller), or the held leg of a
+        two-party call. A barge's or cBarge's initiator — neither side of the call's numbers —
+        is only ever the latter with `far` set: a call gets down to two only by a party leaving
+        (`_drop`), which names the two (`_name_the_two`) whenever an initiator is one of them,
+        or through a conference, which names every member; a Barge whose target leaves ends."""
         if leg.far is not None:
             number, name = leg.far
         elif leg.role == "caller":
             number, name = call.called_dn, ""
-        elif leg.role == "called" or other is None:
-            number, name = call.calling_dn, call.calling_name
         else:
-            # a barge's initiator left with one party (its target gone): it is neither side of
-            # the call's numbers — its own shared line is one of them — so the party is `other`
-            number, name = ui.party_number(other), ""
+            number, name = call.calling_dn, call.calling_name
         if number == CONFERENCE and other is not None:
             number, name = ui.party_number(other), ""   # not "Conference": the party itself
         return number, name or (ui.party_name(other) if other is not None else number)

@@ -416,6 +416,64 @@ def test_call7_a_barge_whose_other_party_leaves_leaves_the_target_and_initiator_
         c.CallType.INBOUND, "5000", "Bob")
 
 
+def test_call1_a_barges_initiator_whose_target_leaves_is_named_before_it_can_transfer():
+    # The review's question: can a barge's initiator be left with one party it does not name
+    # (`_far_party` had a branch for it)? Barges where the target leaves:
+    # - a Barge into a two-party call, built-in bridge: the target hanging up ends the call.
+    # - a Barge into a conference (the bridge mixes it): Bob (5000), who called Alice and
+    #   conferenced Carol in, is the target and leaves; Xena talks on in the conference, then
+    #   Carol leaves. Down to two, Xena and Alice read each other, and Xena's transfer of Alice
+    #   to Dave names Alice to Dave — never 5000, the call's calling number and Xena's own line.
+    #   (A cBarge whose target leaves: test_call8_… above.)
+    h = Harness()
+    pa, pb = h.add(A, "1001", user="Alice"), h.add(B, "5000", user="Bob")
+    px = h.add("SEP0000000000E1", "5000", user="Xena")
+    pc, pd = h.add(C, "1003", user="Carol"), h.add(D, "1004", user="Dave")
+
+    def barge() -> None:
+        (hint,) = [ref for ref, cl in px.calls.items() if cl.state is CS.REMOTE_MULTILINE]
+        px.barge(reference=hint)
+        h.pump()
+        assert h.only_call().barge == "barge" and h.only_call().barge_rule.startswith("CALL-1:")
+
+    h.call(B, "1001")
+    pa.answer()
+    h.pump()
+    barge()
+    pb.hang_up()
+    h.pump()
+    assert h.agent.views() == [] and not px.calls and not pa.calls
+    h.call(B, "1001")
+    pa.answer()
+    h.pump()
+    pb.conference()
+    h.pump()
+    pb.keypad("1003")
+    h.pump()
+    pc.answer()
+    h.pump()
+    pb.conference(pb.active_call().reference)
+    h.pump()
+    barge()
+    pb.hang_up()
+    h.pump()
+    assert sorted(lg.role for lg in h.only_call().legs) == ["barge", "called", "called"]
+    pc.hang_up()
+    h.pump()
+    assert sorted(lg.role for lg in h.only_call().legs) == ["barge", "called"]
+    assert shows(px) == ("inbound", "1001", "Alice", "5000")
+    assert shows(pa) == ("inbound", "5000", "Xena", "1001")
+    # what `_far_party` relies on: an initiator left with one party has been named it (`far`)
+    assert all(lg.far is not None for lg in h.agent.calls[h.only_call().id].legs)
+    mark = consult_transfer(h, px, pd, "1004")
+    assert not px.calls and sorted(lg.device for lg in h.only_call().legs) == [A, D]
+    assert shows(pd) == ("inbound", "1001", "Alice", "1004")
+    assert shows(pa) == ("inbound", "1004", "Dave", "1001")
+    # bad case: nothing after the transfer names Xena's own line to Dave
+    infos = [m for d, dv, m in h.log[mark:] if d == "down" and dv == D and isinstance(m, s.CallInfo)]
+    assert infos and not [i for i in infos if "5000" in (i.calling_party, i.called_party)]
+
+
 def test_a_conference_with_a_gateway_party_down_to_two_shows_the_number_dialled_through_it():
     # Alice calls 5550102 through the gateway (its line is 5550000, its route pattern 555XXXX),
     # conferences Carol, and leaves. Carol read the gateway's own line, 5550000 — the party is
