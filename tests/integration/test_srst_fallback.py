@@ -11,7 +11,8 @@ that call each other with real audio.
 * the directory survives call control's absence: the last copy on disk is used;
 * a held party hears tone on hold streamed from the router (decoded from the real packets) in a
   G.711 law it offered, SRTP exactly when the call is (ENC-3/4, SRST-2); a phone offering neither
-  law plays tone on hold itself and is sent nothing (CALL-9); resume stops either.
+  law plays tone on hold itself and is sent nothing (CALL-9); resume stops either; the key made
+  for the tone goes with its stream, and a call held again gets a fresh one.
 """
 
 from __future__ import annotations
@@ -335,4 +336,59 @@ async def test_a_held_phone_offering_no_g711_law_gets_the_tone_path_not_a_stream
     assert held.port.codec == 4 and not held.stream.receive_srtp
     await _resume_stops_it(router, d, audio, C, held)
     for p in (c, d):
+        await p.close()
+
+
+def _tone_key(router):
+    """The one tone-on-hold stream on the router and the key block made for it."""
+    (key,) = router.fb.hold_tones.keys
+    assert set(router.fb.hold_tones.audio) == {key} and key in router.fb.resources.ports
+    return key, router.fb.hold_tones.keys[key]
+
+
+async def _no_tone_key(router):
+    await wait_for(lambda: not router.fb.hold_tones.keys and not router.fb.hold_tones.audio
+                   and not router.fb.resources.ports)
+
+
+async def test_a_tone_on_hold_key_lives_only_as_long_as_its_stream_SRST_1_ENC_4(router):
+    """The SRTP key the router makes for a held phone's tone on hold goes with the stream: on
+    resume, and a call held again gets a fresh key — never the old one (same call, same held leg,
+    same stream name) —; on the held party hanging up; on the call cleared by the holding phone's
+    unregistering; and on the router shutting down with a call on hold."""
+    audio = {}
+    a, b = await phone(router, A, audio), await phone(router, B, audio)
+    await call(a, b, "4002", audio, [A, B])
+    a.act(a.display.hold)
+    held = await _hears_tone_on_hold(audio, B, audio[B])
+    stream, first = _tone_key(router)
+    assert first.is_encrypted
+    await _resume_stops_it(router, a, audio, B, held)          # resume: the key is gone
+    a.act(a.display.hold)
+    await _hears_tone_on_hold(audio, B, audio[B])
+    again, second = _tone_key(router)
+    assert again == stream and second.is_encrypted
+    assert (second.key, second.salt) != (first.key, first.salt)   # bad case: the old key again
+    b.act(b.display.hang_up)                                    # the held party hangs up
+    await a.wait_for(lambda disp: not disp.calls, what="the call cleared")
+    await _no_tone_key(router)
+    # the call cleared by the holding phone's going (unregistered: connection closed)
+    audio.clear()
+    await call(a, b, "4002", audio, [A, B])
+    a.act(a.display.hold)
+    await _hears_tone_on_hold(audio, B, audio[B])
+    assert _tone_key(router)[1].is_encrypted
+    await a.close()
+    await b.wait_for(lambda disp: not disp.calls, what="the call cleared")
+    await _no_tone_key(router)
+    # the router shutting down while a call is on hold
+    a = await phone(router, A, audio)
+    audio.clear()
+    await call(a, b, "4002", audio, [A, B])
+    a.act(a.display.hold)
+    await _hears_tone_on_hold(audio, B, audio[B])
+    assert _tone_key(router)[1].is_encrypted
+    await router.fb.close()
+    assert not router.fb.hold_tones.keys and not router.fb.hold_tones.audio
+    for p in (a, b):
         await p.close()
