@@ -1,5 +1,6 @@
 """Trust anchors of the cluster: the trust lists the CTL client published, the CTL Provider's
-per-server state, and the MODE-6 registry of clusters sharing a TFTP server.
+per-server state, the MODE-6 registry of clusters sharing a TFTP server, and the CTL take-backs
+tftp-signer has not answered yet (`ctl_take_backs`: every later PublishFile names them, CHK-6).
 
 The cluster security mode itself and `ctl_version` live in `cluster_settings` (ccmsec/db/devices.py)
 because the administration API reads them there (MODE-5); `record_ctl` writes both places in one
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import datetime as _dt
 
-from sqlalchemy import Boolean, DateTime, Integer, LargeBinary, String, select
+from sqlalchemy import BigInteger, Boolean, DateTime, Integer, LargeBinary, String, delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -46,6 +47,17 @@ class CtlProviderNode(Base):
     port: Mapped[int | None] = mapped_column(Integer, nullable=True)
     updated_at: Mapped[_dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False,
                                                      default=utcnow, onupdate=utcnow)
+
+
+class CtlTakeBackRow(Base):
+    """A CTL take-back (PublishFile generation) tftp-signer has not answered: it may still land,
+    so every later publish names it in `takes_back` until one naming it is answered (CHK-6)."""
+
+    __tablename__ = "ctl_take_backs"
+
+    generation: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    created_at: Mapped[_dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False,
+                                                     default=utcnow)
 
 
 class TftpClusterRow(Base):
@@ -108,3 +120,24 @@ async def save_tftp_registry(session: AsyncSession, registry: list[TftpClusterEn
         else:
             row.tftp_path, row.alternate_path, row.mode = (entry.tftp_path, entry.alternate_path,
                                                            entry.mode)
+
+
+async def unsettled_take_backs(session: AsyncSession) -> list[int]:
+    """The generations of the take-backs not answered yet, oldest first."""
+    rows = (await session.scalars(select(CtlTakeBackRow).order_by(CtlTakeBackRow.created_at,
+                                                                  CtlTakeBackRow.generation))).all()
+    return [r.generation for r in rows]
+
+
+async def save_unsettled_take_backs(session: AsyncSession, generations: list[int]) -> None:
+    """Replace the unanswered take-backs by `generations` (oldest first; caller commits)."""
+    existing = set(await unsettled_take_backs(session))
+    wanted = list(dict.fromkeys(generations))
+    gone = existing - set(wanted)
+    if gone:
+        await session.execute(delete(CtlTakeBackRow).where(CtlTakeBackRow.generation.in_(gone)))
+    now = utcnow()
+    for i, generation in enumerate(g for g in wanted if g not in existing):
+        # distinct, increasing stamps keep "oldest first" exact within one save
+        session.add(CtlTakeBackRow(generation=generation, created_at=now + _dt.timedelta(microseconds=i)))
+    await session.flush()

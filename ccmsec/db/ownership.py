@@ -32,6 +32,7 @@ OWNERS: dict[str, str] = {
     "ctl_files": CTL_PROVIDER,
     "ctl_provider_nodes": CTL_PROVIDER,
     "tftp_clusters": CTL_PROVIDER,
+    "ctl_take_backs": CTL_PROVIDER,
     # devices, lines, pools and what call control keeps about them; the administration API runs
     # inside callmanager, so its accounts and the audit log are callmanager's too
     "devices": CALLMANAGER,

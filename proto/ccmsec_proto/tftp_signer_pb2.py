@@ -25,31 +25,33 @@ _sym_db = _symbol_database.Default()
 from ccmsec_proto import common_pb2 as ccmsec__proto_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x63\x63msec_proto/tftp_signer.proto\x12\tccmsec.v1\x1a\x19\x63\x63msec_proto/common.proto\"\x93\x01\n\x12PublishFileRequest\x12\x14\n\x0c\x63luster_path\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\x0c\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\x12\n\ngeneration\x18\x05 \x01(\x04\x12\x12\n\ntakes_back\x18\x06 \x01(\x04\x12\x10\n\x08withdraw\x18\x07 \x01(\x08\"0\n\x10PublishFileReply\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\"-\n\rResignRequest\x12\x0f\n\x07\x64\x65vices\x18\x01 \x03(\t\x12\x0b\n\x03\x61ll\x18\x02 \x01(\x08\".\n\x0bResignReply\x12\x0e\n\x06signed\x18\x01 \x01(\x03\x12\x0f\n\x07seconds\x18\x02 \x01(\x01\"A\n\x10ListFilesRequest\x12\x14\n\x0c\x63luster_path\x18\x01 \x01(\t\x12\x17\n\x0finclude_devices\x18\x02 \x01(\x08\"E\n\tFileEntry\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x0e\n\x06signed\x18\x03 \x01(\x08\x12\x0c\n\x04kind\x18\x04 \x01(\t\"\x8a\x01\n\x0eListFilesReply\x12\x14\n\x0c\x63luster_path\x18\x01 \x01(\t\x12,\n\x04mode\x18\x02 \x01(\x0e\x32\x1e.ccmsec.v1.ClusterSecurityMode\x12\x0f\n\x07\x63\x61\x63hing\x18\x03 \x01(\x08\x12#\n\x05\x66iles\x18\x04 \x03(\x0b\x32\x14.ccmsec.v1.FileEntry\"v\n\rSharedCluster\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\ttftp_path\x18\x02 \x01(\t\x12\x16\n\x0e\x61lternate_path\x18\x03 \x01(\t\x12,\n\x04mode\x18\x04 \x01(\x0e\x32\x1e.ccmsec.v1.ClusterSecurityMode\"<\n\x0eSharedClusters\x12*\n\x08\x63lusters\x18\x01 \x03(\x0b\x32\x18.ccmsec.v1.SharedCluster2\xdd\x03\n\nTftpSigner\x12\x34\n\x06Status\x12\x10.ccmsec.v1.Empty\x1a\x18.ccmsec.v1.ServiceStatus\x12I\n\x0bPublishFile\x12\x1d.ccmsec.v1.PublishFileRequest\x1a\x1b.ccmsec.v1.PublishFileReply\x12:\n\x06Resign\x12\x18.ccmsec.v1.ResignRequest\x1a\x16.ccmsec.v1.ResignReply\x12\x41\n\x15GetSigningCertificate\x12\x10.ccmsec.v1.Empty\x1a\x16.ccmsec.v1.Certificate\x12\x43\n\tListFiles\x12\x1b.ccmsec.v1.ListFilesRequest\x1a\x19.ccmsec.v1.ListFilesReply\x12G\n\x10\x41\x64\x64SharedCluster\x12\x18.ccmsec.v1.SharedCluster\x1a\x19.ccmsec.v1.SharedClusters\x12\x41\n\x12ListSharedClusters\x12\x10.ccmsec.v1.Empty\x1a\x19.ccmsec.v1.SharedClustersb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x63\x63msec_proto/tftp_signer.proto\x12\tccmsec.v1\x1a\x19\x63\x63msec_proto/common.proto\"\x97\x01\n\x12PublishFileRequest\x12\x14\n\x0c\x63luster_path\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\x0c\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\x12\n\ngeneration\x18\x05 \x01(\x04\x12\x16\n\ntakes_back\x18\x06 \x03(\x04\x42\x02\x10\x00\x12\x10\n\x08withdraw\x18\x07 \x01(\x08\"0\n\x10PublishFileReply\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\"-\n\rResignRequest\x12\x0f\n\x07\x64\x65vices\x18\x01 \x03(\t\x12\x0b\n\x03\x61ll\x18\x02 \x01(\x08\".\n\x0bResignReply\x12\x0e\n\x06signed\x18\x01 \x01(\x03\x12\x0f\n\x07seconds\x18\x02 \x01(\x01\"A\n\x10ListFilesRequest\x12\x14\n\x0c\x63luster_path\x18\x01 \x01(\t\x12\x17\n\x0finclude_devices\x18\x02 \x01(\x08\"E\n\tFileEntry\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x0e\n\x06signed\x18\x03 \x01(\x08\x12\x0c\n\x04kind\x18\x04 \x01(\t\"\x8a\x01\n\x0eListFilesReply\x12\x14\n\x0c\x63luster_path\x18\x01 \x01(\t\x12,\n\x04mode\x18\x02 \x01(\x0e\x32\x1e.ccmsec.v1.ClusterSecurityMode\x12\x0f\n\x07\x63\x61\x63hing\x18\x03 \x01(\x08\x12#\n\x05\x66iles\x18\x04 \x03(\x0b\x32\x14.ccmsec.v1.FileEntry\"v\n\rSharedCluster\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\ttftp_path\x18\x02 \x01(\t\x12\x16\n\x0e\x61lternate_path\x18\x03 \x01(\t\x12,\n\x04mode\x18\x04 \x01(\x0e\x32\x1e.ccmsec.v1.ClusterSecurityMode\"<\n\x0eSharedClusters\x12*\n\x08\x63lusters\x18\x01 \x03(\x0b\x32\x18.ccmsec.v1.SharedCluster2\xdd\x03\n\nTftpSigner\x12\x34\n\x06Status\x12\x10.ccmsec.v1.Empty\x1a\x18.ccmsec.v1.ServiceStatus\x12I\n\x0bPublishFile\x12\x1d.ccmsec.v1.PublishFileRequest\x1a\x1b.ccmsec.v1.PublishFileReply\x12:\n\x06Resign\x12\x18.ccmsec.v1.ResignRequest\x1a\x16.ccmsec.v1.ResignReply\x12\x41\n\x15GetSigningCertificate\x12\x10.ccmsec.v1.Empty\x1a\x16.ccmsec.v1.Certificate\x12\x43\n\tListFiles\x12\x1b.ccmsec.v1.ListFilesRequest\x1a\x19.ccmsec.v1.ListFilesReply\x12G\n\x10\x41\x64\x64SharedCluster\x12\x18.ccmsec.v1.SharedCluster\x1a\x19.ccmsec.v1.SharedClusters\x12\x41\n\x12ListSharedClusters\x12\x10.ccmsec.v1.Empty\x1a\x19.ccmsec.v1.SharedClustersb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ccmsec_proto.tftp_signer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_PUBLISHFILEREQUEST'].fields_by_name['takes_back']._loaded_options = None
+  _globals['_PUBLISHFILEREQUEST'].fields_by_name['takes_back']._serialized_options = b'\020\000'
   _globals['_PUBLISHFILEREQUEST']._serialized_start=73
-  _globals['_PUBLISHFILEREQUEST']._serialized_end=220
-  _globals['_PUBLISHFILEREPLY']._serialized_start=222
-  _globals['_PUBLISHFILEREPLY']._serialized_end=270
-  _globals['_RESIGNREQUEST']._serialized_start=272
-  _globals['_RESIGNREQUEST']._serialized_end=317
-  _globals['_RESIGNREPLY']._serialized_start=319
-  _globals['_RESIGNREPLY']._serialized_end=365
-  _globals['_LISTFILESREQUEST']._serialized_start=367
-  _globals['_LISTFILESREQUEST']._serialized_end=432
-  _globals['_FILEENTRY']._serialized_start=434
-  _globals['_FILEENTRY']._serialized_end=503
-  _globals['_LISTFILESREPLY']._serialized_start=506
-  _globals['_LISTFILESREPLY']._serialized_end=644
-  _globals['_SHAREDCLUSTER']._serialized_start=646
-  _globals['_SHAREDCLUSTER']._serialized_end=764
-  _globals['_SHAREDCLUSTERS']._serialized_start=766
-  _globals['_SHAREDCLUSTERS']._serialized_end=826
-  _globals['_TFTPSIGNER']._serialized_start=829
-  _globals['_TFTPSIGNER']._serialized_end=1306
+  _globals['_PUBLISHFILEREQUEST']._serialized_end=224
+  _globals['_PUBLISHFILEREPLY']._serialized_start=226
+  _globals['_PUBLISHFILEREPLY']._serialized_end=274
+  _globals['_RESIGNREQUEST']._serialized_start=276
+  _globals['_RESIGNREQUEST']._serialized_end=321
+  _globals['_RESIGNREPLY']._serialized_start=323
+  _globals['_RESIGNREPLY']._serialized_end=369
+  _globals['_LISTFILESREQUEST']._serialized_start=371
+  _globals['_LISTFILESREQUEST']._serialized_end=436
+  _globals['_FILEENTRY']._serialized_start=438
+  _globals['_FILEENTRY']._serialized_end=507
+  _globals['_LISTFILESREPLY']._serialized_start=510
+  _globals['_LISTFILESREPLY']._serialized_end=648
+  _globals['_SHAREDCLUSTER']._serialized_start=650
+  _globals['_SHAREDCLUSTER']._serialized_end=768
+  _globals['_SHAREDCLUSTERS']._serialized_start=770
+  _globals['_SHAREDCLUSTERS']._serialized_end=830
+  _globals['_TFTPSIGNER']._serialized_start=833
+  _globals['_TFTPSIGNER']._serialized_end=1310
 # @@protoc_insertion_point(module_scope)

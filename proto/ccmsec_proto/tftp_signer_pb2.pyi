@@ -21,9 +21,9 @@ class PublishFileRequest(_message.Message):
     content: bytes
     sha256: str
     generation: int
-    takes_back: int
+    takes_back: _containers.RepeatedScalarFieldContainer[int]
     withdraw: bool
-    def __init__(self, cluster_path: _Optional[str] = ..., name: _Optional[str] = ..., content: _Optional[bytes] = ..., sha256: _Optional[str] = ..., generation: _Optional[int] = ..., takes_back: _Optional[int] = ..., withdraw: _Optional[bool] = ...) -> None: ...
+    def __init__(self, cluster_path: _Optional[str] = ..., name: _Optional[str] = ..., content: _Optional[bytes] = ..., sha256: _Optional[str] = ..., generation: _Optional[int] = ..., takes_back: _Optional[_Iterable[int]] = ..., withdraw: _Optional[bool] = ...) -> None: ...
 
 class PublishFileReply(_message.Message):
     __slots__ = ("path", "sha256")

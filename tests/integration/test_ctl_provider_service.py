@@ -695,7 +695,7 @@ async def test_chk6_the_take_back_after_a_failed_record_runs_to_its_end_when_can
     commit.cancel()
     with pytest.raises(asyncio.CancelledError):
         await commit
-    assert signer.requests[2].takes_back == signer.requests[1].generation
+    assert signer.requests[2].takes_back == [signer.requests[1].generation]
     assert signer.published == [first, second, first]  # the take-back was answered first
 
 
@@ -752,9 +752,9 @@ async def test_chk6_a_commit_cancelled_while_publishing_names_its_publish_in_the
         await commit
     initial, cancelled, take_back = signer.requests
     assert cancelled.content == second and take_back.content == first
-    assert cancelled.generation != 0 and take_back.takes_back == cancelled.generation
+    assert cancelled.generation != 0 and take_back.takes_back == [cancelled.generation]
     assert take_back.generation not in (0, cancelled.generation, initial.generation)
-    assert initial.takes_back == cancelled.takes_back == 0
+    assert initial.takes_back == cancelled.takes_back == []
     current = await provider.stub.GetCurrentCtl(common_pb2.Empty())
     assert (current.version, current.ctl) == (1, first)
 
@@ -781,7 +781,7 @@ async def test_chk6_a_publish_the_signer_did_not_answer_in_time_is_taken_back(
     assert "version 1 is published again and that publish taken back" in refused.value.details()
     initial, timed_out, take_back = signer.requests
     assert timed_out.content == second and take_back.content == first
-    assert timed_out.generation != 0 and take_back.takes_back == timed_out.generation
+    assert timed_out.generation != 0 and take_back.takes_back == [timed_out.generation]
     current = await provider.stub.GetCurrentCtl(common_pb2.Empty())
     assert (current.version, current.ctl) == (1, first)
 
@@ -812,7 +812,7 @@ async def test_chk6_the_first_ctl_not_recorded_is_withdrawn_naming_its_publish(
     assert "no earlier CTL exists, so CTLFile.tlv is withdrawn" in refused.value.details()
     published, withdrawn = signer.requests
     assert published.content == first and not published.withdraw
-    assert withdrawn.withdraw and withdrawn.takes_back == published.generation != 0
+    assert withdrawn.withdraw and withdrawn.takes_back == [published.generation] != [0]
     assert withdrawn.content == b"" and withdrawn.generation not in (0, published.generation)
     assert (await provider.stub.GetCurrentCtl(common_pb2.Empty())).version == 0
     assert (await provider.stub.GetSecurityMode(common_pb2.Empty())).mode == common_pb2.CLUSTER_NON_SECURE
@@ -824,7 +824,7 @@ async def test_chk6_the_first_ctl_not_recorded_is_withdrawn_naming_its_publish(
     assert unanswered.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert "CTLFile.tlv is withdrawn from the TFTP server and that publish taken back" in unanswered.value.details()
     timed_out, withdrawn = signer.requests[2:]
-    assert withdrawn.withdraw and withdrawn.takes_back == timed_out.generation != 0
+    assert withdrawn.withdraw and withdrawn.takes_back == [timed_out.generation] != [0]
     assert (await provider.stub.GetCurrentCtl(common_pb2.Empty())).version == 0
 
 
@@ -854,14 +854,113 @@ async def test_chk6_a_take_back_that_got_no_answer_is_named_by_the_next_publish(
             await provider.stub.CommitCtl(ctl_provider_pb2.CommitCtlRequest(ctl=first))
     assert "putting back no CTL (CTLFile.tlv withdrawn) failed" in refused.value.details()
     published, withdrawn = signer.requests
-    assert withdrawn.withdraw and withdrawn.takes_back == published.generation and withdrawn.generation
+    assert withdrawn.withdraw and withdrawn.takes_back == [published.generation] and withdrawn.generation
 
     again = await provider.stub.CommitCtl(ctl_provider_pb2.CommitCtlRequest(ctl=first))
     assert again.version == 1
-    assert signer.requests[2].content == first and signer.requests[2].takes_back == withdrawn.generation
+    assert signer.requests[2].content == first and signer.requests[2].takes_back == [withdrawn.generation]
     second = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t2"])
     assert (await provider.stub.CommitCtl(ctl_provider_pb2.CommitCtlRequest(ctl=second))).version == 2
-    assert signer.requests[3].content == second and signer.requests[3].takes_back == 0
+    assert signer.requests[3].content == second and signer.requests[3].takes_back == []
+
+
+async def _two_unanswered_commits(provider, signer, ctl: bytes):
+    """Two commits in a row whose publish and take-back (the recorded CTL put back) both outlive
+    their deadline (RPC_TIMEOUT patched to 1 s): two take-backs the signer may still carry out.
+    Returns the requests (publish, take-back A, publish, take-back B)."""
+    signer.delays = [3.0, 3.0, 3.0, 3.0]
+    for _ in range(2):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await provider.stub.CommitCtl(ctl_provider_pb2.CommitCtlRequest(ctl=ctl))
+        assert refused.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "putting back version 1 (so that publish cannot land later) failed" in refused.value.details()
+    return signer.requests[-4:]
+
+
+async def _stored_take_backs(svc) -> list[int]:
+    from ccmsec.db.cluster import unsettled_take_backs
+
+    async with svc.db() as session:
+        return await unsettled_take_backs(session)
+
+
+async def test_chk6_two_unanswered_take_backs_in_a_row_are_all_named_and_survive_a_restart(
+        provider_with_signer, tokens, monkeypatch, nats_server):
+    """CHK-6: ctl-provider remembered ONE unanswered take-back, in memory. Two in a row (A, then
+    B): only B was named by the next publish, so A could still land at the signer over the CTL
+    committed since; and a restart forgot both. Now every unanswered take-back is kept in
+    `ctl_take_backs` (stored before it is sent) and named by every later publish — B names A too
+    — until a publish naming them is answered; after a restart the next publish still names both
+    (the signer then refuses each of them arriving late: test_tftp_signer_service.py::
+    test_chk6_every_unanswered_take_back_a_publish_names_is_refused_when_it_lands_late), and once
+    it was answered and recorded they are gone: the following publish names none."""
+    from ccmsec_ctl_provider import trust as trust_mod
+
+    provider, signer = provider_with_signer
+    first = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t2"])
+    assert (await provider.stub.CommitCtl(ctl_provider_pb2.CommitCtlRequest(ctl=first))).version == 1
+    second = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t3"])
+    monkeypatch.setattr(trust_mod, "RPC_TIMEOUT", 1.0)
+    publish_2, take_back_a, publish_3, take_back_b = await _two_unanswered_commits(provider, signer, second)
+    assert take_back_a.content == take_back_b.content == first
+    assert list(take_back_a.takes_back) == [publish_2.generation]
+    assert list(publish_3.takes_back) == [take_back_a.generation]
+    assert list(take_back_b.takes_back) == [publish_3.generation, take_back_a.generation]
+    both = [take_back_a.generation, take_back_b.generation]
+    assert provider.svc.trust.unsettled_take_backs() == both
+    assert await _stored_take_backs(provider.svc) == both
+
+    # Restart: a new ctl-provider process on the same database.
+    settings = provider.svc.settings
+    provider.svc.request_stop()
+    await asyncio.wait_for(provider.task, 10)
+    svc, task, channel, stub = await _start(provider.data, nats_server, settings.host, free_port(settings.host),
+                                            free_port(settings.host), peer_host=settings.peers["tftp-signer"])
+    provider.svc, provider.task, provider.stub = svc, task, stub
+    try:
+        assert await _stored_take_backs(svc) == both
+        monkeypatch.setattr(trust_mod, "RPC_TIMEOUT", 5.0)
+        signer.delays = []
+        assert (await stub.CommitCtl(ctl_provider_pb2.CommitCtlRequest(ctl=second))).version == 2
+        named = signer.requests[-1]
+        assert named.content == second and list(named.takes_back) == both
+        assert await _stored_take_backs(svc) == [] and svc.trust.unsettled_take_backs() == []
+        third = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t2"])
+        assert (await stub.CommitCtl(ctl_provider_pb2.CommitCtlRequest(ctl=third))).version == 3
+        assert signer.requests[-1].content == third and list(signer.requests[-1].takes_back) == []
+    finally:
+        await channel.close()
+        svc.request_stop()  # the fixture stops the service it started, not this one
+        await asyncio.wait_for(task, 10)
+
+
+async def test_chk6_unanswered_take_backs_beyond_the_bound_drop_the_oldest_with_a_warning(
+        provider_with_signer, tokens, monkeypatch, caplog):
+    """CHK-6, the bound (MAX_UNSETTLED_TAKE_BACKS, 64; 1 here): one take-back more than it, all
+    unanswered, drops the oldest — from the database too — and says so (a warning naming its
+    generation: it is no longer named and could still land over a later CTL). Bad case kept in
+    view: the next publish names only the one kept."""
+    import logging
+
+    from ccmsec_ctl_provider import trust as trust_mod
+
+    provider, signer = provider_with_signer
+    first = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t2"])
+    assert (await provider.stub.CommitCtl(ctl_provider_pb2.CommitCtlRequest(ctl=first))).version == 1
+    second = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t3"])
+    monkeypatch.setattr(trust_mod, "RPC_TIMEOUT", 1.0)
+    monkeypatch.setattr(trust_mod, "MAX_UNSETTLED_TAKE_BACKS", 1)
+    with caplog.at_level(logging.WARNING, logger="ccmsec.ctl-provider"):
+        _, take_back_a, _, take_back_b = await _two_unanswered_commits(provider, signer, second)
+    assert "2 take-backs in a row got no answer from the tftp-signer" in caplog.text
+    assert f"(generations {take_back_a.generation}) are no longer named" in caplog.text
+    assert provider.svc.trust.unsettled_take_backs() == [take_back_b.generation]
+    assert await _stored_take_backs(provider.svc) == [take_back_b.generation]
+    monkeypatch.setattr(trust_mod, "RPC_TIMEOUT", 5.0)
+    signer.delays = []
+    assert (await provider.stub.CommitCtl(ctl_provider_pb2.CommitCtlRequest(ctl=second))).version == 2
+    assert list(signer.requests[-1].takes_back) == [take_back_b.generation]
+    assert await _stored_take_backs(provider.svc) == []
 
 
 async def test_chk6_the_take_back_of_an_unanswered_publish_runs_to_its_end_when_cancelled(
@@ -884,7 +983,7 @@ async def test_chk6_the_take_back_of_an_unanswered_publish_runs_to_its_end_when_
     commit.cancel()
     with pytest.raises(asyncio.CancelledError):
         await commit
-    assert signer.requests[2].takes_back == signer.requests[1].generation
+    assert signer.requests[2].takes_back == [signer.requests[1].generation]
     assert signer.published == [first, first]  # the take-back was answered before the cancellation went on
 
 

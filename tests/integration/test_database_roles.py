@@ -94,6 +94,16 @@ def test_each_owner_writes_only_its_own_schema_and_outbox(pg_world):
                            "settings_access, garp, voice_vlan_access, config_version, created_at, updated_at) "
                            "VALUES ('SEP000000000001', '7970', 'non-secure', '', false, false, false, false, "
                            "false, 1, now(), now())")
+            # ctl-provider's unanswered CTL take-backs (CHK-6): 63-bit generations, oldest first
+            from sqlalchemy.ext.asyncio import async_sessionmaker
+
+            from ccmsec.db.cluster import save_unsettled_take_backs, unsettled_take_backs
+            session = async_sessionmaker(engines["ctl-provider"], expire_on_commit=False)
+            for wanted in ([(1 << 63) - 1, 3], [3, 5, 7], []):
+                async with session() as s, s.begin():
+                    await save_unsettled_take_backs(s, wanted)
+                async with session() as s:
+                    assert await unsettled_take_backs(s) == wanted
             # call control's role writing CAPF's table and CAPF's outbox: refused by PostgreSQL
             for sql in (CAPF_ROW.format(t=f'"{capf_schema}".capf_settings'),
                         OUTBOX_ROW.format(t=f'"{capf_schema}".event_outbox'),

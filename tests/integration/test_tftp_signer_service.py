@@ -435,7 +435,7 @@ async def test_chk6_a_publish_arriving_after_its_take_back_is_refused(tftp):
                                                   sha256=hashlib.sha256(content).hexdigest(), **ordering)
 
     # The take-back arrives first, naming generation 41 (the cancelled commit's publish) ...
-    await stub.PublishFile(request(recorded, generation=42, takes_back=41), timeout=5)
+    await stub.PublishFile(request(recorded, generation=42, takes_back=[41]), timeout=5)
     # ... then the late publish of generation 41 itself.
     with pytest.raises(grpc.aio.AioRpcError) as late:
         await stub.PublishFile(request(unrecorded, generation=41), timeout=5)
@@ -467,18 +467,18 @@ async def test_chk6_the_first_ctl_taken_back_is_withdrawn_and_its_late_publish_r
     await stub.PublishFile(request(unrecorded, generation=51), timeout=5)
     assert await tftp.get("CTLFile.tlv") == unrecorded
     for bad, text in ((withdraw(generation=52), "takes_back"),
-                      (withdraw(generation=52, takes_back=51, content=later), "no content")):
+                      (withdraw(generation=52, takes_back=[51], content=later), "no content")):
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await stub.PublishFile(bad, timeout=5)
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and text in refused.value.details()
     assert await tftp.get("CTLFile.tlv") == unrecorded  # nothing removed by a refused withdraw
-    reply = await stub.PublishFile(withdraw(generation=52, takes_back=51), timeout=5)
+    reply = await stub.PublishFile(withdraw(generation=52, takes_back=[51]), timeout=5)
     assert reply.sha256 == "" and reply.path.endswith("CTLFile.tlv")
     assert (await _error(tftp.get("CTLFile.tlv"))).code == ERR_FILE_NOT_FOUND
     listed = await tftp.stub().ListFiles(tftp_signer_pb2.ListFilesRequest(), timeout=5)
     assert "CTLFile.tlv" not in [f.name for f in listed.files]
     # The other order: the withdraw (naming 61) arrives first, the publish of 61 late — refused.
-    await stub.PublishFile(withdraw(generation=62, takes_back=61), timeout=5)  # nothing there: fine
+    await stub.PublishFile(withdraw(generation=62, takes_back=[61]), timeout=5)  # nothing there: fine
     with pytest.raises(grpc.aio.AioRpcError) as late:
         await stub.PublishFile(request(unrecorded, generation=61), timeout=5)
     assert late.value.code() == grpc.StatusCode.ABORTED and "generation 61 was taken back" in late.value.details()
@@ -492,11 +492,83 @@ async def test_chk6_the_first_ctl_taken_back_is_withdrawn_and_its_late_publish_r
     # no answer (it may still land), and that withdraw arriving afterwards is refused — it must
     # not remove the CTL the cluster recorded since.
     newest = _ctl(tftp.cert)
-    await stub.PublishFile(request(newest, generation=65, takes_back=64), timeout=5)
+    await stub.PublishFile(request(newest, generation=65, takes_back=[64]), timeout=5)
     with pytest.raises(grpc.aio.AioRpcError) as stale:
-        await stub.PublishFile(withdraw(generation=64, takes_back=63), timeout=5)
+        await stub.PublishFile(withdraw(generation=64, takes_back=[63]), timeout=5)
     assert stale.value.code() == grpc.StatusCode.ABORTED and "withdraw generation 64" in stale.value.details()
     assert await tftp.get("CTLFile.tlv") == newest
+
+
+async def test_chk6_every_unanswered_take_back_a_publish_names_is_refused_when_it_lands_late(tftp):
+    """CHK-6 / CTL-2: two take-backs in a row got no answer (each may still land): A puts the
+    recorded CTL back, B withdraws. `takes_back` named one generation, so ctl-provider named only
+    the last one (B) in the next publish and A could land over the CTL committed since. Now the
+    publish names both (a list, as ctl-provider keeps them: test_ctl_provider_service.py::
+    test_chk6_two_unanswered_take_backs_in_a_row_are_all_named_and_survive_a_restart): each of
+    them arriving late is refused (ABORTED, naming the publish that took it back) and the newest
+    CTL stays served — nothing lost. Bad case: a withdraw naming only zeros, or a publish naming
+    more than 256 generations, is refused and takes nothing back. A sender of the former singular
+    field (one varint, tag 6) is still understood."""
+    stub = tftp.provider_stub()
+    recorded, unrecorded, newest = _ctl(tftp.cert), _ctl(tftp.cert), _ctl(tftp.cert)
+
+    def request(content, **ordering):
+        return tftp_signer_pb2.PublishFileRequest(name="CTLFile.tlv", content=content,
+                                                  sha256=hashlib.sha256(content).hexdigest(), **ordering)
+
+    def withdraw(**fields):
+        return tftp_signer_pb2.PublishFileRequest(name="CTLFile.tlv", withdraw=True, **fields)
+
+    await stub.PublishFile(request(recorded, generation=70), timeout=5)
+    # Sent, not answered, still on their way: commit 2's publish (71) and its take-back A (72),
+    # commit 3's publish (73, naming A) and its take-back B (74, a withdraw naming 73 and A).
+    take_back_a = request(recorded, generation=72, takes_back=[71])
+    take_back_b = withdraw(generation=74, takes_back=[73, 72])
+    # Commit 4's publish names both unanswered take-backs and is answered.
+    await stub.PublishFile(request(newest, generation=75, takes_back=[72, 74]), timeout=5)
+    assert await tftp.get("CTLFile.tlv") == newest
+    # Now they land, late: refused, nothing written or removed.
+    with pytest.raises(grpc.aio.AioRpcError) as late_a:
+        await stub.PublishFile(take_back_a, timeout=5)
+    assert late_a.value.code() == grpc.StatusCode.ABORTED
+    assert "publish generation 72 was taken back by ctl-provider (named by publish generation 75" \
+        in late_a.value.details() and "not published" in late_a.value.details()
+    with pytest.raises(grpc.aio.AioRpcError) as late_b:
+        await stub.PublishFile(take_back_b, timeout=5)
+    assert late_b.value.code() == grpc.StatusCode.ABORTED
+    assert "withdraw generation 74 was taken back by ctl-provider (named by publish generation 75" \
+        in late_b.value.details() and "nothing removed" in late_b.value.details()
+    for late_publish in (71, 73):  # what A and B took back stays out too (remembered first)
+        with pytest.raises(grpc.aio.AioRpcError) as late:
+            await stub.PublishFile(request(unrecorded, generation=late_publish), timeout=5)
+        assert late.value.code() == grpc.StatusCode.ABORTED
+    assert await tftp.get("CTLFile.tlv") == newest
+    listed = await tftp.stub().ListFiles(tftp_signer_pb2.ListFilesRequest(), timeout=5)
+    assert "CTLFile.tlv" in [f.name for f in listed.files]
+
+    # Bad cases: refused (INVALID_ARGUMENT) before anything is taken back.
+    with pytest.raises(grpc.aio.AioRpcError) as zeros:
+        await stub.PublishFile(withdraw(generation=80, takes_back=[0, 0]), timeout=5)
+    assert zeros.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "takes_back" in zeros.value.details()
+    with pytest.raises(grpc.aio.AioRpcError) as too_many:
+        await stub.PublishFile(request(recorded, generation=81, takes_back=list(range(100, 357))), timeout=5)
+    assert too_many.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "at most 256 generations" in too_many.value.details()
+    await stub.PublishFile(request(recorded, generation=100), timeout=5)  # not taken back
+    assert await tftp.get("CTLFile.tlv") == recorded
+
+    # Wire compatibility: the former `uint64 takes_back = 6` put one varint under tag 6; the list
+    # is unpacked, so that very encoding is a one-entry list — an old sender's withdraw still works.
+    assert tftp_signer_pb2.PublishFileRequest(takes_back=[5]).SerializeToString() == b"\x30\x05"
+    old_style = withdraw(generation=91).SerializeToString() + b"\x30\x5a"  # takes_back = 90
+    publish_raw = tftp._provider_channel.unary_unary(
+        "/ccmsec.v1.TftpSigner/PublishFile", request_serializer=lambda raw: raw,
+        response_deserializer=tftp_signer_pb2.PublishFileReply.FromString)
+    await publish_raw(old_style, timeout=5)
+    assert (await _error(tftp.get("CTLFile.tlv"))).code == ERR_FILE_NOT_FOUND
+    with pytest.raises(grpc.aio.AioRpcError) as late:
+        await stub.PublishFile(request(unrecorded, generation=90), timeout=5)
+    assert late.value.code() == grpc.StatusCode.ABORTED and "generation 90 was taken back" in late.value.details()
 
 
 async def test_chk6_a_publish_already_writing_finishes_before_its_take_back_writes(tftp, monkeypatch):
@@ -528,7 +600,7 @@ async def test_chk6_a_publish_already_writing_finishes_before_its_take_back_writ
 
     late = asyncio.create_task(publish_late())
     assert await asyncio.to_thread(writing.wait, 5)
-    await stub.PublishFile(request(recorded, generation=8, takes_back=7), timeout=10)
+    await stub.PublishFile(request(recorded, generation=8, takes_back=[7]), timeout=10)
     await late
     assert await tftp.get("CTLFile.tlv") == recorded
 

@@ -2,7 +2,7 @@
 security mode — the server half of `ccmsec ctl update` and `ccmsec mode set`.
 
 ctl-provider owns the cluster mode, the CTL and the shared-TFTP registry (issue 9 §5): it is the
-only writer of `cluster_settings`, `ctl_files` and `tftp_clusters`. The signed files are
+only writer of `cluster_settings`, `ctl_files`, `ctl_take_backs` and `tftp_clusters`. The signed files are
 tftp-signer's: the CTL reaches them only through `TftpSigner/PublishFile` (no write into its
 folder). Call control, the gateway and the TFTP server follow the mode through `mode.changed`.
 
@@ -26,8 +26,13 @@ Commit (CHK-6), in this order so nothing is half done:
      first CTL (none recorded to put back) is taken back by a withdraw (`withdraw`): the signer
      removes CTLFile.tlv, serves none, and refuses that publish alike. A take-back that itself got
      no answer may still land — after the next commit's publish, it would put back (or withdraw)
-     a CTL over the one recorded since —, so the next publish names it in `takes_back` too: the
-     signer then refuses it, or it was already writing and the publish wins;
+     a CTL over the one recorded since —, so every later publish (take-backs included) names it
+     in `takes_back` (a list) too: the signer then refuses it, or it was already writing and the
+     publish wins. They are a set, not one: each take-back is stored in `ctl_take_backs` before
+     it is sent — a second unanswered take-back in a row, or a restart, forgets none — and
+     removed once the signer answered a publish naming it (with the next record, for a commit's
+     publish). At most MAX_UNSETTLED_TAKE_BACKS (64) are kept: beyond, that many take-backs in a
+     row got no answer, and the oldest is dropped with a warning;
   5. `mode.changed` and the RST-3 actions (mode changed), then `ctl.updated` and the RST-4 actions
      are published.
 
@@ -45,7 +50,14 @@ import secrets
 
 import grpc
 
-from ccmsec.db.cluster import current_ctl, record_ctl, save_tftp_registry, tftp_registry
+from ccmsec.db.cluster import (
+    current_ctl,
+    record_ctl,
+    save_tftp_registry,
+    save_unsettled_take_backs,
+    tftp_registry,
+    unsettled_take_backs,
+)
 from ccmsec.db.devices import SETTING_SECURITY_MODE, cluster_security_mode, get_setting, set_setting
 from ccmsec.formats.ctl import CTL_FILE_NAME, CtlFormatError, Role, SignatureError, parse_ctl, verify_ctl
 from ccmsec.policy.resets import ClusterModeChanged, CtlUpdated, required_actions
@@ -69,6 +81,11 @@ SIGNER_REFUSALS = frozenset({
     grpc.StatusCode.DATA_LOSS, grpc.StatusCode.ABORTED, grpc.StatusCode.UNIMPLEMENTED,
     grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNAUTHENTICATED,
 })
+# Unanswered take-backs kept (and named by every publish). Reaching it takes that many take-backs
+# in a row the signer never answered, each only after a commit whose record failed or that was
+# cancelled, with no publish answered in between; the oldest is dropped then (logged: it could
+# still land over a later CTL, a chance that shrinks with its age).
+MAX_UNSETTLED_TAKE_BACKS = 64
 
 
 async def _to_the_end(step):
@@ -114,9 +131,11 @@ class TrustOperations:
     def __init__(self, service):
         self.service = service
         self._serial = asyncio.Lock()  # see the module docstring
-        # The generation of a take-back that got no answer (it may still land at the signer):
-        # the next publish names it in `takes_back`, so it cannot land over a later commit's CTL.
-        self._unsettled_take_back = 0
+        # The generations of the take-backs that got no answer (they may still land at the
+        # signer), oldest first: every publish names them in `takes_back`, so none can land over a
+        # later commit's CTL, until a publish naming them is answered. Kept in `ctl_take_backs`
+        # (a restart keeps them), loaded on the first commit, written through on every change.
+        self._unsettled: list[int] | None = None
 
     # --- MODE-6 ---------------------------------------------------------------------------
     def _local_entry(self, registry: list[TftpClusterEntry], mode: str) -> TftpClusterEntry:
@@ -275,16 +294,16 @@ class TrustOperations:
                                   "older CTL as a replay. Build a new one (is this machine's clock "
                                   "behind?), or pass --new-trust after resetting every phone's trust list")
             registry = await self.checked_registry(session, target)
+            if self._unsettled is None:
+                self._unsettled = await unsettled_take_backs(session)
         stub = tftp_signer_pb2_grpc.TftpSignerStub(self.service.peer_channel("tftp-signer"))
         generation = new_generation()  # a take-back names it: the signer then refuses it, however late
         try:
-            unsettled = self._unsettled_take_back
+            unsettled = list(self._unsettled)
             published = await stub.PublishFile(tftp_signer_pb2.PublishFileRequest(
                 cluster_path=settings.tftp_path, name=CTL_FILE_NAME, content=content, sha256=sha256,
                 generation=generation, takes_back=unsettled), timeout=RPC_TIMEOUT)
             published_path = published.path
-            if self._unsettled_take_back == unsettled:  # the signer took that take-back back
-                self._unsettled_take_back = 0
         except grpc.aio.AioRpcError as exc:
             # The signed files are tftp-signer's: without its answer nothing is recorded.
             why = f"the tftp-signer did not publish {CTL_FILE_NAME}: {exc.details()}"
@@ -297,6 +316,10 @@ class TrustOperations:
         except asyncio.CancelledError:  # the signer may have published it all the same — or yet will
             await self._settle_cancelled(stub, previous, sha256, generation)
             raise
+        # The signer answered: the take-backs it named are refused there from now on. Settled in
+        # memory here, in the database with the record (a record that fails leaves them listed
+        # there: named once more, harmless).
+        self._settle_in_memory(unsettled)
         try:
             version, ids, events = await self._record(content, sha256, ctl_file, signer, registry, target,
                                                       previous_mode, actor)
@@ -346,28 +369,83 @@ class TrustOperations:
         if not cleanup.cancelled() and cleanup.exception() is not None:
             log.error("CTL commit cancelled; taking the CTL back failed: %s", cleanup.exception())
 
+    # --- unanswered take-backs (module docstring, step 4) --------------------------------------
+    def unsettled_take_backs(self) -> list[int]:
+        """The take-backs not answered yet, oldest first ([] before the first commit loads them)."""
+        return list(self._unsettled or ())
+
+    async def _remember(self, generation: int) -> None:
+        """Before a take-back is sent: it is unsettled until the signer answers it, whatever
+        happens meanwhile (no answer, the call cut, this process gone)."""
+        if self._unsettled is None:  # not loaded yet (commit loads them first): never save over them
+            try:
+                async with self.service.db() as session:
+                    self._unsettled = await unsettled_take_backs(session)
+            except Exception as exc:
+                log.error("CHK-6: the unanswered take-backs could not be read: %s", exc)
+                self._unsettled = []
+        unsettled = self._unsettled
+        unsettled.append(generation)
+        if len(unsettled) > MAX_UNSETTLED_TAKE_BACKS:
+            dropped = unsettled[:-MAX_UNSETTLED_TAKE_BACKS]
+            del unsettled[:-MAX_UNSETTLED_TAKE_BACKS]
+            log.warning("CHK-6: %d take-backs in a row got no answer from the tftp-signer; the oldest "
+                        "(generations %s) are no longer named by later publishes and could still land "
+                        "over a later CTL: check the tftp-signer and its CTLFile.tlv", len(unsettled) +
+                        len(dropped), ", ".join(map(str, dropped)),
+                        extra={"dropped": dropped, "limit": MAX_UNSETTLED_TAKE_BACKS})
+        self._unsettled = unsettled
+        await self._persist()
+
+    def _settle_in_memory(self, generations) -> bool:
+        if self._unsettled is None:
+            return False
+        settled = set(generations)
+        before = self._unsettled
+        self._unsettled = [g for g in before if g not in settled]
+        return len(self._unsettled) != len(before)
+
+    async def _settle(self, generations) -> None:
+        """The signer answered a publish naming `generations`: it refuses them from now on."""
+        if self._settle_in_memory(generations):
+            await self._persist()
+
+    async def _persist(self) -> None:
+        """Write the unanswered take-backs through to `ctl_take_backs`. A failure (the database is
+        what just failed the record, maybe) does not stop the take-back: the set stays in memory,
+        is named by the publishes of this process and saved again with its next change."""
+        try:
+            async with self.service.db() as session, session.begin():
+                await save_unsettled_take_backs(session, list(self._unsettled or ()))
+        except Exception as exc:
+            log.error("CHK-6: the unanswered take-backs (generations %s) could not be saved; they are "
+                      "named from memory until saved, a restart meanwhile forgets them: %s",
+                      ", ".join(map(str, self._unsettled or ())) or "none", exc)
+
     async def _publish_back(self, stub, old: bytes | None, generation: int) -> None:
         """Publish the recorded CTL `old` again, naming the publish `generation` it takes back;
         with no CTL recorded (`old` None: the cluster's first CTL) withdraw the file instead — the
-        signer removes it, serves no CTL (as the record says) and refuses that publish later."""
+        signer removes it, serves no CTL (as the record says) and refuses that publish later.
+        It names the earlier unanswered take-backs too, and is one itself until answered."""
         own = new_generation()
+        earlier = self.unsettled_take_backs()
+        names = [generation, *earlier]
+        await self._remember(own)  # before it is sent: it may land even if this process stops
         if old is None:
             request = tftp_signer_pb2.PublishFileRequest(
                 cluster_path=self.service.settings.tftp_path, name=CTL_FILE_NAME,
-                generation=own, takes_back=generation, withdraw=True)
+                generation=own, takes_back=names, withdraw=True)
         else:
             request = tftp_signer_pb2.PublishFileRequest(
                 cluster_path=self.service.settings.tftp_path, name=CTL_FILE_NAME, content=old,
-                sha256=hashlib.sha256(old).hexdigest(), generation=own, takes_back=generation)
+                sha256=hashlib.sha256(old).hexdigest(), generation=own, takes_back=names)
         try:
             await stub.PublishFile(request, timeout=RPC_TIMEOUT)
         except grpc.aio.AioRpcError as exc:
-            if exc.code() not in SIGNER_REFUSALS:  # no answer: it may still land; the next
-                self._unsettled_take_back = own      # publish names it (see the module docstring)
-            raise
-        except asyncio.CancelledError:  # cut mid-call: it may still land as well
-            self._unsettled_take_back = own
-            raise
+            if exc.code() in SIGNER_REFUSALS:  # refused: it wrote nothing and will not
+                await self._settle([own])
+            raise  # no answer: it may still land; every later publish names it
+        await self._settle([own, *earlier])
 
     async def _take_back_unanswered(self, stub, previous: tuple[int, bytes] | None,
                                     generation: int) -> str:
@@ -423,6 +501,8 @@ class TrustOperations:
                                        signer_serial=signer.serial.hex(), records=len(ctl_file.records),
                                        tftp_path=settings.tftp_path)
             await save_tftp_registry(session, registry)
+            if self._unsettled is not None:  # those the publish named are settled (_commit)
+                await save_unsettled_take_backs(session, self.unsettled_take_backs())
             # The CTL, the mode and every event they require commit together (outbox).
             ids: list[str] = []
             events: list[str] = []

@@ -28,6 +28,7 @@ import stat
 import threading
 import time
 from collections import Counter, OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +51,7 @@ DEVICE_NAME = re.compile(r"SEP[0-9A-F]{12}")
 DEVICE_CONFIG = re.compile(r"(SEP[0-9A-F]{12})\.cnf\.xml")
 MAX_STATIC_FILE = 16 * 1024 * 1024
 MAX_TAKEN_BACK = 1024  # take-back generations remembered (PublishFile ordering)
+MAX_TAKES_BACK = 256  # generations one PublishFile may name (ctl-provider names at most 65)
 # Static files (firmware bundles included, up to MAX_STATIC_FILE) are kept in memory while a stat
 # shows the same file, least recently served dropped first: one budget for all of them, so a few
 # large images cannot grow the process without bound, and one copy is shared by every transfer.
@@ -127,7 +129,8 @@ class TftpContent:
         # one publish run under this lock in the writing thread — a cancelled call's thread still
         # holds it until its write is done — and the generations taken back are remembered here.
         self._publish_lock = threading.Lock()
-        self._taken_back: OrderedDict[tuple[str, int], None] = OrderedDict()
+        # (name, generation taken back) -> the generation of the publish that named it (last)
+        self._taken_back: OrderedDict[tuple[str, int], int] = OrderedDict()
 
     @property
     def own_folder(self) -> Path:
@@ -448,26 +451,35 @@ class TftpContent:
         return mode, sorted(files, key=lambda f: f.name)
 
     def publish(self, cluster_path: str, name: str, content: bytes, sha256: str, *,
-                generation: int = 0, takes_back: int = 0, withdraw: bool = False) -> tuple[Path, str]:
+                generation: int = 0, takes_back: Sequence[int] = (), withdraw: bool = False
+                ) -> tuple[Path, str]:
         """Write a trust list (from the CTL client) into this cluster's folder, atomically.
 
-        A take-back (`takes_back`: the generation of a publish ctl-provider undoes) is remembered
+        A take-back (`takes_back`: the generations ctl-provider undoes — the publish it takes back
+        and every earlier take-back of its that got no answer) is remembered, each generation,
         before its write; a publish of a generation taken back is refused (ABORTED), whenever it
-        arrives — so a late publish cannot put back a CTL the cluster took back. Check and write
+        arrives — so a late publish cannot put back a CTL the cluster took back, nor a late
+        take-back put back or withdraw a CTL committed since. Check and write
         run under one lock: a publish already past its check finishes writing before the
         take-back's write, which then wins. A `withdraw` take-back (the cluster's first CTL was
         not recorded: nothing to put back) removes the file instead of writing one — same
         ordering, so the TFTP server serves no trust list and the late publish is refused.
         Returns (path, sha256 written; "" for a withdraw)."""
-        if withdraw and not takes_back:
+        if len(takes_back) > MAX_TAKES_BACK:
+            raise PublishError("INVALID_ARGUMENT", f"a publish names at most {MAX_TAKES_BACK} generations "
+                               f"in takes_back, not {len(takes_back)}; nothing taken back")
+        named = [g for g in takes_back if g]
+        if withdraw and not named:
             raise PublishError("INVALID_ARGUMENT", "a withdraw is a take-back: it must name the "
                                "publish generation it undoes (takes_back)")
         if withdraw and (content or sha256):
             raise PublishError("INVALID_ARGUMENT", "a withdraw removes the file: it carries no "
                                "content or sha256")
-        if takes_back:  # remembered first: even a take-back refused below keeps its publish out
+        if named:  # remembered first: even a take-back refused below keeps its publishes out
             with self._publish_lock:
-                self._taken_back[(name, takes_back)] = None
+                for taken in named:
+                    self._taken_back[(name, taken)] = generation
+                    self._taken_back.move_to_end((name, taken))  # named again: kept the longest
                 while len(self._taken_back) > MAX_TAKEN_BACK:
                     self._taken_back.popitem(last=False)
         own = self.layout.own
@@ -487,8 +499,8 @@ class TftpContent:
             with self._publish_lock:  # after a publish already writing, as a take-back's write
                 if generation and (name, generation) in self._taken_back:  # itself taken back
                     raise PublishError("ABORTED", f"{name} withdraw generation {generation} was taken "
-                                       "back by ctl-provider (a later commit published since); "
-                                       "nothing removed")
+                                       f"back by ctl-provider ({self._named_by(name, generation)}: "
+                                       "a later commit published since); nothing removed")
                 with contextlib.suppress(FileNotFoundError):
                     target.unlink()
                 _sync_dir(target.parent)
@@ -506,10 +518,15 @@ class TftpContent:
         with self._publish_lock:
             if generation and (name, generation) in self._taken_back:
                 raise PublishError("ABORTED", f"{name} publish generation {generation} was taken back "
-                                   "by ctl-provider (its commit was cancelled or not recorded); not "
-                                   "published")
+                                   f"by ctl-provider ({self._named_by(name, generation)}: its commit "
+                                   "was cancelled or not recorded, or it is a take-back a later "
+                                   "commit's publish superseded); not published")
             atomic_write(target, content)
         return target, actual
+
+    def _named_by(self, name: str, generation: int) -> str:
+        by = self._taken_back.get((name, generation))
+        return f"named by publish generation {by}" if by else "named by an unordered publish"
 
 
 def _sync_dir(folder: Path) -> None:

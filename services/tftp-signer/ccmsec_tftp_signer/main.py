@@ -91,15 +91,16 @@ class TftpSignerServicer(StatusServicerMixin, tftp_signer_pb2_grpc.TftpSignerSer
             path, digest = await asyncio.to_thread(
                 functools.partial(self.service.content.publish, request.cluster_path, request.name,
                                   bytes(request.content), request.sha256,
-                                  generation=request.generation, takes_back=request.takes_back,
+                                  generation=request.generation, takes_back=list(request.takes_back),
                                   withdraw=request.withdraw))
         except PublishError as exc:
             await abort(context, getattr(grpc.StatusCode, exc.status), str(exc))
         if request.withdraw:
             self.service.log.warning("trust list withdrawn (take-back, nothing recorded to put back)",
-                                     extra={"file": str(path), "takes_back": request.takes_back})
+                                     extra={"file": str(path), "takes_back": list(request.takes_back)})
         else:
-            self.service.log.info("trust list published", extra={"file": str(path), "sha256": digest})
+            self.service.log.info("trust list published", extra={"file": str(path), "sha256": digest,
+                                                                 "takes_back": list(request.takes_back)})
         return tftp_signer_pb2.PublishFileReply(path=str(path), sha256=digest)
 
     async def Resign(self, request, context):  # noqa: N802
