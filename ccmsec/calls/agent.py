@@ -838,20 +838,28 @@ class CallAgent:
             self._ignore()
             return False
         call1 = held.call
+        # A Barge mixed by this phone (its held or consultation leg the target, the built-in
+        # bridge) ends when the phone transfers or conferences the call, as in CallManager: the
+        # initiator is released, the others go on. It takes no part in the checks below and is
+        # released only once nothing refuses the transfer or conference.
+        released = [x for x in (self._barged_by(call1, held), self._barged_by(call2, consult))
+                    if x is not None]
         if kind is Consult.CONFERENCE:
             if call2.phase is not CallPhase.CONNECTED:
                 self._ignore()   # a conference joins answered calls only
                 return False
-            members = [lg.station for lg in call1.legs + call2.legs if lg is not consult]
+            members = [lg.station for lg in call1.legs + call2.legs
+                       if lg is not consult and lg not in released]
             if self._codec_refused(consult, self._bridge_codec_for(members), call1, now):
                 return False
+            self._release_barges(released, now)
             self._join_conference(held, consult, now)
             return True
         if consult.state not in (LegState.CONNECTED, LegState.RING_OUT):
             self._ignore()
             return False
         # Transfer: the far party of the held call takes the consultation leg's place.
-        others = [lg for lg in call1.legs if lg is not held]
+        others = [lg for lg in call1.legs if lg is not held and lg not in released]
         if len(others) != 1:
             self._ignore()   # transferring out of a conference is not offered
             return False
@@ -860,13 +868,14 @@ class CallAgent:
         # CALL-9: the moving party must share a codec with whoever it is put through to. Blind,
         # as at set-up: the ringing appearances that share none stop ringing, the others ring on
         # (a phone whose CapabilitiesRes is not in yet is left to the answer-time check).
-        others2 = [lg for lg in call2.legs if lg is not consult]
+        others2 = [lg for lg in call2.legs if lg is not consult and lg not in released]
         choices = [(lg, self._codec_for([moving.station, lg.station])) for lg in others2
                    if not (blind and self._codecs_pending(moving.station, lg.station))]
         unusable = [(lg, choice) for lg, choice in choices if choice.codec is None]
         if unusable and (not blind or len(unusable) == len(others2)):
             self._codec_refused(consult, unusable[0][1], call1, now)
             return False
+        self._release_barges(released, now)
         # who each remaining party was shown as, before the calls change: the moving party as
         # the transferring phone showed it in the held call, the consultation's party as dialled
         moving_as = self._far_party(held, call1, moving)
@@ -910,6 +919,26 @@ class CallAgent:
         return True
 
     @staticmethod
+    def _barged_by(call: Call, leg: Leg) -> Leg | None:
+        """The initiator of a Barge whose target is `leg` and which `leg`'s phone mixes (built-in
+        bridge: not a cBarge, not a barge into a conference), else None."""
+        barge = call.barge
+        if barge is not None and barge.target is leg and not barge.cbarge and not call.bridge:
+            return barge.initiator
+        return None
+
+    def _release_barges(self, initiators: list[Leg], now: float) -> None:
+        """The target's transfer or conference goes ahead: each Barge it mixed ends and its
+        initiator is cleared, as if it had hung up (its channels closed, its phone back to what
+        it had). The transfer or conference that follows re-plans the call's media and display
+        and emits the change (one event, not a half-done one before it)."""
+        for initiator in initiators:
+            call = initiator.call
+            if call is not None:
+                call.barge = None
+                self._remove_leg(initiator, now)
+
+    @staticmethod
     def _far_party(leg: Leg, call: Call, other: Leg | None) -> tuple[str, str]:
         """(number, name) of the party `leg`'s phone shows across `call` (its CallInfo): the
         called number on an outbound call, the calling party on an inbound one, unless a
@@ -951,6 +980,10 @@ class CallAgent:
             call2.legs.remove(lg)
             lg.call = call1
             call1.legs.append(lg)
+        if call1.barge is None:
+            # a barge into the consultation whose target stays (the conferencing phone's own
+            # were released): now a barge into a conference, mixed by the bridge
+            call1.barge = call2.barge
         self._remove_leg(consult, now)
         self._end_call(call2, now)
         held.state = LegState.CONNECTED

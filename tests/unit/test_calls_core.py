@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 
+from ccmsec.calls.agent import CallAgent
 from ccmsec.calls.config import AgentSettings, DeviceProfile, LineConfig, ProfileError, SpeedDial
 from ccmsec.calls.dialplan import DialPlan, MatchKind
 from ccmsec.policy.calls import EndpointKind
@@ -472,6 +473,235 @@ def test_call1_a_barges_initiator_whose_target_leaves_is_named_before_it_can_tra
     # bad case: nothing after the transfer names Xena's own line to Dave
     infos = [m for d, dv, m in h.log[mark:] if d == "down" and dv == D and isinstance(m, s.CallInfo)]
     assert infos and not [i for i in infos if "5000" in (i.calling_party, i.called_party)]
+
+
+# -- a barge and the target's transfer or conference -----------------------------------------------
+# CallManager: a Barge is mixed by the target's built-in bridge; when the target transfers or
+# conferences the call the initiator is released and the others go on; when another party
+# transfers it, the initiator and the target stay in. Before, a target transferring its
+# consultation call left A, C and the initiator "connected" around a barge anchored on the
+# departed leg, with no channel at all (nobody heard anyone).
+
+XENA, YVES = "SEP0000000000E1", "SEP0000000000E2"
+
+
+def hears(h: Harness, call_id: int) -> set[tuple[str, str]]:
+    """(device, peer device or "bridge") for every channel of the call, checked sound on both
+    sides: every channel transmitting, and each phone holding exactly the call's channels."""
+    call = h.agent.calls[call_id]
+    names = {lg.reference: lg.station.name for lg in call.legs}
+    out = set()
+    for ch in call.channels.values():
+        assert ch.tx is not None, f"{ch.leg.station.name}: a channel not started"
+        out.add((ch.leg.station.name, names[ch.peer[1]] if ch.peer[0] == "leg" else "bridge"))
+    for lg in call.legs:
+        on_phone = {pid for pid, pc in h.phones[lg.station.name].channels.items()
+                    if pc.call_reference == lg.reference and pc.tx is not None}
+        assert on_phone == {ch.party_id for ch in call.channels.values() if ch.leg is lg}
+    return out
+
+
+def assert_no_silent_call(h: Harness) -> None:
+    """The bad case: a call whose connected parties have no media plan, or a barge anchored on
+    a leg that is not in its call."""
+    for call in h.agent.calls.values():
+        talking = [lg for lg in call.legs if lg.state.value == "connected"]
+        assert len(talking) < 2 or call.channels, \
+            f"call {call.id}: {len(talking)} connected, no media"
+        if call.barge is not None:
+            assert call.barge.target in call.legs and call.barge.initiator in call.legs
+
+
+def call_with(h: Harness, device: str):
+    (call,) = [cl for cl in h.agent.calls.values() if any(lg.station.name == device
+                                                           for lg in cl.legs)]
+    return call
+
+
+def barge_into(h: Harness, phone: SccpPhone, call) -> None:
+    (ref,) = [r for r, cid in h.agent.stations[phone.device_name].hints.items() if cid == call.id]
+    phone.barge(reference=ref)
+    h.pump()
+    assert call.barge is not None and call.barge.initiator.station.name == phone.device_name
+
+
+def display(phone: SccpPhone) -> list[tuple]:
+    """What the phone shows for its calls (not their references)."""
+    return sorted((CS(cl.state).name, cl.call_type, cl.calling, cl.calling_name, cl.called,
+                   cl.security, tuple(phone.offered_names(cl))) for cl in phone.calls.values())
+
+
+def plain_transfer_displays() -> tuple[list[tuple], list[tuple]]:
+    """Alice's and Carol's displays after Bob transfers Alice to Carol, nobody barging."""
+    h = Harness()
+    pa, pb, _, pc, _ = barge_transfer_setup(h)
+    consult(h, pb, pc)
+    complete(h, pb)
+    return display(pa), display(pc)
+
+
+def barge_transfer_setup(h: Harness, *, codecs_a=(4, 2), codecs_c=(4, 2)):
+    """Alice calls 5000 (Bob; Xena shares 5000), Bob answers and consults Carol (1003, shared
+    with Yves), Carol answers. Returns the phones; call1 is Alice–Bob (held), call2 Bob–Carol."""
+    pa = h.add(A, "1001", user="Alice", codecs=codecs_a)
+    pb, px = h.add(B, "5000", user="Bob"), h.add(XENA, "5000", user="Xena")
+    pc, py = h.add(C, "1003", user="Carol", codecs=codecs_c), h.add(YVES, "1003", user="Yves")
+    h.call(A, "5000")
+    pb.answer()
+    h.pump()
+    return pa, pb, px, pc, py
+
+
+def consult(h: Harness, pb: SccpPhone, pc: SccpPhone, *, conference: bool = False) -> None:
+    (pb.conference if conference else pb.transfer)()
+    h.pump()
+    pb.keypad("1003")
+    h.pump()
+    pc.answer()
+    h.pump()
+
+
+def complete(h: Harness, pb: SccpPhone, *, conference: bool = False, on_hook: bool = False) -> None:
+    if on_hook:   # hanging up during the consultation completes a transfer
+        pb.on_hook()
+    else:
+        (pb.conference if conference else pb.transfer)(pb.active_call().reference)
+    h.pump()
+
+
+@pytest.mark.parametrize("on_hook", [False, True])
+def test_call1_a_barge_target_transferring_its_consultation_releases_the_initiator(on_hook):
+    h = Harness()
+    pa, pb, px, pc, _ = barge_transfer_setup(h)
+    consult(h, pb, pc)
+    call2 = call_with(h, C)
+    barge_into(h, px, call2)
+    assert call2.barge.result.rule_id == "CALL-1" and hears(h, call2.id) == {
+        (C, B), (B, C), (XENA, B), (B, XENA)}   # the built-in bridge: Bob mixes
+    complete(h, pb, on_hook=on_hook)
+    assert_no_silent_call(h)
+    call = call_with(h, A)
+    assert call is call2 and call.barge is None
+    assert sorted(lg.station.name for lg in call.legs) == [A, C]
+    assert hears(h, call.id) == {(A, C), (C, A)}
+    # every display agrees: Alice and Carol show what a transfer without a barge shows them
+    # (connected, each other, the connected softkeys); Bob and Xena are idle, Xena shows no
+    # "in use remote" (nobody on 5000 is in the call) and holds no channel
+    assert (display(pa), display(pc)) == plain_transfer_displays()
+    assert shows(pa) == ("outbound", "1001", "Alice", "1003")
+    assert shows(pc)[:2] == ("inbound", "1001")
+    assert not pb.calls and not pb.channels and not px.calls and not px.channels
+    view = h.only_call()
+    assert view.barge == "" and {lg.state for lg in view.legs} == {"connected"}
+
+
+def test_call9_a_refused_transfer_leaves_the_barge_into_the_consultation_as_it_was():
+    # bad case: the transfer is refused (Alice offers only µ-law, Carol only A-law: no common
+    # codec) — the barge, its initiator and every channel stay as they were
+    h = Harness()
+    pa, pb, px, pc, _ = barge_transfer_setup(h, codecs_a=(4,), codecs_c=(2,))
+    consult(h, pb, pc)
+    call2 = call_with(h, C)
+    barge_into(h, px, call2)
+    before = hears(h, call2.id)
+    complete(h, pb)
+    assert pb.notifications[-1] == "No common codec"
+    assert call2.barge is not None and call2.barge.target.station.name == B
+    assert hears(h, call2.id) == before == {(C, B), (B, C), (XENA, B), (B, XENA)}
+    assert [cl.state for cl in px.calls.values() if cl.state is not CS.REMOTE_MULTILINE] == [
+        CS.CONNECTED]
+    assert_no_silent_call(h)
+
+
+def test_call1_the_old_transfer_left_a_barge_on_the_departed_leg_and_no_media(monkeypatch):
+    # the defect, kept provable: without the release the transferred call is silent
+    monkeypatch.setattr(CallAgent, "_barged_by", staticmethod(lambda call, leg: None))
+    h = Harness()
+    _, pb, px, pc, _ = barge_transfer_setup(h)
+    consult(h, pb, pc)
+    barge_into(h, px, call_with(h, C))
+    complete(h, pb)
+    with pytest.raises(AssertionError, match="no media"):
+        assert_no_silent_call(h)
+
+
+def test_call1_a_barge_into_the_held_call_ends_when_its_target_transfers_it():
+    # Xena barges into Alice–Bob while Bob holds it (consulting Carol): Alice and Xena talk.
+    # Bob completes the transfer: Xena is released (it was refused as "out of a conference").
+    h = Harness()
+    pa, pb, px, pc, _ = barge_transfer_setup(h)
+    consult(h, pb, pc)
+    call1 = call_with(h, A)
+    barge_into(h, px, call1)
+    assert hears(h, call1.id) == {(A, XENA), (XENA, A)}
+    complete(h, pb)
+    assert_no_silent_call(h)
+    call = call_with(h, A)
+    assert call.barge is None and sorted(lg.station.name for lg in call.legs) == [A, C]
+    assert hears(h, call.id) == {(A, C), (C, A)}
+    assert (display(pa), display(pc)) == plain_transfer_displays()
+    assert not pb.calls and not px.calls and not px.channels and call1.id not in h.agent.calls
+
+
+@pytest.mark.parametrize("into", ["consultation", "held"])
+def test_call1_a_barge_ends_when_its_target_conferences_the_call(into):
+    # Bob conferences Carol in while Xena barges into the consultation (Bob–Carol) or into the
+    # held call (Alice–Bob): Xena is released, Alice, Bob and Carol talk on the bridge, and Xena
+    # — Bob is on 5000 — shows the conference "in use remote" (she may barge into it again).
+    h = Harness()
+    pa, pb, px, pc, _ = barge_transfer_setup(h)
+    consult(h, pb, pc, conference=True)
+    barge_into(h, px, call_with(h, C if into == "consultation" else A))
+    complete(h, pb, conference=True)
+    assert_no_silent_call(h)
+    call = call_with(h, A)
+    assert call.barge is None and call.bridge
+    assert sorted(lg.station.name for lg in call.legs) == [A, B, C]
+    assert hears(h, call.id) == {(A, "bridge"), (B, "bridge"), (C, "bridge")}
+    for phone in (pa, pb, pc):
+        (shown,) = phone.calls.values()
+        assert shown.state is CS.CONNECTED and "Conference" in (shown.calling, shown.called)
+    assert [cl.state for cl in px.calls.values()] == [CS.REMOTE_MULTILINE] and not px.channels
+    assert h.only_call().barge == ""
+
+
+def test_call1_a_barge_whose_target_stays_survives_another_partys_transfer():
+    # Yves (sharing Carol's 1003) barges into Bob–Carol: Carol is the target, Bob only a party.
+    # Bob's transfer puts Alice in his place: Carol still mixes, Alice and Yves hear her.
+    h = Harness()
+    pa, pb, _, pc, py = barge_transfer_setup(h)
+    consult(h, pb, pc)
+    call2 = call_with(h, C)
+    barge_into(h, py, call2)
+    complete(h, pb)
+    assert_no_silent_call(h)
+    assert call2.barge is not None and call2.barge.target.station.name == C
+    assert sorted(lg.station.name for lg in call2.legs) == [A, C, YVES]
+    assert hears(h, call2.id) == {(A, C), (C, A), (YVES, C), (C, YVES)}
+    assert h.only_call().barge == "barge" and not pb.calls
+    assert (display(pa), display(pc)) == plain_transfer_displays()
+    (barged,) = [cl for cl in py.calls.values() if cl.state is not CS.REMOTE_MULTILINE]
+    assert barged.state is CS.CONNECTED and (barged.calling, barged.called) == ("1001", "1003")
+
+
+def test_call1_a_barge_whose_target_stays_survives_another_partys_conference_on_the_bridge():
+    # Yves barges into Bob–Carol (Carol the target); Bob conferences it with Alice: all four talk
+    # on the bridge and the barge is now one into a conference (its target leaving ends only it)
+    h = Harness()
+    pa, pb, _, pc, py = barge_transfer_setup(h)
+    consult(h, pb, pc, conference=True)
+    barge_into(h, py, call_with(h, C))
+    complete(h, pb, conference=True)
+    assert_no_silent_call(h)
+    call = call_with(h, A)
+    assert call.bridge and call.barge is not None and call.barge.target.station.name == C
+    assert hears(h, call.id) == {(A, "bridge"), (B, "bridge"), (C, "bridge"), (YVES, "bridge")}
+    assert h.only_call().barge == "barge"
+    pc.hang_up()
+    h.pump()
+    assert_no_silent_call(h)
+    assert call.barge is None
+    assert hears(h, call.id) == {(A, "bridge"), (B, "bridge"), (YVES, "bridge")}
 
 
 def test_a_conference_with_a_gateway_party_down_to_two_shows_the_number_dialled_through_it():
