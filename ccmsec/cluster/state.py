@@ -43,28 +43,6 @@ def read_endpoints(data_dir: Path) -> dict | None:
     return _read_json_object(endpoints_path(data_dir))  # None: no cluster there (yet)
 
 
-def call_control_node_names(data_dir: Path) -> frozenset[str] | None:
-    """The call-control nodes (publisher `callmanager`, subscribers `callmanager-subK`) the local
-    runner's endpoints file lists — which nodes this cluster runs, so a reset on a server (RST-9)
-    naming another is refused. None when no file says (compose, a service run alone, a file
-    without them): then only the name's form can be checked."""
-    from ccmsec.policy.resets import NotACallControlNode, check_reset_server
-
-    try:
-        services = (read_endpoints(data_dir) or {}).get("services")
-    except OSError:   # unreadable (a folder, permissions): not known, never a failed request
-        return None
-    if not isinstance(services, dict):
-        return None
-    nodes = set()
-    for name in services:
-        try:
-            nodes.add(check_reset_server(name))
-        except NotACallControlNode:   # srst, tftp-signer, … : no call-control node
-            continue
-    return frozenset(nodes) or None
-
-
 def pid_belongs_to(pid: int, data_dir: Path) -> bool:
     """True when `pid` is alive and was started for this cluster (guards against reused PIDs)."""
     if not pid or pid <= 0:

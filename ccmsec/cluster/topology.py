@@ -102,6 +102,33 @@ def subscriber_name(number: int) -> str:
     return f"callmanager-sub{number}"
 
 
+# Every call-control node of the cluster by name (JSON list), for the roles that check a reset on a
+# server (RST-9: callmanager's API and gRPC refuse a node the cluster does not run). Not the
+# CallManager group of CCMSEC_CALL_CONTROL_NODES: that is the phones' list (addresses or compose
+# names), at most three; this is every node's name, however many.
+CLUSTER_NODES_VARIABLE = "CCMSEC_CLUSTER_CALL_CONTROL_NODES"
+CLUSTER_NODES_ROLES = ("callmanager",)   # the roles that read it (every node of theirs)
+
+
+def call_control_node_names(subscribers: int) -> list[str]:
+    """The call-control nodes of a cluster with `subscribers` subscribers, publisher first
+    (LATER-7): the names the local runner and compose both give them — the one place that says
+    which nodes a cluster runs."""
+    if not isinstance(subscribers, int) or not 0 <= subscribers <= MAX_SUBSCRIBERS:
+        raise ValueError(f"--subscribers: 0 to {MAX_SUBSCRIBERS} call-control subscribers, not {subscribers}")
+    return ["callmanager", *(subscriber_name(n) for n in range(1, subscribers + 1))]
+
+
+def cluster_nodes_env(role: str, subscribers: int) -> dict[str, str]:
+    """CCMSEC_CLUSTER_CALL_CONTROL_NODES for a node of `role` in a cluster with `subscribers`
+    subscribers (both runners set it through here); nothing for a role that does not read it."""
+    import json
+
+    if role not in CLUSTER_NODES_ROLES:
+        return {}
+    return {CLUSTER_NODES_VARIABLE: json.dumps(call_control_node_names(subscribers))}
+
+
 @dataclass
 class Instance:
     spec: ServiceSpec
@@ -180,6 +207,8 @@ class LocalCluster:
             "CCMSEC_PEERS": json.dumps(self.peers(), sort_keys=True),
             # The CallManager group of phones without a pool (tftp-signer writes it), in order.
             "CCMSEC_CALL_CONTROL_NODES": json.dumps([i.host for i in self.call_control_nodes()][:3]),
+            # Every call-control node by name: a reset on a server (RST-9) is checked against them.
+            **cluster_nodes_env(inst.role, self.subscribers),
         }
         if not os.environ.get("CCMSEC_DATABASE_URL"):
             # Each owner its own SQLite file, call control's nodes callmanager's (issue 9 §5,
@@ -201,8 +230,7 @@ def local_cluster(data_dir: Path, base: str | None = None, subscribers: int = 0,
     data_dir = Path(data_dir).resolve()
     if privileged_ports is None:
         privileged_ports = privileged_ports_allowed()
-    if not 0 <= subscribers <= MAX_SUBSCRIBERS:
-        raise ValueError(f"--subscribers: 0 to {MAX_SUBSCRIBERS} call-control subscribers, not {subscribers}")
+    names = call_control_node_names(subscribers)   # ValueError for a count out of range
     base = base or default_base_address(data_dir)
     net = ipaddress.ip_address(base)
     if not ipaddress.ip_network("127.0.0.0/8").supernet_of(ipaddress.ip_network(f"{base}/32")):
@@ -220,7 +248,7 @@ def local_cluster(data_dir: Path, base: str | None = None, subscribers: int = 0,
         if s.role == "callmanager":
             # A subscriber serves phones (SCCP) and gRPC; the administration API is the publisher's.
             sub_ports = {k: v for k, v in ports.items() if k != "admin_port"}
-            for number in range(1, subscribers + 1):
+            for number, node in enumerate(names[1:], start=1):
                 instances.append(Instance(s, str(net + SUBSCRIBER_HOST_INDEX + number), dict(sub_ports),
-                                          node=subscriber_name(number)))
+                                          node=node))
     return LocalCluster(data_dir, base, str(net + 1), instances)

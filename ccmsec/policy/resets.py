@@ -55,9 +55,10 @@ class NoSuchCallControlNode(LookupError):
 
 def check_reset_server(server: str, nodes: frozenset[str] | None = None) -> str:
     """`server` if it names a call-control node (RST-9); else NotACallControlNode saying why.
-    `nodes`: the cluster's call-control nodes when known (the local runner's endpoints file,
-    `ccmsec.cluster.state.call_control_node_names`); a node not among them is
-    NoSuchCallControlNode. None: not known (compose, a service run alone), the form alone decides."""
+    `nodes`: the cluster's call-control nodes when known (setting CCMSEC_CLUSTER_CALL_CONTROL_NODES,
+    which the local runner and compose both set from `ccmsec.cluster.topology.call_control_node_names`);
+    a node not among them is NoSuchCallControlNode. None: not known (a service run alone), the
+    form alone decides."""
     match = _CALL_CONTROL_NODE.fullmatch(server) if isinstance(server, str) else None
     if match is None or (match.group(1) and int(match.group(1)) > MAX_SUBSCRIBERS):
         shown = repr(str(server)[:64])

@@ -76,6 +76,11 @@ class ServiceSettings(BaseSettings):
     # writes callmanager's tables and serves the administration API (subscribers serve phones).
     call_control_nodes: list[str] = Field(default_factory=list, max_length=8)
     callmanager_publisher: bool = True
+    # Every call-control node the cluster runs, by name (JSON list: `callmanager`, then
+    # `callmanager-subK`), as the local runner and compose both set it
+    # (ccmsec.cluster.topology.cluster_nodes_env). A reset on a server (RST-9) naming another is
+    # refused; unset (a service run alone): not known, only the name's form is checked.
+    cluster_call_control_nodes: list[str] | None = Field(None, min_length=1, max_length=8)
     tftp_path: str = "cluster1"
     tftp_caching: bool = True
     # The administration API's audit log keeps this many days and at most this many rows
@@ -89,6 +94,28 @@ class ServiceSettings(BaseSettings):
         if v not in ROLES:
             raise ValueError(f"unknown role {v!r}; expected one of {', '.join(ROLES)}")
         return v
+
+    @field_validator("cluster_call_control_nodes")
+    @classmethod
+    def _node_names(cls, v: list[str] | None) -> list[str] | None:
+        from ccmsec.policy.resets import NotACallControlNode, check_reset_server
+
+        if v is None:
+            return v
+        for name in v:
+            try:
+                check_reset_server(name)
+            except NotACallControlNode:
+                raise ValueError(f"{str(name)[:64]!r} is no call-control node name (callmanager or "
+                                 "callmanager-subK)") from None
+        if len(set(v)) != len(v):
+            raise ValueError("a node is listed twice")
+        return v
+
+    @property
+    def cluster_nodes(self) -> frozenset[str] | None:
+        """The call-control nodes a reset on a server (RST-9) is checked against; None: not known."""
+        return frozenset(self.cluster_call_control_nodes) if self.cluster_call_control_nodes else None
 
     @field_validator("host")
     @classmethod
@@ -193,7 +220,8 @@ def load_settings(cls: type[ServiceSettings] = ServiceSettings, **overrides) -> 
             problems.append(f"{env}: {err['msg']}")
         raise SettingsError("bad settings: " + "; ".join(problems)) from None
     except _SourceError as exc:
-        # A JSON-valued variable (CCMSEC_PEERS, CCMSEC_CALL_CONTROL_NODES) that does not parse:
+        # A JSON-valued variable (CCMSEC_PEERS, CCMSEC_CALL_CONTROL_NODES,
+        # CCMSEC_CLUSTER_CALL_CONTROL_NODES) that does not parse:
         # pydantic-settings raises this before validation, not a ValidationError.
         found = re.search(r'field "([A-Za-z0-9_]+)"', str(exc))
         env = f"CCMSEC_{found.group(1).upper()}" if found else "a CCMSEC_ variable"

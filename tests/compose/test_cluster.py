@@ -272,6 +272,31 @@ def test_each_stateful_role_writes_only_its_own_schema_and_the_others_hold_no_db
 
 # --- using it ----------------------------------------------------------------------------------
 
+def test_rst9_a_reset_on_a_node_compose_does_not_run_is_refused(cluster):
+    """RST-9 in the compose cluster (callmanager and callmanager-sub1): compose tells callmanager
+    every node it runs (CCMSEC_CLUSTER_CALL_CONTROL_NODES). A well-formed name it does not run,
+    callmanager-sub3, was accepted (202) and reached no phone; now the API answers 404 and gRPC
+    (`ccmsec device reset --server`) NOT_FOUND, naming the nodes there are — nothing published,
+    the refusal audited; a node it runs is taken. Before any phone boots: nothing to disturb."""
+    from ccmsec.adminclient import AdminApiError
+
+    why = ("server 'callmanager-sub3' is no node of this cluster: its call-control nodes are "
+           "callmanager, callmanager-sub1; a reset on it would reach no phone")
+    with admin(cluster) as api:
+        with pytest.raises(AdminApiError) as refused:
+            api.reset_server("callmanager-sub3")
+        assert (refused.value.status, refused.value.error) == (404, why)
+        taken = api.reset_server("callmanager-sub1")
+        assert (taken["rule"], taken["targeted"]) == ("RST-9", 0), taken
+        rows = [(e.get("outcome"), e.get("status"), e.get("target")) for e in api.audit()
+                if e.get("action") == "device.reset_many"]
+        assert ("refused", 404, "server:callmanager-sub3") in rows, rows
+        assert [r for r in rows if r[0] == "ok"] == [("ok", 202, "server:callmanager-sub1")], rows
+    grpc_refused = cluster.cli("device", "reset", "--server", "callmanager-sub3", check=False)
+    assert grpc_refused.returncode != 0 and "Traceback" not in grpc_refused.stderr
+    assert why in grpc_refused.stderr, grpc_refused.stdout + grpc_refused.stderr
+
+
 def test_admin_api_through_the_published_port(cluster):
     """The administration API from the host: verified with the cluster CA, the generated password;
     a wrong password is refused."""

@@ -103,8 +103,8 @@ def test_rst9_reset_by_node_reboots_only_that_nodes_phones_and_srst_is_refused(t
     refused = _cli(cluster, "device", "reset", "--server", "srst")
     assert refused.returncode != 0 and "Traceback" not in refused.stderr
     assert "server 'srst' is no call-control node" in refused.stderr, refused.stderr
-    # A well-formed subscriber this cluster does not run: refused (its endpoints file lists the
-    # nodes), not accepted to reset nothing.
+    # A well-formed subscriber this cluster does not run: refused (the runner tells callmanager
+    # every node it runs, CCMSEC_CLUSTER_CALL_CONTROL_NODES), not accepted to reset nothing.
     missing = _cli(cluster, "device", "reset", "--server", "callmanager-sub2")
     assert missing.returncode != 0 and "Traceback" not in missing.stderr
     assert "server 'callmanager-sub2' is no node of this cluster" in missing.stderr, missing.stderr

@@ -149,22 +149,34 @@ async def test_chk13_reset_all_publishes_one_event_and_reports_progress_until_ev
     assert answer["request_id"] in row.detail
 
 
-async def test_rst9_a_reset_on_a_node_the_cluster_does_not_run_is_404_and_publishes_nothing(v2):
-    """RST-9: the local runner's endpoints file lists the cluster's nodes; a well-formed name not
-    among them (callmanager-sub2) was accepted and reset nothing — now 404, nothing published."""
-    from ccmsec.cluster.state import endpoints_path
-
-    path = endpoints_path(v2.data_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"services": {"callmanager": {"host": "127.0.0.1"},
-                                             "callmanager-sub1": {"host": "127.0.0.21"}}}))
-    admin = v2.admin()
-    r = await admin.post("/api/v1/devices/reset", json={"server": "callmanager-sub2"})
-    assert_json_error(r, 404)
-    assert "server 'callmanager-sub2' is no node of this cluster" in r.text
-    assert v2.events.published == [], "a refused request publishes nothing"
-    r = await admin.post("/api/v1/devices/reset", json={"server": "callmanager-sub1"})
-    assert r.status_code == 202 and r.json()["rule"] == "RST-9"
+async def test_rst9_a_reset_on_a_node_the_cluster_does_not_run_is_404_and_publishes_nothing(
+        tmp_path, migrated_db, tracker):
+    """RST-9: the service's CCMSEC_CLUSTER_CALL_CONTROL_NODES lists the cluster's nodes (compose
+    and the local runner set it). Under compose nothing said which, so a well-formed name not among
+    them (callmanager-sub3 beside callmanager and callmanager-sub1) was accepted, 202, and reset
+    nothing — now 404 naming the nodes there are: nothing published, nothing tracked, the refusal
+    audited; a node it runs is still reset. Without the list (the API run alone) the form decides."""
+    nodes = frozenset({"callmanager", "callmanager-sub1"})
+    async with v2_stack(tmp_path / "data", template=migrated_db, tracker=tracker,
+                        call_control_nodes=nodes) as v2:
+        await register(v2, "callmanager-sub1", B)
+        admin = v2.admin()
+        r = await admin.post("/api/v1/devices/reset", json={"server": "callmanager-sub3"})
+        assert_json_error(r, 404)
+        assert r.json()["error"] == ("server 'callmanager-sub3' is no node of this cluster: its "
+                                     "call-control nodes are callmanager, callmanager-sub1; a reset "
+                                     "on it would reach no phone"), r.text
+        assert v2.events.published == [], "a refused request publishes nothing"
+        assert tracker.resets == {}, "a refused request is not tracked"
+        rows = [(r.outcome, r.status, r.target) for r in await v2.audit_rows()
+                if r.action == "device.reset_many"]
+        assert rows == [("refused", 404, "server:callmanager-sub3")], rows
+        r = await admin.post("/api/v1/devices/reset", json={"server": "callmanager-sub1"})
+        assert r.status_code == 202 and (r.json()["rule"], r.json()["targeted"]) == ("RST-9", 1), r.text
+        assert len(v2.events.published) == 1
+    async with v2_stack(tmp_path / "alone", template=migrated_db) as alone:   # not known: form only
+        r = await alone.admin().post("/api/v1/devices/reset", json={"server": "callmanager-sub3"})
+        assert r.status_code == 202 and r.json()["rule"] == "RST-9", r.text
 
 
 async def test_rst9_reset_devices_on_a_server_targets_that_server_only(v2):

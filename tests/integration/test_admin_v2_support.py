@@ -48,8 +48,10 @@ def migrated_db(tmp_path_factory) -> Path:
 
 @contextlib.asynccontextmanager
 async def v2_stack(data_dir: Path, *, template: Path | None = None, capf_channel=None, ctl_channel=None,
-                   tracker: Registry | None = None, with_readonly: bool = True):
-    """A running API on `data_dir` (its ccmsec.db copied from `template` first, if given)."""
+                   tracker: Registry | None = None, with_readonly: bool = True,
+                   call_control_nodes: frozenset[str] | None = None):
+    """A running API on `data_dir` (its ccmsec.db copied from `template` first, if given);
+    `call_control_nodes` as the service passes its CCMSEC_CLUSTER_CALL_CONTROL_NODES (RST-9)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     if template is not None:
         shutil.copyfile(template, data_dir / "ccmsec.db")
@@ -62,6 +64,7 @@ async def v2_stack(data_dir: Path, *, template: Path | None = None, capf_channel
         events = MemoryEvents()
         app = create_admin_app(sessionmaker, events=events, data_dir=data_dir,
                                capf_channel=capf_channel, ctl_channel=ctl_channel, reset_tracker=tracker,
+                               call_control_nodes=call_control_nodes,
                                cluster_state=owner_cluster_state(sessionmaker))  # ctl-provider's answer
         server = AdminServer(app, "127.0.0.1", 0, certfile, keyfile)
         await server.start()

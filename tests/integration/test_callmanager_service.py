@@ -178,21 +178,30 @@ def pki_template(tmp_path_factory):
     return data
 
 
-@pytest.fixture
-async def cm(tmp_path, nats_server, pki_template):
+@contextlib.asynccontextmanager
+async def running_cm(tmp_path, nats_server, pki_template, **extra):
+    """A callmanager (and the ctl-provider it follows) on `tmp_path`; `extra` settings."""
     import shutil
     for folder in ("pki", "servers", "identities"):
         shutil.copytree(pki_template / folder, tmp_path / folder)
     ctl_host = loopback_host()
     provider = await start_ctl_provider(tmp_path, nats_server, ctl_host)
-    svc, task = await _start(_settings(tmp_path, nats_server, peers={"ctl-provider": ctl_host}))
+    svc, task = await _start(_settings(tmp_path, nats_server, peers={"ctl-provider": ctl_host}, **extra))
     handle = Cm(svc, task, tmp_path)
     handle.provider, handle.ctl_host = provider, ctl_host
-    yield handle
-    await handle.channel.close()
-    svc.request_stop()
-    await asyncio.wait_for(task, 10)
-    await stop_ctl_provider(provider)
+    try:
+        yield handle
+    finally:
+        await handle.channel.close()
+        svc.request_stop()
+        await asyncio.wait_for(task, 10)
+        await stop_ctl_provider(provider)
+
+
+@pytest.fixture
+async def cm(tmp_path, nats_server, pki_template):
+    async with running_cm(tmp_path, nats_server, pki_template) as handle:
+        yield handle
 
 
 @pytest.mark.parametrize("owns_process", [False, True])
@@ -657,30 +666,41 @@ async def test_reset_request_validation(cm):
 
 
 async def test_rst9_a_reset_on_a_node_the_cluster_does_not_run_is_not_found_and_publishes_nothing(
-        cm, nats_server):
-    """RST-9: a well-formed node name this cluster does not run (`callmanager-sub2` beside the
-    publisher and callmanager-sub1, as the local runner's endpoints file lists them) was accepted,
-    published, and reset nothing. Now NOT_FOUND naming the nodes there are, nothing published; the
-    nodes it runs are still reset."""
-    from ccmsec.cluster.state import endpoints_path
+        tmp_path, nats_server, pki_template):
+    """RST-9 over gRPC (`ccmsec device reset --server`): a well-formed node name this cluster does
+    not run (`callmanager-sub3` beside the publisher and callmanager-sub1, as
+    CCMSEC_CLUSTER_CALL_CONTROL_NODES lists them — compose and the local runner both set it) was
+    accepted, published, and reset nothing. Now NOT_FOUND naming the nodes there are: nothing
+    published, nothing queued in the outbox, nothing tracked; the nodes it runs are still reset."""
+    from ccmsec.db.outbox import OutboxRow
 
-    path = endpoints_path(cm.data)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"services": {"callmanager": {"host": "127.0.0.1"},
-                                             "callmanager-sub1": {"host": "127.0.0.21"},
-                                             "srst": {"host": "127.0.0.8"}}}))
-    async with BusRecorder(nats_server) as rec:
-        with pytest.raises(grpc.aio.AioRpcError) as err:
-            await cm.stub.ResetDevices(pb.ResetDevicesRequest(server="callmanager-sub2"), timeout=5)
-        assert err.value.code() == grpc.StatusCode.NOT_FOUND
-        assert err.value.details() == ("server 'callmanager-sub2' is no node of this cluster: its "
-                                       "call-control nodes are callmanager, callmanager-sub1; a reset "
-                                       "on it would reach no phone")
-        ok = await cm.stub.ResetDevices(pb.ResetDevicesRequest(server="callmanager-sub1"), timeout=5)
-        assert ok.targeted == 0
-        await asyncio.sleep(0.3)
-    assert rec.resets_and_restarts() == [("device.reset", "RST-9", False, (), "callmanager-sub1",
-                                          events_pb2.RESET)]
+    async with running_cm(tmp_path, nats_server, pki_template,
+                          cluster_call_control_nodes=["callmanager", "callmanager-sub1"]) as cm:
+        tracked = set(cm.cc.registry.resets)
+        async with BusRecorder(nats_server) as rec:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await cm.stub.ResetDevices(pb.ResetDevicesRequest(server="callmanager-sub3"), timeout=5)
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND
+            assert err.value.details() == ("server 'callmanager-sub3' is no node of this cluster: its "
+                                           "call-control nodes are callmanager, callmanager-sub1; a reset "
+                                           "on it would reach no phone")
+            assert set(cm.cc.registry.resets) == tracked, "a refused request is not tracked"
+            async with cm.svc.db() as session:
+                queued = (await session.scalars(select(OutboxRow.kind))).all()
+            assert "device.reset" not in queued, "a refused request queues nothing"
+            ok = await cm.stub.ResetDevices(pb.ResetDevicesRequest(server="callmanager-sub1"), timeout=5)
+            assert ok.targeted == 0
+            await asyncio.sleep(0.3)
+        assert rec.resets_and_restarts() == [("device.reset", "RST-9", False, (), "callmanager-sub1",
+                                              events_pb2.RESET)]
+
+
+async def test_rst9_a_service_run_alone_checks_only_the_node_names_form(cm, nats_server):
+    """RST-9: without CCMSEC_CLUSTER_CALL_CONTROL_NODES (a service run alone) which nodes exist is
+    not known: a well-formed subscriber name is taken (a malformed one is still refused:
+    test_reset_request_validation)."""
+    ok = await cm.stub.ResetDevices(pb.ResetDevicesRequest(server="callmanager-sub3"), timeout=5)
+    assert ok.request_id and ok.targeted == 0
 
 
 async def test_rst1_rst2_admin_changes_reset_exactly_that_device(cm, nats_server):

@@ -210,6 +210,29 @@ def test_subscriber_environment_loads_as_a_subscriber_node(monkeypatch, tmp_path
     assert settings.service == "callmanager" and settings.node_name == "callmanager-sub2"
     assert settings.callmanager_publisher is False and settings.admin_password_file is None
     assert settings.call_control_nodes == ["callmanager", "callmanager-sub1", "callmanager-sub2"]
+    # RST-9: every call-control node the cluster runs, by name, so a reset on a server naming
+    # another (callmanager-sub3) is refused — compose had no endpoints file to say it
+    assert settings.cluster_nodes == {"callmanager", "callmanager-sub1", "callmanager-sub2"}
+
+
+@pytest.mark.parametrize("count", [0, 1, 4])
+def test_rst9_every_callmanager_node_is_told_every_call_control_node_of_the_cluster(count):
+    """RST-9: CCMSEC_CLUSTER_CALL_CONTROL_NODES on the publisher and each subscriber names every
+    call-control node compose runs — all of them (4 subscribers: five names), unlike the phones'
+    group CCMSEC_CALL_CONTROL_NODES (at most three); other roles do not check a reset on a server
+    and get none. The committed file (one subscriber) lists callmanager and callmanager-sub1."""
+    services = compose.compose_model(subscribers=count)["services"]
+    nodes = ["callmanager", *(f"callmanager-sub{n}" for n in range(1, count + 1))]
+    for node in nodes:
+        env = services[node]["environment"]
+        assert json.loads(env["CCMSEC_CLUSTER_CALL_CONTROL_NODES"]) == nodes
+        assert json.loads(env["CCMSEC_CALL_CONTROL_NODES"]) == nodes[:3]
+    for role in ROLES:
+        if role != "callmanager":
+            assert "CCMSEC_CLUSTER_CALL_CONTROL_NODES" not in services[role]["environment"], role
+    committed = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    assert json.loads(committed["callmanager"]["environment"]["CCMSEC_CLUSTER_CALL_CONTROL_NODES"]) == [
+        "callmanager", "callmanager-sub1"]
 
 
 @pytest.mark.parametrize("count", [-1, 5])

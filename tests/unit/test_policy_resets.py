@@ -85,33 +85,58 @@ def test_rst9_a_reset_on_a_server_names_a_call_control_node_never_srst():
             r.check_reset_server(bad)
 
 
-def test_rst9_a_reset_on_a_node_this_cluster_does_not_run_is_refused(tmp_path):
+def test_rst9_a_reset_on_a_node_this_cluster_does_not_run_is_refused(tmp_path, monkeypatch):
     """RST-9: callmanager checked only the node name's form, so a reset naming a subscriber this
     cluster does not run (callmanager-sub3 beside callmanager and callmanager-sub1) was accepted,
-    published, and reset nothing. The local runner's endpoints file says which nodes exist: one
-    not among them is NoSuchCallControlNode, naming those that are; with no file, the form alone."""
-    import json
+    published, and reset nothing — under compose always, since only the local runner's endpoints
+    file said which nodes exist. Now the setting CCMSEC_CLUSTER_CALL_CONTROL_NODES says (both
+    runners set it): a node not among them is NoSuchCallControlNode, naming those that are; unset
+    (a service run alone), the form alone. A list that names no call-control node is a bad setting."""
+    from ccmsec.runtime.settings import SettingsError, load_settings
 
-    from ccmsec.cluster.state import call_control_node_names, endpoints_path
-
-    assert call_control_node_names(tmp_path) is None          # no endpoints file: not known
-    path = endpoints_path(tmp_path)
-    path.mkdir(parents=True)                                   # unreadable: not known, no OSError
-    assert call_control_node_names(tmp_path) is None
-    path.rmdir()
-    path.write_text("{torn")
-    assert call_control_node_names(tmp_path) is None
-    path.write_text(json.dumps({"services": {
-        "callmanager": {"host": "127.0.0.5"}, "callmanager-sub1": {"host": "127.0.0.21"},
-        "srst": {"host": "127.0.0.8"}, "tftp-signer": {"host": "127.0.0.4"}}}))
-    nodes = call_control_node_names(tmp_path)
+    for key in ("CCMSEC_SERVICE", "CCMSEC_DATA_DIR", "CCMSEC_CLUSTER_CALL_CONTROL_NODES"):
+        monkeypatch.delenv(key, raising=False)
+    assert load_settings(service="callmanager", data_dir=tmp_path).cluster_nodes is None   # not known
+    monkeypatch.setenv("CCMSEC_CLUSTER_CALL_CONTROL_NODES", '["callmanager", "callmanager-sub1"]')
+    nodes = load_settings(service="callmanager", data_dir=tmp_path).cluster_nodes
     assert nodes == {"callmanager", "callmanager-sub1"}
     assert r.check_reset_server("callmanager-sub1", nodes) == "callmanager-sub1"
     assert r.check_reset_server("callmanager", nodes) == "callmanager"
     with pytest.raises(r.NoSuchCallControlNode,
                        match=r"server 'callmanager-sub3' is no node of this cluster: its call-control "
-                             r"nodes are callmanager, callmanager-sub1"):
+                             r"nodes are callmanager, callmanager-sub1; a reset on it would reach no phone"):
         r.check_reset_server("callmanager-sub3", nodes)
     with pytest.raises(r.NotACallControlNode):                 # the form is still checked first
         r.check_reset_server("srst", nodes)
     assert r.check_reset_server("callmanager-sub3") == "callmanager-sub3"   # nodes not known
+    for bad, why in (('["callmanager", "srst"]', "'srst' is no call-control node name"),
+                     ('["callmanager", "callmanager"]', "a node is listed twice"),
+                     ("[]", "at least 1 item"), ("[3]", "valid string"),
+                     ('["callmanager-sub9"]', "is no call-control node name")):
+        monkeypatch.setenv("CCMSEC_CLUSTER_CALL_CONTROL_NODES", bad)
+        with pytest.raises(SettingsError, match=f"CCMSEC_CLUSTER_CALL_CONTROL_NODES.*{why}"):
+            load_settings(service="callmanager", data_dir=tmp_path)
+
+
+@pytest.mark.parametrize("subscribers", [0, 1, 4])
+def test_rst9_the_local_runner_and_compose_tell_callmanager_the_same_nodes(tmp_path, subscribers):
+    """RST-9: one function says which call-control nodes a cluster runs
+    (topology.call_control_node_names); the local runner and compose both hand every node of
+    callmanager that list — all of it, not the phones' group of at most three — and nothing to
+    roles that do not check a reset on a server."""
+    import json
+
+    from ccmsec.cluster import compose, topology
+
+    expected = ["callmanager", *(f"callmanager-sub{k}" for k in range(1, subscribers + 1))]
+    assert topology.call_control_node_names(subscribers) == expected
+    cluster = topology.local_cluster(tmp_path, subscribers=subscribers, privileged_ports=False)
+    assert [i.node for i in cluster.call_control_nodes()] == expected
+    services = compose.compose_model(subscribers=subscribers)["services"]
+    for inst in cluster.instances:
+        runner = cluster.env_for(inst).get(topology.CLUSTER_NODES_VARIABLE)
+        composed = services[inst.node]["environment"].get(topology.CLUSTER_NODES_VARIABLE)
+        assert runner == composed, inst.node
+        assert (json.loads(runner) if runner else None) == (expected if inst.role == "callmanager" else None)
+    with pytest.raises(ValueError, match="0 to 4 call-control subscribers"):
+        topology.call_control_node_names(5)

@@ -39,6 +39,7 @@ class AdminMount:
             reset_tracker=callcontrol.registry if callcontrol is not None else None,
             call_service=lambda: getattr(getattr(self.service, "callcontrol", None), "calls", None),
             node=self.service.node,
+            call_control_nodes=s.cluster_nodes,  # RST-9: the nodes this cluster runs, when known
             domain=self.service.domain)  # the one write path gRPC uses too
         # Listening before the service reports SERVING, so `ccmsec device …` works right after `up`.
         self.server = AdminServer(app, s.host, s.admin_port, certfile, keyfile, graceful_timeout=3.0)

@@ -15,7 +15,6 @@ from ccmsec.db import registry as registry_db
 from ccmsec.db.devices import Device, InvalidDeviceName, validate_device_name
 from ccmsec.db.lines import DevicePool, lines_of
 from ccmsec.domain import ClusterMode, DeviceSecurityMode, DomainError
-from ccmsec.cluster.state import call_control_node_names
 from ccmsec.policy.resets import (
     NoSuchCallControlNode, NotACallControlNode, ResetDevicesOnServer, check_reset_server, required_actions,
 )
@@ -110,8 +109,8 @@ class CallManagerServicer(CallsServicerMixin, MobilityServicerMixin, RoutingServ
                             f"no device named {', '.join(unknown[:10])}"
                             + (f" (and {len(unknown) - 10} more)" if len(unknown) > 10 else ""))
         if request.server:  # RST-9 names a call-control node: `srst` or a typo reaches no phone
-            try:   # and a node this cluster runs, when its endpoints file says which
-                check_reset_server(request.server, call_control_node_names(self.service.settings.data_dir))
+            try:   # and a node this cluster runs, when its settings say which (CCMSEC_CLUSTER_CALL_CONTROL_NODES)
+                check_reset_server(request.server, self.service.settings.cluster_nodes)
             except NotACallControlNode as exc:
                 await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             except NoSuchCallControlNode as exc:

@@ -53,13 +53,17 @@ def create_admin_app(sessionmaker: async_sessionmaker, *, events: EventPublisher
                      ctl_channel: CapfChannelFactory | None = None,
                      reset_tracker: ResetTracker | None = None,
                      call_service=None, node: str = "callmanager",
-                     domain=None, cluster_state=None) -> FastAPI:
+                     domain=None, cluster_state=None,
+                     call_control_nodes: frozenset[str] | None = None) -> FastAPI:
     """Build the HTTPS administration API (serve it with https.serve_admin / AdminServer).
 
     `capf_channel` returns the gRPC channel to the CAPF service (the /api/v1/capf endpoints answer
     503 without it); `ctl_channel` the one to the CTL Provider, which owns the cluster mode and the
     CTL the /api/v1/cluster view shows (503 without it); `cluster_state` the follower of that mode and
-    CTL the MODE-5 device checks use when no `domain` is given (none: MODE-1, non-secure, no CTL); `reset_tracker` is the local call-control registry that tracks reset progress.
+    CTL the MODE-5 device checks use when no `domain` is given (none: MODE-1, non-secure, no CTL); `reset_tracker` is the local call-control registry that tracks reset progress;
+    `call_control_nodes` every call-control node the cluster runs (the service's setting
+    CCMSEC_CLUSTER_CALL_CONTROL_NODES): a reset on a server (RST-9) naming another is 404 — None,
+    not known: the name's form alone is checked.
     """
     app = FastAPI(
         title="ccmsec administration API",
@@ -76,6 +80,7 @@ def create_admin_app(sessionmaker: async_sessionmaker, *, events: EventPublisher
     app.state.capf_channel = capf_channel
     app.state.ctl_channel = ctl_channel
     app.state.reset_tracker = reset_tracker
+    app.state.call_control_nodes = frozenset(call_control_nodes) if call_control_nodes is not None else None
     app.state.call_service = call_service
     app.state.node = node
     if domain is None:  # the service passes its own (the one its gRPC servicer uses too)

@@ -18,7 +18,6 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from sqlalchemy import select
 
-from ccmsec.cluster.state import call_control_node_names
 from ccmsec.db.devices import Device, as_utc
 from ccmsec.db.registry import list_registrations, registered_names
 from ccmsec.policy.resets import (
@@ -103,8 +102,9 @@ async def reset_many(request: Request, _: Principal = Depends(require_admin)) ->
     if body.all == (body.server is not None):
         raise ApiError(422, "give exactly one of \"all\": true or \"server\": NODE")
     if body.server is not None:  # RST-9 names a call-control node: `srst` or a typo reaches no phone
-        try:   # and a node this cluster runs, when its endpoints file says which
-            check_reset_server(body.server, call_control_node_names(request.app.state.data_dir))
+        request.state.audit_target = f"server:{body.server}"   # a refusal's audit row names it too
+        try:   # and a node this cluster runs, when its settings say which (CCMSEC_CLUSTER_CALL_CONTROL_NODES)
+            check_reset_server(body.server, request.app.state.call_control_nodes)
         except NotACallControlNode as exc:
             raise ApiError(422, str(exc)) from None
         except NoSuchCallControlNode as exc:
