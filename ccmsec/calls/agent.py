@@ -788,10 +788,19 @@ class CallAgent:
         if call is None or leg.state is not LegState.CONNECTED:
             self._ignore()
             return
+        # The target of a Barge holding the call: its built-in bridge, which mixed the initiator
+        # in, is gone. As in CallManager the initiator is released (cleared as if it had hung up,
+        # its line's appearance "in use remote" again) and the party left hears music on hold.
+        released = self._barged_by(call, leg)
+        named = False
+        if released is not None:
+            self._release_barges([released], now)
+            named = len(call.legs) == 2 and self._name_the_two(call)
+            self._sync_hints(call)
         leg.state = LegState.HOLD
         self._send(leg.station, *ui.hold(leg))
         self._plan_media(call)
-        self._update_security(call, now)
+        self._update_security(call, now, force=named)
         self._emit("updated", call, now)
 
     def _resume(self, leg: Leg, now: float) -> None:

@@ -704,6 +704,69 @@ def test_call1_a_barge_whose_target_stays_survives_another_partys_conference_on_
     assert hears(h, call.id) == {(A, "bridge"), (B, "bridge"), (YVES, "bridge")}
 
 
+# CallManager: the target holding the call takes its built-in bridge away — the initiator is
+# released there and then. Before, Alice and Xena went on talking directly while Bob held.
+
+def barge_into_alice_bob(h: Harness):
+    """Xena (sharing Bob's 5000) barges into Alice–Bob: Bob, the target, mixes."""
+    pa, pb, px, pc, py = barge_transfer_setup(h)
+    call = call_with(h, A)
+    barge_into(h, px, call)
+    assert hears(h, call.id) == {(A, B), (B, A), (XENA, B), (B, XENA)}
+    return pa, pb, px, pc, call
+
+
+def test_call1_a_barge_target_holding_the_call_releases_the_initiator():
+    h = Harness()
+    pa, pb, px, _, call = barge_into_alice_bob(h)
+    alice_before = display(pa)
+    pb.hold()
+    h.pump()
+    assert_no_silent_call(h)
+    assert call.barge is None and sorted(lg.station.name for lg in call.legs) == [A, B]
+    # Xena is cleared as if she had hung up: no channel, her 5000 appearance "in use remote"
+    # again (Barge offered), nothing else on her phone
+    (hint,) = px.calls.values()
+    assert hint.state is CS.REMOTE_MULTILINE and "Barge" in px.offered_names(hint)
+    assert not px.channels
+    # Alice, held, hears music on hold (the existing hold logic); Bob, holding, has no channel
+    (moh,) = pa.channels.values()
+    assert moh.tx is None and moh.rx is not None and not pb.channels
+    assert h.only_call().resources == ("music on hold",) and h.only_call().barge == ""
+    (held,) = pb.calls.values()
+    assert held.state is CS.HOLD and "Resume" in pb.offered_names(held)
+    # Bob resumes: Alice and Bob talk directly, Alice's display as before the barge
+    pb.resume()
+    h.pump()
+    assert hears(h, call.id) == {(A, B), (B, A)} and display(pa) == alice_before
+    assert h.resources.open_streams == {}
+
+
+def test_call1_a_barge_target_starting_a_transfer_releases_the_initiator_at_once():
+    # pressing Transfer holds the call: Xena goes then, and the transfer is a plain one
+    h = Harness()
+    pa, pb, px, pc, call = barge_into_alice_bob(h)
+    consult(h, pb, pc)
+    assert call.barge is None and sorted(lg.station.name for lg in call.legs) == [A, B]
+    # Xena shows both of Bob's calls "in use remote" (the held one and the consultation)
+    assert not px.channels and [cl.state for cl in px.calls.values()] == [CS.REMOTE_MULTILINE] * 2
+    complete(h, pb)
+    assert_no_silent_call(h)
+    assert (display(pa), display(pc)) == plain_transfer_displays()
+    assert not px.calls and not px.channels
+
+
+def test_call1_before_the_release_the_initiator_talked_on_with_the_held_party(monkeypatch):
+    # the defect, kept provable: without the release Alice and Xena talk directly around the
+    # holding target, whose phone no longer mixes anything
+    monkeypatch.setattr(CallAgent, "_barged_by", staticmethod(lambda call, leg: None))
+    h = Harness()
+    _, pb, px, _, call = barge_into_alice_bob(h)
+    pb.hold()
+    h.pump()
+    assert call.barge is not None and hears(h, call.id) == {(A, XENA), (XENA, A)}
+
+
 def test_a_conference_with_a_gateway_party_down_to_two_shows_the_number_dialled_through_it():
     # Alice calls 5550102 through the gateway (its line is 5550000, its route pattern 555XXXX),
     # conferences Carol, and leaves. Carol read the gateway's own line, 5550000 — the party is
