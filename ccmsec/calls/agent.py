@@ -67,6 +67,7 @@ MAX_EVENTS = 10_000
 MAX_DIGITS = 24  # a directory number has at most 24 characters
 CONFERENCE = "Conference"              # the called number an ad hoc conference shows
 NO_COMMON_CODEC = "No common codec"   # what the refused phone shows (reorder tone)
+TWO_BARGES = "Barge in both calls"    # a transfer that would put two barges in one call
 KEYPAD = {**{i: str(i) for i in range(10)}, 0x0E: "*", 0x0F: "#", 0x10: "+"}
 DIALABLE = frozenset(KEYPAD.values())
 # A key source gives the encryption-info block for one channel direction ("rx" or "tx"); the
@@ -642,7 +643,8 @@ class CallAgent:
         if call.phase is CallPhase.SETUP:
             if leg is call.caller:
                 self._end_call(call, now)
-            else:  # a callee declines
+            else:  # a callee declines (or a barge's initiator carried along leaves)
+                self._leave_setup(leg)
                 self._remove_leg(leg, now)
                 if not any(lg.state is LegState.RINGING for lg in call.legs):
                     self._fail(call.caller, Tone.BUSY, "Busy", now, call=call)
@@ -662,6 +664,7 @@ class CallAgent:
                 if not notify_device:
                     self._clear_leg(leg, now, notify=False)
                 return
+            self._leave_setup(leg)
             self._remove_leg(leg, now, notify=notify_device)
             if not any(lg.state is LegState.RINGING for lg in call.legs):
                 self._fail(call.caller, Tone.BUSY, "Busy", now, call=call)
@@ -697,6 +700,15 @@ class CallAgent:
         self._plan_media(call)
         self._update_security(call, now, force=named)   # forced: the CallInfo naming each other
         self._emit("updated", call, now)
+
+    @staticmethod
+    def _leave_setup(leg: Leg) -> None:
+        """A leg leaving a call still ringing: a Barge the other party's blind transfer carried
+        along (its target ringing out) ends with its initiator. Its target is the caller, whose
+        leaving ends the whole call."""
+        call = leg.call
+        if call is not None and call.barge is not None and leg is call.barge.initiator:
+            call.barge = None
 
     @staticmethod
     def _name_the_two(call: Call) -> bool:
@@ -869,17 +881,30 @@ class CallAgent:
             return False
         # Transfer: the far party of the held call takes the consultation leg's place.
         others = [lg for lg in call1.legs if lg is not held and lg not in released]
+        # The other party transferring a barged call (a Barge whose target is its far party): the
+        # target moves, its built-in bridge with it, and the initiator rides along, as in
+        # CallManager. One call carries one barge: a consultation with a barge of its own that
+        # stays (its target not the transferring phone) is refused, and the phone reads why.
+        riding = self._riding_barge(call1, others)
+        if riding is not None:
+            if call2.barge is not None and call2.barge.initiator not in released:
+                self._ignore()
+                self._send(consult.station, c.DisplayNotify(10, TWO_BARGES))
+                self._emit("refused", call1, now, detail="CALL-1: a barge in both calls")
+                return False
+            others = [riding.target]
         if len(others) != 1:
             self._ignore()   # transferring out of a conference is not offered
             return False
         moving = others[0]
+        along = [riding.initiator.station] if riding is not None else []
         blind = call2.phase is CallPhase.SETUP
         # CALL-9: the moving party must share a codec with whoever it is put through to. Blind,
         # as at set-up: the ringing appearances that share none stop ringing, the others ring on
         # (a phone whose CapabilitiesRes is not in yet is left to the answer-time check).
         others2 = [lg for lg in call2.legs if lg is not consult and lg not in released]
-        choices = [(lg, self._codec_for([moving.station, lg.station])) for lg in others2
-                   if not (blind and self._codecs_pending(moving.station, lg.station))]
+        choices = [(lg, self._codec_for([moving.station, lg.station, *along])) for lg in others2
+                   if not (blind and self._codecs_pending(moving.station, lg.station, *along))]
         unusable = [(lg, choice) for lg, choice in choices if choice.codec is None]
         if unusable and (not blind or len(unusable) == len(others2)):
             self._codec_refused(consult, unusable[0][1], call1, now)
@@ -892,11 +917,19 @@ class CallAgent:
         target_as = self._far_party(consult, call2, target)
         self._close_leg_channels(call1, moving)
         call1.legs.remove(moving)
+        if riding is not None:
+            call1.barge = None
+            self._close_leg_channels(call1, riding.initiator)
+            call1.legs.remove(riding.initiator)
         self._remove_leg(held, now)
         self._end_call(call1, now)
         call2.legs[call2.legs.index(consult)] = moving
         self._close_leg_channels(call2, consult)
         moving.call = call2
+        if riding is not None:   # the same Barge, in call2: its target mixes the new party in
+            call2.barge = riding
+            riding.initiator.call = call2
+            call2.legs.append(riding.initiator)
         moving.hold_tone = False   # ring-out / connected below stop any tone on hold
         self._clear_leg(consult, now)
         for lg, _ in unusable:   # blind only: appearances the moving party cannot talk to
@@ -934,6 +967,16 @@ class CallAgent:
         barge = call.barge
         if barge is not None and barge.target is leg and not barge.cbarge and not call.bridge:
             return barge.initiator
+        return None
+
+    @staticmethod
+    def _riding_barge(call: Call, others: list[Leg]) -> BargeState | None:
+        """The Barge (built-in bridge) of `call` whose target and initiator are the two `others`
+        — the parties a transfer of `call` by its other party would move — else None."""
+        barge = call.barge
+        if barge is not None and not barge.cbarge and not call.bridge and len(others) == 2 \
+                and barge.target in others and barge.initiator in others:
+            return barge
         return None
 
     def _release_barges(self, initiators: list[Leg], now: float) -> None:

@@ -767,6 +767,135 @@ def test_call1_before_the_release_the_initiator_talked_on_with_the_held_party(mo
     assert call.barge is not None and hears(h, call.id) == {(A, XENA), (XENA, A)}
 
 
+# The other party transfers a barged call: Alice transfers Alice–Bob (Xena barging, Bob the
+# target) to Carol. CallManager moves Bob, and Xena through Bob's built-in bridge, to Carol.
+# Before, the transfer was silently ignored (a pressed key that did nothing).
+
+def other_party_setup(h: Harness, *, codecs_x=(4, 2), codecs_c=(4, 2)):
+    pa = h.add(A, "1001", user="Alice")
+    pb, px = h.add(B, "5000", user="Bob"), h.add(XENA, "5000", user="Xena", codecs=codecs_x)
+    pc, py = h.add(C, "1003", user="Carol", codecs=codecs_c), h.add(YVES, "1003", user="Yves")
+    h.call(A, "5000")
+    pb.answer()
+    h.pump()
+    return pa, pb, px, pc, py
+
+
+def plain_other_party_transfer_displays() -> tuple[list[tuple], list[tuple]]:
+    """Bob's and Carol's displays after Alice transfers Bob to Carol, nobody barging."""
+    h = Harness()
+    pa, pb, _, pc, _ = other_party_setup(h)
+    consult(h, pa, pc)
+    complete(h, pa)
+    return display(pb), display(pc)
+
+
+@pytest.mark.parametrize("on_hook", [False, True])
+def test_call1_the_other_party_transferring_a_barged_call_moves_target_and_initiator(on_hook):
+    h = Harness()
+    pa, pb, px, pc, _ = other_party_setup(h)
+    barge_into(h, px, call_with(h, A))
+    consult(h, pa, pc)
+    call2 = call_with(h, C)
+    complete(h, pa, on_hook=on_hook)
+    assert_no_silent_call(h)
+    assert call_with(h, B) is call2 and call_with(h, XENA) is call2 and not pa.calls
+    assert sorted(lg.station.name for lg in call2.legs) == [B, C, XENA]
+    assert call2.barge.target.station.name == B and call2.barge.initiator.station.name == XENA
+    # Bob's phone mixes Carol and Xena, as it mixed Alice and Xena
+    assert hears(h, call2.id) == {(C, B), (B, C), (XENA, B), (B, XENA)}
+    assert (display(pb), display(pc)) == plain_other_party_transfer_displays()
+    (shown,) = px.calls.values()
+    assert shown.state is CS.CONNECTED and (shown.calling, shown.called) == ("5000", "1003")
+    assert h.only_call().barge == "barge"
+    # the barge goes on as any: Bob hanging up ends it (his bridge is gone), Xena's is hers
+    pb.hang_up()
+    h.pump()
+    assert not h.agent.calls and not px.channels and not pc.channels
+
+
+def test_call1_the_other_partys_blind_transfer_of_a_barged_call_rings_then_connects_all_three():
+    h = Harness()
+    pa, pb, px, pc, py = other_party_setup(h)
+    barge_into(h, px, call_with(h, A))
+    pa.transfer()
+    h.pump()
+    pa.keypad("1003")
+    h.pump()
+    complete(h, pa)   # Carol (and Yves) still ringing: blind
+    assert_no_silent_call(h)
+    call2 = call_with(h, B)
+    assert not pa.calls and call2.barge.initiator.station.name == XENA
+    assert [cl.state for cl in pb.calls.values()] == [CS.RING_OUT]
+    pc.answer()
+    h.pump()
+    assert_no_silent_call(h)
+    assert hears(h, call2.id) == {(C, B), (B, C), (XENA, B), (B, XENA)}
+
+
+def test_call1_an_initiator_leaving_while_a_blind_transfer_rings_ends_the_barge():
+    h = Harness()
+    pa, pb, px, pc, _ = other_party_setup(h)
+    barge_into(h, px, call_with(h, A))
+    pa.transfer()
+    h.pump()
+    pa.keypad("1003")
+    h.pump()
+    complete(h, pa)
+    px.hang_up()
+    h.pump()
+    call2 = call_with(h, B)
+    assert call2.barge is None and not px.calls
+    pc.answer()
+    h.pump()
+    assert_no_silent_call(h)
+    assert hears(h, call2.id) == {(B, C), (C, B)}
+
+
+def test_call1_a_transfer_that_would_put_two_barges_in_one_call_is_refused_with_a_prompt():
+    # Yves (sharing Carol's 1003) barges into the consultation Alice–Carol too: one call carries
+    # one barge, so Alice's transfer is refused — and says so; both calls stay as they were
+    h = Harness()
+    pa, pb, px, pc, py = other_party_setup(h)
+    call1 = call_with(h, B)
+    barge_into(h, px, call1)
+    consult(h, pa, pc)
+    call2 = call_with(h, C)
+    barge_into(h, py, call2)
+    before = hears(h, call1.id), hears(h, call2.id)
+    complete(h, pa)
+    assert pa.notifications[-1] == "Barge in both calls"
+    assert (hears(h, call1.id), hears(h, call2.id)) == before
+    assert call1.barge.initiator.station.name == XENA and call2.barge.initiator.station.name == YVES
+    assert_no_silent_call(h)
+
+
+def test_call9_the_initiator_carried_along_counts_for_the_transfers_codec():
+    # Xena offers only µ-law, Carol only A-law: Bob could talk to Carol, but his bridge could
+    # not carry Xena to her — the transfer is refused as any without a common codec
+    h = Harness()
+    pa, pb, px, pc, _ = other_party_setup(h, codecs_x=(4,), codecs_c=(2,))
+    call1 = call_with(h, B)
+    barge_into(h, px, call1)
+    consult(h, pa, pc)
+    complete(h, pa)
+    assert pa.notifications[-1] == "No common codec"
+    assert call1.barge is not None and sorted(lg.station.name for lg in call1.legs) == [A, B, XENA]
+    assert_no_silent_call(h)
+
+
+def test_call1_before_a_barged_call_transferred_by_its_other_party_was_ignored(monkeypatch):
+    # the defect, kept provable: the key did nothing and said nothing
+    monkeypatch.setattr(CallAgent, "_riding_barge", staticmethod(lambda call, others: None))
+    h = Harness()
+    pa, pb, px, pc, _ = other_party_setup(h)
+    barge_into(h, px, call_with(h, A))
+    consult(h, pa, pc)
+    complete(h, pa)
+    assert len(h.agent.calls) == 2 and not pa.notifications
+    assert sorted(lg.station.name for lg in call_with(h, B).legs) == [A, B, XENA]
+
+
 def test_a_conference_with_a_gateway_party_down_to_two_shows_the_number_dialled_through_it():
     # Alice calls 5550102 through the gateway (its line is 5550000, its route pattern 555XXXX),
     # conferences Carol, and leaves. Carol read the gateway's own line, 5550000 — the party is
