@@ -67,7 +67,7 @@ MAX_EVENTS = 10_000
 MAX_DIGITS = 24  # a directory number has at most 24 characters
 CONFERENCE = "Conference"              # the called number an ad hoc conference shows
 NO_COMMON_CODEC = "No common codec"   # what the refused phone shows (reorder tone)
-TWO_BARGES = "Barge in both calls"    # a transfer that would put two barges in one call
+TWO_BARGES = "Barge in both calls"    # a transfer or conference that would put two barges in one call
 KEYPAD = {**{i: str(i) for i in range(10)}, 0x0E: "*", 0x0F: "#", 0x10: "+"}
 DIALABLE = frozenset(KEYPAD.values())
 # A key source gives the encryption-info block for one channel direction ("rx" or "tx"); the
@@ -869,6 +869,8 @@ class CallAgent:
             if call2.phase is not CallPhase.CONNECTED:
                 self._ignore()   # a conference joins answered calls only
                 return False
+            if self._two_barges(call1, call2, released, consult, now):
+                return False
             members = [lg.station for lg in call1.legs + call2.legs
                        if lg is not consult and lg not in released]
             if self._codec_refused(consult, self._bridge_codec_for(members), call1, now):
@@ -883,14 +885,10 @@ class CallAgent:
         others = [lg for lg in call1.legs if lg is not held and lg not in released]
         # The other party transferring a barged call (a Barge whose target is its far party): the
         # target moves, its built-in bridge with it, and the initiator rides along, as in
-        # CallManager. One call carries one barge: a consultation with a barge of its own that
-        # stays (its target not the transferring phone) is refused, and the phone reads why.
+        # CallManager (unless the consultation keeps a barge of its own: one call, one barge).
         riding = self._riding_barge(call1, others)
         if riding is not None:
-            if call2.barge is not None and call2.barge.initiator not in released:
-                self._ignore()
-                self._send(consult.station, c.DisplayNotify(10, TWO_BARGES))
-                self._emit("refused", call1, now, detail="CALL-1: a barge in both calls")
+            if self._two_barges(call1, call2, released, consult, now):
                 return False
             others = [riding.target]
         if len(others) != 1:
@@ -968,6 +966,22 @@ class CallAgent:
         if barge is not None and barge.target is leg and not barge.cbarge and not call.bridge:
             return barge.initiator
         return None
+
+    def _two_barges(self, call1: Call, call2: Call, released: list[Leg], consult: Leg,
+                    now: float) -> bool:
+        """One call carries one barge (CALL-1: a second barge into a call is refused; the call's
+        barge record — its initiator's and the others' security shown, who may barge next — is
+        one). A transfer or conference that would join two calls each keeping a barge (its
+        target staying in) is refused as a whole: both calls stay as they are and the pressing
+        phone reads why. A barge the pressing phone mixes is released, so never counts."""
+        kept = [cl.barge for cl in (call1, call2)
+                if cl.barge is not None and cl.barge.initiator not in released]
+        if len(kept) < 2:
+            return False
+        self._ignore()
+        self._send(consult.station, c.DisplayNotify(10, TWO_BARGES))
+        self._emit("refused", call1, now, detail="CALL-1: another barge is already in the other call")
+        return True
 
     @staticmethod
     def _riding_barge(call: Call, others: list[Leg]) -> BargeState | None:

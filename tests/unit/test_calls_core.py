@@ -896,6 +896,63 @@ def test_call1_before_a_barged_call_transferred_by_its_other_party_was_ignored(m
     assert sorted(lg.station.name for lg in call_with(h, B).legs) == [A, B, XENA]
 
 
+# Two barges conferenced: Wanda (sharing Alice's 1001) barges into Alice–Bob, Yves (sharing
+# Carol's 1003) into the consultation Bob–Carol; neither target is Bob, so neither is released.
+# One call carries one barge record (CALL-1 refuses a second barge into a call): Bob's conference
+# is refused, and says so. Before, it went ahead and the record kept Wanda only — Yves on the
+# bridge with no record (the security shown him, a third barge's refusal, left to chance).
+
+WANDA = "SEP0000000000E3"
+
+
+def two_barges_setup(h: Harness):
+    pa, pw = h.add(A, "1001", user="Alice"), h.add(WANDA, "1001", user="Wanda")
+    pb = h.add(B, "5000", user="Bob")
+    pc, py = h.add(C, "1003", user="Carol"), h.add(YVES, "1003", user="Yves")
+    h.call(A, "5000")
+    pb.answer()
+    h.pump()
+    call1 = call_with(h, A)
+    barge_into(h, pw, call1)
+    consult(h, pb, pc, conference=True)
+    call2 = call_with(h, C)
+    barge_into(h, py, call2)
+    return pb, call1, call2
+
+
+def test_call1_conferencing_two_calls_each_keeping_a_barge_is_refused_with_a_prompt():
+    h = Harness()
+    pb, call1, call2 = two_barges_setup(h)
+    before = hears(h, call1.id), hears(h, call2.id)
+    assert before == ({(A, WANDA), (WANDA, A)}, {(C, B), (B, C), (YVES, C), (C, YVES)})
+    complete(h, pb, conference=True)
+    assert pb.notifications[-1] == "Barge in both calls"
+    assert (hears(h, call1.id), hears(h, call2.id)) == before
+    assert call1.barge.initiator.station.name == WANDA and call2.barge.initiator.station.name == YVES
+    assert not call1.bridge and not call2.bridge
+    assert_no_silent_call(h)
+    # each barge ends as any: Yves hangs up, and Bob's conference goes ahead with Wanda's barge
+    # — now a barge into the conference, the one record it has
+    h.phones[YVES].hang_up()
+    h.pump()
+    complete(h, pb, conference=True)
+    assert_no_silent_call(h)
+    call = call_with(h, A)
+    assert call.bridge and call.barge.initiator.station.name == WANDA
+    assert hears(h, call.id) == {(A, "bridge"), (B, "bridge"), (C, "bridge"), (WANDA, "bridge")}
+
+
+def test_call1_before_the_conference_of_two_barged_calls_kept_one_barge_record(monkeypatch):
+    # the defect, kept provable: Yves stays on the bridge, the call's record names Wanda only
+    monkeypatch.setattr(CallAgent, "_two_barges", lambda self, *args: False)
+    h = Harness()
+    pb, call1, _ = two_barges_setup(h)
+    complete(h, pb, conference=True)
+    yves = next(lg for lg in call1.legs if lg.station.name == YVES)
+    assert yves.role == "barge" and call1.barge.initiator is not yves
+    assert (YVES, "bridge") in hears(h, call1.id)
+
+
 def test_a_conference_with_a_gateway_party_down_to_two_shows_the_number_dialled_through_it():
     # Alice calls 5550102 through the gateway (its line is 5550000, its route pattern 555XXXX),
     # conferences Carol, and leaves. Carol read the gateway's own line, 5550000 — the party is
