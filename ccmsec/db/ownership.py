@@ -20,9 +20,10 @@ consumer / the publishing node): each service writes only rows it is named in.
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
-from sqlalchemy import event
-from sqlalchemy.engine import Engine
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
 
 CTL_PROVIDER, CALLMANAGER, CAPF = "ctl-provider", "callmanager", "capf"
 
@@ -132,6 +133,11 @@ def check_write(role: str, statement: str) -> None:
 
 def install_write_guard(engine, role: str) -> None:
     """Refuse every write of `engine` (async or sync) to a table `role` does not own."""
+    # Imported here, not at the top: the `ccmsec` command imports this module (through
+    # ccmsec/db/roles.py, for compose's per-owner roles) and never installs a guard, and
+    # SQLAlchemy is over a third of its start-up.
+    from sqlalchemy import event
+
     sync: Engine = getattr(engine, "sync_engine", engine)
 
     def before(conn, cursor, statement, parameters, context, executemany):
