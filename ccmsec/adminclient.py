@@ -16,8 +16,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import httpx
-
 from ccmsec.runtime.logs import REQUEST_ID_HEADER, current_trace_id
 from ccmsec.domain import DeviceSecurityMode
 
@@ -122,6 +120,8 @@ def discover(data_dir: Path, *, url: str | None = None, username: str | None = N
             "(is the cluster running? or pass --url)")
     if not url.startswith("https://"):
         raise AdminConfigError(f"administration API URL must be https://, got {url!r}")
+    import httpx  # here, not at the top: every `ccmsec` start imports this module (see AdminClient)
+
     try:
         httpx.URL(url)
     except (httpx.InvalidURL, UnicodeError) as exc:
@@ -161,6 +161,11 @@ class AdminClient:
             verify = tls_context(endpoint.cafile)
         except (OSError, ssl.SSLError) as exc:
             raise AdminConfigError(f"cannot load {endpoint.cafile}: {exc}") from None
+        # httpx is imported by the commands that call the API, not at the top: the command
+        # imports this module at every start for its choices, and httpx (with the click and
+        # pygments of its own command line) was a tenth of that start.
+        import httpx
+
         self._http = httpx.Client(base_url=endpoint.url, verify=verify, timeout=timeout,
                                   auth=(endpoint.username, endpoint.password))
 
@@ -174,6 +179,8 @@ class AdminClient:
         self.close()
 
     def _call(self, method: str, path: str, **kwargs) -> Any:
+        import httpx  # already imported by __init__: a dictionary look-up
+
         try:
             trace = current_trace_id()  # the command's trace id: the API logs it (X-Request-Id)
             if trace:

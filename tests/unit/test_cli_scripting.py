@@ -95,6 +95,23 @@ def test_version_is_the_package_version(results):
     assert r.returncode == 0 and r.stdout.strip() == f"ccmsec {project['version']}"
 
 
+def test_the_command_starts_without_the_libraries_only_some_commands_use():
+    """Every `ccmsec` start imports every command group; SQLAlchemy (no command uses it; it came
+    in through compose's database roles) and httpx (only the administration API's commands) were
+    half of that start, paid by every command a script runs. The bad case: the same look, after
+    importing what does use them (the database layer, an API call's client), names both."""
+    loaded = "print(sorted({m.split('.')[0] for m in sys.modules} & {'sqlalchemy', 'httpx'}))"
+    probe = "\n".join([
+        "import sys", "from pathlib import Path", "from ccmsec.cli.main import build_parser",
+        "build_parser()", loaded,
+        "import ccmsec.runtime.database, ccmsec.adminclient as a",
+        "try: a.discover(Path('/'), url='https://[::1')",  # the URL check is httpx's
+        "except a.AdminConfigError: pass", loaded])
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=90)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:2] == ["[]", "['httpx', 'sqlalchemy']"]
+
+
 def _exit_table(text: str) -> list[tuple[str, str]]:
     block = text[text.index("exit codes:"):]
     return re.findall(r"^\s*`?(\d{1,3})`?\s*\|?\s*(\S.*?)\s*\|?\s*$", block, re.M)[:6]
