@@ -629,7 +629,8 @@ class CallAgent:
         call.ring_deadline = None
         self._choose_codec(call)   # there is one: checked above, before anything changed
         for party in call.legs:
-            self._send(party.station, *ui.connected(party, call))
+            if party.state is LegState.CONNECTED:   # a barge initiator a blind transfer carried
+                self._send(party.station, *ui.connected(party, call))   # along on hold stays so
         self._sync_hints(call)
         self._plan_media(call)
         self._update_security(call, now, force=True)
@@ -949,7 +950,8 @@ class CallAgent:
             moving.far = target_as
             self._choose_codec(call2)
             for party in call2.legs:
-                self._send(party.station, *ui.connected(party, call2))
+                if party.state is LegState.CONNECTED:   # an initiator carried along on hold stays so
+                    self._send(party.station, *ui.connected(party, call2))
         # the consultation's line (the transferring phone's) is no longer in call2; the moving
         # party's is: their shared appearances show it as it now is
         self._sync_hints(call2)

@@ -833,6 +833,40 @@ def test_call1_the_other_partys_blind_transfer_of_a_barged_call_rings_then_conne
     assert hears(h, call2.id) == {(C, B), (B, C), (XENA, B), (B, XENA)}
 
 
+@pytest.mark.parametrize("blind", [False, True])
+def test_call1_an_initiator_holding_its_barge_stays_on_hold_when_carried_along(blind):
+    # Xena holds her barge; Alice transfers Alice–Bob to Carol, Xena carried along on hold. Her
+    # phone must go on showing the hold (Resume offered) — the model's state — and Bob and
+    # Carol talk. Bad case: she was sent "Connected" (Hold offered, no Resume) while her leg
+    # stayed held with no channel, a key that did nothing and no way back into the call.
+    h = Harness()
+    pa, pb, px, pc, _ = other_party_setup(h)
+    barge_into(h, px, call_with(h, A))
+    px.hold()
+    h.pump()
+    if blind:
+        pa.transfer()
+        h.pump()
+        pa.keypad("1003")
+        h.pump()
+        complete(h, pa)
+        pc.answer()
+        h.pump()
+    else:
+        consult(h, pa, pc)
+        complete(h, pa)
+    call2 = call_with(h, C)
+    assert call2.barge.initiator.station.name == XENA and call2.barge.initiator.state.value == "hold"
+    (shown,) = px.calls.values()
+    assert shown.state is CS.HOLD and "Resume" in px.offered_names(shown)
+    assert not px.channels and hears(h, call2.id) == {(B, C), (C, B)}
+    # she resumes: Bob's bridge mixes her in again
+    px.resume()
+    h.pump()
+    assert px.calls[shown.reference].state is CS.CONNECTED
+    assert hears(h, call2.id) == {(C, B), (B, C), (XENA, B), (B, XENA)}
+
+
 def test_call1_an_initiator_leaving_while_a_blind_transfer_rings_ends_the_barge():
     h = Harness()
     pa, pb, px, pc, _ = other_party_setup(h)
