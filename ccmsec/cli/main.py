@@ -35,6 +35,14 @@ def version() -> str:
         return __version__
 
 
+class _Version(argparse._VersionAction):
+    """`--version`, looked up when asked for: importlib.metadata is ~5 % of every start."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        self.version = f"ccmsec {version()}"
+        super().__call__(parser, namespace, values, option_string)
+
+
 class Parser(argparse.ArgumentParser):
     """argparse with usage errors as JSON objects on stderr when --json is on the command line."""
 
@@ -51,7 +59,7 @@ class Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="ccmsec", description="ccmsec cluster security plane",
                     epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version", version=f"ccmsec {version()}")
+    parser.add_argument("--version", action=_Version)
     parser.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                         help="JSON output from read commands; errors of any command as a JSON "
                              "object on stderr")
