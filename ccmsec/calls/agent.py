@@ -1101,6 +1101,13 @@ class CallAgent:
         if call.barge is not None:
             result = type(result)(False, None, "CALL-1", "another barge is already in this call",
                                   busy_tone=True)
+        elif not cbarge and not call.bridge and target.state is not LegState.CONNECTED:
+            # a Barge is mixed by the target's built-in bridge, which a hold takes away (a hold
+            # by the target releases an initiator): none into a call its target holds — the
+            # initiator and the held party would talk directly around it. A cBarge, or a barge
+            # into a conference, is mixed by the conference bridge and goes ahead.
+            result = type(result)(False, None, "CALL-1", "the target is holding the call",
+                                  busy_tone=True)
         refusal = None
         if not result.allowed:
             refusal = (Tone.BUSY, "Barge failed", f"{result.rule_id}: {result.reason}")

@@ -625,33 +625,56 @@ def test_call1_the_old_transfer_left_a_barge_on_the_departed_leg_and_no_media(mo
         assert_no_silent_call(h)
 
 
-def test_call1_a_barge_into_the_held_call_ends_when_its_target_transfers_it():
-    # Xena barges into Alice–Bob while Bob holds it (consulting Carol): Alice and Xena talk.
-    # Bob completes the transfer: Xena is released (it was refused as "out of a conference").
+def test_call1_a_barge_into_a_call_its_target_holds_is_refused():
+    # Bob holds Alice–Bob (consulting Carol); Xena presses Barge on it. Bob's phone, the
+    # built-in bridge that would mix her in, is holding the call: as a hold releases a barge
+    # (below), none is made — Xena hears busy ("Barge failed"), Alice keeps her music on hold,
+    # and Bob's transfer is a plain one. Bad case: Xena and Alice talked directly around the
+    # holding target, the topology a hold by the target ends.
     h = Harness()
     pa, pb, px, pc, _ = barge_transfer_setup(h)
     consult(h, pb, pc)
     call1 = call_with(h, A)
-    barge_into(h, px, call1)
-    assert hears(h, call1.id) == {(A, XENA), (XENA, A)}
+    before = {(lg.station.name, lg.state.value) for lg in call1.legs}
+    (ref,) = [r for r, cid in h.agent.stations[XENA].hints.items() if cid == call1.id]
+    px.barge(reference=ref)
+    h.pump()
+    assert call1.barge is None and {(lg.station.name, lg.state.value) for lg in call1.legs} == before
+    failed = px.active_call()
+    assert failed.tone == Tone.BUSY and failed.prompt == "Barge failed"
+    refused = [e for e in h.events() if e.kind == "refused"]
+    assert refused[-1].detail.startswith("CALL-1") and h.agent.barges_refused == 1
+    (moh,) = pa.channels.values()
+    assert moh.tx is None and moh.rx is not None   # Alice still hears music on hold
     complete(h, pb)
     assert_no_silent_call(h)
     call = call_with(h, A)
-    assert call.barge is None and sorted(lg.station.name for lg in call.legs) == [A, C]
     assert hears(h, call.id) == {(A, C), (C, A)}
     assert (display(pa), display(pc)) == plain_transfer_displays()
-    assert not pb.calls and not px.calls and not px.channels and call1.id not in h.agent.calls
 
 
-@pytest.mark.parametrize("into", ["consultation", "held"])
-def test_call1_a_barge_ends_when_its_target_conferences_the_call(into):
-    # Bob conferences Carol in while Xena barges into the consultation (Bob–Carol) or into the
-    # held call (Alice–Bob): Xena is released, Alice, Bob and Carol talk on the bridge, and Xena
+def test_call1_a_cbarge_into_a_call_its_target_holds_goes_through_the_bridge():
+    # a cBarge is mixed by the conference bridge, not the target's phone: the target's hold
+    # takes nothing away, and Alice and Xena talk on the bridge
+    h = Harness()
+    pa, pb, px, pc, _ = barge_transfer_setup(h)
+    consult(h, pb, pc)
+    call1 = call_with(h, A)
+    (ref,) = [r for r, cid in h.agent.stations[XENA].hints.items() if cid == call1.id]
+    px.barge(cbarge=True, reference=ref)
+    h.pump()
+    assert call1.barge is not None and call1.barge.cbarge and call1.bridge
+    assert hears(h, call1.id) == {(A, "bridge"), (XENA, "bridge")}
+
+
+def test_call1_a_barge_ends_when_its_target_conferences_the_call():
+    # Bob conferences Carol in while Xena barges into the consultation (Bob–Carol) (one into
+    # the held call Alice–Bob is refused: above): Xena is released, Alice, Bob and Carol talk on the bridge, and Xena
     # — Bob is on 5000 — shows the conference "in use remote" (she may barge into it again).
     h = Harness()
     pa, pb, px, pc, _ = barge_transfer_setup(h)
     consult(h, pb, pc, conference=True)
-    barge_into(h, px, call_with(h, C if into == "consultation" else A))
+    barge_into(h, px, call_with(h, C))
     complete(h, pb, conference=True)
     assert_no_silent_call(h)
     call = call_with(h, A)
