@@ -905,7 +905,7 @@ async def test_chk6_two_unanswered_take_backs_in_a_row_are_all_named_and_survive
     assert take_back_a.content == take_back_b.content == first
     assert list(take_back_a.takes_back) == [publish_2.generation]
     assert list(publish_3.takes_back) == [take_back_a.generation]
-    assert list(take_back_b.takes_back) == [publish_3.generation, take_back_a.generation]
+    assert list(take_back_b.takes_back) == [take_back_a.generation, publish_3.generation]  # undone last
     both = [take_back_a.generation, take_back_b.generation]
     assert provider.svc.trust.unsettled_take_backs() == both
     assert await _stored_take_backs(provider.svc) == both
@@ -932,6 +932,47 @@ async def test_chk6_two_unanswered_take_backs_in_a_row_are_all_named_and_survive
         await channel.close()
         svc.request_stop()  # the fixture stops the service it started, not this one
         await asyncio.wait_for(task, 10)
+
+
+def _former_publish_request():
+    """PublishFileRequest as a tftp-signer built before the list read it: `uint64 takes_back = 6`,
+    singular (a message class of its own pool, from that descriptor: no generated code changed)."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    proto = descriptor_pb2.FileDescriptorProto(name="former_tftp_signer.proto", package="former",
+                                               syntax="proto3")
+    message = proto.message_type.add(name="PublishFileRequest")
+    for number, name, kind in ((5, "generation", "TYPE_UINT64"), (6, "takes_back", "TYPE_UINT64"),
+                               (7, "withdraw", "TYPE_BOOL")):
+        message.field.add(name=name, number=number, type=getattr(descriptor_pb2.FieldDescriptorProto, kind),
+                          label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL)
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(proto)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("former.PublishFileRequest"))
+
+
+async def test_chk6_a_signer_of_the_former_single_field_still_refuses_the_publish_a_take_back_undoes(
+        provider_with_signer, tokens, monkeypatch):
+    """CHK-6, wire compatibility: a tftp-signer built before `takes_back` became a list reads the
+    unpacked entries as the former singular field, so it keeps only the LAST one. A take-back named
+    the publish it undoes first and the earlier unanswered take-backs after it, so such a signer
+    remembered the oldest earlier take-back and not that publish — which could then land late and
+    put the unrecorded CTL live. The publish a take-back undoes is named last. Bad case kept in
+    view: the new signer still sees every generation named."""
+    from ccmsec_ctl_provider import trust as trust_mod
+
+    provider, signer = provider_with_signer
+    first = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t2"])
+    assert (await provider.stub.CommitCtl(ctl_provider_pb2.CommitCtlRequest(ctl=first))).version == 1
+    second = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t3"])
+    monkeypatch.setattr(trust_mod, "RPC_TIMEOUT", 1.0)
+    publish_2, take_back_a, publish_3, take_back_b = await _two_unanswered_commits(provider, signer, second)
+    assert sorted(take_back_b.takes_back) == sorted([publish_3.generation, take_back_a.generation])
+    former = _former_publish_request().FromString(take_back_b.SerializeToString())
+    assert former.generation == take_back_b.generation
+    assert former.takes_back == publish_3.generation, "a former signer would not refuse the publish undone"
+    former_a = _former_publish_request().FromString(take_back_a.SerializeToString())
+    assert former_a.takes_back == publish_2.generation
 
 
 async def test_chk6_unanswered_take_backs_beyond_the_bound_drop_the_oldest_with_a_warning(

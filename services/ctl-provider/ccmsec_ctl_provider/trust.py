@@ -429,7 +429,8 @@ class TrustOperations:
         It names the earlier unanswered take-backs too, and is one itself until answered."""
         own = new_generation()
         earlier = self.unsettled_take_backs()
-        names = [generation, *earlier]
+        # The publish it undoes LAST: a signer of the former singular field keeps the last entry.
+        names = [*earlier, generation]
         await self._remember(own)  # before it is sent: it may land even if this process stops
         if old is None:
             request = tftp_signer_pb2.PublishFileRequest(
