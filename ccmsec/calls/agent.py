@@ -877,6 +877,7 @@ class CallAgent:
             if self._codec_refused(consult, self._bridge_codec_for(members), call1, now):
                 return False
             self._release_barges(released, now)
+            self._end_consult_barge(call2, consult)
             self._join_conference(held, consult, now)
             return True
         if consult.state not in (LegState.CONNECTED, LegState.RING_OUT):
@@ -909,6 +910,7 @@ class CallAgent:
             self._codec_refused(consult, unusable[0][1], call1, now)
             return False
         self._release_barges(released, now)
+        self._end_consult_barge(call2, consult)
         # who each remaining party was shown as, before the calls change: the moving party as
         # the transferring phone showed it in the held call, the consultation's party as dialled
         moving_as = self._far_party(held, call1, moving)
@@ -975,9 +977,10 @@ class CallAgent:
         barge record — its initiator's and the others' security shown, who may barge next — is
         one). A transfer or conference that would join two calls each keeping a barge (its
         target staying in) is refused as a whole: both calls stay as they are and the pressing
-        phone reads why. A barge the pressing phone mixes is released, so never counts."""
-        kept = [cl.barge for cl in (call1, call2)
-                if cl.barge is not None and cl.barge.initiator not in released]
+        phone reads why. A barge the pressing phone mixes is released, and one whose target is
+        the consultation leg (a cBarge) ends with it: neither counts."""
+        kept = [cl.barge for cl in (call1, call2) if cl.barge is not None
+                and cl.barge.initiator not in released and cl.barge.target is not consult]
         if len(kept) < 2:
             return False
         self._ignore()
@@ -994,6 +997,16 @@ class CallAgent:
                 and barge.target in others and barge.initiator in others:
             return barge
         return None
+
+    @staticmethod
+    def _end_consult_barge(call: Call, consult: Leg) -> None:
+        """The consultation leg leaves its call as the transfer or conference goes ahead: a barge
+        it was the target of and that the bridge mixes (a cBarge; a Barge it mixed itself was
+        released) ends as when a target hangs up — its initiator talks on as a member, and no
+        record stays anchored on the departed leg (lowering what the call shows, refusing every
+        later barge)."""
+        if call.barge is not None and call.barge.target is consult:
+            call.barge = None
 
     def _release_barges(self, initiators: list[Leg], now: float) -> None:
         """The target's transfer or conference goes ahead: each Barge it mixed ends and its

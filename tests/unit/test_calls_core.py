@@ -688,6 +688,33 @@ def test_call1_a_barge_ends_when_its_target_conferences_the_call():
     assert h.only_call().barge == ""
 
 
+@pytest.mark.parametrize("conference", [False, True])
+def test_call1_a_cbarge_into_the_consultation_ends_when_its_target_transfers_or_conferences(conference):
+    # Xena cBarges into Bob–Carol (Bob the target); Bob completes the transfer (on hook: a
+    # cBarge shows the conference keys) or the conference. The bridge mixes a cBarge, so Xena
+    # talks on as a member — but its target left, which ends the barge as a target hanging up
+    # does. Bad case: the call kept the record anchored on Bob's departed consultation leg (still
+    # lowering what it shows, refusing every later barge with CALL-1, never ended by a target).
+    h = Harness()
+    pa, pb, px, pc, py = barge_transfer_setup(h)
+    consult(h, pb, pc, conference=conference)
+    call2 = call_with(h, C)
+    (ref,) = [r for r, cid in h.agent.stations[XENA].hints.items() if cid == call2.id]
+    px.barge(cbarge=True, reference=ref)
+    h.pump()
+    assert call2.barge.cbarge and call2.barge.target.station.name == B
+    complete(h, pb, conference=conference, on_hook=not conference)
+    assert_no_silent_call(h)
+    call = call_with(h, A)
+    assert call.barge is None and h.only_call().barge == "" and call.bridge
+    members = [A, B, C, XENA] if conference else [A, C, XENA]
+    assert sorted(lg.station.name for lg in call.legs) == members
+    assert hears(h, call.id) == {(m, "bridge") for m in members}
+    # a barge into it is judged as into any conference, not refused as "another barge"
+    barge_into(h, py, call)
+    assert call.barge.initiator.station.name == YVES
+
+
 def test_call1_a_barge_whose_target_stays_survives_another_partys_transfer():
     # Yves (sharing Carol's 1003) barges into Bob–Carol: Carol is the target, Bob only a party.
     # Bob's transfer puts Alice in his place: Carol still mixes, Alice and Yves hear her.
