@@ -8,7 +8,7 @@ import re
 import socket
 from pathlib import Path
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings import SettingsError as _SourceError
 
@@ -97,7 +97,7 @@ class ServiceSettings(BaseSettings):
 
     @field_validator("cluster_call_control_nodes")
     @classmethod
-    def _node_names(cls, v: list[str] | None) -> list[str] | None:
+    def _node_names(cls, v: list[str] | None, info: ValidationInfo) -> list[str] | None:
         from ccmsec.policy.resets import NotACallControlNode, check_reset_server
 
         if v is None:
@@ -110,6 +110,15 @@ class ServiceSettings(BaseSettings):
                                  "callmanager-subK)") from None
         if len(set(v)) != len(v):
             raise ValueError("a node is listed twice")
+        # Every node the cluster runs: the publisher always (it serves the administration API), and
+        # the callmanager node reading the list — without them a reset on it would be refused (RST-9).
+        if "callmanager" not in v:
+            raise ValueError("does not name the publisher 'callmanager' (every call-control node "
+                             "the cluster runs)")
+        node = info.data.get("node") or info.data.get("service")
+        if info.data.get("service") == "callmanager" and node and node not in v:
+            raise ValueError(f"does not name this node {str(node)[:64]!r} (every call-control node "
+                             "the cluster runs)")
         return v
 
     @property

@@ -118,6 +118,28 @@ def test_rst9_a_reset_on_a_node_this_cluster_does_not_run_is_refused(tmp_path, m
             load_settings(service="callmanager", data_dir=tmp_path)
 
 
+def test_rst9_a_node_list_leaving_out_the_publisher_or_the_node_itself_is_a_bad_setting(tmp_path, monkeypatch):
+    """RST-9: CCMSEC_CLUSTER_CALL_CONTROL_NODES is every call-control node the cluster runs. The
+    publisher always runs (it serves the administration API) and so does the node reading the list:
+    a list without either disagrees with what runs — it was taken, and a reset on the publisher, or
+    on this very node, was then refused (404 / NOT_FOUND) as "no node of this cluster". Now it stops
+    the service at start as a bad setting, naming what is missing; a full list still loads."""
+    from ccmsec.runtime.settings import SettingsError, load_settings
+
+    for key in ("CCMSEC_SERVICE", "CCMSEC_DATA_DIR", "CCMSEC_NODE", "CCMSEC_CLUSTER_CALL_CONTROL_NODES"):
+        monkeypatch.delenv(key, raising=False)
+    for node, listed, why in (
+            ("callmanager", '["callmanager-sub1"]', "does not name the publisher 'callmanager'"),
+            ("callmanager-sub2", '["callmanager", "callmanager-sub1"]',
+             "does not name this node 'callmanager-sub2'")):
+        monkeypatch.setenv("CCMSEC_CLUSTER_CALL_CONTROL_NODES", listed)
+        with pytest.raises(SettingsError, match=f"CCMSEC_CLUSTER_CALL_CONTROL_NODES.*{why}"):
+            load_settings(service="callmanager", node=node, data_dir=tmp_path)
+    monkeypatch.setenv("CCMSEC_CLUSTER_CALL_CONTROL_NODES", '["callmanager", "callmanager-sub1", "callmanager-sub2"]')
+    assert load_settings(service="callmanager", node="callmanager-sub2", data_dir=tmp_path).cluster_nodes == {
+        "callmanager", "callmanager-sub1", "callmanager-sub2"}
+
+
 @pytest.mark.parametrize("subscribers", [0, 1, 4])
 def test_rst9_the_local_runner_and_compose_tell_callmanager_the_same_nodes(tmp_path, subscribers):
     """RST-9: one function says which call-control nodes a cluster runs
