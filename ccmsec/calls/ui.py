@@ -210,7 +210,7 @@ def call_info(leg: "Leg", call: "Call", status: int) -> s.CallInfo:
             called_party=far_number if outbound else own_number,
             line_instance=leg.line, call_reference=leg.reference,
             call_type=CallType.OUTBOUND if outbound else CallType.INBOUND, call_instance=1,
-            call_security_status=status)
+            original_called_party=original_called(call), call_security_status=status)
     return s.CallInfo(
         calling_party_name=_name(call.calling_name), calling_party=_number(call.calling_dn),
         called_party=_number(call.called_dn), line_instance=leg.line, call_reference=leg.reference,

@@ -1220,6 +1220,42 @@ def test_call_forward_all_set_from_the_phone():
     assert not pb.forward[1].forward_all_active
 
 
+@pytest.mark.parametrize("forward", [True, False])
+def test_a_forwarded_calls_parties_keep_its_original_called_number_through_a_conference(forward):
+    # Alice dials 1002, forwarded all to Bob's 5000 (Xena shares 5000). Every CallInfo of the
+    # call carries 1002 as its original called number (ui.original_called), the parties' as its
+    # "in use remote" hint's: a conference and its end re-send each party a CallInfo, which
+    # replaces all the phone shows. Bad case: Alice and Bob lost "1002" (the conference's
+    # CallInfos went out without it) while Xena's hint kept it; a call not forwarded shows none.
+    h = Harness()
+    pa, _ = h.add(A, "1001", user="Alice"), h.add(D, "1002", user="Dora")
+    pb, pc = h.add(B, "5000", user="Bob"), h.add(C, "1003", user="Carol")
+    px = h.add(XENA, "1004", "5000")
+    if forward:
+        h.agent.forward_all["1002"] = "5000"
+    h.call(A, "1002" if forward else "5000")
+    pb.answer()
+    h.pump()
+    original = "1002" if forward else ""
+
+    def originals() -> list[str]:
+        return [cl.original_called for p in (pa, pb, px) for cl in p.calls.values()]
+
+    assert originals() == [original] * 3
+    pb.conference()
+    h.pump()
+    pb.keypad("1003")
+    h.pump()
+    pc.answer()
+    h.pump()
+    pb.conference(pb.active_call().reference)
+    h.pump()
+    assert next(iter(pa.calls.values())).called == "Conference" and originals() == [original] * 3
+    pc.hang_up()
+    h.pump()
+    assert originals() == [original] * 3
+
+
 def test_call_forward_busy_and_no_answer_from_line_configuration():
     h = Harness()
     pa = h.add(A, "1001")
