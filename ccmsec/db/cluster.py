@@ -1,6 +1,8 @@
 """Trust anchors of the cluster: the trust lists the CTL client published, the CTL Provider's
-per-server state, the MODE-6 registry of clusters sharing a TFTP server, and the CTL take-backs
-tftp-signer has not answered yet (`ctl_take_backs`: every later PublishFile names them, CHK-6).
+per-server state, the MODE-6 registry of clusters sharing a TFTP server, and the PublishFile
+generations tftp-signer may still write though the cluster did not record them (`ctl_take_backs`,
+CHK-6): the take-backs it has not answered yet (kind `take_back`) and the write-ahead intents of
+commits' publishes (kind `publish`: stored before the publish is sent, removed by the record).
 
 The cluster security mode itself and `ctl_version` live in `cluster_settings` (ccmsec/db/devices.py)
 because the administration API reads them there (MODE-5); `record_ctl` writes both places in one
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 import datetime as _dt
 
-from sqlalchemy import BigInteger, Boolean, DateTime, Integer, LargeBinary, String, delete, select
+from sqlalchemy import BigInteger, Boolean, CheckConstraint, DateTime, Integer, LargeBinary, String, delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -49,13 +51,24 @@ class CtlProviderNode(Base):
                                                      default=utcnow, onupdate=utcnow)
 
 
+TAKE_BACK = "take_back"  # a take-back tftp-signer has not answered
+PUBLISH = "publish"      # a commit's publish sent (or about to be) and not recorded, not taken back
+GENERATION_KINDS = (TAKE_BACK, PUBLISH)
+
+
 class CtlTakeBackRow(Base):
-    """A CTL take-back (PublishFile generation) tftp-signer has not answered: it may still land,
-    so every later publish names it in `takes_back` until one naming it is answered (CHK-6)."""
+    """A PublishFile generation tftp-signer may still write and the cluster did not record (CHK-6):
+    a take-back it has not answered (`take_back`), or a commit's publish whose record has not
+    landed and that no answered take-back named yet (`publish`, the write-ahead intent: stored
+    before the publish is sent, so a crash between publish and record leaves it for the next start
+    to take back). Every later publish names them in `takes_back` until one naming them is answered."""
 
     __tablename__ = "ctl_take_backs"
+    __table_args__ = (CheckConstraint("kind IN ('take_back', 'publish')", name="kind"),)
 
     generation: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    kind: Mapped[str] = mapped_column(String(16), nullable=False, default=TAKE_BACK,
+                                      server_default=TAKE_BACK)
     created_at: Mapped[_dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False,
                                                      default=utcnow)
 
@@ -122,22 +135,42 @@ async def save_tftp_registry(session: AsyncSession, registry: list[TftpClusterEn
                                                            entry.mode)
 
 
+async def _generations(session: AsyncSession, kind: str) -> list[int]:
+    rows = (await session.scalars(select(CtlTakeBackRow).where(CtlTakeBackRow.kind == kind).order_by(
+        CtlTakeBackRow.created_at, CtlTakeBackRow.generation))).all()
+    return [r.generation for r in rows]
+
+
+async def _save_generations(session: AsyncSession, kind: str, generations: list[int]) -> None:
+    existing = set(await _generations(session, kind))
+    wanted = list(dict.fromkeys(generations))
+    gone = existing - set(wanted)
+    if gone:
+        await session.execute(delete(CtlTakeBackRow).where(CtlTakeBackRow.kind == kind,
+                                                           CtlTakeBackRow.generation.in_(gone)))
+    now = utcnow()
+    for i, generation in enumerate(g for g in wanted if g not in existing):
+        # distinct, increasing stamps keep "oldest first" exact within one save
+        session.add(CtlTakeBackRow(generation=generation, kind=kind,
+                                   created_at=now + _dt.timedelta(microseconds=i)))
+    await session.flush()
+
+
 async def unsettled_take_backs(session: AsyncSession) -> list[int]:
     """The generations of the take-backs not answered yet, oldest first."""
-    rows = (await session.scalars(select(CtlTakeBackRow).order_by(CtlTakeBackRow.created_at,
-                                                                  CtlTakeBackRow.generation))).all()
-    return [r.generation for r in rows]
+    return await _generations(session, TAKE_BACK)
 
 
 async def save_unsettled_take_backs(session: AsyncSession, generations: list[int]) -> None:
     """Replace the unanswered take-backs by `generations` (oldest first; caller commits)."""
-    existing = set(await unsettled_take_backs(session))
-    wanted = list(dict.fromkeys(generations))
-    gone = existing - set(wanted)
-    if gone:
-        await session.execute(delete(CtlTakeBackRow).where(CtlTakeBackRow.generation.in_(gone)))
-    now = utcnow()
-    for i, generation in enumerate(g for g in wanted if g not in existing):
-        # distinct, increasing stamps keep "oldest first" exact within one save
-        session.add(CtlTakeBackRow(generation=generation, created_at=now + _dt.timedelta(microseconds=i)))
-    await session.flush()
+    await _save_generations(session, TAKE_BACK, generations)
+
+
+async def publishes_in_flight(session: AsyncSession) -> list[int]:
+    """The generations of commits' publishes neither recorded nor taken back, oldest first."""
+    return await _generations(session, PUBLISH)
+
+
+async def save_publishes_in_flight(session: AsyncSession, generations: list[int]) -> None:
+    """Replace the publishes in flight by `generations` (oldest first; caller commits)."""
+    await _save_generations(session, PUBLISH, generations)

@@ -97,13 +97,26 @@ def test_each_owner_writes_only_its_own_schema_and_outbox(pg_world):
             # ctl-provider's unanswered CTL take-backs (CHK-6): 63-bit generations, oldest first
             from sqlalchemy.ext.asyncio import async_sessionmaker
 
-            from ccmsec.db.cluster import save_unsettled_take_backs, unsettled_take_backs
+            from ccmsec.db.cluster import (
+                publishes_in_flight,
+                save_publishes_in_flight,
+                save_unsettled_take_backs,
+                unsettled_take_backs,
+            )
             session = async_sessionmaker(engines["ctl-provider"], expire_on_commit=False)
             for wanted in ([(1 << 63) - 1, 3], [3, 5, 7], []):
                 async with session() as s, s.begin():
                     await save_unsettled_take_backs(s, wanted)
                 async with session() as s:
                     assert await unsettled_take_backs(s) == wanted
+            # and its write-ahead intents (cluster_0004: kind `publish`), kept apart from take-backs
+            async with session() as s, s.begin():
+                await save_unsettled_take_backs(s, [11])
+                await save_publishes_in_flight(s, [(1 << 63) - 1, 13])
+            async with session() as s, s.begin():
+                await save_publishes_in_flight(s, [13])
+            async with session() as s:
+                assert (await unsettled_take_backs(s), await publishes_in_flight(s)) == ([11], [13])
             # call control's role writing CAPF's table and CAPF's outbox: refused by PostgreSQL
             for sql in (CAPF_ROW.format(t=f'"{capf_schema}".capf_settings'),
                         OUTBOX_ROW.format(t=f'"{capf_schema}".event_outbox'),

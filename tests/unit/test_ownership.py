@@ -518,7 +518,7 @@ def test_a_database_made_before_the_split_keeps_its_cluster_settings(tmp_path):
             async with engine.connect() as conn:
                 rows = dict((await conn.execute(text("SELECT key, value FROM cluster_settings"))).all())
             assert rows == {"security_mode": "mixed", "ctl_version": "3"}
-            assert "cluster_0003" in await _versions(engine)  # its branch at its head, past cluster_0002
+            assert "cluster_0004" in await _versions(engine)  # its branch at its head, past cluster_0002
         finally:
             await engine.dispose()
 

@@ -2,6 +2,9 @@
 
 On start it reads its activation flag (CHK-1, off on a fresh cluster) and its TLS port from the
 database — a stored port overrides CCMSEC_CTL_PROVIDER_PORT; changing it requires a restart (RST-7).
+Then, before commits are served, it takes back a CTL publish a crash left unrecorded (CHK-6,
+`TrustOperations.recover`); with the tftp-signer out of reach it starts DEGRADED, saying so, and
+tries again every RECOVERY_RETRY seconds until it is done (or a commit's publish settled it).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from ccmsec_ctl_provider.certificates import gather, gather_call_control_nodes
 from ccmsec_ctl_provider.listener import ProviderListener, server_ssl_context
 from ccmsec_ctl_provider.servicer import CtlProviderServicer
 from ccmsec_ctl_provider.provider_domain import ProviderDomain
+from ccmsec_ctl_provider import trust as trust_mod
 from ccmsec_ctl_provider.trust import TrustOperations
 
 CERTIFICATE_CACHE_SECONDS = 2.0  # a burst of CTL clients costs one round of RPCs
@@ -40,6 +44,7 @@ class CtlProviderService(Service):
         self.domain = ProviderDomain(self)     # activation, port, legacy TLS
         self.certificate_origins: dict[str, str] = {}
         self._cache: tuple[float, list] | None = None
+        self._bus_problem = ""
 
     async def setup(self) -> None:
         async with self.db() as session, session.begin():
@@ -56,6 +61,35 @@ class CtlProviderService(Service):
                                                        "activated": self.activated})
         self.grpc.add(ctl_provider_pb2_grpc.add_CtlProviderServicer_to_server,
                       CtlProviderServicer(self), "ccmsec.v1.CtlProvider")
+        # CHK-6: a publish a crash left unrecorded is taken back before any commit is served (the
+        # gRPC server starts after set-up); one bounded try, then in the background while DEGRADED.
+        if not await self.trust.recover():
+            self.spawn(self._recover_until_done())
+
+    async def _recover_until_done(self) -> None:
+        while self.trust.recovery_problem:
+            await asyncio.sleep(trust_mod.RECOVERY_RETRY)
+            try:
+                if self.trust.recovery_problem:  # a commit's publish may have settled it meanwhile
+                    await self.trust.recover()
+                await self._problems_changed()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the database, say: kept, tried again
+                self.log.warning("CHK-6: taking back a CTL publish left unrecorded failed: %s", exc)
+
+    # --- DEGRADED: the bus (BUS-5) or a CTL publish left unrecorded (CHK-6) ------------------------
+    def startup_problem(self) -> str:
+        return self.trust.recovery_problem
+
+    async def _set_degraded(self, reason: str) -> None:
+        self._bus_problem = reason
+        await super()._set_degraded("; ".join(r for r in (reason, self.trust.recovery_problem) if r))
+
+    async def _problems_changed(self) -> None:
+        combined = "; ".join(r for r in (self._bus_problem, self.trust.recovery_problem) if r)
+        if self.grpc is not None and combined != self.degraded:
+            await super()._set_degraded(combined)
 
     async def teardown(self) -> None:
         if self.listener is not None:
@@ -67,6 +101,9 @@ class CtlProviderService(Service):
         if self.listener is not None:
             details.update(answered=str(self.listener.answered), refused=str(self.listener.refused))
         details.update({f"source_{k}": v for k, v in self.certificate_origins.items()})
+        unrecorded = self.trust.unrecorded_publishes()
+        if unrecorded:  # CHK-6: the TFTP server may serve one of them, never recorded
+            details["ctl_publishes_unrecorded"] = ",".join(map(str, unrecorded))
         return details
 
     async def sample_metrics(self) -> None:

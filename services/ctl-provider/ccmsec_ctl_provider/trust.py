@@ -2,7 +2,8 @@
 security mode — the server half of `ccmsec ctl update` and `ccmsec mode set`.
 
 ctl-provider owns the cluster mode, the CTL and the shared-TFTP registry (issue 9 §5): it is the
-only writer of `cluster_settings`, `ctl_files`, `ctl_take_backs` and `tftp_clusters`. The signed files are
+only writer of `cluster_settings`, `ctl_files`, `ctl_take_backs` and `tftp_clusters`. One
+ctl-provider process runs per cluster (`_serial` and the start-up take-back rely on it). The signed files are
 tftp-signer's: the CTL reaches them only through `TftpSigner/PublishFile` (no write into its
 folder). Call control, the gateway and the TFTP server follow the mode through `mode.changed`.
 
@@ -32,7 +33,17 @@ Commit (CHK-6), in this order so nothing is half done:
      it is sent — a second unanswered take-back in a row, or a restart, forgets none — and
      removed once the signer answered a publish naming it (with the next record, for a commit's
      publish). At most MAX_UNSETTLED_TAKE_BACKS (64) are kept: beyond, that many take-backs in a
-     row got no answer, and the oldest is dropped with a warning;
+     row got no answer, and the oldest is dropped with a warning.
+     Write-ahead intent: before a commit's PublishFile is sent its generation is stored in
+     `ctl_take_backs` (kind `publish`; not storable: the commit is refused, nothing sent), and the
+     record's transaction removes it; until then — and, the record failed, until a publish naming
+     it was answered (the take-back, or a later commit's publish: a take-back that got no answer
+     leaves it, the publish may still land) — every other publish names it as well. A crash
+     between publish and record (SIGKILL, power loss: none of the above ran) leaves it: the next
+     start (`recover`, before commits are served) takes it back as a publish that got no answer
+     is — the recorded CTL published again, or a withdraw — naming it; the signer out of reach,
+     it stays pending (named by every publish, DEGRADED with the generation in the Status, tried
+     again every RECOVERY_RETRY seconds). Publishes in flight are bounded alike (64);
   5. `mode.changed` and the RST-3 actions (mode changed), then `ctl.updated` and the RST-4 actions
      are published.
 
@@ -52,7 +63,9 @@ import grpc
 
 from ccmsec.db.cluster import (
     current_ctl,
+    publishes_in_flight,
     record_ctl,
+    save_publishes_in_flight,
     save_tftp_registry,
     save_unsettled_take_backs,
     tftp_registry,
@@ -86,6 +99,9 @@ SIGNER_REFUSALS = frozenset({
 # cancelled, with no publish answered in between; the oldest is dropped then (logged: it could
 # still land over a later CTL, a chance that shrinks with its age).
 MAX_UNSETTLED_TAKE_BACKS = 64
+# Seconds between two tries of the start-up take-back (a publish left in flight by a crash) while
+# the tftp-signer cannot be reached; commits are served meanwhile and name it in every publish.
+RECOVERY_RETRY = 2.0
 
 
 async def _to_the_end(step):
@@ -136,6 +152,14 @@ class TrustOperations:
         # later commit's CTL, until a publish naming them is answered. Kept in `ctl_take_backs`
         # (a restart keeps them), loaded on the first commit, written through on every change.
         self._unsettled: list[int] | None = None
+        # The write-ahead intents: generations of commits' publishes sent (or about to be) whose
+        # record has not landed and that no answered publish named yet, oldest first. Stored in
+        # `ctl_take_backs` (kind `publish`) before the publish is sent, removed by the record's
+        # transaction; named by every other publish like the take-backs; one left at start is a
+        # crash between publish and record, taken back by `recover`.
+        self._in_flight: list[int] | None = None
+        self._committing: int | None = None  # the generation of the commit under way
+        self._recovery_error = ""  # why the start-up take-back has not been done yet ("" : done)
 
     # --- MODE-6 ---------------------------------------------------------------------------
     def _local_entry(self, registry: list[TftpClusterEntry], mode: str) -> TftpClusterEntry:
@@ -294,12 +318,24 @@ class TrustOperations:
                                   "older CTL as a replay. Build a new one (is this machine's clock "
                                   "behind?), or pass --new-trust after resetting every phone's trust list")
             registry = await self.checked_registry(session, target)
-            if self._unsettled is None:
-                self._unsettled = await unsettled_take_backs(session)
+            await self._load(session)
         stub = tftp_signer_pb2_grpc.TftpSignerStub(self.service.peer_channel("tftp-signer"))
         generation = new_generation()  # a take-back names it: the signer then refuses it, however late
+        self._committing = generation
         try:
-            unsettled = list(self._unsettled)
+            return await self._publish_and_record(stub, generation, content, sha256, ctl_file, signer,
+                                                  registry, target, previous_mode, previous, actor)
+        finally:
+            self._committing = None
+
+    async def _publish_and_record(self, stub, generation, content, sha256, ctl_file, signer, registry,
+                                  target, previous_mode, previous, actor) -> dict:
+        settings = self.service.settings
+        # Write-ahead: stored before it is sent, so a crash between publish and record leaves it
+        # for the next start to take back (`recover`); not stored, nothing is sent.
+        await self._intend(generation)
+        try:
+            unsettled = self._names(exclude=(generation,))  # every other one the signer may still write
             published = await stub.PublishFile(tftp_signer_pb2.PublishFileRequest(
                 cluster_path=settings.tftp_path, name=CTL_FILE_NAME, content=content, sha256=sha256,
                 generation=generation, takes_back=unsettled), timeout=RPC_TIMEOUT)
@@ -307,7 +343,9 @@ class TrustOperations:
         except grpc.aio.AioRpcError as exc:
             # The signed files are tftp-signer's: without its answer nothing is recorded.
             why = f"the tftp-signer did not publish {CTL_FILE_NAME}: {exc.details()}"
-            if exc.code() not in SIGNER_REFUSALS:
+            if exc.code() in SIGNER_REFUSALS:  # it wrote nothing and will not: no intent left
+                await self._settle([generation])
+            else:
                 # No answer (deadline, connection lost): the signer may still be writing it, and
                 # would put an unrecorded CTL live after this refusal. Take it back, naming its
                 # generation, exactly as for a cancelled commit.
@@ -316,13 +354,13 @@ class TrustOperations:
         except asyncio.CancelledError:  # the signer may have published it all the same — or yet will
             await self._settle_cancelled(stub, previous, sha256, generation)
             raise
-        # The signer answered: the take-backs it named are refused there from now on. Settled in
+        # The signer answered: the generations it named are refused there from now on. Settled in
         # memory here, in the database with the record (a record that fails leaves them listed
-        # there: named once more, harmless).
+        # there: named once more, or taken back once more at the next start — harmless).
         self._settle_in_memory(unsettled)
         try:
             version, ids, events = await self._record(content, sha256, ctl_file, signer, registry, target,
-                                                      previous_mode, actor)
+                                                      previous_mode, actor, generation)
         except Refused:
             raise
         except asyncio.CancelledError:
@@ -351,6 +389,7 @@ class TrustOperations:
                 async with self.service.db() as session:
                     row = await current_ctl(session)
                 if row is not None and row.sha256 == sha256:
+                    self._settle_in_memory([generation])  # the record removed its intent
                     log.warning("CTL commit cancelled after its record: published and recorded agree",
                                 extra={"version": row.version, "sha256": sha256})
                     return
@@ -374,36 +413,98 @@ class TrustOperations:
         """The take-backs not answered yet, oldest first ([] before the first commit loads them)."""
         return list(self._unsettled or ())
 
+    def publishes_in_flight(self) -> list[int]:
+        """The commits' publishes neither recorded nor taken back, oldest first (the commit under
+        way included; [] before they are loaded)."""
+        return list(self._in_flight or ())
+
+    def unrecorded_publishes(self) -> list[int]:
+        """Those of finished commits or of a process that stopped: the CTL the TFTP server serves
+        may be one of them, never recorded (Status: `ctl_publishes_unrecorded`)."""
+        return [g for g in self._in_flight or () if g != self._committing]
+
+    @property
+    def recovery_problem(self) -> str:
+        """Why ctl-provider is DEGRADED: the start-up take-back of a publish left in flight has not
+        been done (the tftp-signer did not answer it); "" once done or settled by a publish."""
+        pending = self.unrecorded_publishes()
+        if not self._recovery_error or not pending:
+            return ""
+        return (f"CHK-6: CTL publish generation(s) {', '.join(map(str, pending))} sent before ctl-provider "
+                f"stopped were never recorded and are not taken back yet ({self._recovery_error}): "
+                f"the TFTP server may serve a {CTL_FILE_NAME} the cluster did not record; retried every "
+                f"{RECOVERY_RETRY:g} s and named by the next commit's publish")
+
+    def _names(self, *, last: int | None = None, exclude=()) -> list[int]:
+        """What a publish names in `takes_back`: every publish in flight and every unanswered
+        take-back (but `exclude`) — each may still be written by the signer —, then `last` (the
+        publish a take-back undoes: a signer of the former singular field keeps the last entry)."""
+        skip = {*exclude, last}
+        names = [g for g in (*(self._in_flight or ()), *(self._unsettled or ())) if g not in skip]
+        return list(dict.fromkeys(names)) + ([] if last is None else [last])
+
+    async def _load(self, session) -> None:
+        if self._unsettled is None:
+            self._unsettled = await unsettled_take_backs(session)
+        if self._in_flight is None:
+            self._in_flight = await publishes_in_flight(session)
+
+    @staticmethod
+    def _bounded(kept: list[int], what: str) -> None:
+        if len(kept) > MAX_UNSETTLED_TAKE_BACKS:
+            dropped = kept[:-MAX_UNSETTLED_TAKE_BACKS]
+            del kept[:-MAX_UNSETTLED_TAKE_BACKS]
+            log.warning("CHK-6: %d %s in a row got no answer from the tftp-signer; the oldest "
+                        "(generations %s) are no longer named by later publishes and could still land "
+                        "over a later CTL: check the tftp-signer and its CTLFile.tlv", len(kept) +
+                        len(dropped), what, ", ".join(map(str, dropped)),
+                        extra={"dropped": dropped, "limit": MAX_UNSETTLED_TAKE_BACKS})
+
+    async def _intend(self, generation: int) -> None:
+        """The write-ahead intent of a commit's publish: stored before it is sent. Not stored (the
+        database away), the commit is refused and nothing is sent."""
+        try:
+            async with self.service.db() as session, session.begin():
+                if self._in_flight is None:  # not loaded yet (commit loads them first): keep them
+                    self._in_flight = await publishes_in_flight(session)
+                self._in_flight.append(generation)
+                self._bounded(self._in_flight, "commits' publishes not taken back")
+                await save_publishes_in_flight(session, list(self._in_flight))
+        except BaseException as exc:
+            self._settle_in_memory([generation])
+            if not isinstance(exc, Exception):
+                raise
+            raise Refused(grpc.StatusCode.UNAVAILABLE,
+                          f"CHK-6: the publish could not be stored before sending it ({type(exc).__name__}: "
+                          f"{str(exc)[:200]}); nothing published, nothing changed: run the CTL client "
+                          "again") from None
+
     async def _remember(self, generation: int) -> None:
         """Before a take-back is sent: it is unsettled until the signer answers it, whatever
         happens meanwhile (no answer, the call cut, this process gone)."""
-        if self._unsettled is None:  # not loaded yet (commit loads them first): never save over them
+        if self._unsettled is None or self._in_flight is None:  # not loaded yet: never save over them
             try:
                 async with self.service.db() as session:
-                    self._unsettled = await unsettled_take_backs(session)
+                    await self._load(session)
             except Exception as exc:
                 log.error("CHK-6: the unanswered take-backs could not be read: %s", exc)
-                self._unsettled = []
-        unsettled = self._unsettled
-        unsettled.append(generation)
-        if len(unsettled) > MAX_UNSETTLED_TAKE_BACKS:
-            dropped = unsettled[:-MAX_UNSETTLED_TAKE_BACKS]
-            del unsettled[:-MAX_UNSETTLED_TAKE_BACKS]
-            log.warning("CHK-6: %d take-backs in a row got no answer from the tftp-signer; the oldest "
-                        "(generations %s) are no longer named by later publishes and could still land "
-                        "over a later CTL: check the tftp-signer and its CTLFile.tlv", len(unsettled) +
-                        len(dropped), ", ".join(map(str, dropped)),
-                        extra={"dropped": dropped, "limit": MAX_UNSETTLED_TAKE_BACKS})
-        self._unsettled = unsettled
+                self._unsettled = self._unsettled if self._unsettled is not None else []
+                self._in_flight = self._in_flight if self._in_flight is not None else []
+        self._unsettled.append(generation)
+        self._bounded(self._unsettled, "take-backs")
         await self._persist()
 
     def _settle_in_memory(self, generations) -> bool:
-        if self._unsettled is None:
-            return False
         settled = set(generations)
-        before = self._unsettled
-        self._unsettled = [g for g in before if g not in settled]
-        return len(self._unsettled) != len(before)
+        changed = False
+        for kept in ("_unsettled", "_in_flight"):
+            before = getattr(self, kept)
+            if before is None:
+                continue
+            after = [g for g in before if g not in settled]
+            changed |= len(after) != len(before)
+            setattr(self, kept, after)
+        return changed
 
     async def _settle(self, generations) -> None:
         """The signer answered a publish naming `generations`: it refuses them from now on."""
@@ -416,7 +517,10 @@ class TrustOperations:
         is named by the publishes of this process and saved again with its next change."""
         try:
             async with self.service.db() as session, session.begin():
-                await save_unsettled_take_backs(session, list(self._unsettled or ()))
+                if self._unsettled is not None:
+                    await save_unsettled_take_backs(session, list(self._unsettled))
+                if self._in_flight is not None:
+                    await save_publishes_in_flight(session, list(self._in_flight))
         except Exception as exc:
             log.error("CHK-6: the unanswered take-backs (generations %s) could not be saved; they are "
                       "named from memory until saved, a restart meanwhile forgets them: %s",
@@ -428,9 +532,9 @@ class TrustOperations:
         signer removes it, serves no CTL (as the record says) and refuses that publish later.
         It names the earlier unanswered take-backs too, and is one itself until answered."""
         own = new_generation()
-        earlier = self.unsettled_take_backs()
-        # The publish it undoes LAST: a signer of the former singular field keeps the last entry.
-        names = [*earlier, generation]
+        # with every other publish in flight and take-back; the publish it undoes LAST: a signer
+        # of the former singular field keeps the last entry
+        names = self._names(last=generation)
         await self._remember(own)  # before it is sent: it may land even if this process stops
         if old is None:
             request = tftp_signer_pb2.PublishFileRequest(
@@ -446,7 +550,7 @@ class TrustOperations:
             if exc.code() in SIGNER_REFUSALS:  # refused: it wrote nothing and will not
                 await self._settle([own])
             raise  # no answer: it may still land; every later publish names it
-        await self._settle([own, *earlier])
+        await self._settle([own, *names])
 
     async def _take_back_unanswered(self, stub, previous: tuple[int, bytes] | None,
                                     generation: int) -> str:
@@ -468,6 +572,50 @@ class TrustOperations:
             return (f"; no earlier CTL exists: {CTL_FILE_NAME} is withdrawn from the TFTP server and "
                     "that publish taken back, nothing changed")
         return f"; version {version} is published again and that publish taken back, nothing changed"
+
+    async def recover(self) -> bool:
+        """At start, before commits are served (and again every RECOVERY_RETRY seconds while it
+        could not be done): a commit's publish left in flight — the process stopped (SIGKILL, power
+        loss) after its PublishFile reached the signer and before its record committed — may have
+        put live a CTL the cluster never recorded. Take it back as `_take_back_unanswered` does:
+        publish the recorded CTL again (withdraw the file when none is recorded) naming it, with
+        every other generation the signer may still write. Bounded (RPC_TIMEOUT); the signer not
+        answering leaves it pending — kept, named by every publish, `recovery_problem` says so.
+        True when nothing is left to take back."""
+        async with self._serial:
+            async with self.service.db() as session:
+                await self._load(session)  # at start: what the database holds
+                row = await current_ctl(session)
+            pending = self.unrecorded_publishes()
+            if not pending:
+                self._recovery_error = ""
+                return True
+            what = (f"version {row.version} published again" if row is not None
+                    else f"{CTL_FILE_NAME} withdrawn (no CTL recorded)")
+            if not self._recovery_error:
+                log.warning("CHK-6: CTL publish generation(s) %s sent but never recorded (ctl-provider "
+                            "stopped between publish and record): taking it back, %s",
+                            ", ".join(map(str, pending)), what,
+                            extra={"generations": pending, "rule": "CHK-6"})
+            stub = tftp_signer_pb2_grpc.TftpSignerStub(self.service.peer_channel("tftp-signer"))
+            try:
+                await _to_the_end(self._publish_back(stub, None if row is None else bytes(row.content),
+                                                     pending[-1]))  # the latest: the crashed commit's
+            except grpc.aio.AioRpcError as exc:
+                error = f"tftp-signer: {exc.code().name}: {exc.details()}"
+            except Exception as exc:  # the database, most likely: tried again like the signer
+                error = f"{type(exc).__name__}: {str(exc)[:200]}"
+            else:
+                self._recovery_error = ""
+                log.warning("CHK-6: CTL publish generation(s) %s taken back: %s", ", ".join(map(str, pending)),
+                            what, extra={"generations": pending, "rule": "CHK-6"})
+                return True
+            if error != self._recovery_error:
+                log.warning("CHK-6: CTL publish generation(s) %s not taken back yet (%s): kept, named by "
+                            "every publish, tried again every %g s", ", ".join(map(str, pending)), error,
+                            RECOVERY_RETRY, extra={"generations": pending, "rule": "CHK-6"})
+            self._recovery_error = error
+            return False
 
     async def _unpublish(self, stub, previous: tuple[int, bytes] | None, exc: BaseException,
                          generation: int) -> Refused:
@@ -494,8 +642,9 @@ class TrustOperations:
                                                     "nothing changed: run the CTL client again")
 
     async def _record(self, content, sha256, ctl_file, signer, registry, target, previous_mode,
-                      actor) -> tuple[int, list[str], list[str]]:
-        """One transaction: the CTL, the mode and the events they require (outbox)."""
+                      actor, generation: int = 0) -> tuple[int, list[str], list[str]]:
+        """One transaction: the CTL, the mode and the events they require (outbox); it removes the
+        publish's write-ahead intent (`generation`)."""
         settings = self.service.settings
         async with self.service.db() as session, session.begin():
             version = await record_ctl(session, content=content, sha256=sha256, signer=signer.subject,
@@ -504,6 +653,8 @@ class TrustOperations:
             await save_tftp_registry(session, registry)
             if self._unsettled is not None:  # those the publish named are settled (_commit)
                 await save_unsettled_take_backs(session, self.unsettled_take_backs())
+            if self._in_flight is not None:  # and so is its own intent: recorded, nothing to take back
+                await save_publishes_in_flight(session, [g for g in self._in_flight if g != generation])
             # The CTL, the mode and every event they require commit together (outbox).
             ids: list[str] = []
             events: list[str] = []
@@ -519,4 +670,5 @@ class TrustOperations:
                                             reason=f"CTL version {version} published ({sha256[:12]})")
             ids += more
             events += described
+        self._settle_in_memory([generation])
         return version, ids, events
