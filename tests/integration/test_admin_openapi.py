@@ -26,6 +26,7 @@ from tests.integration.test_admin_v2_support import (  # noqa: F401  (fixtures)
     register,
     tracker,
     v2,
+    v2_stack,
 )
 
 pytestmark = pytest.mark.timeout(120)
@@ -279,3 +280,17 @@ async def test_the_python_client_follows_cursors_and_reads_problems(v2):
     assert names == [A, B, C] and sets == ["basic", "no-barge", "standard"]
     assert refused is not None and refused.status == 409 and refused.rule == "MODE-5"
     assert "MODE-5" in str(refused)
+
+
+async def test_rst9_a_reset_on_a_node_the_cluster_does_not_run_is_a_declared_404(tmp_path, migrated_db, tracker):
+    """RST-9: with the cluster's call-control nodes known (CCMSEC_CLUSTER_CALL_CONTROL_NODES), a
+    reset on a server it does not run is a 404 problem — an answer the document did not declare for
+    POST /api/v1/devices/reset (only 503 beside the common ones), so a client generated from it had
+    no 404 there. Now declared; a malformed server (srst) stays a declared 422."""
+    async with v2_stack(tmp_path / "data", template=migrated_db, tracker=tracker,
+                        call_control_nodes=frozenset({"callmanager", "callmanager-sub1"})) as stack:
+        spec = (await stack.client().get("/api/v1/openapi.json")).json()
+        admin = Checked(stack.admin(), spec, set())
+        refused = await admin.post("/api/v1/devices/reset", json={"server": "callmanager-sub3"})
+        assert refused.status_code == 404, refused.text
+        assert (await admin.post("/api/v1/devices/reset", json={"server": "srst"})).status_code == 422

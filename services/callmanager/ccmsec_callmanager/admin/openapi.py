@@ -29,7 +29,7 @@ SPECIFIC: dict[str, tuple[int, ...]] = {
     "device.update": (404, 409, 503),
     "device.set_pool": (404, 409),
     "device.reset": (404, 503),
-    "device.reset_many": (503,),
+    "device.reset_many": (404, 503),  # 404: a server the cluster does not run (RST-9)
     "reset.progress": (404, 503),
     "line.create": (404, 409),
     "pool.create": (409,),
