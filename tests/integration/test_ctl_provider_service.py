@@ -1016,6 +1016,68 @@ async def test_chk6_a_signer_of_the_former_single_field_still_refuses_the_publis
     assert former_a.takes_back == publish_2.generation
 
 
+async def test_chk6_a_take_back_is_not_held_up_by_a_database_that_does_not_answer(
+        provider_with_signer, tokens, monkeypatch):
+    """CHK-6: the record failed (the database locked), so the unrecorded CTL is live until the
+    take-back puts the recorded one back. The take-back is stored in `ctl_take_backs` before it
+    is sent — and that write waited for the same database: SQLite's 30 s busy wait (a stuck
+    PostgreSQL: longer), while phones could download the unrecorded CTL. The store now waits
+    TAKE_BACK_STORE_WAIT at most, the take-back goes out, and the store completes once the
+    database answers; a commit after it waits for that store before storing its own publish, and
+    leaves nothing behind once recorded."""
+    import sqlite3
+    import time
+
+    import sqlalchemy
+
+    from ccmsec_ctl_provider import trust as trust_mod
+
+    provider, signer = provider_with_signer
+    first = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t2"])
+    assert (await provider.stub.CommitCtl(ctl_provider_pb2.CommitCtlRequest(ctl=first))).version == 1
+    second = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t3"])
+    db_file = provider.svc.settings.db_url.split("///", 1)[1]
+    holder = sqlite3.connect(db_file, isolation_level=None, check_same_thread=False)
+
+    async def locked(*args, **kwargs):  # another writer holds the database: the record fails
+        holder.execute("BEGIN IMMEDIATE")
+        raise sqlalchemy.exc.OperationalError("INSERT INTO ctl_files", {}, Exception("database is locked"))
+    monkeypatch.setattr(trust_mod, "record_ctl", locked)
+    monkeypatch.setattr(trust_mod, "RPC_TIMEOUT", 1.0)
+    signer.delays = [0.0, 3.0]  # the publish answers; the take-back gets no answer in time
+    commit = asyncio.create_task(provider.svc.trust.commit(second, common_pb2.CLUSTER_MIXED, False, "test"))
+    try:
+        async with asyncio.timeout(10):
+            while len(signer.requests) < 2 or not holder.in_transaction:
+                await asyncio.sleep(0.02)
+        locked_at = time.monotonic()
+        async with asyncio.timeout(8):
+            while len(signer.requests) < 3:
+                await asyncio.sleep(0.02)
+        waited = time.monotonic() - locked_at
+        with pytest.raises(trust_mod.Refused):
+            await asyncio.wait_for(commit, 10)
+        # The next commit while that store still waits: its write-ahead intent waits for it (the
+        # store read the intents before it), then the commit goes through naming the take-back.
+        monkeypatch.setattr(trust_mod, "record_ctl", record_ctl)
+        monkeypatch.setattr(trust_mod, "RPC_TIMEOUT", 5.0)
+        again = asyncio.create_task(provider.svc.trust.commit(second, common_pb2.CLUSTER_MIXED, False, "test"))
+        await asyncio.sleep(0.5)
+        assert len(signer.requests) == 3 and not again.done()
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert waited < trust_mod.TAKE_BACK_STORE_WAIT + 1.5, waited
+    take_back = signer.requests[2]
+    assert take_back.content == first and list(take_back.takes_back) == [signer.requests[1].generation]
+    assert (await asyncio.wait_for(again, 40))["version"] == 2
+    assert take_back.generation in signer.requests[3].takes_back and signer.requests[3].content == second
+    from ccmsec.db.cluster import publishes_in_flight
+    async with provider.svc.db() as session:
+        assert await publishes_in_flight(session) == []
+    assert await _stored_take_backs(provider.svc) == [] == provider.svc.trust.unsettled_take_backs()
+
+
 async def test_chk6_unanswered_take_backs_beyond_the_bound_drop_the_oldest_with_a_warning(
         provider_with_signer, tokens, monkeypatch, caplog):
     """CHK-6, the bound (MAX_UNSETTLED_TAKE_BACKS, 64; 1 here): one take-back more than it, all

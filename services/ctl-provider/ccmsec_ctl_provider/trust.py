@@ -30,7 +30,9 @@ Commit (CHK-6), in this order so nothing is half done:
      a CTL over the one recorded since —, so every later publish (take-backs included) names it
      in `takes_back` (a list) too: the signer then refuses it, or it was already writing and the
      publish wins. They are a set, not one: each take-back is stored in `ctl_take_backs` before
-     it is sent — a second unanswered take-back in a row, or a restart, forgets none — and
+     it is sent — a second unanswered take-back in a row, or a restart, forgets none; a database
+     that has not stored it within TAKE_BACK_STORE_WAIT (1 s) does not hold it up: it is sent,
+     and stored once the database answers — and
      removed once the signer answered a publish naming it (with the next record, for a commit's
      publish). At most MAX_UNSETTLED_TAKE_BACKS (64) are kept: beyond, that many take-backs in a
      row got no answer, and the oldest is dropped with a warning.
@@ -102,12 +104,17 @@ MAX_UNSETTLED_TAKE_BACKS = 64
 # Seconds between two tries of the start-up take-back (a publish left in flight by a crash) while
 # the tftp-signer cannot be reached; commits are served meanwhile and name it in every publish.
 RECOVERY_RETRY = 2.0
+# Seconds a take-back waits for its store in `ctl_take_backs` before it is sent all the same: the
+# store waits for the database (SQLite's busy wait is 30 s), and after a record the database
+# refused the unrecorded CTL stays live until the take-back lands. The store goes on meanwhile.
+TAKE_BACK_STORE_WAIT = 1.0
 
 
 async def _to_the_end(step):
     """Await `step` in its own task to its end whatever cancellations arrive meanwhile (it is
-    bounded: RPC_TIMEOUT); a cancellation that arrived is raised once it is done. A take-back
-    cancelled mid-call could otherwise land at the signer after the next commit's publish."""
+    bounded: RPC_TIMEOUT, TAKE_BACK_STORE_WAIT); a cancellation that arrived is raised once it
+    is done. A take-back cancelled mid-call could otherwise land at the signer after the next
+    commit's publish."""
     task = asyncio.ensure_future(step)
     cancelled = False
     while not task.done():
@@ -160,6 +167,8 @@ class TrustOperations:
         self._in_flight: list[int] | None = None
         self._committing: int | None = None  # the generation of the commit under way
         self._recovery_error = ""  # why the start-up take-back has not been done yet ("" : done)
+        self._store: asyncio.Task | None = None  # writing them (`_persist`)
+        self._store_again = False  # they changed since that write read them
 
     # --- MODE-6 ---------------------------------------------------------------------------
     def _local_entry(self, registry: list[TftpClusterEntry], mode: str) -> TftpClusterEntry:
@@ -383,7 +392,8 @@ class TrustOperations:
                                 generation: int) -> None:
         """A commit cancelled after publishing: unless its record landed (the cancellation came
         during COMMIT, after the database took it), publish the recorded CTL again. Runs to the end
-        in its own task, whatever further cancellations arrive (each step is bounded: RPC_TIMEOUT)."""
+        in its own task, whatever further cancellations arrive (each step is bounded: RPC_TIMEOUT,
+        TAKE_BACK_STORE_WAIT)."""
         async def settle() -> None:
             try:
                 async with self.service.db() as session:
@@ -462,7 +472,11 @@ class TrustOperations:
 
     async def _intend(self, generation: int) -> None:
         """The write-ahead intent of a commit's publish: stored before it is sent. Not stored (the
-        database away), the commit is refused and nothing is sent."""
+        database away), the commit is refused and nothing is sent. A store of the take-backs still
+        going on (`_persist` did not wait for it) ends first: it read the intents before this one,
+        and would remove it (nothing is live yet, so this wait costs no exposure)."""
+        if self._store is not None and not self._store.done():
+            await asyncio.wait({self._store})
         try:
             async with self.service.db() as session, session.begin():
                 if self._in_flight is None:  # not loaded yet (commit loads them first): keep them
@@ -512,19 +526,36 @@ class TrustOperations:
             await self._persist()
 
     async def _persist(self) -> None:
-        """Write the unanswered take-backs through to `ctl_take_backs`. A failure (the database is
-        what just failed the record, maybe) does not stop the take-back: the set stays in memory,
-        is named by the publishes of this process and saved again with its next change."""
-        try:
-            async with self.service.db() as session, session.begin():
-                if self._unsettled is not None:
-                    await save_unsettled_take_backs(session, list(self._unsettled))
-                if self._in_flight is not None:
-                    await save_publishes_in_flight(session, list(self._in_flight))
-        except Exception as exc:
-            log.error("CHK-6: the unanswered take-backs (generations %s) could not be saved; they are "
-                      "named from memory until saved, a restart meanwhile forgets them: %s",
-                      ", ".join(map(str, self._unsettled or ())) or "none", exc)
+        """Write the unanswered take-backs through to `ctl_take_backs`, waiting for that at most
+        TAKE_BACK_STORE_WAIT: a database that does not answer (the one that just failed the record,
+        maybe) must not hold the take-back up. The write goes on in its own task, one at a time,
+        again while the set changed meanwhile, so the latest set is stored (a write that read an
+        older one stores a generation settled since at worst: named once more, harmless). A
+        failure does not stop the take-back: the set stays in memory, is named by the publishes
+        of this process and saved again with its next change."""
+        self._store_again = True
+        if self._store is None or self._store.done():
+            self._store = asyncio.ensure_future(self._store_latest())
+        await asyncio.wait({self._store}, timeout=TAKE_BACK_STORE_WAIT)
+        if not self._store.done():
+            log.warning("CHK-6: the database has not stored the unanswered take-backs (generations %s) "
+                        "within %g s; sending on, stored once it answers (a restart meanwhile forgets "
+                        "them)", ", ".join(map(str, self._unsettled or ())) or "none", TAKE_BACK_STORE_WAIT)
+
+    async def _store_latest(self) -> None:
+        while self._store_again:
+            self._store_again = False
+            try:
+                async with self.service.db() as session, session.begin():
+                    if self._unsettled is not None:
+                        await save_unsettled_take_backs(session, list(self._unsettled))
+                    if self._in_flight is not None:
+                        await save_publishes_in_flight(session, list(self._in_flight))
+            except Exception as exc:
+                log.error("CHK-6: the unanswered take-backs (generations %s) could not be saved; they "
+                          "are named from memory until saved, a restart meanwhile forgets them: %s",
+                          ", ".join(map(str, self._unsettled or ())) or "none", exc)
+                return
 
     async def _publish_back(self, stub, old: bytes | None, generation: int) -> None:
         """Publish the recorded CTL `old` again, naming the publish `generation` it takes back;
