@@ -68,6 +68,10 @@ MAX_DIGITS = 24  # a directory number has at most 24 characters
 CONFERENCE = "Conference"              # the called number an ad hoc conference shows
 NO_COMMON_CODEC = "No common codec"   # what the refused phone shows (reorder tone)
 TWO_BARGES = "Barge in both calls"    # a transfer or conference that would put two barges in one call
+# a barge's initiator pressing Transfer or Confrn on its barge leg (not offered to it:
+# `ui.BARGE_WITHHELD`)
+BARGE_NO_TRANSFER = "No transfer from a barge"
+BARGE_NO_CONFERENCE = "No conference from a barge"
 KEYPAD = {**{i: str(i) for i in range(10)}, 0x0E: "*", 0x0F: "#", 0x10: "+"}
 DIALABLE = frozenset(KEYPAD.values())
 # A key source gives the encryption-info block for one channel direction ("rx" or "tx"); the
@@ -378,7 +382,11 @@ class CallAgent:
                 self._ignore()
         elif event in (SoftKey.TRANSFER, SoftKey.CONFERENCE):
             kind = Consult.TRANSFER if event == SoftKey.TRANSFER else Consult.CONFERENCE
-            self._consult(st, leg or st.active_leg(), kind, now)
+            target = leg or st.active_leg()
+            if target is not None and ui.is_barge_initiator(target, target.call):
+                self._refuse_from_barge(target, kind, now)
+            else:
+                self._consult(st, target, kind, now)
         elif event in (SoftKey.BARGE, SoftKey.CBARGE):
             self._barge(st, line, ref, event == SoftKey.CBARGE, now)
         elif event == SoftKey.CFWD_ALL:
@@ -697,6 +705,12 @@ class CallAgent:
             named = self._name_the_two(call)
         elif barge is not None and call.barge is None and len(call.legs) == 2:
             named = self._name_the_two(call)   # a built-in barge ended, its initiator left in
+        if barge is not None and call.barge is None and barge.initiator in call.legs \
+                and barge.initiator.state is LegState.CONNECTED \
+                and not (conference and not ui.shown_as_conference(call)):
+            # no longer an initiator but a party: its connected set offers Transfer and Confrn
+            # again (a conference or cBarge down to two sent it that set above)
+            self._send(barge.initiator.station, ui.connected_keys(barge.initiator, call))
         self._sync_hints(call)         # the last party on a shared line may have left
         self._plan_media(call)
         self._update_security(call, now, force=named)   # forced: the CallInfo naming each other
@@ -850,6 +864,20 @@ class CallAgent:
             return
         consult.consult_for = leg
         consult.consult = kind
+
+    def _refuse_from_barge(self, leg: Leg, kind: Consult, now: float) -> None:
+        """A barge's initiator is a party through its target's bridge (Barge) or the conference
+        bridge (cBarge): as in CallManager it cannot transfer or conference that call. Its phone
+        is not offered the keys (`ui.connected_keys`); one sent anyway is refused before anything
+        changes — no hold, no consultation, both calls as they were — and the phone reads why."""
+        self._ignore()
+        transfer = kind is Consult.TRANSFER
+        self._send(leg.station, c.DisplayNotify(10, BARGE_NO_TRANSFER if transfer
+                                                else BARGE_NO_CONFERENCE))
+        assert leg.call is not None
+        action = "transfer" if transfer else "conference"
+        self._emit("refused", leg.call, now,
+                   detail=f"CALL-1: a barge initiator cannot {action} the call it barged into")
 
     def _complete(self, consult: Leg, now: float) -> bool:
         """Complete a transfer or conference; False when it was not done (both calls unchanged)."""

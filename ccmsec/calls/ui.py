@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ccmsec.calls.setup import skinny_text
+from ccmsec.calls.setup import SETS, SOFTKEY_SETS, skinny_text
 from ccmsec.wire import sccp as s
 from ccmsec.wire.sccp_calls import (
     CallStateCode,
@@ -20,6 +20,7 @@ from ccmsec.wire.sccp_calls import (
     RingMode,
     SelectSoftKeys,
     SetRinger,
+    SoftKey,
     SoftKeySetIndex as Keys,
     SpeakerMode,
     StimulusType,
@@ -96,12 +97,42 @@ def shown_as_conference(call: "Call") -> bool:
     return call.bridge and len(call.legs) > 2
 
 
+# A barge's initiator is a party through its target's built-in bridge (Barge) or the conference
+# bridge (cBarge, a barge into a conference): as in CallManager it cannot transfer or conference
+# that call, so its connected set shows neither key (Hold and EndCall stay: a hold by the
+# initiator leaves the barge and a resume mixes it in again). The call agent refuses the key if a
+# phone sends it anyway (`agent.BARGE_NO_TRANSFER`).
+BARGE_WITHHELD = frozenset({SoftKey.TRANSFER, SoftKey.CONFERENCE, SoftKey.JOIN})
+
+
+def is_barge_initiator(leg: "Leg", call: "Call | None") -> bool:
+    return call is not None and call.barge is not None and call.barge.initiator is leg
+
+
+def valid_key_mask(leg: "Leg", keys: Keys, withheld: frozenset[SoftKey] = frozenset()) -> int:
+    """SelectSoftKeys' valid-key mask: bit i for the i-th key of set `keys` as this device has it
+    (its named softkey set drops keys, `setup.softkey_sets`), cleared for each key `withheld` —
+    how a CallManager takes a key of a set away for one call without another set."""
+    if not withheld:
+        return 0xFFFFFFFF
+    allowed = SOFTKEY_SETS[leg.station.profile.softkey_set]
+    shown = [k for k in SETS[keys] if k in allowed]
+    return sum(1 << i for i, k in enumerate(shown) if k not in withheld)
+
+
+def connected_keys(leg: "Leg", call: "Call", *, conference: bool = False) -> SelectSoftKeys:
+    """The connected softkey set of `leg` in `call`: the conference's (Confrn) on a bridge of three
+    or more, else the two-party one (Transfer, Confrn); a barge's initiator gets neither key."""
+    keys = Keys.CONNECTED_CONFERENCE if conference or shown_as_conference(call) else Keys.CONNECTED
+    withheld = BARGE_WITHHELD if is_barge_initiator(leg, call) else frozenset()
+    return SelectSoftKeys(leg.line, leg.reference, keys, valid_key_mask(leg, keys, withheld))
+
+
 def connected(leg: "Leg", call: "Call", *, conference: bool = False) -> list[s.Message]:
     conference = conference or shown_as_conference(call)
-    keys = Keys.CONNECTED_CONFERENCE if conference else Keys.CONNECTED
     return [s.StopTone(leg.line, leg.reference), SetRinger(RingMode.OFF, 1, leg.line, leg.reference),
             _lamp(leg.line, LampMode.ON), _state(CallStateCode.CONNECTED, leg),
-            SelectSoftKeys(leg.line, leg.reference, keys),
+            connected_keys(leg, call, conference=conference),
             _prompt("Conference" if conference else "Connected", leg),
             s.ActivateCallPlane(leg.line)]
 

@@ -60,6 +60,7 @@ class PhoneCall:
     call_type: int = 0
     security: int = 0
     softkey_set: int = -1
+    softkey_mask: int = 0xFFFFFFFF   # SelectSoftKeys' valid-key mask: bit i, the set's i-th key
     prompt: str = ""
     tone: int = 0
     ringing: bool = False
@@ -291,6 +292,7 @@ class SccpPhone:
         call = self.calls.get(m.call_reference) if m.call_reference else None
         if call is not None:
             call.softkey_set = m.soft_key_set
+            call.softkey_mask = m.valid_key_mask
             events.append(CallChanged(call.reference))
         elif not m.call_reference:
             self.idle_softkeys = m.soft_key_set
@@ -419,18 +421,22 @@ class SccpPhone:
         wanted = "/".join(st.name.lower() for st in states) or "any"
         raise PhoneActionError(f"{self.device_name} has no {wanted} call")
 
+    def _shown_positions(self, call: PhoneCall | None) -> list[int]:
+        """Template positions of the keys the display shows for `call` (or idle): its set's keys
+        whose bit in the SelectSoftKeys valid-key mask is set (bit i: the set's i-th key)."""
+        index = call.softkey_set if call is not None else self.idle_softkeys
+        if self.softkey_sets is None or not 0 <= index < len(self.softkey_sets):
+            return []
+        mask = call.softkey_mask if call is not None else 0xFFFFFFFF
+        return [p for i, p in enumerate(self.softkey_sets[index]) if mask >> i & 1]
+
     def offered(self, call: PhoneCall | None) -> list[int]:
         """The softkey events the display offers for `call` (or idle)."""
-        index = call.softkey_set if call is not None else self.idle_softkeys
-        if self.softkey_sets is None or not 0 <= index < len(self.softkey_sets):
-            return []
-        return [int(self.softkeys[i]) for i in self.softkey_sets[index] if i in self.softkeys]
+        return [int(self.softkeys[i]) for i in self._shown_positions(call) if i in self.softkeys]
 
     def offered_names(self, call: PhoneCall | None) -> list[str]:
-        index = call.softkey_set if call is not None else self.idle_softkeys
-        if self.softkey_sets is None or not 0 <= index < len(self.softkey_sets):
-            return []
-        return [self.softkey_labels[i] for i in self.softkey_sets[index] if i in self.softkey_labels]
+        return [self.softkey_labels[i] for i in self._shown_positions(call)
+                if i in self.softkey_labels]
 
     def press(self, key: SoftKey, call: PhoneCall | None = None, line: int = 0) -> None:
         """Press a softkey the display offers (for `call`, or the idle set)."""

@@ -5,7 +5,9 @@ wire: captured live on loopback from the real call agent and decoded by the Wire
 dissector (tshark), no malformed packet. The assignments are written through callmanager's one
 write path (`CallManagerDomain.set_softkey_set`, the admin API's and CLI's), bad values refused.
 Bad case: a key the device's set does not give it, sent anyway, changes nothing. The same capture
-shows extension mobility's DeviceToUserData / UserToDeviceData decoded by the dissector."""
+shows extension mobility's DeviceToUserData / UserToDeviceData decoded by the dissector. A barge's
+initiator's connected set, masked (SelectSoftKeys' valid-key mask: no Transfer, no Confrn), is read
+the same way, and a Transfer it sends anyway is refused with a prompt (CALL-1)."""
 
 from __future__ import annotations
 
@@ -156,4 +158,75 @@ async def test_two_devices_with_different_softkey_sets_get_different_sets_on_the
     assert [tuple(int(v, 0) for v in row.split("\t")[:2]) for row in em] == [
         (0x002E, EM_APPLICATION_ID), (0x011E, EM_APPLICATION_ID)], em
     assert all(int(row.split("\t")[2]) > 0 for row in em)
+    assert _fields(pcap, "-Y", "_ws.malformed || _ws.expert.severity >= 8388608") == []
+
+
+BARGE_HOST = "127.0.0.50"
+CALLER, TARGET, XENA = "SEP0000000CB011", "SEP0000000CB012", "SEP0000000CB013"   # XENA shares 3112
+
+
+async def test_a_barge_initiators_connected_set_masks_transfer_and_conference_on_the_wire(tmp_path):
+    """CALL-1: a barge's initiator cannot transfer or conference the call it barged into. Its
+    SelectSoftKeys (the two-party set) carries a valid-key mask without the Transfer and Confrn
+    bits, as the Wireshark skinny dissector reads it; a Transfer sent anyway is refused with a
+    prompt and the call stays as it was (the bad case)."""
+    if not _port_free(BARGE_HOST, 2000):
+        pytest.skip(f"{BARGE_HOST}:2000 busy")
+    engine, sm = await open_database(f"sqlite:///{tmp_path / 'ccmsec.db'}")
+    async with sm() as session, session.begin():
+        session.add(DevicePool(name="desk", cm_group=BARGE_HOST, srst=""))
+        for name in (CALLER, TARGET, XENA):
+            session.add(Device(name=name, model="7970", security_mode="non-secure", device_pool="desk"))
+        await session.flush()
+        session.add_all([Line(dn=dn, device=name, line_index=1, label="")
+                         for name, dn in ((CALLER, "3111"), (TARGET, "3112"), (XENA, "3112"))])
+    cc = CallControl(CallControlConfig("callmanager", BARGE_HOST, 2000, 0, tmp_path, agent=AgentSettings(
+        inter_digit_timeout=0.3, server_name="callmanager")), sm)
+    await cc.start()
+    pcap = tmp_path / "barge.pcap"
+    proc = _capture(pcap, f"host {BARGE_HOST} and tcp port 2000")
+    phones = []
+    try:
+        for name in (CALLER, TARGET, XENA):   # TCP streams 0, 1, 2
+            conn = await connect_phone(BARGE_HOST, 2000, s.Register(name, BARGE_HOST, device_type=30006))
+            phone = CallingPhone(conn, bind_host=BARGE_HOST)
+            await phone.wait_ready(30)
+            phones.append(phone)
+        caller, target, xena = phones
+        caller.act(caller.display.dial, "3112")
+        await target.wait_for(lambda d: any(x.state == CS.RING_IN for x in d.calls.values()), 20, "ringing")
+        target.act(target.display.answer)
+        await xena.wait_for(lambda d: any(x.state == CS.REMOTE_MULTILINE for x in d.calls.values()),
+                            20, "in use remote")
+        xena.act(xena.display.barge)
+        await xena.wait_for(lambda d: any(x.state == CS.CONNECTED for x in d.calls.values()), 20, "barged")
+        barged = next(x for x in xena.display.calls.values() if x.state == CS.CONNECTED)
+        assert barged.softkey_set == c.SoftKeySetIndex.CONNECTED
+        assert xena.display.offered_names(barged) == ["Hold", "EndCall"]
+        # bad case: Transfer sent anyway — refused, said so, nothing else changes
+        calls_before = {x.reference: x.state for x in xena.display.calls.values()}
+        xena.conn.write([c.SoftKeyEvent(SoftKey.TRANSFER, barged.line, barged.reference)])
+        await xena.wait_for(lambda d: "No transfer from a barge" in d.notifications, 20, "the refusal")
+        assert {x.reference: x.state for x in xena.display.calls.values()} == calls_before
+        (view,) = cc.calls.agent.views()
+        assert view.barge == "barge" and len(view.legs) == 3
+    finally:
+        _stop_capture(proc)
+        for phone in phones:
+            await phone.close()
+        await cc.close()
+        await engine.dispose()
+
+    rows = _fields(pcap, "-Y", "skinny.messageId == 0x0110 && tcp.stream == 2", "-T", "fields",
+                   "-e", "skinny.softKeySetIndex", "-e", "skinny.SoftKeyMask.SoftKey1",
+                   "-e", "skinny.SoftKeyMask.SoftKey2", "-e", "skinny.SoftKeyMask.SoftKey3",
+                   "-e", "skinny.SoftKeyMask.SoftKey4")
+    # one frame may carry several SCCP messages: each field lists its values in message order
+    shown = [list(message) for row in rows
+             for message in zip(*(field.split(",") for field in row.split("\t")))]
+    # the barge leg's connected set (Hold, EndCall, Transfer, Confrn): only the first two bits
+    assert [r[1:] for r in shown if int(r[0], 0) == c.SoftKeySetIndex.CONNECTED] == [
+        ["1", "1", "0", "0"]], shown
+    # every other SelectSoftKeys to that phone carries all bits
+    assert all(r[1:] == ["1"] * 4 for r in shown if int(r[0], 0) != c.SoftKeySetIndex.CONNECTED), shown
     assert _fields(pcap, "-Y", "_ws.malformed || _ws.expert.severity >= 8388608") == []

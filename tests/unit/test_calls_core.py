@@ -17,7 +17,7 @@ from ccmsec.wire import sccp as s
 from ccmsec.wire import sccp_calls as c
 from ccmsec.wire import sccp_setup as u
 from ccmsec.wire.sccp_calls import CallStateCode as CS
-from ccmsec.wire.sccp_calls import Tone
+from ccmsec.wire.sccp_calls import SoftKey, Tone
 from ccmsec.wire.sccp_phone import PhoneActionError, SccpPhone
 from tests.unit.calls_harness import Harness
 
@@ -1035,6 +1035,118 @@ def test_call1_before_the_conference_of_two_barged_calls_kept_one_barge_record(m
     yves = next(lg for lg in call1.legs if lg.station.name == YVES)
     assert yves.role == "barge" and call1.barge.initiator is not yves
     assert (YVES, "bridge") in hears(h, call1.id)
+
+
+# A barge's initiator is a party through its target's built-in bridge (Barge) or the conference
+# bridge (cBarge): as in CallManager it cannot transfer or conference that call. Its connected set
+# offers neither key (SelectSoftKeys' valid-key mask takes them away; Hold and EndCall stay), and
+# one sent anyway is refused with a prompt, nothing changed. Before, both were offered: Transfer
+# held the barge, consulted, and its completion was ignored without a word; Confrn made a
+# conference that still carried the barge record.
+
+def barge_by_xena(h: Harness, *, cbarge: bool):
+    """Alice (1001) calls Bob (5000); Xena, sharing 5000, barges (or cBarges) into the call."""
+    pa, pb, px, pc, _ = other_party_setup(h)
+    call = call_with(h, A)
+    (ref,) = [r for r, cid in h.agent.stations[XENA].hints.items() if cid == call.id]
+    px.barge(cbarge=cbarge, reference=ref)
+    h.pump()
+    assert call.barge is not None and call.barge.cbarge is cbarge
+    return pa, pb, px, call
+
+
+def everything(h: Harness) -> tuple:
+    """Every call (parties, barge record, bridge, who hears whom) and every phone (its display,
+    softkeys included, and channels): what a refused key must leave as it was."""
+    calls = sorted((cl.id, sorted((lg.station.name, lg.reference, lg.state.value, lg.role)
+                                  for lg in cl.legs),
+                    (cl.barge.initiator.reference, cl.barge.target.reference, cl.barge.cbarge)
+                    if cl.barge else None, cl.bridge, sorted(hears(h, cl.id)))
+                   for cl in h.agent.calls.values())
+    return calls, {name: (display(p), sorted(p.channels)) for name, p in h.phones.items()}
+
+
+@pytest.mark.parametrize("cbarge", [False, True])
+def test_call1_a_barge_initiator_is_offered_no_transfer_or_conference(cbarge):
+    h = Harness()
+    pa, pb, px, call = barge_by_xena(h, cbarge=cbarge)
+    leg = call.barge.initiator
+    shown = px.calls[leg.reference]
+    # a Barge shows the two-party set, a cBarge (three on the bridge) the conference's: either
+    # way, only Hold and EndCall
+    keys = c.SoftKeySetIndex.CONNECTED_CONFERENCE if cbarge else c.SoftKeySetIndex.CONNECTED
+    assert shown.state is CS.CONNECTED and shown.softkey_set == keys
+    assert px.offered_names(shown) == ["Hold", "EndCall"]
+    # as sent, through the codec and back: the set's Transfer and Confrn bits are cleared
+    (last,) = [m for m in h.sent_to(XENA, c.SelectSoftKeys)
+               if m.call_reference == leg.reference][-1:]
+    wire = s.decode_message(last.MESSAGE_ID, last.serialize()[12:])
+    assert wire == last and wire.soft_key_set == keys and wire.valid_key_mask == 0b11
+    for key in (SoftKey.TRANSFER, SoftKey.CONFERENCE):
+        with pytest.raises(PhoneActionError, match="not offered"):
+            px.press(key, shown)
+    # the target and the other party keep theirs (the target's transfer releases her)
+    for phone in (pa, pb):
+        assert phone.offered_names(phone.active_call()) == (
+            ["Hold", "EndCall", "Confrn"] if cbarge else ["Hold", "EndCall", "Transfer", "Confrn"])
+
+
+@pytest.mark.parametrize("cbarge", [False, True])
+@pytest.mark.parametrize("key", [SoftKey.TRANSFER, SoftKey.CONFERENCE])
+def test_call1_a_transfer_or_conference_sent_from_a_barge_leg_is_refused_with_a_prompt(cbarge, key):
+    # bad case: the key sent anyway — as a softkey on the barge leg, as one with no call
+    # reference (the active call: the barge), as the phone's own Transfer/Conference button —
+    # is refused at once: no hold, no consultation, every call and display as it was
+    h = Harness()
+    _, _, px, call = barge_by_xena(h, cbarge=cbarge)
+    leg = call.barge.initiator
+    h.events()
+    before, ignored = everything(h), h.agent.ignored
+    button = c.StimulusType.TRANSFER if key is SoftKey.TRANSFER else c.StimulusType.CONFERENCE
+    text = "No transfer from a barge" if key is SoftKey.TRANSFER else "No conference from a barge"
+    presses = (c.SoftKeyEvent(key, leg.line, leg.reference), c.SoftKeyEvent(key, 0, 0),
+               c.Stimulus(button, leg.line, leg.reference))
+    for n, press in enumerate(presses, 1):
+        h.agent.receive(XENA, press, h.now)
+        h.pump()
+        assert list(px.notifications)[-n:] == [text] * n
+        assert everything(h) == before
+        assert_no_silent_call(h)
+    assert h.agent.ignored == ignored + len(presses)
+    refused = [e for e in h.events() if e.kind == "refused"]
+    assert len(refused) == len(presses) and all(
+        e.detail.startswith("CALL-1: a barge initiator cannot") for e in refused)
+    assert h.only_call().barge == ("cbarge" if cbarge else "barge") and len(call.legs) == 3
+
+
+@pytest.mark.parametrize("cbarge", [False, True])
+def test_call1_a_barge_initiators_hold_keeps_its_barge_and_its_keys_and_a_party_gets_them_back(cbarge):
+    # Hold stays offered and is consistent: the initiator's hold leaves the barge (the others talk
+    # on), its resume mixes it in again with the same keys; held, a Transfer sent is refused too.
+    # When the barge ends with her still in the call (Alice hangs up) she is a party: Transfer
+    # and Confrn are offered again, without a hold and resume.
+    h = Harness()
+    pa, pb, px, call = barge_by_xena(h, cbarge=cbarge)
+    leg = call.barge.initiator
+    px.hold(leg.reference)
+    h.pump()
+    held = px.calls[leg.reference]
+    assert held.state is CS.HOLD and px.offered_names(held) == ["Resume", "NewCall", "EndCall"]
+    assert call.barge is not None and call.barge.initiator is leg
+    h.agent.receive(XENA, c.SoftKeyEvent(SoftKey.TRANSFER, leg.line, leg.reference), h.now)
+    h.pump()
+    assert px.notifications[-1] == "No transfer from a barge" and held.state is CS.HOLD
+    px.resume(leg.reference)
+    h.pump()
+    assert px.offered_names(px.calls[leg.reference]) == ["Hold", "EndCall"]
+    assert_no_silent_call(h)
+    pa.hang_up()
+    h.pump()
+    assert call.barge is None and sorted(lg.station.name for lg in call.legs) == [B, XENA]
+    shown = px.calls[leg.reference]
+    assert shown.softkey_set == c.SoftKeySetIndex.CONNECTED
+    assert px.offered_names(shown) == ["Hold", "EndCall", "Transfer", "Confrn"]
+    assert_no_silent_call(h)
 
 
 def test_a_conference_with_a_gateway_party_down_to_two_shows_the_number_dialled_through_it():

@@ -117,7 +117,8 @@ async def act(runner, request: pb.PhoneActionRequest) -> pb.PhoneCallsReply:
 
 
 def _signature(display) -> tuple:
-    return tuple((c.reference, c.state, c.security, c.tone, c.ringing, c.softkey_set)
+    return tuple((c.reference, c.state, c.security, c.tone, c.ringing, c.softkey_set,
+                  c.softkey_mask)
                  for c in display.calls.values()) + (len(display.ended), len(display.notifications))
 
 
