@@ -1341,6 +1341,48 @@ async def test_chk6_signer_down_at_restart_keeps_the_crashed_publish_pending_unt
         await channel.close()
 
 
+async def test_chk6_a_crashed_publish_settled_by_a_commit_is_not_blamed_on_a_later_unanswered_one(
+        provider_with_signer, tokens, nats_server, monkeypatch):
+    """CHK-6, bad case: the start-up take-back failed (signer down: DEGRADED), then a commit's
+    answered publish named the crashed generation and so settled it. The start-up's error was kept
+    all the same, so a later commit whose publish and take-back both got no answer (an ordinary
+    unanswered publish, no crash) made ctl-provider DEGRADED again claiming a publish "sent before
+    ctl-provider stopped" was never recorded — with no retry running to clear it. Once nothing the
+    start left is pending, the start-up's problem is over."""
+    from ccmsec_ctl_provider import trust as trust_mod
+
+    provider, signer = provider_with_signer
+    first = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t2"])
+    assert (await provider.stub.CommitCtl(ctl_provider_pb2.CommitCtlRequest(ctl=first))).version == 1
+    second = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t3"])
+    crashed = await _crash_between_publish_and_record(provider, signer, nats_server, second)
+    await signer.server.stop(None)  # the tftp-signer is down at the restart
+    signer.server = None
+    monkeypatch.setattr(trust_mod, "RECOVERY_RETRY", 60.0)  # no retry during the test: a commit settles it
+    channel = await _restart(provider, nats_server)
+    try:
+        assert (await provider.stub.Status(common_pb2.Empty())).state == "degraded"
+        await _serve_signer(signer, provider.data)
+        await asyncio.wait_for(provider.svc.peer_channel("tftp-signer").channel_ready(), 30)
+        assert (await provider.stub.CommitCtl(ctl_provider_pb2.CommitCtlRequest(ctl=second))).version == 2
+        assert crashed.generation in signer.requests[-1].takes_back
+        assert provider.svc.trust.recovery_problem == ""
+        # an unanswered publish whose take-back got no answer either: no crash, nothing from the start
+        third = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t2"])
+        monkeypatch.setattr(trust_mod, "RPC_TIMEOUT", 1.0)
+        signer.delays = [3.0, 3.0]
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await provider.stub.CommitCtl(ctl_provider_pb2.CommitCtlRequest(ctl=third))
+        assert refused.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert provider.svc.trust.unrecorded_publishes()  # listed in Status, as before
+        assert provider.svc.trust.recovery_problem == ""  # but not blamed on a crash
+        await provider.svc._set_degraded("")  # what the bus watchdog does at its next check
+        status = await provider.stub.Status(common_pb2.Empty())
+        assert status.state == "serving" and "degraded" not in status.details
+    finally:
+        await channel.close()
+
+
 async def test_metrics_ctl_version_mixed_mode_and_token_expiry(provider, tokens):
     """Issue 16: the CTL version (0 while none exists), the cluster mode and each security token's
     certificate expiry (DATA/tokens), as sampled for the metrics endpoint."""

@@ -518,6 +518,10 @@ class TrustOperations:
             after = [g for g in before if g not in settled]
             changed |= len(after) != len(before)
             setattr(self, kept, after)
+        if self._recovery_error and not self.unrecorded_publishes():
+            # what the start left is settled (a commit's publish named it): the start-up's problem
+            # is over — a later publish left unanswered is no crash's, and no retry would clear it
+            self._recovery_error = ""
         return changed
 
     async def _settle(self, generations) -> None:
