@@ -691,6 +691,34 @@ async def test_a_ctl_published_but_not_recorded_is_taken_back(provider_with_sign
     assert (await provider.stub.GetSecurityMode(common_pb2.Empty())).mode == common_pb2.CLUSTER_NON_SECURE
 
 
+async def test_chk6_a_record_the_database_refused_logs_and_answers_no_ctl_content(
+        provider_with_signer, tokens, caplog):
+    """CHK-6 / logging: the database refused the record (here a real SQLite trigger aborting the
+    INSERT into ctl_files). The error SQLAlchemy raises renders the statement and its parameters
+    — the CTL file's bytes among them — and ctl-provider logged it whole, and put its first 200
+    characters in the refusal. Now the log and the refusal name the database's error only."""
+    import sqlite3
+
+    provider, signer = provider_with_signer
+    first = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t2"])
+    assert (await provider.stub.CommitCtl(ctl_provider_pb2.CommitCtlRequest(ctl=first))).version == 1
+    second = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t3"])
+    with contextlib.closing(sqlite3.connect(provider.data / "ccmsec.db")) as db:
+        db.execute("CREATE TRIGGER refuse_ctl BEFORE INSERT ON ctl_files "
+                   "BEGIN SELECT RAISE(ABORT, 'ctl_files refused by the test'); END")
+        db.commit()
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await provider.stub.CommitCtl(ctl_provider_pb2.CommitCtlRequest(ctl=second))
+    details = refused.value.details()
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE and "could not be recorded" in details
+    assert "ctl_files refused by the test" in details and "ctl_files refused by the test" in caplog.text
+    assert "version 1 is published again" in details and signer.live == first
+    for text in (details, caplog.text):
+        assert "[parameters:" not in text and "[SQL:" not in text
+        assert repr(second[:16])[2:-1] not in text and second[:16].hex() not in text
+
+
 async def test_chk6_the_take_back_after_a_failed_record_runs_to_its_end_when_cancelled(
         provider_with_signer, tokens, monkeypatch):
     """CHK-6: the record failed, the recorded CTL is being published again — and the commit is

@@ -76,7 +76,8 @@ class CtlProviderService(Service):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the database, say: kept, tried again
-                self.log.warning("CHK-6: taking back a CTL publish left unrecorded failed: %s", exc)
+                self.log.warning("CHK-6: taking back a CTL publish left unrecorded failed: %s",
+                                 trust_mod.failure(exc))
 
     # --- DEGRADED: the bus (BUS-5) or a CTL publish left unrecorded (CHK-6) ------------------------
     def startup_problem(self) -> str:

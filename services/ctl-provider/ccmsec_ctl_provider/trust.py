@@ -127,6 +127,15 @@ async def _to_the_end(step):
     return task.result()
 
 
+def failure(exc: BaseException) -> str:
+    """What a failure says, for a log line or a refusal: the database driver's own error for one
+    SQLAlchemy raised — never its rendering of the statement and parameters (the CTL file's bytes,
+    the signer's serial...) — at most 200 characters."""
+    orig = getattr(exc, "orig", None)
+    cause = orig if isinstance(orig, BaseException) else exc
+    return f"{type(cause).__name__}: {str(cause)[:200]}"
+
+
 def new_generation() -> int:
     """A fresh PublishFile generation: random, nonzero, never reused in practice (63 bits), so
     no clock or counter has to survive a restart of either service."""
@@ -404,7 +413,7 @@ class TrustOperations:
                                 extra={"version": row.version, "sha256": sha256})
                     return
             except Exception as exc:  # cannot tell: the record's transaction rolled back unless it
-                log.warning("CTL commit cancelled; reading the record failed: %s", exc)  # committed
+                log.warning("CTL commit cancelled; reading the record failed: %s", failure(exc))  # committed
             refusal = await self._unpublish(stub, previous, asyncio.CancelledError("commit cancelled"),
                                             generation)
             log.warning("CTL commit cancelled: %s", refusal)
@@ -489,8 +498,8 @@ class TrustOperations:
             if not isinstance(exc, Exception):
                 raise
             raise Refused(grpc.StatusCode.UNAVAILABLE,
-                          f"CHK-6: the publish could not be stored before sending it ({type(exc).__name__}: "
-                          f"{str(exc)[:200]}); nothing published, nothing changed: run the CTL client "
+                          f"CHK-6: the publish could not be stored before sending it ({failure(exc)}); "
+                          "nothing published, nothing changed: run the CTL client "
                           "again") from None
 
     async def _remember(self, generation: int) -> None:
@@ -501,7 +510,7 @@ class TrustOperations:
                 async with self.service.db() as session:
                     await self._load(session)
             except Exception as exc:
-                log.error("CHK-6: the unanswered take-backs could not be read: %s", exc)
+                log.error("CHK-6: the unanswered take-backs could not be read: %s", failure(exc))
                 self._unsettled = self._unsettled if self._unsettled is not None else []
                 self._in_flight = self._in_flight if self._in_flight is not None else []
         self._unsettled.append(generation)
@@ -558,7 +567,7 @@ class TrustOperations:
             except Exception as exc:
                 log.error("CHK-6: the unanswered take-backs (generations %s) could not be saved; they "
                           "are named from memory until saved, a restart meanwhile forgets them: %s",
-                          ", ".join(map(str, self._unsettled or ())) or "none", exc)
+                          ", ".join(map(str, self._unsettled or ())) or "none", failure(exc))
                 return
 
     async def _publish_back(self, stub, old: bytes | None, generation: int) -> None:
@@ -639,7 +648,7 @@ class TrustOperations:
             except grpc.aio.AioRpcError as exc:
                 error = f"tftp-signer: {exc.code().name}: {exc.details()}"
             except Exception as exc:  # the database, most likely: tried again like the signer
-                error = f"{type(exc).__name__}: {str(exc)[:200]}"
+                error = failure(exc)
             else:
                 self._recovery_error = ""
                 log.warning("CHK-6: CTL publish generation(s) %s taken back: %s", ", ".join(map(str, pending)),
@@ -660,8 +669,8 @@ class TrustOperations:
         later (still in flight when the commit was cancelled) is refused there, so it cannot put
         the unrecorded CTL back. With no CTL recorded (the first commit) the file is withdrawn,
         with the same ordering."""
-        log.error("CTL published but not recorded: %s", exc)
-        why = f"the CTL was published but could not be recorded ({type(exc).__name__}: {str(exc)[:200]})"
+        log.error("CTL published but not recorded: %s", failure(exc))
+        why = f"the CTL was published but could not be recorded ({failure(exc)})"
         version, old = previous if previous is not None else (None, None)
         what = f"version {version}" if previous is not None else f"no CTL ({CTL_FILE_NAME} withdrawn)"
         try:
