@@ -1411,6 +1411,29 @@ async def test_chk6_a_crashed_publish_settled_by_a_commit_is_not_blamed_on_a_lat
         await channel.close()
 
 
+async def test_chk6_a_cancellation_during_a_take_back_that_then_fails_is_not_lost():
+    """CHK-6: `_to_the_end` runs a take-back to its end whatever cancellations arrive, then raises
+    the cancellation. When the take-back then failed (the signer gone: no answer, the channel
+    closed at shutdown) that failure was raised instead and the cancellation lost — the start-up
+    retry (`recover` catches the signer's error) went on trying every RECOVERY_RETRY seconds after
+    the shutdown had cancelled it. The cancellation now goes on, whatever the step ended with."""
+    from ccmsec_ctl_provider.trust import _to_the_end
+
+    async def take_back_then_fail():
+        await asyncio.sleep(0.2)
+        raise RuntimeError("the signer did not answer")
+
+    runner = asyncio.ensure_future(_to_the_end(take_back_then_fail()))
+    await asyncio.sleep(0.05)
+    runner.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await runner
+    assert runner.cancelled()
+    # not cancelled: the step's own outcome, error or result
+    with pytest.raises(RuntimeError):
+        await _to_the_end(take_back_then_fail())
+
+
 async def test_metrics_ctl_version_mixed_mode_and_token_expiry(provider, tokens):
     """Issue 16: the CTL version (0 while none exists), the cluster mode and each security token's
     certificate expiry (DATA/tokens), as sampled for the metrics endpoint."""

@@ -114,7 +114,8 @@ async def _to_the_end(step):
     """Await `step` in its own task to its end whatever cancellations arrive meanwhile (it is
     bounded: RPC_TIMEOUT, TAKE_BACK_STORE_WAIT); a cancellation that arrived is raised once it
     is done. A take-back cancelled mid-call could otherwise land at the signer after the next
-    commit's publish."""
+    commit's publish. What the step ended with, an error included, does not replace that
+    cancellation (it is dropped)."""
     task = asyncio.ensure_future(step)
     cancelled = False
     while not task.done():
@@ -122,7 +123,11 @@ async def _to_the_end(step):
             await asyncio.shield(task)
         except asyncio.CancelledError:
             cancelled = True
+        except BaseException:
+            break  # the step failed: raised below, unless a cancellation arrived meanwhile
     if cancelled:
+        if not task.cancelled():
+            task.exception()  # retrieved: dropped for the cancellation, not reported as unhandled
         raise asyncio.CancelledError
     return task.result()
 
