@@ -1434,6 +1434,30 @@ async def test_chk6_a_cancellation_during_a_take_back_that_then_fails_is_not_los
         await _to_the_end(take_back_then_fail())
 
 
+async def test_chk6_a_commit_refused_by_its_checks_sends_nothing_and_leaves_no_intent(
+        provider_with_signer, tokens):
+    """CHK-6 / CTL-1 / CTL-2, bad cases: a commit the CTL checks refuse is refused before its
+    write-ahead intent is stored — nothing reaches the signer, `ctl_take_backs` keeps no row of
+    either kind, Status lists nothing unrecorded — and the next commit names nothing."""
+    provider, signer = provider_with_signer
+    first = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t2"])
+    assert (await provider.stub.CommitCtl(ctl_provider_pb2.CommitCtlRequest(ctl=first))).version == 1
+    sent = len(signer.requests)
+    refused_ones = [(await _ctl(provider, tokens["t1"], tokens["t1"]), "CTL-1"),  # one token
+                    (await _ctl(provider, tokens["t3"], tokens["t3"], tokens["t2"]), "CTL-2"),  # untrusted signer
+                    (b"not a CTL", "not a valid signed CTL")]
+    for ctl, rule in refused_ones:
+        with pytest.raises(grpc.aio.AioRpcError, match=rule):
+            await provider.stub.CommitCtl(ctl_provider_pb2.CommitCtlRequest(ctl=ctl))
+    assert len(signer.requests) == sent
+    assert _sqlite_rows(provider.data, "SELECT generation, kind FROM ctl_take_backs") == []
+    assert provider.svc.trust.publishes_in_flight() == [] and provider.svc.trust.unsettled_take_backs() == []
+    assert "ctl_publishes_unrecorded" not in (await provider.stub.Status(common_pb2.Empty())).details
+    second = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t3"])
+    assert (await provider.stub.CommitCtl(ctl_provider_pb2.CommitCtlRequest(ctl=second))).version == 2
+    assert list(signer.requests[-1].takes_back) == []
+
+
 async def test_metrics_ctl_version_mixed_mode_and_token_expiry(provider, tokens):
     """Issue 16: the CTL version (0 while none exists), the cluster mode and each security token's
     certificate expiry (DATA/tokens), as sampled for the metrics endpoint."""
