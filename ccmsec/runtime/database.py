@@ -62,6 +62,8 @@ def normalise_url(url: str) -> str:
 
 
 def create_engine(url: str) -> AsyncEngine:
+    """The service's engine. `hide_parameters`: a failed statement's message (logged, sometimes
+    quoted in a refusal) names its SQL but never its values — key material, certificates, CTL bytes."""
     url = normalise_url(url)
     if url.startswith("sqlite"):
         db_path = make_url(url).database
@@ -74,10 +76,11 @@ def create_engine(url: str) -> AsyncEngine:
             if not os.access(parent, os.W_OK):
                 raise DatabaseError(f"database directory {parent} is not writable")
             _owner_only(Path(db_path))
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+        engine = create_async_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
-    engine = create_async_engine(url, pool_size=5, max_overflow=5, pool_pre_ping=True)
+    engine = create_async_engine(url, pool_size=5, max_overflow=5, pool_pre_ping=True,
+                                 hide_parameters=True)
     event.listen(engine.sync_engine, "handle_error", _privilege_refusal)
     return engine
 
@@ -114,7 +117,7 @@ def sync_sqlite_engine(engine: AsyncEngine) -> Engine | None:
     if engine.dialect.name != "sqlite" or not engine.url.database or engine.url.database == ":memory:":
         return None
     sync = sa_create_engine(engine.url.set(drivername="sqlite+pysqlite"),
-                            connect_args={"timeout": 30, "check_same_thread": False})
+                            connect_args={"timeout": 30, "check_same_thread": False}, hide_parameters=True)
     event.listen(sync, "connect", _sqlite_pragmas)
     writer = getattr(engine.sync_engine, "ccmsec_writer", None)
     if writer is not None:  # the same owner rule as the engine it is made from

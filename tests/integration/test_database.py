@@ -84,3 +84,40 @@ def test_a_url_that_does_not_parse_is_not_echoed_with_its_password():
 def test_unreachable_postgres_is_a_clear_error():
     with pytest.raises(DatabaseError, match="cannot migrate database"):
         asyncio.run(open_database("postgresql://postgres@127.0.0.1:1/none"))
+
+
+async def _refused_statement_message(url: str) -> str:
+    """The message of a statement the database refuses, carrying a value that must stay secret."""
+    from sqlalchemy.exc import DBAPIError
+
+    engine = create_engine(url)
+    table = f"t_{uuid.uuid4().hex[:8]}"
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text(f"CREATE TABLE {table} (v TEXT CHECK (length(v) < 3))"))
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(text(f"INSERT INTO {table} (v) VALUES (:v)"), {"v": "SECRET-KEY-MATERIAL"})
+        except DBAPIError as exc:
+            return str(exc)
+        raise AssertionError("the database took a row its CHECK refuses")
+    finally:
+        async with engine.begin() as conn:
+            await conn.execute(text(f"DROP TABLE IF EXISTS {table}"))
+        await engine.dispose()
+
+
+def test_a_refused_statements_message_names_no_value_sqlite(tmp_path):
+    """Secrets are never logged: a failed statement's message (services log it; some quote it in a
+    refusal) shows the SQL but not its parameters — which may be key material or a CTL's bytes."""
+    message = asyncio.run(_refused_statement_message(f"sqlite:///{tmp_path / 'c.db'}"))
+    assert "INSERT INTO" in message and "CHECK" in message.upper()
+    assert "SECRET-KEY-MATERIAL" not in message and "parameters hidden" in message
+
+
+@pytest.mark.postgres
+@needs_pg
+def test_a_refused_statements_message_names_no_value_postgresql():
+    message = asyncio.run(_refused_statement_message(PG_ADMIN))
+    assert "INSERT INTO" in message
+    assert "SECRET-KEY-MATERIAL" not in message and "parameters hidden" in message
