@@ -323,7 +323,8 @@ class Service:
         if reason:
             self.log.warning("DEGRADED: %s", reason, extra={"rule": "BUS-5"})
         else:
-            self.log.info("event bus in place again: SERVING", extra={"rule": "BUS-5"})
+            # not always the bus: any DEGRADED reason (a CTL publish left at the signer, say) clears here
+            self.log.info("SERVING again (was DEGRADED: %s)", self.degraded)
         await self.grpc.set_degraded(reason)
         # Recorded only once health says it: a failed update is retried by the next check.
         self.degraded = reason

@@ -146,7 +146,7 @@ async def test_stream_deleted_is_recreated_and_degraded_meanwhile_BUS_5(lab):
     reasons = [r for s, r in seen if s == "DEGRADED"]
     assert any(f"event stream {STREAM} was missing (recreated)" in r for r in reasons), seen
     await lab.handled(await lab.publish_reset())
-    assert "DEGRADED" in lab.log_text() and "event bus in place again" in lab.log_text()
+    assert "DEGRADED" in lab.log_text() and f"SERVING again (was DEGRADED: event stream {STREAM} was missing" in lab.log_text()
 
 
 async def test_a_stream_that_cannot_be_recreated_keeps_it_degraded_with_the_reason_BUS_5(lab):
