@@ -72,6 +72,12 @@ TWO_BARGES = "Barge in both calls"    # a transfer or conference that would put 
 # `ui.BARGE_WITHHELD`)
 BARGE_NO_TRANSFER = "No transfer from a barge"
 BARGE_NO_CONFERENCE = "No conference from a barge"
+# a Transfer or Confrn sent from a held leg (the On Hold set offers neither): refused, as the
+# phone must resume the call first
+HELD_NO_TRANSFER = "Resume to transfer"
+HELD_NO_CONFERENCE = "Resume to conference"
+# a key no softkey set offers (Join: not implemented) sent anyway
+KEY_NOT_ACTIVE = "Key is not active"
 KEYPAD = {**{i: str(i) for i in range(10)}, 0x0E: "*", 0x0F: "#", 0x10: "+"}
 DIALABLE = frozenset(KEYPAD.values())
 # A key source gives the encryption-info block for one channel direction ("rx" or "tx"); the
@@ -355,6 +361,8 @@ class CallAgent:
     def _softkey(self, st: Station, event: int, line: int, ref: int, now: float) -> None:
         if event not in setup_answers.SOFTKEY_SETS[st.profile.softkey_set]:
             self._ignore()  # a key its softkey set does not give it (never shown on its display)
+            if event == SoftKey.JOIN:   # in no set at all: the phone reads why nothing happened
+                self._send(st, c.DisplayNotify(10, KEY_NOT_ACTIVE))
             return
         leg = st.legs.get(ref) if ref else None
         if ref and leg is None and event not in (SoftKey.BARGE, SoftKey.CBARGE):
@@ -385,6 +393,8 @@ class CallAgent:
             target = leg or st.active_leg()
             if target is not None and ui.is_barge_initiator(target, target.call):
                 self._refuse_from_barge(target, kind, now)
+            elif target is not None and target.state is LegState.HOLD:
+                self._refuse_on_hold(target, kind, now)
             else:
                 self._consult(st, target, kind, now)
         elif event in (SoftKey.BARGE, SoftKey.CBARGE):
@@ -878,6 +888,19 @@ class CallAgent:
         action = "transfer" if transfer else "conference"
         self._emit("refused", leg.call, now,
                    detail=f"CALL-1: a barge initiator cannot {action} the call it barged into")
+
+    def _refuse_on_hold(self, leg: Leg, kind: Consult, now: float) -> None:
+        """A Transfer or Confrn sent from a held leg — a held consultation or the call it was made
+        for — is not offered there (the On Hold set: Resume, NewCall, EndCall) and, as for a
+        held call, nothing is transferred or conferenced from hold: refused before anything
+        changes, and the phone reads that it must resume the call first."""
+        self._ignore()
+        transfer = kind is Consult.TRANSFER
+        self._send(leg.station, c.DisplayNotify(10, HELD_NO_TRANSFER if transfer
+                                                else HELD_NO_CONFERENCE))
+        assert leg.call is not None
+        action = "transfer" if transfer else "conference"
+        self._emit("refused", leg.call, now, detail=f"no {action} from a held call: resume it first")
 
     def _complete(self, consult: Leg, now: float) -> bool:
         """Complete a transfer or conference; False when it was not done (both calls unchanged)."""

@@ -1149,6 +1149,78 @@ def test_call1_a_barge_initiators_hold_keeps_its_barge_and_its_keys_and_a_party_
     assert_no_silent_call(h)
 
 
+def held_everything(h: Harness) -> tuple:
+    """`everything` for calls with held parties (music on hold: one-way channels): each call's
+    legs and channels (device, peer), each phone's display and channels."""
+    calls = sorted((cl.id, sorted((lg.station.name, lg.reference, lg.state.value, lg.role)
+                                  for lg in cl.legs),
+                    sorted((ch.leg.station.name, str(ch.peer)) for ch in cl.channels.values()))
+                   for cl in h.agent.calls.values())
+    return calls, {name: (display(p), sorted(p.channels)) for name, p in h.phones.items()}
+
+
+@pytest.mark.parametrize("kind", ["transfer", "conference"])
+def test_a_transfer_or_conference_sent_from_a_held_leg_is_refused_with_a_prompt(kind):
+    # Alice consults Carol for Bob (Bob held) and then holds the consultation too. A held call
+    # offers Resume, NewCall, EndCall only; nothing is transferred or conferenced from hold (a
+    # held call's Transfer was already ignored). Bad case: the key sent anyway on the held
+    # consultation, on the held call it was made for, or as the phone's button, did nothing at
+    # all, not a word on the display. Now refused with a prompt, every call and display as it
+    # was; resumed, the same key completes as usual.
+    h = Harness()
+    pa, pb = connected_pair(h)
+    pc = h.add(C, "1003")
+    consult(h, pa, pc, conference=kind == "conference")
+    station = h.agent.stations[A]
+    (held,) = [lg for lg in station.legs.values() if lg.consult_for is None]
+    (consulting,) = [lg for lg in station.legs.values() if lg.consult_for is held]
+    pa.hold(consulting.reference)
+    h.pump()
+    assert pa.active_call() is None and all(cl.state is CS.HOLD for cl in pa.calls.values())
+    h.events()
+    before, ignored = held_everything(h), h.agent.ignored
+    key = SoftKey.TRANSFER if kind == "transfer" else SoftKey.CONFERENCE
+    button = c.StimulusType.TRANSFER if kind == "transfer" else c.StimulusType.CONFERENCE
+    text = "Resume to transfer" if kind == "transfer" else "Resume to conference"
+    presses = (c.SoftKeyEvent(key, consulting.line, consulting.reference),
+               c.SoftKeyEvent(key, held.line, held.reference),
+               c.Stimulus(button, consulting.line, consulting.reference))
+    for n, press in enumerate(presses, 1):
+        h.agent.receive(A, press, h.now)
+        h.pump()
+        assert list(pa.notifications)[-n:] == [text] * n
+        assert held_everything(h) == before
+        assert_no_silent_call(h)
+    assert h.agent.ignored == ignored + len(presses)
+    refused = [e for e in h.events() if e.kind == "refused"]
+    assert len(refused) == len(presses) and all("resume it first" in e.detail for e in refused)
+    # resumed, the key does what it always did
+    pa.resume(consulting.reference)
+    h.pump()
+    complete(h, pa, conference=kind == "conference")
+    if kind == "transfer":
+        assert not pa.calls and pb.active_call() is not None and pc.active_call() is not None
+    else:
+        assert len(h.only_call().legs) == 3
+    assert_no_silent_call(h)
+
+
+def test_a_join_sent_anyway_is_refused_with_a_prompt():
+    # Join is in no softkey set (not implemented, never offered). Bad case: one sent anyway was
+    # dropped by the softkey-set check without a word. Now the phone reads "Key is not active";
+    # nothing else changes.
+    h = Harness()
+    pa, _ = connected_pair(h)
+    ref = pa.active_call().reference
+    before, ignored = everything(h), h.agent.ignored
+    for press in (c.SoftKeyEvent(SoftKey.JOIN, 1, ref), c.SoftKeyEvent(SoftKey.JOIN, 0, 0)):
+        h.agent.receive(A, press, h.now)
+        h.pump()
+        assert pa.notifications[-1] == "Key is not active"
+        assert everything(h) == before
+    assert h.agent.ignored == ignored + 2 and list(pa.notifications).count("Key is not active") == 2
+
+
 def test_a_conference_with_a_gateway_party_down_to_two_shows_the_number_dialled_through_it():
     # Alice calls 5550102 through the gateway (its line is 5550000, its route pattern 555XXXX),
     # conferences Carol, and leaves. Carol read the gateway's own line, 5550000 — the party is
