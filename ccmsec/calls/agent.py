@@ -797,6 +797,9 @@ class CallAgent:
             leg.station.hints[leg.reference] = call.id
             call.hint_refs[leg.station.name] = (leg.reference, leg.line)
             call.hint_shown[leg.station.name] = ui.hint_shows(call)   # its CallInfo as it rang
+            # ... whose status was the caller's and this appearance's, not the call's: the
+            # `_update_security` after the answer sends the call's when they differ
+            call.hint_status[leg.station.name] = leg.shown_status
             self._send(leg.station, *ui.in_use_remote(leg, call))
             leg.call = None
             return
@@ -1509,6 +1512,7 @@ class CallAgent:
             if force or status != leg.shown_status:
                 leg.shown_status = status
                 self._send(leg.station, ui.call_info(leg, call, status))
+        self._sync_hint_status(call)
         if changed:
             self._emit("updated", call, now, detail="security")
 
@@ -1531,13 +1535,14 @@ class CallAgent:
             st = self.stations.get(device)
             if st is None or st.hints.get(ref) != call.id or instance not in want.get(device, ()):
                 self._drop_hint(call, device)
-        shows = ui.hint_shows(call)
+        shows, status = ui.hint_shows(call), self._hint_status(call)
         for device, (ref, instance) in call.hint_refs.items():
             if call.hint_shown.get(device) != shows:
                 # a hint kept through the change reads who is in the call now (a transfer's
                 # parties, a conference), not who was when it was first shown
                 call.hint_shown[device] = shows
-                self._send(self.stations[device], ui.hint_info(instance, ref, call))
+                call.hint_status[device] = status
+                self._send(self.stations[device], ui.hint_info(instance, ref, call, status))
         in_call = {lg.station.name for lg in call.legs}
         for device, instances in want.items():
             if device in call.hint_refs or device in in_call:
@@ -1547,12 +1552,31 @@ class CallAgent:
             st.hints[ref] = call.id
             call.hint_refs[device] = (ref, instances[0])
             call.hint_shown[device] = shows
-            self._send(st, *ui.in_use_hint(st, instances[0], ref, call))
+            call.hint_status[device] = status
+            self._send(st, *ui.in_use_hint(st, instances[0], ref, call, status))
+
+    @staticmethod
+    def _hint_status(call: Call) -> int:
+        """The callSecurityStatus an "in use remote" appearance shows: the call's (CALL-2)."""
+        return int(call.security.level) if call.security is not None else 0
+
+    def _sync_hint_status(self, call: Call) -> None:
+        """CALL-2: every appearance showing `call` "in use remote" shows the call's security
+        status; one that shows another (its ring-time status, the call's before a change) is
+        sent the call's CallInfo again."""
+        status = self._hint_status(call)
+        if not status:
+            return
+        for device, (ref, instance) in call.hint_refs.items():
+            if call.hint_status.get(device) != status and device in self.stations:
+                call.hint_status[device] = status
+                self._send(self.stations[device], ui.hint_info(instance, ref, call, status))
 
     def _drop_hint(self, call: Call, device: str) -> None:
         """The appearance's "in use remote" for this call goes (on the line it was shown on)."""
         ref, instance = call.hint_refs.pop(device)
         call.hint_shown.pop(device, None)
+        call.hint_status.pop(device, None)
         st = self.stations.get(device)
         if st is not None and st.hints.get(ref) == call.id:
             del st.hints[ref]

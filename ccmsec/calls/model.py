@@ -177,6 +177,9 @@ class Call:
     hint_refs: dict[str, tuple[int, int]] = field(default_factory=dict)
     # device -> what its hint's CallInfo last showed (`ui.hint_shows`): sent again when it changes
     hint_shown: dict[str, tuple[str, str, str]] = field(default_factory=dict)
+    # device -> the callSecurityStatus its hint's CallInfo last carried: the call's status
+    # (CALL-2: the lock icon follows the call), sent again when it changes
+    hint_status: dict[str, int] = field(default_factory=dict)
 
     def parties(self) -> list[Leg]:
         return [leg for leg in self.legs if leg.state in (LegState.CONNECTED, LegState.HOLD)]

@@ -182,10 +182,11 @@ def in_use_remote(leg: "Leg", call: "Call") -> list[s.Message]:
             _prompt("In Use Remote", leg)]
 
 
-def in_use_hint(st: "Station", line: int, reference: int, call: "Call") -> list[s.Message]:
+def in_use_hint(st: "Station", line: int, reference: int, call: "Call",
+                status: int) -> list[s.Message]:
     """An idle shared appearance: the line's call is in use on another device."""
     return [s.CallState(CallStateCode.REMOTE_MULTILINE, line, reference),
-            hint_info(line, reference, call),
+            hint_info(line, reference, call, status),
             SelectSoftKeys(line, reference, Keys.IN_USE_HINT)]
 
 
@@ -205,13 +206,15 @@ def hint_shows(call: "Call") -> tuple[str, str, str]:
     return call.calling_dn, call.calling_name, call.called_dn
 
 
-def hint_info(line: int, reference: int, call: "Call") -> s.CallInfo:
-    """The CallInfo of an "in use remote" appearance: who is in the line's call now, and the
-    number first dialled when the call was forwarded, as the appearance read it when it rang."""
+def hint_info(line: int, reference: int, call: "Call", status: int) -> s.CallInfo:
+    """The CallInfo of an "in use remote" appearance: who is in the line's call now, the number
+    first dialled when the call was forwarded, as the appearance read it when it rang, and the
+    call's security status (CALL-2: its lock icon follows the call's, never 0, unknown)."""
     calling, name, called = hint_shows(call)
     return s.CallInfo(calling_party_name=_name(name), calling_party=_number(calling),
                       called_party=_number(called), line_instance=line, call_reference=reference,
-                      call_type=CallType.INBOUND, original_called_party=original_called(call))
+                      call_type=CallType.INBOUND, original_called_party=original_called(call),
+                      call_security_status=status)
 
 
 def party_number(leg: "Leg") -> str:

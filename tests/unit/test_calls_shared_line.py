@@ -18,7 +18,7 @@ import pytest
 from ccmsec.wire import sccp as s
 from ccmsec.wire import sccp_calls as c
 from ccmsec.wire.sccp_calls import CallStateCode as CS
-from tests.unit.calls_harness import Harness
+from tests.unit.calls_harness import AUTH, Harness
 
 A, B, C, X, Y, D = (f"SEP00000000000{i}" for i in "ABCDEF")
 
@@ -394,3 +394,53 @@ def test_call4_a_conference_shows_the_appearances_already_showing_the_call_the_c
     # and A, who called, reads "to B" again; B "from A"
     assert (pa.active_call().call_type, pa.active_call().called) == (c.CallType.OUTBOUND, "5000")
     assert (pb.active_call().call_type, pb.active_call().calling) == (c.CallType.INBOUND, "1001")
+
+
+def hint_status(h: Harness, phone, ref: int) -> int:
+    """The callSecurityStatus the "in use remote" appearance `ref` last received, as sent: its
+    CallInfo encoded and decoded again — and the phone shows it."""
+    info = hint_infos(h, phone.device_name, ref)[-1]
+    wire = s.decode_message(info.MESSAGE_ID, info.serialize()[12:])
+    assert wire == info and phone.calls[ref].security == wire.call_security_status
+    return wire.call_security_status
+
+
+def test_call2_an_in_use_remote_appearance_shows_the_calls_security_status():
+    """CALL-2: the lock icon follows the call's security status, on every appearance showing it
+    "in use remote" too. Bad case: a hint made by `_sync_hints` (an appearance registering during
+    the call) or sent again by it (a conference) carried status 0, unknown; one that rang kept the
+    status it rang with (the caller's and its own devices'), not the call's once answered. A
+    (authenticated) calls 5000: B (non-secure) answers; X (authenticated) rang and shows it "in
+    use remote", Y (authenticated) registers during the call."""
+    h = Harness()
+    h.add(A, "1001", mode=AUTH)
+    pb = h.add(B, "5000")
+    px = h.add(X, "5000", mode=AUTH)
+    pc = h.add(C, "1003", mode=AUTH)
+    h.call(A, "5000")
+    (ringing,) = px.calls.values()
+    assert ringing.security == 2                                  # A's and X's: authenticated
+    pb.answer()
+    h.pump()
+    assert h.only_call().status == 1                              # with B: non-secure
+    py = h.add(Y, "5000", mode=AUTH)
+    (x_ref,), (y_ref,) = remote(px), remote(py)
+    assert hint_status(h, px, x_ref) == hint_status(h, py, y_ref) == 1
+    # all authenticated: the call shows the shield, and so do its appearances
+    h = Harness()
+    h.add(A, "1001", mode=AUTH)
+    pb, px = h.add(B, "5000", mode=AUTH), h.add(X, "5000", mode=AUTH)
+    pc = h.add(C, "1003", mode=AUTH)
+    h.call(A, "5000")
+    pb.answer()
+    h.pump()
+    py = h.add(Y, "5000", mode=AUTH)
+    (x_ref,), (y_ref,) = remote(px), remote(py)
+    assert h.only_call().status == 2
+    assert hint_status(h, px, x_ref) == hint_status(h, py, y_ref) == 2
+    # a conference (the bridge: non-secure, CALL-3) re-sends the hints "Conference", status 1
+    consult(h, pb, pc, "1003", conference=True)
+    pb.conference(pb.active_call().reference)
+    h.pump()
+    assert h.only_call().status == 1 and px.calls[x_ref].called == "Conference"
+    assert hint_status(h, px, x_ref) == hint_status(h, py, y_ref) == 1
