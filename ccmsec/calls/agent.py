@@ -1367,23 +1367,36 @@ class CallAgent:
                 want[(barge.target.reference, ("leg", other.reference, ""))] = (True, codec)
             want[(barge.initiator.reference, ("leg", barge.target.reference, "barge"))] = (True, codec)
             want[(barge.target.reference, ("leg", barge.initiator.reference, "barge"))] = (True, codec)
+            if not others and held:
+                # The other party holds: the target is the held side, as in a direct call, and
+                # its built-in bridge mixes the music on hold (or hold tone) it receives into
+                # the initiator's stream, as it mixed the other party's voice
+                self._on_hold_media(call, barge.target, want, tone)
             return want, tone
         if len(active) == 2:
             a, b = active
             want[(a.reference, ("leg", b.reference, ""))] = (True, codec)
             want[(b.reference, ("leg", a.reference, ""))] = (True, codec)
-        elif len(active) == 1 and held and (self.settings.music_on_hold or self.settings.tone_on_hold):
-            lg = active[0]
-            # the law the call negotiated when this leg offered it (a gateway's telephone network
-            # keeps talking the law of its call), else the first G.711 law it offered
-            law = codec if codec in G711_CODECS and codec in self._offered(lg.station) \
-                else self._g711_for(lg.station)
-            kind = EndpointKind.MUSIC_ON_HOLD if self.settings.music_on_hold else EndpointKind.TONE_ON_HOLD
-            if law is None:
-                tone.add(lg.reference)   # no channel in a codec it never offered: tone on hold
-            else:
-                want[(lg.reference, (kind, call.id, lg.reference))] = (False, law)
+        elif len(active) == 1 and held:
+            self._on_hold_media(call, active[0], want, tone)
         return want, tone
+
+    def _on_hold_media(self, call: Call, lg: Leg, want: dict[tuple, tuple[bool, int]],
+                       tone: set[int]) -> None:
+        """The held side `lg` (its far party holds): a receive-only channel from music on hold
+        (or the hold-tone source, as configured), or tone on hold played by its phone."""
+        if not (self.settings.music_on_hold or self.settings.tone_on_hold):
+            return
+        codec = call.codec
+        # the law the call negotiated when this leg offered it (a gateway's telephone network
+        # keeps talking the law of its call), else the first G.711 law it offered
+        law = codec if codec in G711_CODECS and codec in self._offered(lg.station) \
+            else self._g711_for(lg.station)
+        kind = EndpointKind.MUSIC_ON_HOLD if self.settings.music_on_hold else EndpointKind.TONE_ON_HOLD
+        if law is None:
+            tone.add(lg.reference)   # no channel in a codec it never offered: tone on hold
+        else:
+            want[(lg.reference, (kind, call.id, lg.reference))] = (False, law)
 
     def _plan_media(self, call: Call) -> None:
         want, tone = self._desired_channels(call)

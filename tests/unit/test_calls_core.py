@@ -486,18 +486,27 @@ XENA, YVES = "SEP0000000000E1", "SEP0000000000E2"
 
 
 def hears(h: Harness, call_id: int) -> set[tuple[str, str]]:
-    """(device, peer device or "bridge") for every channel of the call, checked sound on both
-    sides: every channel transmitting, and each phone holding exactly the call's channels."""
+    """(device, peer device, "bridge" or the hold resource) for every channel of the call,
+    checked sound on both sides: every channel transmitting (a held side's music or tone on hold
+    receive-only, its source sending to it), and each phone holding exactly the call's channels."""
     call = h.agent.calls[call_id]
     names = {lg.reference: lg.station.name for lg in call.legs}
     out = set()
     for ch in call.channels.values():
-        assert ch.tx is not None, f"{ch.leg.station.name}: a channel not started"
-        out.add((ch.leg.station.name, names[ch.peer[1]] if ch.peer[0] == "leg" else "bridge"))
+        if ch.sends:
+            assert ch.tx is not None, f"{ch.leg.station.name}: a channel not started"
+        else:   # a hold stream: the resource sends to the phone
+            assert ch.peer[0] in (EndpointKind.MUSIC_ON_HOLD, EndpointKind.TONE_ON_HOLD)
+            assert ch.rx is not None and h.resources.sending.get(ch.peer) == ch.rx
+        peer = names[ch.peer[1]] if ch.peer[0] == "leg" else \
+            "bridge" if ch.peer[0] is EndpointKind.CONFERENCE else ch.peer[0].value
+        out.add((ch.leg.station.name, peer))
     for lg in call.legs:
+        sends = {ch.party_id: ch.sends for ch in call.channels.values() if ch.leg is lg}
         on_phone = {pid for pid, pc in h.phones[lg.station.name].channels.items()
-                    if pc.call_reference == lg.reference and pc.tx is not None}
-        assert on_phone == {ch.party_id for ch in call.channels.values() if ch.leg is lg}
+                    if pc.call_reference == lg.reference
+                    and (pc.tx is not None if sends.get(pid, True) else pc.rx is not None)}
+        assert on_phone == set(sends)
     return out
 
 
@@ -1008,7 +1017,10 @@ def test_call1_conferencing_two_calls_each_keeping_a_barge_is_refused_with_a_pro
     h = Harness()
     pb, call1, call2 = two_barges_setup(h)
     before = hears(h, call1.id), hears(h, call2.id)
-    assert before == ({(A, WANDA), (WANDA, A)}, {(C, B), (B, C), (YVES, C), (C, YVES)})
+    # Bob holds call1 for his consultation: Alice, Wanda's target, is its held side — music on
+    # hold, which her built-in bridge mixes for Wanda
+    assert before == ({(A, WANDA), (WANDA, A), (A, "music on hold")},
+                      {(C, B), (B, C), (YVES, C), (C, YVES)})
     complete(h, pb, conference=True)
     assert pb.notifications[-1] == "Barge in both calls"
     assert (hears(h, call1.id), hears(h, call2.id)) == before
@@ -1219,6 +1231,54 @@ def test_a_join_sent_anyway_is_refused_with_a_prompt():
         assert pa.notifications[-1] == "Key is not active"
         assert everything(h) == before
     assert h.agent.ignored == ignored + 2 and list(pa.notifications).count("Key is not active") == 2
+
+
+@pytest.mark.parametrize("music", [True, False], ids=["music-on-hold", "tone-on-hold"])
+def test_call1_the_other_party_holding_a_barged_call_plays_hold_media_to_the_target_and_resumes_the_barge(music):
+    """A Barge (CALL-1): Bob (5000, the target) mixes Xena in; Alice, the other party, holds.
+    Bob is the held side, as in a direct call: he gets music on hold (or the hold-tone stream when
+    so configured), receive-only, which his built-in bridge mixes for Xena; Bob and Xena stay
+    connected through it, the barge kept, their displays as they were (Xena: Hold, EndCall).
+    Bad case: Bob and Xena got no hold media at all — only each other, Alice's side silent, as
+    if nobody held. Alice's Resume brings back exactly the barge as it was: who hears whom, every
+    display, the stream closed."""
+    settings = AgentSettings(inter_digit_timeout=2.0, no_answer_timeout=10.0,
+                             music_on_hold=music, tone_on_hold=not music)
+    h = Harness(settings)
+    pa, pb, px, call = barge_by_xena(h, cbarge=False)
+    before = everything(h)
+    pa.hold()
+    h.pump()
+    kind = EndpointKind.MUSIC_ON_HOLD if music else EndpointKind.TONE_ON_HOLD
+    assert pa.active_call() is None and not pa.channels          # the holder's media stopped
+    assert call.barge is not None and call.barge.target.station.name == B
+    # Bob: the barge pair with Xena, both ways, and the hold stream from the resource
+    peers = {ch.peer for ch in call.channels.values() if ch.leg.station.name == B}
+    target = call.barge.target
+    held = (kind, call.id, target.reference)
+    assert peers == {("leg", call.barge.initiator.reference, "barge"), held}, peers
+    stream = call.channels[(target.reference, held)]
+    assert not stream.sends and stream.rx is not None
+    assert h.resources.sending == {held: stream.rx}
+    (pb_stream,) = [pc for pc in pb.channels.values() if pc.tx is None]
+    assert pb_stream.rx == stream.rx
+    # Xena: her one channel to Bob's bridge, transmitting both ways
+    (xch,) = [ch for ch in call.channels.values() if ch.leg is call.barge.initiator]
+    assert xch.peer == ("leg", target.reference, "barge") and xch.tx is not None
+    assert (music and h.only_call().resources == ("music on hold",)) or \
+        (not music and not h.only_call().resources)
+    for phone in (pb, px):
+        assert phone.active_call().state is CS.CONNECTED
+    assert px.offered_names(px.active_call()) == ["Hold", "EndCall"]
+    assert_no_silent_call(h)
+    pa.resume()
+    h.pump()
+    (calls, shown), (calls_before, shown_before) = everything(h), before
+    assert calls == calls_before and h.resources.open_streams == {}
+    assert {n: d for n, (d, _) in shown.items()} == {n: d for n, (d, _) in shown_before.items()}
+    assert {n: len(ch) for n, (_, ch) in shown.items()} == \
+        {n: len(ch) for n, (_, ch) in shown_before.items()}   # channels anew, as many
+    assert_no_silent_call(h)
 
 
 def test_a_conference_with_a_gateway_party_down_to_two_shows_the_number_dialled_through_it():
