@@ -894,6 +894,7 @@ async def test_chk6_a_take_back_that_got_no_answer_is_named_by_the_next_publish(
     provider, signer = provider_with_signer
     first = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t2"])
     monkeypatch.setattr(trust_mod, "RPC_TIMEOUT", 1.0)
+    monkeypatch.setattr(trust_mod, "RECOVERY_RETRY", 60.0)  # no background retry: the next commit names it
 
     async def locked(*args, **kwargs):
         raise sqlalchemy.exc.OperationalError("INSERT INTO ctl_files", {}, Exception("database is locked"))
@@ -961,6 +962,7 @@ async def test_chk6_two_unanswered_take_backs_in_a_row_are_all_named_and_survive
     assert (await provider.stub.CommitCtl(ctl_provider_pb2.CommitCtlRequest(ctl=first))).version == 1
     second = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t3"])
     monkeypatch.setattr(trust_mod, "RPC_TIMEOUT", 1.0)
+    monkeypatch.setattr(trust_mod, "RECOVERY_RETRY", 60.0)  # no background retry: a later publish names them
     publish_2, take_back_a, publish_3, take_back_b = await _two_unanswered_commits(provider, signer, second)
     assert take_back_a.content == take_back_b.content == first
     assert list(take_back_a.takes_back) == [publish_2.generation]
@@ -1034,6 +1036,7 @@ async def test_chk6_a_signer_of_the_former_single_field_still_refuses_the_publis
     assert (await provider.stub.CommitCtl(ctl_provider_pb2.CommitCtlRequest(ctl=first))).version == 1
     second = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t3"])
     monkeypatch.setattr(trust_mod, "RPC_TIMEOUT", 1.0)
+    monkeypatch.setattr(trust_mod, "RECOVERY_RETRY", 60.0)  # no background retry: a later publish names them
     publish_2, take_back_a, publish_3, take_back_b = await _two_unanswered_commits(provider, signer, second)
     assert sorted(take_back_b.takes_back) == sorted([publish_2.generation, publish_3.generation,
                                                      take_back_a.generation])
@@ -1121,6 +1124,7 @@ async def test_chk6_unanswered_take_backs_beyond_the_bound_drop_the_oldest_with_
     assert (await provider.stub.CommitCtl(ctl_provider_pb2.CommitCtlRequest(ctl=first))).version == 1
     second = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t3"])
     monkeypatch.setattr(trust_mod, "RPC_TIMEOUT", 1.0)
+    monkeypatch.setattr(trust_mod, "RECOVERY_RETRY", 60.0)  # no background retry: the next commit names them
     monkeypatch.setattr(trust_mod, "MAX_UNSETTLED_TAKE_BACKS", 1)
     caplog.set_level(logging.WARNING, logger="ccmsec.ctl-provider")
     _, take_back_a, publish_3, take_back_b = await _two_unanswered_commits(provider, signer, second)
@@ -1403,12 +1407,126 @@ async def test_chk6_a_crashed_publish_settled_by_a_commit_is_not_blamed_on_a_lat
             await provider.stub.CommitCtl(ctl_provider_pb2.CommitCtlRequest(ctl=third))
         assert refused.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         assert provider.svc.trust.unrecorded_publishes()  # listed in Status, as before
-        assert provider.svc.trust.recovery_problem == ""  # but not blamed on a crash
+        problem = provider.svc.trust.recovery_problem  # and retried in the background (DEGRADED)
+        assert "whose take-back got no answer" in problem  # but not blamed on a crash
+        assert "stopped" not in problem and str(crashed.generation) not in problem
         await provider.svc._set_degraded("")  # what the bus watchdog does at its next check
         status = await provider.stub.Status(common_pb2.Empty())
-        assert status.state == "serving" and "degraded" not in status.details
+        assert status.state == "degraded" and "stopped" not in status.details["degraded"]
     finally:
         await channel.close()
+
+
+async def test_chk6_a_publish_left_unanswered_while_running_is_taken_back_in_the_background(
+        provider_with_signer, tokens, monkeypatch, caplog):
+    """CHK-6 / CTL-2: a commit's publish and its take-back both got no answer while ctl-provider ran
+    (no crash). Status listed it in `ctl_publishes_unrecorded`, but nothing took it back until the
+    next commit or a restart — the unrecorded CTL could stay live at the TFTP server. Now the
+    start-up's retry loop takes it back in the background (every RECOVERY_RETRY seconds, under the
+    commits' lock), DEGRADED meanwhile. Bad case first: the signer still not answering — DEGRADED
+    stays, the take-back is tried again, and one warning is logged, not one per try. Once the
+    signer answers: the recorded CTL is published again naming that publish, SERVING again."""
+    import logging
+
+    from ccmsec_ctl_provider import trust as trust_mod
+
+    provider, signer = provider_with_signer
+    first = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t2"])
+    assert (await provider.stub.CommitCtl(ctl_provider_pb2.CommitCtlRequest(ctl=first))).version == 1
+    second = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t3"])
+    monkeypatch.setattr(trust_mod, "RPC_TIMEOUT", 1.0)
+    monkeypatch.setattr(trust_mod, "RECOVERY_RETRY", 0.3)
+    caplog.set_level(logging.WARNING, logger="ccmsec")
+    signer.delays = [3.0] * 50  # the publish, its take-back and the retries: none answered in time
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await provider.stub.CommitCtl(ctl_provider_pb2.CommitCtlRequest(ctl=second))
+    assert refused.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "putting back version 1 (so that publish cannot land later) failed" in refused.value.details()
+    publish, take_back = signer.requests[-2:]
+    assert publish.content == second and take_back.content == first
+    async with asyncio.timeout(5):
+        while (await provider.stub.Status(common_pb2.Empty())).state != "degraded":
+            await asyncio.sleep(0.1)
+    await asyncio.sleep(3.5)  # a few retries (1 s deadline each), the signer still not answering
+    status = await provider.stub.Status(common_pb2.Empty())
+    assert status.state == "degraded" and str(publish.generation) in status.details["ctl_publishes_unrecorded"]
+    assert "whose take-back got no answer" in status.details["degraded"]
+    assert "stopped" not in status.details["degraded"]
+    retries = signer.requests[3:]
+    assert len(retries) >= 2
+    assert all(r.content == first and r.takes_back[-1] == publish.generation for r in retries)
+    warned = [r for r in caplog.records if f"generation(s) {publish.generation} not taken back yet" in r.getMessage()]
+    assert len(warned) == 1
+    assert len([r for r in caplog.records if r.getMessage().startswith("DEGRADED")]) <= 2
+
+    signer.delays = []  # the signer answers again
+    async with asyncio.timeout(15):
+        while (await provider.stub.Status(common_pb2.Empty())).state != "serving":
+            await asyncio.sleep(0.1)
+    status = await provider.stub.Status(common_pb2.Empty())
+    assert "degraded" not in status.details and "ctl_publishes_unrecorded" not in status.details
+    assert await _stored_in_flight(provider.svc) == [] and await _stored_take_backs(provider.svc) == []
+    assert f"CTL publish generation(s) {publish.generation} taken back: version 1 published again" in caplog.text
+    await asyncio.sleep(3.5)  # every request held back has landed by now
+    assert signer.live == first  # the recorded CTL is what the TFTP server serves
+    current = await provider.stub.GetCurrentCtl(common_pb2.Empty())
+    assert (current.version, current.ctl) == (1, first)
+
+
+def _sqlite_execute(data: Path, sql: str) -> None:
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(data / "ccmsec.db")) as db:
+        db.execute(sql)
+        db.commit()
+
+
+async def test_chk6_a_take_back_after_a_failed_read_never_deletes_rows_stored_earlier(
+        provider_with_signer, tokens, monkeypatch, caplog):
+    """CHK-6: `_remember` could not read `ctl_take_backs` (here the table is really gone for a
+    while: renamed in the database) and went on from an empty set; the next store wrote that set,
+    deleting every row stored earlier — take-backs and publishes the signer may still write, no
+    longer named by any publish nor taken back at a restart. Now the take-back still goes out, and
+    every later write reads and merges the stored rows first: none is lost, and the next take-back
+    names them. Bad case kept in view: the store while the table is gone fails, logged."""
+    import logging
+
+    from ccmsec.db.cluster import save_publishes_in_flight, save_unsettled_take_backs
+    from ccmsec_ctl_provider import trust as trust_mod
+    from ccmsec_ctl_provider.trust import TrustOperations
+
+    provider, signer = provider_with_signer
+    first = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t2"])
+    assert (await provider.stub.CommitCtl(ctl_provider_pb2.CommitCtlRequest(ctl=first))).version == 1
+    async with provider.svc.db() as session, session.begin():  # stored earlier, by an earlier process
+        await save_unsettled_take_backs(session, [111])
+        await save_publishes_in_flight(session, [222])
+    ops = TrustOperations(provider.svc)  # this state has read nothing yet
+    monkeypatch.setattr(trust_mod, "RPC_TIMEOUT", 1.0)
+    caplog.set_level(logging.WARNING, logger="ccmsec.ctl-provider")
+    stub = tftp_signer_pb2_grpc.TftpSignerStub(provider.svc.peer_channel("tftp-signer"))
+    signer.delays = [3.0, 3.0]  # neither take-back answered: both stay unsettled
+    _sqlite_execute(provider.data, "ALTER TABLE ctl_take_backs RENAME TO ctl_take_backs_away")
+    try:
+        with pytest.raises(grpc.aio.AioRpcError):
+            await ops._publish_back(stub, first, 333)
+        if ops._store is not None:
+            await asyncio.wait({ops._store})
+    finally:
+        _sqlite_execute(provider.data, "ALTER TABLE ctl_take_backs_away RENAME TO ctl_take_backs")
+    sent = signer.requests[-1]
+    assert sent.content == first and list(sent.takes_back) == [333]  # sent all the same
+    assert "the unanswered take-backs could not be read" in caplog.text
+    assert "could not be saved" in caplog.text
+    with pytest.raises(grpc.aio.AioRpcError):
+        await ops._publish_back(stub, first, 333)  # the next change is written: merged, not replaced
+    if ops._store is not None:
+        await asyncio.wait({ops._store})
+    again = signer.requests[-1]
+    rows = set(_sqlite_rows(provider.data, "SELECT generation, kind FROM ctl_take_backs"))
+    assert {(111, "take_back"), (222, "publish"), (sent.generation, "take_back"),
+            (again.generation, "take_back")} <= rows
+    assert {111, 222, sent.generation} <= set(again.takes_back) and again.takes_back[-1] == 333
 
 
 async def test_chk6_a_cancellation_during_a_take_back_that_then_fails_is_not_lost():

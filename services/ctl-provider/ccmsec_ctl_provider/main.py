@@ -4,7 +4,8 @@ On start it reads its activation flag (CHK-1, off on a fresh cluster) and its TL
 database — a stored port overrides CCMSEC_CTL_PROVIDER_PORT; changing it requires a restart (RST-7).
 Then, before commits are served, it takes back a CTL publish a crash left unrecorded (CHK-6,
 `TrustOperations.recover`); with the tftp-signer out of reach it starts DEGRADED, saying so, and
-tries again every RECOVERY_RETRY seconds until it is done (or a commit's publish settled it).
+tries again every RECOVERY_RETRY seconds until it is done (or a commit's publish settled it). A
+commit's publish whose take-back got no answer while running is retried by the same loop.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class CtlProviderService(Service):
         self.certificate_origins: dict[str, str] = {}
         self._cache: tuple[float, list] | None = None
         self._bus_problem = ""
+        self._take_back_retry: asyncio.Task | None = None  # CHK-6: `take_back_in_background`
 
     async def setup(self) -> None:
         async with self.db() as session, session.begin():
@@ -63,21 +65,36 @@ class CtlProviderService(Service):
                       CtlProviderServicer(self), "ccmsec.v1.CtlProvider")
         # CHK-6: a publish a crash left unrecorded is taken back before any commit is served (the
         # gRPC server starts after set-up); one bounded try, then in the background while DEGRADED.
-        if not await self.trust.recover():
-            self.spawn(self._recover_until_done())
+        if not await self.trust.recover(at_start=True):
+            self.take_back_in_background()
+
+    def take_back_in_background(self) -> None:
+        """CHK-6: publishes left unrecorded and not taken back (at start, or a commit's whose
+        take-back got no answer) are taken back by one retry loop, started unless it runs."""
+        if self._take_back_retry is None or self._take_back_retry.done():
+            self._take_back_retry = self.spawn(self._recover_until_done())
 
     async def _recover_until_done(self) -> None:
-        while self.trust.recovery_problem:
-            await asyncio.sleep(trust_mod.RECOVERY_RETRY)
+        """Every RECOVERY_RETRY seconds (never a tight loop) until done or settled by a commit's
+        publish; cancelled on shutdown (`spawn`). DEGRADED meanwhile, SERVING again once done."""
+        failed = ""
+        while True:
             try:
-                if self.trust.recovery_problem:  # a commit's publish may have settled it meanwhile
-                    await self.trust.recover()
                 await self._problems_changed()
+                if not self.trust.retry_pending:
+                    return
+                await asyncio.sleep(trust_mod.RECOVERY_RETRY)
+                if self.trust.retry_pending:  # a commit's publish may have settled it meanwhile
+                    await self.trust.recover()
+                failed = ""
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # the database, say: kept, tried again
-                self.log.warning("CHK-6: taking back a CTL publish left unrecorded failed: %s",
-                                 trust_mod.failure(exc))
+            except Exception as exc:  # health, say: kept, tried again; logged once per kind
+                if type(exc).__name__ != failed:
+                    self.log.warning("CHK-6: taking back a CTL publish left unrecorded failed: %s",
+                                     trust_mod.failure(exc))
+                failed = type(exc).__name__
+                await asyncio.sleep(trust_mod.RECOVERY_RETRY)
 
     # --- DEGRADED: the bus (BUS-5) or a CTL publish left unrecorded (CHK-6) ------------------------
     def startup_problem(self) -> str:

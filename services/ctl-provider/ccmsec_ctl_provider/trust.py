@@ -45,7 +45,13 @@ Commit (CHK-6), in this order so nothing is half done:
      start (`recover`, before commits are served) takes it back as a publish that got no answer
      is — the recorded CTL published again, or a withdraw — naming it; the signer out of reach,
      it stays pending (named by every publish, DEGRADED with the generation in the Status, tried
-     again every RECOVERY_RETRY seconds). Publishes in flight are bounded alike (64);
+     again every RECOVERY_RETRY seconds). A commit's publish whose take-back got no answer while
+     running (no crash) is left the same way and taken back by the same retry, started when the
+     commit ends unless it runs (`_retry_if_pending`; under `_serial`, DEGRADED until done,
+     stopped at shutdown; a warning when the kind of error changes, not every try). Publishes in
+     flight are bounded alike (64). The stored set not readable when a take-back is remembered:
+     it is sent all the same, and every later write reads and merges the stored rows first
+     (`_unread`), so no row it never read is deleted;
   5. `mode.changed` and the RST-3 actions (mode changed), then `ctl.updated` and the RST-4 actions
      are published.
 
@@ -180,7 +186,15 @@ class TrustOperations:
         # crash between publish and record, taken back by `recover`.
         self._in_flight: list[int] | None = None
         self._committing: int | None = None  # the generation of the commit under way
-        self._recovery_error = ""  # why the start-up take-back has not been done yet ("" : done)
+        # why the take-back of the unrecorded publishes has not been done yet ("": done); what kind
+        # of error it was (a warning is logged when that changes, not at every retry)
+        self._recovery_error = ""
+        self._recovery_kind = ""
+        self._left_at_start: set[int] = set()  # the unrecorded publishes the start found (a crash's)
+        # The stored sets could not be read (`_remember`): what is in memory is only what this
+        # process added; every write reads and merges the stored rows first (`_load`), so rows
+        # never read are never saved over.
+        self._unread = False
         self._store: asyncio.Task | None = None  # writing them (`_persist`)
         self._store_again = False  # they changed since that write read them
 
@@ -309,8 +323,20 @@ class TrustOperations:
         return ctl_file, signer
 
     async def commit(self, content: bytes, requested_mode: int, new_trust: bool, actor: str = "") -> dict:
-        async with self._serial:
-            return await self._commit(content, requested_mode, new_trust, actor)
+        try:
+            async with self._serial:
+                return await self._commit(content, requested_mode, new_trust, actor)
+        finally:
+            self._retry_if_pending()
+
+    def _retry_if_pending(self) -> None:
+        """After a commit: a publish it left unrecorded and not taken back (its take-back got no
+        answer) may be live at the TFTP server — the take-back is retried in the background, as
+        the start-up's is (`recover`, every RECOVERY_RETRY seconds, DEGRADED meanwhile)."""
+        if self.unrecorded_publishes():
+            if not self._recovery_error:
+                self._recovery_error = self._recovery_kind = "its take-back got no answer"
+            self.service.take_back_in_background()
 
     async def _commit(self, content: bytes, requested_mode: int, new_trust: bool, actor: str) -> dict:
         ctl_file, signer = self._check_file(content)
@@ -448,15 +474,23 @@ class TrustOperations:
         return [g for g in self._in_flight or () if g != self._committing]
 
     @property
+    def retry_pending(self) -> bool:
+        """A take-back of unrecorded publishes is still to be done (`recover` to be tried again)."""
+        return bool(self._recovery_error)
+
+    @property
     def recovery_problem(self) -> str:
-        """Why ctl-provider is DEGRADED: the start-up take-back of a publish left in flight has not
-        been done (the tftp-signer did not answer it); "" once done or settled by a publish."""
+        """Why ctl-provider is DEGRADED: the take-back of a publish left unrecorded (by a crash, or a
+        commit whose take-back got no answer) has not been done; "" once done or settled by a
+        publish."""
         pending = self.unrecorded_publishes()
         if not self._recovery_error or not pending:
             return ""
-        return (f"CHK-6: CTL publish generation(s) {', '.join(map(str, pending))} sent before ctl-provider "
-                f"stopped were never recorded and are not taken back yet ({self._recovery_error}): "
-                f"the TFTP server may serve a {CTL_FILE_NAME} the cluster did not record; retried every "
+        how = ("sent before ctl-provider stopped" if self._left_at_start & set(pending)
+               else "whose take-back got no answer")
+        return (f"CHK-6: CTL publish generation(s) {', '.join(map(str, pending))} {how} were never "
+                f"recorded and are not taken back yet ({self._recovery_error}): the TFTP server may "
+                f"serve a {CTL_FILE_NAME} the cluster did not record; retried every "
                 f"{RECOVERY_RETRY:g} s and named by the next commit's publish")
 
     def _names(self, *, last: int | None = None, exclude=()) -> list[int]:
@@ -468,6 +502,16 @@ class TrustOperations:
         return list(dict.fromkeys(names)) + ([] if last is None else [last])
 
     async def _load(self, session) -> None:
+        """Read the stored sets not read yet; after a read that failed (`_unread`), merge them —
+        the stored rows first — with what this process added since, so a write never drops rows
+        it did not read."""
+        if self._unread:
+            stored_unsettled = await unsettled_take_backs(session)
+            stored_in_flight = await publishes_in_flight(session)
+            self._unsettled = list(dict.fromkeys([*stored_unsettled, *(self._unsettled or ())]))
+            self._in_flight = list(dict.fromkeys([*stored_in_flight, *(self._in_flight or ())]))
+            self._unread = False
+            return
         if self._unsettled is None:
             self._unsettled = await unsettled_take_backs(session)
         if self._in_flight is None:
@@ -493,8 +537,7 @@ class TrustOperations:
             await asyncio.wait({self._store})
         try:
             async with self.service.db() as session, session.begin():
-                if self._in_flight is None:  # not loaded yet (commit loads them first): keep them
-                    self._in_flight = await publishes_in_flight(session)
+                await self._load(session)  # not read yet (commit reads them first): keep them
                 self._in_flight.append(generation)
                 self._bounded(self._in_flight, "commits' publishes not taken back")
                 await save_publishes_in_flight(session, list(self._in_flight))
@@ -514,10 +557,11 @@ class TrustOperations:
             try:
                 async with self.service.db() as session:
                     await self._load(session)
-            except Exception as exc:
+            except Exception as exc:  # sent all the same; stored rows merged in before any write
                 log.error("CHK-6: the unanswered take-backs could not be read: %s", failure(exc))
                 self._unsettled = self._unsettled if self._unsettled is not None else []
                 self._in_flight = self._in_flight if self._in_flight is not None else []
+                self._unread = True
         self._unsettled.append(generation)
         self._bounded(self._unsettled, "take-backs")
         await self._persist()
@@ -533,9 +577,10 @@ class TrustOperations:
             changed |= len(after) != len(before)
             setattr(self, kept, after)
         if self._recovery_error and not self.unrecorded_publishes():
-            # what the start left is settled (a commit's publish named it): the start-up's problem
-            # is over — a later publish left unanswered is no crash's, and no retry would clear it
-            self._recovery_error = ""
+            # what was left is settled (a commit's publish named it): the problem is over — a later
+            # publish left unanswered gets its own reason (`_retry_if_pending`), no crash's
+            self._recovery_error = self._recovery_kind = ""
+            self._left_at_start = set()
         return changed
 
     async def _settle(self, generations) -> None:
@@ -565,6 +610,8 @@ class TrustOperations:
             self._store_again = False
             try:
                 async with self.service.db() as session, session.begin():
+                    if self._unread:  # never save over rows not read: merge them in first
+                        await self._load(session)
                     if self._unsettled is not None:
                         await save_unsettled_take_backs(session, list(self._unsettled))
                     if self._in_flight is not None:
@@ -581,10 +628,10 @@ class TrustOperations:
         signer removes it, serves no CTL (as the record says) and refuses that publish later.
         It names the earlier unanswered take-backs too, and is one itself until answered."""
         own = new_generation()
-        # with every other publish in flight and take-back; the publish it undoes LAST: a signer
-        # of the former singular field keeps the last entry
-        names = self._names(last=generation)
         await self._remember(own)  # before it is sent: it may land even if this process stops
+        # with every other publish in flight and take-back (read by `_remember`); the publish it
+        # undoes LAST: a signer of the former singular field keeps the last entry
+        names = self._names(last=generation, exclude=(own,))
         if old is None:
             request = tftp_signer_pb2.PublishFileRequest(
                 cluster_path=self.service.settings.tftp_path, name=CTL_FILE_NAME,
@@ -622,26 +669,34 @@ class TrustOperations:
                     "that publish taken back, nothing changed")
         return f"; version {version} is published again and that publish taken back, nothing changed"
 
-    async def recover(self) -> bool:
-        """At start, before commits are served (and again every RECOVERY_RETRY seconds while it
-        could not be done): a commit's publish left in flight — the process stopped (SIGKILL, power
-        loss) after its PublishFile reached the signer and before its record committed — may have
-        put live a CTL the cluster never recorded. Take it back as `_take_back_unanswered` does:
-        publish the recorded CTL again (withdraw the file when none is recorded) naming it, with
-        every other generation the signer may still write. Bounded (RPC_TIMEOUT); the signer not
-        answering leaves it pending — kept, named by every publish, `recovery_problem` says so.
-        True when nothing is left to take back."""
+    async def recover(self, *, at_start: bool = False) -> bool:
+        """Take back the commits' publishes left unrecorded: at start, before commits are served, a
+        publish left in flight — the process stopped (SIGKILL, power loss) after its PublishFile
+        reached the signer and before its record committed — may have put live a CTL the cluster
+        never recorded; while running, a commit's publish whose take-back got no answer may have
+        too. Either way it is taken back as `_take_back_unanswered` does: the recorded CTL
+        published again (the file withdrawn when none is recorded) naming it, with every other
+        generation the signer may still write — under `_serial`, as commits. Bounded
+        (RPC_TIMEOUT); the signer (or the database) not answering leaves it pending — kept, named
+        by every publish, `recovery_problem` says so, tried again every RECOVERY_RETRY seconds
+        (`CtlProviderService.take_back_in_background`). A warning is logged when the kind of error
+        changes, not at every try. True when nothing is left to take back."""
         async with self._serial:
-            async with self.service.db() as session:
-                await self._load(session)  # at start: what the database holds
-                row = await current_ctl(session)
+            try:
+                async with self.service.db() as session:
+                    await self._load(session)  # at start: what the database holds
+                    row = await current_ctl(session)
+            except Exception as exc:  # the database: tried again like the signer
+                return self._not_yet(self.unrecorded_publishes(), failure(exc), type(exc).__name__)
             pending = self.unrecorded_publishes()
+            if at_start:
+                self._left_at_start = set(pending)
             if not pending:
-                self._recovery_error = ""
+                self._recovery_error = self._recovery_kind = ""
                 return True
             what = (f"version {row.version} published again" if row is not None
                     else f"{CTL_FILE_NAME} withdrawn (no CTL recorded)")
-            if not self._recovery_error:
+            if at_start:
                 log.warning("CHK-6: CTL publish generation(s) %s sent but never recorded (ctl-provider "
                             "stopped between publish and record): taking it back, %s",
                             ", ".join(map(str, pending)), what,
@@ -649,22 +704,26 @@ class TrustOperations:
             stub = tftp_signer_pb2_grpc.TftpSignerStub(self.service.peer_channel("tftp-signer"))
             try:
                 await _to_the_end(self._publish_back(stub, None if row is None else bytes(row.content),
-                                                     pending[-1]))  # the latest: the crashed commit's
+                                                     pending[-1]))  # the latest
             except grpc.aio.AioRpcError as exc:
-                error = f"tftp-signer: {exc.code().name}: {exc.details()}"
+                return self._not_yet(pending, f"tftp-signer: {exc.code().name}: {exc.details()}",
+                                     f"tftp-signer: {exc.code().name}")
             except Exception as exc:  # the database, most likely: tried again like the signer
-                error = failure(exc)
-            else:
-                self._recovery_error = ""
-                log.warning("CHK-6: CTL publish generation(s) %s taken back: %s", ", ".join(map(str, pending)),
-                            what, extra={"generations": pending, "rule": "CHK-6"})
-                return True
-            if error != self._recovery_error:
-                log.warning("CHK-6: CTL publish generation(s) %s not taken back yet (%s): kept, named by "
-                            "every publish, tried again every %g s", ", ".join(map(str, pending)), error,
-                            RECOVERY_RETRY, extra={"generations": pending, "rule": "CHK-6"})
-            self._recovery_error = error
-            return False
+                return self._not_yet(pending, failure(exc), type(exc).__name__)
+            self._recovery_error = self._recovery_kind = ""
+            log.warning("CHK-6: CTL publish generation(s) %s taken back: %s", ", ".join(map(str, pending)),
+                        what, extra={"generations": pending, "rule": "CHK-6"})
+            return True
+
+    def _not_yet(self, pending: list[int], error: str, kind: str) -> bool:
+        """The take-back could not be done: kept, `error` in the Status; a warning only when the
+        kind of error changed (the signer or the database down logs once, not every retry)."""
+        if kind != self._recovery_kind:
+            log.warning("CHK-6: CTL publish generation(s) %s not taken back yet (%s): kept, named by "
+                        "every publish, tried again every %g s", ", ".join(map(str, pending)) or "?",
+                        error, RECOVERY_RETRY, extra={"generations": pending, "rule": "CHK-6"})
+        self._recovery_error, self._recovery_kind = error, kind
+        return False
 
     async def _unpublish(self, stub, previous: tuple[int, bytes] | None, exc: BaseException,
                          generation: int) -> Refused:
@@ -700,6 +759,8 @@ class TrustOperations:
                                        signer_serial=signer.serial.hex(), records=len(ctl_file.records),
                                        tftp_path=settings.tftp_path)
             await save_tftp_registry(session, registry)
+            if self._unread:  # never save over rows not read: merge them in first
+                await self._load(session)
             if self._unsettled is not None:  # those the publish named are settled (_commit)
                 await save_unsettled_take_backs(session, self.unsettled_take_backs())
             if self._in_flight is not None:  # and so is its own intent: recorded, nothing to take back
