@@ -154,6 +154,7 @@ class CallAgent:
                         calls[leg.call.id] = leg.call
         for call in calls.values():
             self._sync_hints(call)
+            self._sync_hint_status(call)   # no security update follows here
 
     def update_profile(self, profile: DeviceProfile) -> bool:
         """New routing for a registered device (forwards, speed dials, region): its next call
@@ -1535,7 +1536,8 @@ class CallAgent:
         appearance whose line has no party in the call any more — the last one transferred it
         away, left the conference, hung up — is cleared, so no phone keeps offering Barge into a
         call nobody on its line is in; one kept is sent the call's CallInfo again when who is in
-        it changed (`ui.hint_shows`). Run after every change of who is in a call."""
+        it changed (`ui.hint_shows`) by `_sync_hint_status`, after the change's security update.
+        Run after every change of who is in a call."""
         want: dict[str, list[int]] = {}   # device -> its appearances of the parties' lines
         if call.phase is CallPhase.CONNECTED:
             for leg in call.parties():
@@ -1548,14 +1550,10 @@ class CallAgent:
             st = self.stations.get(device)
             if st is None or st.hints.get(ref) != call.id or instance not in want.get(device, ()):
                 self._drop_hint(call, device)
+        # a hint kept through the change reads who is in the call now (a transfer's parties, a
+        # conference): sent by `_sync_hint_status` once the change's security is known (every
+        # caller plans media and updates security next), in one CallInfo with the call's status
         shows, status = ui.hint_shows(call), self._hint_status(call)
-        for device, (ref, instance) in call.hint_refs.items():
-            if call.hint_shown.get(device) != shows:
-                # a hint kept through the change reads who is in the call now (a transfer's
-                # parties, a conference), not who was when it was first shown
-                call.hint_shown[device] = shows
-                call.hint_status[device] = status
-                self._send(self.stations[device], ui.hint_info(instance, ref, call, status))
         in_call = {lg.station.name for lg in call.legs}
         for device, instances in want.items():
             if device in call.hint_refs or device in in_call:
@@ -1577,11 +1575,16 @@ class CallAgent:
         """CALL-2: every appearance showing `call` "in use remote" shows the call's security
         status; one that shows another (its ring-time status, the call's before a change) is
         sent the call's CallInfo again."""
-        status = self._hint_status(call)
-        if not status:
-            return
+        shows, status = ui.hint_shows(call), self._hint_status(call)
         for device, (ref, instance) in call.hint_refs.items():
-            if call.hint_status.get(device) != status and device in self.stations:
+            if device not in self.stations:
+                continue
+            # who is in the call changed (`_sync_hints` left it to this, run after the change's
+            # security update: one CallInfo, never one with the status from before the change
+            # followed by another), or its status did
+            if call.hint_shown.get(device) != shows or \
+                    (status and call.hint_status.get(device) != status):
+                call.hint_shown[device] = shows
                 call.hint_status[device] = status
                 self._send(self.stations[device], ui.hint_info(instance, ref, call, status))
 

@@ -444,3 +444,31 @@ def test_call2_an_in_use_remote_appearance_shows_the_calls_security_status():
     h.pump()
     assert h.only_call().status == 1 and px.calls[x_ref].called == "Conference"
     assert hint_status(h, px, x_ref) == hint_status(h, py, y_ref) == 1
+
+
+def test_call2_a_hint_whose_parties_and_status_change_together_gets_one_callinfo_with_the_new_status():
+    """CALL-2: a conference down to two leaves the bridge — the "in use remote" appearance reads
+    the two parties again and the call's status goes back up (authenticated) at the same change.
+    Bad case: `_sync_hints` re-sent the hint (the new parties) with the status from before the
+    change (non-secure, the bridge), and `_update_security` then sent it again with the call's:
+    two CallInfos, the first showing a stale icon. Now one, with the call's status."""
+    h = Harness()
+    h.add(A, "1001", mode=AUTH)
+    pb, px = h.add(B, "5000", mode=AUTH), h.add(X, "5000", mode=AUTH)
+    pc = h.add(C, "1003", mode=AUTH)
+    h.call(A, "5000")
+    pb.answer()
+    h.pump()
+    (x_ref,) = remote(px)
+    consult(h, pb, pc, "1003", conference=True)
+    pb.conference(pb.active_call().reference)
+    h.pump()
+    assert h.only_call().status == 1 and hint_status(h, px, x_ref) == 1   # the bridge
+    since = len(h.log)
+    pc.hang_up()
+    h.pump()
+    assert h.only_call().status == 2
+    sent = hint_infos(h, X, x_ref, since)
+    assert [(i.calling_party, i.called_party, i.call_security_status) for i in sent] == \
+        [("1001", "5000", 2)], sent
+    assert hint_status(h, px, x_ref) == 2
