@@ -1568,8 +1568,16 @@ class CallAgent:
 
     @staticmethod
     def _hint_status(call: Call) -> int:
-        """The callSecurityStatus an "in use remote" appearance shows: the call's (CALL-2)."""
-        return int(call.security.level) if call.security is not None else 0
+        """The callSecurityStatus an "in use remote" appearance shows: the call's (CALL-2), as
+        its parties show it — a barge's result lowers it (CALL-5: an encrypted phone barging into
+        an authenticated call makes it non-secure, though each device is authenticated or
+        better)."""
+        if call.security is None:
+            return 0
+        level = call.security.level
+        if call.barge is not None and call.barge.result.level is not None:
+            level = lower(call.barge.result.level, level)
+        return int(level)
 
     def _sync_hint_status(self, call: Call) -> None:
         """CALL-2: every appearance showing `call` "in use remote" shows the call's security

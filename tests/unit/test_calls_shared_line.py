@@ -18,7 +18,7 @@ import pytest
 from ccmsec.wire import sccp as s
 from ccmsec.wire import sccp_calls as c
 from ccmsec.wire.sccp_calls import CallStateCode as CS
-from tests.unit.calls_harness import AUTH, Harness
+from tests.unit.calls_harness import AUTH, ENC, Harness
 
 A, B, C, X, Y, D = (f"SEP00000000000{i}" for i in "ABCDEF")
 
@@ -472,3 +472,28 @@ def test_call2_a_hint_whose_parties_and_status_change_together_gets_one_callinfo
     assert [(i.calling_party, i.called_party, i.call_security_status) for i in sent] == \
         [("1001", "5000", 2)], sent
     assert hint_status(h, px, x_ref) == 2
+
+
+def test_call2_a_hint_of_a_call_an_encrypted_phone_barged_into_shows_it_non_secure_as_its_parties_do():
+    """CALL-2 with CALL-5: an encrypted phone (X) barging into an authenticated call makes it
+    non-secure — A, B and X all show non-secure. Y, another appearance of 5000, shows the call
+    "in use remote": its CallInfo carries the status the call's parties show, non-secure. Bad
+    case: it kept the shield (the status of the call's devices, without the barge's result)."""
+    h = Harness()
+    pa = h.add(A, "1001", mode=AUTH)
+    pb, px, py = h.add(B, "5000", mode=AUTH), h.add(X, "5000", mode=ENC), h.add(Y, "5000", mode=AUTH)
+    h.call(A, "5000")
+    pb.answer()
+    h.pump()
+    (y_ref,), (x_ref,) = remote(py), remote(px)
+    assert hint_status(h, py, y_ref) == 2
+    px.barge(reference=x_ref)
+    h.pump()
+    assert h.only_call().barge_rule.startswith("CALL-5")
+    assert [p.active_call().security for p in (pa, pb, px)] == [1, 1, 1]
+    assert hint_status(h, py, y_ref) == 1
+    # the barge over (X hangs up): A and B authenticated again, and so is Y's appearance
+    px.hang_up()
+    h.pump()
+    assert [p.active_call().security for p in (pa, pb)] == [2, 2]
+    assert hint_status(h, py, y_ref) == 2
