@@ -395,7 +395,15 @@ class CallAgent:
             if target is not None and ui.is_barge_initiator(target, target.call):
                 self._refuse_from_barge(target, kind, now)
             elif target is not None and target.state is LegState.HOLD:
-                self._refuse_on_hold(target, kind, now)
+                # naming a held call whose consultation rings or talks (the softkey with its
+                # reference, the phone's button with it selected) completes that consultation,
+                # as from it: "resume it first" would hang up or hold the consultation
+                pending = next((lg for lg in st.legs.values() if lg.consult_for is target
+                                and lg.state in (LegState.CONNECTED, LegState.RING_OUT)), None)
+                if pending is not None:
+                    self._consult(st, pending, kind, now)
+                else:
+                    self._refuse_on_hold(target, kind, now)
             else:
                 self._consult(st, target, kind, now)
         elif event in (SoftKey.BARGE, SoftKey.CBARGE):

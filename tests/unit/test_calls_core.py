@@ -2054,3 +2054,38 @@ def test_a_label_stored_before_the_input_check_still_makes_an_encodable_line_sta
     assert speed.display_name == "caf?"
     for message in (*stats, speed):
         assert type(message).parse(message.payload()) == message  # encodable: no SccpProtocolError
+
+
+@pytest.mark.parametrize("answered", [False, True], ids=["ringing", "connected"])
+@pytest.mark.parametrize("how", ["softkey", "button"])
+def test_a_transfer_naming_the_held_call_completes_the_consultation_made_for_it(answered, how):
+    # Alice consults Carol for Bob (Bob held); the consultation rings or is connected. The
+    # Transfer reaches call control naming Bob's held call (the softkey with its reference, the
+    # phone's Transfer button with it selected). Bad case: refused "Resume to transfer" — and a
+    # resume hangs up a ringing consultation or holds a connected one, so the prompt's advice
+    # undid the transfer. The consultation made for that held call completes, as from it: blind
+    # while Carol rings, Bob and Carol talking once she answers.
+    h = Harness()
+    pa, pb = connected_pair(h)
+    pc = h.add(C, "1003")
+    pa.transfer()
+    h.pump()
+    pa.keypad("1003")
+    h.pump()
+    if answered:
+        pc.answer()
+        h.pump()
+    station = h.agent.stations[A]
+    (held,) = [lg for lg in station.legs.values() if lg.consult_for is None]
+    assert held.state.value == "hold"
+    press = c.SoftKeyEvent(SoftKey.TRANSFER, held.line, held.reference) if how == "softkey" \
+        else c.Stimulus(c.StimulusType.TRANSFER, held.line, held.reference)
+    h.agent.receive(A, press, h.now)
+    h.pump()
+    assert "Resume to transfer" not in pa.notifications
+    assert not pa.calls and not h.agent.stations[A].legs
+    if not answered:
+        pc.answer()
+        h.pump()
+    assert pb.active_call() is not None and pc.active_call() is not None
+    assert_no_silent_call(h)
