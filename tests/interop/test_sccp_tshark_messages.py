@@ -107,7 +107,7 @@ def _hint_rows(tmp_path, name: str, forward: bool) -> list[list[str]]:
     conferences C in and C leaves (the call's parties change twice: X's hint is re-sent each
     time). Every CallInfo X's line 2 received for that call (not for B's consultation, also on
     5000), as tshark decodes it from a pcap of them: [called party, original called party]."""
-    from tests.unit.calls_harness import Harness
+    from tests.unit.calls_harness import Harness, conference_in
     h = Harness()
     h.add("SEP0000000000A1", "1001")
     h.add("SEP0000000000A2", "1002")
@@ -118,14 +118,7 @@ def _hint_rows(tmp_path, name: str, forward: bool) -> list[list[str]]:
     h.call("SEP0000000000A1", "1002" if forward else "5000")
     pb.answer()
     h.pump()
-    pb.conference()
-    h.pump()
-    pb.keypad("1003")
-    h.pump()
-    pc.answer()
-    h.pump()
-    pb.conference(pb.active_call().reference)
-    h.pump()
+    conference_in(h, pb, pc)
     pc.hang_up()
     h.pump()
     infos = [m for m in h.sent_to("SEP0000000000D1", s.CallInfo) if m.line_instance == 2]

@@ -100,3 +100,30 @@ class Harness:
         calls = self.agent.views()
         assert len(calls) == 1, calls
         return calls[0]
+
+
+def consult(h: Harness, pb: SccpPhone, pc: SccpPhone, *, conference: bool = False,
+            number: str = "1003") -> None:
+    """`pb` presses Transfer (or Confrn) on its connected call, dials `number`, `pc` answers:
+    the first call is held, the consultation talks."""
+    (pb.conference if conference else pb.transfer)()
+    h.pump()
+    pb.keypad(number)
+    h.pump()
+    pc.answer()
+    h.pump()
+
+
+def complete(h: Harness, pb: SccpPhone, *, conference: bool = False, on_hook: bool = False) -> None:
+    """`pb` completes its consultation: presses Transfer (or Confrn) again, or hangs up."""
+    if on_hook:   # hanging up during the consultation completes a transfer
+        pb.on_hook()
+    else:
+        (pb.conference if conference else pb.transfer)(pb.active_call().reference)
+    h.pump()
+
+
+def conference_in(h: Harness, pb: SccpPhone, pc: SccpPhone, number: str = "1003") -> None:
+    """`pb` conferences `pc` (reached at `number`) into its connected call."""
+    consult(h, pb, pc, conference=True, number=number)
+    complete(h, pb, conference=True)

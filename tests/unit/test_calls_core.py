@@ -19,7 +19,7 @@ from ccmsec.wire import sccp_setup as u
 from ccmsec.wire.sccp_calls import CallStateCode as CS
 from ccmsec.wire.sccp_calls import SoftKey, Tone
 from ccmsec.wire.sccp_phone import PhoneActionError, SccpPhone
-from tests.unit.calls_harness import Harness
+from tests.unit.calls_harness import Harness, complete, conference_in, consult
 
 A, B, C, D = (f"SEP00000000000{i}" for i in range(1, 5))
 
@@ -447,14 +447,7 @@ def test_call1_a_barges_initiator_whose_target_leaves_is_named_before_it_can_tra
     h.call(B, "1001")
     pa.answer()
     h.pump()
-    pb.conference()
-    h.pump()
-    pb.keypad("1003")
-    h.pump()
-    pc.answer()
-    h.pump()
-    pb.conference(pb.active_call().reference)
-    h.pump()
+    conference_in(h, pb, pc)
     barge()
     pb.hang_up()
     h.pump()
@@ -559,23 +552,6 @@ def barge_transfer_setup(h: Harness, *, codecs_a=(4, 2), codecs_c=(4, 2)):
     pb.answer()
     h.pump()
     return pa, pb, px, pc, py
-
-
-def consult(h: Harness, pb: SccpPhone, pc: SccpPhone, *, conference: bool = False) -> None:
-    (pb.conference if conference else pb.transfer)()
-    h.pump()
-    pb.keypad("1003")
-    h.pump()
-    pc.answer()
-    h.pump()
-
-
-def complete(h: Harness, pb: SccpPhone, *, conference: bool = False, on_hook: bool = False) -> None:
-    if on_hook:   # hanging up during the consultation completes a transfer
-        pb.on_hook()
-    else:
-        (pb.conference if conference else pb.transfer)(pb.active_call().reference)
-    h.pump()
 
 
 @pytest.mark.parametrize("on_hook", [False, True])
@@ -1486,14 +1462,7 @@ def test_a_forwarded_calls_parties_keep_its_original_called_number_through_a_con
         return [cl.original_called for p in (pa, pb, px) for cl in p.calls.values()]
 
     assert originals() == [original] * 3
-    pb.conference()
-    h.pump()
-    pb.keypad("1003")
-    h.pump()
-    pc.answer()
-    h.pump()
-    pb.conference(pb.active_call().reference)
-    h.pump()
+    conference_in(h, pb, pc)
     assert next(iter(pa.calls.values())).called == "Conference" and originals() == [original] * 3
     pc.hang_up()
     h.pump()

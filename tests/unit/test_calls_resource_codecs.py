@@ -18,7 +18,7 @@ from ccmsec.wire import sccp as s
 from ccmsec.wire import sccp_calls as c
 from ccmsec.wire.sccp_calls import CallStateCode as CS
 from ccmsec.wire.sccp_calls import Tone
-from tests.unit.calls_harness import Harness
+from tests.unit.calls_harness import Harness, conference_in
 
 A, B, C, D, E = (f"SEP00000000000{i}" for i in range(1, 6))
 ULAW, ALAW, G729 = 4, 2, 18
@@ -303,14 +303,7 @@ def test_call9_the_target_leaving_a_barge_into_a_conference_or_a_cbarge_leaves_t
         pa, pb = h.add(A, "1001", codecs=(ULAW,)), h.add(B, "1002", codecs=(ALAW, ULAW))
         pc, pd = h.add(C, "1003", codecs=(ALAW,)), h.add(D, "1002", codecs=(ALAW,))
         connect(h, A, B, "1002")
-        pb.conference()
-        h.pump()
-        pb.keypad("1003")
-        h.pump()
-        pc.answer()
-        h.pump()
-        pb.conference(pb.active_call().reference)
-        h.pump()
+        conference_in(h, pb, pc)
         pd.barge(cbarge=cbarge)
         h.pump()
         assert sorted(lg.device for lg in h.only_call().legs) == [A, B, C, D], cbarge
