@@ -102,8 +102,8 @@ class Harness:
         return calls[0]
 
 
-def consult(h: Harness, pb: SccpPhone, pc: SccpPhone, *, conference: bool = False,
-            number: str = "1003") -> None:
+def consult(h: Harness, pb: SccpPhone, pc: SccpPhone, number: str = "1003", *,
+            conference: bool = False) -> None:
     """`pb` presses Transfer (or Confrn) on its connected call, dials `number`, `pc` answers:
     the first call is held, the consultation talks."""
     (pb.conference if conference else pb.transfer)()
@@ -125,5 +125,5 @@ def complete(h: Harness, pb: SccpPhone, *, conference: bool = False, on_hook: bo
 
 def conference_in(h: Harness, pb: SccpPhone, pc: SccpPhone, number: str = "1003") -> None:
     """`pb` conferences `pc` (reached at `number`) into its connected call."""
-    consult(h, pb, pc, conference=True, number=number)
+    consult(h, pb, pc, number, conference=True)
     complete(h, pb, conference=True)

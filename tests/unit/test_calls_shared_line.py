@@ -18,7 +18,7 @@ import pytest
 from ccmsec.wire import sccp as s
 from ccmsec.wire import sccp_calls as c
 from ccmsec.wire.sccp_calls import CallStateCode as CS
-from tests.unit.calls_harness import AUTH, ENC, Harness
+from tests.unit.calls_harness import AUTH, ENC, Harness, conference_in, consult
 
 A, B, C, X, Y, D = (f"SEP00000000000{i}" for i in "ABCDEF")
 
@@ -39,15 +39,6 @@ def on_shared_line(h: Harness):
     (hint,) = remote(px)
     assert px.calls[hint].line == 2
     return pa, pb, px, pc
-
-
-def consult(h: Harness, phone, target, number: str, *, conference: bool = False) -> None:
-    (phone.conference if conference else phone.transfer)()
-    h.pump()
-    phone.keypad(number)
-    h.pump()
-    target.answer()
-    h.pump()
 
 
 def cleared_on(h: Harness, device: str, ref: int) -> list[int]:
@@ -146,9 +137,7 @@ def test_call4_the_last_party_on_the_line_leaving_a_conference_clears_every_appe
     h = Harness()
     pa, pb, px, pc = on_shared_line(h)
     (hint,) = remote(px)
-    consult(h, pb, pc, "1003", conference=True)
-    pb.conference(pb.active_call().reference)
-    h.pump()
+    conference_in(h, pb, pc, "1003")
     (view,) = h.agent.views()
     assert sorted(lg.device for lg in view.legs) == [A, B, C]
     assert remote(px) == [hint]   # B is still on 5000 in the conference
@@ -165,9 +154,7 @@ def test_call4_a_conference_member_leaving_keeps_the_appearance_while_the_line_i
     h = Harness()
     pa, pb, px, pc = on_shared_line(h)
     (hint,) = remote(px)
-    consult(h, pb, pc, "1003", conference=True)
-    pb.conference(pb.active_call().reference)
-    h.pump()
+    conference_in(h, pb, pc, "1003")
     pc.hang_up()
     h.pump()
     assert remote(px) == [hint] and cleared_on(h, X, hint) == []
@@ -369,16 +356,12 @@ def test_call4_a_conference_shows_the_appearances_already_showing_the_call_the_c
     pa, pb, px, pc = on_shared_line(h)
     (ref,) = remote(px)
     assert (px.calls[ref].calling, px.calls[ref].called) == ("1001", "5000")
-    consult(h, pb, pc, "1003", conference=True)
-    pb.conference(pb.active_call().reference)
-    h.pump()
+    conference_in(h, pb, pc, "1003")
     assert sorted(lg.device for lg in h.only_call().legs) == [A, B, C]
     assert remote(px) == [ref] and (px.calls[ref].calling, px.calls[ref].called) == ("1001",
                                                                                      "Conference")
     pd = h.add(D, "1005")
-    consult(h, pb, pd, "1005", conference=True)
-    pb.conference(pb.active_call().reference)
-    h.pump()
+    conference_in(h, pb, pd, "1005")
     assert sorted(lg.device for lg in h.only_call().legs) == [A, B, C, D]
     mark = len(h.log)
     pd.hang_up()
@@ -405,6 +388,18 @@ def hint_status(h: Harness, phone, ref: int) -> int:
     return wire.call_security_status
 
 
+def all_authenticated_call(h: Harness):
+    """A, B and X (sharing 5000) and C (1003), all authenticated; A calls 5000 and B answers.
+    Returns B's, X's and C's phones."""
+    h.add(A, "1001", mode=AUTH)
+    pb, px = h.add(B, "5000", mode=AUTH), h.add(X, "5000", mode=AUTH)
+    pc = h.add(C, "1003", mode=AUTH)
+    h.call(A, "5000")
+    pb.answer()
+    h.pump()
+    return pb, px, pc
+
+
 def test_call2_an_in_use_remote_appearance_shows_the_calls_security_status():
     """CALL-2: the lock icon follows the call's security status, on every appearance showing it
     "in use remote" too. Bad case: a hint made by `_sync_hints` (an appearance registering during
@@ -428,20 +423,13 @@ def test_call2_an_in_use_remote_appearance_shows_the_calls_security_status():
     assert hint_status(h, px, x_ref) == hint_status(h, py, y_ref) == 1
     # all authenticated: the call shows the shield, and so do its appearances
     h = Harness()
-    h.add(A, "1001", mode=AUTH)
-    pb, px = h.add(B, "5000", mode=AUTH), h.add(X, "5000", mode=AUTH)
-    pc = h.add(C, "1003", mode=AUTH)
-    h.call(A, "5000")
-    pb.answer()
-    h.pump()
+    pb, px, pc = all_authenticated_call(h)
     py = h.add(Y, "5000", mode=AUTH)
     (x_ref,), (y_ref,) = remote(px), remote(py)
     assert h.only_call().status == 2
     assert hint_status(h, px, x_ref) == hint_status(h, py, y_ref) == 2
     # a conference (the bridge: non-secure, CALL-3) re-sends the hints "Conference", status 1
-    consult(h, pb, pc, "1003", conference=True)
-    pb.conference(pb.active_call().reference)
-    h.pump()
+    conference_in(h, pb, pc, "1003")
     assert h.only_call().status == 1 and px.calls[x_ref].called == "Conference"
     assert hint_status(h, px, x_ref) == hint_status(h, py, y_ref) == 1
 
@@ -453,16 +441,9 @@ def test_call2_a_hint_whose_parties_and_status_change_together_gets_one_callinfo
     change (non-secure, the bridge), and `_update_security` then sent it again with the call's:
     two CallInfos, the first showing a stale icon. Now one, with the call's status."""
     h = Harness()
-    h.add(A, "1001", mode=AUTH)
-    pb, px = h.add(B, "5000", mode=AUTH), h.add(X, "5000", mode=AUTH)
-    pc = h.add(C, "1003", mode=AUTH)
-    h.call(A, "5000")
-    pb.answer()
-    h.pump()
+    pb, px, pc = all_authenticated_call(h)
     (x_ref,) = remote(px)
-    consult(h, pb, pc, "1003", conference=True)
-    pb.conference(pb.active_call().reference)
-    h.pump()
+    conference_in(h, pb, pc, "1003")
     assert h.only_call().status == 1 and hint_status(h, px, x_ref) == 1   # the bridge
     since = len(h.log)
     pc.hang_up()
