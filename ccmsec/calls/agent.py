@@ -892,27 +892,28 @@ class CallAgent:
         bridge (cBarge): as in CallManager it cannot transfer or conference that call. Its phone
         is not offered the keys (`ui.connected_keys`); one sent anyway is refused before anything
         changes — no hold, no consultation, both calls as they were — and the phone reads why."""
-        self._ignore()
-        transfer = kind is Consult.TRANSFER
-        self._send(leg.station, c.DisplayNotify(10, BARGE_NO_TRANSFER if transfer
-                                                else BARGE_NO_CONFERENCE))
-        assert leg.call is not None
-        action = "transfer" if transfer else "conference"
-        self._emit("refused", leg.call, now,
-                   detail=f"CALL-1: a barge initiator cannot {action} the call it barged into")
+        self._refuse_consult(leg, kind, now, (BARGE_NO_TRANSFER, BARGE_NO_CONFERENCE),
+                             "CALL-1: a barge initiator cannot {action} the call it barged into")
 
     def _refuse_on_hold(self, leg: Leg, kind: Consult, now: float) -> None:
         """A Transfer or Confrn sent from a held leg — a held consultation or the call it was made
         for — is not offered there (the On Hold set: Resume, NewCall, EndCall) and, as for a
         held call, nothing is transferred or conferenced from hold: refused before anything
         changes, and the phone reads that it must resume the call first."""
+        self._refuse_consult(leg, kind, now, (HELD_NO_TRANSFER, HELD_NO_CONFERENCE),
+                             "no {action} from a held call: resume it first")
+
+    def _refuse_consult(self, leg: Leg, kind: Consult, now: float, prompts: tuple[str, str],
+                        detail: str) -> None:
+        """Refuse a Transfer or Confrn before anything changes: the phone reads why (`prompts`:
+        for a transfer, for a conference) and the call's event says so (`detail`, its `{action}`
+        "transfer" or "conference")."""
         self._ignore()
         transfer = kind is Consult.TRANSFER
-        self._send(leg.station, c.DisplayNotify(10, HELD_NO_TRANSFER if transfer
-                                                else HELD_NO_CONFERENCE))
+        self._send(leg.station, c.DisplayNotify(10, prompts[0] if transfer else prompts[1]))
         assert leg.call is not None
-        action = "transfer" if transfer else "conference"
-        self._emit("refused", leg.call, now, detail=f"no {action} from a held call: resume it first")
+        self._emit("refused", leg.call, now,
+                   detail=detail.format(action="transfer" if transfer else "conference"))
 
     def _complete(self, consult: Leg, now: float) -> bool:
         """Complete a transfer or conference; False when it was not done (both calls unchanged)."""
