@@ -60,6 +60,25 @@ async def _phone(name: str) -> CallingPhone:
     return phone
 
 
+async def _start_call_control(tmp_path, sm, host: str, pcap_name: str):
+    """The real call agent on `host`:2000 over the database `sm`, with a live loopback capture of
+    its SCCP. Returns the call control, the capture file and the capture process."""
+    cc = CallControl(CallControlConfig("callmanager", host, 2000, 0, tmp_path, agent=AgentSettings(
+        inter_digit_timeout=0.3, server_name="callmanager")), sm)
+    await cc.start()
+    pcap = tmp_path / pcap_name
+    return cc, pcap, _capture(pcap, f"host {host} and tcp port 2000")
+
+
+async def _stop_all(proc, phones, cc, engine) -> None:
+    """Stop the capture (flushed for reading), the phones, the call control, the database."""
+    _stop_capture(proc)
+    for phone in phones:
+        await phone.close()
+    await cc.close()
+    await engine.dispose()
+
+
 async def test_two_devices_with_different_softkey_sets_get_different_sets_on_the_wire(tmp_path):
     if not _port_free(HOST, 2000):
         pytest.skip(f"{HOST}:2000 busy")
@@ -91,11 +110,7 @@ async def test_two_devices_with_different_softkey_sets_get_different_sets_on_the
     assert out["devices"] == [OWN]
     assert [kind for kind, _ in published] == ["config.changed", "config.changed"]
 
-    cc = CallControl(CallControlConfig("callmanager", HOST, 2000, 0, tmp_path, agent=AgentSettings(
-        inter_digit_timeout=0.3, server_name="callmanager")), sm)
-    await cc.start()
-    pcap = tmp_path / "softkeys.pcap"
-    proc = _capture(pcap, f"host {HOST} and tcp port 2000")
+    cc, pcap, proc = await _start_call_control(tmp_path, sm, HOST, "softkeys.pcap")
     phones = []
     try:
         pooled = await _phone(POOLED)        # TCP stream 0
@@ -138,11 +153,7 @@ async def test_two_devices_with_different_softkey_sets_get_different_sets_on_the
         await pooled.wait_for(lambda d: d.mobility is not None, 20, "the extension-mobility answer")
         assert not pooled.display.mobility.ok
     finally:
-        _stop_capture(proc)
-        for phone in phones:
-            await phone.close()
-        await cc.close()
-        await engine.dispose()
+        await _stop_all(proc, phones, cc, engine)
 
     # on the wire, as the Wireshark skinny dissector reads it
     templates = _per_stream(pcap, 0x0108, "skinny.softKeyEvent")     # SoftKeyTemplateResMessage
@@ -180,11 +191,7 @@ async def test_a_barge_initiators_connected_set_masks_transfer_and_conference_on
         await session.flush()
         session.add_all([Line(dn=dn, device=name, line_index=1, label="")
                          for name, dn in ((CALLER, "3111"), (TARGET, "3112"), (XENA, "3112"))])
-    cc = CallControl(CallControlConfig("callmanager", BARGE_HOST, 2000, 0, tmp_path, agent=AgentSettings(
-        inter_digit_timeout=0.3, server_name="callmanager")), sm)
-    await cc.start()
-    pcap = tmp_path / "barge.pcap"
-    proc = _capture(pcap, f"host {BARGE_HOST} and tcp port 2000")
+    cc, pcap, proc = await _start_call_control(tmp_path, sm, BARGE_HOST, "barge.pcap")
     phones = []
     try:
         for name in (CALLER, TARGET, XENA):   # TCP streams 0, 1, 2
@@ -211,11 +218,7 @@ async def test_a_barge_initiators_connected_set_masks_transfer_and_conference_on
         (view,) = cc.calls.agent.views()
         assert view.barge == "barge" and len(view.legs) == 3
     finally:
-        _stop_capture(proc)
-        for phone in phones:
-            await phone.close()
-        await cc.close()
-        await engine.dispose()
+        await _stop_all(proc, phones, cc, engine)
 
     rows = _fields(pcap, "-Y", "skinny.messageId == 0x0110 && tcp.stream == 2", "-T", "fields",
                    "-e", "skinny.softKeySetIndex", "-e", "skinny.SoftKeyMask.SoftKey1",
