@@ -476,6 +476,15 @@ async def _ctl(provider, signer, *listed) -> bytes:
     return build_ctl(build_records([t.certificate for t in listed], servers), signer, int(time.time()))
 
 
+async def _committed_and_next(provider, tokens) -> tuple[bytes, bytes]:
+    """The first CTL (t1 signing; t1, t2 listed) committed as version 1, and the next one to
+    commit (t1 signing; t1, t3 listed)."""
+    first = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t2"])
+    assert (await provider.stub.CommitCtl(ctl_provider_pb2.CommitCtlRequest(ctl=first))).version == 1
+    second = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t3"])
+    return first, second
+
+
 async def test_ctl1_commit_refuses_a_ctl_with_one_token_and_a_tampered_one(provider, tokens):
     one = await _ctl(provider, tokens["t1"], tokens["t1"])
     with pytest.raises(grpc.aio.AioRpcError, match="CTL-1"):
@@ -672,9 +681,7 @@ async def test_a_ctl_published_but_not_recorded_is_taken_back(provider_with_sign
     from ccmsec_ctl_provider import trust as trust_mod
 
     provider, signer = provider_with_signer
-    first = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t2"])
-    assert (await provider.stub.CommitCtl(ctl_provider_pb2.CommitCtlRequest(ctl=first))).version == 1
-    second = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t3"])
+    first, second = await _committed_and_next(provider, tokens)
 
     async def locked(*args, **kwargs):
         raise sqlalchemy.exc.OperationalError("INSERT INTO ctl_files", {}, Exception("database is locked"))
@@ -700,9 +707,7 @@ async def test_chk6_a_record_the_database_refused_logs_and_answers_no_ctl_conten
     import sqlite3
 
     provider, signer = provider_with_signer
-    first = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t2"])
-    assert (await provider.stub.CommitCtl(ctl_provider_pb2.CommitCtlRequest(ctl=first))).version == 1
-    second = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t3"])
+    first, second = await _committed_and_next(provider, tokens)
     with contextlib.closing(sqlite3.connect(provider.data / "ccmsec.db")) as db:
         db.execute("CREATE TRIGGER refuse_ctl BEFORE INSERT ON ctl_files "
                    "BEGIN SELECT RAISE(ABORT, 'ctl_files refused by the test'); END")
@@ -730,9 +735,7 @@ async def test_chk6_the_take_back_after_a_failed_record_runs_to_its_end_when_can
     from ccmsec_ctl_provider import trust as trust_mod
 
     provider, signer = provider_with_signer
-    first = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t2"])
-    assert (await provider.stub.CommitCtl(ctl_provider_pb2.CommitCtlRequest(ctl=first))).version == 1
-    second = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t3"])
+    first, second = await _committed_and_next(provider, tokens)
 
     async def locked(*args, **kwargs):
         raise sqlalchemy.exc.OperationalError("INSERT INTO ctl_files", {}, Exception("database is locked"))
@@ -759,9 +762,7 @@ async def test_a_ctl_commit_cancelled_while_recording_takes_the_published_ctl_ba
     from ccmsec_ctl_provider import trust as trust_mod
 
     provider, signer = provider_with_signer
-    first = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t2"])
-    assert (await provider.stub.CommitCtl(ctl_provider_pb2.CommitCtlRequest(ctl=first))).version == 1
-    second = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t3"])
+    first, second = await _committed_and_next(provider, tokens)
 
     recording = asyncio.Event()
 
@@ -791,9 +792,7 @@ async def test_chk6_a_commit_cancelled_while_publishing_names_its_publish_in_the
     names it (`takes_back`), which the signer refuses from then on
     (tests/integration/test_tftp_signer_service.py::test_chk6_a_publish_arriving_after_its_take_back_is_refused)."""
     provider, signer = provider_with_signer
-    first = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t2"])
-    assert (await provider.stub.CommitCtl(ctl_provider_pb2.CommitCtlRequest(ctl=first))).version == 1
-    second = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t3"])
+    first, second = await _committed_and_next(provider, tokens)
     signer.arrived.clear()
     commit = asyncio.create_task(provider.svc.trust.commit(second, common_pb2.CLUSTER_MIXED, False, "test"))
     await asyncio.wait_for(signer.arrived.wait(), 10)  # the publish is at the signer, not answered
@@ -820,9 +819,7 @@ async def test_chk6_a_publish_the_signer_did_not_answer_in_time_is_taken_back(
     from ccmsec_ctl_provider import trust
 
     provider, signer = provider_with_signer
-    first = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t2"])
-    assert (await provider.stub.CommitCtl(ctl_provider_pb2.CommitCtlRequest(ctl=first))).version == 1
-    second = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t3"])
+    first, second = await _committed_and_next(provider, tokens)
     monkeypatch.setattr(trust, "RPC_TIMEOUT", 1.0)
     signer.delays = [3.0, 0.0]  # the publish outlives its deadline; the take-back is answered
     with pytest.raises(grpc.aio.AioRpcError) as refused:
@@ -958,9 +955,7 @@ async def test_chk6_two_unanswered_take_backs_in_a_row_are_all_named_and_survive
     from ccmsec_ctl_provider import trust as trust_mod
 
     provider, signer = provider_with_signer
-    first = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t2"])
-    assert (await provider.stub.CommitCtl(ctl_provider_pb2.CommitCtlRequest(ctl=first))).version == 1
-    second = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t3"])
+    first, second = await _committed_and_next(provider, tokens)
     monkeypatch.setattr(trust_mod, "RPC_TIMEOUT", 1.0)
     monkeypatch.setattr(trust_mod, "RECOVERY_RETRY", 60.0)  # no background retry: a later publish names them
     publish_2, take_back_a, publish_3, take_back_b = await _two_unanswered_commits(provider, signer, second)
@@ -1032,9 +1027,7 @@ async def test_chk6_a_signer_of_the_former_single_field_still_refuses_the_publis
     from ccmsec_ctl_provider import trust as trust_mod
 
     provider, signer = provider_with_signer
-    first = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t2"])
-    assert (await provider.stub.CommitCtl(ctl_provider_pb2.CommitCtlRequest(ctl=first))).version == 1
-    second = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t3"])
+    first, second = await _committed_and_next(provider, tokens)
     monkeypatch.setattr(trust_mod, "RPC_TIMEOUT", 1.0)
     monkeypatch.setattr(trust_mod, "RECOVERY_RETRY", 60.0)  # no background retry: a later publish names them
     publish_2, take_back_a, publish_3, take_back_b = await _two_unanswered_commits(provider, signer, second)
@@ -1064,9 +1057,7 @@ async def test_chk6_a_take_back_is_not_held_up_by_a_database_that_does_not_answe
     from ccmsec_ctl_provider import trust as trust_mod
 
     provider, signer = provider_with_signer
-    first = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t2"])
-    assert (await provider.stub.CommitCtl(ctl_provider_pb2.CommitCtlRequest(ctl=first))).version == 1
-    second = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t3"])
+    first, second = await _committed_and_next(provider, tokens)
     db_file = provider.svc.settings.db_url.split("///", 1)[1]
     holder = sqlite3.connect(db_file, isolation_level=None, check_same_thread=False)
 
@@ -1120,9 +1111,7 @@ async def test_chk6_unanswered_take_backs_beyond_the_bound_drop_the_oldest_with_
     from ccmsec_ctl_provider import trust as trust_mod
 
     provider, signer = provider_with_signer
-    first = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t2"])
-    assert (await provider.stub.CommitCtl(ctl_provider_pb2.CommitCtlRequest(ctl=first))).version == 1
-    second = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t3"])
+    first, second = await _committed_and_next(provider, tokens)
     monkeypatch.setattr(trust_mod, "RPC_TIMEOUT", 1.0)
     monkeypatch.setattr(trust_mod, "RECOVERY_RETRY", 60.0)  # no background retry: the next commit names them
     monkeypatch.setattr(trust_mod, "MAX_UNSETTLED_TAKE_BACKS", 1)
@@ -1150,9 +1139,7 @@ async def test_chk6_the_take_back_of_an_unanswered_publish_runs_to_its_end_when_
     from ccmsec_ctl_provider import trust
 
     provider, signer = provider_with_signer
-    first = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t2"])
-    assert (await provider.stub.CommitCtl(ctl_provider_pb2.CommitCtlRequest(ctl=first))).version == 1
-    second = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t3"])
+    first, second = await _committed_and_next(provider, tokens)
     monkeypatch.setattr(trust, "RPC_TIMEOUT", 1.0)
     signer.delays = [3.0, 0.5]  # the publish outlives its deadline; the take-back takes a while
     commit = asyncio.create_task(provider.svc.trust.commit(second, common_pb2.CLUSTER_MIXED, False, "test"))
@@ -1173,9 +1160,7 @@ async def test_a_ctl_commit_cancelled_after_its_record_landed_leaves_the_publish
     from ccmsec_ctl_provider.trust import TrustOperations
 
     provider, signer = provider_with_signer
-    first = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t2"])
-    assert (await provider.stub.CommitCtl(ctl_provider_pb2.CommitCtlRequest(ctl=first))).version == 1
-    second = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t3"])
+    first, second = await _committed_and_next(provider, tokens)
 
     real_record = TrustOperations._record
     recorded = asyncio.Event()
@@ -1341,9 +1326,7 @@ async def test_chk6_signer_down_at_restart_keeps_the_crashed_publish_pending_unt
     from ccmsec_ctl_provider import trust as trust_mod
 
     provider, signer = provider_with_signer
-    first = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t2"])
-    assert (await provider.stub.CommitCtl(ctl_provider_pb2.CommitCtlRequest(ctl=first))).version == 1
-    second = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t3"])
+    first, second = await _committed_and_next(provider, tokens)
     crashed = await _crash_between_publish_and_record(provider, signer, nats_server, second)
     await signer.server.stop(None)  # the tftp-signer is down
     signer.server = None
@@ -1384,9 +1367,7 @@ async def test_chk6_a_crashed_publish_settled_by_a_commit_is_not_blamed_on_a_lat
     from ccmsec_ctl_provider import trust as trust_mod
 
     provider, signer = provider_with_signer
-    first = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t2"])
-    assert (await provider.stub.CommitCtl(ctl_provider_pb2.CommitCtlRequest(ctl=first))).version == 1
-    second = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t3"])
+    first, second = await _committed_and_next(provider, tokens)
     crashed = await _crash_between_publish_and_record(provider, signer, nats_server, second)
     await signer.server.stop(None)  # the tftp-signer is down at the restart
     signer.server = None
@@ -1431,9 +1412,7 @@ async def test_chk6_a_publish_left_unanswered_while_running_is_taken_back_in_the
     from ccmsec_ctl_provider import trust as trust_mod
 
     provider, signer = provider_with_signer
-    first = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t2"])
-    assert (await provider.stub.CommitCtl(ctl_provider_pb2.CommitCtlRequest(ctl=first))).version == 1
-    second = await _ctl(provider, tokens["t1"], tokens["t1"], tokens["t3"])
+    first, second = await _committed_and_next(provider, tokens)
     monkeypatch.setattr(trust_mod, "RPC_TIMEOUT", 1.0)
     monkeypatch.setattr(trust_mod, "RECOVERY_RETRY", 0.3)
     caplog.set_level(logging.WARNING, logger="ccmsec")
