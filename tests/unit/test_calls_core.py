@@ -520,11 +520,27 @@ def call_with(h: Harness, device: str):
     return call
 
 
-def barge_into(h: Harness, phone: SccpPhone, call) -> None:
+def press_barge(h: Harness, phone: SccpPhone, call, *, cbarge: bool = False) -> None:
+    """`phone` presses Barge (or cBarge) on its "in use remote" appearance of `call`."""
     (ref,) = [r for r, cid in h.agent.stations[phone.device_name].hints.items() if cid == call.id]
-    phone.barge(reference=ref)
+    phone.barge(cbarge=cbarge, reference=ref)
     h.pump()
+
+
+def barge_into(h: Harness, phone: SccpPhone, call) -> None:
+    press_barge(h, phone, call)
     assert call.barge is not None and call.barge.initiator.station.name == phone.device_name
+
+
+def barge_then_complete(h: Harness, pb: SccpPhone, pc: SccpPhone, barger: SccpPhone, *,
+                        conference: bool = False):
+    """Bob consults Carol, `barger` barges into the consultation (Bob–Carol), Bob completes the
+    transfer (or conference). Returns the call barged into."""
+    consult(h, pb, pc, conference=conference)
+    call2 = call_with(h, C)
+    barge_into(h, barger, call2)
+    complete(h, pb, conference=conference)
+    return call2
 
 
 def display(phone: SccpPhone) -> list[tuple]:
@@ -603,9 +619,7 @@ def test_call1_the_old_transfer_left_a_barge_on_the_departed_leg_and_no_media(mo
     monkeypatch.setattr(CallAgent, "_barged_by", staticmethod(lambda call, leg: None))
     h = Harness()
     _, pb, px, pc, _ = barge_transfer_setup(h)
-    consult(h, pb, pc)
-    barge_into(h, px, call_with(h, C))
-    complete(h, pb)
+    barge_then_complete(h, pb, pc, px)
     with pytest.raises(AssertionError, match="no media"):
         assert_no_silent_call(h)
 
@@ -621,9 +635,7 @@ def test_call1_a_barge_into_a_call_its_target_holds_is_refused():
     consult(h, pb, pc)
     call1 = call_with(h, A)
     before = {(lg.station.name, lg.state.value) for lg in call1.legs}
-    (ref,) = [r for r, cid in h.agent.stations[XENA].hints.items() if cid == call1.id]
-    px.barge(reference=ref)
-    h.pump()
+    press_barge(h, px, call1)
     assert call1.barge is None and {(lg.station.name, lg.state.value) for lg in call1.legs} == before
     failed = px.active_call()
     assert failed.tone == Tone.BUSY and failed.prompt == "Barge failed"
@@ -645,9 +657,7 @@ def test_call1_a_cbarge_into_a_call_its_target_holds_goes_through_the_bridge():
     pa, pb, px, pc, _ = barge_transfer_setup(h)
     consult(h, pb, pc)
     call1 = call_with(h, A)
-    (ref,) = [r for r, cid in h.agent.stations[XENA].hints.items() if cid == call1.id]
-    px.barge(cbarge=True, reference=ref)
-    h.pump()
+    press_barge(h, px, call1, cbarge=True)
     assert call1.barge is not None and call1.barge.cbarge and call1.bridge
     assert hears(h, call1.id) == {(A, "bridge"), (XENA, "bridge")}
 
@@ -658,9 +668,7 @@ def test_call1_a_barge_ends_when_its_target_conferences_the_call():
     # — Bob is on 5000 — shows the conference "in use remote" (she may barge into it again).
     h = Harness()
     pa, pb, px, pc, _ = barge_transfer_setup(h)
-    consult(h, pb, pc, conference=True)
-    barge_into(h, px, call_with(h, C))
-    complete(h, pb, conference=True)
+    barge_then_complete(h, pb, pc, px, conference=True)
     assert_no_silent_call(h)
     call = call_with(h, A)
     assert call.barge is None and call.bridge
@@ -684,9 +692,7 @@ def test_call1_a_cbarge_into_the_consultation_ends_when_its_target_transfers_or_
     pa, pb, px, pc, py = barge_transfer_setup(h)
     consult(h, pb, pc, conference=conference)
     call2 = call_with(h, C)
-    (ref,) = [r for r, cid in h.agent.stations[XENA].hints.items() if cid == call2.id]
-    px.barge(cbarge=True, reference=ref)
-    h.pump()
+    press_barge(h, px, call2, cbarge=True)
     assert call2.barge.cbarge and call2.barge.target.station.name == B
     complete(h, pb, conference=conference, on_hook=not conference)
     assert_no_silent_call(h)
@@ -705,10 +711,7 @@ def test_call1_a_barge_whose_target_stays_survives_another_partys_transfer():
     # Bob's transfer puts Alice in his place: Carol still mixes, Alice and Yves hear her.
     h = Harness()
     pa, pb, _, pc, py = barge_transfer_setup(h)
-    consult(h, pb, pc)
-    call2 = call_with(h, C)
-    barge_into(h, py, call2)
-    complete(h, pb)
+    call2 = barge_then_complete(h, pb, pc, py)
     assert_no_silent_call(h)
     assert call2.barge is not None and call2.barge.target.station.name == C
     assert sorted(lg.station.name for lg in call2.legs) == [A, C, YVES]
@@ -724,9 +727,7 @@ def test_call1_a_barge_whose_target_stays_survives_another_partys_conference_on_
     # on the bridge and the barge is now one into a conference (its target leaving ends only it)
     h = Harness()
     pa, pb, _, pc, py = barge_transfer_setup(h)
-    consult(h, pb, pc, conference=True)
-    barge_into(h, py, call_with(h, C))
-    complete(h, pb, conference=True)
+    barge_then_complete(h, pb, pc, py, conference=True)
     assert_no_silent_call(h)
     call = call_with(h, A)
     assert call.bridge and call.barge is not None and call.barge.target.station.name == C
